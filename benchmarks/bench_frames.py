@@ -1,0 +1,201 @@
+"""Frame extraction benchmark: speed against the ffmpeg command line, and shot detection
+quality and speed against PySceneDetect's content detector.
+
+Run with the project's venv (pipemake, av, numpy); the peers are found elsewhere so they
+never become project dependencies: ``ffmpeg`` on PATH (Debian's package) and PySceneDetect
+in a separate venv given by ``--scenedetect-python``::
+
+    .venv/bin/python benchmarks/bench_frames.py --scenedetect-python /work/bench-venv-frames/bin/python
+
+Videos are generated (tests/_video_fixtures.py) so the true cut positions are known. Prints
+two markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from _video_fixtures import write_video  # noqa: E402
+
+from pipemake.rules import _video  # noqa: E402
+from pipemake.rules.frame_extraction import _options  # noqa: E402
+
+LOG = logging.getLogger("bench")
+
+# our params, and the ffmpeg arguments doing the same extraction (JPEG at a high quality)
+SPEED_CASES = {
+    "fps (2 per second)": ({"mode": "fps", "fps": 2.0}, ["-vf", "fps=2"]),
+    "keyframes": ({"mode": "keyframes"}, ["-fps_mode", "passthrough"]),
+    "every_n (n=30)": ({"mode": "every_n", "n": 30}, ["-vf", "select=not(mod(n\\,30))", "-fps_mode", "passthrough"]),  # noqa: E501
+}
+
+SCENEDETECT_CODE = """
+import json, sys, time
+from scenedetect import ContentDetector, detect
+out = {}
+for path in sys.argv[1:]:
+    t = time.perf_counter()
+    scenes = detect(path, ContentDetector())
+    out[path] = {"cuts": [s[0].get_frames() for s in scenes[1:]], "seconds": time.perf_counter() - t}
+print(json.dumps(out))
+"""
+
+
+def best_of(repeats: int, fn: Callable[[], object]) -> float:
+    """The shortest wall time of ``repeats`` calls."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def ours(video: Path, out: Path, params: dict) -> int:
+    """Run the rule's extraction of one video; return the frames written."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    full = {"format": "jpg", "quality": 95, **params}
+    return len(_video.extract(video, out, "", video.name, _options(full), LOG).records)
+
+
+def ffmpeg(video: Path, out: Path, args: list[str], keyonly: bool) -> int:
+    """Run the ffmpeg command line doing the same; return the frames written."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    pre = ["-skip_frame", "nokey"] if keyonly else []
+    cmd = ["ffmpeg", "-v", "error", *pre, "-i", str(video), *args, "-q:v", "2"]
+    subprocess.run([*cmd, str(out / "%06d.jpg")], check=True)
+    return len(list(out.glob("*.jpg")))
+
+
+def speed_table(work: Path, repeats: int) -> str:
+    """Extraction speed against ffmpeg, on a 720p H.264 video."""
+    video = work / "speed.mp4"
+    shots = [240] * 6  # 60 s of 720p at 24 fps
+    write_video(video, shots, width=1280, height=720, gop=48, shapes=4)
+    frames = sum(shots)
+    rows = [
+        "| mode | frames out (ours / ffmpeg) | ours s | ffmpeg s | ours video fps | speed-up |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, (params, args) in SPEED_CASES.items():
+        keyonly = params["mode"] == "keyframes"
+        n_ours = ours(video, work / "o", params)
+        n_ff = ffmpeg(video, work / "f", args, keyonly)
+        t_ours = best_of(repeats, lambda p=params: ours(video, work / "o", p))
+        t_ff = best_of(repeats, lambda a=args, k=keyonly: ffmpeg(video, work / "f", a, k))
+        rows.append(
+            f"| {name} | {n_ours} / {n_ff} | {t_ours:.2f} | {t_ff:.2f} | "
+            f"{frames / t_ours:.0f} | {t_ff / t_ours:.2f}× |"
+        )
+    return "\n".join(rows)
+
+
+def match(found: list[int], truth: list[int], tolerance: int = 1) -> int:
+    """How many found cuts match a distinct true cut within ``tolerance`` frames."""
+    left, hits = list(truth), 0
+    for f in found:
+        near = [t for t in left if abs(t - f) <= tolerance]
+        if near:
+            left.remove(near[0])
+            hits += 1
+    return hits
+
+
+def scene_videos(work: Path, count: int) -> dict[Path, list[int]]:
+    """Generated 360p videos of random shot lengths, from calm to busy, with their cuts."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    videos = {}
+    for i in range(count):
+        lengths = [int(x) for x in rng.integers(12, 120, size=12)]
+        speed, shapes = (1.0, 3) if i % 3 == 0 else (4.0, 6) if i % 3 == 1 else (8.0, 10)
+        path = work / f"scene_{i}.mp4"
+        videos[path] = write_video(
+            path, lengths, width=640, height=360, seed=i, speed=speed, shapes=shapes, gop=48
+        )
+    return videos
+
+
+def prf(results: dict[Path, list[int]], truth: dict[Path, list[int]]) -> tuple[float, ...]:
+    hits = sum(match(results[p], truth[p]) for p in truth)
+    found = sum(len(results[p]) for p in truth)
+    real = sum(len(truth[p]) for p in truth)
+    p, r = hits / max(found, 1), hits / max(real, 1)
+    return p, r, 2 * p * r / max(p + r, 1e-9)
+
+
+def scene_table(work: Path, count: int, scenedetect_python: str) -> str:
+    """Shot detection precision / recall / F1 and time against PySceneDetect."""
+    truth = scene_videos(work, count)
+    frames = sum(len(_decode_count(p)) for p in truth)
+    mine, t = {}, time.perf_counter()
+    for path in truth:
+        out = work / "scene_out"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        mine[path] = _video.extract(path, out, "", path.name, _options({"mode": "scene"}), LOG).cuts
+    t_mine = time.perf_counter() - t
+    proc = subprocess.run(
+        [scenedetect_python, "-c", SCENEDETECT_CODE, *map(str, truth)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    theirs_raw = json.loads(proc.stdout)
+    theirs = {p: theirs_raw[str(p)]["cuts"] for p in truth}
+    t_theirs = sum(v["seconds"] for v in theirs_raw.values())
+    rows = [
+        "| detector | precision | recall | F1 | seconds | video fps |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, res, secs in (
+        ("pipemake scene mode (detect + write 1 jpg per shot)", mine, t_mine),
+        ("PySceneDetect ContentDetector (detect only)", theirs, t_theirs),
+    ):
+        p, r, f1 = prf(res, truth)
+        rows.append(f"| {name} | {p:.3f} | {r:.3f} | {f1:.3f} | {secs:.2f} | {frames / secs:.0f} |")
+    real = sum(len(c) for c in truth.values())
+    return f"{len(truth)} videos, {frames} frames, {real} true cuts\n\n" + "\n".join(rows)
+
+
+def _decode_count(path: Path) -> list[int]:
+    import av
+
+    with av.open(str(path)) as c:
+        return [0] * c.streams.video[0].frames
+
+
+def main() -> None:
+    """Parse arguments, run both benchmarks, print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenedetect-python", default="/work/bench-venv-frames/bin/python")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--scene-videos", type=int, default=9)
+    parser.add_argument("--only", choices=["speed", "scene"], default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if args.only in (None, "speed"):
+            print("## Extraction speed against ffmpeg\n")
+            print(speed_table(work, args.repeats), "\n", flush=True)
+        if args.only in (None, "scene"):
+            print("## Shot detection against PySceneDetect\n")
+            print(scene_table(work, args.scene_videos, args.scenedetect_python))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""``python -m pipemake``."""
+
+from .cli import main
+
+main()

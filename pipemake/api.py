@@ -1,0 +1,302 @@
+"""One function per command: what the CLI (or a Python user) calls.
+
+Each opens the project (pipeline file, store, workspace state), does one thing and returns
+plain data; printing is the caller's business.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .build import Builder
+from .decide import Decision
+from .errors import BuildFailed, Interrupted, UsageError
+from .events import Bus
+from .executors.base import get_executor
+from .lock import BuildLock
+from .pipeline import DEFAULT_FILE, Pipeline, load_pipeline
+from .scheduler import Outcome, Scheduler
+from .state import WorkspaceState
+from .store import Store
+from .workspace import Workspace
+
+__all__ = [
+    "BuildReport",
+    "Project",
+    "build",
+    "cache_info",
+    "cache_verify",
+    "clean",
+    "dry_run",
+    "graph",
+    "list_stages",
+    "open_project",
+    "status",
+    "validate",
+]
+
+
+@dataclass
+class Project:
+    """A loaded pipeline with its store and workspace state."""
+
+    pipeline: Pipeline
+    store: Store
+    state: WorkspaceState
+    workspace: Workspace
+
+    def close(self) -> None:
+        self.state.close()
+        self.store.close()
+
+
+def open_project(
+    directory: str | os.PathLike[str] | None = None,
+    file: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    readonly: bool = False,
+) -> Project:
+    """Load the pipeline (``-C DIR``, ``-f FILE``) and open its store and state."""
+    base = Path(directory) if directory else Path.cwd()
+    path = Path(file) if file else Path(DEFAULT_FILE)
+    if not path.is_absolute():
+        path = base / path
+    pipeline = load_pipeline(path)
+    ws = Workspace(pipeline.root)
+    cache = cache_dir or os.environ.get("PIPEMAKE_CACHE_DIR") or ws.dot / "store"
+    cache = Path(cache)
+    if not cache.is_absolute():
+        cache = Path.cwd() / cache
+    return Project(pipeline, Store(cache), WorkspaceState(ws.dot / "state.db", readonly), ws)
+
+
+def _select(p: Pipeline, targets: Sequence[str]) -> list[str]:
+    for t in targets:
+        if t not in p.stages:
+            close = difflib.get_close_matches(t, list(p.stages), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"unknown target {t!r}{hint} (stages: {', '.join(p.stages)})")
+    wanted = p.graph.ancestors(targets) if targets else set(p.stages)
+    return p.graph.topo_order(wanted)
+
+
+@dataclass
+class BuildReport:
+    """What a build did to each stage."""
+
+    ran: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)
+    up_to_date: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    duration: float = 0.0
+
+
+class _Signals:
+    """Turns the first SIGINT/SIGTERM into a polite stop request, a second into a hard one."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.count = 0
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.received is None:
+            self.received = signum
+
+    def __enter__(self) -> _Signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def build(
+    project: Project,
+    targets: Sequence[str] = (),
+    *,
+    jobs: int = 1,
+    keep_going: bool = False,
+    force: bool = False,
+    force_stages: Sequence[str] = (),
+    executor: str = "local",
+    lock_timeout: float | None = None,
+    bus: Bus | None = None,
+    on_lock_wait: Any = None,
+) -> BuildReport:
+    """Build the targets (default: every stage) and what they need."""
+    p = project.pipeline
+    order = _select(p, targets)
+    for s in force_stages:
+        if s not in p.stages:
+            raise UsageError(f"--force-stage: unknown stage {s!r}")
+    bus = bus or Bus()
+    started = time.time()
+    with BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait):
+        project.workspace.clear_tmp()
+        builder = Builder(p, project.store, project.state, bus, force=force,
+                          force_stages=frozenset(force_stages))
+        bus.emit("run_started", None, stages=order, targets=list(targets))
+        with _Signals() as sigs, get_executor(executor, jobs) as ex:
+            sched = Scheduler(p.graph, order, builder, ex, bus, jobs=jobs, keep_going=keep_going,
+                              stop_signal=lambda: sigs.received)
+            outcome = sched.run()
+        project.state.flush()
+    report = _report(builder, outcome, time.time() - started)
+    bus.emit("run_finished", None, ran=report.ran, restored=report.restored,
+             up_to_date=report.up_to_date, failed=report.failed, skipped=report.skipped,
+             duration=report.duration, interrupted=outcome.interrupted)
+    if outcome.interrupted is not None:
+        raise Interrupted(outcome.interrupted)
+    if report.failed:
+        raise BuildFailed(list(report.failed))
+    return report
+
+
+def _report(builder: Builder, outcome: Outcome, duration: float) -> BuildReport:
+    report = BuildReport(failed=dict(outcome.failed), skipped=dict(outcome.skipped),
+                         duration=duration)
+    for stage in outcome.done:
+        verdict = builder.decisions[stage].verdict.value
+        {"up to date": report.up_to_date, "restore": report.restored}.get(
+            verdict, report.ran
+        ).append(stage)
+    return report
+
+
+def dry_run(project: Project, targets: Sequence[str] = ()) -> list[tuple[str, Decision]]:
+    """What a build would do to each stage, and why; changes nothing."""
+    p = project.pipeline
+    order = _select(p, targets)
+    builder = Builder(p, project.store, project.state, Bus(), dry=True)
+    for stage in order:
+        builder.begin(stage)
+    return [(s, builder.decisions[s]) for s in order]
+
+
+def orphans(project: Project) -> list[str]:
+    """Output paths earlier builds placed that no current stage owns and that still exist."""
+    current = {out for st in project.pipeline.stages.values() for out in st.ports.outputs.values()}
+    root = project.pipeline.root
+    return sorted(
+        path for path in project.state.placed()
+        if path not in current and (root / path).exists()
+    )  # fmt: skip
+
+
+def status(project: Project) -> dict[str, Any]:
+    """Each stage's state (up to date, stale and why, never built, failed), its last result
+    and duration, and orphaned outputs."""
+    records = project.state.records()
+    stages = []
+    for stage, decision in dry_run(project):
+        rec = records.get(stage) or {}
+        if rec.get("result") == "failed":
+            state = "failed"
+        elif decision.verdict.value == "up to date":
+            state = "up to date"
+        elif not rec:
+            state = "never built"
+        else:
+            state = "stale"
+        stages.append({
+            "stage": stage, "state": state, "decision": decision.verdict.value,
+            "reasons": [str(r) for r in decision.reasons],
+            "last_result": rec.get("result"), "last_duration": rec.get("duration"),
+            "last_error": rec.get("error"),
+        })  # fmt: skip
+    return {"stages": stages, "orphans": orphans(project)}
+
+
+def validate(project: Project) -> list[dict[str, Any]]:
+    """The execution plan of a checked pipeline: stages in order with rules and needs."""
+    p = project.pipeline
+    return [
+        {"stage": s, "rule": p.stages[s].type, "needs": p.graph.deps[s],
+         "outputs": p.stages[s].ports.outputs}
+        for s in p.graph.topo_order()
+    ]  # fmt: skip
+
+
+def graph(project: Project, fmt: str = "text") -> str:
+    """The DAG as text, Mermaid or Graphviz dot."""
+    p = project.pipeline
+    if fmt not in ("text", "mermaid", "dot"):
+        raise UsageError(f"unknown graph format {fmt!r} (text, mermaid, dot)")
+    return p.graph.render(fmt, {s: st.type for s, st in p.stages.items()})
+
+
+def list_stages(project: Project) -> list[dict[str, Any]]:
+    """Every stage with its rule, dependencies and outputs."""
+    return validate(project)
+
+
+def clean(project: Project, targets: Sequence[str] = (), orphans_only: bool = False) -> list[str]:
+    """Remove outputs from the workspace (the store keeps them, so a build restores them)."""
+    with BuildLock(project.workspace.dot / "lock", 0):
+        if orphans_only:
+            paths = orphans(project)
+        else:
+            order = _select(project.pipeline, targets) if targets else list(project.pipeline.stages)
+            paths = [rel for s in order for rel in project.pipeline.stages[s].ports.outputs.values()]
+        removed = [rel for rel in paths if project.workspace.remove(rel)]
+        if orphans_only:
+            project.state.forget_placed(paths)
+    return removed
+
+
+def cache_info(project: Project) -> dict[str, Any]:
+    """Where the store is and how much it holds."""
+    objects = 0
+    size = 0
+    for digest in project.store.iter_objects():
+        objects += 1
+        size += project.store.object_path(digest).stat().st_size
+    entries = sum(1 for _ in project.store.actions())
+    return {"path": str(project.store.path), "objects": objects, "bytes": size,
+            "entries": entries}
+
+
+def cache_verify(project: Project) -> dict[str, Any]:
+    """Check every object against its hash (removing corrupt ones) and every entry's objects."""
+    corrupt = []
+    for digest in project.store.iter_objects():
+        if project.store.verify_object(digest) is False:
+            corrupt.append(digest)
+            project.store.remove_object(digest)
+    incomplete = []
+    for key, entry in project.store.actions():
+        for manifest in entry.get("outputs", {}).values():
+            hashes = [manifest["hash"]] if manifest.get("kind") == "file" else [
+                e[1] for e in manifest.get("entries", [])
+            ]
+            if any(not project.store.has_object(h) for h in hashes):
+                incomplete.append(key)
+                break
+    return {"corrupt": corrupt, "incomplete_entries": incomplete}
+
+
+@contextmanager
+def project_of(directory: Any, file: Any, cache_dir: Any = None, readonly: bool = False
+               ) -> Iterator[Project]:
+    """Open a project for the length of a ``with`` block."""
+    project = open_project(directory, file, cache_dir, readonly)
+    try:
+        yield project
+    finally:
+        project.close()

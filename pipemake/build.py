@@ -1,0 +1,358 @@
+"""The wiring of one build: resolve a stage, compute its key, ask the rebuilder, restore or
+hand tasks to the scheduler, and commit what they produced.
+
+Commit order (DESIGN.md, "How a build flows"): the rule ran in staging → its outputs were
+hashed and copied into the store by the worker → the action-cache entry is written (the
+commit point) → only then are outputs moved into place and the stage's record updated. A
+kill at any moment leaves the old state or a complete entry, never a half-written output.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .decide import Decision, Reason, Trigger, Verdict, explain
+from .events import Bus
+from .executors.base import Message, Task
+from .fshash import Hasher
+from .hashing import KEY_FORMAT, digest
+from .pipeline import SYMBOLIC_SCOPES, Pipeline, Stage
+from .rule import Ports
+from .scheduler import StageFailure
+from .state import WorkspaceState
+from .store import Store
+from .templates import Ref, TemplateError, substitute
+from .workspace import Workspace, manifest_hash, remove_path, sub_manifest
+
+__all__ = ["Builder", "Planned", "StageKey"]
+
+
+class _Unknown(Exception):
+    """A value this stage needs comes from an upstream stage that has not run yet."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+
+
+@dataclass
+class StageKey:
+    """A resolved stage: its ports, key document and key."""
+
+    ports: Ports
+    doc: dict[str, Any]
+    key: str
+    unknown: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Planned:
+    """What is known of a stage's outputs in this build (or plan): manifests and values."""
+
+    outputs: dict[str, Any] | None
+    values: dict[str, Any] | None
+    key: str | None = None
+
+
+class Builder:
+    """Implements the scheduler's StageHandler for one build, or a plan when ``dry``."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        store: Store,
+        state: WorkspaceState,
+        bus: Bus,
+        *,
+        dry: bool = False,
+        force: bool = False,
+        force_stages: frozenset[str] = frozenset(),
+    ):
+        self.p = pipeline
+        self.store = store
+        self.state = state
+        self.bus = bus
+        self.dry = dry
+        self.force = force
+        self.force_stages = force_stages
+        self.ws = Workspace(pipeline.root)
+        self.hasher = Hasher(str(pipeline.root), state)
+        self.results: dict[str, Planned] = {}
+        self.decisions: dict[str, Decision] = {}
+        self._running: dict[str, dict[str, Any]] = {}
+        self._records = state.records()
+
+    # resolving and keys -----------------------------------------------------------------
+    def _lookup(self, stage: Stage, unknown: set[str]):
+        def lookup(ref: Ref) -> Any:
+            if ref.scope == "vars":
+                value = self.p.vars[ref.name]
+                return str(value) if isinstance(value, int | float) else value
+            up = self.p.stages[ref.scope]
+            if ref.name in up.ports.outputs:
+                return up.ports.outputs[ref.name]
+            planned = self.results.get(ref.scope)
+            if planned is None or planned.values is None:
+                unknown.add(ref.scope)
+                raise _Unknown(ref.scope)
+            value = planned.values.get(ref.name)
+            out_name = up.rule.path_values.get(ref.name)
+            if out_name is not None and value is not None:
+                base = up.ports.outputs[out_name]
+                join = lambda v: os.path.normpath(os.path.join(base, v))  # noqa: E731
+                value = [join(v) for v in value] if isinstance(value, list) else join(value)
+            return value
+
+        return lookup
+
+    def resolve(self, stage: Stage) -> StageKey:
+        """The stage's ports with every reference resolved, its key document and key."""
+        unknown: set[str] = set()
+        lookup = self._lookup(stage, unknown)
+        symbolic = getattr(stage.rule, "symbolic_keys", ())
+        config: dict[str, Any] = {}
+        try:
+            for key, value in stage.config.items():
+                keep = (lambda r: r.scope in SYMBOLIC_SCOPES) if key in symbolic else None
+                config[key] = substitute(value, lookup, keep)
+        except TemplateError as exc:
+            raise StageFailure(str(exc)) from None
+        ports, problems = stage.rule.ports(config)
+        ports.root = str(self.p.root)
+        problems = problems or stage.rule.check(ports)
+        if problems:
+            raise StageFailure("; ".join(msg for _key, msg in problems))
+        for name, value in ports.inputs.items():
+            if isinstance(value, list):
+                ports.inputs[name] = [os.path.normpath(v) for v in value]
+            else:
+                ports.inputs[name] = os.path.normpath(value)
+        ports.outputs = dict(stage.ports.outputs)
+        inputs: dict[str, Any] = {}
+        for name, value in sorted(ports.inputs.items()):
+            if isinstance(value, list):
+                inputs[name] = [[p, self._input_hash(stage, p, unknown)] for p in value]
+            else:
+                inputs[name] = [value, self._input_hash(stage, value, unknown)]
+        upstream = {}
+        for dep in stage.deps:
+            planned = self.results.get(dep)
+            if planned is None or planned.outputs is None:
+                unknown.add(dep)
+                upstream[dep] = "?"
+            else:
+                upstream[dep] = digest(
+                    [{n: manifest_hash(m) for n, m in planned.outputs.items()}, planned.values]
+                )
+        doc = {
+            "format": KEY_FORMAT,
+            "rule": stage.rule.name,
+            "rule_version": str(stage.rule.version),
+            "stage_version": stage.version,
+            "code": None if stage.version is not None else stage.rule.code_hash(ports, self.p.root),
+            "params": ports.key_params if ports.key_params is not None else ports.params,
+            "inputs": inputs,
+            "upstream": upstream,
+            "outputs": {n: ports.output_kinds.get(n, "path") for n in sorted(ports.outputs)},
+        }
+        if stage.foreach is not None:
+            doc["foreach"] = [stage.foreach.input, stage.foreach.pattern]
+        return StageKey(ports, doc, digest(doc), unknown)
+
+    def _input_hash(self, stage: Stage, path: str, unknown: set[str]) -> str:
+        owner = self.p.output_owner(path)
+        if owner is not None and owner[0] != stage.id:
+            planned = self.results.get(owner[0])
+            if planned is None or planned.outputs is None:
+                unknown.add(owner[0])
+                return "?"
+            manifest = sub_manifest(planned.outputs[owner[1]], owner[2])
+            if manifest is None:
+                raise StageFailure(
+                    f"input {path} was not produced by stage {owner[0]!r} (its output "
+                    f"{self.p.stages[owner[0]].ports.outputs[owner[1]]} holds no such path)"
+                )
+            return manifest_hash(manifest)
+        info = self.hasher.info(path)
+        if info.kind == "missing":
+            raise StageFailure(f"input {path} does not exist")
+        return info.hash
+
+    # deciding ---------------------------------------------------------------------------
+    def decide(self, stage: Stage) -> tuple[Decision, StageKey | None, dict[str, Any] | None]:
+        """The verdict for a stage given what is known now, without changing anything."""
+        record = self._records.get(stage.id)
+        old_doc = record.get("doc") if record else None
+        try:
+            sk = self.resolve(stage)
+        except _Unknown as exc:
+            return Decision(Verdict.MAYBE, [Reason(Trigger.UPSTREAM_WILL_RUN,
+                                                   f"upstream {exc.stage} will run")]), None, None
+        if sk.unknown:
+            own = [r for r in explain(old_doc, sk.doc) if not _from_unknown(r, sk)]
+            if own:
+                return Decision(Verdict.RUN, own), sk, None
+            first = sorted(sk.unknown)[0]
+            return Decision(Verdict.MAYBE, [Reason(Trigger.UPSTREAM_WILL_RUN,
+                                                   f"upstream {first} will run")]), sk, None
+        if self.force or stage.id in self.force_stages:
+            return Decision(Verdict.RUN, [Reason(Trigger.FORCED, "forced")]), sk, None
+        entry = self.store.get_action(sk.key)
+        if entry is None:
+            reasons = explain(old_doc, sk.doc)
+            if not reasons:
+                reasons = [Reason(Trigger.NO_ENTRY, "no cache entry")]
+            return Decision(Verdict.RUN, reasons), sk, None
+        bad = []
+        for name, rel in sk.ports.outputs.items():
+            manifest = entry.get("outputs", {}).get(name)
+            if manifest is None:
+                return Decision(Verdict.RUN, [Reason(Trigger.NO_ENTRY, "no cache entry")]), sk, None
+            state = self.ws.check(manifest, rel, self.hasher)
+            if state:
+                bad.append((rel, state))
+        if not bad:
+            return Decision(Verdict.UP_TO_DATE), sk, entry
+        reasons = []
+        if all(s == "missing" for _, s in bad):
+            reasons.append(Reason(Trigger.OUTPUT_MISSING, "outputs missing"))
+        else:
+            for rel, s in bad:
+                trig = Trigger.OUTPUT_MISSING if s == "missing" else Trigger.OUTPUT_CHANGED
+                reasons.append(Reason(trig, f"output {rel} {s}"))
+        if record and record.get("key") != sk.key:
+            why = "; ".join(map(str, explain(old_doc, sk.doc)))
+            reasons.append(Reason(Trigger.CACHED, "cached from an earlier build" + (f" ({why})" if why else "")))
+        return Decision(Verdict.RESTORE, reasons), sk, entry
+
+    # the StageHandler -------------------------------------------------------------------
+    def begin(self, stage_id: str) -> list[Task]:
+        stage = self.p.stages[stage_id]
+        decision, sk, entry = self.decide(stage)
+        self.decisions[stage_id] = decision
+        if self.dry:
+            self.results[stage_id] = Planned(
+                entry["outputs"] if entry else None, entry.get("values", {}) if entry else None,
+                sk.key if sk else None,
+            )
+            return []
+        assert sk is not None
+        if decision.verdict is Verdict.UP_TO_DATE:
+            assert entry is not None
+            self._done(stage, sk, entry, ran=False)
+            self.bus.emit("stage_skipped", stage_id, reason="up to date")
+            return []
+        if decision.verdict is Verdict.RESTORE:
+            assert entry is not None
+            if self._restore(stage, sk, entry):
+                self._done(stage, sk, entry, ran=False)
+                self.bus.emit("stage_restored", stage_id, reasons=[str(r) for r in decision.reasons])
+                return []
+            self.bus.emit("log", stage_id, level="warning",
+                          text="the store's copy is missing or corrupt; running the stage instead")
+            decision = Decision(Verdict.RUN, [Reason(Trigger.STORE_CORRUPT, "store object missing or corrupt")])
+            self.decisions[stage_id] = decision
+        return self._start(stage, sk, decision)
+
+    def _restore(self, stage: Stage, sk: StageKey, entry: dict[str, Any]) -> bool:
+        for name, rel in sk.ports.outputs.items():
+            manifest = entry["outputs"][name]
+            if self.ws.check(manifest, rel, self.hasher) is None:
+                continue
+            if not self.ws.restore(manifest, rel, self.store, stage.id):
+                return False
+        return True
+
+    def _start(self, stage: Stage, sk: StageKey, decision: Decision) -> list[Task]:
+        staging = self.ws.staging(stage.id)
+        outputs = {}
+        for name, rel in sk.ports.outputs.items():
+            outputs[name] = os.path.relpath(staging / name / os.path.basename(rel), self.p.root)
+        logs = self.ws.dot / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"{stage.id}.log"
+        log_path.write_text("")
+        self._running[stage.id] = {"sk": sk, "staging": staging, "outputs": outputs,
+                                   "started": time.time(), "result": None, "error": None}
+        self.bus.emit("stage_started", stage.id, reasons=[str(r) for r in decision.reasons])
+        task = Task(
+            id=stage.id, stage=stage.id, rule=stage.rule.name, root=str(self.p.root),
+            store=str(self.store.path), inputs=sk.ports.inputs, outputs=outputs,
+            output_kinds=sk.ports.output_kinds, params=sk.ports.params,
+            resources=stage.resources, log_path=str(log_path), timeout=stage.timeout,
+        )  # fmt: skip
+        return [task]
+
+    def on_message(self, stage_id: str, message: Message) -> list[Task]:
+        run = self._running[stage_id]
+        if message.kind == "progress":
+            done, total = message.data
+            self.bus.emit("progress", stage_id, done=done, total=total)
+        elif message.kind == "log":
+            level, text = message.data
+            self.bus.emit("log", stage_id, level=level, text=text)
+        elif message.kind == "result":
+            run["result"] = message.data
+        elif message.kind == "error":
+            run["error"] = message.data
+        return []
+
+    def complete(self, stage_id: str) -> None:
+        stage = self.p.stages[stage_id]
+        run = self._running.pop(stage_id, None)
+        if run is None:
+            return
+        try:
+            if run["error"] is not None or run["result"] is None:
+                text, tb = run["error"] or ["the task ended without a result", None]
+                self._failed(stage, run, text)
+                raise StageFailure(text + (f"\n{tb}" if tb else ""))
+            result = run["result"]
+            entry = {
+                "stage": stage_id,
+                "outputs": result["outputs"],
+                "values": result.get("values", {}),
+                "metrics": result.get("metrics", {}),
+                "created": time.time(),
+            }
+            self.store.put_action(run["sk"].key, entry)
+            for name, rel in run["sk"].ports.outputs.items():
+                self.ws.place(self.p.root / run["outputs"][name], rel)
+            self._done(stage, run["sk"], entry, ran=True)
+            self.bus.emit("stage_finished", stage_id, **entry["metrics"])
+        finally:
+            remove_path(run["staging"])
+
+    def _failed(self, stage: Stage, run: dict[str, Any], text: str) -> None:
+        record = dict(self._records.get(stage.id) or {})
+        record.update(result="failed", error=text[:2000], finished=time.time(),
+                      duration=time.time() - run["started"])
+        self.state.set_record(stage.id, record)
+
+    def _done(self, stage: Stage, sk: StageKey, entry: dict[str, Any], ran: bool) -> None:
+        self.results[stage.id] = Planned(entry["outputs"], entry.get("values", {}), sk.key)
+        old = self._records.get(stage.id) or {}
+        metrics = entry.get("metrics", {})
+        record = {
+            "key": sk.key, "doc": sk.doc, "result": "ok",
+            "duration": metrics.get("duration", old.get("duration")),
+            "finished": time.time() if ran else old.get("finished", time.time()),
+        }  # fmt: skip
+        if record != old:
+            self.state.set_record(stage.id, record)
+            self._records[stage.id] = record
+        self.state.set_placed((rel, stage.id, name) for name, rel in sk.ports.outputs.items())
+
+
+def _from_unknown(reason: Reason, sk: StageKey) -> bool:
+    """Whether a reason only reflects an upstream output not known yet (dry-run)."""
+    if reason.trigger is Trigger.UPSTREAM:
+        return any(f"upstream {s} " in reason.detail for s in sk.unknown)
+    for name, value in sk.doc["inputs"].items():
+        pairs = value if value and isinstance(value[0], list) else [value]
+        for path, h in pairs:
+            if h == "?" and path in reason.detail:
+                return True
+    return False

@@ -1,0 +1,266 @@
+"""The command line: a thin shell over :mod:`pipemake.api`, one function per verb.
+
+Exit codes: 0 success, 1 a stage failed (or a lock wait timed out), 2 a bad pipeline or
+usage, 128 + signal when interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from . import api
+from .errors import PipemakeError, UsageError
+
+__all__ = ["main", "cli"]
+
+
+def _parse_duration(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise UsageError(f"--lock-timeout must be a number of seconds, got {value!r}") from None
+
+
+def _run(fn: Callable[[], int | None]) -> None:
+    try:
+        code = fn() or 0
+    except PipemakeError as exc:
+        click.echo(exc.format(), err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-C", "directory", type=click.Path(file_okay=False), default=None,
+              help="Run as if started in DIR.")
+@click.option("-f", "file", type=click.Path(dir_okay=False), default=None,
+              help="The pipeline file (default: pipemake.yaml).")
+@click.option("--cache-dir", envvar="PIPEMAKE_CACHE_DIR", default=None,
+              help="Where the store lives (default: .pipemake/store; env PIPEMAKE_CACHE_DIR).")
+@click.version_option(package_name="pipemake")
+@click.pass_context
+def cli(ctx: click.Context, directory: str | None, file: str | None, cache_dir: str | None) -> None:
+    """pipemake: a Make-style incremental build tool for datasets."""
+    ctx.obj = {"directory": directory, "file": file, "cache_dir": cache_dir}
+
+
+def _project(ctx: click.Context, readonly: bool = False, cache_dir: str | None = None) -> Any:
+    o = ctx.obj
+    return api.project_of(o["directory"], o["file"], cache_dir or o["cache_dir"], readonly)
+
+
+@cli.command()
+@click.argument("targets", nargs=-1)
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run up to N tasks at once.")
+@click.option("-k", "--keep-going", is_flag=True, help="Go on with independent stages after a failure.")
+@click.option("-B", "--force", is_flag=True, help="Rerun every selected stage.")
+@click.option("--force-stage", multiple=True, metavar="ID", help="Rerun this stage (repeatable).")
+@click.option("--executor", default="local", show_default=True, help="Where tasks run: local, inline.")
+@click.option("--cache-dir", "cache_dir", default=None, help="Where the store lives.")
+@click.option("--lock-timeout", default=None, metavar="SECONDS",
+              help="Give up (exit 1) when another build holds the lock this long.")
+@click.option("--no-progress", is_flag=True, help="Plain lines instead of a live view.")
+@click.pass_context
+def build(ctx: click.Context, targets: tuple[str, ...], jobs: int, keep_going: bool, force: bool,
+          force_stage: tuple[str, ...], executor: str, cache_dir: str | None,
+          lock_timeout: str | None, no_progress: bool) -> None:
+    """Build TARGETS (default: every stage) and what they need."""
+    from .events import Bus
+    from .progress import make_view
+
+    def go() -> int:
+        with _project(ctx, cache_dir=cache_dir) as project:
+            bus = Bus()
+            view = make_view(no_progress)
+            bus.subscribe(view)
+            try:
+                api.build(project, targets, jobs=jobs, keep_going=keep_going, force=force,
+                          force_stages=force_stage, executor=executor,
+                          lock_timeout=_parse_duration(lock_timeout), bus=bus,
+                          on_lock_wait=lambda who: click.echo(
+                              f"waiting for the build lock held by {who} …", err=True))
+            finally:
+                view.close()
+        return 0
+
+    _run(go)
+
+
+def _print_decisions(rows: list[Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([d.as_json(s) for s, d in rows], indent=2))
+    else:
+        for stage, decision in rows:
+            click.echo(decision.line(stage))
+
+
+@cli.command("dry-run")
+@click.argument("targets", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--check", is_flag=True, help="Exit 1 when anything would run or be restored.")
+@click.pass_context
+def dry_run(ctx: click.Context, targets: tuple[str, ...], as_json: bool, check: bool) -> None:
+    """Say what a build would run, restore or skip, and why. Changes nothing."""
+
+    def go() -> int:
+        with _project(ctx, readonly=True) as project:
+            rows = api.dry_run(project, targets)
+        _print_decisions(rows, as_json)
+        stale = any(d.verdict.value != "up to date" for _, d in rows)
+        return 1 if check and stale else 0
+
+    _run(go)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--check", is_flag=True, help="Exit 1 when any stage is not up to date.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool, check: bool) -> None:
+    """Each stage's state, last result and duration; orphaned outputs."""
+
+    def go() -> int:
+        with _project(ctx, readonly=True) as project:
+            info = api.status(project)
+        if as_json:
+            click.echo(json.dumps(info, indent=2))
+        else:
+            for row in info["stages"]:
+                why = f" ({'; '.join(row['reasons'])})" if row["reasons"] else ""
+                dur = row["last_duration"]
+                last = f"  [last: {row['last_result']}, {dur:.1f}s]" if dur is not None else ""
+                click.echo(f"{row['stage']}: {row['state']}{why}{last}")
+                if row["state"] == "failed" and row["last_error"]:
+                    click.echo("    " + row["last_error"].splitlines()[0])
+            if info["orphans"]:
+                click.echo("orphaned outputs (remove with `pipemake clean --orphans`):")
+                for path in info["orphans"]:
+                    click.echo(f"  {path}")
+        stale = any(r["state"] != "up to date" for r in info["stages"])
+        return 1 if check and stale else 0
+
+    _run(go)
+
+
+@cli.command()
+@click.pass_context
+def validate(ctx: click.Context) -> None:
+    """Check the pipeline and print the execution plan."""
+
+    def go() -> int:
+        with _project(ctx, readonly=True) as project:
+            plan = api.validate(project)
+            name = project.pipeline.name
+        click.echo(f"pipeline {name!r} is valid: {len(plan)} stage(s), in this order:")
+        for i, row in enumerate(plan, 1):
+            needs = f"  (needs {', '.join(row['needs'])})" if row["needs"] else ""
+            click.echo(f"  {i}. {row['stage']} [{row['rule']}]{needs}")
+        return 0
+
+    _run(go)
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "mermaid", "dot"]), default="text",
+              show_default=True)
+@click.pass_context
+def graph(ctx: click.Context, fmt: str) -> None:
+    """Print the stage graph."""
+
+    def go() -> int:
+        with _project(ctx, readonly=True) as project:
+            click.echo(api.graph(project, fmt))
+        return 0
+
+    _run(go)
+
+
+@cli.command("list")
+@click.pass_context
+def list_cmd(ctx: click.Context) -> None:
+    """List stages with their rules."""
+
+    def go() -> int:
+        with _project(ctx, readonly=True) as project:
+            for row in api.list_stages(project):
+                outs = ", ".join(row["outputs"].values())
+                click.echo(f"{row['stage']}\t{row['rule']}\t{outs}")
+        return 0
+
+    _run(go)
+
+
+@cli.command()
+@click.argument("targets", nargs=-1)
+@click.option("--orphans", is_flag=True, help="Only outputs no current stage owns.")
+@click.pass_context
+def clean(ctx: click.Context, targets: tuple[str, ...], orphans: bool) -> None:
+    """Remove outputs from the workspace; the store keeps them (a build restores them)."""
+
+    def go() -> int:
+        with _project(ctx) as project:
+            removed = api.clean(project, targets, orphans_only=orphans)
+        for path in removed:
+            click.echo(f"removed {path}")
+        if not removed:
+            click.echo("nothing to remove")
+        return 0
+
+    _run(go)
+
+
+@cli.group()
+def cache() -> None:
+    """Inspect and check the store."""
+
+
+@cache.command("info")
+@click.pass_context
+def cache_info(ctx: click.Context) -> None:
+    """Where the store is and what it holds."""
+
+    def go() -> int:
+        with _project(ctx) as project:
+            info = api.cache_info(project)
+        click.echo(f"store:   {info['path']}")
+        click.echo(f"objects: {info['objects']} ({info['bytes'] / 1e6:.1f} MB)")
+        click.echo(f"entries: {info['entries']}")
+        return 0
+
+    _run(go)
+
+
+@cache.command("verify")
+@click.pass_context
+def cache_verify(ctx: click.Context) -> None:
+    """Check every object against its hash; corrupt objects are removed."""
+
+    def go() -> int:
+        with _project(ctx) as project:
+            info = api.cache_verify(project)
+        for digest in info["corrupt"]:
+            click.echo(f"corrupt object removed: {digest}")
+        for key in info["incomplete_entries"]:
+            click.echo(f"entry {key[:12]} lacks objects (its stage will run again)")
+        if not info["corrupt"] and not info["incomplete_entries"]:
+            click.echo("store OK")
+            return 0
+        return 1
+
+    _run(go)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="pipemake")

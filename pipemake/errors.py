@@ -1,0 +1,112 @@
+"""One exception tree; every error carries its exit code and formats itself.
+
+::
+
+    PipemakeError                 exit 1
+     ├── PipelineError            exit 2   the pipeline file is wrong (file, line, stage)
+     ├── UsageError               exit 2   bad command-line use (unknown target, bad option)
+     ├── BuildFailed              exit 1   one or more stages failed
+     ├── LockTimeout              exit 1   another build held the lock too long
+     ├── StoreError               exit 1   the store is unreadable or of another format
+     └── Interrupted              exit 128 + signal (130 Ctrl-C, 143 SIGTERM)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "BuildFailed",
+    "Interrupted",
+    "LockTimeout",
+    "PipelineError",
+    "PipemakeError",
+    "Problem",
+    "StoreError",
+    "UsageError",
+]
+
+
+class PipemakeError(Exception):
+    """Base of every error pipemake reports to the user (never with a traceback)."""
+
+    exit_code = 1
+
+    def format(self) -> str:
+        """The message shown to the user."""
+        return f"error: {self}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One mistake in a pipeline file: where it is and what to do about it."""
+
+    message: str
+    file: str = ""
+    line: int | None = None
+    stage: str | None = None
+    hint: str = ""
+
+    def format(self) -> str:
+        where = self.file or "pipeline"
+        if self.line is not None:
+            where += f":{self.line}"
+        text = f"{where}: "
+        if self.stage:
+            text += f"stage {self.stage!r}: "
+        text += self.message
+        if self.hint:
+            text += f"\n    hint: {self.hint}"
+        return text
+
+
+class PipelineError(PipemakeError):
+    """The pipeline file is wrong; nothing has run."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("; ".join(p.message for p in problems))
+
+    def format(self) -> str:
+        n = len(self.problems)
+        head = "error: the pipeline has a problem" if n == 1 else f"error: the pipeline has {n} problems"
+        return head + ":\n" + "\n".join("  " + p.format() for p in self.problems)
+
+
+class UsageError(PipemakeError):
+    """The command line is wrong (unknown target, bad option value)."""
+
+    exit_code = 2
+
+
+class BuildFailed(PipemakeError):
+    """One or more stages failed; those that finished are recorded."""
+
+    def __init__(self, failed: list[str]):
+        self.failed = failed
+        super().__init__(f"{len(failed)} stage(s) failed: {', '.join(failed)}")
+
+
+class LockTimeout(PipemakeError):
+    """Another build held the workspace lock longer than ``--lock-timeout``."""
+
+
+class StoreError(PipemakeError):
+    """The store cannot be used (another format version, unreadable database)."""
+
+
+class Interrupted(PipemakeError):
+    """The build was stopped by a signal; what finished is kept."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by signal {signum}")
+
+    def format(self) -> str:
+        return (
+            "interrupted: no new stages were started and running ones were stopped; "
+            "finished stages are kept. Run `pipemake build` again to resume."
+        )

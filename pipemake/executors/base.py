@@ -1,0 +1,90 @@
+"""The executor interface: where work runs. Executors know nothing of up-to-dateness.
+
+An executor takes plain, picklable :class:`Task` descriptions and reports back
+:class:`Message` objects (progress, log lines, a result or an error). It is a context
+manager; ``submit`` and ``poll`` are the methods to implement.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Executor", "Message", "Task", "get_executor"]
+
+
+@dataclass
+class Task:
+    """One unit of work: a whole stage, a batch of its items, or a map-reduce step."""
+
+    id: str
+    stage: str
+    rule: str
+    root: str
+    store: str
+    inputs: dict[str, Any]
+    outputs: dict[str, str]
+    output_kinds: dict[str, str]
+    params: dict[str, Any]
+    mode: str = "run"  # run | items | map | reduce
+    items: list[dict[str, str]] = field(default_factory=list)
+    foreach: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    resources: dict[str, float] = field(default_factory=dict)
+    gpu_ids: list[str] = field(default_factory=list)
+    log_path: str = ""
+    timeout: float | None = None
+
+
+@dataclass
+class Message:
+    """What a running task reports: ``progress`` (done, total), ``log`` (level, text),
+    ``result`` (payload) or ``error`` (text, traceback)."""
+
+    task: str
+    kind: str
+    data: Any = None
+
+
+class Executor(ABC):
+    """Runs tasks somewhere; reports messages. Use as a context manager."""
+
+    name = "base"
+
+    def __init__(self, jobs: int = 1):
+        self.jobs = max(1, jobs)
+
+    @abstractmethod
+    def submit(self, task: Task) -> None:
+        """Start ``task`` (the caller never submits more than ``jobs`` at once)."""
+
+    @abstractmethod
+    def poll(self, timeout: float | None) -> list[Message]:
+        """Messages that arrived, waiting up to ``timeout`` seconds for the first one."""
+
+    def cancel(self, task_ids: list[str], force: bool = False) -> None:
+        """Stop running tasks (terminate their process trees); each then reports an error."""
+
+    def close(self) -> None:
+        """Release workers."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def get_executor(name: str, jobs: int) -> Executor:
+    """The executor registered as ``name``, imported lazily."""
+    if name == "local":
+        from .local import LocalExecutor
+
+        return LocalExecutor(jobs)
+    if name == "inline":
+        from .inline import InlineExecutor
+
+        return InlineExecutor(jobs)
+    raise ValueError(f"unknown executor {name!r} (known: local, inline)")

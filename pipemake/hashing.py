@@ -1,0 +1,106 @@
+"""Pure functions that hash canonical, type-tagged structures, files and directory manifests.
+
+Every key pipemake computes comes from here. The encoding is type-tagged (``1`` and ``"1"``
+and ``[1]`` never collide), dict keys are sorted, floats use ``repr``. ``KEY_FORMAT`` goes
+into every key so a change of this encoding can never match an old entry; the tests pin
+literal digests so such a change cannot slip by unnoticed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import xxhash
+
+__all__ = [
+    "KEY_FORMAT",
+    "canonical",
+    "digest",
+    "hash_bytes",
+    "hash_file",
+    "normalize_mode",
+    "tree_hash",
+]
+
+KEY_FORMAT = 1
+_CHUNK = 1 << 20
+
+
+def _encode(obj: Any, out: list[bytes]) -> None:
+    if obj is None:
+        out.append(b"N")
+    elif obj is True:
+        out.append(b"T")
+    elif obj is False:
+        out.append(b"F")
+    elif isinstance(obj, int):
+        out.append(b"i%d;" % obj)
+    elif isinstance(obj, float):
+        out.append(b"f" + repr(obj).encode() + b";")
+    elif isinstance(obj, str):
+        raw = obj.encode("utf-8")
+        out.append(b"s%d:" % len(raw))
+        out.append(raw)
+    elif isinstance(obj, bytes):
+        out.append(b"b%d:" % len(obj))
+        out.append(obj)
+    elif isinstance(obj, list | tuple):
+        out.append(b"l%d[" % len(obj))
+        for value in obj:
+            _encode(value, out)
+        out.append(b"]")
+    elif isinstance(obj, dict):
+        out.append(b"d%d{" % len(obj))
+        for key in sorted(obj):
+            if not isinstance(key, str):
+                raise TypeError(f"dict keys must be str to hash, got {key!r}")
+            _encode(key, out)
+            _encode(obj[key], out)
+        out.append(b"}")
+    else:
+        raise TypeError(f"cannot hash a value of type {type(obj).__name__}: {obj!r}")
+
+
+def canonical(obj: Any) -> bytes:
+    """The canonical, type-tagged byte encoding of a JSON-like structure."""
+    out: list[bytes] = []
+    _encode(obj, out)
+    return b"".join(out)
+
+
+def hash_bytes(data: bytes) -> str:
+    """xxh3-128 of ``data`` as 32 hex digits."""
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def digest(obj: Any) -> str:
+    """The hash of a JSON-like structure's canonical encoding."""
+    return hash_bytes(canonical(obj))
+
+
+def hash_file(path: str, size_hint: int = -1) -> str:
+    """xxh3-128 of a file's contents, read in 1 MiB chunks (one read for small files)."""
+    with open(path, "rb", buffering=0) as fh:
+        if 0 <= size_hint <= _CHUNK:
+            return xxhash.xxh3_128_hexdigest(fh.read())
+        h = xxhash.xxh3_128()
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        while True:
+            n = fh.readinto(buf)
+            if not n:
+                break
+            h.update(view[:n])
+        return h.hexdigest()
+
+
+def normalize_mode(st_mode: int) -> int:
+    """Only the executable bit of a file's mode matters: 0o755 or 0o644."""
+    return 0o755 if st_mode & 0o111 else 0o644
+
+
+def tree_hash(entries: Iterable[Sequence[Any]]) -> str:
+    """The hash of a directory from its manifest entries ``(relpath, hash, size, mode)``,
+    which must be sorted by relpath."""
+    return digest(["tree", [list(e) for e in entries]])

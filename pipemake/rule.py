@@ -1,0 +1,347 @@
+"""The rule API: what a stage type declares, what it receives when it runs, and the registry.
+
+A rule is a class with class-level declarations (inputs, outputs, params, computed values,
+a version) and a ``run`` method. It is registered under the ``pipemake.rules`` entry-point
+group, exactly like the built-in rules. Declarations let the loader catch unknown keys,
+wrong types and unknown references before anything runs; ``version`` goes into every key,
+so bumping it reruns the stages that use the rule.
+
+Rules that work per file of an input (``foreach``) implement ``run_item`` (or
+``run_batch``); rules that also need a whole-stage step over all items' results (map-reduce)
+implement ``map_item`` and ``reduce``. ``setup`` runs once per worker process and per
+parameter set, so a rule loads its model once, not once per item.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar
+
+__all__ = [
+    "Context",
+    "Input",
+    "Item",
+    "Output",
+    "Param",
+    "Ports",
+    "Rule",
+    "RuleError",
+    "get_rule",
+    "rule_names",
+]
+
+ENTRY_POINT_GROUP = "pipemake.rules"
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "list": (list,),
+    "dict": (dict,),
+    "any": (object,),
+}
+
+
+class RuleError(Exception):
+    """Raised by a rule for bad input it meets while running: shown to the user without a
+    traceback, as the stage's failure."""
+
+
+@dataclass(frozen=True)
+class Input:
+    """A config key whose value is an input path (or, with ``many``, a list of paths).
+
+    ``kind`` is ``file``, ``dir`` or ``path`` (either). Inputs are content-hashed into the key.
+    """
+
+    kind: str = "path"
+    required: bool = True
+    many: bool = False
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Output:
+    """A config key whose value is an output path the rule writes (``file`` or ``dir``)."""
+
+    kind: str = "dir"
+    help: str = ""
+
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    """A config key holding a parameter: a type name, a default and optional choices.
+
+    A param without a default is required. ``type`` is one of str, int, float, bool, list,
+    dict, any; a tuple of names accepts any of them.
+    """
+
+    type: str | tuple[str, ...] = "any"
+    default: Any = _REQUIRED
+    choices: Sequence[Any] | None = None
+    help: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED
+
+    def check(self, value: Any) -> str | None:
+        """Return a message saying what is wrong with ``value``, or None when it is fine."""
+        names = (self.type,) if isinstance(self.type, str) else self.type
+        ok = False
+        for name in names:
+            types = _TYPES[name]
+            if name in ("int", "float") and isinstance(value, bool):
+                continue
+            if isinstance(value, types):
+                ok = True
+                break
+        if not ok:
+            return f"expected {' or '.join(names)}, got {type(value).__name__} {value!r}"
+        if self.choices is not None and value not in self.choices:
+            return f"{value!r} is not one of {', '.join(map(repr, self.choices))}"
+        return None
+
+
+@dataclass
+class Ports:
+    """A stage's config split into input paths, output paths (with kinds) and params.
+
+    Paths are relative to the project root. ``key_params`` is what goes into the key for
+    the params (by default the params themselves).
+    """
+
+    inputs: dict[str, str | list[str]] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    output_kinds: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    key_params: dict[str, Any] | None = None
+    #: the project root (absolute), for rules that look at user code
+    root: str = ""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One file of a ``foreach`` input: its path (relative to the project root), its path
+    relative to the input directory, and its content hash."""
+
+    path: str
+    relpath: str
+    hash: str = ""
+
+    @property
+    def name(self) -> str:
+        return Path(self.relpath).name
+
+    @property
+    def stem(self) -> str:
+        return Path(self.relpath).stem
+
+
+class Context:
+    """What a rule's ``run`` (or per-item call) receives.
+
+    ``inputs`` and ``outputs`` map names to absolute paths (outputs point into staging, never
+    at the real output path); ``params`` are the resolved params; ``progress(done, total)``
+    reports progress; ``log`` is a logger whose lines reach the build's view and log.
+    ``resources`` is what the scheduler granted (e.g. ``{"gpu": 1}``) and ``gpu_ids`` the
+    cards given to this stage. ``state`` holds what ``setup`` returned.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        inputs: Mapping[str, Path | list[Path]],
+        outputs: Mapping[str, Path],
+        params: Mapping[str, Any],
+        *,
+        stage: str = "",
+        progress: Callable[[int, int | None], None] | None = None,
+        log: logging.Logger | None = None,
+        resources: Mapping[str, float] | None = None,
+        gpu_ids: Sequence[str] = (),
+        item: Item | None = None,
+        state: Any = None,
+    ) -> None:
+        self.root = Path(root)
+        self.inputs = dict(inputs)
+        self.outputs = dict(outputs)
+        self.params = dict(params)
+        self.stage = stage
+        self._progress = progress
+        self.log = log or logging.getLogger(f"pipemake.stage.{stage or 'rule'}")
+        self.resources = dict(resources or {})
+        self.gpu_ids = list(gpu_ids)
+        self.item = item
+        self.state = state
+
+    def progress(self, done: int, total: int | None = None) -> None:
+        """Report that ``done`` of ``total`` units of work are finished."""
+        if self._progress is not None:
+            self._progress(done, total)
+
+
+class Rule:
+    """Base class of every stage type.
+
+    Subclasses set ``name`` and ``version`` and declare ``inputs``, ``outputs`` and
+    ``params`` as mappings from config key to :class:`Input`, :class:`Output` and
+    :class:`Param`, and ``values`` as the names of the computed values ``run`` returns.
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    inputs: ClassVar[Mapping[str, Input]] = {}
+    outputs: ClassVar[Mapping[str, Output]] = {}
+    params: ClassVar[Mapping[str, Param]] = {}
+    values: ClassVar[Sequence[str]] = ()
+    #: computed values that are paths (or lists of paths) relative to one of the outputs:
+    #: value name → output name. A downstream ``{stage.value}`` resolves them to paths
+    #: relative to the project root, so they can be used as inputs.
+    path_values: ClassVar[Mapping[str, str]] = {}
+    #: default ``foreach`` filter (a glob, or several joined by ``|``) for this rule's items
+    foreach_pattern: ClassVar[str | None] = None
+    #: how many items one per-item call receives (``run_batch``); 1 means ``run_item``
+    batch_size: ClassVar[int] = 1
+
+    def ports(self, config: Mapping[str, Any]) -> tuple[Ports, list[tuple[str, str]]]:
+        """Split ``config`` into ports by the declarations.
+
+        Returns the ports and a list of ``(config key, problem)`` for the loader to report.
+        Rules whose inputs and outputs are named by the user (``shell``, ``python``)
+        override this.
+        """
+        problems: list[tuple[str, str]] = []
+        ports = Ports()
+        known = set(self.inputs) | set(self.outputs) | set(self.params)
+        for key in config:
+            if key not in known:
+                problems.append((key, f"unknown key {key!r} for rule {self.name!r}" + _known(known)))
+        for key, decl in self.inputs.items():
+            if key not in config or config[key] is None:
+                if decl.required:
+                    problems.append((key, f"missing input {key!r}"))
+                continue
+            value = config[key]
+            if isinstance(value, list):
+                if not decl.many and len(value) != 1:
+                    problems.append((key, f"input {key!r} takes one path, got a list"))
+                    continue
+                if not all(isinstance(v, str) for v in value):
+                    problems.append((key, f"input {key!r} must be a list of paths"))
+                    continue
+                ports.inputs[key] = list(value) if decl.many else value[0]
+            elif isinstance(value, str):
+                ports.inputs[key] = [value] if decl.many else value
+            else:
+                problems.append((key, f"input {key!r} must be a path, got {value!r}"))
+        for key, decl in self.outputs.items():
+            value = config.get(key)
+            if not isinstance(value, str) or not value:
+                problems.append((key, f"missing output path {key!r}"))
+                continue
+            ports.outputs[key] = value
+            ports.output_kinds[key] = decl.kind
+        for key, decl in self.params.items():
+            if key in config:
+                msg = decl.check(config[key])
+                if msg:
+                    problems.append((key, f"param {key!r}: {msg}"))
+                ports.params[key] = config[key]
+            elif decl.required:
+                problems.append((key, f"missing param {key!r}"))
+            else:
+                ports.params[key] = decl.default
+        return ports, problems
+
+    def check(self, ports: Ports) -> list[tuple[str, str]]:
+        """Further checks of resolved ports before anything runs; ``(key, problem)`` pairs."""
+        return []
+
+    def code_hash(self, ports: Ports, root: Path) -> str | None:
+        """A hash of user code this stage runs (``python`` stages), or None."""
+        return None
+
+    def run(self, ctx: Context) -> Mapping[str, Any] | None:
+        """Do the stage's work, writing into ``ctx.outputs``; return computed values."""
+        raise NotImplementedError(f"rule {self.name!r} does not implement run()")
+
+    # foreach support -------------------------------------------------------------------
+    def setup(self, ctx: Context) -> Any:
+        """Load what every item needs (a model): called once per worker process and params."""
+        return None
+
+    def run_item(self, ctx: Context, item: Item) -> Mapping[str, Any] | None:
+        """Process one item, writing into ``ctx.outputs``; return the item's computed values."""
+        return self.run(ctx)
+
+    def run_batch(self, ctx: Context, items: Sequence[Item]) -> list[Mapping[str, Any] | None]:
+        """Process several items at once (GPU rules); by default one by one."""
+        return [self.run_item(ctx, item) for item in items]
+
+    def gather(self, params: Mapping[str, Any], per_item: Mapping[str, Any]) -> dict[str, Any]:
+        """The stage's computed values from each item's (item relpath → values); by default
+        each declared value becomes a mapping from item relpath to that item's value."""
+        return {
+            name: {rel: (vals or {}).get(name) for rel, vals in per_item.items()}
+            for name in self.values
+        }
+
+    #: map-reduce rules set this and implement map_item and reduce
+    map_reduce: ClassVar[bool] = False
+
+    def map_item(self, ctx: Context, item: Item) -> Any:
+        """Compute one item's result (JSON-serializable or bytes), cached per item."""
+        raise NotImplementedError
+
+    def reduce(self, ctx: Context, mapped: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """Combine every item's map result (relpath → result) and write the outputs."""
+        raise NotImplementedError
+
+    #: params that only the reduce step reads; changing them reruns only the reduce
+    reduce_params: ClassVar[Sequence[str]] = ()
+
+
+def _known(names: set[str]) -> str:
+    return f" (known: {', '.join(sorted(names))})" if names else ""
+
+
+_registry: dict[str, metadata.EntryPoint] | None = None
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    global _registry
+    if _registry is None:
+        _registry = {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return _registry
+
+
+def rule_names() -> list[str]:
+    """Names of every registered rule (built-in and third-party), without importing them."""
+    return sorted(_entry_points())
+
+
+_loaded: dict[str, Rule] = {}
+
+
+def get_rule(name: str) -> Rule | None:
+    """The rule registered as ``name`` (imported on first use), or None if there is none."""
+    if name in _loaded:
+        return _loaded[name]
+    ep = _entry_points().get(name)
+    if ep is None:
+        return None
+    cls = ep.load()
+    rule = cls() if isinstance(cls, type) else cls
+    if not isinstance(rule, Rule):
+        raise TypeError(f"entry point {name!r} ({ep.value}) is not a pipemake Rule")
+    _loaded[name] = rule
+    return rule

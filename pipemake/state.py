@@ -1,0 +1,139 @@
+"""The workspace's own state under ``.pipemake/``: the stat cache, each stage's last-build
+record and the ledger of output paths builds have placed (for orphans).
+
+Unlike the store (which may be shared between workspaces), this belongs to one checkout.
+SQLite with JSON text, never pickle; the schema carries a version.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["STATE_FORMAT", "StatRow", "WorkspaceState"]
+
+STATE_FORMAT = 1
+
+StatRow = tuple[int, int, int, int, int, str]  # dev, ino, size, mtime_ns, hashed_at_ns, hash
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS stat (
+    path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER,
+    hashed_at INTEGER, hash TEXT);
+CREATE TABLE IF NOT EXISTS records (stage TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS placed (path TEXT PRIMARY KEY, stage TEXT, output TEXT);
+"""
+
+
+class WorkspaceState:
+    """Access to ``.pipemake/state.db``; opened lazily, so a command that needs none of it
+    pays nothing."""
+
+    def __init__(self, path: Path, readonly: bool = False):
+        self.path = path
+        self.readonly = readonly
+        self._db: sqlite3.Connection | None = None
+        self._stat: dict[str, StatRow] | None = None
+        self._stat_dirty: dict[str, StatRow] = {}
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            if self.readonly and not self.path.exists():
+                self._db = sqlite3.connect(":memory:")
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT value FROM meta WHERE name='format'").fetchone()
+            if row is None:
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(STATE_FORMAT),))
+            elif row[0] != str(STATE_FORMAT):
+                # Only a cache: start over rather than misread another format.
+                self._db.executescript("DELETE FROM stat; DELETE FROM records; DELETE FROM placed;")
+                self._db.execute("UPDATE meta SET value=? WHERE name='format'", (str(STATE_FORMAT),))
+        return self._db
+
+    # stat cache --------------------------------------------------------------------------
+    def stat_rows(self) -> dict[str, StatRow]:
+        """Every stat-cache row, read in one query and kept in memory for the build."""
+        if self._stat is None:
+            self._stat = {
+                r[0]: tuple(r[1:])  # type: ignore[misc]
+                for r in self.db.execute("SELECT * FROM stat")
+            }
+        return self._stat
+
+    def set_stat(self, path: str, row: StatRow) -> None:
+        """Remember a file's hash for its (device, inode, size, mtime); written by flush()."""
+        self.stat_rows()[path] = row
+        self._stat_dirty[path] = row
+
+    def flush(self) -> None:
+        """Write pending stat-cache rows in one transaction."""
+        if not self._stat_dirty or self.readonly:
+            self._stat_dirty.clear()
+            return
+        with self.transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO stat VALUES (?,?,?,?,?,?,?)",
+                [(p, *row) for p, row in self._stat_dirty.items()],
+            )
+        self._stat_dirty.clear()
+
+    # last-build records -----------------------------------------------------------------
+    def record(self, stage: str) -> dict[str, Any] | None:
+        """The stage's last-build record (key, params, input hashes, result), or None."""
+        row = self.db.execute("SELECT record FROM records WHERE stage=?", (stage,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """Every stage's last-build record."""
+        return {s: json.loads(r) for s, r in self.db.execute("SELECT stage, record FROM records")}
+
+    def set_record(self, stage: str, record: dict[str, Any]) -> None:
+        if self.readonly:
+            return
+        self.db.execute(
+            "INSERT OR REPLACE INTO records VALUES (?, ?)", (stage, json.dumps(record, sort_keys=True))
+        )
+
+    # placed outputs ---------------------------------------------------------------------
+    def placed(self) -> dict[str, tuple[str, str]]:
+        """Every output path a build has placed: path → (stage, output name)."""
+        return {p: (s, o) for p, s, o in self.db.execute("SELECT path, stage, output FROM placed")}
+
+    def set_placed(self, items: Iterable[tuple[str, str, str]]) -> None:
+        if self.readonly:
+            return
+        self.db.executemany("INSERT OR REPLACE INTO placed VALUES (?,?,?)", list(items))
+
+    def forget_placed(self, paths: Iterable[str]) -> None:
+        self.db.executemany("DELETE FROM placed WHERE path=?", [(p,) for p in paths])
+
+    def transaction(self) -> Any:
+        """A context manager for one write transaction."""
+        return _Tx(self.db)
+
+    def close(self) -> None:
+        self.flush()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,265 @@
+"""The store: content-addressed objects and the action cache (key → outputs, values).
+
+Layout under the cache directory (``.pipemake/store`` by default)::
+
+    objects/ab/cdef…    one read-only file per content hash, written put-if-absent
+    actions.db          SQLite: key → JSON entry (output manifests, computed values, …)
+
+Nothing here is ever unpickled: entries are JSON text, so a store restored from an
+untrusted CI cache cannot run code. Objects are verified against their hash when they are
+restored; a corrupt object is removed and reported as a miss. Two workspaces may share one
+store at once: objects appear by atomic rename and entries by single SQLite statements.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from .errors import StoreError
+
+__all__ = ["STORE_FORMAT", "Store"]
+
+STORE_FORMAT = 1
+_FICLONE = 0x40049409
+_CHUNK = 1 << 20
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS actions (
+    key TEXT PRIMARY KEY, entry TEXT NOT NULL, created REAL NOT NULL, used REAL NOT NULL);
+"""
+
+
+class Store:
+    """Objects plus the action cache, in one directory that may be shared."""
+
+    def __init__(self, path: Path, fsync: bool = False):
+        self.path = Path(path)
+        self.objects = self.path / "objects"
+        self.fsync = fsync
+        self._db: sqlite3.Connection | None = None
+
+    # database ---------------------------------------------------------------------------
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                db = sqlite3.connect(self.path / "actions.db", timeout=60, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=" + ("FULL" if self.fsync else "NORMAL"))
+                db.executescript(_SCHEMA)
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(STORE_FORMAT),))
+                fmt = db.execute("SELECT value FROM meta WHERE name='format'").fetchone()[0]
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"cannot open the store at {self.path}: {exc}") from None
+            if fmt != str(STORE_FORMAT):
+                raise StoreError(
+                    f"the store at {self.path} has format {fmt}, this pipemake reads "
+                    f"{STORE_FORMAT}; point --cache-dir elsewhere or remove it"
+                )
+            self._db = db
+        return self._db
+
+    def get_action(self, key: str) -> dict[str, Any] | None:
+        """The entry stored under ``key``, or None."""
+        try:
+            row = self.db.execute("SELECT entry FROM actions WHERE key=?", (key,)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"the store's action cache is unreadable: {exc}") from None
+        if row is None:
+            return None
+        try:
+            entry = json.loads(row[0])
+        except ValueError:
+            return None
+        return entry if isinstance(entry, dict) else None
+
+    def put_action(self, key: str, entry: dict[str, Any]) -> None:
+        """Commit an entry: the point after which a build's work is done for good."""
+        self.put_actions([(key, entry)])
+
+    def put_actions(self, pairs: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Commit several entries in one transaction."""
+        now = time.time()
+        rows = [(k, json.dumps(e, sort_keys=True), now, now) for k, e in pairs]
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT OR REPLACE INTO actions VALUES (?,?,?,?)", rows)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def actions(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every entry (for ``cache verify`` and ``cache gc``)."""
+        for key, text in self.db.execute("SELECT key, entry FROM actions"):
+            try:
+                yield key, json.loads(text)
+            except ValueError:
+                continue
+
+    def delete_actions(self, keys: Iterable[str]) -> None:
+        self.db.executemany("DELETE FROM actions WHERE key=?", [(k,) for k in keys])
+
+    # objects ----------------------------------------------------------------------------
+    def object_path(self, digest: str) -> Path:
+        return self.objects / digest[:2] / digest[2:]
+
+    def has_object(self, digest: str) -> bool:
+        return self.object_path(digest).is_file()
+
+    def put_file(self, src: str, digest: str) -> None:
+        """Copy ``src`` (whose content hash is ``digest``) into the store if it is not there."""
+        dst = self.object_path(digest)
+        if dst.is_file():
+            return
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+                _copy(inp, out)
+                if self.fsync:
+                    out.flush()
+                    os.fsync(out.fileno())
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, dst)
+        except BaseException:
+            with _quiet():
+                os.unlink(tmp)
+            raise
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store ``data`` as an object; return its hash."""
+        digest = xxhash.xxh3_128_hexdigest(data)
+        dst = self.object_path(digest)
+        if dst.is_file():
+            return digest
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, dst)
+        return digest
+
+    def read_bytes(self, digest: str) -> bytes | None:
+        """An object's bytes, verified; None if it is missing or corrupt."""
+        try:
+            data = self.object_path(digest).read_bytes()
+        except FileNotFoundError:
+            return None
+        if xxhash.xxh3_128_hexdigest(data) != digest:
+            self.remove_object(digest)
+            return None
+        return data
+
+    def materialize(self, digest: str, dst: str, mode: int) -> bool:
+        """Write the object ``digest`` to ``dst`` (a new file), checking its hash as it is
+        copied. A missing or corrupt object returns False (a corrupt one is removed)."""
+        src = self.object_path(digest)
+        try:
+            inp = open(src, "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            return False
+        with inp, open(dst, "wb") as out:
+            if _reflink(inp, out):
+                ok = _hash_fd(inp) == digest
+            else:
+                h = xxhash.xxh3_128()
+                while chunk := inp.read(_CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+                ok = h.hexdigest() == digest
+        if not ok:
+            os.unlink(dst)
+            with _quiet():
+                os.unlink(src)
+            return False
+        os.chmod(dst, mode)
+        return True
+
+    def verify_object(self, digest: str) -> bool | None:
+        """True if the object matches its hash, False if corrupt, None if missing."""
+        try:
+            with open(self.object_path(digest), "rb") as fh:
+                return _hash_fd(fh) == digest
+        except FileNotFoundError:
+            return None
+
+    def iter_objects(self) -> Iterator[str]:
+        if not self.objects.is_dir():
+            return
+        for sub in sorted(self.objects.iterdir()):
+            if sub.is_dir():
+                for f in sorted(sub.iterdir()):
+                    if not f.name.startswith(".tmp-"):
+                        yield sub.name + f.name
+
+    def remove_object(self, digest: str) -> None:
+        with _quiet():
+            os.unlink(self.object_path(digest))
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+def _hash_fd(fh: Any) -> str:
+    fh.seek(0)
+    h = xxhash.xxh3_128()
+    while chunk := fh.read(_CHUNK):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _reflink(inp: Any, out: Any) -> bool:
+    try:
+        fcntl.ioctl(out.fileno(), _FICLONE, inp.fileno())
+        return True
+    except OSError:
+        return False
+
+
+def _copy(inp: Any, out: Any) -> None:
+    if _reflink(inp, out):
+        return
+    try:
+        size = os.fstat(inp.fileno()).st_size
+        sent = 0
+        while sent < size:
+            n = os.sendfile(out.fileno(), inp.fileno(), sent, size - sent)
+            if n == 0:
+                break
+            sent += n
+        if sent == size:
+            return
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.ENOTSUP):
+            raise
+    inp.seek(0)
+    out.seek(0)
+    out.truncate()
+    while chunk := inp.read(_CHUNK):
+        out.write(chunk)
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, *_: Any) -> bool:
+        return exc_type is not None and issubclass(exc_type, OSError)

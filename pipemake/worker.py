@@ -1,0 +1,248 @@
+"""What runs inside a worker for one task: call the rule, check and hash what it wrote, put
+the objects into the store, and report back. It decides nothing about whether to run.
+
+The same function serves every executor (local worker processes, the inline test double,
+remote workers), so a task behaves the same wherever it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .executors.base import Task
+from .fshash import Hasher
+from .hashing import digest
+from .rule import Context, Item, Rule, RuleError, get_rule
+from .store import Store
+from .workspace import manifest_of
+
+__all__ = ["execute"]
+
+Send = Callable[[str, Any], None]
+_setup_cache: dict[tuple[str, str], Any] = {}
+
+
+class _Forward(logging.Handler):
+    def __init__(self, send: Send, log_file: Any):
+        super().__init__()
+        self.send = send
+        self.log_file = log_file
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if self.log_file is not None:
+            self.log_file.write(text + "\n")
+            self.log_file.flush()
+        self.send("log", [record.levelname.lower(), text])
+
+
+def execute(task: Task, send: Send) -> None:
+    """Run ``task`` and report exactly one ``result`` or ``error`` message via ``send``."""
+    started = time.monotonic()
+    usage0 = _cpu()
+    old_env = {k: os.environ.get(k) for k in task.env}
+    os.environ.update(task.env)
+    log_file = open(task.log_path, "a", encoding="utf-8") if task.log_path else None  # noqa: SIM115
+    logger = logging.getLogger(f"pipemake.task.{task.id}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler = _Forward(send, log_file)
+    logger.addHandler(handler)
+    try:
+        if task.root not in sys.path:
+            sys.path.insert(0, task.root)
+        rule = get_rule(task.rule)
+        if rule is None:
+            raise RuleError(f"rule {task.rule!r} is not installed in this worker")
+        store = Store(Path(task.store))
+        payload = _MODES[task.mode](task, rule, store, send, logger)
+        payload["metrics"] = {
+            "duration": time.monotonic() - started,
+            "cpu": _cpu() - usage0,
+            "peak_rss_mb": _peak_rss_mb(),
+        }
+        send("result", payload)
+    except RuleError as exc:
+        send("error", [str(exc), None])
+    except Exception as exc:  # a bug in a rule: show where
+        send("error", [f"{type(exc).__name__}: {exc}", traceback.format_exc()])
+    finally:
+        logger.removeHandler(handler)
+        if log_file is not None:
+            log_file.close()
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _cpu() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _peak_rss_mb() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(me, kids) / 1024.0
+
+
+def _abs(root: str, value: Any) -> Any:
+    if isinstance(value, list):
+        return [_abs(root, v) for v in value]
+    return Path(value) if os.path.isabs(value) else Path(root) / value
+
+
+def _context(task: Task, send: Send, logger: logging.Logger, outputs: dict[str, str],
+             inputs: dict[str, Any] | None = None, item: Item | None = None) -> Context:
+    return Context(
+        Path(task.root),
+        {k: _abs(task.root, v) for k, v in (inputs or task.inputs).items()},
+        {k: _abs(task.root, v) for k, v in outputs.items()},
+        task.params, stage=task.stage, log=logger, resources=task.resources,
+        gpu_ids=task.gpu_ids, item=item,
+        progress=lambda done, total=None: send("progress", [done, total]),
+    )  # fmt: skip
+
+
+def _prepare_outputs(task: Task, outputs: dict[str, str], all_dirs: bool = False) -> None:
+    for name, path in outputs.items():
+        full = _abs(task.root, path)
+        if all_dirs or task.output_kinds.get(name) == "dir":
+            full.mkdir(parents=True, exist_ok=True)
+        else:
+            full.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _hash_outputs(task: Task, outputs: dict[str, str], store: Store) -> dict[str, Any]:
+    hasher = Hasher(task.root)
+    manifests = {}
+    for name, path in outputs.items():
+        info = hasher.info(path)
+        if info.kind == "missing":
+            raise RuleError(f"declared output {name!r} was not created (expected at {path})")
+        want = task.output_kinds.get(name)
+        if want in ("file", "dir") and info.kind != want:
+            raise RuleError(f"output {name!r} should be a {want}, but a {info.kind} was written")
+        full = _abs(task.root, path)
+        if info.kind == "file":
+            store.put_file(str(full), info.hash)
+        else:
+            for rel, h, _size, _mode in info.entries or []:
+                store.put_file(str(full / rel), h)
+        manifests[name] = manifest_of(info)
+    return manifests
+
+
+def _check_values(values: Any) -> dict[str, Any]:
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise RuleError(f"the rule returned {type(values).__name__}, not a mapping of values")
+    try:
+        json.dumps(values)
+    except (TypeError, ValueError) as exc:
+        raise RuleError(f"computed values must be JSON-serializable: {exc}") from None
+    return values
+
+
+def _run(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:
+    _prepare_outputs(task, task.outputs)
+    values = _check_values(rule.run(_context(task, send, logger, task.outputs)))
+    return {"outputs": _hash_outputs(task, task.outputs, store), "values": values}
+
+
+def _state(task: Task, rule: Rule, ctx: Context) -> Any:
+    key = (task.rule, digest(task.params))
+    if key not in _setup_cache:
+        _setup_cache.clear()  # one model per worker: drop the last parameter set's
+        _setup_cache[key] = rule.setup(ctx)
+    return _setup_cache[key]
+
+
+def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:
+    """Run a batch of foreach items; each item succeeds or fails on its own."""
+    results: dict[str, Any] = {}
+    batch = rule.batch_size if rule.batch_size > 1 else 1
+    for start in range(0, len(task.items), batch):
+        chunk = task.items[start : start + batch]
+        for it in chunk:
+            _prepare_outputs(task, it["outputs"], all_dirs=True)
+        first = chunk[0]
+        inputs = dict(task.inputs, **{task.foreach: first["path"]})
+        ctx = _context(task, send, logger, first["outputs"], inputs,
+                       Item(first["path"], first["relpath"], first["hash"]))
+        ctx.state = _state(task, rule, ctx)
+        try:
+            if batch > 1:
+                items = [Item(i["path"], i["relpath"], i["hash"]) for i in chunk]
+                ctx.outputs = {k: _abs(task.root, v) for k, v in first["outputs"].items()}
+                ctx.extra_outputs = [  # type: ignore[attr-defined]
+                    {k: _abs(task.root, v) for k, v in i["outputs"].items()} for i in chunk
+                ]
+                values_list = rule.run_batch(ctx, items)
+            else:
+                values_list = [rule.run_item(ctx, ctx.item)]  # type: ignore[arg-type]
+            for it, values in zip(chunk, values_list, strict=True):
+                results[it["relpath"]] = {
+                    "outputs": _hash_outputs(task, it["outputs"], store),
+                    "values": _check_values(values),
+                }
+        except RuleError as exc:
+            for it in chunk:
+                results.setdefault(it["relpath"], {"error": str(exc)})
+        except Exception as exc:
+            tb = traceback.format_exc()
+            for it in chunk:
+                results.setdefault(it["relpath"], {"error": f"{type(exc).__name__}: {exc}", "tb": tb})
+        send("progress", [start + len(chunk), len(task.items)])
+    return {"items": results}
+
+
+def _map(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:
+    results: dict[str, Any] = {}
+    for n, it in enumerate(task.items, 1):
+        inputs = dict(task.inputs, **{task.foreach: it["path"]})
+        item = Item(it["path"], it["relpath"], it["hash"])
+        ctx = _context(task, send, logger, {}, inputs, item)
+        ctx.state = _state(task, rule, ctx)
+        try:
+            value = rule.map_item(ctx, item)
+            kind = "bytes" if isinstance(value, bytes) else "json"
+            data = value if isinstance(value, bytes) else json.dumps(value).encode()
+            results[it["relpath"]] = {"hash": store.put_bytes(data), "kind": kind}
+        except RuleError as exc:
+            results[it["relpath"]] = {"error": str(exc)}
+        except Exception as exc:
+            results[it["relpath"]] = {"error": f"{type(exc).__name__}: {exc}",
+                                      "tb": traceback.format_exc()}
+        send("progress", [n, len(task.items)])
+    return {"items": results}
+
+
+def _reduce(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:
+    mapped: dict[str, Any] = {}
+    for rel, (h, kind) in task.extra["mapped"].items():
+        data = store.read_bytes(h)
+        if data is None:
+            raise RuleError(f"the cached map result of item {rel} is missing or corrupt; build again")
+        mapped[rel] = data if kind == "bytes" else json.loads(data)
+    _prepare_outputs(task, task.outputs)
+    values = _check_values(rule.reduce(_context(task, send, logger, task.outputs), mapped))
+    return {"outputs": _hash_outputs(task, task.outputs, store), "values": values}
+
+
+_MODES: dict[str, Callable[..., dict]] = {
+    "run": _run, "items": _items, "map": _map, "reduce": _reduce,
+}  # fmt: skip

@@ -1,0 +1,162 @@
+"""Outputs in the workspace: staging, hashing what a stage wrote, placing it atomically,
+checking workspace outputs against a manifest, and restoring them from the store.
+
+Nothing is ever written straight to an output path: work happens in a staging directory
+under ``.pipemake/tmp`` (same filesystem, so placing is a rename), and a restored output is
+assembled there in full before it replaces what the workspace holds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .fshash import Hasher, PathInfo
+from .store import Store
+
+__all__ = ["Workspace", "manifest_of", "manifest_hash", "sub_manifest"]
+
+
+def manifest_of(info: PathInfo) -> dict[str, Any]:
+    """The JSON manifest of a hashed path (what an action-cache entry stores per output)."""
+    if info.kind == "file":
+        return {"kind": "file", "hash": info.hash, "size": info.size, "mode": info.mode}
+    return {"kind": "dir", "hash": info.hash, "entries": [list(e) for e in info.entries or []]}
+
+
+def manifest_hash(manifest: dict[str, Any]) -> str:
+    """The content hash of an output as downstream stages see it."""
+    return str(manifest["hash"])
+
+
+def sub_manifest(manifest: dict[str, Any], sub: str) -> dict[str, Any] | None:
+    """The manifest of the path ``sub`` inside a directory output, or None if absent."""
+    from .hashing import tree_hash
+
+    if not sub or sub == ".":
+        return manifest
+    if manifest["kind"] != "dir":
+        return None
+    prefix = sub.rstrip("/") + "/"
+    entries = [e for e in manifest["entries"] if e[0].startswith(prefix)]
+    for e in manifest["entries"]:
+        if e[0] == sub:
+            return {"kind": "file", "hash": e[1], "size": e[2], "mode": e[3]}
+    if not entries:
+        return None
+    rel = [[e[0][len(prefix) :], *e[1:]] for e in entries]
+    return {"kind": "dir", "hash": tree_hash(rel), "entries": rel}
+
+
+class Workspace:
+    """The project root and its ``.pipemake`` folder."""
+
+    def __init__(self, root: Path, dot: Path | None = None):
+        self.root = Path(root)
+        self.dot = dot or self.root / ".pipemake"
+        self.tmp = self.dot / "tmp"
+
+    def abs(self, rel: str) -> Path:
+        return self.root / rel
+
+    def staging(self, label: str) -> Path:
+        """A fresh, empty staging directory for one stage run or restore."""
+        path = self.tmp / f"{label}-{uuid.uuid4().hex[:10]}"
+        path.mkdir(parents=True)
+        return path
+
+    def clear_tmp(self) -> None:
+        """Remove staging left by a killed build (call only while holding the build lock)."""
+        if self.tmp.is_dir():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def place(self, staged: Path, rel: str) -> None:
+        """Move a staged file or directory to the output path ``rel``, replacing what is there.
+
+        The old content is first renamed aside, so the path holds either the old or the new
+        output, and is never half-written.
+        """
+        dest = self.abs(rel)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        trash = None
+        if dest.exists() or dest.is_symlink():
+            trash = self.tmp / f"trash-{uuid.uuid4().hex[:10]}"
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            os.rename(dest, trash)
+        os.rename(staged, dest)
+        if trash is not None:
+            remove_path(trash)
+
+    def store_outputs(self, info: PathInfo, path: Path, store: Store) -> None:
+        """Copy every file of a hashed output into the store."""
+        if info.kind == "file":
+            store.put_file(str(path), info.hash)
+            return
+        for rel, digest, _size, _mode in info.entries or []:
+            store.put_file(str(path / rel), digest)
+
+    def check(self, manifest: dict[str, Any], rel: str, hasher: Hasher) -> str | None:
+        """None when the workspace output matches ``manifest``; else ``missing`` or
+        ``changed``."""
+        info = hasher.info(rel)
+        if info.kind == "missing":
+            return "missing"
+        if info.kind != manifest["kind"] or info.hash != manifest["hash"]:
+            return "changed"
+        return None
+
+    def restore(self, manifest: dict[str, Any], rel: str, store: Store, label: str) -> bool:
+        """Make the output at ``rel`` exactly ``manifest`` from the store's objects.
+
+        Returns False (touching nothing in the workspace) when an object is missing or
+        corrupt.
+        """
+        stage_dir = self.staging(f"restore-{label}")
+        try:
+            target = stage_dir / "out"
+            if manifest["kind"] == "file":
+                if not store.materialize(manifest["hash"], str(target), manifest["mode"]):
+                    return False
+            else:
+                target.mkdir()
+                made: set[str] = set()
+                for relpath, digest, _size, mode in manifest["entries"]:
+                    if not _safe_rel(relpath):
+                        return False
+                    parent = os.path.dirname(relpath)
+                    if parent and parent not in made:
+                        (target / parent).mkdir(parents=True, exist_ok=True)
+                        made.add(parent)
+                    if not store.materialize(digest, str(target / relpath), mode):
+                        return False
+            self.place(target, rel)
+            return True
+        finally:
+            remove_path(stage_dir)
+
+    def remove(self, rel: str) -> bool:
+        """Delete an output from the workspace (the store keeps it)."""
+        path = self.abs(rel)
+        if not (path.exists() or path.is_symlink()):
+            return False
+        remove_path(path)
+        return True
+
+
+def _safe_rel(relpath: str) -> bool:
+    """A manifest path may not escape its output directory."""
+    if not relpath or os.path.isabs(relpath) or "\\" in relpath:
+        return False
+    parts = relpath.split("/")
+    return all(p not in ("", ".", "..") for p in parts)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, link or directory tree, whatever it is."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)

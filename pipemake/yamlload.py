@@ -1,0 +1,75 @@
+"""YAML loading that remembers line numbers, with libyaml's C parser when it is present.
+
+Mappings load as :class:`LineDict`, a dict that knows the line of its own start and of
+each key, so every problem in a pipeline file can name its line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+__all__ = ["LineDict", "YamlError", "load_yaml"]
+
+_Base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class LineDict(dict):
+    """A dict from YAML that knows its line (``.line``) and each key's (``.lines[key]``)."""
+
+    line: int = 0
+    lines: dict[str, int]
+
+    def line_of(self, key: str) -> int:
+        """The 1-based line of ``key``, or of the mapping itself when the key is absent."""
+        return self.lines.get(key, self.line)
+
+
+class YamlError(Exception):
+    """Malformed YAML: the message and 1-based line."""
+
+    def __init__(self, message: str, line: int | None):
+        super().__init__(message)
+        self.line = line
+
+
+class _Loader(_Base):  # type: ignore[misc, valid-type]
+    pass
+
+
+def _construct_mapping(loader: Any, node: yaml.MappingNode) -> LineDict:
+    loader.flatten_mapping(node)
+    result = LineDict()
+    result.line = node.start_mark.line + 1
+    result.lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise YamlError("a mapping key must be a plain value", key_node.start_mark.line + 1)
+        if key in result:
+            raise YamlError(f"duplicate key {key!r}", key_node.start_mark.line + 1)
+        result[key] = loader.construct_object(value_node, deep=True)
+        if isinstance(key, str):
+            result.lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse ``text``; raise :class:`YamlError` with a line number when it is malformed."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader subclass
+    except YamlError:
+        raise
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        message = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        raise YamlError(message or str(exc), line) from None
+    except yaml.YAMLError as exc:
+        raise YamlError(str(exc), None) from None

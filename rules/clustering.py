@@ -1,0 +1,271 @@
+"""The ``clustering`` rule: group character cut-outs by identity.
+
+A map-reduce rule. The map step turns each cut-out into a feature vector (cached per item by
+the engine, so re-clustering with new params never recomputes features); the reduce step
+clusters all vectors with scikit-learn (HDBSCAN by default, which finds the number of
+characters itself and sets outliers aside as noise; KMeans; agglomerative) and writes one
+directory per cluster, ``clusters.json`` and contact sheets. See docs/clustering.md.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pipemake.rule import Context, Input, Item, Output, Param, Ports, Rule, RuleError
+
+__all__ = ["ClusteringRule"]
+
+IMAGE_PATTERN = "*.png|*.jpg|*.jpeg|*.webp"
+NOISE = "noise"
+SHEETS = "contact_sheets"
+
+_REDUCE = (
+    "algorithm",
+    "min_cluster_size",
+    "min_samples",
+    "cluster_selection_epsilon",
+    "hdbscan_algorithm",
+    "allow_single_cluster",
+    "n_clusters",
+    "distance_threshold",
+    "linkage",
+    "pca_dims",
+    "normalize",
+    "weights",
+    "seed",
+    "max_memory_gb",
+    "sheet_thumb",
+    "sheet_max",
+)
+
+
+class ClusteringRule(Rule):
+    """Cluster cut-outs (RGBA images) by character identity into ``cluster_NNN/`` folders."""
+
+    name = "clustering"
+    version = "1"
+    inputs: ClassVar[Mapping[str, Input]] = {
+        "input_dir": Input(kind="dir", help="cut-outs (RGBA images), e.g. a segmentation output"),
+        "model_path": Input(
+            kind="file",
+            required=False,
+            help="optional image encoder: TorchScript (.pt) or ONNX (.onnx) file",
+        ),
+    }
+    outputs: ClassVar[Mapping[str, Output]] = {
+        "output_dir": Output(kind="dir", help="cluster_NNN/ and noise/ folders, clusters.json"),
+    }
+    params: ClassVar[Mapping[str, Param]] = {
+        # map (feature) params: changing these recomputes features
+        "features": Param("str", "auto", ("auto", "color_shape", "model"), "feature extractor"),
+        "hist_bins": Param("list", [4, 6], help="Lab histogram bins: [L, a/b]"),
+        "shape_size": Param("int", 8, help="side of the downsampled silhouette"),
+        "model_input_size": Param("int", 224, help="square input side of model_path"),
+        "model_mean": Param("list", [0.485, 0.456, 0.406], help="per-channel input mean"),
+        "model_std": Param("list", [0.229, 0.224, 0.225], help="per-channel input std"),
+        # reduce params: changing these reruns only the clustering
+        "algorithm": Param("str", "hdbscan", ("hdbscan", "kmeans", "agglomerative")),
+        "min_cluster_size": Param("int", 5, help="HDBSCAN: smallest group called a cluster"),
+        "min_samples": Param("int", 0, help="HDBSCAN: neighbourhood size (0: min_cluster_size)"),
+        "cluster_selection_epsilon": Param("float", 0.0, help="HDBSCAN: merge closer clusters"),
+        "hdbscan_algorithm": Param("str", "auto", ("auto", "brute", "kd_tree", "ball_tree")),
+        "allow_single_cluster": Param("bool", True, help="HDBSCAN: one character is a result"),
+        "n_clusters": Param("int", 0, help="kmeans/agglomerative: number of characters"),
+        "distance_threshold": Param("float", 0.0, help="agglomerative: merge distance limit"),
+        "linkage": Param("str", "ward", ("ward", "average", "complete", "single")),
+        "pca_dims": Param("int", 32, help="PCA dimensions before clustering (0: none)"),
+        "normalize": Param("bool", True, help="L2-normalise feature vectors"),
+        "weights": Param("dict", {"color": 1.0, "layout": 0.5, "shape": 0.5}),
+        "seed": Param("int", 0, help="random seed of PCA and KMeans"),
+        "max_memory_gb": Param("float", 0.0, help="memory budget (0: 80% of what is free)"),
+        "sheet_thumb": Param("int", 96, help="contact sheet thumbnail side in pixels"),
+        "sheet_max": Param("int", 64, help="most thumbnails on one cluster's contact sheet"),
+    }
+    values: ClassVar[Sequence[str]] = ("cluster_dirs", "n_clusters", "n_noise")
+    path_values: ClassVar[Mapping[str, str]] = {"cluster_dirs": "output_dir"}
+    foreach_pattern: ClassVar[str | None] = IMAGE_PATTERN
+    map_reduce: ClassVar[bool] = True
+    reduce_params: ClassVar[Sequence[str]] = _REDUCE
+    #: items per feature batch when the engine calls :meth:`map_batch`
+    map_batch_size: ClassVar[int] = 64
+
+    def __init__(self) -> None:
+        self._states: dict[tuple, Any] = {}
+
+    def check(self, ports: Ports) -> list[tuple[str, str]]:
+        """Static checks of params: algorithm needs, feature settings, ranges."""
+        p = ports.params
+        problems: list[tuple[str, str]] = []
+        if p["algorithm"] == "kmeans" and p["n_clusters"] < 1:
+            problems.append(("n_clusters", "algorithm kmeans needs n_clusters >= 1"))
+        if p["algorithm"] == "agglomerative" and p["n_clusters"] < 1:
+            if p["distance_threshold"] <= 0:
+                problems.append(
+                    (
+                        "distance_threshold",
+                        "agglomerative needs distance_threshold > 0 or n_clusters",
+                    )
+                )
+        if p["features"] == "model" and not ports.inputs.get("model_path"):
+            problems.append(("model_path", "features: model needs model_path (.pt or .onnx)"))
+        bins = p["hist_bins"]
+        if len(bins) != 2 or not all(isinstance(b, int) and b >= 1 for b in bins):
+            problems.append(("hist_bins", "hist_bins must be two positive ints: [L, a/b]"))
+        for key in ("model_mean", "model_std"):
+            if len(p[key]) != 3 or not all(isinstance(v, (int, float)) for v in p[key]):
+                problems.append((key, f"{key} must be three numbers (R, G, B)"))
+        for key, low in (("min_cluster_size", 2), ("shape_size", 1), ("model_input_size", 8)):
+            if p[key] < low:
+                problems.append((key, f"{key} must be >= {low}"))
+        if p["pca_dims"] < 0 or p["min_samples"] < 0:
+            problems.append(("pca_dims", "pca_dims and min_samples must be >= 0"))
+        bad = [
+            k
+            for k, v in p["weights"].items()
+            if k not in ("color", "layout", "shape", "model") or not isinstance(v, (int, float))
+        ]
+        if bad:
+            problems.append(
+                (
+                    "weights",
+                    f"weights: unknown or non-numeric {bad}; known: color, "
+                    "layout, shape (color_shape features) and model",
+                )
+            )
+        return problems
+
+    # map -------------------------------------------------------------------------------
+    def setup(self, ctx: Context) -> Any:
+        """Pick the device and load the model once per worker."""
+        from pipemake.rules._features import load_extractor
+
+        model = ctx.inputs.get("model_path")
+        return load_extractor(ctx.params, Path(model) if model else None, _wants_gpu(ctx))
+
+    def _state(self, ctx: Context) -> Any:
+        if ctx.state is not None:
+            return ctx.state
+        model = ctx.inputs.get("model_path")
+        key = (str(model), ctx.params["features"], _wants_gpu(ctx))
+        if key not in self._states:
+            self._states[key] = self.setup(ctx)
+        return self._states[key]
+
+    def map_item(self, ctx: Context, item: Item) -> bytes:
+        """One cut-out's feature vector, as .npy bytes (``ctx.inputs["input_dir"]`` is the
+        item's path here)."""
+        return self._features(ctx, [Path(ctx.inputs["input_dir"])])[0]
+
+    def map_batch(self, ctx: Context, items: Sequence[Item]) -> list[bytes]:
+        """Feature vectors of several cut-outs in one torch batch, as .npy bytes (items are
+        located by ``item.path``, relative to the project root)."""
+        return self._features(ctx, [_item_path(ctx, item) for item in items])
+
+    def _features(self, ctx: Context, paths: list[Path]) -> list[bytes]:
+        from pipemake.rules._features import encode, extract_features
+
+        features = extract_features(paths, ctx.params, self._state(ctx))
+        return [encode(row) for row in features]
+
+    # reduce ----------------------------------------------------------------------------
+    def reduce(self, ctx: Context, mapped: Mapping[str, Any]) -> dict[str, Any]:
+        """Cluster all feature vectors; write cluster folders, clusters.json, contact sheets."""
+        import numpy as np
+        from pipemake.rules._cluster_algos import cluster, prepare
+        from pipemake.rules._features import decode, feature_blocks
+
+        src = Path(ctx.inputs["input_dir"])
+        rels = sorted(r for r, v in mapped.items() if v is not None)
+        if not rels:
+            raise RuleError(f"no cut-outs ({IMAGE_PATTERN}) in {src}: check the input_dir")
+        vectors = [decode(mapped[r]) for r in rels]
+        dims = {v.shape for v in vectors}
+        if len(dims) != 1:
+            raise RuleError(f"feature vectors differ in shape {sorted(dims)}: rebuild with -B")
+        use_model = ctx.params["features"] == "model" or (
+            ctx.params["features"] == "auto" and ctx.inputs.get("model_path") is not None
+        )
+        blocks = feature_blocks(ctx.params, use_model)
+        x = prepare(np.stack(vectors), blocks, ctx.params)
+        ctx.log.info(
+            "clustering %d cut-outs (%d dims) with %s",
+            len(rels),
+            x.shape[1],
+            ctx.params["algorithm"],
+        )
+        result = cluster(x, ctx.params)
+        names = [NOISE if c < 0 else f"cluster_{c:03d}" for c in result.labels]
+        return self._write(ctx, src, rels, names, result)
+
+    def _write(self, ctx: Context, src: Path, rels: list[str], names: list[str], result) -> dict:
+        out = Path(ctx.outputs["output_dir"])
+        members: dict[str, list[int]] = {}
+        items = []
+        for i, (rel, name) in enumerate(zip(rels, names, strict=True)):
+            dest = out / name / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / rel, dest)
+            members.setdefault(name, []).append(i)
+            items.append(
+                {
+                    "file": rel,
+                    "path": f"{name}/{rel}",
+                    "cluster": name,
+                    "probability": result.probabilities[i],
+                    "distance": result.distances[i],
+                }
+            )
+            ctx.progress(i + 1, len(rels))
+        cluster_dirs = [f"cluster_{c:03d}" for c in range(result.n_clusters)]
+        order = cluster_dirs + ([NOISE] if NOISE in members else [])
+        summary = {
+            "n_clusters": result.n_clusters,
+            "n_noise": len(members.get(NOISE, [])),
+            "algorithm": ctx.params["algorithm"],
+            "params": {k: ctx.params.get(k) for k in self.reduce_params},
+            "clusters": {
+                n: {"size": len(members[n]), "files": [rels[i] for i in members[n]]} for n in order
+            },
+            "items": items,
+        }
+        (out / "clusters.json").write_text(json.dumps(summary, indent=1) + "\n")
+        self._sheets(ctx, out, order, members, rels, result)
+        return {
+            "cluster_dirs": cluster_dirs,
+            "n_clusters": result.n_clusters,
+            "n_noise": summary["n_noise"],
+        }
+
+    def _sheets(self, ctx: Context, out: Path, order, members, rels, result) -> None:
+        from pipemake.rules._contact_sheets import cluster_sheet, overview_sheet
+
+        (out / SHEETS).mkdir(exist_ok=True)
+        groups = []
+        for name in order:
+            best_first = sorted(
+                members[name],
+                key=lambda i: (-result.probabilities[i], result.distances[i] or 0.0, rels[i]),
+            )
+            paths = [out / name / rels[i] for i in best_first]
+            cluster_sheet(
+                paths,
+                name,
+                out / SHEETS / f"{name}.png",
+                thumb=ctx.params["sheet_thumb"],
+                limit=ctx.params["sheet_max"],
+            )
+            groups.append((name, paths))
+        overview_sheet(groups, out / "overview.png")
+
+
+def _wants_gpu(ctx: Context) -> bool:
+    return bool(ctx.resources.get("gpu"))
+
+
+def _item_path(ctx: Context, item: Item) -> Path:
+    path = Path(item.path)
+    return path if path.is_absolute() else ctx.root / path

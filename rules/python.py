@@ -1,0 +1,113 @@
+"""The ``python`` rule: call ``package.module:callable`` with a context.
+
+``config: {function, inputs: {NAME: path}, outputs: {NAME: path}, params: {...}}``. The
+callable receives a :class:`~pipemake.rule.Context` (inputs and outputs as absolute paths,
+outputs in staging; params; ``progress``; ``log``) and may return a JSON-serializable dict of
+computed values. The module's source is part of the key unless the stage sets ``version:``.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipemake.hashing import hash_file
+from pipemake.rule import Context, Item, Ports, Rule, RuleError
+
+from ._named_ports import named_ports, unknown_keys
+
+__all__ = ["PythonRule"]
+
+_FN = "__function__"  # carries the callable's name to the worker; removed before the call
+_FUNC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def _module_file(module: str, root: str) -> str | None:
+    if root and root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    return spec.origin if spec is not None and spec.origin not in (None, "built-in") else None
+
+
+def _top_level_names(path: str) -> set[str]:
+    tree = ast.parse(Path(path).read_bytes())
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.ImportFrom | ast.Import):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+class PythonRule(Rule):
+    """Calls a Python function of the user's."""
+
+    name = "python"
+    version = "1"
+
+    def ports(self, config: Mapping[str, Any]) -> tuple[Ports, list[tuple[str, str]]]:
+        ports = Ports()
+        problems = unknown_keys(config, {"function", "inputs", "outputs", "params"}, self.name)
+        func = config.get("function")
+        if not isinstance(func, str) or not _FUNC.match(func):
+            problems.append(("function", "'function' must look like package.module:callable"))
+        params = config.get("params") or {}
+        if not isinstance(params, dict):
+            problems.append(("params", "'params' must be a mapping"))
+            params = {}
+        problems += named_ports(config, ports)
+        ports.params = {**params, _FN: func}
+        ports.key_params = {"function": func, "params": dict(params)}
+        return ports, problems
+
+    def check(self, ports: Ports) -> list[tuple[str, str]]:
+        func = (ports.key_params or {}).get("function", "")
+        module, _, attr = func.partition(":")
+        origin = _module_file(module, ports.root)
+        if origin is None:
+            return [("function", f"cannot find module {module!r} (looked in the project root "
+                                 "and on sys.path)")]
+        try:
+            names = _top_level_names(origin)
+        except (OSError, SyntaxError, ValueError) as exc:
+            return [("function", f"cannot read {origin}: {exc}")]
+        if attr not in names:
+            return [("function", f"module {module!r} ({origin}) defines no {attr!r}")]
+        return []
+
+    def code_hash(self, ports: Ports, root: Path) -> str | None:
+        module = (ports.key_params or {}).get("function", "").partition(":")[0]
+        origin = _module_file(module, str(root))
+        return hash_file(origin) if origin else None
+
+    def _callable(self, ctx: Context) -> Any:
+        module, _, attr = str(ctx.params.pop(_FN, "")).partition(":")
+        root = str(ctx.root)
+        if root not in sys.path:
+            sys.path.insert(0, root)
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            raise RuleError(f"cannot import {module!r}: {exc}") from None
+        fn = getattr(mod, attr, None)
+        if not callable(fn):
+            raise RuleError(f"{module}:{attr} is not a callable")
+        return fn
+
+    def run(self, ctx: Context) -> Mapping[str, Any] | None:
+        return self._callable(ctx)(ctx)
+
+    def run_item(self, ctx: Context, item: Item) -> Mapping[str, Any] | None:
+        return self._callable(ctx)(ctx)

@@ -1,0 +1,116 @@
+"""The ``shell`` rule: run a command with ``/bin/sh -c`` in the project root.
+
+``config: {cmd, inputs: {NAME: path}, outputs: {NAME: path}, env: {K: V}}``. In ``cmd``,
+``{inputs.NAME}`` is the input's path and ``{outputs.NAME}`` its staging path, both relative
+to the project root and shell-quoted when needed; with ``foreach``, ``{item.name}``,
+``{item.stem}`` and ``{item.relpath}`` describe the item. The key holds the ``cmd`` template
+with those references left symbolic, and ``env``; never the inherited environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from pipemake.rule import Context, Item, Ports, Rule, RuleError
+from pipemake.templates import Ref, TemplateError, parse, render
+
+from ._named_ports import named_ports, unknown_keys
+
+__all__ = ["ShellRule"]
+
+_ITEM_FIELDS = ("name", "stem", "relpath")
+
+
+class ShellRule(Rule):
+    """Runs a shell command; its inputs and outputs are named in the config."""
+
+    name = "shell"
+    version = "1"
+    symbolic_keys = ("cmd", "env")
+
+    def ports(self, config: Mapping[str, Any]) -> tuple[Ports, list[tuple[str, str]]]:
+        ports = Ports()
+        problems = unknown_keys(config, {"cmd", "inputs", "outputs", "env"}, self.name)
+        cmd = config.get("cmd")
+        if not isinstance(cmd, str) or not cmd.strip():
+            problems.append(("cmd", "missing 'cmd': the shell command to run"))
+        env = config.get("env") or {}
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str | int | float) for k, v in env.items()
+        ):
+            problems.append(("env", "'env' must map variable names to strings"))
+            env = {}
+        problems += named_ports(config, ports)
+        ports.params = {"cmd": cmd, "env": {k: str(v) for k, v in env.items()}}
+        return ports, problems
+
+    def check(self, ports: Ports) -> list[tuple[str, str]]:
+        problems = []
+        for key, text in [("cmd", ports.params["cmd"]), *ports.params["env"].items()]:
+            try:
+                refs = [p for p in parse(text) if isinstance(p, Ref)]
+            except TemplateError as exc:
+                problems.append((key if key == "cmd" else "env", str(exc)))
+                continue
+            for ref in refs:
+                pool = {"inputs": ports.inputs, "outputs": ports.outputs}.get(ref.scope)
+                if pool is not None and ref.name not in pool:
+                    problems.append(("cmd", f"{ref}: no {ref.scope[:-1]} named {ref.name!r} "
+                                            f"(declared: {', '.join(pool) or 'none'})"))
+                elif ref.scope == "item" and ref.name not in _ITEM_FIELDS:
+                    problems.append(("cmd", f"{ref}: items have {', '.join(_ITEM_FIELDS)}"))
+        return problems
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        return self._run(ctx, ctx.item)
+
+    def run_item(self, ctx: Context, item: Item) -> dict[str, Any]:
+        return self._run(ctx, item)
+
+    def _run(self, ctx: Context, item: Item | None) -> dict[str, Any]:
+        root = str(ctx.root)
+
+        def rel(p: Any) -> str:
+            p = str(p)
+            r = os.path.relpath(p, root)
+            return p if r.startswith("..") else r
+
+        def lookup(ref: Ref) -> str:
+            if ref.scope == "inputs":
+                value = ctx.inputs[ref.name]
+                if isinstance(value, list):
+                    return " ".join(shlex.quote(rel(v)) for v in value)
+                return shlex.quote(rel(value))
+            if ref.scope == "outputs":
+                return shlex.quote(rel(ctx.outputs[ref.name]))
+            if ref.scope == "item":
+                if item is None:
+                    raise RuleError(f"{ref} is only defined in a stage with foreach")
+                return shlex.quote(getattr(item, ref.name))
+            raise RuleError(f"unresolved reference {ref}")
+
+        cmd = render(ctx.params["cmd"], lookup)
+        env = dict(os.environ)
+        for k, v in ctx.params.get("env", {}).items():
+            env[k] = str(render(v, lambda r: lookup(r).strip("'")))
+        tail: deque[str] = deque(maxlen=30)
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", cmd], cwd=root, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+        )  # fmt: skip
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            ctx.log.info(line)
+        code = proc.wait()
+        if code != 0:
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            shown = "\n".join("    " + t for t in tail)
+            raise RuleError(f"command {how}:\n    $ {cmd}" + (f"\n  output:\n{shown}" if tail else ""))
+        return {}

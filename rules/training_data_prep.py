@@ -1,0 +1,396 @@
+"""The ``training_data_prep`` rule: turn clustered cut-outs into a captioned training set.
+
+Reads cluster directories (``input_dirs``, e.g. ``{cluster.cluster_dirs}``) or a whole
+clustering output (``input_dir``), selects clusters, fits every image to the training
+resolution on a background, drops near-duplicates, splits train/validation
+deterministically, writes captions and lays the set out for kohya sd-scripts or the Hugging
+Face ``imagefolder`` loader, with ``manifest.jsonl`` and ``stats.json``.
+See docs/training_data_prep.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import string
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pipemake.rule import Context, Input, Output, Param, Ports, Rule, RuleError
+
+__all__ = ["TrainingDataPrepRule"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+SKIP_DIRS = ("contact_sheets", "noise")  # parts of a clustering output that are not characters
+CAPTION_FIELDS = ("trigger", "name", "cluster")
+
+
+class TrainingDataPrepRule(Rule):
+    """Prepare clustered character cut-outs as a captioned training dataset."""
+
+    name = "training_data_prep"
+    version = "1"
+    inputs: ClassVar[Mapping[str, Input]] = {
+        "input_dirs": Input(kind="dir", required=False, many=True, help="cluster directories"),
+        "input_dir": Input(kind="dir", required=False, help="a whole clustering output"),
+    }
+    outputs: ClassVar[Mapping[str, Output]] = {
+        "output_dir": Output(kind="dir", help="the training set, manifest.jsonl, stats.json"),
+    }
+    params: ClassVar[Mapping[str, Param]] = {
+        "clusters": Param(("str", "list"), "all", help='"all" or a list of cluster names'),
+        "min_size": Param("int", 1, help="skip clusters with fewer images"),
+        "names": Param("dict", {}, help="cluster → character name"),
+        "resolution": Param("int", 512, help="side in pixels, a multiple of 8"),
+        "fit": Param("str", "pad", ("pad", "crop", "stretch"), "how images meet the size"),
+        "buckets": Param("bool", False, help="aspect-ratio buckets of ~resolution² pixels"),
+        "crop_to_content": Param("bool", True, help="crop to the opaque part first"),
+        "background": Param("str", "white", help="white, black, gray, #rrggbb or transparent"),
+        "dedup": Param("bool", True, help="drop near-duplicates (perceptual hash)"),
+        "dedup_threshold": Param("int", 12, help="max differing bits (of 256) of a duplicate"),
+        "val_fraction": Param("float", 0.1, help="share of each character for validation"),
+        "seed": Param("int", 0, help="seed of the train/validation split"),
+        "caption": Param("str", "{trigger}, {name}", help="caption template"),
+        "trigger": Param("str", "", help="trigger word for the caption"),
+        "layout": Param("str", "kohya", ("kohya", "imagefolder")),
+        "repeats": Param("int", 10, help="kohya: repeats in the folder name"),
+    }
+    values: ClassVar[Sequence[str]] = ("characters", "n_train", "n_validation")
+
+    def check(self, ports: Ports) -> list[tuple[str, str]]:
+        """Everything knowable before running: inputs, resolution, names, template, ranges."""
+        from pipemake.rules._prep_images import parse_background
+
+        p, problems = ports.params, []
+        if bool(ports.inputs.get("input_dirs")) == bool(ports.inputs.get("input_dir")):
+            problems.append(
+                (
+                    "input_dirs",
+                    "give exactly one of input_dirs (cluster folders, "
+                    'e.g. "{cluster.cluster_dirs}") or input_dir (a clustering output)',
+                )
+            )
+        res = p["resolution"]
+        if res <= 0 or res % 8:
+            problems.append(
+                (
+                    "resolution",
+                    f"resolution must be a positive multiple of 8, got "
+                    f"{res} (e.g. {max(8, round(res / 64) * 64)})",
+                )
+            )
+        if not 0 <= p["val_fraction"] < 1:
+            problems.append(("val_fraction", "val_fraction must be in [0, 1)"))
+        clusters = p["clusters"]
+        if isinstance(clusters, str) and clusters != "all":
+            problems.append(("clusters", 'clusters must be "all" or a list of cluster names'))
+        elif isinstance(clusters, list) and not clusters:
+            problems.append(("clusters", 'empty cluster selection: list clusters or use "all"'))
+        elif isinstance(clusters, list) and not all(isinstance(c, str) for c in clusters):
+            problems.append(("clusters", "clusters must be names like cluster_000"))
+        for key, value in p["names"].items():
+            if not isinstance(value, str) or not value.strip():
+                problems.append(("names", f"names: {key!r} must map to a non-empty name"))
+        problems += self._check_known_clusters(ports)
+        try:
+            parse_background(p["background"])
+        except ValueError as exc:
+            problems.append(("background", str(exc)))
+        problems += _check_caption(p["caption"])
+        for key, low, high in (
+            ("min_size", 1, None),
+            ("repeats", 1, None),
+            ("dedup_threshold", 0, 256),
+        ):
+            if p[key] < low or (high is not None and p[key] > high):
+                problems.append(
+                    (key, f"{key} must be >= {low}" + (f" and <= {high}" if high else ""))
+                )
+        return problems
+
+    def _check_known_clusters(self, ports: Ports) -> list[tuple[str, str]]:
+        """Names and selections naming a cluster not among literal ``input_dirs``."""
+        dirs = ports.inputs.get("input_dirs") or []
+        if not dirs or any("{" in d for d in dirs):
+            return []  # resolved only when the upstream stage is done: checked at run time
+        known = {Path(d).name for d in dirs}
+        problems = []
+        for key in ports.params["names"]:
+            if key not in known:
+                problems.append(("names", _missing(key, known, "names")))
+        if isinstance(ports.params["clusters"], list):
+            for key in ports.params["clusters"]:
+                if key not in known:
+                    problems.append(("clusters", _missing(key, known, "clusters")))
+        return problems
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        """Select, process, dedup, split, caption and lay out the training set."""
+        from pipemake.rules._prep_images import parse_background
+
+        p = ctx.params
+        if p["resolution"] <= 0 or p["resolution"] % 8:
+            raise RuleError(f"resolution must be a positive multiple of 8, got {p['resolution']}")
+        found = _discover(ctx)
+        selected, skipped = _select(found, p)
+        out = Path(ctx.outputs["output_dir"])
+        tmp = out / ".prep-tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        background = parse_background(p["background"])
+        records, dropped = [], []
+        by_char: dict[str, list[tuple[str, Path]]] = {}
+        for cluster, files in selected.items():
+            by_char.setdefault(_char_name(p, cluster), []).extend((cluster, f) for f in files)
+        total, done = sum(len(v) for v in by_char.values()), 0
+        for name, entries in sorted(by_char.items()):
+            kept, lost = _process(ctx, name, entries, tmp, background, found)
+            records += kept
+            dropped += lost
+            done += len(entries)
+            ctx.progress(done, total)
+        _assign_split(records, p)
+        _layout(records, out, tmp, p)
+        shutil.rmtree(tmp)
+        return _write_reports(out, records, dropped, skipped, p)
+
+
+def _check_caption(template: str) -> list[tuple[str, str]]:
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        return [("caption", f"caption template {template!r}: {exc}")]
+    bad = [f for f in fields if f not in CAPTION_FIELDS]
+    if bad:
+        return [
+            (
+                "caption",
+                f"caption template uses unknown field(s) {bad}; known: "
+                f"{', '.join('{' + f + '}' for f in CAPTION_FIELDS)} (in pipemake.yaml write "
+                "them with doubled braces: {{trigger}}, {{name}})",
+            )
+        ]
+    return []
+
+
+def _missing(key: str, known: set[str], what: str) -> str:
+    return f"{what} names cluster {key!r}, which is not an input (have: {', '.join(sorted(known))})"
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def _discover(ctx: Context) -> dict[str, Path]:
+    """Cluster name → folder, from ``input_dirs`` or the subfolders of ``input_dir``."""
+    dirs = ctx.inputs.get("input_dirs")
+    if dirs:
+        found: dict[str, Path] = {}
+        for d in [Path(x) for x in dirs]:
+            if d.name in found:
+                raise RuleError(
+                    f"two input_dirs are named {d.name!r} ({found[d.name]}, {d}): "
+                    "cluster folders must have distinct names"
+                )
+            found[d.name] = d
+        return found
+    root = ctx.inputs.get("input_dir")
+    if not root:
+        raise RuleError("give input_dirs (cluster folders) or input_dir (a clustering output)")
+    root = Path(root)
+    subs = {
+        d.name: d
+        for d in sorted(root.iterdir())
+        if d.is_dir() and not d.name.startswith(".") and d.name != "contact_sheets"
+    }
+    if not subs and _images(root):
+        return {root.name: root}  # one folder of one character
+    return subs
+
+
+def _select(found: dict[str, Path], p: Mapping[str, Any]) -> tuple[dict[str, list[Path]], list]:
+    """The chosen clusters' image files, and (cluster, why) for those left out."""
+    known = set(found)
+    for key in p["names"]:
+        if key not in known:
+            raise RuleError(_missing(key, known, "names"))
+    wanted = p["clusters"]
+    if isinstance(wanted, list):
+        if not wanted:
+            raise RuleError('empty cluster selection: list clusters or use "all"')
+        for key in wanted:
+            if key not in known:
+                raise RuleError(_missing(key, known, "clusters"))
+    selected, skipped = {}, []
+    for name in sorted(found):
+        if wanted == "all" and name in SKIP_DIRS:
+            skipped.append({"cluster": name, "reason": "noise is only used when listed"})
+            continue
+        if isinstance(wanted, list) and name not in wanted:
+            skipped.append({"cluster": name, "reason": "not selected"})
+            continue
+        files = _images(found[name])
+        if len(files) < p["min_size"]:
+            skipped.append({"cluster": name, "reason": f"{len(files)} images < min_size"})
+            continue
+        selected[name] = files
+    if not selected:
+        raise RuleError(
+            f"empty cluster selection: no cluster left of {sorted(found)} "
+            f"(clusters: {wanted!r}, min_size: {p['min_size']}); lower min_size or "
+            "check the input"
+        )
+    return selected, skipped
+
+
+def _char_name(p: Mapping[str, Any], cluster: str) -> str:
+    return p["names"].get(cluster, cluster)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9 _.-]+", "_", name).strip(" .") or "_"
+
+
+def _process(
+    ctx: Context, name: str, entries: list, tmp: Path, background, roots: Mapping[str, Path]
+) -> tuple[list, list]:
+    """Fit every image of one character, drop empty ones and near-duplicates."""
+    from PIL import Image, UnidentifiedImageError
+    from pipemake.rules._prep_images import bucket_sizes, dedup, phash, prepare_image
+
+    p = ctx.params
+    buckets = bucket_sizes(p["resolution"]) if p["buckets"] else None
+    records, dropped = [], []
+    for cluster, path in entries:
+        source = f"{cluster}/{path.relative_to(roots[cluster]).as_posix()}"
+        try:
+            with Image.open(path) as img:
+                rgba = img.convert("RGBA")
+        except (OSError, UnidentifiedImageError) as exc:
+            raise RuleError(f"cannot read image {path}: {exc}; remove or replace it") from exc
+        out = prepare_image(
+            rgba, p["resolution"], p["fit"], buckets, background, p["crop_to_content"]
+        )
+        if out is None:
+            dropped.append({"source": source, "reason": "empty (fully transparent)"})
+            continue
+        stem = source.rsplit(".", 1)[0].replace("/", "__")
+        staged = tmp / f"{len(records):06d}_{_safe(name)}.png"
+        out.save(staged)
+        records.append(
+            {
+                "source": source,
+                "cluster": cluster,
+                "character": name,
+                "stem": stem,
+                "staged": staged,
+                "phash": phash(out),
+                "size": out.size,
+            }
+        )
+    if p["dedup"]:
+        verdict = dedup([r["phash"] for r in records], p["dedup_threshold"])
+        kept = []
+        for rec, dup in zip(records, verdict, strict=True):
+            if dup is None:
+                kept.append(rec)
+            else:
+                rec["staged"].unlink()
+                dropped.append(
+                    {
+                        "source": rec["source"],
+                        "reason": "near duplicate",
+                        "duplicate_of": records[dup]["source"],
+                    }
+                )
+        records = kept
+    return records, dropped
+
+
+def _assign_split(records: list[dict], p: Mapping[str, Any]) -> None:
+    from pipemake.rules._prep_images import split_validation
+
+    by_char: dict[str, list[dict]] = {}
+    for rec in records:
+        by_char.setdefault(rec["character"], []).append(rec)
+    for recs in by_char.values():
+        val = split_validation([r["source"] for r in recs], p["val_fraction"], p["seed"])
+        for rec in recs:
+            rec["split"] = "validation" if rec["source"] in val else "train"
+
+
+def _caption(p: Mapping[str, Any], rec: Mapping[str, Any]) -> str:
+    text = p["caption"].format(trigger=p["trigger"], name=rec["character"], cluster=rec["cluster"])
+    parts = [part.strip() for part in text.split(",")]
+    return ", ".join(part for part in parts if part)  # an empty trigger leaves no ", " behind
+
+
+def _layout(records: list[dict], out: Path, tmp: Path, p: Mapping[str, Any]) -> None:
+    """Move the staged images into the layout and write captions / metadata."""
+    metadata: dict[str, list[dict]] = {}
+    for rec in records:
+        char_dir = _safe(rec["character"])
+        if p["layout"] == "kohya":
+            repeats = p["repeats"] if rec["split"] == "train" else 1
+            folder = f"{rec['split']}/{repeats}_{char_dir}"
+        else:
+            folder = f"{rec['split']}/{char_dir}"
+        rec["caption"] = _caption(p, rec)
+        rel = f"{folder}/{rec['stem']}.png"
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        os.replace(rec.pop("staged"), out / rel)
+        rec["file"] = rel
+        if p["layout"] == "kohya":
+            (out / folder / f"{rec['stem']}.txt").write_text(rec["caption"] + "\n")
+        else:
+            metadata.setdefault(rec["split"], []).append(
+                {"file_name": rel.split("/", 1)[1], "text": rec["caption"]}
+            )
+    for split, rows in metadata.items():
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        (out / split / "metadata.jsonl").write_text(lines)
+
+
+def _write_reports(out: Path, records: list, dropped: list, skipped: list, p) -> dict[str, Any]:
+    """Write manifest.jsonl and stats.json; return the computed values."""
+    records.sort(key=lambda r: r["file"])
+    with open(out / "manifest.jsonl", "w") as fh:
+        for r in records:
+            row = {k: r[k] for k in ("file", "caption", "character", "cluster", "split", "source")}
+            row.update(width=r["size"][0], height=r["size"][1], phash=f"{r['phash']:064x}")
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    chars: dict[str, dict[str, Any]] = {}
+    for r in records:
+        c = chars.setdefault(r["character"], {"train": 0, "validation": 0, "clusters": []})
+        c[r["split"]] += 1
+        if r["cluster"] not in c["clusters"]:
+            c["clusters"].append(r["cluster"])
+    reasons: dict[str, int] = {}
+    for d in dropped:
+        reasons[d["reason"]] = reasons.get(d["reason"], 0) + 1
+    splits = {s: sum(1 for r in records if r["split"] == s) for s in ("train", "validation")}
+    stats = {
+        "layout": p["layout"],
+        "resolution": p["resolution"],
+        "buckets": p["buckets"],
+        "images": len(records),
+        "splits": splits,
+        "characters": chars,
+        "dropped": reasons,
+        "dropped_files": dropped,
+        "skipped_clusters": skipped,
+    }
+    (out / "stats.json").write_text(json.dumps(stats, indent=1, ensure_ascii=False) + "\n")
+    return {
+        "characters": sorted(chars),
+        "n_train": splits["train"],
+        "n_validation": splits["validation"],
+    }

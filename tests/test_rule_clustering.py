@@ -1,0 +1,272 @@
+"""Tests of the clustering rule, called directly with hand-built contexts (no engine)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _character_fixtures import write_cutouts
+from PIL import Image
+from pipemake.rules import _cluster_algos, _features
+from pipemake.rules.clustering import ClusteringRule
+from sklearn.metrics import adjusted_rand_score
+
+from pipemake.rule import Context, Item, RuleError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _params(**overrides):
+    rule = ClusteringRule()
+    config = {"input_dir": "in", "output_dir": "out", **overrides}
+    ports, problems = rule.ports(config)
+    assert problems == []
+    return ports
+
+
+def _map_all(rule, root: Path, labels, params, inputs=None) -> dict:
+    mapped = {}
+    for rel in sorted(labels):
+        ins = {"input_dir": root / "in" / rel, **(inputs or {})}
+        ctx = Context(root, ins, {"output_dir": root / "stage"}, params)
+        mapped[rel] = rule.map_item(ctx, Item(f"in/{rel}", rel))
+    return mapped
+
+
+def _reduce(root: Path, mapped, out_name: str, inputs=None, **overrides):
+    rule = ClusteringRule()
+    params = _params(**overrides).params
+    out = root / out_name
+    out.mkdir()
+    ctx = Context(root, {"input_dir": root / "in", **(inputs or {})}, {"output_dir": out}, params)
+    return rule.reduce(ctx, mapped), out
+
+
+def _ari(out: Path, labels) -> float:
+    items = json.loads((out / "clusters.json").read_text())["items"]
+    pred = {it["file"]: it["cluster"] for it in items}
+    rels = sorted(labels)
+    return adjusted_rand_score([labels[r] for r in rels], [pred[r] for r in rels])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clu")
+    labels = write_cutouts(root / "in", n_characters=4, per_character=15, seed=3, subdirs=True)
+    mapped = _map_all(ClusteringRule(), root, labels, _params().params)
+    return root, labels, mapped
+
+
+def test_defaults_find_the_characters_and_write_the_layout(data):
+    root, labels, mapped = data
+    values, out = _reduce(root, mapped, "out_default")
+    assert _ari(out, labels) >= 0.9
+    assert values["n_clusters"] == 4
+    assert values["cluster_dirs"] == [f"cluster_{i:03d}" for i in range(4)]
+    summary = json.loads((out / "clusters.json").read_text())
+    assert summary["n_clusters"] == 4 and len(summary["items"]) == 60
+    for item in summary["items"]:
+        copy = out / item["path"]
+        assert copy.read_bytes() == (root / "in" / item["file"]).read_bytes()
+        assert 0.0 <= item["probability"] <= 1.0
+        assert item["distance"] is None or item["distance"] >= 0
+    sizes = [summary["clusters"][d]["size"] for d in values["cluster_dirs"]]
+    assert sizes == sorted(sizes, reverse=True)
+    sheets = [out / "overview.png"] + [
+        out / "contact_sheets" / f"{d}.png" for d in values["cluster_dirs"]
+    ]
+    for sheet in sheets:
+        assert sheet.read_bytes()[:8] == PNG_MAGIC
+        assert Image.open(sheet).size[0] > 0
+    assert ClusteringRule.path_values == {"cluster_dirs": "output_dir"}
+
+
+def test_kmeans_and_agglomerative(data):
+    root, labels, mapped = data
+    _, out = _reduce(root, mapped, "out_km", algorithm="kmeans", n_clusters=4)
+    assert _ari(out, labels) >= 0.9
+    items = json.loads((out / "clusters.json").read_text())["items"]
+    assert all(0.0 < it["probability"] <= 1.0 for it in items)
+    _, out = _reduce(root, mapped, "out_ag", algorithm="agglomerative", n_clusters=4)
+    assert _ari(out, labels) >= 0.9
+    values, out = _reduce(
+        root, mapped, "out_agt", algorithm="agglomerative", distance_threshold=1.5
+    )
+    assert values["n_clusters"] >= 2 and _ari(out, labels) >= 0.9
+
+
+@pytest.mark.parametrize(("pca", "norm"), [(0, False), (8, True), (0, True)])
+def test_pca_and_normalize_options(data, pca, norm):
+    root, labels, mapped = data
+    _, out = _reduce(root, mapped, f"out_p{pca}{norm}", pca_dims=pca, normalize=norm)
+    assert _ari(out, labels) >= 0.9
+
+
+def test_prepare_weights_and_reduces_dims():
+    x = np.random.default_rng(0).random((50, 220)).astype(np.float32)
+    blocks = _features.feature_blocks({"hist_bins": [4, 6], "shape_size": 8}, model=False)
+    assert sum(n for _, n in blocks) == 220
+    y = _cluster_algos.prepare(x, blocks, {"pca_dims": 16, "normalize": True})
+    assert y.shape == (50, 16)
+    z = _cluster_algos.prepare(x, blocks, {"pca_dims": 0, "weights": {"shape": 0, "layout": 0}})
+    assert np.allclose(z[:, 144:], 0) and np.allclose(np.linalg.norm(z, axis=1), 1, atol=1e-5)
+
+
+def test_reduce_only_rerun_uses_cached_map_results(data, monkeypatch):
+    root, labels, mapped = data
+
+    def no_features(*args, **kwargs):
+        raise AssertionError("reduce must not extract features")
+
+    monkeypatch.setattr(_features, "extract_features", no_features)
+    first, _ = _reduce(root, mapped, "out_r1", min_cluster_size=4)
+    second, out = _reduce(root, mapped, "out_r2", algorithm="kmeans", n_clusters=3)
+    assert first["n_clusters"] == 4 and second["n_clusters"] == 3
+    as_lists = {rel: _features.decode(v).tolist() for rel, v in mapped.items()}
+    third, _ = _reduce(root, as_lists, "out_r3")  # JSON lists work as well as .npy bytes
+    assert third == first
+
+
+def _tiny_torch_model(path: Path) -> None:
+    import torch
+
+    class Pool(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)
+
+    torch.jit.trace(Pool().eval(), torch.rand(2, 3, 32, 32)).save(str(path))
+
+
+def _tiny_onnx_model(path: Path, batch) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["y"], axis=1),
+        ],
+        "pool",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "onnx", "onnx_fixed_batch"])
+def test_user_models(data, tmp_path, kind):
+    root, labels, _ = data
+    model = tmp_path / ("m.pt" if kind == "torchscript" else "m.onnx")
+    dims = 12 if kind == "torchscript" else 3
+    if kind == "torchscript":
+        _tiny_torch_model(model)
+    else:
+        _tiny_onnx_model(model, 1 if kind == "onnx_fixed_batch" else "N")
+    rule = ClusteringRule()
+    params = _params(model_path=str(model), model_input_size=32).params
+    ctx = Context(root, {"input_dir": root / "in", "model_path": model}, {}, params)
+    ctx.state = rule.setup(ctx)
+    items = [Item(f"in/{rel}", rel) for rel in sorted(labels)[:5]]
+    batch = [_features.decode(b) for b in rule.map_batch(ctx, items)]
+    assert all(v.shape == (dims,) for v in batch)
+    single = _features.decode(
+        rule.map_item(
+            ctx.__class__(
+                root,
+                {"input_dir": root / "in" / items[0].relpath, "model_path": model},
+                {},
+                params,
+                state=ctx.state,
+            ),
+            items[0],
+        )
+    )
+    assert np.allclose(single, batch[0], atol=1e-5)
+    mapped = _map_all(rule, root, labels, params, {"model_path": model})
+    values, out = _reduce(
+        root,
+        mapped,
+        f"out_{kind}",
+        {"model_path": model},
+        model_path=str(model),
+        algorithm="kmeans",
+        n_clusters=4,
+    )
+    assert values["n_clusters"] == 4 and (out / "clusters.json").exists()
+
+
+def test_bad_model_file_is_a_rule_error(data, tmp_path):
+    root, _, _ = data
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a model")
+    rule = ClusteringRule()
+    params = _params(model_path=str(bad)).params
+    with pytest.raises(RuleError, match="broken.pt"):
+        rule.setup(Context(root, {"input_dir": root, "model_path": bad}, {}, params))
+
+
+def test_memory_guard_refuses_before_running(data, monkeypatch):
+    root, _, mapped = data
+    with pytest.raises(RuleError, match=r"agglomerative needs about .* n × n"):
+        _reduce(
+            root, mapped, "out_mem1", algorithm="agglomerative", n_clusters=4, max_memory_gb=1e-6
+        )
+    monkeypatch.setattr(_cluster_algos, "available_memory", lambda: 1000)
+    with pytest.raises(RuleError, match="brute-force HDBSCAN"):
+        _reduce(root, mapped, "out_mem2", hdbscan_algorithm="brute")
+    need, _ = _cluster_algos.estimate_memory("agglomerative", 100_000, 32, {})
+    assert need == 100_000**2 * 8
+
+
+def test_check_reports_bad_params():
+    rule = ClusteringRule()
+    cases = [
+        ({"algorithm": "kmeans"}, "n_clusters"),
+        ({"algorithm": "agglomerative"}, "distance_threshold"),
+        ({"features": "model"}, "model_path"),
+        ({"hist_bins": [4]}, "hist_bins"),
+        ({"weights": {"colour": 1}}, "weights"),
+        ({"min_cluster_size": 1}, "min_cluster_size"),
+    ]
+    for overrides, key in cases:
+        ports, problems = rule.ports({"input_dir": "in", "output_dir": "o", **overrides})
+        assert key in [k for k, _ in problems + rule.check(ports)], overrides
+
+
+def test_bad_inputs_are_rule_errors(data, tmp_path):
+    root, _, _ = data
+    with pytest.raises(RuleError, match="no cut-outs"):
+        _reduce(root, {}, "out_empty")
+    broken = tmp_path / "in" / "bad.png"
+    broken.parent.mkdir()
+    broken.write_bytes(b"garbage")
+    rule = ClusteringRule()
+    ctx = Context(tmp_path, {"input_dir": broken}, {}, _params().params)
+    with pytest.raises(RuleError, match="bad.png"):
+        rule.map_item(ctx, Item("in/bad.png", "bad.png"))
+
+
+def test_gpu_request_falls_back_to_cpu_without_cuda(tmp_path):
+    import torch
+
+    rule = ClusteringRule()
+    ctx = Context(tmp_path, {"input_dir": tmp_path}, {}, _params().params, resources={"gpu": 1})
+    state = rule.setup(ctx)
+    assert state["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_importing_the_rules_stays_light():
+    code = (
+        "import sys, pipemake.rules.clustering, pipemake.rules.training_data_prep\n"
+        "heavy = [m for m in ('torch', 'sklearn', 'numpy', 'PIL', 'onnxruntime') "
+        "if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == ""

@@ -1,0 +1,326 @@
+"""Tests of the frame_extraction rule, on generated videos with known cuts and key frames."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pipemake.rules.frame_extraction import FrameExtractionRule, parse_resize, parse_time
+
+from pipemake.rule import Context, Item, RuleError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _video_fixtures import DEFAULT_SHOTS, write_garbage, write_video  # noqa: E402
+
+TOTAL = sum(DEFAULT_SHOTS)  # 185 frames at 24 fps, a key frame every 12
+RULE = FrameExtractionRule()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A clean H.264 clip (with its cuts) and the broken files derived from it."""
+    root = tmp_path_factory.mktemp("videos")
+    cuts = write_video(root / "clip.mp4")
+    write_video(root / "clip.mkv", codec="mpeg4")
+    data = (root / "clip.mkv").read_bytes()
+    (root / "tail.mkv").write_bytes(data[: len(data) // 2])  # good frames, then nothing
+    (root / "head.mkv").write_bytes(data[:600])  # header only: no frame
+    mp4 = (root / "clip.mp4").read_bytes()
+    (root / "cut.mp4").write_bytes(mp4[: len(mp4) // 2])  # index at the end: unreadable
+    (root / "empty.mp4").write_bytes(b"")
+    write_garbage(root / "garbage.mp4")
+    (root / "notes.avi").write_text("not a video\n" * 50)
+    write_video(root / "raw.avi", codec="mpeg4")
+    avi = (root / "raw.avi").read_bytes()
+    (root / "unknown.avi").write_bytes(avi.replace(b"FMP4", b"QQZZ"))  # no such decoder
+    return {"root": root, "cuts": cuts}
+
+
+def run_rule(src: Path, out: Path, root: Path | None = None, **params: Any) -> dict[str, Any]:
+    """Run the rule like the engine does: ports, check, then run."""
+    ports, problems = RULE.ports({"input_video": "in", "output_dir": "out", **params})
+    assert not problems and not RULE.check(ports), (problems, RULE.check(ports))
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = Context(root or src.parent, {"input_video": src}, {"output_dir": out}, ports.params)
+    return RULE.run(ctx)
+
+
+def manifest(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
+
+
+def indices(out: Path) -> list[int]:
+    return [r["frame_index"] for r in manifest(out)]
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"mode": "fps", "fps": 1.0}, list(range(0, TOTAL, 24))),
+        ({"mode": "fps", "fps": 4.0}, list(range(0, TOTAL, 6))),
+        ({"mode": "every_n", "n": 30}, list(range(0, TOTAL, 30))),
+        ({"mode": "keyframes"}, list(range(0, TOTAL, 12))),
+        ({"mode": "all"}, list(range(TOTAL))),
+    ],
+)
+def test_modes_keep_the_expected_frames(videos, tmp_path, params, expected) -> None:
+    values = run_rule(videos["root"] / "clip.mp4", tmp_path, **params)
+    assert indices(tmp_path) == expected
+    assert values["frame_count"] == len(expected)
+    files = sorted(p.name for p in tmp_path.glob("frame_*.jpg"))
+    assert files == [f"frame_{i:06d}.jpg" for i in expected]
+
+
+def test_scene_mode_takes_one_frame_inside_each_shot(videos, tmp_path) -> None:
+    values = run_rule(videos["root"] / "clip.mp4", tmp_path, mode="scene")
+    bounds = [0, *videos["cuts"], TOTAL]
+    records = manifest(tmp_path)
+    assert values == {"frame_count": 5, "scenes": 5}
+    assert [r["scene"] for r in records] == [0, 1, 2, 3, 4]
+    for r, lo, hi in zip(records, bounds, bounds[1:], strict=False):
+        assert lo + (hi - lo) // 4 <= r["frame_index"] < hi - (hi - lo) // 4  # near the middle
+
+
+def test_scene_mode_per_scene_spreads_frames_over_each_shot(videos, tmp_path) -> None:
+    run_rule(videos["root"] / "clip.mp4", tmp_path, mode="scene", per_scene=3)
+    records = manifest(tmp_path)
+    assert len(records) == 15
+    for scene in range(5):
+        idx = [r["frame_index"] for r in records if r["scene"] == scene]
+        assert len(idx) == 3 and idx == sorted(idx) and idx[2] - idx[0] >= 10
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_scene_detection_finds_the_known_cuts(tmp_path, seed) -> None:
+    import numpy as np
+
+    lengths = [int(x) for x in np.random.default_rng(seed).integers(16, 50, size=6)]
+    cuts = write_video(tmp_path / "v.mp4", lengths, seed=seed, speed=3.0, shapes=5)
+    run_rule(tmp_path / "v.mp4", tmp_path / "out", mode="all", format="png", resize=16)
+    records = manifest(tmp_path / "out")
+    found = [
+        b["frame_index"]
+        for a, b in zip(records, records[1:], strict=False)
+        if a["scene"] != b["scene"]
+    ]
+    assert found == cuts
+
+
+def test_scene_ids_in_other_modes_follow_the_cuts(videos, tmp_path) -> None:
+    run_rule(videos["root"] / "clip.mp4", tmp_path, mode="every_n", n=10)
+    cuts = videos["cuts"]
+    for r in manifest(tmp_path):
+        assert r["scene"] == sum(r["frame_index"] >= c for c in cuts)
+
+
+def test_start_and_end_limit_the_range(videos, tmp_path) -> None:
+    values = run_rule(videos["root"] / "clip.mp4", tmp_path, mode="all", start=1.0, end="0:03")
+    assert indices(tmp_path) == list(range(24, 72))
+    assert values["frame_count"] == 48
+
+
+def test_start_seeks_in_keyframes_mode(videos, tmp_path) -> None:
+    run_rule(videos["root"] / "clip.mp4", tmp_path, mode="keyframes", start=2.1)
+    assert indices(tmp_path) == list(range(60, TOTAL, 12))
+
+
+def test_max_frames_caps_every_mode(videos, tmp_path) -> None:
+    run_rule(videos["root"] / "clip.mp4", tmp_path / "a", mode="all", max_frames=10)
+    assert indices(tmp_path / "a") == list(range(10))
+    values = run_rule(videos["root"] / "clip.mp4", tmp_path / "s", mode="scene", max_frames=2)
+    assert values["frame_count"] == 2
+    assert [r["scene"] for r in manifest(tmp_path / "s")] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("resize", "size"), [(80, (80, 48)), ("40x40", (40, 24)), (None, (160, 96))]
+)
+def test_resize_keeps_the_aspect_ratio(videos, tmp_path, resize, size) -> None:
+    from PIL import Image
+
+    params = {"resize": resize} if resize is not None else {}
+    run_rule(videos["root"] / "clip.mp4", tmp_path, mode="keyframes", max_frames=1, **params)
+    with Image.open(tmp_path / "frame_000000.jpg") as img:
+        assert img.size == size
+
+
+@pytest.mark.parametrize(("fmt", "pil"), [("png", "PNG"), ("jpg", "JPEG"), ("webp", "WEBP")])
+def test_formats(videos, tmp_path, fmt, pil) -> None:
+    from PIL import Image
+
+    run_rule(videos["root"] / "clip.mp4", tmp_path, mode="keyframes", format=fmt, quality=80)
+    files = sorted(tmp_path.glob(f"*.{fmt}"))
+    assert len(files) == 16
+    with Image.open(files[3]) as img:
+        assert img.format == pil and img.mode == "RGB"
+    assert manifest(tmp_path)[3]["file"] == files[3].name
+
+
+def test_quality_changes_jpg_size(videos, tmp_path) -> None:
+    src = videos["root"] / "clip.mp4"
+    run_rule(src, tmp_path / "lo", mode="keyframes", quality=20)
+    run_rule(src, tmp_path / "hi", mode="keyframes", quality=98)
+    size = lambda d: sum(p.stat().st_size for p in d.glob("*.jpg"))  # noqa: E731
+    assert size(tmp_path / "lo") < size(tmp_path / "hi") / 2
+
+
+def test_dedup_drops_near_identical_frames(tmp_path) -> None:
+    write_video(tmp_path / "still.mp4", [20, 20, 20], shapes=0)  # three still shots
+    run_rule(tmp_path / "still.mp4", tmp_path / "off", mode="all", dedup=0)
+    run_rule(tmp_path / "still.mp4", tmp_path / "on", mode="all", dedup=6)
+    assert len(indices(tmp_path / "off")) == 60
+    assert indices(tmp_path / "on") == [0, 20, 40]
+    assert len(list((tmp_path / "on").glob("*.jpg"))) == 3
+
+
+def test_manifest_fields(videos, tmp_path) -> None:
+    root = videos["root"].parent
+    run_rule(videos["root"] / "clip.mp4", tmp_path, root=root, mode="every_n", n=50)
+    records = manifest(tmp_path)
+    assert [r["frame_index"] for r in records] == [0, 50, 100, 150]
+    for r in records:
+        assert set(r) == {"file", "video", "timestamp", "frame_index", "scene"}
+        assert (tmp_path / r["file"]).is_file()
+        assert r["video"] == f"{videos['root'].name}/clip.mp4"  # relative to the project
+        assert r["timestamp"] == pytest.approx(r["frame_index"] / 24, abs=1e-3)
+        assert isinstance(r["scene"], int)
+
+
+def test_keyframes_mode_has_no_scene_ids(videos, tmp_path) -> None:
+    values = run_rule(videos["root"] / "clip.mp4", tmp_path, mode="keyframes")
+    assert values == {"frame_count": 16, "scenes": None}
+    assert all(r["scene"] is None for r in manifest(tmp_path))
+
+
+def test_run_item_writes_into_the_stem_dir(videos, tmp_path) -> None:
+    ports, _ = RULE.ports({"input_video": "v", "output_dir": "o", "mode": "scene"})
+    src = videos["root"] / "clip.mp4"
+    for relpath in ("clip.mp4", "sub/clip.mp4"):
+        staging = tmp_path / relpath.replace("/", "_")
+        staging.mkdir()
+        item = Item(path=f"videos/{relpath}", relpath=relpath)
+        ctx = Context(tmp_path, {"input_video": src}, {"output_dir": staging}, ports.params)
+        state = RULE.setup(ctx)
+        ctx.state = state
+        values = RULE.run_item(ctx, item)
+        stem_dir = staging / relpath[: -len(".mp4")]
+        assert values == {"frame_count": 5, "scenes": 5}
+        assert sorted(p.name for p in staging.rglob("*") if p.is_file())[-1] == "frames.jsonl"
+        records = manifest(stem_dir)
+        assert all(r["file"].startswith(relpath[: -len(".mp4")] + "/") for r in records)
+        assert all((staging / r["file"]).is_file() for r in records)
+        assert records[0]["video"] == f"videos/{relpath}"
+    totals = RULE.gather(ports.params, {"a.mp4": values, "b.mp4": {"frame_count": 2, "scenes": 1}})
+    assert totals == {"frame_count": 7, "scenes": 6}
+
+
+def test_directory_input_without_foreach(videos, tmp_path) -> None:
+    src = tmp_path / "vids"
+    (src / "sub").mkdir(parents=True)
+    write_video(src / "a.mp4", [20, 20])
+    write_video(src / "sub" / "b.mkv", [20, 20, 20], codec="mpeg4")
+    (src / "readme.txt").write_text("skip me")
+    values = run_rule(src, tmp_path / "out", mode="scene")
+    assert values == {"frame_count": 5, "scenes": 5}
+    assert len(manifest(tmp_path / "out" / "a")) == 2
+    assert manifest(tmp_path / "out" / "sub" / "b")[0]["file"].startswith("sub/b/frame_")
+
+
+def test_foreach_pattern_takes_videos_only() -> None:
+    patterns = RULE.foreach_pattern.split("|")
+    for name in ("a.mp4", "b.MOV", "c.mkv", "d.webm"):
+        assert any(fnmatch(name, p) for p in patterns)
+    for name in ("frames.jsonl", "frame_000001.jpg", "x.png"):
+        assert not any(fnmatch(name, p) for p in patterns)
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("garbage.mp4", "not a readable video"),
+        ("notes.avi", "not a readable video"),
+        ("empty.mp4", "empty"),
+        ("cut.mp4", "not a readable video"),
+        ("head.mkv", "no frames"),
+        ("unknown.avi", "unsupported video codec"),
+    ],
+)
+def test_bad_input_is_a_rule_error_and_leaves_nothing(videos, tmp_path, name, words) -> None:
+    src = videos["root"] / name
+    with pytest.raises(RuleError) as err:
+        run_rule(src, tmp_path, mode="all")
+    assert str(src) in str(err.value) and words in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_tail_is_a_warning_with_the_count(videos, tmp_path, caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        values = run_rule(videos["root"] / "tail.mkv", tmp_path, mode="all")
+    assert 40 < values["frame_count"] < TOTAL
+    assert len(manifest(tmp_path)) == values["frame_count"]
+    [message] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "tail.mkv" in message and f"{values['frame_count']} frames extracted" in message
+
+
+def test_clean_video_gives_no_warning(videos, tmp_path, caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        run_rule(videos["root"] / "clip.mkv", tmp_path, mode="keyframes")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_start_past_the_end_is_a_rule_error(videos, tmp_path) -> None:
+    with pytest.raises(RuleError, match="no frames between start and end"):
+        run_rule(videos["root"] / "clip.mp4", tmp_path, start=60)
+
+
+@pytest.mark.parametrize(
+    ("params", "key"),
+    [
+        ({"fps": 0}, "fps"),
+        ({"n": 0}, "n"),
+        ({"resize": "big"}, "resize"),
+        ({"start": "soon"}, "start"),
+        ({"start": 5, "end": 2}, "end"),
+        ({"quality": 0}, "quality"),
+        ({"dedup": 65}, "dedup"),
+        ({"min_scene_len": 0}, "min_scene_len"),
+    ],
+)
+def test_check_reports_bad_params(params, key) -> None:
+    ports, problems = RULE.ports({"input_video": "v", "output_dir": "o", **params})
+    assert not problems
+    assert [k for k, _ in RULE.check(ports)] == [key]
+
+
+def test_ports_accept_the_seed_keys_and_reject_unknown_modes() -> None:
+    _, problems = RULE.ports({"input_video": "v", "output_dir": "o", "mode": "scene"})
+    assert problems == []
+    _, problems = RULE.ports({"input_video": "v", "output_dir": "o", "mode": "fast"})
+    assert [k for k, _ in problems] == ["mode"]
+
+
+def test_parsers() -> None:
+    assert parse_time("01:02:03.5") == 3723.5 and parse_time(2) == 2.0 and parse_time(None) is None
+    assert parse_resize("640x480") == (640, 480) and parse_resize(512) == 512
+    with pytest.raises(ValueError):
+        parse_resize(0)
+
+
+def test_declarations() -> None:
+    assert RULE.name == "frame_extraction" and RULE.version == "1"
+    assert tuple(RULE.values) == ("frame_count", "scenes")
+
+
+def test_import_does_not_load_av_or_numpy() -> None:
+    code = (
+        "import sys, pipemake.rules.frame_extraction\n"
+        "bad = [m for m in ('av', 'numpy', 'PIL') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

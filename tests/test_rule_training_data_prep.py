@@ -1,0 +1,211 @@
+"""Tests of the training_data_prep rule, called directly with hand-built contexts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _character_fixtures import make_characters, render_character
+from PIL import Image
+from pipemake.rules._prep_images import bucket_sizes, dedup, parse_background, split_validation
+from pipemake.rules.training_data_prep import TrainingDataPrepRule
+
+from pipemake.rule import Context, RuleError
+
+SIZES = {"cluster_000": 8, "cluster_001": 6, "cluster_002": 2}
+
+
+@pytest.fixture(scope="module")
+def clustered(tmp_path_factory) -> Path:
+    """A clustering-like output: cluster folders, noise/, contact_sheets/, one duplicate."""
+    root = tmp_path_factory.mktemp("prep")
+    out = root / "clusters"
+    rng = np.random.default_rng(0)
+    specs = make_characters(4, seed=7)
+    for (name, n), spec in zip([*SIZES.items(), ("noise", 2)], specs, strict=True):
+        (out / name).mkdir(parents=True)
+        for i in range(n):
+            render_character(spec, rng, 64).save(out / name / f"img_{i:02d}.png")
+    shutil.copyfile(out / "cluster_000/img_00.png", out / "cluster_000/img_dup.png")
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(out / "cluster_001/empty.png")
+    (out / "contact_sheets").mkdir()
+    Image.new("RGB", (8, 8)).save(out / "contact_sheets/cluster_000.png")
+    return root
+
+
+def _run(root: Path, out_name: str, **config):
+    rule = TrainingDataPrepRule()
+    config.setdefault("input_dir", "clusters")
+    config = {"output_dir": out_name, "resolution": 64, **config}
+    ports, problems = rule.ports(config)
+    problems += rule.check(ports)
+    assert problems == [], problems
+    inputs = {}
+    for key, value in ports.inputs.items():
+        inputs[key] = [root / v for v in value] if isinstance(value, list) else root / value
+    out = root / out_name
+    out.mkdir()
+    values = rule.run(Context(root, inputs, {"output_dir": out}, ports.params))
+    return values, out
+
+
+def _manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def test_kohya_layout_with_captions(clustered):
+    values, out = _run(
+        clustered,
+        "kohya",
+        names={"cluster_000": "alice"},
+        trigger="mychar",
+        caption="{trigger}, {name}",
+        val_fraction=0.25,
+        repeats=5,
+    )
+    assert values["characters"] == ["alice", "cluster_001", "cluster_002"]
+    rows = _manifest(out)
+    assert len(rows) == values["n_train"] + values["n_validation"]
+    alice = [r for r in rows if r["character"] == "alice"]
+    assert {r["split"] for r in alice} == {"train", "validation"}
+    for row in rows:
+        img = out / row["file"]
+        assert img.parent.name.split("_", 1)[0] == ("5" if row["split"] == "train" else "1")
+        assert img.with_suffix(".txt").read_text().strip() == row["caption"]
+        with Image.open(img) as im:
+            assert im.size == (64, 64) and im.mode == "RGB"
+            assert im.getpixel((0, 0)) == (255, 255, 255)  # white background (padded corner)
+    assert alice[0]["caption"] == "mychar, alice"
+    assert (out / "train/5_alice").is_dir()
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["characters"]["alice"]["train"] + stats["characters"]["alice"]["validation"] == 8
+    assert stats["dropped"] == {"near duplicate": 1, "empty (fully transparent)": 1}
+    assert {"cluster": "noise", "reason": "noise is only used when listed"} in stats[
+        "skipped_clusters"
+    ]
+
+
+def test_imagefolder_layout(clustered):
+    values, out = _run(
+        clustered,
+        "hf",
+        layout="imagefolder",
+        val_fraction=0.3,
+        caption="a picture of {name}",
+        background="transparent",
+    )
+    for split in ("train", "validation"):
+        meta = [json.loads(x) for x in (out / split / "metadata.jsonl").read_text().splitlines()]
+        assert meta and all(set(m) == {"file_name", "text"} for m in meta)
+        for m in meta:
+            with Image.open(out / split / m["file_name"]) as im:
+                assert im.mode == "RGBA"  # alpha kept
+            assert m["text"].startswith("a picture of cluster_")
+    assert not list(out.rglob("*.txt"))
+    assert values["n_validation"] == sum(1 for r in _manifest(out) if r["split"] == "validation")
+
+
+def test_split_is_deterministic_and_seeded(clustered):
+    _, a = _run(clustered, "s1", val_fraction=0.5, seed=1)
+    _, b = _run(clustered, "s2", val_fraction=0.5, seed=1)
+    _, c = _run(clustered, "s3", val_fraction=0.5, seed=2)
+
+    def split(out):
+        return {r["source"]: r["split"] for r in _manifest(out)}
+
+    assert split(a) == split(b)
+    assert split(a) != split(c)
+    assert (a / "manifest.jsonl").read_bytes() == (b / "manifest.jsonl").read_bytes()
+    keys = [f"k{i}" for i in range(20)]
+    assert len(split_validation(keys, 0.25, 0)) == 5
+    assert split_validation(keys, 0.25, 0) == split_validation(list(reversed(keys)), 0.25, 0)
+
+
+def test_dedup_can_be_turned_off(clustered):
+    _, out = _run(clustered, "nodedup", dedup=False, clusters=["cluster_000"])
+    assert len(_manifest(out)) == 9
+    assert dedup([0b1111, 0b1110, 0xFF00FF], 1) == [None, 0, None]
+
+
+def test_selection_input_dirs_and_name_merging(clustered):
+    dirs = ["clusters/cluster_000", "clusters/cluster_001", "clusters/cluster_002"]
+    values, out = _run(
+        clustered,
+        "sel",
+        input_dir=None,
+        input_dirs=dirs,
+        min_size=3,
+        names={"cluster_000": "bob", "cluster_001": "bob"},
+    )
+    assert values["characters"] == ["bob"]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["characters"]["bob"]["clusters"] == ["cluster_000", "cluster_001"]
+    assert stats["skipped_clusters"] == [
+        {"cluster": "cluster_002", "reason": "2 images < min_size"}
+    ]
+    values, _ = _run(clustered, "sel2", clusters=["cluster_002", "noise"])
+    assert values["characters"] == ["cluster_002", "noise"]
+
+
+@pytest.mark.parametrize("fit", ["crop", "stretch"])
+def test_fits_and_buckets(clustered, fit):
+    _, out = _run(clustered, f"fit_{fit}", fit=fit, clusters=["cluster_001"])
+    assert {(r["width"], r["height"]) for r in _manifest(out)} == {(64, 64)}
+    _, out = _run(clustered, f"bucket_{fit}", buckets=True, clusters=["cluster_001"])
+    allowed = set(bucket_sizes(64))
+    assert all((r["width"], r["height"]) in allowed for r in _manifest(out))
+    assert all(w % 8 == 0 and h % 8 == 0 for w, h in allowed)
+
+
+def test_bad_config_is_caught_by_check():
+    rule = TrainingDataPrepRule()
+    base = {"input_dir": "c", "output_dir": "o"}
+    cases = [
+        ({"resolution": 100}, "resolution"),
+        ({"resolution": 0}, "resolution"),
+        ({"clusters": []}, "clusters"),
+        ({"clusters": "some"}, "clusters"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"caption": "{trigger} {who}"}, "caption"),
+        ({"background": "plaid"}, "background"),
+        ({"input_dirs": ["c/cluster_000"]}, "input_dirs"),
+        ({"input_dir": None}, "input_dirs"),
+        (
+            {"input_dir": None, "input_dirs": ["c/cluster_000"], "names": {"cluster_009": "x"}},
+            "names",
+        ),
+    ]
+    for overrides, key in cases:
+        ports, problems = rule.ports({**base, **overrides})
+        found = [k for k, _ in problems + rule.check(ports)]
+        assert key in found, (overrides, found)
+    ports, _ = rule.ports(
+        {
+            **base,
+            "input_dir": None,
+            "input_dirs": ["{cluster.cluster_dirs}"],
+            "names": {"cluster_009": "x"},
+        }
+    )
+    assert rule.check(ports) == []  # not knowable yet: checked at run time
+
+
+def test_bad_input_at_run_time(clustered):
+    with pytest.raises(RuleError, match="cluster_009"):
+        _run(clustered, "bad1", names={"cluster_009": "x"})
+    with pytest.raises(RuleError, match="empty cluster selection"):
+        _run(clustered, "bad2", min_size=100)
+    with pytest.raises(RuleError, match="cluster_042"):
+        _run(clustered, "bad3", clusters=["cluster_042"])
+    assert not list((clustered / "bad1").iterdir())  # nothing done before the error
+
+
+def test_background_parsing():
+    assert parse_background("#f00") == (255, 0, 0)
+    assert parse_background("#102030") == (16, 32, 48)
+    assert parse_background("transparent") is None
+    with pytest.raises(ValueError):
+        parse_background("#12")
