@@ -149,18 +149,41 @@ def build(
     started = time.time()
     with BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait):
         project.workspace.clear_tmp()
-        builder = Builder(p, project.store, project.state, bus, force=force,
-                          force_stages=frozenset(force_stages))
+        builder = Builder(
+            p,
+            project.store,
+            project.state,
+            bus,
+            force=force,
+            force_stages=frozenset(force_stages),
+            jobs=jobs,
+        )
         bus.emit("run_started", None, stages=order, targets=list(targets))
         with _Signals() as sigs, get_executor(executor, jobs) as ex:
-            sched = Scheduler(p.graph, order, builder, ex, bus, jobs=jobs, keep_going=keep_going,
-                              stop_signal=lambda: sigs.received)
+            sched = Scheduler(
+                p.graph,
+                order,
+                builder,
+                ex,
+                bus,
+                jobs=jobs,
+                keep_going=keep_going,
+                stop_signal=lambda: sigs.received,
+            )
             outcome = sched.run()
         project.state.flush()
     report = _report(builder, outcome, time.time() - started)
-    bus.emit("run_finished", None, ran=report.ran, restored=report.restored,
-             up_to_date=report.up_to_date, failed=report.failed, skipped=report.skipped,
-             duration=report.duration, interrupted=outcome.interrupted)
+    bus.emit(
+        "run_finished",
+        None,
+        ran=report.ran,
+        restored=report.restored,
+        up_to_date=report.up_to_date,
+        failed=report.failed,
+        skipped=report.skipped,
+        duration=report.duration,
+        interrupted=outcome.interrupted,
+    )
     if outcome.interrupted is not None:
         raise Interrupted(outcome.interrupted)
     if report.failed:
@@ -169,8 +192,9 @@ def build(
 
 
 def _report(builder: Builder, outcome: Outcome, duration: float) -> BuildReport:
-    report = BuildReport(failed=dict(outcome.failed), skipped=dict(outcome.skipped),
-                         duration=duration)
+    report = BuildReport(
+        failed=dict(outcome.failed), skipped=dict(outcome.skipped), duration=duration
+    )
     for stage in outcome.done:
         verdict = builder.decisions[stage].verdict.value
         {"up to date": report.up_to_date, "restore": report.restored}.get(
@@ -253,7 +277,9 @@ def clean(project: Project, targets: Sequence[str] = (), orphans_only: bool = Fa
             paths = orphans(project)
         else:
             order = _select(project.pipeline, targets) if targets else list(project.pipeline.stages)
-            paths = [rel for s in order for rel in project.pipeline.stages[s].ports.outputs.values()]
+            paths = [
+                rel for s in order for rel in project.pipeline.stages[s].ports.outputs.values()
+            ]
         removed = [rel for rel in paths if project.workspace.remove(rel)]
         if orphans_only:
             project.state.forget_placed(paths)
@@ -268,8 +294,7 @@ def cache_info(project: Project) -> dict[str, Any]:
         objects += 1
         size += project.store.object_path(digest).stat().st_size
     entries = sum(1 for _ in project.store.actions())
-    return {"path": str(project.store.path), "objects": objects, "bytes": size,
-            "entries": entries}
+    return {"path": str(project.store.path), "objects": objects, "bytes": size, "entries": entries}
 
 
 def cache_verify(project: Project) -> dict[str, Any]:
@@ -282,9 +307,11 @@ def cache_verify(project: Project) -> dict[str, Any]:
     incomplete = []
     for key, entry in project.store.actions():
         for manifest in entry.get("outputs", {}).values():
-            hashes = [manifest["hash"]] if manifest.get("kind") == "file" else [
-                e[1] for e in manifest.get("entries", [])
-            ]
+            hashes = (
+                [manifest["hash"]]
+                if manifest.get("kind") == "file"
+                else [e[1] for e in manifest.get("entries", [])]
+            )
             if any(not project.store.has_object(h) for h in hashes):
                 incomplete.append(key)
                 break
@@ -292,8 +319,9 @@ def cache_verify(project: Project) -> dict[str, Any]:
 
 
 @contextmanager
-def project_of(directory: Any, file: Any, cache_dir: Any = None, readonly: bool = False
-               ) -> Iterator[Project]:
+def project_of(
+    directory: Any, file: Any, cache_dir: Any = None, readonly: bool = False
+) -> Iterator[Project]:
     """Open a project for the length of a ``with`` block."""
     project = open_project(directory, file, cache_dir, readonly)
     try:

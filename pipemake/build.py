@@ -14,11 +14,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import foreach
 from .decide import Decision, Reason, Trigger, Verdict, explain
 from .events import Bus
 from .executors.base import Message, Task
 from .fshash import Hasher
 from .hashing import KEY_FORMAT, digest
+from .items import ItemRef
 from .pipeline import SYMBOLIC_SCOPES, Pipeline, Stage
 from .rule import Ports
 from .scheduler import StageFailure
@@ -39,12 +41,18 @@ class _Unknown(Exception):
 
 @dataclass
 class StageKey:
-    """A resolved stage: its ports, key document and key."""
+    """A resolved stage: its ports, key document and key (None while a map-reduce stage's
+    maps are missing). Foreach stages also carry their items and item keys."""
 
     ports: Ports
     doc: dict[str, Any]
-    key: str
+    key: str | None
     unknown: set[str] = field(default_factory=set)
+    items: list[ItemRef] = field(default_factory=list)
+    base: str = ""
+    item_keys: dict[str, str] = field(default_factory=dict)
+    cached: dict[str, Any] = field(default_factory=dict)
+    todo: list[ItemRef] = field(default_factory=list)
 
 
 @dataclass
@@ -69,6 +77,7 @@ class Builder:
         dry: bool = False,
         force: bool = False,
         force_stages: frozenset[str] = frozenset(),
+        jobs: int = 1,
     ):
         self.p = pipeline
         self.store = store
@@ -77,6 +86,7 @@ class Builder:
         self.dry = dry
         self.force = force
         self.force_stages = force_stages
+        self.jobs = jobs
         self.ws = Workspace(pipeline.root)
         self.hasher = Hasher(str(pipeline.root), state)
         self.results: dict[str, Planned] = {}
@@ -131,8 +141,14 @@ class Builder:
                 ports.inputs[name] = os.path.normpath(value)
         ports.outputs = dict(stage.ports.outputs)
         inputs: dict[str, Any] = {}
+        items: list[ItemRef] = []
         for name, value in sorted(ports.inputs.items()):
-            if isinstance(value, list):
+            if stage.foreach is not None and name == stage.foreach.input:
+                if isinstance(value, list):
+                    raise StageFailure(f"foreach input {name!r} must be one directory or glob")
+                items = foreach.list_items(self, stage, value, unknown)
+                inputs[name] = [value, "foreach"]
+            elif isinstance(value, list):
                 inputs[name] = [[p, self._input_hash(stage, p, unknown)] for p in value]
             else:
                 inputs[name] = [value, self._input_hash(stage, value, unknown)]
@@ -157,9 +173,13 @@ class Builder:
             "upstream": upstream,
             "outputs": {n: ports.output_kinds.get(n, "path") for n in sorted(ports.outputs)},
         }
-        if stage.foreach is not None:
-            doc["foreach"] = [stage.foreach.input, stage.foreach.pattern]
-        return StageKey(ports, doc, digest(doc), unknown)
+        if stage.foreach is None:
+            return StageKey(ports, doc, digest(doc), unknown)
+        doc["foreach"] = [stage.foreach.input, stage.foreach.pattern]
+        sk = StageKey(ports, doc, None, unknown, items)
+        if not unknown:
+            foreach.stage_key(self, stage, sk)
+        return sk
 
     def _input_hash(self, stage: Stage, path: str, unknown: set[str]) -> str:
         owner = self.p.output_owner(path)
@@ -188,23 +208,40 @@ class Builder:
         try:
             sk = self.resolve(stage)
         except _Unknown as exc:
-            return Decision(Verdict.MAYBE, [Reason(Trigger.UPSTREAM_WILL_RUN,
-                                                   f"upstream {exc.stage} will run")]), None, None
+            return (
+                Decision(
+                    Verdict.MAYBE,
+                    [Reason(Trigger.UPSTREAM_WILL_RUN, f"upstream {exc.stage} will run")],
+                ),
+                None,
+                None,
+            )
         if sk.unknown:
             own = [r for r in explain(old_doc, sk.doc) if not _from_unknown(r, sk)]
             if own:
                 return Decision(Verdict.RUN, own), sk, None
             first = sorted(sk.unknown)[0]
-            return Decision(Verdict.MAYBE, [Reason(Trigger.UPSTREAM_WILL_RUN,
-                                                   f"upstream {first} will run")]), sk, None
+            return (
+                Decision(
+                    Verdict.MAYBE, [Reason(Trigger.UPSTREAM_WILL_RUN, f"upstream {first} will run")]
+                ),
+                sk,
+                None,
+            )
         if self.force or stage.id in self.force_stages:
             return Decision(Verdict.RUN, [Reason(Trigger.FORCED, "forced")]), sk, None
-        entry = self.store.get_action(sk.key)
+        entry = self.store.get_action(sk.key) if sk.key is not None else None
         if entry is None:
-            reasons = explain(old_doc, sk.doc)
+            reasons = [r for r in explain(old_doc, sk.doc) if r.trigger is not Trigger.ITEMS]
+            items = None
+            if stage.foreach is not None:
+                more, items = foreach.item_decision(self, stage, sk)
+                reasons += more
+                if not sk.todo and not reasons:
+                    reasons = [Reason(Trigger.CACHED, f"all {len(sk.items):,} items cached")]
             if not reasons:
                 reasons = [Reason(Trigger.NO_ENTRY, "no cache entry")]
-            return Decision(Verdict.RUN, reasons), sk, None
+            return Decision(Verdict.RUN, reasons, items), sk, None
         bad = []
         for name, rel in sk.ports.outputs.items():
             manifest = entry.get("outputs", {}).get(name)
@@ -224,7 +261,11 @@ class Builder:
                 reasons.append(Reason(trig, f"output {rel} {s}"))
         if record and record.get("key") != sk.key:
             why = "; ".join(map(str, explain(old_doc, sk.doc)))
-            reasons.append(Reason(Trigger.CACHED, "cached from an earlier build" + (f" ({why})" if why else "")))
+            reasons.append(
+                Reason(
+                    Trigger.CACHED, "cached from an earlier build" + (f" ({why})" if why else "")
+                )
+            )
         return Decision(Verdict.RESTORE, reasons), sk, entry
 
     # the StageHandler -------------------------------------------------------------------
@@ -234,7 +275,8 @@ class Builder:
         self.decisions[stage_id] = decision
         if self.dry:
             self.results[stage_id] = Planned(
-                entry["outputs"] if entry else None, entry.get("values", {}) if entry else None,
+                entry["outputs"] if entry else None,
+                entry.get("values", {}) if entry else None,
                 sk.key if sk else None,
             )
             return []
@@ -248,11 +290,19 @@ class Builder:
             assert entry is not None
             if self._restore(stage, sk, entry):
                 self._done(stage, sk, entry, ran=False)
-                self.bus.emit("stage_restored", stage_id, reasons=[str(r) for r in decision.reasons])
+                self.bus.emit(
+                    "stage_restored", stage_id, reasons=[str(r) for r in decision.reasons]
+                )
                 return []
-            self.bus.emit("log", stage_id, level="warning",
-                          text="the store's copy is missing or corrupt; running the stage instead")
-            decision = Decision(Verdict.RUN, [Reason(Trigger.STORE_CORRUPT, "store object missing or corrupt")])
+            self.bus.emit(
+                "log",
+                stage_id,
+                level="warning",
+                text="the store's copy is missing or corrupt; running the stage instead",
+            )
+            decision = Decision(
+                Verdict.RUN, [Reason(Trigger.STORE_CORRUPT, "store object missing or corrupt")]
+            )
             self.decisions[stage_id] = decision
         return self._start(stage, sk, decision)
 
@@ -261,38 +311,82 @@ class Builder:
             manifest = entry["outputs"][name]
             if self.ws.check(manifest, rel, self.hasher) is None:
                 continue
-            if not self.ws.restore(manifest, rel, self.store, stage.id):
+            if manifest["kind"] == "dir":
+                if not self.ws.sync_dir(manifest, rel, self.store, self.hasher):
+                    return False
+            elif not self.ws.restore(manifest, rel, self.store, stage.id):
                 return False
         return True
 
     def _start(self, stage: Stage, sk: StageKey, decision: Decision) -> list[Task]:
         staging = self.ws.staging(stage.id)
-        outputs = {}
-        for name, rel in sk.ports.outputs.items():
-            outputs[name] = os.path.relpath(staging / name / os.path.basename(rel), self.p.root)
         logs = self.ws.dot / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{stage.id}.log"
         log_path.write_text("")
-        self._running[stage.id] = {"sk": sk, "staging": staging, "outputs": outputs,
-                                   "started": time.time(), "result": None, "error": None}
-        self.bus.emit("stage_started", stage.id, reasons=[str(r) for r in decision.reasons])
-        task = Task(
-            id=stage.id, stage=stage.id, rule=stage.rule.name, root=str(self.p.root),
-            store=str(self.store.path), inputs=sk.ports.inputs, outputs=outputs,
-            output_kinds=sk.ports.output_kinds, params=sk.ports.params,
-            resources=stage.resources, log_path=str(log_path), timeout=stage.timeout,
+        run: dict[str, Any] = {
+            "sk": sk,
+            "staging": staging,
+            "started": time.time(),
+            "result": None,
+            "error": None,
+            "log": str(log_path),
+        }
+        self._running[stage.id] = run
+        self.bus.emit(
+            "stage_started",
+            stage.id,
+            reasons=[str(r) for r in decision.reasons],
+            items=decision.items,
+        )
+        if stage.foreach is not None:
+            forced = self.force or stage.id in self.force_stages
+            return foreach.start(self, stage, sk, run, forced)
+        run["outputs"] = {
+            name: os.path.relpath(staging / name / os.path.basename(rel), self.p.root)
+            for name, rel in sk.ports.outputs.items()
+        }
+        return [self.task(stage, sk, run, stage.id, outputs=run["outputs"])]
+
+    def task(
+        self,
+        stage: Stage,
+        sk: StageKey,
+        run: dict[str, Any],
+        task_id: str,
+        *,
+        mode: str = "run",
+        outputs: dict[str, str] | None = None,
+        items: list[dict[str, str]] | None = None,
+        mapped: Any = None,
+    ) -> Task:
+        """A task description for one unit of this stage's work."""
+        if mode == "reduce":
+            outputs = {
+                name: os.path.relpath(run["staging"] / "reduce" / name, self.p.root)
+                for name in sk.ports.outputs
+            }
+            run["outputs"] = outputs
+        return Task(
+            id=task_id, stage=stage.id, rule=stage.rule.name, root=str(self.p.root),
+            store=str(self.store.path), inputs=sk.ports.inputs, outputs=outputs or {},
+            output_kinds=sk.ports.output_kinds, params=sk.ports.params, mode=mode,
+            items=items or [], foreach=stage.foreach.input if stage.foreach else None,
+            extra={"mapped": mapped} if mapped is not None else {},
+            resources=stage.resources, log_path=run["log"], timeout=stage.timeout,
         )  # fmt: skip
-        return [task]
 
     def on_message(self, stage_id: str, message: Message) -> list[Task]:
         run = self._running[stage_id]
         if message.kind == "progress":
-            done, total = message.data
-            self.bus.emit("progress", stage_id, done=done, total=total)
+            if not run.get("foreach"):
+                done, total = message.data
+                self.bus.emit("progress", stage_id, done=done, total=total)
         elif message.kind == "log":
             level, text = message.data
             self.bus.emit("log", stage_id, level=level, text=text)
+        elif run.get("foreach") and not run.get("reduce"):
+            return foreach.on_message(self, self.p.stages[stage_id], run, message)
         elif message.kind == "result":
             run["result"] = message.data
         elif message.kind == "error":
@@ -305,30 +399,47 @@ class Builder:
         if run is None:
             return
         try:
-            if run["error"] is not None or run["result"] is None:
-                text, tb = run["error"] or ["the task ended without a result", None]
+            if run.get("foreach") and run["failures"]:
+                text = foreach.failure_text(run, run["items_total"])
                 self._failed(stage, run, text)
-                raise StageFailure(text + (f"\n{tb}" if tb else ""))
-            result = run["result"]
-            entry = {
-                "stage": stage_id,
-                "outputs": result["outputs"],
-                "values": result.get("values", {}),
-                "metrics": result.get("metrics", {}),
-                "created": time.time(),
-            }
-            self.store.put_action(run["sk"].key, entry)
-            for name, rel in run["sk"].ports.outputs.items():
-                self.ws.place(self.p.root / run["outputs"][name], rel)
+                raise StageFailure(text)
+            if run.get("foreach") and not run.get("reduce"):
+                entry = foreach.assemble(self, stage, run)
+            else:
+                entry = self._commit_run(stage, run)
             self._done(stage, run["sk"], entry, ran=True)
             self.bus.emit("stage_finished", stage_id, **entry["metrics"])
         finally:
             remove_path(run["staging"])
 
+    def _commit_run(self, stage: Stage, run: dict[str, Any]) -> dict[str, Any]:
+        if run["error"] is not None or run["result"] is None:
+            text, tb = run["error"] or ["the task ended without a result", None]
+            self._failed(stage, run, text)
+            raise StageFailure(text + (f"\n{tb}" if tb else ""))
+        result = run["result"]
+        metrics = dict(result.get("metrics", {}))
+        metrics["duration"] = time.time() - run["started"]
+        entry = {
+            "stage": stage.id,
+            "outputs": result["outputs"],
+            "values": result.get("values", {}),
+            "metrics": metrics,
+            "created": time.time(),
+        }
+        self.store.put_action(run["sk"].key, entry)
+        for name, rel in run["sk"].ports.outputs.items():
+            self.ws.place(self.p.root / run["outputs"][name], rel)
+        return entry
+
     def _failed(self, stage: Stage, run: dict[str, Any], text: str) -> None:
         record = dict(self._records.get(stage.id) or {})
-        record.update(result="failed", error=text[:2000], finished=time.time(),
-                      duration=time.time() - run["started"])
+        record.update(
+            result="failed",
+            error=text[:2000],
+            finished=time.time(),
+            duration=time.time() - run["started"],
+        )
         self.state.set_record(stage.id, record)
 
     def _done(self, stage: Stage, sk: StageKey, entry: dict[str, Any], ran: bool) -> None:
@@ -344,13 +455,15 @@ class Builder:
             self.state.set_record(stage.id, record)
             self._records[stage.id] = record
         self.state.set_placed((rel, stage.id, name) for name, rel in sk.ports.outputs.items())
+        if stage.foreach is not None and (ran or old.get("key") != sk.key):
+            self.state.set_item_hashes(stage.id, {it.relpath: it.hash for it in sk.items})
 
 
 def _from_unknown(reason: Reason, sk: StageKey) -> bool:
     """Whether a reason only reflects an upstream output not known yet (dry-run)."""
     if reason.trigger is Trigger.UPSTREAM:
         return any(f"upstream {s} " in reason.detail for s in sk.unknown)
-    for name, value in sk.doc["inputs"].items():
+    for value in sk.doc["inputs"].values():
         pairs = value if value and isinstance(value[0], list) else [value]
         for path, h in pairs:
             if h == "?" and path in reason.detail:

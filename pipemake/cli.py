@@ -41,12 +41,26 @@ def _run(fn: Callable[[], int | None]) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-C", "directory", type=click.Path(file_okay=False), default=None,
-              help="Run as if started in DIR.")
-@click.option("-f", "file", type=click.Path(dir_okay=False), default=None,
-              help="The pipeline file (default: pipemake.yaml).")
-@click.option("--cache-dir", envvar="PIPEMAKE_CACHE_DIR", default=None,
-              help="Where the store lives (default: .pipemake/store; env PIPEMAKE_CACHE_DIR).")
+@click.option(
+    "-C",
+    "directory",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Run as if started in DIR.",
+)
+@click.option(
+    "-f",
+    "file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The pipeline file (default: pipemake.yaml).",
+)
+@click.option(
+    "--cache-dir",
+    envvar="PIPEMAKE_CACHE_DIR",
+    default=None,
+    help="Where the store lives (default: .pipemake/store; env PIPEMAKE_CACHE_DIR).",
+)
 @click.version_option(package_name="pipemake")
 @click.pass_context
 def cli(ctx: click.Context, directory: str | None, file: str | None, cache_dir: str | None) -> None:
@@ -61,20 +75,43 @@ def _project(ctx: click.Context, readonly: bool = False, cache_dir: str | None =
 
 @cli.command()
 @click.argument("targets", nargs=-1)
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Run up to N tasks at once.")
-@click.option("-k", "--keep-going", is_flag=True, help="Go on with independent stages after a failure.")
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Run up to N tasks at once.",
+)
+@click.option(
+    "-k", "--keep-going", is_flag=True, help="Go on with independent stages after a failure."
+)
 @click.option("-B", "--force", is_flag=True, help="Rerun every selected stage.")
 @click.option("--force-stage", multiple=True, metavar="ID", help="Rerun this stage (repeatable).")
-@click.option("--executor", default="local", show_default=True, help="Where tasks run: local, inline.")
+@click.option(
+    "--executor", default="local", show_default=True, help="Where tasks run: local, inline."
+)
 @click.option("--cache-dir", "cache_dir", default=None, help="Where the store lives.")
-@click.option("--lock-timeout", default=None, metavar="SECONDS",
-              help="Give up (exit 1) when another build holds the lock this long.")
+@click.option(
+    "--lock-timeout",
+    default=None,
+    metavar="SECONDS",
+    help="Give up (exit 1) when another build holds the lock this long.",
+)
 @click.option("--no-progress", is_flag=True, help="Plain lines instead of a live view.")
 @click.pass_context
-def build(ctx: click.Context, targets: tuple[str, ...], jobs: int, keep_going: bool, force: bool,
-          force_stage: tuple[str, ...], executor: str, cache_dir: str | None,
-          lock_timeout: str | None, no_progress: bool) -> None:
+def build(
+    ctx: click.Context,
+    targets: tuple[str, ...],
+    jobs: int,
+    keep_going: bool,
+    force: bool,
+    force_stage: tuple[str, ...],
+    executor: str,
+    cache_dir: str | None,
+    lock_timeout: str | None,
+    no_progress: bool,
+) -> None:
     """Build TARGETS (default: every stage) and what they need."""
     from .events import Bus
     from .progress import make_view
@@ -85,11 +122,20 @@ def build(ctx: click.Context, targets: tuple[str, ...], jobs: int, keep_going: b
             view = make_view(no_progress)
             bus.subscribe(view)
             try:
-                api.build(project, targets, jobs=jobs, keep_going=keep_going, force=force,
-                          force_stages=force_stage, executor=executor,
-                          lock_timeout=_parse_duration(lock_timeout), bus=bus,
-                          on_lock_wait=lambda who: click.echo(
-                              f"waiting for the build lock held by {who} …", err=True))
+                api.build(
+                    project,
+                    targets,
+                    jobs=jobs,
+                    keep_going=keep_going,
+                    force=force,
+                    force_stages=force_stage,
+                    executor=executor,
+                    lock_timeout=_parse_duration(lock_timeout),
+                    bus=bus,
+                    on_lock_wait=lambda who: click.echo(
+                        f"waiting for the build lock held by {who} …", err=True
+                    ),
+                )
             finally:
                 view.close()
         return 0
@@ -172,8 +218,13 @@ def validate(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.option("--format", "fmt", type=click.Choice(["text", "mermaid", "dot"]), default="text",
-              show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "mermaid", "dot"]),
+    default="text",
+    show_default=True,
+)
 @click.pass_context
 def graph(ctx: click.Context, fmt: str) -> None:
     """Print the stage graph."""

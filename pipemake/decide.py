@@ -136,7 +136,9 @@ def explain(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Reason]:
         reasons.append(Reason(Trigger.RULE, f"rule {old.get('rule')} → {new.get('rule')}"))
     elif old.get("rule_version") != new.get("rule_version"):
         reasons.append(
-            Reason(Trigger.RULE, f"rule version {old.get('rule_version')} → {new.get('rule_version')}")
+            Reason(
+                Trigger.RULE, f"rule version {old.get('rule_version')} → {new.get('rule_version')}"
+            )
         )
     if old.get("stage_version") != new.get("stage_version"):
         reasons.append(

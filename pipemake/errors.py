@@ -71,7 +71,11 @@ class PipelineError(PipemakeError):
 
     def format(self) -> str:
         n = len(self.problems)
-        head = "error: the pipeline has a problem" if n == 1 else f"error: the pipeline has {n} problems"
+        head = (
+            "error: the pipeline has a problem"
+            if n == 1
+            else f"error: the pipeline has {n} problems"
+        )
         return head + ":\n" + "\n".join("  " + p.format() for p in self.problems)
 
 

@@ -25,8 +25,9 @@ __all__ = ["BuildLock"]
 class BuildLock:
     """Exclusive lock for building in one workspace; waits (up to ``timeout``) for a holder."""
 
-    def __init__(self, path: Path, timeout: float | None = None,
-                 on_wait: Callable[[str], None] | None = None):
+    def __init__(
+        self, path: Path, timeout: float | None = None, on_wait: Callable[[str], None] | None = None
+    ):
         self.path = path
         self.timeout = timeout
         self.on_wait = on_wait
@@ -58,9 +59,14 @@ class BuildLock:
                         f"{self._describe()}"
                     ) from None
                 time.sleep(0.1)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-                "command": " ".join(os.path.basename(a) if i == 0 else a
-                                    for i, a in enumerate(sys.argv))}
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.time(),
+            "command": " ".join(
+                os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv)
+            ),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd
@@ -70,7 +76,9 @@ class BuildLock:
         if not h:
             return "another pipemake process"
         since = time.strftime("%H:%M:%S", time.localtime(h.get("since", 0)))
-        return f"pid {h.get('pid')} on {h.get('host')} ({h.get('command', 'pipemake')}, since {since})"
+        return (
+            f"pid {h.get('pid')} on {h.get('host')} ({h.get('command', 'pipemake')}, since {since})"
+        )
 
     def release(self) -> None:
         if self._fd is not None:

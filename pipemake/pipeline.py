@@ -123,7 +123,7 @@ def _suggest(word: str, options: list[str]) -> str:
 def _unquoted_ref(value: Any) -> str | None:
     """``{a.b}`` written unquoted in YAML reads as the mapping ``{"a.b": None}``."""
     if isinstance(value, dict) and len(value) == 1:
-        (key, val), = value.items()
+        ((key, val),) = value.items()
         if val is None and isinstance(key, str) and re.match(r"^[\w-]+(\.[\w-]+)?$", key):
             return "{" + key + "}"
     return None
@@ -157,7 +157,8 @@ def load_pipeline(file: str | os.PathLike[str]) -> Pipeline:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         ld.problem(
-            "no pipeline file here", None,
+            "no pipeline file here",
+            None,
             hint=f"create {path.name}, or pass -f FILE / -C DIR to point at one",
         )
         ld.fail_if_any()
@@ -178,8 +179,12 @@ def load_pipeline(file: str | os.PathLike[str]) -> Pipeline:
 def _check(doc: LineDict, path: Path, ld: _Loader) -> Pipeline:
     for key in doc:
         if key not in _TOP_KEYS:
-            ld.problem(f"unknown top-level key {key!r}", doc.line_of(key),
-                       hint=_suggest(str(key), sorted(_TOP_KEYS)) or f"known: {', '.join(sorted(_TOP_KEYS))}")
+            ld.problem(
+                f"unknown top-level key {key!r}",
+                doc.line_of(key),
+                hint=_suggest(str(key), sorted(_TOP_KEYS))
+                or f"known: {', '.join(sorted(_TOP_KEYS))}",
+            )
     variables = doc.get("vars") or {}
     if not isinstance(variables, dict):
         ld.problem("'vars' must be a mapping of names to values", doc.line_of("vars"))
@@ -190,8 +195,11 @@ def _check(doc: LineDict, path: Path, ld: _Loader) -> Pipeline:
         _check_hook(doc, hook, ld)
     raw_stages = doc.get("stages")
     if not isinstance(raw_stages, list) or not raw_stages:
-        ld.problem("'stages' must be a non-empty list of stages", doc.line_of("stages"),
-                   hint="each stage is a mapping with id, type and config")
+        ld.problem(
+            "'stages' must be a non-empty list of stages",
+            doc.line_of("stages"),
+            hint="each stage is a mapping with id, type and config",
+        )
         ld.fail_if_any()
     stages = _check_stages(raw_stages, ld)
     ld.fail_if_any()
@@ -212,12 +220,15 @@ def _check_hook(doc: LineDict, key: str, ld: _Loader) -> None:
     hook = doc.get(key)
     if hook is None or isinstance(hook, str):
         return
-    if isinstance(hook, dict) and set(hook) <= {"cmd", "url"} and all(
-        isinstance(v, str) for v in hook.values()
+    if (
+        isinstance(hook, dict)
+        and set(hook) <= {"cmd", "url"}
+        and all(isinstance(v, str) for v in hook.values())
     ):
         return
-    ld.problem(f"{key!r} must be a shell command, or a mapping with 'cmd' and/or 'url'",
-               doc.line_of(key))
+    ld.problem(
+        f"{key!r} must be a shell command, or a mapping with 'cmd' and/or 'url'", doc.line_of(key)
+    )
 
 
 def _check_stages(raw_stages: list[Any], ld: _Loader) -> list[LineDict]:
@@ -229,27 +240,44 @@ def _check_stages(raw_stages: list[Any], ld: _Loader) -> list[LineDict]:
             continue
         sid = raw.get("id")
         if not isinstance(sid, str) or not _ID.match(sid):
-            ld.problem(f"stage id {sid!r} is not valid", raw.line_of("id"),
-                       hint="ids match [A-Za-z_][A-Za-z0-9_-]*")
+            ld.problem(
+                f"stage id {sid!r} is not valid",
+                raw.line_of("id"),
+                hint="ids match [A-Za-z_][A-Za-z0-9_-]*",
+            )
             continue
         if sid in _RESERVED:
-            ld.problem(f"{sid!r} is a reserved name and cannot be a stage id", raw.line_of("id"), sid)
+            ld.problem(
+                f"{sid!r} is a reserved name and cannot be a stage id", raw.line_of("id"), sid
+            )
             continue
         if sid in seen:
-            ld.problem(f"duplicate stage id {sid!r} (first defined at line {seen[sid]})",
-                       raw.line_of("id"), sid, hint="give every stage a unique id")
+            ld.problem(
+                f"duplicate stage id {sid!r} (first defined at line {seen[sid]})",
+                raw.line_of("id"),
+                sid,
+                hint="give every stage a unique id",
+            )
             continue
         seen[sid] = raw.line
         bad = False
         for key in raw:
             if key not in _STAGE_KEYS:
-                ld.problem(f"unknown stage key {key!r}", raw.line_of(key), sid,
-                           hint=_suggest(str(key), sorted(_STAGE_KEYS))
-                           or f"known: {', '.join(sorted(_STAGE_KEYS))}")
+                ld.problem(
+                    f"unknown stage key {key!r}",
+                    raw.line_of(key),
+                    sid,
+                    hint=_suggest(str(key), sorted(_STAGE_KEYS))
+                    or f"known: {', '.join(sorted(_STAGE_KEYS))}",
+                )
                 bad = True
         if not isinstance(raw.get("type"), str):
-            ld.problem("missing 'type' (the rule this stage runs)", raw.line, sid,
-                       hint=f"one of: {', '.join(rule_names())}")
+            ld.problem(
+                "missing 'type' (the rule this stage runs)",
+                raw.line,
+                sid,
+                hint=f"one of: {', '.join(rule_names())}",
+            )
             bad = True
         config = raw.get("config", {})
         if config is None:
@@ -270,6 +298,10 @@ def _check_stages(raw_stages: list[Any], ld: _Loader) -> list[LineDict]:
     return good
 
 
+def _number(value: Any, kind: Any = (int, float)) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
 def _stage_fields(raw: LineDict, sid: str, ld: _Loader) -> dict[str, Any]:
     out: dict[str, Any] = {}
     res = raw.get("resources") or {}
@@ -277,20 +309,19 @@ def _stage_fields(raw: LineDict, sid: str, ld: _Loader) -> dict[str, Any]:
         isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
         for k, v in res.items()
     ):
-        ld.problem("'resources' must map names to non-negative numbers, e.g. {gpu: 1, mem_gb: 8}",
-                   raw.line_of("resources"), sid)
+        ld.problem(
+            "'resources' must map names to non-negative numbers, e.g. {gpu: 1, mem_gb: 8}",
+            raw.line_of("resources"),
+            sid,
+        )
         res = {}
     out["resources"] = {k: float(v) for k, v in res.items()}
     checks = {
-        "retries": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-                    "a whole number ≥ 0"),
-        "retry_backoff": (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
-                          "a number of seconds ≥ 0"),
-        "timeout": (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v > 0,
-                    "a number of seconds > 0"),
-        "version": (lambda v: isinstance(v, str | int | float) and not isinstance(v, bool),
-                    "a string or number"),
-    }  # fmt: skip
+        "retries": (lambda v: _number(v, int) and v >= 0, "a whole number ≥ 0"),
+        "retry_backoff": (lambda v: _number(v) and v >= 0, "a number of seconds ≥ 0"),
+        "timeout": (lambda v: _number(v) and v > 0, "a number of seconds > 0"),
+        "version": (lambda v: _number(v) or isinstance(v, str), "a string or number"),
+    }
     for key, (ok, what) in checks.items():
         if key in raw and raw[key] is not None and not ok(raw[key]):
             ld.problem(f"{key!r} must be {what}, got {raw[key]!r}", raw.line_of(key), sid)
@@ -306,7 +337,8 @@ def _static_lookup(pipeline: Pipeline, raw_by_id: Mapping[str, LineDict]):
         if ref.scope == "vars":
             if ref.name not in pipeline.vars:
                 raise TemplateError(
-                    f"unknown variable {ref} " + _suggest(ref.name, list(pipeline.vars))
+                    f"unknown variable {ref} "
+                    + _suggest(ref.name, list(pipeline.vars))
                     + f" (vars: {', '.join(pipeline.vars) or 'none'})"
                 )
             value = pipeline.vars[ref.name]
@@ -346,8 +378,12 @@ def _bind(pipeline: Pipeline, raws: list[LineDict], ld: _Loader) -> None:
     """Resolve each stage's rule, its static ports and its edges, in an order where the stages
     it references are bound first (references to later stages are fine in the file)."""
     raw_by_id = {r["id"]: r for r in raws}
-    order = Graph({sid: [x.scope for x in _refs(r) if x.scope in raw_by_id and x.scope != sid]
-                   for sid, r in raw_by_id.items()})
+    order = Graph(
+        {
+            sid: [x.scope for x in _refs(r) if x.scope in raw_by_id and x.scope != sid]
+            for sid, r in raw_by_id.items()
+        }
+    )
     if order.find_cycle() is not None:
         order = Graph({sid: [] for sid in raw_by_id})  # reported with its path by _check_graph
     lookup = _static_lookup(pipeline, raw_by_id)
@@ -356,7 +392,9 @@ def _bind(pipeline: Pipeline, raws: list[LineDict], ld: _Loader) -> None:
         stage = _bind_stage(raw, pipeline, lookup, ld)
         if stage is not None:
             pipeline.stages[sid] = stage
-    pipeline.stages = {r["id"]: pipeline.stages[r["id"]] for r in raws if r["id"] in pipeline.stages}
+    pipeline.stages = {
+        r["id"]: pipeline.stages[r["id"]] for r in raws if r["id"] in pipeline.stages
+    }
 
 
 def _refs(raw: LineDict) -> list[Ref]:
@@ -370,9 +408,14 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: _Loader) -> 
     sid = raw["id"]
     rule = get_rule(raw["type"])
     if rule is None:
-        ld.problem(f"unknown rule {raw['type']!r}", raw.line_of("type"), sid,
-                   hint=(_suggest(raw["type"], rule_names()) + " known rules: "
-                         + ", ".join(rule_names())).strip())
+        ld.problem(
+            f"unknown rule {raw['type']!r}",
+            raw.line_of("type"),
+            sid,
+            hint=(
+                _suggest(raw["type"], rule_names()) + " known rules: " + ", ".join(rule_names())
+            ).strip(),
+        )
         return None
     config = raw.get("config") or {}
     symbolic = getattr(rule, "symbolic_keys", ())
@@ -383,8 +426,9 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: _Loader) -> 
         try:
             resolved[key] = substitute(value, lookup, keep)
         except TemplateError as exc:
-            ld.problem(str(exc), config.line_of(key) if isinstance(config, LineDict) else raw.line,
-                       sid)
+            ld.problem(
+                str(exc), config.line_of(key) if isinstance(config, LineDict) else raw.line, sid
+            )
             ok = False
     if not ok:
         return None
@@ -407,8 +451,11 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: _Loader) -> 
         out = ports.outputs[key]
         norm = _norm(out)
         if posixpath.isabs(norm) or norm == ".." or norm.startswith("../") or norm in (".", ""):
-            ld.problem(f"output {key!r} ({out!r}) must be a path inside the project folder",
-                       config.line_of(key) if isinstance(config, LineDict) else raw.line, sid)
+            ld.problem(
+                f"output {key!r} ({out!r}) must be a path inside the project folder",
+                config.line_of(key) if isinstance(config, LineDict) else raw.line,
+                sid,
+            )
         elif norm == ".pipemake" or norm.startswith(".pipemake/"):
             ld.problem(f"output {key!r} may not be inside .pipemake/", raw.line, sid)
         ports.outputs[key] = norm
@@ -417,8 +464,18 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: _Loader) -> 
             ports.inputs[key] = [_norm(v) if isinstance(v, str) else v for v in value]
         elif isinstance(value, str):
             ports.inputs[key] = _norm(value)
-    return Stage(id=sid, type=raw["type"], rule=rule, config=dict(config), ports=ports, deps=deps,
-                 line=raw.line, lines=dict(getattr(config, "lines", {})), foreach=foreach, **fields)
+    return Stage(
+        id=sid,
+        type=raw["type"],
+        rule=rule,
+        config=dict(config),
+        ports=ports,
+        deps=deps,
+        line=raw.line,
+        lines=dict(getattr(config, "lines", {})),
+        foreach=foreach,
+        **fields,
+    )
 
 
 def _foreach(raw: LineDict, ports: Ports, rule: Rule, sid: str, ld: _Loader) -> Foreach | None:
@@ -427,15 +484,24 @@ def _foreach(raw: LineDict, ports: Ports, rule: Rule, sid: str, ld: _Loader) -> 
         return None
     if isinstance(spec, str):
         spec = {"input": spec}
-    if not isinstance(spec, dict) or not isinstance(spec.get("input"), str) or not set(spec) <= {
-        "input", "pattern"
-    }:
-        ld.problem("'foreach' must be an input name, or {input: NAME, pattern: GLOB}",
-                   raw.line_of("foreach"), sid)
+    if (
+        not isinstance(spec, dict)
+        or not isinstance(spec.get("input"), str)
+        or not set(spec) <= {"input", "pattern"}
+    ):
+        ld.problem(
+            "'foreach' must be an input name, or {input: NAME, pattern: GLOB}",
+            raw.line_of("foreach"),
+            sid,
+        )
         return None
     if spec["input"] not in ports.inputs:
-        ld.problem(f"foreach: {spec['input']!r} is not an input of this stage "
-                   f"(inputs: {', '.join(ports.inputs) or 'none'})", raw.line_of("foreach"), sid)
+        ld.problem(
+            f"foreach: {spec['input']!r} is not an input of this stage "
+            f"(inputs: {', '.join(ports.inputs) or 'none'})",
+            raw.line_of("foreach"),
+            sid,
+        )
         return None
     pattern = spec.get("pattern", rule.foreach_pattern)
     if pattern is not None and not isinstance(pattern, str):
@@ -464,22 +530,31 @@ def _check_graph(pipeline: Pipeline, raws: list[LineDict], ld: _Loader) -> None:
             ld.problem(
                 f"output {key!r} ({'/'.join(parts)}) {same} output {other[2]!r} of stage "
                 f"{other[1]!r} ({'/'.join(other[0])})",
-                stages[sid].lines.get(key, stages[sid].line), sid,
+                stages[sid].lines.get(key, stages[sid].line),
+                sid,
                 hint="every output needs its own path, not inside another stage's output",
             )
         stack.append((parts, sid, key))
     for st in stages.values():
         for dep in st.deps:
             if dep not in stages and dep not in {r["id"] for r in raws}:
-                ld.problem(f"depends_on names an unknown stage {dep!r}", st.line, st.id,
-                           hint=_suggest(dep, list(stages)))
+                ld.problem(
+                    f"depends_on names an unknown stage {dep!r}",
+                    st.line,
+                    st.id,
+                    hint=_suggest(dep, list(stages)),
+                )
         _check_inputs(pipeline, st, ld)
     ld.fail_if_any()
     pipeline.graph = Graph({sid: [d for d in st.deps if d in stages] for sid, st in stages.items()})
     cycle = pipeline.graph.find_cycle()
     if cycle is not None:
-        ld.problem(f"the stages form a cycle: {' → '.join(cycle)}", stages[cycle[0]].line, cycle[0],
-                   hint="remove one of these dependencies")
+        ld.problem(
+            f"the stages form a cycle: {' → '.join(cycle)}",
+            stages[cycle[0]].line,
+            cycle[0],
+            hint="remove one of these dependencies",
+        )
 
 
 def _check_inputs(pipeline: Pipeline, st: Stage, ld: _Loader) -> None:
@@ -491,8 +566,12 @@ def _check_inputs(pipeline: Pipeline, st: Stage, ld: _Loader) -> None:
             line = st.lines.get(key, st.line)
             for okey, out in st.ports.outputs.items():
                 if _inside(out, p) or _inside(p, out):
-                    ld.problem(f"output {okey!r} ({out}) overlaps its own input {key!r} ({p})",
-                               line, st.id, hint="write outputs outside the stage's inputs")
+                    ld.problem(
+                        f"output {okey!r} ({out}) overlaps its own input {key!r} ({p})",
+                        line,
+                        st.id,
+                        hint="write outputs outside the stage's inputs",
+                    )
             owner = pipeline.output_owner(p)
             if owner is not None:
                 if owner[0] != st.id and owner[0] not in st.deps:
@@ -500,5 +579,9 @@ def _check_inputs(pipeline: Pipeline, st: Stage, ld: _Loader) -> None:
                 continue
             full = p if os.path.isabs(p) else os.path.join(pipeline.root, p)
             if not os.path.exists(full):
-                ld.problem(f"input {key!r}: {p} does not exist", line, st.id,
-                           hint="create it, fix the path, or produce it with an upstream stage")
+                ld.problem(
+                    f"input {key!r}: {p} does not exist",
+                    line,
+                    st.id,
+                    hint="create it, fix the path, or produce it with an upstream stage",
+                )

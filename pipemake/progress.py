@@ -43,17 +43,20 @@ def describe(event: Event) -> str | None:
     if event.kind == "stage_cancelled":
         return f"{s}: stopped ({d.get('reason', '')})"
     if event.kind == "log":
-        return f"{s}| {d.get('text', '')}" if d.get("level") in (
-            "warning", "error", "info"
-        ) else None
+        return (
+            f"{s}| {d.get('text', '')}" if d.get("level") in ("warning", "error", "info") else None
+        )
     return None
 
 
 def summary(event: Event) -> str:
     """The closing summary of a run."""
     d = event.data
-    parts = [f"{len(d.get('ran', []))} ran", f"{len(d.get('restored', []))} restored",
-             f"{len(d.get('up_to_date', []))} up to date"]
+    parts = [
+        f"{len(d.get('ran', []))} ran",
+        f"{len(d.get('restored', []))} restored",
+        f"{len(d.get('up_to_date', []))} up to date",
+    ]
     if d.get("failed"):
         parts.append(f"{len(d['failed'])} failed ({', '.join(d['failed'])})")
     if d.get("skipped"):
@@ -110,8 +113,13 @@ class RichView:
             self.running[s] = {"since": time.time(), "done": None, "total": None}
         elif event.kind == "progress" and s in self.running:
             self.running[s].update(done=event.data.get("done"), total=event.data.get("total"))
-        elif event.kind in ("stage_finished", "stage_failed", "stage_skipped",
-                            "stage_restored", "stage_cancelled"):
+        elif event.kind in (
+            "stage_finished",
+            "stage_failed",
+            "stage_skipped",
+            "stage_restored",
+            "stage_cancelled",
+        ):
             self.running.pop(s or "", None)
             self.finished += 1
         if event.kind == "run_finished":

@@ -224,7 +224,9 @@ class Rule:
         known = set(self.inputs) | set(self.outputs) | set(self.params)
         for key in config:
             if key not in known:
-                problems.append((key, f"unknown key {key!r} for rule {self.name!r}" + _known(known)))
+                problems.append(
+                    (key, f"unknown key {key!r} for rule {self.name!r}" + _known(known))
+                )
         for key, decl in self.inputs.items():
             if key not in config or config[key] is None:
                 if decl.required:

@@ -160,8 +160,9 @@ class Scheduler:
                 out.skipped[stage] = reason
         return out
 
-    def _skip_dependents(self, stage: str, dependents: dict[str, list[str]], selected: set[str],
-                         out: Outcome) -> None:
+    def _skip_dependents(
+        self, stage: str, dependents: dict[str, list[str]], selected: set[str], out: Outcome
+    ) -> None:
         stack = list(dependents[stage])
         while stack:
             nxt = stack.pop()

@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS stat (
     hashed_at INTEGER, hash TEXT);
 CREATE TABLE IF NOT EXISTS records (stage TEXT PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS placed (path TEXT PRIMARY KEY, stage TEXT, output TEXT);
+CREATE TABLE IF NOT EXISTS items (stage TEXT PRIMARY KEY, hashes TEXT NOT NULL);
 """
 
 
@@ -53,11 +54,17 @@ class WorkspaceState:
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT value FROM meta WHERE name='format'").fetchone()
             if row is None:
-                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(STATE_FORMAT),))
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(STATE_FORMAT),)
+                )
             elif row[0] != str(STATE_FORMAT):
                 # Only a cache: start over rather than misread another format.
-                self._db.executescript("DELETE FROM stat; DELETE FROM records; DELETE FROM placed;")
-                self._db.execute("UPDATE meta SET value=? WHERE name='format'", (str(STATE_FORMAT),))
+                self._db.executescript(
+                    "DELETE FROM stat; DELETE FROM records; DELETE FROM placed; DELETE FROM items;"
+                )
+                self._db.execute(
+                    "UPDATE meta SET value=? WHERE name='format'", (str(STATE_FORMAT),)
+                )
         return self._db
 
     # stat cache --------------------------------------------------------------------------
@@ -101,8 +108,19 @@ class WorkspaceState:
         if self.readonly:
             return
         self.db.execute(
-            "INSERT OR REPLACE INTO records VALUES (?, ?)", (stage, json.dumps(record, sort_keys=True))
+            "INSERT OR REPLACE INTO records VALUES (?, ?)",
+            (stage, json.dumps(record, sort_keys=True)),
         )
+
+    def item_hashes(self, stage: str) -> dict[str, str] | None:
+        """A foreach stage's items at its last build (relpath → content hash)."""
+        row = self.db.execute("SELECT hashes FROM items WHERE stage=?", (stage,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_item_hashes(self, stage: str, hashes: dict[str, str]) -> None:
+        if self.readonly:
+            return
+        self.db.execute("INSERT OR REPLACE INTO items VALUES (?, ?)", (stage, json.dumps(hashes)))
 
     # placed outputs ---------------------------------------------------------------------
     def placed(self) -> dict[str, tuple[str, str]]:

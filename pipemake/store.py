@@ -86,6 +86,23 @@ class Store:
             return None
         return entry if isinstance(entry, dict) else None
 
+    def get_actions(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """The entries of many keys at once (a few queries, not one per key)."""
+        out: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, text in self.db.execute(
+                f"SELECT key, entry FROM actions WHERE key IN ({marks})", chunk
+            ):
+                try:
+                    entry = json.loads(text)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict):
+                    out[key] = entry
+        return out
+
     def put_action(self, key: str, entry: dict[str, Any]) -> None:
         """Commit an entry: the point after which a build's work is done for good."""
         self.put_actions([(key, entry)])

@@ -90,7 +90,9 @@ def find_refs(value: Any) -> list[Ref]:
     return refs
 
 
-def render(text: str, lookup: Callable[[Ref], Any], keep: Callable[[Ref], bool] | None = None) -> Any:
+def render(
+    text: str, lookup: Callable[[Ref], Any], keep: Callable[[Ref], bool] | None = None
+) -> Any:
     """Resolve one template string.
 
     A string that is exactly one reference takes the referenced value as it is (a list stays
@@ -122,7 +124,9 @@ def render(text: str, lookup: Callable[[Ref], Any], keep: Callable[[Ref], bool] 
     return "".join(out)
 
 
-def substitute(value: Any, lookup: Callable[[Ref], Any], keep: Callable[[Ref], bool] | None = None) -> Any:
+def substitute(
+    value: Any, lookup: Callable[[Ref], Any], keep: Callable[[Ref], bool] | None = None
+) -> Any:
     """Resolve every template inside a config value (lists and mappings included)."""
     if isinstance(value, str):
         return render(value, lookup, keep)

@@ -104,8 +104,14 @@ def _abs(root: str, value: Any) -> Any:
     return Path(value) if os.path.isabs(value) else Path(root) / value
 
 
-def _context(task: Task, send: Send, logger: logging.Logger, outputs: dict[str, str],
-             inputs: dict[str, Any] | None = None, item: Item | None = None) -> Context:
+def _context(
+    task: Task,
+    send: Send,
+    logger: logging.Logger,
+    outputs: dict[str, str],
+    inputs: dict[str, Any] | None = None,
+    item: Item | None = None,
+) -> Context:
     return Context(
         Path(task.root),
         {k: _abs(task.root, v) for k, v in (inputs or task.inputs).items()},
@@ -181,8 +187,14 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
             _prepare_outputs(task, it["outputs"], all_dirs=True)
         first = chunk[0]
         inputs = dict(task.inputs, **{task.foreach: first["path"]})
-        ctx = _context(task, send, logger, first["outputs"], inputs,
-                       Item(first["path"], first["relpath"], first["hash"]))
+        ctx = _context(
+            task,
+            send,
+            logger,
+            first["outputs"],
+            inputs,
+            Item(first["path"], first["relpath"], first["hash"]),
+        )
         ctx.state = _state(task, rule, ctx)
         try:
             if batch > 1:
@@ -205,7 +217,9 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
         except Exception as exc:
             tb = traceback.format_exc()
             for it in chunk:
-                results.setdefault(it["relpath"], {"error": f"{type(exc).__name__}: {exc}", "tb": tb})
+                results.setdefault(
+                    it["relpath"], {"error": f"{type(exc).__name__}: {exc}", "tb": tb}
+                )
         send("progress", [start + len(chunk), len(task.items)])
     return {"items": results}
 
@@ -225,8 +239,10 @@ def _map(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logge
         except RuleError as exc:
             results[it["relpath"]] = {"error": str(exc)}
         except Exception as exc:
-            results[it["relpath"]] = {"error": f"{type(exc).__name__}: {exc}",
-                                      "tb": traceback.format_exc()}
+            results[it["relpath"]] = {
+                "error": f"{type(exc).__name__}: {exc}",
+                "tb": traceback.format_exc(),
+            }
         send("progress", [n, len(task.items)])
     return {"items": results}
 
@@ -236,7 +252,9 @@ def _reduce(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Lo
     for rel, (h, kind) in task.extra["mapped"].items():
         data = store.read_bytes(h)
         if data is None:
-            raise RuleError(f"the cached map result of item {rel} is missing or corrupt; build again")
+            raise RuleError(
+                f"the cached map result of item {rel} is missing or corrupt; build again"
+            )
         mapped[rel] = data if kind == "bytes" else json.loads(data)
     _prepare_outputs(task, task.outputs)
     values = _check_values(rule.reduce(_context(task, send, logger, task.outputs), mapped))

@@ -137,6 +137,60 @@ class Workspace:
         finally:
             remove_path(stage_dir)
 
+    def sync_dir(
+        self,
+        manifest: dict[str, Any],
+        rel: str,
+        store: Store,
+        hasher: Hasher,
+        moves: dict[str, Path] | None = None,
+    ) -> bool:
+        """Make the directory output ``rel`` exactly ``manifest``, touching only what differs.
+
+        Files listed in ``moves`` (entry relpath → a staged file with that content) are moved
+        in; other missing or different files come from the store. Every file lands by rename,
+        so none is ever half-written; files the manifest does not list are removed. Returns
+        False if an object is missing or corrupt (what was already fixed stays fixed).
+        """
+        moves = moves or {}
+        dest = self.abs(rel)
+        if dest.exists() and not dest.is_dir():
+            remove_path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        have = {e[0]: e for e in hasher.tree(rel)}
+        want = {e[0]: e for e in manifest["entries"]}
+        for relpath in sorted(set(have) - set(want)):
+            (dest / relpath).unlink(missing_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        made: set[str] = set()
+        for relpath, e in want.items():
+            cur = have.get(relpath)
+            if cur is not None and cur[1] == e[1] and cur[3] == e[3]:
+                continue
+            if not _safe_rel(relpath):
+                return False
+            parent = os.path.dirname(relpath)
+            if parent not in made:
+                pdir = dest / parent
+                if pdir.exists() and not pdir.is_dir():
+                    remove_path(pdir)
+                pdir.mkdir(parents=True, exist_ok=True)
+                made.add(parent)
+            target = dest / relpath
+            if target.is_dir():
+                remove_path(target)
+            src = moves.get(relpath)
+            if src is not None:
+                os.chmod(src, e[3])
+                os.replace(src, target)
+                continue
+            tmp = self.tmp / f"f-{uuid.uuid4().hex}"
+            if not store.materialize(e[1], str(tmp), e[3]):
+                return False
+            os.replace(tmp, target)
+        _prune_empty_dirs(dest)
+        return True
+
     def remove(self, rel: str) -> bool:
         """Delete an output from the workspace (the store keeps it)."""
         path = self.abs(rel)
@@ -152,6 +206,15 @@ def _safe_rel(relpath: str) -> bool:
         return False
     parts = relpath.split("/")
     return all(p not in ("", ".", "..") for p in parts)
+
+
+def _prune_empty_dirs(top: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(top, topdown=False):
+        if dirpath != str(top) and not dirnames and not filenames:
+            try:
+                os.rmdir(dirpath)
+            except OSError:
+                pass
 
 
 def remove_path(path: Path) -> None:

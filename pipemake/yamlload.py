@@ -48,7 +48,9 @@ def _construct_mapping(loader: Any, node: yaml.MappingNode) -> LineDict:
         try:
             hash(key)
         except TypeError:
-            raise YamlError("a mapping key must be a plain value", key_node.start_mark.line + 1)
+            raise YamlError(
+                "a mapping key must be a plain value", key_node.start_mark.line + 1
+            ) from None
         if key in result:
             raise YamlError(f"duplicate key {key!r}", key_node.start_mark.line + 1)
         result[key] = loader.construct_object(value_node, deep=True)

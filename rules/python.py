@@ -69,16 +69,25 @@ class PythonRule(Rule):
             params = {}
         problems += named_ports(config, ports)
         ports.params = {**params, _FN: func}
-        ports.key_params = {"function": func, "params": dict(params)}
+        # the function's name is keyed beside the params ("param function a:f → a:g")
+        ports.key_params = (
+            {**params, "function": func}
+            if "function" not in params
+            else {"function": func, "params": dict(params)}
+        )
         return ports, problems
 
     def check(self, ports: Ports) -> list[tuple[str, str]]:
-        func = (ports.key_params or {}).get("function", "")
+        func = ports.params.get(_FN, "")
         module, _, attr = func.partition(":")
         origin = _module_file(module, ports.root)
         if origin is None:
-            return [("function", f"cannot find module {module!r} (looked in the project root "
-                                 "and on sys.path)")]
+            return [
+                (
+                    "function",
+                    f"cannot find module {module!r} (looked in the project root and on sys.path)",
+                )
+            ]
         try:
             names = _top_level_names(origin)
         except (OSError, SyntaxError, ValueError) as exc:
@@ -88,7 +97,7 @@ class PythonRule(Rule):
         return []
 
     def code_hash(self, ports: Ports, root: Path) -> str | None:
-        module = (ports.key_params or {}).get("function", "").partition(":")[0]
+        module = str(ports.params.get(_FN, "")).partition(":")[0]
         origin = _module_file(module, str(root))
         return hash_file(origin) if origin else None
 

@@ -60,8 +60,13 @@ class ShellRule(Rule):
             for ref in refs:
                 pool = {"inputs": ports.inputs, "outputs": ports.outputs}.get(ref.scope)
                 if pool is not None and ref.name not in pool:
-                    problems.append(("cmd", f"{ref}: no {ref.scope[:-1]} named {ref.name!r} "
-                                            f"(declared: {', '.join(pool) or 'none'})"))
+                    problems.append(
+                        (
+                            "cmd",
+                            f"{ref}: no {ref.scope[:-1]} named {ref.name!r} "
+                            f"(declared: {', '.join(pool) or 'none'})",
+                        )
+                    )
                 elif ref.scope == "item" and ref.name not in _ITEM_FIELDS:
                     problems.append(("cmd", f"{ref}: items have {', '.join(_ITEM_FIELDS)}"))
         return problems
@@ -112,5 +117,7 @@ class ShellRule(Rule):
         if code != 0:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
             shown = "\n".join("    " + t for t in tail)
-            raise RuleError(f"command {how}:\n    $ {cmd}" + (f"\n  output:\n{shown}" if tail else ""))
+            raise RuleError(
+                f"command {how}:\n    $ {cmd}" + (f"\n  output:\n{shown}" if tail else "")
+            )
         return {}

@@ -66,9 +66,11 @@ class Executor(ABC):
 
     def cancel(self, task_ids: list[str], force: bool = False) -> None:
         """Stop running tasks (terminate their process trees); each then reports an error."""
+        return None
 
     def close(self) -> None:
         """Release workers."""
+        return None
 
     def __enter__(self) -> Executor:
         return self

@@ -1,0 +1,246 @@
+"""Running a ``foreach`` stage inside a build: which items must run, their tasks, committing
+each item as it finishes, and assembling the stage output from all of them.
+
+Item entries are committed as soon as their task reports, in one transaction per task, so
+a failed or interrupted stage keeps its finished items and the next build reruns only the
+rest. Map-reduce rules cache each item's map result and rerun only the reduce when only
+reduce params change.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .decide import Reason, Trigger
+from .executors.base import Message, Task
+from .hashing import digest
+from .items import (
+    ItemRef,
+    chunks,
+    glob_base,
+    is_glob,
+    item_key,
+    item_reasons,
+    map_key,
+    merge_outputs,
+    removed_items,
+    select,
+    summarize,
+)
+from .scheduler import StageFailure
+from .workspace import remove_path, sub_manifest
+
+if TYPE_CHECKING:
+    from .build import Builder, StageKey
+    from .pipeline import Stage
+
+__all__ = ["assemble", "item_decision", "list_items", "on_message", "start", "stage_key"]
+
+
+def list_items(b: Builder, stage: Stage, path: str, unknown: set[str]) -> list[ItemRef]:
+    """The items of a foreach input, from the upstream manifest when there is one (no disk
+    access), else from the workspace through the stat cache."""
+    assert stage.foreach is not None
+    pattern = stage.foreach.pattern
+    globbed = is_glob(path)
+    base = glob_base(path) if globbed else path
+    owner = b.p.output_owner(base)
+    if owner is not None and owner[0] != stage.id:
+        planned = b.results.get(owner[0])
+        if planned is None or planned.outputs is None:
+            unknown.add(owner[0])
+            return []
+        manifest = sub_manifest(planned.outputs[owner[1]], owner[2])
+        if manifest is None:
+            raise StageFailure(f"foreach input {path} was not produced by stage {owner[0]!r}")
+    else:
+        info = b.hasher.info(base)
+        if info.kind == "missing":
+            raise StageFailure(f"foreach input {base} does not exist")
+        manifest = {
+            "kind": info.kind,
+            "hash": info.hash,
+            "entries": [list(e) for e in info.entries or []],
+        }
+    if manifest["kind"] == "file":
+        parent = os.path.dirname(base) or "."
+        return select(parent, [[os.path.basename(base), manifest["hash"]]], None)
+    return select(base, manifest["entries"], pattern, path if globbed else None)
+
+
+def stage_key(b: Builder, stage: Stage, sk: StageKey) -> None:
+    """Fill in the item keys and the stage key (None for map-reduce while maps are missing)."""
+    base = digest(sk.doc)
+    sk.base = base
+    rule = stage.rule
+    if not rule.map_reduce:
+        sk.item_keys = {it.relpath: item_key(base, it) for it in sk.items}
+        sk.key = digest(["foreach", base, sorted(sk.item_keys.items())])
+        return
+    params = dict(sk.doc["params"])
+    for name in rule.reduce_params:
+        params.pop(name, None)
+    map_base = digest(dict(sk.doc, params=params))
+    sk.item_keys = {it.relpath: map_key(map_base, it) for it in sk.items}
+    entries = b.store.get_actions(list(sk.item_keys.values()))
+    sk.cached = {rel: entries[k] for rel, k in sk.item_keys.items() if k in entries}
+    if len(sk.cached) == len(sk.items):
+        mapped = sorted((rel, e["map"]["hash"]) for rel, e in sk.cached.items())
+        sk.key = digest(["reduce", base, mapped])
+    else:
+        sk.key = None
+
+
+def item_decision(b: Builder, stage: Stage, sk: StageKey) -> tuple[list[Reason], dict[str, Any]]:
+    """Which items must run and why, for a foreach stage whose stage key is not cached."""
+    if not stage.rule.map_reduce:
+        entries = b.store.get_actions(list(sk.item_keys.values()))
+        sk.cached = {rel: entries[k] for rel, k in sk.item_keys.items() if k in entries}
+    sk.todo = [it for it in sk.items if it.relpath not in sk.cached]
+    old = b.state.item_hashes(stage.id)
+    changed = item_reasons(old, sk.items, [it.relpath for it in sk.todo])
+    gone = removed_items(old, sk.items)
+    reasons = []
+    if changed:
+        reasons.append(Reason(Trigger.ITEMS, summarize(changed, len(sk.items))))
+    if gone:
+        reasons.append(Reason(Trigger.ITEMS, f"{len(gone):,} item(s) removed (first: {gone[0]})"))
+    if not sk.items:
+        reasons.append(Reason(Trigger.ITEMS, "no items: the foreach input holds no matching files"))
+    info = {
+        "total": len(sk.items),
+        "run": len(sk.todo),
+        "cached": len(sk.cached),
+        "removed": len(gone),
+    }
+    return reasons, info
+
+
+def start(b: Builder, stage: Stage, sk: StageKey, run: dict[str, Any], force: bool) -> list[Task]:
+    """Tasks for the items that must run (all of them when forced)."""
+    todo = sk.items if force else sk.todo
+    if force:
+        sk.cached = {}
+    run.update(
+        foreach=True,
+        items_done=0,
+        items_total=len(todo),
+        failures={},
+        new={},
+        done_items={},
+        values={rel: e.get("values", {}) for rel, e in sk.cached.items()},
+    )
+    if stage.rule.map_reduce:
+        run["mapped"] = {rel: e["map"] for rel, e in sk.cached.items()}
+        if not todo:
+            return [_reduce_task(b, stage, sk, run)]
+    tasks = []
+    mode = "map" if stage.rule.map_reduce else "items"
+    for n, chunk in enumerate(chunks(todo, b.jobs, max(1, stage.rule.batch_size))):
+        items = []
+        for it in chunk:
+            idx = len(run["new"]) + len(items)
+            outs = {
+                name: os.path.relpath(run["staging"] / f"i{idx}" / name, b.p.root)
+                for name in sk.ports.outputs
+            }
+            items.append({"path": it.path, "relpath": it.relpath, "hash": it.hash, "outputs": outs})
+        task_id = f"{stage.id}#{n}"
+        for i in items:
+            run["new"][i["relpath"]] = dict(i, task=task_id)
+        tasks.append(b.task(stage, sk, run, task_id, mode=mode, items=items))
+    return tasks
+
+
+def _reduce_task(b: Builder, stage: Stage, sk: StageKey, run: dict[str, Any]) -> Task:
+    mapped = {rel: [m["hash"], m["kind"]] for rel, m in sorted(run["mapped"].items())}
+    sk.key = digest(["reduce", sk.base, sorted((rel, v[0]) for rel, v in mapped.items())])
+    run["reduce"] = True
+    return b.task(stage, sk, run, f"{stage.id}#reduce", mode="reduce", mapped=mapped)
+
+
+def on_message(b: Builder, stage: Stage, run: dict[str, Any], msg: Message) -> list[Task]:
+    """Commit the items a task finished; start the reduce once every map is in."""
+    if msg.kind == "error" and not run.get("reduce"):
+        text = msg.data[0]
+        task_items = [i for i in run["new"].values() if i.get("task") == msg.task]
+        for rel in [i["relpath"] for i in task_items] or ["(a batch)"]:
+            run["failures"].setdefault(rel, text)
+        return _maybe_reduce(b, stage, run)
+    if msg.kind != "result" or run.get("reduce"):
+        return []
+    sk = run["sk"]
+    commits = []
+    for rel, res in msg.data["items"].items():
+        run["items_done"] += 1
+        if "error" in res:
+            run["failures"][rel] = res["error"] + (f"\n{res['tb']}" if res.get("tb") else "")
+            continue
+        if stage.rule.map_reduce:
+            run["mapped"][rel] = {"hash": res["hash"], "kind": res["kind"]}
+            commits.append((sk.item_keys[rel], {"map": run["mapped"][rel]}))
+        else:
+            run["values"][rel] = res["values"]
+            run["done_items"][rel] = res["outputs"]
+            commits.append(
+                (sk.item_keys[rel], {"outputs": res["outputs"], "values": res["values"]})
+            )
+    if commits:
+        b.store.put_actions(commits)
+    b.bus.emit("progress", stage.id, done=run["items_done"], total=run["items_total"], unit="items")
+    return _maybe_reduce(b, stage, run)
+
+
+def _maybe_reduce(b: Builder, stage: Stage, run: dict[str, Any]) -> list[Task]:
+    if not stage.rule.map_reduce or run["failures"] or run.get("reduce"):
+        return []
+    if run["items_done"] < run["items_total"]:
+        return []
+    return [_reduce_task(b, stage, run["sk"], run)]
+
+
+def failure_text(run: dict[str, Any], total: int) -> str:
+    fails = run["failures"]
+    first_rel = sorted(fails)[0]
+    return (
+        f"{len(fails)} of {total} item(s) failed; the {total - len(fails)} others are kept "
+        f"(first: item {first_rel}: {fails[first_rel]})"
+    )
+
+
+def assemble(b: Builder, stage: Stage, run: dict[str, Any]) -> dict[str, Any]:
+    """The stage entry of a (non map-reduce) foreach stage, its outputs synced into the
+    workspace from the staged new items and the store."""
+    sk = run["sk"]
+    per_item = {rel: e["outputs"] for rel, e in sk.cached.items()}
+    per_item.update(run["done_items"])
+    try:
+        merged = merge_outputs(per_item, sk.ports.outputs)
+    except ValueError as exc:
+        raise StageFailure(str(exc)) from None
+    values = stage.rule.gather(sk.ports.params, {rel: run["values"].get(rel) for rel in per_item})
+    entry = {
+        "stage": stage.id,
+        "outputs": merged,
+        "values": values,
+        "created": time.time(),
+        "metrics": {
+            "duration": time.time() - run["started"],
+            "items": len(per_item),
+            "items_run": len(run["done_items"]),
+        },
+    }
+    b.store.put_action(sk.key, entry)
+    for name, rel in sk.ports.outputs.items():
+        moves: dict[str, Path] = {}
+        for item_rel, manifest in run["done_items"].items():
+            staged = b.p.root / run["new"][item_rel]["outputs"][name]
+            for e in manifest[name]["entries"]:
+                moves[e[0]] = staged / e[0]
+        if not b.ws.sync_dir(merged[name], rel, b.store, b.hasher, moves):
+            raise StageFailure(f"could not assemble {rel}: a store object is missing or corrupt")
+    remove_path(run["staging"])
+    return entry

@@ -1,0 +1,174 @@
+"""``foreach``: a stage's items, their keys, and the stage output assembled from theirs.
+
+An item is one file of the foreach input (every file under the directory, recursively, in
+sorted order, hidden files skipped, filtered by the pattern). Each item has its own key —
+the stage's base key plus the item's relative path and content hash — so one changed file
+reruns one item. The stage's output is the union of its items' outputs; its manifest hash
+is what downstream stages see, so early cutoff works through a foreach stage.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob as globmod
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .hashing import digest, tree_hash
+
+__all__ = [
+    "ItemRef",
+    "glob_base",
+    "is_glob",
+    "item_key",
+    "map_key",
+    "matches",
+    "merge_outputs",
+    "select",
+    "summarize",
+]
+
+_GLOB = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True)
+class ItemRef:
+    """One item: its path relative to the project root, to the foreach input, and its hash."""
+
+    path: str
+    relpath: str
+    hash: str
+
+
+def is_glob(path: str) -> bool:
+    """Whether a foreach input is a glob pattern rather than a path."""
+    return bool(_GLOB.search(path))
+
+
+def glob_base(pattern: str) -> str:
+    """The fixed directory prefix of a glob (``data/*/x.png`` → ``data``)."""
+    parts = pattern.split("/")
+    fixed: list[str] = []
+    for part in parts:
+        if _GLOB.search(part):
+            break
+        fixed.append(part)
+    return "/".join(fixed) or "."
+
+
+def matches(relpath: str, pattern: str | None) -> bool:
+    """Whether an item passes the foreach filter (globs joined by ``|``; a glob without
+    ``/`` matches the file name, one with ``/`` the relative path)."""
+    if any(part.startswith(".") for part in relpath.split("/")):
+        return False
+    if not pattern:
+        return True
+    name = relpath.rsplit("/", 1)[-1]
+    for pat in pattern.split("|"):
+        pat = pat.strip()
+        target = relpath if "/" in pat else name
+        if fnmatch.fnmatchcase(target, pat) or fnmatch.fnmatchcase(target.lower(), pat.lower()):
+            return True
+    return False
+
+
+def select(
+    base: str,
+    entries: Iterable[Sequence[Any]],
+    pattern: str | None,
+    glob_pattern: str | None = None,
+) -> list[ItemRef]:
+    """Items from a directory's manifest entries ``(relpath, hash, …)`` under ``base``."""
+    out = []
+    rel_glob = None
+    if glob_pattern is not None:
+        rel_glob = glob_pattern[len(base) + 1 :] if base != "." else glob_pattern
+    for entry in entries:
+        rel = entry[0]
+        if rel_glob is not None and not globmod.fnmatch.fnmatchcase(rel, rel_glob):  # type: ignore[attr-defined]
+            continue
+        if matches(rel, pattern):
+            path = rel if base == "." else f"{base}/{rel}"
+            out.append(ItemRef(path, rel, entry[1]))
+    return out
+
+
+def item_key(base_key: str, item: ItemRef) -> str:
+    """The key of one item: the stage's base key, the item's relative path and content."""
+    return digest(["item", base_key, item.relpath, item.hash])
+
+
+def map_key(map_base: str, item: ItemRef) -> str:
+    """The key of one item's map step (map-reduce rules): without the reduce-only params."""
+    return digest(["map", map_base, item.relpath, item.hash])
+
+
+def merge_outputs(per_item: dict[str, dict[str, Any]], names: Iterable[str]) -> dict[str, Any]:
+    """The stage's output manifests, the union of every item's; two items writing the same
+    path fail, naming both."""
+    merged: dict[str, Any] = {}
+    for name in names:
+        owner: dict[str, str] = {}
+        entries: dict[str, list[Any]] = {}
+        for rel_item in sorted(per_item):
+            manifest = per_item[rel_item][name]
+            for e in manifest.get("entries", []):
+                if e[0] in owner:
+                    raise ValueError(
+                        f"items {owner[e[0]]} and {rel_item} both wrote {name}/{e[0]}; "
+                        "make each item write its own file name (e.g. use {item.stem})"
+                    )
+                owner[e[0]] = rel_item
+                entries[e[0]] = list(e)
+        ordered = [entries[k] for k in sorted(entries)]
+        merged[name] = {"kind": "dir", "hash": tree_hash(ordered), "entries": ordered}
+    return merged
+
+
+def summarize(changed: list[tuple[str, str]], total: int) -> str:
+    """``12 of 10,000 items changed (first: f000123.png: content changed)``."""
+    if not changed:
+        return f"0 of {total:,} items changed"
+    first = f"{changed[0][0]}: {changed[0][1]}"
+    return f"{len(changed):,} of {total:,} items changed (first: {first})"
+
+
+def removed_items(old: dict[str, str] | None, items: Sequence[ItemRef]) -> list[str]:
+    """Items of the last build that are gone now."""
+    if not old:
+        return []
+    now = {i.relpath for i in items}
+    return sorted(r for r in old if r not in now)
+
+
+def item_reasons(
+    old: dict[str, str] | None, items: Sequence[ItemRef], todo: Iterable[str]
+) -> list[tuple[str, str]]:
+    """Why each item in ``todo`` must run: new, content changed, or other (params…)."""
+    todo_set = set(todo)
+    out = []
+    for it in items:
+        if it.relpath not in todo_set:
+            continue
+        if old is None or it.relpath not in old:
+            out.append((it.path, "new"))
+        elif old[it.relpath] != it.hash:
+            out.append((it.path, "content changed"))
+        else:
+            out.append((it.path, "not in the cache"))
+    return out
+
+
+def chunks(seq: Sequence[Any], jobs: int, batch: int) -> list[Sequence[Any]]:
+    """Split work into tasks: a few per job slot, whole batches, at most 256 items each."""
+    n = len(seq)
+    size = max(1, min(256, n // max(1, jobs * 8)))
+    size = max(batch, (size // batch) * batch)
+    return [seq[i : i + size] for i in range(0, n, size)]
+
+
+def safe_join(base: str, rel: str) -> str:
+    return os.path.normpath(os.path.join(base, rel))
