@@ -10,7 +10,7 @@ import difflib
 import os
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +18,12 @@ from typing import Any
 
 from .build import Builder
 from .decide import Decision
-from .errors import BuildFailed, Interrupted, UsageError
+from .errors import BuildFailed, Interrupted, PipelineError, Problem, UsageError
 from .events import Bus
 from .executors.base import get_executor
 from .lock import BuildLock
 from .pipeline import DEFAULT_FILE, Pipeline, load_pipeline
+from .resources import Budget, default_budget
 from .scheduler import Outcome, Scheduler
 from .state import WorkspaceState
 from .store import Store
@@ -138,13 +139,22 @@ def build(
     lock_timeout: float | None = None,
     bus: Bus | None = None,
     on_lock_wait: Any = None,
+    resources: Mapping[str, float] | None = None,
+    retries: int | None = None,
+    grace: float = 30.0,
 ) -> BuildReport:
-    """Build the targets (default: every stage) and what they need."""
+    """Build the targets (default: every stage) and what they need.
+
+    ``resources`` overrides parts of this machine's budget (cpus, gpu, mem_gb, or any name
+    a stage requests); ``retries`` applies to stages that set none; ``grace`` is how long
+    running stages may finish after a first Ctrl-C or SIGTERM.
+    """
     p = project.pipeline
     order = _select(p, targets)
     for s in force_stages:
         if s not in p.stages:
             raise UsageError(f"--force-stage: unknown stage {s!r}")
+    budget = _budget(p, order, resources)
     bus = bus or Bus()
     started = time.time()
     with BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait):
@@ -157,8 +167,18 @@ def build(
             force=force,
             force_stages=frozenset(force_stages),
             jobs=jobs,
+            retries=retries,
         )
-        bus.emit("run_started", None, stages=order, targets=list(targets))
+        expected = _expected(project, order)
+        bus.emit(
+            "run_started",
+            None,
+            stages=order,
+            targets=list(targets),
+            expected=expected,
+            deps={s: [d for d in p.graph.deps[s] if d in order] for s in order},
+            budget=budget.total,
+        )
         with _Signals() as sigs, get_executor(executor, jobs) as ex:
             sched = Scheduler(
                 p.graph,
@@ -168,7 +188,10 @@ def build(
                 bus,
                 jobs=jobs,
                 keep_going=keep_going,
-                stop_signal=lambda: sigs.received,
+                stop_signal=lambda: (sigs.received, sigs.count),
+                budget=budget,
+                expected=expected,
+                grace=grace,
             )
             outcome = sched.run()
         project.state.flush()
@@ -189,6 +212,31 @@ def build(
     if report.failed:
         raise BuildFailed(list(report.failed))
     return report
+
+
+def _budget(p: Pipeline, order: list[str], overrides: Mapping[str, float] | None) -> Budget:
+    total, gpu_ids = default_budget()
+    total.update(overrides or {})
+    budget = Budget(total, gpu_ids)
+    problems = []
+    for s in order:
+        big = budget.too_big(p.stages[s].resources)
+        if big:
+            asked = ", ".join(f"{n}={p.stages[s].resources[n]:g}" for n in big)
+            have = ", ".join(f"{n}={total[n]:g}" for n in big)
+            problems.append(Problem(
+                f"requests {asked}, more than the build's budget ({have})", str(p.file),
+                p.stages[s].line, s, hint="lower the request or raise it with --resources",
+            ))  # fmt: skip
+    if problems:
+        raise PipelineError(problems)
+    return budget
+
+
+def _expected(project: Project, order: list[str]) -> dict[str, float]:
+    """Each stage's expected duration: its last duration (1 s when never built)."""
+    records = project.state.records()
+    return {s: float((records.get(s) or {}).get("duration") or 1.0) for s in order}
 
 
 def _report(builder: Builder, outcome: Outcome, duration: float) -> BuildReport:

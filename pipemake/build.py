@@ -78,6 +78,7 @@ class Builder:
         force: bool = False,
         force_stages: frozenset[str] = frozenset(),
         jobs: int = 1,
+        retries: int | None = None,
     ):
         self.p = pipeline
         self.store = store
@@ -87,6 +88,7 @@ class Builder:
         self.force = force
         self.force_stages = force_stages
         self.jobs = jobs
+        self.retries = retries
         self.ws = Workspace(pipeline.root)
         self.hasher = Hasher(str(pipeline.root), state)
         self.results: dict[str, Planned] = {}
@@ -374,6 +376,7 @@ class Builder:
             items=items or [], foreach=stage.foreach.input if stage.foreach else None,
             extra={"mapped": mapped} if mapped is not None else {},
             resources=stage.resources, log_path=run["log"], timeout=stage.timeout,
+            max_attempts=1 + (stage.retries or self.retries or 0), backoff=stage.retry_backoff,
         )  # fmt: skip
 
     def on_message(self, stage_id: str, message: Message) -> list[Task]:

@@ -98,6 +98,22 @@ def _project(ctx: click.Context, readonly: bool = False, cache_dir: str | None =
     metavar="SECONDS",
     help="Give up (exit 1) when another build holds the lock this long.",
 )
+@click.option(
+    "--resources",
+    default=None,
+    metavar="NAME=N,…",
+    help="The build's budget, e.g. gpu=1,mem_gb=20 (default: this machine's cpus, gpu, mem_gb).",
+)
+@click.option(
+    "--retries", type=click.IntRange(min=0), default=None, help="Retries for stages that set none."
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds running stages may finish after a first Ctrl-C or SIGTERM.",
+)
 @click.option("--no-progress", is_flag=True, help="Plain lines instead of a live view.")
 @click.pass_context
 def build(
@@ -110,13 +126,21 @@ def build(
     executor: str,
     cache_dir: str | None,
     lock_timeout: str | None,
+    resources: str | None,
+    retries: int | None,
+    grace: float,
     no_progress: bool,
 ) -> None:
     """Build TARGETS (default: every stage) and what they need."""
     from .events import Bus
     from .progress import make_view
+    from .resources import parse_resources
 
     def go() -> int:
+        try:
+            budget = parse_resources(resources)
+        except ValueError as exc:
+            raise UsageError(f"--resources: {exc}") from None
         with _project(ctx, cache_dir=cache_dir) as project:
             bus = Bus()
             view = make_view(no_progress)
@@ -132,6 +156,9 @@ def build(
                     executor=executor,
                     lock_timeout=_parse_duration(lock_timeout),
                     bus=bus,
+                    resources=budget,
+                    retries=retries,
+                    grace=grace,
                     on_lock_wait=lambda who: click.echo(
                         f"waiting for the build lock held by {who} …", err=True
                     ),

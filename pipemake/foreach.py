@@ -9,6 +9,7 @@ reduce params change.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from .items import (
     select,
     summarize,
 )
-from .scheduler import StageFailure
+from .scheduler import StageFailure, backoff_delay
 from .workspace import remove_path, sub_manifest
 
 if TYPE_CHECKING:
@@ -131,6 +132,7 @@ def start(b: Builder, stage: Stage, sk: StageKey, run: dict[str, Any], force: bo
         failures={},
         new={},
         done_items={},
+        tasks={},
         values={rel: e.get("values", {}) for rel, e in sk.cached.items()},
     )
     if stage.rule.map_reduce:
@@ -151,7 +153,9 @@ def start(b: Builder, stage: Stage, sk: StageKey, run: dict[str, Any], force: bo
         task_id = f"{stage.id}#{n}"
         for i in items:
             run["new"][i["relpath"]] = dict(i, task=task_id)
-        tasks.append(b.task(stage, sk, run, task_id, mode=mode, items=items))
+        task = b.task(stage, sk, run, task_id, mode=mode, items=items)
+        run["tasks"][task_id] = task
+        tasks.append(task)
     return tasks
 
 
@@ -163,7 +167,8 @@ def _reduce_task(b: Builder, stage: Stage, sk: StageKey, run: dict[str, Any]) ->
 
 
 def on_message(b: Builder, stage: Stage, run: dict[str, Any], msg: Message) -> list[Task]:
-    """Commit the items a task finished; start the reduce once every map is in."""
+    """Commit the items a task finished; retry its failed items while attempts remain;
+    start the reduce once every map is in."""
     if msg.kind == "error" and not run.get("reduce"):
         text = msg.data[0]
         task_items = [i for i in run["new"].values() if i.get("task") == msg.task]
@@ -173,13 +178,17 @@ def on_message(b: Builder, stage: Stage, run: dict[str, Any], msg: Message) -> l
     if msg.kind != "result" or run.get("reduce"):
         return []
     sk = run["sk"]
+    task = run["tasks"].get(msg.task)
+    failed = {rel for rel, res in msg.data["items"].items() if "error" in res}
+    retry = bool(failed) and task is not None and task.attempt < task.max_attempts
     commits = []
     for rel, res in msg.data["items"].items():
+        if "error" in res and retry:
+            continue
         run["items_done"] += 1
         if "error" in res:
             run["failures"][rel] = res["error"] + (f"\n{res['tb']}" if res.get("tb") else "")
-            continue
-        if stage.rule.map_reduce:
+        elif stage.rule.map_reduce:
             run["mapped"][rel] = {"hash": res["hash"], "kind": res["kind"]}
             commits.append((sk.item_keys[rel], {"map": run["mapped"][rel]}))
         else:
@@ -191,7 +200,40 @@ def on_message(b: Builder, stage: Stage, run: dict[str, Any], msg: Message) -> l
     if commits:
         b.store.put_actions(commits)
     b.bus.emit("progress", stage.id, done=run["items_done"], total=run["items_total"], unit="items")
+    if retry:
+        assert task is not None
+        return [_retry(b, stage, run, task, failed, msg)]
     return _maybe_reduce(b, stage, run)
+
+
+def _retry(
+    b: Builder, stage: Stage, run: dict[str, Any], task: Task, failed: set[str], msg: Message
+) -> Task:
+    """The failed items of a task, as a new attempt after a backoff."""
+    delay = backoff_delay(task.backoff, task.attempt)
+    again = dataclasses.replace(
+        task,
+        id=f"{task.id}.{task.attempt + 1}",
+        attempt=task.attempt + 1,
+        items=[i for i in task.items if i["relpath"] in failed],
+        not_before=time.time() + delay,
+    )
+    run["tasks"][again.id] = again
+    for i in again.items:
+        run["new"][i["relpath"]]["task"] = again.id
+    first = sorted(failed)[0]
+    error = f"item {first}: {msg.data['items'][first]['error']}"
+    b.bus.emit(
+        "stage_retried",
+        stage.id,
+        task=again.id,
+        attempt=again.attempt,
+        of=task.max_attempts,
+        delay=delay,
+        items=len(failed),
+        error=error[:500],
+    )
+    return again
 
 
 def _maybe_reduce(b: Builder, stage: Stage, run: dict[str, Any]) -> list[Task]:

@@ -1,24 +1,37 @@
-"""In what order: a ready queue over the stage graph.
+"""In what order: a ready queue over the stage graph, within job and resource budgets.
 
-A stage begins as soon as its own dependencies are done (never a whole graph "level"), and
-its tasks run while fewer than ``jobs`` tasks are running. The scheduler does not know how
-a stage decides or how a task runs: a :class:`StageHandler` turns stages into tasks and
-results into outcomes, and an executor runs the tasks.
+A stage begins as soon as its own dependencies are done (never a whole graph "level").
+Ready stages are taken longest remaining critical path first (expected durations from past
+runs), and a queued task starts when fewer than ``jobs`` tasks run and its whole resource
+request fits. Failed tasks are retried with exponential backoff and jitter; a task past its
+stage's ``timeout`` has its process tree ended. On a first stop signal no new work starts,
+running tasks get ``grace`` seconds and are then terminated; a second signal ends them at
+once.
+
+The scheduler does not know how a stage decides or how a task runs: a
+:class:`StageHandler` turns stages into tasks and results into outcomes, and an executor
+runs the tasks.
 """
 
 from __future__ import annotations
 
-import signal
-from collections import deque
-from collections.abc import Callable
+import dataclasses
+import heapq
+import random
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .dag import Graph
 from .events import Bus
 from .executors.base import Executor, Message, Task
+from .resources import Budget
 
-__all__ = ["Outcome", "Scheduler", "StageFailure", "StageHandler"]
+__all__ = ["Outcome", "Scheduler", "StageFailure", "StageHandler", "backoff_delay", "priorities"]
+
+BACKOFF_CAP = 300.0
+KILL_AFTER_TERM = 5.0
 
 
 class StageFailure(Exception):
@@ -48,8 +61,34 @@ class Outcome:
     interrupted: int | None = None
 
 
+def backoff_delay(base: float, attempt: int) -> float:
+    """Seconds before attempt ``attempt + 1``: exponential, with up to 50 % jitter, capped."""
+    return min(BACKOFF_CAP, base * 2 ** (attempt - 1)) * (1 + random.random() * 0.5)
+
+
+def priorities(graph: Graph, order: list[str], expected: Mapping[str, float]) -> dict[str, float]:
+    """Each stage's longest remaining path (its own expected time plus its heaviest
+    dependent chain): the rule for picking among ready stages."""
+    selected = set(order)
+    dependents = graph.dependents()
+    rank: dict[str, float] = {}
+    for stage in reversed(order):
+        below = [rank[d] for d in dependents[stage] if d in selected and d in rank]
+        rank[stage] = expected.get(stage, 1.0) + (max(below) if below else 0.0)
+    return rank
+
+
+@dataclass
+class _Running:
+    stage: str
+    task: Task
+    started: float
+    gpus: list[str]
+    timed_out: bool = False
+
+
 class Scheduler:
-    """Runs the stages of ``graph`` in ``order`` with at most ``jobs`` tasks at once."""
+    """Runs the stages of ``graph`` in ``order`` within ``jobs`` and the resource ``budget``."""
 
     def __init__(
         self,
@@ -61,7 +100,10 @@ class Scheduler:
         *,
         jobs: int = 1,
         keep_going: bool = False,
-        stop_signal: Callable[[], int | None] = lambda: None,
+        stop_signal: Callable[[], tuple[int | None, int]] = lambda: (None, 0),
+        budget: Budget | None = None,
+        expected: Mapping[str, float] | None = None,
+        grace: float = 30.0,
     ):
         self.graph = graph
         self.order = order
@@ -71,105 +113,218 @@ class Scheduler:
         self.jobs = max(1, jobs)
         self.keep_going = keep_going
         self.stop_signal = stop_signal
+        self.budget = budget or Budget({}, [])
+        self.rank = priorities(graph, order, expected or {})
+        self.grace = grace
+        self.out = Outcome()
+        self._halted = False
+        self._stop_at: float | None = None
+        self._term_sent = False
+        self._kill_sent = False
 
+    # bookkeeping ------------------------------------------------------------------------
     def run(self) -> Outcome:
-        out = Outcome()
         selected = set(self.order)
-        waiting = {s: {d for d in self.graph.deps[s] if d in selected} for s in self.order}
-        dependents = self.graph.dependents()
-        ready = deque(s for s in self.order if not waiting[s])
-        queue: deque[tuple[str, Task]] = deque()
-        running: dict[str, str] = {}  # task id -> stage
-        open_tasks: dict[str, int] = {}
-        halted = False
-        cancelled = False
-
-        def finish(stage: str, error: str | None) -> None:
-            nonlocal halted
-            open_tasks.pop(stage, None)
-            if error is None:
-                out.done.append(stage)
-                for nxt in dependents[stage]:
-                    if nxt in waiting:
-                        waiting[nxt].discard(stage)
-                        if not waiting[nxt] and nxt not in out.skipped:
-                            ready.append(nxt)
-                return
-            if out.interrupted is not None:
-                out.skipped[stage] = "interrupted"
-                self.bus.emit("stage_cancelled", stage, reason="interrupted")
-                return
-            out.failed[stage] = error
-            self.bus.emit("stage_failed", stage, error=error)
-            self._skip_dependents(stage, dependents, selected, out)
-            if not self.keep_going:
-                halted = True
-
-        def settle(stage: str, tasks: list[Task]) -> None:
-            for t in tasks:
-                queue.append((stage, t))
-            open_tasks[stage] = open_tasks.get(stage, 0) + len(tasks)
-            if open_tasks[stage] == 0:
-                try:
-                    self.handler.complete(stage)
-                except StageFailure as exc:
-                    finish(stage, str(exc))
-                else:
-                    finish(stage, None)
-
+        self._waiting = {s: {d for d in self.graph.deps[s] if d in selected} for s in self.order}
+        self._dependents = self.graph.dependents()
+        self._selected = selected
+        index = {s: i for i, s in enumerate(self.order)}
+        self._index = index
+        self._ready: list[tuple[float, int, str]] = []
+        for s in self.order:
+            if not self._waiting[s]:
+                self._push_ready(s)
+        self._queue: list[tuple[float, int, int, str, Task]] = []
+        self._seq = 0
+        self._running: dict[str, _Running] = {}
+        self._open: dict[str, int] = {}
         while True:
-            sig = self.stop_signal()
-            if sig is not None and out.interrupted is None:
-                out.interrupted = sig
-                halted = True
-            if halted and not cancelled and out.interrupted is not None and running:
-                self.executor.cancel(list(running))
-                cancelled = True
-            while ready and not halted:
-                stage = ready.popleft()
-                open_tasks[stage] = 0
-                try:
-                    tasks = self.handler.begin(stage)
-                except StageFailure as exc:
-                    finish(stage, str(exc))
-                    continue
-                settle(stage, tasks)
-            while queue and len(running) < self.jobs and not halted:
-                stage, task = queue.popleft()
-                running[task.id] = stage
-                self.executor.submit(task)
-            if not running and (halted or not queue) and (halted or not ready):
+            self._check_signals()
+            self._begin_ready()
+            self._submit_queued()
+            self._check_timeouts()
+            if not self._running and (self._halted or (not self._queue and not self._ready)):
                 break
-            for msg in self.executor.poll(0.1):
-                stage = running.get(msg.task)
-                if stage is None:
-                    continue
-                if msg.kind in ("result", "error"):
-                    del running[msg.task]
-                    open_tasks[stage] -= 1
-                follow = self.handler.on_message(stage, msg)
-                if msg.kind in ("result", "error"):
-                    if halted and follow:
-                        open_tasks.pop(stage, None)
-                        out.skipped[stage] = "stopped before it finished"
-                    else:
-                        settle(stage, follow)
+            for msg in self.executor.poll(self._poll_timeout()):
+                self._handle(msg)
         for stage in self.order:
+            out = self.out
             if stage not in out.done and stage not in out.failed and stage not in out.skipped:
                 reason = "interrupted" if out.interrupted else "not started after a failure"
                 out.skipped[stage] = reason
-        return out
+        return self.out
 
-    def _skip_dependents(
-        self, stage: str, dependents: dict[str, list[str]], selected: set[str], out: Outcome
-    ) -> None:
-        stack = list(dependents[stage])
+    def _push_ready(self, stage: str) -> None:
+        heapq.heappush(self._ready, (-self.rank.get(stage, 0.0), self._index[stage], stage))
+
+    def _poll_timeout(self) -> float:
+        if self._queue and not self._running:
+            return 0.05
+        return 0.1
+
+    def _check_signals(self) -> None:
+        sig, count = self.stop_signal()
+        now = time.monotonic()
+        if sig is not None and self.out.interrupted is None:
+            self.out.interrupted = sig
+            self._halted = True
+            self._stop_at = now
+            if self._running:
+                self.bus.emit("stopping", None, grace=self.grace, running=self._stages_running())
+        if self.out.interrupted is None or not self._running:
+            return
+        if count >= 2 and not self._kill_sent:
+            self.executor.cancel(list(self._running), force=True)
+            self._kill_sent = self._term_sent = True
+        elif (
+            self._stop_at is not None and not self._term_sent and now - self._stop_at >= self.grace
+        ):
+            self.executor.cancel(list(self._running))
+            self._term_sent = True
+        elif (
+            self._term_sent
+            and not self._kill_sent
+            and self._stop_at is not None
+            and (now - self._stop_at >= self.grace + KILL_AFTER_TERM)
+        ):
+            self.executor.cancel(list(self._running), force=True)
+            self._kill_sent = True
+
+    def _stages_running(self) -> list[str]:
+        return sorted({r.stage for r in self._running.values()})
+
+    def _check_timeouts(self) -> None:
+        now = time.monotonic()
+        for task_id, r in self._running.items():
+            limit = r.task.timeout
+            if limit and not r.timed_out and now - r.started > limit:
+                r.timed_out = True
+                self.executor.cancel([task_id])
+
+    # stages -----------------------------------------------------------------------------
+    def _begin_ready(self) -> None:
+        while self._ready and not self._halted:
+            _, _, stage = heapq.heappop(self._ready)
+            self._open[stage] = 0
+            try:
+                tasks = self.handler.begin(stage)
+            except StageFailure as exc:
+                self._finish(stage, str(exc))
+                continue
+            self._settle(stage, tasks)
+
+    def _settle(self, stage: str, tasks: list[Task]) -> None:
+        for t in tasks:
+            self._enqueue(stage, t)
+        self._open[stage] = self._open.get(stage, 0) + len(tasks)
+        if self._open[stage] == 0:
+            try:
+                self.handler.complete(stage)
+            except StageFailure as exc:
+                self._finish(stage, str(exc))
+            else:
+                self._finish(stage, None)
+
+    def _finish(self, stage: str, error: str | None) -> None:
+        out = self.out
+        self._open.pop(stage, None)
+        if error is None:
+            out.done.append(stage)
+            for nxt in self._dependents[stage]:
+                if nxt in self._waiting:
+                    self._waiting[nxt].discard(stage)
+                    if not self._waiting[nxt] and nxt not in out.skipped:
+                        self._push_ready(nxt)
+            return
+        if out.interrupted is not None:
+            out.skipped[stage] = "interrupted"
+            self.bus.emit("stage_cancelled", stage, reason="interrupted")
+            return
+        out.failed[stage] = error
+        self.bus.emit("stage_failed", stage, error=error)
+        stack = list(self._dependents[stage])
         while stack:
             nxt = stack.pop()
-            if nxt in selected and nxt not in out.skipped:
+            if nxt in self._selected and nxt not in out.skipped:
                 out.skipped[nxt] = f"upstream {stage} failed"
                 self.bus.emit("stage_skipped", nxt, reason=f"upstream {stage} failed")
-                stack.extend(dependents[nxt])
+                stack.extend(self._dependents[nxt])
+        if not self.keep_going:
+            self._halted = True
 
+    # tasks ------------------------------------------------------------------------------
+    def _enqueue(self, stage: str, task: Task) -> None:
+        self._seq += 1
+        prio = -self.rank.get(stage, 0.0)
+        heapq.heappush(self._queue, (prio, self._index[stage], self._seq, stage, task))
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    def _submit_queued(self) -> None:
+        if self._halted or not self._queue:
+            return
+        now = time.time()
+        held: list[tuple[float, int, int, str, Task]] = []
+        while self._queue and len(self._running) < self.jobs:
+            item = heapq.heappop(self._queue)
+            task = item[4]
+            if task.not_before > now or not self.budget.fits(task.resources):
+                held.append(item)
+                continue
+            gpus = self.budget.take(task.resources)
+            if gpus:
+                task.gpu_ids = gpus
+                task.env = dict(task.env, CUDA_VISIBLE_DEVICES=",".join(gpus))
+            elif task.resources.get("gpu", 0) == 0 and "gpu" in self.budget.total:
+                task.env = dict(task.env, CUDA_VISIBLE_DEVICES="")
+            self._running[task.id] = _Running(item[3], task, time.monotonic(), gpus)
+            self.bus.emit(
+                "task_started",
+                item[3],
+                task=task.id,
+                attempt=task.attempt,
+                resources=task.resources,
+                gpus=gpus,
+            )
+            self.executor.submit(task)
+        for item in held:
+            heapq.heappush(self._queue, item)
+
+    def _handle(self, msg: Message) -> None:
+        r = self._running.get(msg.task)
+        if r is None:
+            return
+        stage = r.stage
+        if msg.kind in ("result", "error"):
+            del self._running[msg.task]
+            self.budget.give(r.task.resources, r.gpus)
+            self._open[stage] -= 1
+            self.bus.emit("task_finished", stage, task=r.task.id, ok=msg.kind == "result")
+        if msg.kind == "error" and r.timed_out:
+            msg = Message(msg.task, "error", [f"timed out after {r.task.timeout:g} s", None])
+        elif msg.kind == "error" and self._retry(stage, r.task, msg):
+            return
+        follow = self.handler.on_message(stage, msg)
+        if msg.kind not in ("result", "error"):
+            return
+        if self._halted and follow:
+            self._open.pop(stage, None)
+            self.out.skipped[stage] = "stopped before it finished"
+            return
+        self._settle(stage, follow)
+
+    def _retry(self, stage: str, task: Task, msg: Message) -> bool:
+        if task.attempt >= task.max_attempts or self.out.interrupted is not None:
+            return False
+        delay = backoff_delay(task.backoff, task.attempt)
+        again = dataclasses.replace(task, attempt=task.attempt + 1, not_before=time.time() + delay)
+        self.bus.emit(
+            "stage_retried",
+            stage,
+            task=task.id,
+            attempt=again.attempt,
+            of=task.max_attempts,
+            delay=delay,
+            error=str(msg.data[0])[:500],
+        )
+        self._open[stage] += 1
+        self._enqueue(stage, again)
+        return True

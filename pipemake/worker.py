@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import sys
 import time
 import traceback
@@ -125,6 +126,10 @@ def _context(
 def _prepare_outputs(task: Task, outputs: dict[str, str], all_dirs: bool = False) -> None:
     for name, path in outputs.items():
         full = _abs(task.root, path)
+        if full.is_dir() and not full.is_symlink():
+            shutil.rmtree(full)  # a clean slate for a retried attempt
+        elif full.exists() or full.is_symlink():
+            full.unlink()
         if all_dirs or task.output_kinds.get(name) == "dir":
             full.mkdir(parents=True, exist_ok=True)
         else:

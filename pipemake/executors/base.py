@@ -36,6 +36,10 @@ class Task:
     gpu_ids: list[str] = field(default_factory=list)
     log_path: str = ""
     timeout: float | None = None
+    attempt: int = 1
+    max_attempts: int = 1
+    backoff: float = 1.0
+    not_before: float = 0.0
 
 
 @dataclass
