@@ -17,6 +17,7 @@ from typing import Any
 
 from .dag import Graph
 from .errors import PipelineError, Problem
+from .items import glob_base, is_glob
 from .rule import Ports, Rule, get_rule, rule_names
 from .templates import Ref, TemplateError, find_refs, substitute
 from .yamlload import LineDict, YamlError, load_yaml
@@ -563,6 +564,8 @@ def _check_inputs(pipeline: Pipeline, st: Stage, ld: _Loader) -> None:
         for p in paths:
             if not isinstance(p, str):
                 continue
+            if is_glob(p):
+                p = glob_base(p)
             line = st.lines.get(key, st.line)
             for okey, out in st.ports.outputs.items():
                 if _inside(out, p) or _inside(p, out):

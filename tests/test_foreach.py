@@ -1,0 +1,233 @@
+"""``foreach`` (issue 4): item-level minimality, failed-item resume, early cutoff through a
+foreach stage, collisions, filters, map-reduce, and the stat cache after a relocation."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from conftest import Proj
+
+from pipemake import api, rule
+from pipemake.rule import Context, Input, Item, Output, Param, Rule
+
+UPPER = """
+name: items
+stages:
+  - id: upper
+    type: shell
+    foreach: src
+    config:
+      cmd: >-
+        echo {{item.relpath}} >> runs/items.log;
+        mkdir -p "$(dirname {{outputs.out}}/{{item.relpath}})" &&
+        {tool} < {{inputs.src}} > {{outputs.out}}/{{item.relpath}}
+      inputs: {{src: data}}
+      outputs: {{out: build/upper}}
+  - id: total
+    type: shell
+    config:
+      cmd: "echo x >> runs/total.count; cat $(find {{inputs.u}} -type f | sort) > {{outputs.o}}"
+      inputs: {{u: "{{upper.out}}"}}
+      outputs: {{o: build/total.txt}}
+"""
+FILES = {f"data/f{i}.txt": f"file {i}\n" for i in range(1, 6)} | {"data/sub/deep.txt": "deep\n"}
+
+
+def _items_run(proj: Proj) -> list[str]:
+    log = proj.path("runs/items.log")
+    items = sorted(log.read_text().split()) if log.exists() else []
+    log.unlink(missing_ok=True)
+    return items
+
+
+@pytest.fixture
+def items(project: Callable[..., Proj]) -> Proj:
+    proj = project(UPPER.format(tool="tr a-z A-Z"), FILES | {"data/.hidden": "no\n"})
+    proj.cli("build", "-j", "2")
+    assert _items_run(proj) == sorted([f"f{i}.txt" for i in range(1, 6)] + ["sub/deep.txt"])
+    return proj
+
+
+def test_one_changed_item_reruns_alone(items: Proj) -> None:
+    items.write("data/f3.txt", "changed\n")
+    out = items.cli("dry-run").output
+    assert "upper: run: 1 of 6 items changed (first: data/f3.txt: content changed)" in out
+    items.cli("build")
+    assert _items_run(items) == ["f3.txt"]
+    assert items.read("build/upper/f3.txt") == "CHANGED\n"
+    assert items.read("build/upper/f1.txt") == "FILE 1\n"
+
+
+def test_touch_reruns_nothing(items: Proj) -> None:
+    os.utime(items.path("data/f2.txt"))
+    assert "run" not in items.cli("dry-run").output
+    items.cli("build")
+    assert _items_run(items) == [] and items.runs("total") == 1
+
+
+def test_added_and_deleted_items(items: Proj) -> None:
+    items.write("data/new.txt", "new\n")
+    items.path("data/f1.txt").unlink()
+    items.cli("build")
+    assert _items_run(items) == ["new.txt"]
+    assert items.exists("build/upper/new.txt")
+    assert not items.exists("build/upper/f1.txt")  # its output left the stage's output
+    assert sorted(p.name for p in items.path("build/upper").iterdir()) == [
+        "f2.txt", "f3.txt", "f4.txt", "f5.txt", "new.txt", "sub"
+    ]  # fmt: skip
+
+
+def test_param_change_reruns_all_and_back_restores(items: Proj) -> None:
+    items.pipeline(UPPER.format(tool="tr a-z A-Y"))
+    items.cli("build")
+    assert len(_items_run(items)) == 6
+    items.pipeline(UPPER.format(tool="tr a-z A-Z"))
+    out = items.cli("build", "--no-progress").output
+    assert _items_run(items) == []
+    assert "upper: restored" in out or "up to date" in out
+    assert items.read("build/upper/f1.txt") == "FILE 1\n"
+
+
+def test_early_cutoff_through_a_foreach_stage(project: Callable[..., Proj]) -> None:
+    proj = project(UPPER.format(tool="wc -c"), FILES)
+    proj.cli("build")
+    _items_run(proj)
+    proj.write("data/f2.txt", "FILE 2\n")  # same length: the item's output is unchanged
+    proj.cli("build")
+    assert _items_run(proj) == ["f2.txt"]
+    assert proj.runs("total") == 1  # cut off at the foreach stage
+
+
+def test_failed_item_fails_the_stage_and_resumes(project: Callable[..., Proj]) -> None:
+    yaml = UPPER.format(tool="tr a-z A-Z").replace(
+        "echo {item.relpath} >> runs/items.log;",
+        "echo {item.relpath} >> runs/items.log; ! grep -q bad {inputs.src} &&",
+    )
+    proj = project(yaml, FILES | {"data/f4.txt": "bad\n"})
+    result = proj.cli("build", code=1)
+    assert "item f4.txt" in result.output and "1 of 6 item(s) failed" in result.output
+    assert not proj.exists("build/upper")  # a failed stage places nothing
+    assert len(_items_run(proj)) == 6
+    proj.write("data/f4.txt", "good\n")
+    proj.cli("build")
+    assert _items_run(proj) == ["f4.txt"]  # the five that passed were kept
+    assert proj.read("build/upper/f4.txt") == "GOOD\n"
+
+
+def test_two_items_writing_one_path_fail_naming_both(project: Callable[..., Proj]) -> None:
+    proj = project("""
+    name: clash
+    stages:
+      - id: flat
+        type: shell
+        foreach: src
+        config:
+          cmd: "cp {inputs.src} {outputs.out}/{item.name}"
+          inputs: {src: data}
+          outputs: {out: build/flat}
+    """, {"data/a/x.txt": "1", "data/b/x.txt": "2"})  # fmt: skip
+    result = proj.cli("build", code=1)
+    assert "a/x.txt" in result.output and "b/x.txt" in result.output
+    assert not proj.exists("build/flat")
+
+
+def test_pattern_and_glob_inputs(project: Callable[..., Proj]) -> None:
+    proj = project("""
+    name: pat
+    stages:
+      - id: pngs
+        type: shell
+        foreach: {input: src, pattern: "*.png"}
+        config:
+          cmd: "echo {item.relpath} > {outputs.out}/{item.stem}.txt"
+          inputs: {src: data}
+          outputs: {out: build/pngs}
+      - id: globbed
+        type: shell
+        foreach: src
+        config:
+          cmd: "echo {item.relpath} > {outputs.out}/{item.stem}.txt"
+          inputs: {src: "data/*.jpg"}
+          outputs: {out: build/globbed}
+    """, {"data/a.png": "", "data/b.PNG": "", "data/c.jpg": "", "data/d.txt": ""})  # fmt: skip
+    proj.cli("build")
+    assert sorted(p.name for p in proj.path("build/pngs").iterdir()) == ["a.txt", "b.txt"]
+    assert [p.name for p in proj.path("build/globbed").iterdir()] == ["c.txt"]
+    assert proj.read("build/globbed/c.txt") == "c.jpg\n"
+
+
+def test_relocated_tree_is_rehashed_not_trusted(items: Proj, tmp_path: Path) -> None:
+    moved = Proj(tmp_path / "moved")
+    shutil.copytree(items.root, moved.root, symlinks=True)
+    path = moved.path("data/f1.txt")
+    st = path.stat()
+    path.write_text("FILE 9\n"[:6] + "\n")  # same size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime: only the inode differs
+    assert path.stat().st_size == st.st_size
+    moved.cli("build")
+    assert moved.read("build/upper/f1.txt") == "FILE 9\n"
+    assert _items_run(moved) == ["f1.txt"]
+
+
+# a map-reduce rule, registered for these tests only ----------------------------------------
+MAPS: list[str] = []
+
+
+class _Lengths(Rule):
+    """Map: each file's length. Reduce: the files sorted by length, written as a list."""
+
+    name = "mr_lengths"
+    inputs: ClassVar = {"input_dir": Input(kind="dir")}
+    outputs: ClassVar = {"output_dir": Output(kind="dir")}
+    params: ClassVar = {"scale": Param(type="int", default=1), "reverse": Param("bool", False)}
+    values: ClassVar = ("n",)
+    reduce_params: ClassVar = ("reverse",)
+    map_reduce = True
+
+    def map_item(self, ctx: Context, item: Item) -> Any:
+        MAPS.append(item.relpath)
+        return len(Path(ctx.inputs["input_dir"]).read_bytes()) * ctx.params["scale"]
+
+    def reduce(self, ctx: Context, mapped: Mapping[str, Any]) -> dict[str, Any]:
+        order = sorted(mapped, key=lambda r: mapped[r], reverse=ctx.params["reverse"])
+        (ctx.outputs["output_dir"] / "order.txt").write_text("\n".join(order) + "\n")
+        return {"n": len(mapped)}
+
+
+MR = """
+name: mr
+stages:
+  - id: lengths
+    type: mr_lengths
+    foreach: input_dir
+    config: {{input_dir: data, output_dir: build/lengths, scale: {scale}, reverse: {reverse}}}
+"""
+
+
+def test_map_reduce_caches_maps(project: Callable[..., Proj], monkeypatch: Any) -> None:
+    monkeypatch.setitem(rule._loaded, "mr_lengths", _Lengths())
+    proj = project(MR.format(scale=1, reverse="false"), {"data/a": "xxx", "data/b": "x"})
+    MAPS.clear()
+
+    def build() -> None:
+        with api.project_of(proj.root, None) as p:
+            api.build(p, executor="inline")
+
+    build()
+    assert sorted(MAPS) == ["a", "b"] and proj.read("build/lengths/order.txt") == "b\na\n"
+    MAPS.clear()
+    proj.pipeline(MR.format(scale=1, reverse="true"))  # a reduce-only param
+    build()
+    assert MAPS == [] and proj.read("build/lengths/order.txt") == "a\nb\n"
+    proj.write("data/c", "xx")
+    build()
+    assert MAPS == ["c"] and proj.read("build/lengths/order.txt") == "a\nc\nb\n"
+    proj.pipeline(MR.format(scale=2, reverse="true"))  # a map param: every map reruns
+    MAPS.clear()
+    build()
+    assert sorted(MAPS) == ["a", "b", "c"]
