@@ -59,9 +59,10 @@ def parse(text: str) -> list[str | Ref]:
                     f"{token!r} in {text!r} is not a reference of the form "
                     "{stage.output} or {vars.name}; write {{ and }} for literal braces"
                 )
-            if literal:
-                parts.append("".join(literal))
-                literal = []
+            text_before = "".join(literal)
+            if text_before:
+                parts.append(text_before)
+            literal = []
             parts.append(Ref(ref.group(1), ref.group(2)))
     literal.append(text[pos:])
     tail = "".join(literal)

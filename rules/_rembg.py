@@ -337,7 +337,7 @@ def _padded_box(fg: Any, padding: int | float) -> tuple[int, int, int, int]:
     if isinstance(padding, float):
         pad_x, pad_y = round(padding * (right - left)), round(padding * (bottom - top))
     else:
-        pad_x = pad_y = 0
+        pad_x = pad_y = int(padding)
     height, width = fg.shape
     return (
         max(0, left - pad_x),

@@ -141,7 +141,7 @@ class LocalExecutor(Executor):
                     w.conn.send(None)
                 except OSError:
                     pass
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 0.5
         for w in self._workers:
             w.proc.join(max(0.0, deadline - time.monotonic()))
             if w.proc.is_alive():
