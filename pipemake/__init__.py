@@ -17,8 +17,10 @@ from .api import (
     clean,
     dry_run,
     graph,
+    list_runs,
     list_stages,
     open_project,
+    show_log,
     status,
     validate,
 )
@@ -64,8 +66,10 @@ __all__ = [
     "clean",
     "dry_run",
     "graph",
+    "list_runs",
     "list_stages",
     "open_project",
+    "show_log",
     "status",
     "validate",
 ]

@@ -16,13 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import history
 from .build import Builder
 from .decide import Decision
 from .errors import BuildFailed, Interrupted, PipelineError, Problem, UsageError
 from .events import Bus
 from .executors.base import get_executor
+from .hooks import run_hooks, run_summary
 from .lock import BuildLock
-from .pipeline import DEFAULT_FILE, Pipeline, load_pipeline
+from .pipeline import DEFAULT_FILE, Pipeline
+from .plancache import load_checked
 from .resources import Budget, default_budget
 from .scheduler import Outcome, Scheduler
 from .state import WorkspaceState
@@ -38,8 +41,10 @@ __all__ = [
     "clean",
     "dry_run",
     "graph",
+    "list_runs",
     "list_stages",
     "open_project",
+    "show_log",
     "status",
     "validate",
 ]
@@ -70,7 +75,7 @@ def open_project(
     path = Path(file) if file else Path(DEFAULT_FILE)
     if not path.is_absolute():
         path = base / path
-    pipeline = load_pipeline(path)
+    pipeline = load_checked(path, path.parent / ".pipemake")
     ws = Workspace(pipeline.root)
     cache = cache_dir or os.environ.get("PIPEMAKE_CACHE_DIR") or ws.dot / "store"
     cache = Path(cache)
@@ -142,12 +147,14 @@ def build(
     resources: Mapping[str, float] | None = None,
     retries: int | None = None,
     grace: float = 30.0,
+    log_json: str | os.PathLike[str] | None = None,
 ) -> BuildReport:
     """Build the targets (default: every stage) and what they need.
 
     ``resources`` overrides parts of this machine's budget (cpus, gpu, mem_gb, or any name
     a stage requests); ``retries`` applies to stages that set none; ``grace`` is how long
-    running stages may finish after a first Ctrl-C or SIGTERM.
+    running stages may finish after a first Ctrl-C or SIGTERM. Every event is logged under
+    ``.pipemake/runs/`` (and to ``log_json``); the pipeline's hooks run after the build.
     """
     p = project.pipeline
     order = _select(p, targets)
@@ -156,6 +163,9 @@ def build(
             raise UsageError(f"--force-stage: unknown stage {s!r}")
     budget = _budget(p, order, resources)
     bus = bus or Bus()
+    runs = project.workspace.dot / "runs"
+    runlog = history.RunLog(runs, log_json, {"pipeline": p.name})
+    bus.subscribe(runlog)
     started = time.time()
     with BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait):
         project.workspace.clear_tmp()
@@ -178,6 +188,8 @@ def build(
             expected=expected,
             deps={s: [d for d in p.graph.deps[s] if d in order] for s in order},
             budget=budget.total,
+            jobs=jobs,
+            per_item={s: t for s, t in history.per_item_times(runs).items() if s in expected},
         )
         with _Signals() as sigs, get_executor(executor, jobs) as ex:
             sched = Scheduler(
@@ -196,17 +208,13 @@ def build(
             outcome = sched.run()
         project.state.flush()
     report = _report(builder, outcome, time.time() - started)
-    bus.emit(
-        "run_finished",
-        None,
-        ran=report.ran,
-        restored=report.restored,
-        up_to_date=report.up_to_date,
-        failed=report.failed,
-        skipped=report.skipped,
-        duration=report.duration,
-        interrupted=outcome.interrupted,
-    )
+    finished = {"ran": report.ran, "restored": report.restored, "up_to_date": report.up_to_date,
+                "failed": report.failed, "skipped": report.skipped, "duration": report.duration,
+                "interrupted": outcome.interrupted}  # fmt: skip
+    bus.emit("run_finished", None, **finished)
+    run_hooks(p.on_success, p.on_failure, run_summary(p.name, runlog.run_id, started, finished),
+              p.root, bus)  # fmt: skip
+    runlog.close()
     if outcome.interrupted is not None:
         raise Interrupted(outcome.interrupted)
     if report.failed:
@@ -311,6 +319,19 @@ def graph(project: Project, fmt: str = "text") -> str:
     if fmt not in ("text", "mermaid", "dot"):
         raise UsageError(f"unknown graph format {fmt!r} (text, mermaid, dot)")
     return p.graph.render(fmt, {s: st.type for s, st in p.stages.items()})
+
+
+def list_runs(project: Project) -> list[dict[str, Any]]:
+    """Past builds, oldest first: start, duration, result, counts of stages run, restored,
+    up to date, skipped and failed."""
+    return history.list_runs(project.workspace.dot / "runs")
+
+
+def show_log(project: Project, run: str | None = None) -> dict[str, Any]:
+    """One run's summary and events (the last run by default; ``run`` is an id, a prefix of
+    one, or a negative index such as ``-2``)."""
+    summary, events = history.read_run(project.workspace.dot / "runs", run)
+    return {"run": summary, "events": events}
 
 
 def list_stages(project: Project) -> list[dict[str, Any]]:

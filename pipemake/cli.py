@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -115,6 +116,13 @@ def _project(ctx: click.Context, readonly: bool = False, cache_dir: str | None =
     help="Seconds running stages may finish after a first Ctrl-C or SIGTERM.",
 )
 @click.option("--no-progress", is_flag=True, help="Plain lines instead of a live view.")
+@click.option(
+    "--log-json",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="Also write the run's events to FILE as JSON lines (always kept in .pipemake/runs/).",
+)
 @click.pass_context
 def build(
     ctx: click.Context,
@@ -130,6 +138,7 @@ def build(
     retries: int | None,
     grace: float,
     no_progress: bool,
+    log_json: str | None,
 ) -> None:
     """Build TARGETS (default: every stage) and what they need."""
     from .events import Bus
@@ -159,6 +168,7 @@ def build(
                     resources=budget,
                     retries=retries,
                     grace=grace,
+                    log_json=log_json,
                     on_lock_wait=lambda who: click.echo(
                         f"waiting for the build lock held by {who} …", err=True
                     ),
@@ -174,8 +184,7 @@ def _print_decisions(rows: list[Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([d.as_json(s) for s, d in rows], indent=2))
     else:
-        for stage, decision in rows:
-            click.echo(decision.line(stage))
+        click.echo("\n".join(decision.line(stage) for stage, decision in rows))
 
 
 @cli.command("dry-run")
@@ -265,15 +274,64 @@ def graph(ctx: click.Context, fmt: str) -> None:
 
 
 @cli.command("list")
+@click.option("--runs", is_flag=True, help="List past runs instead of stages.")
+@click.option("--json", "as_json", is_flag=True, help="With --runs: print them as JSON.")
 @click.pass_context
-def list_cmd(ctx: click.Context) -> None:
-    """List stages with their rules."""
+def list_cmd(ctx: click.Context, runs: bool, as_json: bool) -> None:
+    """List stages with their rules (--runs: past runs)."""
 
     def go() -> int:
         with _project(ctx, readonly=True) as project:
-            for row in api.list_stages(project):
-                outs = ", ".join(row["outputs"].values())
-                click.echo(f"{row['stage']}\t{row['rule']}\t{outs}")
+            if not runs:
+                for row in api.list_stages(project):
+                    outs = ", ".join(row["outputs"].values())
+                    click.echo(f"{row['stage']}\t{row['rule']}\t{outs}")
+                return 0
+            rows = api.list_runs(project)
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return 0
+        if not rows:
+            click.echo("no runs recorded yet")
+        for row in rows:
+            click.echo(_run_line(row))
+        return 0
+
+    _run(go)
+
+
+def _run_line(row: dict[str, Any]) -> str:
+    started = row.get("started")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "?"
+    dur = row.get("duration")
+    took = f"{dur:8.1f}s" if isinstance(dur, (int, float)) else "        ?"
+    counts = (
+        f"{row.get('ran', 0)} ran, {row.get('restored', 0)} restored, "
+        f"{row.get('up_to_date', 0)} up to date, {row.get('skipped', 0)} skipped"
+    )
+    failed = row.get("failed") or {}
+    tail = f", failed: {', '.join(failed)}" if failed else ""
+    return f"{row['id']}  {when}  {took}  {row.get('result', '?'):<11}  {counts}{tail}"
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("run", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON lines.")
+@click.option("-q", "--quiet", is_flag=True, help="Leave out the stages' output lines.")
+@click.pass_context
+def log(ctx: click.Context, run: str | None, as_json: bool, quiet: bool) -> None:
+    """Show one run's events (default: the last run; RUN is an id or -1, -2, …)."""
+    from .progress import log_lines
+
+    def go() -> int:
+        with _project(ctx, readonly=True) as project:
+            found = api.show_log(project, run)
+        if as_json:
+            for event in found["events"]:
+                click.echo(json.dumps(event))
+        else:
+            for line in log_lines(found["events"], verbose=not quiet):
+                click.echo(line)
         return 0
 
     _run(go)

@@ -1,13 +1,14 @@
 """Pure functions that hash canonical, type-tagged structures, files and directory manifests.
 
-Every key pipemake computes comes from here. The encoding is type-tagged (``1`` and ``"1"``
-and ``[1]`` never collide), dict keys are sorted, floats use ``repr``. ``KEY_FORMAT`` goes
+Every key pipemake computes comes from here. The encoding is canonical JSON: types stay apart
+(``1``, ``"1"`` and ``[1]`` never collide) and dict keys are sorted. ``KEY_FORMAT`` goes
 into every key so a change of this encoding can never match an old entry; the tests pin
 literal digests so such a change cannot slip by unnoticed.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -23,50 +24,24 @@ __all__ = [
     "tree_hash",
 ]
 
-KEY_FORMAT = 1
+KEY_FORMAT = 2
 _CHUNK = 1 << 20
 
 
-def _encode(obj: Any, out: list[bytes]) -> None:
-    if obj is None:
-        out.append(b"N")
-    elif obj is True:
-        out.append(b"T")
-    elif obj is False:
-        out.append(b"F")
-    elif isinstance(obj, int):
-        out.append(b"i%d;" % obj)
-    elif isinstance(obj, float):
-        out.append(b"f" + repr(obj).encode() + b";")
-    elif isinstance(obj, str):
-        raw = obj.encode("utf-8")
-        out.append(b"s%d:" % len(raw))
-        out.append(raw)
-    elif isinstance(obj, bytes):
-        out.append(b"b%d:" % len(obj))
-        out.append(obj)
-    elif isinstance(obj, list | tuple):
-        out.append(b"l%d[" % len(obj))
-        for value in obj:
-            _encode(value, out)
-        out.append(b"]")
-    elif isinstance(obj, dict):
-        out.append(b"d%d{" % len(obj))
-        for key in sorted(obj):
-            if not isinstance(key, str):
-                raise TypeError(f"dict keys must be str to hash, got {key!r}")
-            _encode(key, out)
-            _encode(obj[key], out)
-        out.append(b"}")
-    else:
-        raise TypeError(f"cannot hash a value of type {type(obj).__name__}: {obj!r}")
+def _reject(obj: Any) -> Any:
+    raise TypeError(f"cannot hash a value of type {type(obj).__name__}: {obj!r}")
+
+
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True, default=_reject
+)
 
 
 def canonical(obj: Any) -> bytes:
-    """The canonical, type-tagged byte encoding of a JSON-like structure."""
-    out: list[bytes] = []
-    _encode(obj, out)
-    return b"".join(out)
+    """The canonical byte encoding of a JSON-like structure: JSON with sorted keys and no
+    spaces. JSON keeps types apart (``1``, ``1.0``, ``"1"``, ``true`` and ``[1]`` all differ)
+    and its C encoder makes keying ten thousand stages cheap."""
+    return _ENCODER.encode(obj).encode("utf-8")
 
 
 def hash_bytes(data: bytes) -> str:

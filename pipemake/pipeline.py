@@ -87,14 +87,23 @@ class Pipeline:
     file: Path
     on_success: Any = None
     on_failure: Any = None
+    _owners: dict[str, tuple[str, str]] | None = field(default=None, repr=False)
 
     def output_owner(self, path: str) -> tuple[str, str, str] | None:
         """``(stage, output name, path inside the output)`` when ``path`` is an output of a
         stage or lies inside one."""
-        for stage in self.stages.values():
-            for name, out in stage.ports.outputs.items():
-                if path == out or path.startswith(out + "/"):
-                    return stage.id, name, path[len(out) + 1 :]
+        if self._owners is None:
+            self._owners = {
+                out: (stage.id, name)
+                for stage in self.stages.values()
+                for name, out in stage.ports.outputs.items()
+            }
+        probe = path
+        while probe and probe not in (".", "/"):
+            owner = self._owners.get(probe)
+            if owner is not None:
+                return owner[0], owner[1], path[len(probe) + 1 :]
+            probe = posixpath.dirname(probe)
         return None
 
 
@@ -323,13 +332,19 @@ def _stage_fields(raw: LineDict, sid: str, ld: _Loader) -> dict[str, Any]:
         "timeout": (lambda v: _number(v) and v > 0, "a number of seconds > 0"),
         "version": (lambda v: _number(v) or isinstance(v, str), "a string or number"),
     }
+    good: dict[str, Any] = {}
     for key, (ok, what) in checks.items():
-        if key in raw and raw[key] is not None and not ok(raw[key]):
-            ld.problem(f"{key!r} must be {what}, got {raw[key]!r}", raw.line_of(key), sid)
-    out["retries"] = raw.get("retries") or 0
-    out["retry_backoff"] = float(raw.get("retry_backoff") or 1.0)
-    out["timeout"] = float(raw["timeout"]) if raw.get("timeout") else None
-    out["version"] = str(raw["version"]) if raw.get("version") is not None else None
+        value = raw.get(key)
+        if value is None:
+            continue
+        if ok(value):
+            good[key] = value
+        else:
+            ld.problem(f"{key!r} must be {what}, got {value!r}", raw.line_of(key), sid)
+    out["retries"] = good.get("retries", 0)
+    out["retry_backoff"] = float(good.get("retry_backoff", 1.0))
+    out["timeout"] = float(good["timeout"]) if "timeout" in good else None
+    out["version"] = str(good["version"]) if "version" in good else None
     return out
 
 
@@ -379,14 +394,31 @@ def _bind(pipeline: Pipeline, raws: list[LineDict], ld: _Loader) -> None:
     """Resolve each stage's rule, its static ports and its edges, in an order where the stages
     it references are bound first (references to later stages are fine in the file)."""
     raw_by_id = {r["id"]: r for r in raws}
-    order = Graph(
-        {
-            sid: [x.scope for x in _refs(r) if x.scope in raw_by_id and x.scope != sid]
-            for sid, r in raw_by_id.items()
-        }
-    )
-    if order.find_cycle() is not None:
-        order = Graph({sid: [] for sid in raw_by_id})  # reported with its path by _check_graph
+    deps: dict[str, list[str]] = {}
+    for sid, r in raw_by_id.items():
+        refs = [x.scope for x in _refs(r) if x.scope in raw_by_id]
+        extra = r.get("depends_on") or []
+        extra = [extra] if isinstance(extra, str) else extra
+        deps[sid] = list(dict.fromkeys(refs + [d for d in extra if d in raw_by_id]))
+    order = Graph(deps)
+    cycle = order.find_cycle()
+    if cycle is not None:
+        first = raw_by_id[cycle[0]]
+        if len(cycle) == 2:
+            ld.problem(
+                f"stage {cycle[0]!r} refers to its own output (a cycle: {' → '.join(cycle)})",
+                first.line,
+                cycle[0],
+                hint="a stage cannot read what it writes; use another stage",
+            )
+        else:
+            ld.problem(
+                f"the stages form a cycle: {' → '.join(cycle)}",
+                first.line,
+                cycle[0],
+                hint="remove one of these dependencies",
+            )
+        return
     lookup = _static_lookup(pipeline, raw_by_id)
     for sid in order.topo_order():
         raw = raw_by_id[sid]
@@ -536,9 +568,10 @@ def _check_graph(pipeline: Pipeline, raws: list[LineDict], ld: _Loader) -> None:
                 hint="every output needs its own path, not inside another stage's output",
             )
         stack.append((parts, sid, key))
+    raw_ids = {r["id"] for r in raws}
     for st in stages.values():
         for dep in st.deps:
-            if dep not in stages and dep not in {r["id"] for r in raws}:
+            if dep not in stages and dep not in raw_ids:
                 ld.problem(
                     f"depends_on names an unknown stage {dep!r}",
                     st.line,

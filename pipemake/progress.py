@@ -1,18 +1,49 @@
 """Views of a running build: event subscribers that draw to stderr.
 
 ``PlainView`` prints one timestamped line per event (when stderr is not a terminal, or with
-``--no-progress``); ``RichView`` keeps a live panel with a line per running stage.
+``--no-progress``); ``RichView`` keeps a live panel — an overall bar with the elapsed time
+and an ETA, a line (and a bar, when the stage reports progress) per running stage — above
+which each settled stage gets a line. Both close with a summary that, for a failed build,
+says what failed and why, what was skipped because of it and what finished. ETAs come from
+:mod:`pipemake.eta`. rich is imported only when a ``RichView`` is made.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterable
 from typing import IO, Any
 
+from .eta import Estimator
 from .events import Event
 
-__all__ = ["PlainView", "RichView", "make_view"]
+__all__ = ["PlainView", "RichView", "describe", "log_lines", "make_view", "summary_lines"]
+
+PROGRESS_EVERY = 10.0  # seconds between a stage's progress lines in the plain view
+ERROR_LINES = 12  # lines of a failed stage's error in the closing summary
+NAMES_SHOWN = 20  # names listed per group in the closing summary
+UP_TO_DATE_LINES = 20  # the live view's "up to date" lines before it only counts them
+
+
+class _Remaining:
+    """The overall ETA, recomputed at most every ``every`` seconds: it walks every stage
+    left, and a view may be asked for it thousands of times in a big build."""
+
+    def __init__(self, eta: Estimator, every: float = 0.5) -> None:
+        self.eta = eta
+        self.every = every
+        self._at: float | None = None
+        self._value = 0.0
+
+    def __call__(self, now: float) -> float:
+        if self._at is None or not 0 <= now - self._at < self.every:
+            self._value = self.eta.remaining(now)
+            self._at = now
+        return self._value
 
 
 def _fmt_duration(seconds: float | None) -> str:
@@ -24,65 +55,222 @@ def _fmt_duration(seconds: float | None) -> str:
     return f"{m}m{s:02d}s" if m < 60 else f"{m // 60}h{m % 60:02d}m"
 
 
+def _first_line(text: Any) -> str:
+    lines = str(text or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _names(names: Iterable[str]) -> str:
+    names = list(names)
+    shown = ", ".join(names[:NAMES_SHOWN])
+    return shown + (f" … and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else "")
+
+
+def _items(d: dict[str, Any]) -> str:
+    if d.get("items") is None:
+        return ""
+    run = d.get("items_run")
+    return f" ({d['items']} items, {run} run)" if run is not None else f" ({d['items']} items)"
+
+
 def describe(event: Event) -> str | None:
     """A one-line description of an event, or None for events not worth a line."""
     d = event.data
     s = event.stage
-    if event.kind == "run_started":
+    k = event.kind
+    if k == "run_started":
         return f"building {len(d.get('stages', []))} stage(s)"
-    if event.kind == "stage_skipped":
+    if k == "stage_skipped":
         return f"{s}: {d.get('reason', 'up to date')}"
-    if event.kind == "stage_restored":
+    if k == "stage_restored":
         return f"{s}: restored from the store ({'; '.join(d.get('reasons', []))})"
-    if event.kind == "stage_started":
-        return f"{s}: running ({'; '.join(d.get('reasons', []))})"
-    if event.kind == "stage_finished":
-        return f"{s}: done in {_fmt_duration(d.get('duration'))}"
-    if event.kind == "stage_failed":
-        return f"{s}: FAILED: {d.get('error', '')}"
-    if event.kind == "stage_cancelled":
-        return f"{s}: stopped ({d.get('reason', '')})"
-    if event.kind == "log":
+    if k == "stage_started":
+        items = d.get("items") or {}
+        count = f" [{items.get('run')} of {items.get('total')} items]" if items else ""
+        return f"{s}: running ({'; '.join(d.get('reasons', []))}){count}"
+    if k == "progress":
+        unit = f" {d['unit']}" if d.get("unit") else ""
+        return f"{s}: {d.get('done')}/{d.get('total')}{unit}"
+    if k == "stage_retried":
         return (
-            f"{s}| {d.get('text', '')}" if d.get("level") in ("warning", "error", "info") else None
+            f"{s}: attempt {d.get('attempt')} of {d.get('of')} in {_fmt_duration(d.get('delay'))}"
+            f" after: {_first_line(d.get('error'))}"
         )
+    if k == "stage_finished":
+        return f"{s}: done in {_fmt_duration(d.get('duration'))}{_items(d)}"
+    if k == "stage_failed":
+        return f"{s}: FAILED: {_first_line(d.get('error'))}"
+    if k == "stage_cancelled":
+        return f"{s}: stopped ({d.get('reason', '')})"
+    if k == "stopping":
+        running = ", ".join(d.get("running") or []) or "nothing"
+        return (
+            f"stopping: no new stages start; running ({running}) get "
+            f"{_fmt_duration(d.get('grace'))} to finish (signal again to end them now)"
+        )
+    if k == "hook_failed":
+        return f"warning: {d.get('hook')} hook failed: {d.get('error', '')}"
+    if k == "hook_finished":
+        return f"{d.get('hook')} hook ran"
+    if k == "log":
+        if d.get("level") in ("warning", "error", "info"):
+            return f"{s}| {d.get('text', '')}"
+        return None
     return None
 
 
-def summary(event: Event) -> str:
-    """The closing summary of a run."""
+def summary_lines(event: Event) -> list[str]:
+    """The closing summary of a run: counts, then (when something went wrong) what failed
+    with the first lines of its error, what was skipped because of it, and what finished."""
     d = event.data
+    failed: dict[str, str] = d.get("failed") or {}
+    skipped: dict[str, str] = d.get("skipped") or {}
     parts = [
         f"{len(d.get('ran', []))} ran",
         f"{len(d.get('restored', []))} restored",
         f"{len(d.get('up_to_date', []))} up to date",
     ]
-    if d.get("failed"):
-        parts.append(f"{len(d['failed'])} failed ({', '.join(d['failed'])})")
-    if d.get("skipped"):
-        parts.append(f"{len(d['skipped'])} not run")
-    return f"{', '.join(parts)} in {_fmt_duration(d.get('duration'))}"
+    if failed:
+        parts.append(f"{len(failed)} failed ({', '.join(failed)})")
+    if skipped:
+        parts.append(f"{len(skipped)} not run")
+    lines = [f"{', '.join(parts)} in {_fmt_duration(d.get('duration'))}"]
+    if not failed and not skipped and not d.get("interrupted"):
+        return lines
+    for stage, error in failed.items():
+        err = str(error or "").strip().splitlines() or ["(no message)"]
+        lines.append(f"  FAILED {stage}: {err[0]}")
+        lines.extend(f"      {line}" for line in err[1:ERROR_LINES])
+        if len(err) > ERROR_LINES:
+            lines.append(f"      … {len(err) - ERROR_LINES} more line(s) in `pipemake log`")
+    because = {s: r for s, r in skipped.items() if r.startswith("upstream ")}
+    if because:
+        lines.append(
+            f"  skipped because of a failure: {_names(f'{s} ({r})' for s, r in because.items())}"
+        )
+    others = [s for s in skipped if s not in because]
+    if others:
+        lines.append(f"  not run: {_names(others)}")
+    finished = list(d.get("ran", [])) + list(d.get("restored", []))
+    n_fresh = len(d.get("up_to_date", []))
+    if finished or n_fresh:
+        fresh = f" (+{n_fresh} up to date)" if n_fresh else ""
+        lines.append(f"  finished: {_names(finished) or 'nothing new'}{fresh}")
+    if d.get("interrupted"):
+        lines.append(
+            f"  stopped by {_signal_name(d['interrupted'])}: finished stages are kept; "
+            "run `pipemake build` again to resume"
+        )
+    return lines
+
+
+def summary(event: Event) -> str:
+    """The closing summary as one text."""
+    return "\n".join(summary_lines(event))
+
+
+def log_lines(events: Iterable[dict[str, Any]], verbose: bool = True) -> list[str]:
+    """A recorded run's events (as the JSON-lines log holds them), readably: one timestamped
+    line each, the last progress of a stage only, and the closing summary."""
+    events = list(events)
+    last_progress: dict[str, int] = {}
+    for i, ev in enumerate(events):
+        if ev.get("event") == "progress" and ev.get("stage"):
+            last_progress[ev["stage"]] = i
+    out = []
+    skip = {"event", "stage", "time"}
+    for i, ev in enumerate(events):
+        event = Event(
+            str(ev.get("event")), ev.get("stage"), {k: v for k, v in ev.items() if k not in skip},
+            float(ev.get("time") or 0),
+        )  # fmt: skip
+        if event.kind == "progress" and last_progress.get(event.stage or "") != i:
+            continue
+        if event.kind == "log" and not verbose:
+            continue
+        stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
+        if event.kind == "run_started":
+            day = time.strftime("%Y-%m-%d", time.localtime(event.time))
+            out.append(f"[{stamp}] run {ev.get('run')} of {ev.get('pipeline')!r} on {day}")
+        if event.kind == "run_finished":
+            out.extend(f"[{stamp}] {line}" for line in summary_lines(event))
+            continue
+        if event.kind == "stage_failed":
+            err = str(event.data.get("error") or "").strip().splitlines()
+            out.append(f"[{stamp}] {event.stage}: FAILED: {err[0] if err else ''}")
+            out.extend(f"           {line}" for line in err[1:])
+            continue
+        text = describe(event)
+        if text:
+            out.append(f"[{stamp}] {text}")
+    return out
 
 
 class PlainView:
-    """Timestamped lines, one per event."""
+    """Timestamped lines, one per event; a running stage's progress at most every
+    :data:`PROGRESS_EVERY` seconds, with its ETA; the overall ETA on each settled stage."""
 
-    def __init__(self, stream: IO[str] | None = None, verbose: bool = True):
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        verbose: bool = True,
+        clock: Callable[[], float] = time.time,
+    ):
         self.stream = stream or sys.stderr
         self.verbose = verbose
+        self.clock = clock
+        self.eta = Estimator(clock)
+        self._remaining = _Remaining(self.eta)
+        self._last_line: dict[str, float] = {}
 
     def __call__(self, event: Event) -> None:
-        if event.kind == "run_finished":
-            self._line(summary(event))
+        self.eta(event)
+        k, s = event.kind, event.stage
+        if k == "run_finished":
+            for line in summary_lines(event):
+                self._line(line)
             return
-        if event.kind == "log" and not self.verbose:
+        if k == "log" and not self.verbose:
+            return
+        if k == "progress":
+            self._progress(event)
             return
         text = describe(event)
-        if text:
-            self._line(text)
+        if not text:
+            return
+        if k == "run_started" and self.eta.total:
+            text += f", ETA {_fmt_duration(self.eta.remaining(self.clock()))}"
+        elif k == "stage_started" and s:
+            self._last_line[s] = self.clock()
+        elif k in ("stage_finished", "stage_restored", "stage_failed") and self.eta.total:
+            eta = self._remaining(self.clock())
+            left = f", ETA {_fmt_duration(eta)}" if self.eta.done < self.eta.total else ""
+            text += f"  [{self.eta.done}/{self.eta.total}{left}]"
+        self._line(text)
+
+    def _progress(self, event: Event) -> None:
+        s = event.stage or ""
+        now = self.clock()
+        d = event.data
+        final = d.get("total") is not None and d.get("done") == d.get("total")
+        if final or now - self._last_line.get(s, 0.0) < PROGRESS_EVERY:
+            return
+        self._last_line[s] = now
+        text = describe(event) or ""
+        left = self.eta.stage_eta(s, now)
+        if left is not None:
+            text += f", ETA {_fmt_duration(left)}"
+        self._line(text)
 
     def _line(self, text: str) -> None:
-        stamp = time.strftime("%H:%M:%S")
+        stamp = time.strftime("%H:%M:%S", time.localtime(self.clock()))
         self.stream.write(f"[{stamp}] {text}\n")
         self.stream.flush()
 
@@ -91,57 +279,98 @@ class PlainView:
 
 
 class RichView:
-    """A live panel on a terminal: an overall line and one line per running stage."""
+    """A live panel on a terminal: an overall bar (stages settled / total, elapsed, ETA) and
+    one line per running stage, with its own bar when it reports progress; a line per
+    settled stage is printed above the panel."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Any = None, clock: Callable[[], float] = time.time) -> None:
         from rich.console import Console
         from rich.live import Live
 
-        self.console = Console(stderr=True)
-        self.live = Live(console=self.console, refresh_per_second=8, transient=True)
-        self.running: dict[str, dict[str, Any]] = {}
-        self.total = 0
-        self.finished = 0
-        self.started = time.time()
+        self.console = console or Console(stderr=True)
+        self.clock = clock
+        self.eta = Estimator(clock)
+        self._remaining = _Remaining(self.eta, every=0.25)
+        self._lock = threading.Lock()
+        self._fresh = 0
+        self.live = Live(
+            console=self.console,
+            get_renderable=self._render,
+            refresh_per_second=4,
+            transient=True,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
         self.live.start()
 
     def __call__(self, event: Event) -> None:
-        s = event.stage
-        if event.kind == "run_started":
-            self.total = len(event.data.get("stages", []))
-        elif event.kind == "stage_started" and s:
-            self.running[s] = {"since": time.time(), "done": None, "total": None}
-        elif event.kind == "progress" and s in self.running:
-            self.running[s].update(done=event.data.get("done"), total=event.data.get("total"))
-        elif event.kind in (
-            "stage_finished",
-            "stage_failed",
-            "stage_skipped",
-            "stage_restored",
-            "stage_cancelled",
-        ):
-            self.running.pop(s or "", None)
-            self.finished += 1
-        if event.kind == "run_finished":
+        with self._lock:
+            self.eta(event)
+        k, s, d = event.kind, event.stage, event.data
+        if k == "run_finished":
             self.close()
-            self.console.print(summary(event))
+            if self._fresh > UP_TO_DATE_LINES:
+                self._print(f"  … {self._fresh - UP_TO_DATE_LINES} more up to date", "dim")
+            lines = summary_lines(event)
+            style = "bold red" if d.get("failed") or d.get("interrupted") else "bold green"
+            self._print(lines[0], style)
+            for line in lines[1:]:
+                self._print(line, "red" if line.lstrip().startswith("FAILED") else None)
             return
-        text = describe(event)
-        if text and event.kind != "stage_started":
-            self.live.console.print(text, markup=False, highlight=False)
-        self.live.update(self._render())
+        if k == "stage_skipped" and d.get("reason") == "up to date":
+            self._fresh += 1
+            if self._fresh <= UP_TO_DATE_LINES:
+                self._print(f"  = {s}  up to date", "dim")
+        elif k == "stage_skipped":
+            self._print(f"  - {s}  skipped: {d.get('reason', '')}", "yellow")
+        elif k == "stage_restored":
+            self._print(f"  ↺ {s}  restored from the store", "cyan")
+        elif k == "stage_finished":
+            self._print(f"  ✓ {s}  ran in {_fmt_duration(d.get('duration'))}{_items(d)}", "green")
+        elif k == "stage_failed":
+            self._print(f"  ✗ {s}  FAILED: {_first_line(d.get('error'))}", "bold red")
+        elif k == "stage_cancelled":
+            self._print(f"  ■ {s}  stopped ({d.get('reason', '')})", "yellow")
+        elif k == "log" and d.get("level") in ("warning", "error"):
+            self._print(f"  {s}| {d.get('text', '')}", "yellow")
+        elif k in ("stage_retried", "stopping", "hook_failed"):
+            self._print(describe(event) or "", "yellow")
+
+    def _print(self, text: str, style: str | None = None) -> None:
+        self.console.print(text, style=style, markup=False, highlight=False)
 
     def _render(self) -> Any:
+        from rich.progress_bar import ProgressBar
         from rich.table import Table
+        from rich.text import Text
 
+        with self._lock:
+            now = self.clock()
+            done, total = self.eta.done, self.eta.total
+            left_all = self._remaining(now)
+            elapsed = self.eta.elapsed(now)
+            lefts = {s: self.eta.stage_eta(s, now) for s in self.eta.running}
+            clocks = {s: (c.since, c.done, c.total, c.unit) for s, c in self.eta.running.items()}
         table = Table.grid(padding=(0, 1))
-        elapsed = _fmt_duration(time.time() - self.started)
-        table.add_row(f"[bold]{self.finished}/{self.total}[/] stages", f"elapsed {elapsed}")
-        for stage, info in self.running.items():
-            prog = ""
-            if info["total"]:
-                prog = f"{info['done']}/{info['total']}"
-            table.add_row(f"  ▶ {stage}", f"{prog} {_fmt_duration(time.time() - info['since'])}")
+        table.add_column(no_wrap=True)
+        table.add_column(width=30)
+        table.add_column(no_wrap=True)
+        eta = f"ETA {_fmt_duration(left_all)}" if done < total else ""
+        table.add_row(
+            Text("build", style="bold"),
+            ProgressBar(total=max(total, 1), completed=done, width=30),
+            f"{done}/{total} stages  {_fmt_duration(elapsed)}  {eta}",
+        )
+        for stage, (since, done, total, unit) in clocks.items():
+            left = lefts.get(stage)
+            tail = f"ETA {_fmt_duration(left)}" if left is not None else "ETA ?"
+            spent = _fmt_duration(now - since)
+            if total:
+                bar: Any = ProgressBar(total=total, completed=done or 0, width=30)
+                count = f"{done or 0}/{total}{' ' + unit if unit else ''}  "
+            else:
+                bar, count = Text("running…", style="dim"), ""
+            table.add_row(Text(f"▶ {stage}", style="cyan"), bar, f"{count}{spent}  {tail}")
         return table
 
     def close(self) -> None:
@@ -150,7 +379,7 @@ class RichView:
 
 
 def make_view(plain: bool) -> Any:
-    """A rich view on a terminal, plain lines otherwise."""
-    if plain or not sys.stderr.isatty():
+    """A rich view on a terminal, plain lines otherwise (or with ``plain``)."""
+    if plain or not sys.stderr.isatty() or os.environ.get("TERM") == "dumb":
         return PlainView()
     return RichView()

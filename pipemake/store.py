@@ -80,11 +80,7 @@ class Store:
             raise StoreError(f"the store's action cache is unreadable: {exc}") from None
         if row is None:
             return None
-        try:
-            entry = json.loads(row[0])
-        except ValueError:
-            return None
-        return entry if isinstance(entry, dict) else None
+        return _entry(row[0])
 
     def get_actions(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         """The entries of many keys at once (a few queries, not one per key)."""
@@ -95,11 +91,8 @@ class Store:
             for key, text in self.db.execute(
                 f"SELECT key, entry FROM actions WHERE key IN ({marks})", chunk
             ):
-                try:
-                    entry = json.loads(text)
-                except ValueError:
-                    continue
-                if isinstance(entry, dict):
+                entry = _entry(text)
+                if entry is not None:
                     out[key] = entry
         return out
 
@@ -233,6 +226,49 @@ class Store:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _is_manifest(m: Any) -> bool:
+    if not isinstance(m, dict) or not isinstance(m.get("hash"), str):
+        return False
+    if m.get("kind") == "file":
+        return isinstance(m.get("size"), int) and isinstance(m.get("mode"), int)
+    if m.get("kind") != "dir" or not isinstance(m.get("entries"), list):
+        return False
+    return all(
+        isinstance(e, list) and len(e) == 4 and isinstance(e[0], str) and isinstance(e[1], str)
+        and isinstance(e[2], int) and isinstance(e[3], int)
+        for e in m["entries"]
+    )  # fmt: skip
+
+
+def _entry(text: str) -> dict[str, Any] | None:
+    """A stored entry, or None when it is not JSON of the expected shape (a tampered or
+    damaged row is a cache miss, never a crash and never code)."""
+    try:
+        entry = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict):
+        return None
+    outputs = entry.get("outputs", {})
+    if not isinstance(outputs, dict) or not all(_is_manifest(m) for m in outputs.values()):
+        return None
+    if "map" in entry:
+        m = entry["map"]
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("hash"), str)
+            or m.get("kind")
+            not in (
+                "bytes",
+                "json",
+            )
+        ):
+            return None
+    if not isinstance(entry.get("values", {}), dict):
+        return None
+    return entry
 
 
 def _hash_fd(fh: Any) -> str:

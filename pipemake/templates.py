@@ -8,6 +8,7 @@ share one parser.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,8 +35,17 @@ class Ref:
         return "{" + f"{self.scope}.{self.name}" + "}"
 
 
+@functools.lru_cache(maxsize=8192)
+def _parse(text: str) -> tuple[str | Ref, ...]:
+    return tuple(_parse_uncached(text))
+
+
 def parse(text: str) -> list[str | Ref]:
     """Split a template into literal strings and :class:`Ref` objects."""
+    return list(_parse(text))
+
+
+def _parse_uncached(text: str) -> list[str | Ref]:
     parts: list[str | Ref] = []
     literal: list[str] = []
     pos = 0

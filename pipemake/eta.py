@@ -1,0 +1,146 @@
+"""How long is left: estimates from past durations and live progress, for the views.
+
+A stage's expected duration is its last duration (``run_started``'s ``expected``), or for a
+stage that reports items, the time per item × the items left — measured live once items
+finish, else taken from the last run that ran items of it (``per_item``). The overall
+estimate is the longest path through what remains (stages run side by side, so a plain sum
+would overstate it), but never less than the remaining work spread over ``jobs`` workers.
+
+Pure bookkeeping: an :class:`Estimator` is an event subscriber and reads no files.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .events import Event
+
+__all__ = ["Estimator", "StageClock"]
+
+_SETTLED = ("stage_finished", "stage_failed", "stage_skipped", "stage_restored", "stage_cancelled")
+
+
+@dataclass
+class StageClock:
+    """A running stage: when it started and what it reported so far."""
+
+    since: float
+    done: int | None = None
+    total: int | None = None
+    unit: str | None = None
+    items: int | None = None  # items to run, announced when a foreach stage starts
+
+
+class Estimator:
+    """Follows a build's events and answers "how long for this stage, and for the rest?"."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.order: list[str] = []
+        self.deps: dict[str, list[str]] = {}
+        self.expected: dict[str, float] = {}
+        self.per_item: dict[str, float] = {}
+        self.jobs: int | None = None
+        self.started: float | None = None
+        self.running: dict[str, StageClock] = {}
+        self.settled: dict[str, str] = {}  # stage -> event kind that settled it
+
+    # feeding -------------------------------------------------------------------------
+    def __call__(self, event: Event) -> None:
+        d, s = event.data, event.stage
+        if event.kind == "run_started":
+            self.order = list(d.get("stages", []))
+            self.deps = {k: list(v) for k, v in (d.get("deps") or {}).items()}
+            self.expected = {k: float(v) for k, v in (d.get("expected") or {}).items()}
+            self.per_item = {k: float(v) for k, v in (d.get("per_item") or {}).items()}
+            self.jobs = d.get("jobs")
+            self.started = event.time
+            self.running.clear()
+            self.settled.clear()
+        elif s is None:
+            return
+        elif event.kind == "stage_started":
+            items = d.get("items") or {}
+            self.running[s] = StageClock(event.time, items=items.get("run"))
+        elif event.kind == "progress" and s in self.running:
+            clock = self.running[s]
+            clock.done, clock.total, clock.unit = d.get("done"), d.get("total"), d.get("unit")
+        elif event.kind in _SETTLED:
+            self.running.pop(s, None)
+            self.settled[s] = event.kind
+
+    # answers -------------------------------------------------------------------------
+    @property
+    def total(self) -> int:
+        return len(self.order)
+
+    @property
+    def done(self) -> int:
+        return len(self.settled)
+
+    def elapsed(self, now: float | None = None) -> float:
+        if self.started is None:
+            return 0.0
+        return max(0.0, (self.clock() if now is None else now) - self.started)
+
+    def stage_left(self, stage: str, now: float | None = None) -> float:
+        """Seconds the stage still needs (0 once settled; its full expected time if pending)."""
+        if stage in self.settled:
+            return 0.0
+        clock = self.running.get(stage)
+        expected = self.expected.get(stage, 1.0)
+        if clock is None:
+            return expected
+        now = self.clock() if now is None else now
+        elapsed = max(0.0, now - clock.since)
+        per_item = self.per_item.get(stage)
+        if clock.total:
+            done = clock.done or 0
+            left = clock.total - done
+            if done > 0:
+                return elapsed / done * left
+            if per_item is not None:
+                return max(0.0, per_item * clock.total - elapsed)
+        elif clock.items is not None and per_item is not None:
+            return max(0.0, per_item * clock.items - elapsed)
+        return max(0.0, expected - elapsed)
+
+    def stage_eta(self, stage: str, now: float | None = None) -> float | None:
+        """A running stage's seconds left, or None when the estimate has run out (the stage
+        is taking longer than it did last time and reports no progress)."""
+        left = self.stage_left(stage, now)
+        clock = self.running.get(stage)
+        if left <= 0 and clock is not None and not clock.total:
+            return None
+        return left
+
+    def remaining(self, now: float | None = None) -> float:
+        """Seconds until the build is done: the critical path of what is left."""
+        now = self.clock() if now is None else now
+        finish: dict[str, float] = {}
+        work = 0.0
+        for stage in self.order:  # topological
+            if stage in self.settled:
+                continue
+            own = self.stage_left(stage, now)
+            work += own
+            before = [finish[d] for d in self.deps.get(stage, ()) if d in finish]
+            finish[stage] = own + (max(before) if before else 0.0)
+        path = max(finish.values(), default=0.0)
+        if self.jobs:
+            return max(path, work / self.jobs)
+        return path
+
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        """Everything a view draws, at one instant."""
+        now = self.clock() if now is None else now
+        return {
+            "done": self.done,
+            "total": self.total,
+            "elapsed": self.elapsed(now),
+            "eta": self.remaining(now),
+            "running": {s: self.stage_eta(s, now) for s in self.running},
+        }
