@@ -5,7 +5,8 @@ and the builder only ever call :meth:`Bus.emit`.
 
 Kinds: ``run_started``, ``stage_skipped`` (up to date, with reason), ``stage_restored``,
 ``stage_started``, ``progress``, ``log``, ``stage_finished`` (metrics), ``stage_failed``
-(error), ``stage_cancelled``, ``run_finished``.
+(error), ``stage_cancelled``, ``stage_retried``, ``task_started``, ``task_finished``,
+``stopping``, ``run_finished``, ``hook_finished``, ``hook_failed``.
 """
 
 from __future__ import annotations
