@@ -142,7 +142,10 @@ def _hash_outputs(task: Task, outputs: dict[str, str], store: Store) -> dict[str
     for name, path in outputs.items():
         info = hasher.info(path)
         if info.kind == "missing":
-            raise RuleError(f"declared output {name!r} was not created (expected at {path})")
+            raise RuleError(
+                f"declared output {name!r} was not created (expected at {path}); write it "
+                f"to {{outputs.{name}}} (a staging path), never to the output path itself"
+            )
         want = task.output_kinds.get(name)
         if want in ("file", "dir") and info.kind != want:
             raise RuleError(f"output {name!r} should be a {want}, but a {info.kind} was written")
