@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,15 +28,13 @@ from typing import Any
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from pipemake.rule import RuleError
+from pipemake.rules._video_shots import SceneDetector, ShotPicker, selector
 
 #: width of the thumbnails shot detection compares (height follows the aspect ratio)
 THUMB_WIDTH = 64
-#: a cut's change must also be this many times the mean change around it
-ADAPTIVE_RATIO = 3.0
-#: frames on each side of a candidate cut that make up "around it"
-ADAPTIVE_WINDOW = 2
 
 
 @dataclass
@@ -68,73 +67,28 @@ class Result:
     warning: str | None = None
 
 
-class SceneDetector:
-    """Finds hard cuts in a stream of frame thumbnails, online.
+_scalers = threading.local()
 
-    The change of a frame is the mean absolute difference (0-255) between its thumbnail
-    and the previous one. A frame starts a new shot when its change is at least
-    ``threshold`` and at least :data:`ADAPTIVE_RATIO` times the mean change of the
-    :data:`ADAPTIVE_WINDOW` frames on each side (so fast motion or a flash, which changes
-    many frames in a row, is not a cut), and when the shot it ends is at least
-    ``min_scene_len`` frames long. Decisions lag the input by the window.
+
+def scale(frame: av.VideoFrame, purpose: str, **kwargs: Any) -> av.VideoFrame:
+    """``frame.reformat(**kwargs)`` through a scaler kept per thread and purpose.
+
+    A frame's own reformatter is new for every frame, so FFmpeg would set up its scaler
+    again each time (the most expensive part of a small conversion); reusing one per
+    purpose keeps that setup cached.
     """
-
-    def __init__(self, threshold: float, min_scene_len: int) -> None:
-        self.threshold = threshold
-        self.min_scene_len = min_scene_len
-        self.cuts: list[int] = []
-        self._prev: np.ndarray | None = None
-        self._window: deque[tuple[int, float]] = deque()
-        self._decided = 0
-        self._shot_start: int | None = None
-
-    def push(self, index: int, thumb: np.ndarray) -> list[int]:
-        """Add the thumbnail of frame ``index``; return the cuts this confirms."""
-        change = 0.0 if self._prev is None else float(np.abs(thumb - self._prev).mean())
-        if self._shot_start is None:
-            self._shot_start = index
-        self._prev = thumb
-        self._window.append((index, change))
-        found = []
-        while len(self._window) - self._decided > ADAPTIVE_WINDOW:
-            found += self._decide(self._decided)
-        return found
-
-    def finish(self) -> list[int]:
-        """Decide the last frames (the stream has ended); return the cuts this confirms."""
-        found = []
-        while self._decided < len(self._window):
-            found += self._decide(self._decided)
-        return found
-
-    def _decide(self, pos: int) -> list[int]:
-        index, change = self._window[pos]
-        around = [
-            c
-            for i, (_, c) in enumerate(self._window)
-            if i != pos and abs(i - pos) <= ADAPTIVE_WINDOW
-        ]
-        base = sum(around) / len(around) if around else 0.0
-        self._decided += 1
-        while self._decided > ADAPTIVE_WINDOW:  # forget what no decision needs any more
-            self._window.popleft()
-            self._decided -= 1
-        assert self._shot_start is not None
-        if (
-            change >= self.threshold
-            and change >= ADAPTIVE_RATIO * max(base, 1.0)
-            and index - self._shot_start >= self.min_scene_len
-        ):
-            self._shot_start = index
-            self.cuts.append(index)
-            return [index]
-        return []
+    table = _scalers.__dict__.setdefault("table", {})
+    if purpose not in table:
+        table[purpose] = VideoReformatter()
+    return table[purpose].reformat(frame, **kwargs)
 
 
 def thumbnail(frame: av.VideoFrame) -> np.ndarray:
     """A small RGB thumbnail of ``frame`` as int16 (for differences)."""
     height = max(1, round(THUMB_WIDTH * frame.height / max(1, frame.width)))
-    small = frame.reformat(width=THUMB_WIDTH, height=height, format="rgb24", interpolation="AREA")
+    small = scale(
+        frame, "thumb", width=THUMB_WIDTH, height=height, format="rgb24", interpolation="AREA"
+    )
     return small.to_ndarray().astype(np.int16)
 
 
@@ -145,9 +99,11 @@ DEDUP_COLOR_TOLERANCE = 10.0
 def signature(frame: av.VideoFrame) -> tuple[int, np.ndarray]:
     """A frame's 64-bit difference hash (structure, blind to colour) and an 8×8 colour
     thumbnail: near-identical frames have near-equal hashes and near-equal colours."""
-    gray = frame.reformat(width=9, height=8, format="gray", interpolation="AREA").to_ndarray()
+    gray = scale(frame, "hash", width=9, height=8, format="gray", interpolation="AREA")
+    gray = gray.to_ndarray()
     bits = (gray[:, 1:] > gray[:, :-1]).flatten()
-    color = frame.reformat(width=8, height=8, format="rgb24", interpolation="AREA").to_ndarray()
+    color = scale(frame, "color", width=8, height=8, format="rgb24", interpolation="AREA")
+    color = color.to_ndarray()
     return int.from_bytes(np.packbits(bits).tobytes(), "big"), color.astype(np.int16)
 
 
@@ -195,7 +151,8 @@ class FrameWriter:
 
     def _write(self, frame: av.VideoFrame, path: Path) -> None:
         width, height = self._size
-        image = frame.to_image(width=width, height=height, interpolation="AREA")
+        rgb = scale(frame, "save", width=width, height=height, format="rgb24", interpolation="AREA")
+        image = rgb.to_image()
         fmt = self._opts.format
         if fmt == "png":
             image.save(path, format="PNG", compress_level=3)
@@ -250,116 +207,64 @@ class _Frames:
 
     def __init__(self, container: Any, stream: Any, opts: Options, keyonly: bool) -> None:
         self.container, self.stream, self.opts, self.keyonly = container, stream, opts, keyonly
+        self.origin = float((stream.start_time or 0) * stream.time_base)
         self.last_packet_time: float | None = None
         self.error: Exception | None = None
         self.count = 0
+        self.hit_end = False
+        duration, _ = _declared_duration(container, stream)
+        rate = float(stream.average_rate or stream.guessed_rate or 0)
+        span = min(duration or 0.0, opts.end or math.inf) - opts.start
+        #: how many frames decoding should yield, for progress (None when unknown)
+        self.expected = round(span * rate) if span > 0 and rate and not keyonly else None
 
     def __iter__(self) -> Iterator[Any]:
         stream, opts = self.stream, self.opts
         if self.keyonly:
             stream.codec_context.skip_frame = "NONKEY"
         if opts.start > 0:
-            self.container.seek(round(opts.start / stream.time_base), stream=stream)
+            offset = round(opts.start / stream.time_base) + (stream.start_time or 0)
+            self.container.seek(offset, stream=stream)
         try:
             for packet in self.container.demux(stream):
                 if packet.pts is not None and packet.duration is not None:
-                    self.last_packet_time = float((packet.pts + packet.duration) * stream.time_base)
+                    end = float((packet.pts + packet.duration) * stream.time_base)
+                    self.last_packet_time = end - self.origin
                 if self.keyonly and packet.size and not packet.is_keyframe:
                     continue
                 for frame in packet.decode():
-                    if frame.time is not None and frame.time < opts.start - 1e-6:
+                    time = self.time_of(frame)
+                    if time is not None and time < opts.start - 1e-6:
                         continue
-                    if opts.end is not None and frame.time is not None and frame.time >= opts.end:
+                    if opts.end is not None and time is not None and time >= opts.end:
+                        self.hit_end = True
                         return
                     self.count += 1
                     yield frame
         except av.FFmpegError as exc:
             self.error = exc
 
+    def time_of(self, frame: Any) -> float | None:
+        """A frame's time in seconds from the start of the video (None without a timestamp)."""
+        return None if frame.time is None else frame.time - self.origin
 
-def _indexer(stream: Any) -> Callable[[Any], int]:
+
+def _indexer(frames: _Frames) -> Callable[[Any], int]:
     """A function giving a frame's index at the stream's average rate (from its timestamp),
     never repeating or going back, counting decoded frames when there are no timestamps."""
-    rate = stream.average_rate or stream.guessed_rate
-    origin = float((stream.start_time or 0) * stream.time_base)
+    rate = frames.stream.average_rate or frames.stream.guessed_rate
     last = [-1]
 
     def index(frame: Any) -> int:
-        if rate and frame.time is not None:
-            i = max(round((frame.time - origin) * float(rate)), last[0] + 1)
+        time = frames.time_of(frame)
+        if rate and time is not None:
+            i = max(round(time * float(rate)), last[0] + 1)
         else:
             i = last[0] + 1
         last[0] = i
         return i
 
     return index
-
-
-def _selector(opts: Options, rate: float) -> Callable[[int, float], bool]:
-    """For the modes that keep frames as they come: is frame (index, time) kept?"""
-    if opts.mode == "fps":
-        period, eps = 1.0 / opts.fps, 0.5 / rate if rate else 1e-3
-        state = {"next": None}
-
-        def by_time(_index: int, time: float) -> bool:
-            if state["next"] is None:
-                state["next"] = time
-            if time + eps < state["next"]:
-                return False
-            state["next"] += period * (math.floor((time + eps - state["next"]) / period) + 1)
-            return True
-
-        return by_time
-    if opts.mode == "every_n":
-        first: list[int] = []
-
-        def by_count(index: int, _time: float) -> bool:
-            if not first:
-                first.append(index)
-            return (index - first[0]) % opts.n == 0
-
-        return by_count
-    return lambda _index, _time: True  # all, keyframes (only key frames are decoded)
-
-
-class _ShotPicker:
-    """Keeps a bounded, evenly thinned set of candidate frames of the open shot and, when
-    the shot closes, picks ``per_scene`` frames spread evenly over it."""
-
-    def __init__(self, per_scene: int) -> None:
-        self.per_scene = per_scene
-        self.cap = max(16, 4 * per_scene)
-        self.start: int | None = None
-        self.stride = 1
-        self.items: list[tuple[int, Any]] = []
-
-    def add(self, index: int, frame: Any) -> None:
-        """Offer frame ``index`` of the open shot."""
-        if self.start is None:
-            self.start = index
-        if self.items and index - self.items[-1][0] < self.stride:
-            return
-        self.items.append((index, frame))
-        if len(self.items) > self.cap:
-            self.items = self.items[::2]
-            self.stride *= 2
-
-    def close(self, end: int) -> list[tuple[int, Any]]:
-        """Close the shot before frame ``end``: return its picks and start the next shot with
-        the candidates from ``end`` on."""
-        shot = [it for it in self.items if it[0] < end]
-        rest = [it for it in self.items if it[0] >= end]
-        picks: dict[int, Any] = {}
-        if shot:
-            start = self.start if self.start is not None else shot[0][0]
-            length = end - start
-            for j in range(self.per_scene):
-                target = start + length * (2 * j + 1) / (2 * self.per_scene)
-                index, frame = min(shot, key=lambda it: abs(it[0] - target))
-                picks[index] = frame
-        self.items, self.stride = rest, 1
-        self.start = rest[0][0] if rest else end
-        return sorted(picks.items(), key=lambda it: it[0])
 
 
 def _declared_duration(container: Any, stream: Any) -> tuple[float | None, float]:
@@ -384,6 +289,7 @@ class _Extraction:
         self.writer: FrameWriter | None = None
         self.last_sig: tuple[int, np.ndarray] | None = None
         self.full = False
+        self.time_of: Callable[[Any], float | None] = lambda frame: frame.time
 
     def keep(self, picks: list[tuple[int, Any]]) -> None:
         """Write the picked frames, unless they repeat the last kept one or the cap is hit."""
@@ -400,17 +306,22 @@ class _Extraction:
             if self.writer is None:
                 self.writer = FrameWriter(opts, target_size(frame.width, frame.height, opts.resize))
             self.writer.submit(frame, self.out_dir / _frame_name(index, opts.format))
-            self.kept.append((index, float(frame.time or 0.0)))
+            self.kept.append((index, float(self.time_of(frame) or 0.0)))
         if opts.max_frames and len(self.kept) >= opts.max_frames:
             self.full = True
 
-    def run(self, frames: _Frames, index_of: Callable[[Any], int], progress: Any) -> Any:
+    def run(
+        self,
+        frames: _Frames,
+        index_of: Callable[[Any], int],
+        progress: Callable[[int, int | None], None],
+    ) -> SceneDetector | None:
         """Consume ``frames``; return the scene detector (None in keyframes mode)."""
-        opts = self.opts
+        opts, self.time_of = self.opts, frames.time_of
         rate = float(frames.stream.average_rate or frames.stream.guessed_rate or 0)
         detector = None if frames.keyonly else SceneDetector(opts.threshold, opts.min_scene_len)
-        picker = _ShotPicker(opts.per_scene) if opts.mode == "scene" else None
-        select = _selector(opts, rate)
+        picker = ShotPicker(opts.per_scene) if opts.mode == "scene" else None
+        select = selector(opts, rate)
         last = -1
         for frame in frames:
             last = index_of(frame)
@@ -419,12 +330,12 @@ class _Extraction:
                 for cut in cuts:
                     self.keep(picker.close(cut))
                 picker.add(last, frame)
-            elif select(last, float(frame.time or 0.0)):
+            elif select(last, float(frames.time_of(frame) or 0.0)):
                 self.keep([(last, frame)])
             if self.full:
                 break
             if frames.count % 25 == 0:
-                progress(frames.count)
+                progress(frames.count, frames.expected)
         if detector is not None:
             cuts = detector.finish()
             if picker is not None and not self.full and last >= 0:
@@ -445,7 +356,7 @@ def extract(
     video_label: str,
     opts: Options,
     log: logging.Logger,
-    progress: Callable[[int], None] = lambda done: None,
+    progress: Callable[[int, int | None], None] = lambda done, total: None,
 ) -> Result:
     """Extract the frames of the video at ``path`` into ``out_dir`` and write its manifest.
 
@@ -459,7 +370,7 @@ def extract(
     frames = _Frames(container, stream, opts, keyonly=opts.mode == "keyframes")
     try:
         try:
-            detector = job.run(frames, _indexer(stream), progress)
+            detector = job.run(frames, _indexer(frames), progress)
             warning = _check_decoding(path, container, stream, frames, job)
         finally:
             container.close()
@@ -505,7 +416,7 @@ def _check_decoding(
         raise RuleError(f"{path}: the video has no frames (zero length or truncated)")
     if frames.error is not None:
         return f"{path}: corrupt data after {frames.count} decoded frames ({frames.error})"
-    if job.full or job.opts.end is not None:
+    if job.full or frames.hit_end:
         return None
     duration, slack = _declared_duration(container, stream)
     reached = frames.last_packet_time

@@ -12,8 +12,13 @@ the decoded range; null in ``keyframes`` mode), summed over videos.
 
 Modes: ``fps`` (``fps`` frames per second), ``every_n`` (every ``n``-th frame), ``keyframes``
 (only key frames are decoded: fast), ``scene`` (``per_scene`` frames spread over each shot;
-shots are cut where a frame's change is at least ``threshold`` and stands out from its
-neighbours, shots shorter than ``min_scene_len`` frames are merged) and ``all``.
+a frame starts a shot when its change, the mean difference 0-255 of small thumbnails,
+exceeds its neighbours' by ``threshold`` and lasts, unlike a flash's; shots shorter than
+``min_scene_len`` frames are merged) and ``all``. Options: ``start``/``end`` (seconds or
+``HH:MM:SS.fff``, from the video's start), ``max_frames`` per video, ``resize`` (longest
+side, or a ``"WxH"`` box; aspect kept), ``format`` png/jpg/webp with ``quality``, and
+``dedup`` (skip a frame within that many bits of the last kept frame's 64-bit difference
+hash, unless its colours differ; 0 turns it off).
 
 PyAV and numpy are imported only when a video is processed (from ``rules/_video.py``).
 """
@@ -108,7 +113,7 @@ class FrameExtractionRule(Rule):
         "fps": Param("float", 1.0, help="fps mode: frames per second"),
         "n": Param("int", 30, help="every_n mode: keep every n-th frame"),
         "per_scene": Param("int", 1, help="scene mode: frames per shot, spread evenly"),
-        "threshold": Param("float", 20.0, help="scene cut: least mean change (0-255)"),
+        "threshold": Param("float", 20.0, help="scene cut: least change over neighbours (0-255)"),
         "min_scene_len": Param("int", 15, help="scene cut: shortest shot in frames"),
         "start": Param(("float", "str"), 0.0, help="seconds or HH:MM:SS.fff"),
         "end": Param(("float", "str"), None, help="seconds or HH:MM:SS.fff (exclusive)"),

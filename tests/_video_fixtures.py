@@ -119,6 +119,8 @@ def write_video(
     options: dict[str, str] | None = None,
     shapes: int = 3,
     speed: float = 1.0,
+    first_pts: int = 0,
+    flashes: bool = False,
 ) -> list[int]:
     """Write a video of consecutive shots to ``path`` and return the cut frame indices.
 
@@ -127,7 +129,9 @@ def write_video(
     ``keyframes`` extraction gets ``ceil(total / gop)`` frames. ``options`` go to the
     container (e.g. ``{"movflags": "faststart"}`` puts the MP4 index first, so a truncated
     file still opens). ``shapes`` and ``speed`` make shots busier, for harder detection.
-    Frame ``i`` has the timestamp ``i / fps`` seconds.
+    With ``flashes``, the middle frame of every shot of 20 frames or more is brightened
+    strongly (a camera flash: a large change that is not a cut). Frame ``i`` has the timestamp ``(first_pts + i) / fps`` seconds (a non-zero
+    ``first_pts`` makes a stream whose start time is not 0, as cut-out broadcast clips have).
     """
     import av
 
@@ -141,16 +145,22 @@ def write_video(
         if codec == "libx264":
             # a fixed GOP without scene-cut key frames keeps the key-frame count predictable
             stream.codec_context.options = {"preset": "ultrafast", "x264-params": "scenecut=0"}
-        start = 0
+        start = count = 0
         for shot, length in enumerate(shot_lengths):
             if shot:
                 cuts.append(start)
             bg = _BACKGROUNDS[shot % len(_BACKGROUNDS)]
             shot_seed = seed * 1000 + shot
-            for img in render_shot_frames(
+            shot_frames = render_shot_frames(
                 int(length), width, height, bg, shot_seed, shapes=shapes, speed=speed
-            ):
+            )
+            if flashes and length >= 20:
+                mid = int(length) // 2
+                shot_frames[mid] = (shot_frames[mid] // 3 + 170).astype(shot_frames[mid].dtype)
+            for img in shot_frames:
                 frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                frame.pts = first_pts + count
+                count += 1
                 out.mux(stream.encode(frame))
             start += int(length)
         out.mux(stream.encode(None))

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipemake.rules.frame_extraction import FrameExtractionRule, parse_resize, parse_time
 
 from pipemake.rule import Context, Item, RuleError
+from pipemake.rules.frame_extraction import FrameExtractionRule, parse_resize, parse_time
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _video_fixtures import DEFAULT_SHOTS, write_garbage, write_video  # noqa: E402
@@ -96,12 +96,12 @@ def test_scene_mode_per_scene_spreads_frames_over_each_shot(videos, tmp_path) ->
         assert len(idx) == 3 and idx == sorted(idx) and idx[2] - idx[0] >= 10
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_scene_detection_finds_the_known_cuts(tmp_path, seed) -> None:
+@pytest.mark.parametrize(("seed", "flashes"), [(1, False), (2, True)])
+def test_scene_detection_finds_the_known_cuts(tmp_path, seed, flashes) -> None:
     import numpy as np
 
     lengths = [int(x) for x in np.random.default_rng(seed).integers(16, 50, size=6)]
-    cuts = write_video(tmp_path / "v.mp4", lengths, seed=seed, speed=3.0, shapes=5)
+    cuts = write_video(tmp_path / "v.mp4", lengths, seed=seed, speed=3.0, shapes=5, flashes=flashes)
     run_rule(tmp_path / "v.mp4", tmp_path / "out", mode="all", format="png", resize=16)
     records = manifest(tmp_path / "out")
     found = [
@@ -123,6 +123,14 @@ def test_start_and_end_limit_the_range(videos, tmp_path) -> None:
     values = run_rule(videos["root"] / "clip.mp4", tmp_path, mode="all", start=1.0, end="0:03")
     assert indices(tmp_path) == list(range(24, 72))
     assert values["frame_count"] == 48
+
+
+def test_times_count_from_the_start_of_a_stream_that_starts_late(tmp_path) -> None:
+    write_video(tmp_path / "late.mkv", [30, 30], first_pts=240)  # starts at 10 s
+    run_rule(tmp_path / "late.mkv", tmp_path / "o", mode="every_n", n=5, start=1.0, end=2.0)
+    records = manifest(tmp_path / "o")
+    assert [r["frame_index"] for r in records] == list(range(24, 48, 5))
+    assert records[0]["timestamp"] == pytest.approx(1.0, abs=1e-3)
 
 
 def test_start_seeks_in_keyframes_mode(videos, tmp_path) -> None:
@@ -324,3 +332,44 @@ def test_import_does_not_load_av_or_numpy() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _detect(levels: list[float], min_scene_len: int = 3) -> list[int]:
+    """Cuts found in flat grey 'frames' of the given brightness levels."""
+    import numpy as np
+
+    from pipemake.rules._video_shots import SceneDetector
+
+    det = SceneDetector(threshold=20.0, min_scene_len=min_scene_len)
+    for i, level in enumerate(levels):
+        det.push(i, np.full((4, 4, 3), level, dtype=np.int16))
+    det.finish()
+    return det.cuts
+
+
+def test_detector_takes_a_jump_but_not_a_flash_or_a_pan() -> None:
+    assert _detect([10] * 10 + [100] * 10) == [10]  # a cut
+    assert _detect([10] * 10 + [100] + [10] * 10) == []  # a one-frame flash
+    assert _detect([10 + 30 * i for i in range(20)]) == []  # a steady change, never a jump
+    assert _detect([10] * 10 + [40] * 10) == [10]  # a smaller jump still counts
+    assert _detect([10] * 10 + [25] * 10) == []  # under the threshold
+
+
+def test_detector_respects_min_scene_len() -> None:
+    levels = [10] * 10 + [100] * 2 + [200] * 10
+    assert _detect(levels, min_scene_len=3) == [10]
+    assert _detect(levels, min_scene_len=1) == [10, 12]
+
+
+def test_progress_reports_towards_the_expected_total(videos, tmp_path) -> None:
+    calls: list[tuple[int, int | None]] = []
+    ports, _ = RULE.ports({"input_video": "v", "output_dir": "o", "mode": "all"})
+    ctx = Context(
+        tmp_path,
+        {"input_video": videos["root"] / "clip.mp4"},
+        {"output_dir": tmp_path},
+        ports.params,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    RULE.run(ctx)
+    assert calls and calls[-1][0] == 175 and all(t == TOTAL for _, t in calls)
