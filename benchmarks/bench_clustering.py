@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from _character_fixtures import write_cutouts  # noqa: E402
-from pipemake.rules import _cluster_algos, _features  # noqa: E402
-from pipemake.rules.clustering import ClusteringRule  # noqa: E402
 
 from pipemake.rule import Context, Item  # noqa: E402
+from pipemake.rules import _cluster_algos, _features  # noqa: E402
+from pipemake.rules.clustering import ClusteringRule  # noqa: E402
 
 
 def params(**overrides) -> dict:
@@ -56,36 +56,45 @@ def features(data: Path, rels: list[str], batch: int) -> tuple[dict, float]:
     return mapped, time.perf_counter() - start
 
 
+QUALITY_CASES = [
+    # (characters, images per character, seed, colour jitter scale, pixel noise σ)
+    (3, 20, 0, 1.0, 6.0),
+    (4, 15, 1, 1.0, 6.0),
+    (4, 15, 2, 1.0, 6.0),
+    (6, 30, 3, 1.0, 6.0),
+    (8, 40, 4, 1.0, 6.0),
+    (12, 50, 5, 1.0, 6.0),
+    (16, 60, 6, 1.0, 6.0),
+    (8, 40, 7, 3.0, 20.0),
+    (16, 60, 8, 3.0, 20.0),
+    (24, 40, 9, 2.0, 12.0),
+]
+
+
 def quality(tmp: Path) -> list[dict]:
     """ARI with default settings (and KMeans/agglomerative given the true count)."""
     rows = []
-    for n_chars, per, seed in [
-        (3, 20, 0),
-        (4, 15, 1),
-        (4, 15, 2),
-        (6, 30, 3),
-        (8, 40, 4),
-        (12, 50, 5),
-        (16, 60, 6),
-    ]:
+    for n_chars, per, seed, jitter, noise in QUALITY_CASES:
         data = tmp / f"q{seed}"
-        labels = write_cutouts(data, n_chars, per, seed=seed)
+        shutil.rmtree(data, ignore_errors=True)
+        labels = write_cutouts(data, n_chars, per, seed=seed, jitter=jitter, noise=noise)
         rels = sorted(labels)
         mapped, _ = features(data, rels, 64)
         x = _features_matrix(mapped, rels)
-        row = {"characters": n_chars, "images": len(rels)}
-        for name, extra in [
+        row = {"characters": n_chars, "images": len(rels), "jitter": jitter, "noise": noise}
+        algos = [
             ("hdbscan", {}),
             ("kmeans", {"algorithm": "kmeans", "n_clusters": n_chars}),
             ("agglomerative", {"algorithm": "agglomerative", "n_clusters": n_chars}),
-        ]:
+        ]
+        for name, extra in algos:
             p = params(**extra)
             blocks = _features.feature_blocks(p, model=False)
             result = _cluster_algos.cluster(_cluster_algos.prepare(x, blocks, p), p)
             row[name] = round(ari(labels, result.labels, rels), 3)
             if name == "hdbscan":
                 row["found"] = result.n_clusters
-                row["noise"] = sum(1 for v in result.labels if v < 0)
+                row["noise_items"] = sum(1 for v in result.labels if v < 0)
         rows.append(row)
         print(row, flush=True)
     return rows
@@ -157,14 +166,16 @@ def main() -> None:
     ap.add_argument("--characters", type=int, default=10)
     ap.add_argument("--data", type=Path, default=Path("/tmp/pipemake-bench-clustering"))
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true")
     args = ap.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)
     result = {}
     if not args.skip_quality:
         result["quality"] = quality(args.data / "quality")
-    result["speed"] = speed(
-        args.data / f"speed_{args.n}_{args.characters}", args.n, args.characters, args.data
-    )
+    if not args.skip_speed:
+        result["speed"] = speed(
+            args.data / f"speed_{args.n}_{args.characters}", args.n, args.characters, args.data
+        )
     print(json.dumps(result, indent=1))
 
 

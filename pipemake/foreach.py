@@ -141,7 +141,9 @@ def start(b: Builder, stage: Stage, sk: StageKey, run: dict[str, Any], force: bo
             return [_reduce_task(b, stage, sk, run)]
     tasks = []
     mode = "map" if stage.rule.map_reduce else "items"
-    for n, chunk in enumerate(chunks(todo, b.jobs, max(1, stage.rule.batch_size))):
+    rule = stage.rule
+    batch = rule.map_batch_size if rule.map_reduce else rule.batch_size
+    for n, chunk in enumerate(chunks(todo, b.jobs, max(1, batch))):
         items = []
         for it in chunk:
             idx = len(run["new"]) + len(items)

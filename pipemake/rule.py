@@ -304,6 +304,13 @@ class Rule:
         """Compute one item's result (JSON-serializable or bytes), cached per item."""
         raise NotImplementedError
 
+    #: how many items one ``map_batch`` call receives (a GPU feature extractor wants many)
+    map_batch_size: ClassVar[int] = 1
+
+    def map_batch(self, ctx: Context, items: Sequence[Item]) -> list[Any]:
+        """Map several items at once; by default one by one with ``map_item``."""
+        return [self.map_item(ctx, item) for item in items]
+
     def reduce(self, ctx: Context, mapped: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """Combine every item's map result (relpath → result) and write the outputs."""
         raise NotImplementedError

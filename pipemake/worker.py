@@ -233,25 +233,29 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
 
 
 def _map(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:
+    """Map a batch of items (``map_batch_size`` at a time); each result becomes an object."""
     results: dict[str, Any] = {}
-    for n, it in enumerate(task.items, 1):
-        inputs = dict(task.inputs, **{task.foreach: it["path"]})
-        item = Item(it["path"], it["relpath"], it["hash"])
-        ctx = _context(task, send, logger, {}, inputs, item)
+    size = max(1, rule.map_batch_size)
+    for start in range(0, len(task.items), size):
+        chunk = task.items[start : start + size]
+        items = [Item(it["path"], it["relpath"], it["hash"]) for it in chunk]
+        inputs = dict(task.inputs, **{task.foreach: chunk[0]["path"]})
+        ctx = _context(task, send, logger, {}, inputs, items[0])
         ctx.state = _state(task, rule, ctx)
         try:
-            value = rule.map_item(ctx, item)
-            kind = "bytes" if isinstance(value, bytes) else "json"
-            data = value if isinstance(value, bytes) else json.dumps(value).encode()
-            results[it["relpath"]] = {"hash": store.put_bytes(data), "kind": kind}
+            values = rule.map_batch(ctx, items) if size > 1 else [rule.map_item(ctx, items[0])]
+            for it, value in zip(chunk, values, strict=True):
+                kind = "bytes" if isinstance(value, bytes) else "json"
+                data = value if isinstance(value, bytes) else json.dumps(value).encode()
+                results[it["relpath"]] = {"hash": store.put_bytes(data), "kind": kind}
         except RuleError as exc:
-            results[it["relpath"]] = {"error": str(exc)}
+            for it in chunk:
+                results[it["relpath"]] = {"error": str(exc)}
         except Exception as exc:
-            results[it["relpath"]] = {
-                "error": f"{type(exc).__name__}: {exc}",
-                "tb": traceback.format_exc(),
-            }
-        send("progress", [n, len(task.items)])
+            tb = traceback.format_exc()
+            for it in chunk:
+                results[it["relpath"]] = {"error": f"{type(exc).__name__}: {exc}", "tb": tb}
+        send("progress", [start + len(chunk), len(task.items)])
     return {"items": results}
 
 

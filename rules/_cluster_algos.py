@@ -123,8 +123,31 @@ def cluster(x: Any, params: Mapping[str, Any]) -> Assignment:
         labels = _agglomerative(x, params)
     else:
         raise RuleError(f"unknown algorithm {algorithm!r}: use hdbscan, kmeans or agglomerative")
-    labels = _relabel_by_size(np.asarray(labels))
-    return _assign(x, labels, probs)
+    labels = np.asarray(labels)
+    factor = float(params.get("outlier_factor") or 0.0)
+    if factor > 0:
+        labels = _trim_outliers(x, labels, factor)
+        if probs is not None:
+            probs = np.where(labels >= 0, probs, 0.0)
+    return _assign(x, _relabel_by_size(labels), probs)
+
+
+def _trim_outliers(x: Any, labels: Any, factor: float) -> Any:
+    """Labels with members farther than ``factor`` × their cluster's median distance to its
+    centre turned into noise (-1): a failed cut-out that HDBSCAN attached to the nearest
+    character, or that KMeans had to put somewhere."""
+    import numpy as np
+
+    labels = labels.copy()
+    for c in [int(v) for v in np.unique(labels) if v >= 0]:
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < 3:
+            continue
+        d = np.linalg.norm(x[idx] - x[idx].mean(0), axis=1)
+        median = float(np.median(d))
+        if median > 0:
+            labels[idx[d > factor * median]] = -1
+    return labels
 
 
 def _too_few(n: int, k: int, what: str) -> RuleError:
@@ -144,7 +167,7 @@ def _hdbscan(x: Any, params: Mapping[str, Any]) -> tuple[Any, Any]:
         min_samples=params.get("min_samples") or None,
         cluster_selection_epsilon=float(params.get("cluster_selection_epsilon") or 0.0),
         algorithm=params.get("hdbscan_algorithm") or "auto",
-        allow_single_cluster=bool(params.get("allow_single_cluster", True)),
+        allow_single_cluster=bool(params.get("allow_single_cluster", False)),
         copy=True,
     )
     labels = model.fit_predict(x.astype(np.float64))

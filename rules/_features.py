@@ -7,8 +7,9 @@ Two extractors:
   mirror-symmetric downsampled silhouette; computed batched with torch, on the GPU when the
   stage holds one. Each block is L2-normalised so the reduce step can weight blocks without
   recomputing anything (see :func:`feature_blocks`).
-- ``model``: a user-supplied image encoder, TorchScript (``.pt``/``.ts``/``.jit``…) or ONNX
-  (``.onnx``), fed N×3×S×S float32 images normalised with ``model_mean``/``model_std``.
+- ``model``: a user-supplied image encoder: TorchScript (``.pt``/``.ts``/``.jit``…), a
+  ``torch.export`` program (``.pt2``) or ONNX (``.onnx``), fed N×3×S×S float32 images
+  normalised with ``model_mean``/``model_std``.
 
 Heavy libraries are imported inside the functions (never at import time).
 """
@@ -121,6 +122,11 @@ def _load_model(path: Path, device: str) -> tuple[str, Any]:
             raise RuleError(f"cannot load ONNX model {path}: {exc}") from exc
     import torch
 
+    if path.suffix.lower() == ".pt2":  # torch.export.save of an ExportedProgram
+        try:
+            return "torchscript", torch.export.load(str(path)).module().to(device)
+        except Exception as exc:  # torch raises several types for bad archives
+            raise RuleError(f"cannot load exported program {path}: {exc}") from exc
     try:
         model = torch.jit.load(str(path), map_location=device)
     except Exception as exc:  # torch raises RuntimeError or ValueError for bad archives

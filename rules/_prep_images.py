@@ -152,7 +152,7 @@ def dedup(hashes: Sequence[int], threshold: int) -> list[int | None]:
     result: list[int | None] = []
     for i in range(len(hashes)):
         if kept_idx:
-            dist = np.bitwise_count(arr[kept_idx] ^ arr[i]).sum(axis=1)
+            dist = _popcount(arr[kept_idx] ^ arr[i]).sum(axis=1)
             j = int(np.argmin(dist))
             if int(dist[j]) <= threshold:
                 result.append(kept_idx[j])
@@ -160,6 +160,16 @@ def dedup(hashes: Sequence[int], threshold: int) -> list[int | None]:
         kept_idx.append(i)
         result.append(None)
     return result
+
+
+def _popcount(words: Any) -> Any:
+    """Set bits per uint64 (np.bitwise_count needs numpy 2; the fallback unpacks bytes)."""
+    import numpy as np
+
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(words)
+    bits = np.unpackbits(words.view(np.uint8).reshape(*words.shape, 8), axis=-1)
+    return bits.sum(axis=-1)
 
 
 def split_validation(keys: Sequence[str], fraction: float, seed: int) -> set[str]:

@@ -33,6 +33,7 @@ _REDUCE = (
     "n_clusters",
     "distance_threshold",
     "linkage",
+    "outlier_factor",
     "pca_dims",
     "normalize",
     "weights",
@@ -70,13 +71,16 @@ class ClusteringRule(Rule):
         # reduce params: changing these reruns only the clustering
         "algorithm": Param("str", "hdbscan", ("hdbscan", "kmeans", "agglomerative")),
         "min_cluster_size": Param("int", 5, help="HDBSCAN: smallest group called a cluster"),
-        "min_samples": Param("int", 0, help="HDBSCAN: neighbourhood size (0: min_cluster_size)"),
+        "min_samples": Param("int", 2, help="HDBSCAN: neighbourhood size (0: min_cluster_size)"),
         "cluster_selection_epsilon": Param("float", 0.0, help="HDBSCAN: merge closer clusters"),
         "hdbscan_algorithm": Param("str", "auto", ("auto", "brute", "kd_tree", "ball_tree")),
-        "allow_single_cluster": Param("bool", True, help="HDBSCAN: one character is a result"),
+        "allow_single_cluster": Param("bool", False, help="HDBSCAN: one character is a result"),
         "n_clusters": Param("int", 0, help="kmeans/agglomerative: number of characters"),
         "distance_threshold": Param("float", 0.0, help="agglomerative: merge distance limit"),
         "linkage": Param("str", "ward", ("ward", "average", "complete", "single")),
+        "outlier_factor": Param(
+            "float", 2.5, help="noise: farther than this × the median distance to the centre"
+        ),
         "pca_dims": Param("int", 32, help="PCA dimensions before clustering (0: none)"),
         "normalize": Param("bool", True, help="L2-normalise feature vectors"),
         "weights": Param("dict", {"color": 1.0, "layout": 0.5, "shape": 0.5}),
@@ -175,6 +179,7 @@ class ClusteringRule(Rule):
     def reduce(self, ctx: Context, mapped: Mapping[str, Any]) -> dict[str, Any]:
         """Cluster all feature vectors; write cluster folders, clusters.json, contact sheets."""
         import numpy as np
+
         from pipemake.rules._cluster_algos import cluster, prepare
         from pipemake.rules._features import decode, feature_blocks
 

@@ -135,7 +135,7 @@ class TrainingDataPrepRule(Rule):
         if p["resolution"] <= 0 or p["resolution"] % 8:
             raise RuleError(f"resolution must be a positive multiple of 8, got {p['resolution']}")
         found = _discover(ctx)
-        selected, skipped = _select(found, p)
+        selected, skipped = _select(found, p, skip_noise=not ctx.inputs.get("input_dirs"))
         out = Path(ctx.outputs["output_dir"])
         tmp = out / ".prep-tmp"
         tmp.mkdir(parents=True, exist_ok=True)
@@ -216,8 +216,11 @@ def _discover(ctx: Context) -> dict[str, Path]:
     return subs
 
 
-def _select(found: dict[str, Path], p: Mapping[str, Any]) -> tuple[dict[str, list[Path]], list]:
-    """The chosen clusters' image files, and (cluster, why) for those left out."""
+def _select(
+    found: dict[str, Path], p: Mapping[str, Any], skip_noise: bool
+) -> tuple[dict[str, list[Path]], list]:
+    """The chosen clusters' image files, and (cluster, why) for those left out; ``noise/``
+    of a clustering output only when listed in ``clusters``."""
     known = set(found)
     for key in p["names"]:
         if key not in known:
@@ -231,7 +234,7 @@ def _select(found: dict[str, Path], p: Mapping[str, Any]) -> tuple[dict[str, lis
                 raise RuleError(_missing(key, known, "clusters"))
     selected, skipped = {}, []
     for name in sorted(found):
-        if wanted == "all" and name in SKIP_DIRS:
+        if skip_noise and wanted == "all" and name in SKIP_DIRS:
             skipped.append({"cluster": name, "reason": "noise is only used when listed"})
             continue
         if isinstance(wanted, list) and name not in wanted:
@@ -264,6 +267,7 @@ def _process(
 ) -> tuple[list, list]:
     """Fit every image of one character, drop empty ones and near-duplicates."""
     from PIL import Image, UnidentifiedImageError
+
     from pipemake.rules._prep_images import bucket_sizes, dedup, phash, prepare_image
 
     p = ctx.params

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from _character_fixtures import write_cutouts
 from PIL import Image
-from pipemake.rules import _cluster_algos, _features
-from pipemake.rules.clustering import ClusteringRule
 from sklearn.metrics import adjusted_rand_score
 
 from pipemake.rule import Context, Item, RuleError
+from pipemake.rules import _cluster_algos, _features
+from pipemake.rules.clustering import ClusteringRule
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -132,13 +132,21 @@ def test_reduce_only_rerun_uses_cached_map_results(data, monkeypatch):
 
 
 def _tiny_torch_model(path: Path) -> None:
+    """A 2 × 2 average-pool "encoder" (12 dims), saved as TorchScript (.pt) or with
+    torch.export (.pt2)."""
     import torch
 
     class Pool(torch.nn.Module):
         def forward(self, x):
             return torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)
 
-    torch.jit.trace(Pool().eval(), torch.rand(2, 3, 32, 32)).save(str(path))
+    example = torch.rand(2, 3, 32, 32)
+    if path.suffix == ".pt2":
+        batch = torch.export.Dim("batch")
+        program = torch.export.export(Pool(), (example,), dynamic_shapes=({0: batch},))
+        torch.export.save(program, str(path))
+    else:
+        torch.jit.trace(Pool().eval(), example).save(str(path))
 
 
 def _tiny_onnx_model(path: Path, batch) -> None:
@@ -159,12 +167,12 @@ def _tiny_onnx_model(path: Path, batch) -> None:
     onnx.save(model, str(path))
 
 
-@pytest.mark.parametrize("kind", ["torchscript", "onnx", "onnx_fixed_batch"])
+@pytest.mark.parametrize("kind", ["torchscript", "export", "onnx", "onnx_fixed_batch"])
 def test_user_models(data, tmp_path, kind):
     root, labels, _ = data
-    model = tmp_path / ("m.pt" if kind == "torchscript" else "m.onnx")
-    dims = 12 if kind == "torchscript" else 3
-    if kind == "torchscript":
+    model = tmp_path / {"torchscript": "m.pt", "export": "m.pt2"}.get(kind, "m.onnx")
+    dims = 12 if kind in ("torchscript", "export") else 3
+    if kind in ("torchscript", "export"):
         _tiny_torch_model(model)
     else:
         _tiny_onnx_model(model, 1 if kind == "onnx_fixed_batch" else "N")
@@ -270,3 +278,26 @@ def test_importing_the_rules_stays_light():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == ""
+
+
+def test_outliers_go_to_noise(data):
+    root, labels, mapped = data
+    rng = np.random.default_rng(9)
+    extra = dict(mapped)
+    rule, params = ClusteringRule(), _params().params
+    for i in range(2):
+        rel = f"odd_{i}.png"
+        pixels = rng.integers(0, 256, (40 + 20 * i, 30, 4), dtype=np.uint8)
+        pixels[..., 3] = 255
+        Image.fromarray(pixels, "RGBA").save(root / "in" / rel)
+        ctx = Context(root, {"input_dir": root / "in" / rel}, {}, params)
+        extra[rel] = rule.map_item(ctx, Item(f"in/{rel}", rel))
+    values, out = _reduce(root, extra, "out_noise")
+    summary = json.loads((out / "clusters.json").read_text())
+    assert values["n_noise"] == summary["n_noise"] >= 2
+    assert {"odd_0.png", "odd_1.png"} <= set(summary["clusters"]["noise"]["files"])
+    assert (out / "noise" / "odd_0.png").is_file()
+    assert (out / "contact_sheets" / "noise.png").is_file()
+    assert "noise" not in values["cluster_dirs"] and _ari(out, labels) >= 0.9
+    kept, _ = _reduce(root, extra, "out_no_trim", outlier_factor=0)
+    assert kept["n_noise"] == 0  # HDBSCAN alone attaches them to the nearest character

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from _character_fixtures import make_characters, render_character
 from PIL import Image
-from pipemake.rules._prep_images import bucket_sizes, dedup, parse_background, split_validation
-from pipemake.rules.training_data_prep import TrainingDataPrepRule
 
 from pipemake.rule import Context, RuleError
+from pipemake.rules._prep_images import bucket_sizes, dedup, parse_background, split_validation
+from pipemake.rules.training_data_prep import TrainingDataPrepRule
 
 SIZES = {"cluster_000": 8, "cluster_001": 6, "cluster_002": 2}
 
@@ -209,3 +209,39 @@ def test_background_parsing():
     assert parse_background("transparent") is None
     with pytest.raises(ValueError):
         parse_background("#12")
+
+
+def test_fed_by_the_clustering_rule(tmp_path):
+    from _character_fixtures import write_cutouts
+
+    from pipemake.rule import Item
+    from pipemake.rules.clustering import ClusteringRule
+
+    labels = write_cutouts(tmp_path / "cut", n_characters=3, per_character=8, seed=4)
+    rule = ClusteringRule()
+    params = rule.ports({"input_dir": "cut", "output_dir": "clu"})[0].params
+    mapped = {
+        rel: rule.map_item(
+            Context(tmp_path, {"input_dir": tmp_path / "cut" / rel}, {}, params),
+            Item(f"cut/{rel}", rel),
+        )
+        for rel in labels
+    }
+    (tmp_path / "clusters").mkdir()
+    ctx = Context(
+        tmp_path, {"input_dir": tmp_path / "cut"}, {"output_dir": tmp_path / "clusters"}, params
+    )
+    cluster_values = rule.reduce(ctx, mapped)
+    dirs = [f"clusters/{d}" for d in cluster_values["cluster_dirs"]]  # as the engine resolves
+    values, out = _run(
+        tmp_path,
+        "ds",
+        input_dir=None,
+        input_dirs=dirs,
+        val_fraction=0.25,
+        names={"cluster_000": "alice"},
+    )
+    assert len(values["characters"]) == cluster_values["n_clusters"] == 3
+    assert values["n_train"] + values["n_validation"] == 24 - cluster_values["n_noise"]
+    whole, _ = _run(tmp_path, "ds2", val_fraction=0.25, names={"cluster_000": "alice"})
+    assert whole == values  # the whole clustering output gives the same set
