@@ -16,6 +16,7 @@ onnxruntime offers CUDA, else on the CPU, and the ``provider`` value says which.
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections.abc import Mapping, Sequence
 from importlib.util import find_spec
 from pathlib import Path
@@ -109,6 +110,10 @@ class SegmentationRule(Rule):
     # running -----------------------------------------------------------------------------
     def setup(self, ctx: Context) -> dict[str, Any]:
         """Create the worker's one rembg session (CUDA when granted a GPU, else CPU)."""
+        if not ctx.params.get("alpha_matting"):
+            # rembg imports pymatting, whose numba JIT costs ~60 s on a fresh machine and is
+            # only used for alpha matting: skip the compile unless the user asked otherwise.
+            os.environ.setdefault("NUMBA_DISABLE_JIT", "1")
         providers = _rembg.choose_providers(ctx.resources, ctx.gpu_ids)
         model_path = ctx.inputs.get("model_path")
         session, provider = _rembg.open_session(
