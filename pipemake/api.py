@@ -60,6 +60,7 @@ class Project:
     workspace: Workspace
 
     def close(self) -> None:
+        """Flush the stat cache and close the databases."""
         self.state.close()
         self.store.close()
 

@@ -66,10 +66,12 @@ class Decision:
     items: dict[str, Any] | None = None
 
     def line(self, stage: str) -> str:
+        """``STAGE: DECISION: reason; reason`` as ``dry-run`` prints it."""
         why = "; ".join(map(str, self.reasons)) if self.reasons else ""
         return f"{stage}: {self.verdict.value}" + (f": {why}" if why else "")
 
     def as_json(self, stage: str) -> dict[str, Any]:
+        """``{stage, decision, reasons, items}`` as ``dry-run --json`` prints it."""
         return {
             "stage": stage,
             "decision": self.verdict.value,

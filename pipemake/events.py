@@ -29,6 +29,7 @@ class Event:
     time: float = field(default_factory=time.time)
 
     def as_json(self) -> dict[str, Any]:
+        """The event as one JSON object (a line of the run log)."""
         return {"event": self.kind, "stage": self.stage, "time": self.time, **self.data}
 
 
@@ -39,9 +40,11 @@ class Bus:
         self._subscribers: list[Callable[[Event], None]] = []
 
     def subscribe(self, fn: Callable[[Event], None]) -> None:
+        """Call ``fn`` with every event emitted from now on."""
         self._subscribers.append(fn)
 
     def emit(self, kind: str, stage: str | None = None, **data: Any) -> None:
+        """Publish one event to every subscriber."""
         event = Event(kind, stage, data)
         for fn in self._subscribers:
             fn(event)

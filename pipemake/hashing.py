@@ -37,10 +37,29 @@ _ENCODER = json.JSONEncoder(
 )
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
+def _check_keys(obj: Any) -> None:
+    if type(obj) is dict:
+        for key, value in obj.items():
+            if type(key) is not str:
+                raise TypeError(f"dict keys must be str to hash, got {key!r}")
+            if type(value) in _CONTAINERS:
+                _check_keys(value)
+    else:
+        for value in obj:
+            if type(value) in _CONTAINERS:
+                _check_keys(value)
+
+
 def canonical(obj: Any) -> bytes:
     """The canonical byte encoding of a JSON-like structure: JSON with sorted keys and no
     spaces. JSON keeps types apart (``1``, ``1.0``, ``"1"``, ``true`` and ``[1]`` all differ)
-    and its C encoder makes keying ten thousand stages cheap."""
+    and its C encoder makes keying ten thousand stages cheap. Dict keys must be strings
+    (JSON would write ``{1: x}`` and ``{"1": x}`` alike)."""
+    if type(obj) in _CONTAINERS:
+        _check_keys(obj)
     return _ENCODER.encode(obj).encode("utf-8")
 
 

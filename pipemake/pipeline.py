@@ -159,6 +159,23 @@ def _find_unquoted(value: Any, key: str, where: LineDict, ld: _Loader, stage: st
     return found
 
 
+def _bad_keys(value: Any, raw: LineDict, ld: _Loader, stage: str) -> bool:
+    """Config mapping keys must be strings: ``1:`` and ``"1":`` would hash alike."""
+    if isinstance(value, list):
+        return any([_bad_keys(v, raw, ld, stage) for v in value])
+    if not isinstance(value, dict):
+        return False
+    bad = False
+    for key, sub in value.items():
+        if not isinstance(key, str):
+            line = value.line if isinstance(value, LineDict) else raw.line
+            ld.problem(f"config key {key!r} is not a string", line, stage,
+                       hint=f'quote it: "{key}":')  # fmt: skip
+            bad = True
+        bad = _bad_keys(sub, raw, ld, stage) or bad
+    return bad
+
+
 def load_pipeline(file: str | os.PathLike[str]) -> Pipeline:
     """Load and check a pipeline file; raise PipelineError listing every problem found."""
     path = Path(file)
@@ -295,7 +312,7 @@ def _check_stages(raw_stages: list[Any], ld: _Loader) -> list[LineDict]:
         if not isinstance(config, dict):
             ld.problem("'config' must be a mapping", raw.line_of("config"), sid)
             bad = True
-        elif _find_unquoted(config, "config", raw, ld, sid):
+        elif _find_unquoted(config, "config", raw, ld, sid) or _bad_keys(config, raw, ld, sid):
             bad = True
         deps = raw.get("depends_on") or []
         if isinstance(deps, str):

@@ -1,0 +1,100 @@
+"""Crashes and signals, through real processes (issue 2, behaviour 9, and exit codes 130/143):
+nothing half-written is ever recorded or placed; building again finishes the job."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import TRACEBACK, Proj, alive, wait_for
+
+from pipemake import open_project
+
+
+def _entry_stages(p: Proj) -> set[str]:
+    project = open_project(p.root)
+    try:
+        return {entry.get("stage") for _key, entry in project.store.actions()}
+    finally:
+        project.close()
+
+
+def _start_and_wait(p: Proj, log: Path, *args: str):
+    proc = p.popen("build", *args, log=log)
+    wait_for(
+        lambda: p.exists("runs/slow.started") or proc.poll() is not None,
+        what="the slow stage to start",
+    )
+    assert proc.poll() is None, log.read_text()
+    return proc, int(p.read("runs/slow.pid"))
+
+
+def test_kill_9_mid_stage_leaves_nothing_half_written(slow: Proj, tmp_path: Path) -> None:
+    proc, shell_pid = _start_and_wait(slow, tmp_path / "log")
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(10) == -signal.SIGKILL
+    # the stage's command dies with pipemake instead of running on unsupervised
+    wait_for(lambda: not alive(shell_pid), what="the stage's command to end")
+    assert not slow.exists("build/slow")
+    assert _entry_stages(slow) == {"first"}
+    dry = slow.cli("dry-run").stdout
+    assert "first: up to date" in dry
+    assert "slow: run" in dry
+    # building again finishes the job, without redoing what was done
+    slow.write("go", "")
+    slow.cli("build")
+    assert slow.run_counts() == {"first": 1, "slow": 2, "last": 1}
+    assert slow.read("build/slow/done.txt") == "done\none\n"
+    assert slow.read("build/last/part.txt") == "partial\n"
+    assert not list(slow.path("build").glob("**/*.tmp*"))
+
+
+def test_kill_9_during_a_rerun_keeps_the_old_output_or_none(slow: Proj, tmp_path: Path) -> None:
+    slow.write("go", "")
+    slow.cli("build")
+    os.remove(slow.path("go"))
+    os.remove(slow.path("runs/slow.started"))
+    proc, shell_pid = _start_and_wait(slow, tmp_path / "log", "--force-stage", "slow")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    wait_for(lambda: not alive(shell_pid), what="the stage's command to end")
+    if slow.exists("build/slow"):
+        assert sorted(os.listdir(slow.path("build/slow"))) == ["done.txt", "part.txt"]
+        assert slow.read("build/slow/done.txt") == "done\none\n"
+    slow.write("go", "")
+    slow.cli("build")
+    assert slow.runs("slow") == 2  # the complete entry from the first build is used
+    assert slow.read("build/slow/done.txt") == "done\none\n"
+    slow.cli("cache", "verify")
+
+
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
+def test_signal_stops_the_build_and_keeps_finished_stages(
+    slow: Proj, tmp_path: Path, sig: int, code: int
+) -> None:
+    log = tmp_path / "log"
+    proc, shell_pid = _start_and_wait(slow, log)
+    proc.send_signal(sig)
+    # a first signal may give running stages a grace period; a second one ends them now
+    wait_for(
+        lambda: proc.poll() is not None or "stopping" in log.read_text(),
+        what="pipemake to take the signal",
+    )
+    proc.send_signal(sig)
+    assert proc.wait(20) == code, log.read_text()
+    out = log.read_text()
+    assert TRACEBACK not in out
+    assert "interrupt" in out.lower()
+    wait_for(lambda: not alive(shell_pid), what="the stage's command to end")
+    assert not slow.exists("build/slow") and not slow.exists("build/last")
+    assert slow.read("build/first.txt") == "one\n"
+    assert _entry_stages(slow) == {"first"}
+    assert slow.run_counts() == {"first": 1, "slow": 1}
+    slow.write("go", "")
+    slow.cli("build")
+    assert slow.run_counts() == {"first": 1, "slow": 2, "last": 1}
+    assert slow.read("build/last/done.txt") == "done\none\n"

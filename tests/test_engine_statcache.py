@@ -1,0 +1,109 @@
+"""The stat cache: an unchanged tree is not read again (``Hasher.reads`` counts reads)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from pipemake.fshash import Hasher
+from pipemake.hashing import hash_bytes
+from pipemake.state import WorkspaceState
+
+FILES = {f"data/{n}.txt": f"file {n}\n" for n in "abcde"} | {"data/sub/f.txt": "deep\n"}
+PAST = time.time() - 3600
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """Six files with mtimes an hour old, so a hash taken now is trusted later."""
+    for rel, text in FILES.items():
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        os.utime(p, (PAST, PAST))
+    return tmp_path
+
+
+def _hash(root: Path) -> tuple[list, int]:
+    """Hash ``data`` with a fresh Hasher over a freshly opened state; persist the stat rows."""
+    state = WorkspaceState(root / ".pipemake" / "state.db")
+    try:
+        h = Hasher(str(root), state)
+        entries = h.tree("data")
+        h.flush()
+        return entries, h.reads
+    finally:
+        state.close()
+
+
+def test_first_hash_reads_every_file(tree: Path) -> None:
+    entries, reads = _hash(tree)
+    assert reads == len(FILES)
+    assert {e[0]: e[1] for e in entries} == {
+        rel.removeprefix("data/"): hash_bytes(text.encode()) for rel, text in FILES.items()
+    }
+
+
+def test_unchanged_tree_is_not_read_again(tree: Path) -> None:
+    first, _ = _hash(tree)
+    again, reads = _hash(tree)
+    assert reads == 0
+    assert again == first
+
+
+def test_a_touched_file_is_read_again_and_keeps_its_hash(tree: Path) -> None:
+    first, _ = _hash(tree)
+    os.utime(tree / "data/b.txt", (PAST + 5, PAST + 5))
+    again, reads = _hash(tree)
+    assert reads == 1
+    assert again == first
+
+
+def test_a_changed_file_is_read_again(tree: Path) -> None:
+    first, _ = _hash(tree)
+    p = tree / "data/sub/f.txt"
+    p.write_text("DEEP\n")  # same size and inode; only the mtime tells
+    os.utime(p, (PAST + 1, PAST + 1))
+    again, reads = _hash(tree)
+    assert reads == 1
+    assert dict((e[0], e[1]) for e in again)["sub/f.txt"] == hash_bytes(b"DEEP\n")
+
+
+def test_a_copied_tree_is_rehashed_not_trusted(tree: Path) -> None:
+    _hash(tree)
+    shutil.move(tree / "data", tree / "orig")
+    shutil.copytree(tree / "orig", tree / "data")  # copy2: same sizes and mtimes, new inodes
+    for rel in FILES:
+        assert os.stat(tree / rel).st_mtime_ns == os.stat(tree / "orig" / rel[5:]).st_mtime_ns
+    _, reads = _hash(tree)
+    assert reads == len(FILES)
+
+
+def test_a_file_written_just_now_is_not_trusted(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/new.txt").write_text("fresh\n")
+    _, reads = _hash(tmp_path)
+    assert reads == 1
+    # hashed within the timestamp granularity of its last write: read again next time
+    _, reads = _hash(tmp_path)
+    assert reads == 1
+
+
+def test_one_hasher_reads_a_file_once(tree: Path) -> None:
+    h = Hasher(str(tree), None)
+    h.tree("data")
+    h.tree("data")
+    h.info("data/a.txt")
+    assert h.reads == len(FILES)
+
+
+def test_info_kinds(tree: Path) -> None:
+    h = Hasher(str(tree), None)
+    assert h.info("data/a.txt").kind == "file"
+    assert h.info("data").kind == "dir"
+    assert h.info("data/nope").kind == "missing"
+    assert h.info("data/a.txt").hash == hash_bytes(b"file a\n")

@@ -1,0 +1,299 @@
+"""Every mistake in a pipeline file: exit code 2 before anything runs, a message naming the
+file, the line and the stage, never a traceback (DESIGN.md, "The contract, precisely")."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import TRACEBACK, Proj
+
+HEAD = """\
+name: t
+version: 1
+stages:
+  - id: ok
+    type: shell
+    config:
+      cmd: "echo x >> runs/ok.count; echo hi > {outputs.o}"
+      outputs: {o: build/ok}
+"""  # stage 'ok' spans lines 4-8; what a case appends starts at line 9
+
+
+def _stage(sid: str, body: str, typ: str = "shell") -> str:
+    return f"  - id: {sid}\n    type: {typ}\n" + body
+
+
+SHELL_OK = '    config:\n      cmd: "echo > {outputs.o}"\n      outputs: {o: build/bad}\n'
+
+# name: (text after HEAD, line, stage, fragments the message must hold)
+CASES: dict[str, tuple[str, int, str | None, list[str]]] = {
+    "unknown rule": (
+        _stage("bad", SHELL_OK, typ="shel"),
+        10,
+        "bad",
+        ["unknown rule", "shel", "shell"],
+    ),
+    "unknown config key": (
+        _stage(
+            "bad",
+            '    config:\n      cmd: "echo > {outputs.o}"\n'
+            "      outputs: {o: build/bad}\n      colour: red\n",
+        ),
+        14,
+        "bad",
+        ["colour"],
+    ),
+    "unknown stage key": (_stage("bad", "    bogus: 1\n" + SHELL_OK), 11, "bad", ["bogus"]),
+    "wrong type: retries": (
+        _stage("bad", "    retries: many\n" + SHELL_OK),
+        11,
+        "bad",
+        ["retries", "many"],
+    ),
+    "wrong type: timeout": (
+        _stage("bad", "    timeout: soon\n" + SHELL_OK),
+        11,
+        "bad",
+        ["timeout", "soon"],
+    ),
+    "wrong type: retry_backoff": (
+        _stage("bad", "    retry_backoff: slow\n" + SHELL_OK),
+        11,
+        "bad",
+        ["retry_backoff", "slow"],
+    ),
+    "wrong type: cmd": (
+        _stage("bad", "    config:\n      cmd: [echo, hi]\n      outputs: {o: build/bad}\n"),
+        12,
+        "bad",
+        ["cmd"],
+    ),
+    "wrong type: outputs": (
+        _stage("bad", '    config:\n      cmd: "echo"\n      outputs: [build/bad]\n'),
+        13,
+        "bad",
+        ["outputs"],
+    ),
+    "missing source input": (
+        _stage(
+            "bad",
+            '    config:\n      cmd: "cat {inputs.i} > {outputs.o}"\n'
+            "      inputs: {i: data/nope.txt}\n      outputs: {o: build/bad}\n",
+        ),
+        None,
+        "bad",
+        ["data/nope.txt"],
+    ),
+    "cycle through depends_on": (
+        _stage("a", "    depends_on: [b]\n" + SHELL_OK.replace("build/bad", "build/a"))
+        + _stage("b", "    depends_on: [a]\n" + SHELL_OK.replace("build/bad", "build/b")),
+        None,
+        None,
+        ["a → b → a|b → a → b"],
+    ),
+    "cycle through references": (
+        _stage(
+            "a",
+            '    config:\n      cmd: "cp {inputs.i} {outputs.o}"\n'
+            '      inputs: {i: "{b.o}"}\n      outputs: {o: build/a}\n',
+        )
+        + _stage(
+            "b",
+            '    config:\n      cmd: "cp {inputs.i} {outputs.o}"\n'
+            '      inputs: {i: "{a.o}"}\n      outputs: {o: build/b}\n',
+        ),
+        None,
+        None,
+        ["a → b → a|b → a → b"],
+    ),
+    "stage references itself": (
+        _stage(
+            "bad",
+            '    config:\n      cmd: "cp {inputs.i} {outputs.o}"\n'
+            '      inputs: {i: "{bad.o}"}\n      outputs: {o: build/bad}\n',
+        ),
+        None,
+        "bad",
+        ["cycle|itself|own output"],
+    ),
+    "unknown stage reference": (
+        _stage(
+            "bad",
+            '    config:\n      cmd: "cp {inputs.i} {outputs.o}"\n'
+            '      inputs: {i: "{zzz.o}"}\n      outputs: {o: build/bad}\n',
+        ),
+        13,
+        "bad",
+        ["zzz"],
+    ),
+    "unknown output reference": (
+        _stage(
+            "bad",
+            '    config:\n      cmd: "cp {inputs.i} {outputs.o}"\n'
+            '      inputs: {i: "{ok.nope}"}\n      outputs: {o: build/bad}\n',
+        ),
+        13,
+        "bad",
+        ["nope", "ok"],
+    ),
+    "unknown depends_on": (
+        _stage("bad", "    depends_on: [ghost]\n" + SHELL_OK),
+        None,
+        "bad",
+        ["ghost"],
+    ),
+    "unknown variable": (
+        _stage(
+            "bad",
+            '    config:\n      cmd: "echo {vars.nope} > {outputs.o}"\n'
+            "      outputs: {o: build/bad}\n",
+        ),
+        12,
+        "bad",
+        ["vars.nope"],
+    ),
+    "unknown reference in cmd": (
+        _stage(
+            "bad",
+            '    config:\n      cmd: "echo {inputs.nope} > {outputs.o}"\n'
+            "      outputs: {o: build/bad}\n",
+        ),
+        12,
+        "bad",
+        ["nope"],
+    ),
+    "duplicate id": (_stage("ok", SHELL_OK), 9, "ok", ["duplicate", "line 4"]),
+    "output equal to another stage's output": (
+        _stage("bad", SHELL_OK.replace("build/bad", "build/ok")),
+        None,
+        "bad",
+        ["build/ok"],
+    ),
+    "output inside another stage's output": (
+        _stage("bad", SHELL_OK.replace("build/bad", "build/ok/inner.txt")),
+        None,
+        "bad",
+        ["build/ok/inner.txt", "build/ok"],
+    ),
+    "output inside its own input": (
+        _stage(
+            "bad",
+            '    config:\n      cmd: "echo > {outputs.o}"\n'
+            "      inputs: {i: data}\n      outputs: {o: data/out.txt}\n",
+        ),
+        None,
+        "bad",
+        ["data/out.txt", "data"],
+    ),
+    "unquoted reference read as a mapping": (
+        _stage(
+            "bad",
+            '    config:\n      cmd: "cp {inputs.i} {outputs.o}"\n'
+            "      inputs:\n        i: {ok.o}\n      outputs: {o: build/bad}\n",
+        ),
+        14,
+        "bad",
+        ['"{ok.o}"'],
+    ),
+    "reserved stage id": (_stage("vars", SHELL_OK), 9, "vars", ["vars"]),
+    "invalid stage id": (_stage("9 lives", SHELL_OK), 9, None, ["9 lives"]),
+    "output outside the project": (
+        _stage("bad", SHELL_OK.replace("build/bad", "../escape.txt")),
+        None,
+        "bad",
+        ["../escape.txt"],
+    ),
+}
+
+
+def _check(p: Proj, out: str, line: int | None, stage: str | None, fragments: list[str]) -> None:
+    assert TRACEBACK not in out, out
+    assert "pipemake.yaml" in out, out
+    m = re.search(r"pipemake\.yaml:(\d+)", out)
+    assert m, f"no line number in:\n{out}"
+    if line is not None:
+        lines = [int(x) for x in re.findall(r"pipemake\.yaml:(\d+)", out)]
+        assert line in lines, f"expected line {line} in:\n{out}"
+    if stage is not None:
+        assert f"'{stage}'" in out or f'"{stage}"' in out, out
+    for frag in fragments:
+        assert re.search("|".join(re.escape(f) for f in frag.split("|")), out), (frag, out)
+    assert p.run_counts() == {}
+    assert not p.exists("build")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_pipeline_mistake_is_exit_2_with_file_line_and_stage(project, case: str) -> None:
+    body, line, stage, fragments = CASES[case]
+    p = project(HEAD + body, {"data/a.txt": "a\n"})
+    for verb in ("build", "validate", "dry-run"):
+        out = p.cli(verb, code=2).output
+        _check(p, out, line, stage, fragments)
+
+
+def test_malformed_yaml(project) -> None:
+    p = project(
+        HEAD + '  - id: bad\n    type: shell\n    config: {cmd: "x", outputs: {o: y}\n'
+        "  - id: other\n"
+    )
+    out = p.cli("build", code=2).output
+    assert TRACEBACK not in out
+    lines = [int(x) for x in re.findall(r"pipemake\.yaml:(\d+)", out)]
+    assert lines and 11 <= lines[0] <= 12, out
+    assert "YAML" in out or "yaml" in out
+    assert p.run_counts() == {}
+
+
+def test_pipeline_that_is_not_a_mapping(project) -> None:
+    p = project("- just\n- a list\n")
+    out = p.cli("validate", code=2).output
+    assert "pipemake.yaml:1" in out and TRACEBACK not in out
+
+
+def test_missing_pipeline_file_is_exit_2(project, tmp_path) -> None:
+    p = project(HEAD)
+    out = p.cli("-f", "other.yaml", "build", code=2).output
+    assert "other.yaml" in out and TRACEBACK not in out
+
+
+def test_error_names_the_file_given_with_f(project) -> None:
+    p = project(HEAD)
+    p.write("alt.yaml", HEAD + _stage("bad", SHELL_OK, typ="shel"))
+    out = p.cli("-f", "alt.yaml", "validate", code=2).output
+    assert re.search(r"alt\.yaml:10", out), out
+
+
+def test_several_mistakes_are_reported_together(project) -> None:
+    p = project(
+        HEAD
+        + _stage("bad", SHELL_OK, typ="shel")
+        + _stage("worse", SHELL_OK.replace("build/bad", "build/w"), typ="shll")
+    )
+    out = p.cli("validate", code=2).output
+    assert "'shel'" in out and "'shll'" in out
+
+
+def test_a_produced_input_is_not_a_missing_source(project) -> None:
+    p = project(
+        HEAD
+        + _stage(
+            "bad",
+            '    config:\n      cmd: "cat {inputs.i} > {outputs.o}"\n'
+            "      inputs: {i: build/ok}\n"
+            "      outputs: {o: build/bad}\n",
+        )
+    )
+    p.cli("validate")
+    p.cli("build")
+    assert p.read("build/bad") == "hi\n"
+
+
+def test_no_traceback_from_a_real_process(project) -> None:
+    body, *_ = CASES["wrong type: timeout"]
+    p = project(HEAD + body)
+    proc = p.sub("build", code=2)
+    assert TRACEBACK not in proc.stderr, proc.stderr
+    assert "timeout" in proc.stderr
+    proc = p.sub("build", "nosuchstage", code=None)
+    assert TRACEBACK not in proc.stderr
