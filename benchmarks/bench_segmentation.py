@@ -69,9 +69,8 @@ def _write_frames(folder: Path, count: int, width: int, height: int) -> list[Pat
 
 
 def _time_rule(tmp: Path, frames: list[Path], params: dict) -> float:
-    from pipemake.rules.segmentation import SegmentationRule
-
     from pipemake.rule import Context, Item
+    from pipemake.rules.segmentation import SegmentationRule
 
     rule = SegmentationRule()
     ports, _ = rule.ports({"input_dir": "frames", "output_dir": "out", **params})

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from _onnx_fixtures import install_named_model, write_channel_sum_model
 from PIL import Image
-from pipemake.rules import _rembg
-from pipemake.rules.segmentation import SegmentationRule
 
 from pipemake.rule import Context, Item, RuleError
+from pipemake.rules import _rembg
+from pipemake.rules.segmentation import SegmentationRule
 
 GREY = (128, 128, 128)
 RED = (255, 0, 0)
