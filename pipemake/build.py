@@ -359,8 +359,9 @@ class Builder:
         *,
         mode: str = "run",
         outputs: dict[str, str] | None = None,
-        items: list[dict[str, str]] | None = None,
+        items: list[dict[str, Any]] | None = None,
         mapped: Any = None,
+        extra: dict[str, Any] | None = None,
     ) -> Task:
         """A task description for one unit of this stage's work."""
         if mode == "reduce":
@@ -374,7 +375,7 @@ class Builder:
             store=str(self.store.path), inputs=sk.ports.inputs, outputs=outputs or {},
             output_kinds=sk.ports.output_kinds, params=sk.ports.params, mode=mode,
             items=items or [], foreach=stage.foreach.input if stage.foreach else None,
-            extra={"mapped": mapped} if mapped is not None else {},
+            extra=dict(extra or {}, **({"mapped": mapped} if mapped is not None else {})),
             resources=stage.resources, log_path=run["log"], timeout=stage.timeout,
             max_attempts=1 + (stage.retries or self.retries or 0), backoff=stage.retry_backoff,
         )  # fmt: skip

@@ -143,19 +143,28 @@ def start(b: Builder, stage: Stage, sk: StageKey, run: dict[str, Any], force: bo
     mode = "map" if stage.rule.map_reduce else "items"
     rule = stage.rule
     batch = rule.map_batch_size if rule.map_reduce else rule.batch_size
+    per_item_dirs = not rule.map_reduce and batch > 1
     for n, chunk in enumerate(chunks(todo, b.jobs, max(1, batch))):
         items = []
         for it in chunk:
-            idx = len(run["new"]) + len(items)
-            outs = {
-                name: os.path.relpath(run["staging"] / f"i{idx}" / name, b.p.root)
-                for name in sk.ports.outputs
-            }
-            items.append({"path": it.path, "relpath": it.relpath, "hash": it.hash, "outputs": outs})
+            item = {"path": it.path, "relpath": it.relpath, "hash": it.hash}
+            if per_item_dirs:
+                idx = len(run["new"]) + len(items)
+                item["outputs"] = {
+                    name: os.path.relpath(run["staging"] / f"i{idx}" / name, b.p.root)
+                    for name in sk.ports.outputs
+                }
+            items.append(item)
         task_id = f"{stage.id}#{n}"
         for i in items:
             run["new"][i["relpath"]] = dict(i, task=task_id)
-        task = b.task(stage, sk, run, task_id, mode=mode, items=items)
+        work = run["staging"] / f"t{n}"
+        task = b.task(
+            stage, sk, run, task_id, mode=mode, items=items,
+            outputs={name: os.path.relpath(work / "work" / name, b.p.root)
+                     for name in sk.ports.outputs},
+            extra={"done": os.path.relpath(work / "done", b.p.root)},
+        )  # fmt: skip
         run["tasks"][task_id] = task
         tasks.append(task)
     return tasks
@@ -196,6 +205,8 @@ def on_message(b: Builder, stage: Stage, run: dict[str, Any], msg: Message) -> l
         else:
             run["values"][rel] = res["values"]
             run["done_items"][rel] = res["outputs"]
+            if "staged" in res:
+                run["new"][rel]["staged"] = res["staged"]
             commits.append(
                 (sk.item_keys[rel], {"outputs": res["outputs"], "values": res["values"]})
             )
@@ -281,7 +292,12 @@ def assemble(b: Builder, stage: Stage, run: dict[str, Any]) -> dict[str, Any]:
     for name, rel in sk.ports.outputs.items():
         moves: dict[str, Path] = {}
         for item_rel, manifest in run["done_items"].items():
-            staged = b.p.root / run["new"][item_rel]["outputs"][name]
+            new = run["new"][item_rel]
+            if "staged" in new:
+                for entry_rel, flat in new["staged"][name].items():
+                    moves[entry_rel] = b.p.root / flat
+                continue
+            staged = b.p.root / new["outputs"][name]
             for e in manifest[name]["entries"]:
                 moves[e[0]] = staged / e[0]
         if not b.ws.sync_dir(merged[name], rel, b.store, b.hasher, moves):

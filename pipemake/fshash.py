@@ -82,6 +82,9 @@ class Hasher:
         """Manifest entries of every file under the directory ``rel``, sorted by relpath."""
         entries: list[Entry] = []
         base = self._abs(rel)
+        prefix = f"{rel}/" if rel else ""
+        rows = self.state.stat_rows() if self.state is not None else {}
+        memo = self._memo
         stack = [""]
         while stack:
             sub = stack.pop()
@@ -99,8 +102,15 @@ class Hasher:
                         st = de.stat()
                     except FileNotFoundError:
                         continue  # a dangling symlink holds nothing to hash
-                    h = self.file_hash(f"{rel}/{name}" if rel else name, st)
-                    entries.append((name, h, st.st_size, normalize_mode(st.st_mode)))
+                    key = prefix + name
+                    sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                    row = rows.get(key)
+                    if row is not None and row[:4] == sig and st.st_mtime_ns < row[4] - _RACY_NS:
+                        h = row[5]
+                        memo[key] = (sig, h)
+                    else:
+                        h = self.file_hash(key, st)
+                    entries.append((name, h, st.st_size, 0o755 if st.st_mode & 0o111 else 0o644))
         entries.sort()
         return entries
 

@@ -96,5 +96,7 @@ def normalize_mode(st_mode: int) -> int:
 
 def tree_hash(entries: Iterable[Sequence[Any]]) -> str:
     """The hash of a directory from its manifest entries ``(relpath, hash, size, mode)``,
-    which must be sorted by relpath."""
-    return digest(["tree", [list(e) for e in entries]])
+    which must be sorted by relpath. Fields are NUL-separated (no path holds a NUL), which
+    is unambiguous and cheap for a hundred thousand entries."""
+    text = "".join([f"{e[0]}\0{e[1]}\0{e[2]}\0{e[3]}\0\0" for e in entries])
+    return hash_bytes(b"tree\0" + text.encode("utf-8", "surrogateescape"))

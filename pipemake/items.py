@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .hashing import digest, tree_hash
+from .hashing import hash_bytes, tree_hash
 
 __all__ = [
     "ItemRef",
@@ -98,12 +98,15 @@ def select(
 
 def item_key(base_key: str, item: ItemRef) -> str:
     """The key of one item: the stage's base key, the item's relative path and content."""
-    return digest(["item", base_key, item.relpath, item.hash])
+    return hash_bytes(f"item\0{base_key}\0{item.relpath}\0{item.hash}".encode(_ENC, _ERR))
 
 
 def map_key(map_base: str, item: ItemRef) -> str:
     """The key of one item's map step (map-reduce rules): without the reduce-only params."""
-    return digest(["map", map_base, item.relpath, item.hash])
+    return hash_bytes(f"map\0{map_base}\0{item.relpath}\0{item.hash}".encode(_ENC, _ERR))
+
+
+_ENC, _ERR = "utf-8", "surrogateescape"
 
 
 def merge_outputs(per_item: dict[str, dict[str, Any]], names: Iterable[str]) -> dict[str, Any]:

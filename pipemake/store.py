@@ -49,6 +49,7 @@ class Store:
         self.objects = self.path / "objects"
         self.fsync = fsync
         self._db: sqlite3.Connection | None = None
+        self._dirs: set[Path] = set()
 
     # database ---------------------------------------------------------------------------
     @property
@@ -136,15 +137,17 @@ class Store:
         dst = self.object_path(digest)
         if dst.is_file():
             return
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".tmp-")
+        if dst.parent not in self._dirs:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(dst.parent)
+        tmp = f"{dst.parent}/.tmp-{os.getpid()}-{digest}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
         try:
             with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
                 _copy(inp, out)
                 if self.fsync:
                     out.flush()
                     os.fsync(out.fileno())
-            os.chmod(tmp, 0o444)
             os.replace(tmp, dst)
         except BaseException:
             with _quiet():

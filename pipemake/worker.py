@@ -178,42 +178,88 @@ def _run(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logge
 
 
 def _state(task: Task, rule: Rule, ctx: Context) -> Any:
-    key = (task.rule, digest(task.params))
+    if "_params_digest" not in task.extra:
+        task.extra["_params_digest"] = digest(task.params)
+    key = (task.rule, task.extra["_params_digest"])
     if key not in _setup_cache:
         _setup_cache.clear()  # one model per worker: drop the last parameter set's
         _setup_cache[key] = rule.setup(ctx)
     return _setup_cache[key]
 
 
+def _empty(path: Path) -> None:
+    """Make ``path`` an empty directory (what an item left there is gone)."""
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+        return
+    with os.scandir(path) as it:
+        for de in it:
+            if de.is_dir(follow_symlinks=False):
+                shutil.rmtree(de.path)
+            else:
+                os.unlink(de.path)
+
+
 def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:
-    """Run a batch of foreach items; each item succeeds or fails on its own."""
+    """Run foreach items one by one; each succeeds or fails on its own.
+
+    All items of a task write into the same work directories, emptied before each item;
+    what an item wrote is hashed, stored, and moved to flat names in ``done`` (renames, no
+    directory per item: creating and removing directories is the slow part on many disks).
+    """
+    if rule.batch_size > 1:
+        return _item_batches(task, rule, store, send, logger)
     results: dict[str, Any] = {}
-    batch = rule.batch_size if rule.batch_size > 1 else 1
+    work = {name: _abs(task.root, path) for name, path in task.outputs.items()}
+    done = _abs(task.root, task.extra["done"])
+    done.mkdir(parents=True, exist_ok=True)
+    for n, it in enumerate(task.items):
+        for path in work.values():
+            _empty(path)
+        item = Item(it["path"], it["relpath"], it["hash"])
+        inputs = dict(task.inputs, **{task.foreach: it["path"]})
+        ctx = _context(task, send, logger, task.outputs, inputs, item)
+        ctx.state = _state(task, rule, ctx)
+        try:
+            values = _check_values(rule.run_item(ctx, item))
+            manifests = _hash_outputs(task, task.outputs, store)
+            staged: dict[str, dict[str, str]] = {}
+            for name, manifest in manifests.items():
+                moved = staged.setdefault(name, {})
+                for k, entry in enumerate(manifest["entries"]):
+                    flat = done / f"{n}-{name}-{k}"
+                    os.rename(work[name] / entry[0], flat)
+                    moved[entry[0]] = os.path.relpath(flat, task.root)
+            results[it["relpath"]] = {"outputs": manifests, "values": values, "staged": staged}
+        except RuleError as exc:
+            results[it["relpath"]] = {"error": str(exc)}
+        except Exception as exc:
+            tb = traceback.format_exc()
+            results[it["relpath"]] = {"error": f"{type(exc).__name__}: {exc}", "tb": tb}
+        if n % 16 == 15 or n == len(task.items) - 1:
+            send("progress", [n + 1, len(task.items)])
+    return {"items": results}
+
+
+def _item_batches(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:
+    """Items in batches of ``rule.batch_size`` (GPU rules), each item in its own directory."""
+    results: dict[str, Any] = {}
+    batch = rule.batch_size
     for start in range(0, len(task.items), batch):
         chunk = task.items[start : start + batch]
         for it in chunk:
             _prepare_outputs(task, it["outputs"], all_dirs=True)
         first = chunk[0]
         inputs = dict(task.inputs, **{task.foreach: first["path"]})
-        ctx = _context(
-            task,
-            send,
-            logger,
-            first["outputs"],
-            inputs,
-            Item(first["path"], first["relpath"], first["hash"]),
-        )
+        item = Item(first["path"], first["relpath"], first["hash"])
+        ctx = _context(task, send, logger, first["outputs"], inputs, item)
         ctx.state = _state(task, rule, ctx)
         try:
-            if batch > 1:
-                items = [Item(i["path"], i["relpath"], i["hash"]) for i in chunk]
-                ctx.outputs = {k: _abs(task.root, v) for k, v in first["outputs"].items()}
-                ctx.extra_outputs = [  # type: ignore[attr-defined]
-                    {k: _abs(task.root, v) for k, v in i["outputs"].items()} for i in chunk
-                ]
-                values_list = rule.run_batch(ctx, items)
-            else:
-                values_list = [rule.run_item(ctx, ctx.item)]  # type: ignore[arg-type]
+            items = [Item(i["path"], i["relpath"], i["hash"]) for i in chunk]
+            ctx.extra_outputs = [  # type: ignore[attr-defined]
+                {k: _abs(task.root, v) for k, v in i["outputs"].items()} for i in chunk
+            ]
+            values_list = rule.run_batch(ctx, items)
             for it, values in zip(chunk, values_list, strict=True):
                 results[it["relpath"]] = {
                     "outputs": _hash_outputs(task, it["outputs"], store),

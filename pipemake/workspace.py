@@ -101,6 +101,15 @@ class Workspace:
     def check(self, manifest: dict[str, Any], rel: str, hasher: Hasher) -> str | None:
         """None when the workspace output matches ``manifest``; else ``missing`` or
         ``changed``."""
+        if manifest["kind"] == "dir" and self.abs(rel).is_dir():
+            entries = hasher.tree(rel)
+            want = manifest["entries"]
+            if len(entries) != len(want):
+                return "changed"
+            for have, exp in zip(entries, want, strict=True):  # both sorted by relpath
+                if have[0] != exp[0] or have[1] != exp[1] or have[3] != exp[3]:
+                    return "changed"
+            return None
         info = hasher.info(rel)
         if info.kind == "missing":
             return "missing"
