@@ -75,7 +75,8 @@ class Decision:
         return {
             "stage": stage,
             "decision": self.verdict.value,
-            "reasons": [{"trigger": r.trigger.value, "detail": r.detail} for r in self.reasons],
+            "reasons": [r.detail for r in self.reasons],
+            "triggers": [r.trigger.value for r in self.reasons],
             "items": self.items,
         }
 
