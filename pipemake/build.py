@@ -101,7 +101,7 @@ class Builder:
         def lookup(ref: Ref) -> Any:
             if ref.scope == "vars":
                 value = self.p.vars[ref.name]
-                return str(value) if isinstance(value, int | float) else value
+                return value
             up = self.p.stages[ref.scope]
             if ref.name in up.ports.outputs:
                 return up.ports.outputs[ref.name]
@@ -109,7 +109,9 @@ class Builder:
             if planned is None or planned.values is None:
                 unknown.add(ref.scope)
                 raise _Unknown(ref.scope)
-            value = planned.values.get(ref.name)
+            if ref.name not in planned.values:
+                raise StageFailure(f"{ref}: stage {ref.scope!r} returned no value {ref.name!r}")
+            value = planned.values[ref.name]
             out_name = up.rule.path_values.get(ref.name)
             if out_name is not None and value is not None:
                 base = up.ports.outputs[out_name]

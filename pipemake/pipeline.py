@@ -375,7 +375,7 @@ def _static_lookup(pipeline: Pipeline, raw_by_id: Mapping[str, LineDict]):
                     + f" (vars: {', '.join(pipeline.vars) or 'none'})"
                 )
             value = pipeline.vars[ref.name]
-            return str(value) if isinstance(value, int | float) else value
+            return value
         if ref.scope in SYMBOLIC_SCOPES:
             raise TemplateError(f"{ref} can only be used in a shell stage's cmd or env")
         stage = pipeline.stages.get(ref.scope)
@@ -386,7 +386,7 @@ def _static_lookup(pipeline: Pipeline, raw_by_id: Mapping[str, LineDict]):
             raise TemplateError(f"{ref} refers to an unknown stage {ref.scope!r}. {hint}".strip())
         if ref.name in stage.ports.outputs:
             return stage.ports.outputs[ref.name]
-        if ref.name in stage.rule.values:
+        if ref.name in stage.rule.values or getattr(stage.rule, "open_values", False):
             return Pending(stage.id, ref.name)
         known = sorted(stage.ports.outputs) + sorted(stage.rule.values)
         raise TemplateError(
@@ -484,6 +484,7 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: _Loader) -> 
         return None
     ports, problems = rule.ports(resolved)
     ports.root = str(pipeline.root)
+    _pending_inputs(rule, resolved, ports)
     if not problems:
         problems = rule.check(ports)
     for key, msg in problems:
@@ -526,6 +527,17 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: _Loader) -> 
         foreach=foreach,
         **fields,
     )
+
+
+def _pending_inputs(rule: Rule, resolved: dict[str, Any], ports: Ports) -> None:
+    """Inputs whose paths an upstream stage computes are inputs too (known at build time)."""
+    for key, value in resolved.items():
+        if key in rule.inputs and _has_pending(value):
+            ports.inputs[key] = value
+        elif key == "inputs" and isinstance(value, dict) and not rule.inputs:
+            for name, path in value.items():
+                if _has_pending(path):
+                    ports.inputs[name] = path
 
 
 def _foreach(raw: LineDict, ports: Ports, rule: Rule, sid: str, ld: _Loader) -> Foreach | None:

@@ -56,6 +56,8 @@ class PythonRule(Rule):
 
     name = "python"
     version = "1"
+    #: any value the function returns can be referenced downstream as {stage.NAME}
+    open_values = True
 
     def ports(self, config: Mapping[str, Any]) -> tuple[Ports, list[tuple[str, str]]]:
         ports = Ports()

@@ -231,3 +231,48 @@ def test_map_reduce_caches_maps(project: Callable[..., Proj], monkeypatch: Any) 
     MAPS.clear()
     build()
     assert sorted(MAPS) == ["a", "b", "c"]
+
+
+class _Picks(Rule):
+    """Writes two folders and returns one of them as a computed path value."""
+
+    name = "picks"
+    outputs: ClassVar = {"output_dir": Output(kind="dir")}
+    params: ClassVar = {"n": Param(type="int", default=2)}
+    values: ClassVar = ("chosen",)
+    path_values: ClassVar = {"chosen": "output_dir"}
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        out = ctx.outputs["output_dir"]
+        for sub in ("keep", "skip"):
+            (out / sub).mkdir()
+            for i in range(ctx.params["n"]):
+                (out / sub / f"{sub}{i}.txt").write_text(f"{sub} {i}\n")
+        return {"chosen": "keep"}
+
+
+def test_foreach_over_a_computed_path_and_typed_vars(
+    project: Callable[..., Proj], monkeypatch: Any
+) -> None:
+    monkeypatch.setitem(rule._loaded, "picks", _Picks())
+    proj = project("""
+    name: computed
+    vars: {n: 3}
+    stages:
+      - id: pick
+        type: picks
+        config: {output_dir: build/pick, n: "{vars.n}"}
+      - id: each
+        type: shell
+        foreach: src
+        config:
+          cmd: "cp {inputs.src} {outputs.out}/{item.name}"
+          inputs: {src: "{pick.chosen}"}
+          outputs: {out: build/each}
+    """)
+
+    with api.project_of(proj.root, None) as p:
+        api.build(p, executor="inline")
+    assert sorted(x.name for x in proj.path("build/each").iterdir()) == [
+        "keep0.txt", "keep1.txt", "keep2.txt"
+    ]  # fmt: skip
