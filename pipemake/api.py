@@ -181,13 +181,14 @@ def build(
             retries=retries,
         )
         expected = _expected(project, order)
+        chosen = set(order)
         bus.emit(
             "run_started",
             None,
             stages=order,
             targets=list(targets),
             expected=expected,
-            deps={s: [d for d in p.graph.deps[s] if d in order] for s in order},
+            deps={s: [d for d in p.graph.deps[s] if d in chosen] for s in order},
             budget=budget.total,
             jobs=jobs,
             per_item={s: t for s, t in history.per_item_times(runs).items() if s in expected},

@@ -95,6 +95,7 @@ class Builder:
         self.decisions: dict[str, Decision] = {}
         self._running: dict[str, dict[str, Any]] = {}
         self._records = state.records()
+        self._placed: dict[str, tuple[str, str]] | None = None
 
     # resolving and keys -----------------------------------------------------------------
     def _lookup(self, stage: Stage, unknown: set[str]):
@@ -460,7 +461,13 @@ class Builder:
         if record != old:
             self.state.set_record(stage.id, record)
             self._records[stage.id] = record
-        self.state.set_placed((rel, stage.id, name) for name, rel in sk.ports.outputs.items())
+        if self._placed is None:
+            self._placed = self.state.placed()
+        new = [(rel, stage.id, name) for name, rel in sk.ports.outputs.items()
+               if self._placed.get(rel) != (stage.id, name)]  # fmt: skip
+        if new:
+            self.state.set_placed(new)
+            self._placed.update((rel, (s, n)) for rel, s, n in new)
         if stage.foreach is not None and (ran or old.get("key") != sk.key):
             self.state.set_item_hashes(stage.id, {it.relpath: it.hash for it in sk.items})
 

@@ -10,6 +10,7 @@ is what downstream stages see, so early cutoff works through a foreach stage.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import glob as globmod
 import os
 import re
@@ -62,17 +63,25 @@ def glob_base(pattern: str) -> str:
 def matches(relpath: str, pattern: str | None) -> bool:
     """Whether an item passes the foreach filter (globs joined by ``|``; a glob without
     ``/`` matches the file name, one with ``/`` the relative path)."""
-    if any(part.startswith(".") for part in relpath.split("/")):
+    if relpath[0] == "." or "/." in relpath:
         return False
     if not pattern:
         return True
-    name = relpath.rsplit("/", 1)[-1]
-    for pat in pattern.split("|"):
-        pat = pat.strip()
-        target = relpath if "/" in pat else name
-        if fnmatch.fnmatchcase(target, pat) or fnmatch.fnmatchcase(target.lower(), pat.lower()):
-            return True
-    return False
+    by_name, by_path = _compiled(pattern)
+    if by_name is not None and by_name(relpath.rsplit("/", 1)[-1].lower()):
+        return True
+    return by_path is not None and by_path(relpath.lower()) is not None
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(pattern: str) -> tuple[Any, Any]:
+    """One case-insensitive regex for the name globs and one for the path globs."""
+    pats = [p.strip().lower() for p in pattern.split("|") if p.strip()]
+    names = [fnmatch.translate(p) for p in pats if "/" not in p]
+    paths = [fnmatch.translate(p) for p in pats if "/" in p]
+    name_re = re.compile("|".join(names)).match if names else None
+    path_re = re.compile("|".join(paths)).match if paths else None
+    return name_re, path_re
 
 
 def select(
