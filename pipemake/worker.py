@@ -58,7 +58,9 @@ def execute(task: Task, send: Send) -> None:
     logger.setLevel(logging.INFO)
     handler = _Forward(send, log_file)
     logger.addHandler(handler)
+    cwd = os.getcwd()
     try:
+        os.chdir(task.root)  # rules run in the project root, as DESIGN.md says for shell
         if task.root not in sys.path:
             sys.path.insert(0, task.root)
         rule = get_rule(task.rule)
@@ -77,6 +79,7 @@ def execute(task: Task, send: Send) -> None:
     except Exception as exc:  # a bug in a rule: show where
         send("error", [f"{type(exc).__name__}: {exc}", traceback.format_exc()])
     finally:
+        os.chdir(cwd)
         logger.removeHandler(handler)
         if log_file is not None:
             log_file.close()
