@@ -25,6 +25,7 @@ from .items import (
     is_glob,
     item_key,
     item_reasons,
+    items_digest,
     map_key,
     merge_outputs,
     removed_items,
@@ -79,7 +80,7 @@ def stage_key(b: Builder, stage: Stage, sk: StageKey) -> None:
     rule = stage.rule
     if not rule.map_reduce:
         sk.item_keys = {it.relpath: item_key(base, it) for it in sk.items}
-        sk.key = digest(["foreach", base, sorted(sk.item_keys.items())])
+        sk.key = digest(["foreach", base, items_digest(sk.item_keys)])
         return
     params = dict(sk.doc["params"])
     for name in rule.reduce_params:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import glob as globmod
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -91,18 +90,16 @@ def select(
     glob_pattern: str | None = None,
 ) -> list[ItemRef]:
     """Items from a directory's manifest entries ``(relpath, hash, …)`` under ``base``."""
-    out = []
     rel_glob = None
     if glob_pattern is not None:
         rel_glob = glob_pattern[len(base) + 1 :] if base != "." else glob_pattern
-    for entry in entries:
-        rel = entry[0]
-        if rel_glob is not None and not globmod.fnmatch.fnmatchcase(rel, rel_glob):  # type: ignore[attr-defined]
-            continue
-        if matches(rel, pattern):
-            path = rel if base == "." else f"{base}/{rel}"
-            out.append(ItemRef(path, rel, entry[1]))
-    return out
+        entries = [e for e in entries if fnmatch.fnmatchcase(e[0], rel_glob)]
+    prefix = "" if base == "." else base + "/"
+    if pattern:
+        entries = [e for e in entries if matches(e[0], pattern)]
+    else:
+        entries = [e for e in entries if e[0][0] != "." and "/." not in e[0]]
+    return [ItemRef(prefix + e[0], e[0], e[1]) for e in entries]
 
 
 def item_key(base_key: str, item: ItemRef) -> str:
@@ -138,6 +135,12 @@ def merge_outputs(per_item: dict[str, dict[str, Any]], names: Iterable[str]) -> 
         ordered = [entries[k] for k in sorted(entries)]
         merged[name] = {"kind": "dir", "hash": tree_hash(ordered), "entries": ordered}
     return merged
+
+
+def items_digest(item_keys: dict[str, str]) -> str:
+    """One hash of every (relpath, item key) pair, in relpath order."""
+    text = "".join([f"{rel}\0{key}\0" for rel, key in sorted(item_keys.items())])
+    return hash_bytes(text.encode(_ENC, _ERR))
 
 
 def summarize(changed: list[tuple[str, str]], total: int) -> str:
