@@ -24,7 +24,7 @@ from .events import Bus
 from .executors.base import get_executor
 from .hooks import run_hooks, run_summary
 from .lock import BuildLock
-from .pipeline import DEFAULT_FILE, Pipeline
+from .model import DEFAULT_FILE, Pipeline
 from .plancache import load_checked
 from .resources import Budget, default_budget
 from .scheduler import Outcome, Scheduler

@@ -21,7 +21,7 @@ from .executors.base import Message, Task
 from .fshash import Hasher
 from .hashing import KEY_FORMAT, digest
 from .items import ItemRef
-from .pipeline import SYMBOLIC_SCOPES, Pipeline, Stage
+from .model import SYMBOLIC_SCOPES, Pipeline, Stage
 from .rule import Ports
 from .scheduler import StageFailure
 from .state import WorkspaceState

@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = [
     "BuildFailed",
@@ -22,6 +24,7 @@ __all__ = [
     "PipelineError",
     "PipemakeError",
     "Problem",
+    "Problems",
     "StoreError",
     "UsageError",
 ]
@@ -114,3 +117,27 @@ class Interrupted(PipemakeError):
             "interrupted: no new stages were started and running ones were stopped; "
             "finished stages are kept. Run `pipemake build` again to resume."
         )
+
+
+class Problems:
+    """Collects the problems found in one pipeline file, to report them all at once."""
+
+    def __init__(self, file: Path):
+        self.file = file
+        self.shown = str(file)
+        self.problems: list[Problem] = []
+
+    def problem(self, msg: str, line: int | None, stage: str | None = None, hint: str = "") -> None:
+        """Note one problem at ``line`` (of ``stage``), with what to do about it."""
+        self.problems.append(Problem(msg, self.shown, line, stage, hint))
+
+    def fail_if_any(self) -> None:
+        """Raise a PipelineError holding every problem noted so far, if there is one."""
+        if self.problems:
+            raise PipelineError(self.problems)
+
+
+def suggest(word: str, options: list[str]) -> str:
+    """``did you mean 'x'?`` for the closest option, or an empty string."""
+    close = difflib.get_close_matches(word, options, n=1)
+    return f"did you mean {close[0]!r}?" if close else ""

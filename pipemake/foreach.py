@@ -37,7 +37,7 @@ from .workspace import remove_path, sub_manifest
 
 if TYPE_CHECKING:
     from .build import Builder, StageKey
-    from .pipeline import Stage
+    from .model import Stage
 
 __all__ = ["assemble", "item_decision", "list_items", "on_message", "start", "stage_key"]
 

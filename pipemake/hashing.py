@@ -24,7 +24,7 @@ __all__ = [
     "tree_hash",
 ]
 
-KEY_FORMAT = 2
+KEY_FORMAT = 3
 _CHUNK = 1 << 20
 
 

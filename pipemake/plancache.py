@@ -20,7 +20,8 @@ from typing import Any
 from .dag import Graph
 from .errors import PipelineError, Problem
 from .hashing import digest, hash_bytes
-from .pipeline import Foreach, Pending, Pipeline, Stage, load_pipeline
+from .model import Foreach, Pending, Pipeline, Stage
+from .pipeline import load_pipeline
 from .rule import ENTRY_POINT_GROUP, Ports, get_rule
 
 __all__ = ["load_checked"]

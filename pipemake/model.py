@@ -1,0 +1,97 @@
+"""The pipeline model: checked stages, their graph, and where the pipeline lives.
+
+:mod:`pipemake.pipeline` builds it from a file (checking everything); the build reads it.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .dag import Graph
+from .rule import Ports, Rule
+
+__all__ = ["DEFAULT_FILE", "SYMBOLIC_SCOPES", "Foreach", "Pending", "Pipeline", "Stage", "norm"]
+
+DEFAULT_FILE = "pipemake.yaml"
+SYMBOLIC_SCOPES = ("inputs", "outputs", "item")
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A computed value of an upstream stage, known only once that stage has run."""
+
+    stage: str
+    name: str
+
+    def __str__(self) -> str:
+        return "{" + f"{self.stage}.{self.name}" + "}"
+
+
+@dataclass(frozen=True)
+class Foreach:
+    """``foreach``: run the rule once per file of input ``input``, filtered by ``pattern``."""
+
+    input: str
+    pattern: str | None = None
+
+
+@dataclass
+class Stage:
+    """One checked stage: its raw config (templates unresolved), rule, static ports and edges."""
+
+    id: str
+    type: str
+    rule: Rule
+    config: dict[str, Any]
+    ports: Ports
+    deps: list[str]
+    line: int = 0
+    lines: dict[str, int] = field(default_factory=dict)
+    foreach: Foreach | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+    retries: int = 0
+    retry_backoff: float = 1.0
+    timeout: float | None = None
+    version: str | None = None
+
+
+@dataclass
+class Pipeline:
+    """A checked pipeline: its stages in file order, their graph, and where it lives."""
+
+    name: str
+    version: str
+    vars: dict[str, Any]
+    stages: dict[str, Stage]
+    graph: Graph
+    root: Path
+    file: Path
+    on_success: Any = None
+    on_failure: Any = None
+    _owners: dict[str, tuple[str, str]] | None = field(default=None, repr=False)
+
+    def output_owner(self, path: str) -> tuple[str, str, str] | None:
+        """``(stage, output name, path inside the output)`` when ``path`` is an output of a
+        stage or lies inside one."""
+        if self._owners is None:
+            self._owners = {
+                out: (stage.id, name)
+                for stage in self.stages.values()
+                for name, out in stage.ports.outputs.items()
+            }
+        probe = path
+        while probe and probe not in (".", "/"):
+            owner = self._owners.get(probe)
+            if owner is not None:
+                return owner[0], owner[1], path[len(probe) + 1 :]
+            probe = posixpath.dirname(probe)
+        return None
+
+
+def norm(path: str) -> str:
+    """A path in POSIX form without ``.`` or ``..`` parts."""
+    return posixpath.normpath(path.replace(os.sep, "/")) if path else path
