@@ -1,0 +1,64 @@
+"""Smoke run of the scale benchmark harness (benchmarks/bench_scale.py) at a tiny size, so it
+does not rot: pipemake (and GNU Make when installed) through every scenario. Only the table's
+shape is checked, never a timing."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scale.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_scale", BENCH)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_scale"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_harness_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load()
+    tools = "pipemake,make" if shutil.which("make") else "pipemake"
+    rc = bench.main(
+        [
+            "--quick",
+            "--sizes",
+            "6",
+            "--tools",
+            f"{tools},dvc",
+            "--jobs",
+            "2",
+            "--big-mb",
+            "1",
+            "--peer-venv",
+            str(tmp_path / "no-venv"),
+            "--workdir",
+            str(tmp_path / "work"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "dvc is not installed" in out  # a missing peer is skipped with a note
+    header = next(line for line in out.splitlines() if line.startswith("| 6 files |"))
+    assert header.split("|")[2].strip() == "pipemake"
+    assert ("make" in header) == (tools != "pipemake")
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in out.splitlines()
+        if line.startswith("| ") and not line.startswith("| 6 files")
+    }
+    for scenario in [*bench.SCENARIOS, bench.BIG, "peak RSS (any scenario)"]:
+        assert scenario in rows, scenario
+    # item counts read from pipemake's log: one changed file reruns one item, a touch none
+    assert "[1]" in rows["one file changed"].split("|")[2]
+    assert "[0]" in rows["one file touched"].split("|")[2]
+    assert "[restored]" in rows["param changed back"].split("|")[2]
+    assert "Limits at 6 files: scandir+stat walk" in out
+    assert "raw read, large files" in out
