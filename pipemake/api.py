@@ -194,6 +194,7 @@ def build(
             per_item={s: t for s, t in history.per_item_times(runs).items() if s in expected},
         )
         with _Signals() as sigs, get_executor(executor, jobs) as ex:
+            builder.stopping = lambda: sigs.received is not None
             sched = Scheduler(
                 p.graph,
                 order,
@@ -288,8 +289,8 @@ def status(project: Project) -> dict[str, Any]:
     stages = []
     for stage, decision in dry_run(project):
         rec = records.get(stage) or {}
-        if rec.get("result") == "failed":
-            state = "failed"
+        if rec.get("result") in ("failed", "interrupted"):
+            state = rec["result"]
         elif decision.verdict.value == "up to date":
             state = "up to date"
         elif not rec:

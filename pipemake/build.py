@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,8 @@ class Builder:
         self.force_stages = force_stages
         self.jobs = jobs
         self.retries = retries
+        #: whether the build is being stopped by a signal (set by whoever runs the build)
+        self.stopping: Callable[[], bool] = lambda: False
         self.ws = Workspace(pipeline.root)
         self.hasher = Hasher(str(pipeline.root), state)
         self.results: dict[str, Planned] = {}
@@ -441,9 +444,10 @@ class Builder:
 
     def _failed(self, stage: Stage, run: dict[str, Any], text: str) -> None:
         record = dict(self._records.get(stage.id) or {})
+        stopped = self.stopping()
         record.update(
-            result="failed",
-            error=text[:2000],
+            result="interrupted" if stopped else "failed",
+            error="stopped by a signal before it finished" if stopped else text[:2000],
             finished=time.time(),
             duration=time.time() - run["started"],
         )

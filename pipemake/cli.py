@@ -219,7 +219,8 @@ def status(ctx: click.Context, as_json: bool, check: bool) -> None:
             click.echo(json.dumps(info, indent=2))
         else:
             for row in info["stages"]:
-                why = f" ({'; '.join(row['reasons'])})" if row["reasons"] else ""
+                reasons = [r for r in row["reasons"] if r != row["state"]]
+                why = f" ({'; '.join(reasons)})" if reasons else ""
                 dur = row["last_duration"]
                 last = f"  [last: {row['last_result']}, {dur:.1f}s]" if dur is not None else ""
                 click.echo(f"{row['stage']}: {row['state']}{why}{last}")

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +125,11 @@ class Problems:
 
     def __init__(self, file: Path):
         self.file = file
-        self.shown = str(file)
+        try:
+            rel = os.path.relpath(file)
+        except ValueError:
+            rel = str(file)
+        self.shown = str(file) if rel.startswith("..") else rel
         self.problems: list[Problem] = []
 
     def problem(self, msg: str, line: int | None, stage: str | None = None, hint: str = "") -> None:
