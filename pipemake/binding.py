@@ -219,6 +219,7 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: Problems) ->
         line=raw.line,
         lines=dict(getattr(config, "lines", {})),
         foreach=foreach,
+        static=not _has_pending(resolved),
         **fields,
     )
 

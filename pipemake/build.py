@@ -128,26 +128,13 @@ class Builder:
     def resolve(self, stage: Stage) -> StageKey:
         """The stage's ports with every reference resolved, its key document and key."""
         unknown: set[str] = set()
-        lookup = self._lookup(stage, unknown)
-        symbolic = getattr(stage.rule, "symbolic_keys", ())
-        config: dict[str, Any] = {}
-        try:
-            for key, value in stage.config.items():
-                keep = (lambda r: r.scope in SYMBOLIC_SCOPES) if key in symbolic else None
-                config[key] = substitute(value, lookup, keep)
-        except TemplateError as exc:
-            raise StageFailure(str(exc)) from None
-        ports, problems = stage.rule.ports(config)
-        ports.root = str(self.p.root)
-        problems = problems or stage.rule.check(ports)
-        if problems:
-            raise StageFailure("; ".join(msg for _key, msg in problems))
-        for name, value in ports.inputs.items():
-            if isinstance(value, list):
-                ports.inputs[name] = [os.path.normpath(v) for v in value]
-            else:
-                ports.inputs[name] = os.path.normpath(value)
-        ports.outputs = dict(stage.ports.outputs)
+        if stage.static:
+            # no computed values referenced: the loader's resolution is the build's
+            p = stage.ports
+            ports = Ports(dict(p.inputs), dict(p.outputs), p.output_kinds, p.params, p.key_params,
+                          p.root)  # fmt: skip
+        else:
+            ports = self._resolve_ports(stage, unknown)
         inputs: dict[str, Any] = {}
         items: list[ItemRef] = []
         for name, value in sorted(ports.inputs.items()):
@@ -182,12 +169,36 @@ class Builder:
             "outputs": {n: ports.output_kinds.get(n, "path") for n in sorted(ports.outputs)},
         }
         if stage.foreach is None:
-            return StageKey(ports, doc, digest(doc), unknown)
+            return StageKey(ports, doc, digest(doc, checked=True), unknown)
         doc["foreach"] = [stage.foreach.input, stage.foreach.pattern]
         sk = StageKey(ports, doc, None, unknown, items)
         if not unknown:
             foreach.stage_key(self, stage, sk)
         return sk
+
+    def _resolve_ports(self, stage: Stage, unknown: set[str]) -> Ports:
+        """Resolve the stage's templates now that upstream values are known; check again."""
+        lookup = self._lookup(stage, unknown)
+        symbolic = getattr(stage.rule, "symbolic_keys", ())
+        config: dict[str, Any] = {}
+        try:
+            for key, value in stage.config.items():
+                keep = (lambda r: r.scope in SYMBOLIC_SCOPES) if key in symbolic else None
+                config[key] = substitute(value, lookup, keep)
+        except TemplateError as exc:
+            raise StageFailure(str(exc)) from None
+        ports, problems = stage.rule.ports(config)
+        ports.root = str(self.p.root)
+        problems = problems or stage.rule.check(ports)
+        if problems:
+            raise StageFailure("; ".join(msg for _key, msg in problems))
+        for name, value in ports.inputs.items():
+            if isinstance(value, list):
+                ports.inputs[name] = [os.path.normpath(v) for v in value]
+            else:
+                ports.inputs[name] = os.path.normpath(value)
+        ports.outputs = dict(stage.ports.outputs)
+        return ports
 
     def _input_hash(self, stage: Stage, path: str, unknown: set[str]) -> str:
         owner = self.p.output_owner(path)

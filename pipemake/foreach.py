@@ -75,7 +75,7 @@ def list_items(b: Builder, stage: Stage, path: str, unknown: set[str]) -> list[I
 
 def stage_key(b: Builder, stage: Stage, sk: StageKey) -> None:
     """Fill in the item keys and the stage key (None for map-reduce while maps are missing)."""
-    base = digest(sk.doc)
+    base = digest(sk.doc, checked=True)
     sk.base = base
     rule = stage.rule
     if not rule.map_reduce:

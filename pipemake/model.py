@@ -57,6 +57,8 @@ class Stage:
     retry_backoff: float = 1.0
     timeout: float | None = None
     version: str | None = None
+    #: no reference to a computed value: ``ports`` (params included) are final at load time
+    static: bool = False
 
 
 @dataclass

@@ -26,7 +26,7 @@ from .rule import ENTRY_POINT_GROUP, Ports, get_rule
 
 __all__ = ["load_checked"]
 
-PLAN_FORMAT = 1
+PLAN_FORMAT = 2
 
 
 def _key(text: bytes) -> str:
@@ -82,6 +82,9 @@ def _write(cache: Path, key: str, p: Pipeline) -> None:
                 "inputs": {k: _inputs_json(v) for k, v in s.ports.inputs.items()},
                 "outputs": s.ports.outputs,
                 "output_kinds": s.ports.output_kinds,
+                "params": s.ports.params if s.static else None,
+                "key_params": s.ports.key_params if s.static else None,
+                "static": s.static,
                 "line": s.line,
                 "lines": s.lines,
                 "foreach": [s.foreach.input, s.foreach.pattern] if s.foreach else None,
@@ -97,7 +100,7 @@ def _write(cache: Path, key: str, p: Pipeline) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".plan-")
         with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, separators=(",", ":"))
+            fh.write(json.dumps(doc, separators=(",", ":")))
         os.replace(tmp, cache)
     except (OSError, TypeError, ValueError):
         pass  # only a cache
@@ -112,17 +115,21 @@ def _read(cache: Path, key: str, file: Path) -> Pipeline | None:
     if not isinstance(doc, dict) or doc.get("key") != key:
         return None
     stages: dict[str, Stage] = {}
+    root = str(file.parent.resolve())
     for s in doc["stages"]:
         rule = get_rule(s["type"])
         if rule is None:
             return None
-        ports = Ports(inputs=s["inputs"], outputs=s["outputs"], output_kinds=s["output_kinds"])
+        ports = Ports(
+            inputs=s["inputs"], outputs=s["outputs"], output_kinds=s["output_kinds"],
+            params=s["params"] or {}, key_params=s["key_params"], root=root,
+        )  # fmt: skip
         fe = Foreach(*s["foreach"]) if s["foreach"] else None
         stages[s["id"]] = Stage(
             id=s["id"], type=s["type"], rule=rule, config=s["config"], ports=ports,
             deps=s["deps"], line=s["line"], lines=s["lines"], foreach=fe,
             resources=s["resources"], retries=s["retries"], retry_backoff=s["retry_backoff"],
-            timeout=s["timeout"], version=s["version"],
+            timeout=s["timeout"], version=s["version"], static=s["static"],
         )  # fmt: skip
     graph = Graph({sid: [d for d in st.deps if d in stages] for sid, st in stages.items()})
     return Pipeline(

@@ -147,9 +147,10 @@ class Scheduler:
                 break
             for msg in self.executor.poll(self._poll_timeout()):
                 self._handle(msg)
+        out = self.out
+        done = set(out.done)
         for stage in self.order:
-            out = self.out
-            if stage not in out.done and stage not in out.failed and stage not in out.skipped:
+            if stage not in done and stage not in out.failed and stage not in out.skipped:
                 reason = "interrupted" if out.interrupted else "not started after a failure"
                 out.skipped[stage] = reason
         return self.out

@@ -40,6 +40,7 @@ class WorkspaceState:
         self._db: sqlite3.Connection | None = None
         self._stat: dict[str, StatRow] | None = None
         self._stat_dirty: dict[str, StatRow] = {}
+        self._records: dict[str, dict[str, Any]] | None = None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -101,8 +102,12 @@ class WorkspaceState:
         return json.loads(row[0]) if row else None
 
     def records(self) -> dict[str, dict[str, Any]]:
-        """Every stage's last-build record."""
-        return {s: json.loads(r) for s, r in self.db.execute("SELECT stage, record FROM records")}
+        """Every stage's last-build record (read once; later writes keep the copy current)."""
+        if self._records is None:
+            self._records = {
+                s: json.loads(r) for s, r in self.db.execute("SELECT stage, record FROM records")
+            }
+        return dict(self._records)
 
     def set_record(self, stage: str, record: dict[str, Any]) -> None:
         if self.readonly:
@@ -111,6 +116,8 @@ class WorkspaceState:
             "INSERT OR REPLACE INTO records VALUES (?, ?)",
             (stage, json.dumps(record, sort_keys=True)),
         )
+        if self._records is not None:
+            self._records[stage] = record
 
     def item_hashes(self, stage: str) -> dict[str, str] | None:
         """A foreach stage's items at its last build (relpath → content hash)."""

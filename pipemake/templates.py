@@ -35,7 +35,7 @@ class Ref:
         return "{" + f"{self.scope}.{self.name}" + "}"
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=1 << 16)
 def _parse(text: str) -> tuple[str | Ref, ...]:
     return tuple(_parse_uncached(text))
 
