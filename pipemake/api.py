@@ -246,8 +246,8 @@ def _budget(p: Pipeline, order: list[str], overrides: Mapping[str, float] | None
 
 def _expected(project: Project, order: list[str]) -> dict[str, float]:
     """Each stage's expected duration: its last duration (1 s when never built)."""
-    records = project.state.records()
-    return {s: float((records.get(s) or {}).get("duration") or 1.0) for s in order}
+    brief = project.state.brief()
+    return {s: float((brief.get(s) or (None, None, None))[2] or 1.0) for s in order}
 
 
 def _report(builder: Builder, outcome: Outcome, duration: float) -> BuildReport:

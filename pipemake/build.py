@@ -97,7 +97,8 @@ class Builder:
         self.results: dict[str, Planned] = {}
         self.decisions: dict[str, Decision] = {}
         self._running: dict[str, dict[str, Any]] = {}
-        self._records = state.records()
+        self._brief = state.brief()
+        self._full: dict[str, dict[str, Any] | None] = {}
         self._placed: dict[str, tuple[str, str]] | None = None
 
     # resolving and keys -----------------------------------------------------------------
@@ -222,8 +223,6 @@ class Builder:
     # deciding ---------------------------------------------------------------------------
     def decide(self, stage: Stage) -> tuple[Decision, StageKey | None, dict[str, Any] | None]:
         """The verdict for a stage given what is known now, without changing anything."""
-        record = self._records.get(stage.id)
-        old_doc = record.get("doc") if record else None
         try:
             sk = self.resolve(stage)
         except _Unknown as exc:
@@ -236,7 +235,7 @@ class Builder:
                 None,
             )
         if sk.unknown:
-            own = [r for r in explain(old_doc, sk.doc) if not _from_unknown(r, sk)]
+            own = [r for r in explain(self._old_doc(stage.id), sk.doc) if not _from_unknown(r, sk)]
             if own:
                 return Decision(Verdict.RUN, own), sk, None
             first = sorted(sk.unknown)[0]
@@ -251,6 +250,7 @@ class Builder:
             return Decision(Verdict.RUN, [Reason(Trigger.FORCED, "forced")]), sk, None
         entry = self.store.get_action(sk.key) if sk.key is not None else None
         if entry is None:
+            old_doc = self._old_doc(stage.id)
             reasons = [r for r in explain(old_doc, sk.doc) if r.trigger is not Trigger.ITEMS]
             items = None
             if stage.foreach is not None:
@@ -278,14 +278,25 @@ class Builder:
             for rel, s in bad:
                 trig = Trigger.OUTPUT_MISSING if s == "missing" else Trigger.OUTPUT_CHANGED
                 reasons.append(Reason(trig, f"output {rel} {s}"))
-        if record and record.get("key") != sk.key:
-            why = "; ".join(map(str, explain(old_doc, sk.doc)))
+        last = self._brief.get(stage.id)
+        if last is not None and last[0] != sk.key:
+            why = "; ".join(map(str, explain(self._old_doc(stage.id), sk.doc)))
             reasons.append(
                 Reason(
                     Trigger.CACHED, "cached from an earlier build" + (f" ({why})" if why else "")
                 )
             )
         return Decision(Verdict.RESTORE, reasons), sk, entry
+
+    def _record(self, stage_id: str) -> dict[str, Any] | None:
+        """The stage's whole last-build record, read when a reason or a failure needs it."""
+        if stage_id not in self._full:
+            self._full[stage_id] = self.state.record(stage_id) if stage_id in self._brief else None
+        return self._full[stage_id]
+
+    def _old_doc(self, stage_id: str) -> dict[str, Any] | None:
+        record = self._record(stage_id)
+        return record.get("doc") if record else None
 
     # the StageHandler -------------------------------------------------------------------
     def begin(self, stage_id: str) -> list[Task]:
@@ -454,7 +465,7 @@ class Builder:
         return entry
 
     def _failed(self, stage: Stage, run: dict[str, Any], text: str) -> None:
-        record = dict(self._records.get(stage.id) or {})
+        record = dict(self._record(stage.id) or {})
         stopped = self.stopping()
         record.update(
             result="interrupted" if stopped else "failed",
@@ -466,16 +477,15 @@ class Builder:
 
     def _done(self, stage: Stage, sk: StageKey, entry: dict[str, Any], ran: bool) -> None:
         self.results[stage.id] = Planned(entry["outputs"], entry.get("values", {}), sk.key)
-        old = self._records.get(stage.id) or {}
-        metrics = entry.get("metrics", {})
-        record = {
-            "key": sk.key, "doc": sk.doc, "result": "ok",
-            "duration": metrics.get("duration", old.get("duration")),
-            "finished": time.time() if ran else old.get("finished", time.time()),
-        }  # fmt: skip
-        if record != old:
+        last = self._brief.get(stage.id) or (None, None, None)
+        if ran or last[0] != sk.key or last[1] != "ok":
+            metrics = entry.get("metrics", {})
+            record = {
+                "key": sk.key, "doc": sk.doc, "result": "ok",
+                "duration": metrics.get("duration", last[2]), "finished": time.time(),
+            }  # fmt: skip
             self.state.set_record(stage.id, record)
-            self._records[stage.id] = record
+            self._full[stage.id] = record
         if self._placed is None:
             self._placed = self.state.placed()
         new = [(rel, stage.id, name) for name, rel in sk.ports.outputs.items()
@@ -483,7 +493,7 @@ class Builder:
         if new:
             self.state.set_placed(new)
             self._placed.update((rel, (s, n)) for rel, s, n in new)
-        if stage.foreach is not None and (ran or old.get("key") != sk.key):
+        if stage.foreach is not None and (ran or last[0] != sk.key):
             self.state.set_item_hashes(stage.id, {it.relpath: it.hash for it in sk.items})
 
 

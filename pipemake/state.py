@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = ["STATE_FORMAT", "StatRow", "WorkspaceState"]
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 
 StatRow = tuple[int, int, int, int, int, str]  # dev, ino, size, mtime_ns, hashed_at_ns, hash
 
@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS stat (
     path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER,
     hashed_at INTEGER, hash TEXT);
-CREATE TABLE IF NOT EXISTS records (stage TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    stage TEXT PRIMARY KEY, key TEXT, result TEXT, duration REAL, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS placed (path TEXT PRIMARY KEY, stage TEXT, output TEXT);
 CREATE TABLE IF NOT EXISTS items (stage TEXT PRIMARY KEY, hashes TEXT NOT NULL);
 """
@@ -40,7 +41,7 @@ class WorkspaceState:
         self._db: sqlite3.Connection | None = None
         self._stat: dict[str, StatRow] | None = None
         self._stat_dirty: dict[str, StatRow] = {}
-        self._records: dict[str, dict[str, Any]] | None = None
+        self._brief: dict[str, tuple[str | None, str | None, float | None]] | None = None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -54,17 +55,15 @@ class WorkspaceState:
                 self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT value FROM meta WHERE name='format'").fetchone()
+            if row is not None and row[0] != str(STATE_FORMAT):
+                # Only caches and build notes: start over rather than misread another format.
+                for table in ("stat", "records", "placed", "items", "meta"):
+                    self._db.execute(f"DROP TABLE IF EXISTS {table}")
+                self._db.executescript(_SCHEMA)
+                row = None
             if row is None:
                 self._db.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(STATE_FORMAT),)
-                )
-            elif row[0] != str(STATE_FORMAT):
-                # Only a cache: start over rather than misread another format.
-                self._db.executescript(
-                    "DELETE FROM stat; DELETE FROM records; DELETE FROM placed; DELETE FROM items;"
-                )
-                self._db.execute(
-                    "UPDATE meta SET value=? WHERE name='format'", (str(STATE_FORMAT),)
+                    "INSERT OR REPLACE INTO meta VALUES ('format', ?)", (str(STATE_FORMAT),)
                 )
         return self._db
 
@@ -102,22 +101,32 @@ class WorkspaceState:
         return json.loads(row[0]) if row else None
 
     def records(self) -> dict[str, dict[str, Any]]:
-        """Every stage's last-build record (read once; later writes keep the copy current)."""
-        if self._records is None:
-            self._records = {
-                s: json.loads(r) for s, r in self.db.execute("SELECT stage, record FROM records")
+        """Every stage's last-build record."""
+        return {s: json.loads(r) for s, r in self.db.execute("SELECT stage, record FROM records")}
+
+    def brief(self) -> dict[str, tuple[str | None, str | None, float | None]]:
+        """Every stage's last key, result and duration, without reading the whole records
+        (read once; later writes keep the copy current)."""
+        if self._brief is None:
+            self._brief = {
+                s: (k, r, d)
+                for s, k, r, d in self.db.execute(
+                    "SELECT stage, key, result, duration FROM records"
+                )
             }
-        return dict(self._records)
+        return self._brief
 
     def set_record(self, stage: str, record: dict[str, Any]) -> None:
+        """Write a stage's last-build record (key, key document, result, duration, …)."""
         if self.readonly:
             return
+        brief = (record.get("key"), record.get("result"), record.get("duration"))
         self.db.execute(
-            "INSERT OR REPLACE INTO records VALUES (?, ?)",
-            (stage, json.dumps(record, sort_keys=True)),
+            "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?)",
+            (stage, *brief, json.dumps(record, sort_keys=True)),
         )
-        if self._records is not None:
-            self._records[stage] = record
+        if self._brief is not None:
+            self._brief[stage] = brief
 
     def item_hashes(self, stage: str) -> dict[str, str] | None:
         """A foreach stage's items at its last build (relpath → content hash)."""
