@@ -180,6 +180,7 @@ def build(
             jobs=jobs,
             retries=retries,
         )
+        builder.prefetch(order)
         expected = _expected(project, order)
         chosen = set(order)
         bus.emit(
@@ -267,6 +268,7 @@ def dry_run(project: Project, targets: Sequence[str] = ()) -> list[tuple[str, De
     p = project.pipeline
     order = _select(p, targets)
     builder = Builder(p, project.store, project.state, Bus(), dry=True)
+    builder.prefetch(order)
     for stage in order:
         builder.begin(stage)
     return [(s, builder.decisions[s]) for s in order]

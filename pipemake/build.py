@@ -98,6 +98,7 @@ class Builder:
         self.decisions: dict[str, Decision] = {}
         self._running: dict[str, dict[str, Any]] = {}
         self._brief = state.brief()
+        self._prefetched: dict[str, dict[str, Any]] = {}
         self._full: dict[str, dict[str, Any] | None] = {}
         self._placed: dict[str, tuple[str, str]] | None = None
 
@@ -156,7 +157,8 @@ class Builder:
                 upstream[dep] = "?"
             else:
                 upstream[dep] = digest(
-                    [{n: manifest_hash(m) for n, m in planned.outputs.items()}, planned.values]
+                    [{n: manifest_hash(m) for n, m in planned.outputs.items()}, planned.values],
+                    checked=True,  # JSON from the store: string keys only
                 )
         doc = {
             "format": KEY_FORMAT,
@@ -248,7 +250,9 @@ class Builder:
             )
         if self.force or stage.id in self.force_stages:
             return Decision(Verdict.RUN, [Reason(Trigger.FORCED, "forced")]), sk, None
-        entry = self.store.get_action(sk.key) if sk.key is not None else None
+        entry = None
+        if sk.key is not None:
+            entry = self._prefetched.pop(sk.key, None) or self.store.get_action(sk.key)
         if entry is None:
             old_doc = self._old_doc(stage.id)
             reasons = [r for r in explain(old_doc, sk.doc) if r.trigger is not Trigger.ITEMS]
@@ -287,6 +291,12 @@ class Builder:
                 )
             )
         return Decision(Verdict.RESTORE, reasons), sk, entry
+
+    def prefetch(self, stages: list[str]) -> None:
+        """Read the entries of these stages' last keys in a few queries: on a no-op build
+        they are the entries the decisions need."""
+        keys = [k for s in stages if (k := (self._brief.get(s) or (None,))[0])]
+        self._prefetched = self.store.get_actions(keys)
 
     def _record(self, stage_id: str) -> dict[str, Any] | None:
         """The stage's whole last-build record, read when a reason or a failure needs it."""

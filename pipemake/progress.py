@@ -26,7 +26,7 @@ __all__ = ["PlainView", "RichView", "describe", "log_lines", "make_view", "summa
 PROGRESS_EVERY = 10.0  # seconds between a stage's progress lines in the plain view
 ERROR_LINES = 12  # lines of a failed stage's error in the closing summary
 NAMES_SHOWN = 20  # names listed per group in the closing summary
-UP_TO_DATE_LINES = 20  # the live view's "up to date" lines before it only counts them
+UP_TO_DATE_LINES = 20  # "up to date" lines shown before a view only counts them
 
 
 class _Remaining:
@@ -229,10 +229,18 @@ class PlainView:
         self.eta = Estimator(clock)
         self._remaining = _Remaining(self.eta)
         self._last_line: dict[str, float] = {}
+        self._up_to_date = 0
 
     def __call__(self, event: Event) -> None:
         self.eta(event)
         k, s = event.kind, event.stage
+        if k == "stage_skipped" and event.data.get("reason") == "up to date":
+            # a no-op over thousands of stages is one summary, not thousands of lines
+            self._up_to_date += 1
+            if self._up_to_date > UP_TO_DATE_LINES:
+                if self._up_to_date == UP_TO_DATE_LINES + 1:
+                    self._line("… more stages up to date (counted in the summary)")
+                return
         if k == "run_finished":
             for line in summary_lines(event):
                 self._line(line)
