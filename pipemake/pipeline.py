@@ -16,7 +16,8 @@ from .dag import Graph
 from .errors import Problems, suggest
 from .model import DEFAULT_FILE, SYMBOLIC_SCOPES, Foreach, Pending, Pipeline, Stage
 from .rule import rule_names
-from .yamlload import LineDict, YamlError, load_yaml
+from .yamlchunks import load_yaml_cached
+from .yamlload import LineDict, YamlError
 
 __all__ = [
     "DEFAULT_FILE",
@@ -83,8 +84,10 @@ def _bad_keys(value: Any, raw: LineDict, ld: Problems, stage: str) -> bool:
     return bad
 
 
-def load_pipeline(file: str | os.PathLike[str]) -> Pipeline:
-    """Load and check a pipeline file; raise PipelineError listing every problem found."""
+def load_pipeline(file: str | os.PathLike[str], chunk_cache: Path | None = None) -> Pipeline:
+    """Load and check a pipeline file; raise PipelineError listing every problem found.
+
+    With ``chunk_cache``, stages whose text is unchanged reuse their earlier parse."""
     path = Path(file)
     ld = Problems(path)
     try:
@@ -100,7 +103,7 @@ def load_pipeline(file: str | os.PathLike[str]) -> Pipeline:
         ld.problem(f"cannot read the pipeline file: {exc}", None)
         ld.fail_if_any()
     try:
-        doc = load_yaml(text)
+        doc = load_yaml_cached(text, chunk_cache)
     except YamlError as exc:
         ld.problem(f"malformed YAML: {exc}", exc.line, hint="fix the YAML syntax at that line")
         ld.fail_if_any()

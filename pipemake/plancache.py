@@ -51,7 +51,7 @@ def load_checked(file: Path, dot: Path) -> Pipeline:
     if pipeline is not None:
         _recheck_sources(pipeline)
         return pipeline
-    pipeline = load_pipeline(file)
+    pipeline = load_pipeline(file, dot / "yaml-chunks.json" if dot.is_dir() else None)
     if dot.is_dir():
         _write(cache, key, pipeline)
     return pipeline

@@ -56,15 +56,19 @@ class Store:
     def db(self) -> sqlite3.Connection:
         if self._db is None:
             self.path.mkdir(parents=True, exist_ok=True)
-            try:
-                db = sqlite3.connect(self.path / "actions.db", timeout=60, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=" + ("FULL" if self.fsync else "NORMAL"))
-                db.executescript(_SCHEMA)
-                db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(STORE_FORMAT),))
-                fmt = db.execute("SELECT value FROM meta WHERE name='format'").fetchone()[0]
-            except sqlite3.DatabaseError as exc:
-                raise StoreError(f"cannot open the store at {self.path}: {exc}") from None
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    db, fmt = self._open()
+                    break
+                except sqlite3.OperationalError as exc:
+                    # another process creating the same store (a shared --cache-dir) holds
+                    # it for a moment, and changing the journal mode does not wait by itself
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise StoreError(f"cannot open the store at {self.path}: {exc}") from None
+                    time.sleep(0.05)
+                except sqlite3.DatabaseError as exc:
+                    raise StoreError(f"cannot open the store at {self.path}: {exc}") from None
             if fmt != str(STORE_FORMAT):
                 raise StoreError(
                     f"the store at {self.path} has format {fmt}, this pipemake reads "
@@ -72,6 +76,19 @@ class Store:
                 )
             self._db = db
         return self._db
+
+    def _open(self) -> tuple[sqlite3.Connection, str]:
+        db = sqlite3.connect(self.path / "actions.db", timeout=60, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=" + ("FULL" if self.fsync else "NORMAL"))
+            db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(STORE_FORMAT),))
+            fmt = db.execute("SELECT value FROM meta WHERE name='format'").fetchone()[0]
+        except BaseException:
+            db.close()
+            raise
+        return db, fmt
 
     def get_action(self, key: str) -> dict[str, Any] | None:
         """The entry stored under ``key``, or None."""
