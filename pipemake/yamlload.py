@@ -6,13 +6,10 @@ each key, so every problem in a pipeline file can name its line.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-import yaml
-
 __all__ = ["LineDict", "YamlError", "load_yaml"]
-
-_Base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class LineDict(dict):
@@ -34,30 +31,7 @@ class YamlError(Exception):
         self.line = line
 
 
-class _Loader(_Base):  # type: ignore[misc, valid-type]
-    """The safe loader, with two shortcuts for big pipeline files: a scalar's implicit tag is
-    looked up once per distinct text, and plain strings are taken as they are."""
-
-    _tags: dict[tuple[str, bool], str] = {}
-
-    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
-        if kind is yaml.ScalarNode and implicit[0]:
-            key = (value, implicit[1])
-            tag = self._tags.get(key)
-            if tag is None:
-                tag = super().resolve(kind, value, implicit)
-                if len(self._tags) < 100_000:
-                    self._tags[key] = tag
-            return tag
-        return super().resolve(kind, value, implicit)
-
-    def construct_yaml_str(self, node: Any) -> Any:
-        if isinstance(node, yaml.ScalarNode):
-            return node.value
-        return super().construct_yaml_str(node)
-
-
-def _construct_mapping(loader: Any, node: yaml.MappingNode) -> LineDict:
+def _construct_mapping(loader: Any, node: Any) -> LineDict:
     loader.flatten_mapping(node)
     result = LineDict()
     result.line = node.start_mark.line + 1
@@ -78,14 +52,46 @@ def _construct_mapping(loader: Any, node: yaml.MappingNode) -> LineDict:
     return result
 
 
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-_Loader.add_constructor("tag:yaml.org,2002:str", _Loader.construct_yaml_str)
+@functools.cache
+def _loader() -> Any:
+    """The loader class, made on first use: a run whose plan is cached never imports yaml."""
+    import yaml
+
+    base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class _Loader(base):  # type: ignore[misc, valid-type]
+        """The safe loader, with two shortcuts for big pipeline files: a scalar's implicit tag is
+        looked up once per distinct text, and plain strings are taken as they are."""
+
+        _tags: dict[tuple[str, bool], str] = {}
+
+        def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+            if kind is yaml.ScalarNode and implicit[0]:
+                key = (value, implicit[1])
+                tag = self._tags.get(key)
+                if tag is None:
+                    tag = super().resolve(kind, value, implicit)
+                    if len(self._tags) < 100_000:
+                        self._tags[key] = tag
+                return tag
+            return super().resolve(kind, value, implicit)
+
+        def construct_yaml_str(self, node: Any) -> Any:
+            if isinstance(node, yaml.ScalarNode):
+                return node.value
+            return super().construct_yaml_str(node)
+
+    _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+    _Loader.add_constructor("tag:yaml.org,2002:str", _Loader.construct_yaml_str)
+    return _Loader
 
 
 def load_yaml(text: str) -> Any:
     """Parse ``text``; raise :class:`YamlError` with a line number when it is malformed."""
+    import yaml
+
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader subclass
+        return yaml.load(text, Loader=_loader())  # noqa: S506 - a safe loader subclass
     except YamlError:
         raise
     except yaml.MarkedYAMLError as exc:
