@@ -36,6 +36,7 @@ __all__ = [
     "BuildReport",
     "Project",
     "build",
+    "cache_gc",
     "cache_info",
     "cache_verify",
     "clean",
@@ -369,6 +370,51 @@ def cache_info(project: Project) -> dict[str, Any]:
         size += project.store.object_path(digest).stat().st_size
     entries = sum(1 for _ in project.store.actions())
     return {"path": str(project.store.path), "objects": objects, "bytes": size, "entries": entries}
+
+
+def cache_gc(project: Project, keep_days: float = 7.0, dry: bool = False) -> dict[str, Any]:
+    """Remove what the current pipeline does not need: entries that are neither the keys
+    this workspace would use now, nor a stage's last build, nor younger than ``keep_days``
+    (so switching back to recent params still restores), and objects no kept entry names.
+
+    With a ``--cache-dir`` shared by several workspaces, the age window is what protects
+    the others' entries: run it where their builds are recent, or with a longer window.
+    """
+    p = project.pipeline
+    with BuildLock(project.workspace.dot / "lock", 0):
+        builder = Builder(p, project.store, project.state, Bus(), dry=True)
+        order = p.graph.topo_order()
+        builder.prefetch(order)
+        for stage in order:
+            builder.begin(stage)
+        keep = set(builder.keys_seen)
+        keep.update(k for k, _r, _d in project.state.brief().values() if k)
+        horizon = time.time() - keep_days * 86400
+        created = project.store.created()
+        drop = [k for k, t in created.items() if k not in keep and t < horizon]
+        dropped = set(drop)
+        referenced: set[str] = set()
+        for key, entry in project.store.actions():
+            if key in dropped:
+                continue
+            for manifest in entry.get("outputs", {}).values():
+                if manifest.get("kind") == "file":
+                    referenced.add(manifest["hash"])
+                else:
+                    referenced.update(e[1] for e in manifest.get("entries", []))
+            if "map" in entry:
+                referenced.add(entry["map"]["hash"])
+        unused = [d for d in project.store.iter_objects() if d not in referenced]
+        freed = sum(project.store.object_path(d).stat().st_size for d in unused)
+        stale = project.store.stale_temporaries(time.time() - 3600)
+        if not dry:
+            project.store.delete_actions(drop)
+            for digest in unused:
+                project.store.remove_object(digest)
+            for path in stale:
+                path.unlink(missing_ok=True)
+    return {"entries_removed": len(drop), "entries_kept": len(created) - len(drop),
+            "objects_removed": len(unused), "bytes_freed": freed, "dry_run": dry}  # fmt: skip
 
 
 def cache_verify(project: Project) -> dict[str, Any]:

@@ -99,6 +99,8 @@ class Builder:
         self._running: dict[str, dict[str, Any]] = {}
         self._brief = state.brief()
         self._prefetched: dict[str, dict[str, Any]] = {}
+        #: every stage, item and map key this build or plan computed (what ``cache gc`` keeps)
+        self.keys_seen: set[str] = set()
         self._full: dict[str, dict[str, Any] | None] = {}
         self._placed: dict[str, tuple[str, str]] | None = None
 
@@ -313,6 +315,10 @@ class Builder:
         stage = self.p.stages[stage_id]
         decision, sk, entry = self.decide(stage)
         self.decisions[stage_id] = decision
+        if sk is not None:
+            if sk.key is not None:
+                self.keys_seen.add(sk.key)
+            self.keys_seen.update(sk.item_keys.values())
         if self.dry:
             self.results[stage_id] = Planned(
                 entry["outputs"] if entry else None,

@@ -378,6 +378,32 @@ def cache_info(ctx: click.Context) -> None:
     _run(go)
 
 
+@cache.command("gc")
+@click.option(
+    "--keep-days",
+    type=click.FloatRange(min=0),
+    default=7.0,
+    show_default=True,
+    help="Also keep entries younger than this (a recent param set still restores).",
+)
+@click.option("--dry-run", "dry", is_flag=True, help="Say what would go; remove nothing.")
+@click.pass_context
+def cache_gc(ctx: click.Context, keep_days: float, dry: bool) -> None:
+    """Remove entries and objects the current pipeline no longer needs."""
+
+    def go() -> int:
+        with _project(ctx) as project:
+            info = api.cache_gc(project, keep_days=keep_days, dry=dry)
+        verb = "would remove" if dry else "removed"
+        click.echo(
+            f"{verb} {info['entries_removed']} entries and {info['objects_removed']} objects "
+            f"({info['bytes_freed'] / 1e6:.1f} MB); kept {info['entries_kept']} entries"
+        )
+        return 0
+
+    _run(go)
+
+
 @cache.command("verify")
 @click.pass_context
 def cache_verify(ctx: click.Context) -> None:

@@ -139,8 +139,32 @@ class Store:
             except ValueError:
                 continue
 
+    def created(self) -> dict[str, float]:
+        """When each entry was written (key → seconds since the epoch)."""
+        return dict(self.db.execute("SELECT key, created FROM actions"))
+
     def delete_actions(self, keys: Iterable[str]) -> None:
-        self.db.executemany("DELETE FROM actions WHERE key=?", [(k,) for k in keys])
+        """Remove entries (``cache gc``); their objects go with the next sweep."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("DELETE FROM actions WHERE key=?", [(k,) for k in keys])
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def stale_temporaries(self, older_than: float) -> list[Path]:
+        """Temporary files a killed writer left among the objects."""
+        if not self.objects.is_dir():
+            return []
+        return [
+            f
+            for sub in self.objects.iterdir()
+            if sub.is_dir()
+            for f in sub.iterdir()
+            if f.name.startswith(".tmp-") and f.stat().st_mtime < older_than
+        ]
 
     # objects ----------------------------------------------------------------------------
     def object_path(self, digest: str) -> Path:
