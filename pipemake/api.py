@@ -83,7 +83,8 @@ def open_project(
     cache = Path(cache)
     if not cache.is_absolute():
         cache = Path.cwd() / cache
-    return Project(pipeline, Store(cache), WorkspaceState(ws.dot / "state.db", readonly), ws)
+    store = Store(cache, readonly=readonly)
+    return Project(pipeline, store, WorkspaceState(ws.dot / "state.db", readonly), ws)
 
 
 def _select(p: Pipeline, targets: Sequence[str]) -> list[str]:

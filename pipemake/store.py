@@ -44,8 +44,9 @@ CREATE TABLE IF NOT EXISTS actions (
 class Store:
     """Objects plus the action cache, in one directory that may be shared."""
 
-    def __init__(self, path: Path, fsync: bool = False):
+    def __init__(self, path: Path, fsync: bool = False, readonly: bool = False):
         self.path = Path(path)
+        self.readonly = readonly
         self.objects = self.path / "objects"
         self.fsync = fsync
         self._db: sqlite3.Connection | None = None
@@ -55,6 +56,11 @@ class Store:
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
+            if self.readonly and not (self.path / "actions.db").exists():
+                # a plan on a fresh project: an empty store, and nothing written to disk
+                self._db = sqlite3.connect(":memory:", isolation_level=None)
+                self._db.executescript(_SCHEMA)
+                return self._db
             self.path.mkdir(parents=True, exist_ok=True)
             deadline = time.monotonic() + 60
             while True:

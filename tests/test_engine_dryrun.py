@@ -173,3 +173,10 @@ def test_dry_run_without_the_store_says_no_cache_entry(chain: Proj) -> None:
     assert rows["upper"] == "run: no cache entry"
     assert rows["side"] == "run: no cache entry"
     assert rows["lines"].startswith(("maybe", "run"))
+
+
+def test_plans_on_a_fresh_project_write_nothing(chain) -> None:
+    for command in (["dry-run"], ["status"], ["validate"], ["graph"], ["list"]):
+        chain.cli(*command)
+    assert not chain.exists(".pipemake")
+    assert not chain.exists("build")
