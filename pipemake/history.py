@@ -41,6 +41,7 @@ _ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
 _BULK = frozenset({"stage_skipped", "stage_restored", "progress", "log", "task_started",
                    "task_finished"})  # fmt: skip
 FLUSH_EVERY = 0.25
+_UP_TO_DATE = {"reason": "up to date"}
 
 
 def _dumps(obj: Any) -> str:
@@ -145,11 +146,19 @@ class RunLog:
         if event.kind == "run_started":
             self._open()
             record = {**event.as_json(), "run": self.run_id, "format": FORMAT, **self.meta}
+            line = _dumps(record) + "\n"
         elif not self._files:
             return
+        elif event.kind == "stage_skipped" and event.data == _UP_TO_DATE:
+            # the one event a no-op over thousands of stages writes thousands of times
+            record = {"event": event.kind, "stage": event.stage, **_UP_TO_DATE}
+            line = (
+                f'{{"event":"stage_skipped","stage":{_dumps(event.stage)},'
+                f'"time":{event.time!r},"reason":"up to date"}}\n'
+            )
         else:
             record = event.as_json()
-        line = _dumps(record) + "\n"
+            line = _dumps(record) + "\n"
         now = time.monotonic()
         flush = event.kind not in _BULK or now - self._flushed >= FLUSH_EVERY
         for f in self._files:
