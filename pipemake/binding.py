@@ -336,12 +336,29 @@ def _check_inputs(pipeline: Pipeline, st: Stage, ld: Problems) -> None:
             if owner is not None:
                 if owner[0] != st.id and owner[0] not in st.deps:
                     st.deps.append(owner[0])
-                continue
-            full = p if os.path.isabs(p) else os.path.join(pipeline.root, p)
-            if not os.path.exists(full):
-                ld.problem(
-                    f"input {key!r}: {p} does not exist",
-                    line,
-                    st.id,
-                    hint="create it, fix the path, or produce it with an upstream stage",
-                )
+            elif not os.path.exists(p if os.path.isabs(p) else os.path.join(pipeline.root, p)):
+                _missing(ld, st, key, p)
+
+
+def _missing(ld: Problems, st: Stage, key: str, path: str) -> None:
+    ld.problem(
+        f"input {key!r}: {path} does not exist",
+        st.lines.get(key, st.line),
+        st.id,
+        hint="create it, fix the path, or produce it with an upstream stage",
+    )
+
+
+def check_sources(pipeline: Pipeline, ld: Problems) -> None:
+    """Note every source input (one no stage produces) that is not on disk: what can change
+    without the pipeline file changing, so a cached plan is checked again on each load."""
+    for st in pipeline.stages.values():
+        for key, value in st.ports.inputs.items():
+            for path in value if isinstance(value, list) else [value]:
+                if not isinstance(path, str):
+                    continue
+                base = glob_base(path) if is_glob(path) else path
+                if pipeline.output_owner(base) is None and not os.path.exists(
+                    base if os.path.isabs(base) else os.path.join(pipeline.root, base)
+                ):
+                    _missing(ld, st, key, base)

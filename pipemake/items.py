@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -183,7 +182,3 @@ def chunks(seq: Sequence[Any], jobs: int, batch: int) -> list[Sequence[Any]]:
     size = max(1, min(256, n // max(1, jobs * 8)))
     size = max(batch, (size // batch) * batch)
     return [seq[i : i + size] for i in range(0, n, size)]
-
-
-def safe_join(base: str, rel: str) -> str:
-    return os.path.normpath(os.path.join(base, rel))

@@ -17,8 +17,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .binding import check_sources
 from .dag import Graph
-from .errors import PipelineError, Problem
+from .errors import Problems
 from .hashing import digest, hash_bytes
 from .model import Foreach, Pending, Pipeline, Stage
 from .pipeline import load_pipeline
@@ -140,23 +141,6 @@ def _read(cache: Path, key: str, file: Path) -> Pipeline | None:
 
 
 def _recheck_sources(p: Pipeline) -> None:
-    from .items import glob_base, is_glob
-
-    problems = []
-    for st in p.stages.values():
-        for key, value in st.ports.inputs.items():
-            for path in value if isinstance(value, list) else [value]:
-                if not isinstance(path, str):
-                    continue
-                base = glob_base(path) if is_glob(path) else path
-                if p.output_owner(base) is not None:
-                    continue
-                full = base if os.path.isabs(base) else os.path.join(p.root, base)
-                if not os.path.exists(full):
-                    problems.append(Problem(
-                        f"input {key!r}: {path} does not exist", str(p.file),
-                        st.lines.get(key, st.line), st.id,
-                        hint="create it, fix the path, or produce it with an upstream stage",
-                    ))  # fmt: skip
-    if problems:
-        raise PipelineError(problems)
+    problems = Problems(p.file)
+    check_sources(p, problems)
+    problems.fail_if_any()

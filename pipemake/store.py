@@ -18,7 +18,6 @@ import fcntl
 import json
 import os
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -181,6 +180,22 @@ class Store:
 
     def put_file(self, src: str, digest: str) -> None:
         """Copy ``src`` (whose content hash is ``digest``) into the store if it is not there."""
+
+        def write(out: Any) -> None:
+            with open(src, "rb") as inp:
+                _copy(inp, out)
+
+        self._put(digest, write)
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store ``data`` as an object; return its hash."""
+        digest = xxhash.xxh3_128_hexdigest(data)
+        self._put(digest, lambda out: out.write(data))
+        return digest
+
+    def _put(self, digest: str, write: Any) -> None:
+        """Write an absent object through a read-only temporary file and a rename, so a
+        reader (or a concurrent writer of the same object) never sees half of it."""
         dst = self.object_path(digest)
         if dst.is_file():
             return
@@ -190,8 +205,8 @@ class Store:
         tmp = f"{dst.parent}/.tmp-{os.getpid()}-{digest}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
         try:
-            with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-                _copy(inp, out)
+            with os.fdopen(fd, "wb") as out:
+                write(out)
                 if self.fsync:
                     out.flush()
                     os.fsync(out.fileno())
@@ -200,20 +215,6 @@ class Store:
             with _quiet():
                 os.unlink(tmp)
             raise
-
-    def put_bytes(self, data: bytes) -> str:
-        """Store ``data`` as an object; return its hash."""
-        digest = xxhash.xxh3_128_hexdigest(data)
-        dst = self.object_path(digest)
-        if dst.is_file():
-            return digest
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, dst)
-        return digest
 
     def read_bytes(self, digest: str) -> bytes | None:
         """An object's bytes, verified; None if it is missing or corrupt."""

@@ -91,14 +91,6 @@ class Workspace:
         if trash is not None:
             remove_path(trash)
 
-    def store_outputs(self, info: PathInfo, path: Path, store: Store) -> None:
-        """Copy every file of a hashed output into the store."""
-        if info.kind == "file":
-            store.put_file(str(path), info.hash)
-            return
-        for rel, digest, _size, _mode in info.entries or []:
-            store.put_file(str(path / rel), digest)
-
     def check(self, manifest: dict[str, Any], rel: str, hasher: Hasher) -> str | None:
         """None when the workspace output matches ``manifest``; else ``missing`` or
         ``changed``."""
