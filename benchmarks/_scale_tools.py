@@ -206,15 +206,14 @@ def _count(pattern: str, log: str) -> int:
 
 
 class Pipemake(Tool):
-    def __init__(self, name: str = "pipemake", python_rule: bool = False, jobs: int = 2) -> None:
-        super().__init__(
-            name,
-            "pipemake",
-            ["build", "-j", str(jobs), "--no-progress"],
-            ["build", "-j", str(jobs), "--no-progress"],
-            ["dry-run"],
-            [".pipemake", "build"],
-        )
+    """``python_rule``: the ``python`` rule instead of ``shell``; ``link``: every build with
+    ``--link`` (outputs hard-linked to the store's objects instead of copied)."""
+
+    def __init__(
+        self, name: str = "pipemake", python_rule: bool = False, jobs: int = 2, link: bool = False
+    ) -> None:
+        build = ["build", "-j", str(jobs), "--no-progress", *(["--link"] if link else [])]
+        super().__init__(name, "pipemake", build, list(build), ["dry-run"], [".pipemake", "build"])
         self.python_rule = python_rule
 
     def write(self, root: Path, tag: str) -> None:
@@ -323,6 +322,7 @@ def TOOLS(jobs: int) -> dict[str, Tool]:  # noqa: N802 - a table, built per -j
     return {
         "pipemake": Pipemake(jobs=jobs),
         "pipemake-py": Pipemake("pipemake-py", python_rule=True, jobs=jobs),
+        "pipemake-link": Pipemake("pipemake-link", python_rule=True, jobs=jobs, link=True),
         "make": Make(jobs),
         "dvc": Dvc(),
         "snakemake": Snakemake(jobs),

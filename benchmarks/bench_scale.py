@@ -47,7 +47,7 @@ SCENARIOS = [
     "param changed back",
 ]
 BIG = "cold hash, large files"
-ALL_TOOLS = "pipemake,pipemake-py,make,dvc,snakemake"
+ALL_TOOLS = "pipemake,pipemake-py,pipemake-link,make,dvc,snakemake"
 SHORT = {
     "noop": "no-op build",
     "dry": "dry-run / status",

@@ -21,7 +21,7 @@ from .build import Builder
 from .decide import Decision
 from .errors import BuildFailed, Interrupted, PipelineError, Problem, UsageError
 from .events import Bus
-from .executors.base import get_executor
+from .executors.base import Task, get_executor
 from .hooks import run_hooks, run_summary
 from .lock import BuildLock
 from .model import DEFAULT_FILE, Pipeline
@@ -151,6 +151,7 @@ def build(
     retries: int | None = None,
     grace: float = 30.0,
     log_json: str | os.PathLike[str] | None = None,
+    link: bool | None = None,
 ) -> BuildReport:
     """Build the targets (default: every stage) and what they need.
 
@@ -158,6 +159,8 @@ def build(
     a stage requests); ``retries`` applies to stages that set none; ``grace`` is how long
     running stages may finish after a first Ctrl-C or SIGTERM. Every event is logged under
     ``.pipemake/runs/`` (and to ``log_json``); the pipeline's hooks run after the build.
+    ``link`` (default: env ``PIPEMAKE_LINK``) hard-links outputs and the store's objects
+    instead of copying them; linked outputs are read-only.
     """
     p = project.pipeline
     order = _select(p, targets)
@@ -170,7 +173,10 @@ def build(
     runlog = history.RunLog(runs, log_json, {"pipeline": p.name})
     bus.subscribe(runlog)
     started = time.time()
-    with BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait):
+    with (
+        BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait),
+        _linking(project.store, link),
+    ):
         project.workspace.clear_tmp()
         builder = Builder(
             p,
@@ -226,6 +232,22 @@ def build(
     if report.failed:
         raise BuildFailed(list(report.failed))
     return report
+
+
+@contextmanager
+def _linking(store: Store, link: bool | None) -> Iterator[None]:
+    """Link outputs and objects for one build (``link``; None: env ``PIPEMAKE_LINK``): the
+    store restores by links, and the tasks made meanwhile store their outputs by links."""
+    if link is None:
+        link = os.environ.get("PIPEMAKE_LINK", "").strip().lower() in ("1", "true", "yes", "on")
+    old = store.link
+    store.link, store.can_link = link, True
+    token = Task.linking.set(link)
+    try:
+        yield
+    finally:
+        Task.linking.reset(token)
+        store.link = old
 
 
 def _budget(p: Pipeline, order: list[str], overrides: Mapping[str, float] | None) -> Budget:

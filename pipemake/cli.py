@@ -117,6 +117,13 @@ def _project(ctx: click.Context, readonly: bool = False, cache_dir: str | None =
 )
 @click.option("--no-progress", is_flag=True, help="Plain lines instead of a live view.")
 @click.option(
+    "--link",
+    is_flag=True,
+    envvar="PIPEMAKE_LINK",
+    help="Hard-link outputs and store objects instead of copying (outputs are read-only; "
+    "env PIPEMAKE_LINK=1).",
+)
+@click.option(
     "--log-json",
     type=click.Path(dir_okay=False),
     default=None,
@@ -138,6 +145,7 @@ def build(
     retries: int | None,
     grace: float,
     no_progress: bool,
+    link: bool,
     log_json: str | None,
 ) -> None:
     """Build TARGETS (default: every stage) and what they need."""
@@ -169,6 +177,7 @@ def build(
                     retries=retries,
                     grace=grace,
                     log_json=log_json,
+                    link=link,
                     on_lock_wait=lambda who: click.echo(
                         f"waiting for the build lock held by {who} …", err=True
                     ),

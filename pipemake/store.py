@@ -8,7 +8,13 @@ Layout under the cache directory (``.pipemake/store`` by default)::
 Nothing here is ever unpickled: entries are JSON text, so a store restored from an
 untrusted CI cache cannot run code. Objects are verified against their hash when they are
 restored; a corrupt object is removed and reported as a miss. Two workspaces may share one
-store at once: objects appear by atomic rename and entries by single SQLite statements.
+store at once: objects appear by atomic rename (or link) and entries by single SQLite
+statements.
+
+With ``link`` (``pipemake build --link``) objects and workspace files share inodes: a stored
+output becomes the object by a hard link instead of a copy, and a restore links the object
+to its destination. Such files are read-only (an object is never made writable), and a store
+on another filesystem, or one that refuses links, falls back to copying.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -43,11 +50,15 @@ CREATE TABLE IF NOT EXISTS actions (
 class Store:
     """Objects plus the action cache, in one directory that may be shared."""
 
-    def __init__(self, path: Path, fsync: bool = False, readonly: bool = False):
+    def __init__(self, path: Path, fsync: bool = False, readonly: bool = False, link: bool = False):
         self.path = Path(path)
         self.readonly = readonly
         self.objects = self.path / "objects"
         self.fsync = fsync
+        #: hard-link objects to and from the workspace instead of copying (``--link``)
+        self.link = link
+        #: cleared at the first failed link: linking does not work here, copy from then on
+        self.can_link = True
         self._db: sqlite3.Connection | None = None
         self._dirs: set[Path] = set()
 
@@ -179,13 +190,44 @@ class Store:
         return self.object_path(digest).is_file()
 
     def put_file(self, src: str, digest: str) -> None:
-        """Copy ``src`` (whose content hash is ``digest``) into the store if it is not there."""
+        """Copy ``src`` (whose content hash is ``digest``) into the store if it is not there;
+        with ``link``, make ``src`` read-only and link it there instead."""
+        if self.link and self.can_link and self._put_link(src, digest):
+            return
 
         def write(out: Any) -> None:
             with open(src, "rb") as inp:
                 _copy(inp, out)
 
         self._put(digest, write)
+
+    def _put_link(self, src: str, digest: str) -> bool:
+        """Make the staged file ``src`` the object ``digest`` by a hard link. False when it
+        must be copied: a link failed, or ``src`` is not a plain file of one name (a file the
+        rule linked from elsewhere, an input say, keeps its other names writable)."""
+        dst = self.object_path(digest)
+        if dst.is_file():
+            return True
+        st = os.lstat(src)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return False
+        if dst.parent not in self._dirs:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(dst.parent)
+        old = stat.S_IMODE(st.st_mode)
+        os.chmod(src, 0o555 if old & 0o111 else 0o444)  # before it is an object: never after
+        if self.fsync:
+            with open(src, "rb") as fh:
+                os.fsync(fh.fileno())
+        try:
+            os.link(src, dst, follow_symlinks=False)  # put-if-absent: EEXIST when it is there
+        except FileExistsError:
+            pass
+        except OSError:
+            self.can_link = False
+            os.chmod(src, old)
+            return False
+        return True
 
     def put_bytes(self, data: bytes) -> str:
         """Store ``data`` as an object; return its hash."""
@@ -229,12 +271,25 @@ class Store:
 
     def materialize(self, digest: str, dst: str, mode: int) -> bool:
         """Write the object ``digest`` to ``dst`` (a new file), checking its hash as it is
-        copied. A missing or corrupt object returns False (a corrupt one is removed)."""
+        copied. A missing or corrupt object returns False (a corrupt one is removed).
+
+        With ``link``, ``dst`` becomes a hard link to the object once the object is verified,
+        when the object is read-only and has ``mode``'s executable bit; otherwise (or when
+        linking fails) it is a copy."""
         src = self.object_path(digest)
         try:
             inp = open(src, "rb")  # noqa: SIM115
         except FileNotFoundError:
             return False
+        if self.link and self.can_link:
+            with inp:
+                linked = self._link_out(inp, src, digest, dst, mode)
+            if linked is not None:
+                return linked
+            try:
+                inp = open(src, "rb")  # noqa: SIM115
+            except FileNotFoundError:
+                return False
         with inp, open(dst, "wb") as out:
             if _reflink(inp, out):
                 ok = _hash_fd(inp) == digest
@@ -250,6 +305,31 @@ class Store:
                 os.unlink(src)
             return False
         os.chmod(dst, mode)
+        return True
+
+    def _link_out(self, inp: Any, src: Path, digest: str, dst: str, mode: int) -> bool | None:
+        """Link the verified object open as ``inp`` at ``dst``: True when linked, False when
+        it is corrupt (and removed) or gone, None when it must be copied instead."""
+        st = os.fstat(inp.fileno())
+        if st.st_mode & 0o222 or bool(st.st_mode & 0o111) != bool(mode & 0o111):
+            return None  # a writable object is never shared; a mode is never changed
+        if _hash_fd(inp) != digest:
+            with _quiet():
+                os.unlink(src)
+            return False
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except FileNotFoundError:
+            if not src.exists():
+                return False  # removed since it was verified (a concurrent ``cache gc``)
+            self.can_link = False
+            return None
+        except OSError:
+            self.can_link = False
+            return None
+        if os.stat(dst).st_ino != st.st_ino:  # replaced since it was verified: check again
+            os.unlink(dst)
+            return None
         return True
 
     def verify_object(self, digest: str) -> bool | None:

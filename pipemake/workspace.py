@@ -165,7 +165,7 @@ class Workspace:
             (dest / relpath).unlink(missing_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
         made: set[str] = set()
-        fetch: list[tuple[str, Path, int]] = []
+        fetch: list[tuple[str, str, int]] = []
         for relpath, e in want.items():
             cur = have.get(relpath)
             if cur is not None and cur[1] == e[1] and cur[3] == e[3]:
@@ -179,12 +179,13 @@ class Workspace:
                     remove_path(pdir)
                 pdir.mkdir(parents=True, exist_ok=True)
                 made.add(parent)
-            target = dest / relpath
-            if target.is_dir():
-                remove_path(target)
+            target = f"{dest}/{relpath}"
+            if cur is None and os.path.isdir(target):  # what ``have`` lists is a file
+                remove_path(Path(target))
             src = moves.get(relpath)
             if src is not None:
-                os.chmod(src, e[3])
+                if os.stat(src).st_nlink == 1:  # one linked into the store (--link) stays
+                    os.chmod(src, e[3])  # read-only: its mode is the object's
                 os.replace(src, target)
                 continue
             fetch.append((e[1], target, e[3]))
@@ -193,22 +194,26 @@ class Workspace:
         _prune_empty_dirs(dest)
         return True
 
-    def _fetch(self, files: list[tuple[str, Path, int]], store: Store) -> bool:
-        """Materialize objects at their targets, each through a temporary file and a rename;
-        many at once on a few threads, since creating files is what a restore waits on."""
+    def _fetch(self, files: list[tuple[str, str, int]], store: Store) -> bool:
+        """Materialize objects at their targets, each through a temporary file (or link)
+        and a rename; on a few threads, each taking a share of the files, since creating
+        files is what a restore waits on."""
+        prefix = f"{self.tmp}/f-{uuid.uuid4().hex[:12]}"
 
-        def one(job: tuple[str, Path, int]) -> bool:
-            digest, target, mode = job
-            tmp = self.tmp / f"f-{uuid.uuid4().hex}"
-            if not store.materialize(digest, str(tmp), mode):
-                return False
-            os.replace(tmp, target)
+        def share(n: int) -> bool:
+            for i in range(n, len(files), workers):
+                digest, target, mode = files[i]
+                tmp = f"{prefix}-{i}"
+                if not store.materialize(digest, tmp, mode):
+                    return False
+                os.replace(tmp, target)
             return True
 
-        if len(files) < 32:
-            return all(one(job) for job in files)
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            return all(pool.map(one, files))
+        workers = min(8, 1 + len(files) // 64)
+        if workers == 1:
+            return share(0)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return all(pool.map(share, range(workers)))
 
     def remove(self, rel: str) -> bool:
         """Delete an output from the workspace (the store keeps it)."""
