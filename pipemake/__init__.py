@@ -8,35 +8,69 @@ The public API is what ``__all__`` names: load a project, then build, plan or in
 Rules are written against :mod:`pipemake.rule`.
 """
 
-from .api import (
-    BuildReport,
-    Project,
-    build,
-    cache_gc,
-    cache_info,
-    cache_verify,
-    clean,
-    dry_run,
-    graph,
-    list_runs,
-    list_stages,
-    open_project,
-    show_log,
-    status,
-    validate,
-)
-from .decide import Decision, Reason, Trigger, Verdict
-from .errors import (
-    BuildFailed,
-    Interrupted,
-    LockTimeout,
-    PipelineError,
-    PipemakeError,
-    StoreError,
-    UsageError,
-)
-from .events import Bus, Event
-from .rule import Context, Input, Item, Output, Param, Rule, RuleError
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .api import (
+        BuildReport,
+        Project,
+        build,
+        cache_gc,
+        cache_info,
+        cache_verify,
+        clean,
+        dry_run,
+        graph,
+        list_runs,
+        list_stages,
+        open_project,
+        show_log,
+        status,
+        validate,
+    )
+    from .decide import Decision, Reason, Trigger, Verdict
+    from .errors import (
+        BuildFailed,
+        Interrupted,
+        LockTimeout,
+        PipelineError,
+        PipemakeError,
+        StoreError,
+        UsageError,
+    )
+    from .events import Bus, Event
+    from .rule import Context, Input, Item, Output, Param, Rule, RuleError
+
+# Imported on first use, so that a command answered early (``--help``, a no-op build from
+# its snapshot) does not load the whole engine.
+_HOME = {
+    **dict.fromkeys(
+        ["BuildReport", "Project", "build", "cache_gc", "cache_info", "cache_verify", "clean",
+         "dry_run", "graph", "list_runs", "list_stages", "open_project", "show_log", "status",
+         "validate"],
+        "api",
+    ),
+    **dict.fromkeys(["Decision", "Reason", "Trigger", "Verdict"], "decide"),
+    **dict.fromkeys(
+        ["BuildFailed", "Interrupted", "LockTimeout", "PipelineError", "PipemakeError",
+         "StoreError", "UsageError"],
+        "errors",
+    ),
+    **dict.fromkeys(["Bus", "Event"], "events"),
+    **dict.fromkeys(["Context", "Input", "Item", "Output", "Param", "Rule", "RuleError"], "rule"),
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'pipemake' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BuildFailed",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -16,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import history
+from . import history, uptodate
 from .build import Builder
 from .decide import Decision
 from .errors import BuildFailed, Interrupted, PipelineError, Problem, UsageError
 from .events import Bus
-from .executors.base import Task, get_executor
+from .executors.base import get_executor
 from .hooks import run_hooks, run_summary
 from .lock import BuildLock
 from .model import DEFAULT_FILE, Pipeline
@@ -107,6 +108,9 @@ class BuildReport:
     failed: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     duration: float = 0.0
+    #: for the CLI: what a no-op build's snapshot holds (:mod:`pipemake.uptodate`), when
+    #: asked for and this build may vouch for one
+    snapshot: dict[str, Any] | None = None
 
 
 class _Signals:
@@ -152,6 +156,7 @@ def build(
     grace: float = 30.0,
     log_json: str | os.PathLike[str] | None = None,
     link: bool | None = None,
+    noop_snapshot: bool = False,
 ) -> BuildReport:
     """Build the targets (default: every stage) and what they need.
 
@@ -160,7 +165,8 @@ def build(
     running stages may finish after a first Ctrl-C or SIGTERM. Every event is logged under
     ``.pipemake/runs/`` (and to ``log_json``); the pipeline's hooks run after the build.
     ``link`` (default: env ``PIPEMAKE_LINK``) hard-links outputs and the store's objects
-    instead of copying them; linked outputs are read-only.
+    instead of copying them; linked outputs are read-only. ``noop_snapshot`` asks for
+    ``report.snapshot`` when every stage was up to date.
     """
     p = project.pipeline
     order = _select(p, targets)
@@ -173,6 +179,7 @@ def build(
     runlog = history.RunLog(runs, log_json, {"pipeline": p.name})
     bus.subscribe(runlog)
     started = time.time()
+    started_ns = time.time_ns()
     with (
         BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait),
         _linking(project.store, link),
@@ -191,17 +198,16 @@ def build(
         builder.prefetch(order)
         expected = _expected(project, order)
         chosen = set(order)
-        bus.emit(
-            "run_started",
-            None,
-            stages=order,
-            targets=list(targets),
-            expected=expected,
-            deps={s: [d for d in p.graph.deps[s] if d in chosen] for s in order},
-            budget=budget.total,
-            jobs=jobs,
-            per_item={s: t for s, t in history.per_item_times(runs).items() if s in expected},
-        )
+        run_started = {
+            "stages": order,
+            "targets": list(targets),
+            "expected": expected,
+            "deps": {s: [d for d in p.graph.deps[s] if d in chosen] for s in order},
+            "budget": budget.total,
+            "jobs": jobs,
+            "per_item": {s: t for s, t in history.per_item_times(runs).items() if s in expected},
+        }
+        bus.emit("run_started", None, **run_started)
         with _Signals() as sigs, get_executor(executor, jobs) as ex:
             builder.stopping = lambda: sigs.received is not None
             sched = Scheduler(
@@ -231,22 +237,55 @@ def build(
         raise Interrupted(outcome.interrupted)
     if report.failed:
         raise BuildFailed(list(report.failed))
+    if noop_snapshot and not (force or force_stages or log_json or p.on_success or p.on_failure):
+        report.snapshot = _snapshot(project, builder, report, order, started_ns, run_started)
     return report
+
+
+def _snapshot(
+    project: Project,
+    builder: Builder,
+    report: BuildReport,
+    order: list[str],
+    started_ns: int,
+    run_started: dict[str, Any],
+) -> dict[str, Any] | None:
+    """What this build's no-op snapshot holds, or None when it did anything or something
+    it looked at changed too recently to be trusted by stat alone."""
+    if len(report.up_to_date) != len(order):
+        return None
+    p = project.pipeline
+    code: set[str] = {str(p.file)}
+    for name, module in list(sys.modules.items()):
+        if name.partition(".")[0] in ("pipemake", "rules"):
+            code.add(getattr(module, "__file__", None) or "")
+    for stage_id in order:
+        rule = p.stages[stage_id].rule
+        code.add(getattr(sys.modules.get(type(rule).__module__), "__file__", None) or "")
+        code.update(rule.code_files(p.stages[stage_id].ports, p.root))
+    code.discard("")
+    paths = uptodate.record(p.root, builder.hasher.seen, sorted(code), started_ns)
+    if paths is None:
+        return None
+    databases = [project.state.path, project.store.path / "actions.db"]
+    return {
+        "snap": paths,
+        "run": {"pipeline": p.name, "started": run_started},
+        "databases": databases,
+    }
 
 
 @contextmanager
 def _linking(store: Store, link: bool | None) -> Iterator[None]:
     """Link outputs and objects for one build (``link``; None: env ``PIPEMAKE_LINK``): the
-    store restores by links, and the tasks made meanwhile store their outputs by links."""
+    store restores by links, and tasks store their outputs by links (``Task.link``)."""
     if link is None:
         link = os.environ.get("PIPEMAKE_LINK", "").strip().lower() in ("1", "true", "yes", "on")
     old = store.link
     store.link, store.can_link = link, True
-    token = Task.linking.set(link)
     try:
         yield
     finally:
-        Task.linking.reset(token)
         store.link = old
 
 

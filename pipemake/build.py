@@ -350,6 +350,10 @@ class Builder:
                 Verdict.RUN, [Reason(Trigger.STORE_CORRUPT, "store object missing or corrupt")]
             )
             self.decisions[stage_id] = decision
+            if stage.foreach is not None:
+                # rerun the items whose objects are gone (a corrupt one was removed just now)
+                foreach.item_decision(self, stage, sk)
+                foreach.forget_lost_items(self, sk)
         return self._start(stage, sk, decision)
 
     def _restore(self, stage: Stage, sk: StageKey, entry: dict[str, Any]) -> bool:
@@ -416,7 +420,8 @@ class Builder:
             run["outputs"] = outputs
         return Task(
             id=task_id, stage=stage.id, rule=stage.rule.name, root=str(self.p.root),
-            store=str(self.store.path), inputs=sk.ports.inputs, outputs=outputs or {},
+            store=str(self.store.path), link=self.store.link, inputs=sk.ports.inputs,
+            outputs=outputs or {},
             output_kinds=sk.ports.output_kinds, params=sk.ports.params, mode=mode,
             items=items or [], foreach=stage.foreach.input if stage.foreach else None,
             extra=dict(extra or {}, **({"mapped": mapped} if mapped is not None else {})),

@@ -7,6 +7,7 @@ usage, 128 + signal when interrupted.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from typing import Any
 
 import click
 
-from . import api
+from . import api, uptodate
 from .errors import PipemakeError, UsageError
 
 __all__ = ["main", "cli"]
@@ -154,16 +155,18 @@ def build(
     from .resources import parse_resources
 
     def go() -> int:
+        snap_ctx = uptodate.context(_ARGV, os.getcwd()) if _ARGV is not None else None
         try:
             budget = parse_resources(resources)
         except ValueError as exc:
             raise UsageError(f"--resources: {exc}") from None
+        report = None
         with _project(ctx, cache_dir=cache_dir) as project:
             bus = Bus()
             view = make_view(no_progress)
             bus.subscribe(view)
             try:
-                api.build(
+                report = api.build(
                     project,
                     targets,
                     jobs=jobs,
@@ -181,9 +184,15 @@ def build(
                     on_lock_wait=lambda who: click.echo(
                         f"waiting for the build lock held by {who} …", err=True
                     ),
+                    noop_snapshot=snap_ctx is not None,
                 )
             finally:
                 view.close()
+        if snap_ctx is not None and report is not None:
+            if report.snapshot is not None:
+                uptodate.write(project.workspace.dot, snap_ctx, **report.snapshot)
+            else:
+                uptodate.discard(project.workspace.dot)
         return 0
 
     _run(go)
@@ -433,6 +442,13 @@ def cache_verify(ctx: click.Context) -> None:
     _run(go)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="pipemake")
+#: the command line as the ``pipemake`` command received it (None when called otherwise):
+#: a no-op build records it in its snapshot
+_ARGV: list[str] | None = None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (see :mod:`pipemake.entry`)."""
+    global _ARGV
+    _ARGV = list(sys.argv[1:] if argv is None else argv)
+    cli(args=_ARGV, prog_name="pipemake")

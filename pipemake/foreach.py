@@ -39,7 +39,15 @@ if TYPE_CHECKING:
     from .build import Builder, StageKey
     from .model import Stage
 
-__all__ = ["assemble", "item_decision", "list_items", "on_message", "start", "stage_key"]
+__all__ = [
+    "assemble",
+    "forget_lost_items",
+    "item_decision",
+    "list_items",
+    "on_message",
+    "start",
+    "stage_key",
+]
 
 
 def list_items(b: Builder, stage: Stage, path: str, unknown: set[str]) -> list[ItemRef]:
@@ -62,11 +70,7 @@ def list_items(b: Builder, stage: Stage, path: str, unknown: set[str]) -> list[I
         info = b.hasher.info(base)
         if info.kind == "missing":
             raise StageFailure(f"foreach input {base} does not exist")
-        manifest = {
-            "kind": info.kind,
-            "hash": info.hash,
-            "entries": [list(e) for e in info.entries or []],
-        }
+        manifest = {"kind": info.kind, "hash": info.hash, "entries": info.entries or []}
     if manifest["kind"] == "file":
         parent = os.path.dirname(base) or "."
         return select(parent, [[os.path.basename(base), manifest["hash"]]], None)
@@ -119,6 +123,21 @@ def item_decision(b: Builder, stage: Stage, sk: StageKey) -> tuple[list[Reason],
         "removed": len(gone),
     }
     return reasons, info
+
+
+def forget_lost_items(b: Builder, sk: StageKey) -> None:
+    """Treat cached items whose output objects are no longer in the store as not cached."""
+    for rel, entry in list(sk.cached.items()):
+        for manifest in entry.get("outputs", {}).values():
+            digests = (
+                [e[1] for e in manifest["entries"]]
+                if manifest["kind"] == "dir"
+                else [manifest["hash"]]
+            )
+            if not all(b.store.has_object(d) for d in digests):
+                del sk.cached[rel]
+                break
+    sk.todo = [it for it in sk.items if it.relpath not in sk.cached]
 
 
 def start(b: Builder, stage: Stage, sk: StageKey, run: dict[str, Any], force: bool) -> list[Task]:

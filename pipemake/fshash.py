@@ -5,34 +5,62 @@ lookup with the same four values trusts it without reading. A copied tree has ne
 so it is rehashed, never trusted. An entry is trusted only when the file's mtime is at least
 a second older than the moment it was hashed, so a write within the filesystem's timestamp
 granularity cannot hide behind an unchanged mtime.
+
+A directory is remembered as a whole: its *stat signature* (the hash of every file's
+relpath, device, inode, size, mtime and executable bit), its tree hash and its manifest
+entries. When a walk gives the same signature and no file was racy when hashed, the stored
+entries and hash are the answer, with no per-file lookups; otherwise each file is checked
+against the stored per-file stats and only the changed ones are read.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import stat as stat_mod
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import Any
 
 from .hashing import hash_file, normalize_mode, tree_hash
-from .state import WorkspaceState
+from .state import TreeRow, WorkspaceState
+from .walk import signature, walk
 
 __all__ = ["Entry", "Hasher", "PathInfo"]
 
-Entry = tuple[str, str, int, int]  # relpath, hash, size, mode
+Entry = Sequence[Any]  # [relpath, hash, size, mode]
 _RACY_NS = 1_000_000_000
 
 
-@dataclass
 class PathInfo:
     """What a path holds: a file (``hash``, ``size``, ``mode``) or a directory (``entries``,
-    and ``hash`` the tree hash), or nothing (``kind == "missing"``)."""
+    and ``hash`` the tree hash), or nothing (``kind == "missing"``). A directory's entries
+    are decoded only when asked for."""
 
-    kind: str
-    hash: str = ""
-    size: int = 0
-    mode: int = 0o644
-    entries: list[Entry] | None = None
+    __slots__ = ("kind", "hash", "size", "mode", "_entries", "_text")
+
+    def __init__(
+        self,
+        kind: str,
+        hash: str = "",
+        size: int = 0,
+        mode: int = 0o644,
+        entries: list[Entry] | None = None,
+        text: str | None = None,
+    ):
+        self.kind = kind
+        self.hash = hash
+        self.size = size
+        self.mode = mode
+        self._entries = entries
+        self._text = text
+
+    @property
+    def entries(self) -> list[Entry] | None:
+        if self._entries is None and self._text is not None:
+            self._entries = json.loads(self._text)
+            self._text = None
+        return self._entries
 
 
 class Hasher:
@@ -42,7 +70,11 @@ class Hasher:
         self.root = root
         self.state = state
         self.reads = 0  # files actually read: the tests count them
-        self._memo: dict[str, tuple[tuple[int, int, int, int], str]] = {}
+        #: path → (dev, ino, size, mtime_ns), hash, hashed_at: what this build already read
+        self._memo: dict[str, tuple[tuple[int, int, int, int], str, int]] = {}
+        #: every path looked at: ("f", dev, ino, size, mtime_ns), ("d", signature, newest
+        #: mtime_ns) or ("m",) for missing — what a no-op snapshot must find unchanged
+        self.seen: dict[str, tuple[Any, ...]] = {}
 
     def _abs(self, rel: str) -> str:
         return rel if os.path.isabs(rel) else os.path.join(self.root, rel)
@@ -50,18 +82,19 @@ class Hasher:
     def file_hash(self, rel: str, st: os.stat_result) -> str:
         """The content hash of the file at ``rel`` whose stat is ``st``."""
         sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        self.seen[rel] = ("f", *sig)
         memo = self._memo.get(rel)
         if memo is not None and memo[0] == sig:
             return memo[1]
         if self.state is not None:
-            row = self.state.stat_rows().get(rel)
+            row = self.state.stat_row(rel)
             if row is not None and row[:4] == sig and st.st_mtime_ns < row[4] - _RACY_NS:
-                self._memo[rel] = (sig, row[5])
+                self._memo[rel] = (sig, row[5], row[4])
                 return row[5]
         hashed_at = time.time_ns()
         digest = hash_file(self._abs(rel), st.st_size)
         self.reads += 1
-        self._memo[rel] = (sig, digest)
+        self._memo[rel] = (sig, digest, hashed_at)
         if self.state is not None:
             self.state.set_stat(rel, (*sig, hashed_at, digest))
         return digest
@@ -72,47 +105,62 @@ class Hasher:
         try:
             st = os.stat(full)
         except (FileNotFoundError, NotADirectoryError):
+            self.seen[rel] = ("m",)
             return PathInfo("missing")
         if stat_mod.S_ISDIR(st.st_mode):
-            entries = self.tree(rel)
-            return PathInfo("dir", tree_hash(entries), sum(e[2] for e in entries), 0o755, entries)
+            return self.tree_info(rel)
         return PathInfo("file", self.file_hash(rel, st), st.st_size, normalize_mode(st.st_mode))
 
     def tree(self, rel: str) -> list[Entry]:
-        """Manifest entries of every file under the directory ``rel``, sorted by relpath."""
-        entries: list[Entry] = []
-        base = self._abs(rel)
+        """Manifest entries ``[relpath, hash, size, mode]`` of every file under the directory
+        ``rel``, sorted by relpath."""
+        return self.tree_info(rel).entries or []
+
+    def tree_info(self, rel: str) -> PathInfo:
+        """The directory ``rel`` as a PathInfo: tree hash, total size and (lazy) entries."""
+        rows = walk(self._abs(rel))
+        sig = signature(rows)
+        size = sum([r[3] for r in rows])
+        self.seen[rel] = ("d", sig, max([r[4] for r in rows], default=0))
+        row = self.state.tree_row(rel) if self.state is not None else None
+        if row is not None and row.sig == sig and not row.racy:
+            return PathInfo("dir", row.hash, size, 0o755, text=row.entries)
+        known: dict[str, list[Any]] = json.loads(row.stats) if row is not None else {}
+        old_rows = self.state.stat_rows() if self.state is not None and row is None else {}
         prefix = f"{rel}/" if rel else ""
-        rows = self.state.stat_rows() if self.state is not None else {}
-        memo = self._memo
-        stack = [""]
-        while stack:
-            sub = stack.pop()
-            try:
-                it = os.scandir(os.path.join(base, sub) if sub else base)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            with it:
-                for de in it:
-                    name = f"{sub}/{de.name}" if sub else de.name
-                    if de.is_dir():
-                        stack.append(name)
-                        continue
-                    try:
-                        st = de.stat()
-                    except FileNotFoundError:
-                        continue  # a dangling symlink holds nothing to hash
-                    key = prefix + name
-                    sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-                    row = rows.get(key)
-                    if row is not None and row[:4] == sig and st.st_mtime_ns < row[4] - _RACY_NS:
-                        h = row[5]
-                        memo[key] = (sig, h)
-                    else:
-                        h = self.file_hash(key, st)
-                    entries.append((name, h, st.st_size, 0o755 if st.st_mode & 0o111 else 0o644))
-        entries.sort()
-        return entries
+        base = self._abs(rel)
+        entries: list[Entry] = []
+        stats: dict[str, list[Any]] = {}
+        racy = False
+        for name, dev, ino, fsize, mtime, xbits in rows:
+            fsig = [dev, ino, fsize, mtime]
+            old = known.get(name)
+            if old is None and old_rows:
+                old = old_rows.get(prefix + name)
+            if old is not None and list(old[:4]) == fsig and mtime < old[4] - _RACY_NS:
+                h, hashed_at = old[5], old[4]
+            else:
+                key = prefix + name
+                memo = self._memo.get(key)
+                if memo is not None and list(memo[0]) == fsig:
+                    h, hashed_at = memo[1], memo[2]
+                else:
+                    hashed_at = time.time_ns()
+                    h = hash_file(os.path.join(base, name), fsize)
+                    self.reads += 1
+                    self._memo[key] = ((dev, ino, fsize, mtime), h, hashed_at)
+            if mtime >= hashed_at - _RACY_NS:
+                racy = True
+            entries.append([name, h, fsize, 0o755 if xbits else 0o644])
+            stats[name] = [*fsig, hashed_at, h]
+        digest = tree_hash(entries)
+        if self.state is not None:
+            self.state.set_tree(
+                rel,
+                TreeRow(sig, racy, digest, json.dumps(entries, ensure_ascii=False),
+                        json.dumps(stats, ensure_ascii=False)),
+            )  # fmt: skip
+        return PathInfo("dir", digest, size, 0o755, entries)
 
     def flush(self) -> None:
         """Persist new stat-cache rows."""

@@ -199,6 +199,8 @@ def log_lines(events: Iterable[dict[str, Any]], verbose: bool = True) -> list[st
         if event.kind == "run_started":
             day = time.strftime("%Y-%m-%d", time.localtime(event.time))
             out.append(f"[{stamp}] run {ev.get('run')} of {ev.get('pipeline')!r} on {day}")
+            if ev.get("from_snapshot"):
+                out.append(f"[{stamp}] nothing changed since the last no-op build (its snapshot)")
         if event.kind == "run_finished":
             out.extend(f"[{stamp}] {line}" for line in summary_lines(event))
             continue

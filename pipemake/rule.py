@@ -272,6 +272,10 @@ class Rule:
         """A hash of user code this stage runs (``python`` stages), or None."""
         return None
 
+    def code_files(self, ports: Ports, root: Path) -> list[str]:
+        """The files behind :meth:`code_hash` (a no-op snapshot re-stats them)."""
+        return []
+
     def run(self, ctx: Context) -> Mapping[str, Any] | None:
         """Do the stage's work, writing into ``ctx.outputs``; return computed values."""
         raise NotImplementedError(f"rule {self.name!r} does not implement run()")

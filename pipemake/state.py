@@ -12,13 +12,25 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["STATE_FORMAT", "StatRow", "WorkspaceState"]
+__all__ = ["STATE_FORMAT", "StatRow", "TreeRow", "WorkspaceState"]
 
-STATE_FORMAT = 2
+STATE_FORMAT = 3
 
 StatRow = tuple[int, int, int, int, int, str]  # dev, ino, size, mtime_ns, hashed_at_ns, hash
+
+
+class TreeRow(NamedTuple):
+    """A walked directory: its stat signature, whether a file was racy when hashed, its tree
+    hash, its manifest entries (JSON) and each file's stat row (JSON: name → StatRow)."""
+
+    sig: str
+    racy: bool
+    hash: str
+    entries: str
+    stats: str
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -29,6 +41,8 @@ CREATE TABLE IF NOT EXISTS records (
     stage TEXT PRIMARY KEY, key TEXT, result TEXT, duration REAL, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS placed (path TEXT PRIMARY KEY, stage TEXT, output TEXT);
 CREATE TABLE IF NOT EXISTS items (stage TEXT PRIMARY KEY, hashes TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trees (
+    path TEXT PRIMARY KEY, sig TEXT, racy INTEGER, hash TEXT, entries TEXT, stats TEXT);
 """
 
 
@@ -42,6 +56,9 @@ class WorkspaceState:
         self._db: sqlite3.Connection | None = None
         self._stat: dict[str, StatRow] | None = None
         self._stat_dirty: dict[str, StatRow] = {}
+        self._stat_queries = 0
+        self._trees: dict[str, TreeRow | None] = {}
+        self._trees_dirty: dict[str, TreeRow] = {}
         self._brief: dict[str, tuple[str | None, str | None, float | None]] | None = None
 
     @property
@@ -65,7 +82,7 @@ class WorkspaceState:
             row = self._db.execute("SELECT value FROM meta WHERE name='format'").fetchone()
             if row is not None and row[0] != str(STATE_FORMAT):
                 # Only caches and build notes: start over rather than misread another format.
-                for table in ("stat", "records", "placed", "items", "meta"):
+                for table in ("stat", "records", "placed", "items", "trees", "meta"):
                     self._db.execute(f"DROP TABLE IF EXISTS {table}")
                 self._db.executescript(_SCHEMA)
                 row = None
@@ -83,24 +100,59 @@ class WorkspaceState:
                 r[0]: tuple(r[1:])  # type: ignore[misc]
                 for r in self.db.execute("SELECT * FROM stat")
             }
+            self._stat.update(self._stat_dirty)
         return self._stat
+
+    def stat_row(self, path: str) -> StatRow | None:
+        """One file's stat-cache row: looked up alone for the first few, then all rows are
+        read at once."""
+        if self._stat is None:
+            self._stat_queries += 1
+            if self._stat_queries <= 64:
+                if path in self._stat_dirty:
+                    return self._stat_dirty[path]
+                r = self.db.execute("SELECT * FROM stat WHERE path=?", (path,)).fetchone()
+                return tuple(r[1:]) if r else None  # type: ignore[return-value]
+        return self.stat_rows().get(path)
 
     def set_stat(self, path: str, row: StatRow) -> None:
         """Remember a file's hash for its (device, inode, size, mtime); written by flush()."""
-        self.stat_rows()[path] = row
+        if self._stat is not None:
+            self._stat[path] = row
         self._stat_dirty[path] = row
 
+    def tree_row(self, path: str) -> TreeRow | None:
+        """The directory ``path`` as last walked, or None."""
+        if path not in self._trees:
+            r = self.db.execute(
+                "SELECT sig, racy, hash, entries, stats FROM trees WHERE path=?", (path,)
+            ).fetchone()
+            self._trees[path] = TreeRow(r[0], bool(r[1]), r[2], r[3], r[4]) if r else None
+        return self._trees[path]
+
+    def set_tree(self, path: str, row: TreeRow) -> None:
+        """Remember a walked directory; written by flush()."""
+        self._trees[path] = row
+        self._trees_dirty[path] = row
+
     def flush(self) -> None:
-        """Write pending stat-cache rows in one transaction."""
-        if not self._stat_dirty or self.readonly:
+        """Write pending stat-cache and tree rows in one transaction."""
+        if (not self._stat_dirty and not self._trees_dirty) or self.readonly:
             self._stat_dirty.clear()
+            self._trees_dirty.clear()
             return
         with self.transaction():
             self.db.executemany(
                 "INSERT OR REPLACE INTO stat VALUES (?,?,?,?,?,?,?)",
                 [(p, *row) for p, row in self._stat_dirty.items()],
             )
+            self.db.executemany(
+                "INSERT OR REPLACE INTO trees VALUES (?,?,?,?,?,?)",
+                [(p, r.sig, int(r.racy), r.hash, r.entries, r.stats)
+                 for p, r in self._trees_dirty.items()],
+            )  # fmt: skip
         self._stat_dirty.clear()
+        self._trees_dirty.clear()
 
     # last-build records -----------------------------------------------------------------
     def record(self, stage: str) -> dict[str, Any] | None:

@@ -95,7 +95,10 @@ class Workspace:
         """None when the workspace output matches ``manifest``; else ``missing`` or
         ``changed``."""
         if manifest["kind"] == "dir" and self.abs(rel).is_dir():
-            entries = hasher.tree(rel)
+            tree = hasher.tree_info(rel)
+            if tree.hash == manifest["hash"]:
+                return None
+            entries = tree.entries or []
             want = manifest["entries"]
             if len(entries) != len(want):
                 return "changed"

@@ -98,6 +98,11 @@ class PythonRule(Rule):
             return [("function", f"module {module!r} ({origin}) defines no {attr!r}")]
         return []
 
+    def code_files(self, ports: Ports, root: Path) -> list[str]:
+        module = str(ports.params.get(_FN, "")).partition(":")[0]
+        origin = _module_file(module, str(root))
+        return [origin] if origin else []
+
     def code_hash(self, ports: Ports, root: Path) -> str | None:
         module = str(ports.params.get(_FN, "")).partition(":")[0]
         origin = _module_file(module, str(root))

@@ -107,3 +107,43 @@ def test_info_kinds(tree: Path) -> None:
     assert h.info("data").kind == "dir"
     assert h.info("data/nope").kind == "missing"
     assert h.info("data/a.txt").hash == hash_bytes(b"file a\n")
+
+
+def test_an_added_and_a_removed_file_change_the_tree(tree: Path) -> None:
+    first, _ = _hash(tree)
+    (tree / "data/sub/new.txt").write_text("new\n")
+    os.utime(tree / "data/sub/new.txt", (PAST, PAST))
+    again, reads = _hash(tree)
+    assert reads == 1
+    assert [e[0] for e in again] == sorted([e[0] for e in first] + ["sub/new.txt"])
+    (tree / "data/a.txt").unlink()
+    last, reads = _hash(tree)
+    assert reads == 0
+    assert "a.txt" not in [e[0] for e in last] and len(last) == len(first)
+
+
+def test_a_settled_tree_is_answered_from_its_row(tree: Path) -> None:
+    """Once no file is racy, an unchanged walk reuses the stored tree: same hash and entries,
+    decoded only when asked for, and no per-file stat rows are consulted."""
+    first, _ = _hash(tree)
+    state = WorkspaceState(tree / ".pipemake" / "state.db")
+    try:
+        state.stat_rows = None  # type: ignore[assignment]  # any per-file lookup would fail
+        state.stat_row = None  # type: ignore[assignment]
+        info = Hasher(str(tree), state).tree_info("data")
+        assert info.entries == first
+    finally:
+        state.close()
+
+
+def test_a_rewrite_hidden_behind_the_same_mtime_is_found_while_racy(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    p = tmp_path / "data/x.txt"
+    p.write_text("one\n")
+    mtime = os.stat(p).st_mtime_ns
+    _hash(tmp_path)  # hashed within a second of the write: the tree row is racy
+    p.write_text("two\n")  # same size and inode
+    os.utime(p, ns=(mtime, mtime))  # and the very same mtime
+    again, reads = _hash(tmp_path)
+    assert reads == 1
+    assert again[0][1] == hash_bytes(b"two\n")

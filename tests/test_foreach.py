@@ -276,3 +276,22 @@ def test_foreach_over_a_computed_path_and_typed_vars(
     assert sorted(x.name for x in proj.path("build/each").iterdir()) == [
         "keep0.txt", "keep1.txt", "keep2.txt"
     ]  # fmt: skip
+
+
+def test_a_corrupt_object_reruns_only_its_item(items: Proj) -> None:
+    """A restore that meets a corrupt object drops it and reruns the items it belonged to;
+    the other items come back from the store."""
+    from pipemake.hashing import hash_bytes
+
+    digest = hash_bytes(b"FILE 2\n")
+    obj = items.path(f".pipemake/store/objects/{digest[:2]}/{digest[2:]}")
+    assert obj.exists()
+    os.chmod(obj, 0o644)
+    obj.write_bytes(b"EVIL 2\n")
+    shutil.rmtree(items.path("build/upper"))
+    items.cli("build")
+    assert _items_run(items) == ["f2.txt"]
+    assert items.read("build/upper/f2.txt") == "FILE 2\n"
+    assert sorted(p.name for p in items.path("build/upper").iterdir()) == sorted(
+        [f"f{i}.txt" for i in range(1, 6)] + ["sub"]
+    )

@@ -242,11 +242,6 @@ def test_an_item_output_edited_in_place_is_never_restored(proj: Proj) -> None:
     assert not obj.exists() or obj.read_bytes() == _want("f2.txt")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="build.py: when a foreach stage's restore fails, it runs with no items "
-    "(sk.todo is only filled for a stage with no entry) and its output ends empty",
-)
 def test_an_item_output_edited_in_place_is_rebuilt(proj: Proj) -> None:
     proj.cli("build", "--link")
     _items_run(proj)

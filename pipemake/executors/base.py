@@ -8,9 +8,8 @@ manager; ``submit`` and ``poll`` are the methods to implement.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 __all__ = ["Executor", "Message", "Task", "get_executor"]
 
@@ -41,10 +40,8 @@ class Task:
     max_attempts: int = 1
     backoff: float = 1.0
     not_before: float = 0.0
-    #: hard-link outputs into the store instead of copying them (``build --link``); by
-    #: default whatever ``Task.linking`` holds where the task is made (set for one build)
-    link: bool = field(default_factory=lambda: Task.linking.get())
-    linking: ClassVar[ContextVar[bool]] = ContextVar("pipemake_link", default=False)
+    #: hard-link outputs into the store instead of copying them (``build --link``)
+    link: bool = False
 
 
 @dataclass

@@ -1,0 +1,51 @@
+"""The ``pipemake`` command's entry point: a no-op build answered from its snapshot
+(:mod:`pipemake.uptodate`) before the command line and the engine are even imported;
+everything else goes to :mod:`pipemake.cli`."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    argv = sys.argv[1:]
+    if "build" in argv and os.environ.get("PIPEMAKE_NOOP_SNAPSHOT", "1") != "0":
+        from .uptodate import answer
+
+        code = answer(argv, _replay)
+        if code is not None:
+            sys.exit(code)
+    from .cli import main as cli_main
+
+    cli_main(argv)
+
+
+def _replay(dot: Path, run: dict[str, Any], no_progress: bool) -> None:
+    """Emit the events of a no-op build: the same view lines, run log and history."""
+    from .events import Bus
+    from .history import RunLog
+    from .progress import make_view
+
+    started = time.time()
+    bus = Bus()
+    view = make_view(no_progress)
+    bus.subscribe(view)
+    runlog = RunLog(dot / "runs", None, {"pipeline": run["pipeline"]})
+    bus.subscribe(runlog)
+    try:
+        bus.emit("run_started", None, **run["started"], from_snapshot=True)
+        stages = run["started"]["stages"]
+        for stage in stages:
+            bus.emit("stage_skipped", stage, reason="up to date")
+        bus.emit("run_finished", None, ran=[], restored=[], up_to_date=stages, failed={},
+                 skipped={}, duration=time.time() - started, interrupted=None)  # fmt: skip
+    finally:
+        view.close()
+        runlog.close()

@@ -1,0 +1,187 @@
+"""The no-op snapshot: a build that found every stage up to date answers the same command
+again from ``stat`` alone, the way Make and ninja do, without loading the plan or the store.
+
+When a ``pipemake build`` ends with every selected stage up to date, it writes
+``.pipemake/uptodate.json``: the command line, working directory, ``PIPEMAKE_*`` variables,
+Python and ``sys.path`` directories it ran with, and the stat signature of everything its
+decision rested on — every file and directory tree the hasher looked at (inputs, outputs,
+foreach trees; a path found missing must stay missing), the pipeline file, pipemake's own
+modules, each rule's module and each ``python`` stage's module, and the workspace state and
+store databases. The next identical command takes the build lock, re-stats those paths and,
+when every signature is unchanged, replays the no-op's events (the same view lines, run log
+and history) without importing the engine. Anything different — one byte of the pipeline
+file, an input's inode, size or mtime, a store written by another workspace, another
+command line — means the full build runs, as it would have anyway.
+
+Snapshots are written only when nothing on the list changed less than a second before the
+build began (the stat cache's racy-write rule), never for forced builds or pipelines with
+hooks, and never by a build that ran or restored anything: only a build that found
+everything up to date may vouch that it still is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .hashing import digest
+from .walk import signature, walk
+
+__all__ = ["FILE", "answer", "context", "discard", "record", "write"]
+
+FILE = "uptodate.json"
+FORMAT = 1
+_RACY_NS = 1_000_000_000
+_GLOBAL_OPTS = ("-C", "-f", "--cache-dir")
+
+
+def context(argv: list[str], cwd: str) -> str:
+    """What the command depends on besides files: its words, where and how it runs."""
+    paths = []
+    for p in sys.path:
+        try:
+            paths.append([p, os.stat(p or ".").st_mtime_ns])
+        except OSError:
+            paths.append([p, None])
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith("PIPEMAKE_"))
+    return digest([FORMAT, argv, cwd, env, sys.version, sys.executable, paths])
+
+
+def _stat(path: str) -> list[Any] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def record(
+    root: Path,
+    seen: dict[str, tuple[Any, ...]],
+    files: list[str],
+    started_ns: int,
+) -> dict[str, Any] | None:
+    """The paths of a no-op build and their signatures, or None when one of them changed
+    too recently (within a second of the build's start) to be trusted by stat alone."""
+    limit = started_ns - _RACY_NS
+    trees, singles, missing = [], [], []
+    for rel, obs in seen.items():
+        if obs[0] == "d":
+            if obs[2] >= limit:
+                return None
+            trees.append([rel, obs[1]])
+        elif obs[0] == "f":
+            if obs[4] >= limit:
+                return None
+            singles.append([rel, *obs[1:]])
+        else:
+            missing.append(rel)
+    for path in files:
+        sig = _stat(path)
+        if sig is None:
+            missing.append(path)
+            continue
+        if sig[3] >= limit:
+            return None
+        singles.append([path, *sig])
+    return {"root": str(root), "trees": trees, "files": singles, "missing": missing}
+
+
+def write(
+    dot: Path, ctx: str, snap: dict[str, Any], run: dict[str, Any], databases: list[Path]
+) -> None:
+    """Write the snapshot (after the databases are closed: their stat is part of it)."""
+    dbs = []
+    for db in databases:
+        for path in (str(db), f"{db}-wal"):
+            dbs.append([path, _stat(path)])
+    doc = {"format": FORMAT, "context": ctx, **snap, "databases": dbs, "run": run}
+    tmp = dot / f".{FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(doc, separators=(",", ":")))
+    os.replace(tmp, dot / FILE)
+
+
+def discard(dot: Path) -> None:
+    """Remove a snapshot that this build cannot vouch for."""
+    try:
+        os.unlink(dot / FILE)
+    except FileNotFoundError:
+        pass
+
+
+def _unchanged(doc: dict[str, Any]) -> bool:
+    root = doc["root"]
+    for path, *sig in doc["files"]:
+        if _stat(os.path.join(root, path)) != sig:
+            return False
+    for path in doc["missing"]:
+        if os.path.lexists(os.path.join(root, path)):
+            return False
+    for path, sig in doc["databases"]:
+        if _stat(path) != sig:
+            return False
+    for path, sig in doc["trees"]:
+        full = os.path.join(root, path)
+        if not os.path.isdir(full) or signature(walk(full)) != sig:
+            return False
+    return True
+
+
+def _dot(argv: list[str]) -> tuple[Path, list[str]] | None:
+    """The ``.pipemake`` directory and the build command's own words, when ``argv`` is a
+    plain ``build`` that a snapshot may answer; None otherwise."""
+    base, file = Path.cwd(), Path("pipemake.yaml")
+    i = 0
+    while i < len(argv) and argv[i] in _GLOBAL_OPTS and i + 1 < len(argv):
+        if argv[i] == "-C":
+            base = Path(argv[i + 1])
+        elif argv[i] == "-f":
+            file = Path(argv[i + 1])
+        i += 2
+    if i >= len(argv) or argv[i] != "build":
+        return None
+    words = argv[i + 1 :]
+    if any(w in ("-h", "--help", "--log-json") or w.startswith("--log-json=") for w in words):
+        return None
+    path = file if file.is_absolute() else base / file
+    return path.parent / ".pipemake", words
+
+
+def answer(argv: list[str], replay: Callable[[Path, dict[str, Any], bool], None]) -> int | None:
+    """Answer ``pipemake build`` from the snapshot: 0 when every stage is still up to date
+    (``replay(dot, run, no_progress)`` then emits the no-op's events), None when the full
+    build must run."""
+    found = _dot(argv)
+    if found is None:
+        return None
+    dot, words = found
+    try:
+        doc = json.loads((dot / FILE).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        return None
+    if doc.get("context") != context(argv, os.getcwd()):
+        return None
+    from .errors import LockTimeout
+    from .lock import BuildLock
+
+    lock = BuildLock(dot / "lock", timeout=0)
+    try:
+        lock.acquire()
+    except LockTimeout:
+        return None  # another build is running: wait for it the usual way
+    try:
+        try:
+            if not _unchanged(doc):
+                return None
+        except (KeyError, TypeError, ValueError):
+            return None
+        replay(dot, doc["run"], "--no-progress" in words)
+    finally:
+        lock.release()
+    return 0

@@ -1,0 +1,44 @@
+"""Walking a directory and its stat signature: shared by the hasher and the no-op check
+(:mod:`pipemake.uptodate`), which must compute the very same signature and stay light."""
+
+from __future__ import annotations
+
+import os
+
+import xxhash
+
+__all__ = ["Row", "signature", "walk"]
+
+Row = tuple[str, int, int, int, int, int]  # relpath, dev, ino, size, mtime_ns, mode & 0o111
+
+
+def walk(base: str) -> list[Row]:
+    """Every file under ``base`` (recursively, following symlinks to files) with its stat,
+    sorted by relpath; dangling symlinks hold nothing and are left out."""
+    rows: list[Row] = []
+    stack = [""]
+    while stack:
+        sub = stack.pop()
+        try:
+            it = os.scandir(os.path.join(base, sub) if sub else base)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with it:
+            for de in it:
+                name = f"{sub}/{de.name}" if sub else de.name
+                if de.is_dir():
+                    stack.append(name)
+                    continue
+                try:
+                    s = de.stat()
+                except FileNotFoundError:
+                    continue
+                rows.append((name, s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_mode & 0o111))
+    rows.sort()
+    return rows
+
+
+def signature(rows: list[Row]) -> str:
+    """The stat signature of a walked tree: a hash of every file's relpath, device, inode,
+    size, mtime and executable bits."""
+    return xxhash.xxh3_128_hexdigest(repr(rows).encode("utf-8", "surrogateescape"))

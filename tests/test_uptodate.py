@@ -1,0 +1,250 @@
+"""The no-op snapshot (``.pipemake/uptodate.json``): a repeated no-op build is answered from
+``stat`` alone, and anything its decision rested on that changes sends it back to the full
+build. Builds run as real processes (``python -m pipemake``), as the command does."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import CHAIN_STAGES, Proj
+
+from pipemake.history import read_run
+
+SNAP = ".pipemake/uptodate.json"
+
+
+def age(p: Proj, seconds: float = 30) -> None:
+    """Move every workspace file's mtime into the past, so that the next build trusts its
+    stats (files younger than a second are never trusted by stat alone)."""
+    past = time.time() - seconds
+    for dirpath, dirnames, filenames in os.walk(p.root):
+        dirnames[:] = [d for d in dirnames if d != ".pipemake"]
+        for name in filenames:
+            os.utime(os.path.join(dirpath, name), (past, past))
+
+
+def last_run(p: Proj) -> tuple[dict, list[dict]]:
+    return read_run(p.root / ".pipemake" / "runs")
+
+
+def settle(p: Proj, *args: str) -> None:
+    """Build, age the files, and build again: the second build is a no-op that writes the
+    snapshot."""
+    p.sub("build", *args)
+    age(p)
+    p.sub("build", *args)
+    assert p.exists(SNAP)
+    assert not last_run(p)[1][0].get("from_snapshot")
+
+
+def from_snapshot(p: Proj) -> bool:
+    return bool(last_run(p)[1][0].get("from_snapshot"))
+
+
+def test_a_repeated_noop_is_answered_from_the_snapshot(chain: Proj) -> None:
+    settle(chain, "--no-progress")
+    out = chain.sub("build", "--no-progress")
+    assert from_snapshot(chain)
+    assert "0 ran, 0 restored, 4 up to date" in out.stderr
+    summary, events = last_run(chain)
+    assert summary["result"] == "ok"
+    assert [e["stage"] for e in events if e["event"] == "stage_skipped"] == CHAIN_STAGES
+    assert chain.run_counts() == dict.fromkeys(CHAIN_STAGES, 1)
+    assert "nothing changed since the last no-op build" in chain.sub("log").stdout
+    listed = chain.sub("list", "--runs").stdout
+    assert len([line for line in listed.splitlines() if " ok " in f" {line} "]) >= 3
+
+
+@pytest.mark.parametrize(
+    "change, reruns",
+    [
+        ("edit an input", {"upper": 2, "lines": 1, "side": 1, "report": 1}),
+        ("touch an input", dict.fromkeys(CHAIN_STAGES, 1)),
+        ("delete an output", dict.fromkeys(CHAIN_STAGES, 1)),
+        ("edit an output", dict.fromkeys(CHAIN_STAGES, 1)),
+        ("add a file to an output tree", dict.fromkeys(CHAIN_STAGES, 1)),
+        ("edit the pipeline", {"upper": 1, "lines": 1, "side": 2, "report": 2}),
+    ],
+)
+def test_any_change_goes_back_to_the_full_build(chain: Proj, change: str, reruns: dict) -> None:
+    settle(chain)
+    later = time.time() + 5
+    if change == "edit an input":
+        chain.write("data/a.txt", "HELLO\nworld\n")  # same upper-cased text: cut off
+    elif change == "touch an input":
+        os.utime(chain.path("data/b.txt"), (later, later))
+    elif change == "delete an output":
+        chain.path("build/lines.txt").unlink()
+    elif change == "edit an output":
+        chain.write("build/side.txt", "edited\n")
+    elif change == "add a file to an output tree":
+        chain.write("build/report/sub/extra.txt", "stray\n")
+    else:
+        chain.edit("pipemake.yaml", "SEP: one", "SEP: two")
+    chain.sub("build")
+    assert not from_snapshot(chain)
+    assert chain.run_counts() == reruns
+    if change in ("delete an output", "edit an output"):
+        assert chain.read("build/lines.txt") == "2\n"
+        assert chain.read("build/side.txt") == "bee\none\n"
+    if change == "add a file to an output tree":
+        assert not chain.exists("build/report/sub/extra.txt")
+
+
+def test_another_command_line_or_the_switch_off_is_not_answered(chain: Proj) -> None:
+    settle(chain)
+    chain.sub("build", "side")
+    assert not from_snapshot(chain)
+    settle(chain)
+    chain.sub("build", env={"PIPEMAKE_NOOP_SNAPSHOT": "0"})
+    assert not from_snapshot(chain)
+    chain.sub("build", "-j", "2")
+    assert not from_snapshot(chain)
+
+
+def test_a_store_written_by_another_command_is_noticed(chain: Proj) -> None:
+    settle(chain)
+    chain.sub("build", "--force-stage", "side")  # writes the state and the store
+    assert chain.runs("side") == 2
+    chain.sub("build")
+    assert not from_snapshot(chain)
+
+
+def test_a_build_that_did_something_or_saw_fresh_files_writes_none(chain: Proj) -> None:
+    chain.sub("build")
+    assert not chain.exists(SNAP)  # it ran every stage
+    chain.sub("build")
+    assert not chain.exists(SNAP)  # outputs written within the last second: not trusted
+    age(chain)
+    chain.sub("build")
+    assert chain.exists(SNAP)
+    chain.write("data/b.txt", "wasp\n")
+    chain.sub("build")
+    assert not chain.exists(SNAP)  # it ran: the stale snapshot is gone too
+
+
+def test_pipelines_with_hooks_always_build(project: Callable[..., Proj]) -> None:
+    p = project(
+        """
+        name: hooked
+        on_success: "echo ok >> runs/hook.log"
+        stages:
+          - id: a
+            type: shell
+            config: {cmd: "echo a > {outputs.o}", outputs: {o: build/a.txt}}
+        """
+    )
+    p.sub("build")
+    age(p)
+    p.sub("build")
+    assert not p.exists(SNAP)
+    assert len(p.read("runs/hook.log").splitlines()) == 2
+
+
+def test_the_snapshot_does_not_bypass_the_build_lock(chain: Proj) -> None:
+    settle(chain)
+    fd = os.open(chain.path(".pipemake/lock"), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        out = chain.sub("build", "--lock-timeout", "0.3", code=1)
+        assert "build lock" in out.stderr
+    finally:
+        os.close(fd)
+    chain.sub("build")
+    assert from_snapshot(chain)
+
+
+def test_a_python_stage_module_edit_reruns_it(project: Callable[..., Proj]) -> None:
+    p = project(
+        """
+        name: py
+        stages:
+          - id: step
+            type: python
+            config:
+              function: steps:write
+              outputs: {o: build/o.txt}
+        """,
+        {
+            "steps.py": "from pathlib import Path\n\n\ndef write(ctx):\n"
+            "    open('runs/step.count', 'a').write('x\\n')\n"
+            "    Path(ctx.outputs['o']).write_text('one')\n"
+        },
+    )
+    settle(p)
+    p.sub("build")
+    assert from_snapshot(p)
+    p.edit("steps.py", "'one'", "'two'")
+    p.sub("build")
+    assert not from_snapshot(p)
+    assert p.read("build/o.txt") == "two"
+    assert p.runs("step") == 2
+
+
+def test_foreach_trees_are_checked_file_by_file(project: Callable[..., Proj]) -> None:
+    p = project(
+        """
+        name: fe
+        stages:
+          - id: up
+            type: shell
+            foreach: src
+            config:
+              cmd: "echo x >> runs/up.count; tr a-z A-Z < {inputs.src} > {outputs.o}/{item.name}"
+              inputs: {src: data}
+              outputs: {o: build/up}
+        """,
+        {f"data/d{i}/f{i}.txt": f"file {i}\n" for i in range(6)},
+    )
+    settle(p)
+    p.sub("build")
+    assert from_snapshot(p)
+    p.write("data/d3/f3.txt", "file three\n")
+    p.sub("build")
+    assert not from_snapshot(p)
+    assert p.runs("up") == 7
+    assert p.read("build/up/f3.txt") == "FILE THREE\n"
+    age(p)
+    p.sub("build")
+    p.sub("build")
+    assert from_snapshot(p)
+    p.write("data/new.txt", "new\n")  # a new file deep in the input tree
+    p.sub("build")
+    assert not from_snapshot(p)
+    assert p.runs("up") == 8
+
+
+def test_a_damaged_snapshot_is_ignored(chain: Proj) -> None:
+    settle(chain)
+    for text in ("{not json", json.dumps({"format": 1, "context": "x"}), "[]"):
+        chain.write(SNAP, text)
+        chain.sub("build")
+        assert not from_snapshot(chain)
+    doc_path = chain.path(SNAP)
+    age(chain)
+    chain.sub("build")
+    doc = json.loads(doc_path.read_text())
+    doc["trees"] = "garbage"
+    doc_path.write_text(json.dumps(doc))
+    chain.sub("build")
+    assert not from_snapshot(chain)
+    assert chain.run_counts() == dict.fromkeys(CHAIN_STAGES, 1)
+
+
+def test_the_snapshot_holds_no_absolute_surprises(chain: Proj) -> None:
+    """Every path it re-stats is inside the workspace, the environment's code, or the
+    databases: nothing else decides a no-op."""
+    settle(chain)
+    doc = json.loads(chain.path(SNAP).read_text())
+    assert Path(doc["root"]) == chain.root
+    assert {t[0] for t in doc["trees"]} == {"build/report"}
+    singles = {f[0] for f in doc["files"]}
+    assert {"data/a.txt", "data/b.txt", "build/upper.txt", "build/side.txt"} <= singles
+    assert str(chain.path("pipemake.yaml")) in singles
+    assert any(s.endswith("pipemake/build.py") for s in singles)
