@@ -6,6 +6,10 @@ group, exactly like the built-in rules. Declarations let the loader catch unknow
 wrong types and unknown references before anything runs; ``version`` goes into every key,
 so bumping it reruns the stages that use the rule.
 
+A rule whose Python code only starts subprocesses and waits for them (``shell``) sets
+``spawns_only`` and starts them with ``ctx.popen``: the local executor then runs its tasks
+in threads of the build process instead of worker processes.
+
 Rules that work per file of an input (``foreach``) implement ``run_item`` (or
 ``run_batch``); rules that also need a whole-stage step over all items' results (map-reduce)
 implement ``map_item`` and ``reduce``. ``setup`` runs once per worker process and per
@@ -15,6 +19,8 @@ parameter set, so a rule loads its model once, not once per item.
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -146,6 +152,10 @@ class Item:
         return Path(self.relpath).stem
 
 
+#: what starts a task's subprocesses: ``(args, extra environment, Popen keywords)``
+Spawn = Callable[[Sequence[str], Mapping[str, str] | None, dict[str, Any]], subprocess.Popen[Any]]
+
+
 class Context:
     """What a rule's ``run`` (or per-item call) receives.
 
@@ -153,7 +163,8 @@ class Context:
     at the real output path); ``params`` are the resolved params; ``progress(done, total)``
     reports progress; ``log`` is a logger whose lines reach the build's view and log.
     ``resources`` is what the scheduler granted (e.g. ``{"gpu": 1}``) and ``gpu_ids`` the
-    cards given to this stage. ``state`` holds what ``setup`` returned.
+    cards given to this stage. ``state`` holds what ``setup`` returned. ``popen`` starts a
+    subprocess the way the task should.
     """
 
     def __init__(
@@ -170,6 +181,7 @@ class Context:
         gpu_ids: Sequence[str] = (),
         item: Item | None = None,
         state: Any = None,
+        spawn: Spawn | None = None,
     ) -> None:
         self.root = Path(root)
         self.inputs = dict(inputs)
@@ -182,11 +194,24 @@ class Context:
         self.gpu_ids = list(gpu_ids)
         self.item = item
         self.state = state
+        self._spawn = spawn
 
     def progress(self, done: int, total: int | None = None) -> None:
         """Report that ``done`` of ``total`` units of work are finished."""
         if self._progress is not None:
             self._progress(done, total)
+
+    def popen(
+        self, args: Sequence[str], *, env: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> subprocess.Popen[Any]:
+        """Start a subprocess for this task (``subprocess.Popen`` arguments): in the project
+        root, with the inherited environment, the task's (``CUDA_VISIBLE_DEVICES`` for the
+        cards it was granted) and ``env`` on top; a timeout or a stop ends its whole process
+        tree. A rule that sets ``spawns_only`` must start its subprocesses this way."""
+        if self._spawn is not None:
+            return self._spawn(args, env, kwargs)
+        kwargs.setdefault("cwd", self.root)
+        return subprocess.Popen(args, env=dict(os.environ, **env) if env else None, **kwargs)
 
 
 class Rule:
@@ -211,6 +236,12 @@ class Rule:
     foreach_pattern: ClassVar[str | None] = None
     #: how many items one per-item call receives (``run_batch``); 1 means ``run_item``
     batch_size: ClassVar[int] = 1
+    #: the rule's Python code does nothing but start subprocesses with ``ctx.popen`` and
+    #: wait for them (``shell``): the local executor may then run its tasks in threads of
+    #: the build process, with no worker process to start and nothing to pickle. Such a
+    #: rule must not change process-wide state (``os.environ``, the working directory,
+    #: signal handlers) and loads nothing in ``setup``.
+    spawns_only: ClassVar[bool] = False
 
     def ports(self, config: Mapping[str, Any]) -> tuple[Ports, list[tuple[str, str]]]:
         """Split ``config`` into ports by the declarations.

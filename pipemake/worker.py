@@ -2,7 +2,11 @@
 the objects into the store, and report back. It decides nothing about whether to run.
 
 The same function serves every executor (local worker processes, the inline test double,
-remote workers), so a task behaves the same wherever it runs.
+remote workers), so a task behaves the same wherever it runs. A task of a ``spawns_only``
+rule may also run in a thread of the build process (given a :class:`Spawner`): then nothing
+process-wide changes (working directory, environment, ``sys.path``), its subprocesses get
+the project root and the task's environment from the spawner, and its metrics count this
+thread and those subprocesses only.
 """
 
 from __future__ import annotations
@@ -12,10 +16,13 @@ import logging
 import os
 import resource
 import shutil
+import subprocess
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +33,71 @@ from .rule import Context, Item, Rule, RuleError, get_rule
 from .store import Store
 from .workspace import manifest_of
 
-__all__ = ["execute"]
+__all__ = ["Spawner", "execute"]
 
 Send = Callable[[str, Any], None]
 _setup_cache: dict[tuple[str, str], Any] = {}
+_setup_lock = threading.Lock()
+#: objects are written through a temporary file named by process id: tasks in threads of
+#: one process serialize the writes of one object (striped by hash)
+_put_locks = [threading.Lock() for _ in range(64)]
+
+
+def _put_lock(content: str | bytes) -> threading.Lock:
+    """The lock for writing the object of ``content`` (its hash, or its bytes)."""
+    return _put_locks[hash(content) % len(_put_locks)]
+
+
+class Spawner:
+    """Starts a task's subprocesses (what ``Context.popen`` calls) and adds up what they
+    used. ``cwd`` and ``env`` are what each gets (None: this process's own); the local
+    executor's threads use a subclass that also ends them with the task."""
+
+    def __init__(self, cwd: str | None = None, env: dict[str, str] | None = None):
+        self.cwd = cwd
+        self.env = env
+        #: CPU seconds and peak memory of the subprocesses reaped so far
+        self.cpu = 0.0
+        self.peak_rss_mb = 0.0
+
+    def __call__(
+        self, args: Sequence[str], env: Mapping[str, str] | None, kwargs: dict[str, Any]
+    ) -> subprocess.Popen[Any]:
+        full = self.env
+        if env:
+            full = dict(os.environ if self.env is None else self.env, **env)
+        if self.cwd is not None:
+            kwargs["cwd"] = os.path.join(self.cwd, kwargs["cwd"]) if kwargs.get("cwd") else self.cwd
+        return self.start(args, full, kwargs)
+
+    def start(
+        self, args: Sequence[str], env: dict[str, str] | None, kwargs: dict[str, Any]
+    ) -> subprocess.Popen[Any]:
+        return _Proc(self, args, env=env, **kwargs)
+
+    def reaped(self, usage: resource.struct_rusage) -> None:
+        self.cpu += usage.ru_utime + usage.ru_stime
+        self.peak_rss_mb = max(self.peak_rss_mb, usage.ru_maxrss / 1024.0)
+
+
+class _Proc(subprocess.Popen):  # type: ignore[type-arg]
+    """A Popen reaped with ``wait4``, so the spawner learns what the process used."""
+
+    def __init__(self, spawner: Spawner, *args: Any, **kwargs: Any):
+        self._spawner = spawner
+        super().__init__(*args, **kwargs)
+
+    def _try_wait(self, wait_flags: int) -> tuple[int, int]:  # as Popen's, plus the usage
+        try:
+            pid, sts, usage = os.wait4(self.pid, wait_flags)
+        except ChildProcessError:
+            return self.pid, 0
+        if pid == self.pid:
+            self._spawner.reaped(usage)
+        return pid, sts
+
+
+_spawner: ContextVar[Spawner | None] = ContextVar("pipemake_spawner", default=None)
 
 
 class _Forward(logging.Handler):
@@ -46,23 +114,30 @@ class _Forward(logging.Handler):
         self.send("log", [record.levelname.lower(), text])
 
 
-def execute(task: Task, send: Send) -> None:
-    """Run ``task`` and report exactly one ``result`` or ``error`` message via ``send``."""
+def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
+    """Run ``task`` and report exactly one ``result`` or ``error`` message via ``send``.
+
+    With ``spawner``, in a thread of the build process (see the module's docstring)."""
     started = time.monotonic()
-    usage0 = _cpu()
-    old_env = {k: os.environ.get(k) for k in task.env}
-    os.environ.update(task.env)
+    threaded = spawner is not None
+    usage0 = time.thread_time() if threaded else _cpu()
+    old_env = {} if threaded else {k: os.environ.get(k) for k in task.env}
+    if not threaded:
+        os.environ.update(task.env)
+    spawner = spawner or Spawner()
+    token = _spawner.set(spawner)
     log_file = open(task.log_path, "a", encoding="utf-8") if task.log_path else None  # noqa: SIM115
     logger = logging.getLogger(f"pipemake.task.{task.id}")
     logger.propagate = False
     logger.setLevel(logging.INFO)
     handler = _Forward(send, log_file)
     logger.addHandler(handler)
-    cwd = os.getcwd()
+    cwd = None if threaded else os.getcwd()
     try:
-        os.chdir(task.root)  # rules run in the project root, as DESIGN.md says for shell
-        if task.root not in sys.path:
-            sys.path.insert(0, task.root)
+        if cwd is not None:
+            os.chdir(task.root)  # rules run in the project root, as DESIGN.md says for shell
+            if task.root not in sys.path:
+                sys.path.insert(0, task.root)
         rule = get_rule(task.rule)
         if rule is None:
             raise RuleError(f"rule {task.rule!r} is not installed in this worker")
@@ -70,8 +145,8 @@ def execute(task: Task, send: Send) -> None:
         payload = _MODES[task.mode](task, rule, store, send, logger)
         payload["metrics"] = {
             "duration": time.monotonic() - started,
-            "cpu": _cpu() - usage0,
-            "peak_rss_mb": _peak_rss_mb(),
+            "cpu": (time.thread_time() + spawner.cpu if threaded else _cpu()) - usage0,
+            "peak_rss_mb": spawner.peak_rss_mb if threaded else _peak_rss_mb(),
         }
         send("result", payload)
     except RuleError as exc:
@@ -79,7 +154,9 @@ def execute(task: Task, send: Send) -> None:
     except Exception as exc:  # a bug in a rule: show where
         send("error", [f"{type(exc).__name__}: {exc}", traceback.format_exc()])
     finally:
-        os.chdir(cwd)
+        _spawner.reset(token)
+        if cwd is not None:
+            os.chdir(cwd)
         logger.removeHandler(handler)
         if log_file is not None:
             log_file.close()
@@ -105,7 +182,7 @@ def _peak_rss_mb() -> float:
 def _abs(root: str, value: Any) -> Any:
     if isinstance(value, list):
         return [_abs(root, v) for v in value]
-    return Path(value) if os.path.isabs(value) else Path(root) / value
+    return Path(value if os.path.isabs(value) else os.path.join(root, value))
 
 
 def _context(
@@ -121,7 +198,7 @@ def _context(
         {k: _abs(task.root, v) for k, v in (inputs or task.inputs).items()},
         {k: _abs(task.root, v) for k, v in outputs.items()},
         task.params, stage=task.stage, log=logger, resources=task.resources,
-        gpu_ids=task.gpu_ids, item=item,
+        gpu_ids=task.gpu_ids, item=item, spawn=_spawner.get(),
         progress=lambda done, total=None: send("progress", [done, total]),
     )  # fmt: skip
 
@@ -154,10 +231,12 @@ def _hash_outputs(task: Task, outputs: dict[str, str], store: Store) -> dict[str
             raise RuleError(f"output {name!r} should be a {want}, but a {info.kind} was written")
         full = _abs(task.root, path)
         if info.kind == "file":
-            store.put_file(str(full), info.hash)
+            with _put_lock(info.hash):
+                store.put_file(str(full), info.hash)
         else:
             for rel, h, _size, _mode in info.entries or []:
-                store.put_file(str(full / rel), h)
+                with _put_lock(h):
+                    store.put_file(str(full / rel), h)
         manifests[name] = manifest_of(info)
     return manifests
 
@@ -184,10 +263,11 @@ def _state(task: Task, rule: Rule, ctx: Context) -> Any:
     if "_params_digest" not in task.extra:
         task.extra["_params_digest"] = digest(task.params)
     key = (task.rule, task.extra["_params_digest"])
-    if key not in _setup_cache:
-        _setup_cache.clear()  # one model per worker: drop the last parameter set's
-        _setup_cache[key] = rule.setup(ctx)
-    return _setup_cache[key]
+    with _setup_lock:
+        if key not in _setup_cache:
+            _setup_cache.clear()  # one model per worker: drop the last parameter set's
+            _setup_cache[key] = rule.setup(ctx)
+        return _setup_cache[key]
 
 
 def _empty(path: Path) -> None:
@@ -216,6 +296,7 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
     work = {name: _abs(task.root, path) for name, path in task.outputs.items()}
     done = _abs(task.root, task.extra["done"])
     done.mkdir(parents=True, exist_ok=True)
+    done_rel = os.path.relpath(done, task.root)
     for n, it in enumerate(task.items):
         for path in work.values():
             _empty(path)
@@ -230,9 +311,9 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
             for name, manifest in manifests.items():
                 moved = staged.setdefault(name, {})
                 for k, entry in enumerate(manifest["entries"]):
-                    flat = done / f"{n}-{name}-{k}"
-                    os.rename(work[name] / entry[0], flat)
-                    moved[entry[0]] = os.path.relpath(flat, task.root)
+                    flat = f"{n}-{name}-{k}"
+                    os.rename(os.path.join(work[name], entry[0]), os.path.join(done, flat))
+                    moved[entry[0]] = os.path.join(done_rel, flat)
             results[it["relpath"]] = {"outputs": manifests, "values": values, "staged": staged}
         except RuleError as exc:
             results[it["relpath"]] = {"error": str(exc)}
@@ -296,7 +377,8 @@ def _map(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logge
             for it, value in zip(chunk, values, strict=True):
                 kind = "bytes" if isinstance(value, bytes) else "json"
                 data = value if isinstance(value, bytes) else json.dumps(value).encode()
-                results[it["relpath"]] = {"hash": store.put_bytes(data), "kind": kind}
+                with _put_lock(data):
+                    results[it["relpath"]] = {"hash": store.put_bytes(data), "kind": kind}
         except RuleError as exc:
             for it in chunk:
                 results[it["relpath"]] = {"error": str(exc)}

@@ -32,6 +32,7 @@ class ShellRule(Rule):
     name = "shell"
     version = "1"
     symbolic_keys = ("cmd", "env")
+    spawns_only = True  # the local executor runs it in threads: no worker process to start
 
     def ports(self, config: Mapping[str, Any]) -> tuple[Ports, list[tuple[str, str]]]:
         ports = Ports()
@@ -79,9 +80,12 @@ class ShellRule(Rule):
 
     def _run(self, ctx: Context, item: Item | None) -> dict[str, Any]:
         root = str(ctx.root)
+        prefix = os.path.join(root, "")
 
         def rel(p: Any) -> str:
             p = str(p)
+            if p.startswith(prefix) and "/." not in p:  # the usual case, without relpath
+                return p[len(prefix) :]
             r = os.path.relpath(p, root)
             return p if r.startswith("..") else r
 
@@ -100,23 +104,23 @@ class ShellRule(Rule):
             raise RuleError(f"unresolved reference {ref}")
 
         cmd = render(ctx.params["cmd"], lookup)
-        env = None
-        if ctx.params.get("env"):
-            env = dict(os.environ)
-            for k, v in ctx.params["env"].items():
-                env[k] = str(render(v, lambda r: lookup(r).strip("'")))
-        # the worker runs every task in the project root, so Popen needs no cwd (and can use
-        # posix_spawn, which is much cheaper per item than fork+exec)
+        env = {
+            k: str(render(v, lambda r: lookup(r).strip("'")))
+            for k, v in (ctx.params.get("env") or {}).items()
+        }
+        # ctx.popen runs it in the project root with the task's environment plus env; a
+        # timeout or a stop ends its process tree
         tail: deque[str] = deque(maxlen=30)
-        proc = subprocess.Popen(
+        proc = ctx.popen(
             ["/bin/sh", "-c", cmd], env=env, stdin=subprocess.DEVNULL, close_fds=False,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
         )  # fmt: skip
         assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            tail.append(line)
-            ctx.log.info(line)
+        with proc.stdout:
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                tail.append(line)
+                ctx.log.info(line)
         code = proc.wait()
         if code != 0:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"

@@ -1,25 +1,56 @@
-"""The local executor: a pool of worker processes, reused across tasks.
+"""The local executor: a pool of worker processes, reused across tasks, and threads for
+rules that only start subprocesses.
 
 Each worker is its own process group (so Ctrl-C in the terminal reaches only pipemake,
 which decides what to stop) and dies with its parent (``PR_SET_PDEATHSIG``), taking its
 children with it. A worker that crashes or is killed fails only the task it held; the pool
 starts another. Because workers live for the whole build, a rule's ``setup`` (a model
 load) runs once per worker, not once per item.
+
+A task of a rule that sets ``spawns_only`` (``shell``) runs in a thread of this process
+instead: starting a worker (a Python process that imports pipemake) costs more than a short
+command, and the thread needs no pickling per task. The guarantees stay those of a worker:
+each command it starts leads its own process group (so Ctrl-C reaches only pipemake, and a
+timeout or a stop ends the command's whole tree), gets the task's environment explicitly
+(``os.environ`` of this process never changes), and a guardian process, started with the
+first such task, ends whatever commands still run when this process dies, even by
+``kill -9``. A stopped task's next command never starts; one that ignores SIGTERM gets
+SIGKILL after a few seconds. At most ``ITEM_THREADS`` big batches of foreach items run in
+threads at once (more would queue on the GIL); further ones go to worker processes.
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import multiprocessing as mp
 import os
 import signal
+import subprocess
+import sys
+import threading
 import time
+import traceback
+from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from ..rule import get_rule
+from ..worker import Spawner, execute
 from .base import Executor, Message, Task
 
-__all__ = ["LocalExecutor"]
+__all__ = ["LocalExecutor", "TaskStopped"]
+
+#: seconds between SIGTERM and SIGKILL for a thread's commands, and then before a thread
+#: still blocked (on output a stray grandchild keeps open) is given up for stopped
+KILL_AFTER_TERM = 5.0
+GIVE_UP_AFTER_KILL = 2.0
+#: batches of more than SMALL_BATCH foreach items run in at most ITEM_THREADS threads at
+#: once, the others in worker processes: each item's Python side (hashing and storing its
+#: outputs) holds the GIL, so many threads of short commands would queue on it where
+#: processes run side by side; a small batch is not worth starting a worker for
+ITEM_THREADS = 2
+SMALL_BATCH = 8
 
 
 def _die_with_parent() -> None:
@@ -71,8 +102,179 @@ class _Worker:
         self.started = 0.0
 
 
+class TaskStopped(BaseException):
+    """Raised in a task's thread when a stopped task would start another subprocess."""
+
+
+# The guardian: reads "+PGID" / "-PGID" lines on stdin; at end of input (this process
+# exited or died) it ends the process groups still listed: SIGTERM, then SIGKILL. It reads
+# every tenth of a second, never waiting on the pipe, so a write wakes nobody up (a wake-up
+# per command cost more than the rest of starting it).
+_GUARDIAN = """
+import os, signal, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+os.set_blocking(0, False)
+groups, buf, data = set(), b"", b"-"
+while data:
+    time.sleep(0.1)
+    while True:
+        try:
+            data = os.read(0, 1 << 20)
+        except BlockingIOError:
+            break
+        if not data:
+            break
+        buf += data
+    *lines, buf = buf.split(b"\\n")
+    for line in lines:
+        if line[:1] == b"+":
+            groups.add(int(line[1:]))
+        elif line[:1] == b"-":
+            groups.discard(int(line[1:]))
+def send(sig, groups):
+    left = set()
+    for g in groups:
+        try:
+            os.killpg(g, sig)
+            left.add(g)
+        except OSError:
+            pass
+    return left
+groups = send(signal.SIGTERM, groups)
+deadline = time.monotonic() + 5
+while groups and time.monotonic() < deadline:
+    time.sleep(0.05)
+    groups = send(0, groups)
+send(signal.SIGKILL, groups)
+"""
+
+
+class _Guardian:
+    """A small process that ends the listed process groups when this process goes away."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._fd = -1
+        _exiting[:] = [p for p in _exiting if p.poll() is None]
+        if not sys.executable:
+            return
+        r, w = os.pipe()
+        try:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)  # room for what it has not read yet
+        except OSError:
+            pass
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _GUARDIAN], stdin=r,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+            self._fd = w
+        except OSError:
+            os.close(w)
+        finally:
+            os.close(r)
+
+    def _send(self, line: str) -> None:
+        with self._lock:
+            if self._fd < 0:
+                return
+            try:
+                os.write(self._fd, line.encode())
+            except OSError:  # it died: nothing to tell
+                os.close(self._fd)
+                self._fd = -1
+
+    def watch(self, pgid: int) -> None:
+        self._send(f"+{pgid}\n")
+
+    def forget(self, pgid: int) -> None:
+        self._send(f"-{pgid}\n")
+
+    def close(self) -> None:
+        """End of input: the guardian ends what is still listed and exits on its own (it is
+        reaped later, never waited for)."""
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+        if self.proc is not None and self.proc.poll() is None:
+            _exiting.append(self.proc)
+
+
+#: guardians told to exit, not yet reaped
+_exiting: list[subprocess.Popen[bytes]] = []
+
+
+class _ThreadSpawner(Spawner):
+    """Starts a threaded task's commands, each leading its own process group, and stops
+    them with the task."""
+
+    def __init__(self, task: Task, guardian: _Guardian):
+        super().__init__(task.root, dict(os.environ, **task.env) if task.env else None)
+        self.guardian = guardian
+        self.lock = threading.Lock()
+        self.procs: list[subprocess.Popen[Any]] = []
+        #: the signal the task was stopped with, and whether that ended or prevented a command
+        self.stopped: int | None = None
+        self.hit = False
+
+    def start(
+        self, args: Sequence[str], env: dict[str, str] | None, kwargs: dict[str, Any]
+    ) -> subprocess.Popen[Any]:
+        kwargs["start_new_session"] = True  # its own group: Ctrl-C misses it, a stop ends it
+        kwargs.pop("process_group", None)
+        with self.lock:
+            if self.stopped is not None:
+                self.hit = True
+                raise TaskStopped(self.stopped)
+            for p in self.procs:
+                if p.returncode is not None:
+                    self.guardian.forget(p.pid)
+            self.procs = [p for p in self.procs if p.returncode is None]
+            proc = super().start(args, env, kwargs)
+            self.procs.append(proc)
+            self.guardian.watch(proc.pid)
+        return proc
+
+    def stop(self, sig: int) -> None:
+        with self.lock:
+            if self.stopped is None or sig == signal.SIGKILL:
+                self.stopped = sig
+            for p in self.procs:
+                if p.returncode is None:
+                    _signal_group(p.pid, sig)
+                    self.hit = True
+
+    def close(self) -> None:
+        with self.lock:
+            for p in self.procs:
+                self.guardian.forget(p.pid)
+            self.procs = []
+
+
+class _Threaded:
+    def __init__(self, task: Task, spawner: _ThreadSpawner):
+        self.task = task
+        self.spawner = spawner
+        self.started = time.monotonic()
+        self.thread: threading.Thread | None = None
+        self.term_at: float | None = None
+        self.kill_at: float | None = None
+        self.answered = False
+
+
+def _spawns_only(rule_name: str) -> bool:
+    try:
+        rule = get_rule(rule_name)
+    except Exception:  # noqa: BLE001 - a worker will report it
+        return False
+    return rule is not None and rule.spawns_only
+
+
 class LocalExecutor(Executor):
-    """Worker processes on this machine, at most ``jobs`` of them."""
+    """Worker processes on this machine, at most ``jobs`` of them, and threads for the
+    tasks of ``spawns_only`` rules."""
 
     name = "local"
 
@@ -80,8 +282,22 @@ class LocalExecutor(Executor):
         super().__init__(jobs)
         self._ctx = mp.get_context("spawn")
         self._workers: list[_Worker] = []
+        self._threads: dict[str, _Threaded] = {}
+        self._guardian: _Guardian | None = None
+        self._inbox: list[Message] = []
+        self._inbox_lock = threading.Lock()
+        self._woken = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
 
     def submit(self, task: Task) -> None:
+        if _spawns_only(task.rule) and (
+            len(task.items) <= SMALL_BATCH
+            or sum(1 for t in self._threads.values() if len(t.task.items) > SMALL_BATCH)
+            < ITEM_THREADS
+        ):
+            self._start_thread(task)
+            return
         worker = next((w for w in self._workers if w.task is None), None)
         if worker is None:
             worker = _Worker(self._ctx)
@@ -92,13 +308,15 @@ class LocalExecutor(Executor):
 
     def poll(self, timeout: float | None) -> list[Message]:
         busy = [w for w in self._workers if w.task is not None]
-        if not busy:
+        if self._threads:
+            self._escalate()
+        if not busy and not self._threads:
             if timeout:
                 time.sleep(min(timeout, 0.05))
             return []
         waitables: list[Any] = [w.conn for w in busy] + [w.proc.sentinel for w in busy]
-        ready = wait(waitables, timeout)
-        out: list[Message] = []
+        ready = wait([*waitables, self._wake_r], timeout)
+        out: list[Message] = self._drain_threads() if self._wake_r in ready else []
         for w in busy:
             if w.conn in ready:
                 out.extend(self._drain(w))
@@ -127,12 +345,113 @@ class LocalExecutor(Executor):
         for w in self._workers:
             if w.task is not None and w.task.id in task_ids:
                 _signal_group(w.proc.pid, signal.SIGKILL if force else signal.SIGTERM)
+        now = time.monotonic()
+        for task_id in task_ids:
+            t = self._threads.get(task_id)
+            if t is None:
+                continue
+            if force:
+                t.kill_at = t.kill_at or now
+            t.term_at = t.term_at or now
+            t.spawner.stop(signal.SIGKILL if force else signal.SIGTERM)
 
     def running(self) -> dict[str, float]:
         """Running task ids and when they started (monotonic seconds)."""
-        return {w.task.id: w.started for w in self._workers if w.task is not None}
+        out = {w.task.id: w.started for w in self._workers if w.task is not None}
+        out.update((task_id, t.started) for task_id, t in self._threads.items())
+        return out
+
+    # threads ----------------------------------------------------------------------------
+    def _start_thread(self, task: Task) -> None:
+        if self._guardian is None:
+            self._guardian = _Guardian()
+        t = _Threaded(task, _ThreadSpawner(task, self._guardian))
+        with self._inbox_lock:
+            self._threads[task.id] = t
+        t.thread = threading.Thread(
+            target=self._thread_main, args=(t,), name=f"pipemake {task.id}", daemon=True
+        )
+        t.thread.start()
+
+    def _thread_main(self, t: _Threaded) -> None:
+        task_id = t.task.id
+        final: list[Message] = []
+
+        def send(kind: str, data: Any) -> None:
+            if kind in ("result", "error"):
+                final.append(Message(task_id, kind, data))
+            else:
+                self._post(t, Message(task_id, kind, data))
+
+        try:
+            execute(t.task, send, t.spawner)
+        except TaskStopped:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - never leave a task unanswered
+            text = f"{type(exc).__name__}: {exc}"
+            final.append(Message(task_id, "error", [text, traceback.format_exc()]))
+        finally:
+            t.spawner.close()
+        sp = t.spawner
+        if sp.stopped is not None and (sp.hit or not final or final[-1].kind == "error"):
+            self._post(t, Message(task_id, "error", [_stopped(sp.stopped), None]))
+        elif final:
+            self._post(t, final[-1])
+        else:
+            self._post(t, Message(task_id, "error", ["the task ended without a result", None]))
+
+    def _post(self, t: _Threaded, msg: Message) -> None:
+        with self._inbox_lock:
+            if self._threads.get(t.task.id) is not t or t.answered:
+                return  # given up for stopped: what it says now is for nobody
+            t.answered = msg.kind in ("result", "error")
+            self._inbox.append(msg)
+            if not self._woken:
+                self._woken = True
+                os.write(self._wake_w, b"x")
+
+    def _drain_threads(self) -> list[Message]:
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass
+        with self._inbox_lock:
+            out, self._inbox = self._inbox, []
+            self._woken = False
+            for msg in out:
+                if msg.kind in ("result", "error"):
+                    self._threads.pop(msg.task, None)
+        return out
+
+    def _escalate(self) -> None:
+        """SIGKILL for commands that outlived their SIGTERM; give up on a thread that stays
+        blocked after that (the task fails as stopped)."""
+        now = time.monotonic()
+        for task_id, t in list(self._threads.items()):
+            if t.term_at is not None and t.kill_at is None and now - t.term_at > KILL_AFTER_TERM:
+                t.kill_at = now
+                t.spawner.stop(signal.SIGKILL)
+            elif t.kill_at is not None and now - t.kill_at > GIVE_UP_AFTER_KILL:
+                self._post(t, Message(task_id, "error", [_stopped(signal.SIGKILL), None]))
 
     def close(self) -> None:
+        threads = list(self._threads.values())
+        for t in threads:
+            t.spawner.stop(signal.SIGKILL)
+        deadline = time.monotonic() + 1.0
+        for t in threads:
+            if t.thread is not None:
+                t.thread.join(max(0.0, deadline - time.monotonic()))
+        with self._inbox_lock:
+            self._threads = {}
+            self._inbox = []
+        if self._guardian is not None:
+            self._guardian.close()
+            self._guardian = None
+        if self._wake_w >= 0:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
         for w in self._workers:
             if w.task is not None:
                 _signal_group(w.proc.pid, signal.SIGKILL)
@@ -161,6 +480,14 @@ def _signal_group(pid: int | None, sig: int) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+
+def _stopped(sig: int) -> str:
+    try:
+        name = signal.Signals(sig).name
+    except ValueError:
+        name = f"signal {sig}"
+    return f"the task was stopped ({name}): its commands were ended"
 
 
 def _death(code: int | None) -> str:
