@@ -117,22 +117,26 @@ def merge_outputs(per_item: dict[str, dict[str, Any]], names: Iterable[str]) -> 
     """The stage's output manifests, the union of every item's; two items writing the same
     path fail, naming both."""
     merged: dict[str, Any] = {}
+    order = sorted(per_item)
     for name in names:
         owner: dict[str, str] = {}
-        entries: dict[str, list[Any]] = {}
-        for rel_item in sorted(per_item):
-            manifest = per_item[rel_item][name]
-            for e in manifest.get("entries", []):
+        entries: list[Any] = []
+        for rel_item in order:
+            for e in per_item[rel_item][name].get("entries", ()):
                 if e[0] in owner:
                     raise ValueError(
                         f"items {owner[e[0]]} and {rel_item} both wrote {name}/{e[0]}; "
                         "make each item write its own file name (e.g. use {item.stem})"
                     )
                 owner[e[0]] = rel_item
-                entries[e[0]] = list(e)
-        ordered = [entries[k] for k in sorted(entries)]
-        merged[name] = {"kind": "dir", "hash": tree_hash(ordered), "entries": ordered}
+                entries.append(e)
+        entries.sort(key=_first)
+        merged[name] = {"kind": "dir", "hash": tree_hash(entries), "entries": entries}
     return merged
+
+
+def _first(e: Sequence[Any]) -> Any:
+    return e[0]
 
 
 def items_digest(item_keys: dict[str, str]) -> str:

@@ -38,14 +38,6 @@ __all__ = ["Spawner", "execute"]
 Send = Callable[[str, Any], None]
 _setup_cache: dict[tuple[str, str], Any] = {}
 _setup_lock = threading.Lock()
-#: objects are written through a temporary file named by process id: tasks in threads of
-#: one process serialize the writes of one object (striped by hash)
-_put_locks = [threading.Lock() for _ in range(64)]
-
-
-def _put_lock(content: str | bytes) -> threading.Lock:
-    """The lock for writing the object of ``content`` (its hash, or its bytes)."""
-    return _put_locks[hash(content) % len(_put_locks)]
 
 
 class Spawner:
@@ -231,12 +223,10 @@ def _hash_outputs(task: Task, outputs: dict[str, str], store: Store) -> dict[str
             raise RuleError(f"output {name!r} should be a {want}, but a {info.kind} was written")
         full = _abs(task.root, path)
         if info.kind == "file":
-            with _put_lock(info.hash):
-                store.put_file(str(full), info.hash)
+            store.put_file(str(full), info.hash)
         else:
             for rel, h, _size, _mode in info.entries or []:
-                with _put_lock(h):
-                    store.put_file(str(full / rel), h)
+                store.put_file(str(full / rel), h)
         manifests[name] = manifest_of(info)
     return manifests
 
@@ -377,8 +367,7 @@ def _map(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logge
             for it, value in zip(chunk, values, strict=True):
                 kind = "bytes" if isinstance(value, bytes) else "json"
                 data = value if isinstance(value, bytes) else json.dumps(value).encode()
-                with _put_lock(data):
-                    results[it["relpath"]] = {"hash": store.put_bytes(data), "kind": kind}
+                results[it["relpath"]] = {"hash": store.put_bytes(data), "kind": kind}
         except RuleError as exc:
             for it in chunk:
                 results[it["relpath"]] = {"error": str(exc)}
