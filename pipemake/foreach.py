@@ -103,8 +103,10 @@ def stage_key(b: Builder, stage: Stage, sk: StageKey) -> None:
 def item_decision(b: Builder, stage: Stage, sk: StageKey) -> tuple[list[Reason], dict[str, Any]]:
     """Which items must run and why, for a foreach stage whose stage key is not cached."""
     if not stage.rule.map_reduce:
-        entries = b.store.get_actions(list(sk.item_keys.values()))
-        sk.cached = {rel: entries[k] for rel, k in sk.item_keys.items() if k in entries}
+        sk.cached = _indexed(b.state.item_index(stage.id), sk.item_keys)
+        rest = [k for rel, k in sk.item_keys.items() if rel not in sk.cached]
+        entries = b.store.get_actions(rest) if rest else {}
+        sk.cached.update({rel: entries[k] for rel, k in sk.item_keys.items() if k in entries})
     sk.todo = [it for it in sk.items if it.relpath not in sk.cached]
     old = b.state.item_hashes(stage.id)
     changed = item_reasons(old, sk.items, [it.relpath for it in sk.todo])
@@ -123,6 +125,20 @@ def item_decision(b: Builder, stage: Stage, sk: StageKey) -> tuple[list[Reason],
         "removed": len(gone),
     }
     return reasons, info
+
+
+def _indexed(index: dict[str, Any] | None, item_keys: dict[str, str]) -> dict[str, Any]:
+    """The entries of the items whose key is the one the stage's item index (the workspace
+    state, written when the stage was last assembled; checked against its hash) holds for
+    them; anything else is read from the store."""
+    found: dict[str, Any] = {}
+    if not index:
+        return found
+    for rel, key in item_keys.items():
+        rec = index.get(rel)
+        if type(rec) is list and len(rec) == 3 and rec[0] == key:
+            found[rel] = {"outputs": rec[1], "values": rec[2]}
+    return found
 
 
 def forget_lost_items(b: Builder, sk: StageKey) -> None:
@@ -309,6 +325,13 @@ def assemble(b: Builder, stage: Stage, run: dict[str, Any]) -> dict[str, Any]:
         },
     }
     b.store.put_action(sk.key, entry)
+    b.state.set_item_index(
+        stage.id,
+        {
+            rel: [sk.item_keys[rel], outs, run["values"].get(rel) or {}]
+            for rel, outs in per_item.items()
+        },
+    )
     for name, rel in sk.ports.outputs.items():
         moves: dict[str, Path] = {}
         for item_rel, manifest in run["done_items"].items():

@@ -14,9 +14,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import xxhash
+
 __all__ = ["STATE_FORMAT", "StatRow", "TreeRow", "WorkspaceState"]
 
-STATE_FORMAT = 3
+STATE_FORMAT = 4
 
 StatRow = tuple[int, int, int, int, int, str]  # dev, ino, size, mtime_ns, hashed_at_ns, hash
 
@@ -41,6 +43,8 @@ CREATE TABLE IF NOT EXISTS records (
     stage TEXT PRIMARY KEY, key TEXT, result TEXT, duration REAL, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS placed (path TEXT PRIMARY KEY, stage TEXT, output TEXT);
 CREATE TABLE IF NOT EXISTS items (stage TEXT PRIMARY KEY, hashes TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS item_index (
+    stage TEXT PRIMARY KEY, digest TEXT NOT NULL, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trees (
     path TEXT PRIMARY KEY, sig TEXT, racy INTEGER, hash TEXT, entries TEXT, stats TEXT);
 """
@@ -82,7 +86,7 @@ class WorkspaceState:
             row = self._db.execute("SELECT value FROM meta WHERE name='format'").fetchone()
             if row is not None and row[0] != str(STATE_FORMAT):
                 # Only caches and build notes: start over rather than misread another format.
-                for table in ("stat", "records", "placed", "items", "trees", "meta"):
+                for table in ("stat", "records", "placed", "items", "item_index", "trees", "meta"):
                     self._db.execute(f"DROP TABLE IF EXISTS {table}")
                 self._db.executescript(_SCHEMA)
                 row = None
@@ -197,6 +201,31 @@ class WorkspaceState:
         if self.readonly:
             return
         self.db.execute("INSERT OR REPLACE INTO items VALUES (?, ?)", (stage, json.dumps(hashes)))
+
+    def item_index(self, stage: str) -> dict[str, Any] | None:
+        """A foreach stage's items as its last run assembled them: relpath → [item key,
+        output manifests, values] (so a rerun of a few items need not read every item's
+        entry from the store); None when there is none, or it is not exactly what was
+        written (its hash is kept beside it)."""
+        row = self.db.execute(
+            "SELECT digest, data FROM item_index WHERE stage=?", (stage,)
+        ).fetchone()
+        if row is None or xxhash.xxh3_128_hexdigest(row[1].encode()) != row[0]:
+            return None
+        try:
+            data = json.loads(row[1])
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def set_item_index(self, stage: str, index: dict[str, Any]) -> None:
+        if self.readonly:
+            return
+        text = json.dumps(index, separators=(",", ":"))
+        self.db.execute(
+            "INSERT OR REPLACE INTO item_index VALUES (?, ?, ?)",
+            (stage, xxhash.xxh3_128_hexdigest(text.encode()), text),
+        )
 
     # placed outputs ---------------------------------------------------------------------
     def placed(self) -> dict[str, tuple[str, str]]:

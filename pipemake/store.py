@@ -118,17 +118,24 @@ class Store:
         return _entry(row[0])
 
     def get_actions(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        """The entries of many keys at once (a few queries, not one per key)."""
+        """The entries of many keys at once: one query, and their JSON parsed in one go."""
+        if not keys:
+            return {}
+        rows = self.db.execute(
+            "SELECT key, entry FROM actions WHERE key IN (SELECT value FROM json_each(?))",
+            (json.dumps(keys),),
+        ).fetchall()
+        try:
+            parsed = json.loads("[" + ",".join([text for _, text in rows]) + "]")
+        except (ValueError, TypeError):  # a damaged row: parse them one by one
+            parsed = None
+        if parsed is not None and len(parsed) != len(rows):
+            parsed = None  # a tampered row holding several values: never misalign
         out: dict[str, dict[str, Any]] = {}
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            for key, text in self.db.execute(
-                f"SELECT key, entry FROM actions WHERE key IN ({marks})", chunk
-            ):
-                entry = _entry(text)
-                if entry is not None:
-                    out[key] = entry
+        for i, (key, text) in enumerate(rows):
+            entry = _entry(text) if parsed is None else _checked(parsed[i])
+            if entry is not None:
+                out[key] = entry
         return out
 
     def put_action(self, key: str, entry: dict[str, Any]) -> None:
@@ -361,7 +368,8 @@ class Store:
             self._db = None
 
 
-def _is_manifest(m: Any) -> bool:
+def is_manifest(m: Any) -> bool:
+    """Whether ``m`` has the shape of an output manifest (a file's or a directory's)."""
     if type(m) is not dict or type(m.get("hash")) is not str:
         return False
     kind = m.get("kind")
@@ -385,12 +393,17 @@ def _entry(text: str) -> dict[str, Any] | None:
     damaged row is a cache miss, never a crash and never code)."""
     try:
         entry = json.loads(text)
-    except ValueError:
+    except (ValueError, TypeError):
         return None
+    return _checked(entry)
+
+
+def _checked(entry: Any) -> dict[str, Any] | None:
+    """``entry`` when it has the shape of an action-cache entry, else None."""
     if not isinstance(entry, dict):
         return None
     outputs = entry.get("outputs", {})
-    if not isinstance(outputs, dict) or not all(_is_manifest(m) for m in outputs.values()):
+    if not isinstance(outputs, dict) or not all(is_manifest(m) for m in outputs.values()):
         return None
     if "map" in entry:
         m = entry["map"]

@@ -295,3 +295,51 @@ def test_a_corrupt_object_reruns_only_its_item(items: Proj) -> None:
     assert sorted(p.name for p in items.path("build/upper").iterdir()) == sorted(
         [f"f{i}.txt" for i in range(1, 6)] + ["sub"]
     )
+
+
+def test_a_rerun_of_one_item_reads_only_its_entry(items: Proj, monkeypatch) -> None:
+    """The other items' outputs come from the stage's item index in the workspace state,
+    not from reading every item's entry out of the store."""
+    from pipemake.store import Store
+
+    asked: list[int] = []
+    real = Store.get_actions
+
+    def spy(self, keys):
+        asked.append(len(keys))
+        return real(self, keys)
+
+    monkeypatch.setattr(Store, "get_actions", spy)
+    items.write("data/f3.txt", "changed\n")
+    items.cli("build")
+    assert _items_run(items) == ["f3.txt"]
+    assert max(asked) <= 2  # the last keys of the two stages, then the changed item's own
+    assert items.read("build/upper/f3.txt") == "CHANGED\n"
+    assert items.read("build/upper/sub/deep.txt") == "DEEP\n"
+    assert items.read("build/total.txt").startswith("FILE 1\n")
+
+
+@pytest.mark.parametrize(
+    "garbage, rehash",
+    [("not json", False), ('{"f1.txt": "x"}', False), ("[1, 2]", True),
+     ('{"f1.txt": [1, 2, 3], "f2.txt": "x"}', True), ("{}", True)],
+)  # fmt: skip
+def test_a_damaged_item_index_falls_back_to_the_store(
+    items: Proj, garbage: str, rehash: bool
+) -> None:
+    import sqlite3
+
+    import xxhash
+
+    digest = xxhash.xxh3_128_hexdigest(garbage.encode()) if rehash else "0" * 32
+    db = sqlite3.connect(items.path(".pipemake/state.db"))
+    with db:
+        db.execute("UPDATE item_index SET digest=?, data=?", (digest, garbage))
+    db.close()
+    items.write("data/f3.txt", "changed\n")
+    items.cli("build")
+    assert _items_run(items) == ["f3.txt"]
+    assert sorted(p.name for p in items.path("build/upper").iterdir()) == sorted(
+        [f"f{i}.txt" for i in range(1, 6)] + ["sub"]
+    )
+    assert items.read("build/upper/f1.txt") == "FILE 1\n"

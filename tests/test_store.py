@@ -199,3 +199,23 @@ def test_action_entries_hold_no_absolute_paths(chain: Proj) -> None:
     for text in texts:
         assert str(chain.root) not in text
         assert "/tmp" not in text and ".pipemake" not in text
+
+
+def test_get_actions_parses_many_rows_and_isolates_damaged_ones(tmp_path) -> None:
+    """Entries read in one go stay with their keys, even when a tampered row holds text
+    that would shift the others (several JSON values, or none)."""
+    from pipemake.store import Store
+
+    store = Store(tmp_path / "store")
+    good = {"outputs": {}, "values": {"n": 1}}
+    store.put_actions([(f"k{i}", dict(good, values={"n": i})) for i in range(6)])
+    rows = {"k1": '{"values": {"n": 9}}, {"values": {"n": 8}}', "k3": "", "k4": "[1"}
+    for key, text in rows.items():
+        store.db.execute("UPDATE actions SET entry=? WHERE key=?", (text, key))
+    got = store.get_actions([f"k{i}" for i in range(7)])
+    assert sorted(got) == ["k0", "k2", "k5"]
+    assert {k: e["values"]["n"] for k, e in got.items()} == {"k0": 0, "k2": 2, "k5": 5}
+    store.db.execute("UPDATE actions SET entry=? WHERE key=?", ("[1, 2", "k0"))
+    store.db.execute("UPDATE actions SET entry=? WHERE key=?", ("3]", "k2"))
+    got = store.get_actions([f"k{i}" for i in range(7)])
+    assert sorted(got) == ["k5"]
