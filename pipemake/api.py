@@ -444,7 +444,7 @@ def cache_gc(project: Project, keep_days: float = 7.0, dry: bool = False) -> dic
     """
     p = project.pipeline
     with BuildLock(project.workspace.dot / "lock", 0):
-        builder = Builder(p, project.store, project.state, Bus(), dry=True)
+        builder = Builder(p, project.store, project.state, Bus(), dry=True, collect_keys=True)
         order = p.graph.topo_order()
         builder.prefetch(order)
         for stage in order:

@@ -43,17 +43,36 @@ class _Unknown(Exception):
 @dataclass
 class StageKey:
     """A resolved stage: its ports, key document and key (None while a map-reduce stage's
-    maps are missing). Foreach stages also carry their items and item keys."""
+    maps are missing). Foreach stages also carry their items and item keys, listed only
+    when asked for: a stage whose key is remembered for the same input tree and base key
+    never lists its hundred thousand items on a no-op."""
 
     ports: Ports
     doc: dict[str, Any]
     key: str | None
     unknown: set[str] = field(default_factory=set)
-    items: list[ItemRef] = field(default_factory=list)
+    #: lists the items (set by the foreach input's resolution)
+    list_items: Callable[[], list[ItemRef]] | None = None
+    #: what the items are a function of: the foreach input's manifest hash and filters
+    source: list[Any] | None = None
     base: str = ""
-    item_keys: dict[str, str] = field(default_factory=dict)
     cached: dict[str, Any] = field(default_factory=dict)
     todo: list[ItemRef] = field(default_factory=list)
+    _items: list[ItemRef] | None = None
+    _item_keys: dict[str, str] | None = None
+
+    @property
+    def items(self) -> list[ItemRef]:
+        if self._items is None:
+            self._items = self.list_items() if self.list_items is not None else []
+        return self._items
+
+    @property
+    def item_keys(self) -> dict[str, str]:
+        """Each item's key (relpath → key), in relpath order."""
+        if self._item_keys is None:
+            self._item_keys = foreach.item_keys(self)
+        return self._item_keys
 
 
 @dataclass
@@ -80,6 +99,7 @@ class Builder:
         force_stages: frozenset[str] = frozenset(),
         jobs: int = 1,
         retries: int | None = None,
+        collect_keys: bool = False,
     ):
         self.p = pipeline
         self.store = store
@@ -99,8 +119,10 @@ class Builder:
         self._running: dict[str, dict[str, Any]] = {}
         self._brief = state.brief()
         self._prefetched: dict[str, dict[str, Any]] = {}
-        #: every stage, item and map key this build or plan computed (what ``cache gc`` keeps)
+        #: every stage, item and map key this build or plan computed (what ``cache gc``
+        #: keeps), item keys only when ``collect_keys`` is set
         self.keys_seen: set[str] = set()
+        self.collect_keys = collect_keys
         self._full: dict[str, dict[str, Any] | None] = {}
         self._placed: dict[str, tuple[str, str]] | None = None
 
@@ -140,12 +162,12 @@ class Builder:
         else:
             ports = self._resolve_ports(stage, unknown)
         inputs: dict[str, Any] = {}
-        items: list[ItemRef] = []
+        source = None
         for name, value in sorted(ports.inputs.items()):
             if stage.foreach is not None and name == stage.foreach.input:
                 if isinstance(value, list):
                     raise StageFailure(f"foreach input {name!r} must be one directory or glob")
-                items = foreach.list_items(self, stage, value, unknown)
+                source = foreach.item_source(self, stage, value, unknown)
                 inputs[name] = [value, "foreach"]
             elif isinstance(value, list):
                 inputs[name] = [[p, self._input_hash(stage, p, unknown)] for p in value]
@@ -176,7 +198,9 @@ class Builder:
         if stage.foreach is None:
             return StageKey(ports, doc, digest(doc, checked=True), unknown)
         doc["foreach"] = [stage.foreach.input, stage.foreach.pattern]
-        sk = StageKey(ports, doc, None, unknown, items)
+        sk = StageKey(ports, doc, None, unknown)
+        if source is not None:
+            sk.source, sk.list_items = source
         if not unknown:
             foreach.stage_key(self, stage, sk)
         return sk
@@ -318,7 +342,8 @@ class Builder:
         if sk is not None:
             if sk.key is not None:
                 self.keys_seen.add(sk.key)
-            self.keys_seen.update(sk.item_keys.values())
+            if self.collect_keys and stage.foreach is not None and not sk.unknown:
+                self.keys_seen.update(sk.item_keys.values())
         if self.dry:
             self.results[stage_id] = Planned(
                 entry["outputs"] if entry else None,

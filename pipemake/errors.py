@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = [
     "BuildFailed",
@@ -144,5 +146,7 @@ class Problems:
 
 def suggest(word: str, options: list[str]) -> str:
     """``did you mean 'x'?`` for the closest option, or an empty string."""
+    import difflib  # only when a suggestion is wanted
+
     close = difflib.get_close_matches(word, options, n=1)
     return f"did you mean {close[0]!r}?" if close else ""

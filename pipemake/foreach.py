@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,16 +44,20 @@ __all__ = [
     "assemble",
     "forget_lost_items",
     "item_decision",
-    "list_items",
+    "item_keys",
+    "item_source",
     "on_message",
     "start",
     "stage_key",
 ]
 
 
-def list_items(b: Builder, stage: Stage, path: str, unknown: set[str]) -> list[ItemRef]:
-    """The items of a foreach input, from the upstream manifest when there is one (no disk
-    access), else from the workspace through the stat cache."""
+def item_source(
+    b: Builder, stage: Stage, path: str, unknown: set[str]
+) -> tuple[list[Any], Callable[[], list[ItemRef]]] | None:
+    """What a foreach input's items are a function of (the manifest hash of the directory,
+    from the upstream manifest when there is one, else from the workspace through the stat
+    cache, and the filters), and how to list them; None while the upstream is unknown."""
     assert stage.foreach is not None
     pattern = stage.foreach.pattern
     globbed = is_glob(path)
@@ -62,35 +67,52 @@ def list_items(b: Builder, stage: Stage, path: str, unknown: set[str]) -> list[I
         planned = b.results.get(owner[0])
         if planned is None or planned.outputs is None:
             unknown.add(owner[0])
-            return []
+            return None
         manifest = sub_manifest(planned.outputs[owner[1]], owner[2])
         if manifest is None:
             raise StageFailure(f"foreach input {path} was not produced by stage {owner[0]!r}")
+        kind, digest_, entries = manifest["kind"], manifest["hash"], lambda: manifest["entries"]
     else:
         info = b.hasher.info(base)
         if info.kind == "missing":
             raise StageFailure(f"foreach input {base} does not exist")
-        manifest = {"kind": info.kind, "hash": info.hash, "entries": info.entries or []}
-    if manifest["kind"] == "file":
-        parent = os.path.dirname(base) or "."
-        return select(parent, [[os.path.basename(base), manifest["hash"]]], None)
-    return select(base, manifest["entries"], pattern, path if globbed else None)
+        kind, digest_, entries = info.kind, info.hash, lambda: info.entries or []
+
+    def listing() -> list[ItemRef]:
+        if kind == "file":
+            parent = os.path.dirname(base) or "."
+            return select(parent, [[os.path.basename(base), digest_]], None)
+        return select(base, entries(), pattern, path if globbed else None)
+
+    return [kind, digest_, path, pattern], listing
+
+
+def item_keys(sk: StageKey) -> dict[str, str]:
+    """Each item's key (not map-reduce): the stage's base key, relpath and content."""
+    return {it.relpath: item_key(sk.base, it) for it in sk.items}
 
 
 def stage_key(b: Builder, stage: Stage, sk: StageKey) -> None:
-    """Fill in the item keys and the stage key (None for map-reduce while maps are missing)."""
+    """Fill in the stage key (None for map-reduce while maps are missing). For a plain
+    foreach stage it is remembered in the workspace state under its base key and item
+    source, so an unchanged input tree gives it back without listing a single item."""
     base = digest(sk.doc, checked=True)
     sk.base = base
     rule = stage.rule
     if not rule.map_reduce:
-        sk.item_keys = {it.relpath: item_key(base, it) for it in sk.items}
+        memo = digest([base, sk.source])
+        known = b.state.foreach_key(stage.id)
+        if known is not None and known[0] == memo:
+            sk.key = known[1]
+            return
         sk.key = digest(["foreach", base, items_digest(sk.item_keys)])
+        b.state.set_foreach_key(stage.id, memo, sk.key)
         return
     params = dict(sk.doc["params"])
     for name in rule.reduce_params:
         params.pop(name, None)
     map_base = digest(dict(sk.doc, params=params))
-    sk.item_keys = {it.relpath: map_key(map_base, it) for it in sk.items}
+    sk._item_keys = {it.relpath: map_key(map_base, it) for it in sk.items}
     entries = b.store.get_actions(list(sk.item_keys.values()))
     sk.cached = {rel: entries[k] for rel, k in sk.item_keys.items() if k in entries}
     if len(sk.cached) == len(sk.items):

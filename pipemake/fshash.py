@@ -16,6 +16,7 @@ against the stored per-file stats and only the changed ones are read.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import stat as stat_mod
 import time
@@ -30,6 +31,7 @@ __all__ = ["Entry", "Hasher", "PathInfo"]
 
 Entry = Sequence[Any]  # [relpath, hash, size, mode]
 _RACY_NS = 1_000_000_000
+_SIZE, _MTIME = operator.itemgetter(3), operator.itemgetter(4)
 
 
 class PathInfo:
@@ -120,11 +122,12 @@ class Hasher:
         """The directory ``rel`` as a PathInfo: tree hash, total size and (lazy) entries."""
         rows = walk(self._abs(rel))
         sig = signature(rows)
-        size = sum([r[3] for r in rows])
-        self.seen[rel] = ("d", sig, max([r[4] for r in rows], default=0))
+        size = sum(map(_SIZE, rows))
+        self.seen[rel] = ("d", sig, _MTIME(max(rows, key=_MTIME)) if rows else 0)
         row = self.state.tree_row(rel) if self.state is not None else None
         if row is not None and row.sig == sig and not row.racy:
             return PathInfo("dir", row.hash, size, 0o755, text=row.entries)
+        rows.sort()
         known: dict[str, list[Any]] = json.loads(row.stats) if row is not None else {}
         old_rows = self.state.stat_rows() if self.state is not None and row is None else {}
         prefix = f"{rel}/" if rel else ""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -61,7 +60,7 @@ class BuildLock:
                 time.sleep(0.1)
         info = {
             "pid": os.getpid(),
-            "host": socket.gethostname(),
+            "host": os.uname().nodename,
             "since": time.time(),
             "command": " ".join(
                 os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv)

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS records (
     stage TEXT PRIMARY KEY, key TEXT, result TEXT, duration REAL, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS placed (path TEXT PRIMARY KEY, stage TEXT, output TEXT);
 CREATE TABLE IF NOT EXISTS items (stage TEXT PRIMARY KEY, hashes TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS foreach_keys (stage TEXT PRIMARY KEY, memo TEXT, key TEXT);
 CREATE TABLE IF NOT EXISTS item_index (
     stage TEXT PRIMARY KEY, digest TEXT NOT NULL, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trees (
@@ -86,7 +87,16 @@ class WorkspaceState:
             row = self._db.execute("SELECT value FROM meta WHERE name='format'").fetchone()
             if row is not None and row[0] != str(STATE_FORMAT):
                 # Only caches and build notes: start over rather than misread another format.
-                for table in ("stat", "records", "placed", "items", "item_index", "trees", "meta"):
+                for table in (
+                    "stat",
+                    "records",
+                    "placed",
+                    "items",
+                    "item_index",
+                    "foreach_keys",
+                    "trees",
+                    "meta",
+                ):
                     self._db.execute(f"DROP TABLE IF EXISTS {table}")
                 self._db.executescript(_SCHEMA)
                 row = None
@@ -201,6 +211,19 @@ class WorkspaceState:
         if self.readonly:
             return
         self.db.execute("INSERT OR REPLACE INTO items VALUES (?, ?)", (stage, json.dumps(hashes)))
+
+    def foreach_key(self, stage: str) -> tuple[str, str] | None:
+        """A foreach stage's last key and what it was computed from (base key and item
+        source, hashed together)."""
+        row = self.db.execute(
+            "SELECT memo, key FROM foreach_keys WHERE stage=?", (stage,)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def set_foreach_key(self, stage: str, memo: str, key: str) -> None:
+        if self.readonly:
+            return
+        self.db.execute("INSERT OR REPLACE INTO foreach_keys VALUES (?, ?, ?)", (stage, memo, key))
 
     def item_index(self, stage: str) -> dict[str, Any] | None:
         """A foreach stage's items as its last run assembled them: relpath → [item key,

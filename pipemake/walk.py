@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import marshal
 import os
 
 import xxhash
@@ -14,7 +15,8 @@ Row = tuple[str, int, int, int, int, int]  # relpath, dev, ino, size, mtime_ns, 
 
 def walk(base: str) -> list[Row]:
     """Every file under ``base`` (recursively, following symlinks to files) with its stat,
-    sorted by relpath; dangling symlinks hold nothing and are left out."""
+    in directory order (stable while a directory is unchanged; sort for a manifest);
+    dangling symlinks hold nothing and are left out."""
     rows: list[Row] = []
     stack = [""]
     while stack:
@@ -34,11 +36,13 @@ def walk(base: str) -> list[Row]:
                 except FileNotFoundError:
                     continue
                 rows.append((name, s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_mode & 0o111))
-    rows.sort()
     return rows
 
 
 def signature(rows: list[Row]) -> str:
     """The stat signature of a walked tree: a hash of every file's relpath, device, inode,
-    size, mtime and executable bits."""
-    return xxhash.xxh3_128_hexdigest(repr(rows).encode("utf-8", "surrogateescape"))
+    size, mtime and executable bits, in walk order. An unchanged tree walks in the same
+    order, so an equal signature means an unchanged tree; a reordered one merely differs
+    (and is checked file by file). ``marshal`` only serializes the tuples to be hashed (it
+    is never loaded); its format 4 is fixed."""
+    return xxhash.xxh3_128_hexdigest(marshal.dumps(rows, 4))

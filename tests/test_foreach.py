@@ -343,3 +343,27 @@ def test_a_damaged_item_index_falls_back_to_the_store(
         [f"f{i}.txt" for i in range(1, 6)] + ["sub"]
     )
     assert items.read("build/upper/f1.txt") == "FILE 1\n"
+
+
+def test_an_unchanged_input_tree_gives_the_stage_key_without_listing_items(
+    items: Proj, monkeypatch
+) -> None:
+    from pipemake import foreach
+
+    listed: list[int] = []
+    real = foreach.select
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        listed.append(len(out))
+        return out
+
+    monkeypatch.setattr(foreach, "select", spy)
+    items.cli("build")
+    assert listed == [] and _items_run(items) == []
+    assert "upper: up to date" in items.cli("dry-run").output
+    assert listed == []
+    items.write("data/f4.txt", "four\n")
+    items.cli("build")
+    assert listed == [6] and _items_run(items) == ["f4.txt"]
+    assert items.read("build/upper/f4.txt") == "FOUR\n"
