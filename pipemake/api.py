@@ -19,7 +19,7 @@ from typing import Any
 
 from . import history, uptodate
 from .build import Builder
-from .decide import Decision
+from .decide import Decision, Verdict
 from .errors import BuildFailed, Interrupted, PipelineError, Problem, UsageError
 from .events import Bus
 from .executors.base import get_executor
@@ -225,7 +225,16 @@ def build(
             )
             outcome = sched.run()
         project.state.flush()
+        snapshot = None
+        if noop_snapshot and not (force or force_stages or log_json or p.on_success or
+                                  p.on_failure or outcome.failed or outcome.skipped or
+                                  outcome.interrupted is not None):  # fmt: skip
+            # under the lock, with the databases closed: what a later change must differ from
+            project.state.close()
+            project.store.close()
+            snapshot = _snapshot(project, builder, order, started_ns, run_started)
     report = _report(builder, outcome, time.time() - started)
+    report.snapshot = snapshot
     finished = {"ran": report.ran, "restored": report.restored, "up_to_date": report.up_to_date,
                 "failed": report.failed, "skipped": report.skipped, "duration": report.duration,
                 "interrupted": outcome.interrupted}  # fmt: skip
@@ -237,22 +246,21 @@ def build(
         raise Interrupted(outcome.interrupted)
     if report.failed:
         raise BuildFailed(list(report.failed))
-    if noop_snapshot and not (force or force_stages or log_json or p.on_success or p.on_failure):
-        report.snapshot = _snapshot(project, builder, report, order, started_ns, run_started)
     return report
 
 
 def _snapshot(
     project: Project,
     builder: Builder,
-    report: BuildReport,
     order: list[str],
     started_ns: int,
     run_started: dict[str, Any],
 ) -> dict[str, Any] | None:
     """What this build's no-op snapshot holds, or None when it did anything or something
     it looked at changed too recently to be trusted by stat alone."""
-    if len(report.up_to_date) != len(order):
+    up_to_date = Verdict.UP_TO_DATE
+    if any(builder.decisions.get(s) is None or builder.decisions[s].verdict is not up_to_date
+           for s in order):  # fmt: skip
         return None
     p = project.pipeline
     code: set[str] = {str(p.file)}
@@ -264,15 +272,11 @@ def _snapshot(
         code.add(getattr(sys.modules.get(type(rule).__module__), "__file__", None) or "")
         code.update(rule.code_files(p.stages[stage_id].ports, p.root))
     code.discard("")
-    paths = uptodate.record(p.root, builder.hasher.seen, sorted(code), started_ns)
+    databases = [project.state.path, project.store.path / "actions.db"]
+    paths = uptodate.record(p.root, builder.hasher.seen, sorted(code), started_ns, databases)
     if paths is None:
         return None
-    databases = [project.state.path, project.store.path / "actions.db"]
-    return {
-        "snap": paths,
-        "run": {"pipeline": p.name, "started": run_started},
-        "databases": databases,
-    }
+    return {"snap": paths, "run": {"pipeline": p.name, "started": run_started}}
 
 
 @contextmanager

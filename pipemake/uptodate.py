@@ -64,9 +64,12 @@ def record(
     seen: dict[str, tuple[Any, ...]],
     files: list[str],
     started_ns: int,
+    databases: list[Path],
 ) -> dict[str, Any] | None:
     """The paths of a no-op build and their signatures, or None when one of them changed
-    too recently (within a second of the build's start) to be trusted by stat alone."""
+    too recently (within a second of the build's start) to be trusted by stat alone. The
+    databases (closed, under the build lock) are stat-ed as they are now, recent or not:
+    any later write changes them."""
     limit = started_ns - _RACY_NS
     trees, singles, missing = [], [], []
     for rel, obs in seen.items():
@@ -88,18 +91,14 @@ def record(
         if sig[3] >= limit:
             return None
         singles.append([path, *sig])
-    return {"root": str(root), "trees": trees, "files": singles, "missing": missing}
+    dbs = [[path, _stat(path)] for db in databases for path in (str(db), f"{db}-wal")]
+    return {"root": str(root), "trees": trees, "files": singles, "missing": missing,
+            "databases": dbs}  # fmt: skip
 
 
-def write(
-    dot: Path, ctx: str, snap: dict[str, Any], run: dict[str, Any], databases: list[Path]
-) -> None:
-    """Write the snapshot (after the databases are closed: their stat is part of it)."""
-    dbs = []
-    for db in databases:
-        for path in (str(db), f"{db}-wal"):
-            dbs.append([path, _stat(path)])
-    doc = {"format": FORMAT, "context": ctx, **snap, "databases": dbs, "run": run}
+def write(dot: Path, ctx: str, snap: dict[str, Any], run: dict[str, Any]) -> None:
+    """Write the snapshot of a no-op build (:func:`record`)."""
+    doc = {"format": FORMAT, "context": ctx, **snap, "run": run}
     tmp = dot / f".{FILE}.{os.getpid()}"
     tmp.write_text(json.dumps(doc, separators=(",", ":")))
     os.replace(tmp, dot / FILE)
