@@ -130,6 +130,17 @@ def _unchanged(doc: dict[str, Any]) -> bool:
     return True
 
 
+def _replayable(run: Any) -> bool:
+    """Whether the recorded run has the shape the replay needs."""
+    if not isinstance(run, dict) or not isinstance(run.get("pipeline"), str):
+        return False
+    started = run.get("started")
+    if not isinstance(started, dict) or not isinstance(started.get("stages"), list):
+        return False
+    keys = ("targets", "expected", "deps", "budget", "jobs", "per_item")
+    return all(isinstance(s, str) for s in started["stages"]) and all(k in started for k in keys)
+
+
 def _dot(argv: list[str]) -> tuple[Path, list[str]] | None:
     """The ``.pipemake`` directory and the build command's own words, when ``argv`` is a
     plain ``build`` that a snapshot may answer; None otherwise."""
@@ -176,7 +187,7 @@ def answer(argv: list[str], replay: Callable[[Path, dict[str, Any], bool], None]
         return None  # another build is running: wait for it the usual way
     try:
         try:
-            if not _unchanged(doc):
+            if not _unchanged(doc) or not _replayable(doc.get("run")):
                 return None
         except (KeyError, TypeError, ValueError):
             return None

@@ -234,6 +234,17 @@ def test_a_damaged_snapshot_is_ignored(chain: Proj) -> None:
     doc_path.write_text(json.dumps(doc))
     chain.sub("build")
     assert not from_snapshot(chain)
+    for run in ({}, {"pipeline": "chain", "started": {"stages": [1]}}, None):
+        doc = json.loads(doc_path.read_text()) if doc_path.exists() else None
+        if doc is None:
+            age(chain)
+            chain.sub("build")
+            doc = json.loads(doc_path.read_text())
+        doc["run"] = run
+        doc_path.write_text(json.dumps(doc))
+        out = chain.sub("build")
+        assert "Traceback" not in out.stderr
+        assert not from_snapshot(chain)
     assert chain.run_counts() == dict.fromkeys(CHAIN_STAGES, 1)
 
 
