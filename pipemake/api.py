@@ -28,6 +28,7 @@ from .lock import BuildLock
 from .model import DEFAULT_FILE, Pipeline
 from .plancache import load_checked
 from .resources import Budget, default_budget
+from .rule import Rule
 from .scheduler import Outcome, Scheduler
 from .state import WorkspaceState
 from .store import Store
@@ -108,9 +109,6 @@ class BuildReport:
     failed: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     duration: float = 0.0
-    #: for the CLI: what a no-op build's snapshot holds (:mod:`pipemake.uptodate`), when
-    #: asked for and this build may vouch for one
-    snapshot: dict[str, Any] | None = None
 
 
 class _Signals:
@@ -156,7 +154,7 @@ def build(
     grace: float = 30.0,
     log_json: str | os.PathLike[str] | None = None,
     link: bool | None = None,
-    noop_snapshot: bool = False,
+    noop_snapshot: tuple[str, int] | None = None,
 ) -> BuildReport:
     """Build the targets (default: every stage) and what they need.
 
@@ -165,8 +163,9 @@ def build(
     running stages may finish after a first Ctrl-C or SIGTERM. Every event is logged under
     ``.pipemake/runs/`` (and to ``log_json``); the pipeline's hooks run after the build.
     ``link`` (default: env ``PIPEMAKE_LINK``) hard-links outputs and the store's objects
-    instead of copying them; linked outputs are read-only. ``noop_snapshot`` asks for
-    ``report.snapshot`` when every stage was up to date.
+    instead of copying them; linked outputs are read-only. ``noop_snapshot`` (the
+    command's context digest and its process start in ns, see :mod:`pipemake.uptodate`)
+    writes ``.pipemake/uptodate.json`` when every stage was up to date.
     """
     p = project.pipeline
     order = _select(p, targets)
@@ -179,7 +178,7 @@ def build(
     runlog = history.RunLog(runs, log_json, {"pipeline": p.name})
     bus.subscribe(runlog)
     started = time.time()
-    started_ns = time.time_ns()
+    started_ns = noop_snapshot[1] if noop_snapshot else time.time_ns()
     with (
         BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait),
         _linking(project.store, link),
@@ -225,16 +224,17 @@ def build(
             )
             outcome = sched.run()
         project.state.flush()
-        snapshot = None
-        if noop_snapshot and not (force or force_stages or log_json or p.on_success or
-                                  p.on_failure or outcome.failed or outcome.skipped or
-                                  outcome.interrupted is not None):  # fmt: skip
-            # under the lock, with the databases closed: what a later change must differ from
-            project.state.close()
-            project.store.close()
-            snapshot = _snapshot(project, builder, order, started_ns, run_started)
+        if noop_snapshot is not None:
+            snapshot = None
+            plain = not (force or force_stages or log_json or p.on_success or p.on_failure)
+            if plain and not (outcome.failed or outcome.skipped or outcome.interrupted):
+                snapshot = _snapshot(project, builder, order, started_ns, run_started)
+            # under the lock, so no other build's snapshot or change can come in between
+            if snapshot is not None:
+                uptodate.write(project.workspace.dot, noop_snapshot[0], **snapshot)
+            else:
+                uptodate.discard(project.workspace.dot)
     report = _report(builder, outcome, time.time() - started)
-    report.snapshot = snapshot
     finished = {"ran": report.ran, "restored": report.restored, "up_to_date": report.up_to_date,
                 "failed": report.failed, "skipped": report.skipped, "duration": report.duration,
                 "interrupted": outcome.interrupted}  # fmt: skip
@@ -262,15 +262,24 @@ def _snapshot(
     if any(builder.decisions.get(s) is None or builder.decisions[s].verdict is not up_to_date
            for s in order):  # fmt: skip
         return None
+    # another workspace sharing the store (or any other writer) committed while we decided
+    if project.store.written_by_others() or project.state.written_by_others():
+        return None
+    project.state.close()  # closed: their stat is what a later write must change
+    project.store.close()
     p = project.pipeline
     code: set[str] = {str(p.file)}
-    for name, module in list(sys.modules.items()):
-        if name.partition(".")[0] in ("pipemake", "rules"):
-            code.add(getattr(module, "__file__", None) or "")
+    packages = {"pipemake", "rules"}
     for stage_id in order:
         rule = p.stages[stage_id].rule
-        code.add(getattr(sys.modules.get(type(rule).__module__), "__file__", None) or "")
+        cls = type(rule)
+        if cls.code_hash is not Rule.code_hash and cls.code_files is Rule.code_files:
+            return None  # its code is hashed from files it does not name
+        packages.add(cls.__module__.partition(".")[0])
         code.update(rule.code_files(p.stages[stage_id].ports, p.root))
+    for name, module in list(sys.modules.items()):
+        if name.partition(".")[0] in packages:  # the rules' whole packages, versions and all
+            code.add(getattr(module, "__file__", None) or "")
     code.discard("")
     databases = [project.state.path, project.store.path / "actions.db"]
     paths = uptodate.record(p.root, builder.hasher.seen, sorted(code), started_ns, databases)

@@ -155,18 +155,19 @@ def build(
     from .resources import parse_resources
 
     def go() -> int:
-        snap_ctx = uptodate.context(_ARGV, os.getcwd()) if _ARGV is not None else None
+        snap = None
+        if _ARGV is not None:
+            snap = (uptodate.context(_ARGV, os.getcwd()), _STARTED_NS)
         try:
             budget = parse_resources(resources)
         except ValueError as exc:
             raise UsageError(f"--resources: {exc}") from None
-        report = None
         with _project(ctx, cache_dir=cache_dir) as project:
             bus = Bus()
             view = make_view(no_progress)
             bus.subscribe(view)
             try:
-                report = api.build(
+                api.build(
                     project,
                     targets,
                     jobs=jobs,
@@ -184,15 +185,10 @@ def build(
                     on_lock_wait=lambda who: click.echo(
                         f"waiting for the build lock held by {who} …", err=True
                     ),
-                    noop_snapshot=snap_ctx is not None,
+                    noop_snapshot=snap,
                 )
             finally:
                 view.close()
-        if snap_ctx is not None and report is not None:
-            if report.snapshot is not None:
-                uptodate.write(project.workspace.dot, snap_ctx, **report.snapshot)
-            else:
-                uptodate.discard(project.workspace.dot)
         return 0
 
     _run(go)
@@ -442,13 +438,15 @@ def cache_verify(ctx: click.Context) -> None:
     _run(go)
 
 
-#: the command line as the ``pipemake`` command received it (None when called otherwise):
-#: a no-op build records it in its snapshot
+#: the command line as the ``pipemake`` command received it and when the process started
+#: (None when called otherwise): a no-op build records them in its snapshot
 _ARGV: list[str] | None = None
+_STARTED_NS = 0
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, started_ns: int | None = None) -> None:
     """Console-script entry point (see :mod:`pipemake.entry`)."""
-    global _ARGV
+    global _ARGV, _STARTED_NS
+    _STARTED_NS = started_ns if started_ns is not None else time.time_ns()
     _ARGV = list(sys.argv[1:] if argv is None else argv)
     cli(args=_ARGV, prog_name="pipemake")

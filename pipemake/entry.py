@@ -15,6 +15,8 @@ __all__ = ["main"]
 
 def main() -> None:
     """Console-script entry point."""
+    # before anything is read: a no-op snapshot vouches only for what changed before this
+    started_ns = time.time_ns()
     argv = sys.argv[1:]
     if "build" in argv and os.environ.get("PIPEMAKE_NOOP_SNAPSHOT", "1") != "0":
         from .uptodate import answer
@@ -24,7 +26,7 @@ def main() -> None:
             sys.exit(code)
     from .cli import main as cli_main
 
-    cli_main(argv)
+    cli_main(argv, started_ns)
 
 
 def _replay(dot: Path, run: dict[str, Any], no_progress: bool) -> None:

@@ -18,7 +18,7 @@ import xxhash
 
 __all__ = ["STATE_FORMAT", "StatRow", "TreeRow", "WorkspaceState"]
 
-STATE_FORMAT = 4
+STATE_FORMAT = 5
 
 StatRow = tuple[int, int, int, int, int, str]  # dev, ino, size, mtime_ns, hashed_at_ns, hash
 
@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS foreach_keys (stage TEXT PRIMARY KEY, memo TEXT, key 
 CREATE TABLE IF NOT EXISTS item_index (
     stage TEXT PRIMARY KEY, digest TEXT NOT NULL, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trees (
-    path TEXT PRIMARY KEY, sig TEXT, racy INTEGER, hash TEXT, entries TEXT, stats TEXT);
+    path TEXT PRIMARY KEY, sig TEXT, racy INTEGER, hash TEXT, entries TEXT, stats TEXT,
+    digest TEXT);
 """
 
 
@@ -62,6 +63,7 @@ class WorkspaceState:
         self._stat: dict[str, StatRow] | None = None
         self._stat_dirty: dict[str, StatRow] = {}
         self._stat_queries = 0
+        self._version = 0
         self._trees: dict[str, TreeRow | None] = {}
         self._trees_dirty: dict[str, TreeRow] = {}
         self._brief: dict[str, tuple[str | None, str | None, float | None]] | None = None
@@ -104,7 +106,16 @@ class WorkspaceState:
                 self._db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('format', ?)", (str(STATE_FORMAT),)
                 )
+            self._version = self._data_version()
         return self._db
+
+    def _data_version(self) -> int:
+        assert self._db is not None
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def written_by_others(self) -> bool:
+        """Whether another connection committed to the state since this one opened it."""
+        return self._db is not None and self._data_version() != self._version
 
     # stat cache --------------------------------------------------------------------------
     def stat_rows(self) -> dict[str, StatRow]:
@@ -139,9 +150,11 @@ class WorkspaceState:
         """The directory ``path`` as last walked, or None."""
         if path not in self._trees:
             r = self.db.execute(
-                "SELECT sig, racy, hash, entries, stats FROM trees WHERE path=?", (path,)
+                "SELECT sig, racy, hash, entries, stats, digest FROM trees WHERE path=?", (path,)
             ).fetchone()
-            self._trees[path] = TreeRow(r[0], bool(r[1]), r[2], r[3], r[4]) if r else None
+            # a row that is not what was written (damaged) is no row at all
+            ok = r is not None and _row_digest(r[0], r[2], r[3], r[4]) == r[5]
+            self._trees[path] = TreeRow(r[0], bool(r[1]), r[2], r[3], r[4]) if ok else None
         return self._trees[path]
 
     def set_tree(self, path: str, row: TreeRow) -> None:
@@ -161,8 +174,9 @@ class WorkspaceState:
                 [(p, *row) for p, row in self._stat_dirty.items()],
             )
             self.db.executemany(
-                "INSERT OR REPLACE INTO trees VALUES (?,?,?,?,?,?)",
-                [(p, r.sig, int(r.racy), r.hash, r.entries, r.stats)
+                "INSERT OR REPLACE INTO trees VALUES (?,?,?,?,?,?,?)",
+                [(p, r.sig, int(r.racy), r.hash, r.entries, r.stats,
+                  _row_digest(r.sig, r.hash, r.entries, r.stats))
                  for p, r in self._trees_dirty.items()],
             )  # fmt: skip
         self._stat_dirty.clear()
@@ -272,6 +286,10 @@ class WorkspaceState:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _row_digest(*fields: str) -> str:
+    return xxhash.xxh3_128_hexdigest("\0".join(fields).encode("utf-8", "surrogateescape"))
 
 
 class _Tx:

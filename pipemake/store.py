@@ -61,6 +61,7 @@ class Store:
         #: cleared at the first failed link: linking does not work here, copy from then on
         self.can_link = True
         self._db: sqlite3.Connection | None = None
+        self._version = 0
         self._dirs: set[Path] = set()
 
     # database ---------------------------------------------------------------------------
@@ -71,6 +72,7 @@ class Store:
                 # a plan on a fresh project: an empty store, and nothing written to disk
                 self._db = sqlite3.connect(":memory:", isolation_level=None)
                 self._db.executescript(_SCHEMA)
+                self._version = _data_version(self._db)
                 return self._db
             self.path.mkdir(parents=True, exist_ok=True)
             deadline = time.monotonic() + 60
@@ -92,7 +94,13 @@ class Store:
                     f"{STORE_FORMAT}; point --cache-dir elsewhere or remove it"
                 )
             self._db = db
+            self._version = _data_version(db)
         return self._db
+
+    def written_by_others(self) -> bool:
+        """Whether another connection (another build, a ``cache gc`` in a workspace sharing
+        this ``--cache-dir``) committed to the store since this one opened it."""
+        return self._db is not None and _data_version(self._db) != self._version
 
     def _open(self) -> tuple[sqlite3.Connection, str]:
         db = sqlite3.connect(self.path / "actions.db", timeout=60, isolation_level=None)
@@ -366,6 +374,11 @@ class Store:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _data_version(db: sqlite3.Connection) -> int:
+    """SQLite's count of commits by other connections, as this connection sees it."""
+    return int(db.execute("PRAGMA data_version").fetchone()[0])
 
 
 def is_manifest(m: Any) -> bool:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .hashing import digest
+from .hashing import digest, hash_bytes
 from .walk import signature, walk
 
 __all__ = ["FILE", "answer", "context", "discard", "record", "write"]
@@ -97,11 +97,24 @@ def record(
 
 
 def write(dot: Path, ctx: str, snap: dict[str, Any], run: dict[str, Any]) -> None:
-    """Write the snapshot of a no-op build (:func:`record`)."""
-    doc = {"format": FORMAT, "context": ctx, **snap, "run": run}
+    """Write the snapshot of a no-op build (:func:`record`): a first line with the hash of
+    the second, the document, so a damaged file is never taken for one."""
+    body = json.dumps({"format": FORMAT, "context": ctx, **snap, "run": run},
+                      separators=(",", ":"))  # fmt: skip
     tmp = dot / f".{FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps(doc, separators=(",", ":")))
+    tmp.write_text(f"{hash_bytes(body.encode())}\n{body}")
     os.replace(tmp, dot / FILE)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        digest_, _, body = path.read_bytes().partition(b"\n")
+        if hash_bytes(body) != digest_.decode("ascii", "replace"):
+            return None
+        doc = json.loads(body)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("format") == FORMAT else None
 
 
 def discard(dot: Path) -> None:
@@ -130,15 +143,20 @@ def _unchanged(doc: dict[str, Any]) -> bool:
     return True
 
 
+_STARTED = {"stages": list, "targets": list, "expected": dict, "deps": dict, "budget": dict,
+            "jobs": int, "per_item": dict}  # fmt: skip
+
+
 def _replayable(run: Any) -> bool:
-    """Whether the recorded run has the shape the replay needs."""
+    """Whether the recorded run has exactly the shape the replay needs."""
     if not isinstance(run, dict) or not isinstance(run.get("pipeline"), str):
         return False
     started = run.get("started")
-    if not isinstance(started, dict) or not isinstance(started.get("stages"), list):
+    if not isinstance(started, dict) or set(started) != set(_STARTED):
         return False
-    keys = ("targets", "expected", "deps", "budget", "jobs", "per_item")
-    return all(isinstance(s, str) for s in started["stages"]) and all(k in started for k in keys)
+    if not all(type(started[k]) is t for k, t in _STARTED.items()):
+        return False
+    return all(isinstance(x, str) for x in started["stages"] + started["targets"])
 
 
 def _dot(argv: list[str]) -> tuple[Path, list[str]] | None:
@@ -169,13 +187,8 @@ def answer(argv: list[str], replay: Callable[[Path, dict[str, Any], bool], None]
     if found is None:
         return None
     dot, words = found
-    try:
-        doc = json.loads((dot / FILE).read_bytes())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        return None
-    if doc.get("context") != context(argv, os.getcwd()):
+    doc = _read(dot / FILE)
+    if doc is None or doc.get("context") != context(argv, os.getcwd()):
         return None
     from .errors import LockTimeout
     from .lock import BuildLock
@@ -187,10 +200,10 @@ def answer(argv: list[str], replay: Callable[[Path, dict[str, Any], bool], None]
         return None  # another build is running: wait for it the usual way
     try:
         try:
-            if not _unchanged(doc) or not _replayable(doc.get("run")):
+            if not _replayable(doc.get("run")) or not _unchanged(doc):
                 return None
-        except (KeyError, TypeError, ValueError):
-            return None
+        except (KeyError, TypeError, ValueError, OSError, OverflowError):
+            return None  # a document of the wrong shape, or a path that cannot be read
         replay(dot, doc["run"], "--no-progress" in words)
     finally:
         lock.release()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import CHAIN_STAGES, Proj
 
+from pipemake.hashing import hash_bytes
 from pipemake.history import read_run
 
 SNAP = ".pipemake/uptodate.json"
@@ -27,6 +28,16 @@ def age(p: Proj, seconds: float = 30) -> None:
         dirnames[:] = [d for d in dirnames if d != ".pipemake"]
         for name in filenames:
             os.utime(os.path.join(dirpath, name), (past, past))
+
+
+def read_snap(p: Proj) -> dict:
+    return json.loads(p.path(SNAP).read_bytes().partition(b"\n")[2])
+
+
+def write_snap(p: Proj, doc: dict) -> None:
+    """Write a (tampered) snapshot with a valid hash line, as pipemake would."""
+    body = json.dumps(doc, separators=(",", ":"))
+    p.write(SNAP, f"{hash_bytes(body.encode())}\n{body}")
 
 
 def last_run(p: Proj) -> tuple[dict, list[dict]]:
@@ -222,29 +233,33 @@ def test_foreach_trees_are_checked_file_by_file(project: Callable[..., Proj]) ->
 
 def test_a_damaged_snapshot_is_ignored(chain: Proj) -> None:
     settle(chain)
-    for text in ("{not json", json.dumps({"format": 1, "context": "x"}), "[]"):
-        chain.write(SNAP, text)
+    good = read_snap(chain)
+    for text in ("{not json", json.dumps(good), "[]", "0" * 32 + "\n" + json.dumps(good)):
+        chain.write(SNAP, text)  # no hash line, or a wrong one: not a snapshot
         chain.sub("build")
         assert not from_snapshot(chain)
-    doc_path = chain.path(SNAP)
-    age(chain)
-    chain.sub("build")
-    doc = json.loads(doc_path.read_text())
-    doc["trees"] = "garbage"
-    doc_path.write_text(json.dumps(doc))
-    chain.sub("build")
-    assert not from_snapshot(chain)
-    for run in ({}, {"pipeline": "chain", "started": {"stages": [1]}}, None):
-        doc = json.loads(doc_path.read_text()) if doc_path.exists() else None
-        if doc is None:
-            age(chain)
-            chain.sub("build")
-            doc = json.loads(doc_path.read_text())
-        doc["run"] = run
-        doc_path.write_text(json.dumps(doc))
+        age(chain)
+        chain.sub("build")  # writes a good one again
+    runs = [
+        {},
+        {"pipeline": "chain", "started": {"stages": [1]}},
+        None,
+        dict(good["run"], started=dict(good["run"]["started"], jobs="x")),
+        dict(good["run"], started=dict(good["run"]["started"], from_snapshot=True)),
+        dict(good["run"], started=dict(good["run"]["started"], deps=[])),
+    ]
+    damaged = [dict(good, trees="garbage"), dict(good, files=[["x", 1e300]])]
+    damaged += [dict(good, run=run) for run in runs]
+    for doc in damaged:
+        write_snap(chain, doc)
         out = chain.sub("build")
         assert "Traceback" not in out.stderr
         assert not from_snapshot(chain)
+        age(chain)
+        chain.sub("build")
+    write_snap(chain, read_snap(chain))  # the same document, rewritten: still answered
+    chain.sub("build")
+    assert from_snapshot(chain)
     assert chain.run_counts() == dict.fromkeys(CHAIN_STAGES, 1)
 
 
@@ -252,10 +267,91 @@ def test_the_snapshot_holds_no_absolute_surprises(chain: Proj) -> None:
     """Every path it re-stats is inside the workspace, the environment's code, or the
     databases: nothing else decides a no-op."""
     settle(chain)
-    doc = json.loads(chain.path(SNAP).read_text())
+    doc = read_snap(chain)
     assert Path(doc["root"]) == chain.root
     assert {t[0] for t in doc["trees"]} == {"build/report"}
     singles = {f[0] for f in doc["files"]}
     assert {"data/a.txt", "data/b.txt", "build/upper.txt", "build/side.txt"} <= singles
     assert str(chain.path("pipemake.yaml")) in singles
     assert any(s.endswith("pipemake/build.py") for s in singles)
+
+
+# the review's cases, through the API: a snapshot is only written when it can vouch ----------
+def _api_build(p: Proj, started_ns: int) -> None:
+    from pipemake import api
+
+    with api.project_of(str(p.root), None, None, False) as project:
+        api.build(project, noop_snapshot=("ctx", started_ns))
+
+
+def test_the_api_writes_a_snapshot_for_a_settled_noop(chain: Proj) -> None:
+    settle(chain)
+    chain.path(SNAP).unlink()
+    _api_build(chain, time.time_ns())
+    assert chain.exists(SNAP)
+
+
+def test_a_pipeline_edited_after_the_command_started_is_not_vouched_for(chain: Proj) -> None:
+    """The file was read (and decided on) before the edit; the edit is older than a second
+    when the build ends, but younger than the command: no snapshot."""
+    from pipemake import api
+
+    settle(chain)
+    chain.path(SNAP).unlink()
+    started = time.time_ns()
+    with api.project_of(str(chain.root), None, None, False) as project:
+        chain.edit("pipemake.yaml", "SEP: one", "SEP: two")
+        time.sleep(1.1)
+        api.build(project, noop_snapshot=("ctx", started))
+    assert not chain.exists(SNAP)
+
+
+def test_a_store_written_by_another_workspace_meanwhile_is_not_vouched_for(
+    chain: Proj, monkeypatch
+) -> None:
+    from pipemake.build import Builder
+    from pipemake.store import Store
+
+    settle(chain)
+    chain.path(SNAP).unlink()
+    real = Builder.prefetch
+
+    def prefetch(self, stages):  # another workspace on the same store commits meanwhile
+        real(self, stages)
+        other = Store(self.store.path)
+        other.put_action("0" * 32, {"outputs": {}, "values": {}})
+        other.close()
+
+    monkeypatch.setattr(Builder, "prefetch", prefetch)
+    _api_build(chain, time.time_ns())
+    assert not chain.exists(SNAP)
+
+
+def test_a_rule_hashing_code_it_does_not_name_gets_no_snapshot(
+    project: Callable[..., Proj], monkeypatch
+) -> None:
+    from typing import ClassVar
+
+    from pipemake import rule
+    from pipemake.rule import Output, Rule
+
+    class Coded(Rule):
+        name = "coded"
+        outputs: ClassVar = {"o": Output(kind="file")}
+
+        def code_hash(self, ports, root):
+            return "whatever its files hold"
+
+        def run(self, ctx):
+            with open(ctx.outputs["o"], "w") as f:
+                f.write("x")
+
+    monkeypatch.setitem(rule._loaded, "coded", Coded())
+    p = project("name: c\nstages:\n  - id: a\n    type: coded\n    config: {o: build/o.txt}\n")
+    p.cli("build", "--executor", "inline")  # a rule registered in this process only
+    age(p)
+    _api_build(p, time.time_ns())
+    assert not p.exists(SNAP)
+    monkeypatch.setattr(Coded, "code_files", lambda self, ports, root: [])
+    _api_build(p, time.time_ns())
+    assert p.exists(SNAP)
