@@ -166,6 +166,9 @@ def _indexed(index: dict[str, Any] | None, item_keys: dict[str, str]) -> dict[st
 def forget_lost_items(b: Builder, sk: StageKey) -> None:
     """Treat cached items whose output objects are no longer in the store as not cached."""
     for rel, entry in list(sk.cached.items()):
+        if "map" in entry and not b.store.has_object(entry["map"]["hash"]):
+            del sk.cached[rel]  # a map result (map-reduce) is an object too
+            continue
         for manifest in entry.get("outputs", {}).values():
             digests = (
                 [e[1] for e in manifest["entries"]]

@@ -367,3 +367,32 @@ def test_an_unchanged_input_tree_gives_the_stage_key_without_listing_items(
     items.cli("build")
     assert listed == [6] and _items_run(items) == ["f4.txt"]
     assert items.read("build/upper/f4.txt") == "FOUR\n"
+
+
+def test_a_lost_map_object_reruns_its_map(project: Callable[..., Proj], monkeypatch: Any) -> None:
+    """A restore that fails on a map-reduce stage reruns the maps whose results are gone
+    (and only those), then the reduce."""
+    from pipemake.hashing import hash_bytes
+
+    monkeypatch.setitem(rule._loaded, "mr_lengths", _Lengths())
+    proj = project(MR.format(scale=1, reverse="false"), {"data/a": "xxx", "data/b": "x"})
+
+    def build() -> None:
+        with api.project_of(proj.root, None) as p:
+            api.build(p, executor="inline")
+
+    def obj(data: bytes) -> Path:
+        h = hash_bytes(data)
+        return proj.path(f".pipemake/store/objects/{h[:2]}/{h[2:]}")
+
+    build()
+    proj.pipeline(MR.format(scale=1, reverse="true"))
+    build()
+    proj.pipeline(MR.format(scale=1, reverse="false"))  # back: a restore of "b\na\n"
+    os.chmod(obj(b"b\na\n"), 0o644)
+    obj(b"b\na\n").write_bytes(b"EVIL\n")  # the output's object is corrupt
+    obj(b"3").unlink()  # and the map result of data/a is gone
+    MAPS.clear()
+    build()
+    assert MAPS == ["a"]
+    assert proj.read("build/lengths/order.txt") == "b\na\n"
