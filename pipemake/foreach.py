@@ -125,7 +125,8 @@ def stage_key(b: Builder, stage: Stage, sk: StageKey) -> None:
 def item_decision(b: Builder, stage: Stage, sk: StageKey) -> tuple[list[Reason], dict[str, Any]]:
     """Which items must run and why, for a foreach stage whose stage key is not cached."""
     if not stage.rule.map_reduce:
-        sk.cached = _indexed(b.state.item_index(stage.id), sk.item_keys)
+        index = b.state.item_index(stage.id, b.store.removals())
+        sk.cached = _indexed(index, sk.item_keys)
         rest = [k for rel, k in sk.item_keys.items() if rel not in sk.cached]
         entries = b.store.get_actions(rest) if rest else {}
         sk.cached.update({rel: entries[k] for rel, k in sk.item_keys.items() if k in entries})
@@ -356,6 +357,7 @@ def assemble(b: Builder, stage: Stage, run: dict[str, Any]) -> dict[str, Any]:
             rel: [sk.item_keys[rel], outs, run["values"].get(rel) or {}]
             for rel, outs in per_item.items()
         },
+        b.store.removals(),
     )
     for name, rel in sk.ports.outputs.items():
         moves: dict[str, Path] = {}

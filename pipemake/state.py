@@ -18,7 +18,7 @@ import xxhash
 
 __all__ = ["STATE_FORMAT", "StatRow", "TreeRow", "WorkspaceState"]
 
-STATE_FORMAT = 5
+STATE_FORMAT = 6
 
 StatRow = tuple[int, int, int, int, int, str]  # dev, ino, size, mtime_ns, hashed_at_ns, hash
 
@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS placed (path TEXT PRIMARY KEY, stage TEXT, output TEX
 CREATE TABLE IF NOT EXISTS items (stage TEXT PRIMARY KEY, hashes TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS foreach_keys (stage TEXT PRIMARY KEY, memo TEXT, key TEXT);
 CREATE TABLE IF NOT EXISTS item_index (
-    stage TEXT PRIMARY KEY, digest TEXT NOT NULL, data TEXT NOT NULL);
+    stage TEXT PRIMARY KEY, removals INTEGER NOT NULL, digest TEXT NOT NULL, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trees (
     path TEXT PRIMARY KEY, sig TEXT, racy INTEGER, hash TEXT, entries TEXT, stats TEXT,
     digest TEXT);
@@ -239,29 +239,32 @@ class WorkspaceState:
             return
         self.db.execute("INSERT OR REPLACE INTO foreach_keys VALUES (?, ?, ?)", (stage, memo, key))
 
-    def item_index(self, stage: str) -> dict[str, Any] | None:
+    def item_index(self, stage: str, removals: int) -> dict[str, Any] | None:
         """A foreach stage's items as its last run assembled them: relpath → [item key,
         output manifests, values] (so a rerun of a few items need not read every item's
-        entry from the store); None when there is none, or it is not exactly what was
-        written (its hash is kept beside it)."""
+        entry from the store); None when there is none, when anything was removed from the
+        store since it was written (``removals`` differs), or when it is not exactly what
+        was written (its hash is kept beside it)."""
         row = self.db.execute(
-            "SELECT digest, data FROM item_index WHERE stage=?", (stage,)
+            "SELECT removals, digest, data FROM item_index WHERE stage=?", (stage,)
         ).fetchone()
-        if row is None or xxhash.xxh3_128_hexdigest(row[1].encode()) != row[0]:
+        if row is None or row[0] != removals:
+            return None
+        if xxhash.xxh3_128_hexdigest(row[2].encode()) != row[1]:
             return None
         try:
-            data = json.loads(row[1])
+            data = json.loads(row[2])
         except ValueError:
             return None
         return data if isinstance(data, dict) else None
 
-    def set_item_index(self, stage: str, index: dict[str, Any]) -> None:
+    def set_item_index(self, stage: str, index: dict[str, Any], removals: int) -> None:
         if self.readonly:
             return
         text = json.dumps(index, separators=(",", ":"))
         self.db.execute(
-            "INSERT OR REPLACE INTO item_index VALUES (?, ?, ?)",
-            (stage, xxhash.xxh3_128_hexdigest(text.encode()), text),
+            "INSERT OR REPLACE INTO item_index VALUES (?, ?, ?, ?)",
+            (stage, removals, xxhash.xxh3_128_hexdigest(text.encode()), text),
         )
 
     # placed outputs ---------------------------------------------------------------------

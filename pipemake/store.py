@@ -62,6 +62,7 @@ class Store:
         self.can_link = True
         self._db: sqlite3.Connection | None = None
         self._version = 0
+        self._removed = False  # this instance has counted a removal of objects
         self._dirs: set[Path] = set()
 
     # database ---------------------------------------------------------------------------
@@ -177,6 +178,7 @@ class Store:
 
     def delete_actions(self, keys: Iterable[str]) -> None:
         """Remove entries (``cache gc``); their objects go with the next sweep."""
+        self._count_removal()
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -318,6 +320,7 @@ class Store:
                 ok = h.hexdigest() == digest
         if not ok:
             os.unlink(dst)
+            self._count_removal()
             with _quiet():
                 os.unlink(src)
             return False
@@ -331,6 +334,7 @@ class Store:
         if st.st_mode & 0o222 or bool(st.st_mode & 0o111) != bool(mode & 0o111):
             return None  # a writable object is never shared; a mode is never changed
         if _hash_fd(inp) != digest:
+            self._count_removal()
             with _quiet():
                 os.unlink(src)
             return False
@@ -367,8 +371,26 @@ class Store:
                         yield sub.name + f.name
 
     def remove_object(self, digest: str) -> None:
+        if not self._removed:
+            self._count_removal()
         with _quiet():
             os.unlink(self.object_path(digest))
+
+    def removals(self) -> int:
+        """How many times entries or objects were removed from this store (``cache gc``,
+        ``cache verify``, a corrupt object dropped): what a workspace's own record of the
+        store's contents (the foreach item index) must still match to be trusted."""
+        row = self.db.execute("SELECT value FROM meta WHERE name='removals'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _count_removal(self) -> None:
+        self._removed = True
+        if self.readonly:
+            return
+        self.db.execute(
+            "INSERT INTO meta VALUES ('removals', '1') ON CONFLICT(name) DO UPDATE "
+            "SET value = CAST(value AS INTEGER) + 1"
+        )
 
     def close(self) -> None:
         if self._db is not None:

@@ -396,3 +396,22 @@ def test_a_lost_map_object_reruns_its_map(project: Callable[..., Proj], monkeypa
     build()
     assert MAPS == ["a"]
     assert proj.read("build/lengths/order.txt") == "b\na\n"
+
+
+def test_the_item_index_is_not_trusted_after_a_gc_elsewhere(project: Callable[..., Proj]) -> None:
+    """Another workspace's ``cache gc`` on a shared store removed this one's item entries:
+    a later change reruns the items instead of assembling a stage entry whose objects
+    are gone, and the store stays whole."""
+    w1 = project(UPPER.format(tool="tr a-z A-Z"), FILES)
+    other = "name: other\nstages:\n  - {id: a, type: shell, config: {cmd: 'true'}}\n"
+    w2 = project(other, name="other")
+    env = {"PIPEMAKE_CACHE_DIR": str(w1.root.parent / "shared")}
+    w1.cli("build", env=env)
+    assert len(_items_run(w1)) == 6
+    out = w2.cli("cache", "gc", "--keep-days", "0", env=env).output
+    assert "removed" in out
+    w1.write("data/f3.txt", "changed\n")
+    w1.cli("build", env=env)
+    assert len(_items_run(w1)) == 6  # their entries are gone: all of them ran again
+    assert w1.read("build/upper/f3.txt") == "CHANGED\n"
+    assert "store OK" in w1.cli("cache", "verify", env=env).output
