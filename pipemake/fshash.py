@@ -1,13 +1,14 @@
 """Content hashes of workspace paths: stat first, hash only what changed.
 
-A file's hash is remembered under its path with (device, inode, size, mtime_ns); a later
-lookup with the same four values trusts it without reading. A copied tree has new inodes,
-so it is rehashed, never trusted. An entry is trusted only when the file's mtime is at least
-a second older than the moment it was hashed, so a write within the filesystem's timestamp
-granularity cannot hide behind an unchanged mtime.
+A file's hash is remembered under its path with (device, inode, size, mtime_ns, ctime_ns);
+a later lookup with the same five values trusts it without reading. A copied tree has new
+inodes, so it is rehashed, never trusted; a rewrite that restores size and mtime (``cp -p``
+onto an existing file) still changes the ctime, which no tool can set. An entry is trusted
+only when the file's mtime is at least a second older than the moment it was hashed, so a
+write within the filesystem's timestamp granularity cannot hide behind an unchanged mtime.
 
 A directory is remembered as a whole: its *stat signature* (the hash of every file's
-relpath, device, inode, size, mtime and executable bit), its tree hash and its manifest
+relpath, device, inode, size, mtime, ctime and executable bit), its tree hash and its manifest
 entries. When a walk gives the same signature and no file was racy when hashed, the stored
 entries and hash are the answer, with no per-file lookups; otherwise each file is checked
 against the stored per-file stats and only the changed ones are read.
@@ -73,7 +74,7 @@ class Hasher:
         self.state = state
         self.reads = 0  # files actually read: the tests count them
         #: path → (dev, ino, size, mtime_ns), hash, hashed_at: what this build already read
-        self._memo: dict[str, tuple[tuple[int, int, int, int], str, int]] = {}
+        self._memo: dict[str, tuple[tuple[int, ...], str, int]] = {}
         #: every path looked at: ("f", dev, ino, size, mtime_ns), ("d", signature, newest
         #: mtime_ns) or ("m",) for missing — what a no-op snapshot must find unchanged
         self.seen: dict[str, tuple[Any, ...]] = {}
@@ -83,16 +84,16 @@ class Hasher:
 
     def file_hash(self, rel: str, st: os.stat_result) -> str:
         """The content hash of the file at ``rel`` whose stat is ``st``."""
-        sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         self.seen[rel] = ("f", *sig)
         memo = self._memo.get(rel)
         if memo is not None and memo[0] == sig:
             return memo[1]
         if self.state is not None:
             row = self.state.stat_row(rel)
-            if row is not None and row[:4] == sig and st.st_mtime_ns < row[4] - _RACY_NS:
-                self._memo[rel] = (sig, row[5], row[4])
-                return row[5]
+            if row is not None and row[:5] == sig and st.st_mtime_ns < row[5] - _RACY_NS:
+                self._memo[rel] = (sig, row[6], row[5])
+                return row[6]
         hashed_at = time.time_ns()
         digest = hash_file(self._abs(rel), st.st_size)
         self.reads += 1
@@ -135,13 +136,13 @@ class Hasher:
         entries: list[Entry] = []
         stats: dict[str, list[Any]] = {}
         racy = False
-        for name, dev, ino, fsize, mtime, xbits in rows:
-            fsig = [dev, ino, fsize, mtime]
+        for name, dev, ino, fsize, mtime, ctime, xbits in rows:
+            fsig = [dev, ino, fsize, mtime, ctime]
             old = known.get(name)
             if old is None and old_rows:
                 old = old_rows.get(prefix + name)
-            if old is not None and list(old[:4]) == fsig and mtime < old[4] - _RACY_NS:
-                h, hashed_at = old[5], old[4]
+            if old is not None and list(old[:5]) == fsig and mtime < old[5] - _RACY_NS:
+                h, hashed_at = old[6], old[5]
             else:
                 key = prefix + name
                 memo = self._memo.get(key)
@@ -151,7 +152,7 @@ class Hasher:
                     hashed_at = time.time_ns()
                     h = hash_file(os.path.join(base, name), fsize)
                     self.reads += 1
-                    self._memo[key] = ((dev, ino, fsize, mtime), h, hashed_at)
+                    self._memo[key] = ((dev, ino, fsize, mtime, ctime), h, hashed_at)
             if mtime >= hashed_at - _RACY_NS:
                 racy = True
             entries.append([name, h, fsize, 0o755 if xbits else 0o644])

@@ -18,9 +18,10 @@ import xxhash
 
 __all__ = ["STATE_FORMAT", "StatRow", "TreeRow", "WorkspaceState"]
 
-STATE_FORMAT = 6
+STATE_FORMAT = 7
 
-StatRow = tuple[int, int, int, int, int, str]  # dev, ino, size, mtime_ns, hashed_at_ns, hash
+#: dev, ino, size, mtime_ns, ctime_ns, hashed_at_ns, hash
+StatRow = tuple[int, int, int, int, int, int, str]
 
 
 class TreeRow(NamedTuple):
@@ -38,7 +39,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS stat (
     path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER,
-    hashed_at INTEGER, hash TEXT);
+    ctime_ns INTEGER, hashed_at INTEGER, hash TEXT);
 CREATE TABLE IF NOT EXISTS records (
     stage TEXT PRIMARY KEY, key TEXT, result TEXT, duration REAL, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS placed (path TEXT PRIMARY KEY, stage TEXT, output TEXT);
@@ -170,7 +171,7 @@ class WorkspaceState:
             return
         with self.transaction():
             self.db.executemany(
-                "INSERT OR REPLACE INTO stat VALUES (?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO stat VALUES (?,?,?,?,?,?,?,?)",
                 [(p, *row) for p, row in self._stat_dirty.items()],
             )
             self.db.executemany(

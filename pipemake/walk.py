@@ -10,7 +10,9 @@ import xxhash
 
 __all__ = ["Row", "signature", "walk"]
 
-Row = tuple[str, int, int, int, int, int]  # relpath, dev, ino, size, mtime_ns, mode & 0o111
+#: relpath, dev, ino, size, mtime_ns, ctime_ns, mode & 0o111 (ctime: no tool can set it, so a
+#: rewrite that restores size and mtime still shows)
+Row = tuple[str, int, int, int, int, int, int]
 
 
 def walk(base: str) -> list[Row]:
@@ -35,13 +37,16 @@ def walk(base: str) -> list[Row]:
                     s = de.stat()
                 except FileNotFoundError:
                     continue
-                rows.append((name, s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_mode & 0o111))
+                rows.append(
+                    (name, s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns,
+                     s.st_mode & 0o111)
+                )  # fmt: skip
     return rows
 
 
 def signature(rows: list[Row]) -> str:
     """The stat signature of a walked tree: a hash of every file's relpath, device, inode,
-    size, mtime and executable bits, in walk order. An unchanged tree walks in the same
+    size, mtime, ctime and executable bits, in walk order. An unchanged tree walks in the same
     order, so an equal signature means an unchanged tree; a reordered one merely differs
     (and is checked file by file). ``marshal`` only serializes the tuples to be hashed (it
     is never loaded); its format 4 is fixed."""

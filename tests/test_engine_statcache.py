@@ -166,3 +166,35 @@ def test_a_damaged_tree_row_is_no_row(tree: Path, column: str, value: str) -> No
     again, reads = _hash(tree)
     assert dict((e[0], e[1]) for e in again)["c.txt"] == hash_bytes(b"file C\n")
     assert [e[0] for e in again] == [e[0] for e in first]
+
+
+def test_a_rewrite_that_restores_size_and_mtime_is_read_again(tree: Path) -> None:
+    """``cp -p`` onto an existing file keeps its inode, size and mtime; the ctime (which no
+    tool can set) still tells."""
+    first, _ = _hash(tree)
+    p = tree / "data/d.txt"
+    st = os.stat(p)
+    time.sleep(0.01)
+    p.write_text("FILE d\n")  # same size, same inode
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the very same mtime
+    assert os.stat(p).st_mtime_ns == st.st_mtime_ns and os.stat(p).st_ino == st.st_ino
+    again, reads = _hash(tree)
+    assert reads == 1
+    assert dict((e[0], e[1]) for e in again)["d.txt"] == hash_bytes(b"FILE d\n")
+
+    def single() -> tuple[str, int]:  # the per-file stat cache, as for a file input
+        state = WorkspaceState(tree / ".pipemake" / "state.db")
+        try:
+            h = Hasher(str(tree), state)
+            digest = h.info("data/e.txt").hash
+            h.flush()
+            return digest, h.reads
+        finally:
+            state.close()
+
+    e = tree / "data/e.txt"
+    assert single()[1] == 1 and single()[1] == 0  # hashed once, then trusted
+    st = os.stat(e)
+    e.write_text("FILE e\n")
+    os.utime(e, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert single() == (hash_bytes(b"FILE e\n"), 1)
