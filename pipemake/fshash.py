@@ -73,10 +73,11 @@ class Hasher:
         self.root = root
         self.state = state
         self.reads = 0  # files actually read: the tests count them
-        #: path → (dev, ino, size, mtime_ns), hash, hashed_at: what this build already read
+        #: path → (dev, ino, size, mtime_ns, ctime_ns), hash, hashed_at: what this build read
         self._memo: dict[str, tuple[tuple[int, ...], str, int]] = {}
-        #: every path looked at: ("f", dev, ino, size, mtime_ns), ("d", signature, newest
-        #: mtime_ns) or ("m",) for missing — what a no-op snapshot must find unchanged
+        #: every path looked at: ("f", dev, ino, size, mtime_ns, ctime_ns), ("d", signature,
+        #: newest mtime_ns, files) or ("m",) for missing — what a no-op snapshot must find
+        #: unchanged
         self.seen: dict[str, tuple[Any, ...]] = {}
 
     def _abs(self, rel: str) -> str:
@@ -124,7 +125,7 @@ class Hasher:
         rows = walk(self._abs(rel))
         sig = signature(rows)
         size = sum(map(_SIZE, rows))
-        self.seen[rel] = ("d", sig, _MTIME(max(rows, key=_MTIME)) if rows else 0)
+        self.seen[rel] = ("d", sig, _MTIME(max(rows, key=_MTIME)) if rows else 0, len(rows))
         row = self.state.tree_row(rel) if self.state is not None else None
         if row is not None and row.sig == sig and not row.racy:
             return PathInfo("dir", row.hash, size, 0o755, text=row.entries)

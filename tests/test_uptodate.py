@@ -355,3 +355,42 @@ def test_a_rule_hashing_code_it_does_not_name_gets_no_snapshot(
     monkeypatch.setattr(Coded, "code_files", lambda self, ports, root: [])
     _api_build(p, time.time_ns())
     assert p.exists(SNAP)
+
+
+# the tree check on two cores (a forked child takes half of the trees) -----------------------
+def _two_trees(tmp_path: Path) -> list[list]:
+    from pipemake.walk import signature, walk
+
+    trees = []
+    for name in ("left", "right"):
+        for i in range(3):
+            (tmp_path / name / f"d{i}").mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / f"d{i}" / "f.txt").write_text(f"{name} {i}\n")
+        trees.append([name, signature(walk(str(tmp_path / name))), 5000])  # "big" trees
+    return trees
+
+
+@pytest.mark.parametrize("changed", [None, "left", "right"])
+def test_the_forked_tree_check_sees_a_change_on_either_side(tmp_path: Path, changed) -> None:
+    from pipemake import uptodate
+
+    trees = _two_trees(tmp_path)
+    if changed:
+        (tmp_path / changed / "d1" / "f.txt").write_text("changed, and longer\n")
+    assert uptodate._trees_unchanged(str(tmp_path), trees) is (changed is None)
+
+
+def test_a_failing_child_means_changed(tmp_path: Path, monkeypatch) -> None:
+    from pipemake import uptodate
+
+    trees = _two_trees(tmp_path)
+    parent = os.getpid()
+    real = uptodate._tree_unchanged
+
+    def flaky(root, path, sig):
+        if os.getpid() != parent:
+            raise OSError("the child cannot read")
+        return real(root, path, sig)
+
+    monkeypatch.setattr(uptodate, "_tree_unchanged", flaky)
+    assert uptodate._trees_unchanged(str(tmp_path), trees) is False
