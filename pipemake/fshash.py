@@ -32,7 +32,7 @@ __all__ = ["Entry", "Hasher", "PathInfo"]
 
 Entry = Sequence[Any]  # [relpath, hash, size, mode]
 _RACY_NS = 1_000_000_000
-_SIZE, _MTIME = operator.itemgetter(3), operator.itemgetter(4)
+_MTIME = operator.itemgetter(4)
 
 
 class PathInfo:
@@ -121,14 +121,13 @@ class Hasher:
         return self.tree_info(rel).entries or []
 
     def tree_info(self, rel: str) -> PathInfo:
-        """The directory ``rel`` as a PathInfo: tree hash, total size and (lazy) entries."""
+        """The directory ``rel`` as a PathInfo: tree hash and (lazy) entries."""
         rows = walk(self._abs(rel))
         sig = signature(rows)
-        size = sum(map(_SIZE, rows))
         self.seen[rel] = ("d", sig, _MTIME(max(rows, key=_MTIME)) if rows else 0, len(rows))
         row = self.state.tree_row(rel) if self.state is not None else None
         if row is not None and row.sig == sig and not row.racy:
-            return PathInfo("dir", row.hash, size, 0o755, text=row.entries)
+            return PathInfo("dir", row.hash, 0, 0o755, text=row.entries)
         rows.sort()
         known: dict[str, list[Any]] = json.loads(row.stats) if row is not None else {}
         old_rows = self.state.stat_rows() if self.state is not None and row is None else {}
@@ -165,7 +164,7 @@ class Hasher:
                 TreeRow(sig, racy, digest, json.dumps(entries, ensure_ascii=False),
                         json.dumps(stats, ensure_ascii=False)),
             )  # fmt: skip
-        return PathInfo("dir", digest, size, 0o755, entries)
+        return PathInfo("dir", digest, 0, 0o755, entries)
 
     def flush(self) -> None:
         """Persist new stat-cache rows."""

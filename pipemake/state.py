@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import xxhash
+from .hashing import hash_bytes
 
 __all__ = ["STATE_FORMAT", "StatRow", "TreeRow", "WorkspaceState"]
 
@@ -251,7 +251,7 @@ class WorkspaceState:
         ).fetchone()
         if row is None or row[0] != removals:
             return None
-        if xxhash.xxh3_128_hexdigest(row[2].encode()) != row[1]:
+        if hash_bytes(row[2].encode()) != row[1]:
             return None
         try:
             data = json.loads(row[2])
@@ -265,7 +265,7 @@ class WorkspaceState:
         text = json.dumps(index, separators=(",", ":"))
         self.db.execute(
             "INSERT OR REPLACE INTO item_index VALUES (?, ?, ?, ?)",
-            (stage, removals, xxhash.xxh3_128_hexdigest(text.encode()), text),
+            (stage, removals, hash_bytes(text.encode()), text),
         )
 
     # placed outputs ---------------------------------------------------------------------
@@ -293,7 +293,7 @@ class WorkspaceState:
 
 
 def _row_digest(*fields: str) -> str:
-    return xxhash.xxh3_128_hexdigest("\0".join(fields).encode("utf-8", "surrogateescape"))
+    return hash_bytes("\0".join(fields).encode("utf-8", "surrogateescape"))
 
 
 class _Tx:
