@@ -150,18 +150,18 @@ def item_decision(b: Builder, stage: Stage, sk: StageKey) -> tuple[list[Reason],
     return reasons, info
 
 
-def _indexed(index: dict[str, Any] | None, item_keys: dict[str, str]) -> dict[str, Any]:
+def _indexed(
+    index: tuple[dict[str, str], dict[str, Any]] | None, item_keys: dict[str, str]
+) -> dict[str, Any]:
     """The entries of the items whose key is the one the stage's item index (the workspace
     state, written when the stage was last assembled; checked against its hash) holds for
     them; anything else is read from the store."""
-    found: dict[str, Any] = {}
     if not index:
-        return found
-    for rel, key in item_keys.items():
-        rec = index.get(rel)
-        if type(rec) is list and len(rec) == 3 and rec[0] == key:
-            found[rel] = {"outputs": rec[1], "values": rec[2]}
-    return found
+        return {}
+    keys, entries = index
+    if keys == item_keys:
+        return dict(entries)
+    return {rel: entries[rel] for rel, key in item_keys.items() if keys.get(rel) == key}
 
 
 def forget_lost_items(b: Builder, sk: StageKey) -> None:
@@ -351,14 +351,14 @@ def assemble(b: Builder, stage: Stage, run: dict[str, Any]) -> dict[str, Any]:
         },
     }
     b.store.put_action(sk.key, entry)
-    b.state.set_item_index(
-        stage.id,
-        {
-            rel: [sk.item_keys[rel], outs, run["values"].get(rel) or {}]
-            for rel, outs in per_item.items()
-        },
-        b.store.removals(),
-    )
+    keys = sk.item_keys
+    new = run["done_items"]
+    index = {
+        rel: {"outputs": outs, "values": run["values"].get(rel) or {}} if rel in new
+        else sk.cached[rel]
+        for rel, outs in per_item.items()
+    }  # fmt: skip
+    b.state.set_item_index(stage.id, {rel: keys[rel] for rel in index}, index, b.store.removals())
     for name, rel in sk.ports.outputs.items():
         moves: dict[str, Path] = {}
         for item_rel, manifest in run["done_items"].items():

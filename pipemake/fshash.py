@@ -8,15 +8,16 @@ only when the file's mtime is at least a second older than the moment it was has
 write within the filesystem's timestamp granularity cannot hide behind an unchanged mtime.
 
 A directory is remembered as a whole: its *stat signature* (the hash of every file's
-relpath, device, inode, size, mtime, ctime and executable bit), its tree hash and its manifest
-entries. When a walk gives the same signature and no file was racy when hashed, the stored
-entries and hash are the answer, with no per-file lookups; otherwise each file is checked
-against the stored per-file stats and only the changed ones are read.
+relpath, device, inode, size, mtime, ctime and executable bit), its tree hash, and every
+file's stat row with its hash. When a walk gives the same signature and no file was racy
+when hashed, the stored hash is the answer (entries built only if asked for), with no
+per-file lookups; otherwise each walked row is looked up whole among the stored ones, and
+only files whose row is new (or was racy) are read.
 """
 
 from __future__ import annotations
 
-import json
+import marshal
 import operator
 import os
 import stat as stat_mod
@@ -25,8 +26,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .hashing import hash_file, normalize_mode, tree_hash
-from .state import TreeRow, WorkspaceState
-from .walk import signature, walk
+from .state import TreeRow, WorkspaceState, tree_data
+from .walk import Row, signature, walk
 
 __all__ = ["Entry", "Hasher", "PathInfo"]
 
@@ -38,9 +39,9 @@ _MTIME = operator.itemgetter(4)
 class PathInfo:
     """What a path holds: a file (``hash``, ``size``, ``mode``) or a directory (``entries``,
     and ``hash`` the tree hash), or nothing (``kind == "missing"``). A directory's entries
-    are decoded only when asked for."""
+    are built (from its stored tree row) only when asked for."""
 
-    __slots__ = ("kind", "hash", "size", "mode", "_entries", "_text")
+    __slots__ = ("kind", "hash", "size", "mode", "_entries", "_row")
 
     def __init__(
         self,
@@ -49,21 +50,27 @@ class PathInfo:
         size: int = 0,
         mode: int = 0o644,
         entries: list[Entry] | None = None,
-        text: str | None = None,
+        row: TreeRow | None = None,
     ):
         self.kind = kind
         self.hash = hash
         self.size = size
         self.mode = mode
         self._entries = entries
-        self._text = text
+        self._row = row
 
     @property
     def entries(self) -> list[Entry] | None:
-        if self._entries is None and self._text is not None:
-            self._entries = json.loads(self._text)
-            self._text = None
+        if self._entries is None and self._row is not None:
+            data = tree_data(self._row)
+            self._entries = _entries(data[0], data[1]) if data is not None else None
+            self._row = None
         return self._entries
+
+
+def _entries(rows: list[Any], hashes: list[str]) -> list[Entry]:
+    """Manifest entries from walk rows sorted by relpath and their content hashes."""
+    return [[r[0], h, r[3], 0o755 if r[6] else 0o644] for r, h in zip(rows, hashes, strict=True)]
 
 
 class Hasher:
@@ -127,44 +134,50 @@ class Hasher:
         self.seen[rel] = ("d", sig, _MTIME(max(rows, key=_MTIME)) if rows else 0, len(rows))
         row = self.state.tree_row(rel) if self.state is not None else None
         if row is not None and row.sig == sig and not row.racy:
-            return PathInfo("dir", row.hash, 0, 0o755, text=row.entries)
+            return PathInfo("dir", row.hash, 0, 0o755, row=row)
         rows.sort()
-        known: dict[str, list[Any]] = json.loads(row.stats) if row is not None else {}
-        old_rows = self.state.stat_rows() if self.state is not None and row is None else {}
-        prefix = f"{rel}/" if rel else ""
-        base = self._abs(rel)
-        entries: list[Entry] = []
-        stats: dict[str, list[Any]] = {}
+        # what the last walk knew, by the whole stat row: an unchanged file is one lookup
+        data = tree_data(row) if row is not None else None
+        known = dict(zip(data[0], zip(data[1], data[2], strict=True), strict=True)) if data else {}
+        hashes: list[str] = []
+        ats: list[int] = []
         racy = False
-        for name, dev, ino, fsize, mtime, ctime, xbits in rows:
-            fsig = [dev, ino, fsize, mtime, ctime]
-            old = known.get(name)
-            if old is None and old_rows:
-                old = old_rows.get(prefix + name)
-            if old is not None and list(old[:5]) == fsig and mtime < old[5] - _RACY_NS:
-                h, hashed_at = old[6], old[5]
+        for r in rows:
+            k = known.get(r)
+            if k is not None and r[4] < k[1] - _RACY_NS:
+                h, hashed_at = k
             else:
-                key = prefix + name
-                memo = self._memo.get(key)
-                if memo is not None and list(memo[0]) == fsig:
-                    h, hashed_at = memo[1], memo[2]
-                else:
-                    hashed_at = time.time_ns()
-                    h = hash_file(os.path.join(base, name), fsize)
-                    self.reads += 1
-                    self._memo[key] = ((dev, ino, fsize, mtime, ctime), h, hashed_at)
-            if mtime >= hashed_at - _RACY_NS:
+                h, hashed_at = self._tree_file(rel, r, data is None)
+            if r[4] >= hashed_at - _RACY_NS:
                 racy = True
-            entries.append([name, h, fsize, 0o755 if xbits else 0o644])
-            stats[name] = [*fsig, hashed_at, h]
+            hashes.append(h)
+            ats.append(hashed_at)
+        entries = _entries(rows, hashes)
         digest = tree_hash(entries)
         if self.state is not None:
-            self.state.set_tree(
-                rel,
-                TreeRow(sig, racy, digest, json.dumps(entries, ensure_ascii=False),
-                        json.dumps(stats, ensure_ascii=False)),
-            )  # fmt: skip
+            blob = marshal.dumps((rows, hashes, ats), 4)
+            self.state.set_tree(rel, TreeRow(sig, racy, digest, blob))
         return PathInfo("dir", digest, 0, 0o755, entries)
+
+    def _tree_file(self, rel: str, r: Row, no_row: bool) -> tuple[str, int]:
+        """The hash of one file of a tree that its last walk did not vouch for, and when it
+        was hashed: from this build's memo, the per-file stat cache (a tree without a row),
+        or read."""
+        name, dev, ino, fsize, mtime, ctime, _x = r
+        fsig = (dev, ino, fsize, mtime, ctime)
+        key = f"{rel}/{name}" if rel else name
+        memo = self._memo.get(key)
+        if memo is not None and memo[0] == fsig:
+            return memo[1], memo[2]
+        if no_row and self.state is not None:
+            old = self.state.stat_row(key)
+            if old is not None and old[:5] == fsig and mtime < old[5] - _RACY_NS:
+                return old[6], old[5]
+        hashed_at = time.time_ns()
+        h = hash_file(os.path.join(self._abs(rel), name), fsize)
+        self.reads += 1
+        self._memo[key] = (fsig, h, hashed_at)
+        return h, hashed_at
 
     def flush(self) -> None:
         """Persist new stat-cache rows."""

@@ -2,12 +2,17 @@
 record and the ledger of output paths builds have placed (for orphans).
 
 Unlike the store (which may be shared between workspaces), this belongs to one checkout.
-SQLite with JSON text, never pickle; the schema carries a version.
+SQLite with JSON text, never pickle; the schema carries a version. Two big caches (walked
+trees and foreach item indexes, read and rewritten on every small rebuild) are ``marshal``
+bytes of plain lists, dicts, strings and numbers instead, several times faster than JSON
+both ways; each is stored beside its hash and decoded only when the hash matches, so what
+is decoded is always exactly what this code wrote, and anything else counts as no row.
 """
 
 from __future__ import annotations
 
 import json
+import marshal
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -16,9 +21,9 @@ from typing import Any, NamedTuple
 
 from .hashing import hash_bytes
 
-__all__ = ["STATE_FORMAT", "StatRow", "TreeRow", "WorkspaceState"]
+__all__ = ["STATE_FORMAT", "StatRow", "TreeRow", "WorkspaceState", "tree_data"]
 
-STATE_FORMAT = 7
+STATE_FORMAT = 8
 
 #: dev, ino, size, mtime_ns, ctime_ns, hashed_at_ns, hash
 StatRow = tuple[int, int, int, int, int, int, str]
@@ -26,13 +31,14 @@ StatRow = tuple[int, int, int, int, int, int, str]
 
 class TreeRow(NamedTuple):
     """A walked directory: its stat signature, whether a file was racy when hashed, its tree
-    hash, its manifest entries (JSON) and each file's stat row (JSON: name → StatRow)."""
+    hash and ``data``, the ``marshal`` bytes of ``(rows, hashes, hashed_at)``: the walk rows
+    (:data:`pipemake.walk.Row`) sorted by relpath, and each file's content hash and when it
+    was hashed (ns), in the same order."""
 
     sig: str
     racy: bool
     hash: str
-    entries: str
-    stats: str
+    data: bytes
 
 
 _SCHEMA = """
@@ -46,10 +52,9 @@ CREATE TABLE IF NOT EXISTS placed (path TEXT PRIMARY KEY, stage TEXT, output TEX
 CREATE TABLE IF NOT EXISTS items (stage TEXT PRIMARY KEY, hashes TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS foreach_keys (stage TEXT PRIMARY KEY, memo TEXT, key TEXT);
 CREATE TABLE IF NOT EXISTS item_index (
-    stage TEXT PRIMARY KEY, removals INTEGER NOT NULL, digest TEXT NOT NULL, data TEXT NOT NULL);
+    stage TEXT PRIMARY KEY, removals INTEGER NOT NULL, digest TEXT NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS trees (
-    path TEXT PRIMARY KEY, sig TEXT, racy INTEGER, hash TEXT, entries TEXT, stats TEXT,
-    digest TEXT);
+    path TEXT PRIMARY KEY, sig TEXT, racy INTEGER, hash TEXT, data BLOB, digest TEXT);
 """
 
 
@@ -151,11 +156,15 @@ class WorkspaceState:
         """The directory ``path`` as last walked, or None."""
         if path not in self._trees:
             r = self.db.execute(
-                "SELECT sig, racy, hash, entries, stats, digest FROM trees WHERE path=?", (path,)
+                "SELECT sig, racy, hash, data, digest FROM trees WHERE path=?", (path,)
             ).fetchone()
             # a row that is not what was written (damaged) is no row at all
-            ok = r is not None and _row_digest(r[0], r[2], r[3], r[4]) == r[5]
-            self._trees[path] = TreeRow(r[0], bool(r[1]), r[2], r[3], r[4]) if ok else None
+            ok = (
+                r is not None
+                and isinstance(r[3], bytes)
+                and _tree_digest(TreeRow(r[0], bool(r[1]), r[2], r[3])) == r[4]
+            )
+            self._trees[path] = TreeRow(r[0], bool(r[1]), r[2], r[3]) if ok else None
         return self._trees[path]
 
     def set_tree(self, path: str, row: TreeRow) -> None:
@@ -175,9 +184,8 @@ class WorkspaceState:
                 [(p, *row) for p, row in self._stat_dirty.items()],
             )
             self.db.executemany(
-                "INSERT OR REPLACE INTO trees VALUES (?,?,?,?,?,?,?)",
-                [(p, r.sig, int(r.racy), r.hash, r.entries, r.stats,
-                  _row_digest(r.sig, r.hash, r.entries, r.stats))
+                "INSERT OR REPLACE INTO trees VALUES (?,?,?,?,?,?)",
+                [(p, r.sig, int(r.racy), r.hash, r.data, _tree_digest(r))
                  for p, r in self._trees_dirty.items()],
             )  # fmt: skip
         self._stat_dirty.clear()
@@ -240,32 +248,43 @@ class WorkspaceState:
             return
         self.db.execute("INSERT OR REPLACE INTO foreach_keys VALUES (?, ?, ?)", (stage, memo, key))
 
-    def item_index(self, stage: str, removals: int) -> dict[str, Any] | None:
-        """A foreach stage's items as its last run assembled them: relpath → [item key,
-        output manifests, values] (so a rerun of a few items need not read every item's
-        entry from the store); None when there is none, when anything was removed from the
+    def item_index(self, stage: str, removals: int) -> tuple[dict[str, str], dict[str, Any]] | None:
+        """A foreach stage's items as its last run assembled them: (relpath → item key,
+        relpath → its action entry), so a rerun of a few items need not read every item's
+        entry from the store; None when there is none, when anything was removed from the
         store since it was written (``removals`` differs), or when it is not exactly what
         was written (its hash is kept beside it)."""
         row = self.db.execute(
             "SELECT removals, digest, data FROM item_index WHERE stage=?", (stage,)
         ).fetchone()
-        if row is None or row[0] != removals:
+        if row is None or row[0] != removals or not isinstance(row[2], bytes):
             return None
-        if hash_bytes(row[2].encode()) != row[1]:
+        if hash_bytes(row[2]) != row[1]:
             return None
-        try:
-            data = json.loads(row[2])
-        except ValueError:
-            return None
-        return data if isinstance(data, dict) else None
+        data = _unmarshal(row[2])
+        ok = (
+            type(data) is tuple
+            and len(data) == 2
+            and type(data[0]) is dict
+            and type(data[1]) is dict
+            and data[0].keys() == data[1].keys()
+            and all(type(e) is dict and "outputs" in e for e in data[1].values())
+        )
+        return data if ok else None  # type: ignore[return-value]
 
-    def set_item_index(self, stage: str, index: dict[str, Any], removals: int) -> None:
+    def set_item_index(
+        self, stage: str, keys: dict[str, str], entries: dict[str, Any], removals: int
+    ) -> None:
         if self.readonly:
             return
-        text = json.dumps(index, separators=(",", ":"))
+        try:
+            data = marshal.dumps((keys, entries), 4)
+        except ValueError:  # a value of a type marshal lacks: no index, the store answers
+            self.db.execute("DELETE FROM item_index WHERE stage=?", (stage,))
+            return
         self.db.execute(
             "INSERT OR REPLACE INTO item_index VALUES (?, ?, ?, ?)",
-            (stage, removals, hash_bytes(text.encode()), text),
+            (stage, removals, hash_bytes(data), data),
         )
 
     # placed outputs ---------------------------------------------------------------------
@@ -292,8 +311,27 @@ class WorkspaceState:
             self._db = None
 
 
-def _row_digest(*fields: str) -> str:
-    return hash_bytes("\0".join(fields).encode("utf-8", "surrogateescape"))
+def _tree_digest(r: TreeRow) -> str:
+    head = f"{r.sig}\0{int(r.racy)}\0{r.hash}\0".encode("utf-8", "surrogateescape")
+    return hash_bytes(head + r.data)
+
+
+def tree_data(row: TreeRow) -> tuple[list[Any], list[str], list[int]] | None:
+    """A tree row's ``(rows, hashes, hashed_at)``, or None if they cannot be read."""
+    data = _unmarshal(row.data)
+    if type(data) is tuple and len(data) == 3 and all(type(x) is list for x in data):
+        if len(data[0]) == len(data[1]) == len(data[2]):
+            return data  # type: ignore[return-value]
+    return None
+
+
+def _unmarshal(data: bytes) -> Any:
+    """``marshal.loads`` of bytes whose hash matched (so this code wrote them); None if a
+    Python without their format reads them."""
+    try:
+        return marshal.loads(data)
+    except (ValueError, EOFError, TypeError):
+        return None
 
 
 class _Tx:

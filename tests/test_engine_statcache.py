@@ -149,7 +149,7 @@ def test_a_rewrite_hidden_behind_the_same_mtime_is_found_while_racy(tmp_path: Pa
     assert again[0][1] == hash_bytes(b"two\n")
 
 
-@pytest.mark.parametrize("column, value", [("stats", "garbage"), ("entries", "[1,2"),
+@pytest.mark.parametrize("column, value", [("data", b"garbage"), ("data", "text"), ("racy", 1),
                                            ("hash", "0" * 32), ("sig", "x")])  # fmt: skip
 def test_a_damaged_tree_row_is_no_row(tree: Path, column: str, value: str) -> None:
     """A row that is not what was written is ignored: the tree is hashed file by file

@@ -3,6 +3,7 @@ foreach stage, collisions, filters, map-reduce, and the stat cache after a reloc
 
 from __future__ import annotations
 
+import marshal
 import os
 import shutil
 from collections.abc import Callable, Mapping
@@ -319,19 +320,26 @@ def test_a_rerun_of_one_item_reads_only_its_entry(items: Proj, monkeypatch) -> N
     assert items.read("build/total.txt").startswith("FILE 1\n")
 
 
+_KEYS = {"f1.txt": "k"}
+
+
 @pytest.mark.parametrize(
     "garbage, rehash",
-    [("not json", False), ('{"f1.txt": "x"}', False), ("[1, 2]", True),
-     ('{"f1.txt": [1, 2, 3], "f2.txt": "x"}', True), ("{}", True)],
+    [(b"not marshal", False), ("text, not bytes", True), (b"\xff\x00 not marshal", True),
+     (marshal.dumps([1, 2]), True), (marshal.dumps((_KEYS, {})), True),
+     (marshal.dumps((_KEYS, {"f1.txt": "x"})), True), (marshal.dumps(({}, {})), True)],
 )  # fmt: skip
 def test_a_damaged_item_index_falls_back_to_the_store(
-    items: Proj, garbage: str, rehash: bool
+    items: Proj, garbage: bytes | str, rehash: bool
 ) -> None:
+    """The index is decoded only when its hash matches, and used only in its exact shape;
+    anything else (even with a matching hash) means reading the items from the store."""
     import sqlite3
 
     import xxhash
 
-    digest = xxhash.xxh3_128_hexdigest(garbage.encode()) if rehash else "0" * 32
+    raw = garbage.encode() if isinstance(garbage, str) else garbage
+    digest = xxhash.xxh3_128_hexdigest(raw) if rehash else "0" * 32
     db = sqlite3.connect(items.path(".pipemake/state.db"))
     with db:
         db.execute("UPDATE item_index SET digest=?, data=?", (digest, garbage))
