@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import tempfile
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +22,16 @@ from .errors import Problems
 from .hashing import digest, hash_bytes
 from .model import Foreach, Pending, Pipeline, Stage
 from .pipeline import load_pipeline
-from .rule import ENTRY_POINT_GROUP, Ports, get_rule
+from .rule import Ports, get_rule, registry
 
 __all__ = ["load_checked"]
 
 PLAN_FORMAT = 2
 
 
-def _key(text: bytes) -> str:
-    try:
-        version = metadata.version("pipemake")
-    except metadata.PackageNotFoundError:
-        version = "?"
-    eps = sorted(f"{e.name}={e.value}" for e in metadata.entry_points(group=ENTRY_POINT_GROUP))
-    return digest([PLAN_FORMAT, version, sys.version, eps, hash_bytes(text)])
+def _key(text: bytes, dot: Path) -> str:
+    version, rules = registry(dot / "rules.json")
+    return digest([PLAN_FORMAT, version, sys.version, sorted(rules.items()), hash_bytes(text)])
 
 
 def load_checked(file: Path, dot: Path) -> Pipeline:
@@ -46,7 +41,7 @@ def load_checked(file: Path, dot: Path) -> Pipeline:
         text = file.read_bytes()
     except OSError:
         return load_pipeline(file)  # reports the missing file as usual
-    key = _key(text)
+    key = _key(text, dot)
     cache = dot / "plan.json"
     pipeline = _read(cache, key, file)
     if pipeline is not None:

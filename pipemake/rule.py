@@ -18,12 +18,15 @@ parameter set, so a rule loads its model once, not once per item.
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 import os
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -358,19 +361,97 @@ def _known(names: set[str]) -> str:
     return f" (known: {', '.join(sorted(names))})" if names else ""
 
 
-_registry: dict[str, metadata.EntryPoint] | None = None
+#: pipemake's version and the rules registered under ENTRY_POINT_GROUP (name → entry point
+#: value, ``module:attr``), read once per process
+_registry: tuple[str, dict[str, str]] | None = None
+_RACY_NS = 1_000_000_000
 
 
-def _entry_points() -> dict[str, metadata.EntryPoint]:
+def _scan() -> tuple[str, dict[str, str], list[str]]:
+    """From the installed distributions' metadata: pipemake's version, the registered rules
+    and the metadata directories that register them."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("pipemake")
+    except metadata.PackageNotFoundError:
+        version = "?"
+    rules: dict[str, str] = {}
+    sources: set[str] = set()
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        rules[ep.name] = ep.value
+        where = getattr(ep.dist, "_path", None)  # the .dist-info / .egg-info directory
+        if where is not None:
+            sources.update((str(where), os.path.join(str(where), "entry_points.txt")))
+    return version, rules, sorted(sources)
+
+
+def _stamps(paths: Sequence[str]) -> list[Any]:
+    """Each path's mtime (None if missing): a distribution installed, upgraded or removed
+    adds or removes an entry in its ``sys.path`` directory, and a registering distribution's
+    entry points are its metadata directory's ``entry_points.txt``."""
+    out: list[Any] = []
+    for p in paths:
+        try:
+            out.append([p, os.stat(p or ".").st_mtime_ns])
+        except OSError:
+            out.append([p, None])
+    return out
+
+
+def _entry_points(cache: Path | None = None) -> dict[str, str]:
+    return registry(cache)[1]
+
+
+def registry(cache: Path | None = None) -> tuple[str, dict[str, str]]:
+    """pipemake's version and every registered rule (name → ``module:attr``).
+
+    Reading distributions' metadata (and importing ``importlib.metadata``) costs tens of
+    milliseconds on every command; with ``cache`` (a JSON file in the workspace's
+    ``.pipemake``) the answer is reused while the Python and every ``sys.path`` directory
+    and registering metadata directory are as they were when it was written."""
     global _registry
-    if _registry is None:
-        _registry = {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    if _registry is not None:
+        return _registry
+    head = [sys.version, sys.executable, _stamps(sys.path)]
+    if cache is not None:
+        try:
+            doc = json.loads(cache.read_text())
+            if doc["head"] == json.loads(json.dumps(head)) and doc["sources"] == _stamps(
+                [s for s, _ in doc["sources"]]
+            ):
+                _registry = (str(doc["version"]), {str(k): str(v) for k, v in doc["rules"].items()})
+                return _registry
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+    version, rules, sources = _scan()
+    _registry = (version, rules)
+    if cache is not None and cache.parent.is_dir():
+        stamps = _stamps(sources)
+        settled = time.time_ns() - _RACY_NS
+        if all(m is None or m < settled for _, m in head[2] + stamps):
+            doc = {"head": head, "sources": stamps, "version": version, "rules": rules}
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+            try:
+                tmp.write_text(json.dumps(doc))
+                os.replace(tmp, cache)
+            except OSError:
+                pass  # only a cache
     return _registry
 
 
 def rule_names() -> list[str]:
     """Names of every registered rule (built-in and third-party), without importing them."""
     return sorted(_entry_points())
+
+
+def _load(value: str) -> Any:
+    """The object an entry point value (``module:attr.sub [extras]``) names."""
+    module, _, attr = value.split("[")[0].partition(":")
+    obj: Any = importlib.import_module(module.strip())
+    for part in attr.strip().split(".") if attr.strip() else ():
+        obj = getattr(obj, part)
+    return obj
 
 
 _loaded: dict[str, Rule] = {}
@@ -380,12 +461,12 @@ def get_rule(name: str) -> Rule | None:
     """The rule registered as ``name`` (imported on first use), or None if there is none."""
     if name in _loaded:
         return _loaded[name]
-    ep = _entry_points().get(name)
-    if ep is None:
+    value = _entry_points().get(name)
+    if value is None:
         return None
-    cls = ep.load()
+    cls = _load(value)
     rule = cls() if isinstance(cls, type) else cls
     if not isinstance(rule, Rule):
-        raise TypeError(f"entry point {name!r} ({ep.value}) is not a pipemake Rule")
+        raise TypeError(f"entry point {name!r} ({value}) is not a pipemake Rule")
     _loaded[name] = rule
     return rule

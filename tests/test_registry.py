@@ -1,0 +1,103 @@
+"""The rule registry's cache (``.pipemake/rules.json``): reused while Python and every
+``sys.path`` directory are as they were, read again from the distributions' metadata when
+anything is installed or removed, and never trusted when damaged."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipemake import rule
+
+PAST = 1_600_000_000
+
+
+@pytest.fixture()
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An extra, settled ``sys.path`` directory, and a fresh registry."""
+    d = tmp_path / "site"
+    d.mkdir()
+    os.utime(d, (PAST, PAST))
+    monkeypatch.setattr(sys, "path", [*sys.path, str(d)])
+    monkeypatch.setattr(rule, "_registry", None)
+    # this checkout's own directories (tests/) may have changed a moment ago
+    monkeypatch.setattr(rule, "_RACY_NS", 0)
+    yield d
+    rule._registry = None
+
+
+def _install(site: Path, name: str, value: str) -> None:
+    info = site / "pm_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pm-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[pipemake.rules]\n{name} = {value}\n")
+
+
+def _fresh(cache: Path) -> tuple[str, dict[str, str]]:
+    rule._registry = None
+    return rule.registry(cache)
+
+
+def test_the_cache_is_reused_while_nothing_is_installed(
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "rules.json"
+    version, rules = _fresh(cache)
+    assert "shell" in rules and cache.exists()
+
+    def no_scan() -> None:
+        raise AssertionError("read the metadata again")
+
+    monkeypatch.setattr(rule, "_scan", no_scan)
+    assert _fresh(cache) == (version, rules)
+
+
+def test_an_installed_rule_is_found_despite_the_cache(site: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "rules.json"
+    assert "pm_fake" not in _fresh(cache)[1]
+    _install(site, "pm_fake", "pm_fake_module:FakeRule")  # the directory's mtime moves
+    assert _fresh(cache)[1]["pm_fake"] == "pm_fake_module:FakeRule"
+
+
+def test_rewritten_entry_points_are_read_again(site: Path, tmp_path: Path) -> None:
+    """An in-place rewrite of a registering distribution's entry points (an egg-info
+    rewritten by ``pip install -e`` of an old-style project) leaves sys.path alone."""
+    _install(site, "pm_fake", "pm_fake_module:FakeRule")
+    info = site / "pm_plugin-1.0.dist-info"
+    for p in (site, info, info / "entry_points.txt", info / "METADATA"):
+        os.utime(p, (PAST, PAST))
+    cache = tmp_path / "rules.json"
+    assert _fresh(cache)[1]["pm_fake"] == "pm_fake_module:FakeRule"
+    (info / "entry_points.txt").write_text("[pipemake.rules]\npm_fake = other_module:Other\n")
+    os.utime(site, (PAST, PAST))
+    os.utime(info, (PAST, PAST))
+    assert _fresh(cache)[1]["pm_fake"] == "other_module:Other"
+
+
+@pytest.mark.parametrize("text", ["", "not json", "[]", '{"head": 1}', '{"head": null}'])
+def test_a_damaged_cache_is_ignored(site: Path, tmp_path: Path, text: str) -> None:
+    cache = tmp_path / "rules.json"
+    cache.write_text(text)
+    assert "shell" in _fresh(cache)[1]
+
+
+def test_nothing_just_changed_is_cached(
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory changed within the last second may change again within the same
+    timestamp: no cache is written then."""
+    monkeypatch.setattr(rule, "_RACY_NS", 1_000_000_000)
+    os.utime(site)  # now
+    cache = tmp_path / "rules.json"
+    assert "shell" in _fresh(cache)[1]
+    assert not cache.exists()
+
+
+def test_rules_load_from_their_entry_point_values() -> None:
+    assert rule._load("os.path:join") is os.path.join
+    assert rule._load("os:path.join") is os.path.join
+    assert rule._load("os.path [extra]") is os.path
