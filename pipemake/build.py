@@ -125,6 +125,8 @@ class Builder:
         self.collect_keys = collect_keys
         self._full: dict[str, dict[str, Any] | None] = {}
         self._placed: dict[str, tuple[str, str]] | None = None
+        #: bookkeeping no later decision of this build reads, put off until tasks run
+        self._later: list[Callable[[], None]] = []
 
     # resolving and keys -----------------------------------------------------------------
     def _lookup(self, stage: Stage, unknown: set[str]):
@@ -471,6 +473,17 @@ class Builder:
             run["error"] = message.data
         return []
 
+    def later(self, work: Callable[[], None]) -> None:
+        """Put off writing what only later builds read (an item index, a stage's store
+        entry) until the scheduler waits on running tasks or finishes: the stages waiting on
+        this one start first. Losing it (the process killed) costs a later build a little
+        time, never a wrong answer."""
+        self._later.append(work)
+
+    def idle(self) -> None:
+        while self._later:
+            self._later.pop(0)()
+
     def complete(self, stage_id: str) -> None:
         stage = self.p.stages[stage_id]
         run = self._running.pop(stage_id, None)
@@ -540,7 +553,11 @@ class Builder:
             self.state.set_placed(new)
             self._placed.update((rel, (s, n)) for rel, s, n in new)
         if stage.foreach is not None and (ran or last[0] != sk.key):
-            self.state.set_item_hashes(stage.id, {it.relpath: it.hash for it in sk.items})
+            self.later(
+                lambda: self.state.set_item_hashes(
+                    stage.id, {it.relpath: it.hash for it in sk.items}
+                )
+            )
 
 
 def _from_unknown(reason: Reason, sk: StageKey) -> bool:

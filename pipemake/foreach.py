@@ -350,15 +350,20 @@ def assemble(b: Builder, stage: Stage, run: dict[str, Any]) -> dict[str, Any]:
             "items_run": len(run["done_items"]),
         },
     }
-    b.store.put_action(sk.key, entry)
-    keys = sk.item_keys
-    new = run["done_items"]
-    index = {
-        rel: {"outputs": outs, "values": run["values"].get(rel) or {}} if rel in new
-        else sk.cached[rel]
-        for rel, outs in per_item.items()
-    }  # fmt: skip
-    b.state.set_item_index(stage.id, {rel: keys[rel] for rel in index}, index, b.store.removals())
+
+    def bookkeeping() -> None:
+        b.store.put_action(sk.key, entry)
+        keys = sk.item_keys
+        new = run["done_items"]
+        index = {
+            rel: {"outputs": outs, "values": run["values"].get(rel) or {}} if rel in new
+            else sk.cached[rel]
+            for rel, outs in per_item.items()
+        }  # fmt: skip
+        b.state.set_item_index(
+            stage.id, {rel: keys[rel] for rel in index}, index, b.store.removals()
+        )
+
     for name, rel in sk.ports.outputs.items():
         moves: dict[str, Path] = {}
         for item_rel, manifest in run["done_items"].items():
@@ -372,5 +377,6 @@ def assemble(b: Builder, stage: Stage, run: dict[str, Any]) -> dict[str, Any]:
                 moves[e[0]] = staged / e[0]
         if not b.ws.sync_dir(merged[name], rel, b.store, b.hasher, moves):
             raise StageFailure(f"could not assemble {rel}: a store object is missing or corrupt")
+    b.later(bookkeeping)
     remove_path(run["staging"])
     return entry

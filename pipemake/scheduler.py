@@ -50,6 +50,9 @@ class StageHandler(Protocol):
     def complete(self, stage: str) -> None:
         """Every task of the stage has reported: commit it, or raise StageFailure."""
 
+    def idle(self) -> None:
+        """Do the bookkeeping put off until tasks run (or the schedule ends)."""
+
 
 @dataclass
 class Outcome:
@@ -145,8 +148,11 @@ class Scheduler:
             self._check_timeouts()
             if not self._running and (self._halted or (not self._queue and not self._ready)):
                 break
+            if self._running:  # while they run: what the builder put off, off the critical path
+                self.handler.idle()
             for msg in self.executor.poll(self._poll_timeout()):
                 self._handle(msg)
+        self.handler.idle()
         out = self.out
         done = set(out.done)
         for stage in self.order:

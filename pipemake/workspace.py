@@ -164,7 +164,8 @@ class Workspace:
         dest.mkdir(parents=True, exist_ok=True)
         have = {e[0]: e for e in hasher.tree(rel)}
         want = {e[0]: e for e in manifest["entries"]}
-        for relpath in sorted(set(have) - set(want)):
+        stale = sorted(set(have) - set(want))
+        for relpath in stale:
             (dest / relpath).unlink(missing_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
         made: set[str] = set()
@@ -194,7 +195,8 @@ class Workspace:
             fetch.append((e[1], target, e[3]))
         if not self._fetch(fetch, store):
             return False
-        _prune_empty_dirs(dest)
+        if stale:  # only a removal can leave a directory empty
+            _prune_empty_dirs(dest)
         return True
 
     def _fetch(self, files: list[tuple[str, str, int]], store: Store) -> bool:
