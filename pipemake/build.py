@@ -483,6 +483,7 @@ class Builder:
     def idle(self) -> None:
         while self._later:
             self._later.pop(0)()
+        self.state.flush()  # walked trees and stat rows: encoded and written now, not at the end
 
     def complete(self, stage_id: str) -> None:
         stage = self.p.stages[stage_id]

@@ -17,7 +17,6 @@ only files whose row is new (or was racy) are read.
 
 from __future__ import annotations
 
-import marshal
 import operator
 import os
 import stat as stat_mod
@@ -136,27 +135,37 @@ class Hasher:
         if row is not None and row.sig == sig and not row.racy:
             return PathInfo("dir", row.hash, 0, 0o755, row=row)
         rows.sort()
-        # what the last walk knew, by the whole stat row: an unchanged file is one lookup
         data = tree_data(row) if row is not None else None
-        known = dict(zip(data[0], zip(data[1], data[2], strict=True), strict=True)) if data else {}
-        hashes: list[str] = []
-        ats: list[int] = []
-        racy = False
-        for r in rows:
-            k = known.get(r)
-            if k is not None and r[4] < k[1] - _RACY_NS:
-                h, hashed_at = k
-            else:
-                h, hashed_at = self._tree_file(rel, r, data is None)
-            if r[4] >= hashed_at - _RACY_NS:
-                racy = True
-            hashes.append(h)
-            ats.append(hashed_at)
+        if data is not None and len(data[0]) == len(rows):
+            # the same files in the same order (the usual case): only the rows that differ
+            # from the last walk's, and the files that were racy then, are looked at
+            old, hashes, ats, was_racy = data
+            hashes, ats = list(hashes), list(ats)
+            check = [i for i, ne in enumerate(map(operator.ne, rows, old)) if ne]
+            check.extend(i for i in was_racy if i < len(rows) and rows[i] == old[i])
+        else:
+            # what the last walk knew, by the whole stat row: an unchanged file is one lookup
+            known = {}
+            if data is not None:
+                known = dict(zip(data[0], zip(data[1], data[2], strict=True), strict=True))
+            hashes, ats, check = [], [], []
+            for i, r in enumerate(rows):
+                k = known.get(r)
+                hashes.append(k[0] if k is not None else "")
+                ats.append(k[1] if k is not None else 0)
+                if k is None or r[4] >= k[1] - _RACY_NS:
+                    check.append(i)
+        racy: list[int] = []
+        for i in check:
+            r = rows[i]
+            hashes[i], ats[i] = self._tree_file(rel, r, data is None)
+            if r[4] >= ats[i] - _RACY_NS:
+                racy.append(i)
         entries = _entries(rows, hashes)
         digest = tree_hash(entries)
         if self.state is not None:
-            blob = marshal.dumps((rows, hashes, ats), 4)
-            self.state.set_tree(rel, TreeRow(sig, racy, digest, blob))
+            # encoded when written (off the critical path); kept as is for this process
+            self.state.set_tree(rel, TreeRow(sig, bool(racy), digest, (rows, hashes, ats, racy)))
         return PathInfo("dir", digest, 0, 0o755, entries)
 
     def _tree_file(self, rel: str, r: Row, no_row: bool) -> tuple[str, int]:

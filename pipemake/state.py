@@ -31,14 +31,16 @@ StatRow = tuple[int, int, int, int, int, int, str]
 
 class TreeRow(NamedTuple):
     """A walked directory: its stat signature, whether a file was racy when hashed, its tree
-    hash and ``data``, the ``marshal`` bytes of ``(rows, hashes, hashed_at)``: the walk rows
-    (:data:`pipemake.walk.Row`) sorted by relpath, and each file's content hash and when it
-    was hashed (ns), in the same order."""
+    hash and ``data``: ``(rows, hashes, hashed_at, racy)``, the walk rows
+    (:data:`pipemake.walk.Row`) sorted by relpath, each file's content hash and when it was
+    hashed (ns) in the same order, and the indexes of the files that were racy then. Read
+    from the database it is their ``marshal`` bytes (decoded by :func:`tree_data`); a row
+    set in this process keeps them as they are until it is written."""
 
     sig: str
     racy: bool
     hash: str
-    data: bytes
+    data: bytes | tuple[list[Any], list[str], list[int], list[int]]
 
 
 _SCHEMA = """
@@ -183,11 +185,12 @@ class WorkspaceState:
                 "INSERT OR REPLACE INTO stat VALUES (?,?,?,?,?,?,?,?)",
                 [(p, *row) for p, row in self._stat_dirty.items()],
             )
-            self.db.executemany(
-                "INSERT OR REPLACE INTO trees VALUES (?,?,?,?,?,?)",
-                [(p, r.sig, int(r.racy), r.hash, r.data, _tree_digest(r))
-                 for p, r in self._trees_dirty.items()],
-            )  # fmt: skip
+            rows = []
+            for p, r in self._trees_dirty.items():
+                if not isinstance(r.data, bytes):
+                    r = r._replace(data=marshal.dumps(r.data, 4))
+                rows.append((p, r.sig, int(r.racy), r.hash, r.data, _tree_digest(r)))
+            self.db.executemany("INSERT OR REPLACE INTO trees VALUES (?,?,?,?,?,?)", rows)
         self._stat_dirty.clear()
         self._trees_dirty.clear()
 
@@ -312,14 +315,15 @@ class WorkspaceState:
 
 
 def _tree_digest(r: TreeRow) -> str:
+    assert isinstance(r.data, bytes)
     head = f"{r.sig}\0{int(r.racy)}\0{r.hash}\0".encode("utf-8", "surrogateescape")
     return hash_bytes(head + r.data)
 
 
-def tree_data(row: TreeRow) -> tuple[list[Any], list[str], list[int]] | None:
-    """A tree row's ``(rows, hashes, hashed_at)``, or None if they cannot be read."""
-    data = _unmarshal(row.data)
-    if type(data) is tuple and len(data) == 3 and all(type(x) is list for x in data):
+def tree_data(row: TreeRow) -> tuple[list[Any], list[str], list[int], list[int]] | None:
+    """A tree row's ``(rows, hashes, hashed_at, racy)``, or None if they cannot be read."""
+    data = row.data if isinstance(row.data, tuple) else _unmarshal(row.data)
+    if type(data) is tuple and len(data) == 4 and all(type(x) is list for x in data):
         if len(data[0]) == len(data[1]) == len(data[2]):
             return data  # type: ignore[return-value]
     return None

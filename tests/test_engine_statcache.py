@@ -198,3 +198,37 @@ def test_a_rewrite_that_restores_size_and_mtime_is_read_again(tree: Path) -> Non
     e.write_text("FILE e\n")
     os.utime(e, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert single() == (hash_bytes(b"FILE e\n"), 1)
+
+
+@pytest.mark.parametrize("racy", [True, False])
+def test_a_file_racy_at_the_last_walk_is_read_again_when_another_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, racy: bool
+) -> None:
+    """On a filesystem whose timestamps are too coarse to show a rewrite, only the hash of
+    a file written well before it was hashed can be trusted: when another file of the tree
+    changes, a file that was racy at the last walk is read again even though its stat row
+    did not move; one that was settled is not."""
+    from pipemake import fshash, walk
+
+    for n in "abc":
+        (tmp_path / "data").mkdir(exist_ok=True)
+        (tmp_path / f"data/{n}.txt").write_text(f"file {n}\n")
+        if n != "a" or not racy:  # only a.txt may be racy
+            os.utime(tmp_path / f"data/{n}.txt", (PAST, PAST))
+    _hash(tmp_path)
+    stale = {r[0]: r for r in walk.walk(str(tmp_path / "data"))}
+    (tmp_path / "data/a.txt").write_text("FILE a\n")  # same size
+    (tmp_path / "data/c.txt").write_text("other, longer\n")  # this one shows
+
+    def coarse(base: str) -> list:  # a.txt's rewrite is invisible in its stat
+        return [stale["a.txt"] if r[0] == "a.txt" else r for r in walk.walk(base)]
+
+    monkeypatch.setattr(fshash, "walk", coarse)
+    again, reads = _hash(tmp_path)
+    got = {e[0]: e[1] for e in again}
+    assert got["c.txt"] == hash_bytes(b"other, longer\n")
+    assert got["b.txt"] == hash_bytes(b"file b\n")  # settled and unchanged: not read
+    if racy:
+        assert reads == 2 and got["a.txt"] == hash_bytes(b"FILE a\n")
+    else:  # settled: trusted, as the stat cache must (the rewrite kept every stat field)
+        assert reads == 1 and got["a.txt"] == hash_bytes(b"file a\n")
