@@ -13,7 +13,6 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .decide import Reason, Trigger
@@ -364,17 +363,18 @@ def assemble(b: Builder, stage: Stage, run: dict[str, Any]) -> dict[str, Any]:
             stage.id, {rel: keys[rel] for rel in index}, index, b.store.removals()
         )
 
+    root = str(b.p.root)
     for name, rel in sk.ports.outputs.items():
-        moves: dict[str, Path] = {}
+        moves: dict[str, str] = {}
         for item_rel, manifest in run["done_items"].items():
             new = run["new"][item_rel]
             if "staged" in new:
                 for entry_rel, flat in new["staged"][name].items():
-                    moves[entry_rel] = b.p.root / flat
+                    moves[entry_rel] = os.path.join(root, flat)
                 continue
-            staged = b.p.root / new["outputs"][name]
+            staged = os.path.join(root, new["outputs"][name])
             for e in manifest[name]["entries"]:
-                moves[e[0]] = staged / e[0]
+                moves[e[0]] = f"{staged}/{e[0]}"
         if not b.ws.sync_dir(merged[name], rel, b.store, b.hasher, moves):
             raise StageFailure(f"could not assemble {rel}: a store object is missing or corrupt")
     b.later(bookkeeping)

@@ -148,27 +148,29 @@ class Workspace:
         rel: str,
         store: Store,
         hasher: Hasher,
-        moves: dict[str, Path] | None = None,
+        moves: dict[str, str] | None = None,
     ) -> bool:
         """Make the directory output ``rel`` exactly ``manifest``, touching only what differs.
 
-        Files listed in ``moves`` (entry relpath → a staged file with that content) are moved
-        in; other missing or different files come from the store. Every file lands by rename,
-        so none is ever half-written; files the manifest does not list are removed. Returns
-        False if an object is missing or corrupt (what was already fixed stays fixed).
+        Files listed in ``moves`` (entry relpath → the path of a staged file with that
+        content) are moved in; other missing or different files come from the store. Every
+        file lands by rename, so none is ever half-written; files the manifest does not list
+        are removed. Returns False if an object is missing or corrupt (what was already fixed
+        stays fixed).
         """
         moves = moves or {}
         dest = self.abs(rel)
         if dest.exists() and not dest.is_dir():
             remove_path(dest)
         dest.mkdir(parents=True, exist_ok=True)
+        base = str(dest)
         have = {e[0]: e for e in hasher.tree(rel)}
         want = {e[0]: e for e in manifest["entries"]}
         stale = sorted(set(have) - set(want))
         for relpath in stale:
             (dest / relpath).unlink(missing_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
-        made: set[str] = set()
+        made = {""}
         fetch: list[tuple[str, str, int]] = []
         for relpath, e in want.items():
             cur = have.get(relpath)
@@ -176,23 +178,21 @@ class Workspace:
                 continue
             if not _safe_rel(relpath):
                 return False
-            parent = os.path.dirname(relpath)
+            parent = relpath.rpartition("/")[0]
             if parent not in made:
-                pdir = dest / parent
+                pdir = Path(base, parent)
                 if pdir.exists() and not pdir.is_dir():
                     remove_path(pdir)
                 pdir.mkdir(parents=True, exist_ok=True)
                 made.add(parent)
-            target = f"{dest}/{relpath}"
-            if cur is None and os.path.isdir(target):  # what ``have`` lists is a file
-                remove_path(Path(target))
+            target = f"{base}/{relpath}"
             src = moves.get(relpath)
-            if src is not None:
-                if os.stat(src).st_nlink == 1:  # one linked into the store (--link) stays
-                    os.chmod(src, e[3])  # read-only: its mode is the object's
-                os.replace(src, target)
+            if src is None:
+                fetch.append((e[1], target, e[3]))
                 continue
-            fetch.append((e[1], target, e[3]))
+            if os.stat(src).st_nlink == 1:  # one linked into the store (--link) stays
+                os.chmod(src, e[3])  # read-only: its mode is the object's
+            _replace(src, target)
         if not self._fetch(fetch, store):
             return False
         if stale:  # only a removal can leave a directory empty
@@ -211,7 +211,7 @@ class Workspace:
                 tmp = f"{prefix}-{i}"
                 if not store.materialize(digest, tmp, mode):
                     return False
-                os.replace(tmp, target)
+                _replace(tmp, target)
             return True
 
         workers = min(8, 1 + len(files) // 64)
@@ -227,6 +227,18 @@ class Workspace:
             return False
         remove_path(path)
         return True
+
+
+def _replace(src: str, target: str) -> None:
+    """Rename ``src`` onto ``target``, which may be a directory (what the walk listed under
+    that name was a file, so only an empty one, or one of files the manifest moves away)."""
+    try:
+        os.replace(src, target)
+    except (IsADirectoryError, OSError) as exc:
+        if not os.path.isdir(target) or os.path.islink(target):
+            raise exc from None
+        remove_path(Path(target))
+        os.replace(src, target)
 
 
 def _safe_rel(relpath: str) -> bool:
