@@ -17,6 +17,7 @@ only files whose row is new (or was racy) are read.
 
 from __future__ import annotations
 
+import bisect
 import operator
 import os
 import stat as stat_mod
@@ -139,10 +140,17 @@ class Hasher:
         if data is not None and len(data[0]) == len(rows):
             # the same files in the same order (the usual case): only the rows that differ
             # from the last walk's, and the files that were racy then, are looked at
-            old, hashes, ats, was_racy = data
-            hashes, ats = list(hashes), list(ats)
-            check = [i for i, ne in enumerate(map(operator.ne, rows, old)) if ne]
-            check.extend(i for i in was_racy if i < len(rows) and rows[i] == old[i])
+            old, old_hashes, old_ats, was_racy = data
+            hashes, ats = list(old_hashes), list(old_ats)
+            check = [i for i in was_racy if i < len(rows) and rows[i] == old[i]]
+            for i, ne in enumerate(map(operator.ne, rows, old)):
+                if ne:  # changed, or shifted by a file added and another removed
+                    r = rows[i]
+                    j = bisect.bisect_left(old, (r[0],))
+                    if j < len(old) and old[j] == r and r[4] < old_ats[j] - _RACY_NS:
+                        hashes[i], ats[i] = old_hashes[j], old_ats[j]
+                    else:
+                        check.append(i)
         else:
             # what the last walk knew, by the whole stat row: an unchanged file is one lookup
             known = {}
