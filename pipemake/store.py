@@ -27,7 +27,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ class Store:
         self._db: sqlite3.Connection | None = None
         self._version = 0
         self._removed = False  # this instance has counted a removal of objects
-        self._dirs: set[Path] = set()
+        self._objects_str = str(self.objects)
 
     # database ---------------------------------------------------------------------------
     @property
@@ -204,6 +204,10 @@ class Store:
     def object_path(self, digest: str) -> Path:
         return self.objects / digest[:2] / digest[2:]
 
+    def _object_str(self, digest: str) -> str:
+        """:meth:`object_path` as a string, without building paths (once per stored file)."""
+        return f"{self._objects_str}/{digest[:2]}/{digest[2:]}"
+
     def has_object(self, digest: str) -> bool:
         return self.object_path(digest).is_file()
 
@@ -213,34 +217,39 @@ class Store:
         if self.link and self.can_link and self._put_link(src, digest):
             return
 
-        def write(out: Any) -> None:
+        def write(out: int) -> None:
             with open(src, "rb") as inp:
                 _copy(inp, out)
 
         self._put(digest, write)
 
-    def _put_link(self, src: str, digest: str) -> bool:
+    def put_read(self, src: str, digest: str, data: bytes, st: os.stat_result) -> None:
+        """Store the staged file ``src`` whose bytes ``data`` (content hash ``digest``) and
+        stat ``st`` (of the open file) were just read: the object is written from ``data``,
+        with no second read of ``src``; with ``link``, linked as :meth:`put_file` does."""
+        if self.link and self.can_link and self._put_link(src, digest, st):
+            return
+        self._put(digest, data)
+
+    def _put_link(self, src: str, digest: str, st: os.stat_result | None = None) -> bool:
         """Make the staged file ``src`` the object ``digest`` by a hard link. False when it
         must be copied: a link failed, or ``src`` is not a plain file of one name (a file the
-        rule linked from elsewhere, an input say, keeps its other names writable)."""
-        dst = self.object_path(digest)
-        if dst.is_file():
+        rule linked from elsewhere, an input say, keeps its other names writable). ``st`` is
+        ``src``'s stat when the caller has it (never a symlink's)."""
+        dst = self._object_str(digest)
+        if _is_file(dst):
             return True
-        st = os.lstat(src)
+        if st is None:
+            st = os.lstat(src)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             return False
-        if dst.parent not in self._dirs:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            self._dirs.add(dst.parent)
         old = stat.S_IMODE(st.st_mode)
         os.chmod(src, 0o555 if old & 0o111 else 0o444)  # before it is an object: never after
         if self.fsync:
             with open(src, "rb") as fh:
                 os.fsync(fh.fileno())
         try:
-            os.link(src, dst, follow_symlinks=False)  # put-if-absent: EEXIST when it is there
-        except FileExistsError:
-            pass
+            _link_absent(src, dst)
         except OSError:
             self.can_link = False
             os.chmod(src, old)
@@ -250,27 +259,35 @@ class Store:
     def put_bytes(self, data: bytes) -> str:
         """Store ``data`` as an object; return its hash."""
         digest = xxhash.xxh3_128_hexdigest(data)
-        self._put(digest, lambda out: out.write(data))
+        self._put(digest, data)
         return digest
 
-    def _put(self, digest: str, write: Any) -> None:
-        """Write an absent object through a read-only temporary file and a rename, so a
-        reader (or a concurrent writer of the same object) never sees half of it."""
-        dst = self.object_path(digest)
-        if dst.is_file():
+    def _put(self, digest: str, data: bytes | Callable[[int], None]) -> None:
+        """Write an absent object (``data``, or what ``data(fd)`` writes to the open file)
+        through a read-only temporary file and a rename, so a reader (or a concurrent writer
+        of the same object) never sees half of it."""
+        parent = f"{self._objects_str}/{digest[:2]}/"
+        dst = parent + digest[2:]
+        if _is_file(dst):
             return
-        if dst.parent not in self._dirs:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            self._dirs.add(dst.parent)
         # named by process and thread: two writers of one object never share a temporary
-        tmp = f"{dst.parent}/.tmp-{os.getpid()}-{threading.get_ident()}-{digest}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+        tmp = f"{parent}.tmp-{os.getpid()}-{threading.get_ident()}-{digest}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         try:
-            with os.fdopen(fd, "wb") as out:
-                write(out)
+            fd = os.open(tmp, flags, 0o444)
+        except FileNotFoundError:  # its fan-out directory is not there yet
+            os.makedirs(parent, exist_ok=True)
+            fd = os.open(tmp, flags, 0o444)
+        try:
+            try:
+                if isinstance(data, bytes):
+                    _write_all(fd, data)
+                else:
+                    data(fd)
                 if self.fsync:
-                    out.flush()
-                    os.fsync(out.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, dst)
         except BaseException:
             with _quiet():
@@ -473,14 +490,18 @@ def _reflink(inp: Any, out: Any) -> bool:
         return False
 
 
-def _copy(inp: Any, out: Any) -> None:
-    if _reflink(inp, out):
+def _copy(inp: Any, out: int) -> None:
+    """Copy the open file ``inp`` to the new file descriptor ``out``."""
+    try:
+        fcntl.ioctl(out, _FICLONE, inp.fileno())
         return
+    except OSError:
+        pass
     try:
         size = os.fstat(inp.fileno()).st_size
         sent = 0
         while sent < size:
-            n = os.sendfile(out.fileno(), inp.fileno(), sent, size - sent)
+            n = os.sendfile(out, inp.fileno(), sent, size - sent)
             if n == 0:
                 break
             sent += n
@@ -490,10 +511,41 @@ def _copy(inp: Any, out: Any) -> None:
         if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.ENOTSUP):
             raise
     inp.seek(0)
-    out.seek(0)
-    out.truncate()
+    os.lseek(out, 0, os.SEEK_SET)
+    os.ftruncate(out, 0)
     while chunk := inp.read(_CHUNK):
-        out.write(chunk)
+        _write_all(out, chunk)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _link_absent(src: str, dst: str) -> None:
+    """Link ``src`` at ``dst`` unless something is there (put-if-absent), creating the
+    object's fan-out directory when it is missing."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        parent = os.path.dirname(dst)
+        if os.path.isdir(parent) or not os.path.lexists(src):
+            raise
+        os.makedirs(parent, exist_ok=True)
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except FileExistsError:
+            pass
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 class _quiet:

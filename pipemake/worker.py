@@ -16,6 +16,7 @@ import logging
 import os
 import resource
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -28,7 +29,7 @@ from typing import Any
 
 from .executors.base import Task
 from .fshash import Hasher
-from .hashing import digest
+from .hashing import digest, hash_bytes, tree_hash
 from .rule import Context, Item, Rule, RuleError, get_rule
 from .store import Store
 from .workspace import manifest_of
@@ -57,13 +58,17 @@ class Spawner:
     ) -> subprocess.Popen[Any]:
         full = self.env
         if env:
-            full = dict(os.environ if self.env is None else self.env, **env)
+            full = self.merged(env)
         if self.cwd is not None:
             kwargs["cwd"] = os.path.join(self.cwd, kwargs["cwd"]) if kwargs.get("cwd") else self.cwd
         return self.start(args, full, kwargs)
 
+    def merged(self, env: Mapping[str, str]) -> Mapping[Any, Any]:
+        """The environment of a subprocess started with ``env`` on top of the task's."""
+        return dict(os.environ if self.env is None else self.env, **env)
+
     def start(
-        self, args: Sequence[str], env: dict[str, str] | None, kwargs: dict[str, Any]
+        self, args: Sequence[str], env: Mapping[Any, Any] | None, kwargs: dict[str, Any]
     ) -> subprocess.Popen[Any]:
         return _Proc(self, args, env=env, **kwargs)
 
@@ -260,10 +265,12 @@ def _state(task: Task, rule: Rule, ctx: Context) -> Any:
         return _setup_cache[key]
 
 
-def _empty(path: Path) -> None:
+def _empty(path: str) -> None:
     """Make ``path`` an empty directory (what an item left there is gone)."""
-    if not path.is_dir():
-        path.mkdir(parents=True, exist_ok=True)
+    if not os.path.isdir(path) or os.path.islink(path):
+        if os.path.lexists(path):
+            os.unlink(path)  # a file or a link an item left in its place
+        os.makedirs(path, exist_ok=True)
         return
     with os.scandir(path) as it:
         for de in it:
@@ -279,40 +286,131 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
     All items of a task write into the same work directories, emptied before each item;
     what an item wrote is hashed, stored, and moved to flat names in ``done`` (renames, no
     directory per item: creating and removing directories is the slow part on many disks).
+    An item that wrote only plain files into its work directories (the usual case) takes
+    the short way: each file read once, hashed and stored from that read, and the work
+    directories known empty again once its files are moved, with no walk to empty them.
     """
     if rule.batch_size > 1:
         return _item_batches(task, rule, store, send, logger)
     results: dict[str, Any] = {}
-    work = {name: _abs(task.root, path) for name, path in task.outputs.items()}
-    done = _abs(task.root, task.extra["done"])
-    done.mkdir(parents=True, exist_ok=True)
-    done_rel = os.path.relpath(done, task.root)
+    root = task.root
+    work = {name: os.path.join(root, path) for name, path in task.outputs.items()}
+    done = os.path.join(root, task.extra["done"])
+    os.makedirs(done, exist_ok=True)
+    done_rel = os.path.relpath(done, root)
+    # what every item's context shares, built once: only the item's own input changes
+    root_path = Path(root)
+    out_paths = {name: Path(path) for name, path in work.items()}
+    base_inputs = {k: _abs(root, v) for k, v in task.inputs.items()}
+    progress = _progress(send)
+    spawn = _spawner.get()
+    dirty = True  # whether the work directories may hold anything
+    total = len(task.items)
     for n, it in enumerate(task.items):
-        for path in work.values():
-            _empty(path)
+        if dirty:
+            for path in work.values():
+                _empty(path)
+        dirty = True
         item = Item(it["path"], it["relpath"], it["hash"])
-        inputs = dict(task.inputs, **{task.foreach: it["path"]})
-        ctx = _context(task, send, logger, task.outputs, inputs, item)
+        inputs = dict(base_inputs)
+        inputs[task.foreach] = _abs(root, it["path"])
+        ctx = Context(
+            root_path, inputs, out_paths, task.params, stage=task.stage, log=logger,
+            resources=task.resources, gpu_ids=task.gpu_ids, item=item, spawn=spawn,
+            progress=progress,
+        )  # fmt: skip
         ctx.state = _state(task, rule, ctx)
         try:
             values = _check_values(rule.run_item(ctx, item))
-            manifests = _hash_outputs(task, task.outputs, store)
+            flat = _flat_outputs(work, store)
+            if flat is None:  # anything but plain files: the general way
+                manifests = _hash_outputs(task, task.outputs, store)
+            else:
+                manifests = flat
             staged: dict[str, dict[str, str]] = {}
             for name, manifest in manifests.items():
                 moved = staged.setdefault(name, {})
                 for k, entry in enumerate(manifest["entries"]):
-                    flat = f"{n}-{name}-{k}"
-                    os.rename(os.path.join(work[name], entry[0]), os.path.join(done, flat))
-                    moved[entry[0]] = os.path.join(done_rel, flat)
+                    flat_name = f"{n}-{name}-{k}"
+                    os.rename(f"{work[name]}/{entry[0]}", f"{done}/{flat_name}")
+                    moved[entry[0]] = f"{done_rel}/{flat_name}"
             results[it["relpath"]] = {"outputs": manifests, "values": values, "staged": staged}
+            dirty = flat is None
         except RuleError as exc:
             results[it["relpath"]] = {"error": str(exc)}
         except Exception as exc:
             tb = traceback.format_exc()
             results[it["relpath"]] = {"error": f"{type(exc).__name__}: {exc}", "tb": tb}
-        if n % 16 == 15 or n == len(task.items) - 1:
-            send("progress", [n + 1, len(task.items)])
+        if n % 16 == 15 or n == total - 1:
+            send("progress", [n + 1, total])
     return {"items": results}
+
+
+#: files up to this size are read whole, hashed and stored from that one read
+_READ_WHOLE = 1 << 20
+
+
+def _flat_outputs(work: dict[str, str], store: Store) -> dict[str, Any] | None:
+    """The manifests of work directories that hold plain files only (no subdirectory, link
+    or other kind of file), each file read once: hashed, and stored from those bytes. None
+    when any directory holds anything else or a big file (the general way, through the
+    hasher, then applies: it walks, follows links, and streams big files). The manifest is
+    the one :meth:`pipemake.fshash.Hasher.tree_info` gives for the same directory."""
+    manifests: dict[str, Any] = {}
+    for name, path in work.items():
+        try:
+            with os.scandir(path) as it:
+                names = []
+                for de in it:
+                    if not de.is_file(follow_symlinks=False):
+                        return None
+                    names.append(de.name)
+        except OSError:  # missing, or not a directory: the general way says what is wrong
+            return None
+        names.sort()
+        entries = []
+        for fname in names:
+            full = f"{path}/{fname}"
+            got = _read_whole(full)
+            if got is None:
+                return None
+            data, st = got
+            h = hash_bytes(data)
+            store.put_read(full, h, data, st)
+            entries.append([fname, h, len(data), 0o755 if st.st_mode & 0o111 else 0o644])
+        manifests[name] = {"kind": "dir", "hash": tree_hash(entries), "entries": entries}
+    return manifests
+
+
+def _read_whole(path: str) -> tuple[bytes, os.stat_result] | None:
+    """A small regular file's bytes and the stat of the open file; None for anything else
+    (a big file, a file replaced by another kind since it was listed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _READ_WHOLE:
+            return None
+        data = os.read(fd, st.st_size + 1)
+        if len(data) == st.st_size + 1:
+            return None  # it grew while read: stream it the general way
+        while len(data) < st.st_size:  # a short read before the end (rare): read on
+            more = os.read(fd, st.st_size + 1 - len(data))
+            if not more:
+                break
+            data += more
+        return data, st
+    finally:
+        os.close(fd)
+
+
+def _progress(send: Send) -> Callable[..., None]:
+    def progress(done: int, total: int | None = None) -> None:
+        send("progress", [done, total])
+
+    return progress
 
 
 def _item_batches(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:

@@ -26,6 +26,12 @@ __all__ = ["ShellRule"]
 _ITEM_FIELDS = ("name", "stem", "relpath")
 
 
+def _plain(path: str) -> bool:
+    """Whether ``path`` has no ``.`` or ``..`` component (a hidden name such as
+    ``.pipemake`` is fine), so cutting the root off it gives its relative path."""
+    return "/." not in path or not any(part in (".", "..") for part in path.split("/"))
+
+
 class ShellRule(Rule):
     """Runs a shell command; its inputs and outputs are named in the config."""
 
@@ -84,7 +90,7 @@ class ShellRule(Rule):
 
         def rel(p: Any) -> str:
             p = str(p)
-            if p.startswith(prefix) and "/." not in p:  # the usual case, without relpath
+            if p.startswith(prefix) and _plain(p):  # the usual case, without relpath
                 return p[len(prefix) :]
             r = os.path.relpath(p, root)
             return p if r.startswith("..") else r

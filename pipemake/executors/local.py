@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -188,6 +188,10 @@ class _Guardian:
     def watch(self, pgid: int) -> None:
         self._send(f"+{pgid}\n")
 
+    def update(self, ended: list[int], started: int) -> None:
+        """Forget the groups ``ended`` and watch ``started``, in one write."""
+        self._send("".join(f"-{g}\n" for g in ended) + f"+{started}\n")
+
     def forget(self, pgid: int) -> None:
         self._send(f"-{pgid}\n")
 
@@ -213,14 +217,29 @@ class _ThreadSpawner(Spawner):
     def __init__(self, task: Task, guardian: _Guardian):
         super().__init__(task.root, dict(os.environ, **task.env) if task.env else None)
         self.guardian = guardian
+        #: environments already merged and encoded, by the extra variables asked for: a
+        #: foreach task's commands mostly ask for the same ones
+        self._envs: dict[tuple[tuple[str, str], ...], dict[bytes, bytes]] = {}
         self.lock = threading.Lock()
         self.procs: list[subprocess.Popen[Any]] = []
         #: the signal the task was stopped with, and whether that ended or prevented a command
         self.stopped: int | None = None
         self.hit = False
 
+    def merged(self, env: Mapping[str, str]) -> Mapping[Any, Any]:
+        # this process's os.environ never changes while it builds, so neither does the merge
+        key = tuple(env.items())
+        full = self._envs.get(key)
+        if full is None:
+            base = os.environ if self.env is None else self.env
+            full = {os.fsencode(k): os.fsencode(v) for k, v in dict(base, **env).items()}
+            if len(self._envs) >= 64:
+                self._envs.clear()
+            self._envs[key] = full
+        return full
+
     def start(
-        self, args: Sequence[str], env: dict[str, str] | None, kwargs: dict[str, Any]
+        self, args: Sequence[str], env: Mapping[Any, Any] | None, kwargs: dict[str, Any]
     ) -> subprocess.Popen[Any]:
         kwargs["start_new_session"] = True  # its own group: Ctrl-C misses it, a stop ends it
         kwargs.pop("process_group", None)
@@ -228,13 +247,12 @@ class _ThreadSpawner(Spawner):
             if self.stopped is not None:
                 self.hit = True
                 raise TaskStopped(self.stopped)
-            for p in self.procs:
-                if p.returncode is not None:
-                    self.guardian.forget(p.pid)
-            self.procs = [p for p in self.procs if p.returncode is None]
+            ended = [p.pid for p in self.procs if p.returncode is not None]
+            if ended:
+                self.procs = [p for p in self.procs if p.returncode is None]
             proc = super().start(args, env, kwargs)
             self.procs.append(proc)
-            self.guardian.watch(proc.pid)
+            self.guardian.update(ended, proc.pid)  # one write for both
         return proc
 
     def stop(self, sig: int) -> None:
