@@ -41,6 +41,9 @@ STORE_FORMAT = 1
 _FICLONE = 0x40049409
 _CHUNK = 1 << 20
 
+#: ``json.dumps(entry, sort_keys=True)`` without building an encoder per entry
+_encode = json.JSONEncoder(sort_keys=True).encode
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS actions (
@@ -154,7 +157,7 @@ class Store:
     def put_actions(self, pairs: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """Commit several entries in one transaction."""
         now = time.time()
-        rows = [(k, json.dumps(e, sort_keys=True), now, now) for k, e in pairs]
+        rows = [(k, _encode(e), now, now) for k, e in pairs]
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:

@@ -265,3 +265,37 @@ def test_shell_paths_with_dot_components_are_made_relative() -> None:
     assert not _plain("/p/a/../b")
     assert not _plain("/p/a/./b")
     assert not _plain("/p/a/..")
+
+
+def test_threaded_commands_read_an_empty_stdin_from_one_shared_dev_null(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    proj = project(
+        """
+    name: t
+    stages:
+      - id: each
+        type: shell
+        foreach: src
+        config:
+          cmd: 'cat > {outputs.o}/{item.name}'
+          inputs: {src: data}
+          outputs: {o: build/each}
+    """,
+        {f"data/f{i}.txt": f"{i}\n" for i in range(12)},
+    )
+    proj.cli("build", "-j", "2")
+    assert [proj.read(f"build/each/f{i}.txt") for i in range(12)] == [""] * 12
+    guardian = _Guardian()
+    try:
+        spawner = _ThreadSpawner(_task(tmp_path, "plain", 1), guardian)
+        procs = [
+            spawner(["/bin/sh", "-c", "cat"], None, {"stdin": -3, "stdout": -1}) for _ in range(2)
+        ]
+        assert [p.communicate()[0] for p in procs] == [b"", b""]
+        null = spawner._null
+        assert os.readlink(f"/proc/self/fd/{null}") == os.devnull
+        spawner.close()
+        assert spawner._null == -1
+    finally:
+        guardian.close()

@@ -220,6 +220,7 @@ class _ThreadSpawner(Spawner):
         #: environments already merged and encoded, by the extra variables asked for: a
         #: foreach task's commands mostly ask for the same ones
         self._envs: dict[tuple[tuple[str, str], ...], dict[bytes, bytes]] = {}
+        self._null = -1
         self.lock = threading.Lock()
         self.procs: list[subprocess.Popen[Any]] = []
         #: the signal the task was stopped with, and whether that ended or prevented a command
@@ -247,6 +248,8 @@ class _ThreadSpawner(Spawner):
             if self.stopped is not None:
                 self.hit = True
                 raise TaskStopped(self.stopped)
+            if kwargs.get("stdin") == subprocess.DEVNULL:
+                kwargs["stdin"] = self._devnull()  # one /dev/null for all the task's commands
             ended = [p.pid for p in self.procs if p.returncode is not None]
             if ended:
                 self.procs = [p for p in self.procs if p.returncode is None]
@@ -264,11 +267,19 @@ class _ThreadSpawner(Spawner):
                     _signal_group(p.pid, sig)
                     self.hit = True
 
+    def _devnull(self) -> int:
+        if self._null < 0:
+            self._null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        return self._null
+
     def close(self) -> None:
         with self.lock:
             for p in self.procs:
                 self.guardian.forget(p.pid)
             self.procs = []
+            if self._null >= 0:
+                os.close(self._null)
+                self._null = -1
 
 
 class _Threaded:
