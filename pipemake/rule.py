@@ -440,6 +440,13 @@ def registry(cache: Path | None = None) -> tuple[str, dict[str, str]]:
     return _registry
 
 
+def adopt_registry(known: tuple[str, dict[str, str]]) -> None:
+    """Take the registry another process read (a worker takes its build's): reading the
+    metadata again costs a worker start tens of milliseconds."""
+    global _registry
+    _registry = known
+
+
 def rule_names() -> list[str]:
     """Names of every registered rule (built-in and third-party), without importing them."""
     return sorted(_entry_points())

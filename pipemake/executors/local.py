@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from ..rule import get_rule
+from ..rule import get_rule, registry
 from ..worker import Spawner, execute
 from .base import Executor, Message, Task
 
@@ -68,15 +68,17 @@ def _on_term(signum: int, frame: Any) -> None:
     os._exit(128 + signum)
 
 
-def _worker_main(conn: Connection, parent: int) -> None:
+def _worker_main(conn: Connection, parent: int, rules: tuple[str, dict[str, str]]) -> None:
     os.setsid()
     _die_with_parent()
     if os.getppid() != parent:
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_term)
+    from ..rule import adopt_registry
     from ..worker import execute
 
+    adopt_registry(rules)
     while True:
         try:
             task = conn.recv()
@@ -95,7 +97,9 @@ def _worker_main(conn: Connection, parent: int) -> None:
 class _Worker:
     def __init__(self, ctx: Any):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, os.getpid()), daemon=True)
+        self.proc = ctx.Process(
+            target=_worker_main, args=(child, os.getpid(), registry()), daemon=True
+        )
         self.proc.start()
         child.close()
         self.task: Task | None = None
