@@ -45,6 +45,17 @@ def loop(src_dir, dst_dir, tag):
     return len(names)
 
 
+def both(src_dir, dst_dir, tag, count_path):
+    """Both stages by hand in one process: the loop, then the bytes of every copy."""
+    loop(src_dir, dst_dir, tag)
+    total = 0
+    for e in os.scandir(dst_dir):
+        with open(e.path, "rb") as f:
+            total += len(f.read())
+    with open(count_path, "w") as f:
+        f.write(f"{total}\\n")
+
+
 if __name__ == "__main__":
     loop(*sys.argv[1:4])
 '''

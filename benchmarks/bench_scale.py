@@ -247,6 +247,69 @@ def big_limits(paths: list[Path], repeat: int) -> dict[str, str]:
     }
 
 
+def interleaved_cold(
+    run: Runner, tools: dict[str, tuple[Tool, list[str]]], work: Path, n: int, rounds: int
+) -> str:
+    """Cold builds only, a round at a time over every tool and the bare loop doing both
+    stages by hand in one Python process: load from other work on a shared machine lands on
+    all of them alike, and each ratio to the bare loop comes from the same round."""
+    times: dict[str, list[float]] = {name: [] for name in [*tools, BARE]}
+    ratios: dict[str, list[float]] = {name: [] for name in tools}
+    bare_root = work / "bare"
+    bare_root.mkdir(parents=True, exist_ok=True)
+    if not (bare_root / "data").exists():
+        make_data(bare_root, n)
+    (bare_root / "benchwork.py").write_text(WORK_MODULE)
+    bare_cmd = [sys.executable, "-c",
+                "import benchwork; benchwork.both('data', 'out', 'a', 'count.txt')"]  # fmt: skip
+    for name, (tool, _) in tools.items():
+        root = work / name
+        root.mkdir(parents=True, exist_ok=True)
+        if not (root / "data").exists():
+            make_data(root, n)
+        tool.write(root, "a")
+    for _ in range(rounds):
+        shutil.rmtree(bare_root / "out", ignore_errors=True)
+        bare = run(bare_cmd, bare_root)
+        times[BARE].append(bare.seconds)
+        for name, (tool, argv0) in tools.items():
+            root = work / name
+            reset(root, tool)
+
+            def cmd(args: list[str], t: Tool = tool, v: list[str] = argv0) -> list[str]:
+                return v + (args[1:] if args[0] == t.exe else args)
+
+            tool.setup(root, lambda a, r=root, c=cmd: run(c(a), r))
+            r = run(cmd(tool.build), root)
+            if r.rc != 0 or r.timed_out:
+                raise SystemExit(f"{name}: cold build failed (rc {r.rc}):\n{r.log[-2000:]}")
+            times[name].append(r.seconds)
+            ratios[name].append(r.seconds / bare.seconds)
+
+    def col(values: list[float]) -> str:
+        each = ", ".join(f"{x:.2f}" for x in values)
+        return f"{statistics.median(values):.2f} ({each})"
+
+    peer = "make" if "make" in tools else None
+    lines = [
+        f"| cold build, {n:,} files, {rounds} interleaved rounds | median | "
+        "× bare loop (median of the rounds' ratios; each round)"
+        + (" | × make (same)" if peer else "")
+        + " |",
+        "| --- | --- | --- |" + (" --- |" if peer else ""),
+        f"| {BARE} | {statistics.median(times[BARE]):.2f} s | 1 |" + (" |" if peer else ""),
+    ]
+    for name in tools:
+        row = f"| {name} | {statistics.median(times[name]):.2f} s | {col(ratios[name])} |"
+        if peer:
+            row += f" {col([a / b for a, b in zip(times[name], times[peer], strict=True)])} |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+BARE = "bare Python loop, both stages, 1 process"
+
+
 class Bench:
     """Runs every scenario for one tool at one size."""
 
@@ -388,6 +451,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ),
         help="venv holding dvc and snakemake (env PIPEMAKE_BENCH_VENV)",
     )
+    ap.add_argument(
+        "--cold-rounds",
+        type=int,
+        default=0,
+        help="instead of the scenarios: this many rounds of cold builds, each round over "
+        "every tool and a bare Python loop doing both stages, with ratios per round",
+    )
     ap.add_argument("--workdir", default=None, help="where projects go (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per command")
@@ -464,6 +534,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.big_count:
             big_total = make_big(big_src, args.big_count, args.big_mb)
             big_lim = big_limits(sorted((big_src / "big").iterdir()), args.repeat)
+        if args.cold_rounds:
+            for n in sizes:
+                print(interleaved_cold(bench.run, tools, work / f"cold{n}", n, args.cold_rounds))
+                print()
+            return 0
         for n in sizes:
             results: dict[str, dict[str, Cell]] = {}
             for name, (tool, argv0) in tools.items():

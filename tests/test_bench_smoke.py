@@ -62,3 +62,23 @@ def test_harness_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "[restored]" in rows["param changed back"].split("|")[2]
     assert "Limits at 6 files: scandir+stat walk" in out
     assert "raw read, large files" in out
+
+
+def test_interleaved_cold_rounds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--cold-rounds``: cold builds only, a row per tool with its ratio to the bare loop
+    (which really wrote both stages' outputs) for every round."""
+    bench = _load()
+    rc = bench.main(
+        ["--sizes", "5", "--tools", "pipemake-py", "--cold-rounds", "2", "--big-count", "0",
+         "--workdir", str(tmp_path / "work")]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert len(rows["pipemake-py"].split("|")[3].split(",")) == 2  # one ratio per round
+    assert bench.BARE in rows
+    bare = tmp_path / "work" / "cold5" / "bare"
+    assert len(list((bare / "out").iterdir())) == 5
+    assert int((bare / "count.txt").read_text()) == sum(
+        p.stat().st_size for p in (bare / "out").iterdir()
+    )
