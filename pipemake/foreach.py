@@ -13,6 +13,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .decide import Reason, Trigger
@@ -224,7 +225,7 @@ def start(b: Builder, stage: Stage, sk: StageKey, run: dict[str, Any], force: bo
             stage, sk, run, task_id, mode=mode, items=items,
             outputs={name: os.path.relpath(work / "work" / name, b.p.root)
                      for name in sk.ports.outputs},
-            extra={"done": os.path.relpath(work / "done", b.p.root)},
+            extra={"done": os.path.relpath(run["staging"] / "done", b.p.root)},
         )  # fmt: skip
         run["tasks"][task_id] = task
         tasks.append(task)
@@ -254,6 +255,8 @@ def on_message(b: Builder, stage: Stage, run: dict[str, Any], msg: Message) -> l
     failed = {rel for rel, res in msg.data["items"].items() if "error" in res}
     retry = bool(failed) and task is not None and task.attempt < task.max_attempts
     commits = []
+    if failed:
+        run["retried"] = True  # a failed attempt may have left files in the shared ``done``
     for rel, res in msg.data["items"].items():
         if "error" in res and retry:
             continue
@@ -318,6 +321,24 @@ def _maybe_reduce(b: Builder, stage: Stage, run: dict[str, Any]) -> list[Task]:
     return [_reduce_task(b, stage, run["sk"], run)]
 
 
+def _staged_whole(b: Builder, sk: StageKey, run: dict[str, Any], name: str) -> Path | None:
+    """The staged tree of output ``name`` when it is exactly the output: every item of the
+    stage ran in this build (none cached), on the first attempt, and staged each file it
+    wrote under the output's own tree (plain top-level files); else None."""
+    if sk.cached or run.get("retried") or not run["done_items"]:
+        return None
+    whole = run["staging"] / "done" / name
+    prefix = f"{os.path.relpath(whole, b.p.root)}/"
+    for item_rel in run["done_items"]:
+        staged = run["new"][item_rel].get("staged")
+        if staged is None:
+            return None
+        for entry_rel, flat in staged.get(name, {}).items():
+            if flat != prefix + entry_rel:
+                return None
+    return whole if whole.is_dir() else None
+
+
 def failure_text(run: dict[str, Any], total: int) -> str:
     fails = run["failures"]
     first_rel = sorted(fails)[0]
@@ -365,6 +386,10 @@ def assemble(b: Builder, stage: Stage, run: dict[str, Any]) -> dict[str, Any]:
 
     root = str(b.p.root)
     for name, rel in sk.ports.outputs.items():
+        whole = _staged_whole(b, sk, run, name)
+        if whole is not None:  # every item ran: the staged tree is the output, one rename
+            b.ws.place(whole, rel, later=b.later)
+            continue
         moves: dict[str, str] = {}
         for item_rel, manifest in run["done_items"].items():
             new = run["new"][item_rel]

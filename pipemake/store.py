@@ -226,13 +226,15 @@ class Store:
 
         self._put(digest, write)
 
-    def put_read(self, src: str, digest: str, data: bytes, st: os.stat_result) -> None:
+    def put_read(self, src: str, digest: str, data: bytes, st: os.stat_result) -> bool:
         """Store the staged file ``src`` whose bytes ``data`` (content hash ``digest``) and
         stat ``st`` (of the open file) were just read: the object is written from ``data``,
-        with no second read of ``src``; with ``link``, linked as :meth:`put_file` does."""
+        with no second read of ``src``; with ``link``, linked as :meth:`put_file` does.
+        True when ``src`` was made the object (a read-only link) rather than copied."""
         if self.link and self.can_link and self._put_link(src, digest, st):
-            return
+            return os.stat(src).st_nlink > 1
         self._put(digest, data)
+        return False
 
     def _put_link(self, src: str, digest: str, st: os.stat_result | None = None) -> bool:
         """Make the staged file ``src`` the object ``digest`` by a hard link. False when it

@@ -284,19 +284,24 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
     """Run foreach items one by one; each succeeds or fails on its own.
 
     All items of a task write into the same work directories, emptied before each item;
-    what an item wrote is hashed, stored, and moved to flat names in ``done`` (renames, no
-    directory per item: creating and removing directories is the slow part on many disks).
-    An item that wrote only plain files into its work directories (the usual case) takes
-    the short way: each file read once, hashed and stored from that read, and the work
-    directories known empty again once its files are moved, with no walk to empty them.
+    what an item wrote is hashed, stored, and moved into ``done`` (renames, no directory
+    per item: creating and removing directories is the slow part on many disks). An item
+    that wrote only plain files into its work directories (the usual case) takes the short
+    way: each file read once, hashed and stored from that read, given the manifest's mode,
+    moved to ``done/OUTPUT/NAME`` (the stage's tasks share ``done``, so a stage whose items
+    all ran is one finished tree), and the work directories known empty again, with no walk
+    to empty them. Anything else is moved to a name of its own under ``done/.items``.
     """
     if rule.batch_size > 1:
         return _item_batches(task, rule, store, send, logger)
     results: dict[str, Any] = {}
     root = task.root
     work = {name: os.path.join(root, path) for name, path in task.outputs.items()}
+    # shared by every task of the stage: plain output files land under their output's name
+    # as the output directory will hold them, so a stage run whole is placed by one rename
     done = os.path.join(root, task.extra["done"])
-    os.makedirs(done, exist_ok=True)
+    for name in work:
+        os.makedirs(f"{done}/{name}", exist_ok=True)
     done_rel = os.path.relpath(done, root)
     # what every item's context shares, built once: only the item's own input changes
     root_path = Path(root)
@@ -331,9 +336,13 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
             for name, manifest in manifests.items():
                 moved = staged.setdefault(name, {})
                 for k, entry in enumerate(manifest["entries"]):
-                    flat_name = f"{n}-{name}-{k}"
-                    os.rename(f"{work[name]}/{entry[0]}", f"{done}/{flat_name}")
-                    moved[entry[0]] = f"{done_rel}/{flat_name}"
+                    if flat is not None:  # plain top-level files: the output's own tree
+                        to = f"{name}/{entry[0]}"
+                    else:  # anything nested: a name of its own, moved in one by one
+                        to = f".items/{task.id}-{n}-{name}-{k}"
+                        os.makedirs(f"{done}/.items", exist_ok=True)
+                    os.rename(f"{work[name]}/{entry[0]}", f"{done}/{to}")
+                    moved[entry[0]] = f"{done_rel}/{to}"
             results[it["relpath"]] = {"outputs": manifests, "values": values, "staged": staged}
             dirty = flat is None
         except RuleError as exc:
@@ -376,8 +385,12 @@ def _flat_outputs(work: dict[str, str], store: Store) -> dict[str, Any] | None:
                 return None
             data, st = got
             h = hash_bytes(data)
-            store.put_read(full, h, data, st)
-            entries.append([fname, h, len(data), 0o755 if st.st_mode & 0o111 else 0o644])
+            mode = 0o755 if st.st_mode & 0o111 else 0o644
+            if not store.put_read(full, h, data, st) and stat.S_IMODE(st.st_mode) != mode:
+                os.chmod(
+                    full, mode
+                )  # lands with the mode the manifest says (a link is the object's)
+            entries.append([fname, h, len(data), mode])
         manifests[name] = {"kind": "dir", "hash": tree_hash(entries), "entries": entries}
     return manifests
 

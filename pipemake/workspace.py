@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -74,11 +75,13 @@ class Workspace:
         if self.tmp.is_dir():
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def place(self, staged: Path, rel: str) -> None:
+    def place(
+        self, staged: Path, rel: str, later: Callable[[Callable[[], None]], None] | None = None
+    ) -> None:
         """Move a staged file or directory to the output path ``rel``, replacing what is there.
 
         The old content is first renamed aside, so the path holds either the old or the new
-        output, and is never half-written.
+        output, and is never half-written; ``later`` (the builder's) puts off deleting it.
         """
         dest = self.abs(rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +92,10 @@ class Workspace:
             os.rename(dest, trash)
         os.rename(staged, dest)
         if trash is not None:
-            remove_path(trash)
+            if later is not None:
+                later(lambda: remove_path(trash))
+            else:
+                remove_path(trash)
 
     def check(self, manifest: dict[str, Any], rel: str, hasher: Hasher) -> str | None:
         """None when the workspace output matches ``manifest``; else ``missing`` or

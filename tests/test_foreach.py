@@ -423,3 +423,61 @@ def test_the_item_index_is_not_trusted_after_a_gc_elsewhere(project: Callable[..
     assert len(_items_run(w1)) == 6  # their entries are gone: all of them ran again
     assert w1.read("build/upper/f3.txt") == "CHANGED\n"
     assert "store OK" in w1.cli("cache", "verify", env=env).output
+
+
+FLAT = """\
+name: flat
+stages:
+  - id: upper
+    type: shell
+    foreach: src
+    config:
+      cmd: >-
+        echo {{item.relpath}} >> runs/items.log;
+        tr a-z {upper} < {{inputs.src}} > {{outputs.out}}/{{item.name}};
+        chmod {mode} {{outputs.out}}/{{item.name}}
+      inputs: {{src: data}}
+      outputs: {{out: build/upper}}
+"""
+FLAT_FILES = {f"data/f{i}.txt": f"zed {i}\n" for i in range(1, 7)}
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_a_stage_whose_items_all_ran_is_exactly_its_manifest(
+    project: Callable[..., Proj], link: bool
+) -> None:
+    """Every item run (cold, a param change, --force): the staged tree becomes the output
+    whole. It holds exactly the items' files, with the manifest's modes, whatever stood
+    there before; later single-item reruns and restores work on it as on any output."""
+    import stat
+
+    args = ["--link"] if link else []
+    proj = project(FLAT.format(upper="A-Z", mode="600"), FLAT_FILES)
+    proj.path("build/upper").mkdir(parents=True)
+    proj.write("build/upper/stray.txt", "not an item's\n")
+    proj.cli("build", "-j", "2", *args)
+    assert len(_items_run(proj)) == 6
+
+    def state() -> dict[str, tuple[str, int]]:
+        out = {}
+        for p in sorted(proj.path("build/upper").iterdir()):
+            mode = stat.S_IMODE(p.stat().st_mode)
+            out[p.name] = (p.read_text(), mode)
+        return out
+
+    want_mode = 0o444 if link else 0o644  # linked outputs are the read-only objects
+    assert state() == {f"f{i}.txt": (f"ZED {i}\n", want_mode) for i in range(1, 7)}
+    proj.pipeline(FLAT.format(upper="A-Y", mode="640"))  # a param change: all rerun
+    proj.cli("build", "-j", "2", *args)
+    assert len(_items_run(proj)) == 6
+    assert state() == {f"f{i}.txt": (f"YED {i}\n", want_mode) for i in range(1, 7)}
+    proj.write("data/f2.txt", "zed\n")  # one item: the per-file way
+    proj.cli("build", *args)
+    assert _items_run(proj) == ["f2.txt"]
+    assert state()["f2.txt"] == ("YED\n", want_mode)
+    assert "upper: up to date" in proj.cli("build", "--no-progress", *args).output
+    proj.pipeline(FLAT.format(upper="A-Z", mode="600"))  # back: restored, not run
+    out = proj.cli("build", "--no-progress", *args).output
+    assert _items_run(proj) == ["f2.txt"]  # only the changed file is new under A-Z
+    assert "upper:" in out and state()["f1.txt"] == ("ZED 1\n", want_mode)
+    assert not any(proj.path(".pipemake/tmp").glob("trash-*"))  # the old tree is gone
