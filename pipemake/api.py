@@ -208,6 +208,12 @@ def build(
         }
         bus.emit("run_started", None, **run_started)
         with _Signals() as sigs, get_executor(executor, jobs) as ex:
+            # stages of worker rules never built (or failed last time) will most likely run:
+            # their workers start now, while the build decides, not after
+            if any(
+                not p.stages[s].rule.spawns_only and builder.last_result(s) != "ok" for s in order
+            ):
+                ex.prestart(jobs)
             builder.stopping = lambda: sigs.received is not None
             sched = Scheduler(
                 p.graph,

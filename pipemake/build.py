@@ -473,6 +473,11 @@ class Builder:
             run["error"] = message.data
         return []
 
+    def last_result(self, stage_id: str) -> str | None:
+        """How the stage's last build ended (``ok``, ``failed``, …), None if never built."""
+        brief = self._brief.get(stage_id)
+        return brief[1] if brief else None
+
     def later(self, work: Callable[[], None]) -> None:
         """Put off writing what only later builds read (an item index, a stage's store
         entry) until the scheduler waits on running tasks or finishes: the stages waiting on

@@ -70,6 +70,12 @@ class Executor(ABC):
     def poll(self, timeout: float | None) -> list[Message]:
         """Messages that arrived, waiting up to ``timeout`` seconds for the first one."""
 
+    def prestart(self, workers: int) -> None:
+        """Start up to ``workers`` workers now, before any task is ready for them (a cold
+        build: they start while the build decides, instead of after). A hint: the default
+        does nothing."""
+        return None
+
     def cancel(self, task_ids: list[str], force: bool = False) -> None:
         """Stop running tasks (terminate their process trees); each then reports an error."""
         return None

@@ -104,6 +104,8 @@ class _Worker:
         child.close()
         self.task: Task | None = None
         self.started = 0.0
+        #: whether it ever held a task (one started ahead and never used is just killed)
+        self.used = False
 
 
 class TaskStopped(BaseException):
@@ -323,6 +325,10 @@ class LocalExecutor(Executor):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
 
+    def prestart(self, workers: int) -> None:
+        while len(self._workers) < min(workers, self.jobs):
+            self._workers.append(_Worker(self._ctx))
+
     def submit(self, task: Task) -> None:
         if _spawns_only(task.rule) and (
             len(task.items) <= SMALL_BATCH
@@ -336,6 +342,7 @@ class LocalExecutor(Executor):
             worker = _Worker(self._ctx)
             self._workers.append(worker)
         worker.task = task
+        worker.used = True
         worker.started = time.monotonic()
         worker.conn.send(task)
 
@@ -486,7 +493,7 @@ class LocalExecutor(Executor):
             os.close(self._wake_w)
             self._wake_r = self._wake_w = -1
         for w in self._workers:
-            if w.task is not None:
+            if w.task is not None or not w.used:  # busy, or started ahead for nothing
                 _signal_group(w.proc.pid, signal.SIGKILL)
             else:
                 try:
