@@ -154,6 +154,7 @@ def build(
     grace: float = 30.0,
     log_json: str | os.PathLike[str] | None = None,
     link: bool | None = None,
+    fsync: bool = False,
     noop_snapshot: tuple[str, int] | None = None,
 ) -> BuildReport:
     """Build the targets (default: every stage) and what they need.
@@ -163,7 +164,9 @@ def build(
     running stages may finish after a first Ctrl-C or SIGTERM. Every event is logged under
     ``.pipemake/runs/`` (and to ``log_json``); the pipeline's hooks run after the build.
     ``link`` (default: env ``PIPEMAKE_LINK``) hard-links outputs and the store's objects
-    instead of copying them; linked outputs are read-only. ``noop_snapshot`` (the
+    instead of copying them; linked outputs are read-only. ``fsync`` flushes every store
+    object (and its directory entry) and every entry commit to disk before it counts, so
+    the store survives a power loss, not only a killed build. ``noop_snapshot`` (the
     command's context digest and its process start in ns, see :mod:`pipemake.uptodate`)
     writes ``.pipemake/uptodate.json`` when every stage was up to date.
     """
@@ -182,6 +185,7 @@ def build(
     with (
         BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait),
         _linking(project.store, link),
+        _durable(project.store, fsync),
     ):
         project.workspace.clear_tmp()
         builder = Builder(
@@ -306,6 +310,17 @@ def _linking(store: Store, link: bool | None) -> Iterator[None]:
         yield
     finally:
         store.link = old
+
+
+@contextmanager
+def _durable(store: Store, fsync: bool) -> Iterator[None]:
+    """Flush the store's objects and commits to disk for one build (``--fsync``)."""
+    old = store.fsync
+    store.set_fsync(old or fsync)
+    try:
+        yield
+    finally:
+        store.set_fsync(old)
 
 
 def _budget(p: Pipeline, order: list[str], overrides: Mapping[str, float] | None) -> Budget:

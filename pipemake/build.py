@@ -447,7 +447,8 @@ class Builder:
             run["outputs"] = outputs
         return Task(
             id=task_id, stage=stage.id, rule=stage.rule.name, root=str(self.p.root),
-            store=str(self.store.path), link=self.store.link, inputs=sk.ports.inputs,
+            store=str(self.store.path), link=self.store.link, fsync=self.store.fsync,
+            inputs=sk.ports.inputs,
             outputs=outputs or {},
             output_kinds=sk.ports.output_kinds, params=sk.ports.params, mode=mode,
             items=items or [], foreach=stage.foreach.input if stage.foreach else None,

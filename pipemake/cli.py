@@ -125,6 +125,13 @@ def _project(ctx: click.Context, readonly: bool = False, cache_dir: str | None =
     "env PIPEMAKE_LINK=1).",
 )
 @click.option(
+    "--fsync",
+    is_flag=True,
+    envvar="PIPEMAKE_FSYNC",
+    help="Flush every store object and entry to disk before it counts, so the store "
+    "survives a power loss (slower; env PIPEMAKE_FSYNC=1).",
+)
+@click.option(
     "--log-json",
     type=click.Path(dir_okay=False),
     default=None,
@@ -147,6 +154,7 @@ def build(
     grace: float,
     no_progress: bool,
     link: bool,
+    fsync: bool,
     log_json: str | None,
 ) -> None:
     """Build TARGETS (default: every stage) and what they need."""
@@ -182,6 +190,7 @@ def build(
                     grace=grace,
                     log_json=log_json,
                     link=link,
+                    fsync=fsync,
                     on_lock_wait=lambda who: click.echo(
                         f"waiting for the build lock held by {who} …", err=True
                     ),

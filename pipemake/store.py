@@ -101,6 +101,12 @@ class Store:
             self._version = _data_version(db)
         return self._db
 
+    def set_fsync(self, fsync: bool) -> None:
+        """Flush objects and entry commits to disk from now on (or no longer)."""
+        self.fsync = fsync
+        if self._db is not None:
+            self._db.execute("PRAGMA synchronous=" + ("FULL" if fsync else "NORMAL"))
+
     def written_by_others(self) -> bool:
         """Whether another connection (another build, a ``cache gc`` in a workspace sharing
         this ``--cache-dir``) committed to the store since this one opened it."""
@@ -259,6 +265,8 @@ class Store:
             self.can_link = False
             os.chmod(src, old)
             return False
+        if self.fsync:
+            _fsync_dir(os.path.dirname(dst))
         return True
 
     def put_bytes(self, data: bytes) -> str:
@@ -294,6 +302,8 @@ class Store:
             finally:
                 os.close(fd)
             os.replace(tmp, dst)
+            if self.fsync:
+                _fsync_dir(parent)
         except BaseException:
             with _quiet():
                 os.unlink(tmp)
@@ -526,6 +536,15 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a directory's entries (a renamed or linked object) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _link_absent(src: str, dst: str) -> None:

@@ -138,7 +138,7 @@ def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
         rule = get_rule(task.rule)
         if rule is None:
             raise RuleError(f"rule {task.rule!r} is not installed in this worker")
-        store = Store(Path(task.store), link=task.link)
+        store = Store(Path(task.store), link=task.link, fsync=task.fsync)
         payload = _MODES[task.mode](task, rule, store, send, logger)
         payload["metrics"] = {
             "duration": time.monotonic() - started,

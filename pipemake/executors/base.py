@@ -42,6 +42,8 @@ class Task:
     not_before: float = 0.0
     #: hard-link outputs into the store instead of copying them (``build --link``)
     link: bool = False
+    #: flush store objects to disk before reporting them (``build --fsync``)
+    fsync: bool = False
 
 
 @dataclass
