@@ -489,7 +489,8 @@ class Builder:
     def idle(self) -> None:
         while self._later:
             self._later.pop(0)()
-        self.state.flush()  # walked trees and stat rows: encoded and written now, not at the end
+        if self.state.trees_pending():  # big rows: encoded and written now, not at the end
+            self.state.flush()
 
     def complete(self, stage_id: str) -> None:
         stage = self.p.stages[stage_id]

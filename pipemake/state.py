@@ -174,6 +174,10 @@ class WorkspaceState:
         self._trees[path] = row
         self._trees_dirty[path] = row
 
+    def trees_pending(self) -> bool:
+        """Whether walked trees wait to be written."""
+        return bool(self._trees_dirty)
+
     def flush(self) -> None:
         """Write pending stat-cache and tree rows in one transaction."""
         if (not self._stat_dirty and not self._trees_dirty) or self.readonly:
