@@ -186,7 +186,7 @@ class Context:
         state: Any = None,
         spawn: Spawn | None = None,
     ) -> None:
-        self.root = Path(root)
+        self.root = root if isinstance(root, Path) else Path(root)
         self.inputs = dict(inputs)
         self.outputs = dict(outputs)
         self.params = dict(params)

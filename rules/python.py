@@ -59,6 +59,11 @@ class PythonRule(Rule):
     #: any value the function returns can be referenced downstream as {stage.NAME}
     open_values = True
 
+    def __init__(self) -> None:
+        super().__init__()
+        #: (project root, "module:callable") → the callable, in this process
+        self._resolved: dict[tuple[str, str], Any] = {}
+
     def ports(self, config: Mapping[str, Any]) -> tuple[Ports, list[tuple[str, str]]]:
         ports = Ports()
         problems = unknown_keys(config, {"function", "inputs", "outputs", "params"}, self.name)
@@ -109,8 +114,12 @@ class PythonRule(Rule):
         return hash_file(origin) if origin else None
 
     def _callable(self, ctx: Context) -> Any:
-        module, _, attr = str(ctx.params.pop(_FN, "")).partition(":")
+        func = str(ctx.params.pop(_FN, ""))
         root = str(ctx.root)
+        known = self._resolved.get((root, func))
+        if known is not None:  # the items of a task: imported once
+            return known
+        module, _, attr = func.partition(":")
         if root not in sys.path:
             sys.path.insert(0, root)
         try:
@@ -120,6 +129,7 @@ class PythonRule(Rule):
         fn = getattr(mod, attr, None)
         if not callable(fn):
             raise RuleError(f"{module}:{attr} is not a callable")
+        self._resolved[(root, func)] = fn
         return fn
 
     def run(self, ctx: Context) -> Mapping[str, Any] | None:
