@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["TOOLS", "Tool", "WORK_MODULE"]
+__all__ = ["COUNT", "TOOLS", "Tool", "WORK_MODULE"]
 
 # The per-file work as Python: the DVC stage, the pipemake ``python`` rule and the bare loop
 # all use this module, so the Python-side work is identical everywhere.
@@ -44,20 +44,6 @@ def loop(src_dir, dst_dir, tag):
         work_one(os.path.join(src_dir, name), os.path.join(dst_dir, name), tag)
     return len(names)
 
-
-def both(src_dir, dst_dir, tag, count_path):
-    """Both stages by hand in one process: the loop, then the bytes of every copy."""
-    loop(src_dir, dst_dir, tag)
-    total = 0
-    for e in os.scandir(dst_dir):
-        with open(e.path, "rb") as f:
-            total += len(f.read())
-    with open(count_path, "w") as f:
-        f.write(f"{total}\\n")
-
-
-if __name__ == "__main__":
-    loop(*sys.argv[1:4])
 '''
 
 SHELL_WORK = '{{ tr a-z A-Z < {src}; printf %s "$TAG"; }} > {dst}'

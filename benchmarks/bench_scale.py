@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -35,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _scale_tools import TOOLS, WORK_MODULE, Tool, reset  # noqa: E402
+from _scale_tools import COUNT, TOOLS, WORK_MODULE, Tool, reset  # noqa: E402
 
 SCENARIOS = [
     "cold build",
@@ -250,9 +251,10 @@ def big_limits(paths: list[Path], repeat: int) -> dict[str, str]:
 def interleaved_cold(
     run: Runner, tools: dict[str, tuple[Tool, list[str]]], work: Path, n: int, rounds: int
 ) -> str:
-    """Cold builds only, a round at a time over every tool and the bare loop doing both
-    stages by hand in one Python process: load from other work on a shared machine lands on
-    all of them alike, and each ratio to the bare loop comes from the same round."""
+    """Cold builds only, a round at a time over every tool and the bare loop (stage 1 as one
+    Python loop in one process, then the count command every tool runs): load from other
+    work on a shared machine lands on all of them alike, and each ratio to the bare loop
+    comes from the same round."""
     times: dict[str, list[float]] = {name: [] for name in [*tools, BARE]}
     ratios: dict[str, list[float]] = {name: [] for name in tools}
     bare_root = work / "bare"
@@ -260,8 +262,11 @@ def interleaved_cold(
     if not (bare_root / "data").exists():
         make_data(bare_root, n)
     (bare_root / "benchwork.py").write_text(WORK_MODULE)
-    bare_cmd = [sys.executable, "-c",
-                "import benchwork; benchwork.both('data', 'out', 'a', 'count.txt')"]  # fmt: skip
+    # stage 1 as one Python loop in one process, then stage 2's very command
+    stage1 = shlex.quote(
+        f"{sys.executable} -c \"import benchwork; benchwork.loop('data', 'build/upper', 'a')\""
+    )
+    bare_cmd = ["sh", "-c", f"eval {stage1} && {COUNT}"]
     for name, (tool, _) in tools.items():
         root = work / name
         root.mkdir(parents=True, exist_ok=True)
@@ -269,7 +274,8 @@ def interleaved_cold(
             make_data(root, n)
         tool.write(root, "a")
     for _ in range(rounds):
-        shutil.rmtree(bare_root / "out", ignore_errors=True)
+        shutil.rmtree(bare_root / "build", ignore_errors=True)
+        os.sync()  # every run starts with nothing waiting to be written back (untimed)
         bare = run(bare_cmd, bare_root)
         times[BARE].append(bare.seconds)
         for name, (tool, argv0) in tools.items():
@@ -280,6 +286,7 @@ def interleaved_cold(
                 return v + (args[1:] if args[0] == t.exe else args)
 
             tool.setup(root, lambda a, r=root, c=cmd: run(c(a), r))
+            os.sync()
             r = run(cmd(tool.build), root)
             if r.rc != 0 or r.timed_out:
                 raise SystemExit(f"{name}: cold build failed (rc {r.rc}):\n{r.log[-2000:]}")
@@ -307,7 +314,7 @@ def interleaved_cold(
     return "\n".join(lines)
 
 
-BARE = "bare Python loop, both stages, 1 process"
+BARE = "bare Python loop (1 process) + the same count command"
 
 
 class Bench:

@@ -66,7 +66,8 @@ def test_harness_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def test_interleaved_cold_rounds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--cold-rounds``: cold builds only, a row per tool with its ratio to the bare loop
-    (which really wrote both stages' outputs) for every round."""
+    (which really wrote both stages' outputs, with the same count command) for every
+    round."""
     bench = _load()
     rc = bench.main(
         ["--sizes", "5", "--tools", "pipemake-py", "--cold-rounds", "2", "--big-count", "0",
@@ -78,7 +79,7 @@ def test_interleaved_cold_rounds(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert len(rows["pipemake-py"].split("|")[3].split(",")) == 2  # one ratio per round
     assert bench.BARE in rows
     bare = tmp_path / "work" / "cold5" / "bare"
-    assert len(list((bare / "out").iterdir())) == 5
-    assert int((bare / "count.txt").read_text()) == sum(
-        p.stat().st_size for p in (bare / "out").iterdir()
+    assert len(list((bare / "build/upper").iterdir())) == 5
+    assert int((bare / "build/count.txt").read_text()) == sum(
+        p.stat().st_size for p in (bare / "build/upper").iterdir()
     )
