@@ -44,6 +44,9 @@ def loop(src_dir, dst_dir, tag):
         work_one(os.path.join(src_dir, name), os.path.join(dst_dir, name), tag)
     return len(names)
 
+
+if __name__ == "__main__":
+    loop(*sys.argv[1:4])
 '''
 
 SHELL_WORK = '{{ tr a-z A-Z < {src}; printf %s "$TAG"; }} > {dst}'

@@ -83,3 +83,17 @@ def test_interleaved_cold_rounds(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert int((bare / "build/count.txt").read_text()) == sum(
         p.stat().st_size for p in (bare / "build/upper").iterdir()
     )
+
+
+def test_the_work_module_runs_as_a_script(tmp_path: Path) -> None:
+    """DVC's stage runs ``python3 benchwork.py data build/upper TAG``."""
+    import subprocess
+
+    bench = _load()
+    (tmp_path / "benchwork.py").write_text(bench.WORK_MODULE)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("abc")
+    subprocess.run(
+        [sys.executable, "benchwork.py", "data", "build/upper", "T"], cwd=tmp_path, check=True
+    )
+    assert (tmp_path / "build/upper/a.txt").read_text() == "ABCT"
