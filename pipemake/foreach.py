@@ -321,10 +321,13 @@ def _maybe_reduce(b: Builder, stage: Stage, run: dict[str, Any]) -> list[Task]:
     return [_reduce_task(b, stage, run["sk"], run)]
 
 
-def _staged_whole(b: Builder, sk: StageKey, run: dict[str, Any], name: str) -> Path | None:
-    """The staged tree of output ``name`` when it is exactly the output: every item of the
-    stage ran in this build (none cached), on the first attempt, and staged each file it
-    wrote under the output's own tree (plain top-level files); else None."""
+def _staged_whole(
+    b: Builder, sk: StageKey, run: dict[str, Any], name: str, manifest: dict[str, Any]
+) -> Path | None:
+    """The staged tree of output ``name`` when it is exactly ``manifest``: every item of the
+    stage ran in this build (none cached), on the first attempt, staged each file it wrote
+    under the output's own tree (plain top-level files), and nothing else is there (an
+    attempt that died with its worker may have staged files of its own); else None."""
     if sk.cached or run.get("retried") or not run["done_items"]:
         return None
     whole = run["staging"] / "done" / name
@@ -336,7 +339,12 @@ def _staged_whole(b: Builder, sk: StageKey, run: dict[str, Any], name: str) -> P
         for entry_rel, flat in staged.get(name, {}).items():
             if flat != prefix + entry_rel:
                 return None
-    return whole if whole.is_dir() else None
+    try:
+        with os.scandir(whole) as it:
+            there = sum(1 for _ in it)
+    except OSError:
+        return None
+    return whole if there == len(manifest["entries"]) else None
 
 
 def failure_text(run: dict[str, Any], total: int) -> str:
@@ -371,6 +379,8 @@ def assemble(b: Builder, stage: Stage, run: dict[str, Any]) -> dict[str, Any]:
         },
     }
 
+    removals = b.store.removals()  # as of now: a removal after this must void the index
+
     def bookkeeping() -> None:
         b.store.put_action(sk.key, entry)
         keys = sk.item_keys
@@ -380,13 +390,11 @@ def assemble(b: Builder, stage: Stage, run: dict[str, Any]) -> dict[str, Any]:
             else sk.cached[rel]
             for rel, outs in per_item.items()
         }  # fmt: skip
-        b.state.set_item_index(
-            stage.id, {rel: keys[rel] for rel in index}, index, b.store.removals()
-        )
+        b.state.set_item_index(stage.id, {rel: keys[rel] for rel in index}, index, removals)
 
     root = str(b.p.root)
     for name, rel in sk.ports.outputs.items():
-        whole = _staged_whole(b, sk, run, name)
+        whole = _staged_whole(b, sk, run, name, merged[name])
         if whole is not None:  # every item ran: the staged tree is the output, one rename
             b.ws.place(whole, rel, later=b.later)
             continue

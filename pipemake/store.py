@@ -260,13 +260,16 @@ class Store:
             with open(src, "rb") as fh:
                 os.fsync(fh.fileno())
         try:
-            _link_absent(src, dst)
+            made = _link_absent(src, dst)
         except OSError:
             self.can_link = False
             os.chmod(src, old)
             return False
-        if self.fsync:
+        if not made:  # another writer put the object first: src stays a file of its own
+            os.chmod(src, old)
+        elif self.fsync:  # its name, and its fan-out directory's (maybe just made)
             _fsync_dir(os.path.dirname(dst))
+            _fsync_dir(self._objects_str)
         return True
 
     def put_bytes(self, data: bytes) -> str:
@@ -290,6 +293,8 @@ class Store:
             fd = os.open(tmp, flags, 0o444)
         except FileNotFoundError:  # its fan-out directory is not there yet
             os.makedirs(parent, exist_ok=True)
+            if self.fsync:
+                _fsync_dir(self._objects_str)
             fd = os.open(tmp, flags, 0o444)
         try:
             try:
@@ -547,13 +552,14 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _link_absent(src: str, dst: str) -> None:
+def _link_absent(src: str, dst: str) -> bool:
     """Link ``src`` at ``dst`` unless something is there (put-if-absent), creating the
-    object's fan-out directory when it is missing."""
+    object's fan-out directory when it is missing. Whether the link was made."""
     try:
         os.link(src, dst, follow_symlinks=False)
+        return True
     except FileExistsError:
-        pass
+        return False
     except FileNotFoundError:
         parent = os.path.dirname(dst)
         if os.path.isdir(parent) or not os.path.lexists(src):
@@ -561,8 +567,9 @@ def _link_absent(src: str, dst: str) -> None:
         os.makedirs(parent, exist_ok=True)
         try:
             os.link(src, dst, follow_symlinks=False)
+            return True
         except FileExistsError:
-            pass
+            return False
 
 
 def _is_file(path: str) -> bool:

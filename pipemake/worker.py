@@ -386,7 +386,8 @@ def _flat_outputs(work: dict[str, str], store: Store) -> dict[str, Any] | None:
             data, st = got
             h = hash_bytes(data)
             mode = 0o755 if st.st_mode & 0o111 else 0o644
-            if not store.put_read(full, h, data, st) and stat.S_IMODE(st.st_mode) != mode:
+            linked = store.put_read(full, h, data, st)
+            if not linked and st.st_nlink == 1 and stat.S_IMODE(st.st_mode) != mode:
                 os.chmod(
                     full, mode
                 )  # lands with the mode the manifest says (a link is the object's)

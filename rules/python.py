@@ -61,8 +61,8 @@ class PythonRule(Rule):
 
     def __init__(self) -> None:
         super().__init__()
-        #: (project root, "module:callable") → the callable, in this process
-        self._resolved: dict[tuple[str, str], Any] = {}
+        #: (project root, "module:callable") → (the module, the callable), in this process
+        self._resolved: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def ports(self, config: Mapping[str, Any]) -> tuple[Ports, list[tuple[str, str]]]:
         ports = Ports()
@@ -116,10 +116,10 @@ class PythonRule(Rule):
     def _callable(self, ctx: Context) -> Any:
         func = str(ctx.params.pop(_FN, ""))
         root = str(ctx.root)
-        known = self._resolved.get((root, func))
-        if known is not None:  # the items of a task: imported once
-            return known
         module, _, attr = func.partition(":")
+        known = self._resolved.get((root, func))
+        if known is not None and sys.modules.get(module) is known[0]:
+            return known[1]  # the items of a task: resolved once (while not re-imported)
         if root not in sys.path:
             sys.path.insert(0, root)
         try:
@@ -129,7 +129,7 @@ class PythonRule(Rule):
         fn = getattr(mod, attr, None)
         if not callable(fn):
             raise RuleError(f"{module}:{attr} is not a callable")
-        self._resolved[(root, func)] = fn
+        self._resolved[(root, func)] = (mod, fn)
         return fn
 
     def run(self, ctx: Context) -> Mapping[str, Any] | None:

@@ -134,3 +134,30 @@ def test_params_with_a_non_string_key_are_refused_or_work_never_a_traceback(proj
     assert r.exit_code in (0, 2), r.output
     if r.exit_code == 2:
         assert "pipemake.yaml:" in r.output and "'shout'" in r.output
+
+
+def test_an_edited_module_imported_again_is_the_one_called(project) -> None:
+    """In a long-lived process (the library, the inline executor), a module edited and
+    imported again between builds is the one the rerun calls, not a remembered function."""
+    import sys
+    import time
+
+    from pipemake import api
+
+    p = _make(project, "reimport")
+
+    def build() -> None:
+        proj = api.open_project(p.root)
+        try:
+            api.build(proj, executor="inline")
+        finally:
+            proj.close()
+
+    build()
+    assert p.read("build/shout.txt") == "HI\nHI\n"
+    time.sleep(1.1)  # a new mtime, past the racy second
+    p.write("mysteps_reimport.py", MODULE.replace("text.upper()", "text.lower() + '!'"))
+    sys.modules.pop("mysteps_reimport", None)
+    build()
+    assert p.read("build/shout.txt") == "hi\n!!"  # the new function, not the old
+    sys.modules.pop("mysteps_reimport", None)

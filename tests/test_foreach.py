@@ -481,3 +481,74 @@ def test_a_stage_whose_items_all_ran_is_exactly_its_manifest(
     assert _items_run(proj) == ["f2.txt"]  # only the changed file is new under A-Z
     assert "upper:" in out and state()["f1.txt"] == ("ZED 1\n", want_mode)
     assert not any(proj.path(".pipemake/tmp").glob("trash-*"))  # the old tree is gone
+
+
+CRASHING = """
+name: crash
+stages:
+  - id: each
+    type: python
+    foreach: src
+    retries: 1
+    config:
+      function: "crashwork:copy"
+      inputs: {src: data}
+      outputs: {o: build/each}
+  - id: total
+    type: shell
+    config:
+      cmd: "ls {inputs.u} | wc -l > {outputs.o}"
+      inputs: {u: "{each.o}"}
+      outputs: {o: build/total.txt}
+"""
+CRASHWORK = """
+import os, uuid
+
+def copy(ctx):
+    src = ctx.inputs["src"]
+    name = f"{src.stem}-{uuid.uuid4().hex[:8]}.txt"  # not the same on every run
+    with open(os.path.join(ctx.outputs["o"], name), "w") as f:
+        f.write(src.read_text().upper())
+    if src.name == "f13.txt" and not os.path.exists("crashed.flag"):
+        open("crashed.flag", "w").close()
+        os._exit(9)  # the worker dies after items of this task were staged
+"""
+
+
+def test_a_task_retried_after_its_worker_died_leaves_nothing_extra(
+    project: Callable[..., Proj],
+) -> None:
+    """The dead attempt's staged files are not the output's: it holds exactly the
+    manifest, and the stage downstream sees that."""
+    files = {f"data/f{i}.txt": f"file {i}\n" for i in range(10, 50)}
+    proj = project(CRASHING, files | {"crashwork.py": CRASHWORK})
+    proj.cli("build", "-j", "1")
+    assert proj.exists("crashed.flag")
+    names = sorted(p.name for p in proj.path("build/each").iterdir())
+    assert len(names) == 40 and len({n.split("-")[0] for n in names}) == 40
+    assert proj.read("build/total.txt").strip() == "40"
+    out = proj.cli("build", "--no-progress").output
+    assert "each: up to date" in out and "total: up to date" in out
+
+
+def test_an_output_hard_linked_to_its_input_leaves_the_input_alone(
+    project: Callable[..., Proj],
+) -> None:
+    """An item that links its input into its output (a cheap copy): the input's inode keeps
+    its mode, and the output is still exactly the manifest."""
+    import stat
+
+    work = "import os\n\ndef link(ctx):\n    src = ctx.inputs['src']\n" \
+        "    os.link(src, os.path.join(ctx.outputs['o'], src.name))\n"  # fmt: skip
+    yaml = CRASHING.replace("crashwork:copy", "linkwork:link").replace("    retries: 1\n", "")
+    proj = project(
+        yaml, {f"data/f{i}.txt": f"file {i}\n" for i in range(3)} | {"linkwork.py": work}
+    )
+    modes = {0: 0o444, 1: 0o600, 2: 0o775}
+    for i, mode in modes.items():
+        os.chmod(proj.path(f"data/f{i}.txt"), mode)
+    proj.cli("build", "-j", "1")
+    for i, mode in modes.items():
+        assert stat.S_IMODE(os.stat(proj.path(f"data/f{i}.txt")).st_mode) == mode
+        assert proj.read(f"build/each/f{i}.txt") == f"file {i}\n"
+    assert proj.read("build/total.txt").strip() == "3"
