@@ -384,9 +384,9 @@ def assemble(b: Builder, stage: Stage, run: dict[str, Any]) -> dict[str, Any]:
     def bookkeeping() -> None:
         b.store.put_action(sk.key, entry)
         keys = sk.item_keys
-        new = run["done_items"]
+        ran = run["done_items"]
         index = {
-            rel: {"outputs": outs, "values": run["values"].get(rel) or {}} if rel in new
+            rel: {"outputs": outs, "values": run["values"].get(rel) or {}} if rel in ran
             else sk.cached[rel]
             for rel, outs in per_item.items()
         }  # fmt: skip

@@ -11,8 +11,9 @@ A directory is remembered as a whole: its *stat signature* (the hash of every fi
 relpath, device, inode, size, mtime, ctime and executable bit), its tree hash, and every
 file's stat row with its hash. When a walk gives the same signature and no file was racy
 when hashed, the stored hash is the answer (entries built only if asked for), with no
-per-file lookups; otherwise each walked row is looked up whole among the stored ones, and
-only files whose row is new (or was racy) are read.
+per-file lookups; otherwise the walked rows are compared with the stored ones (in order,
+then by name for the few that differ), and only files whose row is new (or was racy when
+hashed) are read.
 """
 
 from __future__ import annotations

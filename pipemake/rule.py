@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .walk import mtimes
+
 __all__ = [
     "Context",
     "Input",
@@ -386,21 +388,8 @@ def _scan() -> tuple[str, dict[str, str], list[str]]:
     return version, rules, sorted(sources)
 
 
-def _stamps(paths: Sequence[str]) -> list[Any]:
-    """Each path's mtime (None if missing): a distribution installed, upgraded or removed
-    adds or removes an entry in its ``sys.path`` directory, and a registering distribution's
-    entry points are its metadata directory's ``entry_points.txt``."""
-    out: list[Any] = []
-    for p in paths:
-        try:
-            out.append([p, os.stat(p or ".").st_mtime_ns])
-        except OSError:
-            out.append([p, None])
-    return out
-
-
-def _entry_points(cache: Path | None = None) -> dict[str, str]:
-    return registry(cache)[1]
+def _entry_points() -> dict[str, str]:
+    return registry()[1]
 
 
 def registry(cache: Path | None = None) -> tuple[str, dict[str, str]]:
@@ -413,11 +402,13 @@ def registry(cache: Path | None = None) -> tuple[str, dict[str, str]]:
     global _registry
     if _registry is not None:
         return _registry
-    head = [sys.version, sys.executable, _stamps(sys.path)]
+    # a distribution installed, upgraded or removed adds or removes an entry in its
+    # sys.path directory; a registering one's entry points are its entry_points.txt
+    head = [sys.version, sys.executable, mtimes(sys.path)]
     if cache is not None:
         try:
             doc = json.loads(cache.read_text())
-            if doc["head"] == json.loads(json.dumps(head)) and doc["sources"] == _stamps(
+            if doc["head"] == json.loads(json.dumps(head)) and doc["sources"] == mtimes(
                 [s for s, _ in doc["sources"]]
             ):
                 _registry = (str(doc["version"]), {str(k): str(v) for k, v in doc["rules"].items()})
@@ -427,7 +418,7 @@ def registry(cache: Path | None = None) -> tuple[str, dict[str, str]]:
     version, rules, sources = _scan()
     _registry = (version, rules)
     if cache is not None and cache.parent.is_dir():
-        stamps = _stamps(sources)
+        stamps = mtimes(sources)
         settled = time.time_ns() - _RACY_NS
         if all(m is None or m < settled for _, m in head[2] + stamps):
             doc = {"head": head, "sources": stamps, "version": version, "rules": rules}

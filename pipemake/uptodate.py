@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .hashing import digest, hash_bytes
-from .walk import signature, walk
+from .walk import mtimes, signature, walk
 
 __all__ = ["FILE", "answer", "context", "discard", "record", "write"]
 
@@ -42,12 +42,7 @@ _GLOBAL_OPTS = ("-C", "-f", "--cache-dir")
 
 def context(argv: list[str], cwd: str) -> str:
     """What the command depends on besides files: its words, where and how it runs."""
-    paths = []
-    for p in sys.path:
-        try:
-            paths.append([p, os.stat(p or ".").st_mtime_ns])
-        except OSError:
-            paths.append([p, None])
+    paths = mtimes(sys.path)
     env = sorted((k, v) for k, v in os.environ.items() if k.startswith("PIPEMAKE_"))
     return digest([FORMAT, argv, cwd, env, sys.version, sys.executable, paths])
 

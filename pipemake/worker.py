@@ -195,8 +195,7 @@ def _context(
         {k: _abs(task.root, v) for k, v in (inputs or task.inputs).items()},
         {k: _abs(task.root, v) for k, v in outputs.items()},
         task.params, stage=task.stage, log=logger, resources=task.resources,
-        gpu_ids=task.gpu_ids, item=item, spawn=_spawner.get(),
-        progress=lambda done, total=None: send("progress", [done, total]),
+        gpu_ids=task.gpu_ids, item=item, spawn=_spawner.get(), progress=_progress(send),
     )  # fmt: skip
 
 

@@ -240,7 +240,7 @@ def _replace(src: str, target: str) -> None:
     that name was a file, so only an empty one, or one of files the manifest moves away)."""
     try:
         os.replace(src, target)
-    except (IsADirectoryError, OSError) as exc:
+    except OSError as exc:
         if not os.path.isdir(target) or os.path.islink(target):
             raise exc from None
         remove_path(Path(target))
