@@ -8,7 +8,8 @@ so bumping it reruns the stages that use the rule.
 
 A rule whose Python code only starts subprocesses and waits for them (``shell``) sets
 ``spawns_only`` and starts them with ``ctx.popen``: the local executor then runs its tasks
-in threads of the build process instead of worker processes.
+in threads of the build process instead of worker processes (``ctx.sh`` runs a shell
+command and waits for it).
 
 Rules that work per file of an input (``foreach``) implement ``run_item`` (or
 ``run_batch``); rules that also need a whole-stage step over all items' results (map-reduce)
@@ -22,6 +23,8 @@ import importlib
 import json
 import logging
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -150,11 +153,13 @@ class Item:
 
     @property
     def name(self) -> str:
-        return Path(self.relpath).name
+        return self.relpath.rpartition("/")[2]  # relpath is a plain POSIX path
 
     @property
     def stem(self) -> str:
-        return Path(self.relpath).stem
+        name = self.name
+        i = name.rfind(".")
+        return name[:i] if 0 < i < len(name) - 1 else name  # as pathlib's stem
 
 
 #: what starts a task's subprocesses: ``(args, extra environment, Popen keywords)``
@@ -217,6 +222,55 @@ class Context:
             return self._spawn(args, env, kwargs)
         kwargs.setdefault("cwd", self.root)
         return subprocess.Popen(args, env=dict(os.environ, **env) if env else None, **kwargs)
+
+    def sh(
+        self,
+        cmd: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        output: Callable[[str], None] | None = None,
+        fresh: bool = False,
+    ) -> int:
+        """Run ``cmd`` with ``/bin/sh`` in the project root, the task's environment plus
+        ``env``, and wait for it; ``output`` gets each line it prints (stdout and stderr
+        together). Returns its exit status, negative (``-N``) when its shell was killed by
+        signal N. A timeout or a stop ends it.
+
+        Unless ``fresh``, the commands of one task may share one shell, started once: each
+        command runs in a subshell of its own (``( eval CMD )``, stdin from ``/dev/null``),
+        which saves starting a shell per command, the larger part of a short command's cost.
+        Nothing a command sets or changes reaches the next one; what differs from
+        ``/bin/sh -c`` is ``$$`` (the shared shell's), the shell's own messages (``eval:``
+        before them), and a command killed by signal N, which the shell reports as 128 + N.
+        """
+        session = None if fresh else getattr(self._spawn, "sh", None)
+        if session is not None:
+            code = session(cmd, env, output)
+            if code is not None:  # None: env has a name the shell cannot export
+                return int(code)
+        proc = self.popen(
+            ["/bin/sh", "-c", cmd], env=env, stdin=subprocess.DEVNULL, close_fds=False,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+        )  # fmt: skip
+        assert proc.stdout is not None
+        with proc.stdout:
+            for line in proc.stdout:
+                if output is not None:
+                    output(line.rstrip("\n"))
+        return proc.wait()
+
+
+_SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def exports(env: Mapping[str, str] | None) -> str | None:
+    """The shell's ``export A='1' B='2'; `` for ``env`` (empty for none); None when a name is
+    not one a shell variable can have."""
+    if not env:
+        return ""
+    if not all(_SHELL_NAME.fullmatch(k) for k in env):
+        return None
+    return "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + "; "
 
 
 class Rule:

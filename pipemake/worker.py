@@ -11,11 +11,15 @@ thread and those subprocesses only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import resource
+import secrets
+import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -30,7 +34,7 @@ from typing import Any
 from .executors.base import Task
 from .fshash import Hasher
 from .hashing import digest, hash_bytes, tree_hash
-from .rule import Context, Item, Rule, RuleError, get_rule
+from .rule import Context, Item, Rule, RuleError, exports, get_rule
 from .store import Store
 from .workspace import manifest_of
 
@@ -49,6 +53,10 @@ class Spawner:
     def __init__(self, cwd: str | None = None, env: dict[str, str] | None = None):
         self.cwd = cwd
         self.env = env
+        self._shell: _Shell | None = None
+        #: the last environment a shell command asked for, and its ``export`` (usually the
+        #: same for all the items of a task)
+        self._exported: tuple[tuple[tuple[str, str], ...], str | None] = ((), "")
         #: CPU seconds and peak memory of the subprocesses reaped so far
         self.cpu = 0.0
         self.peak_rss_mb = 0.0
@@ -62,6 +70,28 @@ class Spawner:
         if self.cwd is not None:
             kwargs["cwd"] = os.path.join(self.cwd, kwargs["cwd"]) if kwargs.get("cwd") else self.cwd
         return self.start(args, full, kwargs)
+
+    def sh(
+        self, cmd: str, env: Mapping[str, str] | None, output: Callable[[str], None] | None
+    ) -> int | None:
+        """What ``Context.sh`` calls: ``cmd`` run in the task's shell, started on first use;
+        None (nothing run) when a name in ``env`` is not one the shell can export."""
+        key = tuple(env.items()) if env else ()
+        if key != self._exported[0]:
+            self._exported = (key, exports(env))
+        if self._exported[1] is None:
+            return None
+        shell = self._shell
+        if shell is None or shell.ended:
+            kwargs: dict[str, Any] = {"cwd": self.cwd} if self.cwd is not None else {}
+            shell = self._shell = _Shell(self, kwargs)
+        return shell.run(cmd, self._exported[1], output)
+
+    def end_shell(self) -> None:
+        """End the task's shell, if one was started (when the task's commands are done)."""
+        if self._shell is not None:
+            self._shell.end()
+            self._shell = None
 
     def merged(self, env: Mapping[str, str]) -> Mapping[Any, Any]:
         """The environment of a subprocess started with ``env`` on top of the task's."""
@@ -92,6 +122,95 @@ class _Proc(subprocess.Popen):  # type: ignore[type-arg]
         if pid == self.pid:
             self._spawner.reaped(usage)
         return pid, sts
+
+
+class _Shell:
+    """One ``/bin/sh`` that runs a task's commands one after another, so that a foreach task
+    starts one shell, not one per item. It reads its script from a pipe: each command is
+    written as one line, ``(export ...; eval CMD) </dev/null`` (a subshell: nothing it sets
+    reaches the next command) followed by a ``printf`` of a token no output can hold by
+    chance and the exit status. What the commands print comes back on one pipe; what is
+    before the token is the command's output."""
+
+    def __init__(self, spawner: Spawner, kwargs: dict[str, Any]):
+        script_r, self._script = os.pipe()
+        self._out, out_w = os.pipe()
+        kwargs.update(stdin=script_r, stdout=out_w, stderr=out_w, close_fds=False)
+        try:
+            self.proc = spawner.start(["/bin/sh", "-s"], spawner.env, kwargs)
+        except BaseException:
+            os.close(self._script)
+            os.close(self._out)
+            raise
+        finally:
+            os.close(script_r)
+            os.close(out_w)
+        self._token = f"@@pipemake-{secrets.token_hex(8)}@@ ".encode()
+        self._status = f"; printf '%s%d\\n' '{self._token.decode()}' $?\n"
+        self._buf = b""
+        self._busy = False
+        self.ended = False
+
+    def run(self, cmd: str, export: str, output: Callable[[str], None] | None) -> int:
+        line = f"({export}eval {shlex.quote(cmd)}) </dev/null{self._status}".encode()
+        self._busy = True
+        try:
+            while line:
+                line = line[os.write(self._script, line) :]
+        except OSError:  # the shell is gone
+            return self._gone(output)
+        token = self._token
+        buf = self._buf
+        while True:
+            i = buf.find(token)
+            if i >= 0:
+                j = buf.find(b"\n", i)
+                if j >= 0:
+                    self._buf = buf[j + 1 :]
+                    self._busy = False
+                    _lines(buf[:i], output, last=True)
+                    return int(buf[i + len(token) : j])
+            end = buf.rfind(b"\n", 0, len(buf) if i < 0 else i) + 1
+            if end:  # whole lines, the command's: pass them on while it runs
+                _lines(buf[:end], output)
+                buf = buf[end:]
+            chunk = os.read(self._out, 1 << 16)
+            if not chunk:
+                self._buf = buf
+                return self._gone(output)
+            buf += chunk
+
+    def _gone(self, output: Callable[[str], None] | None) -> int:
+        """The shell ended before the command's status came (killed, or a stop): its own."""
+        _lines(self._buf, output, last=True)
+        self._buf = b""
+        self.end()
+        code = self.proc.returncode
+        return code if code else 1
+
+    def end(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self._busy:  # given up in the middle of a command: end it, its output unread
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its group, where it leads one
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.kill(self.proc.pid, signal.SIGKILL)
+        os.close(self._script)  # the end of its script: it exits
+        os.close(self._out)
+        self.proc.wait()
+
+
+def _lines(data: bytes, output: Callable[[str], None] | None, last: bool = False) -> None:
+    if output is None or not data:
+        return
+    lines = data.decode("utf-8", "replace").split("\n")
+    if lines[-1] == "" or not last:
+        lines.pop()  # after the last newline: nothing (or, not last, kept for later)
+    for line in lines:
+        output(line)
 
 
 _spawner: ContextVar[Spawner | None] = ContextVar("pipemake_spawner", default=None)
@@ -140,6 +259,7 @@ def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
             raise RuleError(f"rule {task.rule!r} is not installed in this worker")
         store = Store(Path(task.store), link=task.link, fsync=task.fsync)
         payload = _MODES[task.mode](task, rule, store, send, logger)
+        spawner.end_shell()  # before its use is counted
         payload["metrics"] = {
             "duration": time.monotonic() - started,
             "cpu": (time.thread_time() + spawner.cpu if threaded else _cpu()) - usage0,
@@ -151,6 +271,7 @@ def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
     except Exception as exc:  # a bug in a rule: show where
         send("error", [f"{type(exc).__name__}: {exc}", traceback.format_exc()])
     finally:
+        spawner.end_shell()
         _spawner.reset(token)
         if cwd is not None:
             os.chdir(cwd)

@@ -4,14 +4,14 @@
 ``{inputs.NAME}`` is the input's path and ``{outputs.NAME}`` its staging path, both relative
 to the project root and shell-quoted when needed; with ``foreach``, ``{item.name}``,
 ``{item.stem}`` and ``{item.relpath}`` describe the item. The key holds the ``cmd`` template
-with those references left symbolic, and ``env``; never the inherited environment.
+with those references left symbolic, and ``env``; never the inherited environment. A foreach
+task's items share one shell, each run in a subshell of it (``Context.sh``).
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -29,7 +29,7 @@ _ITEM_FIELDS = ("name", "stem", "relpath")
 def _plain(path: str) -> bool:
     """Whether ``path`` has no ``.`` or ``..`` component (a hidden name such as
     ``.pipemake`` is fine), so cutting the root off it gives its relative path."""
-    return "/." not in path or not any(part in (".", "..") for part in path.split("/"))
+    return "/./" not in path and "/../" not in path and not path.endswith(("/.", "/.."))
 
 
 class ShellRule(Rule):
@@ -114,22 +114,20 @@ class ShellRule(Rule):
             k: str(render(v, lambda r: lookup(r).strip("'")))
             for k, v in (ctx.params.get("env") or {}).items()
         }
-        # ctx.popen runs it in the project root with the task's environment plus env; a
-        # timeout or a stop ends its process tree
+        # ctx.sh runs it in the project root with the task's environment plus env (a foreach
+        # task's items share one shell, each in a subshell); a timeout or a stop ends it
         tail: deque[str] = deque(maxlen=30)
-        proc = ctx.popen(
-            ["/bin/sh", "-c", cmd], env=env, stdin=subprocess.DEVNULL, close_fds=False,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-        )  # fmt: skip
-        assert proc.stdout is not None
-        with proc.stdout:
-            for line in proc.stdout:
-                line = line.rstrip("\n")
-                tail.append(line)
-                ctx.log.info(line)
-        code = proc.wait()
+
+        def output(line: str) -> None:
+            tail.append(line)
+            ctx.log.info(line)
+
+        code = ctx.sh(cmd, env=env, output=output, fresh=item is None)
         if code != 0:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            if item is not None and 128 < code <= 128 + 64:  # how the shared shell says it
+                sig = code - 128
+                how += f" (= 128 + {sig}, as a shell reports a command killed by signal {sig})"
             shown = "\n".join("    " + t for t in tail)
             raise RuleError(
                 f"command {how}:\n    $ {cmd}" + (f"\n  output:\n{shown}" if tail else "")
