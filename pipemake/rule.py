@@ -239,9 +239,11 @@ class Context:
         Unless ``fresh``, the commands of one task may share one shell, started once: each
         command runs in a subshell of its own (``( eval CMD )``, stdin from ``/dev/null``),
         which saves starting a shell per command, the larger part of a short command's cost.
-        Nothing a command sets or changes reaches the next one; what differs from
-        ``/bin/sh -c`` is ``$$`` (the shared shell's), the shell's own messages (``eval:``
-        before them), and a command killed by signal N, which the shell reports as 128 + N.
+        Nothing a command sets or changes reaches the next one, and a command lasts until
+        what it started closed its output, as with ``sh -c``; what differs from ``/bin/sh
+        -c`` is ``$$`` (the shared shell's), the shell's own messages (``eval:`` before
+        them), and a command killed by signal N, which the shell reports as 128 + N. Two
+        threads of one task calling at once: the second gets a shell of its own.
         """
         session = None if fresh else getattr(self._spawn, "sh", None)
         if session is not None:
@@ -261,14 +263,17 @@ class Context:
 
 
 _SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: variables a shell sets for itself when it starts, whatever its environment says
+_SHELL_OWN = frozenset({"IFS", "PWD", "PPID", "OPTIND"})
 
 
 def exports(env: Mapping[str, str] | None) -> str | None:
     """The shell's ``export A='1' B='2'; `` for ``env`` (empty for none); None when a name is
-    not one a shell variable can have."""
+    not one a shell variable can have, or one a starting shell sets itself (exported by a
+    running shell it would not be what ``sh -c`` gives)."""
     if not env:
         return ""
-    if not all(_SHELL_NAME.fullmatch(k) for k in env):
+    if not all(_SHELL_NAME.fullmatch(k) and k not in _SHELL_OWN for k in env):
         return None
     return "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + "; "
 

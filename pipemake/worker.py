@@ -17,12 +17,14 @@ import logging
 import os
 import resource
 import secrets
+import select
 import shlex
 import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -54,6 +56,7 @@ class Spawner:
         self.cwd = cwd
         self.env = env
         self._shell: _Shell | None = None
+        self._sh_lock = threading.Lock()
         #: the last environment a shell command asked for, and its ``export`` (usually the
         #: same for all the items of a task)
         self._exported: tuple[tuple[tuple[str, str], ...], str | None] = ((), "")
@@ -81,11 +84,23 @@ class Spawner:
             self._exported = (key, exports(env))
         if self._exported[1] is None:
             return None
-        shell = self._shell
-        if shell is None or shell.ended:
-            kwargs: dict[str, Any] = {"cwd": self.cwd} if self.cwd is not None else {}
-            shell = self._shell = _Shell(self, kwargs)
-        return shell.run(cmd, self._exported[1], output)
+        if not self._sh_lock.acquire(blocking=False):
+            return None  # another thread of the task is using its shell: a process of its own
+        try:
+            for _ in range(2):  # a shell found gone before the command started: a new one
+                shell = self._shell
+                if shell is None or shell.ended:
+                    kwargs: dict[str, Any] = {"cwd": self.cwd} if self.cwd is not None else {}
+                    try:
+                        shell = self._shell = _Shell(self, kwargs)
+                    except OSError:  # no FIFO here (a read-only temporary directory)
+                        return None
+                code = shell.run(cmd, self._exported[1], output)
+                if code is not None:
+                    return code
+            return None
+        finally:
+            self._sh_lock.release()
 
     def end_shell(self) -> None:
         """End the task's shell, if one was started (when the task's commands are done)."""
@@ -126,91 +141,170 @@ class _Proc(subprocess.Popen):  # type: ignore[type-arg]
 
 class _Shell:
     """One ``/bin/sh`` that runs a task's commands one after another, so that a foreach task
-    starts one shell, not one per item. It reads its script from a pipe: each command is
-    written as one line, ``(export ...; eval CMD) </dev/null`` (a subshell: nothing it sets
-    reaches the next command) followed by a ``printf`` of a token no output can hold by
-    chance and the exit status. What the commands print comes back on one pipe; what is
-    before the token is the command's output."""
+    starts one shell, not one per item.
+
+    The shell reads its script from a pipe. Each command is one line: ``(export ...; eval
+    CMD) </dev/null >FIFO 2>&1`` (a subshell: nothing it sets reaches the next command),
+    then a ``printf`` of a token no output holds by chance and the exit status, on the
+    shell's own stdout. The command's output goes to a FIFO the build reads to its end, as
+    it read a ``sh -c``'s pipe: a background job that keeps it open holds the command until
+    it is done, so it cannot write into the next command's outputs. The build holds a write
+    end of the FIFO while a command runs (else its end would come before the command opens
+    it) and lets go once the status came."""
 
     def __init__(self, spawner: Spawner, kwargs: dict[str, Any]):
-        script_r, self._script = os.pipe()
-        self._out, out_w = os.pipe()
-        kwargs.update(stdin=script_r, stdout=out_w, stderr=out_w, close_fds=False)
+        self._dir = tempfile.mkdtemp(prefix="pipemake-sh-")
+        fifo = os.path.join(self._dir, "out")
+        fds: list[int] = []
         try:
+            os.mkfifo(fifo, 0o600)
+            self._fifo = fifo
+            self._out = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fds.append(self._out)
+            self._hold = self._holding()
+            fds.append(self._hold)
+            os.set_blocking(self._out, True)
+            script_r, self._script = os.pipe()
+            fds += [script_r, self._script]
+            self._status, status_w = os.pipe()
+            fds += [self._status, status_w]
+            kwargs.update(stdin=script_r, stdout=status_w, stderr=status_w, close_fds=False)
             self.proc = spawner.start(["/bin/sh", "-s"], spawner.env, kwargs)
         except BaseException:
-            os.close(self._script)
-            os.close(self._out)
+            for fd in fds:
+                os.close(fd)
+            shutil.rmtree(self._dir, ignore_errors=True)
             raise
-        finally:
-            os.close(script_r)
-            os.close(out_w)
+        os.close(script_r)
+        os.close(status_w)
         self._token = f"@@pipemake-{secrets.token_hex(8)}@@ ".encode()
-        self._status = f"; printf '%s%d\\n' '{self._token.decode()}' $?\n"
-        self._buf = b""
-        self._busy = False
+        self._tail = (
+            f" </dev/null >{shlex.quote(fifo)} 2>&1; printf '%s%d\\n' '{self._token.decode()}' $?\n"
+        )
+        self._poll = select.poll()
+        self._poll.register(self._out, select.POLLIN)
+        self._poll.register(self._status, select.POLLIN)
+        self.busy = False
         self.ended = False
 
-    def run(self, cmd: str, export: str, output: Callable[[str], None] | None) -> int:
-        line = f"({export}eval {shlex.quote(cmd)}) </dev/null{self._status}".encode()
-        self._busy = True
-        try:
-            while line:
-                line = line[os.write(self._script, line) :]
-        except OSError:  # the shell is gone
-            return self._gone(output)
-        token = self._token
-        buf = self._buf
-        while True:
-            i = buf.find(token)
-            if i >= 0:
-                j = buf.find(b"\n", i)
-                if j >= 0:
-                    self._buf = buf[j + 1 :]
-                    self._busy = False
-                    _lines(buf[:i], output, last=True)
-                    return int(buf[i + len(token) : j])
-            end = buf.rfind(b"\n", 0, len(buf) if i < 0 else i) + 1
-            if end:  # whole lines, the command's: pass them on while it runs
-                _lines(buf[:end], output)
-                buf = buf[end:]
-            chunk = os.read(self._out, 1 << 16)
-            if not chunk:
-                self._buf = buf
-                return self._gone(output)
-            buf += chunk
+    def _holding(self) -> int:
+        return os.open(self._fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
 
-    def _gone(self, output: Callable[[str], None] | None) -> int:
-        """The shell ended before the command's status came (killed, or a stop): its own."""
-        _lines(self._buf, output, last=True)
-        self._buf = b""
-        self.end()
-        code = self.proc.returncode
+    def run(self, cmd: str, export: str, output: Callable[[str], None] | None) -> int | None:
+        """Run ``cmd`` and return its exit status; None when the shell was found gone before
+        it could start the command (it did not run)."""
+        line = f"({export}eval {shlex.quote(cmd)}){self._tail}".encode()
+        if self.proc.poll() is not None:  # it ended while idle (killed by someone)
+            self.end()
+            return None
+        self.busy = True
+        try:
+            try:
+                while line:
+                    line = line[os.write(self._script, line) :]
+            except BrokenPipeError:  # the shell ended while idle: the command never started
+                self.end()
+                return None
+            lines = _Lines(output)
+            status = b""
+            token = self._token
+            code: int | None = None
+            while code is None:
+                for fd, _ in self._poll.poll():
+                    if fd == self._out:
+                        lines.feed(os.read(fd, 1 << 16))
+                        continue
+                    chunk = os.read(fd, 4096)
+                    if not chunk:  # the shell itself ended (killed, or a stop)
+                        code = self._gone()
+                        break
+                    status += chunk
+                    i = status.find(token)
+                    j = status.find(b"\n", i) if i >= 0 else -1
+                    if j >= 0:
+                        lines.message(status[:i])  # the shell's own ("Killed")
+                        code = int(status[i + len(token) : j])
+                        break
+            if self._hold >= 0:
+                os.close(self._hold)  # what still holds the FIFO is the command's: wait
+                self._hold = -1
+            while chunk := os.read(self._out, 1 << 16):
+                lines.feed(chunk)
+            lines.finish()
+            self.busy = False
+            if self.proc.returncode is not None:
+                self.end()  # it is gone: the next command gets a new one
+            else:
+                self._hold = self._holding()
+            return code
+        except BaseException:
+            self.end()  # its output and status unread: no later command may take them
+            raise
+
+    def _gone(self) -> int:
+        """The shell ended before the command's status came: its own exit status."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # what it left, where it leads a group
+        except OSError:
+            pass
+        code = self.proc.wait()
         return code if code else 1
 
     def end(self) -> None:
         if self.ended:
             return
         self.ended = True
-        if self._busy:  # given up in the middle of a command: end it, its output unread
+        if self.busy and self.proc.returncode is None:  # given up in the middle of a command
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # its group, where it leads one
             except OSError:
                 with contextlib.suppress(OSError):
                     os.kill(self.proc.pid, signal.SIGKILL)
-        os.close(self._script)  # the end of its script: it exits
-        os.close(self._out)
+        for fd in (self._script, self._out, self._status, self._hold):  # no more script: it exits
+            if fd >= 0:
+                os.close(fd)
+        self._hold = -1
         self.proc.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def _lines(data: bytes, output: Callable[[str], None] | None, last: bool = False) -> None:
-    if output is None or not data:
-        return
-    lines = data.decode("utf-8", "replace").split("\n")
-    if lines[-1] == "" or not last:
-        lines.pop()  # after the last newline: nothing (or, not last, kept for later)
-    for line in lines:
-        output(line)
+class _Lines:
+    """Splits a command's output into lines as it comes, the way a text-mode pipe reads
+    them: ``\n``, ``\r\n`` and ``\r`` end a line; the last line may have no end."""
+
+    def __init__(self, output: Callable[[str], None] | None):
+        self.output = output
+        self.buf = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        if self.output is None:
+            return
+        buf = self.buf
+        start = max(len(buf) - 1, 0)  # only the new bytes (and a held-back \r) can end lines
+        buf += chunk
+        end = len(buf) - 1 if buf.endswith(b"\r") else len(buf)  # maybe half of a \r\n
+        k = max(buf.rfind(b"\n", start, end), buf.rfind(b"\r", start, end))
+        if k >= 0:
+            self._emit(bytes(buf[: k + 1]))
+            del buf[: k + 1]
+
+    def finish(self) -> None:
+        if self.buf:
+            self._emit(bytes(self.buf) + b"\n")
+            self.buf.clear()
+
+    def message(self, data: bytes) -> None:
+        if data:
+            self._emit(data if data.endswith(b"\n") else data + b"\n")
+
+    def _emit(self, data: bytes) -> None:
+        if self.output is None:
+            return
+        text = data.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+        lines = text.split("\n")
+        lines.pop()  # after the last line's end
+        for line in lines:
+            self.output(line)
 
 
 _spawner: ContextVar[Spawner | None] = ContextVar("pipemake_spawner", default=None)

@@ -127,7 +127,7 @@ class ShellRule(Rule):
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
             if item is not None and 128 < code <= 128 + 64:  # how the shared shell says it
                 sig = code - 128
-                how += f" (= 128 + {sig}, as a shell reports a command killed by signal {sig})"
+                how += f" (or was killed by signal {sig}: a shell reports that as 128 + {sig})"
             shown = "\n".join("    " + t for t in tail)
             raise RuleError(
                 f"command {how}:\n    $ {cmd}" + (f"\n  output:\n{shown}" if tail else "")

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Proj
+from conftest import Proj, alive, wait_for
 
+from pipemake.executors.base import Task
+from pipemake.executors.local import TaskStopped, _Guardian, _ThreadSpawner
 from pipemake.rule import Context, exports
 from pipemake.worker import Spawner
 
@@ -73,6 +76,8 @@ def test_each_command_gets_its_own_environment(spawner: Spawner) -> None:
     assert _run(spawner, 'printf "%s\\n" "$A"', {"A": "two"}) == (0, ["two"])
     assert spawner.sh("true", {"NOT-A-NAME": "1"}, None) is None  # the caller starts its own
     assert exports({"NOT-A-NAME": "1"}) is None and exports(None) == ""
+    # what a starting shell sets itself: only a shell of its own gives what sh -c gives
+    assert exports({"IFS": ":"}) is None and exports({"PWD": "/"}) is None
 
 
 def test_big_output_does_not_block_the_command(spawner: Spawner) -> None:
@@ -85,7 +90,7 @@ def test_a_command_killed_by_a_signal_and_a_dead_shell(spawner: Spawner) -> None
     code, _ = _run(spawner, "kill -KILL $(sh -c 'echo $PPID')")
     assert code == 128 + signal.SIGKILL
     # the shell itself killed: the command fails with the signal, the next gets a new shell
-    code, _ = _run(spawner, "echo $$ > pid; kill -TERM $$; sleep 5")
+    code, _ = _run(spawner, "kill -TERM $$; sleep 0.2")
     assert code == -signal.SIGTERM
     assert _run(spawner, "echo again") == (0, ["again"])
 
@@ -147,3 +152,80 @@ def test_a_failing_item_names_its_exit_status(project: Callable[..., Proj]) -> N
     text = result.output
     assert "f1.txt" in text and "exited with code 7" in text and "bad input" in text
     assert "Traceback" not in text
+
+
+def test_a_background_job_holding_the_output_holds_its_command(
+    spawner: Spawner, tmp_path: Path
+) -> None:
+    # as with sh -c: the command's output is read to its end, so a job still writing there
+    # finishes (and writes its files) before the command counts as done
+    code, lines = _run(spawner, "(sleep 0.3; echo late; echo x > bg.txt) & echo now")
+    assert (code, lines) == (0, ["now", "late"])
+    assert (tmp_path / "bg.txt").read_text() == "x\n"
+    assert _run(spawner, "echo next") == (0, ["next"])
+
+
+def test_carriage_returns_end_lines_and_long_lines_come_whole(spawner: Spawner) -> None:
+    assert _run(spawner, "printf 'frame 1\\rframe 2\\r\\nok\\r\\nend\\r'") == (
+        0,
+        ["frame 1", "frame 2", "ok", "end"],
+    )
+    code, lines = _run(spawner, "head -c 3000000 /dev/zero | tr '\\0' x")
+    assert code == 0 and len(lines) == 1 and len(lines[0]) == 3_000_000
+
+
+def test_an_output_callback_that_fails_leaves_no_result_to_the_next_command(
+    spawner: Spawner,
+) -> None:
+    def fail(line: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        spawner.sh("echo first; exit 5", None, fail)
+    assert _run(spawner, "echo second") == (0, ["second"])
+    assert _run(spawner, "exit 9") == (9, [])
+
+
+def test_a_shell_gone_between_commands_is_replaced(spawner: Spawner) -> None:
+    code, pid = _run(spawner, "echo $$")
+    os.kill(int(pid[0]), signal.SIGKILL)
+    wait_for(lambda: not alive(int(pid[0])), what="the shell to end")
+    assert _run(spawner, "echo fine") == (0, ["fine"])
+
+
+def test_commands_from_two_threads_at_once_each_get_their_own_result(spawner: Spawner) -> None:
+    got: dict[int, tuple[int | None, list[str]]] = {}
+
+    def one(n: int) -> None:
+        lines: list[str] = []
+        code = Context(Path(spawner.cwd or "."), {}, {}, {}, spawn=spawner).sh(
+            f"sleep 0.0{n}; echo item{n}; exit {n}", output=lines.append
+        )
+        got[n] = (code, lines)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(1, 7)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == {n: (n, [f"item{n}"]) for n in range(1, 7)}
+
+
+def test_a_stop_between_commands_ends_the_idle_shell_as_no_command(tmp_path: Path) -> None:
+    guardian = _Guardian()
+    try:
+        task = Task("t#0", "s", "shell", str(tmp_path), "", {}, {}, {}, {})
+        sp = _ThreadSpawner(task, guardian)
+        assert sp.sh("echo one", None, None) == 0
+        shell = sp._shell
+        assert shell is not None
+        sp.stop(signal.SIGTERM)
+        assert not sp.hit  # the task's commands were all done: it is not cut short
+        assert shell.proc.wait(5) == -signal.SIGTERM
+        with pytest.raises(TaskStopped):
+            sp.sh("echo two", None, None)
+        assert sp.hit
+        sp.end_shell()
+        sp.close()
+    finally:
+        guardian.close()

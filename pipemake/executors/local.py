@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -232,6 +232,8 @@ class _ThreadSpawner(Spawner):
         #: the signal the task was stopped with, and whether that ended or prevented a command
         self.stopped: int | None = None
         self.hit = False
+        #: whether a command of the task's shell (``sh``) may be running
+        self.commanding = False
 
     def merged(self, env: Mapping[str, str]) -> Mapping[Any, Any]:
         # this process's os.environ never changes while it builds, so neither does the merge
@@ -264,14 +266,30 @@ class _ThreadSpawner(Spawner):
             self.guardian.update(ended, proc.pid)  # one write for both
         return proc
 
+    def sh(
+        self, cmd: str, env: Mapping[str, str] | None, output: Callable[[str], None] | None
+    ) -> int | None:
+        with self.lock:
+            if self.stopped is not None:
+                self.hit = True
+                raise TaskStopped(self.stopped)
+            self.commanding = True  # from here a stop ends a command of the task's shell
+        try:
+            return super().sh(cmd, env, output)
+        finally:
+            self.commanding = False
+
     def stop(self, sig: int) -> None:
         with self.lock:
             if self.stopped is None or sig == signal.SIGKILL:
                 self.stopped = sig
+            # the task's shell between commands: ended, but no command of the task was
+            idle = self._shell.proc if self._shell is not None and not self.commanding else None
             for p in self.procs:
                 if p.returncode is None:
                     _signal_group(p.pid, sig)
-                    self.hit = True
+                    if p is not idle:
+                        self.hit = True
 
     def _devnull(self) -> int:
         if self._null < 0:
