@@ -185,3 +185,13 @@ def chunks(seq: Sequence[Any], jobs: int, batch: int) -> list[Sequence[Any]]:
     size = max(1, min(256, n // max(1, jobs * 8)))
     size = max(batch, (size // batch) * batch)
     return [seq[i : i + size] for i in range(0, n, size)]
+
+
+def staged_files(staged: str | dict[str, dict[str, str]], name: str, entries: Any) -> Any:
+    """Where an item's files of output ``name`` were staged (entry relpath → path relative to
+    the project root), from what its worker said: a directory holding ``NAME/ENTRY`` for
+    every entry (plain files, the usual case: one string for all, not a path per file), or
+    the paths themselves."""
+    if isinstance(staged, str):
+        return {e[0]: f"{staged}/{name}/{e[0]}" for e in entries}
+    return staged.get(name, {})

@@ -546,17 +546,22 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
                 manifests = _hash_outputs(task, task.outputs, store)
             else:
                 manifests = flat
-            staged: dict[str, dict[str, str]] = {}
-            for name, manifest in manifests.items():
-                moved = staged.setdefault(name, {})
-                for k, entry in enumerate(manifest["entries"]):
-                    if flat is not None:  # plain top-level files: the output's own tree
-                        to = f"{name}/{entry[0]}"
-                    else:  # anything nested: a name of its own, moved in one by one
+            # where the files went (items.staged_files reads it): plain top-level files to
+            # the output's own tree, said by one string; anything nested to a name of its own
+            staged: str | dict[str, dict[str, str]] = done_rel
+            if flat is not None:
+                for name, manifest in manifests.items():
+                    for entry in manifest["entries"]:
+                        os.rename(f"{work[name]}/{entry[0]}", f"{done}/{name}/{entry[0]}")
+            else:
+                staged = {}
+                os.makedirs(f"{done}/.items", exist_ok=True)
+                for name, manifest in manifests.items():
+                    moved = staged.setdefault(name, {})
+                    for k, entry in enumerate(manifest["entries"]):
                         to = f".items/{task.id}-{n}-{name}-{k}"
-                        os.makedirs(f"{done}/.items", exist_ok=True)
-                    os.rename(f"{work[name]}/{entry[0]}", f"{done}/{to}")
-                    moved[entry[0]] = f"{done_rel}/{to}"
+                        os.rename(f"{work[name]}/{entry[0]}", f"{done}/{to}")
+                        moved[entry[0]] = f"{done_rel}/{to}"
             results[it["relpath"]] = {"outputs": manifests, "values": values, "staged": staged}
             dirty = flat is None
         except RuleError as exc:

@@ -22,6 +22,7 @@ from pipemake import worker
 from pipemake.executors.base import Task
 from pipemake.executors.local import _Guardian, _ThreadSpawner
 from pipemake.fshash import Hasher
+from pipemake.items import staged_files
 from pipemake.store import Store
 from pipemake.workspace import manifest_of
 
@@ -104,7 +105,7 @@ def _check_staged(root: Path, store: Store, results: dict[str, Any]) -> None:
         assert "error" not in res, (rel, res)
         manifest = res["outputs"]["out"]
         check = root / "check" / rel
-        for entry_rel, flat in res["staged"]["out"].items():
+        for entry_rel, flat in staged_files(res["staged"], "out", manifest["entries"]).items():
             target = check / entry_rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes((root / flat).read_bytes())
@@ -130,7 +131,8 @@ def test_plain_files_are_hashed_stored_and_staged_as_the_hasher_would(tmp_path: 
     assert all(not (p.stat().st_mode & 0o222) for p in objects)  # read-only
     # nothing left in the work directory, and the objects are copies (no --link)
     assert os.listdir(tmp_path / "stage" / "t0" / "work" / "out") == []
-    staged = tmp_path / results["f3.txt"]["staged"]["out"]["f3.txt"]
+    assert results["f3.txt"]["staged"] == "stage/t0/done"  # plain files: one string says where
+    staged = tmp_path / "stage/t0/done/out/f3.txt"
     assert staged.stat().st_nlink == 1
 
 
@@ -160,7 +162,10 @@ def test_with_link_the_plain_files_become_the_objects(tmp_path: Path) -> None:
     results = _run(task)
     store = Store(tmp_path / "store")
     _check_staged(tmp_path, store, results)
-    staged = tmp_path / results["f1.txt"]["staged"]["out"]["f1.txt"]
+    res = results["f1.txt"]
+    staged = (
+        tmp_path / staged_files(res["staged"], "out", res["outputs"]["out"]["entries"])["f1.txt"]
+    )
     digest = results["f1.txt"]["outputs"]["out"]["entries"][0][1]
     assert staged.stat().st_ino == store.object_path(digest).stat().st_ino
     assert not staged.stat().st_mode & 0o222
