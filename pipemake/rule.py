@@ -426,6 +426,8 @@ def _known(names: set[str]) -> str:
 #: value, ``module:attr``), read once per process
 _registry: tuple[str, dict[str, str]] | None = None
 _RACY_NS = 1_000_000_000
+#: how many Python set-ups (interpreter, sys.path) the registry cache remembers
+_HEADS = 4
 
 
 def _scan() -> tuple[str, dict[str, str], list[str]]:
@@ -463,27 +465,33 @@ def registry(cache: Path | None = None) -> tuple[str, dict[str, str]]:
         return _registry
     # a distribution installed, upgraded or removed adds or removes an entry in its
     # sys.path directory; a registering one's entry points are its entry_points.txt
-    head = [sys.version, sys.executable, mtimes(sys.path)]
+    head = json.loads(json.dumps([sys.version, sys.executable, mtimes(sys.path)]))
+    # one answer per head: `pipemake` and `python -m pipemake` differ in sys.path[0]
+    known: list[dict[str, Any]] = []
     if cache is not None:
         try:
             doc = json.loads(cache.read_text())
-            if doc["head"] == json.loads(json.dumps(head)) and doc["sources"] == mtimes(
-                [s for s, _ in doc["sources"]]
-            ):
-                _registry = (str(doc["version"]), {str(k): str(v) for k, v in doc["rules"].items()})
-                return _registry
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            known = [e for e in doc["heads"] if type(e) is dict][:_HEADS]
+        except (OSError, ValueError, KeyError, TypeError):
             pass
+        for e in known:
+            try:
+                if e["head"] == head and e["sources"] == mtimes([s for s, _ in e["sources"]]):
+                    _registry = (str(e["version"]), {str(k): str(v) for k, v in e["rules"].items()})
+                    return _registry
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                pass
     version, rules, sources = _scan()
     _registry = (version, rules)
     if cache is not None and cache.parent.is_dir():
         stamps = mtimes(sources)
         settled = time.time_ns() - _RACY_NS
         if all(m is None or m < settled for _, m in head[2] + stamps):
-            doc = {"head": head, "sources": stamps, "version": version, "rules": rules}
+            entry = {"head": head, "sources": stamps, "version": version, "rules": rules}
+            others = [e for e in known if e.get("head") != head][: _HEADS - 1]
             tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
             try:
-                tmp.write_text(json.dumps(doc))
+                tmp.write_text(json.dumps({"heads": [entry, *others]}))
                 os.replace(tmp, cache)
             except OSError:
                 pass  # only a cache

@@ -78,7 +78,10 @@ def test_rewritten_entry_points_are_read_again(site: Path, tmp_path: Path) -> No
     assert _fresh(cache)[1]["pm_fake"] == "other_module:Other"
 
 
-@pytest.mark.parametrize("text", ["", "not json", "[]", '{"head": 1}', '{"head": null}'])
+@pytest.mark.parametrize(
+    "text",
+    ["", "not json", "[]", '{"head": 1}', '{"heads": null}', '{"heads": [1, {"head": 2}]}'],
+)
 def test_a_damaged_cache_is_ignored(site: Path, tmp_path: Path, text: str) -> None:
     cache = tmp_path / "rules.json"
     cache.write_text(text)
@@ -101,3 +104,25 @@ def test_rules_load_from_their_entry_point_values() -> None:
     assert rule._load("os.path:join") is os.path.join
     assert rule._load("os:path.join") is os.path.join
     assert rule._load("os.path [extra]") is os.path
+
+
+def test_two_python_set_ups_each_keep_their_answer(
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pipemake` and `python -m pipemake` differ in sys.path[0]: alternating them reads
+    the metadata once for each, not on every switch."""
+    cache = tmp_path / "rules.json"
+    first = _fresh(cache)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    os.utime(other, (PAST, PAST))
+    monkeypatch.setattr(sys, "path", [str(other), *sys.path])
+    assert _fresh(cache) == first  # a new set-up: read, and remembered beside the first
+
+    def no_scan() -> None:
+        raise AssertionError("read the metadata again")
+
+    monkeypatch.setattr(rule, "_scan", no_scan)
+    assert _fresh(cache) == first
+    monkeypatch.setattr(sys, "path", sys.path[1:])
+    assert _fresh(cache) == first
