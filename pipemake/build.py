@@ -10,6 +10,7 @@ kill at any moment leaves the old state or a complete entry, never a half-writte
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -126,7 +127,7 @@ class Builder:
         self._full: dict[str, dict[str, Any] | None] = {}
         self._placed: dict[str, tuple[str, str]] | None = None
         #: bookkeeping no later decision of this build reads, put off until tasks run
-        self._later: list[Callable[[], None]] = []
+        self._later: list[tuple[Callable[[], None], str]] = []
 
     # resolving and keys -----------------------------------------------------------------
     def _lookup(self, stage: Stage, unknown: set[str]):
@@ -479,16 +480,24 @@ class Builder:
         brief = self._brief.get(stage_id)
         return brief[1] if brief else None
 
-    def later(self, work: Callable[[], None]) -> None:
+    def later(self, work: Callable[[], None], stage: str = "") -> None:
         """Put off writing what only later builds read (an item index, a stage's store
         entry) until the scheduler waits on running tasks or finishes: the stages waiting on
-        this one start first. Losing it (the process killed) costs a later build a little
-        time, never a wrong answer."""
-        self._later.append(work)
+        this one start first. Losing it (the process killed, the disk full) costs a later
+        build a little time, never a wrong answer."""
+        self._later.append((work, stage))
 
     def idle(self) -> None:
         while self._later:
-            self._later.pop(0)()
+            work, stage = self._later.pop(0)
+            try:
+                work()
+            except (OSError, sqlite3.Error) as exc:  # only what later builds reuse: say so
+                self.bus.emit(
+                    "log", stage, level="warning",
+                    text=f"could not save what the next build reuses ({exc}); it will check "
+                    "again instead",
+                )  # fmt: skip
         if self.state.trees_pending():  # big rows: encoded and written now, not at the end
             self.state.flush()
 
@@ -564,7 +573,8 @@ class Builder:
             self.later(
                 lambda: self.state.set_item_hashes(
                     stage.id, {it.relpath: it.hash for it in sk.items}
-                )
+                ),
+                stage.id,
             )
 
 

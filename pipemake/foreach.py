@@ -403,7 +403,7 @@ def assemble(b: Builder, stage: Stage, run: dict[str, Any]) -> dict[str, Any]:
     for name, rel in sk.ports.outputs.items():
         whole = _staged_whole(b, sk, run, name, merged[name])
         if whole is not None:  # every item ran: the staged tree is the output, one rename
-            b.ws.place(whole, rel, later=b.later)
+            b.ws.place(whole, rel, later=lambda work: b.later(work, stage.id))
             continue
         moves: dict[str, str] = {}
         for item_rel, manifest in run["done_items"].items():
@@ -418,6 +418,6 @@ def assemble(b: Builder, stage: Stage, run: dict[str, Any]) -> dict[str, Any]:
                 moves[e[0]] = f"{staged}/{e[0]}"
         if not b.ws.sync_dir(merged[name], rel, b.store, b.hasher, moves):
             raise StageFailure(f"could not assemble {rel}: a store object is missing or corrupt")
-    b.later(bookkeeping)
+    b.later(bookkeeping, stage.id)
     remove_path(run["staging"])
     return entry

@@ -6,6 +6,7 @@ from __future__ import annotations
 import marshal
 import os
 import shutil
+import sqlite3
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -62,6 +63,29 @@ def test_one_changed_item_reruns_alone(items: Proj) -> None:
     assert _items_run(items) == ["f3.txt"]
     assert items.read("build/upper/f3.txt") == "CHANGED\n"
     assert items.read("build/upper/f1.txt") == "FILE 1\n"
+
+
+def test_bookkeeping_that_cannot_be_saved_is_a_warning_and_costs_no_rerun(
+    items: Proj, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The item index and item hashes are written after the stage, for later builds only:
+    a full disk there is said, the build succeeds, and the next build still reruns nothing
+    but the changed item."""
+    from pipemake.state import WorkspaceState
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(WorkspaceState, "set_item_index", full)
+    monkeypatch.setattr(WorkspaceState, "set_item_hashes", full)
+    items.write("data/f3.txt", "changed\n")
+    out = items.cli("build", "--no-progress").output
+    assert "upper| could not save what the next build reuses (database or disk is full)" in out
+    assert _items_run(items) == ["f3.txt"] and items.read("build/upper/f3.txt") == "CHANGED\n"
+    monkeypatch.undo()
+    items.write("data/f4.txt", "again\n")
+    items.cli("build")
+    assert _items_run(items) == ["f4.txt"] and items.read("build/upper/f3.txt") == "CHANGED\n"
 
 
 def test_touch_reruns_nothing(items: Proj) -> None:
