@@ -248,7 +248,7 @@ class Context:
         session = None if fresh else getattr(self._spawn, "sh", None)
         if session is not None:
             code = session(cmd, env, output)
-            if code is not None:  # None: env has a name the shell cannot export
+            if code is not None:  # None: not there (a name it cannot export, in use)
                 return int(code)
         proc = self.popen(
             ["/bin/sh", "-c", cmd], env=env, stdin=subprocess.DEVNULL, close_fds=False,
