@@ -492,7 +492,7 @@ class Builder:
             work, stage = self._later.pop(0)
             try:
                 work()
-            except (OSError, sqlite3.Error) as exc:  # only what later builds reuse: say so
+            except (OSError, sqlite3.OperationalError) as exc:  # only what later builds reuse
                 self.bus.emit(
                     "log", stage, level="warning",
                     text=f"could not save what the next build reuses ({exc}); it will check "

@@ -299,6 +299,7 @@ def _retry(
         not_before=time.time() + delay,
     )
     run["tasks"][again.id] = again
+    run["tasks"].pop(task.id, None)  # the new attempt carries what is left of it
     for i in again.items:
         run["new"][i["relpath"]]["task"] = again.id
     first = sorted(failed)[0]
@@ -372,7 +373,10 @@ def assemble(b: Builder, stage: Stage, run: dict[str, Any]) -> dict[str, Any]:
         merged = merge_outputs(per_item, sk.ports.outputs)
     except ValueError as exc:
         raise StageFailure(str(exc)) from None
-    values = stage.rule.gather(sk.ports.params, {rel: run["values"].get(rel) for rel in per_item})
+    # each item's own dict (an empty one may be shared by many in the index)
+    values = stage.rule.gather(
+        sk.ports.params, {rel: run["values"].get(rel) or {} for rel in per_item}
+    )
     entry = {
         "stage": stage.id,
         "outputs": merged,

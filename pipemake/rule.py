@@ -205,6 +205,9 @@ class Context:
         self.item = item
         self.state = state
         self._spawn = spawn
+        #: with ``batch_size`` > 1, in ``run_batch``: each item's outputs (name → path), in
+        #: the order of the items (``outputs`` is the first item's)
+        self.batch_outputs: list[dict[str, Path]] = []
 
     def progress(self, done: int, total: int | None = None) -> None:
         """Report that ``done`` of ``total`` units of work are finished."""
@@ -385,7 +388,9 @@ class Rule:
         return self.run(ctx)
 
     def run_batch(self, ctx: Context, items: Sequence[Item]) -> list[Mapping[str, Any] | None]:
-        """Process several items at once (GPU rules); by default one by one."""
+        """Process several items at once (GPU rules), item ``n``'s outputs written to
+        ``ctx.batch_outputs[n]``; one list entry of values per item. Without an override
+        each item goes to ``run_item`` with a context of its own."""
         return [self.run_item(ctx, item) for item in items]
 
     def gather(self, params: Mapping[str, Any], per_item: Mapping[str, Any]) -> dict[str, Any]:

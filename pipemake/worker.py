@@ -654,17 +654,22 @@ def _item_batches(task: Task, rule: Rule, store: Store, send: Send, logger: logg
         chunk = task.items[start : start + batch]
         for it in chunk:
             _prepare_outputs(task, it["outputs"], all_dirs=True)
-        first = chunk[0]
-        inputs = dict(task.inputs, **{task.foreach: first["path"]})
-        item = Item(first["path"], first["relpath"], first["hash"])
-        ctx = _context(task, send, logger, first["outputs"], inputs, item)
+        items = [Item(i["path"], i["relpath"], i["hash"]) for i in chunk]
+        ctxs = [
+            _context(task, send, logger, i["outputs"], {**task.inputs, task.foreach: i["path"]}, it)
+            for i, it in zip(chunk, items, strict=True)
+        ]
+        ctx = ctxs[0]
         ctx.state = _state(task, rule, ctx)
         try:
-            items = [Item(i["path"], i["relpath"], i["hash"]) for i in chunk]
-            ctx.extra_outputs = [  # type: ignore[attr-defined]
-                {k: _abs(task.root, v) for k, v in i["outputs"].items()} for i in chunk
-            ]
-            values_list = rule.run_batch(ctx, items)
+            if type(rule).run_batch is Rule.run_batch:  # item by item, each in its own context
+                values_list: list[Any] = []
+                for c, it in zip(ctxs, items, strict=True):
+                    c.state = ctx.state
+                    values_list.append(rule.run_item(c, it))
+            else:
+                ctx.batch_outputs = [c.outputs for c in ctxs]
+                values_list = rule.run_batch(ctx, items)
             for it, values in zip(chunk, values_list, strict=True):
                 results[it["relpath"]] = {
                     "outputs": _hash_outputs(task, it["outputs"], store),

@@ -258,6 +258,57 @@ def test_map_reduce_caches_maps(project: Callable[..., Proj], monkeypatch: Any) 
     assert sorted(MAPS) == ["a", "b", "c"]
 
 
+class _Pairs(Rule):
+    """Asks for batches of two but only implements run_item; its gather checks what it
+    gets for items that returned no values."""
+
+    name = "pairs"
+    inputs: ClassVar = {"input_dir": Input(kind="dir")}
+    outputs: ClassVar = {"output_dir": Output(kind="dir")}
+    values: ClassVar = ("seen",)
+    batch_size = 2
+
+    def run_item(self, ctx: Context, item: Item) -> None:
+        text = Path(ctx.inputs["input_dir"]).read_text()
+        (ctx.outputs["output_dir"] / item.name).write_text(text.upper())
+
+    def gather(self, params: Mapping[str, Any], per_item: Mapping[str, Any]) -> dict[str, Any]:
+        assert all(type(v) is dict and not v for v in per_item.values()), per_item
+        return {"seen": len(per_item)}
+
+
+def test_a_batch_rule_without_run_batch_runs_each_item_in_its_own_context(
+    project: Callable[..., Proj], monkeypatch: Any
+) -> None:
+    monkeypatch.setitem(rule._loaded, "pairs", _Pairs())
+    files = {f"data/f{i}.txt": f"file {i}\n" for i in range(5)}
+    proj = project(
+        """
+    name: pairs
+    stages:
+      - id: up
+        type: pairs
+        foreach: input_dir
+        config: {input_dir: data, output_dir: build/up}
+    """,
+        files,
+    )
+
+    def build() -> None:
+        with api.project_of(proj.root, None) as p:
+            api.build(p, executor="inline")
+
+    build()
+    assert {p.name: p.read_text() for p in proj.path("build/up").iterdir()} == {
+        f"f{i}.txt": f"FILE {i}\n" for i in range(5)
+    }
+    proj.write("data/f2.txt", "new\n")  # its batch partner comes from the store
+    build()
+    assert {p.name: p.read_text() for p in proj.path("build/up").iterdir()} == {
+        f"f{i}.txt": "NEW\n" if i == 2 else f"FILE {i}\n" for i in range(5)
+    }
+
+
 class _Picks(Rule):
     """Writes two folders and returns one of them as a computed path value."""
 
