@@ -15,7 +15,6 @@ runs the tasks.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import random
 import time
@@ -322,7 +321,11 @@ class Scheduler:
         if task.attempt >= task.max_attempts or self.out.interrupted is not None:
             return False
         delay = backoff_delay(task.backoff, task.attempt)
-        again = dataclasses.replace(task, attempt=task.attempt + 1, not_before=time.time() + delay)
+        # the same object, its attempt counted up: whoever holds the task (a foreach stage
+        # deciding item retries) sees which attempt answers; the failed one is over
+        again = task
+        again.attempt += 1
+        again.not_before = time.time() + delay
         self.bus.emit(
             "stage_retried",
             stage,

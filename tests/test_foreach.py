@@ -606,6 +606,26 @@ def test_a_task_retried_after_its_worker_died_leaves_nothing_extra(
     assert "each: up to date" in out and "total: up to date" in out
 
 
+def test_a_task_retried_after_its_worker_died_counts_that_attempt(
+    project: Callable[..., Proj],
+) -> None:
+    """retries: 1 allows two attempts: the worker's death was the first, so an item that
+    fails in the second is not tried a third time."""
+    work = CRASHWORK.replace(
+        '    if src.name == "f13.txt" and',
+        '    if src.name == "f13.txt":\n'
+        '        open("f13.runs", "a").write("x")\n'
+        '    if src.name == "f13.txt" and os.path.exists("crashed.flag"):\n'
+        '        raise ValueError("f13 is bad")\n'
+        '    if src.name == "f13.txt" and',
+    )
+    files = {f"data/f{i}.txt": f"file {i}\n" for i in range(10, 20)}
+    proj = project(CRASHING, files | {"crashwork.py": work})
+    out = proj.cli("build", "-j", "1", "--no-progress", code=1).output
+    assert proj.exists("crashed.flag") and "f13 is bad" in out
+    assert proj.read("f13.runs") == "xx"  # the worker's death, then the failure
+
+
 def test_an_output_hard_linked_to_its_input_leaves_the_input_alone(
     project: Callable[..., Proj],
 ) -> None:
