@@ -19,6 +19,7 @@ on another filesystem, or one that refuses links, falls back to copying.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -165,13 +166,8 @@ class Store:
         now = time.time()
         rows = [(k, _encode(e), now, now) for k, e in pairs]
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(db):
             db.executemany("INSERT OR REPLACE INTO actions VALUES (?,?,?,?)", rows)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def actions(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every entry (for ``cache verify`` and ``cache gc``)."""
@@ -189,13 +185,8 @@ class Store:
         """Remove entries (``cache gc``); their objects go with the next sweep."""
         self._count_removal()
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(db):
             db.executemany("DELETE FROM actions WHERE key=?", [(k,) for k in keys])
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def stale_temporaries(self, older_than: float) -> list[Path]:
         """Temporary files a killed writer left among the objects."""
@@ -585,3 +576,17 @@ class _quiet:
 
     def __exit__(self, exc_type: Any, *_: Any) -> bool:
         return exc_type is not None and issubclass(exc_type, OSError)
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction: committed, or rolled back on an error (a failed COMMIT too,
+    when SQLite did not roll it back itself), so the connection is never left inside one."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise

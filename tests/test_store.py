@@ -219,3 +219,25 @@ def test_get_actions_parses_many_rows_and_isolates_damaged_ones(tmp_path) -> Non
     store.db.execute("UPDATE actions SET entry=? WHERE key=?", ("3]", "k2"))
     got = store.get_actions([f"k{i}" for i in range(7)])
     assert sorted(got) == ["k5"]
+
+
+def test_a_commit_that_fails_leaves_no_open_transaction(tmp_path: Path) -> None:
+    """A COMMIT SQLite refuses without rolling back (here a deferred constraint; a full disk
+    in the wild) is rolled back: the connection goes on working for the next write."""
+    from pipemake.store import Store
+
+    store = Store(tmp_path / "store")
+    db = store.db
+    db.execute("PRAGMA foreign_keys=ON")
+    db.execute("CREATE TABLE parent(y PRIMARY KEY)")
+    db.execute("CREATE TABLE child(x REFERENCES parent(y) DEFERRABLE INITIALLY DEFERRED)")
+    db.execute(
+        "CREATE TRIGGER orphan AFTER INSERT ON actions BEGIN INSERT INTO child VALUES (1); END"
+    )
+    entry = {"stage": "s", "outputs": {}, "values": {}}
+    with pytest.raises(sqlite3.IntegrityError):
+        store.put_actions([("k1", entry)])
+    assert not db.in_transaction
+    db.execute("DROP TRIGGER orphan")
+    store.put_actions([("k2", entry)])
+    assert store.get_action("k2") is not None and store.get_action("k1") is None
