@@ -248,8 +248,9 @@ def _replace(src: str, target: str) -> None:
 
 
 def _safe_rel(relpath: str) -> bool:
-    """A manifest path may not escape its output directory."""
-    if not relpath or os.path.isabs(relpath) or "\\" in relpath:
+    """A manifest path may not escape its output directory. (A backslash is a character of
+    a POSIX file name like any other; only where it separates paths is it refused.)"""
+    if not relpath or os.path.isabs(relpath) or (os.sep == "\\" and "\\" in relpath):
         return False
     parts = relpath.split("/")
     return all(p not in ("", ".", "..") for p in parts)

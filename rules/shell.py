@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shlex
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipemake.rule import Context, Item, Ports, Rule, RuleError
@@ -95,23 +95,23 @@ class ShellRule(Rule):
             r = os.path.relpath(p, root)
             return p if r.startswith("..") else r
 
-        def lookup(ref: Ref) -> str:
+        def lookup(ref: Ref, quote: Callable[[str], str] = shlex.quote) -> str:
             if ref.scope == "inputs":
                 value = ctx.inputs[ref.name]
                 if isinstance(value, list):
-                    return " ".join(shlex.quote(rel(v)) for v in value)
-                return shlex.quote(rel(value))
+                    return " ".join(quote(rel(v)) for v in value)
+                return quote(rel(value))
             if ref.scope == "outputs":
-                return shlex.quote(rel(ctx.outputs[ref.name]))
+                return quote(rel(ctx.outputs[ref.name]))
             if ref.scope == "item":
                 if item is None:
                     raise RuleError(f"{ref} is only defined in a stage with foreach")
-                return shlex.quote(getattr(item, ref.name))
+                return quote(getattr(item, ref.name))
             raise RuleError(f"unresolved reference {ref}")
 
         cmd = render(ctx.params["cmd"], lookup)
-        env = {
-            k: str(render(v, lambda r: lookup(r).strip("'")))
+        env = {  # a variable's value is the text itself: no shell quoting
+            k: str(render(v, lambda r: lookup(r, str)))
             for k, v in (ctx.params.get("env") or {}).items()
         }
         # ctx.sh runs it in the project root with the task's environment plus env (a foreach

@@ -229,3 +229,29 @@ def test_a_stop_between_commands_ends_the_idle_shell_as_no_command(tmp_path: Pat
         sp.close()
     finally:
         guardian.close()
+
+
+def test_odd_file_names_reach_commands_and_env_as_they_are(project: Callable[..., Proj]) -> None:
+    """Quotes, `$`, `;` and a backslash in item names: the command gets them quoted, an env
+    value gets the name itself, and a nested output with a backslash in its name is placed."""
+    odd = 'it\'s a "file" $x.txt'
+    slash = "sub/back\\slash;rm -rf x.txt"
+    proj = project(
+        """
+    name: t
+    stages:
+      - id: each
+        type: shell
+        foreach: src
+        config:
+          cmd: 'mkdir -p "$(dirname {outputs.o}/{item.relpath})"; printf "%s" "$NAME" > {outputs.o}/{item.relpath}'
+          inputs: {src: data}
+          outputs: {o: build/each}
+          env: {NAME: "{item.name}"}
+    """,
+        {f"data/{odd}": "1\n", f"data/{slash}": "2\n"},
+    )
+    proj.cli("build", "-j", "1")
+    assert proj.read(f"build/each/{odd}") == odd
+    assert proj.read(f"build/each/{slash}") == "back\\slash;rm -rf x.txt"
+    assert "each: up to date" in proj.cli("build", "--no-progress").output
