@@ -19,7 +19,7 @@ from typing import Any
 
 from . import history, uptodate
 from .build import Builder
-from .decide import Decision, Verdict
+from .decide import Decision, Reason, Trigger, Verdict
 from .errors import BuildFailed, Interrupted, PipelineError, Problem, UsageError
 from .events import Bus
 from .executors.base import get_executor
@@ -29,7 +29,7 @@ from .model import DEFAULT_FILE, Pipeline
 from .plancache import load_checked
 from .resources import Budget, default_budget
 from .rule import Rule
-from .scheduler import Outcome, Scheduler
+from .scheduler import Outcome, Scheduler, StageFailure
 from .state import WorkspaceState
 from .store import Store
 from .workspace import Workspace
@@ -367,7 +367,12 @@ def dry_run(project: Project, targets: Sequence[str] = ()) -> list[tuple[str, De
     builder = Builder(p, project.store, project.state, Bus(), dry=True)
     builder.prefetch(order)
     for stage in order:
-        builder.begin(stage)
+        try:
+            builder.begin(stage)
+        except StageFailure as exc:  # what the build would fail the stage with, said here
+            builder.decisions[stage] = Decision(
+                Verdict.RUN, [Reason(Trigger.FAILED, f"will fail: {exc}")]
+            )
     return [(s, builder.decisions[s]) for s in order]
 
 

@@ -20,7 +20,7 @@ from . import foreach
 from .decide import Decision, Reason, Trigger, Verdict, explain
 from .events import Bus
 from .executors.base import Message, Task
-from .fshash import Hasher
+from .fshash import BadName, Hasher
 from .hashing import KEY_FORMAT, digest
 from .items import ItemRef
 from .model import SYMBOLIC_SCOPES, Pipeline, Stage
@@ -246,7 +246,10 @@ class Builder:
                     f"{self.p.stages[owner[0]].ports.outputs[owner[1]]} holds no such path)"
                 )
             return manifest_hash(manifest)
-        info = self.hasher.info(path)
+        try:
+            info = self.hasher.info(path)
+        except BadName as exc:
+            raise StageFailure(f"input {path}: {exc}") from None
         if info.kind == "missing":
             raise StageFailure(f"input {path} does not exist")
         return info.hash

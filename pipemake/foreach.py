@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .decide import Reason, Trigger
 from .executors.base import Message, Task
+from .fshash import BadName
 from .hashing import digest
 from .items import (
     ItemRef,
@@ -74,7 +75,10 @@ def item_source(
             raise StageFailure(f"foreach input {path} was not produced by stage {owner[0]!r}")
         kind, digest_, entries = manifest["kind"], manifest["hash"], lambda: manifest["entries"]
     else:
-        info = b.hasher.info(base)
+        try:
+            info = b.hasher.info(base)
+        except BadName as exc:
+            raise StageFailure(f"foreach input {base}: {exc}") from None
         if info.kind == "missing":
             raise StageFailure(f"foreach input {base} does not exist")
         kind, digest_, entries = info.kind, info.hash, lambda: info.entries or []

@@ -30,7 +30,7 @@ from .hashing import hash_file, normalize_mode, tree_hash
 from .state import TreeRow, WorkspaceState, tree_data
 from .walk import Row, signature, walk
 
-__all__ = ["Entry", "Hasher", "PathInfo"]
+__all__ = ["BadName", "Entry", "Hasher", "PathInfo", "check_names"]
 
 Entry = Sequence[Any]  # [relpath, hash, size, mode]
 _RACY_NS = 1_000_000_000
@@ -67,6 +67,26 @@ class PathInfo:
             self._entries = _entries(data[0], data[1]) if data is not None else None
             self._row = None
         return self._entries
+
+
+class BadName(ValueError):
+    """A file name that is not text (not valid UTF-8): manifests, keys and the state keep
+    names as text, so such a file is refused, named, rather than half handled."""
+
+
+def check_names(names: Any, where: str) -> None:
+    """Raise :class:`BadName` for the first of ``names`` (relative to ``where``) that is not
+    valid UTF-8 (``os.scandir`` gives such bytes as lone surrogates)."""
+    for name in names:
+        if not name.isascii():
+            try:
+                name.encode()
+            except UnicodeEncodeError:
+                shown = os.fsencode(os.path.join(where, name)).decode("utf-8", "backslashreplace")
+                raise BadName(
+                    f"the file name {shown} is not valid UTF-8: pipemake keeps file names as "
+                    "text; rename it (convmv converts whole trees)"
+                ) from None
 
 
 def _entries(rows: list[Any], hashes: list[str]) -> list[Entry]:
@@ -137,6 +157,7 @@ class Hasher:
         if row is not None and row.sig == sig and not row.racy:
             return PathInfo("dir", row.hash, 0, 0o755, row=row)
         rows.sort()
+        check_names((r[0] for r in rows), rel)  # a new or changed tree: names not seen yet
         data = tree_data(row) if row is not None else None
         if data is not None and len(data[0]) == len(rows):
             # the same files in the same order (the usual case): only the rows that differ

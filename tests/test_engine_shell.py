@@ -129,3 +129,42 @@ def test_dependency_through_depends_on_and_a_plain_path(project) -> None:
     assert p.read("build/b.txt") == "A\n"
     p.cli("build", "b")
     assert p.run_counts() == {"a": 1, "b": 1}
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_by_name(project) -> None:
+    """Names are text in manifests, keys and the state: a file whose name is not valid
+    UTF-8 fails its stage (input) or its item (output), named, without a traceback; the
+    dry-run says so; the rest of the build is unharmed."""
+    proj = project(
+        """
+    name: t
+    stages:
+      - id: up
+        type: shell
+        foreach: src
+        config:
+          cmd: 'tr a-z A-Z < {inputs.src} > {outputs.o}/{item.name}'
+          inputs: {src: data}
+          outputs: {o: build/up}
+      - id: odd
+        type: shell
+        foreach: src
+        config:
+          cmd: 'printf x > "$(printf "{outputs.o}/\\\\377{item.name}")"'
+          inputs: {src: more}
+          outputs: {o: build/odd}
+    """,
+        {"data/ok.txt": "a\n", "more/m.txt": "m\n"},
+    )
+    bad = os.fsdecode(b"data/\xff\xfe.txt")
+    proj.path(bad).write_bytes(b"x\n")
+    dry = proj.cli("dry-run").output
+    assert "up: run: will fail: foreach input data: the file name data/\\xff\\xfe.txt" in dry
+    result = proj.cli("build", "--no-progress", "--keep-going", code=1)
+    text = result.output
+    assert "data/\\xff\\xfe.txt is not valid UTF-8" in text
+    assert "{outputs.o}/\\xffm.txt is not valid UTF-8" in text
+    assert "Traceback" not in text
+    proj.path(bad).unlink()
+    proj.cli("build", "up")
+    assert proj.read("build/up/ok.txt") == "A\n"
