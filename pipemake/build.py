@@ -20,7 +20,7 @@ from . import foreach
 from .decide import Decision, Reason, Trigger, Verdict, explain
 from .events import Bus
 from .executors.base import Message, Task
-from .fshash import BadName, Hasher
+from .fshash import Hasher
 from .hashing import KEY_FORMAT, digest
 from .items import ItemRef
 from .model import SYMBOLIC_SCOPES, Pipeline, Stage
@@ -29,6 +29,7 @@ from .scheduler import StageFailure
 from .state import WorkspaceState
 from .store import Store
 from .templates import Ref, TemplateError, substitute
+from .walk import BadPath
 from .workspace import Workspace, manifest_hash, remove_path, sub_manifest
 
 __all__ = ["Builder", "Planned", "StageKey"]
@@ -248,7 +249,7 @@ class Builder:
             return manifest_hash(manifest)
         try:
             info = self.hasher.info(path)
-        except BadName as exc:
+        except BadPath as exc:
             raise StageFailure(f"input {path}: {exc}") from None
         if info.kind == "missing":
             raise StageFailure(f"input {path} does not exist")

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from .decide import Reason, Trigger
 from .executors.base import Message, Task
-from .fshash import BadName
 from .hashing import digest
 from .items import (
     ItemRef,
@@ -36,6 +35,7 @@ from .items import (
     summarize,
 )
 from .scheduler import StageFailure, backoff_delay
+from .walk import BadPath
 from .workspace import remove_path, sub_manifest
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def item_source(
     else:
         try:
             info = b.hasher.info(base)
-        except BadName as exc:
+        except BadPath as exc:
             raise StageFailure(f"foreach input {base}: {exc}") from None
         if info.kind == "missing":
             raise StageFailure(f"foreach input {base} does not exist")

@@ -28,7 +28,7 @@ from typing import Any
 
 from .hashing import hash_file, normalize_mode, tree_hash
 from .state import TreeRow, WorkspaceState, tree_data
-from .walk import Row, signature, walk
+from .walk import BadPath, Row, signature, walk
 
 __all__ = ["BadName", "Entry", "Hasher", "PathInfo", "check_names"]
 
@@ -69,7 +69,7 @@ class PathInfo:
         return self._entries
 
 
-class BadName(ValueError):
+class BadName(BadPath):
     """A file name that is not text (not valid UTF-8): manifests, keys and the state keep
     names as text, so such a file is refused, named, rather than half handled."""
 

@@ -3,22 +3,29 @@
 
 from __future__ import annotations
 
+import errno
 import marshal
 import os
 
 import xxhash
 
-__all__ = ["Row", "mtimes", "signature", "walk"]
+__all__ = ["BadPath", "Row", "mtimes", "signature", "walk"]
 
 #: relpath, dev, ino, size, mtime_ns, ctime_ns, mode & 0o111 (ctime: no tool can set it, so a
 #: rewrite that restores size and mtime still shows)
 Row = tuple[str, int, int, int, int, int, int]
 
 
+class BadPath(ValueError):
+    """Something under a walked tree that pipemake cannot take as files (a symlink loop, a
+    name that is not text): the message says which, and what to do."""
+
+
 def walk(base: str) -> list[Row]:
-    """Every file under ``base`` (recursively, following symlinks to files) with its stat,
-    in directory order (stable while a directory is unchanged; sort for a manifest);
-    dangling symlinks hold nothing and are left out."""
+    """Every file under ``base`` (recursively, following symlinks to files and directories)
+    with its stat, in directory order (stable while a directory is unchanged; sort for a
+    manifest); dangling symlinks hold nothing and are left out. A symlink to a directory
+    that holds it (a loop) raises :class:`BadPath`."""
     rows: list[Row] = []
     stack = [""]
     while stack:
@@ -27,10 +34,20 @@ def walk(base: str) -> list[Row]:
             it = os.scandir(os.path.join(base, sub) if sub else base)
         except (FileNotFoundError, NotADirectoryError):
             continue
+        except OSError as exc:
+            _too_deep(base, sub, exc)
+            raise
         with it:
             for de in it:
                 name = f"{sub}/{de.name}" if sub else de.name
-                if de.is_dir():
+                try:
+                    is_dir = de.is_dir()
+                except OSError as exc:  # symlinks within symlinks, past what the OS follows
+                    _too_deep(base, name, exc)
+                    raise
+                if is_dir:
+                    if de.is_symlink():
+                        _no_loop(base, name, de.path)
                     stack.append(name)
                     continue
                 try:
@@ -42,6 +59,36 @@ def walk(base: str) -> list[Row]:
                      s.st_mode & 0o111)
                 )  # fmt: skip
     return rows
+
+
+def _no_loop(base: str, name: str, path: str) -> None:
+    """Raise :class:`BadPath` when the symlinked directory ``path`` holds itself (it is
+    the directory it sits in, or one above): walking it would never end."""
+    target = os.path.realpath(path)
+    here = os.path.realpath(os.path.dirname(path))
+    if here == target or here.startswith(os.path.join(target, "")):
+        shown = (
+            os.path.join(base, name)
+            .encode("utf-8", "surrogateescape")
+            .decode("utf-8", "backslashreplace")
+        )
+        raise BadPath(
+            f"{shown} is a symlink to a directory that holds it ({target}): a loop; remove "
+            "it, or point it elsewhere"
+        )
+
+
+def _too_deep(base: str, name: str, exc: OSError) -> None:
+    """Raise :class:`BadPath` for a symlink loop the OS gave up on (symlinked directories
+    leading to each other): the path named up to where it starts repeating."""
+    if exc.errno != errno.ELOOP:
+        return
+    parts = name.split("/")
+    short = next(("/".join(parts[: i + 1]) for i, p in enumerate(parts) if p in parts[:i]), name)
+    raise BadPath(
+        f"{os.path.join(base, short)}: symlinked directories that lead back to each other (a "
+        "loop); remove one of the links"
+    ) from None
 
 
 def signature(rows: list[Row]) -> str:

@@ -34,10 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from .executors.base import Task
-from .fshash import BadName, Hasher, check_names
+from .fshash import Hasher, check_names
 from .hashing import digest, hash_bytes, tree_hash
 from .rule import Context, Item, Rule, RuleError, exports, get_rule
 from .store import Store
+from .walk import BadPath
 from .workspace import manifest_of
 
 __all__ = ["Spawner", "execute"]
@@ -360,7 +361,7 @@ def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
             "peak_rss_mb": spawner.peak_rss_mb if threaded else _peak_rss_mb(),
         }
         send("result", payload)
-    except (RuleError, BadName) as exc:
+    except (RuleError, BadPath) as exc:
         send("error", [str(exc), None])
     except Exception as exc:  # a bug in a rule: show where
         send("error", [f"{type(exc).__name__}: {exc}", traceback.format_exc()])
@@ -564,7 +565,7 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
                         moved[entry[0]] = f"{done_rel}/{to}"
             results[it["relpath"]] = {"outputs": manifests, "values": values, "staged": staged}
             dirty = flat is None
-        except (RuleError, BadName) as exc:
+        except (RuleError, BadPath) as exc:
             results[it["relpath"]] = {"error": str(exc)}
         except Exception as exc:
             tb = traceback.format_exc()

@@ -161,3 +161,28 @@ def test_golden_stage_key(project) -> None:
     finally:
         project.close()
     assert keys == ["5c63339c226cf5e8c6ef2f350d8731a0"]
+
+
+def test_symlink_loops_are_refused_by_name_and_other_symlinked_directories_walked(
+    tmp_path: Path,
+) -> None:
+    from pipemake.walk import BadPath, walk
+
+    data = tmp_path / "data"
+    (data / "a").mkdir(parents=True)
+    (data / "b").mkdir()
+    (data / "a" / "f.txt").write_text("x")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "g.txt").write_text("y")
+    (data / "a" / "out").symlink_to("../../other")  # elsewhere: walked, not a loop
+    (data / "b" / "side").symlink_to("../a")  # a sibling: walked too
+    assert sorted(r[0] for r in walk(str(data))) == [
+        "a/f.txt", "a/out/g.txt", "b/side/f.txt", "b/side/out/g.txt"
+    ]  # fmt: skip
+    (data / "a" / "self").symlink_to(".")
+    with pytest.raises(BadPath, match=r"data/a/self is a symlink to a directory that holds it"):
+        walk(str(data))
+    (data / "a" / "self").unlink()
+    (data / "a" / "back").symlink_to("../b")  # a/back -> b, b/side -> a: round and round
+    with pytest.raises(BadPath, match="lead back to each other"):
+        walk(str(data))
