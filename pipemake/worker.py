@@ -78,8 +78,10 @@ class Spawner:
     def sh(
         self, cmd: str, env: Mapping[str, str] | None, output: Callable[[str], None] | None
     ) -> int | None:
-        """What ``Context.sh`` calls: ``cmd`` run in the task's shell, started on first use;
-        None (nothing run) when a name in ``env`` is not one the shell can export."""
+        """What ``Context.sh`` calls: ``cmd`` run in the task's shell, started on first use.
+        None (nothing run: the caller starts a shell of its own) when a name in ``env`` is
+        not one the shell can export, another thread of the task is using the shell, or no
+        FIFO can be made."""
         key = tuple(env.items()) if env else ()
         if key != self._exported[0]:
             self._exported = (key, exports(env))
