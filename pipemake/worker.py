@@ -58,6 +58,8 @@ class Spawner:
         self.env = env
         self._shell: _Shell | None = None
         self._sh_lock = threading.Lock()
+        #: where the task's shell makes its FIFO (None: the system's temporary directory)
+        self.tmp: str | None = None
         #: the last environment a shell command asked for, and its ``export`` (usually the
         #: same for all the items of a task)
         self._exported: tuple[tuple[tuple[str, str], ...], str | None] = ((), "")
@@ -93,10 +95,8 @@ class Spawner:
             for _ in range(2):  # a shell found gone before the command started: a new one
                 shell = self._shell
                 if shell is None or shell.ended:
-                    kwargs: dict[str, Any] = {"cwd": self.cwd} if self.cwd is not None else {}
-                    try:
-                        shell = self._shell = _Shell(self, kwargs)
-                    except OSError:  # no FIFO here (a read-only temporary directory)
+                    shell = self._shell = self._new_shell()
+                    if shell is None:
                         return None
                 code = shell.run(cmd, self._exported[1], output)
                 if code is not None:
@@ -104,6 +104,18 @@ class Spawner:
             return None
         finally:
             self._sh_lock.release()
+
+    def _new_shell(self) -> _Shell | None:
+        """A shell for the task's commands, its FIFO in ``tmp`` (the stage's staging
+        directory: gone with the stage, or with the next build if this one is killed) or
+        else in the system's temporary directory; None where no FIFO can be made."""
+        for where in dict.fromkeys([self.tmp, None]):
+            kwargs: dict[str, Any] = {"cwd": self.cwd} if self.cwd is not None else {}
+            try:
+                return _Shell(self, kwargs, where)
+            except OSError:  # no FIFO there (a filesystem without them, read-only)
+                continue
+        return None
 
     def end_shell(self) -> None:
         """End the task's shell, if one was started (when the task's commands are done)."""
@@ -155,8 +167,8 @@ class _Shell:
     end of the FIFO while a command runs (else its end would come before the command opens
     it) and lets go once the status came."""
 
-    def __init__(self, spawner: Spawner, kwargs: dict[str, Any]):
-        self._dir = tempfile.mkdtemp(prefix="pipemake-sh-")
+    def __init__(self, spawner: Spawner, kwargs: dict[str, Any], tmp: str | None = None):
+        self._dir = tempfile.mkdtemp(prefix="pipemake-sh-", dir=tmp)
         fifo = os.path.join(self._dir, "out")
         fds: list[int] = []
         try:
@@ -338,6 +350,8 @@ def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
     if not threaded:
         os.environ.update(task.env)
     spawner = spawner or Spawner()
+    if "done" in task.extra:  # a foreach task: its shell's FIFO goes with the stage's staging
+        spawner.tmp = os.path.join(task.root, os.path.dirname(task.extra["done"]))
     token = _spawner.set(spawner)
     log_file = open(task.log_path, "a", encoding="utf-8") if task.log_path else None  # noqa: SIM115
     logger = logging.getLogger(f"pipemake.task.{task.id}")

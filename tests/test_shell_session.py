@@ -255,3 +255,25 @@ def test_odd_file_names_reach_commands_and_env_as_they_are(project: Callable[...
     assert proj.read(f"build/each/{odd}") == odd
     assert proj.read(f"build/each/{slash}") == "back\\slash;rm -rf x.txt"
     assert "each: up to date" in proj.cli("build", "--no-progress").output
+
+
+def test_the_shells_fifo_lives_in_the_stages_staging_and_goes_with_it(
+    project: Callable[..., Proj],
+) -> None:
+    proj = project(
+        """
+    name: t
+    stages:
+      - id: each
+        type: shell
+        foreach: src
+        config:
+          cmd: 'ls .pipemake/tmp/*/ > {outputs.o}/{item.name}'
+          inputs: {src: data}
+          outputs: {o: build/each}
+    """,
+        {"data/a.txt": "a\n"},
+    )
+    proj.cli("build")
+    assert "pipemake-sh-" in proj.read("build/each/a.txt")  # not the system's /tmp
+    assert not [p for p in proj.path(".pipemake/tmp").rglob("*") if "pipemake-sh-" in p.name]
