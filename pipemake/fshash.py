@@ -89,6 +89,17 @@ def check_names(names: Any, where: str) -> None:
                 ) from None
 
 
+def _read_hash(path: str, size: int) -> str:
+    """``hash_file``; a file that cannot be read (permissions, or gone since it was listed)
+    raises :class:`BadPath`."""
+    try:
+        return hash_file(path, size)
+    except FileNotFoundError:
+        raise BadPath(f"{path} was removed while pipemake read it; build again") from None
+    except (PermissionError, IsADirectoryError) as exc:
+        raise BadPath(f"cannot read {path}: {exc.strerror}; make it readable") from None
+
+
 def _entries(rows: list[Any], hashes: list[str]) -> list[Entry]:
     """Manifest entries from walk rows sorted by relpath and their content hashes."""
     return [[r[0], h, r[3], 0o755 if r[6] else 0o644] for r, h in zip(rows, hashes, strict=True)]
@@ -124,7 +135,7 @@ class Hasher:
                 self._memo[rel] = (sig, row[6], row[5])
                 return row[6]
         hashed_at = time.time_ns()
-        digest = hash_file(self._abs(rel), st.st_size)
+        digest = _read_hash(self._abs(rel), st.st_size)
         self.reads += 1
         self._memo[rel] = (sig, digest, hashed_at)
         if self.state is not None:
@@ -213,7 +224,7 @@ class Hasher:
             if old is not None and old[:5] == fsig and mtime < old[5] - _RACY_NS:
                 return old[6], old[5]
         hashed_at = time.time_ns()
-        h = hash_file(os.path.join(self._abs(rel), name), fsize)
+        h = _read_hash(os.path.join(self._abs(rel), name), fsize)
         self.reads += 1
         self._memo[key] = (fsig, h, hashed_at)
         return h, hashed_at

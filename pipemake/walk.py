@@ -36,7 +36,10 @@ def walk(base: str) -> list[Row]:
             continue
         except OSError as exc:
             _too_deep(base, sub, exc)
-            raise
+            where = os.path.join(base, sub) if sub else base
+            raise BadPath(
+                f"cannot list the directory {where}: {exc.strerror}; make it readable"
+            ) from None
         with it:
             for de in it:
                 name = f"{sub}/{de.name}" if sub else de.name

@@ -6,6 +6,7 @@ never match) and pin the new values."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -186,3 +187,34 @@ def test_symlink_loops_are_refused_by_name_and_other_symlinked_directories_walke
     (data / "a" / "back").symlink_to("../b")  # a/back -> b, b/side -> a: round and round
     with pytest.raises(BadPath, match="lead back to each other"):
         walk(str(data))
+
+
+def test_unreadable_files_and_directories_are_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(Tests run as root here, so permissions are simulated.)"""
+    import os
+
+    from pipemake import fshash, walk
+
+    data = tmp_path / "data"
+    (data / "locked").mkdir(parents=True)
+    (data / "a.txt").write_text("a")
+    real = os.scandir
+
+    def scandir(path: str = ".") -> Any:
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(walk.os, "scandir", scandir)
+    with pytest.raises(walk.BadPath, match=r"cannot list the directory .*data/locked: Permission"):
+        walk.walk(str(data))
+    monkeypatch.undo()
+
+    def hash_file(path: str, size: int) -> str:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(fshash, "hash_file", hash_file)
+    with pytest.raises(walk.BadPath, match=r"cannot read .*a.txt: Permission denied"):
+        fshash.Hasher(str(tmp_path)).info("data")
