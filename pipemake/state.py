@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .hashing import hash_bytes
+from .store import transaction
 
 __all__ = ["STATE_FORMAT", "StatRow", "TreeRow", "WorkspaceState", "tree_data"]
 
@@ -309,7 +310,7 @@ class WorkspaceState:
 
     def transaction(self) -> Any:
         """A context manager for one write transaction."""
-        return _Tx(self.db)
+        return transaction(self.db)
 
     def close(self) -> None:
         self.flush()
@@ -340,23 +341,3 @@ def _unmarshal(data: bytes) -> Any:
         return marshal.loads(data)
     except (ValueError, EOFError, TypeError):
         return None
-
-
-class _Tx:
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
-
-    def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        if exc_type is None:
-            try:
-                self.db.execute("COMMIT")
-                return
-            except BaseException:
-                if self.db.in_transaction:  # not rolled back by SQLite itself
-                    self.db.execute("ROLLBACK")
-                raise
-        if self.db.in_transaction:
-            self.db.execute("ROLLBACK")

@@ -36,7 +36,7 @@ import xxhash
 
 from .errors import StoreError
 
-__all__ = ["STORE_FORMAT", "Store"]
+__all__ = ["STORE_FORMAT", "Store", "transaction"]
 
 STORE_FORMAT = 1
 _FICLONE = 0x40049409
@@ -166,7 +166,7 @@ class Store:
         now = time.time()
         rows = [(k, _encode(e), now, now) for k, e in pairs]
         db = self.db
-        with _transaction(db):
+        with transaction(db):
             db.executemany("INSERT OR REPLACE INTO actions VALUES (?,?,?,?)", rows)
 
     def actions(self) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -185,7 +185,7 @@ class Store:
         """Remove entries (``cache gc``); their objects go with the next sweep."""
         self._count_removal()
         db = self.db
-        with _transaction(db):
+        with transaction(db):
             db.executemany("DELETE FROM actions WHERE key=?", [(k,) for k in keys])
 
     def stale_temporaries(self, older_than: float) -> list[Path]:
@@ -338,7 +338,7 @@ class Store:
             except FileNotFoundError:
                 return False
         with inp, open(dst, "wb") as out:
-            if _reflink(inp, out):
+            if _reflink(inp, out.fileno()):
                 ok = _hash_fd(inp) == digest
             else:
                 h = xxhash.xxh3_128()
@@ -493,9 +493,11 @@ def _hash_fd(fh: Any) -> str:
     return h.hexdigest()
 
 
-def _reflink(inp: Any, out: Any) -> bool:
+def _reflink(inp: Any, out: int) -> bool:
+    """Make the new file descriptor ``out`` a copy-on-write clone of the open file ``inp``
+    (where the filesystem can); whether it did."""
     try:
-        fcntl.ioctl(out.fileno(), _FICLONE, inp.fileno())
+        fcntl.ioctl(out, _FICLONE, inp.fileno())
         return True
     except OSError:
         return False
@@ -503,11 +505,8 @@ def _reflink(inp: Any, out: Any) -> bool:
 
 def _copy(inp: Any, out: int) -> None:
     """Copy the open file ``inp`` to the new file descriptor ``out``."""
-    try:
-        fcntl.ioctl(out, _FICLONE, inp.fileno())
+    if _reflink(inp, out):
         return
-    except OSError:
-        pass
     try:
         size = os.fstat(inp.fileno()).st_size
         sent = 0
@@ -579,7 +578,7 @@ class _quiet:
 
 
 @contextlib.contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
     """One write transaction: committed, or rolled back on an error (a failed COMMIT too,
     when SQLite did not roll it back itself), so the connection is never left inside one."""
     db.execute("BEGIN IMMEDIATE")

@@ -30,6 +30,23 @@ def counted(stage: str, cmd: str) -> str:
     return f"echo x >> runs/{stage}.count; {cmd}"
 
 
+def shell_foreach(cmd: str, extra: str = "", env: str = "") -> str:
+    """A pipeline of one ``shell`` stage ``each`` running ``cmd`` for each file of ``data``
+    into ``build/each`` (``extra``: stage keys, indented; ``env``: its ``env:`` mapping)."""
+    quoted = "'" + cmd.replace("'", "''") + "'"
+    return f"""
+    name: t
+    stages:
+      - id: each
+        type: shell
+        foreach: src
+{extra}        config:
+          cmd: {quoted}
+          inputs: {{src: data}}
+          outputs: {{o: build/each}}
+""" + (f"          env: {env}\n" if env else "")
+
+
 class Proj:
     """A project folder with helpers to edit it, build it and count stage runs."""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Proj, alive, wait_for
+from conftest import Proj, alive, shell_foreach, wait_for
 
 from pipemake import api
 from pipemake.events import Bus, Event
@@ -24,20 +24,6 @@ from pipemake.executors import local
 
 def _files(n: int) -> dict[str, str]:
     return {f"data/f{i}.txt": f"file {i}\n" for i in range(n)}
-
-
-def _foreach(cmd: str, extra: str = "") -> str:
-    return f"""
-    name: t
-    stages:
-      - id: each
-        type: shell
-        foreach: src
-{extra}        config:
-          cmd: "{cmd}"
-          inputs: {{src: data}}
-          outputs: {{o: build/each}}
-    """
 
 
 def _events(proj: Proj, **kwargs: Any) -> list[Event]:
@@ -94,7 +80,7 @@ def test_jobs_cap_the_commands_running_at_once(
         "touch runs/active/{item.stem}; ls runs/active | wc -l >> runs/seen; echo $PPID >> "
         "runs/parents; sleep 0.3; rm runs/active/{item.stem}; cp {inputs.src} {outputs.o}/"
     )
-    proj = project(_foreach(cmd), _files(9))
+    proj = project(shell_foreach(cmd), _files(9))
     proj.path("runs/active").mkdir()
     proj.cli("build", "-j", str(jobs))
     seen = [int(n) for n in proj.read("runs/seen").split()]
@@ -111,7 +97,7 @@ def test_jobs_cap_the_commands_running_at_once(
 
 def test_timeout_ends_the_whole_process_tree_of_an_item(project: Callable[..., Proj]) -> None:
     cmd = "sleep 60 & echo $! > runs/bg.pid; echo $$ > runs/sh.pid; wait"
-    proj = project(_foreach(cmd, "        timeout: 0.5\n"), _files(1))
+    proj = project(shell_foreach(cmd, "        timeout: 0.5\n"), _files(1))
     result = proj.cli("build", code=1)
     assert "timed out after 0.5 s" in result.output
     for name in ("sh", "bg"):
@@ -189,7 +175,7 @@ def test_failed_items_are_retried_and_report_progress_and_output(
         "test $(wc -l < runs/{item.stem}.count) -ge 2 && cp {inputs.src} {outputs.o}/"
     )
     extra = "        retries: 1\n        retry_backoff: 0.01\n"
-    proj = project(_foreach(cmd, extra), _files(3))
+    proj = project(shell_foreach(cmd, extra), _files(3))
     events = _events(proj, jobs=2)
     assert proj.run_counts() == {"f0": 2, "f1": 2, "f2": 2}
     assert [e.data["items"] for e in events if e.kind == "stage_retried"]
@@ -210,7 +196,7 @@ def test_stop_signal_ends_the_running_item_and_a_rebuild_runs_only_the_rest(
         "if [ {item.stem} = f2 ]; then touch runs/f2.started; "
         "while [ ! -e go ]; do sleep 0.02; done; fi; cp {inputs.src} {outputs.o}/"
     )
-    proj = project(_foreach(cmd), _files(4))
+    proj = project(shell_foreach(cmd), _files(4))
     log = tmp_path / "log"
     proc = proj.popen("build", "-j", "1", "--grace", "0.3", "--no-progress", log=log)
     wait_for(lambda: proj.exists("runs/f2.started") or proc.poll() is not None, what="item f2")

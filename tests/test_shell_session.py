@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Proj, alive, wait_for
+from conftest import Proj, alive, shell_foreach, wait_for
 
 from pipemake.executors.base import Task
 from pipemake.executors.local import TaskStopped, _Guardian, _ThreadSpawner
@@ -112,19 +112,9 @@ def test_without_a_spawner_sh_starts_a_shell_per_command(tmp_path: Path) -> None
 def test_a_shell_foreach_runs_its_items_in_one_shell_per_task(
     project: Callable[..., Proj],
 ) -> None:
+    cmd = 'echo $$ > {outputs.o}/{item.name}; printf "%s" "${{SEEN-}}" >> {outputs.o}/{item.name}'
     proj = project(
-        """
-    name: t
-    stages:
-      - id: each
-        type: shell
-        foreach: src
-        config:
-          cmd: 'echo $$ > {outputs.o}/{item.name}; printf "%s" "${{SEEN-}}" >> {outputs.o}/{item.name}; SEEN=1; cd /'
-          inputs: {src: data}
-          outputs: {o: build/each}
-    """,
-        {f"data/f{i}.txt": f"{i}\n" for i in range(40)},
+        shell_foreach(cmd + "; SEEN=1; cd /"), {f"data/f{i}.txt": f"{i}\n" for i in range(40)}
     )
     proj.cli("build", "-j", "1")
     got = [proj.read(f"build/each/f{i}.txt") for i in range(40)]
@@ -134,20 +124,10 @@ def test_a_shell_foreach_runs_its_items_in_one_shell_per_task(
 
 
 def test_a_failing_item_names_its_exit_status(project: Callable[..., Proj]) -> None:
-    proj = project(
-        """
-    name: t
-    stages:
-      - id: each
-        type: shell
-        foreach: src
-        config:
-          cmd: 'if [ {item.stem} = f1 ]; then echo bad input >&2; exit 7; fi; cp {inputs.src} {outputs.o}/'
-          inputs: {src: data}
-          outputs: {o: build/each}
-    """,
-        {f"data/f{i}.txt": f"{i}\n" for i in range(3)},
+    cmd = (
+        "if [ {item.stem} = f1 ]; then echo bad input >&2; exit 7; fi; cp {inputs.src} {outputs.o}/"
     )
+    proj = project(shell_foreach(cmd), {f"data/f{i}.txt": f"{i}\n" for i in range(3)})
     result = proj.cli("build", "-j", "1", code=1)
     text = result.output
     assert "f1.txt" in text and "exited with code 7" in text and "bad input" in text
@@ -236,19 +216,9 @@ def test_odd_file_names_reach_commands_and_env_as_they_are(project: Callable[...
     value gets the name itself, and a nested output with a backslash in its name is placed."""
     odd = 'it\'s a "file" $x.txt'
     slash = "sub/back\\slash;rm -rf x.txt"
+    cmd = 'mkdir -p "$(dirname {outputs.o}/{item.relpath})"; printf "%s" "$NAME" > {outputs.o}/{item.relpath}'
     proj = project(
-        """
-    name: t
-    stages:
-      - id: each
-        type: shell
-        foreach: src
-        config:
-          cmd: 'mkdir -p "$(dirname {outputs.o}/{item.relpath})"; printf "%s" "$NAME" > {outputs.o}/{item.relpath}'
-          inputs: {src: data}
-          outputs: {o: build/each}
-          env: {NAME: "{item.name}"}
-    """,
+        shell_foreach(cmd, env='{NAME: "{item.name}"}'),
         {f"data/{odd}": "1\n", f"data/{slash}": "2\n"},
     )
     proj.cli("build", "-j", "1")
@@ -261,18 +231,7 @@ def test_the_shells_fifo_lives_in_the_stages_staging_and_goes_with_it(
     project: Callable[..., Proj],
 ) -> None:
     proj = project(
-        """
-    name: t
-    stages:
-      - id: each
-        type: shell
-        foreach: src
-        config:
-          cmd: 'ls .pipemake/tmp/*/ > {outputs.o}/{item.name}'
-          inputs: {src: data}
-          outputs: {o: build/each}
-    """,
-        {"data/a.txt": "a\n"},
+        shell_foreach("ls .pipemake/tmp/*/ > {outputs.o}/{item.name}"), {"data/a.txt": "a\n"}
     )
     proj.cli("build")
     assert "pipemake-sh-" in proj.read("build/each/a.txt")  # not the system's /tmp

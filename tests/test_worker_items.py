@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Proj
+from conftest import Proj, shell_foreach
 
 from pipemake import worker
 from pipemake.executors.base import Task
@@ -244,18 +244,7 @@ def test_the_thread_spawner_merges_each_extra_environment_once(tmp_path: Path) -
 
 def test_a_shell_foreach_gets_each_items_own_environment(project: Callable[..., Proj]) -> None:
     proj = project(
-        """
-    name: t
-    stages:
-      - id: each
-        type: shell
-        foreach: src
-        config:
-          cmd: 'printf %s "$NAME" > {outputs.o}/{item.name}'
-          inputs: {src: data}
-          outputs: {o: build/each}
-          env: {NAME: "{item.stem}"}
-    """,
+        shell_foreach('printf %s "$NAME" > {outputs.o}/{item.name}', env='{NAME: "{item.stem}"}'),
         {f"data/f{i}.txt": f"{i}\n" for i in range(12)},
     )
     proj.cli("build", "-j", "2")
@@ -276,17 +265,7 @@ def test_threaded_commands_read_an_empty_stdin_from_one_shared_dev_null(
     project: Callable[..., Proj], tmp_path: Path
 ) -> None:
     proj = project(
-        """
-    name: t
-    stages:
-      - id: each
-        type: shell
-        foreach: src
-        config:
-          cmd: 'cat > {outputs.o}/{item.name}'
-          inputs: {src: data}
-          outputs: {o: build/each}
-    """,
+        shell_foreach("cat > {outputs.o}/{item.name}"),
         {f"data/f{i}.txt": f"{i}\n" for i in range(12)},
     )
     proj.cli("build", "-j", "2")
