@@ -21,8 +21,8 @@ from .decide import Decision, Reason, Trigger, Verdict, explain
 from .events import Bus
 from .executors.base import Message, Task
 from .fshash import Hasher
-from .hashing import KEY_FORMAT, digest
-from .items import ItemRef
+from .hashing import KEY_FORMAT, digest, key_digest
+from .items import ItemRef, glob_base, is_glob
 from .model import SYMBOLIC_SCOPES, Pipeline, Stage
 from .rule import Ports
 from .scheduler import StageFailure
@@ -177,12 +177,20 @@ class Builder:
                 inputs[name] = [[p, self._input_hash(stage, p, unknown)] for p in value]
             else:
                 inputs[name] = [value, self._input_hash(stage, value, unknown)]
+        fed = self._foreach_feed(stage, ports)
         upstream = {}
         for dep in stage.deps:
             planned = self.results.get(dep)
             if planned is None or planned.outputs is None:
                 unknown.add(dep)
                 upstream[dep] = "?"
+            elif fed is not None and fed[0] == dep:
+                # the foreach input's own output stands in each item (its path and content);
+                # the rest of that stage's outputs still count, its values only where used
+                upstream[dep] = digest(
+                    [{n: manifest_hash(m) for n, m in planned.outputs.items() if n != fed[1]}],
+                    checked=True,
+                )
             else:
                 upstream[dep] = digest(
                     [{n: manifest_hash(m) for n, m in planned.outputs.items()}, planned.values],
@@ -200,7 +208,7 @@ class Builder:
             "outputs": {n: ports.output_kinds.get(n, "path") for n in sorted(ports.outputs)},
         }
         if stage.foreach is None:
-            return StageKey(ports, doc, digest(doc, checked=True), unknown)
+            return StageKey(ports, doc, key_digest(doc), unknown)
         doc["foreach"] = [stage.foreach.input, stage.foreach.pattern]
         sk = StageKey(ports, doc, None, unknown)
         if source is not None:
@@ -208,6 +216,19 @@ class Builder:
         if not unknown:
             foreach.stage_key(self, stage, sk)
         return sk
+
+    def _foreach_feed(self, stage: Stage, ports: Ports) -> tuple[str, str] | None:
+        """``(upstream stage, output name)`` whose output a foreach stage's items come from,
+        or None (not a foreach stage, or its input is a source folder)."""
+        if stage.foreach is None:
+            return None
+        value = ports.inputs.get(stage.foreach.input)
+        if not isinstance(value, str):
+            return None
+        owner = self.p.output_owner(glob_base(value) if is_glob(value) else value)
+        if owner is None or owner[0] == stage.id:
+            return None
+        return owner[0], owner[1]
 
     def _resolve_ports(self, stage: Stage, unknown: set[str]) -> Ports:
         """Resolve the stage's templates now that upstream values are known; check again."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .decide import Reason, Trigger
 from .executors.base import Message, Task
-from .hashing import digest
+from .hashing import digest, key_digest
 from .items import (
     ItemRef,
     chunks,
@@ -101,7 +101,7 @@ def stage_key(b: Builder, stage: Stage, sk: StageKey) -> None:
     """Fill in the stage key (None for map-reduce while maps are missing). For a plain
     foreach stage it is remembered in the workspace state under its base key and item
     source, so an unchanged input tree gives it back without listing a single item."""
-    base = digest(sk.doc, checked=True)
+    base = key_digest(sk.doc)
     sk.base = base
     rule = stage.rule
     if not rule.map_reduce:
@@ -116,7 +116,7 @@ def stage_key(b: Builder, stage: Stage, sk: StageKey) -> None:
     params = dict(sk.doc["params"])
     for name in rule.reduce_params:
         params.pop(name, None)
-    map_base = digest(dict(sk.doc, params=params))
+    map_base = key_digest(dict(sk.doc, params=params))
     sk._item_keys = {it.relpath: map_key(map_base, it) for it in sk.items}
     entries = b.store.get_actions(list(sk.item_keys.values()))
     sk.cached = {rel: entries[k] for rel, k in sk.item_keys.items() if k in entries}

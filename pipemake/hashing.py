@@ -20,11 +20,12 @@ __all__ = [
     "digest",
     "hash_bytes",
     "hash_file",
+    "key_digest",
     "normalize_mode",
     "tree_hash",
 ]
 
-KEY_FORMAT = 3
+KEY_FORMAT = 4
 _CHUNK = 1 << 20
 
 
@@ -104,3 +105,14 @@ def tree_hash(entries: Iterable[Sequence[Any]]) -> str:
     is unambiguous and cheap for a hundred thousand entries."""
     text = "".join([f"{e[0]}\0{e[1]}\0{e[2]}\0{e[3]}\0\0" for e in entries])
     return hash_bytes(b"tree\0" + text.encode("utf-8", "surrogateescape"))
+
+
+def key_digest(doc: dict[str, Any]) -> str:
+    """A stage's key from its key document (JSON from the build and the store: string keys
+    only). The document names its upstream stages, for the reasons a rerun gives; the key
+    takes their digests by content alone, so renaming a stage that produces the same bytes
+    changes nothing downstream."""
+    upstream = doc.get("upstream")
+    if upstream:
+        doc = dict(doc, upstream=sorted(upstream.values()))
+    return digest(doc, checked=True)

@@ -139,7 +139,7 @@ def test_only_the_executable_bit_of_a_mode_counts() -> None:
 
 def test_golden_stage_key(project) -> None:
     """The key of one shell stage, end to end: rule, version, params, input path and hash."""
-    assert KEY_FORMAT == 3
+    assert KEY_FORMAT == 4
     p = project(
         """
         name: k
@@ -161,7 +161,7 @@ def test_golden_stage_key(project) -> None:
         keys = [key for key, _entry in project.store.actions()]
     finally:
         project.close()
-    assert keys == ["5c63339c226cf5e8c6ef2f350d8731a0"]
+    assert keys == ["2eee3058fcf88bb2113a82d304bfb3db"]
 
 
 def test_symlink_loops_are_refused_by_name_and_other_symlinked_directories_walked(
@@ -218,3 +218,14 @@ def test_unreadable_files_and_directories_are_refused_by_name(
     monkeypatch.setattr(fshash, "hash_file", hash_file)
     with pytest.raises(walk.BadPath, match=r"cannot read .*a.txt: Permission denied"):
         fshash.Hasher(str(tmp_path)).info("data")
+
+
+def test_key_digest_takes_upstream_digests_by_content_not_by_stage_id() -> None:
+    from pipemake.hashing import key_digest
+
+    doc = {"format": KEY_FORMAT, "rule": "shell", "upstream": {"a": "x1", "b": "y2"}}
+    renamed = dict(doc, upstream={"zz": "x1", "b": "y2"})
+    changed = dict(doc, upstream={"a": "x2", "b": "y2"})
+    assert key_digest(doc) == key_digest(renamed)
+    assert key_digest(doc) != key_digest(changed)
+    assert key_digest(doc) == "c68b588a16aa944b8c4212d10c7e8a60"
