@@ -14,6 +14,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import foreach
@@ -58,6 +59,8 @@ class StageKey:
     #: what the items are a function of: the foreach input's manifest hash and filters
     source: list[Any] | None = None
     base: str = ""
+    #: a map-reduce stage's key base for its map steps (without the reduce-only params)
+    map_base: str = ""
     cached: dict[str, Any] = field(default_factory=dict)
     todo: list[ItemRef] = field(default_factory=list)
     _items: list[ItemRef] | None = None
@@ -435,6 +438,7 @@ class Builder:
             "error": None,
             "log": str(log_path),
         }
+        run["guard"] = self._guard(stage, sk)
         self._running[stage.id] = run
         self.bus.emit(
             "stage_started",
@@ -445,11 +449,15 @@ class Builder:
         if stage.foreach is not None:
             forced = self.force or stage.id in self.force_stages
             return foreach.start(self, stage, sk, run, forced)
-        run["outputs"] = {
+        run["outputs"] = self._staged_outputs(staging, sk)
+        return [self.task(stage, sk, run, stage.id, outputs=run["outputs"])]
+
+    def _staged_outputs(self, staging: Path, sk: StageKey) -> dict[str, str]:
+        """Where a (non-foreach) stage's task writes each output: in its staging folder."""
+        return {
             name: os.path.relpath(staging / name / os.path.basename(rel), self.p.root)
             for name, rel in sk.ports.outputs.items()
         }
-        return [self.task(stage, sk, run, stage.id, outputs=run["outputs"])]
 
     def task(
         self,
@@ -495,10 +503,66 @@ class Builder:
         elif run.get("foreach") and not run.get("reduce"):
             return foreach.on_message(self, self.p.stages[stage_id], run, message)
         elif message.kind == "result":
+            moved = self.moved_inputs(run)
+            if moved:
+                return self._again(self.p.stages[stage_id], run, moved)
             run["result"] = message.data
         elif message.kind == "error":
             run["error"] = message.data
         return []
+
+    def _guard(self, stage: Stage, sk: StageKey) -> list[tuple[str, str]]:
+        """The source inputs (no stage produces them) and the hashes the key was computed
+        with: what must still hold when the stage's work is committed under that key."""
+        pairs: list[tuple[str, str]] = []
+        for value in sk.doc["inputs"].values():
+            for path, h in value if value and isinstance(value[0], list) else [value]:
+                if h != "foreach" and self.p.output_owner(path) is None:
+                    pairs.append((path, h))
+        return pairs
+
+    def moved_inputs(self, run: dict[str, Any]) -> list[str]:
+        """The source inputs that changed since the stage's key was computed (edited while
+        its work ran): that work must not be committed under the old key."""
+        moved = []
+        for path, h in run["guard"]:
+            try:
+                now = self.hasher.recheck(path)
+            except BadPath:
+                now = None
+            if now != h:
+                moved.append(path)
+        return moved
+
+    def _again(self, stage: Stage, run: dict[str, Any], moved: list[str]) -> list[Task]:
+        """Run a stage again because its inputs ``moved`` while it ran: nothing of that run
+        is committed. After three such runs the stage fails, saying so."""
+        run["again"] = n = run.get("again", 0) + 1
+        what = ", ".join(moved[:3]) + (f" and {len(moved) - 3} more" if len(moved) > 3 else "")
+        if n > foreach.MAX_AGAIN:
+            run["error"] = [
+                f"input {what} kept changing while the stage ran ({n} runs); nothing was "
+                "committed: build again once it stays the same",
+                None,
+            ]
+            return []
+        self.bus.emit(
+            "log", stage.id, level="warning",
+            text=f"input {what} changed while the stage ran; nothing of that run is kept, "
+            "running it again with the new content",
+        )  # fmt: skip
+        try:
+            sk = self.resolve(stage)
+        except (_Unknown, StageFailure) as exc:
+            run["error"] = [f"input {what} changed while the stage ran: {exc}", None]
+            return []
+        remove_path(run["staging"])
+        run["sk"], run["staging"] = sk, self.ws.staging(stage.id)
+        run["guard"] = self._guard(stage, sk)
+        run["outputs"] = self._staged_outputs(run["staging"], sk)
+        if sk.key is not None:
+            self.keys_seen.add(sk.key)
+        return [self.task(stage, sk, run, f"{stage.id}.again{n}", outputs=run["outputs"])]
 
     def last_result(self, stage_id: str) -> str | None:
         """How the stage's last build ended (``ok``, ``failed``, …), None if never built."""

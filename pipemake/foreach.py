@@ -9,6 +9,7 @@ reduce params change.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import os
 import time
@@ -52,6 +53,9 @@ __all__ = [
     "start",
     "stage_key",
 ]
+
+#: how many times a stage or item runs again because an input changed while it ran
+MAX_AGAIN = 3
 
 
 def item_source(
@@ -116,7 +120,7 @@ def stage_key(b: Builder, stage: Stage, sk: StageKey) -> None:
     params = dict(sk.doc["params"])
     for name in rule.reduce_params:
         params.pop(name, None)
-    map_base = key_digest(dict(sk.doc, params=params))
+    map_base = sk.map_base = key_digest(dict(sk.doc, params=params))
     sk._item_keys = {it.relpath: map_key(map_base, it) for it in sk.items}
     entries = b.store.get_actions(list(sk.item_keys.values()))
     sk.cached = {rel: entries[k] for rel, k in sk.item_keys.items() if k in entries}
@@ -201,7 +205,9 @@ def start(b: Builder, stage: Stage, sk: StageKey, run: dict[str, Any], force: bo
         done_items={},
         tasks={},
         values={rel: e.get("values", {}) for rel, e in sk.cached.items()},
+        sigs={},
     )
+    root = str(b.p.root)
     if stage.rule.map_reduce:
         run["mapped"] = {rel: e["map"] for rel, e in sk.cached.items()}
         if not todo:
@@ -214,6 +220,7 @@ def start(b: Builder, stage: Stage, sk: StageKey, run: dict[str, Any], force: bo
     for n, chunk in enumerate(chunks(todo, b.jobs, max(1, batch))):
         items = []
         for it in chunk:
+            run["sigs"][it.relpath] = _sig(os.path.join(root, it.path))
             item = {"path": it.path, "relpath": it.relpath, "hash": it.hash}
             if per_item_dirs:
                 idx = len(run["new"]) + len(items)
@@ -257,12 +264,18 @@ def on_message(b: Builder, stage: Stage, run: dict[str, Any], msg: Message) -> l
         return []
     sk = run["sk"]
     task = run["tasks"].get(msg.task)
-    failed = {rel for rel, res in msg.data["items"].items() if "error" in res}
+    results = msg.data["items"]
+    moved = _moved(b, run, results)
+    follow = []
+    if moved:
+        follow = _again(b, stage, run, task, moved)
+        results = {rel: res for rel, res in results.items() if rel not in moved}
+    failed = {rel for rel, res in results.items() if "error" in res}
     retry = bool(failed) and task is not None and task.attempt < task.max_attempts
     commits = []
     if failed:
         run["retried"] = True  # a failed attempt may have left files in the shared ``done``
-    for rel, res in msg.data["items"].items():
+    for rel, res in results.items():
         if "error" in res and retry:
             continue
         run["items_done"] += 1
@@ -285,9 +298,104 @@ def on_message(b: Builder, stage: Stage, run: dict[str, Any], msg: Message) -> l
     b.bus.emit("progress", stage.id, done=run["items_done"], total=run["items_total"], unit="items")
     if retry:
         assert task is not None
-        return [_retry(b, stage, run, task, failed, msg)]
+        return [*follow, _retry(b, stage, run, task, failed, msg)]
     run["tasks"].pop(msg.task, None)  # answered for good: its item list is not needed
-    return _maybe_reduce(b, stage, run)
+    return [*follow, *_maybe_reduce(b, stage, run)]
+
+
+def _sig(path: str) -> tuple[int, ...] | None:
+    """What a stat says of an item's file: changed content changes it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _moved(b: Builder, run: dict[str, Any], results: dict[str, Any]) -> dict[str, str | None]:
+    """The items of a task's answer whose input file changed while they ran (relpath → its
+    hash now, None when it is gone), and, when a source input of the whole stage changed,
+    every item of the answer: their work must not be committed under their keys."""
+    root = str(b.p.root)
+    whole = b.moved_inputs(run)
+    if whole:
+        run["moved_inputs"] = whole
+        return dict.fromkeys(results)
+    moved: dict[str, str | None] = {}
+    for rel in results:
+        item = run["new"][rel]
+        if _sig(os.path.join(root, item["path"])) == run["sigs"].get(rel):
+            continue
+        try:
+            now = b.hasher.recheck(item["path"])
+        except BadPath:
+            now = None
+        if now != item["hash"]:
+            moved[rel] = now
+    return moved
+
+
+def _again(
+    b: Builder, stage: Stage, run: dict[str, Any], task: Task | None, moved: dict[str, Any]
+) -> list[Task]:
+    """Nothing of the items whose inputs changed while they ran is committed: they run
+    again with their new content (under their new keys), or fail, saying why, when a stage
+    input changed, an item's file is gone, or it kept changing."""
+    sk = run["sk"]
+    first = sorted(moved)[0]
+    reason = None
+    if run.get("moved_inputs"):
+        paths = ", ".join(run["moved_inputs"][:3])
+        reason = f"input {paths} changed while the stage ran; nothing was kept: build again"
+    elif any(h is None for h in moved.values()):
+        gone = sorted(rel for rel, h in moved.items() if h is None)[0]
+        reason = f"its file {run['new'][gone]['path']} was removed while it ran: build again"
+    elif max(run["new"][rel].get("again", 0) for rel in moved) >= MAX_AGAIN:
+        reason = (
+            f"its file kept changing while it ran ({MAX_AGAIN + 1} runs); nothing was kept: "
+            "build again once it stays the same"
+        )
+    elif task is None:
+        reason = "its file changed while it ran: build again"
+    if reason is not None:
+        for rel in moved:
+            run["items_done"] += 1
+            run["failures"][rel] = reason
+        return []
+    assert task is not None
+    items = []
+    for rel, h in sorted(moved.items()):
+        item = run["new"][rel]
+        item.update(hash=h, again=item.get("again", 0) + 1)
+        _rekey(sk, stage, rel, h)
+        run["sigs"][rel] = _sig(os.path.join(str(b.p.root), item["path"]))
+        extra = {"outputs": item["outputs"]} if "outputs" in item else {}
+        items.append({"path": item["path"], "relpath": rel, "hash": h, **extra})
+    again = dataclasses.replace(task, id=f"{task.id}.m{run['new'][first]['again']}", items=items)
+    for i in items:
+        run["new"][i["relpath"]]["task"] = again.id
+    run["tasks"][again.id] = again
+    b.bus.emit(
+        "log", stage.id, level="warning",
+        text=f"item {first}: its file changed while it ran; nothing of that run is kept, "
+        f"running {len(items)} item(s) again with the new content",
+    )  # fmt: skip
+    return [again]
+
+
+def _rekey(sk: StageKey, stage: Stage, rel: str, h: str) -> None:
+    """An item's content changed during this build: its ItemRef and key follow, and so does
+    the stage key (never remembered for the input tree as it was)."""
+    i = bisect.bisect_left([it.relpath for it in sk.items], rel)
+    old = sk.items[i]
+    ref = ItemRef(old.path, old.relpath, h)
+    sk.items[i] = ref
+    if stage.rule.map_reduce:
+        sk.item_keys[rel] = map_key(sk.map_base, ref)
+    else:
+        sk.item_keys[rel] = item_key(sk.base, ref)
+        sk.key = digest(["foreach", sk.base, items_digest(sk.item_keys)])
+    sk.source = None
 
 
 def _retry(

@@ -154,6 +154,30 @@ class Hasher:
             return self.tree_info(rel)
         return PathInfo("file", self.file_hash(rel, st), st.st_size, normalize_mode(st.st_mode))
 
+    def recheck(self, rel: str) -> str | None:
+        """The content hash of ``rel`` now (None when it is gone), for checking that an input
+        did not change while a stage ran: a file whose stat moved since this build hashed
+        it, or that was modified within the timestamp granularity of that hashing, is read
+        again; an unchanged one is not."""
+        full = self._abs(rel)
+        try:
+            st = os.stat(full)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if stat_mod.S_ISDIR(st.st_mode):
+            return self.tree_info(rel).hash
+        memo = self._memo.get(rel)
+        sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if memo is not None and memo[0] == sig and st.st_mtime_ns < memo[2] - _RACY_NS:
+            return memo[1]
+        if memo is None:
+            return self.file_hash(rel, st)
+        hashed_at = time.time_ns()
+        digest = _read_hash(full, st.st_size)
+        self.reads += 1
+        self._memo[rel] = (sig, digest, hashed_at)
+        return digest
+
     def tree(self, rel: str) -> list[Entry]:
         """Manifest entries ``[relpath, hash, size, mode]`` of every file under the directory
         ``rel``, sorted by relpath."""
