@@ -590,24 +590,34 @@ class Builder:
         if self.state.trees_pending():  # big rows: encoded and written now, not at the end
             self.state.flush()
 
-    def complete(self, stage_id: str) -> None:
+    def complete(self, stage_id: str) -> list[Task]:
         stage = self.p.stages[stage_id]
         run = self._running.pop(stage_id, None)
         if run is None:
-            return
+            return []
+        more: list[Task] = []
         try:
             if run.get("foreach") and run["failures"]:
                 text = foreach.failure_text(run, run["items_total"])
                 self._failed(stage, run, text)
                 raise StageFailure(text)
             if run.get("foreach") and not run.get("reduce"):
-                entry = foreach.assemble(self, stage, run)
+                try:
+                    entry = foreach.assemble(self, stage, run)
+                except foreach.LostObjects:
+                    more = foreach.rerun_lost(self, stage, run) if run.get("lost", 0) < 3 else []
+                    if not more:
+                        raise
+                    self._running[stage_id] = run
+                    return more
             else:
                 entry = self._commit_run(stage, run)
             self._done(stage, run["sk"], entry, ran=True)
             self.bus.emit("stage_finished", stage_id, **entry["metrics"])
+            return []
         finally:
-            remove_path(run["staging"])
+            if not more:
+                remove_path(run["staging"])
 
     def _commit_run(self, stage: Stage, run: dict[str, Any]) -> dict[str, Any]:
         if run["error"] is not None or run["result"] is None:

@@ -44,15 +44,22 @@ if TYPE_CHECKING:
     from .model import Stage
 
 __all__ = [
+    "LostObjects",
     "assemble",
     "forget_lost_items",
     "item_decision",
     "item_keys",
     "item_source",
     "on_message",
+    "rerun_lost",
     "start",
     "stage_key",
 ]
+
+
+class LostObjects(StageFailure):
+    """Objects of items decided as cached left the store before the stage was assembled."""
+
 
 #: how many times a stage or item runs again because an input changed while it ran
 MAX_AGAIN = 3
@@ -207,11 +214,19 @@ def start(b: Builder, stage: Stage, sk: StageKey, run: dict[str, Any], force: bo
         values={rel: e.get("values", {}) for rel, e in sk.cached.items()},
         sigs={},
     )
-    root = str(b.p.root)
     if stage.rule.map_reduce:
         run["mapped"] = {rel: e["map"] for rel, e in sk.cached.items()}
         if not todo:
             return [_reduce_task(b, stage, sk, run)]
+    return _tasks(b, stage, sk, run, todo, "")
+
+
+def _tasks(
+    b: Builder, stage: Stage, sk: StageKey, run: dict[str, Any], todo: list[ItemRef], tag: str
+) -> list[Task]:
+    """Tasks for the items ``todo`` (``tag`` keeps their ids and folders apart from the
+    tasks started before them)."""
+    root = str(b.p.root)
     tasks = []
     mode = "map" if stage.rule.map_reduce else "items"
     rule = stage.rule
@@ -229,10 +244,10 @@ def start(b: Builder, stage: Stage, sk: StageKey, run: dict[str, Any], force: bo
                     for name in sk.ports.outputs
                 }
             items.append(item)
-        task_id = f"{stage.id}#{n}"
+        task_id = f"{stage.id}#{tag}{n}"
         for i in items:
             run["new"][i["relpath"]] = dict(i, task=task_id)
-        work = run["staging"] / f"t{n}"
+        work = run["staging"] / f"t{tag}{n}"
         task = b.task(
             stage, sk, run, task_id, mode=mode, items=items,
             outputs={name: os.path.relpath(work / "work" / name, b.p.root)
@@ -242,6 +257,27 @@ def start(b: Builder, stage: Stage, sk: StageKey, run: dict[str, Any], force: bo
         run["tasks"][task_id] = task
         tasks.append(task)
     return tasks
+
+
+def rerun_lost(b: Builder, stage: Stage, run: dict[str, Any]) -> list[Task]:
+    """Tasks for the cached items whose objects left the store after the stage was decided
+    (a ``cache gc`` beside this build): they run instead of failing the stage."""
+    sk = run["sk"]
+    before = set(sk.cached)
+    forget_lost_items(b, sk)
+    lost = [it for it in sk.items if it.relpath in before and it.relpath not in sk.cached]
+    if not lost:
+        return []
+    run["lost"] = run.get("lost", 0) + 1
+    run["items_total"] += len(lost)
+    for it in lost:
+        run["values"].pop(it.relpath, None)
+    b.bus.emit(
+        "log", stage.id, level="warning",
+        text=f"{len(lost):,} cached item(s) lost their objects from the store since this build "
+        f"decided (first: {lost[0].relpath}); running them instead",
+    )  # fmt: skip
+    return _tasks(b, stage, sk, run, lost, f"lost{run['lost']}-")
 
 
 def _reduce_task(b: Builder, stage: Stage, sk: StageKey, run: dict[str, Any]) -> Task:
@@ -533,7 +569,7 @@ def assemble(b: Builder, stage: Stage, run: dict[str, Any]) -> dict[str, Any]:
             for e in manifest[name]["entries"]:
                 moves[e[0]] = f"{staged}/{e[0]}"
         if not b.ws.sync_dir(merged[name], rel, b.store, b.hasher, moves):
-            raise StageFailure(f"could not assemble {rel}: a store object is missing or corrupt")
+            raise LostObjects(f"could not assemble {rel}: a store object is missing or corrupt")
     b.later(bookkeeping, stage.id)
     remove_path(run["staging"])
     return entry

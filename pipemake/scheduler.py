@@ -46,8 +46,9 @@ class StageHandler(Protocol):
     def on_message(self, stage: str, message: Message) -> list[Task]:
         """A task reported; return follow-up tasks (e.g. a reduce after the maps)."""
 
-    def complete(self, stage: str) -> None:
-        """Every task of the stage has reported: commit it, or raise StageFailure."""
+    def complete(self, stage: str) -> list[Task] | None:
+        """Every task of the stage has reported: commit it, or raise StageFailure; or
+        return more tasks when committing found work still to do (the stage stays open)."""
 
     def idle(self) -> None:
         """Do the bookkeeping put off until tasks run (or the schedule ends)."""
@@ -225,11 +226,17 @@ class Scheduler:
         self._open[stage] = self._open.get(stage, 0) + len(tasks)
         if self._open[stage] == 0:
             try:
-                self.handler.complete(stage)
+                more = self.handler.complete(stage)
             except StageFailure as exc:
                 self._finish(stage, str(exc))
             else:
-                self._finish(stage, None)
+                if not more:
+                    self._finish(stage, None)
+                elif self._halted:
+                    self._open.pop(stage, None)
+                    self.out.skipped[stage] = "stopped before it finished"
+                else:
+                    self._settle(stage, more)
 
     def _finish(self, stage: str, error: str | None) -> None:
         out = self.out

@@ -88,3 +88,32 @@ def test_a_foreach_item_whose_file_is_edited_while_it_runs_runs_again(
     p.write("go", "")
     p.cli("build")
     assert p.read("build/each/b.txt") == "AAAA\n"
+
+
+def test_objects_gone_after_deciding_run_their_items_instead_of_failing(
+    project: Callable[..., Proj],
+) -> None:
+    """A ``cache gc`` beside a build removes the objects of items the build decided were
+    cached: those items run instead of the stage failing 'a store object is missing'."""
+    p = project(FOREACH_SLOW, {"data/a.txt": "a1\n", "data/b.txt": "b1\n"})
+    p.write("go", "")
+    p.cli("build")
+    import shutil
+
+    shutil.rmtree(p.path("build/each"))
+    p.write("data/b.txt", "b2\n")
+    p.path("runs/b.started").unlink()
+    proc = p.popen("build", "--no-progress")
+    wait_for(lambda: p.exists("runs/b.started"), what="item b to start")
+    objects = p.path(".pipemake/store/objects")
+    for f in objects.rglob("*"):
+        if f.is_file():
+            f.chmod(0o644)
+            f.unlink()
+    p.write("go", "")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    assert "running them instead" in err, err
+    assert p.read("build/each/a.txt") == "a1\n"
+    assert p.read("build/each/b.txt") == "b2\n"
+    assert p.read("runs/each.count").split() == ["a.txt", "b.txt", "b.txt", "a.txt"]
