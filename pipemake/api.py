@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ from .lock import BuildLock
 from .model import DEFAULT_FILE, Pipeline
 from .plancache import load_checked
 from .resources import Budget, default_budget
-from .rule import Rule
+from .rule import Rule, package_files
 from .scheduler import Outcome, Scheduler, StageFailure
 from .state import WorkspaceState
 from .store import Store
@@ -287,10 +286,7 @@ def _snapshot(
             return None  # its code is hashed from files it does not name
         packages.add(cls.__module__.partition(".")[0])
         code.update(rule.code_files(p.stages[stage_id].ports, p.root))
-    for name, module in list(sys.modules.items()):
-        if name.partition(".")[0] in packages:  # the rules' whole packages, versions and all
-            code.add(getattr(module, "__file__", None) or "")
-    code.discard("")
+    code |= package_files(packages)  # the rules' whole packages, versions and all
     databases = [project.state.path, project.store.path / "actions.db"]
     paths = uptodate.record(p.root, builder.hasher.seen, sorted(code), started_ns, databases)
     if paths is None:

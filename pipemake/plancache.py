@@ -3,8 +3,10 @@
 Parsing and checking a 10,000-stage pipeline file takes seconds; when the file has not
 changed, ``.pipemake/plan.json`` gives the same checked stages back in a fraction of that.
 The key covers the file's bytes, pipemake's version, the Python version and the installed
-rules, so any of those changing means a full load. What can change on disk without the file
-changing — whether a source input exists — is checked again on every load.
+rules; the cache also names the source files of every loaded module of pipemake and of the
+rules' packages with their stat, so editing a rule (a param's default, say) or upgrading a
+rule package means a full load too. What can change on disk without the file changing —
+whether a source input exists — is checked again on every load.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from .errors import Problems
 from .hashing import digest, hash_bytes
 from .model import Foreach, Pending, Pipeline, Stage
 from .pipeline import load_pipeline
-from .rule import Ports, get_rule, registry
+from .rule import Ports, get_rule, package_files, registry
 
 __all__ = ["load_checked"]
 
-PLAN_FORMAT = 2
+PLAN_FORMAT = 3
 
 
 def _key(text: bytes, dot: Path) -> str:
@@ -61,9 +63,25 @@ def _inputs_json(value: Any) -> Any:
     return value
 
 
+def _code(p: Pipeline) -> list[list[Any]]:
+    """The source files behind the plan (pipemake and the rules' packages, as loaded now)
+    with their stat: a plan is only as current as the rules that checked it."""
+    tops = {"pipemake"} | {type(s.rule).__module__.partition(".")[0] for s in p.stages.values()}
+    return [[f, *_stat(f)] for f in sorted(package_files(tops))]
+
+
+def _stat(path: str) -> list[int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [-1, -1, -1]
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 def _write(cache: Path, key: str, p: Pipeline) -> None:
     doc = {
         "key": key,
+        "code": _code(p),
         "name": p.name,
         "version": p.version,
         "vars": p.vars,
@@ -110,6 +128,15 @@ def _read(cache: Path, key: str, file: Path) -> Pipeline | None:
         return None
     if not isinstance(doc, dict) or doc.get("key") != key:
         return None
+    try:
+        if any(_stat(f) != sig for f, *sig in doc["code"]):
+            return None
+        return _stages(doc, file)
+    except (KeyError, TypeError, ValueError):
+        return None  # a damaged cache: load the file
+
+
+def _stages(doc: dict[str, Any], file: Path) -> Pipeline | None:
     stages: dict[str, Stage] = {}
     root = str(file.parent.resolve())
     for s in doc["stages"]:

@@ -540,3 +540,13 @@ def get_rule(name: str) -> Rule | None:
         raise TypeError(f"entry point {name!r} ({value}) is not a pipemake Rule")
     _loaded[name] = rule
     return rule
+
+
+def package_files(packages: set[str]) -> set[str]:
+    """The source files of every loaded module of these top-level packages (pipemake, a
+    rule package): what a cached answer that depends on the rules' code must re-stat."""
+    return {
+        path
+        for name, module in list(sys.modules.items())
+        if name.partition(".")[0] in packages and (path := getattr(module, "__file__", None) or "")
+    }
