@@ -430,22 +430,22 @@ class Builder:
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{stage.id}.log"
         log_path.write_text("")
+        now = time.time()
         run: dict[str, Any] = {
             "sk": sk,
             "staging": staging,
-            "started": time.time(),
+            "decided": now,
+            "started": now,  # until its first task starts
+            "waiting": {
+                "reasons": [str(r) for r in decision.reasons],
+                "items": decision.items,
+            },
             "result": None,
             "error": None,
             "log": str(log_path),
         }
         run["guard"] = self._guard(stage, sk)
         self._running[stage.id] = run
-        self.bus.emit(
-            "stage_started",
-            stage.id,
-            reasons=[str(r) for r in decision.reasons],
-            items=decision.items,
-        )
         if stage.foreach is not None:
             forced = self.force or stage.id in self.force_stages
             return foreach.start(self, stage, sk, run, forced)
@@ -490,6 +490,21 @@ class Builder:
             resources=stage.resources, log_path=run["log"], timeout=stage.timeout,
             max_attempts=1 + (stage.retries or self.retries or 0), backoff=stage.retry_backoff,
         )  # fmt: skip
+
+    def task_started(self, stage_id: str, task: Task) -> None:
+        run = self._running.get(stage_id)
+        if run is not None:
+            self._running_now(stage_id, run)
+
+    def _running_now(self, stage_id: str, run: dict[str, Any]) -> None:
+        """The stage runs from now (its first task started, or it had none to wait for):
+        its duration counts from here, the wait before it is reported as such."""
+        waiting = run.pop("waiting", None)
+        if waiting is None:
+            return
+        run["started"] = now = time.time()
+        queued = round(now - run["decided"], 3)
+        self.bus.emit("stage_started", stage_id, queued=queued, **waiting)
 
     def on_message(self, stage_id: str, message: Message) -> list[Task]:
         run = self._running[stage_id]
@@ -596,6 +611,7 @@ class Builder:
         if run is None:
             return []
         more: list[Task] = []
+        self._running_now(stage_id, run)
         try:
             if run.get("foreach") and run["failures"]:
                 text = foreach.failure_text(run, run["items_total"])
@@ -627,6 +643,7 @@ class Builder:
         result = run["result"]
         metrics = dict(result.get("metrics", {}))
         metrics["duration"] = time.time() - run["started"]
+        metrics["queued"] = run["started"] - run["decided"]
         entry = {
             "stage": stage.id,
             "outputs": result["outputs"],

@@ -532,6 +532,7 @@ def assemble(b: Builder, stage: Stage, run: dict[str, Any]) -> dict[str, Any]:
         "created": time.time(),
         "metrics": {
             "duration": time.time() - run["started"],
+            "queued": run["started"] - run["decided"],
             "items": len(per_item),
             "items_run": len(run["done_items"]),
         },

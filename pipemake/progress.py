@@ -94,7 +94,9 @@ def describe(event: Event) -> str | None:
     if k == "stage_started":
         items = d.get("items") or {}
         count = f" [{items.get('run')} of {items.get('total')} items]" if items else ""
-        return f"{s}: running ({'; '.join(d.get('reasons', []))}){count}"
+        queued = d.get("queued") or 0
+        waited = f", after {_fmt_duration(queued)} waiting for a job" if queued >= 0.1 else ""
+        return f"{s}: running ({'; '.join(d.get('reasons', []))}){count}{waited}"
     if k == "progress":
         unit = f" {d['unit']}" if d.get("unit") else ""
         return f"{s}: {d.get('done')}/{d.get('total')}{unit}"
@@ -255,9 +257,7 @@ class PlainView:
         text = describe(event)
         if not text:
             return
-        if k == "run_started" and self.eta.total:
-            text += f", ETA {_fmt_duration(self.eta.remaining(self.clock()))}"
-        elif k == "stage_started" and s:
+        if k == "stage_started" and s:
             self._last_line[s] = self.clock()
         elif k in ("stage_finished", "stage_restored", "stage_failed") and self.eta.total:
             eta = self._remaining(self.clock())

@@ -43,6 +43,10 @@ class StageHandler(Protocol):
     def begin(self, stage: str) -> list[Task]:
         """Decide and start a stage: the tasks to run (none when it finished already)."""
 
+    def task_started(self, stage: str, task: Task) -> None:
+        """A task of the stage left the queue for an executor (the first one: the stage
+        is running from now; before, it waited for a job or a resource)."""
+
     def on_message(self, stage: str, message: Message) -> list[Task]:
         """A task reported; return follow-up tasks (e.g. a reduce after the maps)."""
 
@@ -289,6 +293,7 @@ class Scheduler:
             elif task.resources.get("gpu", 0) == 0 and "gpu" in self.budget.total:
                 task.env = dict(task.env, CUDA_VISIBLE_DEVICES="")
             self._running[task.id] = _Running(item[3], task, time.monotonic(), gpus)
+            self.handler.task_started(item[3], task)
             self.bus.emit(
                 "task_started",
                 item[3],

@@ -25,7 +25,7 @@ def test_plain_lines_when_stderr_is_not_a_terminal(chain: Proj) -> None:
     assert lines and all(STAMP.match(line) for line in lines), r.stderr
     assert "\x1b[" not in r.stderr  # no escape codes
     text = r.stderr
-    assert re.search(r"building 4 stage\(s\), ETA \d", text)
+    assert re.search(r"building 4 stage\(s\)\n", text)  # no ETA before any decision
     for stage in ("upper", "lines", "side", "report"):
         assert f"{stage}: running (never built)" in text
         assert re.search(rf"{stage}: done in [\d.]+s  \[\d/4", text)
