@@ -4,12 +4,21 @@ checking workspace outputs against a manifest, and restoring them from the store
 Nothing is ever written straight to an output path: work happens in a staging directory
 under ``.pipemake/tmp`` (same filesystem, so placing is a rename), and a restored output is
 assembled there in full before it replaces what the workspace holds.
+
+Symlinks. Whatever a stage or a person left at an output path, restoring or syncing it never
+writes or deletes through a link: an output path that is a symlink, and any symlink inside a
+directory output, is removed as a link (what it points to is left alone) and replaced by the
+real files; a tree is removed without following a link anywhere in it. The *parents* of an
+output path are the user's own layout and are followed as the system follows them (``build
+-> /elsewhere`` puts ``build/o`` at ``/elsewhere/o``, as Make and DVC do): what lies at the
+output path is the output, and nothing outside it is ever deleted.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -82,11 +91,17 @@ class Workspace:
 
         The old content is first renamed aside, so the path holds either the old or the new
         output, and is never half-written; ``later`` (the builder's) puts off deleting it.
+        A symlink at ``rel`` is moved aside as a link: what it points to is left alone. A
+        staged output that is itself a symlink (a stage that linked its output to its input)
+        is placed as a copy of what it points to, so an output path always holds pipemake's
+        own files and nothing done to it later can reach through it.
         """
+        if os.path.islink(staged):
+            _dereference(staged)
         dest = self.abs(rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
         trash = None
-        if dest.exists() or dest.is_symlink():
+        if os.path.lexists(dest):
             trash = self.tmp / f"trash-{uuid.uuid4().hex[:10]}"
             self.tmp.mkdir(parents=True, exist_ok=True)
             os.rename(dest, trash)
@@ -99,7 +114,10 @@ class Workspace:
 
     def check(self, manifest: dict[str, Any], rel: str, hasher: Hasher) -> str | None:
         """None when the workspace output matches ``manifest``; else ``missing`` or
-        ``changed``."""
+        ``changed`` (an output path that is a symlink is ``changed``, whatever it points
+        to: pipemake places real files there, and a restore replaces the link by them)."""
+        if os.path.islink(self.abs(rel)):
+            return "changed"
         if manifest["kind"] == "dir" and self.abs(rel).is_dir():
             tree = hasher.tree_info(rel)
             if tree.hash == manifest["hash"]:
@@ -163,13 +181,17 @@ class Workspace:
         file lands by rename, so none is ever half-written; files the manifest does not list
         are removed. Returns False if an object is missing or corrupt (what was already fixed
         stays fixed).
+
+        Symlinks are never written or deleted through: ``rel`` itself, if a link, and every
+        link inside it are removed as links first, and a staged file reached through a link
+        (a stage that linked its output to its input) is taken from the store instead of
+        moved, so a file outside the staging area never moves.
         """
         moves = moves or {}
         dest = self.abs(rel)
-        if dest.exists() and not dest.is_dir():
-            remove_path(dest)
-        dest.mkdir(parents=True, exist_ok=True)
+        _real_dir(dest)
         base = str(dest)
+        staged = _StagedFiles(self.tmp)
         have = {e[0]: e for e in hasher.tree(rel)}
         want = {e[0]: e for e in manifest["entries"]}
         stale = sorted(set(have) - set(want))
@@ -193,10 +215,11 @@ class Workspace:
                 made.add(parent)
             target = f"{base}/{relpath}"
             src = moves.get(relpath)
-            if src is None:
+            st = staged.stat(src) if src is not None else None
+            if st is None:
                 fetch.append((e[1], target, e[3]))
                 continue
-            if os.stat(src).st_nlink == 1:  # one linked into the store (--link) stays
+            if st.st_nlink == 1:  # one linked into the store (--link) stays
                 os.chmod(src, e[3])  # read-only: its mode is the object's
             _replace(src, target)
         if not self._fetch(fetch, store):
@@ -229,7 +252,7 @@ class Workspace:
     def remove(self, rel: str) -> bool:
         """Delete an output from the workspace (the store keeps it)."""
         path = self.abs(rel)
-        if not (path.exists() or path.is_symlink()):
+        if not os.path.lexists(path):
             return False
         remove_path(path)
         return True
@@ -266,8 +289,81 @@ def _prune_empty_dirs(top: Path) -> None:
 
 
 def remove_path(path: Path) -> None:
-    """Remove a file, link or directory tree, whatever it is."""
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-    elif path.is_dir():
+    """Remove a file, link or directory tree, whatever it is, never following a link: a
+    symlink is removed as a link, and a tree is removed by :func:`shutil.rmtree`, which on
+    this platform walks by file descriptor and removes the links it meets as links (and
+    refuses a link at the top, which the ``lstat`` here has already ruled out)."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if stat.S_ISDIR(st.st_mode):
         shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _dereference(path: Path) -> None:
+    """Replace the staged symlink ``path`` by a copy of what it points to (links inside a
+    linked directory stay links, as they would in a staged directory)."""
+    real = path.with_name(f"{path.name}.real-{uuid.uuid4().hex[:10]}")
+    if path.is_dir():
+        shutil.copytree(path, real, symlinks=True)
+    else:
+        shutil.copy2(path, real)
+    os.unlink(path)
+    os.rename(real, path)
+
+
+def _real_dir(path: Path) -> None:
+    """Make ``path`` a real directory holding no symlink: a link at ``path`` or anywhere
+    under it is removed as a link (what it points to stays as it is), anything else that is
+    not a directory at ``path`` is removed."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        remove_path(path)
+        st = None
+    if st is None:
+        path.mkdir(parents=True, exist_ok=True)
+        return
+    stack = [str(path)]
+    while stack:
+        try:
+            it = os.scandir(stack.pop())
+        except OSError:  # unreadable: the hasher's walk names it
+            continue
+        with it:
+            for de in it:
+                if de.is_symlink():
+                    os.unlink(de.path)
+                elif de.is_dir(follow_symlinks=False):
+                    stack.append(de.path)
+
+
+class _StagedFiles:
+    """Which move sources are what they claim: regular files inside the staging area,
+    reached without a symlink (one directory lookup per staged directory)."""
+
+    def __init__(self, tmp: Path):
+        self.top = os.path.join(os.path.realpath(tmp), "")
+        self.dirs: dict[str, bool] = {}
+
+    def stat(self, src: str) -> os.stat_result | None:
+        """``src``'s own stat if it is a regular staged file, else None."""
+        parent = os.path.dirname(src)
+        ok = self.dirs.get(parent)
+        if ok is None:
+            ok = self.dirs[parent] = os.path.realpath(parent).startswith(self.top)
+        if not ok:
+            return None
+        try:
+            st = os.lstat(src)
+        except OSError:
+            return None
+        return st if stat.S_ISREG(st.st_mode) else None
