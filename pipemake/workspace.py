@@ -16,6 +16,7 @@ output path is the output, and nothing outside it is ever deleted.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -102,10 +103,12 @@ class Workspace:
         dest.parent.mkdir(parents=True, exist_ok=True)
         trash = None
         if os.path.lexists(dest):
-            trash = self.tmp / f"trash-{uuid.uuid4().hex[:10]}"
             self.tmp.mkdir(parents=True, exist_ok=True)
+            trash = self.tmp / f"trash-{uuid.uuid4().hex[:10]}"
+            if not self._same_device(dest.parent):
+                trash = dest.parent / f".{dest.name}.pipemake-old-{uuid.uuid4().hex[:10]}"
             os.rename(dest, trash)
-        os.rename(staged, dest)
+        _move(str(staged), str(dest))
         if trash is not None:
             if later is not None:
                 later(lambda: remove_path(trash))
@@ -222,17 +225,20 @@ class Workspace:
             if st.st_nlink == 1:  # one linked into the store (--link) stays
                 os.chmod(src, e[3])  # read-only: its mode is the object's
             _replace(src, target)
-        if not self._fetch(fetch, store):
+        if not self._fetch(fetch, store, base):
             return False
         if stale:  # only a removal can leave a directory empty
             _prune_empty_dirs(dest)
         return True
 
-    def _fetch(self, files: list[tuple[str, str, int]], store: Store) -> bool:
-        """Materialize objects at their targets, each through a temporary file (or link)
-        and a rename; on a few threads, each taking a share of the files, since creating
-        files is what a restore waits on."""
-        prefix = f"{self.tmp}/f-{uuid.uuid4().hex[:12]}"
+    def _fetch(self, files: list[tuple[str, str, int]], store: Store, base: str) -> bool:
+        """Materialize objects at their targets under ``base``, each through a temporary
+        file (or link) and a rename; on a few threads, each taking a share of the files,
+        since creating files is what a restore waits on. The temporary files are made on the
+        output's filesystem (in ``base`` itself when a symlinked parent puts it on another
+        one than ``.pipemake``: a name a later sync removes if a kill leaves it)."""
+        where = str(self.tmp) if self._same_device(Path(base)) else base
+        prefix = f"{where}/.pipemake-f-{uuid.uuid4().hex[:12]}"
 
         def share(n: int) -> bool:
             for i in range(n, len(files), workers):
@@ -249,6 +255,14 @@ class Workspace:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return all(pool.map(share, range(workers)))
 
+    def _same_device(self, path: Path) -> bool:
+        """Whether ``path`` (an existing directory) is on the filesystem of the staging
+        area, so a rename moves between them."""
+        try:
+            return os.stat(path).st_dev == os.stat(self.tmp).st_dev
+        except OSError:
+            return True
+
     def remove(self, rel: str) -> bool:
         """Delete an output from the workspace (the store keeps it)."""
         path = self.abs(rel)
@@ -262,12 +276,36 @@ def _replace(src: str, target: str) -> None:
     """Rename ``src`` onto ``target``, which may be a directory (what the walk listed under
     that name was a file, so only an empty one, or one of files the manifest moves away)."""
     try:
-        os.replace(src, target)
+        _move(src, target)
     except OSError as exc:
         if not os.path.isdir(target) or os.path.islink(target):
             raise exc from None
         remove_path(Path(target))
-        os.replace(src, target)
+        _move(src, target)
+
+
+def _move(src: str, dst: str) -> None:
+    """Rename ``src`` onto ``dst``; across filesystems (an output whose parent is a symlink
+    to another disk), copy it beside ``dst`` first and rename that, so ``dst`` is never
+    half-written, then remove ``src``."""
+    try:
+        os.replace(src, dst)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    parent, name = os.path.split(dst)
+    side = os.path.join(parent, f".{name}.pipemake-{uuid.uuid4().hex[:10]}")
+    try:
+        if os.path.isdir(src) and not os.path.islink(src):
+            shutil.copytree(src, side, symlinks=True)
+        else:
+            shutil.copy2(src, side, follow_symlinks=False)
+        os.replace(side, dst)
+    except BaseException:
+        remove_path(Path(side))
+        raise
+    remove_path(Path(src))
 
 
 def _safe_rel(relpath: str) -> bool:

@@ -9,6 +9,7 @@ byte-identical to what it was, and the outputs are real files and directories.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -264,3 +265,47 @@ def test_sync_takes_a_move_reached_through_a_link_from_the_store(tmp_path: Path)
     assert ws.sync_dir(manifest, "out", store, Hasher(str(tmp_path)), moves)
     assert (outside / "a.txt").read_text() == "A\n"
     assert real_tree(tmp_path / "out") == {"ext/a.txt": b"A\n"}
+
+
+def _other_filesystem(tmp_path: Path) -> Path:
+    """A fresh folder on another filesystem than ``tmp_path`` (skips where there is none)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem (/dev/shm) here")
+    return Path(tempfile.mkdtemp(dir=shm, prefix="pipemake-test-"))
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_a_symlinked_parent_on_another_filesystem_builds_and_restores(
+    project: Callable[..., Proj], tmp_path: Path, foreach: bool
+) -> None:
+    """``build -> /other/disk`` (a common layout for big data): outputs are copied across
+    instead of renamed, with the same results, and no temporary file is left there."""
+    elsewhere = _other_filesystem(tmp_path)
+    try:
+        files = {"data/a.txt": "a\n", "data/b.txt": "b\n"}
+        if foreach:
+            p = project(
+                shell_foreach("mkdir -p {outputs.o}/s && cp {inputs.src} {outputs.o}/s/"), files
+            )
+            out = elsewhere / "each"
+        else:
+            p = project(
+                one_stage("mkdir -p {outputs.o} && cat {inputs.d}/* > {outputs.o}/all"),
+                {k.replace("data", "d"): v for k, v in files.items()},
+            )
+            out = elsewhere / "o"
+        os.symlink(elsewhere, p.path("build"))
+        p.cli("build")
+        first = real_tree(out)
+        src = "data" if foreach else "d"
+        p.write(f"{src}/c.txt", "c\n")
+        p.cli("build")  # a foreach stage: one item, synced in
+        assert real_tree(out) != first
+        p.path(f"{src}/c.txt").unlink()
+        assert "1 restored" in p.cli("build").output
+        assert real_tree(out) == first
+        assert sorted(os.listdir(elsewhere)) == [out.name]
+        p.cli("status", "--check")
+    finally:
+        remove_path(elsewhere)
