@@ -425,7 +425,8 @@ def orphans(project: Project) -> list[str]:
     used = _paths_in_use(project)
     return sorted(
         path for path in project.state.placed()
-        if not any(_overlap(path, u) for u in used) and os.path.lexists(root / path)
+        if _plain(path) and not any(_overlap(path, u) for u in used)
+        and os.path.lexists(root / path)
     )  # fmt: skip
 
 
@@ -447,6 +448,12 @@ def _paths_in_use(project: Project) -> set[str]:
         if rel != ".." and not rel.startswith("../"):
             used.add(posixpath.normpath(rel.replace(os.sep, "/")))
     return used
+
+
+def _plain(path: str) -> bool:
+    """Whether a ledger path is a plain relative path inside the project (never ``..``)."""
+    parts = path.split("/")
+    return bool(path) and not os.path.isabs(path) and all(p not in ("", ".", "..") for p in parts)
 
 
 def _overlap(a: str, b: str) -> bool:
