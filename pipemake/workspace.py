@@ -28,6 +28,7 @@ from typing import Any
 
 from .fshash import Hasher, PathInfo
 from .store import Store
+from .walk import BadPath
 
 __all__ = ["Workspace", "manifest_of", "manifest_hash", "sub_manifest"]
 
@@ -118,9 +119,16 @@ class Workspace:
     def check(self, manifest: dict[str, Any], rel: str, hasher: Hasher) -> str | None:
         """None when the workspace output matches ``manifest``; else ``missing`` or
         ``changed`` (an output path that is a symlink is ``changed``, whatever it points
-        to: pipemake places real files there, and a restore replaces the link by them)."""
+        to: pipemake places real files there, and a restore replaces the link by them; so is
+        one that cannot be walked, a symlink loop put in it say)."""
         if os.path.islink(self.abs(rel)):
             return "changed"
+        try:
+            return self._check(manifest, rel, hasher)
+        except BadPath:
+            return "changed"
+
+    def _check(self, manifest: dict[str, Any], rel: str, hasher: Hasher) -> str | None:
         if manifest["kind"] == "dir" and self.abs(rel).is_dir():
             tree = hasher.tree_info(rel)
             if tree.hash == manifest["hash"]:
@@ -195,7 +203,10 @@ class Workspace:
         _real_dir(dest)
         base = str(dest)
         staged = _StagedFiles(self.tmp)
-        have = {e[0]: e for e in hasher.tree(rel)}
+        try:
+            have = {e[0]: e for e in hasher.tree(rel)}
+        except BadPath:  # still not walkable (an unreadable folder): replaced whole
+            return self.restore(manifest, rel, store, "sync")
         want = {e[0]: e for e in manifest["entries"]}
         stale = sorted(set(have) - set(want))
         for relpath in stale:

@@ -309,3 +309,15 @@ def test_a_symlinked_parent_on_another_filesystem_builds_and_restores(
         p.cli("status", "--check")
     finally:
         remove_path(elsewhere)
+
+
+def test_a_symlink_loop_put_in_an_output_is_replaced_not_a_traceback(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(one_stage("mkdir -p {outputs.o} && echo o > {outputs.o}/o.txt", "{}"))
+    p.cli("build")
+    os.symlink(".", p.path("build/o/loop"))
+    r = p.cli("status")
+    assert "changed" in r.output
+    assert "1 restored" in p.cli("build").output
+    assert real_tree(p.path("build/o")) == {"o.txt": b"o\n"}
