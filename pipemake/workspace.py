@@ -275,7 +275,8 @@ class Workspace:
             return True
 
     def remove(self, rel: str) -> bool:
-        """Delete an output from the workspace (the store keeps it)."""
+        """Delete an output from the workspace (the store keeps it); a symlink there is
+        removed as a link, and nothing is followed out of the output path."""
         path = self.abs(rel)
         if not os.path.lexists(path):
             return False
