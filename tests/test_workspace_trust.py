@@ -105,12 +105,13 @@ TWO_VERSIONS = (
 )
 
 
-@pytest.mark.parametrize("where", ["ext", "sub"])
+@pytest.mark.parametrize("where", ["ext", "sub", "1.txt"])
 def test_a_symlink_a_person_left_inside_an_output_is_replaced_not_followed(
     project: Callable[..., Proj], tmp_path: Path, where: str
 ) -> None:
     """An output directory holding ``ext -> /outside/dir`` (or ``sub``, a name the manifest
-    has files under), then restoring an older version: the outside folder is untouched."""
+    has files under, or ``1.txt -> /outside/f.txt``, a file it lists), then restoring an
+    older version: the outside folder is untouched."""
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "f.txt").write_text("mine\n")
@@ -122,7 +123,8 @@ def test_a_symlink_a_person_left_inside_an_output_is_replaced_not_followed(
     p.cli("build")
     if where == "sub":
         remove_path(p.path("build/o/sub"))
-    os.symlink(outside, p.path(f"build/o/{where}"))
+    target = outside / "f.txt" if where == "1.txt" else outside  # a file the manifest lists
+    os.symlink(target, p.path(f"build/o/{where}"))
     p.pipeline(one_stage(TWO_VERSIONS.replace("V", "1"), inputs="{}"))
     assert "1 restored" in p.cli("build").output
     assert snapshot(outside) == before
