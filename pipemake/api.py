@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import difflib
 import os
+import posixpath
 import signal
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,9 @@ from .decide import Decision, Reason, Trigger, Verdict
 from .errors import BuildFailed, Interrupted, PipelineError, Problem, UsageError
 from .events import Bus
 from .executors.base import get_executor
+from .fshash import Hasher
 from .hooks import run_hooks, run_summary
+from .items import glob_base, is_glob
 from .lock import BuildLock
 from .model import DEFAULT_FILE, Pipeline
 from .plancache import load_checked
@@ -31,6 +34,7 @@ from .rule import Rule, package_files
 from .scheduler import Outcome, Scheduler, StageFailure
 from .state import WorkspaceState
 from .store import Store
+from .walk import BadPath
 from .workspace import Workspace
 
 __all__ = [
@@ -84,8 +88,44 @@ def open_project(
     cache = Path(cache)
     if not cache.is_absolute():
         cache = Path.cwd() / cache
+    _check_places(pipeline, ws, cache)
     store = Store(cache, readonly=readonly)
     return Project(pipeline, store, WorkspaceState(ws.dot / "state.db", readonly), ws)
+
+
+def _check_places(pipeline: Pipeline, ws: Workspace, cache: Path) -> None:
+    """Refuse, before anything runs, an output that lies in ``.pipemake`` or in the store,
+    or that holds the store (a ``--cache-dir`` inside an output): each build replaces an
+    output whole, so the store would be wiped with it. Paths are compared as resolved."""
+    dot, store = os.path.realpath(ws.dot), os.path.realpath(cache)
+    problems: list[Problem] = []
+    for st in pipeline.stages.values():
+        for name, rel in st.ports.outputs.items():
+            out = os.path.realpath(pipeline.root / rel)
+            if _inside(out, dot) or _inside(dot, out):
+                what, hint = f"overlaps pipemake's own folder {ws.dot}", "choose another path"
+            elif _inside(store, out):
+                what = f"holds the store {cache}: every build of it would wipe the store"
+                hint = "keep --cache-dir (PIPEMAKE_CACHE_DIR) outside every output"
+            elif _inside(out, store):
+                what = f"lies inside the store {cache}"
+                hint = "keep --cache-dir (PIPEMAKE_CACHE_DIR) outside every output"
+            else:
+                continue
+            line = st.lines.get(name, st.line) or None
+            problems.append(Problem(f"output {name!r} ({rel}) {what}", _shown(pipeline.file),
+                                    line, st.id, hint))  # fmt: skip
+    if problems:
+        raise PipelineError(problems)
+
+
+def _inside(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(os.path.join(parent, ""))
+
+
+def _shown(file: Path) -> str:
+    rel = os.path.relpath(file)
+    return str(file) if rel.startswith("..") else rel
 
 
 def _select(p: Pipeline, targets: Sequence[str]) -> list[str]:
@@ -373,13 +413,48 @@ def dry_run(project: Project, targets: Sequence[str] = ()) -> list[tuple[str, De
 
 
 def orphans(project: Project) -> list[str]:
-    """Output paths earlier builds placed that no current stage owns and that still exist."""
-    current = {out for st in project.pipeline.stages.values() for out in st.ports.outputs.values()}
+    """Output paths earlier builds placed that still exist and that no stage reads or writes
+    now: neither a current output or input, nor inside one, nor holding one (nor the
+    pipeline file, ``.pipemake`` or the store). A folder that was once an output and is now
+    a hand-made input of another stage is therefore never an orphan."""
     root = project.pipeline.root
+    used = _paths_in_use(project)
     return sorted(
         path for path in project.state.placed()
-        if path not in current and (root / path).exists()
+        if _plain(path) and not any(_overlap(path, u) for u in used)
+        and os.path.lexists(root / path)
     )  # fmt: skip
+
+
+def _paths_in_use(project: Project) -> set[str]:
+    """Every path (relative to the project root, POSIX) a current stage reads or writes,
+    and pipemake's own files; a glob input stands for its fixed prefix."""
+    p = project.pipeline
+    root = str(p.root)
+    found = [str(p.file), str(project.workspace.dot), str(project.store.path)]
+    for st in p.stages.values():
+        found += st.ports.outputs.values()
+        for value in st.ports.inputs.values():
+            for path in value if isinstance(value, list) else [value]:
+                if isinstance(path, str):
+                    found.append(glob_base(path) if is_glob(path) else path)
+    used = set()
+    for path in found:
+        rel = os.path.relpath(os.path.join(root, path), root)
+        if rel != ".." and not rel.startswith("../"):
+            used.add(posixpath.normpath(rel.replace(os.sep, "/")))
+    return used
+
+
+def _plain(path: str) -> bool:
+    """Whether a ledger path is a plain relative path inside the project (never ``..``)."""
+    parts = path.split("/")
+    return bool(path) and not os.path.isabs(path) and all(p not in ("", ".", "..") for p in parts)
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether one of two relative paths is, or lies inside, the other."""
+    return a == b or b == "." or a.startswith(b + "/") or b.startswith(a + "/")
 
 
 def status(project: Project) -> dict[str, Any]:
@@ -442,20 +517,61 @@ def list_stages(project: Project) -> list[dict[str, Any]]:
     return validate(project)
 
 
-def clean(project: Project, targets: Sequence[str] = (), orphans_only: bool = False) -> list[str]:
-    """Remove outputs from the workspace (the store keeps them, so a build restores them)."""
+def clean(
+    project: Project,
+    targets: Sequence[str] = (),
+    orphans_only: bool = False,
+    with_deps: bool = False,
+    confirm: Callable[[str], bool] | None = None,
+) -> list[str]:
+    """Remove outputs from the workspace (the store keeps them, so a build restores them);
+    returns the paths removed.
+
+    ``targets``: those stages' own outputs, as ``make clean`` and ``dvc remove`` touch only
+    what they name (``with_deps``: their upstream stages' too); none: every stage's.
+    ``orphans_only``: what earlier builds placed that no stage reads or writes now (see
+    :func:`orphans`). An orphan that is not byte-identical to what pipemake last wrote
+    there (edited, or pipemake can no longer tell) is removed only if ``confirm(path)``
+    says so; without ``confirm`` it is kept. Symlinks are removed as links, never followed.
+    """
+    if orphans_only and targets:
+        raise UsageError("`clean --orphans` takes no targets: it removes every orphan")
     with BuildLock(project.workspace.dot / "lock", 0):
         if orphans_only:
-            paths = orphans(project)
-        else:
-            order = _select(project.pipeline, targets) if targets else list(project.pipeline.stages)
+            placed = project.state.placed()
             paths = [
-                rel for s in order for rel in project.pipeline.stages[s].ports.outputs.values()
-            ]
+                path for path in orphans(project)
+                if _as_written(project, path, placed.get(path))
+                or (confirm is not None and confirm(path))
+            ]  # fmt: skip
+        else:
+            p = project.pipeline
+            chosen = _select(p, targets) if targets else list(p.stages)  # unknown: exit 2
+            if targets and not with_deps:
+                chosen = list(dict.fromkeys(targets))
+            paths = [rel for s in chosen for rel in p.stages[s].ports.outputs.values()]
         removed = [rel for rel in paths if project.workspace.remove(rel)]
         if orphans_only:
-            project.state.forget_placed(paths)
+            project.state.forget_placed(removed)
     return removed
+
+
+def _as_written(project: Project, path: str, owner: tuple[str, str] | None) -> bool:
+    """Whether the orphan ``path``, placed by ``owner`` (stage, output name), is exactly
+    what pipemake last placed there: the manifest of that stage's last build, from the
+    store."""
+    record = project.state.record(owner[0]) if owner else None
+    key = record.get("key") if isinstance(record, dict) else None
+    entry = project.store.get_action(key) if isinstance(key, str) else None
+    outputs = entry.get("outputs") if isinstance(entry, dict) else None
+    manifest = outputs.get(owner[1]) if isinstance(outputs, dict) and owner else None
+    if not isinstance(manifest, dict) or manifest.get("kind") not in ("file", "dir"):
+        return False
+    hasher = Hasher(str(project.pipeline.root))
+    try:
+        return project.workspace.check(manifest, path, hasher) is None
+    except (OSError, BadPath, KeyError, TypeError, ValueError):
+        return False
 
 
 def cache_info(project: Project) -> dict[str, Any]:

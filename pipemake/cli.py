@@ -363,21 +363,62 @@ def log(ctx: click.Context, run: str | None, as_json: bool, quiet: bool) -> None
 
 @cli.command()
 @click.argument("targets", nargs=-1)
-@click.option("--orphans", is_flag=True, help="Only outputs no current stage owns.")
+@click.option("--orphans", is_flag=True, help="Only outputs that no stage reads or writes now.")
+@click.option("--with-deps", is_flag=True, help="Also the outputs of the targets' upstream stages.")
+@click.option(
+    "-y", "--yes", is_flag=True, help="Remove orphans edited since pipemake wrote them, unasked."
+)
 @click.pass_context
-def clean(ctx: click.Context, targets: tuple[str, ...], orphans: bool) -> None:
-    """Remove outputs from the workspace; the store keeps them (a build restores them)."""
+def clean(
+    ctx: click.Context, targets: tuple[str, ...], orphans: bool, with_deps: bool, yes: bool
+) -> None:
+    """Remove outputs from the workspace; the store keeps them (a build restores them).
+
+    `clean TARGET…` removes those stages' own outputs (`--with-deps`: their upstream
+    stages' too); `clean` alone removes every stage's. `--orphans` removes what earlier
+    builds placed that no stage reads or writes now; one that differs from what pipemake
+    wrote there is removed only after you say yes (`--yes`: without asking). Without a
+    terminal to ask on and without `--yes`, those are kept, named on stderr, and the exit
+    code is 1 (nothing was lost, but not all was done). Symlinks are removed as links; what
+    they point to is never touched.
+    """
+    kept: list[str] = []
+
+    def confirm(path: str) -> bool:
+        if yes:
+            return True
+        if _interactive():
+            return click.confirm(
+                f"{path} is not what pipemake wrote there (edited since?); remove it?",
+                default=False,
+                err=True,
+            )
+        kept.append(path)
+        return False
 
     def go() -> int:
         with _project(ctx) as project:
-            removed = api.clean(project, targets, orphans_only=orphans)
+            removed = api.clean(
+                project, targets, orphans_only=orphans, with_deps=with_deps, confirm=confirm
+            )
         for path in removed:
             click.echo(f"removed {path}")
-        if not removed:
+        for path in kept:
+            click.echo(
+                f"kept {path}: it is not what pipemake wrote there (edited since?); remove it "
+                "with `pipemake clean --orphans --yes`",
+                err=True,
+            )
+        if not removed and not kept:
             click.echo("nothing to remove")
-        return 0
+        return 1 if kept else 0
 
     _run(go)
+
+
+def _interactive() -> bool:
+    """Whether a question can be asked (stdin and stderr are terminals)."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
 
 
 @cli.group()

@@ -575,7 +575,11 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
                 os.makedirs(f"{done}/.items", exist_ok=True)
                 for name, manifest in manifests.items():
                     moved = staged.setdefault(name, {})
+                    real = os.path.realpath(work[name])
                     for k, entry in enumerate(manifest["entries"]):
+                        sub = os.path.dirname(entry[0])
+                        if sub and os.path.realpath(f"{work[name]}/{sub}") != f"{real}/{sub}":
+                            continue  # reached through a symlink: never moved; the store's copy
                         to = f".items/{task.id}-{n}-{name}-{k}"
                         os.rename(f"{work[name]}/{entry[0]}", f"{done}/{to}")
                         moved[entry[0]] = f"{done_rel}/{to}"

@@ -26,14 +26,15 @@ def test_sync_replaces_directories_where_files_belong(tmp_path: Path, moved: boo
     entries = [[rel, store.put_bytes(data), len(data), 0o644] for rel, data in sorted(want.items())]
     manifest = {"kind": "dir", "hash": tree_hash(entries), "entries": entries}
     moves: dict[str, str] = {}
+    ws = Workspace(tmp_path)
     if moved:  # staged by a task, as a foreach stage's new items are
-        staged = tmp_path / "staged"
-        staged.mkdir()
+        staged = ws.staging("t")
         for rel in ("a.txt", "b.txt"):
             (staged / rel).write_bytes(want[rel])
             moves[rel] = str(staged / rel)
-    ws = Workspace(tmp_path)
     assert ws.sync_dir(manifest, "out", store, Hasher(str(tmp_path)), moves)
+    if moved:  # moved in, not copied from the store
+        assert not any(staged.iterdir())
     got = {p.name: p.read_bytes() for p in out.iterdir()}
     assert got == want
     assert {e[0]: e[1] for e in Hasher(str(tmp_path)).tree("out")} == {
