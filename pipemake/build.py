@@ -9,6 +9,7 @@ kill at any moment leaves the old state or a complete entry, never a half-writte
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import time
@@ -390,7 +391,11 @@ class Builder:
             return []
         if decision.verdict is Verdict.RESTORE:
             assert entry is not None
-            if self._restore(stage, sk, entry):
+            try:
+                restored = self._restore(stage, sk, entry)
+            except OSError as exc:
+                raise StageFailure(_placing_failed(exc)) from None
+            if restored:
                 self._done(stage, sk, entry, ran=False)
                 self.bus.emit(
                     "stage_restored", stage_id, reasons=[str(r) for r in decision.reasons]
@@ -617,17 +622,21 @@ class Builder:
                 text = foreach.failure_text(run, run["items_total"])
                 self._failed(stage, run, text)
                 raise StageFailure(text)
-            if run.get("foreach") and not run.get("reduce"):
-                try:
+            try:
+                if run.get("foreach") and not run.get("reduce"):
                     entry = foreach.assemble(self, stage, run)
-                except foreach.LostObjects:
-                    more = foreach.rerun_lost(self, stage, run) if run.get("lost", 0) < 3 else []
-                    if not more:
-                        raise
-                    self._running[stage_id] = run
-                    return more
-            else:
-                entry = self._commit_run(stage, run)
+                else:
+                    entry = self._commit_run(stage, run)
+            except foreach.LostObjects:
+                more = foreach.rerun_lost(self, stage, run) if run.get("lost", 0) < 3 else []
+                if not more:
+                    raise
+                self._running[stage_id] = run
+                return more
+            except OSError as exc:
+                text = _placing_failed(exc)
+                self._failed(stage, run, text)
+                raise StageFailure(text) from None
             self._done(stage, run["sk"], entry, ran=True)
             self.bus.emit("stage_finished", stage_id, **entry["metrics"])
             return []
@@ -704,3 +713,16 @@ def _from_unknown(reason: Reason, sk: StageKey) -> bool:
             if h == "?" and path in reason.detail:
                 return True
     return False
+
+
+def _placing_failed(exc: OSError) -> str:
+    """What to tell the user when an output cannot be put in place in the workspace."""
+    where = exc.filename or "an output path"
+    if exc.errno == errno.EEXIST or exc.errno == errno.ENOTDIR:
+        return (
+            f"cannot put the output in place: {where} is in the way (a file or a broken link "
+            "where a folder belongs): remove it, or change the output path"
+        )
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device at {where}: free space and build again"
+    return f"cannot put the output in place at {where}: {exc.strerror}"
