@@ -428,7 +428,28 @@ class Builder:
             name: os.path.relpath(staging / name / os.path.basename(rel), self.p.root)
             for name, rel in sk.ports.outputs.items()
         }
-        return [self.task(stage, sk, run, stage.id, outputs=run["outputs"])]
+        task = self.task(stage, sk, run, stage.id, outputs=run["outputs"])
+        upstream = getattr(stage.rule, "upstream_param", None)
+        if upstream:  # a rule that wants what its upstream stages made (`custom`), unkeyed
+            task.params = {**task.params, upstream: self._upstream(stage)}
+        return [task]
+
+    def _upstream(self, stage: Stage) -> dict[str, dict[str, Any]]:
+        """Each upstream stage's outputs (absolute paths) and computed values."""
+        made: dict[str, dict[str, Any]] = {}
+        for dep in stage.deps:
+            up, planned = self.p.stages.get(dep), self.results.get(dep)
+            if up is None or planned is None:
+                continue
+            values = made[dep] = dict(planned.values or {})
+            for name, out in up.rule.path_values.items():  # relative to the output: absolute
+                base, got = self.p.root / up.ports.outputs[out], values.get(name)
+                if isinstance(got, list) and all(isinstance(v, str) for v in got):
+                    values[name] = [str(base / v) for v in got]
+                elif isinstance(got, str):
+                    values[name] = str(base / got)
+            values.update((n, str(self.p.root / o)) for n, o in up.ports.outputs.items())
+        return made
 
     def task(
         self,
