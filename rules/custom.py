@@ -43,6 +43,7 @@ import re
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from importlib.machinery import PathFinder
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +88,25 @@ def _has_pending(value: Any) -> bool:
 
 
 def _module_file(module: str, root: str) -> str | None:
-    if root and root not in sys.path:
-        sys.path.insert(0, root)
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
+    """The file of ``module``, looked for in the project root first (another project's
+    module of that name may be imported in this process already), then on sys.path."""
+    spec: Any = None
+    if root:
+        parts = module.split(".")
+        where: list[str] | None = [root]
+        for i in range(len(parts)):
+            spec = PathFinder.find_spec(".".join(parts[: i + 1]), where)
+            if spec is None:
+                break
+            where = spec.submodule_search_locations
+            if where is None and i < len(parts) - 1:
+                spec = None
+                break
+    if spec is None:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            return None
     return spec.origin if spec is not None and spec.origin not in (None, "built-in") else None
 
 
@@ -235,6 +249,10 @@ class CustomRule(Rule):
         module, _, attr = spec.partition(":")
         if root and root not in sys.path:
             sys.path.insert(0, root)
+        loaded = getattr(sys.modules.get(module), "__file__", None)
+        if loaded is not None and loaded != _module_file(module, root):
+            for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+                del sys.modules[name]  # another project's module of that name
         try:
             obj: Any = importlib.import_module(module)
         except Exception as exc:  # noqa: BLE001 - the user's module: say what it raised
