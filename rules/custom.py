@@ -224,7 +224,11 @@ class CustomRule(Rule):
             problem = f"{cls.__name__}(stage_id, config) failed: {type(exc).__name__}: {exc}"
         if problem is None or self._not_there_yet(root, ports, params):
             return []
-        named = [k for k in params if f"'{k}'" in problem or f'"{k}"' in problem]
+        problem = problem.replace(" for stage ''", "")  # the stage is named beside it
+        keys = [*params, *ports.inputs, *ports.outputs]
+        named = [k for k in keys if f"'{k}'" in problem or f'"{k}"' in problem] or [
+            k for k in keys if re.search(rf"(?<![\w-]){re.escape(k)}(?![\w-])", problem)
+        ]
         return [(named[0] if named else "executor", problem)]
 
     @staticmethod

@@ -186,7 +186,8 @@ def test_a_failing_validate_config_is_exit_2_at_validate_with_stage_and_line(
     )
     r = upper.cli("validate", code=2)
     assert "stage 'upper'" in r.output and "mode must be upper or lower" in r.output
-    assert "pipemake.yaml:" in r.output and TRACEBACK not in r.output
+    line = upper.read("pipemake.yaml").splitlines().index("      mode: shout") + 1
+    assert f"pipemake.yaml:{line}:" in r.output and TRACEBACK not in r.output  # the key's line
     upper.cli("build", code=2)
     assert upper.runs("upper") == 0
 
