@@ -41,7 +41,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping
+import traceback
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib.machinery import PathFinder
 from pathlib import Path
@@ -300,8 +301,9 @@ class CustomRule(Rule):
         upstream = params.pop(UPSTREAM, {})
         inputs = {k: _absolute(ctx.root, v) for k, v in ctx.inputs.items()}
         staging = {k: str(v) for k, v in ctx.outputs.items()}
-        executor = cls(ctx.stage, self._config(params, inputs, staging))
+        config = self._config(params, inputs, staging)
         with _forward_logs(cls, ctx.log):
+            executor = _call(f"{cls.__name__}(stage_id, config)", cls, ctx.stage, config)
             try:
                 problem = _validate(cls, ctx.stage, None, executor)
                 if problem is not None:
@@ -312,17 +314,32 @@ class CustomRule(Rule):
                         ctx.log.info(f"{cls.__name__} estimates {float(estimate()):.0f} s")
                     except Exception:  # noqa: BLE001 - only an estimate
                         pass
-                result = executor.execute(upstream)
+                result = _call(f"{cls.__name__}.execute()", executor.execute, upstream)
             finally:
                 cleanup = getattr(executor, "cleanup", None)
                 if callable(cleanup):
-                    cleanup()
+                    _call(f"{cls.__name__}.cleanup()", cleanup)
         outputs, metrics = _outcome(result)
         if metrics:
             ctx.log.info(f"metrics: {json.dumps(metrics, default=str, sort_keys=True)}")
         moves = {staging[k]: final[k] for k in staging if k in final}
         values = _paths_to_project(outputs, moves, str(ctx.root))
         return json.loads(json.dumps(values, default=str))
+
+
+def _call(what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``; what it raises becomes the stage's failure, with the executor's own
+    frames (as the original reported a raising executor: as the stage's failure)."""
+    try:
+        return fn(*args)
+    except RuleError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code: say what and where
+        frames = traceback.format_tb(exc.__traceback__.tb_next if exc.__traceback__ else None)
+        where = "".join(frames[-6:]).rstrip()
+        raise RuleError(
+            f"{what} raised {type(exc).__name__}: {exc}" + (f"\n{where}" if where else "")
+        ) from None
 
 
 def _validate(

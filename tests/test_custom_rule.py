@@ -116,6 +116,14 @@ class InputsExecutor(StageExecutor):
         return {"status": "success", "outputs": {"seen": sorted(inputs)}}
 
 
+class RaisingExecutor(StageExecutor):
+    def validate_config(self) -> bool:
+        return True
+
+    def execute(self, inputs):
+        raise RuntimeError("ffmpeg not found")
+
+
 class FailingExecutor(StageExecutor):
     def validate_config(self) -> bool:
         return True
@@ -274,6 +282,16 @@ def test_a_failed_result_fails_the_stage_with_its_message(project: Callable[...,
     r = p.cli("build", "--no-progress", code=1)
     assert "the model file is corrupt" in r.output and TRACEBACK not in r.output
     assert not p.exists("build/upper")
+
+
+def test_an_executor_that_raises_fails_the_stage_showing_its_own_frames(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(UPPER.replace("UpperExecutor", "RaisingExecutor"), FILES)
+    r = p.cli("build", "--no-progress", code=1)
+    assert "RaisingExecutor.execute() raised RuntimeError: ffmpeg not found" in r.output
+    assert 'raise RuntimeError("ffmpeg not found")' in r.output  # where, in its module
+    assert TRACEBACK not in r.output and "worker.py" not in r.output
 
 
 # register_rule: the original's register_executor ---------------------------------------
