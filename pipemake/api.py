@@ -92,7 +92,8 @@ def find_pipeline(
     for name in PIPELINE_FILES:
         if (path / name).is_file():
             return path / name, True
-    shown = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
+    rel = os.path.relpath(path)
+    shown = str(path.resolve()) if rel == "." or rel.startswith("..") else rel
     raise PipelineError([Problem(
         f"no pipeline file here (looked for {' and '.join(PIPELINE_FILES)} in {shown})",
         hint=f"create {DEFAULT_FILE}, or pass -f FILE / -C DIR to point at one",
