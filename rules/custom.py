@@ -9,16 +9,17 @@ pipeline) calls ``validate_config()`` too, so a bad config is exit 2 before anyt
 unless the config names a path that does not exist yet (an upstream stage's output before
 its first build): then the check is the worker's, before ``execute``.
 
-Which keys are paths. A key with the word ``output`` (``output_dir``, ``output_path``) is an
-output: the executor gets its staging path (absolute) and pipemake stores and places what
-it wrote there (a ``*_dir`` output is a directory pipemake creates first). A key with the
-word ``input`` (``input_dir``, ``input_video``) whose value is a path or a list of paths is
-an input: the executor gets it absolute, and its content is part of the key. ``inputs:
-[KEY, …]`` and ``outputs: [KEY, …]`` name them instead (these two keys and ``executor``
-are not passed on). Every other key is a param, passed as written. A reference to another
-stage's output (``{extract.output_dir}``) puts that stage's output hashes into the key,
-whichever key holds it. The executor module's source is part of the key, as for
-``python`` stages, unless the stage sets ``version:``.
+Which keys are paths. A key named ``output``, or with the word ``output`` and one such as
+``dir``, ``path``, ``file`` or ``folder`` (``output_dir``, ``cut_output_path``; not
+``output_format``), is an output: the executor gets its staging path (absolute) and
+pipemake stores and places what it wrote there (a ``*_dir`` output is a directory pipemake
+creates first). A key named likewise with ``input`` (``input_dir``, ``input_video``) whose
+value is a path or a list of paths is an input: the executor gets it absolute, and its
+content is part of the key. ``inputs: [KEY, …]`` and ``outputs: [KEY, …]`` name them
+instead (these two keys and ``executor`` are not passed on). Every other key is a param,
+passed as written. A reference to another stage's output (``{extract.output_dir}``) puts
+that stage's output hashes into the key, whichever key holds it. The executor module's
+source is part of the key, as for ``python`` stages, unless the stage sets ``version:``.
 
 ``inputs``, the argument of ``execute``, maps each upstream stage's id to its outputs
 (absolute paths) and computed values, as the original passed each dependency's outputs.
@@ -64,8 +65,20 @@ _PATHISH = ("_dir", "_dirs", "_path", "_paths", "_file", "_files", "_video")
 _FAILED = {"failed", "failure", "error", "cancelled"}
 
 
+#: with ``input`` or ``output``, a word that makes a key a path (``output_format`` is not)
+_PATH_WORDS = {"dir", "dirs", "directory", "folder", "path", "paths", "file", "files", "root",
+               "video", "videos", "image", "images"}  # fmt: skip
+
+
 def _words(key: str) -> set[str]:
     return set(key.lower().replace("-", "_").split("_"))
+
+
+def _named_as(key: str, word: str) -> bool:
+    """Whether ``key`` names an input (``word`` ``input``) or output path by its words:
+    ``input``/``output`` alone, or with a word such as ``dir``, ``path`` or ``file``."""
+    words = _words(key)
+    return bool({word, word + "s"} & words) and (len(words) == 1 or bool(words & _PATH_WORDS))
 
 
 def _is_paths(value: Any) -> bool:
@@ -186,7 +199,7 @@ class CustomRule(Rule):
         for key, value in config.items():
             if key in reserved:
                 continue
-            is_output = key in named["outputs"] if "outputs" in named else "output" in _words(key)
+            is_output = key in named["outputs"] if "outputs" in named else _named_as(key, "output")
             if is_output:
                 if not isinstance(value, str) or not value:
                     problems.append((key, f"output {key!r} must be a path, got {value!r}"))
@@ -198,7 +211,7 @@ class CustomRule(Rule):
                     problems.append((key, f"input {key!r} must be a path or a list of paths"))
                     continue
                 ports.inputs[key] = value
-            elif "inputs" not in named and _words(key) & {"input", "inputs"} and _is_paths(value):
+            elif "inputs" not in named and _named_as(key, "input") and _is_paths(value):
                 ports.inputs[key] = value
             else:
                 params[key] = value

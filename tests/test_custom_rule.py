@@ -210,6 +210,26 @@ def test_a_missing_required_key_names_its_line(upper: Proj) -> None:
     assert f"pipemake.yaml:{line + 1}:" in r.output
 
 
+def test_which_keys_are_paths() -> None:
+    custom = rule.get_rule("custom")
+    assert custom is not None
+    config = {
+        "executor": "m:C", "input_dir": "data", "input_format": "png", "output_dir": "out",
+        "output_format": "jpg", "cut_output_path": "cuts.json", "instances_dir": "up/x",
+    }  # fmt: skip
+    ports, problems = custom.ports(config)
+    assert problems == []
+    assert ports.inputs == {"input_dir": "data"}
+    assert ports.outputs == {"output_dir": "out", "cut_output_path": "cuts.json"}
+    assert ports.output_kinds == {"output_dir": "dir", "cut_output_path": "path"}
+    assert ports.key_params["params"] == {
+        "input_format": "png", "output_format": "jpg", "instances_dir": "up/x",
+    }  # fmt: skip
+    named, problems = custom.ports({**config, "inputs": ["instances_dir"], "outputs": ["x"]})
+    assert named.inputs == {"instances_dir": "up/x"}
+    assert problems == [("outputs", "'outputs' names 'x', not a key of this config")]
+
+
 @pytest.mark.parametrize(
     ("spec", "said"),
     [
