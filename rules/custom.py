@@ -12,10 +12,11 @@ its first build): then the check is the worker's, before ``execute``.
 Which keys are paths. A key named ``output``, or with the word ``output`` and one such as
 ``dir``, ``path``, ``file`` or ``folder`` (``output_dir``, ``cut_output_path``; not
 ``output_format``), is an output: the executor gets its staging path (absolute) and
-pipemake stores and places what it wrote there (a ``*_dir`` output is a directory pipemake
-creates first). A key named likewise with ``input`` (``input_dir``, ``input_video``) whose
-value is a path or a list of paths is an input: the executor gets it absolute, and its
-content is part of the key. ``inputs: [KEY, …]`` and ``outputs: [KEY, …]`` name them
+pipemake stores and places what it wrote there. As in the original, the executor creates
+it (pipemake creates its parent; a ``*_dir`` output it did not create is an empty folder).
+A key named likewise with ``input`` (``input_dir``, ``input_video``) whose value is a path
+or a list of paths is an input: the executor gets it absolute, and its content is part of
+the key. ``inputs: [KEY, …]`` and ``outputs: [KEY, …]`` name them
 instead (these two keys and ``executor`` are not passed on). Every other key is a param,
 passed as written. A reference to another stage's output (``{extract.output_dir}``) puts
 that stage's output hashes into the key, whichever key holds it. The executor module's
@@ -205,7 +206,7 @@ class CustomRule(Rule):
                     problems.append((key, f"output {key!r} must be a path, got {value!r}"))
                     continue
                 ports.outputs[key] = value
-                ports.output_kinds[key] = "dir" if key.endswith("_dir") else "path"
+                ports.output_kinds[key] = "path"  # made by the executor, as it always was
             elif "inputs" in named and key in named["inputs"]:
                 if not _is_paths(value):
                     problems.append((key, f"input {key!r} must be a path or a list of paths"))
@@ -332,6 +333,9 @@ class CustomRule(Rule):
                 cleanup = getattr(executor, "cleanup", None)
                 if callable(cleanup):
                     _call(f"{cls.__name__}.cleanup()", cleanup)
+        for key, path in staging.items():
+            if key.endswith("_dir") and not os.path.lexists(path):
+                os.makedirs(path)  # an output folder it had nothing to write into
         outputs, metrics = _outcome(result)
         if metrics:
             ctx.log.info(f"metrics: {json.dumps(metrics, default=str, sort_keys=True)}")

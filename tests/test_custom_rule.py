@@ -116,6 +116,22 @@ class InputsExecutor(StageExecutor):
         return {"status": "success", "outputs": {"seen": sorted(inputs)}}
 
 
+class CopyExecutor(StageExecutor):
+    """Copies input_dir with copytree (which wants output_dir not there yet); with
+    nothing=True writes nothing at all."""
+
+    def validate_config(self) -> bool:
+        return True
+
+    def execute(self, inputs):
+        self._mark_started()
+        if not self.config.get("nothing"):
+            import shutil
+
+            shutil.copytree(self.config["input_dir"], self.config["output_dir"])
+        return self._create_success_result(outputs={})
+
+
 class RaisingExecutor(StageExecutor):
     def validate_config(self) -> bool:
         return True
@@ -221,7 +237,7 @@ def test_which_keys_are_paths() -> None:
     assert problems == []
     assert ports.inputs == {"input_dir": "data"}
     assert ports.outputs == {"output_dir": "out", "cut_output_path": "cuts.json"}
-    assert ports.output_kinds == {"output_dir": "dir", "cut_output_path": "path"}
+    assert ports.output_kinds == {"output_dir": "path", "cut_output_path": "path"}
     assert ports.key_params["params"] == {
         "input_format": "png", "output_format": "jpg", "instances_dir": "up/x",
     }  # fmt: skip
@@ -302,6 +318,19 @@ def test_a_failed_result_fails_the_stage_with_its_message(project: Callable[...,
     r = p.cli("build", "--no-progress", code=1)
     assert "the model file is corrupt" in r.output and TRACEBACK not in r.output
     assert not p.exists("build/upper")
+
+
+def test_the_executor_creates_its_output_folder_as_it_always_did(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(UPPER.replace("UpperExecutor", "CopyExecutor"), FILES)
+    p.cli("build")
+    assert p.read("build/upper/a.txt") == "hello\n"
+    p.edit(
+        "pipemake.yaml", "output_dir: build/upper", "output_dir: build/upper\n      nothing: true"
+    )
+    p.cli("build")
+    assert p.path("build/upper").is_dir() and not any(p.path("build/upper").iterdir())
 
 
 def test_an_executor_that_raises_fails_the_stage_showing_its_own_frames(
