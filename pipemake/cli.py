@@ -214,11 +214,11 @@ def build(
 ) -> None:
     """Build TARGETS (default: every stage) and what they need."""
     from .events import Bus
+    from .progress import make_view
+    from .resources import parse_resources
 
     if resume:
         click.echo(_RESUME_NOTE, err=True)
-    from .progress import make_view
-    from .resources import parse_resources
 
     def go() -> int:
         snap = None
