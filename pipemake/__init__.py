@@ -4,8 +4,9 @@ Every stage of a pipeline is a build target whose inputs, params and code are
 content-hashed; a build reruns only what changed, restores what the store already holds,
 and stops early when a rerun reproduces the same bytes.
 
-The public API is what ``__all__`` names: load a project, then build, plan or inspect it.
-Rules are written against :mod:`pipemake.rule`.
+The public API is what ``__all__`` names: load a project, then build, plan or inspect it;
+``register_rule`` adds a stage type from a script or notebook. Rules are written against
+:mod:`pipemake.rule`.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
         list_runs,
         list_stages,
         open_project,
+        run_status,
         show_log,
         status,
         validate,
@@ -39,15 +41,15 @@ if TYPE_CHECKING:
         UsageError,
     )
     from .events import Bus, Event
-    from .rule import Context, Input, Item, Output, Param, Rule, RuleError
+    from .rule import Context, Input, Item, Output, Param, Rule, RuleError, register_rule
 
 # Imported on first use, so that a command answered early (``--help``, a no-op build from
 # its snapshot) does not load the whole engine.
 _HOME = {
     **dict.fromkeys(
         ["BuildReport", "Project", "build", "cache_gc", "cache_info", "cache_verify", "clean",
-         "dry_run", "graph", "list_runs", "list_stages", "open_project", "show_log", "status",
-         "validate"],
+         "dry_run", "graph", "list_runs", "list_stages", "open_project", "run_status",
+         "show_log", "status", "validate"],
         "api",
     ),
     **dict.fromkeys(["Decision", "Reason", "Trigger", "Verdict"], "decide"),
@@ -57,7 +59,10 @@ _HOME = {
         "errors",
     ),
     **dict.fromkeys(["Bus", "Event"], "events"),
-    **dict.fromkeys(["Context", "Input", "Item", "Output", "Param", "Rule", "RuleError"], "rule"),
+    **dict.fromkeys(
+        ["Context", "Input", "Item", "Output", "Param", "Rule", "RuleError", "register_rule"],
+        "rule",
+    ),
 }  # fmt: skip
 
 
@@ -105,6 +110,8 @@ __all__ = [
     "list_runs",
     "list_stages",
     "open_project",
+    "register_rule",
+    "run_status",
     "show_log",
     "status",
     "validate",

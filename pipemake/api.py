@@ -20,7 +20,7 @@ from typing import Any
 from . import history, uptodate
 from .build import Builder
 from .decide import Decision, Reason, Trigger, Verdict
-from .errors import BuildFailed, Interrupted, PipelineError, Problem, UsageError
+from .errors import BuildFailed, Interrupted, LockTimeout, PipelineError, Problem, UsageError
 from .events import Bus
 from .executors.base import get_executor
 from .fshash import Hasher
@@ -46,10 +46,12 @@ __all__ = [
     "cache_verify",
     "clean",
     "dry_run",
+    "find_pipeline",
     "graph",
     "list_runs",
     "list_stages",
     "open_project",
+    "run_status",
     "show_log",
     "status",
     "validate",
@@ -71,17 +73,45 @@ class Project:
         self.store.close()
 
 
+#: the pipeline file looked for, in this order: pipemake's, then the original system's
+PIPELINE_FILES = (DEFAULT_FILE, "pipeline.yaml")
+
+
+def find_pipeline(
+    directory: str | os.PathLike[str] | None = None,
+    file: str | os.PathLike[str] | None = None,
+) -> tuple[Path, bool]:
+    """The pipeline file ``-C DIR`` and ``-f FILE`` name, and whether it was looked up.
+
+    Without ``file`` (or when it is a directory) the file is looked up there:
+    ``pipemake.yaml``, else the original system's ``pipeline.yaml``.
+    """
+    base = Path(directory) if directory else Path.cwd()
+    path = Path(file) if file else Path()
+    if not path.is_absolute():
+        path = base / path
+    if file and not path.is_dir():
+        return path, False
+    for name in PIPELINE_FILES:
+        if (path / name).is_file():
+            return path / name, True
+    rel = os.path.relpath(path)
+    shown = str(path.resolve()) if rel == "." or rel.startswith("..") else rel
+    raise PipelineError([Problem(
+        f"no pipeline file here (looked for {' and '.join(PIPELINE_FILES)} in {shown})",
+        hint=f"create {DEFAULT_FILE}, or pass -f FILE / -C DIR to point at one",
+    )])  # fmt: skip
+
+
 def open_project(
     directory: str | os.PathLike[str] | None = None,
     file: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     readonly: bool = False,
 ) -> Project:
-    """Load the pipeline (``-C DIR``, ``-f FILE``) and open its store and state."""
-    base = Path(directory) if directory else Path.cwd()
-    path = Path(file) if file else Path(DEFAULT_FILE)
-    if not path.is_absolute():
-        path = base / path
+    """Load the pipeline (``-C DIR``, ``-f FILE``; see :func:`find_pipeline`) and open its
+    store and state."""
+    path, _ = find_pipeline(directory, file)
     pipeline = load_checked(path, path.parent / ".pipemake")
     ws = Workspace(pipeline.root)
     cache = cache_dir or os.environ.get("PIPEMAKE_CACHE_DIR") or ws.dot / "store"
@@ -318,6 +348,8 @@ def _snapshot(
     project.store.close()
     p = project.pipeline
     code: set[str] = {str(p.file)}
+    if p.file.name != DEFAULT_FILE:  # found by looking up: a pipemake.yaml would win
+        code.add(str(p.file.parent / DEFAULT_FILE))
     packages = {"pipemake", "rules"}
     for stage_id in order:
         rule = p.stages[stage_id].rule
@@ -503,6 +535,51 @@ def list_runs(project: Project) -> list[dict[str, Any]]:
     """Past builds, oldest first: start, duration, result, counts of stages run, restored,
     up to date, skipped and failed."""
     return history.list_runs(project.workspace.dot / "runs")
+
+
+#: a stage's state in a run, by its last event
+_RUN_STATES = {"stage_started": "running", "stage_finished": "done",
+               "stage_restored": "restored", "stage_failed": "failed"}  # fmt: skip
+_COMPLETE = ("done", "restored", "up to date")
+
+
+def run_status(project: Project, run: str | None = None) -> dict[str, Any]:
+    """One build's status (the original system's ``status --pipeline-id``): its state
+    (``completed``, ``failed``, ``interrupted``, ``running``, or ``incomplete`` when it was
+    killed), progress, counts and each stage's state. ``run`` is an id from
+    :func:`list_runs`, a prefix of one, or a negative index (default: the last)."""
+    summary, events = history.read_run(project.workspace.dot / "runs", run)
+    stages: dict[str, str] = {}
+    for ev in events:
+        kind, stage = ev.get("event"), ev.get("stage")
+        if kind == "run_started":
+            stages = dict.fromkeys(ev.get("stages") or [], "pending")
+        elif stage and kind in _RUN_STATES:
+            stages[stage] = _RUN_STATES[kind]
+        elif stage and kind == "stage_skipped":
+            stages[stage] = "up to date" if ev.get("reason") == "up to date" else "skipped"
+    result = summary.get("result")
+    state = {"ok": "completed", "failed": "failed", "interrupted": "interrupted"}.get(result)
+    if state is None:
+        state = "incomplete"
+        last = history.list_runs(project.workspace.dot / "runs")[-1]["id"]
+        if last == summary["id"]:
+            try:
+                with BuildLock(project.workspace.dot / "lock", 0):
+                    pass
+            except LockTimeout:
+                state = "running"
+    done = sum(1 for v in stages.values() if v in _COMPLETE)
+    counts = {v: sum(1 for x in stages.values() if x == v) for v in ("done", "restored")}
+    return {
+        "id": summary["id"], "pipeline": summary.get("pipeline"), "state": state,
+        "started": summary.get("started"), "duration": summary.get("duration"),
+        "completed": done, "total": len(stages),
+        "progress": 100.0 * done / len(stages) if stages else 100.0,
+        "ran": counts["done"], "restored": counts["restored"],
+        "up_to_date": sum(1 for v in stages.values() if v == "up to date"),
+        "stages": stages, "failed": dict(summary.get("failed") or {}),
+    }  # fmt: skip
 
 
 def show_log(project: Project, run: str | None = None) -> dict[str, Any]:

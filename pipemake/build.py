@@ -455,7 +455,15 @@ class Builder:
             forced = self.force or stage.id in self.force_stages
             return foreach.start(self, stage, sk, run, forced)
         run["outputs"] = self._staged_outputs(staging, sk)
-        return [self.task(stage, sk, run, stage.id, outputs=run["outputs"])]
+        return [self._stage_task(stage, sk, run, stage.id)]
+
+    def _stage_task(self, stage: Stage, sk: StageKey, run: dict[str, Any], task_id: str) -> Task:
+        """The one task of a stage without ``foreach``."""
+        task = self.task(stage, sk, run, task_id, outputs=run["outputs"])
+        upstream = getattr(stage.rule, "upstream_param", None)
+        if upstream:  # a rule that wants what its upstream stages made (`custom`), unkeyed
+            task.params = {**task.params, upstream: self._upstream(stage)}
+        return task
 
     def _staged_outputs(self, staging: Path, sk: StageKey) -> dict[str, str]:
         """Where a (non-foreach) stage's task writes each output: in its staging folder."""
@@ -463,6 +471,23 @@ class Builder:
             name: os.path.relpath(staging / name / os.path.basename(rel), self.p.root)
             for name, rel in sk.ports.outputs.items()
         }
+
+    def _upstream(self, stage: Stage) -> dict[str, dict[str, Any]]:
+        """Each upstream stage's outputs (absolute paths) and computed values."""
+        made: dict[str, dict[str, Any]] = {}
+        for dep in stage.deps:
+            up, planned = self.p.stages.get(dep), self.results.get(dep)
+            if up is None or planned is None:
+                continue
+            values = made[dep] = dict(planned.values or {})
+            for name, out in up.rule.path_values.items():  # relative to the output: absolute
+                base, got = self.p.root / up.ports.outputs[out], values.get(name)
+                if isinstance(got, list) and all(isinstance(v, str) for v in got):
+                    values[name] = [str(base / v) for v in got]
+                elif isinstance(got, str):
+                    values[name] = str(base / got)
+            values.update((n, str(self.p.root / o)) for n, o in up.ports.outputs.items())
+        return made
 
     def task(
         self,
@@ -582,7 +607,7 @@ class Builder:
         run["outputs"] = self._staged_outputs(run["staging"], sk)
         if sk.key is not None:
             self.keys_seen.add(sk.key)
-        return [self.task(stage, sk, run, f"{stage.id}.again{n}", outputs=run["outputs"])]
+        return [self._stage_task(stage, sk, run, f"{stage.id}.again{n}")]
 
     def last_result(self, stage_id: str) -> str | None:
         """How the stage's last build ended (``ok``, ``failed``, …), None if never built."""

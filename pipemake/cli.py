@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -42,7 +45,38 @@ def _run(fn: Callable[[], int | None]) -> None:
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: commands people type for what another command does (the original system's among them)
+_MEANT = {
+    **dict.fromkeys(["execute", "exec", "start", "make", "rebuild", "rerun", "resume"], "build"),
+    **dict.fromkeys(["check", "lint", "verify"], "validate"),
+    **dict.fromkeys(["plan", "explain", "why"], "dry-run"),
+    **dict.fromkeys(["ls", "show", "stages", "pipelines", "runs", "history"], "list"),
+    **dict.fromkeys(["logs"], "log"),
+}
+
+
+class _Group(click.Group):
+    """Suggests the command meant: never ``dry-run`` for a word about running."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            import difflib
+
+            meant = _MEANT.get(name.lower())
+            if meant is None:
+                close = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
+                meant = close[0] if close else None
+                if meant == "dry-run" and "dry" not in name.lower():
+                    meant = "build"
+            hint = f" Did you mean {meant!r}?" if meant else ""
+            ctx.fail(f"No such command {name!r}.{hint}")
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-C",
     "directory",
@@ -53,9 +87,10 @@ def _run(fn: Callable[[], int | None]) -> None:
 @click.option(
     "-f",
     "file",
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     default=None,
-    help="The pipeline file (default: pipemake.yaml).",
+    help="The pipeline file, or a folder to look in (default: pipemake.yaml, else the "
+    "original system's pipeline.yaml).",
 )
 @click.option(
     "--cache-dir",
@@ -72,7 +107,25 @@ def cli(ctx: click.Context, directory: str | None, file: str | None, cache_dir: 
 
 def _project(ctx: click.Context, readonly: bool = False, cache_dir: str | None = None) -> Any:
     o = ctx.obj
-    return api.project_of(o["directory"], o["file"], cache_dir or o["cache_dir"], readonly)
+    path = _pipeline_file(ctx)
+    return api.project_of(o["directory"], path, cache_dir or o["cache_dir"], readonly)
+
+
+def _pipeline_file(ctx: click.Context) -> Any:
+    """The pipeline file this command uses; when it was looked up and is not
+    ``pipemake.yaml``, says which one, once, on stderr."""
+    o = ctx.find_root().obj
+    path, looked_up = api.find_pipeline(o["directory"], o["file"])
+    if looked_up and path.name != api.PIPELINE_FILES[0] and not o.get("said"):
+        o["said"] = True
+        default = api.PIPELINE_FILES[0]
+        click.echo(f"pipemake: using {_shown(path)} (there is no {default})", err=True)
+    return path
+
+
+def _shown(path: Any) -> str:
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
 
 
 @cli.command()
@@ -138,6 +191,7 @@ def _project(ctx: click.Context, readonly: bool = False, cache_dir: str | None =
     metavar="FILE",
     help="Also write the run's events to FILE as JSON lines (always kept in .pipemake/runs/).",
 )
+@click.option("--resume", is_flag=True, hidden=True)  # the original system's; said, then moot
 @click.pass_context
 def build(
     ctx: click.Context,
@@ -156,11 +210,15 @@ def build(
     link: bool,
     fsync: bool,
     log_json: str | None,
+    resume: bool = False,
 ) -> None:
     """Build TARGETS (default: every stage) and what they need."""
     from .events import Bus
     from .progress import make_view
     from .resources import parse_resources
+
+    if resume:
+        click.echo(_RESUME_NOTE, err=True)
 
     def go() -> int:
         snap = None
@@ -203,6 +261,95 @@ def build(
     _run(go)
 
 
+_RESUME_NOTE = (
+    "pipemake: every build resumes (--resume changes nothing): stages already built are "
+    "up to date or restored from the store, only the rest run"
+)
+
+
+@cli.command("run")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(),
+    default=None,
+    metavar="FILE",
+    help="The pipeline file (as -f; default: pipemake.yaml, else pipeline.yaml).",
+)
+@click.option(
+    "--max-parallel",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Run up to N tasks at once (as build -j).",
+)
+@click.option(
+    "--checkpoint-dir",
+    default=None,
+    metavar="DIR",
+    help="Where the store lives (as --cache-dir; the store is pipemake's checkpoint).",
+)
+@click.option(
+    "--no-checkpoint",
+    is_flag=True,
+    help="Reuse nothing and keep nothing: every stage runs, with a scratch store that is "
+    "removed afterwards (the next build runs them again).",
+)
+@click.option("--resume", is_flag=True, help="Accepted: every build resumes.")
+@click.option("--dry-run", "dry", is_flag=True, help="Say what would run (as dry-run).")
+@click.option("-k", "--keep-going", is_flag=True, help="As build -k.")
+@click.option("--executor", default="local", show_default=True, help="As build --executor.")
+@click.option("--no-progress", is_flag=True, help="As build --no-progress.")
+@click.pass_context
+def run_cmd(
+    ctx: click.Context,
+    config: str | None,
+    max_parallel: int,
+    checkpoint_dir: str | None,
+    no_checkpoint: bool,
+    resume: bool,
+    dry: bool,
+    keep_going: bool,
+    executor: str,
+    no_progress: bool,
+) -> None:
+    """The original system's `run --config F --max-parallel N`: build -f F -j N."""
+    global _ARGV
+    root = ctx.find_root().obj
+    if config is not None:
+        root["file"] = config
+    if resume:
+        click.echo(_RESUME_NOTE, err=True)
+    if dry:
+        ctx.invoke(dry_run)
+        return
+    _ARGV = None  # a no-op snapshot answers `pipemake build` only
+    same = {"jobs": max_parallel, "keep_going": keep_going, "executor": executor,
+            "no_progress": no_progress}  # fmt: skip
+    if not no_checkpoint:
+        ctx.invoke(build, cache_dir=checkpoint_dir, **same)
+        return
+    try:
+        scratch = _scratch_store(ctx)
+    except PipemakeError as exc:
+        click.echo(exc.format(), err=True)
+        sys.exit(exc.exit_code)
+    try:
+        ctx.invoke(build, cache_dir=str(scratch), **same)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _scratch_store(ctx: click.Context) -> Path:
+    """An empty store for ``run --no-checkpoint``, next to the workspace's own."""
+    dot = _pipeline_file(ctx).parent / ".pipemake"
+    try:
+        dot.mkdir(exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="no-checkpoint-", dir=dot))
+    except OSError as exc:
+        raise UsageError(f"--no-checkpoint: cannot make a scratch store in {dot}: {exc}") from None
+
+
 def _print_decisions(rows: list[Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([d.as_json(s) for s, d in rows], indent=2))
@@ -231,12 +378,29 @@ def dry_run(ctx: click.Context, targets: tuple[str, ...], as_json: bool, check: 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--check", is_flag=True, help="Exit 1 when any stage is not up to date.")
+@click.option(
+    "--pipeline-id",
+    "run_id",
+    default=None,
+    metavar="RUN",
+    help="Show one build's status instead (an id from `pipemake list --runs`, a prefix of "
+    "one, or -1 for the last): the original system's status.",
+)
+@click.option("--checkpoint-dir", default=None, metavar="DIR", help="The store (as --cache-dir).")
 @click.pass_context
-def status(ctx: click.Context, as_json: bool, check: bool) -> None:
+def status(
+    ctx: click.Context,
+    as_json: bool,
+    check: bool,
+    run_id: str | None,
+    checkpoint_dir: str | None,
+) -> None:
     """Each stage's state, last result and duration; orphaned outputs."""
+    if run_id is not None:
+        _run(lambda: _run_status(ctx, run_id, as_json, checkpoint_dir))
 
     def go() -> int:
-        with _project(ctx, readonly=True) as project:
+        with _project(ctx, readonly=True, cache_dir=checkpoint_dir) as project:
             info = api.status(project)
         if as_json:
             click.echo(json.dumps(info, indent=2))
@@ -259,10 +423,43 @@ def status(ctx: click.Context, as_json: bool, check: bool) -> None:
     _run(go)
 
 
+def _run_status(ctx: click.Context, run_id: str, as_json: bool, cache_dir: str | None) -> int:
+    """``status --pipeline-id RUN``: one build's state, progress and stages."""
+    with _project(ctx, readonly=True, cache_dir=cache_dir) as project:
+        info = api.run_status(project, run_id)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return 0
+    started = info.get("started")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "?"
+    took = info.get("duration")
+    click.echo(f"run {info['id']} of pipeline {info.get('pipeline')!r}")
+    click.echo(f"state:    {info['state']}")
+    click.echo(
+        f"progress: {info['completed']}/{info['total']} stages ({info['progress']:.0f}%): "
+        f"{info['ran']} ran, {info['restored']} restored, {info['up_to_date']} up to date"
+    )
+    click.echo(f"started:  {when}" + (f", took {took:.1f}s" if took is not None else ""))
+    for stage, state in info["stages"].items():
+        error = info["failed"].get(stage)
+        click.echo(f"  {stage}: {state}" + (f" ({error})" if error else ""))
+    return 0
+
+
 @cli.command()
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(),
+    default=None,
+    metavar="FILE",
+    help="The pipeline file (as -f): the original system's spelling.",
+)
 @click.pass_context
-def validate(ctx: click.Context) -> None:
+def validate(ctx: click.Context, config: str | None) -> None:
     """Check the pipeline and print the execution plan."""
+    if config is not None:
+        ctx.find_root().obj["file"] = config
 
     def go() -> int:
         with _project(ctx, readonly=True) as project:
@@ -300,12 +497,13 @@ def graph(ctx: click.Context, fmt: str) -> None:
 @cli.command("list")
 @click.option("--runs", is_flag=True, help="List past runs instead of stages.")
 @click.option("--json", "as_json", is_flag=True, help="With --runs: print them as JSON.")
+@click.option("--checkpoint-dir", default=None, metavar="DIR", help="The store (as --cache-dir).")
 @click.pass_context
-def list_cmd(ctx: click.Context, runs: bool, as_json: bool) -> None:
+def list_cmd(ctx: click.Context, runs: bool, as_json: bool, checkpoint_dir: str | None) -> None:
     """List stages with their rules (--runs: past runs)."""
 
     def go() -> int:
-        with _project(ctx, readonly=True) as project:
+        with _project(ctx, readonly=True, cache_dir=checkpoint_dir) as project:
             if not runs:
                 for row in api.list_stages(project):
                     outs = ", ".join(row["outputs"].values())

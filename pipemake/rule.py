@@ -19,6 +19,7 @@ parameter set, so a rule loads its model once, not once per item.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import logging
@@ -45,6 +46,8 @@ __all__ = [
     "Rule",
     "RuleError",
     "get_rule",
+    "local_only",
+    "register_rule",
     "rule_names",
 ]
 
@@ -459,12 +462,22 @@ def _entry_points() -> dict[str, str]:
 
 
 def registry(cache: Path | None = None) -> tuple[str, dict[str, str]]:
-    """pipemake's version and every registered rule (name → ``module:attr``).
+    """pipemake's version and every registered rule (name → ``module:attr``): those of
+    the installed distributions' entry points, and those :func:`register_rule` added in
+    this process (what a worker process takes over with :func:`adopt_registry`).
 
     Reading distributions' metadata (and importing ``importlib.metadata``) costs tens of
     milliseconds on every command; with ``cache`` (a JSON file in the workspace's
     ``.pipemake``) the answer is reused while the Python and every ``sys.path`` directory
     and registering metadata directory are as they were when it was written."""
+    version, rules = _installed(cache)
+    if not _registered_values:
+        return version, rules
+    return version, {**rules, **_registered_values}
+
+
+def _installed(cache: Path | None) -> tuple[str, dict[str, str]]:
+    """The entry points' part of :func:`registry` (read once per process, see there)."""
     global _registry
     if _registry is not None:
         return _registry
@@ -511,7 +524,8 @@ def adopt_registry(known: tuple[str, dict[str, str]]) -> None:
 
 
 def rule_names() -> list[str]:
-    """Names of every registered rule (built-in and third-party), without importing them."""
+    """Names of every registered rule (built-in, third-party and registered in this
+    process), without importing them."""
     return sorted(_entry_points())
 
 
@@ -525,19 +539,25 @@ def _load(value: str) -> Any:
 
 
 _loaded: dict[str, Rule] = {}
+#: rules registered in this process with register_rule (name → rule)
+_registered: dict[str, Rule] = {}
+#: what registry() adds for them: ``module:qualname`` where a worker process can import
+#: the class again, a value starting with _HERE where it cannot (a class defined in
+#: ``__main__``, a notebook, a function)
+_registered_values: dict[str, str] = {}
+_HERE = "<this process>:"
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
 def get_rule(name: str) -> Rule | None:
     """The rule registered as ``name`` (imported on first use), or None if there is none."""
-    if name in _loaded:
-        return _loaded[name]
+    rule = _registered.get(name) or _loaded.get(name)
+    if rule is not None:
+        return rule
     value = _entry_points().get(name)
-    if value is None:
-        return None
-    cls = _load(value)
-    rule = cls() if isinstance(cls, type) else cls
-    if not isinstance(rule, Rule):
-        raise TypeError(f"entry point {name!r} ({value}) is not a pipemake Rule")
+    if value is None or value.startswith(_HERE):
+        return None  # unknown, or registered in another process (the build's) only
+    rule = _as_rule(name, _load(value), f"entry point {name!r} ({value})")
     _loaded[name] = rule
     return rule
 
@@ -550,3 +570,83 @@ def package_files(packages: set[str]) -> set[str]:
         for name, module in list(sys.modules.items())
         if name.partition(".")[0] in packages and (path := getattr(module, "__file__", None) or "")
     }
+
+
+def _is_executor(obj: Any) -> bool:
+    """Whether ``obj`` is an executor class of the original pipeline system: constructed
+    with ``(stage_id, config)``, with ``validate_config()`` and ``execute(inputs)``."""
+    return (
+        isinstance(obj, type)
+        and not issubclass(obj, Rule)
+        and callable(getattr(obj, "validate_config", None))
+        and callable(getattr(obj, "execute", None))
+    )
+
+
+def _as_rule(name: str, obj: Any, what: str) -> Rule:
+    """A rule named ``name`` from a Rule instance or subclass, or an original-style
+    executor class (run through the ``custom`` rule)."""
+    if isinstance(obj, type) and issubclass(obj, Rule):
+        rule = obj()
+    elif isinstance(obj, Rule):
+        rule = obj if obj.name == name else copy.copy(obj)
+    elif _is_executor(obj):
+        custom = get_rule("custom")
+        wrap = getattr(custom, "for_executor", None)
+        if wrap is None:
+            raise TypeError(f"{what} is an executor class, but the 'custom' rule is not installed")
+        rule = wrap(name, obj)
+    else:
+        raise TypeError(
+            f"{what} is neither a pipemake Rule nor an executor class "
+            "(a class with validate_config() and execute(inputs))"
+        )
+    if rule.name != name:
+        rule.name = name  # type: ignore[misc]  # the stage type it answers to
+    return rule
+
+
+def _importable(obj: Any) -> str | None:
+    """``module:qualname`` when another process can import ``obj`` under that name."""
+    if not isinstance(obj, type):
+        return None
+    module, qualname = obj.__module__, obj.__qualname__
+    if module in ("__main__", "__mp_main__") or "<locals>" in qualname:
+        return None
+    found: Any = sys.modules.get(module)
+    if not getattr(found, "__file__", None):
+        return None
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return f"{module}:{qualname}" if found is obj else None
+
+
+def register_rule(name: str, rule: type | Rule) -> Rule:
+    """Make ``rule`` the stage type ``name`` in this process, for scripts and notebooks
+    (installed packages register rules through the ``pipemake.rules`` entry points).
+
+    ``rule`` is a :class:`Rule` subclass (or instance), or an executor class written for
+    the original pipeline system (``validate_config()``, ``execute(inputs)``, optionally
+    ``estimate_duration()``; its ``register_executor``), which then runs as a ``custom``
+    stage. Registering a name again replaces it, a built-in one too. Worker processes
+    import the class again by its module and name; a class they cannot import (defined
+    in ``__main__`` or a notebook) has its tasks run in threads of the building process.
+    Returns the rule as pipemake will use it.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"a rule name must look like my_rule, got {name!r}")
+    made = _as_rule(name, rule, f"register_rule({name!r}, ...)")
+    where = _importable(rule)
+    _registered[name] = made
+    _loaded.pop(name, None)
+    _registered_values[name] = where or (
+        f"{_HERE}{getattr(rule, '__module__', '?')}.{getattr(rule, '__qualname__', '?')}"
+        f"@{id(made):x}"  # a new registration is a new plan-cache key
+    )
+    return made
+
+
+def local_only(name: str) -> bool:
+    """Whether rule ``name`` was registered in this process and worker processes cannot
+    import it: its tasks must run here (the local executor runs them in threads)."""
+    return _registered_values.get(name, "").startswith(_HERE)

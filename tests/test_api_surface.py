@@ -54,6 +54,8 @@ def test_the_core_verbs_are_public() -> None:
         "open_project",
         "PipelineError",
         "Rule",
+        "register_rule",
+        "run_status",
     ):
         assert verb in pipemake.__all__
 
@@ -86,7 +88,17 @@ def test_python_m_pipemake_help() -> None:
         [sys.executable, "-m", "pipemake", "--help"], capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 0, r.stderr
-    for verb in ("build", "dry-run", "status", "validate", "graph", "list", "clean", "cache"):
+    for verb in (
+        "build",
+        "dry-run",
+        "status",
+        "validate",
+        "graph",
+        "list",
+        "clean",
+        "cache",
+        "run",
+    ):
         assert verb in r.stdout
 
 
@@ -102,8 +114,8 @@ def test_usage_error_is_exit_2() -> None:
 
 def test_builtin_rules_come_through_the_entry_point_group() -> None:
     eps = {ep.name: ep for ep in entry_points(group="pipemake.rules")}
-    assert {"shell", "python"} <= set(eps)
-    for name in ("shell", "python"):
+    assert {"shell", "python", "custom"} <= set(eps)
+    for name in ("shell", "python", "custom"):
         assert eps[name].value.startswith("pipemake.rules.")
         cls = eps[name].load()
         assert issubclass(cls, pipemake.Rule)

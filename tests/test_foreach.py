@@ -14,7 +14,8 @@ from typing import Any, ClassVar
 import pytest
 from conftest import Proj
 
-from pipemake import api, rule
+import pipemake
+from pipemake import api
 from pipemake.rule import Context, Input, Item, Output, Param, Rule
 
 UPPER = """
@@ -235,7 +236,7 @@ stages:
 
 
 def test_map_reduce_caches_maps(project: Callable[..., Proj], monkeypatch: Any) -> None:
-    monkeypatch.setitem(rule._loaded, "mr_lengths", _Lengths())
+    pipemake.register_rule("mr_lengths", _Lengths)
     proj = project(MR.format(scale=1, reverse="false"), {"data/a": "xxx", "data/b": "x"})
     MAPS.clear()
 
@@ -280,7 +281,7 @@ class _Pairs(Rule):
 def test_a_batch_rule_without_run_batch_runs_each_item_in_its_own_context(
     project: Callable[..., Proj], monkeypatch: Any
 ) -> None:
-    monkeypatch.setitem(rule._loaded, "pairs", _Pairs())
+    pipemake.register_rule("pairs", _Pairs)
     files = {f"data/f{i}.txt": f"file {i}\n" for i in range(5)}
     proj = project(
         """
@@ -330,7 +331,7 @@ class _Picks(Rule):
 def test_foreach_over_a_computed_path_and_typed_vars(
     project: Callable[..., Proj], monkeypatch: Any
 ) -> None:
-    monkeypatch.setitem(rule._loaded, "picks", _Picks())
+    pipemake.register_rule("picks", _Picks)
     proj = project("""
     name: computed
     vars: {n: 3}
@@ -457,7 +458,7 @@ def test_a_lost_map_object_reruns_its_map(project: Callable[..., Proj], monkeypa
     (and only those), then the reduce."""
     from pipemake.hashing import hash_bytes
 
-    monkeypatch.setitem(rule._loaded, "mr_lengths", _Lengths())
+    pipemake.register_rule("mr_lengths", _Lengths)
     proj = project(MR.format(scale=1, reverse="false"), {"data/a": "xxx", "data/b": "x"})
 
     def build() -> None:

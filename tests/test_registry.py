@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -126,3 +127,73 @@ def test_two_python_set_ups_each_keep_their_answer(
     assert _fresh(cache) == first
     monkeypatch.setattr(sys, "path", sys.path[1:])
     assert _fresh(cache) == first
+
+
+# register_rule: rules added in this process --------------------------------------------
+class _Script(rule.Rule):
+    """A rule a script registers (importable: it lives in this module)."""
+
+    outputs: ClassVar = {"o": rule.Output(kind="file")}
+
+
+class _OriginalExecutor:
+    """An executor class of the original system, registered through an entry point."""
+
+    def __init__(self, stage_id: str, config: dict) -> None:
+        self.config = config
+
+    def validate_config(self) -> bool:
+        return True
+
+    def execute(self, inputs: dict) -> None:
+        return None
+
+
+def test_a_registered_rule_reaches_workers_but_not_the_cache(
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rule, "_registered", {})
+    monkeypatch.setattr(rule, "_registered_values", {})
+    cache = tmp_path / "rules.json"
+    made = rule.register_rule("scripted", _Script)
+    assert rule.get_rule("scripted") is made and made.name == "scripted"
+    version, rules = _fresh(cache)
+    assert rules["scripted"] == f"{__name__}:_Script"  # what a worker imports again
+    assert not rule.local_only("scripted")
+    assert "scripted" not in cache.read_text()  # the cache holds the installed rules only
+    # a worker: a fresh process that takes the build's registry
+    monkeypatch.setattr(rule, "_registered", {})
+    monkeypatch.setattr(rule, "_registered_values", {})
+    monkeypatch.setattr(rule, "_loaded", {})
+    rule.adopt_registry((version, rules))
+    again = rule.get_rule("scripted")
+    assert isinstance(again, _Script) and again.name == "scripted"
+
+
+def test_a_class_defined_in_a_function_runs_in_this_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(rule, "_registered", {})
+    monkeypatch.setattr(rule, "_registered_values", {})
+
+    class Inner(rule.Rule):
+        pass
+
+    rule.register_rule("inner", Inner)
+    assert rule.local_only("inner") and "inner" in rule.rule_names()
+    # a worker given this registry finds no such rule (the build runs it in threads)
+    monkeypatch.setattr(rule, "_registered", {})
+    assert rule.get_rule("inner") is None
+
+
+def test_an_entry_point_may_name_an_original_executor_class(
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rule, "_loaded", {})
+    _install(site, "pm_orig", f"{__name__}:_OriginalExecutor")
+    _fresh(tmp_path / "rules.json")
+    got = rule.get_rule("pm_orig")
+    assert got is not None and got.name == "pm_orig"
+    ports, problems = got.ports({"input_dir": "data", "output_dir": "out", "size": 3})
+    assert problems == [] and ports.outputs == {"output_dir": "out"}
+    assert ports.inputs == {"input_dir": "data"} and ports.params["size"] == 3

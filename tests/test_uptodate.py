@@ -332,7 +332,7 @@ def test_a_rule_hashing_code_it_does_not_name_gets_no_snapshot(
 ) -> None:
     from typing import ClassVar
 
-    from pipemake import rule
+    import pipemake
     from pipemake.rule import Output, Rule
 
     class Coded(Rule):
@@ -346,7 +346,7 @@ def test_a_rule_hashing_code_it_does_not_name_gets_no_snapshot(
             with open(ctx.outputs["o"], "w") as f:
                 f.write("x")
 
-    monkeypatch.setitem(rule._loaded, "coded", Coded())
+    pipemake.register_rule("coded", Coded)
     p = project("name: c\nstages:\n  - id: a\n    type: coded\n    config: {o: build/o.txt}\n")
     p.cli("build", "--executor", "inline")  # a rule registered in this process only
     age(p)

@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from ..rule import get_rule, registry
+from ..rule import get_rule, local_only, registry
 from ..worker import Spawner, execute
 from .base import Executor, Message, Task
 
@@ -348,10 +348,13 @@ class LocalExecutor(Executor):
             self._workers.append(_Worker(self._ctx))
 
     def submit(self, task: Task) -> None:
-        if _spawns_only(task.rule) and (
-            len(task.items) <= SMALL_BATCH
-            or sum(1 for t in self._threads.values() if len(t.task.items) > SMALL_BATCH)
-            < ITEM_THREADS
+        if local_only(task.rule) or (  # registered in this process only: no worker has it
+            _spawns_only(task.rule)
+            and (
+                len(task.items) <= SMALL_BATCH
+                or sum(1 for t in self._threads.values() if len(t.task.items) > SMALL_BATCH)
+                < ITEM_THREADS
+            )
         ):
             self._start_thread(task)
             return

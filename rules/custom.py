@@ -1,0 +1,443 @@
+"""The ``custom`` rule: a stage run by an executor class written for the original pipeline
+system, unchanged.
+
+``config: {executor: "package.module:Class", ...}``; every other key is the executor's own
+config. As the original orchestrator did, the worker constructs ``Class(stage_id, config)``,
+calls ``validate_config()``, then ``execute(inputs)``, then ``cleanup()`` when it has one;
+``estimate_duration()``, when it has one, is logged. ``validate`` (every load of the
+pipeline) calls ``validate_config()`` too, so a bad config is exit 2 before anything runs —
+unless the config names a path that does not exist yet (an upstream stage's output before
+its first build): then the check is the worker's, before ``execute``.
+
+Which keys are paths. A key named ``output``, or with the word ``output`` and one such as
+``dir``, ``path``, ``file`` or ``folder`` (``output_dir``, ``cut_output_path``; not
+``output_format``), is an output: the executor gets its staging path (absolute) and
+pipemake stores and places what it wrote there. As in the original, the executor creates
+it (pipemake creates its parent; a ``*_dir`` output it did not create is an empty folder).
+A key named likewise with ``input`` (``input_dir``, ``input_video``) whose value is a path
+or a list of paths is an input: the executor gets it absolute, and its content is part of
+the key. ``inputs: [KEY, …]`` and ``outputs: [KEY, …]`` name them
+instead (these two keys and ``executor`` are not passed on). Every other key is a param,
+passed as written. A reference to another stage's output (``{extract.output_dir}``) puts
+that stage's output hashes into the key, whichever key holds it. The executor module's
+source is part of the key, as for ``python`` stages, unless the stage sets ``version:``.
+
+``inputs``, the argument of ``execute``, maps each upstream stage's id to its outputs
+(absolute paths) and computed values, as the original passed each dependency's outputs.
+The result may be a ``StageResult``-like object (``status``, ``outputs``, ``metrics``,
+``error_message``), a dict of those fields, a plain dict of outputs, or None. A failed
+status fails the stage with its ``error_message``. The result's ``outputs`` become the
+stage's computed values (``{stage.NAME}`` downstream): a staging path in them becomes the
+output's path in the project, any other path inside the project becomes relative to it.
+Since values may hold output paths, a custom stage's output paths are part of its key
+(moving one reruns the stage instead of restoring it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from importlib.machinery import PathFinder
+from pathlib import Path
+from typing import Any
+
+from pipemake.hashing import hash_file
+from pipemake.model import Pending
+from pipemake.rule import Context, Ports, Rule, RuleError
+
+__all__ = ["CustomRule"]
+
+_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+#: hidden params: the executor's ``module:Class``, the final output paths (for the values)
+#: and, added by the build, what the upstream stages made
+_EXEC = "__executor__"
+_FINAL = "__outputs__"
+UPSTREAM = "__upstream__"
+_PATHISH = ("_dir", "_dirs", "_path", "_paths", "_file", "_files", "_video")
+_FAILED = {"failed", "failure", "error", "cancelled"}
+
+
+#: with ``input`` or ``output``, a word that makes a key a path (``output_format`` is not)
+_PATH_WORDS = {"dir", "dirs", "directory", "folder", "path", "paths", "file", "files", "root",
+               "video", "videos", "image", "images"}  # fmt: skip
+
+
+def _words(key: str) -> set[str]:
+    return set(key.lower().replace("-", "_").split("_"))
+
+
+def _named_as(key: str, word: str) -> bool:
+    """Whether ``key`` names an input (``word`` ``input``) or output path by its words:
+    ``input``/``output`` alone, or with a word such as ``dir``, ``path`` or ``file``."""
+    words = _words(key)
+    return bool({word, word + "s"} & words) and (len(words) == 1 or bool(words & _PATH_WORDS))
+
+
+def _is_paths(value: Any) -> bool:
+    if isinstance(value, str | Pending):
+        return bool(value)
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(v, str | Pending) and v for v in value)
+    )
+
+
+def _has_pending(value: Any) -> bool:
+    if isinstance(value, Pending):
+        return True
+    if isinstance(value, list | tuple):
+        return any(_has_pending(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_pending(v) for v in value.values())
+    return False
+
+
+def _module_file(module: str, root: str) -> str | None:
+    """The file of ``module``, looked for in the project root first (another project's
+    module of that name may be imported in this process already), then on sys.path."""
+    spec: Any = None
+    if root:
+        parts = module.split(".")
+        where: list[str] | None = [root]
+        for i in range(len(parts)):
+            spec = PathFinder.find_spec(".".join(parts[: i + 1]), where)
+            if spec is None:
+                break
+            where = spec.submodule_search_locations
+            if where is None and i < len(parts) - 1:
+                spec = None
+                break
+    if spec is None:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            return None
+    return spec.origin if spec is not None and spec.origin not in (None, "built-in") else None
+
+
+def _class_file(cls: type) -> str | None:
+    try:
+        return inspect.getsourcefile(cls)
+    except (TypeError, OSError):
+        return None
+
+
+def _absolute(root: Path, value: Any) -> Any:
+    if isinstance(value, list):
+        return [_absolute(root, v) for v in value]
+    return str(value if os.path.isabs(str(value)) else root / str(value))
+
+
+class CustomRule(Rule):
+    """Runs an executor class of the original pipeline system (see the module's docstring)."""
+
+    name = "custom"
+    version = "1"
+    #: whatever the executor returns in ``outputs`` can be referenced as {stage.NAME}
+    open_values = True
+    #: the build adds each upstream stage's outputs and values under this param
+    upstream_param = UPSTREAM
+
+    def __init__(self, executor: type | None = None) -> None:
+        super().__init__()
+        #: the class of a type registered with register_rule; None: the config names it
+        self._bound = executor
+        #: (project root, "module:Class") → the class, in this process
+        self._classes: dict[tuple[str, str], type] = {}
+
+    def for_executor(self, name: str, executor: type) -> CustomRule:
+        """The stage type ``name`` running ``executor`` (the original ``register_executor``):
+        its stages' config is the executor's alone."""
+        rule = CustomRule(executor)
+        rule.name = name  # type: ignore[misc]
+        return rule
+
+    def _spec(self) -> str:
+        cls = self._bound
+        assert cls is not None
+        return f"{cls.__module__}:{cls.__qualname__}"
+
+    # loading ---------------------------------------------------------------------------
+    def ports(self, config: Mapping[str, Any]) -> tuple[Ports, list[tuple[str, str]]]:
+        problems: list[tuple[str, str]] = []
+        ports = Ports()
+        reserved = {"inputs", "outputs"}
+        if self._bound is None:
+            reserved.add("executor")
+            spec = config.get("executor")
+            if not isinstance(spec, str) or not _SPEC.match(spec):
+                problems.append(
+                    ("executor", "'executor' must name the executor class: package.module:Class")
+                )
+                spec = ""
+        else:
+            spec = self._spec()
+        named: dict[str, list[str]] = {}
+        for section in ("inputs", "outputs"):
+            keys = config.get(section)
+            if keys is None:
+                continue
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                problems.append(
+                    (section, f"'{section}' must be a list of the config keys that are paths")
+                )
+                continue
+            for k in keys:
+                if k not in config or k in reserved:
+                    problems.append((section, f"'{section}' names {k!r}, not a key of this config"))
+            named[section] = keys
+        params: dict[str, Any] = {}
+        for key, value in config.items():
+            if key in reserved:
+                continue
+            is_output = key in named["outputs"] if "outputs" in named else _named_as(key, "output")
+            if is_output:
+                if not isinstance(value, str) or not value:
+                    problems.append((key, f"output {key!r} must be a path, got {value!r}"))
+                    continue
+                ports.outputs[key] = value
+                ports.output_kinds[key] = "path"  # made by the executor, as it always was
+            elif "inputs" in named and key in named["inputs"]:
+                if not _is_paths(value):
+                    problems.append((key, f"input {key!r} must be a path or a list of paths"))
+                    continue
+                ports.inputs[key] = value
+            elif "inputs" not in named and _named_as(key, "input") and _is_paths(value):
+                ports.inputs[key] = value
+            else:
+                params[key] = value
+        ports.params = {**params, _EXEC: spec, _FINAL: dict(ports.outputs)}
+        ports.key_params = {"executor": spec, "params": params, "outputs": dict(ports.outputs)}
+        return ports, problems
+
+    def check(self, ports: Ports) -> list[tuple[str, str]]:
+        try:
+            cls = self._class(str(ports.params.get(_EXEC, "")), ports.root)
+        except RuleError as exc:
+            return [("executor", str(exc))]
+        if _has_pending(ports.params) or _has_pending(ports.inputs):
+            return []  # checked when the build knows those values
+        root = Path(ports.root or ".")
+        params = {k: v for k, v in ports.params.items() if k not in (_EXEC, _FINAL)}
+        inputs = {k: _absolute(root, v) for k, v in ports.inputs.items()}
+        config = self._config(
+            params, inputs, {k: _absolute(root, v) for k, v in ports.outputs.items()}
+        )
+        try:
+            problem = _validate(cls, "", config)
+        except Exception as exc:  # noqa: BLE001 - the user's constructor: say what it raised
+            problem = f"{cls.__name__}(stage_id, config) failed: {type(exc).__name__}: {exc}"
+        if problem is None or self._not_there_yet(root, ports, params):
+            return []
+        problem = problem.replace(" for stage ''", "")  # the stage is named beside it
+        keys = [*params, *ports.inputs, *ports.outputs]
+        named = [k for k in keys if f"'{k}'" in problem or f'"{k}"' in problem] or [
+            k for k in keys if re.search(rf"(?<![\w-]){re.escape(k)}(?![\w-])", problem)
+        ]
+        return [(named[0] if named else "executor", problem)]
+
+    @staticmethod
+    def _not_there_yet(root: Path, ports: Ports, params: Mapping[str, Any]) -> bool:
+        """Whether the config names a path that does not exist yet (an upstream output
+        before its first build), so a failed validate_config() may only mean that."""
+        paths: list[Any] = []
+        for value in ports.inputs.values():
+            paths += value if isinstance(value, list) else [value]
+        for key, value in params.items():
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(v, str) and v and ("/" in v or key.endswith(_PATHISH)):
+                    paths.append(v)
+        return any(not (root / p).exists() for p in paths if isinstance(p, str))
+
+    def _class(self, spec: str, root: str) -> type:
+        if self._bound is not None:
+            return self._bound
+        known = self._classes.get((root, spec))
+        if known is not None:
+            return known
+        module, _, attr = spec.partition(":")
+        if root and root not in sys.path:
+            sys.path.insert(0, root)
+        loaded = getattr(sys.modules.get(module), "__file__", None)
+        if loaded is not None and loaded != _module_file(module, root):
+            for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+                del sys.modules[name]  # another project's module of that name
+        try:
+            obj: Any = importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - the user's module: say what it raised
+            raise RuleError(f"cannot import {module!r}: {type(exc).__name__}: {exc}") from None
+        for part in attr.split("."):
+            obj = getattr(obj, part, None)
+        if not isinstance(obj, type) or not all(
+            callable(getattr(obj, m, None)) for m in ("validate_config", "execute")
+        ):
+            raise RuleError(
+                f"{spec} is not an executor class (a class with validate_config() and "
+                "execute(inputs))"
+            )
+        self._classes[(root, spec)] = obj
+        return obj
+
+    def _config(
+        self, params: Mapping[str, Any], inputs: Mapping[str, Any], outputs: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        return {**params, **inputs, **{k: str(v) for k, v in outputs.items()}}
+
+    def code_files(self, ports: Ports, root: Path) -> list[str]:
+        if self._bound is not None:
+            found = _class_file(self._bound)
+        else:
+            found = _module_file(str(ports.params.get(_EXEC, "")).partition(":")[0], str(root))
+        return [found] if found else []
+
+    def code_hash(self, ports: Ports, root: Path) -> str | None:
+        files = self.code_files(ports, root)
+        try:
+            return hash_file(files[0]) if files else None
+        except OSError:
+            return None
+
+    # running ---------------------------------------------------------------------------
+    def run(self, ctx: Context) -> Mapping[str, Any] | None:
+        params = dict(ctx.params)
+        cls = self._class(str(params.pop(_EXEC, "")), str(ctx.root))
+        final = params.pop(_FINAL, {})
+        upstream = params.pop(UPSTREAM, {})
+        inputs = {k: _absolute(ctx.root, v) for k, v in ctx.inputs.items()}
+        staging = {k: str(v) for k, v in ctx.outputs.items()}
+        config = self._config(params, inputs, staging)
+        with _forward_logs(cls, ctx.log):
+            executor = _call(f"{cls.__name__}(stage_id, config)", cls, ctx.stage, config)
+            try:
+                problem = _validate(cls, ctx.stage, None, executor)
+                if problem is not None:
+                    raise RuleError(problem)
+                estimate = getattr(executor, "estimate_duration", None)
+                if callable(estimate):
+                    try:
+                        ctx.log.info(f"{cls.__name__} estimates {float(estimate()):.0f} s")
+                    except Exception:  # noqa: BLE001 - only an estimate
+                        pass
+                result = _call(f"{cls.__name__}.execute()", executor.execute, upstream)
+            finally:
+                cleanup = getattr(executor, "cleanup", None)
+                if callable(cleanup):
+                    _call(f"{cls.__name__}.cleanup()", cleanup)
+        for key, path in staging.items():
+            if key.endswith("_dir") and not os.path.lexists(path):
+                os.makedirs(path)  # an output folder it had nothing to write into
+        outputs, metrics = _outcome(result)
+        if metrics:
+            ctx.log.info(f"metrics: {json.dumps(metrics, default=str, sort_keys=True)}")
+        moves = {staging[k]: final[k] for k in staging if k in final}
+        values = _paths_to_project(outputs, moves, str(ctx.root))
+        return json.loads(json.dumps(values, default=str))
+
+
+def _call(what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``; what it raises becomes the stage's failure, with the executor's own
+    frames (as the original reported a raising executor: as the stage's failure)."""
+    try:
+        return fn(*args)
+    except RuleError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code: say what and where
+        frames = traceback.format_tb(exc.__traceback__.tb_next if exc.__traceback__ else None)
+        where = "".join(frames[-6:]).rstrip()
+        raise RuleError(
+            f"{what} raised {type(exc).__name__}: {exc}" + (f"\n{where}" if where else "")
+        ) from None
+
+
+def _validate(
+    cls: type, stage: str, config: dict[str, Any] | None, executor: Any = None
+) -> str | None:
+    """Run ``validate_config()``; what is wrong, or None when it passed."""
+    if executor is None:
+        executor = cls(stage, config)
+    try:
+        ok = executor.validate_config()
+    except Exception as exc:  # noqa: BLE001 - a bad config raises, as in the original
+        return f"validate_config() failed: {exc}"
+    if ok is False:
+        return "validate_config() returned False"
+    return None
+
+
+def _outcome(result: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The result's outputs and metrics; a RuleError when it says the stage failed."""
+    if result is None:
+        return {}, {}
+    if isinstance(result, dict) and not ({"status", "outputs"} & set(result)):
+        return dict(result), {}
+    get = result.get if isinstance(result, dict) else lambda k: getattr(result, k, None)
+    status = get("status")
+    status = str(getattr(status, "value", status) or "").lower()
+    if status in _FAILED or get("success") is False:
+        message = get("error_message") or f"the executor reported {status or 'failure'}"
+        raise RuleError(str(message))
+    outputs = get("outputs") or {}
+    if not isinstance(outputs, dict):
+        raise RuleError(f"the executor's outputs must be a dict, got {type(outputs).__name__}")
+    metrics = get("metrics") or {}
+    return dict(outputs), dict(metrics) if isinstance(metrics, dict) else {}
+
+
+def _paths_to_project(value: Any, moves: Mapping[str, str], root: str) -> Any:
+    """``value`` with staging paths replaced by their outputs' paths, and other paths inside
+    the project made relative to it."""
+    if isinstance(value, dict):
+        return {str(k): _paths_to_project(v, moves, root) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_paths_to_project(v, moves, root) for v in value]
+    if not isinstance(value, str | os.PathLike):
+        return value
+    text = os.fspath(value)
+    if not os.path.isabs(text):
+        return text
+    path = os.path.normpath(text)
+    for staged, final in moves.items():
+        if path == staged or path.startswith(staged + os.sep):
+            return final + path[len(staged) :]
+    if path.startswith(root.rstrip(os.sep) + os.sep):
+        return os.path.relpath(path, root)
+    return text
+
+
+class _Forward(logging.Handler):
+    def __init__(self, to: logging.Logger) -> None:
+        super().__init__(logging.INFO)
+        self.to = to
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.to.log(record.levelno, record.getMessage())
+        except Exception:  # noqa: BLE001 - a log line is never worth failing the stage
+            pass
+
+
+@contextmanager
+def _forward_logs(cls: type, log: logging.Logger) -> Iterator[None]:
+    """Lines the executor's module logs (``logging.getLogger(__name__)``) reach the
+    stage's log."""
+    logger = logging.getLogger(cls.__module__)
+    handler = _Forward(log)
+    old = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)

@@ -1,0 +1,434 @@
+"""``type: custom``: an executor class written for the original pipeline system runs
+unchanged (``Class(stage_id, config)``, ``validate_config()``, ``execute(inputs)`` returning a
+StageResult), content-hashed like a ``python`` stage; ``register_rule`` does what the
+original's ``register_executor`` did."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from conftest import TRACEBACK, Proj
+
+import pipemake
+from pipemake import api, rule
+
+# An executor module as the original system's users wrote them: its own StageResult and
+# ExecutionStatus (the original's common types), a logger, the helper methods of the
+# original's StageExecutor base class. Each execute() notes one run in runs/<stage>.count.
+EXECUTORS = '''
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+logger = logging.getLogger(__name__)
+
+
+class ExecutionStatus(Enum):
+    SUCCESS = "success"
+    FAILED = "failed"
+
+
+@dataclass
+class StageResult:
+    stage_id: str
+    status: ExecutionStatus
+    duration: float
+    outputs: Dict[str, Any]
+    metrics: Dict[str, float]
+    error_message: Optional[str] = None
+
+
+class StageExecutor:
+    def __init__(self, stage_id: str, config: Dict[str, Any]):
+        self.stage_id = stage_id
+        self.config = config
+        self.start_time = None
+
+    def _get_config_value(self, key, default=None, required=False):
+        if key not in self.config:
+            if required:
+                raise ValueError(f"Required config key '{key}' missing for stage '{self.stage_id}'")
+            return default
+        return self.config[key]
+
+    def _mark_started(self):
+        self.start_time = time.time()
+        with open("runs/" + self.stage_id + ".count", "a") as f:
+            f.write("x\\n")
+
+    def _create_success_result(self, outputs, metrics=None):
+        return StageResult(self.stage_id, ExecutionStatus.SUCCESS, 0.0, outputs, metrics or {})
+
+    def _create_failure_result(self, error_message):
+        return StageResult(self.stage_id, ExecutionStatus.FAILED, 0.0, {}, {}, error_message)
+
+
+class UpperExecutor(StageExecutor):
+    """Upper-cases every file of input_dir into output_dir."""
+
+    def validate_config(self) -> bool:
+        for key in ("input_dir", "output_dir"):
+            self._get_config_value(key, required=True)
+        if self._get_config_value("mode", "upper") not in ("upper", "lower"):
+            raise ValueError(f"mode must be upper or lower, got {self.config['mode']!r}")
+        src = Path(self._get_config_value("input_dir"))
+        if not src.is_dir():
+            raise ValueError(f"input_dir does not exist: {src}")
+        return True
+
+    def execute(self, inputs: Dict[str, Any]) -> StageResult:
+        self._mark_started()
+        out = Path(self._get_config_value("output_dir"))
+        out.mkdir(parents=True, exist_ok=True)
+        change = str.upper if self._get_config_value("mode", "upper") == "upper" else str.lower
+        files = []
+        for f in sorted(Path(self._get_config_value("input_dir")).iterdir()):
+            (out / f.name).write_text(change(f.read_text()))
+            files.append(str(out / f.name))
+        logger.info("changed %d files", len(files))
+        return self._create_success_result(
+            outputs={"output_dir": str(out), "files": files, "count": len(files)},
+            metrics={"processed_files": len(files)},
+        )
+
+    def estimate_duration(self) -> float:
+        return 5.0
+
+
+class InputsExecutor(StageExecutor):
+    """Writes what execute() received as inputs, as JSON, to output_file."""
+
+    def validate_config(self) -> bool:
+        self._get_config_value("output_file", required=True)
+        return True
+
+    def execute(self, inputs):
+        self._mark_started()
+        Path(self.config["output_file"]).write_text(json.dumps(inputs, sort_keys=True))
+        return {"status": "success", "outputs": {"seen": sorted(inputs)}}
+
+
+class CopyExecutor(StageExecutor):
+    """Copies input_dir with copytree (which wants output_dir not there yet); with
+    nothing=True writes nothing at all."""
+
+    def validate_config(self) -> bool:
+        return True
+
+    def execute(self, inputs):
+        self._mark_started()
+        if not self.config.get("nothing"):
+            import shutil
+
+            shutil.copytree(self.config["input_dir"], self.config["output_dir"])
+        return self._create_success_result(outputs={})
+
+
+class RaisingExecutor(StageExecutor):
+    def validate_config(self) -> bool:
+        return True
+
+    def execute(self, inputs):
+        raise RuntimeError("ffmpeg not found")
+
+
+class FailingExecutor(StageExecutor):
+    def validate_config(self) -> bool:
+        return True
+
+    def execute(self, inputs):
+        self._mark_started()
+        Path(self.config["output_dir"]).mkdir(parents=True, exist_ok=True)
+        return self._create_failure_result("the model file is corrupt")
+'''
+
+UPPER = """
+name: orig
+version: 1.0.0
+stages:
+  - id: upper
+    type: custom
+    depends_on: []
+    config:
+      executor: "orig_exec:UpperExecutor"
+      input_dir: data
+      output_dir: build/upper
+"""
+
+FILES = {"data/a.txt": "hello\n", "data/b.txt": "world\n", "orig_exec.py": EXECUTORS}
+
+
+@pytest.fixture
+def upper(project: Callable[..., Proj]) -> Proj:
+    return project(UPPER, FILES)
+
+
+def test_a_custom_stage_builds_is_up_to_date_and_restored(upper: Proj) -> None:
+    r = upper.cli("build", "-j", "2", "--no-progress")
+    assert upper.read("build/upper/a.txt") == "HELLO\n"
+    assert upper.runs("upper") == 1
+    assert "changed 2 files" in r.output  # the executor's own log lines reach the view
+    upper.cli("build")
+    assert upper.runs("upper") == 1
+    upper.cli("clean")
+    assert not upper.exists("build/upper")
+    r = upper.cli("build", "--no-progress")
+    assert "restored" in r.output and upper.runs("upper") == 1
+    assert upper.read("build/upper/b.txt") == "WORLD\n"
+
+
+def test_its_inputs_params_and_code_are_in_the_key(upper: Proj) -> None:
+    upper.cli("build")
+    upper.write("data/a.txt", "changed\n")
+    upper.cli("build")
+    assert upper.runs("upper") == 2 and upper.read("build/upper/a.txt") == "CHANGED\n"
+    upper.edit(
+        "pipemake.yaml", "output_dir: build/upper", "output_dir: build/upper\n      mode: lower"
+    )
+    upper.cli("build")
+    assert upper.runs("upper") == 3 and upper.read("build/upper/a.txt") == "changed\n"
+    upper.edit("orig_exec.py", "changed %d files", "changed %d file(s)")  # the module's source
+    r = upper.cli("dry-run")
+    assert "upper: run" in r.output
+    upper.cli("build")
+    assert upper.runs("upper") == 4
+
+
+def test_a_failing_validate_config_is_exit_2_at_validate_with_stage_and_line(
+    upper: Proj,
+) -> None:
+    upper.edit(
+        "pipemake.yaml", "output_dir: build/upper", "output_dir: build/upper\n      mode: shout"
+    )
+    r = upper.cli("validate", code=2)
+    assert "stage 'upper'" in r.output and "mode must be upper or lower" in r.output
+    line = upper.read("pipemake.yaml").splitlines().index("      mode: shout") + 1
+    assert f"pipemake.yaml:{line}:" in r.output and TRACEBACK not in r.output  # the key's line
+    upper.cli("build", code=2)
+    assert upper.runs("upper") == 0
+
+
+def test_a_missing_required_key_names_its_line(upper: Proj) -> None:
+    upper.edit("pipemake.yaml", "      input_dir: data\n", "      input_dirx: data\n")
+    r = upper.cli("validate", code=2)
+    assert "Required config key 'input_dir' missing" in r.output
+    line = (
+        upper.read("pipemake.yaml").splitlines().index('      executor: "orig_exec:UpperExecutor"')
+    )
+    assert f"pipemake.yaml:{line + 1}:" in r.output
+
+
+def test_which_keys_are_paths() -> None:
+    custom = rule.get_rule("custom")
+    assert custom is not None
+    config = {
+        "executor": "m:C", "input_dir": "data", "input_format": "png", "output_dir": "out",
+        "output_format": "jpg", "cut_output_path": "cuts.json", "instances_dir": "up/x",
+    }  # fmt: skip
+    ports, problems = custom.ports(config)
+    assert problems == []
+    assert ports.inputs == {"input_dir": "data"}
+    assert ports.outputs == {"output_dir": "out", "cut_output_path": "cuts.json"}
+    assert ports.output_kinds == {"output_dir": "path", "cut_output_path": "path"}
+    assert ports.key_params["params"] == {
+        "input_format": "png", "output_format": "jpg", "instances_dir": "up/x",
+    }  # fmt: skip
+    named, problems = custom.ports({**config, "inputs": ["instances_dir"], "outputs": ["x"]})
+    assert named.inputs == {"instances_dir": "up/x"}
+    assert problems == [("outputs", "'outputs' names 'x', not a key of this config")]
+
+
+@pytest.mark.parametrize(
+    ("spec", "said"),
+    [
+        ("orig_exec:Nope", "not an executor class"),
+        ("no_such_module:UpperExecutor", "cannot import 'no_such_module'"),
+        ("not a spec", "package.module:Class"),
+    ],
+)
+def test_a_bad_executor_is_exit_2(project: Callable[..., Proj], spec: str, said: str) -> None:
+    p = project(UPPER.replace("orig_exec:UpperExecutor", spec), FILES)
+    r = p.cli("validate", code=2)
+    assert said in r.output and "stage 'upper'" in r.output and TRACEBACK not in r.output
+
+
+def test_validate_config_waits_for_an_upstream_output(project: Callable[..., Proj]) -> None:
+    """Its input_dir is an upstream output, not there before the first build: the check
+    runs in the worker then, and the build goes through."""
+    p = project(
+        UPPER
+        + """
+  - id: again
+    type: custom
+    depends_on: [upper]
+    config:
+      executor: "orig_exec:UpperExecutor"
+      input_dir: "{upper.output_dir}"
+      output_dir: build/again
+      mode: lower
+""",
+        FILES,
+    )
+    p.cli("validate")
+    p.cli("build")
+    assert p.read("build/again/a.txt") == "hello\n"
+    p.write("data/a.txt", "new\n")  # the upstream output changes: the downstream reruns
+    p.cli("build")
+    assert p.read("build/again/a.txt") == "new\n" and p.runs("again") == 2
+
+
+def test_execute_gets_the_upstream_outputs_and_values_as_inputs(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(
+        UPPER
+        + """
+  - id: seen
+    type: custom
+    depends_on: [upper]
+    config:
+      executor: "orig_exec:InputsExecutor"
+      output_file: build/seen.json
+""",
+        FILES,
+    )
+    p.cli("build")
+    got = json.loads(p.read("build/seen.json"))
+    up = got["upper"]
+    assert up["output_dir"] == str(p.root / "build/upper")  # the placed output, absolute
+    assert up["count"] == 2
+    # staging paths in the executor's outputs became the output's path in the project
+    assert up["files"] == ["build/upper/a.txt", "build/upper/b.txt"]
+    assert ".pipemake" not in p.read("build/seen.json")
+
+
+def test_a_failed_result_fails_the_stage_with_its_message(project: Callable[..., Proj]) -> None:
+    p = project(
+        UPPER.replace("UpperExecutor", "FailingExecutor"),
+        FILES,
+    )
+    r = p.cli("build", "--no-progress", code=1)
+    assert "the model file is corrupt" in r.output and TRACEBACK not in r.output
+    assert not p.exists("build/upper")
+
+
+def test_the_executor_creates_its_output_folder_as_it_always_did(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(UPPER.replace("UpperExecutor", "CopyExecutor"), FILES)
+    p.cli("build")
+    assert p.read("build/upper/a.txt") == "hello\n"
+    p.edit(
+        "pipemake.yaml", "output_dir: build/upper", "output_dir: build/upper\n      nothing: true"
+    )
+    p.cli("build")
+    assert p.path("build/upper").is_dir() and not any(p.path("build/upper").iterdir())
+
+
+def test_an_executor_that_raises_fails_the_stage_showing_its_own_frames(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(UPPER.replace("UpperExecutor", "RaisingExecutor"), FILES)
+    r = p.cli("build", "--no-progress", code=1)
+    assert "RaisingExecutor.execute() raised RuntimeError: ffmpeg not found" in r.output
+    assert 'raise RuntimeError("ffmpeg not found")' in r.output  # where, in its module
+    assert TRACEBACK not in r.output and "worker.py" not in r.output
+
+
+# register_rule: the original's register_executor ---------------------------------------
+class Reverse:
+    """An original-style executor class, importable by worker processes (this module)."""
+
+    def __init__(self, stage_id: str, config: dict[str, Any]) -> None:
+        self.stage_id, self.config = stage_id, config
+
+    def validate_config(self) -> bool:
+        if "output_path" not in self.config:
+            raise ValueError("Required config key 'output_path' missing")
+        return True
+
+    def execute(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        text = Path(self.config["input_file"]).read_text()
+        Path(self.config["output_path"]).write_text(text[::-1])
+        with open(Path(self.config["input_file"]).parent.parent / "runs/rev.count", "a") as f:
+            f.write("x\n")
+        return {"length": len(text)}
+
+
+REV = """
+name: rev
+stages:
+  - id: rev
+    type: reverse_text
+    config: {input_file: data/a.txt, output_path: build/rev.txt}
+"""
+
+
+def test_register_rule_takes_an_original_executor_class(project: Callable[..., Proj]) -> None:
+    made = pipemake.register_rule("reverse_text", Reverse)
+    assert isinstance(made, pipemake.Rule) and made.name == "reverse_text"
+    p = project(REV, {"data/a.txt": "abc"})
+    with api.project_of(p.root, None) as proj:
+        api.build(proj)  # worker processes import the class again by its module and name
+        api.build(proj)
+    assert p.read("build/rev.txt") == "cba" and p.runs("rev") == 1
+    p.edit("pipemake.yaml", "output_path: build/rev.txt", "output_pth: build/rev.txt")
+    with pytest.raises(pipemake.PipelineError, match="output_path' missing"):
+        api.open_project(p.root)
+
+
+def test_a_class_only_this_process_has_runs_here(project: Callable[..., Proj]) -> None:
+    """A class defined in a function (or __main__, a notebook) cannot be imported by a
+    worker: its tasks run in threads of the building process."""
+
+    class Shout:
+        def __init__(self, stage_id: str, config: dict[str, Any]) -> None:
+            self.config = config
+
+        def validate_config(self) -> bool:
+            return True
+
+        def execute(self, inputs: dict[str, Any]) -> None:
+            Path(self.config["output_path"]).write_text("HEY")
+
+    pipemake.register_rule("shout_here", Shout)
+    assert rule.local_only("shout_here")
+    p = project(
+        "name: s\nstages:\n  - id: s\n    type: shout_here\n    config: {output_path: o.txt}\n"
+    )
+    with api.project_of(p.root, None) as proj:
+        report = api.build(proj, jobs=2)  # the local executor
+    assert report.ran == ["s"] and p.read("o.txt") == "HEY"
+
+
+class Numbered(pipemake.Rule):
+    """A pipemake rule registered from a script."""
+
+    outputs: ClassVar = {"o": pipemake.Output(kind="file")}
+    params: ClassVar = {"n": pipemake.Param("int", 1)}
+
+    def run(self, ctx: pipemake.Context) -> dict[str, Any]:
+        ctx.outputs["o"].write_text(str(ctx.params["n"]))
+        return {}
+
+
+def test_register_rule_takes_a_rule_class_and_refuses_anything_else(
+    project: Callable[..., Proj],
+) -> None:
+    pipemake.register_rule("numbered", Numbered)
+    assert "numbered" in rule.rule_names()
+    p = project("name: n\nstages:\n  - id: n\n    type: numbered\n    config: {o: n.txt, n: 7}\n")
+    p.cli("build")
+    assert p.read("n.txt") == "7"
+    with pytest.raises(TypeError, match="neither a pipemake Rule nor an executor class"):
+        pipemake.register_rule("bad", dict)
+    with pytest.raises(ValueError, match="rule name"):
+        pipemake.register_rule("no spaces", Numbered)
