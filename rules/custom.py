@@ -54,6 +54,8 @@ from pipemake.hashing import hash_file
 from pipemake.model import Pending
 from pipemake.rule import Context, Ports, Rule, RuleError
 
+from .original import install_aliases
+
 __all__ = ["CustomRule"]
 
 _SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -267,7 +269,8 @@ class CustomRule(Rule):
             return known
         module, _, attr = spec.partition(":")
         if root and root not in sys.path:
-            sys.path.insert(0, root)
+            sys.path.append(root)  # after the standard library: a project's copy.py wins nothing
+        install_aliases()
         loaded = getattr(sys.modules.get(module), "__file__", None)
         if loaded is not None and loaded != _module_file(module, root):
             for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
