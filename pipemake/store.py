@@ -56,6 +56,7 @@ _OPEN_OBJECT = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ROOT_NAME = re.compile(r"[0-9a-f]{32}\.json")
 _ROOTS_MAX = 256 << 20
+_DB_FILES = ("", "-wal", "-shm", "-journal")
 _FICLONE = 0x40049409
 _CHUNK = 1 << 20
 
@@ -103,6 +104,7 @@ class Store:
                 self._version = _data_version(self._db)
                 return self._db
             self.path.mkdir(parents=True, exist_ok=True)
+            self._check_db_files()
             deadline = time.monotonic() + 60
             while True:
                 try:
@@ -136,7 +138,7 @@ class Store:
         this ``--cache-dir``) committed to the store since this one opened it."""
         return self._db is not None and _data_version(self._db) != self._version
 
-    def _damaged(self, exc: BaseException) -> StoreError:
+    def _damaged(self, exc: object) -> StoreError:
         """The error for an action cache SQLite cannot read: the file, and what to do."""
         return StoreError(
             f"the store's action cache {self.path / 'actions.db'} is damaged or not a "
@@ -144,13 +146,31 @@ class Store:
             "(it is only a cache: stages run again)"
         )
 
+    def _check_db_files(self) -> None:
+        """Refuse an action cache whose files are links or anything but regular files: SQLite
+        would follow a link and write its pages or journal wherever it points."""
+        for suffix in _DB_FILES:
+            path = f"{self.path / 'actions.db'}{suffix}"
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(mode):
+                what = "a symlink" if stat.S_ISLNK(mode) else "not a regular file"
+                raise self._damaged(f"{os.path.basename(path)} is {what}")
+
     def reset_actions(self) -> None:
         """Delete a damaged action cache (``cache verify --repair``): the next open starts
         an empty one. Objects stay; entries are gone, so stages run (or restore) again."""
         self.close()
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            with _quiet():
-                os.unlink(f"{self.path / 'actions.db'}{suffix}")
+        for suffix in _DB_FILES:
+            path = f"{self.path / 'actions.db'}{suffix}"
+            try:
+                os.unlink(path)  # a link as a link
+            except IsADirectoryError:
+                shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         """All rows of a read, a damaged database reported as :class:`StoreError`."""
@@ -563,6 +583,8 @@ class Store:
             return False
         try:
             os.link(name, dst, src_dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None  # removed since it was opened (a concurrent ``cache gc``): copy it
         except OSError:
             self.can_link = False
             return None
@@ -574,10 +596,9 @@ class Store:
     def verify_object(self, digest: str) -> bool | None:
         """True if the object matches its hash, False if corrupt or not a regular file
         (then removed), None if missing."""
-        if not self.has_object(digest):
-            dfd = self._dir(digest[:2], False) if is_digest(digest) else None
-            if dfd is None or not _exists(digest[2:], dfd):
-                return None
+        dfd = self._dir(digest[:2], False) if is_digest(digest) else None
+        if dfd is None or not _exists(digest[2:], dfd):
+            return None
         got = self._open_object(digest)
         if got is None:
             return False
@@ -800,6 +821,14 @@ class Store:
         if self._db is not None:
             self._db.close()
             self._db = None
+        self._close_dirs()
+
+    def __del__(self) -> None:
+        # a worker makes a Store per task and lets it go: its descriptors go with it
+        with contextlib.suppress(Exception):
+            self._close_dirs()
+
+    def _close_dirs(self) -> None:
         with self._fd_lock:
             fds = [*self._fds.values(), *self._parked]
             if self._roots_fd is not None:

@@ -454,3 +454,23 @@ def test_manifest_checks_agree_for_small_and_big_directories(n: int) -> None:
                 ["z", "b" * 32, -1, 0o644], ["z", "b" * 32, 0, "0644"], ["z", "b" * 32, 0],
                 ["z\0", "b" * 32, 0, 0o644], ["z", "b" * 32, True, 0o644]):  # fmt: skip
         assert entry_problem({"outputs": {"d": manifest(bad)}}) is not None, bad
+
+
+@pytest.mark.parametrize("name", ["actions.db", "actions.db-wal", "actions.db-shm"])
+def test_action_cache_files_linked_outside_are_never_written_through(
+    chain: Proj, tmp_path: Path, name: str
+) -> None:
+    chain.cli("build")
+    victim = tmp_path / "outside" / "empty.txt"
+    victim.parent.mkdir()
+    victim.write_bytes(b"")  # writable and empty: SQLite would happily make it a database
+    path = _store(chain) / name
+    path.unlink(missing_ok=True)
+    path.symlink_to(victim)
+    r = chain.cli("build", code=1)
+    assert name in r.output and "cache verify --repair" in r.output, r.output
+    assert TRACEBACK not in r.output
+    chain.cli("cache", "verify", "--repair")
+    assert victim.read_bytes() == b"" and not path.is_symlink()
+    chain.cli("build")
+    assert chain.read("build/upper.txt") == "HELLO\nWORLD\n"
