@@ -365,19 +365,19 @@ def test_gc_keeps_objects_a_running_build_wrote_but_has_not_committed(chain: Pro
 def test_gc_tolerates_names_vanishing_while_it_lists(
     chain: Proj, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipemake.store as store_mod
+    import pipemake.objects as objects_mod
 
     chain.cli("build")
     tmp = _object(chain, UPPER).parent / ".tmp-1-2-x"
     tmp.write_text("half")
-    real = store_mod._listdir
+    real = objects_mod.list_dir
 
     def vanishing(fd: int) -> list[os.DirEntry[str]]:
         got = real(fd)
         tmp.unlink(missing_ok=True)  # renamed by its writer between listing and stat
         return got
 
-    monkeypatch.setattr(store_mod, "_listdir", vanishing)
+    monkeypatch.setattr(objects_mod, "list_dir", vanishing)
     _clean(chain.cli("cache", "gc", "--keep-days", "0", "--grace", "0"))
     _clean(chain.cli("cache", "verify"))
 
