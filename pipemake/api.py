@@ -199,7 +199,6 @@ def build(
             retries=retries,
         )
         builder.prefetch(order)
-        builder.collect_keys = True  # item keys too: this workspace's roots (``cache gc``)
         expected = _expected(project, order)
         chosen = set(order)
         run_started = {
@@ -235,10 +234,7 @@ def build(
             )
             outcome = sched.run()
         project.state.flush()
-        whole = set(order) == set(p.stages) and not (
-            outcome.failed or outcome.skipped or outcome.interrupted
-        )
-        _record_roots(project, builder, merge=not whole)
+        _record_roots(project, builder)
         if noop_snapshot is not None:
             snapshot = None
             plain = not (force or force_stages or log_json or p.on_success or p.on_failure)
@@ -303,17 +299,19 @@ def _snapshot(
     return {"snap": paths, "run": {"pipeline": p.name, "started": run_started}}
 
 
-def _record_roots(project: Project, builder: Builder, merge: bool) -> None:
+def _record_roots(project: Project, builder: Builder) -> None:
     """Note in the store what this workspace needs (the keys its build computed, and each
     stage's last build), so ``cache gc`` run from any workspace sharing the store keeps
-    them. ``merge`` keeps the keys noted before (a build of some stages only). Not worth
-    failing a build over: without it the entries are kept by age alone."""
+    them. Added to what was noted before: a build does not list the items of a stage that
+    is up to date, so their keys stay from earlier records; this workspace's own ``cache
+    gc`` notes exactly what it needs. Not worth failing a build over: without it the
+    entries are kept by age alone."""
     up_to_date = all(d.verdict is Verdict.UP_TO_DATE for d in builder.decisions.values())
     keys = set(builder.keys_seen)
     keys.update(k for k, _r, _d in project.state.brief().values() if k)
     p = project.pipeline
     try:
-        project.store.write_roots(str(p.root), str(p.file), keys, merge, refresh=not up_to_date)
+        project.store.write_roots(str(p.root), str(p.file), keys, True, refresh=not up_to_date)
     except (OSError, StoreError):
         pass
 

@@ -98,7 +98,12 @@ class Objects:
                 parent = self._dir("", create)
                 if parent is None:
                     return None
-                fd = open_dir(fan, parent, create, self.fsync)
+                try:
+                    fd = open_dir(fan, parent, create, self.fsync)
+                except FileNotFoundError:  # the objects directory was removed meanwhile
+                    fd = None
+                if fd is None and self._stale("", parent):
+                    return self._dir(fan, create)  # the objects directory made anew
             else:
                 if create:
                     self.path.parent.mkdir(parents=True, exist_ok=True)

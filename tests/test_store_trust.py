@@ -474,3 +474,13 @@ def test_action_cache_files_linked_outside_are_never_written_through(
     assert victim.read_bytes() == b"" and not path.is_symlink()
     chain.cli("build")
     assert chain.read("build/upper.txt") == "HELLO\nWORLD\n"
+
+
+def test_a_store_whose_objects_directory_is_removed_meanwhile_goes_on(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    digest = store.put_bytes(b"one")
+    shutil.rmtree(tmp_path / "store" / "objects")
+    assert not store.has_object(digest)
+    assert store.put_bytes(b"one") == digest  # written anew into a new objects directory
+    assert store.read_bytes(digest) == b"one"
+    assert Store(tmp_path / "store").read_bytes(digest) == b"one"
