@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import CHAIN_STAGES, TRACEBACK, Proj
+from conftest import CHAIN_STAGES, TRACEBACK, Proj, shell_foreach, wait_for
 
 from pipemake.hashing import hash_bytes
 from pipemake.store import Store
@@ -380,6 +380,38 @@ def test_gc_tolerates_names_vanishing_while_it_lists(
     monkeypatch.setattr(objects_mod, "list_dir", vanishing)
     _clean(chain.cli("cache", "gc", "--keep-days", "0", "--grace", "0"))
     _clean(chain.cli("cache", "verify"))
+
+
+WAITING = shell_foreach(
+    "echo {item.name} >> runs/items.log; cp {inputs.src} {outputs.o}/{item.name};"
+    " if [ {item.name} = b.txt ]; then touch runs/waiting;"
+    " while [ ! -e runs/go ]; do sleep 0.02; done; fi"
+)
+
+
+def test_gc_elsewhere_during_a_build_leaves_every_entry_its_objects(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """A build that has stored some items' objects and is still running while another
+    workspace on the same store runs ``cache gc --keep-days 0``: the build commits entries
+    whose objects are all there, and the next build restores instead of running."""
+    files = {"data/a.txt": "a\n", "data/b.txt": "b\n", "data/c.txt": "c\n"}
+    w1 = project(WAITING, files)
+    w2 = project(SHARED.format(name="other"), name="other")
+    env = {"PIPEMAKE_CACHE_DIR": str(tmp_path / "shared")}
+    w2.cli("build", env=env)
+    proc = w1.popen("build", "-j", "2", env=env)
+    wait_for(lambda: w1.exists("runs/waiting"), 60, "the build to wait in item b")
+    _clean(w2.cli("cache", "gc", "--keep-days", "0", env=env))
+    w1.write("runs/go", "")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    assert "store OK" in w1.cli("cache", "verify", env=env).output
+    shutil.rmtree(w1.path("build/each"))
+    w1.path("runs/items.log").unlink()
+    w1.cli("build", env=env)
+    assert not w1.exists("runs/items.log")  # restored, nothing ran
+    assert w1.read("build/each/b.txt") == "b\n"
 
 
 SHARED = """
