@@ -20,7 +20,15 @@ from typing import Any
 from . import history, uptodate
 from .build import Builder
 from .decide import Decision, Reason, Trigger, Verdict
-from .errors import BuildFailed, Interrupted, LockTimeout, PipelineError, Problem, UsageError
+from .errors import (
+    BuildFailed,
+    Interrupted,
+    LockTimeout,
+    PipelineError,
+    Problem,
+    StoreError,
+    UsageError,
+)
 from .events import Bus
 from .executors.base import get_executor
 from .fshash import Hasher
@@ -33,7 +41,7 @@ from .resources import Budget, default_budget
 from .rule import Rule, package_files
 from .scheduler import Outcome, Scheduler, StageFailure
 from .state import WorkspaceState
-from .store import Store
+from .store import GRACE, Store
 from .walk import BadPath
 from .workspace import Workspace
 
@@ -303,6 +311,7 @@ def build(
             )
             outcome = sched.run()
         project.state.flush()
+        _record_roots(project, builder)
         if noop_snapshot is not None:
             snapshot = None
             plain = not (force or force_stages or log_json or p.on_success or p.on_failure)
@@ -364,6 +373,23 @@ def _snapshot(
     if paths is None:
         return None
     return {"snap": paths, "run": {"pipeline": p.name, "started": run_started}}
+
+
+def _record_roots(project: Project, builder: Builder) -> None:
+    """Note in the store what this workspace needs (the keys its build computed, and each
+    stage's last build), so ``cache gc`` run from any workspace sharing the store keeps
+    them. Added to what was noted before: a build does not list the items of a stage that
+    is up to date, so their keys stay from earlier records; this workspace's own ``cache
+    gc`` notes exactly what it needs. Not worth failing a build over: without it the
+    entries are kept by age alone."""
+    up_to_date = all(d.verdict is Verdict.UP_TO_DATE for d in builder.decisions.values())
+    keys = set(builder.keys_seen)
+    keys.update(k for k, _r, _d in project.state.brief().values() if k)
+    p = project.pipeline
+    try:
+        project.store.write_roots(str(p.root), str(p.file), keys, True, refresh=not up_to_date)
+    except (OSError, StoreError):
+        pass
 
 
 @contextmanager
@@ -653,79 +679,139 @@ def _as_written(project: Project, path: str, owner: tuple[str, str] | None) -> b
 
 def cache_info(project: Project) -> dict[str, Any]:
     """Where the store is and how much it holds."""
-    objects = 0
-    size = 0
-    for digest in project.store.iter_objects():
-        objects += 1
-        size += project.store.object_path(digest).stat().st_size
-    entries = sum(1 for _ in project.store.actions())
-    return {"path": str(project.store.path), "objects": objects, "bytes": size, "entries": entries}
+    scan = project.store.scan()
+    entries = sum(1 for _ in project.store.rows())
+    size = sum(st.st_size for _d, st in scan.objects)
+    return {"path": str(project.store.path), "objects": len(scan.objects), "bytes": size,
+            "entries": entries, "strays": len(scan.strays)}  # fmt: skip
 
 
-def cache_gc(project: Project, keep_days: float = 7.0, dry: bool = False) -> dict[str, Any]:
-    """Remove what the current pipeline does not need: entries that are neither the keys
-    this workspace would use now, nor a stage's last build, nor younger than ``keep_days``
-    (so switching back to recent params still restores), and objects no kept entry names.
+def _digests(entry: dict[str, Any]) -> Iterator[str]:
+    """The objects a (well-formed) entry names."""
+    for manifest in entry.get("outputs", {}).values():
+        if manifest["kind"] == "file":
+            yield manifest["hash"]
+        else:
+            for e in manifest["entries"]:
+                yield e[1]
+    if "map" in entry:
+        yield entry["map"]["hash"]
 
-    With a ``--cache-dir`` shared by several workspaces, the age window is what protects
-    the others' entries: run it where their builds are recent, or with a longer window.
-    """
+
+def _needed(project: Project) -> set[str]:
+    """The keys this workspace needs now: what a build would compute for every stage and
+    item, and each stage's last build."""
     p = project.pipeline
-    with BuildLock(project.workspace.dot / "lock", 0):
-        builder = Builder(p, project.store, project.state, Bus(), dry=True, collect_keys=True)
-        order = p.graph.topo_order()
-        builder.prefetch(order)
-        for stage in order:
+    builder = Builder(p, project.store, project.state, Bus(), dry=True, collect_keys=True)
+    order = p.graph.topo_order()
+    builder.prefetch(order)
+    for stage in order:
+        try:
             builder.begin(stage)
-        keep = set(builder.keys_seen)
-        keep.update(k for k, _r, _d in project.state.brief().values() if k)
-        horizon = time.time() - keep_days * 86400
-        created = project.store.created()
+        except StageFailure:  # it would fail (an input missing): its key is unknown
+            continue
+    keep = set(builder.keys_seen)
+    keep.update(k for k, _r, _d in project.state.brief().values() if k)
+    return keep
+
+
+def cache_gc(
+    project: Project, keep_days: float = 7.0, dry: bool = False, grace: float = GRACE
+) -> dict[str, Any]:
+    """Remove what no workspace sharing the store needs: entries that are neither the keys
+    this workspace would use now, nor a stage's last build, nor in another workspace's
+    roots (what its last build noted), nor younger than ``keep_days`` (so switching back to
+    recent params still restores); then objects no kept entry names.
+
+    Nothing younger than ``grace`` seconds goes, whatever ``keep_days`` says: a build on the
+    same store may have written objects and not yet committed the entry that names them.
+    Links, directories or other things that are not objects are removed as names inside the
+    store, never followed. Roots of workspaces whose pipeline file is gone are dropped once
+    older than ``grace``.
+    """
+    store = project.store
+    with BuildLock(project.workspace.dot / "lock", 0):
+        keep = _needed(project)
+        if not dry:
+            p = project.pipeline
+            store.write_roots(str(p.root), str(p.file), keep, merge=False)
+        roots = store.roots(grace, prune=not dry)
+        keep |= roots.keys
+        now = time.time()
+        horizon = min(now - keep_days * 86400, now - grace)
+        created = store.created()
         drop = [k for k, t in created.items() if k not in keep and t < horizon]
         dropped = set(drop)
         referenced: set[str] = set()
-        for key, entry in project.store.actions():
+        damaged = 0
+        for key, entry, _problem in store.rows():
             if key in dropped:
                 continue
-            for manifest in entry.get("outputs", {}).values():
-                if manifest.get("kind") == "file":
-                    referenced.add(manifest["hash"])
-                else:
-                    referenced.update(e[1] for e in manifest.get("entries", []))
-            if "map" in entry:
-                referenced.add(entry["map"]["hash"])
-        unused = [d for d in project.store.iter_objects() if d not in referenced]
-        freed = sum(project.store.object_path(d).stat().st_size for d in unused)
-        stale = project.store.stale_temporaries(time.time() - 3600)
+            if entry is None:
+                damaged += 1
+            else:
+                referenced.update(_digests(entry))
+        scan = store.scan()
+        young = now - grace
+        unused = [
+            (d, st)
+            for d, st in scan.objects
+            if d not in referenced and max(st.st_ctime, st.st_mtime) < young
+        ]
+        stale = [t for t in scan.temporaries if t[2].st_mtime < young]
+        removed = [d for d, _st in unused]
         if not dry:
-            project.store.delete_actions(drop)
-            for digest in unused:
-                project.store.remove_object(digest)
-            for path in stale:
-                path.unlink(missing_ok=True)
+            store.delete_actions(drop)
+            removed = [d for d, _st in unused if store.remove_object(d, older_than=young)]
+            for fan, name, _st in stale:
+                store.remove_temporary(fan, name)
+            for rel, _what in scan.strays:
+                store.remove_stray(rel)
+        sizes = dict(unused)
+        freed = sum(sizes[d].st_size for d in removed)
     return {"entries_removed": len(drop), "entries_kept": len(created) - len(drop),
-            "objects_removed": len(unused), "bytes_freed": freed, "dry_run": dry}  # fmt: skip
+            "objects_removed": len(removed), "bytes_freed": freed, "dry_run": dry,
+            "damaged_entries": damaged, "strays": [rel for rel, _w in scan.strays],
+            "workspaces": len(roots.workspaces)}  # fmt: skip
 
 
-def cache_verify(project: Project) -> dict[str, Any]:
-    """Check every object against its hash (removing corrupt ones) and every entry's objects."""
-    corrupt = []
-    for digest in project.store.iter_objects():
-        if project.store.verify_object(digest) is False:
-            corrupt.append(digest)
-            project.store.remove_object(digest)
-    incomplete = []
-    for key, entry in project.store.actions():
-        for manifest in entry.get("outputs", {}).values():
-            hashes = (
-                [manifest["hash"]]
-                if manifest.get("kind") == "file"
-                else [e[1] for e in manifest.get("entries", [])]
-            )
-            if any(not project.store.has_object(h) for h in hashes):
-                incomplete.append(key)
-                break
-    return {"corrupt": corrupt, "incomplete_entries": incomplete}
+def cache_verify(project: Project, repair: bool = False) -> dict[str, Any]:
+    """Check the store: every object against its hash (a corrupt one is removed), every
+    entry's shape and objects, the roots records, and anything in the objects directory
+    that is not an object (a link is named, never followed).
+
+    With ``repair``, what is damaged goes: damaged rows, entries whose objects are missing,
+    strays, damaged roots records, and an action cache SQLite cannot read (deleted: it is
+    only a cache). Without it, an unreadable action cache is a :class:`StoreError` saying so.
+    """
+    store = project.store
+    reset = False
+    try:
+        rows = list(store.rows())
+    except StoreError:
+        if not repair:
+            raise
+        store.reset_actions()
+        reset, rows = True, []
+    scan = store.scan()
+    corrupt = [d for d, _st in scan.objects if store.verify_object(d) is False]
+    damaged = [(key, problem or "") for key, entry, problem in rows if entry is None]
+    incomplete = [
+        key
+        for key, entry, _p in rows
+        if entry is not None and not all(store.has_object(d) for d in _digests(entry))
+    ]
+    roots = store.roots(GRACE)
+    strays = list(scan.strays) + [(rel, "a damaged roots record") for rel in roots.damaged]
+    if repair:
+        store.delete_actions([key for key, _p in damaged] + incomplete)
+        for rel, _what in scan.strays:
+            store.remove_stray(rel)
+        if roots.damaged:
+            store.roots(0, prune=True)
+    return {"corrupt": corrupt, "incomplete_entries": incomplete,
+            "damaged_entries": [(repr(k) if type(k) is not str else k, p) for k, p in damaged],
+            "strays": strays, "reset": reset, "repaired": repair}  # fmt: skip
 
 
 @contextmanager

@@ -376,6 +376,8 @@ class Builder:
                 self.keys_seen.add(sk.key)
             if self.collect_keys and stage.foreach is not None and not sk.unknown:
                 self.keys_seen.update(sk.item_keys.values())
+            elif sk._item_keys is not None:  # listed anyway: the store's roots keep them too
+                self.keys_seen.update(sk._item_keys.values())
         if self.dry:
             self.results[stage_id] = Planned(
                 entry["outputs"] if entry else None,

@@ -635,6 +635,8 @@ def cache_info(ctx: click.Context) -> None:
         click.echo(f"store:   {info['path']}")
         click.echo(f"objects: {info['objects']} ({info['bytes'] / 1e6:.1f} MB)")
         click.echo(f"entries: {info['entries']}")
+        if info["strays"]:
+            click.echo(f"strays:  {info['strays']} (not objects; see pipemake cache verify)")
         return 0
 
     _run(go)
@@ -648,38 +650,77 @@ def cache_info(ctx: click.Context) -> None:
     show_default=True,
     help="Also keep entries younger than this (a recent param set still restores).",
 )
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=3600.0,
+    show_default=True,
+    help="Never remove what is younger than this many seconds (a build on the same store "
+    "may be about to commit it). Lower it only when no build uses the store.",
+)
 @click.option("--dry-run", "dry", is_flag=True, help="Say what would go; remove nothing.")
 @click.pass_context
-def cache_gc(ctx: click.Context, keep_days: float, dry: bool) -> None:
-    """Remove entries and objects the current pipeline no longer needs."""
+def cache_gc(ctx: click.Context, keep_days: float, grace: float, dry: bool) -> None:
+    """Remove entries and objects no workspace sharing the store needs."""
 
     def go() -> int:
         with _project(ctx) as project:
-            info = api.cache_gc(project, keep_days=keep_days, dry=dry)
+            info = api.cache_gc(project, keep_days=keep_days, dry=dry, grace=grace)
         verb = "would remove" if dry else "removed"
         click.echo(
             f"{verb} {info['entries_removed']} entries and {info['objects_removed']} objects "
             f"({info['bytes_freed'] / 1e6:.1f} MB); kept {info['entries_kept']} entries"
         )
+        for rel in info["strays"]:
+            click.echo(f"{verb} {rel}: not an object (a link is removed, never followed)")
+        if info["damaged_entries"]:
+            click.echo(
+                f"{info['damaged_entries']} damaged entries kept for now: see "
+                "`pipemake cache verify` (--repair deletes them)"
+            )
         return 0
 
     _run(go)
 
 
 @cache.command("verify")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Delete what is damaged: rows, entries lacking objects, things that are not "
+    "objects, an unreadable action cache (it is only a cache: stages run again).",
+)
 @click.pass_context
-def cache_verify(ctx: click.Context) -> None:
-    """Check every object against its hash; corrupt objects are removed."""
+def cache_verify(ctx: click.Context, repair: bool) -> None:
+    """Check every object against its hash (corrupt objects are removed) and every entry."""
 
     def go() -> int:
         with _project(ctx) as project:
-            info = api.cache_verify(project)
+            info = api.cache_verify(project, repair=repair)
+        done = "deleted" if repair else "--repair deletes it"
+        if info["reset"]:
+            click.echo("the action cache was unreadable: deleted (stages run again)")
         for digest in info["corrupt"]:
             click.echo(f"corrupt object removed: {digest}")
+        for key, problem in info["damaged_entries"]:
+            click.echo(f"damaged entry {key[:12]}: {problem} ({done}; a miss meanwhile)")
         for key in info["incomplete_entries"]:
-            click.echo(f"entry {key[:12]} lacks objects (its stage will run again)")
-        if not info["corrupt"] and not info["incomplete_entries"]:
+            note = "deleted" if repair else "its stage will run again"
+            click.echo(f"entry {key[:12]} lacks objects ({note})")
+        for rel, what in info["strays"]:
+            click.echo(f"{rel}: {what} ({'removed' if repair else '--repair removes it'})")
+        found = (
+            info["reset"]
+            or info["corrupt"]
+            or info["damaged_entries"]
+            or info["incomplete_entries"]
+            or info["strays"]
+        )
+        if not found:
             click.echo("store OK")
+            return 0
+        if repair:
+            click.echo("store repaired")
             return 0
         return 1
 

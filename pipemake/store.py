@@ -4,43 +4,40 @@ Layout under the cache directory (``.pipemake/store`` by default)::
 
     objects/ab/cdef…    one read-only file per content hash, written put-if-absent
     actions.db          SQLite: key → JSON entry (output manifests, computed values, …)
+    roots/<id>.json     per workspace: the keys it needs (what ``cache gc`` keeps)
 
-Nothing here is ever unpickled: entries are JSON text, so a store restored from an
-untrusted CI cache cannot run code. Objects are verified against their hash when they are
-restored; a corrupt object is removed and reported as a miss. Two workspaces may share one
-store at once: objects appear by atomic rename (or link) and entries by single SQLite
-statements.
-
-With ``link`` (``pipemake build --link``) objects and workspace files share inodes: a stored
-output becomes the object by a hard link instead of a copy, and a restore links the object
-to its destination. Such files are read-only (an object is never made writable), and a store
-on another filesystem, or one that refuses links, falls back to copying.
+The store is untrusted input (a shared cache, a CI cache another job wrote). Nothing here is
+ever unpickled: entries are JSON text, so a restored store cannot run code. Every entry is
+checked by :mod:`pipemake.trust` before it is used (digests are digests, paths stay inside
+their output, only a mode's executable bit travels); a damaged one is a miss. Objects live
+in :mod:`pipemake.objects` (opened without following links, verified before use), the
+workspaces' roots in :mod:`pipemake.roots`. Two workspaces may share one store at once:
+objects appear by atomic rename (or link) and entries by single SQLite statements.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
+import shutil
 import sqlite3
 import stat
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import xxhash
-
 from .errors import StoreError
+from .objects import GRACE, Objects, Scan
+from .roots import Roots, RootsDir
+from .trust import entry_problem, is_manifest, safe_mode
 
-__all__ = ["STORE_FORMAT", "Store", "transaction"]
+__all__ = ["GRACE", "STORE_FORMAT", "Roots", "Scan", "Store", "is_manifest", "safe_mode",
+           "transaction"]  # fmt: skip
 
 STORE_FORMAT = 1
-_FICLONE = 0x40049409
-_CHUNK = 1 << 20
+_DB_FILES = ("", "-wal", "-shm", "-journal")
 
 #: ``json.dumps(entry, sort_keys=True)`` without building an encoder per entry
 _encode = json.JSONEncoder(sort_keys=True).encode
@@ -59,15 +56,14 @@ class Store:
         self.path = Path(path)
         self.readonly = readonly
         self.objects = self.path / "objects"
-        self.fsync = fsync
-        #: hard-link objects to and from the workspace instead of copying (``--link``)
-        self.link = link
-        #: cleared at the first failed link: linking does not work here, copy from then on
-        self.can_link = True
         self._db: sqlite3.Connection | None = None
         self._version = 0
         self._removed = False  # this instance has counted a removal of objects
-        self._objects_str = str(self.objects)
+        #: the objects, read as untrusted input
+        self.objs = Objects(
+            self.objects, readonly=readonly, fsync=fsync, link=link, on_remove=self._object_removed
+        )
+        self._roots = RootsDir(self.path / "roots", readonly)
 
     # database ---------------------------------------------------------------------------
     @property
@@ -80,6 +76,7 @@ class Store:
                 self._version = _data_version(self._db)
                 return self._db
             self.path.mkdir(parents=True, exist_ok=True)
+            self._check_db_files()
             deadline = time.monotonic() + 60
             while True:
                 try:
@@ -89,10 +86,10 @@ class Store:
                     # another process creating the same store (a shared --cache-dir) holds
                     # it for a moment, and changing the journal mode does not wait by itself
                     if "locked" not in str(exc) or time.monotonic() > deadline:
-                        raise StoreError(f"cannot open the store at {self.path}: {exc}") from None
+                        raise self._damaged(exc) from None
                     time.sleep(0.05)
-                except sqlite3.DatabaseError as exc:
-                    raise StoreError(f"cannot open the store at {self.path}: {exc}") from None
+                except (sqlite3.DatabaseError, TypeError, IndexError) as exc:
+                    raise self._damaged(exc) from None
             if fmt != str(STORE_FORMAT):
                 raise StoreError(
                     f"the store at {self.path} has format {fmt}, this pipemake reads "
@@ -104,7 +101,7 @@ class Store:
 
     def set_fsync(self, fsync: bool) -> None:
         """Flush objects and entry commits to disk from now on (or no longer)."""
-        self.fsync = fsync
+        self.objs.fsync = fsync
         if self._db is not None:
             self._db.execute("PRAGMA synchronous=" + ("FULL" if fsync else "NORMAL"))
 
@@ -112,6 +109,47 @@ class Store:
         """Whether another connection (another build, a ``cache gc`` in a workspace sharing
         this ``--cache-dir``) committed to the store since this one opened it."""
         return self._db is not None and _data_version(self._db) != self._version
+
+    def _damaged(self, exc: object) -> StoreError:
+        """The error for an action cache SQLite cannot read: the file, and what to do."""
+        return StoreError(
+            f"the store's action cache {self.path / 'actions.db'} is damaged or not a "
+            f"pipemake store ({exc}); run `pipemake cache verify --repair`, or delete it "
+            "(it is only a cache: stages run again)"
+        )
+
+    def _check_db_files(self) -> None:
+        """Refuse an action cache whose files are links or anything but regular files: SQLite
+        would follow a link and write its pages or journal wherever it points."""
+        for suffix in _DB_FILES:
+            path = f"{self.path / 'actions.db'}{suffix}"
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(mode):
+                what = "a symlink" if stat.S_ISLNK(mode) else "not a regular file"
+                raise self._damaged(f"{os.path.basename(path)} is {what}")
+
+    def reset_actions(self) -> None:
+        """Delete a damaged action cache (``cache verify --repair``): the next open starts
+        an empty one. Objects stay; entries are gone, so stages run (or restore) again."""
+        self.close()
+        for suffix in _DB_FILES:
+            path = f"{self.path / 'actions.db'}{suffix}"
+            try:
+                os.unlink(path)  # a link as a link
+            except IsADirectoryError:
+                shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        """All rows of a read, a damaged database reported as :class:`StoreError`."""
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from None
 
     def _open(self) -> tuple[sqlite3.Connection, str]:
         db = sqlite3.connect(self.path / "actions.db", timeout=60, isolation_level=None)
@@ -128,22 +166,17 @@ class Store:
 
     def get_action(self, key: str) -> dict[str, Any] | None:
         """The entry stored under ``key``, or None."""
-        try:
-            row = self.db.execute("SELECT entry FROM actions WHERE key=?", (key,)).fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"the store's action cache is unreadable: {exc}") from None
-        if row is None:
-            return None
-        return _entry(row[0])
+        rows = self._query("SELECT entry FROM actions WHERE key=?", (key,))
+        return _entry(rows[0][0]) if rows else None
 
     def get_actions(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         """The entries of many keys at once: one query, and their JSON parsed in one go."""
         if not keys:
             return {}
-        rows = self.db.execute(
+        rows = self._query(
             "SELECT key, entry FROM actions WHERE key IN (SELECT value FROM json_each(?))",
             (json.dumps(keys),),
-        ).fetchall()
+        )
         try:
             parsed = json.loads("[" + ",".join([text for _, text in rows]) + "]")
         except (ValueError, TypeError):  # a damaged row: parse them one by one
@@ -166,250 +199,154 @@ class Store:
         now = time.time()
         rows = [(k, _encode(e), now, now) for k, e in pairs]
         db = self.db
-        with transaction(db):
-            db.executemany("INSERT OR REPLACE INTO actions VALUES (?,?,?,?)", rows)
+        try:
+            with transaction(db):
+                db.executemany("INSERT OR REPLACE INTO actions VALUES (?,?,?,?)", rows)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError | sqlite3.IntegrityError):
+                raise  # a full disk, a lock: not damage
+            raise self._damaged(exc) from None
 
     def actions(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Every entry (for ``cache verify`` and ``cache gc``)."""
-        for key, text in self.db.execute("SELECT key, entry FROM actions"):
-            try:
-                yield key, json.loads(text)
-            except ValueError:
+        """Every well-formed entry (damaged rows are skipped: see :meth:`rows`)."""
+        for key, entry, _problem in self.rows():
+            if entry is not None:
+                yield key, entry
+
+    def rows(self) -> Iterator[tuple[Any, dict[str, Any] | None, str | None]]:
+        """Every row as ``(key, entry, problem)``: the entry when it is well formed, else
+        None and what is wrong with it (for ``cache verify`` and ``cache gc``)."""
+        for key, text in self._query("SELECT key, entry FROM actions"):
+            if type(key) is not str:
+                yield key, None, f"its key {key!r} is not text"
                 continue
+            try:
+                entry = json.loads(text)
+            except (ValueError, TypeError):
+                yield key, None, "not JSON"
+                continue
+            problem = entry_problem(entry)
+            yield key, (entry if problem is None else None), problem
 
-    def created(self) -> dict[str, float]:
-        """When each entry was written (key → seconds since the epoch)."""
-        return dict(self.db.execute("SELECT key, created FROM actions"))
+    def created(self) -> dict[Any, float]:
+        """When each entry was written (key → seconds since the epoch; a damaged time is
+        read as long ago)."""
+        out: dict[Any, float] = {}
+        for key, t in self._query("SELECT key, created FROM actions"):
+            out[key] = float(t) if type(t) in (int, float) else 0.0
+        return out
 
-    def delete_actions(self, keys: Iterable[str]) -> None:
-        """Remove entries (``cache gc``); their objects go with the next sweep."""
+    def delete_actions(self, keys: Iterable[Any]) -> None:
+        """Remove entries (``cache gc``, ``cache verify --repair``); their objects go with
+        the next sweep."""
         self._count_removal()
         db = self.db
         with transaction(db):
             db.executemany("DELETE FROM actions WHERE key=?", [(k,) for k in keys])
 
-    def stale_temporaries(self, older_than: float) -> list[Path]:
-        """Temporary files a killed writer left among the objects."""
-        if not self.objects.is_dir():
-            return []
-        return [
-            f
-            for sub in self.objects.iterdir()
-            if sub.is_dir()
-            for f in sub.iterdir()
-            if f.name.startswith(".tmp-") and f.stat().st_mtime < older_than
-        ]
-
     # objects ----------------------------------------------------------------------------
-    def object_path(self, digest: str) -> Path:
-        return self.objects / digest[:2] / digest[2:]
 
-    def _object_str(self, digest: str) -> str:
-        """:meth:`object_path` as a string, without building paths (once per stored file)."""
-        return f"{self._objects_str}/{digest[:2]}/{digest[2:]}"
+    # objects (:mod:`pipemake.objects`) and roots (:mod:`pipemake.roots`) --------------
+    @property
+    def link(self) -> bool:
+        """Hard-link objects to and from the workspace instead of copying (``--link``)."""
+        return self.objs.link
+
+    @link.setter
+    def link(self, value: bool) -> None:
+        self.objs.link = value
+
+    @property
+    def can_link(self) -> bool:
+        """False once a link failed here: copies from then on."""
+        return self.objs.can_link
+
+    @can_link.setter
+    def can_link(self, value: bool) -> None:
+        self.objs.can_link = value
+
+    @property
+    def fsync(self) -> bool:
+        """Whether objects and commits are flushed to disk before they count."""
+        return self.objs.fsync
+
+    def object_path(self, digest: str) -> Path:
+        """See :meth:`Objects.object_path`."""
+        return self.objs.object_path(digest)
 
     def has_object(self, digest: str) -> bool:
-        return self.object_path(digest).is_file()
+        """See :meth:`Objects.has_object`."""
+        return self.objs.has_object(digest)
 
     def put_file(self, src: str, digest: str) -> None:
-        """Copy ``src`` (whose content hash is ``digest``) into the store if it is not there;
-        with ``link``, make ``src`` read-only and link it there instead."""
-        if self.link and self.can_link and self._put_link(src, digest):
-            return
-
-        def write(out: int) -> None:
-            with open(src, "rb") as inp:
-                _copy(inp, out)
-
-        self._put(digest, write)
+        """See :meth:`Objects.put_file`."""
+        self.objs.put_file(src, digest)
 
     def put_read(self, src: str, digest: str, data: bytes, st: os.stat_result) -> bool:
-        """Store the staged file ``src`` whose bytes ``data`` (content hash ``digest``) and
-        stat ``st`` (of the open file) were just read: the object is written from ``data``,
-        with no second read of ``src``; with ``link``, linked as :meth:`put_file` does.
-        True when ``src`` was made the object (a read-only link) rather than copied."""
-        if self.link and self.can_link and self._put_link(src, digest, st):
-            return os.stat(src).st_nlink > 1
-        self._put(digest, data)
-        return False
-
-    def _put_link(self, src: str, digest: str, st: os.stat_result | None = None) -> bool:
-        """Make the staged file ``src`` the object ``digest`` by a hard link. False when it
-        must be copied: a link failed, or ``src`` is not a plain file of one name (a file the
-        rule linked from elsewhere, an input say, keeps its other names writable). ``st`` is
-        ``src``'s stat when the caller has it (never a symlink's)."""
-        dst = self._object_str(digest)
-        if _is_file(dst):
-            return True
-        if st is None:
-            st = os.lstat(src)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            return False
-        old = stat.S_IMODE(st.st_mode)
-        os.chmod(src, 0o555 if old & 0o111 else 0o444)  # before it is an object: never after
-        if self.fsync:
-            with open(src, "rb") as fh:
-                os.fsync(fh.fileno())
-        try:
-            made = _link_absent(src, dst)
-        except OSError:
-            self.can_link = False
-            os.chmod(src, old)
-            return False
-        if not made:  # another writer put the object first: src stays a file of its own
-            os.chmod(src, old)
-        elif self.fsync:  # its name, and its fan-out directory's (maybe just made)
-            _fsync_dir(os.path.dirname(dst))
-            _fsync_dir(self._objects_str)
-        return True
+        """See :meth:`Objects.put_read`."""
+        return self.objs.put_read(src, digest, data, st)
 
     def put_bytes(self, data: bytes) -> str:
-        """Store ``data`` as an object; return its hash."""
-        digest = xxhash.xxh3_128_hexdigest(data)
-        self._put(digest, data)
-        return digest
-
-    def _put(self, digest: str, data: bytes | Callable[[int], None]) -> None:
-        """Write an absent object (``data``, or what ``data(fd)`` writes to the open file)
-        through a read-only temporary file and a rename, so a reader (or a concurrent writer
-        of the same object) never sees half of it."""
-        parent = f"{self._objects_str}/{digest[:2]}/"
-        dst = parent + digest[2:]
-        if _is_file(dst):
-            return
-        # named by process and thread: two writers of one object never share a temporary
-        tmp = f"{parent}.tmp-{os.getpid()}-{threading.get_ident()}-{digest}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-        try:
-            fd = os.open(tmp, flags, 0o444)
-        except FileNotFoundError:  # its fan-out directory is not there yet
-            os.makedirs(parent, exist_ok=True)
-            if self.fsync:
-                _fsync_dir(self._objects_str)
-            fd = os.open(tmp, flags, 0o444)
-        try:
-            try:
-                if isinstance(data, bytes):
-                    _write_all(fd, data)
-                else:
-                    data(fd)
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, dst)
-            if self.fsync:
-                _fsync_dir(parent)
-        except BaseException:
-            with _quiet():
-                os.unlink(tmp)
-            raise
+        """See :meth:`Objects.put_bytes`."""
+        return self.objs.put_bytes(data)
 
     def read_bytes(self, digest: str) -> bytes | None:
-        """An object's bytes, verified; None if it is missing or corrupt."""
-        try:
-            data = self.object_path(digest).read_bytes()
-        except FileNotFoundError:
-            return None
-        if xxhash.xxh3_128_hexdigest(data) != digest:
-            self.remove_object(digest)
-            return None
-        return data
+        """See :meth:`Objects.read_bytes`."""
+        return self.objs.read_bytes(digest)
 
-    def materialize(self, digest: str, dst: str, mode: int) -> bool:
-        """Write the object ``digest`` to ``dst`` (a new file), checking its hash as it is
-        copied. A missing or corrupt object returns False (a corrupt one is removed).
-
-        With ``link``, ``dst`` becomes a hard link to the object once the object is verified,
-        when the object is read-only and has ``mode``'s executable bit; otherwise (or when
-        linking fails) it is a copy."""
-        src = self.object_path(digest)
-        try:
-            inp = open(src, "rb")  # noqa: SIM115
-        except FileNotFoundError:
-            return False
-        if self.link and self.can_link:
-            with inp:
-                linked = self._link_out(inp, src, digest, dst, mode)
-            if linked is not None:
-                return linked
-            try:
-                inp = open(src, "rb")  # noqa: SIM115
-            except FileNotFoundError:
-                return False
-        with inp, open(dst, "wb") as out:
-            if _reflink(inp, out.fileno()):
-                ok = _hash_fd(inp) == digest
-            else:
-                h = xxhash.xxh3_128()
-                while chunk := inp.read(_CHUNK):
-                    h.update(chunk)
-                    out.write(chunk)
-                ok = h.hexdigest() == digest
-        if not ok:
-            os.unlink(dst)
-            self._count_removal()
-            with _quiet():
-                os.unlink(src)
-            return False
-        os.chmod(dst, mode)
-        return True
-
-    def _link_out(self, inp: Any, src: Path, digest: str, dst: str, mode: int) -> bool | None:
-        """Link the verified object open as ``inp`` at ``dst``: True when linked, False when
-        it is corrupt (and removed) or gone, None when it must be copied instead."""
-        st = os.fstat(inp.fileno())
-        if st.st_mode & 0o222 or bool(st.st_mode & 0o111) != bool(mode & 0o111):
-            return None  # a writable object is never shared; a mode is never changed
-        if _hash_fd(inp) != digest:
-            self._count_removal()
-            with _quiet():
-                os.unlink(src)
-            return False
-        try:
-            os.link(src, dst, follow_symlinks=False)
-        except FileNotFoundError:
-            if not src.exists():
-                return False  # removed since it was verified (a concurrent ``cache gc``)
-            self.can_link = False
-            return None
-        except OSError:
-            self.can_link = False
-            return None
-        if os.stat(dst).st_ino != st.st_ino:  # replaced since it was verified: check again
-            os.unlink(dst)
-            return None
-        return True
+    def materialize(self, digest: str, dst: str, mode: int, size: int | None = None) -> bool:
+        """See :meth:`Objects.materialize`: False (``dst`` absent) for a missing or bad
+        object, which a build treats as a miss."""
+        return self.objs.materialize(digest, dst, mode, size)
 
     def verify_object(self, digest: str) -> bool | None:
-        """True if the object matches its hash, False if corrupt, None if missing."""
-        try:
-            with open(self.object_path(digest), "rb") as fh:
-                return _hash_fd(fh) == digest
-        except FileNotFoundError:
-            return None
+        """See :meth:`Objects.verify_object`."""
+        return self.objs.verify_object(digest)
 
     def iter_objects(self) -> Iterator[str]:
-        if not self.objects.is_dir():
-            return
-        for sub in sorted(self.objects.iterdir()):
-            if sub.is_dir():
-                for f in sorted(sub.iterdir()):
-                    if not f.name.startswith(".tmp-"):
-                        yield sub.name + f.name
+        """The digests of the objects present."""
+        for digest, _st in self.objs.scan().objects:
+            yield digest
 
-    def remove_object(self, digest: str) -> None:
-        if not self._removed:
-            self._count_removal()
-        with _quiet():
-            os.unlink(self.object_path(digest))
+    def scan(self) -> Scan:
+        """See :meth:`Objects.scan`."""
+        return self.objs.scan()
+
+    def remove_object(self, digest: str, older_than: float | None = None) -> bool:
+        """See :meth:`Objects.remove_object`."""
+        return self.objs.remove_object(digest, older_than)
+
+    def remove_stray(self, rel: str) -> None:
+        """See :meth:`Objects.remove_stray`."""
+        self.objs.remove_stray(rel)
+
+    def remove_temporary(self, fan: str, name: str) -> None:
+        """See :meth:`Objects.remove_temporary`."""
+        self.objs.remove_temporary(fan, name)
+
+    def write_roots(
+        self, workspace: str, pipeline: str, keys: Iterable[str], merge: bool, refresh: bool = True
+    ) -> None:
+        """See :meth:`RootsDir.write`."""
+        self._roots.write(workspace, pipeline, keys, merge, refresh, fsync=self.fsync)
+
+    def roots(self, grace: float = GRACE, prune: bool = False) -> Roots:
+        """See :meth:`RootsDir.read`."""
+        return self._roots.read(grace, prune)
 
     def removals(self) -> int:
         """How many times entries or objects were removed from this store (``cache gc``,
         ``cache verify``, a corrupt object dropped): what a workspace's own record of the
         store's contents (the foreach item index) must still match to be trusted."""
-        row = self.db.execute("SELECT value FROM meta WHERE name='removals'").fetchone()
-        return int(row[0]) if row else 0
+        rows = self._query("SELECT value FROM meta WHERE name='removals'")
+        try:
+            return int(rows[0][0]) if rows else 0
+        except (TypeError, ValueError):
+            return -1  # damaged: matches no index a workspace recorded
+
+    def _object_removed(self) -> None:
+        if not self._removed:
+            self._count_removal()
 
     def _count_removal(self) -> None:
         self._removed = True
@@ -421,9 +358,13 @@ class Store:
         )
 
     def close(self) -> None:
+        """Close the database and the directory descriptors (the store may be used again:
+        they reopen on demand)."""
         if self._db is not None:
             self._db.close()
             self._db = None
+        self.objs.close()
+        self._roots.close()
 
 
 def _data_version(db: sqlite3.Connection) -> int:
@@ -431,27 +372,7 @@ def _data_version(db: sqlite3.Connection) -> int:
     return int(db.execute("PRAGMA data_version").fetchone()[0])
 
 
-def is_manifest(m: Any) -> bool:
-    """Whether ``m`` has the shape of an output manifest (a file's or a directory's)."""
-    if type(m) is not dict or type(m.get("hash")) is not str:
-        return False
-    kind = m.get("kind")
-    if kind == "file":
-        return type(m.get("size")) is int and type(m.get("mode")) is int
-    entries = m.get("entries")
-    if kind != "dir" or type(entries) is not list:
-        return False
-    for e in entries:  # a hundred thousand of these on a big stage: plain checks, no genexpr
-        if type(e) is not list or len(e) != 4:
-            return False
-        if type(e[0]) is not str or type(e[1]) is not str:
-            return False
-        if type(e[2]) is not int or type(e[3]) is not int:
-            return False
-    return True
-
-
-def _entry(text: str) -> dict[str, Any] | None:
+def _entry(text: Any) -> dict[str, Any] | None:
     """A stored entry, or None when it is not JSON of the expected shape (a tampered or
     damaged row is a cache miss, never a crash and never code)."""
     try:
@@ -463,118 +384,7 @@ def _entry(text: str) -> dict[str, Any] | None:
 
 def _checked(entry: Any) -> dict[str, Any] | None:
     """``entry`` when it has the shape of an action-cache entry, else None."""
-    if not isinstance(entry, dict):
-        return None
-    outputs = entry.get("outputs", {})
-    if not isinstance(outputs, dict) or not all(is_manifest(m) for m in outputs.values()):
-        return None
-    if "map" in entry:
-        m = entry["map"]
-        if (
-            not isinstance(m, dict)
-            or not isinstance(m.get("hash"), str)
-            or m.get("kind")
-            not in (
-                "bytes",
-                "json",
-            )
-        ):
-            return None
-    if not isinstance(entry.get("values", {}), dict):
-        return None
-    return entry
-
-
-def _hash_fd(fh: Any) -> str:
-    fh.seek(0)
-    h = xxhash.xxh3_128()
-    while chunk := fh.read(_CHUNK):
-        h.update(chunk)
-    return h.hexdigest()
-
-
-def _reflink(inp: Any, out: int) -> bool:
-    """Make the new file descriptor ``out`` a copy-on-write clone of the open file ``inp``
-    (where the filesystem can); whether it did."""
-    try:
-        fcntl.ioctl(out, _FICLONE, inp.fileno())
-        return True
-    except OSError:
-        return False
-
-
-def _copy(inp: Any, out: int) -> None:
-    """Copy the open file ``inp`` to the new file descriptor ``out``."""
-    if _reflink(inp, out):
-        return
-    try:
-        size = os.fstat(inp.fileno()).st_size
-        sent = 0
-        while sent < size:
-            n = os.sendfile(out, inp.fileno(), sent, size - sent)
-            if n == 0:
-                break
-            sent += n
-        if sent == size:
-            return
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.ENOTSUP):
-            raise
-    inp.seek(0)
-    os.lseek(out, 0, os.SEEK_SET)
-    os.ftruncate(out, 0)
-    while chunk := inp.read(_CHUNK):
-        _write_all(out, chunk)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _fsync_dir(path: str) -> None:
-    """Make a directory's entries (a renamed or linked object) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _link_absent(src: str, dst: str) -> bool:
-    """Link ``src`` at ``dst`` unless something is there (put-if-absent), creating the
-    object's fan-out directory when it is missing. Whether the link was made."""
-    try:
-        os.link(src, dst, follow_symlinks=False)
-        return True
-    except FileExistsError:
-        return False
-    except FileNotFoundError:
-        parent = os.path.dirname(dst)
-        if os.path.isdir(parent) or not os.path.lexists(src):
-            raise
-        os.makedirs(parent, exist_ok=True)
-        try:
-            os.link(src, dst, follow_symlinks=False)
-            return True
-        except FileExistsError:
-            return False
-
-
-def _is_file(path: str) -> bool:
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-
-
-class _quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, *_: Any) -> bool:
-        return exc_type is not None and issubclass(exc_type, OSError)
+    return entry if entry_problem(entry) is None else None
 
 
 @contextlib.contextmanager

@@ -216,7 +216,7 @@ def test_a_failed_object_write_leaves_no_temporary(
     def fail(fd: int, data: bytes) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("pipemake.store._write_all", fail)
+    monkeypatch.setattr("pipemake.objects.write_all", fail)
     with pytest.raises(OSError):
         store.put_bytes(b"data")
     assert not [p for p in (tmp_path / "store").rglob("*") if p.is_file()]

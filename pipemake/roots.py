@@ -1,0 +1,170 @@
+"""Roots: per workspace, the keys it needs, so ``cache gc`` run anywhere keeps them.
+
+Every build notes in ``<store>/roots/<id>.json`` (one file per workspace and pipeline file,
+written atomically) the keys its stages and items use; ``cache gc`` keeps the union of the
+records of every workspace whose pipeline file still exists, so a gc run from one pipeline
+on a store shared with another keeps the other's entries. Records of workspaces that are
+gone are dropped once older than the grace period. Like the rest of the store, the records
+are untrusted input: read without following links, bounded in size, checked in shape; a
+damaged one is ignored, reported and removed as a name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from .objects import OPEN_FILE, exists_at, list_dir, open_dir, quiet, write_all
+
+__all__ = ["Roots", "RootsDir"]
+
+_ROOT_NAME = re.compile(r"[0-9a-f]{32}\.json")
+_ROOTS_MAX = 256 << 20
+
+
+@dataclass
+class Roots:
+    """The union of every live workspace's roots (see :meth:`RootsDir.read`)."""
+
+    keys: set[str] = field(default_factory=set)
+    workspaces: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
+    dropped: int = 0
+
+
+class RootsDir:
+    """The ``roots`` directory of a store."""
+
+    def __init__(self, path: Path, readonly: bool = False):
+        self.path = Path(path)
+        self.readonly = readonly
+        self._fd: int | None = None
+
+    def write(
+        self,
+        workspace: str,
+        pipeline: str,
+        keys: Iterable[str],
+        merge: bool,
+        refresh: bool = True,
+        fsync: bool = False,
+    ) -> None:
+        """Record the keys the workspace (a directory) of pipeline file ``pipeline``
+        needs, so a ``cache gc`` run from any workspace sharing this store keeps them. With
+        ``merge``, the keys recorded before are kept too (a build of some targets only);
+        without ``refresh``, a record already there is left as it is. Written atomically
+        (flushed with ``fsync``); paths are kept relative to the store."""
+        # relative to the store, so a project moved together with its store keeps its
+        # record, and the store holds no absolute path of the machine it was written on
+        base = self.path.parent
+        workspace = os.path.relpath(workspace, base)
+        pipeline = os.path.relpath(pipeline, base)
+        ident = xxhash.xxh3_128_hexdigest(f"{workspace}\0{pipeline}".encode("utf-8", "replace"))
+        if not refresh:
+            dfd = self._dir(False)
+            if dfd is not None and exists_at(ident + ".json", dfd):
+                return
+        keep = set(keys)
+        if merge:
+            old = self._read(ident + ".json")
+            if old is not None:
+                keep.update(old["keys"])
+        doc = {"workspace": workspace, "pipeline": pipeline, "written": time.time(),
+               "keys": sorted(keep)}  # fmt: skip
+        dfd = self._dir(True)
+        if dfd is None:
+            return
+        tmp = f".tmp-{os.getpid()}-{threading.get_ident()}-{ident}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+        fd = os.open(tmp, flags, 0o644, dir_fd=dfd)
+        try:
+            try:
+                write_all(fd, json.dumps(doc).encode())
+                if fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, ident + ".json", src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            with quiet():
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+
+    def read(self, grace: float, prune: bool = False) -> Roots:
+        """Every workspace's recorded roots: the keys of those whose pipeline file still
+        exists, and (with ``prune``) the records of the others, and damaged ones, removed
+        once older than ``grace`` seconds."""
+        out = Roots()
+        dfd = self._dir(False)
+        if dfd is None:
+            return out
+        old = time.time() - grace
+        for e in list_dir(dfd):
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            doc = self._read(e.name) if _ROOT_NAME.fullmatch(e.name) else None
+            if doc is not None and os.path.isfile(os.path.join(self.path.parent, doc["pipeline"])):
+                out.keys.update(doc["keys"])
+                out.workspaces.append(doc["workspace"])
+                continue
+            if doc is None and not e.name.startswith(".tmp-"):
+                out.damaged.append(f"roots/{e.name}")
+            if prune and not self.readonly and max(st.st_mtime, st.st_ctime) < old:
+                with quiet():
+                    os.unlink(e.name, dir_fd=dfd)  # a link or FIFO as a name; never followed
+                out.dropped += 1
+        return out
+
+    def _dir(self, create: bool) -> int | None:
+        if self._fd is None:
+            create = create and not self.readonly
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = open_dir(str(self.path), None, create, fsync=False)
+        return self._fd
+
+    def _read(self, name: str) -> dict[str, Any] | None:
+        """One workspace's roots record, or None when absent or damaged."""
+        dfd = self._dir(False)
+        if dfd is None:
+            return None
+        try:
+            fd = os.open(name, OPEN_FILE, dir_fd=dfd)
+        except OSError:
+            return None
+        with open(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > _ROOTS_MAX:
+                return None
+            try:
+                doc = json.loads(fh.read(_ROOTS_MAX + 1))
+            except (ValueError, UnicodeError):
+                return None
+        if (
+            type(doc) is not dict
+            or type(doc.get("workspace")) is not str
+            or type(doc.get("pipeline")) is not str
+            or type(doc.get("keys")) is not list
+            or not all(type(k) is str for k in doc["keys"])
+        ):
+            return None
+        return doc
+
+    def close(self) -> None:
+        """Close the directory descriptor (it reopens on demand)."""
+        if self._fd is not None:
+            with quiet():
+                os.close(self._fd)
+            self._fd = None

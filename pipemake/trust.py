@@ -1,0 +1,227 @@
+"""What the store hands back is checked here before anything acts on it.
+
+A store may come from a shared ``--cache-dir`` or a CI cache another job wrote, so every
+entry read from it is untrusted input. These pure functions say whether an entry has the
+shape pipemake writes: digests are exactly the hex xxh3-128 gives (never a path), manifest
+paths stay inside their output, sizes are counts, and of a mode only the executable bit
+counts. An entry that fails is a cache miss (the stage runs), and ``cache verify`` names
+the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+__all__ = ["entry_problem", "is_digest", "is_manifest", "safe_mode", "safe_relpath"]
+
+#: an xxh3-128 hex digest (see :func:`pipemake.hashing.hash_bytes`)
+_DIGEST = re.compile(r"[0-9a-f]{32}")
+_HEX = re.compile(r"[0-9a-f]*")
+_hex32 = _DIGEST.fullmatch
+
+
+def is_digest(value: Any) -> bool:
+    """Whether ``value`` is a content hash as pipemake writes it: 32 lowercase hex digits.
+    Anything else (``xx/tmp/victim``, ``""``, a NUL byte, uppercase) is never made a path."""
+    return type(value) is str and len(value) == 32 and _hex32(value) is not None
+
+
+def safe_mode(mode: int) -> int:
+    """The mode a restored file gets from a manifest's ``mode``: only the executable bit
+    travels (0o755 or 0o644), never setuid, setgid, sticky or write bits for others."""
+    return 0o755 if mode & 0o111 else 0o644
+
+
+def safe_relpath(relpath: Any) -> bool:
+    """Whether a manifest path stays inside its output directory: relative, normalized
+    (no ``.``, ``..`` or empty parts), no NUL, and a name the file system can encode."""
+    if type(relpath) is not str or not relpath or "\0" in relpath:
+        return False
+    if "/" in relpath:
+        if relpath[0] == "/" or any(p in ("", ".", "..") for p in relpath.split("/")):
+            return False
+    elif relpath in (".", ".."):
+        return False
+    if os.sep == "\\" and "\\" in relpath:
+        return False
+    if not relpath.isascii():
+        try:
+            os.fsencode(relpath)
+        except UnicodeError:  # a lone surrogate from JSON: no file can have that name
+            return False
+    return True
+
+
+def _file_problem(m: dict[str, Any]) -> str | None:
+    size, mode = m.get("size"), m.get("mode")
+    if type(size) is not int or size < 0:
+        return f"size {size!r} is not a byte count"
+    if type(mode) is not int:
+        return f"mode {mode!r} is not a number"
+    if mode not in (0o644, 0o755):
+        m["mode"] = safe_mode(mode)
+    return None
+
+
+#: substrings of NUL-separated, NUL-framed paths that betray one leaving its directory
+_BAD_PARTS = ("\0\0", "\0/", "/\0", "//", "\0./", "/./", "/.\0", "\0.\0",
+              "\0../", "/../", "/..\0", "\0..\0")  # fmt: skip
+
+
+def _dir_ok(entries: list[Any]) -> bool:
+    """The common case of :func:`_dir_problem` (a well-formed manifest) checked in a few
+    passes that run in C: a hundred thousand entries cost about as much as parsing them."""
+    if set(map(type, entries)) - {list} or set(map(len, entries)) - {4}:
+        return False
+    rels = [e[0] for e in entries]
+    digests = [e[1] for e in entries]
+    sizes = [e[2] for e in entries]
+    modes = [e[3] for e in entries]
+    n = len(rels)
+    if set(map(type, rels)) - {str} or set(map(type, digests)) - {str}:
+        return False
+    if set(map(type, sizes)) - {int} or set(map(type, modes)) - {int}:
+        return False
+    if (sizes and min(sizes) < 0) or set(map(len, digests)) - {32}:
+        return False
+    if _HEX.fullmatch("".join(digests)) is None:
+        return False
+    joined = "\0".join(rels)
+    if joined.count("\0") != max(n - 1, 0):
+        return False  # a NUL inside a path
+    framed = f"\0{joined}\0"
+    if any(part in framed for part in _BAD_PARTS):
+        return False
+    if not joined.isascii():
+        try:
+            os.fsencode(joined)
+        except UnicodeError:
+            return False
+    files = set(rels)
+    if len(files) != n:
+        return False
+    dirs = {r.rpartition("/")[0] for r in rels if "/" in r}
+    for d in list(dirs):
+        while "/" in d:
+            d = d.rpartition("/")[0]
+            dirs.add(d)
+    if files & dirs:
+        return False
+    if set(modes) - {0o644, 0o755}:
+        for e in entries:
+            e[3] = safe_mode(e[3])
+    return True
+
+
+def _small_ok(entries: list[Any]) -> bool:
+    """:func:`_dir_ok` for the few entries of one item's output: one plain loop."""
+    for e in entries:
+        if type(e) is not list or len(e) != 4:
+            return False
+        rel, digest, size, mode = e
+        if type(digest) is not str or len(digest) != 32 or _hex32(digest) is None:
+            return False
+        if type(size) is not int or size < 0 or type(mode) is not int:
+            return False
+        if type(rel) is not str or not rel or "\0" in rel:
+            return False
+        if ("/" in rel or rel[0] == ".") and not safe_relpath(rel):
+            return False
+        if not rel.isascii() and not safe_relpath(rel):
+            return False
+        if mode != 0o644 and mode != 0o755:
+            e[3] = safe_mode(mode)
+    if len(entries) > 1:
+        rels = {e[0] for e in entries}
+        if len(rels) != len(entries):
+            return False
+        dirs = {r.rpartition("/")[0] for r in rels if "/" in r}
+        for d in list(dirs):
+            while "/" in d:
+                d = d.rpartition("/")[0]
+                dirs.add(d)
+        if rels & dirs:
+            return False
+    return True
+
+
+def _dir_problem(entries: Any) -> str | None:
+    if type(entries) is not list:
+        return "its entries are not a list"
+    if _small_ok(entries) if len(entries) < 32 else _dir_ok(entries):
+        return None
+    files: set[str] = set()
+    parents: set[str] = set()
+    for e in entries:
+        if type(e) is not list or len(e) != 4:
+            return f"entry {e!r} is not [path, hash, size, mode]"
+        rel, digest, size, mode = e
+        if not safe_relpath(rel):
+            return f"path {rel!r} is not a relative path inside the output"
+        if not is_digest(digest):
+            return f"hash {digest!r} of {rel!r} is not a digest"
+        if type(size) is not int or size < 0:
+            return f"size {size!r} of {rel!r} is not a byte count"
+        if type(mode) is not int:
+            return f"mode {mode!r} of {rel!r} is not a number"
+        if mode not in (0o644, 0o755):
+            e[3] = safe_mode(mode)
+        if rel in files:
+            return f"path {rel!r} is listed twice"
+        files.add(rel)
+        if "/" in rel:
+            parts = rel.split("/")
+            for i in range(1, len(parts)):
+                parents.add("/".join(parts[:i]))
+    clash = files & parents
+    if clash:
+        return f"path {min(clash)!r} is both a file and a directory"
+    return None
+
+
+def manifest_problem(m: Any) -> str | None:
+    """What is wrong with an output manifest (None: nothing). A mode other than 0o644 or
+    0o755 is not a problem: it is narrowed to its executable bit in place."""
+    if type(m) is not dict:
+        return "a manifest is not a mapping"
+    h = m.get("hash")
+    if type(h) is not str or len(h) != 32 or _hex32(h) is None:
+        return f"hash {h!r} is not a digest"
+    kind = m.get("kind")
+    if kind == "dir":
+        return _dir_problem(m.get("entries"))
+    if kind == "file":
+        return _file_problem(m)
+    return f"kind {kind!r} is neither file nor dir"
+
+
+def is_manifest(m: Any) -> bool:
+    """Whether ``m`` is a well-formed output manifest (a file's or a directory's)."""
+    return manifest_problem(m) is None
+
+
+def entry_problem(entry: Any) -> str | None:
+    """What is wrong with an action-cache entry, or None when it has the shape pipemake
+    writes (and may be acted on)."""
+    if type(entry) is not dict:
+        return "not a JSON object"
+    outputs = entry.get("outputs", {})
+    if type(outputs) is not dict:
+        return "its outputs are not a mapping"
+    for name, m in outputs.items():
+        problem = manifest_problem(m)
+        if problem is not None:
+            return f"output {name!r}: {problem}"
+    if "map" in entry:
+        m = entry["map"]
+        if type(m) is not dict or m.get("kind") not in ("bytes", "json"):
+            return "its map result is not {hash, kind}"
+        if not is_digest(m.get("hash")):
+            return f"map result hash {m.get('hash')!r} is not a digest"
+    if "values" in entry and type(entry["values"]) is not dict:
+        return "its values are not a mapping"
+    if "metrics" in entry and type(entry["metrics"]) is not dict:
+        return "its metrics are not a mapping"
+    return None
