@@ -26,7 +26,7 @@ from .rule import Ports, get_rule, registry
 
 __all__ = ["load_checked"]
 
-PLAN_FORMAT = 2
+PLAN_FORMAT = 3  # 3: a stage referring to a computed value in a template is not static
 
 
 def _key(text: bytes, dot: Path) -> str:

@@ -1,0 +1,316 @@
+"""Writing a value into a shell command so that ``/bin/sh`` reads it back as exactly that
+text, never as code, wherever the reference stands.
+
+A reference's place in the command decides the quoting: outside quotes a value is one word,
+quoted when needed (``shlex.quote``); inside ``"..."`` its ``\\ $ ` "`` are escaped; inside
+``'...'`` its ``'`` closes and reopens the quotes; in a comment a line break becomes a
+space; in a here-document only a plain word (no blanks, quotes or ``$``) can stand. Places
+where no quoting is safe (right after a backslash, inside backquotes or ``$'...'``, after a
+``case`` inside ``$(...)``) are refused with what to write instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shlex
+from collections.abc import Sequence
+from typing import Any
+
+from pipemake.templates import Ref, TemplateError, parse
+
+__all__ = ["check_places", "place_of", "write"]
+
+_SAFE = re.compile(r"[\w@%+=:,./-]*", re.ASCII)  # what shlex.quote leaves as it is
+_SEP = frozenset(" \t\n;&|()<>")  # a word starts after one of these
+
+#: where a reference stands: ("plain",), ("double",), ("single",), ("comment",),
+#: ("heredoc", delimiter) or ("refused", why and what to write instead)
+Place = tuple[str, ...]
+
+
+class _Lexer:
+    """Reads a command as ``/bin/sh`` does, as far as quoting goes, and notes where each
+    reference stands. Frames: ``plain`` (top level or inside ``$(...)``), ``double``,
+    ``arith`` (``$((...))``)."""
+
+    def __init__(self, toks: Sequence[str | None]):
+        self.t = toks
+        self.i = 0
+        self.frames: list[list[Any]] = [["plain", 0]]  # [kind, open parentheses]
+        self.word_start = True
+        self.word = ""
+        self.heredocs: list[tuple[str, bool]] = []  # (delimiter, strip tabs) awaiting a body
+        #: why no reference can be quoted safely from here on (None: they can)
+        self.unsure: str | None = None
+        self.places: list[Place] = []
+
+    def peek(self, k: int = 1) -> str | None:
+        j = self.i + k
+        return self.t[j] if j < len(self.t) else ""
+
+    def run(self) -> list[Place]:
+        while self.i < len(self.t):
+            frame = self.frames[-1]
+            if frame[0] == "double":
+                self.double()
+            else:
+                self.plain(frame)
+        return self.places
+
+    def ref(self, place: Place) -> None:
+        self.places.append(place)
+        self.i += 1
+
+    def refuse(self, why: str) -> Place:
+        return ("refused", why)
+
+    def skip_quoted(self, end: str, escapes: bool, place: Place) -> bool:
+        """Past a quoted run up to ``end``; False when the command ends inside it."""
+        self.i += 1
+        while self.i < len(self.t):
+            c = self.t[self.i]
+            if c is None:
+                self.ref(place)
+                continue
+            if escapes and c == "\\":
+                if self.peek() is None:
+                    self.i += 1
+                    self.ref(self.refuse("after-backslash"))
+                    continue
+                self.i += 2
+                continue
+            self.i += 1
+            if c == end:
+                return True
+        return False
+
+    def end_word(self) -> None:
+        if self.word == "case" and len(self.frames) > 1:
+            self.unsure = "case"  # its patterns' ")" would end the $( ) as far as we know
+        self.word = ""
+
+    def plain(self, frame: list[Any]) -> None:
+        c = self.t[self.i]
+        if c is None:
+            self.ref(self.refuse(self.unsure) if self.unsure else ("plain",))
+            self.word_start = False
+            self.word += "\0"
+            return
+        nxt = self.peek()
+        if c in _SEP:
+            self.end_word()
+        if c == "\\":
+            if nxt is None:
+                self.i += 1
+                self.ref(self.refuse("after-backslash"))
+            else:
+                self.i += 2
+            self.word_start = False
+            return
+        if c == "#" and self.word_start:
+            while self.i < len(self.t) and self.t[self.i] != "\n":
+                if self.t[self.i] is None:
+                    self.places.append(("comment",))
+                self.i += 1
+            return
+        if c == "'":
+            self.skip_quoted("'", False, ("single",))
+        elif c == '"':
+            self.frames.append(["double", 0])
+            self.i += 1
+        elif c == "`":
+            self.skip_quoted("`", True, self.refuse("backquote"))
+        elif c == "$" and nxt is None:
+            self.i += 1
+            self.ref(self.refuse("after-dollar"))
+        elif c == "$" and nxt == "'":
+            self.i += 1
+            self.skip_quoted("'", True, self.refuse("ansi"))
+        elif c == "$" and nxt == "(":
+            arith = self.peek(2) == "("
+            self.frames.append(["arith" if arith else "plain", 1])
+            self.i += 3 if arith else 2
+            self.word_start = True
+            self.word = ""
+            return
+        elif c == "(" and len(self.frames) > 1:
+            frame[1] += 1
+            self.i += 1
+        elif c == ")" and len(self.frames) > 1:
+            frame[1] -= 1
+            if frame[1] == 0:
+                self.frames.pop()
+            self.i += 1
+        elif c == "<" and nxt == "<" and frame[0] != "arith":
+            self.heredoc_word()
+        elif c == "\n" and self.heredocs:
+            self.i += 1
+            self.bodies()
+        else:
+            self.i += 1
+        self.word_start = c in _SEP
+        if c not in _SEP and c not in "'\"`$":
+            self.word += c
+
+    def double(self) -> None:
+        c = self.t[self.i]
+        if c is None:
+            self.ref(("double",))
+        elif c == "\\":
+            if self.peek() is None:
+                self.i += 1
+                self.ref(self.refuse("after-backslash"))
+            else:
+                self.i += 2
+        elif c == '"':
+            self.frames.pop()
+            self.i += 1
+            self.word_start = False
+        elif c == "`":
+            self.skip_quoted("`", True, self.refuse("backquote"))
+        elif c == "$" and self.peek() is None:
+            self.i += 1
+            self.ref(self.refuse("after-dollar"))
+        elif c == "$" and self.peek() == "(":
+            arith = self.peek(2) == "("
+            self.frames.append(["arith" if arith else "plain", 1])
+            self.i += 3 if arith else 2
+            self.word_start = True
+            self.word = ""
+        else:
+            self.i += 1
+
+    def heredoc_word(self) -> None:
+        self.i += 2
+        strip = self.peek(0) == "-"
+        if strip:
+            self.i += 1
+        while self.peek(0) in (" ", "\t"):
+            self.i += 1
+        word = ""
+        while self.i < len(self.t) and self.t[self.i] not in _SEP:
+            c = self.t[self.i]
+            if c is None:
+                self.unsure = "delimiter"  # a here-document's delimiter made of a value
+                return
+            if c in "'\"":
+                j = self.i + 1
+                while j < len(self.t) and self.t[j] != c:
+                    if self.t[j] is None:
+                        self.unsure = "delimiter"
+                        self.i = j
+                        return
+                    word += self.t[j]  # type: ignore[operator]
+                    j += 1
+                self.i = j + 1
+                continue
+            if c == "\\":
+                self.i += 1
+                c = self.peek(0)
+                if c is None:
+                    self.unsure = "delimiter"
+                    return
+            word += c
+            self.i += 1
+        self.heredocs.append((word, strip))
+        self.word_start = True
+
+    def bodies(self) -> None:
+        """Past the bodies of the here-documents opened on the line that just ended."""
+        for delim, strip in self.heredocs:
+            while self.i < len(self.t):
+                line: list[str | None] = []
+                while self.i < len(self.t) and self.t[self.i] != "\n":
+                    line.append(self.t[self.i])
+                    if self.t[self.i] is None:
+                        self.places.append(("heredoc", delim))
+                    self.i += 1
+                self.i += 1
+                text = "".join(c for c in line if c is not None) if None not in line else None
+                if text is not None and (text.lstrip("\t") if strip else text) == delim:
+                    break
+        self.heredocs = []
+        self.word_start = True
+
+
+@functools.lru_cache(maxsize=1024)
+def _places(template: str) -> tuple[Place, ...]:
+    toks: list[str | None] = []
+    for part in parse(template):
+        if isinstance(part, Ref):
+            toks.append(None)
+        else:
+            toks.extend(part)
+    return tuple(_Lexer(toks).run())
+
+
+def place_of(template: str, index: int) -> Place:
+    """Where the ``index``-th reference of a shell command template stands."""
+    return _places(template)[index]
+
+
+_REFUSED = {
+    "after-backslash": "follows a backslash; remove the backslash (pipemake quotes what it "
+    "writes there)",
+    "backquote": "stands inside backquotes, where nothing can be quoted safely; write "
+    "$(...) instead of `...`",
+    "ansi": "stands inside $'...', where nothing can be quoted safely; write it outside "
+    "the quotes (pipemake quotes it)",
+    "after-dollar": "follows a $, which would make the shell expand what is written there; "
+    "remove the $",
+    "delimiter": "comes after a here-document whose delimiter is made of a reference; "
+    "write the delimiter out",
+    "case": "comes after a `case` inside $(...), where pipemake cannot tell whether it "
+    'stands inside quotes; pass it through env: and write "$NAME"',
+}
+
+
+def check_places(template: str) -> list[str]:
+    """What is wrong with where references stand in ``template`` (empty when nothing)."""
+    refs = [p for p in parse(template) if isinstance(p, Ref)]
+    return [
+        f"{ref} in cmd {_REFUSED[place[1]]}"
+        for ref, place in zip(refs, _places(template), strict=True)
+        if place[0] == "refused"
+    ]
+
+
+def _words(ref: Ref, value: Any) -> list[str]:
+    if isinstance(value, dict):
+        raise TemplateError(
+            f"{ref} is a mapping and cannot be written into a shell command; pass it "
+            "through env:, where it arrives as JSON"
+        )
+    items = value if isinstance(value, list) else [value]
+    words = [v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in items]
+    if any("\0" in w for w in words):
+        raise TemplateError(f"{ref} holds a NUL character, which no shell command can hold")
+    return words
+
+
+def write(ref: Ref, value: Any, template: str, index: int) -> str:
+    """``value`` (a string, a number, true/false/null or a list of them; a list is its items
+    as separate words) written where the ``index``-th reference of ``template`` stands."""
+    words = _words(ref, value)
+    place = place_of(template, index)
+    kind = place[0]
+    if kind == "plain":
+        return " ".join(shlex.quote(w) for w in words)
+    if kind == "double":
+        return " ".join(re.sub(r'([\\"$`])', r"\\\1", w) for w in words)
+    if kind == "single":
+        return " ".join(w.replace("'", "'\"'\"'") for w in words)
+    if kind == "comment":
+        return " ".join(words).replace("\n", " ")
+    if kind == "heredoc":
+        text = " ".join(words)
+        if all(w and _SAFE.fullmatch(w) for w in words) and text not in place[1]:
+            return text
+        raise TemplateError(
+            f"{ref} stands in a here-document, where only plain words (letters, digits and "
+            f"@%+=:,./-) can be written safely, and its value is {text[:60]!r}; pass it "
+            'through env: and write "$NAME"'
+        )
+    raise TemplateError(f"{ref} in cmd {_REFUSED[place[1]]}")
