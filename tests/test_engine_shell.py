@@ -42,6 +42,27 @@ def test_paths_with_spaces_are_quoted(project) -> None:
     assert p.read("build/out dir/o.txt") == "spaced\n"
 
 
+def test_paths_inside_the_users_own_quotes_are_quoted_for_that_place(project) -> None:
+    """A path written inside ``"..."`` or ``'...'`` by the user is escaped for those quotes,
+    not wrapped in quotes of its own (which the shell would keep as part of the name)."""
+    p = project(
+        """
+        name: sh
+        version: 1
+        stages:
+          - id: s
+            type: shell
+            config:
+              cmd: "cat \\"{inputs.i}\\" '{inputs.j}' > \\"{outputs.o}\\""
+              inputs: {i: "data/my $file.txt", j: "data/it's.txt"}
+              outputs: {o: "build/out dir/o.txt"}
+        """,
+        {"data/my $file.txt": "dollar\n", "data/it's.txt": "quote\n"},
+    )
+    p.cli("build")
+    assert p.read("build/out dir/o.txt") == "dollar\nquote\n"
+
+
 def test_double_braces_are_literal(project) -> None:
     p = _one(project, "echo '{{x}} {{vars}}' > {outputs.o}")
     p.cli("build")
