@@ -157,12 +157,13 @@ def render(
     the values are escaped, which lets ``{outputs.x}`` stay symbolic in a key.
 
     ``quote``, when given, writes each looked-up value (a shell quotes it for the place in
-    the command where it stands); where it returns None the value is written as text.
+    the command where it stands), so the result is text even for a lone reference; where
+    it returns None the value is written as text.
     """
     if "{" not in text and "}" not in text:
         return text
     parts = parse(text)
-    if keep is None and len(parts) == 1 and isinstance(parts[0], Ref):
+    if keep is None and quote is None and len(parts) == 1 and isinstance(parts[0], Ref):
         return lookup(parts[0])
     out: list[str] = []
     deferred: Deferred | None = None

@@ -63,6 +63,30 @@ def test_paths_inside_the_users_own_quotes_are_quoted_for_that_place(project) ->
     assert p.read("build/out dir/o.txt") == "dollar\nquote\n"
 
 
+def test_a_command_that_is_one_path_is_quoted_and_a_path_list_in_env_is_json(project) -> None:
+    p = project(
+        """
+        name: sh
+        version: 1
+        stages:
+          - id: s
+            type: shell
+            config:
+              cmd: "{inputs.script}"
+              inputs: {script: "tools/my script.sh", l: [data/a, "data/b c"]}
+              env: {L: "{inputs.l}", ONE: "{inputs.script}"}
+        """,
+        {
+            "tools/my script.sh": 'printf "%s|%s" "$L" "$ONE" > runs/out.txt\n',
+            "data/a": "a",
+            "data/b c": "b",
+        },
+    )
+    os.chmod(p.path("tools/my script.sh"), 0o755)
+    p.cli("build")
+    assert p.read("runs/out.txt") == '["data/a", "data/b c"]|tools/my script.sh'
+
+
 def test_double_braces_are_literal(project) -> None:
     p = _one(project, "echo '{{x}} {{vars}}' > {outputs.o}")
     p.cli("build")

@@ -78,3 +78,10 @@ def test_quote_writes_each_looked_up_value_with_its_place() -> None:
 def test_find_refs_walks_nested_config() -> None:
     refs = find_refs({"a": ["{x.y}", {"b": "z {v.w}"}], "n": 3})
     assert refs == [Ref("x", "y"), Ref("v", "w")]
+
+
+def test_with_quote_a_lone_reference_is_written_too() -> None:
+    lookup = {Ref("inputs", "s"): "my script.sh", Ref("inputs", "l"): ["a", "b c"]}.__getitem__
+    quote = lambda ref, value, template, index: repr(value)  # noqa: E731
+    assert render("{inputs.s}", lookup, quote=quote) == "'my script.sh'"
+    assert render("{inputs.l}", lookup, quote=quote) == "['a', 'b c']"
