@@ -4,7 +4,8 @@ text, never as code, wherever the reference stands.
 A reference's place in the command decides the quoting: outside quotes a value is one word,
 quoted when needed (``shlex.quote``); inside ``"..."`` its ``\\ $ ` "`` are escaped; inside
 ``'...'`` its ``'`` closes and reopens the quotes; in a comment a line break becomes a
-space; in a here-document only a plain word (no blanks, quotes or ``$``) can stand. Places
+space; in a here-document only a plain word (no blanks, quotes or ``$``) can stand, and in
+``$((...))`` only a whole number. Places
 where no quoting is safe (right after a backslash, inside backquotes or ``$'...'``, after a
 ``case`` inside ``$(...)``) are refused with what to write instead.
 """
@@ -26,7 +27,7 @@ _SAFE = re.compile(r"[\w@%+=:,./-]*", re.ASCII)  # what shlex.quote leaves as it
 _SEP = frozenset(" \t\n;&|()<>")  # a word starts after one of these
 
 #: where a reference stands: ("plain",), ("double",), ("single",), ("comment",),
-#: ("heredoc", delimiter) or ("refused", why and what to write instead)
+#: ("arith",), ("heredoc", delimiter) or ("refused", why and what to write instead)
 Place = tuple[str, ...]
 
 
@@ -58,6 +59,16 @@ class _Lexer:
             else:
                 self.plain(frame)
         return self.places
+
+    def open_paren(self, arith: bool) -> None:
+        """Past ``$(`` or ``$((`` (``((``: the bash arithmetic command)."""
+        self.frames.append(["arith", 2] if arith else ["plain", 1])
+        self.i += 3 if arith else 2
+
+    def arith(self) -> bool:
+        """Whether the text here ends up in an arithmetic expression (``$((...))``), where
+        quotes do not quote and bash evaluates ``a[$(...)]`` in what it reads."""
+        return any(f[0] == "arith" for f in self.frames)
 
     def ref(self, place: Place) -> None:
         self.places.append(place)
@@ -94,7 +105,8 @@ class _Lexer:
     def plain(self, frame: list[Any]) -> None:
         c = self.t[self.i]
         if c is None:
-            self.ref(self.refuse(self.unsure) if self.unsure else ("plain",))
+            place = ("arith",) if self.arith() else ("plain",)
+            self.ref(self.refuse(self.unsure) if self.unsure else place)
             self.word_start = False
             self.word += "\0"
             return
@@ -115,8 +127,10 @@ class _Lexer:
                     self.places.append(("comment",))
                 self.i += 1
             return
-        if c == "'":
-            self.skip_quoted("'", False, ("single",))
+        if c == "'" and frame[0] == "arith":
+            self.i += 1  # not a quote there
+        elif c == "'":
+            self.skip_quoted("'", False, ("arith",) if self.arith() else ("single",))
         elif c == '"':
             self.frames.append(["double", 0])
             self.i += 1
@@ -129,11 +143,13 @@ class _Lexer:
             self.i += 1
             self.skip_quoted("'", True, self.refuse("ansi"))
         elif c == "$" and nxt == "(":
-            arith = self.peek(2) == "("
-            self.frames.append(["arith" if arith else "plain", 1])
-            self.i += 3 if arith else 2
+            self.open_paren(self.peek(2) == "(")
             self.word_start = True
             self.word = ""
+            return
+        elif c == "(" and nxt == "(" and self.word_start:
+            self.i -= 1  # "((" read as "$(("
+            self.open_paren(True)
             return
         elif c == "(" and len(self.frames) > 1:
             frame[1] += 1
@@ -157,7 +173,7 @@ class _Lexer:
     def double(self) -> None:
         c = self.t[self.i]
         if c is None:
-            self.ref(("double",))
+            self.ref(("arith",) if self.arith() else ("double",))
         elif c == "\\":
             if self.peek() is None:
                 self.i += 1
@@ -174,9 +190,7 @@ class _Lexer:
             self.i += 1
             self.ref(self.refuse("after-dollar"))
         elif c == "$" and self.peek() == "(":
-            arith = self.peek(2) == "("
-            self.frames.append(["arith" if arith else "plain", 1])
-            self.i += 3 if arith else 2
+            self.open_paren(self.peek(2) == "(")
             self.word_start = True
             self.word = ""
         else:
@@ -302,6 +316,14 @@ def write(ref: Ref, value: Any, template: str, index: int) -> str:
         return " ".join(re.sub(r'([\\"$`])', r"\\\1", w) for w in words)
     if kind == "single":
         return " ".join(w.replace("'", "'\"'\"'") for w in words)
+    if kind == "arith":
+        text = " ".join(words)
+        if re.fullmatch(r"-?[0-9]+", text):
+            return text
+        raise TemplateError(
+            f"{ref} stands inside an arithmetic expression $((...)), where only a whole "
+            f"number can be written safely, and its value is {text[:60]!r}"
+        )
     if kind == "comment":
         return " ".join(words).replace("\n", " ")
     if kind == "heredoc":

@@ -68,6 +68,9 @@ def test_a_value_in_cmd_is_its_text_wherever_it_stands(project) -> None:
         '      cmd: "echo \\"$(echo {up.v})\\" > {outputs.o}"\n      outputs: {o: build/sub.txt}\n',
         # no output named in cmd (finding 8's other half: "unresolved reference")
         '      cmd: "echo scenes={up.v} > runs/no-output.txt"\n',
+        # after an arithmetic expansion inside $( ) inside double quotes
+        '      cmd: "echo \\"$(echo $((1+2)) {up.v})\\" > {outputs.o}"\n'
+        "      outputs: {o: build/arith.txt}\n",
     )
     p.cli("build")
     _no_pwned(p)
@@ -75,6 +78,22 @@ def test_a_value_in_cmd_is_its_text_wherever_it_stands(project) -> None:
         assert p.read(f"build/{name}.txt") == NASTY + "\n", name
     assert p.read("build/glued.txt") == f"v={NASTY}-{NASTY}\n"
     assert p.read("runs/no-output.txt") == f"scenes={NASTY}\n"
+    assert p.read("build/arith.txt") == f"3 {NASTY}\n"
+
+
+def test_an_arithmetic_expression_takes_a_whole_number_only(project) -> None:
+    """Inside $((...)) quotes do not quote, and bash evaluates ``a[$(...)]`` in the text."""
+    p = _project(
+        project,
+        {"n": 41},
+        '      cmd: "echo $(( {up.n} + 1 )) > {outputs.o}"\n      outputs: {o: build/n.txt}\n',
+    )
+    p.cli("build")
+    assert p.read("build/n.txt") == "42\n"
+    p.write("data/values.json", json.dumps({"n": "a[$(touch PWNED)]"}))
+    r = p.cli("build", code=1)
+    _no_pwned(p)
+    assert "arithmetic expression" in r.output and "whole number" in r.output
 
 
 def test_a_value_with_a_line_break_in_a_comment_stays_in_the_comment(project) -> None:
