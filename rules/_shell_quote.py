@@ -42,7 +42,8 @@ class _Lexer:
         self.frames: list[list[Any]] = [["plain", 0]]  # [kind, open parentheses]
         self.word_start = True
         self.word = ""
-        self.heredocs: list[tuple[str, bool]] = []  # (delimiter, strip tabs) awaiting a body
+        #: (delimiter, strip tabs, delimiter quoted) of here-documents awaiting their body
+        self.heredocs: list[tuple[str, bool, bool]] = []
         #: why no reference can be quoted safely from here on (None: they can)
         self.unsure: str | None = None
         self.places: list[Place] = []
@@ -203,13 +204,14 @@ class _Lexer:
             self.i += 1
         while self.peek(0) in (" ", "\t"):
             self.i += 1
-        word = ""
+        word, quoted = "", False
         while self.i < len(self.t) and self.t[self.i] not in _SEP:
             c = self.t[self.i]
             if c is None:
                 self.unsure = "delimiter"  # a here-document's delimiter made of a value
                 return
             if c in "'\"":
+                quoted = True
                 j = self.i + 1
                 while j < len(self.t) and self.t[j] != c:
                     if self.t[j] is None:
@@ -221,6 +223,7 @@ class _Lexer:
                 self.i = j + 1
                 continue
             if c == "\\":
+                quoted = True
                 self.i += 1
                 c = self.peek(0)
                 if c is None:
@@ -228,20 +231,27 @@ class _Lexer:
                     return
             word += c
             self.i += 1
-        self.heredocs.append((word, strip))
+        self.heredocs.append((word, strip, quoted))
         self.word_start = True
 
     def bodies(self) -> None:
         """Past the bodies of the here-documents opened on the line that just ended."""
-        for delim, strip in self.heredocs:
+        for delim, strip, quoted in self.heredocs:
             while self.i < len(self.t):
                 line: list[str | None] = []
-                while self.i < len(self.t) and self.t[self.i] != "\n":
-                    line.append(self.t[self.i])
-                    if self.t[self.i] is None:
-                        self.places.append(("heredoc", delim))
+                while self.i < len(self.t):
+                    c = self.t[self.i]
                     self.i += 1
-                self.i += 1
+                    if c == "\n":
+                        # unquoted, a backslash ending a line joins the next one to it
+                        tail = len(line) - len("".join(x or "" for x in line).rstrip("\\"))
+                        if quoted or tail % 2 == 0 or line[-1] is None:
+                            break
+                        line.pop()
+                        continue
+                    line.append(c)
+                    if c is None:
+                        self.places.append(("heredoc", delim))
                 text = "".join(c for c in line if c is not None) if None not in line else None
                 if text is not None and (text.lstrip("\t") if strip else text) == delim:
                     break

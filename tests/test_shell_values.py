@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -360,3 +361,40 @@ stages:
     scenes = p.read("build/scenes.txt").strip()
     assert scenes.isdigit() and int(scenes) >= 1  # the number, not "{x.scenes}"
     assert p.read("runs/b.txt") == f"scenes={scenes}\n"
+
+
+@pytest.mark.parametrize(
+    ("template", "expect"),
+    [
+        ("printf %s {u.v}", "V"),
+        ('printf %s "{u.v}"', "V"),
+        ("printf %s '{u.v}'", "V"),
+        ('printf %s "$(printf %s {u.v})"', "V"),
+        ('printf %s "$(printf %s $((1+2)) {u.v})"', "3V"),
+        ("printf %s x # {u.v}\nprintf %s {u.v}", "xV"),
+        ("cat <<EOF\na\\\nEOF\nprintf %s {u.v}\nEOF\nprintf %s {u.v}", None),
+        ("cat <<'EOF'\na\\\nEOF\nprintf %s {u.v}", None),
+    ],
+)
+def test_the_shell_reads_back_exactly_the_value(
+    template: str, expect: str | None, tmp_path
+) -> None:
+    """Each place, run by /bin/sh with a value that is a shell program: the output is the
+    value's text (``V`` in ``expect``), and nothing the value says runs."""
+    from pipemake.rules._shell_quote import write
+    from pipemake.templates import TemplateError, render
+
+    value = "a b'c\"d$(touch PWNED)`touch PWNED2`\\e;f\n*"
+    try:
+        cmd = render(template, lambda r: value, quote=write)
+    except TemplateError as exc:  # a here-document refuses the value: the only other outcome
+        assert expect is None and "here-document" in str(exc)
+        return
+    out = subprocess.run(
+        ["/bin/sh", "-c", cmd], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout
+    assert not list(tmp_path.iterdir())
+    if expect is not None:
+        assert out == expect.replace("V", value)
+    else:  # the here-document's body ended where the shell ends it: after the value
+        assert value in out
