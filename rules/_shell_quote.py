@@ -25,6 +25,8 @@ __all__ = ["check_places", "place_of", "write"]
 
 _SAFE = re.compile(r"[\w@%+=:,./-]*", re.ASCII)  # what shlex.quote leaves as it is
 _SEP = frozenset(" \t\n;&|()<>")  # a word starts after one of these
+#: what can put a reference anywhere but outside quotes
+_QUOTING = re.compile(r"""['"`$#\\]|<<|\(\(""")
 
 #: where a reference stands: ("plain",), ("double",), ("single",), ("comment",),
 #: ("arith",), ("heredoc", delimiter) or ("refused", why and what to write instead)
@@ -261,8 +263,12 @@ class _Lexer:
 
 @functools.lru_cache(maxsize=1024)
 def _places(template: str) -> tuple[Place, ...]:
+    parts = parse(template)
+    text = "".join(p for p in parts if isinstance(p, str))
+    if not _QUOTING.search(text):  # the usual command: every reference outside quotes
+        return (("plain",),) * sum(isinstance(p, Ref) for p in parts)
     toks: list[str | None] = []
-    for part in parse(template):
+    for part in parts:
         if isinstance(part, Ref):
             toks.append(None)
         else:
