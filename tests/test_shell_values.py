@@ -304,6 +304,19 @@ stages:
     assert p.read("build/msg.txt") == "n=three!"
 
 
+def test_an_input_path_built_from_a_value_resolves(project) -> None:
+    p = _project(
+        project,
+        {"d": "data"},
+        '      cmd: "cat {inputs.f} > {outputs.o}"\n'
+        '      inputs: {f: "{up.d}/sub/f.txt"}\n      outputs: {o: build/f.txt}\n',
+    )
+    p.write("data/sub/f.txt", "found\n")
+    p.cli("validate")
+    p.cli("build")
+    assert p.read("build/f.txt") == "found\n"
+
+
 def test_keys_of_stages_without_values_are_unchanged_and_a_value_change_reruns(
     project,
 ) -> None:
