@@ -232,20 +232,24 @@ class Builder:
         quote_value = getattr(stage.rule, "quote_value", None)
         stages = self.p.stages
 
+        def is_value(r: Ref) -> bool:  # a computed value, not a variable or a path
+            return r.scope != "vars" and r.name not in stages[r.scope].ports.outputs
+
         def quoting(key: str):
-            def quote(ref: Ref, value: Any, template: str, index: int) -> str | None:
-                if ref.scope == "vars" or ref.name in stages[ref.scope].ports.outputs:
-                    return None  # written as the loader writes it: the pipeline's own text
+            def quote(ref: Ref, value: Any, template: str, index: int) -> str:
                 return quote_value(key, ref, value, template, index)
 
             return quote if quote_value is not None else None
 
+        symbols = lambda r: r.scope in SYMBOLIC_SCOPES  # noqa: E731
         config: dict[str, Any] = {}
         try:
             for key, value in stage.config.items():
                 if key in symbolic:
-                    keep = lambda r: r.scope in SYMBOLIC_SCOPES  # noqa: E731
-                    config[key] = substitute(value, lookup, keep, quoting(key))
+                    # variables and paths first, as the loader writes them (the pipeline's
+                    # own text), so each value is quoted for where it stands in the result
+                    first = substitute(value, lookup, lambda r: symbols(r) or is_value(r))
+                    config[key] = substitute(first, lookup, symbols, quoting(key))
                 else:
                     config[key] = substitute(value, lookup)
         except TemplateError as exc:

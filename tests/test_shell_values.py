@@ -304,6 +304,21 @@ stages:
     assert p.read("build/msg.txt") == "n=three!"
 
 
+def test_a_value_is_quoted_for_where_it_stands_once_variables_are_written(project) -> None:
+    """``{vars.q}`` is the pipeline's own text (here a quote): the value after it is quoted
+    for the place the variable leaves it in."""
+    p = project(
+        _pipeline(
+            '      cmd: "echo {vars.q}{up.v}{vars.q} > {outputs.o}"\n'
+            "      outputs: {o: build/q.txt}\n"
+        ).replace("name: values\n", 'name: values\nvars: {q: "\'"}\n'),
+        {"steps.py": STEPS, "data/values.json": json.dumps({"v": NASTY})},
+    )
+    p.cli("build")
+    _no_pwned(p)
+    assert p.read("build/q.txt") == NASTY + "\n"
+
+
 def test_an_input_path_built_from_a_value_resolves(project) -> None:
     p = _project(
         project,
