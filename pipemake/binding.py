@@ -188,7 +188,8 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: Problems) ->
         ld.problem(msg, line, sid)
     fields = _stage_fields(raw, sid, ld)
     foreach = _foreach(raw, ports, rule, sid, ld)
-    refs = [r.scope for r in find_refs(config) if r.scope not in ("vars", *SYMBOLIC_SCOPES)]
+    refs_all = find_refs(config)  # a template such as cmd keeps a computed value a reference
+    refs = [r.scope for r in refs_all if r.scope not in ("vars", *SYMBOLIC_SCOPES)]
     deps = list(dict.fromkeys([*(raw.get("depends_on") or []), *refs]))
     if isinstance(raw.get("depends_on"), str):
         deps = list(dict.fromkeys([raw["depends_on"], *refs]))
@@ -219,7 +220,7 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: Problems) ->
         line=raw.line,
         lines=dict(getattr(config, "lines", {})),
         foreach=foreach,
-        static=not _has_pending(resolved),
+        static=not _has_pending([lookup(r) for r in refs_all if r.scope not in SYMBOLIC_SCOPES]),
         **fields,
     )
 

@@ -147,11 +147,23 @@ class Builder:
             if planned is None or planned.values is None:
                 unknown.add(ref.scope)
                 raise _Unknown(ref.scope)
-            if ref.name not in planned.values:
-                raise StageFailure(f"{ref}: stage {ref.scope!r} returned no value {ref.name!r}")
-            value = planned.values[ref.name]
+            values = planned.values if isinstance(planned.values, dict) else {}
+            if ref.name not in values:
+                got = ", ".join(sorted(map(str, values))) or "none"
+                raise StageFailure(
+                    f"{ref}: stage {ref.scope!r} returned no value {ref.name!r} (it returned: "
+                    f"{got}); return it from that stage, or refer to one it returns"
+                )
+            value = values[ref.name]
             out_name = up.rule.path_values.get(ref.name)
             if out_name is not None and value is not None:
+                paths = value if isinstance(value, list) else [value]
+                if not all(isinstance(v, str) for v in paths):
+                    raise StageFailure(
+                        f"{ref}: stage {ref.scope!r} returned {value!r:.80}, not a path or a list "
+                        f"of paths; build {ref.scope!r} again (pipemake build --force-stage "
+                        f"{ref.scope})"
+                    )
                 base = up.ports.outputs[out_name]
                 join = lambda v: os.path.normpath(os.path.join(base, v))  # noqa: E731
                 value = [join(v) for v in value] if isinstance(value, list) else join(value)
@@ -235,14 +247,36 @@ class Builder:
         return owner[0], owner[1]
 
     def _resolve_ports(self, stage: Stage, unknown: set[str]) -> Ports:
-        """Resolve the stage's templates now that upstream values are known; check again."""
+        """Resolve the stage's templates now that upstream values are known; check again.
+
+        In a key the rule keeps as a template (a shell ``cmd``, ``env``), a computed value is
+        written the way the rule says (``quote_value``: quoted for the shell where it stands
+        in ``cmd``, the text itself in ``env``): a value is data, never code."""
         lookup = self._lookup(stage, unknown)
         symbolic = getattr(stage.rule, "symbolic_keys", ())
+        quote_value = getattr(stage.rule, "quote_value", None)
+        stages = self.p.stages
+
+        def is_value(r: Ref) -> bool:  # a computed value, not a variable or a path
+            return r.scope != "vars" and r.name not in stages[r.scope].ports.outputs
+
+        def quoting(key: str):
+            def quote(ref: Ref, value: Any, template: str, index: int) -> str:
+                return quote_value(key, ref, value, template, index)
+
+            return quote if quote_value is not None else None
+
+        symbols = lambda r: r.scope in SYMBOLIC_SCOPES  # noqa: E731
         config: dict[str, Any] = {}
         try:
             for key, value in stage.config.items():
-                keep = (lambda r: r.scope in SYMBOLIC_SCOPES) if key in symbolic else None
-                config[key] = substitute(value, lookup, keep)
+                if key in symbolic:
+                    # variables and paths first, as the loader writes them (the pipeline's
+                    # own text), so each value is quoted for where it stands in the result
+                    first = substitute(value, lookup, lambda r: symbols(r) or is_value(r))
+                    config[key] = substitute(first, lookup, symbols, quoting(key))
+                else:
+                    config[key] = substitute(value, lookup)
         except TemplateError as exc:
             raise StageFailure(str(exc)) from None
         ports, problems = stage.rule.ports(config)

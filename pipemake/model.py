@@ -13,6 +13,7 @@ from typing import Any
 
 from .dag import Graph
 from .rule import Ports, Rule
+from .templates import Deferred
 
 __all__ = ["DEFAULT_FILE", "SYMBOLIC_SCOPES", "Foreach", "Pending", "Pipeline", "Stage", "norm"]
 
@@ -21,7 +22,7 @@ SYMBOLIC_SCOPES = ("inputs", "outputs", "item")
 
 
 @dataclass(frozen=True)
-class Pending:
+class Pending(Deferred):
     """A computed value of an upstream stage, known only once that stage has run."""
 
     stage: str

@@ -28,7 +28,8 @@ from .rule import Ports, get_rule, package_files, registry
 
 __all__ = ["load_checked"]
 
-PLAN_FORMAT = 3
+#: 4: a stage referring to a computed value in a template is not static; the rules' code
+PLAN_FORMAT = 4
 
 
 def _key(text: bytes, dot: Path) -> str:

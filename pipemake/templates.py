@@ -14,7 +14,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Ref", "TemplateError", "find_refs", "parse", "render", "substitute"]
+__all__ = [
+    "Deferred",
+    "Quote",
+    "Ref",
+    "TemplateError",
+    "find_refs",
+    "parse",
+    "render",
+    "substitute",
+]
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _REF = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)\.([A-Za-z_][A-Za-z0-9_-]*)$")
@@ -101,48 +110,97 @@ def find_refs(value: Any) -> list[Ref]:
     return refs
 
 
+class Deferred:
+    """A value not known yet (the loader's placeholder for an upstream stage's computed
+    value). A lookup may return one; :func:`render` never writes it out as text."""
+
+    __slots__ = ()
+
+
+#: ``quote(ref, value, template, index)``: how a looked-up value is written into a template
+#: string (``index`` counts the references of ``template`` before it); None to write it as
+#: plain text
+Quote = Callable[[Ref, Any, str, int], "str | None"]
+
+
+def _escape(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _text(ref: Ref, value: Any, template: str, kept: bool) -> str:
+    if isinstance(value, list | dict):
+        kind = "a list" if isinstance(value, list) else "a mapping"
+        if not kept:
+            raise TemplateError(
+                f"{ref} is {kind} and cannot be used inside the string {template!r}; "
+                "use it as the whole value"
+            )
+        raise TemplateError(f"{ref} is {kind} and cannot be written into {template!r}")
+    return str(value)
+
+
 def render(
-    text: str, lookup: Callable[[Ref], Any], keep: Callable[[Ref], bool] | None = None
+    text: str,
+    lookup: Callable[[Ref], Any],
+    keep: Callable[[Ref], bool] | None = None,
+    quote: Quote | None = None,
 ) -> Any:
     """Resolve one template string.
 
-    A string that is exactly one reference takes the referenced value as it is (a list stays
-    a list); inside a longer string a list is an error. References for which ``keep`` says
-    True stay as they are (written back as ``{scope.name}``), and so do the braces around
-    them, which lets ``{outputs.x}`` stay symbolic in a key.
+    Without ``keep``, a string that is exactly one reference takes the referenced value as
+    it is (a list stays a list); inside a longer string a list is an error, and a string
+    holding a :class:`Deferred` value becomes that value (the whole string waits for it).
+
+    With ``keep`` (a config key that stays a template, such as a shell ``cmd``) the result
+    is always a template again: references for which ``keep`` says True stay as they are,
+    so does a reference whose value is :class:`Deferred`, and literal braces and braces in
+    the values are escaped, which lets ``{outputs.x}`` stay symbolic in a key.
+
+    ``quote``, when given, writes each looked-up value (a shell quotes it for the place in
+    the command where it stands), so the result is text even for a lone reference; where
+    it returns None the value is written as text.
     """
     if "{" not in text and "}" not in text:
         return text
     parts = parse(text)
-    if keep is not None and not any(isinstance(p, Ref) and keep(p) for p in parts):
-        keep = None
-    if len(parts) == 1 and isinstance(parts[0], Ref) and keep is None:
+    if keep is None and quote is None and len(parts) == 1 and isinstance(parts[0], Ref):
         return lookup(parts[0])
     out: list[str] = []
+    deferred: Deferred | None = None
+    index = -1
     for part in parts:
         if isinstance(part, str):
-            out.append(part.replace("{", "{{").replace("}", "}}") if keep else part)
-        elif keep and keep(part):
+            out.append(_escape(part) if keep is not None else part)
+            continue
+        index += 1
+        if keep is not None and keep(part):
             out.append(str(part))
-        else:
-            value = lookup(part)
-            if isinstance(value, list | dict):
-                raise TemplateError(
-                    f"{part} is a list and cannot be used inside the string {text!r}; "
-                    "use it as the whole value"
-                )
-            out.append(str(value).replace("{", "{{").replace("}", "}}") if keep else str(value))
+            continue
+        value = lookup(part)
+        if isinstance(value, Deferred):
+            deferred = deferred or value
+            out.append(str(part))
+            continue
+        written = quote(part, value, text, index) if quote is not None else None
+        if written is None:
+            written = _text(part, value, text, keep is not None)
+        out.append(_escape(written) if keep is not None else written)
+    if deferred is not None and keep is None:
+        return deferred
     return "".join(out)
 
 
 def substitute(
-    value: Any, lookup: Callable[[Ref], Any], keep: Callable[[Ref], bool] | None = None
+    value: Any,
+    lookup: Callable[[Ref], Any],
+    keep: Callable[[Ref], bool] | None = None,
+    quote: Quote | None = None,
 ) -> Any:
     """Resolve every template inside a config value (lists and mappings included)."""
     if isinstance(value, str):
-        return render(value, lookup, keep)
+        return render(value, lookup, keep, quote)
     if isinstance(value, list):
-        return [substitute(v, lookup, keep) for v in value]
+        return [substitute(v, lookup, keep, quote) for v in value]
     if isinstance(value, dict):
-        return {k: substitute(v, lookup, keep) for k, v in value.items()}
+        return {k: substitute(v, lookup, keep, quote) for k, v in value.items()}
     return value

@@ -2,24 +2,28 @@
 
 ``config: {cmd, inputs: {NAME: path}, outputs: {NAME: path}, env: {K: V}}``. In ``cmd``,
 ``{inputs.NAME}`` is the input's path and ``{outputs.NAME}`` its staging path, both relative
-to the project root and shell-quoted when needed; with ``foreach``, ``{item.name}``,
-``{item.stem}`` and ``{item.relpath}`` describe the item. The key holds the ``cmd`` template
-with those references left symbolic, and ``env``; never the inherited environment. A foreach
-task's items share one shell, each run in a subshell of it (``Context.sh``).
+to the project root; with ``foreach``, ``{item.name}``, ``{item.stem}`` and
+``{item.relpath}`` describe the item; ``{stage.NAME}`` is an upstream stage's computed value.
+Each is written so that the shell reads back exactly its text, quoted for where it stands
+(``_shell_quote``); in ``env`` a value is the text itself (JSON unless it is a string). The
+key holds the ``cmd`` template with the paths left symbolic, and ``env``; never the
+inherited environment. A foreach task's items share one shell, each run in a subshell of it
+(``Context.sh``).
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shlex
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from pipemake.rule import Context, Item, Ports, Rule, RuleError
 from pipemake.templates import Ref, TemplateError, parse, render
 
 from ._named_ports import named_ports, unknown_keys
+from ._shell_quote import check_places, write
 
 __all__ = ["ShellRule"]
 
@@ -30,6 +34,16 @@ def _plain(path: str) -> bool:
     """Whether ``path`` has no ``.`` or ``..`` component (a hidden name such as
     ``.pipemake`` is fine), so cutting the root off it gives its relative path."""
     return "/./" not in path and "/../" not in path and not path.endswith(("/.", "/.."))
+
+
+def _env_text(ref: Ref, value: Any) -> str:
+    """A value in ``env``: a string is the text itself; anything else (a number, true,
+    false, null, a list, a mapping) its JSON text, so a list of paths with blanks in them
+    survives (``jq -r '.[]'`` or ``json.loads`` read it back)."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if "\0" in text:
+        raise TemplateError(f"{ref} holds a NUL character, which no environment variable can hold")
+    return text
 
 
 class ShellRule(Rule):
@@ -64,6 +78,8 @@ class ShellRule(Rule):
             except TemplateError as exc:
                 problems.append((key if key == "cmd" else "env", str(exc)))
                 continue
+            if key == "cmd":
+                problems += [("cmd", msg) for msg in check_places(text)]
             for ref in refs:
                 pool = {"inputs": ports.inputs, "outputs": ports.outputs}.get(ref.scope)
                 if pool is not None and ref.name not in pool:
@@ -77,6 +93,14 @@ class ShellRule(Rule):
                 elif ref.scope == "item" and ref.name not in _ITEM_FIELDS:
                     problems.append(("cmd", f"{ref}: items have {', '.join(_ITEM_FIELDS)}"))
         return problems
+
+    def quote_value(self, key: str, ref: Ref, value: Any, template: str, index: int) -> str:
+        """How pipemake writes an upstream stage's computed value into ``cmd`` (quoted for
+        the shell where it stands; a list is its items as separate words) or ``env`` (the
+        text itself), so that a value, wherever it came from, is data and never code."""
+        if key == "cmd":
+            return write(ref, value, template, index)
+        return _env_text(ref, value)
 
     def run(self, ctx: Context) -> dict[str, Any]:
         return self._run(ctx, ctx.item)
@@ -95,25 +119,31 @@ class ShellRule(Rule):
             r = os.path.relpath(p, root)
             return p if r.startswith("..") else r
 
-        def lookup(ref: Ref, quote: Callable[[str], str] = shlex.quote) -> str:
+        def lookup(ref: Ref) -> Any:
             if ref.scope == "inputs":
                 value = ctx.inputs[ref.name]
-                if isinstance(value, list):
-                    return " ".join(quote(rel(v)) for v in value)
-                return quote(rel(value))
+                return [rel(v) for v in value] if isinstance(value, list) else rel(value)
             if ref.scope == "outputs":
-                return quote(rel(ctx.outputs[ref.name]))
+                return rel(ctx.outputs[ref.name])
             if ref.scope == "item":
                 if item is None:
                     raise RuleError(f"{ref} is only defined in a stage with foreach")
-                return quote(getattr(item, ref.name))
-            raise RuleError(f"unresolved reference {ref}")
+                return getattr(item, ref.name)
+            # pipemake writes computed values in before the stage runs: one left here was
+            # not resolved, and is never run as text
+            raise RuleError(
+                f"{ref} was not resolved before the command ran; refer to an output or a "
+                f"computed value of an upstream stage, or pass it through env:"
+            )
 
-        cmd = render(ctx.params["cmd"], lookup)
-        env = {  # a variable's value is the text itself: no shell quoting
-            k: str(render(v, lambda r: lookup(r, str)))
-            for k, v in (ctx.params.get("env") or {}).items()
-        }
+        try:
+            cmd = render(ctx.params["cmd"], lookup, quote=write)
+            env = {  # a variable's value is the text itself: no shell quoting
+                k: render(v, lookup, quote=lambda r, val, t, i: _env_text(r, val))
+                for k, v in (ctx.params.get("env") or {}).items()
+            }
+        except TemplateError as exc:
+            raise RuleError(str(exc)) from None
         # ctx.sh runs it in the project root with the task's environment plus env (a foreach
         # task's items share one shell, each in a subshell); a timeout or a stop ends it
         tail: deque[str] = deque(maxlen=30)

@@ -42,6 +42,51 @@ def test_paths_with_spaces_are_quoted(project) -> None:
     assert p.read("build/out dir/o.txt") == "spaced\n"
 
 
+def test_paths_inside_the_users_own_quotes_are_quoted_for_that_place(project) -> None:
+    """A path written inside ``"..."`` or ``'...'`` by the user is escaped for those quotes,
+    not wrapped in quotes of its own (which the shell would keep as part of the name)."""
+    p = project(
+        """
+        name: sh
+        version: 1
+        stages:
+          - id: s
+            type: shell
+            config:
+              cmd: "cat \\"{inputs.i}\\" '{inputs.j}' > \\"{outputs.o}\\""
+              inputs: {i: "data/my $file.txt", j: "data/it's.txt"}
+              outputs: {o: "build/out dir/o.txt"}
+        """,
+        {"data/my $file.txt": "dollar\n", "data/it's.txt": "quote\n"},
+    )
+    p.cli("build")
+    assert p.read("build/out dir/o.txt") == "dollar\nquote\n"
+
+
+def test_a_command_that_is_one_path_is_quoted_and_a_path_list_in_env_is_json(project) -> None:
+    p = project(
+        """
+        name: sh
+        version: 1
+        stages:
+          - id: s
+            type: shell
+            config:
+              cmd: "{inputs.script}"
+              inputs: {script: "tools/my script.sh", l: [data/a, "data/b c"]}
+              env: {L: "{inputs.l}", ONE: "{inputs.script}"}
+        """,
+        {
+            "tools/my script.sh": 'printf "%s|%s" "$L" "$ONE" > runs/out.txt\n',
+            "data/a": "a",
+            "data/b c": "b",
+        },
+    )
+    os.chmod(p.path("tools/my script.sh"), 0o755)
+    p.cli("build")
+    assert p.read("runs/out.txt") == '["data/a", "data/b c"]|tools/my script.sh'
+
+
 def test_double_braces_are_literal(project) -> None:
     p = _one(project, "echo '{{x}} {{vars}}' > {outputs.o}")
     p.cli("build")
