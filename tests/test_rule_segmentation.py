@@ -101,7 +101,7 @@ def rgba(path: Path) -> np.ndarray:
 def test_mask_follows_the_model(tmp_path: Path, u2net: Path) -> None:
     rule = SegmentationRule()
     frame(tmp_path / "frames" / "a.png")
-    ctx, per_item = run_items(rule, tmp_path, tmp_path / "frames")
+    ctx, per_item = run_items(rule, tmp_path, tmp_path / "frames", crop=False)
     out = rgba(ctx.outputs["output_dir"] / "a.png")
     assert out.shape == (64, 80, 4)
     left, top, right, bottom = SQUARE
@@ -236,7 +236,9 @@ class _no_runtime_warnings:
 )
 def test_background_colour(tmp_path, u2net, background, rgb) -> None:
     frame(tmp_path / "frames" / "a.png")
-    ctx, _ = run_items(SegmentationRule(), tmp_path, tmp_path / "frames", background=background)
+    ctx, _ = run_items(
+        SegmentationRule(), tmp_path, tmp_path / "frames", background=background, crop=False
+    )
     out = rgba(ctx.outputs["output_dir"] / "a.png")
     assert out[..., 3].min() == 255
     assert tuple(out[2, 2, :3]) == rgb
@@ -262,7 +264,9 @@ def test_custom_model_path_outside_home(tmp_path, home) -> None:
     arr[10:30, 10:30] = 255
     (tmp_path / "frames").mkdir()
     Image.fromarray(arr).save(tmp_path / "frames" / "w.png")
-    ctx, per_item = run_items(SegmentationRule(), tmp_path, tmp_path / "frames", model_path=model)
+    ctx, per_item = run_items(
+        SegmentationRule(), tmp_path, tmp_path / "frames", model_path=model, crop=False
+    )
     out = rgba(ctx.outputs["output_dir"] / "w.png")
     assert out[12:28, 12:28, 3].min() > 240 and out[:5, :, 3].max() < 15
     assert per_item["w.png"]["kept"]
@@ -329,7 +333,9 @@ def test_key_leaves_out_params_that_change_nothing() -> None:
     plain = rule.ports(config())[0].key_params
     assert rule.ports(config(threads=4))[0].key_params == plain
     assert rule.ports(config(alpha_matting_erode_size=3))[0].key_params == plain
-    assert rule.ports(config(padding=8))[0].key_params == plain
+    uncropped = rule.ports(config(crop=False))[0].key_params
+    assert rule.ports(config(crop=False, padding=8))[0].key_params == uncropped
+    assert rule.ports(config(padding=8))[0].key_params != plain
     assert (
         rule.ports(config(crop=True, padding=8))[0].key_params
         != rule.ports(config(crop=True))[0].key_params
@@ -404,6 +410,7 @@ def test_alpha_matting(tmp_path, u2net) -> None:
         tmp_path / "frames",
         alpha_matting=True,
         alpha_matting_erode_size=3,
+        crop=False,
     )
     out = rgba(ctx.outputs["output_dir"] / "a.png")
     assert out[20:36, 25:45, 3].min() > 240 and out[:8, :, 3].max() < 15
