@@ -215,7 +215,7 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: Problems) ->
     for key in list(ports.outputs):
         out = ports.outputs[key]
         clean = in_project(out, root)
-        line = config.line_of(written.get(key, key)) if isinstance(config, LineDict) else raw.line
+        line = _port_line(config, "outputs", written.get(key, key), raw.line)
         if clean in ("..", ".", "") or clean.startswith("../"):
             ld.problem(
                 f"output {key!r} ({out!r}) must be a path below the project folder, or an "
@@ -252,6 +252,19 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: Problems) ->
         static=not _has_pending(resolved),
         **fields,
     )
+
+
+def _port_line(config: Any, section: str, key: str, default: int) -> int:
+    """The line of port ``key``: a config key of its own, or a name in the config's
+    ``inputs:``/``outputs:`` mapping (``shell`` and ``python`` stages)."""
+    if not isinstance(config, LineDict):
+        return default
+    if key in config:
+        return config.line_of(key)
+    named = config.get(section)
+    if isinstance(named, LineDict) and key in named:
+        return named.line_of(key)
+    return config.line_of(section) if section in config else default
 
 
 def _pending_inputs(rule: Rule, resolved: dict[str, Any], ports: Ports) -> None:

@@ -54,7 +54,10 @@ __all__ = [
     "Rule",
     "RuleError",
     "get_rule",
+    "has_items",
+    "has_run",
     "rule_names",
+    "unknown_key",
 ]
 
 ENTRY_POINT_GROUP = "pipemake.rules"
