@@ -47,8 +47,8 @@ __all__ = [
     "list_runs",
     "list_stages",
     "open_project",
-    "stage_notes",
     "show_log",
+    "stage_notes",
     "status",
     "validate",
 ]

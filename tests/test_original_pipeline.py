@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -319,3 +320,51 @@ def test_an_output_holding_the_project_is_refused(project, where: str) -> None:
     out = p.cli("build", code=2).output
     assert TRACEBACK not in out and "pipemake.yaml:8" in out
     assert p.run_counts() == {} and p.exists("data/a.txt")
+
+
+def _other_filesystem(than: Path) -> Path | None:
+    """A writable folder on another filesystem than ``than`` (tmpfs at /dev/shm), or None."""
+    shm = Path("/dev/shm")
+    try:
+        if shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != than.stat().st_dev:
+            return shm
+    except OSError:
+        pass
+    return None
+
+
+def test_absolute_outputs_on_another_filesystem(project, tmp_path: Path) -> None:
+    """``/data`` is often a disk of its own: outputs there are placed by copy, then rename."""
+    other = _other_filesystem(tmp_path)
+    if other is None:
+        pytest.skip("no writable folder on another filesystem here")
+    out = other / f"pipemake-test-{os.getpid()}-{tmp_path.name}"
+    try:
+        p = project(
+            f"""
+            name: apart
+            stages:
+              - id: each
+                type: shell
+                foreach: src
+                config:
+                  cmd: "echo x >> runs/each.count; tr a-z A-Z < {{inputs.src}} > {{outputs.o}}/{{item.name}}"
+                  inputs: {{src: data}}
+                  outputs: {{o: {out}}}
+            """,
+            {"data/a.txt": "a\n", "data/b.txt": "b\n"},
+        )
+        p.cli("build")
+        assert sorted(x.name for x in out.iterdir()) == ["a.txt", "b.txt"]
+        p.write("data/b.txt", "bee\n")  # one item reruns: its file is moved in across devices
+        p.cli("build")
+        assert (out / "b.txt").read_text() == "BEE\n" and p.runs("each") == 3
+        (out / "a.txt").unlink()  # restored from the store
+        p.cli("build")
+        assert sorted(x.name for x in out.iterdir()) == ["a.txt", "b.txt"]
+        assert (out / "a.txt").read_text() == "A\n" and p.runs("each") == 3
+        p.cli("build", "-B")  # rebuilt whole: the new tree replaces the old one
+        assert sorted(x.name for x in out.iterdir()) == ["a.txt", "b.txt"]
+        assert not [x for x in other.iterdir() if x.name.startswith(".pipemake-")]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
