@@ -295,7 +295,7 @@ def _foreach(
                 f"(inputs: {', '.join(ports.inputs) or 'none'})",
                 line,
                 sid,
-                hint="write foreach: INPUT, e.g. foreach: input_dir",
+                hint=f"write foreach: {next(iter(ports.inputs), 'INPUT')}",
             )
             return None
     off = spec is False or (

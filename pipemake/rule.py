@@ -428,8 +428,13 @@ class Rule:
         return []
 
     def run(self, ctx: Context) -> Mapping[str, Any] | None:
-        """Do the stage's work, writing into ``ctx.outputs``; return computed values."""
-        raise NotImplementedError(f"rule {self.name!r} does not implement run()")
+        """Do the stage's work, writing into ``ctx.outputs``; return computed values.
+
+        A rule without it runs only per item; the loader refuses a stage that would call it
+        (so this error is never reached from a checked pipeline)."""
+        raise RuleError(
+            f"rule {self.name!r} has no whole-stage run(): it runs per item (foreach: INPUT)"
+        )
 
     # foreach support -------------------------------------------------------------------
     def setup(self, ctx: Context) -> Any:
@@ -459,7 +464,7 @@ class Rule:
 
     def map_item(self, ctx: Context, item: Item) -> Any:
         """Compute one item's result (JSON-serializable or bytes), cached per item."""
-        raise NotImplementedError
+        raise RuleError(f"rule {self.name!r} sets map_reduce but has no map_item()")
 
     #: how many items one ``map_batch`` call receives (a GPU feature extractor wants many)
     map_batch_size: ClassVar[int] = 1
@@ -470,7 +475,7 @@ class Rule:
 
     def reduce(self, ctx: Context, mapped: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """Combine every item's map result (relpath → result) and write the outputs."""
-        raise NotImplementedError
+        raise RuleError(f"rule {self.name!r} sets map_reduce but has no reduce()")
 
     #: params that only the reduce step reads; changing them reruns only the reduce
     reduce_params: ClassVar[Sequence[str]] = ()

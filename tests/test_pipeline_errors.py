@@ -486,3 +486,30 @@ def test_missing_packages_are_reported_together_with_one_install_line(
         [line] = [x for x in out.splitlines() if "pip install" in x]
         assert line.endswith("pip install 'pipemake[video,segment,cluster]'"), line
     assert not p.exists("build")
+
+
+def test_foreach_true_false_and_none(project, third_party) -> None:
+    """``foreach: true`` is the rule's default input, ``false``/``none`` runs whole."""
+    p = project(
+        """
+        name: t
+        stages:
+          - id: each
+            type: per_item_by_default
+            foreach: true
+            config: {src: data, out: build/each}
+          - id: whole
+            type: shell
+            foreach: none
+            config: {cmd: "cp -r {inputs.a} {outputs.o}", inputs: {a: data}, outputs: {o: build/o}}
+        """,
+        {"data/a.txt": "a"},
+    )
+    with api.project_of(p.root, None) as proj:
+        stages = proj.pipeline.stages
+        assert stages["each"].foreach is not None and stages["each"].foreach.input == "src"
+        assert stages["whole"].foreach is None
+    p.edit("pipemake.yaml", "foreach: none", "foreach: true")
+    out = p.cli("validate", code=2).output
+    assert "pipemake.yaml:9" in out and "foreach: true needs an input name" in out, out
+    assert "write foreach: a" in out
