@@ -223,13 +223,13 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: Problems) ->
                 line,
                 sid,
             )
-        elif posixpath.isabs(clean) and (clean == "/" or _inside(root, clean)):
+        elif posixpath.isabs(clean) and _too_wide(clean, root):
             ld.problem(
-                f"output {key!r} ({out!r}) holds the project folder {root}: placing it would "
-                "replace the project",
+                f"output {key!r} ({out!r}) {_too_wide(clean, root)}: an output's folder is "
+                "replaced whole by each build that writes it",
                 line,
                 sid,
-                hint="write the output to a folder of its own",
+                hint="write the output to a folder of its own, e.g. /data/frames",
             )
         elif clean == ".pipemake" or clean.startswith(".pipemake/"):
             ld.problem(f"output {key!r} may not be inside .pipemake/", line, sid)
@@ -375,6 +375,19 @@ def _cannot_run_whole(
             sid,
             hint=f"add foreach: {name}",
         )
+
+
+def _too_wide(path: str, root: str) -> str:
+    """Why the absolute output ``path`` may not be one (it holds the project, the home
+    folder, or is a top-level folder such as ``/data``), or an empty string."""
+    if _inside(root, path):
+        return f"holds the project folder {root}"
+    home = norm(os.path.expanduser("~"))
+    if posixpath.isabs(home) and _inside(home, path):
+        return f"holds the home folder {home}"
+    if path.count("/") < 2:
+        return "is a top-level folder"
+    return ""
 
 
 def in_project(path: str, root: str) -> str:

@@ -311,10 +311,12 @@ def test_an_absolute_path_inside_the_project_is_the_relative_one(project) -> Non
     assert "build/n.txt" in out and "same path" in out
 
 
-@pytest.mark.parametrize("where", ["/", "ROOT", "PARENT"])
+@pytest.mark.parametrize("where", ["/", "ROOT", "PARENT", "HOME", "/data", "//srv/"])
 def test_an_output_holding_the_project_is_refused(project, where: str) -> None:
+    """An output's folder is replaced whole: never the project, home or a top-level one."""
     p = project("")
-    target = {"/": "/", "ROOT": str(p.root), "PARENT": str(p.root.parent)}[where]
+    targets = {"ROOT": str(p.root), "PARENT": str(p.root.parent), "HOME": os.path.expanduser("~")}
+    target = targets.get(where, where)
     p.pipeline(ABSOLUTE.format(src="data/a.txt", out=target))
     p.write("data/a.txt", "a\n")
     out = p.cli("build", code=2).output
