@@ -181,8 +181,37 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: Problems) ->
             ok = False
     if not ok:
         return None
+    ports, written, reported = _ports(rule, resolved, config, raw, str(pipeline.root), ld)
+    fields = _stage_fields(raw, sid, ld)
+    foreach = _foreach(raw, ports, rule, sid, ld, quiet=reported)
+    refs = [r.scope for r in find_refs(config) if r.scope not in ("vars", *SYMBOLIC_SCOPES)]
+    deps = list(dict.fromkeys([*(raw.get("depends_on") or []), *refs]))
+    if isinstance(raw.get("depends_on"), str):
+        deps = list(dict.fromkeys([raw["depends_on"], *refs]))
+    _place_paths(ports, str(pipeline.root), config, written, raw, ld)
+    return Stage(
+        id=sid,
+        type=raw["type"],
+        rule=rule,
+        config=dict(config),
+        ports=ports,
+        deps=deps,
+        line=raw.line,
+        lines=dict(getattr(config, "lines", {})),
+        foreach=foreach,
+        static=not _has_pending(resolved),
+        **fields,
+    )
+
+
+def _ports(
+    rule: Rule, resolved: dict[str, Any], config: Any, raw: LineDict, root: str, ld: Problems
+) -> tuple[Ports, dict[str, str], bool]:
+    """The stage's ports, each problem reported at its line; also the key each declared key
+    was written as (an alias or itself), and whether a problem was reported."""
+    sid = raw["id"]
     ports, problems = rule.ports(resolved)
-    ports.root = str(pipeline.root)
+    ports.root = root
     canon, twice = rule.unalias(resolved)
     now = {msg for _, msg in twice}  # a key given twice is wrong whatever its values
     written = {rule.aliases.get(k, k): k for k in config}  # declared key → key in the file
@@ -205,13 +234,15 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: Problems) ->
         )
         ld.problem(msg, line, sid)
         reported = True
-    fields = _stage_fields(raw, sid, ld)
-    foreach = _foreach(raw, ports, rule, sid, ld, quiet=reported)
-    refs = [r.scope for r in find_refs(config) if r.scope not in ("vars", *SYMBOLIC_SCOPES)]
-    deps = list(dict.fromkeys([*(raw.get("depends_on") or []), *refs]))
-    if isinstance(raw.get("depends_on"), str):
-        deps = list(dict.fromkeys([raw["depends_on"], *refs]))
-    root = str(pipeline.root)
+    return ports, written, reported
+
+
+def _place_paths(
+    ports: Ports, root: str, config: Any, written: dict[str, str], raw: LineDict, ld: Problems
+) -> None:
+    """Normalize the stage's paths (relative to the project root when inside it, absolute
+    when outside) and refuse outputs that cannot be one."""
+    sid = raw["id"]
     for key in list(ports.outputs):
         out = ports.outputs[key]
         clean = in_project(out, root)
@@ -239,19 +270,6 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: Problems) ->
             ports.inputs[key] = [in_project(v, root) if isinstance(v, str) else v for v in value]
         elif isinstance(value, str):
             ports.inputs[key] = in_project(value, root)
-    return Stage(
-        id=sid,
-        type=raw["type"],
-        rule=rule,
-        config=dict(config),
-        ports=ports,
-        deps=deps,
-        line=raw.line,
-        lines=dict(getattr(config, "lines", {})),
-        foreach=foreach,
-        static=not _has_pending(resolved),
-        **fields,
-    )
 
 
 def _port_line(config: Any, section: str, key: str, default: int) -> int:
@@ -380,7 +398,7 @@ def _cannot_run_whole(
 def _too_wide(path: str, root: str) -> str:
     """Why the absolute output ``path`` may not be one (it holds the project, the home
     folder, or is a top-level folder such as ``/data``), or an empty string."""
-    if _inside(root, path):
+    if path == "/" or _inside(root, path):
         return f"holds the project folder {root}"
     home = norm(os.path.expanduser("~"))
     if posixpath.isabs(home) and _inside(home, path):
