@@ -8,7 +8,6 @@ assembled there in full before it replaces what the workspace holds.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import uuid
@@ -86,15 +85,9 @@ class Workspace:
         """
         dest = self.abs(rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        # an absolute output on another filesystem: copied beside it first, then renamed
-        apart = os.lstat(staged).st_dev != os.stat(dest.parent).st_dev
-        if apart:
-            staged = _copy_beside(staged, dest)
         trash = None
         if dest.exists() or dest.is_symlink():
             trash = self.tmp / f"trash-{uuid.uuid4().hex[:10]}"
-            if apart:
-                trash = dest.with_name(f".pipemake-trash-{uuid.uuid4().hex[:10]}")
             self.tmp.mkdir(parents=True, exist_ok=True)
             os.rename(dest, trash)
         os.rename(staged, dest)
@@ -248,25 +241,10 @@ def _replace(src: str, target: str) -> None:
     try:
         os.replace(src, target)
     except OSError as exc:
-        if exc.errno == errno.EXDEV:  # an absolute output on another filesystem
-            _replace(str(_copy_beside(Path(src), Path(target))), target)
-            return
         if not os.path.isdir(target) or os.path.islink(target):
             raise exc from None
         remove_path(Path(target))
         os.replace(src, target)
-
-
-def _copy_beside(staged: Path, dest: Path) -> Path:
-    """Move ``staged`` to a hidden name beside ``dest`` by copying (it lies on another
-    filesystem), so that it can then be renamed onto ``dest`` in one step."""
-    copy = dest.with_name(f".pipemake-new-{uuid.uuid4().hex[:10]}")
-    if staged.is_dir() and not staged.is_symlink():
-        shutil.copytree(staged, copy, symlinks=True)
-    else:
-        shutil.copy2(staged, copy, follow_symlinks=False)
-    remove_path(staged)
-    return copy
 
 
 def _safe_rel(relpath: str) -> bool:
