@@ -61,6 +61,7 @@ __all__ = [
     "open_project",
     "run_status",
     "show_log",
+    "stage_notes",
     "status",
     "validate",
 ]
@@ -540,13 +541,20 @@ def status(project: Project) -> dict[str, Any]:
 
 
 def validate(project: Project) -> list[dict[str, Any]]:
-    """The execution plan of a checked pipeline: stages in order with rules and needs."""
+    """The execution plan of a checked pipeline: stages in order with rules and needs, and
+    what each rule says about the stage before it runs (such as the model file it loads)."""
     p = project.pipeline
+    notes = stage_notes(project)
     return [
         {"stage": s, "rule": p.stages[s].type, "needs": p.graph.deps[s],
-         "outputs": p.stages[s].ports.outputs}
+         "outputs": p.stages[s].ports.outputs, "notes": notes[s]}
         for s in p.graph.topo_order()
     ]  # fmt: skip
+
+
+def stage_notes(project: Project) -> dict[str, list[str]]:
+    """Per stage, the facts its rule gives before it runs (``Rule.describe``)."""
+    return {sid: st.rule.describe(st.ports) for sid, st in project.pipeline.stages.items()}
 
 
 def graph(project: Project, fmt: str = "text") -> str:

@@ -1,22 +1,27 @@
 """Binding a pipeline's stages: rules, static ports, references and edges, and the checks
-that need them (overlapping outputs, missing source inputs, cycles)."""
+that need them (unknown keys whatever their value, per-item defaults, paths, overlapping
+outputs, missing source inputs, missing packages, cycles)."""
 
 from __future__ import annotations
 
 import os
 import posixpath
 from collections.abc import Mapping
+from importlib.util import find_spec
 from typing import Any
 
 from .dag import Graph
 from .errors import Problems, suggest
 from .items import glob_base, is_glob
 from .model import SYMBOLIC_SCOPES, Foreach, Pending, Pipeline, Stage, norm
-from .rule import Ports, Rule, get_rule, rule_names
+from .rule import Ports, Rule, get_rule, has_items, has_run, rule_names
 from .templates import Ref, TemplateError, find_refs, substitute
 from .yamlload import LineDict
 
-__all__ = ["bind", "check_graph"]
+__all__ = ["bind", "check_graph", "check_sources"]
+
+#: what ``foreach:`` may say to run a rule with a ``default_foreach`` as one whole stage
+_NO_FOREACH = ("none", "false", "off", "no")
 
 
 def _number(value: Any, kind: Any = (int, float)) -> bool:
@@ -176,40 +181,15 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: Problems) ->
             ok = False
     if not ok:
         return None
-    ports, problems = rule.ports(resolved)
-    ports.root = str(pipeline.root)
-    _pending_inputs(rule, resolved, ports)
-    if not problems:
-        problems = rule.check(ports)
-    for key, msg in problems:
-        if _has_pending(resolved.get(key)):
-            continue
-        line = config.line_of(key) if isinstance(config, LineDict) and key in config else raw.line
-        ld.problem(msg, line, sid)
+    ports, written, reported = _ports(rule, resolved, config, raw, str(pipeline.root), ld)
     fields = _stage_fields(raw, sid, ld)
-    foreach = _foreach(raw, ports, rule, sid, ld)
+    foreach = _foreach(raw, ports, rule, sid, ld, quiet=reported)
     refs_all = find_refs(config)  # a template such as cmd keeps a computed value a reference
     refs = [r.scope for r in refs_all if r.scope not in ("vars", *SYMBOLIC_SCOPES)]
     deps = list(dict.fromkeys([*(raw.get("depends_on") or []), *refs]))
     if isinstance(raw.get("depends_on"), str):
         deps = list(dict.fromkeys([raw["depends_on"], *refs]))
-    for key in list(ports.outputs):
-        out = ports.outputs[key]
-        clean = norm(out)
-        if posixpath.isabs(clean) or clean == ".." or clean.startswith("../") or clean in (".", ""):
-            ld.problem(
-                f"output {key!r} ({out!r}) must be a path inside the project folder",
-                config.line_of(key) if isinstance(config, LineDict) else raw.line,
-                sid,
-            )
-        elif clean == ".pipemake" or clean.startswith(".pipemake/"):
-            ld.problem(f"output {key!r} may not be inside .pipemake/", raw.line, sid)
-        ports.outputs[key] = clean
-    for key, value in ports.inputs.items():
-        if isinstance(value, list):
-            ports.inputs[key] = [norm(v) if isinstance(v, str) else v for v in value]
-        elif isinstance(value, str):
-            ports.inputs[key] = norm(value)
+    _place_paths(ports, str(pipeline.root), config, written, raw, ld)
     return Stage(
         id=sid,
         type=raw["type"],
@@ -225,6 +205,87 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: Problems) ->
     )
 
 
+def _ports(
+    rule: Rule, resolved: dict[str, Any], config: Any, raw: LineDict, root: str, ld: Problems
+) -> tuple[Ports, dict[str, str], bool]:
+    """The stage's ports, each problem reported at its line; also the key each declared key
+    was written as (an alias or itself), and whether a problem was reported."""
+    sid = raw["id"]
+    ports, problems = rule.ports(resolved)
+    ports.root = root
+    canon, twice = rule.unalias(resolved)
+    now = {msg for _, msg in twice}  # a key given twice is wrong whatever its values
+    written = {rule.aliases.get(k, k): k for k in config}  # declared key → key in the file
+    _pending_inputs(rule, canon, ports)
+    if not problems:
+        problems = rule.check(ports)
+    accepted = rule.accepted_keys()
+    reported = False
+    for key, msg in problems:
+        as_written = written.get(key, key)
+        # a problem with a value an upstream stage computes is checked again at build time;
+        # an unknown key is reported now, whatever its value
+        known = accepted is None or as_written in accepted
+        if _has_pending(canon.get(key)) and known and msg not in now:
+            continue
+        line = (
+            config.line_of(as_written)
+            if isinstance(config, LineDict) and as_written in config
+            else raw.line
+        )
+        ld.problem(msg, line, sid)
+        reported = True
+    return ports, written, reported
+
+
+def _place_paths(
+    ports: Ports, root: str, config: Any, written: dict[str, str], raw: LineDict, ld: Problems
+) -> None:
+    """Normalize the stage's paths (relative to the project root when inside it, absolute
+    when outside) and refuse outputs that cannot be one."""
+    sid = raw["id"]
+    for key in list(ports.outputs):
+        out = ports.outputs[key]
+        clean = in_project(out, root)
+        line = _port_line(config, "outputs", written.get(key, key), raw.line)
+        if clean in ("..", ".", "") or clean.startswith("../"):
+            ld.problem(
+                f"output {key!r} ({out!r}) must be a path below the project folder, or an "
+                "absolute path outside it",
+                line,
+                sid,
+            )
+        elif posixpath.isabs(clean) and _too_wide(clean, root):
+            ld.problem(
+                f"output {key!r} ({out!r}) {_too_wide(clean, root)}: an output's folder is "
+                "replaced whole by each build that writes it",
+                line,
+                sid,
+                hint="write the output to a folder of its own, e.g. /data/frames",
+            )
+        elif clean == ".pipemake" or clean.startswith(".pipemake/"):
+            ld.problem(f"output {key!r} may not be inside .pipemake/", line, sid)
+        ports.outputs[key] = clean
+    for key, value in ports.inputs.items():
+        if isinstance(value, list):
+            ports.inputs[key] = [in_project(v, root) if isinstance(v, str) else v for v in value]
+        elif isinstance(value, str):
+            ports.inputs[key] = in_project(value, root)
+
+
+def _port_line(config: Any, section: str, key: str, default: int) -> int:
+    """The line of port ``key``: a config key of its own, or a name in the config's
+    ``inputs:``/``outputs:`` mapping (``shell`` and ``python`` stages)."""
+    if not isinstance(config, LineDict):
+        return default
+    if key in config:
+        return config.line_of(key)
+    named = config.get(section)
+    if isinstance(named, LineDict) and key in named:
+        return named.line_of(key)
+    return config.line_of(section) if section in config else default
+
+
 def _pending_inputs(rule: Rule, resolved: dict[str, Any], ports: Ports) -> None:
     """Inputs whose paths an upstream stage computes are inputs too (known at build time)."""
     for key, value in resolved.items():
@@ -236,9 +297,38 @@ def _pending_inputs(rule: Rule, resolved: dict[str, Any], ports: Ports) -> None:
                     ports.inputs[name] = path
 
 
-def _foreach(raw: LineDict, ports: Ports, rule: Rule, sid: str, ld: Problems) -> Foreach | None:
+def _foreach(
+    raw: LineDict, ports: Ports, rule: Rule, sid: str, ld: Problems, quiet: bool = False
+) -> Foreach | None:
+    """The stage's ``foreach``: as written, the rule's ``default_foreach`` when it says
+    nothing, or none (``foreach: false``). A rule that cannot run the way chosen is a
+    problem here, never an error in the middle of a build (``quiet``: the stage has other
+    problems already, so say nothing about a default that cannot apply)."""
     spec = raw.get("foreach")
-    if spec is None:
+    line = raw.line_of("foreach") if "foreach" in raw else raw.line_of("type")
+    if spec is True:
+        spec = rule.default_foreach
+        if spec is None:
+            ld.problem(
+                f"foreach: true needs an input name: rule {rule.name!r} has no default "
+                f"(inputs: {', '.join(ports.inputs) or 'none'})",
+                line,
+                sid,
+                hint=f"write foreach: {next(iter(ports.inputs), 'INPUT')}",
+            )
+            return None
+    off = spec is False or (
+        isinstance(spec, str) and spec not in ports.inputs and spec.strip().lower() in _NO_FOREACH
+    )
+    if spec is None and rule.default_foreach is not None:
+        decl = rule.inputs.get(rule.default_foreach)
+        if rule.default_foreach in ports.inputs:
+            return Foreach(rule.default_foreach, rule.foreach_pattern)
+        if quiet or (decl is not None and decl.required):
+            return None  # the missing input is reported already
+    if spec is None or off:
+        if not has_run(rule) and not quiet:
+            _cannot_run_whole(rule, ports, sid, line, ld, off)
         return None
     if isinstance(spec, str):
         spec = {"input": spec}
@@ -248,23 +338,88 @@ def _foreach(raw: LineDict, ports: Ports, rule: Rule, sid: str, ld: Problems) ->
         or not set(spec) <= {"input", "pattern"}
     ):
         ld.problem(
-            "'foreach' must be an input name, or {input: NAME, pattern: GLOB}",
-            raw.line_of("foreach"),
+            "'foreach' must be an input name, {input: NAME, pattern: GLOB}, or false",
+            line,
             sid,
         )
         return None
     if spec["input"] not in ports.inputs:
+        known = list(ports.inputs)
         ld.problem(
             f"foreach: {spec['input']!r} is not an input of this stage "
-            f"(inputs: {', '.join(ports.inputs) or 'none'})",
-            raw.line_of("foreach"),
+            f"(inputs: {', '.join(known) or 'none'})",
+            line,
             sid,
+            hint=suggest(spec["input"], known),
         )
+        return None
+    if not has_items(rule):
+        ld.problem(_no_code(rule), line, sid)
         return None
     pattern = spec.get("pattern", rule.foreach_pattern)
     if pattern is not None and not isinstance(pattern, str):
-        ld.problem("foreach pattern must be a glob string", raw.line_of("foreach"), sid)
+        ld.problem("foreach pattern must be a glob string", line, sid)
     return Foreach(spec["input"], pattern)
+
+
+def _no_code(rule: Rule) -> str:
+    return (
+        f"rule {rule.name!r} implements neither run() nor run_item() (nor map_item() and "
+        "reduce()), so it cannot run: a mistake in the rule, for its author to fix"
+    )
+
+
+def _cannot_run_whole(
+    rule: Rule, ports: Ports, sid: str, line: int | None, ld: Problems, off: bool
+) -> None:
+    """Report a stage that would run a per-item-only rule as one whole stage."""
+    if not has_items(rule):
+        ld.problem(_no_code(rule), line, sid)
+        return
+    dirs = [k for k, d in rule.inputs.items() if d.kind in ("dir", "path")] or list(ports.inputs)
+    name = rule.default_foreach or (dirs[0] if dirs else "INPUT")
+    if off:
+        ld.problem(
+            f"rule {rule.name!r} only runs per item (it has no whole-stage run()), "
+            "so it cannot run with foreach off",
+            line,
+            sid,
+            hint=f"remove the foreach line (the default is foreach: {name})",
+        )
+    else:
+        ld.problem(
+            f"rule {rule.name!r} only runs per item (it has no whole-stage run()): "
+            "say which input's files are its items",
+            line,
+            sid,
+            hint=f"add foreach: {name}",
+        )
+
+
+def _too_wide(path: str, root: str) -> str:
+    """Why the absolute output ``path`` may not be one (it holds the project, the home
+    folder, or is a top-level folder such as ``/data``), or an empty string."""
+    if path == "/" or _inside(root, path):
+        return f"holds the project folder {root}"
+    home = norm(os.path.expanduser("~"))
+    if posixpath.isabs(home) and _inside(home, path):
+        return f"holds the home folder {home}"
+    if path.count("/") < 2:
+        return "is a top-level folder"
+    return ""
+
+
+def in_project(path: str, root: str) -> str:
+    """``path`` as the pipeline keeps it: normalized, and relative to the project root
+    ``root`` when it lies inside (however written: absolute, or through a symlinked
+    folder); an absolute path outside the project stays absolute."""
+    clean = norm(path)
+    if not posixpath.isabs(clean):
+        return clean
+    for candidate in (clean, norm(os.path.realpath(clean))):
+        if _inside(candidate, root):
+            return posixpath.relpath(candidate, root)
+    return clean
 
 
 def _inside(path: str, parent: str) -> bool:
@@ -304,6 +459,7 @@ def check_graph(pipeline: Pipeline, raws: list[LineDict], ld: Problems) -> None:
                     hint=suggest(dep, list(stages)),
                 )
         _check_inputs(pipeline, st, ld)
+    check_packages(pipeline, ld)
     ld.fail_if_any()
     pipeline.graph = Graph({sid: [d for d in st.deps if d in stages] for sid, st in stages.items()})
     cycle = pipeline.graph.find_cycle()
@@ -351,8 +507,10 @@ def _missing(ld: Problems, st: Stage, key: str, path: str) -> None:
 
 
 def check_sources(pipeline: Pipeline, ld: Problems) -> None:
-    """Note every source input (one no stage produces) that is not on disk: what can change
-    without the pipeline file changing, so a cached plan is checked again on each load."""
+    """Note every source input (one no stage produces) that is not on disk and every
+    package a rule needs that is not installed: what can change without the pipeline file
+    changing, so a cached plan is checked again on each load."""
+    check_packages(pipeline, ld)
     for st in pipeline.stages.values():
         for key, value in st.ports.inputs.items():
             for path in value if isinstance(value, list) else [value]:
@@ -363,3 +521,55 @@ def check_sources(pipeline: Pipeline, ld: Problems) -> None:
                     base if os.path.isabs(base) else os.path.join(pipeline.root, base)
                 ):
                     _missing(ld, st, key, base)
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, found without importing it."""
+    try:
+        return find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def install_line(requirements: list[str]) -> str:
+    """One ``pip install`` command for ``requirements``, pipemake's extras merged into one
+    (``pipemake[video]`` and ``pipemake[segment]`` → ``'pipemake[video,segment]'``)."""
+    extras: list[str] = []
+    others: list[str] = []
+    for req in requirements:
+        if req.startswith("pipemake[") and req.endswith("]"):
+            extras += [e.strip() for e in req[len("pipemake[") : -1].split(",")]
+        elif req not in others:
+            others.append(req)
+    parts = [f"pipemake[{','.join(dict.fromkeys(extras))}]"] if extras else []
+    return "pip install " + " ".join(f"'{p}'" if "[" in p else p for p in parts + others)
+
+
+def check_packages(pipeline: Pipeline, ld: Problems) -> None:
+    """Report, all at once, every package the pipeline's rules need that is not installed,
+    with the one ``pip install`` line that installs them all (found by ``find_spec``:
+    nothing is imported)."""
+    missing: list[tuple[Stage, list[str]]] = []
+    wanted: list[str] = []
+    found: dict[str, bool] = {}
+    for st in pipeline.stages.values():
+        absent = []
+        for module, requirement in st.rule.requires.items():
+            if module not in found:
+                found[module] = _installed(module)
+            if not found[module]:
+                absent.append(module)
+                wanted.append(requirement)
+        if absent:
+            missing.append((st, absent))
+    for n, (st, absent) in enumerate(missing, 1):
+        names = ", ".join(absent)
+        hint = ""
+        if n == len(missing):
+            hint = "one command installs everything missing: " + install_line(wanted)
+        ld.problem(
+            f"rule {st.rule.name!r} needs {names}, not installed",
+            st.line,
+            st.id,
+            hint=hint,
+        )

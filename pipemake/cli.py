@@ -368,7 +368,12 @@ def dry_run(ctx: click.Context, targets: tuple[str, ...], as_json: bool, check: 
     def go() -> int:
         with _project(ctx, readonly=True) as project:
             rows = api.dry_run(project, targets)
+            notes = api.stage_notes(project)
         _print_decisions(rows, as_json)
+        if not as_json:  # stdout stays one line per stage
+            for stage, _ in rows:
+                for note in notes.get(stage, []):
+                    click.echo(f"{stage}: {note}", err=True)
         stale = any(d.verdict.value != "up to date" for _, d in rows)
         return 1 if check and stale else 0
 
@@ -469,6 +474,8 @@ def validate(ctx: click.Context, config: str | None) -> None:
         for i, row in enumerate(plan, 1):
             needs = f"  (needs {', '.join(row['needs'])})" if row["needs"] else ""
             click.echo(f"  {i}. {row['stage']} [{row['rule']}]{needs}")
+            for note in row["notes"]:
+                click.echo(f"       {note}")
         return 0
 
     _run(go)

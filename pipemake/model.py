@@ -96,5 +96,9 @@ class Pipeline:
 
 
 def norm(path: str) -> str:
-    """A path in POSIX form without ``.`` or ``..`` parts."""
-    return posixpath.normpath(path.replace(os.sep, "/")) if path else path
+    """A path in POSIX form without ``.`` or ``..`` parts; an absolute path starts with
+    exactly one ``/`` (POSIX lets ``//data`` differ from ``/data``; here they are one)."""
+    if not path:
+        return path
+    clean = posixpath.normpath(path.replace(os.sep, "/"))
+    return "/" + clean.lstrip("/") if clean.startswith("//") else clean

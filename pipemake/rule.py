@@ -14,7 +14,15 @@ command and waits for it).
 Rules that work per file of an input (``foreach``) implement ``run_item`` (or
 ``run_batch``); rules that also need a whole-stage step over all items' results (map-reduce)
 implement ``map_item`` and ``reduce``. ``setup`` runs once per worker process and per
-parameter set, so a rule loads its model once, not once per item.
+parameter set, so a rule loads its model once, not once per item. A rule that names
+``default_foreach`` runs per item over that input when a stage says nothing about
+``foreach`` (``foreach: false`` opts out, where the rule also has a whole-stage ``run``).
+
+Three more declarations let the loader catch mistakes before anything runs: ``aliases``
+(other names a config key is accepted under, such as the original system's
+``character_dirs``), ``requires`` (the packages the rule imports when it runs, and the pip
+requirement that provides each) and :meth:`Rule.describe` (facts ``validate`` and
+``dry-run`` show, such as which model file a stage will load).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .errors import suggest
 from .walk import mtimes
 
 __all__ = [
@@ -46,9 +55,12 @@ __all__ = [
     "Rule",
     "RuleError",
     "get_rule",
+    "has_items",
+    "has_run",
     "local_only",
     "register_rule",
     "rule_names",
+    "unknown_key",
 ]
 
 ENTRY_POINT_GROUP = "pipemake.rules"
@@ -312,6 +324,44 @@ class Rule:
     #: rule must not change process-wide state (``os.environ``, the working directory,
     #: signal handlers) and loads nothing in ``setup``.
     spawns_only: ClassVar[bool] = False
+    #: the input a stage of this rule runs per item over when it has no ``foreach:`` key
+    #: (its items filtered by ``foreach_pattern``); None: the whole stage runs at once.
+    #: ``foreach: false`` in a stage opts out (the rule must then implement ``run``).
+    default_foreach: ClassVar[str | None] = None
+    #: other names a config key is accepted under: alias → declared key. A stage may use
+    #: either (not both); the key, the problems and the rule see the declared name.
+    aliases: ClassVar[Mapping[str, str]] = {}
+    #: packages the rule imports when it runs: import name → the pip requirement that
+    #: provides it (``"pipemake[video]"``; extras of pipemake are merged into one line).
+    #: The loader checks them (without importing anything) before anything runs.
+    requires: ClassVar[Mapping[str, str]] = {}
+
+    def accepted_keys(self) -> set[str] | None:
+        """Every config key a stage of this rule may have (declared keys and their
+        aliases), so an unknown key is reported before anything runs whatever its value;
+        None for rules that split their config themselves and did not say."""
+        if type(self).ports is not Rule.ports:
+            return None
+        return set(self.inputs) | set(self.outputs) | set(self.params) | set(self.aliases)
+
+    def unalias(self, config: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        """``config`` with every alias renamed to its declared key, and a problem for a key
+        given twice (under its name and an alias, or under two aliases)."""
+        if not self.aliases:
+            return dict(config), []
+        out: dict[str, Any] = {}
+        given: dict[str, str] = {}
+        problems: list[tuple[str, str]] = []
+        for key, value in config.items():
+            name = self.aliases.get(key, key)
+            if name in given:
+                problems.append(
+                    (key, f"{given[name]!r} and {key!r} name the same key {name!r}: give one")
+                )
+                continue
+            given[name] = key
+            out[name] = value
+        return out, problems
 
     def ports(self, config: Mapping[str, Any]) -> tuple[Ports, list[tuple[str, str]]]:
         """Split ``config`` into ports by the declarations.
@@ -320,14 +370,12 @@ class Rule:
         Rules whose inputs and outputs are named by the user (``shell``, ``python``)
         override this.
         """
-        problems: list[tuple[str, str]] = []
+        config, problems = self.unalias(config)
         ports = Ports()
         known = set(self.inputs) | set(self.outputs) | set(self.params)
         for key in config:
             if key not in known:
-                problems.append(
-                    (key, f"unknown key {key!r} for rule {self.name!r}" + _known(known))
-                )
+                problems.append((key, unknown_key(key, self.name, known | set(self.aliases))))
         for key, decl in self.inputs.items():
             if key not in config or config[key] is None:
                 if decl.required:
@@ -369,6 +417,11 @@ class Rule:
         """Further checks of resolved ports before anything runs; ``(key, problem)`` pairs."""
         return []
 
+    def describe(self, ports: Ports) -> list[str]:
+        """Facts about a stage worth showing before it runs (``validate``, ``dry-run``),
+        such as the model file it will load; one short line each."""
+        return []
+
     def code_hash(self, ports: Ports, root: Path) -> str | None:
         """A hash of user code this stage runs (``python`` stages), or None."""
         return None
@@ -378,8 +431,13 @@ class Rule:
         return []
 
     def run(self, ctx: Context) -> Mapping[str, Any] | None:
-        """Do the stage's work, writing into ``ctx.outputs``; return computed values."""
-        raise NotImplementedError(f"rule {self.name!r} does not implement run()")
+        """Do the stage's work, writing into ``ctx.outputs``; return computed values.
+
+        A rule without it runs only per item; the loader refuses a stage that would call it
+        (so this error is never reached from a checked pipeline)."""
+        raise RuleError(
+            f"rule {self.name!r} has no whole-stage run(): it runs per item (foreach: INPUT)"
+        )
 
     # foreach support -------------------------------------------------------------------
     def setup(self, ctx: Context) -> Any:
@@ -409,7 +467,7 @@ class Rule:
 
     def map_item(self, ctx: Context, item: Item) -> Any:
         """Compute one item's result (JSON-serializable or bytes), cached per item."""
-        raise NotImplementedError
+        raise RuleError(f"rule {self.name!r} sets map_reduce but has no map_item()")
 
     #: how many items one ``map_batch`` call receives (a GPU feature extractor wants many)
     map_batch_size: ClassVar[int] = 1
@@ -420,14 +478,33 @@ class Rule:
 
     def reduce(self, ctx: Context, mapped: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """Combine every item's map result (relpath → result) and write the outputs."""
-        raise NotImplementedError
+        raise RuleError(f"rule {self.name!r} sets map_reduce but has no reduce()")
 
     #: params that only the reduce step reads; changing them reruns only the reduce
     reduce_params: ClassVar[Sequence[str]] = ()
 
 
-def _known(names: set[str]) -> str:
-    return f" (known: {', '.join(sorted(names))})" if names else ""
+def unknown_key(key: str, rule: str, known: set[str]) -> str:
+    """The message for a config key rule ``rule`` does not take: a did-you-mean when one is
+    close, and the keys it does take."""
+    hint = suggest(str(key), sorted(known))
+    listed = f" (known: {', '.join(sorted(known))})" if known else ""
+    return f"unknown key {key!r} for rule {rule!r}" + (f"; {hint}" if hint else "") + listed
+
+
+def has_run(rule: Rule) -> bool:
+    """Whether ``rule`` can run a whole stage at once (it implements ``run``)."""
+    return type(rule).run is not Rule.run
+
+
+def has_items(rule: Rule) -> bool:
+    """Whether ``rule`` can run per item (``run_item``/``run_batch``, a map-reduce pair, or
+    a ``run`` that ``run_item`` falls back to)."""
+    cls = type(rule)
+    if rule.map_reduce:
+        mapper = cls.map_item is not Rule.map_item or cls.map_batch is not Rule.map_batch
+        return mapper and cls.reduce is not Rule.reduce
+    return cls.run_item is not Rule.run_item or cls.run_batch is not Rule.run_batch or has_run(rule)
 
 
 #: pipemake's version and the rules registered under ENTRY_POINT_GROUP (name → entry point

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pipemake.rule import Ports
+from pipemake.rule import Ports, unknown_key
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
@@ -41,8 +41,4 @@ def named_ports(config: Mapping[str, Any], ports: Ports) -> list[tuple[str, str]
 
 def unknown_keys(config: Mapping[str, Any], known: set[str], rule: str) -> list[tuple[str, str]]:
     """Problems for config keys the rule does not take."""
-    return [
-        (key, f"unknown key {key!r} for rule {rule!r} (known: {', '.join(sorted(known))})")
-        for key in config
-        if key not in known
-    ]
+    return [(key, unknown_key(key, rule, known)) for key in config if key not in known]

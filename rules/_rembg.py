@@ -54,6 +54,46 @@ UNSUPPORTED: Mapping[str, str] = {
 #: where a named model with a converted file may fall back to its source model's file
 _CONVERTED_FROM: Mapping[str, str] = {"birefnet-general-fp16": "birefnet-general"}
 
+#: short names (the original pipeline system's among them) → rembg's session names. Names
+#: are also matched ignoring case and ``_`` versus ``-`` (``isnet_general_use``).
+MODEL_ALIASES: Mapping[str, str] = {
+    "isnet": "isnet-general-use",
+    "isnet-general": "isnet-general-use",
+    "dis": "isnet-general-use",
+    "anime": "isnet-anime",
+    "isnet-anime-seg": "isnet-anime",
+    "u2net-human": "u2net_human_seg",
+    "human": "u2net_human_seg",
+    "bria": "bria-rmbg",
+    "rmbg": "bria-rmbg",
+    "birefnet": "birefnet-general",
+}
+
+
+def _fold(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def canonical_model(name: str) -> str:
+    """rembg's session name for a model name as a user may write it: ``isnet`` →
+    ``isnet-general-use``, ``U2Net`` → ``u2net``, ``isnet_anime`` → ``isnet-anime``; a name
+    that matches nothing comes back as given (the checks then say what is known)."""
+    every = (*KNOWN_MODELS, *CUSTOM_SESSIONS, *UNSUPPORTED)
+    folded = {_fold(n): n for n in every}
+    folded.update({_fold(a): n for a, n in MODEL_ALIASES.items()})
+    return folded.get(_fold(name), name)
+
+
+def model_file(name: str) -> str | None:
+    """The file rembg will load for named model ``name`` (the first of
+    :func:`model_candidates` on disk, or its source model's for a converted one), or None."""
+    names = [name, _CONVERTED_FROM[name]] if name in _CONVERTED_FROM else [name]
+    for n in names:
+        for path in model_candidates(n):
+            if os.path.exists(path):
+                return path
+    return None
+
 
 def legacy_home() -> str:
     """rembg's old flat model folder: ``$U2NET_HOME``, else ``$XDG_DATA_HOME/.u2net`` or
@@ -81,8 +121,7 @@ def model_candidates(name: str) -> list[str]:
 
 def model_on_disk(name: str) -> bool:
     """Whether rembg would load ``name`` from disk without downloading anything."""
-    names = [name, _CONVERTED_FROM[name]] if name in _CONVERTED_FROM else [name]
-    return any(os.path.exists(p) for n in names for p in model_candidates(n))
+    return model_file(name) is not None
 
 
 def missing_model_message(name: str, candidates: Sequence[str], home: str) -> str:
@@ -233,8 +272,8 @@ class Options:
     background_threshold: int = 10
     erode_size: int = 10
     post_process_mask: bool = False
-    crop: bool = False
-    padding: int | float = 0
+    crop: bool = True
+    padding: int | float = 0.05
     min_area: float = 0.0
     mask_threshold: int = 128
     background: tuple[int, int, int, int] | None = None
@@ -248,8 +287,8 @@ class Options:
             background_threshold=int(params.get("alpha_matting_background_threshold", 10)),
             erode_size=int(params.get("alpha_matting_erode_size", 10)),
             post_process_mask=bool(params.get("post_process_mask", False)),
-            crop=bool(params.get("crop", False)),
-            padding=params.get("padding", 0),
+            crop=bool(params.get("crop", True)),
+            padding=params.get("padding", 0.05),
             min_area=float(params.get("min_area", 0.0)),
             mask_threshold=int(params.get("mask_threshold", 128)),
             background=parse_background(params.get("background", "transparent")),
@@ -295,6 +334,14 @@ def cut_out(session: Any, src: Path, opts: Options) -> Cutout:
             )
         except FloatingPointError:
             return Cutout(None, None, 0.0, None, "no subject: the model's output is uniform")
+        except MemoryError:
+            raise
+        except Exception as exc:  # onnxruntime's errors share no base class
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RuleError(
+                f"{src}: the segmentation model failed: {first}. Is the model file one of the "
+                "family the stage's model names (its input size and layout)?"
+            ) from exc
     mask = mask.convert("L")
     fg = np.asarray(mask) >= opts.mask_threshold
     area = float(fg.mean())

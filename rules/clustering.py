@@ -92,6 +92,14 @@ class ClusteringRule(Rule):
     values: ClassVar[Sequence[str]] = ("cluster_dirs", "n_clusters", "n_noise")
     path_values: ClassVar[Mapping[str, str]] = {"cluster_dirs": "output_dir"}
     foreach_pattern: ClassVar[str | None] = IMAGE_PATTERN
+    default_foreach: ClassVar[str | None] = "input_dir"
+    aliases: ClassVar[Mapping[str, str]] = {"character_dir": "input_dir"}
+    requires: ClassVar[Mapping[str, str]] = {
+        "numpy": "pipemake[cluster]",
+        "PIL": "pipemake[cluster]",
+        "sklearn": "pipemake[cluster]",
+        "torch": "pipemake[cluster]",
+    }
     map_reduce: ClassVar[bool] = True
     reduce_params: ClassVar[Sequence[str]] = _REDUCE
     #: items per feature batch when the engine calls :meth:`map_batch`

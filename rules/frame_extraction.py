@@ -125,6 +125,14 @@ class FrameExtractionRule(Rule):
     }
     values = ("frame_count", "scenes")
     foreach_pattern = VIDEO_PATTERN
+    #: one video or a folder of them runs whole unless the stage says ``foreach:``
+    default_foreach = None
+    aliases: Mapping[str, str] = {}
+    requires: Mapping[str, str] = {
+        "av": "pipemake[video]",
+        "numpy": "pipemake[video]",
+        "PIL": "pipemake[video]",
+    }
 
     def check(self, ports: Ports) -> list[tuple[str, str]]:
         """Range and format checks of the params, before anything runs."""

@@ -64,9 +64,13 @@ class PythonRule(Rule):
         #: (project root, "module:callable") → (the module, the callable), in this process
         self._resolved: dict[tuple[str, str], tuple[Any, Any]] = {}
 
+    def accepted_keys(self) -> set[str]:
+        """The config keys a stage of this rule may have."""
+        return {"function", "inputs", "outputs", "params"}
+
     def ports(self, config: Mapping[str, Any]) -> tuple[Ports, list[tuple[str, str]]]:
         ports = Ports()
-        problems = unknown_keys(config, {"function", "inputs", "outputs", "params"}, self.name)
+        problems = unknown_keys(config, self.accepted_keys(), self.name)
         func = config.get("function")
         if not isinstance(func, str) or not _FUNC.match(func):
             problems.append(("function", "'function' must look like package.module:callable"))

@@ -1,15 +1,20 @@
 """The ``segmentation`` rule: cut the subject out of every frame with a rembg model.
 
-Meant for ``foreach: input_dir``, so one new or changed frame reruns one item. Each frame
-becomes ``<relpath stem>.png``, an RGBA cut-out (optionally cropped to the subject and put on a
-colour); with ``save_mask: true`` its mask is written to ``masks/<relpath stem>.png`` too.
-Frames whose subject is missing or smaller than ``min_area`` are dropped: nothing is written
-for them and the stage's ``dropped`` value lists them.
+It runs per frame by default (``default_foreach``: a stage without ``foreach:`` is one item
+per image of ``input_dir``), so one new or changed frame reruns one item; ``foreach: false``
+runs the whole folder as one task instead. Each frame becomes ``<relpath stem>.png``, an
+RGBA cut-out cropped to its subject's box plus a margin (``crop``, ``padding`` alias
+``crop_margin``) and optionally put on a colour; with ``save_mask: true`` its mask is written
+to ``masks/<relpath stem>.png`` too. Frames whose subject is missing or smaller than
+``min_area`` are dropped: nothing is written for them and the stage's ``dropped`` value
+lists them.
 
-The model is any rembg model by name, loaded from rembg's model home (never downloaded: a
-missing file is a load-time error saying how to get it), or ``model_path``, an ONNX file of
-one's own whose content hash enters the key. One onnxruntime session per worker process is
-made in ``setup`` and reused for every item; it runs on CUDA when the stage holds a GPU and
+The model is any rembg model by name (``isnet``, ``u2net``, ``isnet_anime``… are read as
+rembg's session names, so the key and the cache are the same however it is spelled), loaded
+from rembg's model home (never downloaded: a missing file is a load-time error saying how to
+get it; ``validate`` and ``dry-run`` name the file), or ``model_path``, an ONNX file of one's
+own whose content hash enters the key. One onnxruntime session per worker process is made in
+``setup`` and reused for every item; it runs on CUDA when the stage holds a GPU and
 onnxruntime offers CUDA, else on the CPU, and the ``provider`` value says which.
 """
 
@@ -18,10 +23,10 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Mapping, Sequence
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pipemake.errors import suggest
 from pipemake.rule import Context, Input, Item, Output, Param, Ports, Rule, RuleError
 
 from . import _rembg
@@ -36,6 +41,8 @@ _MATTING_PARAMS = (
     "alpha_matting_erode_size",
 )
 MASK_DIR = "masks"
+#: the margin kept around the subject's box when cropping: a share of the box's sides
+DEFAULT_MARGIN = 0.05
 
 
 class SegmentationRule(Rule):
@@ -45,9 +52,17 @@ class SegmentationRule(Rule):
     name = "segmentation"
     version = "1"
     foreach_pattern = "*.png|*.jpg|*.jpeg|*.webp|*.bmp"
+    default_foreach: ClassVar[str | None] = "input_dir"
+    aliases: ClassVar[Mapping[str, str]] = {"crop_margin": "padding"}
+    requires: ClassVar[Mapping[str, str]] = {
+        "rembg": "pipemake[segment]",
+        "onnxruntime": "pipemake[segment]",
+        "numpy": "pipemake[segment]",
+        "PIL": "pipemake[segment]",
+    }
     batch_size = 1
     inputs: ClassVar[Mapping[str, Input]] = {
-        "input_dir": Input(kind="dir", help="frames to segment (use foreach: input_dir)"),
+        "input_dir": Input(kind="dir", help="frames to segment, one item per image"),
         "model_path": Input(
             kind="file", required=False, help="your own ONNX model instead of a named one"
         ),
@@ -56,15 +71,19 @@ class SegmentationRule(Rule):
         "output_dir": Output(kind="dir", help="RGBA cut-outs, mirroring input_dir's layout"),
     }
     params: ClassVar[Mapping[str, Param]] = {
-        "model": Param("str", "u2net", help="rembg model name; with model_path, its family"),
+        "model": Param(
+            "str", "u2net", help="rembg model name (isnet, u2net…); with model_path, its family"
+        ),
         "alpha_matting": Param("bool", False, help="refine edges with closed-form matting"),
         "alpha_matting_foreground_threshold": Param("int", 240, help="mask value sure to be fg"),
         "alpha_matting_background_threshold": Param("int", 10, help="mask value sure to be bg"),
         "alpha_matting_erode_size": Param("int", 10, help="erosion of the sure regions, px"),
         "post_process_mask": Param("bool", False, help="smooth the mask (rembg's post-process)"),
-        "crop": Param("bool", False, help="crop each cut-out to the subject's bounding box"),
+        "crop": Param("bool", True, help="crop each cut-out to the subject's bounding box"),
         "padding": Param(
-            ("int", "float"), 0, help="crop margin: int pixels, or float share of the box"
+            ("int", "float"),
+            DEFAULT_MARGIN,
+            help="crop margin (alias crop_margin): int pixels, or float share of the box",
         ),
         "min_area": Param("float", 0.0, help="drop frames whose subject is a smaller share"),
         "mask_threshold": Param("int", 128, help="mask value (1-255) counted as subject"),
@@ -79,9 +98,13 @@ class SegmentationRule(Rule):
 
     # load time ---------------------------------------------------------------------------
     def ports(self, config: Mapping[str, Any]) -> tuple[Ports, list[tuple[str, str]]]:
-        """Split the config as declared; keep params that cannot change the outputs (thread
-        count, matting thresholds without matting, padding without crop) out of the key."""
+        """Split the config as declared, the model under rembg's name (``isnet`` →
+        ``isnet-general-use``); keep params that cannot change the outputs (thread count,
+        matting thresholds without matting, padding without crop) out of the key."""
         ports, problems = super().ports(config)
+        model = ports.params.get("model")
+        if isinstance(model, str):
+            ports.params["model"] = _rembg.canonical_model(model)
         key = {k: v for k, v in ports.params.items() if k not in _NOT_IN_KEY}
         if not key.get("alpha_matting"):
             for name in _MATTING_PARAMS:
@@ -95,17 +118,23 @@ class SegmentationRule(Rule):
         """Catch bad params and a model that is not on disk before anything runs."""
         params = ports.params
         problems = _check_options(params)
-        if find_spec("rembg") is None or find_spec("onnxruntime") is None:
-            problems.append(
-                (
-                    "model",
-                    "rembg and onnxruntime are not installed: pip install 'pipemake[segment]'",
-                )
-            )
         model = params.get("model")
         if isinstance(model, str) and "{" not in model:
             problems.extend(_check_model(model, bool(ports.inputs.get("model_path"))))
         return problems
+
+    def describe(self, ports: Ports) -> list[str]:
+        """Which model file the stage will load, and the rembg name a short one stands for."""
+        model = ports.params.get("model")
+        model_path = ports.inputs.get("model_path")
+        if model_path:
+            return [f"model file {model_path} (your own, run as {model}'s family)"]
+        if not isinstance(model, str):
+            return []
+        found = _rembg.model_file(model)
+        if found is None:
+            return [f"model: rembg {model}, not on disk (looked in {_rembg.rembg_home()})"]
+        return [f"model: rembg {model}, file {found}"]
 
     # running -----------------------------------------------------------------------------
     def setup(self, ctx: Context) -> dict[str, Any]:
@@ -236,11 +265,15 @@ def _check_model(model: str, has_model_path: bool) -> list[tuple[str, str]]:
     if _rembg.model_on_disk(model):
         return []
     if model not in _rembg.KNOWN_MODELS:
+        names = [*_rembg.KNOWN_MODELS, *_rembg.MODEL_ALIASES]
+        close = suggest(model, names)
         return [
             (
                 "model",
-                f"unknown rembg model {model!r}: use one of "
-                f"{', '.join(_rembg.KNOWN_MODELS)}, or model_path for your own ONNX file",
+                f"unknown rembg model {model!r}"
+                + (f" ({close})" if close else "")
+                + f": use one of {', '.join(_rembg.KNOWN_MODELS)} (or a short name: "
+                f"{', '.join(_rembg.MODEL_ALIASES)}), or model_path for your own ONNX file",
             )
         ]
     home = _rembg.rembg_home()

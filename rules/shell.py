@@ -54,9 +54,13 @@ class ShellRule(Rule):
     symbolic_keys = ("cmd", "env")
     spawns_only = True  # the local executor runs it in threads: no worker process to start
 
+    def accepted_keys(self) -> set[str]:
+        """The config keys a stage of this rule may have."""
+        return {"cmd", "inputs", "outputs", "env"}
+
     def ports(self, config: Mapping[str, Any]) -> tuple[Ports, list[tuple[str, str]]]:
         ports = Ports()
-        problems = unknown_keys(config, {"cmd", "inputs", "outputs", "env"}, self.name)
+        problems = unknown_keys(config, self.accepted_keys(), self.name)
         cmd = config.get("cmd")
         if not isinstance(cmd, str) or not cmd.strip():
             problems.append(("cmd", "missing 'cmd': the shell command to run"))

@@ -1,10 +1,12 @@
 """The ``training_data_prep`` rule: turn clustered cut-outs into a captioned training set.
 
-Reads cluster directories (``input_dirs``, e.g. ``{cluster.cluster_dirs}``) or a whole
-clustering output (``input_dir``), selects clusters, fits every image to the training
-resolution on a background, drops near-duplicates, splits train/validation
-deterministically, writes captions and lays the set out for kohya sd-scripts or the Hugging
-Face ``imagefolder`` loader, with ``manifest.jsonl`` and ``stats.json``.
+Reads cluster directories (``input_dirs``, e.g. ``{cluster.cluster_dirs}``; the original
+pipeline system's ``character_dirs`` and ``cluster_dirs`` are the same key) or a whole
+clustering output (``input_dir``, also ``character_dir``), selects clusters, fits every
+image to the training resolution on a background, drops near-duplicates, splits
+train/validation deterministically, writes captions and lays the set out for kohya
+sd-scripts or the Hugging Face ``imagefolder`` loader, with ``manifest.jsonl`` and
+``stats.json``.
 See docs/training_data_prep.md.
 """
 
@@ -26,6 +28,13 @@ __all__ = ["TrainingDataPrepRule"]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SKIP_DIRS = ("contact_sheets", "noise")  # parts of a clustering output that are not characters
 CAPTION_FIELDS = ("trigger", "name", "cluster")
+#: what an empty list of cluster folders (a clustering that found no character) means
+NO_CLUSTERS = (
+    "no clusters: the list of cluster folders is empty, so the clustering produced 0 "
+    "character folders (all cut-outs in noise?). Lower its min_cluster_size (or "
+    "min_samples), or set algorithm: kmeans with n_clusters, and build again; its "
+    "clusters.json and overview.png show where the cut-outs went"
+)
 
 
 class TrainingDataPrepRule(Rule):
@@ -33,6 +42,14 @@ class TrainingDataPrepRule(Rule):
 
     name = "training_data_prep"
     version = "1"
+    #: the whole set is one task: dedup and the split look at every image at once
+    default_foreach: ClassVar[str | None] = None
+    aliases: ClassVar[Mapping[str, str]] = {
+        "character_dirs": "input_dirs",
+        "cluster_dirs": "input_dirs",
+        "character_dir": "input_dir",
+    }
+    requires: ClassVar[Mapping[str, str]] = {"numpy": "pipemake[prep]", "PIL": "pipemake[prep]"}
     inputs: ClassVar[Mapping[str, Input]] = {
         "input_dirs": Input(kind="dir", required=False, many=True, help="cluster directories"),
         "input_dir": Input(kind="dir", required=False, help="a whole clustering output"),
@@ -65,7 +82,9 @@ class TrainingDataPrepRule(Rule):
         from pipemake.rules._prep_images import parse_background
 
         p, problems = ports.params, []
-        if bool(ports.inputs.get("input_dirs")) == bool(ports.inputs.get("input_dir")):
+        if ports.inputs.get("input_dirs") == [] and not ports.inputs.get("input_dir"):
+            problems.append(("input_dirs", NO_CLUSTERS))
+        elif bool(ports.inputs.get("input_dirs")) == bool(ports.inputs.get("input_dir")):
             problems.append(
                 (
                     "input_dirs",
@@ -192,6 +211,8 @@ def _images(folder: Path) -> list[Path]:
 def _discover(ctx: Context) -> dict[str, Path]:
     """Cluster name → folder, from ``input_dirs`` or the subfolders of ``input_dir``."""
     dirs = ctx.inputs.get("input_dirs")
+    if dirs == [] and not ctx.inputs.get("input_dir"):
+        raise RuleError(NO_CLUSTERS)
     if dirs:
         found: dict[str, Path] = {}
         for d in [Path(x) for x in dirs]:

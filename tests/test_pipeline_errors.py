@@ -4,9 +4,14 @@ file, the line and the stage, never a traceback (DESIGN.md, "The contract, preci
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from conftest import TRACEBACK, Proj
+
+from pipemake import api, binding
+from pipemake import rule as rule_module
+from pipemake.rule import Context, Input, Item, Output, Rule
 
 HEAD = """\
 name: t
@@ -204,6 +209,68 @@ CASES: dict[str, tuple[str, int, str | None, list[str]]] = {
         "bad",
         ["../escape.txt"],
     ),
+    "unknown key whose value is a reference": (
+        _stage(
+            "clu", "    config:\n      input_dir: data\n      output_dir: build/clu\n", "clustering"
+        )
+        + _stage(
+            "bad",
+            '    config:\n      charcter_dirs: "{clu.cluster_dirs}"\n      output_dir: build/p\n',
+            "training_data_prep",
+        ),
+        17,
+        "bad",
+        ["charcter_dirs", "did you mean 'character_dirs'"],
+    ),
+    "unknown shell key whose value is a reference": (
+        _stage(
+            "py",
+            "    config:\n      function: os.path:join\n      outputs: {o: build/py}\n",
+            "python",
+        )
+        + _stage("bad", '    config:\n      cmnd: "{py.anything}"\n      outputs: {o: build/b}\n'),
+        17,
+        "bad",
+        ["cmnd", "did you mean 'cmd'"],
+    ),
+    "one key under its name and an alias": (
+        _stage(
+            "bad",
+            "    config:\n      input_dirs: [data]\n      character_dirs: [data]\n"
+            "      output_dir: build/p\n",
+            "training_data_prep",
+        ),
+        13,
+        "bad",
+        ["input_dirs", "character_dirs"],
+    ),
+    "per-item rule with foreach off": (
+        _stage(
+            "bad",
+            "    foreach: false\n    config:\n      input_dir: data\n      output_dir: build/c\n",
+            "clustering",
+        ),
+        11,
+        "bad",
+        ["clustering", "per item", "foreach"],
+    ),
+    "foreach naming no input": (
+        _stage(
+            "bad",
+            "    foreach: input_dri\n    config:\n      input_dir: data\n"
+            "      output_dir: build/c\n",
+            "segmentation",
+        ),
+        11,
+        "bad",
+        ["input_dri", "input_dir"],
+    ),
+    "output holding the project": (
+        _stage("bad", SHELL_OK.replace("build/bad", "/")),
+        13,
+        "bad",
+        ["project"],
+    ),
 }
 
 
@@ -297,3 +364,152 @@ def test_no_traceback_from_a_real_process(project) -> None:
     assert "timeout" in proc.stderr
     proc = p.sub("build", "nosuchstage", code=None)
     assert TRACEBACK not in proc.stderr
+
+
+class _PerItemOnly(Rule):
+    """A third-party rule with run_item and no whole-stage run, and no default foreach."""
+
+    name = "per_item_only"
+    inputs = {"src": Input(kind="dir")}
+    outputs = {"out": Output(kind="dir")}
+
+    def run_item(self, ctx: Context, item: Item) -> None:
+        dest = Path(ctx.outputs["out"], item.relpath)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text("seen\n")
+
+
+class _PerItemByDefault(_PerItemOnly):
+    """The same rule, declaring its default foreach."""
+
+    name = "per_item_by_default"
+    default_foreach = "src"
+
+
+class _NoCode(Rule):
+    """A rule with declarations and no code at all."""
+
+    name = "no_code"
+    inputs = {"src": Input(kind="dir")}
+    outputs = {"out": Output(kind="dir")}
+
+
+RULE_STAGE = """\
+name: t
+stages:
+  - id: s
+    type: {rule}
+{foreach}    config: {{src: data, out: build/out}}
+"""
+
+
+@pytest.fixture
+def third_party(monkeypatch: pytest.MonkeyPatch) -> None:
+    for cls in (_PerItemOnly, _PerItemByDefault, _NoCode):
+        monkeypatch.setitem(rule_module._loaded, cls.name, cls())
+
+
+@pytest.mark.parametrize(
+    ("rule", "foreach", "line", "words"),
+    [
+        ("per_item_only", "", 4, ["per item", "add foreach: src"]),
+        ("per_item_by_default", "    foreach: false\n", 5, ["per item", "foreach: src"]),
+        ("no_code", "", 4, ["neither run()"]),
+        ("no_code", "    foreach: src\n", 5, ["neither run()"]),
+    ],
+)
+def test_a_rule_that_cannot_run_so_is_a_validate_error(
+    project, third_party, rule: str, foreach: str, line: int, words: list[str]
+) -> None:
+    p = project(RULE_STAGE.format(rule=rule, foreach=foreach), {"data/a.txt": "a"})
+    for verb in ("validate", "build", "dry-run"):
+        out = p.cli(verb, code=2).output
+        assert TRACEBACK not in out and "NotImplementedError" not in out, out
+        assert f"pipemake.yaml:{line}" in out and "'s'" in out, out
+        for word in words:
+            assert word in out, (word, out)
+    assert not p.exists("build")
+
+
+def test_a_rule_with_default_foreach_runs_per_item_without_foreach(project, third_party):
+    p = project(
+        RULE_STAGE.format(rule="per_item_by_default", foreach=""),
+        {"data/a.txt": "a", "data/sub/b.txt": "b"},
+    )
+    with api.project_of(p.root, None) as proj:
+        assert proj.pipeline.stages["s"].foreach is not None
+        api.build(proj, executor="inline")
+    assert p.read("build/out/a.txt") == "seen\n" and p.read("build/out/sub/b.txt") == "seen\n"
+
+
+PACKAGES = """\
+name: t
+stages:
+  - id: extract
+    type: frame_extraction
+    config: {input_video: data/clip.mp4, output_dir: build/frames}
+  - id: segment
+    type: segmentation
+    config: {input_dir: "{extract.output_dir}", output_dir: build/cut}
+  - id: cluster
+    type: clustering
+    config: {input_dir: "{segment.character_dir}", output_dir: build/clusters}
+  - id: prepare
+    type: training_data_prep
+    config: {character_dirs: "{cluster.cluster_dirs}", output_dir: build/set}
+"""
+
+
+def test_missing_packages_are_reported_together_with_one_install_line(
+    project, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from _onnx_fixtures import install_named_model
+
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "home"))
+    install_named_model(tmp_path / "home", "u2net")
+    p = project(PACKAGES, {"data/clip.mp4": "not really a video"})
+    p.path(".pipemake").mkdir()
+    p.cli("validate")  # everything installed: valid, and the checked plan is cached
+    assert p.exists(".pipemake/plan.json")
+    hidden = {"av", "rembg", "torch"}
+    monkeypatch.setattr(binding, "_installed", lambda module: module not in hidden)
+    for verb in ("validate", "build", "dry-run", "uncached"):
+        if verb == "uncached":  # the same from a full load of the file
+            p.path(".pipemake/plan.json").unlink()
+            verb = "validate"
+        out = p.cli(verb, code=2).output
+        assert TRACEBACK not in out
+        assert re.search(r"pipemake\.yaml:3: stage 'extract': .*needs av", out), out
+        assert re.search(r"pipemake\.yaml:6: stage 'segment': .*needs rembg", out), out
+        assert re.search(r"pipemake\.yaml:9: stage 'cluster': .*needs torch", out), out
+        assert "prepare" not in out
+        [line] = [x for x in out.splitlines() if "pip install" in x]
+        assert line.endswith("pip install 'pipemake[video,segment,cluster]'"), line
+    assert not p.exists("build")
+
+
+def test_foreach_true_false_and_none(project, third_party) -> None:
+    """``foreach: true`` is the rule's default input, ``false``/``none`` runs whole."""
+    p = project(
+        """
+        name: t
+        stages:
+          - id: each
+            type: per_item_by_default
+            foreach: true
+            config: {src: data, out: build/each}
+          - id: whole
+            type: shell
+            foreach: none
+            config: {cmd: "cp -r {inputs.a} {outputs.o}", inputs: {a: data}, outputs: {o: build/o}}
+        """,
+        {"data/a.txt": "a"},
+    )
+    with api.project_of(p.root, None) as proj:
+        stages = proj.pipeline.stages
+        assert stages["each"].foreach is not None and stages["each"].foreach.input == "src"
+        assert stages["whole"].foreach is None
+    p.edit("pipemake.yaml", "foreach: none", "foreach: true")
+    out = p.cli("validate", code=2).output
+    assert "pipemake.yaml:9" in out and "foreach: true needs an input name" in out, out
+    assert "write foreach: a" in out

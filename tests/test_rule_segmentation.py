@@ -101,7 +101,7 @@ def rgba(path: Path) -> np.ndarray:
 def test_mask_follows_the_model(tmp_path: Path, u2net: Path) -> None:
     rule = SegmentationRule()
     frame(tmp_path / "frames" / "a.png")
-    ctx, per_item = run_items(rule, tmp_path, tmp_path / "frames")
+    ctx, per_item = run_items(rule, tmp_path, tmp_path / "frames", crop=False)
     out = rgba(ctx.outputs["output_dir"] / "a.png")
     assert out.shape == (64, 80, 4)
     left, top, right, bottom = SQUARE
@@ -236,7 +236,9 @@ class _no_runtime_warnings:
 )
 def test_background_colour(tmp_path, u2net, background, rgb) -> None:
     frame(tmp_path / "frames" / "a.png")
-    ctx, _ = run_items(SegmentationRule(), tmp_path, tmp_path / "frames", background=background)
+    ctx, _ = run_items(
+        SegmentationRule(), tmp_path, tmp_path / "frames", background=background, crop=False
+    )
     out = rgba(ctx.outputs["output_dir"] / "a.png")
     assert out[..., 3].min() == 255
     assert tuple(out[2, 2, :3]) == rgb
@@ -262,7 +264,9 @@ def test_custom_model_path_outside_home(tmp_path, home) -> None:
     arr[10:30, 10:30] = 255
     (tmp_path / "frames").mkdir()
     Image.fromarray(arr).save(tmp_path / "frames" / "w.png")
-    ctx, per_item = run_items(SegmentationRule(), tmp_path, tmp_path / "frames", model_path=model)
+    ctx, per_item = run_items(
+        SegmentationRule(), tmp_path, tmp_path / "frames", model_path=model, crop=False
+    )
     out = rgba(ctx.outputs["output_dir"] / "w.png")
     assert out[12:28, 12:28, 3].min() > 240 and out[:5, :, 3].max() < 15
     assert per_item["w.png"]["kept"]
@@ -329,7 +333,9 @@ def test_key_leaves_out_params_that_change_nothing() -> None:
     plain = rule.ports(config())[0].key_params
     assert rule.ports(config(threads=4))[0].key_params == plain
     assert rule.ports(config(alpha_matting_erode_size=3))[0].key_params == plain
-    assert rule.ports(config(padding=8))[0].key_params == plain
+    uncropped = rule.ports(config(crop=False))[0].key_params
+    assert rule.ports(config(crop=False, padding=8))[0].key_params == uncropped
+    assert rule.ports(config(padding=8))[0].key_params != plain
     assert (
         rule.ports(config(crop=True, padding=8))[0].key_params
         != rule.ports(config(crop=True))[0].key_params
@@ -404,6 +410,7 @@ def test_alpha_matting(tmp_path, u2net) -> None:
         tmp_path / "frames",
         alpha_matting=True,
         alpha_matting_erode_size=3,
+        crop=False,
     )
     out = rgba(ctx.outputs["output_dir"] / "a.png")
     assert out[20:36, 25:45, 3].min() > 240 and out[:8, :, 3].max() < 15
@@ -418,3 +425,96 @@ def test_import_stays_light() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_cut_outs_are_cropped_to_the_subject_by_default(tmp_path, u2net) -> None:
+    frame(tmp_path / "frames" / "a.png")
+    ctx, per_item = run_items(SegmentationRule(), tmp_path, tmp_path / "frames")
+    out = rgba(ctx.outputs["output_dir"] / "a.png")
+    left, top, right, bottom = per_item["a.png"]["box"]
+    # the square's box (30 x 24) and a margin of 5% of each side: 2 px and 1 px
+    assert (right - left, bottom - top) == pytest.approx((34, 26), abs=2)
+    assert out.shape[:2] == (bottom - top, right - left)
+    # the subject fills the picture; the margin is transparent, with no border lines
+    assert out[3:-3, 3:-3, 3].min() > 240
+    for edge in (out[0], out[-1], out[:, 0], out[:, -1]):
+        assert edge[:, 3].max() < 128
+
+
+def test_crop_margin_is_padding(tmp_path, u2net) -> None:
+    rule = SegmentationRule()
+    assert rule.ports(config(crop_margin=6)) == rule.ports(config(padding=6))
+    frame(tmp_path / "frames" / "a.png")
+    _, per_item = run_items(rule, tmp_path, tmp_path / "frames", crop_margin=6)
+    left, top, right, bottom = per_item["a.png"]["box"]
+    assert abs(left - (SQUARE[0] - 6)) <= 1 and abs(bottom - (SQUARE[3] + 6)) <= 1
+    _, problems = rule.ports(config(crop_margin=6, padding=2))
+    assert [k for k, _ in problems] == ["padding"]
+
+
+@pytest.mark.parametrize(
+    ("written", "name"),
+    [
+        ("isnet", "isnet-general-use"),
+        ("ISNet_General_Use", "isnet-general-use"),
+        ("isnet_anime", "isnet-anime"),
+        ("U2Net", "u2net"),
+        ("u2netp", "u2netp"),
+        ("silueta", "silueta"),
+        ("u2net-human-seg", "u2net_human_seg"),
+        ("birefnet", "birefnet-general"),
+        ("not-a-model", "not-a-model"),
+    ],
+)
+def test_model_names_are_read_as_rembgs(written: str, name: str) -> None:
+    from rembg.sessions import sessions
+
+    rule = SegmentationRule()
+    ports = rule.ports(config(model=written))[0]
+    assert ports.params["model"] == name and ports.key_params["model"] == name
+    if name != "not-a-model":
+        assert name in sessions  # a name rembg's own session table knows
+
+
+def test_isnet_loads_isnets_file_and_says_which(tmp_path, home) -> None:
+    model = install_named_model(home, "isnet-general-use", size=1024)
+    rule = SegmentationRule()
+    ports = rule.ports(config(model="isnet"))[0]
+    assert rule.check(ports) == []
+    assert rule.describe(ports) == [f"model: rembg isnet-general-use, file {model}"]
+    frame(tmp_path / "frames" / "a.png")
+    ctx, per_item = run_items(rule, tmp_path, tmp_path / "frames", model="isnet")
+    assert per_item["a.png"]["kept"]
+    assert rule.describe(rule.ports(config(model="isnet-anime"))[0])[0].startswith(
+        "model: rembg isnet-anime, not on disk"
+    )
+    own = rule.ports(config(model_path="models/mine.onnx"))[0]
+    assert "models/mine.onnx" in rule.describe(own)[0]
+
+
+def test_a_model_of_the_wrong_shape_is_a_rule_error(tmp_path, home) -> None:
+    # a u2net-sized model (320 x 320) under isnet's name (fed 1024 x 1024)
+    install_named_model(home, "isnet-general-use", size=320)
+    frame(tmp_path / "frames" / "a.png")
+    with pytest.raises(RuleError, match="a.png: the segmentation model failed"):
+        run_items(SegmentationRule(), tmp_path, tmp_path / "frames", model="isnet")
+
+
+def test_without_foreach_one_changed_frame_reruns_one_item(project, u2net) -> None:
+    p = project(
+        """
+        name: seg
+        stages:
+          - id: segment
+            type: segmentation
+            config: {input_dir: frames, output_dir: build/cut}
+        """
+    )
+    for name in ("a.png", "b.png", "c.png"):
+        frame(p.path("frames") / name)
+    out = p.cli("build", "--no-progress").output
+    assert "(3 items, 3 run)" in out, out
+    frame(p.path("frames/b.png"), square=(10, 10, 40, 40))
+    out = p.cli("build", "--no-progress").output
+    assert "1 of 3 items changed" in out and "(3 items, 1 run)" in out, out
+    assert sorted(x.name for x in p.path("build/cut").iterdir()) == ["a.png", "b.png", "c.png"]

@@ -245,3 +245,42 @@ def test_fed_by_the_clustering_rule(tmp_path):
     assert values["n_train"] + values["n_validation"] == 24 - cluster_values["n_noise"]
     whole, _ = _run(tmp_path, "ds2", val_fraction=0.25, names={"cluster_000": "alice"})
     assert whole == values  # the whole clustering output gives the same set
+
+
+@pytest.mark.parametrize("alias", ["character_dirs", "cluster_dirs"])
+def test_original_keys_are_input_dirs(clustered, alias):
+    """The original pipeline system's ``character_dirs`` (and ``cluster_dirs``) is
+    ``input_dirs``: same ports, same key, same result."""
+    rule = TrainingDataPrepRule()
+    dirs = ["clusters/cluster_000", "clusters/cluster_001"]
+    plain = rule.ports({"input_dirs": dirs, "output_dir": "o"})
+    aliased = rule.ports({alias: dirs, "output_dir": "o"})
+    assert aliased == plain and aliased[1] == []
+    values, _ = _run(clustered, f"alias_{alias}", input_dir=None, **{alias: dirs})
+    assert values["characters"] == ["cluster_000", "cluster_001"]
+    ports, problems = rule.ports({"character_dir": "clusters", "output_dir": "o"})
+    assert problems == [] and ports.inputs == {"input_dir": "clusters"}
+
+
+def test_both_a_key_and_its_alias_is_a_problem():
+    rule = TrainingDataPrepRule()
+    _, problems = rule.ports({"input_dirs": ["a"], "character_dirs": ["b"], "output_dir": "o"})
+    [(key, msg)] = problems
+    assert key == "character_dirs" and "input_dirs" in msg and "give one" in msg
+
+
+def test_an_empty_cluster_list_says_no_clusters(clustered):
+    """What ``{cluster.cluster_dirs}`` becomes when the clustering found no character."""
+    rule = TrainingDataPrepRule()
+    ports, problems = rule.ports({"character_dirs": [], "output_dir": "o"})
+    assert problems == []
+    [(key, msg)] = rule.check(ports)
+    assert key == "input_dirs"
+    assert msg.startswith("no clusters:") and "0 character folders" in msg
+    assert "min_cluster_size" in msg and "exactly one" not in msg
+    out = clustered / "none"
+    out.mkdir()
+    ctx = Context(clustered, {"input_dirs": []}, {"output_dir": out}, ports.params)
+    with pytest.raises(RuleError, match="^no clusters:"):
+        rule.run(ctx)
+    assert not list(out.iterdir())
