@@ -17,7 +17,7 @@ from .errors import Problems, suggest
 from .model import DEFAULT_FILE, SYMBOLIC_SCOPES, Foreach, Pending, Pipeline, Stage
 from .rule import rule_names
 from .yamlchunks import load_yaml_cached
-from .yamlload import LineDict, YamlError
+from .yamlload import LineDict, YamlError, YamlTooBig
 
 __all__ = [
     "DEFAULT_FILE",
@@ -104,6 +104,9 @@ def load_pipeline(file: str | os.PathLike[str], chunk_cache: Path | None = None)
         ld.fail_if_any()
     try:
         doc = load_yaml_cached(text, chunk_cache)
+    except YamlTooBig as exc:
+        ld.problem(str(exc), exc.line, hint="write the values out, or nest fewer aliases")
+        ld.fail_if_any()
     except YamlError as exc:
         ld.problem(f"malformed YAML: {exc}", exc.line, hint="fix the YAML syntax at that line")
         ld.fail_if_any()
