@@ -363,8 +363,8 @@ def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
     try:
         if cwd is not None:
             os.chdir(task.root)  # rules run in the project root, as DESIGN.md says for shell
-            if task.root not in sys.path:
-                sys.path.insert(0, task.root)
+            if task.root not in sys.path:  # last: a copy.py there must not hide the stdlib's
+                sys.path.append(task.root)
         rule = get_rule(task.rule)
         if rule is None:
             raise RuleError(f"rule {task.rule!r} is not installed in this worker")

@@ -28,9 +28,16 @@ _FN = "__function__"  # carries the callable's name to the worker; removed befor
 _FUNC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
-def _module_file(module: str, root: str) -> str | None:
+def _on_path(root: str) -> None:
+    """Put the project root on ``sys.path`` *last*: a ``copy.py`` or ``json.py`` of the
+    user's must not hide the standard library (or an installed package) from anyone in this
+    process or in the workers it starts, which inherit ``sys.path``."""
     if root and root not in sys.path:
-        sys.path.insert(0, root)
+        sys.path.append(root)
+
+
+def _module_file(module: str, root: str) -> str | None:
+    _on_path(root)
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
@@ -120,8 +127,7 @@ class PythonRule(Rule):
         known = self._resolved.get((root, func))
         if known is not None and sys.modules.get(module) is known[0]:
             return known[1]  # the items of a task: resolved once (while not re-imported)
-        if root not in sys.path:
-            sys.path.insert(0, root)
+        _on_path(root)
         try:
             mod = importlib.import_module(module)
         except ImportError as exc:

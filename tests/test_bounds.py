@@ -94,3 +94,46 @@ def test_a_pipeline_with_merged_defaults_builds(project: Callable[..., Proj]) ->
     )
     proj.cli("build")
     assert proj.read("two.txt") == "1\n"
+
+
+# finding 14: the project root never shadows the standard library ----------------------------
+
+SHADOWED = """
+name: shadow
+stages:
+  - id: py
+    type: python
+    config:
+      function: steps.mod:run
+      outputs: {o: build/out.json}
+  - id: sh
+    type: shell
+    config:
+      cmd: "cp {inputs.i} {outputs.o}"
+      inputs: {i: "{py.o}"}
+      outputs: {o: build/copy.json}
+"""
+STEP = """\
+import copy
+import json
+import random
+
+
+def run(ctx):
+    with open(ctx.outputs["o"], "w") as fh:
+        json.dump(copy.deepcopy({"n": random.Random(1).randint(1, 9)}), fh)
+    return {"n": 1}
+"""
+
+
+def test_stdlib_names_in_the_project_root_do_not_break_python_stages(
+    project: Callable[..., Proj],
+) -> None:
+    boom = "raise RuntimeError('the project file {} was imported instead of the stdlib')\n"
+    files = {name: boom.format(name) for name in ("copy.py", "json.py", "random.py", "queue.py")}
+    files |= {"steps/__init__.py": "", "steps/mod.py": STEP}
+    proj = project(SHADOWED, files)
+    proc = proj.sub("build", "-j", "2")
+    assert "imported instead" not in proc.stdout + proc.stderr
+    assert proj.read("build/copy.json").startswith('{"n": ')
+    proj.sub("dry-run", "--check")  # up to date, and the code hash found steps/mod.py
