@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any
 import click
 
 from . import api, uptodate
-from .errors import PipemakeError, UsageError
+from .errors import PipemakeError, UsageError, os_failure
 
 __all__ = ["main", "cli"]
 
@@ -39,7 +40,29 @@ def _run(fn: Callable[[], int | None]) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except (OSError, sqlite3.Error) as exc:  # the machine said no: say what, where, what to do
+        error = os_failure(exc, _dot(), _STORE_REPAIR)
+        if error is None:
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            error = PipemakeError(f"{exc}{where}" if isinstance(exc, OSError) else str(exc))
+        click.echo(error.format(), err=True)
+        sys.exit(error.exit_code)
     sys.exit(code)
+
+
+_STORE_REPAIR = (
+    "run `pipemake cache verify`, or delete the store: it is only a cache, and outputs in the "
+    "workspace stay"
+)
+
+
+def _dot() -> str:
+    """Where pipemake's own files are for this command (a SQLite error names no file)."""
+    ctx = click.get_current_context(silent=True)
+    obj = (ctx.find_root().obj if ctx is not None else None) or {}
+    if obj.get("cache_dir"):
+        return str(obj["cache_dir"])
+    return os.path.join(obj.get("directory") or os.curdir, ".pipemake")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,6 +12,7 @@ thread and those subprocesses only.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -23,7 +24,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,10 +33,11 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
+from .errors import DiskFull, os_failure
 from .executors.base import Task
 from .fshash import Hasher, check_names
 from .hashing import digest, hash_bytes, tree_hash
-from .rule import Context, Item, Rule, RuleError, exports, get_rule
+from .rule import Context, Item, Rule, RuleError, exports, get_rule, project_on_path
 from .store import Store
 from .walk import BadPath
 from .workspace import manifest_of
@@ -334,9 +335,20 @@ class _Forward(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
         if self.log_file is not None:
-            self.log_file.write(text + "\n")
-            self.log_file.flush()
+            try:
+                self.log_file.write(text + "\n")
+                self.log_file.flush()
+            except OSError as exc:  # the log is a copy: the lines still reach the build
+                self.close_log()
+                self.send("log", ["warning", f"the stage's log file stops here: {exc}"])
         self.send("log", [record.levelname.lower(), text])
+
+    def close_log(self) -> None:
+        """Close the log file; what it could not write is lost from it, not from the build."""
+        log_file, self.log_file = self.log_file, None
+        if log_file is not None:
+            with contextlib.suppress(OSError):
+                log_file.close()
 
 
 def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
@@ -363,8 +375,7 @@ def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
     try:
         if cwd is not None:
             os.chdir(task.root)  # rules run in the project root, as DESIGN.md says for shell
-            if task.root not in sys.path:  # last: a copy.py there must not hide the stdlib's
-                sys.path.append(task.root)
+            project_on_path(task.root)
         rule = get_rule(task.rule)
         if rule is None:
             raise RuleError(f"rule {task.rule!r} is not installed in this worker")
@@ -380,20 +391,48 @@ def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
     except (RuleError, BadPath) as exc:
         send("error", [str(exc), None])
     except Exception as exc:  # a bug in a rule: show where
-        send("error", [f"{type(exc).__name__}: {exc}", traceback.format_exc()])
+        failure = _machine_failure(exc, task)
+        if failure is not None:
+            send("error", [failure, None])
+        else:
+            send("error", [f"{type(exc).__name__}: {exc}", traceback.format_exc()])
     finally:
         spawner.end_shell()
         _spawner.reset(token)
         if cwd is not None:
             os.chdir(cwd)
         logger.removeHandler(handler)
-        if log_file is not None:
-            log_file.close()
+        handler.close_log()
         for k, v in old_env.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _machine_failure(exc: BaseException, task: Task) -> str | None:
+    """What to say, without a traceback, when a task ends for want of space, or of a
+    permission on pipemake's own files, rather than by a bug: the error, and where."""
+    if not isinstance(exc, OSError):
+        return None
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return str(DiskFull(exc.filename or _fullest(task)))
+    name = os.fsdecode(exc.filename) if isinstance(exc.filename, str | bytes) else ""
+    ours = (task.store, os.path.join(task.root, ".pipemake"))
+    failure = os_failure(exc) if name.startswith(ours) else None
+    return str(failure) if failure is not None else None
+
+
+def _fullest(task: Task) -> str:
+    """Of the project and the store, the one on the device with the least room left."""
+
+    def free(path: str) -> int:
+        try:
+            return shutil.disk_usage(path).free
+        except OSError:
+            return 1 << 62
+
+    return min((task.root, task.store), key=free)
 
 
 def _cpu() -> float:

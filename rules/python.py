@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipemake.hashing import hash_file
-from pipemake.rule import Context, Item, Ports, Rule, RuleError
+from pipemake.rule import Context, Item, Ports, Rule, RuleError, project_on_path
 
 from ._named_ports import named_ports, unknown_keys
 
@@ -28,16 +28,8 @@ _FN = "__function__"  # carries the callable's name to the worker; removed befor
 _FUNC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
-def _on_path(root: str) -> None:
-    """Put the project root on ``sys.path`` *last*: a ``copy.py`` or ``json.py`` of the
-    user's must not hide the standard library (or an installed package) from anyone in this
-    process or in the workers it starts, which inherit ``sys.path``."""
-    if root and root not in sys.path:
-        sys.path.append(root)
-
-
 def _module_file(module: str, root: str) -> str | None:
-    _on_path(root)
+    project_on_path(root)
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
@@ -127,7 +119,7 @@ class PythonRule(Rule):
         known = self._resolved.get((root, func))
         if known is not None and sys.modules.get(module) is known[0]:
             return known[1]  # the items of a task: resolved once (while not re-imported)
-        _on_path(root)
+        project_on_path(root)
         try:
             mod = importlib.import_module(module)
         except ImportError as exc:

@@ -3,11 +3,21 @@ where, never in a hang, a traceback or a lost summary (issue 13, findings 11-15)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import errno
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from conftest import TRACEBACK, Proj
 
+from pipemake.errors import DiskFull
+from pipemake.events import Event
+from pipemake.history import RunLog
 from pipemake.yamlload import YamlError, YamlTooBig, load_yaml
 
 LAUGHS = """\
@@ -137,3 +147,253 @@ def test_stdlib_names_in_the_project_root_do_not_break_python_stages(
     assert "imported instead" not in proc.stdout + proc.stderr
     assert proj.read("build/copy.json").startswith('{"n": ')
     proj.sub("dry-run", "--check")  # up to date, and the code hash found steps/mod.py
+
+
+# finding 13: a damaged state.db, permissions ----------------------------------------------
+
+ONE = """
+name: one
+stages:
+  - id: a
+    type: shell
+    config: {cmd: "cp {inputs.i} {outputs.o}", inputs: {i: in.txt}, outputs: {o: out.txt}}
+"""
+
+
+def _damage(db: Path, how: str) -> None:
+    good = db.read_bytes()
+    for extra in (db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        extra.unlink(missing_ok=True)
+    if how == "garbage":
+        db.write_bytes(os.urandom(5000))
+    elif how == "truncated":
+        db.write_bytes(good[:9000])
+    elif how == "pages":
+        data = bytearray(good)
+        for off in range(4096, len(data), 4096):
+            data[off : off + 200] = b"\xff" * 200
+        db.write_bytes(bytes(data))
+    else:  # tables that are not pipemake's
+        con = sqlite3.connect(db)
+        con.executescript("DROP TABLE records; CREATE TABLE records (a);")
+        con.close()
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated", "pages", "schema"])
+def test_a_damaged_state_db_is_an_error_naming_it_and_what_to_do(
+    project: Callable[..., Proj], how: str
+) -> None:
+    proj = project(ONE, {"in.txt": "hi\n"})
+    proj.cli("build")
+    db = proj.path(".pipemake/state.db")
+    _damage(db, how)
+    for command in ("build", "status", "dry-run"):
+        out = proj.cli(command, code=1).output
+        assert TRACEBACK not in out
+        assert f"{db} is damaged" in out and "delete it and run again" in out, out
+    assert db.exists()  # never deleted for the user
+    db.unlink()
+    proj.cli("build")
+    assert "a: up to date" in proj.cli("status").output  # the store still had it
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE records SET record='{{not json'",
+        "UPDATE records SET record='[1, 2]', key=5, result=7, duration='x'",
+        'UPDATE records SET record=\'{"doc": 3, "result": 1}\'',
+        "UPDATE stat SET hash=12",
+        "UPDATE items SET hashes='[1]'",
+    ],
+)
+def test_damaged_rows_of_the_state_count_as_no_row(project: Callable[..., Proj], sql: str) -> None:
+    proj = project(ONE, {"in.txt": "hi\n"})
+    proj.cli("build")
+    con = sqlite3.connect(proj.path(".pipemake/state.db"))
+    con.executescript(sql)
+    con.close()
+    for command in ("status", "dry-run", "build", "status"):
+        assert TRACEBACK not in proj.cli(command).output
+    assert proj.read("out.txt") == "hi\n"
+
+
+def _without_root_powers(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as root without the powers that ignore file permissions, so a read-only
+    path is read-only to it (skips where that cannot be arranged)."""
+    drop = "-dac_override,-dac_read_search,-fowner"
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to take away the powers to ignore permissions")
+    cmd = [setpriv, f"--inh-caps={drop}", f"--bounding-set={drop}", "--"]
+    probe = subprocess.run([*cmd, "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"setpriv cannot drop capabilities here: {probe.stderr!r}")
+    return subprocess.run([*cmd, *argv], capture_output=True, text=True, timeout=60)
+
+
+READ_STATE = """
+import sys
+from pathlib import Path
+from pipemake.state import WorkspaceState
+state = WorkspaceState(Path(sys.argv[1]), readonly=True)
+print(sorted(state.records()), state.brief()["a"][1])
+state.close()
+"""
+
+
+def test_a_read_only_workspace_is_named_and_its_state_can_still_be_read(
+    project: Callable[..., Proj],
+) -> None:
+    proj = project(ONE, {"in.txt": "hi\n"})
+    proj.cli("build")
+    proj.write("in.txt", "changed\n")
+    paths = [proj.root, *proj.root.rglob("*")]
+    modes = {p: p.stat().st_mode for p in paths}
+    try:
+        for p in paths:
+            p.chmod(p.stat().st_mode & ~0o222)
+        build = _without_root_powers(proj.argv("build"))
+        dry = _without_root_powers(proj.argv("dry-run"))
+        state = _without_root_powers(
+            [sys.executable, "-c", READ_STATE, str(proj.path(".pipemake/state.db"))]
+        )
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)
+    out = build.stdout + build.stderr
+    assert build.returncode == 1 and TRACEBACK not in out
+    assert f"cannot use {proj.root / '.pipemake'}" in out and "Permission denied" in out
+    assert proj.read("out.txt") == "hi\n"
+    assert state.returncode == 0 and state.stdout.strip() == "['a'] ok", state.stderr
+    dout = dry.stdout + dry.stderr  # the store may refuse to open read-only: then it says so
+    assert TRACEBACK not in dout and dry.returncode in (0, 1), dout
+    assert "a: run: input in.txt changed" in dout or str(proj.path(".pipemake")) in dout
+
+
+def test_a_pipemake_folder_of_another_user_is_named(project: Callable[..., Proj]) -> None:
+    proj = project(ONE, {"in.txt": "hi\n"})
+    proj.cli("build")
+    dot = proj.path(".pipemake")
+    try:
+        os.chown(dot, 65534, 65534)
+        dot.chmod(0o700)
+        results = [_without_root_powers(proj.argv(c)) for c in ("build", "status", "dry-run")]
+    finally:
+        os.chown(dot, 0, 0)
+        dot.chmod(0o755)
+    for proc in results:
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 1 and TRACEBACK not in out, out
+        assert f"cannot use {dot}" in out and "Permission denied" in out, out
+
+
+# finding 12: a full disk ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs (skips where mounting is not permitted)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr!r}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+FILLING = """
+name: full
+on_failure: "echo failed > {hook}"
+stages:
+  - id: small
+    type: shell
+    config: {{cmd: "echo x >> {runs}/small.count; echo small > {{outputs.o}}", outputs: {{o: small.txt}}}}
+  - id: big
+    type: shell
+    depends_on: [small]
+    config: {{cmd: "head -c 1500000 /dev/zero > {{outputs.o}}", outputs: {{o: big.bin}}}}
+"""
+
+
+def test_a_full_disk_keeps_the_stage_error_summary_and_hook(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    hook, runs = tmp_path / "hook.txt", tmp_path / "runs"
+    runs.mkdir()
+    proj = Proj(small_disk)
+    proj.pipeline(FILLING.format(hook=hook, runs=runs))
+    proj.write("filler", b"\0" * 2_900_000)  # room for the state, not for big.bin too
+    proc = proj.sub("build", "--no-progress", code=1)
+    out = proc.stdout + proc.stderr
+    assert TRACEBACK not in out
+    assert "No space left on device" in out  # the stage's own error (head's)
+    assert "1 ran, 0 restored, 0 up to date, 1 failed (big)" in out  # the summary
+    assert hook.read_text() == "failed\n"  # the on_failure hook
+    assert f"no space left on device at {small_disk}" in out
+    assert "free space and build again; nothing committed is lost" in out
+    proj.path("filler").unlink()
+    again = proj.sub("build", "--no-progress")
+    assert "small: up to date" in again.stdout + again.stderr
+    assert (runs / "small.count").read_text() == "x\n"
+    assert proj.path("big.bin").stat().st_size == 1_500_000
+
+
+NOSPACE = """
+name: nospace
+on_failure: "echo failed > hook.txt"
+stages:
+  - id: fill
+    type: python
+    config: {function: "filler:run", outputs: {o: out.txt}}
+"""
+FILLER = """\
+import errno
+
+
+def run(ctx):
+    raise OSError(errno.ENOSPC, "No space left on device")
+"""
+
+
+def test_a_stage_ended_by_a_full_disk_says_so_without_a_traceback(
+    project: Callable[..., Proj],
+) -> None:
+    proj = project(NOSPACE, {"filler.py": FILLER})
+    out = proj.cli("build", "--no-progress", code=1).output
+    assert "FAILED fill: no space left on device at " in out
+    assert "free space and build again" in out
+    assert TRACEBACK not in out and "Traceback" not in out
+    assert proj.read("hook.txt") == "failed\n"
+
+
+class _FullFile:
+    """A log file on a device that has just filled up."""
+
+    name = "/full/runs/x.jsonl"
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def close(self) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_run_log_on_a_full_disk_stops_and_is_reported_at_the_end(tmp_path: Path) -> None:
+    log = RunLog(tmp_path / "runs")
+    log(Event("run_started", None, {"stages": ["a"]}))
+    log._files[0].close()
+    log._files[0] = _FullFile()  # type: ignore[assignment]
+    log(Event("stage_started", "a", {}))  # the build goes on: no exception here
+    log(Event("run_finished", None, {"ran": ["a"]}))
+    with pytest.raises(DiskFull, match="no space left on device at /full/runs/x.jsonl"):
+        log.close()
+    log.close()  # said once
