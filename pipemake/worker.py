@@ -131,7 +131,12 @@ class Spawner:
     def start(
         self, args: Sequence[str], env: Mapping[Any, Any] | None, kwargs: dict[str, Any]
     ) -> subprocess.Popen[Any]:
-        return _Proc(self, args, env=env, **kwargs)
+        try:
+            return _Proc(self, args, env=env, **kwargs)
+        except OSError as exc:
+            if exc.errno == errno.E2BIG:
+                raise RuleError(_too_long(args, os.environ if env is None else env)) from None
+            raise
 
     def reaped(self, usage: resource.struct_rusage) -> None:
         self.cpu += usage.ru_utime + usage.ru_stime
@@ -410,6 +415,20 @@ def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
                 os.environ[k] = v
 
 
+def _too_long(args: Sequence[str] | str, env: Mapping[Any, Any]) -> str:
+    """Why the system refused to start a command of this size (``E2BIG``), and what to do."""
+    strings = [args] if isinstance(args, str | bytes) else list(args)
+    strings += [f"{k}={v}" for k, v in env.items()]
+    sizes = [len(os.fsencode(a)) + 1 for a in strings]
+    one = 32 * os.sysconf("SC_PAGE_SIZE")  # Linux's MAX_ARG_STRLEN: one argument's limit
+    if max(sizes) > one:
+        what = f"{max(sizes) - 1:,} bytes; the limit is {one:,} for one argument"
+    else:
+        what = f"{sum(sizes):,} bytes with its environment; the limit is "
+        what += f"{os.sysconf('SC_ARG_MAX'):,}"
+    return f"command too long ({what}): put it in a script and run that"
+
+
 def _machine_failure(exc: BaseException, task: Task) -> str | None:
     """What to say, without a traceback, when a task ends for want of space, or of a
     permission on pipemake's own files, rather than by a bug: the error, and where."""
@@ -507,15 +526,41 @@ def _hash_outputs(task: Task, outputs: dict[str, str], store: Store) -> dict[str
 
 
 def _check_values(values: Any) -> dict[str, Any]:
+    """The values a rule returned, as the JSON they are stored as (a tuple comes back a
+    list): what this build passes on is exactly what a later build restores."""
     if values is None:
         return {}
     if not isinstance(values, dict):
         raise RuleError(f"the rule returned {type(values).__name__}, not a mapping of values")
     try:
-        json.dumps(values)
-    except (TypeError, ValueError) as exc:
+        text = json.dumps(values)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise RuleError(f"computed values must be JSON-serializable: {exc}") from None
-    return values
+    where = _non_string_key(values, "values")
+    if where is not None:
+        raise RuleError(
+            f"computed values must be JSON data, whose mapping keys are strings: {where}; "
+            "turn the keys into strings (str(key)) before returning them"
+        )
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def _non_string_key(value: Any, where: str) -> str | None:
+    """Where the first mapping key that is not a string is (JSON would turn ``1`` into
+    ``"1"``, and ``{1: …, "b": …}`` cannot even be stored with its keys sorted)."""
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            if not isinstance(key, str):
+                return f"{where} has the key {key!r} ({type(key).__name__})"
+            found = _non_string_key(sub, f"{where}[{key!r}]")
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for n, sub in enumerate(value):
+            found = _non_string_key(sub, f"{where}[{n}]")
+            if found is not None:
+                return found
+    return None
 
 
 def _run(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:

@@ -397,3 +397,66 @@ def test_a_run_log_on_a_full_disk_stops_and_is_reported_at_the_end(tmp_path: Pat
     with pytest.raises(DiskFull, match="no space left on device at /full/runs/x.jsonl"):
         log.close()
     log.close()  # said once
+
+
+# finding 13: values, stage ids and commands out of bounds ------------------------------------
+
+MIXED = """
+name: mixed
+stages:
+  - id: v
+    type: python
+    config: {function: "vals:run", outputs: {o: out.txt}}
+"""
+VALS = """\
+def run(ctx):
+    with open(ctx.outputs["o"], "w") as fh:
+        fh.write("x")
+    return {"counts": {"b": [1, {2: "two", "c": 3}]}}
+"""
+
+
+def test_values_with_a_key_that_is_not_a_string_fail_the_stage_clearly(
+    project: Callable[..., Proj],
+) -> None:
+    proj = project(MIXED, {"vals.py": VALS})
+    out = proj.cli("build", "--no-progress", code=1).output
+    assert TRACEBACK not in out and "Traceback" not in out
+    assert "FAILED v: computed values must be JSON data, whose mapping keys are strings" in out
+    assert "values['counts']['b'][1] has the key 2 (int)" in out
+    proj.write("vals.py", VALS.replace('2: "two"', '"2": "two"').replace("[1, ", "(1, "))
+    proj.edit("vals.py", "3}]}}", "3})}}")
+    proj.cli("build")
+    assert "v: up to date" in proj.cli("status").output
+
+
+def test_a_stage_id_too_long_for_a_file_name_is_refused_at_validate(
+    project: Callable[..., Proj],
+) -> None:
+    long_id = "s" * 10_000
+    proj = project(ONE.replace("id: a", f"id: {long_id}"), {"in.txt": "hi\n"})
+    out = proj.cli("validate", code=2).output
+    assert "pipemake.yaml:3: stage id 'ssssssssssssssssssssssss'… is 10,000 characters long" in out
+    assert "the limit is 128" in out and long_id not in out
+    ok = project(ONE.replace("id: a", "id: " + "s" * 128), {"in.txt": "hi\n"}, name="ok")
+    ok.cli("build")
+    assert ok.read("out.txt") == "hi\n"
+
+
+def test_a_command_too_long_for_the_system_fails_the_stage_clearly(
+    project: Callable[..., Proj],
+) -> None:
+    cmd = "echo " + "x" * 1_000_000 + " > {outputs.o}"
+    proj = project(
+        f"""
+        name: huge
+        stages:
+          - id: s
+            type: shell
+            config: {{cmd: "{cmd}", outputs: {{o: out.txt}}}}
+        """
+    )
+    out = proj.cli("build", "--no-progress", code=1).output
+    assert TRACEBACK not in out and "Traceback" not in out
+    assert "FAILED s: command too long (1,000,0" in out
+    assert "put it in a script" in out
