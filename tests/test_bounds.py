@@ -6,11 +6,15 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import TRACEBACK, Proj
@@ -460,3 +464,71 @@ def test_a_command_too_long_for_the_system_fails_the_stage_clearly(
     assert TRACEBACK not in out and "Traceback" not in out
     assert "FAILED s: command too long (1,000,0" in out
     assert "put it in a script" in out
+
+
+# finding 15: secrets in webhook URLs ---------------------------------------------------------
+
+
+class _Hook(BaseHTTPRequestHandler):
+    paths: list[str] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        _Hook.paths.append(self.path)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _hooked(url: str, fail: bool) -> str:
+    return f"""
+    name: hooked
+    on_success: {{url: "{url}"}}
+    on_failure: {{url: "{url}"}}
+    stages:
+      - id: s
+        type: shell
+        config: {{cmd: "{"exit 3" if fail else "echo ok > {outputs.o}"}", outputs: {{o: o.txt}}}}
+    """
+
+
+def _everything_written(proj: Proj, *extra: Path) -> str:
+    """All pipemake wrote (its own folder, but for the copies of the pipeline file it keeps
+    to load it faster), and the files in ``extra``."""
+    copies = {"plan.json", "yaml-chunks.json"}
+    files = [f for f in proj.path(".pipemake").rglob("*") if f.is_file() and f.name not in copies]
+    return "".join(f.read_bytes().decode("utf-8", "replace") for f in [*files, *extra])
+
+
+def test_a_webhook_url_is_never_written_or_shown_whole(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/hooks/PATHSECRET?token=QUERYSECRET"
+        ok = project(_hooked(url, fail=False))
+        log = tmp_path / "events.jsonl"
+        shown = ok.cli("build", "--log-json", str(log)).output
+        shown += ok.cli("log").output + ok.cli("list", "--runs").output
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _Hook.paths == ["/hooks/PATHSECRET?token=QUERYSECRET"]  # the real URL was used
+    written = _everything_written(ok, log)
+    assert f"http://127.0.0.1:{server.server_port}/\\u2026" in written  # what the log keeps
+    dead = f"http://alice:PASSWORD@127.0.0.1:{_closed_port()}/x/PATHSECRET?k=QUERYSECRET"
+    failed = project(_hooked(dead, fail=True), name="failed")
+    shown += failed.cli("build", code=1).output + failed.cli("log").output
+    written += _everything_written(failed)
+    assert "hook failed" in shown
+    for secret in ("PATHSECRET", "QUERYSECRET", "PASSWORD", "alice"):
+        assert secret not in shown and secret not in written, secret
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
