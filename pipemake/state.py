@@ -448,8 +448,8 @@ def _str(value: Any) -> str | None:
 
 #: what a last-build record holds, and the types its readers rely on
 _RECORD_TYPES: dict[str, Any] = {
-    "key": str, "doc": dict, "result": str, "error": str, "duration": (int, float),
-    "finished": (int, float),
+    "key": str, "doc": dict, "failed_doc": dict, "result": str, "error": str,
+    "duration": (int, float), "finished": (int, float),
 }  # fmt: skip
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TRACEBACK, Proj
+from conftest import TRACEBACK, Proj, shell_foreach
 
+from pipemake.decide import Trigger, explain
 from pipemake.errors import DiskFull
 from pipemake.events import Event
 from pipemake.history import RunLog
@@ -532,3 +533,40 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# finding 15: rerun reasons after a failure ---------------------------------------------------
+
+
+def test_after_a_failed_first_build_no_existing_item_is_called_new(
+    project: Callable[..., Proj],
+) -> None:
+    files = {"data/f1.txt": "one\n", "data/f2.txt": "bad\n", "data/f3.txt": "three\n"}
+    proj = project(
+        shell_foreach("grep -qv bad {inputs.src} && cp {inputs.src} {outputs.o}/"), files
+    )
+    proj.cli("build", code=1)
+    out = proj.cli("dry-run").output
+    assert "1 of 3 items to run (first: data/f2.txt: not built yet)" in out, out
+    assert ": new" not in out
+    proj.write("data/f4.txt", "four\n")  # a file that really is new
+    proj.write("data/f2.txt", "two\n")
+    proj.cli("build")
+    proj.write("data/f5.txt", "five\n")
+    assert "1 of 5 items changed (first: data/f5.txt: new)" in proj.cli("dry-run").output
+
+
+def test_reasons_say_what_changed_since_a_failed_run() -> None:
+    built = {"rule": "shell", "params": {"cmd": "a"}, "inputs": {"i": ["in.txt", "h1"]}}
+    failed = {**built, "inputs": {"i": ["in.txt", "h2"]}}
+    assert [str(r) for r in explain(built, failed)] == ["input in.txt changed"]
+    assert [str(r) for r in explain(built, failed, failed)] == ["the last run failed"]
+    assert [r.trigger for r in explain(built, failed, failed)] == [Trigger.FAILED]
+    now = {**failed, "inputs": {"i": ["in.txt", "h3"]}}
+    assert [str(r) for r in explain(built, now, failed)] == [
+        "input in.txt changed since the failed run"
+    ]
+    assert [str(r) for r in explain(None, now, failed)] == [
+        "input in.txt changed since the failed run"
+    ]
+    assert [str(r) for r in explain(None, now)] == ["never built"]
