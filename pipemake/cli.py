@@ -6,6 +6,7 @@ usage, 128 + signal when interrupted.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -41,15 +42,17 @@ def _run(fn: Callable[[], int | None]) -> None:
         click.echo("interrupted", err=True)
         sys.exit(130)
     except (OSError, sqlite3.Error) as exc:  # the machine said no: say what, where, what to do
-        error = os_failure(exc, _dot(), _STORE_REPAIR)
+        # an SQLite error, or a full disk met by a write, names no file: say which folder
+        unnamed = isinstance(exc, sqlite3.Error) or getattr(exc, "errno", None) in _FULL
+        error = os_failure(exc, _dot() if unnamed else None, _STORE_REPAIR)
         if error is None:
-            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-            error = PipemakeError(f"{exc}{where}" if isinstance(exc, OSError) else str(exc))
+            error = PipemakeError(str(exc))  # an OSError's names its file
         click.echo(error.format(), err=True)
         sys.exit(error.exit_code)
     sys.exit(code)
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 _STORE_REPAIR = (
     "run `pipemake cache verify`, or delete the store: it is only a cache, and outputs in the "
     "workspace stay"

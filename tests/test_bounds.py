@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from conftest import TRACEBACK, Proj, shell_foreach
 
+from pipemake import api
 from pipemake.decide import Trigger, explain
 from pipemake.errors import DiskFull
 from pipemake.events import Event
@@ -570,3 +571,29 @@ def test_reasons_say_what_changed_since_a_failed_run() -> None:
         "input in.txt changed since the failed run"
     ]
     assert [str(r) for r in explain(None, now)] == ["never built"]
+
+
+@pytest.mark.parametrize(
+    ("exc", "said"),
+    [
+        (sqlite3.OperationalError("database or disk is full"), "no space left on device at {dot}"),
+        (OSError(errno.ENOSPC, "No space left on device"), "no space left on device at {dot}"),
+        (sqlite3.DatabaseError("database disk image is malformed"), "{dot} is damaged"),
+        (PermissionError(errno.EACCES, "Permission denied", "/x/y"), "cannot use /x/y"),
+        (OSError(errno.EIO, "Input/output error", "/x/z"), "error: [Errno 5] Input/output"),
+    ],
+)
+def test_the_machine_saying_no_anywhere_is_an_error_not_a_traceback(
+    project: Callable[..., Proj], monkeypatch: pytest.MonkeyPatch, exc: Exception, said: str
+) -> None:
+    proj = project(ONE, {"in.txt": "hi\n"})
+    if isinstance(exc, sqlite3.Error):
+        exc.sqlite_errorcode = 13 if "full" in str(exc) else 11  # type: ignore[attr-defined]
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise exc
+
+    monkeypatch.setattr(api, "status", refuse)
+    out = proj.cli("status", code=1).output
+    assert TRACEBACK not in out
+    assert said.format(dot=proj.path(".pipemake")) in out, out
