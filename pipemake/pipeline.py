@@ -108,7 +108,7 @@ def load_pipeline(file: str | os.PathLike[str], chunk_cache: Path | None = None)
     try:
         doc = load_yaml_cached(text, chunk_cache)
     except YamlTooBig as exc:
-        ld.problem(str(exc), exc.line, hint="write the values out, or nest fewer aliases")
+        ld.problem(str(exc), exc.line, hint=exc.hint)
         ld.fail_if_any()
     except YamlError as exc:
         ld.problem(f"malformed YAML: {exc}", exc.line, hint="fix the YAML syntax at that line")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-__all__ = ["LineDict", "YamlError", "YamlTooBig", "load_yaml"]
+__all__ = ["MAX_DEPTH", "LineDict", "YamlError", "YamlTooBig", "load_yaml"]
 
 
 class LineDict(dict):
@@ -37,7 +37,18 @@ class YamlError(Exception):
 
 
 class YamlTooBig(YamlError):
-    """Well-formed YAML whose aliases expand far beyond the file (an alias bomb)."""
+    """Well-formed YAML beyond what a pipeline file needs: aliases that expand far beyond the
+    file (an alias bomb), or values nested deeper than :data:`MAX_DEPTH`."""
+
+    def __init__(self, message: str, line: int | None, hint: str):
+        super().__init__(message, line)
+        self.hint = hint
+
+
+#: How deeply values may nest (a pipeline needs a handful of levels; the checks that walk
+#: them recurse)
+MAX_DEPTH = 100
+_SHALLOWER = "nest the values less deeply"
 
 
 #: Aliases may make the document this many values (a long string counts as several) bigger
@@ -47,10 +58,12 @@ _EXTRA_VALUES = 200_000
 _EXPANSION = 10
 
 
-def _expanded_sizes(root: Any) -> tuple[dict[int, int], int]:
-    """Each collection node's size (by ``id``) once every alias in it is replaced by its
-    target, and how many the file itself holds (sizes weighed by :func:`_weight`)."""
+def _expanded_sizes(root: Any) -> tuple[dict[int, int], dict[int, int], int]:
+    """Each collection node's size and height (by ``id``) once every alias in it is replaced
+    by its target, and how many values the file itself holds (sizes weighed by
+    :func:`_weight`)."""
     sizes: dict[int, int] = {}
+    heights: dict[int, int] = {}
     opened: set[int] = set()
     scalars: set[int] = set()
     written = 1
@@ -64,6 +77,7 @@ def _expanded_sizes(root: Any) -> tuple[dict[int, int], int]:
             sizes[id(node)] = 1 + sum(
                 _weight(c) if c.value.__class__ is str else sizes.get(id(c), 0) for c in children
             )
+            heights[id(node)] = 1 + max((heights.get(id(c), 0) for c in children), default=0)
         elif id(node) not in opened:
             opened.add(id(node))
             for c in children:
@@ -74,7 +88,7 @@ def _expanded_sizes(root: Any) -> tuple[dict[int, int], int]:
                     written += _weight(c)
             stack.append((node, True))
             stack.extend((c, False) for c in children if c.value.__class__ is not str)
-    return sizes, written
+    return sizes, heights, written
 
 
 def _children(node: Any) -> list[Any]:
@@ -100,7 +114,16 @@ def _check_expansion(root: Any) -> None:
     """Raise :class:`YamlTooBig` when aliases blow the document up far beyond the file."""
     if root.value.__class__ is str:
         return
-    sizes, written = _expanded_sizes(root)
+    sizes, heights, written = _expanded_sizes(root)
+    if heights[id(root)] > MAX_DEPTH:
+        node = root
+        for _ in range(MAX_DEPTH):  # down the deepest branch, to the first level too deep
+            node = max(_children(node), key=lambda c: heights.get(id(c), 0))
+        raise YamlTooBig(
+            f"values are nested {heights[id(root)]:,} levels deep; the limit is {MAX_DEPTH}",
+            node.start_mark.line + 1,
+            _SHALLOWER,
+        )
     limit = max(written + _EXTRA_VALUES, written * _EXPANSION)
     if sizes[id(root)] <= limit:
         return
@@ -114,6 +137,7 @@ def _check_expansion(root: Any) -> None:
         f"YAML aliases expand this file to {sizes[id(root)]:,} values, more than the "
         f"{limit:,} allowed (an alias bomb?); refused before expanding it",
         node.start_mark.line + 1,
+        "write the values out, or nest fewer aliases",
     )
 
 
@@ -220,7 +244,9 @@ def load_yaml(text: str) -> Any:
     except YamlError:
         raise
     except RecursionError:
-        raise YamlError("values are nested too deeply", None) from None
+        raise YamlTooBig(
+            "values are nested too deeply", None, "nest the values less deeply"
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None

@@ -597,3 +597,14 @@ def test_the_machine_saying_no_anywhere_is_an_error_not_a_traceback(
     out = proj.cli("status", code=1).output
     assert TRACEBACK not in out
     assert said.format(dot=proj.path(".pipemake")) in out, out
+
+
+def test_values_nested_too_deeply_are_refused_with_the_line(project: Callable[..., Proj]) -> None:
+    deep = "[" * 150 + "]" * 150
+    proj = project(ONE.replace("name: one", f"name: one\nvars: {{x: {deep}}}"), {"in.txt": "x"})
+    out = proj.cli("validate", code=2).output
+    assert "pipemake.yaml:2: values are nested 152 levels deep; the limit is 100" in out
+    assert TRACEBACK not in out
+    with pytest.raises(YamlTooBig, match="nested"):
+        load_yaml("a: " + "[" * 400 + "]" * 400)  # deeper than the constructor can recurse
+    assert isinstance(load_yaml("a: " + "[" * 90 + "]" * 90)["a"], list)
