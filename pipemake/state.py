@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from .errors import AccessDenied, PipemakeError, os_failure
+from .errors import AccessDenied, DatabaseDamaged, PipemakeError, os_failure
 from .hashing import hash_bytes
 from .store import transaction
 
@@ -134,6 +134,17 @@ def _spared(method: _F) -> _F:
 _TABLES = ("stat", "records", "placed", "items", "item_index", "foreach_keys", "trees", "meta")
 
 
+@functools.cache
+def _columns() -> dict[str, list[str]]:
+    """Each table's columns, as the schema makes them."""
+    db = sqlite3.connect(":memory:")
+    db.executescript(_SCHEMA)
+    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    out = {t: [c[1] for c in db.execute(f"PRAGMA table_info({t})")] for t in tables}
+    db.close()
+    return out
+
+
 def _connect(target: str | Path, uri: bool = False) -> _Connection:
     db = sqlite3.connect(target, timeout=60, isolation_level=None, factory=_Connection, uri=uri)
     return db  # type: ignore[return-value]
@@ -185,15 +196,19 @@ class WorkspaceState:
     def _writable(self) -> sqlite3.Connection:
         db = _connect(self.path)
         db.state_path = str(self.path)
-        for attempt in range(600):  # a concurrent opener holds it for a moment
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == 599:
-                    raise
-                time.sleep(0.05)
-        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            for attempt in range(600):  # a concurrent opener holds it for a moment
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == 599:
+                        raise
+                    time.sleep(0.05)
+            db.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            db.close()
+            raise
         return db
 
     def _prepared(self, db: _Connection) -> _Connection:
@@ -212,6 +227,10 @@ class WorkspaceState:
             row = None
         if row is None:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (str(STATE_FORMAT),))
+        for table, columns in _columns().items():
+            if [c[1] for c in db.execute(f"PRAGMA table_info({table})")] != columns:
+                db.close()
+                raise DatabaseDamaged(self.path, f"its table {table} is not pipemake's", _REPAIR)
         return db
 
     def _data_version(self) -> int:

@@ -181,11 +181,11 @@ def _damage(db: Path, how: str) -> None:
         db.write_bytes(bytes(data))
     else:  # tables that are not pipemake's
         con = sqlite3.connect(db)
-        con.executescript("DROP TABLE records; CREATE TABLE records (a);")
+        con.executescript(f"DROP TABLE {how}; CREATE TABLE {how} (a);")
         con.close()
 
 
-@pytest.mark.parametrize("how", ["garbage", "truncated", "pages", "schema"])
+@pytest.mark.parametrize("how", ["garbage", "truncated", "pages", "records", "stat"])
 def test_a_damaged_state_db_is_an_error_naming_it_and_what_to_do(
     project: Callable[..., Proj], how: str
 ) -> None:
