@@ -155,6 +155,30 @@ def test_stdlib_names_in_the_project_root_do_not_break_python_stages(
     proj.sub("dry-run", "--check")  # up to date, and the code hash found steps/mod.py
 
 
+def test_stdlib_names_in_the_project_root_do_not_break_workers_started_there(
+    project: Callable[..., Proj],
+) -> None:
+    """``cd project && pipemake build``: the worker processes start in the project root, and
+    a Python started with ``-c`` there would import the project's files first."""
+    script = Path(sys.executable).with_name("pipemake")
+    if not script.exists():
+        pytest.skip("no pipemake console script beside this Python")
+    boom = "raise RuntimeError('the project file {} was imported instead of the stdlib')\n"
+    names = ["copy", "json", "random", "threading", "pickle", "socket", "struct", "signal",
+             "selectors", "tempfile", "types", "weakref", "queue"]  # fmt: skip
+    files = {f"{name}.py": boom.format(name) for name in names}
+    files |= {"steps/__init__.py": "", "steps/mod.py": STEP}
+    proj = project(SHADOWED, files)
+    env = {k: v for k, v in os.environ.items() if k != "PIPEMAKE_CACHE_DIR"}
+    proc = subprocess.run(
+        [str(script), "build", "-j", "2", "--no-progress"], cwd=proj.root, env=env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "imported instead" not in out, out
+    assert proj.read("build/copy.json").startswith('{"n": ')
+
+
 # finding 13: a damaged state.db, permissions ----------------------------------------------
 
 ONE = """
