@@ -163,9 +163,8 @@ def os_failure(
 ) -> PipemakeError | None:
     """The clear error for ``exc`` when it is a full disk, a permission problem or (for an
     SQLite error) a damaged database, or one whose tables are not pipemake's; None for
-    anything else. ``path`` is the file it
-    concerns when the exception does not name it (SQLite errors never do); ``repair`` says
-    what to do about a damaged one."""
+    anything else. ``path`` is the file it concerns when the exception does not name it
+    (SQLite errors never do); ``repair`` says what to do about a damaged one."""
     if isinstance(exc, PipemakeError):
         return exc
     if isinstance(exc, OSError):

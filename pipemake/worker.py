@@ -370,7 +370,12 @@ def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
     if "done" in task.extra:  # a foreach task: its shell's FIFO goes with the stage's staging
         spawner.tmp = os.path.join(task.root, os.path.dirname(task.extra["done"]))
     token = _spawner.set(spawner)
-    log_file = open(task.log_path, "a", encoding="utf-8") if task.log_path else None  # noqa: SIM115
+    log_file = None
+    if task.log_path:
+        try:
+            log_file = open(task.log_path, "a", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:  # the log is a copy of what the build is told
+            send("log", ["warning", f"the stage's log file cannot be written: {exc}"])
     logger = logging.getLogger(f"pipemake.task.{task.id}")
     logger.propagate = False
     logger.setLevel(logging.INFO)
@@ -548,18 +553,16 @@ def _check_values(values: Any) -> dict[str, Any]:
 def _non_string_key(value: Any, where: str) -> str | None:
     """Where the first mapping key that is not a string is (JSON would turn ``1`` into
     ``"1"``, and ``{1: …, "b": …}`` cannot even be stored with its keys sorted)."""
-    if isinstance(value, dict):
-        for key, sub in value.items():
-            if not isinstance(key, str):
-                return f"{where} has the key {key!r} ({type(key).__name__})"
-            found = _non_string_key(sub, f"{where}[{key!r}]")
-            if found is not None:
-                return found
-    elif isinstance(value, list | tuple):
-        for n, sub in enumerate(value):
-            found = _non_string_key(sub, f"{where}[{n}]")
-            if found is not None:
-                return found
+    stack = [(value, where)]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, dict):
+            for key in value:
+                if not isinstance(key, str):
+                    return f"{where} has the key {key!r} ({type(key).__name__})"
+            stack.extend((sub, f"{where}[{key!r}]") for key, sub in reversed(value.items()))
+        elif isinstance(value, list | tuple):
+            stack.extend((sub, f"{where}[{n}]") for n, sub in reversed(list(enumerate(value))))
     return None
 
 
