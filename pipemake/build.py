@@ -9,6 +9,7 @@ kill at any moment leaves the old state or a complete entry, never a half-writte
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sqlite3
@@ -20,6 +21,7 @@ from typing import Any
 
 from . import foreach
 from .decide import Decision, Reason, Trigger, Verdict, explain
+from .errors import os_failure
 from .events import Bus
 from .executors.base import Message, Task
 from .fshash import Hasher
@@ -329,7 +331,7 @@ class Builder:
                 None,
             )
         if sk.unknown:
-            own = [r for r in explain(self._old_doc(stage.id), sk.doc) if not _from_unknown(r, sk)]
+            own = [r for r in self._why(stage.id, sk.doc) if not _from_unknown(r, sk)]
             if own:
                 return Decision(Verdict.RUN, own), sk, None
             first = sorted(sk.unknown)[0]
@@ -346,8 +348,7 @@ class Builder:
         if sk.key is not None:
             entry = self._prefetched.pop(sk.key, None) or self.store.get_action(sk.key)
         if entry is None:
-            old_doc = self._old_doc(stage.id)
-            reasons = [r for r in explain(old_doc, sk.doc) if r.trigger is not Trigger.ITEMS]
+            reasons = [r for r in self._why(stage.id, sk.doc) if r.trigger is not Trigger.ITEMS]
             items = None
             if stage.foreach is not None:
                 more, items = foreach.item_decision(self, stage, sk)
@@ -399,6 +400,15 @@ class Builder:
     def _old_doc(self, stage_id: str) -> dict[str, Any] | None:
         record = self._record(stage_id)
         return record.get("doc") if record else None
+
+    def _why(self, stage_id: str, doc: dict[str, Any]) -> list[Reason]:
+        """Why a stage whose key is not cached runs: what changed since its last build, or
+        since its last run when that failed."""
+        record = self._record(stage_id)
+        failed = None
+        if record and record.get("result") in ("failed", "interrupted"):
+            failed = record.get("failed_doc")
+        return explain(record.get("doc") if record else None, doc, failed=failed)
 
     # the StageHandler -------------------------------------------------------------------
     def begin(self, stage_id: str) -> list[Task]:
@@ -694,9 +704,18 @@ class Builder:
                     raise
                 self._running[stage_id] = run
                 return more
-            except OSError as exc:
-                text = _placing_failed(exc)
-                self._failed(stage, run, text)
+            except (OSError, sqlite3.OperationalError) as exc:
+                clear = os_failure(exc, self.store.path / "actions.db")
+                if isinstance(exc, OSError) and exc.errno in (errno.EEXIST, errno.ENOTDIR):
+                    text = _placing_failed(exc)
+                elif clear is not None:
+                    text = str(clear)
+                elif isinstance(exc, OSError):
+                    text = _placing_failed(exc)
+                else:
+                    raise
+                with contextlib.suppress(OSError, sqlite3.OperationalError):
+                    self._failed(stage, run, text)  # the record may not fit on a full disk
                 raise StageFailure(text) from None
             self._done(stage, run["sk"], entry, ran=True)
             self.bus.emit("stage_finished", stage_id, **entry["metrics"])
@@ -730,6 +749,7 @@ class Builder:
         record = dict(self._record(stage.id) or {})
         stopped = self.stopping()
         record.update(
+            failed_doc=run["sk"].doc,
             result="interrupted" if stopped else "failed",
             error="stopped by a signal before it finished" if stopped else text[:2000],
             finished=time.time(),
@@ -784,6 +804,4 @@ def _placing_failed(exc: OSError) -> str:
             f"cannot put the output in place: {where} is in the way (a file or a broken link "
             "where a folder belongs): remove it, or change the output path"
         )
-    if exc.errno == errno.ENOSPC:
-        return f"no space left on the device at {where}: free space and build again"
     return f"cannot put the output in place at {where}: {exc.strerror}"

@@ -6,9 +6,11 @@ usage, 128 + signal when interrupted.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -19,7 +21,7 @@ from typing import Any
 import click
 
 from . import api, uptodate
-from .errors import PipemakeError, UsageError
+from .errors import PipemakeError, UsageError, os_failure
 
 __all__ = ["main", "cli"]
 
@@ -42,6 +44,14 @@ def _run(fn: Callable[[], int | None]) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except (OSError, sqlite3.Error) as exc:  # the machine said no: say what, where, what to do
+        # an SQLite error, or a full disk met by a write, names no file: say which folder
+        unnamed = isinstance(exc, sqlite3.Error) or getattr(exc, "errno", None) in _FULL
+        error = os_failure(exc, _dot() if unnamed else None, _STORE_REPAIR)
+        if error is None:
+            error = PipemakeError(str(exc))  # an OSError's names its file
+        click.echo(error.format(), err=True)
+        sys.exit(error.exit_code)
     sys.exit(code)
 
 
@@ -74,6 +84,22 @@ class _Group(click.Group):
             hint = f" Did you mean {meant!r}?" if meant else ""
             ctx.fail(f"No such command {name!r}.{hint}")
         return super().resolve_command(ctx, args)
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_STORE_REPAIR = (
+    "run `pipemake cache verify`, or delete the store: it is only a cache, and outputs in the "
+    "workspace stay"
+)
+
+
+def _dot() -> str:
+    """Where pipemake's own files are for this command (a SQLite error names no file)."""
+    ctx = click.get_current_context(silent=True)
+    obj = (ctx.find_root().obj if ctx is not None else None) or {}
+    if obj.get("cache_dir"):
+        return str(obj["cache_dir"])
+    return os.path.join(obj.get("directory") or os.curdir, ".pipemake")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -130,10 +130,23 @@ def _diff_inputs(old: dict[str, Any], new: dict[str, Any]) -> list[Reason]:
     return out
 
 
-def explain(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Reason]:
-    """Why the key document ``new`` differs from the last build's ``old``."""
+def explain(
+    old: dict[str, Any] | None, new: dict[str, Any], failed: dict[str, Any] | None = None
+) -> list[Reason]:
+    """Why the key document ``new`` differs from the last build's ``old``. ``failed`` is the
+    key document of a run that failed since (its last-build record keeps it): then the
+    reasons say what changed since that run, or that nothing did and it failed."""
+    if failed is not None:
+        since = _changes(failed, new)
+        if not since:
+            return [Reason(Trigger.FAILED, "the last run failed")]
+        return [Reason(r.trigger, f"{r.detail} since the failed run") for r in since]
     if old is None:
         return [Reason(Trigger.NEVER_BUILT, "never built")]
+    return _changes(old, new)
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[Reason]:
     reasons: list[Reason] = []
     if old.get("rule") != new.get("rule"):
         reasons.append(Reason(Trigger.RULE, f"rule {old.get('rule')} → {new.get('rule')}"))

@@ -8,11 +8,17 @@
      ├── BuildFailed              exit 1   one or more stages failed
      ├── LockTimeout              exit 1   another build held the lock too long
      ├── StoreError               exit 1   the store is unreadable or of another format
+     │    └── DatabaseDamaged     exit 1   a database file is not one (which, and what to do)
+     ├── DiskFull                 exit 1   no space left on the device (where)
+     ├── AccessDenied             exit 1   pipemake may not read or write one of its paths
      └── Interrupted              exit 128 + signal (130 Ctrl-C, 143 SIGTERM)
+
+:func:`os_failure` turns an ``OSError`` or SQLite error of these kinds into the error above.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -21,7 +27,10 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 __all__ = [
+    "AccessDenied",
     "BuildFailed",
+    "DatabaseDamaged",
+    "DiskFull",
     "Interrupted",
     "LockTimeout",
     "PipelineError",
@@ -30,6 +39,7 @@ __all__ = [
     "Problems",
     "StoreError",
     "UsageError",
+    "os_failure",
 ]
 
 
@@ -105,6 +115,77 @@ class LockTimeout(PipemakeError):
 
 class StoreError(PipemakeError):
     """The store cannot be used (another format version, unreadable database)."""
+
+
+class DatabaseDamaged(StoreError):
+    """A database file pipemake keeps cannot be read as one (truncated, overwritten)."""
+
+    def __init__(self, path: str | os.PathLike[str], detail: str, what_to_do: str):
+        self.path = str(path)
+        super().__init__(f"{self.path} is damaged ({detail}): {what_to_do}")
+
+
+class DiskFull(PipemakeError):
+    """The device (or the user's quota) is full. What was committed before stays committed;
+    the build resumes where it stopped once there is room."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = str(path)
+        super().__init__(
+            f"no space left on device at {self.path}: free space and build again; "
+            "nothing committed is lost"
+        )
+
+
+class AccessDenied(PipemakeError):
+    """pipemake may not create, read or write one of its own paths (a read-only workspace,
+    a ``.pipemake`` owned by another user)."""
+
+    def __init__(self, path: str | os.PathLike[str], detail: str = "permission denied"):
+        self.path = str(path)
+        super().__init__(
+            f"cannot use {self.path} ({detail}): pipemake reads and writes it; make it "
+            "writable for this user, or run pipemake as the user who owns it"
+        )
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+_DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
+#: SQLite's primary result codes: FULL, CORRUPT, NOTADB, READONLY, PERM, CANTOPEN
+_SQLITE_FULL, _SQLITE_CORRUPT, _SQLITE_NOTADB = 13, 11, 26
+_SQLITE_DENIED = {8, 3, 14}
+
+
+def os_failure(
+    exc: BaseException,
+    path: str | os.PathLike[str] | None = None,
+    repair: str = "delete it and run again",
+) -> PipemakeError | None:
+    """The clear error for ``exc`` when it is a full disk, a permission problem or (for an
+    SQLite error) a damaged database, or one whose tables are not pipemake's; None for
+    anything else. ``path`` is the file it concerns when the exception does not name it
+    (SQLite errors never do); ``repair`` says what to do about a damaged one."""
+    if isinstance(exc, PipemakeError):
+        return exc
+    if isinstance(exc, OSError):
+        where = exc.filename if exc.filename is not None else path
+        if exc.errno in _FULL:
+            return DiskFull(where if where is not None else os.getcwd())
+        if exc.errno in _DENIED and where is not None:
+            return AccessDenied(where, exc.strerror or "permission denied")
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None or path is None:
+        return None
+    code &= 0xFF  # an extended code's primary one
+    text = str(exc)
+    if code == _SQLITE_FULL:
+        return DiskFull(path)
+    if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or (code == 1 and "no such" in text):
+        return DatabaseDamaged(path, text, repair)
+    if code in _SQLITE_DENIED:
+        return AccessDenied(path, text)
+    return None
 
 
 class Interrupted(PipemakeError):

@@ -17,6 +17,7 @@ The last :data:`KEEP_RUNS` logs are kept.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -24,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import UsageError
+from .errors import PipemakeError, UsageError, os_failure
 from .events import Event
 
 __all__ = ["FORMAT", "KEEP_RUNS", "RunLog", "list_runs", "per_item_times", "read_run"]
@@ -133,6 +134,8 @@ class RunLog:
         self._closed = False
         self._flushed = 0.0
         self._extra: IO[str] | None = None
+        #: why a log stopped being written (reported by close())
+        self.failure: PipemakeError | None = None
         if self.extra is not None:  # opened now, so a bad path stops the build before it runs
             try:
                 self.extra.parent.mkdir(parents=True, exist_ok=True)
@@ -161,23 +164,50 @@ class RunLog:
             line = _dumps(record) + "\n"
         now = time.monotonic()
         flush = event.kind not in _BULK or now - self._flushed >= FLUSH_EVERY
-        for f in self._files:
-            f.write(line)
-            if flush:
-                f.flush()
+        for f in list(self._files):
+            try:
+                f.write(line)
+                if flush:
+                    f.flush()
+            except OSError as exc:
+                self._lose(f, exc, f.name)
         if flush:
             self._flushed = now
         self._tally.add(record)
         if event.kind == "run_finished":
-            self._finish()
+            try:
+                self._finish()
+            except OSError as exc:
+                self._lose(None, exc, self.directory)
+
+    def _lose(self, f: IO[str] | None, exc: OSError, where: Any) -> None:
+        """A log that cannot be written (a full disk) stops; the build goes on, and
+        :meth:`close` reports it after everything else."""
+        if f is not None:
+            self._files.remove(f)
+            if f is self._extra:
+                self._extra = None
+            with contextlib.suppress(OSError):
+                f.close()
+        if self.failure is None:
+            self.failure = os_failure(exc, where) or PipemakeError(
+                f"the run log could not be written ({where}): {exc}"
+            )
 
     def _open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.run_id, f = _new_id(self.directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.run_id, f = _new_id(self.directory)
+        except OSError as exc:
+            self._files = [self._extra] if self._extra is not None else []
+            self._lose(None, exc, self.directory)
+            return
         self._files = [f] + ([self._extra] if self._extra is not None else [])
         self._prune()
 
     def _finish(self) -> None:
+        if self.run_id is None:
+            return
         with open(self.directory / INDEX, "a", encoding="utf-8") as f:
             f.write(_dumps(self._tally.summary) + "\n")
         if self._tally.per_item:
@@ -194,11 +224,18 @@ class RunLog:
             old.unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Close the files; later events are ignored."""
+        """Close the files; later events are ignored. If a log could not be written (a full
+        disk), raise that now, once the build has said and run everything else."""
         self._closed = True
         for f in self._files or ([self._extra] if self._extra is not None else []):
-            f.close()
+            try:
+                f.close()
+            except OSError as exc:
+                self._lose(None, exc, f.name)
         self._files = []
+        failure, self.failure = self.failure, None
+        if failure is not None:
+            raise failure
 
 
 def per_item_times(directory: Path) -> dict[str, float]:

@@ -4,6 +4,10 @@ A hook is a shell command (a string, or ``cmd:``) and/or a webhook (``url:``). T
 runs with ``/bin/sh -c`` in the project root with the run described in its environment
 (``PIPEMAKE_RESULT``, ``PIPEMAKE_SUMMARY`` as JSON, …); the URL receives the same summary
 as a JSON POST. A hook that fails is a warning (an event), never a failed build.
+
+A webhook URL often carries a secret (a token in the path or the query, a password before
+the host), so it is never shown or logged whole: events, the run log and warnings hold
+:func:`redact_url`'s ``scheme://host/…``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 from .events import Bus
 
-__all__ = ["CMD_TIMEOUT", "URL_TIMEOUT", "hook_for", "run_hooks", "run_summary"]
+__all__ = ["CMD_TIMEOUT", "URL_TIMEOUT", "hook_for", "redact_url", "run_hooks", "run_summary"]
 
 URL_TIMEOUT = 10.0
 CMD_TIMEOUT = 300.0
@@ -72,12 +76,54 @@ def run_hooks(
         if error:
             warnings.append(f"{name} command failed: {error}")
     if "url" in parts:
-        error = _post(parts["url"], summary)
-        bus.emit("hook_failed" if error else "hook_finished", None, hook=name, url=parts["url"],
+        url, shown = parts["url"], redact_url(parts["url"])
+        error = _post(url, summary)
+        if error:
+            error = _scrub(error, url)
+        bus.emit("hook_failed" if error else "hook_finished", None, hook=name, url=shown,
                  **({"error": error} if error else {}))  # fmt: skip
         if error:
-            warnings.append(f"{name} webhook {parts['url']} failed: {error}")
+            warnings.append(f"{name} webhook {shown} failed: {error}")
     return warnings
+
+
+def redact_url(url: str) -> str:
+    """``url`` with what may be a secret left out: ``scheme://host[:port]``, then ``/…`` if
+    it had anything more (path, query, fragment); a user and password are dropped."""
+    from urllib.parse import urlsplit  # here: only a webhook needs it
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "…"
+    host = parts.hostname or ""
+    if not host:
+        return "…"
+    if ":" in host:
+        host = f"[{host}]"
+    shown = f"{parts.scheme}://{host}" if parts.scheme else host
+    if port is not None:
+        shown += f":{port}"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        shown += "/…"
+    return shown
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` (an error about ``url``) without the URL's secret-bearing parts."""
+    from urllib.parse import urlsplit
+
+    text = text.replace(url, redact_url(url))
+    try:
+        parts = urlsplit(url)
+        secrets = [parts.netloc.rpartition("@")[0], parts.path, parts.query, parts.fragment]
+    except ValueError:
+        secrets = [url[url.find("//") + 2 :]] if "//" in url else [url]
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) > 1:
+            text = text.replace(secret, "…")
+    return text
 
 
 def _run_cmd(cmd: str, summary: dict[str, Any], root: Path) -> str | None:

@@ -146,11 +146,13 @@ def items_digest(item_keys: dict[str, str]) -> str:
 
 
 def summarize(changed: list[tuple[str, str]], total: int) -> str:
-    """``12 of 10,000 items changed (first: f000123.png: content changed)``."""
+    """``12 of 10,000 items changed (first: f000123.png: content changed)``; ``… items to
+    run`` when none of them is new or changed (not built yet, not in the cache)."""
     if not changed:
         return f"0 of {total:,} items changed"
     first = f"{changed[0][0]}: {changed[0][1]}"
-    return f"{len(changed):,} of {total:,} items changed (first: {first})"
+    what = "changed" if any(r in ("new", "content changed") for _, r in changed) else "to run"
+    return f"{len(changed):,} of {total:,} items {what} (first: {first})"
 
 
 def removed_items(old: dict[str, str] | None, items: Sequence[ItemRef]) -> list[str]:
@@ -164,13 +166,17 @@ def removed_items(old: dict[str, str] | None, items: Sequence[ItemRef]) -> list[
 def item_reasons(
     old: dict[str, str] | None, items: Sequence[ItemRef], todo: Iterable[str]
 ) -> list[tuple[str, str]]:
-    """Why each item in ``todo`` must run: new, content changed, or other (params…)."""
+    """Why each item in ``todo`` must run: new, content changed, or other (params…).
+    ``old`` is None when the stage has no finished build to compare with (it never ran, or
+    only failed): an item is then "not built yet", not "new"."""
     todo_set = set(todo)
     out = []
     for it in items:
         if it.relpath not in todo_set:
             continue
-        if old is None or it.relpath not in old:
+        if old is None:
+            out.append((it.path, "not built yet"))
+        elif it.relpath not in old:
             out.append((it.path, "new"))
         elif old[it.relpath] != it.hash:
             out.append((it.path, "content changed"))

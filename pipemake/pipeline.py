@@ -17,7 +17,7 @@ from .errors import Problems, suggest
 from .model import DEFAULT_FILE, SYMBOLIC_SCOPES, Foreach, Pending, Pipeline, Stage
 from .rule import rule_names
 from .yamlchunks import load_yaml_cached
-from .yamlload import LineDict, YamlError
+from .yamlload import LineDict, YamlError, YamlTooBig
 
 __all__ = [
     "DEFAULT_FILE",
@@ -30,6 +30,9 @@ __all__ = [
 ]
 
 _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+#: the longest stage id: it names files (``<id>.log``, ``<id>-<hex>/``), which a file
+#: system allows 255 bytes
+MAX_ID = 128
 _RESERVED = {"vars", "inputs", "outputs", "item"}
 _TOP_KEYS = {"name", "version", "vars", "stages", "on_success", "on_failure", "description"}
 _STAGE_KEYS = {
@@ -104,6 +107,9 @@ def load_pipeline(file: str | os.PathLike[str], chunk_cache: Path | None = None)
         ld.fail_if_any()
     try:
         doc = load_yaml_cached(text, chunk_cache)
+    except YamlTooBig as exc:
+        ld.problem(str(exc), exc.line, hint=exc.hint)
+        ld.fail_if_any()
     except YamlError as exc:
         ld.problem(f"malformed YAML: {exc}", exc.line, hint="fix the YAML syntax at that line")
         ld.fail_if_any()
@@ -168,6 +174,11 @@ def _check_hook(doc: LineDict, key: str, ld: Problems) -> None:
     )
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
 def _check_stages(raw_stages: list[Any], ld: Problems) -> list[LineDict]:
     seen: dict[str, int] = {}
     good: list[LineDict] = []
@@ -176,9 +187,16 @@ def _check_stages(raw_stages: list[Any], ld: Problems) -> list[LineDict]:
             ld.problem("each stage must be a mapping with id, type and config", None)
             continue
         sid = raw.get("id")
+        if isinstance(sid, str) and len(sid) > MAX_ID:
+            ld.problem(
+                f"stage id {sid[:24]!r}… is {len(sid):,} characters long; the limit is {MAX_ID}",
+                raw.line_of("id"),
+                hint="give the stage a shorter id (it names files: its log and staging folder)",
+            )
+            continue
         if not isinstance(sid, str) or not _ID.match(sid):
             ld.problem(
-                f"stage id {sid!r} is not valid",
+                f"stage id {_short(sid)} is not valid",
                 raw.line_of("id"),
                 hint="ids match [A-Za-z_][A-Za-z0-9_-]*",
             )

@@ -58,6 +58,7 @@ __all__ = [
     "has_items",
     "has_run",
     "local_only",
+    "project_on_path",
     "register_rule",
     "rule_names",
     "unknown_key",
@@ -283,6 +284,24 @@ class Context:
 _SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: variables a shell sets for itself when it starts, whatever its environment says
 _SHELL_OWN = frozenset({"IFS", "PWD", "PPID", "OPTIND"})
+
+
+_ROOTS: list[str] = []  # the project root this process put on sys.path
+
+
+def project_on_path(root: str) -> None:
+    """Make a project's own modules importable: its root goes *last* on ``sys.path``, so a
+    ``copy.py`` or ``json.py`` there never hides the standard library or an installed
+    package (here or in the workers started from here), and a root put there for an
+    earlier project in this process is taken off."""
+    if not root or (_ROOTS == [root] and sys.path and sys.path[-1] == root):
+        return
+    for old in _ROOTS:
+        while old in sys.path:
+            sys.path.remove(old)
+    _ROOTS[:] = [root]
+    if root not in sys.path:
+        sys.path.append(root)
 
 
 def exports(env: Mapping[str, str] | None) -> str | None:

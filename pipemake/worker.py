@@ -12,6 +12,7 @@ thread and those subprocesses only.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -23,7 +24,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,10 +33,11 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
+from .errors import DiskFull, os_failure
 from .executors.base import Task
 from .fshash import Hasher, check_names
 from .hashing import digest, hash_bytes, tree_hash
-from .rule import Context, Item, Rule, RuleError, exports, get_rule
+from .rule import Context, Item, Rule, RuleError, exports, get_rule, project_on_path
 from .store import Store
 from .walk import BadPath
 from .workspace import manifest_of
@@ -130,7 +131,12 @@ class Spawner:
     def start(
         self, args: Sequence[str], env: Mapping[Any, Any] | None, kwargs: dict[str, Any]
     ) -> subprocess.Popen[Any]:
-        return _Proc(self, args, env=env, **kwargs)
+        try:
+            return _Proc(self, args, env=env, **kwargs)
+        except OSError as exc:
+            if exc.errno == errno.E2BIG:
+                raise RuleError(_too_long(args, os.environ if env is None else env)) from None
+            raise
 
     def reaped(self, usage: resource.struct_rusage) -> None:
         self.cpu += usage.ru_utime + usage.ru_stime
@@ -334,9 +340,20 @@ class _Forward(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
         if self.log_file is not None:
-            self.log_file.write(text + "\n")
-            self.log_file.flush()
+            try:
+                self.log_file.write(text + "\n")
+                self.log_file.flush()
+            except OSError as exc:  # the log is a copy: the lines still reach the build
+                self.close_log()
+                self.send("log", ["warning", f"the stage's log file stops here: {exc}"])
         self.send("log", [record.levelname.lower(), text])
+
+    def close_log(self) -> None:
+        """Close the log file; what it could not write is lost from it, not from the build."""
+        log_file, self.log_file = self.log_file, None
+        if log_file is not None:
+            with contextlib.suppress(OSError):
+                log_file.close()
 
 
 def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
@@ -353,7 +370,12 @@ def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
     if "done" in task.extra:  # a foreach task: its shell's FIFO goes with the stage's staging
         spawner.tmp = os.path.join(task.root, os.path.dirname(task.extra["done"]))
     token = _spawner.set(spawner)
-    log_file = open(task.log_path, "a", encoding="utf-8") if task.log_path else None  # noqa: SIM115
+    log_file = None
+    if task.log_path:
+        try:
+            log_file = open(task.log_path, "a", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:  # the log is a copy of what the build is told
+            send("log", ["warning", f"the stage's log file cannot be written: {exc}"])
     logger = logging.getLogger(f"pipemake.task.{task.id}")
     logger.propagate = False
     logger.setLevel(logging.INFO)
@@ -363,8 +385,7 @@ def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
     try:
         if cwd is not None:
             os.chdir(task.root)  # rules run in the project root, as DESIGN.md says for shell
-            if task.root not in sys.path:
-                sys.path.insert(0, task.root)
+            project_on_path(task.root)
         rule = get_rule(task.rule)
         if rule is None:
             raise RuleError(f"rule {task.rule!r} is not installed in this worker")
@@ -380,20 +401,62 @@ def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
     except (RuleError, BadPath) as exc:
         send("error", [str(exc), None])
     except Exception as exc:  # a bug in a rule: show where
-        send("error", [f"{type(exc).__name__}: {exc}", traceback.format_exc()])
+        failure = _machine_failure(exc, task)
+        if failure is not None:
+            send("error", [failure, None])
+        else:
+            send("error", [f"{type(exc).__name__}: {exc}", traceback.format_exc()])
     finally:
         spawner.end_shell()
         _spawner.reset(token)
         if cwd is not None:
             os.chdir(cwd)
         logger.removeHandler(handler)
-        if log_file is not None:
-            log_file.close()
+        handler.close_log()
         for k, v in old_env.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _too_long(args: Sequence[str] | str, env: Mapping[Any, Any]) -> str:
+    """Why the system refused to start a command of this size (``E2BIG``), and what to do."""
+    strings = [args] if isinstance(args, str | bytes) else list(args)
+    strings += [f"{k}={v}" for k, v in env.items()]
+    sizes = [len(os.fsencode(a)) + 1 for a in strings]
+    one = 32 * os.sysconf("SC_PAGE_SIZE")  # Linux's MAX_ARG_STRLEN: one argument's limit
+    if max(sizes) > one:
+        what = f"{max(sizes) - 1:,} bytes; the limit is {one:,} for one argument"
+    else:
+        what = f"{sum(sizes):,} bytes with its environment; the limit is "
+        what += f"{os.sysconf('SC_ARG_MAX'):,}"
+    return f"command too long ({what}): put it in a script and run that"
+
+
+def _machine_failure(exc: BaseException, task: Task) -> str | None:
+    """What to say, without a traceback, when a task ends for want of space, or of a
+    permission on pipemake's own files, rather than by a bug: the error, and where."""
+    if not isinstance(exc, OSError):
+        return None
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return str(DiskFull(exc.filename or _fullest(task)))
+    name = os.fsdecode(exc.filename) if isinstance(exc.filename, str | bytes) else ""
+    ours = (task.store, os.path.join(task.root, ".pipemake"))
+    failure = os_failure(exc) if name.startswith(ours) else None
+    return str(failure) if failure is not None else None
+
+
+def _fullest(task: Task) -> str:
+    """Of the project and the store, the one on the device with the least room left."""
+
+    def free(path: str) -> int:
+        try:
+            return shutil.disk_usage(path).free
+        except OSError:
+            return 1 << 62
+
+    return min((task.root, task.store), key=free)
 
 
 def _cpu() -> float:
@@ -468,15 +531,39 @@ def _hash_outputs(task: Task, outputs: dict[str, str], store: Store) -> dict[str
 
 
 def _check_values(values: Any) -> dict[str, Any]:
+    """The values a rule returned, as the JSON they are stored as (a tuple comes back a
+    list): what this build passes on is exactly what a later build restores."""
     if values is None:
         return {}
     if not isinstance(values, dict):
         raise RuleError(f"the rule returned {type(values).__name__}, not a mapping of values")
     try:
-        json.dumps(values)
-    except (TypeError, ValueError) as exc:
+        text = json.dumps(values)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise RuleError(f"computed values must be JSON-serializable: {exc}") from None
-    return values
+    where = _non_string_key(values, "values")
+    if where is not None:
+        raise RuleError(
+            f"computed values must be JSON data, whose mapping keys are strings: {where}; "
+            "turn the keys into strings (str(key)) before returning them"
+        )
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def _non_string_key(value: Any, where: str) -> str | None:
+    """Where the first mapping key that is not a string is (JSON would turn ``1`` into
+    ``"1"``, and ``{1: …, "b": …}`` cannot even be stored with its keys sorted)."""
+    stack = [(value, where)]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, dict):
+            for key in value:
+                if not isinstance(key, str):
+                    return f"{where} has the key {key!r} ({type(key).__name__})"
+            stack.extend((sub, f"{where}[{key!r}]") for key, sub in reversed(value.items()))
+        elif isinstance(value, list | tuple):
+            stack.extend((sub, f"{where}[{n}]") for n, sub in reversed(list(enumerate(value))))
+    return None
 
 
 def _run(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipemake.hashing import hash_file
-from pipemake.rule import Context, Item, Ports, Rule, RuleError
+from pipemake.rule import Context, Item, Ports, Rule, RuleError, project_on_path
 
 from ._named_ports import named_ports, unknown_keys
 
@@ -29,8 +29,7 @@ _FUNC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 def _module_file(module: str, root: str) -> str | None:
-    if root and root not in sys.path:
-        sys.path.insert(0, root)
+    project_on_path(root)
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
@@ -124,8 +123,7 @@ class PythonRule(Rule):
         known = self._resolved.get((root, func))
         if known is not None and sys.modules.get(module) is known[0]:
             return known[1]  # the items of a task: resolved once (while not re-imported)
-        if root not in sys.path:
-            sys.path.insert(0, root)
+        project_on_path(root)
         try:
             mod = importlib.import_module(module)
         except ImportError as exc:

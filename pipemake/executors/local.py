@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import multiprocessing as mp
+import multiprocessing.util as mp_util
 import os
 import signal
 import subprocess
@@ -31,7 +32,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -94,13 +96,39 @@ def _worker_main(conn: Connection, parent: int, rules: tuple[str, dict[str, str]
     conn.close()
 
 
+_SPAWNING = threading.Lock()
+
+
+@contextmanager
+def _no_cwd_on_their_path() -> Iterator[None]:
+    """While processes are spawned: their Python does not put its working directory (often
+    the project root) first on ``sys.path``, where a ``copy.py`` or ``threading.py`` of the
+    user's would be imported instead of the standard library's before ``sys.path`` is set
+    to this process's. ``-P`` where Python has it (3.11), else ``-I`` (the environment it
+    ignores is still the child's, and its ``sys.path`` comes from here)."""
+    flag = "-P" if sys.version_info >= (3, 11) else "-I"
+    with _SPAWNING:
+        flags = mp_util._args_from_interpreter_flags
+
+        def safe() -> list[str]:
+            args = flags()
+            return args if "-I" in args or flag in args else [flag, *args]
+
+        mp_util._args_from_interpreter_flags = safe
+        try:
+            yield
+        finally:
+            mp_util._args_from_interpreter_flags = flags
+
+
 class _Worker:
     def __init__(self, ctx: Any):
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(
             target=_worker_main, args=(child, os.getpid(), registry()), daemon=True
         )
-        self.proc.start()
+        with _no_cwd_on_their_path():  # its resource tracker too, if this starts that
+            self.proc.start()
         child.close()
         self.task: Task | None = None
         self.started = 0.0
