@@ -250,6 +250,9 @@ class Objects:
             st = os.lstat(src)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             return False
+        parent = os.path.dirname(os.path.abspath(src))
+        if os.path.realpath(parent) != parent:
+            return False  # reached through a symlinked folder: maybe a user's file elsewhere
         old = stat.S_IMODE(st.st_mode)
         os.chmod(src, 0o555 if old & 0o111 else 0o444)  # before it is an object: never after
         if self.fsync:

@@ -282,3 +282,29 @@ def test_a_build_without_link_replaces_read_only_linked_outputs(proj: Proj) -> N
     for n in NAMES:
         assert proj.path(f"build/upper/{n}").read_bytes() == _want(n)
     assert "store OK" in proj.cli("cache", "verify").output
+
+
+def test_a_file_reached_through_a_symlinked_folder_is_copied_never_linked(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """With --link, a staged output file reached through a symlink a stage made to a folder
+    elsewhere is copied into the store: the user's file there keeps its mode and inode."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "mine.txt").write_text("mine\n")
+    (outside / "mine.txt").chmod(0o644)
+    p = project(
+        f"""
+        name: l
+        stages:
+          - id: s
+            type: shell
+            config:
+              cmd: "mkdir -p {{outputs.o}} && ln -s {outside} {{outputs.o}}/ext"
+              outputs: {{o: build/o}}
+        """
+    )
+    p.cli("build", "--link")
+    st = (outside / "mine.txt").stat()
+    assert st.st_mode & 0o777 == 0o644 and st.st_nlink == 1
+    assert (outside / "mine.txt").read_text() == "mine\n"
