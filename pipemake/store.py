@@ -152,7 +152,10 @@ class Store:
             raise self._damaged(exc) from None
 
     def _open(self) -> tuple[sqlite3.Connection, str]:
-        db = sqlite3.connect(self.path / "actions.db", timeout=60, isolation_level=None)
+        file = self.path / "actions.db"
+        if self.readonly and not (os.access(file, os.W_OK) and os.access(self.path, os.W_OK)):
+            return self._open_read_only(file)
+        db = sqlite3.connect(file, timeout=60, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=" + ("FULL" if self.fsync else "NORMAL"))
@@ -163,6 +166,27 @@ class Store:
             db.close()
             raise
         return db, fmt
+
+    def _open_read_only(self, file: Path) -> tuple[sqlite3.Connection, str]:
+        """A store this user cannot write (a read-only checkout, another user's cache) read
+        as it is, for plans and status: SQLite's read-only mode, or, where even its shared
+        memory file cannot be made, the file taken as unchanging."""
+        last: Exception | None = None
+        for mode in ("mode=ro", "immutable=1"):
+            uri = f"{file.resolve().as_uri()}?{mode}"
+            try:
+                db = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
+            except sqlite3.Error as exc:
+                last = exc
+                continue
+            try:
+                row = db.execute("SELECT value FROM meta WHERE name='format'").fetchone()
+                return db, str(row[0]) if row else str(STORE_FORMAT)
+            except sqlite3.Error as exc:
+                db.close()
+                last = exc
+        assert last is not None
+        raise last
 
     def get_action(self, key: str) -> dict[str, Any] | None:
         """The entry stored under ``key``, or None."""

@@ -296,9 +296,9 @@ def test_a_read_only_workspace_is_named_and_its_state_can_still_be_read(
     assert f"cannot use {proj.root / '.pipemake'}" in out and "Permission denied" in out
     assert proj.read("out.txt") == "hi\n"
     assert state.returncode == 0 and state.stdout.strip() == "['a'] ok", state.stderr
-    dout = dry.stdout + dry.stderr  # the store may refuse to open read-only: then it says so
-    assert TRACEBACK not in dout and dry.returncode in (0, 1), dout
-    assert "a: run: input in.txt changed" in dout or str(proj.path(".pipemake")) in dout
+    dout = dry.stdout + dry.stderr  # the store is read as it is, without writing
+    assert TRACEBACK not in dout and dry.returncode == 0, dout
+    assert "a: run: input in.txt changed" in dout, dout
 
 
 def test_a_pipemake_folder_of_another_user_is_named(project: Callable[..., Proj]) -> None:
