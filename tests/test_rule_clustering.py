@@ -107,13 +107,17 @@ def test_pca_and_normalize_options(data, pca, norm):
 
 
 def test_prepare_weights_and_reduces_dims():
-    x = np.random.default_rng(0).random((50, 220)).astype(np.float32)
+    x = np.random.default_rng(0).random((50, 221)).astype(np.float32)
     blocks = _features.feature_blocks({"hist_bins": [4, 6], "shape_size": 8}, model=False)
-    assert sum(n for _, n in blocks) == 220
+    assert sum(n for _, n in blocks) == 221
     y = _cluster_algos.prepare(x, blocks, {"pca_dims": 16, "normalize": True})
     assert y.shape == (50, 16)
-    z = _cluster_algos.prepare(x, blocks, {"pca_dims": 0, "weights": {"shape": 0, "layout": 0}})
+    off = {"shape": 0, "layout": 0, "brightness": 0}
+    z = _cluster_algos.prepare(x, blocks, {"pca_dims": 0, "weights": off})
     assert np.allclose(z[:, 144:], 0) and np.allclose(np.linalg.norm(z, axis=1), 1, atol=1e-5)
+    # a block the weights leave out keeps its default weight, not 1
+    only_color = _cluster_algos.prepare(x, blocks, {"pca_dims": 0, "normalize": False})
+    assert np.allclose(only_color[:, 144:156], x[:, 144:156] * 0.2)
 
 
 def test_reduce_only_rerun_uses_cached_map_results(data, monkeypatch):
@@ -227,7 +231,9 @@ def test_memory_guard_refuses_before_running(data, monkeypatch):
         )
     monkeypatch.setattr(_cluster_algos, "available_memory", lambda: 1000)
     with pytest.raises(RuleError, match="brute-force HDBSCAN"):
-        _reduce(root, mapped, "out_mem2", hdbscan_algorithm="brute")
+        _reduce(root, mapped, "out_mem2", algorithm="hdbscan", hdbscan_algorithm="brute")
+    with pytest.raises(RuleError, match="Ward tree"):
+        _reduce(root, mapped, "out_mem3")
     need, _ = _cluster_algos.estimate_memory("agglomerative", 100_000, 32, {})
     assert need == 100_000**2 * 8
 
@@ -241,6 +247,8 @@ def test_check_reports_bad_params():
         ({"hist_bins": [4]}, "hist_bins"),
         ({"weights": {"colour": 1}}, "weights"),
         ({"min_cluster_size": 1}, "min_cluster_size"),
+        ({"max_clusters": 1}, "max_clusters"),
+        ({"n_clusters": -1}, "n_clusters"),
     ]
     for overrides, key in cases:
         ports, problems = rule.ports({"input_dir": "in", "output_dir": "o", **overrides})
@@ -299,5 +307,7 @@ def test_outliers_go_to_noise(data):
     assert (out / "noise" / "odd_0.png").is_file()
     assert (out / "contact_sheets" / "noise.png").is_file()
     assert "noise" not in values["cluster_dirs"] and _ari(out, labels) >= 0.9
-    kept, _ = _reduce(root, extra, "out_no_trim", outlier_factor=0)
-    assert kept["n_noise"] == 0  # HDBSCAN alone attaches them to the nearest character
+    kept, _ = _reduce(
+        root, extra, "out_no_trim", algorithm="kmeans", n_clusters=4, outlier_factor=0
+    )
+    assert kept["n_noise"] == 0  # KMeans alone attaches them to the nearest character
