@@ -213,18 +213,22 @@ class ClusteringRule(Rule):
             ctx.params["algorithm"],
         )
         result = cluster(x, ctx.params)
-        if result.selection is not None and result.selection.scores:
-            ctx.log.info(
-                "auto: %d clusters (the best separated cut: silhouette %.2f; tried 2 to %d)",
-                result.selection.k,
-                result.selection.scores[result.selection.k],
-                max(result.selection.scores),
-            )
-        _warn_if_empty(ctx, len(rels), result.n_clusters, result.labels.count(-1))
+        _log_selection(ctx, result)
+        warning = _empty_warning(ctx.params, len(rels), result.n_clusters, result.labels.count(-1))
+        if warning:
+            ctx.log.warning("%s", warning)
         names = [NOISE if c < 0 else f"cluster_{c:03d}" for c in result.labels]
-        return self._write(ctx, src, rels, names, result)
+        return self._write(ctx, src, rels, names, result, [warning] if warning else [])
 
-    def _write(self, ctx: Context, src: Path, rels: list[str], names: list[str], result) -> dict:
+    def _write(
+        self,
+        ctx: Context,
+        src: Path,
+        rels: list[str],
+        names: list[str],
+        result: Any,
+        warnings: list[str],
+    ) -> dict:
         out = Path(ctx.outputs["output_dir"])
         members: dict[str, list[int]] = {}
         items = []
@@ -260,6 +264,7 @@ class ClusteringRule(Rule):
             "clusters": {
                 n: {"size": len(members[n]), "files": [rels[i] for i in members[n]]} for n in order
             },
+            "warnings": warnings,
             "items": items,
         }
         (out / "clusters.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -292,12 +297,33 @@ class ClusteringRule(Rule):
         overview_sheet(groups, out / "overview.png")
 
 
-def _warn_if_empty(ctx: Context, total: int, clusters: int, noise: int) -> None:
-    """Warn when the result is unusable as it stands: no cluster at all, or most cut-outs in
-    noise/. The warning names the counts and the params that change the outcome."""
-    p = ctx.params
-    if clusters and noise * 2 <= total:
+def _log_selection(ctx: Context, result: Any) -> None:
+    """Say how ``auto`` chose the number of clusters."""
+    sel = result.selection
+    if sel is None:
         return
+    if not sel.scores:
+        ctx.log.info(
+            "auto: one group (no two groups of min_cluster_size %d among %d cut-outs)",
+            ctx.params["min_cluster_size"],
+            sel.sample,
+        )
+        return
+    ctx.log.info(
+        "auto: %d clusters (the tree cut into %d groups, the best separated of 2 to %d: "
+        "silhouette %.2f)",
+        result.n_clusters,
+        sel.k,
+        max(sel.scores),
+        sel.scores[sel.k],
+    )
+
+
+def _empty_warning(p: Mapping[str, Any], total: int, clusters: int, noise: int) -> str | None:
+    """The warning for a result that is unusable as it stands (no cluster at all, or most
+    cut-outs in noise/), naming the counts and the params that change it; None otherwise."""
+    if clusters and noise * 2 <= total:
+        return None
     trim = f"outlier_factor (now {p['outlier_factor']}; 0 turns the outlier trim off)"
     if p["algorithm"] == "hdbscan":
         fix = (
@@ -312,9 +338,7 @@ def _warn_if_empty(ctx: Context, total: int, clusters: int, noise: int) -> None:
     else:
         fix = f"they were trimmed as outliers: raise {trim}"
     found = f"{clusters} cluster{'s' if clusters != 1 else ''}" if clusters else "no clusters"
-    ctx.log.warning(
-        "clustering found %s: %d of %d cut-outs are in noise/; %s", found, noise, total, fix
-    )
+    return f"clustering found {found}: {noise} of {total} cut-outs are in noise/; {fix}"
 
 
 def _wants_gpu(ctx: Context) -> bool:
