@@ -1,11 +1,16 @@
 """Benchmark of the clustering rule: quality (adjusted Rand index against known identities)
-and time (features of N cut-outs, then the reduce) on synthetic cut-outs.
+on synthetic drawings and on cut-outs of real photographs, and time (features of N
+cut-outs, then the reduce).
 
 Run from the repository root:
 
     .venv/bin/python benchmarks/bench_clustering.py --n 10000 --characters 10
+    .venv/bin/python benchmarks/bench_clustering.py --skip-quality --skip-speed \
+        --photos /path/to/more/photos --random-sets 16
 
-Cut-outs come from tests/_character_fixtures.py and are cached in --data between runs.
+Drawn cut-outs come from tests/_character_fixtures.py and are cached in --data between
+runs; photo cut-outs from tests/_photo_fixtures.py: scikit-learn's sample photographs, plus
+every image (and three frames of every video) under ``--photos`` for the random sets.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from _character_fixtures import write_cutouts  # noqa: E402
+from _photo_fixtures import SKLEARN_REGIONS, load_sklearn_photos, write_photo_cutouts  # noqa: E402
 
 from pipemake.rule import Context, Item  # noqa: E402
 from pipemake.rules import _cluster_algos, _features  # noqa: E402
@@ -82,19 +88,109 @@ def quality(tmp: Path) -> list[dict]:
         mapped, _ = features(data, rels, 64)
         x = _features_matrix(mapped, rels)
         row = {"characters": n_chars, "images": len(rels), "jitter": jitter, "noise": noise}
-        algos = [
-            ("hdbscan", {}),
-            ("kmeans", {"algorithm": "kmeans", "n_clusters": n_chars}),
-            ("agglomerative", {"algorithm": "agglomerative", "n_clusters": n_chars}),
-        ]
-        for name, extra in algos:
-            p = params(**extra)
-            blocks = _features.feature_blocks(p, model=False)
-            result = _cluster_algos.cluster(_cluster_algos.prepare(x, blocks, p), p)
-            row[name] = round(ari(labels, result.labels, rels), 3)
-            if name == "hdbscan":
-                row["found"] = result.n_clusters
-                row["noise_items"] = sum(1 for v in result.labels if v < 0)
+        row.update(compare(x, labels, rels, n_chars))
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def compare(x, labels: dict, rels: list[str], n_true: int) -> dict:
+    """ARI of the defaults (with clusters found and noise), of HDBSCAN (the old default)
+    and of KMeans/agglomerative given the true count."""
+    algos = [
+        ("default", {}),
+        ("hdbscan", {"algorithm": "hdbscan"}),
+        ("kmeans", {"algorithm": "kmeans", "n_clusters": n_true}),
+        ("agglomerative", {"algorithm": "agglomerative", "n_clusters": n_true}),
+    ]
+    row: dict = {}
+    for name, extra in algos:
+        p = params(**extra)
+        blocks = _features.feature_blocks(p, model=False)
+        result = _cluster_algos.cluster(_cluster_algos.prepare(x, blocks, p), p)
+        row[name] = round(ari(labels, result.labels, rels), 3)
+        if name in ("default", "hdbscan"):
+            row[f"{name}_found"] = result.n_clusters
+            row[f"{name}_noise"] = sum(1 for v in result.labels if v < 0)
+    return row
+
+
+def load_photos(folders: list[Path]) -> dict:
+    """scikit-learn's sample photographs, every colour image of at least 200 × 200 pixels
+    under ``folders`` and the first, middle and last frame of every video there."""
+    from PIL import Image
+
+    photos = load_sklearn_photos()
+    for folder in folders:
+        for path in sorted(folder.rglob("*")):
+            suffix = path.suffix.lower()
+            if suffix in (".mp4", ".avi", ".mov", ".mkv"):
+                import av
+
+                with av.open(str(path)) as video:
+                    frames = [f.to_image() for f in video.decode(video=0)]
+                for i in sorted({0, len(frames) // 2, len(frames) - 1}):
+                    photos[f"{path.name}#{i}"] = frames[i].convert("RGB")
+            elif suffix in (".jpg", ".jpeg", ".png"):
+                with Image.open(path) as img:
+                    if img.mode in ("RGB", "RGBA", "P") and min(img.size) >= 200:
+                        photos[str(path)] = img.convert("RGB")
+    return photos
+
+
+def random_regions(photos: dict, rng, n: int = 6) -> list:
+    """``n`` regions (30 to 55 % of a side) of random photographs, two regions of one
+    photograph overlapping by at most 20 %."""
+    names = sorted(photos)
+    regions: list = []
+    while len(regions) < n:
+        name = names[int(rng.integers(len(names)))]
+        width, height = photos[name].size
+        w, h = (int(side * rng.uniform(0.3, 0.55)) for side in (width, height))
+        left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+        box = (left, top, left + w, top + h)
+        if all(_overlap(box, b) <= 0.2 * w * h for other, b in regions if other == name):
+            regions.append((name, box))
+    return regions
+
+
+def _overlap(a: tuple, b: tuple) -> int:
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def photo_quality(tmp: Path, folders: list[Path], random_sets: int) -> list[dict]:
+    """ARI on cut-outs of real photographs: six regions of scikit-learn's sample photographs
+    (the test set of tests/test_clustering_photos.py and variants), then ``random_sets``
+    sets of six random regions of all photographs found (random masks, augmentation grids
+    and sizes)."""
+    import numpy as np
+
+    photos = load_photos(folders)
+    cases = [
+        ("sklearn, ellipse", SKLEARN_REGIONS, "ellipse", 0, 40, 0),
+        ("sklearn, rect, grid 3", SKLEARN_REGIONS, "rect", 3, 40, 0),
+        ("sklearn, ellipse, grid 3", SKLEARN_REGIONS, "ellipse", 3, 40, 1),
+        ("sklearn, rect, grid 5", SKLEARN_REGIONS, "rect", 5, 40, 2),
+    ]
+    for i in range(random_sets):
+        rng = np.random.default_rng(1000 + i)
+        regions = random_regions(photos, rng)
+        mask = ("ellipse", "rect")[int(rng.integers(2))]
+        steps = (0, 3, 5)[int(rng.integers(3))]
+        cases.append((f"random {i}", regions, mask, steps, int(rng.integers(25, 51)), i))
+    rows = []
+    for name, regions, mask, steps, per, seed in cases:
+        data = tmp / name.replace(", ", "_").replace(" ", "_")
+        shutil.rmtree(data, ignore_errors=True)
+        labels = write_photo_cutouts(
+            data, regions, per, seed, photos=photos, mask=mask, steps=steps
+        )
+        rels = sorted(labels)
+        mapped, _ = features(data, rels, 64)
+        row = {"set": name, "mask": mask, "grid": steps, "images": len(rels)}
+        row.update(compare(_features_matrix(mapped, rels), labels, rels, len(regions)))
+        if name.startswith("random"):
+            row["regions"] = [f"{Path(n).name} {box}" for n, box in regions]
         rows.append(row)
         print(row, flush=True)
     return rows
@@ -129,8 +225,9 @@ def speed(data: Path, n: int, n_chars: int, out_root: Path) -> dict:
     x = _features_matrix(mapped, rels)
     report["dims"] = int(x.shape[1])
     variants = [
-        ("hdbscan (defaults: PCA 32)", {}),
-        ("hdbscan, no PCA (220 dims)", {"pca_dims": 0}),
+        ("auto (defaults: PCA 32)", {}),
+        ("hdbscan (PCA 32)", {"algorithm": "hdbscan"}),
+        ("hdbscan, no PCA (221 dims)", {"algorithm": "hdbscan", "pca_dims": 0}),
         ("kmeans k=true", {"algorithm": "kmeans", "n_clusters": n_chars}),
         ("agglomerative k=true", {"algorithm": "agglomerative", "n_clusters": n_chars}),
     ]
@@ -167,11 +264,18 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("/tmp/pipemake-bench-clustering"))
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-photos", action="store_true")
+    ap.add_argument(
+        "--photos", type=Path, action="append", default=[], help="more photographs/videos"
+    )
+    ap.add_argument("--random-sets", type=int, default=8, help="sets of random regions")
     args = ap.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)
     result = {}
     if not args.skip_quality:
         result["quality"] = quality(args.data / "quality")
+    if not args.skip_photos:
+        result["photos"] = photo_quality(args.data / "photos", args.photos, args.random_sets)
     if not args.skip_speed:
         result["speed"] = speed(
             args.data / f"speed_{args.n}_{args.characters}", args.n, args.characters, args.data

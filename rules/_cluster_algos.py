@@ -1,5 +1,10 @@
 """The reduce side of the clustering rule: weight, normalise, reduce (PCA) and cluster feature
-vectors with scikit-learn, after checking that the chosen algorithm fits in memory.
+vectors with scikit-learn and SciPy, after checking that the chosen algorithm fits in memory.
+
+The default, ``auto``, needs no number of characters: it builds a Ward tree (on at most
+:data:`SAMPLE` vectors), cuts it at every k from 2 to ``max_clusters`` and keeps the cut
+whose clusters are best separated (the highest mean silhouette, measured with cosine
+distances, where members of groups smaller than ``min_cluster_size`` count as unplaced).
 
 Memory is estimated before any algorithm is called, so a size that cannot fit meets a
 clear :class:`RuleError` instead of the kernel's out-of-memory killer: brute-force HDBSCAN
@@ -15,26 +20,52 @@ from typing import Any
 
 from pipemake.rule import RuleError
 
-__all__ = ["Assignment", "available_memory", "cluster", "estimate_memory", "prepare"]
+__all__ = [
+    "SAMPLE",
+    "Assignment",
+    "Selection",
+    "available_memory",
+    "choose_k",
+    "cluster",
+    "estimate_memory",
+    "prepare",
+]
+
+#: most vectors ``auto`` builds its tree and silhouettes on; the rest join the nearest centre
+SAMPLE = 2000
+
+
+@dataclass
+class Selection:
+    """How ``auto`` chose the number of clusters: the chosen ``k`` and the mean silhouette of
+    every cut it tried (k → score; higher is better separated), on ``sample`` vectors."""
+
+    k: int
+    scores: dict[int, float]
+    sample: int
 
 
 @dataclass
 class Assignment:
     """Per item (in input order): cluster index (-1 = noise, clusters numbered by size, the
-    largest first), membership probability and distance to its cluster's centre."""
+    largest first), membership probability and distance to its cluster's centre; for
+    ``auto``, how the number of clusters was chosen."""
 
     labels: list[int]
     probabilities: list[float]
     distances: list[float | None]
     n_clusters: int
+    selection: Selection | None = None
 
 
 def prepare(features: Any, blocks: Sequence[tuple[str, int]], params: Mapping[str, Any]) -> Any:
     """Weighted, optionally L2-normalised and PCA-reduced features (n × d float32)."""
     import numpy as np
 
+    from pipemake.rules._features import DEFAULT_WEIGHTS
+
     x = np.asarray(features, dtype=np.float32)
-    weights = params.get("weights") or {}
+    weights = {**DEFAULT_WEIGHTS, **(params.get("weights") or {})}
     if sum(size for _, size in blocks) == x.shape[1]:
         parts, start = [], 0
         for name, size in blocks:
@@ -82,6 +113,9 @@ def estimate_memory(algorithm: str, n: int, d: int, params: Mapping[str, Any]) -
     """(bytes, why) the clustering call needs, roughly, for ``n`` vectors of ``d`` dims."""
     if algorithm == "agglomerative":
         return n * n * 8, "agglomerative clustering holds an n × n distance matrix"
+    if algorithm == "auto":
+        m = min(n, SAMPLE)
+        return 3 * m * m * 8 + n * (d + 64) * 8, "a Ward tree and distances of the sample"
     if algorithm == "hdbscan":
         if params.get("hdbscan_algorithm") == "brute":
             return 2 * n * n * 8, "brute-force HDBSCAN holds n × n distance matrices"
@@ -99,8 +133,8 @@ def _check_memory(algorithm: str, x: Any, params: Mapping[str, Any]) -> None:
         gb = 1 << 30
         raise RuleError(
             f"clustering {x.shape[0]} cut-outs with {algorithm} needs about {need / gb:.1f} GB "
-            f"({why}) but only {budget / gb:.1f} GB is available: use algorithm: hdbscan "
-            "(with hdbscan_algorithm: auto) or kmeans, cluster fewer cut-outs, or raise "
+            f"({why}) but only {budget / gb:.1f} GB is available: use algorithm: auto, "
+            "hdbscan (with hdbscan_algorithm: auto) or kmeans, cluster fewer cut-outs, or raise "
             "max_memory_gb if you know more memory is free"
         )
 
@@ -109,27 +143,34 @@ def cluster(x: Any, params: Mapping[str, Any]) -> Assignment:
     """Cluster the prepared vectors ``x`` with the algorithm ``params`` name."""
     import numpy as np
 
-    algorithm = params.get("algorithm", "hdbscan")
+    algorithm = params.get("algorithm", "auto")
     n = x.shape[0]
     if n == 0:
         return Assignment([], [], [], 0)
     _check_memory(algorithm, x, params)
     probs = None
-    if algorithm == "hdbscan":
+    selection = None
+    if algorithm == "auto":
+        labels, selection = _auto(x, params)
+    elif algorithm == "hdbscan":
         labels, probs = _hdbscan(x, params)
     elif algorithm == "kmeans":
         labels = _kmeans(x, params)
     elif algorithm == "agglomerative":
         labels = _agglomerative(x, params)
     else:
-        raise RuleError(f"unknown algorithm {algorithm!r}: use hdbscan, kmeans or agglomerative")
+        raise RuleError(
+            f"unknown algorithm {algorithm!r}: use auto, hdbscan, kmeans or agglomerative"
+        )
     labels = np.asarray(labels)
     factor = float(params.get("outlier_factor") or 0.0)
     if factor > 0:
         labels = _trim_outliers(x, labels, factor)
         if probs is not None:
             probs = np.where(labels >= 0, probs, 0.0)
-    return _assign(x, _relabel_by_size(labels), probs)
+    result = _assign(x, _relabel_by_size(labels), probs)
+    result.selection = selection
+    return result
 
 
 def _trim_outliers(x: Any, labels: Any, factor: float) -> Any:
@@ -172,6 +213,82 @@ def _hdbscan(x: Any, params: Mapping[str, Any]) -> tuple[Any, Any]:
     )
     labels = model.fit_predict(x.astype(np.float64))
     return labels, model.probabilities_
+
+
+def _auto(x: Any, params: Mapping[str, Any]) -> tuple[Any, Selection | None]:
+    """Labels from a Ward tree cut at ``n_clusters`` or, when that is 0, at the best
+    separated k (:func:`choose_k`); groups under ``min_cluster_size`` become noise."""
+    import numpy as np
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    n = x.shape[0]
+    size = max(2, int(params.get("min_cluster_size") or 5))
+    fixed = int(params.get("n_clusters") or 0)
+    if fixed and n < fixed:
+        raise _too_few(n, fixed, "n_clusters")
+    if not fixed and n < size:
+        return np.full(n, -1), None
+    pick = np.arange(n)
+    if n > SAMPLE:
+        rng = np.random.default_rng(int(params.get("seed", 0)))
+        pick = np.sort(rng.choice(n, SAMPLE, replace=False))
+    sample = np.asarray(x[pick], dtype=np.float64)
+    tree = linkage(sample, "ward") if len(sample) > 1 else None
+    selection = None
+    if fixed:
+        k = fixed
+    else:
+        selection = choose_k(sample, tree, size, int(params.get("max_clusters") or 50))
+        k = selection.k
+    cut = np.zeros(len(sample), dtype=int) if tree is None else fcluster(tree, k, "maxclust") - 1
+    if len(pick) < n:
+        centres = np.stack([sample[cut == c].mean(0) for c in np.unique(cut)])
+        cut = np.unique(cut)[_nearest(x, centres)]
+    if not fixed:
+        sizes = np.bincount(cut)
+        cut = np.where(sizes[cut] >= size, cut, -1)
+    return cut, selection
+
+
+def choose_k(sample: Any, tree: Any, size: int, max_clusters: int) -> Selection:
+    """The number of clusters whose cut of the Ward ``tree`` is best separated: the highest
+    mean cosine silhouette over all of ``sample``, where members of groups smaller than
+    ``size`` count 0 (unplaced, not a character). One cluster when no cut has two groups of
+    ``size``."""
+    import numpy as np
+    from scipy.cluster.hierarchy import fcluster
+    from sklearn.metrics import pairwise_distances, silhouette_samples
+
+    n = len(sample)
+    top = min(max_clusters, n // size)
+    if tree is None or top < 2:
+        return Selection(1, {}, n)
+    dist = pairwise_distances(sample, metric="cosine")
+    scores: dict[int, float] = {}
+    for k in range(2, top + 1):
+        cut = fcluster(tree, k, "maxclust")
+        sizes = np.bincount(cut)
+        big = sizes[cut] >= size
+        if len(np.unique(cut[big])) < 2:
+            continue
+        sil = silhouette_samples(dist[np.ix_(big, big)], cut[big], metric="precomputed")
+        scores[k] = round(float(sil.sum() / n), 4)
+    if not scores:
+        return Selection(1, {}, n)
+    best = max(scores, key=lambda k: (scores[k], -k))
+    return Selection(best, scores, n)
+
+
+def _nearest(x: Any, centres: Any) -> Any:
+    """Index of the nearest centre of every row of ``x``, in chunks (bounded memory)."""
+    import numpy as np
+
+    out = np.empty(x.shape[0], dtype=int)
+    c2 = (centres * centres).sum(1)
+    for start in range(0, x.shape[0], 4096):
+        part = np.asarray(x[start : start + 4096], dtype=np.float64)
+        out[start : start + len(part)] = np.argmin(c2[None, :] - 2 * part @ centres.T, axis=1)
+    return out
 
 
 def _kmeans(x: Any, params: Mapping[str, Any]) -> Any:

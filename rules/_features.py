@@ -3,10 +3,13 @@
 Two extractors:
 
 - ``color_shape`` (offline, no model): an alpha-weighted soft joint histogram in CIE Lab,
-  the mean Lab colour of horizontal bands (which colour sits on top of which), and a
-  mirror-symmetric downsampled silhouette; computed batched with torch, on the GPU when the
-  stage holds one. Each block is L2-normalised so the reduce step can weight blocks without
-  recomputing anything (see :func:`feature_blocks`).
+  the mean Lab colour of horizontal bands (which colour sits on top of which), a
+  mirror-symmetric downsampled silhouette and the cut-out's overall brightness; computed
+  batched with torch, on the GPU when the stage holds one. Colours are measured after the
+  cut-out's mean luminance is scaled to mid-grey, so the same character under brighter or
+  darker light keeps its colour blocks; the brightness block keeps a light and a dark
+  character of the same hues apart. Each block is normalised on its own so the reduce step
+  can weight blocks without recomputing anything (see :func:`feature_blocks`).
 - ``model``: a user-supplied image encoder: TorchScript (``.pt``/``.ts``/``.jit``…), a
   ``torch.export`` program (``.pt2``) or ONNX (``.onnx``), fed N×3×S×S float32 images
   normalised with ``model_mean``/``model_std``.
@@ -22,11 +25,22 @@ from typing import Any
 
 from pipemake.rule import RuleError
 
-__all__ = ["feature_blocks", "extract_features", "load_extractor", "encode", "decode"]
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "decode",
+    "encode",
+    "extract_features",
+    "feature_blocks",
+    "load_extractor",
+]
 
 CANVAS = 64  # side of the square the cut-out is fitted into for colour/shape features
 BANDS = 4  # horizontal bands of the layout block
 _AB_RANGE = 80.0  # Lab a/b bin centres span [-_AB_RANGE, _AB_RANGE]
+GREY = 0.2  # linear luminance every cut-out's mean is scaled to before colours are measured
+
+#: block weights used when ``weights`` does not name a block
+DEFAULT_WEIGHTS = {"color": 1.0, "layout": 0.2, "shape": 0.5, "brightness": 0.2, "model": 1.0}
 
 
 def feature_blocks(params: Mapping[str, Any], model: bool) -> list[tuple[str, int]]:
@@ -38,6 +52,7 @@ def feature_blocks(params: Mapping[str, Any], model: bool) -> list[tuple[str, in
         ("color", int(l_bins) * int(ab_bins) ** 2),
         ("layout", BANDS * 3),
         ("shape", int(params["shape_size"]) ** 2),
+        ("brightness", 1),
     ]
 
 
@@ -156,17 +171,33 @@ def _to_tensor(images: Sequence[Any], side: int, background: tuple, device: str)
     return torch.from_numpy(arr).to(device).permute(0, 3, 1, 2).float() / 255.0
 
 
-def _rgb_to_lab(rgb: Any) -> Any:
-    """sRGB in [0, 1] (B×3×H×W) → CIE Lab (D65), L in [0, 100]."""
+def _linear(rgb: Any) -> Any:
+    """sRGB in [0, 1] → linear RGB."""
     import torch
 
-    lin = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    return torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+
+
+def _equalize(lin: Any, alpha: Any) -> tuple[Any, Any]:
+    """(linear RGB scaled so each cut-out's alpha-weighted mean luminance is ``GREY``,
+    log10 of the factor it was scaled by): the same character under other light gets the
+    same colours, and the factor says how bright it was."""
+    luma = 0.2126 * lin[:, 0] + 0.7152 * lin[:, 1] + 0.0722 * lin[:, 2]
+    mean = (luma * alpha).sum((1, 2)) / alpha.sum((1, 2)).clamp(min=1e-6)
+    factor = GREY / mean.clamp(min=1e-3)
+    return (lin * factor.view(-1, 1, 1, 1)).clamp(0.0, 1.0), factor.log10()
+
+
+def _lab(lin: Any) -> Any:
+    """Linear RGB in [0, 1] (B×3×H×W) → CIE Lab (D65), L in [0, 100]."""
+    import torch
+
     m = torch.tensor(
         [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]],
-        device=rgb.device,
+        device=lin.device,
     )
     xyz = torch.einsum("ij,bjhw->bihw", m, lin)
-    white = torch.tensor([0.95047, 1.0, 1.08883], device=rgb.device).view(1, 3, 1, 1)
+    white = torch.tensor([0.95047, 1.0, 1.08883], device=lin.device).view(1, 3, 1, 1)
     t = xyz / white
     f = torch.where(t > 0.008856, t.clamp(min=1e-8) ** (1 / 3), 7.787 * t + 16 / 116)
     lab_l = 116 * f[:, 1] - 16
@@ -193,7 +224,8 @@ def _color_shape_features(images: Sequence[Any], params: Mapping[str, Any], devi
     x = _to_tensor(images, CANVAS, (0, 0, 0, 0), device)
     batch = x.shape[0]
     alpha = x[:, 3]
-    lab = _rgb_to_lab(x[:, :3])
+    lin, gain = _equalize(_linear(x[:, :3]), alpha)
+    lab = _lab(lin)
     l_bins, ab_bins = (int(v) for v in params["hist_bins"])
     w = alpha.reshape(batch, -1)
     m_l = _soft_bins(lab[:, 0].reshape(batch, -1), 0.0, 100.0, l_bins)
@@ -212,7 +244,8 @@ def _color_shape_features(images: Sequence[Any], params: Mapping[str, Any], devi
     mask = F.adaptive_avg_pool2d(alpha.unsqueeze(1), (side, side))
     mask = 0.5 * (mask + mask.flip(-1))  # a mirrored pose is the same character
     shape = F.normalize(mask.reshape(batch, -1), dim=1)
-    return torch.cat([color, layout, shape], dim=1).cpu().numpy().astype("float32")
+    brightness = (-gain).clamp(-3.0, 3.0).unsqueeze(1)  # log10 of mean luminance / GREY
+    return torch.cat([color, layout, shape, brightness], dim=1).cpu().numpy().astype("float32")
 
 
 def _model_features(images: Sequence[Any], params: Mapping[str, Any], state: Mapping) -> Any:

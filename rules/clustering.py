@@ -2,9 +2,10 @@
 
 A map-reduce rule. The map step turns each cut-out into a feature vector (cached per item by
 the engine, so re-clustering with new params never recomputes features); the reduce step
-clusters all vectors with scikit-learn (HDBSCAN by default, which finds the number of
-characters itself and sets outliers aside as noise; KMeans; agglomerative) and writes one
-directory per cluster, ``clusters.json`` and contact sheets. See docs/clustering.md.
+clusters all vectors (by default ``auto``: a Ward tree cut where the clusters are best
+separated, which finds the number of characters itself; or HDBSCAN, KMeans, agglomerative),
+sets outliers aside as noise and writes one directory per cluster, ``clusters.json`` and
+contact sheets. See docs/clustering.md.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ SHEETS = "contact_sheets"
 
 _REDUCE = (
     "algorithm",
+    "max_clusters",
     "min_cluster_size",
     "min_samples",
     "cluster_selection_epsilon",
@@ -48,7 +50,7 @@ class ClusteringRule(Rule):
     """Cluster cut-outs (RGBA images) by character identity into ``cluster_NNN/`` folders."""
 
     name = "clustering"
-    version = "1"
+    version = "2"
     inputs: ClassVar[Mapping[str, Input]] = {
         "input_dir": Input(kind="dir", help="cut-outs (RGBA images), e.g. a segmentation output"),
         "model_path": Input(
@@ -69,21 +71,22 @@ class ClusteringRule(Rule):
         "model_mean": Param("list", [0.485, 0.456, 0.406], help="per-channel input mean"),
         "model_std": Param("list", [0.229, 0.224, 0.225], help="per-channel input std"),
         # reduce params: changing these reruns only the clustering
-        "algorithm": Param("str", "hdbscan", ("hdbscan", "kmeans", "agglomerative")),
-        "min_cluster_size": Param("int", 5, help="HDBSCAN: smallest group called a cluster"),
+        "algorithm": Param("str", "auto", ("auto", "hdbscan", "kmeans", "agglomerative")),
+        "max_clusters": Param("int", 50, help="auto: most characters it looks for"),
+        "min_cluster_size": Param("int", 5, help="auto, HDBSCAN: smallest group called a cluster"),
         "min_samples": Param("int", 2, help="HDBSCAN: neighbourhood size (0: min_cluster_size)"),
         "cluster_selection_epsilon": Param("float", 0.0, help="HDBSCAN: merge closer clusters"),
         "hdbscan_algorithm": Param("str", "auto", ("auto", "brute", "kd_tree", "ball_tree")),
         "allow_single_cluster": Param("bool", False, help="HDBSCAN: one character is a result"),
-        "n_clusters": Param("int", 0, help="kmeans/agglomerative: number of characters"),
+        "n_clusters": Param("int", 0, help="number of characters (auto: 0 finds it)"),
         "distance_threshold": Param("float", 0.0, help="agglomerative: merge distance limit"),
         "linkage": Param("str", "ward", ("ward", "average", "complete", "single")),
         "outlier_factor": Param(
-            "float", 2.5, help="noise: farther than this × the median distance to the centre"
+            "float", 3.0, help="noise: farther than this × the median distance to the centre"
         ),
         "pca_dims": Param("int", 32, help="PCA dimensions before clustering (0: none)"),
         "normalize": Param("bool", True, help="L2-normalise feature vectors"),
-        "weights": Param("dict", {"color": 1.0, "layout": 0.5, "shape": 0.5}),
+        "weights": Param("dict", {"color": 1.0, "layout": 0.2, "shape": 0.5, "brightness": 0.2}),
         "seed": Param("int", 0, help="random seed of PCA and KMeans"),
         "max_memory_gb": Param("float", 0.0, help="memory budget (0: 80% of what is free)"),
         "sheet_thumb": Param("int", 96, help="contact sheet thumbnail side in pixels"),
@@ -130,22 +133,29 @@ class ClusteringRule(Rule):
         for key in ("model_mean", "model_std"):
             if len(p[key]) != 3 or not all(isinstance(v, (int, float)) for v in p[key]):
                 problems.append((key, f"{key} must be three numbers (R, G, B)"))
-        for key, low in (("min_cluster_size", 2), ("shape_size", 1), ("model_input_size", 8)):
+        for key, low in (
+            ("min_cluster_size", 2),
+            ("max_clusters", 2),
+            ("shape_size", 1),
+            ("model_input_size", 8),
+        ):
             if p[key] < low:
                 problems.append((key, f"{key} must be >= {low}"))
-        if p["pca_dims"] < 0 or p["min_samples"] < 0:
-            problems.append(("pca_dims", "pca_dims and min_samples must be >= 0"))
+        for key in ("pca_dims", "min_samples", "n_clusters"):
+            if p[key] < 0:
+                problems.append((key, f"{key} must be >= 0"))
         bad = [
             k
             for k, v in p["weights"].items()
-            if k not in ("color", "layout", "shape", "model") or not isinstance(v, (int, float))
+            if k not in ("color", "layout", "shape", "brightness", "model")
+            or not isinstance(v, (int, float))
         ]
         if bad:
             problems.append(
                 (
                     "weights",
                     f"weights: unknown or non-numeric {bad}; known: color, "
-                    "layout, shape (color_shape features) and model",
+                    "layout, shape, brightness (color_shape features) and model",
                 )
             )
         return problems
@@ -211,10 +221,22 @@ class ClusteringRule(Rule):
             ctx.params["algorithm"],
         )
         result = cluster(x, ctx.params)
+        _log_selection(ctx, result)
+        warning = _empty_warning(ctx.params, len(rels), result.n_clusters, result.labels.count(-1))
+        if warning:
+            ctx.log.warning("%s", warning)
         names = [NOISE if c < 0 else f"cluster_{c:03d}" for c in result.labels]
-        return self._write(ctx, src, rels, names, result)
+        return self._write(ctx, src, rels, names, result, [warning] if warning else [])
 
-    def _write(self, ctx: Context, src: Path, rels: list[str], names: list[str], result) -> dict:
+    def _write(
+        self,
+        ctx: Context,
+        src: Path,
+        rels: list[str],
+        names: list[str],
+        result: Any,
+        warnings: list[str],
+    ) -> dict:
         out = Path(ctx.outputs["output_dir"])
         members: dict[str, list[int]] = {}
         items = []
@@ -240,9 +262,17 @@ class ClusteringRule(Rule):
             "n_noise": len(members.get(NOISE, [])),
             "algorithm": ctx.params["algorithm"],
             "params": {k: ctx.params.get(k) for k in self.reduce_params},
+            "selection": None
+            if result.selection is None
+            else {
+                "k": result.selection.k,
+                "silhouette": {str(k): v for k, v in result.selection.scores.items()},
+                "sample": result.selection.sample,
+            },
             "clusters": {
                 n: {"size": len(members[n]), "files": [rels[i] for i in members[n]]} for n in order
             },
+            "warnings": warnings,
             "items": items,
         }
         (out / "clusters.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -273,6 +303,50 @@ class ClusteringRule(Rule):
             )
             groups.append((name, paths))
         overview_sheet(groups, out / "overview.png")
+
+
+def _log_selection(ctx: Context, result: Any) -> None:
+    """Say how ``auto`` chose the number of clusters."""
+    sel = result.selection
+    if sel is None:
+        return
+    if not sel.scores:
+        ctx.log.info(
+            "auto: one group (no two groups of min_cluster_size %d among %d cut-outs)",
+            ctx.params["min_cluster_size"],
+            sel.sample,
+        )
+        return
+    ctx.log.info(
+        "auto: %d clusters (the tree cut into %d groups, the best separated of 2 to %d: "
+        "silhouette %.2f)",
+        result.n_clusters,
+        sel.k,
+        max(sel.scores),
+        sel.scores[sel.k],
+    )
+
+
+def _empty_warning(p: Mapping[str, Any], total: int, clusters: int, noise: int) -> str | None:
+    """The warning for a result that is unusable as it stands (no cluster at all, or most
+    cut-outs in noise/), naming the counts and the params that change it; None otherwise."""
+    if clusters and noise * 2 <= total:
+        return None
+    trim = f"outlier_factor (now {p['outlier_factor']}; 0 turns the outlier trim off)"
+    if p["algorithm"] == "hdbscan":
+        fix = (
+            f"lower min_cluster_size (now {p['min_cluster_size']}) or min_samples (now "
+            f"{p['min_samples']}), raise {trim}, or use algorithm: auto"
+        )
+    elif p["algorithm"] == "auto" and not p["n_clusters"]:
+        fix = (
+            f"lower min_cluster_size (now {p['min_cluster_size']}: smaller groups are "
+            f"noise), set n_clusters, or raise {trim}"
+        )
+    else:
+        fix = f"they were trimmed as outliers: raise {trim}"
+    found = f"{clusters} cluster{'s' if clusters != 1 else ''}" if clusters else "no clusters"
+    return f"clustering found {found}: {noise} of {total} cut-outs are in noise/; {fix}"
 
 
 def _wants_gpu(ctx: Context) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -107,13 +108,17 @@ def test_pca_and_normalize_options(data, pca, norm):
 
 
 def test_prepare_weights_and_reduces_dims():
-    x = np.random.default_rng(0).random((50, 220)).astype(np.float32)
+    x = np.random.default_rng(0).random((50, 221)).astype(np.float32)
     blocks = _features.feature_blocks({"hist_bins": [4, 6], "shape_size": 8}, model=False)
-    assert sum(n for _, n in blocks) == 220
+    assert sum(n for _, n in blocks) == 221
     y = _cluster_algos.prepare(x, blocks, {"pca_dims": 16, "normalize": True})
     assert y.shape == (50, 16)
-    z = _cluster_algos.prepare(x, blocks, {"pca_dims": 0, "weights": {"shape": 0, "layout": 0}})
+    off = {"shape": 0, "layout": 0, "brightness": 0}
+    z = _cluster_algos.prepare(x, blocks, {"pca_dims": 0, "weights": off})
     assert np.allclose(z[:, 144:], 0) and np.allclose(np.linalg.norm(z, axis=1), 1, atol=1e-5)
+    # a block the weights leave out keeps its default weight, not 1
+    only_color = _cluster_algos.prepare(x, blocks, {"pca_dims": 0, "normalize": False})
+    assert np.allclose(only_color[:, 144:156], x[:, 144:156] * 0.2)
 
 
 def test_reduce_only_rerun_uses_cached_map_results(data, monkeypatch):
@@ -227,7 +232,9 @@ def test_memory_guard_refuses_before_running(data, monkeypatch):
         )
     monkeypatch.setattr(_cluster_algos, "available_memory", lambda: 1000)
     with pytest.raises(RuleError, match="brute-force HDBSCAN"):
-        _reduce(root, mapped, "out_mem2", hdbscan_algorithm="brute")
+        _reduce(root, mapped, "out_mem2", algorithm="hdbscan", hdbscan_algorithm="brute")
+    with pytest.raises(RuleError, match="Ward tree"):
+        _reduce(root, mapped, "out_mem3")
     need, _ = _cluster_algos.estimate_memory("agglomerative", 100_000, 32, {})
     assert need == 100_000**2 * 8
 
@@ -241,6 +248,8 @@ def test_check_reports_bad_params():
         ({"hist_bins": [4]}, "hist_bins"),
         ({"weights": {"colour": 1}}, "weights"),
         ({"min_cluster_size": 1}, "min_cluster_size"),
+        ({"max_clusters": 1}, "max_clusters"),
+        ({"n_clusters": -1}, "n_clusters"),
     ]
     for overrides, key in cases:
         ports, problems = rule.ports({"input_dir": "in", "output_dir": "o", **overrides})
@@ -299,5 +308,116 @@ def test_outliers_go_to_noise(data):
     assert (out / "noise" / "odd_0.png").is_file()
     assert (out / "contact_sheets" / "noise.png").is_file()
     assert "noise" not in values["cluster_dirs"] and _ari(out, labels) >= 0.9
-    kept, _ = _reduce(root, extra, "out_no_trim", outlier_factor=0)
-    assert kept["n_noise"] == 0  # HDBSCAN alone attaches them to the nearest character
+    kept, _ = _reduce(
+        root, extra, "out_no_trim", algorithm="kmeans", n_clusters=4, outlier_factor=0
+    )
+    assert kept["n_noise"] == 0  # KMeans alone attaches them to the nearest character
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_no_clusters_is_a_warning_naming_counts_and_params(tmp_path, caplog):
+    labels = write_cutouts(tmp_path / "in", n_characters=1, per_character=3, seed=1)
+    mapped = _map_all(ClusteringRule(), tmp_path, labels, _params().params)
+    values, out = _reduce(tmp_path, mapped, "out")
+    assert values["n_clusters"] == 0 and values["n_noise"] == 3
+    (warning,) = _warnings(caplog)
+    assert "found no clusters: 3 of 3 cut-outs are in noise/" in warning
+    assert "min_cluster_size (now 5" in warning and "n_clusters" in warning
+    assert json.loads((out / "clusters.json").read_text())["warnings"] == [warning]
+
+
+def test_most_cut_outs_in_noise_is_a_warning(data, caplog):
+    root, _, mapped = data
+    values, out = _reduce(
+        root, mapped, "out_trimmed", algorithm="kmeans", n_clusters=4, outlier_factor=0.5
+    )
+    clusters, noise = values["n_clusters"], values["n_noise"]
+    assert clusters >= 1 and noise > 30
+    (warning,) = _warnings(caplog)
+    assert f"found {clusters} cluster" in warning
+    assert f": {noise} of 60 cut-outs are in noise/" in warning
+    assert "outlier_factor (now 0.5" in warning
+    caplog.clear()
+    _reduce(root, mapped, "out_hdb", algorithm="hdbscan", min_cluster_size=61)
+    (warning,) = _warnings(caplog)
+    assert "no clusters: 60 of 60" in warning and "min_samples (now 2)" in warning
+
+
+def test_a_good_result_has_no_warning(data, caplog):
+    root, _, mapped = data
+    with caplog.at_level(logging.INFO):
+        _, out = _reduce(root, mapped, "out_quiet")
+    assert _warnings(caplog) == []
+    assert "auto: 4 clusters" in caplog.text
+    summary = json.loads((out / "clusters.json").read_text())
+    assert summary["warnings"] == [] and summary["selection"]["k"] == 4
+    assert max(summary["selection"]["silhouette"].items(), key=lambda kv: kv[1])[0] == "4"
+
+
+def test_auto_with_n_clusters_cuts_at_that_number(data):
+    root, labels, mapped = data
+    values, out = _reduce(root, mapped, "out_k3", n_clusters=3)
+    assert values["n_clusters"] == 3
+    assert json.loads((out / "clusters.json").read_text())["selection"] is None
+    with pytest.raises(RuleError, match="n_clusters 99 needs at least 99 cut-outs"):
+        _reduce(root, mapped, "out_k99", n_clusters=99)
+
+
+def test_auto_samples_large_sets_and_assigns_the_rest(monkeypatch):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(5, 16))
+    x = np.concatenate([c + 0.05 * rng.normal(size=(120, 16)) for c in centres])
+    truth = np.repeat(np.arange(5), 120)
+    monkeypatch.setattr(_cluster_algos, "SAMPLE", 200)
+    result = _cluster_algos.cluster(x.astype(np.float32), _params().params)
+    assert result.selection.sample == 200 and result.n_clusters == 5
+    assert adjusted_rand_score(truth, result.labels) == 1.0
+
+
+def _grey_figure(level: int, rng: np.random.Generator) -> Image.Image:
+    """The same silhouette, one grey ``level`` (±8), tilted a little."""
+    from PIL import ImageDraw
+
+    img = Image.new("RGBA", (64, 96), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    tone = int(np.clip(level + rng.integers(-8, 9), 0, 255))
+    draw.ellipse((20, 4, 44, 28), fill=(tone, tone, tone, 255))
+    draw.rectangle((16, 30, 48, 90), fill=(tone, tone, tone, 255))
+    return img.rotate(float(rng.uniform(-10, 10)), expand=True)
+
+
+def test_a_dark_and_a_light_character_of_the_same_shape_stay_apart(tmp_path):
+    """Colours are measured at a common brightness; the brightness block still tells a
+    black figure from a white one."""
+    rng = np.random.default_rng(4)
+    labels = {}
+    (tmp_path / "in").mkdir()
+    for i in range(24):
+        rel = f"fig_{i:02d}.png"
+        _grey_figure((30, 225)[i % 2], rng).save(tmp_path / "in" / rel)
+        labels[rel] = i % 2
+    mapped = _map_all(ClusteringRule(), tmp_path, labels, _params().params)
+    values, out = _reduce(tmp_path, mapped, "out")
+    assert values["n_clusters"] == 2 and _ari(out, labels) == 1.0
+
+
+def test_the_warning_reaches_the_build_output(project):
+    proj = project(
+        """
+        name: w
+        stages:
+          - id: cluster
+            type: clustering
+            foreach: input_dir
+            config:
+              input_dir: cutouts
+              output_dir: build/clusters
+        """
+    )
+    write_cutouts(proj.root / "cutouts", n_characters=1, per_character=3, seed=2)
+    out = proj.cli("build", "--no-progress").output
+    assert "clustering found no clusters: 3 of 3 cut-outs are in noise/" in out
+    assert "lower min_cluster_size (now 5" in out
