@@ -133,8 +133,9 @@ def cli(ctx: click.Context, directory: str | None, file: str | None, cache_dir: 
 
 def _project(ctx: click.Context, readonly: bool = False, cache_dir: str | None = None) -> Any:
     o = ctx.obj
+    # the path found already holds -C DIR: open it as it is, not joined to DIR again
     path = _pipeline_file(ctx)
-    return api.project_of(o["directory"], path, cache_dir or o["cache_dir"], readonly)
+    return api.project_of(None, path, cache_dir or o["cache_dir"], readonly)
 
 
 def _pipeline_file(ctx: click.Context) -> Any:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 
+import pytest
 from conftest import CHAIN_STAGES, Proj
 
 
@@ -185,3 +186,23 @@ def test_cache_verify_ok(chain: Proj) -> None:
     chain.cli("build")
     out = chain.cli("cache", "verify").stdout
     assert "OK" in out
+
+
+@pytest.mark.parametrize("how", [("-C", "ws"), ("-f", "ws/pipemake.yaml"), ("-C", "./ws/")])
+def test_a_relative_project_path_from_the_parent_folder(chain: Proj, how: tuple[str, str]) -> None:
+    """``pipemake -C examples/x build`` as the README writes it: the relative folder is
+    taken once, from where the command was started (a regression that looked in
+    ``examples/x/examples/x``)."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "pipemake", *how]
+    cwd = chain.root.parent
+    assert chain.root.name == "ws"
+    build = subprocess.run(
+        [*argv, "build", "--no-progress"], cwd=cwd, capture_output=True, text=True
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    assert set(chain.run_counts()) == set(CHAIN_STAGES)
+    again = subprocess.run([*argv, "status"], cwd=cwd, capture_output=True, text=True)
+    assert again.returncode == 0 and "never built" not in again.stdout, again.stdout
