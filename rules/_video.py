@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,7 @@ class Result:
     scenes: int | None = None
     cuts: list[dict[str, Any]] | None = None
     decoded: int = 0
+    skipped: int = 0
     warning: str | None = None
 
 
@@ -216,27 +218,52 @@ def open_video(path: Path) -> tuple[Any, Any]:
     return container, stream
 
 
+#: in a video without B-frames, the frames of a group of pictures after its last kept one
+#: are not decoded when there are at least this many (the decoder is drained and reset
+#: after the last kept frame, which stalls its threads for a moment)
+TAIL_SKIP_MIN = 8
+#: a group of pictures longer than this many packets is decoded as it comes, not held
+MAX_HELD_PACKETS = 1024
+#: asks the decoder for its delayed frames and resets it (in place of a packet)
+_DRAIN = object()
+
+
 class _Frames:
     """Iterates ``(frame_index, frame)`` over the decoded frames of a stream in
     ``[start, end)``, remembering how far the demuxer got (to tell a truncated file) and
     whether decoding stopped on an error.
 
-    The index counts the decoder's output from the start of the stream. Packets of the
-    groups of pictures that end before ``start`` are demuxed, counted (one frame each) and
-    never decoded, which is what a seek would save, without losing the count. In
-    ``keyframes`` mode only key packets reach the decoder, and a key frame's index is the
-    number of packets before its own.
+    Packets are demuxed a group of pictures (a key frame and what follows it) at a time,
+    and only the part of a group that holds wanted frames is decoded: groups before
+    ``start`` or without a wanted frame are skipped, and in a video without B-frames the
+    tail after a group's last wanted frame too (``wanted`` mirrors the mode's selector on
+    the packets' timestamps). The index counts the decoder's output from the start of the
+    stream, a skipped packet counting as the frame it holds. In ``keyframes`` mode only key
+    packets reach the decoder, and a key frame's index is the number of packets before it.
     """
 
-    def __init__(self, container: Any, stream: Any, opts: Options, keyonly: bool) -> None:
+    def __init__(
+        self,
+        container: Any,
+        stream: Any,
+        opts: Options,
+        keyonly: bool,
+        wanted: Callable[[int, float], bool] | None = None,
+    ) -> None:
         self.container, self.stream, self.opts, self.keyonly = container, stream, opts, keyonly
+        self.wanted = wanted
         self.origin = float((stream.start_time or 0) * stream.time_base)
         self.last_packet_time: float | None = None
         self.error: Exception | None = None
         self.count = 0
         self.hit_end = False
+        #: frames never decoded because nothing wanted needed them
+        self.skipped = 0
         self._packets = 0  # non-empty packets demuxed so far
+        self._planned = 0  # packets handed to the planner so far
         self._decoded = 0  # frames out of the decoder, counting skipped packets as frames
+        self._dirty = False  # packets went to the decoder since it was last drained
+        self._b_frames = bool(getattr(stream.codec_context, "has_b_frames", 0))
         self._key_index: dict[int, int] = {}  # keyframes mode: packet pts → packet count
         duration, _ = _declared_duration(container, stream)
         rate = float(stream.average_rate or stream.guessed_rate or 0)
@@ -245,11 +272,19 @@ class _Frames:
         self.expected = round(span * rate) if span > 0 and rate and not keyonly else None
 
     def __iter__(self) -> Iterator[tuple[int, Any]]:
+        codec = self.stream.codec_context
         if self.keyonly:
-            self.stream.codec_context.skip_frame = "NONKEY"
+            codec.skip_frame = "NONKEY"
         try:
             for packet in self._packets_to_decode():
-                for frame in packet.decode():
+                if packet is _DRAIN:
+                    decoded = codec.decode(None)
+                    codec.flush_buffers()
+                    for frame in decoded:  # frames not from a packet lack its time base
+                        frame.time_base = self.stream.time_base
+                else:
+                    decoded = packet.decode()
+                for frame in decoded:
                     index = self._index_of(frame)
                     time = self.time_of(frame)
                     if time is not None and time < self.opts.start - 1e-6:
@@ -263,35 +298,91 @@ class _Frames:
             self.error = exc
 
     def _packets_to_decode(self) -> Iterator[Any]:
-        """The packets the decoder needs: from the last key frame at or before ``start``
-        on (all of them, or only the key ones in ``keyframes`` mode)."""
-        stream, start = self.stream, self.opts.start
-        held: list[Any] = []  # the group of pictures that may still hold ``start``
-        holding = start > 0
-        for packet in self.container.demux(stream):
-            if packet.pts is not None and packet.duration is not None:
-                end = float((packet.pts + packet.duration) * stream.time_base)
-                self.last_packet_time = end - self.origin
-            if self.keyonly and packet.size and packet.is_keyframe and packet.pts is not None:
-                self._key_index[packet.pts] = self._packets
-            self._packets += 1 if packet.size else 0
+        """The packets the decoder needs, a group of pictures at a time, with a drain
+        (:data:`_DRAIN`) before packets are skipped after decoded ones."""
+        group: list[Any] = []
+        streaming = False  # the group outgrew MAX_HELD_PACKETS: pass its packets on
+        for packet in self.container.demux(self.stream):
+            self._note(packet)
             if self.keyonly and packet.size and not packet.is_keyframe:
                 continue
-            if holding and packet.size:
-                begins_before = packet.is_keyframe and packet.pts is not None
-                if begins_before and self._packet_time(packet) <= start + 1e-6:
-                    if not self.keyonly:  # the group held so far ends before start
-                        self._decoded += sum(1 for p in held if p.size)
-                    held = [packet]
-                    continue
-                if not packet.is_keyframe:
-                    held.append(packet)
-                    continue
-            holding = False
-            yield from held
-            held = []
-            yield packet
-        yield from held
+            if not packet.size:  # the end of the stream (or an empty AVI packet)
+                yield from self._release(group)
+                group, streaming = [], False
+                if self.hit_end:
+                    return
+                yield packet
+                continue
+            if packet.is_keyframe and (group or streaming):
+                yield from self._release(group)
+                group, streaming = [], False
+                if self.hit_end:
+                    return
+            if streaming:
+                self._planned += 1
+                yield packet
+                continue
+            group.append(packet)
+            if len(group) >= MAX_HELD_PACKETS:
+                self._dirty, streaming = True, True
+                self._planned += len(group)
+                yield from group
+                group = []
+        yield from self._release(group)
+
+    def _note(self, packet: Any) -> None:
+        """Remember how far the demuxer got and, for key frames, the packet count."""
+        if packet.pts is not None and packet.duration is not None:
+            end = float((packet.pts + packet.duration) * self.stream.time_base)
+            self.last_packet_time = end - self.origin
+        if self.keyonly and packet.size and packet.is_keyframe and packet.pts is not None:
+            self._key_index[packet.pts] = self._packets
+        self._packets += 1 if packet.size else 0
+
+    def _release(self, group: list[Any]) -> Iterator[Any]:
+        """Hand on the packets of ``group`` that wanted frames need; count the others."""
+        if not group:
+            return
+        keep = self._keep(group)
+        self._planned += len(group)
+        if keep:
+            self._dirty = True
+            yield from group[:keep]
+        skipped = len(group) - keep
+        if skipped and not self.keyonly:
+            if self._dirty:
+                yield _DRAIN  # the frames still in the decoder come first
+                self._dirty = False
+            self._decoded += skipped
+            self.skipped += skipped
+
+    def _keep(self, group: list[Any]) -> int:
+        """How many leading packets of ``group`` to decode; sets ``hit_end`` when the
+        group starts at or after ``end``."""
+        n = len(group)
+        if any(p.pts is None for p in group):
+            return n
+        times = [self._packet_time(p) for p in group]
+        start, end = self.opts.start - 1e-6, self.opts.end
+        if end is not None and min(times) >= end:
+            self.hit_end = True
+            return 0
+        if self.keyonly:
+            return n if max(times) >= start else 0
+        self._b_frames = self._b_frames or any(b <= a for a, b in pairwise(times))
+        if self._b_frames:  # decoding order is not presentation order: whole groups only
+            return 0 if not self._dirty and max(times) < start else n
+        wanted = [
+            i
+            for i, t in enumerate(times)
+            if t >= start
+            and (end is None or t < end)
+            and (self.wanted is None or self.wanted(self._planned + i, t))
+        ]
+        keep = wanted[-1] + 1 if wanted else 0
+        if n - keep < TAIL_SKIP_MIN and (keep or self._dirty):
+            return n
+        return keep
 
     def _packet_time(self, packet: Any) -> float:
         return float(packet.pts * self.stream.time_base) - self.origin
@@ -429,7 +520,9 @@ def extract(
     """
     container, stream = open_video(path)
     job = _Extraction(path, out_dir, rel_dir, opts)
-    frames = _Frames(container, stream, opts, keyonly=opts.mode == "keyframes")
+    rate = float(stream.average_rate or stream.guessed_rate or 0)
+    wanted = selector(opts, rate) if opts.mode in ("fps", "every_n") else None
+    frames = _Frames(container, stream, opts, keyonly=opts.mode == "keyframes", wanted=wanted)
     try:
         try:
             job.run(frames, progress)
@@ -442,7 +535,7 @@ def extract(
         if job.writer is not None:
             job.writer.close(discard=True)
         raise
-    result = Result(decoded=frames.count, warning=warning)
+    result = Result(decoded=frames.count, skipped=frames.skipped, warning=warning)
     result.records = _records(job, video_label)
     if opts.mode == "scene":
         result.scenes = len(job.shots)

@@ -135,12 +135,37 @@ def test_fps_mode_computes_nothing_per_frame_it_does_not_keep(videos, tmp_path) 
         "opts = _options({'mode': 'fps', 'fps': 2.0, 'format': 'png'})\n"
         "r = _video.extract(Path(sys.argv[1]), Path(sys.argv[2]), '', 'v', opts,"
         " logging.getLogger())\n"
-        "assert r.decoded == 185 and len(r.records) == 16, (r.decoded, len(r.records))\n"
+        "assert len(r.records) == 16 and r.decoded + r.skipped == 185, r\n"
+        "assert r.skipped >= 150, r  # a kept frame every 12, a key frame every 12\n"
         "assert 'numpy' not in sys.modules\n"
     )
     clip = videos["root"] / "clip.mp4"
     subprocess.run([sys.executable, "-c", code, str(clip), str(tmp_path)], check=True)
     assert len(list(tmp_path.glob("frame_*.png"))) == 16
+
+
+@pytest.mark.parametrize(("params", "gop"), [({"fps": 1.0}, 48), ({"fps": 3.0}, 12)])
+def test_frames_kept_after_skipped_tails_are_the_decoded_frames(tmp_path, params, gop) -> None:
+    import av
+    import numpy as np
+    from PIL import Image
+
+    from pipemake.rules._video import scale
+
+    write_video(tmp_path / "v.mp4", [40, 50, 30, 60], gop=gop, shapes=4, speed=2.0)
+    run_rule(tmp_path / "v.mp4", tmp_path / "o", mode="fps", format="png", **params)
+    with av.open(str(tmp_path / "v.mp4")) as container:
+        frames = list(container.decode(video=0))
+    assert len(frames) == 180
+    records = manifest(tmp_path / "o")
+    step = round(24 / params["fps"])
+    assert [r["frame_index"] for r in records] == list(range(0, 180, step))
+    for r in records:
+        frame = frames[r["frame_index"]]
+        rgb = scale(frame, "t", width=160, height=96, format="rgb24", interpolation="AREA")
+        with Image.open(tmp_path / "o" / r["file"]) as img:
+            assert np.array_equal(np.asarray(img), rgb.to_ndarray())
+        assert r["timestamp"] == pytest.approx(frame.time, abs=1e-3)
 
 
 @pytest.mark.parametrize("mode", ["all", "scene", "every_n", "keyframes"])
