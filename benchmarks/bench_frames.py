@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -150,57 +151,69 @@ def _probe(path: Path, entry: str) -> str:
     return subprocess.run([*cmd, str(path)], check=True, capture_output=True, text=True).stdout
 
 
-def _timed(cmd: list[str], cwd: Path) -> float:
+def _timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, the command and its children)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def whole_pipemake(clip: Path, work: Path, fps: int, fmt: str) -> tuple[float, int, int]:
-    """``pipemake build`` of a one-stage pipeline in a fresh project; (seconds, frames,
-    bytes written)."""
+def whole_pipemake(clip: Path, work: Path, fps: int, fmt: str) -> tuple[float, float, int, int]:
+    """``pipemake build`` of a one-stage pipeline in a fresh project; (seconds, CPU
+    seconds, frames, bytes written)."""
     project = work / "pm"
     shutil.rmtree(project, ignore_errors=True)
     project.mkdir()
     os.link(clip, project / "clip.mp4")
     (project / "pipemake.yaml").write_text(WHOLE_YAML.format(fps=fps, fmt=fmt))
-    seconds = _timed([str(Path(sys.executable).parent / "pipemake"), "build"], project)
+    seconds, cpu = _timed([str(Path(sys.executable).parent / "pipemake"), "build"], project)
     files = list((project / "frames").glob(f"*.{fmt}"))
-    return seconds, len(files), sum(f.stat().st_size for f in files)
+    return seconds, cpu, len(files), sum(f.stat().st_size for f in files)
 
 
-def whole_ffmpeg(clip: Path, work: Path, fps: int, fmt: str) -> tuple[float, int, int]:
+def whole_ffmpeg(clip: Path, work: Path, fps: int, fmt: str) -> tuple[float, float, int, int]:
     """``ffmpeg -i clip -vf fps=N out/%05d.png`` (JPEG with ``-q:v 2``), as typed."""
     out = work / "ff"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     quality = ["-q:v", "2"] if fmt == "jpg" else []
     cmd = ["ffmpeg", "-i", str(clip), "-vf", f"fps={fps}", *quality, f"{out}/%05d.{fmt}"]
-    seconds = _timed(cmd, work)
+    seconds, cpu = _timed(cmd, work)
     files = list(out.glob(f"*.{fmt}"))
-    return seconds, len(files), sum(f.stat().st_size for f in files)
+    return seconds, cpu, len(files), sum(f.stat().st_size for f in files)
 
 
-def whole_table(work: Path, bench_python: str, rounds: int, minutes: float) -> str:
-    """pipemake build against the ffmpeg command line, whole process, interleaved."""
+def whole_table(
+    work: Path, bench_python: str, rounds: int, minutes: float, cases: list[str] | None = None
+) -> str:
+    """pipemake build against the ffmpeg command line, whole process, interleaved; only
+    the ``cases`` given as ``clip:fps:format`` (e.g. ``long:5:png``) when there are any."""
     clips = real_clips(work, bench_python, minutes)
     rows = [
         "| clip | fps | format | frames (ours / ffmpeg) | MB out (ours / ffmpeg) "
-        "| pipemake s: median (range) | ffmpeg s: median (range) | ratio (median) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| pipemake s: median (range) | ffmpeg s: median (range) | ratio (median) "
+        "| CPU s (ours / ffmpeg) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, clip in clips.items():
         length = float(_probe(clip, "format=duration"))
         for fps in (1, 5):
             for fmt in ("png", "jpg"):
+                if cases and f"{name}:{fps}:{fmt}" not in cases:
+                    continue
                 ours: list[float] = []
                 theirs: list[float] = []
+                cpu: dict[bool, list[float]] = {True: [], False: []}
                 for r in range(rounds):
                     order = (whole_pipemake, whole_ffmpeg)[:: 1 if r % 2 == 0 else -1]
                     for fn in order:
-                        seconds, frames, size = fn(clip, work, fps, fmt)
+                        seconds, used, frames, size = fn(clip, work, fps, fmt)
                         got = ours if fn is whole_pipemake else theirs
                         got.append(seconds)
+                        cpu[fn is whole_pipemake].append(used)
                         if fn is whole_pipemake:
                             n_ours, mb_ours = frames, size / 1e6
                         else:
@@ -210,7 +223,8 @@ def whole_table(work: Path, bench_python: str, rounds: int, minutes: float) -> s
                 rows.append(
                     f"| {name} ({length:.0f} s) | {fps} | {fmt} | {n_ours} / {n_ff} "
                     f"| {mb_ours:.0f} / {mb_ff:.0f} | {span(ours)} | {span(theirs)} "
-                    f"| {med_o / med_f:.2f}× |"
+                    f"| {med_o / med_f:.2f}× "
+                    f"| {statistics.median(cpu[True]):.1f} / {statistics.median(cpu[False]):.1f} |"
                 )
                 print(rows[-1], file=sys.stderr, flush=True)
     return "\n".join(rows)
@@ -315,13 +329,18 @@ def main() -> None:
     parser.add_argument("--scene-videos", type=int, default=9)
     parser.add_argument("--only", choices=["whole", "speed", "scene"], default=None)
     parser.add_argument("--workdir", default=None, help="where to work (default: a temp dir)")
+    parser.add_argument("--case", action="append", help="whole: only clip:fps:format rows")
     args = parser.parse_args()
     args.scenedetect_python = args.scenedetect_python or args.bench_python
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         if args.only in (None, "whole"):
             print("## Whole process against the ffmpeg command line\n")
-            print(whole_table(work, args.bench_python, args.rounds, args.minutes), "\n", flush=True)
+            print(
+                whole_table(work, args.bench_python, args.rounds, args.minutes, args.case),
+                "\n",
+                flush=True,
+            )
         if args.only in (None, "speed"):
             print("## Extraction speed against ffmpeg\n")
             print(speed_table(work, args.repeats), "\n", flush=True)
