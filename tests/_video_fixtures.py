@@ -121,6 +121,7 @@ def write_video(
     speed: float = 1.0,
     first_pts: int = 0,
     flashes: bool = False,
+    bframes: int = 0,
 ) -> list[int]:
     """Write a video of consecutive shots to ``path`` and return the cut frame indices.
 
@@ -130,7 +131,9 @@ def write_video(
     container (e.g. ``{"movflags": "faststart"}`` puts the MP4 index first, so a truncated
     file still opens). ``shapes`` and ``speed`` make shots busier, for harder detection.
     With ``flashes``, the middle frame of every shot of 20 frames or more is brightened
-    strongly (a camera flash: a large change that is not a cut). Frame ``i`` has the timestamp ``(first_pts + i) / fps`` seconds (a non-zero
+    strongly (a camera flash: a large change that is not a cut). ``bframes`` (libx264
+    only) puts up to that many B-frames between references, so decoding order is not
+    display order. Frame ``i`` has the timestamp ``(first_pts + i) / fps`` seconds (a non-zero
     ``first_pts`` makes a stream whose start time is not 0, as cut-out broadcast clips have).
     """
     import av
@@ -144,7 +147,8 @@ def write_video(
         stream.codec_context.gop_size = gop
         if codec == "libx264":
             # a fixed GOP without scene-cut key frames keeps the key-frame count predictable
-            stream.codec_context.options = {"preset": "ultrafast", "x264-params": "scenecut=0"}
+            params = f"scenecut=0:bframes={bframes}" if bframes else "scenecut=0"
+            stream.codec_context.options = {"preset": "ultrafast", "x264-params": params}
         start = count = 0
         for shot, length in enumerate(shot_lengths):
             if shot:

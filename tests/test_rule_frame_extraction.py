@@ -144,22 +144,34 @@ def test_fps_mode_computes_nothing_per_frame_it_does_not_keep(videos, tmp_path) 
     assert len(list(tmp_path.glob("frame_*.png"))) == 16
 
 
-@pytest.mark.parametrize(("params", "gop"), [({"fps": 1.0}, 48), ({"fps": 3.0}, 12)])
-def test_frames_kept_after_skipped_tails_are_the_decoded_frames(tmp_path, params, gop) -> None:
+@pytest.mark.parametrize(
+    ("params", "gop", "bframes"),
+    [
+        ({"fps": 1.0}, 48, 0),  # tails of 23 frames are not decoded
+        ({"fps": 3.0}, 12, 0),
+        ({"fps": 1.0}, 48, 2),  # B-frames: whole groups
+        ({"fps": 1.0, "start": 2.5}, 12, 2),  # groups before start skipped
+    ],
+)
+def test_frames_kept_after_skipped_tails_are_the_decoded_frames(
+    tmp_path, params, gop, bframes
+) -> None:
     import av
     import numpy as np
     from PIL import Image
 
     from pipemake.rules._video import scale
 
-    write_video(tmp_path / "v.mp4", [40, 50, 30, 60], gop=gop, shapes=4, speed=2.0)
+    shots = [40, 50, 30, 60]
+    write_video(tmp_path / "v.mp4", shots, gop=gop, shapes=4, speed=2.0, bframes=bframes)
     run_rule(tmp_path / "v.mp4", tmp_path / "o", mode="fps", format="png", **params)
     with av.open(str(tmp_path / "v.mp4")) as container:
         frames = list(container.decode(video=0))
     assert len(frames) == 180
     records = manifest(tmp_path / "o")
     step = round(24 / params["fps"])
-    assert [r["frame_index"] for r in records] == list(range(0, 180, step))
+    first = round(params.get("start", 0) * 24)
+    assert [r["frame_index"] for r in records] == list(range(first, 180, step))
     for r in records:
         frame = frames[r["frame_index"]]
         rgb = scale(frame, "t", width=160, height=96, format="rgb24", interpolation="AREA")
