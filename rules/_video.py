@@ -1,14 +1,18 @@
 """Frame extraction from one video: decoding, frame selection, shot detection and writing.
 
 Private to :mod:`pipemake.rules.frame_extraction`, which imports it lazily: this module
-imports PyAV and numpy at the top, so nothing that only loads a pipeline pays for them.
+imports PyAV at the top (numpy only when shots or duplicates are looked for), so nothing
+that only loads a pipeline pays for them.
 
 One pass over the video does everything: PyAV decodes with FFmpeg's threads, a selector
-decides which frames to keep (only key frames are ever decoded in ``keyframes`` mode, and
-decoding starts at a seek to ``start``), and a small thread pool converts and encodes the
-kept frames while decoding goes on. Shots are found by :class:`SceneDetector` from tiny
-thumbnails of every decoded frame, so every mode that decodes every frame also knows each
-frame's shot.
+decides which frames to keep, and a small thread pool converts and encodes the kept frames
+while decoding goes on. Only key frames are ever decoded in ``keyframes`` mode, and the
+groups of pictures that end before ``start`` are demuxed but never decoded. A frame's
+``frame_index`` is its position in the decoder's output from the start of the stream
+(packets of skipped groups count one frame each), never a timestamp times a frame rate,
+which drifts on a video joined from clips. Shots are found by :class:`SceneDetector` from
+tiny thumbnails of every decoded frame, in ``scene`` mode only: the other modes spend
+nothing per frame that they do not keep.
 """
 
 from __future__ import annotations
@@ -23,18 +27,24 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
-import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from pipemake.rule import RuleError
 from pipemake.rules._video_shots import SceneDetector, ShotPicker, selector
 
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
 #: width of the thumbnails shot detection compares (height follows the aspect ratio)
 THUMB_WIDTH = 64
+#: zlib level of PNG frames: level 1 writes files smaller than ``ffmpeg``'s default PNGs
+#: (level 6 without row filters) in a third of Pillow's level-6 time
+PNG_COMPRESS_LEVEL = 1
 
 
 @dataclass
@@ -58,12 +68,15 @@ class Options:
 
 @dataclass
 class Result:
-    """What one video's extraction produced: manifest records, shot count and cut indices."""
+    """What one video's extraction produced: manifest records, shot count and the cuts
+    (``{"video", "frame_index", "timestamp"}`` of each shot's first frame after the first;
+    None outside ``scene`` mode)."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
     scenes: int | None = None
-    cuts: list[int] | None = None
+    cuts: list[dict[str, Any]] | None = None
     decoded: int = 0
+    skipped: int = 0
     warning: str | None = None
 
 
@@ -86,6 +99,8 @@ def scale(frame: av.VideoFrame, purpose: str, **kwargs: Any) -> av.VideoFrame:
 def thumbnail(frame: av.VideoFrame) -> np.ndarray:
     """A small RGB thumbnail of ``frame`` as int16 (for differences)."""
     height = max(1, round(THUMB_WIDTH * frame.height / max(1, frame.width)))
+    import numpy as np
+
     small = scale(
         frame, "thumb", width=THUMB_WIDTH, height=height, format="rgb24", interpolation="AREA"
     )
@@ -99,6 +114,8 @@ DEDUP_COLOR_TOLERANCE = 10.0
 def signature(frame: av.VideoFrame) -> tuple[int, np.ndarray]:
     """A frame's 64-bit difference hash (structure, blind to colour) and an 8×8 colour
     thumbnail: near-identical frames have near-equal hashes and near-equal colours."""
+    import numpy as np
+
     gray = scale(frame, "hash", width=9, height=8, format="gray", interpolation="AREA")
     gray = gray.to_ndarray()
     bits = (gray[:, 1:] > gray[:, :-1]).flatten()
@@ -111,7 +128,7 @@ def is_duplicate(a: tuple[int, np.ndarray], b: tuple[int, np.ndarray], distance:
     """Whether two signatures are within ``distance`` hash bits and of the same colours."""
     if (a[0] ^ b[0]).bit_count() > distance:
         return False
-    return float(np.abs(a[1] - b[1]).mean()) <= DEDUP_COLOR_TOLERANCE
+    return float(abs(a[1] - b[1]).mean()) <= DEDUP_COLOR_TOLERANCE
 
 
 def target_size(width: int, height: int, resize: tuple[int, int] | int | None) -> tuple[int, int]:
@@ -151,11 +168,14 @@ class FrameWriter:
 
     def _write(self, frame: av.VideoFrame, path: Path) -> None:
         width, height = self._size
+        from PIL import Image
+
         rgb = scale(frame, "save", width=width, height=height, format="rgb24", interpolation="AREA")
-        image = rgb.to_image()
+        plane = rgb.planes[0]  # read in place: VideoFrame.to_image copies it first (4 ms at 720p)
+        image = Image.frombuffer("RGB", (width, height), plane, "raw", "RGB", plane.line_size, 1)
         fmt = self._opts.format
         if fmt == "png":
-            image.save(path, format="PNG", compress_level=3)
+            image.save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
         elif fmt == "webp":
             image.save(path, format="WEBP", quality=self._opts.quality, method=2)
         else:
@@ -201,70 +221,188 @@ def open_video(path: Path) -> tuple[Any, Any]:
     return container, stream
 
 
-class _Frames:
-    """Iterates the decoded frames of a stream in ``[start, end)``, remembering how far the
-    demuxer got (to tell a truncated file) and whether decoding stopped on an error."""
+#: in a video without B-frames, the frames of a group of pictures after its last kept one
+#: are not decoded when there are at least this many (the decoder is drained and reset
+#: after the last kept frame, which stalls its threads for a moment)
+TAIL_SKIP_MIN = 8
+#: a group of pictures longer than this many packets is decoded as it comes, not held
+MAX_HELD_PACKETS = 1024
+#: asks the decoder for its delayed frames and resets it (in place of a packet)
+_DRAIN = object()
 
-    def __init__(self, container: Any, stream: Any, opts: Options, keyonly: bool) -> None:
+
+class _Frames:
+    """Iterates ``(frame_index, frame)`` over the decoded frames of a stream in
+    ``[start, end)``, remembering how far the demuxer got (to tell a truncated file) and
+    whether decoding stopped on an error.
+
+    Packets are demuxed a group of pictures (a key frame and what follows it) at a time,
+    and only the part of a group that holds wanted frames is decoded: groups before
+    ``start`` or without a wanted frame are skipped, and in a video without B-frames the
+    tail after a group's last wanted frame too (``wanted`` mirrors the mode's selector on
+    the packets' timestamps). The index counts the decoder's output from the start of the
+    stream, a skipped packet counting as the frame it holds. In ``keyframes`` mode only key
+    packets reach the decoder, and a key frame's index is the number of packets before it.
+    """
+
+    def __init__(
+        self,
+        container: Any,
+        stream: Any,
+        opts: Options,
+        keyonly: bool,
+        wanted: Callable[[int, float], bool] | None = None,
+    ) -> None:
         self.container, self.stream, self.opts, self.keyonly = container, stream, opts, keyonly
+        self.wanted = wanted
         self.origin = float((stream.start_time or 0) * stream.time_base)
         self.last_packet_time: float | None = None
         self.error: Exception | None = None
         self.count = 0
         self.hit_end = False
+        #: frames never decoded because nothing wanted needed them
+        self.skipped = 0
+        self._packets = 0  # non-empty packets demuxed so far
+        self._planned = 0  # packets handed to the planner so far
+        self._decoded = 0  # frames out of the decoder, counting skipped packets as frames
+        self._dirty = False  # packets went to the decoder since it was last drained
+        self._b_frames = bool(getattr(stream.codec_context, "has_b_frames", 0))
+        self._key_index: dict[int, int] = {}  # keyframes mode: packet pts → packet count
         duration, _ = _declared_duration(container, stream)
         rate = float(stream.average_rate or stream.guessed_rate or 0)
         span = min(duration or 0.0, opts.end or math.inf) - opts.start
         #: how many frames decoding should yield, for progress (None when unknown)
         self.expected = round(span * rate) if span > 0 and rate and not keyonly else None
 
-    def __iter__(self) -> Iterator[Any]:
-        stream, opts = self.stream, self.opts
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        codec = self.stream.codec_context
         if self.keyonly:
-            stream.codec_context.skip_frame = "NONKEY"
-        if opts.start > 0:
-            offset = round(opts.start / stream.time_base) + (stream.start_time or 0)
-            self.container.seek(offset, stream=stream)
+            codec.skip_frame = "NONKEY"
         try:
-            for packet in self.container.demux(stream):
-                if packet.pts is not None and packet.duration is not None:
-                    end = float((packet.pts + packet.duration) * stream.time_base)
-                    self.last_packet_time = end - self.origin
-                if self.keyonly and packet.size and not packet.is_keyframe:
-                    continue
-                for frame in packet.decode():
+            for packet in self._packets_to_decode():
+                if packet is _DRAIN:
+                    decoded = codec.decode(None)
+                    codec.flush_buffers()
+                    for frame in decoded:  # frames not from a packet lack its time base
+                        frame.time_base = self.stream.time_base
+                else:
+                    decoded = packet.decode()
+                for frame in decoded:
+                    index = self._index_of(frame)
                     time = self.time_of(frame)
-                    if time is not None and time < opts.start - 1e-6:
+                    if time is not None and time < self.opts.start - 1e-6:
                         continue
-                    if opts.end is not None and time is not None and time >= opts.end:
+                    if self.opts.end is not None and time is not None and time >= self.opts.end:
                         self.hit_end = True
                         return
                     self.count += 1
-                    yield frame
+                    yield index, frame
         except av.FFmpegError as exc:
             self.error = exc
+
+    def _packets_to_decode(self) -> Iterator[Any]:
+        """The packets the decoder needs, a group of pictures at a time, with a drain
+        (:data:`_DRAIN`) before packets are skipped after decoded ones."""
+        group: list[Any] = []
+        streaming = False  # the group outgrew MAX_HELD_PACKETS: pass its packets on
+        for packet in self.container.demux(self.stream):
+            self._note(packet)
+            if self.keyonly and packet.size and not packet.is_keyframe:
+                continue
+            if not packet.size:  # the end of the stream (or an empty AVI packet)
+                yield from self._release(group)
+                group, streaming = [], False
+                if self.hit_end:
+                    return
+                yield packet
+                continue
+            if packet.is_keyframe and (group or streaming):
+                yield from self._release(group)
+                group, streaming = [], False
+                if self.hit_end:
+                    return
+            if streaming:
+                self._planned += 1
+                yield packet
+                continue
+            group.append(packet)
+            if len(group) >= MAX_HELD_PACKETS:
+                self._dirty, streaming = True, True
+                self._planned += len(group)
+                yield from group
+                group = []
+        yield from self._release(group)
+
+    def _note(self, packet: Any) -> None:
+        """Remember how far the demuxer got and, for key frames, the packet count."""
+        if packet.pts is not None and packet.duration is not None:
+            end = float((packet.pts + packet.duration) * self.stream.time_base)
+            self.last_packet_time = end - self.origin
+        if self.keyonly and packet.size and packet.is_keyframe and packet.pts is not None:
+            self._key_index[packet.pts] = self._packets
+        self._packets += 1 if packet.size else 0
+
+    def _release(self, group: list[Any]) -> Iterator[Any]:
+        """Hand on the packets of ``group`` that wanted frames need; count the others."""
+        if not group:
+            return
+        keep = self._keep(group)
+        self._planned += len(group)
+        if keep:
+            self._dirty = True
+            yield from group[:keep]
+        skipped = len(group) - keep
+        if skipped and not self.keyonly:
+            if self._dirty:
+                yield _DRAIN  # the frames still in the decoder come first
+                self._dirty = False
+            self._decoded += skipped
+            self.skipped += skipped
+
+    def _keep(self, group: list[Any]) -> int:
+        """How many leading packets of ``group`` to decode; sets ``hit_end`` when the
+        group starts at or after ``end``."""
+        n = len(group)
+        if any(p.pts is None for p in group):
+            return n
+        times = [self._packet_time(p) for p in group]
+        start, end = self.opts.start - 1e-6, self.opts.end
+        if end is not None and min(times) >= end:
+            self.hit_end = True
+            return 0
+        if self.keyonly:
+            return n if max(times) >= start else 0
+        self._b_frames = self._b_frames or any(b <= a for a, b in pairwise(times))
+        if self._b_frames:  # decoding order is not presentation order: whole groups only
+            return 0 if not self._dirty and max(times) < start else n
+        wanted = [
+            i
+            for i, t in enumerate(times)
+            if t >= start
+            and (end is None or t < end)
+            and (self.wanted is None or self.wanted(self._planned + i, t))
+        ]
+        keep = wanted[-1] + 1 if wanted else 0
+        if n - keep < TAIL_SKIP_MIN and (keep or self._dirty):
+            return n
+        return keep
+
+    def _packet_time(self, packet: Any) -> float:
+        return float(packet.pts * self.stream.time_base) - self.origin
+
+    def _index_of(self, frame: Any) -> int:
+        """The decode-order index of ``frame``, just out of the decoder."""
+        if self.keyonly:
+            index = self._key_index.pop(frame.pts, None) if frame.pts is not None else None
+            if index is not None:
+                self._decoded = index + 1
+                return index
+        self._decoded += 1
+        return self._decoded - 1
 
     def time_of(self, frame: Any) -> float | None:
         """A frame's time in seconds from the start of the video (None without a timestamp)."""
         return None if frame.time is None else frame.time - self.origin
-
-
-def _indexer(frames: _Frames) -> Callable[[Any], int]:
-    """A function giving a frame's index at the stream's average rate (from its timestamp),
-    never repeating or going back, counting decoded frames when there are no timestamps."""
-    rate = frames.stream.average_rate or frames.stream.guessed_rate
-    last = [-1]
-
-    def index(frame: Any) -> int:
-        time = frames.time_of(frame)
-        if rate and time is not None:
-            i = max(round(time * float(rate)), last[0] + 1)
-        else:
-            i = last[0] + 1
-        last[0] = i
-        return i
-
-    return index
 
 
 def _declared_duration(container: Any, stream: Any) -> tuple[float | None, float]:
@@ -280,8 +418,9 @@ def _declared_duration(container: Any, stream: Any) -> tuple[float | None, float
 
 
 class _Extraction:
-    """One video's extraction: feeds decoded frames to the detector, the selector or the
-    shot picker, and kept frames to the writer; collects the manifest records."""
+    """One video's extraction: feeds decoded frames to the detector and the shot picker
+    (``scene`` mode) or to the selector, and kept frames to the writer; collects the
+    manifest records."""
 
     def __init__(self, path: Path, out_dir: Path, rel_dir: str, opts: Options) -> None:
         self.path, self.out_dir, self.rel_dir, self.opts = path, out_dir, rel_dir, opts
@@ -290,6 +429,8 @@ class _Extraction:
         self.last_sig: tuple[int, np.ndarray] | None = None
         self.full = False
         self.time_of: Callable[[Any], float | None] = lambda frame: frame.time
+        #: scene mode: (frame index, time) of each shot's first frame, the first shot's too
+        self.shots: list[tuple[int, float]] = []
 
     def keep(self, picks: list[tuple[int, Any]]) -> None:
         """Write the picked frames, unless they repeat the last kept one or the cap is hit."""
@@ -310,39 +451,54 @@ class _Extraction:
         if opts.max_frames and len(self.kept) >= opts.max_frames:
             self.full = True
 
-    def run(
-        self,
-        frames: _Frames,
-        index_of: Callable[[Any], int],
-        progress: Callable[[int, int | None], None],
-    ) -> SceneDetector | None:
-        """Consume ``frames``; return the scene detector (None in keyframes mode)."""
+    def run(self, frames: _Frames, progress: Callable[[int, int | None], None]) -> None:
+        """Consume ``frames``, keeping what the mode asks for."""
         opts, self.time_of = self.opts, frames.time_of
+        if opts.mode == "scene":
+            self._run_scenes(frames, progress)
+            return
         rate = float(frames.stream.average_rate or frames.stream.guessed_rate or 0)
-        detector = None if frames.keyonly else SceneDetector(opts.threshold, opts.min_scene_len)
-        picker = ShotPicker(opts.per_scene) if opts.mode == "scene" else None
         select = selector(opts, rate)
+        for index, frame in frames:
+            if select(index, float(frames.time_of(frame) or 0.0)):
+                self.keep([(index, frame)])
+                if self.full:
+                    break
+            if frames.count % 25 == 0:
+                progress(frames.count, frames.expected)
+
+    def _run_scenes(self, frames: _Frames, progress: Callable[[int, int | None], None]) -> None:
+        opts = self.opts
+        detector = SceneDetector(opts.threshold, opts.min_scene_len)
+        picker = ShotPicker(opts.per_scene)
+        times: dict[int, float] = {}  # the frames a cut may still be found at
         last = -1
-        for frame in frames:
-            last = index_of(frame)
-            cuts = detector.push(last, thumbnail(frame)) if detector else []
-            if picker is not None:
-                for cut in cuts:
-                    self.keep(picker.close(cut))
-                picker.add(last, frame)
-            elif select(last, float(frames.time_of(frame) or 0.0)):
-                self.keep([(last, frame)])
+        for index, frame in frames:
+            last = index
+            time = float(frames.time_of(frame) or 0.0)
+            if not self.shots:
+                self.shots.append((index, time))
+            times[index] = time
+            for cut in detector.push(index, thumbnail(frame)):
+                self._cut(cut, times)
+                self.keep(picker.close(cut))
+            picker.add(index, frame)
+            if len(times) > 64:
+                for old in sorted(times)[:-32]:
+                    del times[old]
             if self.full:
                 break
             if frames.count % 25 == 0:
                 progress(frames.count, frames.expected)
-        if detector is not None:
-            cuts = detector.finish()
-            if picker is not None and not self.full and last >= 0:
-                for cut in cuts:
-                    self.keep(picker.close(cut))
-                self.keep(picker.close(last + 1))
-        return detector
+        cuts = detector.finish() if not self.full else []
+        for cut in cuts:
+            self._cut(cut, times)
+            self.keep(picker.close(cut))
+        if not self.full and last >= 0:
+            self.keep(picker.close(last + 1))
+
+    def _cut(self, index: int, times: dict[int, float]) -> None:
+        self.shots.append((index, times.get(index, 0.0)))
 
 
 def _frame_name(index: int, fmt: str) -> str:
@@ -367,10 +523,12 @@ def extract(
     """
     container, stream = open_video(path)
     job = _Extraction(path, out_dir, rel_dir, opts)
-    frames = _Frames(container, stream, opts, keyonly=opts.mode == "keyframes")
+    rate = float(stream.average_rate or stream.guessed_rate or 0)
+    wanted = selector(opts, rate) if opts.mode in ("fps", "every_n") else None
+    frames = _Frames(container, stream, opts, keyonly=opts.mode == "keyframes", wanted=wanted)
     try:
         try:
-            detector = job.run(frames, _indexer(frames), progress)
+            job.run(frames, progress)
             warning = _check_decoding(path, container, stream, frames, job)
         finally:
             container.close()
@@ -380,25 +538,41 @@ def extract(
         if job.writer is not None:
             job.writer.close(discard=True)
         raise
-    result = Result(decoded=frames.count, warning=warning)
-    cuts = detector.cuts if detector is not None else None
-    result.scenes = None if cuts is None else len(cuts) + 1
-    result.cuts = cuts
-    prefix = f"{rel_dir}/" if rel_dir else ""
-    for index, time in job.kept:
-        result.records.append(
-            {
-                "file": prefix + _frame_name(index, opts.format),
-                "video": video_label,
-                "timestamp": round(time, 6),
-                "frame_index": index,
-                "scene": None if cuts is None else bisect.bisect_right(cuts, index),
-            }
-        )
+    result = Result(decoded=frames.count, skipped=frames.skipped, warning=warning)
+    result.records = _records(job, video_label)
+    if opts.mode == "scene":
+        result.scenes = len(job.shots)
+        result.cuts = [
+            {"video": video_label, "frame_index": index, "timestamp": round(time, 6)}
+            for index, time in job.shots[1:]
+        ]
     if warning:
         log.warning("%s (%d frames extracted)", warning, len(result.records))
     write_manifest(out_dir / "frames.jsonl", result.records)
     return result
+
+
+def _records(job: _Extraction, video_label: str) -> list[dict[str, Any]]:
+    """The manifest records of the kept frames; the shot fields are null outside ``scene``
+    mode."""
+    prefix = f"{job.rel_dir}/" if job.rel_dir else ""
+    starts = [index for index, _ in job.shots]
+    records = []
+    for index, time in job.kept:
+        shot = bisect.bisect_right(starts, index) - 1 if starts else None
+        first = job.shots[shot] if shot is not None and shot >= 0 else None
+        records.append(
+            {
+                "file": prefix + _frame_name(index, job.opts.format),
+                "video": video_label,
+                "timestamp": round(time, 6),
+                "frame_index": index,
+                "scene": shot if first is not None else None,
+                "shot_start": first[0] if first is not None else None,
+                "shot_start_time": round(first[1], 6) if first is not None else None,
+            }
+        )
+    return records
 
 
 def _check_decoding(

@@ -1,8 +1,9 @@
 """Which frames to keep: shot detection, the per-mode selectors and the per-shot picker.
 
 Private to the ``frame_extraction`` rule, used by :mod:`pipemake.rules._video` (which the
-rule imports lazily). Only numpy is needed here, and only by :class:`SceneDetector`; the
-frames handled are opaque objects (PyAV frames in practice).
+rule imports lazily). :class:`SceneDetector` compares numpy thumbnails made by its caller;
+this module imports nothing of numpy itself, so modes without shot detection never load
+it. The frames handled are opaque objects (PyAV frames in practice).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 __all__ = ["SceneDetector", "ShotPicker", "selector"]
 
@@ -49,7 +51,7 @@ class SceneDetector:
 
     def push(self, index: int, thumb: np.ndarray) -> list[int]:
         """Add the thumbnail of frame ``index``; return the cuts this confirms."""
-        change = 0.0 if self._prev is None else float(np.abs(thumb - self._prev).mean())
+        change = 0.0 if self._prev is None else float(abs(thumb - self._prev).mean())
         if self._shot_start is None:
             self._shot_start = index
         self._prev = thumb
@@ -73,7 +75,7 @@ class SceneDetector:
         before = [self._window[i][2] for i in range(max(0, pos - ADAPTIVE_WINDOW), pos)]
         after = [self._window[i][2] for i in range(pos + 1, len(self._window))]
         least = max(self.threshold, LASTING_SHARE * change)
-        return all(float(np.abs(a - b).mean()) >= least for a in after for b in before)
+        return all(float(abs(a - b).mean()) >= least for a in after for b in before)
 
     def _decide(self, pos: int) -> list[int]:
         index, change, _ = self._window[pos]

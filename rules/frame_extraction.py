@@ -5,22 +5,30 @@ each video is its own item and one changed video reruns alone). Each video's fra
 ``<output_dir>/<video stem>/`` for a directory input (mirroring sub-directories) and to
 ``<output_dir>/`` itself for a single file, named ``frame_<index>.<format>``, with a
 ``frames.jsonl`` beside them: one JSON object per frame with ``file`` (relative to the
-stage output), ``video``, ``timestamp`` (seconds), ``frame_index`` and ``scene`` (the shot
-the frame belongs to, counted from 0; null in ``keyframes`` mode, which decodes key frames
-only). Computed values: ``frame_count`` (frames written) and ``scenes`` (shots found in
-the decoded range; null in ``keyframes`` mode), summed over videos.
+stage output), ``video``, ``timestamp`` (seconds from the video's start), ``frame_index``
+(the frame's position in decoding order from the video's start, counted, never derived
+from a timestamp, so it stays right on a video joined from clips) and, in ``scene`` mode,
+``scene`` (the shot, counted from 0), ``shot_start`` and ``shot_start_time`` (the frame
+index and time of the shot's first frame); the three shot fields are null in the other
+modes, which detect no shots. Computed values: ``frame_count`` (frames written), ``scenes``
+(shots found in the decoded range) and ``cuts`` (one ``{"video", "frame_index",
+"timestamp"}`` per shot start after the first, in video order), summed or joined over
+videos; ``scenes`` and ``cuts`` are null outside ``scene`` mode.
 
 Modes: ``fps`` (``fps`` frames per second), ``every_n`` (every ``n``-th frame), ``keyframes``
 (only key frames are decoded: fast), ``scene`` (``per_scene`` frames spread over each shot;
 a frame starts a shot when its change, the mean difference 0-255 of small thumbnails,
 exceeds its neighbours' by ``threshold`` and lasts, unlike a flash's; shots shorter than
 ``min_scene_len`` frames are merged) and ``all``. Options: ``start``/``end`` (seconds or
-``HH:MM:SS.fff``, from the video's start), ``max_frames`` per video, ``resize`` (longest
-side, or a ``"WxH"`` box; aspect kept), ``format`` png/jpg/webp with ``quality``, and
-``dedup`` (skip a frame within that many bits of the last kept frame's 64-bit difference
-hash, unless its colours differ; 0 turns it off).
+``HH:MM:SS.fff``, from the video's start; groups of pictures before ``start`` are skipped
+without decoding), ``max_frames`` per video, ``resize`` (longest side, or a ``"WxH"`` box;
+aspect kept), ``format`` png/jpg/webp with ``quality`` (PNG is zlib level 1: smaller files
+than ffmpeg's default PNGs, written faster), and ``dedup`` (skip a frame within that many
+bits of the last kept frame's 64-bit difference hash, unless its colours differ; 0 turns it
+off).
 
-PyAV and numpy are imported only when a video is processed (from ``rules/_video.py``).
+PyAV is imported only when a video is processed (from ``rules/_video.py``); numpy only in
+``scene`` mode or with ``dedup``.
 """
 
 from __future__ import annotations
@@ -105,7 +113,7 @@ class FrameExtractionRule(Rule):
     manifest, decoding with FFmpeg's threads and writing images in parallel."""
 
     name = "frame_extraction"
-    version = "1"
+    version = "2"
     inputs = {"input_video": Input(kind="path", help="a video file or a directory of videos")}
     outputs = {"output_dir": Output(kind="dir", help="frames and frames.jsonl")}
     params = {
@@ -123,7 +131,7 @@ class FrameExtractionRule(Rule):
         "quality": Param("int", 95, help="jpg/webp quality 1-100"),
         "dedup": Param("int", 0, help="skip a frame within this hash distance of the last kept"),
     }
-    values = ("frame_count", "scenes")
+    values = ("frame_count", "scenes", "cuts")
     foreach_pattern = VIDEO_PATTERN
     #: one video or a folder of them runs whole unless the stage says ``foreach:``
     default_foreach = None
@@ -184,12 +192,15 @@ class FrameExtractionRule(Rule):
         return _values(self._extract(ctx, path, out, rel_dir, self._label(ctx, path, item)))
 
     def gather(self, params: Mapping[str, Any], per_item: Mapping[str, Any]) -> dict[str, Any]:
-        """Totals over the videos: frames written and shots found (null in keyframes mode)."""
-        items = [vals or {} for vals in per_item.values()]
+        """Totals over the videos: frames written, shots found and every video's cuts in
+        video order (shots and cuts null outside scene mode)."""
+        items = [per_item[key] or {} for key in sorted(per_item)]
         scenes = [v.get("scenes") for v in items]
+        cuts = [v.get("cuts") for v in items]
         return {
             "frame_count": sum(int(v.get("frame_count") or 0) for v in items),
             "scenes": None if any(s is None for s in scenes) else sum(scenes),
+            "cuts": None if any(c is None for c in cuts) else [c for cs in cuts for c in cs],
         }
 
     # ------------------------------------------------------------------------------------
@@ -214,7 +225,7 @@ class FrameExtractionRule(Rule):
 
 def _values(result: Any) -> dict[str, Any]:
     """A video's computed values from its extraction result."""
-    return {"frame_count": len(result.records), "scenes": result.scenes}
+    return {"frame_count": len(result.records), "scenes": result.scenes, "cuts": result.cuts}
 
 
 def _item_dir(relpath: str) -> str:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-__all__ = ["DEFAULT_SHOTS", "render_shot_frames", "write_video", "write_garbage"]
+__all__ = ["DEFAULT_SHOTS", "render_shot_frames", "write_joined", "write_video", "write_garbage"]
 
 #: shot lengths (frames) used when the caller gives none: uneven on purpose
 DEFAULT_SHOTS: tuple[int, ...] = (30, 45, 24, 36, 50)
@@ -121,6 +121,7 @@ def write_video(
     speed: float = 1.0,
     first_pts: int = 0,
     flashes: bool = False,
+    bframes: int = 0,
 ) -> list[int]:
     """Write a video of consecutive shots to ``path`` and return the cut frame indices.
 
@@ -130,7 +131,9 @@ def write_video(
     container (e.g. ``{"movflags": "faststart"}`` puts the MP4 index first, so a truncated
     file still opens). ``shapes`` and ``speed`` make shots busier, for harder detection.
     With ``flashes``, the middle frame of every shot of 20 frames or more is brightened
-    strongly (a camera flash: a large change that is not a cut). Frame ``i`` has the timestamp ``(first_pts + i) / fps`` seconds (a non-zero
+    strongly (a camera flash: a large change that is not a cut). ``bframes`` (libx264
+    only) puts up to that many B-frames between references, so decoding order is not
+    display order. Frame ``i`` has the timestamp ``(first_pts + i) / fps`` seconds (a non-zero
     ``first_pts`` makes a stream whose start time is not 0, as cut-out broadcast clips have).
     """
     import av
@@ -144,7 +147,8 @@ def write_video(
         stream.codec_context.gop_size = gop
         if codec == "libx264":
             # a fixed GOP without scene-cut key frames keeps the key-frame count predictable
-            stream.codec_context.options = {"preset": "ultrafast", "x264-params": "scenecut=0"}
+            params = f"scenecut=0:bframes={bframes}" if bframes else "scenecut=0"
+            stream.codec_context.options = {"preset": "ultrafast", "x264-params": params}
         start = count = 0
         for shot, length in enumerate(shot_lengths):
             if shot:
@@ -165,6 +169,50 @@ def write_video(
             start += int(length)
         out.mux(stream.encode(None))
     return cuts
+
+
+def write_joined(
+    path: Path,
+    segments: Sequence[tuple[int, int]],
+    *,
+    gap: float = 0.0,
+    width: int = 160,
+    height: int = 96,
+    gop: int = 12,
+) -> list[float]:
+    """Write one video joined from clips, as ``ffmpeg -f concat -c copy`` joins do, and
+    return every frame's time in seconds, in order.
+
+    ``segments`` are ``(frames, fps)`` pairs: each clip keeps its own frame rate, and the
+    timestamps jump by ``gap`` seconds where one clip ends and the next begins (the
+    container's timestamps are continuous but not evenly spaced, so a frame's timestamp
+    times the average rate is not its position). Each clip is one shot of its own colour.
+    """
+    from fractions import Fraction
+
+    import av
+
+    path = Path(path)
+    tick = 600  # time base 1/600 s holds 24, 25 and 30 fps exactly
+    times: list[float] = []
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("libx264", rate=segments[0][1])
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, tick)
+        stream.codec_context.gop_size = gop
+        stream.codec_context.options = {"preset": "ultrafast", "x264-params": "scenecut=0"}
+        start = 0.0
+        for n, (frames, fps) in enumerate(segments):
+            bg = _BACKGROUNDS[n % len(_BACKGROUNDS)]
+            for i, img in enumerate(render_shot_frames(frames, width, height, bg, 100 + n)):
+                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                frame.pts = round((start + i / fps) * tick)
+                frame.time_base = Fraction(1, tick)
+                times.append(frame.pts / tick)
+                out.mux(stream.encode(frame))
+            start += frames / fps + gap
+        out.mux(stream.encode(None))
+    return times
 
 
 def write_garbage(path: Path, size: int = 4096, seed: int = 0) -> Path:

@@ -16,7 +16,7 @@ from pipemake.rule import Context, Item, RuleError
 from pipemake.rules.frame_extraction import FrameExtractionRule, parse_resize, parse_time
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _video_fixtures import DEFAULT_SHOTS, write_garbage, write_video  # noqa: E402
+from _video_fixtures import DEFAULT_SHOTS, write_garbage, write_joined, write_video  # noqa: E402
 
 TOTAL = sum(DEFAULT_SHOTS)  # 185 frames at 24 fps, a key frame every 12
 RULE = FrameExtractionRule()
@@ -81,10 +81,19 @@ def test_scene_mode_takes_one_frame_inside_each_shot(videos, tmp_path) -> None:
     values = run_rule(videos["root"] / "clip.mp4", tmp_path, mode="scene")
     bounds = [0, *videos["cuts"], TOTAL]
     records = manifest(tmp_path)
-    assert values == {"frame_count": 5, "scenes": 5}
+    assert values["frame_count"] == 5 and values["scenes"] == 5
     assert [r["scene"] for r in records] == [0, 1, 2, 3, 4]
     for r, lo, hi in zip(records, bounds, bounds[1:], strict=False):
         assert lo + (hi - lo) // 4 <= r["frame_index"] < hi - (hi - lo) // 4  # near the middle
+        assert r["shot_start"] == lo and r["shot_start_time"] == pytest.approx(lo / 24, abs=1e-3)
+
+
+def test_scene_mode_reports_its_cuts(videos, tmp_path) -> None:
+    values = run_rule(videos["root"] / "clip.mp4", tmp_path, mode="scene")
+    assert [c["frame_index"] for c in values["cuts"]] == videos["cuts"]
+    for cut in values["cuts"]:
+        assert cut["timestamp"] == pytest.approx(cut["frame_index"] / 24, abs=1e-3)
+        assert cut["video"] == "clip.mp4"
 
 
 def test_scene_mode_per_scene_spreads_frames_over_each_shot(videos, tmp_path) -> None:
@@ -102,21 +111,97 @@ def test_scene_detection_finds_the_known_cuts(tmp_path, seed, flashes) -> None:
 
     lengths = [int(x) for x in np.random.default_rng(seed).integers(16, 50, size=6)]
     cuts = write_video(tmp_path / "v.mp4", lengths, seed=seed, speed=3.0, shapes=5, flashes=flashes)
-    run_rule(tmp_path / "v.mp4", tmp_path / "out", mode="all", format="png", resize=16)
+    values = run_rule(tmp_path / "v.mp4", tmp_path / "out", mode="scene", format="png", resize=16)
+    assert [c["frame_index"] for c in values["cuts"]] == cuts
     records = manifest(tmp_path / "out")
-    found = [
-        b["frame_index"]
-        for a, b in zip(records, records[1:], strict=False)
-        if a["scene"] != b["scene"]
-    ]
-    assert found == cuts
+    assert sorted({r["shot_start"] for r in records}) == [0, *cuts]
 
 
-def test_scene_ids_in_other_modes_follow_the_cuts(videos, tmp_path) -> None:
-    run_rule(videos["root"] / "clip.mp4", tmp_path, mode="every_n", n=10)
-    cuts = videos["cuts"]
+@pytest.mark.parametrize("mode", ["fps", "every_n", "all", "keyframes"])
+def test_other_modes_detect_no_shots(videos, tmp_path, mode) -> None:
+    values = run_rule(videos["root"] / "clip.mp4", tmp_path, mode=mode, max_frames=3)
+    assert values == {"frame_count": 3, "scenes": None, "cuts": None}
     for r in manifest(tmp_path):
-        assert r["scene"] == sum(r["frame_index"] >= c for c in cuts)
+        assert r["scene"] is None and r["shot_start"] is None and r["shot_start_time"] is None
+
+
+def test_fps_mode_computes_nothing_per_frame_it_does_not_keep(videos, tmp_path) -> None:
+    # no thumbnails, no shot statistics: numpy is never even imported
+    code = (
+        "import logging, sys\n"
+        "from pathlib import Path\n"
+        "from pipemake.rules import _video\n"
+        "from pipemake.rules.frame_extraction import _options\n"
+        "opts = _options({'mode': 'fps', 'fps': 2.0, 'format': 'png'})\n"
+        "r = _video.extract(Path(sys.argv[1]), Path(sys.argv[2]), '', 'v', opts,"
+        " logging.getLogger())\n"
+        "assert len(r.records) == 16 and r.decoded + r.skipped == 185, r\n"
+        "assert r.skipped >= 150, r  # a kept frame every 12, a key frame every 12\n"
+        "assert 'numpy' not in sys.modules\n"
+    )
+    clip = videos["root"] / "clip.mp4"
+    subprocess.run([sys.executable, "-c", code, str(clip), str(tmp_path)], check=True)
+    assert len(list(tmp_path.glob("frame_*.png"))) == 16
+
+
+@pytest.mark.parametrize(
+    ("params", "gop", "bframes"),
+    [
+        ({"fps": 1.0}, 48, 0),  # tails of 23 frames are not decoded
+        ({"fps": 3.0}, 12, 0),
+        ({"fps": 1.0}, 48, 2),  # B-frames: whole groups
+        ({"fps": 1.0, "start": 2.5}, 12, 2),  # groups before start skipped
+    ],
+)
+def test_frames_kept_after_skipped_tails_are_the_decoded_frames(
+    tmp_path, params, gop, bframes
+) -> None:
+    import av
+    import numpy as np
+    from PIL import Image
+
+    from pipemake.rules._video import scale
+
+    shots = [40, 50, 30, 60]
+    write_video(tmp_path / "v.mp4", shots, gop=gop, shapes=4, speed=2.0, bframes=bframes)
+    run_rule(tmp_path / "v.mp4", tmp_path / "o", mode="fps", format="png", **params)
+    with av.open(str(tmp_path / "v.mp4")) as container:
+        frames = list(container.decode(video=0))
+    assert len(frames) == 180
+    records = manifest(tmp_path / "o")
+    step = round(24 / params["fps"])
+    first = round(params.get("start", 0) * 24)
+    assert [r["frame_index"] for r in records] == list(range(first, 180, step))
+    for r in records:
+        frame = frames[r["frame_index"]]
+        rgb = scale(frame, "t", width=160, height=96, format="rgb24", interpolation="AREA")
+        with Image.open(tmp_path / "o" / r["file"]) as img:
+            assert np.array_equal(np.asarray(img), rgb.to_ndarray())
+        assert r["timestamp"] == pytest.approx(frame.time, abs=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["all", "scene", "every_n", "keyframes"])
+def test_frame_index_is_the_decode_order_on_a_joined_video(tmp_path, mode) -> None:
+    # two clips joined as `-c copy` joins do: 24 fps then 30 fps, 2 s of timestamps between
+    times = write_joined(tmp_path / "joined.mkv", [(30, 24), (30, 30)], gap=2.0, gop=12)
+    params = {"n": 7} if mode == "every_n" else {"min_scene_len": 5} if mode == "scene" else {}
+    values = run_rule(tmp_path / "joined.mkv", tmp_path / "o", mode=mode, **params)
+    records = manifest(tmp_path / "o")
+    for r in records:  # the index is the position in the decoded stream, whatever the times
+        assert r["timestamp"] == pytest.approx(times[r["frame_index"]], abs=2e-3)
+    expected = {"all": range(60), "every_n": range(0, 60, 7), "keyframes": range(0, 60, 12)}
+    if mode in expected:
+        assert [r["frame_index"] for r in records] == list(expected[mode])
+    else:  # the cut is where the second clip starts
+        assert [c["frame_index"] for c in values["cuts"]] == [30]
+        assert values["cuts"][0]["timestamp"] == pytest.approx(times[30], abs=2e-3)
+
+
+def test_start_on_a_joined_video_skips_groups_but_keeps_the_index(tmp_path) -> None:
+    times = write_joined(tmp_path / "joined.mkv", [(30, 24), (30, 30)], gap=2.0, gop=12)
+    run_rule(tmp_path / "joined.mkv", tmp_path / "o", mode="all", start=3.3)
+    first = next(i for i, t in enumerate(times) if t >= 3.3 - 1e-6)
+    assert indices(tmp_path / "o") == list(range(first, 60))
 
 
 def test_start_and_end_limit_the_range(videos, tmp_path) -> None:
@@ -144,6 +229,7 @@ def test_max_frames_caps_every_mode(videos, tmp_path) -> None:
     values = run_rule(videos["root"] / "clip.mp4", tmp_path / "s", mode="scene", max_frames=2)
     assert values["frame_count"] == 2
     assert [r["scene"] for r in manifest(tmp_path / "s")] == [0, 1]
+    assert [r["shot_start"] for r in manifest(tmp_path / "s")] == [0, videos["cuts"][0]]
 
 
 @pytest.mark.parametrize(
@@ -192,17 +278,17 @@ def test_manifest_fields(videos, tmp_path) -> None:
     run_rule(videos["root"] / "clip.mp4", tmp_path, root=root, mode="every_n", n=50)
     records = manifest(tmp_path)
     assert [r["frame_index"] for r in records] == [0, 50, 100, 150]
+    fields = {"file", "video", "timestamp", "frame_index", "scene", "shot_start"}
     for r in records:
-        assert set(r) == {"file", "video", "timestamp", "frame_index", "scene"}
+        assert set(r) == fields | {"shot_start_time"}
         assert (tmp_path / r["file"]).is_file()
         assert r["video"] == f"{videos['root'].name}/clip.mp4"  # relative to the project
         assert r["timestamp"] == pytest.approx(r["frame_index"] / 24, abs=1e-3)
-        assert isinstance(r["scene"], int)
 
 
 def test_keyframes_mode_has_no_scene_ids(videos, tmp_path) -> None:
     values = run_rule(videos["root"] / "clip.mp4", tmp_path, mode="keyframes")
-    assert values == {"frame_count": 16, "scenes": None}
+    assert values == {"frame_count": 16, "scenes": None, "cuts": None}
     assert all(r["scene"] is None for r in manifest(tmp_path))
 
 
@@ -218,14 +304,19 @@ def test_run_item_writes_into_the_stem_dir(videos, tmp_path) -> None:
         ctx.state = state
         values = RULE.run_item(ctx, item)
         stem_dir = staging / relpath[: -len(".mp4")]
-        assert values == {"frame_count": 5, "scenes": 5}
+        assert values["frame_count"] == 5 and values["scenes"] == 5
+        assert [c["frame_index"] for c in values["cuts"]] == videos["cuts"]
+        assert {c["video"] for c in values["cuts"]} == {f"videos/{relpath}"}
         assert sorted(p.name for p in staging.rglob("*") if p.is_file())[-1] == "frames.jsonl"
         records = manifest(stem_dir)
         assert all(r["file"].startswith(relpath[: -len(".mp4")] + "/") for r in records)
         assert all((staging / r["file"]).is_file() for r in records)
         assert records[0]["video"] == f"videos/{relpath}"
-    totals = RULE.gather(ports.params, {"a.mp4": values, "b.mp4": {"frame_count": 2, "scenes": 1}})
-    assert totals == {"frame_count": 7, "scenes": 6}
+    other = {"frame_count": 2, "scenes": 1, "cuts": []}
+    totals = RULE.gather(ports.params, {"b.mp4": other, "a.mp4": values})
+    assert totals == {"frame_count": 7, "scenes": 6, "cuts": values["cuts"]}
+    keyframes = {"frame_count": 2, "scenes": None, "cuts": None}
+    assert RULE.gather(ports.params, {"a.mp4": values, "k.mp4": keyframes})["cuts"] is None
 
 
 def test_directory_input_without_foreach(videos, tmp_path) -> None:
@@ -235,7 +326,12 @@ def test_directory_input_without_foreach(videos, tmp_path) -> None:
     write_video(src / "sub" / "b.mkv", [20, 20, 20], codec="mpeg4")
     (src / "readme.txt").write_text("skip me")
     values = run_rule(src, tmp_path / "out", mode="scene")
-    assert values == {"frame_count": 5, "scenes": 5}
+    assert values["frame_count"] == 5 and values["scenes"] == 5
+    assert [(c["video"], c["frame_index"]) for c in values["cuts"]] == [
+        ("vids/a.mp4", 20),
+        ("vids/sub/b.mkv", 20),
+        ("vids/sub/b.mkv", 40),
+    ]
     assert len(manifest(tmp_path / "out" / "a")) == 2
     assert manifest(tmp_path / "out" / "sub" / "b")[0]["file"].startswith("sub/b/frame_")
 
@@ -321,8 +417,8 @@ def test_parsers() -> None:
 
 
 def test_declarations() -> None:
-    assert RULE.name == "frame_extraction" and RULE.version == "1"
-    assert tuple(RULE.values) == ("frame_count", "scenes")
+    assert RULE.name == "frame_extraction" and RULE.version == "2"
+    assert tuple(RULE.values) == ("frame_count", "scenes", "cuts")
 
 
 def test_import_does_not_load_av_or_numpy() -> None:
