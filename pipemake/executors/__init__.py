@@ -1,7 +1,7 @@
 """Executors: everything that runs tasks, and nothing that decides or orders them.
 
 - ``base``: the interface (:class:`~.base.Task`, :class:`~.base.Message`,
-  :class:`~.base.Executor`), the only module the scheduler and the build import;
+  :class:`~.base.Executor`), all the scheduler and the build's wiring import of executors;
 - ``local``: worker processes on this machine, and threads for ``spawns_only`` rules;
 - ``inline``: each task in this process, one at a time (the test double);
 - ``worker``: what runs one task, wherever it runs; ``outputs``: what a task wrote,
