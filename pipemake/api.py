@@ -30,7 +30,7 @@ from .errors import (
     UsageError,
 )
 from .events import Bus
-from .executors.base import get_executor
+from .executors import get_executor
 from .fshash import Hasher
 from .hooks import run_hooks, run_summary
 from .items import glob_base, is_glob

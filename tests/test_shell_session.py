@@ -16,9 +16,9 @@ import pytest
 from conftest import Proj, alive, shell_foreach, wait_for
 
 from pipemake.executors.base import Task
-from pipemake.executors.local import TaskStopped, _Guardian, _ThreadSpawner
+from pipemake.executors.guardian import Guardian
+from pipemake.executors.spawn import Spawner, TaskStopped, ThreadSpawner
 from pipemake.rule import Context, exports
-from pipemake.worker import Spawner
 
 
 @pytest.fixture
@@ -192,10 +192,10 @@ def test_commands_from_two_threads_at_once_each_get_their_own_result(spawner: Sp
 
 
 def test_a_stop_between_commands_ends_the_idle_shell_as_no_command(tmp_path: Path) -> None:
-    guardian = _Guardian()
+    guardian = Guardian()
     try:
         task = Task("t#0", "s", "shell", str(tmp_path), "", {}, {}, {}, {})
-        sp = _ThreadSpawner(task, guardian)
+        sp = ThreadSpawner(task, guardian)
         assert sp.sh("echo one", None, None) == 0
         shell = sp._shell
         assert shell is not None

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 from conftest import Proj, shell_foreach
 
-from pipemake import worker
+from pipemake.executors import worker
 from pipemake.executors.base import Task
-from pipemake.executors.local import _Guardian, _ThreadSpawner
+from pipemake.executors.guardian import Guardian
+from pipemake.executors.spawn import ThreadSpawner
 from pipemake.fshash import Hasher
 from pipemake.items import staged_files
 from pipemake.store import Store
@@ -223,11 +224,11 @@ def test_a_failed_object_write_leaves_no_temporary(
 
 
 def test_the_thread_spawner_merges_each_extra_environment_once(tmp_path: Path) -> None:
-    guardian = _Guardian()
+    guardian = Guardian()
     try:
         task = _task(tmp_path, "plain", 1)
         task.env = {"BASE": "b"}
-        spawner = _ThreadSpawner(task, guardian)
+        spawner = ThreadSpawner(task, guardian)
         one = spawner.merged({"TAG": "1"})
         assert one[b"TAG"] == b"1" and one[b"BASE"] == b"b"
         assert spawner.merged({"TAG": "1"}) is one
@@ -270,9 +271,9 @@ def test_threaded_commands_read_an_empty_stdin_from_one_shared_dev_null(
     )
     proj.cli("build", "-j", "2")
     assert [proj.read(f"build/each/f{i}.txt") for i in range(12)] == [""] * 12
-    guardian = _Guardian()
+    guardian = Guardian()
     try:
-        spawner = _ThreadSpawner(_task(tmp_path, "plain", 1), guardian)
+        spawner = ThreadSpawner(_task(tmp_path, "plain", 1), guardian)
         procs = [
             spawner(["/bin/sh", "-c", "cat"], None, {"stdin": -3, "stdout": -1}) for _ in range(2)
         ]

@@ -2,7 +2,8 @@
 
 An executor takes plain, picklable :class:`Task` descriptions and reports back
 :class:`Message` objects (progress, log lines, a result or an error). It is a context
-manager; ``submit`` and ``poll`` are the methods to implement.
+manager; ``submit`` and ``poll`` are the methods to implement. This module knows no
+executor of its own: they are registered by name in :mod:`pipemake.executors`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Executor", "Message", "Task", "get_executor"]
+__all__ = ["Executor", "Message", "Task"]
 
 
 @dataclass
@@ -91,16 +92,3 @@ class Executor(ABC):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def get_executor(name: str, jobs: int) -> Executor:
-    """The executor registered as ``name``, imported lazily."""
-    if name == "local":
-        from .local import LocalExecutor
-
-        return LocalExecutor(jobs)
-    if name == "inline":
-        from .inline import InlineExecutor
-
-        return InlineExecutor(jobs)
-    raise ValueError(f"unknown executor {name!r} (known: local, inline)")

@@ -3,8 +3,8 @@ handy under a debugger."""
 
 from __future__ import annotations
 
-from ..worker import execute
 from .base import Executor, Message, Task
+from .worker import execute
 
 __all__ = ["InlineExecutor"]
 

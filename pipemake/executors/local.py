@@ -22,24 +22,24 @@ threads at once (more would queue on the GIL); further ones go to worker process
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import multiprocessing as mp
 import multiprocessing.util as mp_util
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from ..rule import get_rule, local_only, registry
-from ..worker import Spawner, execute
 from .base import Executor, Message, Task
+from .guardian import Guardian
+from .spawn import TaskStopped, ThreadSpawner, signal_group
+from .worker import execute
 
 __all__ = ["LocalExecutor", "TaskStopped"]
 
@@ -78,7 +78,7 @@ def _worker_main(conn: Connection, parent: int, rules: tuple[str, dict[str, str]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_term)
     from ..rule import adopt_registry
-    from ..worker import execute
+    from .worker import execute
 
     adopt_registry(rules)
     while True:
@@ -136,206 +136,8 @@ class _Worker:
         self.used = False
 
 
-class TaskStopped(BaseException):
-    """Raised in a task's thread when a stopped task would start another subprocess."""
-
-
-# The guardian: reads "+PGID" / "-PGID" lines on stdin; at end of input (this process
-# exited or died) it ends the process groups still listed: SIGTERM, then SIGKILL. It reads
-# every tenth of a second, never waiting on the pipe, so a write wakes nobody up (a wake-up
-# per command cost more than the rest of starting it).
-_GUARDIAN = """
-import os, signal, time
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-os.set_blocking(0, False)
-groups, buf, data = set(), b"", b"-"
-while data:
-    time.sleep(0.1)
-    while True:
-        try:
-            data = os.read(0, 1 << 20)
-        except BlockingIOError:
-            break
-        if not data:
-            break
-        buf += data
-    *lines, buf = buf.split(b"\\n")
-    for line in lines:
-        if line[:1] == b"+":
-            groups.add(int(line[1:]))
-        elif line[:1] == b"-":
-            groups.discard(int(line[1:]))
-def send(sig, groups):
-    left = set()
-    for g in groups:
-        try:
-            os.killpg(g, sig)
-            left.add(g)
-        except OSError:
-            pass
-    return left
-groups = send(signal.SIGTERM, groups)
-deadline = time.monotonic() + 5
-while groups and time.monotonic() < deadline:
-    time.sleep(0.05)
-    groups = send(0, groups)
-send(signal.SIGKILL, groups)
-"""
-
-
-class _Guardian:
-    """A small process that ends the listed process groups when this process goes away."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._fd = -1
-        _exiting[:] = [p for p in _exiting if p.poll() is None]
-        if not sys.executable:
-            return
-        r, w = os.pipe()
-        try:
-            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)  # room for what it has not read yet
-        except OSError:
-            pass
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _GUARDIAN], stdin=r,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
-            self._fd = w
-        except OSError:
-            os.close(w)
-        finally:
-            os.close(r)
-
-    def _send(self, line: str) -> None:
-        with self._lock:
-            if self._fd < 0:
-                return
-            try:
-                os.write(self._fd, line.encode())
-            except OSError:  # it died: nothing to tell
-                os.close(self._fd)
-                self._fd = -1
-
-    def watch(self, pgid: int) -> None:
-        self._send(f"+{pgid}\n")
-
-    def update(self, ended: list[int], started: int) -> None:
-        """Forget the groups ``ended`` and watch ``started``, in one write."""
-        self._send("".join(f"-{g}\n" for g in ended) + f"+{started}\n")
-
-    def forget(self, pgid: int) -> None:
-        self._send(f"-{pgid}\n")
-
-    def close(self) -> None:
-        """End of input: the guardian ends what is still listed and exits on its own (it is
-        reaped later, never waited for)."""
-        with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
-        if self.proc is not None and self.proc.poll() is None:
-            _exiting.append(self.proc)
-
-
-#: guardians told to exit, not yet reaped
-_exiting: list[subprocess.Popen[bytes]] = []
-
-
-class _ThreadSpawner(Spawner):
-    """Starts a threaded task's commands, each leading its own process group, and stops
-    them with the task."""
-
-    def __init__(self, task: Task, guardian: _Guardian):
-        super().__init__(task.root, dict(os.environ, **task.env) if task.env else None)
-        self.guardian = guardian
-        #: environments already merged and encoded, by the extra variables asked for: a
-        #: foreach task's commands mostly ask for the same ones
-        self._envs: dict[tuple[tuple[str, str], ...], dict[bytes, bytes]] = {}
-        self._null = -1
-        self.lock = threading.Lock()
-        self.procs: list[subprocess.Popen[Any]] = []
-        #: the signal the task was stopped with, and whether that ended or prevented a command
-        self.stopped: int | None = None
-        self.hit = False
-        #: whether a command of the task's shell (``sh``) may be running
-        self.commanding = False
-
-    def merged(self, env: Mapping[str, str]) -> Mapping[Any, Any]:
-        # this process's os.environ never changes while it builds, so neither does the merge
-        key = tuple(env.items())
-        full = self._envs.get(key)
-        if full is None:
-            base = os.environ if self.env is None else self.env
-            full = {os.fsencode(k): os.fsencode(v) for k, v in dict(base, **env).items()}
-            if len(self._envs) >= 64:
-                self._envs.clear()
-            self._envs[key] = full
-        return full
-
-    def start(
-        self, args: Sequence[str], env: Mapping[Any, Any] | None, kwargs: dict[str, Any]
-    ) -> subprocess.Popen[Any]:
-        kwargs["start_new_session"] = True  # its own group: Ctrl-C misses it, a stop ends it
-        kwargs.pop("process_group", None)
-        with self.lock:
-            if self.stopped is not None:
-                self.hit = True
-                raise TaskStopped(self.stopped)
-            if kwargs.get("stdin") == subprocess.DEVNULL:
-                kwargs["stdin"] = self._devnull()  # one /dev/null for all the task's commands
-            ended = [p.pid for p in self.procs if p.returncode is not None]
-            if ended:
-                self.procs = [p for p in self.procs if p.returncode is None]
-            proc = super().start(args, env, kwargs)
-            self.procs.append(proc)
-            self.guardian.update(ended, proc.pid)  # one write for both
-        return proc
-
-    def sh(
-        self, cmd: str, env: Mapping[str, str] | None, output: Callable[[str], None] | None
-    ) -> int | None:
-        with self.lock:
-            if self.stopped is not None:
-                self.hit = True
-                raise TaskStopped(self.stopped)
-            self.commanding = True  # from here a stop ends a command of the task's shell
-        try:
-            return super().sh(cmd, env, output)
-        finally:
-            self.commanding = False
-
-    def stop(self, sig: int) -> None:
-        with self.lock:
-            if self.stopped is None or sig == signal.SIGKILL:
-                self.stopped = sig
-            # the task's shell between commands: ended, but no command of the task was
-            idle = self._shell.proc if self._shell is not None and not self.commanding else None
-            for p in self.procs:
-                if p.returncode is None:
-                    _signal_group(p.pid, sig)
-                    if p is not idle:
-                        self.hit = True
-
-    def _devnull(self) -> int:
-        if self._null < 0:
-            self._null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        return self._null
-
-    def close(self) -> None:
-        with self.lock:
-            for p in self.procs:
-                self.guardian.forget(p.pid)
-            self.procs = []
-            if self._null >= 0:
-                os.close(self._null)
-                self._null = -1
-
-
 class _Threaded:
-    def __init__(self, task: Task, spawner: _ThreadSpawner):
+    def __init__(self, task: Task, spawner: ThreadSpawner):
         self.task = task
         self.spawner = spawner
         self.started = time.monotonic()
@@ -364,7 +166,7 @@ class LocalExecutor(Executor):
         self._ctx = mp.get_context("spawn")
         self._workers: list[_Worker] = []
         self._threads: dict[str, _Threaded] = {}
-        self._guardian: _Guardian | None = None
+        self._guardian: Guardian | None = None
         self._inbox: list[Message] = []
         self._inbox_lock = threading.Lock()
         self._woken = False
@@ -433,7 +235,7 @@ class LocalExecutor(Executor):
     def cancel(self, task_ids: list[str], force: bool = False) -> None:
         for w in self._workers:
             if w.task is not None and w.task.id in task_ids:
-                _signal_group(w.proc.pid, signal.SIGKILL if force else signal.SIGTERM)
+                signal_group(w.proc.pid, signal.SIGKILL if force else signal.SIGTERM)
         now = time.monotonic()
         for task_id in task_ids:
             t = self._threads.get(task_id)
@@ -453,8 +255,8 @@ class LocalExecutor(Executor):
     # threads ----------------------------------------------------------------------------
     def _start_thread(self, task: Task) -> None:
         if self._guardian is None:
-            self._guardian = _Guardian()
-        t = _Threaded(task, _ThreadSpawner(task, self._guardian))
+            self._guardian = Guardian()
+        t = _Threaded(task, ThreadSpawner(task, self._guardian))
         with self._inbox_lock:
             self._threads[task.id] = t
         t.thread = threading.Thread(
@@ -543,7 +345,7 @@ class LocalExecutor(Executor):
             self._wake_r = self._wake_w = -1
         for w in self._workers:
             if w.task is not None or not w.used:  # busy, or started ahead for nothing
-                _signal_group(w.proc.pid, signal.SIGKILL)
+                signal_group(w.proc.pid, signal.SIGKILL)
             else:
                 try:
                     w.conn.send(None)
@@ -553,22 +355,10 @@ class LocalExecutor(Executor):
         for w in self._workers:
             w.proc.join(max(0.0, deadline - time.monotonic()))
             if w.proc.is_alive():
-                _signal_group(w.proc.pid, signal.SIGKILL)
+                signal_group(w.proc.pid, signal.SIGKILL)
                 w.proc.join(1)
             w.conn.close()
         self._workers = []
-
-
-def _signal_group(pid: int | None, sig: int) -> None:
-    if pid is None:
-        return
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def _stopped(sig: int) -> str:

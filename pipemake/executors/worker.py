@@ -1,0 +1,398 @@
+"""What runs inside a worker for one task: call the rule, check and hash what it wrote, put
+the objects into the store, and report back. It decides nothing about whether to run.
+
+The same function serves every executor (local worker processes, the inline test double,
+remote workers), so a task behaves the same wherever it runs. A task of a ``spawns_only``
+rule may also run in a thread of the build process (given a :class:`Spawner`): then nothing
+process-wide changes (working directory, environment, ``sys.path``), its subprocesses get
+the project root and the task's environment from the spawner, and its metrics count this
+thread and those subprocesses only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import resource
+import shutil
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from ..errors import DiskFull, os_failure
+from ..hashing import digest
+from ..rule import Context, Item, Rule, RuleError, get_rule, project_on_path
+from ..store import Store
+from ..walk import BadPath
+from .base import Task
+from .outputs import abs_path, check_values, flat_outputs, hash_outputs, prepare_outputs
+from .spawn import Spawner
+
+__all__ = ["execute"]
+
+Send = Callable[[str, Any], None]
+_setup_cache: dict[tuple[str, str], Any] = {}
+_setup_lock = threading.Lock()
+
+_spawner: ContextVar[Spawner | None] = ContextVar("pipemake_spawner", default=None)
+
+
+class _Forward(logging.Handler):
+    def __init__(self, send: Send, log_file: Any):
+        super().__init__()
+        self.send = send
+        self.log_file = log_file
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if self.log_file is not None:
+            try:
+                self.log_file.write(text + "\n")
+                self.log_file.flush()
+            except OSError as exc:  # the log is a copy: the lines still reach the build
+                self.close_log()
+                self.send("log", ["warning", f"the stage's log file stops here: {exc}"])
+        self.send("log", [record.levelname.lower(), text])
+
+    def close_log(self) -> None:
+        """Close the log file; what it could not write is lost from it, not from the build."""
+        log_file, self.log_file = self.log_file, None
+        if log_file is not None:
+            with contextlib.suppress(OSError):
+                log_file.close()
+
+
+def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
+    """Run ``task`` and report exactly one ``result`` or ``error`` message via ``send``.
+
+    With ``spawner``, in a thread of the build process (see the module's docstring)."""
+    started = time.monotonic()
+    threaded = spawner is not None
+    usage0 = time.thread_time() if threaded else _cpu()
+    old_env = {} if threaded else {k: os.environ.get(k) for k in task.env}
+    if not threaded:
+        os.environ.update(task.env)
+    spawner = spawner or Spawner()
+    if "done" in task.extra:  # a foreach task: its shell's FIFO goes with the stage's staging
+        spawner.tmp = os.path.join(task.root, os.path.dirname(task.extra["done"]))
+    token = _spawner.set(spawner)
+    log_file = None
+    if task.log_path:
+        try:
+            log_file = open(task.log_path, "a", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:  # the log is a copy of what the build is told
+            send("log", ["warning", f"the stage's log file cannot be written: {exc}"])
+    logger = logging.getLogger(f"pipemake.task.{task.id}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler = _Forward(send, log_file)
+    logger.addHandler(handler)
+    cwd = None if threaded else os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(task.root)  # rules run in the project root, as DESIGN.md says for shell
+            project_on_path(task.root)
+        rule = get_rule(task.rule)
+        if rule is None:
+            raise RuleError(f"rule {task.rule!r} is not installed in this worker")
+        store = Store(Path(task.store), link=task.link, fsync=task.fsync)
+        payload = _MODES[task.mode](task, rule, store, send, logger)
+        spawner.end_shell()  # before its use is counted
+        payload["metrics"] = {
+            "duration": time.monotonic() - started,
+            "cpu": (time.thread_time() + spawner.cpu if threaded else _cpu()) - usage0,
+            "peak_rss_mb": spawner.peak_rss_mb if threaded else _peak_rss_mb(),
+        }
+        send("result", payload)
+    except (RuleError, BadPath) as exc:
+        send("error", [str(exc), None])
+    except Exception as exc:  # a bug in a rule: show where
+        failure = _machine_failure(exc, task)
+        if failure is not None:
+            send("error", [failure, None])
+        else:
+            send("error", [f"{type(exc).__name__}: {exc}", traceback.format_exc()])
+    finally:
+        spawner.end_shell()
+        _spawner.reset(token)
+        if cwd is not None:
+            os.chdir(cwd)
+        logger.removeHandler(handler)
+        handler.close_log()
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _machine_failure(exc: BaseException, task: Task) -> str | None:
+    """What to say, without a traceback, when a task ends for want of space, or of a
+    permission on pipemake's own files, rather than by a bug: the error, and where."""
+    if not isinstance(exc, OSError):
+        return None
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return str(DiskFull(exc.filename or _fullest(task)))
+    name = os.fsdecode(exc.filename) if isinstance(exc.filename, str | bytes) else ""
+    ours = (task.store, os.path.join(task.root, ".pipemake"))
+    failure = os_failure(exc) if name.startswith(ours) else None
+    return str(failure) if failure is not None else None
+
+
+def _fullest(task: Task) -> str:
+    """Of the project and the store, the one on the device with the least room left."""
+
+    def free(path: str) -> int:
+        try:
+            return shutil.disk_usage(path).free
+        except OSError:
+            return 1 << 62
+
+    return min((task.root, task.store), key=free)
+
+
+def _cpu() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _peak_rss_mb() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(me, kids) / 1024.0
+
+
+def _context(
+    task: Task,
+    send: Send,
+    logger: logging.Logger,
+    outputs: dict[str, str],
+    inputs: dict[str, Any] | None = None,
+    item: Item | None = None,
+) -> Context:
+    return Context(
+        Path(task.root),
+        {k: abs_path(task.root, v) for k, v in (inputs or task.inputs).items()},
+        {k: abs_path(task.root, v) for k, v in outputs.items()},
+        task.params, stage=task.stage, log=logger, resources=task.resources,
+        gpu_ids=task.gpu_ids, item=item, spawn=_spawner.get(), progress=_progress(send),
+    )  # fmt: skip
+
+
+def _run(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:
+    prepare_outputs(task, task.outputs)
+    values = check_values(rule.run(_context(task, send, logger, task.outputs)))
+    return {"outputs": hash_outputs(task, task.outputs, store), "values": values}
+
+
+def _state(task: Task, rule: Rule, ctx: Context) -> Any:
+    if "_params_digest" not in task.extra:
+        task.extra["_params_digest"] = digest(task.params)
+    key = (task.rule, task.extra["_params_digest"])
+    with _setup_lock:
+        if key not in _setup_cache:
+            _setup_cache.clear()  # one model per worker: drop the last parameter set's
+            _setup_cache[key] = rule.setup(ctx)
+        return _setup_cache[key]
+
+
+def _empty(path: str) -> None:
+    """Make ``path`` an empty directory (what an item left there is gone)."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        if os.path.lexists(path):
+            os.unlink(path)  # a file or a link an item left in its place
+        os.makedirs(path, exist_ok=True)
+        return
+    with os.scandir(path) as it:
+        for de in it:
+            if de.is_dir(follow_symlinks=False):
+                shutil.rmtree(de.path)
+            else:
+                os.unlink(de.path)
+
+
+def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:
+    """Run foreach items one by one; each succeeds or fails on its own.
+
+    All items of a task write into the same work directories, emptied before each item;
+    what an item wrote is hashed, stored, and moved into ``done`` (renames, no directory
+    per item: creating and removing directories is the slow part on many disks). An item
+    that wrote only plain files into its work directories (the usual case) takes the short
+    way: each file read once, hashed and stored from that read, given the manifest's mode,
+    moved to ``done/OUTPUT/NAME`` (the stage's tasks share ``done``, so a stage whose items
+    all ran is one finished tree), and the work directories known empty again, with no walk
+    to empty them. Anything else is moved to a name of its own under ``done/.items``.
+    """
+    if rule.batch_size > 1:
+        return _item_batches(task, rule, store, send, logger)
+    results: dict[str, Any] = {}
+    root = task.root
+    work = {name: os.path.join(root, path) for name, path in task.outputs.items()}
+    # shared by every task of the stage: plain output files land under their output's name
+    # as the output directory will hold them, so a stage run whole is placed by one rename
+    done = os.path.join(root, task.extra["done"])
+    for name in work:
+        os.makedirs(f"{done}/{name}", exist_ok=True)
+    done_rel = os.path.relpath(done, root)
+    # what every item's context shares, built once: only the item's own input changes
+    root_path = Path(root)
+    out_paths = {name: Path(path) for name, path in work.items()}
+    base_inputs = {k: abs_path(root, v) for k, v in task.inputs.items()}
+    progress = _progress(send)
+    spawn = _spawner.get()
+    dirty = True  # whether the work directories may hold anything
+    total = len(task.items)
+    for n, it in enumerate(task.items):
+        if dirty:
+            for path in work.values():
+                _empty(path)
+        dirty = True
+        item = Item(it["path"], it["relpath"], it["hash"])
+        inputs = dict(base_inputs)
+        inputs[task.foreach] = abs_path(root, it["path"])
+        ctx = Context(
+            root_path, inputs, out_paths, task.params, stage=task.stage, log=logger,
+            resources=task.resources, gpu_ids=task.gpu_ids, item=item, spawn=spawn,
+            progress=progress,
+        )  # fmt: skip
+        ctx.state = _state(task, rule, ctx)
+        try:
+            values = check_values(rule.run_item(ctx, item))
+            flat = flat_outputs(work, store)
+            if flat is None:  # anything but plain files: the general way
+                manifests = hash_outputs(task, task.outputs, store)
+            else:
+                manifests = flat
+            # where the files went (items.staged_files reads it): plain top-level files to
+            # the output's own tree, said by one string; anything nested to a name of its own
+            staged: str | dict[str, dict[str, str]] = done_rel
+            if flat is not None:
+                for name, manifest in manifests.items():
+                    for entry in manifest["entries"]:
+                        os.rename(f"{work[name]}/{entry[0]}", f"{done}/{name}/{entry[0]}")
+            else:
+                staged = {}
+                os.makedirs(f"{done}/.items", exist_ok=True)
+                for name, manifest in manifests.items():
+                    moved = staged.setdefault(name, {})
+                    real = os.path.realpath(work[name])
+                    for k, entry in enumerate(manifest["entries"]):
+                        sub = os.path.dirname(entry[0])
+                        if sub and os.path.realpath(f"{work[name]}/{sub}") != f"{real}/{sub}":
+                            continue  # reached through a symlink: never moved; the store's copy
+                        to = f".items/{task.id}-{n}-{name}-{k}"
+                        os.rename(f"{work[name]}/{entry[0]}", f"{done}/{to}")
+                        moved[entry[0]] = f"{done_rel}/{to}"
+            results[it["relpath"]] = {"outputs": manifests, "values": values, "staged": staged}
+            dirty = flat is None
+        except (RuleError, BadPath) as exc:
+            results[it["relpath"]] = {"error": str(exc)}
+        except Exception as exc:
+            tb = traceback.format_exc()
+            results[it["relpath"]] = {"error": f"{type(exc).__name__}: {exc}", "tb": tb}
+        if n % 16 == 15 or n == total - 1:
+            send("progress", [n + 1, total])
+    return {"items": results}
+
+
+def _progress(send: Send) -> Callable[..., None]:
+    def progress(done: int, total: int | None = None) -> None:
+        send("progress", [done, total])
+
+    return progress
+
+
+def _item_batches(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:
+    """Items in batches of ``rule.batch_size`` (GPU rules), each item in its own directory."""
+    results: dict[str, Any] = {}
+    batch = rule.batch_size
+    for start in range(0, len(task.items), batch):
+        chunk = task.items[start : start + batch]
+        for it in chunk:
+            prepare_outputs(task, it["outputs"], all_dirs=True)
+        items = [Item(i["path"], i["relpath"], i["hash"]) for i in chunk]
+        ctxs = [
+            _context(task, send, logger, i["outputs"], {**task.inputs, task.foreach: i["path"]}, it)
+            for i, it in zip(chunk, items, strict=True)
+        ]
+        ctx = ctxs[0]
+        ctx.state = _state(task, rule, ctx)
+        try:
+            if type(rule).run_batch is Rule.run_batch:  # item by item, each in its own context
+                values_list: list[Any] = []
+                for c, it in zip(ctxs, items, strict=True):
+                    c.state = ctx.state
+                    values_list.append(rule.run_item(c, it))
+            else:
+                ctx.batch_outputs = [c.outputs for c in ctxs]
+                values_list = rule.run_batch(ctx, items)
+            for it, values in zip(chunk, values_list, strict=True):
+                results[it["relpath"]] = {
+                    "outputs": hash_outputs(task, it["outputs"], store),
+                    "values": check_values(values),
+                }
+        except RuleError as exc:
+            for it in chunk:
+                results.setdefault(it["relpath"], {"error": str(exc)})
+        except Exception as exc:
+            tb = traceback.format_exc()
+            for it in chunk:
+                results.setdefault(
+                    it["relpath"], {"error": f"{type(exc).__name__}: {exc}", "tb": tb}
+                )
+        send("progress", [start + len(chunk), len(task.items)])
+    return {"items": results}
+
+
+def _map(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:
+    """Map a batch of items (``map_batch_size`` at a time); each result becomes an object."""
+    results: dict[str, Any] = {}
+    size = max(1, rule.map_batch_size)
+    for start in range(0, len(task.items), size):
+        chunk = task.items[start : start + size]
+        items = [Item(it["path"], it["relpath"], it["hash"]) for it in chunk]
+        inputs = dict(task.inputs, **{task.foreach: chunk[0]["path"]})
+        ctx = _context(task, send, logger, {}, inputs, items[0])
+        ctx.state = _state(task, rule, ctx)
+        try:
+            values = rule.map_batch(ctx, items) if size > 1 else [rule.map_item(ctx, items[0])]
+            for it, value in zip(chunk, values, strict=True):
+                kind = "bytes" if isinstance(value, bytes) else "json"
+                data = value if isinstance(value, bytes) else json.dumps(value).encode()
+                results[it["relpath"]] = {"hash": store.put_bytes(data), "kind": kind}
+        except RuleError as exc:
+            for it in chunk:
+                results[it["relpath"]] = {"error": str(exc)}
+        except Exception as exc:
+            tb = traceback.format_exc()
+            for it in chunk:
+                results[it["relpath"]] = {"error": f"{type(exc).__name__}: {exc}", "tb": tb}
+        send("progress", [start + len(chunk), len(task.items)])
+    return {"items": results}
+
+
+def _reduce(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:
+    mapped: dict[str, Any] = {}
+    for rel, (h, kind) in task.extra["mapped"].items():
+        data = store.read_bytes(h)
+        if data is None:
+            raise RuleError(
+                f"the cached map result of item {rel} is missing or corrupt; build again"
+            )
+        mapped[rel] = data if kind == "bytes" else json.loads(data)
+    prepare_outputs(task, task.outputs)
+    values = check_values(rule.reduce(_context(task, send, logger, task.outputs), mapped))
+    return {"outputs": hash_outputs(task, task.outputs, store), "values": values}
+
+
+_MODES: dict[str, Callable[..., dict]] = {
+    "run": _run, "items": _items, "map": _map, "reduce": _reduce,
+}  # fmt: skip
