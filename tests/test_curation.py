@@ -156,7 +156,9 @@ def _clusters(root: Path) -> dict[str, list[str]]:
 
 def _dataset(root: Path) -> dict[str, dict]:
     """Source file name → manifest row."""
-    rows = [json.loads(x) for x in (root / "build/dataset/manifest.jsonl").read_text().split("\n") if x]
+    rows = [
+        json.loads(x) for x in (root / "build/dataset/manifest.jsonl").read_text().split("\n") if x
+    ]
     return {r["source"].split("/", 1)[1]: r for r in rows}
 
 
