@@ -154,6 +154,8 @@ def test_report_before_any_build_says_so(project, tmp_path):
     proj.cli("build", "--no-progress")
     r = proj.cli("report", "nosuchrun", "-o", str(tmp_path / "r.html"), code=2)
     assert "no run matches" in r.output
+    r = proj.cli("report", "-o", str(tmp_path), code=2)
+    assert "is a folder" in r.output
 
 
 # the curation API on a real clustering -----------------------------------------------------
@@ -329,3 +331,34 @@ def test_serve_without_the_extra_says_what_to_install(failed):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and 'pip install "pipemake[serve]"' in r.stderr, r.stderr
+
+
+def test_ctrl_c_stops_serve_promptly_with_a_live_page_open(failed):
+    import signal
+
+    import httpx
+
+    proc = subprocess.Popen(
+        failed.argv("serve", "--port", "0"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        port = int(line.split("127.0.0.1:")[1].split("/")[0])  # --port 0: the port it got
+        assert port > 0
+        for _ in range(100):
+            try:
+                stream = httpx.stream("GET", f"http://127.0.0.1:{port}/api/now/stream", timeout=30)
+                r = stream.__enter__()
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert next(r.iter_lines()).startswith("data: ")
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=15)[0]
+        assert "Traceback" not in rest
+        stream.__exit__(None, None, None)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -52,13 +52,28 @@ def serve(
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
+            port = probe.getsockname()[1]  # --port 0: the free port the system picked
     except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; "
                          "pick another --port") from None  # fmt: skip
-    app = make_app(Site(pipeline_file), token)
+    stopping = False
+    app = make_app(Site(pipeline_file), token, stopping=lambda: stopping)
     shown = f"[{host}]" if ":" in host else host
     say(f"pipemake serve: http://{shown}:{port}/  (Ctrl-C stops)")
     if token is not None:
         say(f"token (asked for once by the page): {token}")
         say(f"or open http://{shown}:{port}/now?token={token}")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+    class _Server(uvicorn.Server):
+        """Tells the live pages' streams to end when asked to stop, so Ctrl-C is prompt."""
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            nonlocal stopping
+            stopping = True
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False,
+        timeout_graceful_shutdown=5,
+    )  # fmt: skip
+    _Server(config).run()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -53,8 +54,14 @@ def _login_page(wrong: bool) -> str:
     return pages.layout("token", "", body, _CSS, nav=False)
 
 
-def make_app(site: Site, token: str | None = None, poll: float = 0.4) -> Starlette:
-    """The Starlette app serving ``site``; ``token`` (when given) guards every request."""
+def make_app(
+    site: Site,
+    token: str | None = None,
+    poll: float = 0.4,
+    stopping: Callable[[], bool] = lambda: False,
+) -> Starlette:
+    """The Starlette app serving ``site``; ``token`` (when given) guards every request;
+    live streams end once ``stopping()`` is true (the server is shutting down)."""
 
     def authorised(request: Request) -> bool:
         if token is None:
@@ -134,7 +141,7 @@ def make_app(site: Site, token: str | None = None, poll: float = 0.4) -> Starlet
                     if idle * poll >= 15:
                         idle = 0
                         yield ": keep-alive\n\n"
-                if await request.is_disconnected():
+                if stopping() or await request.is_disconnected():
                     return
                 await asyncio.sleep(poll)
 

@@ -58,6 +58,9 @@ def render_report(site: Site, run: str | None = None) -> str:
 
 def write_report(pipeline_file: Path, out: Path, run: str | None = None) -> Path:
     """Write the report of ``run`` to ``out`` (atomically); returns the path written."""
+    out = Path(out)
+    if out.is_dir():
+        raise UsageError(f"-o {out} is a folder: give a file name, e.g. {out / 'report.html'}")
     site = Site(pipeline_file)
     if not site.runs():
         raise UsageError("no runs recorded yet (run `pipemake build` first)")
@@ -65,7 +68,6 @@ def write_report(pipeline_file: Path, out: Path, run: str | None = None) -> Path
         text = render_report(site, run)
     except NotFound as exc:
         raise UsageError(str(exc)) from None
-    out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
