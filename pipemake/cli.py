@@ -613,7 +613,7 @@ def serve(ctx: click.Context, port: int, host: str) -> None:
     _run(go)
 
 
-@cli.command()
+@cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("run", required=False)
 @click.option(
     "-o", "--output", default="report.html", show_default=True, help="The HTML file to write."

@@ -156,6 +156,11 @@ def test_report_before_any_build_says_so(project, tmp_path):
     assert "no run matches" in r.output
     r = proj.cli("report", "-o", str(tmp_path), code=2)
     assert "is a folder" in r.output
+    proj.cli("build", "--no-progress")
+    runs = [r["id"] for r in json.loads(proj.cli("list", "--runs", "--json").output)]
+    proj.cli("report", "-2", "-o", str(tmp_path / "r.html"))
+    text = (tmp_path / "r.html").read_text()
+    assert f"Run {runs[0]}" in text and f"Run {runs[1]}" not in text
 
 
 # the curation API on a real clustering -----------------------------------------------------
@@ -362,3 +367,52 @@ def test_ctrl_c_stops_serve_promptly_with_a_live_page_open(failed):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_fold_run_gives_each_stage_its_state_and_why():
+    from pipemake.serve.data import fold_run
+
+    events = [
+        {"event": "run_started", "time": 10.0, "run": "r1", "stages": ["a", "b", "c", "d"],
+         "deps": {"b": ["a"], "c": ["b"], "d": []}, "expected": {"a": 2.0}},
+        {"event": "stage_restored", "stage": "d", "time": 10.5, "reasons": ["outputs missing"]},
+        {"event": "stage_started", "stage": "a", "time": 11.0, "reasons": ["param x 1 → 2"]},
+        {"event": "task_started", "stage": "a", "time": 11.0, "task": "a.0"},
+        {"event": "progress", "stage": "a", "time": 11.5, "done": 3, "total": 4},
+        {"event": "task_finished", "stage": "a", "time": 12.0, "task": "a.0", "ok": False},
+        {"event": "stage_failed", "stage": "a", "time": 12.0, "error": "boom\nline 2"},
+        {"event": "stage_skipped", "stage": "b", "time": 12.0, "reason": "upstream a failed"},
+        {"event": "run_finished", "time": 12.5, "failed": {"a": "boom"}, "duration": 2.5,
+         "skipped": {"c": "upstream a failed"}},
+    ]  # fmt: skip
+    run = fold_run(events)
+    st = run["stages"]
+    assert run["result"] == "failed" and run["duration"] == 2.5
+    assert (st["a"]["state"], st["a"]["error"], st["a"]["duration"]) == (
+        "failed",
+        "boom\nline 2",
+        1.0,
+    )
+    assert st["a"]["reasons"] == ["param x 1 → 2"] and st["a"]["tasks"][0]["ok"] is False
+    assert (st["b"]["state"], st["c"]["state"], st["d"]["state"]) == (
+        "skipped",
+        "skipped",
+        "restored",
+    )
+    assert fold_run(events[:-1])["result"] == "running"
+    interrupted = [*events[:-1], {"event": "run_finished", "time": 13, "interrupted": 2}]
+    assert fold_run(interrupted)["result"] == "interrupted"
+
+
+def test_a_killed_build_shows_as_incomplete(failed):
+    runs = failed.root / ".pipemake" / "runs"
+    (runs / "29990101-000000-000.jsonl").write_text(
+        json.dumps({"event": "run_started", "stage": None, "time": 4e9, "run": "29990101-000000-000",
+                    "stages": ["make", "boom"], "deps": {"boom": ["make"]}}) + "\n"
+        + json.dumps({"event": "stage_started", "stage": "make", "time": 4e9 + 1}) + "\n"
+        + '{"event": "log", "stage": "make", "ti'  # cut short by the kill
+    )  # fmt: skip
+    c = _client(failed)
+    page = c.get("/now").text
+    assert 'data-result="incomplete"' in page and 'data-stage="make"' in page
+    assert c.get("/history/29990101-000000-000").status_code == 200

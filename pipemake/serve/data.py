@@ -131,6 +131,7 @@ class Site:
         self.runs_dir = runs_dir or self.root / ".pipemake" / "runs"
         self._pipeline: tuple[float, Any, str | None] | None = None
         self._ids: dict[tuple[str, int, int], str] = {}
+        self._folds: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
         self.lock = threading.Lock()  # one curation edit at a time
 
     # the pipeline ---------------------------------------------------------------------
@@ -206,19 +207,29 @@ class Site:
         path = self.runs_dir / f"{run_id}.jsonl"
         if not path.is_file():
             raise NotFound(f"the log of run {run_id} was removed")
-        folded = fold_run(_lines(path))
+        folded = dict(self._fold(path))
         folded["summary"] = runs[ids.index(run_id)]
         i = ids.index(run_id)
         if folded["result"] == "running" and not self._running(i == len(ids) - 1):
             folded["result"] = "incomplete"
         folded["previous"] = {}
         if i > 0 and (self.runs_dir / f"{ids[i - 1]}.jsonl").is_file():
-            before = fold_run(_lines(self.runs_dir / f"{ids[i - 1]}.jsonl"))
+            before = self._fold(self.runs_dir / f"{ids[i - 1]}.jsonl")
             folded["previous"] = {
                 s: v["duration"] for s, v in before["stages"].items() if v.get("duration")
             }
             folded["previous_id"] = ids[i - 1]
         return folded
+
+    def _fold(self, path: Path) -> dict[str, Any]:
+        """:func:`fold_run` of a log, memoized by its size and mtime (the live page asks
+        several times a second; a finished log never changes)."""
+        st = path.stat()
+        key = (st.st_size, st.st_mtime_ns)
+        hit = self._folds.get(str(path))
+        if hit is None or hit[0] != key:
+            hit = self._folds[str(path)] = (key, fold_run(_lines(path)))
+        return hit[1]
 
     def _running(self, is_last: bool) -> bool:
         """Whether a build holds the lock now (probed with a shared, non-blocking flock)."""
