@@ -270,7 +270,9 @@ def test_bad_curation_requests_are_400_and_change_nothing(clustered, body, says)
 
 
 def test_a_request_that_is_not_json_is_400(clustered):
-    r = _client(clustered).post("/api/curate", content=b"{nope")
+    r = _client(clustered).post(
+        "/api/curate", content=b"{nope", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400
 
 
@@ -416,3 +418,27 @@ def test_a_killed_build_shows_as_incomplete(failed):
     page = c.get("/now").text
     assert 'data-result="incomplete"' in page and 'data-stage="make"' in page
     assert c.get("/history/29990101-000000-000").status_code == 200
+
+
+def test_on_loopback_other_host_names_are_refused(failed):
+    from pipemake.serve import LOOPBACK_NAMES
+
+    app = make_app(Site(failed.root / "pipemake.yaml"), hosts=LOOPBACK_NAMES)
+    assert TestClient(app, base_url="http://127.0.0.1:8765").get("/now").status_code == 200
+    assert TestClient(app, base_url="http://localhost:8765").get("/history").status_code == 200
+    rebound = TestClient(app, base_url="http://evil.example:8765")
+    assert rebound.get("/now").status_code == 403
+    assert rebound.get("/file/make/a.txt").status_code == 403
+
+
+def test_curation_posts_must_be_json_from_this_origin(clustered):
+    c = _client(clustered)
+    body = json.dumps({"action": "reject", "id": "a" * 16})
+    form = c.post("/api/curate", content=body, headers={"content-type": "text/plain"})
+    assert form.status_code == 415
+    cross = c.post(
+        "/api/curate", content=body,
+        headers={"content-type": "application/json", "origin": "http://evil.example"},
+    )  # fmt: skip
+    assert cross.status_code == 403
+    assert "a" * 16 not in (clustered.root / "curation.yaml").read_text()

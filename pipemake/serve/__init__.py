@@ -15,7 +15,10 @@ from pathlib import Path
 
 from ..errors import UsageError
 
-__all__ = ["is_loopback", "serve"]
+__all__ = ["LOOPBACK_NAMES", "is_loopback", "serve"]
+
+#: the Host names a server on loopback answers to
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def is_loopback(host: str) -> bool:
@@ -57,7 +60,10 @@ def serve(
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; "
                          "pick another --port") from None  # fmt: skip
     stopping = False
-    app = make_app(Site(pipeline_file), token, stopping=lambda: stopping)
+    # on loopback, only requests addressed to a loopback name: a page of another site
+    # whose name resolves to 127.0.0.1 gets nothing
+    hosts = LOOPBACK_NAMES | {host} if token is None else None
+    app = make_app(Site(pipeline_file), token, stopping=lambda: stopping, hosts=hosts)
     shown = f"[{host}]" if ":" in host else host
     say(f"pipemake serve: http://{shown}:{port}/  (Ctrl-C stops)")
     if token is not None:

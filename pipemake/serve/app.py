@@ -59,8 +59,10 @@ def make_app(
     token: str | None = None,
     poll: float = 0.4,
     stopping: Callable[[], bool] = lambda: False,
+    hosts: frozenset[str] | None = None,
 ) -> Starlette:
     """The Starlette app serving ``site``; ``token`` (when given) guards every request;
+    ``hosts`` (when given) are the only names a request may address (its Host header);
     live streams end once ``stopping()`` is true (the server is shutting down)."""
 
     def authorised(request: Request) -> bool:
@@ -76,6 +78,10 @@ def make_app(
         return f"/thumb/{stage}/{rel}"
 
     async def guard(request: Request, handler: Any) -> Response:
+        host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]")
+        if hosts is not None and host not in hosts:
+            # a page of another site whose name resolves to 127.0.0.1 (DNS rebinding)
+            return JSONResponse({"error": f"host {host!r} is not served here"}, 403)
         if not authorised(request):
             if request.url.path.startswith(("/api/", "/file/", "/thumb/")):
                 return JSONResponse({"error": "token required"}, status_code=401)
@@ -183,6 +189,13 @@ def make_app(
         return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=60"})
 
     async def curate(request: Request) -> Response:
+        kind = request.headers.get("content-type", "").split(";")[0].strip()
+        if kind != "application/json":
+            # JSON only: a form on another site cannot post here without the browser asking
+            return JSONResponse({"error": "send the action as application/json"}, 415)
+        origin = request.headers.get("origin")
+        if origin and origin.split("://", 1)[-1] != request.headers.get("host"):
+            return JSONResponse({"error": f"requests from {origin} are refused"}, 403)
         try:
             body = await request.json()
             if not isinstance(body, dict):
