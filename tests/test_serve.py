@@ -240,6 +240,9 @@ def test_dataset_page_curates_the_example_and_build_honours_it(example, page, se
     page.locator('a[href="/dataset/cluster"]').click()
     groups = page.locator("section.group:not(.noise)")
     expect(groups).to_have_count(3)
+    first_img = page.locator("figure.thumb img").first
+    expect(first_img).to_be_visible()
+    page.wait_for_function("() => document.querySelector('figure.thumb img').naturalWidth > 0")
     first = page.locator('section.group[data-cluster="cluster_000"]')
     second = page.locator('section.group[data-cluster="cluster_001"]')
     renamed_ids = first.locator("figure.thumb").evaluate_all("fs => fs.map(f => f.dataset.id)")
@@ -286,6 +289,8 @@ def test_dataset_page_curates_the_example_and_build_honours_it(example, page, se
     check()
     page.goto(server.url + "/dataset/prepare")
     expect(page.locator('section.group[data-cluster="ember"]')).to_have_count(1)
+    page.goto(server.url + "/dataset/extract")
+    expect(page.locator("section.group")).to_have_count(SMALL["shots"])  # frames per shot
 
     report = root / "report.html"
     _pipemake(root, "report", "-o", str(report))
