@@ -594,6 +594,44 @@ def log(ctx: click.Context, run: str | None, as_json: bool, quiet: bool) -> None
 
 
 @cli.command()
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; any but loopback prints a one-time token the page asks for.",
+)
+@click.pass_context
+def serve(ctx: click.Context, port: int, host: str) -> None:
+    """A local web page: the running build, the history, the dataset with curation."""
+    from .serve import serve as run_server
+
+    def go() -> int:
+        run_server(_pipeline_file(ctx).resolve(), host, port, say=click.echo)
+        return 0
+
+    _run(go)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("run", required=False)
+@click.option(
+    "-o", "--output", default="report.html", show_default=True, help="The HTML file to write."
+)
+@click.pass_context
+def report(ctx: click.Context, run: str | None, output: str) -> None:
+    """One run's history and dataset as a self-contained HTML file (RUN: an id or -1, -2…)."""
+    from .serve.report import write_report
+
+    def go() -> int:
+        path = write_report(_pipeline_file(ctx).resolve(), Path(output), run)
+        click.echo(f"wrote {_shown(path)} ({path.stat().st_size / 1e6:.1f} MB)")
+        return 0
+
+    _run(go)
+
+
+@cli.command()
 @click.argument("targets", nargs=-1)
 @click.option("--orphans", is_flag=True, help="Only outputs that no stage reads or writes now.")
 @click.option("--with-deps", is_flag=True, help="Also the outputs of the targets' upstream stages.")

@@ -6,7 +6,9 @@ clustering output (``input_dir``, also ``character_dir``), selects clusters, fit
 image to the training resolution on a background, drops near-duplicates, splits
 train/validation deterministically, writes captions and lays the set out for kohya
 sd-scripts or the Hugging Face ``imagefolder`` loader, with ``manifest.jsonl`` and
-``stats.json``.
+``stats.json``. With ``curation`` (a ``curation.yaml``, see docs/curation.md) a person's
+corrections apply: named clusters, moved and rejected cut-outs, captions, matched by each
+cut-out's content id so they survive a rebuild of the clustering.
 See docs/training_data_prep.md.
 """
 
@@ -21,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pipemake import curation as cur_mod
 from pipemake.rule import Context, Input, Output, Param, Ports, Rule, RuleError
 
 __all__ = ["TrainingDataPrepRule"]
@@ -41,7 +44,7 @@ class TrainingDataPrepRule(Rule):
     """Prepare clustered character cut-outs as a captioned training dataset."""
 
     name = "training_data_prep"
-    version = "1"
+    version = "2"
     #: the whole set is one task: dedup and the split look at every image at once
     default_foreach: ClassVar[str | None] = None
     aliases: ClassVar[Mapping[str, str]] = {
@@ -53,6 +56,9 @@ class TrainingDataPrepRule(Rule):
     inputs: ClassVar[Mapping[str, Input]] = {
         "input_dirs": Input(kind="dir", required=False, many=True, help="cluster directories"),
         "input_dir": Input(kind="dir", required=False, help="a whole clustering output"),
+        "curation": Input(
+            kind="file", required=False, help="curation.yaml: names, moves, rejects, captions"
+        ),
     }
     outputs: ClassVar[Mapping[str, Output]] = {
         "output_dir": Output(kind="dir", help="the training set, manifest.jsonl, stats.json"),
@@ -159,10 +165,8 @@ class TrainingDataPrepRule(Rule):
         tmp = out / ".prep-tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         background = parse_background(p["background"])
-        records, dropped = [], []
-        by_char: dict[str, list[tuple[str, Path]]] = {}
-        for cluster, files in selected.items():
-            by_char.setdefault(_char_name(p, cluster), []).extend((cluster, f) for f in files)
+        records: list[dict] = []
+        by_char, dropped = _place(ctx, selected, found)
         total, done = sum(len(v) for v in by_char.values()), 0
         for name, entries in sorted(by_char.items()):
             kept, lost = _process(ctx, name, entries, tmp, background, found)
@@ -275,8 +279,46 @@ def _select(
     return selected, skipped
 
 
-def _char_name(p: Mapping[str, Any], cluster: str) -> str:
-    return p["names"].get(cluster, cluster)
+def _load_curation(ctx: Context) -> cur_mod.Curation | None:
+    path = ctx.inputs.get("curation")
+    if not path:
+        return None
+    try:
+        return cur_mod.load(path)
+    except cur_mod.CurationError as exc:
+        raise RuleError(str(exc)) from None
+
+
+def _place(
+    ctx: Context, selected: Mapping[str, list[Path]], roots: Mapping[str, Path]
+) -> tuple[dict[str, list[tuple[str, Path, str, Any]]], list[dict]]:
+    """Character name → its (cluster, file, content id, placement) entries, and the
+    rejected cut-outs: the pipeline's ``names`` and the curation file's corrections applied."""
+    cur = _load_curation(ctx) or cur_mod.Curation()
+    ids = {(c, f): cur_mod.content_id(f) for c, files in selected.items() for f in files}
+    members: dict[str, str] = {}
+    for (cluster, _), cid in ids.items():
+        members.setdefault(cid, cluster)
+    named = cur_mod.cluster_names(members, cur)
+    by_char: dict[str, list[tuple[str, Path, str, Any]]] = {}
+    rejected = []
+    for (cluster, path), cid in ids.items():
+        where = cur_mod.place(cid, cluster, cur, named, ctx.params["names"])
+        if where.character is None:
+            source = f"{cluster}/{path.relative_to(roots[cluster]).as_posix()}"
+            rejected.append({"source": source, "reason": "rejected (curation)", "id": cid})
+            continue
+        by_char.setdefault(where.character, []).append((cluster, path, cid, where))
+    moved = sum(1 for entries in by_char.values() for *_, w in entries if w.moved)
+    if ctx.inputs.get("curation"):
+        ctx.log.info(
+            "curation: %d cluster(s) named, %d cut-out(s) moved, %d rejected, %d unreviewed",
+            len(named),
+            moved,
+            len(rejected),
+            sum(1 for cid in ids.values() if not cur.covers(cid)),
+        )
+    return by_char, rejected
 
 
 def _safe(name: str) -> str:
@@ -294,7 +336,7 @@ def _process(
     p = ctx.params
     buckets = bucket_sizes(p["resolution"]) if p["buckets"] else None
     records, dropped = [], []
-    for cluster, path in entries:
+    for cluster, path, cid, where in entries:
         source = f"{cluster}/{path.relative_to(roots[cluster]).as_posix()}"
         try:
             with Image.open(path) as img:
@@ -315,6 +357,9 @@ def _process(
                 "source": source,
                 "cluster": cluster,
                 "character": name,
+                "id": cid,
+                "reviewed": where.reviewed,
+                "caption_override": where.caption,
                 "stem": stem,
                 "staged": staged,
                 "phash": phash(out),
@@ -353,7 +398,13 @@ def _assign_split(records: list[dict], p: Mapping[str, Any]) -> None:
 
 
 def _caption(p: Mapping[str, Any], rec: Mapping[str, Any]) -> str:
+    """The template's caption; a curated caption replaces it (``+ text`` appends to it)."""
+    override = rec.get("caption_override")
+    if override and not override.startswith("+"):
+        return override
     text = p["caption"].format(trigger=p["trigger"], name=rec["character"], cluster=rec["cluster"])
+    if override:
+        text = f"{text}, {override[1:].strip()}"
     parts = [part.strip() for part in text.split(",")]
     return ", ".join(part for part in parts if part)  # an empty trigger leaves no ", " behind
 
@@ -389,7 +440,8 @@ def _write_reports(out: Path, records: list, dropped: list, skipped: list, p) ->
     records.sort(key=lambda r: r["file"])
     with open(out / "manifest.jsonl", "w") as fh:
         for r in records:
-            row = {k: r[k] for k in ("file", "caption", "character", "cluster", "split", "source")}
+            keys = ("file", "caption", "character", "cluster", "split", "source", "id", "reviewed")
+            row = {k: r[k] for k in keys}
             row.update(width=r["size"][0], height=r["size"][1], phash=f"{r['phash']:064x}")
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     chars: dict[str, dict[str, Any]] = {}
@@ -412,6 +464,7 @@ def _write_reports(out: Path, records: list, dropped: list, skipped: list, p) ->
         "dropped": reasons,
         "dropped_files": dropped,
         "skipped_clusters": skipped,
+        "unreviewed": sum(1 for r in records if not r["reviewed"]),
     }
     (out / "stats.json").write_text(json.dumps(stats, indent=1, ensure_ascii=False) + "\n")
     return {
