@@ -62,6 +62,7 @@ _MEANT = {
     **dict.fromkeys(["plan", "explain", "why"], "dry-run"),
     **dict.fromkeys(["ls", "show", "stages", "pipelines", "runs", "history"], "list"),
     **dict.fromkeys(["logs"], "log"),
+    **dict.fromkeys(["touch", "accept"], "commit"),
 }
 
 
@@ -132,10 +133,47 @@ def cli(ctx: click.Context, directory: str | None, file: str | None, cache_dir: 
 
 
 def _project(ctx: click.Context, readonly: bool = False, cache_dir: str | None = None) -> Any:
-    o = ctx.obj
+    o = ctx.find_root().obj
     # the path found already holds -C DIR: open it as it is, not joined to DIR again
     path = _pipeline_file(ctx)
-    return api.project_of(None, path, cache_dir or o["cache_dir"], readonly)
+    overrides = o.get("overrides") or ()
+    return api.project_of(None, path, cache_dir or o["cache_dir"], readonly, overrides)
+
+
+def _keep_overrides(ctx: click.Context, _param: Any, values: tuple[str, ...]) -> None:
+    if values:
+        root = ctx.find_root()
+        if root.obj is None:
+            root.obj = {}
+        root.obj["overrides"] = list(root.obj.get("overrides") or ()) + list(values)
+
+
+#: ``-S/--set``: override a variable or a params key for this command (Snakemake's
+#: ``--config``, DVC's ``-S``)
+_set_option = click.option(
+    "-S",
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="vars.NAME=VALUE",
+    expose_value=False,
+    callback=_keep_overrides,
+    help="Override a variable (vars.NAME=VALUE) or a params-file key (params.KEY=VALUE, "
+    "params.SECTION.KEY=…) for this command, as editing the file would; repeatable.",
+)
+
+
+def _complete_targets(ctx: click.Context, _param: Any, incomplete: str) -> list[Any]:
+    """Shell completion for TARGET arguments: stage ids and the output paths they write."""
+    from click.shell_completion import CompletionItem
+
+    try:
+        params = ctx.find_root().params
+        found, _ = api.find_pipeline(params.get("directory"), params.get("file"))
+        names = api.target_names(found)
+    except Exception:  # noqa: BLE001 - completion never fails aloud
+        return []
+    return [CompletionItem(n, help=h) for n, h in names if n.startswith(incomplete)]
 
 
 def _pipeline_file(ctx: click.Context) -> Any:
@@ -156,7 +194,7 @@ def _shown(path: Any) -> str:
 
 
 @cli.command()
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, shell_complete=_complete_targets)
 @click.option(
     "-j",
     "--jobs",
@@ -169,7 +207,13 @@ def _shown(path: Any) -> str:
     "-k", "--keep-going", is_flag=True, help="Go on with independent stages after a failure."
 )
 @click.option("-B", "--force", is_flag=True, help="Rerun every selected stage.")
-@click.option("--force-stage", multiple=True, metavar="ID", help="Rerun this stage (repeatable).")
+@click.option(
+    "--force-stage",
+    multiple=True,
+    metavar="ID",
+    shell_complete=_complete_targets,
+    help="Rerun this stage (repeatable).",
+)
 @click.option(
     "--executor", default="local", show_default=True, help="Where tasks run: local, inline."
 )
@@ -218,6 +262,15 @@ def _shown(path: Any) -> str:
     metavar="FILE",
     help="Also write the run's events to FILE as JSON lines (always kept in .pipemake/runs/).",
 )
+@click.option(
+    "-n",
+    "--dry-run",
+    "dry",
+    is_flag=True,
+    help="Say what would run, restore or be skipped, and why, without doing it (as "
+    "`pipemake dry-run`; make -n).",
+)
+@_set_option
 @click.option("--resume", is_flag=True, hidden=True)  # the original system's; said, then moot
 @click.pass_context
 def build(
@@ -237,15 +290,23 @@ def build(
     link: bool,
     fsync: bool,
     log_json: str | None,
+    dry: bool = False,
     resume: bool = False,
 ) -> None:
-    """Build TARGETS (default: every stage) and what they need."""
+    """Build TARGETS (default: every stage) and what they need.
+
+    A TARGET is a stage id or a path a stage outputs (build/report.txt, or a file inside an
+    output folder): that stage is built.
+    """
     from .events import Bus
     from .progress import make_view
     from .resources import parse_resources
 
     if resume:
         click.echo(_RESUME_NOTE, err=True)
+    if dry:
+        ctx.invoke(dry_run, targets=targets, as_json=False, check=False)
+        return
 
     def go() -> int:
         snap = None
@@ -385,9 +446,10 @@ def _print_decisions(rows: list[Any], as_json: bool) -> None:
 
 
 @cli.command("dry-run")
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, shell_complete=_complete_targets)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--check", is_flag=True, help="Exit 1 when anything would run or be restored.")
+@_set_option
 @click.pass_context
 def dry_run(ctx: click.Context, targets: tuple[str, ...], as_json: bool, check: bool) -> None:
     """Say what a build would run, restore or skip, and why. Changes nothing."""
@@ -408,7 +470,8 @@ def dry_run(ctx: click.Context, targets: tuple[str, ...], as_json: bool, check: 
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.argument("targets", nargs=-1, shell_complete=_complete_targets)
+@click.option("--json", "as_json", is_flag=True, help="Print the stages' states as JSON.")
 @click.option("--check", is_flag=True, help="Exit 1 when any stage is not up to date.")
 @click.option(
     "--pipeline-id",
@@ -419,21 +482,25 @@ def dry_run(ctx: click.Context, targets: tuple[str, ...], as_json: bool, check: 
     "one, or -1 for the last): the original system's status.",
 )
 @click.option("--checkpoint-dir", default=None, metavar="DIR", help="The store (as --cache-dir).")
+@_set_option
 @click.pass_context
 def status(
     ctx: click.Context,
+    targets: tuple[str, ...],
     as_json: bool,
     check: bool,
     run_id: str | None,
     checkpoint_dir: str | None,
 ) -> None:
-    """Each stage's state, last result and duration; orphaned outputs."""
+    """Each stage's state, last result and duration; orphaned outputs.
+
+    With TARGETS (stage ids or output paths): those stages and what they need."""
     if run_id is not None:
         _run(lambda: _run_status(ctx, run_id, as_json, checkpoint_dir))
 
     def go() -> int:
         with _project(ctx, readonly=True, cache_dir=checkpoint_dir) as project:
-            info = api.status(project)
+            info = api.status(project, targets)
         if as_json:
             click.echo(json.dumps(info, indent=2))
         else:
@@ -487,6 +554,7 @@ def _run_status(ctx: click.Context, run_id: str, as_json: bool, cache_dir: str |
     metavar="FILE",
     help="The pipeline file (as -f): the original system's spelling.",
 )
+@_set_option
 @click.pass_context
 def validate(ctx: click.Context, config: str | None) -> None:
     """Check the pipeline and print the execution plan."""
@@ -594,12 +662,13 @@ def log(ctx: click.Context, run: str | None, as_json: bool, quiet: bool) -> None
 
 
 @cli.command()
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, shell_complete=_complete_targets)
 @click.option("--orphans", is_flag=True, help="Only outputs that no stage reads or writes now.")
 @click.option("--with-deps", is_flag=True, help="Also the outputs of the targets' upstream stages.")
 @click.option(
     "-y", "--yes", is_flag=True, help="Remove orphans edited since pipemake wrote them, unasked."
 )
+@_set_option
 @click.pass_context
 def clean(
     ctx: click.Context, targets: tuple[str, ...], orphans: bool, with_deps: bool, yes: bool
@@ -644,6 +713,39 @@ def clean(
         if not removed and not kept:
             click.echo("nothing to remove")
         return 1 if kept else 0
+
+    _run(go)
+
+
+@cli.command("commit")
+@click.argument("targets", nargs=-1, shell_complete=_complete_targets)
+@click.option(
+    "-n", "--dry-run", "dry", is_flag=True, help="Say what would be accepted; change nothing."
+)
+@_set_option
+@click.pass_context
+def commit_cmd(ctx: click.Context, targets: tuple[str, ...], dry: bool) -> None:
+    """Accept the outputs in the workspace as built, without running (make -t, dvc commit).
+
+    After editing an output by hand, `pipemake commit STAGE` records it as that stage's
+    build for its current inputs and params (stored like a run's outputs), so the next
+    build keeps the edit instead of restoring or rerunning; stages downstream see the new
+    bytes. TARGETS are stage ids or output paths (default: every stage). A stage whose
+    output is missing, or whose key needs an upstream stage built first, is refused, and
+    then nothing is accepted (exit 2).
+    """
+
+    def go() -> int:
+        with _project(ctx) as project:
+            rows = api.commit(project, targets, dry=dry)
+        for row in rows:
+            outs = ", ".join(row.outputs)
+            why = f" ({'; '.join(row.reasons)})" if row.reasons else ""
+            if row.action == "up to date":
+                click.echo(f"{row.stage}: up to date, nothing to accept")
+            else:
+                click.echo(f"{row.stage}: {row.action} {outs} as built{why}")
+        return 0
 
     _run(go)
 
