@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import history, uptodate
+from . import history, starter, uptodate
 from .accept import Accepted, accept
 from .build import Builder
 from .decide import Decision, Reason, Trigger, Verdict
@@ -59,6 +59,7 @@ __all__ = [
     "dry_run",
     "find_pipeline",
     "graph",
+    "init",
     "list_runs",
     "list_stages",
     "open_project",
@@ -588,6 +589,28 @@ def commit(project: Project, targets: Sequence[str] = (), dry: bool = False) -> 
             _record_roots(project, builder)
             uptodate.discard(project.workspace.dot)
     return rows
+
+
+def init(
+    directory: str | os.PathLike[str] | None = None,
+    file: str | os.PathLike[str] | None = None,
+    example: str | None = None,
+) -> tuple[Path, list[str]]:
+    """Start a project: a commented starter pipeline (or a copy of the example
+    ``example``) in ``directory`` (default: the current folder), or at ``file``, and
+    ``.pipemake/`` in its ``.gitignore``. Never overwrites a file (a :class:`UsageError`
+    says which). Returns the folder and what was written in it."""
+    base = Path(directory) if directory else Path.cwd()
+    target = None
+    if file:
+        target = Path(file) if Path(file).is_absolute() else base / file
+        if target.is_dir():
+            base, target = target, target / DEFAULT_FILE
+        else:
+            base = target.parent
+            if example is not None:
+                raise UsageError("init --example copies a whole example: give -C DIR, not -f")
+    return base, starter.init(base, target, example)
 
 
 def target_names(file: str | os.PathLike[str]) -> list[tuple[str, str]]:

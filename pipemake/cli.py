@@ -717,6 +717,34 @@ def clean(
     _run(go)
 
 
+@cli.command()
+@click.option(
+    "--example",
+    type=click.Choice(["quickstart", "character_dataset"]),
+    default=None,
+    help="Copy one of pipemake's examples instead of writing a starter pipeline.",
+)
+@click.pass_context
+def init(ctx: click.Context, example: str | None) -> None:
+    """Start a project here (or in -C DIR): a commented starter pipemake.yaml.
+
+    Also adds .pipemake/ (the store and pipemake's own files) to .gitignore. Never
+    overwrites a file: an existing pipeline file is an error (exit 2) saying what to do.
+    """
+
+    def go() -> int:
+        o = ctx.find_root().obj
+        folder, written = api.init(o["directory"], o["file"], example)
+        for rel in written:
+            click.echo(f"wrote {_shown(folder / rel)}")
+        where = "".join(f" {flag} {o[key]}" for flag, key in (("-C", "directory"), ("-f", "file"))
+                        if o[key] and not (key == "file" and example))  # fmt: skip
+        click.echo(f"next: pipemake{where} build   (pipemake{where} dry-run says what would run)")
+        return 0
+
+    _run(go)
+
+
 @cli.command("commit")
 @click.argument("targets", nargs=-1, shell_complete=_complete_targets)
 @click.option(
