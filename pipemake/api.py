@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import history, starter, uptodate
+from . import history, starter, svg, uptodate
 from .accept import Accepted, accept
 from .build import Builder
 from .decide import Decision, Reason, Trigger, Verdict
@@ -564,12 +564,26 @@ def stage_notes(project: Project) -> dict[str, list[str]]:
     return {sid: st.rule.describe(st.ports) for sid, st in project.pipeline.stages.items()}
 
 
-def graph(project: Project, fmt: str = "text") -> str:
-    """The DAG as text, Mermaid or Graphviz dot."""
+def graph(project: Project, fmt: str = "text", engine: str = "auto") -> str:
+    """The DAG as text, Mermaid or Graphviz dot source, or a picture: ``svg`` (Graphviz
+    ``dot`` when installed and ``engine`` allows, else pipemake's own layered drawing;
+    boxes coloured by each stage's state) or ``html`` (that SVG in a self-contained page,
+    with the Mermaid source)."""
     p = project.pipeline
-    if fmt not in ("text", "mermaid", "dot"):
-        raise UsageError(f"unknown graph format {fmt!r} (text, mermaid, dot)")
-    return p.graph.render(fmt, {s: st.type for s, st in p.stages.items()})
+    if fmt not in GRAPH_FORMATS:
+        raise UsageError(f"unknown graph format {fmt!r} ({', '.join(GRAPH_FORMATS)})")
+    labels = {s: st.type for s, st in p.stages.items()}
+    if fmt in ("text", "mermaid", "dot"):
+        return p.graph.render(fmt, labels)
+    states = {row["stage"]: row["state"] for row in status(project)["stages"]}
+    picture = svg.svg(p.graph, labels, states, engine)
+    if fmt == "svg":
+        return picture
+    return svg.page(p.name, picture, p.graph.render("mermaid", labels))
+
+
+#: what ``graph --format`` accepts
+GRAPH_FORMATS = ("text", "mermaid", "dot", "svg", "html")
 
 
 def commit(project: Project, targets: Sequence[str] = (), dry: bool = False) -> list[Accepted]:

@@ -6,6 +6,7 @@ usage, 128 + signal when interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -580,20 +581,61 @@ def validate(ctx: click.Context, config: str | None) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "mermaid", "dot"]),
+    type=click.Choice(["text", "mermaid", "dot", "svg", "html"]),
     default="text",
     show_default=True,
+    help="text, Mermaid or Graphviz dot source; or a picture: svg (boxes coloured by each "
+    "stage's state), html (that picture in a self-contained page, with the Mermaid source).",
 )
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="Write to FILE instead of printing (e.g. -o dag.svg).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "dot", "builtin"]),
+    default="auto",
+    show_default=True,
+    help="How svg/html draw: Graphviz's dot when installed (auto), dot only, or "
+    "pipemake's own layered layout (builtin, no dependency).",
+)
+@_set_option
 @click.pass_context
-def graph(ctx: click.Context, fmt: str) -> None:
-    """Print the stage graph."""
+def graph(ctx: click.Context, fmt: str, output: str | None, engine: str) -> None:
+    """Show the stage graph, or draw it (--format svg -o dag.svg)."""
 
     def go() -> int:
         with _project(ctx, readonly=True) as project:
-            click.echo(api.graph(project, fmt))
+            text = api.graph(project, fmt, engine)
+        if output is None:
+            click.echo(text)
+            return 0
+        _write_atomically(output, text if text.endswith("\n") else text + "\n")
+        click.echo(f"wrote {output}", err=True)
         return 0
 
     _run(go)
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Write ``path`` whole or not at all (a reader never sees half a picture)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"-o {path}: the folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".pipemake-graph-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 @cli.command("list")
