@@ -25,6 +25,7 @@ from .decide import Verdict
 from .errors import UsageError
 from .events import Bus
 from .fshash import Hasher, PathInfo
+from .hashing import tree_hash
 from .scheduler import StageFailure
 from .templates import find_refs
 from .walk import BadPath
@@ -120,6 +121,7 @@ def accept(
     if not dry:
         for plan in plans:
             _store_objects(p, store, plan)
+            _rewrite_items(store, state, plan)
             builder.accept(plan.stage, plan.sk, plan.entry)
         builder.idle()
     return rows, builder
@@ -196,3 +198,32 @@ def _store_objects(p: Pipeline, store: Store, plan: _Plan) -> None:
         else:
             for entry_rel, digest, _size, _mode in info.entries or []:
                 store.put_file(str(full / entry_rel), digest)
+
+
+def _rewrite_items(store: Store, state: WorkspaceState, plan: _Plan) -> None:
+    """For a foreach stage, each cached item's entry made to name the accepted bytes of the
+    files it wrote, so a later build that reruns other items assembles the accepted ones,
+    never the bytes they replaced. A file the item no longer has is dropped from it; a
+    file no item wrote stays only in the stage's entry."""
+    stage, sk = plan.stage, plan.sk
+    if stage.foreach is None or stage.rule.map_reduce:
+        return
+    keys = sk.item_keys
+    entries = store.get_actions(list(keys.values()))
+    now = {name: {e[0]: e for e in m["entries"]} for name, m in plan.entry["outputs"].items()}
+    pairs: list[tuple[str, dict[str, Any]]] = []
+    index: dict[str, Any] = {}
+    for rel, key in keys.items():
+        entry = entries.get(key)
+        if entry is None:
+            continue
+        outputs = {}
+        for name, manifest in entry.get("outputs", {}).items():
+            have = now.get(name, {})
+            files = [list(have[e[0]]) for e in manifest.get("entries", []) if e[0] in have]
+            outputs[name] = {"kind": "dir", "hash": tree_hash(files), "entries": files}
+        index[rel] = new = dict(entry, outputs=outputs)
+        pairs.append((key, new))
+    if pairs:
+        store.put_actions(pairs)
+    state.set_item_index(stage.id, {rel: keys[rel] for rel in index}, index, store.removals())

@@ -106,3 +106,17 @@ def test_commit_of_a_foreach_stage(project) -> None:
     assert p.runs("each") == 2  # one line per item, from the first build only
     r = p.cli("commit", "nope", code=2)
     assert "unknown target 'nope'" in r.output
+
+
+def test_an_accepted_item_survives_a_rerun_of_other_items(project) -> None:
+    p = project(FOREACH, {"data/a.txt": "a\n", "data/b.txt": "b\n"})
+    p.cli("build")
+    p.write("build/each/a.txt", "hand\n")
+    p.cli("commit", "each")
+    p.write("data/b.txt", "bee\n")
+    out = p.cli("dry-run").stdout
+    assert "1 of 2 item" in out or "1 item" in out, out
+    p.cli("build")
+    assert p.read("build/each/b.txt") == "bee\n"
+    assert p.read("build/each/a.txt") == "hand\n"  # the accepted bytes, not the old ones
+    assert p.runs("each") == 3  # b ran again, a did not
