@@ -104,6 +104,29 @@ def _dot() -> str:
     return os.path.join(obj.get("directory") or os.curdir, ".pipemake")
 
 
+def _keep_overrides(ctx: click.Context, _param: Any, values: tuple[str, ...]) -> None:
+    if values:
+        root = ctx.find_root()
+        if root.obj is None:
+            root.obj = {}
+        root.obj["overrides"] = list(root.obj.get("overrides") or ()) + list(values)
+
+
+#: ``-S/--set``: override a variable or a params key for this command (Snakemake's
+#: ``--config``, DVC's ``-S``)
+_set_option = click.option(
+    "-S",
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="vars.NAME=VALUE",
+    expose_value=False,
+    callback=_keep_overrides,
+    help="Override a variable (vars.NAME=VALUE) or a params-file key (params.KEY=VALUE, "
+    "params.SECTION.KEY=…) for this command, as editing the file would; repeatable.",
+)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-C",
@@ -126,11 +149,13 @@ def _dot() -> str:
     default=None,
     help="Where the store lives (default: .pipemake/store; env PIPEMAKE_CACHE_DIR).",
 )
+@_set_option
 @click.version_option(package_name="pipemake")
 @click.pass_context
 def cli(ctx: click.Context, directory: str | None, file: str | None, cache_dir: str | None) -> None:
     """pipemake: a Make-style incremental build tool for datasets."""
-    ctx.obj = {"directory": directory, "file": file, "cache_dir": cache_dir}
+    # `pipemake --set … build`: the overrides were noted while the options were read
+    ctx.obj = {**(ctx.obj or {}), "directory": directory, "file": file, "cache_dir": cache_dir}
 
 
 def _project(ctx: click.Context, readonly: bool = False, cache_dir: str | None = None) -> Any:
@@ -139,29 +164,6 @@ def _project(ctx: click.Context, readonly: bool = False, cache_dir: str | None =
     path = _pipeline_file(ctx)
     overrides = o.get("overrides") or ()
     return api.project_of(None, path, cache_dir or o["cache_dir"], readonly, overrides)
-
-
-def _keep_overrides(ctx: click.Context, _param: Any, values: tuple[str, ...]) -> None:
-    if values:
-        root = ctx.find_root()
-        if root.obj is None:
-            root.obj = {}
-        root.obj["overrides"] = list(root.obj.get("overrides") or ()) + list(values)
-
-
-#: ``-S/--set``: override a variable or a params key for this command (Snakemake's
-#: ``--config``, DVC's ``-S``)
-_set_option = click.option(
-    "-S",
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="vars.NAME=VALUE",
-    expose_value=False,
-    callback=_keep_overrides,
-    help="Override a variable (vars.NAME=VALUE) or a params-file key (params.KEY=VALUE, "
-    "params.SECTION.KEY=…) for this command, as editing the file would; repeatable.",
-)
 
 
 def _complete_targets(ctx: click.Context, _param: Any, incomplete: str) -> list[Any]:

@@ -1,8 +1,9 @@
 """Naming what to build: a stage id, or (as Make users type) a path a stage outputs.
 
 ``pipemake build build/report.txt`` builds the stage whose output is that path or holds it
-(a file inside an output folder, a foreach item's output). A path is read relative to the
-project root first (as ``make -C DIR`` reads its targets), then to the current folder.
+(a file inside an output folder, a foreach item's output); a folder holding outputs names
+every stage writing inside it. A path is read relative to the project root first (as
+``make -C DIR`` reads its targets), then to the current folder.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ __all__ = ["resolve_target", "resolve_targets"]
 def resolve_targets(p: Pipeline, targets: Sequence[str], cwd: str | None = None) -> list[str]:
     """The stage ids ``targets`` name (ids or output paths), in the order given, each once;
     a target naming neither is a :class:`UsageError`."""
-    return list(dict.fromkeys(resolve_target(p, t, cwd) for t in targets))
+    return list(dict.fromkeys(s for t in targets for s in resolve_target(p, t, cwd)))
 
 
 def _candidates(p: Pipeline, target: str, cwd: str | None) -> list[str]:
@@ -39,16 +40,25 @@ def _candidates(p: Pipeline, target: str, cwd: str | None) -> list[str]:
     return list(dict.fromkeys(c for c in out if c not in ("", ".")))
 
 
-def resolve_target(p: Pipeline, target: str, cwd: str | None = None) -> str:
-    """The stage ``target`` names: a stage id, or a path that is a stage's output or lies
-    inside one."""
+def resolve_target(p: Pipeline, target: str, cwd: str | None = None) -> list[str]:
+    """The stages ``target`` names: a stage id; or a path that is a stage's output or lies
+    inside one (that stage), or a folder holding outputs (every stage writing inside it,
+    in file order)."""
     if target in p.stages:
-        return target
+        return [target]
     paths = _candidates(p, target, cwd)
     for path in paths:
         owner = p.output_owner(path)
         if owner is not None:
-            return owner[0]
+            return [owner[0]]
+    for path in paths:
+        inside = [
+            st.id
+            for st in p.stages.values()
+            if any(out.startswith(path.rstrip("/") + "/") for out in st.ports.outputs.values())
+        ]
+        if inside:
+            return inside
     raise UsageError(_unknown(p, target, paths[0] if paths else target))
 
 

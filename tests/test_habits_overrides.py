@@ -193,3 +193,27 @@ def test_a_params_edit_defeats_the_noop_snapshot(project) -> None:
     p.sub("build")
     assert p.read("build/head.txt") == "one\n"
     assert p.run_counts() == {"head": 2, "train": 1}
+
+
+def test_set_before_the_command_and_the_last_one_wins(project) -> None:
+    p = project(PARAMS, PARAMS_FILES)
+    p.cli("--set", "vars.src=data/a.txt", "build", "-S", "vars.src=data/b.txt")
+    assert p.read("build/head.txt") == "bee\n"
+
+
+def test_set_and_the_noop_snapshot(project) -> None:
+    p = project(PARAMS, PARAMS_FILES)
+    p.sub("build", "--set", "vars.src=data/b.txt")
+    p.sub("build", "--set", "vars.src=data/b.txt")  # a no-op, which may write a snapshot
+    p.sub("build", "--set", "vars.src=data/b.txt")  # answered from it, if so
+    assert p.read("build/head.txt") == "bee\n"
+    p.sub("build")  # another command line: the file's value (never built with it: runs)
+    assert p.read("build/head.txt") == "one\ntwo\n"
+    assert p.run_counts() == {"head": 2, "train": 1}
+    p.sub("build", "--set", "vars.src=data/b.txt")  # back: restored from the store
+    assert p.read("build/head.txt") == "bee\n"
+    assert p.run_counts() == {"head": 2, "train": 1}
+    p.write("data/b.txt", "wasp\n")
+    p.sub("build", "--set", "vars.src=data/b.txt")
+    assert p.read("build/head.txt") == "wasp\n"
+    assert p.run_counts() == {"head": 3, "train": 1}

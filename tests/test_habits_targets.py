@@ -37,10 +37,10 @@ def test_a_file_inside_an_output_folder_names_its_stage(chain: Proj) -> None:
 
 def test_paths_relative_to_the_current_folder_and_absolute(chain: Proj) -> None:
     p = load_pipeline(chain.path("pipemake.yaml"))
-    assert resolve_target(p, str(chain.path("build/side.txt"))) == "side"
-    assert resolve_target(p, "side.txt", cwd=str(chain.path("build"))) == "side"
-    assert resolve_target(p, "./build//upper.txt") == "upper"
-    assert resolve_target(p, "lines") == "lines"
+    assert resolve_target(p, str(chain.path("build/side.txt"))) == ["side"]
+    assert resolve_target(p, "side.txt", cwd=str(chain.path("build"))) == ["side"]
+    assert resolve_target(p, "./build//upper.txt") == ["upper"]
+    assert resolve_target(p, "lines") == ["lines"]
 
 
 def test_a_foreach_item_output_names_the_foreach_stage(project) -> None:
@@ -103,3 +103,11 @@ def test_build_n_is_a_dry_run(chain: Proj) -> None:
 def test_dry_run_json_with_a_path_target(chain: Proj) -> None:
     rows = json.loads(chain.cli("dry-run", "--json", "build/upper.txt").stdout)
     assert [r["stage"] for r in rows] == ["upper"]
+
+
+def test_a_folder_holding_outputs_names_every_stage_inside(chain: Proj) -> None:
+    chain.cli("build", "build")  # `build` is no stage id: the folder of all four outputs
+    assert chain.run_counts() == {"upper": 1, "lines": 1, "side": 1, "report": 1}
+    p = load_pipeline(chain.path("pipemake.yaml"))
+    assert resolve_target(p, "build/") == ["upper", "lines", "side", "report"]
+    assert resolve_target(p, "build/report/sub") == ["report"]
