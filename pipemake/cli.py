@@ -455,7 +455,10 @@ def _print_decisions(rows: list[Any], as_json: bool) -> None:
 @_set_option
 @click.pass_context
 def dry_run(ctx: click.Context, targets: tuple[str, ...], as_json: bool, check: bool) -> None:
-    """Say what a build would run, restore or skip, and why. Changes nothing."""
+    """Say what a build would run, restore or skip, and why. Changes nothing.
+
+    TARGETS are stage ids or paths the stages output (default: every stage); `build -n`
+    prints the same."""
 
     def go() -> int:
         with _project(ctx, readonly=True) as project:
@@ -644,6 +647,7 @@ def _write_atomically(path: str, text: str) -> None:
 @click.option("--runs", is_flag=True, help="List past runs instead of stages.")
 @click.option("--json", "as_json", is_flag=True, help="With --runs: print them as JSON.")
 @click.option("--checkpoint-dir", default=None, metavar="DIR", help="The store (as --cache-dir).")
+@_set_option
 @click.pass_context
 def list_cmd(ctx: click.Context, runs: bool, as_json: bool, checkpoint_dir: str | None) -> None:
     """List stages with their rules (--runs: past runs)."""
