@@ -33,7 +33,7 @@ _COLOURS = {
 }
 _NONE = ("#ffffff", "#455a64")
 
-_BOX_H, _GAP_X, _GAP_Y, _MARGIN, _CHAR_W = 54, 28, 56, 20, 7.6
+_BOX_H, _GAP_X, _GAP_Y, _MARGIN, _CHAR_W, _WAYPOINT_W = 54, 28, 56, 20, 7.6, 10.0
 
 
 def svg(
@@ -100,34 +100,81 @@ def _depths(graph: Graph) -> dict[str, int]:
     return depth
 
 
-def _layered(graph: Graph, labels: Mapping[str, str], states: Mapping[str, str]) -> str:
-    """pipemake's own drawing: one row per depth (a stage sits one row below its deepest
-    dependency), each row ordered by where its dependencies stand, edges as curves."""
+def _place(
+    graph: Graph, width: dict[str, float]
+) -> tuple[dict[str, float], dict[str, int], dict[tuple[str, str], list[str]], float, int]:
+    """Where each box goes: ``(centre x, row, waypoints of each edge, width, rows)``.
+
+    A stage sits one row below its deepest dependency. An edge that spans several rows
+    passes through a waypoint in each row between (so it runs beside the boxes there, not
+    through them), and each row is ordered by where its boxes' and waypoints' predecessors
+    stand (the barycentre heuristic: fewer crossings)."""
     depth = _depths(graph)
-    rows: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
-    for n in graph.topo_order():
+    n_rows = max(depth.values(), default=-1) + 1
+    rows: list[list[str]] = [[] for _ in range(n_rows)]
+    row_of = dict(depth)
+    preds: dict[str, list[str]] = {}
+    via: dict[tuple[str, str], list[str]] = {}
+    widths = dict(width)
+    order = graph.topo_order()
+    for n in order:
         rows[depth[n]].append(n)
-    width = {
-        n: max(90.0, _CHAR_W * max(len(n), len(labels.get(n, "")), len(states.get(n, ""))) + 24)
-        for n in depth
-    }
+    for n in order:
+        preds[n] = []
+        for d in graph.deps[n]:
+            prev, chain = d, []
+            for r in range(depth[d] + 1, depth[n]):
+                point = f"\0{d}\0{n}\0{r}"  # no stage id holds a NUL: never a clash
+                rows[r].append(point)
+                widths[point], preds[point], row_of[point] = _WAYPOINT_W, [prev], r
+                chain.append(point)
+                prev = point
+            preds[n].append(prev)
+            via[(d, n)] = chain
     centre: dict[str, float] = {}
     for r, row in enumerate(rows):
-        if r:  # barycentre of the dependencies' positions: fewer crossings
-            row.sort(key=lambda n: sum(centre[d] for d in graph.deps[n]) / len(graph.deps[n]))
+        if r:
+            row.sort(key=lambda v: sum(centre[u] for u in preds[v]) / len(preds[v]))
         x = 0.0
-        for n in row:
-            centre[n] = x + width[n] / 2
-            x += width[n] + _GAP_X
-    row_w = [sum(width[n] for n in row) + _GAP_X * (len(row) - 1) for row in rows]
+        for v in row:
+            centre[v] = x + widths[v] / 2
+            x += widths[v] + _GAP_X
+    row_w = [sum(widths[v] for v in row) + _GAP_X * (len(row) - 1) for row in rows]
     total_w = max(row_w, default=0.0)
     for row, w in zip(rows, row_w, strict=True):
-        shift = _MARGIN + (total_w - w) / 2
-        for n in row:
-            centre[n] += shift
-    total_h = len(rows) * _BOX_H + max(len(rows) - 1, 0) * _GAP_Y
+        for v in row:
+            centre[v] += _MARGIN + (total_w - w) / 2
+    return centre, row_of, via, total_w, n_rows
+
+
+def _row_top(row: int) -> float:
+    return _MARGIN + row * (_BOX_H + _GAP_Y)
+
+
+def _edge_path(points: list[tuple[float, float]]) -> str:
+    """A smooth path down through ``points``: curves across the gaps between rows, straight
+    lines through the rows a long edge passes."""
+    (x, y), rest = points[0], points[1:]
+    d = [f"M {x:.1f} {y:.1f}"]
+    for nx, ny in rest:
+        if nx == x:
+            d.append(f"L {nx:.1f} {ny:.1f}")
+        else:
+            bend = (ny - y) / 2
+            d.append(f"C {x:.1f} {y + bend:.1f} {nx:.1f} {ny - bend:.1f} {nx:.1f} {ny:.1f}")
+        x, y = nx, ny
+    return " ".join(d)
+
+
+def _layered(graph: Graph, labels: Mapping[str, str], states: Mapping[str, str]) -> str:
+    """pipemake's own drawing (see :func:`_place`): boxes in rows, edges as curves."""
+    width = {
+        n: max(90.0, _CHAR_W * max(len(n), len(labels.get(n, "")), len(states.get(n, ""))) + 24)
+        for n in graph.deps
+    }
+    centre, row_of, via, total_w, n_rows = _place(graph, width)
+    total_h = n_rows * _BOX_H + max(n_rows - 1, 0) * _GAP_Y
     view_w, view_h = total_w + 2 * _MARGIN, total_h + 2 * _MARGIN
-    top = {n: _MARGIN + depth[n] * (_BOX_H + _GAP_Y) for n in depth}
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{view_w:.0f}" height="{view_h:.0f}" '
         f'viewBox="0 0 {view_w:.0f} {view_h:.0f}" font-family="Helvetica, Arial, sans-serif">',
@@ -136,38 +183,45 @@ def _layered(graph: Graph, labels: Mapping[str, str], states: Mapping[str, str])
         '<path d="M 0 0 L 10 5 L 0 10 z" fill="#546e7a"/></marker></defs>',
         '<g class="graph"><title>pipeline</title>',
     ]
-    for n in graph.topo_order():
+    order = graph.topo_order()
+    for n in order:
         for d in graph.deps[n]:
-            x1, y1 = centre[d], top[d] + _BOX_H
-            x2, y2 = centre[n], top[n]
-            bend = (y2 - y1) / 2
+            points = [(centre[d], _row_top(row_of[d]) + _BOX_H)]
+            for point in via[(d, n)]:
+                top = _row_top(row_of[point])
+                points += [(centre[point], top), (centre[point], top + _BOX_H)]
+            points.append((centre[n], _row_top(row_of[n])))
             out.append(
                 f'<g class="edge"><title>{_esc(d)}-&gt;{_esc(n)}</title>'
-                f'<path d="M {x1:.1f} {y1:.1f} C {x1:.1f} {y1 + bend:.1f} {x2:.1f} '
-                f'{y2 - bend:.1f} {x2:.1f} {y2:.1f}" fill="none" stroke="#546e7a" '
+                f'<path d="{_edge_path(points)}" fill="none" stroke="#546e7a" '
                 'stroke-width="1.4" marker-end="url(#arrow)"/></g>'
             )
-    for n in graph.topo_order():
-        fill, stroke = _COLOURS.get(states.get(n, ""), _NONE)
-        x, y, w = centre[n] - width[n] / 2, top[n], width[n]
-        texts = [(n, 'font-size="13" font-weight="bold"', 17)]
-        if labels.get(n):
-            texts.append((labels[n], 'font-size="11" fill="#37474f"', 32))
-        if states.get(n):
-            texts.append((states[n], 'font-size="10" font-style="italic" fill="#37474f"', 46))
-        out.append(
-            f'<g class="node" data-state="{_esc(states.get(n, ""))}"><title>{_esc(n)}</title>'
-            f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{_BOX_H}" rx="6" '
-            f'fill="{fill}" stroke="{stroke}" stroke-width="1.5"/>'
-            + "".join(
-                f'<text x="{centre[n]:.1f}" y="{y + dy:.1f}" text-anchor="middle" {style}>'
-                f"{_esc(text)}</text>"
-                for text, style, dy in texts
-            )
-            + "</g>"
-        )
+    for n in order:
+        out.append(_box(n, centre[n], _row_top(row_of[n]), width[n], labels, states))
     out.append("</g></svg>")
     return "\n".join(out) + "\n"
+
+
+def _box(
+    n: str, cx: float, y: float, w: float, labels: Mapping[str, str], states: Mapping[str, str]
+) -> str:
+    """One stage's box: its id, rule and state, coloured by the state."""
+    fill, stroke = _COLOURS.get(states.get(n, ""), _NONE)
+    texts = [(n, 'font-size="13" font-weight="bold"', 17)]
+    if labels.get(n):
+        texts.append((labels[n], 'font-size="11" fill="#37474f"', 32))
+    if states.get(n):
+        texts.append((states[n], 'font-size="10" font-style="italic" fill="#37474f"', 46))
+    return (
+        f'<g class="node" data-state="{_esc(states.get(n, ""))}"><title>{_esc(n)}</title>'
+        f'<rect x="{cx - w / 2:.1f}" y="{y:.1f}" width="{w:.1f}" height="{_BOX_H}" rx="6" '
+        f'fill="{fill}" stroke="{stroke}" stroke-width="1.5"/>'
+        + "".join(
+            f'<text x="{cx:.1f}" y="{y + dy:.1f}" text-anchor="middle" {style}>{_esc(text)}</text>'
+            for text, style, dy in texts
+        )
+        + "</g>"
+    )
 
 
 def _esc(text: str) -> str:

@@ -119,3 +119,25 @@ def test_engine_dot_without_graphviz_says_so(chain: Proj, monkeypatch) -> None:
     assert "Graphviz" in r.output and "--engine builtin" in r.output
     text = chain.cli("graph", "--format", "svg").stdout  # auto: the builtin layout
     assert _parse(text)[0] == set(CHAIN_STAGES)
+
+
+def test_a_long_edge_runs_beside_the_boxes_it_passes() -> None:
+    g = Graph({"a": [], "b": ["a"], "c": ["b"], "d": ["a", "c"]})
+    root = ET.fromstring(svg(g, {}, {}, engine="builtin"))
+    boxes = {}
+    for node in root.iter(f"{SVG}g"):
+        if node.get("class") == "node":
+            r = node.find(f"{SVG}rect")
+            x, y, w = (float(r.get(k)) for k in ("x", "y", "width"))
+            boxes[node.find(f"{SVG}title").text] = (x, x + w, y, y + float(r.get("height")))
+    for edge in root.iter(f"{SVG}g"):
+        if edge.get("class") != "edge" or edge.find(f"{SVG}title").text != "a->d":
+            continue
+        numbers = [float(t) for t in re.findall(r"-?\d+\.?\d*", edge.find(f"{SVG}path").get("d"))]
+        points = list(zip(numbers[::2], numbers[1::2], strict=True))
+        for name in ("b", "c"):  # every point of a->d lies outside the boxes it passes
+            x0, x1, y0, y1 = boxes[name]
+            assert not any(x0 <= x <= x1 and y0 <= y <= y1 for x, y in points), name
+        break
+    else:
+        raise AssertionError("no edge a->d")
