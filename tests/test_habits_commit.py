@@ -120,3 +120,43 @@ def test_an_accepted_item_survives_a_rerun_of_other_items(project) -> None:
     assert p.read("build/each/b.txt") == "bee\n"
     assert p.read("build/each/a.txt") == "hand\n"  # the accepted bytes, not the old ones
     assert p.runs("each") == 3  # b ran again, a did not
+
+
+def test_commit_refuses_a_symlinked_output(chain: Proj) -> None:
+    chain.cli("build")
+    os.remove(chain.path("build/side.txt"))
+    os.symlink(chain.path("data/b.txt"), chain.path("build/side.txt"))
+    r = chain.cli("commit", "side", code=2)
+    assert "output build/side.txt is a symlink" in r.output
+    assert chain.read("data/b.txt") == "bee\n"
+
+
+def test_commit_refuses_values_only_a_run_computes(project) -> None:
+    p = project(
+        r"""
+        name: v
+        stages:
+          - id: count
+            type: python
+            config:
+              function: "steps:count"
+              outputs: {o: build/o.txt}
+          - id: use
+            type: shell
+            config:
+              cmd: "echo {count.n} > {outputs.o}"
+              outputs: {o: build/use.txt}
+        """,
+        {
+            "steps.py": "def count(ctx):\n    ctx.outputs['o'].write_text('x')\n    return {'n': 1}\n"
+        },
+    )
+    p.write("build/o.txt", "by hand\n")
+    r = p.cli("commit", "count", code=2)
+    assert "computes values that later stages use" in r.output
+    p.cli("build")
+    p.write("build/o.txt", "by hand\n")
+    p.cli("commit", "count")  # built before under this key: its values are known
+    p.cli("build")
+    assert p.read("build/o.txt") == "by hand\n"
+    assert p.read("build/use.txt") == "1\n"
