@@ -153,7 +153,15 @@ _set_option = click.option(
 @click.version_option(package_name="pipemake")
 @click.pass_context
 def cli(ctx: click.Context, directory: str | None, file: str | None, cache_dir: str | None) -> None:
-    """pipemake: a Make-style incremental build tool for datasets."""
+    """pipemake: a Make-style incremental build tool for datasets.
+
+    Start with `pipemake init`; TARGETs are stage ids or the paths they output.
+
+    \b
+    Shell completion of commands, stage ids and output paths, in ~/.bashrc:
+      eval "$(_PIPEMAKE_COMPLETE=bash_source pipemake)"
+    (zsh_source in ~/.zshrc; fish: _PIPEMAKE_COMPLETE=fish_source pipemake | source)
+    """
     # `pipemake --set … build`: the overrides were noted while the options were read
     ctx.obj = {**(ctx.obj or {}), "directory": directory, "file": file, "cache_dir": cache_dir}
 
@@ -765,7 +773,7 @@ def clean(
     _run(go)
 
 
-@cli.command()
+@cli.command(short_help="Start a project: a commented starter pipemake.yaml.")
 @click.option(
     "--example",
     type=click.Choice(["quickstart", "character_dataset"]),
@@ -793,7 +801,7 @@ def init(ctx: click.Context, example: str | None) -> None:
     _run(go)
 
 
-@cli.command("commit")
+@cli.command("commit", short_help="Accept outputs as they are, without running (make -t).")
 @click.argument("targets", nargs=-1, shell_complete=_complete_targets)
 @click.option(
     "-n", "--dry-run", "dry", is_flag=True, help="Say what would be accepted; change nothing."

@@ -54,3 +54,21 @@ def test_the_bash_script_comes_from_the_installed_command(tmp_path) -> None:
     assert out.returncode == 0, out.stderr
     assert "_pipemake_completion()" in out.stdout
     assert "complete -o nosort -F _pipemake_completion pipemake" in out.stdout
+
+
+def test_every_habit_has_an_answer_in_help() -> None:
+    def help_of(*args: str) -> str:
+        result = CliRunner().invoke(cli, [*args, "--help"], prog_name="pipemake")
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    top = help_of()
+    assert "_PIPEMAKE_COMPLETE=bash_source pipemake" in top
+    assert "init" in top and "commit" in top and "make -t" in top
+    build = help_of("build")
+    assert "-n, --dry-run" in build and "-S, --set vars.NAME=VALUE" in build
+    assert "path a stage outputs" in build
+    assert "params.KEY=VALUE" in help_of("dry-run")
+    assert "svg" in help_of("graph") and "-o, --output FILE" in help_of("graph")
+    assert "--example" in help_of("init")
+    assert "dvc commit" in help_of("commit")
