@@ -60,7 +60,7 @@ def test_every_habit_has_an_answer_in_help() -> None:
     def help_of(*args: str) -> str:
         result = CliRunner().invoke(cli, [*args, "--help"], prog_name="pipemake")
         assert result.exit_code == 0, result.output
-        return result.output
+        return " ".join(result.output.split())  # wrapped lines joined
 
     top = help_of()
     assert "_PIPEMAKE_COMPLETE=bash_source pipemake" in top
