@@ -15,6 +15,7 @@ a later stage uses a value the stage computes and no build of this key left it.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -138,7 +139,8 @@ def _cannot(
     """Why the stage's key (and so an entry for it) cannot be written now, or None."""
     if verdict is Verdict.MAYBE or sk is None or sk.unknown:
         ups = sorted(sk.unknown) if sk is not None and sk.unknown else []
-        first = ups[0] if ups else (reasons[0].split()[1] if reasons else "")
+        named = [m.group(1) for r in reasons if (m := re.match(r"upstream (\S+) will run", r))]
+        first = (ups or named or [""])[0]
         return (
             f"its key depends on upstream {first or 'stages'}, which is not up to date "
             f"(it would run): build it first, or accept it too (pipemake commit {first} "
