@@ -139,7 +139,7 @@ def test_commit_refuses_values_only_a_run_computes(project) -> None:
           - id: count
             type: python
             config:
-              function: "steps:count"
+              function: "habits_commit_steps:count"
               outputs: {o: build/o.txt}
           - id: use
             type: shell
@@ -148,7 +148,7 @@ def test_commit_refuses_values_only_a_run_computes(project) -> None:
               outputs: {o: build/use.txt}
         """,
         {
-            "steps.py": "def count(ctx):\n    ctx.outputs['o'].write_text('x')\n    return {'n': 1}\n"
+            "habits_commit_steps.py": "def count(ctx):\n    ctx.outputs['o'].write_text('x')\n    return {'n': 1}\n"
         },
     )
     p.write("build/o.txt", "by hand\n")

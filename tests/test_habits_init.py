@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,7 +78,13 @@ def test_init_example_copies_it_and_never_overwrites(tmp_path: Path) -> None:
         examples_dir() / "quickstart" / "pipemake.yaml"
     ).read_text()
     assert not (tmp_path / ".pipemake").exists() and not (tmp_path / "build").exists()
-    _pm("-C", str(tmp_path), "validate")
+    # in a process of its own: validating imports the example's `steps` package, whose
+    # name other tests' projects use too
+    done = subprocess.run(
+        [sys.executable, "-m", "pipemake", "-C", str(tmp_path), "validate"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
     r = _pm("-C", str(tmp_path), "init", "--example", "quickstart", code=2)
     assert "already exists" in r.output
     r = _pm("-C", str(tmp_path), "init", "--example", "nope", code=2)

@@ -121,14 +121,14 @@ def test_a_whole_params_value_keeps_its_type(project) -> None:
           - id: s
             type: python
             config:
-              function: "steps:go"
+              function: "habits_params_steps:go"
               params: {sec: "{params.sec}", n: "{params.n}"}
               outputs: {o: build/o.json}
         """,
         {
             "params.yaml": "n: 1\nsec: {a: 1, b: [x, y]}\n",
             "local.yaml": "sec: {a: 2}\n",  # later files override key by key
-            "steps.py": "import json\n"
+            "habits_params_steps.py": "import json\n"
             "def go(ctx):\n"
             "    ctx.outputs['o'].write_text(json.dumps(ctx.params))\n",
         },
