@@ -163,6 +163,8 @@ def _ignore(folder: Path) -> bool:
     """Add ``.pipemake/`` to the folder's ``.gitignore`` unless it is there; whether the
     file changed."""
     path = folder / ".gitignore"
+    if path.is_symlink():
+        return False  # pipemake writes no file through a link
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -89,3 +89,14 @@ def test_init_example_copies_it_and_never_overwrites(tmp_path: Path) -> None:
     assert "already exists" in r.output
     r = _pm("-C", str(tmp_path), "init", "--example", "nope", code=2)
     assert "quickstart" in r.output
+
+
+def test_init_never_writes_through_a_linked_gitignore(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("keep\n")
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / ".gitignore").symlink_to(elsewhere)
+    out = _pm("-C", str(proj), "init").output
+    assert ".gitignore" not in out
+    assert elsewhere.read_text() == "keep\n"
