@@ -6,7 +6,6 @@ plain data; printing is the caller's business.
 
 from __future__ import annotations
 
-import difflib
 import os
 import posixpath
 import signal
@@ -17,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import history, uptodate
+from . import history, starter, svg, uptodate
+from .accept import Accepted, accept
 from .build import Builder
 from .decide import Decision, Reason, Trigger, Verdict
 from .errors import (
@@ -36,12 +36,14 @@ from .hooks import run_hooks, run_summary
 from .items import glob_base, is_glob
 from .lock import BuildLock
 from .model import DEFAULT_FILE, Pipeline
+from .params import parse_overrides
 from .plancache import load_checked
 from .resources import Budget, default_budget
 from .rule import Rule, package_files
 from .scheduler import Outcome, Scheduler, StageFailure
 from .state import WorkspaceState
 from .store import GRACE, Store
+from .targets import resolve_targets
 from .walk import BadPath
 from .workspace import Workspace
 
@@ -53,9 +55,11 @@ __all__ = [
     "cache_info",
     "cache_verify",
     "clean",
+    "commit",
     "dry_run",
     "find_pipeline",
     "graph",
+    "init",
     "list_runs",
     "list_stages",
     "open_project",
@@ -63,6 +67,7 @@ __all__ = [
     "show_log",
     "stage_notes",
     "status",
+    "target_names",
     "validate",
 ]
 
@@ -117,11 +122,13 @@ def open_project(
     file: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     readonly: bool = False,
+    overrides: Sequence[str] = (),
 ) -> Project:
     """Load the pipeline (``-C DIR``, ``-f FILE``; see :func:`find_pipeline`) and open its
-    store and state."""
+    store and state. ``overrides`` are ``--set`` values (``vars.NAME=VALUE``,
+    ``params.KEY=VALUE``): for this project only, as if the files said so."""
     path, _ = find_pipeline(directory, file)
-    pipeline = load_checked(path, path.parent / ".pipemake")
+    pipeline = load_checked(path, path.parent / ".pipemake", parse_overrides(overrides))
     ws = Workspace(pipeline.root)
     cache = cache_dir or os.environ.get("PIPEMAKE_CACHE_DIR") or ws.dot / "store"
     cache = Path(cache)
@@ -168,11 +175,9 @@ def _shown(file: Path) -> str:
 
 
 def _select(p: Pipeline, targets: Sequence[str]) -> list[str]:
-    for t in targets:
-        if t not in p.stages:
-            close = difflib.get_close_matches(t, list(p.stages), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UsageError(f"unknown target {t!r}{hint} (stages: {', '.join(p.stages)})")
+    """The stages a command on ``targets`` (ids or output paths) covers: the targets and
+    every stage they need, in build order; all stages when there are no targets."""
+    targets = resolve_targets(p, targets)
     wanted = p.graph.ancestors(targets) if targets else set(p.stages)
     return p.graph.topo_order(wanted)
 
@@ -250,9 +255,10 @@ def build(
     """
     p = project.pipeline
     order = _select(p, targets)
-    for s in force_stages:
-        if s not in p.stages:
-            raise UsageError(f"--force-stage: unknown stage {s!r}")
+    try:
+        force_stages = resolve_targets(p, force_stages)
+    except UsageError as exc:
+        raise UsageError(f"--force-stage: {exc}") from None
     budget = _budget(p, order, resources)
     bus = bus or Bus()
     runs = project.workspace.dot / "runs"
@@ -357,7 +363,7 @@ def _snapshot(
     project.state.close()  # closed: their stat is what a later write must change
     project.store.close()
     p = project.pipeline
-    code: set[str] = {str(p.file)}
+    code: set[str] = {str(p.file), *p.params_files}
     if p.file.name != DEFAULT_FILE:  # found by looking up: a pipemake.yaml would win
         code.add(str(p.file.parent / DEFAULT_FILE))
     packages = {"pipemake", "rules"}
@@ -516,12 +522,13 @@ def _overlap(a: str, b: str) -> bool:
     return a == b or b == "." or a.startswith(b + "/") or b.startswith(a + "/")
 
 
-def status(project: Project) -> dict[str, Any]:
+def status(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
     """Each stage's state (up to date, stale and why, never built, failed), its last result
-    and duration, and orphaned outputs."""
+    and duration, and orphaned outputs; with ``targets`` (ids or output paths) only those
+    stages and the stages they need."""
     records = project.state.records()
     stages = []
-    for stage, decision in dry_run(project):
+    for stage, decision in dry_run(project, targets):
         rec = records.get(stage) or {}
         if rec.get("result") in ("failed", "interrupted"):
             state = rec["result"]
@@ -557,12 +564,79 @@ def stage_notes(project: Project) -> dict[str, list[str]]:
     return {sid: st.rule.describe(st.ports) for sid, st in project.pipeline.stages.items()}
 
 
-def graph(project: Project, fmt: str = "text") -> str:
-    """The DAG as text, Mermaid or Graphviz dot."""
+def graph(project: Project, fmt: str = "text", engine: str = "auto") -> str:
+    """The DAG as text, Mermaid or Graphviz dot source, or a picture: ``svg`` (Graphviz
+    ``dot`` when installed and ``engine`` allows, else pipemake's own layered drawing;
+    boxes coloured by each stage's state) or ``html`` (that SVG in a self-contained page,
+    with the Mermaid source)."""
     p = project.pipeline
-    if fmt not in ("text", "mermaid", "dot"):
-        raise UsageError(f"unknown graph format {fmt!r} (text, mermaid, dot)")
-    return p.graph.render(fmt, {s: st.type for s, st in p.stages.items()})
+    if fmt not in GRAPH_FORMATS:
+        raise UsageError(f"unknown graph format {fmt!r} ({', '.join(GRAPH_FORMATS)})")
+    labels = {s: st.type for s, st in p.stages.items()}
+    if fmt in ("text", "mermaid", "dot"):
+        return p.graph.render(fmt, labels)
+    states = {row["stage"]: row["state"] for row in status(project)["stages"]}
+    picture = svg.svg(p.graph, labels, states, engine)
+    if fmt == "svg":
+        return picture
+    return svg.page(p.name, picture, p.graph.render("mermaid", labels))
+
+
+#: what ``graph --format`` accepts
+GRAPH_FORMATS = ("text", "mermaid", "dot", "svg", "html")
+
+
+def commit(project: Project, targets: Sequence[str] = (), dry: bool = False) -> list[Accepted]:
+    """Accept the workspace outputs of ``targets`` (ids or output paths; none: every stage)
+    as built for their current keys, without running anything (``make -t``, ``dvc
+    commit``): their files go into the store and the action cache names them, so the next
+    build finds them up to date and keeps them. Every target is checked first; a refusal
+    (an output missing, a key that needs an upstream stage built first) is a
+    :class:`UsageError` and nothing is written. ``dry``: say what would be accepted."""
+    p = project.pipeline
+    order = _select(p, targets)
+    chosen = resolve_targets(p, targets) if targets else order
+    with BuildLock(project.workspace.dot / "lock", 0):
+        rows, builder = accept(p, project.store, project.state, order, chosen, dry)
+        if not dry and any(r.action == "accepted" for r in rows):
+            project.state.flush()
+            _record_roots(project, builder)
+            uptodate.discard(project.workspace.dot)
+    return rows
+
+
+def init(
+    directory: str | os.PathLike[str] | None = None,
+    file: str | os.PathLike[str] | None = None,
+    example: str | None = None,
+) -> tuple[Path, list[str]]:
+    """Start a project: a commented starter pipeline (or a copy of the example
+    ``example``) in ``directory`` (default: the current folder), or at ``file``, and
+    ``.pipemake/`` in its ``.gitignore``. Never overwrites a file (a :class:`UsageError`
+    says which). Returns the folder and what was written in it."""
+    base = Path(directory) if directory else Path.cwd()
+    target = None
+    if file:
+        target = Path(file) if Path(file).is_absolute() else base / file
+        if target.is_dir():
+            base, target = target, target / DEFAULT_FILE
+        else:
+            base = target.parent
+            if example is not None:
+                raise UsageError("init --example copies a whole example: give -C DIR, not -f")
+    return base, starter.init(base, target, example)
+
+
+def target_names(file: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """What a TARGET argument may be, for shell completion: each stage id (with its rule)
+    and each output path (with the stage that writes it). Read from the checked plan, so
+    completing is as quick as loading it."""
+    path = Path(file)
+    p = load_checked(path, path.parent / ".pipemake")
+    names = [(sid, st.type) for sid, st in p.stages.items()]
+    names += [(out, f"output of {sid}") for sid, st in p.stages.items()
+              for out in st.ports.outputs.values()]  # fmt: skip
+    return names
 
 
 def list_runs(project: Project) -> list[dict[str, Any]]:
@@ -659,7 +733,7 @@ def clean(
             p = project.pipeline
             chosen = _select(p, targets) if targets else list(p.stages)  # unknown: exit 2
             if targets and not with_deps:
-                chosen = list(dict.fromkeys(targets))
+                chosen = resolve_targets(p, targets)
             paths = [rel for s in chosen for rel in p.stages[s].ports.outputs.values()]
         removed = [rel for rel in paths if project.workspace.remove(rel)]
         if orphans_only:
@@ -824,10 +898,14 @@ def cache_verify(project: Project, repair: bool = False) -> dict[str, Any]:
 
 @contextmanager
 def project_of(
-    directory: Any, file: Any, cache_dir: Any = None, readonly: bool = False
+    directory: Any,
+    file: Any,
+    cache_dir: Any = None,
+    readonly: bool = False,
+    overrides: Sequence[str] = (),
 ) -> Iterator[Project]:
-    """Open a project for the length of a ``with`` block."""
-    project = open_project(directory, file, cache_dir, readonly)
+    """Open a project for the length of a ``with`` block (see :func:`open_project`)."""
+    project = open_project(directory, file, cache_dir, readonly, overrides)
     try:
         yield project
     finally:

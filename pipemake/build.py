@@ -655,6 +655,12 @@ class Builder:
             self.keys_seen.add(sk.key)
         return [self._stage_task(stage, sk, run, f"{stage.id}.again{n}")]
 
+    def accept(self, stage: Stage, sk: StageKey, entry: dict[str, Any]) -> None:
+        """Commit ``entry`` (outputs already in the store) as the stage's build for its key,
+        as a run would: ``pipemake commit`` accepts the workspace's outputs this way."""
+        self.store.put_action(sk.key, entry)  # type: ignore[arg-type]
+        self._done(stage, sk, entry, ran=True)
+
     def last_result(self, stage_id: str) -> str | None:
         """How the stage's last build ended (``ok``, ``failed``, …), None if never built."""
         brief = self._brief.get(stage_id)

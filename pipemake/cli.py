@@ -6,6 +6,7 @@ usage, 128 + signal when interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -62,6 +63,7 @@ _MEANT = {
     **dict.fromkeys(["plan", "explain", "why"], "dry-run"),
     **dict.fromkeys(["ls", "show", "stages", "pipelines", "runs", "history"], "list"),
     **dict.fromkeys(["logs"], "log"),
+    **dict.fromkeys(["touch", "accept"], "commit"),
 }
 
 
@@ -102,6 +104,29 @@ def _dot() -> str:
     return os.path.join(obj.get("directory") or os.curdir, ".pipemake")
 
 
+def _keep_overrides(ctx: click.Context, _param: Any, values: tuple[str, ...]) -> None:
+    if values:
+        root = ctx.find_root()
+        if root.obj is None:
+            root.obj = {}
+        root.obj["overrides"] = list(root.obj.get("overrides") or ()) + list(values)
+
+
+#: ``-S/--set``: override a variable or a params key for this command (Snakemake's
+#: ``--config``, DVC's ``-S``)
+_set_option = click.option(
+    "-S",
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="vars.NAME=VALUE",
+    expose_value=False,
+    callback=_keep_overrides,
+    help="Override a variable (vars.NAME=VALUE) or a params-file key (params.KEY=VALUE, "
+    "params.SECTION.KEY=…) for this command, as editing the file would; repeatable.",
+)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-C",
@@ -124,18 +149,42 @@ def _dot() -> str:
     default=None,
     help="Where the store lives (default: .pipemake/store; env PIPEMAKE_CACHE_DIR).",
 )
+@_set_option
 @click.version_option(package_name="pipemake")
 @click.pass_context
 def cli(ctx: click.Context, directory: str | None, file: str | None, cache_dir: str | None) -> None:
-    """pipemake: a Make-style incremental build tool for datasets."""
-    ctx.obj = {"directory": directory, "file": file, "cache_dir": cache_dir}
+    """pipemake: a Make-style incremental build tool for datasets.
+
+    Start with `pipemake init`; TARGETs are stage ids or the paths they output.
+
+    \b
+    Shell completion of commands, stage ids and output paths, in ~/.bashrc:
+      eval "$(_PIPEMAKE_COMPLETE=bash_source pipemake)"
+    (zsh_source in ~/.zshrc; fish: _PIPEMAKE_COMPLETE=fish_source pipemake | source)
+    """
+    # `pipemake --set … build`: the overrides were noted while the options were read
+    ctx.obj = {**(ctx.obj or {}), "directory": directory, "file": file, "cache_dir": cache_dir}
 
 
 def _project(ctx: click.Context, readonly: bool = False, cache_dir: str | None = None) -> Any:
-    o = ctx.obj
+    o = ctx.find_root().obj
     # the path found already holds -C DIR: open it as it is, not joined to DIR again
     path = _pipeline_file(ctx)
-    return api.project_of(None, path, cache_dir or o["cache_dir"], readonly)
+    overrides = o.get("overrides") or ()
+    return api.project_of(None, path, cache_dir or o["cache_dir"], readonly, overrides)
+
+
+def _complete_targets(ctx: click.Context, _param: Any, incomplete: str) -> list[Any]:
+    """Shell completion for TARGET arguments: stage ids and the output paths they write."""
+    from click.shell_completion import CompletionItem
+
+    try:
+        params = ctx.find_root().params
+        found, _ = api.find_pipeline(params.get("directory"), params.get("file"))
+        names = api.target_names(found)
+    except Exception:  # noqa: BLE001 - completion never fails aloud
+        return []
+    return [CompletionItem(n, help=h) for n, h in names if n.startswith(incomplete)]
 
 
 def _pipeline_file(ctx: click.Context) -> Any:
@@ -156,7 +205,7 @@ def _shown(path: Any) -> str:
 
 
 @cli.command()
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, shell_complete=_complete_targets)
 @click.option(
     "-j",
     "--jobs",
@@ -169,7 +218,13 @@ def _shown(path: Any) -> str:
     "-k", "--keep-going", is_flag=True, help="Go on with independent stages after a failure."
 )
 @click.option("-B", "--force", is_flag=True, help="Rerun every selected stage.")
-@click.option("--force-stage", multiple=True, metavar="ID", help="Rerun this stage (repeatable).")
+@click.option(
+    "--force-stage",
+    multiple=True,
+    metavar="ID",
+    shell_complete=_complete_targets,
+    help="Rerun this stage (repeatable).",
+)
 @click.option(
     "--executor", default="local", show_default=True, help="Where tasks run: local, inline."
 )
@@ -218,6 +273,15 @@ def _shown(path: Any) -> str:
     metavar="FILE",
     help="Also write the run's events to FILE as JSON lines (always kept in .pipemake/runs/).",
 )
+@click.option(
+    "-n",
+    "--dry-run",
+    "dry",
+    is_flag=True,
+    help="Say what would run, restore or be skipped, and why, without doing it (as "
+    "`pipemake dry-run`; make -n).",
+)
+@_set_option
 @click.option("--resume", is_flag=True, hidden=True)  # the original system's; said, then moot
 @click.pass_context
 def build(
@@ -237,15 +301,23 @@ def build(
     link: bool,
     fsync: bool,
     log_json: str | None,
+    dry: bool = False,
     resume: bool = False,
 ) -> None:
-    """Build TARGETS (default: every stage) and what they need."""
+    """Build TARGETS (default: every stage) and what they need.
+
+    A TARGET is a stage id or a path a stage outputs (build/report.txt, or a file inside an
+    output folder): that stage is built.
+    """
     from .events import Bus
     from .progress import make_view
     from .resources import parse_resources
 
     if resume:
         click.echo(_RESUME_NOTE, err=True)
+    if dry:
+        ctx.invoke(dry_run, targets=targets, as_json=False, check=False)
+        return
 
     def go() -> int:
         snap = None
@@ -385,12 +457,16 @@ def _print_decisions(rows: list[Any], as_json: bool) -> None:
 
 
 @cli.command("dry-run")
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, shell_complete=_complete_targets)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--check", is_flag=True, help="Exit 1 when anything would run or be restored.")
+@_set_option
 @click.pass_context
 def dry_run(ctx: click.Context, targets: tuple[str, ...], as_json: bool, check: bool) -> None:
-    """Say what a build would run, restore or skip, and why. Changes nothing."""
+    """Say what a build would run, restore or skip, and why. Changes nothing.
+
+    TARGETS are stage ids or paths the stages output (default: every stage); `build -n`
+    prints the same."""
 
     def go() -> int:
         with _project(ctx, readonly=True) as project:
@@ -408,7 +484,8 @@ def dry_run(ctx: click.Context, targets: tuple[str, ...], as_json: bool, check: 
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.argument("targets", nargs=-1, shell_complete=_complete_targets)
+@click.option("--json", "as_json", is_flag=True, help="Print the stages' states as JSON.")
 @click.option("--check", is_flag=True, help="Exit 1 when any stage is not up to date.")
 @click.option(
     "--pipeline-id",
@@ -419,21 +496,25 @@ def dry_run(ctx: click.Context, targets: tuple[str, ...], as_json: bool, check: 
     "one, or -1 for the last): the original system's status.",
 )
 @click.option("--checkpoint-dir", default=None, metavar="DIR", help="The store (as --cache-dir).")
+@_set_option
 @click.pass_context
 def status(
     ctx: click.Context,
+    targets: tuple[str, ...],
     as_json: bool,
     check: bool,
     run_id: str | None,
     checkpoint_dir: str | None,
 ) -> None:
-    """Each stage's state, last result and duration; orphaned outputs."""
+    """Each stage's state, last result and duration; orphaned outputs.
+
+    With TARGETS (stage ids or output paths): those stages and what they need."""
     if run_id is not None:
         _run(lambda: _run_status(ctx, run_id, as_json, checkpoint_dir))
 
     def go() -> int:
         with _project(ctx, readonly=True, cache_dir=checkpoint_dir) as project:
-            info = api.status(project)
+            info = api.status(project, targets)
         if as_json:
             click.echo(json.dumps(info, indent=2))
         else:
@@ -487,6 +568,7 @@ def _run_status(ctx: click.Context, run_id: str, as_json: bool, cache_dir: str |
     metavar="FILE",
     help="The pipeline file (as -f): the original system's spelling.",
 )
+@_set_option
 @click.pass_context
 def validate(ctx: click.Context, config: str | None) -> None:
     """Check the pipeline and print the execution plan."""
@@ -512,26 +594,68 @@ def validate(ctx: click.Context, config: str | None) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "mermaid", "dot"]),
+    type=click.Choice(["text", "mermaid", "dot", "svg", "html"]),
     default="text",
     show_default=True,
+    help="text, Mermaid or Graphviz dot source; or a picture: svg (boxes coloured by each "
+    "stage's state), html (that picture in a self-contained page, with the Mermaid source).",
 )
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="Write to FILE instead of printing (e.g. -o dag.svg).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "dot", "builtin"]),
+    default="auto",
+    show_default=True,
+    help="How svg/html draw: Graphviz's dot when installed (auto), dot only, or "
+    "pipemake's own layered layout (builtin, no dependency).",
+)
+@_set_option
 @click.pass_context
-def graph(ctx: click.Context, fmt: str) -> None:
-    """Print the stage graph."""
+def graph(ctx: click.Context, fmt: str, output: str | None, engine: str) -> None:
+    """Show the stage graph, or draw it (--format svg -o dag.svg)."""
 
     def go() -> int:
         with _project(ctx, readonly=True) as project:
-            click.echo(api.graph(project, fmt))
+            text = api.graph(project, fmt, engine)
+        if output is None:
+            click.echo(text)
+            return 0
+        _write_atomically(output, text if text.endswith("\n") else text + "\n")
+        click.echo(f"wrote {output}", err=True)
         return 0
 
     _run(go)
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Write ``path`` whole or not at all (a reader never sees half a picture)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"-o {path}: the folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".pipemake-graph-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 @cli.command("list")
 @click.option("--runs", is_flag=True, help="List past runs instead of stages.")
 @click.option("--json", "as_json", is_flag=True, help="With --runs: print them as JSON.")
 @click.option("--checkpoint-dir", default=None, metavar="DIR", help="The store (as --cache-dir).")
+@_set_option
 @click.pass_context
 def list_cmd(ctx: click.Context, runs: bool, as_json: bool, checkpoint_dir: str | None) -> None:
     """List stages with their rules (--runs: past runs)."""
@@ -632,12 +756,13 @@ def report(ctx: click.Context, run: str | None, output: str) -> None:
 
 
 @cli.command()
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, shell_complete=_complete_targets)
 @click.option("--orphans", is_flag=True, help="Only outputs that no stage reads or writes now.")
 @click.option("--with-deps", is_flag=True, help="Also the outputs of the targets' upstream stages.")
 @click.option(
     "-y", "--yes", is_flag=True, help="Remove orphans edited since pipemake wrote them, unasked."
 )
+@_set_option
 @click.pass_context
 def clean(
     ctx: click.Context, targets: tuple[str, ...], orphans: bool, with_deps: bool, yes: bool
@@ -682,6 +807,67 @@ def clean(
         if not removed and not kept:
             click.echo("nothing to remove")
         return 1 if kept else 0
+
+    _run(go)
+
+
+@cli.command(short_help="Start a project: a commented starter pipemake.yaml.")
+@click.option(
+    "--example",
+    type=click.Choice(["quickstart", "character_dataset"]),
+    default=None,
+    help="Copy one of pipemake's examples instead of writing a starter pipeline.",
+)
+@click.pass_context
+def init(ctx: click.Context, example: str | None) -> None:
+    """Start a project here (or in -C DIR): a commented starter pipemake.yaml.
+
+    Also adds .pipemake/ (the store and pipemake's own files) to .gitignore. Never
+    overwrites a file: an existing pipeline file is an error (exit 2) saying what to do.
+    """
+
+    def go() -> int:
+        o = ctx.find_root().obj
+        folder, written = api.init(o["directory"], o["file"], example)
+        for rel in written:
+            click.echo(f"wrote {_shown(folder / rel)}")
+        where = "".join(f" {flag} {o[key]}" for flag, key in (("-C", "directory"), ("-f", "file"))
+                        if o[key] and not (key == "file" and example))  # fmt: skip
+        click.echo(f"next: pipemake{where} build   (pipemake{where} dry-run says what would run)")
+        return 0
+
+    _run(go)
+
+
+@cli.command("commit", short_help="Accept outputs as they are, without running (make -t).")
+@click.argument("targets", nargs=-1, shell_complete=_complete_targets)
+@click.option(
+    "-n", "--dry-run", "dry", is_flag=True, help="Say what would be accepted; change nothing."
+)
+@_set_option
+@click.pass_context
+def commit_cmd(ctx: click.Context, targets: tuple[str, ...], dry: bool) -> None:
+    """Accept the outputs in the workspace as built, without running (make -t, dvc commit).
+
+    After editing an output by hand, `pipemake commit STAGE` records it as that stage's
+    build for its current inputs and params (stored like a run's outputs), so the next
+    build keeps the edit instead of restoring or rerunning; stages downstream see the new
+    bytes. TARGETS are stage ids or output paths (default: every stage). A stage whose
+    output is missing, or whose key needs an upstream stage built first, is refused, and
+    then nothing is accepted (exit 2).
+    """
+
+    def go() -> int:
+        with _project(ctx) as project:
+            rows = api.commit(project, targets, dry=dry)
+        for row in rows:
+            outs = ", ".join(row.outputs)
+            why = f" ({'; '.join(row.reasons)})" if row.reasons else ""
+            if row.action == "up to date":
+                click.echo(f"{row.stage}: up to date, nothing to accept")
+            else:
+                click.echo(f"{row.stage}: {row.action} {outs} as built{why}")
+        return 0
 
     _run(go)
 

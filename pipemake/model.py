@@ -75,6 +75,8 @@ class Pipeline:
     file: Path
     on_success: Any = None
     on_failure: Any = None
+    #: the params files the stages' ``{params.*}`` came from: path → content hash
+    params_files: dict[str, str] = field(default_factory=dict)
     _owners: dict[str, tuple[str, str]] | None = field(default=None, repr=False)
 
     def output_owner(self, path: str) -> tuple[str, str, str] | None:

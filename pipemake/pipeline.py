@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .binding import bind, check_graph
 from .dag import Graph
-from .errors import Problems, suggest
+from .errors import Problems, UsageError, suggest
 from .model import DEFAULT_FILE, SYMBOLIC_SCOPES, Foreach, Pending, Pipeline, Stage
+from .params import Override, UnknownParam, apply_overrides, load_params, substitute_params
 from .rule import rule_names
+from .templates import TemplateError
 from .yamlchunks import load_yaml_cached
 from .yamlload import LineDict, YamlError, YamlTooBig
 
@@ -34,7 +37,9 @@ _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 #: system allows 255 bytes
 MAX_ID = 128
 _RESERVED = {"vars", "inputs", "outputs", "item"}
-_TOP_KEYS = {"name", "version", "vars", "stages", "on_success", "on_failure", "description"}
+_TOP_KEYS = {
+    "name", "version", "vars", "params", "stages", "on_success", "on_failure", "description",
+}  # fmt: skip
 _STAGE_KEYS = {
     "id", "type", "depends_on", "config", "foreach", "resources", "retries",
     "retry_backoff", "timeout", "version", "description",
@@ -87,10 +92,16 @@ def _bad_keys(value: Any, raw: LineDict, ld: Problems, stage: str) -> bool:
     return bad
 
 
-def load_pipeline(file: str | os.PathLike[str], chunk_cache: Path | None = None) -> Pipeline:
+def load_pipeline(
+    file: str | os.PathLike[str],
+    chunk_cache: Path | None = None,
+    overrides: Sequence[Override] = (),
+) -> Pipeline:
     """Load and check a pipeline file; raise PipelineError listing every problem found.
 
-    With ``chunk_cache``, stages whose text is unchanged reuse their earlier parse."""
+    With ``chunk_cache``, stages whose text is unchanged reuse their earlier parse.
+    ``overrides`` (``--set``) change variables and params keys as editing the files would;
+    one naming what is not there is a :class:`~pipemake.errors.UsageError`."""
     path = Path(file)
     ld = Problems(path)
     try:
@@ -116,10 +127,10 @@ def load_pipeline(file: str | os.PathLike[str], chunk_cache: Path | None = None)
     if not isinstance(doc, LineDict):
         ld.problem("the pipeline must be a mapping with a 'stages' list", 1)
         ld.fail_if_any()
-    return _check(doc, path, ld)
+    return _check(doc, path, ld, overrides)
 
 
-def _check(doc: LineDict, path: Path, ld: Problems) -> Pipeline:
+def _check(doc: LineDict, path: Path, ld: Problems, overrides: Sequence[Override]) -> Pipeline:
     for key in doc:
         if key not in _TOP_KEYS:
             ld.problem(
@@ -145,18 +156,61 @@ def _check(doc: LineDict, path: Path, ld: Problems) -> Pipeline:
         )
         ld.fail_if_any()
     stages = _check_stages(raw_stages, ld)
-    ld.fail_if_any()
     root = path.parent.resolve()
+    params, params_files = load_params(doc, root, ld)
+    ld.fail_if_any()
+    variables = apply_overrides(dict(variables), overrides, "vars", f"{ld.shown} (vars)")
+    if "params" in doc:
+        spec = doc["params"]
+        names = ", ".join(spec) if isinstance(spec, list) else str(spec)
+        params = apply_overrides(params, overrides, "params", names)
+        _substitute_params(stages, params, ld)
+    elif any(ov.scope == "params" for ov in overrides):
+        first = next(ov for ov in overrides if ov.scope == "params")
+        raise UsageError(
+            f"--set {first}: {ld.shown} names no params file (add `params: params.yaml` at "
+            "its top level), so there is no params key to set"
+        )
+    ld.fail_if_any()
     pipeline = Pipeline(
         name=str(doc.get("name") or root.name), version=str(doc.get("version") or ""),
         vars=dict(variables), stages={}, graph=Graph(), root=root, file=path,
         on_success=doc.get("on_success"), on_failure=doc.get("on_failure"),
+        params_files=params_files,
     )  # fmt: skip
     bind(pipeline, stages, ld)
     ld.fail_if_any()
     check_graph(pipeline, stages, ld)
     ld.fail_if_any()
     return pipeline
+
+
+def _substitute_params(stages: list[LineDict], params: dict[str, Any], ld: Problems) -> None:
+    """Write each ``{params.*}`` reference's value into the stages' configs (see
+    :mod:`pipemake.params`); a reference to a key the files lack is noted at its line."""
+    for raw in stages:
+        sid = raw["id"]
+        if sid == "params":
+            ld.problem(
+                "a stage may not be called 'params' when the pipeline has a params file: "
+                "{params.KEY} names the file's keys",
+                raw.line_of("id"),
+                sid,
+                hint="rename the stage",
+            )
+            continue
+        config = raw.get("config")
+        if not isinstance(config, dict):
+            continue
+        for key in list(config):
+            try:
+                config[key] = substitute_params(config[key], params)
+            except TemplateError as exc:
+                line = config.line_of(key) if isinstance(config, LineDict) else raw.line
+                hint = ""
+                if isinstance(exc, UnknownParam):
+                    hint = "add the key to the params file, or fix the reference"
+                ld.problem(str(exc), line, sid, hint=hint)
 
 
 def _check_hook(doc: LineDict, key: str, ld: Problems) -> None:

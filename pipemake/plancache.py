@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,15 @@ from .dag import Graph
 from .errors import Problems
 from .hashing import digest, hash_bytes
 from .model import Foreach, Pending, Pipeline, Stage
+from .params import Override, params_hash
 from .pipeline import load_pipeline
 from .rule import Ports, get_rule, package_files, registry
 
 __all__ = ["load_checked"]
 
 #: 4: a stage referring to a computed value in a template is not static; the rules' code
-PLAN_FORMAT = 4
+#: 5: the params files and their hashes
+PLAN_FORMAT = 5
 
 
 def _key(text: bytes, dot: Path) -> str:
@@ -37,9 +40,12 @@ def _key(text: bytes, dot: Path) -> str:
     return digest([PLAN_FORMAT, version, sys.version, sorted(rules.items()), hash_bytes(text)])
 
 
-def load_checked(file: Path, dot: Path) -> Pipeline:
-    """The checked pipeline of ``file``, from ``dot/plan.json`` when the file is unchanged
-    (the cache is written only where ``dot`` already exists)."""
+def load_checked(file: Path, dot: Path, overrides: Sequence[Override] = ()) -> Pipeline:
+    """The checked pipeline of ``file``, from ``dot/plan.json`` when the file (and its
+    params files) are unchanged (the cache is written only where ``dot`` already exists).
+    With ``overrides`` (``--set``) the file is loaded afresh and the cache left alone."""
+    if overrides:
+        return load_pipeline(file, dot / "yaml-chunks.json" if dot.is_dir() else None, overrides)
     try:
         text = file.read_bytes()
     except OSError:
@@ -88,6 +94,7 @@ def _write(cache: Path, key: str, p: Pipeline) -> None:
         "vars": p.vars,
         "on_success": p.on_success,
         "on_failure": p.on_failure,
+        "params_files": p.params_files,
         "stages": [
             {
                 "id": s.id,
@@ -132,6 +139,8 @@ def _read(cache: Path, key: str, file: Path) -> Pipeline | None:
     try:
         if any(_stat(f) != sig for f, *sig in doc["code"]):
             return None
+        if any(_sha256(f) != h for f, h in doc["params_files"].items()):
+            return None
         return _stages(doc, file)
     except (KeyError, TypeError, ValueError):
         return None  # a damaged cache: load the file
@@ -159,8 +168,16 @@ def _stages(doc: dict[str, Any], file: Path) -> Pipeline | None:
     return Pipeline(
         name=doc["name"], version=doc["version"], vars=doc["vars"], stages=stages, graph=graph,
         root=file.parent.resolve(), file=file, on_success=doc["on_success"],
-        on_failure=doc["on_failure"],
+        on_failure=doc["on_failure"], params_files=doc["params_files"],
     )  # fmt: skip
+
+
+def _sha256(path: str) -> str | None:
+    """A params file's content hash as :func:`pipemake.params.load_params` takes it."""
+    try:
+        return params_hash(Path(path).read_bytes())
+    except OSError:
+        return None
 
 
 def _recheck_sources(p: Pipeline) -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "Quote",
     "Ref",
     "TemplateError",
+    "escape",
     "find_refs",
     "parse",
     "render",
@@ -26,7 +27,9 @@ __all__ = [
 ]
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
-_REF = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)\.([A-Za-z_][A-Za-z0-9_-]*)$")
+_REF = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)\.([A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*)$")
+#: the one scope whose references may name a nested key: ``{params.section.key}``
+NESTED_SCOPE = "params"
 
 
 class TemplateError(ValueError):
@@ -78,6 +81,11 @@ def _parse_uncached(text: str) -> list[str | Ref]:
                     f"{token!r} in {text!r} is not a reference of the form "
                     "{stage.output} or {vars.name}; write {{ and }} for literal braces"
                 )
+            if "." in ref.group(2) and ref.group(1) != NESTED_SCOPE:
+                raise TemplateError(
+                    f"{token!r} in {text!r}: only {{params.SECTION.KEY}} may name a nested "
+                    "key; other references are {stage.output} or {vars.name}"
+                )
             text_before = "".join(literal)
             if text_before:
                 parts.append(text_before)
@@ -123,7 +131,8 @@ class Deferred:
 Quote = Callable[[Ref, Any, str, int], "str | None"]
 
 
-def _escape(text: str) -> str:
+def escape(text: str) -> str:
+    """``text`` as a template whose rendering is ``text`` itself (braces doubled)."""
     return text.replace("{", "{{").replace("}", "}}")
 
 
@@ -170,7 +179,7 @@ def render(
     index = -1
     for part in parts:
         if isinstance(part, str):
-            out.append(_escape(part) if keep is not None else part)
+            out.append(escape(part) if keep is not None else part)
             continue
         index += 1
         if keep is not None and keep(part):
@@ -184,7 +193,7 @@ def render(
         written = quote(part, value, text, index) if quote is not None else None
         if written is None:
             written = _text(part, value, text, keep is not None)
-        out.append(_escape(written) if keep is not None else written)
+        out.append(escape(written) if keep is not None else written)
     if deferred is not None and keep is None:
         return deferred
     return "".join(out)
