@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import history, uptodate
+from . import cachegc, history, storeplace, uptodate
 from .build import Builder
 from .decide import Decision, Reason, Trigger, Verdict
 from .errors import (
@@ -117,18 +117,30 @@ def open_project(
     file: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     readonly: bool = False,
+    *,
+    base: str | os.PathLike[str] | None = None,
+    remember: bool = False,
+    note: Callable[[str], None] | None = None,
 ) -> Project:
     """Load the pipeline (``-C DIR``, ``-f FILE``; see :func:`find_pipeline`) and open its
-    store and state."""
+    store and state.
+
+    The store is ``cache_dir`` (else ``PIPEMAKE_CACHE_DIR``; relative to ``base``, else
+    ``directory``, else the current directory, as ``-f`` is), else the one this workspace
+    remembers, else ``.pipemake/store`` (see :mod:`pipemake.storeplace`). With
+    ``remember`` (what a build does), a store told is remembered from now on; ``note``
+    hears when a store told differs from the one remembered."""
     path, _ = find_pipeline(directory, file)
     pipeline = load_checked(path, path.parent / ".pipemake")
     ws = Workspace(pipeline.root)
-    cache = cache_dir or os.environ.get("PIPEMAKE_CACHE_DIR") or ws.dot / "store"
-    cache = Path(cache)
-    if not cache.is_absolute():
-        cache = Path.cwd() / cache
-    _check_places(pipeline, ws, cache)
-    store = Store(cache, readonly=readonly)
+    told = cache_dir or os.environ.get("PIPEMAKE_CACHE_DIR") or None
+    where = Path(base or directory or Path.cwd())
+    record = remember and not readonly
+    place = storeplace.choose(told, where.absolute(), ws.dot, pipeline.root, record, note)
+    _check_places(pipeline, ws, place.path)
+    if place.to_remember:
+        storeplace.remember(ws.dot, pipeline.root, place.path)
+    store = Store(place.path, readonly=readonly)
     return Project(pipeline, store, WorkspaceState(ws.dot / "state.db", readonly), ws)
 
 
@@ -357,7 +369,8 @@ def _snapshot(
     project.state.close()  # closed: their stat is what a later write must change
     project.store.close()
     p = project.pipeline
-    code: set[str] = {str(p.file)}
+    # the pipeline file, and the file naming the store a plain command uses
+    code: set[str] = {str(p.file), str(project.workspace.dot / storeplace.FILE)}
     if p.file.name != DEFAULT_FILE:  # found by looking up: a pipemake.yaml would win
         code.add(str(p.file.parent / DEFAULT_FILE))
     packages = {"pipemake", "rules"}
@@ -634,6 +647,8 @@ def clean(
     orphans_only: bool = False,
     with_deps: bool = False,
     confirm: Callable[[str], bool] | None = None,
+    lock_timeout: float | None = None,
+    on_lock_wait: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Remove outputs from the workspace (the store keeps them, so a build restores them);
     returns the paths removed.
@@ -644,10 +659,12 @@ def clean(
     :func:`orphans`). An orphan that is not byte-identical to what pipemake last wrote
     there (edited, or pipemake can no longer tell) is removed only if ``confirm(path)``
     says so; without ``confirm`` it is kept. Symlinks are removed as links, never followed.
+    Waits for a running build like a build does (``lock_timeout``; ``on_lock_wait`` is told
+    who holds the lock).
     """
     if orphans_only and targets:
         raise UsageError("`clean --orphans` takes no targets: it removes every orphan")
-    with BuildLock(project.workspace.dot / "lock", 0):
+    with BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait):
         if orphans_only:
             placed = project.state.placed()
             paths = [
@@ -694,140 +711,35 @@ def cache_info(project: Project) -> dict[str, Any]:
             "entries": entries, "strays": len(scan.strays)}  # fmt: skip
 
 
-def _digests(entry: dict[str, Any]) -> Iterator[str]:
-    """The objects a (well-formed) entry names."""
-    for manifest in entry.get("outputs", {}).values():
-        if manifest["kind"] == "file":
-            yield manifest["hash"]
-        else:
-            for e in manifest["entries"]:
-                yield e[1]
-    if "map" in entry:
-        yield entry["map"]["hash"]
-
-
-def _needed(project: Project) -> set[str]:
-    """The keys this workspace needs now: what a build would compute for every stage and
-    item, and each stage's last build."""
-    p = project.pipeline
-    builder = Builder(p, project.store, project.state, Bus(), dry=True, collect_keys=True)
-    order = p.graph.topo_order()
-    builder.prefetch(order)
-    for stage in order:
-        try:
-            builder.begin(stage)
-        except StageFailure:  # it would fail (an input missing): its key is unknown
-            continue
-    keep = set(builder.keys_seen)
-    keep.update(k for k, _r, _d in project.state.brief().values() if k)
-    return keep
-
-
 def cache_gc(
-    project: Project, keep_days: float = 7.0, dry: bool = False, grace: float = GRACE
+    project: Project,
+    keep_days: float = 7.0,
+    dry: bool = False,
+    grace: float = GRACE,
+    max_size: int | None = None,
+    forget_after: float = cachegc.FORGET_AFTER,
+    lock_timeout: float | None = None,
+    on_lock_wait: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Remove what no workspace sharing the store needs: entries that are neither the keys
-    this workspace would use now, nor a stage's last build, nor in another workspace's
-    roots (what its last build noted), nor younger than ``keep_days`` (so switching back to
-    recent params still restores); then objects no kept entry names.
-
-    Nothing younger than ``grace`` seconds goes, whatever ``keep_days`` says: a build on the
-    same store may have written objects and not yet committed the entry that names them.
-    Links, directories or other things that are not objects are removed as names inside the
-    store, never followed. Roots of workspaces whose pipeline file is gone are dropped once
-    older than ``grace``.
-    """
-    store = project.store
-    with BuildLock(project.workspace.dot / "lock", 0):
-        keep = _needed(project)
-        if not dry:
-            p = project.pipeline
-            store.write_roots(str(p.root), str(p.file), keep, merge=False)
-        roots = store.roots(grace, prune=not dry)
-        keep |= roots.keys
-        now = time.time()
-        horizon = min(now - keep_days * 86400, now - grace)
-        created = store.created()
-        drop = [k for k, t in created.items() if k not in keep and t < horizon]
-        dropped = set(drop)
-        referenced: set[str] = set()
-        damaged = 0
-        for key, entry, _problem in store.rows():
-            if key in dropped:
-                continue
-            if entry is None:
-                damaged += 1
-            else:
-                referenced.update(_digests(entry))
-        scan = store.scan()
-        young = now - grace
-        unused = [
-            (d, st)
-            for d, st in scan.objects
-            if d not in referenced and max(st.st_ctime, st.st_mtime) < young
-        ]
-        stale = [t for t in scan.temporaries if t[2].st_mtime < young]
-        removed = [d for d, _st in unused]
-        if not dry:
-            store.delete_actions(drop)
-            removed = [d for d, _st in unused if store.remove_object(d, older_than=young)]
-            for fan, name, _st in stale:
-                store.remove_temporary(fan, name)
-            for rel, _what in scan.strays:
-                store.remove_stray(rel)
-        sizes = dict(unused)
-        freed = sum(sizes[d].st_size for d in removed)
-    return {"entries_removed": len(drop), "entries_kept": len(created) - len(drop),
-            "objects_removed": len(removed), "bytes_freed": freed, "dry_run": dry,
-            "damaged_entries": damaged, "strays": [rel for rel, _w in scan.strays],
-            "workspaces": len(roots.workspaces)}  # fmt: skip
+    """Remove what no workspace sharing the store needs, and cap its size by LRU
+    (``max_size`` bytes); see :func:`pipemake.cachegc.gc`."""
+    return cachegc.gc(project, keep_days, dry, grace, max_size, forget_after, lock_timeout,
+                      on_lock_wait)  # fmt: skip
 
 
 def cache_verify(project: Project, repair: bool = False) -> dict[str, Any]:
-    """Check the store: every object against its hash (a corrupt one is removed), every
-    entry's shape and objects, the roots records, and anything in the objects directory
-    that is not an object (a link is named, never followed).
-
-    With ``repair``, what is damaged goes: damaged rows, entries whose objects are missing,
-    strays, damaged roots records, and an action cache SQLite cannot read (deleted: it is
-    only a cache). Without it, an unreadable action cache is a :class:`StoreError` saying so.
-    """
-    store = project.store
-    reset = False
-    try:
-        rows = list(store.rows())
-    except StoreError:
-        if not repair:
-            raise
-        store.reset_actions()
-        reset, rows = True, []
-    scan = store.scan()
-    corrupt = [d for d, _st in scan.objects if store.verify_object(d) is False]
-    damaged = [(key, problem or "") for key, entry, problem in rows if entry is None]
-    incomplete = [
-        key
-        for key, entry, _p in rows
-        if entry is not None and not all(store.has_object(d) for d in _digests(entry))
-    ]
-    roots = store.roots(GRACE)
-    strays = list(scan.strays) + [(rel, "a damaged roots record") for rel in roots.damaged]
-    if repair:
-        store.delete_actions([key for key, _p in damaged] + incomplete)
-        for rel, _what in scan.strays:
-            store.remove_stray(rel)
-        if roots.damaged:
-            store.roots(0, prune=True)
-    return {"corrupt": corrupt, "incomplete_entries": incomplete,
-            "damaged_entries": [(repr(k) if type(k) is not str else k, p) for k, p in damaged],
-            "strays": strays, "reset": reset, "repaired": repair}  # fmt: skip
+    """Check every object and entry of the store (``repair``: remove what is damaged); see
+    :func:`pipemake.cachegc.verify`."""
+    return cachegc.verify(project, repair)
 
 
 @contextmanager
 def project_of(
-    directory: Any, file: Any, cache_dir: Any = None, readonly: bool = False
+    directory: Any, file: Any, cache_dir: Any = None, readonly: bool = False, **options: Any
 ) -> Iterator[Project]:
-    """Open a project for the length of a ``with`` block."""
-    project = open_project(directory, file, cache_dir, readonly)
+    """Open a project for the length of a ``with`` block (``options``: those of
+    :func:`open_project`)."""
+    project = open_project(directory, file, cache_dir, readonly, **options)
     try:
         yield project
     finally:
