@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import cachegc, history, storeplace, uptodate
+from . import cachegc, history, lockfile, storeplace, uptodate
 from .build import Builder
 from .decide import Decision, Reason, Trigger, Verdict
 from .errors import (
@@ -246,6 +246,7 @@ def build(
     link: bool | None = None,
     fsync: bool = False,
     noop_snapshot: tuple[str, int] | None = None,
+    lock_file: bool | None = None,
 ) -> BuildReport:
     """Build the targets (default: every stage) and what they need.
 
@@ -258,7 +259,9 @@ def build(
     object (and its directory entry) and every entry commit to disk before it counts, so
     the store survives a power loss, not only a killed build. ``noop_snapshot`` (the
     command's context digest and its process start in ns, see :mod:`pipemake.uptodate`)
-    writes ``.pipemake/uptodate.json`` when every stage was up to date.
+    writes ``.pipemake/uptodate.json`` when every stage was up to date. A build that
+    fails nothing writes ``pipemake.lock`` (when its content changed; ``lock_file``,
+    default: the pipeline's ``lock_file:``), see :mod:`pipemake.lockfile`.
     """
     p = project.pipeline
     order = _select(p, targets)
@@ -324,6 +327,10 @@ def build(
             )
             outcome = sched.run()
         project.state.flush()
+        if lock_file is None:
+            lock_file = p.lock_file
+        if lock_file and not (outcome.failed or outcome.interrupted is not None):
+            lockfile.write(project)
         _record_roots(project, builder)
         if noop_snapshot is not None:
             snapshot = None
@@ -371,6 +378,7 @@ def _snapshot(
     p = project.pipeline
     # the pipeline file, and the file naming the store a plain command uses
     code: set[str] = {str(p.file), str(project.workspace.dot / storeplace.FILE)}
+    code.add(str(p.root / lockfile.FILE))  # a lock deleted or edited is written again
     if p.file.name != DEFAULT_FILE:  # found by looking up: a pipemake.yaml would win
         code.add(str(p.file.parent / DEFAULT_FILE))
     packages = {"pipemake", "rules"}
@@ -531,10 +539,24 @@ def _overlap(a: str, b: str) -> bool:
 
 def status(project: Project) -> dict[str, Any]:
     """Each stage's state (up to date, stale and why, never built, failed), its last result
-    and duration, and orphaned outputs."""
+    and duration, and orphaned outputs. A stage never built here (a fresh clone) is also
+    compared with ``pipemake.lock`` when there is one: ``lock`` lists why it differs from
+    the lock (empty: as locked, so a store keyed on the lock restores it)."""
     records = project.state.records()
+    rows = dry_run(project)
+    unbuilt = [stage for stage, _d in rows if not records.get(stage)]
+    against: dict[str, list[str]] = {}
+    lock_problem = None
+    if unbuilt and project.pipeline.lock_file:
+        try:
+            lock = lockfile.read(project.pipeline.root)
+        except ValueError as exc:
+            lock, lock_problem = None, f"{exc}; the next build writes it again"
+        if lock is not None:
+            order = [stage for stage, _d in rows]
+            against = lockfile.compare(project, lock, order)
     stages = []
-    for stage, decision in dry_run(project):
+    for stage, decision in rows:
         rec = records.get(stage) or {}
         if rec.get("result") in ("failed", "interrupted"):
             state = rec["result"]
@@ -544,13 +566,19 @@ def status(project: Project) -> dict[str, Any]:
             state = "never built"
         else:
             state = "stale"
-        stages.append({
+        row = {
             "stage": stage, "state": state, "decision": decision.verdict.value,
             "reasons": [str(r) for r in decision.reasons],
             "last_result": rec.get("result"), "last_duration": rec.get("duration"),
             "last_error": rec.get("error"),
-        })  # fmt: skip
-    return {"stages": stages, "orphans": orphans(project)}
+        }  # fmt: skip
+        if stage in against and stage in unbuilt:
+            row["lock"] = against[stage]
+        stages.append(row)
+    info: dict[str, Any] = {"stages": stages, "orphans": orphans(project)}
+    if lock_problem:
+        info["lock_problem"] = lock_problem
+    return info
 
 
 def validate(project: Project) -> list[dict[str, Any]]:

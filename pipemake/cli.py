@@ -256,6 +256,11 @@ def _shown(path: Any) -> str:
     metavar="FILE",
     help="Also write the run's events to FILE as JSON lines (always kept in .pipemake/runs/).",
 )
+@click.option(
+    "--no-lock-file",
+    is_flag=True,
+    help="Do not write pipemake.lock (also: lock_file: false in the pipeline).",
+)
 @click.option("--resume", is_flag=True, hidden=True)  # the original system's; said, then moot
 @click.pass_context
 def build(
@@ -275,6 +280,7 @@ def build(
     link: bool,
     fsync: bool,
     log_json: str | None,
+    no_lock_file: bool = False,
     resume: bool = False,
 ) -> None:
     """Build TARGETS (default: every stage) and what they need."""
@@ -316,6 +322,7 @@ def build(
                     fsync=fsync,
                     on_lock_wait=_waiting,
                     noop_snapshot=snap,
+                    lock_file=False if no_lock_file else None,
                 )
             finally:
                 view.close()
@@ -489,9 +496,15 @@ def status(
                 why = f" ({'; '.join(reasons)})" if reasons else ""
                 dur = row["last_duration"]
                 last = f"  [last: {row['last_result']}, {dur:.1f}s]" if dur is not None else ""
-                click.echo(f"{row['stage']}: {row['state']}{why}{last}")
+                locked = ""
+                if "lock" in row:
+                    lock_why = "; ".join(row["lock"])
+                    locked = f"; {lock_why}" if lock_why else "; as in pipemake.lock"
+                click.echo(f"{row['stage']}: {row['state']}{why}{locked}{last}")
                 if row["state"] == "failed" and row["last_error"]:
                     click.echo("    " + row["last_error"].splitlines()[0])
+            if info.get("lock_problem"):
+                click.echo(f"pipemake.lock: {info['lock_problem']}", err=True)
             if info["orphans"]:
                 click.echo("orphaned outputs (remove with `pipemake clean --orphans`):")
                 for path in info["orphans"]:

@@ -75,6 +75,8 @@ class Pipeline:
     file: Path
     on_success: Any = None
     on_failure: Any = None
+    #: ``lock_file:``: whether ``build`` writes ``pipemake.lock`` (see :mod:`pipemake.lockfile`)
+    lock_file: bool = True
     _owners: dict[str, tuple[str, str]] | None = field(default=None, repr=False)
 
     def output_owner(self, path: str) -> tuple[str, str, str] | None:
