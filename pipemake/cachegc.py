@@ -120,8 +120,9 @@ def gc(
 
     With ``max_size`` (bytes), entries are then evicted, least recently used first, those
     no live root needs before those one does, until the objects left fit: an evicted
-    entry's objects go once no kept entry names them. An entry used by a build, or named by
-    a workspace's roots, counts as used when that build ran or that workspace was last seen.
+    entry's objects go once no kept entry names them. Among the entries workspaces need,
+    those of the workspace seen longest ago go first (this one is seen now), then the
+    oldest entries.
 
     Nothing younger than ``grace`` seconds goes, whatever the other limits say. Waits for
     this workspace's build lock like a build (``lock_timeout``; ``on_lock_wait`` is told
@@ -141,8 +142,8 @@ def gc(
         drop = [k for k, t in last.items() if k not in protected and t < horizon]
         plan, damaged, scan = _plan(store, drop, young)
         if max_size is not None:
-            seen = dict.fromkeys(keep, now)
-            seen.update({k: max(t, seen.get(k, 0.0)) for k, t in roots.seen.items()})
+            seen = dict(roots.seen)
+            seen.update(dict.fromkeys(keep, now))
             _evict(store, plan, last, protected, seen, young, max_size)
         stale = [t for t in scan.temporaries if t[2].st_mtime < young]
         removed = list(plan.objects)
@@ -214,7 +215,9 @@ def _evict(
         named[key] = ds
         for d in ds:
             refs[d] = refs.get(d, 0) + 1
-    order = sorted(named, key=lambda k: (k in protected, max(last.get(k, 0.0), seen.get(k, 0.0))))
+    # what no live workspace needs first; then by when a workspace needing it was last
+    # seen (this one: now); then by when the entry was last written
+    order = sorted(named, key=lambda k: (k in protected, seen.get(k, 0.0), last.get(k, 0.0)))
     size = plan.size_after
     freed: set[str] = set()
     evicted: list[str] = []
