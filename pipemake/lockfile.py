@@ -49,10 +49,12 @@ def document(project: Project, old: dict[str, Any] | None = None) -> dict[str, A
     p = project.pipeline
     records = project.state.records()
     old_stages = (old or {}).get("stages") if isinstance(old, dict) else None
+    keys = {sid: rec.get("key") for sid, rec in records.items() if sid in p.stages}
+    entries = project.store.get_actions(sorted({k for k in keys.values() if isinstance(k, str)}))
     stages: dict[str, Any] = {}
     for sid, stage in p.stages.items():
         rec = records.get(sid)
-        key = rec.get("key") if rec else None
+        key = keys.get(sid)
         doc = rec.get("doc") if rec else None
         if not isinstance(key, str) or not isinstance(doc, dict):
             continue
@@ -61,7 +63,7 @@ def document(project: Project, old: dict[str, Any] | None = None) -> dict[str, A
         items = project.state.item_hashes(sid) if stage.foreach is not None else None
         inputs = doc.get("inputs") if isinstance(doc.get("inputs"), dict) else {}
         section["inputs"] = {name: _input(v, items) for name, v in sorted(inputs.items())}
-        entry = project.store.get_action(key)
+        entry = entries.get(key)
         outputs = entry.get("outputs") if isinstance(entry, dict) else None
         prior = old_stages.get(sid) if isinstance(old_stages, dict) else None
         if isinstance(outputs, dict):
@@ -101,6 +103,8 @@ def read(root: Path) -> dict[str, Any] | None:
             data = fh.read(_MAX + 1)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise ValueError(f"{FILE} cannot be read ({exc.strerror or exc})") from None
     if len(data) > _MAX:
         raise ValueError(f"{FILE} is larger than {_MAX >> 20} MB")
     try:
