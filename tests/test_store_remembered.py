@@ -172,3 +172,11 @@ def test_a_bad_pipeline_remembers_nothing(ws: Proj) -> None:
     ws.pipeline("name: x\nstages: []\n")
     ws.cli("build", "--cache-dir", "cache", code=2)
     assert not ws.exists(".pipemake/store.json")
+
+
+def test_a_relative_environment_variable_is_relative_to_c_too(ws: Proj) -> None:
+    parent = ws.root.parent
+    _in(parent, "-C", "ws", "build", env={"PIPEMAKE_CACHE_DIR": "envstore"})
+    assert (ws.root / "envstore" / "actions.db").is_file()
+    assert not (parent / "envstore").exists()
+    assert _in(parent, "-C", "ws", "dry-run").output.count("up to date") == 2
