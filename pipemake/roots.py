@@ -2,15 +2,16 @@
 
 Every build notes in ``<store>/roots/<id>.json`` (one file per workspace and pipeline file,
 written atomically) the keys its stages and items use, and when the workspace was last seen
-(the record's ``written`` time, or its mtime, which a build that found everything up to
-date refreshes without rewriting the keys); ``cache gc`` keeps the union of the records of
-every live workspace, so a gc run from one pipeline on a store shared with another keeps
-the other's entries. A record is live while its pipeline file exists and it was seen within
-``forget_after`` seconds (``cache gc --forget-after``, 30 days by default); the others no
-longer protect anything and are removed once older than the grace period. The last-seen
-times also order ``cache gc --max-size``'s eviction (least recently used first). Like the
-rest of the store, the records are untrusted input: read without following links, bounded
-in size, checked in shape; a damaged one is ignored, reported and removed as a name.
+(the record's ``written`` time, its mtime, which a build that found everything up to date
+refreshes without rewriting the keys, or the workspace's last logged run); ``cache gc``
+keeps the union of the records of every live workspace, so a gc run from one pipeline on a
+store shared with another keeps the other's entries. A record is live while its pipeline
+file exists and it was seen within ``forget_after`` seconds (``cache gc --forget-after``,
+30 days by default); the others no longer protect anything and are removed once older than
+the grace period. The last-seen times also order ``cache gc --max-size``'s eviction (least
+recently used first). Like the rest of the store, the records are untrusted input: read
+without following links, bounded in size, checked in shape; a damaged one is ignored,
+reported and removed as a name.
 """
 
 from __future__ import annotations
@@ -49,6 +50,16 @@ class Roots:
     dropped: int = 0
     seen: dict[str, float] = field(default_factory=dict)
     forgotten: list[str] = field(default_factory=list)
+
+
+def _last_run(workspace: str) -> float:
+    """When the workspace last logged a run (its ``.pipemake/runs`` folder changed), so a
+    no-op build answered from its snapshot, which writes no roots, still counts as seen;
+    0 when there is none."""
+    try:
+        return os.stat(os.path.join(workspace, ".pipemake", "runs")).st_mtime
+    except (OSError, ValueError):
+        return 0.0
 
 
 class RootsDir:
@@ -132,6 +143,7 @@ class RootsDir:
             if doc is not None:
                 written = doc.get("written")
                 seen = max(st.st_mtime, written if type(written) in (int, float) else 0.0)
+                seen = max(seen, _last_run(os.path.join(self.path.parent, doc["workspace"])))
                 exists = os.path.isfile(os.path.join(self.path.parent, doc["pipeline"]))
                 if exists and (forget_after is None or seen >= now - forget_after):
                     out.keys.update(doc["keys"])
