@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import history, starter, svg, uptodate
+from . import cachegc, history, lockfile, starter, storeplace, svg, uptodate
 from .accept import Accepted, accept
 from .build import Builder
 from .decide import Decision, Reason, Trigger, Verdict
@@ -123,19 +123,31 @@ def open_project(
     cache_dir: str | os.PathLike[str] | None = None,
     readonly: bool = False,
     overrides: Sequence[str] = (),
+    *,
+    base: str | os.PathLike[str] | None = None,
+    remember: bool = False,
+    note: Callable[[str], None] | None = None,
 ) -> Project:
     """Load the pipeline (``-C DIR``, ``-f FILE``; see :func:`find_pipeline`) and open its
     store and state. ``overrides`` are ``--set`` values (``vars.NAME=VALUE``,
-    ``params.KEY=VALUE``): for this project only, as if the files said so."""
+    ``params.KEY=VALUE``): for this project only, as if the files said so.
+
+    The store is ``cache_dir`` (else ``PIPEMAKE_CACHE_DIR``; relative to ``base``, else
+    ``directory``, else the current directory, as ``-f`` is), else the one this workspace
+    remembers, else ``.pipemake/store`` (see :mod:`pipemake.storeplace`). With
+    ``remember`` (what a build does), a store told is remembered from now on; ``note``
+    hears when a store told differs from the one remembered."""
     path, _ = find_pipeline(directory, file)
     pipeline = load_checked(path, path.parent / ".pipemake", parse_overrides(overrides))
     ws = Workspace(pipeline.root)
-    cache = cache_dir or os.environ.get("PIPEMAKE_CACHE_DIR") or ws.dot / "store"
-    cache = Path(cache)
-    if not cache.is_absolute():
-        cache = Path.cwd() / cache
-    _check_places(pipeline, ws, cache)
-    store = Store(cache, readonly=readonly)
+    told = cache_dir or os.environ.get("PIPEMAKE_CACHE_DIR") or None
+    where = Path(base or directory or Path.cwd())
+    record = remember and not readonly
+    place = storeplace.choose(told, where.absolute(), ws.dot, pipeline.root, record, note)
+    _check_places(pipeline, ws, place.path)
+    if place.to_remember:
+        storeplace.remember(ws.dot, pipeline.root, place.path)
+    store = Store(place.path, readonly=readonly)
     return Project(pipeline, store, WorkspaceState(ws.dot / "state.db", readonly), ws)
 
 
@@ -239,6 +251,7 @@ def build(
     link: bool | None = None,
     fsync: bool = False,
     noop_snapshot: tuple[str, int] | None = None,
+    lock_file: bool | None = None,
 ) -> BuildReport:
     """Build the targets (default: every stage) and what they need.
 
@@ -251,7 +264,9 @@ def build(
     object (and its directory entry) and every entry commit to disk before it counts, so
     the store survives a power loss, not only a killed build. ``noop_snapshot`` (the
     command's context digest and its process start in ns, see :mod:`pipemake.uptodate`)
-    writes ``.pipemake/uptodate.json`` when every stage was up to date.
+    writes ``.pipemake/uptodate.json`` when every stage was up to date. A build that
+    fails nothing writes ``pipemake.lock`` (when its content changed; ``lock_file``,
+    default: the pipeline's ``lock_file:``), see :mod:`pipemake.lockfile`.
     """
     p = project.pipeline
     order = _select(p, targets)
@@ -318,6 +333,10 @@ def build(
             )
             outcome = sched.run()
         project.state.flush()
+        if lock_file is None:
+            lock_file = p.lock_file
+        if lock_file and not (outcome.failed or outcome.interrupted is not None):
+            lockfile.write(project)
         _record_roots(project, builder)
         if noop_snapshot is not None:
             snapshot = None
@@ -363,7 +382,9 @@ def _snapshot(
     project.state.close()  # closed: their stat is what a later write must change
     project.store.close()
     p = project.pipeline
-    code: set[str] = {str(p.file), *p.params_files}
+    # the pipeline file, its params files, and the file naming the store a plain command uses
+    code: set[str] = {str(p.file), *p.params_files, str(project.workspace.dot / storeplace.FILE)}
+    code.add(str(p.root / lockfile.FILE))  # a lock deleted or edited is written again
     if p.file.name != DEFAULT_FILE:  # found by looking up: a pipemake.yaml would win
         code.add(str(p.file.parent / DEFAULT_FILE))
     packages = {"pipemake", "rules"}
@@ -525,10 +546,24 @@ def _overlap(a: str, b: str) -> bool:
 def status(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
     """Each stage's state (up to date, stale and why, never built, failed), its last result
     and duration, and orphaned outputs; with ``targets`` (ids or output paths) only those
-    stages and the stages they need."""
+    stages and the stages they need. A stage never built here (a fresh clone) is also
+    compared with ``pipemake.lock`` when there is one: ``lock`` lists why it differs from
+    the lock (empty: as locked, so a store keyed on the lock restores it)."""
     records = project.state.records()
+    rows = dry_run(project, targets)
+    unbuilt = [stage for stage, _d in rows if not records.get(stage)]
+    against: dict[str, list[str]] = {}
+    lock_problem = None
+    if unbuilt and project.pipeline.lock_file:
+        try:
+            lock = lockfile.read(project.pipeline.root)
+        except ValueError as exc:
+            lock, lock_problem = None, f"{exc}; the next build writes it again"
+        if lock is not None:
+            order = [stage for stage, _d in rows]
+            against = lockfile.compare(project, lock, order)
     stages = []
-    for stage, decision in dry_run(project, targets):
+    for stage, decision in rows:
         rec = records.get(stage) or {}
         if rec.get("result") in ("failed", "interrupted"):
             state = rec["result"]
@@ -538,13 +573,19 @@ def status(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
             state = "never built"
         else:
             state = "stale"
-        stages.append({
+        row = {
             "stage": stage, "state": state, "decision": decision.verdict.value,
             "reasons": [str(r) for r in decision.reasons],
             "last_result": rec.get("result"), "last_duration": rec.get("duration"),
             "last_error": rec.get("error"),
-        })  # fmt: skip
-    return {"stages": stages, "orphans": orphans(project)}
+        }  # fmt: skip
+        if stage in against and stage in unbuilt:
+            row["lock"] = against[stage]
+        stages.append(row)
+    info: dict[str, Any] = {"stages": stages, "orphans": orphans(project)}
+    if lock_problem:
+        info["lock_problem"] = lock_problem
+    return info
 
 
 def validate(project: Project) -> list[dict[str, Any]]:
@@ -708,6 +749,8 @@ def clean(
     orphans_only: bool = False,
     with_deps: bool = False,
     confirm: Callable[[str], bool] | None = None,
+    lock_timeout: float | None = None,
+    on_lock_wait: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Remove outputs from the workspace (the store keeps them, so a build restores them);
     returns the paths removed.
@@ -718,10 +761,12 @@ def clean(
     :func:`orphans`). An orphan that is not byte-identical to what pipemake last wrote
     there (edited, or pipemake can no longer tell) is removed only if ``confirm(path)``
     says so; without ``confirm`` it is kept. Symlinks are removed as links, never followed.
+    Waits for a running build like a build does (``lock_timeout``; ``on_lock_wait`` is told
+    who holds the lock).
     """
     if orphans_only and targets:
         raise UsageError("`clean --orphans` takes no targets: it removes every orphan")
-    with BuildLock(project.workspace.dot / "lock", 0):
+    with BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait):
         if orphans_only:
             placed = project.state.placed()
             paths = [
@@ -768,132 +813,26 @@ def cache_info(project: Project) -> dict[str, Any]:
             "entries": entries, "strays": len(scan.strays)}  # fmt: skip
 
 
-def _digests(entry: dict[str, Any]) -> Iterator[str]:
-    """The objects a (well-formed) entry names."""
-    for manifest in entry.get("outputs", {}).values():
-        if manifest["kind"] == "file":
-            yield manifest["hash"]
-        else:
-            for e in manifest["entries"]:
-                yield e[1]
-    if "map" in entry:
-        yield entry["map"]["hash"]
-
-
-def _needed(project: Project) -> set[str]:
-    """The keys this workspace needs now: what a build would compute for every stage and
-    item, and each stage's last build."""
-    p = project.pipeline
-    builder = Builder(p, project.store, project.state, Bus(), dry=True, collect_keys=True)
-    order = p.graph.topo_order()
-    builder.prefetch(order)
-    for stage in order:
-        try:
-            builder.begin(stage)
-        except StageFailure:  # it would fail (an input missing): its key is unknown
-            continue
-    keep = set(builder.keys_seen)
-    keep.update(k for k, _r, _d in project.state.brief().values() if k)
-    return keep
-
-
 def cache_gc(
-    project: Project, keep_days: float = 7.0, dry: bool = False, grace: float = GRACE
+    project: Project,
+    keep_days: float = 7.0,
+    dry: bool = False,
+    grace: float = GRACE,
+    max_size: int | None = None,
+    forget_after: float = cachegc.FORGET_AFTER,
+    lock_timeout: float | None = None,
+    on_lock_wait: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Remove what no workspace sharing the store needs: entries that are neither the keys
-    this workspace would use now, nor a stage's last build, nor in another workspace's
-    roots (what its last build noted), nor younger than ``keep_days`` (so switching back to
-    recent params still restores); then objects no kept entry names.
-
-    Nothing younger than ``grace`` seconds goes, whatever ``keep_days`` says: a build on the
-    same store may have written objects and not yet committed the entry that names them.
-    Links, directories or other things that are not objects are removed as names inside the
-    store, never followed. Roots of workspaces whose pipeline file is gone are dropped once
-    older than ``grace``.
-    """
-    store = project.store
-    with BuildLock(project.workspace.dot / "lock", 0):
-        keep = _needed(project)
-        if not dry:
-            p = project.pipeline
-            store.write_roots(str(p.root), str(p.file), keep, merge=False)
-        roots = store.roots(grace, prune=not dry)
-        keep |= roots.keys
-        now = time.time()
-        horizon = min(now - keep_days * 86400, now - grace)
-        created = store.created()
-        drop = [k for k, t in created.items() if k not in keep and t < horizon]
-        dropped = set(drop)
-        referenced: set[str] = set()
-        damaged = 0
-        for key, entry, _problem in store.rows():
-            if key in dropped:
-                continue
-            if entry is None:
-                damaged += 1
-            else:
-                referenced.update(_digests(entry))
-        scan = store.scan()
-        young = now - grace
-        unused = [
-            (d, st)
-            for d, st in scan.objects
-            if d not in referenced and max(st.st_ctime, st.st_mtime) < young
-        ]
-        stale = [t for t in scan.temporaries if t[2].st_mtime < young]
-        removed = [d for d, _st in unused]
-        if not dry:
-            store.delete_actions(drop)
-            removed = [d for d, _st in unused if store.remove_object(d, older_than=young)]
-            for fan, name, _st in stale:
-                store.remove_temporary(fan, name)
-            for rel, _what in scan.strays:
-                store.remove_stray(rel)
-        sizes = dict(unused)
-        freed = sum(sizes[d].st_size for d in removed)
-    return {"entries_removed": len(drop), "entries_kept": len(created) - len(drop),
-            "objects_removed": len(removed), "bytes_freed": freed, "dry_run": dry,
-            "damaged_entries": damaged, "strays": [rel for rel, _w in scan.strays],
-            "workspaces": len(roots.workspaces)}  # fmt: skip
+    """Remove what no workspace sharing the store needs, and cap its size by LRU
+    (``max_size`` bytes); see :func:`pipemake.cachegc.gc`."""
+    return cachegc.gc(project, keep_days, dry, grace, max_size, forget_after, lock_timeout,
+                      on_lock_wait)  # fmt: skip
 
 
 def cache_verify(project: Project, repair: bool = False) -> dict[str, Any]:
-    """Check the store: every object against its hash (a corrupt one is removed), every
-    entry's shape and objects, the roots records, and anything in the objects directory
-    that is not an object (a link is named, never followed).
-
-    With ``repair``, what is damaged goes: damaged rows, entries whose objects are missing,
-    strays, damaged roots records, and an action cache SQLite cannot read (deleted: it is
-    only a cache). Without it, an unreadable action cache is a :class:`StoreError` saying so.
-    """
-    store = project.store
-    reset = False
-    try:
-        rows = list(store.rows())
-    except StoreError:
-        if not repair:
-            raise
-        store.reset_actions()
-        reset, rows = True, []
-    scan = store.scan()
-    corrupt = [d for d, _st in scan.objects if store.verify_object(d) is False]
-    damaged = [(key, problem or "") for key, entry, problem in rows if entry is None]
-    incomplete = [
-        key
-        for key, entry, _p in rows
-        if entry is not None and not all(store.has_object(d) for d in _digests(entry))
-    ]
-    roots = store.roots(GRACE)
-    strays = list(scan.strays) + [(rel, "a damaged roots record") for rel in roots.damaged]
-    if repair:
-        store.delete_actions([key for key, _p in damaged] + incomplete)
-        for rel, _what in scan.strays:
-            store.remove_stray(rel)
-        if roots.damaged:
-            store.roots(0, prune=True)
-    return {"corrupt": corrupt, "incomplete_entries": incomplete,
-            "damaged_entries": [(repr(k) if type(k) is not str else k, p) for k, p in damaged],
-            "strays": strays, "reset": reset, "repaired": repair}  # fmt: skip
+    """Check every object and entry of the store (``repair``: remove what is damaged); see
+    :func:`pipemake.cachegc.verify`."""
+    return cachegc.verify(project, repair)
 
 
 @contextmanager
@@ -903,9 +842,11 @@ def project_of(
     cache_dir: Any = None,
     readonly: bool = False,
     overrides: Sequence[str] = (),
+    **options: Any,
 ) -> Iterator[Project]:
-    """Open a project for the length of a ``with`` block (see :func:`open_project`)."""
-    project = open_project(directory, file, cache_dir, readonly, overrides)
+    """Open a project for the length of a ``with`` block (see :func:`open_project`;
+    ``options``: its keyword-only ones)."""
+    project = open_project(directory, file, cache_dir, readonly, overrides, **options)
     try:
         yield project
     finally:

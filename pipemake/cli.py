@@ -166,12 +166,50 @@ def cli(ctx: click.Context, directory: str | None, file: str | None, cache_dir: 
     ctx.obj = {**(ctx.obj or {}), "directory": directory, "file": file, "cache_dir": cache_dir}
 
 
-def _project(ctx: click.Context, readonly: bool = False, cache_dir: str | None = None) -> Any:
+def _project(
+    ctx: click.Context, readonly: bool = False, cache_dir: str | None = None, build: bool = False
+) -> Any:
+    """Open the project for one command: its own ``--cache-dir`` over the global one (and
+    ``PIPEMAKE_CACHE_DIR``), relative to ``-C DIR`` like ``-f``; a build remembers it."""
     o = ctx.find_root().obj
     # the path found already holds -C DIR: open it as it is, not joined to DIR again
     path = _pipeline_file(ctx)
+    scratch = o.get("scratch", False)  # run --no-checkpoint: neither remembered nor noted
     overrides = o.get("overrides") or ()
-    return api.project_of(None, path, cache_dir or o["cache_dir"], readonly, overrides)
+    return api.project_of(
+        None, path, cache_dir or o["cache_dir"], readonly, overrides, base=o["directory"],
+        remember=build and not scratch, note=None if scratch else _note,
+    )  # fmt: skip
+
+
+def _note(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _cache_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--cache-dir DIR`` on a command that reads the store."""
+    return click.option(
+        "--cache-dir",
+        "cache_dir",
+        default=None,
+        metavar="DIR",
+        help="Where the store lives (default: the one this workspace remembers, else "
+        ".pipemake/store; relative to -C DIR like -f; env PIPEMAKE_CACHE_DIR).",
+    )(fn)
+
+
+def _lock_timeout_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--lock-timeout SECONDS`` on a command that waits for the build lock."""
+    return click.option(
+        "--lock-timeout",
+        default=None,
+        metavar="SECONDS",
+        help="Give up (exit 1) when a build holds this workspace's lock this long (default: wait).",
+    )(fn)
+
+
+def _waiting(who: str) -> None:
+    click.echo(f"waiting for the build lock held by {who} …", err=True)
 
 
 def _complete_targets(ctx: click.Context, _param: Any, incomplete: str) -> list[Any]:
@@ -228,7 +266,7 @@ def _shown(path: Any) -> str:
 @click.option(
     "--executor", default="local", show_default=True, help="Where tasks run: local, inline."
 )
-@click.option("--cache-dir", "cache_dir", default=None, help="Where the store lives.")
+@_cache_dir_option
 @click.option(
     "--lock-timeout",
     default=None,
@@ -282,6 +320,11 @@ def _shown(path: Any) -> str:
     "`pipemake dry-run`; make -n).",
 )
 @_set_option
+@click.option(
+    "--no-lock-file",
+    is_flag=True,
+    help="Do not write pipemake.lock (also: lock_file: false in the pipeline).",
+)
 @click.option("--resume", is_flag=True, hidden=True)  # the original system's; said, then moot
 @click.pass_context
 def build(
@@ -302,6 +345,7 @@ def build(
     fsync: bool,
     log_json: str | None,
     dry: bool = False,
+    no_lock_file: bool = False,
     resume: bool = False,
 ) -> None:
     """Build TARGETS (default: every stage) and what they need.
@@ -327,7 +371,7 @@ def build(
             budget = parse_resources(resources)
         except ValueError as exc:
             raise UsageError(f"--resources: {exc}") from None
-        with _project(ctx, cache_dir=cache_dir) as project:
+        with _project(ctx, cache_dir=cache_dir, build=True) as project:
             bus = Bus()
             view = make_view(no_progress)
             bus.subscribe(view)
@@ -348,10 +392,9 @@ def build(
                     log_json=log_json,
                     link=link,
                     fsync=fsync,
-                    on_lock_wait=lambda who: click.echo(
-                        f"waiting for the build lock held by {who} …", err=True
-                    ),
+                    on_lock_wait=_waiting,
                     noop_snapshot=snap,
+                    lock_file=False if no_lock_file else None,
                 )
             finally:
                 view.close()
@@ -433,6 +476,7 @@ def run_cmd(
     except PipemakeError as exc:
         click.echo(exc.format(), err=True)
         sys.exit(exc.exit_code)
+    root["scratch"] = True
     try:
         ctx.invoke(build, cache_dir=str(scratch), **same)
     finally:
@@ -461,15 +505,22 @@ def _print_decisions(rows: list[Any], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--check", is_flag=True, help="Exit 1 when anything would run or be restored.")
 @_set_option
+@_cache_dir_option
 @click.pass_context
-def dry_run(ctx: click.Context, targets: tuple[str, ...], as_json: bool, check: bool) -> None:
+def dry_run(
+    ctx: click.Context,
+    targets: tuple[str, ...],
+    as_json: bool,
+    check: bool,
+    cache_dir: str | None = None,
+) -> None:
     """Say what a build would run, restore or skip, and why. Changes nothing.
 
     TARGETS are stage ids or paths the stages output (default: every stage); `build -n`
     prints the same."""
 
     def go() -> int:
-        with _project(ctx, readonly=True) as project:
+        with _project(ctx, readonly=True, cache_dir=cache_dir) as project:
             rows = api.dry_run(project, targets)
             notes = api.stage_notes(project)
         _print_decisions(rows, as_json)
@@ -497,6 +548,7 @@ def dry_run(ctx: click.Context, targets: tuple[str, ...], as_json: bool, check: 
 )
 @click.option("--checkpoint-dir", default=None, metavar="DIR", help="The store (as --cache-dir).")
 @_set_option
+@_cache_dir_option
 @click.pass_context
 def status(
     ctx: click.Context,
@@ -505,10 +557,12 @@ def status(
     check: bool,
     run_id: str | None,
     checkpoint_dir: str | None,
+    cache_dir: str | None = None,
 ) -> None:
     """Each stage's state, last result and duration; orphaned outputs.
 
     With TARGETS (stage ids or output paths): those stages and what they need."""
+    checkpoint_dir = cache_dir or checkpoint_dir
     if run_id is not None:
         _run(lambda: _run_status(ctx, run_id, as_json, checkpoint_dir))
 
@@ -523,9 +577,15 @@ def status(
                 why = f" ({'; '.join(reasons)})" if reasons else ""
                 dur = row["last_duration"]
                 last = f"  [last: {row['last_result']}, {dur:.1f}s]" if dur is not None else ""
-                click.echo(f"{row['stage']}: {row['state']}{why}{last}")
+                locked = ""
+                if "lock" in row:
+                    lock_why = "; ".join(row["lock"])
+                    locked = f"; {lock_why}" if lock_why else "; as in pipemake.lock"
+                click.echo(f"{row['stage']}: {row['state']}{why}{locked}{last}")
                 if row["state"] == "failed" and row["last_error"]:
                     click.echo("    " + row["last_error"].splitlines()[0])
+            if info.get("lock_problem"):
+                click.echo(f"pipemake.lock: {info['lock_problem']}", err=True)
             if info["orphans"]:
                 click.echo("orphaned outputs (remove with `pipemake clean --orphans`):")
                 for path in info["orphans"]:
@@ -763,9 +823,17 @@ def report(ctx: click.Context, run: str | None, output: str) -> None:
     "-y", "--yes", is_flag=True, help="Remove orphans edited since pipemake wrote them, unasked."
 )
 @_set_option
+@_cache_dir_option
+@_lock_timeout_option
 @click.pass_context
 def clean(
-    ctx: click.Context, targets: tuple[str, ...], orphans: bool, with_deps: bool, yes: bool
+    ctx: click.Context,
+    targets: tuple[str, ...],
+    orphans: bool,
+    with_deps: bool,
+    yes: bool,
+    cache_dir: str | None = None,
+    lock_timeout: str | None = None,
 ) -> None:
     """Remove outputs from the workspace; the store keeps them (a build restores them).
 
@@ -792,10 +860,12 @@ def clean(
         return False
 
     def go() -> int:
-        with _project(ctx) as project:
+        timeout = _parse_duration(lock_timeout)
+        with _project(ctx, cache_dir=cache_dir) as project:
             removed = api.clean(
-                project, targets, orphans_only=orphans, with_deps=with_deps, confirm=confirm
-            )
+                project, targets, orphans_only=orphans, with_deps=with_deps, confirm=confirm,
+                lock_timeout=timeout, on_lock_wait=_waiting,
+            )  # fmt: skip
         for path in removed:
             click.echo(f"removed {path}")
         for path in kept:
@@ -883,12 +953,13 @@ def cache() -> None:
 
 
 @cache.command("info")
+@_cache_dir_option
 @click.pass_context
-def cache_info(ctx: click.Context) -> None:
+def cache_info(ctx: click.Context, cache_dir: str | None = None) -> None:
     """Where the store is and what it holds."""
 
     def go() -> int:
-        with _project(ctx) as project:
+        with _project(ctx, cache_dir=cache_dir) as project:
             info = api.cache_info(project)
         click.echo(f"store:   {info['path']}")
         click.echo(f"objects: {info['objects']} ({info['bytes'] / 1e6:.1f} MB)")
@@ -916,19 +987,71 @@ def cache_info(ctx: click.Context) -> None:
     help="Never remove what is younger than this many seconds (a build on the same store "
     "may be about to commit it). Lower it only when no build uses the store.",
 )
+@click.option(
+    "--max-size",
+    default=None,
+    metavar="SIZE",
+    help="Cap the store at SIZE (e.g. 2G, 500M): evict least recently used entries, those "
+    "no workspace needs first, and the objects only they name.",
+)
+@click.option(
+    "--forget-after",
+    default="30d",
+    show_default=True,
+    metavar="AGE",
+    help="Stop keeping what a workspace sharing the store needs once it has not been seen "
+    "(built or gc'd) for this long (e.g. 30d, 12h); a workspace whose pipeline file is gone "
+    "is forgotten at once.",
+)
 @click.option("--dry-run", "dry", is_flag=True, help="Say what would go; remove nothing.")
+@_cache_dir_option
+@_lock_timeout_option
 @click.pass_context
-def cache_gc(ctx: click.Context, keep_days: float, grace: float, dry: bool) -> None:
-    """Remove entries and objects no workspace sharing the store needs."""
+def cache_gc(
+    ctx: click.Context,
+    keep_days: float,
+    grace: float,
+    max_size: str | None,
+    forget_after: str,
+    dry: bool,
+    cache_dir: str | None = None,
+    lock_timeout: str | None = None,
+) -> None:
+    """Remove entries and objects no workspace sharing the store needs; cap its size."""
+    from .cachegc import parse_age, parse_size
 
     def go() -> int:
-        with _project(ctx) as project:
-            info = api.cache_gc(project, keep_days=keep_days, dry=dry, grace=grace)
+        cap = parse_size(max_size) if max_size is not None else None
+        forget = parse_age(forget_after)
+        timeout = _parse_duration(lock_timeout)
+        with _project(ctx, cache_dir=cache_dir) as project:
+            info = api.cache_gc(
+                project, keep_days=keep_days, dry=dry, grace=grace, max_size=cap,
+                forget_after=forget, lock_timeout=timeout, on_lock_wait=_waiting,
+            )  # fmt: skip
         verb = "would remove" if dry else "removed"
         click.echo(
             f"{verb} {info['entries_removed']} entries and {info['objects_removed']} objects "
             f"({info['bytes_freed'] / 1e6:.1f} MB); kept {info['entries_kept']} entries"
         )
+        if cap is not None:
+            evicted = "would evict" if dry else "evicted"
+            click.echo(
+                f"{evicted} {info['evicted_entries']} least recently used entries and "
+                f"{info['evicted_objects']} objects for --max-size {max_size}; the store "
+                f"holds {info['bytes_after'] / 1e6:.1f} MB"
+            )
+            if info["bytes_after"] > cap:
+                click.echo(
+                    "still over --max-size: what is left is younger than --grace (a build "
+                    "on the store may be about to use it)",
+                    err=True,
+                )
+        if info["forgotten"]:
+            click.echo(
+                f"{info['forgotten']} workspace(s) sharing the store no longer kept: not seen "
+                f"for {forget_after}, or their pipeline file is gone"
+            )
         for rel in info["strays"]:
             click.echo(f"{verb} {rel}: not an object (a link is removed, never followed)")
         if info["damaged_entries"]:
@@ -948,12 +1071,13 @@ def cache_gc(ctx: click.Context, keep_days: float, grace: float, dry: bool) -> N
     help="Delete what is damaged: rows, entries lacking objects, things that are not "
     "objects, an unreadable action cache (it is only a cache: stages run again).",
 )
+@_cache_dir_option
 @click.pass_context
-def cache_verify(ctx: click.Context, repair: bool) -> None:
+def cache_verify(ctx: click.Context, repair: bool, cache_dir: str | None = None) -> None:
     """Check every object against its hash (corrupt objects are removed) and every entry."""
 
     def go() -> int:
-        with _project(ctx) as project:
+        with _project(ctx, cache_dir=cache_dir) as project:
             info = api.cache_verify(project, repair=repair)
         done = "deleted" if repair else "--repair deletes it"
         if info["reset"]:

@@ -77,6 +77,8 @@ class Pipeline:
     on_failure: Any = None
     #: the params files the stages' ``{params.*}`` came from: path → content hash
     params_files: dict[str, str] = field(default_factory=dict)
+    #: ``lock_file:``: whether ``build`` writes ``pipemake.lock`` (see :mod:`pipemake.lockfile`)
+    lock_file: bool = True
     _owners: dict[str, tuple[str, str]] | None = field(default=None, repr=False)
 
     def output_owner(self, path: str) -> tuple[str, str, str] | None:

@@ -39,6 +39,7 @@ MAX_ID = 128
 _RESERVED = {"vars", "inputs", "outputs", "item"}
 _TOP_KEYS = {
     "name", "version", "vars", "params", "stages", "on_success", "on_failure", "description",
+    "lock_file",
 }  # fmt: skip
 _STAGE_KEYS = {
     "id", "type", "depends_on", "config", "foreach", "resources", "retries",
@@ -147,6 +148,13 @@ def _check(doc: LineDict, path: Path, ld: Problems, overrides: Sequence[Override
         _find_unquoted(variables, "vars", doc, ld, None)
     for hook in ("on_success", "on_failure"):
         _check_hook(doc, hook, ld)
+    lock_file = doc.get("lock_file", True)
+    if not isinstance(lock_file, bool):
+        ld.problem(
+            f"'lock_file' must be true or false, not {_short(lock_file)}",
+            doc.line_of("lock_file"),
+            hint="lock_file: false stops `build` writing pipemake.lock",
+        )
     raw_stages = doc.get("stages")
     if not isinstance(raw_stages, list) or not raw_stages:
         ld.problem(
@@ -177,6 +185,7 @@ def _check(doc: LineDict, path: Path, ld: Problems, overrides: Sequence[Override
         vars=dict(variables), stages={}, graph=Graph(), root=root, file=path,
         on_success=doc.get("on_success"), on_failure=doc.get("on_failure"),
         params_files=params_files,
+        lock_file=doc.get("lock_file", True) is not False,
     )  # fmt: skip
     bind(pipeline, stages, ld)
     ld.fail_if_any()

@@ -95,6 +95,7 @@ def _write(cache: Path, key: str, p: Pipeline) -> None:
         "on_success": p.on_success,
         "on_failure": p.on_failure,
         "params_files": p.params_files,
+        "lock_file": p.lock_file,
         "stages": [
             {
                 "id": s.id,
@@ -169,6 +170,7 @@ def _stages(doc: dict[str, Any], file: Path) -> Pipeline | None:
         name=doc["name"], version=doc["version"], vars=doc["vars"], stages=stages, graph=graph,
         root=file.parent.resolve(), file=file, on_success=doc["on_success"],
         on_failure=doc["on_failure"], params_files=doc["params_files"],
+        lock_file=doc.get("lock_file", True) is not False,
     )  # fmt: skip
 
 

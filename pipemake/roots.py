@@ -1,12 +1,17 @@
 """Roots: per workspace, the keys it needs, so ``cache gc`` run anywhere keeps them.
 
 Every build notes in ``<store>/roots/<id>.json`` (one file per workspace and pipeline file,
-written atomically) the keys its stages and items use; ``cache gc`` keeps the union of the
-records of every workspace whose pipeline file still exists, so a gc run from one pipeline
-on a store shared with another keeps the other's entries. Records of workspaces that are
-gone are dropped once older than the grace period. Like the rest of the store, the records
-are untrusted input: read without following links, bounded in size, checked in shape; a
-damaged one is ignored, reported and removed as a name.
+written atomically) the keys its stages and items use, and when the workspace was last seen
+(the record's ``written`` time, its mtime, which a build that found everything up to date
+refreshes without rewriting the keys, or the workspace's last logged run); ``cache gc``
+keeps the union of the records of every live workspace, so a gc run from one pipeline on a
+store shared with another keeps the other's entries. A record is live while its pipeline
+file exists and it was seen within ``forget_after`` seconds (``cache gc --forget-after``,
+30 days by default); the others no longer protect anything and are removed once older than
+the grace period. The last-seen times also order ``cache gc --max-size``'s eviction (least
+recently used first). Like the rest of the store, the records are untrusted input: read
+without following links, bounded in size, checked in shape; a damaged one is ignored,
+reported and removed as a name.
 """
 
 from __future__ import annotations
@@ -34,12 +39,27 @@ _ROOTS_MAX = 256 << 20
 
 @dataclass
 class Roots:
-    """The union of every live workspace's roots (see :meth:`RootsDir.read`)."""
+    """The union of every live workspace's roots (see :meth:`RootsDir.read`): their keys,
+    each with the last time a workspace needing it was seen (``seen``), the live
+    workspaces, damaged records, records dropped, and workspaces forgotten (not seen for
+    ``forget_after``, or whose pipeline file is gone)."""
 
     keys: set[str] = field(default_factory=set)
     workspaces: list[str] = field(default_factory=list)
     damaged: list[str] = field(default_factory=list)
     dropped: int = 0
+    seen: dict[str, float] = field(default_factory=dict)
+    forgotten: list[str] = field(default_factory=list)
+
+
+def _last_run(workspace: str) -> float:
+    """When the workspace last logged a run (its ``.pipemake/runs`` folder changed), so a
+    no-op build answered from its snapshot, which writes no roots, still counts as seen;
+    0 when there is none."""
+    try:
+        return os.stat(os.path.join(workspace, ".pipemake", "runs")).st_mtime
+    except (OSError, ValueError):
+        return 0.0
 
 
 class RootsDir:
@@ -62,8 +82,9 @@ class RootsDir:
         """Record the keys the workspace (a directory) of pipeline file ``pipeline``
         needs, so a ``cache gc`` run from any workspace sharing this store keeps them. With
         ``merge``, the keys recorded before are kept too (a build of some targets only);
-        without ``refresh``, a record already there is left as it is. Written atomically
-        (flushed with ``fsync``); paths are kept relative to the store."""
+        without ``refresh``, a record already there keeps its keys and is only marked as
+        seen now (its mtime). Written atomically (flushed with ``fsync``); paths are kept
+        relative to the store."""
         # relative to the store, so a project moved together with its store keeps its
         # record, and the store holds no absolute path of the machine it was written on
         base = self.path.parent
@@ -73,6 +94,8 @@ class RootsDir:
         if not refresh:
             dfd = self._dir(False)
             if dfd is not None and exists_at(ident + ".json", dfd):
+                with quiet():  # seen now; a link is not followed
+                    os.utime(ident + ".json", dir_fd=dfd, follow_symlinks=False)
                 return
         keep = set(keys)
         if merge:
@@ -100,26 +123,37 @@ class RootsDir:
                 os.unlink(tmp, dir_fd=dfd)
             raise
 
-    def read(self, grace: float, prune: bool = False) -> Roots:
-        """Every workspace's recorded roots: the keys of those whose pipeline file still
-        exists, and (with ``prune``) the records of the others, and damaged ones, removed
-        once older than ``grace`` seconds."""
+    def read(self, grace: float, prune: bool = False, forget_after: float | None = None) -> Roots:
+        """Every live workspace's recorded roots: the keys of those whose pipeline file
+        still exists and that were seen within ``forget_after`` seconds (None: ever), and
+        (with ``prune``) the records of the others, and damaged ones, removed once older
+        than ``grace`` seconds."""
         out = Roots()
         dfd = self._dir(False)
         if dfd is None:
             return out
-        old = time.time() - grace
+        now = time.time()
+        old = now - grace
         for e in list_dir(dfd):
             try:
                 st = e.stat(follow_symlinks=False)
             except OSError:
                 continue
             doc = self._read(e.name) if _ROOT_NAME.fullmatch(e.name) else None
-            if doc is not None and os.path.isfile(os.path.join(self.path.parent, doc["pipeline"])):
-                out.keys.update(doc["keys"])
-                out.workspaces.append(doc["workspace"])
-                continue
-            if doc is None and not e.name.startswith(".tmp-"):
+            if doc is not None:
+                written = doc.get("written")
+                seen = max(st.st_mtime, written if type(written) in (int, float) else 0.0)
+                seen = max(seen, _last_run(os.path.join(self.path.parent, doc["workspace"])))
+                exists = os.path.isfile(os.path.join(self.path.parent, doc["pipeline"]))
+                if exists and (forget_after is None or seen >= now - forget_after):
+                    out.keys.update(doc["keys"])
+                    out.workspaces.append(doc["workspace"])
+                    for key in doc["keys"]:
+                        if out.seen.get(key, 0.0) < seen:
+                            out.seen[key] = min(seen, now)  # a future time: now at most
+                    continue
+                out.forgotten.append(doc["workspace"])
+            elif not e.name.startswith(".tmp-"):
                 out.damaged.append(f"roots/{e.name}")
             if prune and not self.readonly and max(st.st_mtime, st.st_ctime) < old:
                 with quiet():

@@ -24,11 +24,13 @@ import shutil
 import sqlite3
 import stat
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import StoreError
+from .hashing import hash_bytes
 from .objects import GRACE, Objects, Scan
 from .roots import Roots, RootsDir
 from .trust import entry_problem, is_manifest, safe_mode
@@ -161,6 +163,7 @@ class Store:
             db.execute("PRAGMA synchronous=" + ("FULL" if self.fsync else "NORMAL"))
             db.executescript(_SCHEMA)
             db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(STORE_FORMAT),))
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (uuid.uuid4().hex,))
             fmt = db.execute("SELECT value FROM meta WHERE name='format'").fetchone()[0]
         except BaseException:
             db.close()
@@ -260,6 +263,15 @@ class Store:
             out[key] = float(t) if type(t) in (int, float) else 0.0
         return out
 
+    def last_used(self) -> dict[Any, float]:
+        """When each entry was last written or used (key → seconds since the epoch; a
+        damaged time is read as long ago): what ``cache gc --max-size`` evicts by."""
+        out: dict[Any, float] = {}
+        for key, created, used in self._query("SELECT key, created, used FROM actions"):
+            times = [float(t) for t in (created, used) if type(t) in (int, float)]
+            out[key] = max(times, default=0.0)
+        return out
+
     def delete_actions(self, keys: Iterable[Any]) -> None:
         """Remove entries (``cache gc``, ``cache verify --repair``); their objects go with
         the next sweep."""
@@ -354,19 +366,29 @@ class Store:
         """See :meth:`RootsDir.write`."""
         self._roots.write(workspace, pipeline, keys, merge, refresh, fsync=self.fsync)
 
-    def roots(self, grace: float = GRACE, prune: bool = False) -> Roots:
+    def roots(
+        self, grace: float = GRACE, prune: bool = False, forget_after: float | None = None
+    ) -> Roots:
         """See :meth:`RootsDir.read`."""
-        return self._roots.read(grace, prune)
+        return self._roots.read(grace, prune, forget_after)
 
     def removals(self) -> int:
-        """How many times entries or objects were removed from this store (``cache gc``,
-        ``cache verify``, a corrupt object dropped): what a workspace's own record of the
-        store's contents (the foreach item index) must still match to be trusted."""
-        rows = self._query("SELECT value FROM meta WHERE name='removals'")
+        """A token of this store's contents that changes whenever entries or objects are
+        removed (``cache gc``, ``cache verify``, a corrupt object dropped) and differs
+        between stores: what a workspace's own record of the store's contents (the foreach
+        item index) must still match to be trusted, so switching ``--cache-dir`` never
+        trusts an index of another store."""
+        rows = self._query("SELECT name, value FROM meta WHERE name IN ('removals', 'id')")
+        found = {name: value for name, value in rows}
         try:
-            return int(rows[0][0]) if rows else 0
+            count = int(found.get("removals", 0))
         except (TypeError, ValueError):
             return -1  # damaged: matches no index a workspace recorded
+        ident = found.get("id")
+        if not isinstance(ident, str) or not ident:
+            return count
+        # one signed 63-bit number, as SQLite stores it
+        return int(hash_bytes(f"{ident}\0{count}".encode())[:15], 16)
 
     def _object_removed(self) -> None:
         if not self._removed:

@@ -1,0 +1,224 @@
+"""``pipemake.lock``: what each stage was last built from and what it made, in the project.
+
+Written by ``build`` at the project root so a CI cache can be keyed on it (GitHub Actions:
+``key: pipemake-${{ hashFiles('pipemake.lock') }}``) and committed beside the pipeline.
+Per stage: its key, rule, resolved params, each input's path and content hash and each
+output's path and hash; a ``foreach`` input is its item count and one digest of the items
+(path and content), never one line per item. The file is JSON (also valid YAML), keys
+sorted, one value per line, and holds no time, host or absolute path, so the same build
+gives the same bytes anywhere, and it is rewritten only when its content changes (a no-op
+build leaves it, mtime and all).
+
+On a fresh clone without a store, :func:`compare` tells ``status`` which stages' source
+inputs (or static params) differ from the lock, and so will run rather than restore from a
+cache keyed on it. ``--no-lock-file`` or ``lock_file: false`` in the pipeline turns it off.
+The lock is the project's own file: read as untrusted input (bounded, checked in shape), a
+damaged one is reported as unreadable and rewritten by the next build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .fshash import Hasher
+from .items import glob_base, is_glob, items_digest, select
+from .walk import BadPath
+
+if TYPE_CHECKING:
+    from .api import Project
+
+__all__ = ["FILE", "FORMAT", "compare", "document", "read", "render", "write"]
+
+FILE = "pipemake.lock"
+FORMAT = 1
+_MAX = 64 << 20
+_NOTE = (
+    "written by `pipemake build`; do not edit. Key a CI cache on it, e.g. "
+    "hashFiles('pipemake.lock')"
+)
+
+
+def document(project: Project, old: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The lock of the project as built: every current stage with a last build. A stage
+    whose entry the store no longer holds keeps its section of ``old`` when the key is the
+    same (so what the store holds never changes the lock), else lists no outputs."""
+    p = project.pipeline
+    records = project.state.records()
+    old_stages = (old or {}).get("stages") if isinstance(old, dict) else None
+    keys = {sid: rec.get("key") for sid, rec in records.items() if sid in p.stages}
+    entries = project.store.get_actions(sorted({k for k in keys.values() if isinstance(k, str)}))
+    stages: dict[str, Any] = {}
+    for sid, stage in p.stages.items():
+        rec = records.get(sid)
+        key = keys.get(sid)
+        doc = rec.get("doc") if rec else None
+        if not isinstance(key, str) or not isinstance(doc, dict):
+            continue
+        section: dict[str, Any] = {"key": key, "rule": stage.type,
+                                   "params": doc.get("params", {})}  # fmt: skip
+        items = project.state.item_hashes(sid) if stage.foreach is not None else None
+        inputs = doc.get("inputs") if isinstance(doc.get("inputs"), dict) else {}
+        section["inputs"] = {name: _input(v, items) for name, v in sorted(inputs.items())}
+        entry = entries.get(key)
+        outputs = entry.get("outputs") if isinstance(entry, dict) else None
+        prior = old_stages.get(sid) if isinstance(old_stages, dict) else None
+        if isinstance(outputs, dict):
+            section["outputs"] = {
+                name: {"path": rel, "hash": outputs[name]["hash"]}
+                for name, rel in sorted(stage.ports.outputs.items())
+                if isinstance(outputs.get(name), dict)
+            }
+        elif isinstance(prior, dict) and prior.get("key") == key and "outputs" in prior:
+            section["outputs"] = prior["outputs"]
+        stages[sid] = section
+    return {"format": FORMAT, "note": _NOTE, "pipeline": p.name, "stages": stages}
+
+
+def _input(value: Any, items: dict[str, str] | None) -> Any:
+    """One input of a key document as the lock writes it."""
+    if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+        if value[1] == "foreach":
+            found = items or {}
+            return {"path": value[0], "items": len(found), "items_digest": items_digest(found)}
+        if isinstance(value[1], str):
+            return {"path": value[0], "hash": value[1]}
+    return {"value": value}
+
+
+def render(doc: dict[str, Any]) -> bytes:
+    """The lock's bytes: sorted keys, two-space indent, a final newline."""
+    return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def read(root: Path) -> dict[str, Any] | None:
+    """The lock at ``root``, or None when there is none; :class:`ValueError` when it is
+    not a lock pipemake wrote (damaged or edited)."""
+    path = root / FILE
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(_MAX + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ValueError(f"{FILE} cannot be read ({exc.strerror or exc})") from None
+    if len(data) > _MAX:
+        raise ValueError(f"{FILE} is larger than {_MAX >> 20} MB")
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeError) as exc:
+        raise ValueError(f"{FILE} is not JSON ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("stages"), dict):
+        raise ValueError(f"{FILE} has no 'stages' mapping")
+    return doc
+
+
+def write(project: Project) -> bool:
+    """Write ``pipemake.lock`` when its content changed (atomically); whether it did. Not
+    written where a stage reads it (an input of the whole project folder): each lock would
+    change that stage's key, and so the next lock, for ever."""
+    root = project.pipeline.root
+    if _read_by_a_stage(project):
+        return False
+    path = root / FILE
+    try:
+        old_bytes: bytes | None = path.read_bytes()
+    except OSError:
+        old_bytes = None
+    try:
+        old = json.loads(old_bytes) if old_bytes else None
+    except (ValueError, UnicodeError):
+        old = None
+    data = render(document(project, old if isinstance(old, dict) else None))
+    if data == old_bytes:
+        return False
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".pipemake.lock-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def _read_by_a_stage(project: Project) -> bool:
+    """Whether some stage's input is, or holds, ``pipemake.lock``."""
+    for stage in project.pipeline.stages.values():
+        for value in stage.ports.inputs.values():
+            for path in value if isinstance(value, list) else [value]:
+                if not isinstance(path, str):
+                    continue
+                base = os.path.normpath(glob_base(path) if is_glob(path) else path)
+                if base in (".", FILE):
+                    return True
+    return False
+
+
+def compare(project: Project, lock: dict[str, Any], stages: list[str]) -> dict[str, list[str]]:
+    """Per stage of ``stages`` (in build order), why it differs from the lock: a source
+    input (one no stage makes) whose content is not the locked one, static params that are
+    not the locked ones, an upstream stage that differs, or no section in the lock. An empty
+    list: as locked, so a store keyed on the lock restores it."""
+    p = project.pipeline
+    hasher = Hasher(str(p.root), project.state)
+    locked = lock.get("stages")
+    out: dict[str, list[str]] = {}
+    for sid in stages:
+        section = locked.get(sid) if isinstance(locked, dict) else None
+        if not isinstance(section, dict):
+            out[sid] = [f"not in {FILE}"]
+            continue
+        stage = p.stages[sid]
+        reasons = [f"upstream {d} differs from {FILE}" for d in stage.deps if out.get(d)]
+        if stage.static:
+            params = stage.ports.key_params
+            if params is None:
+                params = stage.ports.params
+            if params != section.get("params"):
+                reasons.append(f"params differ from {FILE}")
+        inputs = section.get("inputs") if isinstance(section.get("inputs"), dict) else {}
+        for _name, want in sorted(inputs.items()):
+            if not isinstance(want, dict) or not isinstance(want.get("path"), str):
+                continue
+            path = want["path"]
+            base = glob_base(path) if is_glob(path) else path
+            if p.output_owner(base) is not None:
+                continue  # made by a stage: its upstream stands for it
+            why = _input_differs(hasher, stage, path, want)
+            if why:
+                reasons.append(f"input {path} {why} since {FILE}")
+        out[sid] = reasons
+    return out
+
+
+def _input_differs(hasher: Hasher, stage: Any, path: str, want: dict[str, Any]) -> str | None:
+    """How a source input differs from its locked form, or None."""
+    globbed = is_glob(path)
+    base = glob_base(path) if globbed else path
+    try:
+        info = hasher.info(base)
+    except (BadPath, OSError):
+        return "cannot be read"
+    if info.kind == "missing":
+        return "is missing"
+    if "items_digest" in want:
+        if info.kind == "file":
+            parent = os.path.dirname(base) or "."
+            refs = select(parent, [[os.path.basename(base), info.hash]], None)
+        else:
+            pattern = stage.foreach.pattern if stage.foreach is not None else None
+            refs = select(base, info.entries or [], pattern, path if globbed else None)
+        found = {r.relpath: r.hash for r in refs}
+        if items_digest(found) == want["items_digest"]:
+            return None
+        count = want.get("items")
+        return f"has {len(found)} items (locked: {count})" if count != len(found) else "changed"
+    if "hash" in want and info.hash != want["hash"]:
+        return "changed"
+    return None

@@ -1,0 +1,126 @@
+"""Where a workspace's store is: told (``--cache-dir``, ``PIPEMAKE_CACHE_DIR``), remembered,
+or the default ``.pipemake/store``.
+
+The first build told a store records it in ``.pipemake/store.json``, a small JSON file of its
+own, so later commands without the option use the same store (a plain ``status`` after a
+``build --cache-dir X`` reads X, and a plain ``build`` does not rerun everything into a
+second store). A command told a different store uses it and says so once; a build told a
+different one also remembers it from then on. The file::
+
+    {"format": 1, "cache_dir": "PATH", "remote": null}
+
+``cache_dir`` is relative to the project root when the store lies inside it (so the
+project moves with its store), else absolute. ``remote`` is the remote store URL a later
+``--remote`` will record the same way; it is kept as written and not used yet. Unknown keys
+are kept when the file is rewritten. A damaged file is ignored (and rewritten by the next
+build told a store), never an error: it only spares typing an option.
+
+A relative ``--cache-dir`` (or ``PIPEMAKE_CACHE_DIR``) is resolved like ``-f``: against
+``-C DIR`` when given, else the current directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FILE", "Place", "choose", "read", "remember"]
+
+FILE = "store.json"
+FORMAT = 1
+_MAX = 64 << 10
+
+
+@dataclass
+class Place:
+    """The store a command uses, and how it was chosen: ``told`` (an option or the
+    environment), ``remembered`` (``.pipemake/store.json``) or ``default``."""
+
+    path: Path
+    how: str
+    #: a build told this store should remember it (it differs from the one remembered)
+    to_remember: bool = False
+
+
+def read(dot: Path, root: Path) -> Path | None:
+    """The store remembered in ``dot/store.json`` (resolved against ``root``), or None."""
+    doc = _doc(dot)
+    value = doc.get("cache_dir") if doc else None
+    if not isinstance(value, str) or not value or "\0" in value:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else root / path
+
+
+def remember(dot: Path, root: Path, store: Path) -> None:
+    """Record ``store`` as this workspace's store (atomically; other keys kept)."""
+    doc = _doc(dot) or {}
+    rel = os.path.relpath(store, root)
+    inside = rel != ".." and not rel.startswith(".." + os.sep)
+    doc.update({"format": FORMAT, "cache_dir": rel if inside else str(store)})
+    doc.setdefault("remote", None)
+    dot.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dot, prefix=".store-")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, dot / FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def choose(
+    told: str | os.PathLike[str] | None,
+    base: Path,
+    dot: Path,
+    root: Path,
+    record: bool = False,
+    note: Callable[[str], None] | None = None,
+) -> Place:
+    """The store to use: ``told`` (resolved against ``base`` when relative), else the one
+    remembered, else ``dot/store``. With ``record`` (a build), a told store is to become
+    the remembered one (``Place.to_remember``; the caller calls :func:`remember` once the
+    pipeline is known to be fine). ``note`` hears, once, that a told store differs from the
+    remembered one: which was remembered, which is used, how to change it."""
+    remembered = read(dot, root)
+    if told is None or str(told) == "":
+        if remembered is not None:
+            return Place(remembered, "remembered")
+        return Place(dot / "store", "default")
+    path = Path(told).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    path = Path(os.path.abspath(path))
+    same = remembered is not None and os.path.realpath(remembered) == os.path.realpath(path)
+    if remembered is not None and not same and note is not None:
+        where = dot / FILE
+        if record:
+            note(
+                f"pipemake: this workspace's store was {remembered} (remembered in {where}); "
+                f"building with {path} as told, and remembering it from now on (build with "
+                f"--cache-dir {remembered} to go back)"
+            )
+        else:
+            note(
+                f"pipemake: using the store {path} as told, for this command only; this "
+                f"workspace remembers {remembered} (in {where}; a build with --cache-dir "
+                f"{path} makes it the one remembered)"
+            )
+    default = remembered is None and path == Path(os.path.abspath(dot / "store"))
+    return Place(path, "told", record and not same and not default)
+
+
+def _doc(dot: Path) -> dict[str, Any] | None:
+    """The file's JSON object, or None when absent or damaged."""
+    try:
+        with open(dot / FILE, "rb") as fh:
+            doc = json.loads(fh.read(_MAX + 1))
+    except (OSError, ValueError, UnicodeError):
+        return None
+    return doc if isinstance(doc, dict) else None

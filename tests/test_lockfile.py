@@ -1,0 +1,153 @@
+"""``pipemake.lock``: written by ``build`` for CI cache keys, deterministic, rewritten only
+when its content changes; ``status`` on a fresh clone compares against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import TRACEBACK, Proj, counted
+
+PIPE = f"""
+name: locked
+vars: {{case: "A-Z"}}
+stages:
+  - id: up
+    type: shell
+    config:
+      cmd: "{counted("up", "tr a-z {vars.case} < {inputs.src} > {outputs.o}")}"
+      inputs: {{src: data/a.txt}}
+      outputs: {{o: build/up.txt}}
+  - id: each
+    type: shell
+    foreach: src
+    config:
+      cmd: "{counted("each", "cat {inputs.src} {inputs.up} > {outputs.d}/{item.name}")}"
+      inputs: {{src: data/many, up: "{{up.o}}"}}
+      outputs: {{d: build/each}}
+"""
+FILES = {"data/a.txt": "lazy\n", **{f"data/many/{i:03}.txt": f"{i}\n" for i in range(40)}}
+
+
+@pytest.fixture
+def proj(project: Callable[..., Proj]) -> Proj:
+    return project(PIPE, FILES)
+
+
+def _lock(p: Proj) -> dict[str, object]:
+    return json.loads(p.read("pipemake.lock"))
+
+
+def test_build_writes_a_small_sorted_lock_of_keys_params_and_hashes(
+    proj: Proj, project: Callable[..., Proj]
+) -> None:
+    proj.cli("build")
+    text = proj.read("pipemake.lock")
+    lock = json.loads(text)
+    assert lock["format"] == 1 and lock["pipeline"] == "locked"
+    up, each = lock["stages"]["up"], lock["stages"]["each"]
+    record = json.loads(proj.cli("status", "--json").output)
+    assert [r["state"] for r in record["stages"]] == ["up to date", "up to date"]
+    assert up["params"]["cmd"].endswith("tr a-z A-Z < {inputs.src} > {outputs.o}")
+    assert up["inputs"]["src"]["path"] == "data/a.txt" and len(up["inputs"]["src"]["hash"]) == 32
+    assert up["outputs"]["o"]["path"] == "build/up.txt"
+    assert each["inputs"]["up"]["hash"] == up["outputs"]["o"]["hash"]
+    assert each["inputs"]["src"]["items"] == 40 and "items_digest" in each["inputs"]["src"]
+    assert len(text.splitlines()) < 80  # no line per item
+    assert "017.txt" not in text and str(proj.root) not in text
+    assert text == json.dumps(lock, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    # the same project built elsewhere gives the same bytes
+    other = project(PIPE, FILES, name="elsewhere")
+    other.cli("build")
+    assert other.read("pipemake.lock") == text
+
+
+def test_a_noop_build_leaves_the_lock_and_a_change_rewrites_it(proj: Proj) -> None:
+    proj.cli("build")
+    before = os.stat(proj.path("pipemake.lock")).st_mtime_ns
+    old = _lock(proj)
+    proj.sub("build")  # a real process: the no-op snapshot path too
+    proj.sub("build")
+    proj.cli("build")
+    assert os.stat(proj.path("pipemake.lock")).st_mtime_ns == before
+    proj.write("data/many/041.txt", "new\n")
+    proj.cli("build")
+    new = _lock(proj)
+    assert new["stages"]["each"]["inputs"]["src"]["items"] == 41
+    assert new["stages"]["up"] == old["stages"]["up"]
+    proj.edit("pipemake.yaml", '"A-Z"', '"A-Y"')
+    proj.cli("build")
+    assert _lock(proj)["stages"]["up"]["key"] != old["stages"]["up"]["key"]
+
+
+def test_a_deleted_lock_is_written_again_by_the_next_build(proj: Proj) -> None:
+    proj.sub("build")
+    proj.sub("build")  # leaves a no-op snapshot
+    proj.path("pipemake.lock").unlink()
+    proj.sub("build")
+    assert _lock(proj)["stages"]["up"]
+
+
+def test_a_failed_build_writes_no_lock(proj: Proj) -> None:
+    proj.edit("pipemake.yaml", "cat {inputs.src}", "exit 3; cat {inputs.src}")
+    proj.cli("build", code=1)
+    assert not proj.exists("pipemake.lock")
+
+
+def test_no_lock_file_option_and_pipeline_key(proj: Proj) -> None:
+    proj.cli("build", "--no-lock-file")
+    assert not proj.exists("pipemake.lock")
+    proj.write("pipemake.yaml", "lock_file: false\n" + proj.read("pipemake.yaml"))
+    proj.cli("build", "-B")
+    assert not proj.exists("pipemake.lock")
+    proj.write(
+        "pipemake.yaml", proj.read("pipemake.yaml").replace("lock_file: false", "lock_file: 3")
+    )
+    r = proj.cli("build", code=2)
+    assert "lock_file" in r.output and "pipemake.yaml:1" in r.output and TRACEBACK not in r.output
+
+
+def test_status_on_a_fresh_clone_compares_with_the_lock(
+    proj: Proj, project: Callable[..., Proj]
+) -> None:
+    proj.cli("build")
+    clone = project(PIPE, FILES, name="clone")
+    shutil.copy(proj.path("pipemake.lock"), clone.path("pipemake.lock"))
+    out = clone.cli("status").output
+    assert "up: never built; as in pipemake.lock" in out
+    assert "each: never built; as in pipemake.lock" in out
+    assert not clone.exists(".pipemake/store")  # status wrote no store
+    clone.write("data/many/005.txt", "five\n")
+    out = clone.cli("status").output
+    assert "up: never built; as in pipemake.lock" in out
+    assert "input data/many changed since pipemake.lock" in out
+    clone.write("data/a.txt", "busy\n")
+    rows = {r["stage"]: r for r in json.loads(clone.cli("status", "--json").output)["stages"]}
+    assert rows["up"]["lock"] == ["input data/a.txt changed since pipemake.lock"]
+    assert "upstream up differs from pipemake.lock" in rows["each"]["lock"]
+    clone.edit("pipemake.yaml", '"A-Z"', '"A-Y"')
+    assert "params differ from pipemake.lock" in clone.cli("status").output
+    clone.cli("status", "--check", code=1)  # nothing is built here
+
+
+def test_a_damaged_lock_is_reported_by_status_and_rewritten(
+    proj: Proj, project: Callable[..., Proj]
+) -> None:
+    clone = project(PIPE, FILES, name="clone")
+    clone.write("pipemake.lock", "{not a lock")
+    r = clone.cli("status")
+    assert "pipemake.lock: pipemake.lock is not JSON" in r.output and TRACEBACK not in r.output
+    clone.cli("build")
+    assert _lock(clone)["stages"]
+
+
+def test_lock_file_document_is_stable_across_a_gc_of_the_store(proj: Proj, tmp_path: Path) -> None:
+    proj.cli("build", "--cache-dir", str(tmp_path / "cache"))
+    text = proj.read("pipemake.lock")
+    shutil.rmtree(tmp_path / "cache")
+    proj.cli("build", "--cache-dir", str(tmp_path / "cache"))  # up to date: entries missing
+    assert proj.read("pipemake.lock") == text
