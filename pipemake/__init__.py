@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         cache_info,
         cache_verify,
         clean,
+        commit,
         dry_run,
         graph,
         list_runs,
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 _HOME = {
     **dict.fromkeys(
         ["BuildReport", "Project", "build", "cache_gc", "cache_info", "cache_verify", "clean",
-         "dry_run", "graph", "list_runs", "list_stages", "open_project", "run_status",
+         "commit", "dry_run", "graph", "list_runs", "list_stages", "open_project", "run_status",
          "show_log", "status", "validate"],
         "api",
     ),
@@ -105,6 +106,7 @@ __all__ = [
     "cache_info",
     "cache_verify",
     "clean",
+    "commit",
     "dry_run",
     "graph",
     "list_runs",

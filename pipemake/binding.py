@@ -423,7 +423,8 @@ def in_project(path: str, root: str) -> str:
 
 
 def _inside(path: str, parent: str) -> bool:
-    return path == parent or path.startswith(parent + "/")
+    """Whether ``path`` is ``parent`` or lies inside it (``.``, the project, holds all)."""
+    return parent in (".", "") or path == parent or path.startswith(parent + "/")
 
 
 def check_graph(pipeline: Pipeline, raws: list[LineDict], ld: Problems) -> None:

@@ -22,3 +22,22 @@ def test_import_linter_contracts_hold() -> None:
     r = subprocess.run([str(exe)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "broken" not in r.stdout.lower().replace("0 broken", "")
+
+
+def test_every_engine_module_is_under_the_click_and_rich_contract() -> None:
+    """A new module of the engine is checked too: only the CLI, its live view, the entry
+    point and serve (which has its own contract) may import click or rich."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    contract = next(
+        c for c in config["tool"]["importlinter"]["contracts"] if "click and rich" in c["name"]
+    )
+    listed = set(contract["source_modules"])
+    allowed = {"cli", "progress", "entry", "__init__", "__main__"}
+    missing = sorted(
+        f"pipemake.{f.stem}"
+        for f in (ROOT / "pipemake").glob("*.py")
+        if f.stem not in allowed and f"pipemake.{f.stem}" not in listed
+    )
+    assert not missing, f"add {missing} to the contract in pyproject.toml"

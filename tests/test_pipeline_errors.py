@@ -49,6 +49,16 @@ CASES: dict[str, tuple[str, int, str | None, list[str]]] = {
         "bad",
         ["colour"],
     ),
+    "the whole project as an input holds the stage's own output": (
+        _stage(
+            "bad",
+            '    config:\n      cmd: "ls {inputs.d} > {outputs.o}"\n'
+            "      inputs: {d: .}\n      outputs: {o: build/bad}\n",
+        ),
+        9,
+        "bad",
+        ["overlaps its own input", "(.)"],
+    ),
     "unknown stage key": (_stage("bad", "    bogus: 1\n" + SHELL_OK), 11, "bad", ["bogus"]),
     "wrong type: retries": (
         _stage("bad", "    retries: many\n" + SHELL_OK),
