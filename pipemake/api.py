@@ -30,7 +30,7 @@ from .errors import (
     UsageError,
 )
 from .events import Bus
-from .executors import get_executor
+from .executors import executor_names, get_executor, runs_here
 from .fshash import Hasher
 from .hooks import run_hooks, run_summary
 from .items import glob_base, is_glob
@@ -234,6 +234,7 @@ def build(
     link: bool | None = None,
     fsync: bool = False,
     noop_snapshot: tuple[str, int] | None = None,
+    executor_options: Mapping[str, Any] | None = None,
 ) -> BuildReport:
     """Build the targets (default: every stage) and what they need.
 
@@ -247,13 +248,17 @@ def build(
     the store survives a power loss, not only a killed build. ``noop_snapshot`` (the
     command's context digest and its process start in ns, see :mod:`pipemake.uptodate`)
     writes ``.pipemake/uptodate.json`` when every stage was up to date.
+    ``executor_options`` go to the executor (dask: ``scheduler``, ``dashboard``).
     """
     p = project.pipeline
+    if executor not in executor_names():
+        known = ", ".join(executor_names())
+        raise UsageError(f"--executor: unknown executor {executor!r} (known: {known})")
     order = _select(p, targets)
     for s in force_stages:
         if s not in p.stages:
             raise UsageError(f"--force-stage: unknown stage {s!r}")
-    budget = _budget(p, order, resources)
+    budget = _budget(p, order, resources, runs_here(executor))
     bus = bus or Bus()
     runs = project.workspace.dot / "runs"
     runlog = history.RunLog(runs, log_json, {"pipeline": p.name})
@@ -261,6 +266,8 @@ def build(
     started = time.time()
     started_ns = noop_snapshot[1] if noop_snapshot else time.time_ns()
     with (
+        # first: a cluster that cannot be reached fails the build before anything is logged
+        get_executor(executor, jobs, **(executor_options or {})) as ex,
         BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait),
         _linking(project.store, link),
         _durable(project.store, fsync),
@@ -289,7 +296,9 @@ def build(
             "per_item": {s: t for s, t in history.per_item_times(runs).items() if s in expected},
         }
         bus.emit("run_started", None, **run_started)
-        with _Signals() as sigs, get_executor(executor, jobs) as ex:
+        with _Signals() as sigs, ex:  # closed here (and again, idempotently, on the way out)
+            for note in getattr(ex, "notes", ()):
+                bus.emit("log", None, level="info", text=note)
             # stages of worker rules never built (or failed last time) will most likely run:
             # their workers start now, while the build decides, not after
             if any(
@@ -418,8 +427,11 @@ def _durable(store: Store, fsync: bool) -> Iterator[None]:
         store.set_fsync(old)
 
 
-def _budget(p: Pipeline, order: list[str], overrides: Mapping[str, float] | None) -> Budget:
-    total, gpu_ids = default_budget()
+def _budget(
+    p: Pipeline, order: list[str], overrides: Mapping[str, float] | None, here: bool = True
+) -> Budget:
+    # tasks run elsewhere (a cluster): only what --resources caps, never this machine's
+    total, gpu_ids = default_budget() if here else ({}, [])
     total.update(overrides or {})
     budget = Budget(total, gpu_ids)
     problems = []

@@ -1,0 +1,478 @@
+"""The dask executor: tasks run on a ``dask.distributed`` cluster, for builds that outgrow
+one machine.
+
+Only running moves: deciding, keys, the store's commits and the order of stages stay in
+the build process. Each pipemake task (a whole stage, or a batch of foreach items, already
+batched by the build so per-item overhead stays small) becomes one dask task running
+:func:`run_task` on a worker, which calls the same task runner as a local worker
+(:func:`pipemake.executors.worker.execute`): rules, outputs in staging, the store and the
+messages behave as locally. Workers must share the project's filesystem at the same path
+(checked at the first task: every worker must read a file the build just wrote); without it
+they would need the remote store, which this executor does not use.
+
+- ``dask``: a running scheduler, ``--scheduler tcp://HOST:PORT`` or env
+  ``PIPEMAKE_DASK_SCHEDULER``; ``dask-local``: a ``LocalCluster`` of ``jobs`` worker
+  processes on 127.0.0.1, its dashboard off unless asked for.
+- Resources: ``gpu`` becomes dask's ``GPU`` worker resource, and the task sees exactly the
+  worker's card(s) (``CUDA_VISIBLE_DEVICES``); ``mem_gb`` becomes ``MEMORY`` (bytes) and
+  ``cpus`` ``CPU`` where workers declare them; any other name passes as it is. A request no
+  worker offers fails its task at once, naming what to start, instead of waiting forever.
+- A worker runs one pipemake task at a time (the runner changes the process's working
+  directory and environment), so a rule's ``setup`` is cached in the worker process and
+  loads once per worker; start workers with ``--nthreads 1``.
+- Faults: dask reruns a task whose worker died on another worker (up to its
+  ``allowed-failures``); the result is recorded once, as only one answer reaches the build.
+  A lost scheduler fails every running and later task with an error naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import PipemakeError, UsageError
+from ..rule import adopt_registry, local_only, registry
+from .base import Executor, Message, Task
+from .worker import execute
+
+__all__ = ["DaskExecutor", "DaskLocalExecutor", "SchedulerUnreachable", "run_task"]
+
+#: the environment variable naming the scheduler when ``--scheduler`` is not given
+SCHEDULER_ENV = "PIPEMAKE_DASK_SCHEDULER"
+#: seconds to wait for the scheduler's handshake, and for a first worker to join
+CONNECT_TIMEOUT = 10.0
+WORKER_WAIT = float(os.environ.get("PIPEMAKE_DASK_WORKER_WAIT", "60"))
+#: dask's names for pipemake's built-in resources (the rest pass unchanged)
+GPU, MEMORY, CPU = "GPU", "MEMORY", "CPU"
+
+_INSTALL = "install the dask extra: pip install 'pipemake[dask]'"
+
+
+class SchedulerUnreachable(PipemakeError):
+    """The dask scheduler cannot be reached, or has no workers (exit 1)."""
+
+
+# the worker's side -------------------------------------------------------------------------
+
+#: one pipemake task at a time per worker process: the runner changes its working
+#: directory and environment, and the rule's cached ``setup`` is the process's
+_RUN_LOCK = threading.Lock()
+#: the worker's GPU ids, read once (before a task's environment changes anything)
+_GPUS: list[str] | None = None
+
+
+def _worker_gpus() -> list[str]:
+    """This worker's cards: ``PIPEMAKE_GPU_IDS`` or ``CUDA_VISIBLE_DEVICES`` as the worker
+    was started, else ``0 … GPU-1`` of its ``GPU`` resource; at most that many."""
+    global _GPUS
+    if _GPUS is None:
+        from distributed import get_worker
+
+        count = int(get_worker().state.total_resources.get(GPU, 0))
+        env = os.environ.get("PIPEMAKE_GPU_IDS") or os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = [x.strip() for x in (env or "").split(",") if x.strip() and x.strip() != "-1"]
+        if env is None:
+            ids = [str(i) for i in range(count)]
+        _GPUS = ids[:count] if count else []
+    return _GPUS
+
+
+def run_task(task: Task, rules: tuple[str, dict[str, str]]) -> list[tuple[str, Any]]:
+    """Run one pipemake task on this dask worker; return what it reported, in order (its
+    last message is its ``result`` or ``error``)."""
+    out: list[tuple[str, Any]] = []
+    with _RUN_LOCK:
+        if not os.path.isdir(task.root):
+            out.append(("error", [_not_shared(task.root, _where()), None]))
+            return out
+        adopt_registry(rules)
+        gpus = _worker_gpus()
+        want = int(task.resources.get("gpu", 0))
+        if want or gpus:  # a GPU task sees its cards only; any other task sees none
+            task.gpu_ids = gpus[:want]
+            task.env = dict(task.env, CUDA_VISIBLE_DEVICES=",".join(task.gpu_ids))
+        execute(task, lambda kind, data: out.append((kind, data)))
+    return out
+
+
+def _where() -> str:
+    try:
+        from distributed import get_worker
+
+        return f"dask worker {get_worker().address} (host {socket.gethostname()})"
+    except ValueError:
+        return f"host {socket.gethostname()}"
+
+
+def _not_shared(root: str, where: str) -> str:
+    return (
+        f"{where} does not see the project at {root}: pipemake's dask executor needs workers "
+        "that share the project's filesystem at the same path (mount it there on every "
+        "worker, or run the workers on this machine)"
+    )
+
+
+def _probe(path: str, token: str, store: str) -> str | None:
+    """On a worker: None when it reads ``token`` from ``path`` and may write beside it and
+    into the store, else what is wrong."""
+    where = _where()
+    try:
+        with open(path, encoding="utf-8") as f:
+            seen = f.read()
+    except OSError:
+        return _not_shared(os.path.dirname(os.path.dirname(os.path.dirname(path))), where)
+    if seen != token:
+        return f"{where} reads another file at {path}: its filesystem is not the build's"
+    for folder in (os.path.dirname(path), store):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return f"{where} may not write into {folder} (the user running the worker)"
+    return None
+
+
+# the build's side --------------------------------------------------------------------------
+
+
+def _distributed() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise UsageError(f"--executor dask needs dask.distributed: {_INSTALL}") from None
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)  # its tracebacks are ours
+    return distributed
+
+
+def check_address(address: str) -> str:
+    """``address`` if it is a scheduler address (``tcp://HOST:PORT``, also ``tls://`` and
+    ``ucx://``; a bare ``HOST:PORT`` means tcp), else UsageError."""
+    text = address.strip()
+    if "://" not in text:
+        text = f"tcp://{text}"
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme not in ("tcp", "tls", "ucx", "inproc") or not parts.hostname or not port:
+        raise UsageError(
+            f"--scheduler {address!r} is not a dask scheduler address: "
+            "expected tcp://HOST:PORT (as `dask scheduler` prints it)"
+        )
+    return text
+
+
+def _reachable(address: str) -> None:
+    """Fail fast, naming the address, when nothing listens there (dask alone would retry
+    until its timeout and then raise its own error)."""
+    parts = urlsplit(address)
+    if parts.scheme not in ("tcp", "tls"):
+        return
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        raise SchedulerUnreachable(
+            f"cannot reach the dask scheduler at {address}: {exc.strerror or exc}; start one "
+            "(`dask scheduler`) or pass its address with --scheduler or "
+            f"{SCHEDULER_ENV}"
+        ) from None
+
+
+def dask_resources(request: dict[str, float], offered: set[str]) -> dict[str, float]:
+    """A stage's ``resources`` as dask worker resources (``gpu`` → ``GPU``, ``mem_gb`` →
+    ``MEMORY`` in bytes, ``cpus`` → ``CPU``; the last two only where a worker declares
+    them, as no dask worker does unless told; other names unchanged)."""
+    out: dict[str, float] = {}
+    for name, value in request.items():
+        if value <= 0:
+            continue
+        if name == "gpu":
+            out[GPU] = value
+        elif name == "mem_gb":
+            if MEMORY in offered:
+                out[MEMORY] = value * 1e9
+        elif name == "cpus":
+            if CPU in offered:
+                out[CPU] = value
+        else:
+            out[name] = value
+    return out
+
+
+class DaskExecutor(Executor):
+    """Runs tasks on the dask cluster whose scheduler is at ``scheduler``."""
+
+    name = "dask"
+
+    def __init__(self, jobs: int = 1, scheduler: str | None = None, dashboard: bool = False):
+        super().__init__(jobs)
+        self.distributed = _distributed()
+        self.notes: list[str] = []
+        self._cluster: Any = None
+        self.address = self._start(scheduler, dashboard)
+        try:
+            self.client = self.distributed.Client(
+                self.address, timeout=CONNECT_TIMEOUT, set_as_default=False
+            )
+        except (OSError, TimeoutError) as exc:
+            self._close_cluster()
+            raise SchedulerUnreachable(
+                f"cannot connect to the dask scheduler at {self.address}: {exc}"
+            ) from None
+        #: this build's tag in every dask key: its tasks are its own, nobody else's
+        self._tag = f"pipemake-{uuid.uuid4().hex[:12]}"
+        self._futures: dict[str, Any] = {}
+        self._tasks: dict[str, Task] = {}
+        self._cancelled: set[str] = set()
+        self._done: queue.Queue[str] = queue.Queue()
+        self._rules = registry()
+        self._checked: set[tuple[str, str]] = set()
+        self._broken: str | None = None
+        self._offered: dict[str, float] | None = None
+
+    def _start(self, scheduler: str | None, dashboard: bool) -> str:
+        address = scheduler or os.environ.get(SCHEDULER_ENV, "")
+        if not address:
+            raise UsageError(
+                f"--executor dask needs the scheduler's address: --scheduler tcp://HOST:PORT "
+                f"or {SCHEDULER_ENV} (or use --executor dask-local for a cluster on this machine)"
+            )
+        address = check_address(address)
+        _reachable(address)
+        return address
+
+    def _close_cluster(self) -> None:
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+
+    # the cluster ------------------------------------------------------------------------
+    def _workers(self) -> dict[str, Any]:
+        return self.client.scheduler_info(n_workers=-1).get("workers", {})
+
+    def _ensure_ready(self, task: Task) -> str | None:
+        """Before the first task of a project: workers have joined and see its files."""
+        if self._broken is not None:
+            return self._broken
+        if (task.root, task.store) in self._checked:
+            return None
+        try:
+            self.client.wait_for_workers(1, timeout=WORKER_WAIT)
+        except (TimeoutError, OSError):
+            self._broken = (
+                f"no dask worker joined the scheduler at {self.address} within "
+                f"{WORKER_WAIT:g} s: start workers (`dask worker {self.address} --nthreads 1`)"
+            )
+            return self._broken
+        problem = self._probe_workers(task.root, task.store)
+        if problem is not None:
+            self._broken = problem
+            return problem
+        self._checked.add((task.root, task.store))
+        return None
+
+    def _probe_workers(self, root: str, store: str) -> str | None:
+        tmp = os.path.join(root, ".pipemake", "tmp")
+        os.makedirs(tmp, exist_ok=True)
+        token = uuid.uuid4().hex
+        path = os.path.join(tmp, f"dask-probe-{token}")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(token)
+        try:
+            answers = self.client.run(_probe, path, token, store, on_error="return")
+        finally:
+            os.unlink(path)
+        for worker, answer in sorted(answers.items()):
+            if isinstance(answer, BaseException):
+                return f"dask worker {worker} cannot run pipemake: {answer} ({_INSTALL} there)"
+            if answer:
+                return answer
+        return None
+
+    def _resources(self, task: Task) -> tuple[dict[str, float], str | None]:
+        """The dask resources of ``task``, or why no worker can run it."""
+        if not task.resources:
+            return {}, None
+        if self._offered is None:
+            self._offered = {}
+            for info in self._workers().values():
+                for name, value in (info.get("resources") or {}).items():
+                    self._offered[name] = max(self._offered.get(name, 0.0), float(value))
+        wanted = dask_resources(task.resources, set(self._offered))
+        short = {n: v for n, v in wanted.items() if self._offered.get(n, 0.0) < v}
+        if not short:
+            return wanted, None
+        asked = " ".join(f"{n}={v:g}" for n, v in short.items())
+        have = " ".join(f"{n}={v:g}" for n, v in sorted(self._offered.items())) or "none"
+        return wanted, (
+            f"no dask worker offers {asked} (the most any worker offers: {have}); start one "
+            f'with `dask worker {self.address} --nthreads 1 --resources "{asked}"`'
+        )
+
+    # the executor -----------------------------------------------------------------------
+    def submit(self, task: Task) -> None:
+        problem = self._broken or self._ensure_ready(task)
+        resources: dict[str, float] = {}
+        if problem is None and local_only(task.rule):
+            problem = (
+                f"rule {task.rule!r} is registered in the build process only: dask workers "
+                "cannot import it; register it through an entry point or an importable module"
+            )
+        if problem is None:
+            resources, problem = self._resources(task)
+        if problem is not None:
+            self._fail(task, problem)
+            return
+        key = f"{self._tag}-{task.id}-{task.attempt}"
+        self._tasks[task.id] = task
+        try:
+            fut = self.client.submit(
+                run_task, task, self._rules, key=key, pure=False,
+                resources=resources or None,
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - the client is closed: the scheduler is gone
+            self._lost(str(exc))
+            self._fail(task, self._broken or str(exc))
+            return
+        self._futures[task.id] = fut
+        fut.add_done_callback(lambda _f, tid=task.id: self._done.put(tid))
+
+    def _fail(self, task: Task, text: str) -> None:
+        """Answer ``task`` with an error at once; a fault of the cluster is not the
+        task's, so it is not retried (it would fail the same way)."""
+        task.attempt = max(task.attempt, task.max_attempts)
+        self._tasks[task.id] = task
+        self._done.put(task.id)
+        self._futures[task.id] = _Failed(text)
+
+    def _lost(self, detail: str) -> None:
+        if self._broken is None:
+            self._broken = (
+                f"lost the dask scheduler at {self.address} ({detail}); what finished is "
+                "committed: build again once the scheduler is back"
+            )
+
+    def poll(self, timeout: float | None) -> list[Message]:
+        ids: list[str] = []
+        try:
+            ids.append(self._done.get(timeout=timeout) if timeout else self._done.get_nowait())
+            while True:
+                ids.append(self._done.get_nowait())
+        except queue.Empty:
+            pass
+        out: list[Message] = []
+        for task_id in ids:
+            fut = self._futures.pop(task_id, None)
+            task = self._tasks.pop(task_id, None)
+            if fut is None or task is None:
+                continue
+            out.extend(self._answer(task, fut))
+        return out
+
+    def _answer(self, task: Task, fut: Any) -> list[Message]:
+        if isinstance(fut, _Failed):
+            return [Message(task.id, "error", [fut.text, None])]
+        status = fut.status
+        if status == "finished":
+            try:
+                said = fut.result(timeout=CONNECT_TIMEOUT)
+            except Exception as exc:  # noqa: BLE001 - the scheduler went between done and fetch
+                self._lost(type(exc).__name__)
+                return [self._stop_retrying(task, self._broken or str(exc))]
+            return [Message(task.id, kind, data) for kind, data in said]
+        if status == "cancelled" and task.id not in self._cancelled:
+            self._lost("the connection was closed")
+            return [self._stop_retrying(task, self._broken or "cancelled")]
+        if status == "cancelled":
+            return [Message(task.id, "error", ["the task was stopped (cancelled on dask)", None])]
+        exc = fut.exception(timeout=CONNECT_TIMEOUT)
+        if isinstance(exc, self.distributed.KilledWorker):
+            text = f"the dask workers running it died, again and again ({exc})"
+        else:
+            text = f"{type(exc).__name__}: {exc}"
+        return [Message(task.id, "error", [text, None])]
+
+    def _stop_retrying(self, task: Task, text: str) -> Message:
+        task.attempt = max(task.attempt, task.max_attempts)
+        return Message(task.id, "error", [text, None])
+
+    def cancel(self, task_ids: list[str], force: bool = False) -> None:
+        """Cancel these tasks' futures (a task a worker already runs finishes there and its
+        answer is dropped: dask cannot stop a running function)."""
+        futs = []
+        for task_id in task_ids:
+            fut = self._futures.get(task_id)
+            if fut is not None and not isinstance(fut, _Failed):
+                self._cancelled.add(task_id)
+                futs.append(fut)
+        if futs:
+            try:
+                self.client.cancel(futs, force=True)
+            except Exception:  # noqa: BLE001 - the scheduler is gone: nothing left to cancel
+                for task_id in task_ids:
+                    self._done.put(task_id)
+
+    def close(self) -> None:
+        futs = [f for f in self._futures.values() if not isinstance(f, _Failed)]
+        try:
+            if futs and self.client.status == "running":
+                self.client.cancel(futs, force=True)  # this build's only
+        except Exception:  # noqa: BLE001 - closing: the scheduler may be gone
+            pass
+        self._futures = {}
+        try:
+            self.client.close(timeout=2)
+        except Exception:  # noqa: BLE001
+            pass
+        self._close_cluster()
+
+
+class _Failed:
+    """An answer known before anything was sent to dask."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+@contextmanager
+def _deaf_to_ctrl_c() -> Iterator[None]:
+    """While processes start: they ignore SIGINT (a Python started with SIGINT ignored
+    keeps ignoring it), as the local executor's workers do, so a Ctrl-C in the terminal
+    stops the build (which then lets running tasks finish) and not the cluster under it."""
+    try:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: no terminal's Ctrl-C to keep off
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+class DaskLocalExecutor(DaskExecutor):
+    """A dask ``LocalCluster`` of ``jobs`` worker processes on 127.0.0.1 (one thread each),
+    started for this build and closed with it; its dashboard only when asked for."""
+
+    name = "dask-local"
+
+    def _start(self, scheduler: str | None, dashboard: bool) -> str:
+        if scheduler:
+            raise UsageError("--scheduler is for --executor dask (dask-local starts its own)")
+        with _deaf_to_ctrl_c():  # Ctrl-C reaches the build, which decides what to stop
+            cluster = self.distributed.LocalCluster(
+                n_workers=self.jobs, threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address="127.0.0.1:8787" if dashboard else None,
+                silence_logs=logging.CRITICAL,
+            )  # fmt: skip
+        self._cluster = cluster
+        if dashboard:
+            self.notes.append(f"dask dashboard: {cluster.dashboard_link}")
+        return cluster.scheduler_address
