@@ -146,7 +146,11 @@ def _distributed() -> Any:
         import distributed
     except ImportError:
         raise UsageError(f"--executor dask needs dask.distributed: {_INSTALL}") from None
-    logging.getLogger("distributed").setLevel(logging.CRITICAL)  # its tracebacks are ours
+    # what goes wrong is said once, by pipemake, without dask's tracebacks (its config gives
+    # some of its loggers levels of their own, so each is quietened)
+    for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
     return distributed
 
 
