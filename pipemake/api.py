@@ -31,6 +31,7 @@ from .errors import (
 )
 from .events import Bus
 from .executors import executor_names, get_executor, runs_here
+from .executors.base import Executor
 from .fshash import Hasher
 from .hooks import run_hooks, run_summary
 from .items import glob_base, is_glob
@@ -267,7 +268,7 @@ def build(
     started_ns = noop_snapshot[1] if noop_snapshot else time.time_ns()
     with (
         # first: a cluster that cannot be reached fails the build before anything is logged
-        get_executor(executor, jobs, **(executor_options or {})) as ex,
+        _closed_on_error(get_executor(executor, jobs, **(executor_options or {}))) as ex,
         BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait),
         _linking(project.store, link),
         _durable(project.store, fsync),
@@ -296,9 +297,9 @@ def build(
             "per_item": {s: t for s, t in history.per_item_times(runs).items() if s in expected},
         }
         bus.emit("run_started", None, **run_started)
-        with _Signals() as sigs, ex:  # closed here (and again, idempotently, on the way out)
-            for note in getattr(ex, "notes", ()):
-                bus.emit("log", None, level="info", text=note)
+        with _Signals() as sigs, ex:  # closed as soon as the schedule ends
+            for level, note in getattr(ex, "notes", ()):
+                bus.emit("log", None, level=level, text=note)
             # stages of worker rules never built (or failed last time) will most likely run:
             # their workers start now, while the build decides, not after
             if any(
@@ -400,6 +401,17 @@ def _record_roots(project: Project, builder: Builder) -> None:
         project.store.write_roots(str(p.root), str(p.file), keys, True, refresh=not up_to_date)
     except (OSError, StoreError):
         pass
+
+
+@contextmanager
+def _closed_on_error(ex: Executor) -> Iterator[Executor]:
+    """``ex``, closed if the build fails before (or while) it runs: a build that ends well
+    closes it itself, as soon as its schedule ends."""
+    try:
+        yield ex
+    except BaseException:
+        ex.close()
+        raise
 
 
 @contextmanager

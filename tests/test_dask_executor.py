@@ -15,6 +15,7 @@ import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import TRACEBACK, Proj, wait_for
@@ -23,6 +24,7 @@ distributed = pytest.importorskip("distributed")
 
 import pipemake  # noqa: E402
 from pipemake import api  # noqa: E402
+from pipemake.events import Bus  # noqa: E402
 from pipemake.executors.dask import check_address, dask_resources  # noqa: E402
 
 DASK = Path(sys.executable).parent / "dask"
@@ -191,6 +193,32 @@ def test_items_spread_over_both_workers_with_the_bytes_of_a_local_build(
     assert all(len(rows) == 1 for rows in _who(proj).values())  # up to date: nothing ran
 
 
+@pytest.mark.slow
+def test_dask_local_builds_on_a_cluster_of_its_own_and_ends_it(
+    project: Callable[..., Proj],
+) -> None:
+    files = _items(30)
+    proj = project(WHO.format(extra="", cmd=UPPER), files)
+    r = proj.sub("build", "-j", "2", "--executor", "dask-local", "--no-progress")
+    who = _who(proj)
+    pids = {pid for rows in who.values() for pid, _ in rows}
+    assert len(who) == 30 and len(pids) == 2 and os.getpid() not in pids
+    assert not any(_alive(pid) for pid in pids)  # its workers ended with the build
+    assert proj.read("build/each/f004.txt") == "ITEM 4\n" * 5
+    assert "30 run" in r.stderr and TRACEBACK not in r.stderr
+    r = proj.sub("build", "--executor", "dask-local", "--dashboard", "--no-progress")
+    assert "dask dashboard: http://127.0.0.1:" in r.stderr
+    assert all(len(rows) == 1 for rows in _who(proj).values())  # up to date
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def test_a_gpu_stage_runs_only_on_the_gpu_worker_and_sees_its_card(
     project: Callable[..., Proj], cluster: Cluster
 ) -> None:
@@ -224,6 +252,7 @@ def test_a_resource_no_worker_offers_fails_at_once_saying_what_to_start(
 SETUP_RULE = '''
 import os
 from pathlib import Path
+from typing import Any
 from typing import ClassVar
 
 from pipemake.rule import Input, Output, Rule
@@ -278,6 +307,51 @@ def test_a_rule_sets_up_once_per_worker_not_per_task(
     assert len(items) == 40 and set(items) <= {str(pid) for pid in cluster.pids()}
     assert sorted(setups) == sorted(set(items))  # one setup per worker that ran items
     assert proj.read("build/rev/f003.txt") == ("item 3\n" * 4)[::-1]
+
+
+LIVE = """
+import time
+
+def work(ctx):
+    ctx.progress(1, 3)
+    go = ctx.root / "runs" / "go"
+    for _ in range(600):  # until the build has shown the first progress (or 30 s)
+        if go.exists():
+            break
+        time.sleep(0.05)
+    ctx.progress(3, 3)
+    (ctx.outputs["o"]).write_text("seen" if go.exists() else "never seen")
+"""
+
+
+def test_a_whole_stage_task_reports_progress_while_it_runs(
+    project: Callable[..., Proj], cluster: Cluster
+) -> None:
+    proj = project(
+        """
+        name: live
+        stages:
+          - id: one
+            type: python
+            config:
+              function: "live_work:work"
+              outputs: {o: build/one.txt}
+        """,
+        {"live_work.py": LIVE},
+    )
+    seen: list[tuple[int, int]] = []
+
+    def on_event(event: Any) -> None:
+        if event.kind == "progress" and event.stage == "one":
+            seen.append((event.data["done"], event.data["total"]))
+            proj.write("runs/go", "")
+
+    bus = Bus()
+    bus.subscribe(on_event)
+    with api.project_of(proj.root, None) as p:
+        api.build(p, executor="dask", executor_options={"scheduler": cluster.address}, bus=bus)
+    assert proj.read("build/one.txt") == "seen"  # the first progress came while it ran
+    assert seen[0] == (1, 3) and seen[-1] == (3, 3)
 
 
 @pytest.mark.slow

@@ -27,14 +27,16 @@ they would need the remote store, which this executor does not use.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import signal
 import socket
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,6 +53,8 @@ SCHEDULER_ENV = "PIPEMAKE_DASK_SCHEDULER"
 #: seconds to wait for the scheduler's handshake, and for a first worker to join
 CONNECT_TIMEOUT = 10.0
 WORKER_WAIT = float(os.environ.get("PIPEMAKE_DASK_WORKER_WAIT", "60"))
+#: seconds between two live progress reports of a whole-stage task
+LIVE_EVERY = 0.5
 #: dask's names for pipemake's built-in resources (the rest pass unchanged)
 GPU, MEMORY, CPU = "GPU", "MEMORY", "CPU"
 
@@ -86,10 +90,14 @@ def _worker_gpus() -> list[str]:
     return _GPUS
 
 
-def run_task(task: Task, rules: tuple[str, dict[str, str]]) -> list[tuple[str, Any]]:
+def run_task(
+    task: Task, rules: tuple[str, dict[str, str]], topic: str = ""
+) -> list[tuple[str, Any]]:
     """Run one pipemake task on this dask worker; return what it reported, in order (its
-    last message is its ``result`` or ``error``)."""
+    last message is its ``result`` or ``error``). A whole-stage task's progress also goes
+    to the build while it runs, as events of ``topic`` (at most every ``LIVE_EVERY`` s)."""
     out: list[tuple[str, Any]] = []
+    live = _live(task, topic)
     with _RUN_LOCK:
         if not os.path.isdir(task.root):
             out.append(("error", [_not_shared(task.root, _where()), None]))
@@ -100,8 +108,34 @@ def run_task(task: Task, rules: tuple[str, dict[str, str]]) -> list[tuple[str, A
         if want or gpus:  # a GPU task sees its cards only; any other task sees none
             task.gpu_ids = gpus[:want]
             task.env = dict(task.env, CUDA_VISIBLE_DEVICES=",".join(task.gpu_ids))
-        execute(task, lambda kind, data: out.append((kind, data)))
+
+        def send(kind: str, data: Any) -> None:
+            out.append((kind, data))
+            if kind == "progress" and live is not None:
+                live(data)
+
+        execute(task, send)
     return out
+
+
+def _live(task: Task, topic: str) -> Callable[[Any], None] | None:
+    """What sends a whole-stage task's progress to the build as it comes (foreach tasks
+    report per task: the build counts their items as their answers arrive)."""
+    if not topic or task.mode not in ("run", "reduce"):
+        return None
+    from distributed import get_worker
+
+    worker = get_worker()
+    last = [0.0]
+
+    def send(data: Any) -> None:
+        now = time.monotonic()
+        if now - last[0] >= LIVE_EVERY:
+            last[0] = now
+            with contextlib.suppress(Exception):  # progress is a courtesy, never a failure
+                worker.log_event(topic, [task.id, data])
+
+    return send
 
 
 def _where() -> str:
@@ -218,7 +252,8 @@ class DaskExecutor(Executor):
     def __init__(self, jobs: int = 1, scheduler: str | None = None, dashboard: bool = False):
         super().__init__(jobs)
         self.distributed = _distributed()
-        self.notes: list[str] = []
+        #: (level, text) for the build to tell its user once the executor is up
+        self.notes: list[tuple[str, str]] = []
         self._cluster: Any = None
         self.address = self._start(scheduler, dashboard)
         try:
@@ -235,11 +270,34 @@ class DaskExecutor(Executor):
         self._futures: dict[str, Any] = {}
         self._tasks: dict[str, Task] = {}
         self._cancelled: set[str] = set()
-        self._done: queue.Queue[str] = queue.Queue()
+        #: task ids whose future is done, and (id, progress) a running task sent
+        self._done: queue.Queue[str | tuple[str, Any]] = queue.Queue()
         self._rules = registry()
         self._checked: set[tuple[str, str]] = set()
         self._broken: str | None = None
         self._offered: dict[str, float] | None = None
+        try:
+            self.client.subscribe_topic(self._tag, self._on_live)
+            self._note_threads()
+        except Exception:
+            self.close()
+            raise
+
+    def _on_live(self, event: Any) -> None:
+        _when, (task_id, data) = event
+        self._done.put((task_id, data))
+
+    def _note_threads(self) -> None:
+        """Say so when workers have several threads: each runs one pipemake task at a
+        time, so the others would only hold tasks back from idle workers."""
+        many = sorted(a for a, w in self._workers().items() if int(w.get("nthreads", 1)) > 1)
+        if many:
+            self.notes.append((
+                "warning",
+                f"{len(many)} dask worker(s) have several threads ({many[0]}, …): each runs "
+                "one pipemake task at a time; start workers with --nthreads 1 "
+                "(and --nworkers N for more per machine)",
+            ))  # fmt: skip
 
     def _start(self, scheduler: str | None, dashboard: bool) -> str:
         address = scheduler or os.environ.get(SCHEDULER_ENV, "")
@@ -338,7 +396,7 @@ class DaskExecutor(Executor):
         self._tasks[task.id] = task
         try:
             fut = self.client.submit(
-                run_task, task, self._rules, key=key, pure=False,
+                run_task, task, self._rules, self._tag, key=key, pure=False,
                 resources=resources or None,
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - the client is closed: the scheduler is gone
@@ -364,7 +422,7 @@ class DaskExecutor(Executor):
             )
 
     def poll(self, timeout: float | None) -> list[Message]:
-        ids: list[str] = []
+        ids: list[str | tuple[str, Any]] = []
         try:
             ids.append(self._done.get(timeout=timeout) if timeout else self._done.get_nowait())
             while True:
@@ -373,6 +431,10 @@ class DaskExecutor(Executor):
             pass
         out: list[Message] = []
         for task_id in ids:
+            if isinstance(task_id, tuple):  # progress of a task still running
+                if task_id[0] in self._futures:
+                    out.append(Message(task_id[0], "progress", task_id[1]))
+                continue
             fut = self._futures.pop(task_id, None)
             task = self._tasks.pop(task_id, None)
             if fut is None or task is None:
@@ -478,5 +540,5 @@ class DaskLocalExecutor(DaskExecutor):
             )  # fmt: skip
         self._cluster = cluster
         if dashboard:
-            self.notes.append(f"dask dashboard: {cluster.dashboard_link}")
+            self.notes.append(("warning", f"dask dashboard: {cluster.dashboard_link}"))
         return cluster.scheduler_address
