@@ -25,7 +25,7 @@ distributed = pytest.importorskip("distributed")
 import pipemake  # noqa: E402
 from pipemake import api  # noqa: E402
 from pipemake.events import Bus  # noqa: E402
-from pipemake.executors.dask import check_address, dask_resources  # noqa: E402
+from pipemake.executors.dask import _probe, check_address, dask_resources  # noqa: E402
 
 DASK = Path(sys.executable).parent / "dask"
 
@@ -141,6 +141,23 @@ def test_addresses_and_resources_map_onto_dask() -> None:
     assert dask_resources(asked, {"MEMORY", "CPU"}) == {
         "GPU": 1, "MEMORY": 2e9, "CPU": 4, "tpu": 1
     }  # fmt: skip
+
+
+def test_the_probe_says_what_a_worker_lacks(tmp_path: Path) -> None:
+    from importlib import metadata
+
+    version = metadata.version("pipemake")
+    probe = tmp_path / "proj" / ".pipemake" / "tmp" / "dask-probe-x"
+    said = _probe(str(probe), "token", str(tmp_path), version)
+    assert said is not None and f"does not see the project at {tmp_path / 'proj'}" in said
+    assert "share the project's filesystem at the same path" in said
+    probe.parent.mkdir(parents=True)
+    probe.write_text("another token")
+    assert "its filesystem is not the build's" in (_probe(str(probe), "token", "/", version) or "")
+    probe.write_text("token")
+    assert _probe(str(probe), "token", str(tmp_path), version) is None
+    said = _probe(str(probe), "token", str(tmp_path), "0.0.0-other")
+    assert said is not None and "the build 0.0.0-other" in said
 
 
 def test_a_scheduler_nobody_listens_at_is_a_clear_error(project: Callable[..., Proj]) -> None:

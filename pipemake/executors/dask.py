@@ -155,10 +155,21 @@ def _not_shared(root: str, where: str) -> str:
     )
 
 
-def _probe(path: str, token: str, store: str) -> str | None:
-    """On a worker: None when it reads ``token`` from ``path`` and may write beside it and
-    into the store, else what is wrong."""
+def _probe(path: str, token: str, store: str, version: str) -> str | None:
+    """On a worker: None when it runs pipemake ``version``, reads ``token`` from ``path``
+    and may write beside it and into the store, else what is wrong."""
     where = _where()
+    from importlib import metadata
+
+    try:
+        mine = metadata.version("pipemake")
+    except metadata.PackageNotFoundError:
+        mine = "?"
+    if mine != version:
+        return (
+            f"{where} runs pipemake {mine}, the build {version}: install the same version "
+            "on the workers"
+        )
     try:
         with open(path, encoding="utf-8") as f:
             seen = f.read()
@@ -327,7 +338,7 @@ class DaskExecutor(Executor):
             return None
         try:
             self.client.wait_for_workers(1, timeout=WORKER_WAIT)
-        except (TimeoutError, OSError):
+        except TimeoutError:
             self._broken = (
                 f"no dask worker joined the scheduler at {self.address} within "
                 f"{WORKER_WAIT:g} s: start workers (`dask worker {self.address} --nthreads 1`)"
@@ -342,15 +353,19 @@ class DaskExecutor(Executor):
 
     def _probe_workers(self, root: str, store: str) -> str | None:
         tmp = os.path.join(root, ".pipemake", "tmp")
-        os.makedirs(tmp, exist_ok=True)
         token = uuid.uuid4().hex
         path = os.path.join(tmp, f"dask-probe-{token}")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(token)
         try:
-            answers = self.client.run(_probe, path, token, store, on_error="return")
+            os.makedirs(tmp, exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(token)
+        except OSError as exc:
+            return f"cannot write {path} for the workers to read: {exc.strerror or exc}"
+        try:
+            answers = self.client.run(_probe, path, token, store, self._rules[0], on_error="return")
         finally:
-            os.unlink(path)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         for worker, answer in sorted(answers.items()):
             if isinstance(answer, BaseException):
                 return f"dask worker {worker} cannot run pipemake: {answer} ({_INSTALL} there)"
@@ -380,15 +395,20 @@ class DaskExecutor(Executor):
 
     # the executor -----------------------------------------------------------------------
     def submit(self, task: Task) -> None:
-        problem = self._broken or self._ensure_ready(task)
         resources: dict[str, float] = {}
-        if problem is None and local_only(task.rule):
-            problem = (
-                f"rule {task.rule!r} is registered in the build process only: dask workers "
-                "cannot import it; register it through an entry point or an importable module"
-            )
-        if problem is None:
-            resources, problem = self._resources(task)
+        try:
+            problem = self._broken or self._ensure_ready(task)
+            if problem is None and local_only(task.rule):
+                problem = (
+                    f"rule {task.rule!r} is registered in the build process only: dask "
+                    "workers cannot import it; register it through an entry point or an "
+                    "importable module"
+                )
+            if problem is None:
+                resources, problem = self._resources(task)
+        except (OSError, TimeoutError) as exc:  # dask's CommClosedError is an OSError
+            self._lost(f"{type(exc).__name__}: {exc}")
+            problem = self._broken
         if problem is not None:
             self._fail(task, problem)
             return
