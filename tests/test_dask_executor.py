@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,6 +265,31 @@ def test_a_resource_no_worker_offers_fails_at_once_saying_what_to_start(
     assert "no dask worker offers tpu=2" in r.stderr
     assert '--resources "tpu=2"' in r.stderr and TRACEBACK not in r.stderr
     assert "retry" not in r.stderr.lower() and _who(proj) == {}
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_this_builds_tasks_and_nothing_else_of_the_cluster(
+    project: Callable[..., Proj], cluster: Cluster
+) -> None:
+    proj = project(WHO.format(extra="", cmd="sleep 0.5; " + UPPER), _items(20))
+    with distributed.Client(cluster.address, timeout=30, set_as_default=False) as other:
+        release = distributed.Event("release-the-other-client", client=other)
+        theirs = other.submit(lambda: release.wait(60), key="the-other-clients-task")
+        wait_for(lambda: any(other.processing().values()), 30, "the other client's task")
+        build = proj.popen("build", "-j", "2", "--executor", "dask", "--scheduler",
+                           cluster.address, "--grace", "0", "--no-progress")  # fmt: skip
+        wait_for(lambda: len(_who(proj)) >= 1, 60, "an item running")
+        build.send_signal(signal.SIGINT)
+        _, err = build.communicate(timeout=60)
+        assert build.returncode == 130, err
+        assert TRACEBACK not in err and len(_who(proj)) < 20
+        time.sleep(1)  # the build's cancels have reached the scheduler by now
+        assert theirs.status == "pending"  # still running, not cancelled
+        release.set()
+        assert theirs.result(timeout=30) is True
+    # building again resumes: the items not committed run, and the build completes
+    proj.sub("build", "-j", "2", "--executor", "dask", "--scheduler", cluster.address)
+    assert sorted(_who(proj)) == [f"f{i:03d}" for i in range(20)]
 
 
 SETUP_RULE = '''
