@@ -292,6 +292,37 @@ def test_ctrl_c_cancels_this_builds_tasks_and_nothing_else_of_the_cluster(
     assert sorted(_who(proj)) == [f"f{i:03d}" for i in range(20)]
 
 
+def test_a_changed_python_function_runs_its_new_code_on_workers_that_ran_the_old(
+    project: Callable[..., Proj], cluster: Cluster
+) -> None:
+    proj = project(
+        """
+        name: code
+        stages:
+          - id: each
+            type: python
+            foreach: src
+            config:
+              function: "dask_code:work"
+              inputs: {src: data}
+              outputs: {o: build/each}
+        """,
+        _items(8) | {"dask_code.py": CODE.format(word="old")},
+    )
+    args = ("build", "-j", "2", "--executor", "dask", "--scheduler", cluster.address)
+    proj.sub(*args)
+    assert proj.read("build/each/f001.txt") == "old\n"
+    proj.write("dask_code.py", CODE.format(word="brand new"))
+    proj.sub(*args)
+    assert {p.read_text() for p in proj.path("build/each").iterdir()} == {"brand new\n"}
+
+
+CODE = """
+def work(ctx):
+    (ctx.outputs["o"] / ctx.inputs["src"].name).write_text("{word}\\n")
+"""
+
+
 SETUP_RULE = '''
 import os
 from pathlib import Path

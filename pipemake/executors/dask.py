@@ -33,6 +33,7 @@ import os
 import queue
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -114,8 +115,52 @@ def run_task(
             if kind == "progress" and live is not None:
                 live(data)
 
-        execute(task, send)
+        _forget_changed_modules(task.root)
+        try:
+            execute(task, send)
+        finally:
+            _note_modules(task.root)
     return out
+
+
+#: the project's modules this worker imported: module name → (file, mtime_ns, size)
+_MODULES: dict[str, tuple[str, int, int]] = {}
+
+
+def _project_modules(root: str) -> list[tuple[str, str]]:
+    top = os.path.join(root, "")
+    return [
+        (name, path)
+        for name, module in list(sys.modules.items())
+        if (path := getattr(module, "__file__", None) or "").startswith(top)
+    ]
+
+
+def _stat(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _note_modules(root: str) -> None:
+    """Remember the files of the project's modules as this task imported them."""
+    for name, path in _project_modules(root):
+        if name not in _MODULES and (st := _stat(path)) is not None:
+            _MODULES[name] = (path, *st)
+
+
+def _forget_changed_modules(root: str) -> None:
+    """Unload the project's modules whose file changed since they were imported: a worker
+    outlives builds, and a stage rerun because its code changed must run the new code, not
+    the module an earlier build left in this process (its output would be stored under
+    the new code's key)."""
+    for name, path in _project_modules(root):
+        seen = _MODULES.get(name)
+        if seen is not None and (seen[0] != path or _stat(path) != seen[1:]):
+            sys.modules.pop(name, None)
+            del _MODULES[name]
 
 
 def _live(task: Task, topic: str) -> Callable[[Any], None] | None:
