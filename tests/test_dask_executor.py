@@ -4,14 +4,17 @@ process the test started, and killing it kills the worker)."""
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import importlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -175,6 +178,32 @@ def test_a_scheduler_nobody_listens_at_is_a_clear_error(project: Callable[..., P
     assert "--scheduler is for --executor dask" in r.stderr
     r = proj.sub("build", "--executor", "dusk", code=2)
     assert "unknown executor 'dusk'" in r.stderr and TRACEBACK not in r.stderr
+
+
+def test_an_address_where_no_scheduler_answers_is_a_clear_error(
+    project: Callable[..., Proj], cluster: Cluster
+) -> None:
+    proj = project(WHO.format(extra="", cmd=UPPER), _items(2))
+    with socket.socket() as server:  # answers like a web server
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+
+        def answer() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    conn, _ = server.accept()
+                    conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nhello")
+                    conn.close()
+
+        threading.Thread(target=answer, daemon=True).start()
+        web = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+        r = proj.sub("build", "--executor", "dask", "--scheduler", web, code=1, timeout=30)
+    assert f"what answers at {web} is not a dask scheduler" in r.stderr
+    with distributed.Client(cluster.address, timeout=30, set_as_default=False) as client:
+        worker = sorted(client.scheduler_info()["workers"])[0]
+    r = proj.sub("build", "--executor", "dask", "--scheduler", worker, code=1)
+    assert f"{worker} is a dask Worker, not its scheduler" in r.stderr
+    assert TRACEBACK not in r.stderr and _who(proj) == {}
 
 
 def test_items_spread_over_both_workers_with_the_bytes_of_a_local_build(

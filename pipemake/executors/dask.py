@@ -27,6 +27,7 @@ they would need the remote store, which this executor does not use.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -63,7 +64,7 @@ _INSTALL = "install the dask extra: pip install 'pipemake[dask]'"
 
 
 class SchedulerUnreachable(PipemakeError):
-    """The dask scheduler cannot be reached, or has no workers (exit 1)."""
+    """The dask scheduler cannot be reached, or a local cluster cannot start (exit 1)."""
 
 
 # the worker's side -------------------------------------------------------------------------
@@ -279,6 +280,35 @@ def _reachable(address: str) -> None:
         ) from None
 
 
+def _identify(address: str) -> None:
+    """Ask what answers at ``address`` for its identity: anything but a dask scheduler is
+    an error, said before a client is made (a client that fails to start hangs on its
+    way out)."""
+
+    async def identity() -> dict[str, Any]:
+        from distributed.core import rpc
+
+        r = rpc(address, timeout=CONNECT_TIMEOUT)
+        try:
+            return await asyncio.wait_for(r.identity(), CONNECT_TIMEOUT)
+        finally:
+            await r.close_rpc()
+
+    try:
+        kind = asyncio.run(identity()).get("type")
+    except Exception as exc:  # noqa: BLE001 - whatever answered there is no scheduler
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SchedulerUnreachable(
+            f"what answers at {address} is not a dask scheduler ({text}); pass the address "
+            "`dask scheduler` prints"
+        ) from None
+    if kind != "Scheduler":
+        raise SchedulerUnreachable(
+            f"{address} is a dask {kind or 'server'}, not its scheduler; pass the address "
+            "`dask scheduler` prints"
+        )
+
+
 def dask_resources(request: dict[str, float], offered: set[str]) -> dict[str, float]:
     """A stage's ``resources`` as dask worker resources (``gpu`` → ``GPU``, ``mem_gb`` →
     ``MEMORY`` in bytes, ``cpus`` → ``CPU``; the last two only where a worker declares
@@ -316,10 +346,11 @@ class DaskExecutor(Executor):
             self.client = self.distributed.Client(
                 self.address, timeout=CONNECT_TIMEOUT, set_as_default=False
             )
-        except (OSError, TimeoutError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever answered there is no scheduler
             self._close_cluster()
             raise SchedulerUnreachable(
-                f"cannot connect to the dask scheduler at {self.address}: {exc}"
+                f"cannot connect to the dask scheduler at {self.address}: "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             ) from None
         #: this build's tag in every dask key: its tasks are its own, nobody else's
         self._tag = f"pipemake-{uuid.uuid4().hex[:12]}"
@@ -364,6 +395,7 @@ class DaskExecutor(Executor):
             )
         address = check_address(address)
         _reachable(address)
+        _identify(address)
         return address
 
     def _close_cluster(self) -> None:
@@ -597,12 +629,18 @@ class DaskLocalExecutor(DaskExecutor):
     def _start(self, scheduler: str | None, dashboard: bool) -> str:
         if scheduler:
             raise UsageError("--scheduler is for --executor dask (dask-local starts its own)")
-        with _deaf_to_ctrl_c():  # Ctrl-C reaches the build, which decides what to stop
-            cluster = self.distributed.LocalCluster(
-                n_workers=self.jobs, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address="127.0.0.1:8787" if dashboard else None,
-                silence_logs=logging.CRITICAL,
-            )  # fmt: skip
+        try:
+            with _deaf_to_ctrl_c():  # Ctrl-C reaches the build, which decides what to stop
+                cluster = self.distributed.LocalCluster(
+                    n_workers=self.jobs, threads_per_worker=1, processes=True,
+                    host="127.0.0.1", dashboard_address="127.0.0.1:8787" if dashboard else None,
+                    silence_logs=logging.CRITICAL,
+                )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - dask says why in its own words
+            raise SchedulerUnreachable(
+                f"cannot start a local dask cluster of {self.jobs} worker(s): "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
         self._cluster = cluster
         if dashboard:
             self.notes.append(("warning", f"dask dashboard: {cluster.dashboard_link}"))
