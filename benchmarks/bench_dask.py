@@ -95,6 +95,7 @@ class Cluster:
         deadline = time.monotonic() + 60
         while not (info.exists() and info.stat().st_size):
             if time.monotonic() > deadline:
+                self.close()
                 raise SystemExit("the dask scheduler did not start")
             time.sleep(0.1)
         self.address = json.loads(info.read_text())["address"]
@@ -119,8 +120,12 @@ class Cluster:
             )
         from distributed import Client
 
-        with Client(self.address, timeout=60, set_as_default=False) as client:
-            client.wait_for_workers(workers, timeout=120)
+        try:
+            with Client(self.address, timeout=60, set_as_default=False) as client:
+                client.wait_for_workers(workers, timeout=120)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         for p in self.procs:
