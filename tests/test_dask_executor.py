@@ -63,8 +63,12 @@ def _start(tmp: Path, workers: list[dict[str, str]]) -> Cluster:
          "--scheduler-file", str(info)],
         stdout=quiet, stderr=quiet, start_new_session=True,
     )  # fmt: skip
-    wait_for(lambda: sched.poll() is not None or (info.exists() and info.stat().st_size > 0),
-             60, "the scheduler")  # fmt: skip
+    try:
+        wait_for(lambda: sched.poll() is not None or (info.exists() and info.stat().st_size > 0),
+                 60, "the scheduler")  # fmt: skip
+    except AssertionError:
+        sched.kill()
+        raise
     assert sched.poll() is None, "the dask scheduler did not start"
     cluster = Cluster(json.loads(info.read_text())["address"], sched)
     for spec in workers:
@@ -76,8 +80,12 @@ def _start(tmp: Path, workers: list[dict[str, str]]) -> Cluster:
         cluster.workers.append(
             subprocess.Popen(args, stdout=quiet, stderr=quiet, env=env, start_new_session=True)
         )
-    with distributed.Client(cluster.address, timeout=30, set_as_default=False) as client:
-        client.wait_for_workers(len(workers), timeout=60)
+    try:
+        with distributed.Client(cluster.address, timeout=30, set_as_default=False) as client:
+            client.wait_for_workers(len(workers), timeout=60)
+    except BaseException:
+        cluster.stop()
+        raise
     return cluster
 
 
