@@ -246,6 +246,7 @@ def test_items_spread_over_both_workers_with_the_bytes_of_a_local_build(
     assert kinds(proj) == kinds(local)
     r = proj.sub("build", "--executor", "dask", "--scheduler", cluster.address, "--no-progress")
     assert all(len(rows) == 1 for rows in _who(proj).values())  # up to date: nothing ran
+    assert "-j 1: one task at a time on 2 dask workers; pass -j 2" in r.stderr
 
 
 @pytest.mark.slow

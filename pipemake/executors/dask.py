@@ -365,7 +365,7 @@ class DaskExecutor(Executor):
         self._offered: dict[str, float] | None = None
         try:
             self.client.subscribe_topic(self._tag, self._on_live)
-            self._note_threads()
+            self._note_workers()
         except Exception:
             self.close()
             raise
@@ -374,10 +374,18 @@ class DaskExecutor(Executor):
         _when, (task_id, data) = event
         self._done.put((task_id, data))
 
-    def _note_threads(self) -> None:
-        """Say so when workers have several threads: each runs one pipemake task at a
-        time, so the others would only hold tasks back from idle workers."""
-        many = sorted(a for a, w in self._workers().items() if int(w.get("nthreads", 1)) > 1)
+    def _note_workers(self) -> None:
+        """Say so when ``-j`` leaves workers idle, or workers have several threads (each
+        runs one pipemake task at a time: the others only hold tasks back from idle
+        workers)."""
+        workers = self._workers()
+        if self.jobs == 1 and len(workers) > 1 and self._cluster is None:
+            self.notes.append((
+                "warning",
+                f"-j 1: one task at a time on {len(workers)} dask workers; "
+                f"pass -j {len(workers)} to use them all",
+            ))  # fmt: skip
+        many = sorted(a for a, w in workers.items() if int(w.get("nthreads", 1)) > 1)
         if many:
             self.notes.append((
                 "warning",
@@ -405,7 +413,12 @@ class DaskExecutor(Executor):
 
     # the cluster ------------------------------------------------------------------------
     def _workers(self) -> dict[str, Any]:
-        return self.client.scheduler_info(n_workers=-1).get("workers", {})
+        """Every worker's info (address → dict with ``nthreads``, ``resources``, …)."""
+        try:  # newer dask lists only the first few workers unless asked for all
+            info = self.client.scheduler_info(n_workers=-1)
+        except TypeError:
+            info = self.client.scheduler_info()
+        return info.get("workers", {})
 
     def _ensure_ready(self, task: Task) -> str | None:
         """Before the first task of a project: workers have joined and see its files."""
