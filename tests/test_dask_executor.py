@@ -29,7 +29,8 @@ distributed = pytest.importorskip("distributed")
 import pipemake  # noqa: E402
 from pipemake import api  # noqa: E402
 from pipemake.events import Bus  # noqa: E402
-from pipemake.executors.dask import _probe, check_address, dask_resources  # noqa: E402
+from pipemake.executors.dask import check_address, dask_resources  # noqa: E402
+from pipemake.executors.dask_worker import probe  # noqa: E402
 
 DASK = Path(sys.executable).parent / "dask"
 
@@ -159,16 +160,16 @@ def test_the_probe_says_what_a_worker_lacks(tmp_path: Path) -> None:
     from importlib import metadata
 
     version = metadata.version("pipemake")
-    probe = tmp_path / "proj" / ".pipemake" / "tmp" / "dask-probe-x"
-    said = _probe(str(probe), "token", str(tmp_path), version)
+    token = tmp_path / "proj" / ".pipemake" / "tmp" / "dask-probe-x"
+    said = probe(str(token), "token", str(tmp_path), version)
     assert said is not None and f"does not see the project at {tmp_path / 'proj'}" in said
     assert "share the project's filesystem at the same path" in said
-    probe.parent.mkdir(parents=True)
-    probe.write_text("another token")
-    assert "its filesystem is not the build's" in (_probe(str(probe), "token", "/", version) or "")
-    probe.write_text("token")
-    assert _probe(str(probe), "token", str(tmp_path), version) is None
-    said = _probe(str(probe), "token", str(tmp_path), "0.0.0-other")
+    token.parent.mkdir(parents=True)
+    token.write_text("another token")
+    assert "its filesystem is not the build's" in (probe(str(token), "token", "/", version) or "")
+    token.write_text("token")
+    assert probe(str(token), "token", str(tmp_path), version) is None
+    said = probe(str(token), "token", str(tmp_path), "0.0.0-other")
     assert said is not None and "the build 0.0.0-other" in said
 
 

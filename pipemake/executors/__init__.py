@@ -5,7 +5,8 @@
 - ``local``: worker processes on this machine, and threads for ``spawns_only`` rules;
 - ``inline``: each task in this process, one at a time (the test double);
 - ``dask``: tasks on a ``dask.distributed`` cluster (``dask``: a running scheduler;
-  ``dask-local``: a local cluster of processes), the extra ``pipemake[dask]``;
+  ``dask-local``: a local cluster of processes), the extra ``pipemake[dask]``, and
+  ``dask_worker``, what runs on a dask worker;
 - ``worker``: what runs one task, wherever it runs; ``outputs``: what a task wrote,
   checked, hashed and stored;
 - ``spawn``: what starts a task's subprocesses; ``shell``: the task's persistent shell;

@@ -4,11 +4,12 @@ one machine.
 Only running moves: deciding, keys, the store's commits and the order of stages stay in
 the build process. Each pipemake task (a whole stage, or a batch of foreach items, already
 batched by the build so per-item overhead stays small) becomes one dask task running
-:func:`run_task` on a worker, which calls the same task runner as a local worker
-(:func:`pipemake.executors.worker.execute`): rules, outputs in staging, the store and the
-messages behave as locally. Workers must share the project's filesystem at the same path
-(checked at the first task: every worker must read a file the build just wrote); without it
-they would need the remote store, which this executor does not use.
+:func:`~.dask_worker.run_task` on a worker (:mod:`.dask_worker`, the worker's side), which
+calls the same task runner as a local worker (:func:`pipemake.executors.worker.execute`):
+rules, outputs in staging, the store and the messages behave as locally. Workers must share
+the project's filesystem at the same path (checked at the first task: every worker must
+read a file the build just wrote); without it they would need the remote store, which this
+executor does not use.
 
 - ``dask``: a running scheduler, ``--scheduler tcp://HOST:PORT`` or env
   ``PIPEMAKE_DASK_SCHEDULER``; ``dask-local``: a ``LocalCluster`` of ``jobs`` worker
@@ -34,199 +35,32 @@ import os
 import queue
 import signal
 import socket
-import sys
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import PipemakeError, UsageError
-from ..rule import adopt_registry, local_only, registry
+from ..rule import local_only, registry
 from .base import Executor, Message, Task
-from .worker import execute
+from .dask_worker import GPU, probe, run_task
 
-__all__ = ["DaskExecutor", "DaskLocalExecutor", "SchedulerUnreachable", "run_task"]
+__all__ = ["DaskExecutor", "DaskLocalExecutor", "SchedulerUnreachable"]
 
 #: the environment variable naming the scheduler when ``--scheduler`` is not given
 SCHEDULER_ENV = "PIPEMAKE_DASK_SCHEDULER"
 #: seconds to wait for the scheduler's handshake, and for a first worker to join
 CONNECT_TIMEOUT = 10.0
 WORKER_WAIT = float(os.environ.get("PIPEMAKE_DASK_WORKER_WAIT", "60"))
-#: seconds between two live progress reports of a whole-stage task
-LIVE_EVERY = 0.5
 #: dask's names for pipemake's built-in resources (the rest pass unchanged)
-GPU, MEMORY, CPU = "GPU", "MEMORY", "CPU"
+MEMORY, CPU = "MEMORY", "CPU"
 
 _INSTALL = "install the dask extra: pip install 'pipemake[dask]'"
 
 
 class SchedulerUnreachable(PipemakeError):
     """The dask scheduler cannot be reached, or a local cluster cannot start (exit 1)."""
-
-
-# the worker's side -------------------------------------------------------------------------
-
-#: one pipemake task at a time per worker process: the runner changes its working
-#: directory and environment, and the rule's cached ``setup`` is the process's
-_RUN_LOCK = threading.Lock()
-#: the worker's GPU ids, read once (before a task's environment changes anything)
-_GPUS: list[str] | None = None
-
-
-def _worker_gpus() -> list[str]:
-    """This worker's cards: ``PIPEMAKE_GPU_IDS`` or ``CUDA_VISIBLE_DEVICES`` as the worker
-    was started, else ``0 … GPU-1`` of its ``GPU`` resource; at most that many."""
-    global _GPUS
-    if _GPUS is None:
-        from distributed import get_worker
-
-        count = int(get_worker().state.total_resources.get(GPU, 0))
-        env = os.environ.get("PIPEMAKE_GPU_IDS") or os.environ.get("CUDA_VISIBLE_DEVICES")
-        ids = [x.strip() for x in (env or "").split(",") if x.strip() and x.strip() != "-1"]
-        if env is None:
-            ids = [str(i) for i in range(count)]
-        _GPUS = ids[:count] if count else []
-    return _GPUS
-
-
-def run_task(
-    task: Task, rules: tuple[str, dict[str, str]], topic: str = ""
-) -> list[tuple[str, Any]]:
-    """Run one pipemake task on this dask worker; return what it reported, in order (its
-    last message is its ``result`` or ``error``). A whole-stage task's progress also goes
-    to the build while it runs, as events of ``topic`` (at most every ``LIVE_EVERY`` s)."""
-    out: list[tuple[str, Any]] = []
-    live = _live(task, topic)
-    with _RUN_LOCK:
-        if not os.path.isdir(task.root):
-            out.append(("error", [_not_shared(task.root, _where()), None]))
-            return out
-        adopt_registry(rules)
-        gpus = _worker_gpus()
-        want = int(task.resources.get("gpu", 0))
-        if want or gpus:  # a GPU task sees its cards only; any other task sees none
-            task.gpu_ids = gpus[:want]
-            task.env = dict(task.env, CUDA_VISIBLE_DEVICES=",".join(task.gpu_ids))
-
-        def send(kind: str, data: Any) -> None:
-            out.append((kind, data))
-            if kind == "progress" and live is not None:
-                live(data)
-
-        _forget_changed_modules(task.root)
-        try:
-            execute(task, send)
-        finally:
-            _note_modules(task.root)
-    return out
-
-
-#: the project's modules this worker imported: module name → (file, mtime_ns, size)
-_MODULES: dict[str, tuple[str, int, int]] = {}
-
-
-def _project_modules(root: str) -> list[tuple[str, str]]:
-    top = os.path.join(root, "")
-    return [
-        (name, path)
-        for name, module in list(sys.modules.items())
-        if (path := getattr(module, "__file__", None) or "").startswith(top)
-    ]
-
-
-def _stat(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
-
-
-def _note_modules(root: str) -> None:
-    """Remember the files of the project's modules as this task imported them."""
-    for name, path in _project_modules(root):
-        if name not in _MODULES and (st := _stat(path)) is not None:
-            _MODULES[name] = (path, *st)
-
-
-def _forget_changed_modules(root: str) -> None:
-    """Unload the project's modules whose file changed since they were imported: a worker
-    outlives builds, and a stage rerun because its code changed must run the new code, not
-    the module an earlier build left in this process (its output would be stored under
-    the new code's key)."""
-    for name, path in _project_modules(root):
-        seen = _MODULES.get(name)
-        if seen is not None and (seen[0] != path or _stat(path) != seen[1:]):
-            sys.modules.pop(name, None)
-            del _MODULES[name]
-
-
-def _live(task: Task, topic: str) -> Callable[[Any], None] | None:
-    """What sends a whole-stage task's progress to the build as it comes (foreach tasks
-    report per task: the build counts their items as their answers arrive)."""
-    if not topic or task.mode not in ("run", "reduce"):
-        return None
-    from distributed import get_worker
-
-    worker = get_worker()
-    last = [0.0]
-
-    def send(data: Any) -> None:
-        now = time.monotonic()
-        if now - last[0] >= LIVE_EVERY:
-            last[0] = now
-            with contextlib.suppress(Exception):  # progress is a courtesy, never a failure
-                worker.log_event(topic, [task.id, data])
-
-    return send
-
-
-def _where() -> str:
-    try:
-        from distributed import get_worker
-
-        return f"dask worker {get_worker().address} (host {socket.gethostname()})"
-    except ValueError:
-        return f"host {socket.gethostname()}"
-
-
-def _not_shared(root: str, where: str) -> str:
-    return (
-        f"{where} does not see the project at {root}: pipemake's dask executor needs workers "
-        "that share the project's filesystem at the same path (mount it there on every "
-        "worker, or run the workers on this machine)"
-    )
-
-
-def _probe(path: str, token: str, store: str, version: str) -> str | None:
-    """On a worker: None when it runs pipemake ``version``, reads ``token`` from ``path``
-    and may write beside it and into the store, else what is wrong."""
-    where = _where()
-    from importlib import metadata
-
-    try:
-        mine = metadata.version("pipemake")
-    except metadata.PackageNotFoundError:
-        mine = "?"
-    if mine != version:
-        return (
-            f"{where} runs pipemake {mine}, the build {version}: install the same version "
-            "on the workers"
-        )
-    try:
-        with open(path, encoding="utf-8") as f:
-            seen = f.read()
-    except OSError:
-        return _not_shared(os.path.dirname(os.path.dirname(os.path.dirname(path))), where)
-    if seen != token:
-        return f"{where} reads another file at {path}: its filesystem is not the build's"
-    for folder in (os.path.dirname(path), store):
-        if not os.access(folder, os.W_OK | os.X_OK):
-            return f"{where} may not write into {folder} (the user running the worker)"
-    return None
 
 
 # the build's side --------------------------------------------------------------------------
@@ -452,7 +286,7 @@ class DaskExecutor(Executor):
         except OSError as exc:
             return f"cannot write {path} for the workers to read: {exc.strerror or exc}"
         try:
-            answers = self.client.run(_probe, path, token, store, self._rules[0], on_error="return")
+            answers = self.client.run(probe, path, token, store, self._rules[0], on_error="return")
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)
