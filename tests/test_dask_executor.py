@@ -361,6 +361,31 @@ def work(ctx):
 """
 
 
+def test_a_timed_out_task_ends_its_command_on_the_worker_and_frees_it(
+    project: Callable[..., Proj], cluster: Cluster
+) -> None:
+    proj = project(
+        """
+        name: hang
+        stages:
+          - id: hang
+            type: shell
+            timeout: 1
+            config:
+              cmd: 'sleep 60 & echo $! > runs/sleep.pid; wait; echo done > {outputs.o}'
+              outputs: {o: build/hang.txt}
+        """
+    )
+    r = proj.sub("build", "--executor", "dask", "--scheduler", cluster.address, code=1)
+    assert "timed out after 1 s" in r.stderr and TRACEBACK not in r.stderr
+    pid = int(proj.read("runs/sleep.pid"))
+    wait_for(lambda: not _alive(pid), 20, "the command ended on its worker")
+    # both workers take tasks again: none is held by the stopped task
+    other = project(WHO.format(extra="", cmd=UPPER), _items(16), name="after")
+    other.sub("build", "-j", "2", "--executor", "dask", "--scheduler", cluster.address)
+    assert {pid for rows in _who(other).values() for pid, _ in rows} == cluster.pids()
+
+
 SETUP_RULE = '''
 import os
 from pathlib import Path

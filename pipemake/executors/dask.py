@@ -44,7 +44,7 @@ from urllib.parse import urlsplit
 from ..errors import PipemakeError, UsageError
 from ..rule import local_only, registry
 from .base import Executor, Message, Task
-from .dask_worker import GPU, probe, run_task
+from .dask_worker import GPU, probe, run_task, stop
 
 __all__ = ["DaskExecutor", "DaskLocalExecutor", "SchedulerUnreachable"]
 
@@ -414,26 +414,34 @@ class DaskExecutor(Executor):
         return Message(task.id, "error", [text, None])
 
     def cancel(self, task_ids: list[str], force: bool = False) -> None:
-        """Cancel these tasks' futures (a task a worker already runs finishes there and its
-        answer is dropped: dask cannot stop a running function)."""
-        futs = []
+        """Cancel these tasks' futures, and end the processes those already running have
+        started on their workers (SIGTERM, or SIGKILL with ``force``), so the workers are
+        free again; a rule's own Python code runs to its end there, its answer dropped."""
+        futs, ids = [], []
         for task_id in task_ids:
             fut = self._futures.get(task_id)
             if fut is not None and not isinstance(fut, _Failed):
                 self._cancelled.add(task_id)
                 futs.append(fut)
-        if futs:
-            try:
-                self.client.cancel(futs, force=True)
-            except Exception:  # noqa: BLE001 - the scheduler is gone: nothing left to cancel
-                for task_id in task_ids:
-                    self._done.put(task_id)
+                ids.append(task_id)
+        if not futs:
+            return
+        sig = signal.SIGKILL if force else signal.SIGTERM
+        try:
+            self.client.cancel(futs, force=True)
+            self.client.run(stop, self._tag, ids, int(sig), wait=False)
+        except Exception:  # noqa: BLE001 - the scheduler is gone: nothing left to cancel
+            for task_id in ids:
+                self._done.put(task_id)
 
     def close(self) -> None:
-        futs = [f for f in self._futures.values() if not isinstance(f, _Failed)]
+        """Cancel this build's futures still out (and end what they started on their
+        workers), then leave the cluster; a local cluster ends with it."""
+        ids = [i for i, f in self._futures.items() if not isinstance(f, _Failed)]
         try:
-            if futs and self.client.status == "running":
-                self.client.cancel(futs, force=True)  # this build's only
+            if ids and self.client.status == "running":
+                self.client.cancel([self._futures[i] for i in ids], force=True)
+                self.client.run(stop, self._tag, ids, int(signal.SIGTERM), on_error="ignore")
         except Exception:  # noqa: BLE001 - closing: the scheduler may be gone
             pass
         self._futures = {}

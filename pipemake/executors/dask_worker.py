@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import sys
 import threading
@@ -27,12 +28,14 @@ from ..rule import adopt_registry
 from .base import Task
 from .worker import execute
 
-__all__ = ["probe", "run_task"]
+__all__ = ["probe", "run_task", "stop"]
 
 #: dask's name for the GPU worker resource
 GPU = "GPU"
 #: seconds between two live progress reports of a whole-stage task
 LIVE_EVERY = 0.5
+#: seconds a stopped task's processes have between SIGTERM and SIGKILL
+KILL_AFTER = 5.0
 
 #: one pipemake task at a time per worker process: the runner changes its working
 #: directory and environment, and the rule's cached ``setup`` is the process's
@@ -63,9 +66,11 @@ def run_task(
     """Run one pipemake task on this dask worker; return what it reported, in order (its
     last message is its ``result`` or ``error``). A whole-stage task's progress also goes
     to the build while it runs, as events of ``topic`` (at most every ``LIVE_EVERY`` s)."""
+    global _CURRENT
     out: list[tuple[str, Any]] = []
     live = _live(task, topic)
     with _RUN_LOCK:
+        _CURRENT = (topic, task.id, _children())
         if not os.path.isdir(task.root):
             out.append(("error", [_not_shared(task.root, _where()), None]))
             return out
@@ -86,7 +91,52 @@ def run_task(
             execute(task, send)
         finally:
             _note_modules(task.root)
+            _CURRENT = None
     return out
+
+
+#: the task running here: its build's tag, its id, and the pids of this process's
+#: children from before it started (what it starts are the others)
+_CURRENT: tuple[str, str, set[int]] | None = None
+
+
+def _children() -> set[int]:
+    import psutil  # a dependency of distributed
+
+    return {p.pid for p in psutil.Process().children()}
+
+
+async def stop(tag: str, task_ids: list[str], sig: int) -> bool:
+    """On a worker: end the processes the running task of build ``tag`` started, if it is
+    one of ``task_ids`` (SIGKILL after ``KILL_AFTER`` s for those that outlive ``sig``), so
+    a cancelled or timed-out task frees its worker. A rule's own Python code cannot be
+    stopped: it runs to its end. Whether such a task was running here. A coroutine, so the
+    build can ask without waiting (``Client.run(..., wait=False)`` takes only those)."""
+    import psutil
+
+    current = _CURRENT
+    if current is None or current[0] != tag or current[1] not in task_ids:
+        return False
+    procs = []
+    for child in psutil.Process().children():
+        if child.pid not in current[2]:
+            with contextlib.suppress(psutil.Error):
+                procs += [*child.children(recursive=True), child]
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(sig)
+    if sig != signal.SIGKILL:
+
+        def kill() -> None:
+            for p in procs:
+                with contextlib.suppress(psutil.Error):
+                    if p.is_running():
+                        p.kill()
+
+        timer = threading.Timer(KILL_AFTER, kill)
+        timer.daemon = True
+        timer.start()
+    return True
 
 
 #: the project's modules this worker imported: module name → (file, mtime_ns, size)
