@@ -30,7 +30,8 @@ from .errors import (
     UsageError,
 )
 from .events import Bus
-from .executors import get_executor
+from .executors import executor_names, get_executor, runs_here
+from .executors.base import Executor
 from .fshash import Hasher
 from .hooks import run_hooks, run_summary
 from .items import glob_base, is_glob
@@ -252,6 +253,7 @@ def build(
     fsync: bool = False,
     noop_snapshot: tuple[str, int] | None = None,
     lock_file: bool | None = None,
+    executor_options: Mapping[str, Any] | None = None,
 ) -> BuildReport:
     """Build the targets (default: every stage) and what they need.
 
@@ -267,14 +269,18 @@ def build(
     writes ``.pipemake/uptodate.json`` when every stage was up to date. A build that
     fails nothing writes ``pipemake.lock`` (when its content changed; ``lock_file``,
     default: the pipeline's ``lock_file:``), see :mod:`pipemake.lockfile`.
+    ``executor_options`` go to the executor (dask: ``scheduler``, ``dashboard``).
     """
     p = project.pipeline
+    if executor not in executor_names():
+        known = ", ".join(executor_names())
+        raise UsageError(f"--executor: unknown executor {executor!r} (known: {known})")
     order = _select(p, targets)
     try:
         force_stages = resolve_targets(p, force_stages)
     except UsageError as exc:
         raise UsageError(f"--force-stage: {exc}") from None
-    budget = _budget(p, order, resources)
+    budget = _budget(p, order, resources, runs_here(executor))
     bus = bus or Bus()
     runs = project.workspace.dot / "runs"
     runlog = history.RunLog(runs, log_json, {"pipeline": p.name})
@@ -282,6 +288,8 @@ def build(
     started = time.time()
     started_ns = noop_snapshot[1] if noop_snapshot else time.time_ns()
     with (
+        # first: a cluster that cannot be reached fails the build before anything is logged
+        _closed_on_error(get_executor(executor, jobs, **(executor_options or {}))) as ex,
         BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait),
         _linking(project.store, link),
         _durable(project.store, fsync),
@@ -310,7 +318,9 @@ def build(
             "per_item": {s: t for s, t in history.per_item_times(runs).items() if s in expected},
         }
         bus.emit("run_started", None, **run_started)
-        with _Signals() as sigs, get_executor(executor, jobs) as ex:
+        with _Signals() as sigs, ex:  # closed as soon as the schedule ends
+            for level, note in getattr(ex, "notes", ()):
+                bus.emit("log", None, level=level, text=note)
             # stages of worker rules never built (or failed last time) will most likely run:
             # their workers start now, while the build decides, not after
             if any(
@@ -421,6 +431,17 @@ def _record_roots(project: Project, builder: Builder) -> None:
 
 
 @contextmanager
+def _closed_on_error(ex: Executor) -> Iterator[Executor]:
+    """``ex``, closed if the build fails before (or while) it runs: a build that ends well
+    closes it itself, as soon as its schedule ends."""
+    try:
+        yield ex
+    except BaseException:
+        ex.close()
+        raise
+
+
+@contextmanager
 def _linking(store: Store, link: bool | None) -> Iterator[None]:
     """Link outputs and objects for one build (``link``; None: env ``PIPEMAKE_LINK``): the
     store restores by links, and tasks store their outputs by links (``Task.link``)."""
@@ -445,8 +466,11 @@ def _durable(store: Store, fsync: bool) -> Iterator[None]:
         store.set_fsync(old)
 
 
-def _budget(p: Pipeline, order: list[str], overrides: Mapping[str, float] | None) -> Budget:
-    total, gpu_ids = default_budget()
+def _budget(
+    p: Pipeline, order: list[str], overrides: Mapping[str, float] | None, here: bool = True
+) -> Budget:
+    # tasks run elsewhere (a cluster): only what --resources caps, never this machine's
+    total, gpu_ids = default_budget() if here else ({}, [])
     total.update(overrides or {})
     budget = Budget(total, gpu_ids)
     problems = []

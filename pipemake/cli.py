@@ -264,7 +264,20 @@ def _shown(path: Any) -> str:
     help="Rerun this stage (repeatable).",
 )
 @click.option(
-    "--executor", default="local", show_default=True, help="Where tasks run: local, inline."
+    "--executor",
+    default="local",
+    show_default=True,
+    help="Where tasks run: local, inline, dask (a dask scheduler, see --scheduler), "
+    "dask-local (a dask cluster of -j processes on this machine).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="tcp://HOST:PORT",
+    help="The dask scheduler for --executor dask (env PIPEMAKE_DASK_SCHEDULER).",
+)
+@click.option(
+    "--dashboard", is_flag=True, help="With --executor dask-local: serve dask's dashboard."
 )
 @_cache_dir_option
 @click.option(
@@ -335,6 +348,8 @@ def build(
     force: bool,
     force_stage: tuple[str, ...],
     executor: str,
+    scheduler: str | None,
+    dashboard: bool,
     cache_dir: str | None,
     lock_timeout: str | None,
     resources: str | None,
@@ -371,6 +386,7 @@ def build(
             budget = parse_resources(resources)
         except ValueError as exc:
             raise UsageError(f"--resources: {exc}") from None
+        options = _executor_options(executor, scheduler, dashboard)
         with _project(ctx, cache_dir=cache_dir, build=True) as project:
             bus = Bus()
             view = make_view(no_progress)
@@ -395,12 +411,28 @@ def build(
                     on_lock_wait=_waiting,
                     noop_snapshot=snap,
                     lock_file=False if no_lock_file else None,
+                    executor_options=options,
                 )
             finally:
                 view.close()
         return 0
 
     _run(go)
+
+
+def _executor_options(executor: str, scheduler: str | None, dashboard: bool) -> dict[str, Any]:
+    """``--scheduler`` and ``--dashboard`` for the executors that take them (UsageError for
+    the others: an option that would change nothing is a mistake worth saying)."""
+    options: dict[str, Any] = {}
+    if scheduler is not None:
+        if executor != "dask":
+            raise UsageError("--scheduler is for --executor dask")
+        options["scheduler"] = scheduler
+    if dashboard:
+        if executor != "dask-local":
+            raise UsageError("--dashboard is for --executor dask-local")
+        options["dashboard"] = True
+    return options
 
 
 _RESUME_NOTE = (
