@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import history, uptodate
+from . import history, noop
 from .build import Builder
 from .decide import Decision, Reason, Trigger, Verdict
 from .errors import (
@@ -245,7 +245,7 @@ def build(
     instead of copying them; linked outputs are read-only. ``fsync`` flushes every store
     object (and its directory entry) and every entry commit to disk before it counts, so
     the store survives a power loss, not only a killed build. ``noop_snapshot`` (the
-    command's context digest and its process start in ns, see :mod:`pipemake.uptodate`)
+    command's context digest and its process start in ns, see :mod:`pipemake.noop`)
     writes ``.pipemake/uptodate.json`` when every stage was up to date.
     """
     p = project.pipeline
@@ -320,9 +320,9 @@ def build(
                 snapshot = _snapshot(project, builder, order, started_ns, run_started)
             # under the lock, so no other build's snapshot or change can come in between
             if snapshot is not None:
-                uptodate.write(project.workspace.dot, noop_snapshot[0], **snapshot)
+                noop.write(project.workspace.dot, noop_snapshot[0], **snapshot)
             else:
-                uptodate.discard(project.workspace.dot)
+                noop.discard(project.workspace.dot)
     report = _report(builder, outcome, time.time() - started)
     finished = {"ran": report.ran, "restored": report.restored, "up_to_date": report.up_to_date,
                 "failed": report.failed, "skipped": report.skipped, "duration": report.duration,
@@ -370,7 +370,7 @@ def _snapshot(
         code.update(rule.code_files(p.stages[stage_id].ports, p.root))
     code |= package_files(packages)  # the rules' whole packages, versions and all
     databases = [project.state.path, project.store.path / "actions.db"]
-    paths = uptodate.record(p.root, builder.hasher.seen, sorted(code), started_ns, databases)
+    paths = noop.record(p.root, builder.hasher.seen, sorted(code), started_ns, databases)
     if paths is None:
         return None
     return {"snap": paths, "run": {"pipeline": p.name, "started": run_started}}

@@ -1,5 +1,5 @@
 """Walking a directory and its stat signature: shared by the hasher and the no-op check
-(:mod:`pipemake.uptodate`), which must compute the very same signature and stay light."""
+(:mod:`pipemake.noop`), which must compute the very same signature and stay light."""
 
 from __future__ import annotations
 

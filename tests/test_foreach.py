@@ -432,17 +432,17 @@ def test_a_damaged_item_index_falls_back_to_the_store(
 def test_an_unchanged_input_tree_gives_the_stage_key_without_listing_items(
     items: Proj, monkeypatch
 ) -> None:
-    from pipemake import foreach
+    from pipemake import resolve
 
     listed: list[int] = []
-    real = foreach.select
+    real = resolve.select
 
     def spy(*args, **kwargs):
         out = real(*args, **kwargs)
         listed.append(len(out))
         return out
 
-    monkeypatch.setattr(foreach, "select", spy)
+    monkeypatch.setattr(resolve, "select", spy)
     items.cli("build")
     assert listed == [] and _items_run(items) == []
     assert "upper: up to date" in items.cli("dry-run").output

@@ -372,25 +372,25 @@ def _two_trees(tmp_path: Path) -> list[list]:
 
 @pytest.mark.parametrize("changed", [None, "left", "right"])
 def test_the_forked_tree_check_sees_a_change_on_either_side(tmp_path: Path, changed) -> None:
-    from pipemake import uptodate
+    from pipemake import noop
 
     trees = _two_trees(tmp_path)
     if changed:
         (tmp_path / changed / "d1" / "f.txt").write_text("changed, and longer\n")
-    assert uptodate._trees_unchanged(str(tmp_path), trees) is (changed is None)
+    assert noop._trees_unchanged(str(tmp_path), trees) is (changed is None)
 
 
 def test_a_failing_child_means_changed(tmp_path: Path, monkeypatch) -> None:
-    from pipemake import uptodate
+    from pipemake import noop
 
     trees = _two_trees(tmp_path)
     parent = os.getpid()
-    real = uptodate._tree_unchanged
+    real = noop._tree_unchanged
 
     def flaky(root, path, sig):
         if os.getpid() != parent:
             raise OSError("the child cannot read")
         return real(root, path, sig)
 
-    monkeypatch.setattr(uptodate, "_tree_unchanged", flaky)
-    assert uptodate._trees_unchanged(str(tmp_path), trees) is False
+    monkeypatch.setattr(noop, "_tree_unchanged", flaky)
+    assert noop._trees_unchanged(str(tmp_path), trees) is False
