@@ -31,6 +31,7 @@ from .errors import (
 )
 from .events import Bus
 from .executors import get_executor
+from .fingerprint import code_files
 from .fshash import Hasher
 from .hooks import run_hooks, run_summary
 from .items import glob_base, is_glob
@@ -38,7 +39,7 @@ from .lock import BuildLock
 from .model import DEFAULT_FILE, Pipeline
 from .plancache import load_checked
 from .resources import Budget, default_budget
-from .rule import Rule, package_files
+from .rule import Rule
 from .scheduler import Outcome, Scheduler, StageFailure
 from .state import WorkspaceState
 from .store import GRACE, Store
@@ -368,7 +369,7 @@ def _snapshot(
             return None  # its code is hashed from files it does not name
         packages.add(cls.__module__.partition(".")[0])
         code.update(rule.code_files(p.stages[stage_id].ports, p.root))
-    code |= package_files(packages)  # the rules' whole packages, versions and all
+    code |= code_files(packages)  # the rules' whole packages, versions and all
     databases = [project.state.path, project.store.path / "actions.db"]
     paths = noop.record(p.root, builder.hasher.seen, sorted(code), started_ns, databases)
     if paths is None:

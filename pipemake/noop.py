@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .fingerprint import environment
 from .hashing import digest, hash_bytes
-from .walk import mtimes, signature, walk
+from .walk import signature, walk
 
 __all__ = ["FILE", "answer", "context", "discard", "record", "write"]
 
@@ -42,9 +42,8 @@ _GLOBAL_OPTS = ("-C", "-f", "--cache-dir")
 
 def context(argv: list[str], cwd: str) -> str:
     """What the command depends on besides files: its words, where and how it runs."""
-    paths = mtimes(sys.path)
     env = sorted((k, v) for k, v in os.environ.items() if k.startswith("PIPEMAKE_"))
-    return digest([FORMAT, argv, cwd, env, sys.version, sys.executable, paths])
+    return digest([FORMAT, argv, cwd, env, environment()])
 
 
 def _stat(path: str) -> list[Any] | None:

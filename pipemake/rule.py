@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .errors import suggest
-from .walk import mtimes
+from .fingerprint import code_files, environment, mtimes
 
 __all__ = [
     "Context",
@@ -579,7 +579,7 @@ def _installed(cache: Path | None) -> tuple[str, dict[str, str]]:
         return _registry
     # a distribution installed, upgraded or removed adds or removes an entry in its
     # sys.path directory; a registering one's entry points are its entry_points.txt
-    head = json.loads(json.dumps([sys.version, sys.executable, mtimes(sys.path)]))
+    head = json.loads(json.dumps(environment()))
     # one answer per head: `pipemake` and `python -m pipemake` differ in sys.path[0]
     known: list[dict[str, Any]] = []
     if cache is not None:
@@ -659,13 +659,9 @@ def get_rule(name: str) -> Rule | None:
 
 
 def package_files(packages: set[str]) -> set[str]:
-    """The source files of every loaded module of these top-level packages (pipemake, a
-    rule package): what a cached answer that depends on the rules' code must re-stat."""
-    return {
-        path
-        for name, module in list(sys.modules.items())
-        if name.partition(".")[0] in packages and (path := getattr(module, "__file__", None) or "")
-    }
+    """The source files of every loaded module of these top-level packages (see
+    :func:`pipemake.fingerprint.code_files`)."""
+    return code_files(packages)
 
 
 def _is_executor(obj: Any) -> bool:
