@@ -29,7 +29,7 @@ from .errors import (
     StoreError,
     UsageError,
 )
-from .events import Bus
+from .events import Bus, Event
 from .executors import get_executor
 from .fingerprint import code_files
 from .fshash import Hasher
@@ -47,6 +47,7 @@ from .walk import BadPath
 from .workspace import Workspace
 
 __all__ = [
+    "BuildOptions",
     "BuildReport",
     "Project",
     "build",
@@ -60,6 +61,7 @@ __all__ = [
     "list_runs",
     "list_stages",
     "open_project",
+    "run_build",
     "run_status",
     "show_log",
     "stage_notes",
@@ -216,6 +218,40 @@ class _Signals:
             signal.signal(sig, old)
 
 
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build: every option of ``pipemake build`` in one value (what :func:`build`'s
+    keyword arguments make, and what :func:`run_build` takes).
+
+    ``resources`` overrides parts of this machine's budget (cpus, gpu, mem_gb, or any name
+    a stage requests); ``retries`` applies to stages that set none; ``grace`` is how long
+    running stages may finish after a first Ctrl-C or SIGTERM. Every event is logged under
+    ``.pipemake/runs/`` (and to ``log_json``). ``link`` (default: env ``PIPEMAKE_LINK``)
+    hard-links outputs and the store's objects instead of copying them; linked outputs are
+    read-only. ``fsync`` flushes every store object (and its directory entry) and every
+    entry commit to disk before it counts, so the store survives a power loss, not only a
+    killed build. ``noop_snapshot`` (the command's context digest and its process start in
+    ns, see :mod:`pipemake.noop`) writes ``.pipemake/uptodate.json`` when every stage was
+    up to date. ``on_lock_wait`` is called while another build holds the lock.
+    """
+
+    targets: Sequence[str] = ()
+    jobs: int = 1
+    keep_going: bool = False
+    force: bool = False
+    force_stages: Sequence[str] = ()
+    executor: str = "local"
+    lock_timeout: float | None = None
+    on_lock_wait: Any = None
+    resources: Mapping[str, float] | None = None
+    retries: int | None = None
+    grace: float = 30.0
+    log_json: str | os.PathLike[str] | None = None
+    link: bool | None = None
+    fsync: bool = False
+    noop_snapshot: tuple[str, int] | None = None
+
+
 def build(
     project: Project,
     targets: Sequence[str] = (),
@@ -236,35 +272,40 @@ def build(
     fsync: bool = False,
     noop_snapshot: tuple[str, int] | None = None,
 ) -> BuildReport:
-    """Build the targets (default: every stage) and what they need.
+    """Build the targets (default: every stage) and what they need; the pipeline's hooks run
+    after the build. The keyword arguments are :class:`BuildOptions`'s (see there); events
+    go to ``bus`` as well as to the run log. Raises :class:`~pipemake.errors.BuildFailed`
+    when a stage failed, :class:`~pipemake.errors.Interrupted` on a signal."""
+    options = BuildOptions(
+        targets=targets, jobs=jobs, keep_going=keep_going, force=force,
+        force_stages=force_stages, executor=executor, lock_timeout=lock_timeout,
+        on_lock_wait=on_lock_wait, resources=resources, retries=retries, grace=grace,
+        log_json=log_json, link=link, fsync=fsync, noop_snapshot=noop_snapshot,
+    )  # fmt: skip
+    return run_build(project, options, bus)
 
-    ``resources`` overrides parts of this machine's budget (cpus, gpu, mem_gb, or any name
-    a stage requests); ``retries`` applies to stages that set none; ``grace`` is how long
-    running stages may finish after a first Ctrl-C or SIGTERM. Every event is logged under
-    ``.pipemake/runs/`` (and to ``log_json``); the pipeline's hooks run after the build.
-    ``link`` (default: env ``PIPEMAKE_LINK``) hard-links outputs and the store's objects
-    instead of copying them; linked outputs are read-only. ``fsync`` flushes every store
-    object (and its directory entry) and every entry commit to disk before it counts, so
-    the store survives a power loss, not only a killed build. ``noop_snapshot`` (the
-    command's context digest and its process start in ns, see :mod:`pipemake.noop`)
-    writes ``.pipemake/uptodate.json`` when every stage was up to date.
-    """
+
+def run_build(project: Project, options: BuildOptions, bus: Bus | None = None) -> BuildReport:
+    """Build as :func:`build` does, with the options as one :class:`BuildOptions`."""
+    o = options
     p = project.pipeline
-    order = _select(p, targets)
-    for s in force_stages:
+    order = _select(p, o.targets)
+    for s in o.force_stages:
         if s not in p.stages:
             raise UsageError(f"--force-stage: unknown stage {s!r}")
-    budget = _budget(p, order, resources)
+    budget = _budget(p, order, o.resources)
     bus = bus or Bus()
     runs = project.workspace.dot / "runs"
-    runlog = history.RunLog(runs, log_json, {"pipeline": p.name})
+    runlog = history.RunLog(runs, o.log_json, {"pipeline": p.name})
     bus.subscribe(runlog)
     started = time.time()
-    started_ns = noop_snapshot[1] if noop_snapshot else time.time_ns()
+    # the pipeline's hooks: run once the run_finished event is out, as its subscriber
+    bus.subscribe(_Hooks(p, runlog, started, bus))
+    started_ns = o.noop_snapshot[1] if o.noop_snapshot else time.time_ns()
     with (
-        BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait),
-        _linking(project.store, link),
-        _durable(project.store, fsync),
+        BuildLock(project.workspace.dot / "lock", o.lock_timeout, o.on_lock_wait),
+        _linking(project.store, o.link),
+        _durable(project.store, o.fsync),
     ):
         project.workspace.clear_tmp()
         builder = Builder(
@@ -272,31 +313,31 @@ def build(
             project.store,
             project.state,
             bus,
-            force=force,
-            force_stages=frozenset(force_stages),
-            jobs=jobs,
-            retries=retries,
+            force=o.force,
+            force_stages=frozenset(o.force_stages),
+            jobs=o.jobs,
+            retries=o.retries,
         )
         builder.prefetch(order)
         expected = _expected(project, order)
         chosen = set(order)
         run_started = {
             "stages": order,
-            "targets": list(targets),
+            "targets": list(o.targets),
             "expected": expected,
             "deps": {s: [d for d in p.graph.deps[s] if d in chosen] for s in order},
             "budget": budget.total,
-            "jobs": jobs,
+            "jobs": o.jobs,
             "per_item": {s: t for s, t in history.per_item_times(runs).items() if s in expected},
         }
         bus.emit("run_started", None, **run_started)
-        with _Signals() as sigs, get_executor(executor, jobs) as ex:
+        with _Signals() as sigs, get_executor(o.executor, o.jobs) as ex:
             # stages of worker rules never built (or failed last time) will most likely run:
             # their workers start now, while the build decides, not after
             if any(
                 not p.stages[s].rule.spawns_only and builder.last_result(s) != "ok" for s in order
             ):
-                ex.prestart(jobs)
+                ex.prestart(o.jobs)
             builder.stopping = lambda: sigs.received is not None
             sched = Scheduler(
                 p.graph,
@@ -304,24 +345,24 @@ def build(
                 builder,
                 ex,
                 bus,
-                jobs=jobs,
-                keep_going=keep_going,
+                jobs=o.jobs,
+                keep_going=o.keep_going,
                 stop_signal=lambda: (sigs.received, sigs.count),
                 budget=budget,
                 expected=expected,
-                grace=grace,
+                grace=o.grace,
             )
             outcome = sched.run()
         project.state.flush()
         _record_roots(project, builder)
-        if noop_snapshot is not None:
+        if o.noop_snapshot is not None:
             snapshot = None
-            plain = not (force or force_stages or log_json or p.on_success or p.on_failure)
+            plain = not (o.force or o.force_stages or o.log_json or p.on_success or p.on_failure)
             if plain and not (outcome.failed or outcome.skipped or outcome.interrupted):
                 snapshot = _snapshot(project, builder, order, started_ns, run_started)
             # under the lock, so no other build's snapshot or change can come in between
             if snapshot is not None:
-                noop.write(project.workspace.dot, noop_snapshot[0], **snapshot)
+                noop.write(project.workspace.dot, o.noop_snapshot[0], **snapshot)
             else:
                 noop.discard(project.workspace.dot)
     report = _report(builder, outcome, time.time() - started)
@@ -329,14 +370,28 @@ def build(
                 "failed": report.failed, "skipped": report.skipped, "duration": report.duration,
                 "interrupted": outcome.interrupted}  # fmt: skip
     bus.emit("run_finished", None, **finished)
-    run_hooks(p.on_success, p.on_failure, run_summary(p.name, runlog.run_id, started, finished),
-              p.root, bus)  # fmt: skip
     runlog.close()
     if outcome.interrupted is not None:
         raise Interrupted(outcome.interrupted)
     if report.failed:
         raise BuildFailed(list(report.failed))
     return report
+
+
+class _Hooks:
+    """The pipeline's ``on_success`` / ``on_failure`` hooks as a subscriber: the one that
+    fits runs when the build's ``run_finished`` event arrives (its events go to the same
+    bus, after every earlier subscriber has seen ``run_finished``)."""
+
+    def __init__(self, p: Pipeline, runlog: history.RunLog, started: float, bus: Bus):
+        self.p, self.runlog, self.started, self.bus = p, runlog, started, bus
+
+    def __call__(self, event: Event) -> None:
+        if event.kind != "run_finished":
+            return
+        p = self.p
+        summary = run_summary(p.name, self.runlog.run_id, self.started, event.data)
+        run_hooks(p.on_success, p.on_failure, summary, p.root, self.bus)
 
 
 def _snapshot(
