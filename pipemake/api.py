@@ -41,7 +41,7 @@ from .plancache import load_checked
 from .resources import Budget, default_budget
 from .rule import Rule
 from .scheduler import Outcome, Scheduler, StageFailure
-from .state import WorkspaceState
+from .state import NEVER, WorkspaceState
 from .store import GRACE, Store
 from .walk import BadPath
 from .workspace import Workspace
@@ -496,7 +496,7 @@ def _budget(p: Pipeline, order: list[str], overrides: Mapping[str, float] | None
 def _expected(project: Project, order: list[str]) -> dict[str, float]:
     """Each stage's expected duration: its last duration (1 s when never built)."""
     brief = project.state.brief()
-    return {s: float((brief.get(s) or (None, None, None))[2] or 1.0) for s in order}
+    return {s: float(brief.get(s, NEVER).duration or 1.0) for s in order}
 
 
 def _report(builder: Builder, outcome: Outcome, duration: float) -> BuildReport:

@@ -26,7 +26,7 @@ from .model import Pipeline, Stage
 from .resolve import Planned, ResolvedStage, Resolver, Unknown
 from .runs import MAX_AGAIN, BuildContext, StageRun
 from .scheduler import StageFailure
-from .state import WorkspaceState
+from .state import NEVER, WorkspaceState
 from .store import Store
 from .workspace import Workspace, remove_path
 
@@ -128,14 +128,14 @@ class Builder:
         if brief is None:
             return LastBuild(item_hashes=lambda: self.state.item_hashes(stage_id))
         return LastBuild(
-            True, brief[0], brief[1], lambda: self._record(stage_id),
+            True, brief.key, brief.result, lambda: self._record(stage_id),
             lambda: self.state.item_hashes(stage_id),
         )  # fmt: skip
 
     def prefetch(self, stages: list[str]) -> None:
         """Read the entries of these stages' last keys in a few queries: on a no-op build
         they are the entries the decisions need."""
-        keys = [k for s in stages if (k := (self._brief.get(s) or (None,))[0])]
+        keys = [k for s in stages if (k := self._brief.get(s, NEVER).key)]
         self._prefetched = self.store.get_actions(keys)
 
     def _record(self, stage_id: str) -> dict[str, Any] | None:
@@ -325,7 +325,7 @@ class Builder:
     def last_result(self, stage_id: str) -> str | None:
         """How the stage's last build ended (``ok``, ``failed``, …), None if never built."""
         brief = self._brief.get(stage_id)
-        return brief[1] if brief else None
+        return brief.result if brief else None
 
     def later(self, work: Callable[[], None], stage: str = "") -> None:
         """Put off writing what only later builds read (an item index, a stage's store
@@ -428,12 +428,12 @@ class Builder:
 
     def _done(self, stage: Stage, rs: ResolvedStage, entry: dict[str, Any], ran: bool) -> None:
         self.results[stage.id] = Planned(entry["outputs"], entry.get("values", {}), rs.key)
-        last = self._brief.get(stage.id) or (None, None, None)
-        if ran or last[0] != rs.key or last[1] != "ok":
+        last = self._brief.get(stage.id, NEVER)
+        if ran or last.key != rs.key or last.result != "ok":
             metrics = entry.get("metrics", {})
             record = {
                 "key": rs.key, "doc": rs.doc, "result": "ok",
-                "duration": metrics.get("duration", last[2]), "finished": time.time(),
+                "duration": metrics.get("duration", last.duration), "finished": time.time(),
             }  # fmt: skip
             self.state.set_record(stage.id, record)
             self._full[stage.id] = record
@@ -444,7 +444,7 @@ class Builder:
         if new:
             self.state.set_placed(new)
             self._placed.update((rel, (s, n)) for rel, s, n in new)
-        if stage.foreach is not None and (ran or last[0] != rs.key):
+        if stage.foreach is not None and (ran or last.key != rs.key):
             self.later(
                 lambda: self.state.set_item_hashes(
                     stage.id, {it.relpath: it.hash for it in rs.items}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
-from .items import ItemRef, item_reasons, removed_items, summarize
+from .items import Item, item_reasons, removed_items, summarize
 
 __all__ = [
     "Decision",
@@ -203,7 +203,7 @@ class Resolved(Protocol):
     cached: dict[str, Any]
 
     @property
-    def items(self) -> list[ItemRef]: ...
+    def items(self) -> list[Item]: ...
 
 
 class LastBuild:
@@ -313,7 +313,7 @@ def decide(
 
 
 def _item_verdicts(
-    items: Sequence[ItemRef], cached: Mapping[str, Any], old: dict[str, str] | None
+    items: Sequence[Item], cached: Mapping[str, Any], old: dict[str, str] | None
 ) -> tuple[list[Reason], dict[str, Any]]:
     """Which items of a foreach stage must run and why (those not in ``cached``), and the
     counts ``dry-run --json`` shows."""

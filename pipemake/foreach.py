@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .executors.base import Message, Task
-from .items import ItemRef, chunks, merge_outputs, staged_files
+from .items import Item, chunks, merge_outputs, staged_files
+from .manifest import digests
 from .model import Stage
 from .runs import MAX_AGAIN, BuildContext, StageRun
 from .scheduler import StageFailure, backoff_delay
@@ -84,22 +85,12 @@ class ForeachRun(StageRun):
     def forget_lost_items(self, ctx: BuildContext) -> None:
         """Treat cached items whose output objects are no longer in the store as not
         cached."""
-        store = ctx.store
+        has = ctx.store.has_object
         for rel, entry in list(self.cached.items()):
-            if "map" in entry and not store.has_object(entry["map"]["hash"]):
-                del self.cached[rel]  # a map result (map-reduce) is an object too
-                continue
-            for manifest in entry.get("outputs", {}).values():
-                digests = (
-                    [e[1] for e in manifest["entries"]]
-                    if manifest["kind"] == "dir"
-                    else [manifest["hash"]]
-                )
-                if not all(store.has_object(d) for d in digests):
-                    del self.cached[rel]
-                    break
+            if not all(has(d) for d in digests(entry)):
+                del self.cached[rel]
 
-    def _tasks(self, ctx: BuildContext, stage: Stage, todo: list[ItemRef], tag: str) -> list[Task]:
+    def _tasks(self, ctx: BuildContext, stage: Stage, todo: list[Item], tag: str) -> list[Task]:
         """Tasks for the items ``todo`` (``tag`` keeps their ids and folders apart from the
         tasks started before them)."""
         root = str(ctx.root)

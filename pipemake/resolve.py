@@ -17,7 +17,7 @@ from typing import Any
 
 from .hashing import KEY_FORMAT, digest, key_digest
 from .items import (
-    ItemRef,
+    Item,
     glob_base,
     is_glob,
     item_key,
@@ -25,6 +25,7 @@ from .items import (
     map_key,
     select,
 )
+from .manifest import manifest_hash, sub_manifest
 from .model import SYMBOLIC_SCOPES, Pipeline, Stage
 from .rule import Ports
 from .scheduler import StageFailure
@@ -32,7 +33,6 @@ from .state import WorkspaceState
 from .store import Store
 from .templates import Ref, TemplateError, substitute
 from .walk import BadPath
-from .workspace import manifest_hash, sub_manifest
 
 __all__ = ["Planned", "ResolvedStage", "Resolver", "Unknown"]
 
@@ -70,7 +70,7 @@ class ResolvedStage:
     foreach: bool = False
     map_reduce: bool = False
     #: lists the items (set by the foreach input's resolution)
-    list_items: Callable[[], list[ItemRef]] | None = None
+    list_items: Callable[[], list[Item]] | None = None
     #: what the items are a function of: the foreach input's manifest hash and filters
     source: list[Any] | None = None
     #: the stage key without the foreach input (what every item key starts from)
@@ -81,11 +81,11 @@ class ResolvedStage:
     cached: dict[str, Any] = field(default_factory=dict)
     #: ``(memo, key)`` for the workspace state to remember after the stage is decided
     remember: tuple[str, str] | None = None
-    _items: list[ItemRef] | None = field(default=None, repr=False)
+    _items: list[Item] | None = field(default=None, repr=False)
     _item_keys: dict[str, str] | None = field(default=None, repr=False)
 
     @property
-    def items(self) -> list[ItemRef]:
+    def items(self) -> list[Item]:
         """The foreach stage's items in relpath order (listed on first use)."""
         if self._items is None:
             self._items = self.list_items() if self.list_items is not None else []
@@ -105,12 +105,12 @@ class ResolvedStage:
         return self._item_keys
 
     def rekey_item(self, rel: str, new_hash: str) -> None:
-        """An item's content changed during this build: its ItemRef and key follow, and so
+        """An item's content changed during this build: its Item and key follow, and so
         does the stage key (never remembered for the input tree as it was)."""
         items = self.items
         i = bisect.bisect_left([it.relpath for it in items], rel)
         old = items[i]
-        ref = ItemRef(old.path, old.relpath, new_hash)
+        ref = Item(old.path, old.relpath, new_hash)
         items[i] = ref
         if self.map_reduce:
             self.item_keys[rel] = map_key(self.map_base, ref)
@@ -212,7 +212,7 @@ class Resolver:
     # foreach ----------------------------------------------------------------------------
     def _item_source(
         self, stage: Stage, path: str, unknown: set[str]
-    ) -> tuple[list[Any], Callable[[], list[ItemRef]]] | None:
+    ) -> tuple[list[Any], Callable[[], list[Item]]] | None:
         """What a foreach input's items are a function of (the manifest hash of the
         directory, from the upstream manifest when there is one, else from the workspace
         through the stat cache, and the filters), and how to list them; None while the
@@ -241,7 +241,7 @@ class Resolver:
                 raise StageFailure(f"foreach input {base} does not exist")
             kind, digest_, entries = info.kind, info.hash, lambda: info.entries or []
 
-        def listing() -> list[ItemRef]:
+        def listing() -> list[Item]:
             if kind == "file":
                 parent = os.path.dirname(base) or "."
                 return select(parent, [[os.path.basename(base), digest_]], None)

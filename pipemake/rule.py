@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 
 from .errors import suggest
 from .fingerprint import code_files, environment, mtimes
+from .items import Item
 
 __all__ = [
     "Context",
@@ -156,26 +157,6 @@ class Ports:
     key_params: dict[str, Any] | None = None
     #: the project root (absolute), for rules that look at user code
     root: str = ""
-
-
-@dataclass(frozen=True)
-class Item:
-    """One file of a ``foreach`` input: its path (relative to the project root), its path
-    relative to the input directory, and its content hash."""
-
-    path: str
-    relpath: str
-    hash: str = ""
-
-    @property
-    def name(self) -> str:
-        return self.relpath.rpartition("/")[2]  # relpath is a plain POSIX path
-
-    @property
-    def stem(self) -> str:
-        name = self.name
-        i = name.rfind(".")
-        return name[:i] if 0 < i < len(name) - 1 else name  # as pathlib's stem
 
 
 #: what starts a task's subprocesses: ``(args, extra environment, Popen keywords)``

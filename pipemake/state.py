@@ -32,12 +32,25 @@ from .errors import AccessDenied, DatabaseDamaged, PipemakeError, os_failure
 from .hashing import hash_bytes
 from .store import transaction
 
-__all__ = ["STATE_FORMAT", "StatRow", "TreeRow", "WorkspaceState", "tree_data"]
+__all__ = ["STATE_FORMAT", "Brief", "StatRow", "TreeRow", "WorkspaceState", "tree_data"]
 
 STATE_FORMAT = 8
 
 #: dev, ino, size, mtime_ns, ctime_ns, hashed_at_ns, hash
 StatRow = tuple[int, int, int, int, int, int, str]
+
+
+class Brief(NamedTuple):
+    """A stage's last build in brief, read for every stage at once: its key, how it ended
+    (``ok``, ``failed``, ``interrupted``) and how long it took (s)."""
+
+    key: str | None
+    result: str | None
+    duration: float | None
+
+
+#: the brief of a stage never built
+NEVER = Brief(None, None, None)
 
 
 class TreeRow(NamedTuple):
@@ -164,7 +177,7 @@ class WorkspaceState:
         self._version = 0
         self._trees: dict[str, TreeRow | None] = {}
         self._trees_dirty: dict[str, TreeRow] = {}
-        self._brief: dict[str, tuple[str | None, str | None, float | None]] | None = None
+        self._brief: dict[str, Brief] | None = None
         #: why writes were skipped (a full disk, say); close() raises it
         self.failure: PipemakeError | None = None
 
@@ -329,12 +342,12 @@ class WorkspaceState:
         rows = self.db.execute("SELECT stage, record FROM records")
         return {s: rec for s, r in rows if (rec := _record(r)) is not None}
 
-    def brief(self) -> dict[str, tuple[str | None, str | None, float | None]]:
+    def brief(self) -> dict[str, Brief]:
         """Every stage's last key, result and duration, without reading the whole records
         (read once; later writes keep the copy current)."""
         if self._brief is None:
             self._brief = {
-                s: (_str(k), _str(r), d if isinstance(d, int | float) else None)
+                s: Brief(_str(k), _str(r), d if isinstance(d, int | float) else None)
                 for s, k, r, d in self.db.execute(
                     "SELECT stage, key, result, duration FROM records"
                 )
@@ -346,7 +359,7 @@ class WorkspaceState:
         """Write a stage's last-build record (key, key document, result, duration, …)."""
         if self.readonly:
             return
-        brief = (record.get("key"), record.get("result"), record.get("duration"))
+        brief = Brief(record.get("key"), record.get("result"), record.get("duration"))
         self.db.execute(
             "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?)",
             (stage, *brief, json.dumps(record, sort_keys=True)),

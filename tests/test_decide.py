@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pipemake.decide import LastBuild, Trigger, Verdict, decide, explain, waiting_on
-from pipemake.items import ItemRef
+from pipemake.items import Item
 
 
 def doc(**over: Any) -> dict[str, Any]:
@@ -39,7 +39,7 @@ class Stage:
     unknown: set[str] = field(default_factory=set)
     foreach: bool = False
     cached: dict[str, Any] = field(default_factory=dict)
-    items: list[ItemRef] = field(default_factory=list)
+    items: list[Item] = field(default_factory=list)
 
 
 ENTRY = {"outputs": {"o": {"kind": "file", "hash": "x"}}}
@@ -123,8 +123,8 @@ def test_a_failed_run_since_the_last_build_is_the_reference() -> None:
     assert [(r.trigger, str(r)) for r in again.reasons] == [(Trigger.FAILED, "the last run failed")]
 
 
-def _items(n: int) -> list[ItemRef]:
-    return [ItemRef(f"data/f{i}.png", f"f{i}.png", f"h{i}") for i in range(n)]
+def _items(n: int) -> list[Item]:
+    return [Item(f"data/f{i}.png", f"f{i}.png", f"h{i}") for i in range(n)]
 
 
 def test_foreach_items_not_cached_run_and_are_counted() -> None:
