@@ -441,7 +441,7 @@ def _record_roots(project: Project, builder: Builder) -> None:
     entries are kept by age alone."""
     up_to_date = all(d.verdict is Verdict.UP_TO_DATE for d in builder.decisions.values())
     keys = set(builder.keys_seen)
-    keys.update(k for k, _r, _d in project.state.brief().values() if k)
+    keys.update(k for k, _r, _d in project.state.builds.brief().values() if k)
     p = project.pipeline
     try:
         project.store.write_roots(str(p.root), str(p.file), keys, True, refresh=not up_to_date)
@@ -495,7 +495,7 @@ def _budget(p: Pipeline, order: list[str], overrides: Mapping[str, float] | None
 
 def _expected(project: Project, order: list[str]) -> dict[str, float]:
     """Each stage's expected duration: its last duration (1 s when never built)."""
-    brief = project.state.brief()
+    brief = project.state.builds.brief()
     return {s: float(brief.get(s, NEVER).duration or 1.0) for s in order}
 
 
@@ -535,7 +535,7 @@ def orphans(project: Project) -> list[str]:
     root = project.pipeline.root
     used = _paths_in_use(project)
     return sorted(
-        path for path in project.state.placed()
+        path for path in project.state.builds.placed()
         if _plain(path) and not any(_overlap(path, u) for u in used)
         and os.path.lexists(root / path)
     )  # fmt: skip
@@ -575,7 +575,7 @@ def _overlap(a: str, b: str) -> bool:
 def status(project: Project) -> dict[str, Any]:
     """Each stage's state (up to date, stale and why, never built, failed), its last result
     and duration, and orphaned outputs."""
-    records = project.state.records()
+    records = project.state.builds.records()
     stages = []
     for stage, decision in dry_run(project):
         rec = records.get(stage) or {}
@@ -705,7 +705,7 @@ def clean(
         raise UsageError("`clean --orphans` takes no targets: it removes every orphan")
     with BuildLock(project.workspace.dot / "lock", 0):
         if orphans_only:
-            placed = project.state.placed()
+            placed = project.state.builds.placed()
             paths = [
                 path for path in orphans(project)
                 if _as_written(project, path, placed.get(path))
@@ -719,7 +719,7 @@ def clean(
             paths = [rel for s in chosen for rel in p.stages[s].ports.outputs.values()]
         removed = [rel for rel in paths if project.workspace.remove(rel)]
         if orphans_only:
-            project.state.forget_placed(removed)
+            project.state.builds.forget_placed(removed)
     return removed
 
 
@@ -727,7 +727,7 @@ def _as_written(project: Project, path: str, owner: tuple[str, str] | None) -> b
     """Whether the orphan ``path``, placed by ``owner`` (stage, output name), is exactly
     what pipemake last placed there: the manifest of that stage's last build, from the
     store."""
-    record = project.state.record(owner[0]) if owner else None
+    record = project.state.builds.record(owner[0]) if owner else None
     key = record.get("key") if isinstance(record, dict) else None
     entry = project.store.get_action(key) if isinstance(key, str) else None
     outputs = entry.get("outputs") if isinstance(entry, dict) else None
@@ -775,7 +775,7 @@ def _needed(project: Project) -> set[str]:
         except StageFailure:  # it would fail (an input missing): its key is unknown
             continue
     keep = set(builder.keys_seen)
-    keep.update(k for k, _r, _d in project.state.brief().values() if k)
+    keep.update(k for k, _r, _d in project.state.builds.brief().values() if k)
     return keep
 
 

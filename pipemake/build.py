@@ -73,7 +73,7 @@ class Builder:
             pipeline.root, store, state, self.ws, self.hasher, bus, jobs, retries, self.later
         )
         self._running: dict[str, StageRun] = {}
-        self._brief = state.brief()
+        self._brief = state.builds.brief()
         self._prefetched: dict[str, dict[str, Any]] = {}
         #: every stage, item and map key this build or plan computed (what ``cache gc``
         #: keeps), item keys only when ``collect_keys`` is set
@@ -126,10 +126,10 @@ class Builder:
         the item hashes only when a reason needs them)."""
         brief = self._brief.get(stage_id)
         if brief is None:
-            return LastBuild(item_hashes=lambda: self.state.item_hashes(stage_id))
+            return LastBuild(item_hashes=lambda: self.state.builds.item_hashes(stage_id))
         return LastBuild(
             True, brief.key, brief.result, lambda: self._record(stage_id),
-            lambda: self.state.item_hashes(stage_id),
+            lambda: self.state.builds.item_hashes(stage_id),
         )  # fmt: skip
 
     def prefetch(self, stages: list[str]) -> None:
@@ -141,7 +141,9 @@ class Builder:
     def _record(self, stage_id: str) -> dict[str, Any] | None:
         """The stage's whole last-build record, read when a reason or a failure needs it."""
         if stage_id not in self._full:
-            self._full[stage_id] = self.state.record(stage_id) if stage_id in self._brief else None
+            self._full[stage_id] = (
+                self.state.builds.record(stage_id) if stage_id in self._brief else None
+            )
         return self._full[stage_id]
 
     # the StageHandler -------------------------------------------------------------------
@@ -203,7 +205,7 @@ class Builder:
         elif (listed := rs.listed_item_keys()) is not None:  # the store's roots keep them too
             self.keys_seen.update(listed.values())
         if rs.remember is not None:
-            self.state.set_foreach_key(stage.id, *rs.remember)
+            self.state.builds.set_foreach_key(stage.id, *rs.remember)
 
     def _restore(self, stage: Stage, rs: ResolvedStage, entry: dict[str, Any]) -> bool:
         for name, rel in rs.ports.outputs.items():
@@ -345,7 +347,7 @@ class Builder:
                     text=f"could not save what the next build reuses ({exc}); it will check "
                     "again instead",
                 )  # fmt: skip
-        if self.state.trees_pending():  # big rows: encoded and written now, not at the end
+        if self.state.stats.trees_pending():  # big rows: encoded and written now, not at the end
             self.state.flush()
 
     def complete(self, stage_id: str) -> list[Task]:
@@ -424,7 +426,7 @@ class Builder:
             finished=time.time(),
             duration=time.time() - run.started,
         )
-        self.state.set_record(stage.id, record)
+        self.state.builds.set_record(stage.id, record)
 
     def _done(self, stage: Stage, rs: ResolvedStage, entry: dict[str, Any], ran: bool) -> None:
         self.results[stage.id] = Planned(entry["outputs"], entry.get("values", {}), rs.key)
@@ -435,18 +437,18 @@ class Builder:
                 "key": rs.key, "doc": rs.doc, "result": "ok",
                 "duration": metrics.get("duration", last.duration), "finished": time.time(),
             }  # fmt: skip
-            self.state.set_record(stage.id, record)
+            self.state.builds.set_record(stage.id, record)
             self._full[stage.id] = record
         if self._placed is None:
-            self._placed = self.state.placed()
+            self._placed = self.state.builds.placed()
         new = [(rel, stage.id, name) for name, rel in rs.ports.outputs.items()
                if self._placed.get(rel) != (stage.id, name)]  # fmt: skip
         if new:
-            self.state.set_placed(new)
+            self.state.builds.set_placed(new)
             self._placed.update((rel, (s, n)) for rel, s, n in new)
         if stage.foreach is not None and (ran or last.key != rs.key):
             self.later(
-                lambda: self.state.set_item_hashes(
+                lambda: self.state.builds.set_item_hashes(
                     stage.id, {it.relpath: it.hash for it in rs.items}
                 ),
                 stage.id,

@@ -370,7 +370,9 @@ class ForeachRun(StageRun):
                 else cached[rel]
                 for rel, outs in per_item.items()
             }  # fmt: skip
-            ctx.state.set_item_index(stage.id, {rel: keys[rel] for rel in index}, index, removals)
+            ctx.state.builds.set_item_index(
+                stage.id, {rel: keys[rel] for rel in index}, index, removals
+            )
 
         root = str(ctx.root)
         for name, rel in rs.ports.outputs.items():

@@ -259,7 +259,7 @@ class Resolver:
         rule = stage.rule
         if not rule.map_reduce:
             memo = digest([base, rs.source])
-            known = self.state.foreach_key(stage.id)
+            known = self.state.builds.foreach_key(stage.id)
             if known is not None and known[0] == memo:
                 rs.key = known[1]
                 return
@@ -283,7 +283,7 @@ class Resolver:
         map-reduce stage's maps were read while resolving."""
         if rs.map_reduce:
             return
-        index = self.state.item_index(stage.id, self.store.removals())
+        index = self.state.builds.item_index(stage.id, self.store.removals())
         rs.cached = _indexed(index, rs.item_keys)
         rest = [k for rel, k in rs.item_keys.items() if rel not in rs.cached]
         entries = self.store.get_actions(rest) if rest else {}

@@ -72,13 +72,13 @@ def test_bookkeeping_that_cannot_be_saved_is_a_warning_and_costs_no_rerun(
     """The item index and item hashes are written after the stage, for later builds only:
     a full disk there is said, the build succeeds, and the next build still reruns nothing
     but the changed item."""
-    from pipemake.state import WorkspaceState
+    from pipemake.records import BuildRecords
 
     def full(*args: Any, **kwargs: Any) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(WorkspaceState, "set_item_index", full)
-    monkeypatch.setattr(WorkspaceState, "set_item_hashes", full)
+    monkeypatch.setattr(BuildRecords, "set_item_index", full)
+    monkeypatch.setattr(BuildRecords, "set_item_hashes", full)
     items.write("data/f3.txt", "changed\n")
     out = items.cli("build", "--no-progress").output
     assert "upper| could not save what the next build reuses (database or disk is full)" in out
