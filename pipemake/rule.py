@@ -61,6 +61,7 @@ __all__ = [
     "local_only",
     "project_on_path",
     "register_rule",
+    "unregister_rule",
     "rule_names",
     "unknown_key",
 ]
@@ -717,6 +718,14 @@ def register_rule(name: str, rule: type | Rule) -> Rule:
         f"@{id(made):x}"  # a new registration is a new plan-cache key
     )
     return made
+
+
+def unregister_rule(name: str) -> None:
+    """Undo :func:`register_rule` for ``name`` in this process (an installed rule of that
+    name is found again); for scripts and tests that register rules for a while."""
+    _registered.pop(name, None)
+    _registered_values.pop(name, None)
+    _loaded.pop(name, None)
 
 
 def local_only(name: str) -> bool:
