@@ -21,12 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .build import Builder, Planned, StageKey
+from .build import Builder
 from .decide import Verdict
 from .errors import UsageError
 from .events import Bus
 from .fshash import Hasher, PathInfo
 from .hashing import tree_hash
+from .resolve import Planned, ResolvedStage
 from .scheduler import StageFailure
 from .templates import find_refs
 from .walk import BadPath
@@ -54,7 +55,7 @@ class Accepted:
 @dataclass
 class _Plan:
     stage: Stage
-    sk: StageKey
+    sk: ResolvedStage
     entry: dict[str, Any]
     infos: dict[str, PathInfo]
 
@@ -131,7 +132,7 @@ def accept(
 def _cannot(
     p: Pipeline,
     stage: Stage,
-    sk: StageKey | None,
+    sk: ResolvedStage | None,
     entry: dict[str, Any] | None,
     verdict: Verdict,
     reasons: list[str],
@@ -169,7 +170,9 @@ def _values_used(p: Pipeline, stage: Stage) -> list[str]:
     return used
 
 
-def _outputs(p: Pipeline, sk: StageKey, hasher: Hasher, infos: dict[str, PathInfo]) -> str | None:
+def _outputs(
+    p: Pipeline, sk: ResolvedStage, hasher: Hasher, infos: dict[str, PathInfo]
+) -> str | None:
     """Hash each output of the stage into ``infos``; why one cannot be accepted, or None."""
     for name, rel in sk.ports.outputs.items():
         full = p.root / rel
@@ -228,4 +231,6 @@ def _rewrite_items(store: Store, state: WorkspaceState, plan: _Plan) -> None:
         pairs.append((key, new))
     if pairs:
         store.put_actions(pairs)
-    state.set_item_index(stage.id, {rel: keys[rel] for rel in index}, index, store.removals())
+    state.builds.set_item_index(
+        stage.id, {rel: keys[rel] for rel in index}, index, store.removals()
+    )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import cachegc, history, lockfile, starter, storeplace, svg, uptodate
+from . import cachegc, history, lockfile, noop, starter, storeplace, svg
 from .accept import Accepted, accept
 from .build import Builder
 from .decide import Decision, Reason, Trigger, Verdict
@@ -29,9 +29,10 @@ from .errors import (
     StoreError,
     UsageError,
 )
-from .events import Bus
+from .events import Bus, Event
 from .executors import executor_names, get_executor, runs_here
 from .executors.base import Executor
+from .fingerprint import code_files
 from .fshash import Hasher
 from .hooks import run_hooks, run_summary
 from .items import glob_base, is_glob
@@ -40,15 +41,16 @@ from .model import DEFAULT_FILE, Pipeline
 from .params import parse_overrides
 from .plancache import load_checked
 from .resources import Budget, default_budget
-from .rule import Rule, package_files
+from .rule import Rule
 from .scheduler import Outcome, Scheduler, StageFailure
-from .state import WorkspaceState
+from .state import NEVER, WorkspaceState
 from .store import GRACE, Store
 from .targets import resolve_targets
 from .walk import BadPath
 from .workspace import Workspace
 
 __all__ = [
+    "BuildOptions",
     "BuildReport",
     "Project",
     "build",
@@ -64,6 +66,7 @@ __all__ = [
     "list_runs",
     "list_stages",
     "open_project",
+    "run_build",
     "run_status",
     "show_log",
     "stage_notes",
@@ -233,6 +236,45 @@ class _Signals:
             signal.signal(sig, old)
 
 
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build: every option of ``pipemake build`` in one value (what :func:`build`'s
+    keyword arguments make, and what :func:`run_build` takes).
+
+    ``resources`` overrides parts of this machine's budget (cpus, gpu, mem_gb, or any name
+    a stage requests); ``retries`` applies to stages that set none; ``grace`` is how long
+    running stages may finish after a first Ctrl-C or SIGTERM. Every event is logged under
+    ``.pipemake/runs/`` (and to ``log_json``). ``link`` (default: env ``PIPEMAKE_LINK``)
+    hard-links outputs and the store's objects instead of copying them; linked outputs are
+    read-only. ``fsync`` flushes every store object (and its directory entry) and every
+    entry commit to disk before it counts, so the store survives a power loss, not only a
+    killed build. ``noop_snapshot`` (the command's context digest and its process start in
+    ns, see :mod:`pipemake.noop`) writes ``.pipemake/uptodate.json`` when every stage was
+    up to date. ``on_lock_wait`` is called while another build holds the lock. A build
+    that fails nothing writes ``pipemake.lock`` (when its content changed; ``lock_file``,
+    default: the pipeline's ``lock_file:``), see :mod:`pipemake.lockfile`.
+    ``executor_options`` go to the executor (dask: ``scheduler``, ``dashboard``).
+    """
+
+    targets: Sequence[str] = ()
+    jobs: int = 1
+    keep_going: bool = False
+    force: bool = False
+    force_stages: Sequence[str] = ()
+    executor: str = "local"
+    lock_timeout: float | None = None
+    on_lock_wait: Any = None
+    resources: Mapping[str, float] | None = None
+    retries: int | None = None
+    grace: float = 30.0
+    log_json: str | os.PathLike[str] | None = None
+    link: bool | None = None
+    fsync: bool = False
+    noop_snapshot: tuple[str, int] | None = None
+    lock_file: bool | None = None
+    executor_options: Mapping[str, Any] | None = None
+
+
 def build(
     project: Project,
     targets: Sequence[str] = (),
@@ -255,44 +297,47 @@ def build(
     lock_file: bool | None = None,
     executor_options: Mapping[str, Any] | None = None,
 ) -> BuildReport:
-    """Build the targets (default: every stage) and what they need.
+    """Build the targets (default: every stage) and what they need; the pipeline's hooks run
+    after the build. The keyword arguments are :class:`BuildOptions`'s (see there); events
+    go to ``bus`` as well as to the run log. Raises :class:`~pipemake.errors.BuildFailed`
+    when a stage failed, :class:`~pipemake.errors.Interrupted` on a signal."""
+    options = BuildOptions(
+        targets=targets, jobs=jobs, keep_going=keep_going, force=force,
+        force_stages=force_stages, executor=executor, lock_timeout=lock_timeout,
+        on_lock_wait=on_lock_wait, resources=resources, retries=retries, grace=grace,
+        log_json=log_json, link=link, fsync=fsync, noop_snapshot=noop_snapshot,
+        lock_file=lock_file, executor_options=executor_options,
+    )  # fmt: skip
+    return run_build(project, options, bus)
 
-    ``resources`` overrides parts of this machine's budget (cpus, gpu, mem_gb, or any name
-    a stage requests); ``retries`` applies to stages that set none; ``grace`` is how long
-    running stages may finish after a first Ctrl-C or SIGTERM. Every event is logged under
-    ``.pipemake/runs/`` (and to ``log_json``); the pipeline's hooks run after the build.
-    ``link`` (default: env ``PIPEMAKE_LINK``) hard-links outputs and the store's objects
-    instead of copying them; linked outputs are read-only. ``fsync`` flushes every store
-    object (and its directory entry) and every entry commit to disk before it counts, so
-    the store survives a power loss, not only a killed build. ``noop_snapshot`` (the
-    command's context digest and its process start in ns, see :mod:`pipemake.uptodate`)
-    writes ``.pipemake/uptodate.json`` when every stage was up to date. A build that
-    fails nothing writes ``pipemake.lock`` (when its content changed; ``lock_file``,
-    default: the pipeline's ``lock_file:``), see :mod:`pipemake.lockfile`.
-    ``executor_options`` go to the executor (dask: ``scheduler``, ``dashboard``).
-    """
+
+def run_build(project: Project, options: BuildOptions, bus: Bus | None = None) -> BuildReport:
+    """Build as :func:`build` does, with the options as one :class:`BuildOptions`."""
+    o = options
     p = project.pipeline
-    if executor not in executor_names():
+    if o.executor not in executor_names():
         known = ", ".join(executor_names())
-        raise UsageError(f"--executor: unknown executor {executor!r} (known: {known})")
-    order = _select(p, targets)
+        raise UsageError(f"--executor: unknown executor {o.executor!r} (known: {known})")
+    order = _select(p, o.targets)
     try:
-        force_stages = resolve_targets(p, force_stages)
+        force_stages = resolve_targets(p, o.force_stages)
     except UsageError as exc:
         raise UsageError(f"--force-stage: {exc}") from None
-    budget = _budget(p, order, resources, runs_here(executor))
+    budget = _budget(p, order, o.resources, runs_here(o.executor))
     bus = bus or Bus()
     runs = project.workspace.dot / "runs"
-    runlog = history.RunLog(runs, log_json, {"pipeline": p.name})
+    runlog = history.RunLog(runs, o.log_json, {"pipeline": p.name})
     bus.subscribe(runlog)
     started = time.time()
-    started_ns = noop_snapshot[1] if noop_snapshot else time.time_ns()
+    # the pipeline's hooks: run once the run_finished event is out, as its subscriber
+    bus.subscribe(_Hooks(p, runlog, started, bus))
+    started_ns = o.noop_snapshot[1] if o.noop_snapshot else time.time_ns()
     with (
         # first: a cluster that cannot be reached fails the build before anything is logged
-        _closed_on_error(get_executor(executor, jobs, **(executor_options or {}))) as ex,
-        BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait),
-        _linking(project.store, link),
-        _durable(project.store, fsync),
+        _closed_on_error(get_executor(o.executor, o.jobs, **(o.executor_options or {}))) as ex,
+        BuildLock(project.workspace.dot / "lock", o.lock_timeout, o.on_lock_wait),
+        _linking(project.store, o.link),
+        _durable(project.store, o.fsync),
     ):
         project.workspace.clear_tmp()
         builder = Builder(
@@ -300,21 +345,21 @@ def build(
             project.store,
             project.state,
             bus,
-            force=force,
+            force=o.force,
             force_stages=frozenset(force_stages),
-            jobs=jobs,
-            retries=retries,
+            jobs=o.jobs,
+            retries=o.retries,
         )
         builder.prefetch(order)
         expected = _expected(project, order)
         chosen = set(order)
         run_started = {
             "stages": order,
-            "targets": list(targets),
+            "targets": list(o.targets),
             "expected": expected,
             "deps": {s: [d for d in p.graph.deps[s] if d in chosen] for s in order},
             "budget": budget.total,
-            "jobs": jobs,
+            "jobs": o.jobs,
             "per_item": {s: t for s, t in history.per_item_times(runs).items() if s in expected},
         }
         bus.emit("run_started", None, **run_started)
@@ -326,7 +371,7 @@ def build(
             if any(
                 not p.stages[s].rule.spawns_only and builder.last_result(s) != "ok" for s in order
             ):
-                ex.prestart(jobs)
+                ex.prestart(o.jobs)
             builder.stopping = lambda: sigs.received is not None
             sched = Scheduler(
                 p.graph,
@@ -334,43 +379,56 @@ def build(
                 builder,
                 ex,
                 bus,
-                jobs=jobs,
-                keep_going=keep_going,
+                jobs=o.jobs,
+                keep_going=o.keep_going,
                 stop_signal=lambda: (sigs.received, sigs.count),
                 budget=budget,
                 expected=expected,
-                grace=grace,
+                grace=o.grace,
             )
             outcome = sched.run()
         project.state.flush()
-        if lock_file is None:
-            lock_file = p.lock_file
+        lock_file = p.lock_file if o.lock_file is None else o.lock_file
         if lock_file and not (outcome.failed or outcome.interrupted is not None):
             lockfile.write(project)
         _record_roots(project, builder)
-        if noop_snapshot is not None:
+        if o.noop_snapshot is not None:
             snapshot = None
-            plain = not (force or force_stages or log_json or p.on_success or p.on_failure)
+            plain = not (o.force or o.force_stages or o.log_json or p.on_success or p.on_failure)
             if plain and not (outcome.failed or outcome.skipped or outcome.interrupted):
                 snapshot = _snapshot(project, builder, order, started_ns, run_started)
             # under the lock, so no other build's snapshot or change can come in between
             if snapshot is not None:
-                uptodate.write(project.workspace.dot, noop_snapshot[0], **snapshot)
+                noop.write(project.workspace.dot, o.noop_snapshot[0], **snapshot)
             else:
-                uptodate.discard(project.workspace.dot)
+                noop.discard(project.workspace.dot)
     report = _report(builder, outcome, time.time() - started)
     finished = {"ran": report.ran, "restored": report.restored, "up_to_date": report.up_to_date,
                 "failed": report.failed, "skipped": report.skipped, "duration": report.duration,
                 "interrupted": outcome.interrupted}  # fmt: skip
     bus.emit("run_finished", None, **finished)
-    run_hooks(p.on_success, p.on_failure, run_summary(p.name, runlog.run_id, started, finished),
-              p.root, bus)  # fmt: skip
     runlog.close()
     if outcome.interrupted is not None:
         raise Interrupted(outcome.interrupted)
     if report.failed:
         raise BuildFailed(list(report.failed))
     return report
+
+
+class _Hooks:
+    """The pipeline's ``on_success`` / ``on_failure`` hooks as a subscriber: the one that
+    fits runs when the build's ``run_finished`` event arrives (its events go to the same
+    bus, after every earlier subscriber has seen ``run_finished``)."""
+
+    def __init__(self, p: Pipeline, runlog: history.RunLog, started: float, bus: Bus):
+        self.p, self.runlog, self.started, self.bus = p, runlog, started, bus
+
+    def __call__(self, event: Event) -> None:
+        if event.kind != "run_finished":
+            return
+        p = self.p
+        summary = run_summary(p.name, self.runlog.run_id, self.started, event.data)
+        run_hooks(p.on_success, p.on_failure, summary, p.root, self.bus)
 
 
 def _snapshot(
@@ -405,9 +463,9 @@ def _snapshot(
             return None  # its code is hashed from files it does not name
         packages.add(cls.__module__.partition(".")[0])
         code.update(rule.code_files(p.stages[stage_id].ports, p.root))
-    code |= package_files(packages)  # the rules' whole packages, versions and all
+    code |= code_files(packages)  # the rules' whole packages, versions and all
     databases = [project.state.path, project.store.path / "actions.db"]
-    paths = uptodate.record(p.root, builder.hasher.seen, sorted(code), started_ns, databases)
+    paths = noop.record(p.root, builder.hasher.seen, sorted(code), started_ns, databases)
     if paths is None:
         return None
     return {"snap": paths, "run": {"pipeline": p.name, "started": run_started}}
@@ -422,7 +480,7 @@ def _record_roots(project: Project, builder: Builder) -> None:
     entries are kept by age alone."""
     up_to_date = all(d.verdict is Verdict.UP_TO_DATE for d in builder.decisions.values())
     keys = set(builder.keys_seen)
-    keys.update(k for k, _r, _d in project.state.brief().values() if k)
+    keys.update(k for k, _r, _d in project.state.builds.brief().values() if k)
     p = project.pipeline
     try:
         project.store.write_roots(str(p.root), str(p.file), keys, True, refresh=not up_to_date)
@@ -490,8 +548,8 @@ def _budget(
 
 def _expected(project: Project, order: list[str]) -> dict[str, float]:
     """Each stage's expected duration: its last duration (1 s when never built)."""
-    brief = project.state.brief()
-    return {s: float((brief.get(s) or (None, None, None))[2] or 1.0) for s in order}
+    brief = project.state.builds.brief()
+    return {s: float(brief.get(s, NEVER).duration or 1.0) for s in order}
 
 
 def _report(builder: Builder, outcome: Outcome, duration: float) -> BuildReport:
@@ -530,7 +588,7 @@ def orphans(project: Project) -> list[str]:
     root = project.pipeline.root
     used = _paths_in_use(project)
     return sorted(
-        path for path in project.state.placed()
+        path for path in project.state.builds.placed()
         if _plain(path) and not any(_overlap(path, u) for u in used)
         and os.path.lexists(root / path)
     )  # fmt: skip
@@ -573,7 +631,7 @@ def status(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
     stages and the stages they need. A stage never built here (a fresh clone) is also
     compared with ``pipemake.lock`` when there is one: ``lock`` lists why it differs from
     the lock (empty: as locked, so a store keyed on the lock restores it)."""
-    records = project.state.records()
+    records = project.state.builds.records()
     rows = dry_run(project, targets)
     unbuilt = [stage for stage, _d in rows if not records.get(stage)]
     against: dict[str, list[str]] = {}
@@ -666,7 +724,7 @@ def commit(project: Project, targets: Sequence[str] = (), dry: bool = False) -> 
         if not dry and any(r.action == "accepted" for r in rows):
             project.state.flush()
             _record_roots(project, builder)
-            uptodate.discard(project.workspace.dot)
+            noop.discard(project.workspace.dot)
     return rows
 
 
@@ -792,7 +850,7 @@ def clean(
         raise UsageError("`clean --orphans` takes no targets: it removes every orphan")
     with BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait):
         if orphans_only:
-            placed = project.state.placed()
+            placed = project.state.builds.placed()
             paths = [
                 path for path in orphans(project)
                 if _as_written(project, path, placed.get(path))
@@ -806,7 +864,7 @@ def clean(
             paths = [rel for s in chosen for rel in p.stages[s].ports.outputs.values()]
         removed = [rel for rel in paths if project.workspace.remove(rel)]
         if orphans_only:
-            project.state.forget_placed(removed)
+            project.state.builds.forget_placed(removed)
     return removed
 
 
@@ -814,7 +872,7 @@ def _as_written(project: Project, path: str, owner: tuple[str, str] | None) -> b
     """Whether the orphan ``path``, placed by ``owner`` (stage, output name), is exactly
     what pipemake last placed there: the manifest of that stage's last build, from the
     store."""
-    record = project.state.record(owner[0]) if owner else None
+    record = project.state.builds.record(owner[0]) if owner else None
     key = record.get("key") if isinstance(record, dict) else None
     entry = project.store.get_action(key) if isinstance(key, str) else None
     outputs = entry.get("outputs") if isinstance(entry, dict) else None

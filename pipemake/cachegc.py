@@ -85,7 +85,7 @@ def needed(project: Project) -> set[str]:
         except StageFailure:  # it would fail (an input missing): its key is unknown
             continue
     keep = set(builder.keys_seen)
-    keep.update(k for k, _r, _d in project.state.brief().values() if k)
+    keep.update(k for k, _r, _d in project.state.builds.brief().values() if k)
     return keep
 
 

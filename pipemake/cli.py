@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from . import api, uptodate
+from . import api, noop
 from .errors import PipemakeError, UsageError, os_failure
 
 __all__ = ["main", "cli"]
@@ -381,7 +381,7 @@ def build(
     def go() -> int:
         snap = None
         if _ARGV is not None:
-            snap = (uptodate.context(_ARGV, os.getcwd()), _STARTED_NS)
+            snap = (noop.context(_ARGV, os.getcwd()), _STARTED_NS)
         try:
             budget = parse_resources(resources)
         except ValueError as exc:

@@ -1,5 +1,7 @@
-"""Should a stage run? The rebuilder: a decision with reasons, from a key, the action cache
-and the stage's last-build record. It knows nothing of scheduling or executing.
+"""Should a stage run? The rebuilder: a decision with reasons, from a resolved stage, its
+action-cache entry, the check of its workspace outputs and its last-build record. It knows
+nothing of scheduling, executing or the store, and writes nothing: :func:`decide` is a pure
+function of what the build read, and the caches that feed it are written by the build.
 
 A stage is *up to date* when its key is in the action cache and the workspace outputs match
 the entry's manifests; *restore* when the key is cached but the outputs are missing or
@@ -10,11 +12,24 @@ upstream stage will run first and early cutoff may still spare this one.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["Decision", "Reason", "Trigger", "Verdict", "explain"]
+from .items import Item, item_reasons, removed_items, summarize
+
+__all__ = [
+    "Decision",
+    "LastBuild",
+    "Reason",
+    "Resolved",
+    "Trigger",
+    "Verdict",
+    "decide",
+    "explain",
+    "waiting_on",
+]
 
 
 class Verdict(str, Enum):
@@ -176,3 +191,153 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[Reason]:
     if old.get("items") != new.get("items") and "items" in new:
         reasons.append(Reason(Trigger.ITEMS, "items changed"))
     return reasons
+
+
+class Resolved(Protocol):
+    """What the rebuilder reads of a resolved stage (:class:`pipemake.resolve.ResolvedStage`)."""
+
+    doc: dict[str, Any]
+    key: str | None
+    unknown: set[str]
+    foreach: bool
+    cached: dict[str, Any]
+
+    @property
+    def items(self) -> list[Item]: ...
+
+
+class LastBuild:
+    """A stage's last-build record as the rebuilder needs it: its key and result (read for
+    every stage at once) and, read only when a reason needs them, its key document, the key
+    document of a failed run since, and a foreach stage's item hashes."""
+
+    def __init__(
+        self,
+        built: bool = False,
+        key: str | None = None,
+        result: str | None = None,
+        record: Callable[[], dict[str, Any] | None] | dict[str, Any] | None = None,
+        item_hashes: Callable[[], dict[str, str] | None] | dict[str, str] | None = None,
+    ):
+        #: whether the stage has a record at all (built, or tried, before)
+        self.built = built
+        self.key = key
+        self.result = result
+        self._record = record
+        self._item_hashes = item_hashes
+
+    @property
+    def record(self) -> dict[str, Any] | None:
+        """The whole record (None: never built), read on first use."""
+        if callable(self._record):
+            self._record = self._record()
+        return self._record
+
+    @property
+    def item_hashes(self) -> dict[str, str] | None:
+        """A foreach stage's items at its last build (relpath → content hash)."""
+        if callable(self._item_hashes):
+            self._item_hashes = self._item_hashes()
+        return self._item_hashes
+
+    def why(self, doc: dict[str, Any]) -> list[Reason]:
+        """Why a stage whose key is not cached runs: what changed since its last build, or
+        since its last run when that failed."""
+        record = self.record
+        failed = None
+        if record and record.get("result") in ("failed", "interrupted"):
+            failed = record.get("failed_doc")
+        return explain(record.get("doc") if record else None, doc, failed=failed)
+
+
+def waiting_on(stage: str) -> Decision:
+    """The decision for a stage whose templates need a value of ``stage``, not run yet."""
+    return Decision(
+        Verdict.MAYBE, [Reason(Trigger.UPSTREAM_WILL_RUN, f"upstream {stage} will run")]
+    )
+
+
+def decide(
+    stage: Resolved,
+    entry: Mapping[str, Any] | None,
+    outputs: Mapping[str, str | None] | None,
+    last: LastBuild,
+    *,
+    forced: bool = False,
+) -> Decision:
+    """The verdict for a resolved stage, and every reason for it.
+
+    ``entry`` is the action-cache entry of the stage's key (None: not cached); ``outputs``
+    the check of each workspace output against it (output path → None when it matches,
+    ``missing`` or ``changed``), None when the entry lacks one of the stage's outputs;
+    ``last`` the stage's last-build record; ``forced`` whether the user forced it. A foreach
+    stage without an entry is decided item by item from ``stage.cached``.
+    """
+    if stage.unknown:
+        own = [r for r in last.why(stage.doc) if not _from_unknown(r, stage)]
+        if own:
+            return Decision(Verdict.RUN, own)
+        return waiting_on(sorted(stage.unknown)[0])
+    if forced:
+        return Decision(Verdict.RUN, [Reason(Trigger.FORCED, "forced")])
+    if entry is None:
+        reasons = [r for r in last.why(stage.doc) if r.trigger is not Trigger.ITEMS]
+        items = None
+        if stage.foreach:
+            more, items = _item_verdicts(stage.items, stage.cached, last.item_hashes)
+            reasons += more
+            if items["run"] == 0 and not reasons:
+                reasons = [Reason(Trigger.CACHED, f"all {len(stage.items):,} items cached")]
+        if not reasons:
+            reasons = [Reason(Trigger.NO_ENTRY, "no cache entry")]
+        return Decision(Verdict.RUN, reasons, items)
+    if outputs is None:
+        return Decision(Verdict.RUN, [Reason(Trigger.NO_ENTRY, "no cache entry")])
+    bad = [(rel, state) for rel, state in outputs.items() if state]
+    if not bad:
+        return Decision(Verdict.UP_TO_DATE)
+    reasons = []
+    if all(s == "missing" for _, s in bad):
+        reasons.append(Reason(Trigger.OUTPUT_MISSING, "outputs missing"))
+    else:
+        for rel, s in bad:
+            trig = Trigger.OUTPUT_MISSING if s == "missing" else Trigger.OUTPUT_CHANGED
+            reasons.append(Reason(trig, f"output {rel} {s}"))
+    if last.built and last.key != stage.key:
+        record = last.record
+        why = "; ".join(map(str, explain(record.get("doc") if record else None, stage.doc)))
+        reasons.append(
+            Reason(Trigger.CACHED, "cached from an earlier build" + (f" ({why})" if why else ""))
+        )
+    return Decision(Verdict.RESTORE, reasons)
+
+
+def _item_verdicts(
+    items: Sequence[Item], cached: Mapping[str, Any], old: dict[str, str] | None
+) -> tuple[list[Reason], dict[str, Any]]:
+    """Which items of a foreach stage must run and why (those not in ``cached``), and the
+    counts ``dry-run --json`` shows."""
+    todo = [it.relpath for it in items if it.relpath not in cached]
+    changed = item_reasons(old, items, todo)
+    gone = removed_items(old, items)
+    reasons = []
+    if changed:
+        reasons.append(Reason(Trigger.ITEMS, summarize(changed, len(items))))
+    if gone:
+        reasons.append(Reason(Trigger.ITEMS, f"{len(gone):,} item(s) removed (first: {gone[0]})"))
+    if not items:
+        reasons.append(Reason(Trigger.ITEMS, "no items: the foreach input holds no matching files"))
+    info = {"total": len(items), "run": len(todo), "cached": len(cached), "removed": len(gone)}
+    return reasons, info
+
+
+def _from_unknown(reason: Reason, stage: Resolved) -> bool:
+    """Whether a reason only reflects an upstream output not known yet (dry-run)."""
+    if reason.trigger is Trigger.UPSTREAM:
+        return any(f"upstream {s} " in reason.detail for s in stage.unknown)
+    for value in stage.doc["inputs"].values():
+        pairs = value if value and isinstance(value[0], list) else [value]
+        for path, h in pairs:
+            if h == "?" and path in reason.detail:
+                return True
+    return False

@@ -1,5 +1,5 @@
 """The ``pipemake`` command's entry point: a no-op build answered from its snapshot
-(:mod:`pipemake.uptodate`) before the command line and the engine are even imported;
+(:mod:`pipemake.noop`) before the command line and the engine are even imported;
 everything else goes to :mod:`pipemake.cli`."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def main() -> None:
     started_ns = time.time_ns()
     argv = sys.argv[1:]
     if "build" in argv and os.environ.get("PIPEMAKE_NOOP_SNAPSHOT", "1") != "0":
-        from .uptodate import answer
+        from .noop import answer
 
         code = answer(argv, _replay)
         if code is not None:

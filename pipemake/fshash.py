@@ -130,7 +130,7 @@ class Hasher:
         if memo is not None and memo[0] == sig:
             return memo[1]
         if self.state is not None:
-            row = self.state.stat_row(rel)
+            row = self.state.stats.stat_row(rel)
             if row is not None and row[:5] == sig and st.st_mtime_ns < row[5] - _RACY_NS:
                 self._memo[rel] = (sig, row[6], row[5])
                 return row[6]
@@ -139,7 +139,7 @@ class Hasher:
         self.reads += 1
         self._memo[rel] = (sig, digest, hashed_at)
         if self.state is not None:
-            self.state.set_stat(rel, (*sig, hashed_at, digest))
+            self.state.stats.set_stat(rel, (*sig, hashed_at, digest))
         return digest
 
     def info(self, rel: str) -> PathInfo:
@@ -188,7 +188,7 @@ class Hasher:
         rows = walk(self._abs(rel))
         sig = signature(rows)
         self.seen[rel] = ("d", sig, _MTIME(max(rows, key=_MTIME)) if rows else 0, len(rows))
-        row = self.state.tree_row(rel) if self.state is not None else None
+        row = self.state.stats.tree_row(rel) if self.state is not None else None
         if row is not None and row.sig == sig and not row.racy:
             return PathInfo("dir", row.hash, 0, 0o755, row=row)
         rows.sort()
@@ -230,7 +230,9 @@ class Hasher:
         digest = tree_hash(entries)
         if self.state is not None:
             # encoded when written (off the critical path); kept as is for this process
-            self.state.set_tree(rel, TreeRow(sig, bool(racy), digest, (rows, hashes, ats, racy)))
+            self.state.stats.set_tree(
+                rel, TreeRow(sig, bool(racy), digest, (rows, hashes, ats, racy))
+            )
         return PathInfo("dir", digest, 0, 0o755, entries)
 
     def _tree_file(self, rel: str, r: Row, no_row: bool) -> tuple[str, int]:
@@ -244,7 +246,7 @@ class Hasher:
         if memo is not None and memo[0] == fsig:
             return memo[1], memo[2]
         if no_row and self.state is not None:
-            old = self.state.stat_row(key)
+            old = self.state.stats.stat_row(key)
             if old is not None and old[:5] == fsig and mtime < old[5] - _RACY_NS:
                 return old[6], old[5]
         hashed_at = time.time_ns()

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from .hashing import hash_bytes, tree_hash
 
 __all__ = [
+    "Item",
     "ItemRef",
     "glob_base",
     "is_glob",
@@ -32,13 +33,31 @@ __all__ = [
 _GLOB = re.compile(r"[*?\[]")
 
 
-class ItemRef(NamedTuple):
-    """One item: its path relative to the project root, to the foreach input, and its hash
+class Item(NamedTuple):
+    """One file of a ``foreach`` input: its path (relative to the project root), its path
+    relative to the input directory, and its content hash. The one item type: what a rule's
+    per-item call receives (``pipemake.Item``) and what the build lists, keys and decides
     (a tuple: a hundred thousand of them are made on every plan)."""
 
     path: str
     relpath: str
-    hash: str
+    hash: str = ""
+
+    @property
+    def name(self) -> str:
+        """The file name (``sub/f1.png`` → ``f1.png``)."""
+        return self.relpath.rpartition("/")[2]  # relpath is a plain POSIX path
+
+    @property
+    def stem(self) -> str:
+        """The file name without its last suffix, as :attr:`pathlib.PurePath.stem`."""
+        name = self.name
+        i = name.rfind(".")
+        return name[:i] if 0 < i < len(name) - 1 else name
+
+
+#: the build's name for an item (the same type)
+ItemRef = Item
 
 
 def is_glob(path: str) -> bool:
@@ -86,7 +105,7 @@ def select(
     entries: Iterable[Sequence[Any]],
     pattern: str | None,
     glob_pattern: str | None = None,
-) -> list[ItemRef]:
+) -> list[Item]:
     """Items from a directory's manifest entries ``(relpath, hash, …)`` under ``base``."""
     rel_glob = None
     if glob_pattern is not None:
@@ -97,15 +116,15 @@ def select(
         entries = [e for e in entries if matches(e[0], pattern)]
     else:
         entries = [e for e in entries if e[0][0] != "." and "/." not in e[0]]
-    return [ItemRef(prefix + e[0], e[0], e[1]) for e in entries]
+    return [Item(prefix + e[0], e[0], e[1]) for e in entries]
 
 
-def item_key(base_key: str, item: ItemRef) -> str:
+def item_key(base_key: str, item: Item) -> str:
     """The key of one item: the stage's base key, the item's relative path and content."""
     return hash_bytes(f"item\0{base_key}\0{item.relpath}\0{item.hash}".encode(_ENC, _ERR))
 
 
-def map_key(map_base: str, item: ItemRef) -> str:
+def map_key(map_base: str, item: Item) -> str:
     """The key of one item's map step (map-reduce rules): without the reduce-only params."""
     return hash_bytes(f"map\0{map_base}\0{item.relpath}\0{item.hash}".encode(_ENC, _ERR))
 
@@ -155,7 +174,7 @@ def summarize(changed: list[tuple[str, str]], total: int) -> str:
     return f"{len(changed):,} of {total:,} items {what} (first: {first})"
 
 
-def removed_items(old: dict[str, str] | None, items: Sequence[ItemRef]) -> list[str]:
+def removed_items(old: dict[str, str] | None, items: Sequence[Item]) -> list[str]:
     """Items of the last build that are gone now."""
     if not old:
         return []
@@ -164,7 +183,7 @@ def removed_items(old: dict[str, str] | None, items: Sequence[ItemRef]) -> list[
 
 
 def item_reasons(
-    old: dict[str, str] | None, items: Sequence[ItemRef], todo: Iterable[str]
+    old: dict[str, str] | None, items: Sequence[Item], todo: Iterable[str]
 ) -> list[tuple[str, str]]:
     """Why each item in ``todo`` must run: new, content changed, or other (params…).
     ``old`` is None when the stage has no finished build to compare with (it never ran, or

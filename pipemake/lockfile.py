@@ -47,7 +47,7 @@ def document(project: Project, old: dict[str, Any] | None = None) -> dict[str, A
     whose entry the store no longer holds keeps its section of ``old`` when the key is the
     same (so what the store holds never changes the lock), else lists no outputs."""
     p = project.pipeline
-    records = project.state.records()
+    records = project.state.builds.records()
     old_stages = (old or {}).get("stages") if isinstance(old, dict) else None
     keys = {sid: rec.get("key") for sid, rec in records.items() if sid in p.stages}
     entries = project.store.get_actions(sorted({k for k in keys.values() if isinstance(k, str)}))
@@ -60,7 +60,7 @@ def document(project: Project, old: dict[str, Any] | None = None) -> dict[str, A
             continue
         section: dict[str, Any] = {"key": key, "rule": stage.type,
                                    "params": doc.get("params", {})}  # fmt: skip
-        items = project.state.item_hashes(sid) if stage.foreach is not None else None
+        items = project.state.builds.item_hashes(sid) if stage.foreach is not None else None
         inputs = doc.get("inputs") if isinstance(doc.get("inputs"), dict) else {}
         section["inputs"] = {name: _input(v, items) for name, v in sorted(inputs.items())}
         entry = entries.get(key)

@@ -2,23 +2,25 @@
 
 Parsing and checking a 10,000-stage pipeline file takes seconds; when the file has not
 changed, ``.pipemake/plan.json`` gives the same checked stages back in a fraction of that.
-The key covers the file's bytes, pipemake's version, the Python version and the installed
-rules; the cache also names the source files of every loaded module of pipemake and of the
-rules' packages with their stat, so editing a rule (a param's default, say) or upgrading a
-rule package means a full load too. What can change on disk without the file changing —
-whether a source input exists — is checked again on every load.
+The key covers the file's bytes, pipemake's version, the installed rules and the
+environment (:func:`pipemake.fingerprint.environment`: the Python and its installed
+distributions); the cache also names the source files of every loaded module of pipemake
+and of the rules' packages with their stat (:func:`pipemake.fingerprint.stamp`), so editing
+a rule (a param's default, say) or upgrading a rule package means a full load too. What
+can change on disk without the file changing — whether a source input exists — is checked
+again on every load.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import fingerprint
 from .binding import check_sources
 from .dag import Graph
 from .errors import Problems
@@ -26,18 +28,20 @@ from .hashing import digest, hash_bytes
 from .model import Foreach, Pending, Pipeline, Stage
 from .params import Override, params_hash
 from .pipeline import load_pipeline
-from .rule import Ports, get_rule, package_files, registry
+from .rule import Ports, get_rule, registry
 
 __all__ = ["load_checked"]
 
 #: 4: a stage referring to a computed value in a template is not static; the rules' code
 #: 5: the params files and their hashes
-PLAN_FORMAT = 5
+#: 6: the key holds the whole environment fingerprint
+PLAN_FORMAT = 6
 
 
 def _key(text: bytes, dot: Path) -> str:
     version, rules = registry(dot / "rules.json")
-    return digest([PLAN_FORMAT, version, sys.version, sorted(rules.items()), hash_bytes(text)])
+    env = fingerprint.environment()
+    return digest([PLAN_FORMAT, version, env, sorted(rules.items()), hash_bytes(text)])
 
 
 def load_checked(file: Path, dot: Path, overrides: Sequence[Override] = ()) -> Pipeline:
@@ -74,15 +78,7 @@ def _code(p: Pipeline) -> list[list[Any]]:
     """The source files behind the plan (pipemake and the rules' packages, as loaded now)
     with their stat: a plan is only as current as the rules that checked it."""
     tops = {"pipemake"} | {type(s.rule).__module__.partition(".")[0] for s in p.stages.values()}
-    return [[f, *_stat(f)] for f in sorted(package_files(tops))]
-
-
-def _stat(path: str) -> list[int]:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return [-1, -1, -1]
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    return fingerprint.stamp(fingerprint.code_files(tops))
 
 
 def _write(cache: Path, key: str, p: Pipeline) -> None:
@@ -138,7 +134,7 @@ def _read(cache: Path, key: str, file: Path) -> Pipeline | None:
     if not isinstance(doc, dict) or doc.get("key") != key:
         return None
     try:
-        if any(_stat(f) != sig for f, *sig in doc["code"]):
+        if not fingerprint.unchanged(doc["code"]):
             return None
         if any(_sha256(f) != h for f, h in doc["params_files"].items()):
             return None

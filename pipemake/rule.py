@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .errors import suggest
-from .walk import mtimes
+from .fingerprint import code_files, environment, mtimes
+from .items import Item
 
 __all__ = [
     "Context",
@@ -60,6 +61,7 @@ __all__ = [
     "local_only",
     "project_on_path",
     "register_rule",
+    "unregister_rule",
     "rule_names",
     "unknown_key",
 ]
@@ -156,26 +158,6 @@ class Ports:
     key_params: dict[str, Any] | None = None
     #: the project root (absolute), for rules that look at user code
     root: str = ""
-
-
-@dataclass(frozen=True)
-class Item:
-    """One file of a ``foreach`` input: its path (relative to the project root), its path
-    relative to the input directory, and its content hash."""
-
-    path: str
-    relpath: str
-    hash: str = ""
-
-    @property
-    def name(self) -> str:
-        return self.relpath.rpartition("/")[2]  # relpath is a plain POSIX path
-
-    @property
-    def stem(self) -> str:
-        name = self.name
-        i = name.rfind(".")
-        return name[:i] if 0 < i < len(name) - 1 else name  # as pathlib's stem
 
 
 #: what starts a task's subprocesses: ``(args, extra environment, Popen keywords)``
@@ -579,7 +561,7 @@ def _installed(cache: Path | None) -> tuple[str, dict[str, str]]:
         return _registry
     # a distribution installed, upgraded or removed adds or removes an entry in its
     # sys.path directory; a registering one's entry points are its entry_points.txt
-    head = json.loads(json.dumps([sys.version, sys.executable, mtimes(sys.path)]))
+    head = json.loads(json.dumps(environment()))
     # one answer per head: `pipemake` and `python -m pipemake` differ in sys.path[0]
     known: list[dict[str, Any]] = []
     if cache is not None:
@@ -659,13 +641,9 @@ def get_rule(name: str) -> Rule | None:
 
 
 def package_files(packages: set[str]) -> set[str]:
-    """The source files of every loaded module of these top-level packages (pipemake, a
-    rule package): what a cached answer that depends on the rules' code must re-stat."""
-    return {
-        path
-        for name, module in list(sys.modules.items())
-        if name.partition(".")[0] in packages and (path := getattr(module, "__file__", None) or "")
-    }
+    """The source files of every loaded module of these top-level packages (see
+    :func:`pipemake.fingerprint.code_files`)."""
+    return code_files(packages)
 
 
 def _is_executor(obj: Any) -> bool:
@@ -740,6 +718,14 @@ def register_rule(name: str, rule: type | Rule) -> Rule:
         f"@{id(made):x}"  # a new registration is a new plan-cache key
     )
     return made
+
+
+def unregister_rule(name: str) -> None:
+    """Undo :func:`register_rule` for ``name`` in this process (an installed rule of that
+    name is found again); for scripts and tests that register rules for a while."""
+    _registered.pop(name, None)
+    _registered_values.pop(name, None)
+    _loaded.pop(name, None)
 
 
 def local_only(name: str) -> bool:

@@ -1,5 +1,5 @@
 """Walking a directory and its stat signature: shared by the hasher and the no-op check
-(:mod:`pipemake.uptodate`), which must compute the very same signature and stay light."""
+(:mod:`pipemake.noop`), which must compute the very same signature and stay light."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 
 import xxhash
 
-__all__ = ["BadPath", "Row", "mtimes", "signature", "walk"]
+__all__ = ["BadPath", "Row", "signature", "walk"]
 
 #: relpath, dev, ino, size, mtime_ns, ctime_ns, mode & 0o111 (ctime: no tool can set it, so a
 #: rewrite that restores size and mtime still shows)
@@ -101,15 +101,3 @@ def signature(rows: list[Row]) -> str:
     (and is checked file by file). ``marshal`` only serializes the tuples to be hashed (it
     is never loaded); its format 4 is fixed."""
     return xxhash.xxh3_128_hexdigest(marshal.dumps(rows, 4))
-
-
-def mtimes(paths: list[str]) -> list[list[object]]:
-    """Each path with its mtime in ns (None if it cannot be stat-ed; "" is the working
-    directory): what installing or removing anything under a ``sys.path`` entry moves."""
-    out: list[list[object]] = []
-    for p in paths:
-        try:
-            out.append([p, os.stat(p or ".").st_mtime_ns])
-        except OSError:
-            out.append([p, None])
-    return out

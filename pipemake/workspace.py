@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from .fshash import Hasher, PathInfo
+from .manifest import manifest_hash, sub_manifest
 from .store import Store
 from .walk import BadPath
 
-__all__ = ["Workspace", "manifest_of", "manifest_hash", "sub_manifest"]
+__all__ = ["Workspace", "manifest_hash", "manifest_of", "sub_manifest"]
 
 
 def manifest_of(info: PathInfo) -> dict[str, Any]:
@@ -38,30 +39,6 @@ def manifest_of(info: PathInfo) -> dict[str, Any]:
     if info.kind == "file":
         return {"kind": "file", "hash": info.hash, "size": info.size, "mode": info.mode}
     return {"kind": "dir", "hash": info.hash, "entries": [list(e) for e in info.entries or []]}
-
-
-def manifest_hash(manifest: dict[str, Any]) -> str:
-    """The content hash of an output as downstream stages see it."""
-    return str(manifest["hash"])
-
-
-def sub_manifest(manifest: dict[str, Any], sub: str) -> dict[str, Any] | None:
-    """The manifest of the path ``sub`` inside a directory output, or None if absent."""
-    from .hashing import tree_hash
-
-    if not sub or sub == ".":
-        return manifest
-    if manifest["kind"] != "dir":
-        return None
-    prefix = sub.rstrip("/") + "/"
-    entries = [e for e in manifest["entries"] if e[0].startswith(prefix)]
-    for e in manifest["entries"]:
-        if e[0] == sub:
-            return {"kind": "file", "hash": e[1], "size": e[2], "mode": e[3]}
-    if not entries:
-        return None
-    rel = [[e[0][len(prefix) :], *e[1:]] for e in entries]
-    return {"kind": "dir", "hash": tree_hash(rel), "entries": rel}
 
 
 class Workspace:

@@ -267,7 +267,7 @@ import sys
 from pathlib import Path
 from pipemake.state import WorkspaceState
 state = WorkspaceState(Path(sys.argv[1]), readonly=True)
-print(sorted(state.records()), state.brief()["a"][1])
+print(sorted(state.builds.records()), state.builds.brief()["a"][1])
 state.close()
 """
 

@@ -128,8 +128,8 @@ def test_a_settled_tree_is_answered_from_its_row(tree: Path) -> None:
     first, _ = _hash(tree)
     state = WorkspaceState(tree / ".pipemake" / "state.db")
     try:
-        state.stat_rows = None  # type: ignore[assignment]  # any per-file lookup would fail
-        state.stat_row = None  # type: ignore[assignment]
+        state.stats.stat_rows = None  # type: ignore[assignment]  # any per-file lookup would fail
+        state.stats.stat_row = None  # type: ignore[assignment]
         info = Hasher(str(tree), state).tree_info("data")
         assert info.entries == first
     finally:

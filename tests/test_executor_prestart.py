@@ -49,10 +49,10 @@ def executors(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, list[int]]]:
 
     def prestart(self: local.LocalExecutor, workers: int) -> None:
         real_prestart(self, workers)
-        seen.append((workers, [w.proc.pid for w in self._workers]))
+        seen.append((workers, self.worker_pids()))
 
     def close(self: local.LocalExecutor) -> None:
-        pids = [w.proc.pid for w in self._workers]
+        pids = self.worker_pids()
         real_close(self)
         seen.append((-1, pids))
 

@@ -72,13 +72,13 @@ def test_bookkeeping_that_cannot_be_saved_is_a_warning_and_costs_no_rerun(
     """The item index and item hashes are written after the stage, for later builds only:
     a full disk there is said, the build succeeds, and the next build still reruns nothing
     but the changed item."""
-    from pipemake.state import WorkspaceState
+    from pipemake.records import BuildRecords
 
     def full(*args: Any, **kwargs: Any) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(WorkspaceState, "set_item_index", full)
-    monkeypatch.setattr(WorkspaceState, "set_item_hashes", full)
+    monkeypatch.setattr(BuildRecords, "set_item_index", full)
+    monkeypatch.setattr(BuildRecords, "set_item_hashes", full)
     items.write("data/f3.txt", "changed\n")
     out = items.cli("build", "--no-progress").output
     assert "upper| could not save what the next build reuses (database or disk is full)" in out
@@ -432,17 +432,17 @@ def test_a_damaged_item_index_falls_back_to_the_store(
 def test_an_unchanged_input_tree_gives_the_stage_key_without_listing_items(
     items: Proj, monkeypatch
 ) -> None:
-    from pipemake import foreach
+    from pipemake import resolve
 
     listed: list[int] = []
-    real = foreach.select
+    real = resolve.select
 
     def spy(*args, **kwargs):
         out = real(*args, **kwargs)
         listed.append(len(out))
         return out
 
-    monkeypatch.setattr(foreach, "select", spy)
+    monkeypatch.setattr(resolve, "select", spy)
     items.cli("build")
     assert listed == [] and _items_run(items) == []
     assert "upper: up to date" in items.cli("dry-run").output

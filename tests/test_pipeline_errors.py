@@ -4,6 +4,7 @@ file, the line and the stage, never a traceback (DESIGN.md, "The contract, preci
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -414,9 +415,13 @@ stages:
 
 
 @pytest.fixture
-def third_party(monkeypatch: pytest.MonkeyPatch) -> None:
-    for cls in (_PerItemOnly, _PerItemByDefault, _NoCode):
-        monkeypatch.setitem(rule_module._loaded, cls.name, cls())
+def third_party() -> Iterator[None]:
+    classes = (_PerItemOnly, _PerItemByDefault, _NoCode)
+    for cls in classes:
+        rule_module.register_rule(cls.name, cls)
+    yield
+    for cls in classes:
+        rule_module.unregister_rule(cls.name)
 
 
 @pytest.mark.parametrize(

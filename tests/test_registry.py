@@ -152,22 +152,22 @@ class _OriginalExecutor:
 def test_a_registered_rule_reaches_workers_but_not_the_cache(
     site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rule, "_registered", {})
-    monkeypatch.setattr(rule, "_registered_values", {})
     cache = tmp_path / "rules.json"
     made = rule.register_rule("scripted", _Script)
-    assert rule.get_rule("scripted") is made and made.name == "scripted"
-    version, rules = _fresh(cache)
-    assert rules["scripted"] == f"{__name__}:_Script"  # what a worker imports again
-    assert not rule.local_only("scripted")
-    assert "scripted" not in cache.read_text()  # the cache holds the installed rules only
+    try:
+        assert rule.get_rule("scripted") is made and made.name == "scripted"
+        version, rules = _fresh(cache)
+        assert rules["scripted"] == f"{__name__}:_Script"  # what a worker imports again
+        assert not rule.local_only("scripted")
+        assert "scripted" not in cache.read_text()  # the cache holds the installed rules only
+    finally:
+        rule.unregister_rule("scripted")
+    assert rule.get_rule("scripted") is None and "scripted" not in rule.rule_names()
     # a worker: a fresh process that takes the build's registry
-    monkeypatch.setattr(rule, "_registered", {})
-    monkeypatch.setattr(rule, "_registered_values", {})
-    monkeypatch.setattr(rule, "_loaded", {})
     rule.adopt_registry((version, rules))
     again = rule.get_rule("scripted")
     assert isinstance(again, _Script) and again.name == "scripted"
+    rule.unregister_rule("scripted")
 
 
 def test_a_class_defined_in_a_function_runs_in_this_process(

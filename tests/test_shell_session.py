@@ -196,12 +196,12 @@ def test_a_stop_between_commands_ends_the_idle_shell_as_no_command(tmp_path: Pat
     try:
         task = Task("t#0", "s", "shell", str(tmp_path), "", {}, {}, {}, {})
         sp = ThreadSpawner(task, guardian)
-        assert sp.sh("echo one", None, None) == 0
-        shell = sp._shell
-        assert shell is not None
+        assert sp.sh("echo $$ > shell.pid", None, None) == 0  # the persistent shell's pid
+        pid = int((tmp_path / "shell.pid").read_text())
+        assert alive(pid)
         sp.stop(signal.SIGTERM)
         assert not sp.hit  # the task's commands were all done: it is not cut short
-        assert shell.proc.wait(5) == -signal.SIGTERM
+        wait_for(lambda: not alive(pid), what="the idle shell to end")
         with pytest.raises(TaskStopped):
             sp.sh("echo two", None, None)
         assert sp.hit

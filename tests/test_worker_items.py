@@ -273,14 +273,26 @@ def test_threaded_commands_read_an_empty_stdin_from_one_shared_dev_null(
     assert [proj.read(f"build/each/f{i}.txt") for i in range(12)] == [""] * 12
     guardian = Guardian()
     try:
+        before = _devnull_fds()
         spawner = ThreadSpawner(_task(tmp_path, "plain", 1), guardian)
         procs = [
             spawner(["/bin/sh", "-c", "cat"], None, {"stdin": -3, "stdout": -1}) for _ in range(2)
         ]
         assert [p.communicate()[0] for p in procs] == [b"", b""]
-        null = spawner._null
-        assert os.readlink(f"/proc/self/fd/{null}") == os.devnull
+        assert len(_devnull_fds() - before) == 1  # one /dev/null for every child, kept open
         spawner.close()
-        assert spawner._null == -1
+        assert _devnull_fds() == before
     finally:
         guardian.close()
+
+
+def _devnull_fds() -> set[int]:
+    """This process's file descriptors open on /dev/null."""
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == os.devnull:
+                out.add(int(fd))
+        except OSError:
+            pass  # the descriptor listdir itself used
+    return out

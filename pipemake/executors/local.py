@@ -173,6 +173,10 @@ class LocalExecutor(Executor):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
 
+    def worker_pids(self) -> list[int]:
+        """The process ids of this pool's worker processes now (idle or busy)."""
+        return [w.proc.pid for w in self._workers]
+
     def prestart(self, workers: int) -> None:
         while len(self._workers) < min(workers, self.jobs):
             self._workers.append(_Worker(self._ctx))

@@ -23,28 +23,26 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .fingerprint import environment
 from .hashing import digest, hash_bytes
-from .walk import mtimes, signature, walk
+from .walk import signature, walk
 
 __all__ = ["FILE", "answer", "context", "discard", "record", "write"]
 
 FILE = "uptodate.json"
 FORMAT = 2
 _RACY_NS = 1_000_000_000
-_PARALLEL_FILES = 4000  # below this many files in all, a fork costs more than it saves
 _GLOBAL_OPTS = ("-C", "-f", "--cache-dir")
 
 
 def context(argv: list[str], cwd: str) -> str:
     """What the command depends on besides files: its words, where and how it runs."""
-    paths = mtimes(sys.path)
     env = sorted((k, v) for k, v in os.environ.items() if k.startswith("PIPEMAKE_"))
-    return digest([FORMAT, argv, cwd, env, sys.version, sys.executable, paths])
+    return digest([FORMAT, argv, cwd, env, environment()])
 
 
 def _stat(path: str) -> list[Any] | None:
@@ -141,37 +139,9 @@ def _tree_unchanged(root: str, path: str, sig: str) -> bool:
 
 
 def _trees_unchanged(root: str, trees: list[list[Any]]) -> bool:
-    """Whether every tree still has its signature: big ones split between this process
-    and a forked child, so that the two halves walk on two cores at once."""
-    if (
-        len(trees) < 2
-        or sum(int(t[2]) for t in trees) < _PARALLEL_FILES
-        or not hasattr(os, "fork")
-        or (os.cpu_count() or 1) < 2
-    ):
-        return all(_tree_unchanged(root, path, sig) for path, sig, _ in trees)
-    mine: list[list[Any]] = []
-    theirs: list[list[Any]] = []
-    load = [0, 0]
-    for tree in sorted(trees, key=lambda t: -int(t[2])):
-        half = 0 if load[0] <= load[1] else 1
-        (mine, theirs)[half].append(tree)
-        load[half] += int(tree[2])
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its half, one byte of answer, and gone without any clean-up
-        try:
-            ok = all(_tree_unchanged(root, path, sig) for path, sig, _ in theirs)
-            os.write(w, b"1" if ok else b"0")
-        finally:
-            os._exit(0)
-    os.close(w)
-    try:
-        ok = all(_tree_unchanged(root, path, sig) for path, sig, _ in mine)
-        return ok and os.read(r, 1) == b"1"  # nothing read (the child failed): not unchanged
-    finally:
-        os.close(r)
-        os.waitpid(pid, 0)
+    """Whether every tree still has its signature (walked in this process: splitting the
+    trees with a forked child bought nothing measurable, see docs/benchmarks.md)."""
+    return all(_tree_unchanged(root, path, sig) for path, sig, _ in trees)
 
 
 _STARTED = {"stages": list, "targets": list, "expected": dict, "deps": dict, "budget": dict,

@@ -1,0 +1,421 @@
+"""Resolving a stage for a build or a plan: its ports with every reference resolved, its key
+document and key, and for a ``foreach`` stage its items and their keys.
+
+Resolving reads (the hasher's stat cache, upstream results, the action cache for cached
+items) and writes nothing: what it learns that a later build may reuse (a foreach stage's
+key for an unchanged input tree) is handed back in the :class:`ResolvedStage`, for the build
+to write once the stage is decided.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .hashing import KEY_FORMAT, digest, key_digest
+from .items import (
+    Item,
+    glob_base,
+    is_glob,
+    item_key,
+    items_digest,
+    map_key,
+    select,
+)
+from .manifest import manifest_hash, sub_manifest
+from .model import SYMBOLIC_SCOPES, Pipeline, Stage
+from .rule import Ports
+from .scheduler import StageFailure
+from .state import WorkspaceState
+from .store import Store
+from .templates import Ref, TemplateError, substitute
+from .walk import BadPath
+
+__all__ = ["Planned", "ResolvedStage", "Resolver", "Unknown"]
+
+
+class Unknown(Exception):
+    """A value this stage needs comes from an upstream stage that has not run yet."""
+
+    def __init__(self, stage: str):
+        super().__init__(stage)
+        self.stage = stage
+
+
+@dataclass
+class Planned:
+    """What is known of a stage's outputs in this build (or plan): manifests and values."""
+
+    outputs: dict[str, Any] | None
+    values: dict[str, Any] | None
+    key: str | None = None
+
+
+@dataclass
+class ResolvedStage:
+    """A stage as this build sees it: its resolved ports, key document and key (None while a
+    map-reduce stage's maps are missing, or an upstream output is unknown). A foreach stage
+    also lists its items and their keys, only when asked for: a stage whose key is
+    remembered for the same input tree and base key never lists its hundred thousand items
+    on a no-op."""
+
+    ports: Ports
+    doc: dict[str, Any]
+    key: str | None
+    #: upstream stages whose outputs are not known yet (a plan before they run)
+    unknown: set[str] = field(default_factory=set)
+    foreach: bool = False
+    map_reduce: bool = False
+    #: lists the items (set by the foreach input's resolution)
+    list_items: Callable[[], list[Item]] | None = None
+    #: what the items are a function of: the foreach input's manifest hash and filters
+    source: list[Any] | None = None
+    #: the stage key without the foreach input (what every item key starts from)
+    base: str = ""
+    #: a map-reduce stage's key base for its map steps (without the reduce-only params)
+    map_base: str = ""
+    #: the action entries of items already in the cache (relpath → entry), once read
+    cached: dict[str, Any] = field(default_factory=dict)
+    #: ``(memo, key)`` for the workspace state to remember after the stage is decided
+    remember: tuple[str, str] | None = None
+    _items: list[Item] | None = field(default=None, repr=False)
+    _item_keys: dict[str, str] | None = field(default=None, repr=False)
+
+    @property
+    def items(self) -> list[Item]:
+        """The foreach stage's items in relpath order (listed on first use)."""
+        if self._items is None:
+            self._items = self.list_items() if self.list_items is not None else []
+        return self._items
+
+    @property
+    def item_keys(self) -> dict[str, str]:
+        """Each item's key (relpath → key), in relpath order (map keys for map-reduce)."""
+        if self._item_keys is None:
+            make = map_key if self.map_reduce else item_key
+            base = self.map_base if self.map_reduce else self.base
+            self._item_keys = {it.relpath: make(base, it) for it in self.items}
+        return self._item_keys
+
+    def listed_item_keys(self) -> dict[str, str] | None:
+        """The item keys if they were computed already, else None (nothing is listed)."""
+        return self._item_keys
+
+    def rekey_item(self, rel: str, new_hash: str) -> None:
+        """An item's content changed during this build: its Item and key follow, and so
+        does the stage key (never remembered for the input tree as it was)."""
+        items = self.items
+        i = bisect.bisect_left([it.relpath for it in items], rel)
+        old = items[i]
+        ref = Item(old.path, old.relpath, new_hash)
+        items[i] = ref
+        if self.map_reduce:
+            self.item_keys[rel] = map_key(self.map_base, ref)
+        else:
+            self.item_keys[rel] = item_key(self.base, ref)
+            self.key = digest(["foreach", self.base, items_digest(self.item_keys)])
+        self.source = None
+        self.remember = None
+
+    def reduce_key(self, mapped: dict[str, str]) -> str:
+        """A map-reduce stage's key once every map result (relpath → its hash) is in."""
+        self.key = digest(["reduce", self.base, sorted(mapped.items())])
+        return self.key
+
+
+class Resolver:
+    """Resolves stages against what this build knows so far (``results``: the stages done
+    or planned before), reading the workspace through ``hasher`` and the store."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        hasher: Any,
+        store: Store,
+        state: WorkspaceState,
+        results: dict[str, Planned],
+    ):
+        self.p = pipeline
+        self.hasher = hasher
+        self.store = store
+        self.state = state
+        self.results = results
+
+    def resolve(self, stage: Stage) -> ResolvedStage:
+        """The stage's ports with every reference resolved, its key document and key;
+        raises :class:`Unknown` when a template needs a value of a stage not run yet."""
+        unknown: set[str] = set()
+        if stage.static:
+            # no computed values referenced: the loader's resolution is the build's
+            p = stage.ports
+            ports = Ports(dict(p.inputs), dict(p.outputs), p.output_kinds, p.params, p.key_params,
+                          p.root)  # fmt: skip
+        else:
+            ports = self._resolve_ports(stage, unknown)
+        inputs: dict[str, Any] = {}
+        source = None
+        for name, value in sorted(ports.inputs.items()):
+            if stage.foreach is not None and name == stage.foreach.input:
+                if isinstance(value, list):
+                    raise StageFailure(f"foreach input {name!r} must be one directory or glob")
+                source = self._item_source(stage, value, unknown)
+                inputs[name] = [value, "foreach"]
+            elif isinstance(value, list):
+                inputs[name] = [[p, self._input_hash(stage, p, unknown)] for p in value]
+            else:
+                inputs[name] = [value, self._input_hash(stage, value, unknown)]
+        fed = self._foreach_feed(stage, ports)
+        upstream = {}
+        for dep in stage.deps:
+            planned = self.results.get(dep)
+            if planned is None or planned.outputs is None:
+                unknown.add(dep)
+                upstream[dep] = "?"
+            elif fed is not None and fed[0] == dep:
+                # the foreach input's own output stands in each item (its path and content);
+                # the rest of that stage's outputs still count, its values only where used
+                upstream[dep] = digest(
+                    [{n: manifest_hash(m) for n, m in planned.outputs.items() if n != fed[1]}],
+                    checked=True,
+                )
+            else:
+                upstream[dep] = digest(
+                    [{n: manifest_hash(m) for n, m in planned.outputs.items()}, planned.values],
+                    checked=True,  # JSON from the store: string keys only
+                )
+        doc = {
+            "format": KEY_FORMAT,
+            "rule": stage.rule.name,
+            "rule_version": str(stage.rule.version),
+            "stage_version": stage.version,
+            "code": None if stage.version is not None else stage.rule.code_hash(ports, self.p.root),
+            "params": ports.key_params if ports.key_params is not None else ports.params,
+            "inputs": inputs,
+            "upstream": upstream,
+            "outputs": {n: ports.output_kinds.get(n, "path") for n in sorted(ports.outputs)},
+        }
+        if stage.foreach is None:
+            return ResolvedStage(ports, doc, key_digest(doc), unknown)
+        doc["foreach"] = [stage.foreach.input, stage.foreach.pattern]
+        rs = ResolvedStage(
+            ports, doc, None, unknown, foreach=True, map_reduce=bool(stage.rule.map_reduce)
+        )
+        if source is not None:
+            rs.source, rs.list_items = source
+        if not unknown:
+            self._stage_key(stage, rs)
+        return rs
+
+    # foreach ----------------------------------------------------------------------------
+    def _item_source(
+        self, stage: Stage, path: str, unknown: set[str]
+    ) -> tuple[list[Any], Callable[[], list[Item]]] | None:
+        """What a foreach input's items are a function of (the manifest hash of the
+        directory, from the upstream manifest when there is one, else from the workspace
+        through the stat cache, and the filters), and how to list them; None while the
+        upstream is unknown."""
+        assert stage.foreach is not None
+        pattern = stage.foreach.pattern
+        globbed = is_glob(path)
+        base = glob_base(path) if globbed else path
+        owner = self.p.output_owner(base)
+        if owner is not None and owner[0] != stage.id:
+            planned = self.results.get(owner[0])
+            if planned is None or planned.outputs is None:
+                unknown.add(owner[0])
+                return None
+            manifest = sub_manifest(planned.outputs[owner[1]], owner[2])
+            if manifest is None:
+                raise StageFailure(f"foreach input {path} was not produced by stage {owner[0]!r}")
+            kind, digest_ = manifest["kind"], manifest["hash"]
+            entries: Callable[[], Any] = lambda: manifest["entries"]  # noqa: E731
+        else:
+            try:
+                info = self.hasher.info(base)
+            except BadPath as exc:
+                raise StageFailure(f"foreach input {base}: {exc}") from None
+            if info.kind == "missing":
+                raise StageFailure(f"foreach input {base} does not exist")
+            kind, digest_, entries = info.kind, info.hash, lambda: info.entries or []
+
+        def listing() -> list[Item]:
+            if kind == "file":
+                parent = os.path.dirname(base) or "."
+                return select(parent, [[os.path.basename(base), digest_]], None)
+            return select(base, entries(), pattern, path if globbed else None)
+
+        return [kind, digest_, path, pattern], listing
+
+    def _stage_key(self, stage: Stage, rs: ResolvedStage) -> None:
+        """Fill in a foreach stage's key (None for map-reduce while maps are missing). A
+        plain foreach stage's key is remembered in the workspace state under its base key
+        and item source, so an unchanged input tree gives it back without listing a single
+        item; a new one is handed back in ``rs.remember`` for the build to write."""
+        base = key_digest(rs.doc)
+        rs.base = base
+        rule = stage.rule
+        if not rule.map_reduce:
+            memo = digest([base, rs.source])
+            known = self.state.builds.foreach_key(stage.id)
+            if known is not None and known[0] == memo:
+                rs.key = known[1]
+                return
+            rs.key = digest(["foreach", base, items_digest(rs.item_keys)])
+            rs.remember = (memo, rs.key)
+            return
+        params = dict(rs.doc["params"])
+        for name in rule.reduce_params:
+            params.pop(name, None)
+        rs.map_base = key_digest(dict(rs.doc, params=params))
+        entries = self.store.get_actions(list(rs.item_keys.values()))
+        rs.cached = {rel: entries[k] for rel, k in rs.item_keys.items() if k in entries}
+        if len(rs.cached) == len(rs.items):
+            rs.reduce_key({rel: e["map"]["hash"] for rel, e in rs.cached.items()})
+        else:
+            rs.key = None
+
+    def read_cached_items(self, stage: Stage, rs: ResolvedStage) -> None:
+        """Read which items of a foreach stage are in the action cache (``rs.cached``): from
+        the stage's item index where it vouches for an item's key, else from the store. A
+        map-reduce stage's maps were read while resolving."""
+        if rs.map_reduce:
+            return
+        index = self.state.builds.item_index(stage.id, self.store.removals())
+        rs.cached = _indexed(index, rs.item_keys)
+        rest = [k for rel, k in rs.item_keys.items() if rel not in rs.cached]
+        entries = self.store.get_actions(rest) if rest else {}
+        rs.cached.update({rel: entries[k] for rel, k in rs.item_keys.items() if k in entries})
+
+    # references and inputs --------------------------------------------------------------
+    def _foreach_feed(self, stage: Stage, ports: Ports) -> tuple[str, str] | None:
+        """``(upstream stage, output name)`` whose output a foreach stage's items come from,
+        or None (not a foreach stage, or its input is a source folder)."""
+        if stage.foreach is None:
+            return None
+        value = ports.inputs.get(stage.foreach.input)
+        if not isinstance(value, str):
+            return None
+        owner = self.p.output_owner(glob_base(value) if is_glob(value) else value)
+        if owner is None or owner[0] == stage.id:
+            return None
+        return owner[0], owner[1]
+
+    def _lookup(self, stage: Stage, unknown: set[str]) -> Callable[[Ref], Any]:
+        def lookup(ref: Ref) -> Any:
+            if ref.scope == "vars":
+                return self.p.vars[ref.name]
+            up = self.p.stages[ref.scope]
+            if ref.name in up.ports.outputs:
+                return up.ports.outputs[ref.name]
+            planned = self.results.get(ref.scope)
+            if planned is None or planned.values is None:
+                unknown.add(ref.scope)
+                raise Unknown(ref.scope)
+            values = planned.values if isinstance(planned.values, dict) else {}
+            if ref.name not in values:
+                got = ", ".join(sorted(map(str, values))) or "none"
+                raise StageFailure(
+                    f"{ref}: stage {ref.scope!r} returned no value {ref.name!r} (it returned: "
+                    f"{got}); return it from that stage, or refer to one it returns"
+                )
+            value = values[ref.name]
+            out_name = up.rule.path_values.get(ref.name)
+            if out_name is not None and value is not None:
+                paths = value if isinstance(value, list) else [value]
+                if not all(isinstance(v, str) for v in paths):
+                    raise StageFailure(
+                        f"{ref}: stage {ref.scope!r} returned {value!r:.80}, not a path or a list "
+                        f"of paths; build {ref.scope!r} again (pipemake build --force-stage "
+                        f"{ref.scope})"
+                    )
+                base = up.ports.outputs[out_name]
+                join = lambda v: os.path.normpath(os.path.join(base, v))  # noqa: E731
+                value = [join(v) for v in value] if isinstance(value, list) else join(value)
+            return value
+
+        return lookup
+
+    def _resolve_ports(self, stage: Stage, unknown: set[str]) -> Ports:
+        """Resolve the stage's templates now that upstream values are known; check again.
+
+        In a key the rule keeps as a template (a shell ``cmd``, ``env``), a computed value is
+        written the way the rule says (``quote_value``: quoted for the shell where it stands
+        in ``cmd``, the text itself in ``env``): a value is data, never code."""
+        lookup = self._lookup(stage, unknown)
+        symbolic = getattr(stage.rule, "symbolic_keys", ())
+        quote_value = getattr(stage.rule, "quote_value", None)
+        stages = self.p.stages
+
+        def is_value(r: Ref) -> bool:  # a computed value, not a variable or a path
+            return r.scope != "vars" and r.name not in stages[r.scope].ports.outputs
+
+        def quoting(key: str) -> Any:
+            def quote(ref: Ref, value: Any, template: str, index: int) -> str:
+                return quote_value(key, ref, value, template, index)
+
+            return quote if quote_value is not None else None
+
+        symbols = lambda r: r.scope in SYMBOLIC_SCOPES  # noqa: E731
+        config: dict[str, Any] = {}
+        try:
+            for key, value in stage.config.items():
+                if key in symbolic:
+                    # variables and paths first, as the loader writes them (the pipeline's
+                    # own text), so each value is quoted for where it stands in the result
+                    first = substitute(value, lookup, lambda r: symbols(r) or is_value(r))
+                    config[key] = substitute(first, lookup, symbols, quoting(key))
+                else:
+                    config[key] = substitute(value, lookup)
+        except TemplateError as exc:
+            raise StageFailure(str(exc)) from None
+        ports, problems = stage.rule.ports(config)
+        ports.root = str(self.p.root)
+        problems = problems or stage.rule.check(ports)
+        if problems:
+            raise StageFailure("; ".join(msg for _key, msg in problems))
+        for name, value in ports.inputs.items():
+            if isinstance(value, list):
+                ports.inputs[name] = [os.path.normpath(v) for v in value]
+            else:
+                ports.inputs[name] = os.path.normpath(value)
+        ports.outputs = dict(stage.ports.outputs)
+        return ports
+
+    def _input_hash(self, stage: Stage, path: str, unknown: set[str]) -> str:
+        owner = self.p.output_owner(path)
+        if owner is not None and owner[0] != stage.id:
+            planned = self.results.get(owner[0])
+            if planned is None or planned.outputs is None:
+                unknown.add(owner[0])
+                return "?"
+            manifest = sub_manifest(planned.outputs[owner[1]], owner[2])
+            if manifest is None:
+                raise StageFailure(
+                    f"input {path} was not produced by stage {owner[0]!r} (its output "
+                    f"{self.p.stages[owner[0]].ports.outputs[owner[1]]} holds no such path)"
+                )
+            return manifest_hash(manifest)
+        try:
+            info = self.hasher.info(path)
+        except BadPath as exc:
+            raise StageFailure(f"input {path}: {exc}") from None
+        if info.kind == "missing":
+            raise StageFailure(f"input {path} does not exist")
+        return info.hash
+
+
+def _indexed(
+    index: tuple[dict[str, str], dict[str, Any]] | None, item_keys: dict[str, str]
+) -> dict[str, Any]:
+    """The entries of the items whose key is the one the stage's item index (the workspace
+    state, written when the stage was last assembled; checked against its hash) holds for
+    them; anything else is read from the store."""
+    if not index:
+        return {}
+    keys, entries = index
+    if keys == item_keys:
+        return dict(entries)
+    return {rel: entries[rel] for rel, key in item_keys.items() if keys.get(rel) == key}
