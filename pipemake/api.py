@@ -13,7 +13,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from .items import glob_base, is_glob
 from .lock import BuildLock
 from .model import DEFAULT_FILE, Pipeline
 from .plancache import load_checked
+from .remote import REMOTE_GRACE, Remote, RemoteError, open_remote
 from .resources import Budget, default_budget
 from .rule import Rule, package_files
 from .scheduler import Outcome, Scheduler, StageFailure
@@ -59,6 +60,10 @@ __all__ = [
     "list_runs",
     "list_stages",
     "open_project",
+    "pull",
+    "push",
+    "remote_gc",
+    "remote_warnings",
     "run_status",
     "show_log",
     "stage_notes",
@@ -75,6 +80,9 @@ class Project:
     store: Store
     state: WorkspaceState
     workspace: Workspace
+    #: the remote store behind the local one (``--remote``, ``PIPEMAKE_REMOTE``, the
+    #: pipeline's ``remote:``), or None; consulted only by build, dry-run, status, pull, push
+    remote: Remote | None = None
 
     def close(self) -> None:
         """Flush the stat cache and close the databases."""
@@ -117,9 +125,13 @@ def open_project(
     file: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     readonly: bool = False,
+    remote: str | None = None,
+    remote_read_only: bool = False,
 ) -> Project:
     """Load the pipeline (``-C DIR``, ``-f FILE``; see :func:`find_pipeline`) and open its
-    store and state."""
+    store and state. The remote is ``remote``, else env ``PIPEMAKE_REMOTE``, else the
+    pipeline's ``remote:`` (a plain path there is relative to the project); it is contacted
+    only when used."""
     path, _ = find_pipeline(directory, file)
     pipeline = load_checked(path, path.parent / ".pipemake")
     ws = Workspace(pipeline.root)
@@ -129,7 +141,20 @@ def open_project(
         cache = Path.cwd() / cache
     _check_places(pipeline, ws, cache)
     store = Store(cache, readonly=readonly)
-    return Project(pipeline, store, WorkspaceState(ws.dot / "state.db", readonly), ws)
+    state = WorkspaceState(ws.dot / "state.db", readonly)
+    url = _remote_url(remote or os.environ.get("PIPEMAKE_REMOTE"), Path.cwd())
+    url = url or _remote_url(pipeline.remote, pipeline.root)
+    return Project(pipeline, store, state, ws, open_remote(url, read_only=remote_read_only))
+
+
+def _remote_url(url: str | None, base: Path) -> str | None:
+    """A remote URL as fsspec takes it: a plain path is made absolute against ``base``."""
+    if not url or not url.strip():
+        return None
+    url = url.strip()
+    if "://" in url:
+        return url
+    return str(base / os.path.expanduser(url))
 
 
 def _check_places(pipeline: Pipeline, ws: Workspace, cache: Path) -> None:
@@ -234,6 +259,7 @@ def build(
     link: bool | None = None,
     fsync: bool = False,
     noop_snapshot: tuple[str, int] | None = None,
+    push: bool = False,
 ) -> BuildReport:
     """Build the targets (default: every stage) and what they need.
 
@@ -246,9 +272,13 @@ def build(
     object (and its directory entry) and every entry commit to disk before it counts, so
     the store survives a power loss, not only a killed build. ``noop_snapshot`` (the
     command's context digest and its process start in ns, see :mod:`pipemake.uptodate`)
-    writes ``.pipemake/uptodate.json`` when every stage was up to date.
+    writes ``.pipemake/uptodate.json`` when every stage was up to date. With a remote, a
+    miss is fetched from it (see :mod:`pipemake.remote`); ``push`` uploads each entry as it
+    commits.
     """
     p = project.pipeline
+    if push:
+        _remote_of(project, write=True, why="--push")
     order = _select(p, targets)
     for s in force_stages:
         if s not in p.stages:
@@ -264,6 +294,9 @@ def build(
         BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait),
         _linking(project.store, link),
         _durable(project.store, fsync),
+        _with_remote(
+            project, lambda text: bus.emit("log", "remote", level="warning", text=text), push
+        ),  # fmt: skip
     ):
         project.workspace.clear_tmp()
         builder = Builder(
@@ -460,14 +493,15 @@ def dry_run(project: Project, targets: Sequence[str] = ()) -> list[tuple[str, De
     p = project.pipeline
     order = _select(p, targets)
     builder = Builder(p, project.store, project.state, Bus(), dry=True)
-    builder.prefetch(order)
-    for stage in order:
-        try:
-            builder.begin(stage)
-        except StageFailure as exc:  # what the build would fail the stage with, said here
-            builder.decisions[stage] = Decision(
-                Verdict.RUN, [Reason(Trigger.FAILED, f"will fail: {exc}")]
-            )
+    with _with_remote(project):
+        builder.prefetch(order)
+        for stage in order:
+            try:
+                builder.begin(stage)
+            except StageFailure as exc:  # what the build would fail the stage with, said here
+                builder.decisions[stage] = Decision(
+                    Verdict.RUN, [Reason(Trigger.FAILED, f"will fail: {exc}")]
+                )
     return [(s, builder.decisions[s]) for s in order]
 
 
@@ -822,12 +856,121 @@ def cache_verify(project: Project, repair: bool = False) -> dict[str, Any]:
             "strays": strays, "reset": reset, "repaired": repair}  # fmt: skip
 
 
+def _remote_of(project: Project, write: bool = False, why: str = "") -> Remote:
+    """The project's remote, or a usage error saying how to name one (or that it is
+    read-only, when ``write``)."""
+    remote = project.remote
+    what = why or "this command"
+    if remote is None:
+        raise UsageError(
+            f"{what} needs a remote store: pass --remote URL, set PIPEMAKE_REMOTE, or add "
+            "`remote: URL` to the pipeline file (e.g. s3://bucket/cache, file:///srv/cache)"
+        )
+    if write and remote.read_only:
+        raise UsageError(
+            f"{what} writes to the remote, but {remote.url} is read-only here "
+            "(--remote-read-only or PIPEMAKE_REMOTE_READ_ONLY)"
+        )
+    return remote
+
+
+@contextmanager
+def _with_remote(
+    project: Project, warn: Callable[[str], None] | None = None, push: bool = False
+) -> Iterator[Remote | None]:
+    """Put the project's remote behind its store for one command: misses are fetched from
+    it, and with ``push`` every committed entry is sent to it. Its counted warnings are said
+    once at the end (through ``warn``, else kept in ``remote.messages``)."""
+    remote, store = project.remote, project.store
+    if remote is None:
+        yield None
+        return
+    old = remote.warn
+    remote.warn = warn or old
+    remote.push_on_commit = push
+    store.remote = remote
+    try:
+        yield remote
+    finally:
+        store.remote = None
+        remote.push_on_commit = False
+        remote.finish()
+        remote.warn = old
+
+
+def _plan_keys(project: Project, order: list[str], collect: bool) -> Builder:
+    """A plan of the stages ``order`` (as ``dry-run`` makes it): the keys they have now."""
+    builder = Builder(
+        project.pipeline, project.store, project.state, Bus(), dry=True, collect_keys=collect
+    )
+    builder.prefetch(order)
+    for stage in order:
+        try:
+            builder.begin(stage)
+        except StageFailure:  # it would fail (an input missing): its key is unknown
+            continue
+    return builder
+
+
+def pull(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
+    """Fetch from the remote, ahead of a build, the entries and objects of the targets (and
+    what they need) that are not in the local store; each stage's verdict after it. Stages
+    whose upstream is in neither store cannot be known yet (``maybe``)."""
+    remote = _remote_of(project, why="pull")
+    order = _select(project.pipeline, targets)
+    with _with_remote(project):
+        builder = _plan_keys(project, order, collect=False)
+    if remote.down is not None:
+        raise RemoteError(f"pulling from remote {remote.url} failed: {remote.down}")
+    stages = {s: d.verdict.value for s, d in builder.decisions.items() if s in order}
+    return {"stages": stages, "stats": asdict(remote.stats), "warnings": _taken(remote)}
+
+
+def push(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
+    """Upload to the remote what was built for the targets (and what they need): the
+    entries of their current keys and of their last builds, each after the objects it
+    names, put-if-absent."""
+    remote = _remote_of(project, write=True, why="push")
+    order = _select(project.pipeline, targets)
+    builder = _plan_keys(project, order, collect=True)
+    keys = set(builder.keys_seen)
+    brief = project.state.brief()
+    keys.update(k for s in order if (k := (brief.get(s) or (None,))[0]))
+    entries = project.store.get_local_actions(sorted(keys))
+    remote.push_pairs(project.store, list(entries.items()), strict=True)
+    remote.finish()
+    return {"entries": len(entries), "stats": asdict(remote.stats), "warnings": _taken(remote)}
+
+
+def remote_gc(project: Project, grace: float = REMOTE_GRACE, dry: bool = False) -> dict[str, Any]:
+    """Remove from the remote the objects no entry there names that are older than
+    ``grace`` seconds (see :meth:`Remote.gc`)."""
+    remote = _remote_of(project, write=not dry, why="cache gc --remote")
+    return remote.gc(grace, dry)
+
+
+def remote_warnings(project: Project) -> list[str]:
+    """The remote's warnings not yet said (and forget them): for commands without an event
+    bus to say them on."""
+    return _taken(project.remote) if project.remote is not None else []
+
+
+def _taken(remote: Remote) -> list[str]:
+    out, remote.messages = remote.messages, []
+    return out
+
+
 @contextmanager
 def project_of(
-    directory: Any, file: Any, cache_dir: Any = None, readonly: bool = False
+    directory: Any,
+    file: Any,
+    cache_dir: Any = None,
+    readonly: bool = False,
+    remote: str | None = None,
+    remote_read_only: bool = False,
 ) -> Iterator[Project]:
     """Open a project for the length of a ``with`` block."""
-    project = open_project(directory, file, cache_dir, readonly)
+    project = open_project(directory, file, cache_dir, readonly, remote, remote_read_only)
     try:
         yield project
     finally:

@@ -131,11 +131,43 @@ def cli(ctx: click.Context, directory: str | None, file: str | None, cache_dir: 
     ctx.obj = {"directory": directory, "file": file, "cache_dir": cache_dir}
 
 
-def _project(ctx: click.Context, readonly: bool = False, cache_dir: str | None = None) -> Any:
-    o = ctx.obj
+def _project(
+    ctx: click.Context,
+    readonly: bool = False,
+    cache_dir: str | None = None,
+    remote: str | None = None,
+    remote_read_only: bool = False,
+) -> Any:
+    o = ctx.find_root().obj
     # the path found already holds -C DIR: open it as it is, not joined to DIR again
     path = _pipeline_file(ctx)
-    return api.project_of(None, path, cache_dir or o["cache_dir"], readonly)
+    return api.project_of(
+        None, path, cache_dir or o["cache_dir"], readonly, remote, remote_read_only
+    )
+
+
+def _remote_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--remote URL`` and ``--remote-read-only``, for the commands that use the remote."""
+    fn = click.option(
+        "--remote-read-only",
+        is_flag=True,
+        envvar="PIPEMAKE_REMOTE_READ_ONLY",
+        help="Read the remote, never write to it (env PIPEMAKE_REMOTE_READ_ONLY=1): what a "
+        "pull request's job should use.",
+    )(fn)
+    return click.option(
+        "--remote",
+        default=None,
+        metavar="URL",
+        envvar="PIPEMAKE_REMOTE",
+        help="The remote store behind the local one: s3://bucket/path, file:///path, … "
+        "(env PIPEMAKE_REMOTE; default: the pipeline's `remote:`).",
+    )(fn)
+
+
+def _say_warnings(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(f"pipemake: warning: {line}", err=True)
 
 
 def _pipeline_file(ctx: click.Context) -> Any:
@@ -219,6 +251,13 @@ def _shown(path: Any) -> str:
     help="Also write the run's events to FILE as JSON lines (always kept in .pipemake/runs/).",
 )
 @click.option("--resume", is_flag=True, hidden=True)  # the original system's; said, then moot
+@_remote_options
+@click.option(
+    "--push",
+    is_flag=True,
+    envvar="PIPEMAKE_PUSH",
+    help="Upload each stage's entry and objects to the remote as it commits (env PIPEMAKE_PUSH=1).",
+)
 @click.pass_context
 def build(
     ctx: click.Context,
@@ -238,6 +277,9 @@ def build(
     fsync: bool,
     log_json: str | None,
     resume: bool = False,
+    remote: str | None = None,
+    remote_read_only: bool = False,
+    push: bool = False,
 ) -> None:
     """Build TARGETS (default: every stage) and what they need."""
     from .events import Bus
@@ -255,7 +297,7 @@ def build(
             budget = parse_resources(resources)
         except ValueError as exc:
             raise UsageError(f"--resources: {exc}") from None
-        with _project(ctx, cache_dir=cache_dir) as project:
+        with _project(ctx, False, cache_dir, remote, remote_read_only) as project:
             bus = Bus()
             view = make_view(no_progress)
             bus.subscribe(view)
@@ -280,6 +322,7 @@ def build(
                         f"waiting for the build lock held by {who} …", err=True
                     ),
                     noop_snapshot=snap,
+                    push=push,
                 )
             finally:
                 view.close()
@@ -388,14 +431,23 @@ def _print_decisions(rows: list[Any], as_json: bool) -> None:
 @click.argument("targets", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--check", is_flag=True, help="Exit 1 when anything would run or be restored.")
+@_remote_options
 @click.pass_context
-def dry_run(ctx: click.Context, targets: tuple[str, ...], as_json: bool, check: bool) -> None:
+def dry_run(
+    ctx: click.Context,
+    targets: tuple[str, ...],
+    as_json: bool,
+    check: bool,
+    remote: str | None = None,
+    remote_read_only: bool = False,
+) -> None:
     """Say what a build would run, restore or skip, and why. Changes nothing."""
 
     def go() -> int:
-        with _project(ctx, readonly=True) as project:
+        with _project(ctx, True, None, remote, remote_read_only) as project:
             rows = api.dry_run(project, targets)
             notes = api.stage_notes(project)
+            _say_warnings(api.remote_warnings(project))
         _print_decisions(rows, as_json)
         if not as_json:  # stdout stays one line per stage
             for stage, _ in rows:
@@ -419,6 +471,7 @@ def dry_run(ctx: click.Context, targets: tuple[str, ...], as_json: bool, check: 
     "one, or -1 for the last): the original system's status.",
 )
 @click.option("--checkpoint-dir", default=None, metavar="DIR", help="The store (as --cache-dir).")
+@_remote_options
 @click.pass_context
 def status(
     ctx: click.Context,
@@ -426,14 +479,17 @@ def status(
     check: bool,
     run_id: str | None,
     checkpoint_dir: str | None,
+    remote: str | None = None,
+    remote_read_only: bool = False,
 ) -> None:
     """Each stage's state, last result and duration; orphaned outputs."""
     if run_id is not None:
         _run(lambda: _run_status(ctx, run_id, as_json, checkpoint_dir))
 
     def go() -> int:
-        with _project(ctx, readonly=True, cache_dir=checkpoint_dir) as project:
+        with _project(ctx, True, checkpoint_dir, remote, remote_read_only) as project:
             info = api.status(project)
+            _say_warnings(api.remote_warnings(project))
         if as_json:
             click.echo(json.dumps(info, indent=2))
         else:
@@ -653,6 +709,64 @@ def _interactive() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
 
 
+@cli.command()
+@click.argument("targets", nargs=-1)
+@_remote_options
+@click.pass_context
+def pull(
+    ctx: click.Context, targets: tuple[str, ...], remote: str | None, remote_read_only: bool
+) -> None:
+    """Fetch from the remote what TARGETS (default: every stage) need and the local store
+    lacks, verified, ahead of a build."""
+
+    def go() -> int:
+        with _project(ctx, False, None, remote, remote_read_only) as project:
+            info = api.pull(project, targets)
+        _say_warnings(info["warnings"])
+        st = info["stats"]
+        click.echo(
+            f"fetched {st['entries']} entries and {st['objects']} objects "
+            f"({st['bytes'] / 1e6:.1f} MB)"
+        )
+        for stage, verdict in info["stages"].items():
+            state = {"run": "not in the remote (will run)", "maybe": "unknown until upstream runs"}
+            click.echo(f"{stage}: {state.get(verdict, 'available')}")
+        return 0
+
+    _run(go)
+
+
+@cli.command()
+@click.argument("targets", nargs=-1)
+@_remote_options
+@click.pass_context
+def push(
+    ctx: click.Context, targets: tuple[str, ...], remote: str | None, remote_read_only: bool
+) -> None:
+    """Upload to the remote what was built for TARGETS (default: every stage): entries and
+    their objects, each put-if-absent, an entry only after its objects."""
+
+    def go() -> int:
+        with _project(ctx, False, None, remote, remote_read_only) as project:
+            info = api.push(project, targets)
+        _say_warnings(info["warnings"])
+        st = info["stats"]
+        click.echo(
+            f"pushed {st['pushed_entries']} entries and {st['pushed_objects']} objects; "
+            f"{st['present_entries']} entries were there already"
+        )
+        if st["skipped_entries"]:
+            click.echo(
+                f"{st['skipped_entries']} entries not pushed: the local store lacks their "
+                "objects (see `pipemake cache verify`)",
+                err=True,
+            )
+            return 1
+        return 0
+
+    _run(go)
+
+
 @cli.group()
 def cache() -> None:
     """Inspect and check the store."""
@@ -693,9 +807,23 @@ def cache_info(ctx: click.Context) -> None:
     "may be about to commit it). Lower it only when no build uses the store.",
 )
 @click.option("--dry-run", "dry", is_flag=True, help="Say what would go; remove nothing.")
+@click.option(
+    "--remote",
+    "remote",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[URL]",
+    help="Collect the remote store instead (URL, else PIPEMAKE_REMOTE or the pipeline's "
+    "`remote:`): only objects no entry names and older than --grace (default there: a day).",
+)
 @click.pass_context
-def cache_gc(ctx: click.Context, keep_days: float, grace: float, dry: bool) -> None:
+def cache_gc(
+    ctx: click.Context, keep_days: float, grace: float, dry: bool, remote: str | None = None
+) -> None:
     """Remove entries and objects no workspace sharing the store needs."""
+    if remote is not None:
+        _run(lambda: _remote_gc(ctx, remote, grace, dry))
 
     def go() -> int:
         with _project(ctx) as project:
@@ -715,6 +843,21 @@ def cache_gc(ctx: click.Context, keep_days: float, grace: float, dry: bool) -> N
         return 0
 
     _run(go)
+
+
+def _remote_gc(ctx: click.Context, remote: str, grace: float, dry: bool) -> int:
+    """``cache gc --remote``: unreachable old objects of the remote."""
+    source = click.get_current_context().get_parameter_source("grace")
+    if source is click.core.ParameterSource.DEFAULT:
+        grace = api.REMOTE_GRACE
+    with _project(ctx, True, None, remote or None) as project:
+        info = api.remote_gc(project, grace=grace, dry=dry)
+    verb = "would remove" if dry else "removed"
+    click.echo(
+        f"{verb} {info['objects_removed']} objects ({info['bytes_freed'] / 1e6:.1f} MB) from "
+        f"the remote; kept {info['objects_kept']} objects and all {info['entries']} entries"
+    )
+    return 0
 
 
 @cache.command("verify")

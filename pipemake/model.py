@@ -75,6 +75,8 @@ class Pipeline:
     file: Path
     on_success: Any = None
     on_failure: Any = None
+    #: the remote store's URL from the file's ``remote:`` key (a path: relative to root)
+    remote: str | None = None
     _owners: dict[str, tuple[str, str]] | None = field(default=None, repr=False)
 
     def output_owner(self, path: str) -> tuple[str, str, str] | None:

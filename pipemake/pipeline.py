@@ -34,7 +34,8 @@ _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 #: system allows 255 bytes
 MAX_ID = 128
 _RESERVED = {"vars", "inputs", "outputs", "item"}
-_TOP_KEYS = {"name", "version", "vars", "stages", "on_success", "on_failure", "description"}
+_TOP_KEYS = {"name", "version", "vars", "stages", "on_success", "on_failure", "description",
+             "remote"}  # fmt: skip
 _STAGE_KEYS = {
     "id", "type", "depends_on", "config", "foreach", "resources", "retries",
     "retry_backoff", "timeout", "version", "description",
@@ -136,6 +137,11 @@ def _check(doc: LineDict, path: Path, ld: Problems) -> Pipeline:
         _find_unquoted(variables, "vars", doc, ld, None)
     for hook in ("on_success", "on_failure"):
         _check_hook(doc, hook, ld)
+    remote = doc.get("remote")
+    if remote is not None and (not isinstance(remote, str) or not remote.strip()):
+        ld.problem("'remote' must be a URL such as s3://bucket/cache or file:///srv/cache",
+                   doc.line_of("remote"), hint="or leave it out")  # fmt: skip
+        remote = None
     raw_stages = doc.get("stages")
     if not isinstance(raw_stages, list) or not raw_stages:
         ld.problem(
@@ -150,7 +156,7 @@ def _check(doc: LineDict, path: Path, ld: Problems) -> Pipeline:
     pipeline = Pipeline(
         name=str(doc.get("name") or root.name), version=str(doc.get("version") or ""),
         vars=dict(variables), stages={}, graph=Graph(), root=root, file=path,
-        on_success=doc.get("on_success"), on_failure=doc.get("on_failure"),
+        on_success=doc.get("on_success"), on_failure=doc.get("on_failure"), remote=remote,
     )  # fmt: skip
     bind(pipeline, stages, ld)
     ld.fail_if_any()

@@ -88,6 +88,7 @@ def _write(cache: Path, key: str, p: Pipeline) -> None:
         "vars": p.vars,
         "on_success": p.on_success,
         "on_failure": p.on_failure,
+        "remote": p.remote,
         "stages": [
             {
                 "id": s.id,
@@ -159,7 +160,7 @@ def _stages(doc: dict[str, Any], file: Path) -> Pipeline | None:
     return Pipeline(
         name=doc["name"], version=doc["version"], vars=doc["vars"], stages=stages, graph=graph,
         root=file.parent.resolve(), file=file, on_success=doc["on_success"],
-        on_failure=doc["on_failure"],
+        on_failure=doc["on_failure"], remote=doc.get("remote"),
     )  # fmt: skip
 
 
