@@ -885,6 +885,7 @@ def _with_remote(
     if remote is None:
         yield None
         return
+    remote.check()  # an unknown scheme or a missing back-end: said now, not mid-build
     old = remote.warn
     remote.warn = warn or old
     remote.push_on_commit = push

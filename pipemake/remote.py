@@ -144,6 +144,11 @@ class Remote:
             self._fs, self._root = fs, root.rstrip("/")
         return self._fs, self._root
 
+    def check(self) -> None:
+        """Open the back-end (no request is made): a :class:`RemoteError` when the URL's
+        scheme is unknown or its package is not installed."""
+        self._open()
+
     def _obj(self, digest: str) -> str:
         return f"{self._root}/objects/{digest[:2]}/{digest[2:]}"
 
@@ -410,6 +415,8 @@ class Remote:
         for _k, entry in new:
             for digest, _size in entry_objects(entry):
                 digests[digest] = None
+        for _k, entry in pairs:  # a corrupt object seen on the remote is replaced anyway
+            digests.update((d, None) for d, _s in entry_objects(entry) if d in self.bad)
         ages = self._ages([self._obj(d) for d in digests])
         now = time.time()
         upload = [d for d in digests if ages[self._obj(d)] is None or d in self.bad]
