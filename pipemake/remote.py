@@ -264,7 +264,10 @@ class Remote:
             for digest, size in entry_objects(entry):
                 if digest not in need and not store.has_object(digest):
                     need[digest] = size
-        lost = self._fetch_objects(store, need)
+        known_bad = {d for d in need if d in self.bad}  # refused once: not fetched again
+        lost = known_bad | self._fetch_objects(
+            store, {d: n for d, n in need.items() if d not in known_bad}
+        )
         usable = {
             k: e for k, e in entries.items() if not any(d in lost for d, _s in entry_objects(e))
         }
@@ -361,7 +364,9 @@ class Remote:
                 results: Iterable[tuple[str, Any]] = zip(paths, got, strict=True)
             elif getattr(fs, "async_impl", False):
                 # concurrent GETs, no listing first (``cat`` would look each path up)
-                got = fs.cat_ranges(paths, None, None, on_error="return")
+                # (s3fs asks each object's size first unless told to read it in one piece)
+                one = {"max_concurrency": 1} if type(fs).__name__ == "S3FileSystem" else {}
+                got = fs.cat_ranges(paths, None, None, on_error="return", **one)
                 results = zip(paths, got, strict=True)
             else:
                 with ThreadPoolExecutor(min(_THREADS, len(paths))) as pool:
