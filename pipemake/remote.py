@@ -52,6 +52,7 @@ _UNSIZED_MAX = 1 << 30
 #: objects larger than this are streamed to a file one at a time instead of held in memory
 _BIG = 64 << 20
 _BATCH = 2000
+_BATCH_BYTES = 256 << 20
 #: back-ends whose listings fsspec would otherwise cache (a push must see another's write)
 #: what opening a link, socket or device without following or waiting says: not an object
 _NOT_OBJECT = (errno.ELOOP, errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP)
@@ -282,8 +283,7 @@ class Remote:
         lost: set[str] = set()
         small = [d for d, size in need.items() if size is None or size <= _BIG]
         big = [d for d, size in need.items() if size is not None and size > _BIG]
-        for start in range(0, len(small), _BATCH):
-            chunk = small[start : start + _BATCH]
+        for chunk in _batches(small, need):
             paths = [self._obj(d) for d in chunk]
             limits = [need[d] + 1 if need[d] is not None else _UNSIZED_MAX for d in chunk]
             found = self._read_many(paths, limits)
@@ -599,6 +599,24 @@ def entry_objects(entry: dict[str, Any]) -> Iterator[tuple[str, int | None]]:
                 yield e[1], e[2]
     if "map" in entry:
         yield entry["map"]["hash"], None
+
+
+def _batches(digests: list[str], sizes: dict[str, int | None]) -> Iterator[list[str]]:
+    """``digests`` in batches of at most ``_BATCH`` objects and about ``_BATCH_BYTES`` bytes
+    (a map result, whose size no manifest states, counted as 1 MiB), so memory stays
+    bounded however large a stage's output is."""
+    batch: list[str] = []
+    held = 0
+    for digest in digests:
+        size = sizes[digest]
+        size = (1 << 20) if size is None else size
+        if batch and (len(batch) >= _BATCH or held + size > _BATCH_BYTES):
+            yield batch
+            batch, held = [], 0
+        batch.append(digest)
+        held += size
+    if batch:
+        yield batch
 
 
 def _reason(exc: BaseException) -> str:
