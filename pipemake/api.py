@@ -294,9 +294,7 @@ def build(
         BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait),
         _linking(project.store, link),
         _durable(project.store, fsync),
-        _with_remote(
-            project, lambda text: bus.emit("log", "remote", level="warning", text=text), push
-        ),  # fmt: skip
+        _with_remote(project, _warner(bus), push),
     ):
         project.workspace.clear_tmp()
         builder = Builder(
@@ -854,6 +852,11 @@ def cache_verify(project: Project, repair: bool = False) -> dict[str, Any]:
     return {"corrupt": corrupt, "incomplete_entries": incomplete,
             "damaged_entries": [(repr(k) if type(k) is not str else k, p) for k, p in damaged],
             "strays": strays, "reset": reset, "repaired": repair}  # fmt: skip
+
+
+def _warner(bus: Bus) -> Callable[[str], None]:
+    """Say a remote's warning as a build event (shown by every view, kept in the run log)."""
+    return lambda text: bus.emit("log", "remote", level="warning", text=f"warning: {text}")
 
 
 def _remote_of(project: Project, write: bool = False, why: str = "") -> Remote:
