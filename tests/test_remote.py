@@ -16,7 +16,7 @@ import pytest
 from conftest import CHAIN, CHAIN_FILES, CHAIN_STAGES, TRACEBACK, Proj
 
 from pipemake import api
-from pipemake.remote import Remote
+from pipemake.remotefs import RemoteFiles
 from pipemake.signing import seal, unseal
 
 EACH = """
@@ -220,17 +220,17 @@ def test_fetching_many_objects_is_batched(project: Callable[..., Proj], remote: 
     first.cli("build", "--push", env=_env(remote))
     second = _clone(project, "second", EACH, EACH_FILES)
     calls: list[int] = []
-    real = Remote._read_many
+    real = RemoteFiles.read_many
 
-    def spy(self: Remote, paths: list[str], limits: list[int]) -> dict[str, bytes]:
+    def spy(self: RemoteFiles, paths: list[str], limits: list[int]) -> dict[str, bytes]:
         calls.append(len(paths))
         return real(self, paths, limits)
 
-    Remote._read_many = spy  # type: ignore[method-assign]
+    RemoteFiles.read_many = spy  # type: ignore[method-assign]
     try:
         second.cli("build", env=_env(remote))
     finally:
-        Remote._read_many = real  # type: ignore[method-assign]
+        RemoteFiles.read_many = real  # type: ignore[method-assign]
     assert second.run_counts() == {}
     assert max(calls) >= len(EACH_FILES)  # all item objects in one batch
     assert len(calls) <= 4
@@ -401,3 +401,63 @@ def test_a_push_renews_an_old_object_it_finds(project: Callable[..., Proj], remo
     second = _clone(project, "second")
     second.cli("build", "side", env=_env(remote, "k"))
     assert second.run_counts() == {}
+
+
+# a file:// remote is untrusted input too -----------------------------------------------------
+def test_links_and_fifos_in_a_file_remote_are_never_followed(
+    project: Callable[..., Proj], remote: str, tmp_path: Path
+) -> None:
+    """A remote whose fan-out folder links elsewhere, whose entry is a link to a file
+    outside, or whose object is a FIFO: reads take none of them, pushes and gc write and
+    remove nothing outside the remote."""
+    first = _clone(project, "first")
+    first.cli("build", "--push", env=_env(remote))
+    root = _remote_dir(remote)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / ("e" * 30)
+    victim.write_text("a user's file")
+    old = time.time() - 3 * 86400
+    os.utime(victim, (old, old))
+    # every object folder becomes a link to `outside`; the objects move there
+    for fan in [p for p in (root / "objects").iterdir() if p.is_dir()]:
+        for obj in fan.iterdir():
+            os.replace(obj, outside / obj.name)
+        fan.rmdir()
+        fan.symlink_to(outside)
+    (root / "objects" / "ee").symlink_to(outside)  # the fan of the victim's name
+    # one entry becomes a link to a signed-looking file outside, another a FIFO
+    docs = sorted((root / "entries").rglob("*.json"))
+    secret = outside / "entry.json"
+    os.replace(docs[0], secret)
+    docs[0].symlink_to(secret)
+    os.unlink(docs[1])
+    os.mkfifo(docs[1])
+    second = _clone(project, "second")
+    second.cli("build", env=_env(remote))
+    assert second.run_counts() == dict.fromkeys(CHAIN_STAGES, 1)  # nothing taken
+    before = _files(outside)
+    second.cli("push", env=_env(remote))
+    second.cli("cache", "gc", "--remote", "--grace", "0", env=_env(remote))
+    assert _files(outside) == before and victim.exists()
+
+
+def test_large_objects_stream_both_ways(
+    project: Callable[..., Proj], remote: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Objects over the in-memory size are streamed through files, verified the same."""
+    import pipemake.remote as remote_module
+
+    monkeypatch.setattr(remote_module, "_BIG", 4)
+    first, second, third = (_clone(project, n) for n in ("first", "second", "third"))
+    first.cli("build", "--push", env=_env(remote, "k"))
+    second.cli("build", env=_env(remote, "k"))
+    assert second.run_counts() == {} and _outputs(second) == _outputs(first)
+    wanted = first.path("build/upper.txt").read_bytes()
+    bad = next(
+        p for p in _remote_dir(remote).rglob("*") if p.is_file() and p.read_bytes() == wanted
+    )
+    os.chmod(bad, 0o644)
+    bad.write_bytes(wanted.lower())
+    result = third.cli("build", env=_env(remote, "k"))
+    assert third.runs("upper") == 1 and "refused 1 object" in result.output
