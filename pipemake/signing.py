@@ -55,7 +55,7 @@ def unseal(data: bytes, key: str, secret: bytes | None) -> tuple[dict[str, Any] 
     writes (:func:`pipemake.trust.entry_problem`)."""
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeError):
+    except (ValueError, UnicodeError, RecursionError):
         return None, "not JSON"
     if type(doc) is not dict or doc.get("pipemake_entry") != ENTRY_FORMAT:
         return None, "not a pipemake entry of this format"
@@ -69,7 +69,7 @@ def unseal(data: bytes, key: str, secret: bytes | None) -> tuple[dict[str, Any] 
             return None, "signature does not match PIPEMAKE_CACHE_KEY"
     try:
         entry = json.loads(text)
-    except (ValueError, UnicodeError):
+    except (ValueError, UnicodeError, RecursionError):
         return None, "its entry is not JSON"
     problem = entry_problem(entry)
     if problem is not None:

@@ -173,6 +173,9 @@ def test_a_signed_entry_cannot_be_replayed_under_another_key() -> None:
     assert unseal(json.dumps(moved).encode(), k2, b"secret")[0] is None
     assert unseal(sealed, k1, b"other")[1] == "signature does not match PIPEMAKE_CACHE_KEY"
     assert unseal(b"\x80not json", k1, None)[0] is None
+    assert unseal(b"[" * 100_000 + b"]" * 100_000, k1, None)[0] is None  # no RecursionError
+    nested = seal(k1, "[" * 100_000 + "]" * 100_000, None)
+    assert unseal(nested, k1, None)[0] is None
 
 
 # objects ----------------------------------------------------------------------------------
@@ -461,3 +464,18 @@ def test_large_objects_stream_both_ways(
     bad.write_bytes(wanted.lower())
     result = third.cli("build", env=_env(remote, "k"))
     assert third.runs("upper") == 1 and "refused 1 object" in result.output
+
+
+def test_a_push_that_fails_mid_build_is_one_warning_and_push_says_so(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the remote should be")
+    url = f"file://{blocked}"
+    proj = _clone(project, "p")
+    result = proj.cli("build", "--push", env=_env(url, "k"))
+    assert proj.run_counts() == dict.fromkeys(CHAIN_STAGES, 1)
+    assert len(_warnings(result.output, "pushing to remote")) == 1, result.output
+    push = proj.cli("push", code=1, env=_env(url, "k"))
+    assert "pushing to remote" in push.output and TRACEBACK not in push.output
+    assert blocked.read_text() == "a file where the remote should be"
