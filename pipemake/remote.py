@@ -339,13 +339,19 @@ class Remote:
                 digests[digest] = None
         for _k, entry in pairs:  # a corrupt object seen on the remote is replaced anyway
             digests.update((d, None) for d, _s in entry_objects(entry) if d in self.bad)
-        ages = self.files.ages([self._obj(d) for d in digests])
         old = time.time() - _REFRESH
-        upload = [d for d in digests if ages[self._obj(d)] is None or d in self.bad]
-        present = [d for d in digests if d not in upload]
+        if self.files.exclusive:  # one conditional create each; a HEAD only for those there
+            wrote, missing = self._upload(store, list(digests), replace=False)
+            present = [d for d in digests if d not in wrote and d not in missing]
+            ages = self.files.ages([self._obj(d) for d in present])
+            upload = list(wrote)
+        else:
+            ages = self.files.ages([self._obj(d) for d in digests])
+            upload = [d for d in digests if ages[self._obj(d)] is None or d in self.bad]
+            present = [d for d in digests if d not in upload]
+            _wrote, missing = self._upload(store, upload, replace=False)
         refresh = [d for d in present if (ages[self._obj(d)] or 0.0) < old]
-        missing = set(self._upload(store, upload, replace=False))
-        missing |= set(self._upload(store, refresh, replace=True))
+        missing |= self._upload(store, refresh, replace=True)[1]
         docs = []
         for key, entry in new:
             if any(d in missing for d, _s in entry_objects(entry)):
@@ -359,11 +365,12 @@ class Remote:
         self._upload(store, [d for d in present if ages[self._obj(d)] is None], replace=False)
         self.bad.difference_update(upload)
 
-    def _upload(self, store: Store, digests: list[str], replace: bool) -> list[str]:
+    def _upload(self, store: Store, digests: list[str], replace: bool) -> tuple[set[str], set[str]]:
         """Upload objects from ``store`` (put-if-absent, or replacing: a refresh of an old
-        object or a repair of a corrupt one), each verified first; the digests the store
-        lacks or holds corrupt."""
-        lacking: list[str] = []
+        object or a repair of a corrupt one), each verified first; the digests written, and
+        those the store lacks or holds corrupt."""
+        wrote: set[str] = set()
+        lacking: set[str] = set()
 
         def one(digest: str) -> None:
             force = replace or digest in self.bad
@@ -373,22 +380,20 @@ class Remote:
             except OSError:
                 big = False
             if big:  # streamed from the store's file, never held in memory
-                if store.verify_object(digest) is not True:
-                    lacking.append(digest)
-                    return
-                wrote = self.files.put(path, str(store.object_path(digest)), replace=force)
+                ok = store.verify_object(digest) is True
+                data: bytes | str | None = str(store.object_path(digest)) if ok else None
             else:
                 data = store.read_bytes(digest)
-                if data is None:
-                    lacking.append(digest)
-                    return
-                wrote = self.files.put(path, data, replace=force)
-            if wrote:
+            if data is None:
                 with self._slock:
+                    lacking.add(digest)
+            elif self.files.put(path, data, replace=force):
+                with self._slock:
+                    wrote.add(digest)
                     self.stats.pushed_objects += 1
 
         each(one, digests)
-        return lacking
+        return wrote, lacking
 
     # gc ---------------------------------------------------------------------------------
     def gc(self, grace: float = REMOTE_GRACE, dry: bool = False) -> dict[str, Any]:

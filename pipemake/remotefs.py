@@ -173,6 +173,12 @@ class RemoteFiles:
         return True
 
     # writing ----------------------------------------------------------------------------
+    @property
+    def exclusive(self) -> bool:
+        """Whether :meth:`put` is one conditional request that says "already there" itself
+        (S3's ``If-None-Match``), so nothing needs looking up first."""
+        return type(self.open()).__name__ == "S3FileSystem"
+
     def put(self, path: str, data: bytes | str, replace: bool = False) -> bool:
         """Write ``data`` (bytes, or the local file of that name) at ``path`` unless
         something is there — or, with ``replace``, in any case, atomically; whether it was
@@ -244,10 +250,16 @@ class RemoteFiles:
         """Each path's modification time, or None where nothing is (asked concurrently)."""
         fs = self.open()
         out: dict[str, float | None] = {}
+        info = fs.info
+        if type(fs).__name__ == "S3FileSystem":
+            # one HEAD; ``info`` would also list the key as a folder when it is not there
+            def info(path: str) -> dict[str, Any]:
+                bucket, key, _version = fs.split_path(path)
+                return dict(fs.call_s3("head_object", Bucket=bucket, Key=key))
 
         def one(path: str) -> None:
             try:
-                out[path] = mtime(fs.info(path))
+                out[path] = mtime(info(path))
             except FileNotFoundError:
                 out[path] = None
             except Exception as exc:
