@@ -889,6 +889,7 @@ def _with_remote(
         yield None
         return
     remote.check()  # an unknown scheme or a missing back-end: said now, not mid-build
+    remote.begin()
     old = remote.warn
     remote.warn = warn or old
     remote.push_on_commit = push
@@ -941,6 +942,7 @@ def push(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
     brief = project.state.brief()
     keys.update(k for s in order if (k := (brief.get(s) or (None,))[0]))
     entries = project.store.get_local_actions(sorted(keys))
+    remote.begin()
     remote.push_pairs(project.store, list(entries.items()), strict=True)
     remote.finish()
     return {"entries": len(entries), "stats": asdict(remote.stats), "warnings": _taken(remote)}

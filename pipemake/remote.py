@@ -103,6 +103,14 @@ class Remote:
             self._files = RemoteFiles(self.url)
         return self._files
 
+    def begin(self) -> None:
+        """Start a new command (a build, a pull, a push): its own counts, its own
+        once-only warnings, every key asked afresh."""
+        self.stats = RemoteStats()
+        self._said.clear()
+        self._asked.clear()
+        self.down = self.push_down = None
+
     def check(self) -> None:
         """Open the back-end (no request is made): a :class:`RemoteError` when the URL's
         scheme is unknown or its package is not installed."""

@@ -479,3 +479,23 @@ def test_a_push_that_fails_mid_build_is_one_warning_and_push_says_so(
     push = proj.cli("push", code=1, env=_env(url, "k"))
     assert "pushing to remote" in push.output and TRACEBACK not in push.output
     assert blocked.read_text() == "a file where the remote should be"
+
+
+def test_each_build_of_one_project_warns_once_for_itself(
+    project: Callable[..., Proj], remote: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the Python API, two builds of one open project: each says its own count."""
+    first = _clone(project, "first")
+    first.cli("build", "--push", env=_env(remote, "key-one"))
+    second = _clone(project, "second")
+    monkeypatch.setenv("PIPEMAKE_CACHE_KEY", "key-two")
+    from pipemake.events import Bus
+
+    with api.project_of(second.root, None, remote=remote) as proj:
+        for _ in range(2):
+            said: list[str] = []
+            bus = Bus()
+            bus.subscribe(lambda e, said=said: said.append(e.data.get("text", "")))
+            api.build(proj, ["upper"], bus=bus, executor="inline")
+            assert sum("ignored 1 entry" in t for t in said) == 1, said
+            proj.store.delete_actions(list(proj.store.created()))  # as if fresh again
