@@ -29,6 +29,7 @@ THREADS = 32
 BATCH = 2000
 BATCH_BYTES = 256 << 20
 #: back-ends whose listings fsspec would otherwise cache (a push must see another's write)
+#: and whose instances it would share between commands
 _CLOUD = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
 #: what opening a link, socket or device without following or waiting says: not an object
 _NOT_OBJECT = (errno.ELOOP, errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP)
@@ -68,7 +69,10 @@ class RemoteFiles:
             ) from None
         scheme = self.url.partition("://")[0] if "://" in self.url else "file"
         try:
-            options = {"use_listings_cache": False} if scheme in _CLOUD else {}
+            # a fresh instance per command: fsspec's cache would keep an endpoint or
+            # credentials from the environment of an earlier command in this process
+            cloud = {"use_listings_cache": False, "skip_instance_cache": True}
+            options = cloud if scheme in _CLOUD else {}
             fs, root = fsspec.core.url_to_fs(self.url, **options)
         except ImportError as exc:
             extra = " (pip install 'pipemake[s3]')" if scheme in ("s3", "s3a") else ""
