@@ -12,7 +12,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from .lock import BuildLock
 from .model import DEFAULT_FILE, Pipeline
 from .params import parse_overrides
 from .plancache import load_checked
+from .remote import REMOTE_GRACE, Remote, RemoteError, open_remote
 from .resources import Budget, default_budget
 from .rule import Rule
 from .scheduler import Outcome, Scheduler, StageFailure
@@ -67,6 +68,10 @@ __all__ = [
     "list_stages",
     "open_project",
     "run_build",
+    "pull",
+    "push",
+    "remote_gc",
+    "remote_warnings",
     "run_status",
     "show_log",
     "stage_notes",
@@ -84,6 +89,9 @@ class Project:
     store: Store
     state: WorkspaceState
     workspace: Workspace
+    #: the remote store behind the local one (``--remote``, ``PIPEMAKE_REMOTE``, the
+    #: pipeline's ``remote:``), or None; consulted only by build, dry-run, status, pull, push
+    remote: Remote | None = None
 
     def close(self) -> None:
         """Flush the stat cache and close the databases."""
@@ -131,6 +139,8 @@ def open_project(
     base: str | os.PathLike[str] | None = None,
     remember: bool = False,
     note: Callable[[str], None] | None = None,
+    remote: str | None = None,
+    remote_read_only: bool = False,
 ) -> Project:
     """Load the pipeline (``-C DIR``, ``-f FILE``; see :func:`find_pipeline`) and open its
     store and state. ``overrides`` are ``--set`` values (``vars.NAME=VALUE``,
@@ -140,7 +150,11 @@ def open_project(
     ``directory``, else the current directory, as ``-f`` is), else the one this workspace
     remembers, else ``.pipemake/store`` (see :mod:`pipemake.storeplace`). With
     ``remember`` (what a build does), a store told is remembered from now on; ``note``
-    hears when a store told differs from the one remembered."""
+    hears when a store told differs from the one remembered.
+
+    The remote is ``remote``, else env ``PIPEMAKE_REMOTE``, else the pipeline's
+    ``remote:`` (a plain path there is relative to the project); it is contacted only when
+    used."""
     path, _ = find_pipeline(directory, file)
     pipeline = load_checked(path, path.parent / ".pipemake", parse_overrides(overrides))
     ws = Workspace(pipeline.root)
@@ -152,7 +166,20 @@ def open_project(
     if place.to_remember:
         storeplace.remember(ws.dot, pipeline.root, place.path)
     store = Store(place.path, readonly=readonly)
-    return Project(pipeline, store, WorkspaceState(ws.dot / "state.db", readonly), ws)
+    state = WorkspaceState(ws.dot / "state.db", readonly)
+    url = _remote_url(remote or os.environ.get("PIPEMAKE_REMOTE"), Path.cwd())
+    url = url or _remote_url(pipeline.remote, pipeline.root)
+    return Project(pipeline, store, state, ws, open_remote(url, read_only=remote_read_only))
+
+
+def _remote_url(url: str | None, base: Path) -> str | None:
+    """A remote URL as fsspec takes it: a plain path is made absolute against ``base``."""
+    if not url or not url.strip():
+        return None
+    url = url.strip()
+    if "://" in url:
+        return url
+    return str(base / os.path.expanduser(url))
 
 
 def _check_places(pipeline: Pipeline, ws: Workspace, cache: Path) -> None:
@@ -253,7 +280,9 @@ class BuildOptions:
     up to date. ``on_lock_wait`` is called while another build holds the lock. A build
     that fails nothing writes ``pipemake.lock`` (when its content changed; ``lock_file``,
     default: the pipeline's ``lock_file:``), see :mod:`pipemake.lockfile`.
-    ``executor_options`` go to the executor (dask: ``scheduler``, ``dashboard``).
+    ``executor_options`` go to the executor (dask: ``scheduler``, ``dashboard``). With a
+    remote, a miss is fetched from it (see :mod:`pipemake.remote`); ``push`` uploads each
+    entry as it commits.
     """
 
     targets: Sequence[str] = ()
@@ -273,6 +302,7 @@ class BuildOptions:
     noop_snapshot: tuple[str, int] | None = None
     lock_file: bool | None = None
     executor_options: Mapping[str, Any] | None = None
+    push: bool = False
 
 
 def build(
@@ -296,6 +326,7 @@ def build(
     noop_snapshot: tuple[str, int] | None = None,
     lock_file: bool | None = None,
     executor_options: Mapping[str, Any] | None = None,
+    push: bool = False,
 ) -> BuildReport:
     """Build the targets (default: every stage) and what they need; the pipeline's hooks run
     after the build. The keyword arguments are :class:`BuildOptions`'s (see there); events
@@ -306,7 +337,7 @@ def build(
         force_stages=force_stages, executor=executor, lock_timeout=lock_timeout,
         on_lock_wait=on_lock_wait, resources=resources, retries=retries, grace=grace,
         log_json=log_json, link=link, fsync=fsync, noop_snapshot=noop_snapshot,
-        lock_file=lock_file, executor_options=executor_options,
+        lock_file=lock_file, executor_options=executor_options, push=push,
     )  # fmt: skip
     return run_build(project, options, bus)
 
@@ -315,6 +346,8 @@ def run_build(project: Project, options: BuildOptions, bus: Bus | None = None) -
     """Build as :func:`build` does, with the options as one :class:`BuildOptions`."""
     o = options
     p = project.pipeline
+    if o.push:
+        _remote_of(project, write=True, why="--push")
     if o.executor not in executor_names():
         known = ", ".join(executor_names())
         raise UsageError(f"--executor: unknown executor {o.executor!r} (known: {known})")
@@ -338,6 +371,7 @@ def run_build(project: Project, options: BuildOptions, bus: Bus | None = None) -
         BuildLock(project.workspace.dot / "lock", o.lock_timeout, o.on_lock_wait),
         _linking(project.store, o.link),
         _durable(project.store, o.fsync),
+        _with_remote(project, _warner(bus), o.push),
     ):
         project.workspace.clear_tmp()
         builder = Builder(
@@ -569,14 +603,15 @@ def dry_run(project: Project, targets: Sequence[str] = ()) -> list[tuple[str, De
     p = project.pipeline
     order = _select(p, targets)
     builder = Builder(p, project.store, project.state, Bus(), dry=True)
-    builder.prefetch(order)
-    for stage in order:
-        try:
-            builder.begin(stage)
-        except StageFailure as exc:  # what the build would fail the stage with, said here
-            builder.decisions[stage] = Decision(
-                Verdict.RUN, [Reason(Trigger.FAILED, f"will fail: {exc}")]
-            )
+    with _with_remote(project):
+        builder.prefetch(order)
+        for stage in order:
+            try:
+                builder.begin(stage)
+            except StageFailure as exc:  # what the build would fail the stage with, said here
+                builder.decisions[stage] = Decision(
+                    Verdict.RUN, [Reason(Trigger.FAILED, f"will fail: {exc}")]
+                )
     return [(s, builder.decisions[s]) for s in order]
 
 
@@ -915,6 +950,118 @@ def cache_verify(project: Project, repair: bool = False) -> dict[str, Any]:
     """Check every object and entry of the store (``repair``: remove what is damaged); see
     :func:`pipemake.cachegc.verify`."""
     return cachegc.verify(project, repair)
+
+
+def _warner(bus: Bus) -> Callable[[str], None]:
+    """Say a remote's warning as a build event (shown by every view, kept in the run log)."""
+    return lambda text: bus.emit("log", "remote", level="warning", text=f"warning: {text}")
+
+
+def _remote_of(project: Project, write: bool = False, why: str = "") -> Remote:
+    """The project's remote, or a usage error saying how to name one (or that it is
+    read-only, when ``write``)."""
+    remote = project.remote
+    what = why or "this command"
+    if remote is None:
+        raise UsageError(
+            f"{what} needs a remote store: pass --remote URL, set PIPEMAKE_REMOTE, or add "
+            "`remote: URL` to the pipeline file (e.g. s3://bucket/cache, file:///srv/cache)"
+        )
+    if write and remote.read_only:
+        raise UsageError(
+            f"{what} writes to the remote, but {remote.url} is read-only here "
+            "(--remote-read-only or PIPEMAKE_REMOTE_READ_ONLY)"
+        )
+    return remote
+
+
+@contextmanager
+def _with_remote(
+    project: Project, warn: Callable[[str], None] | None = None, push: bool = False
+) -> Iterator[Remote | None]:
+    """Put the project's remote behind its store for one command: misses are fetched from
+    it, and with ``push`` every committed entry is sent to it. Its counted warnings are said
+    once at the end (through ``warn``, else kept in ``remote.messages``)."""
+    remote, store = project.remote, project.store
+    if remote is None:
+        yield None
+        return
+    remote.check()  # an unknown scheme or a missing back-end: said now, not mid-build
+    remote.begin()
+    old = remote.warn
+    remote.warn = warn or old
+    remote.push_on_commit = push
+    store.remote = remote
+    try:
+        yield remote
+    finally:
+        store.remote = None
+        remote.push_on_commit = False
+        remote.finish()
+        remote.warn = old
+
+
+def _plan_keys(project: Project, order: list[str], collect: bool) -> Builder:
+    """A plan of the stages ``order`` (as ``dry-run`` makes it): the keys they have now."""
+    builder = Builder(
+        project.pipeline, project.store, project.state, Bus(), dry=True, collect_keys=collect
+    )
+    builder.prefetch(order)
+    for stage in order:
+        try:
+            builder.begin(stage)
+        except StageFailure:  # it would fail (an input missing): its key is unknown
+            continue
+    return builder
+
+
+def pull(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
+    """Fetch from the remote, ahead of a build, the entries and objects of the targets (and
+    what they need) that are not in the local store; each stage's verdict after it. Stages
+    whose upstream is in neither store cannot be known yet (``maybe``)."""
+    remote = _remote_of(project, why="pull")
+    order = _select(project.pipeline, targets)
+    with _with_remote(project):
+        builder = _plan_keys(project, order, collect=False)
+    if remote.down is not None:
+        raise RemoteError(f"pulling from remote {remote.url} failed: {remote.down}")
+    stages = {s: d.verdict.value for s, d in builder.decisions.items() if s in order}
+    return {"stages": stages, "stats": asdict(remote.stats), "warnings": _taken(remote)}
+
+
+def push(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
+    """Upload to the remote what was built for the targets (and what they need): the
+    entries of their current keys and of their last builds, each after the objects it
+    names, put-if-absent."""
+    remote = _remote_of(project, write=True, why="push")
+    order = _select(project.pipeline, targets)
+    builder = _plan_keys(project, order, collect=True)
+    keys = set(builder.keys_seen)
+    brief = project.state.builds.brief()
+    keys.update(k for s in order if (k := (brief.get(s) or (None,))[0]))
+    entries = project.store.get_local_actions(sorted(keys))
+    remote.begin()
+    remote.push_pairs(project.store, list(entries.items()), strict=True)
+    remote.finish()
+    return {"entries": len(entries), "stats": asdict(remote.stats), "warnings": _taken(remote)}
+
+
+def remote_gc(project: Project, grace: float = REMOTE_GRACE, dry: bool = False) -> dict[str, Any]:
+    """Remove from the remote the objects no entry there names that are older than
+    ``grace`` seconds (see :meth:`Remote.gc`)."""
+    remote = _remote_of(project, write=not dry, why="cache gc --remote")
+    return remote.gc(grace, dry)
+
+
+def remote_warnings(project: Project) -> list[str]:
+    """The remote's warnings not yet said (and forget them): for commands without an event
+    bus to say them on."""
+    return _taken(project.remote) if project.remote is not None else []
+
+
+def _taken(remote: Remote) -> list[str]:
+    out, remote.messages = remote.messages, []
+    return out
 
 
 @contextmanager

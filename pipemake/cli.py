@@ -167,7 +167,12 @@ def cli(ctx: click.Context, directory: str | None, file: str | None, cache_dir: 
 
 
 def _project(
-    ctx: click.Context, readonly: bool = False, cache_dir: str | None = None, build: bool = False
+    ctx: click.Context,
+    readonly: bool = False,
+    cache_dir: str | None = None,
+    build: bool = False,
+    remote: str | None = None,
+    remote_read_only: bool = False,
 ) -> Any:
     """Open the project for one command: its own ``--cache-dir`` over the global one (and
     ``PIPEMAKE_CACHE_DIR``), relative to ``-C DIR`` like ``-f``; a build remembers it."""
@@ -178,7 +183,8 @@ def _project(
     overrides = o.get("overrides") or ()
     return api.project_of(
         None, path, cache_dir or o["cache_dir"], readonly, overrides, base=o["directory"],
-        remember=build and not scratch, note=None if scratch else _note,
+        remember=build and not scratch, note=None if scratch else _note, remote=remote,
+        remote_read_only=remote_read_only,
     )  # fmt: skip
 
 
@@ -223,6 +229,30 @@ def _complete_targets(ctx: click.Context, _param: Any, incomplete: str) -> list[
     except Exception:  # noqa: BLE001 - completion never fails aloud
         return []
     return [CompletionItem(n, help=h) for n, h in names if n.startswith(incomplete)]
+
+
+def _remote_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--remote URL`` and ``--remote-read-only``, for the commands that use the remote."""
+    fn = click.option(
+        "--remote-read-only",
+        is_flag=True,
+        envvar="PIPEMAKE_REMOTE_READ_ONLY",
+        help="Read the remote, never write to it (env PIPEMAKE_REMOTE_READ_ONLY=1): what a "
+        "pull request's job should use.",
+    )(fn)
+    return click.option(
+        "--remote",
+        default=None,
+        metavar="URL",
+        envvar="PIPEMAKE_REMOTE",
+        help="The remote store behind the local one: s3://bucket/path, file:///path, … "
+        "(env PIPEMAKE_REMOTE; default: the pipeline's `remote:`).",
+    )(fn)
+
+
+def _say_warnings(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(f"pipemake: warning: {line}", err=True)
 
 
 def _pipeline_file(ctx: click.Context) -> Any:
@@ -339,6 +369,13 @@ def _shown(path: Any) -> str:
     help="Do not write pipemake.lock (also: lock_file: false in the pipeline).",
 )
 @click.option("--resume", is_flag=True, hidden=True)  # the original system's; said, then moot
+@_remote_options
+@click.option(
+    "--push",
+    is_flag=True,
+    envvar="PIPEMAKE_PUSH",
+    help="Upload each stage's entry and objects to the remote as it commits (env PIPEMAKE_PUSH=1).",
+)
 @click.pass_context
 def build(
     ctx: click.Context,
@@ -362,6 +399,9 @@ def build(
     dry: bool = False,
     no_lock_file: bool = False,
     resume: bool = False,
+    remote: str | None = None,
+    remote_read_only: bool = False,
+    push: bool = False,
 ) -> None:
     """Build TARGETS (default: every stage) and what they need.
 
@@ -387,7 +427,9 @@ def build(
         except ValueError as exc:
             raise UsageError(f"--resources: {exc}") from None
         options = _executor_options(executor, scheduler, dashboard)
-        with _project(ctx, cache_dir=cache_dir, build=True) as project:
+        with _project(
+            ctx, cache_dir=cache_dir, build=True, remote=remote, remote_read_only=remote_read_only
+        ) as project:
             bus = Bus()
             view = make_view(no_progress)
             bus.subscribe(view)
@@ -412,6 +454,7 @@ def build(
                     noop_snapshot=snap,
                     lock_file=False if no_lock_file else None,
                     executor_options=options,
+                    push=push,
                 )
             finally:
                 view.close()
@@ -538,6 +581,7 @@ def _print_decisions(rows: list[Any], as_json: bool) -> None:
 @click.option("--check", is_flag=True, help="Exit 1 when anything would run or be restored.")
 @_set_option
 @_cache_dir_option
+@_remote_options
 @click.pass_context
 def dry_run(
     ctx: click.Context,
@@ -545,6 +589,8 @@ def dry_run(
     as_json: bool,
     check: bool,
     cache_dir: str | None = None,
+    remote: str | None = None,
+    remote_read_only: bool = False,
 ) -> None:
     """Say what a build would run, restore or skip, and why. Changes nothing.
 
@@ -552,9 +598,16 @@ def dry_run(
     prints the same."""
 
     def go() -> int:
-        with _project(ctx, readonly=True, cache_dir=cache_dir) as project:
+        with _project(
+            ctx,
+            readonly=True,
+            cache_dir=cache_dir,
+            remote=remote,
+            remote_read_only=remote_read_only,
+        ) as project:
             rows = api.dry_run(project, targets)
             notes = api.stage_notes(project)
+            _say_warnings(api.remote_warnings(project))
         _print_decisions(rows, as_json)
         if not as_json:  # stdout stays one line per stage
             for stage, _ in rows:
@@ -581,6 +634,7 @@ def dry_run(
 @click.option("--checkpoint-dir", default=None, metavar="DIR", help="The store (as --cache-dir).")
 @_set_option
 @_cache_dir_option
+@_remote_options
 @click.pass_context
 def status(
     ctx: click.Context,
@@ -590,6 +644,8 @@ def status(
     run_id: str | None,
     checkpoint_dir: str | None,
     cache_dir: str | None = None,
+    remote: str | None = None,
+    remote_read_only: bool = False,
 ) -> None:
     """Each stage's state, last result and duration; orphaned outputs.
 
@@ -599,8 +655,15 @@ def status(
         _run(lambda: _run_status(ctx, run_id, as_json, checkpoint_dir))
 
     def go() -> int:
-        with _project(ctx, readonly=True, cache_dir=checkpoint_dir) as project:
+        with _project(
+            ctx,
+            readonly=True,
+            cache_dir=checkpoint_dir,
+            remote=remote,
+            remote_read_only=remote_read_only,
+        ) as project:
             info = api.status(project, targets)
+            _say_warnings(api.remote_warnings(project))
         if as_json:
             click.echo(json.dumps(info, indent=2))
         else:
@@ -979,6 +1042,78 @@ def _interactive() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
 
 
+@cli.command()
+@click.argument("targets", nargs=-1, shell_complete=_complete_targets)
+@_remote_options
+@_cache_dir_option
+@click.pass_context
+def pull(
+    ctx: click.Context,
+    targets: tuple[str, ...],
+    remote: str | None,
+    remote_read_only: bool,
+    cache_dir: str | None = None,
+) -> None:
+    """Fetch from the remote what TARGETS (default: every stage) need and the local store
+    lacks, verified, ahead of a build."""
+
+    def go() -> int:
+        with _project(
+            ctx, cache_dir=cache_dir, remote=remote, remote_read_only=remote_read_only
+        ) as project:
+            info = api.pull(project, targets)
+        _say_warnings(info["warnings"])
+        st = info["stats"]
+        click.echo(
+            f"fetched {st['entries']} entries and {st['objects']} objects "
+            f"({st['bytes'] / 1e6:.1f} MB)"
+        )
+        for stage, verdict in info["stages"].items():
+            state = {"run": "not in the remote (will run)", "maybe": "unknown until upstream runs"}
+            click.echo(f"{stage}: {state.get(verdict, 'available')}")
+        return 0
+
+    _run(go)
+
+
+@cli.command()
+@click.argument("targets", nargs=-1, shell_complete=_complete_targets)
+@_remote_options
+@_cache_dir_option
+@click.pass_context
+def push(
+    ctx: click.Context,
+    targets: tuple[str, ...],
+    remote: str | None,
+    remote_read_only: bool,
+    cache_dir: str | None = None,
+) -> None:
+    """Upload to the remote what was built for TARGETS (default: every stage): entries and
+    their objects, each put-if-absent, an entry only after its objects."""
+
+    def go() -> int:
+        with _project(
+            ctx, cache_dir=cache_dir, remote=remote, remote_read_only=remote_read_only
+        ) as project:
+            info = api.push(project, targets)
+        _say_warnings(info["warnings"])
+        st = info["stats"]
+        click.echo(
+            f"pushed {st['pushed_entries']} entries and {st['pushed_objects']} objects; "
+            f"{st['present_entries']} entries were there already"
+        )
+        if st["skipped_entries"]:
+            click.echo(
+                f"{st['skipped_entries']} entries not pushed: the local store lacks their "
+                "objects (see `pipemake cache verify`)",
+                err=True,
+            )
+            return 1
+        return 0
+
+    _run(go)
+
+
 @cli.group()
 def cache() -> None:
     """Inspect and check the store."""
@@ -1036,6 +1171,16 @@ def cache_info(ctx: click.Context, cache_dir: str | None = None) -> None:
     "is forgotten at once.",
 )
 @click.option("--dry-run", "dry", is_flag=True, help="Say what would go; remove nothing.")
+@click.option(
+    "--remote",
+    "remote",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[URL]",
+    help="Collect the remote store instead (URL, else PIPEMAKE_REMOTE or the pipeline's "
+    "`remote:`): only objects no entry names and older than --grace (default there: a day).",
+)
 @_cache_dir_option
 @_lock_timeout_option
 @click.pass_context
@@ -1048,8 +1193,11 @@ def cache_gc(
     dry: bool,
     cache_dir: str | None = None,
     lock_timeout: str | None = None,
+    remote: str | None = None,
 ) -> None:
     """Remove entries and objects no workspace sharing the store needs; cap its size."""
+    if remote is not None:
+        _run(lambda: _remote_gc(ctx, remote, grace, dry))
     from .cachegc import parse_age, parse_size
 
     def go() -> int:
@@ -1094,6 +1242,21 @@ def cache_gc(
         return 0
 
     _run(go)
+
+
+def _remote_gc(ctx: click.Context, remote: str, grace: float, dry: bool) -> int:
+    """``cache gc --remote``: unreachable old objects of the remote."""
+    source = click.get_current_context().get_parameter_source("grace")
+    if source is click.core.ParameterSource.DEFAULT:
+        grace = api.REMOTE_GRACE
+    with _project(ctx, readonly=True, remote=remote or None) as project:
+        info = api.remote_gc(project, grace=grace, dry=dry)
+    verb = "would remove" if dry else "removed"
+    click.echo(
+        f"{verb} {info['objects_removed']} objects ({info['bytes_freed'] / 1e6:.1f} MB) from "
+        f"the remote; kept {info['objects_kept']} objects and all {info['entries']} entries"
+    )
+    return 0
 
 
 @cache.command("verify")

@@ -79,6 +79,8 @@ class Pipeline:
     params_files: dict[str, str] = field(default_factory=dict)
     #: ``lock_file:``: whether ``build`` writes ``pipemake.lock`` (see :mod:`pipemake.lockfile`)
     lock_file: bool = True
+    #: the remote store's URL from the file's ``remote:`` key (a path: relative to root)
+    remote: str | None = None
     _owners: dict[str, tuple[str, str]] | None = field(default=None, repr=False)
 
     def output_owner(self, path: str) -> tuple[str, str, str] | None:

@@ -39,7 +39,7 @@ MAX_ID = 128
 _RESERVED = {"vars", "inputs", "outputs", "item"}
 _TOP_KEYS = {
     "name", "version", "vars", "params", "stages", "on_success", "on_failure", "description",
-    "lock_file",
+    "lock_file", "remote",
 }  # fmt: skip
 _STAGE_KEYS = {
     "id", "type", "depends_on", "config", "foreach", "resources", "retries",
@@ -155,6 +155,11 @@ def _check(doc: LineDict, path: Path, ld: Problems, overrides: Sequence[Override
             doc.line_of("lock_file"),
             hint="lock_file: false stops `build` writing pipemake.lock",
         )
+    remote = doc.get("remote")
+    if remote is not None and (not isinstance(remote, str) or not remote.strip()):
+        ld.problem("'remote' must be a URL such as s3://bucket/cache or file:///srv/cache",
+                   doc.line_of("remote"), hint="or leave it out")  # fmt: skip
+        remote = None
     raw_stages = doc.get("stages")
     if not isinstance(raw_stages, list) or not raw_stages:
         ld.problem(
@@ -185,7 +190,7 @@ def _check(doc: LineDict, path: Path, ld: Problems, overrides: Sequence[Override
         vars=dict(variables), stages={}, graph=Graph(), root=root, file=path,
         on_success=doc.get("on_success"), on_failure=doc.get("on_failure"),
         params_files=params_files,
-        lock_file=doc.get("lock_file", True) is not False,
+        lock_file=doc.get("lock_file", True) is not False, remote=remote,
     )  # fmt: skip
     bind(pipeline, stages, ld)
     ld.fail_if_any()

@@ -35,7 +35,8 @@ __all__ = ["load_checked"]
 #: 4: a stage referring to a computed value in a template is not static; the rules' code
 #: 5: the params files and their hashes
 #: 6: the key holds the whole environment fingerprint
-PLAN_FORMAT = 6
+#: 7: the remote store's URL
+PLAN_FORMAT = 7
 
 
 def _key(text: bytes, dot: Path) -> str:
@@ -92,6 +93,7 @@ def _write(cache: Path, key: str, p: Pipeline) -> None:
         "on_failure": p.on_failure,
         "params_files": p.params_files,
         "lock_file": p.lock_file,
+        "remote": p.remote,
         "stages": [
             {
                 "id": s.id,
@@ -166,7 +168,7 @@ def _stages(doc: dict[str, Any], file: Path) -> Pipeline | None:
         name=doc["name"], version=doc["version"], vars=doc["vars"], stages=stages, graph=graph,
         root=file.parent.resolve(), file=file, on_success=doc["on_success"],
         on_failure=doc["on_failure"], params_files=doc["params_files"],
-        lock_file=doc.get("lock_file", True) is not False,
+        lock_file=doc.get("lock_file", True) is not False, remote=doc.get("remote"),
     )  # fmt: skip
 
 

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import StoreError
 from .hashing import hash_bytes
@@ -35,14 +35,18 @@ from .objects import GRACE, Objects, Scan
 from .roots import Roots, RootsDir
 from .trust import entry_problem, is_manifest, safe_mode
 
-__all__ = ["GRACE", "STORE_FORMAT", "Roots", "Scan", "Store", "is_manifest", "safe_mode",
-           "transaction"]  # fmt: skip
+if TYPE_CHECKING:
+    from .remote import Remote
+
+__all__ = ["GRACE", "STORE_FORMAT", "Roots", "Scan", "Store", "encode_entry", "is_manifest",
+           "safe_mode", "transaction"]  # fmt: skip
 
 STORE_FORMAT = 1
 _DB_FILES = ("", "-wal", "-shm", "-journal")
 
 #: ``json.dumps(entry, sort_keys=True)`` without building an encoder per entry
 _encode = json.JSONEncoder(sort_keys=True).encode
+encode_entry = _encode
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -66,6 +70,9 @@ class Store:
             self.objects, readonly=readonly, fsync=fsync, link=link, on_remove=self._object_removed
         )
         self._roots = RootsDir(self.path / "roots", readonly)
+        #: the remote store behind this one (:mod:`pipemake.remote`), consulted on a miss
+        #: and, with ``push_on_commit``, sent every entry committed; None: none
+        self.remote: Remote | None = None
 
     # database ---------------------------------------------------------------------------
     @property
@@ -192,12 +199,22 @@ class Store:
         raise last
 
     def get_action(self, key: str) -> dict[str, Any] | None:
-        """The entry stored under ``key``, or None."""
+        """The entry stored under ``key`` (or, on a miss, fetched from the remote), or None."""
         rows = self._query("SELECT entry FROM actions WHERE key=?", (key,))
-        return _entry(rows[0][0]) if rows else None
+        if rows:
+            return _entry(rows[0][0])
+        return self.remote.fetch(self, [key]).get(key) if self.remote is not None else None
 
     def get_actions(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        """The entries of many keys at once: one query, and their JSON parsed in one go."""
+        """The entries of many keys at once; those missing here are asked of the remote in
+        one batch (with the objects they name, verified)."""
+        out = self.get_local_actions(keys)
+        if self.remote is not None and len(out) < len(keys):
+            out.update(self.remote.fetch(self, [k for k in keys if k not in out]))
+        return out
+
+    def get_local_actions(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """The entries of many keys in this store: one query, their JSON parsed in one go."""
         if not keys:
             return {}
         rows = self._query(
@@ -222,7 +239,14 @@ class Store:
         self.put_actions([(key, entry)])
 
     def put_actions(self, pairs: Iterable[tuple[str, dict[str, Any]]]) -> None:
-        """Commit several entries in one transaction."""
+        """Commit several entries in one transaction (and push them, with ``build --push``)."""
+        pairs = list(pairs)
+        self.put_local_actions(pairs)
+        if self.remote is not None and self.remote.push_on_commit:
+            self.remote.push_pairs(self, pairs)
+
+    def put_local_actions(self, pairs: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Commit several entries to this store in one transaction."""
         now = time.time()
         rows = [(k, _encode(e), now, now) for k, e in pairs]
         db = self.db

@@ -1,0 +1,366 @@
+"""The remote's files: batched reads, put-if-absent writes and ages, over fsspec.
+
+:class:`RemoteFiles` knows nothing of entries or trust (that is :mod:`pipemake.remote`); it
+moves bytes, many at a time, and says "not there" (:class:`FileNotFoundError`) apart from
+"failed" (:class:`Unreachable`). fsspec and the back-end (s3fs, gcsfs, …) are imported when
+the first file is touched. A ``file://`` remote is read and written with the same care as
+the local store: a final link is never followed, a FIFO never waited on, no write or
+removal goes through a link to a folder outside the remote, and put-if-absent is a hard
+link, which never replaces.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .errors import StoreError
+from .objects import OPEN_FILE
+
+__all__ = ["RemoteError", "RemoteFiles", "Unreachable", "batches", "reason"]
+
+THREADS = 32
+#: at most this many objects, and about this many bytes, are read in one batch
+BATCH = 2000
+BATCH_BYTES = 256 << 20
+#: back-ends whose listings fsspec would otherwise cache (a push must see another's write)
+#: and whose instances it would share between commands
+_CLOUD = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+#: what opening a link, socket or device without following or waiting says: not an object
+_NOT_OBJECT = (errno.ELOOP, errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP)
+
+
+class RemoteError(StoreError):
+    """The remote cannot be used for what was asked (exit 1): unreachable during ``push``,
+    read-only, an unknown URL scheme or a back-end that is not installed."""
+
+
+class Unreachable(Exception):
+    """A read or write failed for another reason than "not there" (network, permissions)."""
+
+
+class RemoteFiles:
+    """The files under one remote URL."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._fs: Any = None
+        self.root = ""
+        #: a ``file://`` remote (or a plain path): read and written through ``os``
+        self.local = False
+        self._real: set[str] = set()  # folders found to be inside the remote
+
+    def open(self) -> Any:
+        """The fsspec file system (opened on first use): a :class:`RemoteError` when the
+        URL's scheme is unknown or its package is not installed. No request is made."""
+        if self._fs is not None:
+            return self._fs
+        try:
+            import fsspec
+        except ImportError:
+            raise RemoteError(
+                f"remote {self.url}: fsspec is not installed; pip install fsspec "
+                "(or 'pipemake[s3]' for s3://)"
+            ) from None
+        scheme = self.url.partition("://")[0] if "://" in self.url else "file"
+        try:
+            # a fresh instance per command: fsspec's cache would keep an endpoint or
+            # credentials from the environment of an earlier command in this process
+            cloud = {"use_listings_cache": False, "skip_instance_cache": True}
+            options = cloud if scheme in _CLOUD else {}
+            fs, root = fsspec.core.url_to_fs(self.url, **options)
+        except ImportError as exc:
+            extra = " (pip install 'pipemake[s3]')" if scheme in ("s3", "s3a") else ""
+            raise RemoteError(
+                f"remote {self.url}: the {scheme}:// back-end is not installed{extra}: {exc}"
+            ) from None
+        except (ValueError, TypeError, OSError) as exc:
+            raise RemoteError(f"remote {self.url} cannot be opened: {reason(exc)}") from None
+        from fsspec.implementations.local import LocalFileSystem
+
+        self.local = isinstance(fs, LocalFileSystem)
+        self.root = root.rstrip("/")
+        if self.local:
+            self.root = os.path.abspath(self.root)
+        self._fs = fs
+        return fs
+
+    # reading ----------------------------------------------------------------------------
+    def read_many(self, paths: list[str], limits: list[int]) -> dict[str, bytes]:
+        """The bytes of those of ``paths`` that exist (at most ``limits`` bytes each where
+        the back-end can bound a read), read concurrently; :class:`Unreachable` when the
+        remote fails otherwise."""
+        if not paths:
+            return {}
+        fs = self.open()
+        out: dict[str, bytes] = {}
+        try:
+            if self.local:
+                with ThreadPoolExecutor(min(THREADS, len(paths))) as pool:
+                    got = list(pool.map(self._read_local, paths, limits))
+            elif getattr(fs, "async_impl", False):
+                # concurrent GETs without looking each path up first (as ``cat`` would);
+                # s3fs asks each object's size first unless told to read it in one piece
+                one = {"max_concurrency": 1} if type(fs).__name__ == "S3FileSystem" else {}
+                got = fs.cat_ranges(paths, None, None, on_error="return", **one)
+            else:
+                with ThreadPoolExecutor(min(THREADS, len(paths))) as pool:
+                    got = list(pool.map(lambda p: _catch(fs.cat_file, p), paths))
+            results: Iterable[tuple[str, Any]] = zip(paths, got, strict=True)
+            for path, data in results:
+                if isinstance(data, FileNotFoundError):
+                    continue
+                if isinstance(data, BaseException):
+                    raise Unreachable(reason(data)) from data
+                out[path] = bytes(data)
+        except Unreachable:
+            raise
+        except Exception as exc:  # a back-end's own errors (botocore, aiohttp, paramiko)
+            raise Unreachable(reason(exc)) from exc
+        return out
+
+    def get_file(self, path: str, dst: str, limit: int) -> bool:
+        """Copy the remote file ``path`` to the local ``dst`` (at most ``limit`` bytes for a
+        ``file://`` remote); False when it is not there."""
+        fs = self.open()
+        try:
+            if self.local:
+                data = self._read_local(path, 0)
+                if isinstance(data, BaseException):
+                    raise data
+                _copy_regular(path, dst, limit)
+            else:
+                fs.get_file(path, dst)
+        except FileNotFoundError:
+            return False
+        except Exception as exc:
+            raise Unreachable(reason(exc)) from exc
+        return True
+
+    def _read_local(self, path: str, limit: int) -> Any:
+        """At most ``limit`` bytes of a regular file inside the remote, opened without
+        following a final link or waiting on a FIFO; else the exception to report
+        (:class:`FileNotFoundError`: not there, or not an object)."""
+        if not self._inside(path):
+            return FileNotFoundError(path)
+        try:
+            fd = os.open(path, OPEN_FILE)
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError | NotADirectoryError):
+                return FileNotFoundError(path)
+            return FileNotFoundError(path) if exc.errno in _NOT_OBJECT else exc
+        try:
+            with open(fd, "rb") as fh:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    return FileNotFoundError(path)
+                return fh.read(limit)
+        except OSError as exc:
+            return exc
+
+    def _inside(self, path: str) -> bool:
+        """Whether the folder of ``path`` is, resolved, where it says inside the remote (no
+        link to a folder elsewhere on the way)."""
+        folder = os.path.dirname(path)
+        if folder in self._real:
+            return True
+        real_root = os.path.realpath(self.root)
+        rel = os.path.relpath(folder, self.root)
+        if os.path.realpath(folder) != os.path.normpath(os.path.join(real_root, rel)):
+            return False
+        if os.path.isdir(folder):
+            self._real.add(folder)
+        return True
+
+    # writing ----------------------------------------------------------------------------
+    @property
+    def exclusive(self) -> bool:
+        """Whether :meth:`put` is one conditional request that says "already there" itself
+        (S3's ``If-None-Match``), so nothing needs looking up first."""
+        return type(self.open()).__name__ == "S3FileSystem"
+
+    def put(self, path: str, data: bytes | str, replace: bool = False) -> bool:
+        """Write ``data`` (bytes, or the local file of that name) at ``path`` unless
+        something is there — or, with ``replace``, in any case, atomically; whether it was
+        written."""
+        fs = self.open()
+        try:
+            if self.local:
+                return self._put_local(path, data, replace)
+            write = fs.pipe_file if isinstance(data, bytes) else fs.put_file
+            args = (data, path) if isinstance(data, str) else (path, data)
+            if replace:
+                write(*args)
+                return True
+            if type(fs).__name__ == "S3FileSystem":
+                try:
+                    write(*args, mode="create")  # If-None-Match: *
+                    return True
+                except FileExistsError:
+                    return False
+                except Exception:  # a server without conditional writes: look, then write
+                    pass
+            if fs.exists(path):
+                return False
+            write(*args)
+            return True
+        except Exception as exc:
+            raise Unreachable(reason(exc)) from exc
+
+    def _put_local(self, path: str, data: bytes | str, replace: bool) -> bool:
+        """Put-if-absent on a local file system: a temporary file linked to its name (a
+        link never replaces), or renamed over it with ``replace``."""
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        if not self._inside(path):
+            raise Unreachable(f"{folder} leads out of the remote {self.root} (a link)")
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        try:
+            with open(fd, "wb") as fh:
+                if isinstance(data, bytes):
+                    fh.write(data)
+                else:
+                    with open(data, "rb") as src:
+                        while chunk := src.read(1 << 20):
+                            fh.write(chunk)
+            os.chmod(tmp, 0o444)
+            if replace:
+                os.replace(tmp, path)
+                return True
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+
+    def remove(self, path: str) -> None:
+        """Remove one file (never through a link to a folder outside the remote)."""
+        fs = self.open()
+        if self.local:
+            if self._inside(path):
+                os.unlink(path)
+            return
+        fs.rm_file(path)
+
+    # listing ----------------------------------------------------------------------------
+    def ages(self, paths: list[str]) -> dict[str, float | None]:
+        """Each path's modification time, or None where nothing is (asked concurrently)."""
+        fs = self.open()
+        out: dict[str, float | None] = {}
+        info = fs.info
+        if type(fs).__name__ == "S3FileSystem":
+            # one HEAD; ``info`` would also list the key as a folder when it is not there
+            def info(path: str) -> dict[str, Any]:
+                bucket, key, _version = fs.split_path(path)
+                return dict(fs.call_s3("head_object", Bucket=bucket, Key=key))
+
+        def one(path: str) -> None:
+            try:
+                out[path] = mtime(info(path))
+            except FileNotFoundError:
+                out[path] = None
+            except Exception as exc:
+                raise Unreachable(reason(exc)) from exc
+
+        each(one, list(dict.fromkeys(paths)))
+        return out
+
+    def listing(self, folder: str) -> dict[str, dict[str, Any]]:
+        """Every file under ``folder`` with its details (none when it does not exist)."""
+        fs = self.open()
+        try:
+            found = fs.find(f"{self.root}/{folder}", detail=True)
+        except FileNotFoundError:
+            return {}
+        except Exception as exc:
+            raise Unreachable(reason(exc)) from exc
+        if self.local:
+            found = {p: i for p, i in found.items() if self._inside(p)}
+        return found
+
+
+def each(fn: Callable[[Any], Any], items: list[Any]) -> None:
+    """``fn`` on every item, on a pool of threads (its first exception is raised)."""
+    if not items:
+        return
+    with ThreadPoolExecutor(min(THREADS, len(items))) as pool:
+        for _ in pool.map(fn, items):
+            pass
+
+
+def batches(digests: list[str], sizes: dict[str, int | None]) -> Iterator[list[str]]:
+    """``digests`` in batches of at most ``BATCH`` objects and about ``BATCH_BYTES`` bytes
+    (an object whose size no manifest states counts as 1 MiB), so memory stays bounded
+    however large a stage's output is."""
+    batch: list[str] = []
+    held = 0
+    for digest in digests:
+        size = sizes[digest]
+        size = (1 << 20) if size is None else size
+        if batch and (len(batch) >= BATCH or held + size > BATCH_BYTES):
+            yield batch
+            batch, held = [], 0
+        batch.append(digest)
+        held += size
+    if batch:
+        yield batch
+
+
+def reason(exc: BaseException) -> str:
+    """An error's first line, short enough for a warning."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def mtime(info: dict[str, Any]) -> float:
+    """A listing's modification time in seconds (now when the back-end gives none, so the
+    file counts as young: ``gc`` leaves it)."""
+    import time
+    from datetime import datetime
+
+    for name in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        value = info.get(name)
+        if value is None:
+            continue
+        if isinstance(value, int | float):
+            return float(value)
+        timestamp = getattr(value, "timestamp", None)
+        if timestamp is not None:
+            return float(timestamp())
+        try:
+            return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            continue
+    return time.time()
+
+
+def _catch(fn: Callable[[str], bytes], path: str) -> Any:
+    try:
+        return fn(path)
+    except Exception as exc:
+        return exc
+
+
+def _copy_regular(src: str, dst: str, limit: int) -> None:
+    """Copy at most ``limit`` bytes of the regular file ``src`` (a final link is never
+    followed, a FIFO never waited on) to ``dst``."""
+    try:
+        fd = os.open(src, OPEN_FILE)
+    except OSError as exc:
+        if exc.errno in _NOT_OBJECT:
+            raise FileNotFoundError(src) from None
+        raise
+    with open(fd, "rb") as fin, open(dst, "wb") as fout:
+        if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
+            raise FileNotFoundError(src)
+        left = limit
+        while left > 0 and (chunk := fin.read(min(1 << 20, left))):
+            fout.write(chunk)
+            left -= len(chunk)
