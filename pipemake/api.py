@@ -92,6 +92,9 @@ class Project:
     #: the remote store behind the local one (``--remote``, ``PIPEMAKE_REMOTE``, the
     #: pipeline's ``remote:``), or None; consulted only by build, dry-run, status, pull, push
     remote: Remote | None = None
+    #: a remote a build was told and this workspace does not remember yet: remembered
+    #: once that build ends without a failure (so a remote that cannot be used is not)
+    remote_to_remember: str | None = None
 
     def close(self) -> None:
         """Flush the stat cache and close the databases."""
@@ -167,9 +170,17 @@ def open_project(
         storeplace.remember(ws.dot, pipeline.root, place.path)
     store = Store(place.path, readonly=readonly)
     state = WorkspaceState(ws.dot / "state.db", readonly)
-    url = _remote_url(remote or os.environ.get("PIPEMAKE_REMOTE"), Path.cwd())
-    url = url or _remote_url(pipeline.remote, pipeline.root)
-    return Project(pipeline, store, state, ws, open_remote(url, read_only=remote_read_only))
+    url = _remote_url(remote or os.environ.get("PIPEMAKE_REMOTE"), where.absolute())
+    remembered = storeplace.read_remote(ws.dot)
+    told_new = url is not None and url != remembered
+    if told_new and remembered is not None and note is not None:
+        then = "remembering it if this build succeeds" if record else "for this command only"
+        note(f"pipemake: this workspace's remote was {remembered}; using {url} as told, "
+             f"{then}")  # fmt: skip
+    url = url or remembered or _remote_url(pipeline.remote, pipeline.root)
+    remote_store = open_remote(url, read_only=remote_read_only)
+    later = url if told_new and record else None
+    return Project(pipeline, store, state, ws, remote_store, later)
 
 
 def _remote_url(url: str | None, base: Path) -> str | None:
@@ -423,8 +434,11 @@ def run_build(project: Project, options: BuildOptions, bus: Bus | None = None) -
             outcome = sched.run()
         project.state.flush()
         lock_file = p.lock_file if o.lock_file is None else o.lock_file
-        if lock_file and not (outcome.failed or outcome.interrupted is not None):
-            lockfile.write(project)
+        if not (outcome.failed or outcome.interrupted is not None):
+            if lock_file:
+                lockfile.write(project)
+            if project.remote_to_remember:  # told, and it served: later commands use it
+                storeplace.remember_remote(project.workspace.dot, project.remote_to_remember)
         _record_roots(project, builder)
         if o.noop_snapshot is not None:
             snapshot = None

@@ -10,10 +10,11 @@ different one also remembers it from then on. The file::
     {"format": 1, "cache_dir": "PATH", "remote": null}
 
 ``cache_dir`` is relative to the project root when the store lies inside it (so the
-project moves with its store), else absolute. ``remote`` is the remote store URL a later
-``--remote`` will record the same way; it is kept as written and not used yet. Unknown keys
-are kept when the file is rewritten. A damaged file is ignored (and rewritten by the next
-build told a store), never an error: it only spares typing an option.
+project moves with its store), else absolute. ``remote`` is the remote store URL the first
+build told one (``--remote``, ``PIPEMAKE_REMOTE``) recorded: later commands told none use
+it before the pipeline's ``remote:``. Unknown keys are kept when the file is rewritten.
+A damaged file is ignored (and rewritten by the next build told a store), never an error:
+it only spares typing an option.
 
 A relative ``--cache-dir`` (or ``PIPEMAKE_CACHE_DIR``) is resolved like ``-f``: against
 ``-C DIR`` when given, else the current directory.
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FILE", "Place", "choose", "read", "remember"]
+__all__ = ["FILE", "Place", "choose", "read", "read_remote", "remember", "remember_remote"]
 
 FILE = "store.json"
 FORMAT = 1
@@ -64,6 +65,27 @@ def remember(dot: Path, root: Path, store: Path) -> None:
     inside = rel != ".." and not rel.startswith(".." + os.sep)
     doc.update({"format": FORMAT, "cache_dir": rel if inside else str(store)})
     doc.setdefault("remote", None)
+    _write(dot, doc)
+
+
+def read_remote(dot: Path) -> str | None:
+    """The remote store URL remembered in ``dot/store.json``, or None."""
+    doc = _doc(dot)
+    value = doc.get("remote") if doc else None
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        return None
+    return value
+
+
+def remember_remote(dot: Path, url: str) -> None:
+    """Record ``url`` as this workspace's remote store (atomically; other keys kept)."""
+    doc = _doc(dot) or {}
+    doc.update({"format": FORMAT, "remote": url})
+    doc.setdefault("cache_dir", None)
+    _write(dot, doc)
+
+
+def _write(dot: Path, doc: dict[str, Any]) -> None:
     dot.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dot, prefix=".store-")
     try:

@@ -499,3 +499,20 @@ def test_each_build_of_one_project_warns_once_for_itself(
             api.build(proj, ["upper"], bus=bus, executor="inline")
             assert sum("ignored 1 entry" in t for t in said) == 1, said
             proj.store.delete_actions(list(proj.store.created()))  # as if fresh again
+
+
+def test_the_workspace_remembers_the_remote_it_was_built_with(
+    project: Callable[..., Proj], remote: str
+) -> None:
+    """The first build told ``--remote`` records it: a later plain ``push`` (no option, no
+    environment) sends to the same remote, and a second clone built against it restores."""
+    first, second = _clone(project, "first"), _clone(project, "second")
+    first.cli("build", "--remote", remote, env={"PIPEMAKE_REMOTE": ""})
+    assert json.loads(first.read(".pipemake/store.json"))["remote"] == remote
+    assert not _remote_dir(remote).exists() or not _files(_remote_dir(remote))
+    first.cli("push", env={"PIPEMAKE_REMOTE": ""})  # no URL given: the remembered one
+    second.cli("build", env=_env(remote))
+    assert second.run_counts() == {} and _outputs(second) == _outputs(first)
+    told = first.cli("status", "--remote", remote + "-other", env={"PIPEMAKE_REMOTE": ""})
+    assert "this workspace's remote was" in told.output and "for this command only" in told.output
+    assert json.loads(first.read(".pipemake/store.json"))["remote"] == remote
