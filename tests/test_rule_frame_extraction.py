@@ -521,3 +521,23 @@ def test_shot_picker_sees_only_its_shot() -> None:
     picker.add(50, "f50")
     picker.add(51, "f51")
     assert picker.close(52) == [(51, "f51")]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"mode": "fps", "fps": 2.0}, {"mode": "every_n", "n": 7}, {"mode": "keyframes"}],
+)
+def test_appending_a_shot_keeps_the_frames_of_the_other_modes(tmp_path, params) -> None:
+    """Frames are named by their decode-order index and picked from the video's start, so
+    the frames of a video that gains a shot at its end are the old ones plus new ones."""
+    write_video(tmp_path / "old.mp4", [30, 23])
+    write_video(tmp_path / "new.mp4", [30, 23, 40])
+    run_rule(tmp_path / "old.mp4", tmp_path / "o", format="png", **params)
+    run_rule(tmp_path / "new.mp4", tmp_path / "n", format="png", **params)
+    before, after = manifest(tmp_path / "o"), manifest(tmp_path / "n")
+    assert after[: len(before)] == [{**r, "video": "new.mp4"} for r in before]
+    assert len(after) > len(before) and all(r["frame_index"] >= 53 for r in after[len(before) :])
+    for r in before:
+        assert (tmp_path / "n" / r["file"]).read_bytes() == (
+            tmp_path / "o" / r["file"]
+        ).read_bytes()
