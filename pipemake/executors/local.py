@@ -33,15 +33,18 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..rule import get_rule, local_only, registry
 from .base import Executor, Message, Task
-from .guardian import Guardian
-from .spawn import TaskStopped, ThreadSpawner, signal_group
-from .worker import execute
 
-__all__ = ["LocalExecutor", "TaskStopped"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .guardian import Guardian
+    from .spawn import ThreadSpawner
+
+# the task runner, spawners and guardian are imported where they are used, so that this
+# module is light: start_early() imports it before the engine is loaded
+__all__ = ["LocalExecutor", "start_early"]
 
 #: seconds between SIGTERM and SIGKILL for a thread's commands, and then before a thread
 #: still blocked (on output a stray grandchild keeps open) is given up for stopped
@@ -70,7 +73,7 @@ def _on_term(signum: int, frame: Any) -> None:
     os._exit(128 + signum)
 
 
-def _worker_main(conn: Connection, parent: int, rules: tuple[str, dict[str, str]]) -> None:
+def _worker_main(conn: Connection, parent: int, rules: tuple[str, dict[str, str]] | None) -> None:
     os.setsid()
     _die_with_parent()
     if os.getppid() != parent:
@@ -80,7 +83,8 @@ def _worker_main(conn: Connection, parent: int, rules: tuple[str, dict[str, str]
     from ..rule import adopt_registry
     from .worker import execute
 
-    adopt_registry(rules)
+    if rules is not None:
+        adopt_registry(rules)
     while True:
         try:
             task = conn.recv()
@@ -88,6 +92,9 @@ def _worker_main(conn: Connection, parent: int, rules: tuple[str, dict[str, str]
             break
         if task is None:
             break
+        if isinstance(task, tuple):  # an early worker's registry, before its first task
+            adopt_registry(task)
+            continue
 
         def send(kind: str, data: Any, _id: str = task.id) -> None:
             conn.send((_id, kind, data))
@@ -122,11 +129,10 @@ def _no_cwd_on_their_path() -> Iterator[None]:
 
 
 class _Worker:
-    def __init__(self, ctx: Any):
+    def __init__(self, ctx: Any, early: bool = False):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(
-            target=_worker_main, args=(child, os.getpid(), registry()), daemon=True
-        )
+        rules = None if early else registry()  # an early worker is sent it when adopted
+        self.proc = ctx.Process(target=_worker_main, args=(child, os.getpid(), rules), daemon=True)
         with _no_cwd_on_their_path():  # its resource tracker too, if this starts that
             self.proc.start()
         child.close()
@@ -134,6 +140,23 @@ class _Worker:
         self.started = 0.0
         #: whether it ever held a task (one started ahead and never used is just killed)
         self.used = False
+
+
+#: workers started by :func:`start_early`, waiting for the build's executor to adopt them
+_EARLY: list[_Worker] = []
+
+
+def start_early() -> None:
+    """Start one worker process now, before the command line and the engine are imported.
+
+    A new Python process importing pipemake takes longer than the build takes to load its
+    pipeline and decide, so a worker started only when the build knows it needs one (see
+    :meth:`LocalExecutor.prestart`) keeps the first task waiting; started here, it boots
+    while the build loads. The first :class:`LocalExecutor` of this process adopts it (it is
+    sent the rule registry then); one that no task uses is ended with the build, and one no
+    executor adopts ends with this process (it is a daemon and dies with its parent).
+    """
+    _EARLY.append(_Worker(mp.get_context("spawn"), early=True))
 
 
 class _Threaded:
@@ -172,6 +195,19 @@ class LocalExecutor(Executor):
         self._woken = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        self._adopt_early()
+
+    def _adopt_early(self) -> None:
+        """Take over the workers :func:`start_early` started (as many as ``jobs``)."""
+        while _EARLY and len(self._workers) < self.jobs:
+            worker = _EARLY.pop()
+            try:
+                worker.conn.send(registry())
+            except OSError:  # it died booting: a new one starts when one is needed
+                worker.proc.join(1)
+                worker.conn.close()
+                continue
+            self._workers.append(worker)
 
     def worker_pids(self) -> list[int]:
         """The process ids of this pool's worker processes now (idle or busy)."""
@@ -239,7 +275,7 @@ class LocalExecutor(Executor):
     def cancel(self, task_ids: list[str], force: bool = False) -> None:
         for w in self._workers:
             if w.task is not None and w.task.id in task_ids:
-                signal_group(w.proc.pid, signal.SIGKILL if force else signal.SIGTERM)
+                _signal_group(w.proc.pid, signal.SIGKILL if force else signal.SIGTERM)
         now = time.monotonic()
         for task_id in task_ids:
             t = self._threads.get(task_id)
@@ -258,6 +294,9 @@ class LocalExecutor(Executor):
 
     # threads ----------------------------------------------------------------------------
     def _start_thread(self, task: Task) -> None:
+        from .guardian import Guardian
+        from .spawn import ThreadSpawner
+
         if self._guardian is None:
             self._guardian = Guardian()
         t = _Threaded(task, ThreadSpawner(task, self._guardian))
@@ -269,6 +308,9 @@ class LocalExecutor(Executor):
         t.thread.start()
 
     def _thread_main(self, t: _Threaded) -> None:
+        from .spawn import TaskStopped
+        from .worker import execute
+
         task_id = t.task.id
         final: list[Message] = []
 
@@ -349,7 +391,7 @@ class LocalExecutor(Executor):
             self._wake_r = self._wake_w = -1
         for w in self._workers:
             if w.task is not None or not w.used:  # busy, or started ahead for nothing
-                signal_group(w.proc.pid, signal.SIGKILL)
+                _signal_group(w.proc.pid, signal.SIGKILL)
             else:
                 try:
                     w.conn.send(None)
@@ -359,10 +401,16 @@ class LocalExecutor(Executor):
         for w in self._workers:
             w.proc.join(max(0.0, deadline - time.monotonic()))
             if w.proc.is_alive():
-                signal_group(w.proc.pid, signal.SIGKILL)
+                _signal_group(w.proc.pid, signal.SIGKILL)
                 w.proc.join(1)
             w.conn.close()
         self._workers = []
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    from .spawn import signal_group
+
+    signal_group(pid, sig)
 
 
 def _stopped(sig: int) -> str:

@@ -1,0 +1,149 @@
+"""A worker started early (``executors.local.start_early``): the ``pipemake`` command starts
+one before it imports the command line and the engine, so that it boots while the build
+loads. The build's executor adopts it and sends it the rule registry; one no task uses ends
+with the build; one no executor adopts ends with its process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from conftest import Proj, alive, wait_for
+
+import pipemake
+from pipemake import api, noop
+from pipemake.entry import _builds_here
+from pipemake.executors import local
+
+
+class Pid(pipemake.Rule):
+    """Writes the id of the process it runs in (importable by workers: this module)."""
+
+    outputs: ClassVar = {"o": pipemake.Output(kind="file")}
+
+    def run(self, ctx: pipemake.Context) -> dict[str, Any]:
+        ctx.outputs["o"].write_text(str(os.getpid()))
+        return {}
+
+
+PIDS = """
+name: p
+stages:
+  - id: p
+    type: early_pid
+    config: {o: build/pid.txt}
+"""
+
+
+@pytest.fixture
+def early() -> Iterator[list[Any]]:
+    """The early worker list, empty before and after the test (its workers ended)."""
+    assert local._EARLY == []
+    yield local._EARLY
+    for w in local._EARLY:
+        w.proc.kill()
+        w.proc.join(5)
+    local._EARLY.clear()
+
+
+def test_the_build_runs_its_task_on_the_early_worker(
+    project: Callable[..., Proj], early: list[Any]
+) -> None:
+    local.start_early()
+    [worker] = early
+    # registered after the worker started: the registry reaches it when it is adopted
+    pipemake.register_rule("early_pid", Pid)
+    p = project(PIDS)
+    with api.project_of(p.root, None) as proj:
+        report = api.build(proj, jobs=2)
+    assert report.ran == ["p"]
+    assert int(p.read("build/pid.txt")) == worker.proc.pid
+    assert early == []
+    wait_for(lambda: not alive(worker.proc.pid), what="the early worker to end")
+
+
+def test_an_early_worker_no_task_uses_ends_with_the_build(
+    project: Callable[..., Proj], early: list[Any]
+) -> None:
+    pipemake.register_rule("early_pid", Pid)
+    p = project(PIDS)
+    with api.project_of(p.root, None) as proj:
+        api.build(proj)
+        local.start_early()
+        [worker] = early
+        assert api.build(proj).up_to_date == ["p"]
+    assert early == []
+    wait_for(lambda: not alive(worker.proc.pid), what="the unused early worker to end")
+
+
+def test_an_early_worker_nobody_adopts_ends_with_its_process(tmp_path: Path) -> None:
+    code = (
+        "from pipemake.executors import local\n"
+        "local.start_early()\n"
+        "print(local._EARLY[0].proc.pid, flush=True)\n"
+        "raise SystemExit(2)\n"  # as a command that fails before it builds
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert proc.returncode == 2, proc.stderr
+    pid = int(proc.stdout.split()[0])
+    wait_for(lambda: not alive(pid), what="the orphaned early worker to end")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["build"], True),
+        (["build", "-j", "4", "cluster"], True),
+        (["build", "--executor", "local"], True),
+        (["build", "--executor=inline"], False),
+        (["build", "--executor", "dask"], False),
+        (["build", "--help"], False),
+        (["dry-run"], False),
+        (["status"], False),
+    ],
+)
+def test_which_commands_start_a_worker_early(
+    tmp_path: Path, argv: list[str], expected: bool
+) -> None:
+    assert _builds_here(["-C", str(tmp_path), *argv]) is expected
+
+
+def test_a_worker_starts_early_only_where_a_task_will_most_likely_run(tmp_path: Path) -> None:
+    argv = ["-C", str(tmp_path), "build"]
+    assert _builds_here(argv)  # never built
+    (tmp_path / ".pipemake").mkdir()
+    assert not _builds_here(argv)  # the last build ran something: this one is most likely a no-op
+    noop.write(tmp_path / ".pipemake", noop.context(argv, os.getcwd()), {}, {})
+    assert _builds_here(argv)  # this command was a no-op, and its snapshot no longer holds
+    assert not _builds_here([*argv, "-j", "2"])  # another command's snapshot: unknown
+    assert _builds_here([*argv[:2], "-f", "other/p.yaml", "build"])  # other/: never built
+
+
+def test_the_command_builds_with_its_early_worker(project: Callable[..., Proj]) -> None:
+    p = project(
+        """
+        name: t
+        stages:
+          - id: up
+            type: python
+            config:
+              function: "work:up"
+              inputs: {src: data/a.txt}
+              outputs: {o: build/a.txt}
+        """,
+        {
+            "data/a.txt": "abc\n",
+            "work.py": "def up(ctx):\n    ctx.outputs['o'].write_text("
+            "ctx.inputs['src'].read_text().upper())\n",
+        },
+    )
+    out = p.sub("build", "--no-progress").stderr
+    assert p.read("build/a.txt") == "ABC\n", out
+    assert "0 ran, 0 restored, 1 up to date" in p.sub("build", "--no-progress").stderr
