@@ -23,7 +23,6 @@ from .decide import Decision, Reason, Trigger, Verdict
 from .errors import (
     BuildFailed,
     Interrupted,
-    LockTimeout,
     PipelineError,
     Problem,
     StoreError,
@@ -286,7 +285,7 @@ def build(
             "deps": {s: [d for d in p.graph.deps[s] if d in chosen] for s in order},
             "budget": budget.total,
             "jobs": jobs,
-            "per_item": {s: t for s, t in history.per_item_times(runs).items() if s in expected},
+            "per_item": {s: t for s, t in history.per_item_times(runs).items() if s in chosen},
         }
         bus.emit("run_started", None, **run_started)
         with _Signals() as sigs, get_executor(executor, jobs) as ex:
@@ -307,7 +306,7 @@ def build(
                 keep_going=keep_going,
                 stop_signal=lambda: (sigs.received, sigs.count),
                 budget=budget,
-                expected=expected,
+                expected={s: d for s, d in expected.items() if d is not None},
                 grace=grace,
             )
             outcome = sched.run()
@@ -437,10 +436,12 @@ def _budget(p: Pipeline, order: list[str], overrides: Mapping[str, float] | None
     return budget
 
 
-def _expected(project: Project, order: list[str]) -> dict[str, float]:
-    """Each stage's expected duration: its last duration (1 s when never built)."""
+def _expected(project: Project, order: list[str]) -> dict[str, float | None]:
+    """Each stage's expected duration: its last duration, None when never built (no ETA
+    counts on it; the scheduler ranks it as 1 s)."""
     brief = project.state.brief()
-    return {s: float((brief.get(s) or (None, None, None))[2] or 1.0) for s in order}
+    known = {s: (brief.get(s) or (None, None, None))[2] for s in order}
+    return {s: None if d is None else float(d) for s, d in known.items()}
 
 
 def _report(builder: Builder, outcome: Outcome, duration: float) -> BuildReport:
@@ -448,7 +449,10 @@ def _report(builder: Builder, outcome: Outcome, duration: float) -> BuildReport:
         failed=dict(outcome.failed), skipped=dict(outcome.skipped), duration=duration
     )
     for stage in outcome.done:
-        verdict = builder.decisions[stage].verdict.value
+        decision = builder.decisions[stage]
+        verdict = decision.verdict.value
+        if verdict == "run" and (decision.items or {}).get("run") == 0:
+            verdict = "restore"  # a foreach stage whose items were all in the store: none ran
         {"up to date": report.up_to_date, "restore": report.restored}.get(
             verdict, report.ran
         ).append(stage)
@@ -520,24 +524,37 @@ def status(project: Project) -> dict[str, Any]:
     """Each stage's state (up to date, stale and why, never built, failed), its last result
     and duration, and orphaned outputs."""
     records = project.state.records()
+    live = history.running_run(project.workspace.dot / "runs")
+    now = _run_stages(live[1]) if live else {}
     stages = []
     for stage, decision in dry_run(project):
         rec = records.get(stage) or {}
-        if rec.get("result") in ("failed", "interrupted"):
+        if now.get(stage) == "running":  # what the store says is being rewritten right now
+            state = "running"
+        elif rec.get("result") in ("failed", "interrupted"):
             state = rec["result"]
         elif decision.verdict.value == "up to date":
             state = "up to date"
-        elif not rec:
+        elif not rec and decision.verdict.value != "restore" and not _some_cached(decision):
             state = "never built"
         else:
             state = "stale"
+        reasons = [str(r) for r in decision.reasons]
+        if state == "running":  # the reasons of a decision the running build is acting on
+            reasons = ["in the build running now"]
+        elif state == "stale" and not rec:  # some items are in the store: built in part
+            reasons = [r for r in reasons if r != "never built"]
         stages.append({
             "stage": stage, "state": state, "decision": decision.verdict.value,
-            "reasons": [str(r) for r in decision.reasons],
+            "reasons": reasons,
             "last_result": rec.get("result"), "last_duration": rec.get("duration"),
             "last_error": rec.get("error"),
         })  # fmt: skip
-    return {"stages": stages, "orphans": orphans(project)}
+    building = None
+    if live:
+        left = {s: v for s, v in now.items() if v in ("running", "pending")}
+        building = {"run": live[0]["id"], "started": live[0].get("started"), "stages": left}
+    return {"stages": stages, "orphans": orphans(project), "building": building}
 
 
 def validate(project: Project) -> list[dict[str, Any]]:
@@ -577,12 +594,15 @@ _RUN_STATES = {"stage_started": "running", "stage_finished": "done",
 _COMPLETE = ("done", "restored", "up to date")
 
 
-def run_status(project: Project, run: str | None = None) -> dict[str, Any]:
-    """One build's status (the original system's ``status --pipeline-id``): its state
-    (``completed``, ``failed``, ``interrupted``, ``running``, or ``incomplete`` when it was
-    killed), progress, counts and each stage's state. ``run`` is an id from
-    :func:`list_runs`, a prefix of one, or a negative index (default: the last)."""
-    summary, events = history.read_run(project.workspace.dot / "runs", run)
+def _some_cached(decision: Decision) -> bool:
+    """Whether the store holds some of a foreach stage's items (a first build stopped
+    halfway, say): then the stage is not "never built"."""
+    return bool((decision.items or {}).get("cached"))
+
+
+def _run_stages(events: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Each stage's state in a run, by its last event: pending, running, done, restored,
+    up to date, skipped, failed."""
     stages: dict[str, str] = {}
     for ev in events:
         kind, stage = ev.get("event"), ev.get("stage")
@@ -592,17 +612,22 @@ def run_status(project: Project, run: str | None = None) -> dict[str, Any]:
             stages[stage] = _RUN_STATES[kind]
         elif stage and kind == "stage_skipped":
             stages[stage] = "up to date" if ev.get("reason") == "up to date" else "skipped"
+        elif stage and kind == "stage_cancelled":
+            stages[stage] = "skipped"
+    return stages
+
+
+def run_status(project: Project, run: str | None = None) -> dict[str, Any]:
+    """One build's status (the original system's ``status --pipeline-id``): its state
+    (``completed``, ``failed``, ``interrupted``, ``running``, or ``incomplete`` when it was
+    killed), progress, counts and each stage's state. ``run`` is an id from
+    :func:`list_runs`, a prefix of one, or a negative index (default: the last)."""
+    summary, events = history.read_run(project.workspace.dot / "runs", run)
+    stages = _run_stages(events)
     result = summary.get("result")
     state = {"ok": "completed", "failed": "failed", "interrupted": "interrupted"}.get(result)
-    if state is None:
-        state = "incomplete"
-        last = history.list_runs(project.workspace.dot / "runs")[-1]["id"]
-        if last == summary["id"]:
-            try:
-                with BuildLock(project.workspace.dot / "lock", 0):
-                    pass
-            except LockTimeout:
-                state = "running"
+    if state is None:  # list_runs said whether the build is still at it
+        state = "running" if result == "running" else "incomplete"
     done = sum(1 for v in stages.values() if v in _COMPLETE)
     counts = {v: sum(1 for x in stages.values() if x == v) for v in ("done", "restored")}
     return {

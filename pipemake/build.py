@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import foreach
-from .decide import Decision, Reason, Trigger, Verdict, explain
+from .decide import Decision, Reason, Trigger, Verdict, explain, output_reasons
 from .errors import os_failure
 from .events import Bus
 from .executors.base import Message, Task
@@ -353,8 +353,10 @@ class Builder:
             if stage.foreach is not None:
                 more, items = foreach.item_decision(self, stage, sk)
                 reasons += more
-                if not sk.todo and not reasons:
-                    reasons = [Reason(Trigger.CACHED, f"all {len(sk.items):,} items cached")]
+                if not sk.todo and not reasons:  # none runs: the output is put together
+                    n = len(sk.items)
+                    every = Reason(Trigger.CACHED, f"all {n:,} items are in the store (none runs)")
+                    reasons = [*foreach.items_changed(self, stage, sk), every]
             if not reasons:
                 reasons = [Reason(Trigger.NO_ENTRY, "no cache entry")]
             return Decision(Verdict.RUN, reasons, items), sk, None
@@ -368,22 +370,12 @@ class Builder:
                 bad.append((rel, state))
         if not bad:
             return Decision(Verdict.UP_TO_DATE), sk, entry
-        reasons = []
-        if all(s == "missing" for _, s in bad):
-            reasons.append(Reason(Trigger.OUTPUT_MISSING, "outputs missing"))
-        else:
-            for rel, s in bad:
-                trig = Trigger.OUTPUT_MISSING if s == "missing" else Trigger.OUTPUT_CHANGED
-                reasons.append(Reason(trig, f"output {rel} {s}"))
         last = self._brief.get(stage.id)
-        if last is not None and last[0] != sk.key:
-            why = "; ".join(map(str, explain(self._old_doc(stage.id), sk.doc)))
-            reasons.append(
-                Reason(
-                    Trigger.CACHED, "cached from an earlier build" + (f" ({why})" if why else "")
-                )
-            )
-        return Decision(Verdict.RESTORE, reasons), sk, entry
+        if last is not None and last[0] != sk.key:  # what changed, not its effect on outputs
+            why = explain(self._old_doc(stage.id), sk.doc) + foreach.items_changed(self, stage, sk)
+            earlier = Reason(Trigger.CACHED, "cached from an earlier build")
+            return Decision(Verdict.RESTORE, [*why, earlier]), sk, entry
+        return Decision(Verdict.RESTORE, output_reasons(bad, last is None)), sk, entry
 
     def prefetch(self, stages: list[str]) -> None:
         """Read the entries of these stages' last keys in a few queries: on a no-op build

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-__all__ = ["Decision", "Reason", "Trigger", "Verdict", "explain"]
+__all__ = ["Decision", "Reason", "Trigger", "Verdict", "explain", "output_reasons"]
 
 
 class Verdict(str, Enum):
@@ -176,3 +176,17 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[Reason]:
     if old.get("items") != new.get("items") and "items" in new:
         reasons.append(Reason(Trigger.ITEMS, "items changed"))
     return reasons
+
+
+def output_reasons(bad: list[tuple[str, str]], fresh: bool) -> list[Reason]:
+    """Why a stage whose key is the one last built (or, ``fresh``, never built in this
+    workspace: a new checkout with a restored store) is restored: its outputs (``bad``:
+    ``(path, "missing" | "changed")``) are not what that build wrote."""
+    if all(s == "missing" for _, s in bad):
+        where = "; not built in this workspace, the store has them" if fresh else ""
+        return [Reason(Trigger.OUTPUT_MISSING, f"outputs missing{where}")]
+    return [
+        Reason(Trigger.OUTPUT_MISSING if s == "missing" else Trigger.OUTPUT_CHANGED,
+               f"output {rel} {s}")
+        for rel, s in bad
+    ]  # fmt: skip

@@ -50,6 +50,7 @@ __all__ = [
     "item_decision",
     "item_keys",
     "item_source",
+    "items_changed",
     "on_message",
     "rerun_lost",
     "start",
@@ -164,6 +165,21 @@ def item_decision(b: Builder, stage: Stage, sk: StageKey) -> tuple[list[Reason],
         "removed": len(gone),
     }
     return reasons, info
+
+
+def items_changed(b: Builder, stage: Stage, sk: StageKey) -> list[Reason]:
+    """The items of a foreach stage that differ from its last build (new, content changed,
+    removed): why a stage restored from an earlier build is restored, named by its inputs."""
+    old = b.state.item_hashes(stage.id) if stage.foreach is not None else None
+    if not old:
+        return []
+    changed = item_reasons(old, sk.items, [it.relpath for it in sk.items])
+    changed = [c for c in changed if c[1] != "not in the cache"]
+    gone = removed_items(old, sk.items)
+    reasons = [Reason(Trigger.ITEMS, summarize(changed, len(sk.items)))] if changed else []
+    if gone:
+        reasons.append(Reason(Trigger.ITEMS, f"{len(gone):,} item(s) removed (first: {gone[0]})"))
+    return reasons
 
 
 def _indexed(
@@ -503,11 +519,16 @@ def _staged_whole(
 
 
 def failure_text(run: dict[str, Any], total: int) -> str:
-    fails = run["failures"]
+    """What a foreach stage's failure says: failed of all items (those run now and those the
+    store had), what is kept, then the first failure in full (its traceback last)."""
+    fails, cached = run["failures"], len(run["sk"].cached)
     first_rel = sorted(fails)[0]
+    ok = total + cached - len(fails)
+    earlier = f" ({cached} from earlier builds)" if cached else ""
+    kept = f"; the other {ok} are kept{earlier} and do not run again" if ok else ""
     return (
-        f"{len(fails)} of {total} item(s) failed; the {total - len(fails)} others are kept "
-        f"(first: item {first_rel}: {fails[first_rel]})"
+        f"{len(fails)} of {total + cached} item(s) failed{kept}. "
+        f"First: item {first_rel}: {fails[first_rel]}"
     )
 
 

@@ -8,8 +8,9 @@ Under ``.pipemake/runs/``:
   ``run_finished`` (or a ``hook_*`` event after it). Lines are flushed as they happen, so a
   killed build leaves a readable log.
 - ``index.jsonl`` — one line per finished run: id, start, duration, result and counts
-  (what ``pipemake list --runs`` prints). A run killed before it finished has a log and no
-  index line; it is listed as ``incomplete``.
+  (what ``pipemake list --runs`` prints). A run that has not finished has a log and no
+  index line: it is listed as ``running`` while a build holds the workspace's lock (and
+  started after it took it), else as ``incomplete`` (killed).
 - ``per_item.json`` — each foreach stage's last time per item (for the ETA).
 
 The last :data:`KEEP_RUNS` logs are kept.
@@ -18,6 +19,7 @@ The last :data:`KEEP_RUNS` logs are kept.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import time
@@ -28,7 +30,10 @@ from typing import IO, Any
 from .errors import PipemakeError, UsageError, os_failure
 from .events import Event
 
-__all__ = ["FORMAT", "KEEP_RUNS", "RunLog", "list_runs", "per_item_times", "read_run"]
+__all__ = [
+    "FORMAT", "KEEP_RUNS", "RunLog", "build_running", "list_runs", "per_item_times", "read_run",
+    "running_run",
+]  # fmt: skip
 
 FORMAT = 1
 KEEP_RUNS = 100
@@ -262,8 +267,35 @@ def _read_lines(path: Path) -> Iterable[dict[str, Any]]:
                 yield obj
 
 
+def build_running(lock: Path) -> float | None:
+    """When the build holding the workspace's lock (``.pipemake/lock``) took it, or None
+    when no build holds it. A probe that takes nothing a build needs and writes nothing: a
+    shared lock is tried and dropped at once (a build's exclusive lock refuses it)."""
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                since = json.loads(os.pread(fd, 4096, 0) or b"{}").get("since")
+            except (OSError, ValueError, AttributeError):
+                since = None
+            return float(since) if isinstance(since, int | float) else 0.0
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def list_runs(directory: Path) -> list[dict[str, Any]]:
-    """Past runs, oldest first: the index, plus runs whose log has no index line (killed)."""
+    """Past runs, oldest first: the index, plus runs whose log has no index line: the one a
+    build is writing now (``running``; the lock beside ``directory`` tells) or killed ones
+    (``incomplete``)."""
     runs = {r["id"]: r for r in _read_lines(directory / INDEX) if r.get("id")}
     for path in directory.glob("*.jsonl"):
         if path.name == INDEX or path.stem in runs:
@@ -276,7 +308,21 @@ def list_runs(directory: Path) -> list[dict[str, Any]]:
             runs[summary["id"]] = summary
     for r in runs.values():
         r["log"] = (directory / f"{r['id']}.jsonl").exists()
-    return sorted(runs.values(), key=lambda r: (r.get("started") or 0, r["id"]))
+    ordered = sorted(runs.values(), key=lambda r: (r.get("started") or 0, r["id"]))
+    if ordered and ordered[-1].get("result") == "incomplete":
+        since = build_running(directory.parent / "lock")
+        # a second's slack: the lock's time and the run's start are read from two clocks
+        if since is not None and (ordered[-1].get("started") or 0) >= since - 1:
+            ordered[-1]["result"] = "running"
+    return ordered
+
+
+def running_run(directory: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """The run a build is writing now (its summary so far and its events), or None."""
+    runs = list_runs(directory)
+    if not runs or runs[-1].get("result") != "running":
+        return None
+    return runs[-1], list(_read_lines(directory / f"{runs[-1]['id']}.jsonl"))
 
 
 def read_run(
