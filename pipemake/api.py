@@ -31,7 +31,7 @@ from .errors import (
 from .events import Bus
 from .executors import get_executor
 from .fshash import Hasher
-from .hooks import run_hooks, run_summary
+from .hooks import StageTimes, run_hooks, run_summary
 from .items import glob_base, is_glob
 from .lock import BuildLock
 from .model import DEFAULT_FILE, Pipeline
@@ -257,6 +257,8 @@ def build(
     runs = project.workspace.dot / "runs"
     runlog = history.RunLog(runs, log_json, {"pipeline": p.name})
     bus.subscribe(runlog)
+    times = StageTimes()  # each stage's run time, for the hooks' messages
+    bus.subscribe(times)
     started = time.time()
     started_ns = noop_snapshot[1] if noop_snapshot else time.time_ns()
     with (
@@ -327,8 +329,8 @@ def build(
                 "failed": report.failed, "skipped": report.skipped, "duration": report.duration,
                 "interrupted": outcome.interrupted}  # fmt: skip
     bus.emit("run_finished", None, **finished)
-    run_hooks(p.on_success, p.on_failure, run_summary(p.name, runlog.run_id, started, finished),
-              p.root, bus)  # fmt: skip
+    summary = run_summary(p.name, runlog.run_id, started, finished, times.durations)
+    run_hooks(p.on_success, p.on_failure, summary, p.root, bus)
     runlog.close()
     if outcome.interrupted is not None:
         raise Interrupted(outcome.interrupted)

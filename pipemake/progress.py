@@ -119,6 +119,16 @@ class ItemCounts:
         return f"{have} of {self.total[stage]} items done and kept"
 
 
+def _hook_target(d: dict[str, Any]) -> str:
+    """`` (email to …)``, `` (Slack webhook https://host/…)``: where a hook sent (URLs come
+    redacted in the event)."""
+    if d.get("email"):
+        return f" (email to {d['email']})"
+    if d.get("url"):
+        return f" ({'Slack webhook' if d.get('via') == 'slack' else 'webhook'} {d['url']})"
+    return ""
+
+
 def describe(event: Event) -> str | None:
     """A one-line description of an event, or None for events not worth a line."""
     d = event.data
@@ -161,9 +171,9 @@ def describe(event: Event) -> str | None:
             f"{_fmt_duration(d.get('grace'))} to finish (signal again to end them now)"
         )
     if k == "hook_failed":
-        return f"warning: {d.get('hook')} hook failed: {d.get('error', '')}"
+        return f"warning: {d.get('hook')} hook failed: {d.get('error', '')}{_hook_target(d)}"
     if k == "hook_finished":
-        return f"{d.get('hook')} hook ran"
+        return f"{d.get('hook')} hook ran{_hook_target(d)}"
     if k == "log":
         if d.get("level") in ("warning", "error", "info"):
             return f"{s}| {d.get('text', '')}"
