@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -139,6 +140,8 @@ class RunLog:
         self._closed = False
         self._flushed = 0.0
         self._extra: IO[str] | None = None
+        self._lock = threading.Lock()  # the flush timer writes from another thread
+        self._timer: threading.Timer | None = None
         #: why a log stopped being written (reported by close())
         self.failure: PipemakeError | None = None
         if self.extra is not None:  # opened now, so a bad path stops the build before it runs
@@ -169,21 +172,40 @@ class RunLog:
             line = _dumps(record) + "\n"
         now = time.monotonic()
         flush = event.kind not in _BULK or now - self._flushed >= FLUSH_EVERY
-        for f in list(self._files):
-            try:
-                f.write(line)
-                if flush:
-                    f.flush()
-            except OSError as exc:
-                self._lose(f, exc, f.name)
-        if flush:
-            self._flushed = now
+        with self._lock:
+            for f in list(self._files):
+                try:
+                    f.write(line)
+                    if flush:
+                        f.flush()
+                except OSError as exc:
+                    self._lose(f, exc, f.name)
+            if flush:
+                self._flushed = now
+            elif self._timer is None:  # a quiet spell must not keep the last lines unwritten
+                self._timer = threading.Timer(FLUSH_EVERY, self._flush_later)
+                self._timer.daemon = True
+                self._timer.start()
         self._tally.add(record)
         if event.kind == "run_finished":
             try:
                 self._finish()
             except OSError as exc:
                 self._lose(None, exc, self.directory)
+
+    def _flush_later(self) -> None:
+        """Write out what is buffered (run by a timer: readers such as ``status`` follow
+        the log while the build waits on a long task)."""
+        with self._lock:
+            self._timer = None
+            if self._closed:
+                return
+            for f in list(self._files):
+                try:
+                    f.flush()
+                except OSError as exc:
+                    self._lose(f, exc, f.name)
+            self._flushed = time.monotonic()
 
     def _lose(self, f: IO[str] | None, exc: OSError, where: Any) -> None:
         """A log that cannot be written (a full disk) stops; the build goes on, and
@@ -231,7 +253,11 @@ class RunLog:
     def close(self) -> None:
         """Close the files; later events are ignored. If a log could not be written (a full
         disk), raise that now, once the build has said and run everything else."""
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
         for f in self._files or ([self._extra] if self._extra is not None else []):
             try:
                 f.close()
