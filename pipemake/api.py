@@ -533,10 +533,10 @@ def status(project: Project) -> dict[str, Any]:
         rec = records.get(stage) or {}
         if now.get(stage) == "running":  # what the store says is being rewritten right now
             state = "running"
+        elif decision.verdict.value == "up to date":  # a failed run since was of other inputs
+            state = "up to date"
         elif rec.get("result") in ("failed", "interrupted"):
             state = rec["result"]
-        elif decision.verdict.value == "up to date":
-            state = "up to date"
         elif not rec and decision.verdict.value != "restore" and not _some_cached(decision):
             state = "never built"
         else:
@@ -546,6 +546,8 @@ def status(project: Project) -> dict[str, Any]:
             reasons = ["in the build running now"]
         elif state == "stale" and not rec:  # some items are in the store: built in part
             reasons = [r for r in reasons if r != "never built"]
+        elif state == "up to date" and rec.get("result") in ("failed", "interrupted"):
+            reasons = [f"the last run, with other inputs or params, {rec['result']}"]
         stages.append({
             "stage": stage, "state": state, "decision": decision.verdict.value,
             "reasons": reasons,

@@ -105,7 +105,9 @@ class ItemCounts:
             self.total[s] = int(d["items"].get("total") or 0)
             self.cached[s] = int(d["items"].get("cached") or 0)
             self.done[s] = 0
-        elif event.kind == "progress" and d.get("unit") == "items" and s in self.total:
+        elif event.kind == "progress" and d.get("unit") == "items":
+            if s not in self.total:  # a forced stage announces no items: all of them run
+                self.total[s], self.cached[s] = int(d.get("total") or 0), 0
             self.done[s] = int(d.get("done") or 0)
 
     def kept(self, stage: str) -> str | None:
@@ -321,7 +323,8 @@ class PlainView:
             self._last_line[s] = self.clock()
         elif k in ("stage_finished", "stage_restored", "stage_failed") and self.eta.total:
             eta = self._remaining(self.clock())
-            known = eta is not None and self.eta.done < self.eta.total
+            # after a failure what is left depends on it (skipped, or -k): no ETA then
+            known = eta is not None and self.eta.done < self.eta.total and k != "stage_failed"
             left = f", ETA {_fmt_duration(eta)}" if known else ""
             text += f"  [{self.eta.done}/{self.eta.total}{left}]"
         self._line(text)

@@ -10,6 +10,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import CHAIN, CHAIN_FILES, CHAIN_STAGES, Proj, wait_for
 
 
@@ -42,6 +43,7 @@ def test_second_build_waits_for_the_lock_naming_the_holder(slow: Proj, tmp_path:
     assert slow.run_counts() == {"first": 1, "slow": 1, "last": 1}
 
 
+@pytest.mark.slow
 def test_lock_timeout_gives_up_with_exit_1(slow: Proj, tmp_path: Path) -> None:
     first = _hold_lock(slow, tmp_path / "first.log")
     r = slow.cli("build", "--lock-timeout", "0.5", code=1)

@@ -142,6 +142,7 @@ def _pipemake(root: Path, *args: str, env: dict[str, str]) -> subprocess.Complet
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_the_original_example_builds_as_written(tmp_path: Path) -> None:
     pytest.importorskip("av")
     pytest.importorskip("rembg")

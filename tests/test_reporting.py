@@ -45,21 +45,20 @@ stages:
   - id: p
     type: python
     config:
-      function: steps.s:boom
+      function: report_steps:boom
       outputs: {o: build/o.txt}
 """
 
 
 def _steps(p: Proj) -> None:
-    p.write("steps/__init__.py", "")
-    p.write("steps/s.py", STEPS)
+    p.write("report_steps.py", STEPS)  # a name of its own: tests share one interpreter
 
 
 def _user_frames(text: str) -> None:
     """The user's frames, with the failing lines' text, and none of pipemake's."""
     assert TRACEBACK in text
-    assert 'steps/s.py", line 8, in boom' in text and "helper(0)" in text
-    assert 'steps/s.py", line 3, in helper' in text and "return 1 / x" in text
+    assert 'report_steps.py", line 8, in boom' in text and "helper(0)" in text
+    assert 'report_steps.py", line 3, in helper' in text and "return 1 / x" in text
     assert "ZeroDivisionError: division by zero" in text
     assert "executors/worker.py" not in text and "rules/python.py" not in text
 
@@ -94,7 +93,7 @@ def test_a_failed_item_counts_the_items_the_store_had(project) -> None:
             type: python
             foreach: src
             config:
-              function: steps.s:each
+              function: report_steps:each
               inputs: {src: data}
               outputs: {o: build/o}
         """,
@@ -108,7 +107,7 @@ def test_a_failed_item_counts_the_items_the_store_had(project) -> None:
         "1 of 5 item(s) failed; the other 4 are kept (4 from earlier builds) and do not run "
         "again. First: item f3.txt: ZeroDivisionError: division by zero"
     ) in out
-    assert 'steps/s.py", line 13, in each' in out and "return 1 / x" in out
+    assert 'report_steps.py", line 13, in each' in out and "return 1 / x" in out
     log = p.read(".pipemake/logs/p.log")
     assert "item f3.txt FAILED: ZeroDivisionError" in log and "return 1 / x" in log
 

@@ -389,6 +389,7 @@ WAITING = shell_foreach(
 )
 
 
+@pytest.mark.slow
 def test_gc_elsewhere_during_a_build_leaves_every_entry_its_objects(
     project: Callable[..., Proj], tmp_path: Path
 ) -> None:
@@ -445,6 +446,7 @@ def test_gc_from_one_workspace_keeps_another_workspaces_entries(
     assert "entries: 1" in info
 
 
+@pytest.mark.slow
 def test_damaged_roots_records_are_ignored_and_reported(chain: Proj) -> None:
     chain.cli("build")
     roots = _store(chain) / "roots"
