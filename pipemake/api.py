@@ -552,6 +552,7 @@ def status(project: Project) -> dict[str, Any]:
             "stage": stage, "state": state, "decision": decision.verdict.value,
             "reasons": reasons,
             "last_result": rec.get("result"), "last_duration": rec.get("duration"),
+            "last_restored": bool(rec.get("restored")),
             "last_error": rec.get("error"),
         })  # fmt: skip
     building = None

@@ -755,7 +755,7 @@ class Builder:
         if ran or last[0] != sk.key or last[1] != "ok":
             metrics = entry.get("metrics", {})
             record = {
-                "key": sk.key, "doc": sk.doc, "result": "ok",
+                "key": sk.key, "doc": sk.doc, "result": "ok", "restored": not ran,
                 "duration": metrics.get("duration", last[2]), "finished": time.time(),
             }  # fmt: skip
             self.state.set_record(stage.id, record)

@@ -413,8 +413,8 @@ def dry_run(ctx: click.Context, targets: tuple[str, ...], as_json: bool, check: 
     "as_json",
     is_flag=True,
     help="Print it as JSON: {stages: [{stage, state, decision, reasons, last_result, "
-    "last_duration, last_error}], orphans, building} (building: the build running now, or "
-    "null).",
+    "last_duration, last_restored, last_error}], orphans, building} (building: the build "
+    "running now, or null).",
 )
 @click.option("--check", is_flag=True, help="Exit 1 when any stage is not up to date.")
 @click.option(
@@ -456,6 +456,9 @@ def status(
                 why = f" ({'; '.join(reasons)})" if reasons else ""
                 dur = row["last_duration"]
                 last = f"  [last: {row['last_result']}, {dur:.1f}s]" if dur is not None else ""
+                if row["last_restored"] and row["last_result"] == "ok":  # no run here: say so
+                    took = f"; it ran in {dur:.1f}s when built" if dur is not None else ""
+                    last = f"  [last: restored from the store{took}]"
                 click.echo(f"{row['stage']}: {row['state']}{why}{last}")
                 if row["state"] == "failed" and row["last_error"]:
                     click.echo("    " + row["last_error"].splitlines()[0])

@@ -217,6 +217,23 @@ def test_a_fresh_checkout_with_a_restored_store_says_the_store_has_the_outputs(
     assert f"clean: stale ({want})" in status and "never built" not in status
     out = fresh.cli("--cache-dir", store, "build", "--executor", "inline").stderr
     assert "0 ran, 2 restored, 0 up to date" in out and "ETA" not in out
+    status = fresh.cli("--cache-dir", store, "status").stdout  # nothing ran in this workspace
+    assert "clean: up to date  [last: restored from the store; it ran in " in status
+    assert json.loads(fresh.cli("--cache-dir", store, "status", "--json").stdout)["stages"][0][
+        "last_restored"
+    ]
+
+
+def test_a_failed_run_undone_is_up_to_date_and_says_the_last_run_failed(project) -> None:
+    p = project(FOREACH, POEMS)
+    p.cli("build", "--executor", "inline")
+    good = p.read("pipemake.yaml")
+    p.edit("pipemake.yaml", 'cmd: "cat {inputs.one}', 'cmd: "exit 3; cat {inputs.one}')
+    p.cli("build", "--executor", "inline", code=1)
+    assert "single: failed" in p.cli("status").stdout
+    p.write("pipemake.yaml", good)  # undone: the store's build is the workspace's again
+    status = p.cli("status").stdout
+    assert "single: up to date (the last run, with other inputs or params, failed)" in status
 
 
 def test_a_foreach_stage_whose_items_are_all_in_the_store_is_restored_not_run(
@@ -315,6 +332,23 @@ def test_status_and_list_runs_show_a_build_that_is_running(project, tmp_path: Pa
     assert p.cli("list", "--runs", "--no-header").stdout.split()[4] == "ok"
     assert "building" not in p.cli("status").stdout.splitlines()[0]
     assert json.loads(p.cli("status", "--json").stdout)["building"] is None
+
+
+def test_a_failed_stage_line_has_no_eta() -> None:
+    out = io.StringIO()
+    view = PlainView(out, clock=lambda: 1000.0)
+    view(Event("run_started", None, {"stages": ["a", "b"], "deps": {"b": ["a"]},
+                                     "expected": {"a": 2.0, "b": 9.0}}, 1000.0))  # fmt: skip
+    view(Event("stage_started", "a", {"reasons": []}, 1000.0))
+    view(Event("stage_failed", "a", {"error": "boom"}, 1000.0))
+    assert "a: FAILED: boom  [1/2]\n" in out.getvalue()  # b is skipped, not 9 s away
+
+
+def test_a_forced_stage_counts_its_items_from_its_progress() -> None:
+    items = ItemCounts()
+    items(Event("stage_started", "s", {"reasons": ["forced"], "items": None}, 0))
+    items(Event("progress", "s", {"done": 3, "total": 27, "unit": "items"}, 1))
+    assert items.kept("s") == "3 of 27 items done and kept"
 
 
 def test_item_counts_follow_the_events() -> None:
