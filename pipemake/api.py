@@ -547,7 +547,9 @@ def status(project: Project) -> dict[str, Any]:
         elif state == "stale" and not rec:  # some items are in the store: built in part
             reasons = [r for r in reasons if r != "never built"]
         elif state == "up to date" and rec.get("result") in ("failed", "interrupted"):
-            reasons = [f"the last run, with other inputs or params, {rec['result']}"]
+            reasons = [
+                f"its last run {rec['result']}, with inputs, params or code changed back since"
+            ]
         stages.append({
             "stage": stage, "state": state, "decision": decision.verdict.value,
             "reasons": reasons,

@@ -233,7 +233,10 @@ def test_a_failed_run_undone_is_up_to_date_and_says_the_last_run_failed(project)
     assert "single: failed" in p.cli("status").stdout
     p.write("pipemake.yaml", good)  # undone: the store's build is the workspace's again
     status = p.cli("status").stdout
-    assert "single: up to date (the last run, with other inputs or params, failed)" in status
+    assert (
+        "single: up to date (its last run failed, with inputs, params or code changed back since)"
+        in status
+    )
 
 
 def test_a_foreach_stage_whose_items_are_all_in_the_store_is_restored_not_run(
