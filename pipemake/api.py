@@ -451,10 +451,7 @@ def _report(builder: Builder, outcome: Outcome, duration: float) -> BuildReport:
         failed=dict(outcome.failed), skipped=dict(outcome.skipped), duration=duration
     )
     for stage in outcome.done:
-        decision = builder.decisions[stage]
-        verdict = decision.verdict.value
-        if verdict == "run" and (decision.items or {}).get("run") == 0:
-            verdict = "restore"  # a foreach stage whose items were all in the store: none ran
+        verdict = builder.decisions[stage].verdict.value
         {"up to date": report.up_to_date, "restore": report.restored}.get(
             verdict, report.ran
         ).append(stage)

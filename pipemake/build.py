@@ -679,7 +679,13 @@ class Builder:
         if run is None:
             return []
         more: list[Task] = []
-        self._running_now(stage_id, run)
+        # every item of a foreach stage was in the store: it is put together, not run
+        none_ran = (
+            run.get("foreach") and run["sk"].cached
+            and not (run.get("reduce") or run["new"] or run["failures"])
+        )  # fmt: skip
+        if not none_ran:
+            self._running_now(stage_id, run)
         try:
             if run.get("foreach") and run["failures"]:
                 text = foreach.failure_text(run, run["items_total"])
@@ -709,6 +715,14 @@ class Builder:
                 with contextlib.suppress(OSError, sqlite3.OperationalError):
                     self._failed(stage, run, text)  # the record may not fit on a full disk
                 raise StageFailure(text) from None
+            if none_ran and "waiting" in run:  # said as a restore (and counted as one)
+                told = self.decisions[stage_id] = Decision(
+                    Verdict.RESTORE, self.decisions[stage_id].reasons, run["waiting"]["items"]
+                )
+                self._done(stage, run["sk"], entry, ran=False)
+                self.bus.emit("stage_restored", stage_id, reasons=[str(r) for r in told.reasons],
+                              items=entry["metrics"]["items"])  # fmt: skip
+                return []
             self._done(stage, run["sk"], entry, ran=True)
             self.bus.emit("stage_finished", stage_id, **entry["metrics"])
             return []

@@ -141,11 +141,10 @@ def describe(event: Event) -> str | None:
     if k == "stage_skipped":
         return f"{s}: {d.get('reason', 'up to date')}"
     if k == "stage_restored":
-        return f"{s}: restored from the store ({'; '.join(d.get('reasons', []))})"
+        items = f"{d['items']} items; " if d.get("items") else ""
+        return f"{s}: restored from the store ({items}{'; '.join(d.get('reasons', []))})"
     if k == "stage_started":
         items = d.get("items") or {}
-        if items and items.get("run") == 0:  # every item is in the store: nothing runs
-            return f"{s}: restoring from the store ({'; '.join(d.get('reasons', []))})"
         count = f" [{items.get('run')} of {items.get('total')} items]" if items else ""
         queued = d.get("queued") or 0
         waited = f", after {_fmt_duration(queued)} waiting for a job" if queued >= 0.1 else ""
@@ -159,8 +158,6 @@ def describe(event: Event) -> str | None:
             f" after: {_first_line(d.get('error'))}"
         )
     if k == "stage_finished":
-        if d.get("items") is not None and d.get("items_run") == 0:
-            return f"{s}: restored from the store ({d['items']} items, none run)"
         return f"{s}: done in {_fmt_duration(d.get('duration'))}{_items(d)}"
     if k == "stage_failed":
         return f"{s}: FAILED: {_first_line(d.get('error'))}"
@@ -400,9 +397,8 @@ class RichView:
         elif k == "stage_skipped":
             self._print(f"  - {s}  skipped: {d.get('reason', '')}", "yellow")
         elif k == "stage_restored":
-            self._print(f"  ↺ {s}  restored from the store", "cyan")
-        elif k == "stage_finished" and d.get("items") is not None and d.get("items_run") == 0:
-            self._print(f"  ↺ {s}  restored from the store ({d['items']} items, none run)", "cyan")
+            items = f" ({d['items']} items)" if d.get("items") else ""
+            self._print(f"  ↺ {s}  restored from the store{items}", "cyan")
         elif k == "stage_finished":
             self._print(f"  ✓ {s}  ran in {_fmt_duration(d.get('duration'))}{_items(d)}", "green")
         elif k == "stage_failed":

@@ -255,9 +255,14 @@ def test_a_foreach_stage_whose_items_are_all_in_the_store_is_restored_not_run(
         "all 3 items are in the store (none runs))"
     ) in status
     out = p.cli("build", "--executor", "inline").stderr
-    assert "clean: restoring from the store (" in out and "[0 of 3 items]" not in out
-    assert "clean: restored from the store (3 items, none run)" in out
+    assert "clean: running" not in out and "clean: done" not in out
+    assert (
+        "clean: restored from the store (3 items; 1 of 3 items changed (first: data/a.txt: "
+        "content changed); all 3 items are in the store (none runs))"
+    ) in out
     assert "0 ran, 1 restored, 1 up to date" in out
+    kinds = [e["event"] for e in _events(p) if e.get("stage") == "clean"]
+    assert kinds == ["stage_restored"]  # the event log says the same
     assert p.read("build/clean/a.txt") == "TYGER\n"
     (last,) = [r for r in json.loads(p.cli("list", "--runs", "--json").stdout)][-1:]
     assert (last["ran"], last["restored"]) == (0, 1)
