@@ -295,25 +295,44 @@ def _read_lines(path: Path) -> Iterable[dict[str, Any]]:
 
 def build_running(lock: Path) -> float | None:
     """When the build holding the workspace's lock (``.pipemake/lock``) took it, or None
-    when no build holds it. A probe that takes nothing a build needs and writes nothing: a
-    shared lock is tried and dropped at once (a build's exclusive lock refuses it)."""
+    when no build holds it. Read from what the holder wrote into the lock file (emptied when
+    it lets go): its process is alive on this machine. Only a holder on another machine
+    (a shared folder) is asked through the lock itself, with a shared lock tried and
+    dropped at once, so a build starting meanwhile is never told to wait."""
+    try:
+        info = json.loads(lock.read_bytes()[:4096] or b"{}")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or not info:
+        return None
+    since = info.get("since")
+    since = float(since) if isinstance(since, int | float) else 0.0
+    pid = info.get("pid")
+    if info.get("host") == os.uname().nodename and isinstance(pid, int) and pid > 0:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # killed before it could let go
+        except PermissionError:
+            pass  # alive, another user's
+        return since
+    return since if _locked(lock) else None
+
+
+def _locked(lock: Path) -> bool:
     try:
         fd = os.open(lock, os.O_RDONLY)
     except OSError:
-        return None
+        return False
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                since = json.loads(os.pread(fd, 4096, 0) or b"{}").get("since")
-            except (OSError, ValueError, AttributeError):
-                since = None
-            return float(since) if isinstance(since, int | float) else 0.0
-        except OSError:
-            return None
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
         fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
+        return False
     finally:
         os.close(fd)
 
