@@ -25,6 +25,7 @@ def _hold_lock(p: Proj, log: Path) -> subprocess.Popen[str]:
     return proc
 
 
+@pytest.mark.slow
 def test_second_build_waits_for_the_lock_naming_the_holder(slow: Proj, tmp_path: Path) -> None:
     first = _hold_lock(slow, tmp_path / "first.log")
     second_log = tmp_path / "second.log"
@@ -90,6 +91,7 @@ def test_lock_file_left_by_a_dead_process_is_taken_over(chain: Proj) -> None:
     assert chain.run_counts() == dict.fromkeys(CHAIN_STAGES, 1)
 
 
+@pytest.mark.slow
 def test_two_workspaces_share_one_cache_dir_at_once(project, tmp_path: Path) -> None:
     cache = tmp_path / "shared-cache"
     wide = CHAIN.replace("name: chain", "name: wide")

@@ -213,6 +213,7 @@ def original(project, tmp_path: Path, rembg_home: Path) -> tuple[Proj, Path]:
     return p, data
 
 
+@pytest.mark.slow
 def test_validate_accepts_the_original_file_and_names_the_model_file(original, rembg_home):
     p, data = original
     model = install_isnet(rembg_home)

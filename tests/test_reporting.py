@@ -378,6 +378,7 @@ def test_a_tab_in_the_yaml_is_named_with_its_line_and_column(project) -> None:
     assert "YAML indents with spaces only" in out and TRACEBACK not in out
 
 
+@pytest.mark.slow
 def test_a_timed_out_stage_is_retried_when_retries_are_set(project) -> None:
     p = project(
         """

@@ -173,6 +173,7 @@ def test_safe_mode_keeps_the_executable_bit_only() -> None:
 
 
 # finding 10: objects that are not regular files ---------------------------------------------
+@pytest.mark.slow
 def test_a_fifo_object_is_a_miss_and_never_hangs(chain: Proj) -> None:
     chain.cli("build")
     obj = _object(chain, UPPER)

@@ -145,6 +145,7 @@ def test_a_build_that_did_something_or_saw_fresh_files_writes_none(chain: Proj) 
     assert not chain.exists(SNAP)  # it ran: the stale snapshot is gone too
 
 
+@pytest.mark.slow
 def test_pipelines_with_hooks_always_build(project: Callable[..., Proj]) -> None:
     p = project(
         """
@@ -294,6 +295,7 @@ def _api_build(p: Proj, started_ns: int) -> None:
         api.build(project, noop_snapshot=("ctx", started_ns))
 
 
+@pytest.mark.slow
 def test_the_api_writes_a_snapshot_for_a_settled_noop(chain: Proj) -> None:
     settle(chain)
     chain.path(SNAP).unlink()
