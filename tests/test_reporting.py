@@ -318,6 +318,7 @@ def test_an_interrupt_says_how_many_items_are_kept(project, tmp_path: Path) -> N
     kept = _progress(p)
     assert f"not run: slow ({kept} of 12 items done and kept), after" in out
     assert "finished stages and items are kept" in out
+    assert f"not run: slow ({kept} of 12 items done and kept), after" in p.cli("log").stdout
     assert f"{12 - kept} of 12 items to run" in p.cli("dry-run").stdout  # what was kept
     status = p.cli("status").stdout
     assert "slow: stale (" in status and "never built" not in status.splitlines()[0]
