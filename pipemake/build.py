@@ -322,26 +322,13 @@ class Builder:
         try:
             sk = self.resolve(stage)
         except _Unknown as exc:
-            return (
-                Decision(
-                    Verdict.MAYBE,
-                    [Reason(Trigger.UPSTREAM_WILL_RUN, f"upstream {exc.stage} will run")],
-                ),
-                None,
-                None,
-            )
+            return Decision(Verdict.MAYBE, [self._upstream_will(exc.stage)]), None, None
         if sk.unknown:
             own = [r for r in self._why(stage.id, sk.doc) if not _from_unknown(r, sk)]
             if own:
                 return Decision(Verdict.RUN, own), sk, None
             first = sorted(sk.unknown)[0]
-            return (
-                Decision(
-                    Verdict.MAYBE, [Reason(Trigger.UPSTREAM_WILL_RUN, f"upstream {first} will run")]
-                ),
-                sk,
-                None,
-            )
+            return Decision(Verdict.MAYBE, [self._upstream_will(first)]), sk, None
         if self.force or stage.id in self.force_stages:
             return Decision(Verdict.RUN, [Reason(Trigger.FORCED, "forced")]), sk, None
         entry = None
@@ -353,10 +340,11 @@ class Builder:
             if stage.foreach is not None:
                 more, items = foreach.item_decision(self, stage, sk)
                 reasons += more
-                if not sk.todo and not reasons:  # none runs: the output is put together
-                    n = len(sk.items)
+                if not sk.todo and sk.items and not stage.rule.map_reduce:  # none runs:
+                    n = len(sk.items)  # the output is put together from the store's items
                     every = Reason(Trigger.CACHED, f"all {n:,} items are in the store (none runs)")
-                    reasons = [*foreach.items_changed(self, stage, sk), every]
+                    reasons = [*(reasons or foreach.items_changed(self, stage, sk)), every]
+                    return Decision(Verdict.RESTORE, reasons, items), sk, None
             if not reasons:
                 reasons = [Reason(Trigger.NO_ENTRY, "no cache entry")]
             return Decision(Verdict.RUN, reasons, items), sk, None
@@ -376,6 +364,13 @@ class Builder:
             earlier = Reason(Trigger.CACHED, "cached from an earlier build")
             return Decision(Verdict.RESTORE, [*why, earlier]), sk, entry
         return Decision(Verdict.RESTORE, output_reasons(bad, last is None)), sk, entry
+
+    def _upstream_will(self, stage_id: str) -> Reason:
+        """Why a stage waits on an upstream one whose outputs are not known yet: it will
+        run, or be put together from its items in the store."""
+        told = self.decisions.get(stage_id)
+        will = "will be restored" if told and told.verdict is Verdict.RESTORE else "will run"
+        return Reason(Trigger.UPSTREAM_WILL_RUN, f"upstream {stage_id} {will}")
 
     def prefetch(self, stages: list[str]) -> None:
         """Read the entries of these stages' last keys in a few queries: on a no-op build
@@ -427,8 +422,7 @@ class Builder:
             self._done(stage, sk, entry, ran=False)
             self.bus.emit("stage_skipped", stage_id, reason="up to date")
             return []
-        if decision.verdict is Verdict.RESTORE:
-            assert entry is not None
+        if decision.verdict is Verdict.RESTORE and entry is not None:  # (else from items)
             try:
                 restored = self._restore(stage, sk, entry)
             except OSError as exc:

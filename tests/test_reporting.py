@@ -254,6 +254,11 @@ def test_a_foreach_stage_whose_items_are_all_in_the_store_is_restored_not_run(
         "clean: stale (1 of 3 items changed (first: data/a.txt: content changed); "
         "all 3 items are in the store (none runs))"
     ) in status
+    rows = _dry(p)
+    assert rows["clean"].startswith("restore: 1 of 3 items changed")  # as the build will say
+    p.write("data/c.txt", "edited\n")  # so that single waits on nothing but its own input
+    assert _dry(p)["clean"].startswith("run: 1 of 3 items changed (first: data/c.txt")
+    p.write("data/c.txt", "ozymandias\n")
     out = p.cli("build", "--executor", "inline").stderr
     assert "clean: running" not in out and "clean: done" not in out
     assert (
