@@ -180,7 +180,9 @@ def describe(event: Event) -> str | None:
     return None
 
 
-def summary_lines(event: Event, items: ItemCounts | None = None) -> list[str]:
+def summary_lines(
+    event: Event, items: ItemCounts | None = None, full_at: str = "in `pipemake log`"
+) -> list[str]:
     """The closing summary of a run: counts, then (when something went wrong) what failed
     with the first lines of its error, what was skipped because of it (and, from ``items``,
     the items of a stopped stage that finished and are kept), and what finished."""
@@ -204,7 +206,7 @@ def summary_lines(event: Event, items: ItemCounts | None = None) -> list[str]:
         lines.append(f"  FAILED {stage}: {err[0]}")
         lines.extend(f"      {line}" for line in err[1:ERROR_LINES])
         if len(err) > ERROR_LINES:
-            lines.append(f"      … {len(err) - ERROR_LINES} more line(s) in `pipemake log`")
+            lines.append(f"      … {len(err) - ERROR_LINES} more line(s) {full_at}")
     because = {s: r for s, r in skipped.items() if r.startswith("upstream ")}
     if because:
         lines.append(
@@ -261,7 +263,8 @@ def log_lines(events: Iterable[dict[str, Any]], verbose: bool = True) -> list[st
             if ev.get("from_snapshot"):
                 out.append(f"[{stamp}] nothing changed since the last no-op build (its snapshot)")
         if event.kind == "run_finished":
-            out.extend(f"[{stamp}] {line}" for line in summary_lines(event, items))
+            summary = summary_lines(event, items, full_at="in the stage's FAILED lines above")
+            out.extend(f"[{stamp}] {line}" for line in summary)
             continue
         if event.kind == "stage_failed":
             err = str(event.data.get("error") or "").strip().splitlines()

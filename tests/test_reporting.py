@@ -20,7 +20,7 @@ from conftest import TRACEBACK, Proj, wait_for
 
 from pipemake.eta import Estimator
 from pipemake.events import Event
-from pipemake.progress import ItemCounts, PlainView, summary_lines
+from pipemake.progress import ItemCounts, PlainView, log_lines, summary_lines
 
 # tracebacks ------------------------------------------------------------------------------
 STEPS = """
@@ -110,6 +110,20 @@ def test_a_failed_item_counts_the_items_the_store_had(project) -> None:
     assert 'report_steps.py", line 13, in each' in out and "return 1 / x" in out
     log = p.read(".pipemake/logs/p.log")
     assert "item f3.txt FAILED: ZeroDivisionError" in log and "return 1 / x" in log
+
+
+def test_pipemake_log_shows_a_long_error_whole_and_points_up_not_at_itself() -> None:
+    error = "\n".join(["RuntimeError: deep"] + [f"  frame {i}" for i in range(30)])
+    events = [
+        {"event": "run_started", "stage": None, "time": 1.0, "run": "r", "stages": ["a"]},
+        {"event": "stage_failed", "stage": "a", "time": 2.0, "error": error},
+        {"event": "run_finished", "stage": None, "time": 3.0, "ran": [], "restored": [],
+         "up_to_date": [], "failed": {"a": error}, "skipped": {}, "duration": 2.0},
+    ]  # fmt: skip
+    text = "\n".join(log_lines(events))
+    assert "frame 29" in text  # the whole error, once
+    assert "more line(s) in the stage's FAILED lines above" in text
+    assert "in `pipemake log`" not in text
 
 
 # ETA ---------------------------------------------------------------------------------------
