@@ -212,8 +212,12 @@ def message_text(summary: Mapping[str, Any]) -> str:
 
 
 def message_body(summary: dict[str, Any], how: str) -> dict[str, Any]:
-    """What a webhook receives: Slack's ``{"text": …}``, or the summary itself."""
-    return {"text": message_text(summary)} if how == "slack" else summary
+    """What a webhook receives: Slack's ``{"text": …}`` (``&``, ``<`` and ``>`` escaped, as
+    Slack asks: an error's ``<module>`` is not a link), or the summary itself."""
+    if how != "slack":
+        return summary
+    text = message_text(summary).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return {"text": text}
 
 
 def _duration(seconds: Any) -> str:

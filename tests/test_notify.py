@@ -195,6 +195,14 @@ def test_slack_gets_a_readable_text_message_of_the_failure(project, http: _Http)
     assert "SLACKSECRET" not in json.dumps(_events(p)) and "SLACKSECRET" not in r.output
 
 
+def test_slack_text_escapes_what_slack_reads_as_markup() -> None:
+    from pipemake.hooks import message_body
+
+    summary = run_summary("p", "r", 0.0, {"failed": {"s": "x\nError in <module> & co"}})
+    assert "Error in &lt;module&gt; &amp; co" in message_body(summary, "slack")["text"]
+    assert message_body(summary, "json") is summary
+
+
 def test_a_url_on_slacks_host_gets_slacks_text_not_the_summary() -> None:
     summary = run_summary("p", "r1", 0.0, {"ran": ["a"], "failed": {}, "duration": 2.0},
                           {"a": 1.5})  # fmt: skip
