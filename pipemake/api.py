@@ -23,7 +23,6 @@ from .decide import Decision, Reason, Trigger, Verdict
 from .errors import (
     BuildFailed,
     Interrupted,
-    LockTimeout,
     PipelineError,
     Problem,
     StoreError,
@@ -34,7 +33,7 @@ from .executors import executor_names, get_executor, runs_here
 from .executors.base import Executor
 from .fingerprint import code_files
 from .fshash import Hasher
-from .hooks import run_hooks, run_summary
+from .hooks import StageTimes, run_hooks, run_summary
 from .items import glob_base, is_glob
 from .lock import BuildLock
 from .model import DEFAULT_FILE, Pipeline
@@ -372,9 +371,11 @@ def run_build(project: Project, options: BuildOptions, bus: Bus | None = None) -
     runs = project.workspace.dot / "runs"
     runlog = history.RunLog(runs, o.log_json, {"pipeline": p.name})
     bus.subscribe(runlog)
+    times = StageTimes()  # each stage's run time, for the hooks' messages
+    bus.subscribe(times)
     started = time.time()
     # the pipeline's hooks: run once the run_finished event is out, as its subscriber
-    bus.subscribe(_Hooks(p, runlog, started, bus))
+    bus.subscribe(_Hooks(p, runlog, started, bus, times))
     started_ns = o.noop_snapshot[1] if o.noop_snapshot else time.time_ns()
     with (
         # first: a cluster that cannot be reached fails the build before anything is logged
@@ -405,7 +406,7 @@ def run_build(project: Project, options: BuildOptions, bus: Bus | None = None) -
             "deps": {s: [d for d in p.graph.deps[s] if d in chosen] for s in order},
             "budget": budget.total,
             "jobs": o.jobs,
-            "per_item": {s: t for s, t in history.per_item_times(runs).items() if s in expected},
+            "per_item": {s: t for s, t in history.per_item_times(runs).items() if s in chosen},
         }
         bus.emit("run_started", None, **run_started)
         with _Signals() as sigs, ex:  # closed as soon as the schedule ends
@@ -428,7 +429,7 @@ def run_build(project: Project, options: BuildOptions, bus: Bus | None = None) -
                 keep_going=o.keep_going,
                 stop_signal=lambda: (sigs.received, sigs.count),
                 budget=budget,
-                expected=expected,
+                expected={s: d for s, d in expected.items() if d is not None},
                 grace=o.grace,
             )
             outcome = sched.run()
@@ -468,14 +469,17 @@ class _Hooks:
     fits runs when the build's ``run_finished`` event arrives (its events go to the same
     bus, after every earlier subscriber has seen ``run_finished``)."""
 
-    def __init__(self, p: Pipeline, runlog: history.RunLog, started: float, bus: Bus):
-        self.p, self.runlog, self.started, self.bus = p, runlog, started, bus
+    def __init__(
+        self, p: Pipeline, runlog: history.RunLog, started: float, bus: Bus, times: StageTimes
+    ):
+        self.p, self.runlog, self.started, self.bus, self.times = p, runlog, started, bus, times
 
     def __call__(self, event: Event) -> None:
         if event.kind != "run_finished":
             return
         p = self.p
-        summary = run_summary(p.name, self.runlog.run_id, self.started, event.data)
+        durations = self.times.durations
+        summary = run_summary(p.name, self.runlog.run_id, self.started, event.data, durations)
         run_hooks(p.on_success, p.on_failure, summary, p.root, self.bus)
 
 
@@ -594,10 +598,11 @@ def _budget(
     return budget
 
 
-def _expected(project: Project, order: list[str]) -> dict[str, float]:
-    """Each stage's expected duration: its last duration (1 s when never built)."""
+def _expected(project: Project, order: list[str]) -> dict[str, float | None]:
+    """Each stage's expected duration: its last duration, None when never built (no ETA
+    counts on it; the scheduler ranks it as 1 s)."""
     brief = project.state.builds.brief()
-    return {s: float(brief.get(s, NEVER).duration or 1.0) for s in order}
+    return {s: None if (d := brief.get(s, NEVER).duration) is None else float(d) for s in order}
 
 
 def _report(builder: Builder, outcome: Outcome, duration: float) -> BuildReport:
@@ -681,6 +686,8 @@ def status(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
     compared with ``pipemake.lock`` when there is one: ``lock`` lists why it differs from
     the lock (empty: as locked, so a store keyed on the lock restores it)."""
     records = project.state.builds.records()
+    live = history.running_run(project.workspace.dot / "runs")
+    now = _run_stages(live[1]) if live else {}
     rows = dry_run(project, targets)
     unbuilt = [stage for stage, _d in rows if not records.get(stage)]
     against: dict[str, list[str]] = {}
@@ -696,24 +703,40 @@ def status(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
     stages = []
     for stage, decision in rows:
         rec = records.get(stage) or {}
-        if rec.get("result") in ("failed", "interrupted"):
-            state = rec["result"]
-        elif decision.verdict.value == "up to date":
+        if now.get(stage) == "running":  # what the store says is being rewritten right now
+            state = "running"
+        elif decision.verdict.value == "up to date":  # a failed run since was of other inputs
             state = "up to date"
-        elif not rec:
+        elif rec.get("result") in ("failed", "interrupted"):
+            state = rec["result"]
+        elif not rec and decision.verdict.value != "restore" and not _some_cached(decision):
             state = "never built"
         else:
             state = "stale"
+        reasons = [str(r) for r in decision.reasons]
+        if state == "running":  # the reasons of a decision the running build is acting on
+            reasons = ["in the build running now"]
+        elif state == "stale" and not rec:  # some items are in the store: built in part
+            reasons = [r for r in reasons if r != "never built"]
+        elif state == "up to date" and rec.get("result") in ("failed", "interrupted"):
+            reasons = [
+                f"its last run {rec['result']}, with inputs, params or code changed back since"
+            ]
         row = {
             "stage": stage, "state": state, "decision": decision.verdict.value,
-            "reasons": [str(r) for r in decision.reasons],
+            "reasons": reasons,
             "last_result": rec.get("result"), "last_duration": rec.get("duration"),
+            "last_restored": bool(rec.get("restored")),
             "last_error": rec.get("error"),
         }  # fmt: skip
         if stage in against and stage in unbuilt:
             row["lock"] = against[stage]
         stages.append(row)
-    info: dict[str, Any] = {"stages": stages, "orphans": orphans(project)}
+    building = None
+    if live:
+        left = {s: v for s, v in now.items() if v in ("running", "pending")}
+        building = {"run": live[0]["id"], "started": live[0].get("started"), "stages": left}
+    info: dict[str, Any] = {"stages": stages, "orphans": orphans(project), "building": building}
     if lock_problem:
         info["lock_problem"] = lock_problem
     return info
@@ -823,12 +846,15 @@ _RUN_STATES = {"stage_started": "running", "stage_finished": "done",
 _COMPLETE = ("done", "restored", "up to date")
 
 
-def run_status(project: Project, run: str | None = None) -> dict[str, Any]:
-    """One build's status (the original system's ``status --pipeline-id``): its state
-    (``completed``, ``failed``, ``interrupted``, ``running``, or ``incomplete`` when it was
-    killed), progress, counts and each stage's state. ``run`` is an id from
-    :func:`list_runs`, a prefix of one, or a negative index (default: the last)."""
-    summary, events = history.read_run(project.workspace.dot / "runs", run)
+def _some_cached(decision: Decision) -> bool:
+    """Whether the store holds some of a foreach stage's items (a first build stopped
+    halfway, say): then the stage is not "never built"."""
+    return bool((decision.items or {}).get("cached"))
+
+
+def _run_stages(events: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Each stage's state in a run, by its last event: pending, running, done, restored,
+    up to date, skipped, failed."""
     stages: dict[str, str] = {}
     for ev in events:
         kind, stage = ev.get("event"), ev.get("stage")
@@ -838,17 +864,22 @@ def run_status(project: Project, run: str | None = None) -> dict[str, Any]:
             stages[stage] = _RUN_STATES[kind]
         elif stage and kind == "stage_skipped":
             stages[stage] = "up to date" if ev.get("reason") == "up to date" else "skipped"
+        elif stage and kind == "stage_cancelled":
+            stages[stage] = "skipped"
+    return stages
+
+
+def run_status(project: Project, run: str | None = None) -> dict[str, Any]:
+    """One build's status (the original system's ``status --pipeline-id``): its state
+    (``completed``, ``failed``, ``interrupted``, ``running``, or ``incomplete`` when it was
+    killed), progress, counts and each stage's state. ``run`` is an id from
+    :func:`list_runs`, a prefix of one, or a negative index (default: the last)."""
+    summary, events = history.read_run(project.workspace.dot / "runs", run)
+    stages = _run_stages(events)
     result = summary.get("result")
     state = {"ok": "completed", "failed": "failed", "interrupted": "interrupted"}.get(result)
-    if state is None:
-        state = "incomplete"
-        last = history.list_runs(project.workspace.dot / "runs")[-1]["id"]
-        if last == summary["id"]:
-            try:
-                with BuildLock(project.workspace.dot / "lock", 0):
-                    pass
-            except LockTimeout:
-                state = "running"
+    if state is None:  # list_runs said whether the build is still at it
+        state = "running" if result == "running" else "incomplete"
     done = sum(1 for v in stages.values() if v in _COMPLETE)
     counts = {v: sum(1 for x in stages.values() if x == v) for v in ("done", "restored")}
     return {

@@ -621,7 +621,14 @@ def dry_run(
 
 @cli.command()
 @click.argument("targets", nargs=-1, shell_complete=_complete_targets)
-@click.option("--json", "as_json", is_flag=True, help="Print the stages' states as JSON.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print it as JSON: {stages: [{stage, state, decision, reasons, last_result, "
+    "last_duration, last_restored, last_error}], orphans, building} (building: the build "
+    "running now, or null).",
+)
 @click.option("--check", is_flag=True, help="Exit 1 when any stage is not up to date.")
 @click.option(
     "--pipeline-id",
@@ -667,11 +674,21 @@ def status(
         if as_json:
             click.echo(json.dumps(info, indent=2))
         else:
+            if info.get("building"):
+                b = info["building"]
+                since = time.strftime("%H:%M:%S", time.localtime(b.get("started") or 0))
+                click.echo(
+                    f"a build is running (run {b['run']}, since {since}): its stages are "
+                    "marked running; the others show what the store holds now"
+                )
             for row in info["stages"]:
                 reasons = [r for r in row["reasons"] if r != row["state"]]
                 why = f" ({'; '.join(reasons)})" if reasons else ""
                 dur = row["last_duration"]
                 last = f"  [last: {row['last_result']}, {dur:.1f}s]" if dur is not None else ""
+                if row["last_restored"] and row["last_result"] == "ok":  # no run here: say so
+                    took = f"; it ran in {dur:.1f}s when built" if dur is not None else ""
+                    last = f"  [last: restored from the store{took}]"
                 locked = ""
                 if "lock" in row:
                     lock_why = "; ".join(row["lock"])
@@ -707,7 +724,8 @@ def _run_status(ctx: click.Context, run_id: str, as_json: bool, cache_dir: str |
         f"progress: {info['completed']}/{info['total']} stages ({info['progress']:.0f}%): "
         f"{info['ran']} ran, {info['restored']} restored, {info['up_to_date']} up to date"
     )
-    click.echo(f"started:  {when}" + (f", took {took:.1f}s" if took is not None else ""))
+    verb = "running for" if info["state"] == "running" else "took"
+    click.echo(f"started:  {when}" + (f", {verb} {took:.1f}s" if took is not None else ""))
     for stage, state in info["stages"].items():
         error = info["failed"].get(stage)
         click.echo(f"  {stage}: {state}" + (f" ({error})" if error else ""))
@@ -809,15 +827,21 @@ def _write_atomically(path: str, text: str) -> None:
 @cli.command("list")
 @click.option("--runs", is_flag=True, help="List past runs instead of stages.")
 @click.option("--json", "as_json", is_flag=True, help="With --runs: print them as JSON.")
+@click.option("--no-header", is_flag=True, help="Rows only, no header line (for scripts).")
 @click.option("--checkpoint-dir", default=None, metavar="DIR", help="The store (as --cache-dir).")
 @_set_option
 @click.pass_context
-def list_cmd(ctx: click.Context, runs: bool, as_json: bool, checkpoint_dir: str | None) -> None:
-    """List stages with their rules (--runs: past runs)."""
+def list_cmd(
+    ctx: click.Context, runs: bool, as_json: bool, no_header: bool, checkpoint_dir: str | None
+) -> None:
+    """List stages with their rules and outputs, one tab-separated row each (--runs: past
+    runs, a running build as `running`, a killed one as `incomplete`)."""
 
     def go() -> int:
         with _project(ctx, readonly=True, cache_dir=checkpoint_dir) as project:
             if not runs:
+                if not no_header:
+                    click.echo("STAGE\tRULE\tOUTPUTS")
                 for row in api.list_stages(project):
                     outs = ", ".join(row["outputs"].values())
                     click.echo(f"{row['stage']}\t{row['rule']}\t{outs}")
@@ -828,11 +852,17 @@ def list_cmd(ctx: click.Context, runs: bool, as_json: bool, checkpoint_dir: str 
             return 0
         if not rows:
             click.echo("no runs recorded yet")
+        elif not no_header:
+            click.echo(_RUNS_HEADER)
         for row in rows:
             click.echo(_run_line(row))
         return 0
 
     _run(go)
+
+
+#: the header of `list --runs`, aligned with :func:`_run_line`'s columns
+_RUNS_HEADER = f"{'RUN':<19}  {'STARTED':<19}  {'DURATION':>9}  {'RESULT':<11}  STAGES"
 
 
 def _run_line(row: dict[str, Any]) -> str:

@@ -8,8 +8,9 @@ Under ``.pipemake/runs/``:
   ``run_finished`` (or a ``hook_*`` event after it). Lines are flushed as they happen, so a
   killed build leaves a readable log.
 - ``index.jsonl`` — one line per finished run: id, start, duration, result and counts
-  (what ``pipemake list --runs`` prints). A run killed before it finished has a log and no
-  index line; it is listed as ``incomplete``.
+  (what ``pipemake list --runs`` prints). A run that has not finished has a log and no
+  index line: it is listed as ``running`` while a build holds the workspace's lock (and
+  started after it took it), else as ``incomplete`` (killed).
 - ``per_item.json`` — each foreach stage's last time per item (for the ETA).
 
 The last :data:`KEEP_RUNS` logs are kept.
@@ -18,8 +19,10 @@ The last :data:`KEEP_RUNS` logs are kept.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,7 +31,10 @@ from typing import IO, Any
 from .errors import PipemakeError, UsageError, os_failure
 from .events import Event
 
-__all__ = ["FORMAT", "KEEP_RUNS", "RunLog", "list_runs", "per_item_times", "read_run"]
+__all__ = [
+    "FORMAT", "KEEP_RUNS", "RunLog", "build_running", "list_runs", "per_item_times", "read_run",
+    "running_run",
+]  # fmt: skip
 
 FORMAT = 1
 KEEP_RUNS = 100
@@ -134,6 +140,8 @@ class RunLog:
         self._closed = False
         self._flushed = 0.0
         self._extra: IO[str] | None = None
+        self._lock = threading.Lock()  # the flush timer writes from another thread
+        self._timer: threading.Timer | None = None
         #: why a log stopped being written (reported by close())
         self.failure: PipemakeError | None = None
         if self.extra is not None:  # opened now, so a bad path stops the build before it runs
@@ -164,21 +172,40 @@ class RunLog:
             line = _dumps(record) + "\n"
         now = time.monotonic()
         flush = event.kind not in _BULK or now - self._flushed >= FLUSH_EVERY
-        for f in list(self._files):
-            try:
-                f.write(line)
-                if flush:
-                    f.flush()
-            except OSError as exc:
-                self._lose(f, exc, f.name)
-        if flush:
-            self._flushed = now
+        with self._lock:
+            for f in list(self._files):
+                try:
+                    f.write(line)
+                    if flush:
+                        f.flush()
+                except OSError as exc:
+                    self._lose(f, exc, f.name)
+            if flush:
+                self._flushed = now
+            elif self._timer is None:  # a quiet spell must not keep the last lines unwritten
+                self._timer = threading.Timer(FLUSH_EVERY, self._flush_later)
+                self._timer.daemon = True
+                self._timer.start()
         self._tally.add(record)
         if event.kind == "run_finished":
             try:
                 self._finish()
             except OSError as exc:
                 self._lose(None, exc, self.directory)
+
+    def _flush_later(self) -> None:
+        """Write out what is buffered (run by a timer: readers such as ``status`` follow
+        the log while the build waits on a long task)."""
+        with self._lock:
+            self._timer = None
+            if self._closed:
+                return
+            for f in list(self._files):
+                try:
+                    f.flush()
+                except OSError as exc:
+                    self._lose(f, exc, f.name)
+            self._flushed = time.monotonic()
 
     def _lose(self, f: IO[str] | None, exc: OSError, where: Any) -> None:
         """A log that cannot be written (a full disk) stops; the build goes on, and
@@ -226,7 +253,11 @@ class RunLog:
     def close(self) -> None:
         """Close the files; later events are ignored. If a log could not be written (a full
         disk), raise that now, once the build has said and run everything else."""
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
         for f in self._files or ([self._extra] if self._extra is not None else []):
             try:
                 f.close()
@@ -262,8 +293,54 @@ def _read_lines(path: Path) -> Iterable[dict[str, Any]]:
                 yield obj
 
 
+def build_running(lock: Path) -> float | None:
+    """When the build holding the workspace's lock (``.pipemake/lock``) took it, or None
+    when no build holds it. Read from what the holder wrote into the lock file (emptied when
+    it lets go): its process is alive on this machine. Only a holder on another machine
+    (a shared folder) is asked through the lock itself, with a shared lock tried and
+    dropped at once, so a build starting meanwhile is never told to wait."""
+    try:
+        info = json.loads(lock.read_bytes()[:4096] or b"{}")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or not info:
+        return None
+    since = info.get("since")
+    since = float(since) if isinstance(since, int | float) else 0.0
+    pid = info.get("pid")
+    if info.get("host") == os.uname().nodename and isinstance(pid, int) and pid > 0:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # killed before it could let go
+        except PermissionError:
+            pass  # alive, another user's
+        return since
+    return since if _locked(lock) else None
+
+
+def _locked(lock: Path) -> bool:
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def list_runs(directory: Path) -> list[dict[str, Any]]:
-    """Past runs, oldest first: the index, plus runs whose log has no index line (killed)."""
+    """Past runs, oldest first: the index, plus runs whose log has no index line: the one a
+    build is writing now (``running``; the lock beside ``directory`` tells) or killed ones
+    (``incomplete``)."""
     runs = {r["id"]: r for r in _read_lines(directory / INDEX) if r.get("id")}
     for path in directory.glob("*.jsonl"):
         if path.name == INDEX or path.stem in runs:
@@ -276,7 +353,21 @@ def list_runs(directory: Path) -> list[dict[str, Any]]:
             runs[summary["id"]] = summary
     for r in runs.values():
         r["log"] = (directory / f"{r['id']}.jsonl").exists()
-    return sorted(runs.values(), key=lambda r: (r.get("started") or 0, r["id"]))
+    ordered = sorted(runs.values(), key=lambda r: (r.get("started") or 0, r["id"]))
+    if ordered and ordered[-1].get("result") == "incomplete":
+        since = build_running(directory.parent / "lock")
+        # a second's slack: the lock's time and the run's start are read from two clocks
+        if since is not None and (ordered[-1].get("started") or 0) >= since - 1:
+            ordered[-1]["result"] = "running"
+    return ordered
+
+
+def running_run(directory: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """The run a build is writing now (its summary so far and its events), or None."""
+    runs = list_runs(directory)
+    if not runs or runs[-1].get("result") != "running":
+        return None
+    return runs[-1], list(_read_lines(directory / f"{runs[-1]['id']}.jsonl"))
 
 
 def read_run(

@@ -15,6 +15,7 @@ from typing import Any
 from .binding import bind, check_graph
 from .dag import Graph
 from .errors import Problems, UsageError, suggest
+from .hooks import check_hook
 from .model import DEFAULT_FILE, SYMBOLIC_SCOPES, Foreach, Pending, Pipeline, Stage
 from .params import Override, UnknownParam, apply_overrides, load_params, substitute_params
 from .rule import rule_names
@@ -228,18 +229,9 @@ def _substitute_params(stages: list[LineDict], params: dict[str, Any], ld: Probl
 
 
 def _check_hook(doc: LineDict, key: str, ld: Problems) -> None:
-    hook = doc.get(key)
-    if hook is None or isinstance(hook, str):
-        return
-    if (
-        isinstance(hook, dict)
-        and set(hook) <= {"cmd", "url"}
-        and all(isinstance(v, str) for v in hook.values())
-    ):
-        return
-    ld.problem(
-        f"{key!r} must be a shell command, or a mapping with 'cmd' and/or 'url'", doc.line_of(key)
-    )
+    problem = check_hook(doc.get(key))
+    if problem is not None:
+        ld.problem(f"{key!r}: {problem}", doc.line_of(key))
 
 
 def _short(value: Any) -> str:

@@ -21,7 +21,9 @@ from typing import IO, Any
 from .eta import Estimator
 from .events import Event
 
-__all__ = ["PlainView", "RichView", "describe", "log_lines", "make_view", "summary_lines"]
+__all__ = [
+    "ItemCounts", "PlainView", "RichView", "describe", "log_lines", "make_view", "summary_lines",
+]  # fmt: skip
 
 PROGRESS_EVERY = 10.0  # seconds between a stage's progress lines in the plain view
 ERROR_LINES = 12  # lines of a failed stage's error in the closing summary
@@ -30,19 +32,24 @@ UP_TO_DATE_LINES = 20  # "up to date" lines shown before a view only counts them
 
 
 class _Remaining:
-    """The overall ETA, recomputed at most every ``every`` seconds: it walks every stage
-    left, and a view may be asked for it thousands of times in a big build."""
+    """The overall ETA, recomputed at most every ``every`` seconds in a big build (it walks
+    every stage left, and a view may be asked for it thousands of times), and whenever a
+    stage settles in a small one (so a line never shows the ETA of a stage before)."""
+
+    SMALL = 500  # stages: up to this many, every settled stage gets a fresh ETA
 
     def __init__(self, eta: Estimator, every: float = 0.5) -> None:
         self.eta = eta
         self.every = every
         self._at: float | None = None
-        self._value = 0.0
+        self._done = -1
+        self._value: float | None = None
 
-    def __call__(self, now: float) -> float:
-        if self._at is None or not 0 <= now - self._at < self.every:
+    def __call__(self, now: float) -> float | None:
+        moved = self._done != self.eta.done and self.eta.total <= self.SMALL
+        if moved or self._at is None or not 0 <= now - self._at < self.every:
             self._value = self.eta.remaining(now)
-            self._at = now
+            self._at, self._done = now, self.eta.done
         return self._value
 
 
@@ -80,6 +87,50 @@ def _items(d: dict[str, Any]) -> str:
     return f" ({d['items']} items, {run} run)" if run is not None else f" ({d['items']} items)"
 
 
+class ItemCounts:
+    """Follows a run's events for what each foreach stage has of its items: how many there
+    are, how many the store had when it started, and how many finished since. A stage
+    stopped halfway keeps what finished, and the closing summary says so."""
+
+    def __init__(self) -> None:
+        self.total: dict[str, int] = {}
+        self.cached: dict[str, int] = {}
+        self.done: dict[str, int] = {}
+
+    def __call__(self, event: Event) -> None:
+        s, d = event.stage, event.data
+        if s is None:
+            return
+        if event.kind == "stage_started" and d.get("items"):
+            self.total[s] = int(d["items"].get("total") or 0)
+            self.cached[s] = int(d["items"].get("cached") or 0)
+            self.done[s] = 0
+        elif event.kind == "progress" and d.get("unit") == "items":
+            if s not in self.total:  # a forced stage announces no items: all of them run
+                self.total[s], self.cached[s] = int(d.get("total") or 0), 0
+            self.done[s] = int(d.get("done") or 0)
+
+    def kept(self, stage: str) -> str | None:
+        """``18 of 30 items done and kept`` for a stage stopped before it finished, or None
+        when it is no foreach stage, or nothing of it is kept."""
+        if stage not in self.total:
+            return None
+        have = self.done[stage] + self.cached[stage]
+        if not have:
+            return None
+        return f"{have} of {self.total[stage]} items done and kept"
+
+
+def _hook_target(d: dict[str, Any]) -> str:
+    """`` (email to …)``, `` (Slack webhook https://host/…)``: where a hook sent (URLs come
+    redacted in the event)."""
+    if d.get("email"):
+        return f" (email to {d['email']})"
+    if d.get("url"):
+        return f" ({'Slack webhook' if d.get('via') == 'slack' else 'webhook'} {d['url']})"
+    return ""
+
+
 def describe(event: Event) -> str | None:
     """A one-line description of an event, or None for events not worth a line."""
     d = event.data
@@ -90,7 +141,8 @@ def describe(event: Event) -> str | None:
     if k == "stage_skipped":
         return f"{s}: {d.get('reason', 'up to date')}"
     if k == "stage_restored":
-        return f"{s}: restored from the store ({'; '.join(d.get('reasons', []))})"
+        items = f"{d['items']} items; " if d.get("items") else ""
+        return f"{s}: restored from the store ({items}{'; '.join(d.get('reasons', []))})"
     if k == "stage_started":
         items = d.get("items") or {}
         count = f" [{items.get('run')} of {items.get('total')} items]" if items else ""
@@ -118,9 +170,9 @@ def describe(event: Event) -> str | None:
             f"{_fmt_duration(d.get('grace'))} to finish (signal again to end them now)"
         )
     if k == "hook_failed":
-        return f"warning: {d.get('hook')} hook failed: {d.get('error', '')}"
+        return f"warning: {d.get('hook')} hook failed: {d.get('error', '')}{_hook_target(d)}"
     if k == "hook_finished":
-        return f"{d.get('hook')} hook ran"
+        return f"{d.get('hook')} hook ran{_hook_target(d)}"
     if k == "log":
         if d.get("level") in ("warning", "error", "info"):
             return f"{s}| {d.get('text', '')}"
@@ -128,9 +180,12 @@ def describe(event: Event) -> str | None:
     return None
 
 
-def summary_lines(event: Event) -> list[str]:
+def summary_lines(
+    event: Event, items: ItemCounts | None = None, full_at: str = "in `pipemake log`"
+) -> list[str]:
     """The closing summary of a run: counts, then (when something went wrong) what failed
-    with the first lines of its error, what was skipped because of it, and what finished."""
+    with the first lines of its error, what was skipped because of it (and, from ``items``,
+    the items of a stopped stage that finished and are kept), and what finished."""
     d = event.data
     failed: dict[str, str] = d.get("failed") or {}
     skipped: dict[str, str] = d.get("skipped") or {}
@@ -151,23 +206,25 @@ def summary_lines(event: Event) -> list[str]:
         lines.append(f"  FAILED {stage}: {err[0]}")
         lines.extend(f"      {line}" for line in err[1:ERROR_LINES])
         if len(err) > ERROR_LINES:
-            lines.append(f"      … {len(err) - ERROR_LINES} more line(s) in `pipemake log`")
+            lines.append(f"      … {len(err) - ERROR_LINES} more line(s) {full_at}")
     because = {s: r for s, r in skipped.items() if r.startswith("upstream ")}
     if because:
         lines.append(
             f"  skipped because of a failure: {_names(f'{s} ({r})' for s, r in because.items())}"
         )
     others = [s for s in skipped if s not in because]
+    kept = {s: k for s in others if items is not None and (k := items.kept(s))}
     if others:
-        lines.append(f"  not run: {_names(others)}")
+        lines.append(f"  not run: {_names(f'{s} ({kept[s]})' if s in kept else s for s in others)}")
     finished = list(d.get("ran", [])) + list(d.get("restored", []))
     n_fresh = len(d.get("up_to_date", []))
     if finished or n_fresh:
         fresh = f" (+{n_fresh} up to date)" if n_fresh else ""
         lines.append(f"  finished: {_names(finished) or 'nothing new'}{fresh}")
     if d.get("interrupted"):
+        what = "finished stages and items are kept" if kept else "finished stages are kept"
         lines.append(
-            f"  stopped by {_signal_name(d['interrupted'])}: finished stages are kept; "
+            f"  stopped by {_signal_name(d['interrupted'])}: {what}; "
             "run `pipemake build` again to resume"
         )
     return lines
@@ -182,6 +239,7 @@ def log_lines(events: Iterable[dict[str, Any]], verbose: bool = True) -> list[st
     """A recorded run's events (as the JSON-lines log holds them), readably: one timestamped
     line each, the last progress of a stage only, and the closing summary."""
     events = list(events)
+    items = ItemCounts()
     last_progress: dict[str, int] = {}
     for i, ev in enumerate(events):
         if ev.get("event") == "progress" and ev.get("stage"):
@@ -193,6 +251,7 @@ def log_lines(events: Iterable[dict[str, Any]], verbose: bool = True) -> list[st
             str(ev.get("event")), ev.get("stage"), {k: v for k, v in ev.items() if k not in skip},
             float(ev.get("time") or 0),
         )  # fmt: skip
+        items(event)
         if event.kind == "progress" and last_progress.get(event.stage or "") != i:
             continue
         if event.kind == "log" and not verbose:
@@ -204,7 +263,8 @@ def log_lines(events: Iterable[dict[str, Any]], verbose: bool = True) -> list[st
             if ev.get("from_snapshot"):
                 out.append(f"[{stamp}] nothing changed since the last no-op build (its snapshot)")
         if event.kind == "run_finished":
-            out.extend(f"[{stamp}] {line}" for line in summary_lines(event))
+            summary = summary_lines(event, items, full_at="in the stage's FAILED lines above")
+            out.extend(f"[{stamp}] {line}" for line in summary)
             continue
         if event.kind == "stage_failed":
             err = str(event.data.get("error") or "").strip().splitlines()
@@ -234,9 +294,11 @@ class PlainView:
         self._remaining = _Remaining(self.eta)
         self._last_line: dict[str, float] = {}
         self._up_to_date = 0
+        self.items = ItemCounts()
 
     def __call__(self, event: Event) -> None:
         self.eta(event)
+        self.items(event)
         k, s = event.kind, event.stage
         if k == "stage_skipped" and event.data.get("reason") == "up to date":
             # a no-op over thousands of stages is one summary, not thousands of lines
@@ -246,7 +308,7 @@ class PlainView:
                     self._line("… more stages up to date (counted in the summary)")
                 return
         if k == "run_finished":
-            for line in summary_lines(event):
+            for line in summary_lines(event, self.items):
                 self._line(line)
             return
         if k == "log" and not self.verbose:
@@ -261,7 +323,9 @@ class PlainView:
             self._last_line[s] = self.clock()
         elif k in ("stage_finished", "stage_restored", "stage_failed") and self.eta.total:
             eta = self._remaining(self.clock())
-            left = f", ETA {_fmt_duration(eta)}" if self.eta.done < self.eta.total else ""
+            # after a failure what is left depends on it (skipped, or -k): no ETA then
+            known = eta is not None and self.eta.done < self.eta.total and k != "stage_failed"
+            left = f", ETA {_fmt_duration(eta)}" if known else ""
             text += f"  [{self.eta.done}/{self.eta.total}{left}]"
         self._line(text)
 
@@ -303,6 +367,7 @@ class RichView:
         self._remaining = _Remaining(self.eta, every=0.25)
         self._lock = threading.Lock()
         self._fresh = 0
+        self.items = ItemCounts()
         self.live = Live(
             console=self.console,
             get_renderable=self._render,
@@ -316,12 +381,13 @@ class RichView:
     def __call__(self, event: Event) -> None:
         with self._lock:
             self.eta(event)
+        self.items(event)
         k, s, d = event.kind, event.stage, event.data
         if k == "run_finished":
             self.close()
             if self._fresh > UP_TO_DATE_LINES:
                 self._print(f"  … {self._fresh - UP_TO_DATE_LINES} more up to date", "dim")
-            lines = summary_lines(event)
+            lines = summary_lines(event, self.items)
             style = "bold red" if d.get("failed") or d.get("interrupted") else "bold green"
             self._print(lines[0], style)
             for line in lines[1:]:
@@ -334,7 +400,8 @@ class RichView:
         elif k == "stage_skipped":
             self._print(f"  - {s}  skipped: {d.get('reason', '')}", "yellow")
         elif k == "stage_restored":
-            self._print(f"  ↺ {s}  restored from the store", "cyan")
+            items = f" ({d['items']} items)" if d.get("items") else ""
+            self._print(f"  ↺ {s}  restored from the store{items}", "cyan")
         elif k == "stage_finished":
             self._print(f"  ✓ {s}  ran in {_fmt_duration(d.get('duration'))}{_items(d)}", "green")
         elif k == "stage_failed":
@@ -365,7 +432,7 @@ class RichView:
         table.add_column(no_wrap=True)
         table.add_column(width=30)
         table.add_column(no_wrap=True)
-        eta = f"ETA {_fmt_duration(left_all)}" if done < total else ""
+        eta = f"ETA {_fmt_duration(left_all)}" if done < total and left_all is not None else ""
         table.add_row(
             Text("build", style="bold"),
             ProgressBar(total=max(total, 1), completed=done, width=30),

@@ -318,7 +318,7 @@ class Scheduler:
             self.bus.emit("task_finished", stage, task=r.task.id, ok=msg.kind == "result")
         if msg.kind == "error" and r.timed_out:
             msg = Message(msg.task, "error", [f"timed out after {r.task.timeout:g} s", None])
-        elif msg.kind == "error" and self._retry(stage, r.task, msg):
+        if msg.kind == "error" and self._retry(stage, r.task, msg):  # a timeout too
             return
         follow = self.handler.on_message(stage, msg)
         if msg.kind not in ("result", "error"):

@@ -251,6 +251,25 @@ def load_yaml(text: str) -> Any:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         message = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        tab = _tab_near(text, mark.line, mark.column) if mark is not None else None
+        if tab is not None:
+            message = (
+                f"a tab character (line {line}, column {tab + 1}): YAML indents with spaces "
+                "only (replace the tab with spaces)"
+            )
         raise YamlError(message or str(exc), line) from None
     except yaml.YAMLError as exc:
         raise YamlError(str(exc), None) from None
+
+
+def _tab_near(text: str, line: int, column: int) -> int | None:
+    """The 0-based column of the tab that most likely broke the parse at ``line``: the one
+    at the error's column, else one in the line's indentation; None when there is none."""
+    lines = text.splitlines()
+    if not 0 <= line < len(lines):
+        return None
+    row = lines[line]
+    if 0 <= column < len(row) and row[column] == "\t":
+        return column
+    indent = row[: len(row) - len(row.lstrip(" \t"))]
+    return indent.index("\t") if "\t" in indent else None

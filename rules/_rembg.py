@@ -112,6 +112,15 @@ def rembg_home() -> str:
     return os.path.expanduser(os.getenv("REMBG_HOME", default))
 
 
+def home_source() -> str:
+    """What chose :func:`rembg_home`: ``set by U2NET_HOME``, ``set by REMBG_HOME`` or
+    ``default`` (with how to change it), for messages that name the home."""
+    for var in ("U2NET_HOME", "REMBG_HOME"):
+        if os.getenv(var):
+            return f"set by {var}"
+    return "default; set U2NET_HOME or REMBG_HOME to use another"
+
+
 def model_candidates(name: str) -> list[str]:
     """Every path where rembg would find named model ``name``, in its order of preference:
     ``<home>/models/<name>/<name>.onnx``, then ``<legacy home>/<name>.onnx``."""
@@ -129,7 +138,7 @@ def missing_model_message(name: str, candidates: Sequence[str], home: str) -> st
     where = candidates[0] + "".join(f" or {p}" for p in candidates[1:])
     return (
         f"rembg model {name!r} is not on disk: looked for {where}. rembg's model home is "
-        f"{home} (set by U2NET_HOME or REMBG_HOME); pipemake never downloads models. On a "
+        f"{home} ({home_source()}); pipemake never downloads models. On a "
         f"machine with internet run `rembg d {name}` and copy {home}/models/{name}/ to the same "
         f"place here (or point U2NET_HOME at a copy), or download the .onnx file and set "
         f"`model_path:` to it."

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # heavy: models, real photos or whole examples
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scale.py"
 
 

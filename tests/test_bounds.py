@@ -142,6 +142,7 @@ def run(ctx):
 """
 
 
+@pytest.mark.slow
 def test_stdlib_names_in_the_project_root_do_not_break_python_stages(
     project: Callable[..., Proj],
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from conftest import Proj
 
 CHAIN3 = r"""
@@ -72,6 +73,7 @@ def test_one_changed_file_reruns_one_item_in_every_stage(project: Callable[..., 
     assert p.run_counts() == {}
 
 
+@pytest.mark.slow
 def test_a_new_file_runs_only_its_items_and_a_removed_one_nothing(
     project: Callable[..., Proj],
 ) -> None:

@@ -189,6 +189,7 @@ def test_cache_verify_ok(chain: Proj) -> None:
 
 
 @pytest.mark.parametrize("how", [("-C", "ws"), ("-f", "ws/pipemake.yaml"), ("-C", "./ws/")])
+@pytest.mark.slow
 def test_a_relative_project_path_from_the_parent_folder(chain: Proj, how: tuple[str, str]) -> None:
     """``pipemake -C examples/x build`` as the README writes it: the relative folder is
     taken once, from where the command was started (a regression that looked in

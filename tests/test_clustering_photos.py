@@ -24,6 +24,8 @@ from pipemake.rule import Context, Item
 from pipemake.rules import _features
 from pipemake.rules.clustering import ClusteringRule
 
+pytestmark = pytest.mark.slow  # heavy: models, real photos or whole examples
+
 
 def _defaults() -> dict:
     ports, problems = ClusteringRule().ports({"input_dir": "in", "output_dir": "out"})

@@ -185,6 +185,7 @@ def test_a_custom_stage_builds_is_up_to_date_and_restored(upper: Proj) -> None:
     assert upper.read("build/upper/b.txt") == "WORLD\n"
 
 
+@pytest.mark.slow
 def test_its_inputs_params_and_code_are_in_the_key(upper: Proj) -> None:
     upper.cli("build")
     upper.write("data/a.txt", "changed\n")

@@ -31,6 +31,7 @@ def _start_and_wait(p: Proj, log: Path, *args: str):
     return proc, int(p.read("runs/slow.pid"))
 
 
+@pytest.mark.slow
 def test_kill_9_mid_stage_leaves_nothing_half_written(slow: Proj, tmp_path: Path) -> None:
     proc, shell_pid = _start_and_wait(slow, tmp_path / "log")
     os.kill(proc.pid, signal.SIGKILL)
@@ -51,6 +52,7 @@ def test_kill_9_mid_stage_leaves_nothing_half_written(slow: Proj, tmp_path: Path
     assert not list(slow.path("build").glob("**/*.tmp*"))
 
 
+@pytest.mark.slow
 def test_kill_9_during_a_rerun_keeps_the_old_output_or_none(slow: Proj, tmp_path: Path) -> None:
     slow.write("go", "")
     slow.cli("build")
@@ -73,6 +75,7 @@ def test_kill_9_during_a_rerun_keeps_the_old_output_or_none(slow: Proj, tmp_path
 @pytest.mark.parametrize(
     ("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
 )
+@pytest.mark.slow
 def test_signal_stops_the_build_and_keeps_finished_stages(
     slow: Proj, tmp_path: Path, sig: int, code: int
 ) -> None:

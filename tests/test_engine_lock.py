@@ -10,6 +10,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import CHAIN, CHAIN_FILES, CHAIN_STAGES, Proj, wait_for
 
 
@@ -24,6 +25,7 @@ def _hold_lock(p: Proj, log: Path) -> subprocess.Popen[str]:
     return proc
 
 
+@pytest.mark.slow
 def test_second_build_waits_for_the_lock_naming_the_holder(slow: Proj, tmp_path: Path) -> None:
     first = _hold_lock(slow, tmp_path / "first.log")
     second_log = tmp_path / "second.log"
@@ -42,6 +44,7 @@ def test_second_build_waits_for_the_lock_naming_the_holder(slow: Proj, tmp_path:
     assert slow.run_counts() == {"first": 1, "slow": 1, "last": 1}
 
 
+@pytest.mark.slow
 def test_lock_timeout_gives_up_with_exit_1(slow: Proj, tmp_path: Path) -> None:
     first = _hold_lock(slow, tmp_path / "first.log")
     r = slow.cli("build", "--lock-timeout", "0.5", code=1)
@@ -88,6 +91,7 @@ def test_lock_file_left_by_a_dead_process_is_taken_over(chain: Proj) -> None:
     assert chain.run_counts() == dict.fromkeys(CHAIN_STAGES, 1)
 
 
+@pytest.mark.slow
 def test_two_workspaces_share_one_cache_dir_at_once(project, tmp_path: Path) -> None:
     cache = tmp_path / "shared-cache"
     wide = CHAIN.replace("name: chain", "name: wide")

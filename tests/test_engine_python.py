@@ -3,6 +3,7 @@ pins a ``version``."""
 
 from __future__ import annotations
 
+import pytest
 from conftest import TRACEBACK, Proj
 
 MODULE = '''\
@@ -136,6 +137,7 @@ def test_params_with_a_non_string_key_are_refused_or_work_never_a_traceback(proj
         assert "pipemake.yaml:" in r.output and "'shout'" in r.output
 
 
+@pytest.mark.slow
 def test_an_edited_module_imported_again_is_the_one_called(project) -> None:
     """In a long-lived process (the library, the inline executor), a module edited and
     imported again between builds is the one the rerun calls, not a remembered function."""

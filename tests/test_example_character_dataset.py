@@ -20,13 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytest.importorskip("av")
-pytest.importorskip("rembg")
-pytest.importorskip("torch")
-pytest.importorskip("onnx")
-pytest.importorskip("sklearn")
-
-from sklearn.metrics import adjusted_rand_score  # noqa: E402
+pytestmark = pytest.mark.slow  # a whole example; its libraries load when it runs, so
+# that `pytest -m "not slow"` does not pay for them while it only collects
+_NEEDS = ("av", "rembg", "torch", "onnx", "sklearn")
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "character_dataset"
 SMALL = {"shots": 6, "frames_per_shot": 12, "width": 160, "height": 120, "train_samples": 12}
@@ -53,6 +49,8 @@ def _ok(proc: subprocess.CompletedProcess[str]) -> str:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The reduced example, built once: (its folder, the build's output)."""
+    for name in _NEEDS:
+        pytest.importorskip(name)
     root = tmp_path_factory.mktemp("example") / "character_dataset"
     shutil.copytree(
         EXAMPLE, root, ignore=shutil.ignore_patterns("build", ".pipemake", "__pycache__")
@@ -88,6 +86,8 @@ def test_clusters_match_the_characters_of_the_video(built):
     truth = [character_at(f["timestamp"]) for f in frames]
     # a frame the segmentation dropped counts as a wrong answer of its own
     found = [cluster_of.get(Path(f["file"]).stem, "dropped") for f in frames]
+    from sklearn.metrics import adjusted_rand_score
+
     ari = adjusted_rand_score(truth, found)
     assert ari >= 0.9, f"ARI {ari:.3f}: truth {truth}, clusters {found}"
 

@@ -61,6 +61,7 @@ def executors(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, list[int]]]:
     return seen
 
 
+@pytest.mark.slow
 def test_a_cold_build_starts_its_workers_ahead_and_uses_them(
     project: Callable[..., Proj], executors: list[tuple[int, list[int]]]
 ) -> None:
@@ -77,6 +78,7 @@ def test_a_cold_build_starts_its_workers_ahead_and_uses_them(
     assert [w for w, _ in executors] == [-1]
 
 
+@pytest.mark.slow
 def test_workers_started_ahead_for_nothing_end_with_the_build(
     project: Callable[..., Proj], executors: list[tuple[int, list[int]]]
 ) -> None:

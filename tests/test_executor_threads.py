@@ -70,6 +70,7 @@ def test_commands_start_from_the_build_process_which_stays_as_it_was(
 
 
 @pytest.mark.parametrize(("jobs", "small"), [(2, 8), (3, 8), (3, 0)])
+@pytest.mark.slow
 def test_jobs_cap_the_commands_running_at_once(
     project: Callable[..., Proj], monkeypatch: pytest.MonkeyPatch, jobs: int, small: int
 ) -> None:
@@ -95,6 +96,7 @@ def test_jobs_cap_the_commands_running_at_once(
         assert parents == {str(os.getpid())}
 
 
+@pytest.mark.slow
 def test_timeout_ends_the_whole_process_tree_of_an_item(project: Callable[..., Proj]) -> None:
     cmd = "sleep 60 & echo $! > runs/bg.pid; echo $$ > runs/sh.pid; wait"
     proj = project(shell_foreach(cmd, "        timeout: 0.5\n"), _files(1))
@@ -106,6 +108,7 @@ def test_timeout_ends_the_whole_process_tree_of_an_item(project: Callable[..., P
     assert not proj.exists("build/each")
 
 
+@pytest.mark.slow
 def test_timeout_kills_a_command_that_ignores_sigterm(
     project: Callable[..., Proj], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -134,6 +137,7 @@ def test_timeout_kills_a_command_that_ignores_sigterm(
     wait_for(lambda: not alive(pid), what="the command to end")
 
 
+@pytest.mark.slow
 def test_each_task_gets_its_cards_and_env(project: Callable[..., Proj]) -> None:
     proj = project(
         """
@@ -188,6 +192,7 @@ def test_failed_items_are_retried_and_report_progress_and_output(
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.slow
 def test_stop_signal_ends_the_running_item_and_a_rebuild_runs_only_the_rest(
     project: Callable[..., Proj], tmp_path: Path, sig: int, code: int
 ) -> None:
@@ -212,6 +217,7 @@ def test_stop_signal_ends_the_running_item_and_a_rebuild_runs_only_the_rest(
     assert sorted(os.listdir(proj.path("build/each"))) == [f"f{i}.txt" for i in range(4)]
 
 
+@pytest.mark.slow
 def test_a_stray_process_holding_the_output_open_does_not_hang_the_build(
     project: Callable[..., Proj], monkeypatch: pytest.MonkeyPatch
 ) -> None:

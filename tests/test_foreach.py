@@ -593,6 +593,7 @@ def copy(ctx):
 """
 
 
+@pytest.mark.slow
 def test_a_task_retried_after_its_worker_died_leaves_nothing_extra(
     project: Callable[..., Proj],
 ) -> None:
@@ -609,6 +610,7 @@ def test_a_task_retried_after_its_worker_died_leaves_nothing_extra(
     assert "each: up to date" in out and "total: up to date" in out
 
 
+@pytest.mark.slow
 def test_a_task_retried_after_its_worker_died_counts_that_attempt(
     project: Callable[..., Proj],
 ) -> None:

@@ -174,7 +174,8 @@ def test_list_runs_and_log(chain: Proj) -> None:
     assert (rows[0]["ran"], rows[0]["up_to_date"]) == (4, 0)
     assert (rows[1]["ran"], rows[1]["up_to_date"]) == (0, 4)
     assert rows[0]["started"] <= rows[1]["started"] and rows[0]["duration"] > 0
-    text = chain.cli("list", "--runs").output.splitlines()
+    header, *text = chain.cli("list", "--runs").output.splitlines()
+    assert header.split()[:4] == ["RUN", "STARTED", "DURATION", "RESULT"]
     assert len(text) == 2
     assert rows[0]["id"] in text[0] and "ok" in text[0] and "4 ran" in text[0]
     assert "4 up to date" in text[1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from conftest import Proj, wait_for
 
 SLOW_COPY = r"""
@@ -20,6 +21,7 @@ stages:
 """
 
 
+@pytest.mark.slow
 def test_an_input_edited_while_the_stage_runs_is_not_committed_under_the_old_key(
     project: Callable[..., Proj],
 ) -> None:
@@ -41,6 +43,7 @@ def test_an_input_edited_while_the_stage_runs_is_not_committed_under_the_old_key
     assert p.read("build/out.txt") == "AAAA\n"
 
 
+@pytest.mark.slow
 def test_an_input_that_keeps_changing_fails_the_stage_clearly(
     project: Callable[..., Proj],
 ) -> None:
@@ -70,6 +73,7 @@ stages:
 """
 
 
+@pytest.mark.slow
 def test_a_foreach_item_whose_file_is_edited_while_it_runs_runs_again(
     project: Callable[..., Proj],
 ) -> None:
@@ -90,6 +94,7 @@ def test_a_foreach_item_whose_file_is_edited_while_it_runs_runs_again(
     assert p.read("build/each/b.txt") == "AAAA\n"
 
 
+@pytest.mark.slow
 def test_objects_gone_after_deciding_run_their_items_instead_of_failing(
     project: Callable[..., Proj],
 ) -> None:

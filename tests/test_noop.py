@@ -58,6 +58,7 @@ def from_snapshot(p: Proj) -> bool:
     return bool(last_run(p)[1][0].get("from_snapshot"))
 
 
+@pytest.mark.slow
 def test_a_repeated_noop_is_answered_from_the_snapshot(chain: Proj) -> None:
     settle(chain, "--no-progress")
     out = chain.sub("build", "--no-progress")
@@ -83,6 +84,7 @@ def test_a_repeated_noop_is_answered_from_the_snapshot(chain: Proj) -> None:
         ("edit the pipeline", {"upper": 1, "lines": 1, "side": 2, "report": 2}),
     ],
 )
+@pytest.mark.slow
 def test_any_change_goes_back_to_the_full_build(chain: Proj, change: str, reruns: dict) -> None:
     settle(chain)
     later = time.time() + 5
@@ -108,6 +110,7 @@ def test_any_change_goes_back_to_the_full_build(chain: Proj, change: str, reruns
         assert not chain.exists("build/report/sub/extra.txt")
 
 
+@pytest.mark.slow
 def test_another_command_line_or_the_switch_off_is_not_answered(chain: Proj) -> None:
     settle(chain)
     chain.sub("build", "side")
@@ -119,6 +122,7 @@ def test_another_command_line_or_the_switch_off_is_not_answered(chain: Proj) -> 
     assert not from_snapshot(chain)
 
 
+@pytest.mark.slow
 def test_a_store_written_by_another_command_is_noticed(chain: Proj) -> None:
     settle(chain)
     chain.sub("build", "--force-stage", "side")  # writes the state and the store
@@ -127,6 +131,7 @@ def test_a_store_written_by_another_command_is_noticed(chain: Proj) -> None:
     assert not from_snapshot(chain)
 
 
+@pytest.mark.slow
 def test_a_build_that_did_something_or_saw_fresh_files_writes_none(chain: Proj) -> None:
     chain.sub("build")
     assert not chain.exists(SNAP)  # it ran every stage
@@ -140,6 +145,7 @@ def test_a_build_that_did_something_or_saw_fresh_files_writes_none(chain: Proj) 
     assert not chain.exists(SNAP)  # it ran: the stale snapshot is gone too
 
 
+@pytest.mark.slow
 def test_pipelines_with_hooks_always_build(project: Callable[..., Proj]) -> None:
     p = project(
         """
@@ -158,6 +164,7 @@ def test_pipelines_with_hooks_always_build(project: Callable[..., Proj]) -> None
     assert len(p.read("runs/hook.log").splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_the_snapshot_does_not_bypass_the_build_lock(chain: Proj) -> None:
     settle(chain)
     fd = os.open(chain.path(".pipemake/lock"), os.O_RDWR)
@@ -171,6 +178,7 @@ def test_the_snapshot_does_not_bypass_the_build_lock(chain: Proj) -> None:
     assert from_snapshot(chain)
 
 
+@pytest.mark.slow
 def test_a_python_stage_module_edit_reruns_it(project: Callable[..., Proj]) -> None:
     p = project(
         """
@@ -198,6 +206,7 @@ def test_a_python_stage_module_edit_reruns_it(project: Callable[..., Proj]) -> N
     assert p.runs("step") == 2
 
 
+@pytest.mark.slow
 def test_foreach_trees_are_checked_file_by_file(project: Callable[..., Proj]) -> None:
     p = project(
         """
@@ -231,6 +240,7 @@ def test_foreach_trees_are_checked_file_by_file(project: Callable[..., Proj]) ->
     assert p.runs("up") == 8
 
 
+@pytest.mark.slow
 def test_a_damaged_snapshot_is_ignored(chain: Proj) -> None:
     settle(chain)
     good = read_snap(chain)
@@ -263,6 +273,7 @@ def test_a_damaged_snapshot_is_ignored(chain: Proj) -> None:
     assert chain.run_counts() == dict.fromkeys(CHAIN_STAGES, 1)
 
 
+@pytest.mark.slow
 def test_the_snapshot_holds_no_absolute_surprises(chain: Proj) -> None:
     """Every path it re-stats is inside the workspace, the environment's code, or the
     databases: nothing else decides a no-op."""
@@ -284,6 +295,7 @@ def _api_build(p: Proj, started_ns: int) -> None:
         api.build(project, noop_snapshot=("ctx", started_ns))
 
 
+@pytest.mark.slow
 def test_the_api_writes_a_snapshot_for_a_settled_noop(chain: Proj) -> None:
     settle(chain)
     chain.path(SNAP).unlink()
@@ -291,6 +303,7 @@ def test_the_api_writes_a_snapshot_for_a_settled_noop(chain: Proj) -> None:
     assert chain.exists(SNAP)
 
 
+@pytest.mark.slow
 def test_a_pipeline_edited_after_the_command_started_is_not_vouched_for(chain: Proj) -> None:
     """The file was read (and decided on) before the edit; the edit is older than a second
     when the build ends, but younger than the command: no snapshot."""

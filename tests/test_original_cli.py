@@ -129,6 +129,7 @@ def test_f_with_a_folder_looks_there(orig: Proj) -> None:
     assert "is valid" in r.stdout and "using" in r.stderr and "pipeline.yaml" in r.stderr
 
 
+@pytest.mark.slow
 def test_a_no_op_build_notices_a_new_pipemake_yaml(orig: Proj) -> None:
     """The no-op snapshot of a build that used pipeline.yaml is void once a pipemake.yaml
     appears (which would win)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from conftest import TRACEBACK, Proj
 
 # as the original README's "Extending with Custom Executors" writes it
@@ -65,6 +66,7 @@ stages:
 """
 
 
+@pytest.mark.slow
 def test_an_original_executor_with_its_original_imports_runs_and_is_restored(
     project: Callable[..., Proj],
 ) -> None:

@@ -142,6 +142,7 @@ def _pipemake(root: Path, *args: str, env: dict[str, str]) -> subprocess.Complet
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_the_original_example_builds_as_written(tmp_path: Path) -> None:
     pytest.importorskip("av")
     pytest.importorskip("rembg")
@@ -212,6 +213,7 @@ def original(project, tmp_path: Path, rembg_home: Path) -> tuple[Proj, Path]:
     return p, data
 
 
+@pytest.mark.slow
 def test_validate_accepts_the_original_file_and_names_the_model_file(original, rembg_home):
     p, data = original
     model = install_isnet(rembg_home)

@@ -367,6 +367,7 @@ def test_a_produced_input_is_not_a_missing_source(project) -> None:
     assert p.read("build/bad") == "hi\n"
 
 
+@pytest.mark.slow
 def test_no_traceback_from_a_real_process(project) -> None:
     body, *_ = CASES["wrong type: timeout"]
     p = project(HEAD + body)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import pytest
 from conftest import Proj
 
 TWO = r"""
@@ -29,6 +30,7 @@ def _events(p: Proj) -> list[dict]:
     return [json.loads(line) for line in runs[-1].read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_a_queued_stage_is_not_running_and_its_wait_is_not_its_duration(
     project: Callable[..., Proj],
 ) -> None:
@@ -50,6 +52,7 @@ def test_a_queued_stage_is_not_running_and_its_wait_is_not_its_duration(
     assert '"quick"' in status
 
 
+@pytest.mark.slow
 def test_the_run_start_line_gives_no_eta_before_anything_is_decided(
     project: Callable[..., Proj],
 ) -> None:

@@ -18,6 +18,8 @@ from pipemake.rule import Context, Item, RuleError
 from pipemake.rules import _cluster_algos, _features
 from pipemake.rules.clustering import ClusteringRule
 
+pytestmark = pytest.mark.slow  # heavy: models, real photos or whole examples
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -500,6 +500,7 @@ def test_a_model_of_the_wrong_shape_is_a_rule_error(tmp_path, home) -> None:
         run_items(SegmentationRule(), tmp_path, tmp_path / "frames", model="isnet")
 
 
+@pytest.mark.slow
 def test_without_foreach_one_changed_frame_reruns_one_item(project, u2net) -> None:
     p = project(
         """

@@ -211,6 +211,7 @@ def test_background_parsing():
         parse_background("#12")
 
 
+@pytest.mark.slow
 def test_fed_by_the_clustering_rule(tmp_path):
     from _character_fixtures import write_cutouts
 

@@ -42,6 +42,7 @@ def _stages(n: int, resources: str, cmd: str = "sleep 0.3") -> str:
     return body
 
 
+@pytest.mark.slow
 def test_never_over_budget(project: Callable[..., Proj]) -> None:
     proj = project(_stages(5, "{tok: 1}"))
     events, error = _events(proj, jobs=5, resources={"tok": 2})
@@ -151,6 +152,7 @@ def test_global_retries_apply_to_stages_without_their_own(project: Callable[...,
     assert proj.runs("flaky") == 3
 
 
+@pytest.mark.slow
 def test_timeout_ends_the_stage(project: Callable[..., Proj]) -> None:
     proj = project("""
     name: slow
@@ -206,6 +208,7 @@ stages:
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.slow
 def test_stop_lets_running_stages_finish_within_grace(
     project: Callable[..., Proj], sig: int, code: int
 ) -> None:
@@ -221,6 +224,7 @@ def test_stop_lets_running_stages_finish_within_grace(
     assert "slow: up to date" in proj.cli("dry-run").output
 
 
+@pytest.mark.slow
 def test_grace_over_or_second_signal_ends_at_once(project: Callable[..., Proj]) -> None:
     proj = project(SLOW.format(sleep=30))
     proc = proj.popen("build", "--grace", "60", "--no-progress")

@@ -361,6 +361,7 @@ def test_literal_braces_in_a_command_without_paths_stay_literal(project) -> None
     assert p.read("runs/env.txt") == "{b} {outputs.o}\n"
 
 
+@pytest.mark.slow
 def test_frame_extraction_scenes_resolve_in_cmd(project) -> None:
     """Goal 7's own case: ``{x.scenes}`` with and without ``{outputs.o}`` in the command."""
     pytest.importorskip("av")

@@ -173,6 +173,7 @@ def test_safe_mode_keeps_the_executable_bit_only() -> None:
 
 
 # finding 10: objects that are not regular files ---------------------------------------------
+@pytest.mark.slow
 def test_a_fifo_object_is_a_miss_and_never_hangs(chain: Proj) -> None:
     chain.cli("build")
     obj = _object(chain, UPPER)
@@ -389,6 +390,7 @@ WAITING = shell_foreach(
 )
 
 
+@pytest.mark.slow
 def test_gc_elsewhere_during_a_build_leaves_every_entry_its_objects(
     project: Callable[..., Proj], tmp_path: Path
 ) -> None:
@@ -445,6 +447,7 @@ def test_gc_from_one_workspace_keeps_another_workspaces_entries(
     assert "entries: 1" in info
 
 
+@pytest.mark.slow
 def test_damaged_roots_records_are_ignored_and_reported(chain: Proj) -> None:
     chain.cli("build")
     roots = _store(chain) / "roots"

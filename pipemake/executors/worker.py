@@ -18,6 +18,7 @@ import logging
 import os
 import resource
 import shutil
+import sys
 import threading
 import time
 import traceback
@@ -35,13 +36,16 @@ from .base import Task
 from .outputs import abs_path, check_values, flat_outputs, hash_outputs, prepare_outputs
 from .spawn import Spawner
 
-__all__ = ["execute"]
+__all__ = ["execute", "user_traceback"]
 
 Send = Callable[[str, Any], None]
 _setup_cache: dict[tuple[str, str], Any] = {}
 _setup_lock = threading.Lock()
 
 _spawner: ContextVar[Spawner | None] = ContextVar("pipemake_spawner", default=None)
+
+#: pipemake's engine: its frames come before the user's in every traceback, and say nothing
+_ENGINE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 class _Forward(logging.Handler):
@@ -60,6 +64,16 @@ class _Forward(logging.Handler):
                 self.close_log()
                 self.send("log", ["warning", f"the stage's log file stops here: {exc}"])
         self.send("log", [record.levelname.lower(), text])
+
+    def write_failure(self, text: str) -> None:
+        """Add a failure (its message and traceback) to the stage's log file: the log holds
+        what the stage said, and how it ended."""
+        if self.log_file is not None:
+            try:
+                self.log_file.write(text.rstrip("\n") + "\n")
+                self.log_file.flush()
+            except OSError:
+                self.close_log()
 
     def close_log(self) -> None:
         """Close the log file; what it could not write is lost from it, not from the build."""
@@ -95,6 +109,7 @@ def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
     handler = _Forward(send, log_file)
     logger.addHandler(handler)
     cwd = None if threaded else os.getcwd()
+    rule: Rule | None = None
     try:
         if cwd is not None:
             os.chdir(task.root)  # rules run in the project root, as DESIGN.md says for shell
@@ -112,13 +127,17 @@ def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
         }
         send("result", payload)
     except (RuleError, BadPath) as exc:
+        handler.write_failure(f"FAILED: {exc}")
         send("error", [str(exc), None])
     except Exception as exc:  # a bug in a rule: show where
         failure = _machine_failure(exc, task)
         if failure is not None:
+            handler.write_failure(f"FAILED: {failure}")
             send("error", [failure, None])
         else:
-            send("error", [f"{type(exc).__name__}: {exc}", traceback.format_exc()])
+            tb = user_traceback(exc, rule)
+            handler.write_failure(f"FAILED: {type(exc).__name__}: {exc}\n{tb}")
+            send("error", [f"{type(exc).__name__}: {exc}", tb])
     finally:
         spawner.end_shell()
         _spawner.reset(token)
@@ -131,6 +150,41 @@ def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def user_traceback(exc: BaseException, rule: Rule | None = None) -> str:
+    """``exc``'s traceback from where the user's code begins: pipemake's own frames before
+    the first frame of the user's function (or of a third-party rule) are left out, so the
+    lines that matter come first. A built-in rule's bug keeps the rule's frames. Chained
+    exceptions (``raise … from …``, an error while handling another) are trimmed alike."""
+    wrappers = [_ENGINE]
+    module = sys.modules.get(type(rule).__module__) if rule is not None else None
+    if module is not None and module.__name__.startswith("pipemake.rules."):
+        wrappers.append(os.path.dirname(os.path.abspath(module.__file__ or "")) + os.sep)
+    ours, engine = tuple(wrappers), (_ENGINE,)
+    top = traceback.TracebackException.from_exception(exc)
+    seen: set[int] = set()
+    todo = [top]
+    while todo:
+        part = todo.pop()
+        if id(part) in seen:
+            continue
+        seen.add(id(part))
+        frames = list(part.stack)
+        first = next((i for i, f in enumerate(frames) if not f.filename.startswith(ours)), None)
+        if first is None:  # no user frame: a built-in rule's own bug shows the rule's frames
+            first = next((i for i, f in enumerate(frames) if not f.filename.startswith(engine)), 0)
+        part.stack = traceback.StackSummary.from_list(frames[first:])
+        todo.extend(p for p in (part.__cause__, part.__context__) if p is not None)
+    return "".join(top.format())
+
+
+def _log_item_failure(logger: logging.Logger, rel: str, text: str, tb: str | None) -> None:
+    """A failed item's error and traceback, into the stage's log file (not the build's
+    output: the build says it once the stage has settled)."""
+    for handler in logger.handlers:
+        if isinstance(handler, _Forward):
+            handler.write_failure(f"item {rel} FAILED: {text}" + (f"\n{tb}" if tb else ""))
 
 
 def _machine_failure(exc: BaseException, task: Task) -> str | None:
@@ -295,9 +349,11 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
             dirty = flat is None
         except (RuleError, BadPath) as exc:
             results[it["relpath"]] = {"error": str(exc)}
+            _log_item_failure(logger, it["relpath"], str(exc), None)
         except Exception as exc:
-            tb = traceback.format_exc()
+            tb = user_traceback(exc, rule)
             results[it["relpath"]] = {"error": f"{type(exc).__name__}: {exc}", "tb": tb}
+            _log_item_failure(logger, it["relpath"], results[it["relpath"]]["error"], tb)
         if n % 16 == 15 or n == total - 1:
             send("progress", [n + 1, total])
     return {"items": results}
@@ -342,12 +398,14 @@ def _item_batches(task: Task, rule: Rule, store: Store, send: Send, logger: logg
         except RuleError as exc:
             for it in chunk:
                 results.setdefault(it["relpath"], {"error": str(exc)})
+            _log_item_failure(logger, chunk[0]["relpath"], str(exc), None)
         except Exception as exc:
-            tb = traceback.format_exc()
+            tb = user_traceback(exc, rule)
             for it in chunk:
                 results.setdefault(
                     it["relpath"], {"error": f"{type(exc).__name__}: {exc}", "tb": tb}
                 )
+            _log_item_failure(logger, chunk[0]["relpath"], f"{type(exc).__name__}: {exc}", tb)
         send("progress", [start + len(chunk), len(task.items)])
     return {"items": results}
 
@@ -371,10 +429,12 @@ def _map(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logge
         except RuleError as exc:
             for it in chunk:
                 results[it["relpath"]] = {"error": str(exc)}
+            _log_item_failure(logger, chunk[0]["relpath"], str(exc), None)
         except Exception as exc:
-            tb = traceback.format_exc()
+            tb = user_traceback(exc, rule)
             for it in chunk:
                 results[it["relpath"]] = {"error": f"{type(exc).__name__}: {exc}", "tb": tb}
+            _log_item_failure(logger, chunk[0]["relpath"], f"{type(exc).__name__}: {exc}", tb)
         send("progress", [start + len(chunk), len(task.items)])
     return {"items": results}
 
