@@ -31,6 +31,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _onnx_fixtures import write_channel_sum_model  # noqa: E402
 from _video_fixtures import write_video  # noqa: E402
 
+# slow (videos, a model and a three-stage chain, built twice): `pytest -m "not slow"` skips them; CI runs everything
+pytestmark = pytest.mark.slow
+
 CHAIN = """
 name: shots
 stages:

@@ -24,6 +24,9 @@ from typing import Any
 import pytest
 from conftest import TRACEBACK, Proj, wait_for
 
+# slow (each test starts a dask scheduler and workers): `pytest -m "not slow"` skips them; CI runs everything
+pytestmark = pytest.mark.slow
+
 distributed = pytest.importorskip("distributed")
 
 import pipemake  # noqa: E402

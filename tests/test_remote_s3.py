@@ -21,6 +21,9 @@ from conftest import CHAIN, CHAIN_FILES, CHAIN_STAGES, Proj, wait_for
 from pipemake import api
 from pipemake.signing import unseal
 
+# slow (each test starts moto's S3 server): `pytest -m "not slow"` skips them; CI runs everything
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("s3fs")
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
