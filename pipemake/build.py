@@ -385,6 +385,12 @@ class Builder:
                 more = foreach.rerun_lost(self.ctx, stage) if foreach.lost < 3 else []
                 if not more:
                     raise
+                if none_ran and foreach.waiting is not None:  # a restore that now runs items
+                    lost = Reason(Trigger.STORE_CORRUPT, "store object missing or corrupt")
+                    self.decisions[stage_id] = Decision(
+                        Verdict.RUN, [lost], foreach.waiting["items"]
+                    )
+                    foreach.waiting["reasons"] = [str(lost)]
                 self._running[stage_id] = run
                 return more
             except (OSError, sqlite3.OperationalError) as exc:
