@@ -95,7 +95,9 @@ class Builder:
         try:
             rs = self.resolve(stage)
         except Unknown as exc:
-            return waiting_on(exc.stage), None, None
+            told = self.decisions.get(exc.stage)
+            restored = told is not None and told.verdict is Verdict.RESTORE
+            return waiting_on(exc.stage, restored), None, None
         forced = self.force or stage.id in self.force_stages
         entry = outputs = None
         if not rs.unknown and not forced:
@@ -105,7 +107,9 @@ class Builder:
                 self.resolver.read_cached_items(stage, rs)
             elif entry is not None:
                 outputs = self._check_outputs(rs, entry)
-        decision = decide(rs, entry, outputs, self.last(stage.id), forced=forced)
+        decision = decide(
+            rs, entry, outputs, self.last(stage.id), forced=forced, upstream=self.decisions
+        )
         return decision, rs, entry if decision.verdict in _HAS_ENTRY else None
 
     def _check_outputs(
@@ -167,8 +171,7 @@ class Builder:
             self.bus.emit("stage_skipped", stage_id, reason="up to date")
             return []
         check_lost = False
-        if decision.verdict is Verdict.RESTORE:
-            assert entry is not None
+        if decision.verdict is Verdict.RESTORE and entry is not None:  # (else from items)
             try:
                 restored = self._restore(stage, rs, entry)
             except OSError as exc:
@@ -362,8 +365,11 @@ class Builder:
         if run is None:
             return []
         more: list[Task] = []
-        run.running_now(self.bus, stage_id)
         foreach = run if isinstance(run, ForeachRun) else None
+        # every item of a foreach stage was in the store: it is put together, not run
+        none_ran = foreach is not None and foreach.none_ran()
+        if not none_ran:
+            run.running_now(self.bus, stage_id)
         try:
             if foreach is not None and foreach.failures:
                 text = foreach.failure_text()
@@ -379,6 +385,12 @@ class Builder:
                 more = foreach.rerun_lost(self.ctx, stage) if foreach.lost < 3 else []
                 if not more:
                     raise
+                if none_ran and foreach.waiting is not None:  # a restore that now runs items
+                    lost = Reason(Trigger.STORE_CORRUPT, "store object missing or corrupt")
+                    self.decisions[stage_id] = Decision(
+                        Verdict.RUN, [lost], foreach.waiting["items"]
+                    )
+                    foreach.waiting["reasons"] = [str(lost)]
                 self._running[stage_id] = run
                 return more
             except (OSError, sqlite3.OperationalError) as exc:
@@ -394,6 +406,17 @@ class Builder:
                 with contextlib.suppress(OSError, sqlite3.OperationalError):
                     self._failed(stage, run, text)  # the record may not fit on a full disk
                 raise StageFailure(text) from None
+            if none_ran and run.waiting is not None:  # said as a restore (and counted as one)
+                told = self.decisions[stage_id]
+                told = self.decisions[stage_id] = Decision(
+                    Verdict.RESTORE, told.reasons, run.waiting["items"]
+                )
+                self._done(stage, run.rs, entry, ran=False)
+                self.bus.emit(
+                    "stage_restored", stage_id, reasons=[str(r) for r in told.reasons],
+                    items=entry["metrics"]["items"],
+                )  # fmt: skip
+                return []
             self._done(stage, run.rs, entry, ran=True)
             self.bus.emit("stage_finished", stage_id, **entry["metrics"])
             return []
@@ -440,7 +463,7 @@ class Builder:
         if ran or last.key != rs.key or last.result != "ok":
             metrics = entry.get("metrics", {})
             record = {
-                "key": rs.key, "doc": rs.doc, "result": "ok",
+                "key": rs.key, "doc": rs.doc, "result": "ok", "restored": not ran,
                 "duration": metrics.get("duration", last.duration), "finished": time.time(),
             }  # fmt: skip
             self.state.builds.set_record(stage.id, record)

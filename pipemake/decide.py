@@ -28,6 +28,7 @@ __all__ = [
     "Verdict",
     "decide",
     "explain",
+    "output_reasons",
     "waiting_on",
 ]
 
@@ -200,6 +201,7 @@ class Resolved(Protocol):
     key: str | None
     unknown: set[str]
     foreach: bool
+    map_reduce: bool
     cached: dict[str, Any]
 
     @property
@@ -250,11 +252,11 @@ class LastBuild:
         return explain(record.get("doc") if record else None, doc, failed=failed)
 
 
-def waiting_on(stage: str) -> Decision:
-    """The decision for a stage whose templates need a value of ``stage``, not run yet."""
-    return Decision(
-        Verdict.MAYBE, [Reason(Trigger.UPSTREAM_WILL_RUN, f"upstream {stage} will run")]
-    )
+def waiting_on(stage: str, restored: bool = False) -> Decision:
+    """The decision for a stage whose templates or inputs need what ``stage`` makes, not
+    known yet: it will run, or (``restored``) be put together from its items in the store."""
+    will = "will be restored" if restored else "will run"
+    return Decision(Verdict.MAYBE, [Reason(Trigger.UPSTREAM_WILL_RUN, f"upstream {stage} {will}")])
 
 
 def decide(
@@ -264,20 +266,25 @@ def decide(
     last: LastBuild,
     *,
     forced: bool = False,
+    upstream: Mapping[str, Decision] | None = None,
 ) -> Decision:
     """The verdict for a resolved stage, and every reason for it.
 
     ``entry`` is the action-cache entry of the stage's key (None: not cached); ``outputs``
     the check of each workspace output against it (output path → None when it matches,
     ``missing`` or ``changed``), None when the entry lacks one of the stage's outputs;
-    ``last`` the stage's last-build record; ``forced`` whether the user forced it. A foreach
-    stage without an entry is decided item by item from ``stage.cached``.
+    ``last`` the stage's last-build record; ``forced`` whether the user forced it;
+    ``upstream`` the decisions made so far for other stages (what a stage waits on). A
+    foreach stage without an entry is decided item by item from ``stage.cached``: when
+    every item is there (and no reduce runs) it is restored, put together from them.
     """
     if stage.unknown:
         own = [r for r in last.why(stage.doc) if not _from_unknown(r, stage)]
         if own:
             return Decision(Verdict.RUN, own)
-        return waiting_on(sorted(stage.unknown)[0])
+        first = sorted(stage.unknown)[0]
+        told = (upstream or {}).get(first)
+        return waiting_on(first, told is not None and told.verdict is Verdict.RESTORE)
     if forced:
         return Decision(Verdict.RUN, [Reason(Trigger.FORCED, "forced")])
     if entry is None:
@@ -286,7 +293,12 @@ def decide(
         if stage.foreach:
             more, items = _item_verdicts(stage.items, stage.cached, last.item_hashes)
             reasons += more
-            if items["run"] == 0 and not reasons:
+            if items["run"] == 0 and stage.items and not stage.map_reduce:  # none runs
+                n = len(stage.items)
+                every = Reason(Trigger.CACHED, f"all {n:,} items are in the store (none runs)")
+                why = reasons or _items_changed(stage.items, last.item_hashes)
+                return Decision(Verdict.RESTORE, [*why, every], items)
+            if items["run"] == 0 and not reasons:  # a map-reduce stage: its reduce runs
                 reasons = [Reason(Trigger.CACHED, f"all {len(stage.items):,} items cached")]
         if not reasons:
             reasons = [Reason(Trigger.NO_ENTRY, "no cache entry")]
@@ -296,20 +308,44 @@ def decide(
     bad = [(rel, state) for rel, state in outputs.items() if state]
     if not bad:
         return Decision(Verdict.UP_TO_DATE)
-    reasons = []
-    if all(s == "missing" for _, s in bad):
-        reasons.append(Reason(Trigger.OUTPUT_MISSING, "outputs missing"))
-    else:
-        for rel, s in bad:
-            trig = Trigger.OUTPUT_MISSING if s == "missing" else Trigger.OUTPUT_CHANGED
-            reasons.append(Reason(trig, f"output {rel} {s}"))
-    if last.built and last.key != stage.key:
+    if last.built and last.key != stage.key:  # what changed, not its effect on the outputs
         record = last.record
-        why = "; ".join(map(str, explain(record.get("doc") if record else None, stage.doc)))
-        reasons.append(
-            Reason(Trigger.CACHED, "cached from an earlier build" + (f" ({why})" if why else ""))
+        why = explain(record.get("doc") if record else None, stage.doc)
+        if stage.foreach:
+            why += _items_changed(stage.items, last.item_hashes)
+        earlier = Reason(Trigger.CACHED, "cached from an earlier build")
+        return Decision(Verdict.RESTORE, [*why, earlier])
+    return Decision(Verdict.RESTORE, output_reasons(bad, fresh=not last.built))
+
+
+def output_reasons(bad: Sequence[tuple[str, str]], fresh: bool) -> list[Reason]:
+    """Why a stage whose key is the one last built (or, ``fresh``, never built in this
+    workspace: a new checkout with a restored store) is restored: its outputs (``bad``:
+    ``(path, "missing" | "changed")``) are not what that build wrote."""
+    if all(s == "missing" for _, s in bad):
+        where = "; not built in this workspace, the store has them" if fresh else ""
+        return [Reason(Trigger.OUTPUT_MISSING, f"outputs missing{where}")]
+    return [
+        Reason(
+            Trigger.OUTPUT_MISSING if s == "missing" else Trigger.OUTPUT_CHANGED,
+            f"output {rel} {s}",
         )
-    return Decision(Verdict.RESTORE, reasons)
+        for rel, s in bad
+    ]
+
+
+def _items_changed(items: Sequence[Item], old: dict[str, str] | None) -> list[Reason]:
+    """The items of a foreach stage that differ from its last build (new, content changed,
+    removed): why a stage restored from an earlier build is restored, named by its inputs."""
+    if not old:
+        return []
+    changed = item_reasons(old, items, [it.relpath for it in items])
+    changed = [c for c in changed if c[1] != "not in the cache"]
+    gone = removed_items(old, items)
+    reasons = [Reason(Trigger.ITEMS, summarize(changed, len(items)))] if changed else []
+    if gone:
+        reasons.append(Reason(Trigger.ITEMS, f"{len(gone):,} item(s) removed (first: {gone[0]})"))
+    return reasons
 
 
 def _item_verdicts(

@@ -294,14 +294,23 @@ class ForeachRun(StageRun):
         return [self._reduce_task(ctx, stage)]
 
     # complete ---------------------------------------------------------------------------
+    def none_ran(self) -> bool:
+        """Whether every item was in the store and nothing ran (no item, no reduce): the
+        stage is put together from the store, a restore, not a run."""
+        return bool(self.cached) and not (self.reduce or self.new or self.failures)
+
     def failure_text(self) -> str:
-        """What the stage failed with when items failed (the others are kept)."""
-        fails, total = self.failures, self.items_total
+        """What the stage failed with when items failed: failed of all items (those run now
+        and those the store had), what is kept, then the first failure in full (its
+        traceback last)."""
+        fails, cached = self.failures, len(self.cached)
+        total = self.items_total + cached
         first_rel = sorted(fails)[0]
-        return (
-            f"{len(fails)} of {total} item(s) failed; the {total - len(fails)} others are kept "
-            f"(first: item {first_rel}: {fails[first_rel]})"
-        )
+        ok = total - len(fails)
+        earlier = f" ({cached} from earlier builds)" if cached else ""
+        kept = f"; the other {ok} are kept{earlier} and do not run again" if ok else ""
+        first = f"First: item {first_rel}: {fails[first_rel]}"
+        return f"{len(fails)} of {total} item(s) failed{kept}. {first}"
 
     def rerun_lost(self, ctx: BuildContext, stage: Stage) -> list[Task]:
         """Tasks for the cached items whose objects left the store after the stage was

@@ -38,6 +38,7 @@ class Stage:
     key: str | None = "k1"
     unknown: set[str] = field(default_factory=set)
     foreach: bool = False
+    map_reduce: bool = False
     cached: dict[str, Any] = field(default_factory=dict)
     items: list[Item] = field(default_factory=list)
 
@@ -66,14 +67,33 @@ def test_missing_outputs_of_a_cached_key_are_restored() -> None:
     ]
 
 
-def test_a_changed_output_is_named_and_an_older_build_is_explained() -> None:
+def test_a_changed_output_of_the_last_build_is_named() -> None:
+    outputs = {"build/o": "changed", "build/p": None, "build/q": "missing"}
+    d = decide(Stage(doc()), ENTRY, outputs, built(doc(), key="k1"))
+    assert d.verdict is Verdict.RESTORE
+    assert [(r.trigger, str(r)) for r in d.reasons] == [
+        (Trigger.OUTPUT_CHANGED, "output build/o changed"),
+        (Trigger.OUTPUT_MISSING, "output build/q missing"),
+    ]
+
+
+def test_an_older_build_restored_names_what_changed_not_the_outputs() -> None:
     old = doc(params={"cmd": "cp a b", "model": "isnet"})
     outputs = {"build/o": "changed", "build/p": None}
     d = decide(Stage(doc()), ENTRY, outputs, built(old, key="k0"))
     assert d.verdict is Verdict.RESTORE
-    assert str(d.reasons[0]) == "output build/o changed"
-    assert d.reasons[1].trigger is Trigger.CACHED
-    assert "param model isnet → u2net" in d.reasons[1].detail
+    assert [(r.trigger, str(r)) for r in d.reasons] == [
+        (Trigger.PARAM, "param model isnet → u2net"),
+        (Trigger.CACHED, "cached from an earlier build"),
+    ]
+
+
+def test_a_workspace_that_never_built_the_stage_says_the_store_has_its_outputs() -> None:
+    d = decide(Stage(doc()), ENTRY, {"build/o": "missing"}, LastBuild())
+    assert d.verdict is Verdict.RESTORE
+    assert [str(r) for r in d.reasons] == [
+        "outputs missing; not built in this workspace, the store has them"
+    ]
 
 
 def test_no_entry_runs_with_what_changed_since_the_last_build() -> None:
@@ -142,12 +162,39 @@ def test_foreach_items_not_cached_run_and_are_counted() -> None:
     assert d.items == {"total": 4, "run": 1, "cached": 3, "removed": 1}
 
 
-def test_foreach_with_every_item_cached_says_so() -> None:
+def test_foreach_with_every_item_in_the_store_is_restored_not_run() -> None:
     items = _items(2)
     stage = Stage(doc(), foreach=True, cached={i.relpath: {} for i in items}, items=items)
     hashes = {i.relpath: i.hash for i in items}
     d = decide(stage, None, None, LastBuild(True, "k1", "ok", {"doc": doc()}, hashes))
-    assert [(r.trigger, str(r)) for r in d.reasons] == [(Trigger.CACHED, "all 2 items cached")]
+    assert d.verdict is Verdict.RESTORE
+    assert [(r.trigger, str(r)) for r in d.reasons] == [
+        (Trigger.CACHED, "all 2 items are in the store (none runs)")
+    ]
+    # items built before, never together: the change is named first
+    hashes["f1.png"] = "older"
+    d = decide(stage, None, None, LastBuild(True, "k1", "ok", {"doc": doc()}, hashes))
+    assert [str(r) for r in d.reasons] == [
+        "1 of 2 items changed (first: data/f1.png: content changed)",
+        "all 2 items are in the store (none runs)",
+    ]
+    # a map-reduce stage's reduce still runs
+    mr = Stage(doc(), foreach=True, map_reduce=True, cached=stage.cached, items=items)
+    d = decide(mr, None, None, LastBuild(True, "k1", "ok", {"doc": doc()}, hashes))
+    assert d.verdict is Verdict.RUN
+    assert [str(r) for r in d.reasons] == ["all 2 items cached"]
+
+
+def test_a_stage_waiting_on_an_upstream_restore_says_so() -> None:
+    pending = doc(upstream={"up": "?"})
+    stage = Stage(pending, key=None, unknown={"up"})
+    told = decide(Stage(doc(), foreach=True, cached={"f0.png": {}}, items=_items(1)),
+                  None, None, LastBuild())  # fmt: skip
+    assert told.verdict is Verdict.RESTORE
+    last = built(doc(upstream={"up": "u1"}))
+    d = decide(stage, None, None, last, upstream={"up": told})
+    assert d.verdict is Verdict.MAYBE and str(d.reasons[0]) == "upstream up will be restored"
+    assert str(decide(stage, None, None, last).reasons[0]) == "upstream up will run"
 
 
 def test_a_foreach_stage_never_built_has_items_not_built_yet() -> None:

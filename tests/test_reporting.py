@@ -287,6 +287,38 @@ def test_a_foreach_stage_whose_items_are_all_in_the_store_is_restored_not_run(
     assert (last["ran"], last["restored"]) == (0, 1)
 
 
+def test_a_foreach_restore_whose_items_left_the_store_runs_them_and_says_so(
+    project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipemake.foreach import ForeachRun
+    from pipemake.manifest import digests
+
+    p = project(FOREACH, POEMS)
+    for path, text in [(None, None), ("data/a.txt", "edited\n"), ("data/b.txt", "edited too\n")]:
+        if path:
+            p.write(path, text)
+        p.cli("build", "--executor", "inline")
+    p.write("data/a.txt", "tyger\n")  # every item of clean is in the store: a restore
+    assert _dry(p)["clean"].startswith("restore: ")
+    begin = ForeachRun.begin
+
+    def begin_then_lose(self: ForeachRun, ctx: Any, stage: Any, check_lost: bool = False) -> Any:
+        tasks = begin(self, ctx, stage, check_lost)
+        for d in digests(self.cached["a.txt"]):  # a `cache gc` beside the build, say
+            obj = ctx.store.object_path(d)
+            obj.parent.chmod(0o755)
+            obj.unlink()
+        return tasks
+
+    monkeypatch.setattr(ForeachRun, "begin", begin_then_lose)
+    out = p.cli("build", "--executor", "inline").stderr
+    assert "clean: running (store object missing or corrupt)" in out
+    assert "1 ran, 0 restored, 1 up to date" in out
+    kinds = [e["event"] for e in _events(p) if e.get("stage") == "clean"]
+    assert "stage_started" in kinds and "stage_restored" not in kinds
+    assert p.read("build/clean/a.txt") == "TYGER\n"
+
+
 # a stopped build, a running build ---------------------------------------------------------
 SLOW_ITEMS = """
 name: s

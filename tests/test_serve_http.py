@@ -406,6 +406,21 @@ def test_fold_run_gives_each_stage_its_state_and_why():
     assert fold_run(interrupted)["result"] == "interrupted"
 
 
+def test_the_now_page_of_a_build_with_a_stage_never_built_has_no_eta():
+    from pipemake.serve.data import fold_run
+    from pipemake.serve.pages import now_fragment
+
+    events = [
+        {"event": "run_started", "time": 10.0, "run": "r1", "stages": ["a", "b"],
+         "deps": {"b": ["a"]}, "expected": {"a": 2.0, "b": None}},
+        {"event": "stage_started", "stage": "a", "time": 10.0, "reasons": ["never built"]},
+    ]  # fmt: skip
+    html = now_fragment(fold_run(events), now=11.0)  # b's time is not known: no build ETA
+    assert 'data-result="running"' in html and "0/2 stages<" in html and "ETA" not in html
+    known = [dict(events[0], expected={"a": 2.0, "b": 3.0}), events[1]]
+    assert "ETA ~" in now_fragment(fold_run(known), now=11.0)
+
+
 def test_a_killed_build_shows_as_incomplete(failed):
     runs = failed.root / ".pipemake" / "runs"
     (runs / "29990101-000000-000.jsonl").write_text(

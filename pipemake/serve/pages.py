@@ -136,7 +136,9 @@ def now_fragment(run: dict[str, Any], now: float | None = None) -> str:
     result = run.get("result", "running")
     finished = [s for s in order if (stages.get(s) or {}).get("state") in
                 ("ran", "restored", "up to date", "failed", "skipped", "cancelled")]  # fmt: skip
-    left = sum(expected.get(s, 0) for s in order if s not in finished)
+    # no ETA while a stage left was never built (its time is None: not known)
+    times = [expected.get(s, 0) for s in order if s not in finished]
+    left = None if None in times else sum(times)
     total_text = f"{len(finished)}/{len(order)} stages"
     if result == "running" and left:
         total_text += f", ETA ~{_secs(left)}"
