@@ -174,6 +174,7 @@ def curated(project):
     return proj
 
 
+@pytest.mark.slow
 def test_corrections_rerun_only_prep_and_survive_a_clustering_rebuild(curated):
     root = curated.root
     clusters = _clusters(root)
@@ -213,6 +214,7 @@ def test_corrections_rerun_only_prep_and_survive_a_clustering_rebuild(curated):
     check()
 
 
+@pytest.mark.slow
 def test_a_broken_curation_file_fails_the_prep_naming_it(curated):
     curated.write("curation.yaml", "names: {zz: alice}\n")
     result = curated.cli("build", "--no-progress", code=1)
@@ -220,6 +222,7 @@ def test_a_broken_curation_file_fails_the_prep_naming_it(curated):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_a_missing_curation_file_is_a_pipeline_error_saying_what_to_do(curated):
     (curated.root / "curation.yaml").unlink()
     result = curated.cli("build", "--no-progress", code=2)

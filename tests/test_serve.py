@@ -29,6 +29,9 @@ pytest.importorskip("uvicorn")
 
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
+# slow (a real browser each): `pytest -m "not slow"` skips them; CI runs everything
+pytestmark = pytest.mark.slow
+
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -226,7 +229,6 @@ def _dataset(root: Path) -> dict[str, dict]:
     return {json.loads(r)["id"]: json.loads(r) for r in rows}
 
 
-@pytest.mark.slow
 def test_dataset_page_curates_the_example_and_build_honours_it(example, page, serve):
     root = example
     server = serve(root)

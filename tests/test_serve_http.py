@@ -198,6 +198,7 @@ def clustered(tmp_path_factory):
     return proj
 
 
+@pytest.mark.slow
 def test_curation_actions_write_the_file(clustered):
     c = _client(clustered)
     page = c.get("/dataset/cluster")
