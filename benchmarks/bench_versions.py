@@ -1,0 +1,98 @@
+"""Two versions of pipemake side by side on one project shape: a cold build, no-op builds
+and one-file changes of a shell foreach stage of N items and a stage reading its output.
+
+Each version is a source tree (e.g. ``git worktree add --detach /tmp/old COMMIT``) run as
+``python -m pipemake`` with that tree first on ``PYTHONPATH``, on its own copy of the
+project; the no-op and one-change runs alternate between the versions, so both see the same
+load. Medians and ranges are printed. For "no worse beyond noise" after a refactoring::
+
+    python -m compileall -q /tmp/old/pipemake /tmp/old/rules pipemake rules
+    python benchmarks/bench_versions.py --old /tmp/old --new . --items 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PIPE = """name: versions
+stages:
+  - id: up
+    type: shell
+    foreach: src
+    config:
+      cmd: "tr a-z A-Z < {inputs.src} > {outputs.d}/{item.name}"
+      inputs: {src: data}
+      outputs: {d: build/up}
+  - id: count
+    type: shell
+    config:
+      cmd: "ls {inputs.d} | wc -l > {outputs.o}"
+      inputs: {d: build/up}
+      outputs: {o: build/count.txt}
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--old", required=True, help="the source tree of the first version")
+    ap.add_argument("--new", required=True, help="the source tree of the second version")
+    ap.add_argument("--items", type=int, default=10000)
+    ap.add_argument("--noop", type=int, default=7, help="no-op builds per version")
+    ap.add_argument("--changes", type=int, default=5, help="one-file changes per version")
+    args = ap.parse_args(argv)
+    trees = {"old": str(Path(args.old).resolve()), "new": str(Path(args.new).resolve())}
+    base = Path(tempfile.mkdtemp(prefix="pm-versions-"))
+    try:
+        for name in trees:
+            root = base / name
+            (root / "data").mkdir(parents=True)
+            for i in range(args.items):
+                (root / "data" / f"f{i:05}.txt").write_text(f"file {i}\n" * 50)
+            (root / "pipemake.yaml").write_text(PIPE)
+
+        def run(name: str) -> float:
+            env = dict(os.environ, PYTHONPATH=trees[name])
+            env.pop("PIPEMAKE_CACHE_DIR", None)
+            argv = [sys.executable, "-m", "pipemake", "-C", str(base / name), "build", "-j", "2",
+                    "--no-progress"]  # fmt: skip
+            start = time.perf_counter()
+            proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+            took = time.perf_counter() - start
+            if proc.returncode != 0:
+                raise SystemExit(f"{name}: build failed:\n{proc.stderr[-2000:]}")
+            return took
+
+        times: dict[str, dict[str, list[float]]] = {n: {} for n in trees}
+        for name in trees:
+            times[name]["cold build"] = [run(name)]
+        for _ in range(args.noop):
+            for name in trees:
+                times[name].setdefault("no-op build", []).append(run(name))
+        for rep in range(args.changes):
+            for name in trees:
+                f = base / name / "data" / f"f{rep * 7 % args.items:05}.txt"
+                f.write_text(f.read_text() + f"edit {rep}\n")
+                times[name].setdefault("one file changed", []).append(run(name))
+        print(f"{args.items:,} items | old: {trees['old']} | new: {trees['new']}")
+        for kind in times["old"]:
+            cells = []
+            for name in trees:
+                xs = times[name][kind]
+                ms = [x * 1000 for x in xs]
+                cells.append(f"{name} {statistics.median(ms):.0f} ms ({min(ms):.0f}-{max(ms):.0f})")
+            print(f"{kind}: " + " | ".join(cells))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
