@@ -61,6 +61,7 @@ def fold_run(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 id=ev.get("run"), pipeline=ev.get("pipeline"), started=t,
                 order=list(ev.get("stages") or []), deps=dict(ev.get("deps") or {}),
                 expected=dict(ev.get("expected") or {}),
+                per_item=dict(ev.get("per_item") or {}), jobs=ev.get("jobs"),
             )  # fmt: skip
             for s in run["order"]:
                 st(s)
@@ -77,8 +78,10 @@ def fold_run(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
             continue
         elif kind == "stage_started":
             st(sid).update(state="running", started=t, reasons=list(ev.get("reasons") or []))
+            st(sid)["items_run"] = (ev.get("items") or {}).get("run")
         elif kind == "progress":
             st(sid).update(done=ev.get("done") or 0, total=ev.get("total") or 0)
+            st(sid).setdefault("first", [t, ev.get("done") or 0])  # the pace is measured from it
         elif kind == "log":
             logs = st(sid)["logs"]
             logs.append({"time": t, "level": ev.get("level"), "text": ev.get("text")})

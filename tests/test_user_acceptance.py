@@ -1,0 +1,49 @@
+"""Findings of a run-through as a new user (issues 14 and 17): each figure or word pipemake
+shows is what the run's event log says happened."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipemake.eta import Estimator
+from pipemake.events import Event
+from pipemake.serve.data import fold_run
+from pipemake.serve.pages import now_fragment
+
+# the Now page's ETA is the build's own ------------------------------------------------------
+
+
+def _events(t0: float) -> list[dict]:
+    """A build of a (10 s) → b (5 s) with -j 1, 8 s into a: 7 s are left, not 15."""
+    return [
+        {"event": "run_started", "stage": None, "time": t0, "run": "r1", "stages": ["a", "b"],
+         "expected": {"a": 10.0, "b": 5.0}, "deps": {"a": [], "b": ["a"]}, "jobs": 1,
+         "per_item": {}},
+        {"event": "stage_started", "stage": "a", "time": t0, "queued": 0.0, "items": None},
+    ]  # fmt: skip
+
+
+def test_now_page_overall_eta_counts_the_running_stage_elapsed_time_as_the_build_does() -> None:
+    t0 = 1_000_000.0
+    events = _events(t0)
+    est = Estimator(clock=lambda: t0 + 8)
+    for ev in events:
+        est(Event(ev["event"], ev["stage"], {k: v for k, v in ev.items()
+                                              if k not in ("event", "stage", "time")}, ev["time"]))  # fmt: skip
+    assert est.remaining(t0 + 8) == pytest.approx(7.0)
+    page = now_fragment(fold_run(events), now=t0 + 8)
+    assert "0/2 stages, ETA ~7.0s" in page, page
+    assert "ETA ~15.0s" not in page
+
+
+def test_now_page_stage_bar_shows_no_eta_while_a_never_built_stage_reports_too_little() -> None:
+    t0 = 1_000_000.0
+    events = _events(t0)
+    events[0]["expected"] = {"a": None, "b": 5.0}
+    events.append({"event": "progress", "stage": "a", "time": t0 + 1, "done": 1, "total": 100})
+    page = now_fragment(fold_run(events), now=t0 + 2)
+    assert "1/100" in page and "ETA" not in page, page
+    events.append({"event": "progress", "stage": "a", "time": t0 + 3, "done": 21, "total": 100})
+    page = now_fragment(fold_run(events), now=t0 + 3)
+    # pace from the first report on: 2 s for 20 items, 79 left → 7.9 s; then b's 5 s
+    assert "21/100, ETA 7.9s" in page and "ETA ~12.9s" in page, page
