@@ -727,6 +727,7 @@ def status(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
             "reasons": reasons,
             "last_result": rec.get("result"), "last_duration": rec.get("duration"),
             "last_restored": bool(rec.get("restored")),
+            "last_committed": bool(rec.get("committed")),
             "last_error": rec.get("error"),
         }  # fmt: skip
         if stage in against and stage in unbuilt:

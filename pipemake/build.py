@@ -466,6 +466,8 @@ class Builder:
                 "key": rs.key, "doc": rs.doc, "result": "ok", "restored": not ran,
                 "duration": metrics.get("duration", last.duration), "finished": time.time(),
             }  # fmt: skip
+            if metrics.get("committed"):  # `pipemake commit`: accepted, nothing ran
+                record["committed"] = True
             self.state.builds.set_record(stage.id, record)
             self._full[stage.id] = record
         if self._placed is None:

@@ -626,8 +626,8 @@ def dry_run(
     "as_json",
     is_flag=True,
     help="Print it as JSON: {stages: [{stage, state, decision, reasons, last_result, "
-    "last_duration, last_restored, last_error}], orphans, building} (building: the build "
-    "running now, or null).",
+    "last_duration, last_restored, last_committed, last_error}], orphans, building} "
+    "(building: the build running now, or null).",
 )
 @click.option("--check", is_flag=True, help="Exit 1 when any stage is not up to date.")
 @click.option(
@@ -689,6 +689,8 @@ def status(
                 if row["last_restored"] and row["last_result"] == "ok":  # no run here: say so
                     took = f"; it ran in {dur:.1f}s when built" if dur is not None else ""
                     last = f"  [last: restored from the store{took}]"
+                if row.get("last_committed") and row["last_result"] == "ok":
+                    last = "  [last: accepted by `pipemake commit`, not run]"
                 locked = ""
                 if "lock" in row:
                     lock_why = "; ".join(row["lock"])

@@ -3,7 +3,10 @@ shows is what the run's event log says happened."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from conftest import Proj
 
 from pipemake.eta import Estimator
 from pipemake.events import Event
@@ -47,3 +50,25 @@ def test_now_page_stage_bar_shows_no_eta_while_a_never_built_stage_reports_too_l
     page = now_fragment(fold_run(events), now=t0 + 3)
     # pace from the first report on: 2 s for 20 items, 79 left → 7.9 s; then b's 5 s
     assert "21/100, ETA 7.9s" in page and "ETA ~12.9s" in page, page
+
+
+# `status` after `pipemake commit` -----------------------------------------------------------
+
+
+def test_status_after_commit_says_the_output_was_accepted_not_that_the_stage_ran(
+    chain: Proj,
+) -> None:
+    chain.cli("build")
+    runs = chain.run_counts()
+    chain.write("build/lines.txt", "3\n")  # a hand edit, then `make -t`
+    assert "accepted build/lines.txt" in chain.cli("commit", "lines").output
+    assert chain.run_counts() == runs  # nothing ran
+    out = chain.cli("status").output
+    line = next(x for x in out.splitlines() if x.startswith("lines:"))
+    assert "accepted by `pipemake commit`, not run" in line and "ok," not in line, out
+    rows = {r["stage"]: r for r in json.loads(chain.cli("status", "--json").output)["stages"]}
+    assert rows["lines"]["last_committed"] is True and rows["upper"]["last_committed"] is False
+    chain.edit("data/a.txt", "hello", "hullo")  # a real run afterwards is said as one again
+    chain.cli("build")
+    line = next(x for x in chain.cli("status").output.splitlines() if x.startswith("lines:"))
+    assert "[last: ok, " in line and "commit" not in line, line
