@@ -4,6 +4,8 @@ shows is what the run's event log says happened."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 from conftest import Proj
@@ -72,3 +74,20 @@ def test_status_after_commit_says_the_output_was_accepted_not_that_the_stage_ran
     chain.cli("build")
     line = next(x for x in chain.cli("status").output.splitlines() if x.startswith("lines:"))
     assert "[last: ok, " in line and "commit" not in line, line
+
+
+# `pipemake report` writes a file others can read ----------------------------------------------
+
+
+def test_report_file_has_the_mode_of_any_file_the_user_writes(chain: Proj) -> None:
+    pytest.importorskip("starlette")
+    chain.cli("build")
+    old = os.umask(0o022)
+    try:
+        out = chain.cli("report", "-o", str(chain.path("out/r.html"))).output
+    finally:
+        os.umask(old)
+    assert "wrote" in out
+    path = chain.path("out/r.html")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in path.parent.iterdir()] == ["r.html"]  # no temporary file left
