@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 
 import pytest
 from conftest import Proj
@@ -91,3 +92,18 @@ def test_report_file_has_the_mode_of_any_file_the_user_writes(chain: Proj) -> No
     path = chain.path("out/r.html")
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert [p.name for p in path.parent.iterdir()] == ["r.html"]  # no temporary file left
+
+
+# `pipemake status | head` ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [("status",), ("list", "--runs"), ("log",)])
+def test_a_reader_that_stops_early_gets_no_broken_pipe_error(chain: Proj, args: tuple) -> None:
+    chain.cli("build")
+    proc = subprocess.Popen(
+        chain.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    proc.stdout.close()  # as `| head -1` does once it has its line: before pipemake writes
+    err = proc.stderr.read()
+    assert proc.wait(60) == 141, err
+    assert "Broken pipe" not in err and "Traceback" not in err and err == "", err
