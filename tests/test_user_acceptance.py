@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import subprocess
+from collections.abc import Callable
 
 import pytest
 from conftest import Proj
@@ -107,3 +108,50 @@ def test_a_reader_that_stops_early_gets_no_broken_pipe_error(chain: Proj, args: 
     err = proc.stderr.read()
     assert proc.wait(60) == 141, err
     assert "Broken pipe" not in err and "Traceback" not in err and err == "", err
+
+
+# what a python stage prints is part of its log -----------------------------------------------
+
+PRINTS = """
+name: t
+stages:
+  - id: p
+    type: python
+    config:
+      function: steps.s:f
+      outputs: {o: build/o.txt}
+"""
+PRINTS_CODE = """
+import sys
+import warnings
+
+
+def f(ctx):
+    print("hello from print")
+    print("to stderr", file=sys.stderr)
+    warnings.warn("careful now")
+    sys.stdout.write("no newline at the end")
+    ctx.outputs["o"].write_text("x")
+"""
+
+
+@pytest.mark.parametrize("executor", ["local", "inline"])
+def test_what_a_python_stage_prints_is_in_its_log_and_the_run_log(
+    project: Callable[..., Proj], executor: str
+) -> None:
+    proj = project(PRINTS, {"steps/__init__.py": "", "steps/s.py": PRINTS_CODE})
+    done = proj.sub("build", "--executor", executor, "--no-progress")
+    said = [
+        "hello from print",
+        "to stderr",
+        "UserWarning: careful now",
+        "no newline at the end",
+    ]
+    shown = [x for x in (done.stderr + done.stdout).splitlines() if "] p| " in x]
+    for text in said:
+        assert any(text in x for x in shown), done.stderr
+        assert text in proj.read(".pipemake/logs/p.log")
+    logged = [json.loads(x) for x in proj.sub("log", "--json").stdout.splitlines()]
+    texts = [e.get("text", "") for e in logged if e["event"] == "log" and e["stage"] == "p"]
+    assert all(any(t in x for x in texts) for t in said), texts
+    assert "hello from print\n" not in done.stdout.replace("p| hello from print", "")
