@@ -155,3 +155,28 @@ def test_what_a_python_stage_prints_is_in_its_log_and_the_run_log(
     texts = [e.get("text", "") for e in logged if e["event"] == "log" and e["stage"] == "p"]
     assert all(any(t in x for x in texts) for t in said), texts
     assert "hello from print\n" not in done.stdout.replace("p| hello from print", "")
+
+
+# `status --pipeline-id` of a stopped run -------------------------------------------------------
+
+
+def test_status_of_an_interrupted_run_shows_no_stage_as_running(chain: Proj) -> None:
+    chain.cli("build")  # a run to find the runs folder with
+    runs = chain.path(".pipemake/runs")
+    t = 4e9
+    events = [
+        {"event": "run_started", "stage": None, "time": t, "run": "29991231-000000-000",
+         "stages": ["upper", "lines", "side"], "deps": {"lines": ["upper"]}},
+        {"event": "stage_started", "stage": "upper", "time": t + 1},
+        {"event": "stage_finished", "stage": "upper", "time": t + 2, "duration": 1.0},
+        {"event": "stage_started", "stage": "lines", "time": t + 2},
+        {"event": "stopping", "stage": None, "time": t + 3},
+        {"event": "run_finished", "stage": None, "time": t + 4, "ran": ["upper"],
+         "restored": [], "up_to_date": [], "failed": {}, "duration": 4.0, "interrupted": 2,
+         "skipped": {"lines": "interrupted", "side": "interrupted"}},
+    ]  # fmt: skip
+    (runs / "29991231-000000-000.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    out = chain.cli("status", "--pipeline-id", "29991231").output
+    assert "state:    interrupted" in out, out
+    assert "lines: interrupted" in out and "side: skipped" in out and "upper: done" in out
+    assert "running" not in out and "pending" not in out, out
