@@ -180,3 +180,30 @@ def test_status_of_an_interrupted_run_shows_no_stage_as_running(chain: Proj) -> 
     assert "state:    interrupted" in out, out
     assert "lines: interrupted" in out and "side: skipped" in out and "upper: done" in out
     assert "running" not in out and "pending" not in out, out
+
+
+# the Dataset page before the first build --------------------------------------------------------
+
+DATASET = """
+name: t
+stages:
+  - id: extract
+    type: frame_extraction
+    config: {input_video: data/v.mp4, output_dir: build/frames}
+  - id: cluster
+    type: clustering
+    config: {input_dir: "{extract.output_dir}", output_dir: build/clusters}
+"""
+
+
+def test_dataset_views_before_a_build_say_not_built_yet_not_zero_frames(
+    project: Callable[..., Proj],
+) -> None:
+    from pipemake.serve.data import Site
+
+    proj = project(DATASET, {"data/v.mp4": b"not a video"})
+    site = Site(proj.path("pipemake.yaml"))
+    for stage, missing in (("extract", "frames.jsonl"), ("cluster", "clusters.json")):
+        notes = site.dataset(stage).notes
+        assert notes and notes[0].startswith("not built yet: build/"), notes
+        assert missing in notes[0] and "Errno" not in notes[0] and "0 frames" not in notes
