@@ -7,13 +7,17 @@ import json
 import os
 import stat
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 from conftest import Proj
 
+import pipemake
 from pipemake.eta import Estimator
 from pipemake.events import Event
+from pipemake.rule import Context, Input, Item, Output, Rule
 from pipemake.serve.data import fold_run
 from pipemake.serve.pages import now_fragment
 
@@ -207,3 +211,46 @@ def test_dataset_views_before_a_build_say_not_built_yet_not_zero_frames(
         notes = site.dataset(stage).notes
         assert notes and notes[0].startswith("not built yet: build/"), notes
         assert missing in notes[0] and "Errno" not in notes[0] and "0 frames" not in notes
+
+
+# a map-reduce stage says how many items it has, as every foreach stage does ---------------------
+
+
+class _Sizes(Rule):
+    """Map: each file's size; reduce: the sizes in one file."""
+
+    name = "ua_sizes"
+    inputs: ClassVar = {"input_dir": Input(kind="dir")}
+    outputs: ClassVar = {"output_dir": Output(kind="dir")}
+    map_reduce = True
+
+    def map_item(self, ctx: Context, item: Item) -> Any:
+        return len(Path(ctx.inputs["input_dir"]).read_bytes())
+
+    def reduce(self, ctx: Context, mapped: Mapping[str, Any]) -> dict[str, Any]:
+        text = "".join(f"{k} {v}\n" for k, v in sorted(mapped.items()))
+        (ctx.outputs["output_dir"] / "sizes.txt").write_text(text)
+        return {}
+
+
+SIZES = """
+name: mr
+stages:
+  - id: sizes
+    type: ua_sizes
+    foreach: input_dir
+    config: {input_dir: data, output_dir: build/sizes}
+"""
+
+
+def test_a_map_reduce_stage_finish_counts_its_items(project: Callable[..., Proj]) -> None:
+    pipemake.register_rule("ua_sizes", _Sizes)
+    proj = project(SIZES, {"data/a": "xxx", "data/b": "x"})
+    proj.cli("build", "--executor", "inline")
+    proj.write("data/c", "xx")
+    proj.cli("build", "--executor", "inline")
+    finished = [json.loads(x) for x in proj.cli("log", "--json").output.splitlines() if x.strip()]
+    finished = [e for e in finished if e["event"] == "stage_finished"]
+    assert [e["items"] for e in finished] == [3], finished
+    assert "sizes: done in " in proj.cli("log").output
+    assert "(3 items)" in proj.cli("log").output
