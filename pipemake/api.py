@@ -727,6 +727,7 @@ def status(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
             "reasons": reasons,
             "last_result": rec.get("result"), "last_duration": rec.get("duration"),
             "last_restored": bool(rec.get("restored")),
+            "last_committed": bool(rec.get("committed")),
             "last_error": rec.get("error"),
         }  # fmt: skip
         if stage in against and stage in unbuilt:
@@ -854,7 +855,7 @@ def _some_cached(decision: Decision) -> bool:
 
 def _run_stages(events: Sequence[dict[str, Any]]) -> dict[str, str]:
     """Each stage's state in a run, by its last event: pending, running, done, restored,
-    up to date, skipped, failed."""
+    up to date, skipped, failed, interrupted (running when the run was stopped)."""
     stages: dict[str, str] = {}
     for ev in events:
         kind, stage = ev.get("event"), ev.get("stage")
@@ -866,6 +867,12 @@ def _run_stages(events: Sequence[dict[str, Any]]) -> dict[str, str]:
             stages[stage] = "up to date" if ev.get("reason") == "up to date" else "skipped"
         elif stage and kind == "stage_cancelled":
             stages[stage] = "skipped"
+        elif kind == "run_finished":  # the run is over: nothing of it is running any more
+            for s in ev.get("skipped") or {}:
+                if stages.get(s) == "running":  # stopped by a signal before it finished
+                    stages[s] = "interrupted"
+                elif stages.get(s) == "pending":
+                    stages[s] = "skipped"
     return stages
 
 

@@ -380,6 +380,9 @@ class Builder:
                     entry = foreach.complete(self.ctx, stage)
                 else:
                     entry = self._commit_run(stage, run)
+                    if foreach is not None and foreach.mapped is not None:
+                        # a map-reduce stage's items, said as every foreach stage's are
+                        entry["metrics"]["items"] = len(foreach.mapped)
             except LostObjects:
                 assert foreach is not None
                 more = foreach.rerun_lost(self.ctx, stage) if foreach.lost < 3 else []
@@ -466,6 +469,8 @@ class Builder:
                 "key": rs.key, "doc": rs.doc, "result": "ok", "restored": not ran,
                 "duration": metrics.get("duration", last.duration), "finished": time.time(),
             }  # fmt: skip
+            if metrics.get("committed"):  # `pipemake commit`: accepted, nothing ran
+                record["committed"] = True
             self.state.builds.set_record(stage.id, record)
             self._full[stage.id] = record
         if self._placed is None:

@@ -36,6 +36,11 @@ def _parse_duration(value: str | None) -> float | None:
         raise UsageError(f"--lock-timeout must be a number of seconds, got {value!r}") from None
 
 
+#: the exit code when the reader of stdout went away (`| head`): 128 + SIGPIPE, as the
+#: shell reports for ``ls``, ``git log`` and others that SIGPIPE ends, with no message
+EXIT_BROKEN_PIPE = 141
+
+
 def _run(fn: Callable[[], int | None]) -> None:
     try:
         code = fn() or 0
@@ -45,6 +50,10 @@ def _run(fn: Callable[[], int | None]) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except BrokenPipeError:  # `pipemake status | head`: the reader has what it wanted
+        with contextlib.suppress(OSError):  # no second error when Python flushes at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_BROKEN_PIPE)
     except (OSError, sqlite3.Error) as exc:  # the machine said no: say what, where, what to do
         # an SQLite error, or a full disk met by a write, names no file: say which folder
         unnamed = isinstance(exc, sqlite3.Error) or getattr(exc, "errno", None) in _FULL
@@ -626,8 +635,8 @@ def dry_run(
     "as_json",
     is_flag=True,
     help="Print it as JSON: {stages: [{stage, state, decision, reasons, last_result, "
-    "last_duration, last_restored, last_error}], orphans, building} (building: the build "
-    "running now, or null).",
+    "last_duration, last_restored, last_committed, last_error}], orphans, building} "
+    "(building: the build running now, or null).",
 )
 @click.option("--check", is_flag=True, help="Exit 1 when any stage is not up to date.")
 @click.option(
@@ -689,6 +698,8 @@ def status(
                 if row["last_restored"] and row["last_result"] == "ok":  # no run here: say so
                     took = f"; it ran in {dur:.1f}s when built" if dur is not None else ""
                     last = f"  [last: restored from the store{took}]"
+                if row.get("last_committed") and row["last_result"] == "ok":
+                    last = "  [last: accepted by `pipemake commit`, not run]"
                 locked = ""
                 if "lock" in row:
                     lock_why = "; ".join(row["lock"])

@@ -44,6 +44,78 @@ _setup_lock = threading.Lock()
 
 _spawner: ContextVar[Spawner | None] = ContextVar("pipemake_spawner", default=None)
 
+#: where what a task's own code prints goes (its stage's log), in the thread running it
+_printed: ContextVar[_Lines | None] = ContextVar("pipemake_printed", default=None)
+
+
+class _Lines:
+    """What a task's code prints (``print``, ``sys.stderr``, warnings), as lines of its
+    stage's log: in the run log, ``logs/STAGE.log`` and the output as ``STAGE| …``, as a
+    shell stage's output is."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger, self.part, self.busy = logger, "", False
+
+    def write(self, text: str) -> int:
+        if self.busy:  # logging's own complaint about a failing handler: not into the log
+            return sys.__stderr__.write(text) if sys.__stderr__ is not None else len(text)
+        self.busy = True
+        try:
+            lines = (self.part + str(text)).split("\n")
+            self.part = lines.pop()
+            for line in lines:
+                self.logger.info(line.rstrip("\r"))
+        finally:
+            self.busy = False
+        return len(text)
+
+    def flush(self) -> None:
+        """Lines are logged as they end; a last line without its newline at the task's end."""
+
+    def close(self) -> None:
+        """Log what is left of a last line without a newline."""
+        if self.part:
+            self.logger.info(self.part)
+            self.part = ""
+
+
+class _Printed:
+    """``sys.stdout``/``sys.stderr`` of a process running tasks: writes from a thread running
+    a task go to that task's :class:`_Lines`, all others to the stream it replaced."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def write(self, text: str) -> int:
+        lines = _printed.get()
+        return (lines if lines is not None else self.real).write(text)
+
+    def flush(self) -> None:
+        lines = _printed.get()
+        (lines if lines is not None else self.real).flush()
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding… of the real one
+        return getattr(self.real, name)
+
+
+def _end_prints(token: Any) -> None:
+    """Stop sending prints to the task's log (``token`` from setting :data:`_printed`),
+    logging a last line that had no newline; None, for the caller to keep."""
+    if token is not None:
+        lines = _printed.get()
+        _printed.reset(token)
+        if lines is not None:
+            lines.close()
+    return None
+
+
+def _capture_prints() -> None:
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _Printed):
+            setattr(sys, name, _Printed(stream))
+
+
 #: pipemake's engine: its frames come before the user's in every traceback, and say nothing
 _ENGINE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
@@ -110,6 +182,10 @@ def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
     logger.addHandler(handler)
     cwd = None if threaded else os.getcwd()
     rule: Rule | None = None
+    printed = None
+    if not threaded:  # a thread of the build prints nothing of a task's code
+        _capture_prints()
+        printed = _printed.set(_Lines(logger))
     try:
         if cwd is not None:
             os.chdir(task.root)  # rules run in the project root, as DESIGN.md says for shell
@@ -118,7 +194,10 @@ def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
         if rule is None:
             raise RuleError(f"rule {task.rule!r} is not installed in this worker")
         store = Store(Path(task.store), link=task.link, fsync=task.fsync)
-        payload = _MODES[task.mode](task, rule, store, send, logger)
+        try:
+            payload = _MODES[task.mode](task, rule, store, send, logger)
+        finally:  # its last printed line before its result or error
+            printed = _end_prints(printed)
         spawner.end_shell()  # before its use is counted
         payload["metrics"] = {
             "duration": time.monotonic() - started,
@@ -139,6 +218,7 @@ def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
             handler.write_failure(f"FAILED: {type(exc).__name__}: {exc}\n{tb}")
             send("error", [f"{type(exc).__name__}: {exc}", tb])
     finally:
+        _end_prints(printed)
         spawner.end_shell()
         _spawner.reset(token)
         if cwd is not None:

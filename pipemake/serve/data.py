@@ -8,6 +8,7 @@ stage's output directory (``..``, absolute paths, symlinks anywhere on the way).
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -61,6 +62,7 @@ def fold_run(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 id=ev.get("run"), pipeline=ev.get("pipeline"), started=t,
                 order=list(ev.get("stages") or []), deps=dict(ev.get("deps") or {}),
                 expected=dict(ev.get("expected") or {}),
+                per_item=dict(ev.get("per_item") or {}), jobs=ev.get("jobs"),
             )  # fmt: skip
             for s in run["order"]:
                 st(s)
@@ -77,8 +79,10 @@ def fold_run(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
             continue
         elif kind == "stage_started":
             st(sid).update(state="running", started=t, reasons=list(ev.get("reasons") or []))
+            st(sid)["items_run"] = (ev.get("items") or {}).get("run")
         elif kind == "progress":
             st(sid).update(done=ev.get("done") or 0, total=ev.get("total") or 0)
+            st(sid).setdefault("first", [t, ev.get("done") or 0])  # the pace is measured from it
         elif kind == "log":
             logs = st(sid)["logs"]
             logs.append({"time": t, "level": ev.get("level"), "text": ev.get("text")})
@@ -281,6 +285,10 @@ class Site:
             if rule == "training_data_prep":
                 return self._training_set(stage, base)
             return self._frames(stage, base)
+        except FileNotFoundError as exc:  # the same words for every rule's view
+            missing = os.path.relpath(exc.filename or base, self.root)
+            note = f"not built yet: {missing} does not exist (run `pipemake build`)"
+            return DatasetView(stage, rule, [], [note])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             return DatasetView(stage, rule, [], [f"not built yet, or unreadable: {exc}"])
 
@@ -348,7 +356,10 @@ class Site:
         return DatasetView(stage, "training_data_prep", groups, notes)
 
     def _frames(self, stage: str, base: Path) -> DatasetView:
-        rows = _lines(base / "frames.jsonl")
+        manifest = base / "frames.jsonl"
+        if not manifest.is_file():  # not "0 frames": nothing was extracted yet
+            raise FileNotFoundError(errno.ENOENT, "no such file", str(manifest))
+        rows = _lines(manifest)
         shots: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
             shot = r.get("scene", r.get("shot", 0))

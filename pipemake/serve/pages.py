@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..eta import Estimator, StageClock
 from .data import DatasetView
 
 __all__ = [
@@ -106,7 +107,34 @@ def _bar(frac: float, text: str) -> str:
     return f'<div class=bar><div style="width:{pct:.1f}%"></div><span>{e(text)}</span></div>'
 
 
-def _stage_eta(s: dict[str, Any], expected: float | None, now: float) -> tuple[float, str]:
+_FINISHED = ("ran", "restored", "up to date", "failed", "skipped", "cancelled")
+
+
+def _estimator(run: dict[str, Any], now: float) -> Estimator:
+    """The run's folded state as the build's own :class:`Estimator` sees it, so the page
+    shows the ETAs ``pipemake build`` prints (the critical path of what is left, a running
+    stage's elapsed time and live pace counted), not an estimate of its own."""
+    est = Estimator(clock=lambda: now)
+    stages, est.order = run.get("stages") or {}, list(run.get("order") or [])
+    est.deps = {k: list(v) for k, v in (run.get("deps") or {}).items()}
+    est.expected = {k: float(v) for k, v in (run.get("expected") or {}).items() if v is not None}
+    est.per_item = {k: float(v) for k, v in (run.get("per_item") or {}).items()}
+    est.jobs, est.started = run.get("jobs"), run.get("started")
+    for sid in est.order:
+        info = stages.get(sid) or {}
+        if info.get("state") in _FINISHED:
+            est.settled[sid] = str(info["state"])
+        elif info.get("state") == "running":
+            first = info.get("first")
+            est.running[sid] = StageClock(
+                float(info.get("started") or now), done=info.get("done") or None,
+                total=info.get("total") or None, items=info.get("items_run"),
+                first=(float(first[0]), int(first[1])) if first else None,
+            )  # fmt: skip
+    return est
+
+
+def _stage_eta(s: dict[str, Any], sid: str, est: Estimator, now: float) -> tuple[float, str]:
     state = s.get("state")
     if state in ("ran", "restored", "up to date"):
         return 1.0, _secs(s.get("duration")) or state
@@ -114,9 +142,11 @@ def _stage_eta(s: dict[str, Any], expected: float | None, now: float) -> tuple[f
         return 0.0, state or ""
     elapsed = now - (s.get("started") or now)
     done, total = s.get("done") or 0, s.get("total") or 0
-    if total and done:
-        eta = elapsed * (total - done) / done
-        return done / total, f"{done}/{total}, ETA {_secs(eta)}"
+    left = est.stage_eta(sid, now)
+    eta = f", ETA {_secs(left)}" if left is not None else ""
+    if total:
+        return done / total, f"{done}/{total}{eta}"
+    expected = est.expected.get(sid)
     if expected:
         return min(elapsed / expected, 0.99), f"{_secs(elapsed)} of ~{_secs(expected)}"
     return 0.0, f"{_secs(elapsed)}"
@@ -132,13 +162,11 @@ def now_fragment(run: dict[str, Any], now: float | None = None) -> str:
             "<code>pipemake build</code>.</p>"
         )
     stages, order = run.get("stages") or {}, run.get("order") or []
-    expected = run.get("expected") or {}
     result = run.get("result", "running")
-    finished = [s for s in order if (stages.get(s) or {}).get("state") in
-                ("ran", "restored", "up to date", "failed", "skipped", "cancelled")]  # fmt: skip
-    # no ETA while a stage left was never built (its time is None: not known)
-    times = [expected.get(s, 0) for s in order if s not in finished]
-    left = None if None in times else sum(times)
+    finished = [s for s in order if (stages.get(s) or {}).get("state") in _FINISHED]
+    # no ETA while a stage left has no honest estimate (never built, too little progress)
+    est = _estimator(run, now)
+    left = est.remaining(now)
     total_text = f"{len(finished)}/{len(order)} stages"
     if result == "running" and left:
         total_text += f", ETA ~{_secs(left)}"
@@ -161,7 +189,7 @@ def now_fragment(run: dict[str, Any], now: float | None = None) -> str:
     out.append("<div class=stages>")
     for s in order:
         info = stages.get(s) or {}
-        frac, text = _stage_eta(info, expected.get(s), now)
+        frac, text = _stage_eta(info, s, est, now)
         out.append(
             f'<section class="stage {_STATE_CLASS.get(info.get("state"), "pending")}" '
             f'data-stage="{e(s)}">'

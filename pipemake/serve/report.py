@@ -6,6 +6,7 @@ offline, with no server and nothing fetched.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import tempfile
 from importlib import resources
@@ -68,12 +69,20 @@ def write_report(pipeline_file: Path, out: Path, run: str | None = None) -> Path
         text = render_report(site, run)
     except NotFound as exc:
         raise UsageError(str(exc)) from None
+    tmp = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        # a file to share (a CI artifact): readable as any file the user writes, not 0600
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, out)
     except OSError as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise PipemakeError(f"cannot write the report {out}: {exc.strerror or exc}") from None
     return out
