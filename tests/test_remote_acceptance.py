@@ -80,3 +80,17 @@ def test_a_key_holder_replaces_entries_it_cannot_trust(
     assert reader.run_counts() == {}
     assert "ignored" not in result.output
     assert _outputs(reader) == _outputs(trusted)
+
+
+@pytest.mark.parametrize("url", ["file://", "file:///", "s3://"])
+def test_a_remote_url_naming_no_place_is_a_usage_error(
+    project: Callable[..., Proj], url: str
+) -> None:
+    """``file://`` with nothing after it would be the current folder: a push would write
+    ``entries/`` and ``objects/`` into the project. A URL naming no place is refused."""
+    p = project(CHAIN, CHAIN_FILES)
+    p.cli("build")
+    before = sorted(x.name for x in p.root.iterdir())
+    result = p.cli("push", code=2, env={"PIPEMAKE_REMOTE": url})
+    assert "names no folder" in result.output and TRACEBACK not in result.output
+    assert sorted(x.name for x in p.root.iterdir()) == before
