@@ -94,3 +94,24 @@ def test_a_remote_url_naming_no_place_is_a_usage_error(
     result = p.cli("push", code=2, env={"PIPEMAKE_REMOTE": url})
     assert "names no folder" in result.output and TRACEBACK not in result.output
     assert sorted(x.name for x in p.root.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    "spelling", ["file://{abs}", "file://{abs}/", "{abs}", "../remote/not/yet/there"]
+)
+def test_two_clones_through_pipemake_remote_however_it_is_spelled(
+    project: Callable[..., Proj], tmp_path: Path, spelling: str
+) -> None:
+    """As real processes: clone A builds then pushes, clone B (a sibling folder) builds
+    and runs nothing; the remote folder need not exist yet; a plain path, a path relative
+    to the project and a URL with a trailing slash name the same remote."""
+    url = spelling.format(abs=tmp_path / "remote" / "not" / "yet" / "there")
+    env = {"PIPEMAKE_REMOTE": url, "PIPEMAKE_CACHE_KEY": ""}
+    first, second = project(CHAIN, CHAIN_FILES, name="a"), project(CHAIN, CHAIN_FILES, name="b")
+    first.sub("build", env=env)
+    assert "pushed 4 entries" in first.sub("push", env=env).stdout
+    assert (tmp_path / "remote" / "not" / "yet" / "there" / "entries").is_dir()
+    proc = second.sub("build", env=env)
+    assert second.run_counts() == {}
+    assert "0 ran, 4 restored" in proc.stdout + proc.stderr
+    assert _outputs(second) == _outputs(first)
