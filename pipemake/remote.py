@@ -111,6 +111,7 @@ class Remote:
         self.stats = RemoteStats()
         self._said.clear()
         self._asked.clear()
+        self.trusted.clear()
         self.down = self.push_down = None
 
     def check(self) -> None:
