@@ -188,6 +188,10 @@ def _remote_url(url: str | None, base: Path) -> str | None:
         return None
     url = url.strip()
     if "://" in url:
+        if not url.partition("://")[2].strip("/"):  # file:// alone would be the current folder
+            raise UsageError(
+                f"remote {url!r} names no folder or bucket; give one, e.g. file:///srv/cache"
+            )
         return url
     return str(base / os.path.expanduser(url))
 

@@ -90,6 +90,8 @@ class Remote:
     push_down: str | None = None
     #: objects found corrupt on the remote: a push replaces them
     bad: set[str] = field(default_factory=set)
+    #: keys whose remote entry this process read and trusted (a keyed push reads no more)
+    trusted: set[str] = field(default_factory=set)
     _asked: set[str] = field(default_factory=set)
     _said: set[str] = field(default_factory=set)
     _files: RemoteFiles | None = None
@@ -109,6 +111,7 @@ class Remote:
         self.stats = RemoteStats()
         self._said.clear()
         self._asked.clear()
+        self.trusted.clear()
         self.down = self.push_down = None
 
     def check(self) -> None:
@@ -221,6 +224,24 @@ class Remote:
                     self.stats.damaged += 1
                 continue
             out[key] = entry
+            self.trusted.add(key)
+        return out
+
+    def _untrusted(self, keys: list[str]) -> set[str]:
+        """Those of ``keys`` whose entry on the remote a reader holding this process's
+        key would refuse (unsigned, signed with another key, damaged, not a file): what a
+        keyed push replaces rather than leaving every keyed reader to miss them forever."""
+        todo = [k for k in keys if k not in self.trusted]
+        if not self.secret or not todo:
+            return set()
+        found = self.files.read_many([self._ent(k) for k in todo], [_ENTRY_MAX] * len(todo))
+        out = set()
+        for key in todo:
+            data = found.get(self._ent(key))
+            if data is None or unseal(data, key, self.secret)[0] is None:
+                out.add(key)
+            else:
+                self.trusted.add(key)
         return out
 
     def _with_objects(
@@ -339,7 +360,8 @@ class Remote:
         from .store import encode_entry
 
         there = self.files.ages([self._ent(k) for k, _e in pairs])
-        new = [(k, e) for k, e in pairs if there[self._ent(k)] is None]
+        stale = self._untrusted([k for k, _e in pairs if there[self._ent(k)] is not None])
+        new = [(k, e) for k, e in pairs if there[self._ent(k)] is None or k in stale]
         self.stats.present_entries += len(pairs) - len(new)
         digests: dict[str, None] = {}
         for _k, entry in new:
@@ -365,7 +387,7 @@ class Remote:
             if any(d in missing for d, _s in entry_objects(entry)):
                 self.stats.skipped_entries += 1  # an object this store lacks: not pushed
                 continue
-            docs.append((self._ent(key), seal(key, encode_entry(entry), self.secret)))
+            docs.append((self._ent(key), seal(key, encode_entry(entry), self.secret), key in stale))
         each(lambda doc: self.files.put(*doc), docs)
         self.stats.pushed_entries += len(docs)
         # a `cache gc --remote` may have taken an old object just as this push found it

@@ -155,9 +155,11 @@ class RemoteFiles:
                 return FileNotFoundError(path)
             return FileNotFoundError(path) if exc.errno in _NOT_OBJECT else exc
         try:
+            # before ``open``, which refuses a directory with an error of its own
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                return FileNotFoundError(path)
             with open(fd, "rb") as fh:
-                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                    return FileNotFoundError(path)
                 return fh.read(limit)
         except OSError as exc:
             return exc
@@ -357,9 +359,10 @@ def _copy_regular(src: str, dst: str, limit: int) -> None:
         if exc.errno in _NOT_OBJECT:
             raise FileNotFoundError(src) from None
         raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before ``open``: a directory is an error there
+        os.close(fd)
+        raise FileNotFoundError(src)
     with open(fd, "rb") as fin, open(dst, "wb") as fout:
-        if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
-            raise FileNotFoundError(src)
         left = limit
         while left > 0 and (chunk := fin.read(min(1 << 20, left))):
             fout.write(chunk)
