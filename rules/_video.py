@@ -544,6 +544,8 @@ def extract(
     try:
         try:
             job.run(frames, progress)
+            # the last figure is what was decoded (the expected count was an estimate)
+            progress(frames.count, frames.count)
             warning = _check_decoding(path, container, stream, frames, job)
         finally:
             container.close()
