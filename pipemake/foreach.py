@@ -179,8 +179,9 @@ class ForeachRun(StageRun):
         if commits:
             ctx.store.put_actions(commits)
         ctx.bus.emit(
-            "progress", stage.id, done=self.items_done, total=self.items_total, unit="items"
-        )
+            "progress", stage.id, done=self.items_done, total=self.items_total, unit="items",
+            failed=len(self.failures),
+        )  # fmt: skip
         if retry:
             assert task is not None
             return [*follow, self._retry(ctx, stage, task, failed, msg)]

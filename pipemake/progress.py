@@ -151,7 +151,8 @@ def describe(event: Event) -> str | None:
         return f"{s}: running ({'; '.join(d.get('reasons', []))}){count}{waited}"
     if k == "progress":
         unit = f" {d['unit']}" if d.get("unit") else ""
-        return f"{s}: {d.get('done')}/{d.get('total')}{unit}"
+        failed = f" ({d['failed']} failed)" if d.get("failed") else ""  # done, not succeeded
+        return f"{s}: {d.get('done')}/{d.get('total')}{unit}{failed}"
     if k == "stage_retried":
         return (
             f"{s}: attempt {d.get('attempt')} of {d.get('of')} in {_fmt_duration(d.get('delay'))}"

@@ -110,6 +110,9 @@ def test_a_failed_item_counts_the_items_the_store_had(project) -> None:
     assert 'report_steps.py", line 13, in each' in out and "return 1 / x" in out
     log = p.read(".pipemake/logs/p.log")
     assert "item f3.txt FAILED: ZeroDivisionError" in log and "return 1 / x" in log
+    # the run log's progress counts a failed item as done, and says that it failed
+    shown = p.cli("log").output
+    assert "p: 1/1 items (1 failed)" in shown, shown
 
 
 def test_pipemake_log_shows_a_long_error_whole_and_points_up_not_at_itself() -> None:
