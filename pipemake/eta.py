@@ -25,6 +25,8 @@ from .events import Event
 
 __all__ = ["Estimator", "StageClock"]
 
+#: how a stage settles having run
+_RAN = frozenset({"stage_finished", "stage_failed"})
 _SETTLED = ("stage_finished", "stage_failed", "stage_skipped", "stage_restored", "stage_cancelled")
 
 
@@ -103,7 +105,10 @@ class Estimator:
         clock = self.running.get(stage)
         expected = self.expected.get(stage)
         if clock is None:
-            return expected
+            # not decided yet: it takes its last run time only if something upstream of it
+            # runs (so its inputs change); else it may as well be restored in no time (a
+            # full restore) as run for its own reasons: nothing tells until it is decided
+            return expected if self._likely_runs(stage) else None
         now = self.clock() if now is None else now
         elapsed = max(0.0, now - clock.since)
         per_item = self.per_item.get(stage)
@@ -118,6 +123,22 @@ class Estimator:
         elif clock.items is not None and per_item is not None:
             return max(0.0, per_item * clock.items - elapsed)
         return None if expected is None else max(0.0, expected - elapsed)
+
+    def _likely_runs(self, stage: str) -> bool:
+        """Whether a stage not decided yet will most likely run: a first stage (decided as
+        the build starts), or one with an upstream stage that ran, runs now, or will likely
+        run itself."""
+        deps = self.deps.get(stage) or []
+        if not deps:
+            return True
+        for dep in deps:
+            how = self.settled.get(dep)
+            if how is not None:
+                if how in _RAN:
+                    return True
+            elif dep in self.running or self._likely_runs(dep):
+                return True
+        return False
 
     def stage_eta(self, stage: str, now: float | None = None) -> float | None:
         """A running stage's seconds left, or None when there is no honest estimate (never

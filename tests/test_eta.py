@@ -53,14 +53,26 @@ def test_a_running_stage_counts_what_is_left_of_its_last_duration() -> None:
 
 def test_settled_stages_drop_out_and_the_path_shifts() -> None:
     f = Feed()
-    f("stage_skipped", "a", reason="up to date")
+    f("stage_finished", "a", duration=9.0)
     f("stage_restored", "c", reasons=[])
     assert f.eta.done == 2 and f.eta.total == 4
-    assert f.eta.remaining() == pytest.approx(21.0)
+    assert f.eta.remaining() == pytest.approx(21.0)  # a ran: b and d will most likely run
     f("stage_failed", "b", error="x")
     f("stage_skipped", "d", reason="upstream b failed")
     assert f.eta.remaining() == 0.0
     assert f.eta.done == f.eta.total
+
+
+def test_no_eta_while_what_is_left_may_as_well_come_from_the_store() -> None:
+    """A full restore (outputs deleted): a was restored, so b and d, not decided yet, may be
+    restored in no time or run for reasons of their own. Their last run times (21 s) would
+    be a made-up figure; the ETA comes back once b is decided and starts."""
+    f = Feed()
+    f("stage_restored", "a", reasons=["outputs missing"])
+    f("stage_restored", "c", reasons=["outputs missing"])
+    assert f.eta.remaining() is None
+    f("stage_started", "b")
+    assert f.eta.remaining() == pytest.approx(21.0)
 
 
 def test_per_item_time_from_live_progress() -> None:
