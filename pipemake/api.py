@@ -193,7 +193,19 @@ def _remote_url(url: str | None, base: Path) -> str | None:
                 f"remote {url!r} names no folder or bucket; give one, e.g. file:///srv/cache"
             )
         return url
+    name, colon, rest = url.partition(":")
+    if colon and name.lower() in _remote_schemes():  # "s3:/bucket", "file:/srv": mistyped
+        path = rest.lstrip("/")
+        fixed = f"{name}:///{path}" if name.lower() in ("file", "local") else f"{name}://{path}"
+        raise UsageError(f"remote {url!r} is not a URL nor a folder; did you mean {fixed!r}?")
     return str(base / os.path.expanduser(url))
+
+
+def _remote_schemes() -> set[str]:
+    """The URL schemes fsspec knows (imported only when a remote is named)."""
+    from fsspec.registry import known_implementations
+
+    return set(known_implementations)
 
 
 def _check_places(pipeline: Pipeline, ws: Workspace, cache: Path) -> None:

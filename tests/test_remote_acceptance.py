@@ -97,6 +97,22 @@ def test_a_remote_url_naming_no_place_is_a_usage_error(
 
 
 @pytest.mark.parametrize(
+    ("url", "meant"), [("s3:/bucket/cache", "s3://bucket/cache"), ("file:/srv/c", "file:///srv/c")]
+)
+def test_a_mistyped_remote_url_is_a_usage_error_not_a_folder(
+    project: Callable[..., Proj], url: str, meant: str
+) -> None:
+    """``s3:/bucket`` (one slash) is a typo of a URL, not a folder named ``s3:`` in the
+    project: refused with the URL meant, nothing written."""
+    p = project(CHAIN, CHAIN_FILES)
+    p.cli("build")
+    before = sorted(x.name for x in p.root.iterdir())
+    result = p.cli("push", code=2, env={"PIPEMAKE_REMOTE": url})
+    assert f"did you mean '{meant}'" in result.output and TRACEBACK not in result.output
+    assert sorted(x.name for x in p.root.iterdir()) == before
+
+
+@pytest.mark.parametrize(
     "spelling", ["file://{abs}", "file://{abs}/", "{abs}", "../remote/not/yet/there"]
 )
 def test_two_clones_through_pipemake_remote_however_it_is_spelled(
