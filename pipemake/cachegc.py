@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,13 +25,14 @@ from .build import Builder
 from .errors import StoreError, UsageError
 from .events import Bus
 from .lock import BuildLock
+from .manifest import digests
 from .scheduler import StageFailure
 from .store import GRACE, Store
 
 if TYPE_CHECKING:
     from .api import Project
 
-__all__ = ["FORGET_AFTER", "digests", "gc", "needed", "parse_age", "parse_size", "verify"]
+__all__ = ["FORGET_AFTER", "gc", "needed", "parse_age", "parse_size", "verify"]
 
 #: how long a workspace sharing the store may go unseen before its roots stop protecting
 FORGET_AFTER = 30 * 86400.0
@@ -58,18 +59,6 @@ def parse_age(text: str, option: str = "--forget-after") -> float:
     if m is None:
         raise UsageError(f"{option}: {text!r} is not a duration; write e.g. 30d, 12h or 3600")
     return float(m.group(1)) * _AGE_UNITS[(m.group(2) or "").lower()]
-
-
-def digests(entry: dict[str, Any]) -> Iterator[str]:
-    """The objects a (well-formed) entry names."""
-    for manifest in entry.get("outputs", {}).values():
-        if manifest["kind"] == "file":
-            yield manifest["hash"]
-        else:
-            for e in manifest["entries"]:
-                yield e[1]
-    if "map" in entry:
-        yield entry["map"]["hash"]
 
 
 def needed(project: Project) -> set[str]:

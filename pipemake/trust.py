@@ -102,17 +102,22 @@ def _dir_ok(entries: list[Any]) -> bool:
     files = set(rels)
     if len(files) != n:
         return False
-    dirs = {r.rpartition("/")[0] for r in rels if "/" in r}
-    for d in list(dirs):
-        while "/" in d:
-            d = d.rpartition("/")[0]
-            dirs.add(d)
-    if files & dirs:
+    if _file_and_folder(files):
         return False
     if set(modes) - {0o644, 0o755}:
         for e in entries:
             e[3] = safe_mode(e[3])
     return True
+
+
+def _file_and_folder(rels: set[str]) -> bool:
+    """Whether a path of ``rels`` is also the folder of another (``a`` and ``a/b``)."""
+    dirs = {r.rpartition("/")[0] for r in rels if "/" in r}
+    for d in list(dirs):
+        while "/" in d:
+            d = d.rpartition("/")[0]
+            dirs.add(d)
+    return not rels.isdisjoint(dirs)
 
 
 def _small_ok(entries: list[Any]) -> bool:
@@ -137,12 +142,7 @@ def _small_ok(entries: list[Any]) -> bool:
         rels = {e[0] for e in entries}
         if len(rels) != len(entries):
             return False
-        dirs = {r.rpartition("/")[0] for r in rels if "/" in r}
-        for d in list(dirs):
-            while "/" in d:
-                d = d.rpartition("/")[0]
-                dirs.add(d)
-        if rels & dirs:
+        if _file_and_folder(rels):
             return False
     return True
 
