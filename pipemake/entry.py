@@ -28,8 +28,11 @@ def main() -> None:
             sys.exit(code)
     if _builds_here(argv):
         from .executors.local import start_early
+        from .noop import build_file
 
-        start_early()  # it boots while the command line and the engine load
+        found = build_file(argv)
+        # it boots (and imports what the pipeline's rules need) while the engine loads
+        start_early(None if found is None else str(found[0]))
     from .cli import main as cli_main
 
     # A build keeps several objects per file alive (walk rows, manifest entries, item

@@ -163,6 +163,13 @@ def _replayable(run: Any) -> bool:
 def _dot(argv: list[str]) -> tuple[Path, list[str]] | None:
     """The ``.pipemake`` directory and the build command's own words, when ``argv`` is a
     plain ``build`` that a snapshot may answer; None otherwise."""
+    found = build_file(argv)
+    return None if found is None else (found[0].parent / ".pipemake", found[1])
+
+
+def build_file(argv: list[str]) -> tuple[Path, list[str]] | None:
+    """The pipeline file a plain ``build`` command names (``-C``/``-f``, else
+    ``pipemake.yaml``) and the command's own words; None for any other command."""
     base, file = Path.cwd(), Path("pipemake.yaml")
     i = 0
     while i < len(argv) and argv[i] in _GLOBAL_OPTS and i + 1 < len(argv):
@@ -176,8 +183,7 @@ def _dot(argv: list[str]) -> tuple[Path, list[str]] | None:
     words = argv[i + 1 :]
     if any(w in ("-h", "--help", "--log-json") or w.startswith("--log-json=") for w in words):
         return None
-    path = file if file.is_absolute() else base / file
-    return path.parent / ".pipemake", words
+    return (file if file.is_absolute() else base / file), words
 
 
 def answer(argv: list[str], replay: Callable[[Path, dict[str, Any], bool], None]) -> int | None:

@@ -13,7 +13,6 @@ YAML (``3`` is a number, ``a.mp4`` a string), and keys change with it.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,6 +188,8 @@ def load_params(doc: LineDict, root: Path, ld: Problems) -> tuple[dict[str, Any]
 
 def params_hash(data: bytes) -> str:
     """A params file's content hash, as the plan cache checks it."""
+    import hashlib  # not at import: loading OpenSSL costs every command milliseconds
+
     return hashlib.sha256(data).hexdigest()
 
 

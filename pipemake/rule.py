@@ -336,6 +336,10 @@ class Rule:
     #: provides it (``"pipemake[video]"``; extras of pipemake are merged into one line).
     #: The loader checks them (without importing anything) before anything runs.
     requires: ClassVar[Mapping[str, str]] = {}
+    #: modules every task of the rule imports first, slow to import (PyAV): a worker
+    #: started ahead of a build imports them while the build loads and decides, so the
+    #: first task does not wait for them (see :mod:`pipemake.executors.preload`)
+    preload: ClassVar[tuple[str, ...]] = ()
 
     def accepted_keys(self) -> set[str] | None:
         """Every config key a stage of this rule may have (declared keys and their

@@ -145,6 +145,7 @@ class FrameExtractionRule(Rule):
         "numpy": "pipemake[video]",
         "PIL": "pipemake[video]",
     }
+    preload = ("pipemake.rules._video", "PIL.Image")
 
     def check(self, ports: Ports) -> list[tuple[str, str]]:
         """Range and format checks of the params, before anything runs."""

@@ -147,3 +147,80 @@ def test_the_command_builds_with_its_early_worker(project: Callable[..., Proj]) 
     out = p.sub("build", "--no-progress").stderr
     assert p.read("build/a.txt") == "ABC\n", out
     assert "0 ran, 0 restored, 1 up to date" in p.sub("build", "--no-progress").stderr
+
+
+FRAMES = """
+name: v
+stages:
+  - id: extract
+    type: frame_extraction
+    config: {input_video: clip.mp4, output_dir: frames}
+  - id: up
+    type: shell
+    cmd: "true"
+"""
+
+
+def test_the_modules_a_pipeline_s_rules_preload(tmp_path: Path) -> None:
+    from pipemake.executors.preload import modules_for
+
+    (tmp_path / "pipemake.yaml").write_text(FRAMES)
+    assert modules_for(tmp_path / "pipemake.yaml") == ["pipemake.rules._video", "PIL.Image"]
+    # the original system's file name, where the command found no pipemake.yaml
+    (tmp_path / "pipemake.yaml").rename(tmp_path / "pipeline.yaml")
+    assert modules_for(tmp_path / "pipemake.yaml") == ["pipemake.rules._video", "PIL.Image"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "stages: [",  # not YAML
+        "- just a list\n",
+        "stages: {extract: {type: frame_extraction}}\n",  # not a list of stages
+        "stages:\n  - id: a\n    type: [frame_extraction]\n",
+        "stages:\n  - id: a\n    type: local_rule\n",  # no installed rule of that name
+        "# " + "x" * (1 << 20) + "\nstages:\n  - {id: a, type: frame_extraction}\n",  # too big
+    ],
+)
+def test_a_pipeline_file_preload_cannot_use_names_nothing(tmp_path: Path, text: str) -> None:
+    from pipemake.executors.preload import modules_for
+
+    (tmp_path / "local_rule.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w')\n")
+    (tmp_path / "pipemake.yaml").write_text(text)
+    assert modules_for(tmp_path / "pipemake.yaml") == []
+    assert modules_for(tmp_path / "missing.yaml") == []
+    assert not (tmp_path / "ran").exists()  # the project's own code is never imported ahead
+
+
+def test_an_early_worker_imports_what_its_first_task_needs_before_it_comes(
+    tmp_path: Path,
+) -> None:
+    """Started as the command starts it (a fork, in a process with no other thread), the
+    worker has PyAV loaded before any task reached it, while the build was loading."""
+    (tmp_path / "pipemake.yaml").write_text(FRAMES)
+    code = (
+        "import sys, time\n"
+        "from pipemake.executors import local\n"
+        "local.start_early(sys.argv[1])\n"
+        "print(local._EARLY[0].proc.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "pipemake.yaml")],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        pid = int(proc.stdout.readline())
+        assert open(f"/proc/{pid}/cmdline").read() == open(f"/proc/{proc.pid}/cmdline").read()
+
+        def loaded() -> bool:
+            return "av/_core" in Path(f"/proc/{pid}/maps").read_text()
+
+        wait_for(loaded, what="the early worker to load PyAV")
+    finally:
+        proc.kill()
+        proc.wait(10)
+    wait_for(lambda: not alive(pid), what="the early worker to end with its process")
