@@ -27,7 +27,8 @@ its record as they were, so a per-frame stage downstream runs only the new shot'
 Options: ``start``/``end`` (seconds or ``HH:MM:SS.fff``, from the video's start; groups of
 pictures before ``start`` are skipped without decoding), ``max_frames`` per video,
 ``resize`` (longest side, or a ``"WxH"`` box; aspect kept), ``format`` png/jpg/webp with
-``quality`` (PNG is zlib level 1: smaller files than ffmpeg's default PNGs, written faster),
+``quality`` (PNGs are written by FFmpeg's own encoder at zlib level 1 with the "up" row
+filter: smaller files than the ``ffmpeg`` command's default PNGs, written faster),
 and ``dedup`` (skip a frame within that many bits of the last kept frame's 64-bit
 difference hash, unless its colours differ; 0 turns it off).
 
@@ -117,7 +118,7 @@ class FrameExtractionRule(Rule):
     manifest, decoding with FFmpeg's threads and writing images in parallel."""
 
     name = "frame_extraction"
-    version = "3"
+    version = "4"
     inputs = {"input_video": Input(kind="path", help="a video file or a directory of videos")}
     outputs = {"output_dir": Output(kind="dir", help="frames and frames.jsonl")}
     params = {

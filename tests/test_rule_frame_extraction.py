@@ -417,7 +417,7 @@ def test_parsers() -> None:
 
 
 def test_declarations() -> None:
-    assert RULE.name == "frame_extraction" and RULE.version == "3"
+    assert RULE.name == "frame_extraction" and RULE.version == "4"
     assert tuple(RULE.values) == ("frame_count", "scenes", "cuts")
 
 
@@ -543,3 +543,47 @@ def test_appending_a_shot_keeps_the_frames_of_the_other_modes(tmp_path, params) 
         assert (tmp_path / "n" / r["file"]).read_bytes() == (
             tmp_path / "o" / r["file"]
         ).read_bytes()
+
+
+def test_png_frames_are_the_decoded_pixels_with_no_colour_chunks(tmp_path) -> None:
+    """PNG frames hold exactly the RGB the rule decoded, with square pixels and no gAMA,
+    cHRM, sRGB or cICP chunk a viewer would apply, even from a video tagged BT.709."""
+    import struct
+
+    import av
+    import numpy as np
+    from PIL import Image
+
+    from pipemake.rules._video import scale
+
+    src = tmp_path / "tagged.mp4"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        ctx = stream.codec_context
+        ctx.color_primaries = ctx.color_trc = ctx.colorspace = 1  # BT.709
+        rng = np.random.default_rng(3)
+        for i in range(10):
+            img = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8) // (i + 1)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(stream.encode(None))
+    with av.open(str(src)) as video:
+        decoded = list(video.decode(video=0))
+    assert decoded[0].color_trc == 1  # the tag is there to be dropped
+    want = [
+        scale(f, "save", width=96, height=64, format="rgb24", interpolation="AREA").to_ndarray()
+        for f in decoded
+    ]
+    run_rule(src, tmp_path / "out", mode="all", format="png")
+    files = sorted((tmp_path / "out").glob("*.png"))
+    assert len(files) == 10
+    for file, pixels in zip(files, want, strict=True):
+        with Image.open(file) as img:
+            assert np.array_equal(np.asarray(img.convert("RGB")), pixels)
+            assert img.info.get("aspect") == (1, 1)
+        data, chunks, at = file.read_bytes(), set(), 8
+        while at < len(data):
+            (length,) = struct.unpack(">I", data[at : at + 4])
+            chunks.add(data[at + 4 : at + 8].decode("ascii"))
+            at += 12 + length
+        assert chunks <= {"IHDR", "pHYs", "IDAT", "IEND"}, chunks
