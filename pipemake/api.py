@@ -39,6 +39,7 @@ from .lock import BuildLock
 from .model import DEFAULT_FILE, Pipeline
 from .params import parse_overrides
 from .plancache import load_checked
+from .project import Project
 from .remote import REMOTE_GRACE, Remote, RemoteError, open_remote
 from .resources import Budget, default_budget
 from .rule import Rule
@@ -78,27 +79,6 @@ __all__ = [
     "target_names",
     "validate",
 ]
-
-
-@dataclass
-class Project:
-    """A loaded pipeline with its store and workspace state."""
-
-    pipeline: Pipeline
-    store: Store
-    state: WorkspaceState
-    workspace: Workspace
-    #: the remote store behind the local one (``--remote``, ``PIPEMAKE_REMOTE``, the
-    #: pipeline's ``remote:``), or None; consulted only by build, dry-run, status, pull, push
-    remote: Remote | None = None
-    #: a remote a build was told and this workspace does not remember yet: remembered
-    #: once that build ends without a failure (so a remote that cannot be used is not)
-    remote_to_remember: str | None = None
-
-    def close(self) -> None:
-        """Flush the stat cache and close the databases."""
-        self.state.close()
-        self.store.close()
 
 
 #: the pipeline file looked for, in this order: pipemake's, then the original system's

@@ -30,7 +30,7 @@ from .scheduler import StageFailure
 from .store import GRACE, Store
 
 if TYPE_CHECKING:
-    from .api import Project
+    from .project import Project
 
 __all__ = ["FORGET_AFTER", "gc", "needed", "parse_age", "parse_size", "verify"]
 

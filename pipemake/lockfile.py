@@ -29,7 +29,7 @@ from .items import glob_base, is_glob, items_digest, select
 from .walk import BadPath
 
 if TYPE_CHECKING:
-    from .api import Project
+    from .project import Project
 
 __all__ = ["FILE", "FORMAT", "compare", "document", "read", "render", "write"]
 

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import StoreError
 from .hashing import hash_bytes
@@ -35,13 +35,31 @@ from .objects import GRACE, Objects, Scan
 from .roots import Roots, RootsDir
 from .trust import entry_problem, is_manifest, safe_mode
 
-if TYPE_CHECKING:
-    from .remote import Remote
-
 __all__ = ["GRACE", "STORE_FORMAT", "Roots", "Scan", "Store", "encode_entry", "is_manifest",
            "safe_mode", "transaction"]  # fmt: skip
 
 STORE_FORMAT = 1
+
+
+class Behind(Protocol):
+    """What a store asks of the remote store behind it (:class:`pipemake.remote.Remote`):
+    the entries of keys it misses, with their objects put into it, and the entries it
+    commits, pushed when ``push_on_commit``. A protocol here, so that the store does not
+    import the remote that imports it."""
+
+    push_on_commit: bool
+
+    def fetch(self, store: Store, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The entries of ``keys`` the remote has and trusts, their objects now in ``store``."""
+        ...  # pragma: no cover
+
+    def push_pairs(
+        self, store: Store, pairs: Iterable[tuple[str, dict[str, Any]]], strict: bool = False
+    ) -> None:
+        """Send committed entries, and the objects they name, to the remote."""
+        ...  # pragma: no cover
+
+
 _DB_FILES = ("", "-wal", "-shm", "-journal")
 
 #: ``json.dumps(entry, sort_keys=True)`` without building an encoder per entry
@@ -72,7 +90,7 @@ class Store:
         self._roots = RootsDir(self.path / "roots", readonly)
         #: the remote store behind this one (:mod:`pipemake.remote`), consulted on a miss
         #: and, with ``push_on_commit``, sent every entry committed; None: none
-        self.remote: Remote | None = None
+        self.remote: Behind | None = None
 
     # database ---------------------------------------------------------------------------
     @property

@@ -41,3 +41,18 @@ def test_every_engine_module_is_under_the_click_and_rich_contract() -> None:
         if f.stem not in allowed and f"pipemake.{f.stem}" not in listed
     )
     assert not missing, f"add {missing} to the contract in pyproject.toml"
+
+
+def test_the_modules_import_each_other_without_a_circle() -> None:
+    """Every import counts, those inside functions and under ``TYPE_CHECKING`` included:
+    the picture a newcomer draws from the imports has no circle (issue 18)."""
+    grimp = pytest.importorskip("grimp")  # import-linter's graph builder
+
+    graph = grimp.build_graph("pipemake", include_external_packages=False)
+    circles = sorted(
+        (a, b)
+        for a in graph.modules
+        for b in graph.find_modules_directly_imported_by(a)
+        if graph.chain_exists(importer=b, imported=a)
+    )
+    assert not circles, f"imports that close a circle: {circles}"
