@@ -18,7 +18,7 @@ from .errors import Problems, UsageError, suggest
 from .hooks import check_hook
 from .model import DEFAULT_FILE, SYMBOLIC_SCOPES, Foreach, Pending, Pipeline, Stage
 from .params import Override, UnknownParam, apply_overrides, load_params, substitute_params
-from .rule import rule_names
+from .rule import get_rule, rule_names
 from .templates import TemplateError
 from .yamlchunks import load_yaml_cached
 from .yamlload import LineDict, YamlError, YamlTooBig
@@ -239,6 +239,21 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "…"
 
 
+def _config_key_hint(key: str, kind: Any) -> str | None:
+    """The hint for a stage-level key that is a config key of the stage's rule (``cmd:``
+    beside ``type: shell``): it goes under ``config:``; None for any other key."""
+    if not isinstance(kind, str):
+        return None
+    try:
+        rule = get_rule(kind)
+    except Exception:  # noqa: BLE001 - a rule that cannot load is reported on its own
+        return None
+    accepted = rule.accepted_keys() if rule is not None else None
+    if accepted is None or key not in accepted:
+        return None
+    return f"{key!r} is a config key of rule {kind!r}: put it under 'config:'"
+
+
 def _check_stages(raw_stages: list[Any], ld: Problems) -> list[LineDict]:
     seen: dict[str, int] = {}
     good: list[LineDict] = []
@@ -282,7 +297,8 @@ def _check_stages(raw_stages: list[Any], ld: Problems) -> list[LineDict]:
                     f"unknown stage key {key!r}",
                     raw.line_of(key),
                     sid,
-                    hint=suggest(str(key), sorted(_STAGE_KEYS))
+                    hint=_config_key_hint(str(key), raw.get("type"))
+                    or suggest(str(key), sorted(_STAGE_KEYS))
                     or f"known: {', '.join(sorted(_STAGE_KEYS))}",
                 )
                 bad = True

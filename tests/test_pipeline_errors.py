@@ -61,6 +61,12 @@ CASES: dict[str, tuple[str, int, str | None, list[str]]] = {
         ["overlaps its own input", "(.)"],
     ),
     "unknown stage key": (_stage("bad", "    bogus: 1\n" + SHELL_OK), 11, "bad", ["bogus"]),
+    "a config key written beside type: instead of under config:": (
+        _stage("bad", '    cmd: "echo > {outputs.o}"\n' + SHELL_OK),
+        11,
+        "bad",
+        ["unknown stage key 'cmd'", "'cmd' is a config key of rule 'shell'", "under 'config:'"],
+    ),
     "wrong type: retries": (
         _stage("bad", "    retries: many\n" + SHELL_OK),
         11,
