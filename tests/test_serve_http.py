@@ -458,3 +458,31 @@ def test_curation_posts_must_be_json_from_this_origin(clustered):
     )  # fmt: skip
     assert cross.status_code == 403
     assert "a" * 16 not in (clustered.root / "curation.yaml").read_text()
+
+
+def test_two_serve_processes_editing_one_curation_file_lose_no_edit(project):
+    """Each ``serve`` keeps one edit at a time in itself; two of one project (two
+    terminals) take turns on the project folder's lock, so every caption lands."""
+    import threading
+
+    from pipemake.serve.app import apply_action
+
+    proj = project("name: x\nstages:\n  - id: a\n    type: shell\n    config: {cmd: 'true'}\n")
+    proj.write("curation.yaml", "version: 1\n")
+    sites = [Site(proj.root / "pipemake.yaml"), Site(proj.root / "pipemake.yaml")]
+    ids = [f"{n:016x}" for n in range(40)]
+
+    def edit(site: Site, mine: list[str]) -> None:
+        for cid in mine:
+            apply_action(site, {"action": "caption", "id": cid, "text": f"cap {cid}"})
+
+    threads = [
+        threading.Thread(target=edit, args=(site, ids[i::2])) for i, site in enumerate(sites)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    cur = cm.load(proj.root / "curation.yaml")
+    assert cur.captions == {cid: f"cap {cid}" for cid in ids}
+    assert sorted(p.name for p in proj.root.iterdir() if "lock" in p.name) == []

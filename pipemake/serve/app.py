@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -241,7 +244,7 @@ def apply_action(site: Site, body: dict[str, Any]) -> dict[str, Any]:
     and stage when ``to`` is an unnamed cluster's folder), ``reject`` / ``unassign`` (id),
     ``caption`` (id, text)."""
     action = body.get("action")
-    with site.lock:
+    with site.lock, _one_editor(site.root):
         path = site.curation_path()
         cur = cm.load(path)
         stage = str(body.get("stage") or "")
@@ -285,3 +288,19 @@ def apply_action(site: Site, body: dict[str, Any]) -> dict[str, Any]:
         except OSError as exc:
             raise cm.CurationError(f"cannot write {path}: {exc}") from None
     return {"ok": True, "file": str(path.relative_to(site.root))}
+
+
+@contextmanager
+def _one_editor(root: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the project folder while curation.yaml is read,
+    changed and written: two ``serve`` processes of one project (two terminals, a page
+    left open on each) edit one after the other, and neither loses the other's edit. The
+    folder itself is locked, so no lock file is left in the project."""
+    import fcntl
+
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
