@@ -185,6 +185,16 @@ class Remote:
                 "them)",
                 once="refused",
             )
+        if self.files.links_out:
+            rel, target = next(iter(self.files.links_out.items()))
+            more = len(self.files.links_out) - 1
+            self._say(
+                f"remote {self.url}: {rel}/ leads outside it, to {target} (a link on the "
+                "way)" + (f", and {more} more folder(s) like it" if more else "") + "; links "
+                "out of a remote are not followed, so what lies there counts as missing (put "
+                "the folder itself in the remote)",
+                once="links-out",
+            )
 
     # reading ----------------------------------------------------------------------------
     def fetch(self, store: Store, keys: Iterable[str]) -> dict[str, dict[str, Any]]:

@@ -54,6 +54,9 @@ class RemoteFiles:
         #: a ``file://`` remote (or a plain path): read and written through ``os``
         self.local = False
         self._real: set[str] = set()  # folders found to be inside the remote
+        #: folders of a ``file://`` remote that are links to folders outside it (never
+        #: followed: what they hold counts as missing), where each leads
+        self.links_out: dict[str, str] = {}
 
     def open(self) -> Any:
         """The fsspec file system (opened on first use): a :class:`RemoteError` when the
@@ -173,6 +176,8 @@ class RemoteFiles:
         real_root = os.path.realpath(self.root)
         rel = os.path.relpath(folder, self.root)
         if os.path.realpath(folder) != os.path.normpath(os.path.join(real_root, rel)):
+            if len(self.links_out) < 100:
+                self.links_out.setdefault(rel, os.path.realpath(folder))
             return False
         if os.path.isdir(folder):
             self._real.add(folder)

@@ -437,8 +437,11 @@ def test_links_and_fifos_in_a_file_remote_are_never_followed(
     os.unlink(docs[1])
     os.mkfifo(docs[1])
     second = _clone(project, "second")
-    second.cli("build", env=_env(remote))
+    result = second.cli("build", env=_env(remote))
     assert second.run_counts() == dict.fromkeys(CHAIN_STAGES, 1)  # nothing taken
+    # and the build says why: one warning naming a folder that leads out, and where to
+    said = [line for line in result.output.splitlines() if "leads outside it" in line]
+    assert len(said) == 1 and str(outside) in said[0] and "objects/" in said[0], result.output
     before = _files(outside)
     second.cli("push", env=_env(remote))
     second.cli("cache", "gc", "--remote", "--grace", "0", env=_env(remote))
