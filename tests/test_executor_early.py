@@ -224,3 +224,29 @@ def test_an_early_worker_imports_what_its_first_task_needs_before_it_comes(
         proc.kill()
         proc.wait(10)
     wait_for(lambda: not alive(pid), what="the early worker to end with its process")
+
+
+class AtExit(pipemake.Rule):
+    """Registers an exit handler in its worker that writes a file (as a rule's temporary
+    folder would be removed at exit)."""
+
+    outputs: ClassVar = {"o": pipemake.Output(kind="file")}
+
+    def run(self, ctx: pipemake.Context) -> dict[str, Any]:
+        import atexit
+
+        marker = Path(ctx.root) / "exited.txt"
+        atexit.register(marker.write_text, f"{os.getpid()}\n")
+        ctx.outputs["o"].write_text("x")
+        return {}
+
+
+def test_a_worker_ends_quickly_but_runs_what_code_asked_to_run_at_exit(
+    project: Callable[..., Proj],
+) -> None:
+    pipemake.register_rule("early_atexit", AtExit)
+    p = project(PIDS.replace("early_pid", "early_atexit"))
+    with api.project_of(p.root, None) as proj:
+        assert api.build(proj).ran == ["p"]
+    wait_for(lambda: (p.root / "exited.txt").exists(), what="the worker's exit handler")
+    assert int(p.read("exited.txt")) != os.getpid()

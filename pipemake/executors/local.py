@@ -21,6 +21,7 @@ threads at once (more would queue on the GIL); further ones go to worker process
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import multiprocessing as mp
 import multiprocessing.util as mp_util
@@ -110,8 +111,11 @@ def _worker_main(
 
         execute(task, send)
     conn.close()
-    # Nothing is left to finish: skip the interpreter's teardown (unloading PyAV, a model,
-    # the tasks' modules: tens of milliseconds the build would wait for at its end).
+    # Skip the interpreter's teardown (unloading PyAV, a model, the tasks' modules: tens of
+    # milliseconds the build would wait for at its end), not what code asked to run at exit
+    # (a rule's temporary folder, say): those handlers and the streams' buffers go first.
+    with suppress(Exception):
+        atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with suppress(Exception):
             stream.flush()
