@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import cachegc, history, lockfile, noop, starter, storeplace, svg
 from .accept import Accepted, accept
@@ -40,15 +40,17 @@ from .model import DEFAULT_FILE, Pipeline
 from .params import parse_overrides
 from .plancache import load_checked
 from .project import Project
-from .remote import REMOTE_GRACE, Remote, RemoteError, open_remote
 from .resources import Budget, default_budget
 from .rule import Rule
 from .scheduler import Outcome, Scheduler, StageFailure
 from .state import NEVER, WorkspaceState
-from .store import GRACE, Store
+from .store import GRACE, REMOTE_GRACE, Store
 from .targets import resolve_targets
 from .walk import BadPath
 from .workspace import Workspace
+
+if TYPE_CHECKING:  # the remote's modules load only where a remote is used
+    from .remote import Remote
 
 __all__ = [
     "BuildOptions",
@@ -157,7 +159,11 @@ def open_project(
         note(f"pipemake: this workspace's remote was {remembered}; using {url} as told, "
              f"{then}")  # fmt: skip
     url = url or remembered or _remote_url(pipeline.remote, pipeline.root)
-    remote_store = open_remote(url, read_only=remote_read_only)
+    remote_store = None
+    if url:
+        from .remote import open_remote
+
+        remote_store = open_remote(url, read_only=remote_read_only)
     later = url if told_new and record else None
     return Project(pipeline, store, state, ws, remote_store, later)
 
@@ -1072,6 +1078,8 @@ def pull(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
     with _with_remote(project):
         builder = _plan_keys(project, order, collect=False)
     if remote.down is not None:
+        from .remote import RemoteError
+
         raise RemoteError(f"pulling from remote {remote.url} failed: {remote.down}")
     stages = {s: d.verdict.value for s, d in builder.decisions.items() if s in order}
     return {"stages": stages, "stats": asdict(remote.stats), "warnings": _taken(remote)}

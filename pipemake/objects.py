@@ -34,11 +34,13 @@ import xxhash
 from .errors import StoreError
 from .trust import is_digest, safe_mode
 
-__all__ = ["GRACE", "Objects", "Scan"]
+__all__ = ["GRACE", "REMOTE_GRACE", "Objects", "Scan"]
 
 #: seconds during which ``cache gc`` leaves a new object or entry alone: a build may have
 #: written it and not yet committed the entry that names it
 GRACE = 3600.0
+#: default seconds an unreachable remote object survives ``cache gc --remote``
+REMOTE_GRACE = 86400.0
 _FICLONE = 0x40049409
 _CHUNK = 1 << 20
 OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC

@@ -8,12 +8,15 @@ lock file, garbage collection) need not import the API that calls them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .model import Pipeline
-from .remote import Remote
 from .state import WorkspaceState
 from .store import Store
 from .workspace import Workspace
+
+if TYPE_CHECKING:  # loaded only where a remote is used
+    from .remote import Remote
 
 __all__ = ["Project"]
 

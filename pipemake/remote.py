@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import xxhash
 
+from .objects import REMOTE_GRACE
 from .remotefs import RemoteError, RemoteFiles, Unreachable, batches, each, mtime, reason
 from .signing import cache_key, seal, unseal
 from .trust import is_digest
@@ -48,8 +49,6 @@ _ENTRY_MAX = 256 << 20
 _UNSIZED_MAX = 1 << 30
 #: objects larger than this are streamed to a file one at a time instead of held in memory
 _BIG = 64 << 20
-#: default seconds an unreachable remote object survives ``cache gc --remote``
-REMOTE_GRACE = 86400.0
 #: an object a push finds older than this is written again (its age renewed), so a
 #: ``cache gc --remote`` running meanwhile sees it as young
 _REFRESH = 3600.0

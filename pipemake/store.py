@@ -31,12 +31,12 @@ from typing import Any, Protocol
 
 from .errors import StoreError
 from .hashing import hash_bytes
-from .objects import GRACE, Objects, Scan
+from .objects import GRACE, REMOTE_GRACE, Objects, Scan
 from .roots import Roots, RootsDir
 from .trust import entry_problem, is_manifest, safe_mode
 
-__all__ = ["GRACE", "STORE_FORMAT", "Roots", "Scan", "Store", "encode_entry", "is_manifest",
-           "safe_mode", "transaction"]  # fmt: skip
+__all__ = ["GRACE", "REMOTE_GRACE", "STORE_FORMAT", "Roots", "Scan", "Store", "encode_entry",
+           "is_manifest", "safe_mode", "transaction"]  # fmt: skip
 
 STORE_FORMAT = 1
 
