@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 from conftest import CHAIN_STAGES, Proj
@@ -207,3 +209,39 @@ def test_a_relative_project_path_from_the_parent_folder(chain: Proj, how: tuple[
     assert set(chain.run_counts()) == set(CHAIN_STAGES)
     again = subprocess.run([*argv, "status"], cwd=cwd, capture_output=True, text=True)
     assert again.returncode == 0 and "never built" not in again.stdout, again.stdout
+
+
+def test_python_m_pipemake_in_a_project_with_stdlib_named_files(project) -> None:
+    """``python -m pipemake`` run in the project: its ``json.py`` and ``copy.py`` do not
+    hide the standard library from pipemake, and a python stage still imports the
+    project's own modules."""
+    proj = project(
+        """
+        name: shadow
+        stages:
+          - id: up
+            type: python
+            config:
+              function: "work:up"
+              inputs: {src: data/a.txt}
+              outputs: {o: build/a.txt}
+        """,
+        {
+            "data/a.txt": "abc\n",
+            "json.py": "raise SystemExit('the project json.py was imported')\n",
+            "copy.py": "raise SystemExit('the project copy.py was imported')\n",
+            "work.py": "def up(ctx):\n"
+            "    ctx.outputs['o'].write_text(ctx.inputs['src'].read_text().upper())\n",
+        },
+    )
+    for _ in range(2):
+        r = subprocess.run(
+            [sys.executable, "-m", "pipemake", "build", "--no-progress"],
+            cwd=proj.root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert proj.read("build/a.txt") == "ABC\n"
+    assert "1 up to date" in r.stderr
