@@ -97,9 +97,36 @@ class Decision:
         }
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
 def _short(value: Any, limit: int = 60) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    text = _text(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+#: characters kept before the first difference when long values are cut
+_BEFORE = 20
+
+
+def _changed(old: Any, new: Any, limit: int = 60) -> tuple[str, str]:
+    """Both values as text, cut to about ``limit`` characters around where they first
+    differ (a long ``cmd`` changed near its end shows that end, not the same start twice)."""
+    a, b = _text(old), _text(new)
+    if len(a) <= limit and len(b) <= limit:
+        return a, b
+    same = next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+    start = max(0, same - _BEFORE)
+
+    def cut(text: str) -> str:
+        part = text[start:]
+        part = part if len(part) <= limit else part[: limit - 1] + "…"
+        return ("…" if start else "") + part
+
+    return cut(a), cut(b)
 
 
 def _diff_params(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[Reason]:
@@ -113,9 +140,8 @@ def _diff_params(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
         elif isinstance(old[key], dict) and isinstance(new[key], dict):
             out.extend(_diff_params(old[key], new[key], name + "."))
         elif old[key] != new[key]:
-            out.append(
-                Reason(Trigger.PARAM, f"param {name} {_short(old[key])} → {_short(new[key])}")
-            )
+            was, now = _changed(old[key], new[key])
+            out.append(Reason(Trigger.PARAM, f"param {name} {was} → {now}"))
     return out
 
 

@@ -254,3 +254,14 @@ def test_explain_diffs_nested_params_and_shortens_long_values() -> None:
 def test_explain_with_nothing_changed_is_empty_and_never_built_without_a_record() -> None:
     assert explain(doc(), doc()) == []
     assert [r.trigger for r in explain(None, doc())] == [Trigger.NEVER_BUILT]
+
+
+def test_a_long_value_changed_near_its_end_shows_the_change() -> None:
+    head = "ffmpeg -i in.mp4 " + "-filter_complex scale=640:-1 " * 4
+    old = doc(params={"cmd": head + "-q:v 2 out/%05d.jpg"})
+    new = doc(params={"cmd": head + "-q:v 5 out/%05d.jpg"})
+    [reason] = [str(r) for r in explain(old, new)]
+    was, now = reason.removeprefix("param cmd ").split(" → ")
+    assert was.startswith("…") and now.startswith("…")
+    assert "-q:v 2" in was and "-q:v 5" in now
+    assert len(reason) < 140
