@@ -148,20 +148,36 @@ def target_size(width: int, height: int, resize: tuple[int, int] | int | None) -
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def quarter_turns(frame: av.VideoFrame) -> int:
+    """How many quarter turns counterclockwise make ``frame`` upright, as its video's
+    display matrix says (a phone's portrait video is stored sideways with one); 0 for a
+    frame without one, or an angle that is not a multiple of 90° (left as stored)."""
+    try:
+        angle = float(frame.rotation or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    turns = round(angle / 90)
+    return turns % 4 if abs(angle - 90 * turns) < 1 else 0
+
+
 class FrameWriter:
     """Converts and encodes frames on a few threads while the caller keeps decoding.
 
-    At most a few frames per thread wait in the queue, so memory stays bounded; an error
-    in a thread is raised in the caller at the next :meth:`submit` or at :meth:`close`.
+    ``size`` is the frame as written (upright); ``turns`` the quarter turns counterclockwise
+    that make a decoded frame upright (:func:`quarter_turns`), as the ``ffmpeg`` command
+    turns them too. At most a few frames per thread wait in the queue, so memory stays
+    bounded; an error in a thread is raised in the caller at the next :meth:`submit` or at
+    :meth:`close`.
     """
 
-    def __init__(self, opts: Options, size: tuple[int, int]) -> None:
+    def __init__(self, opts: Options, size: tuple[int, int], turns: int = 0) -> None:
         workers = max(1, min(4, os.cpu_count() or 1))
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="pipemake-frames")
         self._pending: deque[Future[None]] = deque()
         self._limit = 2 * workers
         self._opts = opts
         self._size = size
+        self._turns = turns % 4
         self.written: list[Path] = []
 
     def submit(self, frame: av.VideoFrame, path: Path) -> None:
@@ -175,14 +191,22 @@ class FrameWriter:
         width, height = self._size
         from PIL import Image
 
-        rgb = scale(frame, "save", width=width, height=height, format="rgb24", interpolation="AREA")
+        stored = (height, width) if self._turns % 2 else (width, height)
+        rgb = scale(
+            frame, "save", width=stored[0], height=stored[1], format="rgb24", interpolation="AREA"
+        )
         fmt = self._opts.format
-        if fmt == "png":
+        if fmt == "png" and not self._turns:
             _write_png(rgb, path)
             return
         plane = rgb.planes[0]  # read in place: VideoFrame.to_image copies it first (4 ms at 720p)
-        image = Image.frombuffer("RGB", (width, height), plane, "raw", "RGB", plane.line_size, 1)
-        if fmt == "webp":
+        image = Image.frombuffer("RGB", stored, plane, "raw", "RGB", plane.line_size, 1)
+        if self._turns:  # Pillow's ROTATE_90 turns counterclockwise, as the matrix counts
+            t = Image.Transpose
+            image = image.transpose({1: t.ROTATE_90, 2: t.ROTATE_180, 3: t.ROTATE_270}[self._turns])
+        if fmt == "png":
+            _write_png(av.VideoFrame.from_image(image), path)
+        elif fmt == "webp":
             image.save(path, format="WEBP", quality=self._opts.quality, method=2)
         else:
             image.save(path, format="JPEG", quality=self._opts.quality)
@@ -476,7 +500,9 @@ class _Extraction:
                     continue
                 self.last_sig = sig
             if self.writer is None:
-                self.writer = FrameWriter(opts, target_size(frame.width, frame.height, opts.resize))
+                turns = quarter_turns(frame)  # the size asked for is the upright frame's
+                upright = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
+                self.writer = FrameWriter(opts, target_size(*upright, opts.resize), turns)
             self.writer.submit(frame, self.out_dir / _frame_name(index, opts.format))
             self.kept.append((index, float(self.time_of(frame) or 0.0)))
         if opts.max_frames and len(self.kept) >= opts.max_frames:

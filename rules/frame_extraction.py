@@ -26,7 +26,9 @@ its record as they were, so a per-frame stage downstream runs only the new shot'
 
 Options: ``start``/``end`` (seconds or ``HH:MM:SS.fff``, from the video's start; groups of
 pictures before ``start`` are skipped without decoding), ``max_frames`` per video,
-``resize`` (longest side, or a ``"WxH"`` box; aspect kept), ``format`` png/jpg/webp with
+``resize`` (longest side, or a ``"WxH"`` box; aspect kept; frames are written upright, turned
+as the video's display matrix says, as the ``ffmpeg`` command does for a phone's portrait
+video stored sideways), ``format`` png/jpg/webp with
 ``quality`` (PNGs are written by FFmpeg's own encoder at zlib level 1 with the "up" row
 filter: smaller files than the ``ffmpeg`` command's default PNGs, written faster),
 and ``dedup`` (skip a frame within that many bits of the last kept frame's 64-bit

@@ -587,3 +587,40 @@ def test_png_frames_are_the_decoded_pixels_with_no_colour_chunks(tmp_path) -> No
             chunks.add(data[at + 4 : at + 8].decode("ascii"))
             at += 12 + length
         assert chunks <= {"IHDR", "pHYs", "IDAT", "IEND"}, chunks
+
+
+@pytest.mark.parametrize(("angle", "turns"), [(90, 1), (-90, 3), (180, 2), (0, 0)])
+def test_frames_of_a_video_with_a_display_rotation_are_written_upright(
+    tmp_path, angle, turns
+) -> None:
+    """A phone's portrait video is stored sideways with a display matrix; its frames are
+    written upright (turned as the ``ffmpeg`` command turns them), and ``resize`` fits
+    the upright frame."""
+    import av
+    import numpy as np
+    from PIL import Image
+
+    from pipemake.rules._video import scale
+
+    src = tmp_path / "phone.mp4"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        if angle:
+            stream.set_display_rotation(angle)
+        for _ in range(3):
+            img = np.zeros((32, 64, 3), np.uint8)
+            img[:, :16] = 255  # a white band on the stored frame's left
+            img[:8, :, 0] = 200  # a red band along its top
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(stream.encode(None))
+    with av.open(str(src)) as video:
+        first = next(video.decode(video=0))
+        stored = scale(first, "save", width=64, height=32, format="rgb24", interpolation="AREA")
+        upright = np.rot90(stored.to_ndarray(), turns)
+    run_rule(src, tmp_path / "png", mode="all", format="png", max_frames=1)
+    with Image.open(tmp_path / "png" / "frame_000000.png") as img:
+        assert np.array_equal(np.asarray(img.convert("RGB")), upright)
+    run_rule(src, tmp_path / "box", mode="all", format="jpg", max_frames=1, resize="20x40")
+    with Image.open(tmp_path / "box" / "frame_000000.jpg") as img:
+        assert img.size == ((20, 10) if turns % 2 == 0 else (20, 40))
