@@ -253,6 +253,19 @@ def _write_png(rgb: av.VideoFrame, path: Path) -> None:
         fh.write(memoryview(packets[0]))
 
 
+def best_video_stream(streams: Any) -> Any:
+    """The video stream to extract, as the ``ffmpeg`` command picks it: the largest
+    picture among the moving ones (not a cover image or thumbnails attached to the file),
+    the first of those of equal size."""
+    still = av.stream.Disposition.attached_pic | av.stream.Disposition.timed_thumbnails
+
+    def area(stream: Any) -> int:
+        return (getattr(stream, "width", 0) or 0) * (getattr(stream, "height", 0) or 0)
+
+    moving = [s for s in streams if not s.disposition & still] or list(streams)
+    return max(moving, key=area)
+
+
 def open_video(path: Path) -> tuple[Any, Any]:
     """Open ``path`` and return ``(container, video stream)``, or raise RuleError."""
     if path.stat().st_size == 0:
@@ -264,7 +277,7 @@ def open_video(path: Path) -> tuple[Any, Any]:
     if not container.streams.video:
         container.close()
         raise RuleError(f"{path}: the file has no video stream")
-    stream = container.streams.video[0]
+    stream = best_video_stream(container.streams.video)
     if stream.codec_context is None:
         container.close()
         tag = getattr(stream, "codec_tag", "") or "unknown"

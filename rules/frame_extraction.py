@@ -1,19 +1,20 @@
 """The ``frame_extraction`` rule: turn videos into still frames plus a manifest.
 
-Input is one video file, or a directory of videos (best with ``foreach: input_video``, so
-each video is its own item and one changed video reruns alone). Each video's frames go to
-``<output_dir>/<video stem>/`` for a directory input (mirroring sub-directories) and to
-``<output_dir>/`` itself for a single file, named ``frame_<index>.<format>``, with a
-``frames.jsonl`` beside them: one JSON object per frame with ``file`` (relative to the
-stage output), ``video``, ``timestamp`` (seconds from the video's start), ``frame_index``
-(the frame's position in decoding order from the video's start, counted, never derived
-from a timestamp, so it stays right on a video joined from clips) and, in ``scene`` mode,
-``scene`` (the shot, counted from 0), ``shot_start`` and ``shot_start_time`` (the frame
-index and time of the shot's first frame); the three shot fields are null in the other
-modes, which detect no shots. Computed values: ``frame_count`` (frames written), ``scenes``
-(shots found in the decoded range) and ``cuts`` (one ``{"video", "frame_index",
-"timestamp"}`` per shot start after the first, in video order), summed or joined over
-videos; ``scenes`` and ``cuts`` are null outside ``scene`` mode.
+Input is one video file (of a file with several video streams, the largest moving picture,
+as the ``ffmpeg`` command picks it), or a directory of videos (best with ``foreach:
+input_video``, so each video is its own item and one changed video reruns alone). Each
+video's frames go to ``<output_dir>/<video stem>/`` for a directory input (mirroring
+sub-directories) and to ``<output_dir>/`` itself for a single file, named
+``frame_<index>.<format>``, with a ``frames.jsonl`` beside them: one JSON object per frame
+with ``file`` (relative to the stage output), ``video``, ``timestamp`` (seconds from the
+video's start), ``frame_index`` (the frame's position in decoding order from the video's
+start, counted, never derived from a timestamp, so it stays right on a video joined from
+clips) and, in ``scene`` mode, ``scene`` (the shot, counted from 0), ``shot_start`` and
+``shot_start_time`` (the frame index and time of the shot's first frame); the three shot
+fields are null in the other modes, which detect no shots. Computed values: ``frame_count``
+(frames written), ``scenes`` (shots found in the decoded range) and ``cuts`` (one
+``{"video", "frame_index", "timestamp"}`` per shot start after the first, in video order),
+summed or joined over videos; ``scenes`` and ``cuts`` are null outside ``scene`` mode.
 
 Modes: ``fps`` (``fps`` frames per second), ``every_n`` (every ``n``-th frame), ``keyframes``
 (only key frames are decoded: fast), ``scene`` (``per_scene`` frames spread over each shot:

@@ -624,3 +624,29 @@ def test_frames_of_a_video_with_a_display_rotation_are_written_upright(
     run_rule(src, tmp_path / "box", mode="all", format="jpg", max_frames=1, resize="20x40")
     with Image.open(tmp_path / "box" / "frame_000000.jpg") as img:
         assert img.size == ((20, 10) if turns % 2 == 0 else (20, 40))
+
+
+def test_a_file_with_two_video_streams_gives_the_larger_picture_s_frames(tmp_path) -> None:
+    """As the ``ffmpeg`` command picks: the larger picture, not simply the first stream (a
+    small preview muxed before the film)."""
+    import av
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "two.mkv"
+    with av.open(str(src), "w") as out:
+        small = out.add_stream("libx264", rate=10)
+        small.width, small.height, small.pix_fmt = 16, 16, "yuv420p"
+        big = out.add_stream("libx264", rate=10)
+        big.width, big.height, big.pix_fmt = 64, 32, "yuv420p"
+        for _ in range(6):
+            black = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
+            white = np.full((32, 64, 3), 255, np.uint8)
+            out.mux(small.encode(black))
+            out.mux(big.encode(av.VideoFrame.from_ndarray(white, format="rgb24")))
+        out.mux(small.encode(None))
+        out.mux(big.encode(None))
+    result = run_rule(src, tmp_path / "out", mode="all", format="png")
+    assert result["frame_count"] == 6
+    with Image.open(tmp_path / "out" / "frame_000000.png") as img:
+        assert img.size == (64, 32) and img.convert("L").getextrema()[0] > 200
