@@ -120,7 +120,7 @@ class ForeachRun(StageRun):
                 ctx, stage, task_id, mode=mode, items=items,
                 outputs={name: os.path.relpath(work / "work" / name, ctx.root)
                          for name in outputs},
-                extra={"done": os.path.relpath(self.staging / "done", ctx.root)},
+                done=os.path.relpath(self.staging / "done", ctx.root),
             )  # fmt: skip
             self.tasks[task_id] = task
             tasks.append(task)
@@ -128,7 +128,7 @@ class ForeachRun(StageRun):
 
     def _reduce_task(self, ctx: BuildContext, stage: Stage) -> Task:
         assert self.mapped is not None
-        mapped = {rel: [m["hash"], m["kind"]] for rel, m in sorted(self.mapped.items())}
+        mapped = {rel: (m["hash"], m["kind"]) for rel, m in sorted(self.mapped.items())}
         self.rs.reduce_key({rel: v[0] for rel, v in mapped.items()})
         self.reduce = True
         return self.task(ctx, stage, f"{stage.id}#reduce", mode="reduce", mapped=mapped)

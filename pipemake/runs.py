@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .events import Bus
-from .executors.base import Task
+from .executors.base import Mode, Task
 from .fshash import Hasher
 from .model import Stage
 from .resolve import ResolvedStage
@@ -108,11 +108,11 @@ class StageRun:
         stage: Stage,
         task_id: str,
         *,
-        mode: str = "run",
+        mode: Mode = "run",
         outputs: dict[str, str] | None = None,
         items: list[dict[str, Any]] | None = None,
-        mapped: Any = None,
-        extra: dict[str, Any] | None = None,
+        mapped: dict[str, tuple[str, str]] | None = None,
+        done: str = "",
     ) -> Task:
         """A task description for one unit of this stage's work."""
         ports = self.rs.ports
@@ -130,7 +130,7 @@ class StageRun:
             outputs=outputs or {},
             output_kinds=ports.output_kinds, params=ports.params, mode=mode,
             items=items or [], foreach=stage.foreach.input if stage.foreach else None,
-            extra=dict(extra or {}, **({"mapped": mapped} if mapped is not None else {})),
+            done=done, mapped=mapped or {},
             resources=stage.resources, log_path=self.log, timeout=stage.timeout,
             max_attempts=1 + (stage.retries or ctx.retries or 0), backoff=stage.retry_backoff,
         )  # fmt: skip

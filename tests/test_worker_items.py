@@ -80,7 +80,7 @@ def _task(root: Path, func: str, n: int, link: bool = False) -> Task:
         id="each#0", stage="each", rule="python", root=str(root), store=str(root / "store"),
         inputs={"src": "data"}, outputs={"out": "stage/t0/work/out"},
         output_kinds={"out": "dir"}, params={"__function__": f"itemrules:{func}"},
-        mode="items", items=items, foreach="src", extra={"done": "stage/t0/done"}, link=link,
+        mode="items", items=items, foreach="src", done="stage/t0/done", link=link,
     )  # fmt: skip
 
 

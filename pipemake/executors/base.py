@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["Executor", "Message", "Task"]
+__all__ = ["Executor", "Message", "Mode", "Task"]
+
+#: what a task does: ``run`` a whole stage, run foreach ``items`` (each on its own), ``map``
+#: foreach items (each to a result), or ``reduce`` the map results
+Mode = Literal["run", "items", "map", "reduce"]
 
 
 @dataclass
@@ -28,10 +32,18 @@ class Task:
     outputs: dict[str, str]
     output_kinds: dict[str, str]
     params: dict[str, Any]
-    mode: str = "run"  # run | items | map | reduce
+    mode: Mode = "run"
     items: list[dict[str, str]] = field(default_factory=list)
     foreach: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: an ``items``/``map`` task: where its finished items' outputs go (relative to
+    #: ``root``), shared by the stage's tasks so the stage's output is one finished tree
+    done: str = ""
+    #: a ``reduce`` task: each item's map result (relative path → object digest and kind,
+    #: ``bytes`` or ``json``), read from the store
+    mapped: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: the digest of ``params``, filled in by the worker the first time it needs it (the
+    #: key of the rule's ``setup`` cache), so a task of many items computes it once
+    params_digest: str = ""
     env: dict[str, str] = field(default_factory=dict)
     resources: dict[str, float] = field(default_factory=dict)
     gpu_ids: list[str] = field(default_factory=list)

@@ -166,8 +166,8 @@ def execute(task: Task, send: Send, spawner: Spawner | None = None) -> None:
     if not threaded:
         os.environ.update(task.env)
     spawner = spawner or Spawner()
-    if "done" in task.extra:  # a foreach task: its shell's FIFO goes with the stage's staging
-        spawner.tmp = os.path.join(task.root, os.path.dirname(task.extra["done"]))
+    if task.done:  # a foreach task: its shell's FIFO goes with the stage's staging
+        spawner.tmp = os.path.join(task.root, os.path.dirname(task.done))
     token = _spawner.set(spawner)
     log_file = None
     if task.log_path:
@@ -328,9 +328,9 @@ def _run(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logge
 
 
 def _state(task: Task, rule: Rule, ctx: Context) -> Any:
-    if "_params_digest" not in task.extra:
-        task.extra["_params_digest"] = digest(task.params)
-    key = (task.rule, task.extra["_params_digest"])
+    if not task.params_digest:
+        task.params_digest = digest(task.params)
+    key = (task.rule, task.params_digest)
     with _setup_lock:
         if key not in _setup_cache:
             _setup_cache.clear()  # one model per worker: drop the last parameter set's
@@ -372,7 +372,7 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
     work = {name: os.path.join(root, path) for name, path in task.outputs.items()}
     # shared by every task of the stage: plain output files land under their output's name
     # as the output directory will hold them, so a stage run whole is placed by one rename
-    done = os.path.join(root, task.extra["done"])
+    done = os.path.join(root, task.done)
     for name in work:
         os.makedirs(f"{done}/{name}", exist_ok=True)
     done_rel = os.path.relpath(done, root)
@@ -521,7 +521,7 @@ def _map(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logge
 
 def _reduce(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:
     mapped: dict[str, Any] = {}
-    for rel, (h, kind) in task.extra["mapped"].items():
+    for rel, (h, kind) in task.mapped.items():
         data = store.read_bytes(h)
         if data is None:
             raise RuleError(
