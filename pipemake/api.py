@@ -399,6 +399,9 @@ def run_build(project: Project, options: BuildOptions, bus: Bus | None = None) -
             retries=o.retries,
         )
         builder.prefetch(order)
+        if o.noop_snapshot is not None:
+            plain = not (o.force or o.force_stages or o.log_json or p.on_success or p.on_failure)
+            bus.subscribe(_Snapshot(project, builder, order, started_ns, o.noop_snapshot[0], plain))
         expected = _expected(project, order)
         chosen = set(order)
         run_started = {
@@ -443,16 +446,9 @@ def run_build(project: Project, options: BuildOptions, bus: Bus | None = None) -
             if project.remote_to_remember:  # told, and it served: later commands use it
                 storeplace.remember_remote(project.workspace.dot, project.remote_to_remember)
         _record_roots(project, builder)
-        if o.noop_snapshot is not None:
-            snapshot = None
-            plain = not (o.force or o.force_stages or o.log_json or p.on_success or p.on_failure)
-            if plain and not (outcome.failed or outcome.skipped or outcome.interrupted):
-                snapshot = _snapshot(project, builder, order, started_ns, run_started)
-            # under the lock, so no other build's snapshot or change can come in between
-            if snapshot is not None:
-                noop.write(project.workspace.dot, o.noop_snapshot[0], **snapshot)
-            else:
-                noop.discard(project.workspace.dot)
+        # under the lock, so no other build's snapshot or change can come in between
+        bus.emit(SETTLED, None, failed=bool(outcome.failed or outcome.skipped),
+                 interrupted=outcome.interrupted is not None)  # fmt: skip
     report = _report(builder, outcome, time.time() - started)
     finished = {"ran": report.ran, "restored": report.restored, "up_to_date": report.up_to_date,
                 "failed": report.failed, "skipped": report.skipped, "duration": report.duration,
@@ -483,6 +479,49 @@ class _Hooks:
         durations = self.times.durations
         summary = run_summary(p.name, self.runlog.run_id, self.started, event.data, durations)
         run_hooks(p.on_success, p.on_failure, summary, p.root, self.bus)
+
+
+#: the event a build emits once everything it did is committed and recorded, while it still
+#: holds its lock (before ``run_finished``, whose hooks may start another build); internal:
+#: the run log does not keep it
+SETTLED = history.SETTLED
+
+
+class _Snapshot:
+    """The no-op snapshot (:mod:`pipemake.noop`) as a subscriber: it keeps the plan of
+    ``run_started`` and, when the build has settled (:data:`SETTLED`, under the build
+    lock), writes the snapshot of a plain build that found everything up to date, or
+    discards an older one otherwise."""
+
+    def __init__(
+        self,
+        project: Project,
+        builder: Builder,
+        order: list[str],
+        started_ns: int,
+        context: str,
+        plain: bool,
+    ) -> None:
+        self.project, self.builder, self.order = project, builder, order
+        self.started_ns, self.context, self.plain = started_ns, context, plain
+        self.run_started: dict[str, Any] = {}
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "run_started":
+            self.run_started = dict(event.data)
+            return
+        if event.kind != SETTLED:
+            return
+        snapshot = None
+        if self.plain and not (event.data["failed"] or event.data["interrupted"]):
+            snapshot = _snapshot(
+                self.project, self.builder, self.order, self.started_ns, self.run_started
+            )
+        dot = self.project.workspace.dot
+        if snapshot is not None:
+            noop.write(dot, self.context, **snapshot)
+        else:
+            noop.discard(dot)
 
 
 def _snapshot(

@@ -37,6 +37,9 @@ __all__ = [
 ]  # fmt: skip
 
 FORMAT = 1
+#: the event a build emits when it has settled, still holding its lock (the no-op snapshot
+#: is written then); internal to the build: not kept in the run log
+SETTLED = "run_settled"
 KEEP_RUNS = 100
 INDEX = "index.jsonl"
 PER_ITEM = "per_item.json"
@@ -152,7 +155,7 @@ class RunLog:
                 raise UsageError(f"--log-json: cannot write {self.extra}: {exc}") from None
 
     def __call__(self, event: Event) -> None:
-        if self._closed:
+        if self._closed or event.kind == SETTLED:
             return
         if event.kind == "run_started":
             self._open()

@@ -368,3 +368,39 @@ def test_a_rule_hashing_code_it_does_not_name_gets_no_snapshot(
     monkeypatch.setattr(Coded, "code_files", lambda self, ports, root: [])
     _api_build(p, time.time_ns())
     assert p.exists(SNAP)
+
+
+def test_the_snapshot_is_written_by_a_subscriber_while_the_build_holds_its_lock(
+    chain: Proj,
+) -> None:
+    """The build's ``run_settled`` event comes under the lock, before ``run_finished``
+    (whose hooks may start another build); the run log does not keep it; the snapshot
+    written then answers the next no-op."""
+    from pipemake import api
+    from pipemake.errors import LockTimeout
+    from pipemake.events import Bus
+    from pipemake.history import SETTLED
+    from pipemake.lock import BuildLock
+
+    chain.sub("build")
+    age(chain)
+    seen: list[tuple[str, bool]] = []
+
+    def held() -> bool:
+        try:
+            with BuildLock(chain.root / ".pipemake" / "lock", timeout=0):
+                return False
+        except LockTimeout:
+            return True
+
+    def watch(event) -> None:
+        if event.kind in (SETTLED, "run_finished"):
+            seen.append((event.kind, held()))
+
+    bus = Bus()
+    bus.subscribe(watch)
+    with api.project_of(chain.root, None) as project:
+        api.run_build(project, api.BuildOptions(noop_snapshot=("ctx", time.time_ns())), bus)
+    assert seen == [(SETTLED, True), ("run_finished", False)]
+    assert read_snap(chain)["context"] == "ctx"
+    assert SETTLED not in {e["event"] for e in last_run(chain)[1]}
