@@ -417,6 +417,10 @@ class RichView:
     def _print(self, text: str, style: str | None = None) -> None:
         self.console.print(text, style=style, markup=False, highlight=False)
 
+    def __rich__(self) -> Any:
+        """The view as it is drawn now (rich's protocol: ``console.print(view)``)."""
+        return self._render()
+
     def _render(self) -> Any:
         from rich.progress_bar import ProgressBar
         from rich.table import Table

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from conftest import CHAIN_STAGES, TRACEBACK, Proj
 
-from pipemake import cli as cli_module
 from pipemake.workspace import remove_path
 
 ALL = ("build/upper.txt", "build/lines.txt", "build/side.txt", "build/report")
@@ -158,16 +157,29 @@ def test_an_edited_orphan_is_kept_without_a_terminal_and_removed_with_yes(chain:
 
 
 @pytest.mark.parametrize("answer", ["y", "n"])
-def test_an_edited_orphan_is_asked_about_on_a_terminal(
-    chain: Proj, monkeypatch: pytest.MonkeyPatch, answer: str
-) -> None:
+def test_an_edited_orphan_is_asked_about_on_a_terminal(chain: Proj, answer: str) -> None:
+    """``clean --orphans`` on a real terminal (a pseudo-terminal here) asks before it
+    removes what someone changed by hand, and does what the answer says."""
+    import pty
+    import select
+
     _moved_report(chain)
     chain.write("build/report/extra.txt", "added by hand\n")
-    monkeypatch.setattr(cli_module, "_interactive", lambda: True)
-    args = ["-C", str(chain.root), "clean", "--orphans"]
-    r = CliRunner().invoke(cli_module.cli, args, input=answer + "\n")
-    assert r.exit_code == 0, r.output
-    assert "build/report" in r.output and "remove it?" in r.output
+    master, tty = pty.openpty()
+    proc = subprocess.Popen(chain.argv("clean", "--orphans"), stdin=tty, stdout=tty, stderr=tty)
+    os.close(tty)
+    said = b""
+    try:
+        while b"remove it?" not in said:
+            ready, _, _ = select.select([master], [], [], 60)
+            assert ready, f"no question asked; the terminal shows {said!r}"
+            said += os.read(master, 4096)
+        os.write(master, (answer + "\n").encode())
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+        os.close(master)
+    assert b"build/report" in said
     assert chain.exists("build/report") == (answer == "n")
 
 

@@ -26,8 +26,8 @@ stages:
 
 @pytest.fixture
 def synced(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
-    """What was fsync-ed (files and directories) and the store's synchronous settings."""
-    seen: dict[str, list] = {"fsync": [], "pragma": []}
+    """What was fsync-ed (files and directories)."""
+    seen: dict[str, list] = {"fsync": []}
     real_fsync = os.fsync
 
     def fsync(fd: int) -> None:
@@ -35,14 +35,6 @@ def synced(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    real_set = store_mod.Store.set_fsync
-
-    def set_fsync(self: store_mod.Store, on: bool) -> None:
-        real_set(self, on)
-        if self._db is not None:
-            seen["pragma"].append(self._db.execute("PRAGMA synchronous").fetchone()[0])
-
-    monkeypatch.setattr(store_mod.Store, "set_fsync", set_fsync)
     return seen
 
 

@@ -111,7 +111,7 @@ def test_rich_view_draws_bars_stage_lines_and_the_summary() -> None:
         clock[0] += 6
         view(Event("progress", "a", {"done": 3, "total": 10, "unit": "items"}, clock[0]))
         panel = Console(file=io.StringIO(), width=120)
-        panel.print(view._render())
+        panel.print(view)  # as rich draws it now
         drawn = panel.file.getvalue()  # type: ignore[attr-defined]
         assert "0/2 stages" in drawn and "6.0s" in drawn
         assert "ETA 19.0s" in drawn  # a: 14 s left at 2 s per item, then b: 5 s
