@@ -732,6 +732,16 @@ def unregister_rule(name: str) -> None:
     _loaded.pop(name, None)
 
 
+def forget_registry() -> None:
+    """Read the installed rules again on next use: this process's registry (taken from
+    the distributions' metadata once per process) and the rules loaded from it are
+    forgotten; rules registered with :func:`register_rule` stay. For a long-lived process
+    (a notebook) after ``pip install`` of a rule package."""
+    global _registry
+    _registry = None
+    _loaded.clear()
+
+
 def local_only(name: str) -> bool:
     """Whether rule ``name`` was registered in this process and worker processes cannot
     import it: its tasks must run here (the local executor runs them in threads)."""

@@ -24,11 +24,11 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     d.mkdir()
     os.utime(d, (PAST, PAST))
     monkeypatch.setattr(sys, "path", [*sys.path, str(d)])
-    monkeypatch.setattr(rule, "_registry", None)
+    rule.forget_registry()
     # this checkout's own directories (tests/) may have changed a moment ago
     monkeypatch.setattr(rule, "_RACY_NS", 0)
     yield d
-    rule._registry = None
+    rule.forget_registry()
 
 
 def _install(site: Path, name: str, value: str) -> None:
@@ -39,7 +39,7 @@ def _install(site: Path, name: str, value: str) -> None:
 
 
 def _fresh(cache: Path) -> tuple[str, dict[str, str]]:
-    rule._registry = None
+    rule.forget_registry()
     return rule.registry(cache)
 
 
@@ -173,23 +173,28 @@ def test_a_registered_rule_reaches_workers_but_not_the_cache(
 def test_a_class_defined_in_a_function_runs_in_this_process(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(rule, "_registered", {})
-    monkeypatch.setattr(rule, "_registered_values", {})
 
     class Inner(rule.Rule):
         pass
 
     rule.register_rule("inner", Inner)
-    assert rule.local_only("inner") and "inner" in rule.rule_names()
-    # a worker given this registry finds no such rule (the build runs it in threads)
-    monkeypatch.setattr(rule, "_registered", {})
-    assert rule.get_rule("inner") is None
+    try:
+        assert rule.local_only("inner") and "inner" in rule.rule_names()
+        # a worker given this registry finds no such rule (the build runs it in threads)
+        known = rule.registry()
+        assert known[1]["inner"].startswith("<this process>")
+    finally:
+        rule.unregister_rule("inner")
+    rule.adopt_registry(known)  # as a worker process: the same registry, no such class
+    try:
+        assert rule.get_rule("inner") is None
+    finally:
+        rule.forget_registry()
 
 
 def test_an_entry_point_may_name_an_original_executor_class(
     site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rule, "_loaded", {})
     _install(site, "pm_orig", f"{__name__}:_OriginalExecutor")
     _fresh(tmp_path / "rules.json")
     got = rule.get_rule("pm_orig")
