@@ -8,6 +8,8 @@ load. Medians and ranges are printed. For "no worse beyond noise" after a refact
 
     python -m compileall -q /tmp/old/pipemake /tmp/old/rules pipemake rules
     python benchmarks/bench_versions.py --old /tmp/old --new . --items 10000
+
+``--cold N`` builds each copy from scratch N times, alternating which version goes first.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--items", type=int, default=10000)
     ap.add_argument("--noop", type=int, default=7, help="no-op builds per version")
     ap.add_argument("--changes", type=int, default=5, help="one-file changes per version")
+    ap.add_argument(
+        "--cold", type=int, default=1, help="cold builds per version (alternating, from scratch)"
+    )
     args = ap.parse_args(argv)
     trees = {"old": str(Path(args.old).resolve()), "new": str(Path(args.new).resolve())}
     base = Path(tempfile.mkdtemp(prefix="pm-versions-"))
@@ -71,8 +76,12 @@ def main(argv: list[str] | None = None) -> int:
             return took
 
         times: dict[str, dict[str, list[float]]] = {n: {} for n in trees}
-        for name in trees:
-            times[name]["cold build"] = [run(name)]
+        for rep in range(args.cold):
+            for name in trees if rep % 2 == 0 else list(trees)[::-1]:
+                if rep:  # from scratch again: no workspace, no store, no outputs
+                    shutil.rmtree(base / name / ".pipemake")
+                    shutil.rmtree(base / name / "build")
+                times[name].setdefault("cold build", []).append(run(name))
         for _ in range(args.noop):
             for name in trees:
                 times[name].setdefault("no-op build", []).append(run(name))
