@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import socketserver
 import threading
+import urllib.request
 from collections.abc import Iterator
 from email import message_from_bytes
 from email.message import Message
@@ -203,16 +204,27 @@ def test_slack_text_escapes_what_slack_reads_as_markup() -> None:
     assert message_body(summary, "json") is summary
 
 
-def test_a_url_on_slacks_host_gets_slacks_text_not_the_summary() -> None:
+def test_a_url_on_slacks_host_gets_slacks_text_not_the_summary(project, http: _Http) -> None:
     summary = run_summary("p", "r1", 0.0, {"ran": ["a"], "failed": {}, "duration": 2.0},
                           {"a": 1.5})  # fmt: skip
     text = message_text(summary)
     assert text.splitlines()[0] == "pipemake: pipeline 'p' succeeded after 2.0s (run r1)"
     assert "durations: a 1.5s" in text
-    from pipemake.hooks import _is_slack
-
-    assert _is_slack("https://hooks.slack.com/services/T/B/X")
-    assert not _is_slack("https://hooks.example.com/slack")
+    # the local server as the HTTP proxy: it sees each webhook's URL and body
+    proxy = urllib.request.ProxyHandler({"http": http.url})
+    urllib.request.install_opener(urllib.request.build_opener(proxy))
+    try:
+        for n, url in enumerate(("http://hooks.slack.com/services/T/B/X",
+                                 "http://hooks.example.com/slack")):  # fmt: skip
+            p = project(_pipeline(f"on_success: {{url: '{url}'}}", fail=False), name=f"ws{n}")
+            p.write("notify_steps.py", STEPS)
+            p.cli("build", "--executor", "inline")
+            assert http.received[n]["path"] == url
+    finally:
+        urllib.request.install_opener(None)  # urlopen's own again
+    slack, other = (post["json"] for post in http.received)
+    assert set(slack) == {"text"} and "'notified' succeeded after" in slack["text"]
+    assert other["pipeline"] == "notified" and "text" not in other  # the summary itself
 
 
 def test_email_is_sent_through_the_smtp_server_the_environment_names(

@@ -4,7 +4,9 @@ anything is installed or removed, and never trusted when damaged."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,18 +45,33 @@ def _fresh(cache: Path) -> tuple[str, dict[str, str]]:
     return rule.registry(cache)
 
 
-def test_the_cache_is_reused_while_nothing_is_installed(
-    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _settle(site: Path) -> None:
+    """Every file and directory of ``site`` as if written long ago."""
+    for p in [site, *site.rglob("*")]:
+        os.utime(p, (PAST, PAST))
+
+
+def _rewrite_unseen(site: Path, value: str) -> None:
+    """Change what the plugin's metadata registers, keeping every time stamp: reading the
+    metadata again would find ``value``; only the cache still knows the old one."""
+    (site / "pm_plugin-1.0.dist-info" / "entry_points.txt").write_text(
+        f"[pipemake.rules]\npm_fake = {value}\n"
+    )
+    _settle(site)
+
+
+def test_the_cache_is_reused_while_nothing_is_installed(site: Path, tmp_path: Path) -> None:
+    _install(site, "pm_fake", "pm_fake_module:FakeRule")
+    _settle(site)
     cache = tmp_path / "rules.json"
     version, rules = _fresh(cache)
     assert "shell" in rules and cache.exists()
-
-    def no_scan() -> None:
-        raise AssertionError("read the metadata again")
-
-    monkeypatch.setattr(rule, "_scan", no_scan)
-    assert _fresh(cache) == (version, rules)
+    assert rules["pm_fake"] == "pm_fake_module:FakeRule"
+    _rewrite_unseen(site, "other_module:Other")
+    assert _fresh(cache) == (version, rules)  # the metadata was not read again
+    assert rule.registry()[1]["pm_fake"] == "pm_fake_module:FakeRule"
+    rule.forget_registry()  # without the cache: the metadata as it is now
+    assert rule.registry()[1]["pm_fake"] == "other_module:Other"
 
 
 def test_an_installed_rule_is_found_despite_the_cache(site: Path, tmp_path: Path) -> None:
@@ -101,10 +118,31 @@ def test_nothing_just_changed_is_cached(
     assert not cache.exists()
 
 
-def test_rules_load_from_their_entry_point_values() -> None:
-    assert rule._load("os.path:join") is os.path.join
-    assert rule._load("os:path.join") is os.path.join
-    assert rule._load("os.path [extra]") is os.path
+class _Holder:
+    """A namespace: an entry point may name a class inside another (``module:a.b``)."""
+
+    class Nested(rule.Rule):
+        """A rule reached through an attribute path."""
+
+
+def test_rules_load_from_their_entry_point_values(site: Path, tmp_path: Path) -> None:
+    info = site / "pm_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pm-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[pipemake.rules]\n"
+        f"pm_plain = {__name__}:_Script\n"
+        f"pm_dotted = {__name__}:_Holder.Nested\n"
+        f"pm_extras = {__name__}:_Script [gpu]\n"
+        f"pm_module = {__name__} [gpu]\n"
+    )
+    _fresh(tmp_path / "rules.json")
+    assert isinstance(rule.get_rule("pm_plain"), _Script)
+    assert isinstance(rule.get_rule("pm_dotted"), _Holder.Nested)
+    assert isinstance(rule.get_rule("pm_extras"), _Script)  # the extras are not the name
+    # the module itself was imported, and is no rule
+    with pytest.raises(TypeError, match=r"entry point 'pm_module' .* is neither a pipemake"):
+        rule.get_rule("pm_module")
 
 
 def test_two_python_set_ups_each_keep_their_answer(
@@ -112,6 +150,8 @@ def test_two_python_set_ups_each_keep_their_answer(
 ) -> None:
     """`pipemake` and `python -m pipemake` differ in sys.path[0]: alternating them reads
     the metadata once for each, not on every switch."""
+    _install(site, "pm_fake", "pm_fake_module:FakeRule")
+    _settle(site)
     cache = tmp_path / "rules.json"
     first = _fresh(cache)
     other = tmp_path / "elsewhere"
@@ -119,11 +159,7 @@ def test_two_python_set_ups_each_keep_their_answer(
     os.utime(other, (PAST, PAST))
     monkeypatch.setattr(sys, "path", [str(other), *sys.path])
     assert _fresh(cache) == first  # a new set-up: read, and remembered beside the first
-
-    def no_scan() -> None:
-        raise AssertionError("read the metadata again")
-
-    monkeypatch.setattr(rule, "_scan", no_scan)
+    _rewrite_unseen(site, "other_module:Other")  # only a fresh read would see this
     assert _fresh(cache) == first
     monkeypatch.setattr(sys, "path", sys.path[1:])
     assert _fresh(cache) == first
@@ -170,26 +206,29 @@ def test_a_registered_rule_reaches_workers_but_not_the_cache(
     rule.unregister_rule("scripted")
 
 
-def test_a_class_defined_in_a_function_runs_in_this_process(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-
+def test_a_class_defined_in_a_function_runs_in_this_process() -> None:
     class Inner(rule.Rule):
         pass
 
     rule.register_rule("inner", Inner)
     try:
         assert rule.local_only("inner") and "inner" in rule.rule_names()
-        # a worker given this registry finds no such rule (the build runs it in threads)
         known = rule.registry()
-        assert known[1]["inner"].startswith("<this process>")
     finally:
         rule.unregister_rule("inner")
-    rule.adopt_registry(known)  # as a worker process: the same registry, no such class
-    try:
-        assert rule.get_rule("inner") is None
-    finally:
-        rule.forget_registry()
+    # a worker given this registry finds no such rule (the build runs it in threads)
+    worker = (
+        "import json, sys\n"
+        "from pipemake import rule\n"
+        "version, rules = json.loads(sys.stdin.read())\n"
+        "rule.adopt_registry((version, rules))\n"
+        "print('inner' in rule.rule_names(), rule.get_rule('inner'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", worker], input=json.dumps(known), capture_output=True,
+        text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert out.split() == ["True", "None"]
 
 
 def test_an_entry_point_may_name_an_original_executor_class(

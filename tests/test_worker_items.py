@@ -296,3 +296,18 @@ def _devnull_fds() -> set[int]:
         except OSError:
             pass  # the descriptor listdir itself used
     return out
+
+
+def test_a_task_pickles_whole_with_its_typed_fields(tmp_path: Path) -> None:
+    """The dask executor and worker processes get tasks pickled: the foreach folder, the
+    mode and the reduce's mapped results come back as they were."""
+    import dataclasses
+    import pickle
+
+    task = _task(tmp_path, "copy", 2)
+    reduce = dataclasses.replace(task, mode="reduce", done="", mapped={"f0.txt": ("h", "json")})
+    for sent in (task, reduce):
+        back = pickle.loads(pickle.dumps(sent))
+        assert back == sent and back.mode == sent.mode and back.done == sent.done
+        assert back.mapped == sent.mapped
+    assert reduce != task
