@@ -36,6 +36,8 @@ __all__ = ["FILE", "answer", "context", "discard", "record", "write"]
 FILE = "uptodate.json"
 FORMAT = 2
 _RACY_NS = 1_000_000_000
+#: below this many files in all, a fork to walk half the trees costs more than it saves
+_PARALLEL_FILES = 4000
 _GLOBAL_OPTS = ("-C", "-f", "--cache-dir")
 
 
@@ -139,9 +141,39 @@ def _tree_unchanged(root: str, path: str, sig: str) -> bool:
 
 
 def _trees_unchanged(root: str, trees: list[list[Any]]) -> bool:
-    """Whether every tree still has its signature (walked in this process: splitting the
-    trees with a forked child bought nothing measurable, see docs/benchmarks.md)."""
-    return all(_tree_unchanged(root, path, sig) for path, sig, _ in trees)
+    """Whether every tree still has its signature: big ones split between this process
+    and a forked child, so that the two halves walk on two cores at once (a no-op at
+    100,000 files: 0.38 s instead of 0.69 s, see docs/benchmarks.md). This runs before
+    the command starts any thread, so the fork copies nothing another thread holds."""
+    if (
+        len(trees) < 2
+        or sum(int(t[2]) for t in trees) < _PARALLEL_FILES
+        or not hasattr(os, "fork")
+        or (os.cpu_count() or 1) < 2
+    ):
+        return all(_tree_unchanged(root, path, sig) for path, sig, _ in trees)
+    mine: list[list[Any]] = []
+    theirs: list[list[Any]] = []
+    load = [0, 0]
+    for tree in sorted(trees, key=lambda t: -int(t[2])):
+        half = 0 if load[0] <= load[1] else 1
+        (mine, theirs)[half].append(tree)
+        load[half] += int(tree[2])
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its half, one byte of answer, and gone without any clean-up
+        try:
+            ok = all(_tree_unchanged(root, path, sig) for path, sig, _ in theirs)
+            os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        ok = all(_tree_unchanged(root, path, sig) for path, sig, _ in mine)
+        return ok and os.read(r, 1) == b"1"  # nothing read (the child failed): not unchanged
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
 
 
 _STARTED = {"stages": list, "targets": list, "expected": dict, "deps": dict, "budget": dict,

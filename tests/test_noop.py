@@ -404,3 +404,40 @@ def test_the_snapshot_is_written_by_a_subscriber_while_the_build_holds_its_lock(
     assert seen == [(SETTLED, True), ("run_finished", False)]
     assert read_snap(chain)["context"] == "ctx"
     assert SETTLED not in {e["event"] for e in last_run(chain)[1]}
+
+
+BIG = """
+name: big
+stages:
+  - id: copy
+    type: python
+    config:
+      function: "copier:run"
+      inputs: {src: data}
+      outputs: {out: build/copy}
+"""
+COPIER = """
+import shutil
+
+def run(ctx):
+    shutil.copytree(ctx.inputs["src"], ctx.outputs["out"], dirs_exist_ok=True)
+"""
+
+
+def test_trees_big_enough_to_walk_in_two_processes_still_see_every_change(
+    project: Callable[..., Proj],
+) -> None:
+    """Past a few thousand files the snapshot's trees are walked half here, half in a
+    forked child: a file changed in either half is seen, and the build runs again."""
+    files = {f"data/d{i // 500}/f{i}.txt": f"{i}\n" for i in range(2200)}
+    p = project(BIG, {**files, "copier.py": COPIER})
+    settle(p)
+    p.sub("build")
+    assert from_snapshot(p)
+    for changed in ("data/d3/f1700.txt", "build/copy/d1/f600.txt"):  # one in each tree
+        p.write(changed, "changed\n")
+        age(p)
+        p.sub("build")
+        assert not from_snapshot(p), changed
+        assert p.read("build/copy/d3/f1700.txt") == p.read("data/d3/f1700.txt")
+        settle(p)
