@@ -1,0 +1,81 @@
+"""Two versions of pipemake side by side on bench_scale's ``pipemake-py`` project at a large
+size (default 100,000 files): a cold build each, then no-op builds and dry-runs alternating
+old, new, then new, old. The no-op row of the 100,000-file table stands on the no-op check's
+forked tree walk (:mod:`pipemake.noop`)::
+
+    git worktree add --detach /tmp/old COMMIT
+    python benchmarks/bench_noop_big.py --old /tmp/old --new . --files 100000 --rounds 5 \\
+        --workdir /dev/shm/noop-big
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _scale_tools  # noqa: E402
+import bench_scale  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--old", required=True, help="the source tree of the first version")
+    ap.add_argument("--new", required=True, help="the source tree of the second version")
+    ap.add_argument("--files", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--workdir", default=None, help="where the projects go (tmpfs is steadier)")
+    args = ap.parse_args(argv)
+    trees = {"old": str(Path(args.old).resolve()), "new": str(Path(args.new).resolve())}
+    base = Path(tempfile.mkdtemp(prefix="pm-noop-big-", dir=args.workdir))
+    tool = _scale_tools.Pipemake("pipemake-py", python_rule=True)
+    times: dict[tuple[str, str], list[float]] = {}
+
+    def run(name: str, words: list[str], kind: str) -> None:
+        env = dict(os.environ, PYTHONPATH=trees[name], PYTHONDONTWRITEBYTECODE="1")
+        env.pop("PIPEMAKE_CACHE_DIR", None)
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "pipemake", *words],
+            cwd=base / name,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        times.setdefault((kind, name), []).append(time.perf_counter() - start)
+
+    try:
+        for name in trees:
+            (base / name).mkdir()
+            bench_scale.make_data(base / name, args.files)
+            tool.write(base / name, "a")
+            run(name, tool.build, "cold build")
+        for r in range(args.rounds):
+            order = list(trees) if r % 2 == 0 else list(trees)[::-1]
+            for name in order:
+                run(name, tool.build, "no-op build")
+            for name in order:
+                run(name, ["dry-run"], "dry-run")
+        print(f"{args.files:,} files | old: {trees['old']} | new: {trees['new']}")
+        for kind in ("cold build", "no-op build", "dry-run"):
+            cells = []
+            for name in trees:
+                ms = [x * 1000 for x in times[(kind, name)]]
+                cells.append(f"{name} {statistics.median(ms):.0f} ms ({min(ms):.0f}-{max(ms):.0f})")
+            print(f"{kind}: " + " | ".join(cells))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
