@@ -1,10 +1,12 @@
-"""Two versions of pipemake side by side on one project shape: a cold build, no-op builds
-and one-file changes of a shell foreach stage of N items and a stage reading its output.
+"""Two versions of pipemake side by side on one project shape: a cold build, no-op builds,
+dry-runs, one file touched (content unchanged) and one-file changes of a shell foreach stage
+of N items and a stage reading its output.
 
 Each version is a source tree (e.g. ``git worktree add --detach /tmp/old COMMIT``) run as
 ``python -m pipemake`` with that tree first on ``PYTHONPATH``, on its own copy of the
-project; the no-op and one-change runs alternate between the versions, so both see the same
-load. Medians and ranges are printed. For "no worse beyond noise" after a refactoring::
+project; the warm runs alternate between the versions (old, new, then new, old), so both
+see the same load. Medians and ranges are printed. For "no worse beyond noise" after a
+refactoring::
 
     python -m compileall -q /tmp/old/pipemake /tmp/old/rules pipemake rules
     python benchmarks/bench_versions.py --old /tmp/old --new . --items 10000
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--cold", type=int, default=1, help="cold builds per version (alternating, from scratch)"
     )
+    ap.add_argument("--touches", type=int, default=5, help="one file touched, content unchanged")
+    ap.add_argument("--dry", type=int, default=5, help="dry-runs per version")
     args = ap.parse_args(argv)
     trees = {"old": str(Path(args.old).resolve()), "new": str(Path(args.new).resolve())}
     base = Path(tempfile.mkdtemp(prefix="pm-versions-"))
@@ -63,11 +67,12 @@ def main(argv: list[str] | None = None) -> int:
                 (root / "data" / f"f{i:05}.txt").write_text(f"file {i}\n" * 50)
             (root / "pipemake.yaml").write_text(PIPE)
 
-        def run(name: str) -> float:
+        def run(name: str, command: str = "build") -> float:
             env = dict(os.environ, PYTHONPATH=trees[name])
             env.pop("PIPEMAKE_CACHE_DIR", None)
-            argv = [sys.executable, "-m", "pipemake", "-C", str(base / name), "build", "-j", "2",
-                    "--no-progress"]  # fmt: skip
+            argv = [sys.executable, "-m", "pipemake", "-C", str(base / name), command]
+            if command == "build":
+                argv += ["-j", "2", "--no-progress"]
             start = time.perf_counter()
             proc = subprocess.run(argv, env=env, capture_output=True, text=True)
             took = time.perf_counter() - start
@@ -76,17 +81,31 @@ def main(argv: list[str] | None = None) -> int:
             return took
 
         times: dict[str, dict[str, list[float]]] = {n: {} for n in trees}
+
+        def order(rep: int) -> list[str]:
+            # old, new, then new, old: a drift in the machine's load lands on both alike
+            return list(trees) if rep % 2 == 0 else list(reversed(trees))
+
         for rep in range(args.cold):
-            for name in trees if rep % 2 == 0 else list(trees)[::-1]:
+            for name in order(rep):
                 if rep:  # from scratch again: no workspace, no store, no outputs
                     shutil.rmtree(base / name / ".pipemake")
                     shutil.rmtree(base / name / "build")
                 times[name].setdefault("cold build", []).append(run(name))
-        for _ in range(args.noop):
-            for name in trees:
+
+        for rep in range(args.noop):
+            for name in order(rep):
                 times[name].setdefault("no-op build", []).append(run(name))
+        for rep in range(args.dry):
+            for name in order(rep):
+                times[name].setdefault("dry-run", []).append(run(name, "dry-run"))
+        for rep in range(args.touches):
+            for name in order(rep):
+                f = base / name / "data" / f"f{(rep * 13 + 3) % args.items:05}.txt"
+                os.utime(f, ns=(time.time_ns(), time.time_ns()))
+                times[name].setdefault("one file touched", []).append(run(name))
         for rep in range(args.changes):
-            for name in trees:
+            for name in order(rep):
                 f = base / name / "data" / f"f{rep * 7 % args.items:05}.txt"
                 f.write_text(f.read_text() + f"edit {rep}\n")
                 times[name].setdefault("one file changed", []).append(run(name))
