@@ -23,7 +23,7 @@ from pathlib import Path
 PIPELINES = {
     "shell": 'name: t\nstages:\n  - id: a\n    type: shell\n    config: {cmd: "echo hi >'
     ' {outputs.o}", outputs: {o: out.txt}}\n',
-    "python": 'name: t\nstages:\n  - id: a\n    type: python\n    config: {function:'
+    "python": "name: t\nstages:\n  - id: a\n    type: python\n    config: {function:"
     ' "work:run", outputs: {o: out.txt}}\n',
 }
 WORK = "def run(ctx):\n    ctx.outputs['o'].write_text('hi')\n"
@@ -57,9 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                 env.pop("PIPEMAKE_CACHE_DIR", None)
                 words = ["-C", str(root), "build", "--no-progress"]
                 start = time.perf_counter()
-                subprocess.run(
-                    [sys.executable, "-m", "pipemake", *words], env=env, check=True, capture_output=True
-                )
+                command = [sys.executable, "-m", "pipemake", *words]
+                subprocess.run(command, env=env, check=True, capture_output=True)
                 times[name].append((time.perf_counter() - start) * 1000)
         for name, ms in times.items():
             low, high = min(ms), max(ms)
