@@ -222,6 +222,23 @@ stages:
       outputs: {dir: build/report}
 """
 CHAIN_FILES = {"data/a.txt": "hello\nworld\n", "data/b.txt": "bee\n"}
+
+#: one ``python`` stage that upper-cases a file through the project's own ``work.py`` (a
+#: worker process imports the project's module)
+UPPER = """
+name: t
+stages:
+  - id: up
+    type: python
+    config:
+      function: "work:up"
+      inputs: {src: data/a.txt}
+      outputs: {o: build/a.txt}
+"""
+UPPER_FILES = {
+    "data/a.txt": "abc\n",
+    "work.py": "def up(ctx):\n    ctx.outputs['o'].write_text(ctx.inputs['src'].read_text().upper())\n",
+}
 CHAIN_STAGES = ["upper", "lines", "side", "report"]
 
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CHAIN_STAGES, Proj
+from conftest import CHAIN_STAGES, UPPER, UPPER_FILES, Proj
 
 
 def _status(p: Proj, *args: str, code: int = 0) -> dict[str, str]:
@@ -216,22 +216,11 @@ def test_python_m_pipemake_in_a_project_with_stdlib_named_files(project) -> None
     hide the standard library from pipemake, and a python stage still imports the
     project's own modules."""
     proj = project(
-        """
-        name: shadow
-        stages:
-          - id: up
-            type: python
-            config:
-              function: "work:up"
-              inputs: {src: data/a.txt}
-              outputs: {o: build/a.txt}
-        """,
+        UPPER,
         {
-            "data/a.txt": "abc\n",
+            **UPPER_FILES,
             "json.py": "raise SystemExit('the project json.py was imported')\n",
             "copy.py": "raise SystemExit('the project copy.py was imported')\n",
-            "work.py": "def up(ctx):\n"
-            "    ctx.outputs['o'].write_text(ctx.inputs['src'].read_text().upper())\n",
         },
     )
     for _ in range(2):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from conftest import Proj, alive, wait_for
+from conftest import UPPER, UPPER_FILES, Proj, alive, wait_for
 
 import pipemake
 from pipemake import api, noop
@@ -127,23 +127,7 @@ def test_a_worker_starts_early_only_where_a_task_will_most_likely_run(tmp_path: 
 
 
 def test_the_command_builds_with_its_early_worker(project: Callable[..., Proj]) -> None:
-    p = project(
-        """
-        name: t
-        stages:
-          - id: up
-            type: python
-            config:
-              function: "work:up"
-              inputs: {src: data/a.txt}
-              outputs: {o: build/a.txt}
-        """,
-        {
-            "data/a.txt": "abc\n",
-            "work.py": "def up(ctx):\n    ctx.outputs['o'].write_text("
-            "ctx.inputs['src'].read_text().upper())\n",
-        },
-    )
+    p = project(UPPER, UPPER_FILES)
     out = p.sub("build", "--no-progress").stderr
     assert p.read("build/a.txt") == "ABC\n", out
     assert "0 ran, 0 restored, 1 up to date" in p.sub("build", "--no-progress").stderr
