@@ -650,3 +650,18 @@ def test_a_file_with_two_video_streams_gives_the_larger_picture_s_frames(tmp_pat
     assert result["frame_count"] == 6
     with Image.open(tmp_path / "out" / "frame_000000.png") as img:
         assert img.size == (64, 32) and img.convert("L").getextrema()[0] > 200
+
+
+def test_the_decoder_uses_one_thread_per_usable_cpu(videos, tmp_path, monkeypatch) -> None:
+    """Not FFmpeg's one-more-than-the-machine's: the CPUs this process may run on (a
+    container's or ``taskset``'s share), at most 16."""
+    from pipemake.rules import _video
+
+    monkeypatch.setattr(_video.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    container, stream = _video.open_video(videos["root"] / "clip.mp4")
+    try:
+        assert stream.codec_context.thread_count == 3
+    finally:
+        container.close()
+    monkeypatch.setattr(_video.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert _video.decode_threads() == 16
