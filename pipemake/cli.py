@@ -1083,6 +1083,24 @@ def _interactive() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
 
 
+def _with_remote(
+    ctx: click.Context,
+    call: Callable[[Any, tuple[str, ...]], dict[str, Any]],
+    targets: tuple[str, ...],
+    remote: str | None,
+    remote_read_only: bool,
+    cache_dir: str | None,
+) -> dict[str, Any]:
+    """``call(project, targets)`` (pull or push) on the project opened with the remote the
+    options name; what it says, after its warnings are shown."""
+    with _project(
+        ctx, cache_dir=cache_dir, remote=remote, remote_read_only=remote_read_only
+    ) as project:
+        info = call(project, targets)
+    _say_warnings(info["warnings"])
+    return info
+
+
 @cli.command()
 @click.argument("targets", nargs=-1, shell_complete=_complete_targets)
 @_remote_options
@@ -1099,11 +1117,7 @@ def pull(
     lacks, verified, ahead of a build."""
 
     def go() -> int:
-        with _project(
-            ctx, cache_dir=cache_dir, remote=remote, remote_read_only=remote_read_only
-        ) as project:
-            info = api.pull(project, targets)
-        _say_warnings(info["warnings"])
+        info = _with_remote(ctx, api.pull, targets, remote, remote_read_only, cache_dir)
         st = info["stats"]
         click.echo(
             f"fetched {st['entries']} entries and {st['objects']} objects "
@@ -1133,11 +1147,7 @@ def push(
     their objects, each put-if-absent, an entry only after its objects."""
 
     def go() -> int:
-        with _project(
-            ctx, cache_dir=cache_dir, remote=remote, remote_read_only=remote_read_only
-        ) as project:
-            info = api.push(project, targets)
-        _say_warnings(info["warnings"])
+        info = _with_remote(ctx, api.push, targets, remote, remote_read_only, cache_dir)
         st = info["stats"]
         click.echo(
             f"pushed {st['pushed_entries']} entries and {st['pushed_objects']} objects; "

@@ -5,52 +5,18 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
+from _http_fixtures import PostSink
 from conftest import Proj
 
 from pipemake.hooks import hook_for, run_summary
 
 
-class _Server:
-    """A local HTTP server that records each POST (path, headers, JSON body)."""
-
-    def __init__(self, status: int = 200) -> None:
-        received: list[dict[str, Any]] = []
-        self.received = received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                received.append(
-                    {"path": self.path, "type": self.headers["Content-Type"],
-                     "json": json.loads(body)}
-                )  # fmt: skip
-                self.send_response(status)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def server() -> Iterator[_Server]:
-    s = _Server()
+def server() -> Iterator[PostSink]:
+    s = PostSink()
     yield s
     s.close()
 
@@ -97,7 +63,7 @@ def test_on_success_command_gets_the_result_and_summary(project) -> None:
     assert not p.exists("failed.txt")
 
 
-def test_on_failure_webhook_receives_the_run_summary(project, server: _Server) -> None:
+def test_on_failure_webhook_receives_the_run_summary(project, server: PostSink) -> None:
     hooks = f"on_failure: {{url: '{server.url}/notify', cmd: 'echo $PIPEMAKE_FAILED > f.txt'}}"
     p = project(_pipeline(hooks, cmd="echo broken >&2; exit 7"))
     p.cli("build", "--executor", "inline", code=1)  # still the build's own exit code
@@ -111,7 +77,7 @@ def test_on_failure_webhook_receives_the_run_summary(project, server: _Server) -
     assert p.read("f.txt") == "second\n"
 
 
-def test_on_success_webhook_is_not_called_for_a_failure(project, server: _Server) -> None:
+def test_on_success_webhook_is_not_called_for_a_failure(project, server: PostSink) -> None:
     p = project(_pipeline(f"on_success: {{url: '{server.url}'}}", cmd="exit 1"))
     p.cli("build", "--executor", "inline", code=1)
     assert server.received == []
@@ -129,7 +95,7 @@ def test_a_failing_hook_is_a_warning_not_a_failed_build(project) -> None:
 
 
 def test_a_webhook_answering_an_error_status_is_a_warning(project) -> None:
-    bad = _Server(status=500)
+    bad = PostSink(status=500)
     try:
         p = project(_pipeline(f"on_success: {{url: '{bad.url}'}}"))
         r = p.cli("build", "--executor", "inline", code=0)

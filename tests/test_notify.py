@@ -12,45 +12,13 @@ import urllib.request
 from collections.abc import Iterator
 from email import message_from_bytes
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from _http_fixtures import PostSink
 from conftest import Proj
 
 from pipemake.hooks import check_hook, message_text, run_summary
-
-
-class _Http:
-    """A local HTTP server that records each POST (path, content type, JSON body)."""
-
-    def __init__(self) -> None:
-        received: list[dict[str, Any]] = []
-        self.received = received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                received.append(
-                    {"path": self.path, "type": self.headers["Content-Type"],
-                     "json": json.loads(body)}
-                )  # fmt: skip
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
-        threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 class _Smtp:
@@ -113,8 +81,8 @@ class _Smtp:
 
 
 @pytest.fixture
-def http() -> Iterator[_Http]:
-    s = _Http()
+def http() -> Iterator[PostSink]:
+    s = PostSink()
     yield s
     s.close()
 
@@ -177,7 +145,7 @@ def _events(p: Proj) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
-def test_slack_gets_a_readable_text_message_of_the_failure(project, http: _Http) -> None:
+def test_slack_gets_a_readable_text_message_of_the_failure(project, http: PostSink) -> None:
     url = f"{http.url}/services/T000/B000/SLACKSECRET"
     p = _project(project, f"on_failure: {{slack: '{url}'}}")
     r = p.cli("build", "--executor", "inline", code=1)
@@ -204,7 +172,7 @@ def test_slack_text_escapes_what_slack_reads_as_markup() -> None:
     assert message_body(summary, "json") is summary
 
 
-def test_a_url_on_slacks_host_gets_slacks_text_not_the_summary(project, http: _Http) -> None:
+def test_a_url_on_slacks_host_gets_slacks_text_not_the_summary(project, http: PostSink) -> None:
     summary = run_summary("p", "r1", 0.0, {"ran": ["a"], "failed": {}, "duration": 2.0},
                           {"a": 1.5})  # fmt: skip
     text = message_text(summary)

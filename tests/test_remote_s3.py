@@ -145,7 +145,13 @@ def test_a_network_failure_in_the_middle_of_a_build_runs_the_stage(
     try:
         wait_for(lambda: _answers(endpoint), 60, "the moto server")
         env = {**os.environ, **CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}
-        client = boto3.client("s3", endpoint_url=endpoint)
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
+            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )  # this process's environment may hold no credentials (run alone, say)
         client.create_bucket(Bucket="pm-flaky")
         url = "s3://pm-flaky/cache"
         first = project(PIDFILE_KILL, name="first")
