@@ -11,19 +11,16 @@ forked tree walk (:mod:`pipemake.noop`)::
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _scale_tools  # noqa: E402
 import bench_scale  # noqa: E402
+from _versions import cell, order, timed  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,18 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[tuple[str, str], list[float]] = {}
 
     def run(name: str, words: list[str], kind: str) -> None:
-        env = dict(os.environ, PYTHONPATH=trees[name], PYTHONDONTWRITEBYTECODE="1")
-        env.pop("PIPEMAKE_CACHE_DIR", None)
-        start = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "pipemake", *words],
-            cwd=base / name,
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        times.setdefault((kind, name), []).append(time.perf_counter() - start)
+        took = timed(trees[name], words, base / name, PYTHONDONTWRITEBYTECODE="1")
+        times.setdefault((kind, name), []).append(took)
 
     try:
         for name in trees:
@@ -60,17 +47,13 @@ def main(argv: list[str] | None = None) -> int:
             tool.write(base / name, "a")
             run(name, tool.build, "cold build")
         for r in range(args.rounds):
-            order = list(trees) if r % 2 == 0 else list(trees)[::-1]
-            for name in order:
+            for name in order(list(trees), r):
                 run(name, tool.build, "no-op build")
-            for name in order:
+            for name in order(list(trees), r):
                 run(name, ["dry-run"], "dry-run")
         print(f"{args.files:,} files | old: {trees['old']} | new: {trees['new']}")
         for kind in ("cold build", "no-op build", "dry-run"):
-            cells = []
-            for name in trees:
-                ms = [x * 1000 for x in times[(kind, name)]]
-                cells.append(f"{name} {statistics.median(ms):.0f} ms ({min(ms):.0f}-{max(ms):.0f})")
+            cells = [f"{name} {cell(times[(kind, name)])}" for name in trees]
             print(f"{kind}: " + " | ".join(cells))
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -11,14 +11,14 @@ process needed); ``--rule python`` needs a worker process::
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _versions import cell, order, timed  # noqa: E402
 
 PIPELINES = {
     "shell": 'name: t\nstages:\n  - id: a\n    type: shell\n    config: {cmd: "echo hi >'
@@ -46,23 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, list[float]] = {name: [] for name in cases}
     try:
         for r in range(args.rounds):
-            for i, name in enumerate(list(cases) if r % 2 == 0 else list(cases)[::-1]):
+            for i, name in enumerate(order(list(cases), r)):
                 tree, extra = cases[name]
                 root = base / f"p{i}"
                 shutil.rmtree(root, ignore_errors=True)
                 root.mkdir()
                 (root / "pipemake.yaml").write_text(PIPELINES[args.rule])
                 (root / "work.py").write_text(WORK)
-                env = dict(os.environ, PYTHONPATH=tree, **extra)
-                env.pop("PIPEMAKE_CACHE_DIR", None)
                 words = ["-C", str(root), "build", "--no-progress"]
-                start = time.perf_counter()
-                command = [sys.executable, "-m", "pipemake", *words]
-                subprocess.run(command, env=env, check=True, capture_output=True)
-                times[name].append((time.perf_counter() - start) * 1000)
-        for name, ms in times.items():
-            low, high = min(ms), max(ms)
-            print(f"{args.rule} | {name}: {statistics.median(ms):.0f} ms ({low:.0f}-{high:.0f})")
+                times[name].append(timed(tree, words, **extra))
+        for name, took in times.items():
+            print(f"{args.rule} | {name}: {cell(took)}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0

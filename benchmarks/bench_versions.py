@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _versions import cell, order, timed  # noqa: E402
 
 PIPE = """name: versions
 stages:
@@ -68,54 +70,39 @@ def main(argv: list[str] | None = None) -> int:
             (root / "pipemake.yaml").write_text(PIPE)
 
         def run(name: str, command: str = "build") -> float:
-            env = dict(os.environ, PYTHONPATH=trees[name])
-            env.pop("PIPEMAKE_CACHE_DIR", None)
-            argv = [sys.executable, "-m", "pipemake", "-C", str(base / name), command]
+            words = ["-C", str(base / name), command]
             if command == "build":
-                argv += ["-j", "2", "--no-progress"]
-            start = time.perf_counter()
-            proc = subprocess.run(argv, env=env, capture_output=True, text=True)
-            took = time.perf_counter() - start
-            if proc.returncode != 0:
-                raise SystemExit(f"{name}: build failed:\n{proc.stderr[-2000:]}")
-            return took
+                words += ["-j", "2", "--no-progress"]
+            return timed(trees[name], words)
 
         times: dict[str, dict[str, list[float]]] = {n: {} for n in trees}
 
-        def order(rep: int) -> list[str]:
-            # old, new, then new, old: a drift in the machine's load lands on both alike
-            return list(trees) if rep % 2 == 0 else list(reversed(trees))
-
         for rep in range(args.cold):
-            for name in order(rep):
+            for name in order(list(trees), rep):
                 if rep:  # from scratch again: no workspace, no store, no outputs
                     shutil.rmtree(base / name / ".pipemake")
                     shutil.rmtree(base / name / "build")
                 times[name].setdefault("cold build", []).append(run(name))
 
         for rep in range(args.noop):
-            for name in order(rep):
+            for name in order(list(trees), rep):
                 times[name].setdefault("no-op build", []).append(run(name))
         for rep in range(args.dry):
-            for name in order(rep):
+            for name in order(list(trees), rep):
                 times[name].setdefault("dry-run", []).append(run(name, "dry-run"))
         for rep in range(args.touches):
-            for name in order(rep):
+            for name in order(list(trees), rep):
                 f = base / name / "data" / f"f{(rep * 13 + 3) % args.items:05}.txt"
                 os.utime(f, ns=(time.time_ns(), time.time_ns()))
                 times[name].setdefault("one file touched", []).append(run(name))
         for rep in range(args.changes):
-            for name in order(rep):
+            for name in order(list(trees), rep):
                 f = base / name / "data" / f"f{rep * 7 % args.items:05}.txt"
                 f.write_text(f.read_text() + f"edit {rep}\n")
                 times[name].setdefault("one file changed", []).append(run(name))
         print(f"{args.items:,} items | old: {trees['old']} | new: {trees['new']}")
         for kind in times["old"]:
-            cells = []
-            for name in trees:
-                xs = times[name][kind]
-                ms = [x * 1000 for x in xs]
-                cells.append(f"{name} {statistics.median(ms):.0f} ms ({min(ms):.0f}-{max(ms):.0f})")
+            cells = [f"{name} {cell(times[name][kind])}" for name in trees]
             print(f"{kind}: " + " | ".join(cells))
     finally:
         shutil.rmtree(base, ignore_errors=True)
