@@ -42,7 +42,7 @@ from .plancache import load_checked
 from .project import Project
 from .resources import Budget, default_budget
 from .rule import Rule
-from .scheduler import Outcome, Scheduler, StageFailure
+from .scheduler import STOPPED, Outcome, Scheduler, StageFailure
 from .state import NEVER, WorkspaceState
 from .store import GRACE, REMOTE_GRACE, Store
 from .targets import resolve_targets
@@ -456,7 +456,8 @@ def run_build(project: Project, options: BuildOptions, bus: Bus | None = None) -
     bus.emit("run_finished", None, **finished)
     runlog.close()
     if outcome.interrupted is not None:
-        raise Interrupted(outcome.interrupted)
+        stopped = [s for s, why in outcome.skipped.items() if why == STOPPED]
+        raise Interrupted(outcome.interrupted, [*outcome.failed, *stopped])
     if report.failed:
         raise BuildFailed(list(report.failed))
     return report

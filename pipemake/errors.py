@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
 __all__ = [
@@ -189,17 +191,27 @@ def os_failure(
 
 
 class Interrupted(PipemakeError):
-    """The build was stopped by a signal; what finished is kept."""
+    """The build was stopped by a signal; what finished is kept. ``unfinished`` are the
+    stages that were running and did not finish (stopped, or failed meanwhile)."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, unfinished: Sequence[str] = ()):
         self.signum = signum
+        self.unfinished = list(unfinished)
         self.exit_code = 128 + signum
         super().__init__(f"interrupted by signal {signum}")
 
     def format(self) -> str:
+        try:
+            name = signal.Signals(self.signum).name
+        except ValueError:
+            name = f"signal {self.signum}"
+        if self.unfinished:
+            running = f"did not finish: {', '.join(self.unfinished)}"
+        else:
+            running = "stages already running were let finish"
         return (
-            "interrupted: no new stages were started and running ones were stopped; "
-            "finished stages are kept. Run `pipemake build` again to resume."
+            f"interrupted by {name}: no new stages were started; {running}; finished stages"
+            " are kept. Run `pipemake build` again to resume."
         )
 
 

@@ -68,6 +68,10 @@ class Outcome:
     interrupted: int | None = None
 
 
+#: why a stage that was running when the build was stopped did not finish
+STOPPED = "stopped before it finished"
+
+
 def backoff_delay(base: float, attempt: int) -> float:
     """Seconds before attempt ``attempt + 1``: exponential, with up to 50 % jitter, capped."""
     return min(BACKOFF_CAP, base * 2 ** (attempt - 1)) * (1 + random.random() * 0.5)
@@ -238,7 +242,7 @@ class Scheduler:
                     self._finish(stage, None)
                 elif self._halted:
                     self._open.pop(stage, None)
-                    self.out.skipped[stage] = "stopped before it finished"
+                    self.out.skipped[stage] = STOPPED
                 else:
                     self._settle(stage, more)
 
@@ -253,8 +257,8 @@ class Scheduler:
                     if not self._waiting[nxt] and nxt not in out.skipped:
                         self._push_ready(nxt)
             return
-        if out.interrupted is not None:
-            out.skipped[stage] = "interrupted"
+        if out.interrupted is not None:  # it was running: the signal ended it
+            out.skipped[stage] = STOPPED
             self.bus.emit("stage_cancelled", stage, reason="interrupted")
             return
         out.failed[stage] = error
@@ -325,7 +329,7 @@ class Scheduler:
             return
         if self._halted and follow:
             self._open.pop(stage, None)
-            self.out.skipped[stage] = "stopped before it finished"
+            self.out.skipped[stage] = STOPPED
             return
         self._settle(stage, follow)
 

@@ -92,6 +92,7 @@ def test_signal_stops_the_build_and_keeps_finished_stages(
     out = log.read_text()
     assert TRACEBACK not in out
     assert "interrupt" in out.lower()
+    assert "did not finish: slow;" in out  # the last word names what the signal ended
     wait_for(lambda: not alive(shell_pid), what="the stage's command to end")
     assert not slow.exists("build/slow") and not slow.exists("build/last")
     assert slow.read("build/first.txt") == "one\n"
@@ -101,3 +102,23 @@ def test_signal_stops_the_build_and_keeps_finished_stages(
     slow.cli("build")
     assert slow.run_counts() == {"first": 1, "slow": 2, "last": 1}
     assert slow.read("build/last/done.txt") == "done\none\n"
+
+
+@pytest.mark.slow
+def test_a_stage_let_finish_after_one_signal_is_kept_and_said_so(
+    slow: Proj, tmp_path: Path
+) -> None:
+    """One Ctrl-C: nothing new starts, the running stage finishes within its grace and is
+    kept; the last word says it was let finish, not that it was stopped."""
+    log = tmp_path / "log"
+    proc, _ = _start_and_wait(slow, log)
+    proc.send_signal(signal.SIGINT)
+    wait_for(lambda: "stopping" in log.read_text(), what="pipemake to take the signal")
+    slow.write("go", "")
+    assert proc.wait(20) == 130, log.read_text()
+    out = log.read_text()
+    assert "stages already running were let finish" in out
+    assert "did not finish" not in out
+    assert _entry_stages(slow) == {"first", "slow"}
+    slow.cli("build")
+    assert slow.run_counts() == {"first": 1, "slow": 1, "last": 1}
