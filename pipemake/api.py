@@ -771,6 +771,7 @@ def status(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
             "last_restored": bool(rec.get("restored")),
             "last_committed": bool(rec.get("committed")),
             "last_error": rec.get("error"),
+            "last_attempts": rec.get("attempts", 1), "last_retry_wait": rec.get("retry_wait"),
         }  # fmt: skip
         if stage in against and stage in unbuilt:
             row["lock"] = against[stage]

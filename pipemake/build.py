@@ -275,6 +275,8 @@ class Builder:
         run = self._running.get(stage_id)
         if run is not None:
             run.running_now(self.bus, stage_id)
+            if not isinstance(run, ForeachRun):  # its one task: a retry is the stage's
+                run.attempt, run.retry_wait = task.attempt, task.waited
 
     def on_message(self, stage_id: str, message: Message) -> list[Task]:
         run = self._running[stage_id]
@@ -436,6 +438,7 @@ class Builder:
         metrics = dict(result.get("metrics", {}))
         metrics["duration"] = time.time() - run.started
         metrics["queued"] = run.started - run.decided
+        metrics.update(run.retrying())
         entry = {
             "stage": stage.id,
             "outputs": result["outputs"],
@@ -458,6 +461,9 @@ class Builder:
             finished=time.time(),
             duration=time.time() - run.started,
         )
+        record.pop("attempts", None)
+        record.pop("retry_wait", None)
+        record.update(run.retrying())
         self.state.builds.set_record(stage.id, record)
 
     def _done(self, stage: Stage, rs: ResolvedStage, entry: dict[str, Any], ran: bool) -> None:
@@ -471,6 +477,8 @@ class Builder:
             }  # fmt: skip
             if metrics.get("committed"):  # `pipemake commit`: accepted, nothing ran
                 record["committed"] = True
+            if ran:
+                record.update({k: metrics[k] for k in ("attempts", "retry_wait") if k in metrics})
             self.state.builds.set_record(stage.id, record)
             self._full[stage.id] = record
         if self._placed is None:

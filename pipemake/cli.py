@@ -694,7 +694,11 @@ def status(
                 reasons = [r for r in row["reasons"] if r != row["state"]]
                 why = f" ({'; '.join(reasons)})" if reasons else ""
                 dur = row["last_duration"]
-                last = f"  [last: {row['last_result']}, {dur:.1f}s]" if dur is not None else ""
+                last = (
+                    f"  [last: {row['last_result']}, {dur:.1f}s{_retried(row)}]"
+                    if dur is not None
+                    else ""
+                )
                 if row["last_restored"] and row["last_result"] == "ok":  # no run here: say so
                     took = f"; it ran in {dur:.1f}s when built" if dur is not None else ""
                     last = f"  [last: restored from the store{took}]"
@@ -1076,6 +1080,14 @@ def commit_cmd(ctx: click.Context, targets: tuple[str, ...], dry: bool) -> None:
         return 0
 
     _run(go)
+
+
+def _retried(row: dict[str, Any]) -> str:
+    """``, 3 attempts, 3.6s of it waiting to retry`` for a last run that needed several."""
+    attempts = row.get("last_attempts") or 1
+    if attempts <= 1:
+        return ""
+    return f", {attempts} attempts, {row.get('last_retry_wait') or 0:.1f}s of it waiting to retry"
 
 
 def _interactive() -> bool:

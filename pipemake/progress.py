@@ -63,8 +63,9 @@ def _fmt_duration(seconds: float | None) -> str:
 
 
 def _first_line(text: Any) -> str:
+    """The first line of a message, without the colon that led to the lines not shown."""
     lines = str(text or "").strip().splitlines()
-    return lines[0] if lines else ""
+    return lines[0].rstrip(":") if lines else ""
 
 
 def _signal_name(signum: int) -> str:
@@ -121,6 +122,15 @@ class ItemCounts:
         return f"{have} of {self.total[stage]} items done and kept"
 
 
+def _retries(d: dict[str, Any]) -> str:
+    """`` (on attempt 3; 3.6s of it waiting to retry)`` for a stage that needed more than
+    one attempt: its duration counts the waits between them."""
+    attempts = d.get("attempts")
+    if not isinstance(attempts, int) or attempts <= 1:
+        return ""
+    return f" (on attempt {attempts}; {_fmt_duration(d.get('retry_wait'))} of it waiting to retry)"
+
+
 def _hook_target(d: dict[str, Any]) -> str:
     """`` (email to …)``, `` (Slack webhook https://host/…)``: where a hook sent (URLs come
     redacted in the event)."""
@@ -159,7 +169,7 @@ def describe(event: Event) -> str | None:
             f" after: {_first_line(d.get('error'))}"
         )
     if k == "stage_finished":
-        return f"{s}: done in {_fmt_duration(d.get('duration'))}{_items(d)}"
+        return f"{s}: done in {_fmt_duration(d.get('duration'))}{_retries(d)}{_items(d)}"
     if k == "stage_failed":
         return f"{s}: FAILED: {_first_line(d.get('error'))}"
     if k == "stage_cancelled":

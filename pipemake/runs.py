@@ -70,6 +70,16 @@ class StageRun:
     error: list[Any] | None = None
     #: how many times it ran again because an input changed while it ran
     again: int = 0
+    #: its task's attempt now running (retries count up) and the seconds it waited between
+    #: attempts: part of its duration, reported apart
+    attempt: int = 1
+    retry_wait: float = 0.0
+
+    def retrying(self) -> dict[str, Any]:
+        """``{"attempts", "retry_wait"}`` once it needed more than one attempt, else {}."""
+        if self.attempt <= 1:
+            return {}
+        return {"attempts": self.attempt, "retry_wait": round(self.retry_wait, 3)}
 
     @staticmethod
     def guard_of(rs: ResolvedStage, owner: Callable[[str], Any]) -> list[tuple[str, str]]:

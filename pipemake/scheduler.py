@@ -342,6 +342,7 @@ class Scheduler:
         again = task
         again.attempt += 1
         again.not_before = time.time() + delay
+        again.waited += delay
         self.bus.emit(
             "stage_retried",
             stage,

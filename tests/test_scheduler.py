@@ -13,6 +13,7 @@ from conftest import Proj, wait_for
 from pipemake import api
 from pipemake.dag import Graph
 from pipemake.events import Bus, Event
+from pipemake.progress import describe
 from pipemake.scheduler import backoff_delay, priorities
 
 
@@ -144,6 +145,29 @@ def test_retries_run_out(project: Callable[..., Proj]) -> None:
     proj = project(FLAKY.format(retries=1))
     proj.cli("build", code=1)
     assert proj.runs("flaky") == 2
+
+
+def test_a_stage_that_needed_retries_says_how_much_of_its_time_was_waiting(
+    project: Callable[..., Proj],
+) -> None:
+    """Its duration counts the waits between attempts: the line that reports it, and
+    ``status`` after it, say which attempt finished and how long it waited, and the
+    waiting is what the backoff asked for."""
+    proj = project(FLAKY.format(retries=2).replace("retry_backoff: 0.01", "retry_backoff: 0.2"))
+    events, error = _events(proj)
+    assert error is None
+    waits = [e.data["delay"] for e in events if e.kind == "stage_retried"]
+    done = next(e for e in events if e.kind == "stage_finished")
+    assert done.data["attempts"] == 3
+    assert done.data["retry_wait"] == pytest.approx(sum(waits), abs=1e-3)
+    assert done.data["duration"] >= sum(waits)
+    assert "of it waiting to retry" in describe(done)
+    assert ", 3 attempts, " in proj.cli("status").output
+    proj.cli("build")
+    assert ", 3 attempts, " in proj.cli("status").output  # nothing ran: the last run stands
+    proj.write("runs/flaky.count", "x\nx\n")  # the next attempt is the third line
+    proj.cli("build", "--force")  # one attempt now: no word of retries
+    assert "attempts" not in proj.cli("status").output
 
 
 def test_global_retries_apply_to_stages_without_their_own(project: Callable[..., Proj]) -> None:

@@ -53,6 +53,8 @@ class Task:
     max_attempts: int = 1
     backoff: float = 1.0
     not_before: float = 0.0
+    #: seconds this task waited, in all, between its failed attempts and the next
+    waited: float = 0.0
     #: hard-link outputs into the store instead of copying them (``build --link``)
     link: bool = False
     #: flush store objects to disk before reporting them (``build --fsync``)
