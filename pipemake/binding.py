@@ -186,9 +186,9 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: Problems) ->
     foreach = _foreach(raw, ports, rule, sid, ld, quiet=reported)
     refs_all = find_refs(config)  # a template such as cmd keeps a computed value a reference
     refs = [r.scope for r in refs_all if r.scope not in ("vars", *SYMBOLIC_SCOPES)]
-    deps = list(dict.fromkeys([*(raw.get("depends_on") or []), *refs]))
-    if isinstance(raw.get("depends_on"), str):
-        deps = list(dict.fromkeys([raw["depends_on"], *refs]))
+    after = raw.get("depends_on") or []
+    after = [after] if isinstance(after, str) else list(after)
+    deps = list(dict.fromkeys([*after, *refs]))
     _place_paths(ports, str(pipeline.root), config, written, raw, ld)
     return Stage(
         id=sid,
@@ -201,6 +201,7 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: Problems) ->
         lines=dict(getattr(config, "lines", {})),
         foreach=foreach,
         static=not _has_pending([lookup(r) for r in refs_all if r.scope not in SYMBOLIC_SCOPES]),
+        after=after,
         **fields,
     )
 

@@ -60,6 +60,8 @@ class Stage:
     version: str | None = None
     #: no reference to a computed value: ``ports`` (params included) are final at load time
     static: bool = False
+    #: the stages named in its ``depends_on`` (``deps`` adds those its references name)
+    after: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -36,7 +36,8 @@ __all__ = ["load_checked"]
 #: 5: the params files and their hashes
 #: 6: the key holds the whole environment fingerprint
 #: 7: the remote store's URL
-PLAN_FORMAT = 7
+#: 8: each stage's own ``depends_on`` (``after``)
+PLAN_FORMAT = 8
 
 
 def _key(text: bytes, dot: Path) -> str:
@@ -100,6 +101,7 @@ def _write(cache: Path, key: str, p: Pipeline) -> None:
                 "type": s.type,
                 "config": s.config,
                 "deps": s.deps,
+                "after": s.after,
                 "inputs": {k: _inputs_json(v) for k, v in s.ports.inputs.items()},
                 "outputs": s.ports.outputs,
                 "output_kinds": s.ports.output_kinds,
@@ -159,7 +161,7 @@ def _stages(doc: dict[str, Any], file: Path) -> Pipeline | None:
         fe = Foreach(*s["foreach"]) if s["foreach"] else None
         stages[s["id"]] = Stage(
             id=s["id"], type=s["type"], rule=rule, config=s["config"], ports=ports,
-            deps=s["deps"], line=s["line"], lines=s["lines"], foreach=fe,
+            deps=s["deps"], after=s["after"], line=s["line"], lines=s["lines"], foreach=fe,
             resources=s["resources"], retries=s["retries"], retry_backoff=s["retry_backoff"],
             timeout=s["timeout"], version=s["version"], static=s["static"],
         )  # fmt: skip

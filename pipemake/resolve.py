@@ -31,7 +31,7 @@ from .rule import Ports
 from .scheduler import StageFailure
 from .state import WorkspaceState
 from .store import Store
-from .templates import Ref, TemplateError, substitute
+from .templates import Ref, TemplateError, find_refs, substitute
 from .walk import BadPath
 
 __all__ = ["Planned", "ResolvedStage", "Resolver", "Unknown"]
@@ -176,11 +176,14 @@ class Resolver:
                 upstream[dep] = "?"
             elif fed is not None and fed[0] == dep:
                 # the foreach input's own output stands in each item (its path and content);
-                # the rest of that stage's outputs still count, its values only where used
+                # of that stage's other outputs, those the stage names count (all of them
+                # where its depends_on names the stage), its values only where used
+                named = _named_outputs(stage, self.p.stages[dep])
                 upstream[dep] = digest(
-                    [{n: manifest_hash(m) for n, m in planned.outputs.items() if n != fed[1]}],
+                    [{n: manifest_hash(m) for n, m in planned.outputs.items()
+                      if n != fed[1] and (named is None or n in named)}],
                     checked=True,
-                )
+                )  # fmt: skip
             else:
                 upstream[dep] = digest(
                     [{n: manifest_hash(m) for n, m in planned.outputs.items()}, planned.values],
@@ -199,7 +202,9 @@ class Resolver:
         }
         if stage.foreach is None:
             return ResolvedStage(ports, doc, key_digest(doc), unknown)
-        doc["foreach"] = [stage.foreach.input, stage.foreach.pattern]
+        # the pattern only picks the items, each of which its key stands for: a new pattern
+        # runs the items it adds, not the ones it kept
+        doc["foreach"] = [stage.foreach.input]
         rs = ResolvedStage(
             ports, doc, None, unknown, foreach=True, map_reduce=bool(stage.rule.map_reduce)
         )
@@ -258,7 +263,7 @@ class Resolver:
         rs.base = base
         rule = stage.rule
         if not rule.map_reduce:
-            memo = digest([base, rs.source])
+            memo = digest([base, rs.source, stage.foreach.pattern if stage.foreach else None])
             known = self.state.builds.foreach_key(stage.id)
             if known is not None and known[0] == memo:
                 rs.key = known[1]
@@ -419,3 +424,14 @@ def _indexed(
     if keys == item_keys:
         return dict(entries)
     return {rel: entries[rel] for rel, key in item_keys.items() if keys.get(rel) == key}
+
+
+def _named_outputs(stage: Stage, dep: Stage) -> set[str] | None:
+    """The outputs of stage ``dep`` that ``stage``'s config refers to (by name, or by a name
+    its rule gives an output's path, such as ``character_dir``), or None (all of them) where
+    its ``depends_on`` names ``dep``: an order it asked for may hide reads of any."""
+    if dep.id in stage.after:
+        return None
+    names = {r.name for r in find_refs(stage.config) if r.scope == dep.id}
+    aliases = getattr(dep.rule, "path_values", None) or {}
+    return names | {aliases[n] for n in names if n in aliases}

@@ -152,3 +152,80 @@ def test_renaming_a_plain_stage_keeps_its_downstream_up_to_date(chain: Proj) -> 
     chain.cli("build")
     after = chain.run_counts()
     assert after["lines"] == before["lines"] and after["report"] == before["report"], after
+
+
+TWO_OUTPUTS = r"""
+name: two
+stages:
+  - id: seg
+    type: shell
+    foreach: src
+    config:
+      cmd: "rev < {inputs.src} > {outputs.cut}/{item.relpath}; wc -c < {inputs.src} > {outputs.mask}/{item.relpath}"
+      inputs: {src: data}
+      outputs: {cut: build/cut, mask: build/mask}
+  - id: feat
+    type: shell
+    foreach: src
+    CONFIG
+"""
+FEAT = """config:
+      cmd: "echo {item.relpath} >> runs/feat.count; CMD > {outputs.o}/{item.relpath}"
+      inputs: {src: "{seg.cut}"}
+      outputs: {o: build/feat}"""
+
+
+def _two(project: Callable[..., Proj], cmd: str, extra: str = "") -> Proj:
+    """The two-output pipeline with ``feat`` running ``cmd`` (``extra``: stage keys)."""
+    feat = extra + "    foreach: src\n    " + FEAT.replace("CMD", cmd)
+    return project(TWO_OUTPUTS.replace("    foreach: src\n    CONFIG\n", feat + "\n"), _files(4))
+
+
+@pytest.mark.parametrize(
+    ("cmd", "extra", "again"),
+    [
+        # only the cut-outs: the masks' other items are not its business
+        ("cat {inputs.src}", "", ["f2.txt"]),
+        # it reads the masks by reference: every item may depend on them
+        ("cat {inputs.src} {seg.mask}/f0.txt", "", ["f0.txt", "f1.txt", "f2.txt", "f3.txt"]),
+        # depends_on names the stage: an order may hide reads of any of its outputs
+        ("cat {inputs.src}", "    depends_on: [seg]\n", ["f0.txt", "f1.txt", "f2.txt", "f3.txt"]),
+    ],
+    ids=["items-only", "names-the-other-output", "depends_on"],
+)
+def test_an_upstream_with_a_second_output_reruns_the_items_only_what_it_names_needs(
+    project: Callable[..., Proj], cmd: str, extra: str, again: list[str]
+) -> None:
+    """A segmenter writes cut-outs and masks; a stage over the cut-outs reruns one item
+    when one source changes, unless it names the masks (or the whole stage) too."""
+    p = _two(project, cmd, extra)
+    p.cli("build")
+    _reset(p)
+    p.write("data/f2.txt", "a longer line than before\n")  # its cut-out and its mask change
+    out = p.cli("build").output
+    assert sorted(_ran(p, "feat")) == again, out
+    if "seg.mask" in cmd:
+        assert p.read("build/feat/f1.txt") == "1 elif\n" + p.read("build/mask/f0.txt")
+
+
+def test_a_new_pattern_runs_the_items_it_adds_and_narrowing_it_keeps_the_rest(
+    project: Callable[..., Proj],
+) -> None:
+    """The pattern picks items; each item's key stands for itself, so widening it runs only
+    the items it adds, and narrowing it back runs nothing and leaves exactly its items."""
+    text = CHAIN3.split("  - id: second")[0].replace(
+        "    foreach: src\n", '    foreach: {input: src, pattern: "*.txt"}\n'
+    )
+    p = project(text, {**_files(2), "data/a.csv": "csv a\n"})
+    p.cli("build")
+    assert sorted(_ran(p, "first")) == ["f0.txt", "f1.txt"]
+    _reset(p)
+    p.write("pipemake.yaml", text.replace('"*.txt"', '"*"'))
+    out = p.cli("build").output
+    assert _ran(p, "first") == ["a.csv"], out
+    assert p.read("build/first/a.csv") == "CSV A\n"
+    _reset(p)
+    p.write("pipemake.yaml", text)
+    p.cli("build")
+    assert _ran(p, "first") == []
+    assert sorted(f.name for f in p.path("build/first").iterdir()) == ["f0.txt", "f1.txt"]
