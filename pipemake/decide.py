@@ -211,7 +211,11 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[Reason]:
     reasons += _diff_inputs(old.get("inputs", {}), new.get("inputs", {}))
     old_up, new_up = old.get("upstream", {}), new.get("upstream", {})
     for dep in sorted(set(old_up) | set(new_up)):
-        if old_up.get(dep) != new_up.get(dep):
+        if dep not in old_up:
+            reasons.append(Reason(Trigger.UPSTREAM, f"depends on stage {dep} now"))
+        elif dep not in new_up:
+            reasons.append(Reason(Trigger.UPSTREAM, f"no longer depends on stage {dep}"))
+        elif old_up[dep] != new_up[dep]:
             reasons.append(Reason(Trigger.UPSTREAM, f"upstream {dep} output changed"))
     if old.get("outputs") != new.get("outputs"):
         reasons.append(Reason(Trigger.PARAM, "declared outputs changed"))

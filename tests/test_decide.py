@@ -23,7 +23,7 @@ def doc(**over: Any) -> dict[str, Any]:
         "code": "c1",
         "params": {"cmd": "cp a b", "model": "u2net"},
         "inputs": {"src": ["data/a.txt", "h1"]},
-        "upstream": {},
+        "upstream": {"up": "u1"},
         "outputs": {"o": "path"},
     }
     base.update(over)
@@ -235,6 +235,8 @@ def test_deciding_reads_the_record_only_when_a_reason_needs_it() -> None:
             "input data/b.txt added",
         ),
         ({"upstream": {"up": "u2"}}, "upstream up output changed"),
+        ({"upstream": {"up": "u1", "c": "u3"}}, "depends on stage c now"),
+        ({"upstream": {}}, "no longer depends on stage up"),
         ({"outputs": {"o": "path", "p": "path"}}, "declared outputs changed"),
     ],
 )
