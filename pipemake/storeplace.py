@@ -10,7 +10,11 @@ different one also remembers it from then on. The file::
     {"format": 1, "cache_dir": "PATH", "remote": null}
 
 ``cache_dir`` is relative to the project root when the store lies inside it (so the
-project moves with its store), else absolute. ``remote`` is the remote store URL the first
+project moves with its store), else absolute, with ``cache_dir_from_root`` beside it (the
+same store relative to the project root): a project moved together with a store beside it
+(``--cache-dir ../cache``, both under one folder that moved) finds it there when the
+absolute path is gone, and says so; a remembered store that is gone altogether is said
+too, before a build makes a new, empty one there. ``remote`` is the remote store URL the first
 build told one (``--remote``, ``PIPEMAKE_REMOTE``) recorded: later commands told none use
 it before the pipeline's ``remote:``. Unknown keys are kept when the file is rewritten.
 A damaged file is ignored (and rewritten by the next build told a store), never an error:
@@ -50,12 +54,24 @@ class Place:
 
 def read(dot: Path, root: Path) -> Path | None:
     """The store remembered in ``dot/store.json`` (resolved against ``root``), or None."""
+    return _remembered(dot, root)[0]
+
+
+def _remembered(dot: Path, root: Path) -> tuple[Path | None, Path | None]:
+    """The store remembered, and the absolute path recorded when that is gone and the store
+    was found relative to the project instead (it moved with it), else None."""
     doc = _doc(dot)
     value = doc.get("cache_dir") if doc else None
     if not isinstance(value, str) or not value or "\0" in value:
-        return None
+        return None, None
     path = Path(value)
-    return path if path.is_absolute() else root / path
+    if not path.is_absolute():
+        return root / path, None
+    rel = doc.get("cache_dir_from_root") if doc else None
+    if path.exists() or not isinstance(rel, str) or not rel or "\0" in rel:
+        return path, None
+    moved = Path(os.path.normpath(root / rel))
+    return (moved, path) if moved.is_dir() else (path, None)
 
 
 def remember(dot: Path, root: Path, store: Path) -> None:
@@ -64,6 +80,10 @@ def remember(dot: Path, root: Path, store: Path) -> None:
     rel = os.path.relpath(store, root)
     inside = rel != ".." and not rel.startswith(".." + os.sep)
     doc.update({"format": FORMAT, "cache_dir": rel if inside else str(store)})
+    if inside:
+        doc.pop("cache_dir_from_root", None)
+    else:
+        doc["cache_dir_from_root"] = rel
     doc.setdefault("remote", None)
     _write(dot, doc)
 
@@ -110,11 +130,24 @@ def choose(
     the remembered one (``Place.to_remember``; the caller calls :func:`remember` once the
     pipeline is known to be fine). ``note`` hears, once, that a told store differs from the
     remembered one: which was remembered, which is used, how to change it."""
-    remembered = read(dot, root)
+    remembered, gone = _remembered(dot, root)
     if told is None or str(told) == "":
-        if remembered is not None:
-            return Place(remembered, "remembered")
-        return Place(dot / "store", "default")
+        if remembered is None:
+            return Place(dot / "store", "default")
+        if note is not None and gone is not None:
+            note(
+                f"pipemake: the store remembered at {gone} is gone; using {remembered}, where "
+                f"it lies from the project as it did (the project moved with it)"
+                + ("; remembering that from now on" if record else "")
+            )
+        elif note is not None and not remembered.exists():
+            note(
+                f"pipemake: the store remembered for this workspace, {remembered}, is missing "
+                f"(in {dot / FILE}); "
+                + ("a new, empty one is made there: every stage runs (build with --cache-dir "
+                   "DIR to use another)" if record else "nothing is restored from it")
+            )  # fmt: skip
+        return Place(remembered, "remembered", record and gone is not None)
     path = Path(told).expanduser()
     if not path.is_absolute():
         path = base / path

@@ -180,3 +180,36 @@ def test_a_relative_environment_variable_is_relative_to_c_too(ws: Proj) -> None:
     assert (ws.root / "envstore" / "actions.db").is_file()
     assert not (parent / "envstore").exists()
     assert _in(parent, "-C", "ws", "dry-run").output.count("up to date") == 2
+
+
+def test_a_project_moved_with_the_store_beside_it_finds_it_and_says_so(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """``--cache-dir ../cache``: the project and its store lie under one folder, which is
+    moved. The absolute path remembered is gone; the store is found where it lies from the
+    project, nothing reruns, and the new place is remembered."""
+    p = project(PIPE, FILES, name="ws")
+    _in(p.root, "build", "--cache-dir", "../cache")
+    assert _remembered(p)["cache_dir_from_root"] == "../cache"
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.move(p.root, moved / "ws")
+    shutil.move(p.root.parent / "cache", moved / "cache")
+    out = _in(moved / "ws", "build").output
+    assert "is gone; using " + str(moved / "cache") in out
+    assert "0 ran" in out and Proj(moved / "ws").run_counts() == {"each": 2, "up": 1}
+    assert not (p.root.parent / "cache").exists()  # no new store at the old place
+    again = json.loads((moved / "ws" / ".pipemake" / "store.json").read_text())
+    assert again["cache_dir"] == str(moved / "cache")
+    assert "is gone" not in _in(moved / "ws", "build").output  # said once
+
+
+def test_a_remembered_store_that_is_gone_is_said_before_everything_runs(ws: Proj) -> None:
+    outside = ws.root.parent / "elsewhere"
+    _in(ws.root, "build", "--cache-dir", str(outside))
+    shutil.rmtree(outside)
+    status = _in(ws.root, "status").output
+    assert f"{outside}, is missing" in status and "nothing is restored from it" in status
+    out = _in(ws.root, "build").output
+    assert "a new, empty one is made there: every stage runs" in out
+    assert ws.run_counts() == {"each": 4, "up": 2}
