@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from . import api, noop
-from .errors import PipemakeError, UsageError, os_failure
+from .errors import Interrupted, PipemakeError, UsageError, os_failure
 
 __all__ = ["main", "cli"]
 
@@ -441,6 +441,8 @@ def build(
         ) as project:
             bus = Bus()
             view = make_view(no_progress)
+            scratch = bool(ctx.find_root().obj.get("scratch"))  # run --no-checkpoint
+            view.items.keeps = not scratch
             bus.subscribe(view)
             try:
                 api.build(
@@ -465,6 +467,9 @@ def build(
                     executor_options=options,
                     push=push,
                 )
+            except Interrupted as exc:
+                exc.kept = not scratch
+                raise
             finally:
                 view.close()
         return 0

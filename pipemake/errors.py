@@ -197,6 +197,8 @@ class Interrupted(PipemakeError):
     def __init__(self, signum: int, unfinished: Sequence[str] = ()):
         self.signum = signum
         self.unfinished = list(unfinished)
+        #: False where the build's store is thrown away after it (``run --no-checkpoint``)
+        self.kept = True
         self.exit_code = 128 + signum
         super().__init__(f"interrupted by signal {signum}")
 
@@ -209,6 +211,11 @@ class Interrupted(PipemakeError):
             running = f"did not finish: {', '.join(self.unfinished)}"
         else:
             running = "stages already running were let finish"
+        if not self.kept:
+            return (
+                f"interrupted by {name}: no new stages were started; {running}; the store is"
+                " thrown away (--no-checkpoint): the next run starts over."
+            )
         return (
             f"interrupted by {name}: no new stages were started; {running}; finished stages"
             " are kept. Run `pipemake build` again to resume."

@@ -97,6 +97,8 @@ class ItemCounts:
         self.total: dict[str, int] = {}
         self.cached: dict[str, int] = {}
         self.done: dict[str, int] = {}
+        #: False for a build whose store is thrown away after it (``run --no-checkpoint``)
+        self.keeps = True
 
     def __call__(self, event: Event) -> None:
         s, d = event.stage, event.data
@@ -117,7 +119,7 @@ class ItemCounts:
         if stage not in self.total:
             return None
         have = self.done[stage] + self.cached[stage]
-        if not have:
+        if not have or not self.keeps:
             return None
         return f"{have} of {self.total[stage]} items done and kept"
 
@@ -232,7 +234,12 @@ def summary_lines(
     if finished or n_fresh:
         fresh = f" (+{n_fresh} up to date)" if n_fresh else ""
         lines.append(f"  finished: {_names(finished) or 'nothing new'}{fresh}")
-    if d.get("interrupted"):
+    if d.get("interrupted") and items is not None and not items.keeps:
+        lines.append(
+            f"  stopped by {_signal_name(d['interrupted'])}: the store is thrown away "
+            "(--no-checkpoint); the next run starts over"
+        )
+    elif d.get("interrupted"):
         what = "finished stages and items are kept" if kept else "finished stages are kept"
         lines.append(
             f"  stopped by {_signal_name(d['interrupted'])}: {what}; "

@@ -149,6 +149,8 @@ class Scheduler:
         self._seq = 0
         self._running: dict[str, _Running] = {}
         self._open: dict[str, int] = {}
+        #: stages a task of which has started (one left unfinished was stopped, not skipped)
+        self._began: set[str] = set()
         while True:
             self._check_signals()
             self._begin_ready()
@@ -165,8 +167,11 @@ class Scheduler:
         done = set(out.done)
         for stage in self.order:
             if stage not in done and stage not in out.failed and stage not in out.skipped:
-                reason = "interrupted" if out.interrupted else "not started after a failure"
-                out.skipped[stage] = reason
+                if out.interrupted is None:
+                    out.skipped[stage] = "not started after a failure"
+                else:  # one that had begun (a foreach stage's first items, say) was stopped
+                    out.skipped[stage] = STOPPED if stage in self._began else "interrupted"
+
         return self.out
 
     def _push_ready(self, stage: str) -> None:
@@ -297,6 +302,7 @@ class Scheduler:
             elif task.resources.get("gpu", 0) == 0 and "gpu" in self.budget.total:
                 task.env = dict(task.env, CUDA_VISIBLE_DEVICES="")
             self._running[task.id] = _Running(item[3], task, time.monotonic(), gpus)
+            self._began.add(item[3])
             self.handler.task_started(item[3], task)
             self.bus.emit(
                 "task_started",

@@ -122,3 +122,54 @@ def test_a_stage_let_finish_after_one_signal_is_kept_and_said_so(
     assert _entry_stages(slow) == {"first", "slow"}
     slow.cli("build")
     assert slow.run_counts() == {"first": 1, "slow": 1, "last": 1}
+
+
+EACH = r"""
+name: each
+stages:
+  - id: each
+    type: shell
+    foreach: src
+    config:
+      cmd: "if [ {item.name} = c.txt ]; then touch runs/c.started; while [ ! -e go ]; do sleep 0.05; done; fi; cp {inputs.src} {outputs.d}/{item.name}"
+      inputs: {src: data}
+      outputs: {d: build/each}
+"""
+
+
+@pytest.mark.slow
+def test_a_foreach_stage_stopped_between_its_items_did_not_finish(project, tmp_path: Path) -> None:
+    """One Ctrl-C while item c runs: c finishes in its grace, the items after it never
+    start; the stage is named as not finished (not 'let finish'), its done items kept."""
+    p = project(EACH, {f"data/{n}.txt": n for n in "abcdef"})
+    log = tmp_path / "log"
+    proc = p.popen("build", "-j", "1", log=log)
+    wait_for(lambda: p.exists("runs/c.started") or proc.poll() is not None, what="item c")
+    proc.send_signal(signal.SIGINT)
+    wait_for(lambda: "stopping" in log.read_text(), what="pipemake to take the signal")
+    p.write("go", "")
+    assert proc.wait(20) == 130, log.read_text()
+    out = log.read_text()
+    assert "did not finish: each;" in out and "let finish" not in out
+    assert "3 of 6 items done and kept" in out
+    assert sorted(f.name for f in p.path("build").glob("*")) == []  # no half stage placed
+
+
+def test_a_stopped_build_without_a_checkpoint_says_its_store_is_thrown_away() -> None:
+    """``run --no-checkpoint``: what finished is not kept, and neither line says it is."""
+    from pipemake.errors import Interrupted
+    from pipemake.events import Event
+    from pipemake.progress import ItemCounts, summary_lines
+
+    stopped = Interrupted(signal.SIGINT, ["each"])
+    assert "finished stages are kept" in stopped.format()
+    stopped.kept = False
+    assert "store is thrown away (--no-checkpoint)" in stopped.format()
+    assert "kept" not in stopped.format()
+    items = ItemCounts()
+    items(Event("progress", "each", {"done": 3, "total": 6}))
+    items.keeps = False
+    data = {"ran": [], "restored": [], "up_to_date": [], "skipped": {"each": "stopped"},
+            "interrupted": int(signal.SIGINT), "duration": 1.0}  # fmt: skip
+    text = "\n".join(summary_lines(Event("run_finished", None, data), items))
+    assert "store is thrown away" in text and "kept" not in text
