@@ -163,3 +163,54 @@ def test_an_edited_module_imported_again_is_the_one_called(project) -> None:
     build()
     assert p.read("build/shout.txt") == "hi\n!!"  # the new function, not the old
     sys.modules.pop("mysteps_reimport", None)
+
+
+SCRIPT = '''\
+"""A user's script that builds at its top level, with no ``if __name__ == "__main__":``."""
+import sys
+from pipemake import api, register_rule
+from pipemake.rules.original import StageExecutor
+
+
+class Loud(StageExecutor):
+    """An executor of the original system's kind, defined in the script itself."""
+
+    def validate_config(self):
+        return True
+
+    def execute(self, inputs):
+        target = self._get_config_value("output_file")
+        with open(target, "w") as fh:
+            fh.write("loud\\n")
+        return self._create_success_result(outputs={"output_file": target})
+
+
+register_rule("loud", Loud)
+with api.project_of(sys.argv[1], None) as project:
+    report = api.build(project, jobs=2)
+print("ran:", ",".join(sorted(report.ran)))
+'''
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_builds_and_ends(project, tmp_path) -> None:
+    """Worker processes do not run the user's script again (``multiprocessing`` would import
+    it as ``__mp_main__``): a top-level build there would wait for this build's lock
+    forever. A python stage runs in a worker, a rule class of the script in a thread."""
+    import subprocess
+    import sys
+
+    p = _make(project, "script")
+    text = p.read("pipemake.yaml") + (
+        "  - id: noisy\n    type: loud\n    config: {output_file: build/loud.txt}\n"
+    )
+    p.write("pipemake.yaml", text)
+    script = tmp_path / "build_it.py"
+    script.write_text(SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(p.root)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ran: after,noisy,shout"
+    assert TRACEBACK not in done.stderr
+    assert p.read("build/shout.txt") == "HI\n" * 2 and p.read("build/loud.txt") == "loud\n"

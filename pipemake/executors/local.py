@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import multiprocessing as mp
+import multiprocessing.spawn as mp_spawn
 import multiprocessing.util as mp_util
 import os
 import signal
@@ -131,20 +132,36 @@ def _no_cwd_on_their_path() -> Iterator[None]:
     the project root) first on ``sys.path``, where a ``copy.py`` or ``threading.py`` of the
     user's would be imported instead of the standard library's before ``sys.path`` is set
     to this process's. ``-P`` where Python has it (3.11), else ``-I`` (the environment it
-    ignores is still the child's, and its ``sys.path`` comes from here)."""
+    ignores is still the child's, and its ``sys.path`` comes from here).
+
+    Nor do they run this process's main script again (``multiprocessing`` imports it as
+    ``__mp_main__`` in every spawned child): a worker needs nothing of it (a rule class
+    defined there runs in threads of this process, see :func:`pipemake.register_rule`),
+    and a script that builds at its top level, without ``if __name__ == "__main__":``,
+    would start its build again in each worker, which would wait for this build's lock
+    forever."""
     flag = "-P" if sys.version_info >= (3, 11) else "-I"
     with _SPAWNING:
         flags = mp_util._args_from_interpreter_flags
+        prepare = mp_spawn.get_preparation_data
 
         def safe() -> list[str]:
             args = flags()
             return args if "-I" in args or flag in args else [flag, *args]
 
+        def without_main(name: str) -> dict[str, Any]:
+            data = prepare(name)
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+            return data
+
         mp_util._args_from_interpreter_flags = safe
+        mp_spawn.get_preparation_data = without_main
         try:
             yield
         finally:
             mp_util._args_from_interpreter_flags = flags
+            mp_spawn.get_preparation_data = prepare
 
 
 class _Worker:
