@@ -878,10 +878,19 @@ def target_names(file: str | os.PathLike[str]) -> list[tuple[str, str]]:
     return names
 
 
-def list_runs(project: Project) -> list[dict[str, Any]]:
+def list_runs(project: Project | Path) -> list[dict[str, Any]]:
     """Past builds, oldest first: start, duration, result, counts of stages run, restored,
-    up to date, skipped and failed."""
-    return history.list_runs(project.workspace.dot / "runs")
+    up to date, skipped and failed. ``project`` may be the project's folder instead: the
+    history is read without loading the pipeline (which may be broken, or need a model
+    file that is not there)."""
+    return history.list_runs(_runs_dir(project))
+
+
+def _runs_dir(project: Project | Path) -> Path:
+    """Where a project's run logs are (given the project, or its folder)."""
+    if isinstance(project, Path):
+        return Workspace(project).dot / "runs"
+    return project.workspace.dot / "runs"
 
 
 #: a stage's state in a run, by its last event
@@ -919,17 +928,20 @@ def _run_stages(events: Sequence[dict[str, Any]]) -> dict[str, str]:
     return stages
 
 
-def run_status(project: Project, run: str | None = None) -> dict[str, Any]:
+def run_status(project: Project | Path, run: str | None = None) -> dict[str, Any]:
     """One build's status (the original system's ``status --pipeline-id``): its state
     (``completed``, ``failed``, ``interrupted``, ``running``, or ``incomplete`` when it was
     killed), progress, counts and each stage's state. ``run`` is an id from
-    :func:`list_runs`, a prefix of one, or a negative index (default: the last)."""
-    summary, events = history.read_run(project.workspace.dot / "runs", run)
+    :func:`list_runs`, a prefix of one, or a negative index (default: the last);
+    ``project`` may be its folder, as for :func:`list_runs`."""
+    summary, events = history.read_run(_runs_dir(project), run)
     stages = _run_stages(events)
     result = summary.get("result")
     state = {"ok": "completed", "failed": "failed", "interrupted": "interrupted"}.get(result)
     if state is None:  # list_runs said whether the build is still at it
         state = "running" if result == "running" else "incomplete"
+    if state == "incomplete":  # its process is gone: what it was running is not
+        stages = {s: "interrupted" if v == "running" else v for s, v in stages.items()}
     done = sum(1 for v in stages.values() if v in _COMPLETE)
     counts = {v: sum(1 for x in stages.values() if x == v) for v in ("done", "restored")}
     return {
@@ -943,10 +955,11 @@ def run_status(project: Project, run: str | None = None) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def show_log(project: Project, run: str | None = None) -> dict[str, Any]:
+def show_log(project: Project | Path, run: str | None = None) -> dict[str, Any]:
     """One run's summary and events (the last run by default; ``run`` is an id, a prefix of
-    one, or a negative index such as ``-2``)."""
-    summary, events = history.read_run(project.workspace.dot / "runs", run)
+    one, or a negative index such as ``-2``); ``project`` may be its folder, as for
+    :func:`list_runs`."""
+    summary, events = history.read_run(_runs_dir(project), run)
     return {"run": summary, "events": events}
 
 

@@ -730,8 +730,7 @@ def status(
 
 def _run_status(ctx: click.Context, run_id: str, as_json: bool, cache_dir: str | None) -> int:
     """``status --pipeline-id RUN``: one build's state, progress and stages."""
-    with _project(ctx, readonly=True, cache_dir=cache_dir) as project:
-        info = api.run_status(project, run_id)
+    info = api.run_status(_pipeline_file(ctx).parent, run_id)  # the history only
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return 0
@@ -858,15 +857,15 @@ def list_cmd(
     runs, a running build as `running`, a killed one as `incomplete`)."""
 
     def go() -> int:
-        with _project(ctx, readonly=True, cache_dir=checkpoint_dir) as project:
-            if not runs:
+        if not runs:
+            with _project(ctx, readonly=True, cache_dir=checkpoint_dir) as project:
                 if not no_header:
                     click.echo("STAGE\tRULE\tOUTPUTS")
                 for row in api.list_stages(project):
                     outs = ", ".join(row["outputs"].values())
                     click.echo(f"{row['stage']}\t{row['rule']}\t{outs}")
-                return 0
-            rows = api.list_runs(project)
+            return 0
+        rows = api.list_runs(_pipeline_file(ctx).parent)  # the history only: no pipeline load
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return 0
@@ -909,8 +908,7 @@ def log(ctx: click.Context, run: str | None, as_json: bool, quiet: bool) -> None
     from .progress import log_lines
 
     def go() -> int:
-        with _project(ctx, readonly=True) as project:
-            found = api.show_log(project, run)
+        found = api.show_log(_pipeline_file(ctx).parent, run)  # the history only
         if as_json:
             for event in found["events"]:
                 click.echo(json.dumps(event))

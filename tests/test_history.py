@@ -207,6 +207,25 @@ def test_a_run_killed_before_it_finished_is_listed_as_incomplete(chain: Proj) ->
     assert rows[0]["result"] == "incomplete" and rows[0]["duration"] >= 0
     assert "incomplete" in chain.cli("list", "--runs").output
     assert cut.stem in chain.cli("log", "-2").output
+    killed = chain.cli("status", "--pipeline-id", cut.stem).output
+    assert "state:    incomplete" in killed
+    assert ": running" not in killed  # its process is gone: nothing of it runs
+    assert ": interrupted" in killed
+
+
+def test_the_history_reads_without_loading_a_broken_pipeline(chain: Proj) -> None:
+    """``list --runs``, ``log`` and ``status --pipeline-id`` read the run logs only: a
+    pipeline file broken since (or one needing a model file that is gone) does not hide
+    what ran."""
+    chain.cli("build", "--executor", "inline")
+    chain.write(
+        "pipemake.yaml", chain.read("pipemake.yaml").replace("type: shell", "type: shel", 1)
+    )
+    assert "unknown" in chain.cli("status", code=2).output  # the pipeline itself: refused
+    (run,) = json.loads(chain.cli("list", "--runs", "--json").output)
+    assert run["result"] == "ok"
+    assert "upper: done in" in chain.cli("log").output
+    assert "state:    completed" in chain.cli("status", "--pipeline-id", "-1").output
 
 
 def test_only_the_last_runs_are_kept(chain: Proj, monkeypatch: pytest.MonkeyPatch) -> None:
