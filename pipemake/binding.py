@@ -496,12 +496,19 @@ def _check_inputs(pipeline: Pipeline, st: Stage, ld: Problems) -> None:
                 if owner[0] != st.id and owner[0] not in st.deps:
                     st.deps.append(owner[0])
             elif not os.path.exists(p if os.path.isabs(p) else os.path.join(pipeline.root, p)):
-                _missing(ld, st, key, p)
+                _missing(ld, st, key, p, pipeline.root)
 
 
-def _missing(ld: Problems, st: Stage, key: str, path: str) -> None:
+def _missing(ld: Problems, st: Stage, key: str, path: str, root: Any) -> None:
+    where = ""
+    if not os.path.isabs(path):  # from elsewhere: say where it was looked for
+        full = os.path.normpath(os.path.join(root, path))
+        shown = os.path.relpath(full)
+        shown = full if shown.startswith("..") else shown
+        if shown != os.path.normpath(path):
+            where = f" (looked for {shown}: paths are relative to the pipeline file's folder)"
     ld.problem(
-        f"input {key!r}: {path} does not exist",
+        f"input {key!r}: {path} does not exist{where}",
         st.lines.get(key, st.line),
         st.id,
         hint="create it, fix the path, or produce it with an upstream stage",
@@ -522,7 +529,7 @@ def check_sources(pipeline: Pipeline, ld: Problems) -> None:
                 if pipeline.output_owner(base) is None and not os.path.exists(
                     base if os.path.isabs(base) else os.path.join(pipeline.root, base)
                 ):
-                    _missing(ld, st, key, base)
+                    _missing(ld, st, key, base, pipeline.root)
 
 
 def _installed(module: str) -> bool:

@@ -536,3 +536,30 @@ def test_foreach_true_false_and_none(project, third_party) -> None:
     out = p.cli("validate", code=2).output
     assert "pipemake.yaml:9" in out and "foreach: true needs an input name" in out, out
     assert "write foreach: a" in out
+
+
+def test_a_missing_input_named_from_another_folder_says_where_it_was_looked_for(
+    project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paths are relative to the pipeline file's folder, not to where the command runs: from
+    the folder above, the error names the path it looked for."""
+    from click.testing import CliRunner
+
+    from pipemake.cli import cli
+
+    p = project(
+        "stages:\n  - id: a\n    type: shell\n    config: {cmd: 'cat {inputs.i} > {outputs.o}',"
+        " inputs: {i: data/in.txt}, outputs: {o: out.txt}}\n",
+        name="sub",
+    )
+    (p.root.parent / "data").mkdir()
+    (p.root.parent / "data" / "in.txt").write_text("here, beside the command, not the file\n")
+    monkeypatch.chdir(p.root.parent)
+    result = CliRunner().invoke(cli, ["validate", "--config", "sub/pipemake.yaml"])
+    assert result.exit_code == 2, result.output
+    assert "data/in.txt does not exist (looked for sub/data/in.txt: paths are relative to" in (
+        result.output
+    )
+    monkeypatch.chdir(p.root)
+    here = CliRunner().invoke(cli, ["validate"]).output
+    assert "data/in.txt does not exist\n" in here and "looked for" not in here
