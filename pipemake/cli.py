@@ -1315,6 +1315,13 @@ def _remote_gc(ctx: click.Context, remote: str, grace: float, dry: bool) -> int:
     source = click.get_current_context().get_parameter_source("grace")
     if source is click.core.ParameterSource.DEFAULT:
         grace = api.REMOTE_GRACE
+    elif grace < 3600 and not dry:
+        click.echo(
+            f"pipemake: warning: --grace {grace:g} on a remote: a push uploads a stage's "
+            "objects before its entry, so objects a push is still uploading can go, and its "
+            "entry then lacks them; use it only when no build pushes to this remote",
+            err=True,
+        )
     with _project(ctx, readonly=True, remote=remote or None) as project:
         info = api.remote_gc(project, grace=grace, dry=dry)
     verb = "would remove" if dry else "removed"

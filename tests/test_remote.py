@@ -377,8 +377,12 @@ def test_remote_gc_removes_only_unreachable_old_objects(
         os.utime(p, (old, old))
     dry = first.cli("cache", "gc", "--remote", "--dry-run", env=_env(remote, "k"))
     assert "would remove 1 objects" in dry.output and stray_old.exists()
-    first.cli("cache", "gc", "--remote", env=_env(remote, "k"))
+    quiet = first.cli("cache", "gc", "--remote", env=_env(remote, "k"))
     assert not stray_old.exists() and stray_young.exists()
+    assert "warning" not in quiet.output  # the default grace (a day) needs none
+    short = first.cli("cache", "gc", "--remote", "--grace", "0", env=_env(remote, "k"))
+    assert "objects a push is still uploading can go" in short.output
+    assert not stray_young.exists()  # asked for, done: the warning is not a refusal
     assert all(p.exists() for p in kept)
     second = _clone(project, "second")
     second.cli("build", env=_env(remote, "k"))
