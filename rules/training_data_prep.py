@@ -29,7 +29,7 @@ from pipemake.rule import Context, Input, Output, Param, Ports, Rule, RuleError
 from ._prep_images import HASH_BITS
 from ._ranges import Range, in_order, range_problems
 
-__all__ = ["RANGES", "TrainingDataPrepRule", "unknown_clusters"]
+__all__ = ["RANGES", "TrainingDataPrepRule", "input_problems", "unknown_clusters"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SKIP_DIRS = ("contact_sheets", "noise")  # parts of a clustering output that are not characters
@@ -104,7 +104,7 @@ class TrainingDataPrepRule(Rule):
         from pipemake.rules._prep_images import parse_background
 
         p = ports.params
-        problems = self._check_inputs(ports)
+        problems = input_problems(ports.inputs)
         problems += range_problems(p, self.params, RANGES)
         clusters = p["clusters"]
         if isinstance(clusters, str) and clusters != "all":
@@ -118,10 +118,22 @@ class TrainingDataPrepRule(Rule):
         elif isinstance(clusters, list) and not clusters:
             problems.append(("clusters", 'empty cluster selection: list clusters or use "all"'))
         elif isinstance(clusters, list) and not all(isinstance(c, str) for c in clusters):
-            problems.append(("clusters", "clusters must be names like cluster_000"))
+            problems.append(
+                (
+                    "clusters",
+                    f"param 'clusters' is {clusters!r} but must list cluster folder names: "
+                    "write e.g. [cluster_000, cluster_002], or all",
+                )
+            )
         for key, value in p["names"].items():
             if not isinstance(value, str) or not value.strip():
-                problems.append(("names", f"names: {key!r} must map to a non-empty name"))
+                problems.append(
+                    (
+                        "names",
+                        f"param 'names' maps {key!r} to {value!r} but must map each cluster to "
+                        f"a non-empty name: write e.g. {key}: alice, or leave the cluster out",
+                    )
+                )
         dirs = ports.inputs.get("input_dirs")
         if (
             isinstance(dirs, list)
@@ -135,23 +147,6 @@ class TrainingDataPrepRule(Rule):
             problems.append(("background", str(exc)))
         problems += _check_caption(p["caption"])
         return in_order(problems, {**self.inputs, **self.params})
-
-    @staticmethod
-    def _check_inputs(ports: Ports) -> list[tuple[str, str]]:
-        """Exactly one of ``input_dirs`` and ``input_dir``, and not an empty list of
-        cluster folders (a clustering that found no character)."""
-        dirs, whole = ports.inputs.get("input_dirs"), ports.inputs.get("input_dir")
-        if dirs == [] and not whole:
-            return [("input_dirs", NO_CLUSTERS)]
-        if bool(dirs) == bool(whole):
-            return [
-                (
-                    "input_dirs",
-                    "give exactly one of input_dirs (cluster folders, "
-                    'e.g. "{cluster.cluster_dirs}") or input_dir (a clustering output)',
-                )
-            ]
-        return []
 
     def run(self, ctx: Context) -> dict[str, Any]:
         """Select, process, dedup, split, caption and lay out the training set."""
@@ -197,6 +192,24 @@ def _check_caption(template: str) -> list[tuple[str, str]]:
     return []
 
 
+def input_problems(inputs: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Exactly one of ``input_dirs`` and ``input_dir``, and not an empty list of cluster
+    folders (a clustering that found no character): before running where the inputs are
+    written in the pipeline, when the stage runs where an upstream stage computes them."""
+    dirs, whole = inputs.get("input_dirs"), inputs.get("input_dir")
+    if dirs == [] and not whole:
+        return [("input_dirs", NO_CLUSTERS)]
+    if bool(dirs) == bool(whole):
+        return [
+            (
+                "input_dirs",
+                "give exactly one of input_dirs (cluster folders, "
+                'e.g. "{cluster.cluster_dirs}") or input_dir (a clustering output)',
+            )
+        ]
+    return []
+
+
 def unknown_clusters(p: Mapping[str, Any], known: set[str]) -> list[tuple[str, str]]:
     """``(key, problem)`` for each cluster that ``names`` or ``clusters`` names and that is
     not among ``known`` (the input folders' names): before anything runs for literal
@@ -227,9 +240,10 @@ def _images(folder: Path) -> list[Path]:
 
 def _discover(ctx: Context) -> dict[str, Path]:
     """Cluster name → folder, from ``input_dirs`` or the subfolders of ``input_dir``."""
+    problems = input_problems(ctx.inputs)
+    if problems:
+        raise RuleError(problems[0][1])
     dirs = ctx.inputs.get("input_dirs")
-    if dirs == [] and not ctx.inputs.get("input_dir"):
-        raise RuleError(NO_CLUSTERS)
     if dirs:
         found: dict[str, Path] = {}
         for d in [Path(x) for x in dirs]:
@@ -240,10 +254,7 @@ def _discover(ctx: Context) -> dict[str, Path]:
                 )
             found[d.name] = d
         return found
-    root = ctx.inputs.get("input_dir")
-    if not root:
-        raise RuleError("give input_dirs (cluster folders) or input_dir (a clustering output)")
-    root = Path(root)
+    root = Path(ctx.inputs["input_dir"])
     subs = {
         d.name: d
         for d in sorted(root.iterdir())

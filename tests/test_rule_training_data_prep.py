@@ -327,6 +327,8 @@ BAD_VALUES = [
     ("min_size: 0", ["'min_size' is 0", "must be >= 1"]),
     ("clusters: some", ["'clusters' is 'some'", '"all" or a list of cluster names']),
     ("clusters: []", ["empty cluster selection"]),
+    ("clusters: [1, 2]", ["'clusters' is [1, 2]", "must list cluster folder names"]),
+    ("names: {cluster_000: ''}", ["maps 'cluster_000' to ''", "a non-empty name"]),
     ("background: plaid", ["background 'plaid'", "#rrggbb"]),
     ("fit: squash", ["'squash' is not one of", "'pad'"]),
     ("layout: diffusers", ["'diffusers' is not one of", "'kohya'"]),
