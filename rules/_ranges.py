@@ -20,8 +20,11 @@ __all__ = ["Range", "in_order", "is_number", "range_problems"]
 
 
 def is_number(value: Any) -> bool:
-    """Whether ``value`` is an int or a float (a bool is neither here)."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """Whether ``value`` is an int or a finite float (a bool is neither here; YAML's
+    ``.nan`` and ``.inf`` are floats that no range holds)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _num(value: float) -> str:
@@ -42,7 +45,9 @@ class Range:
     step: int | None = None
 
     def allows(self, value: float) -> bool:
-        """Whether ``value`` lies in the range."""
+        """Whether ``value`` lies in the range (never a NaN or an infinity)."""
+        if not is_number(value):
+            return False
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
         if self.high is not None and (value >= self.high if self.high_open else value > self.high):
@@ -66,7 +71,7 @@ class Range:
         low = None if self.low is None else _num(self.low)
         high = None if self.high is None else _num(self.high)
         if self.step is not None:
-            near = round(value / self.step) * self.step
+            near = round(value / self.step) * self.step if is_number(value) else 0
             if self.low is not None:
                 near = max(near, math.ceil(self.low / self.step) * self.step)
             if self.high is not None:
@@ -97,7 +102,11 @@ def range_problems(
     problems = []
     for key, valid in ranges.items():
         value = params.get(key)
-        if is_number(value) and not valid.allows(value):
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and not valid.allows(value)
+        ):
             problems.append((key, valid.problem(key, value, declared[key].default)))
     return problems
 

@@ -315,6 +315,7 @@ BAD_VALUES = [
     ("val_fraction: 1.5", ["'val_fraction' is 1.5", "must be >= 0 and < 1", "up to (not incl"]),
     ("val_fraction: 1.0", ["'val_fraction' is 1.0", "must be >= 0 and < 1"]),
     ("val_fraction: -0.2", ["'val_fraction' is -0.2", "must be >= 0 and < 1"]),
+    ("val_fraction: .nan", ["'val_fraction' is nan", "must be >= 0 and < 1"]),
     ("resolution: -512", ["'resolution' is -512", "a multiple of 8 from 8 to 8192"]),
     ("resolution: 0", ["'resolution' is 0", "a multiple of 8 from 8 to 8192", "e.g. 8"]),
     ("resolution: 100", ["'resolution' is 100", "a multiple of 8", "e.g. 96"]),
