@@ -603,3 +603,13 @@ def test_a_value_an_upstream_stage_computes_is_checked_once_known(project):
     out = proj.cli("build", "--no-progress", code=1).output
     assert "cluster: FAILED" in out and "'min_cluster_size' is 1 but must be >= 2" in out
     assert proj.exists("build/calc.txt") and not proj.exists("build/clusters")
+
+
+def test_hdbscan_with_more_min_samples_than_cut_outs_puts_all_in_noise():
+    """min_samples is checked against the number of cut-outs only when that is known: too
+    few cut-outs for the neighbourhood is noise (with the warning that names min_samples),
+    as too few for min_cluster_size is, not scikit-learn's error."""
+    x = np.random.default_rng(1).random((6, 4)).astype(np.float32)
+    params = _params(algorithm="hdbscan", min_cluster_size=2, min_samples=10).params
+    result = _cluster_algos.cluster(x, params)
+    assert result.labels == [-1] * 6 and result.n_clusters == 0
