@@ -218,8 +218,10 @@ def _ports(
     now = {msg for _, msg in twice}  # a key given twice is wrong whatever its values
     written = {rule.aliases.get(k, k): k for k in config}  # declared key → key in the file
     _pending_inputs(rule, canon, ports)
-    if not problems:
-        problems = rule.check(ports)
+    # an input an upstream stage computes ({segment.character_dir}) is only "not a path
+    # yet": the params are checked now all the same, not first after the upstream stages ran
+    if all(k in rule.inputs and _has_pending(canon.get(k)) for k, _ in problems):
+        problems = [*problems, *rule.check(ports)]
     accepted = rule.accepted_keys()
     reported = False
     for key, msg in problems:

@@ -156,12 +156,8 @@ def cluster(x: Any, params: Mapping[str, Any]) -> Assignment:
         labels, probs = _hdbscan(x, params)
     elif algorithm == "kmeans":
         labels = _kmeans(x, params)
-    elif algorithm == "agglomerative":
+    else:  # agglomerative: the param's choices allow no other
         labels = _agglomerative(x, params)
-    else:
-        raise RuleError(
-            f"unknown algorithm {algorithm!r}: use auto, hdbscan, kmeans or agglomerative"
-        )
     labels = np.asarray(labels)
     factor = float(params.get("outlier_factor") or 0.0)
     if factor > 0:
@@ -200,12 +196,13 @@ def _hdbscan(x: Any, params: Mapping[str, Any]) -> tuple[Any, Any]:
     from sklearn.cluster import HDBSCAN
 
     n = x.shape[0]
-    size = int(params.get("min_cluster_size") or 5)
-    if n < 2 or n < size:
-        return np.full(n, -1), np.zeros(n)
+    size = int(params.get("min_cluster_size", 5))
+    samples = int(params.get("min_samples", 0)) or None
+    if n < 2 or n < size or n < (samples or 0):
+        return np.full(n, -1), np.zeros(n)  # too few cut-outs for one cluster
     model = HDBSCAN(
-        min_cluster_size=max(2, size),
-        min_samples=params.get("min_samples") or None,
+        min_cluster_size=size,
+        min_samples=samples,
         cluster_selection_epsilon=float(params.get("cluster_selection_epsilon") or 0.0),
         algorithm=params.get("hdbscan_algorithm") or "auto",
         allow_single_cluster=bool(params.get("allow_single_cluster", False)),
@@ -222,8 +219,8 @@ def _auto(x: Any, params: Mapping[str, Any]) -> tuple[Any, Selection | None]:
     from scipy.cluster.hierarchy import fcluster, linkage
 
     n = x.shape[0]
-    size = max(2, int(params.get("min_cluster_size") or 5))
-    fixed = int(params.get("n_clusters") or 0)
+    size = int(params.get("min_cluster_size", 5))
+    fixed = int(params.get("n_clusters", 0))
     if fixed and n < fixed:
         raise _too_few(n, fixed, "n_clusters")
     if not fixed and n < size:
@@ -238,7 +235,7 @@ def _auto(x: Any, params: Mapping[str, Any]) -> tuple[Any, Selection | None]:
     if fixed:
         k = fixed
     else:
-        selection = choose_k(sample, tree, size, int(params.get("max_clusters") or 50))
+        selection = choose_k(sample, tree, size, int(params.get("max_clusters", 50)))
         k = selection.k
     cut = np.zeros(len(sample), dtype=int) if tree is None else fcluster(tree, k, "maxclust") - 1
     if len(pick) < n:
@@ -294,9 +291,7 @@ def _nearest(x: Any, centres: Any) -> Any:
 def _kmeans(x: Any, params: Mapping[str, Any]) -> Any:
     from sklearn.cluster import KMeans
 
-    k = int(params.get("n_clusters") or 0)
-    if k < 1:
-        raise RuleError("algorithm kmeans needs n_clusters (how many characters there are)")
+    k = int(params["n_clusters"])  # >= 1: the rule's check asks for it with kmeans
     if x.shape[0] < k:
         raise _too_few(x.shape[0], k, "n_clusters")
     seed = int(params.get("seed", 0))
@@ -307,22 +302,19 @@ def _agglomerative(x: Any, params: Mapping[str, Any]) -> Any:
     import numpy as np
     from sklearn.cluster import AgglomerativeClustering
 
-    k = int(params.get("n_clusters") or 0)
-    threshold = params.get("distance_threshold")
+    k = int(params.get("n_clusters", 0))
     if x.shape[0] < 2:
         return np.zeros(x.shape[0], dtype=int)
     if k:
         if x.shape[0] < k:
             raise _too_few(x.shape[0], k, "n_clusters")
         model = AgglomerativeClustering(n_clusters=k, linkage=params.get("linkage", "ward"))
-    elif threshold:
+    else:  # a distance_threshold > 0: the rule's check asks for one without n_clusters
         model = AgglomerativeClustering(
             n_clusters=None,
-            distance_threshold=float(threshold),
+            distance_threshold=float(params["distance_threshold"]),
             linkage=params.get("linkage", "ward"),
         )
-    else:
-        raise RuleError("algorithm agglomerative needs distance_threshold or n_clusters")
     return model.fit_predict(x)
 
 

@@ -18,7 +18,9 @@ from typing import Any, ClassVar
 
 from pipemake.rule import Context, Input, Item, Output, Param, Ports, Rule, RuleError
 
-__all__ = ["ClusteringRule"]
+from ._ranges import Range, in_order, is_number, range_problems
+
+__all__ = ["RANGES", "ClusteringRule"]
 
 IMAGE_PATTERN = "*.png|*.jpg|*.jpeg|*.webp"
 NOISE = "noise"
@@ -44,6 +46,28 @@ _REDUCE = (
     "sheet_thumb",
     "sheet_max",
 )
+
+
+#: the valid values of the numeric params, checked before anything runs
+RANGES: Mapping[str, Range] = {
+    "shape_size": Range(1, 64, "side of the downsampled silhouette, at most the 64-pixel canvas"),
+    "model_input_size": Range(8, 1024, "the square input side of model_path, in pixels"),
+    "max_clusters": Range(2, None, "the most characters auto looks for"),
+    "min_cluster_size": Range(2, None, "the smallest group called a cluster"),
+    "min_samples": Range(0, None, "HDBSCAN's neighbourhood size; 0: min_cluster_size"),
+    "cluster_selection_epsilon": Range(0, None, "HDBSCAN merges clusters closer than this"),
+    "n_clusters": Range(0, None, "the number of characters; 0: auto finds it"),
+    "distance_threshold": Range(0, None, "agglomerative's largest merge distance; 0: none"),
+    "outlier_factor": Range(0, None, "noise beyond this × the median distance; 0: no trim"),
+    "pca_dims": Range(0, None, "dimensions PCA keeps; 0: no PCA"),
+    "seed": Range(0, 2**32 - 1, "the random seed of PCA, KMeans and auto's sample"),
+    "max_memory_gb": Range(0, None, "the memory budget in GB; 0: 80% of what is free"),
+    "sheet_thumb": Range(8, 1024, "contact sheet thumbnail side in pixels"),
+    "sheet_max": Range(1, None, "the most thumbnails on one cluster's contact sheet"),
+}
+#: the largest number of Lab histogram bins per axis (the colour block has L × ab² dims)
+MAX_BINS = 16
+WEIGHT_BLOCKS = ("color", "layout", "shape", "brightness", "model")
 
 
 class ClusteringRule(Rule):
@@ -112,53 +136,21 @@ class ClusteringRule(Rule):
         self._states: dict[tuple, Any] = {}
 
     def check(self, ports: Ports) -> list[tuple[str, str]]:
-        """Static checks of params: algorithm needs, feature settings, ranges."""
+        """Every param's range, the lists and weights, and what the algorithm needs, before
+        anything runs (and again at build time for a value an upstream stage computes)."""
         p = ports.params
-        problems: list[tuple[str, str]] = []
-        if p["algorithm"] == "kmeans" and p["n_clusters"] < 1:
-            problems.append(("n_clusters", "algorithm kmeans needs n_clusters >= 1"))
-        if p["algorithm"] == "agglomerative" and p["n_clusters"] < 1:
-            if p["distance_threshold"] <= 0:
-                problems.append(
-                    (
-                        "distance_threshold",
-                        "agglomerative needs distance_threshold > 0 or n_clusters",
-                    )
-                )
+        problems = range_problems(p, self.params, RANGES) + _list_problems(p)
         if p["features"] == "model" and not ports.inputs.get("model_path"):
-            problems.append(("model_path", "features: model needs model_path (.pt or .onnx)"))
-        bins = p["hist_bins"]
-        if len(bins) != 2 or not all(isinstance(b, int) and b >= 1 for b in bins):
-            problems.append(("hist_bins", "hist_bins must be two positive ints: [L, a/b]"))
-        for key in ("model_mean", "model_std"):
-            if len(p[key]) != 3 or not all(isinstance(v, (int, float)) for v in p[key]):
-                problems.append((key, f"{key} must be three numbers (R, G, B)"))
-        for key, low in (
-            ("min_cluster_size", 2),
-            ("max_clusters", 2),
-            ("shape_size", 1),
-            ("model_input_size", 8),
-        ):
-            if p[key] < low:
-                problems.append((key, f"{key} must be >= {low}"))
-        for key in ("pca_dims", "min_samples", "n_clusters"):
-            if p[key] < 0:
-                problems.append((key, f"{key} must be >= 0"))
-        bad = [
-            k
-            for k, v in p["weights"].items()
-            if k not in ("color", "layout", "shape", "brightness", "model")
-            or not isinstance(v, (int, float))
-        ]
-        if bad:
             problems.append(
                 (
-                    "weights",
-                    f"weights: unknown or non-numeric {bad}; known: color, "
-                    "layout, shape, brightness (color_shape features) and model",
+                    "features",
+                    "features: model needs model_path, an image encoder (.pt, .pt2 or .onnx): "
+                    "set model_path, or use features: auto",
                 )
             )
-        return problems
+        if not {key for key, _ in problems} & {"n_clusters", "distance_threshold"}:
+            problems += _algorithm_problems(p)
+        return in_order(problems, self.params)
 
     # map -------------------------------------------------------------------------------
     def setup(self, ctx: Context) -> Any:
@@ -303,6 +295,76 @@ class ClusteringRule(Rule):
             )
             groups.append((name, paths))
         overview_sheet(groups, out / "overview.png")
+
+
+def _algorithm_problems(p: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What the chosen algorithm needs: kmeans the number of characters, agglomerative that
+    or a distance threshold."""
+    if p["n_clusters"] >= 1 or p["algorithm"] not in ("kmeans", "agglomerative"):
+        return []
+    if p["algorithm"] == "kmeans":
+        return [
+            (
+                "algorithm",
+                f"algorithm kmeans needs the number of characters, but n_clusters is "
+                f"{p['n_clusters']!r}: set n_clusters to 1 or more, or use algorithm: auto "
+                "(which finds the number itself)",
+            )
+        ]
+    if p["distance_threshold"] > 0:
+        return []
+    return [
+        (
+            "algorithm",
+            "algorithm agglomerative needs n_clusters or distance_threshold, but neither is "
+            "set (both 0): set n_clusters to the number of characters, or distance_threshold "
+            "above 0 (the largest distance it merges)",
+        )
+    ]
+
+
+def _list_problems(p: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Problems with the list and mapping params: ``hist_bins``, ``model_mean``,
+    ``model_std`` and ``weights``, each saying what it must be and what to write."""
+    problems = []
+    bins = p["hist_bins"]
+    if len(bins) != 2 or not all(
+        isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= MAX_BINS for b in bins
+    ):
+        problems.append(
+            (
+                "hist_bins",
+                f"param 'hist_bins' is {bins!r} but must be two ints from 1 to {MAX_BINS}, "
+                "the Lab histogram's [L bins, a/b bins]: set it to e.g. [4, 6] (the default)",
+            )
+        )
+    for key, low in (("model_mean", None), ("model_std", 0)):
+        value = p[key]
+        if len(value) != 3 or not all(is_number(v) and (low is None or v > low) for v in value):
+            more = "" if low is None else f" > {low}"
+            problems.append(
+                (
+                    key,
+                    f"param {key!r} is {value!r} but must be three numbers{more} (R, G, B of "
+                    f"model_path's input normalisation): set it to e.g. "
+                    f"{ClusteringRule.params[key].default!r} (the default, ImageNet's)",
+                )
+            )
+    weights = p["weights"]
+    unknown = sorted(str(k) for k in weights if k not in WEIGHT_BLOCKS)
+    bad = {k: v for k, v in weights.items() if k in WEIGHT_BLOCKS and not (is_number(v) and v >= 0)}
+    if unknown or bad:
+        what = (f"unknown block(s) {unknown}" if unknown else "") + (
+            f"{'; ' if unknown else ''}weights {bad!r} not numbers >= 0" if bad else ""
+        )
+        problems.append(
+            (
+                "weights",
+                f"param 'weights': {what}; it maps blocks to weights >= 0 (0 turns a block "
+                f"off): color, layout, shape, brightness (color_shape features) and model",
+            )
+        )
+    return problems
 
 
 def _log_selection(ctx: Context, result: Any) -> None:

@@ -26,7 +26,10 @@ from typing import Any, ClassVar
 from pipemake import curation as cur_mod
 from pipemake.rule import Context, Input, Output, Param, Ports, Rule, RuleError
 
-__all__ = ["TrainingDataPrepRule"]
+from ._prep_images import HASH_BITS
+from ._ranges import Range, in_order, range_problems
+
+__all__ = ["RANGES", "TrainingDataPrepRule", "input_problems", "unknown_clusters"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SKIP_DIRS = ("contact_sheets", "noise")  # parts of a clustering output that are not characters
@@ -38,6 +41,17 @@ NO_CLUSTERS = (
     "min_samples), or set algorithm: kmeans with n_clusters, and build again; its "
     "clusters.json and overview.png show where the cut-outs went"
 )
+
+#: the valid values of the numeric params, checked before anything runs
+RANGES: Mapping[str, Range] = {
+    "min_size": Range(1, None, "clusters with fewer images are skipped"),
+    "resolution": Range(8, 8192, "side of the training images in pixels", step=8),
+    "dedup_threshold": Range(0, HASH_BITS, f"differing bits of {HASH_BITS} that make a duplicate"),
+    "val_fraction": Range(
+        0, 1, "the share of each character held out for validation", high_open=True
+    ),
+    "repeats": Range(1, None, "kohya: how often each training image is seen per epoch"),
+}
 
 
 class TrainingDataPrepRule(Rule):
@@ -84,81 +98,61 @@ class TrainingDataPrepRule(Rule):
     values: ClassVar[Sequence[str]] = ("characters", "n_train", "n_validation")
 
     def check(self, ports: Ports) -> list[tuple[str, str]]:
-        """Everything knowable before running: inputs, resolution, names, template, ranges."""
+        """Everything knowable before running: inputs, every param's range, names, clusters,
+        background and caption template (again at build time for a value an upstream stage
+        computes, such as ``{cluster.cluster_dirs}``)."""
         from pipemake.rules._prep_images import parse_background
 
-        p, problems = ports.params, []
-        if ports.inputs.get("input_dirs") == [] and not ports.inputs.get("input_dir"):
-            problems.append(("input_dirs", NO_CLUSTERS))
-        elif bool(ports.inputs.get("input_dirs")) == bool(ports.inputs.get("input_dir")):
-            problems.append(
-                (
-                    "input_dirs",
-                    "give exactly one of input_dirs (cluster folders, "
-                    'e.g. "{cluster.cluster_dirs}") or input_dir (a clustering output)',
-                )
-            )
-        res = p["resolution"]
-        if res <= 0 or res % 8:
-            problems.append(
-                (
-                    "resolution",
-                    f"resolution must be a positive multiple of 8, got "
-                    f"{res} (e.g. {max(8, round(res / 64) * 64)})",
-                )
-            )
-        if not 0 <= p["val_fraction"] < 1:
-            problems.append(("val_fraction", "val_fraction must be in [0, 1)"))
+        p = ports.params
+        problems = input_problems(ports.inputs)
+        problems += range_problems(p, self.params, RANGES)
         clusters = p["clusters"]
         if isinstance(clusters, str) and clusters != "all":
-            problems.append(("clusters", 'clusters must be "all" or a list of cluster names'))
+            problems.append(
+                (
+                    "clusters",
+                    f"param 'clusters' is {clusters!r} but must be \"all\" or a list of cluster "
+                    "names: write clusters: all, or e.g. [cluster_000, cluster_002]",
+                )
+            )
         elif isinstance(clusters, list) and not clusters:
             problems.append(("clusters", 'empty cluster selection: list clusters or use "all"'))
         elif isinstance(clusters, list) and not all(isinstance(c, str) for c in clusters):
-            problems.append(("clusters", "clusters must be names like cluster_000"))
+            problems.append(
+                (
+                    "clusters",
+                    f"param 'clusters' is {clusters!r} but must list cluster folder names: "
+                    "write e.g. [cluster_000, cluster_002], or all",
+                )
+            )
         for key, value in p["names"].items():
             if not isinstance(value, str) or not value.strip():
-                problems.append(("names", f"names: {key!r} must map to a non-empty name"))
-        problems += self._check_known_clusters(ports)
+                problems.append(
+                    (
+                        "names",
+                        f"param 'names' maps {key!r} to {value!r} but must map each cluster to "
+                        f"a non-empty name: write e.g. {key}: alice, or leave the cluster out",
+                    )
+                )
+        dirs = ports.inputs.get("input_dirs")
+        if (
+            isinstance(dirs, list)
+            and dirs
+            and all(isinstance(d, str) and "{" not in d for d in dirs)
+        ):
+            problems += unknown_clusters(p, {Path(d).name for d in dirs})  # else: at build time
         try:
             parse_background(p["background"])
         except ValueError as exc:
             problems.append(("background", str(exc)))
         problems += _check_caption(p["caption"])
-        for key, low, high in (
-            ("min_size", 1, None),
-            ("repeats", 1, None),
-            ("dedup_threshold", 0, 256),
-        ):
-            if p[key] < low or (high is not None and p[key] > high):
-                problems.append(
-                    (key, f"{key} must be >= {low}" + (f" and <= {high}" if high else ""))
-                )
-        return problems
-
-    def _check_known_clusters(self, ports: Ports) -> list[tuple[str, str]]:
-        """Names and selections naming a cluster not among literal ``input_dirs``."""
-        dirs = ports.inputs.get("input_dirs") or []
-        if not dirs or any("{" in d for d in dirs):
-            return []  # resolved only when the upstream stage is done: checked at run time
-        known = {Path(d).name for d in dirs}
-        problems = []
-        for key in ports.params["names"]:
-            if key not in known:
-                problems.append(("names", _missing(key, known, "names")))
-        if isinstance(ports.params["clusters"], list):
-            for key in ports.params["clusters"]:
-                if key not in known:
-                    problems.append(("clusters", _missing(key, known, "clusters")))
-        return problems
+        return in_order(problems, {**self.inputs, **self.params})
 
     def run(self, ctx: Context) -> dict[str, Any]:
         """Select, process, dedup, split, caption and lay out the training set."""
         from pipemake.rules._prep_images import parse_background
 
         p = ctx.params
-        if p["resolution"] <= 0 or p["resolution"] % 8:
-            raise RuleError(f"resolution must be a positive multiple of 8, got {p['resolution']}")
         found = _discover(ctx)
         selected, skipped = _select(found, p, skip_noise=not ctx.inputs.get("input_dirs"))
         out = Path(ctx.outputs["output_dir"])
@@ -198,6 +192,38 @@ def _check_caption(template: str) -> list[tuple[str, str]]:
     return []
 
 
+def input_problems(inputs: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Exactly one of ``input_dirs`` and ``input_dir``, and not an empty list of cluster
+    folders (a clustering that found no character): before running where the inputs are
+    written in the pipeline, when the stage runs where an upstream stage computes them."""
+    dirs, whole = inputs.get("input_dirs"), inputs.get("input_dir")
+    if dirs == [] and not whole:
+        return [("input_dirs", NO_CLUSTERS)]
+    if bool(dirs) == bool(whole):
+        return [
+            (
+                "input_dirs",
+                "give exactly one of input_dirs (cluster folders, "
+                'e.g. "{cluster.cluster_dirs}") or input_dir (a clustering output)',
+            )
+        ]
+    return []
+
+
+def unknown_clusters(p: Mapping[str, Any], known: set[str]) -> list[tuple[str, str]]:
+    """``(key, problem)`` for each cluster that ``names`` or ``clusters`` names and that is
+    not among ``known`` (the input folders' names): before anything runs for literal
+    ``input_dirs``, else once the folders are known."""
+    problems = [("names", _missing(key, known, "names")) for key in p["names"] if key not in known]
+    if isinstance(p["clusters"], list):
+        problems += [
+            ("clusters", _missing(key, known, "clusters"))
+            for key in p["clusters"]
+            if key not in known
+        ]
+    return problems
+
+
 def _missing(key: str, known: set[str], what: str) -> str:
     return f"{what} names cluster {key!r}, which is not an input (have: {', '.join(sorted(known))})"
 
@@ -214,9 +240,10 @@ def _images(folder: Path) -> list[Path]:
 
 def _discover(ctx: Context) -> dict[str, Path]:
     """Cluster name → folder, from ``input_dirs`` or the subfolders of ``input_dir``."""
+    problems = input_problems(ctx.inputs)
+    if problems:
+        raise RuleError(problems[0][1])
     dirs = ctx.inputs.get("input_dirs")
-    if dirs == [] and not ctx.inputs.get("input_dir"):
-        raise RuleError(NO_CLUSTERS)
     if dirs:
         found: dict[str, Path] = {}
         for d in [Path(x) for x in dirs]:
@@ -227,10 +254,7 @@ def _discover(ctx: Context) -> dict[str, Path]:
                 )
             found[d.name] = d
         return found
-    root = ctx.inputs.get("input_dir")
-    if not root:
-        raise RuleError("give input_dirs (cluster folders) or input_dir (a clustering output)")
-    root = Path(root)
+    root = Path(ctx.inputs["input_dir"])
     subs = {
         d.name: d
         for d in sorted(root.iterdir())
@@ -246,17 +270,10 @@ def _select(
 ) -> tuple[dict[str, list[Path]], list]:
     """The chosen clusters' image files, and (cluster, why) for those left out; ``noise/``
     of a clustering output only when listed in ``clusters``."""
-    known = set(found)
-    for key in p["names"]:
-        if key not in known:
-            raise RuleError(_missing(key, known, "names"))
+    unknown = unknown_clusters(p, set(found))
+    if unknown:
+        raise RuleError("; ".join(msg for _, msg in unknown))
     wanted = p["clusters"]
-    if isinstance(wanted, list):
-        if not wanted:
-            raise RuleError('empty cluster selection: list clusters or use "all"')
-        for key in wanted:
-            if key not in known:
-                raise RuleError(_missing(key, known, "clusters"))
     selected, skipped = {}, []
     for name in sorted(found):
         if skip_noise and wanted == "all" and name in SKIP_DIRS:

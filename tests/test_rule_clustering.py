@@ -1,4 +1,5 @@
-"""Tests of the clustering rule, called directly with hand-built contexts (no engine)."""
+"""Tests of the clustering rule: called directly with hand-built contexts, and its params
+checked through the CLI before anything runs."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from pipemake.rule import Context, Item, RuleError
 from pipemake.rules import _cluster_algos, _features
 from pipemake.rules.clustering import ClusteringRule
 
-pytestmark = pytest.mark.slow  # heavy: models, real photos or whole examples
-
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: heavy: features with torch over sets of cut-outs, real models, whole builds
+slow = pytest.mark.slow
 
 
 def _params(**overrides):
@@ -64,6 +65,7 @@ def data(tmp_path_factory):
     return root, labels, mapped
 
 
+@slow
 def test_defaults_find_the_characters_and_write_the_layout(data):
     root, labels, mapped = data
     values, out = _reduce(root, mapped, "out_default")
@@ -88,6 +90,7 @@ def test_defaults_find_the_characters_and_write_the_layout(data):
     assert ClusteringRule.path_values == {"cluster_dirs": "output_dir"}
 
 
+@slow
 def test_kmeans_and_agglomerative(data):
     root, labels, mapped = data
     _, out = _reduce(root, mapped, "out_km", algorithm="kmeans", n_clusters=4)
@@ -103,6 +106,7 @@ def test_kmeans_and_agglomerative(data):
 
 
 @pytest.mark.parametrize(("pca", "norm"), [(0, False), (8, True), (0, True)])
+@slow
 def test_pca_and_normalize_options(data, pca, norm):
     root, labels, mapped = data
     _, out = _reduce(root, mapped, f"out_p{pca}{norm}", pca_dims=pca, normalize=norm)
@@ -123,6 +127,7 @@ def test_prepare_weights_and_reduces_dims():
     assert np.allclose(only_color[:, 144:156], x[:, 144:156] * 0.2)
 
 
+@slow
 def test_reduce_only_rerun_uses_cached_map_results(data, monkeypatch):
     root, labels, mapped = data
 
@@ -175,6 +180,7 @@ def _tiny_onnx_model(path: Path, batch) -> None:
 
 
 @pytest.mark.parametrize("kind", ["torchscript", "export", "onnx", "onnx_fixed_batch"])
+@slow
 def test_user_models(data, tmp_path, kind):
     root, labels, _ = data
     model = tmp_path / {"torchscript": "m.pt", "export": "m.pt2"}.get(kind, "m.onnx")
@@ -216,6 +222,7 @@ def test_user_models(data, tmp_path, kind):
     assert values["n_clusters"] == 4 and (out / "clusters.json").exists()
 
 
+@slow
 def test_bad_model_file_is_a_rule_error(data, tmp_path):
     root, _, _ = data
     bad = tmp_path / "broken.pt"
@@ -226,6 +233,7 @@ def test_bad_model_file_is_a_rule_error(data, tmp_path):
         rule.setup(Context(root, {"input_dir": root, "model_path": bad}, {}, params))
 
 
+@slow
 def test_memory_guard_refuses_before_running(data, monkeypatch):
     root, _, mapped = data
     with pytest.raises(RuleError, match=r"agglomerative needs about .* n × n"):
@@ -244,9 +252,9 @@ def test_memory_guard_refuses_before_running(data, monkeypatch):
 def test_check_reports_bad_params():
     rule = ClusteringRule()
     cases = [
-        ({"algorithm": "kmeans"}, "n_clusters"),
-        ({"algorithm": "agglomerative"}, "distance_threshold"),
-        ({"features": "model"}, "model_path"),
+        ({"algorithm": "kmeans"}, "algorithm"),
+        ({"algorithm": "agglomerative"}, "algorithm"),
+        ({"features": "model"}, "features"),
         ({"hist_bins": [4]}, "hist_bins"),
         ({"weights": {"colour": 1}}, "weights"),
         ({"min_cluster_size": 1}, "min_cluster_size"),
@@ -258,6 +266,7 @@ def test_check_reports_bad_params():
         assert key in [k for k, _ in problems + rule.check(ports)], overrides
 
 
+@slow
 def test_bad_inputs_are_rule_errors(data, tmp_path):
     root, _, _ = data
     with pytest.raises(RuleError, match="no cut-outs"):
@@ -271,6 +280,7 @@ def test_bad_inputs_are_rule_errors(data, tmp_path):
         rule.map_item(ctx, Item("in/bad.png", "bad.png"))
 
 
+@slow
 def test_gpu_request_falls_back_to_cpu_without_cuda(tmp_path):
     import torch
 
@@ -291,6 +301,7 @@ def test_importing_the_rules_stays_light():
     assert res.stdout.strip() == ""
 
 
+@slow
 def test_outliers_go_to_noise(data):
     root, labels, mapped = data
     rng = np.random.default_rng(9)
@@ -320,6 +331,7 @@ def _warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
 
+@slow
 def test_no_clusters_is_a_warning_naming_counts_and_params(tmp_path, caplog):
     labels = write_cutouts(tmp_path / "in", n_characters=1, per_character=3, seed=1)
     mapped = _map_all(ClusteringRule(), tmp_path, labels, _params().params)
@@ -331,6 +343,7 @@ def test_no_clusters_is_a_warning_naming_counts_and_params(tmp_path, caplog):
     assert json.loads((out / "clusters.json").read_text())["warnings"] == [warning]
 
 
+@slow
 def test_most_cut_outs_in_noise_is_a_warning(data, caplog):
     root, _, mapped = data
     values, out = _reduce(
@@ -348,6 +361,7 @@ def test_most_cut_outs_in_noise_is_a_warning(data, caplog):
     assert "no clusters: 60 of 60" in warning and "min_samples (now 2)" in warning
 
 
+@slow
 def test_a_good_result_has_no_warning(data, caplog):
     root, _, mapped = data
     with caplog.at_level(logging.INFO):
@@ -359,6 +373,7 @@ def test_a_good_result_has_no_warning(data, caplog):
     assert max(summary["selection"]["silhouette"].items(), key=lambda kv: kv[1])[0] == "4"
 
 
+@slow
 def test_auto_with_n_clusters_cuts_at_that_number(data):
     root, labels, mapped = data
     values, out = _reduce(root, mapped, "out_k3", n_clusters=3)
@@ -368,6 +383,7 @@ def test_auto_with_n_clusters_cuts_at_that_number(data):
         _reduce(root, mapped, "out_k99", n_clusters=99)
 
 
+@slow
 def test_auto_samples_large_sets_and_assigns_the_rest(monkeypatch):
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(5, 16))
@@ -391,6 +407,7 @@ def _grey_figure(level: int, rng: np.random.Generator) -> Image.Image:
     return img.rotate(float(rng.uniform(-10, 10)), expand=True)
 
 
+@slow
 def test_a_dark_and_a_light_character_of_the_same_shape_stay_apart(tmp_path):
     """Colours are measured at a common brightness; the brightness block still tells a
     black figure from a white one."""
@@ -406,6 +423,7 @@ def test_a_dark_and_a_light_character_of_the_same_shape_stay_apart(tmp_path):
     assert values["n_clusters"] == 2 and _ari(out, labels) == 1.0
 
 
+@slow
 def test_the_warning_reaches_the_build_output(project):
     proj = project(
         """
@@ -423,3 +441,175 @@ def test_the_warning_reaches_the_build_output(project):
     out = proj.cli("build", "--no-progress").output
     assert "clustering found no clusters: 3 of 3 cut-outs are in noise/" in out
     assert "lower min_cluster_size (now 5" in out
+
+
+# ---------------------------------------------------------------------------------------
+# every param's range, checked before anything runs (through the CLI, as a user meets it)
+
+#: the pipeline a user has: the clustering reads the segmenter's computed ``character_dir``
+#: (a value known only once segment ran) and is read through ``cluster_dirs``
+PIPELINE = """
+name: ranges
+stages:
+  - id: extract
+    type: frame_extraction
+    config:
+      input_video: data/clip.mp4
+      output_dir: build/frames
+      mode: scene
+  - id: segment
+    type: segmentation
+    config:
+      input_dir: "{extract.output_dir}"
+      output_dir: build/segmented
+  - id: cluster
+    type: clustering
+    config:
+      input_dir: "{segment.character_dir}"
+      output_dir: build/clusters
+      BAD
+  - id: prepare
+    type: training_data_prep
+    config:
+      character_dirs: "{cluster.cluster_dirs}"
+      output_dir: build/training
+"""
+BAD_LINE = PIPELINE.lstrip().splitlines().index("      BAD") + 1
+
+#: (the line the pipeline gets, words the message must hold: value, range, what to do)
+BAD_VALUES = [
+    ("min_cluster_size: 1", ["'min_cluster_size' is 1", "must be >= 2", "set it to 2 or more"]),
+    ("min_cluster_size: -3", ["is -3", "must be >= 2"]),
+    ("max_clusters: 1", ["'max_clusters' is 1", "must be >= 2"]),
+    ("n_clusters: -1", ["'n_clusters' is -1", "must be >= 0", "0: auto finds it"]),
+    ("min_samples: -1", ["'min_samples' is -1", "must be >= 0", "0: min_cluster_size"]),
+    ("pca_dims: -2", ["'pca_dims' is -2", "must be >= 0", "0: no PCA"]),
+    ("cluster_selection_epsilon: -0.5", ["is -0.5", "must be >= 0"]),
+    ("distance_threshold: -1.0", ["'distance_threshold' is -1.0", "must be >= 0"]),
+    ("outlier_factor: -1", ["'outlier_factor' is -1", "must be >= 0", "0: no trim"]),
+    ("shape_size: 0", ["'shape_size' is 0", "from 1 to 64"]),
+    ("shape_size: 500", ["'shape_size' is 500", "from 1 to 64"]),
+    ("model_input_size: 4", ["'model_input_size' is 4", "from 8 to 1024"]),
+    ("seed: -1", ["'seed' is -1", "from 0 to 4294967295"]),
+    ("max_memory_gb: -2", ["'max_memory_gb' is -2", "must be >= 0"]),
+    ("max_memory_gb: .inf", ["'max_memory_gb' is inf", "must be >= 0"]),
+    ("outlier_factor: .nan", ["'outlier_factor' is nan", "must be >= 0"]),
+    ("model_std: [0.2, .nan, 0.2]", ["'model_std' is [0.2, nan, 0.2]", "three numbers > 0"]),
+    ("sheet_thumb: 0", ["'sheet_thumb' is 0", "from 8 to 1024"]),
+    ("sheet_max: 0", ["'sheet_max' is 0", "must be >= 1"]),
+    ("hist_bins: [4, 0]", ["'hist_bins' is [4, 0]", "two ints from 1 to 16", "[4, 6]"]),
+    ("hist_bins: [4, 6, 6]", ["'hist_bins' is [4, 6, 6]", "two ints"]),
+    ("model_mean: [0.5, 0.5]", ["'model_mean' is [0.5, 0.5]", "three numbers"]),
+    ("model_std: [0.2, 0, 0.2]", ["'model_std' is [0.2, 0, 0.2]", "three numbers > 0"]),
+    ("weights: {color: -1}", ["weights {'color': -1} not numbers >= 0", "0 turns a block off"]),
+    ("weights: {hair: 1}", ["unknown block(s) ['hair']", "color, layout, shape"]),
+    ("algorithm: kmeans", ["kmeans needs the number of characters", "n_clusters is 0"]),
+    ("algorithm: agglomerative", ["needs n_clusters or distance_threshold", "above 0"]),
+    ("features: model", ["needs model_path", "or use features: auto"]),
+    ("algorithm: spectral", ["'spectral' is not one of", "'auto'"]),
+    ("linkage: median", ["'median' is not one of", "'ward'"]),
+]
+
+
+@pytest.fixture
+def ranges_project(project, monkeypatch):
+    """A project of :data:`PIPELINE` whose segmentation model is on disk (a tiny stand-in),
+    so the clustering's params are all that can be wrong; ``make(line)`` writes it."""
+    from _onnx_fixtures import install_named_model
+
+    made = []
+
+    def make(line: str):
+        proj = project(PIPELINE.replace("BAD", line), {"data/clip.mp4": b"not decoded here"})
+        install_named_model(proj.root / "u2net_home", "u2net")
+        monkeypatch.setenv("U2NET_HOME", str(proj.root / "u2net_home"))
+        monkeypatch.delenv("REMBG_HOME", raising=False)
+        made.append(proj)
+        return proj
+
+    return make
+
+
+@pytest.mark.parametrize(("line", "words"), BAD_VALUES, ids=[v[0] for v in BAD_VALUES])
+def test_a_bad_value_is_a_pipeline_error_before_anything_runs(ranges_project, line, words):
+    proj = ranges_project(line)
+    for command in (["validate"], ["build", "--no-progress"]):
+        out = proj.cli(*command, code=2).output
+        assert f"pipemake.yaml:{BAD_LINE}: stage 'cluster': " in out, out
+        for word in words:
+            assert word in out, (word, out)
+        assert "Traceback" not in out and "FAILED" not in out
+    assert not proj.exists("build")
+
+
+def test_the_values_in_range_are_valid(ranges_project):
+    """The edges of every range are accepted (0 where 0 means "off" or "find it")."""
+    edges = (
+        "min_cluster_size: 2\n      max_clusters: 2\n      n_clusters: 0\n      min_samples: 0\n"
+        "      pca_dims: 0\n      outlier_factor: 0\n      shape_size: 64\n      seed: 4294967295\n"
+        "      hist_bins: [16, 1]\n      weights: {color: 0, model: 2}\n      sheet_max: 1"
+    )
+    proj = ranges_project(edges)
+    assert "is valid" in proj.cli("validate").output
+
+
+def test_a_bad_value_runs_no_stage(project, monkeypatch):
+    """The reported case: a bad clustering value used to fail only after the frames were
+    extracted and segmented. Now the build stops at once, and nothing is extracted; with the
+    value fixed, the same pipeline extracts (so the check, not the setup, stopped it)."""
+    from _onnx_fixtures import install_named_model
+    from _video_fixtures import write_video
+
+    proj = project(PIPELINE.replace("BAD", "min_cluster_size: 1"))
+    write_video(proj.path("data/clip.mp4"), [12, 12])
+    install_named_model(proj.root / "u2net_home", "u2net")
+    monkeypatch.setenv("U2NET_HOME", str(proj.root / "u2net_home"))
+    monkeypatch.delenv("REMBG_HOME", raising=False)
+    out = proj.cli("build", "--no-progress", code=2).output
+    assert "'min_cluster_size' is 1 but must be >= 2" in out
+    assert not proj.exists("build/frames") and not proj.exists("build")
+    proj.edit("pipemake.yaml", "min_cluster_size: 1", "min_cluster_size: 2")
+    proj.cli("build", "--no-progress", "extract")
+    assert list(proj.path("build/frames").glob("frame_*.jpg"))
+
+
+def test_a_value_an_upstream_stage_computes_is_checked_once_known(project):
+    """A param from a reference is unknown at load time (valid then); the same check
+    refuses it when the upstream stage has computed it, before the clustering runs."""
+    proj = project(
+        """
+        name: computed
+        stages:
+          - id: calc
+            type: python
+            config:
+              function: "calc:size"
+              outputs: {o: build/calc.txt}
+          - id: cluster
+            type: clustering
+            config:
+              input_dir: cutouts
+              output_dir: build/clusters
+              min_cluster_size: "{calc.size}"
+        """,
+        {
+            "calc.py": "def size(ctx):\n    ctx.outputs['o'].write_text('1')\n"
+            "    return {'size': 1}\n",
+        },
+    )
+    proj.path("cutouts").mkdir()
+    Image.new("RGBA", (8, 8), (255, 0, 0, 255)).save(proj.path("cutouts/a.png"))
+    assert "is valid" in proj.cli("validate").output
+    out = proj.cli("build", "--no-progress", code=1).output
+    assert "cluster: FAILED" in out and "'min_cluster_size' is 1 but must be >= 2" in out
+    assert proj.exists("build/calc.txt") and not proj.exists("build/clusters")
+
+
+def test_hdbscan_with_more_min_samples_than_cut_outs_puts_all_in_noise():
+    """min_samples is checked against the number of cut-outs only when that is known: too
+    few cut-outs for the neighbourhood is noise (with the warning that names min_samples),
+    as too few for min_cluster_size is, not scikit-learn's error."""
+    x = np.random.default_rng(1).random((6, 4)).astype(np.float32)
+    params = _params(algorithm="hdbscan", min_cluster_size=2, min_samples=10).params
+    result = _cluster_algos.cluster(x, params)
+    assert result.labels == [-1] * 6 and result.n_clusters == 0

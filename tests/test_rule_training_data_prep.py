@@ -1,4 +1,5 @@
-"""Tests of the training_data_prep rule, called directly with hand-built contexts."""
+"""Tests of the training_data_prep rule: called directly with hand-built contexts, and its
+params checked through the CLI before anything runs."""
 
 from __future__ import annotations
 
@@ -285,3 +286,86 @@ def test_an_empty_cluster_list_says_no_clusters(clustered):
     with pytest.raises(RuleError, match="^no clusters:"):
         rule.run(ctx)
     assert not list(out.iterdir())
+
+
+# ---------------------------------------------------------------------------------------
+# every param's range, checked before anything runs (through the CLI, as a user meets it)
+
+#: a user's pipeline: prepare reads ``{cluster.cluster_dirs}``, a list the clustering
+#: computes, so its input is not known before the clustering has run
+PIPELINE = """
+name: ranges
+stages:
+  - id: cluster
+    type: clustering
+    config:
+      input_dir: cutouts
+      output_dir: build/clusters
+  - id: prepare
+    type: training_data_prep
+    config:
+      character_dirs: "{cluster.cluster_dirs}"
+      output_dir: build/training
+      BAD
+"""
+BAD_LINE = PIPELINE.lstrip().splitlines().index("      BAD") + 1
+
+#: (the line the pipeline gets, words the message must hold: value, range, what to do)
+BAD_VALUES = [
+    ("val_fraction: 1.5", ["'val_fraction' is 1.5", "must be >= 0 and < 1", "up to (not incl"]),
+    ("val_fraction: 1.0", ["'val_fraction' is 1.0", "must be >= 0 and < 1"]),
+    ("val_fraction: -0.2", ["'val_fraction' is -0.2", "must be >= 0 and < 1"]),
+    ("val_fraction: .nan", ["'val_fraction' is nan", "must be >= 0 and < 1"]),
+    ("resolution: -512", ["'resolution' is -512", "a multiple of 8 from 8 to 8192"]),
+    ("resolution: 0", ["'resolution' is 0", "a multiple of 8 from 8 to 8192", "e.g. 8"]),
+    ("resolution: 100", ["'resolution' is 100", "a multiple of 8", "e.g. 96"]),
+    ("resolution: 16384", ["'resolution' is 16384", "from 8 to 8192", "e.g. 8192"]),
+    ("repeats: -1", ["'repeats' is -1", "must be >= 1", "set it to 1 or more"]),
+    ("repeats: 0", ["'repeats' is 0", "must be >= 1"]),
+    ("dedup_threshold: -3", ["'dedup_threshold' is -3", "from 0 to 256"]),
+    ("dedup_threshold: 257", ["'dedup_threshold' is 257", "from 0 to 256"]),
+    ("min_size: -10", ["'min_size' is -10", "must be >= 1", "default 1"]),
+    ("min_size: 0", ["'min_size' is 0", "must be >= 1"]),
+    ("clusters: some", ["'clusters' is 'some'", '"all" or a list of cluster names']),
+    ("clusters: []", ["empty cluster selection"]),
+    ("clusters: [1, 2]", ["'clusters' is [1, 2]", "must list cluster folder names"]),
+    ("names: {cluster_000: ''}", ["maps 'cluster_000' to ''", "a non-empty name"]),
+    ("background: plaid", ["background 'plaid'", "#rrggbb"]),
+    ("fit: squash", ["'squash' is not one of", "'pad'"]),
+    ("layout: diffusers", ["'diffusers' is not one of", "'kohya'"]),
+]
+
+
+@pytest.mark.parametrize(("line", "words"), BAD_VALUES, ids=[v[0] for v in BAD_VALUES])
+def test_a_bad_value_is_a_pipeline_error_before_anything_runs(project, line, words):
+    proj = project(PIPELINE.replace("BAD", line))
+    proj.path("cutouts").mkdir()
+    for command in (["validate"], ["build", "--no-progress"]):
+        out = proj.cli(*command, code=2).output
+        assert f"pipemake.yaml:{BAD_LINE}: stage 'prepare': " in out, out
+        for word in words:
+            assert word in out, (word, out)
+        assert "Traceback" not in out and "FAILED" not in out
+    assert not proj.exists("build")  # the clustering did not run either
+
+
+def test_the_edges_of_the_ranges_are_valid(project):
+    edges = "val_fraction: 0\n      resolution: 8192\n      dedup_threshold: 256\n      repeats: 1"
+    proj = project(PIPELINE.replace("BAD", edges))
+    proj.path("cutouts").mkdir()
+    assert "is valid" in proj.cli("validate").output
+    proj.edit("pipemake.yaml", "val_fraction: 0\n", "val_fraction: 0.99\n      min_size: 1\n")
+    proj.edit("pipemake.yaml", "resolution: 8192", "resolution: 8")
+    assert "is valid" in proj.cli("validate").output
+
+
+def test_unknown_cluster_names_have_one_check_for_both_times(clustered):
+    """Literal cluster folders are checked before running, a clustering output's folders
+    when they are found: the same words either way."""
+    rule = TrainingDataPrepRule()
+    dirs = {"input_dir": None, "input_dirs": ["clusters/cluster_000"]}
+    ports, _ = rule.ports({**dirs, "output_dir": "o", "names": {"cluster_009": "x"}})
+    [(key, before)] = rule.check(ports)
+    with pytest.raises(RuleError) as during:
+        _run(clustered, "names_late", names={"cluster_009": "x"})
+    assert key == "names" and before.split("(have:")[0] == str(during.value).split("(have:")[0]
