@@ -340,6 +340,10 @@ class Rule:
     #: started ahead of a build imports them while the build loads and decides, so the
     #: first task does not wait for them (see :mod:`pipemake.executors.preload`)
     preload: ClassVar[tuple[str, ...]] = ()
+    #: whether :meth:`check` takes an input an upstream stage computes as a placeholder
+    #: (:class:`pipemake.model.Pending`) at load time, so its params are checked at
+    #: ``validate``; otherwise it is asked only once the value is known
+    checks_pending: ClassVar[bool] = False
 
     def accepted_keys(self) -> set[str] | None:
         """Every config key a stage of this rule may have (declared keys and their
@@ -419,7 +423,13 @@ class Rule:
         return ports, problems
 
     def check(self, ports: Ports) -> list[tuple[str, str]]:
-        """Further checks of resolved ports before anything runs; ``(key, problem)`` pairs."""
+        """Further checks of resolved ports before anything runs; ``(key, problem)`` pairs.
+
+        An input an upstream stage computes (a reference to its value) is not known when
+        the file is loaded; a rule with :attr:`checks_pending` is asked then all the same,
+        with a placeholder there (:class:`pipemake.model.Pending`, not a ``str``), so its
+        params are checked at ``validate``. Every rule is asked again once the value is
+        known, before the stage runs."""
         return []
 
     def describe(self, ports: Ports) -> list[str]:

@@ -74,6 +74,8 @@ class ClusteringRule(Rule):
     """Cluster cut-outs (RGBA images) by character identity into ``cluster_NNN/`` folders."""
 
     name = "clustering"
+    #: its params are checked at validate even while input_dir is an upstream's value
+    checks_pending = True
     version = "2"
     inputs: ClassVar[Mapping[str, Input]] = {
         "input_dir": Input(kind="dir", help="cut-outs (RGBA images), e.g. a segmentation output"),

@@ -58,6 +58,8 @@ class TrainingDataPrepRule(Rule):
     """Prepare clustered character cut-outs as a captioned training dataset."""
 
     name = "training_data_prep"
+    #: its params are checked at validate even while input_dir is an upstream's value
+    checks_pending = True
     version = "2"
     #: the whole set is one task: dedup and the split look at every image at once
     default_foreach: ClassVar[str | None] = None

@@ -13,7 +13,7 @@ from conftest import TRACEBACK, Proj
 
 from pipemake import api
 from pipemake import rule as rule_module
-from pipemake.rule import Context, Input, Item, Output, Rule
+from pipemake.rule import Context, Input, Item, Output, Ports, Rule
 
 HEAD = """\
 name: t
@@ -563,3 +563,57 @@ def test_a_missing_input_named_from_another_folder_says_where_it_was_looked_for(
     monkeypatch.chdir(p.root)
     here = CliRunner().invoke(cli, ["validate"]).output
     assert "data/in.txt does not exist\n" in here and "looked for" not in here
+
+
+class _PathCheck(Rule):
+    """A third-party rule whose check reads its input as a path (it expects a str)."""
+
+    name = "path_check"
+    inputs = {"src": Input(kind="dir")}
+    outputs = {"out": Output(kind="dir")}
+
+    def check(self, ports: Ports) -> list[tuple[str, str]]:
+        name = Path(ports.inputs["src"]).name  # a placeholder while the upstream computes it
+        return [("src", "the folder must not be called 'bad'")] if name == "bad" else []
+
+    def run(self, ctx: Context) -> None:
+        Path(ctx.outputs["out"]).mkdir(parents=True, exist_ok=True)
+        Path(ctx.outputs["out"], "n.txt").write_text(
+            str(len(list(Path(ctx.inputs["src"]).iterdir())))
+        )
+
+
+@pytest.mark.parametrize(("where", "code"), [("good", 0), ("bad", 1)])
+def test_a_check_that_needs_an_input_an_upstream_computes_is_asked_once_it_is_known(
+    project, where: str, code: int
+) -> None:
+    """Loading, the input is only a placeholder: the rule's check may fail on it, and that
+    is no error (nor a traceback); it is asked again with the value, before the stage runs."""
+    rule_module.register_rule(_PathCheck.name, _PathCheck)
+    try:
+        step = (
+            "from pathlib import Path\n"
+            "def run(ctx):\n"
+            f"    d = Path(ctx.outputs['d'], '{where}')\n"
+            "    d.mkdir(parents=True)\n"
+            "    (d / 'a').write_text('hi')\n"
+            f"    return {{'where': 'build/up/{where}'}}\n"
+        )
+        p = project(
+            "stages:\n"
+            "  - id: up\n    type: python\n"
+            "    config: {function: 'upstep:run', outputs: {d: build/up}}\n"
+            "  - id: use\n    type: path_check\n"
+            '    config: {src: "{up.where}", out: build/use}\n',
+            {"upstep.py": step},
+            name=f"pc_{where}",
+        )
+        assert TRACEBACK not in p.cli("validate").output
+        result = p.cli("build", code=code)
+        assert TRACEBACK not in result.output
+        if code == 0:
+            assert p.read("build/use/n.txt") == "1"
+        else:
+            assert "must not be called 'bad'" in result.output
+    finally:
+        rule_module.unregister_rule(_PathCheck.name)
