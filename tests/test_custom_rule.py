@@ -433,3 +433,23 @@ def test_register_rule_takes_a_rule_class_and_refuses_anything_else(
         pipemake.register_rule("bad", dict)
     with pytest.raises(ValueError, match="rule name"):
         pipemake.register_rule("no spaces", Numbered)
+
+
+# findings of the original system's users ------------------------------------------------
+@pytest.mark.parametrize(
+    ("typed", "said"),
+    [
+        ("SEGMENTATION", "did you mean 'segmentation'? rule names are case-sensitive"),
+        ("Custom", "did you mean 'custom'?"),
+        ("my_custom_type", 'also needs `executor: "module:Class"`'),
+        ("my_custom_type", "pipemake.register_rule('my_custom_type', Class)"),
+    ],
+)
+def test_an_unknown_type_suggests_the_rule_and_what_custom_needs(
+    project: Callable[..., Proj], typed: str, said: str
+) -> None:
+    p = project(UPPER.replace("type: custom", f"type: {typed}"), FILES)
+    r = p.cli("validate", code=2)
+    line = p.read("pipemake.yaml").splitlines().index(f"    type: {typed}") + 1
+    assert f"pipemake.yaml:{line}: stage 'upper': unknown rule {typed!r}" in r.output
+    assert said in r.output and TRACEBACK not in r.output
