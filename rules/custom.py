@@ -339,7 +339,7 @@ class CustomRule(Rule):
         for key, path in staging.items():
             if key.endswith("_dir") and not os.path.lexists(path):
                 os.makedirs(path)  # an output folder it had nothing to write into
-        outputs, metrics = _outcome(result)
+        outputs, metrics = _outcome(result, f"{cls.__name__}.execute()")
         if metrics:
             ctx.log.info(f"metrics: {json.dumps(metrics, default=str, sort_keys=True)}")
         moves = {staging[k]: final[k] for k in staging if k in final}
@@ -377,12 +377,22 @@ def _validate(
     return None
 
 
-def _outcome(result: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The result's outputs and metrics; a RuleError when it says the stage failed."""
+def _outcome(result: Any, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The result's outputs and metrics; a RuleError when it says the stage failed, or when
+    it is none of the results an executor may return (``what`` names the call)."""
     if result is None:
         return {}, {}
     if isinstance(result, dict) and not ({"status", "outputs"} & set(result)):
         return dict(result), {}
+    if not isinstance(result, dict) and not (
+        hasattr(result, "status") or hasattr(result, "outputs")
+    ):
+        shown = repr(result)
+        shown = shown if len(shown) <= 200 else shown[:200] + "…"
+        raise RuleError(
+            f"{what} returned {type(result).__name__} {shown}; expected a StageResult "
+            "(status, outputs, metrics, error_message), a dict of outputs, or None"
+        )
     get = result.get if isinstance(result, dict) else lambda k: getattr(result, k, None)
     status = get("status")
     status = str(getattr(status, "value", status) or "").lower()

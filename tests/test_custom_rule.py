@@ -140,6 +140,18 @@ class RaisingExecutor(StageExecutor):
         raise RuntimeError("ffmpeg not found")
 
 
+class OddResultExecutor(StageExecutor):
+    """Returns what its config's ``give`` names: none of the results an executor may give."""
+
+    def validate_config(self) -> bool:
+        return True
+
+    def execute(self, inputs):
+        self._mark_started()
+        Path(self.config["output_dir"]).mkdir(parents=True, exist_ok=True)
+        return {"str": "done", "int": 42, "list": ["a", "b"]}[self.config["give"]]
+
+
 class FailingExecutor(StageExecutor):
     def validate_config(self) -> bool:
         return True
@@ -453,3 +465,23 @@ def test_an_unknown_type_suggests_the_rule_and_what_custom_needs(
     line = p.read("pipemake.yaml").splitlines().index(f"    type: {typed}") + 1
     assert f"pipemake.yaml:{line}: stage 'upper': unknown rule {typed!r}" in r.output
     assert said in r.output and TRACEBACK not in r.output
+
+
+@pytest.mark.parametrize(
+    ("give", "said"), [("str", "str 'done'"), ("int", "int 42"), ("list", "list ['a', 'b']")]
+)
+def test_execute_returning_neither_a_result_nor_a_dict_fails_the_stage(
+    project: Callable[..., Proj], give: str, said: str
+) -> None:
+    p = project(
+        UPPER.replace("UpperExecutor", "OddResultExecutor").replace(
+            "output_dir: build/upper", f"output_dir: build/upper\n      give: {give}"
+        ),
+        FILES,
+    )
+    r = p.cli("build", "--no-progress", code=1)
+    assert f"OddResultExecutor.execute() returned {said}; expected a StageResult" in r.output
+    assert "a dict of outputs, or None" in r.output and TRACEBACK not in r.output
+    assert not p.exists("build/upper")  # nothing placed, nothing cached
+    p.cli("build", "--no-progress", code=1)
+    assert p.runs("upper") == 2
