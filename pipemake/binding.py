@@ -227,6 +227,7 @@ def _ports(
     sid = raw["id"]
     ports, problems = rule.ports(resolved)
     ports.root = root
+    ports.stage = sid
     canon, twice = rule.unalias(resolved)
     now = {msg for _, msg in twice}  # a key given twice is wrong whatever its values
     written = {rule.aliases.get(k, k): k for k in config}  # declared key → key in the file

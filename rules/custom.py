@@ -236,12 +236,11 @@ class CustomRule(Rule):
             params, inputs, {k: _absolute(root, v) for k, v in ports.outputs.items()}
         )
         try:
-            problem = _validate(cls, "", config)
+            problem = _validate(cls, ports.stage, config)
         except Exception as exc:  # noqa: BLE001 - the user's constructor: say what it raised
             problem = f"{cls.__name__}(stage_id, config) failed: {type(exc).__name__}: {exc}"
         if problem is None or self._not_there_yet(root, ports, params):
             return []
-        problem = problem.replace(" for stage ''", "")  # the stage is named beside it
         keys = [*params, *ports.inputs, *ports.outputs]
         named = [k for k in keys if f"'{k}'" in problem or f'"{k}"' in problem] or [
             k for k in keys if re.search(rf"(?<![\w-]){re.escape(k)}(?![\w-])", problem)

@@ -485,3 +485,28 @@ def test_execute_returning_neither_a_result_nor_a_dict_fails_the_stage(
     assert not p.exists("build/upper")  # nothing placed, nothing cached
     p.cli("build", "--no-progress", code=1)
     assert p.runs("upper") == 2
+
+
+ORIGINAL_EXECS = """
+from scripts.scenarios.data_pipeline_automation.stage_executors import StageExecutor
+
+
+class NeedsThreshold(StageExecutor):
+    def validate_config(self) -> bool:
+        self._get_config_value("threshold", required=True)
+        return True
+
+    def execute(self, inputs):
+        return self._create_success_result(outputs={})
+"""
+
+
+def test_a_failing_validate_config_sees_the_stage_id(project: Callable[..., Proj]) -> None:
+    p = project(
+        UPPER.replace("orig_exec:UpperExecutor", "orig_base:NeedsThreshold"),
+        {**FILES, "orig_base.py": ORIGINAL_EXECS},
+    )
+    r = p.cli("validate", code=2)
+    assert "missing required config key 'threshold'" in r.output
+    assert "stage ''" not in r.output
+    assert "validate_config() failed: stage 'upper': missing required" in r.output
