@@ -279,13 +279,15 @@ class CustomRule(Rule):
         except Exception as exc:  # noqa: BLE001 - the user's module: say what it raised
             raise RuleError(f"cannot import {module!r}: {type(exc).__name__}: {exc}") from None
         for part in attr.split("."):
-            obj = getattr(obj, part, None)
-        if not isinstance(obj, type) or not all(
-            callable(getattr(obj, m, None)) for m in ("validate_config", "execute")
-        ):
+            if not hasattr(obj, part):
+                raise RuleError(_no_such_class(obj, part))
+            obj = getattr(obj, part)
+        missing = [m for m in ("validate_config", "execute") if not callable(getattr(obj, m, None))]
+        if not isinstance(obj, type) or missing:
+            lacks = f"; it has no {' and no '.join(m + '()' for m in missing)}" if missing else ""
             raise RuleError(
                 f"{spec} is not an executor class (a class with validate_config() and "
-                "execute(inputs))"
+                f"execute(inputs)){lacks if isinstance(obj, type) else ''}"
             )
         self._classes[(root, spec)] = obj
         return obj
@@ -344,6 +346,23 @@ class CustomRule(Rule):
         moves = {staging[k]: final[k] for k in staging if k in final}
         values = _paths_to_project(outputs, moves, str(ctx.root))
         return json.loads(json.dumps(values, default=str))
+
+
+def _no_such_class(owner: Any, name: str) -> str:
+    """``owner`` (a module or class) has no ``name``: say so, with the closest class name."""
+    import difflib
+
+    kind = "module" if inspect.ismodule(owner) else "class"
+    where = getattr(owner, "__file__", None)
+    classes = [k for k, v in vars(owner).items() if isinstance(v, type) and not k.startswith("_")]
+    close = difflib.get_close_matches(name, classes, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    if not close and classes:
+        hint = f"; its classes: {', '.join(sorted(classes)[:12])}"
+    return (
+        f"{kind} {owner.__name__!r}" + (f" ({where})" if where else "")
+        + f" has no class {name!r}{hint}"
+    )  # fmt: skip
 
 
 def _call(what: str, fn: Callable[..., Any], *args: Any) -> Any:

@@ -262,7 +262,11 @@ def test_which_keys_are_paths() -> None:
 @pytest.mark.parametrize(
     ("spec", "said"),
     [
-        ("orig_exec:Nope", "not an executor class"),
+        ("orig_exec:Nope", "module 'orig_exec' ("),
+        ("orig_exec:UperExecutor", "has no class 'UperExecutor'; did you mean 'UpperExecutor'?"),
+        ("orig_exec:UpperExecutor.Inner", "class 'UpperExecutor' has no class 'Inner'"),
+        ("orig_exec:logger", "not an executor class"),
+        ("orig_exec:StageResult", "not an executor class (a class with validate_config() and"),
         ("no_such_module:UpperExecutor", "cannot import 'no_such_module'"),
         ("not a spec", "package.module:Class"),
     ],
@@ -271,6 +275,8 @@ def test_a_bad_executor_is_exit_2(project: Callable[..., Proj], spec: str, said:
     p = project(UPPER.replace("orig_exec:UpperExecutor", spec), FILES)
     r = p.cli("validate", code=2)
     assert said in r.output and "stage 'upper'" in r.output and TRACEBACK not in r.output
+    line = p.read("pipemake.yaml").splitlines().index(f'      executor: "{spec}"') + 1
+    assert f"pipemake.yaml:{line}: stage 'upper'" in r.output  # the executor key's line
 
 
 def test_validate_config_waits_for_an_upstream_output(project: Callable[..., Proj]) -> None:
