@@ -54,7 +54,7 @@ from pipemake.hashing import hash_file
 from pipemake.model import Pending
 from pipemake.rule import Context, Ports, Rule, RuleError
 
-from .original import install_aliases
+from .original import ALIASES, install_aliases
 
 __all__ = ["CustomRule"]
 
@@ -149,6 +149,8 @@ class CustomRule(Rule):
     open_values = True
     #: the build adds each upstream stage's outputs and values under this param
     upstream_param = UPSTREAM
+    #: the finder of the original system's module names (``import pipemake`` asks it)
+    import_aliases = ALIASES
 
     def __init__(self, executor: type | None = None) -> None:
         super().__init__()
