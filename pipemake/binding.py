@@ -518,7 +518,11 @@ def _missing(ld: Problems, st: Stage, key: str, path: str) -> None:
         f"input {key!r}: {path} does not exist",
         st.lines.get(key, st.line),
         st.id,
-        hint="create it, fix the path, or produce it with an upstream stage",
+        hint=getattr(
+            st.rule,
+            "missing_input_hint",
+            "create it, fix the path, or produce it with an upstream stage",
+        ).format(key=key),
     )
 
 

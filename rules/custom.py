@@ -9,18 +9,31 @@ pipeline) calls ``validate_config()`` too, so a bad config is exit 2 before anyt
 unless the config names a path that does not exist yet (an upstream stage's output before
 its first build): then the check is the worker's, before ``execute``.
 
-Which keys are paths. A key named ``output``, or with the word ``output`` and one such as
-``dir``, ``path``, ``file`` or ``folder`` (``output_dir``, ``cut_output_path``; not
-``output_format``), is an output: the executor gets its staging path (absolute) and
-pipemake stores and places what it wrote there. As in the original, the executor creates
-it (pipemake creates its parent; a ``*_dir`` output it did not create is an empty folder).
-A key named likewise with ``input`` (``input_dir``, ``input_video``) whose value is a path
-or a list of paths is an input: the executor gets it absolute, and its content is part of
-the key. ``inputs: [KEY, …]`` and ``outputs: [KEY, …]`` name them
-instead (these two keys and ``executor`` are not passed on). Every other key is a param,
-passed as written. A reference to another stage's output (``{extract.output_dir}``) puts
-that stage's output hashes into the key, whichever key holds it. The executor module's
-source is part of the key, as for ``python`` stages, unless the stage sets ``version:``.
+Which keys are paths, decided from the pipeline file as written (never from what is on
+disk: a build creates outputs, and a key must not turn from output into input when it
+does); ``validate`` shows each stage's reading:
+
+- an **output** is a key named ``output``, or with the word ``output`` and a path word
+  (``dir``, ``path``, ``file``, ``folder``, …: ``output_dir``, ``cut_output_path``; not
+  ``output_format``), or with a path word and ``out``, ``save``, ``dest``, ``target``,
+  ``export``, ``write`` or ``result`` (``save_dir``, ``dest_path``) whose value is a path
+  inside the project (outside it, such a key stays a param: pipemake never replaces a
+  folder of yours it was not told is an output). The executor gets its staging path
+  (absolute); pipemake stores what it wrote there, places it, and restores it when missing.
+  As in the original, the executor creates it (pipemake creates its parent; a ``*_dir``
+  output it did not create is an empty folder);
+- an **input** is a key whose value is a path or a list of paths and that is named with
+  ``input``, ``source``, ``src``, ``in``, ``from``, ``read`` or ``load`` or with a path
+  word (``input_dir``, ``source_dir``, ``model_path``, ``labels_file``), except scratch
+  keys (``cache_dir``, ``tmp_dir``, ``work_dir``, ``log_dir``: params). The executor gets
+  it absolute and its content is part of the key; one no stage produces must exist;
+- ``inputs: [KEY, …]`` and ``outputs: [KEY, …]`` name them instead (each list replaces its
+  own reading; these two keys and ``executor`` are not passed on);
+- every other key is a **param**, passed as written. A reference to another stage's output
+  (``{extract.output_dir}``) puts that stage's output hashes into the key, whichever key
+  holds it. A result naming an existing project path that is none of these is logged as a
+  warning: pipemake does not store it. The executor module's source is part of the key,
+  as for ``python`` stages, unless the stage sets ``version:``.
 
 ``inputs``, the argument of ``execute``, maps each upstream stage's id to its outputs
 (absolute paths) and computed values, as the original passed each dependency's outputs.
@@ -52,7 +65,7 @@ from typing import Any
 
 from pipemake.hashing import hash_file
 from pipemake.model import Pending
-from pipemake.rule import Context, Ports, Rule, RuleError
+from pipemake.rule import Context, Ports, Rule, RuleError, project_on_path
 
 from .original import ALIASES, install_aliases
 
@@ -71,6 +84,13 @@ _FAILED = {"failed", "failure", "error", "cancelled"}
 #: with ``input`` or ``output``, a word that makes a key a path (``output_format`` is not)
 _PATH_WORDS = {"dir", "dirs", "directory", "folder", "path", "paths", "file", "files", "root",
                "video", "videos", "image", "images"}  # fmt: skip
+#: with a path word, words that make a key a path the stage writes (``save_dir``)
+_OUT_WORDS = {"out", "save", "saved", "dest", "destination", "dst", "target", "export",
+              "write", "result", "results"}  # fmt: skip
+#: words that make a key with a path value one the stage reads (``source_dir``, ``src``)
+_IN_WORDS = {"in", "source", "sources", "src", "from", "read", "load"}
+#: with a path word, words of the executor's own scratch space (``cache_dir``): a param
+_SCRATCH = {"tmp", "temp", "cache", "scratch", "work", "log", "logs"}
 
 
 def _words(key: str) -> set[str]:
@@ -82,6 +102,31 @@ def _named_as(key: str, word: str) -> bool:
     ``input``/``output`` alone, or with a word such as ``dir``, ``path`` or ``file``."""
     words = _words(key)
     return bool({word, word + "s"} & words) and (len(words) == 1 or bool(words & _PATH_WORDS))
+
+
+def _reading(key: str, value: Any) -> str:
+    """How a key no ``inputs:``/``outputs:`` list names is read, from the pipeline file
+    alone (never from what is on disk, which a build changes): ``output``, ``input`` or
+    ``param`` (see the module's docstring)."""
+    words = _words(key)
+    if _named_as(key, "output"):
+        return "output"
+    pathish = bool(words & _PATH_WORDS)
+    if pathish and words & _OUT_WORDS:
+        return "output" if _in_project(value) else "param"
+    if not _is_paths(value):
+        return "param"
+    if _named_as(key, "input") or words & _IN_WORDS:
+        return "input"
+    return "input" if pathish and not words & _SCRATCH else "param"
+
+
+def _in_project(value: Any) -> bool:
+    """Whether ``value`` is a relative path that stays inside the project."""
+    if not isinstance(value, str) or not value or os.path.isabs(value):
+        return False
+    parts = os.path.normpath(value).split(os.sep)
+    return parts[0] not in ("..", ".", "")
 
 
 def _is_paths(value: Any) -> bool:
@@ -204,25 +249,47 @@ class CustomRule(Rule):
         for key, value in config.items():
             if key in reserved:
                 continue
-            is_output = key in named["outputs"] if "outputs" in named else _named_as(key, "output")
-            if is_output:
+            reading = _reading(key, value)
+            if "inputs" in named:
+                reading = "input" if key in named["inputs"] else reading.replace("input", "")
+            if "outputs" in named:
+                reading = "output" if key in named["outputs"] else reading.replace("output", "")
+            if reading == "output":
                 if not isinstance(value, str) or not value:
                     problems.append((key, f"output {key!r} must be a path, got {value!r}"))
                     continue
                 ports.outputs[key] = value
                 ports.output_kinds[key] = "path"  # made by the executor, as it always was
-            elif "inputs" in named and key in named["inputs"]:
+            elif reading == "input":
                 if not _is_paths(value):
                     problems.append((key, f"input {key!r} must be a path or a list of paths"))
                     continue
-                ports.inputs[key] = value
-            elif "inputs" not in named and _named_as(key, "input") and _is_paths(value):
                 ports.inputs[key] = value
             else:
                 params[key] = value
         ports.params = {**params, _EXEC: spec, _FINAL: dict(ports.outputs)}
         ports.key_params = {"executor": spec, "params": params, "outputs": dict(ports.outputs)}
         return ports, problems
+
+    def describe(self, ports: Ports) -> list[str]:
+        """How each config key was read (what ``validate`` shows under the stage)."""
+        params = [k for k in ports.params if k not in (_EXEC, _FINAL, UPSTREAM)]
+        parts = [
+            f"{what} {', '.join(keys)}"
+            for what, keys in (
+                ("inputs (content in the key):", list(ports.inputs)),
+                ("outputs (stored, restored):", list(ports.outputs)),
+                ("params:", params),
+            )
+            if keys
+        ]
+        return ["config keys read as " + "; ".join(parts)] if parts else []
+
+    #: said under a missing input of a custom stage
+    missing_input_hint = (
+        "create it, fix the path, or produce it with an upstream stage; if this stage "
+        "writes it, list {key!r} with the stage's other outputs in `outputs: [...]`"
+    )
 
     def check(self, ports: Ports) -> list[tuple[str, str]]:
         try:
@@ -269,8 +336,7 @@ class CustomRule(Rule):
         if known is not None:
             return known
         module, _, attr = spec.partition(":")
-        if root and root not in sys.path:
-            sys.path.append(root)  # after the standard library: a project's copy.py wins nothing
+        project_on_path(root)  # last on sys.path; an earlier project's root is taken off
         install_aliases()
         loaded = getattr(sys.modules.get(module), "__file__", None)
         if loaded is not None and loaded != _module_file(module, root):
@@ -345,6 +411,12 @@ class CustomRule(Rule):
         outputs, metrics = _outcome(result, f"{cls.__name__}.execute()")
         if metrics:
             ctx.log.info(f"metrics: {json.dumps(metrics, default=str, sort_keys=True)}")
+        for key, rel in _untracked(outputs, [*staging.values()], inputs, ctx.root):
+            ctx.log.warning(
+                f"{cls.__name__} returned {key!r}: {rel}, a path pipemake neither stores nor "
+                "restores; if the stage writes it, list its config key with the stage's "
+                "other outputs in `outputs: [...]`"
+            )
         moves = {staging[k]: final[k] for k in staging if k in final}
         values = _paths_to_project(outputs, moves, str(ctx.root))
         return json.loads(json.dumps(values, default=str))
@@ -424,6 +496,27 @@ def _outcome(result: Any, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
         raise RuleError(f"the executor's outputs must be a dict, got {type(outputs).__name__}")
     metrics = get("metrics") or {}
     return dict(outputs), dict(metrics) if isinstance(metrics, dict) else {}
+
+
+def _untracked(
+    outputs: Mapping[str, Any], staged: list[str], inputs: Mapping[str, Any], root: Path
+) -> Iterator[tuple[str, str]]:
+    """The result's outputs (name, path relative to the project) that name an existing
+    path in the project outside the stage's outputs, its inputs and ``.pipemake``: what
+    the executor wrote where pipemake does not look."""
+    top = os.path.realpath(root)
+    known = [os.path.realpath(p) for p in staged]
+    for value in inputs.values():
+        known += [os.path.realpath(v) for v in (value if isinstance(value, list) else [value])]
+    known.append(os.path.join(top, ".pipemake"))
+    for key, value in outputs.items():
+        if not isinstance(value, str | os.PathLike) or not os.fspath(value):
+            continue
+        path = os.path.realpath(os.path.join(top, os.fspath(value)))
+        inside = lambda p, d: p == d or p.startswith(d.rstrip(os.sep) + os.sep)  # noqa: E731
+        if inside(path, top) and path != top and os.path.lexists(path):
+            if not any(inside(path, k) or inside(k, path) for k in known):
+                yield str(key), os.path.relpath(path, top)
 
 
 def _paths_to_project(value: Any, moves: Mapping[str, str], root: str) -> Any:

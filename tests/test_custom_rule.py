@@ -248,12 +248,10 @@ def test_which_keys_are_paths() -> None:
     }  # fmt: skip
     ports, problems = custom.ports(config)
     assert problems == []
-    assert ports.inputs == {"input_dir": "data"}
+    assert ports.inputs == {"input_dir": "data", "instances_dir": "up/x"}
     assert ports.outputs == {"output_dir": "out", "cut_output_path": "cuts.json"}
     assert ports.output_kinds == {"output_dir": "path", "cut_output_path": "path"}
-    assert ports.key_params["params"] == {
-        "input_format": "png", "output_format": "jpg", "instances_dir": "up/x",
-    }  # fmt: skip
+    assert ports.key_params["params"] == {"input_format": "png", "output_format": "jpg"}
     named, problems = custom.ports({**config, "inputs": ["instances_dir"], "outputs": ["x"]})
     assert named.inputs == {"instances_dir": "up/x"}
     assert problems == [("outputs", "'outputs' names 'x', not a key of this config")]
@@ -516,3 +514,129 @@ def test_a_failing_validate_config_sees_the_stage_id(project: Callable[..., Proj
     assert "missing required config key 'threshold'" in r.output
     assert "stage ''" not in r.output
     assert "validate_config() failed: stage 'upper': missing required" in r.output
+
+
+def test_path_keys_without_input_or_output_in_their_names() -> None:
+    custom = rule.get_rule("custom")
+    assert custom is not None
+    config = {
+        "executor": "m:C", "source_dir": "data", "save_dir": "build/saved", "src": ["a", "b"],
+        "model_path": "models/m.onnx", "dest_file": "/elsewhere/x", "cache_dir": "tmp/c",
+        "results_dir": "../up", "mode": "upper", "threshold": 0.5, "weights_dir": 3,
+    }  # fmt: skip
+    ports, problems = custom.ports(config)
+    assert problems == []
+    assert ports.inputs == {"source_dir": "data", "src": ["a", "b"], "model_path": "models/m.onnx"}
+    assert ports.outputs == {"save_dir": "build/saved"}
+    # outside the project, a save-like key is never made an output pipemake would replace
+    assert ports.key_params["params"] == {
+        "dest_file": "/elsewhere/x", "cache_dir": "tmp/c", "results_dir": "../up",
+        "mode": "upper", "threshold": 0.5, "weights_dir": 3,
+    }  # fmt: skip
+    assert custom.describe(ports) == [
+        "config keys read as inputs (content in the key): source_dir, src, model_path; "
+        "outputs (stored, restored): save_dir; params: dest_file, cache_dir, results_dir, "
+        "mode, threshold, weights_dir"
+    ]
+    listed, _ = custom.ports({**config, "outputs": ["cache_dir"]})
+    assert listed.outputs == {"cache_dir": "tmp/c"} and "save_dir" in listed.params
+
+
+COPY_EXECS = """
+import os, shutil
+from scripts.scenarios.data_pipeline_automation.stage_executors import StageExecutor
+
+
+class CopyExec(StageExecutor):
+    def validate_config(self):
+        self._get_config_value("source_dir", required=True)
+        self._get_config_value("save_dir", required=True)
+        return True
+
+    def execute(self, inputs):
+        s, d = self._get_config_value("source_dir"), self._get_config_value("save_dir")
+        os.makedirs(d, exist_ok=True)
+        for n in os.listdir(s):
+            shutil.copy(os.path.join(s, n), os.path.join(d, n))
+        with open("runs/copy.count", "a") as f:
+            f.write("x\\n")
+        return self._create_success_result(outputs={"save_dir": d})
+"""
+
+COPY = """
+name: keys
+stages:
+  - id: copy
+    type: custom
+    config:
+      executor: "copy_exec:CopyExec"
+      source_dir: data
+      save_dir: build/saved
+  - id: count
+    type: shell
+    config:
+      cmd: "cat {copy.save_dir}/a.txt > {outputs.o}"
+      outputs: {o: build/count.txt}
+"""
+
+
+def test_a_source_dir_is_hashed_and_a_save_dir_restored(project: Callable[..., Proj]) -> None:
+    p = project(COPY, {"copy_exec.py": COPY_EXECS, "data/a.txt": "one\n"})
+    r = p.cli("validate")
+    assert "inputs (content in the key): source_dir; outputs (stored, restored): save_dir" in (
+        r.output
+    )
+    p.cli("build")
+    assert p.read("build/count.txt") == "one\n" and p.runs("copy") == 1
+    p.write("data/a.txt", "two\n")
+    assert "copy: run: input data changed" in p.cli("dry-run").output
+    p.cli("build")
+    assert p.read("build/saved/a.txt") == "two\n" and p.read("build/count.txt") == "two\n"
+    assert p.runs("copy") == 2
+    import shutil
+
+    shutil.rmtree(p.path("build/saved"))
+    r = p.cli("build", "--no-progress")
+    assert p.read("build/saved/a.txt") == "two\n" and p.runs("copy") == 2  # restored
+    assert "1 restored" in r.output
+
+
+def test_a_missing_path_key_says_how_to_make_it_an_output(project: Callable[..., Proj]) -> None:
+    p = project(
+        COPY.replace("save_dir: build/saved", "save_dir: build/saved\n      model_dir: nothere"),
+        {"copy_exec.py": COPY_EXECS, "data/a.txt": "one\n"},
+    )
+    r = p.cli("validate", code=2)
+    assert "input 'model_dir': nothere does not exist" in r.output
+    assert "list 'model_dir' with the stage's other outputs in `outputs: [...]`" in r.output
+
+
+def test_a_save_dir_outside_the_project_is_left_to_the_executor(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """pipemake never replaces a folder outside the project it was not told is an output."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("keep")
+    p = project(
+        COPY.replace("save_dir: build/saved", f"save_dir: {mine}"),
+        {"copy_exec.py": COPY_EXECS, "data/a.txt": "one\n"},
+    )
+    r = p.cli("validate")
+    assert "params: save_dir" in r.output
+    p.cli("build")
+    assert (mine / "keep.txt").read_text() == "keep" and (mine / "a.txt").read_text() == "one\n"
+
+
+def test_a_result_naming_a_path_pipemake_does_not_store_is_warned(
+    project: Callable[..., Proj],
+) -> None:
+    execs = COPY_EXECS.replace(
+        'outputs={"save_dir": d}', 'outputs={"save_dir": d, "report": "runs/copy.count"}'
+    )
+    p = project(COPY, {"copy_exec.py": execs, "data/a.txt": "one\n"})
+    r = p.cli("build", "--no-progress")
+    assert "CopyExec returned 'report': runs/copy.count, a path pipemake neither stores" in (
+        r.output
+    )
+    assert "returned 'save_dir'" not in r.output
