@@ -121,6 +121,22 @@ def _reading(key: str, value: Any) -> str:
     return "input" if pathish and not words & _SCRATCH else "param"
 
 
+def _away(root: Path, key: str, value: str) -> str | None:
+    """Why the output ``key``, not named ``output…``, must not be one: a path inside the
+    project that a symlink leads out of it (pipemake would replace what lies there)."""
+    if _named_as(key, "output") or os.path.isabs(value):
+        return None  # named as an output, or a path outside written out: as the user said
+    top = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(top, value))
+    if real == top or real.startswith(top.rstrip(os.sep) + os.sep):
+        return None
+    return (
+        f"output {key!r} ({value}) leads out of the project through a symlink, to {real}; "
+        "pipemake would replace what is there. Give a path inside the project, or write "
+        f"{real} itself and list {key!r} in `outputs: [...]` if pipemake should manage it"
+    )
+
+
 def _in_project(value: Any) -> bool:
     """Whether ``value`` is a relative path that stays inside the project."""
     if not isinstance(value, str) or not value or os.path.isabs(value):
@@ -292,13 +308,16 @@ class CustomRule(Rule):
     )
 
     def check(self, ports: Ports) -> list[tuple[str, str]]:
+        root = Path(ports.root or ".")
+        away = [(k, _away(root, k, v)) for k, v in ports.outputs.items()]
+        if any(why for _, why in away):
+            return [(k, why) for k, why in away if why]
         try:
             cls = self._class(str(ports.params.get(_EXEC, "")), ports.root)
         except RuleError as exc:
             return [("executor", str(exc))]
         if _has_pending(ports.params) or _has_pending(ports.inputs):
             return []  # checked when the build knows those values
-        root = Path(ports.root or ".")
         params = {k: v for k, v in ports.params.items() if k not in (_EXEC, _FINAL)}
         inputs = {k: _absolute(root, v) for k, v in ports.inputs.items()}
         config = self._config(
@@ -387,6 +406,10 @@ class CustomRule(Rule):
         upstream = params.pop(UPSTREAM, {})
         inputs = {k: _absolute(ctx.root, v) for k, v in ctx.inputs.items()}
         staging = {k: str(v) for k, v in ctx.outputs.items()}
+        for key, path in final.items():
+            why = _away(ctx.root, key, path)
+            if why:
+                raise RuleError(why)  # a symlink made since the pipeline was checked
         config = self._config(params, inputs, staging)
         with _forward_logs(cls, ctx.log):
             executor = _call(f"{cls.__name__}(stage_id, config)", cls, ctx.stage, config)

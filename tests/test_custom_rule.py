@@ -640,3 +640,49 @@ def test_a_result_naming_a_path_pipemake_does_not_store_is_warned(
         r.output
     )
     assert "returned 'save_dir'" not in r.output
+
+
+def test_a_save_dir_a_symlink_leads_out_of_the_project_is_refused(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    mine = tmp_path / "mine"
+    (mine / "saved").mkdir(parents=True)
+    (mine / "saved/keep.txt").write_text("keep")
+    p = project(COPY, {"copy_exec.py": COPY_EXECS, "data/a.txt": "one\n"})
+    p.cli("build")  # build/ is a real folder: fine
+    p.path("build/saved/a.txt").unlink()
+    p.path("build/saved").rmdir()
+    p.path("build/saved").symlink_to(mine / "saved")  # made after the plan was checked
+    p.write("data/a.txt", "two\n")
+    r = p.cli("build", "--no-progress", code=None)
+    assert r.exit_code in (1, 2) and TRACEBACK not in r.output
+    assert "leads out of the project through a symlink" in r.output
+    assert sorted(x.name for x in (mine / "saved").iterdir()) == ["keep.txt"]
+    p.path("build/saved").unlink()
+    p.path("link").symlink_to(mine)
+    p.edit("pipemake.yaml", "save_dir: build/saved", "save_dir: link/saved")
+    r = p.cli("validate", code=2)
+    assert "output 'save_dir' (link/saved) leads out of the project through a symlink" in (r.output)
+    p.cli("build", code=2)
+    assert sorted(x.name for x in (mine / "saved").iterdir()) == ["keep.txt"]
+
+
+def test_the_worker_refuses_a_save_dir_a_symlink_made_after_the_check(tmp_path: Path) -> None:
+    """The last guard, in the task itself: nothing runs, nothing is placed."""
+    root, mine = tmp_path / "ws", tmp_path / "mine"
+    (root / "data").mkdir(parents=True)
+    (root / "runs").mkdir()
+    (root / "data/a.txt").write_text("one\n")
+    (root / "copy_exec.py").write_text(COPY_EXECS)
+    mine.mkdir()
+    (root / "link").symlink_to(mine)
+    custom = rule.get_rule("custom")
+    assert custom is not None
+    ports, _ = custom.ports(
+        {"executor": "copy_exec:CopyExec", "source_dir": "data", "save_dir": "link/saved"}
+    )
+    staging = tmp_path / "staging/saved"
+    ctx = rule.Context(root, {"source_dir": root / "data"}, {"save_dir": staging}, ports.params)
+    with pytest.raises(pipemake.RuleError, match="leads out of the project through a symlink"):
+        custom.run(ctx)
+    assert not staging.exists() and not (root / "runs/copy.count").exists()
