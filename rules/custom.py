@@ -15,18 +15,20 @@ does); ``validate`` shows each stage's reading:
 
 - an **output** is a key named ``output``, or with the word ``output`` and a path word
   (``dir``, ``path``, ``file``, ``folder``, …: ``output_dir``, ``cut_output_path``; not
-  ``output_format``), or with a path word and ``out``, ``save``, ``dest``, ``target``,
-  ``export``, ``write`` or ``result`` (``save_dir``, ``dest_path``) whose value is a path
-  inside the project (outside it, such a key stays a param: pipemake never replaces a
-  folder of yours it was not told is an output). The executor gets its staging path
-  (absolute); pipemake stores what it wrote there, places it, and restores it when missing.
-  As in the original, the executor creates it (pipemake creates its parent; a ``*_dir``
-  output it did not create is an empty folder);
-- an **input** is a key whose value is a path or a list of paths and that is named with
-  ``input``, ``source``, ``src``, ``in``, ``from``, ``read`` or ``load`` or with a path
-  word (``input_dir``, ``source_dir``, ``model_path``, ``labels_file``), except scratch
-  keys (``cache_dir``, ``tmp_dir``, ``work_dir``, ``log_dir``: params). The executor gets
-  it absolute and its content is part of the key; one no stage produces must exist;
+  ``output_format``), or one ending in ``_dir``, ``_path``, ``_file``, ``_folder`` or
+  ``_root`` with ``out``, ``save``, ``dest``, ``target``, ``export``, ``write`` or
+  ``result`` in it (``save_dir``, ``dest_path``) whose value is a path inside the project
+  (outside it, or led out by a symlink, such a key is a param or refused: pipemake never
+  replaces a folder of yours it was not told is an output). The executor gets its staging
+  path (absolute); pipemake stores what it wrote there, places it, and restores it when
+  missing. As in the original, the executor creates it (pipemake creates its parent; a
+  ``*_dir`` output it did not create is an empty folder);
+- an **input** is a key whose value is a path or a list of paths (not a URL, not ``~/…``)
+  and that is named with ``input`` and a path word (``input_dir``, ``input_video``) or
+  ends in one of those path words (``source_dir``, ``model_path``, ``labels_file``),
+  except scratch keys (``cache_dir``, ``tmp_dir``, ``work_dir``, ``log_dir``: params). The
+  executor gets it absolute and its content is part of the key; one that no stage
+  produces must exist (the error says how to make it an output instead);
 - ``inputs: [KEY, …]`` and ``outputs: [KEY, …]`` name them instead (each list replaces its
   own reading; these two keys and ``executor`` are not passed on);
 - every other key is a **param**, passed as written. A reference to another stage's output
@@ -84,12 +86,13 @@ _FAILED = {"failed", "failure", "error", "cancelled"}
 #: with ``input`` or ``output``, a word that makes a key a path (``output_format`` is not)
 _PATH_WORDS = {"dir", "dirs", "directory", "folder", "path", "paths", "file", "files", "root",
                "video", "videos", "image", "images"}  # fmt: skip
-#: with a path word, words that make a key a path the stage writes (``save_dir``)
+#: the last word of a key whose value is a path (``model_path``; not ``video_codec``)
+_PATH_LAST = {"dir", "dirs", "directory", "folder", "folders", "path", "paths", "file",
+              "files", "root"}  # fmt: skip
+#: with such a last word, words that make a key a path the stage writes (``save_dir``)
 _OUT_WORDS = {"out", "save", "saved", "dest", "destination", "dst", "target", "export",
               "write", "result", "results"}  # fmt: skip
-#: words that make a key with a path value one the stage reads (``source_dir``, ``src``)
-_IN_WORDS = {"in", "source", "sources", "src", "from", "read", "load"}
-#: with a path word, words of the executor's own scratch space (``cache_dir``): a param
+#: with such a last word, words of the executor's own scratch space (``cache_dir``): params
 _SCRATCH = {"tmp", "temp", "cache", "scratch", "work", "log", "logs"}
 
 
@@ -108,17 +111,24 @@ def _reading(key: str, value: Any) -> str:
     """How a key no ``inputs:``/``outputs:`` list names is read, from the pipeline file
     alone (never from what is on disk, which a build changes): ``output``, ``input`` or
     ``param`` (see the module's docstring)."""
-    words = _words(key)
     if _named_as(key, "output"):
         return "output"
-    pathish = bool(words & _PATH_WORDS)
+    parts = key.lower().replace("-", "_").split("_")
+    words = set(parts)
+    pathish = len(parts) > 1 and parts[-1] in _PATH_LAST
     if pathish and words & _OUT_WORDS:
         return "output" if _in_project(value) else "param"
-    if not _is_paths(value):
+    if not _is_paths(value) or not _plain_paths(value):
         return "param"
-    if _named_as(key, "input") or words & _IN_WORDS:
+    if _named_as(key, "input"):
         return "input"
     return "input" if pathish and not words & _SCRATCH else "param"
+
+
+def _plain_paths(value: Any) -> bool:
+    """Whether a path value is one pipemake can hash: not a URL, not ``~/…``."""
+    values = value if isinstance(value, list) else [value]
+    return not any(isinstance(v, str) and ("://" in v or v.startswith("~")) for v in values)
 
 
 def _away(root: Path, key: str, value: str) -> str | None:

@@ -520,23 +520,25 @@ def test_path_keys_without_input_or_output_in_their_names() -> None:
     custom = rule.get_rule("custom")
     assert custom is not None
     config = {
-        "executor": "m:C", "source_dir": "data", "save_dir": "build/saved", "src": ["a", "b"],
-        "model_path": "models/m.onnx", "dest_file": "/elsewhere/x", "cache_dir": "tmp/c",
-        "results_dir": "../up", "mode": "upper", "threshold": 0.5, "weights_dir": 3,
+        "executor": "m:C", "source_dir": "data", "save_dir": "build/saved",
+        "src_paths": ["a", "b"], "model_path": "models/m.onnx", "dest_file": "/elsewhere/x",
+        "cache_dir": "tmp/c", "results_dir": "../up", "mode": "upper", "threshold": 0.5,
+        "weights_dir": 3, "video_codec": "h264", "read_mode": "lazy", "source": "webcam",
+        "url_path": "https://x/m.onnx", "home_file": "~/w.onnx",
     }  # fmt: skip
     ports, problems = custom.ports(config)
     assert problems == []
-    assert ports.inputs == {"source_dir": "data", "src": ["a", "b"], "model_path": "models/m.onnx"}
+    assert ports.inputs == {
+        "source_dir": "data", "src_paths": ["a", "b"], "model_path": "models/m.onnx"
+    }  # fmt: skip
     assert ports.outputs == {"save_dir": "build/saved"}
     # outside the project, a save-like key is never made an output pipemake would replace
-    assert ports.key_params["params"] == {
-        "dest_file": "/elsewhere/x", "cache_dir": "tmp/c", "results_dir": "../up",
-        "mode": "upper", "threshold": 0.5, "weights_dir": 3,
-    }  # fmt: skip
+    params = ["dest_file", "cache_dir", "results_dir", "mode", "threshold", "weights_dir",
+              "video_codec", "read_mode", "source", "url_path", "home_file"]  # fmt: skip
+    assert list(ports.key_params["params"]) == params
     assert custom.describe(ports) == [
-        "config keys read as inputs (content in the key): source_dir, src, model_path; "
-        "outputs (stored, restored): save_dir; params: dest_file, cache_dir, results_dir, "
-        "mode, threshold, weights_dir"
+        "config keys read as inputs (content in the key): source_dir, src_paths, model_path; "
+        "outputs (stored, restored): save_dir; params: " + ", ".join(params)
     ]
     listed, _ = custom.ports({**config, "outputs": ["cache_dir"]})
     assert listed.outputs == {"cache_dir": "tmp/c"} and "save_dir" in listed.params
