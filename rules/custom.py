@@ -526,7 +526,10 @@ def _outcome(result: Any, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
         raise RuleError(str(message))
     outputs = get("outputs") or {}
     if not isinstance(outputs, dict):
-        raise RuleError(f"the executor's outputs must be a dict, got {type(outputs).__name__}")
+        raise RuleError(
+            f"{what} returned outputs of type {type(outputs).__name__} ({outputs!r:.200}); "
+            "expected a dict of output names to paths or values"
+        )
     metrics = get("metrics") or {}
     return dict(outputs), dict(metrics) if isinstance(metrics, dict) else {}
 
