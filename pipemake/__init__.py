@@ -9,6 +9,7 @@ The public API is what ``__all__`` names: load a project, then build, plan or in
 :mod:`pipemake.rule`.
 """
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -118,3 +119,24 @@ __all__ = [
     "status",
     "validate",
 ]
+
+
+class _OriginalNames:
+    """The original pipeline system's module names (``scripts.scenarios.
+    data_pipeline_automation`` and below), answered by the ``custom`` rule's own finder
+    when no real module has them, so an executor module written with the original import
+    lines imports in a plain script after ``import pipemake``, as it does inside a
+    ``custom`` stage. Last on ``sys.meta_path``: a project's own ``scripts`` package wins.
+    Nothing is imported until such a name is asked for."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != "scripts" and not fullname.startswith("scripts."):
+            return None
+        from .rule import get_rule
+
+        finder = getattr(get_rule("custom"), "import_aliases", None)
+        return finder.find_spec(fullname, path, target) if finder is not None else None
+
+
+if not any(type(f).__name__ == "_OriginalNames" for f in sys.meta_path):
+    sys.meta_path.append(_OriginalNames())

@@ -153,6 +153,21 @@ def _refs(raw: LineDict) -> list[Ref]:
         return []
 
 
+def _unknown_rule_hint(typed: str) -> str:
+    """The closest rule name (case aside first: ``SEGMENTATION``), what a ``custom`` stage
+    needs besides its type, and every rule name."""
+    names = rule_names()
+    same = [n for n in names if n.lower() == typed.lower()]
+    close = f"did you mean {same[0]!r}? rule names are case-sensitive." if same else ""
+    close = close or suggest(typed, names)
+    if close == "did you mean 'custom'?":
+        close += (
+            ' A custom stage also needs `executor: "module:Class"` in its config (or register'
+            f" the class as this type: pipemake.register_rule({typed!r}, Class))."
+        )
+    return (close + " known rules: " + ", ".join(names)).strip()
+
+
 def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: Problems) -> Stage | None:
     sid = raw["id"]
     rule = get_rule(raw["type"])
@@ -161,9 +176,7 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: Problems) ->
             f"unknown rule {raw['type']!r}",
             raw.line_of("type"),
             sid,
-            hint=(
-                suggest(raw["type"], rule_names()) + " known rules: " + ", ".join(rule_names())
-            ).strip(),
+            hint=_unknown_rule_hint(str(raw["type"])),
         )
         return None
     config = raw.get("config") or {}
@@ -214,6 +227,7 @@ def _ports(
     sid = raw["id"]
     ports, problems = rule.ports(resolved)
     ports.root = root
+    ports.stage = sid
     canon, twice = rule.unalias(resolved)
     now = {msg for _, msg in twice}  # a key given twice is wrong whatever its values
     written = {rule.aliases.get(k, k): k for k in config}  # declared key → key in the file
@@ -520,7 +534,11 @@ def _missing(ld: Problems, st: Stage, key: str, path: str, root: Any) -> None:
         f"input {key!r}: {path} does not exist{where}",
         st.lines.get(key, st.line),
         st.id,
-        hint="create it, fix the path, or produce it with an upstream stage",
+        hint=getattr(
+            st.rule,
+            "missing_input_hint",
+            "create it, fix the path, or produce it with an upstream stage",
+        ).format(key=key),
     )
 
 

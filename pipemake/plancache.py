@@ -156,7 +156,7 @@ def _stages(doc: dict[str, Any], file: Path) -> Pipeline | None:
             return None
         ports = Ports(
             inputs=s["inputs"], outputs=s["outputs"], output_kinds=s["output_kinds"],
-            params=s["params"] or {}, key_params=s["key_params"], root=root,
+            params=s["params"] or {}, key_params=s["key_params"], root=root, stage=s["id"],
         )  # fmt: skip
         fe = Foreach(*s["foreach"]) if s["foreach"] else None
         stages[s["id"]] = Stage(

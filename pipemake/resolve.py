@@ -152,7 +152,7 @@ class Resolver:
             # no computed values referenced: the loader's resolution is the build's
             p = stage.ports
             ports = Ports(dict(p.inputs), dict(p.outputs), p.output_kinds, p.params, p.key_params,
-                          p.root)  # fmt: skip
+                          p.root, stage.id)  # fmt: skip
         else:
             ports = self._resolve_ports(stage, unknown)
         inputs: dict[str, Any] = {}
@@ -378,6 +378,7 @@ class Resolver:
             raise StageFailure(str(exc)) from None
         ports, problems = stage.rule.ports(config)
         ports.root = str(self.p.root)
+        ports.stage = stage.id
         problems = problems or stage.rule.check(ports)
         if problems:
             raise StageFailure("; ".join(msg for _key, msg in problems))

@@ -158,6 +158,8 @@ class Ports:
     key_params: dict[str, Any] | None = None
     #: the project root (absolute), for rules that look at user code
     root: str = ""
+    #: the stage's id, for rules that check the config with the user's code (which names it)
+    stage: str = ""
 
 
 #: what starts a task's subprocesses: ``(args, extra environment, Popen keywords)``

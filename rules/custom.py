@@ -9,18 +9,33 @@ pipeline) calls ``validate_config()`` too, so a bad config is exit 2 before anyt
 unless the config names a path that does not exist yet (an upstream stage's output before
 its first build): then the check is the worker's, before ``execute``.
 
-Which keys are paths. A key named ``output``, or with the word ``output`` and one such as
-``dir``, ``path``, ``file`` or ``folder`` (``output_dir``, ``cut_output_path``; not
-``output_format``), is an output: the executor gets its staging path (absolute) and
-pipemake stores and places what it wrote there. As in the original, the executor creates
-it (pipemake creates its parent; a ``*_dir`` output it did not create is an empty folder).
-A key named likewise with ``input`` (``input_dir``, ``input_video``) whose value is a path
-or a list of paths is an input: the executor gets it absolute, and its content is part of
-the key. ``inputs: [KEY, …]`` and ``outputs: [KEY, …]`` name them
-instead (these two keys and ``executor`` are not passed on). Every other key is a param,
-passed as written. A reference to another stage's output (``{extract.output_dir}``) puts
-that stage's output hashes into the key, whichever key holds it. The executor module's
-source is part of the key, as for ``python`` stages, unless the stage sets ``version:``.
+Which keys are paths, decided from the pipeline file as written (never from what is on
+disk: a build creates outputs, and a key must not turn from output into input when it
+does); ``validate`` shows each stage's reading:
+
+- an **output** is a key named ``output``, or with the word ``output`` and a path word
+  (``dir``, ``path``, ``file``, ``folder``, …: ``output_dir``, ``cut_output_path``; not
+  ``output_format``), or one ending in ``_dir``, ``_path``, ``_file``, ``_folder`` or
+  ``_root`` with ``out``, ``save``, ``dest``, ``target``, ``export``, ``write`` or
+  ``result`` in it (``save_dir``, ``dest_path``) whose value is a path inside the project
+  (outside it, or led out by a symlink, such a key is a param or refused: pipemake never
+  replaces a folder of yours it was not told is an output). The executor gets its staging
+  path (absolute); pipemake stores what it wrote there, places it, and restores it when
+  missing. As in the original, the executor creates it (pipemake creates its parent; a
+  ``*_dir`` output it did not create is an empty folder);
+- an **input** is a key whose value is a path or a list of paths (not a URL, not ``~/…``)
+  and that is named with ``input`` and a path word (``input_dir``, ``input_video``) or
+  ends in one of those path words (``source_dir``, ``model_path``, ``labels_file``),
+  except scratch keys (``cache_dir``, ``tmp_dir``, ``work_dir``, ``log_dir``: params). The
+  executor gets it absolute and its content is part of the key; one that no stage
+  produces must exist (the error says how to make it an output instead);
+- ``inputs: [KEY, …]`` and ``outputs: [KEY, …]`` name them instead (each list replaces its
+  own reading; these two keys and ``executor`` are not passed on);
+- every other key is a **param**, passed as written. A reference to another stage's output
+  (``{extract.output_dir}``) puts that stage's output hashes into the key, whichever key
+  holds it. A result naming an existing project path that is none of these is logged as a
+  warning: pipemake does not store it. The executor module's source is part of the key,
+  as for ``python`` stages, unless the stage sets ``version:``.
 
 ``inputs``, the argument of ``execute``, maps each upstream stage's id to its outputs
 (absolute paths) and computed values, as the original passed each dependency's outputs.
@@ -52,9 +67,10 @@ from typing import Any
 
 from pipemake.hashing import hash_file
 from pipemake.model import Pending
-from pipemake.rule import Context, Ports, Rule, RuleError
+from pipemake.rule import Context, Ports, Rule, RuleError, project_on_path
 
-from .original import install_aliases
+from ._custom_keys import away, is_paths, reading, untracked
+from .original import ALIASES, install_aliases
 
 __all__ = ["CustomRule"]
 
@@ -66,32 +82,6 @@ _FINAL = "__outputs__"
 UPSTREAM = "__upstream__"
 _PATHISH = ("_dir", "_dirs", "_path", "_paths", "_file", "_files", "_video")
 _FAILED = {"failed", "failure", "error", "cancelled"}
-
-
-#: with ``input`` or ``output``, a word that makes a key a path (``output_format`` is not)
-_PATH_WORDS = {"dir", "dirs", "directory", "folder", "path", "paths", "file", "files", "root",
-               "video", "videos", "image", "images"}  # fmt: skip
-
-
-def _words(key: str) -> set[str]:
-    return set(key.lower().replace("-", "_").split("_"))
-
-
-def _named_as(key: str, word: str) -> bool:
-    """Whether ``key`` names an input (``word`` ``input``) or output path by its words:
-    ``input``/``output`` alone, or with a word such as ``dir``, ``path`` or ``file``."""
-    words = _words(key)
-    return bool({word, word + "s"} & words) and (len(words) == 1 or bool(words & _PATH_WORDS))
-
-
-def _is_paths(value: Any) -> bool:
-    if isinstance(value, str | Pending):
-        return bool(value)
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(isinstance(v, str | Pending) and v for v in value)
-    )
 
 
 def _has_pending(value: Any) -> bool:
@@ -149,6 +139,8 @@ class CustomRule(Rule):
     open_values = True
     #: the build adds each upstream stage's outputs and values under this param
     upstream_param = UPSTREAM
+    #: the finder of the original system's module names (``import pipemake`` asks it)
+    import_aliases = ALIASES
 
     def __init__(self, executor: type | None = None) -> None:
         super().__init__()
@@ -202,19 +194,21 @@ class CustomRule(Rule):
         for key, value in config.items():
             if key in reserved:
                 continue
-            is_output = key in named["outputs"] if "outputs" in named else _named_as(key, "output")
-            if is_output:
+            read = reading(key, value)
+            if "inputs" in named:
+                read = "input" if key in named["inputs"] else read.replace("input", "")
+            if "outputs" in named:
+                read = "output" if key in named["outputs"] else read.replace("output", "")
+            if read == "output":
                 if not isinstance(value, str) or not value:
                     problems.append((key, f"output {key!r} must be a path, got {value!r}"))
                     continue
                 ports.outputs[key] = value
                 ports.output_kinds[key] = "path"  # made by the executor, as it always was
-            elif "inputs" in named and key in named["inputs"]:
-                if not _is_paths(value):
+            elif read == "input":
+                if not is_paths(value):
                     problems.append((key, f"input {key!r} must be a path or a list of paths"))
                     continue
-                ports.inputs[key] = value
-            elif "inputs" not in named and _named_as(key, "input") and _is_paths(value):
                 ports.inputs[key] = value
             else:
                 params[key] = value
@@ -222,26 +216,48 @@ class CustomRule(Rule):
         ports.key_params = {"executor": spec, "params": params, "outputs": dict(ports.outputs)}
         return ports, problems
 
+    def describe(self, ports: Ports) -> list[str]:
+        """How each config key was read (what ``validate`` shows under the stage)."""
+        params = [k for k in ports.params if k not in (_EXEC, _FINAL, UPSTREAM)]
+        parts = [
+            f"{what} {', '.join(keys)}"
+            for what, keys in (
+                ("inputs (content in the key):", list(ports.inputs)),
+                ("outputs (stored, restored):", list(ports.outputs)),
+                ("params:", params),
+            )
+            if keys
+        ]
+        return ["config keys read as " + "; ".join(parts)] if parts else []
+
+    #: said under a missing input of a custom stage
+    missing_input_hint = (
+        "create it, fix the path, or produce it with an upstream stage; if this stage "
+        "writes it, list {key!r} with the stage's other outputs in `outputs: [...]`"
+    )
+
     def check(self, ports: Ports) -> list[tuple[str, str]]:
+        root = Path(ports.root or ".")
+        led_out = [(k, away(root, k, v)) for k, v in ports.outputs.items()]
+        if any(why for _, why in led_out):
+            return [(k, why) for k, why in led_out if why]
         try:
             cls = self._class(str(ports.params.get(_EXEC, "")), ports.root)
         except RuleError as exc:
             return [("executor", str(exc))]
         if _has_pending(ports.params) or _has_pending(ports.inputs):
             return []  # checked when the build knows those values
-        root = Path(ports.root or ".")
         params = {k: v for k, v in ports.params.items() if k not in (_EXEC, _FINAL)}
         inputs = {k: _absolute(root, v) for k, v in ports.inputs.items()}
         config = self._config(
             params, inputs, {k: _absolute(root, v) for k, v in ports.outputs.items()}
         )
         try:
-            problem = _validate(cls, "", config)
+            problem = _validate(cls, ports.stage, config)
         except Exception as exc:  # noqa: BLE001 - the user's constructor: say what it raised
             problem = f"{cls.__name__}(stage_id, config) failed: {type(exc).__name__}: {exc}"
         if problem is None or self._not_there_yet(root, ports, params):
             return []
-        problem = problem.replace(" for stage ''", "")  # the stage is named beside it
         keys = [*params, *ports.inputs, *ports.outputs]
         named = [k for k in keys if f"'{k}'" in problem or f'"{k}"' in problem] or [
             k for k in keys if re.search(rf"(?<![\w-]){re.escape(k)}(?![\w-])", problem)
@@ -268,8 +284,7 @@ class CustomRule(Rule):
         if known is not None:
             return known
         module, _, attr = spec.partition(":")
-        if root and root not in sys.path:
-            sys.path.append(root)  # after the standard library: a project's copy.py wins nothing
+        project_on_path(root)  # last on sys.path; an earlier project's root is taken off
         install_aliases()
         loaded = getattr(sys.modules.get(module), "__file__", None)
         if loaded is not None and loaded != _module_file(module, root):
@@ -280,13 +295,15 @@ class CustomRule(Rule):
         except Exception as exc:  # noqa: BLE001 - the user's module: say what it raised
             raise RuleError(f"cannot import {module!r}: {type(exc).__name__}: {exc}") from None
         for part in attr.split("."):
-            obj = getattr(obj, part, None)
-        if not isinstance(obj, type) or not all(
-            callable(getattr(obj, m, None)) for m in ("validate_config", "execute")
-        ):
+            if not hasattr(obj, part):
+                raise RuleError(_no_such_class(obj, part))
+            obj = getattr(obj, part)
+        missing = [m for m in ("validate_config", "execute") if not callable(getattr(obj, m, None))]
+        if not isinstance(obj, type) or missing:
+            lacks = f"; it has no {' and no '.join(m + '()' for m in missing)}" if missing else ""
             raise RuleError(
                 f"{spec} is not an executor class (a class with validate_config() and "
-                "execute(inputs))"
+                f"execute(inputs)){lacks if isinstance(obj, type) else ''}"
             )
         self._classes[(root, spec)] = obj
         return obj
@@ -318,6 +335,10 @@ class CustomRule(Rule):
         upstream = params.pop(UPSTREAM, {})
         inputs = {k: _absolute(ctx.root, v) for k, v in ctx.inputs.items()}
         staging = {k: str(v) for k, v in ctx.outputs.items()}
+        for key, path in final.items():
+            why = away(ctx.root, key, path)
+            if why:
+                raise RuleError(why)  # a symlink made since the pipeline was checked
         config = self._config(params, inputs, staging)
         with _forward_logs(cls, ctx.log):
             executor = _call(f"{cls.__name__}(stage_id, config)", cls, ctx.stage, config)
@@ -339,12 +360,35 @@ class CustomRule(Rule):
         for key, path in staging.items():
             if key.endswith("_dir") and not os.path.lexists(path):
                 os.makedirs(path)  # an output folder it had nothing to write into
-        outputs, metrics = _outcome(result)
+        outputs, metrics = _outcome(result, f"{cls.__name__}.execute()")
         if metrics:
             ctx.log.info(f"metrics: {json.dumps(metrics, default=str, sort_keys=True)}")
+        for key, rel in untracked(outputs, [*staging.values()], inputs, ctx.root):
+            ctx.log.warning(
+                f"{cls.__name__} returned {key!r}: {rel}, a path pipemake neither stores nor "
+                "restores; if the stage writes it, list its config key with the stage's "
+                "other outputs in `outputs: [...]`"
+            )
         moves = {staging[k]: final[k] for k in staging if k in final}
         values = _paths_to_project(outputs, moves, str(ctx.root))
         return json.loads(json.dumps(values, default=str))
+
+
+def _no_such_class(owner: Any, name: str) -> str:
+    """``owner`` (a module or class) has no ``name``: say so, with the closest class name."""
+    import difflib
+
+    kind = "module" if inspect.ismodule(owner) else "class"
+    where = getattr(owner, "__file__", None)
+    classes = [k for k, v in vars(owner).items() if isinstance(v, type) and not k.startswith("_")]
+    close = difflib.get_close_matches(name, classes, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    if not close and classes:
+        hint = f"; its classes: {', '.join(sorted(classes)[:12])}"
+    return (
+        f"{kind} {owner.__name__!r}" + (f" ({where})" if where else "")
+        + f" has no class {name!r}{hint}"
+    )  # fmt: skip
 
 
 def _call(what: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -377,12 +421,22 @@ def _validate(
     return None
 
 
-def _outcome(result: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The result's outputs and metrics; a RuleError when it says the stage failed."""
+def _outcome(result: Any, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The result's outputs and metrics; a RuleError when it says the stage failed, or when
+    it is none of the results an executor may return (``what`` names the call)."""
     if result is None:
         return {}, {}
     if isinstance(result, dict) and not ({"status", "outputs"} & set(result)):
         return dict(result), {}
+    if not isinstance(result, dict) and not (
+        hasattr(result, "status") or hasattr(result, "outputs")
+    ):
+        shown = repr(result)
+        shown = shown if len(shown) <= 200 else shown[:200] + "…"
+        raise RuleError(
+            f"{what} returned {type(result).__name__} {shown}; expected a StageResult "
+            "(status, outputs, metrics, error_message), a dict of outputs, or None"
+        )
     get = result.get if isinstance(result, dict) else lambda k: getattr(result, k, None)
     status = get("status")
     status = str(getattr(status, "value", status) or "").lower()
@@ -391,7 +445,10 @@ def _outcome(result: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         raise RuleError(str(message))
     outputs = get("outputs") or {}
     if not isinstance(outputs, dict):
-        raise RuleError(f"the executor's outputs must be a dict, got {type(outputs).__name__}")
+        raise RuleError(
+            f"{what} returned outputs of type {type(outputs).__name__} ({outputs!r:.200}); "
+            "expected a dict of output names to paths or values"
+        )
     metrics = get("metrics") or {}
     return dict(outputs), dict(metrics) if isinstance(metrics, dict) else {}
 

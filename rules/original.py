@@ -5,7 +5,9 @@ a ``custom`` stage unchanged: ``StageExecutor`` (the base class with its helpers
 Its import lines work as written: while a ``custom`` stage loads its executor module, the
 original module names (``scripts.scenarios.data_pipeline_automation``, its
 ``stage_executors`` and ``common``) resolve to this module, unless a module of that name
-exists in the project, which then wins. New code may import from here directly::
+exists in the project, which then wins. After ``import pipemake`` they resolve in any
+script too (pipemake asks the ``custom`` rule's finder, :data:`ALIASES`). New code may
+import from here directly::
 
     from pipemake.rules.original import StageExecutor, StageResult, ExecutionStatus
 """
@@ -24,6 +26,7 @@ from enum import Enum
 from typing import Any
 
 __all__ = [
+    "ALIASES",
     "ExecutionStatus",
     "PipelineState",
     "StageExecutor",
@@ -187,7 +190,8 @@ class _Aliases(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             module.__path__ = []
 
 
-_FINDER = _Aliases()
+#: the finder of the original module names: the ``custom`` rule's, asked by ``pipemake``
+ALIASES = _FINDER = _Aliases()
 
 
 def install_aliases() -> None:

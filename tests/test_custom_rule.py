@@ -140,6 +140,20 @@ class RaisingExecutor(StageExecutor):
         raise RuntimeError("ffmpeg not found")
 
 
+class OddResultExecutor(StageExecutor):
+    """Returns what its config's ``give`` names: none of the results an executor may give."""
+
+    def validate_config(self) -> bool:
+        return True
+
+    def execute(self, inputs):
+        self._mark_started()
+        Path(self.config["output_dir"]).mkdir(parents=True, exist_ok=True)
+        if self.config["give"] == "outputs":
+            return self._create_success_result(outputs=["x"])
+        return {"str": "done", "int": 42, "list": ["a", "b"]}[self.config["give"]]
+
+
 class FailingExecutor(StageExecutor):
     def validate_config(self) -> bool:
         return True
@@ -236,12 +250,10 @@ def test_which_keys_are_paths() -> None:
     }  # fmt: skip
     ports, problems = custom.ports(config)
     assert problems == []
-    assert ports.inputs == {"input_dir": "data"}
+    assert ports.inputs == {"input_dir": "data", "instances_dir": "up/x"}
     assert ports.outputs == {"output_dir": "out", "cut_output_path": "cuts.json"}
     assert ports.output_kinds == {"output_dir": "path", "cut_output_path": "path"}
-    assert ports.key_params["params"] == {
-        "input_format": "png", "output_format": "jpg", "instances_dir": "up/x",
-    }  # fmt: skip
+    assert ports.key_params["params"] == {"input_format": "png", "output_format": "jpg"}
     named, problems = custom.ports({**config, "inputs": ["instances_dir"], "outputs": ["x"]})
     assert named.inputs == {"instances_dir": "up/x"}
     assert problems == [("outputs", "'outputs' names 'x', not a key of this config")]
@@ -250,7 +262,11 @@ def test_which_keys_are_paths() -> None:
 @pytest.mark.parametrize(
     ("spec", "said"),
     [
-        ("orig_exec:Nope", "not an executor class"),
+        ("orig_exec:Nope", "module 'orig_exec' ("),
+        ("orig_exec:UperExecutor", "has no class 'UperExecutor'; did you mean 'UpperExecutor'?"),
+        ("orig_exec:UpperExecutor.Inner", "class 'UpperExecutor' has no class 'Inner'"),
+        ("orig_exec:logger", "not an executor class"),
+        ("orig_exec:StageResult", "not an executor class (a class with validate_config() and"),
         ("no_such_module:UpperExecutor", "cannot import 'no_such_module'"),
         ("not a spec", "package.module:Class"),
     ],
@@ -259,6 +275,8 @@ def test_a_bad_executor_is_exit_2(project: Callable[..., Proj], spec: str, said:
     p = project(UPPER.replace("orig_exec:UpperExecutor", spec), FILES)
     r = p.cli("validate", code=2)
     assert said in r.output and "stage 'upper'" in r.output and TRACEBACK not in r.output
+    line = p.read("pipemake.yaml").splitlines().index(f'      executor: "{spec}"') + 1
+    assert f"pipemake.yaml:{line}: stage 'upper'" in r.output  # the executor key's line
 
 
 def test_validate_config_waits_for_an_upstream_output(project: Callable[..., Proj]) -> None:
@@ -433,3 +451,248 @@ def test_register_rule_takes_a_rule_class_and_refuses_anything_else(
         pipemake.register_rule("bad", dict)
     with pytest.raises(ValueError, match="rule name"):
         pipemake.register_rule("no spaces", Numbered)
+
+
+# findings of the original system's users ------------------------------------------------
+@pytest.mark.parametrize(
+    ("typed", "said"),
+    [
+        ("SEGMENTATION", "did you mean 'segmentation'? rule names are case-sensitive"),
+        ("Custom", "did you mean 'custom'?"),
+        ("my_custom_type", 'also needs `executor: "module:Class"`'),
+        ("my_custom_type", "pipemake.register_rule('my_custom_type', Class)"),
+    ],
+)
+def test_an_unknown_type_suggests_the_rule_and_what_custom_needs(
+    project: Callable[..., Proj], typed: str, said: str
+) -> None:
+    p = project(UPPER.replace("type: custom", f"type: {typed}"), FILES)
+    r = p.cli("validate", code=2)
+    line = p.read("pipemake.yaml").splitlines().index(f"    type: {typed}") + 1
+    assert f"pipemake.yaml:{line}: stage 'upper': unknown rule {typed!r}" in r.output
+    assert said in r.output and TRACEBACK not in r.output
+
+
+@pytest.mark.parametrize(
+    ("give", "said"),
+    [
+        ("str", "str 'done'; expected a StageResult"),
+        ("int", "int 42; expected a StageResult"),
+        ("list", "list ['a', 'b']; expected a StageResult"),
+        ("outputs", "outputs of type list (['x']); expected a dict"),
+    ],
+)
+def test_execute_returning_neither_a_result_nor_a_dict_fails_the_stage(
+    project: Callable[..., Proj], give: str, said: str
+) -> None:
+    p = project(
+        UPPER.replace("UpperExecutor", "OddResultExecutor").replace(
+            "output_dir: build/upper", f"output_dir: build/upper\n      give: {give}"
+        ),
+        FILES,
+    )
+    r = p.cli("build", "--no-progress", code=1)
+    assert f"OddResultExecutor.execute() returned {said}" in r.output
+    assert TRACEBACK not in r.output
+    assert not p.exists("build/upper")  # nothing placed, nothing cached
+    p.cli("build", "--no-progress", code=1)
+    assert p.runs("upper") == 2
+
+
+ORIGINAL_EXECS = """
+from scripts.scenarios.data_pipeline_automation.stage_executors import StageExecutor
+
+
+class NeedsThreshold(StageExecutor):
+    def validate_config(self) -> bool:
+        self._get_config_value("threshold", required=True)
+        return True
+
+    def execute(self, inputs):
+        return self._create_success_result(outputs={})
+"""
+
+
+def test_a_failing_validate_config_sees_the_stage_id(project: Callable[..., Proj]) -> None:
+    p = project(
+        UPPER.replace("orig_exec:UpperExecutor", "orig_base:NeedsThreshold"),
+        {**FILES, "orig_base.py": ORIGINAL_EXECS},
+    )
+    r = p.cli("validate", code=2)
+    assert "missing required config key 'threshold'" in r.output
+    assert "stage ''" not in r.output
+    assert "validate_config() failed: stage 'upper': missing required" in r.output
+
+
+def test_path_keys_without_input_or_output_in_their_names() -> None:
+    custom = rule.get_rule("custom")
+    assert custom is not None
+    config = {
+        "executor": "m:C", "source_dir": "data", "save_dir": "build/saved",
+        "src_paths": ["a", "b"], "model_path": "models/m.onnx", "dest_file": "/elsewhere/x",
+        "cache_dir": "tmp/c", "results_dir": "../up", "mode": "upper", "threshold": 0.5,
+        "weights_dir": 3, "video_codec": "h264", "read_mode": "lazy", "source": "webcam",
+        "url_path": "https://x/m.onnx", "home_file": "~/w.onnx",
+    }  # fmt: skip
+    ports, problems = custom.ports(config)
+    assert problems == []
+    assert ports.inputs == {
+        "source_dir": "data", "src_paths": ["a", "b"], "model_path": "models/m.onnx"
+    }  # fmt: skip
+    assert ports.outputs == {"save_dir": "build/saved"}
+    # outside the project, a save-like key is never made an output pipemake would replace
+    params = ["dest_file", "cache_dir", "results_dir", "mode", "threshold", "weights_dir",
+              "video_codec", "read_mode", "source", "url_path", "home_file"]  # fmt: skip
+    assert list(ports.key_params["params"]) == params
+    assert custom.describe(ports) == [
+        "config keys read as inputs (content in the key): source_dir, src_paths, model_path; "
+        "outputs (stored, restored): save_dir; params: " + ", ".join(params)
+    ]
+    listed, _ = custom.ports({**config, "outputs": ["cache_dir"]})
+    assert listed.outputs == {"cache_dir": "tmp/c"} and "save_dir" in listed.params
+
+
+COPY_EXECS = """
+import os, shutil
+from scripts.scenarios.data_pipeline_automation.stage_executors import StageExecutor
+
+
+class CopyExec(StageExecutor):
+    def validate_config(self):
+        self._get_config_value("source_dir", required=True)
+        self._get_config_value("save_dir", required=True)
+        return True
+
+    def execute(self, inputs):
+        s, d = self._get_config_value("source_dir"), self._get_config_value("save_dir")
+        os.makedirs(d, exist_ok=True)
+        for n in os.listdir(s):
+            shutil.copy(os.path.join(s, n), os.path.join(d, n))
+        with open("runs/copy.count", "a") as f:
+            f.write("x\\n")
+        return self._create_success_result(outputs={"save_dir": d})
+"""
+
+COPY = """
+name: keys
+stages:
+  - id: copy
+    type: custom
+    config:
+      executor: "copy_exec:CopyExec"
+      source_dir: data
+      save_dir: build/saved
+  - id: count
+    type: shell
+    config:
+      cmd: "cat {copy.save_dir}/a.txt > {outputs.o}"
+      outputs: {o: build/count.txt}
+"""
+
+
+def test_a_source_dir_is_hashed_and_a_save_dir_restored(project: Callable[..., Proj]) -> None:
+    p = project(COPY, {"copy_exec.py": COPY_EXECS, "data/a.txt": "one\n"})
+    r = p.cli("validate")
+    assert "inputs (content in the key): source_dir; outputs (stored, restored): save_dir" in (
+        r.output
+    )
+    p.cli("build")
+    assert p.read("build/count.txt") == "one\n" and p.runs("copy") == 1
+    p.write("data/a.txt", "two\n")
+    assert "copy: run: input data changed" in p.cli("dry-run").output
+    p.cli("build")
+    assert p.read("build/saved/a.txt") == "two\n" and p.read("build/count.txt") == "two\n"
+    assert p.runs("copy") == 2
+    import shutil
+
+    shutil.rmtree(p.path("build/saved"))
+    r = p.cli("build", "--no-progress")
+    assert p.read("build/saved/a.txt") == "two\n" and p.runs("copy") == 2  # restored
+    assert "1 restored" in r.output
+
+
+def test_a_missing_path_key_says_how_to_make_it_an_output(project: Callable[..., Proj]) -> None:
+    p = project(
+        COPY.replace("save_dir: build/saved", "save_dir: build/saved\n      model_dir: nothere"),
+        {"copy_exec.py": COPY_EXECS, "data/a.txt": "one\n"},
+    )
+    r = p.cli("validate", code=2)
+    assert "input 'model_dir': nothere does not exist" in r.output
+    assert "list 'model_dir' with the stage's other outputs in `outputs: [...]`" in r.output
+
+
+def test_a_save_dir_outside_the_project_is_left_to_the_executor(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """pipemake never replaces a folder outside the project it was not told is an output."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("keep")
+    p = project(
+        COPY.replace("save_dir: build/saved", f"save_dir: {mine}"),
+        {"copy_exec.py": COPY_EXECS, "data/a.txt": "one\n"},
+    )
+    r = p.cli("validate")
+    assert "params: save_dir" in r.output
+    p.cli("build")
+    assert (mine / "keep.txt").read_text() == "keep" and (mine / "a.txt").read_text() == "one\n"
+
+
+def test_a_result_naming_a_path_pipemake_does_not_store_is_warned(
+    project: Callable[..., Proj],
+) -> None:
+    execs = COPY_EXECS.replace(
+        'outputs={"save_dir": d}', 'outputs={"save_dir": d, "report": "runs/copy.count"}'
+    )
+    p = project(COPY, {"copy_exec.py": execs, "data/a.txt": "one\n"})
+    r = p.cli("build", "--no-progress")
+    assert "CopyExec returned 'report': runs/copy.count, a path pipemake neither stores" in (
+        r.output
+    )
+    assert "returned 'save_dir'" not in r.output
+
+
+def test_a_save_dir_a_symlink_leads_out_of_the_project_is_refused(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    mine = tmp_path / "mine"
+    (mine / "saved").mkdir(parents=True)
+    (mine / "saved/keep.txt").write_text("keep")
+    p = project(COPY, {"copy_exec.py": COPY_EXECS, "data/a.txt": "one\n"})
+    p.cli("build")  # build/ is a real folder: fine
+    p.path("build/saved/a.txt").unlink()
+    p.path("build/saved").rmdir()
+    p.path("build/saved").symlink_to(mine / "saved")  # made after the plan was checked
+    p.write("data/a.txt", "two\n")
+    r = p.cli("build", "--no-progress", code=None)
+    assert r.exit_code in (1, 2) and TRACEBACK not in r.output
+    assert "leads out of the project through a symlink" in r.output
+    assert sorted(x.name for x in (mine / "saved").iterdir()) == ["keep.txt"]
+    p.path("build/saved").unlink()
+    p.path("link").symlink_to(mine)
+    p.edit("pipemake.yaml", "save_dir: build/saved", "save_dir: link/saved")
+    r = p.cli("validate", code=2)
+    assert "output 'save_dir' (link/saved) leads out of the project through a symlink" in (r.output)
+    p.cli("build", code=2)
+    assert sorted(x.name for x in (mine / "saved").iterdir()) == ["keep.txt"]
+
+
+def test_the_worker_refuses_a_save_dir_a_symlink_made_after_the_check(tmp_path: Path) -> None:
+    """The last guard, in the task itself: nothing runs, nothing is placed."""
+    root, mine = tmp_path / "ws", tmp_path / "mine"
+    (root / "data").mkdir(parents=True)
+    (root / "runs").mkdir()
+    (root / "data/a.txt").write_text("one\n")
+    (root / "copy_exec.py").write_text(COPY_EXECS)
+    mine.mkdir()
+    (root / "link").symlink_to(mine)
+    custom = rule.get_rule("custom")
+    assert custom is not None
+    ports, _ = custom.ports(
+        {"executor": "copy_exec:CopyExec", "source_dir": "data", "save_dir": "link/saved"}
+    )
+    staging = tmp_path / "staging/saved"
+    ctx = rule.Context(root, {"source_dir": root / "data"}, {"save_dir": staging}, ports.params)
+    with pytest.raises(pipemake.RuleError, match="leads out of the project through a symlink"):
+        custom.run(ctx)
+    assert not staging.exists() and not (root / "runs/copy.count").exists()

@@ -3,6 +3,9 @@ lines and its base class's helpers, runs as a ``custom`` stage unchanged."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -118,3 +121,52 @@ def test_a_project_module_of_the_original_name_wins(project: Callable[..., Proj]
     p = project(PIPE, files)
     p.sub("build", "--no-progress")
     assert p.runs("own_base") == 1 and p.read("build/out/a.txt") == "ABC\n"
+
+
+SCRIPT = """
+import sys
+import pipemake
+assert "pipemake.rule" not in sys.modules  # import pipemake alone stays light
+from my_custom_executor import MyCustomExecutor
+from scripts.scenarios.data_pipeline_automation.common import StageResult
+from pipemake.rules.original import StageExecutor
+
+if __name__ == "__main__":
+    assert issubclass(MyCustomExecutor, StageExecutor) and StageResult.__module__
+    pipemake.register_rule("my_custom_type", MyCustomExecutor)
+    from pipemake import api
+
+    project = api.open_project(".")
+    api.build(project)
+    project.close()
+    print("built")
+"""
+
+
+def run_script(p: Proj) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PIPEMAKE_CACHE_DIR"}
+    return subprocess.run(
+        [sys.executable, "build_it.py"], cwd=p.root, capture_output=True, text=True, env=env,
+        timeout=120,
+    )  # fmt: skip
+
+
+def test_the_original_imports_work_in_a_plain_script_after_import_pipemake(
+    project: Callable[..., Proj],
+) -> None:
+    pipe = PIPE.replace("type: custom", "type: my_custom_type").replace(
+        '      executor: "my_custom_executor:MyCustomExecutor"\n', ""
+    )
+    p = project(
+        pipe, {"my_custom_executor.py": EXECUTOR, "data/a.txt": "abc\n", "build_it.py": SCRIPT}
+    )
+    r = run_script(p)
+    assert r.returncode == 0 and "built" in r.stdout, r.stdout + r.stderr
+    assert p.read("build/out/a.txt") == "ABC\n"
+
+
+def test_without_pipemake_the_original_names_stay_unknown(project: Callable[..., Proj]) -> None:
+    """Only ``import pipemake`` brings them: a plain Python is not changed."""
+    p = project(PIPE, {"build_it.py": "import scripts.scenarios.data_pipeline_automation\n"})
+    r = run_script(p)
+    assert r.returncode == 1 and "No module named 'scripts'" in r.stderr
