@@ -28,6 +28,7 @@ from .errors import (
     StoreError,
     UsageError,
 )
+from .eta import Estimator
 from .events import Bus, Event
 from .executors import executor_names, get_executor, runs_here
 from .executors.base import Executor
@@ -944,6 +945,7 @@ def run_status(project: Project | Path, run: str | None = None) -> dict[str, Any
         stages = {s: "interrupted" if v == "running" else v for s, v in stages.items()}
     done = sum(1 for v in stages.values() if v in _COMPLETE)
     counts = {v: sum(1 for x in stages.values() if x == v) for v in ("done", "restored")}
+    eta = _eta(events) if state == "running" else None
     return {
         "id": summary["id"], "pipeline": summary.get("pipeline"), "state": state,
         "started": summary.get("started"), "duration": summary.get("duration"),
@@ -952,7 +954,21 @@ def run_status(project: Project | Path, run: str | None = None) -> dict[str, Any
         "ran": counts["done"], "restored": counts["restored"],
         "up_to_date": sum(1 for v in stages.values() if v == "up to date"),
         "stages": stages, "failed": dict(summary.get("failed") or {}),
+        "eta": eta,
     }  # fmt: skip
+
+
+def _eta(events: Sequence[dict[str, Any]]) -> float | None:
+    """Seconds a running build has left, by the estimate its own view shows (from the
+    events logged so far); None where that view would show none."""
+    estimator = Estimator()
+    for ev in events:
+        data = {k: v for k, v in ev.items() if k not in ("event", "stage", "time")}
+        kind, stage, when = ev.get("event"), ev.get("stage"), ev.get("time")
+        if isinstance(kind, str) and isinstance(when, int | float):
+            estimator(Event(kind, stage if isinstance(stage, str) else None, data, when))
+    left = estimator.remaining()
+    return None if left is None else round(left, 1)
 
 
 def show_log(project: Project | Path, run: str | None = None) -> dict[str, Any]:

@@ -745,6 +745,8 @@ def _run_status(ctx: click.Context, run_id: str, as_json: bool, cache_dir: str |
     )
     verb = "running for" if info["state"] == "running" else "took"
     click.echo(f"started:  {when}" + (f", {verb} {took:.1f}s" if took is not None else ""))
+    if info.get("eta") is not None:
+        click.echo(f"eta:      about {info['eta']:.0f}s left (from past runs and its progress)")
     for stage, state in info["stages"].items():
         error = info["failed"].get(stage)
         click.echo(f"  {stage}: {state}" + (f" ({error})" if error else ""))

@@ -257,3 +257,28 @@ def test_an_unwritable_log_json_is_a_usage_error_before_anything_runs(
     r = chain.cli("build", "--log-json", str(tmp_path / "file" / "x.jsonl"), code=2)
     assert "--log-json: cannot write" in r.output
     assert chain.run_counts() == {}
+
+
+@pytest.mark.slow
+def test_status_of_a_running_build_gives_its_eta(slow: Proj) -> None:
+    """``status --pipeline-id`` of a build still running: its state and the estimate its
+    own view shows (here from the last run's durations)."""
+    from conftest import wait_for
+
+    slow.write("go", "")
+    slow.cli("build")
+    (slow.root / "go").unlink()
+    (slow.root / "runs" / "slow.started").unlink()
+    proc = slow.popen("build", "--force-stage", "slow")
+    try:
+        wait_for(lambda: slow.exists("runs/slow.started"), what="the slow stage to run again")
+        shown = slow.cli("status", "--pipeline-id", "-1").output
+        assert "state:    running" in shown
+        assert "eta:      about " in shown and "s left" in shown
+        info = json.loads(slow.cli("status", "--pipeline-id", "-1", "--json").output)
+        assert isinstance(info["eta"], float) and info["eta"] >= 0
+    finally:
+        slow.write("go", "")
+        proc.communicate(timeout=60)
+    done = json.loads(slow.cli("status", "--pipeline-id", "-1", "--json").output)
+    assert done["state"] == "completed" and done["eta"] is None
