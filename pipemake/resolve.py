@@ -430,9 +430,11 @@ def _indexed(
 def _named_outputs(stage: Stage, dep: Stage) -> set[str] | None:
     """The outputs of stage ``dep`` that ``stage``'s config refers to (by name, or by a name
     its rule gives an output's path, such as ``character_dir``), or None (all of them) where
-    its ``depends_on`` names ``dep``: an order it asked for may hide reads of any."""
+    its ``depends_on`` names ``dep`` (an order it asked for may hide reads of any) or where
+    it uses one of ``dep``'s computed values (a file name, say, that leads into them)."""
     if dep.id in stage.after:
         return None
     names = {r.name for r in find_refs(stage.config) if r.scope == dep.id}
     aliases = getattr(dep.rule, "path_values", None) or {}
-    return names | {aliases[n] for n in names if n in aliases}
+    named = {aliases.get(n, n) for n in names}
+    return named if named <= set(dep.ports.outputs) else None

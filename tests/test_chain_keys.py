@@ -229,3 +229,47 @@ def test_a_new_pattern_runs_the_items_it_adds_and_narrowing_it_keeps_the_rest(
     p.cli("build")
     assert _ran(p, "first") == []
     assert sorted(f.name for f in p.path("build/first").iterdir()) == ["f0.txt", "f1.txt"]
+
+
+SEG_PY = """\
+from pathlib import Path
+
+
+def run(ctx):
+    out_cut, out_mask = Path(ctx.outputs["cut"]), Path(ctx.outputs["mask"])
+    names = []
+    for src in sorted(Path(ctx.inputs["src"]).iterdir()):
+        for folder, text in ((out_cut, src.read_text()[::-1]), (out_mask, str(len(src.read_text())))):
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / src.name).write_text(text)
+        names.append(src.name)
+    return {"first": names[0]}
+"""
+
+
+def test_a_stage_using_a_value_of_its_feeding_stage_counts_all_its_outputs(
+    project: Callable[..., Proj],
+) -> None:
+    """A computed value may be a file name that leads into any of that stage's outputs
+    (``build/mask/{seg.first}``): then every output of it counts, as before."""
+    text = """
+name: value
+stages:
+  - id: seg
+    type: python
+    config: {function: "segpy:run", inputs: {src: data}, outputs: {cut: build/cut, mask: build/mask}}
+  - id: feat
+    type: shell
+    foreach: src
+    config:
+      cmd: "echo {item.relpath} >> runs/feat.count; cat {inputs.src} build/mask/{seg.first} > {outputs.o}/{item.relpath}"
+      inputs: {src: "{seg.cut}"}
+      outputs: {o: build/feat}
+"""
+    p = project(text, {**_files(4), "segpy.py": SEG_PY})
+    p.cli("build")
+    _reset(p)
+    p.write("data/f0.txt", "a longer first line\n")  # f0's cut-out and its mask, read by all
+    out = p.cli("build").output
+    assert sorted(_ran(p, "feat")) == [f"f{i}.txt" for i in range(4)], out
+    assert p.read("build/feat/f3.txt").endswith("20")
