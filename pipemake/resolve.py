@@ -177,7 +177,7 @@ class Resolver:
             elif fed is not None and fed[0] == dep:
                 # the foreach input's own output stands in each item (its path and content);
                 # of that stage's other outputs, those the stage names count (all of them
-                # where its depends_on names the stage), its values only where used
+                # where its depends_on names the stage or it uses one of its values)
                 named = _named_outputs(stage, self.p.stages[dep])
                 upstream[dep] = digest(
                     [{n: manifest_hash(m) for n, m in planned.outputs.items()
