@@ -226,10 +226,13 @@ def _ports(
     was written as (an alias or itself), and whether a problem was reported."""
     sid = raw["id"]
     ports, problems = rule.ports(resolved)
+    computed_outputs = _pending_outputs(rule, resolved)
+    problems = [*problems, *computed_outputs]
     ports.root = root
     ports.stage = sid
     canon, twice = rule.unalias(resolved)
-    now = {msg for _, msg in twice}  # a key given twice is wrong whatever its values
+    # a key given twice, or an output an upstream would compute: wrong whatever the values
+    now = {msg for _, msg in twice} | {msg for _, msg in computed_outputs}
     written = {rule.aliases.get(k, k): k for k in config}  # declared key → key in the file
     _pending_inputs(rule, canon, ports)
     # an input an upstream stage computes ({segment.character_dir}) is only "not a path
@@ -319,6 +322,21 @@ def _pending_inputs(rule: Rule, resolved: dict[str, Any], ports: Ports) -> None:
             for name, path in value.items():
                 if _has_pending(path):
                     ports.inputs[name] = path
+
+
+def _pending_outputs(rule: Rule, resolved: dict[str, Any]) -> list[tuple[str, str]]:
+    """An output path an upstream stage would compute: refused, since where a stage writes
+    must be known before anything runs (to order stages, check overlaps and restore)."""
+    found = [k for k, v in resolved.items() if k in rule.outputs and _has_pending(v)]
+    outputs = resolved.get("outputs")
+    if isinstance(outputs, dict) and not rule.outputs:
+        found += [f"outputs.{n}" for n, v in outputs.items() if _has_pending(v)]
+    return [
+        (key.partition(".")[0], f"output {key.partition('.')[2] or key!r} is an upstream "
+         "stage's computed value: where a stage writes must be known before anything runs; "
+         "write the path itself (it may use {vars.*} and {params.*})")
+        for key in found
+    ]  # fmt: skip
 
 
 def _foreach(

@@ -100,6 +100,16 @@ def _read_hash(path: str, size: int) -> str:
         raise BadPath(f"cannot read {path}: {exc.strerror}; make it readable") from None
 
 
+def _regular(path: str, st: os.stat_result) -> None:
+    """Raise :class:`BadPath` unless ``st`` is a regular file's: reading a device such as
+    ``/dev/zero`` never ends, and opening a FIFO waits for a writer."""
+    if not stat_mod.S_ISREG(st.st_mode):
+        raise BadPath(
+            f"{path} is not a regular file or a folder (a device, FIFO or socket): an input "
+            "must be a file or a folder; point it at one"
+        )
+
+
 def _entries(rows: list[Any], hashes: list[str]) -> list[Entry]:
     """Manifest entries from walk rows sorted by relpath and their content hashes."""
     return [[r[0], h, r[3], 0o755 if r[6] else 0o644] for r, h in zip(rows, hashes, strict=True)]
@@ -152,6 +162,7 @@ class Hasher:
             return PathInfo("missing")
         if stat_mod.S_ISDIR(st.st_mode):
             return self.tree_info(rel)
+        _regular(full, st)
         return PathInfo("file", self.file_hash(rel, st), st.st_size, normalize_mode(st.st_mode))
 
     def recheck(self, rel: str) -> str | None:
@@ -166,6 +177,7 @@ class Hasher:
             return None
         if stat_mod.S_ISDIR(st.st_mode):
             return self.tree_info(rel).hash
+        _regular(full, st)
         memo = self._memo.get(rel)
         sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if memo is not None and memo[0] == sig and st.st_mtime_ns < memo[2] - _RACY_NS:

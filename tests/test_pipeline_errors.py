@@ -617,3 +617,24 @@ def test_a_check_that_needs_an_input_an_upstream_computes_is_asked_once_it_is_kn
             assert "must not be called 'bad'" in result.output
     finally:
         rule_module.unregister_rule(_PathCheck.name)
+
+
+def test_an_output_path_an_upstream_would_compute_is_refused_at_validate(project) -> None:
+    """Where a stage writes must be known before anything runs (it orders the stages and
+    says what is restored): an output taken from a computed value is exit 2, at its line."""
+    p = project(
+        "stages:\n"
+        "  - id: up\n    type: python\n"
+        "    config: {function: 'upw:run', outputs: {o: build/a.txt}}\n"
+        "  - id: down\n    type: shell\n    config:\n"
+        "      cmd: 'mkdir -p {outputs.d}'\n"
+        "      outputs: {d: '{up.where}'}\n",
+        {
+            "upw.py": "def run(ctx):\n    ctx.outputs['o'].write_text('x')\n    return {'where': 'b'}\n"
+        },
+    )
+    for command in ("validate", "build"):
+        out = p.cli(command, code=2).output
+        assert "pipemake.yaml:9: stage 'down': output 'd' is an upstream stage's computed" in out
+        assert TRACEBACK not in out
+    assert not p.exists("build")

@@ -519,3 +519,22 @@ def test_a_store_whose_objects_directory_is_removed_meanwhile_goes_on(tmp_path: 
     assert store.put_bytes(b"one") == digest  # written anew into a new objects directory
     assert store.read_bytes(digest) == b"one"
     assert Store(tmp_path / "store").read_bytes(digest) == b"one"
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_an_input_that_is_a_device_or_fifo_fails_its_stage_and_never_hangs(
+    project, special: str
+) -> None:
+    """A device never ends and a FIFO waits for a writer: such an input (named by the
+    pipeline, or by a computed value a shared store could tamper with) fails its stage at
+    once, named, instead of hashing forever or waiting."""
+    p = project(
+        "stages:\n  - id: a\n    type: shell\n"
+        f"    config: {{cmd: 'echo x > {{outputs.o}}', inputs: {{i: {special}}}, "
+        "outputs: {o: out.txt}}\n"
+    )
+    if special == "fifo":
+        os.mkfifo(p.path("fifo"))
+    done = p.sub("build", code=1, timeout=60)
+    assert "is not a regular file or a folder (a device, FIFO or socket)" in done.stderr
+    assert "Traceback" not in done.stderr and not p.exists("out.txt")
