@@ -386,6 +386,7 @@ def run_build(project: Project, options: BuildOptions, bus: Bus | None = None) -
         BuildLock(project.workspace.dot / "lock", o.lock_timeout, o.on_lock_wait),
         _linking(project.store, o.link),
         _durable(project.store, o.fsync),
+        _unsigned_said(project.store, bus),
         _with_remote(project, _warner(bus), o.push),
     ):
         project.workspace.clear_tmp()
@@ -617,6 +618,22 @@ def _durable(store: Store, fsync: bool) -> Iterator[None]:
         yield
     finally:
         store.set_fsync(old)
+
+
+@contextmanager
+def _unsigned_said(store: Store, bus: Bus) -> Iterator[None]:
+    """Say once, at the build's end, how many of the store's entries it ignored for want
+    of a signature by ``PIPEMAKE_CACHE_KEY`` (their stages ran instead)."""
+    store.unsigned = set()
+    try:
+        yield
+    finally:
+        if store.unsigned:
+            n = len(store.unsigned)
+            bus.emit("log", "store", level="warning", text=(
+                f"warning: ignored {n} entr{'y' if n == 1 else 'ies'} of the store {store.path}"
+                ": not signed with PIPEMAKE_CACHE_KEY (written without the key, or tampered"
+                " with); their stages ran instead"))  # fmt: skip
 
 
 def _budget(
@@ -1165,7 +1182,9 @@ def push(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
     keys = set(builder.keys_seen)
     brief = project.state.builds.brief()
     keys.update(k for s in order if (k := (brief.get(s) or (None,))[0]))
-    entries = project.store.get_local_actions(sorted(keys))
+    # what this workspace built, signed with the key or not (a build without the key, then
+    # a push with it, is how a trusted job may run): the push signs it for the remote
+    entries = project.store.get_local_actions(sorted(keys), signed_only=False)
     remote.begin()
     remote.push_pairs(project.store, list(entries.items()), strict=True)
     remote.finish()

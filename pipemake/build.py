@@ -75,6 +75,8 @@ class Builder:
         self._running: dict[str, StageRun] = {}
         self._brief = state.builds.brief()
         self._prefetched: dict[str, dict[str, Any]] = {}
+        #: ``pipemake.lock``'s key and output hashes per stage (read when first needed)
+        self._locked: dict[str, tuple[str, dict[str, str]]] | None = None
         #: every stage, item and map key this build or plan computed (what ``cache gc``
         #: keeps), item keys only when ``collect_keys`` is set
         self.keys_seen: set[str] = set()
@@ -111,6 +113,29 @@ class Builder:
             rs, entry, outputs, self.last(stage.id), forced=forced, upstream=self.decisions
         )
         return decision, rs, entry if decision.verdict in _HAS_ENTRY else None
+
+    def _against_lock(self, stage_id: str, key: str | None, entry: dict[str, Any]) -> None:
+        """Say when an entry about to be restored names other output hashes than
+        ``pipemake.lock`` (the project's own, committed file) has for the same key: the
+        store may have been tampered with (a shared cache), or the stage is not
+        deterministic. The outputs are restored all the same; the message says how to run
+        the stage instead."""
+        if self._locked is None:
+            self._locked = _lock_outputs(self.p)
+        locked = self._locked.get(stage_id)
+        if locked is None or key is None or locked[0] != key:
+            return
+        outputs = entry.get("outputs", {})
+        differ = sorted(
+            name for name, want in locked[1].items()
+            if isinstance(outputs.get(name), dict) and outputs[name].get("hash") != want
+        )  # fmt: skip
+        if differ:
+            self.bus.emit("log", stage_id, level="warning", text=(
+                f"warning: the store's outputs for this key ({', '.join(differ)}) are not the "
+                "ones pipemake.lock records for the same key: the store may have been "
+                "tampered with, or the stage is not deterministic; restored all the same "
+                f"(`pipemake build --force-stage {stage_id}` runs it instead)"))  # fmt: skip
 
     def _check_outputs(
         self, rs: ResolvedStage, entry: dict[str, Any]
@@ -172,6 +197,7 @@ class Builder:
             return []
         check_lost = False
         if decision.verdict is Verdict.RESTORE and entry is not None:  # (else from items)
+            self._against_lock(stage_id, rs.key, entry)
             try:
                 restored = self._restore(stage, rs, entry)
             except OSError as exc:
@@ -510,3 +536,26 @@ def _placing_failed(exc: OSError) -> str:
             "where a folder belongs): remove it, or change the output path"
         )
     return f"cannot put the output in place at {where}: {exc.strerror}"
+
+
+def _lock_outputs(p: Pipeline) -> dict[str, tuple[str, dict[str, str]]]:
+    """Each stage's key and output hashes in the project's ``pipemake.lock`` (none where the
+    pipeline turns the lock off, or it is missing or unreadable)."""
+    from .lockfile import read
+
+    if not p.lock_file:
+        return {}
+    try:
+        doc = read(p.root)
+    except ValueError:
+        return {}
+    out: dict[str, tuple[str, dict[str, str]]] = {}
+    for sid, section in ((doc or {}).get("stages") or {}).items():
+        if not isinstance(section, dict):
+            continue
+        outputs = section.get("outputs")
+        if isinstance(section.get("key"), str) and isinstance(outputs, dict):
+            hashes = {n: o["hash"] for n, o in outputs.items()
+                      if isinstance(o, dict) and isinstance(o.get("hash"), str)}  # fmt: skip
+            out[sid] = (section["key"], hashes)
+    return out

@@ -22,7 +22,7 @@ from typing import Any
 
 from .trust import entry_problem, is_digest
 
-__all__ = ["ENTRY_FORMAT", "cache_key", "seal", "unseal"]
+__all__ = ["ENTRY_FORMAT", "LOCAL_SIG", "cache_key", "seal", "sign_local", "unseal", "verify_local"]
 
 ENTRY_FORMAT = 1
 _DOMAIN = b"pipemake-entry-v1\0"
@@ -37,6 +37,31 @@ def cache_key(environ: dict[str, str] | None = None) -> bytes | None:
 def _mac(secret: bytes, key: str, text: str) -> str:
     payload = _DOMAIN + key.encode("ascii") + b"\0" + text.encode("utf-8", "surrogatepass")
     return hmac.new(secret, payload, hashlib.sha256).hexdigest()
+
+
+#: the field a store's own entry carries its signature in (``PIPEMAKE_CACHE_KEY`` set when it
+#: was committed): over the key and the entry's JSON without that field
+LOCAL_SIG = "signature"
+
+
+def sign_local(key: str, entry: dict[str, Any], text: str, secret: bytes | None) -> dict[str, Any]:
+    """``entry`` (whose JSON is ``text``) as the store keeps it: with its signature when there
+    is a ``secret``, so a shared ``--cache-dir`` written by someone without the key cannot
+    hand a keyed reader outputs of its choosing."""
+    return {**entry, LOCAL_SIG: _mac(secret, key, text)} if secret else entry
+
+
+def verify_local(
+    key: str, entry: dict[str, Any], secret: bytes | None, encode: Any
+) -> dict[str, Any] | None:
+    """A store's own entry without its signature, or None where a ``secret`` is set and the
+    entry is unsigned or signed with another one (a cache miss: the stage runs)."""
+    sig = entry.pop(LOCAL_SIG, None)
+    if not secret:
+        return entry
+    if type(sig) is not str or not hmac.compare_digest(sig, _mac(secret, key, encode(entry))):
+        return None
+    return entry
 
 
 def seal(key: str, text: str, secret: bytes | None) -> bytes:

@@ -33,6 +33,7 @@ from .errors import StoreError
 from .hashing import hash_bytes
 from .objects import GRACE, REMOTE_GRACE, Objects, Scan
 from .roots import Roots, RootsDir
+from .signing import LOCAL_SIG, cache_key, sign_local, verify_local
 from .trust import entry_problem, is_manifest, safe_mode
 
 __all__ = ["GRACE", "REMOTE_GRACE", "STORE_FORMAT", "Roots", "Scan", "Store", "encode_entry",
@@ -88,6 +89,10 @@ class Store:
             self.objects, readonly=readonly, fsync=fsync, link=link, on_remove=self._object_removed
         )
         self._roots = RootsDir(self.path / "roots", readonly)
+        #: ``PIPEMAKE_CACHE_KEY``: entries are committed signed, and only signed ones used
+        self.secret = cache_key()
+        #: the keys of entries refused for want of a signature by that key (said once a build)
+        self.unsigned: set[str] = set()
         #: the remote store behind this one (:mod:`pipemake.remote`), consulted on a miss
         #: and, with ``push_on_commit``, sent every entry committed; None: none
         self.remote: Behind | None = None
@@ -220,7 +225,7 @@ class Store:
         """The entry stored under ``key`` (or, on a miss, fetched from the remote), or None."""
         rows = self._query("SELECT entry FROM actions WHERE key=?", (key,))
         if rows:
-            return _entry(rows[0][0])
+            return self._trusted(key, _entry(rows[0][0]))
         return self.remote.fetch(self, [key]).get(key) if self.remote is not None else None
 
     def get_actions(self, keys: list[str]) -> dict[str, dict[str, Any]]:
@@ -231,8 +236,12 @@ class Store:
             out.update(self.remote.fetch(self, [k for k in keys if k not in out]))
         return out
 
-    def get_local_actions(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        """The entries of many keys in this store: one query, their JSON parsed in one go."""
+    def get_local_actions(
+        self, keys: list[str], signed_only: bool = True
+    ) -> dict[str, dict[str, Any]]:
+        """The entries of many keys in this store: one query, their JSON parsed in one go.
+        With ``PIPEMAKE_CACHE_KEY`` set, only those signed with it, unless ``signed_only`` is
+        False (what ``push`` sends: this workspace's own builds, the key holder's word)."""
         if not keys:
             return {}
         rows = self._query(
@@ -248,9 +257,23 @@ class Store:
         out: dict[str, dict[str, Any]] = {}
         for i, (key, text) in enumerate(rows):
             entry = _entry(text) if parsed is None else _checked(parsed[i])
+            if signed_only:
+                entry = self._trusted(key, entry)
+            elif entry is not None:
+                entry.pop(LOCAL_SIG, None)
             if entry is not None:
                 out[key] = entry
         return out
+
+    def _trusted(self, key: str, entry: dict[str, Any] | None) -> dict[str, Any] | None:
+        """``entry`` without its signature; None (counted) where ``PIPEMAKE_CACHE_KEY`` is
+        set and it is not signed with it."""
+        if entry is None:
+            return None
+        checked = verify_local(key, entry, self.secret, _encode)
+        if checked is None:
+            self.unsigned.add(key)
+        return checked
 
     def put_action(self, key: str, entry: dict[str, Any]) -> None:
         """Commit an entry: the point after which a build's work is done for good."""
@@ -266,7 +289,10 @@ class Store:
     def put_local_actions(self, pairs: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """Commit several entries to this store in one transaction."""
         now = time.time()
-        rows = [(k, _encode(e), now, now) for k, e in pairs]
+        secret = self.secret
+        texts = [(k, e, _encode(e)) for k, e in pairs]
+        rows = [(k, _encode(sign_local(k, e, text, secret)) if secret else text, now, now)
+                for k, e, text in texts]  # fmt: skip
         db = self.db
         try:
             with transaction(db):

@@ -538,3 +538,64 @@ def test_an_input_that_is_a_device_or_fifo_fails_its_stage_and_never_hangs(
     done = p.sub("build", code=1, timeout=60)
     assert "is not a regular file or a folder (a device, FIFO or socket)" in done.stderr
     assert "Traceback" not in done.stderr and not p.exists("out.txt")
+
+
+TWO = """
+stages:
+  - id: a
+    type: shell
+    config: {cmd: "echo A > {outputs.o}", outputs: {o: build/a.txt}}
+  - id: b
+    type: shell
+    config: {cmd: "echo B > {outputs.o}", outputs: {o: build/b.txt}}
+"""
+
+
+def _redirect(store: Path, victim: str, source: str) -> None:
+    """What a writer of a shared store can do: make stage ``victim``'s entry name the
+    (valid, present) output object of stage ``source``."""
+    db = sqlite3.connect(store / "actions.db")
+    rows = {
+        json.loads(e)["stage"]: (k, json.loads(e))
+        for k, e in db.execute("SELECT key, entry FROM actions")
+    }
+    key, entry = rows[victim]
+    entry["outputs"] = rows[source][1]["outputs"]
+    entry.pop("signature", None)
+    db.execute("UPDATE actions SET entry=? WHERE key=?", (json.dumps(entry), key))
+    db.commit()
+    db.close()
+
+
+def test_with_a_cache_key_a_rewritten_shared_entry_is_a_miss(project, tmp_path: Path) -> None:
+    """PIPEMAKE_CACHE_KEY signs the entries a build commits to its store too: an entry a
+    writer of the shared cache rewrote (without the key) is ignored, said once, and the
+    stage runs; the signed ones restore."""
+    key = {"PIPEMAKE_CACHE_KEY": "team-secret"}
+    cache = tmp_path / "shared"
+    p = project(TWO)
+    p.cli("build", "--cache-dir", str(cache), env=key)
+    _redirect(cache, "a", "b")
+    shutil.rmtree(p.path("build"))
+    out = p.cli("build", env=key).output
+    assert p.read("build/a.txt") == "A\n" and p.read("build/b.txt") == "B\n"
+    assert "ignored 1 entry of the store" in out and "not signed with PIPEMAKE_CACHE_KEY" in out
+    assert "b: restored" in out and "a: running" in out
+    shutil.rmtree(p.path("build"))
+    again = p.cli("build", env=key).output  # a's entry is signed again now
+    assert "2 restored" in again and "ignored" not in again
+
+
+def test_a_restore_that_contradicts_the_lock_is_said(project, tmp_path: Path) -> None:
+    """Without a key the shared cache is trusted (README, "Trust"), but ``pipemake.lock``,
+    committed with the project, names the outputs each key made: a restore that names
+    others is said, with how to run the stage instead."""
+    cache = tmp_path / "shared"
+    p = project(TWO)
+    p.cli("build", "--cache-dir", str(cache))
+    assert p.exists("pipemake.lock")
+    _redirect(cache, "a", "b")
+    shutil.rmtree(p.path("build"))
+    out = p.cli("build").output
+    assert "are not the ones pipemake.lock records for the same key" in out
+    assert "--force-stage a" in out
