@@ -363,11 +363,11 @@ class Objects:
         linked = False
         with open(fd, "rb") as inp:
             if size is not None and st.st_size != size:
-                ok: bool | None = False
-            elif self.link and self.can_link:
+                return False  # the entry is wrong, not the object: a miss, the object kept
+            if self.link and self.can_link:
                 ok = linked = self._link_out(inp, dfd, name, digest, dst, mode, st)
             else:
-                ok = None
+                ok: bool | None = None
             if ok is None:
                 ok = _copy_checked(inp, st.st_size, digest, dst)
         if not ok:

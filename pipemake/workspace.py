@@ -135,19 +135,21 @@ class Workspace:
         try:
             target = stage_dir / "out"
             if manifest["kind"] == "file":
-                if not store.materialize(manifest["hash"], str(target), manifest["mode"]):
+                if not store.materialize(
+                    manifest["hash"], str(target), manifest["mode"], manifest["size"]
+                ):
                     return False
             else:
                 target.mkdir()
                 made: set[str] = set()
-                for relpath, digest, _size, mode in manifest["entries"]:
+                for relpath, digest, size, mode in manifest["entries"]:
                     if not _safe_rel(relpath):
                         return False
                     parent = os.path.dirname(relpath)
                     if parent and parent not in made:
                         (target / parent).mkdir(parents=True, exist_ok=True)
                         made.add(parent)
-                    if not store.materialize(digest, str(target / relpath), mode):
+                    if not store.materialize(digest, str(target / relpath), mode, size):
                         return False
             self.place(target, rel)
             return True

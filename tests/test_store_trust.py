@@ -599,3 +599,31 @@ def test_a_restore_that_contradicts_the_lock_is_said(project, tmp_path: Path) ->
     out = p.cli("build").output
     assert "are not the ones pipemake.lock records for the same key" in out
     assert "--force-stage a" in out
+
+
+@pytest.mark.parametrize("recorded", [5, 13, 10**19])
+def test_an_entry_recording_another_size_than_its_object_is_a_miss(
+    project, tmp_path: Path, recorded: int
+) -> None:
+    """The object is right, the entry lies about its size: a miss (the stage runs), and the
+    object, which is not at fault, stays in the store."""
+    cache = tmp_path / "shared"
+    p = project(TWO)
+    p.cli("build", "--cache-dir", str(cache))
+    db = sqlite3.connect(cache / "actions.db")
+    rows = {
+        json.loads(e)["stage"]: (k, json.loads(e))
+        for k, e in db.execute("SELECT key, entry FROM actions")
+    }
+    key, entry = rows["a"]
+    entry["outputs"]["o"]["size"] = recorded
+    db.execute("UPDATE actions SET entry=? WHERE key=?", (json.dumps(entry), key))
+    db.commit()
+    db.close()
+    obj = cache / "objects" / entry["outputs"]["o"]["hash"][:2] / entry["outputs"]["o"]["hash"][2:]
+    assert obj.is_file()
+    shutil.rmtree(p.path("build"))
+    out = p.cli("build").output
+    assert "a: running" in out and "b: restored" in out, out
+    assert p.read("build/a.txt") == "A\n"
+    assert obj.is_file()
