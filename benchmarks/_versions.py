@@ -12,7 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
@@ -41,3 +41,13 @@ def cell(seconds: Sequence[float]) -> str:
     """``median ms (min-max)`` of ``seconds``."""
     ms = [x * 1000 for x in seconds]
     return f"{statistics.median(ms):.0f} ms ({min(ms):.0f}-{max(ms):.0f})"
+
+
+def report(
+    size: str, trees: Mapping[str, str], times: Mapping[str, Mapping[str, Sequence[float]]]
+) -> None:
+    """Print ``SIZE | old: TREE | new: TREE``, then one line per kind of run with each
+    version's cell (``times``: kind → version → seconds)."""
+    print(f"{size} | " + " | ".join(f"{name}: {tree}" for name, tree in trees.items()))
+    for kind, by in times.items():
+        print(f"{kind}: " + " | ".join(f"{name} {cell(by[name])}" for name in trees))

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _scale_tools  # noqa: E402
 import bench_scale  # noqa: E402
-from _versions import cell, order, timed  # noqa: E402
+from _versions import order, report, timed  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,10 +51,9 @@ def main(argv: list[str] | None = None) -> int:
                 run(name, tool.build, "no-op build")
             for name in order(list(trees), r):
                 run(name, ["dry-run"], "dry-run")
-        print(f"{args.files:,} files | old: {trees['old']} | new: {trees['new']}")
-        for kind in ("cold build", "no-op build", "dry-run"):
-            cells = [f"{name} {cell(times[(kind, name)])}" for name in trees]
-            print(f"{kind}: " + " | ".join(cells))
+        kinds = ("cold build", "no-op build", "dry-run")
+        by_kind = {k: {n: times[(k, n)] for n in trees} for k in kinds}
+        report(f"{args.files:,} files", trees, by_kind)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0

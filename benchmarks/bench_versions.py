@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _versions import cell, order, timed  # noqa: E402
+from _versions import order, report, timed  # noqa: E402
 
 PIPE = """name: versions
 stages:
@@ -100,10 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                 f = base / name / "data" / f"f{rep * 7 % args.items:05}.txt"
                 f.write_text(f.read_text() + f"edit {rep}\n")
                 times[name].setdefault("one file changed", []).append(run(name))
-        print(f"{args.items:,} items | old: {trees['old']} | new: {trees['new']}")
-        for kind in times["old"]:
-            cells = [f"{name} {cell(times[name][kind])}" for name in trees]
-            print(f"{kind}: " + " | ".join(cells))
+        kinds = {k: {n: times[n][k] for n in trees} for k in times["old"]}
+        report(f"{args.items:,} items", trees, kinds)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0

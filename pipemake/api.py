@@ -37,7 +37,7 @@ from .fshash import Hasher
 from .hooks import StageTimes, run_hooks, run_summary
 from .items import glob_base, is_glob
 from .lock import BuildLock
-from .model import DEFAULT_FILE, Pipeline
+from .model import DEFAULT_FILE, Pipeline, within
 from .params import parse_overrides
 from .plancache import load_checked
 from .project import Project
@@ -204,12 +204,12 @@ def _check_places(pipeline: Pipeline, ws: Workspace, cache: Path) -> None:
     for st in pipeline.stages.values():
         for name, rel in st.ports.outputs.items():
             out = os.path.realpath(pipeline.root / rel)
-            if _inside(out, dot) or _inside(dot, out):
+            if within(out, dot) or within(dot, out):
                 what, hint = f"overlaps pipemake's own folder {ws.dot}", "choose another path"
-            elif _inside(store, out):
+            elif within(store, out):
                 what = f"holds the store {cache}: every build of it would wipe the store"
                 hint = "keep --cache-dir (PIPEMAKE_CACHE_DIR) outside every output"
-            elif _inside(out, store):
+            elif within(out, store):
                 what = f"lies inside the store {cache}"
                 hint = "keep --cache-dir (PIPEMAKE_CACHE_DIR) outside every output"
             else:
@@ -219,10 +219,6 @@ def _check_places(pipeline: Pipeline, ws: Workspace, cache: Path) -> None:
                                     line, st.id, hint))  # fmt: skip
     if problems:
         raise PipelineError(problems)
-
-
-def _inside(path: str, parent: str) -> bool:
-    return path == parent or path.startswith(os.path.join(parent, ""))
 
 
 def _shown(file: Path) -> str:

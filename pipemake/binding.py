@@ -13,7 +13,7 @@ from typing import Any
 from .dag import Graph
 from .errors import Problems, suggest
 from .items import glob_base, is_glob
-from .model import SYMBOLIC_SCOPES, Foreach, Pending, Pipeline, Stage, norm
+from .model import SYMBOLIC_SCOPES, Foreach, Pending, Pipeline, Stage, norm, within
 from .rule import Ports, Rule, get_rule, has_items, has_run, rule_names
 from .templates import Ref, TemplateError, find_refs, substitute
 from .yamlload import LineDict
@@ -441,10 +441,10 @@ def _cannot_run_whole(
 def _too_wide(path: str, root: str) -> str:
     """Why the absolute output ``path`` may not be one (it holds the project, the home
     folder, or is a top-level folder such as ``/data``), or an empty string."""
-    if path == "/" or _inside(root, path):
+    if path == "/" or within(root, path):
         return f"holds the project folder {root}"
     home = norm(os.path.expanduser("~"))
-    if posixpath.isabs(home) and _inside(home, path):
+    if posixpath.isabs(home) and within(home, path):
         return f"holds the home folder {home}"
     if path.count("/") < 2:
         return "is a top-level folder"
@@ -459,14 +459,9 @@ def in_project(path: str, root: str) -> str:
     if not posixpath.isabs(clean):
         return clean
     for candidate in (clean, norm(os.path.realpath(clean))):
-        if _inside(candidate, root):
+        if within(candidate, root):
             return posixpath.relpath(candidate, root)
     return clean
-
-
-def _inside(path: str, parent: str) -> bool:
-    """Whether ``path`` is ``parent`` or lies inside it (``.``, the project, holds all)."""
-    return parent in (".", "") or path == parent or path.startswith(parent + "/")
 
 
 def check_graph(pipeline: Pipeline, raws: list[LineDict], ld: Problems) -> None:
@@ -525,7 +520,7 @@ def _check_inputs(pipeline: Pipeline, st: Stage, ld: Problems) -> None:
                 p = glob_base(p)
             line = st.lines.get(key, st.line)
             for okey, out in st.ports.outputs.items():
-                if _inside(out, p) or _inside(p, out):
+                if within(out, p) or within(p, out):
                     ld.problem(
                         f"output {okey!r} ({out}) overlaps its own input {key!r} ({p})",
                         line,

@@ -103,6 +103,12 @@ class Pipeline:
         return None
 
 
+def within(path: str, parent: str) -> bool:
+    """Whether ``path`` is ``parent`` or lies inside it, both written the same way (both
+    normalized, or both real paths); ``.`` or an empty ``parent`` (the project) holds all."""
+    return parent in (".", "") or path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
 def norm(path: str) -> str:
     """A path in POSIX form without ``.`` or ``..`` parts; an absolute path starts with
     exactly one ``/`` (POSIX lets ``//data`` differ from ``/data``; here they are one)."""

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipemake.model import Pending
+from pipemake.model import Pending, within
 
 __all__ = ["away", "is_paths", "reading", "untracked"]
 
@@ -68,7 +68,7 @@ def away(root: Path, key: str, value: str) -> str | None:
         return None  # named as an output, or a path outside written out: as the user said
     top = os.path.realpath(root)
     real = os.path.realpath(os.path.join(top, value))
-    if real == top or real.startswith(top.rstrip(os.sep) + os.sep):
+    if within(real, top):
         return None
     return (
         f"output {key!r} ({value}) leads out of the project through a symlink, to {real}; "
@@ -112,7 +112,6 @@ def untracked(
         if not isinstance(value, str | os.PathLike) or not os.fspath(value):
             continue
         path = os.path.realpath(os.path.join(top, os.fspath(value)))
-        inside = lambda p, d: p == d or p.startswith(d.rstrip(os.sep) + os.sep)  # noqa: E731
-        if inside(path, top) and path != top and os.path.lexists(path):
-            if not any(inside(path, k) or inside(k, path) for k in known):
+        if within(path, top) and path != top and os.path.lexists(path):
+            if not any(within(path, k) or within(k, path) for k in known):
                 yield str(key), os.path.relpath(path, top)

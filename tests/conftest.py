@@ -151,6 +151,18 @@ def _explain(args: tuple[str, ...], got: int, output: str) -> str:
     return f"pipemake {' '.join(args)} exited {got}; output:\n{output}"
 
 
+def refused_before_running(proj: Proj, line: int, stage: str, words: list[str]) -> None:
+    """``validate`` and ``build`` both exit 2 naming ``pipemake.yaml:LINE`` and ``stage``
+    with ``words``, no traceback, and nothing was built."""
+    for command in (["validate"], ["build", "--no-progress"]):
+        out = proj.cli(*command, code=2).output
+        assert f"pipemake.yaml:{line}: stage {stage!r}: " in out, out
+        for word in words:
+            assert word in out, (word, out)
+        assert TRACEBACK not in out and "FAILED" not in out
+    assert not proj.exists("build")
+
+
 def wait_for(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
     """Poll ``cond`` until it holds (never asserts a duration, only gives up eventually)."""
     deadline = time.monotonic() + timeout

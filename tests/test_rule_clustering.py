@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _character_fixtures import write_cutouts
+from conftest import refused_before_running
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 
@@ -532,14 +533,7 @@ def ranges_project(project, monkeypatch):
 
 @pytest.mark.parametrize(("line", "words"), BAD_VALUES, ids=[v[0] for v in BAD_VALUES])
 def test_a_bad_value_is_a_pipeline_error_before_anything_runs(ranges_project, line, words):
-    proj = ranges_project(line)
-    for command in (["validate"], ["build", "--no-progress"]):
-        out = proj.cli(*command, code=2).output
-        assert f"pipemake.yaml:{BAD_LINE}: stage 'cluster': " in out, out
-        for word in words:
-            assert word in out, (word, out)
-        assert "Traceback" not in out and "FAILED" not in out
-    assert not proj.exists("build")
+    refused_before_running(ranges_project(line), BAD_LINE, "cluster", words)
 
 
 def test_the_values_in_range_are_valid(ranges_project):

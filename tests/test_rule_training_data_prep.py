@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _character_fixtures import make_characters, render_character
+from conftest import refused_before_running
 from PIL import Image
 
 from pipemake.rule import Context, RuleError
@@ -340,13 +341,7 @@ BAD_VALUES = [
 def test_a_bad_value_is_a_pipeline_error_before_anything_runs(project, line, words):
     proj = project(PIPELINE.replace("BAD", line))
     proj.path("cutouts").mkdir()
-    for command in (["validate"], ["build", "--no-progress"]):
-        out = proj.cli(*command, code=2).output
-        assert f"pipemake.yaml:{BAD_LINE}: stage 'prepare': " in out, out
-        for word in words:
-            assert word in out, (word, out)
-        assert "Traceback" not in out and "FAILED" not in out
-    assert not proj.exists("build")  # the clustering did not run either
+    refused_before_running(proj, BAD_LINE, "prepare", words)  # nor did the clustering
 
 
 def test_the_edges_of_the_ranges_are_valid(project):

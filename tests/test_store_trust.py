@@ -551,20 +551,26 @@ stages:
 """
 
 
-def _redirect(store: Path, victim: str, source: str) -> None:
-    """What a writer of a shared store can do: make stage ``victim``'s entry name the
-    (valid, present) output object of stage ``source``."""
+def _rewrite(store: Path, stage: str, change: Callable[[dict, dict], object]) -> dict:
+    """What a writer of a shared store can do: ``change(entry, entries by stage)`` the
+    entry of ``stage`` in place (its signature dropped); the rewritten entry."""
     db = sqlite3.connect(store / "actions.db")
     rows = {
         json.loads(e)["stage"]: (k, json.loads(e))
         for k, e in db.execute("SELECT key, entry FROM actions")
     }
-    key, entry = rows[victim]
-    entry["outputs"] = rows[source][1]["outputs"]
+    key, entry = rows[stage]
+    change(entry, {sid: e for sid, (_k, e) in rows.items()})
     entry.pop("signature", None)
     db.execute("UPDATE actions SET entry=? WHERE key=?", (json.dumps(entry), key))
     db.commit()
     db.close()
+    return entry
+
+
+def _redirect(store: Path, victim: str, source: str) -> None:
+    """Make stage ``victim``'s entry name the (valid, present) output object of ``source``."""
+    _rewrite(store, victim, lambda entry, rows: entry.update(outputs=rows[source]["outputs"]))
 
 
 def test_with_a_cache_key_a_rewritten_shared_entry_is_a_miss(project, tmp_path: Path) -> None:
@@ -610,16 +616,7 @@ def test_an_entry_recording_another_size_than_its_object_is_a_miss(
     cache = tmp_path / "shared"
     p = project(TWO)
     p.cli("build", "--cache-dir", str(cache))
-    db = sqlite3.connect(cache / "actions.db")
-    rows = {
-        json.loads(e)["stage"]: (k, json.loads(e))
-        for k, e in db.execute("SELECT key, entry FROM actions")
-    }
-    key, entry = rows["a"]
-    entry["outputs"]["o"]["size"] = recorded
-    db.execute("UPDATE actions SET entry=? WHERE key=?", (json.dumps(entry), key))
-    db.commit()
-    db.close()
+    entry = _rewrite(cache, "a", lambda e, _rows: e["outputs"]["o"].update(size=recorded))
     obj = cache / "objects" / entry["outputs"]["o"]["hash"][:2] / entry["outputs"]["o"]["hash"][2:]
     assert obj.is_file()
     shutil.rmtree(p.path("build"))
