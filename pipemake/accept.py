@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .build import Builder
+from .build import Builder, values_used
 from .decide import Verdict
 from .errors import UsageError
 from .events import Bus
@@ -29,7 +29,6 @@ from .fshash import Hasher, PathInfo
 from .hashing import tree_hash
 from .resolve import Planned, ResolvedStage
 from .scheduler import StageFailure
-from .templates import find_refs
 from .walk import BadPath
 from .workspace import manifest_of
 
@@ -122,7 +121,7 @@ def accept(
         )
     if not dry:
         for plan in plans:
-            _store_objects(p, store, plan)
+            builder.store_outputs(plan.sk, plan.entry)
             _rewrite_items(store, state, plan)
             builder.accept(plan.stage, plan.sk, plan.entry)
         builder.idle()
@@ -152,22 +151,12 @@ def _cannot(
             "it maps each item before it reduces, and the maps of some items are not "
             f"cached: build it (pipemake build {stage.id})"
         )
-    if entry is None and _values_used(p, stage):
+    if entry is None and values_used(p, stage):
         return (
             f"rule {stage.rule.name!r} computes values that later stages use, and only a "
             f"run can compute them: build it (pipemake build {stage.id})"
         )
     return None
-
-
-def _values_used(p: Pipeline, stage: Stage) -> list[str]:
-    """The computed values of ``stage`` other stages refer to."""
-    used = []
-    for other in p.stages.values():
-        for ref in find_refs(other.config):
-            if ref.scope == stage.id and ref.name not in stage.ports.outputs:
-                used.append(ref.name)
-    return used
 
 
 def _outputs(
@@ -191,18 +180,6 @@ def _outputs(
             return f"output {rel} should be a folder (a foreach stage's outputs are)"
         infos[name] = info
     return None
-
-
-def _store_objects(p: Pipeline, store: Store, plan: _Plan) -> None:
-    """Copy every file of the accepted outputs into the store."""
-    for name, rel in plan.sk.ports.outputs.items():
-        info = plan.infos[name]
-        full = p.root / rel
-        if info.kind == "file":
-            store.put_file(str(full), str(info.hash))
-        else:
-            for entry_rel, digest, _size, _mode in info.entries or []:
-                store.put_file(str(full / entry_rel), digest)
 
 
 def _rewrite_items(store: Store, state: WorkspaceState, plan: _Plan) -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .decide import Decision, LastBuild, Reason, Trigger, Verdict, decide, waiting_on
@@ -28,7 +30,9 @@ from .runs import MAX_AGAIN, BuildContext, StageRun
 from .scheduler import StageFailure
 from .state import NEVER, WorkspaceState
 from .store import Store
-from .workspace import Workspace, remove_path
+from .templates import find_refs
+from .walk import BadPath
+from .workspace import Workspace, manifest_of, remove_path
 
 __all__ = ["Builder", "Planned"]
 
@@ -75,8 +79,11 @@ class Builder:
         self._running: dict[str, StageRun] = {}
         self._brief = state.builds.brief()
         self._prefetched: dict[str, dict[str, Any]] = {}
-        #: ``pipemake.lock``'s key and output hashes per stage (read when first needed)
-        self._locked: dict[str, tuple[str, dict[str, str]]] | None = None
+        #: ``pipemake.lock``'s section per stage (read when first needed)
+        self._locked: dict[str, Locked] | None = None
+        #: stages found up to date by their outputs matching ``pipemake.lock`` (their
+        #: entries are made from the workspace and written when the stage begins)
+        self._adopted: set[str] = set()
         #: every stage, item and map key this build or plan computed (what ``cache gc``
         #: keeps), item keys only when ``collect_keys`` is set
         self.keys_seen: set[str] = set()
@@ -105,6 +112,9 @@ class Builder:
         if not rs.unknown and not forced:
             if rs.key is not None:
                 entry = self._prefetched.pop(rs.key, None) or self.store.get_action(rs.key)
+            if entry is None and (adopted := self._as_locked(stage, rs)) is not None:
+                self._adopted.add(stage.id)
+                return Decision(Verdict.UP_TO_DATE, [_AS_LOCKED]), rs, adopted
             if entry is None and rs.foreach:
                 self.resolver.read_cached_items(stage, rs)
             elif entry is not None:
@@ -120,14 +130,12 @@ class Builder:
         store may have been tampered with (a shared cache), or the stage is not
         deterministic. The outputs are restored all the same; the message says how to run
         the stage instead."""
-        if self._locked is None:
-            self._locked = _lock_outputs(self.p)
-        locked = self._locked.get(stage_id)
-        if locked is None or key is None or locked[0] != key:
+        locked = self._lock().get(stage_id)
+        if locked is None or key is None or locked.key != key:
             return
         outputs = entry.get("outputs", {})
         differ = sorted(
-            name for name, want in locked[1].items()
+            name for name, want in locked.hashes.items()
             if isinstance(outputs.get(name), dict) and outputs[name].get("hash") != want
         )  # fmt: skip
         if differ:
@@ -136,6 +144,61 @@ class Builder:
                 "ones pipemake.lock records for the same key: the store may have been "
                 "tampered with, or the stage is not deterministic; restored all the same "
                 f"(`pipemake build --force-stage {stage_id}` runs it instead)"))  # fmt: skip
+
+    def _lock(self) -> dict[str, Locked]:
+        if self._locked is None:
+            self._locked = _lock_sections(self.p)
+        return self._locked
+
+    def _as_locked(self, stage: Stage, rs: ResolvedStage) -> dict[str, Any] | None:
+        """For a stage whose key has no entry in the store: an entry made from its outputs
+        in the workspace when they are, byte for byte, what ``pipemake.lock`` (the project's
+        own, committed file) records for this very key, or None.
+
+        The habit of ``dvc.lock``, and of Make's timestamps: a checkout whose outputs are
+        there and match the lock (the store deleted or never pulled, outputs kept in Git or
+        on a shared disk) is up to date, instead of running every stage again. The outputs'
+        files then go into the store as a run's would. Computed values come from the lock;
+        a lock without them (an older one) adopts only a stage whose values no stage uses."""
+        locked = self._lock().get(stage.id)
+        outputs = rs.ports.outputs
+        if locked is None or rs.key is None or locked.key != rs.key or not outputs:
+            return None
+        if locked.paths != outputs or set(locked.hashes) != set(outputs):
+            return None
+        values = locked.values
+        if values is None:
+            if values_used(self.p, stage):
+                return None
+            values = {}
+        manifests = {}
+        for name, rel in outputs.items():
+            try:
+                if os.path.islink(self.p.root / rel):
+                    return None  # pipemake keeps real files at an output path
+                info = self.hasher.info(rel)
+            except (BadPath, OSError):
+                return None
+            want = rs.ports.output_kinds.get(name)
+            if info.kind == "missing" or info.hash != locked.hashes[name]:
+                return None
+            if want in ("file", "dir") and info.kind != want:
+                return None
+            manifests[name] = manifest_of(info)
+        metrics = {"adopted": True}
+        return {"stage": stage.id, "outputs": manifests, "values": values, "metrics": metrics,
+                "created": time.time()}  # fmt: skip
+
+    def store_outputs(self, rs: ResolvedStage, entry: dict[str, Any]) -> None:
+        """Copy every file of the workspace outputs ``entry`` names into the store."""
+        for name, rel in rs.ports.outputs.items():
+            manifest = entry["outputs"][name]
+            full = self.p.root / rel
+            if manifest["kind"] == "file":
+                self.store.put_file(str(full), manifest["hash"])
+            else:
+                for entry_rel, digest, _size, _mode in manifest.get("entries") or []:
+                    self.store.put_file(str(full / entry_rel), digest)
 
     def _check_outputs(
         self, rs: ResolvedStage, entry: dict[str, Any]
@@ -192,6 +255,16 @@ class Builder:
         assert rs is not None
         if decision.verdict is Verdict.UP_TO_DATE:
             assert entry is not None
+            if stage_id in self._adopted:  # the workspace's outputs, as the lock records them
+                try:
+                    self.store_outputs(rs, entry)
+                except OSError as exc:
+                    raise StageFailure(f"cannot copy its outputs into the store: {exc}") from None
+                self.store.put_action(rs.key, entry)  # type: ignore[arg-type]
+                self._done(stage, rs, entry, ran=False)
+                why = f"{_AS_LOCKED}; copied into the store"
+                self.bus.emit("stage_skipped", stage_id, reason="up to date", detail=why)
+                return []
             self._done(stage, rs, entry, ran=False)
             self.bus.emit("stage_skipped", stage_id, reason="up to date")
             return []
@@ -538,9 +611,25 @@ def _placing_failed(exc: OSError) -> str:
     return f"cannot put the output in place at {where}: {exc.strerror}"
 
 
-def _lock_outputs(p: Pipeline) -> dict[str, tuple[str, dict[str, str]]]:
-    """Each stage's key and output hashes in the project's ``pipemake.lock`` (none where the
-    pipeline turns the lock off, or it is missing or unreadable)."""
+@dataclass(frozen=True)
+class Locked:
+    """A stage's section of ``pipemake.lock``: its key, each output's path and hash, and
+    its computed values (None: the lock does not record them)."""
+
+    key: str
+    paths: dict[str, str]
+    hashes: dict[str, str]
+    values: dict[str, Any] | None
+
+
+#: why a stage with no entry in the store is up to date
+_AS_LOCKED = Reason(Trigger.CACHED, "its outputs are what pipemake.lock records for this key")
+
+
+def _lock_sections(p: Pipeline) -> dict[str, Locked]:
+    """Each stage's section of the project's ``pipemake.lock`` (none where the pipeline
+    turns the lock off, or it is missing or unreadable; a section not of the shape pipemake
+    writes is left out)."""
     from .lockfile import read
 
     if not p.lock_file:
@@ -549,13 +638,31 @@ def _lock_outputs(p: Pipeline) -> dict[str, tuple[str, dict[str, str]]]:
         doc = read(p.root)
     except ValueError:
         return {}
-    out: dict[str, tuple[str, dict[str, str]]] = {}
+    out: dict[str, Locked] = {}
     for sid, section in ((doc or {}).get("stages") or {}).items():
         if not isinstance(section, dict):
             continue
         outputs = section.get("outputs")
-        if isinstance(section.get("key"), str) and isinstance(outputs, dict):
-            hashes = {n: o["hash"] for n, o in outputs.items()
-                      if isinstance(o, dict) and isinstance(o.get("hash"), str)}  # fmt: skip
-            out[sid] = (section["key"], hashes)
+        if not isinstance(section.get("key"), str) or not isinstance(outputs, dict):
+            continue
+        paths, hashes = {}, {}
+        for name, o in outputs.items():
+            if isinstance(o, dict) and isinstance(o.get("hash"), str):
+                hashes[name] = o["hash"]
+                if isinstance(o.get("path"), str):
+                    paths[name] = o["path"]
+        values = section.get("values")
+        out[sid] = Locked(
+            section["key"], paths, hashes, values if isinstance(values, dict) else None
+        )
     return out
+
+
+def values_used(p: Pipeline, stage: Stage) -> list[str]:
+    """The computed values of ``stage`` other stages refer to."""
+    used = []
+    for other in p.stages.values():
+        for ref in find_refs(other.config):
+            if ref.scope == stage.id and ref.name not in stage.ports.outputs:
+                used.append(ref.name)
+    return used

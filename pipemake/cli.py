@@ -524,7 +524,8 @@ _RESUME_NOTE = (
     "--no-checkpoint",
     is_flag=True,
     help="Reuse nothing and keep nothing: every stage runs, with a scratch store that is "
-    "removed afterwards (the next build runs them again).",
+    "removed afterwards, and pipemake.lock is left as it was (the next build runs them "
+    "again).",
 )
 @click.option("--resume", is_flag=True, help="Accepted: every build resumes.")
 @click.option("--dry-run", "dry", is_flag=True, help="Say what would run (as dry-run).")
@@ -566,8 +567,8 @@ def run_cmd(
         click.echo(exc.format(), err=True)
         sys.exit(exc.exit_code)
     root["scratch"] = True
-    try:
-        ctx.invoke(build, cache_dir=str(scratch), **same)
+    try:  # forced: outputs matching pipemake.lock are not taken as built; nor is it written
+        ctx.invoke(build, cache_dir=str(scratch), force=True, no_lock_file=True, **same)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

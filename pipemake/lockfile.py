@@ -1,19 +1,23 @@
 """``pipemake.lock``: what each stage was last built from and what it made, in the project.
 
-Written by ``build`` at the project root so a CI cache can be keyed on it (GitHub Actions:
-``key: pipemake-${{ hashFiles('pipemake.lock') }}``) and committed beside the pipeline.
-Per stage: its key, rule, resolved params, each input's path and content hash and each
-output's path and hash; a ``foreach`` input is its item count and one digest of the items
-(path and content), never one line per item. The file is JSON (also valid YAML), keys
-sorted, one value per line, and holds no time, host or absolute path, so the same build
-gives the same bytes anywhere, and it is rewritten only when its content changes (a no-op
-build leaves it, mtime and all).
+Written by ``build`` at the project root so a CI cache can be keyed on it (GitHub
+Actions: ``key: pipemake-${{ hashFiles('pipemake.lock') }}``) and committed beside the
+pipeline. Per stage: its key, rule, resolved params, each input's path and content hash,
+each output's path and hash and its computed values (up to 64 KB of JSON); a ``foreach``
+input is its item count and one digest of the items (path and content), never one line
+per item. The file is JSON (also valid YAML), keys sorted, one value per line, and holds
+no time, host or absolute path of its own (a stage's values are as it computed them), so
+the same build gives the same bytes anywhere, and it is rewritten only when its content
+changes (a no-op build leaves it, mtime and all).
 
 On a fresh clone without a store, :func:`compare` tells ``status`` which stages' source
-inputs (or static params) differ from the lock, and so will run rather than restore from a
-cache keyed on it. ``--no-lock-file`` or ``lock_file: false`` in the pipeline turns it off.
-The lock is the project's own file: read as untrusted input (bounded, checked in shape), a
-damaged one is reported as unreadable and rewritten by the next build.
+inputs (or static params) differ from the lock, and so will run rather than restore from
+a cache keyed on it. Where a stage's key is the locked one and its outputs in the
+workspace hash to the locked hashes, the build finds it up to date and takes those
+outputs into the store (:meth:`pipemake.build.Builder.decide`), as ``dvc.lock`` makes
+``dvc repro`` skip it. ``--no-lock-file`` or ``lock_file: false`` in the pipeline turns
+it off. The lock is the project's own file: read as untrusted input (bounded, checked in
+shape), a damaged one is reported as unreadable and rewritten by the next build.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ __all__ = ["FILE", "FORMAT", "compare", "document", "read", "render", "write"]
 FILE = "pipemake.lock"
 FORMAT = 1
 _MAX = 64 << 20
+#: computed values larger than this (as JSON) are left out of a stage's section
+_MAX_VALUES = 64 << 10
 _NOTE = (
     "written by `pipemake build`; do not edit. Key a CI cache on it, e.g. "
     "hashFiles('pipemake.lock')"
@@ -72,8 +78,13 @@ def document(project: Project, old: dict[str, Any] | None = None) -> dict[str, A
                 for name, rel in sorted(stage.ports.outputs.items())
                 if isinstance(outputs.get(name), dict)
             }
+            values = entry.get("values") if isinstance(entry, dict) else None
+            if isinstance(values, dict) and len(json.dumps(values)) <= _MAX_VALUES:
+                section["values"] = values
         elif isinstance(prior, dict) and prior.get("key") == key and "outputs" in prior:
             section["outputs"] = prior["outputs"]
+            if isinstance(prior.get("values"), dict):
+                section["values"] = prior["values"]
         stages[sid] = section
     return {"format": FORMAT, "note": _NOTE, "pipeline": p.name, "stages": stages}
 

@@ -151,7 +151,8 @@ def describe(event: Event) -> str | None:
     if k == "run_started":
         return f"building {len(d.get('stages', []))} stage(s)"
     if k == "stage_skipped":
-        return f"{s}: {d.get('reason', 'up to date')}"
+        detail = f" ({d['detail']})" if d.get("detail") else ""
+        return f"{s}: {d.get('reason', 'up to date')}{detail}"
     if k == "stage_restored":
         items = f"{d['items']} items; " if d.get("items") else ""
         return f"{s}: restored from the store ({items}{'; '.join(d.get('reasons', []))})"
@@ -414,7 +415,8 @@ class RichView:
         if k == "stage_skipped" and d.get("reason") == "up to date":
             self._fresh += 1
             if self._fresh <= UP_TO_DATE_LINES:
-                self._print(f"  = {s}  up to date", "dim")
+                detail = f" ({d['detail']})" if d.get("detail") else ""
+                self._print(f"  = {s}  up to date{detail}", "dim")
         elif k == "stage_skipped":
             self._print(f"  - {s}  skipped: {d.get('reason', '')}", "yellow")
         elif k == "stage_restored":

@@ -144,8 +144,9 @@ def choose(
             note(
                 f"pipemake: the store remembered for this workspace, {remembered}, is missing "
                 f"(in {dot / FILE}); "
-                + ("a new, empty one is made there: every stage runs (build with --cache-dir "
-                   "DIR to use another)" if record else "nothing is restored from it")
+                + ("a new, empty one is made there: every stage runs, but one whose outputs "
+                   "are what pipemake.lock records (build with --cache-dir DIR to use "
+                   "another)" if record else "nothing is restored from it")
             )  # fmt: skip
         return Place(remembered, "remembered", record and gone is not None)
     path = Path(told).expanduser()

@@ -151,3 +151,116 @@ def test_lock_file_document_is_stable_across_a_gc_of_the_store(proj: Proj, tmp_p
     shutil.rmtree(tmp_path / "cache")
     proj.cli("build", "--cache-dir", str(tmp_path / "cache"))  # up to date: entries missing
     assert proj.read("pipemake.lock") == text
+
+
+VALUES_PIPE = """
+name: valued
+stages:
+  - id: count
+    type: python
+    config:
+      function: "lockvalues_steps:count"
+      inputs: {src: data/a.txt}
+      outputs: {out: build/count.txt}
+  - id: use
+    type: shell
+    config:
+      cmd: "echo x >> runs/use.count; echo {count.chars} > {outputs.o}"
+      inputs: {i: "{count.out}"}
+      outputs: {o: build/use.txt}
+"""
+VALUES_MODULE = """\
+from pathlib import Path
+
+
+def count(ctx):
+    (Path(ctx.root) / "runs" / "count.count").open("a").write("x\\n")
+    text = Path(ctx.inputs["src"]).read_text()
+    Path(ctx.outputs["out"]).write_text(text.upper())
+    return {"chars": len(text)}
+"""
+
+
+def _without_store(p: Proj) -> None:
+    """The project as a fresh clone with its outputs kept has it: no ``.pipemake``, and no
+    note of the runs so far."""
+    shutil.rmtree(p.path(".pipemake"))
+    shutil.rmtree(p.path("runs"))
+    p.path("runs").mkdir()
+
+
+def test_outputs_that_match_the_lock_are_up_to_date_without_a_store(proj: Proj) -> None:
+    """dvc.lock's habit: a checkout with its outputs and the lock, but no store, runs
+    nothing; the outputs go into the store, so a deleted one is then restored."""
+    proj.cli("build")
+    _without_store(proj)
+    plan = proj.cli("dry-run").output
+    assert "up: up to date: its outputs are what pipemake.lock records for this key" in plan
+    assert "each: up to date" in plan
+    out = proj.cli("build").output
+    assert proj.run_counts() == {}
+    assert "up: up to date (its outputs are what pipemake.lock records for this key; " in out
+    assert "copied into the store" in out and "0 ran, 0 restored, 2 up to date" in out
+    proj.path("build/up.txt").unlink()
+    assert "1 restored" in proj.cli("build").output and proj.run_counts() == {}
+    assert proj.read("build/up.txt") == "LAZY\n"
+    assert "0 ran, 0 restored, 2 up to date" in proj.cli("build").output
+
+
+def test_an_output_that_differs_from_the_lock_runs_its_stage(proj: Proj) -> None:
+    proj.cli("build")
+    _without_store(proj)
+    proj.write("build/each/005.txt", "edited by hand\n")
+    out = proj.cli("build").output
+    assert "up: up to date (its outputs are what pipemake.lock records" in out
+    assert proj.run_counts() == {"each": 40}  # no item entries to restore from: all run
+    assert proj.read("build/each/005.txt") == "5\nLAZY\n"
+
+
+def test_a_changed_input_forced_stage_or_no_lock_runs(proj: Proj) -> None:
+    proj.cli("build")
+    _without_store(proj)
+    proj.write("data/a.txt", "busy\n")
+    proj.cli("build")
+    assert proj.run_counts() == {"up": 1, "each": 40}
+    proj.cli("build")
+    _without_store(proj)
+    proj.cli("build", "--force-stage", "up")
+    assert proj.run_counts() == {"up": 1}  # `each` sees the same bytes: up to date by lock
+    _without_store(proj)
+    proj.cli("build", "--no-lock-file")
+    assert proj.run_counts() == {}  # the lock is still read: --no-lock-file only writes none
+    _without_store(proj)
+    proj.write("pipemake.yaml", "lock_file: false\n" + proj.read("pipemake.yaml"))
+    proj.cli("build")
+    assert proj.run_counts() == {"up": 1, "each": 40}
+
+
+def test_an_output_symlink_is_never_taken_as_locked(proj: Proj, tmp_path: Path) -> None:
+    proj.cli("build")
+    _without_store(proj)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("LAZY\n")
+    proj.path("build/up.txt").unlink()
+    proj.path("build/up.txt").symlink_to(outside)
+    proj.cli("build")
+    assert proj.runs("up") == 1 and outside.read_text() == "LAZY\n"
+    assert not proj.path("build/up.txt").is_symlink()
+
+
+def test_computed_values_come_from_the_lock(project: Callable[..., Proj]) -> None:
+    p = project(VALUES_PIPE, {"data/a.txt": "hello\n", "lockvalues_steps.py": VALUES_MODULE})
+    p.cli("build")
+    assert _lock(p)["stages"]["count"]["values"] == {"chars": 6}
+    assert p.read("build/use.txt") == "6\n"
+    _without_store(p)
+    p.cli("build")
+    assert p.run_counts() == {}
+    # a lock written before values were recorded: a stage whose values are used runs
+    lock = _lock(p)
+    del lock["stages"]["count"]["values"]
+    p.write("pipemake.lock", json.dumps(lock))
+    _without_store(p)
+    p.cli("build")
+    assert p.run_counts() == {"count": 1}
+    assert _lock(p)["stages"]["count"]["values"] == {"chars": 6}
