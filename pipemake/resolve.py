@@ -26,7 +26,7 @@ from .items import (
     select,
 )
 from .manifest import manifest_hash, sub_manifest
-from .model import SYMBOLIC_SCOPES, Pipeline, Stage
+from .model import SYMBOLIC_SCOPES, Pipeline, Stage, norm, within
 from .rule import Ports
 from .scheduler import StageFailure
 from .state import WorkspaceState
@@ -308,7 +308,11 @@ class Resolver:
             return None
         return owner[0], owner[1]
 
-    def _lookup(self, stage: Stage, unknown: set[str]) -> Callable[[Ref], Any]:
+    def _lookup(
+        self, stage: Stage, unknown: set[str], used: list[Ref] | None = None
+    ) -> Callable[[Ref], Any]:
+        """Looks a reference up; each computed value looked up is noted in ``used``."""
+
         def lookup(ref: Ref) -> Any:
             if ref.scope == "vars":
                 return self.p.vars[ref.name]
@@ -327,6 +331,8 @@ class Resolver:
                     f"{got}); return it from that stage, or refer to one it returns"
                 )
             value = values[ref.name]
+            if used is not None:
+                used.append(ref)
             out_name = up.rule.path_values.get(ref.name)
             if out_name is not None and value is not None:
                 paths = value if isinstance(value, list) else [value]
@@ -349,7 +355,8 @@ class Resolver:
         In a key the rule keeps as a template (a shell ``cmd``, ``env``), a computed value is
         written the way the rule says (``quote_value``: quoted for the shell where it stands
         in ``cmd``, the text itself in ``env``): a value is data, never code."""
-        lookup = self._lookup(stage, unknown)
+        used: list[Ref] = []
+        lookup = self._lookup(stage, unknown, used)
         symbolic = getattr(stage.rule, "symbolic_keys", ())
         quote_value = getattr(stage.rule, "quote_value", None)
         stages = self.p.stages
@@ -387,8 +394,36 @@ class Resolver:
                 ports.inputs[name] = [os.path.normpath(v) for v in value]
             else:
                 ports.inputs[name] = os.path.normpath(value)
+        if used:
+            self._inside_project(stage, ports, used)
         ports.outputs = dict(stage.ports.outputs)
         return ports
+
+    def _inside_project(self, stage: Stage, ports: Ports, used: list[Ref]) -> None:
+        """Refuse an input that a computed value led outside the project and outside every
+        path the pipeline file names (a stage's outputs, this stage's own inputs). A value
+        may come from a shared store or a remote (without ``PIPEMAKE_CACHE_KEY``, trusted as
+        it is), and would otherwise point the stage, and what it writes and pushes, at any
+        file of the user's."""
+        root = str(self.p.root)
+        absolute = lambda v: norm(os.path.join(root, v))  # noqa: E731 (kept if absolute)
+        allowed = [norm(root)]
+        for other in self.p.stages.values():
+            for value in [*other.ports.outputs.values(), *stage.ports.inputs.values()]:
+                for v in value if isinstance(value, list) else [value]:
+                    if isinstance(v, str) and "{" not in v:
+                        allowed.append(absolute(v))
+        for name, value in ports.inputs.items():
+            for path in value if isinstance(value, list) else [value]:
+                if any(within(absolute(path), a) for a in allowed):
+                    continue
+                refs = ", ".join(sorted({str(r) for r in used}))
+                raise StageFailure(
+                    f"input {name!r} is {path}, outside the project, and comes from a computed "
+                    f"value ({refs}): a path a value gives must lie inside the project or a "
+                    "path the pipeline names (a shared store could otherwise point the stage "
+                    "at any file); name such a path in the pipeline file itself"
+                )
 
     def _input_hash(self, stage: Stage, path: str, unknown: set[str]) -> str:
         owner = self.p.output_owner(path)

@@ -624,3 +624,54 @@ def test_an_entry_recording_another_size_than_its_object_is_a_miss(
     assert "a: running" in out and "b: restored" in out, out
     assert p.read("build/a.txt") == "A\n"
     assert obj.is_file()
+
+
+PICKS = """
+stages:
+  - id: pick
+    type: python
+    config:
+      function: "trust_picks:pick"
+      inputs: {src: data/in.txt}
+      outputs: {o: build/pick.txt}
+  - id: use
+    type: shell
+    config:
+      cmd: "cat {inputs.i} > {outputs.o}"
+      inputs: {i: "{pick.best}"}
+      outputs: {o: build/use.txt}
+"""
+PICKS_MODULE = """
+from pathlib import Path
+
+
+def pick(ctx):
+    Path(ctx.outputs["o"]).write_text("picked\\n")
+    return {"best": "data/in.txt"}
+"""
+
+
+@pytest.mark.parametrize("where", ["absolute", "relative"])
+def test_a_computed_value_never_leads_a_stage_to_a_file_outside_the_project(
+    project, tmp_path: Path, where: str
+) -> None:
+    """A computed value in a shared store, rewritten to name the user's secret, would make
+    the next stage read it (and a push send it on): a path a value gives must lie inside
+    the project, so the stage fails, saying so, and the secret goes nowhere."""
+    files = {"data/in.txt": "public\n", "trust_picks.py": PICKS_MODULE}
+    cache = tmp_path / "shared"
+    first = project(PICKS, files, name="first")
+    first.cli("build", "--cache-dir", str(cache))
+    assert first.read("build/use.txt") == "public\n"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the user's secret\n")
+    value = str(secret) if where == "absolute" else "../secret.txt"
+    _rewrite(cache, "pick", lambda e, _rows: e["values"].update(best=value))
+    second = project(PICKS, files, name="second")
+    r = second.cli("build", "--cache-dir", str(cache), code=1)
+    assert "pick: restored" in r.output
+    assert f"input 'i' is {os.path.normpath(value)}, outside the project" in r.output
+    assert "comes from a computed value ({pick.best})" in r.output and TRACEBACK not in r.output
+    assert not second.exists("build/use.txt")
+    stored = b"".join(f.read_bytes() for f in cache.rglob("*") if f.is_file())
+    assert b"the user's secret" not in stored
