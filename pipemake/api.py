@@ -784,6 +784,7 @@ def status(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
             "last_result": rec.get("result"), "last_duration": rec.get("duration"),
             "last_restored": bool(rec.get("restored")),
             "last_committed": bool(rec.get("committed")),
+            "last_adopted": bool(rec.get("adopted")),
             "last_error": rec.get("error"),
             "last_attempts": rec.get("attempts", 1), "last_retry_wait": rec.get("retry_wait"),
         }  # fmt: skip

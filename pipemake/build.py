@@ -576,6 +576,8 @@ class Builder:
             }  # fmt: skip
             if metrics.get("committed"):  # `pipemake commit`: accepted, nothing ran
                 record["committed"] = True
+            if metrics.get("adopted"):  # outputs as pipemake.lock records: nothing ran
+                record["adopted"] = True
             if ran:
                 record.update({k: metrics[k] for k in ("attempts", "retry_wait") if k in metrics})
             self.state.builds.set_record(stage.id, record)

@@ -641,7 +641,7 @@ def dry_run(
     "as_json",
     is_flag=True,
     help="Print it as JSON: {stages: [{stage, state, decision, reasons, last_result, "
-    "last_duration, last_restored, last_committed, last_error}], orphans, building} "
+    "last_duration, last_restored, last_committed, last_adopted, last_error}], orphans, building} "
     "(building: the build running now, or null).",
 )
 @click.option("--check", is_flag=True, help="Exit 1 when any stage is not up to date.")
@@ -710,8 +710,10 @@ def status(
                     last = f"  [last: restored from the store{took}]"
                 if row.get("last_committed") and row["last_result"] == "ok":
                     last = "  [last: accepted by `pipemake commit`, not run]"
+                if row.get("last_adopted") and row["last_result"] == "ok":
+                    last = "  [last: its outputs were as pipemake.lock records, not run]"
                 locked = ""
-                if "lock" in row:
+                if "lock" in row and row["state"] != "up to date":
                     lock_why = "; ".join(row["lock"])
                     locked = f"; {lock_why}" if lock_why else "; as in pipemake.lock"
                 click.echo(f"{row['stage']}: {row['state']}{why}{locked}{last}")

@@ -201,6 +201,8 @@ def test_outputs_that_match_the_lock_are_up_to_date_without_a_store(proj: Proj) 
     assert proj.run_counts() == {}
     assert "up: up to date (its outputs are what pipemake.lock records for this key; " in out
     assert "copied into the store" in out and "0 ran, 0 restored, 2 up to date" in out
+    status = proj.cli("status").output
+    assert "up: up to date  [last: its outputs were as pipemake.lock records, not run]" in status
     proj.path("build/up.txt").unlink()
     assert "1 restored" in proj.cli("build").output and proj.run_counts() == {}
     assert proj.read("build/up.txt") == "LAZY\n"
