@@ -1179,13 +1179,23 @@ def push(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
     keys = set(builder.keys_seen)
     brief = project.state.builds.brief()
     keys.update(k for s in order if (k := (brief.get(s) or (None,))[0]))
-    # what this workspace built, signed with the key or not (a build without the key, then
-    # a push with it, is how a trusted job may run): the push signs it for the remote
-    entries = project.store.get_local_actions(sorted(keys), signed_only=False)
+    # with PIPEMAKE_CACHE_KEY, only the entries signed with it (built while the key was
+    # held): one built without it, or rewritten since by another writer of a shared
+    # --cache-dir, is never signed for the remote on this workspace's word
+    entries = project.store.get_local_actions(sorted(keys))
+    left = len(project.store.get_local_actions(sorted(keys), signed_only=False)) - len(entries)
     remote.begin()
     remote.push_pairs(project.store, list(entries.items()), strict=True)
     remote.finish()
-    return {"entries": len(entries), "stats": asdict(remote.stats), "warnings": _taken(remote)}
+    warnings = _taken(remote)
+    if left:
+        warnings.append(
+            f"{left} entr{'y' if left == 1 else 'ies'} of this store "
+            f"{'is' if left == 1 else 'are'} not signed with PIPEMAKE_CACHE_KEY (built "
+            f"without the key, or rewritten since) and {'was' if left == 1 else 'were'} not "
+            "pushed: build with the key set (those stages run again), then push"
+        )
+    return {"entries": len(entries), "stats": asdict(remote.stats), "warnings": warnings}
 
 
 def remote_gc(project: Project, grace: float = REMOTE_GRACE, dry: bool = False) -> dict[str, Any]:

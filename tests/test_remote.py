@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from conftest import CHAIN, CHAIN_FILES, CHAIN_STAGES, TRACEBACK, Proj
 from pipemake import api
 from pipemake.remotefs import RemoteFiles
 from pipemake.signing import seal, unseal
+from pipemake.store import Store
 
 EACH = """
 name: items
@@ -283,7 +285,7 @@ def test_push_never_writes_an_entry_whose_objects_it_lacks(
     project: Callable[..., Proj], remote: str
 ) -> None:
     first = _clone(project, "first")
-    first.cli("build")
+    first.cli("build", env={"PIPEMAKE_CACHE_KEY": "k"})
     store = first.path(".pipemake/store/objects")
     wanted = first.path("build/upper.txt").read_bytes()
     victim = next(p for p in store.rglob("*") if p.is_file() and p.read_bytes() == wanted)
@@ -303,7 +305,7 @@ def test_concurrent_pushes_of_the_same_and_different_keys(
     same = [_clone(project, f"same{i}") for i in range(2)]
     other = _clone(project, "other", CHAIN, {"data/a.txt": "other\n", "data/b.txt": "b2\n"})
     for proj in [*same, other]:
-        proj.cli("build")
+        proj.cli("build", env={"PIPEMAKE_CACHE_KEY": "k"})
     procs = [
         subprocess.Popen(
             proj.argv("push"), env={**os.environ, **_env(remote, "k")},
@@ -393,7 +395,7 @@ def test_a_push_renews_an_old_object_it_finds(project: Callable[..., Proj], remo
     """An old object no entry names yet, found by a push, gets a new age: a ``cache gc
     --remote`` running meanwhile does not take it from under the entry about to name it."""
     first = _clone(project, "first")
-    first.cli("build")
+    first.cli("build", env={"PIPEMAKE_CACHE_KEY": "k"})
     first.cli("push", "side", env=_env(remote, "k"))
     objects = [p for p in (_remote_dir(remote) / "objects").rglob("*") if p.is_file()]
     for doc in (_remote_dir(remote) / "entries").rglob("*.json"):
@@ -523,3 +525,33 @@ def test_the_workspace_remembers_the_remote_it_was_built_with(
     told = first.cli("status", "--remote", remote + "-other", env={"PIPEMAKE_REMOTE": ""})
     assert "this workspace's remote was" in told.output and "for this command only" in told.output
     assert json.loads(first.read(".pipemake/store.json"))["remote"] == remote
+
+
+@pytest.mark.parametrize("rewrite", ["unsigned", "stale signature"])
+def test_a_push_with_the_key_never_signs_an_entry_it_did_not_sign(
+    project: Callable[..., Proj], remote: str, rewrite: str
+) -> None:
+    """A writer of the shared store rewrites an entry between the key holder's build and its
+    push: the push leaves it out (said, counted) instead of signing it for the remote, so a
+    keyed clone runs that stage rather than restoring the writer's bytes. An entry built
+    without the key is left out the same way."""
+    key = {"PIPEMAKE_CACHE_KEY": "k"}
+    first = _clone(project, "first")
+    first.cli("build", env=key)
+    evil = Store(first.path(".pipemake/store")).put_bytes(b"EVIL\n")
+    db = sqlite3.connect(first.path(".pipemake/store/actions.db"))
+    for k, text in db.execute("SELECT key, entry FROM actions").fetchall():
+        entry = json.loads(text)
+        if entry["stage"] == "upper":
+            entry["outputs"]["out"].update(hash=evil, size=5)
+            if rewrite == "unsigned":
+                entry.pop("signature")
+            db.execute("UPDATE actions SET entry=? WHERE key=?", (json.dumps(entry), k))
+    db.commit()
+    db.close()
+    out = first.cli("push", env=_env(remote, "k")).output
+    assert "1 entry of this store is not signed with PIPEMAKE_CACHE_KEY" in out
+    assert "was not pushed" in out and "pushed 3 entries" in out
+    clone = _clone(project, "clone")
+    clone.cli("build", env=_env(remote, "k"))
+    assert clone.runs("upper") == 1 and b"EVIL" not in clone.path("build/upper.txt").read_bytes()
