@@ -401,28 +401,39 @@ class Resolver:
 
     def _inside_project(self, stage: Stage, ports: Ports, used: list[Ref]) -> None:
         """Refuse an input that a computed value led outside the project and outside every
-        path the pipeline file names (a stage's outputs, this stage's own inputs). A value
+        path the pipeline file names (the stages' inputs and outputs), by its path or
+        through a symlink on the way, or into the workspace's own ``.pipemake``. A value
         may come from a shared store or a remote (without ``PIPEMAKE_CACHE_KEY``, trusted as
         it is), and would otherwise point the stage, and what it writes and pushes, at any
         file of the user's."""
         root = str(self.p.root)
         absolute = lambda v: norm(os.path.join(root, v))  # noqa: E731 (kept if absolute)
-        allowed = [norm(root)]
+        named = [root]
         for other in self.p.stages.values():
-            for value in [*other.ports.outputs.values(), *stage.ports.inputs.values()]:
+            for value in [*other.ports.outputs.values(), *other.ports.inputs.values()]:
                 for v in value if isinstance(value, list) else [value]:
                     if isinstance(v, str) and "{" not in v:
-                        allowed.append(absolute(v))
+                        named.append(v)
+        allowed = {absolute(v) for v in named}
+        real = {norm(os.path.realpath(a)) for a in allowed}
+        dot = [absolute(".pipemake"), norm(os.path.realpath(absolute(".pipemake")))]
         for name, value in ports.inputs.items():
             for path in value if isinstance(value, list) else [value]:
-                if any(within(absolute(path), a) for a in allowed):
+                full = absolute(path)
+                there = norm(os.path.realpath(full))
+                if (
+                    any(within(full, a) for a in allowed | real)
+                    and any(within(there, r) for r in real)
+                    and not any(within(full, d) or within(there, d) for d in dot)
+                ):
                     continue
                 refs = ", ".join(sorted({str(r) for r in used}))
+                where = f"{path} (leading to {there})" if there != full else path
                 raise StageFailure(
-                    f"input {name!r} is {path}, outside the project, and comes from a computed "
-                    f"value ({refs}): a path a value gives must lie inside the project or a "
-                    "path the pipeline names (a shared store could otherwise point the stage "
-                    "at any file); name such a path in the pipeline file itself"
+                    f"input {name!r} is {where}, outside the project or a path the pipeline "
+                    f"names, and comes from a computed value ({refs}): a path a value gives "
+                    "must lie inside them (a shared store could otherwise point the stage at "
+                    "any file); name such a path in the pipeline file itself"
                 )
 
     def _input_hash(self, stage: Stage, path: str, unknown: set[str]) -> str:

@@ -651,13 +651,15 @@ def pick(ctx):
 """
 
 
-@pytest.mark.parametrize("where", ["absolute", "relative"])
+@pytest.mark.parametrize("where", ["absolute", "relative", "symlink", "workspace"])
 def test_a_computed_value_never_leads_a_stage_to_a_file_outside_the_project(
     project, tmp_path: Path, where: str
 ) -> None:
     """A computed value in a shared store, rewritten to name the user's secret, would make
     the next stage read it (and a push send it on): a path a value gives must lie inside
-    the project, so the stage fails, saying so, and the secret goes nowhere."""
+    the project (or a path the pipeline names), by its text and through any symlink of the
+    user's on the way, and not in ``.pipemake``; else the stage fails, saying so, and the
+    secret goes nowhere."""
     files = {"data/in.txt": "public\n", "trust_picks.py": PICKS_MODULE}
     cache = tmp_path / "shared"
     first = project(PICKS, files, name="first")
@@ -665,12 +667,19 @@ def test_a_computed_value_never_leads_a_stage_to_a_file_outside_the_project(
     assert first.read("build/use.txt") == "public\n"
     secret = tmp_path / "secret.txt"
     secret.write_text("the user's secret\n")
-    value = str(secret) if where == "absolute" else "../secret.txt"
+    value = {"absolute": str(secret), "relative": "../secret.txt",
+             "symlink": "data/mine/secret.txt", "workspace": ".pipemake/secret.txt"}[where]  # fmt: skip
     _rewrite(cache, "pick", lambda e, _rows: e["values"].update(best=value))
     second = project(PICKS, files, name="second")
+    second.path("data/mine").symlink_to(tmp_path)  # a folder of the user's, linked in
+    if where == "workspace":
+        second.cli("validate")
+        second.path(".pipemake").mkdir(exist_ok=True)
+        shutil.copy(secret, second.path(".pipemake/secret.txt"))
     r = second.cli("build", "--cache-dir", str(cache), code=1)
     assert "pick: restored" in r.output
-    assert f"input 'i' is {os.path.normpath(value)}, outside the project" in r.output
+    assert f"input 'i' is {os.path.normpath(value)}" in r.output
+    assert "outside the project or a path the pipeline names" in r.output
     assert "comes from a computed value ({pick.best})" in r.output and TRACEBACK not in r.output
     assert not second.exists("build/use.txt")
     stored = b"".join(f.read_bytes() for f in cache.rglob("*") if f.is_file())
