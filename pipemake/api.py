@@ -843,8 +843,9 @@ GRAPH_FORMATS = ("text", "mermaid", "dot", "svg", "html")
 def commit(project: Project, targets: Sequence[str] = (), dry: bool = False) -> list[Accepted]:
     """Accept the workspace outputs of ``targets`` (ids or output paths; none: every stage)
     as built for their current keys, without running anything (``make -t``, ``dvc
-    commit``): their files go into the store and the action cache names them, so the next
-    build finds them up to date and keeps them. Every target is checked first; a refusal
+    commit``): their files go into the store and the action cache names them (and
+    ``pipemake.lock`` their hashes), so the next build, here or in a clone, finds them up to
+    date and keeps them. Every target is checked first; a refusal
     (an output missing, a key that needs an upstream stage built first) is a
     :class:`UsageError` and nothing is written. ``dry``: say what would be accepted."""
     p = project.pipeline
@@ -854,6 +855,8 @@ def commit(project: Project, targets: Sequence[str] = (), dry: bool = False) -> 
         rows, builder = accept(p, project.store, project.state, order, chosen, dry)
         if not dry and any(r.action == "accepted" for r in rows):
             project.state.flush()
+            if p.lock_file:  # as `dvc commit` updates dvc.lock: a clone takes the same
+                lockfile.write(project)
             _record_roots(project, builder)
             noop.discard(project.workspace.dot)
     return rows

@@ -108,6 +108,12 @@ class Builder:
             restored = told is not None and told.verdict is Verdict.RESTORE
             return waiting_on(exc.stage, restored), None, None
         forced = self.force or stage.id in self.force_stages
+        if rs.unknown and not forced and stage.id in self._lock() and not self.last(stage.id).built:
+            # never built here, and locked: once the upstream has run, its outputs may be
+            # the locked ones
+            first = sorted(rs.unknown)[0]
+            told = self.decisions.get(first)
+            return waiting_on(first, told is not None and told.verdict is Verdict.RESTORE), rs, None
         entry = outputs = None
         if not rs.unknown and not forced:
             if rs.key is not None:
@@ -119,6 +125,11 @@ class Builder:
                 self.resolver.read_cached_items(stage, rs)
             elif entry is not None:
                 outputs = self._check_outputs(rs, entry)
+                if outputs and any(outputs.values()):  # the workspace is not the entry's
+                    adopted = self._as_locked(stage, rs)  # but it is the lock's: it wins
+                    if adopted is not None:
+                        self._adopted.add(stage.id)
+                        return Decision(Verdict.UP_TO_DATE, [_AS_LOCKED]), rs, adopted
         decision = decide(
             rs, entry, outputs, self.last(stage.id), forced=forced, upstream=self.decisions
         )
@@ -151,9 +162,11 @@ class Builder:
         return self._locked
 
     def _as_locked(self, stage: Stage, rs: ResolvedStage) -> dict[str, Any] | None:
-        """For a stage whose key has no entry in the store: an entry made from its outputs
-        in the workspace when they are, byte for byte, what ``pipemake.lock`` (the project's
-        own, committed file) records for this very key, or None.
+        """For a stage whose key has no entry in the store, or one naming other outputs than
+        the workspace has: an entry made from its outputs in the workspace when they are,
+        byte for byte, what ``pipemake.lock`` (the project's own, committed file) records
+        for this very key, or None. (A stage that is not deterministic, whose store copy
+        differs from the committed one, then keeps the committed one, as ``dvc.lock`` wins.)
 
         The habit of ``dvc.lock``, and of Make's timestamps: a checkout whose outputs are
         there and match the lock (the store deleted or never pulled, outputs kept in Git or
@@ -167,10 +180,13 @@ class Builder:
         if locked.paths != outputs or set(locked.hashes) != set(outputs):
             return None
         values = locked.values
+        used = values_used(self.p, stage)
         if values is None:
-            if values_used(self.p, stage):
+            if used:
                 return None
             values = {}
+        elif any(name not in values for name in used):
+            return None  # a later stage needs one the lock lacks: a run computes it
         manifests = {}
         for name, rel in outputs.items():
             try:
@@ -632,7 +648,7 @@ def _lock_sections(p: Pipeline) -> dict[str, Locked]:
     """Each stage's section of the project's ``pipemake.lock`` (none where the pipeline
     turns the lock off, or it is missing or unreadable; a section not of the shape pipemake
     writes is left out)."""
-    from .lockfile import read
+    from .lockfile import locked_values, read
 
     if not p.lock_file:
         return {}
@@ -653,10 +669,7 @@ def _lock_sections(p: Pipeline) -> dict[str, Locked]:
                 hashes[name] = o["hash"]
                 if isinstance(o.get("path"), str):
                     paths[name] = o["path"]
-        values = section.get("values")
-        out[sid] = Locked(
-            section["key"], paths, hashes, values if isinstance(values, dict) else None
-        )
+        out[sid] = Locked(section["key"], paths, hashes, locked_values(section))
     return out
 
 

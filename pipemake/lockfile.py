@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .fshash import Hasher
+from .hashing import hash_bytes
 from .items import glob_base, is_glob, items_digest, select
 from .walk import BadPath
 
 if TYPE_CHECKING:
     from .project import Project
 
-__all__ = ["FILE", "FORMAT", "compare", "document", "read", "render", "write"]
+__all__ = ["FILE", "FORMAT", "compare", "document", "locked_values", "read", "render", "write"]
 
 FILE = "pipemake.lock"
 FORMAT = 1
@@ -51,7 +52,9 @@ _NOTE = (
 def document(project: Project, old: dict[str, Any] | None = None) -> dict[str, Any]:
     """The lock of the project as built: every current stage with a last build. A stage
     whose entry the store no longer holds keeps its section of ``old`` when the key is the
-    same (so what the store holds never changes the lock), else lists no outputs."""
+    same (so what the store holds never changes the lock), else lists no outputs; a stage
+    not built in this workspace (a target build of a fresh clone) or whose last build
+    failed keeps its section of ``old`` as it was, as ``dvc repro STAGE`` keeps the others'."""
     p = project.pipeline
     records = project.state.builds.records()
     old_stages = (old or {}).get("stages") if isinstance(old, dict) else None
@@ -62,6 +65,11 @@ def document(project: Project, old: dict[str, Any] | None = None) -> dict[str, A
         rec = records.get(sid)
         key = keys.get(sid)
         doc = rec.get("doc") if rec else None
+        prior = old_stages.get(sid) if isinstance(old_stages, dict) else None
+        built = isinstance(key, str) and isinstance(doc, dict) and rec.get("result") == "ok"
+        if not built and isinstance(prior, dict):
+            stages[sid] = prior  # not built here (a target build of a clone), or it failed
+            continue
         if not isinstance(key, str) or not isinstance(doc, dict):
             continue
         section: dict[str, Any] = {"key": key, "rule": stage.type,
@@ -71,7 +79,6 @@ def document(project: Project, old: dict[str, Any] | None = None) -> dict[str, A
         section["inputs"] = {name: _input(v, items) for name, v in sorted(inputs.items())}
         entry = entries.get(key)
         outputs = entry.get("outputs") if isinstance(entry, dict) else None
-        prior = old_stages.get(sid) if isinstance(old_stages, dict) else None
         if isinstance(outputs, dict):
             section["outputs"] = {
                 name: {"path": rel, "hash": outputs[name]["hash"]}
@@ -81,10 +88,13 @@ def document(project: Project, old: dict[str, Any] | None = None) -> dict[str, A
             values = entry.get("values") if isinstance(entry, dict) else None
             if isinstance(values, dict) and len(json.dumps(values)) <= _MAX_VALUES:
                 section["values"] = values
+                section["check"] = _check(key, section["outputs"], values)
         elif isinstance(prior, dict) and prior.get("key") == key and "outputs" in prior:
             section["outputs"] = prior["outputs"]
             if isinstance(prior.get("values"), dict):
                 section["values"] = prior["values"]
+                if "check" in prior:
+                    section["check"] = prior["check"]
         stages[sid] = section
     return {"format": FORMAT, "note": _NOTE, "pipeline": p.name, "stages": stages}
 
@@ -98,6 +108,25 @@ def _input(value: Any, items: dict[str, str] | None) -> Any:
         if isinstance(value[1], str):
             return {"path": value[0], "hash": value[1]}
     return {"value": value}
+
+
+def _check(key: str, outputs: Any, values: Any) -> str:
+    """The digest that ties a section's computed values to its key and outputs."""
+    return hash_bytes(json.dumps([key, outputs, values], sort_keys=True).encode())
+
+
+def locked_values(section: dict[str, Any]) -> dict[str, Any] | None:
+    """The computed values a lock section records, or None where it records none or they
+    are not the ones written with its key and outputs (edited by hand, or a merge conflict
+    resolved line by line): a stage whose values are needed then runs."""
+    values = section.get("values")
+    if not isinstance(values, dict):
+        return None
+    try:
+        good = section.get("check") == _check(section.get("key"), section.get("outputs"), values)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return values if good else None
 
 
 def render(doc: dict[str, Any]) -> bytes:
@@ -122,6 +151,8 @@ def read(root: Path) -> dict[str, Any] | None:
         doc = json.loads(data)
     except (ValueError, UnicodeError) as exc:
         raise ValueError(f"{FILE} is not JSON ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"{FILE} is nested too deeply to be a lock pipemake wrote") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("stages"), dict):
         raise ValueError(f"{FILE} has no 'stages' mapping")
     return doc
@@ -141,7 +172,7 @@ def write(project: Project) -> bool:
         old_bytes = None
     try:
         old = json.loads(old_bytes) if old_bytes else None
-    except (ValueError, UnicodeError):
+    except (ValueError, UnicodeError, RecursionError):
         old = None
     data = render(document(project, old if isinstance(old, dict) else None))
     if data == old_bytes:
@@ -174,8 +205,9 @@ def _read_by_a_stage(project: Project) -> bool:
 def compare(project: Project, lock: dict[str, Any], stages: list[str]) -> dict[str, list[str]]:
     """Per stage of ``stages`` (in build order), why it differs from the lock: a source
     input (one no stage makes) whose content is not the locked one, static params that are
-    not the locked ones, an upstream stage that differs, or no section in the lock. An empty
-    list: as locked, so a store keyed on the lock restores it."""
+    not the locked ones, an upstream stage that differs, an output in the workspace that is
+    not the locked one (edited by hand), or no section in the lock. An empty list: as
+    locked, so a store keyed on the lock restores it."""
     p = project.pipeline
     hasher = Hasher(str(p.root), project.state)
     locked = lock.get("stages")
@@ -204,6 +236,16 @@ def compare(project: Project, lock: dict[str, Any], stages: list[str]) -> dict[s
             why = _input_differs(hasher, stage, path, want)
             if why:
                 reasons.append(f"input {path} {why} since {FILE}")
+        outputs = section.get("outputs") if isinstance(section.get("outputs"), dict) else {}
+        for _name, want in sorted(outputs.items()):
+            if not isinstance(want, dict) or not isinstance(want.get("path"), str):
+                continue
+            try:
+                info = hasher.info(want["path"])
+            except (BadPath, OSError):
+                continue
+            if info.kind != "missing" and info.hash != want.get("hash"):
+                reasons.append(f"output {want['path']} is not the one {FILE} records")
         out[sid] = reasons
     return out
 

@@ -119,7 +119,7 @@ def test_status_on_a_fresh_clone_compares_with_the_lock(
     shutil.copy(proj.path("pipemake.lock"), clone.path("pipemake.lock"))
     out = clone.cli("status").output
     assert "up: never built; as in pipemake.lock" in out
-    assert "each: never built; as in pipemake.lock" in out
+    assert "each: never built (upstream up will run); as in pipemake.lock" in out
     assert not clone.exists(".pipemake/store")  # status wrote no store
     clone.write("data/many/005.txt", "five\n")
     out = clone.cli("status").output
@@ -266,3 +266,89 @@ def test_computed_values_come_from_the_lock(project: Callable[..., Proj]) -> Non
     p.cli("build")
     assert p.run_counts() == {"count": 1}
     assert _lock(p)["stages"]["count"]["values"] == {"chars": 6}
+
+
+def _clone_of(p: Proj, project: Callable[..., Proj], name: str, outputs: bool = True) -> Proj:
+    """A clone of ``p``: its files, lock and (``outputs``) outputs, without ``.pipemake``."""
+    clone = project(PIPE, FILES, name=name)
+    shutil.copy(p.path("pipemake.lock"), clone.path("pipemake.lock"))
+    if outputs:
+        shutil.copytree(p.path("build"), clone.path("build"))
+    return clone
+
+
+def test_a_target_build_of_a_clone_keeps_the_other_stages_sections(
+    proj: Proj, project: Callable[..., Proj]
+) -> None:
+    """As ``dvc repro STAGE`` keeps the other stages' entries: building one target where the
+    others were never built never drops their sections from the committed lock."""
+    proj.cli("build")
+    text = proj.read("pipemake.lock")
+    bare = _clone_of(proj, project, "bare", outputs=False)
+    bare.cli("build", "up")
+    assert bare.read("pipemake.lock") == text and bare.run_counts() == {"up": 1}
+    kept = _clone_of(proj, project, "kept")
+    kept.cli("build", "up")
+    assert kept.read("pipemake.lock") == text and kept.run_counts() == {}
+
+
+def test_commit_writes_the_lock_so_a_clone_keeps_the_accepted_output(
+    proj: Proj, project: Callable[..., Proj]
+) -> None:
+    proj.cli("build")
+    proj.write("build/up.txt", "FIXED BY HAND\n")
+    proj.cli("commit", "up")
+    clone = _clone_of(proj, project, "clone")
+    out = clone.cli("build").output
+    assert clone.read("build/up.txt") == "FIXED BY HAND\n"
+    assert clone.runs("up") == 0 and "up: up to date (its outputs are what pipemake.lock" in out
+
+
+def test_values_edited_in_the_lock_are_never_taken(project: Callable[..., Proj]) -> None:
+    """The lock ties its values to its key and outputs: values edited by hand (or a merge
+    conflict resolved line by line) are not believed; the stage runs and computes them."""
+    p = project(VALUES_PIPE, {"data/a.txt": "hello\n", "lockvalues_steps.py": VALUES_MODULE})
+    p.cli("build")
+    lock = _lock(p)
+    lock["stages"]["count"]["values"] = {"chars": 999}
+    p.write("pipemake.lock", json.dumps(lock))
+    _without_store(p)
+    p.cli("build")
+    assert p.run_counts() == {"count": 1} and p.read("build/use.txt") == "6\n"
+    assert _lock(p)["stages"]["count"]["values"] == {"chars": 6}
+
+
+def test_the_locked_outputs_win_over_a_store_that_names_others(
+    proj: Proj, project: Callable[..., Proj]
+) -> None:
+    """A stage that is not deterministic, or a store rewritten: where the workspace holds
+    what the committed lock records for the key, it is kept, not replaced by the store's
+    copy, and the store's entry now names it (as dvc.lock wins on a checkout)."""
+    proj.cli("build")
+    committed = proj.read("pipemake.lock")
+    proj.write("build/up.txt", "ANOTHER RUN\n")
+    proj.cli("commit", "up")  # the store's entry (and the lock) name other bytes now
+    proj.write("build/up.txt", "LAZY\n")
+    proj.write("pipemake.lock", committed)  # `git checkout` of the committed lock and output
+    out = proj.cli("build").output
+    assert "up: up to date (its outputs are what pipemake.lock records" in out
+    assert proj.read("build/up.txt") == "LAZY\n" and proj.read("pipemake.lock") == committed
+    proj.path("build/up.txt").unlink()
+    proj.cli("build")
+    assert proj.read("build/up.txt") == "LAZY\n"
+
+
+def test_status_and_dry_run_of_a_clone_say_what_the_lock_settles(
+    proj: Proj, project: Callable[..., Proj]
+) -> None:
+    proj.cli("build")
+    clone = _clone_of(proj, project, "clone")
+    clone.write("data/many/005.txt", "5\n")  # as it was: nothing changed
+    clone.write("build/up.txt", "EDITED\n")
+    status = clone.cli("status").output
+    assert "up: never built; output build/up.txt is not the one pipemake.lock records" in status
+    plan = clone.cli("dry-run").output
+    assert "up: run: never built" in plan
+    assert "each: maybe: upstream up will run" in plan  # then up to date if up makes LAZY
+    clone.cli("build")
+    assert clone.run_counts() == {"up": 1}
