@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import marshal
 import os
+import stat
 
 import xxhash
 
@@ -24,8 +25,8 @@ class BadPath(ValueError):
 def walk(base: str) -> list[Row]:
     """Every file under ``base`` (recursively, following symlinks to files and directories)
     with its stat, in directory order (stable while a directory is unchanged; sort for a
-    manifest); dangling symlinks hold nothing and are left out. A symlink to a directory
-    that holds it (a loop) raises :class:`BadPath`."""
+    manifest); dangling symlinks, FIFOs, sockets and devices hold no file and are left out.
+    A symlink to a directory that holds it (a loop) raises :class:`BadPath`."""
     rows: list[Row] = []
     stack = [""]
     while stack:
@@ -57,6 +58,9 @@ def walk(base: str) -> list[Row]:
                     s = de.stat()
                 except FileNotFoundError:
                     continue
+                if not stat.S_ISREG(s.st_mode):
+                    continue  # a FIFO, socket or device holds no file's bytes (and a FIFO
+                    # would wait for a writer for ever)
                 rows.append(
                     (name, s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns,
                      s.st_mode & 0o111)

@@ -684,3 +684,18 @@ def test_a_computed_value_never_leads_a_stage_to_a_file_outside_the_project(
     assert not second.exists("build/use.txt")
     stored = b"".join(f.read_bytes() for f in cache.rglob("*") if f.is_file())
     assert b"the user's secret" not in stored
+
+
+def test_a_fifo_inside_a_folder_is_left_out_and_never_waited_on(project) -> None:
+    """A FIFO (or socket) inside an input or output folder holds no file: hashing the
+    folder leaves it out instead of waiting for a writer for ever (build and status)."""
+    p = project(
+        shell_foreach("cp {inputs.src} {outputs.o}/{item.name}"),
+        {"data/a.txt": "a\n", "data/b.txt": "b\n"},
+    )
+    os.mkfifo(p.path("data/pipe"))
+    p.sub("build", timeout=60)
+    assert sorted(os.listdir(p.path("build/each"))) == ["a.txt", "b.txt"]
+    os.mkfifo(p.path("build/each/pipe"))
+    assert "up to date" in p.sub("status", timeout=60).stdout
+    assert "0 ran" in p.sub("build", timeout=60).stderr
