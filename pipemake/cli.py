@@ -23,6 +23,7 @@ import click
 
 from . import api, noop
 from .errors import Interrupted, PipemakeError, UsageError, os_failure
+from .progress import visible
 
 __all__ = ["main", "cli"]
 
@@ -45,7 +46,7 @@ def _run(fn: Callable[[], int | None]) -> None:
     try:
         code = fn() or 0
     except PipemakeError as exc:
-        click.echo(exc.format(), err=True)
+        click.echo(visible(exc.format()), err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
@@ -60,7 +61,7 @@ def _run(fn: Callable[[], int | None]) -> None:
         error = os_failure(exc, _dot() if unnamed else None, _STORE_REPAIR)
         if error is None:
             error = PipemakeError(str(exc))  # an OSError's names its file
-        click.echo(error.format(), err=True)
+        click.echo(visible(error.format()), err=True)
         sys.exit(error.exit_code)
     sys.exit(code)
 
@@ -198,7 +199,7 @@ def _project(
 
 
 def _note(message: str) -> None:
-    click.echo(message, err=True)
+    click.echo(visible(message), err=True)
 
 
 def _cache_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -261,7 +262,7 @@ def _remote_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _say_warnings(lines: list[str]) -> None:
     for line in lines:
-        click.echo(f"pipemake: warning: {line}", err=True)
+        click.echo(f"pipemake: warning: {visible(line)}", err=True)
 
 
 def _pipeline_file(ctx: click.Context) -> Any:
@@ -587,7 +588,7 @@ def _print_decisions(rows: list[Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([d.as_json(s) for s, d in rows], indent=2))
     else:
-        click.echo("\n".join(decision.line(stage) for stage, decision in rows))
+        click.echo(visible("\n".join(decision.line(stage) for stage, decision in rows)))
 
 
 @cli.command("dry-run")
@@ -716,9 +717,9 @@ def status(
                 if "lock" in row and row["state"] != "up to date":
                     lock_why = "; ".join(row["lock"])
                     locked = f"; {lock_why}" if lock_why else "; as in pipemake.lock"
-                click.echo(f"{row['stage']}: {row['state']}{why}{locked}{last}")
+                click.echo(visible(f"{row['stage']}: {row['state']}{why}{locked}{last}"))
                 if row["state"] == "failed" and row["last_error"]:
-                    click.echo("    " + row["last_error"].splitlines()[0])
+                    click.echo("    " + visible(row["last_error"].splitlines()[0]))
             if info.get("lock_problem"):
                 click.echo(f"pipemake.lock: {info['lock_problem']}", err=True)
             if info["orphans"]:
@@ -752,7 +753,7 @@ def _run_status(ctx: click.Context, run_id: str, as_json: bool, cache_dir: str |
         click.echo(f"eta:      about {info['eta']:.0f}s left (from past runs and its progress)")
     for stage, state in info["stages"].items():
         error = info["failed"].get(stage)
-        click.echo(f"  {stage}: {state}" + (f" ({error})" if error else ""))
+        click.echo(visible(f"  {stage}: {state}" + (f" ({error})" if error else "")))
     return 0
 
 
@@ -1304,7 +1305,7 @@ def cache_gc(
                 f"for {forget_after}, or their pipeline file is gone"
             )
         for rel in info["strays"]:
-            click.echo(f"{verb} {rel}: not an object (a link is removed, never followed)")
+            click.echo(f"{verb} {visible(rel)}: not an object (a link is removed, never followed)")
         if info["damaged_entries"]:
             click.echo(
                 f"{info['damaged_entries']} damaged entries kept for now: see "
@@ -1355,15 +1356,17 @@ def cache_verify(ctx: click.Context, repair: bool, cache_dir: str | None = None)
         done = "deleted" if repair else "--repair deletes it"
         if info["reset"]:
             click.echo("the action cache was unreadable: deleted (stages run again)")
+        # names, keys and problems come from the store: shown, never acted on by the terminal
         for digest in info["corrupt"]:
-            click.echo(f"corrupt object removed: {digest}")
+            click.echo(visible(f"corrupt object removed: {digest}"))
         for key, problem in info["damaged_entries"]:
-            click.echo(f"damaged entry {key[:12]}: {problem} ({done}; a miss meanwhile)")
+            click.echo(visible(f"damaged entry {key[:12]}: {problem} ({done}; a miss meanwhile)"))
         for key in info["incomplete_entries"]:
             note = "deleted" if repair else "its stage will run again"
-            click.echo(f"entry {key[:12]} lacks objects ({note})")
+            click.echo(visible(f"entry {key[:12]} lacks objects ({note})"))
         for rel, what in info["strays"]:
-            click.echo(f"{rel}: {what} ({'removed' if repair else '--repair removes it'})")
+            fate = "removed" if repair else "--repair removes it"
+            click.echo(visible(f"{rel}: {what} ({fate})"))
         found = (
             info["reset"]
             or info["corrupt"]

@@ -6,11 +6,16 @@ and an ETA, a line (and a bar, when the stage reports progress) per running stag
 which each settled stage gets a line. Both close with a summary that, for a failed build,
 says what failed and why, what was skipped because of it and what finished. ETAs come from
 :mod:`pipemake.eta`. rich is imported only when a ``RichView`` is made.
+
+Stage names, values, file names and a stage's output lines may come from a shared store
+or a tool's output: every line goes through :func:`visible`, so a terminal escape sequence
+in them is shown as text, never acted on (pipemake's own colours are rich's styles).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -23,12 +28,34 @@ from .events import Event
 
 __all__ = [
     "ItemCounts", "PlainView", "RichView", "describe", "log_lines", "make_view", "summary_lines",
+    "visible",
 ]  # fmt: skip
 
 PROGRESS_EVERY = 10.0  # seconds between a stage's progress lines in the plain view
 ERROR_LINES = 12  # lines of a failed stage's error in the closing summary
 NAMES_SHOWN = 20  # names listed per group in the closing summary
 UP_TO_DATE_LINES = 20  # "up to date" lines shown before a view only counts them
+
+#: what a terminal acts on rather than shows: C0 controls but tab and newline (ESC starts
+#: colour, cursor, title, clipboard and hyperlink sequences; CR and BS overwrite), DEL, the
+#: C1 controls (0x9b is a one-byte CSI), the bidirectional overrides that reorder a line,
+#: and lone surrogates (no terminal encoding can write them)
+_CONTROL = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(text: Any) -> str:
+    """``text`` as a terminal should show it: each control character written out as
+    ``\\x1b``, ``\\u202e`` …, so text read from a store, a log or a file name cannot clear
+    the screen, retitle the window, write the clipboard or forge a line; tabs and newlines
+    stay."""
+    return _CONTROL.sub(_escaped, text if isinstance(text, str) else str(text))
 
 
 class _Remaining:
@@ -293,7 +320,7 @@ def log_lines(events: Iterable[dict[str, Any]], verbose: bool = True) -> list[st
         text = describe(event)
         if text:
             out.append(f"[{stamp}] {text}")
-    return out
+    return [visible(line) for line in out]
 
 
 class PlainView:
@@ -364,7 +391,7 @@ class PlainView:
 
     def _line(self, text: str) -> None:
         stamp = time.strftime("%H:%M:%S", time.localtime(self.clock()))
-        self.stream.write(f"[{stamp}] {text}\n")
+        self.stream.write(f"[{stamp}] {visible(text)}\n")
         self.stream.flush()
 
     def close(self) -> None:
@@ -434,7 +461,7 @@ class RichView:
             self._print(describe(event) or "", "yellow")
 
     def _print(self, text: str, style: str | None = None) -> None:
-        self.console.print(text, style=style, markup=False, highlight=False)
+        self.console.print(visible(text), style=style, markup=False, highlight=False)
 
     def __rich__(self) -> Any:
         """The view as it is drawn now (rich's protocol: ``console.print(view)``)."""
@@ -471,7 +498,12 @@ class RichView:
                 count = f"{done or 0}/{total}{' ' + unit if unit else ''}  "
             else:
                 bar, count = Text("running…", style="dim"), ""
-            table.add_row(Text(f"▶ {stage}", style="cyan"), bar, f"{count}{spent}  {tail}")
+            # Text, not str: a unit or stage name is shown as written, never read as markup
+            table.add_row(
+                Text(f"▶ {visible(stage)}", style="cyan"),
+                bar,
+                Text(visible(f"{count}{spent}  {tail}")),
+            )
         return table
 
     def close(self) -> None:

@@ -4,6 +4,12 @@ server-sent events, thumbnails, and the curation actions that write ``curation.y
 Only files inside a stage's output folder are ever served (:meth:`Site.output_file`). With a
 token (any address but loopback), every request needs it: once as ``?token=`` or through the
 form the page shows, then as a cookie.
+
+What the pages show may come from a shared store someone else wrote (see :mod:`.pages`),
+so every response carries a Content-Security-Policy: a page runs no script but its own
+``app.js`` (named by a nonce new in each response) and loads nothing from elsewhere;
+anything else (an output file, a thumbnail, JSON) runs nothing even when opened as a page.
+A curation action is taken only from a page of this server (:func:`_same_origin`).
 """
 
 from __future__ import annotations
@@ -12,13 +18,17 @@ import asyncio
 import hmac
 import json
 import os
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
@@ -29,17 +39,72 @@ from starlette.responses import (
     StreamingResponse,
 )
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import curation as cm
 from . import pages
 from .data import DATASET_RULES, Forbidden, NotFound, Site, thumbnail
 
-__all__ = ["make_app"]
+__all__ = ["OTHER_POLICY", "make_app", "page_policy"]
 
 COOKIE = "pipemake_token"
 THUMB = 160
 _CSS = '<link rel=stylesheet href="/static/app.css">'
-_JS = '<script src="/static/app.js" defer></script>'
+_NONCE = "pipemake.nonce"  # the scope key of this response's script nonce
+_SERVED = ("/file/", "/thumb/")  # where a stage's output files are served
+#: anything but a page (an output file, a thumbnail, JSON): nothing in it runs, even opened
+#: as a page of its own (an SVG or HTML file among a stage's outputs)
+OTHER_POLICY = "default-src 'none'; sandbox; frame-ancestors 'none'; base-uri 'none'"
+
+
+def page_policy(nonce: str) -> str:
+    """The CSP of a served page: its own script (by ``nonce``) and stylesheet, images and
+    requests to this server only, no inline script or style, no framing."""
+    return (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'self'; img-src 'self'; "
+        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    )
+
+
+class _Policy:
+    """ASGI middleware: a fresh script nonce for each request (in the scope, for the page
+    to name its ``<script>`` with) and the security headers on every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        nonce = scope[_NONCE] = secrets.token_urlsafe(18)
+        # an output file is never one of our pages, whatever its type (an HTML output)
+        served = scope["path"].startswith(_SERVED)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                page = headers.get("content-type", "").startswith("text/html") and not served
+                headers["Content-Security-Policy"] = page_policy(nonce) if page else OTHER_POLICY
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["X-Frame-Options"] = "DENY"
+                headers["Referrer-Policy"] = "no-referrer"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _same_origin(request: Request) -> str | None:
+    """Why a state-changing request does not come from a page of this server, or None.
+    A browser names the page that sent it (Origin; Sec-Fetch-Site in current browsers); a
+    client that is no browser (curl) sends neither and is let through."""
+    origin = request.headers.get("origin")
+    if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
+        return f"requests from {origin} are refused"
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        return f"requests from another site ({fetch_site}) are refused"
+    return None
 
 
 def _static(name: str) -> bytes:
@@ -74,11 +139,13 @@ def make_app(
         given = request.cookies.get(COOKIE) or request.query_params.get("token") or ""
         return hmac.compare_digest(given.encode(), token.encode())
 
-    def page(title: str, active: str, body: str) -> HTMLResponse:
-        return HTMLResponse(pages.layout(title, active, body, _CSS, _JS))
+    def page(request: Request, title: str, active: str, body: str) -> HTMLResponse:
+        nonce = request.scope.get(_NONCE, "")
+        script = f'<script src="/static/app.js" nonce="{pages.e(nonce)}" defer></script>'
+        return HTMLResponse(pages.layout(title, active, body, _CSS, script))
 
     def thumb_src(stage: str, rel: str) -> str:
-        return f"/thumb/{stage}/{rel}"
+        return f"/thumb/{pages.url_part(stage)}/{quote(str(rel))}"
 
     async def guard(request: Request, handler: Any) -> Response:
         host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]")
@@ -135,7 +202,7 @@ def make_app(
 
     async def now(request: Request) -> Response:
         body = "<h1>Now</h1><div id=now data-live=1>" + pages.now_fragment(site.now()) + "</div>"
-        return page("now", "now", body)
+        return page(request, "now", "now", body)
 
     async def now_stream(request: Request) -> Response:
         async def events() -> Any:
@@ -158,12 +225,12 @@ def make_app(
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
     async def history(request: Request) -> Response:
-        body = pages.history_page(site.runs(), lambda rid: f"/history/{rid}")
-        return page("history", "history", body)
+        body = pages.history_page(site.runs(), lambda rid: f"/history/{pages.url_part(rid)}")
+        return page(request, "history", "history", body)
 
     async def run(request: Request) -> Response:
         folded = site.run(request.path_params["run"])
-        return page(f"run {folded.get('id')}", "history", pages.run_page(folded))
+        return page(request, f"run {folded.get('id')}", "history", pages.run_page(folded))
 
     async def api_runs(request: Request) -> Response:
         return JSONResponse(site.runs())
@@ -173,12 +240,13 @@ def make_app(
 
     async def dataset_index(request: Request) -> Response:
         _, error = site.pipeline()
-        return page("dataset", "dataset", pages.dataset_index(site.stages(), DATASET_RULES, error))
+        body = pages.dataset_index(site.stages(), DATASET_RULES, error)
+        return page(request, "dataset", "dataset", body)
 
     async def dataset(request: Request) -> Response:
         view = await asyncio.to_thread(site.dataset, request.path_params["stage"])
         body = pages.dataset_page(view, thumb_src, edit=True)
-        return page(f"dataset {view.stage}", "dataset", body)
+        return page(request, f"dataset {view.stage}", "dataset", body)
 
     async def file(request: Request) -> Response:
         p = site.output_file(request.path_params["stage"], request.path_params["path"])
@@ -196,9 +264,9 @@ def make_app(
         if kind != "application/json":
             # JSON only: a form on another site cannot post here without the browser asking
             return JSONResponse({"error": "send the action as application/json"}, 415)
-        origin = request.headers.get("origin")
-        if origin and origin.split("://", 1)[-1] != request.headers.get("host"):
-            return JSONResponse({"error": f"requests from {origin} are refused"}, 403)
+        refused = _same_origin(request)
+        if refused is not None:
+            return JSONResponse({"error": refused}, 403)
         try:
             body = await request.json()
             if not isinstance(body, dict):
@@ -227,7 +295,7 @@ def make_app(
         route("/thumb/{stage}/{path:path}", thumb),
         route("/api/curate", curate, ("POST",)),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[Middleware(_Policy)])
 
 
 def _members(site: Site, stage: str) -> dict[str, list[str]]:

@@ -1,13 +1,21 @@
 """The pages as HTML strings: Now, History (a run's Gantt chart, reasons and logs) and
-Dataset. Plain HTML, every value escaped; the server and ``pipemake report`` both use them.
+Dataset. Plain HTML; the server and ``pipemake report`` both use them.
+
+What they show comes from run logs and stage outputs, and those may come from a shared store
+that someone else wrote: every value is escaped for where it goes (:func:`e` for text and
+quoted attributes, :func:`url_part` inside a link, :func:`num` where a number is expected),
+and the pages carry no inline script or style, so the Content-Security-Policy of
+``serve`` and ``report`` can forbid both.
 """
 
 from __future__ import annotations
 
 import html
+import math
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from ..eta import Estimator, StageClock
 from .data import DatasetView
@@ -17,12 +25,42 @@ __all__ = [
     "dataset_index",
     "dataset_page",
     "history_page",
+    "e",
     "layout",
     "now_fragment",
+    "num",
     "run_page",
+    "url_part",
 ]
 
-e = html.escape
+
+def e(value: Any) -> str:
+    """``value`` as HTML text or a quoted attribute value (``&<>"'`` escaped); anything not
+    a string (a poisoned log or output may hold a number, a list, null) as its ``str``."""
+    return html.escape(value if isinstance(value, str) else str(value), quote=True)
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def num(value: Any, default: str = "?") -> str:
+    """A count read from a log or an output, as digits; ``default`` when it is not a number
+    (text there never reaches the page)."""
+    return str(value) if _is_num(value) else default
+
+
+def url_part(value: Any) -> str:
+    """``value`` as one path segment of a URL on this site (``/``, ``?``, ``#`` … encoded),
+    to be put through :func:`e` as the attribute it lands in."""
+    return quote(value if isinstance(value, str) else str(value), safe="")
+
+
+def _cls(state: Any) -> str:
+    """The CSS class of a stage state; an unknown one is ``pending``."""
+    return _STATE_CLASS.get(state, "pending") if isinstance(state, str) else "pending"
+
+
 _STATE_CLASS = {
     "ran": "ok", "restored": "restored", "up to date": "uptodate", "failed": "failed",
     "running": "running", "pending": "pending", "skipped": "skipped", "cancelled": "skipped",
@@ -31,27 +69,36 @@ ImgSrc = Callable[[str, str], str]
 
 
 def _when(t: Any) -> str:
-    if not isinstance(t, (int, float)):
+    if not _is_num(t) or not 0 <= t < 1e11:
         return "?"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
 def _secs(s: Any) -> str:
-    if not isinstance(s, (int, float)):
+    if not _is_num(s) or abs(s) > 1e11:
         return ""
     if s < 60:
         return f"{s:.1f}s"
     return f"{int(s // 60)}m{int(s % 60):02d}s"
 
 
-def layout(title: str, active: str, body: str, css: str, script: str = "", nav: bool = True) -> str:
-    """A whole page: ``css`` and ``script`` are inline text or ``<link>``/``<script>`` tags."""
+def layout(
+    title: str,
+    active: str,
+    body: str,
+    css: str,
+    script: str = "",
+    nav: bool = True,
+    head: str = "",
+) -> str:
+    """A whole page: ``css`` and ``script`` are the page's own ``<link>``/``<style>`` and
+    ``<script>`` tags, ``head`` what goes first in ``<head>`` (the report's CSP)."""
     links = "".join(
         f'<a href="/{k}" class="{"on" if k == active else ""}">{v}</a>'
         for k, v in (("now", "Now"), ("history", "History"), ("dataset", "Dataset"))
     )
     return (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<!doctype html><html lang=en><head><meta charset=utf-8>{head}"
         '<meta name=viewport content="width=device-width, initial-scale=1">'
         f"<title>{e(title)} · pipemake</title>{css}</head><body>"
         f"<header><b>pipemake</b>{'<nav>' + links + '</nav>' if nav else ''}</header>"
@@ -91,9 +138,9 @@ def dag_svg(run: dict[str, Any]) -> str:
     for s in order:
         x, y = pos[s][0] * (w + gx), pos[s][1] * (h + gy)
         state = (stages.get(s) or {}).get("state", "pending")
-        label = s if len(s) <= 18 else s[:17] + "…"
+        label = str(s) if len(str(s)) <= 18 else str(s)[:17] + "…"
         parts.append(
-            f'<g class="node {_STATE_CLASS.get(state, "pending")}" data-stage="{e(s)}">'
+            f'<g class="node {_cls(state)}" data-stage="{e(s)}">'
             f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx=5 />'
             f'<text x="{x + 8}" y="{y + 14}">{e(label)}</text>'
             f'<text class=st x="{x + 8}" y="{y + 28}">{e(state)}</text></g>'
@@ -103,8 +150,12 @@ def dag_svg(run: dict[str, Any]) -> str:
 
 
 def _bar(frac: float, text: str) -> str:
-    pct = max(0.0, min(1.0, frac)) * 100
-    return f'<div class=bar><div style="width:{pct:.1f}%"></div><span>{e(text)}</span></div>'
+    # an SVG rect's width attribute, not a style attribute: the CSP allows no inline style
+    pct = max(0.0, min(1.0, frac)) * 100 if _is_num(frac) else 0.0
+    return (
+        '<div class=bar><svg aria-hidden=true><rect height="100%" '
+        f'width="{pct:.1f}%"/></svg><span>{e(text)}</span></div>'
+    )
 
 
 _FINISHED = ("ran", "restored", "up to date", "failed", "skipped", "cancelled")
@@ -191,7 +242,7 @@ def now_fragment(run: dict[str, Any], now: float | None = None) -> str:
         info = stages.get(s) or {}
         frac, text = _stage_eta(info, s, est, now)
         out.append(
-            f'<section class="stage {_STATE_CLASS.get(info.get("state"), "pending")}" '
+            f'<section class="stage {_cls(info.get("state"))}" '
             f'data-stage="{e(s)}">'
             f"<h3>{e(s)} <small>{e(info.get('state', 'pending'))}</small></h3>{_bar(frac, text)}"
         )
@@ -219,9 +270,9 @@ def history_page(runs: list[dict[str, Any]], link: Callable[[str], str]) -> str:
             f"<tr class='{e(str(r.get('result')))}'><td><a href=\"{e(link(r['id']))}\">"
             f"{e(r['id'])}</a></td><td>{_when(r.get('started'))}</td>"
             f"<td>{_secs(r.get('duration'))}</td><td>{e(str(r.get('result')))}</td>"
-            f"<td>{r.get('ran', 0)}</td><td>{r.get('restored', 0)}</td>"
-            f"<td>{r.get('up_to_date', 0)}</td><td>{r.get('skipped', 0)}</td>"
-            f"<td>{e(', '.join(failed))}</td></tr>"
+            f"<td>{num(r.get('ran', 0))}</td><td>{num(r.get('restored', 0))}</td>"
+            f"<td>{num(r.get('up_to_date', 0))}</td><td>{num(r.get('skipped', 0))}</td>"
+            f"<td>{e(', '.join(map(str, failed)))}</td></tr>"
         )
     return (
         "<h1>History</h1><table class=runs><thead><tr><th>run</th><th>started</th>"
@@ -233,8 +284,8 @@ def history_page(runs: list[dict[str, Any]], link: Callable[[str], str]) -> str:
 def _gantt(run: dict[str, Any]) -> str:
     order, stages = run.get("order") or [], run.get("stages") or {}
     t0 = run.get("started")
-    t1 = run.get("finished") or run.get("last") or t0
-    if t0 is None or not order:
+    t1 = next((t for t in (run.get("finished"), run.get("last")) if _is_num(t) and t), t0)
+    if not _is_num(t0) or not order:
         return ""
     span = max(t1 - t0, 1e-3)
     w, lh, left = 900, 22, 150
@@ -247,19 +298,19 @@ def _gantt(run: dict[str, Any]) -> str:
         y = i * lh
         parts.append(f'<text x="0" y="{y + 15}">{e(s)}</text>')
         start, end = info.get("started"), info.get("finished")
-        if start is not None:
-            end = end if end is not None else t1
+        if _is_num(start):
+            end = end if _is_num(end) else t1
             x = left + (start - t0) / span * w
             bw = max((end - start) / span * w, 2)
-            cls = _STATE_CLASS.get(info.get("state"), "pending")
+            cls = _cls(info.get("state"))
             parts.append(
                 f'<rect class="{cls}" x="{x:.1f}" y="{y + 3}" width="{bw:.1f}" height="{lh - 6}">'
                 f"<title>{e(s)}: {_secs(end - start)}</title></rect>"
             )
         for task in info.get("tasks") or []:
-            if task.get("start") is None:
+            if not _is_num(task.get("start")):
                 continue
-            te = task.get("end") or t1
+            te = task.get("end") if _is_num(task.get("end")) and task.get("end") else t1
             x = left + (task["start"] - t0) / span * w
             bw = max((te - task["start"]) / span * w, 1)
             parts.append(
@@ -280,10 +331,10 @@ def run_page(run: dict[str, Any]) -> str:
     for s in order:
         info = stages.get(s) or {}
         d, p = info.get("duration"), prev.get(s)
-        delta = f"{(d - p):+.1f}s" if isinstance(d, (int, float)) and p else ""
+        delta = f"{(d - p):+.1f}s" if _is_num(d) and _is_num(p) and p else ""
         state = info.get("state", "pending")
         rows.append(
-            f"<tr class='{_STATE_CLASS.get(state, 'pending')}' data-stage='{e(s)}'><td>{e(s)}</td>"
+            f"<tr class='{_cls(state)}' data-stage='{e(s)}'><td>{e(s)}</td>"
             f"<td>{e(state)}</td><td>{e('; '.join(map(str, info.get('reasons') or [])))}</td>"
             f"<td>{_secs(d)}</td><td>{_secs(p)}</td><td>{delta}</td></tr>"
         )
@@ -325,7 +376,7 @@ def dataset_index(stages: list[tuple[str, str]], rules: tuple[str, ...], error: 
     if error:
         return f"<h1>Dataset</h1><pre class=error>{e(error)}</pre>"
     items = "".join(
-        f'<li><a href="/dataset/{e(s)}">{e(s)}</a> <small>{e(r)}</small></li>'
+        f'<li><a href="/dataset/{e(url_part(s))}">{e(s)}</a> <small>{e(r)}</small></li>'
         for s, r in stages
         if r in rules
     )
@@ -387,7 +438,7 @@ def dataset_page(view: DatasetView, src: ImgSrc, edit: bool) -> str:
         )
         parts.append(
             f'<section class="group{" noise" if g["noise"] else ""}" data-cluster="{e(g["name"])}" '
-            f'data-label="{e(label)}"><h2>{head} <small>{g["size"]} images</small></h2>'
+            f'data-label="{e(label)}"><h2>{head} <small>{num(g["size"])} images</small></h2>'
         )
         if curating and view.rule == "clustering" and not g["noise"]:
             others = "".join(
