@@ -62,6 +62,9 @@ class ForeachRun(StageRun):
     retried: bool = False
     #: how many times cached items that lost their objects were run instead
     lost: int = 0
+    #: cached items whose outputs the store could not give back (an object of another
+    #: size than recorded, a name the file system refuses): run instead, like lost ones
+    unusable: set[str] = field(default_factory=set)
     #: the stage's source inputs found changed while items ran (nothing is kept then)
     inputs_moved: list[str] = field(default_factory=list)
 
@@ -83,11 +86,11 @@ class ForeachRun(StageRun):
         return self._tasks(ctx, stage, todo, "")
 
     def forget_lost_items(self, ctx: BuildContext) -> None:
-        """Treat cached items whose output objects are no longer in the store as not
-        cached."""
+        """Treat cached items whose output objects are no longer in the store, or whose
+        outputs the store could not give back, as not cached."""
         has = ctx.store.has_object
         for rel, entry in list(self.cached.items()):
-            if not all(has(d) for d in digests(entry)):
+            if rel in self.unusable or not all(has(d) for d in digests(entry)):
                 del self.cached[rel]
 
     def _tasks(self, ctx: BuildContext, stage: Stage, todo: list[Item], tag: str) -> list[Task]:
@@ -315,7 +318,8 @@ class ForeachRun(StageRun):
 
     def rerun_lost(self, ctx: BuildContext, stage: Stage) -> list[Task]:
         """Tasks for the cached items whose objects left the store after the stage was
-        decided (a ``cache gc`` beside this build): they run instead of failing the stage."""
+        decided (a ``cache gc`` beside this build), or that the store could not give back
+        (see :attr:`unusable`): they run instead of failing the stage."""
         before = set(self.cached)
         self.forget_lost_items(ctx)
         lost = [
@@ -329,8 +333,9 @@ class ForeachRun(StageRun):
             self.values.pop(it.relpath, None)
         ctx.bus.emit(
             "log", stage.id, level="warning",
-            text=f"{len(lost):,} cached item(s) lost their objects from the store since this "
-            f"build decided (first: {lost[0].relpath}); running them instead",
+            text=f"{len(lost):,} cached item(s) could not be restored from the store (an "
+            "object gone or corrupt, or a file its entry names that this file system cannot "
+            f"hold; first: {lost[0].relpath}); running them instead",
         )  # fmt: skip
         return self._tasks(ctx, stage, lost, f"lost{self.lost}-")
 
@@ -401,7 +406,17 @@ class ForeachRun(StageRun):
                 staged = os.path.join(root, new["outputs"][name])
                 for e in manifest[name]["entries"]:
                     moves[e[0]] = f"{staged}/{e[0]}"
-            if not ctx.ws.sync_dir(merged[name], rel, ctx.store, ctx.hasher, moves):
+            bad: set[str] = set()
+            if not ctx.ws.sync_dir(merged[name], rel, ctx.store, ctx.hasher, moves, bad):
+                # a file that could not be made, and every other naming its object (found
+                # corrupt, it may be put back by whoever changed it): their items run again
+                objs = {e[1] for e in merged[name]["entries"] if e[0] in bad}
+                self.unusable.update(
+                    item_rel
+                    for item_rel, entry in self.cached.items()
+                    for e in entry["outputs"][name].get("entries", ())
+                    if e[0] in bad or e[1] in objs
+                )
                 raise LostObjects(f"could not assemble {rel}: a store object is missing or corrupt")
         ctx.later(bookkeeping, stage.id)
         remove_path(self.staging)

@@ -394,7 +394,9 @@ class Objects:
             os.link(name, dst, src_dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
             return None  # removed since it was opened (a concurrent ``cache gc``): copy it
-        except OSError:
+        except OSError as exc:
+            if exc.errno in (errno.ENAMETOOLONG, errno.EILSEQ):
+                raise  # ``dst`` is a name this file system refuses, not a link it cannot make
             self.can_link = False
             return None
         if not os.path.samestat(os.stat(dst, follow_symlinks=False), st):

@@ -23,6 +23,7 @@ import os
 import shutil
 import sqlite3
 import stat
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -82,8 +83,13 @@ class Store:
         self.readonly = readonly
         self.objects = self.path / "objects"
         self._db: sqlite3.Connection | None = None
+        #: the thread that opened ``_db``: SQLite refuses a connection on any other one
+        self._db_thread: int | None = None
         self._version = 0
         self._removed = False  # this instance has counted a removal of objects
+        #: an object was removed on another thread (a threaded restore or remote fetch):
+        #: the count is written by the connection's own thread at its next use
+        self._removal_pending = False
         #: the objects, read as untrusted input
         self.objs = Objects(
             self.objects, readonly=readonly, fsync=fsync, link=link, on_remove=self._object_removed
@@ -100,7 +106,9 @@ class Store:
     # database ---------------------------------------------------------------------------
     @property
     def db(self) -> sqlite3.Connection:
+        """The action cache's connection, opened on first use (by, and for, this thread)."""
         if self._db is None:
+            self._db_thread = threading.get_ident()
             if self.readonly and not (self.path / "actions.db").exists():
                 # a plan on a fresh project: an empty store, and nothing written to disk
                 self._db = sqlite3.connect(":memory:", isolation_level=None)
@@ -129,6 +137,9 @@ class Store:
                 )
             self._db = db
             self._version = _data_version(db)
+        if self._removal_pending and threading.get_ident() == self._db_thread:
+            self._removal_pending = False  # an object removed on another thread: count it
+            _add_removal(self._db)
         return self._db
 
     def set_fsync(self, fsync: bool) -> None:
@@ -459,26 +470,42 @@ class Store:
         return int(hash_bytes(f"{ident}\0{count}".encode())[:15], 16)
 
     def _object_removed(self) -> None:
-        if not self._removed:
+        """Count the first object this instance removes. It may be removed on a worker
+        thread (a restore or a remote fetch on several), where the connection cannot be
+        used: the count is then left for the connection's thread (see :attr:`db`)."""
+        if self._removed:
+            return
+        if self._db is not None and threading.get_ident() == self._db_thread:
             self._count_removal()
+        else:
+            self._removed = True
+            self._removal_pending = not self.readonly
 
     def _count_removal(self) -> None:
         self._removed = True
         if self.readonly:
             return
-        self.db.execute(
-            "INSERT INTO meta VALUES ('removals', '1') ON CONFLICT(name) DO UPDATE "
-            "SET value = CAST(value AS INTEGER) + 1"
-        )
+        _add_removal(self.db)
 
     def close(self) -> None:
         """Close the database and the directory descriptors (the store may be used again:
         they reopen on demand)."""
+        if self._removal_pending and threading.get_ident() in (self._db_thread, None):
+            with contextlib.suppress(sqlite3.Error, StoreError):
+                self.db  # noqa: B018 (writes the pending count)
         if self._db is not None:
             self._db.close()
             self._db = None
         self.objs.close()
         self._roots.close()
+
+
+def _add_removal(db: sqlite3.Connection) -> None:
+    """Count one more removal of objects or entries (see :meth:`Store.removals`)."""
+    db.execute(
+        "INSERT INTO meta VALUES ('removals', '1') ON CONFLICT(name) DO UPDATE "
+        "SET value = CAST(value AS INTEGER) + 1"
+    )
 
 
 def _data_version(db: sqlite3.Connection) -> int:

@@ -20,6 +20,7 @@ import errno
 import os
 import shutil
 import stat
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .fshash import Hasher, PathInfo
+from .hashing import tree_hash
 from .manifest import manifest_hash, sub_manifest
 from .store import Store
 from .walk import BadPath
@@ -125,12 +127,25 @@ class Workspace:
             return "changed"
         return None
 
-    def restore(self, manifest: dict[str, Any], rel: str, store: Store, label: str) -> bool:
+    def restore(
+        self,
+        manifest: dict[str, Any],
+        rel: str,
+        store: Store,
+        label: str,
+        bad: set[str] | None = None,
+    ) -> bool:
         """Make the output at ``rel`` exactly ``manifest`` from the store's objects.
 
-        Returns False (touching nothing in the workspace) when an object is missing or
-        corrupt.
+        The output is assembled in full in a staging directory and then put in place by one
+        rename. Returns False (touching nothing in the workspace) when the store cannot give
+        it: an object missing, corrupt or of another size than its entry records, a
+        directory manifest whose hash is not the tree hash of its entries, or an entry the
+        file system cannot hold (a name too long, a path past the system's limit, a name it
+        refuses); the relpaths of such entries are added to ``bad`` when given.
         """
+        if manifest["kind"] == "dir" and not _writable(manifest, str(self.abs(rel)), bad):
+            return False
         stage_dir = self.staging(f"restore-{label}")
         try:
             target = stage_dir / "out"
@@ -141,16 +156,9 @@ class Workspace:
                     return False
             else:
                 target.mkdir()
-                made: set[str] = set()
-                for relpath, digest, size, mode in manifest["entries"]:
-                    if not _safe_rel(relpath):
-                        return False
-                    parent = os.path.dirname(relpath)
-                    if parent and parent not in made:
-                        (target / parent).mkdir(parents=True, exist_ok=True)
-                        made.add(parent)
-                    if not store.materialize(digest, str(target / relpath), mode, size):
-                        return False
+                files = [(e[0], e[1], e[2], e[3]) for e in manifest["entries"]]
+                if not _stage_files(files, str(target), store, bad):
+                    return False
             self.place(target, rel)
             return True
         finally:
@@ -163,87 +171,97 @@ class Workspace:
         store: Store,
         hasher: Hasher,
         moves: dict[str, str] | None = None,
+        bad: set[str] | None = None,
     ) -> bool:
         """Make the directory output ``rel`` exactly ``manifest``, touching only what differs.
 
         Files listed in ``moves`` (entry relpath → the path of a staged file with that
         content) are moved in; other missing or different files come from the store. Every
-        file lands by rename, so none is ever half-written; files the manifest does not list
-        are removed. Returns False if an object is missing or corrupt (what was already fixed
-        stays fixed).
+        file the store gives is first made, verified, in a scratch directory; only when all
+        of them are there does the output change: files the manifest does not list are
+        removed and the others land by rename, so none is ever half-written. Returns False,
+        with the output as it was, when the store cannot give the manifest (see
+        :meth:`restore`; ``bad`` as there).
 
-        Symlinks are never written or deleted through: ``rel`` itself, if a link, and every
-        link inside it are removed as links first, and a staged file reached through a link
-        (a stage that linked its output to its input) is taken from the store instead of
-        moved, so a file outside the staging area never moves.
+        Symlinks are never written or deleted through: an output that is a link, or holds
+        one, is restored whole (see :meth:`restore`: the link goes as a link), and a staged
+        file reached through a link (a stage that linked its output to its input) is taken
+        from the store instead of moved, so a file outside the staging area never moves.
         """
         moves = moves or {}
         dest = self.abs(rel)
-        _real_dir(dest)
         base = str(dest)
-        staged = _StagedFiles(self.tmp)
+        if not _writable(manifest, base, bad):
+            return False
         try:
-            have = {e[0]: e for e in hasher.tree(rel)}
-        except BadPath:  # still not walkable (an unreadable folder): replaced whole
-            return self.restore(manifest, rel, store, "sync")
-        want = {e[0]: e for e in manifest["entries"]}
-        stale = sorted(set(have) - set(want))
-        for relpath in stale:
-            (dest / relpath).unlink(missing_ok=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        made = {""}
-        fetch: list[tuple[str, str, int]] = []
-        for relpath, e in want.items():
+            st = os.lstat(dest)
+        except FileNotFoundError:
+            st = None
+        if st is not None and (not stat.S_ISDIR(st.st_mode) or _holds_link(base)):
+            return self.restore(manifest, rel, store, "sync", bad)
+        try:
+            have = {e[0]: e for e in hasher.tree(rel)} if st is not None else {}
+        except BadPath:  # not walkable (an unreadable folder): replaced whole
+            return self.restore(manifest, rel, store, "sync", bad)
+        staged = _StagedFiles(self.tmp)
+        fetch: list[tuple[str, str, int, int]] = []
+        move: list[tuple[str, str, int]] = []
+        for e in manifest["entries"]:
+            relpath = e[0]
             cur = have.get(relpath)
             if cur is not None and cur[1] == e[1] and cur[3] == e[3]:
                 continue
-            if not _safe_rel(relpath):
-                return False
-            parent = relpath.rpartition("/")[0]
-            if parent not in made:
-                pdir = Path(base, parent)
-                if pdir.exists() and not pdir.is_dir():
-                    remove_path(pdir)
-                pdir.mkdir(parents=True, exist_ok=True)
-                made.add(parent)
-            target = f"{base}/{relpath}"
             src = moves.get(relpath)
-            st = staged.stat(src) if src is not None else None
+            sst = staged.stat(src) if src is not None else None
+            if sst is None:
+                fetch.append((relpath, e[1], e[2], e[3]))
+            else:
+                move.append((relpath, src, e[3] if sst.st_nlink == 1 else -1))
+        if st is None:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        scratch = self._scratch(dest, inside=st is not None)
+        try:
+            if not _stage_files(fetch, scratch, store, bad):
+                return False
+            # everything is at hand: from here on the output changes
             if st is None:
-                fetch.append((e[1], target, e[3]))
-                continue
-            if st.st_nlink == 1:  # one linked into the store (--link) stays
-                os.chmod(src, e[3])  # read-only: its mode is the object's
-            _replace(src, target)
-        if not self._fetch(fetch, store, base):
-            return False
+                dest.mkdir(exist_ok=True)
+            want = {e[0] for e in manifest["entries"]}
+            stale = [r for r in have if r not in want]
+            for relpath in stale:
+                (dest / relpath).unlink(missing_ok=True)
+            _make_parents(base, [m[0] for m in move] + [f[0] for f in fetch])
+            for relpath, src, mode in move:
+                if mode >= 0:  # one linked into the store (--link) stays read-only
+                    os.chmod(src, mode)
+                _replace(src, f"{base}/{relpath}")
+
+            def place(i: int) -> None:
+                relpath = fetch[i][0]
+                _replace(f"{scratch}/{relpath}", f"{base}/{relpath}")
+
+            _on_threads(len(fetch), place)
+        finally:
+            remove_path(Path(scratch))
         if stale:  # only a removal can leave a directory empty
             _prune_empty_dirs(dest)
         return True
 
-    def _fetch(self, files: list[tuple[str, str, int]], store: Store, base: str) -> bool:
-        """Materialize objects at their targets under ``base``, each through a temporary
-        file (or link) and a rename; on a few threads, each taking a share of the files,
-        since creating files is what a restore waits on. The temporary files are made on the
-        output's filesystem (in ``base`` itself when a symlinked parent puts it on another
-        one than ``.pipemake``: a name a later sync removes if a kill leaves it)."""
-        where = str(self.tmp) if self._same_device(Path(base)) else base
-        prefix = f"{where}/.pipemake-f-{uuid.uuid4().hex[:12]}"
-
-        def share(n: int) -> bool:
-            for i in range(n, len(files), workers):
-                digest, target, mode = files[i]
-                tmp = f"{prefix}-{i}"
-                if not store.materialize(digest, tmp, mode):
-                    return False
-                _replace(tmp, target)
-            return True
-
-        workers = min(8, 1 + len(files) // 64)
-        if workers == 1:
-            return share(0)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return all(pool.map(share, range(workers)))
+    def _scratch(self, dest: Path, inside: bool) -> str:
+        """A new directory where restored files are made before they go to the output
+        ``dest``: on the output's filesystem, so each lands by a rename. That is the staging
+        area, or, when a symlinked parent puts the output on another filesystem, a hidden
+        folder in the output (``inside``: a name a later sync removes if a kill leaves it),
+        or beside it while it does not exist."""
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        tag = f"pipemake-f-{uuid.uuid4().hex[:12]}"
+        where = dest if inside else dest.parent
+        if self._same_device(where):
+            path = self.tmp / tag
+        else:
+            path = dest / f".{tag}" if inside else where / f".{dest.name}.{tag}"
+        path.mkdir()
+        return str(path)
 
     def _same_device(self, path: Path) -> bool:
         """Whether ``path`` (an existing directory) is on the filesystem of the staging
@@ -261,6 +279,127 @@ class Workspace:
             return False
         remove_path(path)
         return True
+
+
+#: what a file system answers for a name it will not hold (too long, not in its encoding, a
+#: character it refuses): restoring an entry so named is a miss, and the stage runs
+_NAME_REFUSED = frozenset(
+    {errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+)
+
+
+def _writable(manifest: dict[str, Any], base: str, bad: set[str] | None) -> bool:
+    """Whether a directory manifest may be written at ``base``: its hash is the tree hash
+    of its entries (else downstream stages would be keyed on files it does not hold), each
+    path stays inside the output, and no path is longer than the system allows there."""
+    entries = manifest["entries"]
+    if tree_hash(entries) != manifest["hash"]:
+        return False
+    wrong = [e[0] for e in entries if not _safe_rel(e[0])]
+    if not wrong and entries:
+        try:
+            limit = os.pathconf(base if os.path.isdir(base) else "/", "PC_PATH_MAX")
+        except (OSError, ValueError):
+            limit = 4096
+        room = limit - len(os.fsencode(base)) - 1
+        if 4 * max(len(e[0]) for e in entries) >= room:  # only then worth encoding
+            wrong = [e[0] for e in entries if len(os.fsencode(e[0])) >= room]
+    if wrong and bad is not None:
+        bad.update(wrong)
+    return not wrong
+
+
+def _stage_files(
+    files: list[tuple[str, str, int, int]], top: str, store: Store, bad: set[str] | None
+) -> bool:
+    """Make each ``(relpath, digest, size, mode)`` at ``top/relpath`` from the store, on a
+    few threads, each taking a share of the files (creating files is what a restore waits
+    on). False as soon as one cannot be made: an object missing, corrupt or not of the
+    recorded size, or a name the file system refuses (added to ``bad``); what was made
+    stays for the caller to remove with ``top``."""
+    try:
+        _make_parents(top, [f[0] for f in files])
+    except OSError as exc:
+        if exc.errno not in _NAME_REFUSED:
+            raise
+        if bad is not None:
+            bad.add(_refused(exc, top, files))
+        return False
+    failed = threading.Event()
+
+    def one(i: int) -> None:
+        if failed.is_set():
+            return
+        relpath, digest, size, mode = files[i]
+        try:
+            ok = store.materialize(digest, f"{top}/{relpath}", mode, size)
+        except OSError as exc:
+            if exc.errno not in _NAME_REFUSED:
+                raise
+            ok = False
+        if not ok:
+            failed.set()
+            if bad is not None:
+                bad.add(relpath)
+
+    _on_threads(len(files), one)
+    return not failed.is_set()
+
+
+def _refused(exc: OSError, top: str, files: list[tuple[str, str, int, int]]) -> str:
+    """The relpath of the entry whose folder the file system refused (``exc``)."""
+    where = os.path.relpath(str(exc.filename), top) if exc.filename else ""
+    for f in files:
+        if f[0] == where or f[0].startswith(where + "/"):
+            return f[0]
+    return files[0][0]
+
+
+def _make_parents(top: str, relpaths: list[str]) -> None:
+    """Create the folders under ``top`` that the files ``relpaths`` go in."""
+    made = {""}
+    for relpath in relpaths:
+        parent = relpath.rpartition("/")[0]
+        if parent not in made:
+            pdir = f"{top}/{parent}"
+            if os.path.lexists(pdir) and not os.path.isdir(pdir):
+                remove_path(Path(pdir))
+            os.makedirs(pdir, exist_ok=True)
+            made.add(parent)
+
+
+def _on_threads(count: int, fn: Callable[[int], None]) -> None:
+    """``fn(i)`` for every ``i < count``: on up to 8 threads when there are many, each
+    taking every n-th (the first exception is raised)."""
+    workers = min(8, 1 + count // 64)
+    if workers == 1:
+        for i in range(count):
+            fn(i)
+        return
+
+    def share(n: int) -> None:
+        for i in range(n, count, workers):
+            fn(i)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(share, range(workers)))
+
+
+def _holds_link(top: str) -> bool:
+    """Whether a symlink lies anywhere under the directory ``top`` (never followed)."""
+    stack = [top]
+    while stack:
+        try:
+            it = os.scandir(stack.pop())
+        except OSError:  # unreadable: the hasher's walk names it
+            continue
+        with it:
+            for de in it:
+                if de.is_symlink():
+                    return True
+                if de.is_dir(follow_symlinks=False):
+                    stack.append(de.path)
+    return False
 
 
 def _replace(src: str, target: str) -> None:
@@ -302,7 +441,9 @@ def _move(src: str, dst: str) -> None:
 def _safe_rel(relpath: str) -> bool:
     """A manifest path may not escape its output directory. (A backslash is a character of
     a POSIX file name like any other; only where it separates paths is it refused.)"""
-    if not relpath or os.path.isabs(relpath) or (os.sep == "\\" and "\\" in relpath):
+    if not relpath or os.path.isabs(relpath) or "\0" in relpath:
+        return False
+    if os.sep == "\\" and "\\" in relpath:
         return False
     parts = relpath.split("/")
     return all(p not in ("", ".", "..") for p in parts)
@@ -345,34 +486,6 @@ def _dereference(path: Path) -> None:
         shutil.copy2(path, real)
     os.unlink(path)
     os.rename(real, path)
-
-
-def _real_dir(path: Path) -> None:
-    """Make ``path`` a real directory holding no symlink: a link at ``path`` or anywhere
-    under it is removed as a link (what it points to stays as it is), anything else that is
-    not a directory at ``path`` is removed."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    if st is not None and not stat.S_ISDIR(st.st_mode):
-        remove_path(path)
-        st = None
-    if st is None:
-        path.mkdir(parents=True, exist_ok=True)
-        return
-    stack = [str(path)]
-    while stack:
-        try:
-            it = os.scandir(stack.pop())
-        except OSError:  # unreadable: the hasher's walk names it
-            continue
-        with it:
-            for de in it:
-                if de.is_symlink():
-                    os.unlink(de.path)
-                elif de.is_dir(follow_symlinks=False):
-                    stack.append(de.path)
 
 
 class _StagedFiles:
