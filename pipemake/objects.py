@@ -363,7 +363,11 @@ class Objects:
         linked = False
         with open(fd, "rb") as inp:
             if size is not None and st.st_size != size:
-                return False  # the entry is wrong, not the object: a miss, the object kept
+                # a miss; the object is removed only if it is at fault too (a linked output
+                # edited in place), not where only the entry lies about its size
+                if st.st_size <= _RECHECK_MAX and _hash_fd(inp, st.st_size) != digest:
+                    self._discard(dfd, name)
+                return False
             if self.link and self.can_link:
                 ok = linked = self._link_out(inp, dfd, name, digest, dst, mode, st)
             else:
@@ -517,6 +521,11 @@ class Objects:
         # a worker makes a store per task and lets it go: its descriptors go with it
         with contextlib.suppress(Exception):
             self.close()
+
+
+#: an object whose size is not the recorded one is hashed up to this size, to tell whether
+#: it is at fault (then removed) or only the entry is
+_RECHECK_MAX = 256 << 20
 
 
 def _hash_fd(fh: Any, limit: int) -> str:

@@ -220,6 +220,23 @@ def test_a_linked_output_edited_in_place_is_never_restored(proj: Proj, chmod_bac
     assert "store OK" in proj.cli("cache", "verify").output
 
 
+def test_a_linked_output_grown_in_place_is_removed_from_the_store_once(proj: Proj) -> None:
+    """An edit that changes the size (an append): the object, not the entry, is at fault,
+    so it is removed when the restore meets it; the stage runs once and later restores."""
+    proj.cli("build", "--link")
+    victim = proj.path("build/total.txt")
+    os.chmod(victim, 0o644)
+    with open(victim, "ab") as fh:
+        fh.write(b"EDIT\n")
+    proj.cli("build", "--link")
+    assert proj.runs("total") == 2
+    victim.unlink()
+    proj.cli("build", "--link")
+    assert proj.runs("total") == 2  # restored: the store holds the right bytes again
+    _assert_linked(proj, "build/total.txt", TOTAL)
+    assert "store OK" in proj.cli("cache", "verify").output
+
+
 def test_cache_verify_finds_an_object_edited_through_a_link(proj: Proj) -> None:
     proj.cli("build", "--link")
     _edit_in_place(proj.path("build/total.txt"))
