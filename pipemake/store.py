@@ -395,11 +395,27 @@ class Store:
 
     def put_file(self, src: str, digest: str) -> None:
         """See :meth:`Objects.put_file`."""
-        self.objs.put_file(src, digest)
+        with self._placed_errors(digest):
+            self.objs.put_file(src, digest)
 
     def put_read(self, src: str, digest: str, data: bytes, st: os.stat_result) -> bool:
         """See :meth:`Objects.put_read`."""
-        return self.objs.put_read(src, digest, data, st)
+        with self._placed_errors(digest):
+            return self.objs.put_read(src, digest, data, st)
+
+    @contextlib.contextmanager
+    def _placed_errors(self, digest: str) -> Iterator[None]:
+        """An error writing an object names where in the store, not a name relative to a
+        fan-out folder (``fb``), so the message can say which folder to fix."""
+        try:
+            yield
+        except OSError as exc:
+            name = exc.filename
+            if isinstance(name, str | bytes) and not os.path.isabs(os.fsdecode(name)):
+                fan = self.objects / digest[:2]
+                rel = os.fsdecode(name)
+                exc.filename = str(fan if rel == digest[:2] else fan / rel)
+            raise
 
     def put_bytes(self, data: bytes) -> str:
         """See :meth:`Objects.put_bytes`."""

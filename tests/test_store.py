@@ -241,3 +241,29 @@ def test_a_commit_that_fails_leaves_no_open_transaction(tmp_path: Path) -> None:
     db.execute("DROP TRIGGER orphan")
     store.put_actions([("k2", entry)])
     assert store.get_action("k2") is not None and store.get_action("k1") is None
+
+
+def test_an_object_write_error_names_the_folder_in_the_store(tmp_path, monkeypatch) -> None:
+    """Objects are written through folder descriptors, so the OS names only ``fb``: the
+    error names the folder under the store instead, which the stage's message then says
+    (without a traceback) with what to do."""
+    import errno
+
+    from pipemake.errors import os_failure
+    from pipemake.objects import Objects
+    from pipemake.store import Store
+
+    def refuse(self, src, digest):
+        raise PermissionError(errno.EPERM, "Operation not permitted", digest[:2])
+
+    monkeypatch.setattr(Objects, "put_file", refuse)
+    store = Store(tmp_path / "store")
+    digest = "ab" * 16
+    (tmp_path / "f").write_text("x")
+    try:
+        store.put_file(str(tmp_path / "f"), digest)
+    except PermissionError as exc:
+        assert exc.filename == str(tmp_path / "store" / "objects" / "ab")
+        assert "make it writable" in str(os_failure(exc))
+    else:
+        raise AssertionError("the error was not raised")
