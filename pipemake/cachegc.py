@@ -28,6 +28,7 @@ from .lock import BuildLock
 from .manifest import digests
 from .scheduler import StageFailure
 from .store import GRACE, Store
+from .trust import is_digest
 
 if TYPE_CHECKING:
     from .project import Project
@@ -235,7 +236,8 @@ def verify(project: Project, repair: bool = False) -> dict[str, Any]:
 
     With ``repair``, what is damaged goes: damaged rows, entries whose objects are missing,
     strays, damaged roots records, and an action cache SQLite cannot read (deleted: it is
-    only a cache). Without it, an unreadable action cache is a :class:`StoreError` saying so.
+    only a cache). Without it, an unreadable action
+    cache is a :class:`StoreError` saying so.
     """
     store = project.store
     reset = False
@@ -263,5 +265,5 @@ def verify(project: Project, repair: bool = False) -> dict[str, Any]:
         if roots.damaged:
             store.roots(0, prune=True)
     return {"corrupt": corrupt, "incomplete_entries": incomplete,
-            "damaged_entries": [(repr(k) if type(k) is not str else k, p) for k, p in damaged],
+            "damaged_entries": [(k if is_digest(k) else repr(k), p) for k, p in damaged],
             "strays": strays, "reset": reset, "repaired": repair}  # fmt: skip

@@ -34,7 +34,7 @@ from .hashing import hash_bytes
 from .objects import GRACE, REMOTE_GRACE, Objects, Scan
 from .roots import Roots, RootsDir
 from .signing import LOCAL_SIG, cache_key, sign_local, verify_local
-from .trust import entry_problem, is_manifest, safe_mode
+from .trust import decode_entry, entry_problem, is_manifest, is_text, safe_mode
 
 __all__ = ["GRACE", "REMOTE_GRACE", "STORE_FORMAT", "Roots", "Scan", "Store", "encode_entry",
            "is_manifest", "safe_mode", "transaction"]  # fmt: skip
@@ -178,10 +178,23 @@ class Store:
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         """All rows of a read, a damaged database reported as :class:`StoreError`."""
+        db = self.db
         try:
-            return self.db.execute(sql, args).fetchall()
+            return db.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "decode" not in str(exc):
+                raise self._damaged(exc) from None
         except sqlite3.DatabaseError as exc:
             raise self._damaged(exc) from None
+        # a row holding text that is not UTF-8: read again with the bad bytes as lone
+        # surrogates, which make that row a damaged one (see pipemake.trust), not the store
+        db.text_factory = _lenient_text
+        try:
+            return db.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from None
+        finally:
+            db.text_factory = str
 
     def _open(self) -> tuple[sqlite3.Connection, str]:
         file = self.path / "actions.db"
@@ -250,7 +263,7 @@ class Store:
         )
         try:
             parsed = json.loads("[" + ",".join([text for _, text in rows]) + "]")
-        except (ValueError, TypeError):  # a damaged row: parse them one by one
+        except (ValueError, TypeError, RecursionError):  # a damaged row: one by one
             parsed = None
         if parsed is not None and len(parsed) != len(rows):
             parsed = None  # a tampered row holding several values: never misalign
@@ -315,13 +328,8 @@ class Store:
             if type(key) is not str:
                 yield key, None, f"its key {key!r} is not text"
                 continue
-            try:
-                entry = json.loads(text)
-            except (ValueError, TypeError):
-                yield key, None, "not JSON"
-                continue
-            problem = entry_problem(entry)
-            yield key, (entry if problem is None else None), problem
+            entry, problem = decode_entry(text)
+            yield key, entry, problem
 
     def created(self) -> dict[Any, float]:
         """When each entry was written (key → seconds since the epoch; a damaged time is
@@ -343,10 +351,18 @@ class Store:
     def delete_actions(self, keys: Iterable[Any]) -> None:
         """Remove entries (``cache gc``, ``cache verify --repair``); their objects go with
         the next sweep."""
-        self._count_removal()
         db = self.db
+        plain: list[tuple[Any]] = []
+        odd: list[tuple[bytes]] = []  # keys read from bytes that are not UTF-8: as those
+        for k in keys:
+            if type(k) is str and not is_text(k):
+                odd.append((k.encode("utf-8", "surrogateescape"),))
+            else:
+                plain.append((k,))
         with transaction(db):
-            db.executemany("DELETE FROM actions WHERE key=?", [(k,) for k in keys])
+            self._count_removal()
+            db.executemany("DELETE FROM actions WHERE key=?", plain)
+            db.executemany("DELETE FROM actions WHERE CAST(key AS BLOB)=?", odd)
 
     # objects ----------------------------------------------------------------------------
 
@@ -481,6 +497,11 @@ class Store:
         self._roots.close()
 
 
+def _lenient_text(data: bytes) -> str:
+    """SQLite text as str, bytes that are not UTF-8 kept as lone surrogates."""
+    return data.decode("utf-8", "surrogateescape")
+
+
 def _data_version(db: sqlite3.Connection) -> int:
     """SQLite's count of commits by other connections, as this connection sees it."""
     return int(db.execute("PRAGMA data_version").fetchone()[0])
@@ -489,11 +510,7 @@ def _data_version(db: sqlite3.Connection) -> int:
 def _entry(text: Any) -> dict[str, Any] | None:
     """A stored entry, or None when it is not JSON of the expected shape (a tampered or
     damaged row is a cache miss, never a crash and never code)."""
-    try:
-        entry = json.loads(text)
-    except (ValueError, TypeError):
-        return None
-    return _checked(entry)
+    return decode_entry(text)[0]
 
 
 def _checked(entry: Any) -> dict[str, Any] | None:

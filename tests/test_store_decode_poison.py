@@ -1,0 +1,297 @@
+"""Rows of a poisoned store that pipemake must decode without falling over.
+
+A writer of a shared ``--cache-dir`` or remote can store anything JSON allows: data nested
+thousands of levels deep (Python's parser and every walk of it die of RecursionError),
+lone surrogates such as ``"\\udcff"`` (valid JSON escapes no UTF-8 can hold, so hashing,
+printing or sending them fails), text that is not UTF-8 at all, forged per-item map results,
+and SQLite triggers that rewrite what a build commits. Each test plants one in a store a
+real build wrote and shows that every command agrees: such a row is a damaged row (a miss
+for a build, named by ``cache verify``, deleted by ``--repair``, skipped by ``cache gc``),
+and no command ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import CHAIN, CHAIN_FILES, CHAIN_STAGES, TRACEBACK, Proj
+
+from pipemake.signing import seal
+from pipemake.trust import MAX_DEPTH, decode_entry, entry_problem, json_problem
+
+KEY = {"PIPEMAKE_CACHE_KEY": "team-secret"}
+DEEP = "[" * 5000 + "]" * 5000
+
+
+def _store(p: Proj) -> Path:
+    return p.path(".pipemake/store")
+
+
+def _rows(store: Path) -> dict[str, str]:
+    db = sqlite3.connect(store / "actions.db")
+    rows = dict(db.execute("SELECT key, entry FROM actions").fetchall())
+    db.close()
+    return rows
+
+
+def _key_of(store: Path, stage: str) -> str:
+    (key,) = [k for k, e in _rows(store).items() if json.loads(e).get("stage") == stage]
+    return key
+
+
+def _rewrite(store: Path, stage: str, change: Callable[[dict], object]) -> str:
+    """What a writer of a shared store can do: ``change`` the entry of ``stage`` in place
+    (its signature dropped); returns its key."""
+    key = _key_of(store, stage)
+    entry = json.loads(_rows(store)[key])
+    change(entry)
+    entry.pop("signature", None)
+    _set_text(store, key, json.dumps(entry))
+    return key
+
+
+def _set_text(store: Path, key: str, text: str) -> None:
+    db = sqlite3.connect(store / "actions.db")
+    db.execute("UPDATE actions SET entry=? WHERE key=?", (text, key))
+    db.commit()
+    db.close()
+
+
+def _with_deep_field(text: str) -> str:
+    """An entry's JSON text with one more field nested 5,000 levels deep (``json.dumps``
+    cannot even write that: built as text)."""
+    return text[:-1] + ', "deep": ' + DEEP + "}"
+
+
+def _nested(depth: int) -> list:
+    out: list = []
+    for _ in range(depth - 1):
+        out = [out]
+    return out
+
+
+def _clean(result_output: str) -> str:
+    assert TRACEBACK not in result_output, result_output
+    assert "RecursionError" not in result_output and "UnicodeEncodeError" not in result_output
+    return result_output
+
+
+def _every_command_copes(p: Proj, env: dict[str, str] | None, key: str) -> None:
+    """status, dry-run and gc treat the row as a miss; verify names it (exit 1); --repair
+    deletes it; none of them ends in a traceback."""
+    _clean(p.cli("status", env=env).output)
+    _clean(p.cli("dry-run", env=env).output)
+    out = _clean(p.cli("cache", "verify", code=1, env=env).output)
+    assert f"damaged entry {key[:12]}" in out, out
+    _clean(p.cli("cache", "gc", "--grace", "0", env=env).output)
+    assert key in _rows(_store(p))  # gc skips a damaged row of a key still needed
+    out = _clean(p.cli("cache", "verify", "--repair", env=env).output)
+    assert f"damaged entry {key[:12]}" in out and "deleted" in out, out
+    assert key not in _rows(_store(p))
+    assert "store OK" in p.cli("cache", "verify", env=env).output
+
+
+# 1. rows nested thousands of levels deep ---------------------------------------------------
+@pytest.mark.parametrize("env", [None, KEY], ids=["unkeyed", "keyed"])
+def test_a_row_nested_thousands_deep_is_a_damaged_row(
+    project: Callable[..., Proj], env: dict[str, str] | None
+) -> None:
+    p = project(CHAIN, CHAIN_FILES)
+    p.cli("build", env=env)
+    key = _key_of(_store(p), "upper")
+    _set_text(_store(p), key, _with_deep_field(_rows(_store(p))[key]))
+    _every_command_copes(p, env, key)
+    os.unlink(p.path("build/upper.txt"))
+    _clean(p.cli("build", env=env).output)
+    assert p.runs("upper") == 2 and p.read("build/upper.txt") == "HELLO\nWORLD\n"
+
+
+@pytest.mark.parametrize("env", [None, KEY], ids=["unkeyed", "keyed"])
+def test_a_deep_row_is_a_miss_for_a_build(
+    project: Callable[..., Proj], env: dict[str, str] | None
+) -> None:
+    """The build itself (and its many-keys-at-once read) takes such a row as a miss: the
+    stage runs again, the rest restores."""
+    p = project(CHAIN, CHAIN_FILES)
+    p.cli("build", env=env)
+    key = _key_of(_store(p), "upper")
+    _set_text(_store(p), key, _with_deep_field(_rows(_store(p))[key]))
+    for rel in ("build/upper.txt", "build/lines.txt"):
+        os.unlink(p.path(rel))
+    out = _clean(p.cli("build", env=env).output)
+    assert "upper: running" in out and "lines: restored" in out, out
+    assert p.run_counts() == {"upper": 2, "lines": 1, "side": 1, "report": 1}
+
+
+def test_data_nested_deeper_than_the_limit_is_damaged_though_python_parses_it(
+    project: Callable[..., Proj],
+) -> None:
+    """A value 150 levels deep parses, but any walk of it near the recursion limit would
+    not: past MAX_DEPTH it is damaged too."""
+    p = project(CHAIN, CHAIN_FILES)
+    p.cli("build")
+    key = _rewrite(_store(p), "upper", lambda e: e.update(values={"v": _nested(150)}))
+    problem = decode_entry(_rows(_store(p))[key])[1]
+    assert problem is not None and f"deeper than {MAX_DEPTH - 1}" in problem
+    _every_command_copes(p, None, key)
+    # data just within the limit is fine
+    assert json_problem(_nested(MAX_DEPTH)) is None
+    assert json_problem(_nested(MAX_DEPTH + 1)) is not None
+
+
+def test_a_roots_record_nested_thousands_deep_is_damaged(project: Callable[..., Proj]) -> None:
+    p = project(CHAIN, CHAIN_FILES)
+    p.cli("build")
+    record = _store(p) / "roots" / ("0123456789abcdef" * 2 + ".json")
+    record.write_text('{"workspace": "x", "pipeline": "y", "keys": ' + DEEP + "}")
+    os.utime(record, (1, 1))  # old: a gc may remove it
+    out = _clean(p.cli("cache", "verify", code=1).output)
+    assert f"roots/{record.name}: a damaged roots record" in out, out
+    _clean(p.cli("cache", "gc", "--grace", "0").output)
+    _clean(p.cli("cache", "gc", "--grace", "0", "--max-size", "1").output)
+    record.write_text('{"workspace": "x", "pipeline": "y", "keys": ' + DEEP + "}")
+    os.utime(record, (1, 1))
+    _clean(p.cli("cache", "verify", "--repair").output)
+    assert not record.exists()
+
+
+# 2. lone surrogates and text that is not UTF-8 --------------------------------------------
+VALUES = """
+name: v
+stages:
+  - id: up
+    type: python
+    config:
+      function: "work:up"
+      outputs: {o: build/a.txt}
+  - id: down
+    type: shell
+    config:
+      cmd: "echo x >> runs/down.count; echo {up.v} > {outputs.d}"
+      outputs: {d: build/down.txt}
+"""
+WORK = """
+def up(ctx):
+    with open(ctx.root / "runs" / "up.count", "a") as fh:
+        fh.write("x\\n")
+    ctx.outputs["o"].write_text("x")
+    return {"v": VALUE}
+"""
+
+
+@pytest.mark.parametrize("env", [None, KEY], ids=["unkeyed", "keyed"])
+def test_a_lone_surrogate_value_is_a_damaged_entry_everywhere(
+    project: Callable[..., Proj], env: dict[str, str] | None, tmp_path: Path
+) -> None:
+    p = project(VALUES, {"work.py": WORK.replace("VALUE", "'plain'")})
+    p.cli("build", env=env)
+    key = _rewrite(_store(p), "up", lambda e: e["values"].update(v="\udcff"))
+    assert "\\udcff" in _rows(_store(p))[key]  # a valid JSON escape
+    problem = decode_entry(_rows(_store(p))[key])[1]
+    assert problem is not None and "lone surrogate" in problem
+    remote = f"file://{tmp_path / 'remote'}"
+    _clean(p.cli("push", "--remote", remote, env=env).output)
+    pushed = [json.loads(f.read_text()) for f in (tmp_path / "remote").rglob("*.json")]
+    assert pushed and all("\\udcff" not in doc["entry"] for doc in pushed)
+    _every_command_copes(p, env, key)
+    os.unlink(p.path("build/a.txt"))
+    os.unlink(p.path("build/down.txt"))
+    _clean(p.cli("build", env=env).output)
+    assert p.runs("up") == 2 and p.read("build/down.txt") == "plain\n"
+
+
+def test_a_manifest_path_with_a_lone_surrogate_is_damaged(project: Callable[..., Proj]) -> None:
+    """``os.fsencode`` takes ``"n\\udcff.txt"`` for the name ``n\\xff.txt``; pipemake never
+    writes such a name (it refuses file names that are not UTF-8), so it is damage."""
+    p = project(CHAIN, CHAIN_FILES)
+    p.cli("build")
+
+    def rename(entry: dict) -> None:
+        entries = entry["outputs"]["dir"]["entries"]
+        entries[0][0] = "n\udcff.txt"
+        entries.sort()
+
+    key = _rewrite(_store(p), "report", rename)
+    assert "lone surrogate" in (entry_problem(json.loads(_rows(_store(p))[key])) or "")
+    _every_command_copes(p, None, key)
+    shutil.rmtree(p.path("build/report"))
+    _clean(p.cli("build").output)
+    assert p.runs("report") == 2
+    assert sorted(os.listdir(p.path("build/report"))) == ["n.txt", "sub"]
+
+
+def test_a_row_that_is_not_utf8_is_a_damaged_row_not_a_damaged_store(
+    project: Callable[..., Proj],
+) -> None:
+    """SQLite stores whatever bytes it is given as text; Python refuses to decode them. Such
+    a row is one damaged row: the other entries still restore, and --repair deletes only it."""
+    p = project(CHAIN, CHAIN_FILES)
+    p.cli("build")
+    key = _key_of(_store(p), "upper")
+    db = sqlite3.connect(_store(p) / "actions.db")
+    db.execute("UPDATE actions SET entry=CAST(x'7b2276223a22ff227d' AS TEXT) WHERE key=?", (key,))
+    db.execute("INSERT INTO actions VALUES (CAST(x'41ff1b5b316d' AS TEXT), '{\"x\": 1', 0, 0)")
+    db.commit()
+    db.close()
+    _clean(p.cli("status").output)
+    out = _clean(p.cli("cache", "verify", code=1).output)
+    assert f"damaged entry {key[:12]}" in out and "lone surrogate" in out, out
+    assert "'A\\udcff\\x1b" in out and "\x1b" not in out  # the odd key, escaped
+    out = _clean(p.cli("cache", "verify", "--repair").output)
+    assert "the action cache was unreadable" not in out
+    assert len(_rows_blob(_store(p))) == len(CHAIN_STAGES) - 1
+    os.unlink(p.path("build/upper.txt"))
+    _clean(p.cli("build").output)
+    assert p.runs("upper") == 2 and p.runs("report") == 1
+
+
+def _rows_blob(store: Path) -> list[bytes]:
+    db = sqlite3.connect(store / "actions.db")
+    keys = [k for (k,) in db.execute("SELECT CAST(key AS BLOB) FROM actions")]
+    db.close()
+    return keys
+
+
+def test_a_python_stage_returning_a_lone_surrogate_fails_clearly(
+    project: Callable[..., Proj],
+) -> None:
+    """What a build would read back as a damaged entry is never committed: the stage that
+    returns it fails, saying why."""
+    p = project(VALUES, {"work.py": WORK.replace("VALUE", "'a\\udcff'")})
+    out = _clean(p.cli("build", code=1).output)
+    assert "computed values must be plain JSON data" in out and "lone surrogate" in out, out
+
+
+def test_a_remote_entry_nested_deep_or_with_a_lone_surrogate_is_a_miss(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    remote = f"file://{tmp_path / 'remote'}"
+    env = {"PIPEMAKE_REMOTE": remote, "PIPEMAKE_CACHE_KEY": ""}
+    first = project(CHAIN, CHAIN_FILES, name="first")
+    first.cli("build", "--push", env=env)
+    for doc_path in (tmp_path / "remote" / "entries").rglob("*.json"):
+        doc = json.loads(doc_path.read_text())
+        entry = json.loads(doc["entry"])
+        if entry["stage"] == "upper":
+            text = _with_deep_field(doc["entry"])
+        elif entry["stage"] == "side":
+            entry["values"] = {"v": "\udcff"}
+            text = json.dumps(entry)
+        else:
+            continue
+        os.chmod(doc_path, 0o644)
+        doc_path.write_bytes(seal(doc["key"], text, None))
+    second = project(CHAIN, CHAIN_FILES, name="second")
+    out = _clean(second.cli("build", env=env).output)
+    assert second.run_counts() == {"upper": 1, "side": 1}, out  # lines, report restored
+    assert "ignored 2 damaged entries on remote" in out, out
+    third = project(CHAIN, CHAIN_FILES, name="third")
+    out = _clean(third.cli("pull", env=env).output)
+    _clean(third.cli("status", env=env).output)
+    _clean(third.cli("cache", "gc", "--remote", "--grace", "0", env=env).output)
