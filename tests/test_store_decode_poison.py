@@ -12,6 +12,7 @@ and no command ends in a traceback.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ import pytest
 from conftest import CHAIN, CHAIN_FILES, CHAIN_STAGES, TRACEBACK, Proj
 
 from pipemake.signing import seal
+from pipemake.store import Store
 from pipemake.trust import MAX_DEPTH, decode_entry, entry_problem, json_problem
 
 KEY = {"PIPEMAKE_CACHE_KEY": "team-secret"}
@@ -295,3 +297,114 @@ def test_a_remote_entry_nested_deep_or_with_a_lone_surrogate_is_a_miss(
     out = _clean(third.cli("pull", env=env).output)
     _clean(third.cli("status", env=env).output)
     _clean(third.cli("cache", "gc", "--remote", "--grace", "0", env=env).output)
+
+
+# 3. forged per-item map results of the clustering rule -----------------------------------
+def _cutouts(folder: Path) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i in range(6):
+        colour = (255, 0, 0, 255) if i < 3 else (0, 0, 255, 255)
+        img = Image.new("RGBA", (24, 24), (0, 0, 0, 0))
+        img.paste(colour, (4, 4, 20, 20))
+        img.save(folder / f"c{i}.png")
+
+
+def _npy(array) -> bytes:
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=True)
+    return buf.getvalue()
+
+
+def _forged_vectors() -> dict[str, object]:
+    import numpy as np
+
+    big = "{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776,), }"
+    big = big + " " * (118 - len(big)) + "\n"
+    return {
+        "object array": _npy(np.array([{"a": 1}], dtype=object)),
+        "terabyte header": b"\x93NUMPY\x01\x00" + len(big).to_bytes(2, "little")
+        + big.encode() + b"\0" * 16,
+        "wrong length": _npy(np.ones(7, dtype=np.float32)),
+        "not finite": _npy(np.full(221, np.nan, dtype=np.float32)),
+        "two rows": _npy(np.ones((2, 221), dtype=np.float32)),
+        "garbage": b"\x93NUMPY\x01\x00\xff\xff{[[[[",
+        "json null": None,
+        "json strings": ["a"] * 221,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("forgery", list(_forged_vectors()))
+def test_a_forged_feature_vector_is_computed_again_never_trusted(
+    tmp_path: Path, forgery: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipemake.rule import Context, Item
+    from pipemake.rules.clustering import ClusteringRule
+
+    _cutouts(tmp_path / "in")
+    rule = ClusteringRule()
+    ports, problems = rule.ports({"input_dir": "in", "output_dir": "out"})
+    assert problems == []
+    mapped = {}
+    for i in range(6):
+        ins = {"input_dir": tmp_path / "in" / f"c{i}.png"}
+        ctx = Context(tmp_path, ins, {"output_dir": tmp_path / "st"}, ports.params)
+        mapped[f"c{i}.png"] = rule.map_item(ctx, Item(f"in/c{i}.png", f"c{i}.png"))
+
+    def reduce(name: str, results: dict) -> dict:
+        (tmp_path / name).mkdir()
+        ctx = Context(
+            tmp_path, {"input_dir": tmp_path / "in"}, {"output_dir": tmp_path / name},
+            ports.params,
+        )  # fmt: skip
+        rule.reduce(ctx, results)
+        return json.loads((tmp_path / name / "clusters.json").read_text())
+
+    clean = reduce("clean", mapped)
+    forged = dict(mapped, **{"c0.png": _forged_vectors()[forgery]})
+    with caplog.at_level("WARNING"):
+        got = reduce("forged", forged)
+    assert got["items"] == clean["items"]
+    said = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert len(said) == 1 and "1 cached feature vector(s)" in said[0], said
+    assert "c0.png" in said[0], said
+
+
+CLUSTER = """
+name: c
+stages:
+  - id: cluster
+    type: clustering
+    config:
+      input_dir: data/cut
+      output_dir: build/clusters
+      features: color_shape
+"""
+
+
+@pytest.mark.slow
+def test_a_forged_json_map_result_is_a_clear_stage_error_and_force_stage_mends_it(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(CLUSTER)
+    _cutouts(p.path("data/cut"))
+    p.cli("build")
+    store = Store(_store(p))
+    deep = store.put_bytes(DEEP.encode())
+    store.close()
+    db = sqlite3.connect(_store(p) / "actions.db")
+    for key, text in db.execute("SELECT key, entry FROM actions").fetchall():
+        entry = json.loads(text)
+        if "map" in entry:
+            entry["map"] = {"hash": deep, "kind": "json"}
+            db.execute("UPDATE actions SET entry=? WHERE key=?", (json.dumps(entry), key))
+    db.commit()
+    db.close()
+    p.edit("pipemake.yaml", "features: color_shape", "features: color_shape\n      seed: 7")
+    out = _clean(p.cli("build", code=1).output)
+    assert "cached map result of item" in out and "--force-stage cluster" in out, out
+    _clean(p.cli("build", "--force-stage", "cluster").output)
+    assert len(json.loads(p.read("build/clusters/clusters.json"))["items"]) == 6
