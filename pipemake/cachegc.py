@@ -235,12 +235,14 @@ def verify(project: Project, repair: bool = False) -> dict[str, Any]:
     that is not an object (a link is named, never followed).
 
     With ``repair``, what is damaged goes: damaged rows, entries whose objects are missing,
-    strays, damaged roots records, and an action cache SQLite cannot read (deleted: it is
-    only a cache). Without it, an unreadable action
+    strays, damaged roots records, triggers, views, indexes and tables in the action cache
+    that pipemake did not create, and an action cache SQLite cannot read or whose tables
+    are defined otherwise (deleted: it is only a cache). Without it, an unreadable action
     cache is a :class:`StoreError` saying so.
     """
     store = project.store
     reset = False
+    store.allow_foreign = True  # a trigger, view or table planted there: named, not refused
     try:
         rows = list(store.rows())
     except StoreError:
@@ -248,6 +250,12 @@ def verify(project: Project, repair: bool = False) -> dict[str, Any]:
             raise
         store.reset_actions()
         reset, rows = True, []
+    foreign = [
+        ("actions.db", f"{kind} {name!r}, which pipemake did not create")
+        for kind, name in store.foreign
+    ]
+    if repair and store.foreign:
+        store.drop_foreign()  # first: none of it fires on the repair's own writes
     scan = store.scan()
     corrupt = [d for d, _st in scan.objects if store.verify_object(d) is False]
     damaged = [(key, problem or "") for key, entry, problem in rows if entry is None]
@@ -258,6 +266,7 @@ def verify(project: Project, repair: bool = False) -> dict[str, Any]:
     ]
     roots = store.roots(GRACE)
     strays = list(scan.strays) + [(rel, "a damaged roots record") for rel in roots.damaged]
+    strays += foreign
     if repair:
         store.delete_actions([key for key, _p in damaged] + incomplete)
         for rel, _what in scan.strays:

@@ -93,6 +93,13 @@ class Store:
         self.secret = cache_key()
         #: the keys of entries refused for want of a signature by that key (said once a build)
         self.unsigned: set[str] = set()
+        #: open an action cache holding triggers, views or tables pipemake did not create
+        #: (``cache verify``: to name them in :attr:`foreign` and drop them), instead of
+        #: refusing it
+        self.allow_foreign = False
+        #: ``(type, name)`` of what the open action cache holds that pipemake did not create
+        self.foreign: list[tuple[str, str]] = []
+        self._schema_version = 0
         #: the remote store behind this one (:mod:`pipemake.remote`), consulted on a miss
         #: and, with ``push_on_commit``, sent every entry committed; None: none
         self.remote: Behind | None = None
@@ -205,6 +212,11 @@ class Store:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=" + ("FULL" if self.fsync else "NORMAL"))
             db.executescript(_SCHEMA)
+            # before pipemake's first write: a trigger planted there must never fire
+            self._check_schema(db)
+            if self.foreign:  # ``cache verify`` looking at them: nothing is written yet
+                row = db.execute("SELECT value FROM meta WHERE name='format'").fetchone()
+                return db, str(row[0]) if row else str(STORE_FORMAT)
             db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(STORE_FORMAT),))
             db.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (uuid.uuid4().hex,))
             fmt = db.execute("SELECT value FROM meta WHERE name='format'").fetchone()[0]
@@ -212,6 +224,43 @@ class Store:
             db.close()
             raise
         return db, fmt
+
+    def _check_schema(self, db: sqlite3.Connection) -> None:
+        """Refuse an action cache holding what pipemake did not create (one small query on
+        its schema): a trigger another writer of a shared store planted would rewrite every
+        entry a build commits, a view or a reshaped table would answer in place of the
+        entries. Tables other than pipemake's two are refused alike. ``cache verify`` opens
+        it with :attr:`allow_foreign` to name them (and ``--repair`` to drop them)."""
+        version = _schema_version(db)
+        rows = db.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
+        foreign, reshaped = _foreign(rows)
+        if reshaped:
+            raise StoreError(
+                f"the store's action cache {self.path / 'actions.db'} has its {reshaped} "
+                "table defined otherwise than pipemake defines it; run `pipemake cache "
+                "verify --repair` (which deletes it: it is only a cache, stages run again)"
+            )
+        if foreign and not self.allow_foreign:
+            raise StoreError(
+                f"the store's action cache {self.path / 'actions.db'} holds "
+                f"{_describe(foreign)}, which pipemake did not create (another writer of "
+                "this store put it there; a trigger could rewrite what a build commits); "
+                "run `pipemake cache verify --repair` to remove it"
+            )
+        self.foreign = foreign
+        self._schema_version = version
+
+    def drop_foreign(self) -> None:
+        """Remove from the action cache what pipemake did not create (``cache verify
+        --repair``): triggers first, so nothing of theirs fires meanwhile."""
+        db = self.db
+        order = {"trigger": 0, "view": 1, "index": 2, "table": 3}
+        with transaction(db):
+            for kind, name in sorted(self.foreign, key=lambda f: order.get(f[0], 4)):
+                quoted = '"' + name.replace('"', '""') + '"'
+                db.execute(f"DROP {kind.upper()} IF EXISTS {quoted}")
+        self.foreign = []
+        self._count_removal()
 
     def _open_read_only(self, file: Path) -> tuple[sqlite3.Connection, str]:
         """A store this user cannot write (a read-only checkout, another user's cache) read
@@ -226,8 +275,12 @@ class Store:
                 last = exc
                 continue
             try:
+                self._check_schema(db)
                 row = db.execute("SELECT value FROM meta WHERE name='format'").fetchone()
                 return db, str(row[0]) if row else str(STORE_FORMAT)
+            except StoreError:
+                db.close()
+                raise
             except sqlite3.Error as exc:
                 db.close()
                 last = exc
@@ -309,6 +362,7 @@ class Store:
         db = self.db
         try:
             with transaction(db):
+                self._same_schema(db)
                 db.executemany("INSERT OR REPLACE INTO actions VALUES (?,?,?,?)", rows)
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError | sqlite3.IntegrityError):
@@ -360,9 +414,17 @@ class Store:
             else:
                 plain.append((k,))
         with transaction(db):
+            self._same_schema(db)
             self._count_removal()
             db.executemany("DELETE FROM actions WHERE key=?", plain)
             db.executemany("DELETE FROM actions WHERE CAST(key AS BLOB)=?", odd)
+
+    def _same_schema(self, db: sqlite3.Connection) -> None:
+        """Inside a write transaction (no other writer can change the schema until it
+        ends): check the schema again if another connection changed it since it was
+        checked, so a trigger planted while this build ran never fires on its commits."""
+        if _schema_version(db) != self._schema_version:
+            self._check_schema(db)
 
     # objects ----------------------------------------------------------------------------
 
@@ -497,9 +559,55 @@ class Store:
         self._roots.close()
 
 
+#: what pipemake creates in actions.db (type, name → its SQL, blanks squeezed; None: any)
+_OWN: dict[tuple[str, str], str | None] = {
+    ("table", "meta"): "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ("table", "actions"): "CREATE TABLE actions ( key TEXT PRIMARY KEY, entry TEXT NOT NULL, "
+    "created REAL NOT NULL, used REAL NOT NULL)",
+    ("index", "sqlite_autoindex_meta_1"): None,
+    ("index", "sqlite_autoindex_actions_1"): None,
+}
+
+
+def _foreign(rows: list[Any]) -> tuple[list[tuple[str, str]], str | None]:
+    """Of ``sqlite_master``'s rows, those pipemake did not create (SQLite's own
+    ``sqlite_stat``/``sqlite_sequence`` tables aside: they cannot act), and the name of a
+    table of pipemake's defined otherwise (None: none)."""
+    foreign: list[tuple[str, str]] = []
+    seen: dict[str, str] = {}
+    for kind, name, sql in rows:
+        if type(kind) is not str or type(name) is not str:
+            continue
+        want = _OWN.get((kind, name), "")
+        if want == "" and kind == "table" and name.startswith("sqlite_"):
+            continue
+        if want == "":
+            foreign.append((kind, name))
+        elif want is not None:
+            seen[name] = " ".join(str(sql).split())
+    for name in ("meta", "actions"):
+        if name in seen and seen[name] != _OWN[("table", name)]:
+            return foreign, name
+        if name not in seen and any(n == name for _k, n in foreign):
+            return foreign, name  # a view (or anything else) under a table's name
+    return sorted(foreign), None
+
+
+def _describe(foreign: list[tuple[str, str]]) -> str:
+    """``the trigger 'poison'`` or ``the trigger 'poison' and 2 more``, for messages."""
+    kind, name = foreign[0]
+    more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+    return f"the {kind} {name!r}{more}"
+
+
 def _lenient_text(data: bytes) -> str:
     """SQLite text as str, bytes that are not UTF-8 kept as lone surrogates."""
     return data.decode("utf-8", "surrogateescape")
+
+
+def _schema_version(db: sqlite3.Connection) -> int:
+    """SQLite's count of schema changes to the file (every CREATE and DROP bumps it)."""
+    return int(db.execute("PRAGMA schema_version").fetchone()[0])
 
 
 def _data_version(db: sqlite3.Connection) -> int:

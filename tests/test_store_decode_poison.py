@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import CHAIN, CHAIN_FILES, CHAIN_STAGES, TRACEBACK, Proj
 
+from pipemake.errors import StoreError
 from pipemake.signing import seal
 from pipemake.store import Store
 from pipemake.trust import MAX_DEPTH, decode_entry, entry_problem, json_problem
@@ -408,3 +409,104 @@ def test_a_forged_json_map_result_is_a_clear_stage_error_and_force_stage_mends_i
     assert "cached map result of item" in out and "--force-stage cluster" in out, out
     _clean(p.cli("build", "--force-stage", "cluster").output)
     assert len(json.loads(p.read("build/clusters/clusters.json"))["items"]) == 6
+
+
+# 4. SQLite objects pipemake did not create ------------------------------------------------
+def _plant(store: Path, sql: str) -> None:
+    db = sqlite3.connect(store / "actions.db", isolation_level=None)
+    db.execute(sql)
+    db.close()
+
+
+def _schema(store: Path) -> list[tuple[str, str]]:
+    db = sqlite3.connect(store / "actions.db")
+    rows = db.execute("SELECT type, name FROM sqlite_master ORDER BY name").fetchall()
+    db.close()
+    return rows
+
+
+POISON = """CREATE TRIGGER poison AFTER INSERT ON actions
+BEGIN UPDATE actions SET entry = json_set(NEW.entry, '$.outputs.out.size', 99)
+WHERE key = NEW.key; END"""
+
+
+def test_a_trigger_planted_in_the_action_cache_is_refused_named_and_dropped(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(CHAIN, CHAIN_FILES)
+    p.cli("build")
+    before = _rows(_store(p))
+    _plant(_store(p), POISON)
+    for command in (["build"], ["status"], ["cache", "gc"]):
+        out = _clean(p.cli(*command, code=1).output)
+        assert "trigger 'poison'" in out and "cache verify --repair" in out, out
+    out = _clean(p.cli("cache", "verify", code=1).output)
+    assert "actions.db: trigger 'poison', which pipemake did not create" in out, out
+    assert ("trigger", "poison") in _schema(_store(p))
+    out = _clean(p.cli("cache", "verify", "--repair").output)
+    assert "trigger 'poison'" in out and "removed" in out
+    assert ("trigger", "poison") not in _schema(_store(p))
+    assert _rows(_store(p)) == before  # the entries stay: only the trigger went
+    os.unlink(p.path("build/upper.txt"))
+    p.edit("data/b.txt", "bee", "bees")  # side commits a new entry
+    _clean(p.cli("build").output)
+    assert p.run_counts() == {"upper": 1, "lines": 1, "side": 2, "report": 2}
+
+
+def test_a_trigger_planted_while_the_store_is_open_never_fires(tmp_path: Path) -> None:
+    """Another writer adds a trigger after this build checked the schema: the next commit
+    notices the schema changed, looks again and refuses, writing nothing."""
+    store = Store(tmp_path / "store")
+    entry = {"stage": "s", "outputs": {}, "values": {}}
+    store.put_action("a" * 32, entry)
+    _plant(tmp_path / "store", POISON.replace("'$.outputs.out.size', 99", "'$.stage', 'evil'"))
+    with pytest.raises(StoreError, match="trigger 'poison'"):
+        store.put_action("b" * 32, entry)
+    with pytest.raises(StoreError, match="trigger 'poison'"):
+        store.delete_actions(["a" * 32])
+    store.close()
+    assert sorted(_rows(tmp_path / "store")) == ["a" * 32]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE VIEW everything AS SELECT * FROM actions",
+        "CREATE TABLE extra (x)",
+        "CREATE INDEX by_used ON actions (used)",
+    ],
+)
+def test_other_objects_pipemake_did_not_create_are_named_and_dropped(
+    project: Callable[..., Proj], sql: str
+) -> None:
+    p = project(CHAIN, CHAIN_FILES)
+    p.cli("build")
+    own = _schema(_store(p))
+    _plant(_store(p), sql)
+    _clean(p.cli("build", code=1).output)
+    out = _clean(p.cli("cache", "verify", code=1).output)
+    assert "which pipemake did not create" in out, out
+    _clean(p.cli("cache", "verify", "--repair").output)
+    assert _schema(_store(p)) == own
+    assert "0 ran" in p.cli("build").output
+
+
+def test_a_reshaped_actions_table_is_refused_and_repair_starts_afresh(
+    project: Callable[..., Proj],
+) -> None:
+    """An ``actions`` table without its primary key would keep a planted row ahead of every
+    entry a build commits: the store is refused and --repair deletes the action cache."""
+    p = project(CHAIN, CHAIN_FILES)
+    p.cli("build")
+    db = sqlite3.connect(_store(p) / "actions.db", isolation_level=None)
+    db.execute("ALTER TABLE actions RENAME TO old")
+    db.execute("CREATE TABLE actions (key TEXT, entry TEXT, created REAL, used REAL)")
+    db.execute("INSERT INTO actions SELECT * FROM old")
+    db.execute("DROP TABLE old")
+    db.close()
+    out = _clean(p.cli("build", code=1).output)
+    assert "actions table defined otherwise" in out, out
+    out = _clean(p.cli("cache", "verify", "--repair").output)
+    assert "the action cache was unreadable: deleted" in out, out
+    _clean(p.cli("build").output)
+    assert "0 ran" in p.cli("build").output
