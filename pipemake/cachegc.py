@@ -28,6 +28,7 @@ from .lock import BuildLock
 from .manifest import digests
 from .scheduler import StageFailure
 from .store import GRACE, Store
+from .trust import is_digest
 
 if TYPE_CHECKING:
     from .project import Project
@@ -234,11 +235,14 @@ def verify(project: Project, repair: bool = False) -> dict[str, Any]:
     that is not an object (a link is named, never followed).
 
     With ``repair``, what is damaged goes: damaged rows, entries whose objects are missing,
-    strays, damaged roots records, and an action cache SQLite cannot read (deleted: it is
-    only a cache). Without it, an unreadable action cache is a :class:`StoreError` saying so.
+    strays, damaged roots records, triggers, views, indexes and tables in the action cache
+    that pipemake did not create, and an action cache SQLite cannot read or whose tables
+    are defined otherwise (deleted: it is only a cache). Without it, an unreadable action
+    cache is a :class:`StoreError` saying so.
     """
     store = project.store
     reset = False
+    store.allow_foreign = True  # a trigger, view or table planted there: named, not refused
     try:
         rows = list(store.rows())
     except StoreError:
@@ -246,6 +250,12 @@ def verify(project: Project, repair: bool = False) -> dict[str, Any]:
             raise
         store.reset_actions()
         reset, rows = True, []
+    foreign = [
+        ("actions.db", f"{kind} {name!r}, which pipemake did not create")
+        for kind, name in store.foreign
+    ]
+    if repair and store.foreign:
+        store.drop_foreign()  # first: none of it fires on the repair's own writes
     scan = store.scan()
     corrupt = [d for d, _st in scan.objects if store.verify_object(d) is False]
     damaged = [(key, problem or "") for key, entry, problem in rows if entry is None]
@@ -256,6 +266,7 @@ def verify(project: Project, repair: bool = False) -> dict[str, Any]:
     ]
     roots = store.roots(GRACE)
     strays = list(scan.strays) + [(rel, "a damaged roots record") for rel in roots.damaged]
+    strays += foreign
     if repair:
         store.delete_actions([key for key, _p in damaged] + incomplete)
         for rel, _what in scan.strays:
@@ -263,5 +274,5 @@ def verify(project: Project, repair: bool = False) -> dict[str, Any]:
         if roots.damaged:
             store.roots(0, prune=True)
     return {"corrupt": corrupt, "incomplete_entries": incomplete,
-            "damaged_entries": [(repr(k) if type(k) is not str else k, p) for k, p in damaged],
+            "damaged_entries": [(k if is_digest(k) else repr(k), p) for k, p in damaged],
             "strays": strays, "reset": reset, "repaired": repair}  # fmt: skip

@@ -30,6 +30,7 @@ from typing import Any
 import xxhash
 
 from .objects import OPEN_FILE, exists_at, list_dir, open_dir, quiet, write_all
+from .trust import json_problem, parse_json
 
 __all__ = ["Roots", "RootsDir"]
 
@@ -182,16 +183,14 @@ class RootsDir:
             st = os.fstat(fh.fileno())
             if not stat.S_ISREG(st.st_mode) or st.st_size > _ROOTS_MAX:
                 return None
-            try:
-                doc = json.loads(fh.read(_ROOTS_MAX + 1))
-            except (ValueError, UnicodeError):
-                return None
+            doc, _why = parse_json(fh.read(_ROOTS_MAX + 1))
         if (
             type(doc) is not dict
             or type(doc.get("workspace")) is not str
             or type(doc.get("pipeline")) is not str
             or type(doc.get("keys")) is not list
             or not all(type(k) is str for k in doc["keys"])
+            or json_problem(doc) is not None
         ):
             return None
         return doc

@@ -35,7 +35,7 @@ from .hashing import hash_bytes
 from .objects import GRACE, REMOTE_GRACE, Objects, Scan
 from .roots import Roots, RootsDir
 from .signing import LOCAL_SIG, cache_key, sign_local, verify_local
-from .trust import entry_problem, is_manifest, safe_mode
+from .trust import decode_entry, entry_problem, is_manifest, is_text, safe_mode
 
 __all__ = ["GRACE", "REMOTE_GRACE", "STORE_FORMAT", "Roots", "Scan", "Store", "encode_entry",
            "is_manifest", "safe_mode", "transaction"]  # fmt: skip
@@ -99,6 +99,13 @@ class Store:
         self.secret = cache_key()
         #: the keys of entries refused for want of a signature by that key (said once a build)
         self.unsigned: set[str] = set()
+        #: open an action cache holding triggers, views or tables pipemake did not create
+        #: (``cache verify``: to name them in :attr:`foreign` and drop them), instead of
+        #: refusing it
+        self.allow_foreign = False
+        #: ``(type, name)`` of what the open action cache holds that pipemake did not create
+        self.foreign: list[tuple[str, str]] = []
+        self._schema_version = 0
         #: the remote store behind this one (:mod:`pipemake.remote`), consulted on a miss
         #: and, with ``push_on_commit``, sent every entry committed; None: none
         self.remote: Behind | None = None
@@ -189,10 +196,23 @@ class Store:
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         """All rows of a read, a damaged database reported as :class:`StoreError`."""
+        db = self.db
         try:
-            return self.db.execute(sql, args).fetchall()
+            return db.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "decode" not in str(exc):
+                raise self._damaged(exc) from None
         except sqlite3.DatabaseError as exc:
             raise self._damaged(exc) from None
+        # a row holding text that is not UTF-8: read again with the bad bytes as lone
+        # surrogates, which make that row a damaged one (see pipemake.trust), not the store
+        db.text_factory = _lenient_text
+        try:
+            return db.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from None
+        finally:
+            db.text_factory = str
 
     def _open(self) -> tuple[sqlite3.Connection, str]:
         file = self.path / "actions.db"
@@ -203,6 +223,11 @@ class Store:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=" + ("FULL" if self.fsync else "NORMAL"))
             db.executescript(_SCHEMA)
+            # before pipemake's first write: a trigger planted there must never fire
+            self._check_schema(db)
+            if self.foreign:  # ``cache verify`` looking at them: nothing is written yet
+                row = db.execute("SELECT value FROM meta WHERE name='format'").fetchone()
+                return db, str(row[0]) if row else str(STORE_FORMAT)
             db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (str(STORE_FORMAT),))
             db.execute("INSERT OR IGNORE INTO meta VALUES ('id', ?)", (uuid.uuid4().hex,))
             fmt = db.execute("SELECT value FROM meta WHERE name='format'").fetchone()[0]
@@ -210,6 +235,43 @@ class Store:
             db.close()
             raise
         return db, fmt
+
+    def _check_schema(self, db: sqlite3.Connection) -> None:
+        """Refuse an action cache holding what pipemake did not create (one small query on
+        its schema): a trigger another writer of a shared store planted would rewrite every
+        entry a build commits, a view or a reshaped table would answer in place of the
+        entries. Tables other than pipemake's two are refused alike. ``cache verify`` opens
+        it with :attr:`allow_foreign` to name them (and ``--repair`` to drop them)."""
+        version = _schema_version(db)
+        rows = db.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
+        foreign, reshaped = _foreign(rows)
+        if reshaped:
+            raise StoreError(
+                f"the store's action cache {self.path / 'actions.db'} has its {reshaped} "
+                "table defined otherwise than pipemake defines it; run `pipemake cache "
+                "verify --repair` (which deletes it: it is only a cache, stages run again)"
+            )
+        if foreign and not self.allow_foreign:
+            raise StoreError(
+                f"the store's action cache {self.path / 'actions.db'} holds "
+                f"{_describe(foreign)}, which pipemake did not create (another writer of "
+                "this store put it there; a trigger could rewrite what a build commits); "
+                "run `pipemake cache verify --repair` to remove it"
+            )
+        self.foreign = foreign
+        self._schema_version = version
+
+    def drop_foreign(self) -> None:
+        """Remove from the action cache what pipemake did not create (``cache verify
+        --repair``): triggers first, so nothing of theirs fires meanwhile."""
+        db = self.db
+        order = {"trigger": 0, "view": 1, "index": 2, "table": 3}
+        with transaction(db):
+            for kind, name in sorted(self.foreign, key=lambda f: order.get(f[0], 4)):
+                quoted = '"' + name.replace('"', '""') + '"'
+                db.execute(f"DROP {kind.upper()} IF EXISTS {quoted}")
+        self.foreign = []
+        self._count_removal()
 
     def _open_read_only(self, file: Path) -> tuple[sqlite3.Connection, str]:
         """A store this user cannot write (a read-only checkout, another user's cache) read
@@ -224,8 +286,12 @@ class Store:
                 last = exc
                 continue
             try:
+                self._check_schema(db)
                 row = db.execute("SELECT value FROM meta WHERE name='format'").fetchone()
                 return db, str(row[0]) if row else str(STORE_FORMAT)
+            except StoreError:
+                db.close()
+                raise
             except sqlite3.Error as exc:
                 db.close()
                 last = exc
@@ -261,7 +327,7 @@ class Store:
         )
         try:
             parsed = json.loads("[" + ",".join([text for _, text in rows]) + "]")
-        except (ValueError, TypeError):  # a damaged row: parse them one by one
+        except (ValueError, TypeError, RecursionError):  # a damaged row: one by one
             parsed = None
         if parsed is not None and len(parsed) != len(rows):
             parsed = None  # a tampered row holding several values: never misalign
@@ -307,6 +373,7 @@ class Store:
         db = self.db
         try:
             with transaction(db):
+                self._same_schema(db)
                 db.executemany("INSERT OR REPLACE INTO actions VALUES (?,?,?,?)", rows)
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError | sqlite3.IntegrityError):
@@ -326,13 +393,8 @@ class Store:
             if type(key) is not str:
                 yield key, None, f"its key {key!r} is not text"
                 continue
-            try:
-                entry = json.loads(text)
-            except (ValueError, TypeError):
-                yield key, None, "not JSON"
-                continue
-            problem = entry_problem(entry)
-            yield key, (entry if problem is None else None), problem
+            entry, problem = decode_entry(text)
+            yield key, entry, problem
 
     def created(self) -> dict[Any, float]:
         """When each entry was written (key → seconds since the epoch; a damaged time is
@@ -354,10 +416,26 @@ class Store:
     def delete_actions(self, keys: Iterable[Any]) -> None:
         """Remove entries (``cache gc``, ``cache verify --repair``); their objects go with
         the next sweep."""
-        self._count_removal()
         db = self.db
+        plain: list[tuple[Any]] = []
+        odd: list[tuple[bytes]] = []  # keys read from bytes that are not UTF-8: as those
+        for k in keys:
+            if type(k) is str and not is_text(k):
+                odd.append((k.encode("utf-8", "surrogateescape"),))
+            else:
+                plain.append((k,))
         with transaction(db):
-            db.executemany("DELETE FROM actions WHERE key=?", [(k,) for k in keys])
+            self._same_schema(db)
+            self._count_removal()
+            db.executemany("DELETE FROM actions WHERE key=?", plain)
+            db.executemany("DELETE FROM actions WHERE CAST(key AS BLOB)=?", odd)
+
+    def _same_schema(self, db: sqlite3.Connection) -> None:
+        """Inside a write transaction (no other writer can change the schema until it
+        ends): check the schema again if another connection changed it since it was
+        checked, so a trigger planted while this build ran never fires on its commits."""
+        if _schema_version(db) != self._schema_version:
+            self._check_schema(db)
 
     # objects ----------------------------------------------------------------------------
 
@@ -524,6 +602,57 @@ def _add_removal(db: sqlite3.Connection) -> None:
     )
 
 
+#: what pipemake creates in actions.db (type, name → its SQL, blanks squeezed; None: any)
+_OWN: dict[tuple[str, str], str | None] = {
+    ("table", "meta"): "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ("table", "actions"): "CREATE TABLE actions ( key TEXT PRIMARY KEY, entry TEXT NOT NULL, "
+    "created REAL NOT NULL, used REAL NOT NULL)",
+    ("index", "sqlite_autoindex_meta_1"): None,
+    ("index", "sqlite_autoindex_actions_1"): None,
+}
+
+
+def _foreign(rows: list[Any]) -> tuple[list[tuple[str, str]], str | None]:
+    """Of ``sqlite_master``'s rows, those pipemake did not create (SQLite's own
+    ``sqlite_stat``/``sqlite_sequence`` tables aside: they cannot act), and the name of a
+    table of pipemake's defined otherwise (None: none)."""
+    foreign: list[tuple[str, str]] = []
+    seen: dict[str, str] = {}
+    for kind, name, sql in rows:
+        if type(kind) is not str or type(name) is not str:
+            continue
+        want = _OWN.get((kind, name), "")
+        if want == "" and kind == "table" and name.startswith("sqlite_"):
+            continue
+        if want == "":
+            foreign.append((kind, name))
+        elif want is not None:
+            seen[name] = " ".join(str(sql).split())
+    for name in ("meta", "actions"):
+        if name in seen and seen[name] != _OWN[("table", name)]:
+            return foreign, name
+        if name not in seen and any(n == name for _k, n in foreign):
+            return foreign, name  # a view (or anything else) under a table's name
+    return sorted(foreign), None
+
+
+def _describe(foreign: list[tuple[str, str]]) -> str:
+    """``the trigger 'poison'`` or ``the trigger 'poison' and 2 more``, for messages."""
+    kind, name = foreign[0]
+    more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+    return f"the {kind} {name!r}{more}"
+
+
+def _lenient_text(data: bytes) -> str:
+    """SQLite text as str, bytes that are not UTF-8 kept as lone surrogates."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _schema_version(db: sqlite3.Connection) -> int:
+    """SQLite's count of schema changes to the file (every CREATE and DROP bumps it)."""
+    return int(db.execute("PRAGMA schema_version").fetchone()[0])
+
+
 def _data_version(db: sqlite3.Connection) -> int:
     """SQLite's count of commits by other connections, as this connection sees it."""
     return int(db.execute("PRAGMA data_version").fetchone()[0])
@@ -532,11 +661,7 @@ def _data_version(db: sqlite3.Connection) -> int:
 def _entry(text: Any) -> dict[str, Any] | None:
     """A stored entry, or None when it is not JSON of the expected shape (a tampered or
     damaged row is a cache miss, never a crash and never code)."""
-    try:
-        entry = json.loads(text)
-    except (ValueError, TypeError):
-        return None
-    return _checked(entry)
+    return decode_entry(text)[0]
 
 
 def _checked(entry: Any) -> dict[str, Any] | None:

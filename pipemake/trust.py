@@ -3,18 +3,26 @@
 A store may come from a shared ``--cache-dir`` or a CI cache another job wrote, so every
 entry read from it is untrusted input. These pure functions say whether an entry has the
 shape pipemake writes: digests are exactly the hex xxh3-128 gives (never a path), manifest
-paths stay inside their output, sizes are counts, and of a mode only the executable bit
-counts. An entry that fails is a cache miss (the stage runs), and ``cache verify`` names
-the problem.
+paths stay inside their output, sizes are counts, of a mode only the executable bit
+counts, and no data nests deeper than :data:`MAX_DEPTH` or holds text that is not Unicode
+(a lone surrogate). :func:`decode_entry` is the one way entries are read. An entry that
+fails is a cache miss (the stage runs), and ``cache verify`` names the problem.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any
 
-__all__ = ["entry_problem", "is_digest", "is_manifest", "safe_mode", "safe_relpath"]
+__all__ = ["MAX_DEPTH", "decode_entry", "entry_problem", "is_digest", "is_manifest", "is_text",
+           "json_problem", "parse_json", "safe_mode", "safe_relpath"]  # fmt: skip
+
+#: how deeply lists and mappings read from the store may nest: far more than any entry or
+#: computed value needs, far less than Python's recursion limit (code that walks data
+#: nested a few thousand levels deep, json's own encoder included, dies of RecursionError)
+MAX_DEPTH = 100
 
 #: an xxh3-128 hex digest (see :func:`pipemake.hashing.hash_bytes`)
 _DIGEST = re.compile(r"[0-9a-f]{32}")
@@ -46,12 +54,80 @@ def safe_relpath(relpath: Any) -> bool:
         return False
     if os.sep == "\\" and "\\" in relpath:
         return False
-    if not relpath.isascii():
-        try:
-            os.fsencode(relpath)
-        except UnicodeError:  # a lone surrogate from JSON: no file can have that name
-            return False
+    return relpath.isascii() or _utf8(relpath)
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` is valid Unicode text: no lone surrogate such as ``"\\udcff"`` (a
+    valid JSON escape, and how Python spells a file name's undecodable byte), which no
+    UTF-8 can hold, so hashing, printing or sending it fails. pipemake refuses such file
+    names and values when it writes an entry, so one read from the store is tampered."""
+    try:
+        text.encode("utf-8")
+    except UnicodeError:
+        return False
     return True
+
+
+def is_text(text: str) -> bool:
+    """Whether ``text`` is Unicode text (no lone surrogate, see :func:`json_problem`)."""
+    return text.isascii() or _utf8(text)
+
+
+def json_problem(value: Any, limit: int = MAX_DEPTH) -> str | None:
+    """What makes JSON data read from the store unsafe to act on (None: nothing): lists
+    and mappings nested deeper than ``limit``, or text holding a lone surrogate (a key or a
+    value). Checked without recursion, so no depth can crash the check itself."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if type(v) is str:
+            if not v.isascii() and not _utf8(v):
+                return f"text {_short(v)} holds a lone surrogate (not Unicode text)"
+            continue
+        if depth >= limit:
+            return f"it nests deeper than {limit} levels"
+        if type(v) is dict:
+            for k, x in v.items():
+                if not k.isascii() and not _utf8(k):
+                    return f"name {_short(k)} holds a lone surrogate (not Unicode text)"
+                tx = type(x)
+                if tx is dict or tx is list or (tx is str and not x.isascii()):
+                    stack.append((x, depth + 1))
+        else:
+            for x in v:
+                tx = type(x)
+                if tx is dict or tx is list or (tx is str and not x.isascii()):
+                    stack.append((x, depth + 1))
+    return None
+
+
+def _short(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:40] + "…")
+
+
+def parse_json(text: Any) -> tuple[Any, str | None]:
+    """``(value, None)`` for JSON text (or bytes) read from the store, else ``(None, why)``:
+    not JSON, or nested so deep that Python's parser gives up (a RecursionError, which
+    json does not turn into its ValueError)."""
+    try:
+        return json.loads(text), None
+    except (ValueError, TypeError):
+        return None, "not JSON"
+    except RecursionError:
+        return None, "not JSON pipemake writes: it nests thousands of levels deep"
+
+
+def decode_entry(text: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """``(entry, None)`` for an action-cache entry's JSON text that has the shape pipemake
+    writes (see :func:`entry_problem`), else ``(None, what is wrong)``: the one decoding
+    every reader of entries (builds, ``status``, ``cache verify``/``gc``, push, pull, the
+    remote) goes through, so they all agree on which entries are damaged."""
+    entry, why = parse_json(text)
+    if why is not None:
+        return None, why
+    problem = entry_problem(entry)
+    return (entry, None) if problem is None else (None, problem)
 
 
 def _file_problem(m: dict[str, Any]) -> str | None:
@@ -94,11 +170,8 @@ def _dir_ok(entries: list[Any]) -> bool:
     framed = f"\0{joined}\0"
     if any(part in framed for part in _BAD_PARTS):
         return False
-    if not joined.isascii():
-        try:
-            os.fsencode(joined)
-        except UnicodeError:
-            return False
+    if not joined.isascii() and not _utf8(joined):
+        return False
     files = set(rels)
     if len(files) != n:
         return False
@@ -159,6 +232,8 @@ def _dir_problem(entries: Any) -> str | None:
             return f"entry {e!r} is not [path, hash, size, mode]"
         rel, digest, size, mode = e
         if not safe_relpath(rel):
+            if type(rel) is str and not _utf8(rel):
+                return f"path {_short(rel)} holds a lone surrogate (not Unicode text)"
             return f"path {rel!r} is not a relative path inside the output"
         if not is_digest(digest):
             return f"hash {digest!r} of {rel!r} is not a digest"
@@ -191,10 +266,19 @@ def manifest_problem(m: Any) -> str | None:
         return f"hash {h!r} is not a digest"
     kind = m.get("kind")
     if kind == "dir":
-        return _dir_problem(m.get("entries"))
-    if kind == "file":
-        return _file_problem(m)
-    return f"kind {kind!r} is neither file nor dir"
+        problem = _dir_problem(m.get("entries"))
+    elif kind == "file":
+        problem = _file_problem(m)
+    else:
+        return f"kind {kind!r} is neither file nor dir"
+    if problem is None and m.keys() - _MANIFEST_FIELDS:  # fields not checked above
+        extra = {k: v for k, v in m.items() if k not in _MANIFEST_FIELDS}
+        problem = json_problem(extra, MAX_DEPTH - 3)
+    return problem
+
+
+#: the fields of a manifest that :func:`manifest_problem` checks one by one
+_MANIFEST_FIELDS = frozenset(("hash", "kind", "size", "mode", "entries"))
 
 
 def is_manifest(m: Any) -> bool:
@@ -213,7 +297,9 @@ def entry_problem(entry: Any) -> str | None:
     for name, m in outputs.items():
         problem = manifest_problem(m)
         if problem is not None:
-            return f"output {name!r}: {problem}"
+            return f"output {_short(name)}: {problem}"
+        if not name.isascii() and not _utf8(name):
+            return f"output name {_short(name)} holds a lone surrogate (not Unicode text)"
     if "map" in entry:
         m = entry["map"]
         if type(m) is not dict or m.get("kind") not in ("bytes", "json"):
@@ -224,4 +310,18 @@ def entry_problem(entry: Any) -> str | None:
         return "its values are not a mapping"
     if "metrics" in entry and type(entry["metrics"]) is not dict:
         return "its metrics are not a mapping"
+    # everything else (values, metrics, the stage's name, fields a later pipemake adds) is
+    # data code walks, hashes, prints and sends: bounded nesting, Unicode text only
+    for field_, value in entry.items():
+        t = type(value)
+        if not field_.isascii() and not _utf8(field_):
+            return f"its field {_short(field_)} holds a lone surrogate (not Unicode text)"
+        if (t is dict or t is list) and field_ != "outputs":
+            problem = json_problem(value, MAX_DEPTH - 1)
+        elif t is str and not value.isascii():
+            problem = json_problem(value)
+        else:
+            continue
+        if problem is not None:
+            return f"its {_short(field_)}: {problem}"
     return None

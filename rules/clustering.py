@@ -10,6 +10,7 @@ contact sheets. See docs/clustering.md.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from collections.abc import Mapping, Sequence
@@ -193,20 +194,20 @@ class ClusteringRule(Rule):
         import numpy as np
 
         from pipemake.rules._cluster_algos import cluster, prepare
-        from pipemake.rules._features import decode, feature_blocks
+        from pipemake.rules._features import feature_blocks
 
         src = Path(ctx.inputs["input_dir"])
-        rels = sorted(r for r, v in mapped.items() if v is not None)
+        rels = sorted(mapped)
         if not rels:
             raise RuleError(f"no cut-outs ({IMAGE_PATTERN}) in {src}: check the input_dir")
-        vectors = [decode(mapped[r]) for r in rels]
-        dims = {v.shape for v in vectors}
-        if len(dims) != 1:
-            raise RuleError(f"feature vectors differ in shape {sorted(dims)}: rebuild with -B")
         use_model = ctx.params["features"] == "model" or (
             ctx.params["features"] == "auto" and ctx.inputs.get("model_path") is not None
         )
         blocks = feature_blocks(ctx.params, use_model)
+        vectors = self._vectors(ctx, src, rels, mapped, sum(n for _, n in blocks))
+        dims = {v.shape for v in vectors}
+        if len(dims) != 1:
+            raise RuleError(f"feature vectors differ in shape {sorted(dims)}: rebuild with -B")
         x = prepare(np.stack(vectors), blocks, ctx.params)
         ctx.log.info(
             "clustering %d cut-outs (%d dims) with %s",
@@ -221,6 +222,46 @@ class ClusteringRule(Rule):
             ctx.log.warning("%s", warning)
         names = [NOISE if c < 0 else f"cluster_{c:03d}" for c in result.labels]
         return self._write(ctx, src, rels, names, result, [warning] if warning else [])
+
+    def _vectors(
+        self, ctx: Context, src: Path, rels: list[str], mapped: Mapping[str, Any], dim: int
+    ) -> list[Any]:
+        """The feature vector of each of ``rels``. The cached ones come from the store, which
+        may be shared and written by anyone: one that is not what :meth:`map_item` writes
+        (another dtype, an object array, a shape that is not ``dim`` long or that claims
+        more bytes than it holds, numbers that are not finite) is computed again here,
+        said in the log, rather than failing the stage or being trusted."""
+        from pipemake.rules._features import decode
+
+        vectors: dict[str, Any] = {}
+        damaged: dict[str, str] = {}
+        for rel in rels:
+            vec, why = _cached_vector(mapped[rel], dim)
+            if vec is None:
+                damaged[rel] = why
+            else:
+                vectors[rel] = vec
+        if dim < 0 and vectors:  # a model's vectors: the length most of them have
+            lengths = [len(v) for v in vectors.values()]
+            common = max(set(lengths), key=lengths.count)
+            for rel, vec in list(vectors.items()):
+                if len(vec) != common:
+                    damaged[rel] = f"{len(vec)} numbers where the others have {common}"
+                    del vectors[rel]
+        if damaged:
+            first = min(damaged)
+            ctx.log.warning(
+                "%d cached feature vector(s) are damaged (first: %s: %s); computing them "
+                "again (`pipemake cache verify` cannot see this: run `pipemake build "
+                "--force-stage` on this stage to store them afresh)",
+                len(damaged), first, damaged[first],
+            )  # fmt: skip
+            todo = sorted(damaged)
+            paths = [src / rel if (src / rel).is_absolute() else ctx.root / src / rel
+                     for rel in todo]  # fmt: skip
+            for rel, data in zip(todo, self._features(ctx, paths), strict=True):
+                vectors[rel] = decode(data)
+        return [vectors[rel] for rel in rels]
 
     def _write(
         self,
@@ -411,6 +452,52 @@ def _empty_warning(p: Mapping[str, Any], total: int, clusters: int, noise: int) 
         fix = f"they were trimmed as outliers: raise {trim}"
     found = f"{clusters} cluster{'s' if clusters != 1 else ''}" if clusters else "no clusters"
     return f"clustering found {found}: {noise} of {total} cut-outs are in noise/; {fix}"
+
+
+#: the most numbers a cached feature vector of a model may hold (4 million: 16 MB)
+_MAX_DIMS = 1 << 22
+
+
+def _cached_vector(value: Any, dim: int) -> tuple[Any, str]:
+    """``(vector, "")`` for a cached map result that is what ``map_item`` writes: .npy bytes
+    of one row of finite numbers (``dim`` of them; any count up to :data:`_MAX_DIMS` when
+    ``dim`` is negative), or such a JSON list; else ``(None, why)``. The .npy header is read
+    before any array is made, so a header claiming a terabyte allocates nothing, and
+    pickles are never loaded."""
+    import numpy as np
+
+    if isinstance(value, bytes | bytearray | memoryview):
+        data = bytes(value)
+        try:
+            fp = io.BytesIO(data)
+            version = np.lib.format.read_magic(fp)
+            if version == (1, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+            elif version == (2, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+            else:
+                return None, f".npy format version {version} is not one numpy writes here"
+        except Exception as exc:  # whatever a forged header makes numpy raise
+            return None, f"not .npy bytes ({type(exc).__name__})"
+        if dtype.hasobject or dtype.kind not in "fiu" or dtype.fields is not None:
+            return None, f"an array of {dtype}, not of numbers"
+        if len(shape) != 1 or (dim >= 0 and shape[0] != dim) or shape[0] > _MAX_DIMS:
+            return None, f"an array of shape {shape}, not one row of {max(dim, 0) or 'n'}"
+        if len(data) - fp.tell() != shape[0] * dtype.itemsize:
+            return None, "its header does not match its length"
+        vec = np.frombuffer(data, dtype=dtype, count=shape[0], offset=fp.tell())
+    elif type(value) is list and len(value) <= _MAX_DIMS:
+        if not all(type(x) in (int, float) for x in value):
+            return None, "a JSON list of something other than numbers"
+        if dim >= 0 and len(value) != dim:
+            return None, f"{len(value)} numbers, not {dim}"
+        vec = np.asarray(value, dtype=np.float64)
+    else:
+        return None, f"a {type(value).__name__}, not a feature vector"
+    vec = vec.astype(np.float32)
+    if not np.isfinite(vec).all():
+        return None, "numbers that are not finite"
+    return vec, ""
 
 
 def _wants_gpu(ctx: Context) -> bool:

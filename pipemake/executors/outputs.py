@@ -15,6 +15,7 @@ from ..fshash import Hasher, check_names
 from ..hashing import hash_bytes, tree_hash
 from ..rule import RuleError
 from ..store import Store
+from ..trust import MAX_DEPTH, json_problem, parse_json
 from ..workspace import manifest_of
 from .base import Task
 
@@ -80,7 +81,11 @@ def check_values(values: Any) -> dict[str, Any]:
             f"computed values must be JSON data, whose mapping keys are strings: {where}; "
             "turn the keys into strings (str(key)) before returning them"
         )
-    return json.loads(text)  # type: ignore[no-any-return]
+    stored, problem = parse_json(text)
+    problem = problem or json_problem(stored, MAX_DEPTH - 2)
+    if problem is not None:  # what a later build would read back as a damaged entry
+        raise RuleError(f"computed values must be plain JSON data: {problem}")
+    return stored  # type: ignore[no-any-return]
 
 
 def _non_string_key(value: Any, where: str) -> str | None:

@@ -31,6 +31,7 @@ from ..errors import DiskFull, os_failure
 from ..hashing import digest
 from ..rule import Context, Item, Rule, RuleError, get_rule, project_on_path
 from ..store import Store
+from ..trust import json_problem, parse_json
 from ..walk import BadPath
 from .base import Task
 from .outputs import abs_path, check_values, flat_outputs, hash_outputs, prepare_outputs
@@ -527,10 +528,25 @@ def _reduce(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Lo
             raise RuleError(
                 f"the cached map result of item {rel} is missing or corrupt; build again"
             )
-        mapped[rel] = data if kind == "bytes" else json.loads(data)
+        mapped[rel] = data if kind == "bytes" else _map_json(task, rel, data)
     prepare_outputs(task, task.outputs)
     values = check_values(rule.reduce(_context(task, send, logger, task.outputs), mapped))
     return {"outputs": hash_outputs(task, task.outputs, store), "values": values}
+
+
+def _map_json(task: Task, rel: str, data: bytes) -> Any:
+    """A cached JSON map result, read as untrusted input (a shared store may hold anything
+    under the item's entry): data nested too deep or holding text that is not Unicode is a
+    clear stage error, never a RecursionError."""
+    value, why = parse_json(data)
+    why = why or json_problem(value)
+    if why is not None:
+        raise RuleError(
+            f"the cached map result of item {rel} is damaged ({why}); this stage's map "
+            f"step never writes that, so the store was written by someone else: run "
+            f"`pipemake build --force-stage {task.stage}` to map every item again"
+        )
+    return value
 
 
 _MODES: dict[str, Callable[..., dict]] = {
