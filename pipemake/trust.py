@@ -94,7 +94,7 @@ def json_problem(value: Any, limit: int = MAX_DEPTH) -> str | None:
                 tx = type(x)
                 if tx is dict or tx is list or (tx is str and not x.isascii()):
                     stack.append((x, depth + 1))
-        else:
+        elif type(v) is list:
             for x in v:
                 tx = type(x)
                 if tx is dict or tx is list or (tx is str and not x.isascii()):
