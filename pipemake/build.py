@@ -135,12 +135,15 @@ class Builder:
         )
         return decision, rs, entry if decision.verdict in _HAS_ENTRY else None
 
-    def _against_lock(self, stage_id: str, key: str | None, entry: dict[str, Any]) -> None:
-        """Say when an entry about to be restored names other output hashes than
-        ``pipemake.lock`` (the project's own, committed file) has for the same key: the
+    def _against_lock(
+        self, stage_id: str, key: str | None, entry: dict[str, Any], done: str = "restored"
+    ) -> None:
+        """Say when an entry about to be used (``done``: restored, or used where the
+        workspace already holds its outputs) names other output hashes or computed values
+        than ``pipemake.lock`` (the project's own, committed file) has for the same key: the
         store may have been tampered with (a shared cache), or the stage is not
-        deterministic. The outputs are restored all the same; the message says how to run
-        the stage instead."""
+        deterministic. The entry is used all the same; the message says how to run the
+        stage instead."""
         locked = self._lock().get(stage_id)
         if locked is None or key is None or locked.key != key:
             return
@@ -149,11 +152,13 @@ class Builder:
             name for name, want in locked.hashes.items()
             if isinstance(outputs.get(name), dict) and outputs[name].get("hash") != want
         )  # fmt: skip
+        if locked.values is not None and entry.get("values", {}) != locked.values:
+            differ.append("its computed values")
         if differ:
             self.bus.emit("log", stage_id, level="warning", text=(
                 f"warning: the store's outputs for this key ({', '.join(differ)}) are not the "
                 "ones pipemake.lock records for the same key: the store may have been "
-                "tampered with, or the stage is not deterministic; restored all the same "
+                f"tampered with, or the stage is not deterministic; {done} all the same "
                 f"(`pipemake build --force-stage {stage_id}` runs it instead)"))  # fmt: skip
 
     def _lock(self) -> dict[str, Locked]:
@@ -281,6 +286,7 @@ class Builder:
                 why = f"{_AS_LOCKED}; copied into the store"
                 self.bus.emit("stage_skipped", stage_id, reason="up to date", detail=why)
                 return []
+            self._against_lock(stage_id, rs.key, entry, done="used")
             self._done(stage, rs, entry, ran=False)
             self.bus.emit("stage_skipped", stage_id, reason="up to date")
             return []

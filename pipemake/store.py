@@ -169,17 +169,20 @@ class Store:
         )
 
     def _check_db_files(self) -> None:
-        """Refuse an action cache whose files are links or anything but regular files: SQLite
-        would follow a link and write its pages or journal wherever it points."""
+        """Refuse an action cache whose files are links, hard links or anything but regular
+        files: SQLite would follow a link and write its pages or journal wherever it points,
+        and a hard link is another name for a file outside the store."""
         for suffix in _DB_FILES:
             path = f"{self.path / 'actions.db'}{suffix}"
             try:
-                mode = os.lstat(path).st_mode
+                st = os.lstat(path)
             except FileNotFoundError:
                 continue
-            if not stat.S_ISREG(mode):
-                what = "a symlink" if stat.S_ISLNK(mode) else "not a regular file"
+            if not stat.S_ISREG(st.st_mode):
+                what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
                 raise self._damaged(f"{os.path.basename(path)} is {what}")
+            if st.st_nlink > 1:  # another name for someone's file: writing would change it
+                raise self._damaged(f"{os.path.basename(path)} has other names (hard links)")
 
     def reset_actions(self) -> None:
         """Delete a damaged action cache (``cache verify --repair``): the next open starts

@@ -491,9 +491,10 @@ def test_manifest_checks_agree_for_small_and_big_directories(n: int) -> None:
         assert entry_problem({"outputs": {"d": manifest(bad)}}) is not None, bad
 
 
+@pytest.mark.parametrize("how", ["symlink", "hard link"])
 @pytest.mark.parametrize("name", ["actions.db", "actions.db-wal", "actions.db-shm"])
 def test_action_cache_files_linked_outside_are_never_written_through(
-    chain: Proj, tmp_path: Path, name: str
+    chain: Proj, tmp_path: Path, name: str, how: str
 ) -> None:
     chain.cli("build")
     victim = tmp_path / "outside" / "empty.txt"
@@ -501,7 +502,10 @@ def test_action_cache_files_linked_outside_are_never_written_through(
     victim.write_bytes(b"")  # writable and empty: SQLite would happily make it a database
     path = _store(chain) / name
     path.unlink(missing_ok=True)
-    path.symlink_to(victim)
+    if how == "symlink":
+        path.symlink_to(victim)
+    else:
+        os.link(victim, path)
     r = chain.cli("build", code=1)
     assert name in r.output and "cache verify --repair" in r.output, r.output
     assert TRACEBACK not in r.output
@@ -699,3 +703,17 @@ def test_a_fifo_inside_a_folder_is_left_out_and_never_waited_on(project) -> None
     os.mkfifo(p.path("build/each/pipe"))
     assert "up to date" in p.sub("status", timeout=60).stdout
     assert "0 ran" in p.sub("build", timeout=60).stderr
+
+
+def test_values_that_contradict_the_lock_are_said(project, tmp_path: Path) -> None:
+    """Without a key the shared store is trusted, values too; but a value that is not the
+    one the committed lock records for the same key is said, with how to run the stage."""
+    files = {"data/in.txt": "public\n", "data/other.txt": "other\n", "trust_picks.py": PICKS_MODULE}
+    cache = tmp_path / "shared"
+    p = project(PICKS, files)
+    p.cli("build", "--cache-dir", str(cache))
+    _rewrite(cache, "pick", lambda e, _rows: e["values"].update(best="data/other.txt"))
+    p.path("build/use.txt").unlink()
+    out = p.cli("build").output
+    assert "pick: " in out and "(its computed values) are not the ones pipemake.lock" in out
+    assert "used all the same" in out and "--force-stage pick" in out
