@@ -17,7 +17,9 @@ project (no store, a new process, as a user runs it) against ``ffmpeg -i clip.mp
 fps=N out/%05d.png`` (JPEG: ``-q:v 2 out/%05d.jpg``), interleaved A B B A over
 ``--rounds`` rounds, and prints each side's median and range. ``--only fixed`` measures
 each side's fixed cost on a one-frame clip (pipemake with and without its early worker,
-ffmpeg, an empty Python), interleaved over ``--rounds`` rounds. The other tables use
+ffmpeg, an empty Python), interleaved over ``--rounds`` rounds. ``--only warm`` runs the
+5-second rows with ``pipemake build`` also run by a fork of this process once it has the
+engine, PyAV and Pillow loaded: the best a resident build server could do. The other tables use
 generated videos (tests/_video_fixtures.py), so the true cut positions are known.
 """
 
@@ -378,6 +380,85 @@ def _decode_count(path: Path) -> list[int]:
         return [0] * c.streams.video[0].frames
 
 
+def _forked_build(project: Path) -> tuple[float, float]:
+    """``pipemake build`` in ``project`` run by a fork of this process, which has the engine,
+    PyAV and Pillow loaded and warm: what a resident build server could at best do for a
+    build (before its client's own start-up). Wall and CPU seconds of the fork."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:  # the child: the build, its output thrown away, then out without teardown
+        code = 1
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            os.chdir(project)
+            from pipemake.entry import main as pipemake_main
+
+            sys.argv = ["pipemake", "build"]
+            try:
+                code = pipemake_main() or 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    wall = time.perf_counter() - t
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"the forked build in {project} failed")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def warm_table(work: Path, bench_python: str, rounds: int, cases: list[str] | None) -> str:
+    """The 5-second rows again, with ``pipemake build`` run by a fork of a warm process (see
+    :func:`_forked_build`) next to the cold command and ffmpeg, interleaved: whether a
+    resident server would beat the ffmpeg command line where a cold process cannot."""
+    import av  # noqa: F401
+    import PIL.Image  # noqa: F401 - loaded before the forks, as a server would have it
+
+    import pipemake.cli  # noqa: F401
+    import pipemake.rules.frame_extraction  # noqa: F401
+
+    clip = real_clips(work, bench_python, 0.0)["short"]
+    pipemake = str(Path(sys.executable).parent / "pipemake")
+    rows = [
+        "| fps | format | fork of a warm process s: median (range) | `pipemake build` s "
+        "| ffmpeg s | ratio warm / ffmpeg |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for case in cases or ["short:1:jpg", "short:5:jpg", "short:1:png"]:
+        _, fps_text, fmt = case.split(":")
+        fps = int(fps_text)
+
+        def fresh(fps: int = fps, fmt: str = fmt) -> Path:
+            project = work / "pm"
+            shutil.rmtree(project, ignore_errors=True)
+            project.mkdir()
+            os.link(clip, project / "clip.mp4")
+            (project / "pipemake.yaml").write_text(WHOLE_YAML.format(fps=fps, fmt=fmt))
+            return project
+
+        sides: dict[str, Callable[[], tuple[float, float]]] = {
+            "warm": lambda: _forked_build(fresh()),
+            "cold": lambda: _timed([pipemake, "build"], fresh()),
+            "ffmpeg": lambda fps=fps, fmt=fmt: whole_ffmpeg(clip, work, fps, fmt)[:2],
+        }
+        times: dict[str, list[float]] = {name: [] for name in sides}
+        names = list(sides)
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                times[name].append(sides[name]()[0])
+        med = {name: statistics.median(got) for name, got in times.items()}
+        warm = times["warm"]
+        rows.append(
+            f"| {fps} | {fmt} | {med['warm']:.3f} ({min(warm):.3f}–{max(warm):.3f}) "
+            f"| {med['cold']:.3f} | {med['ffmpeg']:.3f} | {med['warm'] / med['ffmpeg']:.2f}× |"
+        )
+    return "\n".join(rows)
+
+
 def main() -> None:
     """Parse arguments, run both benchmarks, print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -387,7 +468,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="whole-process rounds")
     parser.add_argument("--minutes", type=float, default=5.0, help="length of the long clip")
     parser.add_argument("--scene-videos", type=int, default=9)
-    parser.add_argument("--only", choices=["whole", "fixed", "speed", "scene"], default=None)
+    parser.add_argument(
+        "--only", choices=["whole", "fixed", "warm", "speed", "scene"], default=None
+    )
     parser.add_argument("--workdir", default=None, help="where to work (default: a temp dir)")
     parser.add_argument("--case", action="append", help="whole: only clip:fps:format rows")
     args = parser.parse_args()
@@ -404,6 +487,9 @@ def main() -> None:
         if args.only in (None, "fixed"):
             print("## Fixed cost: a one-frame clip\n")
             print(fixed_table(work, args.bench_python, args.rounds), "\n", flush=True)
+        if args.only in (None, "warm"):
+            print("## The 5-second rows from a fork of a warm process (a server's best)\n")
+            print(warm_table(work, args.bench_python, args.rounds, args.case), "\n", flush=True)
         if args.only in (None, "speed"):
             print("## Extraction speed against ffmpeg\n")
             print(speed_table(work, args.repeats), "\n", flush=True)

@@ -234,3 +234,34 @@ def test_a_worker_ends_quickly_but_runs_what_code_asked_to_run_at_exit(
         assert api.build(proj).ran == ["p"]
     wait_for(lambda: (p.root / "exited.txt").exists(), what="the worker's exit handler")
     assert int(p.read("exited.txt")) != os.getpid()
+
+
+EMBEDDER = """
+import os, sys, tempfile
+from pathlib import Path
+keep = tempfile.TemporaryDirectory()  # the program's own, removed at its exit only
+marker = Path(keep.name) / "mine.txt"
+marker.write_text("mine")
+os.chdir(sys.argv[1])
+sys.argv = ["pipemake", "build", "--no-progress"]
+from pipemake.entry import main
+try:
+    main()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print("kept" if marker.exists() else "gone")
+"""
+
+
+def test_a_forked_worker_never_runs_the_exit_handlers_of_the_program_it_came_from(
+    project: Callable[..., Proj],
+) -> None:
+    """A program that runs the ``pipemake`` entry point itself: its early worker is a fork
+    of it, and must not remove the program's temporary directory when the worker ends."""
+    p = project(UPPER, UPPER_FILES)
+    done = subprocess.run(
+        [sys.executable, "-c", EMBEDDER, str(p.root)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "kept", done.stderr
+    assert p.read("build/a.txt") == "ABC\n"

@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from multiprocessing.connection import Connection, wait
@@ -75,12 +76,26 @@ def _on_term(signum: int, frame: Any) -> None:
     os._exit(128 + signum)
 
 
+def _forget_parents_exit_handlers() -> None:
+    """In a forked worker: drop the exit handlers and ``weakref.finalize`` callbacks it
+    inherited from the process it was forked from (a program that embeds pipemake may have
+    a temporary directory to remove at its exit: that is the program's to do, once, not
+    each worker's). The worker's own, registered from here on, still run at its end."""
+    atexit._clear()
+    for info in list(weakref.finalize._registry.values()):  # type: ignore[attr-defined]
+        info.atexit = False
+    weakref.finalize._registered_with_atexit = False  # type: ignore[attr-defined]
+
+
 def _worker_main(
     conn: Connection,
     parent: int,
     rules: tuple[str, dict[str, str]] | None,
     pipeline: str | None = None,
+    forked: bool = False,
 ) -> None:
+    if forked:
+        _forget_parents_exit_handlers()
     os.setsid()
     _die_with_parent()
     if os.getppid() != parent:
@@ -168,7 +183,7 @@ class _Worker:
     def __init__(self, ctx: Any, early: bool = False, pipeline: str | None = None):
         self.conn, child = ctx.Pipe()
         rules = None if early else registry()  # an early worker is sent it when adopted
-        args = (child, os.getpid(), rules, pipeline)
+        args = (child, os.getpid(), rules, pipeline, ctx.get_start_method() == "fork")
         self.proc = ctx.Process(target=_worker_main, args=args, daemon=True)
         with _no_cwd_on_their_path():  # its resource tracker too, if this starts that
             self.proc.start()
