@@ -143,6 +143,8 @@ class Resolver:
         self.store = store
         self.state = state
         self.results = results
+        #: the paths the pipeline names, as written and as real paths (see _inside_project)
+        self._named: tuple[set[str], set[str]] | None = None
 
     def resolve(self, stage: Stage) -> ResolvedStage:
         """The stage's ports with every reference resolved, its key document and key;
@@ -408,24 +410,28 @@ class Resolver:
         file of the user's."""
         root = str(self.p.root)
         absolute = lambda v: norm(os.path.join(root, v))  # noqa: E731 (kept if absolute)
-        named = [root]
-        for other in self.p.stages.values():
-            for value in [*other.ports.outputs.values(), *other.ports.inputs.values()]:
-                for v in value if isinstance(value, list) else [value]:
-                    if isinstance(v, str) and "{" not in v:
-                        named.append(v)
-        allowed = {absolute(v) for v in named}
-        real = {norm(os.path.realpath(a)) for a in allowed}
+        if self._named is None:  # once a build: every path the pipeline names, both ways
+            named = [root]
+            for other in self.p.stages.values():
+                for value in [*other.ports.outputs.values(), *other.ports.inputs.values()]:
+                    for v in value if isinstance(value, list) else [value]:
+                        if isinstance(v, str) and "{" not in v:
+                            named.append(v)
+            allowed = {absolute(v) for v in named}
+            real = {norm(os.path.realpath(a)) for a in allowed}
+            self._named = (allowed | real, real)
+        either, real = self._named
+        top, real_top = absolute("."), norm(os.path.realpath(root))
         dot = [absolute(".pipemake"), norm(os.path.realpath(absolute(".pipemake")))]
         for name, value in ports.inputs.items():
             for path in value if isinstance(value, list) else [value]:
                 full = absolute(path)
                 there = norm(os.path.realpath(full))
-                if (
-                    any(within(full, a) for a in allowed | real)
-                    and any(within(there, r) for r in real)
-                    and not any(within(full, d) or within(there, d) for d in dot)
-                ):
+                if any(within(full, d) or within(there, d) for d in dot):
+                    pass  # never the workspace's own files
+                elif within(full, top) and within(there, real_top):
+                    continue  # the project: the common case, without a scan
+                elif any(within(full, a) for a in either) and any(within(there, r) for r in real):
                     continue
                 refs = ", ".join(sorted({str(r) for r in used}))
                 where = f"{path} (leading to {there})" if there != full else path
