@@ -378,3 +378,20 @@ def test_a_poisoned_shared_store_cannot_script_the_dataset_page(project, tmp_pat
     text = report.read_text()
     assert_inert(text)
     assert "<img src=x" not in text and html.escape(XSS) in text
+
+
+@pytest.mark.parametrize(
+    "doc",
+    ['{"clusters": []}', "[1, 2]", '{"clusters": {"a": "x"}, "items": "y"}', "[" * 5000],
+)
+def test_a_clusters_file_of_another_shape_is_said_never_a_500(project, doc: str) -> None:
+    """A restored ``clusters.json`` may hold anything a writer of the shared store put there:
+    the dataset page says it cannot read it, with status 200, and never fails."""
+    from starlette.testclient import TestClient
+
+    proj = project(CLUSTERING)
+    proj.path("cut").mkdir()
+    proj.write("build/clusters/clusters.json", doc)
+    client = TestClient(make_app(Site(proj.root / "pipemake.yaml")))
+    r = client.get("/dataset/cluster")
+    assert r.status_code == 200 and "not built yet, or unreadable" in r.text

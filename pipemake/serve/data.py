@@ -289,7 +289,8 @@ class Site:
             missing = os.path.relpath(exc.filename or base, self.root)
             note = f"not built yet: {missing} does not exist (run `pipemake build`)"
             return DatasetView(stage, rule, [], [note])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            # a file of another shape (a shared store may hold anything): said, never a 500
             return DatasetView(stage, rule, [], [f"not built yet, or unreadable: {exc}"])
 
     def _clusters(self, stage: str, base: Path) -> DatasetView:
