@@ -1305,7 +1305,10 @@ def cache_gc(
                 f"for {forget_after}, or their pipeline file is gone"
             )
         for rel in info["strays"]:
-            click.echo(f"{verb} {visible(rel)}: not an object (a link is removed, never followed)")
+            click.echo(
+                f"{verb} {visible(rel, name=True)}: not an object (a link is removed, never "
+                "followed)"
+            )
         if info["damaged_entries"]:
             click.echo(
                 f"{info['damaged_entries']} damaged entries kept for now: see "
@@ -1366,7 +1369,7 @@ def cache_verify(ctx: click.Context, repair: bool, cache_dir: str | None = None)
             click.echo(visible(f"entry {key[:12]} lacks objects ({note})"))
         for rel, what in info["strays"]:
             fate = "removed" if repair else "--repair removes it"
-            click.echo(visible(f"{rel}: {what} ({fate})"))
+            click.echo(f"{visible(rel, name=True)}: {visible(what)} ({fate})")
         found = (
             info["reset"]
             or info["corrupt"]

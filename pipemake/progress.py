@@ -50,12 +50,18 @@ def _escaped(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def visible(text: Any) -> str:
-    """``text`` as a terminal should show it: each control character written out as
-    ``\\x1b``, ``\\u202e`` …, so text read from a store, a log or a file name cannot clear
-    the screen, retitle the window, write the clipboard or forge a line; tabs and newlines
-    stay."""
-    return _CONTROL.sub(_escaped, text if isinstance(text, str) else str(text))
+#: a colour or style sequence (SGR): a tool's coloured output, dropped (it only colours)
+_SGR = re.compile("\x1b\\[[0-9;:]*m")
+
+
+def visible(text: Any, name: bool = False) -> str:
+    """``text`` as a terminal should show it: colour sequences dropped (a tool's coloured
+    output reads as its text; kept, escaped, in a file ``name``, which must stay findable)
+    and every other control character written out as ``\\x1b``, ``\\u202e`` …, so text
+    read from a store, a log or a file name cannot clear the screen, retitle the window,
+    write the clipboard or forge a line; tabs and newlines stay."""
+    text = text if isinstance(text, str) else str(text)
+    return _CONTROL.sub(_escaped, text if name else _SGR.sub("", text))
 
 
 class _Remaining:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import AccessDenied, DatabaseDamaged, PipemakeError, os_failure
-from .store import transaction
+from .store import own_files, transaction
 
 __all__ = ["STATE_FORMAT", "StateFile", "parse_json", "spared", "unmarshal"]
 
@@ -170,6 +170,7 @@ class StateFile:
                 return self._prepared(_connect(":memory:"))
 
     def _writable(self) -> sqlite3.Connection:
+        own_files(str(self.path))  # a workspace copied with `cp -al`: never the original's
         db = _connect(self.path)
         db.state_path = str(self.path)
         try:

@@ -169,9 +169,11 @@ class Store:
         )
 
     def _check_db_files(self) -> None:
-        """Refuse an action cache whose files are links, hard links or anything but regular
-        files: SQLite would follow a link and write its pages or journal wherever it points,
-        and a hard link is another name for a file outside the store."""
+        """Refuse an action cache whose files are links or anything but regular files: SQLite
+        would follow a link and write its pages or journal wherever it points. A file with
+        other names (hard links: a project copied with ``cp -al``, or a name a writer of a
+        shared store planted for someone's file) is replaced by a copy of its own first, so
+        the other names' file is never written."""
         for suffix in _DB_FILES:
             path = f"{self.path / 'actions.db'}{suffix}"
             try:
@@ -181,8 +183,8 @@ class Store:
             if not stat.S_ISREG(st.st_mode):
                 what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
                 raise self._damaged(f"{os.path.basename(path)} is {what}")
-            if st.st_nlink > 1:  # another name for someone's file: writing would change it
-                raise self._damaged(f"{os.path.basename(path)} has other names (hard links)")
+            if st.st_nlink > 1:  # another name for a file elsewhere: never written through
+                own_file(path)
 
     def reset_actions(self) -> None:
         """Delete a damaged action cache (``cache verify --repair``): the next open starts
@@ -670,6 +672,39 @@ def _entry(text: Any) -> dict[str, Any] | None:
 def _checked(entry: Any) -> dict[str, Any] | None:
     """``entry`` when it has the shape of an action-cache entry, else None."""
     return entry if entry_problem(entry) is None else None
+
+
+def own_file(path: str) -> None:
+    """Replace the file at ``path`` (not a link) by a copy with one name, atomically: an
+    SQLite file that has other names (a project copied with ``cp -al``, or a name a writer
+    of a shared store planted for someone's file) is never written through them."""
+    tmp = f"{path}.own-{os.getpid()}-{threading.get_ident()}"
+    src = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            with open(src, "rb", closefd=False) as fin, open(dst, "wb", closefd=False) as out:
+                shutil.copyfileobj(fin, out)
+        finally:
+            os.close(dst)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    finally:
+        os.close(src)
+
+
+def own_files(path: str) -> None:
+    """:func:`own_file` for an SQLite database and its journal files that have other names."""
+    for suffix in _DB_FILES:
+        try:
+            st = os.lstat(f"{path}{suffix}")
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            own_file(f"{path}{suffix}")
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import os
 import shutil
 import sqlite3
 import stat
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -504,8 +505,12 @@ def test_action_cache_files_linked_outside_are_never_written_through(
     path.unlink(missing_ok=True)
     if how == "symlink":
         path.symlink_to(victim)
-    else:
+    else:  # another name for the victim: the store takes a copy of its own, then goes on
         os.link(victim, path)
+        chain.cli("build")
+        assert victim.read_bytes() == b""
+        assert not path.exists() or os.stat(path).st_nlink == 1  # (SQLite may remove it)
+        return
     r = chain.cli("build", code=1)
     assert name in r.output and "cache verify --repair" in r.output, r.output
     assert TRACEBACK not in r.output
@@ -717,3 +722,24 @@ def test_values_that_contradict_the_lock_are_said(project, tmp_path: Path) -> No
     out = p.cli("build").output
     assert "pick: " in out and "(its computed values) are not the ones pipemake.lock" in out
     assert "used all the same" in out and "--force-stage pick" in out
+
+
+def test_a_project_copied_with_hard_links_builds_with_a_store_of_its_own(
+    chain: Proj, tmp_path: Path
+) -> None:
+    """``cp -al`` (a quick copy of a big project): the copy's action cache is another name
+    for the original's file; the first build gives it a file of its own and goes on, and
+    the original's store is never written by the copy."""
+    chain.cli("build")
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-al", str(chain.root), str(copy)], check=True)
+    before = (_store(chain) / "actions.db").read_bytes()
+    other = Proj(copy)
+    assert "0 ran" in other.cli("build").output
+    for db in (".pipemake/state.db", ".pipemake/store/actions.db"):  # files of its own now
+        assert os.stat(copy / db).st_nlink == 1 and os.stat(chain.path(db)).st_nlink == 1
+    other.path("data/a.txt").unlink()  # (writing it in place would change the original's too)
+    other.write("data/a.txt", "changed\n")
+    other.cli("build")
+    assert (_store(chain) / "actions.db").read_bytes() == before
+    assert "0 ran" in chain.cli("build").output

@@ -181,3 +181,13 @@ def test_cache_verify_shows_stray_names_as_text(project, tmp_path: Path) -> None
     repaired = proj.sub("cache", "verify", "--repair", "--cache-dir", str(cache))
     assert not RAW.findall(repaired.stdout + repaired.stderr)
     assert "\\x1b[31mred" in repaired.stdout and "removed" in repaired.stdout
+
+
+def test_a_tools_colours_read_as_its_text() -> None:
+    """Colour sequences (SGR) only colour: dropped, so a tool's coloured output in a log
+    reads as its words; any other sequence is still shown as text."""
+    from pipemake.progress import visible
+
+    assert visible("\x1b[32mgreen\x1b[0m done") == "green done"
+    assert visible("\x1b[1;31;48:5:1mred") == "red"
+    assert visible("\x1b[2J\x1b[32mx") == "\\x1b[2Jx"
