@@ -419,6 +419,14 @@ class Resolver:
                             named.append(v)
             allowed = {absolute(v) for v in named}
             real = {norm(os.path.realpath(a)) for a in allowed}
+            # and where the folders on the way to them lead (data -> /big/disk, with
+            # data/index.csv named): a value may name another file of a linked folder
+            top = absolute(".")
+            for a in list(allowed):
+                up = os.path.dirname(a)
+                while within(up, top) and up != top:
+                    real.add(norm(os.path.realpath(up)))
+                    up = os.path.dirname(up)
             self._named = (allowed | real, real)
         either, real = self._named
         top, real_top = absolute("."), norm(os.path.realpath(root))
@@ -439,7 +447,8 @@ class Resolver:
                     f"input {name!r} is {where}, outside the project or a path the pipeline "
                     f"names, and comes from a computed value ({refs}): a path a value gives "
                     "must lie inside them (a shared store could otherwise point the stage at "
-                    "any file); name such a path in the pipeline file itself"
+                    "any file); name that folder as an input or output of a stage in the "
+                    "pipeline file (vars: do not count)"
                 )
 
     def _input_hash(self, stage: Stage, path: str, unknown: set[str]) -> str:

@@ -743,3 +743,43 @@ def test_a_project_copied_with_hard_links_builds_with_a_store_of_its_own(
     other.cli("build")
     assert (_store(chain) / "actions.db").read_bytes() == before
     assert "0 ran" in chain.cli("build").output
+
+
+LINKED = """
+stages:
+  - id: pick
+    type: python
+    config:
+      function: "trust_linked:pick"
+      inputs: {index: data/index.txt}
+      outputs: {o: build/pick.txt}
+  - id: use
+    type: shell
+    config:
+      cmd: "cat {inputs.i} > {outputs.o}"
+      inputs: {i: "{pick.best}"}
+      outputs: {o: build/use.txt}
+"""
+LINKED_MODULE = """
+from pathlib import Path
+
+
+def pick(ctx):
+    Path(ctx.outputs["o"]).write_text("picked\\n")
+    return {"best": "data/" + Path(ctx.inputs["index"]).read_text().strip()}
+"""
+
+
+def test_a_value_may_name_another_file_of_a_linked_folder_the_pipeline_reads(
+    project, tmp_path: Path
+) -> None:
+    """``data`` links to a big disk and the pipeline reads ``data/index.txt``: a value naming
+    another file of ``data`` is the pipeline's own data, not a path leading elsewhere."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    (disk / "index.txt").write_text("x.txt\n")
+    (disk / "x.txt").write_text("big data\n")
+    p = project(LINKED, {"trust_linked.py": LINKED_MODULE})
+    p.path("data").symlink_to(disk)
+    p.cli("build")
+    assert p.read("build/use.txt") == "big data\n"
