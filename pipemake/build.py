@@ -118,18 +118,17 @@ class Builder:
         if not rs.unknown and not forced:
             if rs.key is not None:
                 entry = self._prefetched.pop(rs.key, None) or self.store.get_action(rs.key)
-            if entry is None and (adopted := self._as_locked(stage, rs)) is not None:
-                self._adopted.add(stage.id)
-                return Decision(Verdict.UP_TO_DATE, [_AS_LOCKED]), rs, adopted
+            if entry is not None:
+                outputs = self._check_outputs(rs, entry)
+            # no entry, or the workspace is not the entry's: the lock's outputs, if it holds
+            # them, win
+            if entry is None or (outputs and any(outputs.values())):
+                adopted = self._as_locked(stage, rs)
+                if adopted is not None:
+                    self._adopted.add(stage.id)
+                    return Decision(Verdict.UP_TO_DATE, [_AS_LOCKED]), rs, adopted
             if entry is None and rs.foreach:
                 self.resolver.read_cached_items(stage, rs)
-            elif entry is not None:
-                outputs = self._check_outputs(rs, entry)
-                if outputs and any(outputs.values()):  # the workspace is not the entry's
-                    adopted = self._as_locked(stage, rs)  # but it is the lock's: it wins
-                    if adopted is not None:
-                        self._adopted.add(stage.id)
-                        return Decision(Verdict.UP_TO_DATE, [_AS_LOCKED]), rs, adopted
         decision = decide(
             rs, entry, outputs, self.last(stage.id), forced=forced, upstream=self.decisions
         )

@@ -183,8 +183,7 @@ class Store:
             if not stat.S_ISREG(st.st_mode):
                 what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
                 raise self._damaged(f"{os.path.basename(path)} is {what}")
-            if st.st_nlink > 1:  # another name for a file elsewhere: never written through
-                own_file(path)
+        own_files(str(self.path / "actions.db"))
 
     def reset_actions(self) -> None:
         """Delete a damaged action cache (``cache verify --repair``): the next open starts

@@ -745,21 +745,10 @@ def test_a_project_copied_with_hard_links_builds_with_a_store_of_its_own(
     assert "0 ran" in chain.cli("build").output
 
 
-LINKED = """
-stages:
-  - id: pick
-    type: python
-    config:
-      function: "trust_linked:pick"
-      inputs: {index: data/index.txt}
-      outputs: {o: build/pick.txt}
-  - id: use
-    type: shell
-    config:
-      cmd: "cat {inputs.i} > {outputs.o}"
-      inputs: {i: "{pick.best}"}
-      outputs: {o: build/use.txt}
-"""
+#: PICKS whose pick reads an index file of ``data`` and names the file it lists
+LINKED = PICKS.replace("trust_picks", "trust_linked").replace(
+    "{src: data/in.txt}", "{index: data/index.txt}"
+)
 LINKED_MODULE = """
 from pathlib import Path
 

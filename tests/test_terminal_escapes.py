@@ -12,6 +12,8 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+from conftest import UPPER
+
 from pipemake.events import Event
 from pipemake.progress import PlainView, RichView, log_lines, visible
 
@@ -113,21 +115,15 @@ def test_a_recorded_runs_log_shows_controls_as_text() -> None:
 
 # the attack as it was found: a value rewritten in a shared store ----------------------------
 
-VALUES = """
-name: t
-stages:
-  - id: up
-    type: python
-    config:
-      function: "work:up"
-      inputs: {src: data/a.txt}
-      outputs: {o: build/a.txt}
-  - id: down
+VALUES = (
+    UPPER
+    + """  - id: down
     type: shell
     config:
       cmd: "echo {up.v}; test {up.v} = plain > {outputs.d}"
       outputs: {d: build/down.txt}
 """
+)
 WORK = "def up(ctx):\n    ctx.outputs['o'].write_text('x')\n    return {'v': 'plain'}\n"
 
 
