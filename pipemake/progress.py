@@ -27,12 +27,12 @@ from .eta import Estimator
 from .events import Event
 
 __all__ = [
-    "ItemCounts", "PlainView", "RichView", "describe", "log_lines", "make_view", "summary_lines",
-    "visible",
+    "ItemCounts", "PlainView", "RichView", "describe", "error_lines", "log_lines", "make_view",
+    "summary_lines", "visible",
 ]  # fmt: skip
 
 PROGRESS_EVERY = 10.0  # seconds between a stage's progress lines in the plain view
-ERROR_LINES = 12  # lines of a failed stage's error in the closing summary
+ERROR_LINES = 40  # lines of a failed stage's error (after its first) shown in a view
 NAMES_SHOWN = 20  # names listed per group in the closing summary
 UP_TO_DATE_LINES = 20  # "up to date" lines shown before a view only counts them
 
@@ -99,6 +99,26 @@ def _first_line(text: Any) -> str:
     """The first line of a message, without the colon that led to the lines not shown."""
     lines = str(text or "").strip().splitlines()
     return lines[0].rstrip(":") if lines else ""
+
+
+def error_lines(error: Any, full_at: str = "in `pipemake log`") -> list[str]:
+    """A failed stage's error after its first line, as a view shows it: whole when it fits
+    in :data:`ERROR_LINES`, else cut in the middle (its ``Traceback`` header kept, a line
+    saying how many lines are left out and where they are), so that, as Python users
+    expect, the last frames, the line that raised and the exception always show."""
+    rest = str(error or "").strip().splitlines()[1:]
+    if len(rest) <= ERROR_LINES:
+        return rest
+    head = rest[:1] if rest[0].startswith("Traceback") else []
+    tail = rest[len(rest) - (ERROR_LINES - len(head) - 1) :]
+    # start the tail at a frame (or a chained exception's line), not inside one
+    starts = [
+        i for i, line in enumerate(tail) if line.startswith("  File ") or not line[:1].isspace()
+    ]
+    if starts and starts[0] < len(tail) - 1:
+        tail = tail[starts[0] :]
+    left_out = len(rest) - len(head) - len(tail)
+    return [*head, f"… {left_out} more line(s) {full_at}", *tail]
 
 
 def _signal_name(signum: int) -> str:
@@ -231,8 +251,8 @@ def summary_lines(
     event: Event, items: ItemCounts | None = None, full_at: str = "in `pipemake log`"
 ) -> list[str]:
     """The closing summary of a run: counts, then (when something went wrong) what failed
-    with the first lines of its error, what was skipped because of it (and, from ``items``,
-    the items of a stopped stage that finished and are kept), and what finished."""
+    with its error (cut in the middle when long), what was skipped because of it (and, from
+    ``items``, the items of a stopped stage that finished and are kept), and what finished."""
     d = event.data
     failed: dict[str, str] = d.get("failed") or {}
     skipped: dict[str, str] = d.get("skipped") or {}
@@ -251,9 +271,7 @@ def summary_lines(
     for stage, error in failed.items():
         err = str(error or "").strip().splitlines() or ["(no message)"]
         lines.append(f"  FAILED {stage}: {err[0]}")
-        lines.extend(f"      {line}" for line in err[1:ERROR_LINES])
-        if len(err) > ERROR_LINES:
-            lines.append(f"      … {len(err) - ERROR_LINES} more line(s) {full_at}")
+        lines.extend(f"      {line}" for line in error_lines(error, full_at))
     because = {s: r for s, r in skipped.items() if r.startswith("upstream ")}
     if because:
         lines.append(
@@ -380,6 +398,9 @@ class PlainView:
             left = f", ETA {_fmt_duration(eta)}" if known else ""
             text += f"  [{self.eta.done}/{self.eta.total}{left}]"
         self._line(text)
+        if k == "stage_failed":  # its traceback, as the summary shows it
+            for line in error_lines(event.data.get("error")):
+                self._line(f"    {line}")
 
     def _progress(self, event: Event) -> None:
         s = event.stage or ""

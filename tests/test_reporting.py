@@ -116,7 +116,7 @@ def test_a_failed_item_counts_the_items_the_store_had(project) -> None:
 
 
 def test_pipemake_log_shows_a_long_error_whole_and_points_up_not_at_itself() -> None:
-    error = "\n".join(["RuntimeError: deep"] + [f"  frame {i}" for i in range(30)])
+    error = "\n".join(["RuntimeError: deep"] + [f"  frame {i}" for i in range(60)])
     events = [
         {"event": "run_started", "stage": None, "time": 1.0, "run": "r", "stages": ["a"]},
         {"event": "stage_failed", "stage": "a", "time": 2.0, "error": error},
@@ -124,7 +124,7 @@ def test_pipemake_log_shows_a_long_error_whole_and_points_up_not_at_itself() -> 
          "up_to_date": [], "failed": {"a": error}, "skipped": {}, "duration": 2.0},
     ]  # fmt: skip
     text = "\n".join(log_lines(events))
-    assert "frame 29" in text  # the whole error, once
+    assert "frame 59" in text and "frame 0" in text  # the whole error, once
     assert "more line(s) in the stage's FAILED lines above" in text
     assert "in `pipemake log`" not in text
 
