@@ -673,11 +673,26 @@ def _report(builder: Builder, outcome: Outcome, duration: float) -> BuildReport:
     return report
 
 
-def dry_run(project: Project, targets: Sequence[str] = ()) -> list[tuple[str, Decision]]:
-    """What a build would do to each stage, and why; changes nothing."""
+def dry_run(
+    project: Project,
+    targets: Sequence[str] = (),
+    *,
+    force: bool = False,
+    force_stages: Sequence[str] = (),
+) -> list[tuple[str, Decision]]:
+    """What a build would do to each stage, and why; changes nothing. ``force`` and
+    ``force_stages`` are :class:`BuildOptions`'s: the plan of ``build -B`` or
+    ``build --force-stage ID``."""
     p = project.pipeline
     order = _select(p, targets)
-    builder = Builder(p, project.store, project.state, Bus(), dry=True)
+    try:
+        forced = resolve_targets(p, force_stages)
+    except UsageError as exc:
+        raise UsageError(f"--force-stage: {exc}") from None
+    builder = Builder(
+        p, project.store, project.state, Bus(), dry=True, force=force,
+        force_stages=frozenset(forced),
+    )  # fmt: skip
     with _with_remote(project):
         builder.prefetch(order)
         for stage in order:
@@ -687,6 +702,9 @@ def dry_run(project: Project, targets: Sequence[str] = ()) -> list[tuple[str, De
                 builder.decisions[stage] = Decision(
                     Verdict.RUN, [Reason(Trigger.FAILED, f"will fail: {exc}")]
                 )
+            if (force or stage in forced) and builder.decisions[stage].verdict is Verdict.MAYBE:
+                # what its upstream makes is not known before it runs; forced, it runs anyway
+                builder.decisions[stage] = Decision(Verdict.RUN, [Reason(Trigger.FORCED, "forced")])
     return [(s, builder.decisions[s]) for s in order]
 
 
@@ -776,7 +794,8 @@ def status(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
             reasons = [r for r in reasons if r != "never built"]
         elif state == "up to date" and rec.get("result") in ("failed", "interrupted"):
             reasons = [
-                f"its last run {rec['result']}, with inputs, params or code changed back since"
+                f"its last run {'was interrupted' if rec['result'] == 'interrupted' else 'failed'}"
+                ", with inputs, params or code changed back since"
             ]
         row = {
             "stage": stage, "state": state, "decision": decision.verdict.value,

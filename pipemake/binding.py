@@ -57,7 +57,7 @@ def _stage_fields(raw: LineDict, sid: str, ld: Problems) -> dict[str, Any]:
             good[key] = value
         else:
             ld.problem(f"{key!r} must be {what}, got {value!r}", raw.line_of(key), sid)
-    out["retries"] = good.get("retries", 0)
+    out["retries"] = good.get("retries")  # None: unset, so --retries applies
     out["retry_backoff"] = float(good.get("retry_backoff", 1.0))
     out["timeout"] = float(good["timeout"]) if "timeout" in good else None
     out["version"] = str(good["version"]) if "version" in good else None

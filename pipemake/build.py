@@ -297,7 +297,7 @@ class Builder:
             except OSError as exc:
                 raise StageFailure(_placing_failed(exc)) from None
             if restored:
-                self._done(stage, rs, entry, ran=False)
+                self._done(stage, rs, entry, ran=False, restored=True)
                 self.bus.emit(
                     "stage_restored", stage_id, reasons=[str(r) for r in decision.reasons]
                 )
@@ -396,7 +396,7 @@ class Builder:
         if run is not None:
             run.running_now(self.bus, stage_id)
             if not isinstance(run, ForeachRun):  # its one task: a retry is the stage's
-                run.attempt, run.retry_wait = task.attempt, task.waited
+                run.attempt_started(task)
 
     def on_message(self, stage_id: str, message: Message) -> list[Task]:
         run = self._running[stage_id]
@@ -536,7 +536,7 @@ class Builder:
                 told = self.decisions[stage_id] = Decision(
                     Verdict.RESTORE, told.reasons, run.waiting["items"]
                 )
-                self._done(stage, run.rs, entry, ran=False)
+                self._done(stage, run.rs, entry, ran=False, restored=True)
                 self.bus.emit(
                     "stage_restored", stage_id, reasons=[str(r) for r in told.reasons],
                     items=entry["metrics"]["items"],
@@ -556,8 +556,8 @@ class Builder:
             raise StageFailure(text + (f"\n{tb}" if tb else ""))
         result = run.result
         metrics = dict(result.get("metrics", {}))
-        metrics["duration"] = time.time() - run.started
-        metrics["queued"] = run.started - run.decided
+        metrics["duration"] = run.ran_for()
+        metrics["queued"] = run.queued()
         metrics.update(run.retrying())
         entry = {
             "stage": stage.id,
@@ -579,21 +579,33 @@ class Builder:
             result="interrupted" if stopped else "failed",
             error="stopped by a signal before it finished" if stopped else text[:2000],
             finished=time.time(),
-            duration=time.time() - run.started,
+            duration=run.ran_for(),
         )
         record.pop("attempts", None)
         record.pop("retry_wait", None)
         record.update(run.retrying())
         self.state.builds.set_record(stage.id, record)
 
-    def _done(self, stage: Stage, rs: ResolvedStage, entry: dict[str, Any], ran: bool) -> None:
+    def _done(
+        self,
+        stage: Stage,
+        rs: ResolvedStage,
+        entry: dict[str, Any],
+        ran: bool,
+        restored: bool = False,
+    ) -> None:
         self.results[stage.id] = Planned(entry["outputs"], entry.get("values", {}), rs.key)
         last = self._brief.get(stage.id, NEVER)
-        if ran or last.key != rs.key or last.result != "ok":
+        # a restore where the last record says it ran here: the record says restored now
+        relabel = restored and not (self._record(stage.id) or {}).get("restored")
+        if ran or last.key != rs.key or last.result != "ok" or relabel:
             metrics = entry.get("metrics", {})
+            took = metrics.get("duration", last.duration)
+            if relabel and last.key == rs.key and last.duration is not None:
+                took = last.duration  # its run's (a foreach entry's may be its assembly's)
             record = {
                 "key": rs.key, "doc": rs.doc, "result": "ok", "restored": not ran,
-                "duration": metrics.get("duration", last.duration), "finished": time.time(),
+                "duration": took, "finished": time.time(),
             }  # fmt: skip
             if metrics.get("committed"):  # `pipemake commit`: accepted, nothing ran
                 record["committed"] = True

@@ -424,8 +424,17 @@ def build(
 
     if resume:
         click.echo(_RESUME_NOTE, err=True)
-    if dry:
-        ctx.invoke(dry_run, targets=targets, as_json=False, check=False)
+    if dry:  # the plan of this very build: every option that changes a decision counts
+        try:
+            _check_build_options(executor, scheduler, dashboard, resources, lock_timeout)
+        except PipemakeError as exc:
+            click.echo(visible(exc.format()), err=True)
+            sys.exit(exc.exit_code)
+        ctx.invoke(
+            dry_run, targets=targets, as_json=False, check=False, cache_dir=cache_dir,
+            remote=remote, remote_read_only=remote_read_only, force=force,
+            force_stage=force_stage,
+        )  # fmt: skip
         return
 
     def go() -> int:
@@ -476,6 +485,27 @@ def build(
         return 0
 
     _run(go)
+
+
+def _check_build_options(
+    executor: str, scheduler: str | None, dashboard: bool, resources: str | None, wait: str | None
+) -> None:
+    """For ``build -n``: refuse the values ``build`` would refuse (a plan never says what the
+    build itself would not start). The options that only say how the work runs (-j, -k,
+    --retries, --grace, --link, --fsync, --log-json, --push, …) change no decision: a plan
+    runs, writes and pushes nothing, so they have nothing to do."""
+    from .executors import executor_names
+    from .resources import parse_resources
+
+    if executor not in executor_names():
+        known = ", ".join(executor_names())
+        raise UsageError(f"--executor: unknown executor {executor!r} (known: {known})")
+    _executor_options(executor, scheduler, dashboard)
+    try:
+        parse_resources(resources)
+    except ValueError as exc:
+        raise UsageError(f"--resources: {exc}") from None
+    _parse_duration(wait)
 
 
 def _executor_options(executor: str, scheduler: str | None, dashboard: bool) -> dict[str, Any]:
@@ -553,8 +583,8 @@ def run_cmd(
         root["file"] = config
     if resume:
         click.echo(_RESUME_NOTE, err=True)
-    if dry:
-        ctx.invoke(dry_run)
+    if dry:  # the plan of this run: its store, and --no-checkpoint's "every stage runs"
+        ctx.invoke(dry_run, cache_dir=checkpoint_dir, force=no_checkpoint)
         return
     _ARGV = None  # a no-op snapshot answers `pipemake build` only
     same = {"jobs": max_parallel, "keep_going": keep_going, "executor": executor,
@@ -595,6 +625,14 @@ def _print_decisions(rows: list[Any], as_json: bool) -> None:
 @click.argument("targets", nargs=-1, shell_complete=_complete_targets)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--check", is_flag=True, help="Exit 1 when anything would run or be restored.")
+@click.option("-B", "--force", is_flag=True, help="As build -B: every selected stage runs.")
+@click.option(
+    "--force-stage",
+    multiple=True,
+    metavar="ID",
+    shell_complete=_complete_targets,
+    help="As build --force-stage: this stage runs (repeatable).",
+)
 @_set_option
 @_cache_dir_option
 @_remote_options
@@ -602,8 +640,10 @@ def _print_decisions(rows: list[Any], as_json: bool) -> None:
 def dry_run(
     ctx: click.Context,
     targets: tuple[str, ...],
-    as_json: bool,
-    check: bool,
+    as_json: bool = False,
+    check: bool = False,
+    force: bool = False,
+    force_stage: tuple[str, ...] = (),
     cache_dir: str | None = None,
     remote: str | None = None,
     remote_read_only: bool = False,
@@ -611,7 +651,7 @@ def dry_run(
     """Say what a build would run, restore or skip, and why. Changes nothing.
 
     TARGETS are stage ids or paths the stages output (default: every stage); `build -n`
-    prints the same."""
+    with the same options (-B, --force-stage, --cache-dir, -S, …) prints the same."""
 
     def go() -> int:
         with _project(
@@ -621,7 +661,7 @@ def dry_run(
             remote=remote,
             remote_read_only=remote_read_only,
         ) as project:
-            rows = api.dry_run(project, targets)
+            rows = api.dry_run(project, targets, force=force, force_stages=force_stage)
             notes = api.stage_notes(project)
             _say_warnings(api.remote_warnings(project))
         _print_decisions(rows, as_json)

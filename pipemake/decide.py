@@ -173,16 +173,22 @@ def _diff_inputs(old: dict[str, Any], new: dict[str, Any]) -> list[Reason]:
 
 
 def explain(
-    old: dict[str, Any] | None, new: dict[str, Any], failed: dict[str, Any] | None = None
+    old: dict[str, Any] | None,
+    new: dict[str, Any],
+    failed: dict[str, Any] | None = None,
+    interrupted: bool = False,
 ) -> list[Reason]:
     """Why the key document ``new`` differs from the last build's ``old``. ``failed`` is the
     key document of a run that failed since (its last-build record keeps it): then the
-    reasons say what changed since that run, or that nothing did and it failed."""
+    reasons say what changed since that run, or that nothing did and it failed (or, when
+    ``interrupted``, that it was stopped by a signal before it finished)."""
     if failed is not None:
         since = _changes(failed, new)
+        how = "was interrupted" if interrupted else "failed"
         if not since:
-            return [Reason(Trigger.FAILED, "the last run failed")]
-        return [Reason(r.trigger, f"{r.detail} since the failed run") for r in since]
+            return [Reason(Trigger.FAILED, f"the last run {how}")]
+        run = "interrupted" if interrupted else "failed"
+        return [Reason(r.trigger, f"{r.detail} since the {run} run") for r in since]
     if old is None:
         return [Reason(Trigger.NEVER_BUILT, "never built")]
     return _changes(old, new)
@@ -279,7 +285,10 @@ class LastBuild:
         failed = None
         if record and record.get("result") in ("failed", "interrupted"):
             failed = record.get("failed_doc")
-        return explain(record.get("doc") if record else None, doc, failed=failed)
+        interrupted = record is not None and record.get("result") == "interrupted"
+        return explain(
+            record.get("doc") if record else None, doc, failed=failed, interrupted=interrupted
+        )
 
 
 def waiting_on(stage: str, restored: bool = False) -> Decision:
@@ -308,6 +317,8 @@ def decide(
     foreach stage without an entry is decided item by item from ``stage.cached``: when
     every item is there (and no reduce runs) it is restored, put together from them.
     """
+    if forced:  # whatever its upstream makes
+        return Decision(Verdict.RUN, [Reason(Trigger.FORCED, "forced")])
     if stage.unknown:
         own = [r for r in last.why(stage.doc) if not _from_unknown(r, stage)]
         if own:
@@ -315,8 +326,6 @@ def decide(
         first = sorted(stage.unknown)[0]
         told = (upstream or {}).get(first)
         return waiting_on(first, told is not None and told.verdict is Verdict.RESTORE)
-    if forced:
-        return Decision(Verdict.RUN, [Reason(Trigger.FORCED, "forced")])
     if entry is None:
         reasons = [r for r in last.why(stage.doc) if r.trigger is not Trigger.ITEMS]
         items = None

@@ -362,6 +362,9 @@ def list_runs(directory: Path) -> list[dict[str, Any]]:
         # a second's slack: the lock's time and the run's start are read from two clocks
         if since is not None and (ordered[-1].get("started") or 0) >= since - 1:
             ordered[-1]["result"] = "running"
+            started = ordered[-1].get("started")
+            if isinstance(started, int | float):  # so far: until now, not its last event
+                ordered[-1]["duration"] = max(0.0, time.time() - started)
     return ordered
 
 

@@ -54,7 +54,7 @@ class Stage:
     lines: dict[str, int] = field(default_factory=dict)
     foreach: Foreach | None = None
     resources: dict[str, float] = field(default_factory=dict)
-    retries: int = 0
+    retries: int | None = None  # None: not set (the build's --retries applies)
     retry_backoff: float = 1.0
     timeout: float | None = None
     version: str | None = None

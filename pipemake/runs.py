@@ -74,6 +74,26 @@ class StageRun:
     #: attempts: part of its duration, reported apart
     attempt: int = 1
     retry_wait: float = 0.0
+    #: the seconds a retry, its backoff over, then waited for a job or a resource: no part
+    #: of its duration (queue time, as the wait before its first attempt)
+    retry_queued: float = 0.0
+
+    def attempt_started(self, task: Task) -> None:
+        """Its task's attempt ``task.attempt`` left the queue: a retry's wait for a job or
+        a resource, past its backoff, is queue time."""
+        if task.attempt > self.attempt:
+            self.retry_queued += max(0.0, time.time() - task.not_before)
+        self.attempt, self.retry_wait = task.attempt, task.waited
+
+    def ran_for(self) -> float:
+        """Its run time so far: from its first task's start, less a retry's queue time
+        (the backoff between attempts stays in, said apart)."""
+        return time.time() - self.started - self.retry_queued
+
+    def queued(self) -> float:
+        """The seconds it waited for a job or a resource: before its first task, and for
+        its retries once their backoff was over."""
+        return self.started - self.decided + self.retry_queued
 
     def retrying(self) -> dict[str, Any]:
         """``{"attempts", "retry_wait"}`` once it needed more than one attempt, else {}."""
@@ -142,7 +162,7 @@ class StageRun:
             items=items or [], foreach=stage.foreach.input if stage.foreach else None,
             done=done, mapped=mapped or {},
             resources=stage.resources, log_path=self.log, timeout=stage.timeout,
-            max_attempts=1 + (stage.retries or ctx.retries or 0), backoff=stage.retry_backoff,
+            max_attempts=1 + _retries(stage.retries, ctx.retries), backoff=stage.retry_backoff,
         )  # fmt: skip
 
     def running_now(self, bus: Bus, stage_id: str) -> None:
@@ -154,3 +174,10 @@ class StageRun:
         self.started = now = time.time()
         queued = round(now - self.decided, 3)
         bus.emit("stage_started", stage_id, queued=queued, **waiting)
+
+
+def _retries(own: int | None, default: int | None) -> int:
+    """A stage's retries: its own ``retries:`` (0 included), else the build's --retries."""
+    if own is not None:
+        return own
+    return default or 0

@@ -61,9 +61,16 @@ def test_the_summary_and_the_failed_line_end_with_the_raising_line(project) -> N
 def _failed(error: str) -> list[str]:
     return summary_lines(
         Event(
-            "run_finished", None,
-            {"ran": [], "restored": [], "up_to_date": [], "failed": {"x": error}, "skipped": {},
-             "duration": 1.0},
+            "run_finished",
+            None,
+            {
+                "ran": [],
+                "restored": [],
+                "up_to_date": [],
+                "failed": {"x": error},
+                "skipped": {},
+                "duration": 1.0,
+            },
         )  # fmt: skip
     )
 
