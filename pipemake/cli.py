@@ -738,7 +738,12 @@ def status(
                     "marked running; the others show what the store holds now"
                 )
             for row in info["stages"]:
-                reasons = [r for r in row["reasons"] if r != row["state"]]
+                said = {  # what the state says already: not "failed (the last run failed)"
+                    row["state"],
+                    {"failed": "the last run failed"}.get(row["state"]),
+                    {"interrupted": "the last run was interrupted"}.get(row["state"]),
+                }
+                reasons = [r for r in row["reasons"] if r not in said]
                 why = f" ({'; '.join(reasons)})" if reasons else ""
                 dur = row["last_duration"]
                 last = (
