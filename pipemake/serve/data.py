@@ -233,7 +233,7 @@ class Site:
         key = (st.st_size, st.st_mtime_ns)
         hit = self._folds.get(str(path))
         if hit is None or hit[0] != key:
-            hit = self._folds[str(path)] = (key, fold_run(_lines(path)))
+            hit = self._folds[str(path)] = (key, fold_run(history.read_events(path)))
         return hit[1]
 
     def now(self) -> dict[str, Any]:
