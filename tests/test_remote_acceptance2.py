@@ -214,9 +214,7 @@ def test_folders_of_a_file_remote_that_lead_elsewhere_get_nothing_created_there(
     p.cli("build")
     out = p.cli("push", code=1, env={"PIPEMAKE_REMOTE": f"file://{root}"}).output
     assert "leads out of the remote" in out and TRACEBACK not in out
-    assert list(victim.rglob("*")) == [victim / "ents", victim / "objs"] or sorted(
-        victim.rglob("*")
-    ) == sorted([victim / "ents", victim / "objs"])
+    assert sorted(victim.rglob("*")) == [victim / "ents", victim / "objs"]
 
 
 @pytest.mark.parametrize("url", ["s3:///pm", "gs:///cache/x"])
