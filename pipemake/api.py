@@ -1206,8 +1206,8 @@ def push(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
             f"{'is' if left == 1 else 'are'} not signed with PIPEMAKE_CACHE_KEY (built "
             f"without the key, or rewritten since) and {'was' if left == 1 else 'were'} not "
             "pushed: build with the key set, then push (that build signs the outputs "
-            "pipemake.lock records as made here, and runs again the stages whose outputs "
-            "came from a cache entry no key verified)"
+            "pipemake.lock records as made in this workspace, taking them as they are, and "
+            "runs the other stages again)"
         )
     return {"entries": len(entries), "stats": asdict(remote.stats), "warnings": warnings}
 

@@ -15,7 +15,10 @@ inputs (or static params) differ from the lock, and so will run rather than rest
 a cache keyed on it. Where a stage's key is the locked one and its outputs in the
 workspace hash to the locked hashes, the build finds it up to date and takes those
 outputs into the store (:meth:`pipemake.build.Builder.decide`), as ``dvc.lock`` makes
-``dvc repro`` skip it. ``--no-lock-file`` or ``lock_file: false`` in the pipeline turns
+``dvc repro`` skip it — unless the section says ``"verified": false`` and the build holds
+``PIPEMAKE_CACHE_KEY``: its outputs came from a cache entry no key verified (restored by a
+build without the key), so a keyed build runs the stage rather than sign them (see
+:func:`verified`). ``--no-lock-file`` or ``lock_file: false`` in the pipeline turns
 it off. The lock is the project's own file: read as untrusted input (bounded, checked in
 shape), a damaged one is reported as unreadable and rewritten by the next build.
 """

@@ -80,7 +80,9 @@ def test_outputs_restored_from_an_unverified_entry_are_never_signed_through_the_
     assert "pipemake.lock records" not in out
     assert victim.runs("upper") == 1
     assert victim.read("build/upper.txt") == "HELLO\nWORLD\n"
-    assert "verified" not in json.loads(victim.read(LOCK))["stages"]["upper"]  # ran: cleared
+    stages = json.loads(victim.read(LOCK))["stages"]
+    assert "verified" not in stages["upper"]  # ran: cleared
+    assert "verified" not in stages["side"]  # the key verified the remote's entry: cleared
     clean = {"PIPEMAKE_REMOTE": f"file://{tmp_path / 'remote2'}", "PIPEMAKE_CACHE_KEY": "team"}
     victim.cli("push", env=clean)
     clone = project(CHAIN, CHAIN_FILES, name="clone")
@@ -242,6 +244,24 @@ def test_a_keyed_push_counts_the_entries_it_replaced(
     out = trusted.cli("push", env=keyed).output
     assert f"pushed {len(CHAIN_STAGES)} entries" in out
     assert f"{len(CHAIN_STAGES)} were there but replaced" in out, out
+
+
+def test_the_push_warning_about_unsigned_entries_says_what_a_keyed_build_does(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """Built without the key, pushed with it: the warning's advice is what happens next: a
+    keyed build signs the outputs the lock records as made here (nothing runs) and the push
+    then sends every entry."""
+    url = f"file://{tmp_path / 'remote'}"
+    p = project(CHAIN, CHAIN_FILES)
+    p.cli("build", env={"PIPEMAKE_CACHE_KEY": ""})
+    keyed = {"PIPEMAKE_REMOTE": url, "PIPEMAKE_CACHE_KEY": "team"}
+    out = p.cli("push", env=keyed).output
+    assert "4 entries of this store are not signed" in out
+    assert "runs the other stages again" in out and "those stages run again" not in out
+    p.cli("build", env=keyed)
+    assert p.run_counts() == dict.fromkeys(CHAIN_STAGES, 1)  # the first build's runs only
+    assert "pushed 4 entries" in p.cli("push", env=keyed).output
 
 
 # --- S3 (moto's server on 127.0.0.1) ---------------------------------------------------
