@@ -140,6 +140,9 @@ class Builder:
         if decision.verdict is Verdict.RUN and stage.id in self._unverified:
             others = [r for r in decision.reasons if r.trigger is not Trigger.NO_ENTRY]
             decision = Decision(Verdict.RUN, [_UNVERIFIED, *others], decision.items)
+        remote = self.store.remote
+        if decision.verdict is Verdict.RESTORE and rs.key in getattr(remote, "trusted", ()):
+            decision.reasons = [_from_remote(r) for r in decision.reasons]
         return decision, rs, entry if decision.verdict in _HAS_ENTRY else None
 
     def _verified_items(self, stage: Stage, rs: ResolvedStage) -> None:
@@ -706,6 +709,12 @@ _UNVERIFIED = Reason(
     "its outputs came from a cache entry no PIPEMAKE_CACHE_KEY verified (pipemake.lock "
     "says so), so a build holding the key does not vouch for them",
 )
+
+
+def _from_remote(reason: Reason) -> Reason:
+    """A restore's reason saying where its entry came from: the remote, fetched just now."""
+    text = reason.detail.replace("the store has them", "the remote has them")
+    return reason if text == reason.detail else Reason(reason.trigger, text)
 
 
 def _lock_sections(p: Pipeline) -> dict[str, Locked]:

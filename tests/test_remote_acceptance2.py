@@ -264,6 +264,20 @@ def test_the_push_warning_about_unsigned_entries_says_what_a_keyed_build_does(
     assert "pushed 4 entries" in p.cli("push", env=keyed).output
 
 
+def test_a_fresh_clone_says_the_remote_has_what_it_restores(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """What a fresh clone restores comes from the remote: ``dry-run`` and ``build`` say
+    so, not that the (empty) local store has it."""
+    env = {"PIPEMAKE_REMOTE": f"file://{tmp_path / 'remote'}", "PIPEMAKE_CACHE_KEY": "k"}
+    project(CHAIN, CHAIN_FILES, name="first").cli("build", "--push", env=env)
+    clone = project(CHAIN, CHAIN_FILES, name="clone")
+    for command in ("dry-run", "build"):
+        out = clone.cli(command, env=env).output
+        assert out.count("not built in this workspace, the remote has them") == 4, out
+        assert "the store has them" not in out
+
+
 # --- S3 (moto's server on 127.0.0.1) ---------------------------------------------------
 
 
