@@ -175,9 +175,12 @@ def _remote_url(url: str | None, base: Path) -> str | None:
         return None
     url = url.strip()
     if "://" in url:
-        if not url.partition("://")[2].strip("/"):  # file:// alone would be the current folder
+        scheme, _, rest = url.partition("://")
+        # file:// alone would be the current folder; s3:///pm names no bucket
+        if not rest.strip("/") or (scheme.lower() in _BUCKETS and rest.startswith("/")):
             raise UsageError(
-                f"remote {url!r} names no folder or bucket; give one, e.g. file:///srv/cache"
+                f"remote {url!r} names no folder or bucket; give one, e.g. file:///srv/cache "
+                "or s3://bucket/cache"
             )
         return url
     name, colon, rest = url.partition(":")
@@ -186,6 +189,10 @@ def _remote_url(url: str | None, base: Path) -> str | None:
         fixed = f"{name}:///{path}" if name.lower() in ("file", "local") else f"{name}://{path}"
         raise UsageError(f"remote {url!r} is not a URL nor a folder; did you mean {fixed!r}?")
     return str(base / os.path.expanduser(url))
+
+
+#: URL schemes whose first name after ``://`` is a bucket or container
+_BUCKETS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
 
 
 def _remote_schemes() -> set[str]:
@@ -422,6 +429,8 @@ def run_build(project: Project, options: BuildOptions, bus: Bus | None = None) -
             ):
                 ex.prestart(o.jobs)
             builder.stopping = lambda: sigs.received is not None
+            if project.remote is not None:  # a fetch stops between two batches
+                project.remote.stopping = builder.stopping
             sched = Scheduler(
                 p.graph,
                 order,
@@ -1215,7 +1224,9 @@ def push(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
             f"{left} entr{'y' if left == 1 else 'ies'} of this store "
             f"{'is' if left == 1 else 'are'} not signed with PIPEMAKE_CACHE_KEY (built "
             f"without the key, or rewritten since) and {'was' if left == 1 else 'were'} not "
-            "pushed: build with the key set (those stages run again), then push"
+            "pushed: build with the key set, then push (that build signs the outputs "
+            "pipemake.lock records as made in this workspace, taking them as they are, and "
+            "runs the other stages again)"
         )
     return {"entries": len(entries), "stats": asdict(remote.stats), "warnings": warnings}
 

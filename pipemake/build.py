@@ -84,6 +84,9 @@ class Builder:
         #: stages found up to date by their outputs matching ``pipemake.lock`` (their
         #: entries are made from the workspace and written when the stage begins)
         self._adopted: set[str] = set()
+        #: stages whose outputs came from a cache entry no key verified: adopted from a lock
+        #: section that says so (no key now), or not adopted for it (a key now)
+        self._unverified: set[str] = set()
         #: every stage, item and map key this build or plan computed (what ``cache gc``
         #: keeps), item keys only when ``collect_keys`` is set
         self.keys_seen: set[str] = set()
@@ -101,6 +104,7 @@ class Builder:
     def decide(self, stage: Stage) -> tuple[Decision, ResolvedStage | None, dict[str, Any] | None]:
         """The verdict for a stage given what is known now, without changing anything: the
         stage resolved, its entry and outputs read, and :func:`.decide.decide` asked."""
+        self._unverified.discard(stage.id)
         try:
             rs = self.resolve(stage)
         except Unknown as exc:
@@ -129,10 +133,30 @@ class Builder:
                     return Decision(Verdict.UP_TO_DATE, [_AS_LOCKED]), rs, adopted
             if entry is None and rs.foreach:
                 self.resolver.read_cached_items(stage, rs)
+                self._verified_items(stage, rs)
         decision = decide(
             rs, entry, outputs, self.last(stage.id), forced=forced, upstream=self.decisions
         )
+        if decision.verdict is Verdict.RUN and stage.id in self._unverified:
+            others = [r for r in decision.reasons if r.trigger is not Trigger.NO_ENTRY]
+            decision = Decision(Verdict.RUN, [_UNVERIFIED, *others], decision.items)
+        remote = self.store.remote
+        if decision.verdict is Verdict.RESTORE and rs.key in getattr(remote, "trusted", ()):
+            decision.reasons = [_from_remote(r) for r in decision.reasons]
         return decision, rs, entry if decision.verdict in _HAS_ENTRY else None
+
+    def _verified_items(self, stage: Stage, rs: ResolvedStage) -> None:
+        """With a key, keep of a foreach stage's cached items only those whose entries the
+        key verifies, when its last build took items from the cache without one: the item
+        index (the workspace's own note of its last items) then holds entries nobody
+        verified, and an entry assembled from them would be signed."""
+        if not self.store.secret or not rs.cached:
+            return
+        if not (self._record(stage.id) or {}).get("unverified"):
+            return
+        keys = {rel: rs.item_keys[rel] for rel in rs.cached if rel in rs.item_keys}
+        good = self.store.get_actions(sorted(set(keys.values())))
+        rs.cached = {rel: good[k] for rel, k in keys.items() if k in good}
 
     def _against_lock(
         self, stage_id: str, key: str | None, entry: dict[str, Any], done: str = "restored"
@@ -205,6 +229,10 @@ class Builder:
             if want in ("file", "dir") and info.kind != want:
                 return None
             manifests[name] = manifest_of(info)
+        if not locked.verified:
+            self._unverified.add(stage.id)
+            if self.store.secret:  # never signed on the word of an entry nobody verified
+                return None
         metrics = {"adopted": True}
         return {"stage": stage.id, "outputs": manifests, "values": values, "metrics": metrics,
                 "created": time.time()}  # fmt: skip
@@ -281,12 +309,13 @@ class Builder:
                 except OSError as exc:
                     raise StageFailure(f"cannot copy its outputs into the store: {exc}") from None
                 self.store.put_action(rs.key, entry)  # type: ignore[arg-type]
-                self._done(stage, rs, entry, ran=False)
+                self._done(stage, rs, entry, ran=False, unverified=stage_id in self._unverified)
                 why = f"{_AS_LOCKED}; copied into the store"
                 self.bus.emit("stage_skipped", stage_id, reason="up to date", detail=why)
                 return []
             self._against_lock(stage_id, rs.key, entry, done="used")
-            self._done(stage, rs, entry, ran=False)
+            # the outputs were already here: as they came, unless a key vouches for them now
+            self._done(stage, rs, entry, ran=False, unverified=False if self.store.secret else None)
             self.bus.emit("stage_skipped", stage_id, reason="up to date")
             return []
         check_lost = False
@@ -297,7 +326,9 @@ class Builder:
             except OSError as exc:
                 raise StageFailure(_placing_failed(exc)) from None
             if restored:
-                self._done(stage, rs, entry, ran=False, restored=True)
+                self._done(
+                    stage, rs, entry, ran=False, restored=True, unverified=not self.store.secret
+                )
                 self.bus.emit(
                     "stage_restored", stage_id, reasons=[str(r) for r in decision.reasons]
                 )
@@ -316,6 +347,8 @@ class Builder:
                 # rerun the items whose objects are gone (a corrupt one was removed just now)
                 self.resolver.read_cached_items(stage, rs)
                 check_lost = True
+        if self.stopping():  # Ctrl-C while deciding (a long fetch, say): nothing starts
+            raise StageFailure("stopped by a signal before it started")
         return self._start(stage, rs, decision, check_lost)
 
     def _note_keys(self, stage: Stage, rs: ResolvedStage) -> None:
@@ -536,13 +569,18 @@ class Builder:
                 told = self.decisions[stage_id] = Decision(
                     Verdict.RESTORE, told.reasons, run.waiting["items"]
                 )
-                self._done(stage, run.rs, entry, ran=False, restored=True)
+                self._done(
+                    stage, run.rs, entry, ran=False, restored=True,
+                    unverified=not self.store.secret,
+                )  # fmt: skip
                 self.bus.emit(
                     "stage_restored", stage_id, reasons=[str(r) for r in told.reasons],
                     items=entry["metrics"]["items"],
                 )  # fmt: skip
                 return []
-            self._done(stage, run.rs, entry, ran=True)
+            # items (or map results) taken from the cache without a key to verify them
+            mixed = foreach is not None and bool(foreach.cached) and not self.store.secret
+            self._done(stage, run.rs, entry, ran=True, unverified=mixed)
             self.bus.emit("stage_finished", stage_id, **entry["metrics"])
             return []
         finally:
@@ -593,12 +631,27 @@ class Builder:
         entry: dict[str, Any],
         ran: bool,
         restored: bool = False,
+        unverified: bool | None = False,
     ) -> None:
+        """Record a stage as built. ``restored``: its outputs were just restored from the
+        store (the record then says restored, even where the last one says it ran here).
+        ``unverified``: whether its outputs came from a cache entry no
+        ``PIPEMAKE_CACHE_KEY`` verified (None: as the last record or the lock says, for
+        outputs that were already in place), which ``pipemake.lock`` then says."""
         self.results[stage.id] = Planned(entry["outputs"], entry.get("values", {}), rs.key)
         last = self._brief.get(stage.id, NEVER)
         # a restore where the last record says it ran here: the record says restored now
         relabel = restored and not (self._record(stage.id) or {}).get("restored")
-        if ran or last.key != rs.key or last.result != "ok" or relabel:
+        same = last.key == rs.key and last.result == "ok" and not relabel
+        if unverified is None and not same:
+            old = self._record(stage.id) if last.key == rs.key else None
+            locked = self._lock().get(stage.id)
+            unverified = bool(old.get("unverified")) if old else (
+                locked is not None and locked.key == rs.key and not locked.verified
+            )  # fmt: skip
+        elif unverified is not None and same and not ran:  # rewritten when the mark changes
+            same = bool((self._record(stage.id) or {}).get("unverified")) == unverified
+        if ran or not same:
             metrics = entry.get("metrics", {})
             took = metrics.get("duration", last.duration)
             if relabel and last.key == rs.key and last.duration is not None:
@@ -611,6 +664,8 @@ class Builder:
                 record["committed"] = True
             if metrics.get("adopted"):  # outputs as pipemake.lock records: nothing ran
                 record["adopted"] = True
+            if unverified:
+                record["unverified"] = True
             if ran:
                 record.update({k: metrics[k] for k in ("attempts", "retry_wait") if k in metrics})
             self.state.builds.set_record(stage.id, record)
@@ -655,17 +710,31 @@ class Locked:
     paths: dict[str, str]
     hashes: dict[str, str]
     values: dict[str, Any] | None
+    #: False where its outputs came from a cache entry no key verified
+    verified: bool = True
 
 
 #: why a stage with no entry in the store is up to date
 _AS_LOCKED = Reason(Trigger.CACHED, "its outputs are what pipemake.lock records for this key")
+#: why a stage whose outputs are the locked ones runs all the same when a key is held
+_UNVERIFIED = Reason(
+    Trigger.NO_ENTRY,
+    "its outputs came from a cache entry no PIPEMAKE_CACHE_KEY verified (pipemake.lock "
+    "says so), so a build holding the key does not vouch for them",
+)
+
+
+def _from_remote(reason: Reason) -> Reason:
+    """A restore's reason saying where its entry came from: the remote, fetched just now."""
+    text = reason.detail.replace("the store has them", "the remote has them")
+    return reason if text == reason.detail else Reason(reason.trigger, text)
 
 
 def _lock_sections(p: Pipeline) -> dict[str, Locked]:
     """Each stage's section of the project's ``pipemake.lock`` (none where the pipeline
     turns the lock off, or it is missing or unreadable; a section not of the shape pipemake
     writes is left out)."""
-    from .lockfile import locked_values, read
+    from .lockfile import locked_values, read, verified
 
     if not p.lock_file:
         return {}
@@ -686,7 +755,7 @@ def _lock_sections(p: Pipeline) -> dict[str, Locked]:
                 hashes[name] = o["hash"]
                 if isinstance(o.get("path"), str):
                     paths[name] = o["path"]
-        out[sid] = Locked(section["key"], paths, hashes, locked_values(section))
+        out[sid] = Locked(section["key"], paths, hashes, locked_values(section), verified(section))
     return out
 
 

@@ -1215,10 +1215,13 @@ def push(
     def go() -> int:
         info = _with_remote(ctx, api.push, targets, remote, remote_read_only, cache_dir)
         st = info["stats"]
+        replaced = st.get("replaced_entries", 0)
         click.echo(
             f"pushed {st['pushed_entries']} entries and {st['pushed_objects']} objects; "
             f"{st['present_entries']} entries were there already"
-        )
+            + (f" and kept, {replaced} were there but replaced (unsigned, or signed with "
+               "another key than PIPEMAKE_CACHE_KEY)" if replaced else "")
+        )  # fmt: skip
         if st["skipped_entries"]:
             click.echo(
                 f"{st['skipped_entries']} entries not pushed: the local store lacks their "

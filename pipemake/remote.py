@@ -49,9 +49,16 @@ _ENTRY_MAX = 256 << 20
 _UNSIZED_MAX = 1 << 30
 #: objects larger than this are streamed to a file one at a time instead of held in memory
 _BIG = 64 << 20
+#: files read in one request batch between two looks at whether the build is stopping
+_STEP = 256
 #: an object a push finds older than this is written again (its age renewed), so a
 #: ``cache gc --remote`` running meanwhile sees it as young
 _REFRESH = 3600.0
+
+
+def _never() -> bool:
+    """Never stopping: a command without a signal handler of its own."""
+    return False
 
 
 @dataclass
@@ -68,6 +75,8 @@ class RemoteStats:
     pushed_objects: int = 0
     present_entries: int = 0
     skipped_entries: int = 0
+    #: entries pushed in place of ones the pusher's key does not accept (unsigned, other key)
+    replaced_entries: int = 0
 
 
 @dataclass
@@ -91,6 +100,9 @@ class Remote:
     bad: set[str] = field(default_factory=set)
     #: keys whose remote entry this process read and trusted (a keyed push reads no more)
     trusted: set[str] = field(default_factory=set)
+    #: whether the command is being stopped (Ctrl-C): no more is fetched, and what was
+    #: fetched completely is kept
+    stopping: Callable[[], bool] = field(default=_never)
     _asked: set[str] = field(default_factory=set)
     _said: set[str] = field(default_factory=set)
     _files: RemoteFiles | None = None
@@ -112,6 +124,7 @@ class Remote:
         self._asked.clear()
         self.trusted.clear()
         self.down = self.push_down = None
+        self.stopping = _never
 
     def check(self) -> None:
         """Open the back-end (no request is made): a :class:`RemoteError` when the URL's
@@ -203,7 +216,7 @@ class Remote:
         is missing, refused or lacks a good object is left out (a miss)."""
         with self._lock:
             todo = [k for k in dict.fromkeys(keys) if is_digest(k) and k not in self._asked]
-            if not todo or self.down is not None:
+            if not todo or self.down is not None or self.stopping():
                 return {}
             self._asked.update(todo)
             try:
@@ -219,7 +232,13 @@ class Remote:
 
     def _read_entries(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         paths = [self._ent(k) for k in keys]
-        found = self.files.read_many(paths, [_ENTRY_MAX] * len(paths))
+        found: dict[str, bytes] = {}
+        for start in range(0, len(paths), _STEP):
+            if start and self.stopping():
+                self._asked.difference_update(keys[start:])  # asked again by the next build
+                break
+            step = paths[start : start + _STEP]
+            found.update(self.files.read_many(step, [_ENTRY_MAX] * len(step)))
         out: dict[str, dict[str, Any]] = {}
         for key, path in zip(keys, paths, strict=True):
             data = found.get(path)
@@ -275,14 +294,22 @@ class Remote:
 
     def _fetch_objects(self, store: Store, need: dict[str, int | None]) -> set[str]:
         """Fetch, verify and store the objects ``need`` (digest → size, when known); the
-        digests that are missing on the remote or refused."""
+        digests that are missing on the remote or refused, or not fetched because the
+        command is being stopped."""
         lost: set[str] = set()
         small = [d for d, size in need.items() if size is None or size <= _BIG]
         big = [d for d, size in need.items() if size is not None and size > _BIG]
         for chunk in batches(small, need):
+            if self.stopping():
+                break
             paths = [self._obj(d) for d in chunk]
             limits = [need[d] + 1 if need[d] is not None else _UNSIZED_MAX for d in chunk]
-            found = self.files.read_many(paths, limits)
+            found: dict[str, bytes] = {}
+            for start in range(0, len(paths), _STEP):
+                if start and self.stopping():
+                    break  # those not read yet are missing (the next build asks again)
+                step = slice(start, start + _STEP)
+                found.update(self.files.read_many(paths[step], limits[step]))
             args = [(store, d, need[d], found.get(p)) for d, p in zip(chunk, paths, strict=True)]
 
             def take(args: tuple[Store, str, int | None, bytes | None]) -> None:
@@ -292,8 +319,10 @@ class Remote:
 
             each(take, args)
         for digest in big:
-            if not self._fetch_big(store, digest, need[digest] or 0):
+            if self.stopping() or not self._fetch_big(store, digest, need[digest] or 0):
                 lost.add(digest)
+        if self.stopping():
+            lost.update(d for d in need if not store.has_object(d))
         return lost
 
     def _accept(self, args: tuple[Store, str, int | None, bytes | None]) -> bool:
@@ -399,6 +428,7 @@ class Remote:
             docs.append((self._ent(key), seal(key, encode_entry(entry), self.secret), key in stale))
         each(lambda doc: self.files.put(*doc), docs)
         self.stats.pushed_entries += len(docs)
+        self.stats.replaced_entries += sum(1 for _p, _d, replaced in docs if replaced)
         # a `cache gc --remote` may have taken an old object just as this push found it
         ages = self.files.ages([self._obj(d) for d in present])
         self._upload(store, [d for d in present if ages[self._obj(d)] is None], replace=False)

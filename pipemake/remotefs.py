@@ -54,9 +54,15 @@ class RemoteFiles:
         #: a ``file://`` remote (or a plain path): read and written through ``os``
         self.local = False
         self._real: set[str] = set()  # folders found to be inside the remote
+        self._bucket_seen = False  # the bucket (or container) was found to exist
         #: folders of a ``file://`` remote that are links to folders outside it (never
         #: followed: what they hold counts as missing), where each leads
         self.links_out: dict[str, str] = {}
+
+    @property
+    def scheme(self) -> str:
+        """The URL's scheme (``file`` for a plain path)."""
+        return self.url.partition("://")[0].lower() if "://" in self.url else "file"
 
     def open(self) -> Any:
         """The fsspec file system (opened on first use): a :class:`RemoteError` when the
@@ -70,7 +76,7 @@ class RemoteFiles:
                 f"remote {self.url}: fsspec is not installed; pip install fsspec "
                 "(or 'pipemake[s3]' for s3://)"
             ) from None
-        scheme = self.url.partition("://")[0] if "://" in self.url else "file"
+        scheme = self.scheme
         try:
             # a fresh instance per command: fsspec's cache would keep an endpoint or
             # credentials from the environment of an earlier command in this process
@@ -125,7 +131,29 @@ class RemoteFiles:
             raise
         except Exception as exc:  # a back-end's own errors (botocore, aiohttp, paramiko)
             raise Unreachable(reason(exc)) from exc
+        if not out:
+            self.check_bucket()
         return out
+
+    def check_bucket(self) -> None:
+        """:class:`Unreachable` when the remote's bucket (or container) does not exist: on
+        a cloud back-end a missing bucket reads as every file missing, which would make a
+        mistyped bucket look like an empty remote. Asked once, and only when a read found
+        nothing (a ``file://`` remote's folder may well not exist yet: it is made on push)."""
+        if self._bucket_seen or self.local or self.scheme not in _CLOUD:
+            return
+        bucket = self.root.partition("/")[0]
+        fs = self.open()
+        try:
+            if type(fs).__name__ == "S3FileSystem":
+                fs.call_s3("head_bucket", Bucket=bucket)
+            else:
+                fs.info(bucket)
+        except FileNotFoundError:
+            raise Unreachable(f"bucket {bucket!r} does not exist") from None
+        except Exception:  # noqa: S110 - not allowed to ask (no s3:ListBucket): reads tell
+            pass
+        self._bucket_seen = True
 
     def get_file(self, path: str, dst: str, limit: int) -> bool:
         """Copy the remote file ``path`` to the local ``dst`` (at most ``limit`` bytes for a
@@ -222,7 +250,7 @@ class RemoteFiles:
         """Put-if-absent on a local file system: a temporary file linked to its name (a
         link never replaces), or renamed over it with ``replace``."""
         folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
+        self._make_folders(folder)
         if not self._inside(path):
             raise Unreachable(f"{folder} leads out of the remote {self.root} (a link)")
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
@@ -246,6 +274,29 @@ class RemoteFiles:
         finally:
             if os.path.lexists(tmp):
                 os.unlink(tmp)
+
+    def _make_folders(self, folder: str) -> None:
+        """Create ``folder`` and the folders above it up to the remote's root, one at a
+        time, refusing a link (or a file) on the way before anything is created through it:
+        no folder is ever made outside the remote."""
+        if folder in self._real:
+            return
+        os.makedirs(self.root, exist_ok=True)
+        rel = os.path.relpath(folder, self.root)
+        if rel.startswith(os.pardir):
+            raise Unreachable(f"{folder} is outside the remote {self.root}")
+        here = self.root
+        for part in [] if rel == os.curdir else rel.split(os.sep):
+            here = os.path.join(here, part)
+            try:
+                os.mkdir(here)
+                continue
+            except FileExistsError:
+                pass
+            if os.path.islink(here) or not os.path.isdir(here):
+                raise Unreachable(
+                    f"{here} leads out of the remote {self.root} (a link, or not a folder)"
+                )
 
     def remove(self, path: str) -> None:
         """Remove one file (never through a link to a folder outside the remote)."""
@@ -285,9 +336,11 @@ class RemoteFiles:
         try:
             found = fs.find(f"{self.root}/{folder}", detail=True)
         except FileNotFoundError:
-            return {}
+            found = {}
         except Exception as exc:
             raise Unreachable(reason(exc)) from exc
+        if not found:
+            self.check_bucket()
         if self.local:
             found = {p: i for p, i in found.items() if self._inside(p)}
         return found

@@ -229,9 +229,11 @@ class Scheduler:
             try:
                 tasks = self.handler.begin(stage)
             except StageFailure as exc:
+                self._check_signals()  # a signal during a long begin: stopped, not failed
                 self._finish(stage, str(exc))
                 continue
             self._settle(stage, tasks)
+            self._check_signals()
 
     def _settle(self, stage: str, tasks: list[Task]) -> None:
         for t in tasks:

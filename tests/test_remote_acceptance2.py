@@ -1,0 +1,320 @@
+"""Acceptance checks of remote stores (issue 15), second round: an unsigned entry is never
+laundered into a signed one through ``pipemake.lock``; Ctrl-C during a fetch stops the
+build; a bucket that does not exist is not an empty remote; a ``file://`` remote whose
+folders are links to elsewhere gets nothing created there; ``s3:///x`` names no bucket;
+a keyed push says how many entries it replaced."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import xxhash
+from conftest import CHAIN, CHAIN_FILES, CHAIN_STAGES, TRACEBACK, Proj
+
+from pipemake import remotefs
+from pipemake.lockfile import FILE as LOCK
+
+
+def _entries(root: Path) -> dict[str, tuple[Path, dict[str, Any], dict[str, Any]]]:
+    """Each stage's remote entry file, its sealed document and its entry, by stage id."""
+    out = {}
+    for path in (root / "entries").rglob("*.json"):
+        doc = json.loads(path.read_text())
+        entry = json.loads(doc["entry"])
+        if "stage" in entry:
+            out[entry["stage"]] = (path, doc, entry)
+    return out
+
+
+def _plant(root: Path, stage: str, evil: bytes) -> None:
+    """As an attacker with write access to the remote: replace ``stage``'s entry with an
+    unsigned one whose output is ``evil`` (its object put beside the others)."""
+    path, doc, entry = _entries(root)[stage]
+    digest = xxhash.xxh3_128_hexdigest(evil)
+    obj = root / "objects" / digest[:2] / digest[2:]
+    obj.parent.mkdir(parents=True, exist_ok=True)
+    obj.write_bytes(evil)
+    (manifest,) = entry["outputs"].values()
+    manifest.update(hash=digest, size=len(evil))
+    doc.update(entry=json.dumps(entry, sort_keys=True), sig=None)
+    path.chmod(0o644)
+    path.write_text(json.dumps(doc))
+
+
+def _victim(project: Callable[..., Proj], tmp_path: Path) -> tuple[Proj, str]:
+    """A remote holding the team's signed entries, one of them (``upper``) replaced by an
+    attacker's unsigned entry; and a workspace whose build without the key restored the
+    attacker's bytes (warned: trusting the remote unverified)."""
+    root = tmp_path / "remote"
+    url = f"file://{root}"
+    project(CHAIN, CHAIN_FILES, name="team").cli(
+        "build", "--push", env={"PIPEMAKE_REMOTE": url, "PIPEMAKE_CACHE_KEY": "team"}
+    )
+    _plant(root, "upper", b"PWNED\n")
+    victim = project(CHAIN, CHAIN_FILES, name="victim")
+    out = victim.cli("build", env={"PIPEMAKE_REMOTE": url, "PIPEMAKE_CACHE_KEY": ""}).output
+    assert "trusting remote" in out
+    assert victim.read("build/upper.txt") == "PWNED\n"
+    return victim, url
+
+
+def test_outputs_restored_from_an_unverified_entry_are_never_signed_through_the_lock(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """The lock marks the stage restored from an entry no key verified; a build holding the
+    key then runs it (saying why) instead of taking the outputs as the lock's and signing
+    them, so a keyed push sends the honest bytes and a keyed clone restores those."""
+    victim, url = _victim(project, tmp_path)
+    lock = json.loads(victim.read(LOCK))
+    assert lock["stages"]["upper"]["verified"] is False
+    keyed = {"PIPEMAKE_REMOTE": url, "PIPEMAKE_CACHE_KEY": "team"}
+    plan = victim.cli("dry-run", env=keyed).output
+    assert "upper: run: its outputs came from a cache entry no PIPEMAKE_CACHE_KEY verified" in plan
+    out = victim.cli("build", env=keyed).output
+    assert "pipemake.lock records" not in out
+    assert victim.runs("upper") == 1
+    assert victim.read("build/upper.txt") == "HELLO\nWORLD\n"
+    stages = json.loads(victim.read(LOCK))["stages"]
+    assert "verified" not in stages["upper"]  # ran: cleared
+    assert "verified" not in stages["side"]  # the key verified the remote's entry: cleared
+    clean = {"PIPEMAKE_REMOTE": f"file://{tmp_path / 'remote2'}", "PIPEMAKE_CACHE_KEY": "team"}
+    victim.cli("push", env=clean)
+    clone = project(CHAIN, CHAIN_FILES, name="clone")
+    clone.cli("build", env=clean)
+    assert clone.run_counts() == {}
+    assert clone.read("build/upper.txt") == "HELLO\nWORLD\n"
+
+
+def test_a_lock_whose_mark_was_edited_away_is_not_believed(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """Deleting the ``"verified": false`` line (or a merge resolved line by line) breaks the
+    section's check: a keyed build still runs the stage rather than sign its outputs."""
+    victim, url = _victim(project, tmp_path)
+    lock = json.loads(victim.read(LOCK))
+    del lock["stages"]["upper"]["verified"]
+    victim.write(LOCK, json.dumps(lock, indent=2, sort_keys=True) + "\n")
+    victim.cli("build", env={"PIPEMAKE_REMOTE": url, "PIPEMAKE_CACHE_KEY": "team"})
+    assert victim.runs("upper") == 1
+    assert victim.read("build/upper.txt") == "HELLO\nWORLD\n"
+
+
+def test_a_keyed_fresh_clone_of_a_marked_lock_runs_the_marked_stages(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """Outputs and lock committed to Git by a workspace that restored ``upper`` and
+    ``side`` without the key (``lines`` and ``report`` ran there): a keyed clone without a
+    store runs the marked stages, saying why (and what depends on ``upper`` then differs);
+    without a key the clone adopts every stage, as before."""
+    victim, _url = _victim(project, tmp_path)
+    marked = {s for s, sec in json.loads(victim.read(LOCK))["stages"].items() if "verified" in sec}
+    assert marked == {"upper", "side"}
+    files = {
+        str(p.relative_to(victim.root)): p.read_bytes()
+        for p in victim.root.rglob("*")
+        if p.is_file() and ".pipemake" not in p.parts and "runs" not in p.parts
+    }
+    keyed = project(CHAIN, files, name="keyed")
+    out = keyed.cli("build", env={"PIPEMAKE_CACHE_KEY": "team"}).output
+    assert keyed.run_counts() == dict.fromkeys(CHAIN_STAGES, 1), out
+    assert "upper: running (its outputs came from a cache entry no PIPEMAKE_CACHE_KEY" in out
+    assert "side: running (its outputs came from a cache entry no PIPEMAKE_CACHE_KEY" in out
+    assert keyed.read("build/upper.txt") == "HELLO\nWORLD\n"
+    plain = project(CHAIN, files, name="plain")
+    out = plain.cli("build", env={"PIPEMAKE_CACHE_KEY": ""}).output
+    assert plain.run_counts() == {}, out
+    assert out.count("pipemake.lock records for this key") == len(CHAIN_STAGES)
+
+
+EACH = """
+name: items
+stages:
+  - id: upper
+    type: shell
+    foreach: src
+    config:
+      cmd: "echo {item.name} >> runs/items.count; tr a-z A-Z < {inputs.src} > {outputs.out}/{item.name}"
+      inputs: {src: data}
+      outputs: {out: build/upper}
+"""
+#: more items than one request batch reads (see ``remote._STEP``)
+EACH_FILES = {f"data/f{i:04}.txt": f"file {i}\n" for i in range(600)}
+
+
+def test_a_foreach_stage_run_partly_from_unverified_items_is_marked(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """Items restored without the key and one new item run: the stage's outputs still hold
+    what no key verified, so the lock marks it and a keyed build runs it."""
+    url = f"file://{tmp_path / 'remote'}"
+    files = dict(list(EACH_FILES.items())[:5])
+    project(EACH, files, name="first").cli("build", "--push", env={"PIPEMAKE_REMOTE": url})
+    second = project(EACH, {**files, "data/new.txt": "new\n"}, name="second")
+    second.cli("build", env={"PIPEMAKE_REMOTE": url, "PIPEMAKE_CACHE_KEY": ""})
+    assert second.read("runs/items.count").split() == ["new.txt"]
+    assert json.loads(second.read(LOCK))["stages"]["upper"]["verified"] is False
+    out = second.cli("build", env={"PIPEMAKE_CACHE_KEY": "team"}).output
+    assert len(second.read("runs/items.count").split()) == 1 + 6, out
+
+
+def test_ctrl_c_while_a_build_fetches_stops_it_and_the_next_build_resumes(
+    project: Callable[..., Proj], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGINT arrives during the first batch of objects a build fetches: no further batch
+    is read, nothing starts, the build exits 130; the store holds only verified objects and
+    whole entries, and the next build restores everything, running nothing."""
+    url = f"file://{tmp_path / 'remote'}"
+    env = {"PIPEMAKE_REMOTE": url, "PIPEMAKE_CACHE_KEY": "k"}
+    first = project(EACH, EACH_FILES, name="first")
+    first.cli("build", "--push", env=env)
+    clone = project(EACH, EACH_FILES, name="clone")
+    real = remotefs.RemoteFiles.read_many
+    reads_after: list[int] = []
+    sent = []
+
+    def read_many(self: remotefs.RemoteFiles, paths: list[str], limits: list[int]) -> Any:
+        if sent:
+            reads_after.append(len(paths))
+        elif any("/objects/" in p for p in paths):
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, mid-fetch
+        return real(self, paths, limits)
+
+    monkeypatch.setattr(remotefs.RemoteFiles, "read_many", read_many)
+    out = clone.cli("build", code=130, env=env).output
+    assert sent and reads_after == [], reads_after
+    assert "interrupted" in out and TRACEBACK not in out
+    assert not clone.exists("runs/items.count")
+    assert not clone.path("build/upper").exists() or not any(clone.path("build/upper").iterdir())
+    monkeypatch.setattr(remotefs.RemoteFiles, "read_many", real)
+    clone.cli("cache", "verify")
+    done = clone.cli("build", env=env).output
+    assert "0 ran, 1 restored" in done, done
+    assert not clone.exists("runs/items.count")
+    assert clone.read("build/upper/f0599.txt") == "FILE 599\n"
+
+
+def test_folders_of_a_file_remote_that_lead_elsewhere_get_nothing_created_there(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """``objects/`` and ``entries/`` are links to a victim's folders: the push fails naming
+    the link, and not one folder or file appears in the victim's folders."""
+    victim = tmp_path / "victim"
+    (victim / "objs").mkdir(parents=True)
+    (victim / "ents").mkdir()
+    root = tmp_path / "remote"
+    root.mkdir()
+    (root / "objects").symlink_to(victim / "objs")
+    (root / "entries").symlink_to(victim / "ents")
+    p = project(CHAIN, CHAIN_FILES)
+    p.cli("build")
+    out = p.cli("push", code=1, env={"PIPEMAKE_REMOTE": f"file://{root}"}).output
+    assert "leads out of the remote" in out and TRACEBACK not in out
+    assert sorted(victim.rglob("*")) == [victim / "ents", victim / "objs"]
+
+
+@pytest.mark.parametrize("url", ["s3:///pm", "gs:///cache/x"])
+def test_a_bucket_url_without_a_bucket_is_a_usage_error(
+    project: Callable[..., Proj], url: str
+) -> None:
+    p = project(CHAIN, CHAIN_FILES)
+    p.cli("build")
+    result = p.cli("push", code=2, env={"PIPEMAKE_REMOTE": url})
+    assert "names no folder or bucket" in result.output and TRACEBACK not in result.output
+
+
+def test_a_keyed_push_counts_the_entries_it_replaced(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """Unsigned entries were there first: the keyed push replaces them and says so, rather
+    than that none were there."""
+    url = f"file://{tmp_path / 'remote'}"
+    project(CHAIN, CHAIN_FILES, name="first").cli(
+        "build", "--push", env={"PIPEMAKE_REMOTE": url, "PIPEMAKE_CACHE_KEY": ""}
+    )
+    keyed = {"PIPEMAKE_REMOTE": url, "PIPEMAKE_CACHE_KEY": "team"}
+    trusted = project(CHAIN, CHAIN_FILES, name="trusted")
+    trusted.cli("build", env=keyed)
+    out = trusted.cli("push", env=keyed).output
+    assert f"pushed {len(CHAIN_STAGES)} entries" in out
+    assert f"{len(CHAIN_STAGES)} were there but replaced" in out, out
+
+
+def test_the_push_warning_about_unsigned_entries_says_what_a_keyed_build_does(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """Built without the key, pushed with it: the warning's advice is what happens next: a
+    keyed build signs the outputs the lock records as made here (nothing runs) and the push
+    then sends every entry."""
+    url = f"file://{tmp_path / 'remote'}"
+    p = project(CHAIN, CHAIN_FILES)
+    p.cli("build", env={"PIPEMAKE_CACHE_KEY": ""})
+    keyed = {"PIPEMAKE_REMOTE": url, "PIPEMAKE_CACHE_KEY": "team"}
+    out = p.cli("push", env=keyed).output
+    assert "4 entries of this store are not signed" in out
+    assert "runs the other stages again" in out and "those stages run again" not in out
+    p.cli("build", env=keyed)
+    assert p.run_counts() == dict.fromkeys(CHAIN_STAGES, 1)  # the first build's runs only
+    assert "pushed 4 entries" in p.cli("push", env=keyed).output
+
+
+def test_a_fresh_clone_says_the_remote_has_what_it_restores(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """What a fresh clone restores comes from the remote: ``dry-run`` and ``build`` say
+    so, not that the (empty) local store has it."""
+    env = {"PIPEMAKE_REMOTE": f"file://{tmp_path / 'remote'}", "PIPEMAKE_CACHE_KEY": "k"}
+    project(CHAIN, CHAIN_FILES, name="first").cli("build", "--push", env=env)
+    clone = project(CHAIN, CHAIN_FILES, name="clone")
+    for command in ("dry-run", "build"):
+        out = clone.cli(command, env=env).output
+        assert out.count("not built in this workspace, the remote has them") == 4, out
+        assert "the store has them" not in out
+
+
+# --- S3 (moto's server on 127.0.0.1) ---------------------------------------------------
+
+
+@pytest.fixture
+def moto_env(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """moto's S3 server, with the environment pointing boto3 and s3fs at it."""
+    pytest.importorskip("s3fs")
+    boto3 = pytest.importorskip("boto3")
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "2",
+        "AWS_RETRY_MODE": "standard", "AWS_ENDPOINT_URL": endpoint,
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    yield boto3.client("s3", endpoint_url=endpoint)
+    server.stop()
+
+
+@pytest.mark.slow
+def test_a_bucket_that_does_not_exist_is_a_failed_remote_not_an_empty_one(
+    project: Callable[..., Proj], moto_env: Any
+) -> None:
+    """``pull`` exits 1 naming the bucket; ``build`` warns that the remote failed and builds
+    locally; an existing empty bucket is still an empty remote (pull exits 0)."""
+    p = project(CHAIN, CHAIN_FILES)
+    gone = {"PIPEMAKE_REMOTE": "s3://nosuchbucket/pm", "PIPEMAKE_CACHE_KEY": ""}
+    out = p.cli("pull", code=1, env=gone).output
+    assert "'nosuchbucket' does not exist" in out and TRACEBACK not in out
+    out = p.cli("build", env=gone).output
+    assert "remote s3://nosuchbucket/pm failed (bucket 'nosuchbucket' does not exist)" in out
+    assert p.run_counts() == dict.fromkeys(CHAIN_STAGES, 1)
+    moto_env.create_bucket(Bucket="empty")
+    fresh = project(CHAIN, CHAIN_FILES, name="fresh")
+    out = fresh.cli("pull", env={"PIPEMAKE_REMOTE": "s3://empty/pm"}).output
+    assert "fetched 0 entries" in out
