@@ -65,9 +65,11 @@ class Estimator:
             # another type are left out, as unknown
             stages, deps = d.get("stages"), d.get("deps")
             self.order = [x for x in stages if isinstance(x, str)] if _is(stages, list) else []
-            self.deps = (
-                {k: list(v) for k, v in deps.items() if _is(v, list)} if _is(deps, dict) else {}
-            )
+            self.deps = {
+                k: [x for x in v if isinstance(x, str)]
+                for k, v in (deps.items() if _is(deps, dict) else ())
+                if _is(v, list)
+            }
             # None: never built, no estimate
             self.expected = _seconds(d.get("expected"))
             self.per_item = _seconds(d.get("per_item"))

@@ -277,7 +277,9 @@ def test_the_estimator_reads_logged_values_of_another_type_as_unknown():
     data = {"stages": 5, "deps": ["x"], "expected": {"a": "soon"}, "per_item": [1], "jobs": "x"}
     est(Event("run_started", None, data, 0.0))
     assert est.order == [] and est.deps == {} and est.expected == {} and est.jobs is None
-    est(Event("run_started", None, {"stages": ["a"], "expected": {"a": 4}}, 0.0))
+    data = {"stages": ["a"], "deps": {"a": [["x"], "z"]}, "expected": {"a": 4}}
+    est(Event("run_started", None, data, 0.0))
+    assert est.deps == {"a": ["z"]}
     est(Event("stage_started", "a", {"items": "many"}, 1.0))
     est(Event("progress", "a", {"done": "a", "total": "b"}, 2.0))
     assert est.remaining(3.0) == 2.0  # the last duration, less the time it has run

@@ -26,11 +26,13 @@ from .curfile import CurationFile, curation_file
 
 __all__ = [
     "DATASET_RULES",
-    "CurationFile",
+    "MAX_PIXELS",
+    "NOT_READ",
     "DatasetView",
     "Forbidden",
     "NotFound",
     "Site",
+    "TooLarge",
     "fold_run",
     "thumbnail",
 ]
