@@ -42,6 +42,8 @@ __all__ = [
     "CurationError",
     "Placement",
     "apply",
+    "bad_text",
+    "check_caption",
     "check_name",
     "cluster_names",
     "content_id",
@@ -109,6 +111,48 @@ def content_id(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()[:ID_LENGTH]
 
 
+#: the line breaks ``str.splitlines`` knows, by name: a caption or name is one line
+_BREAKS = {
+    "\n": "a line feed", "\r": "a carriage return", "\v": "a vertical tab",
+    "\f": "a form feed", "\x1c": "a file separator", "\x1d": "a group separator",
+    "\x1e": "a record separator", "\x85": "a next-line (U+0085)",
+    "\u2028": "a line separator (U+2028)", "\u2029": "a paragraph separator (U+2029)",
+}  # fmt: skip
+
+
+def bad_text(text: str, tab: bool = False) -> str | None:
+    """What keeps ``text`` from being one line of a caption or a name, or None: a line
+    break (any that ``str.splitlines`` splits at), another control character (C0, DEL, C1;
+    a tab only where ``tab`` allows it), or a lone surrogate (no UTF-8 file can hold it)."""
+    for c in text:
+        n = ord(c)
+        if c in _BREAKS:
+            return f"it holds {_BREAKS[c]}: it must be one line"
+        if 0xD800 <= n <= 0xDFFF:
+            return f"it holds a lone surrogate (U+{n:04X}), which no UTF-8 file can hold"
+        if (n < 0x20 or 0x7F <= n <= 0x9F) and not (tab and c == "\t"):
+            return f"it holds the control character U+{n:04X}"
+    return None
+
+
+def check_caption(text: Any) -> str:
+    """``text`` as a caption (stripped), or a :class:`CurationError` saying why it is not
+    one: a string of one line, with no control character but a tab."""
+    if not isinstance(text, str):
+        raise CurationError(f"a caption must be a string, got {type(text).__name__}")
+    text = text.strip()
+    why = bad_text(text, tab=True)
+    if why is not None:
+        raise CurationError(f"caption {_shown(text)}: {why}")
+    return text
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for a message, control characters and surrogates escaped."""
+    shown = ascii(text[:60]) if bad_text(text, tab=True) else repr(text[:60])
+    return shown + ("…" if len(text) > 60 else "")
+
+
 def check_name(name: Any, allow_rejected: bool = False) -> str:
     """``name`` as a character name, or a :class:`CurationError` saying why it is not one."""
     if not isinstance(name, str) or not name.strip():
@@ -116,6 +160,9 @@ def check_name(name: Any, allow_rejected: bool = False) -> str:
     name = name.strip()
     if name == REJECTED and not allow_rejected:
         raise CurationError(f"{REJECTED!r} is reserved (it rejects a cut-out): pick another name")
+    why = bad_text(name)
+    if why is not None:
+        raise CurationError(f"character name {_shown(name)}: {why}")
     if len(name) > 100 or any(c in name for c in "/\\\0\n\r"):
         raise CurationError(f"character name {name!r}: at most 100 characters, no / \\ or newline")
     if name in (".", ".."):
@@ -162,9 +209,10 @@ def loads(text: str, source: str = "curation.yaml") -> Curation:
             where = f"{source}: {section}"
             _check_id(cid, where)
             if section == "captions":
-                if not isinstance(value, str):
-                    raise CurationError(f"{where}: {cid}: a caption must be a string")
-                target[cid] = value
+                try:
+                    target[cid] = check_caption(value)
+                except CurationError as exc:
+                    raise CurationError(f"{where}: {cid}: {exc}") from None
             else:
                 try:
                     target[cid] = check_name(value, allow_rejected=section == "assign")
@@ -285,11 +333,7 @@ def unassign(cur: Curation, cid: str) -> None:
 def set_caption(cur: Curation, cid: str, text: str) -> None:
     """Set a cut-out's caption (``+ text`` appends to the template's); empty text removes it."""
     _check_id(cid, "caption")
-    if not isinstance(text, str):
-        raise CurationError("a caption must be a string")
-    text = text.strip()
-    if "\n" in text or "\r" in text:
-        raise CurationError("a caption is one line: remove the line breaks")
+    text = check_caption(text)
     if text:
         cur.captions[cid] = text
     else:

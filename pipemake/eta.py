@@ -16,6 +16,7 @@ Pure bookkeeping: an :class:`Estimator` is an event subscriber and reads no file
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,23 +61,35 @@ class Estimator:
     def __call__(self, event: Event) -> None:
         d, s = event.data, event.stage
         if event.kind == "run_started":
-            self.order = list(d.get("stages", []))
-            self.deps = {k: list(v) for k, v in (d.get("deps") or {}).items()}
-            known = (d.get("expected") or {}).items()  # None: never built, no estimate
-            self.expected = {k: float(v) for k, v in known if v is not None}
-            self.per_item = {k: float(v) for k, v in (d.get("per_item") or {}).items()}
-            self.jobs = d.get("jobs")
+            # a logged run (``status``, the pages) may come from a shared store: values of
+            # another type are left out, as unknown
+            stages, deps = d.get("stages"), d.get("deps")
+            self.order = [x for x in stages if isinstance(x, str)] if _is(stages, list) else []
+            self.deps = {
+                k: [x for x in v if isinstance(x, str)]
+                for k, v in (deps.items() if _is(deps, dict) else ())
+                if _is(v, list)
+            }
+            # None: never built, no estimate
+            self.expected = _seconds(d.get("expected"))
+            self.per_item = _seconds(d.get("per_item"))
+            jobs = d.get("jobs")
+            self.jobs = jobs if _is(jobs, int) and jobs > 0 else None
             self.started = event.time
             self.running.clear()
             self.settled.clear()
         elif s is None:
             return
         elif event.kind == "stage_started":
-            items = d.get("items") or {}
-            self.running[s] = StageClock(event.time, items=items.get("run"))
+            items = d.get("items")
+            run = items.get("run") if _is(items, dict) else None
+            self.running[s] = StageClock(event.time, items=run if _is(run, int) else None)
         elif event.kind == "progress" and s in self.running:
             clock = self.running[s]
-            clock.done, clock.total, clock.unit = d.get("done"), d.get("total"), d.get("unit")
+            done, total = d.get("done"), d.get("total")
+            clock.done = done if _amount(done) else None
+            clock.total = total if _amount(total) else None
+            clock.unit = d.get("unit")
             if clock.first is None and isinstance(clock.done, int):
                 clock.first = (event.time, clock.done)
         elif event.kind in _SETTLED:
@@ -180,6 +193,23 @@ class Estimator:
             "eta": self.remaining(now),
             "running": {s: self.stage_eta(s, now) for s in self.running},
         }
+
+
+def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
+    """``isinstance``, with a bool never taken for an int."""
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def _amount(value: Any) -> bool:
+    """Whether ``value`` is a count of work done or to do (a finite number, at least 0)."""
+    return _is(value, (int, float)) and math.isfinite(value) and value >= 0
+
+
+def _seconds(value: Any) -> dict[str, float]:
+    """Stage → seconds, from a logged mapping: entries that are not finite numbers left out."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: float(v) for k, v in value.items() if _is(v, (int, float)) and math.isfinite(v)}
 
 
 #: the share of its items a stage must have done before one progress report (measured

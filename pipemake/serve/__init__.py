@@ -7,6 +7,7 @@ The web library (Starlette, uvicorn) is imported only when serving: ``pip instal
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import secrets
 import socket
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 
-__all__ = ["LOOPBACK_NAMES", "is_loopback", "serve"]
+__all__ = ["LOOPBACK_NAMES", "is_loopback", "listen_hint", "serve"]
 
 #: the Host names a server on loopback answers to
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -29,6 +30,26 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def listen_hint(host: str, exc: OSError) -> str:
+    """Why a server cannot listen on ``host`` (``exc`` from ``bind``), and what to do."""
+    why = exc.strerror or str(exc)
+    if isinstance(exc, socket.gaierror):
+        return (
+            f"the name {host!r} does not resolve ({why}); give --host an address of this "
+            "machine (127.0.0.1, the default; 0.0.0.0 for every address) or a name that resolves"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"{host} is not an address of this machine ({why}); give --host one of its "
+            "addresses (127.0.0.1, the default; 0.0.0.0 for every address)"
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return f"{why}; pick another --port (--port 0 picks a free one)"
+    if exc.errno == errno.EACCES:
+        return f"{why}; ports below 1024 need more rights: pick a --port from 1024 up"
+    return f"{why}; check --host and --port"
 
 
 def serve(
@@ -57,8 +78,7 @@ def serve(
             probe.bind((host, port))
             port = probe.getsockname()[1]  # --port 0: the free port the system picked
     except OSError as exc:
-        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; "
-                         "pick another --port") from None  # fmt: skip
+        raise UsageError(f"cannot listen on {host}:{port}: {listen_hint(host, exc)}") from None
     stopping = False
     # on loopback, only requests addressed to a loopback name: a page of another site
     # whose name resolves to 127.0.0.1 gets nothing

@@ -29,7 +29,7 @@ from urllib.parse import quote
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import (
     FileResponse,
     HTMLResponse,
@@ -43,9 +43,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import curation as cm
 from . import pages
-from .data import DATASET_RULES, Forbidden, NotFound, Site, thumbnail
+from .data import DATASET_RULES, NOT_READ, Forbidden, NotFound, Site, TooLarge, thumbnail
 
-__all__ = ["OTHER_POLICY", "make_app", "page_policy"]
+__all__ = [
+    "ACTIONS",
+    "MAX_ACTION",
+    "OTHER_POLICY",
+    "apply_action",
+    "check_action",
+    "make_app",
+    "page_policy",
+]
 
 COOKIE = "pipemake_token"
 THUMB = 160
@@ -169,6 +177,8 @@ def make_app(
                 return _problem(request, 404, str(exc))
             except Forbidden as exc:
                 return _problem(request, 403, str(exc))
+            except TooLarge as exc:
+                return _problem(request, 422, str(exc))
 
         return Route(path, endpoint, methods=list(methods))
 
@@ -267,20 +277,31 @@ def make_app(
         refused = _same_origin(request)
         if refused is not None:
             return JSONResponse({"error": refused}, 403)
+        raw = b""
         try:
-            body = await request.json()
-            if not isinstance(body, dict):
-                raise ValueError("expected a JSON object")
-        except ValueError as exc:
-            return JSONResponse({"error": f"bad request: {exc}"}, status_code=400)
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > MAX_ACTION:
+                    return JSONResponse({"error": f"an action is at most {MAX_ACTION} bytes"}, 413)
+        except ClientDisconnect:  # the body never came whole (a broken chunked request)
+            return JSONResponse({"error": "bad action: the request body was cut short"}, 400)
+        try:
+            body = check_action(json.loads(raw))
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
+            why = "nested too deep" if isinstance(exc, RecursionError) else exc
+            return JSONResponse({"error": f"bad action: {why}"}, status_code=400)
         try:
             result = await asyncio.to_thread(apply_action, site, body)
         except cm.CurationError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse(result)
 
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)  # no icon: the browser logs no 404 for it
+
     routes = [
         Route("/login", login, methods=["POST"]),
+        Route("/favicon.ico", favicon),
         route("/", index),
         route("/static/{name}", static),
         route("/now", now),
@@ -298,6 +319,40 @@ def make_app(
     return Starlette(routes=routes, middleware=[Middleware(_Policy)])
 
 
+#: the largest curation action taken (bytes of JSON): a caption or a name is far smaller
+MAX_ACTION = 64 * 1024
+#: each action's fields (all text): required, then optional
+ACTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "rename": (("stage", "cluster", "name"), ()),
+    "merge": (("stage", "cluster", "into"), ()),
+    "move": (("id", "to"), ("stage",)),
+    "reject": (("id",), ("stage",)),
+    "unassign": (("id",), ("stage",)),
+    "caption": (("id", "text"), ("stage",)),
+}
+
+
+def check_action(body: Any) -> dict[str, str]:
+    """``body`` as a curation action (see :func:`apply_action`), or a ``ValueError`` saying
+    what is wrong: a known ``action``, its fields present, each a string, no other field."""
+    if not isinstance(body, dict):
+        raise ValueError(f"expected a JSON object, got {type(body).__name__}")
+    action = body.get("action")
+    if not isinstance(action, str) or action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r} ({', '.join(ACTIONS)})")
+    required, optional = ACTIONS[action]
+    missing = [k for k in required if k not in body]
+    if missing:
+        raise ValueError(f"{action}: {', '.join(missing)} missing")
+    extra = sorted(set(body) - {"action", *required, *optional})
+    if extra:
+        raise ValueError(f"{action}: unknown field(s) {', '.join(map(repr, extra))}")
+    for key, value in body.items():
+        if not isinstance(value, str):
+            raise ValueError(f"{action}: {key} must be a string, not {type(value).__name__}")
+    return body
+
+
 def _members(site: Site, stage: str) -> dict[str, list[str]]:
     """Cluster → its members' ids in the clustering stage ``stage``."""
     view = site.dataset(stage)
@@ -313,8 +368,14 @@ def apply_action(site: Site, body: dict[str, Any]) -> dict[str, Any]:
     ``caption`` (id, text)."""
     action = body.get("action")
     with site.lock, _one_editor(site.root):
-        path = site.curation_path()
-        cur = cm.load(path)
+        target = site.curation_file()
+        if target.refused is not None:
+            raise cm.CurationError(f"not saved: {target.refused}")
+        path = target.path
+        try:
+            cur = cm.load(path)
+        except cm.CurationError as exc:  # never overwrite a file a person must fix
+            raise cm.CurationError(f"not saved: {exc} (the file is left as it is)") from None
         stage = str(body.get("stage") or "")
         if action in ("rename", "merge"):
             members = _members(site, stage)
@@ -355,7 +416,10 @@ def apply_action(site: Site, body: dict[str, Any]) -> dict[str, Any]:
             cm.save(path, cur)
         except OSError as exc:
             raise cm.CurationError(f"cannot write {path}: {exc}") from None
-    return {"ok": True, "file": str(path.relative_to(site.root))}
+    result: dict[str, Any] = {"ok": True, "file": target.shown}
+    if target.read_by is None:
+        result["warning"] = f"no training_data_prep stage reads {target.shown}: {NOT_READ}"
+    return result
 
 
 @contextmanager

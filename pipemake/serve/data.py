@@ -14,19 +14,34 @@ import json
 import os
 import stat
 import threading
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import curation as cm
-from .. import history
+from .. import eventshape, history
+from .curfile import CurationFile, curation_file
 
-__all__ = ["DATASET_RULES", "DatasetView", "Forbidden", "NotFound", "Site", "fold_run", "thumbnail"]
+__all__ = [
+    "DATASET_RULES",
+    "MAX_PIXELS",
+    "NOT_READ",
+    "DatasetView",
+    "Forbidden",
+    "NotFound",
+    "Site",
+    "TooLarge",
+    "fold_run",
+    "thumbnail",
+]
 
 #: the rules the Dataset page knows how to show
 DATASET_RULES = ("clustering", "training_data_prep", "frame_extraction")
 LOG_LINES = 12
+#: what to do when no prep stage reads the curation file
+NOT_READ = "add `curation: curation.yaml` to its config so the build honours the corrections"
 MAX_EVENTS_LOG = 4000
 
 
@@ -42,10 +57,12 @@ def _lines(path: Path) -> list[dict[str, Any]]:
     return list(history._read_lines(path))
 
 
-def fold_run(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
+def fold_run(events: Iterable[Any]) -> dict[str, Any]:
     """One run's events folded into what the pages draw: the run (start, end, result,
     order, dependencies) and, per stage, its state, why, times, progress, item batches,
-    last log lines and error."""
+    last log lines and error. Each line goes through :func:`pipemake.eventshape.event`
+    first: a field of another type than a build writes reads as unknown, a line that is no
+    event is skipped."""
     run: dict[str, Any] = {"result": "running", "stages": {}, "order": [], "deps": {}}
     stages: dict[str, dict[str, Any]] = run["stages"]
 
@@ -55,14 +72,17 @@ def fold_run(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
             {"state": "pending", "reasons": [], "logs": [], "tasks": {}, "done": 0, "total": 0},
         )
 
-    for ev in events:
-        kind, sid, t = ev.get("event"), ev.get("stage"), ev.get("time")
+    for line in events:
+        ev = eventshape.event(line)
+        if ev is None:
+            continue
+        kind, sid, t = ev["event"], ev.get("stage"), ev.get("time")
         if kind == "run_started":
             run.update(
                 id=ev.get("run"), pipeline=ev.get("pipeline"), started=t,
-                order=list(ev.get("stages") or []), deps=dict(ev.get("deps") or {}),
-                expected=dict(ev.get("expected") or {}),
-                per_item=dict(ev.get("per_item") or {}), jobs=ev.get("jobs"),
+                order=list(dict.fromkeys(ev.get("stages") or [])), deps=ev.get("deps") or {},
+                expected=ev.get("expected") or {}, per_item=ev.get("per_item") or {},
+                jobs=ev.get("jobs"),
             )  # fmt: skip
             for s in run["order"]:
                 st(s)
@@ -74,15 +94,16 @@ def fold_run(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 "interrupted" if ev.get("interrupted") else ("failed" if failed else "ok")
             )
             for s, why in (ev.get("skipped") or {}).items():
-                st(s).update(state="skipped", reasons=[str(why)])
+                st(s).update(state="skipped", reasons=[why])
         elif not sid:
             continue
         elif kind == "stage_started":
-            st(sid).update(state="running", started=t, reasons=list(ev.get("reasons") or []))
+            st(sid).update(state="running", started=t, reasons=ev.get("reasons") or [])
             st(sid)["items_run"] = (ev.get("items") or {}).get("run")
         elif kind == "progress":
             st(sid).update(done=ev.get("done") or 0, total=ev.get("total") or 0)
-            st(sid).setdefault("first", [t, ev.get("done") or 0])  # the pace is measured from it
+            if t is not None:  # the pace is measured from it
+                st(sid).setdefault("first", [t, ev.get("done") or 0])
         elif kind == "log":
             logs = st(sid)["logs"]
             logs.append({"time": t, "level": ev.get("level"), "text": ev.get("text")})
@@ -96,17 +117,18 @@ def fold_run(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
         elif kind == "stage_finished":
             s = st(sid)
             s.update(state="ran", finished=t, duration=ev.get("duration"))
-            s.setdefault("started", t - (ev.get("duration") or 0))
+            if t is not None:
+                s.setdefault("started", t - (ev.get("duration") or 0))
         elif kind == "stage_restored":
-            st(sid).update(state="restored", finished=t, reasons=list(ev.get("reasons") or []))
+            st(sid).update(state="restored", finished=t, reasons=ev.get("reasons") or [])
         elif kind == "stage_skipped":
             up = ev.get("reason") == "up to date"
             st(sid).update(state="up to date" if up else "skipped", reasons=[ev.get("reason")])
         elif kind == "stage_failed":
-            st(sid).update(state="failed", finished=t, error=str(ev.get("error") or ""))
+            st(sid).update(state="failed", finished=t, error=ev.get("error") or "")
         elif kind == "stage_cancelled":
             st(sid).update(state="cancelled", reasons=[ev.get("reason")])
-        if isinstance(t, (int, float)):
+        if t is not None:
             run["last"] = t
     for s in stages.values():
         if s.get("started") is not None and s.get("finished") is not None:
@@ -244,24 +266,48 @@ class Site:
         return self.run(runs[-1]["id"])
 
     # curation --------------------------------------------------------------------------
-    def curation_path(self) -> Path:
-        """The curation file: the ``curation`` input of the first training_data_prep stage
-        that has one, else ``curation.yaml`` at the project root."""
-        p, _ = self.pipeline()
-        for st in p.stages.values() if p is not None else ():
-            path = st.ports.inputs.get("curation") if st.type == "training_data_prep" else None
-            if isinstance(path, str):
-                full = (self.root / path).resolve()
-                if full.parent == self.root or self.root in full.parents:
-                    return self.root / path
-        return self.root / "curation.yaml"
+    def curation_file(self) -> CurationFile:
+        """The curation file the build reads, and why the server may not write it (see
+        :func:`.curfile.curation_file`)."""
+        return curation_file(self.root, self.pipeline()[0])
 
-    def curation(self) -> cm.Curation:
-        """The curation file's corrections (none when it is missing or unreadable)."""
+    def curation_path(self) -> Path:
+        """The curation file's path (see :meth:`curation_file`)."""
+        return self.curation_file().path
+
+    def curation(self) -> tuple[cm.Curation, str | None]:
+        """The curation file's corrections and why it cannot be read, if so (then none: a
+        missing file is no corrections, and no problem)."""
+        path = self.curation_file().path
         try:
-            return cm.load(self.curation_path())
-        except cm.CurationError:
-            return cm.Curation()
+            if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would hang the page
+                return cm.Curation(), f"{path} is not a regular file"
+        except FileNotFoundError:
+            return cm.Curation(), None
+        except OSError as exc:
+            return cm.Curation(), f"cannot read {path}: {exc.strerror or exc}"
+        try:
+            return cm.load(path), None
+        except cm.CurationError as exc:
+            return cm.Curation(), str(exc)
+
+    def curation_notes(self, problem: str | None) -> list[str]:
+        """What the Dataset page says of the curation file: where corrections go, or why
+        they cannot be saved, and ``problem``, why it is unreadable (from :meth:`curation`)."""
+        target = self.curation_file()
+        notes = []
+        if problem is not None:
+            notes.append(
+                f"the curation file is unreadable: {problem}. The flags below ignore it, and "
+                "corrections are refused until it is fixed (it is never overwritten)"
+            )
+        if target.refused is not None:
+            notes.append(f"corrections cannot be saved: {target.refused}")
+        elif problem is None:
+            notes.append(f"corrections go to {target.shown}")
+        if target.read_by is None:
+            notes.append(f"no training_data_prep stage reads it yet: {NOT_READ}")
+        return notes
 
     def content_id(self, path: Path) -> str:
         """The cut-out's content id, memoized by (path, size, mtime)."""
@@ -296,28 +342,32 @@ class Site:
     def _clusters(self, stage: str, base: Path) -> DatasetView:
         data = json.loads((base / "clusters.json").read_text())
         items = {i["path"]: i for i in data.get("items", [])}
-        cur = self.curation()
+        cur, problem = self.curation()
         members: dict[str, str] = {}
         groups = []
+        unshown: list[str] = []  # listed, but missing or leaving the outputs
         for name, info in data["clusters"].items():
             files = []
             for f in info["files"]:
                 rel = f"{name}/{f}"
                 it = items.get(rel, {})
-                cid = self.content_id(self.output_file(stage, rel))
+                try:
+                    cid = self.content_id(self.output_file(stage, rel))
+                except (NotFound, Forbidden) as exc:
+                    unshown.append(str(exc))
+                    continue
                 if name != "noise":
                     members.setdefault(cid, name)
                 files.append(
                     {
                         "path": rel, "id": cid, "file": f,
-                        "probability": it.get("probability") or 0.0,
-                        "distance": it.get("distance") or 0.0,
+                        "probability": eventshape.number(it.get("probability")) or 0.0,
+                        "distance": eventshape.number(it.get("distance")) or 0.0,
                     }
                 )  # fmt: skip
             files.sort(key=lambda x: (-x["probability"], x["distance"], x["file"]))
-            groups.append(
-                {"name": name, "size": info["size"], "files": files, "noise": name == "noise"}
-            )
+            size = info.get("size", len(files))
+            groups.append({"name": name, "size": size, "files": files, "noise": name == "noise"})
         named = cm.cluster_names(members, cur)
         for g in groups:
             g["label"] = named.get(g["name"], "")
@@ -329,8 +379,14 @@ class Site:
         notes = [
             f"{data.get('n_clusters', len(groups))} clusters, {data.get('n_noise', 0)} in noise; "
             f"algorithm {data.get('algorithm')}",
-            f"corrections go to {os.path.relpath(self.curation_path(), self.root)}",
+            *self.curation_notes(problem),
         ]
+        if unshown:
+            more = f" and {len(unshown) - 5} more" if len(unshown) > 5 else ""
+            notes.append(
+                f"not shown, listed in clusters.json: {'; '.join(unshown[:5])}{more} "
+                "(run `pipemake build` to rebuild the clustering)"
+            )
         return DatasetView(stage, "clustering", groups, notes)
 
     def _training_set(self, stage: str, base: Path) -> DatasetView:
@@ -352,7 +408,8 @@ class Site:
         unreviewed = stats.get("unreviewed", 0)
         notes = [
             f"{stats.get('images', len(rows))} images: {stats.get('splits')}; dropped "
-            f"{stats.get('dropped') or 'none'}; {unreviewed} unreviewed"
+            f"{stats.get('dropped') or 'none'}; {unreviewed} unreviewed",
+            *self.curation_notes(self.curation()[1]),
         ]
         return DatasetView(stage, "training_data_prep", groups, notes)
 
@@ -374,15 +431,34 @@ class Site:
         return DatasetView(stage, "frame_extraction", groups, [f"{len(rows)} frames"])
 
 
+#: the most pixels an image may have to be shrunk to a thumbnail (8000 × 8000): decoding
+#: more takes seconds and gigabytes, and a few bytes of PNG can claim far more
+MAX_PIXELS = 64_000_000
+
+
+class TooLarge(Exception):
+    """An image too large to make a thumbnail of (HTTP 422)."""
+
+
 def thumbnail(path: Path, side: int, fmt: str = "PNG") -> bytes | None:
     """``path`` shrunk to fit ``side`` pixels, as image bytes; None without Pillow or for a
-    file Pillow cannot read."""
+    file Pillow cannot read; :class:`TooLarge` for one of more than :data:`MAX_PIXELS`."""
     try:
         from PIL import Image
     except ImportError:
         return None
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # Pillow warns of an image that large on the terminal: it is refused below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise TooLarge(
+                    f"{path.name} is {width}×{height} pixels: too large for a thumbnail "
+                    f"(at most {MAX_PIXELS:,} pixels)"
+                )
             img.thumbnail((side, side))
             if fmt == "JPEG":
                 flat = Image.new("RGB", img.size, (255, 255, 255))
@@ -392,5 +468,7 @@ def thumbnail(path: Path, side: int, fmt: str = "PNG") -> bytes | None:
             buf = io.BytesIO()
             img.save(buf, fmt, **({"quality": 80} if fmt == "JPEG" else {"optimize": True}))
             return buf.getvalue()
-    except (OSError, ValueError):
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, met in open()
+        raise TooLarge(f"{path.name}: too large for a thumbnail ({exc})") from None
+    except (OSError, ValueError, SyntaxError, MemoryError):  # SyntaxError: a broken header
         return None

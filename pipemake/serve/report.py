@@ -20,7 +20,7 @@ from pathlib import Path
 from .. import history
 from ..errors import PipemakeError, UsageError
 from . import pages
-from .data import DATASET_RULES, Forbidden, NotFound, Site, thumbnail
+from .data import DATASET_RULES, Forbidden, NotFound, Site, TooLarge, thumbnail
 
 __all__ = ["REPORT_THUMB", "report_policy", "write_report"]
 
@@ -45,7 +45,10 @@ def _data_uri(site: Site, stage: str, rel: str) -> str:
         path = site.output_file(stage, rel)
     except (NotFound, Forbidden):
         return ""
-    data = thumbnail(path, REPORT_THUMB, "JPEG")
+    try:
+        data = thumbnail(path, REPORT_THUMB, "JPEG")
+    except TooLarge:
+        data = None
     if data is None:
         return ""
     return "data:image/jpeg;base64," + base64.b64encode(data).decode()
