@@ -22,11 +22,17 @@ __all__ = ["event", "number", "summary"]
 _DROP = object()  # a field of the wrong type: left out
 
 
+#: no time, duration or count a build writes comes near this; beyond it a date cannot be
+#: shown (``time.localtime`` overflows) and sums lose every digit
+_LIMIT = 1e12
+
+
 def number(value: Any) -> float | int | None:
-    """``value`` when it is a finite number (not a bool), else None."""
+    """``value`` when it is a finite number (not a bool) of a size a build writes, else
+    None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return value if math.isfinite(value) else None
+    return value if math.isfinite(value) and abs(value) < _LIMIT else None
 
 
 def _number(value: Any) -> Any:
@@ -35,7 +41,7 @@ def _number(value: Any) -> Any:
 
 
 def _count(value: Any) -> Any:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _LIMIT
     return value if ok else _DROP
 
 
@@ -109,6 +115,22 @@ def _items(value: Any) -> Any:
     return {k: v for k, v in value.items() if _count(v) is not _DROP}
 
 
+def _failed(value: Any) -> Any:
+    """Which stages failed (run_finished) or how many items did (progress)."""
+    return value if _count(value) is not _DROP else _by_stage(value)
+
+
+def _signal(value: Any) -> Any:
+    """What interrupted a run: the signal's number or name, or None."""
+    return value if value is None or isinstance(value, str) or _count(value) is not _DROP else _DROP
+
+
+def _counts(value: Any) -> Any:
+    if not isinstance(value, list):
+        return _DROP
+    return [v for v in value if _count(v) is not _DROP]
+
+
 def _flag(value: Any) -> Any:
     return value if isinstance(value, bool) or value is None else _DROP
 
@@ -123,14 +145,19 @@ _EVENT_FIELDS: dict[str, Callable[[Any], Any]] = {
     "queued": _number, "duration": _number, "done": _amount, "total": _amount, "unit": _text,
     "task": _words, "ok": _flag, "error": _words, "text": _words, "level": _words,
     # run_finished
-    "ran": _names, "restored": _names, "up_to_date": _names, "failed": _by_stage,
-    "skipped": _by_stage,
+    "ran": _names, "restored": _names, "up_to_date": _names, "failed": _failed,
+    "skipped": _by_stage, "interrupted": _signal, "running": _names,
+    # the rest a build writes
+    "attempt": _count, "attempts": _count, "format": _count, "of": _count,
+    "cpu": _amount, "peak_rss_mb": _amount, "grace": _amount, "delay": _amount,
+    "retry_wait": _amount, "budget": _times(False), "resources": _times(False),
+    "gpus": _counts, "from_snapshot": _flag, "detail": _words, "cmd": _words, "hook": _words,
 }  # fmt: skip
 
 _SUMMARY_FIELDS: dict[str, Callable[[Any], Any]] = {
     "pipeline": _words, "started": _number, "duration": _number, "result": _text,
     "targets": _names, "stages": _count, "ran": _count, "restored": _count,
-    "up_to_date": _count, "skipped": _count, "failed": _by_stage,
+    "up_to_date": _count, "skipped": _count, "failed": _by_stage, "interrupted": _signal,
 }  # fmt: skip
 
 

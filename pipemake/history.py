@@ -24,10 +24,11 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from . import eventshape
 from .errors import PipemakeError, UsageError, os_failure
 from .events import Event
 
@@ -281,67 +282,12 @@ def per_item_times(directory: Path) -> dict[str, float]:
     return {k: float(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
-# What each field of a run log's lines holds, so that a line of another shape (written by
-# hand, by another version, or damaged) never reaches the commands that print, sum or sort
-# it: a field of another type is left out, a line whose kind or stage is not a string is
-# skipped. ``NUM``: a finite number (not a bool); ``(list, str)``: a list of strings;
-# ``(dict, T)``: string keys with values of T. Fields not named here are kept as they are.
-_NUM = "number"
-_INT = "int"
-_EVENT_FIELDS: dict[str, Any] = {
-    **dict.fromkeys(["time", "duration", "queued", "cpu", "peak_rss_mb", "grace", "delay",
-                     "retry_wait"], _NUM),
-    **dict.fromkeys(["attempt", "attempts", "items_run", "done", "total", "jobs", "format",
-                     "of"], _INT),
-    **dict.fromkeys(["run", "pipeline", "reason", "text", "level", "error", "detail", "task",
-                     "cmd", "hook", "unit"], str),
-    **dict.fromkeys(["reasons", "ran", "restored", "up_to_date", "stages", "targets",
-                     "running"], (list, str)),
-    "gpus": (list, _INT),
-    **dict.fromkeys(["expected", "per_item", "budget", "resources"], (dict, _NUM)),
-    "deps": (dict, (list, str)),
-    "skipped": (dict, str),
-    "failed": ((dict, str), _INT),
-    "items": ((dict, _INT), _INT, None),
-    "interrupted": (str, _INT, None),
-    **dict.fromkeys(["ok", "from_snapshot"], bool),
-}  # fmt: skip
-_INDEX_FIELDS: dict[str, Any] = {
-    **dict.fromkeys(["started", "duration"], _NUM),
-    **dict.fromkeys(["ran", "restored", "up_to_date", "skipped", "stages"], _INT),
-    **dict.fromkeys(["id", "pipeline", "result"], str),
-    "targets": (list, str),
-    "failed": (dict, str),
-    "interrupted": (str, _INT, None),
-}
-
-
-def _fits(value: Any, spec: Any) -> bool:
-    """Whether ``value`` is of the shape ``spec`` describes (see :data:`_EVENT_FIELDS`)."""
-    if spec is None:
-        return value is None
-    if spec == _NUM or spec == _INT:
-        ok = isinstance(value, int) if spec == _INT else isinstance(value, int | float)
-        return ok and not isinstance(value, bool) and abs(value) < 1e15  # finite, no NaN
-    if isinstance(spec, type):
-        return isinstance(value, spec)
-    if len(spec) == 2 and spec[0] is list:
-        return isinstance(value, list) and all(_fits(v, spec[1]) for v in value)
-    if len(spec) == 2 and spec[0] is dict:
-        return isinstance(value, dict) and all(
-            isinstance(k, str) and _fits(v, spec[1]) for k, v in value.items()
-        )
-    return any(_fits(value, one) for one in spec)  # one of several shapes
-
-
-def _shaped(obj: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in obj.items() if k not in fields or _fits(v, fields[k])}
-
-
-def _read_lines(path: Path, fields: dict[str, Any] | None = None) -> Iterable[dict[str, Any]]:
-    """The lines of a JSON-lines file that are JSON objects; with ``fields`` (a run log's
-    :data:`_EVENT_FIELDS` or the index's :data:`_INDEX_FIELDS`), each with only the fields
-    of the shape pipemake writes, and for a run log only events of a kind and stage."""
+def _read_lines(
+    path: Path, shape: Callable[[Any], dict[str, Any] | None] | None = None
+) -> Iterable[dict[str, Any]]:
+    """The lines of a JSON-lines file that are JSON objects; with ``shape``
+    (:func:`eventshape.event` for a run log, :func:`eventshape.summary` for the index), each
+    as it gives it, in the shape pipemake writes, and the lines it refuses left out."""
     try:
         f = open(path, encoding="utf-8", errors="replace")
     except OSError:
@@ -354,19 +300,17 @@ def _read_lines(path: Path, fields: dict[str, Any] | None = None) -> Iterable[di
                 continue  # a line cut short by a crash, or not JSON pipemake writes
             if not isinstance(obj, dict):
                 continue
-            if fields is None:
+            if shape is None:
                 yield obj
-            elif fields is _INDEX_FIELDS:
-                yield _shaped(obj, fields)
-            elif isinstance(obj.get("event"), str) and _fits(obj.get("stage"), (str, None)):
-                yield _shaped(obj, fields)
+            elif (shaped := shape(obj)) is not None:
+                yield shaped
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
     """A run log's events (``<run id>.jsonl``), each of the shape pipemake writes: a line of
     another kind (edited by hand, damaged, written by another version) is skipped and a field
-    of another type left out, so no reader of it fails on its shape."""
-    return list(_read_lines(path, _EVENT_FIELDS))
+    of another type left out (:mod:`.eventshape`), so no reader of it fails on its shape."""
+    return list(_read_lines(path, eventshape.event))
 
 
 def build_running(lock: Path) -> float | None:
@@ -417,7 +361,7 @@ def list_runs(directory: Path) -> list[dict[str, Any]]:
     """Past runs, oldest first: the index, plus runs whose log has no index line: the one a
     build is writing now (``running``; the lock beside ``directory`` tells) or killed ones
     (``incomplete``)."""
-    runs = {r["id"]: r for r in _read_lines(directory / INDEX, _INDEX_FIELDS) if r.get("id")}
+    runs = {r["id"]: r for r in _read_lines(directory / INDEX, eventshape.summary) if r.get("id")}
     for path in directory.glob("*.jsonl"):
         if path.name == INDEX or path.stem in runs:
             continue

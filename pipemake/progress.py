@@ -87,8 +87,8 @@ class _Remaining:
 
 
 def _fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
+    if seconds is None:  # not in the event (a run log of another shape): unknown
+        return "?"
     if seconds < 60:
         return f"{seconds:.1f}s"
     m, s = divmod(int(seconds), 60)

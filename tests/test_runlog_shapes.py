@@ -65,11 +65,11 @@ def test_lines_of_another_kind_are_skipped_and_the_rest_kept(tmp_path: Path) -> 
                    good]  # fmt: skip
 
 
-def test_a_list_of_stage_ids_holding_a_list_is_left_out(tmp_path: Path) -> None:
+def test_a_list_of_stage_ids_keeps_only_its_ids(tmp_path: Path) -> None:
     log = tmp_path / "r.jsonl"
     ev = {"event": "run_finished", "stage": None, "ran": ["a", ["b"]], "failed": {"a": "x"},
           "duration": float("nan")}  # fmt: skip
     log.write_text(json.dumps(ev) + "\n")
     assert history.read_events(log) == [
-        {"event": "run_finished", "stage": None, "failed": {"a": "x"}}
+        {"event": "run_finished", "stage": None, "ran": ["a"], "failed": {"a": "x"}}
     ]
