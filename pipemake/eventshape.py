@@ -109,7 +109,10 @@ def _by_stage(value: Any) -> Any:
 
 
 def _items(value: Any) -> Any:
-    """A stage's item counts (``{"run": 3, ...}``): counts only."""
+    """A stage's item counts (``{"run": 3, ...}`` when it starts; their number when it
+    finishes): counts only."""
+    if _count(value) is not _DROP:
+        return value
     if not isinstance(value, dict):
         return _DROP
     return {k: v for k, v in value.items() if _count(v) is not _DROP}

@@ -99,7 +99,8 @@ def fold_run(events: Iterable[Any]) -> dict[str, Any]:
             continue
         elif kind == "stage_started":
             st(sid).update(state="running", started=t, reasons=ev.get("reasons") or [])
-            st(sid)["items_run"] = (ev.get("items") or {}).get("run")
+            items = ev.get("items")
+            st(sid)["items_run"] = items.get("run") if isinstance(items, dict) else None
         elif kind == "progress":
             st(sid).update(done=ev.get("done") or 0, total=ev.get("total") or 0)
             if t is not None:  # the pace is measured from it
