@@ -79,7 +79,7 @@ def test_a_frozen_scheduler_at_the_start_is_said_to_not_answer(
         address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
         with pytest.raises(pm_dask.SchedulerUnreachable) as err:
             pm_dask._identify(address)
-    assert f"the dask scheduler at {address} did not answer within 0.5 s" in str(err.value)
+    assert f"what listens at {address} did not answer within 0.5 s" in str(err.value)
 
 
 def test_the_only_worker_leaving_mid_build_stops_it_after_the_worker_wait(

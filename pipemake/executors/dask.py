@@ -23,7 +23,11 @@ executor does not use.
   loads once per worker; start workers with ``--nthreads 1``.
 - Faults: dask reruns a task whose worker died on another worker (up to its
   ``allowed-failures``); the result is recorded once, as only one answer reaches the build.
-  A lost scheduler fails every running and later task with an error naming it.
+  A lost scheduler fails every running and later task with an error naming it; so does
+  one that stops answering (a heartbeat asks it every ``HEARTBEAT`` s, and no call of the
+  build waits for it unbounded). A task no worker there can run (the workers left
+  mid-build) fails after the worker wait, saying which worker to start.
+- A rule's ``requires`` are imported on the workers that may run it before its first task.
 """
 
 from __future__ import annotations
@@ -184,9 +188,9 @@ def _identify(address: str) -> None:
                 "address `dask scheduler` prints"
             ) from None
         raise SchedulerUnreachable(
-            f"the dask scheduler at {address} did not answer within {CONNECT_TIMEOUT:g} s "
-            "(it accepts connections but is stopped, hung or overloaded); check it, or pass "
-            "the address `dask scheduler` prints"
+            f"what listens at {address} did not answer within {CONNECT_TIMEOUT:g} s as a dask "
+            "scheduler would: a scheduler that is stopped, hung or overloaded, or not a dask "
+            "scheduler; check it, or pass the address `dask scheduler` prints"
         ) from None
     except Exception as exc:  # noqa: BLE001 - whatever answered there is no scheduler
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -260,8 +264,9 @@ class DaskExecutor(Executor):
         self._done: queue.Queue[Any] = queue.Queue()
         self._rules = registry()
         self._checked: set[tuple[str, str]] = set()
-        #: what keeps a rule's tasks off the cluster (its packages missing on workers)
-        self._rule_problems: dict[str, str | None] = {}
+        #: what keeps a rule's tasks (with these resources) off the cluster: its packages
+        #: missing on the workers that may run them
+        self._rule_problems: dict[tuple[str, tuple[tuple[str, float], ...]], str | None] = {}
         self._broken: str | None = None
         self._offered: dict[str, float] | None = None
         #: what the heartbeat saw: why the scheduler is taken as lost, and each worker's
@@ -389,8 +394,8 @@ class DaskExecutor(Executor):
             except TimeoutError:
                 self._broken = (
                     f"no dask worker joined the scheduler at {self.address} within "
-                    f"{self.worker_wait:g} s ({WORKER_WAIT_ENV}): start workers "
-                    f"({self._start_workers()})"
+                    f"{self.worker_wait:g} s: start workers ({self._start_workers()}); "
+                    f"{WORKER_WAIT_ENV} sets how long to wait"
                 )
                 return self._broken
             problem = self._probe_workers(task.root, task.store)
@@ -398,9 +403,10 @@ class DaskExecutor(Executor):
                 self._broken = problem
                 return problem
             self._checked.add((task.root, task.store))
-        if task.rule not in self._rule_problems:
-            self._rule_problems[task.rule] = self._probe_packages(task)
-        return self._rule_problems[task.rule]
+        key = (task.rule, tuple(sorted(task.resources.items())))
+        if key not in self._rule_problems:  # the workers that may run it depend on both
+            self._rule_problems[key] = self._probe_packages(task)
+        return self._rule_problems[key]
 
     def _probe_workers(self, root: str, store: str) -> str | None:
         tmp = os.path.join(root, ".pipemake", "tmp")
