@@ -242,7 +242,7 @@ def describe(event: Event) -> str | None:
         return f"{d.get('hook')} hook ran{_hook_target(d)}"
     if k == "log":
         if d.get("level") in ("warning", "error", "info"):
-            return f"{s}| {d.get('text', '')}"
+            return f"{s}| {d.get('text', '')}" if s else str(d.get("text", ""))
         return None
     return None
 
@@ -483,7 +483,7 @@ class RichView:
         elif k == "stage_cancelled":
             self._print(f"  ■ {s}  stopped ({d.get('reason', '')})", "yellow")
         elif k == "log" and d.get("level") in ("warning", "error"):
-            self._print(f"  {s}| {d.get('text', '')}", "yellow")
+            self._print(f"  {s + '| ' if s else ''}{d.get('text', '')}", "yellow")
         elif k in ("stage_retried", "stopping", "hook_failed"):
             self._print(describe(event) or "", "yellow")
 

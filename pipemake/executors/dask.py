@@ -23,7 +23,11 @@ executor does not use.
   loads once per worker; start workers with ``--nthreads 1``.
 - Faults: dask reruns a task whose worker died on another worker (up to its
   ``allowed-failures``); the result is recorded once, as only one answer reaches the build.
-  A lost scheduler fails every running and later task with an error naming it.
+  A lost scheduler fails every running and later task with an error naming it; so does
+  one that stops answering (a heartbeat asks it every ``HEARTBEAT`` s, and no call of the
+  build waits for it unbounded). A task no worker there can run (the workers left
+  mid-build) fails after the worker wait, saying which worker to start.
+- A rule's ``requires`` are imported on the workers that may run it before its first task.
 """
 
 from __future__ import annotations
@@ -35,24 +39,34 @@ import os
 import queue
 import signal
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..binding import install_line
 from ..errors import PipemakeError, UsageError
-from ..rule import local_only, registry
+from ..rule import get_rule, local_only, registry
 from .base import Executor, Message, Task
-from .dask_worker import GPU, probe, run_task, stop
+from .dask_worker import GPU, missing, probe, run_task, stop
 
 __all__ = ["DaskExecutor", "DaskLocalExecutor", "SchedulerUnreachable"]
 
 #: the environment variable naming the scheduler when ``--scheduler`` is not given
 SCHEDULER_ENV = "PIPEMAKE_DASK_SCHEDULER"
-#: seconds to wait for the scheduler's handshake, and for a first worker to join
+#: seconds to wait for the scheduler's handshake
 CONNECT_TIMEOUT = 10.0
-WORKER_WAIT = float(os.environ.get("PIPEMAKE_DASK_WORKER_WAIT", "60"))
+#: the environment variables of how long a task waits for a worker that can run it (before
+#: the first task, and when the workers leave mid-build), and of how long the scheduler
+#: may take to answer (a heartbeat asks every ``HEARTBEAT`` s; so do the build's calls)
+WORKER_WAIT_ENV, ANSWER_ENV = "PIPEMAKE_DASK_WORKER_WAIT", "PIPEMAKE_DASK_TIMEOUT"
+HEARTBEAT = 2.0
+#: seconds a cancel may take (a second Ctrl-C: ``FORCE_WAIT``) before the scheduler is
+#: taken as lost and the tasks as stopped
+CANCEL_WAIT, FORCE_WAIT = 5.0, 1.0
 #: dask's names for pipemake's built-in resources (the rest pass unchanged)
 MEMORY, CPU = "MEMORY", "CPU"
 
@@ -61,6 +75,43 @@ _INSTALL = "install the dask extra: pip install 'pipemake[dask]'"
 
 class SchedulerUnreachable(PipemakeError):
     """The dask scheduler cannot be reached, or a local cluster cannot start (exit 1)."""
+
+
+def _seconds(env: str, default: float) -> float:
+    """A positive number of seconds from the environment variable ``env``, else ``default``."""
+    try:
+        value = float(os.environ.get(env, ""))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def _bounded(call: Any, timeout: float | None, silent: Any = None) -> Any:
+    """``call()``, or TimeoutError when it has not returned within ``timeout`` s (None:
+    no limit) or ``silent()`` says why the scheduler is taken as lost: a call to a
+    scheduler that stopped answering never returns (dask's client waits for ever), so it
+    runs in a thread of its own that is left behind."""
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append((True, call()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box.append((False, exc))
+
+    thread = threading.Thread(target=run, name="pipemake-dask-call", daemon=True)
+    thread.start()
+    end = None if timeout is None else time.monotonic() + timeout
+    while not box and (end is None or time.monotonic() < end):
+        thread.join(0.2 if end is None else max(0.0, min(0.2, end - time.monotonic())))
+        if not box and silent is not None and silent():
+            raise TimeoutError(silent())
+    if not box:
+        raise TimeoutError(f"it did not answer within {timeout:g} s")
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
 
 
 # the build's side --------------------------------------------------------------------------
@@ -130,6 +181,17 @@ def _identify(address: str) -> None:
 
     try:
         kind = asyncio.run(identity()).get("type")
+    except (TimeoutError, OSError) as exc:
+        if not isinstance(exc, TimeoutError) and "timed out" not in str(exc).lower():
+            raise SchedulerUnreachable(
+                f"what answers at {address} is not a dask scheduler ({exc}); pass the "
+                "address `dask scheduler` prints"
+            ) from None
+        raise SchedulerUnreachable(
+            f"what listens at {address} did not answer within {CONNECT_TIMEOUT:g} s as a dask "
+            "scheduler would: a scheduler that is stopped, hung or overloaded, or not a dask "
+            "scheduler; check it, or pass the address `dask scheduler` prints"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - whatever answered there is no scheduler
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SchedulerUnreachable(
@@ -165,7 +227,12 @@ def dask_resources(request: dict[str, float], offered: set[str]) -> dict[str, fl
 
 
 class DaskExecutor(Executor):
-    """Runs tasks on the dask cluster whose scheduler is at ``scheduler``."""
+    """Runs tasks on the dask cluster whose scheduler is at ``scheduler``.
+
+    A heartbeat thread asks the scheduler who its workers are every ``HEARTBEAT`` s: a
+    scheduler that stops answering (``PIPEMAKE_DASK_TIMEOUT`` s, default 30) is taken as
+    lost, and a task no worker there can run for ``PIPEMAKE_DASK_WORKER_WAIT`` s (default
+    60: its workers left mid-build) fails saying which worker to start."""
 
     name = "dask"
 
@@ -175,6 +242,8 @@ class DaskExecutor(Executor):
         #: (level, text) for the build to tell its user once the executor is up
         self.notes: list[tuple[str, str]] = []
         self._cluster: Any = None
+        self.worker_wait = _seconds(WORKER_WAIT_ENV, 60.0)
+        self.answer_within = _seconds(ANSWER_ENV, 30.0)
         self.address = self._start(scheduler, dashboard)
         try:
             self.client = self.distributed.Client(
@@ -191,12 +260,24 @@ class DaskExecutor(Executor):
         self._futures: dict[str, Any] = {}
         self._tasks: dict[str, Task] = {}
         self._cancelled: set[str] = set()
-        #: task ids whose future is done, and (id, progress) a running task sent
-        self._done: queue.Queue[str | tuple[str, Any]] = queue.Queue()
+        #: futures that are done (_Settled), (id, progress) a running task sent, or _WAKE
+        self._done: queue.Queue[Any] = queue.Queue()
         self._rules = registry()
         self._checked: set[tuple[str, str]] = set()
+        #: what keeps a rule's tasks (with these resources) off the cluster: its packages
+        #: missing on the workers that may run them
+        self._rule_problems: dict[tuple[str, tuple[tuple[str, float], ...]], str | None] = {}
         self._broken: str | None = None
         self._offered: dict[str, float] | None = None
+        #: what the heartbeat saw: why the scheduler is taken as lost, and each worker's
+        #: resources (None until its first answer)
+        self._silent: str | None = None
+        self._pool: list[dict[str, float]] | None = None
+        #: task id → since when no worker there can run it
+        self._stuck: dict[str, float] = {}
+        self._closing = threading.Event()
+        self._heart = threading.Thread(target=self._heartbeat, name="pipemake-dask", daemon=True)
+        self._heart.start()
         try:
             self.client.subscribe_topic(self._tag, self._on_live)
             self._note_workers()
@@ -207,6 +288,42 @@ class DaskExecutor(Executor):
     def _on_live(self, event: Any) -> None:
         _when, (task_id, data) = event
         self._done.put((task_id, data))
+
+    def _heartbeat(self) -> None:
+        """In a thread of its own: ask the scheduler for its workers every ``HEARTBEAT``
+        s, on a connection of its own (the client's calls would wait for ever)."""
+
+        async def beat() -> None:
+            from distributed.core import rpc
+
+            r = rpc(self.address, timeout=self.answer_within)
+            try:
+                while not self._closing.is_set():
+                    try:
+                        info = await asyncio.wait_for(r.identity(), self.answer_within)
+                    except Exception as exc:  # noqa: BLE001 - any failure: it is gone
+                        if not self._closing.is_set():
+                            self._silent = (
+                                f"it did not answer within {self.answer_within:g} s"
+                                if isinstance(exc, TimeoutError) or "timed out" in str(exc).lower()
+                                else f"{type(exc).__name__}: {exc}"
+                            )
+                            self._done.put(_WAKE)
+                        return
+                    self._pool = [
+                        {k: float(v) for k, v in (w.get("resources") or {}).items()}
+                        for w in (info.get("workers") or {}).values()
+                    ]
+                    self._done.put(_WAKE)
+                    await asyncio.get_running_loop().run_in_executor(
+                        None, self._closing.wait, HEARTBEAT
+                    )
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(r.close_rpc(), 1)
+
+        with contextlib.suppress(Exception):
+            asyncio.run(beat())
 
     def _note_workers(self) -> None:
         """Say so when ``-j`` leaves workers idle, or workers have several threads (each
@@ -246,34 +363,50 @@ class DaskExecutor(Executor):
             self._cluster = None
 
     # the cluster ------------------------------------------------------------------------
+    def _ask(self, call: Any) -> Any:
+        """``call()`` (a call of the client's, which may take its time: workers importing
+        a rule's packages), or TimeoutError once the heartbeat takes the scheduler as
+        lost."""
+        return _bounded(call, None, lambda: self._silent)
+
     def _workers(self) -> dict[str, Any]:
         """Every worker's info (address → dict with ``nthreads``, ``resources``, …)."""
-        try:  # newer dask lists only the first few workers unless asked for all
-            info = self.client.scheduler_info(n_workers=-1)
-        except TypeError:
-            info = self.client.scheduler_info()
-        return info.get("workers", {})
+
+        def info() -> dict[str, Any]:
+            try:  # newer dask lists only the first few workers unless asked for all
+                return self.client.scheduler_info(n_workers=-1)
+            except TypeError:
+                return self.client.scheduler_info()
+
+        return self._ask(info).get("workers", {})
+
+    def _start_workers(self, extra: str = "") -> str:
+        return f"`dask worker {self.address} --nthreads 1{extra}`"
 
     def _ensure_ready(self, task: Task) -> str | None:
-        """Before the first task of a project: workers have joined and see its files."""
+        """Before the first task of a project: workers have joined and see its files; and
+        before the first task of a rule: the workers that may run it have its packages."""
         if self._broken is not None:
             return self._broken
-        if (task.root, task.store) in self._checked:
-            return None
-        try:
-            self.client.wait_for_workers(1, timeout=WORKER_WAIT)
-        except TimeoutError:
-            self._broken = (
-                f"no dask worker joined the scheduler at {self.address} within "
-                f"{WORKER_WAIT:g} s: start workers (`dask worker {self.address} --nthreads 1`)"
-            )
-            return self._broken
-        problem = self._probe_workers(task.root, task.store)
-        if problem is not None:
-            self._broken = problem
-            return problem
-        self._checked.add((task.root, task.store))
-        return None
+        if (task.root, task.store) not in self._checked:
+            try:
+                self.client.wait_for_workers(1, timeout=self.worker_wait)
+            except TimeoutError:
+                self._broken = (
+                    f"no dask worker joined the scheduler at {self.address} within "
+                    f"{self.worker_wait:g} s: start workers ({self._start_workers()}); "
+                    f"{WORKER_WAIT_ENV} sets how long to wait"
+                )
+                return self._broken
+            problem = self._probe_workers(task.root, task.store)
+            if problem is not None:
+                self._broken = problem
+                return problem
+            self._checked.add((task.root, task.store))
+        key = (task.rule, tuple(sorted(task.resources.items())))
+        if key not in self._rule_problems:  # the workers that may run it depend on both
+            self._rule_problems[key] = self._probe_packages(task)
+        return self._rule_problems[key]
 
     def _probe_workers(self, root: str, store: str) -> str | None:
         tmp = os.path.join(root, ".pipemake", "tmp")
@@ -286,7 +419,11 @@ class DaskExecutor(Executor):
         except OSError as exc:
             return f"cannot write {path} for the workers to read: {exc.strerror or exc}"
         try:
-            answers = self.client.run(probe, path, token, store, self._rules[0], on_error="return")
+            answers = self._ask(
+                lambda: self.client.run(
+                    probe, path, token, store, self._rules[0], on_error="return"
+                )
+            )
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)
@@ -296,6 +433,42 @@ class DaskExecutor(Executor):
             if answer:
                 return answer
         return None
+
+    def _probe_packages(self, task: Task) -> str | None:
+        """None when every worker that may run ``task``'s rule (those offering its
+        resources) imports the packages the rule declares, else which workers lack which,
+        and the one ``pip install`` line that installs them."""
+        rule = get_rule(task.rule)
+        requires = dict(getattr(rule, "requires", None) or {})
+        if not requires:
+            return None
+        pool = {a: info.get("resources") or {} for a, info in self._workers().items()}
+        wanted = dask_resources(task.resources, {n for r in pool.values() for n in r})
+        workers = [
+            a for a, r in pool.items() if all(float(r.get(n, 0)) >= v for n, v in wanted.items())
+        ]
+        if not workers:
+            return None  # nobody may run it: said when it is placed
+        answers = self._ask(
+            lambda: self.client.run(missing, sorted(requires), workers=workers, on_error="return")
+        )
+        lacking = {w: a for w, a in sorted(answers.items()) if a}
+        if not lacking:
+            return None
+        said: dict[str, str] = {}  # module → why, as the first worker lacking it said
+        for answer in lacking.values():
+            if isinstance(answer, BaseException):
+                answer = [("pipemake", f"{type(answer).__name__}: {answer}")]
+            for module, why in answer:
+                said.setdefault(module, why)
+        names = list(lacking)
+        who = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        what = "; ".join(f"{m} ({why})" for m, why in said.items())
+        return (
+            f"rule {task.rule!r} needs packages that dask worker{'s' * (len(names) > 1)} "
+            f"{who} cannot import: {what}; install them there: "
+            + install_line([requires.get(m, m) for m in said])
+        )
 
     def _resources(self, task: Task) -> tuple[dict[str, float], str | None]:
         """The dask resources of ``task``, or why no worker can run it."""
@@ -314,7 +487,7 @@ class DaskExecutor(Executor):
         have = " ".join(f"{n}={v:g}" for n, v in sorted(self._offered.items())) or "none"
         return wanted, (
             f"no dask worker offers {asked} (the most any worker offers: {have}); start one "
-            f'with `dask worker {self.address} --nthreads 1 --resources "{asked}"`'
+            f"with {self._start_workers(f' --resources {chr(34)}{asked}{chr(34)}')}"
         )
 
     # the executor -----------------------------------------------------------------------
@@ -331,7 +504,8 @@ class DaskExecutor(Executor):
             if problem is None:
                 resources, problem = self._resources(task)
         except (OSError, TimeoutError) as exc:  # dask's CommClosedError is an OSError
-            self._lost(f"{type(exc).__name__}: {exc}")
+            timed_out = isinstance(exc, TimeoutError)
+            self._lost(str(exc) if timed_out else f"{type(exc).__name__}: {exc}")
             problem = self._broken
         if problem is not None:
             self._fail(task, problem)
@@ -348,15 +522,17 @@ class DaskExecutor(Executor):
             self._fail(task, self._broken or str(exc))
             return
         self._futures[task.id] = fut
-        fut.add_done_callback(lambda _f, tid=task.id: self._done.put(tid))
+        self._stuck.pop(task.id, None)
+        fut.add_done_callback(lambda f, tid=task.id: self._done.put(_Settled(tid, f)))
 
     def _fail(self, task: Task, text: str) -> None:
         """Answer ``task`` with an error at once; a fault of the cluster is not the
         task's, so it is not retried (it would fail the same way)."""
         task.attempt = max(task.attempt, task.max_attempts)
         self._tasks[task.id] = task
-        self._done.put(task.id)
-        self._futures[task.id] = _Failed(text)
+        failed = _Failed(text)
+        self._futures[task.id] = failed
+        self._done.put(_Settled(task.id, failed))
 
     def _lost(self, detail: str) -> None:
         if self._broken is None:
@@ -366,25 +542,84 @@ class DaskExecutor(Executor):
             )
 
     def poll(self, timeout: float | None) -> list[Message]:
-        ids: list[str | tuple[str, Any]] = []
+        got: list[Any] = []
         try:
-            ids.append(self._done.get(timeout=timeout) if timeout else self._done.get_nowait())
+            got.append(self._done.get(timeout=timeout) if timeout else self._done.get_nowait())
             while True:
-                ids.append(self._done.get_nowait())
+                got.append(self._done.get_nowait())
         except queue.Empty:
             pass
         out: list[Message] = []
-        for task_id in ids:
-            if isinstance(task_id, tuple):  # progress of a task still running
-                if task_id[0] in self._futures:
-                    out.append(Message(task_id[0], "progress", task_id[1]))
+        for item in got:
+            if isinstance(item, tuple):  # progress of a task still running
+                if item[0] in self._futures:
+                    out.append(Message(item[0], "progress", item[1]))
                 continue
-            fut = self._futures.pop(task_id, None)
-            task = self._tasks.pop(task_id, None)
-            if fut is None or task is None:
-                continue
-            out.extend(self._answer(task, fut))
+            if not isinstance(item, _Settled) or self._futures.get(item.task_id) is not item.fut:
+                continue  # a wake-up, or an answer given up on already
+            self._futures.pop(item.task_id)
+            task = self._tasks.pop(item.task_id, None)
+            self._stuck.pop(item.task_id, None)
+            if task is not None:
+                out.extend(self._answer(task, item.fut))
+        out.extend(self._check_cluster())
         return out
+
+    def _outstanding(self) -> list[str]:
+        return [i for i, f in self._futures.items() if not isinstance(f, _Failed)]
+
+    def _check_cluster(self) -> list[Message]:
+        """What the heartbeat saw: a scheduler that stopped answering ends every task out;
+        a task no worker there can run for ``worker_wait`` s fails saying what to start."""
+        out_ids = self._outstanding()
+        if self._silent is not None:
+            self._lost(self._silent)
+            return self._give_up(out_ids, self._broken or self._silent, cancel=False)
+        pool = self._pool
+        if pool is None or not out_ids:
+            return []
+        now = time.monotonic()
+        late: dict[str, list[str]] = {}
+        for task_id in out_ids:
+            task = self._tasks[task_id]
+            wanted = dask_resources(task.resources, set(self._offered or {}))
+            if any(all(w.get(n, 0.0) >= v for n, v in wanted.items()) for w in pool):
+                self._stuck.pop(task_id, None)
+            elif now - self._stuck.setdefault(task_id, now) >= self.worker_wait:
+                asked = " ".join(f"{n}={v:g}" for n, v in wanted.items())
+                late.setdefault(asked, []).append(task_id)
+        messages: list[Message] = []
+        for asked, ids in late.items():
+            if not pool:
+                self._broken = self._broken or (
+                    f"no dask worker left at the scheduler {self.address} for "
+                    f"{self.worker_wait:g} s ({WORKER_WAIT_ENV}; the workers left mid-build): "
+                    f"start workers ({self._start_workers()}); what finished is committed"
+                )
+                text = self._broken
+            else:
+                text = (
+                    f"no dask worker at {self.address} offering {asked} for "
+                    f"{self.worker_wait:g} s ({WORKER_WAIT_ENV}; those that did left): start "
+                    f"one with {self._start_workers(f' --resources {chr(34)}{asked}{chr(34)}')}"
+                )
+            messages += self._give_up(ids, text, cancel=True)
+        return messages
+
+    def _give_up(self, task_ids: list[str], text: str, cancel: bool) -> list[Message]:
+        """Answer these tasks with ``text`` now, without retries, and (with ``cancel``)
+        take their futures off the cluster, so they do not run later."""
+        futs = [self._futures.pop(i) for i in task_ids]
+        if cancel and futs:
+            with contextlib.suppress(Exception):
+                self._ask(lambda: self.client.cancel(futs, force=True))
+        messages = []
+        for task_id in task_ids:
+            self._stuck.pop(task_id, None)
+            task = self._tasks.pop(task_id, None)
+            if task is not None:
+                messages.append(self._stop_retrying(task, text))
+        return messages
 
     def _answer(self, task: Task, fut: Any) -> list[Message]:
         if isinstance(fut, _Failed):
@@ -401,8 +636,12 @@ class DaskExecutor(Executor):
             self._lost("the connection was closed")
             return [self._stop_retrying(task, self._broken or "cancelled")]
         if status == "cancelled":
-            return [Message(task.id, "error", ["the task was stopped (cancelled on dask)", None])]
-        exc = fut.exception(timeout=CONNECT_TIMEOUT)
+            return [Message(task.id, "error", [_STOPPED, None])]
+        try:
+            exc = fut.exception(timeout=CONNECT_TIMEOUT)
+        except Exception as why:  # noqa: BLE001 - the scheduler went between done and fetch
+            self._lost(type(why).__name__)
+            return [self._stop_retrying(task, self._broken or str(why))]
         if isinstance(exc, self.distributed.KilledWorker):
             text = f"the dask workers running it died, again and again ({exc})"
         else:
@@ -416,7 +655,10 @@ class DaskExecutor(Executor):
     def cancel(self, task_ids: list[str], force: bool = False) -> None:
         """Cancel these tasks' futures, and end the processes those already running have
         started on their workers (SIGTERM, or SIGKILL with ``force``), so the workers are
-        free again; a rule's own Python code runs to its end there, its answer dropped."""
+        free again; a rule's own Python code runs to its end there, its answer dropped.
+        A scheduler that does not answer within ``CANCEL_WAIT`` s (``FORCE_WAIT`` with
+        ``force``: a second Ctrl-C ends the build at once) is taken as lost, and the
+        tasks as stopped."""
         futs, ids = [], []
         for task_id in task_ids:
             fut = self._futures.get(task_id)
@@ -427,29 +669,54 @@ class DaskExecutor(Executor):
         if not futs:
             return
         sig = signal.SIGKILL if force else signal.SIGTERM
-        try:
+
+        def call() -> None:
             self.client.cancel(futs, force=True)
             self.client.run(stop, self._tag, ids, int(sig), wait=False)
-        except Exception:  # noqa: BLE001 - the scheduler is gone: nothing left to cancel
+
+        try:
+            _bounded(call, FORCE_WAIT if force else CANCEL_WAIT)
+        except Exception as exc:  # noqa: BLE001 - the scheduler is gone: nothing left to cancel
+            if isinstance(exc, TimeoutError):
+                self._lost(f"it did not answer within {FORCE_WAIT if force else CANCEL_WAIT:g} s")
             for task_id in ids:
-                self._done.put(task_id)
+                failed = _Failed(_STOPPED)
+                self._futures[task_id] = failed
+                self._done.put(_Settled(task_id, failed))
 
     def close(self) -> None:
         """Cancel this build's futures still out (and end what they started on their
-        workers), then leave the cluster; a local cluster ends with it."""
-        ids = [i for i, f in self._futures.items() if not isinstance(f, _Failed)]
-        try:
-            if ids and self.client.status == "running":
-                self.client.cancel([self._futures[i] for i in ids], force=True)
+        workers), then leave the cluster; a local cluster ends with it. Nothing here waits
+        for a scheduler that does not answer."""
+        self._closing.set()
+        ids = self._outstanding()
+        if ids and self._broken is None and self.client.status == "running":
+            futs = [self._futures[i] for i in ids]
+
+            def call() -> None:
+                self.client.cancel(futs, force=True)
                 self.client.run(stop, self._tag, ids, int(signal.SIGTERM), on_error="ignore")
-        except Exception:  # noqa: BLE001 - closing: the scheduler may be gone
-            pass
+
+            with contextlib.suppress(Exception):  # closing: the scheduler may be gone
+                _bounded(call, CANCEL_WAIT)
         self._futures = {}
-        try:
-            self.client.close(timeout=2)
-        except Exception:  # noqa: BLE001
-            pass
+        with contextlib.suppress(Exception):
+            _bounded(lambda: self.client.close(timeout=2), 5)
         self._close_cluster()
+
+
+#: what a task cancelled by the build answers
+_STOPPED = "the task was stopped (cancelled on dask)"
+#: what the heartbeat puts on the queue to wake :meth:`DaskExecutor.poll`
+_WAKE = object()
+
+
+class _Settled:
+    """A task's future is done (or its answer is known without dask: a _Failed)."""
+
+    def __init__(self, task_id: str, fut: Any):
+        self.task_id = task_id
+        self.fut = fut
 
 
 class _Failed:
@@ -484,12 +751,19 @@ class DaskLocalExecutor(DaskExecutor):
     def _start(self, scheduler: str | None, dashboard: bool) -> str:
         if scheduler:
             raise UsageError("--scheduler is for --executor dask (dask-local starts its own)")
+        import dask
+
+        # dask's HTTP servers listen whatever is asked (dashboard_address=None is its port
+        # 8787): on a port of their own on 127.0.0.1, serving no page without --dashboard
+        pages = {} if dashboard else {
+            "distributed.scheduler.http.routes": [], "distributed.worker.http.routes": [],
+        }  # fmt: skip
         try:
-            with _deaf_to_ctrl_c():  # Ctrl-C reaches the build, which decides what to stop
+            with _deaf_to_ctrl_c(), dask.config.set(pages):  # the build decides what stops
                 cluster = self.distributed.LocalCluster(
                     n_workers=self.jobs, threads_per_worker=1, processes=True,
-                    host="127.0.0.1", dashboard_address="127.0.0.1:8787" if dashboard else None,
-                    silence_logs=logging.CRITICAL,
+                    host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                    scheduler_kwargs={"dashboard": dashboard}, silence_logs=logging.CRITICAL,
                 )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - dask says why in its own words
             raise SchedulerUnreachable(

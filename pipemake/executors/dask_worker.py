@@ -7,7 +7,8 @@ runner changes the process's working directory and environment, and keeps the ru
 worker's cards and any other task none, unloads the project's modules whose file changed
 since an earlier task imported them (a worker outlives builds), and sends a whole-stage
 task's progress to the build while it runs. :func:`probe` is what the build asks every
-worker before the first task: the same pipemake, and the project's files in sight.
+worker before the first task: the same pipemake, and the project's files in sight;
+:func:`missing`, before a rule's first task: its packages.
 
 ``distributed`` is imported inside the functions: they run where it is installed.
 """
@@ -28,7 +29,7 @@ from ..rule import adopt_registry
 from .base import Task
 from .worker import execute
 
-__all__ = ["probe", "run_task", "stop"]
+__all__ = ["missing", "probe", "run_task", "stop"]
 
 #: dask's name for the GPU worker resource
 GPU = "GPU"
@@ -199,11 +200,15 @@ def _live(task: Task, topic: str) -> Callable[[Any], None] | None:
     return send
 
 
-def _where() -> str:
+def _where(worker: Any = None) -> str:
+    """``dask worker tcp://… (host …)``: the worker this runs on (``worker``, as
+    ``Client.run`` passes it, else the worker of the running task)."""
     try:
-        from distributed import get_worker
+        if worker is None:
+            from distributed import get_worker
 
-        return f"dask worker {get_worker().address} (host {socket.gethostname()})"
+            worker = get_worker()
+        return f"dask worker {worker.address} (host {socket.gethostname()})"
     except ValueError:
         return f"host {socket.gethostname()}"
 
@@ -216,10 +221,11 @@ def _not_shared(root: str, where: str) -> str:
     )
 
 
-def probe(path: str, token: str, store: str, version: str) -> str | None:
+def probe(path: str, token: str, store: str, version: str, dask_worker: Any = None) -> str | None:
     """On a worker: None when it runs pipemake ``version``, reads ``token`` from ``path``
-    and may write beside it and into the store, else what is wrong."""
-    where = _where()
+    and may write beside it and into the store, else what is wrong (naming the worker:
+    ``Client.run`` passes it as ``dask_worker``)."""
+    where = _where(dask_worker)
     from importlib import metadata
 
     try:
@@ -242,3 +248,18 @@ def probe(path: str, token: str, store: str, version: str) -> str | None:
         if not os.access(folder, os.W_OK | os.X_OK):
             return f"{where} may not write into {folder} (the user running the worker)"
     return None
+
+
+def missing(modules: list[str]) -> list[tuple[str, str]]:
+    """On a worker: the ``modules`` (a rule's ``requires``) it cannot import, each with
+    why. They are imported, not only looked for: the rule's task would import them next,
+    and a package that is there but broken fails the same way."""
+    import importlib
+
+    out = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - whatever stops the import, said as it is
+            out.append((name, f"{type(exc).__name__}: {exc}"))
+    return out

@@ -1,0 +1,176 @@
+"""The dask executor's answers to an acceptance review: a scheduler that stops answering
+(and a second Ctrl-C meanwhile), the workers leaving mid-build, a worker lacking a rule's
+package or the project (named by its address), and ``dask-local``'s HTTP pages off unless
+``--dashboard``. Each test starts a small cluster of its own (``--no-nanny`` workers, so
+killing the process kills the worker)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TRACEBACK, Proj, wait_for
+
+pytestmark = pytest.mark.slow  # each test starts a dask cluster
+
+distributed = pytest.importorskip("distributed")
+
+from test_dask_executor import UPPER, WHO, _items, _start, _who  # noqa: E402
+
+from pipemake.events import Event  # noqa: E402
+from pipemake.executors import dask as pm_dask  # noqa: E402
+from pipemake.executors.dask_worker import probe  # noqa: E402
+from pipemake.progress import describe  # noqa: E402
+
+SLOW = "sleep 0.3; " + UPPER
+
+
+def _build(proj: Proj, address: str, *extra: str, env: dict[str, str] | None = None) -> Any:
+    return proj.popen("build", "-j", "1", "--executor", "dask", "--scheduler", address,
+                      "--no-progress", *extra, env=env)  # fmt: skip
+
+
+def test_a_scheduler_that_stops_answering_ends_the_build_and_a_second_ctrl_c_at_once(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    c = _start(tmp_path / "c", [{}])
+    try:
+        proj = project(WHO.format(extra="", cmd=SLOW), _items(20))
+        build = _build(proj, c.address, env={"PIPEMAKE_DASK_TIMEOUT": "2"})
+        wait_for(lambda: len(_who(proj)) >= 1, 60, "an item running")
+        c.scheduler.send_signal(signal.SIGSTOP)  # frozen: connections open, no answers
+        _, err = build.communicate(timeout=60)
+        assert build.returncode == 1, err
+        assert f"lost the dask scheduler at {c.address} (it did not answer within 2 s)" in err
+        assert TRACEBACK not in err
+
+        # frozen while a build stops: the second Ctrl-C ends it at once, whatever dask does
+        c.scheduler.send_signal(signal.SIGCONT)
+        other = project(WHO.format(extra="", cmd=SLOW), _items(20), name="other")
+        build = _build(other, c.address)
+        wait_for(lambda: len(_who(other)) >= 1, 60, "an item running")
+        c.scheduler.send_signal(signal.SIGSTOP)
+        build.send_signal(signal.SIGINT)
+        time.sleep(0.5)  # two signals at once would read as one
+        build.send_signal(signal.SIGINT)
+        _, err = build.communicate(timeout=20)  # without the fix: still waiting after 60 s
+        assert build.returncode == 130, err
+        assert TRACEBACK not in err
+    finally:
+        c.scheduler.send_signal(signal.SIGCONT)
+        c.stop()
+
+
+def test_a_frozen_scheduler_at_the_start_is_said_to_not_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pm_dask, "CONNECT_TIMEOUT", 0.5)
+    with socket.socket() as silent:  # accepts connections (the kernel does), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(pm_dask.SchedulerUnreachable) as err:
+            pm_dask._identify(address)
+    assert f"what listens at {address} did not answer within 0.5 s" in str(err.value)
+
+
+def test_the_only_worker_leaving_mid_build_stops_it_after_the_worker_wait(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    c = _start(tmp_path / "c", [{}])
+    try:
+        proj = project(WHO.format(extra="", cmd="sleep 2; " + UPPER), _items(2))
+        build = _build(proj, c.address, env={"PIPEMAKE_DASK_WORKER_WAIT": "2"})
+        wait_for(lambda: len(_who(proj)) >= 1, 60, "an item running")
+        c.workers[0].kill()
+        c.workers[0].wait(10)
+        _, err = build.communicate(timeout=60)  # without the fix: waits for ever
+        assert build.returncode == 1, err
+        assert f"no dask worker left at the scheduler {c.address} for 2 s" in err
+        assert f"`dask worker {c.address} --nthreads 1`" in err and TRACEBACK not in err
+        assert "retry" not in err.lower()
+    finally:
+        c.stop()
+
+
+#: a PIL that is there but cannot be imported, as on a worker without the prep extra
+FAKE_PIL = "raise ModuleNotFoundError(\"No module named 'PIL'\", name='PIL')\n"
+PREP = """
+name: prep
+stages:
+  - id: prep
+    type: training_data_prep
+    config:
+      input_dirs: [data/cluster_000]
+      output_dir: build/dataset
+      resolution: 64
+      trigger: tok
+"""
+
+
+def test_a_worker_is_named_when_it_lacks_a_rules_package_or_the_project(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    fake = tmp_path / "fake"
+    (fake / "PIL").mkdir(parents=True)
+    (fake / "PIL" / "__init__.py").write_text(FAKE_PIL)
+    c = _start(tmp_path / "c", [{"env": json.dumps({"PYTHONPATH": str(fake)})}])
+    try:
+        with distributed.Client(c.address, timeout=30, set_as_default=False) as client:
+            (worker,) = client.scheduler_info()["workers"]
+            from importlib import metadata
+
+            nowhere = tmp_path / "nowhere" / ".pipemake" / "tmp" / "probe"
+            said = client.run(probe, str(nowhere), "t", str(tmp_path), metadata.version("pipemake"))
+        assert f"dask worker {worker} (host " in said[worker]
+        assert f"does not see the project at {tmp_path / 'nowhere'}" in said[worker]
+
+        proj = project(PREP, {"data/cluster_000/a.png": b"not read: the check comes first"})
+        r = proj.sub("build", "--executor", "dask", "--scheduler", c.address, "--no-progress",
+                     code=1)  # fmt: skip
+        assert "rule 'training_data_prep' needs packages that dask worker" in r.stderr
+        assert f"{worker} cannot import: PIL (ModuleNotFoundError" in r.stderr
+        assert "pip install 'pipemake[prep]'" in r.stderr and TRACEBACK not in r.stderr
+        assert not proj.exists("build/dataset")
+    finally:
+        c.stop()
+
+
+def _page(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_dask_local_serves_no_page_without_dashboard_and_notes_have_no_stage() -> None:
+    ex = pm_dask.DaskLocalExecutor(jobs=1)
+    try:
+        info = ex.client.scheduler_info()
+        ports = [info["services"]["dashboard"]]
+        ports += [w["services"]["dashboard"] for w in info["workers"].values()]
+        assert 8787 not in ports and ex.notes == []
+        for port in ports:
+            for page in ("info/main/workers.html", "health", "metrics"):
+                assert _page(f"http://127.0.0.1:{port}/{page}") == 404
+    finally:
+        ex.close()
+    ex = pm_dask.DaskLocalExecutor(jobs=1, dashboard=True)
+    try:
+        ((level, note),) = ex.notes
+        link = note.split(": ", 1)[1]
+        assert link.startswith("http://127.0.0.1:") and _page(link) == 200
+    finally:
+        ex.close()
+    line = describe(Event("log", None, {"level": level, "text": note}))
+    assert line == note  # no "None| " in front of the build's own notes
+    assert describe(Event("log", "each", {"level": "warning", "text": "x"})) == "each| x"
