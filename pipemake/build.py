@@ -229,7 +229,8 @@ class Builder:
             if want in ("file", "dir") and info.kind != want:
                 return None
             manifests[name] = manifest_of(info)
-        if not locked.verified:
+        last = self._record(stage.id) or {}
+        if last.get("unverified") and last.get("key") == rs.key:  # put here unverified
             self._unverified.add(stage.id)
             if self.store.secret:  # never signed on the word of an entry nobody verified
                 return None
@@ -645,10 +646,7 @@ class Builder:
         same = last.key == rs.key and last.result == "ok" and not relabel
         if unverified is None and not same:
             old = self._record(stage.id) if last.key == rs.key else None
-            locked = self._lock().get(stage.id)
-            unverified = bool(old.get("unverified")) if old else (
-                locked is not None and locked.key == rs.key and not locked.verified
-            )  # fmt: skip
+            unverified = bool(old and old.get("unverified"))
         elif unverified is not None and same and not ran:  # rewritten when the mark changes
             same = bool((self._record(stage.id) or {}).get("unverified")) == unverified
         if ran or not same:
@@ -710,8 +708,6 @@ class Locked:
     paths: dict[str, str]
     hashes: dict[str, str]
     values: dict[str, Any] | None
-    #: False where its outputs came from a cache entry no key verified
-    verified: bool = True
 
 
 #: why a stage with no entry in the store is up to date
@@ -719,8 +715,8 @@ _AS_LOCKED = Reason(Trigger.CACHED, "its outputs are what pipemake.lock records 
 #: why a stage whose outputs are the locked ones runs all the same when a key is held
 _UNVERIFIED = Reason(
     Trigger.NO_ENTRY,
-    "its outputs came from a cache entry no PIPEMAKE_CACHE_KEY verified (pipemake.lock "
-    "says so), so a build holding the key does not vouch for them",
+    "its outputs came from a cache entry no PIPEMAKE_CACHE_KEY verified (this workspace "
+    "restored them without the key), so a build holding the key does not vouch for them",
 )
 
 
@@ -734,7 +730,7 @@ def _lock_sections(p: Pipeline) -> dict[str, Locked]:
     """Each stage's section of the project's ``pipemake.lock`` (none where the pipeline
     turns the lock off, or it is missing or unreadable; a section not of the shape pipemake
     writes is left out)."""
-    from .lockfile import locked_values, read, verified
+    from .lockfile import locked_values, read
 
     if not p.lock_file:
         return {}
@@ -755,7 +751,7 @@ def _lock_sections(p: Pipeline) -> dict[str, Locked]:
                 hashes[name] = o["hash"]
                 if isinstance(o.get("path"), str):
                     paths[name] = o["path"]
-        out[sid] = Locked(section["key"], paths, hashes, locked_values(section), verified(section))
+        out[sid] = Locked(section["key"], paths, hashes, locked_values(section))
     return out
 
 

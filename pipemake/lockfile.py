@@ -15,10 +15,7 @@ inputs (or static params) differ from the lock, and so will run rather than rest
 a cache keyed on it. Where a stage's key is the locked one and its outputs in the
 workspace hash to the locked hashes, the build finds it up to date and takes those
 outputs into the store (:meth:`pipemake.build.Builder.decide`), as ``dvc.lock`` makes
-``dvc repro`` skip it — unless the section says ``"verified": false`` and the build holds
-``PIPEMAKE_CACHE_KEY``: its outputs came from a cache entry no key verified (restored by a
-build without the key), so a keyed build runs the stage rather than sign them (see
-:func:`verified`). ``--no-lock-file`` or ``lock_file: false`` in the pipeline turns
+``dvc repro`` skip it. ``--no-lock-file`` or ``lock_file: false`` in the pipeline turns
 it off. The lock is the project's own file: read as untrusted input (bounded, checked in
 shape), a damaged one is reported as unreadable and rewritten by the next build.
 """
@@ -39,17 +36,7 @@ from .walk import BadPath
 if TYPE_CHECKING:
     from .project import Project
 
-__all__ = [
-    "FILE",
-    "FORMAT",
-    "compare",
-    "document",
-    "locked_values",
-    "read",
-    "render",
-    "verified",
-    "write",
-]
+__all__ = ["FILE", "FORMAT", "compare", "document", "locked_values", "read", "render", "write"]
 
 FILE = "pipemake.lock"
 FORMAT = 1
@@ -98,21 +85,16 @@ def document(project: Project, old: dict[str, Any] | None = None) -> dict[str, A
                 for name, rel in sorted(stage.ports.outputs.items())
                 if isinstance(outputs.get(name), dict)
             }
-            trusted = not rec.get("unverified")
-            if not trusted:
-                section["verified"] = False
             values = entry.get("values") if isinstance(entry, dict) else None
             if isinstance(values, dict) and len(json.dumps(values)) <= _MAX_VALUES:
                 section["values"] = values
-            if "values" in section or not trusted:
-                section["check"] = _check(key, section["outputs"], section.get("values"), trusted)
+                section["check"] = _check(key, section["outputs"], values)
         elif isinstance(prior, dict) and prior.get("key") == key and "outputs" in prior:
-            for name in ("outputs", "verified", "values", "check"):
-                if name in prior:
-                    section[name] = prior[name]
-            if rec.get("unverified") and verified(prior):  # restored unverified since
-                section["verified"] = False
-                section["check"] = _check(key, prior["outputs"], prior.get("values"), False)
+            section["outputs"] = prior["outputs"]
+            if isinstance(prior.get("values"), dict):
+                section["values"] = prior["values"]
+                if "check" in prior:
+                    section["check"] = prior["check"]
         stages[sid] = section
     return {"format": FORMAT, "note": _NOTE, "pipeline": p.name, "stages": stages}
 
@@ -128,22 +110,9 @@ def _input(value: Any, items: dict[str, str] | None) -> Any:
     return {"value": value}
 
 
-def _check(key: str, outputs: Any, values: Any, trusted: bool = True) -> str:
-    """The digest that ties a section's computed values, and its mark of outputs that came
-    from an unverified cache entry, to its key and outputs."""
-    tied = [key, outputs, values] + ([] if trusted else [{"verified": False}])
-    return hash_bytes(json.dumps(tied, sort_keys=True).encode())
-
-
-def _checked(section: dict[str, Any]) -> bool:
-    """Whether a section's ``check`` is the one written with its key, outputs, values and
-    mark (not edited by hand, nor a merge conflict resolved line by line)."""
-    trusted = section.get("verified", True) is True
-    try:
-        want = _check(section.get("key"), section.get("outputs"), section.get("values"), trusted)
-    except (TypeError, ValueError, RecursionError):
-        return False
-    return section.get("check") == want
+def _check(key: str, outputs: Any, values: Any) -> str:
+    """The digest that ties a section's computed values to its key and outputs."""
+    return hash_bytes(json.dumps([key, outputs, values], sort_keys=True).encode())
 
 
 def locked_values(section: dict[str, Any]) -> dict[str, Any] | None:
@@ -153,19 +122,11 @@ def locked_values(section: dict[str, Any]) -> dict[str, Any] | None:
     values = section.get("values")
     if not isinstance(values, dict):
         return None
-    return values if _checked(section) else None
-
-
-def verified(section: dict[str, Any]) -> bool:
-    """Whether a section's outputs may be vouched for by a build holding
-    ``PIPEMAKE_CACHE_KEY``: False where they came from a cache entry no key verified (a
-    build without the key restored them: the section says ``"verified": false``), or where
-    its ``check`` does not hold (the mark may have been edited away)."""
-    if section.get("verified", True) is not True:
-        return False
-    if "check" not in section:  # written whenever there are values, or a mark
-        return "values" not in section
-    return _checked(section)
+    try:
+        good = section.get("check") == _check(section.get("key"), section.get("outputs"), values)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return values if good else None
 
 
 def render(doc: dict[str, Any]) -> bytes:
