@@ -1,0 +1,87 @@
+"""Acceptance findings on the built-in rules (issues 5, 6 and 12), second round.
+
+- A computed value holding mappings has one form whether it was computed in this build or
+  restored from the store: a shell stage that writes it does not rerun on the second build,
+  and "why it ran" shows the param as the command sees it (no doubled braces).
+- One unreadable cut-out fails only its own item of a clustering feature batch.
+- A 16-bit (and an I / F / LA / P / CMYK) frame is segmented like its 8-bit twin.
+- ``input_video`` given as a glob of videos runs per video without ``foreach:``.
+- ``foreach:`` over an input a rule cannot iterate over is refused at ``validate``.
+- ``model_path`` naming a directory is refused at ``validate``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import Proj
+
+#: a python stage whose computed values are read from data/values.json, as written there
+STEPS = """
+import json, pathlib
+def up(ctx):
+    return json.loads(pathlib.Path("data/values.json").read_text())
+"""
+
+#: mappings whose keys are not in sorted order (as frame_extraction's ``cuts`` are)
+CUTS = {"cuts": [{"video": "v.mp4", "frame_index": 10, "timestamp": 0.5}]}
+
+VALUES_PIPELINE = """
+name: values
+stages:
+  - id: up
+    type: python
+    config:
+      function: "steps:up"
+      inputs: {v: data/values.json}
+  - id: viacmd
+    type: shell
+    VERSION
+    config:
+      cmd: "echo {up.cuts} > {outputs.o}"
+      outputs: {o: build/cmd.txt}
+  - id: viaenv
+    type: shell
+    VERSION
+    config:
+      cmd: "echo \\"$CUTS\\" > {outputs.o}"
+      env: {CUTS: "{up.cuts}"}
+      outputs: {o: build/env.txt}
+"""
+
+
+def _values_project(project, name: str, version: str = "") -> Proj:
+    text = VALUES_PIPELINE.replace("VERSION", f"version: {version}" if version else "")
+    return project(text, {"steps.py": STEPS, "data/values.json": json.dumps(CUTS)}, name=name)
+
+
+def _texts(p: Proj) -> tuple[str, str]:
+    return p.read("build/cmd.txt"), p.read("build/env.txt")
+
+
+def test_a_mapping_value_is_the_same_text_fresh_or_restored(project, tmp_path: Path) -> None:
+    cache = str(tmp_path / "cache")
+    p = _values_project(project, "first")
+    p.cli("--cache-dir", cache, "build", "--no-progress")
+    first = _texts(p)
+    assert json.loads(first[1]) == CUTS["cuts"]
+    again = p.cli("--cache-dir", cache, "build", "--no-progress").output
+    assert "0 ran" in again, again
+    assert _texts(p) == first
+    p.cli("--cache-dir", cache, "dry-run", "--check")
+
+    # another checkout sharing the store: `up` is restored from it (its values read back
+    # from the store), and the shell stages (of another version, so they run) write the
+    # same text as the first build did from the freshly computed value
+    clone = _values_project(project, "clone", version="2")
+    out = clone.cli("--cache-dir", cache, "build", "--no-progress").output
+    assert "up: running" not in out and "viacmd: running" in out, out
+    assert _texts(clone) == first
+
+    # why it ran: the param as the command sees it, never the loader's doubled braces
+    p.write("data/values.json", json.dumps({"cuts": [{"video": "w.mp4", "frame_index": 3}]}))
+    out = p.cli("--cache-dir", cache, "build", "--no-progress").output
+    assert "viacmd: running (param cmd" in out, out
+    assert "{{" not in out and "}}" not in out, out
+    assert '{"frame_index": 3' in out, out
