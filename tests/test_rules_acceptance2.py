@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import Proj
+from conftest import TRACEBACK, Proj
 
 #: a python stage whose computed values are read from data/values.json, as written there
 STEPS = """
@@ -85,3 +85,39 @@ def test_a_mapping_value_is_the_same_text_fresh_or_restored(project, tmp_path: P
     assert "viacmd: running (param cmd" in out, out
     assert "{{" not in out and "}}" not in out, out
     assert '{"frame_index": 3' in out, out
+
+
+def _cutout(path: Path, colour: tuple[int, int, int]) -> None:
+    import numpy as np
+    from PIL import Image
+
+    a = np.zeros((40, 30, 4), np.uint8)
+    a[5:35, 5:25] = (*colour, 255)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a, "RGBA").save(path)
+
+
+CLUSTER = """
+name: c
+stages:
+  - id: cluster
+    type: clustering
+    config: {input_dir: cuts, output_dir: build/cl, algorithm: kmeans, n_clusters: 2}
+"""
+
+
+def test_one_unreadable_cutout_fails_only_its_own_item(project) -> None:
+    """The feature batch holds all four items: the text file named .png fails as itself,
+    the three good cut-outs keep their features and are not mapped again."""
+    p = project(CLUSTER, {"cuts/zz.png": "not an image"})
+    for i, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        _cutout(p.path(f"cuts/c{i}.png"), colour)
+    out = p.cli("build", "--no-progress", code=1).output
+    assert "1 of 4 item(s) failed" in out, out
+    assert "First: item zz.png: cannot read image" in out, out
+    assert "item c0.png" not in out and TRACEBACK not in out, out
+    p.path("cuts/zz.png").unlink()
+    out = p.cli("build", "--no-progress").output
+    assert "[0 of 3 items]" in out, out  # the three features come from the store
+    clusters = json.loads(p.read("build/cl/clusters.json"))
+    assert sorted(it["file"] for it in clusters["items"]) == ["c0.png", "c1.png", "c2.png"]
