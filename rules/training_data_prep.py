@@ -350,6 +350,7 @@ def _process(
     """Fit every image of one character, drop empty ones and near-duplicates."""
     from PIL import Image, UnidentifiedImageError
 
+    from pipemake.rules._image_modes import as_rgba
     from pipemake.rules._prep_images import bucket_sizes, dedup, phash, prepare_image
 
     p = ctx.params
@@ -359,7 +360,7 @@ def _process(
         source = f"{cluster}/{path.relative_to(roots[cluster]).as_posix()}"
         try:
             with Image.open(path) as img:
-                rgba = img.convert("RGBA")
+                rgba = as_rgba(img)
         except (OSError, UnidentifiedImageError) as exc:
             raise RuleError(f"cannot read image {path}: {exc}; remove or replace it") from exc
         out = prepare_image(

@@ -121,3 +121,91 @@ def test_one_unreadable_cutout_fails_only_its_own_item(project) -> None:
     assert "[0 of 3 items]" in out, out  # the three features come from the store
     clusters = json.loads(p.read("build/cl/clusters.json"))
     assert sorted(it["file"] for it in clusters["items"]) == ["c0.png", "c1.png", "c2.png"]
+
+
+def _png16_rgb(path: Path, rgb16) -> None:
+    """Write a 16-bit RGB PNG by hand (Pillow cannot write one)."""
+    import struct
+    import zlib
+
+    h, w, _ = rgb16.shape
+    rows = b"".join(b"\0" + rgb16[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    head = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", head)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _frames_of_every_mode(frames: Path):
+    """A dark frame with a bright square, written once per image mode; its 8-bit grey twin
+    ``l8.png`` is the reference."""
+    import numpy as np
+    from PIL import Image
+
+    frames.mkdir()
+    a8 = np.full((60, 80), 60, np.uint8)
+    a8[10:30, 20:40] = 230
+    Image.fromarray(a8, "L").save(frames / "l8.png")
+    Image.fromarray(a8.astype(np.uint16) * 257).save(frames / "g16.png")
+    _png16_rgb(frames / "rgb16.png", np.repeat(a8[..., None].astype(np.uint16) * 257, 3, 2))
+    Image.fromarray(a8, "L").convert("LA").save(frames / "la.png")
+    pal = Image.fromarray(a8, "L").convert("RGB").convert("P")
+    pal.save(frames / "p.png", transparency=pal.getpixel((0, 0)))
+    Image.fromarray(a8, "L").convert("CMYK").save(frames / "cmyk.jpg", quality=98)
+    # stored on its side, with the EXIF orientation that turns it upright
+    side = Image.fromarray(np.ascontiguousarray(np.rot90(a8)), "L").convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    side.save(frames / "exif.jpg", quality=98, exif=exif)
+    return a8
+
+
+def test_every_image_mode_is_segmented_like_its_8bit_twin(tmp_path: Path) -> None:
+    """A 16-bit PNG used to be clipped to white and dropped as 'uniform'; each mode now
+    gives the subject box of the 8-bit frame."""
+    from _onnx_fixtures import write_channel_sum_model
+    from PIL import Image
+
+    from pipemake.rules import _rembg
+
+    _frames_of_every_mode(tmp_path / "frames")
+    with Image.open(tmp_path / "frames" / "g16.png") as im:
+        assert im.mode.startswith("I;16")
+    model = write_channel_sum_model(tmp_path / "m.onnx", weights=(1, 1, 1), bias=-1.5)
+    session, _ = _rembg.open_session("u2net", model, ["CPUExecutionProvider"])
+    opts = _rembg.Options.from_params({"padding": 0})
+    cuts = {
+        p.name: _rembg.cut_out(session, p, opts) for p in sorted((tmp_path / "frames").iterdir())
+    }
+    want = cuts.pop("l8.png")
+    assert want.kept and want.box is not None
+    for name, cut in cuts.items():
+        assert cut.kept, (name, cut.note)
+        assert cut.box is not None
+        assert max(abs(a - b) for a, b in zip(cut.box, want.box, strict=True)) <= 1, (name, cut.box)
+        assert abs(cut.area - want.area) < 0.01, (name, cut.area, want.area)
+
+
+def test_wide_greyscale_modes_scale_to_8_bits() -> None:
+    """32-bit integer and float greyscale scale by the range they use, never clip."""
+    import numpy as np
+    from PIL import Image
+
+    from pipemake.rules._image_modes import as_rgb, as_rgba
+
+    wide = np.array([[0, 30000, 65535]], np.int32)
+    assert np.asarray(as_rgb(Image.fromarray(wide, "I")))[0, :, 0].tolist() == [0, 117, 255]
+    unit = np.array([[0.0, 0.5, 1.0]], np.float32)
+    assert np.asarray(as_rgb(Image.fromarray(unit, "F")))[0, :, 0].tolist() == [0, 128, 255]
+    odd = np.array([[-2.0, 0.0, 2.0]], np.float32)
+    assert np.asarray(as_rgba(Image.fromarray(odd, "F")))[0, :, 0].tolist() == [0, 128, 255]
+    small = np.array([[0, 100, 255]], np.int32)
+    assert np.asarray(as_rgb(Image.fromarray(small, "I")))[0, :, 1].tolist() == [0, 100, 255]
