@@ -123,6 +123,7 @@ class ClusteringRule(Rule):
     path_values: ClassVar[Mapping[str, str]] = {"cluster_dirs": "output_dir"}
     foreach_pattern: ClassVar[str | None] = IMAGE_PATTERN
     default_foreach: ClassVar[str | None] = "input_dir"
+    foreach_inputs: ClassVar[Sequence[str]] = ("input_dir",)
     aliases: ClassVar[Mapping[str, str]] = {"character_dir": "input_dir"}
     requires: ClassVar[Mapping[str, str]] = {
         "numpy": "pipemake[cluster]",

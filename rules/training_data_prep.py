@@ -63,6 +63,8 @@ class TrainingDataPrepRule(Rule):
     version = "2"
     #: the whole set is one task: dedup and the split look at every image at once
     default_foreach: ClassVar[str | None] = None
+    #: every cluster folder is read together (captions, dedup, the split): never per item
+    foreach_inputs: ClassVar[Sequence[str]] = ()
     aliases: ClassVar[Mapping[str, str]] = {
         "character_dirs": "input_dirs",
         "cluster_dirs": "input_dirs",

@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import TRACEBACK, Proj
+import pytest
+from conftest import TRACEBACK, Proj, refused_before_running
 
 #: a python stage whose computed values are read from data/values.json, as written there
 STEPS = """
@@ -209,3 +210,115 @@ def test_wide_greyscale_modes_scale_to_8_bits() -> None:
     assert np.asarray(as_rgba(Image.fromarray(odd, "F")))[0, :, 0].tolist() == [0, 128, 255]
     small = np.array([[0, 100, 255]], np.int32)
     assert np.asarray(as_rgb(Image.fromarray(small, "I")))[0, :, 1].tolist() == [0, 100, 255]
+
+
+GLOB_VIDEOS = """
+name: g
+stages:
+  - id: whole
+    type: frame_extraction
+    config: {input_video: "vids/*.mp4", output_dir: build/fe, mode: every_n, n: 3}
+"""
+
+
+def test_a_glob_of_videos_runs_per_video_without_foreach(project) -> None:
+    """Issue 5: ``input_video`` may be a glob of videos. Without ``foreach:`` the stage
+    runs per video over it (as ``foreach: input_video`` would), each video's frames in
+    ``<stem>/``; other files beside them are not taken, and a new video runs alone."""
+    from _video_fixtures import write_video
+
+    p = project(GLOB_VIDEOS, {"vids/notes.txt": "x"})
+    for i, name in enumerate(["a.mp4", "b.mp4", "c.mkv"]):
+        write_video(p.path(f"vids/{name}"), [6], width=64, height=48, seed=i)
+    out = p.cli("build", "--no-progress").output
+    assert "2 of 2 items" in out, out
+    frames = sorted(
+        f.relative_to(p.path("build/fe")).as_posix() for f in p.path("build/fe").rglob("*.jpg")
+    )
+    assert frames == [
+        "a/frame_000000.jpg",
+        "a/frame_000003.jpg",
+        "b/frame_000000.jpg",
+        "b/frame_000003.jpg",
+    ]
+    write_video(p.path("vids/d.mp4"), [6], width=64, height=48, seed=5)
+    out = p.cli("build", "--no-progress").output
+    assert "1 of 3 items" in out and "vids/d.mp4" in out, out
+    assert p.exists("build/fe/d/frame_000003.jpg") and p.exists("build/fe/a/frame_000000.jpg")
+
+
+def test_a_glob_matching_no_video_is_refused_before_anything_runs(project) -> None:
+    p = project(GLOB_VIDEOS, {"vids/notes.txt": "x"})
+    refused_before_running(p, 5, "whole", ["input 'input_video': no file matches vids/*.mp4"])
+
+
+def test_a_glob_where_no_foreach_iterates_is_refused(project) -> None:
+    """A glob in an input no foreach iterates over would be read as a path that does not
+    exist, mid-build: it is refused at validate, saying which foreach to add."""
+    p = project(
+        """
+        name: s
+        stages:
+          - id: cat
+            type: shell
+            config:
+              cmd: "cat {inputs.src} > {outputs.o}"
+              inputs: {src: "data/*.txt"}
+              outputs: {o: build/all.txt}
+        """,
+        {"data/a.txt": "a\n"},
+    )
+    refused_before_running(p, 7, "cat", ["input 'src' is a glob (data/*.txt)", "foreach: src"])
+
+
+@pytest.mark.parametrize(
+    ("rule", "over", "config", "words"),
+    [
+        (
+            "segmentation",
+            "model_path",
+            "{input_dir: frames, output_dir: build/x, model_path: m.onnx}",
+            ["cannot run per item over 'model_path'", "only over input_dir", "foreach: input_dir"],
+        ),
+        (
+            "clustering",
+            "model_path",
+            "{input_dir: frames, output_dir: build/x, model_path: m.onnx}",
+            ["cannot run per item over 'model_path'", "only over input_dir"],
+        ),
+        (
+            "training_data_prep",
+            "input_dir",
+            "{input_dir: frames, output_dir: build/x}",
+            ["takes its inputs whole", "remove the foreach line"],
+        ),
+    ],
+)
+def test_foreach_over_an_input_the_rule_cannot_iterate_is_refused(
+    project, rule: str, over: str, config: str, words: list[str]
+) -> None:
+    p = project(
+        f"stages:\n  - id: s\n    type: {rule}\n    foreach: {over}\n    config: {config}\n",
+        {"m.onnx": "model bytes"},
+    )
+    _cutout(p.path("frames/cluster_000/a.png"), (200, 30, 30))
+    refused_before_running(p, 4, "s", words)
+
+
+def test_model_path_naming_a_folder_is_refused_before_anything_runs(project) -> None:
+    p = project(
+        """
+        stages:
+          - id: segment
+            type: segmentation
+            config:
+              input_dir: frames
+              output_dir: build/seg
+              model_path: models
+        """,
+        {"models/m.onnx": "model bytes"},
+    )
+    _cutout(p.path("frames/a.png"), (200, 30, 30))
+    refused_before_running(
+        p, 7, "segment", ["input 'model_path': models is a folder", "e.g. models/m.onnx"]
+    )
