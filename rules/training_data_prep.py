@@ -172,10 +172,25 @@ class TrainingDataPrepRule(Rule):
             dropped += lost
             done += len(entries)
             ctx.progress(done, total)
+        if not records and dropped:
+            ctx.log.warning("%s", _empty_set_warning(dropped))
         _assign_split(records, p)
         _layout(records, out, tmp, p)
         shutil.rmtree(tmp)
         return _write_reports(out, records, dropped, skipped, p)
+
+
+def _empty_set_warning(dropped: list[dict[str, Any]]) -> str:
+    """The warning for a training set every image was dropped from, with the counts by
+    reason (a folder of fully transparent cut-outs gives an empty set, not a failure)."""
+    reasons: dict[str, int] = {}
+    for d in dropped:
+        reasons[d["reason"]] = reasons.get(d["reason"], 0) + 1
+    why = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
+    return (
+        f"the training set is empty: all {len(dropped)} image(s) were dropped ({why}); "
+        "check the segmentation's output (cut-outs with no opaque pixel) and stats.json"
+    )
 
 
 def _check_caption(template: str) -> list[tuple[str, str]]:

@@ -322,3 +322,36 @@ def test_model_path_naming_a_folder_is_refused_before_anything_runs(project) -> 
     refused_before_running(
         p, 7, "segment", ["input 'model_path': models is a folder", "e.g. models/m.onnx"]
     )
+
+
+def test_empty_training_set_and_sklearn_warnings_are_one_line_each(project) -> None:
+    """Four identical cut-outs into three KMeans clusters: scikit-learn's warning is one
+    log line naming it, never its source line; a cluster folder of fully transparent
+    cut-outs gives an empty training set with a warning that counts what was dropped."""
+    import numpy as np
+    from PIL import Image
+
+    p = project(
+        """
+        stages:
+          - id: cluster
+            type: clustering
+            config: {input_dir: cuts, output_dir: build/cl, algorithm: kmeans, n_clusters: 3}
+          - id: prep
+            type: training_data_prep
+            config: {input_dir: empty, output_dir: build/prep}
+        """
+    )
+    for i in range(4):
+        _cutout(p.path(f"cuts/c{i}.png"), (200, 30, 30))
+    p.path("empty/cluster_000").mkdir(parents=True)
+    for i in range(2):
+        blank = np.zeros((20, 20, 4), np.uint8)
+        Image.fromarray(blank, "RGBA").save(p.path(f"empty/cluster_000/t{i}.png"))
+    out = p.cli("build", "--no-progress").output
+    assert "cluster| clustering: ConvergenceWarning: Number of distinct clusters (1)" in out
+    assert "site-packages" not in out and "fit_method(" not in out, out
+    assert (
+        "prep| the training set is empty: all 2 image(s) were dropped "
+        "(2 empty (fully transparent))" in out
+    ), out
