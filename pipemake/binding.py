@@ -4,15 +4,16 @@ outputs, missing source inputs, missing packages, cycles)."""
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib.util import find_spec
 from typing import Any
 
 from .dag import Graph
 from .errors import Problems, suggest
-from .items import glob_base, is_glob
+from .items import glob_base, is_glob, matches
 from .model import SYMBOLIC_SCOPES, Foreach, Pending, Pipeline, Stage, norm, within
 from .rule import Ports, Rule, get_rule, has_items, has_run, rule_names
 from .templates import Ref, TemplateError, find_refs, substitute
@@ -197,6 +198,9 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: Problems) ->
     ports, written, reported = _ports(rule, resolved, config, raw, str(pipeline.root), ld)
     fields = _stage_fields(raw, sid, ld)
     foreach = _foreach(raw, ports, rule, sid, ld, quiet=reported)
+    if not reported:
+        for key, msg in _glob_problems(rule, ports, foreach):
+            ld.problem(msg, _port_line(config, "inputs", written.get(key, key), raw.line), sid)
     refs_all = find_refs(config)  # a template such as cmd keeps a computed value a reference
     refs = [r.scope for r in refs_all if r.scope not in ("vars", *SYMBOLIC_SCOPES)]
     after = raw.get("depends_on") or []
@@ -368,6 +372,10 @@ def _foreach(
             return Foreach(rule.default_foreach, rule.foreach_pattern)
         if quiet or (decl is not None and decl.required):
             return None  # the missing input is reported already
+    if spec is None and not quiet:
+        globbed = _glob_input(rule, ports)
+        if globbed is not None and has_items(rule):
+            return Foreach(globbed, rule.foreach_pattern)
     if spec is None or off:
         if not has_run(rule) and not quiet:
             _cannot_run_whole(rule, ports, sid, line, ld, off)
@@ -395,6 +403,10 @@ def _foreach(
             hint=suggest(spec["input"], known),
         )
         return None
+    allowed = rule.foreach_inputs
+    if allowed is not None and spec["input"] not in allowed:
+        _not_iterable(rule, spec["input"], allowed, sid, line, ld)
+        return None
     if not has_items(rule):
         ld.problem(_no_code(rule), line, sid)
         return None
@@ -402,6 +414,58 @@ def _foreach(
     if pattern is not None and not isinstance(pattern, str):
         ld.problem("foreach pattern must be a glob string", line, sid)
     return Foreach(spec["input"], pattern)
+
+
+def _glob_input(rule: Rule, ports: Ports) -> str | None:
+    """The first input the rule may run per item over that the stage gives as a glob
+    (``input_video: vids/*.mp4``): such a stage runs per item over it without ``foreach:``."""
+    for name in rule.foreach_inputs or ():
+        value = ports.inputs.get(name)
+        if isinstance(value, str) and is_glob(value):
+            return name
+    return None
+
+
+def _not_iterable(
+    rule: Rule, name: str, allowed: Sequence[str], sid: str, line: int | None, ld: Problems
+) -> None:
+    """Report ``foreach:`` over an input whose files the rule cannot take one at a time."""
+    if not allowed:
+        ld.problem(
+            f"rule {rule.name!r} takes its inputs whole and cannot run per item: "
+            f"foreach: {name} is not possible",
+            line,
+            sid,
+            hint="remove the foreach line",
+        )
+        return
+    ld.problem(
+        f"rule {rule.name!r} cannot run per item over {name!r}; it runs per item only over "
+        f"{', '.join(allowed)}",
+        line,
+        sid,
+        hint=f"write foreach: {allowed[0]}"
+        + (" (or remove the foreach line: that is the default)" if rule.default_foreach else ""),
+    )
+
+
+def _glob_problems(rule: Rule, ports: Ports, foreach: Foreach | None) -> list[tuple[str, str]]:
+    """An input given as a glob that no foreach iterates over: read as a path, it does not
+    exist (unless a file is really named so), so it is refused before anything runs."""
+    out = []
+    for key, value in ports.inputs.items():
+        if not isinstance(value, str) or not is_glob(value):
+            continue
+        if (foreach is not None and foreach.input == key) or os.path.lexists(
+            value if os.path.isabs(value) else os.path.join(ports.root or ".", value)
+        ):
+            continue
+        allowed = rule.foreach_inputs
+        can = allowed is None or key in allowed
+        fix = f"add foreach: {key}" if can else "name one file or folder"
+        out.append((key, f"input {key!r} is a glob ({value}): only the input a stage runs per "
+                         f"item over (foreach) may be a glob; {fix}"))  # fmt: skip
+    return out
 
 
 def _no_code(rule: Rule) -> str:
@@ -516,6 +580,7 @@ def _check_inputs(pipeline: Pipeline, st: Stage, ld: Problems) -> None:
         for p in paths:
             if not isinstance(p, str):
                 continue
+            written = p
             if is_glob(p):
                 p = glob_base(p)
             line = st.lines.get(key, st.line)
@@ -533,6 +598,60 @@ def _check_inputs(pipeline: Pipeline, st: Stage, ld: Problems) -> None:
                     st.deps.append(owner[0])
             elif not os.path.exists(p if os.path.isabs(p) else os.path.join(pipeline.root, p)):
                 _missing(ld, st, key, p, pipeline.root)
+            else:
+                _check_source(pipeline, st, key, written, p, ld)
+
+
+def _check_source(
+    pipeline: Pipeline, st: Stage, key: str, written: str, path: str, ld: Problems
+) -> None:
+    """What a source input on disk must be besides existing: a glob matches some file,
+    an input the rule declares a file is not a folder."""
+    full = path if os.path.isabs(path) else os.path.join(pipeline.root, path)
+    line = st.lines.get(key, st.line)
+    per_item = st.foreach is not None and st.foreach.input == key
+    if written != path:
+        pattern = st.foreach.pattern if per_item and st.foreach else None
+        rel_glob = written[len(path) + 1 :] if path != "." else written
+        if not _any_match(full, rel_glob, pattern):
+            some = pattern is not None and _any_match(full, rel_glob, None)
+            ld.problem(
+                f"input {key!r}: no file matches {written}"
+                + (f" and the foreach pattern {pattern}" if some else ""),
+                line,
+                st.id,
+                hint="fix the pattern, or put the files there",
+            )
+        return
+    decl = st.rule.inputs.get(key)
+    if decl is not None and decl.kind == "file" and not per_item and os.path.isdir(full):
+        ld.problem(
+            f"input {key!r}: {path} is a folder, and the rule reads a file here",
+            line,
+            st.id,
+            hint=f"name the file itself, e.g. {path.rstrip('/')}/{_first_file(full) or 'FILE'}",
+        )
+
+
+def _any_match(base: str, rel_glob: str, pattern: str | None) -> bool:
+    """Whether any visible file under ``base`` matches ``rel_glob`` (as a foreach's items
+    are chosen) and the foreach ``pattern``; stops at the first."""
+    for top, dirs, files in os.walk(base):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel_top = os.path.relpath(top, base)
+        for name in files:
+            rel = name if rel_top == "." else f"{rel_top}/{name}".replace(os.sep, "/")
+            if fnmatch.fnmatchcase(rel, rel_glob) and matches(rel, pattern):
+                return True
+    return False
+
+
+def _first_file(folder: str) -> str | None:
+    try:
+        names = sorted(e.name for e in os.scandir(folder) if e.is_file() and e.name[0] != ".")
+    except OSError:
+        return None
+    return names[0] if names else None
 
 
 def _missing(ld: Problems, st: Stage, key: str, path: str, root: Any) -> None:

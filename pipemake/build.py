@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import sqlite3
 import time
@@ -29,7 +30,7 @@ from .resolve import Planned, ResolvedStage, Resolver, Unknown
 from .runs import MAX_AGAIN, BuildContext, StageRun
 from .scheduler import StageFailure
 from .state import NEVER, WorkspaceState
-from .store import Store
+from .store import Store, encode_entry
 from .templates import find_refs
 from .walk import BadPath
 from .workspace import Workspace, manifest_of, remove_path
@@ -639,7 +640,8 @@ class Builder:
         ``unverified``: whether its outputs came from a cache entry no
         ``PIPEMAKE_CACHE_KEY`` verified (None: as the last record or the lock says, for
         outputs that were already in place), which ``pipemake.lock`` then says."""
-        self.results[stage.id] = Planned(entry["outputs"], entry.get("values", {}), rs.key)
+        values = _canonical_values(entry.get("values", {}))
+        self.results[stage.id] = Planned(entry["outputs"], values, rs.key)
         last = self._brief.get(stage.id, NEVER)
         # a restore where the last record says it ran here: the record says restored now
         relabel = restored and not (self._record(stage.id) or {}).get("restored")
@@ -753,6 +755,14 @@ def _lock_sections(p: Pipeline) -> dict[str, Locked]:
                     paths[name] = o["path"]
         out[sid] = Locked(section["key"], paths, hashes, locked_values(section))
     return out
+
+
+def _canonical_values(values: dict[str, Any]) -> dict[str, Any]:
+    """Computed values in the one form the store gives them back (its JSON round trip:
+    mappings with sorted keys, tuples as lists), so a downstream stage that writes a value
+    into its command or environment sees the same text whether the value was computed in
+    this build or restored from the store, and does not rerun for key order alone."""
+    return json.loads(encode_entry(values)) if values else values
 
 
 def values_used(p: Pipeline, stage: Stage) -> list[str]:

@@ -18,6 +18,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from .items import Item, item_reasons, removed_items, summarize
+from .templates import TemplateError, parse
 
 __all__ = [
     "Decision",
@@ -98,7 +99,18 @@ class Decision:
 
 
 def _text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return _as_run(value) if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _as_run(text: str) -> str:
+    """A key's template string as its command sees it: braces the loader doubled around a
+    substituted value (``{{``) shown single, references still to fill (``{outputs.o}``) kept."""
+    if "{{" not in text and "}}" not in text:
+        return text
+    try:
+        return "".join(str(part) for part in parse(text))
+    except TemplateError:
+        return text
 
 
 def _short(value: Any, limit: int = 60) -> str:

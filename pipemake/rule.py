@@ -331,6 +331,10 @@ class Rule:
     #: (its items filtered by ``foreach_pattern``); None: the whole stage runs at once.
     #: ``foreach: false`` in a stage opts out (the rule must then implement ``run``).
     default_foreach: ClassVar[str | None] = None
+    #: the inputs whose files a stage may run per item over (``foreach:``), checked at
+    #: ``validate``; None: any input; ``()``: none (the rule takes its inputs whole). A
+    #: stage that gives one of them as a glob runs per item over it without ``foreach:``.
+    foreach_inputs: ClassVar[Sequence[str] | None] = None
     #: other names a config key is accepted under: alias → declared key. A stage may use
     #: either (not both); the key, the problems and the rule see the declared name.
     aliases: ClassVar[Mapping[str, str]] = {}

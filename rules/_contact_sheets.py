@@ -29,8 +29,10 @@ def _checker(width: int, height: int, cell: int = 8) -> Any:
 def _thumb(path: Path, size: int) -> Any:
     from PIL import Image
 
+    from pipemake.rules._image_modes import as_rgba
+
     with Image.open(path) as img:
-        img = img.convert("RGBA")
+        img = as_rgba(img)
         img.thumbnail((size, size), Image.Resampling.BILINEAR)
     tile = _checker(size, size)
     tile.alpha_composite(img, ((size - img.width) // 2, (size - img.height) // 2))

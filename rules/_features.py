@@ -81,10 +81,12 @@ def decode(value: Any) -> Any:
 def _open_rgba(path: Path) -> Any:
     from PIL import Image, UnidentifiedImageError
 
+    from pipemake.rules._image_modes import as_rgba
+
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGBA")
+            return as_rgba(img)
     except (OSError, UnidentifiedImageError) as exc:
         raise RuleError(f"cannot read image {path}: {exc}; remove or replace the file") from exc
 

@@ -328,9 +328,11 @@ def cut_out(session: Any, src: Path, opts: Options) -> Cutout:
     from PIL import Image, ImageOps, UnidentifiedImageError
     from rembg import remove
 
+    from pipemake.rules._image_modes import as_rgb
+
     try:
         with Image.open(src) as opened:
-            img = ImageOps.exif_transpose(opened).convert("RGB")
+            img = as_rgb(ImageOps.exif_transpose(opened))
     except (UnidentifiedImageError, OSError) as exc:
         raise RuleError(
             f"{src}: not a readable image ({exc}); remove it or narrow the stage's foreach pattern"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -123,6 +124,7 @@ class ClusteringRule(Rule):
     path_values: ClassVar[Mapping[str, str]] = {"cluster_dirs": "output_dir"}
     foreach_pattern: ClassVar[str | None] = IMAGE_PATTERN
     default_foreach: ClassVar[str | None] = "input_dir"
+    foreach_inputs: ClassVar[Sequence[str]] = ("input_dir",)
     aliases: ClassVar[Mapping[str, str]] = {"character_dir": "input_dir"}
     requires: ClassVar[Mapping[str, str]] = {
         "numpy": "pipemake[cluster]",
@@ -215,7 +217,11 @@ class ClusteringRule(Rule):
             x.shape[1],
             ctx.params["algorithm"],
         )
-        result = cluster(x, ctx.params)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = cluster(x, ctx.params)
+        for text in dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught):
+            ctx.log.warning("clustering: %s", " ".join(text.split()))
         _log_selection(ctx, result)
         warning = _empty_warning(ctx.params, len(rels), result.n_clusters, result.labels.count(-1))
         if warning:

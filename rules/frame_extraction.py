@@ -143,6 +143,8 @@ class FrameExtractionRule(Rule):
     foreach_pattern = VIDEO_PATTERN
     #: one video or a folder of them runs whole unless the stage says ``foreach:``
     default_foreach = None
+    #: a glob of videos (``vids/*.mp4``) runs per video without ``foreach:``
+    foreach_inputs = ("input_video",)
     aliases: Mapping[str, str] = {}
     requires: Mapping[str, str] = {
         "av": "pipemake[video]",

@@ -53,6 +53,7 @@ class SegmentationRule(Rule):
     version = "1"
     foreach_pattern = "*.png|*.jpg|*.jpeg|*.webp|*.bmp"
     default_foreach: ClassVar[str | None] = "input_dir"
+    foreach_inputs: ClassVar[Sequence[str]] = ("input_dir",)
     aliases: ClassVar[Mapping[str, str]] = {"crop_margin": "padding"}
     requires: ClassVar[Mapping[str, str]] = {
         "rembg": "pipemake[segment]",

@@ -63,6 +63,8 @@ class TrainingDataPrepRule(Rule):
     version = "2"
     #: the whole set is one task: dedup and the split look at every image at once
     default_foreach: ClassVar[str | None] = None
+    #: every cluster folder is read together (captions, dedup, the split): never per item
+    foreach_inputs: ClassVar[Sequence[str]] = ()
     aliases: ClassVar[Mapping[str, str]] = {
         "character_dirs": "input_dirs",
         "cluster_dirs": "input_dirs",
@@ -170,10 +172,25 @@ class TrainingDataPrepRule(Rule):
             dropped += lost
             done += len(entries)
             ctx.progress(done, total)
+        if not records and dropped:
+            ctx.log.warning("%s", _empty_set_warning(dropped))
         _assign_split(records, p)
         _layout(records, out, tmp, p)
         shutil.rmtree(tmp)
         return _write_reports(out, records, dropped, skipped, p)
+
+
+def _empty_set_warning(dropped: list[dict[str, Any]]) -> str:
+    """The warning for a training set every image was dropped from, with the counts by
+    reason (a folder of fully transparent cut-outs gives an empty set, not a failure)."""
+    reasons: dict[str, int] = {}
+    for d in dropped:
+        reasons[d["reason"]] = reasons.get(d["reason"], 0) + 1
+    why = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
+    return (
+        f"the training set is empty: all {len(dropped)} image(s) were dropped ({why}); "
+        "check the segmentation's output (cut-outs with no opaque pixel) and stats.json"
+    )
 
 
 def _check_caption(template: str) -> list[tuple[str, str]]:
@@ -350,6 +367,7 @@ def _process(
     """Fit every image of one character, drop empty ones and near-duplicates."""
     from PIL import Image, UnidentifiedImageError
 
+    from pipemake.rules._image_modes import as_rgba
     from pipemake.rules._prep_images import bucket_sizes, dedup, phash, prepare_image
 
     p = ctx.params
@@ -359,7 +377,7 @@ def _process(
         source = f"{cluster}/{path.relative_to(roots[cluster]).as_posix()}"
         try:
             with Image.open(path) as img:
-                rgba = img.convert("RGBA")
+                rgba = as_rgba(img)
         except (OSError, UnidentifiedImageError) as exc:
             raise RuleError(f"cannot read image {path}: {exc}; remove or replace it") from exc
         out = prepare_image(

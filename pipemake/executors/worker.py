@@ -497,27 +497,43 @@ def _map(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logge
     size = max(1, rule.map_batch_size)
     for start in range(0, len(task.items), size):
         chunk = task.items[start : start + size]
-        items = [Item(it["path"], it["relpath"], it["hash"]) for it in chunk]
-        inputs = dict(task.inputs, **{task.foreach: chunk[0]["path"]})
-        ctx = _context(task, send, logger, {}, inputs, items[0])
-        ctx.state = _state(task, rule, ctx)
-        try:
-            values = rule.map_batch(ctx, items) if size > 1 else [rule.map_item(ctx, items[0])]
-            for it, value in zip(chunk, values, strict=True):
-                kind = "bytes" if isinstance(value, bytes) else "json"
-                data = value if isinstance(value, bytes) else json.dumps(value).encode()
-                results[it["relpath"]] = {"hash": store.put_bytes(data), "kind": kind}
-        except RuleError as exc:
-            for it in chunk:
-                results[it["relpath"]] = {"error": str(exc)}
-            _log_item_failure(logger, chunk[0]["relpath"], str(exc), None)
-        except Exception as exc:
-            tb = user_traceback(exc, rule)
-            for it in chunk:
-                results[it["relpath"]] = {"error": f"{type(exc).__name__}: {exc}", "tb": tb}
-            _log_item_failure(logger, chunk[0]["relpath"], f"{type(exc).__name__}: {exc}", tb)
+        results.update(_map_chunk(task, rule, store, send, logger, chunk))
         send("progress", [start + len(chunk), len(task.items)])
     return {"items": results}
+
+
+def _map_chunk(
+    task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger, chunk: list
+) -> dict[str, Any]:
+    """One ``map_batch`` call's results by item. A batch that fails is mapped again item by
+    item, so one bad item (an unreadable image) fails alone, as itself, and the others
+    keep their results."""
+    items = [Item(it["path"], it["relpath"], it["hash"]) for it in chunk]
+    inputs = dict(task.inputs, **{task.foreach: chunk[0]["path"]})
+    ctx = _context(task, send, logger, {}, inputs, items[0])
+    ctx.state = _state(task, rule, ctx)
+    results: dict[str, Any] = {}
+    try:
+        batched = rule.map_batch_size > 1
+        values = rule.map_batch(ctx, items) if batched else [rule.map_item(ctx, items[0])]
+        for it, value in zip(chunk, values, strict=True):
+            kind = "bytes" if isinstance(value, bytes) else "json"
+            data = value if isinstance(value, bytes) else json.dumps(value).encode()
+            results[it["relpath"]] = {"hash": store.put_bytes(data), "kind": kind}
+    except Exception as exc:
+        if len(chunk) > 1:
+            for it in chunk:
+                results.update(_map_chunk(task, rule, store, send, logger, [it]))
+            return results
+        if isinstance(exc, RuleError):
+            results[chunk[0]["relpath"]] = {"error": str(exc)}
+            _log_item_failure(logger, chunk[0]["relpath"], str(exc), None)
+        else:
+            tb = user_traceback(exc, rule)
+            text = f"{type(exc).__name__}: {exc}"
+            results[chunk[0]["relpath"]] = {"error": text, "tb": tb}
+            _log_item_failure(logger, chunk[0]["relpath"], text, tb)
+    return results
 
 
 def _reduce(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:
