@@ -61,7 +61,6 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from importlib.machinery import PathFinder
 from pathlib import Path
 from typing import Any
 
@@ -94,26 +93,58 @@ def _has_pending(value: Any) -> bool:
     return False
 
 
+def _find_in(module: str, where: list[str]) -> str | None:
+    """The file of the dotted ``module`` found under the folders ``where`` the way the
+    import system would (in each folder a package, then a module, and folders without an
+    ``__init__`` as namespace packages), without importing anything: a namespace package's
+    parent need not be imported, and no user code runs."""
+    from importlib.machinery import EXTENSION_SUFFIXES, SOURCE_SUFFIXES
+
+    suffixes = [*SOURCE_SUFFIXES, *EXTENSION_SUFFIXES]
+    parts = module.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        portions: list[str] = []
+        found: str | None = None
+        for folder in where:
+            base = os.path.join(folder, part)
+            init = next(
+                (base + "/__init__" + s for s in suffixes if os.path.isfile(f"{base}/__init__{s}")),
+                None,
+            )
+            if init is not None:
+                found, where = init, [base]
+                break
+            single = next((base + s for s in suffixes if os.path.isfile(base + s)), None)
+            if single is not None:
+                if not last:
+                    return None  # a module has no submodules
+                return single
+            if os.path.isdir(base):
+                portions.append(base)
+        if found is not None:
+            if last:
+                return found
+            continue
+        if not portions or last:
+            return None  # a namespace package has no file of its own
+        where = portions
+    return None
+
+
 def _module_file(module: str, root: str) -> str | None:
     """The file of ``module``, looked for in the project root first (another project's
     module of that name may be imported in this process already), then on sys.path."""
-    spec: Any = None
+    if not module:
+        return None
     if root:
-        parts = module.split(".")
-        where: list[str] | None = [root]
-        for i in range(len(parts)):
-            spec = PathFinder.find_spec(".".join(parts[: i + 1]), where)
-            if spec is None:
-                break
-            where = spec.submodule_search_locations
-            if where is None and i < len(parts) - 1:
-                spec = None
-                break
-    if spec is None:
-        try:
-            spec = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            return None
+        found = _find_in(module, [root])
+        if found is not None:
+            return found
+    try:
+        spec = importlib.util.find_spec(module)
+    except Exception:  # noqa: BLE001 - importing a parent package runs the user's code
+        return None
     return spec.origin if spec is not None and spec.origin not in (None, "built-in") else None
 
 
@@ -293,7 +324,16 @@ class CustomRule(Rule):
         try:
             obj: Any = importlib.import_module(module)
         except Exception as exc:  # noqa: BLE001 - the user's module: say what it raised
-            raise RuleError(f"cannot import {module!r}: {type(exc).__name__}: {exc}") from None
+            hint = ""
+            if isinstance(exc, ModuleNotFoundError) and exc.name and module.startswith(exc.name):
+                hint = (
+                    f"; 'executor' names module:Class, the module's dotted path from the "
+                    f"project folder ({root}/{module.replace('.', '/')}.py) or an installed "
+                    "package's: fix the name or the file's place"
+                )
+            raise RuleError(
+                f"cannot import {module!r}: {type(exc).__name__}: {exc}{hint}"
+            ) from None
         for part in attr.split("."):
             if not hasattr(obj, part):
                 raise RuleError(_no_such_class(obj, part))
@@ -316,16 +356,22 @@ class CustomRule(Rule):
     def code_files(self, ports: Ports, root: Path) -> list[str]:
         if self._bound is not None:
             found = _class_file(self._bound)
-        else:
-            found = _module_file(str(ports.params.get(_EXEC, "")).partition(":")[0], str(root))
-        return [found] if found else []
+            return [found] if found else []
+        spec = str(ports.params.get(_EXEC, ""))
+        files = [_module_file(spec.partition(":")[0], str(root))]
+        try:  # the module may only re-export the class: its own file is part of the key too
+            files.append(_class_file(self._class(spec, str(root))))
+        except RuleError:
+            pass  # not importable: the stage fails when it runs, saying why
+        return list(dict.fromkeys(f for f in files if f))
 
     def code_hash(self, ports: Ports, root: Path) -> str | None:
         files = self.code_files(ports, root)
         try:
-            return hash_file(files[0]) if files else None
+            hashes = [hash_file(f) for f in files]
         except OSError:
             return None
+        return hashes[0] if len(hashes) == 1 else (" ".join(hashes) or None)
 
     # running ---------------------------------------------------------------------------
     def run(self, ctx: Context) -> Mapping[str, Any] | None:
