@@ -184,11 +184,18 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: Problems) ->
     symbolic = getattr(rule, "symbolic_keys", ())
     resolved: dict[str, Any] = {}
     ok = True
+    accepted = rule.accepted_keys()
+    #: keys the rule does not know whose value is not a good template either
+    unknown: list[tuple[str, TemplateError]] = []
     for key, value in config.items():
         keep = (lambda r: r.scope in SYMBOLIC_SCOPES) if key in symbolic else None
         try:
             resolved[key] = substitute(value, lookup, keep)
         except TemplateError as exc:
+            if accepted is not None and key not in accepted:
+                resolved[key] = value  # the unknown key is the mistake to say first
+                unknown.append((key, exc))
+                continue
             ld.problem(
                 str(exc), config.line_of(key) if isinstance(config, LineDict) else raw.line, sid
             )
@@ -196,6 +203,12 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: Problems) ->
     if not ok:
         return None
     ports, written, reported = _ports(rule, resolved, config, raw, str(pipeline.root), ld)
+    if unknown:  # its references are not worth resolving
+        for key, exc in unknown if not reported else ():
+            ld.problem(
+                str(exc), config.line_of(key) if isinstance(config, LineDict) else raw.line, sid
+            )
+        return None
     fields = _stage_fields(raw, sid, ld)
     foreach = _foreach(raw, ports, rule, sid, ld, quiet=reported)
     if not reported:
@@ -550,13 +563,16 @@ def check_graph(pipeline: Pipeline, raws: list[LineDict], ld: Problems) -> None:
                 hint="every output needs its own path, not inside another stage's output",
             )
         stack.append((parts, sid, key))
-    raw_ids = {r["id"] for r in raws}
+    raw_by_id = {r["id"]: r for r in raws}
     for st in stages.values():
         for dep in st.deps:
-            if dep not in stages and dep not in raw_ids:
+            if dep not in stages and dep not in raw_by_id:
+                raw = raw_by_id.get(st.id)
                 ld.problem(
                     f"depends_on names an unknown stage {dep!r}",
-                    st.line,
+                    raw.line_of("depends_on")
+                    if raw is not None and "depends_on" in raw
+                    else st.line,
                     st.id,
                     hint=suggest(dep, list(stages)),
                 )
@@ -674,10 +690,26 @@ def _missing(ld: Problems, st: Stage, key: str, path: str, root: Any) -> None:
     )
 
 
-def check_sources(pipeline: Pipeline, ld: Problems) -> None:
+def check_sources(pipeline: Pipeline, ld: Problems, raws: Sequence[LineDict] | None = None) -> None:
     """Note every source input (one no stage produces) that is not on disk and every
     package a rule needs that is not installed: what can change without the pipeline file
-    changing, so a cached plan is checked again on each load."""
+    changing, so a cached plan is checked again on each load.
+
+    With ``raws`` (the stages as written, when binding found problems already, so that
+    those are reported together with these), a path any stage with a problem names in its
+    config may be one of its outputs: it is not called missing."""
+    unsure: list[str] = []
+    if raws is not None:
+        bad = {p.stage for p in ld.problems} | {r["id"] for r in raws} - set(pipeline.stages)
+        for raw in raws:
+            if raw["id"] in bad:
+                st = pipeline.stages.get(raw["id"])
+                read = set(_strings(st.ports.inputs)) if st is not None else set()
+                unsure += [
+                    in_project(v, str(pipeline.root))
+                    for v in _strings(raw.get("config"))
+                    if v and in_project(v, str(pipeline.root)) not in read
+                ]
     check_packages(pipeline, ld)
     for st in pipeline.stages.values():
         for key, value in st.ports.inputs.items():
@@ -685,10 +717,25 @@ def check_sources(pipeline: Pipeline, ld: Problems) -> None:
                 if not isinstance(path, str):
                     continue
                 base = glob_base(path) if is_glob(path) else path
+                if base not in (".", "") and any(
+                    within(base, u) or within(u, base) for u in unsure if u not in (".", "")
+                ):
+                    continue  # perhaps what a stage with a problem writes
                 if pipeline.output_owner(base) is None and not os.path.exists(
                     base if os.path.isabs(base) else os.path.join(pipeline.root, base)
                 ):
                     _missing(ld, st, key, base, pipeline.root)
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string in a config value (nested lists and mappings included)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _strings(v)]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    return []
 
 
 def _installed(module: str) -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .binding import bind, check_graph
+from .binding import bind, check_graph, check_sources
 from .dag import Graph
 from .errors import Problems, UsageError, suggest
 from .hooks import check_hook
@@ -194,6 +194,8 @@ def _check(doc: LineDict, path: Path, ld: Problems, overrides: Sequence[Override
         lock_file=doc.get("lock_file", True) is not False, remote=remote,
     )  # fmt: skip
     bind(pipeline, stages, ld)
+    if ld.problems:  # said together with them: missing packages and source files
+        check_sources(pipeline, ld, stages)
     ld.fail_if_any()
     check_graph(pipeline, stages, ld)
     ld.fail_if_any()
