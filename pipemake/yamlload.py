@@ -251,6 +251,17 @@ def load_yaml(text: str) -> Any:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         message = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        opened = exc.context_mark
+        at_end = exc.problem_mark is None or exc.problem_mark.index >= len(text.rstrip())
+        if opened is not None and at_end and opened.line != (mark.line if mark else -1):
+            # the end of the file is only where it noticed: say where the thing began
+            line = opened.line + 1
+            where = f"line {line}, column {opened.column + 1}"
+            message = (
+                f"the quote opened at {where} is never closed (the file ended inside it)"
+                if "quoted scalar" in str(exc.context or "")
+                else f"{exc.context} begun at {where}: {exc.problem} before the file ended"
+            )
         tab = _tab_near(text, mark.line, mark.column) if mark is not None else None
         if tab is not None:
             message = (
