@@ -223,7 +223,9 @@ class ClusteringRule(Rule):
         for text in dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught):
             ctx.log.warning("clustering: %s", " ".join(text.split()))
         _log_selection(ctx, result)
-        warning = _empty_warning(ctx.params, len(rels), result.n_clusters, result.labels.count(-1))
+        warning = _empty_warning(
+            ctx.params, len(rels), result.n_clusters, result.labels.count(-1)
+        ) or _one_group_warning(ctx.params, len(rels), result.selection)
         if warning:
             ctx.log.warning("%s", warning)
         names = [NOISE if c < 0 else f"cluster_{c:03d}" for c in result.labels]
@@ -422,12 +424,7 @@ def _log_selection(ctx: Context, result: Any) -> None:
     if sel is None:
         return
     if not sel.scores:
-        ctx.log.info(
-            "auto: one group (no two groups of min_cluster_size %d among %d cut-outs)",
-            ctx.params["min_cluster_size"],
-            sel.sample,
-        )
-        return
+        return  # one group: a warning (see _one_group_warning)
     ctx.log.info(
         "auto: %d clusters (the tree cut into %d groups, the best separated of 2 to %d: "
         "silhouette %.2f)",
@@ -458,6 +455,32 @@ def _empty_warning(p: Mapping[str, Any], total: int, clusters: int, noise: int) 
         fix = f"they were trimmed as outliers: raise {trim}"
     found = f"{clusters} cluster{'s' if clusters != 1 else ''}" if clusters else "no clusters"
     return f"clustering found {found}: {noise} of {total} cut-outs are in noise/; {fix}"
+
+
+def _one_group_warning(p: Mapping[str, Any], total: int, sel: Any) -> str | None:
+    """The warning for ``auto`` putting every cut-out in one cluster because no cut of its
+    tree had two groups of ``min_cluster_size`` (a clip with a few shots of several
+    characters gives a training set of them all mixed), naming the counts and the params
+    that change it; None otherwise."""
+    if sel is None or sel.scores:
+        return None
+    size = p["min_cluster_size"]
+    head = f"clustering put all {total} cut-outs in one cluster"
+    if sel.sample < 2 * size:
+        why = (
+            f"auto only splits off groups of at least min_cluster_size (now {size}) "
+            f"cut-outs, and {sel.sample} are fewer than two such groups ({2 * size})"
+        )
+    else:
+        why = f"no cut of its tree gave two groups of min_cluster_size (now {size}) cut-outs"
+    if sel.sample >= 4:
+        fix = (
+            f"lower min_cluster_size (to {min(size - 1, sel.sample // 2)} or less) or set "
+            "n_clusters to the number of characters"
+        )
+    else:
+        fix = "too few to split: set n_clusters to the number of characters, or add footage"
+    return f"{head}: {why}; {fix}"
 
 
 #: the most numbers a cached feature vector of a model may hold (4 million: 16 MB)
