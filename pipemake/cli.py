@@ -277,6 +277,24 @@ def _pipeline_file(ctx: click.Context) -> Any:
     return path
 
 
+def _use_config(ctx: click.Context, config: str | None) -> None:
+    """``--config FILE`` (the original system's spelling of ``-f``); given with a different
+    ``-f``, which one is meant is unclear: exit 2 naming both."""
+    if config is None:
+        return
+    root = ctx.find_root().obj
+    given = root.get("file")
+    if given is not None and os.path.abspath(given) != os.path.abspath(config):
+        _run(lambda: _raise(UsageError(
+            f"-f {given} and --config {config} name two pipeline files: give one of them"
+        )))  # fmt: skip
+    root["file"] = config
+
+
+def _raise(exc: Exception) -> None:
+    raise exc
+
+
 def _shown(path: Any) -> str:
     rel = os.path.relpath(path)
     return str(path) if rel.startswith("..") else rel
@@ -579,8 +597,7 @@ def run_cmd(
     """The original system's `run --config F --max-parallel N`: build -f F -j N."""
     global _ARGV
     root = ctx.find_root().obj
-    if config is not None:
-        root["file"] = config
+    _use_config(ctx, config)
     if resume:
         click.echo(_RESUME_NOTE, err=True)
     if dry:  # the plan of this run: its store, and --no-checkpoint's "every stage runs"
@@ -815,8 +832,7 @@ def _run_status(ctx: click.Context, run_id: str, as_json: bool, cache_dir: str |
 @click.pass_context
 def validate(ctx: click.Context, config: str | None) -> None:
     """Check the pipeline and print the execution plan."""
-    if config is not None:
-        ctx.find_root().obj["file"] = config
+    _use_config(ctx, config)
 
     def go() -> int:
         with _project(ctx, readonly=True) as project:
