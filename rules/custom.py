@@ -148,6 +148,18 @@ def _module_file(module: str, root: str) -> str | None:
     return spec.origin if spec is not None and spec.origin not in (None, "built-in") else None
 
 
+def _defines(path: str, name: str) -> bool:
+    """Whether the Python file ``path`` defines class ``name`` at its top level (read, not
+    imported: a module that imports torch is not imported just to compute a key)."""
+    import ast
+
+    try:
+        tree = ast.parse(Path(path).read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return any(isinstance(n, ast.ClassDef) and n.name == name for n in tree.body)
+
+
 def _class_file(cls: type) -> str | None:
     try:
         return inspect.getsourcefile(cls)
@@ -358,11 +370,13 @@ class CustomRule(Rule):
             found = _class_file(self._bound)
             return [found] if found else []
         spec = str(ports.params.get(_EXEC, ""))
-        files = [_module_file(spec.partition(":")[0], str(root))]
-        try:  # the module may only re-export the class: its own file is part of the key too
-            files.append(_class_file(self._class(spec, str(root))))
-        except RuleError:
-            pass  # not importable: the stage fails when it runs, saying why
+        module = _module_file(spec.partition(":")[0], str(root))
+        files = [module]
+        if module is None or not _defines(module, spec.partition(":")[2].split(".")[0]):
+            try:  # the module only re-exports the class: the class's own file is keyed too
+                files.append(_class_file(self._class(spec, str(root))))
+            except RuleError:
+                pass  # not importable: the stage fails when it runs, saying why
         return list(dict.fromkeys(f for f in files if f))
 
     def code_hash(self, ports: Ports, root: Path) -> str | None:

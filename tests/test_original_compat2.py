@@ -301,3 +301,27 @@ def test_auto_putting_a_short_clip_in_one_cluster_is_a_warning(
     assert "min_cluster_size (now 5)" in warning and "fewer than two such groups (10)" in warning
     assert "lower min_cluster_size (to 4 or less) or set n_clusters" in warning
     assert json.loads((out / "clusters.json").read_text())["warnings"] == [warning]
+
+
+def test_the_key_of_a_module_defining_its_class_is_computed_without_importing_it(
+    tmp_path: Path,
+) -> None:
+    """Only a module that re-exports the class is imported to find the class's file: one
+    that defines it (and may import torch) is read, not run, by status and dry-run."""
+    from pipemake.rules.custom import CustomRule
+
+    (tmp_path / "heavyx_mod.py").write_text(
+        "import sys\nsys.modules['heavyx_ran'] = sys\n" + FRAMES.replace("class E:", "class HE:")
+    )
+    (tmp_path / "reexpx").mkdir()
+    (tmp_path / "reexpx" / "__init__.py").write_text("from .impl import RE\n")
+    (tmp_path / "reexpx" / "impl.py").write_text(FRAMES.replace("class E:", "class RE:"))
+    rule = CustomRule()
+    ports, _ = rule.ports({"executor": "heavyx_mod:HE", "output_dir": "out"})
+    assert rule.code_files(ports, tmp_path) == [str(tmp_path / "heavyx_mod.py")]
+    assert "heavyx_ran" not in sys.modules
+    ports, _ = rule.ports({"executor": "reexpx:RE", "output_dir": "out"})
+    assert rule.code_files(ports, tmp_path) == [
+        str(tmp_path / "reexpx" / "__init__.py"),
+        str(tmp_path / "reexpx" / "impl.py"),
+    ]
