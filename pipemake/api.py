@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import posixpath
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -210,7 +211,17 @@ def _check_places(pipeline: Pipeline, ws: Workspace, cache: Path) -> None:
     problems: list[Problem] = []
     for st in pipeline.stages.values():
         for name, rel in st.ports.outputs.items():
-            out = os.path.realpath(pipeline.root / rel)
+            try:
+                out = os.path.realpath(pipeline.root / rel)
+            except UnicodeEncodeError:  # "é" under LANG=C (Python's file names are ASCII)
+                line = st.lines.get(name, st.line) or None
+                enc = sys.getfilesystemencoding()
+                problems.append(Problem(
+                    f"output {name!r} ({rel}): this locale's encoding ({enc}) cannot write "
+                    "the path's characters", _shown(pipeline.file), line, st.id,
+                    "run pipemake under a UTF-8 locale (LC_ALL=C.UTF-8) or with PYTHONUTF8=1",
+                ))  # fmt: skip
+                continue
             if within(out, dot) or within(dot, out):
                 what, hint = f"overlaps pipemake's own folder {ws.dot}", "choose another path"
             elif within(store, out):

@@ -343,6 +343,10 @@ def decide(
         items = None
         if stage.foreach:
             more, items = _item_verdicts(stage.items, stage.cached, last.item_hashes)
+            if items["cached"] and not last.built:  # no build of it finished, yet some items
+                reasons = [
+                    _NOT_FINISHED if r.trigger is Trigger.NEVER_BUILT else r for r in reasons
+                ]
             reasons += more
             if items["run"] == 0 and stage.items and not stage.map_reduce:  # none runs
                 n = len(stage.items)
@@ -367,6 +371,11 @@ def decide(
         earlier = Reason(Trigger.CACHED, "cached from an earlier build")
         return Decision(Verdict.RESTORE, [*why, earlier])
     return Decision(Verdict.RESTORE, output_reasons(bad, fresh=not last.built))
+
+
+#: a foreach stage with no finished build but items in the store (a run stopped or failed
+#: halfway, before it was recorded): "never built" would deny the items it keeps
+_NOT_FINISHED = Reason(Trigger.NEVER_BUILT, "not finished yet")
 
 
 def output_reasons(bad: Sequence[tuple[str, str]], fresh: bool) -> list[Reason]:

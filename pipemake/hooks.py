@@ -230,8 +230,22 @@ def _duration(seconds: Any) -> str:
 
 
 def _last_line(text: Any) -> str:
+    """An error in one line: its last line (where a traceback ends, or a tool's last
+    output), without a shell stage's echo of its command (``$ cmd``, naming pipemake's
+    staging paths) or the ``output:`` header. A shell stage's error leads with what
+    happened (``command exited with code 1:``): that, and its last output line if any."""
     lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
-    return lines[-1][:300] if lines else ""
+    if not lines:
+        return ""
+    if not _SHELL_FAILED.match(lines[0]):
+        return lines[-1][:300]
+    first = lines[0].rstrip(":")
+    rest = [line for line in lines[1:] if not line.startswith("$ ") and line != "output:"]
+    return (f"{first}: {rest[-1]}" if rest else first)[:300]
+
+
+#: the first line of a shell stage's error: what happened to its command
+_SHELL_FAILED = re.compile(r"command (exited with code -?\d+|was killed by signal \d+).*:$")
 
 
 def _is_slack(url: str) -> bool:

@@ -167,13 +167,15 @@ def items_digest(item_keys: dict[str, str]) -> str:
 def summarize(changed: list[tuple[str, str]], total: int) -> str:
     """``12 of 10,000 items changed (first: f000123.png: content changed)``, with ``; 3 more
     not in the cache`` where others run for that; ``… items to run`` when none of them is
-    new or changed (not built yet, not in the cache)."""
+    new or changed (not built yet, not in the cache), with ``; 14 kept`` for those the
+    store has (a run stopped or failed halfway keeps its finished items)."""
     if not changed:
         return f"0 of {total:,} items changed"
     moved = [c for c in changed if c[1] in ("new", "content changed")]
     first = f"{(moved or changed)[0][0]}: {(moved or changed)[0][1]}"
     if not moved:
-        return f"{len(changed):,} of {total:,} items to run (first: {first})"
+        kept = f"; {total - len(changed):,} kept" if total > len(changed) else ""
+        return f"{len(changed):,} of {total:,} items to run (first: {first}){kept}"
     rest = len(changed) - len(moved)
     more = f"; {rest:,} more not in the cache" if rest else ""
     return f"{len(moved):,} of {total:,} items changed (first: {first}){more}"

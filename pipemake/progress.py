@@ -428,7 +428,18 @@ class PlainView:
 class RichView:
     """A live panel on a terminal: an overall bar (stages settled / total, elapsed, ETA) and
     one line per running stage, with its own bar when it reports progress; a line per
-    settled stage is printed above the panel."""
+    settled stage is printed above the panel.
+
+    The panel is laid out for the terminal's width each time it is drawn: the figures
+    (counts, elapsed time, ETA) always show; the bar gives way first (it shrinks, then goes),
+    then a long stage name, cut with ``…``. It is drawn from the events seen so far every
+    time rich draws it, including under a line printed above it, so a stage's result line
+    never comes with a panel that still shows the stage running."""
+
+    BAR = 30  # a bar's width when there is room
+    BAR_MIN = 10  # narrower than this, no bar at all
+    NAME_MAX = 40  # a longer name is cut to this before the bar shrinks below BAR
+    NAME_MIN = 12  # a long name is cut to no less than this while the bar can still go
 
     def __init__(self, console: Any = None, clock: Callable[[], float] = time.time) -> None:
         from rich.console import Console
@@ -440,10 +451,14 @@ class RichView:
         self._remaining = _Remaining(self.eta, every=0.25)
         self._lock = threading.Lock()
         self._fresh = 0
+        #: when the view was made: the elapsed time before the run starts (a lock wait)
+        self._born = clock()
         self.items = ItemCounts()
         self.live = Live(
             console=self.console,
-            get_renderable=self._render,
+            # the view itself, not a table made now: rich draws it again from the current
+            # state each time, also when a printed line above it redraws the panel
+            get_renderable=lambda: self,
             refresh_per_second=4,
             transient=True,
             redirect_stdout=False,
@@ -477,7 +492,8 @@ class RichView:
             items = f" ({d['items']} items)" if d.get("items") else ""
             self._print(f"  ↺ {s}  restored from the store{items}", "cyan")
         elif k == "stage_finished":
-            self._print(f"  ✓ {s}  ran in {_fmt_duration(d.get('duration'))}{_items(d)}", "green")
+            took = f"ran in {_fmt_duration(d.get('duration'))}{_retries(d)}{_items(d)}"
+            self._print(f"  ✓ {s}  {took}", "green")
         elif k == "stage_failed":
             self._print(f"  ✗ {s}  FAILED: {_first_line(d.get('error'))}", "bold red")
         elif k == "stage_cancelled":
@@ -488,49 +504,100 @@ class RichView:
             self._print(describe(event) or "", "yellow")
 
     def _print(self, text: str, style: str | None = None) -> None:
-        self.console.print(visible(text), style=style, markup=False, highlight=False)
+        from rich.text import Text
 
-    def __rich__(self) -> Any:
-        """The view as it is drawn now (rich's protocol: ``console.print(view)``)."""
-        return self._render()
+        # the style on the line's Text, not on print(): rich draws the live panel in the
+        # same print, and print's style would colour the panel too
+        self.console.print(Text(visible(text), style=style or ""), highlight=False)
 
-    def _render(self) -> Any:
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        """The view as it is drawn now, for the width rich gives (rich's protocol:
+        ``console.print(view)``)."""
+        yield self._render(options.max_width)
+
+    def _rows(self) -> list[tuple[str, str, tuple[int, int] | None, str]]:
+        """What the panel shows, one row a line: the name and its style, the bar's
+        (done, total) or None, and the figures."""
+        with self._lock:
+            now = self.clock()
+            started = self.eta.started is not None
+            done, total = self.eta.done, self.eta.total
+            left_all = self._remaining(now) if started else None
+            elapsed = self.eta.elapsed(now) if started else max(0.0, now - self._born)
+            lefts = {s: self.eta.stage_eta(s, now) for s in self.eta.running}
+            clocks = {s: (c.since, c.done, c.total, c.unit) for s, c in self.eta.running.items()}
+        if not started:  # before the run starts (the stages not known yet, a lock wait)
+            return [("build", "bold", None, f"starting…  {_fmt_duration(elapsed)}")]
+        eta = f"  ETA {_fmt_duration(left_all)}" if done < total and left_all is not None else ""
+        rows = [
+            (
+                "build",
+                "bold",
+                (done, total),
+                f"{done}/{total} stages  {_fmt_duration(elapsed)}{eta}",
+            )
+        ]
+        for stage, (since, n, of, unit) in clocks.items():
+            left = lefts.get(stage)
+            tail = f"ETA {_fmt_duration(left)}" if left is not None else "ETA ?"
+            spent = _fmt_duration(now - since)
+            if of:
+                count = f"{n or 0}/{of}{' ' + unit if unit else ''}"
+                bar: tuple[int, int] | None = (n or 0, of)
+            else:
+                count, bar = "running…", None
+            rows.append((f"▶ {stage}", "cyan", bar, f"{count}  {spent}  {tail}"))
+        return rows
+
+    def _render(self, width: int | None = None) -> Any:
+        """The panel laid out for ``width`` columns (the console's when None)."""
+        from rich.cells import cell_len
         from rich.progress_bar import ProgressBar
         from rich.table import Table
         from rich.text import Text
 
-        with self._lock:
-            now = self.clock()
-            done, total = self.eta.done, self.eta.total
-            left_all = self._remaining(now)
-            elapsed = self.eta.elapsed(now)
-            lefts = {s: self.eta.stage_eta(s, now) for s in self.eta.running}
-            clocks = {s: (c.since, c.done, c.total, c.unit) for s, c in self.eta.running.items()}
-        table = Table.grid(padding=(0, 1))
-        table.add_column(no_wrap=True)
-        table.add_column(width=30)
-        table.add_column(no_wrap=True)
-        eta = f"ETA {_fmt_duration(left_all)}" if done < total and left_all is not None else ""
-        table.add_row(
-            Text("build", style="bold"),
-            ProgressBar(total=max(total, 1), completed=done, width=30),
-            f"{done}/{total} stages  {_fmt_duration(elapsed)}  {eta}",
-        )
-        for stage, (since, done, total, unit) in clocks.items():
-            left = lefts.get(stage)
-            tail = f"ETA {_fmt_duration(left)}" if left is not None else "ETA ?"
-            spent = _fmt_duration(now - since)
-            if total:
-                bar: Any = ProgressBar(total=total, completed=done or 0, width=30)
-                count = f"{done or 0}/{total}{' ' + unit if unit else ''}  "
+        width = self.console.width if width is None else width
+        # names and units may come from a shared store: shown as text (Text, never markup),
+        # their control characters written out
+        rows = [(visible(n), st, bar, visible(f)) for n, st, bar, f in self._rows()]
+        figures = max(cell_len(f) for *_, f in rows)
+        names = max(cell_len(n) for n, *_ in rows)
+        room = width - figures - 1  # for the name, and the bar with its gap
+        bars = any(bar is not None for _, _, bar, _ in rows)
+        # the bar shrinks to BAR_MIN and names are cut to NAME_MAX, then names to NAME_MIN,
+        # then the bar goes: the figures stay
+        name_w, bar_w = names, 0
+        if bars:
+            for cut, least in ((names, self.BAR), (self.NAME_MAX, self.BAR_MIN)):
+                name_w = min(names, max(cut, room - 1 - self.BAR))
+                bar_w = min(self.BAR, room - name_w - 1)
+                if bar_w >= least:
+                    break
             else:
-                bar, count = Text("running…", style="dim"), ""
-            # Text, not str: a unit or stage name is shown as written, never read as markup
-            table.add_row(
-                Text(f"▶ {visible(stage)}", style="cyan"),
-                bar,
-                Text(visible(f"{count}{spent}  {tail}")),
-            )
+                name_w = min(names, max(self.NAME_MIN, room - 1 - self.BAR_MIN))
+                bar_w = room - name_w - 1
+            if bar_w < self.BAR_MIN:
+                bar_w = 0
+        if not bar_w:
+            name_w = min(names, room)
+        table = Table.grid(padding=(0, 1))
+        if name_w > 0:
+            table.add_column(width=name_w, no_wrap=True, overflow="ellipsis")
+        if bar_w:
+            table.add_column(width=bar_w, no_wrap=True)
+        table.add_column(no_wrap=True, overflow="ellipsis")
+        for name, style, bar, fig in rows:
+            cells: list[Any] = [Text(name, style=style, no_wrap=True, overflow="ellipsis")]
+            if name_w <= 0:
+                cells = []
+            if bar_w:
+                cells.append(
+                    ProgressBar(total=max(bar[1], 1), completed=bar[0], width=bar_w)
+                    if bar is not None
+                    else Text("")
+                )
+            cells.append(Text(fig, no_wrap=True, overflow="ellipsis"))
+            table.add_row(*cells)
         return table
 
     def close(self) -> None:

@@ -255,7 +255,8 @@ class Context:
                 return int(code)
         proc = self.popen(
             ["/bin/sh", "-c", cmd], env=env, stdin=subprocess.DEVNULL, close_fds=False,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
+            errors="replace",  # UTF-8 as the task shell reads it, whatever the locale
         )  # fmt: skip
         assert proc.stdout is not None
         with proc.stdout:

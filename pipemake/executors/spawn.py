@@ -19,7 +19,7 @@ from .base import Task
 from .guardian import Guardian
 from .shell import Shell
 
-__all__ = ["Spawner", "TaskStopped", "ThreadSpawner", "signal_group"]
+__all__ = ["Spawner", "TaskStopped", "ThreadSpawner", "os_bytes", "signal_group"]
 
 
 class Spawner:
@@ -104,6 +104,11 @@ class Spawner:
     def start(
         self, args: Sequence[str], env: Mapping[Any, Any] | None, kwargs: dict[str, Any]
     ) -> subprocess.Popen[Any]:
+        # as bytes: Popen's own encoding (the locale's) fails on a command holding "é" under
+        # LANG=C; a command comes from a UTF-8 pipeline file, and is passed on as written
+        args = os_bytes(args) if isinstance(args, str) else [os_bytes(a) for a in args]
+        if env is not None and isinstance(next(iter(env), b""), str):
+            env = {os_bytes(k): os_bytes(v) for k, v in env.items()}
         try:
             return _Proc(self, args, env=env, **kwargs)
         except OSError as exc:
@@ -133,11 +138,22 @@ class _Proc(subprocess.Popen):  # type: ignore[type-arg]
         return pid, sts
 
 
+def os_bytes(text: str | bytes | os.PathLike[Any]) -> bytes:
+    """``text`` as the bytes of a command line, a variable or a path: as the locale writes
+    it (``os.fsencode``, so a file name read from the disk comes back as it was), or as
+    UTF-8 where the locale cannot write a character (an ASCII locale, and a pipeline file's
+    ``é``)."""
+    try:
+        return os.fsencode(text)
+    except UnicodeEncodeError:
+        return os.fspath(text).encode("utf-8", "surrogateescape")  # type: ignore[union-attr]
+
+
 def _too_long(args: Sequence[str] | str, env: Mapping[Any, Any]) -> str:
     """Why the system refused to start a command of this size (``E2BIG``), and what to do."""
     strings = [args] if isinstance(args, str | bytes) else list(args)
     strings += [f"{k}={v}" for k, v in env.items()]
-    sizes = [len(os.fsencode(a)) + 1 for a in strings]
+    sizes = [len(os_bytes(a)) + 1 for a in strings]
     one = 32 * os.sysconf("SC_PAGE_SIZE")  # Linux's MAX_ARG_STRLEN: one argument's limit
     if max(sizes) > one:
         what = f"{max(sizes) - 1:,} bytes; the limit is {one:,} for one argument"
@@ -176,7 +192,7 @@ class ThreadSpawner(Spawner):
         full = self._envs.get(key)
         if full is None:
             base = os.environ if self.env is None else self.env
-            full = {os.fsencode(k): os.fsencode(v) for k, v in dict(base, **env).items()}
+            full = {os_bytes(k): os_bytes(v) for k, v in dict(base, **env).items()}
             if len(self._envs) >= 64:
                 self._envs.clear()
             self._envs[key] = full
