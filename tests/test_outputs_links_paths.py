@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -169,3 +170,156 @@ def test_lock_timeout_inf_waits_as_without_the_option(project: Callable[..., Pro
     proj.cli("build", "--lock-timeout", "inf")
     assert proj.read("build/n.txt").strip() == "1"
     proj.cli("build", "--lock-timeout", "0")
+
+
+# -- symlinks a stage writes into its outputs -----------------------------------------------
+
+
+def _one(cmd: str, outputs: str = "{d: build/d}", inputs: str = "{a: data/a.txt}") -> str:
+    return f"""
+stages:
+  - id: g
+    type: shell
+    config:
+      cmd: "{cmd}"
+      inputs: {inputs}
+      outputs: {outputs}
+"""
+
+
+def _settled(proj: Proj, *options: str) -> None:
+    """A second build runs and restores nothing, and status says up to date."""
+    out = proj.cli("build", "--no-progress", *options).output
+    assert "0 ran, 0 restored" in out, out
+    proj.cli("status", "--check")
+
+
+def test_a_relative_link_to_a_source_file_counts_from_the_output(
+    project: Callable[..., Proj],
+) -> None:
+    """``ln -s ../../data/a.txt {outputs.d}/a.txt`` (a dataset's usual idiom): stored by
+    what it leads to from ``build/d``, kept as the stage made it, up to date right after,
+    and a rebuild restores nothing and deletes nothing."""
+    cmd = "mkdir -p {outputs.d} && echo made > {outputs.d}/made.txt && ln -s ../../data/a.txt {outputs.d}/a.txt"
+    proj = project(_one(cmd), {"data/a.txt": "raw\n"})
+    proj.cli("build", "--no-progress")
+    assert os.readlink(proj.path("build/d/a.txt")) == "../../data/a.txt"
+    _settled(proj)
+    assert sorted(os.listdir(proj.path("build/d"))) == ["a.txt", "made.txt"]
+    assert proj.read("build/d/a.txt") == "raw\n"
+    os.remove(proj.path("build/d/a.txt"))  # restored as the content it led to
+    assert "1 restored" in proj.cli("build", "--no-progress").output
+    assert not os.path.islink(proj.path("build/d/a.txt"))
+    assert proj.read("build/d/a.txt") == "raw\n"
+
+
+def test_link_mode_never_takes_the_users_file_a_link_leads_to(
+    project: Callable[..., Proj],
+) -> None:
+    """With ``--link`` the file a staged link leads to (the user's source) is copied into
+    the store, never hard-linked there nor made read-only."""
+    cmd = "mkdir -p {outputs.d} && ln -s ../../data/a.txt {outputs.d}/a.txt"
+    proj = project(_one(cmd), {"data/a.txt": "raw\n"})
+    proj.cli("build", "--no-progress", "--link")
+    st = os.stat(proj.path("data/a.txt"))
+    assert st.st_nlink == 1 and st.st_mode & 0o200
+    _settled(proj, "--link")
+    proj.write("data/a.txt", "edited\n")  # still the user's own, writable file
+    proj.cli("build", "--no-progress", "--link")
+    assert proj.read("build/d/a.txt") == "edited\n"
+
+
+def test_a_relative_link_to_a_folder(project: Callable[..., Proj]) -> None:
+    cmd = "mkdir -p {outputs.d} && ln -s ../../data {outputs.d}/src"
+    proj = project(_one(cmd, inputs="{a: data}"), {"data/a.txt": "A\n", "data/s/b.txt": "B\n"})
+    proj.cli("build", "--no-progress")
+    _settled(proj)
+    shutil.rmtree(proj.path("build"))
+    proj.cli("build", "--no-progress")
+    assert proj.read("build/d/src/s/b.txt") == "B\n" and not os.path.islink(
+        proj.path("build/d/src")
+    )
+    assert proj.read("data/s/b.txt") == "B\n"
+
+
+def test_a_file_output_that_is_a_relative_link(project: Callable[..., Proj]) -> None:
+    """``ln -s ../data/a.txt {outputs.o}`` for ``build/o.txt``: the output is a copy of
+    ``data/a.txt`` (an output path holds pipemake's own files), and settles."""
+    proj = project(
+        _one("ln -s ../data/a.txt {outputs.o}", "{o: build/o.txt}"), {"data/a.txt": "x\n"}
+    )
+    proj.cli("build", "--no-progress")
+    assert not os.path.islink(proj.path("build/o.txt")) and proj.read("build/o.txt") == "x\n"
+    _settled(proj)
+
+
+def test_a_link_to_another_output_of_the_same_stage(project: Callable[..., Proj]) -> None:
+    cmd = "mkdir -p {outputs.d} && echo sib > {outputs.o} && ln -s ../o.txt {outputs.d}/o"
+    proj = project(_one(cmd, "{d: build/d, o: build/o.txt}"), {"data/a.txt": "x\n"})
+    proj.cli("build", "--no-progress")
+    assert proj.read("build/d/o") == "sib\n"
+    _settled(proj)
+
+
+@pytest.mark.parametrize(
+    ("cmd", "outputs", "link"),
+    [
+        ("mkdir -p {outputs.d} && ln -s ../nowhere.txt {outputs.d}/x", "{d: build/d}", "build/d/x"),
+        ("ln -s ../nowhere.txt {outputs.o}", "{o: build/o.txt}", "build/o.txt"),
+    ],
+)
+def test_a_link_that_leads_nowhere_from_the_output_fails_the_stage(
+    project: Callable[..., Proj], cmd: str, outputs: str, link: str
+) -> None:
+    proj = project(_one(cmd, outputs), {"data/a.txt": "x\n"})
+    out = proj.cli("build", "--no-progress", code=1).output
+    assert f"{link} is a symlink to ../nowhere.txt, which leads nowhere" in out, out
+    assert "copy the file in" in out and TRACEBACK not in out
+    assert not proj.exists("build")
+
+
+def test_links_out_of_the_project_are_followed_and_nothing_outside_is_written(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """Absolute links and relative ones climbing out of the project are the stage's own
+    data: their bytes are stored; a second workspace restores them as plain files; a
+    restore over an output holding such a link replaces the link, never writes through it."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    victim.chmod(0o644)
+    cmd = (
+        "mkdir -p {outputs.d} && echo in > {outputs.d}/f.txt && ln -s f.txt {outputs.d}/rel && "
+        f"ln -s {victim} {{outputs.d}}/abs && ln -s ../../../victim.txt {{outputs.d}}/esc"
+    )
+    cache = str(tmp_path / "cache")
+    a = project(_one(cmd), {"data/a.txt": "x\n"}, name="A")
+    b = project(_one(cmd), {"data/a.txt": "x\n"}, name="B")
+    a.cli("build", "--no-progress", "--cache-dir", cache)
+    assert a.read("build/d/esc") == "precious\n"
+    _settled(a)
+    out = b.cli("build", "--no-progress", "--cache-dir", cache).output
+    assert "0 ran, 1 restored" in out, out
+    for name in ("abs", "esc"):
+        assert not os.path.islink(b.path(f"build/d/{name}"))
+        assert b.read(f"build/d/{name}") == "precious\n"
+    a.write("build/d/f.txt", "edited\n")  # the output changed: restored whole
+    assert "1 restored" in a.cli("build", "--no-progress").output
+    assert not os.path.islink(a.path("build/d/abs")) and a.read("build/d/f.txt") == "in\n"
+    assert victim.read_text() == "precious\n" and victim.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_foreach_item_writing_a_relative_link(project: Callable[..., Proj]) -> None:
+    yaml_text = """
+stages:
+  - id: each
+    type: shell
+    foreach: src
+    config:
+      cmd: "mkdir -p {outputs.o}/{item.stem} && ln -s ../../../{inputs.src} {outputs.o}/{item.stem}/{item.name}"
+      inputs: {src: data}
+      outputs: {o: build/each}
+"""
+    proj = project(yaml_text, {"data/a.txt": "A\n", "data/b.txt": "B\n"})
+    proj.cli("build", "--no-progress")
+    assert proj.read("build/each/a/a.txt") == "A\n" and proj.read("build/each/b/b.txt") == "B\n"
+    _settled(proj)
