@@ -219,11 +219,14 @@ class Hasher:
         return self._tree_info(rel, None, None)
 
     def _tree_info(self, rel: str, vbase: str | None, read: str | None) -> PathInfo:
+        where = rel  # what a message calls the folder
         if self.view is None:
             rows = walk(self._abs(rel))
         else:  # a staged output: links resolved as from its final path
             base = self._abs(rel)
-            rows, sources = self.view.walk(vbase or self.view.virtual(base), read or base)
+            vbase = vbase or self.view.virtual(base)
+            where = self.view.shown(vbase)
+            rows, sources = self.view.walk(vbase, read or base)
             self._src.update((f"{rel}/{name}", path) for name, path in sources.items())
         sig = signature(rows)
         self.seen[rel] = ("d", sig, _MTIME(max(rows, key=_MTIME)) if rows else 0, len(rows))
@@ -231,7 +234,7 @@ class Hasher:
         if row is not None and row.sig == sig and not row.racy:
             return PathInfo("dir", row.hash, 0, 0o755, row=row)
         rows.sort()
-        check_names((r[0] for r in rows), rel)  # a new or changed tree: names not seen yet
+        check_names((r[0] for r in rows), where)  # a new or changed tree: names not seen yet
         data = tree_data(row) if row is not None else None
         if data is not None and len(data[0]) == len(rows):
             # the same files in the same order (the usual case): only the rows that differ

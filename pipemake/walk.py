@@ -183,7 +183,7 @@ class LinkView:
                 hops += 1
                 if hops > _MAX_HOPS:
                     raise BadPath(
-                        f"{self._rel(vpath)}: symlinks that lead back to each other (a loop); "
+                        f"{self.shown(vpath)}: symlinks that lead back to each other (a loop); "
                         "remove one of the links"
                     )
                 target = os.readlink(phys)
@@ -213,7 +213,7 @@ class LinkView:
             except OSError:
                 said = "?"
             raise BadPath(
-                f"{self._rel(vlink)} is a symlink to {_shown(said)}, which leads nowhere from "
+                f"{self.shown(vlink)} is a symlink to {_shown(said)}, which leads nowhere from "
                 "where the output goes (a relative link counts from the output's own path, "
                 "not from staging): point it at a file or folder that exists, or copy the "
                 "file in instead of linking it"
@@ -237,7 +237,8 @@ class LinkView:
             os.rmdir(self._scratch)
             self._handles = 0
 
-    def _rel(self, vpath: str) -> str:
+    def shown(self, vpath: str) -> str:
+        """``vpath`` for a message: relative to the project root when inside it."""
         rel = os.path.relpath(vpath, os.path.realpath(self.root))
         return _shown(vpath if rel.startswith("..") else rel)
 
@@ -266,7 +267,7 @@ class LinkView:
                         if stat.S_ISDIR(s.st_mode):
                             if target == vdir or vdir.startswith(os.path.join(target, "")):
                                 raise BadPath(
-                                    f"{self._rel(vchild)} is a symlink to a folder that holds "
+                                    f"{self.shown(vchild)} is a symlink to a folder that holds "
                                     "it: a loop; remove it, or point it elsewhere"
                                 )
                             stack.append((name, target, path))

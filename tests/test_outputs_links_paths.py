@@ -323,3 +323,15 @@ stages:
     proj.cli("build", "--no-progress")
     assert proj.read("build/each/a/a.txt") == "A\n" and proj.read("build/each/b/b.txt") == "B\n"
     _settled(proj)
+
+
+def test_an_output_file_name_that_is_not_utf8_is_named_at_its_final_path(
+    project: Callable[..., Proj],
+) -> None:
+    """The message names ``build/d/caf\\xe9.txt``, where the user looks, not the staging
+    folder the stage wrote it in."""
+    cmd = r"mkdir -p {outputs.d} && echo x > {outputs.d}/l.txt && ln -s l.txt {outputs.d}/$(printf 'caf\\351').txt"
+    proj = project(_one(cmd), {"data/a.txt": "x\n"})
+    out = proj.cli("build", "--no-progress", code=1).output
+    assert "the file name build/d/caf\\xe9.txt is not valid UTF-8" in out, out
+    assert ".pipemake/tmp" not in out
