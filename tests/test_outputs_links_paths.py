@@ -51,6 +51,9 @@ def test_build_in_a_folder_whose_name_is_not_utf8(tmp_path: Path) -> None:
     status = proj.sub("status", "--check")
     assert "up to date" in status.stdout and TRACEBACK not in status.stderr
     (proj.root / "pipemake.lock").read_bytes().decode("utf-8")  # raises if not UTF-8
+    report = proj.sub("report", "-o", str(tmp_path / "r.html"))
+    assert TRACEBACK not in report.stderr
+    (tmp_path / "r.html").read_bytes().decode("utf-8")
     os.remove(proj.path("build/dir/x.txt"))
     restored = proj.sub("build", "--no-progress")
     assert "0 ran, 1 restored" in restored.stderr, restored.stderr
