@@ -176,7 +176,10 @@ class LinkView:
             try:
                 st = os.lstat(phys)
             except (FileNotFoundError, NotADirectoryError):
-                return None
+                if not self._holds_output(nxt):
+                    return None
+                resolved = nxt  # a folder placing the outputs will make (``build``)
+                continue
             except OSError as exc:
                 raise BadPath(f"cannot look at {_shown(phys)}: {exc.strerror}") from None
             if stat.S_ISLNK(st.st_mode):
@@ -206,6 +209,11 @@ class LinkView:
                 st = os.stat(self.to_phys(target))
             except OSError:
                 st = None
+        if target is not None and target != vlink and (vlink + "/").startswith(target + "/"):
+            raise BadPath(
+                f"{self.shown(vlink)} is a symlink to a folder that leads back to it (a loop); "
+                "remove it, or point it elsewhere"
+            )
         if target is None or st is None:
             phys = self.to_phys(vlink)
             try:
@@ -219,6 +227,11 @@ class LinkView:
                 "file in instead of linking it"
             )
         return target, self._handle(self.to_phys(target)), st
+
+    def _holds_output(self, vpath: str) -> bool:
+        """Whether ``vpath`` is a folder an output's final path lies in."""
+        top = os.path.join(vpath, "")
+        return any(f.startswith(top) for f in self.finals)
 
     def _handle(self, phys: str) -> str:
         """A link of pipemake's own to ``phys``, to read it through."""
@@ -248,9 +261,11 @@ class LinkView:
         file at where it is not ``read/relpath`` (reached through a link)."""
         rows: list[Row] = []
         sources: dict[str, str] = {}
-        stack = [("", vbase, read)]
+        # each folder with the folders it was reached through (final coordinates, resolved):
+        # a link to one of them, or above one, would be walked for ever
+        stack: list[tuple[str, str, str, tuple[str, ...]]] = [("", vbase, read, (vbase,))]
         while stack:
-            sub, vdir, rdir = stack.pop()
+            sub, vdir, rdir, chain = stack.pop()
             try:
                 it = os.scandir(rdir)
             except (FileNotFoundError, NotADirectoryError):
@@ -265,15 +280,16 @@ class LinkView:
                     if de.is_symlink() or vchild in self.finals:
                         target, path, s = self.follow(vchild)
                         if stat.S_ISDIR(s.st_mode):
-                            if target == vdir or vdir.startswith(os.path.join(target, "")):
+                            top = os.path.join(target, "")
+                            if any(c == target or c.startswith(top) for c in chain):
                                 raise BadPath(
-                                    f"{self.shown(vchild)} is a symlink to a folder that holds "
-                                    "it: a loop; remove it, or point it elsewhere"
+                                    f"{self.shown(vchild)} is a symlink to a folder that leads "
+                                    "back to it (a loop); remove it, or point it elsewhere"
                                 )
-                            stack.append((name, target, path))
+                            stack.append((name, target, path, (*chain, target)))
                             continue
                     elif de.is_dir(follow_symlinks=False):
-                        stack.append((name, vchild, de.path))
+                        stack.append((name, vchild, de.path, (*chain, vchild)))
                         continue
                     else:
                         path = de.path

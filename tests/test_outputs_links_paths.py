@@ -338,3 +338,36 @@ def test_an_output_file_name_that_is_not_utf8_is_named_at_its_final_path(
     out = proj.cli("build", "--no-progress", code=1).output
     assert "the file name build/d/caf\\xe9.txt is not valid UTF-8" in out, out
     assert ".pipemake/tmp" not in out
+
+
+@pytest.mark.parametrize(
+    "links",
+    [
+        "ln -s .. {outputs.d}/up",
+        "mkdir {outputs.d}/a {outputs.d}/b && ln -s ../b {outputs.d}/a/x && ln -s ../a {outputs.d}/b/y",
+        "ln -s ../.. {outputs.d}/root",
+    ],
+)
+def test_linked_folders_that_lead_back_fail_the_stage(
+    project: Callable[..., Proj], links: str
+) -> None:
+    """A folder link in an output that leads back to where it is, alone or through another
+    (``a/x -> ../b``, ``b/y -> ../a``), is a loop: the stage fails naming it, never walks
+    for ever."""
+    proj = project(_one(f"mkdir -p {{outputs.d}} && {links}"), {"data/a.txt": "x\n"})
+    out = proj.sub("build", "--no-progress", code=1, timeout=60)
+    text = out.stdout + out.stderr
+    assert "(a loop); remove it" in text and "build/d/" in text, text
+    assert TRACEBACK not in text
+
+
+def test_a_link_through_the_outputs_folder_on_the_first_build(
+    project: Callable[..., Proj],
+) -> None:
+    """``../../build/d/made.txt`` from ``build/d`` names a file of the output itself through
+    ``build``, which the first build has not made yet: it is found all the same."""
+    cmd = "mkdir -p {outputs.d} && echo m > {outputs.d}/made.txt && ln -s ../../build/d/made.txt {outputs.d}/x"
+    proj = project(_one(cmd), {"data/a.txt": "x\n"})
+    proj.cli("build", "--no-progress")
+    assert proj.read("build/d/x") == "m\n"
+    _settled(proj)
