@@ -40,6 +40,7 @@ from .items import glob_base, is_glob
 from .lock import BuildLock
 from .model import DEFAULT_FILE, Pipeline, within
 from .params import parse_overrides
+from .pipeline import input_place_problems
 from .plancache import load_checked
 from .project import Project
 from .resources import Budget, default_budget
@@ -235,6 +236,7 @@ def _check_places(pipeline: Pipeline, ws: Workspace, cache: Path) -> None:
             line = st.lines.get(name, st.line) or None
             problems.append(Problem(f"output {name!r} ({rel}) {what}", _shown(pipeline.file),
                                     line, st.id, hint))  # fmt: skip
+    problems += input_place_problems(pipeline, ws.dot, cache, _shown(pipeline.file))
     if problems:
         raise PipelineError(problems)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import shutil
 import sqlite3
@@ -29,12 +30,21 @@ __all__ = ["main", "cli"]
 
 
 def _parse_duration(value: str | None) -> float | None:
+    """``--lock-timeout``'s seconds: a number, 0 or more (0: give up at once; ``inf``: wait,
+    as without the option). A negative number or ``nan`` is a usage error: neither says
+    how long to wait."""
     if value is None:
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
-        raise UsageError(f"--lock-timeout must be a number of seconds, got {value!r}") from None
+        seconds = math.nan
+    if not seconds >= 0:  # nan compares false
+        raise UsageError(
+            f"--lock-timeout must be a number of seconds, 0 or more (0: give up at once), got "
+            f"{value!r}"
+        )
+    return None if math.isinf(seconds) else seconds
 
 
 #: the exit code when the reader of stdout went away (`| head`): 128 + SIGPIPE, as the

@@ -28,7 +28,7 @@ from typing import Any
 
 from .hashing import hash_file, normalize_mode, tree_hash
 from .state import TreeRow, WorkspaceState, tree_data
-from .walk import BadPath, Row, signature, walk
+from .walk import BadPath, LinkView, Row, signature, walk
 
 __all__ = ["BadName", "Entry", "Hasher", "PathInfo", "check_names"]
 
@@ -118,9 +118,16 @@ def _entries(rows: list[Any], hashes: list[str]) -> list[Entry]:
 class Hasher:
     """Hashes files and trees under a root, memoized for the build and via the stat cache."""
 
-    def __init__(self, root: str, state: WorkspaceState | None = None):
+    def __init__(
+        self, root: str, state: WorkspaceState | None = None, view: LinkView | None = None
+    ):
         self.root = root
         self.state = state
+        #: staged outputs seen from their final paths (hashing what a stage wrote): links
+        #: in them are resolved as from there, see :class:`~pipemake.walk.LinkView`
+        self.view = view
+        #: path → where to read it, for the files reached through a link under ``view``
+        self._src: dict[str, str] = {}
         self.reads = 0  # files actually read: the tests count them
         #: path → (dev, ino, size, mtime_ns, ctime_ns), hash, hashed_at: what this build read
         self._memo: dict[str, tuple[tuple[int, ...], str, int]] = {}
@@ -131,6 +138,11 @@ class Hasher:
 
     def _abs(self, rel: str) -> str:
         return rel if os.path.isabs(rel) else os.path.join(self.root, rel)
+
+    def source(self, rel: str) -> str:
+        """Where to read the file hashed as ``rel`` (a file of a tree: ``TREE/RELPATH``):
+        its path, or, reached through a link under :attr:`view`, a handle to it."""
+        return self._src.get(rel) or self._abs(rel)
 
     def file_hash(self, rel: str, st: os.stat_result) -> str:
         """The content hash of the file at ``rel`` whose stat is ``st``."""
@@ -145,7 +157,7 @@ class Hasher:
                 self._memo[rel] = (sig, row[6], row[5])
                 return row[6]
         hashed_at = time.time_ns()
-        digest = _read_hash(self._abs(rel), st.st_size)
+        digest = _read_hash(self.source(rel), st.st_size)
         self.reads += 1
         self._memo[rel] = (sig, digest, hashed_at)
         if self.state is not None:
@@ -155,6 +167,13 @@ class Hasher:
     def info(self, rel: str) -> PathInfo:
         """Hash whatever is at ``rel`` (relative to the root, or absolute)."""
         full = self._abs(rel)
+        if self.view is not None and os.path.islink(full):
+            target, handle, st = self.view.follow(self.view.virtual(full))
+            if stat_mod.S_ISDIR(st.st_mode):
+                return self._tree_info(rel, target, handle)
+            _regular(full, st)
+            self._src[rel] = handle
+            return PathInfo("file", self.file_hash(rel, st), st.st_size, normalize_mode(st.st_mode))
         try:
             st = os.stat(full)
         except (FileNotFoundError, NotADirectoryError):
@@ -197,14 +216,25 @@ class Hasher:
 
     def tree_info(self, rel: str) -> PathInfo:
         """The directory ``rel`` as a PathInfo: tree hash and (lazy) entries."""
-        rows = walk(self._abs(rel))
+        return self._tree_info(rel, None, None)
+
+    def _tree_info(self, rel: str, vbase: str | None, read: str | None) -> PathInfo:
+        where = rel  # what a message calls the folder
+        if self.view is None:
+            rows = walk(self._abs(rel))
+        else:  # a staged output: links resolved as from its final path
+            base = self._abs(rel)
+            vbase = vbase or self.view.virtual(base)
+            where = self.view.shown(vbase)
+            rows, sources = self.view.walk(vbase, read or base)
+            self._src.update((f"{rel}/{name}", path) for name, path in sources.items())
         sig = signature(rows)
         self.seen[rel] = ("d", sig, _MTIME(max(rows, key=_MTIME)) if rows else 0, len(rows))
         row = self.state.stats.tree_row(rel) if self.state is not None else None
         if row is not None and row.sig == sig and not row.racy:
             return PathInfo("dir", row.hash, 0, 0o755, row=row)
         rows.sort()
-        check_names((r[0] for r in rows), rel)  # a new or changed tree: names not seen yet
+        check_names((r[0] for r in rows), where)  # a new or changed tree: names not seen yet
         data = tree_data(row) if row is not None else None
         if data is not None and len(data[0]) == len(rows):
             # the same files in the same order (the usual case): only the rows that differ
@@ -262,7 +292,7 @@ class Hasher:
             if old is not None and old[:5] == fsig and mtime < old[5] - _RACY_NS:
                 return old[6], old[5]
         hashed_at = time.time_ns()
-        h = _read_hash(os.path.join(self._abs(rel), name), fsize)
+        h = _read_hash(self._src.get(key) or os.path.join(self._abs(rel), name), fsize)
         self.reads += 1
         self._memo[key] = (fsig, h, hashed_at)
         return h, hashed_at

@@ -61,7 +61,7 @@ def canonical(obj: Any) -> bytes:
     (JSON would write ``{1: x}`` and ``{"1": x}`` alike)."""
     if type(obj) in _CONTAINERS:
         _check_keys(obj)
-    return _ENCODER.encode(obj).encode("utf-8")
+    return _ENCODER.encode(obj).encode("utf-8", "surrogatepass")
 
 
 def hash_bytes(data: bytes) -> str:
@@ -74,7 +74,7 @@ def digest(obj: Any, *, checked: bool = False) -> str:
     caller already knows every dict key is a string (the loader refuses others), which
     skips that walk on the hot path."""
     if checked:
-        return hash_bytes(_ENCODER.encode(obj).encode("utf-8"))
+        return hash_bytes(_ENCODER.encode(obj).encode("utf-8", "surrogatepass"))
     return hash_bytes(canonical(obj))
 
 

@@ -14,9 +14,10 @@ from typing import Any
 
 from .binding import bind, check_graph, check_sources
 from .dag import Graph
-from .errors import Problems, UsageError, suggest
+from .errors import Problem, Problems, UsageError, suggest
 from .hooks import check_hook
-from .model import DEFAULT_FILE, SYMBOLIC_SCOPES, Foreach, Pending, Pipeline, Stage
+from .items import glob_base, is_glob
+from .model import DEFAULT_FILE, SYMBOLIC_SCOPES, Foreach, Pending, Pipeline, Stage, within
 from .params import Override, UnknownParam, apply_overrides, load_params, substitute_params
 from .rule import get_rule, rule_names
 from .templates import TemplateError
@@ -30,6 +31,7 @@ __all__ = [
     "Pending",
     "Pipeline",
     "Stage",
+    "input_place_problems",
     "load_pipeline",
 ]
 
@@ -187,7 +189,7 @@ def _check(doc: LineDict, path: Path, ld: Problems, overrides: Sequence[Override
         )
     ld.fail_if_any()
     pipeline = Pipeline(
-        name=str(doc.get("name") or root.name), version=str(doc.get("version") or ""),
+        name=str(doc.get("name") or _text(root.name)), version=str(doc.get("version") or ""),
         vars=dict(variables), stages={}, graph=Graph(), root=root, file=path,
         on_success=doc.get("on_success"), on_failure=doc.get("on_failure"),
         params_files=params_files,
@@ -329,3 +331,41 @@ def _check_stages(raw_stages: list[Any], ld: Problems) -> list[LineDict]:
         if not bad:
             good.append(raw)
     return good
+
+
+def _text(name: str) -> str:
+    """A folder name as text: bytes that are not UTF-8 (a Latin-1 ``café``) shown as ``\\xe9``,
+    so the name the pipeline takes from its folder can go into JSON, SQLite and keys."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def input_place_problems(pipeline: Pipeline, dot: Path, cache: Path, shown: str) -> list[Problem]:
+    """The inputs that overlap the store ``cache`` (holding it, equal to it or inside it) or
+    pipemake's own folder ``dot``: every build writes there, so such an input would change
+    while its stage runs, and the stage would fail every time. Compared as resolved paths;
+    a glob by its fixed prefix. ``shown`` is the pipeline file as the problems name it."""
+    real_dot, store = os.path.realpath(dot), os.path.realpath(cache)
+    problems: list[Problem] = []
+    for st in pipeline.stages.values():
+        for key, value in st.ports.inputs.items():
+            for path in value if isinstance(value, list) else [value]:
+                if not isinstance(path, str) or not path:
+                    continue
+                base = glob_base(path) if is_glob(path) else path
+                real = os.path.realpath(pipeline.root / base)
+                hint = "keep --cache-dir (PIPEMAKE_CACHE_DIR) outside every input"
+                if within(store, real):
+                    what = f"holds the store {cache}"
+                elif within(real, store):
+                    what = f"lies inside the store {cache}"
+                elif within(real_dot, real) or within(real, real_dot):
+                    what = f"overlaps pipemake's own folder {dot}"
+                    hint = "point the input at your own files, outside .pipemake"
+                else:
+                    continue
+                problems.append(Problem(
+                    f"input {key!r} ({path}) {what}: each build writes there, so the input "
+                    "would change while the stage runs", shown, st.lines.get(key, st.line) or None,
+                    st.id, hint,
+                ))  # fmt: skip
+    return problems

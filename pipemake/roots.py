@@ -36,6 +36,29 @@ __all__ = ["Roots", "RootsDir"]
 
 _ROOT_NAME = re.compile(r"[0-9a-f]{32}\.json")
 _ROOTS_MAX = 256 << 20
+_HEX = re.compile(r"(?:[0-9a-f]{2})*")
+
+
+def _named(field: str, path: str) -> dict[str, str]:
+    """A path as a record keeps it: text, and, for a name that is not UTF-8 (a Latin-1
+    folder), the shown text plus its bytes in hex under ``FIELD_bytes`` (JSON holds text)."""
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        raw = os.fsencode(path)
+        return {field: raw.decode("utf-8", "backslashreplace"), f"{field}_bytes": raw.hex()}
+    return {field: path}
+
+
+def _hexed(value: Any) -> bool:
+    """Whether a record's ``FIELD_bytes`` is bytes in hex, as :func:`_named` writes them."""
+    return isinstance(value, str) and _HEX.fullmatch(value) is not None
+
+
+def _path(doc: dict[str, Any], field: str) -> str:
+    """The path a record keeps under ``field`` (see :func:`_named`)."""
+    raw = doc.get(f"{field}_bytes")
+    return os.fsdecode(bytes.fromhex(raw)) if raw else str(doc[field])
 
 
 @dataclass
@@ -91,7 +114,7 @@ class RootsDir:
         base = self.path.parent
         workspace = os.path.relpath(workspace, base)
         pipeline = os.path.relpath(pipeline, base)
-        ident = xxhash.xxh3_128_hexdigest(f"{workspace}\0{pipeline}".encode("utf-8", "replace"))
+        ident = xxhash.xxh3_128_hexdigest(os.fsencode(f"{workspace}\0{pipeline}"))
         if not refresh:
             dfd = self._dir(False)
             if dfd is not None and exists_at(ident + ".json", dfd):
@@ -103,8 +126,8 @@ class RootsDir:
             old = self._read(ident + ".json")
             if old is not None:
                 keep.update(old["keys"])
-        doc = {"workspace": workspace, "pipeline": pipeline, "written": time.time(),
-               "keys": sorted(keep)}  # fmt: skip
+        doc = {**_named("workspace", workspace), **_named("pipeline", pipeline),
+               "written": time.time(), "keys": sorted(keep)}  # fmt: skip
         dfd = self._dir(True)
         if dfd is None:
             return
@@ -144,8 +167,8 @@ class RootsDir:
             if doc is not None:
                 written = doc.get("written")
                 seen = max(st.st_mtime, written if type(written) in (int, float) else 0.0)
-                seen = max(seen, _last_run(os.path.join(self.path.parent, doc["workspace"])))
-                exists = os.path.isfile(os.path.join(self.path.parent, doc["pipeline"]))
+                seen = max(seen, _last_run(os.path.join(self.path.parent, _path(doc, "workspace"))))
+                exists = os.path.isfile(os.path.join(self.path.parent, _path(doc, "pipeline")))
                 if exists and (forget_after is None or seen >= now - forget_after):
                     out.keys.update(doc["keys"])
                     out.workspaces.append(doc["workspace"])
@@ -190,6 +213,7 @@ class RootsDir:
             or type(doc.get("pipeline")) is not str
             or type(doc.get("keys")) is not list
             or not all(type(k) is str for k in doc["keys"])
+            or not all(_hexed(doc.get(f"{n}_bytes", "")) for n in ("workspace", "pipeline"))
             or json_problem(doc) is not None
         ):
             return None

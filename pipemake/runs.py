@@ -157,7 +157,7 @@ class StageRun:
             id=task_id, stage=stage.id, rule=stage.rule.name, root=str(ctx.root),
             store=str(store.path), link=store.link, fsync=store.fsync,
             inputs=ports.inputs,
-            outputs=outputs or {},
+            outputs=outputs or {}, final=dict(ports.outputs),
             output_kinds=ports.output_kinds, params=ports.params, mode=mode,
             items=items or [], foreach=stage.foreach.input if stage.foreach else None,
             done=done, mapped=mapped or {},

@@ -7,10 +7,11 @@ import errno
 import marshal
 import os
 import stat
+import uuid
 
 import xxhash
 
-__all__ = ["BadPath", "Row", "signature", "walk"]
+__all__ = ["BadPath", "LinkView", "Row", "signature", "walk"]
 
 #: relpath, dev, ino, size, mtime_ns, ctime_ns, mode & 0o111 (ctime: no tool can set it, so a
 #: rewrite that restores size and mtime still shows)
@@ -105,3 +106,209 @@ def signature(rows: list[Row]) -> str:
     (and is checked file by file). ``marshal`` only serializes the tuples to be hashed (it
     is never loaded); its format 4 is fixed."""
     return xxhash.xxh3_128_hexdigest(marshal.dumps(rows, 4))
+
+
+#: how many symlinks one path may pass through before it is taken for a loop (Linux's limit)
+_MAX_HOPS = 40
+
+
+def _shown(path: str) -> str:
+    """A path for a message, its bytes that are not UTF-8 shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+class LinkView:
+    """A stage's staged outputs as seen from their final paths, for hashing what it wrote.
+
+    A stage writes into staging (``.pipemake/tmp/…``), but a symlink it makes there means
+    what it will mean at the output's final path: ``ln -s ../../data/a.txt
+    {outputs.d}/a.txt`` leads to ``data/a.txt`` from ``build/d``, and nowhere from staging.
+    So every link met under a staged output is resolved here by hand, one name at a time,
+    in *final* coordinates: a path at or under an output's final path stands for the same
+    path under its staging path, any other for itself. A link that leads nowhere even so is
+    a :class:`BadPath` naming it.
+
+    Files reached through a link are read through a link of pipemake's own (a *handle* in a
+    scratch folder beside the staged outputs, pointing at the resolved file or folder), so
+    whoever stores them sees a link and copies, never hard-links or changes a file that is
+    not the stage's (a user's source file a link leads to). :meth:`close` removes the
+    handles.
+    """
+
+    def __init__(self, places: list[tuple[str, str]], root: str):
+        """``places``: (staged path, final path) of each output, absolute; ``root``: the
+        project root, for messages."""
+        self.root = root
+        self.staged = {os.path.normpath(s): _final(f) for s, f in places}
+        self._pairs = [(f, s) for s, f in self.staged.items()]
+        self.finals = {f for f, _ in self._pairs}
+        self._scratch = os.path.join(
+            os.path.dirname(next(iter(self.staged), root)),
+            f".pipemake-links-{uuid.uuid4().hex[:12]}",
+        )
+        self._handles = 0
+
+    def to_phys(self, vpath: str) -> str:
+        """Where the path ``vpath`` (in final coordinates) is on disk now."""
+        for final, staged in self._pairs:
+            if vpath == final or vpath.startswith(final + "/"):
+                return staged + vpath[len(final) :]
+        return vpath
+
+    def virtual(self, path: str) -> str:
+        """The final-coordinates path of a staged output (any other path: itself)."""
+        return self.staged.get(os.path.normpath(path), path)
+
+    def resolve(self, vpath: str) -> str | None:
+        """The path (final coordinates, no link left in it) that ``vpath`` leads to, whose
+        parent has no link in it; None when it leads nowhere. :class:`BadPath` for a loop
+        or a folder that cannot be read."""
+        resolved, todo, hops = os.path.dirname(vpath), [os.path.basename(vpath)], 0
+        while todo:
+            part = todo.pop()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                resolved = os.path.dirname(resolved)
+                continue
+            nxt = os.path.join(resolved, part)
+            phys = self.to_phys(nxt)
+            try:
+                st = os.lstat(phys)
+            except (FileNotFoundError, NotADirectoryError):
+                if not self._holds_output(nxt):
+                    return None
+                resolved = nxt  # a folder placing the outputs will make (``build``)
+                continue
+            except OSError as exc:
+                raise BadPath(f"cannot look at {_shown(phys)}: {exc.strerror}") from None
+            if stat.S_ISLNK(st.st_mode):
+                hops += 1
+                if hops > _MAX_HOPS:
+                    raise BadPath(
+                        f"{self.shown(vpath)}: symlinks that lead back to each other (a loop); "
+                        "remove one of the links"
+                    )
+                target = os.readlink(phys)
+                if target.startswith("/"):
+                    resolved = "/"
+                todo.extend(reversed(target.split("/")))
+            elif todo and any(p not in ("", ".") for p in todo) and not stat.S_ISDIR(st.st_mode):
+                return None
+            else:
+                resolved = nxt
+        return resolved
+
+    def follow(self, vlink: str) -> tuple[str, str, os.stat_result]:
+        """Resolve the link at ``vlink`` (final coordinates): its target's final path, a
+        handle to read it through, and its stat; :class:`BadPath` when it leads nowhere."""
+        target = self.resolve(vlink)
+        st = None
+        if target is not None:
+            try:
+                st = os.stat(self.to_phys(target))
+            except OSError:
+                st = None
+        if target is not None and target != vlink and (vlink + "/").startswith(target + "/"):
+            raise BadPath(
+                f"{self.shown(vlink)} is a symlink to a folder that leads back to it (a loop); "
+                "remove it, or point it elsewhere"
+            )
+        if target is None or st is None:
+            phys = self.to_phys(vlink)
+            try:
+                said = os.readlink(phys)
+            except OSError:
+                said = "?"
+            raise BadPath(
+                f"{self.shown(vlink)} is a symlink to {_shown(said)}, which leads nowhere from "
+                "where the output goes (a relative link counts from the output's own path, "
+                "not from staging): point it at a file or folder that exists, or copy the "
+                "file in instead of linking it"
+            )
+        return target, self._handle(self.to_phys(target)), st
+
+    def _holds_output(self, vpath: str) -> bool:
+        """Whether ``vpath`` is a folder an output's final path lies in."""
+        top = os.path.join(vpath, "")
+        return any(f.startswith(top) for f in self.finals)
+
+    def _handle(self, phys: str) -> str:
+        """A link of pipemake's own to ``phys``, to read it through."""
+        if not self._handles:
+            os.makedirs(self._scratch, exist_ok=True)
+        self._handles += 1
+        handle = os.path.join(self._scratch, str(self._handles))
+        os.symlink(os.path.abspath(phys), handle)
+        return handle
+
+    def close(self) -> None:
+        """Remove the handles (never what they point to)."""
+        if self._handles:
+            for name in os.listdir(self._scratch):
+                os.unlink(os.path.join(self._scratch, name))
+            os.rmdir(self._scratch)
+            self._handles = 0
+
+    def shown(self, vpath: str) -> str:
+        """``vpath`` for a message: relative to the project root when inside it."""
+        rel = os.path.relpath(vpath, os.path.realpath(self.root))
+        return _shown(vpath if rel.startswith("..") else rel)
+
+    def walk(self, vbase: str, read: str) -> tuple[list[Row], dict[str, str]]:
+        """:func:`walk` of the folder at ``vbase`` (final coordinates), listed through
+        ``read``, with links resolved as :class:`LinkView` says; also the path to read each
+        file at where it is not ``read/relpath`` (reached through a link)."""
+        rows: list[Row] = []
+        sources: dict[str, str] = {}
+        # each folder with the folders it was reached through (final coordinates, resolved):
+        # a link to one of them, or above one, would be walked for ever
+        stack: list[tuple[str, str, str, tuple[str, ...]]] = [("", vbase, read, (vbase,))]
+        while stack:
+            sub, vdir, rdir, chain = stack.pop()
+            try:
+                it = os.scandir(rdir)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                raise BadPath(f"cannot list the directory {_shown(rdir)}: {exc.strerror}; "
+                              "make it readable") from None  # fmt: skip
+            with it:
+                for de in it:
+                    name = f"{sub}/{de.name}" if sub else de.name
+                    vchild = os.path.join(vdir, de.name)
+                    if de.is_symlink() or vchild in self.finals:
+                        target, path, s = self.follow(vchild)
+                        if stat.S_ISDIR(s.st_mode):
+                            top = os.path.join(target, "")
+                            if any(c == target or c.startswith(top) for c in chain):
+                                raise BadPath(
+                                    f"{self.shown(vchild)} is a symlink to a folder that leads "
+                                    "back to it (a loop); remove it, or point it elsewhere"
+                                )
+                            stack.append((name, target, path, (*chain, target)))
+                            continue
+                    elif de.is_dir(follow_symlinks=False):
+                        stack.append((name, vchild, de.path, (*chain, vchild)))
+                        continue
+                    else:
+                        path = de.path
+                        try:
+                            s = de.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue
+                    if not stat.S_ISREG(s.st_mode):
+                        continue
+                    if path != f"{read}/{name}":
+                        sources[name] = path
+                    rows.append(
+                        (name, s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns,
+                         s.st_mode & 0o111)
+                    )  # fmt: skip
+        return rows, sources
+
+
+def _final(path: str) -> str:
+    """An output's final path with its parent resolved (the user's own layout, followed as
+    the system follows it) and its own name kept."""
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))

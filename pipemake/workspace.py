@@ -31,7 +31,7 @@ from .fshash import Hasher, PathInfo
 from .hashing import tree_hash
 from .manifest import manifest_hash, sub_manifest
 from .store import Store
-from .walk import BadPath
+from .walk import BadPath, LinkView
 
 __all__ = ["Workspace", "manifest_hash", "manifest_of", "sub_manifest"]
 
@@ -77,9 +77,9 @@ class Workspace:
         is placed as a copy of what it points to, so an output path always holds pipemake's
         own files and nothing done to it later can reach through it.
         """
-        if os.path.islink(staged):
-            _dereference(staged)
         dest = self.abs(rel)
+        if os.path.islink(staged):
+            _dereference(staged, str(dest))
         dest.parent.mkdir(parents=True, exist_ok=True)
         trash = None
         if os.path.lexists(dest):
@@ -476,14 +476,21 @@ def remove_path(path: Path) -> None:
             pass
 
 
-def _dereference(path: Path) -> None:
-    """Replace the staged symlink ``path`` by a copy of what it points to (links inside a
-    linked directory stay links, as they would in a staged directory)."""
-    real = path.with_name(f"{path.name}.real-{uuid.uuid4().hex[:10]}")
-    if path.is_dir():
-        shutil.copytree(path, real, symlinks=True)
-    else:
-        shutil.copy2(path, real)
+def _dereference(path: Path, final: str) -> None:
+    """Replace the staged symlink ``path`` by a copy of what it points to, a relative link
+    counting from the output's ``final`` path (where it was hashed from: see
+    :class:`~pipemake.walk.LinkView`); a linked folder is copied with the links in it
+    followed, as they were when it was hashed."""
+    view = LinkView([(str(path), final)], os.path.dirname(final))
+    try:
+        _target, handle, st = view.follow(view.virtual(str(path)))
+        real = path.with_name(f"{path.name}.real-{uuid.uuid4().hex[:10]}")
+        if stat.S_ISDIR(st.st_mode):
+            shutil.copytree(handle, real)
+        else:
+            shutil.copy2(handle, real)
+    finally:
+        view.close()
     os.unlink(path)
     os.rename(real, path)
 

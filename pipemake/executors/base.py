@@ -59,6 +59,9 @@ class Task:
     link: bool = False
     #: flush store objects to disk before reporting them (``build --fsync``)
     fsync: bool = False
+    #: each output's final path (relative to ``root``): a link the task writes into an
+    #: output is resolved as from there (see :class:`pipemake.walk.LinkView`)
+    final: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

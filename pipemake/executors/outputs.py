@@ -16,6 +16,7 @@ from ..hashing import hash_bytes, tree_hash
 from ..rule import RuleError
 from ..store import Store
 from ..trust import MAX_DEPTH, json_problem, parse_json
+from ..walk import LinkView
 from ..workspace import manifest_of
 from .base import Task
 
@@ -42,7 +43,19 @@ def prepare_outputs(task: Task, outputs: dict[str, str], all_dirs: bool = False)
 
 
 def hash_outputs(task: Task, outputs: dict[str, str], store: Store) -> dict[str, Any]:
-    hasher = Hasher(task.root)
+    places = [(str(abs_path(task.root, outputs[n])), str(abs_path(task.root, f)))
+              for n, f in task.final.items() if n in outputs]  # fmt: skip
+    view = LinkView(places, task.root) if places else None
+    try:
+        return _hash_outputs(task, outputs, store, Hasher(task.root, view=view))
+    finally:
+        if view is not None:
+            view.close()
+
+
+def _hash_outputs(
+    task: Task, outputs: dict[str, str], store: Store, hasher: Hasher
+) -> dict[str, Any]:
     manifests = {}
     for name, path in outputs.items():
         info = hasher.info(path)
@@ -54,12 +67,11 @@ def hash_outputs(task: Task, outputs: dict[str, str], store: Store) -> dict[str,
         want = task.output_kinds.get(name)
         if want in ("file", "dir") and info.kind != want:
             raise RuleError(f"output {name!r} should be a {want}, but a {info.kind} was written")
-        full = abs_path(task.root, path)
         if info.kind == "file":
-            store.put_file(str(full), info.hash)
+            store.put_file(hasher.source(path), info.hash)
         else:
             for rel, h, _size, _mode in info.entries or []:
-                store.put_file(str(full / rel), h)
+                store.put_file(hasher.source(f"{path}/{rel}"), h)
         manifests[name] = manifest_of(info)
     return manifests
 

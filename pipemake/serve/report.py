@@ -92,7 +92,8 @@ def write_report(pipeline_file: Path, out: Path, run: str | None = None) -> Path
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        # a path whose name is not UTF-8 (a Latin-1 project folder) shown as \xNN
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
             f.write(text)
         # a file to share (a CI artifact): readable as any file the user writes, not 0600
         umask = os.umask(0)
