@@ -10,8 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import TRACEBACK, Proj
+from conftest import TRACEBACK, Proj
 
 TWO = """
 stages:
