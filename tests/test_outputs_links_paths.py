@@ -8,9 +8,15 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from conftest import TRACEBACK, Proj
+
+import pipemake
+from pipemake import api
+from pipemake.errors import BuildFailed
+from pipemake.rule import Context, Input, Item, Output, Rule
 
 TWO = """
 stages:
@@ -370,3 +376,42 @@ def test_a_link_through_the_outputs_folder_on_the_first_build(
     proj.cli("build", "--no-progress")
     assert proj.read("build/d/x") == "m\n"
     _settled(proj)
+
+
+class _LinkPairs(Rule):
+    """A batch rule (two items at a time) whose item ``bad.txt`` writes a link that leads
+    nowhere."""
+
+    name = "link_pairs"
+    inputs: ClassVar = {"input_dir": Input(kind="dir")}
+    outputs: ClassVar = {"output_dir": Output(kind="dir")}
+    batch_size = 2
+
+    def run_item(self, ctx: Context, item: Item) -> None:
+        out = ctx.outputs["output_dir"] / item.name
+        if item.name == "bad.txt":
+            out.symlink_to("../nowhere.txt")
+        else:
+            out.write_text(Path(ctx.inputs["input_dir"]).read_text())
+
+
+def test_a_batch_rules_link_that_leads_nowhere_fails_its_items_without_a_traceback(
+    project: Callable[..., Proj],
+) -> None:
+    pipemake.register_rule("link_pairs", _LinkPairs)
+    proj = project(
+        """
+    name: pairs
+    stages:
+      - id: up
+        type: link_pairs
+        foreach: input_dir
+        config: {input_dir: data, output_dir: build/up}
+    """,
+        {"data/a.txt": "a\n", "data/bad.txt": "b\n"},
+    )
+    with api.project_of(proj.root, None) as p:
+        with pytest.raises(BuildFailed) as failed:
+            api.build(p, executor="inline")
+    text = str(failed.value) + proj.read(".pipemake/logs/up.log")
+    assert "leads nowhere" in text and TRACEBACK not in text, text

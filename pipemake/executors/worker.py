@@ -476,7 +476,7 @@ def _item_batches(task: Task, rule: Rule, store: Store, send: Send, logger: logg
                     "outputs": hash_outputs(task, it["outputs"], store),
                     "values": check_values(values),
                 }
-        except RuleError as exc:
+        except (RuleError, BadPath) as exc:  # BadPath: an output link that leads nowhere
             for it in chunk:
                 results.setdefault(it["relpath"], {"error": str(exc)})
             _log_item_failure(logger, chunk[0]["relpath"], str(exc), None)
