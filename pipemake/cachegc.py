@@ -120,10 +120,14 @@ def gc(
     store = project.store
     with BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait):
         keep = needed(project)
-        if not dry:
-            p = project.pipeline
-            store.write_roots(str(p.root), str(p.file), keep, merge=False)
-        roots = store.roots(grace, prune=not dry, forget_after=forget_after)
+        p = project.pipeline
+        own = (str(p.root), str(p.file))
+        if dry:  # as the real run sees them: this workspace's record replaced by ``keep``
+            roots = store.roots(grace, forget_after=forget_after, skip=own)
+            roots.workspaces.append(os.path.relpath(p.root, store.path))
+        else:
+            store.write_roots(*own, keep, merge=False)
+            roots = store.roots(grace, prune=True, forget_after=forget_after)
         protected = keep | roots.keys
         now = time.time()
         young = now - grace
@@ -137,15 +141,16 @@ def gc(
             _evict(store, plan, last, protected, seen, young, max_size)
         stale = [t for t in scan.temporaries if t[2].st_mtime < young]
         removed = list(plan.objects)
-        if not dry:
-            store.delete_actions(plan.drop)
+        entries = len(plan.drop)
+        if not dry:  # counted as removed by this run: another gc may have been first
+            entries = store.delete_actions(plan.drop)
             removed = [d for d in plan.objects if store.remove_object(d, older_than=young)]
             for fan, name, _st in stale:
                 store.remove_temporary(fan, name)
             for rel, _what in scan.strays:
                 store.remove_stray(rel)
         freed = sum(plan.objects[d] for d in removed)
-    return {"entries_removed": len(plan.drop), "entries_kept": len(last) - len(plan.drop),
+    return {"entries_removed": entries, "entries_kept": len(last) - len(plan.drop),
             "objects_removed": len(removed), "bytes_freed": freed, "dry_run": dry,
             "damaged_entries": damaged, "strays": [rel for rel, _w in scan.strays],
             "workspaces": len(roots.workspaces), "forgotten": len(roots.forgotten),
