@@ -46,7 +46,7 @@ from .resources import Budget, default_budget
 from .rule import Rule
 from .scheduler import STOPPED, Outcome, Scheduler, StageFailure
 from .state import NEVER, WorkspaceState
-from .store import GRACE, MARKER, REMOTE_GRACE, Store, not_a_store
+from .store import GRACE, MARKER, NOT_A_FOLDER, REMOTE_GRACE, Store, not_a_store
 from .targets import resolve_targets
 from .walk import BadPath
 from .workspace import Workspace
@@ -221,8 +221,11 @@ def _check_store_folder(place: storeplace.Place, told_by: str, ws: Workspace) ->
         if place.how == "told"
         else f"move the files out of it, or delete {place.path}"
     )
+    named = f"the store {place.path} ({how.get(place.how, 'the default')}) {why}"
+    if why == NOT_A_FOLDER:
+        raise UsageError(f"{named}: {fix}")
     raise UsageError(
-        f"the store {place.path} ({how.get(place.how, 'the default')}) {why}; pipemake will not "
+        f"{named}; pipemake will not "
         f"take it over (`cache verify --repair` and `cache gc` would remove files there it "
         f"does not recognise): {fix}. If it is a store an older pipemake made, create an "
         f"empty file named {MARKER} in it."

@@ -38,8 +38,9 @@ from .roots import Roots, RootsDir
 from .signing import LOCAL_SIG, cache_key, sign_local, verify_local
 from .trust import decode_entry, entry_problem, is_digest, is_manifest, is_text, safe_mode
 
-__all__ = ["GRACE", "MARKER", "REMOTE_GRACE", "STORE_FORMAT", "Roots", "Scan", "Store",
-           "encode_entry", "is_manifest", "not_a_store", "safe_mode", "transaction"]  # fmt: skip
+__all__ = ["GRACE", "MARKER", "NOT_A_FOLDER", "REMOTE_GRACE", "STORE_FORMAT", "Roots", "Scan",
+           "Store", "encode_entry", "is_manifest", "not_a_store", "safe_mode",
+           "transaction"]  # fmt: skip
 
 STORE_FORMAT = 1
 
@@ -53,6 +54,10 @@ _MARKER_TEXT = (
     b"your own elsewhere: `pipemake cache gc` and `cache verify --repair` remove from it\n"
     b"what is not theirs.\n"
 )
+#: what :func:`not_a_store` says of a path that is a file (or anything but a folder)
+NOT_A_FOLDER = "is not a folder"
+#: what a folder made to hold a store may hold and still count as empty
+_AS_EMPTY = frozenset({".gitkeep", ".keep", ".DS_Store"})
 #: the names at a store's top level (and the action cache's journal files)
 _LAYOUT = frozenset({"objects", "roots", MARKER})
 
@@ -81,19 +86,19 @@ _DB_FILES = ("", "-wal", "-shm", "-journal")
 
 def not_a_store(path: Path) -> str | None:
     """Why ``path`` must not be used as a store, or None when it may: it is missing, an
-    empty folder, a folder holding :data:`MARKER`, or one laid out as a store an older
-    pipemake made (see :func:`_laid_out`). Anything else is a folder of the user's (a
-    mistyped ``--cache-dir``): taking it over would let ``cache verify --repair`` and
-    ``gc`` remove its files as strays. A folder that cannot be listed is left to the errors
-    of its first use."""
+    empty folder (a ``.gitkeep`` aside), a folder holding :data:`MARKER`, or one laid out
+    as a store an older pipemake made (see :func:`_laid_out`). Anything else is a folder
+    of the user's (a mistyped ``--cache-dir``): taking it over would let ``cache verify
+    --repair`` and ``gc`` remove its files as strays. A folder that cannot be listed is
+    left to the errors of its first use."""
     try:
         st = os.stat(path)
     except OSError:  # missing (a store made at first use), or for its first use to say
         return None
     if not stat.S_ISDIR(st.st_mode):
-        return "is not a folder"
+        return NOT_A_FOLDER
     try:
-        names = sorted(os.listdir(path))
+        names = sorted(n for n in os.listdir(path) if n not in _AS_EMPTY)
     except OSError:
         return None
     if not names or _is_file(os.path.join(path, MARKER)) or _laid_out(str(path), names):

@@ -93,6 +93,12 @@ def test_a_cache_dir_naming_an_input_folder_is_refused(two: Proj) -> None:
     assert sorted(os.listdir(two.path("data"))) == ["a.txt"]
 
 
+def test_a_cache_dir_naming_a_file_is_refused(two: Proj) -> None:
+    r = two.cli("build", "--cache-dir", "data/a.txt", code=2)
+    assert "data/a.txt" in r.output and "is not a folder" in r.output
+    assert two.read("data/a.txt") == "hello\n" and not two.exists("build")
+
+
 def test_a_remembered_store_now_a_users_folder_is_refused_naming_where_it_is_remembered(
     two: Proj, tmp_path: Path
 ) -> None:
@@ -109,6 +115,7 @@ def test_a_remembered_store_now_a_users_folder_is_refused_naming_where_it_is_rem
 def test_a_new_or_empty_folder_becomes_a_store_marked_as_one(two: Proj, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
+    (empty / ".gitkeep").touch()  # a folder made for the store, kept in git
     two.cli("build", "--cache-dir", str(empty))
     assert (empty / MARKER).is_file() and (empty / "actions.db").is_file()
     two.cli("build", "--cache-dir", str(tmp_path / "new" / "store"))
