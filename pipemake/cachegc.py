@@ -27,7 +27,7 @@ from .events import Bus
 from .lock import BuildLock
 from .manifest import digests
 from .scheduler import StageFailure
-from .store import GRACE, Store
+from .store import GRACE, NotAStore, ReadOnlyStore, Store
 from .trust import is_digest
 
 if TYPE_CHECKING:
@@ -250,6 +250,8 @@ def verify(project: Project, repair: bool = False) -> dict[str, Any]:
     store.allow_foreign = True  # a trigger, view or table planted there: named, not refused
     try:
         rows = list(store.rows())
+    except (NotAStore, ReadOnlyStore):
+        raise  # a folder of the user's, or an intact store: never reset
     except StoreError:
         if not repair:
             raise

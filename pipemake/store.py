@@ -38,9 +38,9 @@ from .roots import Roots, RootsDir
 from .signing import LOCAL_SIG, cache_key, sign_local, verify_local
 from .trust import decode_entry, entry_problem, is_digest, is_manifest, is_text, safe_mode
 
-__all__ = ["GRACE", "MARKER", "NOT_A_FOLDER", "REMOTE_GRACE", "STORE_FORMAT", "Roots", "Scan",
-           "Store", "encode_entry", "is_manifest", "not_a_store", "safe_mode",
-           "transaction"]  # fmt: skip
+__all__ = ["GRACE", "MARKER", "NOT_A_FOLDER", "REMOTE_GRACE", "STORE_FORMAT", "NotAStore",
+           "ReadOnlyStore", "Roots", "Scan", "Store", "encode_entry", "is_manifest",
+           "not_a_store", "safe_mode", "transaction"]  # fmt: skip
 
 STORE_FORMAT = 1
 
@@ -84,6 +84,16 @@ class Behind(Protocol):
 _DB_FILES = ("", "-wal", "-shm", "-journal")
 
 
+class NotAStore(StoreError):
+    """The folder named as the store is a folder of the user's, not a store: nothing in it
+    may be written or removed (``cache verify --repair`` must not reset it)."""
+
+
+class ReadOnlyStore(StoreError):
+    """The store is intact but this user may not write it (another user's, a read-only file
+    system): never to be called damaged, reset or deleted."""
+
+
 def not_a_store(path: Path) -> str | None:
     """Why ``path`` must not be used as a store, or None when it may: it is missing, an
     empty folder (a ``.gitkeep`` aside), a folder holding :data:`MARKER`, or one laid out
@@ -116,17 +126,29 @@ def _is_file(path: str) -> bool:
         return False
 
 
+def _sqlite(path: str) -> bool:
+    """Whether the file at ``path`` is empty or begins as an SQLite database does."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return False
+    return head in (b"", b"SQLite format 3\0")
+
+
 def _laid_out(path: str, names: list[str]) -> bool:
     """Whether a folder without :data:`MARKER` is a store an older pipemake made: nothing
-    but a store's names at its top level, and a regular ``actions.db``, or else an
-    ``objects`` folder whose first fan-out folders (two hex digits) hold only names of
-    objects (the rest of a content hash) and temporary files."""
+    but a store's names at its top level (``objects`` and ``roots`` folders), and an
+    SQLite database ``actions.db``, or else an ``objects`` folder whose first fan-out
+    folders (two hex digits) hold only names of objects (the rest of a content hash) and
+    temporary files."""
     if not all(n in _LAYOUT or n.startswith("actions.db") for n in names):
         return False
+    for name in ("objects", "roots"):
+        if name in names and not os.path.isdir(os.path.join(path, name)):
+            return False
     if _is_file(os.path.join(path, "actions.db")):
-        return True
-    if "roots" in names and not os.path.isdir(os.path.join(path, "roots")):
-        return False
+        return _sqlite(os.path.join(path, "actions.db"))
     objects = os.path.join(path, "objects")
     try:
         fans = sorted(os.listdir(objects))[:8]
@@ -254,7 +276,7 @@ class Store:
         if blocked:
             raise self._read_only(blocked)
 
-    def _read_only(self, blocked: list[Path]) -> StoreError:
+    def _read_only(self, blocked: list[Path]) -> ReadOnlyStore:
         """The error for a store this user cannot write: what, whose, and what to do."""
         uid = os.geteuid()
         me = _user_name(uid)
@@ -267,7 +289,7 @@ class Store:
         except OSError:
             owner, whose = "its owner", "owner unknown"
         what = "it" if blocked[0] == self.path else f"{blocked[0]} in it"
-        return StoreError(
+        return ReadOnlyStore(
             f"the store {self.path} is read-only for this user: {what} is not writable by "
             f"{me} ({whose}). The store is not damaged, but pipemake writes into its store "
             f"(a build commits there; gc and verify remove from it). Use a store of your own "
@@ -286,7 +308,7 @@ class Store:
         self._check_writable()
         why = not_a_store(self.path)
         if why is not None:
-            raise StoreError(
+            raise NotAStore(
                 f"{self.path} {why}: pipemake will not use it as its store (it would remove "
                 f"files there it does not recognise); use --cache-dir with a new or empty "
                 f"folder, or the path of a pipemake store"

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 from conftest import TRACEBACK, Proj
 
+from pipemake.api import cache_verify, open_project
 from pipemake.errors import StoreError
 from pipemake.lock import BuildLock
-from pipemake.store import Store
+from pipemake.store import Store, not_a_store
 
 #: the file that marks a store (its name is what the error tells users to create)
 MARKER = "PIPEMAKE-STORE"
@@ -164,6 +165,57 @@ def test_the_store_itself_refuses_to_write_into_a_folder_not_a_store(tmp_path: P
     store = Store(photos)
     assert list(store.rows()) == []
     store.close()
+
+
+def test_what_counts_as_a_store_made_by_an_older_pipemake(tmp_path: Path) -> None:
+    """Known by layout: an SQLite ``actions.db`` beside ``objects``/``roots`` folders, or
+    objects alone named as objects are; any other name, a file ``roots``, an
+    ``actions.db`` that is not SQLite, or a file in ``objects`` not named as an object is
+    a folder of the user's."""
+    digest = "ab" + "c" * 30
+
+    def folder(name: str, files: dict[str, bytes]) -> Path:
+        where = tmp_path / name
+        for rel, data in files.items():
+            (where / rel).parent.mkdir(parents=True, exist_ok=True)
+            (where / rel).write_bytes(data)
+        return where
+
+    sqlite_head = b"SQLite format 3\0" + b"\0" * 84
+    stores = {
+        "db": {"actions.db": sqlite_head, "roots/x.json": b"{}", f"objects/ab/{digest[2:]}": b""},
+        "objects": {f"objects/ab/{digest[2:]}": b"x", "objects/ab/.tmp-1-2-x": b""},
+        "marked": {MARKER: b"", "holiday.jpg": b"mine"},
+        "kept": {".gitkeep": b""},
+    }
+    users = {
+        "roots-file": {"actions.db": sqlite_head, "roots": b"mine"},
+        "not-sqlite": {"actions.db": b"my notes", "objects/ab/cd.jpg": b"x"},
+        "jpg": {"objects/ab/cd.jpg": b"x"},
+        "other": {"actions.db": sqlite_head, "notes.txt": b"x"},
+    }
+    for name, files in stores.items():
+        assert not_a_store(folder(name, files)) is None, name
+    for name, files in users.items():
+        assert "not a pipemake store" in str(not_a_store(folder(name, files))), name
+
+
+def test_verify_repair_never_resets_or_removes_in_a_folder_not_a_store(
+    two: Proj, tmp_path: Path
+) -> None:
+    """Below the command line: ``verify --repair`` handed a user's folder that even holds
+    a file named ``actions.db`` deletes nothing there (it does not reset it as a damaged
+    action cache)."""
+    photos = tmp_path / "photos"
+    files = {**_photos(photos), "actions.db": b"my database"}
+    (photos / "actions.db").write_bytes(files["actions.db"])
+    project = open_project(two.root)
+    project.store.close()
+    project.store = Store(photos)
+    with pytest.raises(StoreError, match="not a pipemake store"):
+        cache_verify(project, repair=True)
+    project.close()
+    _untouched(photos, files)
 
 
 # 2. cache gc --dry-run says what cache gc removes --------------------------------------------
