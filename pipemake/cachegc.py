@@ -243,9 +243,22 @@ def verify(project: Project, repair: bool = False) -> dict[str, Any]:
     strays, damaged roots records, triggers, views, indexes and tables in the action cache
     that pipemake did not create, and an action cache SQLite cannot read or whose tables
     are defined otherwise (deleted: it is only a cache). Without it, an unreadable action
-    cache is a :class:`StoreError` saying so.
+    cache is a :class:`StoreError` saying so. A store this user may not write (another
+    user's) is checked as it is, read-only, with nothing removed (``read_only`` in the
+    result); ``repair`` there is a :class:`pipemake.store.ReadOnlyStore` error.
     """
     store = project.store
+    if repair or store.readonly or store.writable():
+        return _verify(store, repair)
+    mine = Store(store.path, readonly=True)
+    try:
+        return {**_verify(mine, False), "read_only": True}
+    finally:
+        mine.close()
+
+
+def _verify(store: Store, repair: bool) -> dict[str, Any]:
+    """:func:`verify` of ``store``."""
     reset = False
     store.allow_foreign = True  # a trigger, view or table planted there: named, not refused
     try:
@@ -282,4 +295,5 @@ def verify(project: Project, repair: bool = False) -> dict[str, Any]:
             store.roots(0, prune=True)
     return {"corrupt": corrupt, "incomplete_entries": incomplete,
             "damaged_entries": [(k if is_digest(k) else repr(k), p) for k, p in damaged],
-            "strays": strays, "reset": reset, "repaired": repair}  # fmt: skip
+            "strays": strays, "reset": reset, "repaired": repair,
+            "read_only": False, "path": str(store.path)}  # fmt: skip

@@ -1432,11 +1432,18 @@ def cache_verify(ctx: click.Context, repair: bool, cache_dir: str | None = None)
         with _project(ctx, cache_dir=cache_dir) as project:
             info = api.cache_verify(project, repair=repair)
         done = "deleted" if repair else "--repair deletes it"
+        if info["read_only"]:
+            click.echo(
+                f"the store {info['path']} is read-only for this user: checked as it is, "
+                "nothing removed",
+                err=True,
+            )
         if info["reset"]:
             click.echo("the action cache was unreadable: deleted (stages run again)")
         # names, keys and problems come from the store: shown, never acted on by the terminal
         for digest in info["corrupt"]:
-            click.echo(visible(f"corrupt object removed: {digest}"))
+            fate = "not removed: read-only" if info["read_only"] else "removed"
+            click.echo(visible(f"corrupt object {fate}: {digest}"))
         for key, problem in info["damaged_entries"]:
             click.echo(visible(f"damaged entry {key[:12]}: {problem} ({done}; a miss meanwhile)"))
         for key in info["incomplete_entries"]:

@@ -267,6 +267,14 @@ class Store:
         this ``--cache-dir``) committed to the store since this one opened it."""
         return self._db is not None and _data_version(self._db) != self._version
 
+    def writable(self) -> bool:
+        """Whether this user may write the store (see :meth:`_check_writable`)."""
+        try:
+            self._check_writable()
+        except ReadOnlyStore:
+            return False
+        return True
+
     def _check_writable(self) -> None:
         """Refuse, naming the permission problem, a store this user may not write (another
         user's, a read-only file system): it is intact, and must never be called damaged

@@ -288,10 +288,12 @@ def test_a_store_this_user_may_not_write_is_named_read_only_not_damaged(
         return False if inside and mode & os.W_OK else real(path, mode, *a, **k)  # type: ignore[arg-type]
 
     monkeypatch.setattr(os, "access", access)
-    for cmd in (["build"], ["cache", "verify"], ["cache", "gc"]):
+    for cmd in (["build"], ["cache", "verify", "--repair"], ["cache", "gc"]):
         r = two.cli(*cmd, code=1)
         _says_read_only(r.output, store)
     assert "stale" in two.cli("status").output  # reading it still works
+    r = two.cli("cache", "verify")  # checked as it is
+    assert "read-only for this user" in r.output and "store OK" in r.output, r.output
 
 
 def test_sqlite_refusing_to_write_the_store_is_named_read_only(
@@ -306,7 +308,8 @@ def test_sqlite_refusing_to_write_the_store_is_named_read_only(
         raise exc
 
     monkeypatch.setattr(Store, "_open", refuse)
-    _says_read_only(two.cli("cache", "verify", code=1).output, store)
+    _says_read_only(two.cli("cache", "verify", "--repair", code=1).output, store)
+    assert (store / "actions.db").is_file()
 
 
 @pytest.fixture
@@ -339,12 +342,15 @@ def test_a_store_owned_by_another_user_is_named_with_its_owner(shared_tmp: Path)
     subprocess.run(["chown", "-R", "65534:65534", str(mine)], check=True)
     before = sorted(str(p) for p in store.rglob("*"))
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    for sub in (["build"], ["cache", "verify"]):
+    for sub in (["build"], ["cache", "verify", "--repair"]):
         r = subprocess.run([*nobody, *cmd, *sub, "--cache-dir", str(store)], env=env,
                            capture_output=True, text=True, timeout=120)  # fmt: skip
         assert r.returncode == 1, r.stdout + r.stderr
         _says_read_only(r.stderr, store)
         assert "owner root" in r.stderr, r.stderr
+    r = subprocess.run([*nobody, *cmd, "cache", "verify", "--cache-dir", str(store)], env=env,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0 and "store OK" in r.stdout, r.stdout + r.stderr
     assert sorted(str(p) for p in store.rglob("*")) == before
 
 
