@@ -38,6 +38,7 @@ from .fshash import Hasher
 from .hooks import StageTimes, run_hooks, run_summary
 from .items import glob_base, is_glob
 from .lock import BuildLock
+from .manifest import digests
 from .model import DEFAULT_FILE, Pipeline, within
 from .params import parse_overrides
 from .pipeline import input_place_problems
@@ -47,7 +48,7 @@ from .resources import Budget, default_budget
 from .rule import Rule
 from .scheduler import STOPPED, Outcome, Scheduler, StageFailure
 from .state import NEVER, WorkspaceState
-from .store import GRACE, REMOTE_GRACE, Store
+from .store import GRACE, MARKER, NOT_A_FOLDER, REMOTE_GRACE, Store, not_a_store
 from .targets import resolve_targets
 from .walk import BadPath
 from .workspace import Workspace
@@ -149,6 +150,7 @@ def open_project(
     where = Path(base or directory or Path.cwd())
     record = remember and not readonly
     place = storeplace.choose(told, where.absolute(), ws.dot, pipeline.root, record, note)
+    _check_store_folder(place, "--cache-dir" if cache_dir else "PIPEMAKE_CACHE_DIR", ws)
     _check_places(pipeline, ws, place.path)
     if place.to_remember:
         storeplace.remember(ws.dot, pipeline.root, place.path)
@@ -202,6 +204,34 @@ def _remote_schemes() -> set[str]:
     from fsspec.registry import known_implementations
 
     return set(known_implementations)
+
+
+def _check_store_folder(place: storeplace.Place, told_by: str, ws: Workspace) -> None:
+    """Refuse (exit 2) a store that names a folder of the user's: one that exists, is not
+    empty and is not a pipemake store (see :func:`pipemake.store.not_a_store`). Taken
+    over, its files would be removed as strays by ``cache verify --repair`` and ``gc``."""
+    why = not_a_store(place.path)
+    if why is None:
+        return
+    how = {"told": f"given by {told_by}", "remembered": f"remembered in {ws.dot / storeplace.FILE}"}
+    fix = (
+        "build with --cache-dir DIR naming a new or empty folder, or a pipemake store, to "
+        "use and remember another"
+        if place.how == "remembered"
+        else "give --cache-dir (or PIPEMAKE_CACHE_DIR) a new or empty folder, or the path of a "
+        "pipemake store"
+        if place.how == "told"
+        else f"move the files out of it, or delete {place.path}"
+    )
+    named = f"the store {place.path} ({how.get(place.how, 'the default')}) {why}"
+    if why == NOT_A_FOLDER:
+        raise UsageError(f"{named}: {fix}")
+    raise UsageError(
+        f"{named}; pipemake will not "
+        f"take it over (`cache verify --repair` and `cache gc` would remove files there it "
+        f"does not recognise): {fix}. If it is a store an older pipemake made, create an "
+        f"empty file named {MARKER} in it."
+    )
 
 
 def _check_places(pipeline: Pipeline, ws: Workspace, cache: Path) -> None:
@@ -881,18 +911,26 @@ def graph(project: Project, fmt: str = "text", engine: str = "auto") -> str:
 GRAPH_FORMATS = ("text", "mermaid", "dot", "svg", "html")
 
 
-def commit(project: Project, targets: Sequence[str] = (), dry: bool = False) -> list[Accepted]:
+def commit(
+    project: Project,
+    targets: Sequence[str] = (),
+    dry: bool = False,
+    lock_timeout: float | None = None,
+    on_lock_wait: Callable[[str], None] | None = None,
+) -> list[Accepted]:
     """Accept the workspace outputs of ``targets`` (ids or output paths; none: every stage)
     as built for their current keys, without running anything (``make -t``, ``dvc
     commit``): their files go into the store and the action cache names them (and
     ``pipemake.lock`` their hashes), so the next build, here or in a clone, finds them up to
     date and keeps them. Every target is checked first; a refusal
     (an output missing, a key that needs an upstream stage built first) is a
-    :class:`UsageError` and nothing is written. ``dry``: say what would be accepted."""
+    :class:`UsageError` and nothing is written. ``dry``: say what would be accepted. Waits
+    for a running build like a build does (``lock_timeout``; ``on_lock_wait`` is told who
+    holds the lock), so it never accepts a half-built output."""
     p = project.pipeline
     order = _select(p, targets)
     chosen = resolve_targets(p, targets) if targets else order
-    with BuildLock(project.workspace.dot / "lock", 0):
+    with BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait):
         rows, builder = accept(p, project.store, project.state, order, chosen, dry)
         if not dry and any(r.action == "accepted" for r in rows):
             project.state.flush()
@@ -1055,13 +1093,16 @@ def clean(
     returns the paths removed.
 
     ``targets``: those stages' own outputs, as ``make clean`` and ``dvc remove`` touch only
-    what they name (``with_deps``: their upstream stages' too); none: every stage's.
+    what they name (``with_deps``: their upstream stages' too); none: every stage's. An
+    output the store does not hold as it is now (edited by hand, a file added to it, a link
+    put in its place, never built), which a build could therefore not bring back, is
+    removed only if ``confirm(path)`` says so; without ``confirm`` it is kept.
     ``orphans_only``: what earlier builds placed that no stage reads or writes now (see
-    :func:`orphans`). An orphan that is not byte-identical to what pipemake last wrote
-    there (edited, or pipemake can no longer tell) is removed only if ``confirm(path)``
-    says so; without ``confirm`` it is kept. Symlinks are removed as links, never followed.
-    Waits for a running build like a build does (``lock_timeout``; ``on_lock_wait`` is told
-    who holds the lock).
+    :func:`orphans`); an orphan that is not byte-identical to what pipemake last wrote
+    there (edited, or pipemake can no longer tell) is likewise removed only if
+    ``confirm(path)`` says so. Symlinks are removed as links, never followed. Waits for a
+    running build like a build does (``lock_timeout``; ``on_lock_wait`` is told who holds
+    the lock).
     """
     if orphans_only and targets:
         raise UsageError("`clean --orphans` takes no targets: it removes every orphan")
@@ -1078,22 +1119,82 @@ def clean(
             chosen = _select(p, targets) if targets else list(p.stages)  # unknown: exit 2
             if targets and not with_deps:
                 chosen = resolve_targets(p, targets)
-            paths = [rel for s in chosen for rel in p.stages[s].ports.outputs.values()]
+            outs = [
+                (s, name, rel) for s in chosen for name, rel in p.stages[s].ports.outputs.items()
+            ]
+            present = [o for o in outs if os.path.lexists(p.root / o[2])]
+            held = _held(project, present)
+            paths = [
+                rel for s, name, rel in present
+                if rel in held or (confirm is not None and confirm(rel))
+            ]  # fmt: skip
         removed = [rel for rel in paths if project.workspace.remove(rel)]
         if orphans_only:
             project.state.builds.forget_placed(removed)
     return removed
 
 
+def _held(project: Project, outputs: list[tuple[str, str, str]]) -> set[str]:
+    """Of ``outputs`` (stage, output name, path), the paths whose content in the workspace
+    the store holds, every object present: the stage's last build's, or else any entry's
+    output with the same content (the last build failed after an older one placed it).
+    A link in an output's place is never held: pipemake places real files there."""
+    hasher = Hasher(str(project.pipeline.root))
+    store, ws = project.store, project.workspace
+    held: set[str] = set()
+    wanted: dict[tuple[str, str], str] = {}  # (kind, hash) now → path, for the others
+
+    def same(manifest: Any, rel: str) -> bool:
+        try:
+            return (
+                isinstance(manifest, dict)
+                and manifest.get("kind") in ("file", "dir")
+                and ws.check(manifest, rel, hasher) is None
+                and all(store.has_object(d) for d in digests(manifest))
+            )
+        except (OSError, BadPath, KeyError, TypeError, ValueError, IndexError):
+            return False
+
+    for stage, name, rel in outputs:
+        if os.path.islink(ws.abs(rel)):
+            continue
+        if same(_last_manifest(project, stage, name), rel):
+            held.add(rel)
+            continue
+        try:
+            info = hasher.info(rel)
+        except (OSError, BadPath, ValueError):
+            continue
+        if info.kind in ("file", "dir") and info.hash:
+            wanted[(info.kind, info.hash)] = rel
+    if wanted:
+        for _key, entry in store.actions():
+            for manifest in (entry.get("outputs") or {}).values():
+                if not isinstance(manifest, dict):
+                    continue
+                rel = wanted.get((str(manifest.get("kind")), str(manifest.get("hash"))))
+                if rel is not None and rel not in held and same(manifest, rel):
+                    held.add(rel)
+    return held
+
+
+def _last_manifest(project: Project, stage: str, name: str) -> Any:
+    """The manifest of output ``name`` of ``stage``'s last build, from the store, or None."""
+    record = project.state.builds.record(stage)
+    key = record.get("key") if isinstance(record, dict) else None
+    try:
+        entry = project.store.get_action(key) if isinstance(key, str) else None
+    except StoreError:
+        return None
+    outputs = entry.get("outputs") if isinstance(entry, dict) else None
+    return outputs.get(name) if isinstance(outputs, dict) else None
+
+
 def _as_written(project: Project, path: str, owner: tuple[str, str] | None) -> bool:
     """Whether the orphan ``path``, placed by ``owner`` (stage, output name), is exactly
     what pipemake last placed there: the manifest of that stage's last build, from the
     store."""
-    record = project.state.builds.record(owner[0]) if owner else None
-    key = record.get("key") if isinstance(record, dict) else None
-    entry = project.store.get_action(key) if isinstance(key, str) else None
-    outputs = entry.get("outputs") if isinstance(entry, dict) else None
-    manifest = outputs.get(owner[1]) if isinstance(outputs, dict) and owner else None
+    manifest = _last_manifest(project, *owner) if owner else None
     if not isinstance(manifest, dict) or manifest.get("kind") not in ("file", "dir"):
         return False
     hasher = Hasher(str(project.pipeline.root))

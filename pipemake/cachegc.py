@@ -27,7 +27,7 @@ from .events import Bus
 from .lock import BuildLock
 from .manifest import digests
 from .scheduler import StageFailure
-from .store import GRACE, Store
+from .store import GRACE, NotAStore, ReadOnlyStore, Store
 from .trust import is_digest
 
 if TYPE_CHECKING:
@@ -120,10 +120,14 @@ def gc(
     store = project.store
     with BuildLock(project.workspace.dot / "lock", lock_timeout, on_lock_wait):
         keep = needed(project)
-        if not dry:
-            p = project.pipeline
-            store.write_roots(str(p.root), str(p.file), keep, merge=False)
-        roots = store.roots(grace, prune=not dry, forget_after=forget_after)
+        p = project.pipeline
+        own = (str(p.root), str(p.file))
+        if dry:  # as the real run sees them: this workspace's record replaced by ``keep``
+            roots = store.roots(grace, forget_after=forget_after, skip=own)
+            roots.workspaces.append(os.path.relpath(p.root, store.path))
+        else:
+            store.write_roots(*own, keep, merge=False)
+            roots = store.roots(grace, prune=True, forget_after=forget_after)
         protected = keep | roots.keys
         now = time.time()
         young = now - grace
@@ -137,15 +141,16 @@ def gc(
             _evict(store, plan, last, protected, seen, young, max_size)
         stale = [t for t in scan.temporaries if t[2].st_mtime < young]
         removed = list(plan.objects)
-        if not dry:
-            store.delete_actions(plan.drop)
+        entries = len(plan.drop)
+        if not dry:  # counted as removed by this run: another gc may have been first
+            entries = store.delete_actions(plan.drop)
             removed = [d for d in plan.objects if store.remove_object(d, older_than=young)]
             for fan, name, _st in stale:
                 store.remove_temporary(fan, name)
             for rel, _what in scan.strays:
                 store.remove_stray(rel)
         freed = sum(plan.objects[d] for d in removed)
-    return {"entries_removed": len(plan.drop), "entries_kept": len(last) - len(plan.drop),
+    return {"entries_removed": entries, "entries_kept": len(last) - len(plan.drop),
             "objects_removed": len(removed), "bytes_freed": freed, "dry_run": dry,
             "damaged_entries": damaged, "strays": [rel for rel, _w in scan.strays],
             "workspaces": len(roots.workspaces), "forgotten": len(roots.forgotten),
@@ -238,13 +243,28 @@ def verify(project: Project, repair: bool = False) -> dict[str, Any]:
     strays, damaged roots records, triggers, views, indexes and tables in the action cache
     that pipemake did not create, and an action cache SQLite cannot read or whose tables
     are defined otherwise (deleted: it is only a cache). Without it, an unreadable action
-    cache is a :class:`StoreError` saying so.
+    cache is a :class:`StoreError` saying so. A store this user may not write (another
+    user's) is checked as it is, read-only, with nothing removed (``read_only`` in the
+    result); ``repair`` there is a :class:`pipemake.store.ReadOnlyStore` error.
     """
     store = project.store
+    if repair or store.readonly or store.writable():
+        return _verify(store, repair)
+    mine = Store(store.path, readonly=True)
+    try:
+        return {**_verify(mine, False), "read_only": True}
+    finally:
+        mine.close()
+
+
+def _verify(store: Store, repair: bool) -> dict[str, Any]:
+    """:func:`verify` of ``store``."""
     reset = False
     store.allow_foreign = True  # a trigger, view or table planted there: named, not refused
     try:
         rows = list(store.rows())
+    except (NotAStore, ReadOnlyStore):
+        raise  # a folder of the user's, or an intact store: never reset
     except StoreError:
         if not repair:
             raise
@@ -275,4 +295,5 @@ def verify(project: Project, repair: bool = False) -> dict[str, Any]:
             store.roots(0, prune=True)
     return {"corrupt": corrupt, "incomplete_entries": incomplete,
             "damaged_entries": [(k if is_digest(k) else repr(k), p) for k, p in damaged],
-            "strays": strays, "reset": reset, "repaired": repair}  # fmt: skip
+            "strays": strays, "reset": reset, "repaired": repair,
+            "read_only": False, "path": str(store.path)}  # fmt: skip

@@ -11,6 +11,7 @@ import errno
 import json
 import math
 import os
+import shlex
 import shutil
 import sqlite3
 import sys
@@ -1040,7 +1041,13 @@ def report(ctx: click.Context, run: str | None, output: str) -> None:
 @click.option("--orphans", is_flag=True, help="Only outputs that no stage reads or writes now.")
 @click.option("--with-deps", is_flag=True, help="Also the outputs of the targets' upstream stages.")
 @click.option(
-    "-y", "--yes", is_flag=True, help="Remove orphans edited since pipemake wrote them, unasked."
+    "-y",
+    "--yes",
+    "--force",
+    "yes",
+    is_flag=True,
+    help="Also remove, unasked, outputs the store does not hold as they are now (edited or "
+    "added to by hand): a build cannot bring those back.",
 )
 @_set_option
 @_cache_dir_option
@@ -1058,12 +1065,14 @@ def clean(
     """Remove outputs from the workspace; the store keeps them (a build restores them).
 
     `clean TARGET…` removes those stages' own outputs (`--with-deps`: their upstream
-    stages' too); `clean` alone removes every stage's. `--orphans` removes what earlier
-    builds placed that no stage reads or writes now; one that differs from what pipemake
-    wrote there is removed only after you say yes (`--yes`: without asking). Without a
-    terminal to ask on and without `--yes`, those are kept, named on stderr, and the exit
-    code is 1 (nothing was lost, but not all was done). Symlinks are removed as links; what
-    they point to is never touched.
+    stages' too); `clean` alone removes every stage's. An output the store does not hold
+    as it is now (edited by hand, a file added to it, a link put in its place) cannot be
+    brought back by a build: it is removed only after you say yes (`--yes`/`--force`:
+    without asking). `--orphans` removes what earlier builds placed that no stage reads or
+    writes now; one that differs from what pipemake wrote there is asked about alike.
+    Without a terminal to ask on and without `--yes`, those are kept, named on stderr, and
+    the exit code is 1 (nothing was lost, but not all was done). Symlinks are removed as
+    links; what they point to is never touched.
     """
     kept: list[str] = []
 
@@ -1071,8 +1080,14 @@ def clean(
         if yes:
             return True
         if _interactive():
+            what = (
+                "what pipemake wrote there (edited since?)"
+                if orphans
+                else "what the store holds (edited or added to by hand?): a build cannot "
+                "bring it back"
+            )
             return click.confirm(
-                f"{path} is not what pipemake wrote there (edited since?); remove it?",
+                f"{visible(path, name=True)} is not {what}; remove it?",
                 default=False,
                 err=True,
             )
@@ -1087,13 +1102,18 @@ def clean(
                 lock_timeout=timeout, on_lock_wait=_waiting,
             )  # fmt: skip
         for path in removed:
-            click.echo(f"removed {path}")
+            click.echo(f"removed {visible(path, name=True)}")
         for path in kept:
-            click.echo(
-                f"kept {path}: it is not what pipemake wrote there (edited since?); remove it "
-                "with `pipemake clean --orphans --yes`",
-                err=True,
+            shown = visible(path, name=True)
+            again = (
+                "--orphans --yes" if orphans else f"--yes {visible(shlex.quote(path), name=True)}"
             )
+            what = "what pipemake wrote there (edited since?)" if orphans else (
+                "what the store holds (edited or added to by hand?), so a build could not "
+                "bring it back"
+            )  # fmt: skip
+            click.echo(f"kept {shown}: it is not {what}; remove it with `pipemake clean "
+                       f"{again}`, or by hand", err=True)  # fmt: skip
         if not removed and not kept:
             click.echo("nothing to remove")
         return 1 if kept else 0
@@ -1135,8 +1155,11 @@ def init(ctx: click.Context, example: str | None) -> None:
     "-n", "--dry-run", "dry", is_flag=True, help="Say what would be accepted; change nothing."
 )
 @_set_option
+@_lock_timeout_option
 @click.pass_context
-def commit_cmd(ctx: click.Context, targets: tuple[str, ...], dry: bool) -> None:
+def commit_cmd(
+    ctx: click.Context, targets: tuple[str, ...], dry: bool, lock_timeout: str | None = None
+) -> None:
     """Accept the outputs in the workspace as built, without running (make -t, dvc commit).
 
     After editing an output by hand, `pipemake commit STAGE` records it as that stage's
@@ -1144,12 +1167,16 @@ def commit_cmd(ctx: click.Context, targets: tuple[str, ...], dry: bool) -> None:
     build keeps the edit instead of restoring or rerunning; stages downstream see the new
     bytes. TARGETS are stage ids or output paths (default: every stage). A stage whose
     output is missing, or whose key needs an upstream stage built first, is refused, and
-    then nothing is accepted (exit 2).
+    then nothing is accepted (exit 2). Waits for a running build of this workspace first
+    (`--lock-timeout`).
     """
 
     def go() -> int:
+        timeout = _parse_duration(lock_timeout)
         with _project(ctx) as project:
-            rows = api.commit(project, targets, dry=dry)
+            rows = api.commit(
+                project, targets, dry=dry, lock_timeout=timeout, on_lock_wait=_waiting
+            )
         for row in rows:
             outs = ", ".join(row.outputs)
             why = f" ({'; '.join(row.reasons)})" if row.reasons else ""
@@ -1431,11 +1458,18 @@ def cache_verify(ctx: click.Context, repair: bool, cache_dir: str | None = None)
         with _project(ctx, cache_dir=cache_dir) as project:
             info = api.cache_verify(project, repair=repair)
         done = "deleted" if repair else "--repair deletes it"
+        if info["read_only"]:
+            click.echo(
+                f"the store {info['path']} is read-only for this user: checked as it is, "
+                "nothing removed",
+                err=True,
+            )
         if info["reset"]:
             click.echo("the action cache was unreadable: deleted (stages run again)")
         # names, keys and problems come from the store: shown, never acted on by the terminal
         for digest in info["corrupt"]:
-            click.echo(visible(f"corrupt object removed: {digest}"))
+            fate = "not removed: read-only" if info["read_only"] else "removed"
+            click.echo(visible(f"corrupt object {fate}: {digest}"))
         for key, problem in info["damaged_entries"]:
             click.echo(visible(f"damaged entry {key[:12]}: {problem} ({done}; a miss meanwhile)"))
         for key in info["incomplete_entries"]:

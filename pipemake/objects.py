@@ -58,6 +58,7 @@ class Objects:
         fsync: bool = False,
         link: bool = False,
         on_remove: Callable[[], None] = lambda: None,
+        on_create: Callable[[], None] = lambda: None,
     ):
         self.path = Path(path)
         self._path_str = str(self.path)
@@ -69,6 +70,9 @@ class Objects:
         self.can_link = True
         #: called before an object (or anything in one's place) is removed
         self.on_remove = on_remove
+        #: called before the objects directory is opened for writing (the store checks,
+        #: and marks, the folder it is in: see :meth:`pipemake.store.Store._claim`)
+        self.on_create = on_create
         #: descriptors of the objects directory ("") and its fan-out directories, opened
         #: without following links; ``_parked`` ones were removed by hand meanwhile
         self._fds: dict[str, int] = {}
@@ -108,6 +112,7 @@ class Objects:
                     return self._dir(fan, create)  # the objects directory made anew
             else:
                 if create:
+                    self.on_create()
                     self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd = open_dir(self._path_str, None, create, self.fsync)
             if fd is not None:
@@ -159,21 +164,24 @@ class Objects:
             return dfd, fd, st
         return None
 
-    def _discard(self, dfd: int, name: str) -> None:
+    def _discard(self, dfd: int, name: str) -> bool:
         """Remove a bad object: the name ``name`` in the fan-out directory ``dfd`` (a link
-        as a link; a directory with what it holds), never anything it points to."""
+        as a link; a directory with what it holds), never anything it points to. Whether
+        this call removed it (another process may have been first)."""
         if self.readonly:
-            return
+            return False
         self.on_remove()
         try:
             os.unlink(name, dir_fd=dfd)
         except IsADirectoryError:
             shutil.rmtree(name, dir_fd=dfd, ignore_errors=True)
         except PermissionError:  # Linux says EPERM for some directories too
-            if _is_dir(name, dfd):
-                shutil.rmtree(name, dir_fd=dfd, ignore_errors=True)
+            if not _is_dir(name, dfd):
+                return False
+            shutil.rmtree(name, dir_fd=dfd, ignore_errors=True)
         except OSError:
-            pass
+            return False
+        return True
 
     def has_object(self, digest: str) -> bool:
         """Whether the object ``digest`` is present as a regular file (not checked)."""
@@ -503,8 +511,7 @@ class Objects:
                 return False
             if max(st.st_ctime, st.st_mtime) >= older_than:
                 return False
-        self._discard(dfd, digest[2:])
-        return True
+        return self._discard(dfd, digest[2:])
 
     # roots ------------------------------------------------------------------------------
 

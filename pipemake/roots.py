@@ -111,10 +111,7 @@ class RootsDir:
         relative to the store."""
         # relative to the store, so a project moved together with its store keeps its
         # record, and the store holds no absolute path of the machine it was written on
-        base = self.path.parent
-        workspace = os.path.relpath(workspace, base)
-        pipeline = os.path.relpath(pipeline, base)
-        ident = xxhash.xxh3_128_hexdigest(os.fsencode(f"{workspace}\0{pipeline}"))
+        workspace, pipeline, ident = self._ident(workspace, pipeline)
         if not refresh:
             dfd = self._dir(False)
             if dfd is not None and exists_at(ident + ".json", dfd):
@@ -147,18 +144,36 @@ class RootsDir:
                 os.unlink(tmp, dir_fd=dfd)
             raise
 
-    def read(self, grace: float, prune: bool = False, forget_after: float | None = None) -> Roots:
+    def _ident(self, workspace: str, pipeline: str) -> tuple[str, str, str]:
+        """The workspace and pipeline file relative to the store, and the record's name."""
+        base = self.path.parent
+        workspace = os.path.relpath(workspace, base)
+        pipeline = os.path.relpath(pipeline, base)
+        ident = xxhash.xxh3_128_hexdigest(os.fsencode(f"{workspace}\0{pipeline}"))
+        return workspace, pipeline, ident
+
+    def read(
+        self,
+        grace: float,
+        prune: bool = False,
+        forget_after: float | None = None,
+        skip: tuple[str, str] | None = None,
+    ) -> Roots:
         """Every live workspace's recorded roots: the keys of those whose pipeline file
         still exists and that were seen within ``forget_after`` seconds (None: ever), and
         (with ``prune``) the records of the others, and damaged ones, removed once older
-        than ``grace`` seconds."""
+        than ``grace`` seconds. ``skip`` (workspace, pipeline file): that workspace's record
+        is left out (``cache gc --dry-run``: the real run replaces it first)."""
         out = Roots()
         dfd = self._dir(False)
         if dfd is None:
             return out
         now = time.time()
         old = now - grace
+        skipped = self._ident(*skip)[2] + ".json" if skip is not None else None
         for e in list_dir(dfd):
+            if e.name == skipped:
+                continue
             try:
                 st = e.stat(follow_symlinks=False)
             except OSError:

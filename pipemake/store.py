@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import sqlite3
 import stat
@@ -32,15 +33,33 @@ from typing import Any, Protocol
 
 from .errors import StoreError
 from .hashing import hash_bytes
-from .objects import GRACE, REMOTE_GRACE, Objects, Scan
+from .objects import GRACE, REMOTE_GRACE, Objects, Scan, write_all
 from .roots import Roots, RootsDir
 from .signing import LOCAL_SIG, cache_key, sign_local, verify_local
-from .trust import decode_entry, entry_problem, is_manifest, is_text, safe_mode
+from .trust import decode_entry, entry_problem, is_digest, is_manifest, is_text, safe_mode
 
-__all__ = ["GRACE", "REMOTE_GRACE", "STORE_FORMAT", "Roots", "Scan", "Store", "encode_entry",
-           "is_manifest", "safe_mode", "transaction"]  # fmt: skip
+__all__ = ["GRACE", "MARKER", "NOT_A_FOLDER", "REMOTE_GRACE", "STORE_FORMAT", "NotAStore",
+           "ReadOnlyStore", "Roots", "Scan", "Store", "encode_entry", "is_manifest",
+           "not_a_store", "safe_mode", "transaction"]  # fmt: skip
 
 STORE_FORMAT = 1
+
+#: the file every store pipemake makes holds: what tells a store from a folder of the
+#: user's that a mistyped ``--cache-dir`` names (a store made before it existed is known by
+#: its layout, and is given the file at its next write)
+MARKER = "PIPEMAKE-STORE"
+_MARKER_TEXT = (
+    b"This folder is a pipemake store: content-addressed objects (objects/), the action\n"
+    b"cache (actions.db) and what each workspace sharing it needs (roots/). Keep files of\n"
+    b"your own elsewhere: `pipemake cache gc` and `cache verify --repair` remove from it\n"
+    b"what is not theirs.\n"
+)
+#: what :func:`not_a_store` says of a path that is a file (or anything but a folder)
+NOT_A_FOLDER = "is not a folder"
+#: what a folder made to hold a store may hold and still count as empty
+_AS_EMPTY = frozenset({".gitkeep", ".keep", ".DS_Store"})
+#: the names at a store's top level (and the action cache's journal files)
+_LAYOUT = frozenset({"objects", "roots", MARKER})
 
 
 class Behind(Protocol):
@@ -63,6 +82,88 @@ class Behind(Protocol):
 
 
 _DB_FILES = ("", "-wal", "-shm", "-journal")
+
+
+class NotAStore(StoreError):
+    """The folder named as the store is a folder of the user's, not a store: nothing in it
+    may be written or removed (``cache verify --repair`` must not reset it)."""
+
+
+class ReadOnlyStore(StoreError):
+    """The store is intact but this user may not write it (another user's, a read-only file
+    system): never to be called damaged, reset or deleted."""
+
+
+def not_a_store(path: Path) -> str | None:
+    """Why ``path`` must not be used as a store, or None when it may: it is missing, an
+    empty folder (a ``.gitkeep`` aside), a folder holding :data:`MARKER`, or one laid out
+    as a store an older pipemake made (see :func:`_laid_out`). Anything else is a folder
+    of the user's (a mistyped ``--cache-dir``): taking it over would let ``cache verify
+    --repair`` and ``gc`` remove its files as strays. A folder that cannot be listed is
+    left to the errors of its first use."""
+    try:
+        st = os.stat(path)
+    except OSError:  # missing (a store made at first use), or for its first use to say
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        return NOT_A_FOLDER
+    try:
+        names = sorted(n for n in os.listdir(path) if n not in _AS_EMPTY)
+    except OSError:
+        return None
+    if not names or _is_file(os.path.join(path, MARKER)) or _laid_out(str(path), names):
+        return None
+    shown = ", ".join(repr(n) for n in names[:3]) + (
+        f" and {len(names) - 3} more" if len(names) > 3 else ""
+    )
+    return f"is not empty and is not a pipemake store (it holds {shown}; no {MARKER} file)"
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _sqlite(path: str) -> bool:
+    """Whether the file at ``path`` is empty or begins as an SQLite database does."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return False
+    return head in (b"", b"SQLite format 3\0")
+
+
+def _laid_out(path: str, names: list[str]) -> bool:
+    """Whether a folder without :data:`MARKER` is a store an older pipemake made: nothing
+    but a store's names at its top level (``objects`` and ``roots`` folders), and an
+    SQLite database ``actions.db``, or else an ``objects`` folder whose first fan-out
+    folders (two hex digits) hold only names of objects (the rest of a content hash) and
+    temporary files."""
+    if not all(n in _LAYOUT or n.startswith("actions.db") for n in names):
+        return False
+    for name in ("objects", "roots"):
+        if name in names and not os.path.isdir(os.path.join(path, name)):
+            return False
+    if _is_file(os.path.join(path, "actions.db")):
+        return _sqlite(os.path.join(path, "actions.db"))
+    objects = os.path.join(path, "objects")
+    try:
+        fans = sorted(os.listdir(objects))[:8]
+        if not fans:
+            return False
+        for fan in fans:
+            inside = sorted(os.listdir(os.path.join(objects, fan)))[:64]
+            if not is_digest(fan + "0" * 30) or len(fan) != 2:
+                return False
+            if not all(is_digest(fan + n) or n.startswith(".tmp-") for n in inside):
+                return False
+    except OSError:
+        return False
+    return True
+
 
 #: ``json.dumps(entry, sort_keys=True)`` without building an encoder per entry
 _encode = json.JSONEncoder(sort_keys=True).encode
@@ -91,9 +192,11 @@ class Store:
         #: the count is written by the connection's own thread at its next use
         self._removal_pending = False
         #: the objects, read as untrusted input
+        self._claimed = False
         self.objs = Objects(
-            self.objects, readonly=readonly, fsync=fsync, link=link, on_remove=self._object_removed
-        )
+            self.objects, readonly=readonly, fsync=fsync, link=link,
+            on_remove=self._object_removed, on_create=self._claim,
+        )  # fmt: skip
         self._roots = RootsDir(self.path / "roots", readonly)
         #: ``PIPEMAKE_CACHE_KEY``: entries are committed signed, and only signed ones used
         self.secret = cache_key()
@@ -123,6 +226,8 @@ class Store:
                 self._version = _data_version(self._db)
                 return self._db
             self.path.mkdir(parents=True, exist_ok=True)
+            if not self.readonly:
+                self._claim()
             self._check_db_files()
             deadline = time.monotonic() + 60
             while True:
@@ -130,6 +235,8 @@ class Store:
                     db, fmt = self._open()
                     break
                 except sqlite3.OperationalError as exc:
+                    if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _SQLITE_DENIED:
+                        raise self._read_only([self.path / "actions.db"]) from None
                     # another process creating the same store (a shared --cache-dir) holds
                     # it for a moment, and changing the journal mode does not wait by itself
                     if "locked" not in str(exc) or time.monotonic() > deadline:
@@ -159,6 +266,75 @@ class Store:
         """Whether another connection (another build, a ``cache gc`` in a workspace sharing
         this ``--cache-dir``) committed to the store since this one opened it."""
         return self._db is not None and _data_version(self._db) != self._version
+
+    def writable(self) -> bool:
+        """Whether this user may write the store (see :meth:`_check_writable`)."""
+        try:
+            self._check_writable()
+        except ReadOnlyStore:
+            return False
+        return True
+
+    def _check_writable(self) -> None:
+        """Refuse, naming the permission problem, a store this user may not write (another
+        user's, a read-only file system): it is intact, and must never be called damaged
+        or be advised deleted."""
+        names = [self.path, self.path / "actions.db", self.objects, self.path / "roots"]
+        blocked = [p for p in names if os.path.lexists(p) and not os.access(p, os.W_OK)]
+        if blocked:
+            raise self._read_only(blocked)
+
+    def _read_only(self, blocked: list[Path]) -> ReadOnlyStore:
+        """The error for a store this user cannot write: what, whose, and what to do."""
+        uid = os.geteuid()
+        me = _user_name(uid)
+        try:
+            st = os.stat(blocked[0])
+            owner = _user_name(st.st_uid)
+            whose = f"owner {owner}, mode {stat.S_IMODE(st.st_mode):o}"
+            if st.st_uid == uid:
+                whose += "; or a read-only file system"
+        except OSError:
+            owner, whose = "its owner", "owner unknown"
+        what = "it" if blocked[0] == self.path else f"{blocked[0]} in it"
+        return ReadOnlyStore(
+            f"the store {self.path} is read-only for this user: {what} is not writable by "
+            f"{me} ({whose}). The store is not damaged, but pipemake writes into its store "
+            f"(a build commits there; gc and verify remove from it). Use a store of your own "
+            f"(--cache-dir DIR, or PIPEMAKE_CACHE_DIR), or ask {owner} to make it writable "
+            f"for you, or run pipemake as {owner}."
+        )
+
+    def _claim(self) -> None:
+        """Before the first write of this instance (the action cache opened, an object or
+        a roots record written): refuse a store this user cannot write, and a folder that
+        is not a store (see :func:`not_a_store`); mark one that is (a new one, or one an
+        older pipemake made) as a store with :data:`MARKER`."""
+        if self._claimed:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._check_writable()
+        why = not_a_store(self.path)
+        if why is not None:
+            raise NotAStore(
+                f"{self.path} {why}: pipemake will not use it as its store (it would remove "
+                f"files there it does not recognise); use --cache-dir with a new or empty "
+                f"folder, or the path of a pipemake store"
+            )
+        try:
+            fd = os.open(
+                self.path / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644
+            )
+        except OSError:  # there already (or a link there: not written through)
+            self._claimed = True
+            return
+        try:
+            write_all(fd, _MARKER_TEXT)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+            self._claimed = True
 
     def _damaged(self, exc: object) -> StoreError:
         """The error for an action cache SQLite cannot read: the file, and what to do."""
@@ -417,9 +593,10 @@ class Store:
             out[key] = max(times, default=0.0)
         return out
 
-    def delete_actions(self, keys: Iterable[Any]) -> None:
+    def delete_actions(self, keys: Iterable[Any]) -> int:
         """Remove entries (``cache gc``, ``cache verify --repair``); their objects go with
-        the next sweep."""
+        the next sweep. Returns how many were there to remove (another ``gc`` on the store
+        may have removed some of them first)."""
         db = self.db
         plain: list[tuple[Any]] = []
         odd: list[tuple[bytes]] = []  # keys read from bytes that are not UTF-8: as those
@@ -431,8 +608,9 @@ class Store:
         with transaction(db):
             self._same_schema(db)
             self._count_removal()
-            db.executemany("DELETE FROM actions WHERE key=?", plain)
-            db.executemany("DELETE FROM actions WHERE CAST(key AS BLOB)=?", odd)
+            n = db.executemany("DELETE FROM actions WHERE key=?", plain).rowcount
+            n += db.executemany("DELETE FROM actions WHERE CAST(key AS BLOB)=?", odd).rowcount
+        return max(n, 0)
 
     def _same_schema(self, db: sqlite3.Connection) -> None:
         """Inside a write transaction (no other writer can change the schema until it
@@ -541,13 +719,19 @@ class Store:
         self, workspace: str, pipeline: str, keys: Iterable[str], merge: bool, refresh: bool = True
     ) -> None:
         """See :meth:`RootsDir.write`."""
+        if not self.readonly:
+            self._claim()
         self._roots.write(workspace, pipeline, keys, merge, refresh, fsync=self.fsync)
 
     def roots(
-        self, grace: float = GRACE, prune: bool = False, forget_after: float | None = None
+        self,
+        grace: float = GRACE,
+        prune: bool = False,
+        forget_after: float | None = None,
+        skip: tuple[str, str] | None = None,
     ) -> Roots:
         """See :meth:`RootsDir.read`."""
-        return self._roots.read(grace, prune, forget_after)
+        return self._roots.read(grace, prune, forget_after, skip)
 
     def removals(self) -> int:
         """A token of this store's contents that changes whenever entries or objects are
@@ -596,6 +780,18 @@ class Store:
             self._db = None
         self.objs.close()
         self._roots.close()
+
+
+#: SQLite's primary result codes for a write refused: READONLY, PERM
+_SQLITE_DENIED = frozenset({8, 3})
+
+
+def _user_name(uid: int) -> str:
+    """The login name of ``uid`` (``uid 1234`` when it has none)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return f"uid {uid}"
 
 
 def _add_removal(db: sqlite3.Connection) -> None:
