@@ -113,10 +113,38 @@ def not_a_store(path: Path) -> str | None:
         return None
     if not names or _is_file(os.path.join(path, MARKER)) or _laid_out(str(path), names):
         return None
+    if _original_checkpoints(str(path), names):
+        return None
     shown = ", ".join(repr(n) for n in names[:3]) + (
         f" and {len(names) - 3} more" if len(names) > 3 else ""
     )
     return f"is not empty and is not a pipemake store (it holds {shown}; no {MARKER} file)"
+
+
+#: how many checkpoint files of the original system a folder may hold to be known as theirs
+_CHECKPOINTS_MAX = 10_000
+
+
+def _original_checkpoints(path: str, names: list[str]) -> bool:
+    """Whether every entry of the folder is a checkpoint file the original pipeline system
+    wrote (``--checkpoint-dir`` of its ``run``: JSON objects naming a ``pipeline_id``):
+    its users pass that folder on unchanged, and the store is made beside the files, which
+    it never reads, changes or removes (``gc`` and ``cache verify --repair`` only remove
+    what lies under ``objects/``)."""
+    if len(names) > _CHECKPOINTS_MAX:
+        return False
+    for name in names:
+        full = os.path.join(path, name)
+        if not name.endswith(".json") or not _is_file(full):
+            return False
+        try:
+            with open(full, "rb") as fh:
+                doc = json.loads(fh.read(4 << 20))
+        except (OSError, ValueError, RecursionError):
+            return False
+        if not isinstance(doc, dict) or not isinstance(doc.get("pipeline_id"), str):
+            return False
+    return True
 
 
 def _is_file(path: str) -> bool:

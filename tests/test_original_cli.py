@@ -62,6 +62,45 @@ def test_run_checkpoint_dir_is_the_store(orig: Proj, tmp_path: Path) -> None:
     assert "upper" in r.stdout
 
 
+def test_run_checkpoint_dir_holding_the_original_systems_checkpoints(
+    orig: Proj, tmp_path: Path
+) -> None:
+    """The folder the original system kept its JSON checkpoints in, passed on unchanged: the
+    store is made beside them, which stay as they were through builds and a repair; any
+    other file there makes it a folder of the user's, refused."""
+    store = tmp_path / "checkpoints"
+    store.mkdir()
+    old = {
+        f"my_pipeline_{n}.json": json.dumps(
+            {
+                "pipeline_id": "p1",
+                "pipeline_name": "my_pipeline",
+                "completed_stages": ["a"],
+                "stage_outputs": {"a": {"output_dir": "/data/frames"}},
+                "timestamp": 1701619200.0 + n,
+            }
+        )  # fmt: skip
+        for n in range(2)
+    }
+    for name, text in old.items():
+        (store / name).write_text(text)
+    orig.cli("run", "--config", "pipeline.yaml", "--checkpoint-dir", str(store))
+    assert orig.run_counts() == dict.fromkeys(CHAIN_STAGES, 1)
+    r = orig.cli("run", "--config", "pipeline.yaml", "--checkpoint-dir", str(store))
+    assert orig.run_counts() == dict.fromkeys(CHAIN_STAGES, 1), r.output
+    orig.cli("cache", "verify", "--repair", "--cache-dir", str(store))
+    assert {name: (store / name).read_text() for name in old} == old
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "a.json").write_text('{"pipeline_id": "p1"}')
+    (other / "holiday.jpg").write_bytes(b"\xff\xd8")
+    r = orig.cli("run", "--config", "pipeline.yaml", "--checkpoint-dir", str(other), code=2)
+    assert "is not a pipemake store" in r.output and sorted(os.listdir(other)) == [
+        "a.json",
+        "holiday.jpg",
+    ]
+
+
 def test_run_no_checkpoint_reuses_nothing_and_keeps_nothing(orig: Proj) -> None:
     orig.cli("run")
     before = sorted(p.name for p in orig.path(".pipemake/store/objects").rglob("*"))
