@@ -1083,8 +1083,8 @@ def clean(
             what = (
                 "what pipemake wrote there (edited since?)"
                 if orphans
-                else "what the store holds (edited or added to by hand?): a build cannot "
-                "bring it back"
+                else "what the store holds (edited or added to by hand, or never stored): "
+                "a build cannot bring it back"
             )
             return click.confirm(
                 f"{visible(path, name=True)} is not {what}; remove it?",
@@ -1109,8 +1109,8 @@ def clean(
                 "--orphans --yes" if orphans else f"--yes {visible(shlex.quote(path), name=True)}"
             )
             what = "what pipemake wrote there (edited since?)" if orphans else (
-                "what the store holds (edited or added to by hand?), so a build could not "
-                "bring it back"
+                "what the store holds (edited or added to by hand, or never stored), so a "
+                "build could not bring it back"
             )  # fmt: skip
             click.echo(f"kept {shown}: it is not {what}; remove it with `pipemake clean "
                        f"{again}`, or by hand", err=True)  # fmt: skip
