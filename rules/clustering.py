@@ -201,7 +201,10 @@ class ClusteringRule(Rule):
         src = Path(ctx.inputs["input_dir"])
         rels = sorted(mapped)
         if not rels:
-            raise RuleError(f"no cut-outs ({IMAGE_PATTERN}) in {src}: check the input_dir")
+            raise RuleError(
+                f"no cut-outs in {src}: none of its files matched the stage's foreach pattern "
+                f"(by default {IMAGE_PATTERN}); check the input_dir, or the pattern"
+            )
         use_model = ctx.params["features"] == "model" or (
             ctx.params["features"] == "auto" and ctx.inputs.get("model_path") is not None
         )
