@@ -16,12 +16,12 @@ Pure bookkeeping: an :class:`Estimator` is an event subscriber and reads no file
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import eventshape
 from .events import Event
 
 __all__ = ["Estimator", "StageClock"]
@@ -29,6 +29,8 @@ __all__ = ["Estimator", "StageClock"]
 #: how a stage settles having run
 _RAN = frozenset({"stage_finished", "stage_failed"})
 _SETTLED = ("stage_finished", "stage_failed", "stage_skipped", "stage_restored", "stage_cancelled")
+#: the events whose data the estimate reads, checked for their shape first
+_SHAPED = frozenset({"run_started", "stage_started", "progress"})
 
 
 @dataclass
@@ -60,36 +62,28 @@ class Estimator:
     # feeding -------------------------------------------------------------------------
     def __call__(self, event: Event) -> None:
         d, s = event.data, event.stage
+        if event.kind in _SHAPED:  # a logged run (``status``, the pages) may be of any shape
+            d = eventshape.data(d)
         if event.kind == "run_started":
-            # a logged run (``status``, the pages) may come from a shared store: values of
-            # another type are left out, as unknown
-            stages, deps = d.get("stages"), d.get("deps")
-            self.order = [x for x in stages if isinstance(x, str)] if _is(stages, list) else []
-            self.deps = {
-                k: [x for x in v if isinstance(x, str)]
-                for k, v in (deps.items() if _is(deps, dict) else ())
-                if _is(v, list)
-            }
-            # None: never built, no estimate
-            self.expected = _seconds(d.get("expected"))
-            self.per_item = _seconds(d.get("per_item"))
-            jobs = d.get("jobs")
-            self.jobs = jobs if _is(jobs, int) and jobs > 0 else None
+            self.order = list(d.get("stages", []))
+            self.deps = {k: list(v) for k, v in (d.get("deps") or {}).items()}
+            known = (d.get("expected") or {}).items()  # None: never built, no estimate
+            self.expected = {k: float(v) for k, v in known if v is not None}
+            self.per_item = {k: float(v) for k, v in (d.get("per_item") or {}).items()}
+            self.jobs = d.get("jobs")
             self.started = event.time
             self.running.clear()
             self.settled.clear()
         elif s is None:
             return
         elif event.kind == "stage_started":
-            items = d.get("items")
-            run = items.get("run") if _is(items, dict) else None
-            self.running[s] = StageClock(event.time, items=run if _is(run, int) else None)
+            items = d.get("items")  # its item counts (a dict) when it starts
+            self.running[s] = StageClock(
+                event.time, items=items.get("run") if isinstance(items, dict) else None
+            )
         elif event.kind == "progress" and s in self.running:
             clock = self.running[s]
-            done, total = d.get("done"), d.get("total")
-            clock.done = done if _amount(done) else None
-            clock.total = total if _amount(total) else None
-            clock.unit = d.get("unit")
+            clock.done, clock.total, clock.unit = d.get("done"), d.get("total"), d.get("unit")
             if clock.first is None and isinstance(clock.done, int):
                 clock.first = (event.time, clock.done)
         elif event.kind in _SETTLED:
@@ -193,23 +187,6 @@ class Estimator:
             "eta": self.remaining(now),
             "running": {s: self.stage_eta(s, now) for s in self.running},
         }
-
-
-def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
-    """``isinstance``, with a bool never taken for an int."""
-    return isinstance(value, kind) and not isinstance(value, bool)
-
-
-def _amount(value: Any) -> bool:
-    """Whether ``value`` is a count of work done or to do (a finite number, at least 0)."""
-    return _is(value, (int, float)) and math.isfinite(value) and value >= 0
-
-
-def _seconds(value: Any) -> dict[str, float]:
-    """Stage → seconds, from a logged mapping: entries that are not finite numbers left out."""
-    if not isinstance(value, dict):
-        return {}
-    return {k: float(v) for k, v in value.items() if _is(v, (int, float)) and math.isfinite(v)}
 
 
 #: the share of its items a stage must have done before one progress report (measured

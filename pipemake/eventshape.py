@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["event", "number", "summary"]
+__all__ = ["data", "event", "number", "summary"]
 
 _DROP = object()  # a field of the wrong type: left out
 
@@ -172,6 +172,13 @@ def _clean(obj: dict[str, Any], fields: dict[str, Callable[[Any], Any]]) -> dict
         if kept is not _DROP:
             out[key] = kept
     return out
+
+
+def data(fields: dict[str, Any]) -> dict[str, Any]:
+    """An event's data (its fields but kind and stage) with every known field checked as
+    :func:`event` checks it: for a reader fed :class:`~pipemake.events.Event` objects that
+    may have been logged (the ETA of ``status`` and the pages)."""
+    return _clean(fields, _EVENT_FIELDS)
 
 
 def event(obj: Any) -> dict[str, Any] | None:
