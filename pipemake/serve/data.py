@@ -256,7 +256,7 @@ class Site:
         key = (st.st_size, st.st_mtime_ns)
         hit = self._folds.get(str(path))
         if hit is None or hit[0] != key:
-            hit = self._folds[str(path)] = (key, fold_run(history.read_events(path)))
+            hit = self._folds[str(path)] = (key, fold_run(_lines(path)))  # it checks each line
         return hit[1]
 
     def now(self) -> dict[str, Any]:
