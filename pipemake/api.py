@@ -129,6 +129,7 @@ def open_project(
     note: Callable[[str], None] | None = None,
     remote: str | None = None,
     remote_read_only: bool = False,
+    told_by: str | None = None,
 ) -> Project:
     """Load the pipeline (``-C DIR``, ``-f FILE``; see :func:`find_pipeline`) and open its
     store and state. ``overrides`` are ``--set`` values (``vars.NAME=VALUE``,
@@ -142,7 +143,8 @@ def open_project(
 
     The remote is ``remote``, else env ``PIPEMAKE_REMOTE``, else the pipeline's
     ``remote:`` (a plain path there is relative to the project); it is contacted only when
-    used."""
+    used. ``told_by`` names where ``cache_dir`` came from (the option the user typed, such
+    as ``--checkpoint-dir``), for messages about it."""
     path, _ = find_pipeline(directory, file)
     pipeline = load_checked(path, path.parent / ".pipemake", parse_overrides(overrides))
     ws = Workspace(pipeline.root)
@@ -150,7 +152,8 @@ def open_project(
     where = Path(base or directory or Path.cwd())
     record = remember and not readonly
     place = storeplace.choose(told, where.absolute(), ws.dot, pipeline.root, record, note)
-    _check_store_folder(place, "--cache-dir" if cache_dir else "PIPEMAKE_CACHE_DIR", ws)
+    told_by = (told_by or "--cache-dir") if cache_dir else "PIPEMAKE_CACHE_DIR"
+    _check_store_folder(place, told_by, ws)
     _check_places(pipeline, ws, place.path)
     if place.to_remember:
         storeplace.remember(ws.dot, pipeline.root, place.path)
@@ -218,8 +221,7 @@ def _check_store_folder(place: storeplace.Place, told_by: str, ws: Workspace) ->
         "build with --cache-dir DIR naming a new or empty folder, or a pipemake store, to "
         "use and remember another"
         if place.how == "remembered"
-        else "give --cache-dir (or PIPEMAKE_CACHE_DIR) a new or empty folder, or the path of a "
-        "pipemake store"
+        else f"give {told_by} a new or empty folder, or the path of a pipemake store"
         if place.how == "told"
         else f"move the files out of it, or delete {place.path}"
     )

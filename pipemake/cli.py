@@ -205,8 +205,20 @@ def _project(
     return api.project_of(
         None, path, cache_dir or o["cache_dir"], readonly, overrides, base=o["directory"],
         remember=build and not scratch, note=None if scratch else _note, remote=remote,
-        remote_read_only=remote_read_only,
+        remote_read_only=remote_read_only, told_by=_store_told_by(ctx, cache_dir),
     )  # fmt: skip
+
+
+def _store_told_by(ctx: click.Context, cache_dir: str | None) -> str:
+    """What named the store, as the user wrote it: the command's ``--cache-dir`` or the
+    original system's ``--checkpoint-dir``, else the global ``--cache-dir`` or the
+    ``PIPEMAKE_CACHE_DIR`` variable it was read from."""
+    root = ctx.find_root()
+    if cache_dir:
+        return str(root.obj.get("store_option") or "--cache-dir")
+    source = root.get_parameter_source("cache_dir")
+    from_env = source is click.core.ParameterSource.ENVIRONMENT
+    return "PIPEMAKE_CACHE_DIR" if from_env else "--cache-dir"
 
 
 def _note(message: str) -> None:
@@ -611,6 +623,8 @@ def run_cmd(
     _use_config(ctx, config)
     if resume:
         click.echo(_RESUME_NOTE, err=True)
+    if checkpoint_dir:
+        root["store_option"] = "--checkpoint-dir"
     if dry:  # the plan of this run: its store, and --no-checkpoint's "every stage runs"
         ctx.invoke(dry_run, cache_dir=checkpoint_dir, force=no_checkpoint)
         return
@@ -741,6 +755,8 @@ def status(
     """Each stage's state, last result and duration; orphaned outputs.
 
     With TARGETS (stage ids or output paths): those stages and what they need."""
+    if checkpoint_dir and not cache_dir:
+        ctx.find_root().obj["store_option"] = "--checkpoint-dir"
     checkpoint_dir = cache_dir or checkpoint_dir
     if run_id is not None:
         _run(lambda: _run_status(ctx, run_id, as_json, checkpoint_dir))
@@ -933,6 +949,9 @@ def list_cmd(
 ) -> None:
     """List stages with their rules and outputs, one tab-separated row each (--runs: past
     runs, a running build as `running`, a killed one as `incomplete`)."""
+
+    if checkpoint_dir:
+        ctx.find_root().obj["store_option"] = "--checkpoint-dir"
 
     def go() -> int:
         if not runs:

@@ -37,7 +37,8 @@ __all__ = ["load_checked"]
 #: 6: the key holds the whole environment fingerprint
 #: 7: the remote store's URL
 #: 8: each stage's own ``depends_on`` (``after``)
-PLAN_FORMAT = 8
+#: 9: the stages' own code files (a ``python`` function's, a ``custom`` executor's module)
+PLAN_FORMAT = 9
 
 
 def _key(text: bytes, dot: Path) -> str:
@@ -83,10 +84,24 @@ def _code(p: Pipeline) -> list[list[Any]]:
     return fingerprint.stamp(fingerprint.code_files(tops))
 
 
+def _own_code(p: Pipeline) -> list[list[Any]]:
+    """The project's own code the rules checked (a ``python`` stage's module, a ``custom``
+    stage's executor) with its stat: removed or edited, the rule checks the stage again on
+    a full load, so a module gone is exit 2 at validation (file, line, stage) as without
+    the cache, not a failure when the stage runs."""
+    files = {f for s in p.stages.values() for f in s.rule.code_files(s.ports, p.root) if f}
+    return fingerprint.stamp(files)
+
+
 def _write(cache: Path, key: str, p: Pipeline) -> None:
+    try:
+        own = _own_code(p)
+    except (OSError, SyntaxError, ValueError):
+        return  # a stage's code that cannot be read now: no plan to trust later
     doc = {
         "key": key,
         "code": _code(p),
+        "own_code": own,
         "name": p.name,
         "version": p.version,
         "vars": p.vars,
@@ -138,7 +153,7 @@ def _read(cache: Path, key: str, file: Path) -> Pipeline | None:
     if not isinstance(doc, dict) or doc.get("key") != key:
         return None
     try:
-        if not fingerprint.unchanged(doc["code"]):
+        if not fingerprint.unchanged(doc["code"]) or not fingerprint.unchanged(doc["own_code"]):
             return None
         if any(_sha256(f) != h for f, h in doc["params_files"].items()):
             return None

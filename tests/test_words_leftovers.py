@@ -1,0 +1,132 @@
+"""Six small leftovers of the last acceptance round, each said as the user meets it.
+
+1. A folder of the user's refused as a store is said to be given by the option typed
+   (``--checkpoint-dir``, ``--cache-dir``) or the variable ``PIPEMAKE_CACHE_DIR``.
+2. Outputs the remote gave are said to be restored from the remote, not from the store.
+3. A failing stage whose text shows a staging path says where that output was meant to go.
+4. A non-ASCII input path under an ASCII locale is built, not said to be missing.
+5. A python or custom stage whose module is gone is exit 2 at validation with a warm plan.
+6. A foreach item's retry waiting for a job slot is queue time, not run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from conftest import TRACEBACK, Proj
+
+ONE = """
+name: t
+stages:
+  - id: a
+    type: shell
+    config:
+      cmd: "cp {inputs.s} {outputs.o}"
+      inputs: {s: data/a.txt}
+      outputs: {o: build/a.txt}
+"""
+
+
+# 1. the store refused, named by what named it ------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["run", "--checkpoint-dir", "mine", "--no-progress"], None, "--checkpoint-dir"),
+        (["run", "--checkpoint-dir", "mine", "--dry-run"], None, "--checkpoint-dir"),
+        (["list", "--checkpoint-dir", "mine"], None, "--checkpoint-dir"),
+        (["status", "--checkpoint-dir", "mine"], None, "--checkpoint-dir"),
+        (["build", "--cache-dir", "mine", "--no-progress"], None, "--cache-dir"),
+        (["build", "--no-progress"], {"PIPEMAKE_CACHE_DIR": "mine"}, "PIPEMAKE_CACHE_DIR"),
+    ],
+)
+def test_a_refused_store_names_the_option_or_variable_that_gave_it(
+    project: Callable[..., Proj], args: list[str], env: dict[str, str] | None, named: str
+) -> None:
+    p = project(ONE, {"data/a.txt": "a\n", "mine/notes.txt": "mine\n"})
+    out = p.cli(*args, code=2, env=env).output
+    assert f"(given by {named})" in out, out
+    assert f"give {named} a new or empty folder" in out, out
+    others = {"--checkpoint-dir", "--cache-dir", "PIPEMAKE_CACHE_DIR"} - {named}
+    assert not any(f"given by {o}" in out or f"give {o}" in out for o in others), out
+    assert TRACEBACK not in out
+    assert p.read("mine/notes.txt") == "mine\n" and not p.exists("build")
+
+
+# 5. a stage's module deleted after a build, with the plan cached ------------------------------
+CUSTOM_EXECUTOR = """
+from pathlib import Path
+
+
+class Write:
+    def __init__(self, stage_id, config):
+        self.config = config
+
+    def validate_config(self):
+        return True
+
+    def execute(self, inputs):
+        Path(self.config["output_dir"]).mkdir(parents=True, exist_ok=True)
+        (Path(self.config["output_dir"]) / "x.txt").write_text("x")
+        return {"status": "success", "outputs": {}}
+
+    def estimate_duration(self):
+        return 1.0
+"""
+
+GONE = {
+    "python": (
+        """
+        name: t
+        stages:
+          - id: up
+            type: python
+            config:
+              function: "words_gone_py:up"
+              outputs: {o: build/a.txt}
+        """,
+        "words_gone_py.py",
+        "def up(ctx):\n    ctx.outputs['o'].write_text('x')\n",
+        "cannot find module 'words_gone_py'",
+    ),
+    "custom": (
+        """
+        name: t
+        stages:
+          - id: up
+            type: custom
+            config:
+              executor: "words_gone_custom:Write"
+              output_dir: build/c
+        """,
+        "words_gone_custom.py",
+        CUSTOM_EXECUTOR,
+        "words_gone_custom",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(GONE))
+def test_a_deleted_stage_module_is_a_validation_error_with_the_plan_cached(
+    project: Callable[..., Proj], kind: str
+) -> None:
+    text, module, source, said = GONE[kind]
+    p = project(text, {module: source})
+    # a subprocess each: a module imported once stays importable in this interpreter
+    p.sub("build", "--no-progress")
+    p.sub("build", "--no-progress")  # the plan is cached from here on
+    assert p.exists(".pipemake/plan.json")
+    p.path(module).unlink()
+    shown = []
+    for command in (["build", "--no-progress"], ["validate"]):
+        warm = p.sub(*command, code=None)
+        text_out = warm.stdout + warm.stderr
+        assert warm.returncode == 2, text_out
+        assert "pipemake.yaml:6: stage 'up': " in text_out and said in text_out, text_out
+        assert TRACEBACK not in text_out and "FAILED" not in text_out
+        shown.append(warm.stderr)
+    p.path(".pipemake/plan.json").unlink(missing_ok=True)
+    cold = p.sub("validate", code=2)
+    assert shown == [cold.stderr, cold.stderr]  # the very message a cold validate gives
+    p.write(module, source)  # back again: builds, and the plan is cached again
+    p.sub("build", "--no-progress")
