@@ -529,7 +529,7 @@ class Builder:
             run.running_now(self.bus, stage_id)
         try:
             if foreach is not None and foreach.failures:
-                text = foreach.failure_text()
+                text = foreach.failure_text() + _staging_note(foreach.failure_text(), run, self.p)
                 self._failed(stage, run, text)
                 raise StageFailure(text)
             try:
@@ -592,6 +592,7 @@ class Builder:
     def _commit_run(self, stage: Stage, run: StageRun) -> dict[str, Any]:
         if run.error is not None or run.result is None:
             text, tb = run.error or ["the task ended without a result", None]
+            text += _staging_note(f"{text}\n{tb or ''}", run, self.p)
             self._failed(stage, run, text)
             raise StageFailure(text + (f"\n{tb}" if tb else ""))
         result = run.result
@@ -720,6 +721,29 @@ _UNVERIFIED = Reason(
     "its outputs came from a cache entry no PIPEMAKE_CACHE_KEY verified (this workspace "
     "restored them without the key), so a build holding the key does not vouch for them",
 )
+
+
+def _staging_note(text: str, run: StageRun, p: Pipeline) -> str:
+    """A line saying where the outputs were meant to go, when a failure's ``text`` shows
+    the run's staging folder (where ``{outputs.x}`` pointed while it ran): that folder is
+    removed when the stage fails, so a user must not go looking for it. The text itself
+    (the command's own output) is left as it was. Empty when no staging path shows."""
+    shown = [os.path.relpath(run.staging, p.root), str(run.staging)]
+    base = next((b for b in shown if b in text), None)
+    if base is None:
+        return ""
+    declared = run.rs.ports.outputs
+    if run.outputs:  # one task: each output's own staged path (relative to the root)
+        absolute = base == str(run.staging)
+        pairs = [(str(p.root / run.outputs[n]) if absolute else run.outputs[n], rel)
+                 for n, rel in declared.items() if n in run.outputs]  # fmt: skip
+    else:  # items: a folder per task or item under the staging folder
+        pairs = [(f"{os.path.join(base, '')}…/{n}", rel) for n, rel in declared.items()]
+    where = "; ".join(f"{staged} → {rel}" for staged, rel in pairs)
+    return (
+        f"\n  note: {os.path.join(base, '')} is this run's staging folder, removed when the "
+        f"stage failed; only on success do its outputs go to their own paths: {where}"
+    )
 
 
 def _from_remote(reason: Reason) -> Reason:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
@@ -130,3 +131,76 @@ def test_a_deleted_stage_module_is_a_validation_error_with_the_plan_cached(
     assert shown == [cold.stderr, cold.stderr]  # the very message a cold validate gives
     p.write(module, source)  # back again: builds, and the plan is cached again
     p.sub("build", "--no-progress")
+
+
+# 3. a failure that shows a staging path says where the output was meant to go ----------------
+def _failed_errors(p: Proj) -> dict[str, str]:
+    """Each failed stage's error in the last run's log."""
+    events = [json.loads(line) for line in p.cli("log", "--json").stdout.splitlines()]
+    return {e["stage"]: e["error"] for e in events if e.get("event") == "stage_failed"}
+
+
+def test_a_failure_showing_the_staging_path_maps_it_to_the_declared_output(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(
+        """
+        name: t
+        stages:
+          - id: a
+            type: shell
+            config:
+              cmd: "echo writing {outputs.o}/x >&2; exit 3"
+              outputs: {o: build/out}
+          - id: quiet
+            type: shell
+            config: {cmd: "echo nothing here >&2; exit 4", outputs: {o: build/q.txt}}
+        """
+    )
+    out = p.cli("build", "-k", "--no-progress", code=1).output
+    errors = _failed_errors(p)
+    error = errors["a"]
+    staged = next(w for w in error.split() if w.startswith(".pipemake/tmp/a-"))
+    assert staged.endswith("/o/out/x")
+    folder = staged[: -len("o/out/x")]
+    note = f"note: {folder} is this run's staging folder, removed when the stage failed"
+    assert note in error and f"{folder}o/out → build/out" in error, error
+    assert note in out  # the summary says it too
+    assert not p.exists(folder)
+    # the command's own output, in its log, is as it wrote it
+    log = p.read(".pipemake/logs/a.log")
+    assert f"writing {folder}o/out/x" in log and "note:" not in log and "build/out" not in log
+    # no staging path shown: nothing added
+    assert "nothing here" in errors["quiet"] and "note:" not in errors["quiet"]
+
+
+def test_a_foreach_or_python_failure_showing_its_staging_folder_says_so_too(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(
+        """
+        name: t
+        stages:
+          - id: each
+            type: shell
+            foreach: src
+            config:
+              cmd: "echo into {outputs.o}/{item.name} >&2; exit 1"
+              inputs: {src: data}
+              outputs: {o: build/each}
+          - id: py
+            type: python
+            config: {function: "words_staging:fail", outputs: {o: build/p.txt}}
+        """,
+        {
+            "data/x.txt": "x\n",
+            "words_staging.py": "def fail(ctx):\n    raise OSError(f'cannot write {ctx.outputs[\"o\"]}')\n",
+        },
+    )
+    p.cli("build", "-k", "--no-progress", code=1)
+    errors = _failed_errors(p)
+    assert "is this run's staging folder" in errors["each"], errors["each"]
+    assert "…/o → build/each" in errors["each"]
+    # python's outputs are absolute paths: the note names the absolute staging path
+    assert f"{p.root}/.pipemake/tmp/py-" in errors["py"]
+    assert "/o/p.txt → build/p.txt" in errors["py"], errors["py"]
