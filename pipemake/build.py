@@ -430,12 +430,13 @@ class Builder:
         run = self._running.get(stage_id)
         if run is not None:
             run.running_now(self.bus, stage_id)
-            if not isinstance(run, ForeachRun):  # its one task: a retry is the stage's
-                run.attempt_started(task)
+            run.attempt_started(task)
 
     def on_message(self, stage_id: str, message: Message) -> list[Task]:
         run = self._running[stage_id]
         foreach = isinstance(run, ForeachRun)
+        if foreach and message.kind in ("result", "error"):
+            run.task_ended(message.task)  # type: ignore[attr-defined]
         if message.kind == "progress":
             if not foreach:
                 done, total = message.data

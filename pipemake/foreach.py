@@ -67,6 +67,28 @@ class ForeachRun(StageRun):
     unusable: set[str] = field(default_factory=set)
     #: the stage's source inputs found changed while items ran (nothing is kept then)
     inputs_moved: list[str] = field(default_factory=list)
+    #: the ids of its tasks running now, and since when none has run (None: one runs)
+    live: set[str] = field(default_factory=set)
+    idle_since: float | None = None
+
+    # run time ---------------------------------------------------------------------------
+    def attempt_started(self, task: Task) -> None:
+        """One of its tasks left the queue. A retry (of items, or of a whole task) that,
+        its backoff over, waited while none of the stage's tasks ran waited for a job or a
+        resource: that wait is queue time, as a stage's own retry's is, not run time."""
+        now = time.time()
+        self.live.discard(task.id)  # a task the scheduler retried whole: its attempt ended
+        if task.attempt > 1 and not self.live:
+            since = max(self.idle_since or 0.0, task.not_before)
+            self.retry_queued += max(0.0, now - since)
+        self.live.add(task.id)
+        self.idle_since = None
+
+    def task_ended(self, task_id: str) -> None:
+        """Its task ``task_id`` answered (a result or an error)."""
+        self.live.discard(task_id)
+        if not self.live:
+            self.idle_since = time.time()
 
     # begin ------------------------------------------------------------------------------
     def begin(self, ctx: BuildContext, stage: Stage, check_lost: bool = False) -> list[Task]:
@@ -361,8 +383,8 @@ class ForeachRun(StageRun):
             "values": values,
             "created": time.time(),
             "metrics": {
-                "duration": time.time() - self.started,
-                "queued": self.started - self.decided,
+                "duration": self.ran_for(),
+                "queued": self.queued(),
                 "items": len(per_item),
                 "items_run": len(self.done_items),
             },

@@ -204,3 +204,44 @@ def test_a_foreach_or_python_failure_showing_its_staging_folder_says_so_too(
     # python's outputs are absolute paths: the note names the absolute staging path
     assert f"{p.root}/.pipemake/tmp/py-" in errors["py"]
     assert "/o/p.txt → build/p.txt" in errors["py"], errors["py"]
+
+
+# 6. a foreach item's retry waiting for a job slot ------------------------------------------------
+def test_a_foreach_retrys_wait_for_a_job_slot_is_not_its_run_time(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(
+        """
+        name: q
+        stages:
+          - id: flaky
+            type: shell
+            foreach: src
+            retries: 1
+            retry_backoff: 0.05
+            config:
+              cmd: >-
+                if [ -e tried ]; then cp {inputs.src} {outputs.o}/{item.name};
+                else touch tried; exit 1; fi
+              inputs: {src: data}
+              outputs: {o: build/f}
+          - id: other
+            type: shell
+            config: {cmd: "sleep 2; echo ok > {outputs.o}", outputs: {o: build/s.txt}}
+        """,
+        {"data/x.txt": "x\n"},
+    )
+    out = p.cli("build", "-j", "1", "--no-progress").output
+    events = [json.loads(line) for line in p.cli("log", "--json").stdout.splitlines()]
+    done = {e["stage"]: e for e in events if e.get("event") == "stage_finished"}
+    order = [e["stage"] for e in events if e.get("event") == "task_started"]
+    assert order == ["flaky", "other", "flaky"]  # the item's retry waited for other's slot
+    flaky, other = done["flaky"], done["other"]
+    # other ran while the retry waited: that wait is flaky's queue time, not its run time
+    assert flaky["duration"] < other["duration"]
+    assert flaky["queued"] > flaky["duration"]
+    assert p.read("build/f/x.txt") == "x\n"
+    row = next(r for r in json.loads(p.cli("status", "--json").stdout)["stages"]
+               if r["stage"] == "flaky")  # fmt: skip
+    assert row["last_duration"] == flaky["duration"]
+    assert "flaky: attempt 2 of 2" in out
