@@ -273,6 +273,15 @@ def _check_places(pipeline: Pipeline, ws: Workspace, cache: Path) -> None:
         raise PipelineError(problems)
 
 
+def _restored_from(record: dict[str, Any]) -> str | None:
+    """Where a stage's last restore took its outputs from (``store``, ``remote``, ``store
+    and remote``); None when its last build was no restore."""
+    if not record.get("restored"):
+        return None
+    source = record.get("restored_from")
+    return source if source in ("remote", "store and remote") else "store"
+
+
 def _shown(file: Path) -> str:
     rel = os.path.relpath(file)
     return str(file) if rel.startswith("..") else rel
@@ -856,6 +865,7 @@ def status(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
             "reasons": reasons,
             "last_result": rec.get("result"), "last_duration": rec.get("duration"),
             "last_restored": bool(rec.get("restored")),
+            "last_restored_from": _restored_from(rec),
             "last_committed": bool(rec.get("committed")),
             "last_adopted": bool(rec.get("adopted")),
             "last_error": rec.get("error"),

@@ -146,6 +146,17 @@ class Builder:
             decision.reasons = [_from_remote(r) for r in decision.reasons]
         return decision, rs, entry if decision.verdict in _HAS_ENTRY else None
 
+    def _restored_from(self, keys: list[str | None]) -> str:
+        """Where the entries of ``keys`` (a stage's, or its items') came from in this
+        build: ``store`` (the local one), ``remote`` (fetched from the remote store just
+        now), or ``store and remote``."""
+        fetched = getattr(self.store.remote, "trusted", ())
+        known = [k for k in keys if k]
+        remote = sum(1 for k in known if k in fetched)
+        if not remote:
+            return "store"
+        return "remote" if remote == len(known) else "store and remote"
+
     def _verified_items(self, stage: Stage, rs: ResolvedStage) -> None:
         """With a key, keep of a foreach stage's cached items only those whose entries the
         key verifies, when its last build took items from the cache without one: the item
@@ -328,12 +339,15 @@ class Builder:
             except OSError as exc:
                 raise StageFailure(_placing_failed(exc)) from None
             if restored:
+                source = self._restored_from([rs.key])
                 self._done(
-                    stage, rs, entry, ran=False, restored=True, unverified=not self.store.secret
-                )
+                    stage, rs, entry, ran=False, restored=True,
+                    unverified=not self.store.secret, source=source,
+                )  # fmt: skip
                 self.bus.emit(
-                    "stage_restored", stage_id, reasons=[str(r) for r in decision.reasons]
-                )
+                    "stage_restored", stage_id, reasons=[str(r) for r in decision.reasons],
+                    source=source,
+                )  # fmt: skip
                 return []
             self.bus.emit(
                 "log",
@@ -572,13 +586,15 @@ class Builder:
                 told = self.decisions[stage_id] = Decision(
                     Verdict.RESTORE, told.reasons, run.waiting["items"]
                 )
+                assert foreach is not None
+                source = self._restored_from([run.rs.item_keys.get(r) for r in foreach.cached])
                 self._done(
                     stage, run.rs, entry, ran=False, restored=True,
-                    unverified=not self.store.secret,
+                    unverified=not self.store.secret, source=source,
                 )  # fmt: skip
                 self.bus.emit(
                     "stage_restored", stage_id, reasons=[str(r) for r in told.reasons],
-                    items=entry["metrics"]["items"],
+                    items=entry["metrics"]["items"], source=source,
                 )  # fmt: skip
                 return []
             # items (or map results) taken from the cache without a key to verify them
@@ -636,17 +652,22 @@ class Builder:
         ran: bool,
         restored: bool = False,
         unverified: bool | None = False,
+        source: str = "store",
     ) -> None:
         """Record a stage as built. ``restored``: its outputs were just restored from the
         store (the record then says restored, even where the last one says it ran here).
         ``unverified``: whether its outputs came from a cache entry no
         ``PIPEMAKE_CACHE_KEY`` verified (None: as the last record or the lock says, for
-        outputs that were already in place), which ``pipemake.lock`` then says."""
+        outputs that were already in place), which ``pipemake.lock`` then says.
+        ``source``: where restored outputs came from (see :meth:`_restored_from`)."""
         values = _canonical_values(entry.get("values", {}))
         self.results[stage.id] = Planned(entry["outputs"], values, rs.key)
         last = self._brief.get(stage.id, NEVER)
         # a restore where the last record says it ran here: the record says restored now
-        relabel = restored and not (self._record(stage.id) or {}).get("restored")
+        old_rec = (self._record(stage.id) or {}) if restored else {}
+        relabel = restored and (
+            not old_rec.get("restored") or old_rec.get("restored_from", "store") != source
+        )
         same = last.key == rs.key and last.result == "ok" and not relabel
         if unverified is None and not same:
             old = self._record(stage.id) if last.key == rs.key else None
@@ -668,6 +689,8 @@ class Builder:
                 record["adopted"] = True
             if unverified:
                 record["unverified"] = True
+            if restored and source != "store":
+                record["restored_from"] = source
             if ran:
                 record.update({k: metrics[k] for k in ("attempts", "retry_wait") if k in metrics})
             self.state.builds.set_record(stage.id, record)

@@ -25,7 +25,7 @@ import click
 
 from . import api, noop
 from .errors import Interrupted, PipemakeError, UsageError, os_failure
-from .progress import visible
+from .progress import restored_from, visible
 
 __all__ = ["main", "cli"]
 
@@ -797,7 +797,8 @@ def status(
                 )
                 if row["last_restored"] and row["last_result"] == "ok":  # no run here: say so
                     took = f"; it ran in {dur:.1f}s when built" if dur is not None else ""
-                    last = f"  [last: restored from the store{took}]"
+                    source = restored_from({"source": row.get("last_restored_from")})
+                    last = f"  [last: restored from {source}{took}]"
                 if row.get("last_committed") and row["last_result"] == "ok":
                     last = "  [last: accepted by `pipemake commit`, not run]"
                 if row.get("last_adopted") and row["last_result"] == "ok":

@@ -145,6 +145,7 @@ _EVENT_FIELDS: dict[str, Callable[[Any], Any]] = {
     "per_item": _times(False), "jobs": _jobs,
     # stages and tasks
     "reasons": _reasons, "reason": _words, "items": _items, "items_run": _count,
+    "source": _text,
     "queued": _number, "duration": _number, "done": _amount, "total": _amount, "unit": _text,
     "task": _words, "ok": _flag, "error": _words, "text": _words, "level": _words,
     # run_finished

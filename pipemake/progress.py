@@ -28,7 +28,7 @@ from .events import Event
 
 __all__ = [
     "ItemCounts", "PlainView", "RichView", "describe", "error_lines", "log_lines", "make_view",
-    "summary_lines", "visible",
+    "restored_from", "summary_lines", "visible",
 ]  # fmt: skip
 
 PROGRESS_EVERY = 10.0  # seconds between a stage's progress lines in the plain view
@@ -196,6 +196,19 @@ def _hook_target(d: dict[str, Any]) -> str:
     return ""
 
 
+#: where a ``stage_restored`` event's outputs came from (its ``source``), in words
+_SOURCES = {
+    "store": "the store", "remote": "the remote", "store and remote": "the store and the remote"
+}  # fmt: skip
+
+
+def restored_from(data: dict[str, Any]) -> str:
+    """Where a restore's outputs came from, in words: the local store, the remote store or
+    both (a run log of an older pipemake, without ``source``: the store)."""
+    source = data.get("source")
+    return _SOURCES.get(source, "the store") if isinstance(source, str) else "the store"
+
+
 def describe(event: Event) -> str | None:
     """A one-line description of an event, or None for events not worth a line."""
     d = event.data
@@ -208,7 +221,7 @@ def describe(event: Event) -> str | None:
         return f"{s}: {d.get('reason', 'up to date')}{detail}"
     if k == "stage_restored":
         items = f"{d['items']} items; " if d.get("items") else ""
-        return f"{s}: restored from the store ({items}{'; '.join(d.get('reasons', []))})"
+        return f"{s}: restored from {restored_from(d)} ({items}{'; '.join(d.get('reasons', []))})"
     if k == "stage_started":
         items = d.get("items") or {}
         count = f" [{items.get('run')} of {items.get('total')} items]" if items else ""
@@ -490,7 +503,7 @@ class RichView:
             self._print(f"  - {s}  skipped: {d.get('reason', '')}", "yellow")
         elif k == "stage_restored":
             items = f" ({d['items']} items)" if d.get("items") else ""
-            self._print(f"  ↺ {s}  restored from the store{items}", "cyan")
+            self._print(f"  ↺ {s}  restored from {restored_from(d)}{items}", "cyan")
         elif k == "stage_finished":
             took = f"ran in {_fmt_duration(d.get('duration'))}{_retries(d)}{_items(d)}"
             self._print(f"  ✓ {s}  {took}", "green")

@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from conftest import TRACEBACK, Proj
+
+from pipemake import eventshape
+from pipemake.events import Event
+from pipemake.progress import describe
 
 ONE = """
 name: t
@@ -245,3 +250,42 @@ def test_a_foreach_retrys_wait_for_a_job_slot_is_not_its_run_time(
                if r["stage"] == "flaky")  # fmt: skip
     assert row["last_duration"] == flaky["duration"]
     assert "flaky: attempt 2 of 2" in out
+
+
+# 2. restored from the remote, said so ------------------------------------------------------------
+def _restores(p: Proj) -> list[dict[str, object]]:
+    events = [json.loads(line) for line in p.cli("log", "--json").stdout.splitlines()]
+    return [e for e in events if e.get("event") == "stage_restored"]
+
+
+def test_outputs_the_remote_gave_are_said_restored_from_the_remote(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    env = {"PIPEMAKE_REMOTE": f"file://{tmp_path / 'remote'}", "PIPEMAKE_CACHE_KEY": ""}
+    files = {"data/a.txt": "a\n"}
+    first, second = project(ONE, files, name="first"), project(ONE, files, name="second")
+    first.cli("build", "--push", "--no-progress", env=env)
+    out = second.cli("build", "--no-progress", env=env).output
+    assert "a: restored from the remote (" in out and "from the store" not in out, out
+    assert [e.get("source") for e in _restores(second)] == ["remote"]
+    assert "a: restored from the remote (" in second.cli("log").output
+    status = second.cli("status", env=env).output
+    assert "[last: restored from the remote;" in status, status
+    rows = json.loads(second.cli("status", "--json", env=env).output)["stages"]
+    assert rows[0]["last_restored"] and rows[0]["last_restored_from"] == "remote"
+    # the local store has them now: the next restore is the store's
+    second.path("build/a.txt").unlink()
+    out = second.cli("build", "--no-progress", env=env).output
+    assert "a: restored from the store (" in out and "from the remote" not in out, out
+    assert [e.get("source") for e in _restores(second)] == ["store"]
+    assert "[last: restored from the store;" in second.cli("status", env=env).output
+    assert second.read("build/a.txt") == "a\n"
+
+
+def test_a_restores_source_in_a_run_log_is_checked_as_text() -> None:
+    good = {"event": "stage_restored", "stage": "a", "source": "remote"}
+    bad = {"event": "stage_restored", "stage": "a", "source": ["remote"]}
+    assert eventshape.event(good)["source"] == "remote"
+    assert "source" not in eventshape.event(bad)
+    said = describe(Event("stage_restored", "a", {"source": ["x"], "reasons": []}))
+    assert said is not None and "restored from the store" in said  # never a TypeError
