@@ -747,6 +747,10 @@ _UNVERIFIED = Reason(
 )
 
 
+#: how the line that maps a failed run's staging folder to the outputs' paths begins
+STAGING_NOTE = "staging folder: "
+
+
 def _staging_note(text: str, run: StageRun, p: Pipeline) -> str:
     """A line saying where the outputs were meant to go, when a failure's ``text`` shows
     the run's staging folder (where ``{outputs.x}`` pointed while it ran): that folder is
@@ -765,8 +769,8 @@ def _staging_note(text: str, run: StageRun, p: Pipeline) -> str:
         pairs = [(f"{os.path.join(base, '')}…/{n}", rel) for n, rel in declared.items()]
     where = "; ".join(f"{staged} → {rel}" for staged, rel in pairs)
     return (
-        f"\n  note: {os.path.join(base, '')} is this run's staging folder, removed when the "
-        f"stage failed; only on success do its outputs go to their own paths: {where}"
+        f"\n  {STAGING_NOTE}{os.path.join(base, '')} (removed when the stage failed); only on "
+        f"success do its outputs go to their own paths: {where}"
     )
 
 

@@ -235,6 +235,7 @@ def _last_line(text: Any) -> str:
     staging paths) or the ``output:`` header. A shell stage's error leads with what
     happened (``command exited with code 1:``): that, and its last output line if any."""
     lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("staging folder: ")]  # build's note
     if not lines:
         return ""
     if not _SHELL_FAILED.match(lines[0]):
