@@ -7,6 +7,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import posixpath
+import sys
 from collections.abc import Mapping, Sequence
 from importlib.util import find_spec
 from typing import Any
@@ -671,6 +672,16 @@ def _first_file(folder: str) -> str | None:
 
 
 def _missing(ld: Problems, st: Stage, key: str, path: str, root: Any) -> None:
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:  # "é" under LC_ALL=C PYTHONUTF8=0: file names are ASCII here
+        ld.problem(
+            f"input {key!r} ({path}): this locale's encoding ({sys.getfilesystemencoding()}) "
+            "cannot name the path's characters, so pipemake cannot read it",
+            st.lines.get(key, st.line), st.id,
+            hint="run pipemake under a UTF-8 locale (LC_ALL=C.UTF-8) or with PYTHONUTF8=1",
+        )  # fmt: skip
+        return
     where = ""
     if not os.path.isabs(path):  # from elsewhere: say where it was looked for
         full = os.path.normpath(os.path.join(root, path))

@@ -12,6 +12,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -168,15 +171,16 @@ def test_a_failure_showing_the_staging_path_maps_it_to_the_declared_output(
     staged = next(w for w in error.split() if w.startswith(".pipemake/tmp/a-"))
     assert staged.endswith("/o/out/x")
     folder = staged[: -len("o/out/x")]
-    note = f"note: {folder} is this run's staging folder, removed when the stage failed"
+    note = f"staging folder: {folder} (removed when the stage failed)"
     assert note in error and f"{folder}o/out → build/out" in error, error
     assert note in out  # the summary says it too
     assert not p.exists(folder)
     # the command's own output, in its log, is as it wrote it
     log = p.read(".pipemake/logs/a.log")
-    assert f"writing {folder}o/out/x" in log and "note:" not in log and "build/out" not in log
+    assert f"writing {folder}o/out/x" in log and "staging folder" not in log
+    assert "build/out" not in log
     # no staging path shown: nothing added
-    assert "nothing here" in errors["quiet"] and "note:" not in errors["quiet"]
+    assert "nothing here" in errors["quiet"] and "staging folder" not in errors["quiet"]
 
 
 def test_a_foreach_or_python_failure_showing_its_staging_folder_says_so_too(
@@ -204,7 +208,7 @@ def test_a_foreach_or_python_failure_showing_its_staging_folder_says_so_too(
     )
     p.cli("build", "-k", "--no-progress", code=1)
     errors = _failed_errors(p)
-    assert "is this run's staging folder" in errors["each"], errors["each"]
+    assert "staging folder: .pipemake/tmp/each-" in errors["each"], errors["each"]
     assert "…/o → build/each" in errors["each"]
     # python's outputs are absolute paths: the note names the absolute staging path
     assert f"{p.root}/.pipemake/tmp/py-" in errors["py"]
@@ -289,3 +293,64 @@ def test_a_restores_source_in_a_run_log_is_checked_as_text() -> None:
     assert "source" not in eventshape.event(bad)
     said = describe(Event("stage_restored", "a", {"source": ["x"], "reasons": []}))
     assert said is not None and "restored from the store" in said  # never a TypeError
+
+
+# 4. a non-ASCII input path under an ASCII locale -------------------------------------------------
+ASCII = {"LANG": "C", "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+NON_ASCII_INPUTS = """
+name: t
+stages:
+  - id: one
+    type: shell
+    config:
+      cmd: "cp {inputs.s} {outputs.o}"
+      inputs: {s: données/a.txt}
+      outputs: {o: build/a.txt}
+  - id: each
+    type: shell
+    foreach: s
+    config:
+      cmd: "cp {inputs.s} {outputs.o}/{item.name}"
+      inputs: {s: données}
+      outputs: {o: build/each}
+"""
+
+
+def _ascii(proj: Proj, *args: str) -> subprocess.CompletedProcess[bytes]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PIPEMAKE_CACHE_DIR", "LC_CTYPE")}
+    env.update(ASCII)
+    env.pop("PYTHONIOENCODING", None)
+    return subprocess.run(proj.argv(*args), capture_output=True, env=env, timeout=60)
+
+
+def test_a_non_ascii_input_under_an_ascii_locale_is_named_with_the_fix_not_missing(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(NON_ASCII_INPUTS, {"données/a.txt": "a\n"})
+    assert p.path("données/a.txt").read_bytes() == b"a\n"  # there, as UTF-8 bytes
+    for warm in (False, True):
+        for command in (["validate"], ["build", "--no-progress"]):
+            done = _ascii(p, *command)
+            text = (done.stdout + done.stderr).decode("utf-8", "replace")
+            assert done.returncode == 2, text
+            assert "does not exist" not in text and TRACEBACK not in text, text
+            for line, stage, shown in ((3, "one", "données/a.txt"), (9, "each", "données")):
+                said = f"pipemake.yaml:{line}: stage '{stage}': input 's' ({shown}): "
+                assert said + "this locale's encoding (ascii) cannot name" in text, text
+            assert "LC_ALL=C.UTF-8" in text and "PYTHONUTF8=1" in text
+            assert not p.exists("build")
+        if not warm:  # built under a UTF-8 locale: the plan is cached; the same answer
+            p.sub("build", "--no-progress")
+            p.sub("build", "--no-progress")
+            assert p.exists(".pipemake/plan.json")
+            assert p.read("build/each/a.txt") == "a\n"
+            shutil.rmtree(p.path("build"))
+
+
+def test_an_ascii_input_missing_under_an_ascii_locale_still_does_not_exist(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(ONE)
+    done = _ascii(p, "validate")
+    text = (done.stdout + done.stderr).decode()
+    assert done.returncode == 2 and "input 's': data/a.txt does not exist" in text, text
