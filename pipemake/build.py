@@ -592,8 +592,11 @@ class Builder:
                     stage, run.rs, entry, ran=False, restored=True,
                     unverified=not self.store.secret, source=source,
                 )  # fmt: skip
+                where = {"remote": "the remote", "store and remote": "the store and the remote"}
+                reasons = [str(r).replace(" the store ", f" {where[source]} ")
+                           if source in where else str(r) for r in told.reasons]  # fmt: skip
                 self.bus.emit(
-                    "stage_restored", stage_id, reasons=[str(r) for r in told.reasons],
+                    "stage_restored", stage_id, reasons=reasons,
                     items=entry["metrics"]["items"], source=source,
                 )  # fmt: skip
                 return []

@@ -354,3 +354,32 @@ def test_an_ascii_input_missing_under_an_ascii_locale_still_does_not_exist(
     done = _ascii(p, "validate")
     text = (done.stdout + done.stderr).decode()
     assert done.returncode == 2 and "input 's': data/a.txt does not exist" in text, text
+
+
+EACH = """
+name: t
+stages:
+  - id: each
+    type: shell
+    foreach: s
+    config:
+      cmd: "cp {inputs.s} {outputs.o}/{item.name}"
+      inputs: {s: data}
+      outputs: {o: build/each}
+"""
+
+
+def test_foreach_items_the_remote_gave_are_said_restored_from_the_remote(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    env = {"PIPEMAKE_REMOTE": f"file://{tmp_path / 'remote'}", "PIPEMAKE_CACHE_KEY": ""}
+    first = project(EACH, {"data/a.txt": "a\n", "data/b.txt": "b\n", "data/c.txt": "c\n"})
+    second = project(EACH, {"data/a.txt": "a\n", "data/b.txt": "b\n"}, name="second")
+    first.cli("build", "--push", "--no-progress", env=env)
+    # another set of items: no entry for the stage, one for each item
+    out = second.cli("build", "--no-progress", env=env).output
+    assert "each: restored from the remote (2 items;" in out, out
+    assert "items are in the remote" in out and "from the store" not in out, out
+    assert [e.get("source") for e in _restores(second)] == ["remote"]
+    assert "[last: restored from the remote;" in second.cli("status", env=env).output
+    assert second.read("build/each/b.txt") == "b\n"
