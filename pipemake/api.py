@@ -218,8 +218,8 @@ def _check_store_folder(place: storeplace.Place, told_by: str, ws: Workspace) ->
         return
     how = {"told": f"given by {told_by}", "remembered": f"remembered in {ws.dot / storeplace.FILE}"}
     fix = (
-        "build with --cache-dir DIR naming a new or empty folder, or a pipemake store, to "
-        "use and remember another"
+        "build with --cache-dir DIR (run: --checkpoint-dir DIR) naming a new or empty "
+        "folder, or a pipemake store, to use and remember another"
         if place.how == "remembered"
         else f"give {told_by} a new or empty folder, or the path of a pipemake store"
         if place.how == "told"

@@ -383,3 +383,17 @@ def test_foreach_items_the_remote_gave_are_said_restored_from_the_remote(
     assert [e.get("source") for e in _restores(second)] == ["remote"]
     assert "[last: restored from the remote;" in second.cli("status", env=env).output
     assert second.read("build/each/b.txt") == "b\n"
+
+
+def test_a_refused_remembered_store_names_the_file_that_remembers_it(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(ONE, {"data/a.txt": "a\n"})
+    p.cli("build", "--cache-dir", "kept", "--no-progress")
+    shutil.rmtree(p.path("kept"))
+    p.write("kept/notes.txt", "mine\n")
+    for args in (["build", "--no-progress"], ["run", "--no-progress"]):
+        out = p.cli(*args, code=2).output
+        assert f"(remembered in {p.root}/.pipemake/store.json)" in out, out
+        assert "--cache-dir DIR (run: --checkpoint-dir DIR)" in out and "given by" not in out
+    assert p.read("kept/notes.txt") == "mine\n"
