@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import xxhash
+from _remote_fixtures import EACH, each_files, items_run
 from conftest import CHAIN, CHAIN_FILES, CHAIN_STAGES, TRACEBACK, Proj
 
 from pipemake import remotefs
@@ -126,19 +127,8 @@ def test_a_keyed_fresh_clone_takes_the_outputs_committed_to_git(
         assert out.count("pipemake.lock records for this key") == len(CHAIN_STAGES)
 
 
-EACH = """
-name: items
-stages:
-  - id: upper
-    type: shell
-    foreach: src
-    config:
-      cmd: "echo {item.name} >> runs/items.count; tr a-z A-Z < {inputs.src} > {outputs.out}/{item.name}"
-      inputs: {src: data}
-      outputs: {out: build/upper}
-"""
 #: more items than one request batch reads (see ``remote._STEP``)
-EACH_FILES = {f"data/f{i:04}.txt": f"file {i}\n" for i in range(600)}
+EACH_FILES = each_files(600)
 
 
 def test_a_foreach_stage_run_partly_from_unverified_items_runs_under_the_key(
@@ -151,10 +141,10 @@ def test_a_foreach_stage_run_partly_from_unverified_items_runs_under_the_key(
     project(EACH, files, name="first").cli("build", "--push", env={"PIPEMAKE_REMOTE": url})
     second = project(EACH, {**files, "data/new.txt": "new\n"}, name="second")
     second.cli("build", env={"PIPEMAKE_REMOTE": url, "PIPEMAKE_CACHE_KEY": ""})
-    assert second.read("runs/items.count").split() == ["new.txt"]
+    assert items_run(second) == ["new.txt"]
     assert "verified" not in second.read(LOCK)
     out = second.cli("build", env={"PIPEMAKE_CACHE_KEY": "team"}).output
-    assert len(second.read("runs/items.count").split()) == 1 + 6, out
+    assert len(items_run(second)) == 1 + 6, out
 
 
 def test_ctrl_c_while_a_build_fetches_stops_it_and_the_next_build_resumes(
@@ -184,13 +174,13 @@ def test_ctrl_c_while_a_build_fetches_stops_it_and_the_next_build_resumes(
     out = clone.cli("build", code=130, env=env).output
     assert sent and reads_after == [], reads_after
     assert "interrupted" in out and TRACEBACK not in out
-    assert not clone.exists("runs/items.count")
+    assert items_run(clone) == []
     assert not clone.path("build/upper").exists() or not any(clone.path("build/upper").iterdir())
     monkeypatch.setattr(remotefs.RemoteFiles, "read_many", real)
     clone.cli("cache", "verify")
     done = clone.cli("build", env=env).output
     assert "0 ran, 1 restored" in done, done
-    assert not clone.exists("runs/items.count")
+    assert items_run(clone) == []
     assert clone.read("build/upper/f0599.txt") == "FILE 599\n"
 
 
