@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +16,8 @@ from typing import Any
 
 import pytest
 import xxhash
-from _remote_fixtures import EACH, each_files, items_run
-from conftest import CHAIN, CHAIN_FILES, CHAIN_STAGES, TRACEBACK, Proj
+from _remote_fixtures import EACH, each_files, items_run, local_objects
+from conftest import CHAIN, CHAIN_FILES, CHAIN_STAGES, TRACEBACK, Proj, wait_for
 
 from pipemake import remotefs
 from pipemake.lockfile import FILE as LOCK
@@ -182,6 +183,70 @@ def test_ctrl_c_while_a_build_fetches_stops_it_and_the_next_build_resumes(
     assert "0 ran, 1 restored" in done, done
     assert items_run(clone) == []
     assert clone.read("build/upper/f0599.txt") == "FILE 599\n"
+
+
+#: one stage whose output is a folder of 1,200 small files: as many objects to pull
+MANY = """
+name: many
+stages:
+  - id: many
+    type: shell
+    config:
+      cmd: "mkdir -p {outputs.o}; for i in $(seq 1200); do echo $i > {outputs.o}/$i.txt; done"
+      outputs: {o: build/many}
+"""
+#: imported by a ``pipemake pull`` subprocess (on its PYTHONPATH): every request batch of
+#: objects is noted in PM_READS, then takes 0.3 s, so a Ctrl-C lands in the middle
+SLOW_READS = """
+import os, time
+from pipemake import remotefs
+
+_real = remotefs.RemoteFiles.read_many
+
+def read_many(self, paths, limits):
+    if any("/objects/" in p for p in paths):
+        with open(os.environ["PM_READS"], "a") as log:
+            log.write(f"{len(paths)}\\n")
+        time.sleep(0.3)
+    return _real(self, paths, limits)
+
+remotefs.RemoteFiles.read_many = read_many
+"""
+
+
+def test_ctrl_c_during_a_pull_stops_within_a_batch_keeps_what_it_fetched_and_resumes(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """SIGINT to a real ``pipemake pull`` reading 1,200 objects in batches of 256: it stops
+    after the batch under way, says how many it fetched, exits 130 and leaves only whole,
+    verified objects; the next pull fetches the rest and a build then runs nothing."""
+    env = {"PIPEMAKE_REMOTE": f"file://{tmp_path / 'remote'}", "PIPEMAKE_CACHE_KEY": "k"}
+    project(MANY, name="first").cli("build", "--push", env=env)
+    clone = project(MANY, name="clone")
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "slow" / "sitecustomize.py").write_text(SLOW_READS)
+    reads = tmp_path / "reads.log"
+    pull = clone.popen(
+        "pull", env={**env, "PYTHONPATH": str(tmp_path / "slow"), "PM_READS": str(reads)}
+    )
+    wait_for(lambda: reads.exists() and reads.read_text() != "", 60, "the first batch")
+    pull.send_signal(signal.SIGINT)
+    out, err = pull.communicate(timeout=60)
+    assert pull.returncode == 130, out + err
+    assert TRACEBACK not in err
+    fetched = re.search(r"interrupted by SIGINT: fetched 0 entries and (\d+) objects", err)
+    assert fetched is not None, err
+    assert "Run `pipemake pull` again to fetch the rest" in err
+    store = clone.path(".pipemake/store")
+    kept = len(local_objects(store))
+    assert 0 < kept == int(fetched[1]) < 1200  # every object it counts is stored, no more
+    assert len(reads.read_text().split()) <= 2  # the batch under way, at most one more
+    assert [p.name for p in store.rglob("*") if p.name.startswith(".")] == []  # no temp file
+    clone.cli("cache", "verify")
+    again = clone.sub("pull", env=env)
+    assert f"fetched 1 entries and {1200 - kept} objects" in again.stdout
+    assert "0 ran, 1 restored" in clone.cli("build", env=env).output
+    assert clone.read("build/many/1200.txt") == "1200\n"
 
 
 def test_folders_of_a_file_remote_that_lead_elsewhere_get_nothing_created_there(
