@@ -7,6 +7,7 @@ killing the process kills the worker)."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import time
@@ -64,6 +65,36 @@ def test_a_scheduler_that_stops_answering_ends_the_build_and_a_second_ctrl_c_at_
         _, err = build.communicate(timeout=20)  # without the fix: still waiting after 60 s
         assert build.returncode == 130, err
         assert TRACEBACK not in err
+    finally:
+        c.scheduler.send_signal(signal.SIGCONT)
+        c.stop()
+
+
+def test_items_a_batch_finished_before_its_scheduler_froze_are_kept(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """The scheduler freezes while a batch of 8 items runs: the batch's answer never
+    arrives, but the items its worker finished are committed all the same, the rest fail
+    naming the lost scheduler, and the next build (here a local one) runs only those."""
+    c = _start(tmp_path / "c", [{"env": json.dumps({"PM_SLOW": "0.3"})}])
+    try:
+        # the worker's items take 0.3 s each; the environment is not part of a key
+        proj = project(WHO.format(extra="", cmd="sleep ${{PM_SLOW:-0}}; " + UPPER), _items(64))
+        build = _build(proj, c.address, env={"PIPEMAKE_DASK_TIMEOUT": "3"})
+        # -j 1, 64 items: batches of 8; the 12th item started: the second batch is running
+        wait_for(lambda: len(_who(proj)) >= 12, 60, "the second batch running")
+        c.scheduler.send_signal(signal.SIGSTOP)
+        _, err = build.communicate(timeout=60)
+        assert build.returncode == 1, err
+        assert f"item f016.txt: lost the dask scheduler at {c.address}" in err
+        kept = int(re.search(r"the other (\d+) are kept", err)[1])  # type: ignore[index]
+        assert kept >= 11, err  # the first batch's 8 and those of the second that finished
+        again = proj.sub("build", "--no-progress")
+        assert f"{64 - kept} of 64 items to run" in again.stderr
+        ran = _who(proj)
+        assert sorted(ran) == sorted(f"f{i:03d}" for i in range(64))  # every item ran
+        assert sum(len(rows) > 1 for rows in ran.values()) <= 1  # at most one in flight twice
+        assert proj.read("build/each/f063.txt") == "ITEM 63\n" * 64
     finally:
         c.scheduler.send_signal(signal.SIGCONT)
         c.stop()

@@ -16,20 +16,21 @@ worker before the first task: the same pipemake, and the project's files in sigh
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..rule import adopt_registry
 from .base import Task
-from .worker import execute
+from .worker import execute, item_sink
 
-__all__ = ["missing", "probe", "run_task", "stop"]
+__all__ = ["missing", "probe", "read_record", "run_task", "stop"]
 
 #: dask's name for the GPU worker resource
 GPU = "GPU"
@@ -62,37 +63,89 @@ def _worker_gpus() -> list[str]:
 
 
 def run_task(
-    task: Task, rules: tuple[str, dict[str, str]], topic: str = ""
+    task: Task, rules: tuple[str, dict[str, str]], topic: str = "", record: str = ""
 ) -> list[tuple[str, Any]]:
     """Run one pipemake task on this dask worker; return what it reported, in order (its
     last message is its ``result`` or ``error``). A whole-stage task's progress also goes
-    to the build while it runs, as events of ``topic`` (at most every ``LIVE_EVERY`` s)."""
+    to the build while it runs, as events of ``topic`` (at most every ``LIVE_EVERY`` s).
+    A foreach task notes each item it finishes in the file ``record`` (see
+    :func:`read_record`), so the build keeps them even if this answer never reaches it."""
+    with _RUN_LOCK, _recording(record):
+        return _run(task, rules, topic)
+
+
+@contextlib.contextmanager
+def _recording(record: str) -> Iterator[None]:
+    """While a foreach task runs: each item it finishes is one JSON line ``[relpath,
+    result]`` of the file ``record`` (written anew: a task dask runs again after its worker
+    died starts it over), written once the item's outputs are stored and staged."""
+    if not record:
+        yield
+        return
+    try:  # into the stage's staging folder, which the build made: none is made here
+        fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+    except OSError:  # a courtesy: the task's answer is what counts
+        yield
+        return
+
+    def note(rel: str, result: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            os.write(fd, (json.dumps([rel, result]) + "\n").encode())
+
+    token = item_sink.set(note)
+    try:
+        yield
+    finally:
+        item_sink.reset(token)
+        os.close(fd)
+
+
+def read_record(path: str, items: set[str]) -> dict[str, dict[str, Any]]:
+    """The finished items a foreach task noted in ``path`` (relpath → its result), those
+    of ``items`` only; a line cut short (the worker stopped while writing it) is left out."""
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")[:-1]
+    except OSError:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for line in lines:
+        try:
+            rel, result = json.loads(line)
+        except (ValueError, TypeError):
+            continue
+        if rel in items and isinstance(result, dict):
+            out[rel] = result
+    return out
+
+
+def _run(task: Task, rules: tuple[str, dict[str, str]], topic: str) -> list[tuple[str, Any]]:
+    """:func:`run_task`'s work, holding the worker's one task slot."""
     global _CURRENT
     out: list[tuple[str, Any]] = []
     live = _live(task, topic)
-    with _RUN_LOCK:
-        _CURRENT = (topic, task.id, _children())
-        if not os.path.isdir(task.root):
-            out.append(("error", [_not_shared(task.root, _where()), None]))
-            return out
-        adopt_registry(rules)
-        gpus = _worker_gpus()
-        want = int(task.resources.get("gpu", 0))
-        if want or gpus:  # a GPU task sees its cards only; any other task sees none
-            task.gpu_ids = gpus[:want]
-            task.env = dict(task.env, CUDA_VISIBLE_DEVICES=",".join(task.gpu_ids))
+    _CURRENT = (topic, task.id, _children())
+    if not os.path.isdir(task.root):
+        out.append(("error", [_not_shared(task.root, _where()), None]))
+        return out
+    adopt_registry(rules)
+    gpus = _worker_gpus()
+    want = int(task.resources.get("gpu", 0))
+    if want or gpus:  # a GPU task sees its cards only; any other task sees none
+        task.gpu_ids = gpus[:want]
+        task.env = dict(task.env, CUDA_VISIBLE_DEVICES=",".join(task.gpu_ids))
 
-        def send(kind: str, data: Any) -> None:
-            out.append((kind, data))
-            if kind == "progress" and live is not None:
-                live(data)
+    def send(kind: str, data: Any) -> None:
+        out.append((kind, data))
+        if kind == "progress" and live is not None:
+            live(data)
 
-        _forget_changed_modules(task.root)
-        try:
-            execute(task, send)
-        finally:
-            _note_modules(task.root)
-            _CURRENT = None
+    _forget_changed_modules(task.root)
+    try:
+        execute(task, send)
+    finally:
+        _note_modules(task.root)
+        _CURRENT = None
     return out
 
 
