@@ -6,10 +6,12 @@ killing the process kills the worker)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import signal
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,9 +26,12 @@ pytestmark = pytest.mark.slow  # each test starts a dask cluster
 
 distributed = pytest.importorskip("distributed")
 
-from test_dask_executor import UPPER, WHO, _items, _start, _who  # noqa: E402
+from test_dask_executor import UPPER, WHO, _add_worker, _items, _start, _who  # noqa: E402
 
-from pipemake.events import Event  # noqa: E402
+import pipemake  # noqa: E402
+from pipemake import api  # noqa: E402
+from pipemake.errors import BuildFailed  # noqa: E402
+from pipemake.events import Bus, Event  # noqa: E402
 from pipemake.executors import dask as pm_dask  # noqa: E402
 from pipemake.executors.dask_worker import probe  # noqa: E402
 from pipemake.progress import describe  # noqa: E402
@@ -171,6 +176,89 @@ def test_a_worker_is_named_when_it_lacks_a_rules_package_or_the_project(
         assert f"{worker} cannot import: PIL (ModuleNotFoundError" in r.stderr
         assert "pip install 'pipemake[prep]'" in r.stderr and TRACEBACK not in r.stderr
         assert not proj.exists("build/dataset")
+    finally:
+        c.stop()
+
+
+#: a rule needing a package (``pm_late_need``) that only some workers have; each item
+#: notes its worker's pid, then takes ``PM_SLOW`` seconds
+LATE_RULE = """
+import os
+import time
+from typing import ClassVar
+
+from pipemake.rule import Input, Output, Rule
+
+
+class Needy(Rule):
+    name = "needy"
+    inputs: ClassVar = {"input_dir": Input(kind="dir")}
+    outputs: ClassVar = {"output_dir": Output(kind="dir")}
+    requires: ClassVar = {"pm_late_need": "pm-late-need"}
+
+    def run_item(self, ctx, item):
+        with open(ctx.root / "runs" / "items.log", "a") as f:
+            f.write(f"{os.getpid()}\\n")
+        time.sleep(float(os.environ.get("PM_SLOW", "0")))
+        import pm_late_need
+
+        (ctx.outputs["output_dir"] / item.name).write_text(pm_late_need.WORD)
+"""
+
+
+def test_a_worker_joining_mid_build_is_checked_for_the_rules_packages_before_its_task(
+    project: Callable[..., Proj], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build checked its only worker, which has the rule's package; a worker without
+    it joins and the first leaves: the newcomer's tasks fail naming it, the module and the
+    pip line, not with the rule's own ModuleNotFoundError."""
+    have = tmp_path / "have"
+    have.mkdir()
+    (have / "pm_late_need.py").write_text("WORD = 'ok'\n")
+    c = _start(tmp_path / "c", [{"env": json.dumps({"PYTHONPATH": str(have), "PM_SLOW": "1"})}])
+    try:
+        proj = project(
+            """
+            name: late
+            stages:
+              - id: each
+                type: needy
+                foreach: input_dir
+                config: {input_dir: data, output_dir: build/each}
+            """,
+            _items(8),
+        )
+        proj.write("late_needy_rule.py", LATE_RULE)
+        monkeypatch.syspath_prepend(str(proj.root))
+        monkeypatch.syspath_prepend(str(have))  # the build's own check: it has the package
+        pipemake.register_rule("needy", importlib.import_module("late_needy_rule").Needy)
+        first = c.workers[0]
+
+        def swap() -> None:  # once the first item runs there: a newcomer, then no first
+            wait_for(lambda: proj.exists("runs/items.log"), 60, "the first item")
+            _add_worker(c, {})
+            with distributed.Client(c.address, timeout=30, set_as_default=False) as client:
+                client.wait_for_workers(2, timeout=60)
+                (late,) = [a for a in client.scheduler_info()["workers"] if a != first_address]
+            joined.append(late)
+            first.kill()
+
+        with distributed.Client(c.address, timeout=30, set_as_default=False) as client:
+            (first_address,) = client.scheduler_info()["workers"]
+        joined: list[str] = []
+        swapper = threading.Thread(target=swap, daemon=True)
+        swapper.start()
+        messages: list[str] = []
+        bus = Bus()
+        bus.subscribe(lambda e: messages.append(str(e.data)))
+        with api.project_of(proj.root, None) as p, pytest.raises(BuildFailed):
+            api.build(p, executor="dask", executor_options={"scheduler": c.address}, bus=bus)
+        swapper.join(60)
+        said = "\n".join(messages)
+        (late,) = joined
+        assert f"rule 'needy' needs packages that dask worker {late} cannot import: " in said
+        assert "pm_late_need (ModuleNotFoundError" in said and "pip install pm-late-need" in said
+        assert "No module named 'pm_late_need'\n" not in said and TRACEBACK not in said
     finally:
         c.stop()
 

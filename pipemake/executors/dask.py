@@ -47,11 +47,10 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..binding import install_line
 from ..errors import PipemakeError, UsageError
 from ..rule import get_rule, local_only, registry
 from .base import Executor, Message, Task
-from .dask_worker import GPU, missing, probe, read_record, run_task, stop
+from .dask_worker import GPU, lacking_message, missing, probe, read_record, run_task, stop
 
 __all__ = ["DaskExecutor", "DaskLocalExecutor", "SchedulerUnreachable"]
 
@@ -455,22 +454,7 @@ class DaskExecutor(Executor):
             lambda: self.client.run(missing, sorted(requires), workers=workers, on_error="return")
         )
         lacking = {w: a for w, a in sorted(answers.items()) if a}
-        if not lacking:
-            return None
-        said: dict[str, str] = {}  # module → why, as the first worker lacking it said
-        for answer in lacking.values():
-            if isinstance(answer, BaseException):
-                answer = [("pipemake", f"{type(answer).__name__}: {answer}")]
-            for module, why in answer:
-                said.setdefault(module, why)
-        names = list(lacking)
-        who = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        what = "; ".join(f"{m} ({why})" for m, why in said.items())
-        return (
-            f"rule {task.rule!r} needs packages that dask worker{'s' * (len(names) > 1)} "
-            f"{who} cannot import: {what}; install them there: "
-            + install_line([requires.get(m, m) for m in said])
-        )
+        return lacking_message(task.rule, requires, lacking) if lacking else None
 
     def _resources(self, task: Task) -> tuple[dict[str, float], str | None]:
         """The dask resources of ``task``, or why no worker can run it."""

@@ -26,7 +26,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..rule import adopt_registry
+from ..binding import install_line
+from ..rule import adopt_registry, get_rule, project_on_path
 from .base import Task
 from .worker import execute, item_sink
 
@@ -142,7 +143,12 @@ def _run(task: Task, rules: tuple[str, dict[str, str]], topic: str) -> list[tupl
 
     _forget_changed_modules(task.root)
     try:
-        execute(task, send)
+        project_on_path(task.root)  # a rule of the project's own, for its packages' check
+        lacking = _lacking(task.rule)
+        if lacking is not None:  # a worker that joined after the build checked the others
+            out.append(("error", [lacking, None]))
+        else:
+            execute(task, send)
     finally:
         _note_modules(task.root)
         _CURRENT = None
@@ -301,6 +307,49 @@ def probe(path: str, token: str, store: str, version: str, dask_worker: Any = No
         if not os.access(folder, os.W_OK | os.X_OK):
             return f"{where} may not write into {folder} (the user running the worker)"
     return None
+
+
+#: the rules whose packages this worker process imported (checked at its first task of each)
+_REQUIRED: set[str] = set()
+
+
+def _lacking(name: str) -> str | None:
+    """None when this worker imports every package rule ``name`` declares (asked before
+    its first task of the rule: a worker that joined the cluster after the build checked
+    the others is checked here), else what :func:`lacking_message` says of it."""
+    if name in _REQUIRED:
+        return None
+    try:
+        requires = dict(getattr(get_rule(name), "requires", None) or {})
+    except Exception:  # noqa: BLE001 - a rule that does not load: the task says so itself
+        return None
+    said = missing(sorted(requires))
+    if said:
+        from distributed import get_worker
+
+        return lacking_message(name, requires, {get_worker().address: said})
+    _REQUIRED.add(name)
+    return None
+
+
+def lacking_message(rule: str, requires: dict[str, str], lacking: dict[str, Any]) -> str:
+    """What stops rule ``rule``'s tasks on these workers: which (``lacking``: worker
+    address → the ``(module, why)`` pairs :func:`missing` gave, or the exception asking it
+    raised) cannot import which of its packages, and the one ``pip install`` line for them."""
+    said: dict[str, str] = {}  # module → why, as the first worker lacking it said
+    for answer in lacking.values():
+        if isinstance(answer, BaseException):
+            answer = [("pipemake", f"{type(answer).__name__}: {answer}")]
+        for module, why in answer:
+            said.setdefault(module, why)
+    names = list(lacking)
+    who = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    what = "; ".join(f"{m} ({why})" for m, why in said.items())
+    return (
+        f"rule {rule!r} needs packages that dask worker{'s' * (len(names) > 1)} {who} "
+        f"cannot import: {what}; install them there: "
+        + install_line([requires.get(m, m) for m in said])
+    )
 
 
 def missing(modules: list[str]) -> list[tuple[str, str]]:
