@@ -33,7 +33,7 @@ from pipemake import api  # noqa: E402
 from pipemake.errors import BuildFailed  # noqa: E402
 from pipemake.events import Bus, Event  # noqa: E402
 from pipemake.executors import dask as pm_dask  # noqa: E402
-from pipemake.executors.dask_worker import probe  # noqa: E402
+from pipemake.executors.dask_worker import probe, read_record  # noqa: E402
 from pipemake.progress import describe  # noqa: E402
 
 SLOW = "sleep 0.3; " + UPPER
@@ -103,6 +103,29 @@ def test_items_a_batch_finished_before_its_scheduler_froze_are_kept(
     finally:
         c.scheduler.send_signal(signal.SIGCONT)
         c.stop()
+
+
+def test_a_batchs_record_of_finished_items_keeps_only_whole_well_formed_ones(
+    tmp_path: Path,
+) -> None:
+    """What the build reads back of a batch whose answer never came: a line the worker was
+    cut off writing, an item not of the batch, and a result of another shape are left out
+    (they run again), never committed or a crash of the build."""
+    good = {"outputs": {"o": {"kind": "dir", "hash": "0" * 32, "entries": []}}, "values": {}}
+    lines = [
+        ["a.txt", good],
+        ["b.txt", {"error": "ValueError: bad"}],
+        ["c.txt", {"hash": "1" * 32, "kind": "json"}],
+        ["d.txt", {"outputs": {"o": {"hash": "../../etc"}}, "values": {}}],
+        ["e.txt", {"values": {}}],
+        ["elsewhere.txt", good],
+    ]
+    record = tmp_path / "t.items"
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    record.write_text(text + json.dumps(["f.txt", good])[:20])  # the last one cut short
+    wanted = {"a.txt", "b.txt", "c.txt", "d.txt", "e.txt", "f.txt"}
+    assert sorted(read_record(str(record), wanted)) == ["a.txt", "b.txt", "c.txt"]
+    assert read_record(str(tmp_path / "none.items"), wanted) == {}
 
 
 def test_a_frozen_scheduler_at_the_start_is_said_to_not_answer(

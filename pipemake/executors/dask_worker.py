@@ -28,6 +28,7 @@ from typing import Any
 
 from ..binding import install_line
 from ..rule import adopt_registry, get_rule, project_on_path
+from ..trust import is_digest
 from .base import Task
 from .worker import execute, item_sink
 
@@ -115,9 +116,26 @@ def read_record(path: str, items: set[str]) -> dict[str, dict[str, Any]]:
             rel, result = json.loads(line)
         except (ValueError, TypeError):
             continue
-        if rel in items and isinstance(result, dict):
+        if rel in items and _plausible(result):
             out[rel] = result
     return out
+
+
+def _plausible(result: Any) -> bool:
+    """Whether a noted item's result has the shape a task's answer gives it: an error, a
+    map result (an object's digest and its kind), or outputs and values."""
+    if not isinstance(result, dict):
+        return False
+    if "error" in result:
+        return isinstance(result["error"], str)
+    if "hash" in result:
+        return is_digest(result["hash"]) and result.get("kind") in ("bytes", "json")
+    outputs = result.get("outputs")
+    return (
+        isinstance(outputs, dict)
+        and all(isinstance(m, dict) and is_digest(m.get("hash")) for m in outputs.values())
+        and isinstance(result.get("values"), dict)
+    )
 
 
 def _run(task: Task, rules: tuple[str, dict[str, str]], topic: str) -> list[tuple[str, Any]]:
