@@ -4,23 +4,12 @@ goes on, takes nothing it cannot verify and still uses what is sound."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _remote_fixtures import outputs
+from _remote_fixtures import outputs, stage_entries
 from conftest import CHAIN, CHAIN_FILES, CHAIN_STAGES, TRACEBACK, Proj
-
-
-def _entries(root: Path) -> dict[str, tuple[Path, dict]]:
-    """Each stage's remote entry file and its entry, by stage id."""
-    out = {}
-    for doc in (root / "entries").rglob("*.json"):
-        entry = json.loads(json.loads(doc.read_text())["entry"])
-        if "stage" in entry:
-            out[entry["stage"]] = (doc, entry)
-    return out
 
 
 def test_a_directory_in_place_of_an_object_or_entry_costs_only_its_own_stage(
@@ -33,8 +22,8 @@ def test_a_directory_in_place_of_an_object_or_entry_costs_only_its_own_stage(
     env = {"PIPEMAKE_REMOTE": f"file://{root}", "PIPEMAKE_CACHE_KEY": ""}
     first = project(CHAIN, CHAIN_FILES, name="first")
     first.cli("build", "--push", env=env)
-    entries = _entries(root)
-    digest = entries["side"][1]["outputs"]["out"]["hash"]
+    entries = stage_entries(root)
+    digest = entries["side"][2]["outputs"]["out"]["hash"]
     obj = root / "objects" / digest[:2] / digest[2:]
     obj.unlink()
     obj.mkdir()

@@ -16,28 +16,25 @@ from typing import Any
 
 import pytest
 import xxhash
-from _remote_fixtures import EACH, each_files, items_run, local_objects
+from _remote_fixtures import (
+    EACH,
+    each_files,
+    items_run,
+    local_objects,
+    moto_server,
+    point_at,
+    stage_entries,
+)
 from conftest import CHAIN, CHAIN_FILES, CHAIN_STAGES, TRACEBACK, Proj, wait_for
 
 from pipemake import remotefs
 from pipemake.lockfile import FILE as LOCK
 
 
-def _entries(root: Path) -> dict[str, tuple[Path, dict[str, Any], dict[str, Any]]]:
-    """Each stage's remote entry file, its sealed document and its entry, by stage id."""
-    out = {}
-    for path in (root / "entries").rglob("*.json"):
-        doc = json.loads(path.read_text())
-        entry = json.loads(doc["entry"])
-        if "stage" in entry:
-            out[entry["stage"]] = (path, doc, entry)
-    return out
-
-
 def _plant(root: Path, stage: str, evil: bytes) -> None:
     """As an attacker with write access to the remote: replace ``stage``'s entry with an
     unsigned one whose output is ``evil`` (its object put beside the others)."""
-    path, doc, entry = _entries(root)[stage]
+    path, doc, entry = stage_entries(root)[stage]
     digest = xxhash.xxh3_128_hexdigest(evil)
     obj = root / "objects" / digest[:2] / digest[2:]
     obj.parent.mkdir(parents=True, exist_ok=True)
@@ -333,21 +330,8 @@ def test_a_fresh_clone_says_the_remote_has_what_it_restores(
 @pytest.fixture
 def moto_env(monkeypatch: pytest.MonkeyPatch) -> Any:
     """moto's S3 server, with the environment pointing boto3 and s3fs at it."""
-    pytest.importorskip("s3fs")
-    boto3 = pytest.importorskip("boto3")
-    moto_server = pytest.importorskip("moto.server")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "2",
-        "AWS_RETRY_MODE": "standard", "AWS_ENDPOINT_URL": endpoint,
-    }.items():  # fmt: skip
-        monkeypatch.setenv(name, value)
-    yield boto3.client("s3", endpoint_url=endpoint)
-    server.stop()
+    with moto_server() as endpoint:
+        yield point_at(endpoint, monkeypatch)
 
 
 @pytest.mark.slow

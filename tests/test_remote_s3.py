@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 import xxhash
-from _remote_fixtures import EACH, each_files, items_run, remote_env
+from _remote_fixtures import (
+    CREDENTIALS,
+    EACH,
+    each_files,
+    items_run,
+    moto_server,
+    point_at,
+    remote_env,
+)
 from conftest import CHAIN, CHAIN_FILES, CHAIN_STAGES, Proj, wait_for
 
 from pipemake import api
@@ -27,33 +35,21 @@ pytestmark = pytest.mark.slow
 
 pytest.importorskip("s3fs")
 boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_MAX_ATTEMPTS": "2",
-    "AWS_RETRY_MODE": "standard",
-}
 EACH_FILES = each_files(40)
 
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture
 def s3(endpoint: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Any:
     """A fresh bucket for this test; the environment points boto3 and s3fs at moto."""
-    for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(name, value)
-    client = boto3.client("s3", endpoint_url=endpoint)
+    client = point_at(endpoint, monkeypatch)
     bucket = "pm-" + request.node.name.replace("_", "-")[:40].lower().strip("-")
     client.create_bucket(Bucket=bucket)
     client.bucket = bucket
