@@ -37,7 +37,7 @@ from .base import Task
 from .outputs import abs_path, check_values, flat_outputs, hash_outputs, prepare_outputs
 from .spawn import Spawner
 
-__all__ = ["execute", "user_traceback"]
+__all__ = ["execute", "item_sink", "user_traceback"]
 
 Send = Callable[[str, Any], None]
 _setup_cache: dict[tuple[str, str], Any] = {}
