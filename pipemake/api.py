@@ -1316,8 +1316,13 @@ def pull(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
     whose upstream is in neither store cannot be known yet (``maybe``)."""
     remote = _remote_of(project, why="pull")
     order = _select(project.pipeline, targets)
-    with _with_remote(project):
+    with _Signals() as sigs, _with_remote(project):
+        remote.stopping = lambda: sigs.received is not None  # a Ctrl-C: stop between batches
         builder = _plan_keys(project, order, collect=False)
+    if sigs.received is not None:
+        from .remote import FetchInterrupted
+
+        raise FetchInterrupted(sigs.received, remote.url, remote.stats)
     if remote.down is not None:
         from .remote import RemoteError
 

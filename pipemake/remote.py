@@ -24,6 +24,7 @@ thousand sequential round trips.
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import xxhash
 
+from .errors import Interrupted
 from .objects import REMOTE_GRACE
 from .remotefs import RemoteError, RemoteFiles, Unreachable, batches, each, mtime, reason
 from .signing import cache_key, seal, unseal
@@ -41,8 +43,8 @@ from .trust import is_digest
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["REMOTE_GRACE", "Remote", "RemoteError", "RemoteStats", "entry_objects",
-           "open_remote"]  # fmt: skip
+__all__ = ["REMOTE_GRACE", "FetchInterrupted", "Remote", "RemoteError", "RemoteStats",
+           "entry_objects", "open_remote"]  # fmt: skip
 
 #: the most bytes read for one entry, and for an object whose size no manifest states
 _ENTRY_MAX = 256 << 20
@@ -77,6 +79,31 @@ class RemoteStats:
     skipped_entries: int = 0
     #: entries pushed in place of ones the pusher's key does not accept (unsigned, other key)
     replaced_entries: int = 0
+
+
+class FetchInterrupted(Interrupted):
+    """A command that fetches from the remote (``pull``) was stopped by a signal between
+    two request batches: what it fetched and verified is kept, nothing half-written."""
+
+    def __init__(self, signum: int, url: str, stats: RemoteStats, command: str = "pull"):
+        super().__init__(signum)
+        self.url = url
+        self.stats = stats
+        self.command = command
+
+    def format(self) -> str:
+        """Which signal, how much was fetched, and that running again resumes."""
+        try:
+            name = signal.Signals(self.signum).name
+        except ValueError:
+            name = f"signal {self.signum}"
+        s = self.stats
+        return (
+            f"interrupted by {name}: fetched {s.entries} entr{'y' if s.entries == 1 else 'ies'}"
+            f" and {s.objects} object{'s' * (s.objects != 1)} ({s.bytes / 1e6:.1f} MB) from "
+            f"remote {self.url}, each verified and kept; nothing half-fetched was kept. Run "
+            f"`pipemake {self.command}` again to fetch the rest."
+        )
 
 
 @dataclass

@@ -6,9 +6,12 @@ killing the process kills the worker)."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import re
 import signal
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,11 +26,14 @@ pytestmark = pytest.mark.slow  # each test starts a dask cluster
 
 distributed = pytest.importorskip("distributed")
 
-from test_dask_executor import UPPER, WHO, _items, _start, _who  # noqa: E402
+from test_dask_executor import UPPER, WHO, _add_worker, _items, _start, _who  # noqa: E402
 
-from pipemake.events import Event  # noqa: E402
+import pipemake  # noqa: E402
+from pipemake import api  # noqa: E402
+from pipemake.errors import BuildFailed  # noqa: E402
+from pipemake.events import Bus, Event  # noqa: E402
 from pipemake.executors import dask as pm_dask  # noqa: E402
-from pipemake.executors.dask_worker import probe  # noqa: E402
+from pipemake.executors.dask_worker import probe, read_record  # noqa: E402
 from pipemake.progress import describe  # noqa: E402
 
 SLOW = "sleep 0.3; " + UPPER
@@ -67,6 +73,59 @@ def test_a_scheduler_that_stops_answering_ends_the_build_and_a_second_ctrl_c_at_
     finally:
         c.scheduler.send_signal(signal.SIGCONT)
         c.stop()
+
+
+def test_items_a_batch_finished_before_its_scheduler_froze_are_kept(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """The scheduler freezes while a batch of 8 items runs: the batch's answer never
+    arrives, but the items its worker finished are committed all the same, the rest fail
+    naming the lost scheduler, and the next build (here a local one) runs only those."""
+    c = _start(tmp_path / "c", [{"env": json.dumps({"PM_SLOW": "0.3"})}])
+    try:
+        # the worker's items take 0.3 s each; the environment is not part of a key
+        proj = project(WHO.format(extra="", cmd="sleep ${{PM_SLOW:-0}}; " + UPPER), _items(64))
+        build = _build(proj, c.address, env={"PIPEMAKE_DASK_TIMEOUT": "3"})
+        # -j 1, 64 items: batches of 8; the 12th item started: the second batch is running
+        wait_for(lambda: len(_who(proj)) >= 12, 60, "the second batch running")
+        c.scheduler.send_signal(signal.SIGSTOP)
+        _, err = build.communicate(timeout=60)
+        assert build.returncode == 1, err
+        assert f"item f016.txt: lost the dask scheduler at {c.address}" in err
+        kept = int(re.search(r"the other (\d+) are kept", err)[1])  # type: ignore[index]
+        assert kept >= 11, err  # the first batch's 8 and those of the second that finished
+        again = proj.sub("build", "--no-progress")
+        assert f"{64 - kept} of 64 items to run" in again.stderr
+        ran = _who(proj)
+        assert sorted(ran) == sorted(f"f{i:03d}" for i in range(64))  # every item ran
+        assert sum(len(rows) > 1 for rows in ran.values()) <= 1  # at most one in flight twice
+        assert proj.read("build/each/f063.txt") == "ITEM 63\n" * 64
+    finally:
+        c.scheduler.send_signal(signal.SIGCONT)
+        c.stop()
+
+
+def test_a_batchs_record_of_finished_items_keeps_only_whole_well_formed_ones(
+    tmp_path: Path,
+) -> None:
+    """What the build reads back of a batch whose answer never came: a line the worker was
+    cut off writing, an item not of the batch, and a result of another shape are left out
+    (they run again), never committed or a crash of the build."""
+    good = {"outputs": {"o": {"kind": "dir", "hash": "0" * 32, "entries": []}}, "values": {}}
+    lines = [
+        ["a.txt", good],
+        ["b.txt", {"error": "ValueError: bad"}],
+        ["c.txt", {"hash": "1" * 32, "kind": "json"}],
+        ["d.txt", {"outputs": {"o": {"hash": "../../etc"}}, "values": {}}],
+        ["e.txt", {"values": {}}],
+        ["elsewhere.txt", good],
+    ]
+    record = tmp_path / "t.items"
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    record.write_text(text + json.dumps(["f.txt", good])[:20])  # the last one cut short
+    wanted = {"a.txt", "b.txt", "c.txt", "d.txt", "e.txt", "f.txt"}
+    assert sorted(read_record(str(record), wanted)) == ["a.txt", "b.txt", "c.txt"]
+    assert read_record(str(tmp_path / "none.items"), wanted) == {}
 
 
 def test_a_frozen_scheduler_at_the_start_is_said_to_not_answer(
@@ -140,6 +199,89 @@ def test_a_worker_is_named_when_it_lacks_a_rules_package_or_the_project(
         assert f"{worker} cannot import: PIL (ModuleNotFoundError" in r.stderr
         assert "pip install 'pipemake[prep]'" in r.stderr and TRACEBACK not in r.stderr
         assert not proj.exists("build/dataset")
+    finally:
+        c.stop()
+
+
+#: a rule needing a package (``pm_late_need``) that only some workers have; each item
+#: notes its worker's pid, then takes ``PM_SLOW`` seconds
+LATE_RULE = """
+import os
+import time
+from typing import ClassVar
+
+from pipemake.rule import Input, Output, Rule
+
+
+class Needy(Rule):
+    name = "needy"
+    inputs: ClassVar = {"input_dir": Input(kind="dir")}
+    outputs: ClassVar = {"output_dir": Output(kind="dir")}
+    requires: ClassVar = {"pm_late_need": "pm-late-need"}
+
+    def run_item(self, ctx, item):
+        with open(ctx.root / "runs" / "items.log", "a") as f:
+            f.write(f"{os.getpid()}\\n")
+        time.sleep(float(os.environ.get("PM_SLOW", "0")))
+        import pm_late_need
+
+        (ctx.outputs["output_dir"] / item.name).write_text(pm_late_need.WORD)
+"""
+
+
+def test_a_worker_joining_mid_build_is_checked_for_the_rules_packages_before_its_task(
+    project: Callable[..., Proj], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build checked its only worker, which has the rule's package; a worker without
+    it joins and the first leaves: the newcomer's tasks fail naming it, the module and the
+    pip line, not with the rule's own ModuleNotFoundError."""
+    have = tmp_path / "have"
+    have.mkdir()
+    (have / "pm_late_need.py").write_text("WORD = 'ok'\n")
+    c = _start(tmp_path / "c", [{"env": json.dumps({"PYTHONPATH": str(have), "PM_SLOW": "1"})}])
+    try:
+        proj = project(
+            """
+            name: late
+            stages:
+              - id: each
+                type: needy
+                foreach: input_dir
+                config: {input_dir: data, output_dir: build/each}
+            """,
+            _items(8),
+        )
+        proj.write("late_needy_rule.py", LATE_RULE)
+        monkeypatch.syspath_prepend(str(proj.root))
+        monkeypatch.syspath_prepend(str(have))  # the build's own check: it has the package
+        pipemake.register_rule("needy", importlib.import_module("late_needy_rule").Needy)
+        first = c.workers[0]
+
+        def swap() -> None:  # once the first item runs there: a newcomer, then no first
+            wait_for(lambda: proj.exists("runs/items.log"), 60, "the first item")
+            _add_worker(c, {})
+            with distributed.Client(c.address, timeout=30, set_as_default=False) as client:
+                client.wait_for_workers(2, timeout=60)
+                (late,) = [a for a in client.scheduler_info()["workers"] if a != first_address]
+            joined.append(late)
+            first.kill()
+
+        with distributed.Client(c.address, timeout=30, set_as_default=False) as client:
+            (first_address,) = client.scheduler_info()["workers"]
+        joined: list[str] = []
+        swapper = threading.Thread(target=swap, daemon=True)
+        swapper.start()
+        messages: list[str] = []
+        bus = Bus()
+        bus.subscribe(lambda e: messages.append(str(e.data)))
+        with api.project_of(proj.root, None) as p, pytest.raises(BuildFailed):
+            api.build(p, executor="dask", executor_options={"scheduler": c.address}, bus=bus)
+        swapper.join(60)
+        said = "\n".join(messages)
+        (late,) = joined
+        assert f"rule 'needy' needs packages that dask worker {late} cannot import: " in said
+        assert "pm_late_need (ModuleNotFoundError" in said and "pip install pm-late-need" in said
+        assert "No module named 'pm_late_need'\n" not in said and TRACEBACK not in said
     finally:
         c.stop()
 

@@ -76,14 +76,7 @@ def _start(tmp: Path, workers: list[dict[str, str]]) -> Cluster:
     assert sched.poll() is None, "the dask scheduler did not start"
     cluster = Cluster(json.loads(info.read_text())["address"], sched)
     for spec in workers:
-        args = [str(DASK), "worker", cluster.address, "--host", "127.0.0.1", "--nthreads", "1",
-                "--no-nanny", "--no-dashboard"]  # fmt: skip
-        if spec.get("resources"):
-            args += ["--resources", spec["resources"]]
-        env = {**os.environ, **json.loads(spec.get("env", "{}"))}
-        cluster.workers.append(
-            subprocess.Popen(args, stdout=quiet, stderr=quiet, env=env, start_new_session=True)
-        )
+        _add_worker(cluster, spec)
     try:
         with distributed.Client(cluster.address, timeout=30, set_as_default=False) as client:
             client.wait_for_workers(len(workers), timeout=60)
@@ -91,6 +84,20 @@ def _start(tmp: Path, workers: list[dict[str, str]]) -> Cluster:
         cluster.stop()
         raise
     return cluster
+
+
+def _add_worker(cluster: Cluster, spec: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start one more worker of ``cluster`` (``spec`` as for :func:`_start`); it joins in
+    its own time."""
+    args = [str(DASK), "worker", cluster.address, "--host", "127.0.0.1", "--nthreads", "1",
+            "--no-nanny", "--no-dashboard"]  # fmt: skip
+    if spec.get("resources"):
+        args += ["--resources", spec["resources"]]
+    env = {**os.environ, **json.loads(spec.get("env", "{}"))}
+    quiet = subprocess.DEVNULL
+    worker = subprocess.Popen(args, stdout=quiet, stderr=quiet, env=env, start_new_session=True)
+    cluster.workers.append(worker)
+    return worker
 
 
 @pytest.fixture(scope="module")

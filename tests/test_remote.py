@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _remote_fixtures import EACH_TOTAL, each_files, items_run, outputs, remote_env
 from conftest import CHAIN, CHAIN_FILES, CHAIN_STAGES, TRACEBACK, Proj
 
 from pipemake import api
@@ -21,26 +22,7 @@ from pipemake.remotefs import RemoteFiles
 from pipemake.signing import seal, unseal
 from pipemake.store import Store
 
-EACH = """
-name: items
-stages:
-  - id: upper
-    type: shell
-    foreach: src
-    config:
-      cmd: >-
-        echo {item.relpath} >> runs/items.log;
-        tr a-z A-Z < {inputs.src} > {outputs.out}/{item.name}
-      inputs: {src: data}
-      outputs: {out: build/upper}
-  - id: total
-    type: shell
-    config:
-      cmd: "echo x >> runs/total.count; cat $(find {inputs.u} -type f | sort) > {outputs.o}"
-      inputs: {u: "{upper.out}"}
-      outputs: {o: build/total.txt}
-"""
-EACH_FILES = {f"data/f{i:02}.txt": f"file {i}\n" for i in range(40)}
+EACH_FILES = each_files(40)
 
 
 @pytest.fixture
@@ -50,19 +32,6 @@ def remote(tmp_path: Path) -> str:
 
 def _clone(project: Callable[..., Proj], name: str, text: str = CHAIN, files=CHAIN_FILES) -> Proj:
     return project(text, files, name=name)
-
-
-def _env(url: str, key: str | None = None, **more: str) -> dict[str, str]:
-    env = {"PIPEMAKE_REMOTE": url, "PIPEMAKE_CACHE_KEY": key or ""}
-    env.update(more)
-    return env
-
-
-def _outputs(proj: Proj) -> dict[str, bytes]:
-    build = proj.path("build")
-    return {
-        str(p.relative_to(build)): p.read_bytes() for p in sorted(build.rglob("*")) if p.is_file()
-    }
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -85,16 +54,16 @@ def test_a_second_clone_runs_nothing_and_restores_everything(
     project: Callable[..., Proj], remote: str, key: str | None
 ) -> None:
     first, second = _clone(project, "first"), _clone(project, "second")
-    first.cli("build", "--push", env=_env(remote, key))
+    first.cli("build", "--push", env=remote_env(remote, key))
     assert first.run_counts() == dict.fromkeys(CHAIN_STAGES, 1)
-    result = second.cli("build", env=_env(remote, key))
+    result = second.cli("build", env=remote_env(remote, key))
     assert second.run_counts() == {}
-    assert _outputs(second) == _outputs(first)
+    assert outputs(second) == outputs(first)
     assert "4 restored" in result.output
     trust = _warnings(result.output, "unverified")
     assert len(trust) == (0 if key else 1)  # a reader without a key says so, once
     # and it is a plain local hit from now on
-    again = second.cli("build", env=_env(remote, key))
+    again = second.cli("build", env=remote_env(remote, key))
     assert second.run_counts() == {} and "4 up to date" in again.output
 
 
@@ -102,23 +71,23 @@ def test_a_reader_with_another_key_reruns_and_warns_once(
     project: Callable[..., Proj], remote: str
 ) -> None:
     first, second = _clone(project, "first"), _clone(project, "second")
-    first.cli("build", "--push", env=_env(remote, "key-one"))
-    result = second.cli("build", env=_env(remote, "key-two"))
+    first.cli("build", "--push", env=remote_env(remote, "key-one"))
+    result = second.cli("build", env=remote_env(remote, "key-two"))
     assert second.run_counts() == dict.fromkeys(CHAIN_STAGES, 1)
     ignored = _warnings(result.output, "ignored")
     assert len(ignored) == 1, result.output
     assert "entries on remote" in ignored[0] and remote in ignored[0]
-    assert _outputs(second) == _outputs(first)
+    assert outputs(second) == outputs(first)
 
 
 def test_unsigned_entries_are_ignored_by_a_reader_with_a_key(
     project: Callable[..., Proj], remote: str
 ) -> None:
     first, second = _clone(project, "first"), _clone(project, "second")
-    first.cli("build", "--push", env=_env(remote))  # no key: unsigned
+    first.cli("build", "--push", env=remote_env(remote))  # no key: unsigned
     docs = list((_remote_dir(remote) / "entries").rglob("*.json"))
     assert docs and all(json.loads(p.read_text())["sig"] is None for p in docs)
-    result = second.cli("build", env=_env(remote, "team-secret"))
+    result = second.cli("build", env=remote_env(remote, "team-secret"))
     assert second.run_counts() == dict.fromkeys(CHAIN_STAGES, 1)
     assert len(_warnings(result.output, "unsigned or signed with another key")) == 1
 
@@ -129,7 +98,7 @@ def test_a_forged_entry_is_ignored_and_nothing_outside_is_written(
     """Someone who can write the remote but lacks the key rewrites an entry (another
     output, a path leaving the output) and keeps its old signature, or signs with a guess."""
     first, second = _clone(project, "first"), _clone(project, "second")
-    first.cli("build", "--push", env=_env(remote, "team-secret"))
+    first.cli("build", "--push", env=remote_env(remote, "team-secret"))
     for doc_path in (_remote_dir(remote) / "entries").rglob("*.json"):
         doc = json.loads(doc_path.read_text())
         entry = json.loads(doc["entry"])
@@ -141,7 +110,7 @@ def test_a_forged_entry_is_ignored_and_nothing_outside_is_written(
         forged = seal(doc["key"], json.dumps(entry, sort_keys=True), b"a guess")
         os.chmod(doc_path, 0o644)
         doc_path.write_bytes(forged)
-    result = second.cli("build", env=_env(remote, "team-secret"))
+    result = second.cli("build", env=remote_env(remote, "team-secret"))
     assert second.run_counts() == dict.fromkeys(CHAIN_STAGES, 1)
     assert len(_warnings(result.output, "ignored")) == 1
     assert not (tmp_path / "escaped.txt").exists()
@@ -151,7 +120,7 @@ def test_an_entry_escaping_its_output_is_refused_even_without_a_key(
     project: Callable[..., Proj], remote: str, tmp_path: Path
 ) -> None:
     first, second = _clone(project, "first"), _clone(project, "second")
-    first.cli("build", "--push", env=_env(remote))
+    first.cli("build", "--push", env=remote_env(remote))
     for doc_path in (_remote_dir(remote) / "entries").rglob("*.json"):
         doc = json.loads(doc_path.read_text())
         entry = json.loads(doc["entry"])
@@ -160,7 +129,7 @@ def test_an_entry_escaping_its_output_is_refused_even_without_a_key(
                 manifest["entries"][0][0] = "../../escaped.txt"
         os.chmod(doc_path, 0o644)
         doc_path.write_bytes(seal(doc["key"], json.dumps(entry), None))
-    second.cli("build", env=_env(remote))
+    second.cli("build", env=remote_env(remote))
     assert second.runs("report") == 1  # the dir entry was refused: report ran
     assert not list(tmp_path.rglob("escaped.txt"))
 
@@ -185,45 +154,45 @@ def test_a_tampered_remote_object_is_refused_rebuilt_and_repaired_by_a_push(
     project: Callable[..., Proj], remote: str
 ) -> None:
     first, second, third = (_clone(project, n) for n in ("first", "second", "third"))
-    first.cli("build", "--push", env=_env(remote, "k"))
+    first.cli("build", "--push", env=remote_env(remote, "k"))
     upper = (first.path("build/upper.txt").read_bytes(), "HELLO\nWORLD\n")
     objects = _remote_dir(remote) / "objects"
     bad = next(p for p in objects.rglob("*") if p.is_file() and p.read_bytes() == upper[0])
     os.chmod(bad, 0o644)
     bad.write_bytes(b"POISON\nWORLD\n")
-    result = second.cli("build", "--push", env=_env(remote, "k"))
+    result = second.cli("build", "--push", env=remote_env(remote, "k"))
     assert second.read("build/upper.txt") == upper[1]
     assert second.runs("upper") == 1  # refused, so it ran
     assert second.runs("side") == 0  # the rest came from the remote
     assert len(_warnings(result.output, "refused 1 object")) == 1
     assert bad.read_bytes() == upper[0]  # the push replaced the corrupt object
-    third.cli("build", env=_env(remote, "k"))
+    third.cli("build", env=remote_env(remote, "k"))
     assert third.run_counts() == {}
 
 
 def test_a_foreach_stage_comes_back_whole_and_one_changed_item_reruns_alone(
     project: Callable[..., Proj], remote: str
 ) -> None:
-    first = _clone(project, "first", EACH, EACH_FILES)
-    second = _clone(project, "second", EACH, EACH_FILES | {"data/f07.txt": "changed\n"})
-    first.cli("build", "-j", "2", env=_env(remote, "k"))
-    first.cli("push", env=_env(remote, "k"))
-    third = _clone(project, "third", EACH, EACH_FILES)
-    third.cli("build", env=_env(remote, "k"))
-    assert third.run_counts() == {} and not third.exists("runs/items.log")
-    assert _outputs(third) == _outputs(first)
-    second.cli("build", env=_env(remote, "k"))
-    assert second.read("runs/items.log").split() == ["f07.txt"]
-    assert second.read("build/upper/f07.txt") == "CHANGED\n"
-    assert second.read("build/upper/f08.txt") == "FILE 8\n"
+    first = _clone(project, "first", EACH_TOTAL, EACH_FILES)
+    second = _clone(project, "second", EACH_TOTAL, EACH_FILES | {"data/f0007.txt": "changed\n"})
+    first.cli("build", "-j", "2", env=remote_env(remote, "k"))
+    first.cli("push", env=remote_env(remote, "k"))
+    third = _clone(project, "third", EACH_TOTAL, EACH_FILES)
+    third.cli("build", env=remote_env(remote, "k"))
+    assert third.run_counts() == {} and items_run(third) == []
+    assert outputs(third) == outputs(first)
+    second.cli("build", env=remote_env(remote, "k"))
+    assert items_run(second) == ["f0007.txt"]
+    assert second.read("build/upper/f0007.txt") == "CHANGED\n"
+    assert second.read("build/upper/f0008.txt") == "FILE 8\n"
 
 
 def test_fetching_many_objects_is_batched(project: Callable[..., Proj], remote: str) -> None:
     """Ten thousand small objects must not be ten thousand sequential round trips: the
     fetch of a stage's objects reads them in batches."""
-    first = _clone(project, "first", EACH, EACH_FILES)
-    first.cli("build", "--push", env=_env(remote))
-    second = _clone(project, "second", EACH, EACH_FILES)
+    first = _clone(project, "first", EACH_TOTAL, EACH_FILES)
+    first.cli("build", "--push", env=remote_env(remote))
+    second = _clone(project, "second", EACH_TOTAL, EACH_FILES)
     calls: list[int] = []
     real = RemoteFiles.read_many
 
@@ -233,7 +202,7 @@ def test_fetching_many_objects_is_batched(project: Callable[..., Proj], remote: 
 
     RemoteFiles.read_many = spy  # type: ignore[method-assign]
     try:
-        second.cli("build", env=_env(remote))
+        second.cli("build", env=remote_env(remote))
     finally:
         RemoteFiles.read_many = real  # type: ignore[method-assign]
     assert second.run_counts() == {}
@@ -246,17 +215,23 @@ def test_a_read_only_remote_is_read_and_never_written(
     project: Callable[..., Proj], remote: str
 ) -> None:
     first, second = _clone(project, "first"), _clone(project, "second")
-    first.cli("build", "--push", env=_env(remote, "k"))
+    first.cli("build", "--push", env=remote_env(remote, "k"))
     second.write("data/b.txt", "other\n")  # side must run: nothing of it may be pushed
     before = _files(_remote_dir(remote))
-    second.cli("build", "--push", code=2, env=_env(remote, "k", PIPEMAKE_REMOTE_READ_ONLY="1"))
-    result = second.cli("build", "--remote-read-only", env=_env(remote, "k"))
+    second.cli(
+        "build", "--push", code=2, env=remote_env(remote, "k", PIPEMAKE_REMOTE_READ_ONLY="1")
+    )
+    result = second.cli("build", "--remote-read-only", env=remote_env(remote, "k"))
     assert second.runs("side") == 1 and second.runs("upper") == 0
     assert "read-only" not in result.output
-    push = second.cli("push", "--remote-read-only", code=2, env=_env(remote, "k"))
+    push = second.cli("push", "--remote-read-only", code=2, env=remote_env(remote, "k"))
     assert "read-only" in push.output and TRACEBACK not in push.output
     gc = second.cli(
-        "cache", "gc", "--remote", code=2, env=_env(remote, "k", PIPEMAKE_REMOTE_READ_ONLY="1")
+        "cache",
+        "gc",
+        "--remote",
+        code=2,
+        env=remote_env(remote, "k", PIPEMAKE_REMOTE_READ_ONLY="1"),
     )
     assert "read-only" in gc.output
     assert _files(_remote_dir(remote)) == before
@@ -266,16 +241,16 @@ def test_pull_fetches_ahead_and_push_sends_what_was_built(
     project: Callable[..., Proj], remote: str
 ) -> None:
     first, second = _clone(project, "first"), _clone(project, "second")
-    first.cli("build", env=_env(remote, "k"))
+    first.cli("build", env=remote_env(remote, "k"))
     assert not _remote_dir(remote).exists()  # a plain build never pushes
-    out = first.cli("push", "lines", env=_env(remote, "k")).output
+    out = first.cli("push", "lines", env=remote_env(remote, "k")).output
     assert "pushed 2 entries" in out  # lines and what it needs (upper)
-    out = first.cli("push", env=_env(remote, "k")).output
+    out = first.cli("push", env=remote_env(remote, "k")).output
     assert "pushed 2 entries" in out and "2 entries were there already" in out
-    pulled = second.cli("pull", "report", env=_env(remote, "k")).output
+    pulled = second.cli("pull", "report", env=remote_env(remote, "k")).output
     assert "fetched 4 entries" in pulled
     assert not second.exists("build")  # pull fills the store, not the workspace
-    dry = second.cli("dry-run", "--remote", "file:///nonexistent-remote-dir", env=_env(""))
+    dry = second.cli("dry-run", "--remote", "file:///nonexistent-remote-dir", env=remote_env(""))
     assert all(": restore:" in line for line in dry.output.splitlines()), dry.output
     second.cli("build", env={"PIPEMAKE_REMOTE": ""})  # from the local store alone
     assert second.run_counts() == {}
@@ -290,7 +265,7 @@ def test_push_never_writes_an_entry_whose_objects_it_lacks(
     wanted = first.path("build/upper.txt").read_bytes()
     victim = next(p for p in store.rglob("*") if p.is_file() and p.read_bytes() == wanted)
     victim.unlink()
-    result = first.cli("push", code=1, env=_env(remote, "k"))
+    result = first.cli("push", code=1, env=remote_env(remote, "k"))
     assert "lacks their objects" in result.output
     with api.project_of(first.root, None, remote=remote) as proj:
         docs = list((_remote_dir(remote) / "entries").rglob("*.json"))
@@ -308,7 +283,7 @@ def test_concurrent_pushes_of_the_same_and_different_keys(
         proj.cli("build", env={"PIPEMAKE_CACHE_KEY": "k"})
     procs = [
         subprocess.Popen(
-            proj.argv("push"), env={**os.environ, **_env(remote, "k")},
+            proj.argv("push"), env={**os.environ, **remote_env(remote, "k")},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         for proj in [*same, other]
@@ -326,7 +301,7 @@ def test_concurrent_pushes_of_the_same_and_different_keys(
         ("c2", {"data/a.txt": "other\n", "data/b.txt": "b2\n"}),
     ):
         clone = _clone(project, name, CHAIN, files)
-        clone.cli("build", env=_env(remote, "k"))
+        clone.cli("build", env=remote_env(remote, "k"))
         assert clone.run_counts() == {}
 
 
@@ -366,7 +341,7 @@ def test_remote_gc_removes_only_unreachable_old_objects(
     project: Callable[..., Proj], remote: str
 ) -> None:
     first = _clone(project, "first")
-    first.cli("build", "--push", env=_env(remote, "k"))
+    first.cli("build", "--push", env=remote_env(remote, "k"))
     objects = _remote_dir(remote) / "objects"
     kept = {p for p in objects.rglob("*") if p.is_file()}
     stray_old = objects / "ab" / ("c" * 30)
@@ -377,17 +352,17 @@ def test_remote_gc_removes_only_unreachable_old_objects(
     old = time.time() - 3 * 86400
     for p in [stray_old, *kept]:
         os.utime(p, (old, old))
-    dry = first.cli("cache", "gc", "--remote", "--dry-run", env=_env(remote, "k"))
+    dry = first.cli("cache", "gc", "--remote", "--dry-run", env=remote_env(remote, "k"))
     assert "would remove 1 objects" in dry.output and stray_old.exists()
-    quiet = first.cli("cache", "gc", "--remote", env=_env(remote, "k"))
+    quiet = first.cli("cache", "gc", "--remote", env=remote_env(remote, "k"))
     assert not stray_old.exists() and stray_young.exists()
     assert "warning" not in quiet.output  # the default grace (a day) needs none
-    short = first.cli("cache", "gc", "--remote", "--grace", "0", env=_env(remote, "k"))
+    short = first.cli("cache", "gc", "--remote", "--grace", "0", env=remote_env(remote, "k"))
     assert "objects a push is still uploading can go" in short.output
     assert not stray_young.exists()  # asked for, done: the warning is not a refusal
     assert all(p.exists() for p in kept)
     second = _clone(project, "second")
-    second.cli("build", env=_env(remote, "k"))
+    second.cli("build", env=remote_env(remote, "k"))
     assert second.run_counts() == {}
 
 
@@ -396,19 +371,19 @@ def test_a_push_renews_an_old_object_it_finds(project: Callable[..., Proj], remo
     --remote`` running meanwhile does not take it from under the entry about to name it."""
     first = _clone(project, "first")
     first.cli("build", env={"PIPEMAKE_CACHE_KEY": "k"})
-    first.cli("push", "side", env=_env(remote, "k"))
+    first.cli("push", "side", env=remote_env(remote, "k"))
     objects = [p for p in (_remote_dir(remote) / "objects").rglob("*") if p.is_file()]
     for doc in (_remote_dir(remote) / "entries").rglob("*.json"):
         doc.unlink()  # as if its entry was never written: the objects are unreachable
     old = time.time() - 3 * 86400
     for p in objects:
         os.utime(p, (old, old))
-    first.cli("push", "side", env=_env(remote, "k"))
+    first.cli("push", "side", env=remote_env(remote, "k"))
     assert all(p.stat().st_mtime > time.time() - 3600 for p in objects)
     with api.project_of(first.root, None, remote=remote) as proj:
         assert api.remote_gc(proj, grace=86400)["objects_removed"] == 0
     second = _clone(project, "second")
-    second.cli("build", "side", env=_env(remote, "k"))
+    second.cli("build", "side", env=remote_env(remote, "k"))
     assert second.run_counts() == {}
 
 
@@ -420,7 +395,7 @@ def test_links_and_fifos_in_a_file_remote_are_never_followed(
     outside, or whose object is a FIFO: reads take none of them, pushes and gc write and
     remove nothing outside the remote."""
     first = _clone(project, "first")
-    first.cli("build", "--push", env=_env(remote))
+    first.cli("build", "--push", env=remote_env(remote))
     root = _remote_dir(remote)
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -443,14 +418,14 @@ def test_links_and_fifos_in_a_file_remote_are_never_followed(
     os.unlink(docs[1])
     os.mkfifo(docs[1])
     second = _clone(project, "second")
-    result = second.cli("build", env=_env(remote))
+    result = second.cli("build", env=remote_env(remote))
     assert second.run_counts() == dict.fromkeys(CHAIN_STAGES, 1)  # nothing taken
     # and the build says why: one warning naming a folder that leads out, and where to
     said = [line for line in result.output.splitlines() if "leads outside it" in line]
     assert len(said) == 1 and str(outside) in said[0] and "objects/" in said[0], result.output
     before = _files(outside)
-    second.cli("push", env=_env(remote))
-    second.cli("cache", "gc", "--remote", "--grace", "0", env=_env(remote))
+    second.cli("push", env=remote_env(remote))
+    second.cli("cache", "gc", "--remote", "--grace", "0", env=remote_env(remote))
     assert _files(outside) == before and victim.exists()
 
 
@@ -462,16 +437,16 @@ def test_large_objects_stream_both_ways(
 
     monkeypatch.setattr(remote_module, "_BIG", 4)
     first, second, third = (_clone(project, n) for n in ("first", "second", "third"))
-    first.cli("build", "--push", env=_env(remote, "k"))
-    second.cli("build", env=_env(remote, "k"))
-    assert second.run_counts() == {} and _outputs(second) == _outputs(first)
+    first.cli("build", "--push", env=remote_env(remote, "k"))
+    second.cli("build", env=remote_env(remote, "k"))
+    assert second.run_counts() == {} and outputs(second) == outputs(first)
     wanted = first.path("build/upper.txt").read_bytes()
     bad = next(
         p for p in _remote_dir(remote).rglob("*") if p.is_file() and p.read_bytes() == wanted
     )
     os.chmod(bad, 0o644)
     bad.write_bytes(wanted.lower())
-    result = third.cli("build", env=_env(remote, "k"))
+    result = third.cli("build", env=remote_env(remote, "k"))
     assert third.runs("upper") == 1 and "refused 1 object" in result.output
 
 
@@ -482,10 +457,10 @@ def test_a_push_that_fails_mid_build_is_one_warning_and_push_says_so(
     blocked.write_text("a file where the remote should be")
     url = f"file://{blocked}"
     proj = _clone(project, "p")
-    result = proj.cli("build", "--push", env=_env(url, "k"))
+    result = proj.cli("build", "--push", env=remote_env(url, "k"))
     assert proj.run_counts() == dict.fromkeys(CHAIN_STAGES, 1)
     assert len(_warnings(result.output, "pushing to remote")) == 1, result.output
-    push = proj.cli("push", code=1, env=_env(url, "k"))
+    push = proj.cli("push", code=1, env=remote_env(url, "k"))
     assert "pushing to remote" in push.output and TRACEBACK not in push.output
     assert blocked.read_text() == "a file where the remote should be"
 
@@ -495,7 +470,7 @@ def test_each_build_of_one_project_warns_once_for_itself(
 ) -> None:
     """Through the Python API, two builds of one open project: each says its own count."""
     first = _clone(project, "first")
-    first.cli("build", "--push", env=_env(remote, "key-one"))
+    first.cli("build", "--push", env=remote_env(remote, "key-one"))
     second = _clone(project, "second")
     monkeypatch.setenv("PIPEMAKE_CACHE_KEY", "key-two")
     from pipemake.events import Bus
@@ -520,8 +495,8 @@ def test_the_workspace_remembers_the_remote_it_was_built_with(
     assert json.loads(first.read(".pipemake/store.json"))["remote"] == remote
     assert not _remote_dir(remote).exists() or not _files(_remote_dir(remote))
     first.cli("push", env={"PIPEMAKE_REMOTE": ""})  # no URL given: the remembered one
-    second.cli("build", env=_env(remote))
-    assert second.run_counts() == {} and _outputs(second) == _outputs(first)
+    second.cli("build", env=remote_env(remote))
+    assert second.run_counts() == {} and outputs(second) == outputs(first)
     told = first.cli("status", "--remote", remote + "-other", env={"PIPEMAKE_REMOTE": ""})
     assert "this workspace's remote was" in told.output and "for this command only" in told.output
     assert json.loads(first.read(".pipemake/store.json"))["remote"] == remote
@@ -549,9 +524,9 @@ def test_a_push_with_the_key_never_signs_an_entry_it_did_not_sign(
             db.execute("UPDATE actions SET entry=? WHERE key=?", (json.dumps(entry), k))
     db.commit()
     db.close()
-    out = first.cli("push", env=_env(remote, "k")).output
+    out = first.cli("push", env=remote_env(remote, "k")).output
     assert "1 entry of this store is not signed with PIPEMAKE_CACHE_KEY" in out
     assert "was not pushed" in out and "pushed 3 entries" in out
     clone = _clone(project, "clone")
-    clone.cli("build", env=_env(remote, "k"))
+    clone.cli("build", env=remote_env(remote, "k"))
     assert clone.runs("upper") == 1 and b"EVIL" not in clone.path("build/upper.txt").read_bytes()

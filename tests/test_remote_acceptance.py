@@ -4,27 +4,12 @@ goes on, takes nothing it cannot verify and still uses what is sound."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _remote_fixtures import outputs, stage_entries
 from conftest import CHAIN, CHAIN_FILES, CHAIN_STAGES, TRACEBACK, Proj
-
-
-def _entries(root: Path) -> dict[str, tuple[Path, dict]]:
-    """Each stage's remote entry file and its entry, by stage id."""
-    out = {}
-    for doc in (root / "entries").rglob("*.json"):
-        entry = json.loads(json.loads(doc.read_text())["entry"])
-        if "stage" in entry:
-            out[entry["stage"]] = (doc, entry)
-    return out
-
-
-def _outputs(proj: Proj) -> dict[str, bytes]:
-    build = proj.path("build")
-    return {str(p.relative_to(build)): p.read_bytes() for p in build.rglob("*") if p.is_file()}
 
 
 def test_a_directory_in_place_of_an_object_or_entry_costs_only_its_own_stage(
@@ -37,8 +22,8 @@ def test_a_directory_in_place_of_an_object_or_entry_costs_only_its_own_stage(
     env = {"PIPEMAKE_REMOTE": f"file://{root}", "PIPEMAKE_CACHE_KEY": ""}
     first = project(CHAIN, CHAIN_FILES, name="first")
     first.cli("build", "--push", env=env)
-    entries = _entries(root)
-    digest = entries["side"][1]["outputs"]["out"]["hash"]
+    entries = stage_entries(root)
+    digest = entries["side"][2]["outputs"]["out"]["hash"]
     obj = root / "objects" / digest[:2] / digest[2:]
     obj.unlink()
     obj.mkdir()
@@ -51,7 +36,7 @@ def test_a_directory_in_place_of_an_object_or_entry_costs_only_its_own_stage(
     assert TRACEBACK not in result.output
     assert "failed" not in result.output, result.output
     assert second.run_counts() == {"upper": 1, "side": 1}
-    assert _outputs(second) == _outputs(first)
+    assert outputs(second) == outputs(first)
 
 
 @pytest.mark.parametrize("first_key", [None, "old-key"])
@@ -79,7 +64,7 @@ def test_a_key_holder_replaces_entries_it_cannot_trust(
     result = reader.cli("build", env=keyed)
     assert reader.run_counts() == {}
     assert "ignored" not in result.output
-    assert _outputs(reader) == _outputs(trusted)
+    assert outputs(reader) == outputs(trusted)
 
 
 @pytest.mark.parametrize("url", ["file://", "file:///", "s3://"])
@@ -130,4 +115,4 @@ def test_two_clones_through_pipemake_remote_however_it_is_spelled(
     proc = second.sub("build", env=env)
     assert second.run_counts() == {}
     assert "0 ran, 4 restored" in proc.stdout + proc.stderr
-    assert _outputs(second) == _outputs(first)
+    assert outputs(second) == outputs(first)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -15,27 +16,25 @@ from typing import Any
 
 import pytest
 import xxhash
-from conftest import CHAIN, CHAIN_FILES, CHAIN_STAGES, TRACEBACK, Proj
+from _remote_fixtures import (
+    EACH,
+    each_files,
+    items_run,
+    local_objects,
+    moto_server,
+    point_at,
+    stage_entries,
+)
+from conftest import CHAIN, CHAIN_FILES, CHAIN_STAGES, TRACEBACK, Proj, wait_for
 
 from pipemake import remotefs
 from pipemake.lockfile import FILE as LOCK
 
 
-def _entries(root: Path) -> dict[str, tuple[Path, dict[str, Any], dict[str, Any]]]:
-    """Each stage's remote entry file, its sealed document and its entry, by stage id."""
-    out = {}
-    for path in (root / "entries").rglob("*.json"):
-        doc = json.loads(path.read_text())
-        entry = json.loads(doc["entry"])
-        if "stage" in entry:
-            out[entry["stage"]] = (path, doc, entry)
-    return out
-
-
 def _plant(root: Path, stage: str, evil: bytes) -> None:
     """As an attacker with write access to the remote: replace ``stage``'s entry with an
     unsigned one whose output is ``evil`` (its object put beside the others)."""
-    path, doc, entry = _entries(root)[stage]
+    path, doc, entry = stage_entries(root)[stage]
     digest = xxhash.xxh3_128_hexdigest(evil)
     obj = root / "objects" / digest[:2] / digest[2:]
     obj.parent.mkdir(parents=True, exist_ok=True)
@@ -126,19 +125,8 @@ def test_a_keyed_fresh_clone_takes_the_outputs_committed_to_git(
         assert out.count("pipemake.lock records for this key") == len(CHAIN_STAGES)
 
 
-EACH = """
-name: items
-stages:
-  - id: upper
-    type: shell
-    foreach: src
-    config:
-      cmd: "echo {item.name} >> runs/items.count; tr a-z A-Z < {inputs.src} > {outputs.out}/{item.name}"
-      inputs: {src: data}
-      outputs: {out: build/upper}
-"""
 #: more items than one request batch reads (see ``remote._STEP``)
-EACH_FILES = {f"data/f{i:04}.txt": f"file {i}\n" for i in range(600)}
+EACH_FILES = each_files(600)
 
 
 def test_a_foreach_stage_run_partly_from_unverified_items_runs_under_the_key(
@@ -151,10 +139,10 @@ def test_a_foreach_stage_run_partly_from_unverified_items_runs_under_the_key(
     project(EACH, files, name="first").cli("build", "--push", env={"PIPEMAKE_REMOTE": url})
     second = project(EACH, {**files, "data/new.txt": "new\n"}, name="second")
     second.cli("build", env={"PIPEMAKE_REMOTE": url, "PIPEMAKE_CACHE_KEY": ""})
-    assert second.read("runs/items.count").split() == ["new.txt"]
+    assert items_run(second) == ["new.txt"]
     assert "verified" not in second.read(LOCK)
     out = second.cli("build", env={"PIPEMAKE_CACHE_KEY": "team"}).output
-    assert len(second.read("runs/items.count").split()) == 1 + 6, out
+    assert len(items_run(second)) == 1 + 6, out
 
 
 def test_ctrl_c_while_a_build_fetches_stops_it_and_the_next_build_resumes(
@@ -184,14 +172,78 @@ def test_ctrl_c_while_a_build_fetches_stops_it_and_the_next_build_resumes(
     out = clone.cli("build", code=130, env=env).output
     assert sent and reads_after == [], reads_after
     assert "interrupted" in out and TRACEBACK not in out
-    assert not clone.exists("runs/items.count")
+    assert items_run(clone) == []
     assert not clone.path("build/upper").exists() or not any(clone.path("build/upper").iterdir())
     monkeypatch.setattr(remotefs.RemoteFiles, "read_many", real)
     clone.cli("cache", "verify")
     done = clone.cli("build", env=env).output
     assert "0 ran, 1 restored" in done, done
-    assert not clone.exists("runs/items.count")
+    assert items_run(clone) == []
     assert clone.read("build/upper/f0599.txt") == "FILE 599\n"
+
+
+#: one stage whose output is a folder of 1,200 small files: as many objects to pull
+MANY = """
+name: many
+stages:
+  - id: many
+    type: shell
+    config:
+      cmd: "mkdir -p {outputs.o}; for i in $(seq 1200); do echo $i > {outputs.o}/$i.txt; done"
+      outputs: {o: build/many}
+"""
+#: imported by a ``pipemake pull`` subprocess (on its PYTHONPATH): every request batch of
+#: objects is noted in PM_READS, then takes 0.3 s, so a Ctrl-C lands in the middle
+SLOW_READS = """
+import os, time
+from pipemake import remotefs
+
+_real = remotefs.RemoteFiles.read_many
+
+def read_many(self, paths, limits):
+    if any("/objects/" in p for p in paths):
+        with open(os.environ["PM_READS"], "a") as log:
+            log.write(f"{len(paths)}\\n")
+        time.sleep(0.3)
+    return _real(self, paths, limits)
+
+remotefs.RemoteFiles.read_many = read_many
+"""
+
+
+def test_ctrl_c_during_a_pull_stops_within_a_batch_keeps_what_it_fetched_and_resumes(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """SIGINT to a real ``pipemake pull`` reading 1,200 objects in batches of 256: it stops
+    after the batch under way, says how many it fetched, exits 130 and leaves only whole,
+    verified objects; the next pull fetches the rest and a build then runs nothing."""
+    env = {"PIPEMAKE_REMOTE": f"file://{tmp_path / 'remote'}", "PIPEMAKE_CACHE_KEY": "k"}
+    project(MANY, name="first").cli("build", "--push", env=env)
+    clone = project(MANY, name="clone")
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "slow" / "sitecustomize.py").write_text(SLOW_READS)
+    reads = tmp_path / "reads.log"
+    pull = clone.popen(
+        "pull", env={**env, "PYTHONPATH": str(tmp_path / "slow"), "PM_READS": str(reads)}
+    )
+    wait_for(lambda: reads.exists() and reads.read_text() != "", 60, "the first batch")
+    pull.send_signal(signal.SIGINT)
+    out, err = pull.communicate(timeout=60)
+    assert pull.returncode == 130, out + err
+    assert TRACEBACK not in err
+    fetched = re.search(r"interrupted by SIGINT: fetched 0 entries and (\d+) objects", err)
+    assert fetched is not None, err
+    assert "Run `pipemake pull` again to fetch the rest" in err
+    store = clone.path(".pipemake/store")
+    kept = len(local_objects(store))
+    assert 0 < kept == int(fetched[1]) < 1200  # every object it counts is stored, no more
+    assert len(reads.read_text().split()) <= 2  # the batch under way, at most one more
+    assert [p.name for p in store.rglob("*") if p.name.startswith(".")] == []  # no temp file
+    clone.cli("cache", "verify")
+    again = clone.sub("pull", env=env)
+    assert f"fetched 1 entries and {1200 - kept} objects" in again.stdout
+    assert "0 ran, 1 restored" in clone.cli("build", env=env).output
+    assert clone.read("build/many/1200.txt") == "1200\n"
 
 
 def test_folders_of_a_file_remote_that_lead_elsewhere_get_nothing_created_there(
@@ -278,21 +330,8 @@ def test_a_fresh_clone_says_the_remote_has_what_it_restores(
 @pytest.fixture
 def moto_env(monkeypatch: pytest.MonkeyPatch) -> Any:
     """moto's S3 server, with the environment pointing boto3 and s3fs at it."""
-    pytest.importorskip("s3fs")
-    boto3 = pytest.importorskip("boto3")
-    moto_server = pytest.importorskip("moto.server")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "2",
-        "AWS_RETRY_MODE": "standard", "AWS_ENDPOINT_URL": endpoint,
-    }.items():  # fmt: skip
-        monkeypatch.setenv(name, value)
-    yield boto3.client("s3", endpoint_url=endpoint)
-    server.stop()
+    with moto_server() as endpoint:
+        yield point_at(endpoint, monkeypatch)
 
 
 @pytest.mark.slow

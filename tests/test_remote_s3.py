@@ -16,6 +16,15 @@ from typing import Any
 
 import pytest
 import xxhash
+from _remote_fixtures import (
+    CREDENTIALS,
+    EACH,
+    each_files,
+    items_run,
+    moto_server,
+    point_at,
+    remote_env,
+)
 from conftest import CHAIN, CHAIN_FILES, CHAIN_STAGES, Proj, wait_for
 
 from pipemake import api
@@ -26,44 +35,21 @@ pytestmark = pytest.mark.slow
 
 pytest.importorskip("s3fs")
 boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_MAX_ATTEMPTS": "2",
-    "AWS_RETRY_MODE": "standard",
-}
-EACH = """
-name: items
-stages:
-  - id: upper
-    type: shell
-    foreach: src
-    config:
-      cmd: "echo {item.name} >> runs/items.log; tr a-z A-Z < {inputs.src} > {outputs.out}/{item.name}"
-      inputs: {src: data}
-      outputs: {out: build/upper}
-"""
-EACH_FILES = {f"data/f{i:03}.txt": f"file {i}\n" for i in range(40)}
+EACH_FILES = each_files(40)
 
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture
 def s3(endpoint: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Any:
     """A fresh bucket for this test; the environment points boto3 and s3fs at moto."""
-    for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(name, value)
-    client = boto3.client("s3", endpoint_url=endpoint)
+    client = point_at(endpoint, monkeypatch)
     bucket = "pm-" + request.node.name.replace("_", "-")[:40].lower().strip("-")
     client.create_bucket(Bucket=bucket)
     client.bucket = bucket
@@ -78,31 +64,27 @@ def _keys(s3: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _env(url: str, key: str = "k") -> dict[str, str]:
-    return {"PIPEMAKE_REMOTE": url, "PIPEMAKE_CACHE_KEY": key}
-
-
 def test_two_clones_share_an_s3_remote_and_a_tampered_object_is_rebuilt(
     project: Callable[..., Proj], s3: Any
 ) -> None:
     url = f"s3://{s3.bucket}/team/cache"
     first = project(EACH, EACH_FILES, name="first")
-    first.cli("build", "--push", env=_env(url))
+    first.cli("build", "--push", env=remote_env(url, "k"))
     stored = _keys(s3, "team/cache/")
     assert sum(k.startswith("team/cache/entries/") for k in stored) == len(EACH_FILES) + 1
     second = project(EACH, EACH_FILES, name="second")
-    second.cli("build", env=_env(url))
-    assert not second.exists("runs/items.log")  # nothing ran: all came from the remote
-    assert second.read("build/upper/f032.txt") == "FILE 32\n"
+    second.cli("build", env=remote_env(url, "k"))
+    assert items_run(second) == []  # nothing ran: all came from the remote
+    assert second.read("build/upper/f0032.txt") == "FILE 32\n"
     # someone overwrites one object: the next clone refuses it and runs that item only
     good = b"FILE 7\n"
     name = f"team/cache/objects/{xxhash.xxh3_128_hexdigest(good)[:2]}/"
     name += xxhash.xxh3_128_hexdigest(good)[2:]
     s3.put_object(Bucket=s3.bucket, Key=name, Body=b"EVIL 7\n")
     third = project(EACH, EACH_FILES, name="third")
-    result = third.cli("build", env=_env(url))
-    assert third.read("build/upper/f007.txt") == "FILE 7\n"
-    assert third.read("runs/items.log").split() == ["f007.txt"]
+    result = third.cli("build", env=remote_env(url, "k"))
+    assert third.read("build/upper/f0007.txt") == "FILE 7\n"
+    assert items_run(third) == ["f0007.txt"]
     assert "refused 1 object(s)" in result.output
 
 
@@ -155,7 +137,9 @@ def test_a_network_failure_in_the_middle_of_a_build_runs_the_stage(
         client.create_bucket(Bucket="pm-flaky")
         url = "s3://pm-flaky/cache"
         first = project(PIDFILE_KILL, name="first")
-        first.sub("build", "--push", env={**env, **_env(url), "MOTO_PID": "/nonexistent"})
+        first.sub(
+            "build", "--push", env={**env, **remote_env(url, "k"), "MOTO_PID": "/nonexistent"}
+        )
         with api.project_of(first.root, None) as proj:
             first_key = proj.state.builds.brief()["first"].key
         client.delete_object(
@@ -164,7 +148,7 @@ def test_a_network_failure_in_the_middle_of_a_build_runs_the_stage(
         pidfile = tmp_path / "moto.pid"
         pidfile.write_text(str(server.pid))
         second = project(PIDFILE_KILL, name="second")
-        done = second.sub("build", env={**env, **_env(url), "MOTO_PID": str(pidfile)})
+        done = second.sub("build", env={**env, **remote_env(url, "k"), "MOTO_PID": str(pidfile)})
         server.wait(30)
         assert second.run_counts() == {"first": 1, "second": 1}
         warned = [
@@ -196,7 +180,7 @@ def test_concurrent_pushes_to_s3_of_the_same_and_different_keys(
     clones.append(project(CHAIN, other_files, name="other"))
     for clone in clones:
         clone.cli("build", env={"PIPEMAKE_CACHE_KEY": "k"})
-    env = {**os.environ, **_env(url)}
+    env = {**os.environ, **remote_env(url, "k")}
     procs = [subprocess.Popen(c.argv("push"), env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for c in clones]  # fmt: skip
     outs = [p.communicate(timeout=120)[0] for p in procs]
@@ -213,18 +197,18 @@ def test_concurrent_pushes_to_s3_of_the_same_and_different_keys(
             assert xxhash.xxh3_128_hexdigest(body) == k.split("/")[-2] + k.split("/")[-1]
     for name, files in (("c1", CHAIN_FILES), ("c2", other_files)):
         clone = project(CHAIN, files, name=name)
-        clone.cli("build", env=_env(url))
+        clone.cli("build", env=remote_env(url, "k"))
         assert clone.run_counts() == {}
 
 
 def test_a_read_only_s3_remote_is_never_written(project: Callable[..., Proj], s3: Any) -> None:
     url = f"s3://{s3.bucket}/ro"
     first = project(CHAIN, CHAIN_FILES, name="first")
-    first.cli("build", "--push", env=_env(url))
+    first.cli("build", "--push", env=remote_env(url, "k"))
     before = _keys(s3)
     second = project(CHAIN, CHAIN_FILES | {"data/b.txt": "changed\n"}, name="second")
-    second.cli("build", env={**_env(url), "PIPEMAKE_REMOTE_READ_ONLY": "1"})
+    second.cli("build", env={**remote_env(url, "k"), "PIPEMAKE_REMOTE_READ_ONLY": "1"})
     assert second.run_counts() == {"side": 1, "report": 1}
-    second.cli("push", code=2, env={**_env(url), "PIPEMAKE_REMOTE_READ_ONLY": "1"})
+    second.cli("push", code=2, env={**remote_env(url, "k"), "PIPEMAKE_REMOTE_READ_ONLY": "1"})
     assert _keys(s3) == before
     assert set(second.run_counts()) <= set(CHAIN_STAGES)

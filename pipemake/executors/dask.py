@@ -47,11 +47,10 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..binding import install_line
 from ..errors import PipemakeError, UsageError
 from ..rule import get_rule, local_only, registry
 from .base import Executor, Message, Task
-from .dask_worker import GPU, missing, probe, run_task, stop
+from .dask_worker import GPU, lacking_message, missing, probe, read_record, run_task, stop
 
 __all__ = ["DaskExecutor", "DaskLocalExecutor", "SchedulerUnreachable"]
 
@@ -259,6 +258,8 @@ class DaskExecutor(Executor):
         self._tag = f"pipemake-{uuid.uuid4().hex[:12]}"
         self._futures: dict[str, Any] = {}
         self._tasks: dict[str, Task] = {}
+        #: task id → the file where its worker notes each item it finishes (foreach tasks)
+        self._records: dict[str, str] = {}
         self._cancelled: set[str] = set()
         #: futures that are done (_Settled), (id, progress) a running task sent, or _WAKE
         self._done: queue.Queue[Any] = queue.Queue()
@@ -453,22 +454,7 @@ class DaskExecutor(Executor):
             lambda: self.client.run(missing, sorted(requires), workers=workers, on_error="return")
         )
         lacking = {w: a for w, a in sorted(answers.items()) if a}
-        if not lacking:
-            return None
-        said: dict[str, str] = {}  # module → why, as the first worker lacking it said
-        for answer in lacking.values():
-            if isinstance(answer, BaseException):
-                answer = [("pipemake", f"{type(answer).__name__}: {answer}")]
-            for module, why in answer:
-                said.setdefault(module, why)
-        names = list(lacking)
-        who = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        what = "; ".join(f"{m} ({why})" for m, why in said.items())
-        return (
-            f"rule {task.rule!r} needs packages that dask worker{'s' * (len(names) > 1)} "
-            f"{who} cannot import: {what}; install them there: "
-            + install_line([requires.get(m, m) for m in said])
-        )
+        return lacking_message(task.rule, requires, lacking) if lacking else None
 
     def _resources(self, task: Task) -> tuple[dict[str, float], str | None]:
         """The dask resources of ``task``, or why no worker can run it."""
@@ -512,9 +498,13 @@ class DaskExecutor(Executor):
             return
         key = f"{self._tag}-{task.id}-{task.attempt}"
         self._tasks[task.id] = task
+        record = ""
+        if task.mode in ("items", "map") and task.done:
+            record = os.path.join(task.root, os.path.dirname(task.done), f"{key}.items")
+            self._records[task.id] = record
         try:
             fut = self.client.submit(
-                run_task, task, self._rules, self._tag, key=key, pure=False,
+                run_task, task, self._rules, self._tag, record, key=key, pure=False,
                 resources=resources or None,
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - the client is closed: the scheduler is gone
@@ -631,10 +621,12 @@ class DaskExecutor(Executor):
             except Exception as exc:  # noqa: BLE001 - the scheduler went between done and fetch
                 self._lost(type(exc).__name__)
                 return [self._stop_retrying(task, self._broken or str(exc))]
+            self._forget_record(task.id)
             return [Message(task.id, kind, data) for kind, data in said]
         if status == "cancelled" and task.id not in self._cancelled:
             self._lost("the connection was closed")
             return [self._stop_retrying(task, self._broken or "cancelled")]
+        self._forget_record(task.id)
         if status == "cancelled":
             return [Message(task.id, "error", [_STOPPED, None])]
         try:
@@ -649,8 +641,28 @@ class DaskExecutor(Executor):
         return [Message(task.id, "error", [text, None])]
 
     def _stop_retrying(self, task: Task, text: str) -> Message:
+        """The answer of a task given up on (the scheduler lost, no worker left for it),
+        not retried: the items its worker noted as finished are answered as such (they
+        are committed, as their answers would have been), the others fail with ``text``;
+        with none finished, the whole task fails with it."""
         task.attempt = max(task.attempt, task.max_attempts)
-        return Message(task.id, "error", [text, None])
+        path = self._records.pop(task.id, None)
+        if path is None:
+            return Message(task.id, "error", [text, None])
+        finished = read_record(path, {i["relpath"] for i in task.items})
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        if not finished:
+            return Message(task.id, "error", [text, None])
+        items = {i["relpath"]: finished.get(i["relpath"]) or {"error": text} for i in task.items}
+        return Message(task.id, "result", {"items": items})
+
+    def _forget_record(self, task_id: str) -> None:
+        """Remove the file of finished items of a task whose answer arrived."""
+        path = self._records.pop(task_id, None)
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     def cancel(self, task_ids: list[str], force: bool = False) -> None:
         """Cancel these tasks' futures, and end the processes those already running have

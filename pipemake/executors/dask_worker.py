@@ -16,20 +16,23 @@ worker before the first task: the same pipemake, and the project's files in sigh
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..rule import adopt_registry
+from ..binding import install_line
+from ..rule import adopt_registry, get_rule, project_on_path
+from ..trust import is_digest
 from .base import Task
-from .worker import execute
+from .worker import execute, item_sink
 
-__all__ = ["missing", "probe", "run_task", "stop"]
+__all__ = ["missing", "probe", "read_record", "run_task", "stop"]
 
 #: dask's name for the GPU worker resource
 GPU = "GPU"
@@ -62,37 +65,111 @@ def _worker_gpus() -> list[str]:
 
 
 def run_task(
-    task: Task, rules: tuple[str, dict[str, str]], topic: str = ""
+    task: Task, rules: tuple[str, dict[str, str]], topic: str = "", record: str = ""
 ) -> list[tuple[str, Any]]:
     """Run one pipemake task on this dask worker; return what it reported, in order (its
     last message is its ``result`` or ``error``). A whole-stage task's progress also goes
-    to the build while it runs, as events of ``topic`` (at most every ``LIVE_EVERY`` s)."""
+    to the build while it runs, as events of ``topic`` (at most every ``LIVE_EVERY`` s).
+    A foreach task notes each item it finishes in the file ``record`` (see
+    :func:`read_record`), so the build keeps them even if this answer never reaches it."""
+    with _RUN_LOCK, _recording(record):
+        return _run(task, rules, topic)
+
+
+@contextlib.contextmanager
+def _recording(record: str) -> Iterator[None]:
+    """While a foreach task runs: each item it finishes is one JSON line ``[relpath,
+    result]`` of the file ``record`` (written anew: a task dask runs again after its worker
+    died starts it over), written once the item's outputs are stored and staged."""
+    if not record:
+        yield
+        return
+    try:  # into the stage's staging folder, which the build made: none is made here
+        fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+    except OSError:  # a courtesy: the task's answer is what counts
+        yield
+        return
+
+    def note(rel: str, result: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            os.write(fd, (json.dumps([rel, result]) + "\n").encode())
+
+    token = item_sink.set(note)
+    try:
+        yield
+    finally:
+        item_sink.reset(token)
+        os.close(fd)
+
+
+def read_record(path: str, items: set[str]) -> dict[str, dict[str, Any]]:
+    """The finished items a foreach task noted in ``path`` (relpath → its result), those
+    of ``items`` only; a line cut short (the worker stopped while writing it) is left out."""
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")[:-1]
+    except OSError:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for line in lines:
+        try:
+            rel, result = json.loads(line)
+        except (ValueError, TypeError):
+            continue
+        if rel in items and _plausible(result):
+            out[rel] = result
+    return out
+
+
+def _plausible(result: Any) -> bool:
+    """Whether a noted item's result has the shape a task's answer gives it: an error, a
+    map result (an object's digest and its kind), or outputs and values."""
+    if not isinstance(result, dict):
+        return False
+    if "error" in result:
+        return isinstance(result["error"], str)
+    if "hash" in result:
+        return is_digest(result["hash"]) and result.get("kind") in ("bytes", "json")
+    outputs = result.get("outputs")
+    return (
+        isinstance(outputs, dict)
+        and all(isinstance(m, dict) and is_digest(m.get("hash")) for m in outputs.values())
+        and isinstance(result.get("values"), dict)
+    )
+
+
+def _run(task: Task, rules: tuple[str, dict[str, str]], topic: str) -> list[tuple[str, Any]]:
+    """:func:`run_task`'s work, holding the worker's one task slot."""
     global _CURRENT
     out: list[tuple[str, Any]] = []
     live = _live(task, topic)
-    with _RUN_LOCK:
-        _CURRENT = (topic, task.id, _children())
-        if not os.path.isdir(task.root):
-            out.append(("error", [_not_shared(task.root, _where()), None]))
-            return out
-        adopt_registry(rules)
-        gpus = _worker_gpus()
-        want = int(task.resources.get("gpu", 0))
-        if want or gpus:  # a GPU task sees its cards only; any other task sees none
-            task.gpu_ids = gpus[:want]
-            task.env = dict(task.env, CUDA_VISIBLE_DEVICES=",".join(task.gpu_ids))
+    _CURRENT = (topic, task.id, _children())
+    if not os.path.isdir(task.root):
+        out.append(("error", [_not_shared(task.root, _where()), None]))
+        return out
+    adopt_registry(rules)
+    gpus = _worker_gpus()
+    want = int(task.resources.get("gpu", 0))
+    if want or gpus:  # a GPU task sees its cards only; any other task sees none
+        task.gpu_ids = gpus[:want]
+        task.env = dict(task.env, CUDA_VISIBLE_DEVICES=",".join(task.gpu_ids))
 
-        def send(kind: str, data: Any) -> None:
-            out.append((kind, data))
-            if kind == "progress" and live is not None:
-                live(data)
+    def send(kind: str, data: Any) -> None:
+        out.append((kind, data))
+        if kind == "progress" and live is not None:
+            live(data)
 
-        _forget_changed_modules(task.root)
-        try:
+    _forget_changed_modules(task.root)
+    try:
+        project_on_path(task.root)  # a rule of the project's own, for its packages' check
+        lacking = _lacking(task.rule)
+        if lacking is not None:  # a worker that joined after the build checked the others
+            out.append(("error", [lacking, None]))
+        else:
             execute(task, send)
-        finally:
-            _note_modules(task.root)
-            _CURRENT = None
+    finally:
+        _note_modules(task.root)
+        _CURRENT = None
     return out
 
 
@@ -248,6 +325,49 @@ def probe(path: str, token: str, store: str, version: str, dask_worker: Any = No
         if not os.access(folder, os.W_OK | os.X_OK):
             return f"{where} may not write into {folder} (the user running the worker)"
     return None
+
+
+#: the rules whose packages this worker process imported (checked at its first task of each)
+_REQUIRED: set[str] = set()
+
+
+def _lacking(name: str) -> str | None:
+    """None when this worker imports every package rule ``name`` declares (asked before
+    its first task of the rule: a worker that joined the cluster after the build checked
+    the others is checked here), else what :func:`lacking_message` says of it."""
+    if name in _REQUIRED:
+        return None
+    try:
+        requires = dict(getattr(get_rule(name), "requires", None) or {})
+    except Exception:  # noqa: BLE001 - a rule that does not load: the task says so itself
+        return None
+    said = missing(sorted(requires))
+    if said:
+        from distributed import get_worker
+
+        return lacking_message(name, requires, {get_worker().address: said})
+    _REQUIRED.add(name)
+    return None
+
+
+def lacking_message(rule: str, requires: dict[str, str], lacking: dict[str, Any]) -> str:
+    """What stops rule ``rule``'s tasks on these workers: which (``lacking``: worker
+    address → the ``(module, why)`` pairs :func:`missing` gave, or the exception asking it
+    raised) cannot import which of its packages, and the one ``pip install`` line for them."""
+    said: dict[str, str] = {}  # module → why, as the first worker lacking it said
+    for answer in lacking.values():
+        if isinstance(answer, BaseException):
+            answer = [("pipemake", f"{type(answer).__name__}: {answer}")]
+        for module, why in answer:
+            said.setdefault(module, why)
+    names = list(lacking)
+    who = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    what = "; ".join(f"{m} ({why})" for m, why in said.items())
+    return (
+        f"rule {rule!r} needs packages that dask worker{'s' * (len(names) > 1)} {who} "
+        f"cannot import: {what}; install them there: "
+        + install_line([requires.get(m, m) for m in said])
+    )
 
 
 def missing(modules: list[str]) -> list[tuple[str, str]]:

@@ -37,7 +37,7 @@ from .base import Task
 from .outputs import abs_path, check_values, flat_outputs, hash_outputs, prepare_outputs
 from .spawn import Spawner
 
-__all__ = ["execute", "user_traceback"]
+__all__ = ["execute", "item_sink", "user_traceback"]
 
 Send = Callable[[str, Any], None]
 _setup_cache: dict[tuple[str, str], Any] = {}
@@ -47,6 +47,21 @@ _spawner: ContextVar[Spawner | None] = ContextVar("pipemake_spawner", default=No
 
 #: where what a task's own code prints goes (its stage's log), in the thread running it
 _printed: ContextVar[_Lines | None] = ContextVar("pipemake_printed", default=None)
+
+#: what hears of each item of a foreach task as soon as it is finished (its relpath and
+#: result, as the task's answer will hold it): the dask worker notes them on the shared
+#: filesystem, so a batch whose answer never reaches the build keeps its finished items
+item_sink: ContextVar[Callable[[str, dict[str, Any]], None] | None] = ContextVar(
+    "pipemake_item_sink", default=None
+)
+
+
+def _finished(results: dict[str, Any], rels: list[str]) -> None:
+    """Tell the :data:`item_sink`, if any, of the items ``rels`` just finished."""
+    sink = item_sink.get()
+    if sink is not None:
+        for rel in rels:
+            sink(rel, results[rel])
 
 
 class _Lines:
@@ -435,6 +450,7 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
             tb = user_traceback(exc, rule)
             results[it["relpath"]] = {"error": f"{type(exc).__name__}: {exc}", "tb": tb}
             _log_item_failure(logger, it["relpath"], results[it["relpath"]]["error"], tb)
+        _finished(results, [it["relpath"]])
         if n % 16 == 15 or n == total - 1:
             send("progress", [n + 1, total])
     return {"items": results}
@@ -487,6 +503,7 @@ def _item_batches(task: Task, rule: Rule, store: Store, send: Send, logger: logg
                     it["relpath"], {"error": f"{type(exc).__name__}: {exc}", "tb": tb}
                 )
             _log_item_failure(logger, chunk[0]["relpath"], f"{type(exc).__name__}: {exc}", tb)
+        _finished(results, [it["relpath"] for it in chunk])
         send("progress", [start + len(chunk), len(task.items)])
     return {"items": results}
 
@@ -498,6 +515,7 @@ def _map(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logge
     for start in range(0, len(task.items), size):
         chunk = task.items[start : start + size]
         results.update(_map_chunk(task, rule, store, send, logger, chunk))
+        _finished(results, [it["relpath"] for it in chunk])
         send("progress", [start + len(chunk), len(task.items)])
     return {"items": results}
 
