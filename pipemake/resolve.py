@@ -36,6 +36,10 @@ from .walk import BadPath
 
 __all__ = ["Planned", "ResolvedStage", "Resolver", "Unknown"]
 
+#: in the key of a foreach stage whose values are whatever its items return: each item's
+#: values are gathered into the stage's (an entry from before that holds none)
+_GATHERED = "values gathered from items"
+
 
 class Unknown(Exception):
     """A value this stage needs comes from an upstream stage that has not run yet."""
@@ -81,6 +85,9 @@ class ResolvedStage:
     cached: dict[str, Any] = field(default_factory=dict)
     #: ``(memo, key)`` for the workspace state to remember after the stage is decided
     remember: tuple[str, str] | None = None
+    #: the stage's values are whatever its items return (``python``, ``custom``): its key
+    #: says so, so an entry stored before such values were gathered is not reused
+    open_values: bool = False
     _items: list[Item] | None = field(default=None, repr=False)
     _item_keys: dict[str, str] | None = field(default=None, repr=False)
 
@@ -116,9 +123,14 @@ class ResolvedStage:
             self.item_keys[rel] = map_key(self.map_base, ref)
         else:
             self.item_keys[rel] = item_key(self.base, ref)
-            self.key = digest(["foreach", self.base, items_digest(self.item_keys)])
+            self.key = self.foreach_key()
         self.source = None
         self.remember = None
+
+    def foreach_key(self) -> str:
+        """A plain foreach stage's key: its base and every item's key."""
+        parts = ["foreach", self.base, items_digest(self.item_keys)]
+        return digest(parts + [_GATHERED] if self.open_values else parts)
 
     def reduce_key(self, mapped: dict[str, str]) -> str:
         """A map-reduce stage's key once every map result (relpath → its hash) is in."""
@@ -208,8 +220,9 @@ class Resolver:
         # runs the items it adds, not the ones it kept
         doc["foreach"] = [stage.foreach.input]
         rs = ResolvedStage(
-            ports, doc, None, unknown, foreach=True, map_reduce=bool(stage.rule.map_reduce)
-        )
+            ports, doc, None, unknown, foreach=True, map_reduce=bool(stage.rule.map_reduce),
+            open_values=bool(getattr(stage.rule, "open_values", False)),
+        )  # fmt: skip
         if source is not None:
             rs.source, rs.list_items = source
         if not unknown:
@@ -265,12 +278,14 @@ class Resolver:
         rs.base = base
         rule = stage.rule
         if not rule.map_reduce:
-            memo = digest([base, rs.source, stage.foreach.pattern if stage.foreach else None])
+            pattern = stage.foreach.pattern if stage.foreach else None
+            memo_of = [base, rs.source, pattern]
+            memo = digest(memo_of + [_GATHERED] if rs.open_values else memo_of)
             known = self.state.builds.foreach_key(stage.id)
             if known is not None and known[0] == memo:
                 rs.key = known[1]
                 return
-            rs.key = digest(["foreach", base, items_digest(rs.item_keys)])
+            rs.key = rs.foreach_key()
             rs.remember = (memo, rs.key)
             return
         params = dict(rs.doc["params"])
@@ -328,9 +343,10 @@ class Resolver:
             values = planned.values if isinstance(planned.values, dict) else {}
             if ref.name not in values:
                 got = ", ".join(sorted(map(str, values))) or "none"
+                who = "its items" if up.foreach is not None else "it"
                 raise StageFailure(
-                    f"{ref}: stage {ref.scope!r} returned no value {ref.name!r} (it returned: "
-                    f"{got}); return it from that stage, or refer to one it returns"
+                    f"{ref}: stage {ref.scope!r} returned no value {ref.name!r} ({who} "
+                    f"returned: {got}); return it from that stage, or refer to one it returns"
                 )
             value = values[ref.name]
             if used is not None:
