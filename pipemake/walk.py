@@ -11,7 +11,7 @@ import uuid
 
 import xxhash
 
-__all__ = ["BadPath", "LinkView", "Row", "signature", "walk"]
+__all__ = ["BadPath", "LinkView", "Row", "links_under", "signature", "walk"]
 
 #: relpath, dev, ino, size, mtime_ns, ctime_ns, mode & 0o111 (ctime: no tool can set it, so a
 #: rewrite that restores size and mtime still shows)
@@ -67,6 +67,35 @@ def walk(base: str) -> list[Row]:
                      s.st_mode & 0o111)
                 )  # fmt: skip
     return rows
+
+
+def links_under(base: str) -> list[tuple[str, str]]:
+    """Every symlink under the directory ``base`` as :func:`walk` meets them (symlinked
+    directories followed, each real folder listed once): ``(relpath, real path it leads
+    to)``. Only names are listed, nothing is stat'ed but the links themselves, so a tree
+    of files costs one ``scandir`` per folder; a folder that cannot be listed is left to
+    the walk to report."""
+    found: list[tuple[str, str]] = []
+    seen = {os.path.realpath(base)}
+    stack = [("", base)]
+    while stack:
+        sub, where = stack.pop()
+        try:
+            it = os.scandir(where)
+        except OSError:
+            continue
+        with it:
+            for de in it:
+                name = f"{sub}/{de.name}" if sub else de.name
+                if de.is_symlink():
+                    target = os.path.realpath(de.path)
+                    found.append((name, target))
+                    if target not in seen and os.path.isdir(target):
+                        seen.add(target)
+                        stack.append((name, de.path))
+                elif de.is_dir(follow_symlinks=False):
+                    stack.append((name, de.path))
+    return found
 
 
 def _no_loop(base: str, name: str, path: str) -> None:
