@@ -17,8 +17,10 @@ import re
 from collections.abc import Callable
 
 import pytest
-from conftest import TRACEBACK, Proj
+from conftest import TRACEBACK, Proj, shell_foreach
 
+from pipemake import eventshape, foreach
+from pipemake.progress import log_lines, visible
 from pipemake.rules.python import PythonRule
 
 # 1. a python foreach stage's values ---------------------------------------------------------
@@ -222,3 +224,89 @@ def test_links_elsewhere_in_an_input_are_still_followed(project: Callable[..., P
     p.cli("build", "--no-progress")
     assert sorted(os.listdir(p.path("build/up"))) == ["a.txt", "o.txt", "side.txt"]
     assert re.search(r"\bo\.txt\b", p.read("build/z/z.txt"))
+
+
+# 3. every failed item in `pipemake log` ---------------------------------------------------------
+FAILING = (
+    'if grep -q BAD {inputs.src}; then echo "oops-$(cat {inputs.src})" >&2; exit 7; fi; '
+    "cp {inputs.src} {outputs.o}/{item.name}"
+)
+
+
+def _failing(project: Callable[..., Proj], bad: list[int]) -> Proj:
+    files = {f"data/f{i:03}.txt": f"v{i}\n" for i in range(1, 31)}
+    files.update({f"data/f{i:03}.txt": f"BAD{i:03}\n" for i in bad})
+    return project(shell_foreach(FAILING), files)
+
+
+def test_log_names_every_failed_item_with_its_message(project: Callable[..., Proj]) -> None:
+    p = _failing(project, [3, 15, 29])
+    out = p.cli("build", "-j", "2", "--no-progress", code=1).output
+    log = p.cli("log").output
+    for i in (3, 15, 29):
+        said = f"each: item f{i:03}.txt FAILED: command exited with code 7"
+        assert said in out, out  # as it happens, one line naming it
+        at = log.index(said)  # and in the run's log, with its output after it
+        assert f"oops-BAD{i:03}" in log[at : at + 400], log
+    assert "more failed item" not in log
+    assert TRACEBACK not in log
+    # quiet leaves out the commands' lines, not which items failed
+    quiet = p.cli("log", "-q").output
+    assert "item f029.txt FAILED" in quiet and "each| oops" not in quiet, quiet
+
+
+def test_log_says_how_many_more_items_failed_past_the_ones_it_names(
+    project: Callable[..., Proj], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(foreach, "ITEM_FAILURES_SAID", 2)
+    p = _failing(project, [3, 4, 15, 29])
+    p.cli("build", "--no-progress", code=1)
+    log = p.cli("log").output
+    assert log.count("FAILED: command exited with code 7") == 2, log
+    assert "… and 2 more failed item(s), each in .pipemake/logs/each.log" in log, log
+    stage_log = p.read(".pipemake/logs/each.log")
+    assert all(f"item f{i:03}.txt FAILED" in stage_log for i in (3, 4, 15, 29))
+
+
+def test_an_old_run_log_line_with_an_item_of_another_type_is_read_without_it() -> None:
+    line = {"event": "log", "stage": "a", "time": 1.0, "level": "error", "text": "x", "item": 3}
+    shaped = eventshape.event(line)
+    assert shaped is not None and "item" not in shaped
+    assert log_lines([shaped]) and "a| x" in log_lines([shaped])[0]
+
+
+# 4. a name with a newline stays on its line ------------------------------------------------------
+NEWLINE_NAME = "0new\nline\x1b[31mRED.txt"
+
+
+def test_a_name_with_a_newline_is_shown_escaped_on_its_line(project: Callable[..., Proj]) -> None:
+    p = project(LINKED.replace("echo x >> runs/up.count; ", ""), {"data/a.txt": "a\n"})
+    p.cli("build", "--no-progress")
+    p.write(f"data/{NEWLINE_NAME}", "x")
+    dry = p.cli("dry-run").output
+    assert dry.splitlines() == [
+        "up: run: 1 of 2 items changed (first: data/0new\\nlineRED.txt: new)",
+        "z: maybe: upstream up will run",
+    ], dry
+    out = p.cli("build", "--no-progress").output
+    lines = out.splitlines()
+    assert all(line.startswith("[") for line in lines), out  # none split in two
+    assert any("data/0new\\nline" in line for line in lines), out
+    assert "\x1b" not in out
+    log = p.cli("log").output
+    assert all(line.startswith(("[", " ")) for line in log.splitlines()), log
+    assert len(p.cli("status").output.splitlines()) == 2
+
+
+def test_a_failed_item_with_a_newline_in_its_name_is_named_on_one_line(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(shell_foreach(FAILING), {"data/a.txt": "a\n", "data/b\nc.txt": "BAD\n"})
+    out = p.cli("build", "--no-progress", code=1).output
+    assert "each: item b\\nc.txt FAILED: command exited with code 7" in out, out
+    assert "First: item b\\nc.txt: command exited with code 7" in out, out
+
+
+def test_visible_keeps_newlines_unless_the_text_is_one_line() -> None:
+    assert visible("a\nb\x1b[2Jc") == "a\nb\\x1b[2Jc"
+    assert visible("a\nb\rc", oneline=True) == "a\\nb\\x0dc"
