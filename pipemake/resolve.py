@@ -32,7 +32,7 @@ from .scheduler import StageFailure
 from .state import WorkspaceState
 from .store import Store
 from .templates import Ref, TemplateError, find_refs, substitute
-from .walk import BadPath
+from .walk import BadPath, left_out
 
 __all__ = ["Planned", "ResolvedStage", "Resolver", "Unknown"]
 
@@ -157,6 +157,8 @@ class Resolver:
         self.results = results
         #: the paths the pipeline names, as written and as real paths (see _inside_project)
         self._named: tuple[set[str], set[str]] | None = None
+        #: said a warning about a stage (the build's bus); None: warnings go unsaid
+        self.warn: Callable[[str, str], None] | None = None
 
     def resolve(self, stage: Stage) -> ResolvedStage:
         """The stage's ports with every reference resolved, its key document and key;
@@ -265,9 +267,42 @@ class Resolver:
             if kind == "file":
                 parent = os.path.dirname(base) or "."
                 return select(parent, [[os.path.basename(base), digest_]], None)
-            return select(base, entries(), pattern, path if globbed else None)
+            items = select(base, entries(), pattern, path if globbed else None)
+            if self.warn is not None:
+                self._say_left_out(stage, path, base, items, entries, owner is None)
+            return items
 
         return [kind, digest_, path, pattern], listing
+
+    def _say_left_out(
+        self, stage: Stage, path: str, base: str, items: list[Item],
+        entries: Callable[[], Any], on_disk: bool,
+    ) -> None:  # fmt: skip
+        """Warn (once, when the items are listed) of what a foreach input leaves out
+        silently otherwise: every file, when its pattern matches none of them; entries of a
+        folder on disk that hold no file (a symlink that leads nowhere, a FIFO, a device)."""
+        assert self.warn is not None and stage.foreach is not None
+        pattern, globbed = stage.foreach.pattern, path if is_glob(path) else None
+        if pattern and not items and select(base, entries(), None, globbed):
+            self.warn(
+                stage.id,
+                f"foreach pattern {pattern!r} matches no file of input "
+                f"{stage.foreach.input!r} ({path}): the stage has no items; widen the "
+                "pattern, or check the files' names",
+            )
+        if not on_disk:
+            return
+        full = base if os.path.isabs(base) else os.path.join(self.p.root, base)
+        found = dict(left_out(full))
+        kept = select(base, [[rel, ""] for rel in sorted(found)], pattern, globbed) if found else []
+        if kept:
+            first = kept[0]
+            self.warn(
+                stage.id,
+                f"{len(kept):,} entr{'y' if len(kept) == 1 else 'ies'} of input "
+                f"{stage.foreach.input!r} ({path}) hold no file and are left out of its items "
+                f"(first: {first.path}, {found[first.relpath]}); remove them, or link to files",
+            )
 
     def _stage_key(self, stage: Stage, rs: ResolvedStage) -> None:
         """Fill in a foreach stage's key (None for map-reduce while maps are missing). A

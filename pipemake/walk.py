@@ -11,7 +11,7 @@ import uuid
 
 import xxhash
 
-__all__ = ["BadPath", "LinkView", "Row", "links_under", "signature", "walk"]
+__all__ = ["BadPath", "LinkView", "Row", "left_out", "links_under", "signature", "walk"]
 
 #: relpath, dev, ino, size, mtime_ns, ctime_ns, mode & 0o111 (ctime: no tool can set it, so a
 #: rewrite that restores size and mtime still shows)
@@ -96,6 +96,52 @@ def links_under(base: str) -> list[tuple[str, str]]:
                 elif de.is_dir(follow_symlinks=False):
                     stack.append((name, de.path))
     return found
+
+
+def left_out(base: str) -> list[tuple[str, str]]:
+    """What :func:`walk` leaves out under the directory ``base`` as holding no file:
+    ``(relpath, what it is)`` for each symlink that leads nowhere, FIFO, socket or device
+    (or symlink to one). Names only, as :func:`links_under` lists them: nothing is stat'ed
+    but links and those entries."""
+    found: list[tuple[str, str]] = []
+    seen = {os.path.realpath(base)}
+    stack = [("", base)]
+    while stack:
+        sub, where = stack.pop()
+        try:
+            it = os.scandir(where)
+        except OSError:
+            continue
+        with it:
+            for de in it:
+                name = f"{sub}/{de.name}" if sub else de.name
+                link = de.is_symlink()
+                if not link and de.is_dir(follow_symlinks=False):
+                    stack.append((name, de.path))
+                    continue
+                if not link and de.is_file(follow_symlinks=False):
+                    continue
+                try:
+                    mode = (os.stat if link else os.lstat)(de.path).st_mode
+                except OSError:
+                    found.append((name, "a symlink that leads nowhere"))
+                    continue
+                if stat.S_ISDIR(mode):
+                    target = os.path.realpath(de.path)
+                    if target not in seen:
+                        seen.add(target)
+                        stack.append((name, de.path))
+                elif not stat.S_ISREG(mode):
+                    kind = _KINDS.get(stat.S_IFMT(mode), "no file")
+                    found.append((name, f"a symlink to {kind}" if link else kind))
+    return found
+
+
+#: what a walk leaves out, in words
+_KINDS = {
+    stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device",
+    stat.S_IFBLK: "a device",
+}  # fmt: skip
 
 
 def _no_loop(base: str, name: str, path: str) -> None:

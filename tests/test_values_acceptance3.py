@@ -310,3 +310,37 @@ def test_a_failed_item_with_a_newline_in_its_name_is_named_on_one_line(
 def test_visible_keeps_newlines_unless_the_text_is_one_line() -> None:
     assert visible("a\nb\x1b[2Jc") == "a\nb\\x1b[2Jc"
     assert visible("a\nb\rc", oneline=True) == "a\\nb\\x0dc"
+
+
+# what a foreach input leaves out is said ----------------------------------------------------------
+def test_entries_that_hold_no_file_are_said_to_be_left_out_once(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(shell_foreach("cp {inputs.src} {outputs.o}/{item.name}"), {"data/a.txt": "a\n"})
+    os.symlink("/nonexistent/x", p.path("data/dang.txt"))
+    p.path("data/sub").mkdir()
+    os.mkfifo(p.path("data/sub/f.fifo"))
+    os.symlink("/dev/null", p.path("data/null.txt"))
+    os.symlink("/nonexistent/y", p.path("data/.hidden"))  # no item anyway: not counted
+    out = p.cli("build", "--no-progress").output
+    said = (
+        "each| 3 entries of input 'src' (data) hold no file and are left out of its items "
+        "(first: data/dang.txt, a symlink that leads nowhere)"
+    )
+    assert said in out, out
+    assert os.listdir(p.path("build/each")) == ["a.txt"]
+    assert said in p.cli("log").output
+    assert "left out" not in p.cli("build", "--no-progress").output  # said once
+
+
+def test_a_foreach_pattern_that_matches_no_file_is_said(project: Callable[..., Proj]) -> None:
+    p = project(
+        shell_foreach("cp {inputs.src} {outputs.o}/{item.name}").replace(
+            "foreach: src", 'foreach: {input: src, pattern: "*.png"}'
+        ),
+        {"data/a.txt": "a\n"},
+    )
+    out = p.cli("build", "--no-progress").output
+    assert "each| foreach pattern '*.png' matches no file of input 'src' (data)" in out, out
+    p.write("data/b.png", "b")
+    assert "matches no file" not in p.cli("build", "--no-progress").output
