@@ -387,6 +387,7 @@ class _Reach:
         self.real_root = os.path.realpath(pipeline.root)
         self._after: dict[str, list[str]] | None = None
         self._outs: dict[str, list[tuple[str, str, tuple[str, str]]]] = {}
+        self._links: dict[str, list[tuple[str, str]]] = {}
 
     def check(self, st: Stage, key: str, path: str, base: str, real: str) -> list[Problem]:
         """The problems of input ``key`` of ``st`` (``path`` as written, ``base`` its
@@ -398,8 +399,9 @@ class _Reach:
         found: list[tuple[str, str]] = []
         if real != literal:  # a link on the way: the input itself leads elsewhere
             found.append((base, real))
-        if os.path.isdir(real):
-            found += [(f"{base.rstrip('/')}/{name}", to) for name, to in links_under(real)]
+        if real not in self._links:  # several stages may read one folder: listed once
+            self._links[real] = links_under(real) if os.path.isdir(real) else []
+        found += [(f"{base.rstrip('/')}/{name}", to) for name, to in self._links[real]]
         problems: list[Problem] = []
         for link, target in found:
             hit = self._output_reached(st, target)
