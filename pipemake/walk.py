@@ -1,5 +1,7 @@
 """Walking a directory and its stat signature: shared by the hasher and the no-op check
-(:mod:`pipemake.noop`), which must compute the very same signature and stay light."""
+(:mod:`pipemake.noop`), which must compute the very same signature and stay light. Also
+what a walk would meet without hashing it: the symlinks under a folder (the loader refuses
+one into an output) and the entries it leaves out as holding no file (a build says so)."""
 
 from __future__ import annotations
 
