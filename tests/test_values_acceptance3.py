@@ -344,3 +344,13 @@ def test_a_foreach_pattern_that_matches_no_file_is_said(project: Callable[..., P
     assert "each| foreach pattern '*.png' matches no file of input 'src' (data)" in out, out
     p.write("data/b.png", "b")
     assert "matches no file" not in p.cli("build", "--no-progress").output
+
+
+def test_open_values_are_gathered_by_every_name_any_item_returned_in_relpath_order() -> None:
+    per_item = {"b.txt": {"n": 2}, "a.txt": {"n": 1, "extra": [1]}, "c.txt": {}}
+    assert PythonRule().gather({}, per_item) == {
+        "extra": {"a.txt": [1], "b.txt": None, "c.txt": None},
+        "n": {"a.txt": 1, "b.txt": 2, "c.txt": None},
+    }
+    assert list(PythonRule().gather({}, per_item)["n"]) == ["a.txt", "b.txt", "c.txt"]
+    assert PythonRule().gather({}, {"a.txt": {}}) == {}
