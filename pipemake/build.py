@@ -74,6 +74,7 @@ class Builder:
         self.results: dict[str, Planned] = {}
         self.decisions: dict[str, Decision] = {}
         self.resolver = Resolver(pipeline, self.hasher, store, state, self.results)
+        self.resolver.warn = lambda sid, text: bus.emit("log", sid, level="warning", text=text)
         self.ctx = BuildContext(
             pipeline.root, store, state, self.ws, self.hasher, bus, jobs, retries, self.later
         )

@@ -660,7 +660,7 @@ def _print_decisions(rows: list[Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([d.as_json(s) for s, d in rows], indent=2))
     else:
-        click.echo(visible("\n".join(decision.line(stage) for stage, decision in rows)))
+        click.echo("\n".join(visible(d.line(stage), oneline=True) for stage, d in rows))
 
 
 @cli.command("dry-run")
@@ -807,7 +807,8 @@ def status(
                 if "lock" in row and row["state"] != "up to date":
                     lock_why = "; ".join(row["lock"])
                     locked = f"; {lock_why}" if lock_why else "; as in pipemake.lock"
-                click.echo(visible(f"{row['stage']}: {row['state']}{why}{locked}{last}"))
+                said = f"{row['stage']}: {row['state']}{why}{locked}{last}"
+                click.echo(visible(said, oneline=True))
                 if row["state"] == "failed" and row["last_error"]:
                     click.echo("    " + visible(row["last_error"].splitlines()[0]))
             if info.get("lock_problem"):

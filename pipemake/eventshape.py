@@ -148,6 +148,7 @@ _EVENT_FIELDS: dict[str, Callable[[Any], Any]] = {
     "source": _text,
     "queued": _number, "duration": _number, "done": _amount, "total": _amount, "unit": _text,
     "task": _words, "ok": _flag, "error": _words, "text": _words, "level": _words,
+    "item": _text,
     # run_finished
     "ran": _names, "restored": _names, "up_to_date": _names, "failed": _failed,
     "skipped": _by_stage, "interrupted": _signal, "running": _names,

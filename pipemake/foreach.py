@@ -26,7 +26,18 @@ from .scheduler import StageFailure, backoff_delay
 from .walk import BadPath
 from .workspace import remove_path
 
+#: failed items of a stage said one by one in the run log (the rest: in its stage log)
+ITEM_FAILURES_SAID = 50
+#: characters of an item's failure said there
+ITEM_FAILURE_CHARS = 4000
+
 __all__ = ["ForeachRun", "LostObjects"]
+
+
+def _one_line(name: str) -> str:
+    """An item's name as a message's line shows it: a newline or carriage return in it
+    written ``\\n``, ``\\r`` (the views escape the other control characters)."""
+    return name.replace("\n", "\\n").replace("\r", "\\r")
 
 
 class LostObjects(StageFailure):
@@ -158,6 +169,14 @@ class ForeachRun(StageRun):
         self.reduce = True
         return self.task(ctx, stage, f"{stage.id}#reduce", mode="reduce", mapped=mapped)
 
+    def fail_item(self, ctx: BuildContext, stage_id: str, rel: str, text: str) -> None:
+        """Note an item's failure; the first :data:`ITEM_FAILURES_SAID` of a stage are also
+        said as a ``log`` event naming the item, so the run log names each one."""
+        self.failures[rel] = text
+        if len(self.failures) <= ITEM_FAILURES_SAID:
+            said = f"item {_one_line(rel)} FAILED: {text[:ITEM_FAILURE_CHARS]}"
+            ctx.bus.emit("log", stage_id, level="error", item=rel, text=said)
+
     # on message -------------------------------------------------------------------------
     def on_message(self, ctx: BuildContext, stage: Stage, msg: Message) -> list[Task]:
         """Commit the items a task finished; retry its failed items while attempts remain;
@@ -166,7 +185,8 @@ class ForeachRun(StageRun):
             text = msg.data[0]
             task_items = [i for i in self.new.values() if i.get("task") == msg.task]
             for rel in [i["relpath"] for i in task_items] or ["(a batch)"]:
-                self.failures.setdefault(rel, text)
+                if rel not in self.failures:
+                    self.fail_item(ctx, stage.id, rel, text)
             return self._maybe_reduce(ctx, stage)
         if msg.kind != "result":
             return []
@@ -188,7 +208,8 @@ class ForeachRun(StageRun):
                 continue
             self.items_done += 1
             if "error" in res:
-                self.failures[rel] = res["error"] + (f"\n{res['tb']}" if res.get("tb") else "")
+                tb = f"\n{res['tb']}" if res.get("tb") else ""
+                self.fail_item(ctx, stage.id, rel, res["error"] + tb)
             elif self.mapped is not None:
                 self.mapped[rel] = {"hash": res["hash"], "kind": res["kind"]}
                 commits.append((rs.item_keys[rel], {"map": self.mapped[rel]}))
@@ -260,7 +281,7 @@ class ForeachRun(StageRun):
         if reason is not None:
             for rel in moved:
                 self.items_done += 1
-                self.failures[rel] = reason
+                self.fail_item(ctx, stage.id, rel, reason)
             return []
         assert task is not None
         items = []
@@ -335,7 +356,7 @@ class ForeachRun(StageRun):
         ok = total - len(fails)
         earlier = f" ({cached} from earlier builds)" if cached else ""
         kept = f"; the other {ok} are kept{earlier} and do not run again" if ok else ""
-        first = f"First: item {first_rel}: {fails[first_rel]}"
+        first = f"First: item {_one_line(first_rel)}: {fails[first_rel]}"
         return f"{len(fails)} of {total} item(s) failed{kept}. {first}"
 
     def rerun_lost(self, ctx: BuildContext, stage: Stage) -> list[Task]:

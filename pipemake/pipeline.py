@@ -17,10 +17,11 @@ from .dag import Graph
 from .errors import Problem, Problems, UsageError, suggest
 from .hooks import check_hook
 from .items import glob_base, is_glob
-from .model import DEFAULT_FILE, SYMBOLIC_SCOPES, Foreach, Pending, Pipeline, Stage, within
+from .model import DEFAULT_FILE, SYMBOLIC_SCOPES, Foreach, Pending, Pipeline, Stage, norm, within
 from .params import Override, UnknownParam, apply_overrides, load_params, substitute_params
 from .rule import get_rule, rule_names
 from .templates import TemplateError
+from .walk import links_under
 from .yamlchunks import load_yaml_cached
 from .yamlload import LineDict, YamlError, YamlTooBig
 
@@ -346,6 +347,7 @@ def input_place_problems(pipeline: Pipeline, dot: Path, cache: Path, shown: str)
     a glob by its fixed prefix. ``shown`` is the pipeline file as the problems name it."""
     real_dot, store = os.path.realpath(dot), os.path.realpath(cache)
     problems: list[Problem] = []
+    reach = _Reach(pipeline, shown)
     for st in pipeline.stages.values():
         for key, value in st.ports.inputs.items():
             for path in value if isinstance(value, list) else [value]:
@@ -353,6 +355,7 @@ def input_place_problems(pipeline: Pipeline, dot: Path, cache: Path, shown: str)
                     continue
                 base = glob_base(path) if is_glob(path) else path
                 real = os.path.realpath(pipeline.root / base)
+                problems += reach.check(st, key, path, base, real)
                 hint = "keep --cache-dir (PIPEMAKE_CACHE_DIR) outside every input"
                 if within(store, real):
                     what = f"holds the store {cache}"
@@ -369,3 +372,92 @@ def input_place_problems(pipeline: Pipeline, dot: Path, cache: Path, shown: str)
                     st.id, hint,
                 ))  # fmt: skip
     return problems
+
+
+class _Reach:
+    """Finds the source inputs that lead, through a symlink, into an output of their own
+    stage or of a stage after it (the input itself a link, or a link in its folder): the
+    stage would read what it or its downstream writes, so every build would find its input
+    changed and run again (``data/self -> ../build/up`` grows ``self/self/…`` for ever).
+    The literal overlaps are the loader's (:mod:`pipemake.binding`); these show only on
+    disk, so they are looked for on every load, before anything runs."""
+
+    def __init__(self, pipeline: Pipeline, shown: str):
+        self.p, self.shown = pipeline, shown
+        self.real_root = os.path.realpath(pipeline.root)
+        self._after: dict[str, list[str]] | None = None
+        self._outs: dict[str, list[tuple[str, str, tuple[str, str]]]] = {}
+        self._links: dict[str, list[tuple[str, str]]] = {}
+
+    def check(self, st: Stage, key: str, path: str, base: str, real: str) -> list[Problem]:
+        """The problems of input ``key`` of ``st`` (``path`` as written, ``base`` its
+        folder or file, ``real`` its real path); none for an output of another stage (the
+        loader checked those)."""
+        if self.p.output_owner(norm(base)) is not None:
+            return []
+        literal = os.path.normpath(os.path.join(self.real_root, base))
+        found: list[tuple[str, str]] = []
+        if real != literal:  # a link on the way: the input itself leads elsewhere
+            found.append((base, real))
+        if real not in self._links:  # several stages may read one folder: listed once
+            self._links[real] = links_under(real) if os.path.isdir(real) else []
+        found += [(f"{base.rstrip('/')}/{name}", to) for name, to in self._links[real]]
+        problems: list[Problem] = []
+        for link, target in found:
+            hit = self._output_reached(st, target)
+            if hit is None:
+                continue
+            owner, name, out = hit
+            whose = (
+                f"output {name!r} of this stage" if owner == st.id
+                else f"output {name!r} of stage {owner!r}, which runs after this one"
+            )  # fmt: skip
+            to = _text(self._rel(target))
+            to = "the project folder" if to == "." else to
+            how = (
+                f"{to}, the" if to == out
+                else f"{to}, inside {out}, the" if within(to, out)
+                else f"{to}, which holds {out}, the"
+            )  # fmt: skip
+            problems.append(Problem(
+                f"input {key!r} ({_text(path)}): {_text(link)} is a symlink to {how} {whose}: "
+                "the stage would read what the pipeline writes from it, and never be up to date",
+                self.shown, st.lines.get(key, st.line) or None, st.id,
+                "remove the link or point it outside the outputs; to use an output, refer "
+                "to it ({stage.output}) from a stage after the one writing it",
+            ))  # fmt: skip
+            break  # one link per input is enough to say what to do
+        return problems
+
+    def _output_reached(self, st: Stage, target: str) -> tuple[str, str, str] | None:
+        """``(stage, output name, output path)`` of the first output of ``st`` or of a stage
+        after it that ``target`` (a real path) lies in or holds."""
+        for owner, name, out in self._outputs(st.id):
+            if within(target, out[1]) or within(out[1], target):
+                return owner, name, out[0]
+        return None
+
+    def _outputs(self, sid: str) -> list[tuple[str, str, tuple[str, str]]]:
+        """The outputs of ``sid`` and of every stage after it: ``(stage, name, (path as
+        written, real path))``."""
+        if self._after is None:
+            self._after = self.p.graph.dependents() if self.p.graph is not None else {}
+        if sid not in self._outs:
+            order, todo, seen = [], [sid], {sid}
+            while todo:
+                now = todo.pop()
+                order.append(now)
+                for nxt in self._after.get(now, ()):
+                    if nxt not in seen:
+                        seen.add(nxt)
+                        todo.append(nxt)
+            self._outs[sid] = [
+                (s, name, (out, os.path.realpath(os.path.join(self.p.root, out))))
+                for s in order
+                for name, out in self.p.stages[s].ports.outputs.items()
+            ]
+        return self._outs[sid]
+
+    def _rel(self, real: str) -> str:
+        """A real path for a message: relative to the project when inside it."""
+        return os.path.relpath(real, self.real_root) if within(real, self.real_root) else real

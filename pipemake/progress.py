@@ -54,14 +54,17 @@ def _escaped(match: re.Match[str]) -> str:
 _SGR = re.compile("\x1b\\[[0-9;:]*m")
 
 
-def visible(text: Any, name: bool = False) -> str:
+def visible(text: Any, name: bool = False, oneline: bool = False) -> str:
     """``text`` as a terminal should show it: colour sequences dropped (a tool's coloured
     output reads as its text; kept, escaped, in a file ``name``, which must stay findable)
     and every other control character written out as ``\\x1b``, ``\\u202e`` …, so text
     read from a store, a log or a file name cannot clear the screen, retitle the window,
-    write the clipboard or forge a line; tabs and newlines stay."""
+    write the clipboard or forge a line; tabs and newlines stay, but for text that is
+    ``oneline`` (one line of a view, a ``dry-run`` line), where a newline (one in a file
+    name) is written ``\\n``, so it cannot split the line in two."""
     text = text if isinstance(text, str) else str(text)
-    return _CONTROL.sub(_escaped, text if name else _SGR.sub("", text))
+    shown = _CONTROL.sub(_escaped, text if name else _SGR.sub("", text))
+    return shown.replace("\n", "\\n") if oneline else shown
 
 
 class _Remaining:
@@ -254,6 +257,8 @@ def describe(event: Event) -> str | None:
     if k == "hook_finished":
         return f"{d.get('hook')} hook ran{_hook_target(d)}"
     if k == "log":
+        if d.get("item") is not None and s:  # an item's failure: the line naming it
+            return f"{s}: {_first_line(d.get('text'))}"
         if d.get("level") in ("warning", "error", "info"):
             return f"{s}| {d.get('text', '')}" if s else str(d.get("text", ""))
         return None
@@ -329,15 +334,21 @@ def log_lines(events: Iterable[dict[str, Any]], verbose: bool = True) -> list[st
             last_progress[ev["stage"]] = i
     out = []
     skip = {"event", "stage", "time"}
+    failed: dict[str, int] = {}  # stage → items failed (its progress says)
+    said: dict[str, int] = {}  # stage → items whose failure its run log holds
     for i, ev in enumerate(events):
         event = Event(
             str(ev.get("event")), ev.get("stage"), {k: v for k, v in ev.items() if k not in skip},
             float(ev.get("time") or 0),
         )  # fmt: skip
         items(event)
+        if event.kind == "progress" and isinstance(event.data.get("failed"), int):
+            failed[event.stage or ""] = event.data["failed"]
         if event.kind == "progress" and last_progress.get(event.stage or "") != i:
             continue
-        if event.kind == "log" and not verbose:
+        if event.kind == "log" and event.data.get("item") is not None:
+            said[event.stage or ""] = said.get(event.stage or "", 0) + 1
+        if event.kind == "log" and not verbose and event.data.get("item") is None:
             continue
         stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
         if event.kind == "run_started":
@@ -353,11 +364,22 @@ def log_lines(events: Iterable[dict[str, Any]], verbose: bool = True) -> list[st
             err = str(event.data.get("error") or "").strip().splitlines()
             out.append(f"[{stamp}] {event.stage}: FAILED: {err[0] if err else ''}")
             out.extend(f"           {line}" for line in err[1:])
+            more = failed.get(event.stage or "", 0) - said.get(event.stage or "", 0)
+            if said.get(event.stage or "") and more > 0:
+                out.append(
+                    f"           … and {more:,} more failed item(s), each in "
+                    f".pipemake/logs/{event.stage}.log"
+                )
             continue
         text = describe(event)
-        if text:
+        if text and event.kind == "log":  # a message may span lines: each its own
+            rest = str(event.data.get("text") or "").split("\n")[1:]
+            lead = text.split("\n")[0] if event.data.get("item") is None else text
+            out.append(f"[{stamp}] {lead}")
+            out.extend(f"           {line}" for line in rest)
+        elif text:
             out.append(f"[{stamp}] {text}")
-    return [visible(line) for line in out]
+    return [visible(line, oneline=True) for line in out]
 
 
 class PlainView:
@@ -394,13 +416,16 @@ class PlainView:
             for line in summary_lines(event, self.items):
                 self._line(line)
             return
-        if k == "log" and not self.verbose:
+        if k == "log" and not self.verbose and event.data.get("item") is None:
             return
         if k == "progress":
             self._progress(event)
             return
         text = describe(event)
         if not text:
+            return
+        if k == "log":  # a message may span lines (each of a command's lines is one event)
+            self._line(text, oneline=False)
             return
         if k == "stage_started" and s:
             self._last_line[s] = self.clock()
@@ -429,9 +454,9 @@ class PlainView:
             text += f", ETA {_fmt_duration(left)}"
         self._line(text)
 
-    def _line(self, text: str) -> None:
+    def _line(self, text: str, oneline: bool = True) -> None:
         stamp = time.strftime("%H:%M:%S", time.localtime(self.clock()))
-        self.stream.write(f"[{stamp}] {visible(text)}\n")
+        self.stream.write(f"[{stamp}] {visible(text, oneline=oneline)}\n")
         self.stream.flush()
 
     def close(self) -> None:
@@ -511,17 +536,20 @@ class RichView:
             self._print(f"  ✗ {s}  FAILED: {_first_line(d.get('error'))}", "bold red")
         elif k == "stage_cancelled":
             self._print(f"  ■ {s}  stopped ({d.get('reason', '')})", "yellow")
+        elif k == "log" and d.get("item") is not None:
+            self._print(f"  {describe(event) or ''}", "red")
         elif k == "log" and d.get("level") in ("warning", "error"):
-            self._print(f"  {s + '| ' if s else ''}{d.get('text', '')}", "yellow")
+            self._print(f"  {s + '| ' if s else ''}{d.get('text', '')}", "yellow", oneline=False)
         elif k in ("stage_retried", "stopping", "hook_failed"):
             self._print(describe(event) or "", "yellow")
 
-    def _print(self, text: str, style: str | None = None) -> None:
+    def _print(self, text: str, style: str | None = None, oneline: bool = True) -> None:
         from rich.text import Text
 
         # the style on the line's Text, not on print(): rich draws the live panel in the
         # same print, and print's style would colour the panel too
-        self.console.print(Text(visible(text), style=style or ""), highlight=False)
+        shown = Text(visible(text, oneline=oneline), style=style or "")
+        self.console.print(shown, highlight=False)
 
     def __rich_console__(self, console: Any, options: Any) -> Any:
         """The view as it is drawn now, for the width rich gives (rich's protocol:
@@ -572,7 +600,10 @@ class RichView:
         width = self.console.width if width is None else width
         # names and units may come from a shared store: shown as text (Text, never markup),
         # their control characters written out
-        rows = [(visible(n), st, bar, visible(f)) for n, st, bar, f in self._rows()]
+        rows = [
+            (visible(n, oneline=True), st, bar, visible(f, oneline=True))
+            for n, st, bar, f in self._rows()
+        ]
         figures = max(cell_len(f) for *_, f in rows)
         names = max(cell_len(n) for n, *_ in rows)
         room = width - figures - 1  # for the name, and the bar with its gap

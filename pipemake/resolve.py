@@ -32,9 +32,13 @@ from .scheduler import StageFailure
 from .state import WorkspaceState
 from .store import Store
 from .templates import Ref, TemplateError, find_refs, substitute
-from .walk import BadPath
+from .walk import BadPath, left_out
 
 __all__ = ["Planned", "ResolvedStage", "Resolver", "Unknown"]
+
+#: in the key of a foreach stage whose values are whatever its items return: each item's
+#: values are gathered into the stage's (an entry from before that holds none)
+_GATHERED = "values gathered from items"
 
 
 class Unknown(Exception):
@@ -81,6 +85,9 @@ class ResolvedStage:
     cached: dict[str, Any] = field(default_factory=dict)
     #: ``(memo, key)`` for the workspace state to remember after the stage is decided
     remember: tuple[str, str] | None = None
+    #: the stage's values are whatever its items return (``python``, ``custom``): its key
+    #: says so, so an entry stored before such values were gathered is not reused
+    open_values: bool = False
     _items: list[Item] | None = field(default=None, repr=False)
     _item_keys: dict[str, str] | None = field(default=None, repr=False)
 
@@ -116,9 +123,14 @@ class ResolvedStage:
             self.item_keys[rel] = map_key(self.map_base, ref)
         else:
             self.item_keys[rel] = item_key(self.base, ref)
-            self.key = digest(["foreach", self.base, items_digest(self.item_keys)])
+            self.key = self.foreach_key()
         self.source = None
         self.remember = None
+
+    def foreach_key(self) -> str:
+        """A plain foreach stage's key: its base and every item's key."""
+        parts = ["foreach", self.base, items_digest(self.item_keys)]
+        return digest(parts + [_GATHERED] if self.open_values else parts)
 
     def reduce_key(self, mapped: dict[str, str]) -> str:
         """A map-reduce stage's key once every map result (relpath → its hash) is in."""
@@ -145,6 +157,8 @@ class Resolver:
         self.results = results
         #: the paths the pipeline names, as written and as real paths (see _inside_project)
         self._named: tuple[set[str], set[str]] | None = None
+        #: said a warning about a stage (the build's bus); None: warnings go unsaid
+        self.warn: Callable[[str, str], None] | None = None
 
     def resolve(self, stage: Stage) -> ResolvedStage:
         """The stage's ports with every reference resolved, its key document and key;
@@ -208,8 +222,9 @@ class Resolver:
         # runs the items it adds, not the ones it kept
         doc["foreach"] = [stage.foreach.input]
         rs = ResolvedStage(
-            ports, doc, None, unknown, foreach=True, map_reduce=bool(stage.rule.map_reduce)
-        )
+            ports, doc, None, unknown, foreach=True, map_reduce=bool(stage.rule.map_reduce),
+            open_values=bool(getattr(stage.rule, "open_values", False)),
+        )  # fmt: skip
         if source is not None:
             rs.source, rs.list_items = source
         if not unknown:
@@ -252,9 +267,42 @@ class Resolver:
             if kind == "file":
                 parent = os.path.dirname(base) or "."
                 return select(parent, [[os.path.basename(base), digest_]], None)
-            return select(base, entries(), pattern, path if globbed else None)
+            items = select(base, entries(), pattern, path if globbed else None)
+            if self.warn is not None:
+                self._say_left_out(stage, path, base, items, entries, owner is None)
+            return items
 
         return [kind, digest_, path, pattern], listing
+
+    def _say_left_out(
+        self, stage: Stage, path: str, base: str, items: list[Item],
+        entries: Callable[[], Any], on_disk: bool,
+    ) -> None:  # fmt: skip
+        """Warn (once, when the items are listed) of what a foreach input leaves out
+        silently otherwise: every file, when its pattern matches none of them; entries of a
+        folder on disk that hold no file (a symlink that leads nowhere, a FIFO, a device)."""
+        assert self.warn is not None and stage.foreach is not None
+        pattern, globbed = stage.foreach.pattern, path if is_glob(path) else None
+        if pattern and not items and select(base, entries(), None, globbed):
+            self.warn(
+                stage.id,
+                f"foreach pattern {pattern!r} matches no file of input "
+                f"{stage.foreach.input!r} ({path}): the stage has no items; widen the "
+                "pattern, or check the files' names",
+            )
+        if not on_disk:
+            return
+        full = base if os.path.isabs(base) else os.path.join(self.p.root, base)
+        found = dict(left_out(full))
+        kept = select(base, [[rel, ""] for rel in sorted(found)], pattern, globbed) if found else []
+        if kept:
+            first = kept[0]
+            self.warn(
+                stage.id,
+                f"{len(kept):,} entr{'y' if len(kept) == 1 else 'ies'} of input "
+                f"{stage.foreach.input!r} ({path}) hold no file and are left out of its items "
+                f"(first: {first.path}, {found[first.relpath]}); remove them, or link to files",
+            )
 
     def _stage_key(self, stage: Stage, rs: ResolvedStage) -> None:
         """Fill in a foreach stage's key (None for map-reduce while maps are missing). A
@@ -265,12 +313,14 @@ class Resolver:
         rs.base = base
         rule = stage.rule
         if not rule.map_reduce:
-            memo = digest([base, rs.source, stage.foreach.pattern if stage.foreach else None])
+            pattern = stage.foreach.pattern if stage.foreach else None
+            memo_of = [base, rs.source, pattern]
+            memo = digest(memo_of + [_GATHERED] if rs.open_values else memo_of)
             known = self.state.builds.foreach_key(stage.id)
             if known is not None and known[0] == memo:
                 rs.key = known[1]
                 return
-            rs.key = digest(["foreach", base, items_digest(rs.item_keys)])
+            rs.key = rs.foreach_key()
             rs.remember = (memo, rs.key)
             return
         params = dict(rs.doc["params"])
@@ -328,9 +378,10 @@ class Resolver:
             values = planned.values if isinstance(planned.values, dict) else {}
             if ref.name not in values:
                 got = ", ".join(sorted(map(str, values))) or "none"
+                who = "its items" if up.foreach is not None else "it"
                 raise StageFailure(
-                    f"{ref}: stage {ref.scope!r} returned no value {ref.name!r} (it returned: "
-                    f"{got}); return it from that stage, or refer to one it returns"
+                    f"{ref}: stage {ref.scope!r} returned no value {ref.name!r} ({who} "
+                    f"returned: {got}); return it from that stage, or refer to one it returns"
                 )
             value = values[ref.name]
             if used is not None:

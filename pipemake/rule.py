@@ -478,11 +478,16 @@ class Rule:
 
     def gather(self, params: Mapping[str, Any], per_item: Mapping[str, Any]) -> dict[str, Any]:
         """The stage's computed values from each item's (item relpath → values); by default
-        each declared value becomes a mapping from item relpath to that item's value."""
-        return {
-            name: {rel: (vals or {}).get(name) for rel, vals in per_item.items()}
-            for name in self.values
-        }
+        each declared value becomes a mapping from item relpath (sorted) to that item's value
+        (None for an item that did not return it). A rule with open values (``python``,
+        ``custom``) declares none: every name some item returned is gathered so."""
+        names: Sequence[str] = self.values
+        if getattr(self, "open_values", False):
+            names = sorted({str(n) for vals in per_item.values() for n in vals or {}})
+        if not names:
+            return {}
+        rels = sorted(per_item)  # one order however the items came (cached ones, new ones)
+        return {name: {rel: (per_item[rel] or {}).get(name) for rel in rels} for name in names}
 
     #: map-reduce rules set this and implement map_item and reduce
     map_reduce: ClassVar[bool] = False

@@ -1,5 +1,7 @@
 """Walking a directory and its stat signature: shared by the hasher and the no-op check
-(:mod:`pipemake.noop`), which must compute the very same signature and stay light."""
+(:mod:`pipemake.noop`), which must compute the very same signature and stay light. Also
+what a walk would meet without hashing it: the symlinks under a folder (the loader refuses
+one into an output) and the entries it leaves out as holding no file (a build says so)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import uuid
 
 import xxhash
 
-__all__ = ["BadPath", "LinkView", "Row", "signature", "walk"]
+__all__ = ["BadPath", "LinkView", "Row", "left_out", "links_under", "signature", "walk"]
 
 #: relpath, dev, ino, size, mtime_ns, ctime_ns, mode & 0o111 (ctime: no tool can set it, so a
 #: rewrite that restores size and mtime still shows)
@@ -67,6 +69,81 @@ def walk(base: str) -> list[Row]:
                      s.st_mode & 0o111)
                 )  # fmt: skip
     return rows
+
+
+def links_under(base: str) -> list[tuple[str, str]]:
+    """Every symlink under the directory ``base`` as :func:`walk` meets them (symlinked
+    directories followed, each real folder listed once): ``(relpath, real path it leads
+    to)``. Only names are listed, nothing is stat'ed but the links themselves, so a tree
+    of files costs one ``scandir`` per folder; a folder that cannot be listed is left to
+    the walk to report."""
+    found: list[tuple[str, str]] = []
+    seen = {os.path.realpath(base)}
+    stack = [("", base)]
+    while stack:
+        sub, where = stack.pop()
+        try:
+            it = os.scandir(where)
+        except OSError:
+            continue
+        with it:
+            for de in it:
+                name = f"{sub}/{de.name}" if sub else de.name
+                if de.is_symlink():
+                    target = os.path.realpath(de.path)
+                    found.append((name, target))
+                    if target not in seen and os.path.isdir(target):
+                        seen.add(target)
+                        stack.append((name, de.path))
+                elif de.is_dir(follow_symlinks=False):
+                    stack.append((name, de.path))
+    return found
+
+
+def left_out(base: str) -> list[tuple[str, str]]:
+    """What :func:`walk` leaves out under the directory ``base`` as holding no file:
+    ``(relpath, what it is)`` for each symlink that leads nowhere, FIFO, socket or device
+    (or symlink to one). Names only, as :func:`links_under` lists them: nothing is stat'ed
+    but links and those entries."""
+    found: list[tuple[str, str]] = []
+    seen = {os.path.realpath(base)}
+    stack = [("", base)]
+    while stack:
+        sub, where = stack.pop()
+        try:
+            it = os.scandir(where)
+        except OSError:
+            continue
+        with it:
+            for de in it:
+                name = f"{sub}/{de.name}" if sub else de.name
+                link = de.is_symlink()
+                if not link and de.is_dir(follow_symlinks=False):
+                    stack.append((name, de.path))
+                    continue
+                if not link and de.is_file(follow_symlinks=False):
+                    continue
+                try:
+                    mode = (os.stat if link else os.lstat)(de.path).st_mode
+                except OSError:
+                    found.append((name, "a symlink that leads nowhere"))
+                    continue
+                if stat.S_ISDIR(mode):
+                    target = os.path.realpath(de.path)
+                    if target not in seen:
+                        seen.add(target)
+                        stack.append((name, de.path))
+                elif not stat.S_ISREG(mode):
+                    kind = _KINDS.get(stat.S_IFMT(mode), "no file")
+                    found.append((name, f"a symlink to {kind}" if link else kind))
+    return found
+
+
+#: what a walk leaves out, in words
+_KINDS = {
+    stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device",
+    stat.S_IFBLK: "a device",
+}  # fmt: skip
 
 
 def _no_loop(base: str, name: str, path: str) -> None:
