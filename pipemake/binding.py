@@ -4,6 +4,7 @@ outputs, missing source inputs, missing packages, cycles)."""
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import os
 import posixpath
@@ -220,7 +221,7 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: Problems) ->
     after = raw.get("depends_on") or []
     after = [after] if isinstance(after, str) else list(after)
     deps = list(dict.fromkeys([*after, *refs]))
-    _place_paths(ports, str(pipeline.root), config, written, raw, ld)
+    _place_paths(ports, pipeline, config, written, raw, ld)
     return Stage(
         id=sid,
         type=raw["type"],
@@ -284,11 +285,18 @@ def _ports(
 
 
 def _place_paths(
-    ports: Ports, root: str, config: Any, written: dict[str, str], raw: LineDict, ld: Problems
+    ports: Ports,
+    pipeline: Pipeline,
+    config: Any,
+    written: dict[str, str],
+    raw: LineDict,
+    ld: Problems,
 ) -> None:
     """Normalize the stage's paths (relative to the project root when inside it, absolute
-    when outside) and refuse outputs that cannot be one."""
-    sid = raw["id"]
+    when outside) and refuse outputs that cannot be one (outside the project's reach,
+    in ``.pipemake/``, or the pipeline's own files)."""
+    sid, root = raw["id"], str(pipeline.root)
+    own = pipeline.own_files()
     for key in list(ports.outputs):
         out = ports.outputs[key]
         clean = in_project(out, root)
@@ -310,6 +318,14 @@ def _place_paths(
             )
         elif clean == ".pipemake" or clean.startswith(".pipemake/"):
             ld.problem(f"output {key!r} may not be inside .pipemake/", line, sid)
+        elif mine := next(((f, w) for f, w in own.items() if within(f, clean)), None):
+            ld.problem(
+                f"output {key!r} ({out!r}) {'is' if mine[0] == clean else 'holds'} {mine[1]}: "
+                "building it would overwrite that",
+                line,
+                sid,
+                hint="write the output to a path of its own, e.g. build/...",
+            )
         ports.outputs[key] = clean
     for key, value in ports.inputs.items():
         if isinstance(value, list):
@@ -577,21 +593,61 @@ def check_graph(pipeline: Pipeline, raws: list[LineDict], ld: Problems) -> None:
                     st.id,
                     hint=suggest(dep, list(stages)),
                 )
-        _check_inputs(pipeline, st, ld)
+    inside = _OutputsInside(stages)
+    why: dict[tuple[str, str], str] = {}  # (stage, the stage it needs) → the paths that say so
+    for st in stages.values():
+        _check_inputs(pipeline, st, ld, inside, why)
     check_packages(pipeline, ld)
     ld.fail_if_any()
     pipeline.graph = Graph({sid: [d for d in st.deps if d in stages] for sid, st in stages.items()})
     cycle = pipeline.graph.find_cycle()
     if cycle is not None:
+        steps = [why.get((b, a)) for a, b in zip(cycle, cycle[1:], strict=False)]
+        paths = "; ".join(s for s in steps if s)
         ld.problem(
-            f"the stages form a cycle: {' → '.join(cycle)}",
+            f"the stages form a cycle: {' → '.join(cycle)}" + (f" ({paths})" if paths else ""),
             stages[cycle[0]].line,
             cycle[0],
-            hint="remove one of these dependencies",
+            hint="remove one of these dependencies"
+            + (", or move an output out of the folder another stage reads" if paths else ""),
         )
 
 
-def _check_inputs(pipeline: Pipeline, st: Stage, ld: Problems) -> None:
+class _OutputsInside:
+    """Every stage's outputs sorted by path, to find those lying inside an input folder
+    without comparing each input with each output."""
+
+    def __init__(self, stages: Mapping[str, Stage]) -> None:
+        self.outs = sorted(
+            (out, sid, key) for sid, st in stages.items() for key, out in st.ports.outputs.items()
+        )
+
+    def below(self, folder: str) -> list[tuple[str, str, str]]:
+        """``(path, stage, output name)`` of each output strictly inside ``folder`` (``.``:
+        the project, which holds every relative output)."""
+        if folder in (".", ""):
+            return [o for o in self.outs if not o[0].startswith("/")]
+        prefix = folder.rstrip("/") + "/"
+        at = bisect.bisect_left(self.outs, (prefix,))
+        found = []
+        while at < len(self.outs) and self.outs[at][0].startswith(prefix):
+            found.append(self.outs[at])
+            at += 1
+        return found
+
+
+def _check_inputs(
+    pipeline: Pipeline,
+    st: Stage,
+    ld: Problems,
+    inside: _OutputsInside,
+    why: dict[tuple[str, str], str],
+) -> None:
+    """Check the stage's inputs (not overlapping its own outputs; a source input exists)
+    and add the edges their paths imply: an input that is, or lies inside, another stage's
+    output needs that stage; so does an input folder holding another stage's output (its
+    content is complete only once that stage has run). ``why`` gets each such edge's
+    paths, for a cycle's message."""
     for key, value in st.ports.inputs.items():
         paths = value if isinstance(value, list) else [value]
         for p in paths:
@@ -613,8 +669,23 @@ def _check_inputs(pipeline: Pipeline, st: Stage, ld: Problems) -> None:
             if owner is not None:
                 if owner[0] != st.id and owner[0] not in st.deps:
                     st.deps.append(owner[0])
-            elif not os.path.exists(p if os.path.isabs(p) else os.path.join(pipeline.root, p)):
-                _missing(ld, st, key, p, pipeline.root)
+                    out = pipeline.stages[owner[0]].ports.outputs[owner[1]]
+                    why[(st.id, owner[0])] = (
+                        f"{st.id} reads {owner[0]}'s output {out}"
+                        if out == p
+                        else f"{st.id} reads {p}, inside {owner[0]}'s output {out}"
+                    )
+                continue
+            held = [o for o in inside.below(p) if o[1] != st.id]
+            for out, sid, _name in held:
+                if sid not in st.deps:
+                    st.deps.append(sid)
+                    why[(st.id, sid)] = (
+                        f"{st.id} reads the folder {p}, which holds {sid}'s output {out}"
+                    )
+            if not os.path.exists(p if os.path.isabs(p) else os.path.join(pipeline.root, p)):
+                if not held:  # else an upstream stage makes the folder
+                    _missing(ld, st, key, p, pipeline.root)
             else:
                 _check_source(pipeline, st, key, written, p, ld)
 
@@ -722,6 +793,7 @@ def check_sources(pipeline: Pipeline, ld: Problems, raws: Sequence[LineDict] | N
                     if v and in_project(v, str(pipeline.root)) not in read
                 ]
     check_packages(pipeline, ld)
+    inside = _OutputsInside(pipeline.stages)
     for st in pipeline.stages.values():
         for key, value in st.ports.inputs.items():
             for path in value if isinstance(value, list) else [value]:
@@ -732,6 +804,8 @@ def check_sources(pipeline: Pipeline, ld: Problems, raws: Sequence[LineDict] | N
                     within(base, u) or within(u, base) for u in unsure if u not in (".", "")
                 ):
                     continue  # perhaps what a stage with a problem writes
+                if base not in (".", "") and any(o[1] != st.id for o in inside.below(base)):
+                    continue  # a folder an upstream stage makes, writing into it
                 if pipeline.output_owner(base) is None and not os.path.exists(
                     base if os.path.isabs(base) else os.path.join(pipeline.root, base)
                 ):
