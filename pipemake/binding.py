@@ -595,8 +595,15 @@ def check_graph(pipeline: Pipeline, raws: list[LineDict], ld: Problems) -> None:
                 )
     inside = _OutputsInside(stages)
     why: dict[tuple[str, str], str] = {}  # (stage, the stage it needs) → the paths that say so
+    unsure: list[tuple[str, str, str]] = []  # edges a glob may imply: (stage, needed, why)
     for st in stages.values():
-        _check_inputs(pipeline, st, ld, inside, why)
+        _check_inputs(pipeline, st, ld, inside, why, unsure)
+    known = Graph({s: [d for d in x.deps if d in stages] for s, x in stages.items()})
+    for sid, dep, said in unsure:  # taken where they close no cycle
+        if dep not in stages[sid].deps and sid not in known.ancestors([dep]):
+            stages[sid].deps.append(dep)
+            known.deps[sid].append(dep)
+            why[(sid, dep)] = said
     check_packages(pipeline, ld)
     ld.fail_if_any()
     pipeline.graph = Graph({sid: [d for d in st.deps if d in stages] for sid, st in stages.items()})
@@ -635,6 +642,76 @@ class _OutputsInside:
             at += 1
         return found
 
+    def feeding(
+        self, pipeline: Pipeline, reader: str, path: str, base: str
+    ) -> list[tuple[str, str, bool]]:
+        """``(output path, stage, surely)`` of the other stages' outputs that put files
+        into input ``path`` of stage ``reader`` (``base``: the folder, or a glob's fixed
+        part). Surely: an output inside the folder; for a glob, an output matching it, or
+        a folder (as its rule declares it) that may hold a file matching it. Not surely:
+        an output of a ``shell`` or ``python`` stage (a file or a folder, as its command
+        makes it) that does not match the glob but might hold a file that does."""
+        found = [o for o in self.below(base) if o[1] != reader]
+        if path == base:
+            return [(out, sid, True) for out, sid, _ in found]
+        rel_glob = path[len(base) + 1 :] if base != "." else path
+        cut = len(base) + 1 if base != "." else 0
+        feeds = []
+        for out, sid, name in found:
+            if fnmatch.fnmatchcase(out[cut:], rel_glob):
+                feeds.append((out, sid, True))
+                continue
+            kind = pipeline.stages[sid].ports.output_kinds.get(name)
+            if kind != "file" and _may_start(rel_glob, out[cut:] + "/"):
+                feeds.append((out, sid, kind == "dir"))
+        return feeds
+
+
+def _may_start(glob: str, prefix: str) -> bool:
+    """Whether some path beginning with ``prefix`` matches ``glob`` as
+    :func:`fnmatch.fnmatchcase` matches (``*`` crossing ``/`` too): ``prefix`` is run
+    through the glob's characters, ``*`` and ``?`` and ``[...]``, keeping every place in
+    the glob it may have reached; any left means the rest of a path can complete it."""
+    tokens: list[str] = []
+    i = 0
+    while i < len(glob):
+        c = glob[i]
+        if c == "[":
+            j = i + 1
+            j += glob[j : j + 1] == "!"
+            j += glob[j : j + 1] == "]"
+            end = glob.find("]", j)
+            if end != -1:
+                tokens.append(glob[i : end + 1])
+                i = end + 1
+                continue
+        tokens.append(c)
+        i += 1
+
+    def closure(states: set[int]) -> set[int]:
+        out = set(states)
+        for k in sorted(states):
+            while k < len(tokens) and tokens[k] == "*":
+                k += 1
+                out.add(k)
+        return out
+
+    states = closure({0})
+    for ch in prefix:
+        step: set[int] = set()
+        for k in states:
+            if k == len(tokens):
+                continue
+            t = tokens[k]
+            if t == "*":
+                step.add(k)
+            elif t == "?" or (len(t) > 1 and fnmatch.fnmatchcase(ch, t)) or t == ch:
+                step.add(k + 1)
+        states = closure(step)
+        if not states:
+            return False
+    return True
+
 
 def _check_inputs(
     pipeline: Pipeline,
@@ -642,12 +719,14 @@ def _check_inputs(
     ld: Problems,
     inside: _OutputsInside,
     why: dict[tuple[str, str], str],
+    unsure: list[tuple[str, str, str]],
 ) -> None:
     """Check the stage's inputs (not overlapping its own outputs; a source input exists)
     and add the edges their paths imply: an input that is, or lies inside, another stage's
     output needs that stage; so does an input folder holding another stage's output (its
     content is complete only once that stage has run). ``why`` gets each such edge's
-    paths, for a cycle's message."""
+    paths, for a cycle's message; ``unsure`` the edges a glob only may imply (see
+    :meth:`_OutputsInside.feeding`)."""
     for key, value in st.ports.inputs.items():
         paths = value if isinstance(value, list) else [value]
         for p in paths:
@@ -676,13 +755,16 @@ def _check_inputs(
                         else f"{st.id} reads {p}, inside {owner[0]}'s output {out}"
                     )
                 continue
-            held = [o for o in inside.below(p) if o[1] != st.id]
-            for out, sid, _name in held:
-                if sid not in st.deps:
+            held = inside.feeding(pipeline, st.id, written, p)
+            for out, sid, surely in held:
+                said = f"{st.id} reads the folder {p}, which holds {sid}'s output {out}"
+                if written != p:
+                    said = f"{st.id} reads {written}, which {sid}'s output {out} may add to"
+                if not surely:
+                    unsure.append((st.id, sid, said))
+                elif sid not in st.deps:
                     st.deps.append(sid)
-                    why[(st.id, sid)] = (
-                        f"{st.id} reads the folder {p}, which holds {sid}'s output {out}"
-                    )
+                    why[(st.id, sid)] = said
             if not os.path.exists(p if os.path.isabs(p) else os.path.join(pipeline.root, p)):
                 if not held:  # else an upstream stage makes the folder
                     _missing(ld, st, key, p, pipeline.root)
@@ -793,7 +875,7 @@ def check_sources(pipeline: Pipeline, ld: Problems, raws: Sequence[LineDict] | N
                     if v and in_project(v, str(pipeline.root)) not in read
                 ]
     check_packages(pipeline, ld)
-    inside = _OutputsInside(pipeline.stages)
+    inside: _OutputsInside | None = None  # made when some source input is missing
     for st in pipeline.stages.values():
         for key, value in st.ports.inputs.items():
             for path in value if isinstance(value, list) else [value]:
@@ -804,11 +886,12 @@ def check_sources(pipeline: Pipeline, ld: Problems, raws: Sequence[LineDict] | N
                     within(base, u) or within(u, base) for u in unsure if u not in (".", "")
                 ):
                     continue  # perhaps what a stage with a problem writes
-                if base not in (".", "") and any(o[1] != st.id for o in inside.below(base)):
-                    continue  # a folder an upstream stage makes, writing into it
                 if pipeline.output_owner(base) is None and not os.path.exists(
                     base if os.path.isabs(base) else os.path.join(pipeline.root, base)
                 ):
+                    inside = inside or _OutputsInside(pipeline.stages)
+                    if inside.feeding(pipeline, st.id, path, base):
+                        continue  # a folder an upstream stage makes, writing into it
                     _missing(ld, st, key, base, pipeline.root)
 
 

@@ -89,6 +89,51 @@ def test_an_inferred_edge_that_closes_a_cycle_names_both_stages_and_paths(
     assert proj.run_counts() == {}
 
 
+GLOB_READER = """
+name: t
+stages:
+  - id: count
+    type: shell
+    foreach: d
+    config:
+      cmd: "echo x >> runs/count.count; wc -l < {inputs.d} > {outputs.o}/{item.name}"
+      inputs: {d: "data/*.csv"}
+      outputs: {o: build/n}
+  - id: summary
+    type: shell
+    config: {cmd: "ls {inputs.n} > {outputs.o}", inputs: {n: "{count.o}"}, outputs: {o: OUT}}
+  - id: more
+    type: shell
+    config: {cmd: "echo b > {outputs.o}", outputs: {o: data/more.csv}}
+  - id: side
+    type: shell
+    config: {cmd: "mkdir -p {outputs.o}; echo c > {outputs.o}/c.csv", outputs: {o: data/side}}
+"""
+
+
+def test_a_glob_input_needs_the_stages_whose_outputs_it_may_take_in(
+    project: Callable[..., Proj],
+) -> None:
+    # summary writes data/summary.txt: not a .csv, and as a folder it would close a cycle,
+    # so it is taken for the file it names; more's file matches, side's folder may hold some
+    proj = project(GLOB_READER.replace("OUT", "data/summary.txt"), {"data/a.csv": "a\n"})
+    assert proj.cli("graph").output.splitlines() == [
+        "more (shell)", "side (shell)", "count (shell)  ← more, side", "summary (shell)  ← count",
+    ]  # fmt: skip
+    proj.cli("build", "--no-progress")
+    assert proj.read("data/summary.txt").split() == ["a.csv", "c.csv", "more.csv"]
+    assert proj.cli("dry-run", "--check").output.count("up to date") == 4
+
+
+def test_a_glob_input_matching_a_downstream_output_is_a_cycle(
+    project: Callable[..., Proj],
+) -> None:
+    proj = project(GLOB_READER.replace("OUT", "data/summary.csv"), {"data/a.csv": "a\n"})
+    out = proj.cli("validate", code=2).output
+    assert "the stages form a cycle: count → summary → count" in out, out
+    assert "count reads data/*.csv, which summary's output data/summary.csv may add to" in out
+
+
 # -- outputs that are pipemake's own files ------------------------------------------------
 
 ONE_OUTPUT = """
