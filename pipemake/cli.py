@@ -25,6 +25,7 @@ import click
 
 from . import api, noop
 from .errors import Interrupted, PipemakeError, UsageError, os_failure
+from .model import LOCK_FILE
 from .progress import error_lines, restored_from, visible
 
 __all__ = ["main", "cli"]
@@ -1095,7 +1096,11 @@ def report(ctx: click.Context, run: str | None, output: str) -> None:
     from .serve.report import write_report
 
     def go() -> int:
-        path = write_report(_pipeline_file(ctx).resolve(), Path(output), run)
+        file = _pipeline_file(ctx).resolve()
+        for own, what in ((file, "the pipeline file"), (file.parent / LOCK_FILE, LOCK_FILE)):
+            if os.path.realpath(output) == os.path.realpath(own):
+                raise UsageError(f"-o {output} is {what}: a report written there would replace it")
+        path = write_report(file, Path(output), run)
         click.echo(f"wrote {_shown(path)} ({path.stat().st_size / 1e6:.1f} MB)")
         return 0
 

@@ -196,6 +196,15 @@ def test_graph_o_refuses_to_replace_the_pipeline_file_or_the_lock(chain: Proj, n
     assert "report" in chain.read("dag.txt")
 
 
+def test_report_o_refuses_to_replace_the_pipeline_file_or_the_lock(chain: Proj) -> None:
+    chain.cli("build", "--no-progress")
+    before = {f: chain.read(f) for f in ("pipemake.yaml", "pipemake.lock")}
+    for name in before:
+        out = chain.cli("report", "-o", str(chain.root / name), code=2).output
+        assert "a report written there would replace it" in out, out
+    assert {f: chain.read(f) for f in before} == before
+
+
 # -- build -n refuses what the build refuses ------------------------------------------------
 
 GPU_STAGE = """
