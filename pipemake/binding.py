@@ -609,8 +609,13 @@ def check_graph(pipeline: Pipeline, raws: list[LineDict], ld: Problems) -> None:
     pipeline.graph = Graph({sid: [d for d in st.deps if d in stages] for sid, st in stages.items()})
     cycle = pipeline.graph.find_cycle()
     if cycle is not None:
-        steps = [why.get((b, a)) for a, b in zip(cycle, cycle[1:], strict=False)]
-        paths = "; ".join(s for s in steps if s)
+        pairs = list(zip(cycle, cycle[1:], strict=False))
+        steps = [
+            why.get((b, a))
+            or (f"{b} lists {a} in depends_on" if a in stages[b].after else f"{b} refers to {a}")
+            for a, b in pairs
+        ]
+        paths = "; ".join(steps) if any((b, a) in why for a, b in pairs) else ""
         ld.problem(
             f"the stages form a cycle: {' → '.join(cycle)}" + (f" ({paths})" if paths else ""),
             stages[cycle[0]].line,
@@ -643,28 +648,51 @@ class _OutputsInside:
         return found
 
     def feeding(
-        self, pipeline: Pipeline, reader: str, path: str, base: str
+        self, pipeline: Pipeline, reader: str, path: str, base: str, pattern: str | None
     ) -> list[tuple[str, str, bool]]:
         """``(output path, stage, surely)`` of the other stages' outputs that put files
         into input ``path`` of stage ``reader`` (``base``: the folder, or a glob's fixed
-        part). Surely: an output inside the folder; for a glob, an output matching it, or
-        a folder (as its rule declares it) that may hold a file matching it. Not surely:
-        an output of a ``shell`` or ``python`` stage (a file or a folder, as its command
-        makes it) that does not match the glob but might hold a file that does."""
-        found = [o for o in self.below(base) if o[1] != reader]
-        if path == base:
-            return [(out, sid, True) for out, sid, _ in found]
-        rel_glob = path[len(base) + 1 :] if base != "." else path
+        part; ``pattern``: the foreach pattern choosing its items). Surely: an output
+        inside the folder; for a glob or a pattern, an output matching it, or a folder (as
+        its rule declares it) that may hold a file matching it. Not surely: an output of
+        a ``shell`` or ``python`` stage (a file or a folder, as its command makes it) that
+        does not match but might hold a file that does."""
         cut = len(base) + 1 if base != "." else 0
+        rel_glob = path[cut:] if path != base else None
         feeds = []
-        for out, sid, name in found:
-            if fnmatch.fnmatchcase(out[cut:], rel_glob):
-                feeds.append((out, sid, True))
+        for out, sid, name in self.below(base):
+            if sid == reader:
                 continue
             kind = pipeline.stages[sid].ports.output_kinds.get(name)
-            if kind != "file" and _may_start(rel_glob, out[cut:] + "/"):
-                feeds.append((out, sid, kind == "dir"))
+            rel = out[cut:]
+            sure = True
+            filters = [(rel_glob, False), (pattern, True)]
+            for glob, is_pattern in [(g, is_p) for g, is_p in filters if g]:
+                took = _may_take(rel, glob, kind, is_pattern)
+                if took is False:
+                    break
+                sure = sure and took is True
+            else:
+                feeds.append((out, sid, sure))
         return feeds
+
+
+def _may_take(rel: str, glob: str, kind: str | None, pattern: bool) -> bool | None:
+    """Whether files an output at ``rel`` (inside an input folder) makes are among the
+    files ``glob`` chooses there: True when the output matches it (or is a folder, as its
+    rule declares, that may hold a match), False when none can, None when only a folder
+    could hold a match and the output may be a file. ``pattern``: ``glob`` is a foreach
+    pattern (``|`` between globs, matched against the name when it has no ``/``, hidden
+    files skipped, case aside) rather than an input's glob."""
+    if matches(rel, glob) if pattern else fnmatch.fnmatchcase(rel, glob):
+        return True
+    if kind == "file" or (pattern and (rel[0] == "." or "/." in rel)):
+        return False
+    globs = [g.strip().lower() for g in glob.split("|") if g.strip()] if pattern else [glob]
+    low = rel.lower() if pattern else rel
+    if any((pattern and "/" not in g) or _may_start(g, low + "/") for g in globs):
+        return True if kind == "dir" else None
+    return False
 
 
 def _may_start(glob: str, prefix: str) -> bool:
@@ -755,7 +783,9 @@ def _check_inputs(
                         else f"{st.id} reads {p}, inside {owner[0]}'s output {out}"
                     )
                 continue
-            held = inside.feeding(pipeline, st.id, written, p)
+            per_item = st.foreach is not None and st.foreach.input == key
+            pattern = st.foreach.pattern if per_item and st.foreach else None
+            held = inside.feeding(pipeline, st.id, written, p, pattern)
             for out, sid, surely in held:
                 said = f"{st.id} reads the folder {p}, which holds {sid}'s output {out}"
                 if written != p:
@@ -890,7 +920,9 @@ def check_sources(pipeline: Pipeline, ld: Problems, raws: Sequence[LineDict] | N
                     base if os.path.isabs(base) else os.path.join(pipeline.root, base)
                 ):
                     inside = inside or _OutputsInside(pipeline.stages)
-                    if inside.feeding(pipeline, st.id, path, base):
+                    per_item = st.foreach is not None and st.foreach.input == key
+                    pattern = st.foreach.pattern if per_item and st.foreach else None
+                    if inside.feeding(pipeline, st.id, path, base, pattern):
                         continue  # a folder an upstream stage makes, writing into it
                     _missing(ld, st, key, base, pipeline.root)
 

@@ -134,6 +134,41 @@ def test_a_glob_input_matching_a_downstream_output_is_a_cycle(
     assert "count reads data/*.csv, which summary's output data/summary.csv may add to" in out
 
 
+PATTERN_READER = """
+name: t
+stages:
+  - id: each
+    type: shell
+    foreach: {input: d, pattern: "*.png"}
+    config: {cmd: "cp {inputs.d} {outputs.o}/{item.name}", inputs: {d: data}, outputs: {o: build/each}}
+  - id: notes
+    type: shell
+    config: {cmd: "ls {inputs.e} > {outputs.o}", inputs: {e: "{each.o}"}, outputs: {o: NOTES}}
+  - id: pic
+    type: shell
+    config: {cmd: "echo p > {outputs.o}", outputs: {o: data/p.PNG}}
+"""
+
+
+def test_a_foreach_pattern_decides_which_outputs_in_its_folder_it_needs(
+    project: Callable[..., Proj],
+) -> None:
+    # notes.txt is no item of *.png (and would close a cycle); p.PNG is one
+    proj = project(PATTERN_READER.replace("NOTES", "data/notes.txt"), {"data/a.png": "a"})
+    assert proj.cli("graph").output.splitlines() == [
+        "pic (shell)", "each (shell)  ← pic", "notes (shell)  ← each",
+    ]  # fmt: skip
+    proj.cli("build", "--no-progress")
+    assert proj.read("data/notes.txt").split() == ["a.png", "p.PNG"]
+    assert proj.cli("dry-run", "--check").output.count("up to date") == 3
+    proj.pipeline(PATTERN_READER.replace("NOTES", "data/notes.png"))
+    out = proj.cli("validate", code=2).output
+    assert (
+        "each → notes → each (notes refers to each; each reads the folder data, which holds "
+        "notes's output data/notes.png)"
+    ) in out, out
+
+
 # -- outputs that are pipemake's own files ------------------------------------------------
 
 ONE_OUTPUT = """
