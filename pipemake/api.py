@@ -26,6 +26,7 @@ from .errors import (
     Interrupted,
     PipelineError,
     Problem,
+    Problems,
     StoreError,
     UsageError,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "commit",
     "dry_run",
     "find_pipeline",
+    "forced_unneeded",
     "graph",
     "init",
     "list_runs",
@@ -241,6 +243,8 @@ def _check_places(pipeline: Pipeline, ws: Workspace, cache: Path) -> None:
     or that holds the store (a ``--cache-dir`` inside an output): each build replaces an
     output whole, so the store would be wiped with it. Paths are compared as resolved."""
     dot, store = os.path.realpath(ws.dot), os.path.realpath(cache)
+    # the same paths as loading checks them, resolved here (a symlinked folder on the way)
+    own = {os.path.realpath(pipeline.root / f): w for f, w in pipeline.own_files().items()}
     problems: list[Problem] = []
     for st in pipeline.stages.values():
         for name, rel in st.ports.outputs.items():
@@ -263,9 +267,13 @@ def _check_places(pipeline: Pipeline, ws: Workspace, cache: Path) -> None:
             elif within(out, store):
                 what = f"lies inside the store {cache}"
                 hint = "keep --cache-dir (PIPEMAKE_CACHE_DIR) outside every output"
+            elif mine := next(((f, w) for f, w in own.items() if within(f, out)), None):
+                held = "is" if mine[0] == out else "holds"
+                what = f"{held} {mine[1]}: building it would overwrite that"
+                hint = "write the output to a path of its own, e.g. build/..."
             else:
                 continue
-            line = st.lines.get(name, st.line) or None
+            line = st.lines.get(name) or st.lines.get("outputs") or st.line or None
             problems.append(Problem(f"output {name!r} ({rel}) {what}", _shown(pipeline.file),
                                     line, st.id, hint))  # fmt: skip
     problems += input_place_problems(pipeline, ws.dot, cache, _shown(pipeline.file))
@@ -702,18 +710,19 @@ def _budget(
     total, gpu_ids = default_budget() if here else ({}, [])
     total.update(overrides or {})
     budget = Budget(total, gpu_ids)
-    problems = []
+    problems = Problems(p.file)  # the file named as every pipeline problem names it
     for s in order:
-        big = budget.too_big(p.stages[s].resources)
+        st = p.stages[s]
+        big = budget.too_big(st.resources)
         if big:
-            asked = ", ".join(f"{n}={p.stages[s].resources[n]:g}" for n in big)
+            asked = ", ".join(f"{n}={st.resources[n]:g}" for n in big)
             have = ", ".join(f"{n}={total[n]:g}" for n in big)
-            problems.append(Problem(
-                f"requests {asked}, more than the build's budget ({have})", str(p.file),
-                p.stages[s].line, s, hint="lower the request or raise it with --resources",
-            ))  # fmt: skip
-    if problems:
-        raise PipelineError(problems)
+            problems.problem(
+                f"requests {asked}, more than the build's budget ({have})",
+                st.line, s,
+                hint="lower the request or raise it with --resources",
+            )  # fmt: skip
+    problems.fail_if_any()
     return budget
 
 
@@ -742,16 +751,23 @@ def dry_run(
     *,
     force: bool = False,
     force_stages: Sequence[str] = (),
+    executor: str | None = None,
+    resources: Mapping[str, float] | None = None,
 ) -> list[tuple[str, Decision]]:
     """What a build would do to each stage, and why; changes nothing. ``force`` and
     ``force_stages`` are :class:`BuildOptions`'s: the plan of ``build -B`` or
-    ``build --force-stage ID``."""
+    ``build --force-stage ID``. With ``executor`` (the plan of ``build -n``), the build's
+    budget check too: a stage requesting more than ``resources`` (over this machine's
+    CPUs, GPUs and memory, for an executor that runs here) is refused as the build
+    refuses it, a :class:`PipelineError`."""
     p = project.pipeline
     order = _select(p, targets)
     try:
         forced = resolve_targets(p, force_stages)
     except UsageError as exc:
         raise UsageError(f"--force-stage: {exc}") from None
+    if executor is not None:
+        _budget(p, order, resources, runs_here(executor))
     builder = Builder(
         p, project.store, project.state, Bus(), dry=True, force=force,
         force_stages=frozenset(forced),
@@ -769,6 +785,22 @@ def dry_run(
                 # what its upstream makes is not known before it runs; forced, it runs anyway
                 builder.decisions[stage] = Decision(Verdict.RUN, [Reason(Trigger.FORCED, "forced")])
     return [(s, builder.decisions[s]) for s in order]
+
+
+def forced_unneeded(
+    project: Project, targets: Sequence[str], force_stages: Sequence[str]
+) -> list[str]:
+    """The stages ``--force-stage`` names that the targets do not need: a build of the
+    targets neither builds nor forces them (as ``make -W`` of a file no target uses), so
+    the command says so rather than ignore the option silently. Names that are no stage
+    are left to the command itself to refuse."""
+    p = project.pipeline
+    try:
+        wanted = set(_select(p, targets))
+        forced = resolve_targets(p, force_stages)
+    except UsageError:
+        return []
+    return [s for s in forced if s not in wanted]
 
 
 def orphans(project: Project) -> list[str]:
@@ -866,6 +898,7 @@ def status(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
             "last_result": rec.get("result"), "last_duration": rec.get("duration"),
             "last_restored": bool(rec.get("restored")),
             "last_restored_from": _restored_from(rec),
+            "last_in_place": bool(rec.get("in_place")),
             "last_committed": bool(rec.get("committed")),
             "last_adopted": bool(rec.get("adopted")),
             "last_error": rec.get("error"),

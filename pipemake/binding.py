@@ -14,6 +14,7 @@ from typing import Any
 
 from .dag import Graph
 from .errors import Problems, suggest
+from .feeds import OutputIndex
 from .items import glob_base, is_glob, matches
 from .model import SYMBOLIC_SCOPES, Foreach, Pending, Pipeline, Stage, norm, within
 from .rule import Ports, Rule, get_rule, has_items, has_run, rule_names
@@ -220,7 +221,7 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: Problems) ->
     after = raw.get("depends_on") or []
     after = [after] if isinstance(after, str) else list(after)
     deps = list(dict.fromkeys([*after, *refs]))
-    _place_paths(ports, str(pipeline.root), config, written, raw, ld)
+    _place_paths(ports, pipeline, config, written, raw, ld)
     return Stage(
         id=sid,
         type=raw["type"],
@@ -284,11 +285,18 @@ def _ports(
 
 
 def _place_paths(
-    ports: Ports, root: str, config: Any, written: dict[str, str], raw: LineDict, ld: Problems
+    ports: Ports,
+    pipeline: Pipeline,
+    config: Any,
+    written: dict[str, str],
+    raw: LineDict,
+    ld: Problems,
 ) -> None:
     """Normalize the stage's paths (relative to the project root when inside it, absolute
-    when outside) and refuse outputs that cannot be one."""
-    sid = raw["id"]
+    when outside) and refuse outputs that cannot be one (outside the project's reach,
+    in ``.pipemake/``, or the pipeline's own files)."""
+    sid, root = raw["id"], str(pipeline.root)
+    own = pipeline.own_files()
     for key in list(ports.outputs):
         out = ports.outputs[key]
         clean = in_project(out, root)
@@ -310,6 +318,14 @@ def _place_paths(
             )
         elif clean == ".pipemake" or clean.startswith(".pipemake/"):
             ld.problem(f"output {key!r} may not be inside .pipemake/", line, sid)
+        elif mine := next(((f, w) for f, w in own.items() if within(f, clean)), None):
+            ld.problem(
+                f"output {key!r} ({out!r}) {'is' if mine[0] == clean else 'holds'} {mine[1]}: "
+                "building it would overwrite that",
+                line,
+                sid,
+                hint="write the output to a path of its own, e.g. build/...",
+            )
         ports.outputs[key] = clean
     for key, value in ports.inputs.items():
         if isinstance(value, list):
@@ -577,21 +593,52 @@ def check_graph(pipeline: Pipeline, raws: list[LineDict], ld: Problems) -> None:
                     st.id,
                     hint=suggest(dep, list(stages)),
                 )
-        _check_inputs(pipeline, st, ld)
+    inside = OutputIndex(stages)
+    why: dict[tuple[str, str], str] = {}  # (stage, the stage it needs) → the paths that say so
+    unsure: list[tuple[str, str, str]] = []  # edges a glob may imply: (stage, needed, why)
+    for st in stages.values():
+        _check_inputs(pipeline, st, ld, inside, why, unsure)
+    known = Graph({s: [d for d in x.deps if d in stages] for s, x in stages.items()})
+    for sid, dep, said in unsure:  # taken where they close no cycle
+        if dep not in stages[sid].deps and sid not in known.ancestors([dep]):
+            stages[sid].deps.append(dep)
+            known.deps[sid].append(dep)
+            why[(sid, dep)] = said
     check_packages(pipeline, ld)
     ld.fail_if_any()
     pipeline.graph = Graph({sid: [d for d in st.deps if d in stages] for sid, st in stages.items()})
     cycle = pipeline.graph.find_cycle()
     if cycle is not None:
+        pairs = list(zip(cycle, cycle[1:], strict=False))
+        steps = [
+            why.get((b, a))
+            or (f"{b} lists {a} in depends_on" if a in stages[b].after else f"{b} refers to {a}")
+            for a, b in pairs
+        ]
+        paths = "; ".join(steps) if any((b, a) in why for a, b in pairs) else ""
         ld.problem(
-            f"the stages form a cycle: {' → '.join(cycle)}",
+            f"the stages form a cycle: {' → '.join(cycle)}" + (f" ({paths})" if paths else ""),
             stages[cycle[0]].line,
             cycle[0],
-            hint="remove one of these dependencies",
+            hint="remove one of these dependencies"
+            + (", or move an output out of the folder another stage reads" if paths else ""),
         )
 
 
-def _check_inputs(pipeline: Pipeline, st: Stage, ld: Problems) -> None:
+def _check_inputs(
+    pipeline: Pipeline,
+    st: Stage,
+    ld: Problems,
+    inside: OutputIndex,
+    why: dict[tuple[str, str], str],
+    unsure: list[tuple[str, str, str]],
+) -> None:
+    """Check the stage's inputs (not overlapping its own outputs; a source input exists)
+    and add the edges their paths imply: an input that is, or lies inside, another stage's
+    output needs that stage; so does an input folder holding another stage's output (its
+    content is complete only once that stage has run). ``why`` gets each such edge's
+    paths, for a cycle's message; ``unsure`` the edges a glob only may imply (see
+    :meth:`~pipemake.feeds.OutputIndex.feeding`)."""
     for key, value in st.ports.inputs.items():
         paths = value if isinstance(value, list) else [value]
         for p in paths:
@@ -613,8 +660,28 @@ def _check_inputs(pipeline: Pipeline, st: Stage, ld: Problems) -> None:
             if owner is not None:
                 if owner[0] != st.id and owner[0] not in st.deps:
                     st.deps.append(owner[0])
-            elif not os.path.exists(p if os.path.isabs(p) else os.path.join(pipeline.root, p)):
-                _missing(ld, st, key, p, pipeline.root)
+                    out = pipeline.stages[owner[0]].ports.outputs[owner[1]]
+                    why[(st.id, owner[0])] = (
+                        f"{st.id} reads {owner[0]}'s output {out}"
+                        if out == p
+                        else f"{st.id} reads {p}, inside {owner[0]}'s output {out}"
+                    )
+                continue
+            per_item = st.foreach is not None and st.foreach.input == key
+            pattern = st.foreach.pattern if per_item and st.foreach else None
+            held = inside.feeding(pipeline, st.id, written, p, pattern)
+            for out, sid, surely in held:
+                said = f"{st.id} reads the folder {p}, which holds {sid}'s output {out}"
+                if written != p:
+                    said = f"{st.id} reads {written}, which {sid}'s output {out} may add to"
+                if not surely:
+                    unsure.append((st.id, sid, said))
+                elif sid not in st.deps:
+                    st.deps.append(sid)
+                    why[(st.id, sid)] = said
+            if not os.path.exists(p if os.path.isabs(p) else os.path.join(pipeline.root, p)):
+                if not held:  # else an upstream stage makes the folder
+                    _missing(ld, st, key, p, pipeline.root)
             else:
                 _check_source(pipeline, st, key, written, p, ld)
 
@@ -722,6 +789,7 @@ def check_sources(pipeline: Pipeline, ld: Problems, raws: Sequence[LineDict] | N
                     if v and in_project(v, str(pipeline.root)) not in read
                 ]
     check_packages(pipeline, ld)
+    inside: OutputIndex | None = None  # made when some source input is missing
     for st in pipeline.stages.values():
         for key, value in st.ports.inputs.items():
             for path in value if isinstance(value, list) else [value]:
@@ -735,6 +803,11 @@ def check_sources(pipeline: Pipeline, ld: Problems, raws: Sequence[LineDict] | N
                 if pipeline.output_owner(base) is None and not os.path.exists(
                     base if os.path.isabs(base) else os.path.join(pipeline.root, base)
                 ):
+                    inside = inside or OutputIndex(pipeline.stages)
+                    per_item = st.foreach is not None and st.foreach.input == key
+                    pattern = st.foreach.pattern if per_item and st.foreach else None
+                    if inside.feeding(pipeline, st.id, path, base, pattern):
+                        continue  # a folder an upstream stage makes, writing into it
                     _missing(ld, st, key, base, pipeline.root)
 
 

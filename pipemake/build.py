@@ -684,9 +684,11 @@ class Builder:
             if relabel and last.key == rs.key and last.duration is not None:
                 took = last.duration  # its run's (a foreach entry's may be its assembly's)
             record = {
-                "key": rs.key, "doc": rs.doc, "result": "ok", "restored": not ran,
+                "key": rs.key, "doc": rs.doc, "result": "ok", "restored": restored,
                 "duration": took, "finished": time.time(),
             }  # fmt: skip
+            if not ran and not restored:  # up to date: its outputs were already in place
+                record["in_place"] = True
             if metrics.get("committed"):  # `pipemake commit`: accepted, nothing ran
                 record["committed"] = True
             if metrics.get("adopted"):  # outputs as pipemake.lock records: nothing ran

@@ -25,7 +25,8 @@ import click
 
 from . import api, noop
 from .errors import Interrupted, PipemakeError, UsageError, os_failure
-from .progress import restored_from, visible
+from .model import LOCK_FILE
+from .progress import error_lines, restored_from, visible
 
 __all__ = ["main", "cli"]
 
@@ -288,6 +289,15 @@ def _say_warnings(lines: list[str]) -> None:
         click.echo(f"pipemake: warning: {visible(line)}", err=True)
 
 
+def _say_unneeded(stages: list[str], targets: tuple[str, ...]) -> None:
+    """Warn of each ``--force-stage`` stage the targets do not need (it is not built)."""
+    for stage in stages:
+        _say_warnings([
+            f"--force-stage {stage}: the targets ({', '.join(targets)}) do not need stage "
+            f"{stage!r}, so it is not built (add it as a target to force it)"
+        ])  # fmt: skip
+
+
 def _pipeline_file(ctx: click.Context) -> Any:
     """The pipeline file this command uses; when it was looked up and is not
     ``pipemake.yaml``, says which one, once, on stderr."""
@@ -474,7 +484,7 @@ def build(
         ctx.invoke(
             dry_run, targets=targets, as_json=False, check=False, cache_dir=cache_dir,
             remote=remote, remote_read_only=remote_read_only, force=force,
-            force_stage=force_stage,
+            force_stage=force_stage, budget=(executor, parse_resources(resources)),
         )  # fmt: skip
         return
 
@@ -490,6 +500,7 @@ def build(
         with _project(
             ctx, cache_dir=cache_dir, build=True, remote=remote, remote_read_only=remote_read_only
         ) as project:
+            _say_unneeded(api.forced_unneeded(project, targets, force_stage), targets)
             bus = Bus()
             view = make_view(no_progress)
             scratch = bool(ctx.find_root().obj.get("scratch"))  # run --no-checkpoint
@@ -689,11 +700,14 @@ def dry_run(
     cache_dir: str | None = None,
     remote: str | None = None,
     remote_read_only: bool = False,
+    budget: tuple[str, dict[str, float]] | None = None,
 ) -> None:
     """Say what a build would run, restore or skip, and why. Changes nothing.
 
     TARGETS are stage ids or paths the stages output (default: every stage); `build -n`
     with the same options (-B, --force-stage, --cache-dir, -S, …) prints the same."""
+    # budget: (executor, --resources) of `build -n`, whose plan refuses what the build would
+    executor, resources = budget if budget is not None else (None, None)
 
     def go() -> int:
         with _project(
@@ -703,7 +717,11 @@ def dry_run(
             remote=remote,
             remote_read_only=remote_read_only,
         ) as project:
-            rows = api.dry_run(project, targets, force=force, force_stages=force_stage)
+            rows = api.dry_run(
+                project, targets, force=force, force_stages=force_stage, executor=executor,
+                resources=resources,
+            )  # fmt: skip
+            _say_unneeded(api.forced_unneeded(project, targets, force_stage), targets)
             notes = api.stage_notes(project)
             _say_warnings(api.remote_warnings(project))
         _print_decisions(rows, as_json)
@@ -724,8 +742,9 @@ def dry_run(
     "as_json",
     is_flag=True,
     help="Print it as JSON: {stages: [{stage, state, decision, reasons, last_result, "
-    "last_duration, last_restored, last_committed, last_adopted, last_error}], orphans, building} "
-    "(building: the build running now, or null).",
+    "last_duration, last_restored, last_restored_from, last_in_place, last_committed, "
+    "last_adopted, last_error}], orphans, building} (last_in_place: its last build found it "
+    "up to date, nothing ran or was restored; building: the build running now, or null).",
 )
 @click.option("--check", is_flag=True, help="Exit 1 when any stage is not up to date.")
 @click.option(
@@ -799,6 +818,9 @@ def status(
                     took = f"; it ran in {dur:.1f}s when built" if dur is not None else ""
                     source = restored_from({"source": row.get("last_restored_from")})
                     last = f"  [last: restored from {source}{took}]"
+                if row.get("last_in_place") and row["last_result"] == "ok":  # nor here
+                    took = f"; it ran in {dur:.1f}s when built" if dur is not None else ""
+                    last = f"  [last: up to date, its outputs in place{took}]"
                 if row.get("last_committed") and row["last_result"] == "ok":
                     last = "  [last: accepted by `pipemake commit`, not run]"
                 if row.get("last_adopted") and row["last_result"] == "ok":
@@ -810,7 +832,12 @@ def status(
                 said = f"{row['stage']}: {row['state']}{why}{locked}{last}"
                 click.echo(visible(said, oneline=True))
                 if row["state"] == "failed" and row["last_error"]:
-                    click.echo("    " + visible(row["last_error"].splitlines()[0]))
+                    # its first line and the useful rest (the command's output, the
+                    # traceback's last frames), cut as the build's summary cuts it
+                    error = row["last_error"].strip()
+                    click.echo("    " + visible(error.splitlines()[0].rstrip(":")))
+                    for line in error_lines(error):
+                        click.echo("    " + visible(line))
             if info.get("lock_problem"):
                 click.echo(f"pipemake.lock: {info['lock_problem']}", err=True)
             if info["orphans"]:
@@ -911,6 +938,8 @@ def graph(ctx: click.Context, fmt: str, output: str | None, engine: str) -> None
 
     def go() -> int:
         with _project(ctx, readonly=True) as project:
+            if output is not None:
+                _not_own_file(output, project.pipeline)
             text = api.graph(project, fmt, engine)
         if output is None:
             click.echo(text)
@@ -920,6 +949,15 @@ def graph(ctx: click.Context, fmt: str, output: str | None, engine: str) -> None
         return 0
 
     _run(go)
+
+
+def _not_own_file(path: str, pipeline: Any) -> None:
+    """Refuse ``-o PATH`` naming one of the pipeline's own files (the pipeline file, a params
+    file, the lock): a picture written there would replace it."""
+    target = os.path.realpath(path)
+    for rel, what in pipeline.own_files().items():
+        if os.path.realpath(pipeline.root / rel) == target:
+            raise UsageError(f"-o {path} is {what}: a picture written there would replace it")
 
 
 def _write_atomically(path: str, text: str) -> None:
@@ -941,7 +979,13 @@ def _write_atomically(path: str, text: str) -> None:
 
 @cli.command("list")
 @click.option("--runs", is_flag=True, help="List past runs instead of stages.")
-@click.option("--json", "as_json", is_flag=True, help="With --runs: print them as JSON.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON: the stages as [{stage, rule, needs, outputs, notes}] (needs: the stages "
+    "it depends on; outputs: name → path); with --runs, the runs.",
+)
 @click.option("--no-header", is_flag=True, help="Rows only, no header line (for scripts).")
 @click.option("--checkpoint-dir", default=None, metavar="DIR", help="The store (as --cache-dir).")
 @_set_option
@@ -949,8 +993,8 @@ def _write_atomically(path: str, text: str) -> None:
 def list_cmd(
     ctx: click.Context, runs: bool, as_json: bool, no_header: bool, checkpoint_dir: str | None
 ) -> None:
-    """List stages with their rules and outputs, one tab-separated row each (--runs: past
-    runs, a running build as `running`, a killed one as `incomplete`)."""
+    """List stages with their rules and outputs, one tab-separated row each (--json: as
+    JSON; --runs: past runs, a running build as `running`, a killed one as `incomplete`)."""
 
     if checkpoint_dir:
         ctx.find_root().obj["store_option"] = "--checkpoint-dir"
@@ -958,6 +1002,9 @@ def list_cmd(
     def go() -> int:
         if not runs:
             with _project(ctx, readonly=True, cache_dir=checkpoint_dir) as project:
+                if as_json:
+                    click.echo(json.dumps(api.list_stages(project), indent=2))
+                    return 0
                 if not no_header:
                     click.echo("STAGE\tRULE\tOUTPUTS")
                 for row in api.list_stages(project):
@@ -1050,7 +1097,11 @@ def report(ctx: click.Context, run: str | None, output: str) -> None:
     from .serve.report import write_report
 
     def go() -> int:
-        path = write_report(_pipeline_file(ctx).resolve(), Path(output), run)
+        file = _pipeline_file(ctx).resolve()
+        for own, what in ((file, "the pipeline file"), (file.parent / LOCK_FILE, LOCK_FILE)):
+            if os.path.realpath(output) == os.path.realpath(own):
+                raise UsageError(f"-o {output} is {what}: a report written there would replace it")
+        path = write_report(file, Path(output), run)
         click.echo(f"wrote {_shown(path)} ({path.stat().st_size / 1e6:.1f} MB)")
         return 0
 

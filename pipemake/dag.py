@@ -122,4 +122,18 @@ class Graph:
 
 
 def _mid(name: str) -> str:
-    return "s_" + "".join(c if c.isalnum() else "_" for c in name)
+    """A Mermaid node id for stage ``name``: ASCII letters and digits as they are, ``_`` as
+    ``__``, ``-`` as ``_h`` and any other character as ``_x<hex>_``, so two stage ids
+    (``pre-process``, ``pre_process``) never share a node, and an id's node stays the same
+    whatever else the pipeline holds."""
+    out = ["s_"]
+    for c in name:
+        if c.isascii() and c.isalnum():
+            out.append(c)
+        elif c == "_":
+            out.append("__")
+        elif c == "-":
+            out.append("_h")
+        else:
+            out.append(f"_x{ord(c):x}_")
+    return "".join(out)

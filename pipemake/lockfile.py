@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .fshash import Hasher
 from .hashing import hash_bytes
 from .items import glob_base, is_glob, items_digest, select
+from .model import LOCK_FILE
 from .walk import BadPath
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FILE", "FORMAT", "compare", "document", "locked_values", "read", "render", "write"]
 
-FILE = "pipemake.lock"
+FILE = LOCK_FILE
 FORMAT = 1
 _MAX = 64 << 20
 #: computed values larger than this (as JSON) are left out of a stage's section

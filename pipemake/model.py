@@ -15,9 +15,20 @@ from .dag import Graph
 from .rule import Ports, Rule
 from .templates import Deferred
 
-__all__ = ["DEFAULT_FILE", "SYMBOLIC_SCOPES", "Foreach", "Pending", "Pipeline", "Stage", "norm"]
+__all__ = [
+    "DEFAULT_FILE",
+    "LOCK_FILE",
+    "SYMBOLIC_SCOPES",
+    "Foreach",
+    "Pending",
+    "Pipeline",
+    "Stage",
+    "norm",
+]
 
 DEFAULT_FILE = "pipemake.yaml"
+#: the lock file every build writes at the project root (see :mod:`pipemake.lockfile`)
+LOCK_FILE = "pipemake.lock"
 SYMBOLIC_SCOPES = ("inputs", "outputs", "item")
 
 
@@ -101,6 +112,20 @@ class Pipeline:
                 return owner[0], owner[1], path[len(probe) + 1 :]
             probe = posixpath.dirname(probe)
         return None
+
+    def own_files(self) -> dict[str, str]:
+        """The files pipemake itself reads or writes for this pipeline, as the pipeline
+        keeps paths (relative to the root when inside it), each with what it is: the
+        pipeline file, its params files and the lock. No stage may output one (a build
+        would overwrite it) nor a folder holding one."""
+        root = str(self.root)
+        own = {LOCK_FILE: f"{LOCK_FILE}, the lock file every build rewrites"}
+        for name in self.params_files:
+            clean = norm(name)
+            rel = posixpath.relpath(clean, root) if within(clean, root) else clean
+            own[rel] = f"the params file {rel}"
+        own[self.file.name] = f"the pipeline file {self.file.name}"
+        return own
 
 
 def within(path: str, parent: str) -> bool:

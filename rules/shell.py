@@ -62,8 +62,14 @@ class ShellRule(Rule):
         ports = Ports()
         problems = unknown_keys(config, self.accepted_keys(), self.name)
         cmd = config.get("cmd")
-        if not isinstance(cmd, str) or not cmd.strip():
+        if "cmd" not in config:
             problems.append(("cmd", "missing 'cmd': the shell command to run"))
+        elif cmd is not None and not isinstance(cmd, str):
+            what = {bool: "true or false", int: "a number", float: "a number", list: "a list"}
+            got = what.get(type(cmd), "a mapping" if isinstance(cmd, dict) else "no text")
+            problems.append(("cmd", f"'cmd' must be a string, got {got}: quote it (cmd: \"...\")"))
+        elif not (cmd or "").strip():
+            problems.append(("cmd", "'cmd' is empty: give the shell command to run"))
         env = config.get("env") or {}
         if not isinstance(env, dict) or not all(
             isinstance(k, str) and isinstance(v, str | int | float) for k, v in env.items()
