@@ -39,7 +39,7 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
 from ..rule import get_rule, local_only, registry
-from .base import Executor, Message, Task
+from .base import LOST, Executor, Message, Task
 
 if TYPE_CHECKING:  # pragma: no cover
     from .guardian import Guardian
@@ -322,7 +322,8 @@ class LocalExecutor(Executor):
             if w.task is not None and w.proc.sentinel in ready and not w.proc.is_alive():
                 out.extend(self._drain(w))
                 if w.task is not None:
-                    out.append(Message(w.task.id, "error", [_death(w.proc.exitcode), None]))
+                    text = _death(w.proc.exitcode)
+                    out.append(Message(w.task.id, "error", [text, None, LOST]))
                     w.task = None
                 self._workers.remove(w)
         return out
@@ -398,7 +399,7 @@ class LocalExecutor(Executor):
             t.spawner.close()
         sp = t.spawner
         if sp.stopped is not None and (sp.hit or not final or final[-1].kind == "error"):
-            self._post(t, Message(task_id, "error", [_stopped(sp.stopped), None]))
+            self._post(t, Message(task_id, "error", [_stopped(sp.stopped), None, LOST]))
         elif final:
             self._post(t, final[-1])
         else:
@@ -436,7 +437,7 @@ class LocalExecutor(Executor):
                 t.kill_at = now
                 t.spawner.stop(signal.SIGKILL)
             elif t.kill_at is not None and now - t.kill_at > GIVE_UP_AFTER_KILL:
-                self._post(t, Message(task_id, "error", [_stopped(signal.SIGKILL), None]))
+                self._post(t, Message(task_id, "error", [_stopped(signal.SIGKILL), None, LOST]))
 
     def close(self) -> None:
         threads = list(self._threads.values())

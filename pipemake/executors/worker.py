@@ -35,7 +35,7 @@ from ..trust import json_problem, parse_json
 from ..walk import BadPath
 from .base import Task
 from .outputs import abs_path, check_values, flat_outputs, hash_outputs, prepare_outputs
-from .spawn import Spawner
+from .spawn import Spawner, TaskStopped
 
 __all__ = ["execute", "user_traceback"]
 
@@ -365,10 +365,14 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
     moved to ``done/OUTPUT/NAME`` (the stage's tasks share ``done``, so a stage whose items
     all ran is one finished tree), and the work directories known empty again, with no walk
     to empty them. Anything else is moved to a name of its own under ``done/.items``.
+
+    Each item's result is sent as it ends (an ``items`` message), before the next item
+    starts: what finished is the build's even if a later item kills the worker or runs past
+    the stage's ``timeout``, and the first item not answered is the one that was running.
+    The final result holds no items then.
     """
     if rule.batch_size > 1:
         return _item_batches(task, rule, store, send, logger)
-    results: dict[str, Any] = {}
     root = task.root
     work = {name: os.path.join(root, path) for name, path in task.outputs.items()}
     # shared by every task of the stage: plain output files land under their output's name
@@ -426,18 +430,23 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
                         to = f".items/{task.id}-{n}-{name}-{k}"
                         os.rename(f"{work[name]}/{entry[0]}", f"{done}/{to}")
                         moved[entry[0]] = f"{done_rel}/{to}"
-            results[it["relpath"]] = {"outputs": manifests, "values": values, "staged": staged}
+            result: dict[str, Any] = {"outputs": manifests, "values": values, "staged": staged}
             dirty = flat is None
         except (RuleError, BadPath) as exc:
-            results[it["relpath"]] = {"error": str(exc)}
+            result = {"error": str(exc)}
             _log_item_failure(logger, it["relpath"], str(exc), None)
         except Exception as exc:
             tb = user_traceback(exc, rule)
-            results[it["relpath"]] = {"error": f"{type(exc).__name__}: {exc}", "tb": tb}
-            _log_item_failure(logger, it["relpath"], results[it["relpath"]]["error"], tb)
+            result = {"error": f"{type(exc).__name__}: {exc}", "tb": tb}
+            _log_item_failure(logger, it["relpath"], result["error"], tb)
+        if "error" in result and getattr(spawn, "stopped", None) is not None:
+            # its command was ended by a stop or the stage's timeout: not its own failure,
+            # and not answered, so the build names it as the item that was running
+            raise TaskStopped(spawn.stopped)  # type: ignore[union-attr]
+        send("items", {it["relpath"]: result})
         if n % 16 == 15 or n == total - 1:
             send("progress", [n + 1, total])
-    return {"items": results}
+    return {"items": {}}
 
 
 def _progress(send: Send) -> Callable[..., None]:
@@ -448,7 +457,8 @@ def _progress(send: Send) -> Callable[..., None]:
 
 
 def _item_batches(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:
-    """Items in batches of ``rule.batch_size`` (GPU rules), each item in its own directory."""
+    """Items in batches of ``rule.batch_size`` (GPU rules), each item in its own directory;
+    each batch's results are sent as it ends (see :func:`_items`)."""
     results: dict[str, Any] = {}
     batch = rule.batch_size
     for start in range(0, len(task.items), batch):
@@ -487,19 +497,21 @@ def _item_batches(task: Task, rule: Rule, store: Store, send: Send, logger: logg
                     it["relpath"], {"error": f"{type(exc).__name__}: {exc}", "tb": tb}
                 )
             _log_item_failure(logger, chunk[0]["relpath"], f"{type(exc).__name__}: {exc}", tb)
+        send("items", results)  # this batch's, as it ends (see _items)
+        results = {}
         send("progress", [start + len(chunk), len(task.items)])
-    return {"items": results}
+    return {"items": {}}
 
 
 def _map(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:
-    """Map a batch of items (``map_batch_size`` at a time); each result becomes an object."""
-    results: dict[str, Any] = {}
+    """Map a batch of items (``map_batch_size`` at a time); each result becomes an object,
+    sent as its ``map_batch`` call ends (see :func:`_items`)."""
     size = max(1, rule.map_batch_size)
     for start in range(0, len(task.items), size):
         chunk = task.items[start : start + size]
-        results.update(_map_chunk(task, rule, store, send, logger, chunk))
+        send("items", _map_chunk(task, rule, store, send, logger, chunk))
         send("progress", [start + len(chunk), len(task.items)])
-    return {"items": results}
+    return {"items": {}}
 
 
 def _map_chunk(
