@@ -207,7 +207,11 @@ class ForeachRun(StageRun):
         rule = stage.rule
         size = max(1, rule.map_batch_size if task.mode == "map" else rule.batch_size)
         done = len(task.items) - len(left)  # items run in order, a batch at a time
-        running = left[: size - done % size]
+        at = msg.data[3] if len(msg.data) > 3 else -1  # the one its worker said it started
+        if isinstance(at, int) and 0 <= at < len(task.items):
+            running = [i for i in task.items[at : at + size] if i["relpath"] not in results]
+        else:  # the first not reported (a thread reports all that ended as it stops)
+            running = left[: size - done % size]
         for i in running:
             results[i["relpath"]] = dict(failure, running=True)
         if not text.startswith("timed out"):  # a timeout is per item: it says whose already
@@ -215,7 +219,8 @@ class ForeachRun(StageRun):
             text = f"{text} while it ran {which}"
         for i in running:
             results[i["relpath"]] = dict(failure, error=text)
-        rest = left[len(running) :]
+        names = {i["relpath"] for i in running}
+        rest = [i for i in left if i["relpath"] not in names]  # some may have ended unsaid
         if rest and not done and task.id in self.requeued:
             # a task of never-started items that ended so again before finishing any: the
             # cause is not one item (a rule that kills every worker); the rest is not run

@@ -109,9 +109,11 @@ def test_a_dead_worker_names_its_item_and_keeps_the_others(project: Callable[...
     assert "1 of 24 item(s) failed; the other 23 are kept" in out, out
     assert "item f05.txt: the worker process exited unexpectedly (exit code 9) while it ran" in out
     assert "f04.txt" not in out and "f06.txt" not in out and TRACEBACK not in out
-    assert sorted(_logged(proj)) == [
-        f"f{i:02d}.txt" for i in range(1, 25)
-    ]  # f06 ran in a worker of its own
+    # every item ran (f06 in a worker of its own), f05 once; an item that ended in the
+    # moment before f05 started, not yet reported, may have run again with f06
+    ran = _logged(proj)
+    assert set(ran) == {f"f{i:02d}.txt" for i in range(1, 25)} and ran.count("f05.txt") == 1
+    assert len(ran) <= 24 + 1, ran
     proj.path("die").unlink()
     proj.cli("build", "--no-progress", "-j", "1")
     assert _logged(proj) == ["f05.txt"]

@@ -75,7 +75,7 @@ class Message:
     """What a running task reports: ``progress`` (done, total), ``log`` (level, text),
     ``items`` (a foreach task's items that just ended: relpath → result), ``result``
     (payload) or ``error`` (text, traceback, and :data:`LOST` when the task was ended
-    from outside)."""
+    from outside, then the index of the item it was running, where known)."""
 
     task: str
     kind: str

@@ -93,6 +93,7 @@ def _worker_main(
     rules: tuple[str, dict[str, str]] | None,
     pipeline: str | None = None,
     forked: bool = False,
+    running: Any = None,
 ) -> None:
     if forked:
         _forget_parents_exit_handlers()
@@ -107,7 +108,9 @@ def _worker_main(
 
         start(pipeline)
     from ..rule import adopt_registry
-    from .worker import execute
+    from .worker import execute, watch
+
+    watch(running)
 
     if rules is not None:
         adopt_registry(rules)
@@ -183,7 +186,10 @@ class _Worker:
     def __init__(self, ctx: Any, early: bool = False, pipeline: str | None = None):
         self.conn, child = ctx.Pipe()
         rules = None if early else registry()  # an early worker is sent it when adopted
-        args = (child, os.getpid(), rules, pipeline, ctx.get_start_method() == "fork")
+        #: which item of its foreach task it runs (the worker says; read when it dies)
+        self.running = ctx.RawValue("q", -1)
+        forked = ctx.get_start_method() == "fork"
+        args = (child, os.getpid(), rules, pipeline, forked, self.running)
         self.proc = ctx.Process(target=_worker_main, args=args, daemon=True)
         with _no_cwd_on_their_path():  # its resource tracker too, if this starts that
             self.proc.start()
@@ -300,6 +306,7 @@ class LocalExecutor(Executor):
             worker = _Worker(self._ctx)
             self._workers.append(worker)
         worker.task = task
+        worker.running.value = -1
         worker.used = True
         worker.started = time.monotonic()
         worker.conn.send(task)
@@ -322,8 +329,8 @@ class LocalExecutor(Executor):
             if w.task is not None and w.proc.sentinel in ready and not w.proc.is_alive():
                 out.extend(self._drain(w))
                 if w.task is not None:
-                    text = _death(w.proc.exitcode)
-                    out.append(Message(w.task.id, "error", [text, None, LOST]))
+                    text, at = _death(w.proc.exitcode), w.running.value
+                    out.append(Message(w.task.id, "error", [text, None, LOST, at]))
                     w.task = None
                 self._workers.remove(w)
         return out
