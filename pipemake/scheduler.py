@@ -331,7 +331,8 @@ class Scheduler:
         elif msg.kind == "items":  # a foreach task's item ended: the timeout is per item
             r.started = time.monotonic()
         if msg.kind == "error" and r.timed_out:
-            msg = Message(msg.task, "error", [f"timed out after {r.task.timeout:g} s", None, LOST])
+            said = [f"timed out after {r.task.timeout:g} s", None, LOST, *msg.data[3:4]]
+            msg = Message(msg.task, "error", said)  # with the item it ran, where known
         # a timeout too; a foreach task's items are retried by their stage, each on its own
         if msg.kind == "error" and not r.task.items and self._retry(stage, r.task, msg):
             return

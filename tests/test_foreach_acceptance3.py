@@ -84,6 +84,7 @@ def test_readme_says_a_foreach_timeout_is_per_item() -> None:
 # 2. a worker that dies ------------------------------------------------------------------
 DIES = """
 import os
+import time
 from pathlib import Path
 
 def per(ctx):
@@ -91,20 +92,24 @@ def per(ctx):
         f.write(ctx.item.relpath + "\\n")
     if ctx.item.name == "f05.txt" and Path("die").exists():
         os._exit(9)
+    if ctx.item.name == "f05.txt" and Path("hang").exists():
+        time.sleep(60)
     (Path(ctx.outputs["out"]) / ctx.item.name).write_bytes(Path(ctx.inputs["src"]).read_bytes())
 """
 
 
+PY_EACH = """
+name: t
+stages:
+  - id: up
+    type: python
+    foreach: src
+    config: {function: "mods:per", inputs: {src: data}, outputs: {out: build/up}}
+"""
+
+
 def test_a_dead_worker_names_its_item_and_keeps_the_others(project: Callable[..., Proj]) -> None:
-    pipeline = """
-    name: t
-    stages:
-      - id: up
-        type: python
-        foreach: src
-        config: {function: "mods:per", inputs: {src: data}, outputs: {out: build/up}}
-    """
-    proj = project(pipeline, {**_data(24), "mods.py": DIES, "die": ""})
+    proj = project(PY_EACH, {**_data(24), "mods.py": DIES, "die": ""})
     out = proj.cli("build", "--no-progress", "-j", "1", code=1).output
     assert "1 of 24 item(s) failed; the other 23 are kept" in out, out
     assert "item f05.txt: the worker process exited unexpectedly (exit code 9) while it ran" in out
@@ -203,3 +208,17 @@ def test_a_removed_items_folders_go_with_it(project: Callable[..., Proj]) -> Non
     proj.cli("clean", "--yes")
     proj.cli("build", "--no-progress")  # restored: the very same trees
     assert _files(proj.path("build/up")) == kept == _files(proj.path("build/down"))
+
+
+def test_a_python_item_past_the_timeout_is_the_one_named(project: Callable[..., Proj]) -> None:
+    # a worker process is ended whole: the item it said it started is the one named, not
+    # f04, which ended just before and may not have been reported yet
+    pipeline = PY_EACH.replace("    config:", "    timeout: 1\n    config:")
+    proj = project(pipeline, {**_data(24), "mods.py": DIES, "hang": ""})
+    out = proj.cli("build", "--no-progress", "-j", "1", code=1).output
+    assert "1 of 24 item(s) failed; the other 23 are kept" in out, out
+    assert "First: item f05.txt: timed out after 1 s" in out, out
+    _logged(proj)
+    proj.path("hang").unlink()
+    proj.cli("build", "--no-progress", "-j", "1")
+    assert _logged(proj) == ["f05.txt"]
