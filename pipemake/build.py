@@ -75,7 +75,16 @@ class Builder:
         self.decisions: dict[str, Decision] = {}
         self.resolver = Resolver(pipeline, self.hasher, store, state, self.results)
         self.ctx = BuildContext(
-            pipeline.root, store, state, self.ws, self.hasher, bus, jobs, retries, self.later
+            pipeline.root,
+            store,
+            state,
+            self.ws,
+            self.hasher,
+            bus,
+            jobs,
+            retries,
+            self.later,
+            lambda: self.stopping(),
         )
         self._running: dict[str, StageRun] = {}
         self._brief = state.builds.brief()

@@ -184,8 +184,9 @@ class ForeachRun(StageRun):
         elif task is None:  # not one of this stage's item tasks (never so, but say it)
             self.failures.setdefault("(a batch)", msg.data[0])
             return self._maybe_reduce(ctx, stage)
-        else:
+        elif not ctx.stopping():
             rest = self._ended(stage, task, msg, results)
+        # else stopped by a signal: what ended is kept, the rest is not run (the stage stops)
         return self._answered(ctx, stage, task, msg.task, results, rest)
 
     def _ended(
