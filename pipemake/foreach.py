@@ -212,9 +212,8 @@ class ForeachRun(StageRun):
         if isinstance(at, int) and 0 <= at < len(task.items):
             running = [i for i in task.items[at : at + size] if i["relpath"] not in results]
         else:  # the first not reported (a thread reports all that ended as it stops)
+            at = done
             running = left[: size - done % size]
-        for i in running:
-            results[i["relpath"]] = dict(failure, running=True)
         if not text.startswith("timed out"):  # a timeout is per item: it says whose already
             which = "this item" if size == 1 else "this item's batch"
             text = f"{text} while it ran {which}"
@@ -222,7 +221,7 @@ class ForeachRun(StageRun):
             results[i["relpath"]] = dict(failure, error=text)
         names = {i["relpath"] for i in running}
         rest = [i for i in left if i["relpath"] not in names]  # some may have ended unsaid
-        if rest and not done and task.id in self.requeued:
+        if rest and not at and task.id in self.requeued:
             # a task of never-started items that ended so again before finishing any: the
             # cause is not one item (a rule that kills every worker); the rest is not run
             self.not_run.update(i["relpath"] for i in rest)

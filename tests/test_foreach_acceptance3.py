@@ -92,6 +92,8 @@ def per(ctx):
         f.write(ctx.item.relpath + "\\n")
     if ctx.item.name == "f05.txt" and Path("die").exists():
         os._exit(9)
+    if ctx.item.name in ("f04.txt", "f05.txt", "f06.txt") and Path("die-all").exists():
+        os._exit(9)
     if ctx.item.name == "f05.txt" and Path("hang").exists():
         time.sleep(60)
     (Path(ctx.outputs["out"]) / ctx.item.name).write_bytes(Path(ctx.inputs["src"]).read_bytes())
@@ -222,3 +224,18 @@ def test_a_python_item_past_the_timeout_is_the_one_named(project: Callable[..., 
     proj.path("hang").unlink()
     proj.cli("build", "--no-progress", "-j", "1")
     assert _logged(proj) == ["f05.txt"]
+
+
+def test_items_that_kill_every_worker_leave_the_rest_not_run(project: Callable[..., Proj]) -> None:
+    # f04 kills its worker; f05 and f06, never started, run in a task of their own, where
+    # f05 kills that worker too before any item finished: f06 is not run, and said so
+    proj = project(PY_EACH, {**_data(24), "mods.py": DIES, "die-all": ""})
+    out = proj.cli("build", "--no-progress", "-j", "1", code=1).output
+    assert (
+        "2 of 24 item(s) failed; 1 not run (the next build runs them); the other 21 are kept" in out
+    )
+    assert "First: item f04.txt: the worker process exited unexpectedly" in out, out
+    assert "f06.txt" not in _logged(proj)
+    proj.path("die-all").unlink()
+    proj.cli("build", "--no-progress", "-j", "1")
+    assert sorted(_logged(proj)) == ["f04.txt", "f05.txt", "f06.txt"]
