@@ -76,7 +76,16 @@ class Builder:
         self.resolver = Resolver(pipeline, self.hasher, store, state, self.results)
         self.resolver.warn = lambda sid, text: bus.emit("log", sid, level="warning", text=text)
         self.ctx = BuildContext(
-            pipeline.root, store, state, self.ws, self.hasher, bus, jobs, retries, self.later
+            pipeline.root,
+            store,
+            state,
+            self.ws,
+            self.hasher,
+            bus,
+            jobs,
+            retries,
+            self.later,
+            lambda: self.stopping(),
         )
         self._running: dict[str, StageRun] = {}
         self._brief = state.builds.brief()
@@ -467,7 +476,7 @@ class Builder:
                 return self._again(self.p.stages[stage_id], run, moved)
             run.result = message.data
         elif message.kind == "error":
-            run.error = message.data
+            run.error = list(message.data[:2])  # text, traceback (not how it ended)
         return []
 
     def _again(self, stage: Stage, run: StageRun, moved: list[str]) -> list[Task]:
@@ -569,6 +578,10 @@ class Builder:
                     foreach.waiting["reasons"] = [str(lost)]
                 self._running[stage_id] = run
                 return more
+            except StageFailure as exc:  # items that collide: the record says it failed
+                with contextlib.suppress(OSError, sqlite3.OperationalError):
+                    self._failed(stage, run, str(exc))
+                raise
             except (OSError, sqlite3.OperationalError) as exc:
                 clear = os_failure(exc, self.store.path / "actions.db")
                 if isinstance(exc, OSError) and exc.errno in (errno.EEXIST, errno.ENOTDIR):

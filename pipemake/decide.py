@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
-from .items import Item, item_reasons, removed_items, summarize
+from .items import Item, item_reasons, output_conflict, removed_items, summarize
 from .templates import TemplateError, parse
 
 __all__ = [
@@ -349,6 +349,11 @@ def decide(
                 ]
             reasons += more
             if items["run"] == 0 and stage.items and not stage.map_reduce:  # none runs
+                cached = stage.cached
+                clash = output_conflict({it.relpath: cached[it.relpath].get("outputs") or {}
+                                         for it in stage.items})  # fmt: skip
+                if clash is not None:  # put together, they collide: the build fails again
+                    return Decision(Verdict.RUN, [Reason(Trigger.FAILED, f"will fail: {clash}")])
                 n = len(stage.items)
                 every = Reason(Trigger.CACHED, f"all {n:,} items are in the store (none runs)")
                 why = reasons or _items_changed(stage.items, last.item_hashes)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .executors.base import Message, Task
+from .executors.base import LOST, Message, Task
 from .items import Item, chunks, merge_outputs, staged_files
 from .manifest import digests
 from .model import Stage
@@ -78,6 +78,12 @@ class ForeachRun(StageRun):
     unusable: set[str] = field(default_factory=set)
     #: the stage's source inputs found changed while items ran (nothing is kept then)
     inputs_moved: list[str] = field(default_factory=list)
+    #: task id → the results of its items that said they ended (``items`` messages)
+    reported: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the ids of the tasks made for items a task ended from outside never started
+    requeued: set[str] = field(default_factory=set)
+    #: items not run: their task was ended from outside again before they started
+    not_run: set[str] = field(default_factory=set)
     #: the ids of its tasks running now, and since when none has run (None: one runs)
     live: set[str] = field(default_factory=set)
     idle_since: float | None = None
@@ -179,20 +185,81 @@ class ForeachRun(StageRun):
 
     # on message -------------------------------------------------------------------------
     def on_message(self, ctx: BuildContext, stage: Stage, msg: Message) -> list[Task]:
-        """Commit the items a task finished; retry its failed items while attempts remain;
-        start the reduce once every map is in."""
-        if msg.kind == "error":
-            text = msg.data[0]
-            task_items = [i for i in self.new.values() if i.get("task") == msg.task]
-            for rel in [i["relpath"] for i in task_items] or ["(a batch)"]:
-                if rel not in self.failures:
-                    self.fail_item(ctx, stage.id, rel, text)
-            return self._maybe_reduce(ctx, stage)
-        if msg.kind != "result":
+        """Keep the items a task says ended (``items``); at its answer, commit them, retry
+        its failed items while attempts remain, and start the reduce once every map is in.
+        A task ended from outside (its worker died, it timed out) keeps what it finished:
+        the item that was running fails (or is retried) as itself, and the ones it never
+        started run in a task of their own."""
+        if msg.kind == "items":
+            self.reported.setdefault(msg.task, {}).update(msg.data)
             return []
-        rs = self.rs
+        if msg.kind not in ("result", "error"):
+            return []
         task = self.tasks.get(msg.task)
-        results = msg.data["items"]
+        results = self.reported.pop(msg.task, {})
+        rest: list[dict[str, Any]] = []
+        if msg.kind == "result":
+            results.update(msg.data["items"])
+        elif task is None:  # not one of this stage's item tasks (never so, but say it)
+            self.failures.setdefault("(a batch)", msg.data[0])
+            return self._maybe_reduce(ctx, stage)
+        elif not ctx.stopping():
+            rest = self._ended(stage, task, msg, results)
+        # else stopped by a signal: what ended is kept, the rest is not run (the stage stops)
+        return self._answered(ctx, stage, task, msg.task, results, rest)
+
+    def _ended(
+        self, stage: Stage, task: Task, msg: Message, results: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """A task that answered with an error: its unanswered items get that error in
+        ``results``, or, when it was ended from outside (:data:`LOST`), only the one that
+        was running (its rule's whole batch, for a batching rule); returns the items it
+        never started, to run in a task of their own (none, when a task that ran such items
+        already ended so before finishing any: those are not run)."""
+        text, tb = msg.data[0], msg.data[1] if len(msg.data) > 1 else None
+        lost = len(msg.data) > 2 and msg.data[2] == LOST
+        left = [i for i in task.items if i["relpath"] not in results]
+        failure = {"error": text, **({"tb": tb} if tb else {})}
+        if not lost or not left:
+            results.update((i["relpath"], dict(failure)) for i in left)
+            return []
+        self.retried = True  # what the running item left behind is not to be trusted
+        rule = stage.rule
+        size = max(1, rule.map_batch_size if task.mode == "map" else rule.batch_size)
+        done = len(task.items) - len(left)  # items run in order, a batch at a time
+        at = msg.data[3] if len(msg.data) > 3 else -1  # the one its worker said it started
+        if isinstance(at, int) and 0 <= at < len(task.items):
+            running = [i for i in task.items[at : at + size] if i["relpath"] not in results]
+        else:  # the first not reported (a thread reports all that ended as it stops)
+            at = done
+            running = left[: size - done % size]
+        if not text.startswith("timed out"):  # a timeout is per item: it says whose already
+            which = "this item" if size == 1 else "this item's batch"
+            text = f"{text} while it ran {which}"
+        for i in running:
+            results[i["relpath"]] = dict(failure, error=text)
+        names = {i["relpath"] for i in running}
+        rest = [i for i in left if i["relpath"] not in names]  # some may have ended unsaid
+        if rest and not at and task.id in self.requeued:
+            # a task of never-started items that ended so again before finishing any: the
+            # cause is not one item (a rule that kills every worker); the rest is not run
+            self.not_run.update(i["relpath"] for i in rest)
+            self.items_done += len(rest)
+            return []
+        return rest
+
+    def _answered(
+        self,
+        ctx: BuildContext,
+        stage: Stage,
+        task: Task | None,
+        task_id: str,
+        results: dict[str, Any],
+        rest: list[dict[str, Any]],
+    ) -> list[Task]:
+        """Commit the items of a task's answer (``results``); retry its failed ones while
+        attempts remain; run ``rest``, the items it never started, in a task of their own."""
+        rs = self.rs
         moved = self._moved(ctx, results)
         follow = []
         if moved:
@@ -228,11 +295,32 @@ class ForeachRun(StageRun):
             "progress", stage.id, done=self.items_done, total=self.items_total, unit="items",
             failed=len(self.failures),
         )  # fmt: skip
+        if rest:
+            assert task is not None
+            follow.append(self._requeue(ctx, task, rest))
         if retry:
             assert task is not None
-            return [*follow, self._retry(ctx, stage, task, failed, msg)]
-        self.tasks.pop(msg.task, None)  # answered for good: its item list is not needed
+            return [*follow, self._retry(ctx, stage, task, failed, results)]
+        self.tasks.pop(task_id, None)  # answered for good: its item list is not needed
         return [*follow, *self._maybe_reduce(ctx, stage)]
+
+    def _requeue(self, ctx: BuildContext, task: Task, rest: list[dict[str, Any]]) -> Task:
+        """A task for the items ``rest`` of ``task`` that it never started (it was ended
+        while running another): the same attempt, in work folders of its own."""
+        count = len(self.requeued) + 1
+        work = self.staging / f"r{count}"
+        again = dataclasses.replace(
+            task,
+            id=f"{task.id}.r{count}",
+            items=rest,
+            outputs={n: os.path.relpath(work / "work" / n, ctx.root) for n in task.outputs},
+            not_before=0.0,
+        )
+        self.requeued.add(again.id)
+        self.tasks[again.id] = again
+        for i in rest:
+            self.new[i["relpath"]]["task"] = again.id
+        return again
 
     def _moved(self, ctx: BuildContext, results: dict[str, Any]) -> dict[str, str | None]:
         """The items of a task's answer whose input file changed while they ran (relpath →
@@ -304,7 +392,7 @@ class ForeachRun(StageRun):
         return [again]
 
     def _retry(
-        self, ctx: BuildContext, stage: Stage, task: Task, failed: set[str], msg: Message
+        self, ctx: BuildContext, stage: Stage, task: Task, failed: set[str], results: dict
     ) -> Task:
         """The failed items of a task, as a new attempt after a backoff."""
         delay = backoff_delay(task.backoff, task.attempt)
@@ -320,7 +408,7 @@ class ForeachRun(StageRun):
         for i in again.items:
             self.new[i["relpath"]]["task"] = again.id
         first = sorted(failed)[0]
-        error = f"item {first}: {msg.data['items'][first]['error']}"
+        error = f"item {first}: {results[first]['error']}"
         ctx.bus.emit(
             "stage_retried",
             stage.id,
@@ -350,14 +438,15 @@ class ForeachRun(StageRun):
         """What the stage failed with when items failed: failed of all items (those run now
         and those the store had), what is kept, then the first failure in full (its
         traceback last)."""
-        fails, cached = self.failures, len(self.cached)
+        fails, cached, idle = self.failures, len(self.cached), len(self.not_run)
         total = self.items_total + cached
         first_rel = sorted(fails)[0]
-        ok = total - len(fails)
+        ok = total - len(fails) - idle
+        not_run = f"; {idle} not run (the next build runs them)" if idle else ""
         earlier = f" ({cached} from earlier builds)" if cached else ""
         kept = f"; the other {ok} are kept{earlier} and do not run again" if ok else ""
         first = f"First: item {_one_line(first_rel)}: {fails[first_rel]}"
-        return f"{len(fails)} of {total} item(s) failed{kept}. {first}"
+        return f"{len(fails)} of {total} item(s) failed{not_run}{kept}. {first}"
 
     def rerun_lost(self, ctx: BuildContext, stage: Stage) -> list[Task]:
         """Tasks for the cached items whose objects left the store after the stage was

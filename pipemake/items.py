@@ -26,6 +26,7 @@ __all__ = [
     "map_key",
     "matches",
     "merge_outputs",
+    "output_conflict",
     "select",
     "summarize",
 ]
@@ -134,24 +135,82 @@ _ENC, _ERR = "utf-8", "surrogateescape"
 
 def merge_outputs(per_item: dict[str, dict[str, Any]], names: Iterable[str]) -> dict[str, Any]:
     """The stage's output manifests, the union of every item's; two items writing the same
-    path fail, naming both."""
+    path, or one a file where another writes into a folder of that name, fail (ValueError),
+    naming both."""
     merged: dict[str, Any] = {}
     order = sorted(per_item)
     for name in names:
-        owner: dict[str, str] = {}
-        entries: list[Any] = []
-        for rel_item in order:
-            for e in per_item[rel_item][name].get("entries", ()):
-                if e[0] in owner:
-                    raise ValueError(
-                        f"items {owner[e[0]]} and {rel_item} both wrote {name}/{e[0]}; "
-                        "make each item write its own file name (e.g. use {item.stem})"
-                    )
-                owner[e[0]] = rel_item
-                entries.append(e)
+        entries = _union(per_item, order, name)
         entries.sort(key=_first)
         merged[name] = {"kind": "dir", "hash": tree_hash(entries), "entries": entries}
     return merged
+
+
+def output_conflict(per_item: dict[str, dict[str, Any]]) -> str | None:
+    """Why the items' outputs cannot be put together into one (what :func:`merge_outputs`
+    would fail with), or None: what ``dry-run`` and ``status`` say of a stage whose items
+    are all in the store but collide."""
+    order = sorted(per_item)
+    names = {n for outs in per_item.values() for n in outs}
+    try:
+        for name in sorted(names):
+            _union(per_item, order, name)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _union(per_item: dict[str, dict[str, Any]], order: list[str], name: str) -> list[Any]:
+    """Every item's entries of output ``name``, checked not to collide."""
+    owner: dict[str, str] = {}
+    #: folder → (item, file) of a file some item wrote inside it
+    folders: dict[str, tuple[str, str]] = {}
+    entries: list[Any] = []
+    for rel_item in order:
+        outs = per_item[rel_item].get(name) or {}
+        for e in outs.get("entries", ()):
+            path = e[0]
+            if path in owner:
+                raise ValueError(
+                    f"items {owner[path]} and {rel_item} both wrote {name}/{path}; "
+                    "make each item write its own file name (e.g. use {item.stem})"
+                )
+            if path in folders:
+                other, inside = folders[path]
+                raise ValueError(_file_in_folder(name, rel_item, path, other, inside))
+            owner[path] = rel_item
+            if "/" in path:
+                _note_folders(name, rel_item, path, owner, folders)
+            entries.append(e)
+    return entries
+
+
+def _note_folders(
+    name: str,
+    rel_item: str,
+    path: str,
+    owner: dict[str, str],
+    folders: dict[str, tuple[str, str]],
+) -> None:
+    """Note the folders ``path`` lies in; one that an item wrote as a file is a conflict."""
+    folder = path
+    while "/" in folder:
+        folder = folder.rpartition("/")[0]
+        if folder in owner:
+            raise ValueError(_file_in_folder(name, owner[folder], folder, rel_item, path))
+        if folder in folders:
+            return  # its own parents were noted with it
+        folders[folder] = (rel_item, path)
+
+
+def _file_in_folder(name: str, file_item: str, file: str, dir_item: str, inside: str) -> str:
+    """Two items' outputs that cannot both be: one wrote a file where the other needs a
+    folder."""
+    return (
+        f"items {file_item} and {dir_item} wrote conflicting outputs: {file_item} wrote the "
+        f"file {name}/{file}, {dir_item} wrote {name}/{inside}, inside a folder of that "
+        "name; make each item write its own paths (e.g. use {item.stem})"
+    )
 
 
 def _first(e: Sequence[Any]) -> Any:

@@ -35,7 +35,8 @@ MAX_AGAIN = 3
 class BuildContext:
     """What a running stage may use of its build: the project root, the store, the
     workspace and its state, the hasher, the event bus, the job count, the default retries,
-    and ``later`` to put off bookkeeping no later decision of this build reads."""
+    ``later`` to put off bookkeeping no later decision of this build reads, and whether the
+    build is being stopped."""
 
     root: Path
     store: Store
@@ -46,6 +47,9 @@ class BuildContext:
     jobs: int
     retries: int | None
     later: Callable[[Callable[[], None], str], None]
+    #: whether the build is being stopped by a signal (a task ended then was stopped, not
+    #: failed by its item)
+    stopping: Callable[[], bool] = lambda: False
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from .dag import Graph
 from .events import Bus
-from .executors.base import Executor, Message, Task
+from .executors.base import LOST, Executor, Message, Task
 from .resources import Budget
 
 __all__ = ["Outcome", "Scheduler", "StageFailure", "StageHandler", "backoff_delay", "priorities"]
@@ -328,9 +328,13 @@ class Scheduler:
             self.budget.give(r.task.resources, r.gpus)
             self._open[stage] -= 1
             self.bus.emit("task_finished", stage, task=r.task.id, ok=msg.kind == "result")
+        elif msg.kind == "items":  # a foreach task's item ended: the timeout is per item
+            r.started = time.monotonic()
         if msg.kind == "error" and r.timed_out:
-            msg = Message(msg.task, "error", [f"timed out after {r.task.timeout:g} s", None])
-        if msg.kind == "error" and self._retry(stage, r.task, msg):  # a timeout too
+            said = [f"timed out after {r.task.timeout:g} s", None, LOST, *msg.data[3:4]]
+            msg = Message(msg.task, "error", said)  # with the item it ran, where known
+        # a timeout too; a foreach task's items are retried by their stage, each on its own
+        if msg.kind == "error" and not r.task.items and self._retry(stage, r.task, msg):
             return
         follow = self.handler.on_message(stage, msg)
         if msg.kind not in ("result", "error"):

@@ -450,12 +450,18 @@ def _safe_rel(relpath: str) -> bool:
 
 
 def _prune_empty_dirs(top: Path) -> None:
+    """Remove the folders under ``top`` that hold no file any more, nested ones too (a
+    removed item's ``f2/deep/x`` leaves neither ``f2/deep`` nor ``f2``); never ``top``."""
+    removed: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(top, topdown=False):
-        if dirpath != str(top) and not dirnames and not filenames:
+        if dirpath == str(top) or filenames:
+            continue
+        if all(os.path.join(dirpath, d) in removed for d in dirnames):
             try:
                 os.rmdir(dirpath)
             except OSError:
-                pass
+                continue
+            removed.add(dirpath)
 
 
 def remove_path(path: Path) -> None:

@@ -96,7 +96,12 @@ def _run(task: Task, spawner: Any = None) -> dict[str, Any]:
             sys.path.remove(task.root)
     kind, data = sent[-1]
     assert kind == "result", data
-    return data["items"]  # type: ignore[no-any-return]
+    items: dict[str, Any] = {}  # each item's result is sent as it ends, the rest at the end
+    for kind, said in sent:
+        if kind == "items":
+            items.update(said)
+    items.update(data["items"])
+    return items
 
 
 def _check_staged(root: Path, store: Store, results: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Executor", "Message", "Mode", "Task"]
+__all__ = ["LOST", "Executor", "Message", "Mode", "Task"]
 
 #: what a task does: ``run`` a whole stage, run foreach ``items`` (each on its own), ``map``
 #: foreach items (each to a result), or ``reduce`` the map results
@@ -64,10 +64,18 @@ class Task:
     final: dict[str, str] = field(default_factory=dict)
 
 
+#: the third part of an ``error`` that ended a task from outside (its worker died, it was
+#: stopped or timed out) rather than one its code reported: the items a foreach task
+#: answered before are its own, and the first one that did not answer was running
+LOST = "lost"
+
+
 @dataclass
 class Message:
     """What a running task reports: ``progress`` (done, total), ``log`` (level, text),
-    ``result`` (payload) or ``error`` (text, traceback)."""
+    ``items`` (a foreach task's items that just ended: relpath → result), ``result``
+    (payload) or ``error`` (text, traceback, and :data:`LOST` when the task was ended
+    from outside, then the index of the item it was running, where known)."""
 
     task: str
     kind: str

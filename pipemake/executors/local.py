@@ -39,7 +39,7 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
 from ..rule import get_rule, local_only, registry
-from .base import Executor, Message, Task
+from .base import LOST, Executor, Message, Task
 
 if TYPE_CHECKING:  # pragma: no cover
     from .guardian import Guardian
@@ -93,6 +93,7 @@ def _worker_main(
     rules: tuple[str, dict[str, str]] | None,
     pipeline: str | None = None,
     forked: bool = False,
+    running: Any = None,
 ) -> None:
     if forked:
         _forget_parents_exit_handlers()
@@ -107,7 +108,9 @@ def _worker_main(
 
         start(pipeline)
     from ..rule import adopt_registry
-    from .worker import execute
+    from .worker import execute, watch
+
+    watch(running)
 
     if rules is not None:
         adopt_registry(rules)
@@ -183,7 +186,10 @@ class _Worker:
     def __init__(self, ctx: Any, early: bool = False, pipeline: str | None = None):
         self.conn, child = ctx.Pipe()
         rules = None if early else registry()  # an early worker is sent it when adopted
-        args = (child, os.getpid(), rules, pipeline, ctx.get_start_method() == "fork")
+        #: which item of its foreach task it runs (the worker says; read when it dies)
+        self.running = ctx.RawValue("q", -1)
+        forked = ctx.get_start_method() == "fork"
+        args = (child, os.getpid(), rules, pipeline, forked, self.running)
         self.proc = ctx.Process(target=_worker_main, args=args, daemon=True)
         with _no_cwd_on_their_path():  # its resource tracker too, if this starts that
             self.proc.start()
@@ -300,6 +306,7 @@ class LocalExecutor(Executor):
             worker = _Worker(self._ctx)
             self._workers.append(worker)
         worker.task = task
+        worker.running.value = -1
         worker.used = True
         worker.started = time.monotonic()
         worker.conn.send(task)
@@ -322,7 +329,8 @@ class LocalExecutor(Executor):
             if w.task is not None and w.proc.sentinel in ready and not w.proc.is_alive():
                 out.extend(self._drain(w))
                 if w.task is not None:
-                    out.append(Message(w.task.id, "error", [_death(w.proc.exitcode), None]))
+                    text, at = _death(w.proc.exitcode), w.running.value
+                    out.append(Message(w.task.id, "error", [text, None, LOST, at]))
                     w.task = None
                 self._workers.remove(w)
         return out
@@ -398,7 +406,7 @@ class LocalExecutor(Executor):
             t.spawner.close()
         sp = t.spawner
         if sp.stopped is not None and (sp.hit or not final or final[-1].kind == "error"):
-            self._post(t, Message(task_id, "error", [_stopped(sp.stopped), None]))
+            self._post(t, Message(task_id, "error", [_stopped(sp.stopped), None, LOST]))
         elif final:
             self._post(t, final[-1])
         else:
@@ -436,7 +444,7 @@ class LocalExecutor(Executor):
                 t.kill_at = now
                 t.spawner.stop(signal.SIGKILL)
             elif t.kill_at is not None and now - t.kill_at > GIVE_UP_AFTER_KILL:
-                self._post(t, Message(task_id, "error", [_stopped(signal.SIGKILL), None]))
+                self._post(t, Message(task_id, "error", [_stopped(signal.SIGKILL), None, LOST]))
 
     def close(self) -> None:
         threads = list(self._threads.values())

@@ -35,9 +35,9 @@ from ..trust import json_problem, parse_json
 from ..walk import BadPath
 from .base import Task
 from .outputs import abs_path, check_values, flat_outputs, hash_outputs, prepare_outputs
-from .spawn import Spawner
+from .spawn import Spawner, TaskStopped
 
-__all__ = ["execute", "item_sink", "user_traceback"]
+__all__ = ["execute", "item_sink", "user_traceback", "watch"]
 
 Send = Callable[[str, Any], None]
 _setup_cache: dict[tuple[str, str], Any] = {}
@@ -369,6 +369,56 @@ def _empty(path: str) -> None:
                 os.unlink(de.path)
 
 
+#: the most seconds a foreach task's ended items wait to be reported (the build restarts
+#: the running item's ``timeout`` at each report: a report per item would cost more than
+#: a short item itself)
+REPORT_EVERY = 0.02
+
+#: in a worker process: the shared number where it says which item of its task starts (the
+#: local executor reads it when the worker dies; see :func:`watch`)
+_running_item: Any = None
+
+
+def watch(number: Any) -> None:
+    """Say in ``number`` (a shared ``ctypes`` value the local executor gives each worker
+    process) the index of the item each foreach task of this process starts."""
+    global _running_item
+    _running_item = number
+
+
+class _Reports:
+    """A foreach task's item results, reported to the build as ``items`` messages while
+    the task runs: before an item (or a rule's batch) starts, those that ended are sent
+    once :data:`REPORT_EVERY` seconds have passed since the last report. The build keeps
+    them if the task then dies or times out; the item that was running is said by
+    :func:`watch`'s number (a worker process) or is the first not reported (a thread,
+    which reports all that ended as it stops)."""
+
+    def __init__(self, send: Send):
+        self.send = send
+        self.pending: dict[str, Any] = {}
+        self.last = time.monotonic()
+
+    def starting(self, index: int) -> None:
+        """Item ``index`` of the task (or a batch from it) starts."""
+        if self.pending and time.monotonic() - self.last >= REPORT_EVERY:
+            self.flush()
+        if _running_item is not None:
+            _running_item.value = index
+
+    def add(self, results: dict[str, Any]) -> None:
+        """Items that ended (also told to the :data:`item_sink`, if any)."""
+        self.pending.update(results)
+        _finished(results, list(results))
+
+    def flush(self) -> None:
+        """Report the items that ended now."""
+        if self.pending:
+            self.send("items", self.pending)
+            self.pending = {}
+        self.last = time.monotonic()
+
+
 def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:
     """Run foreach items one by one; each succeeds or fails on its own.
 
@@ -380,10 +430,13 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
     moved to ``done/OUTPUT/NAME`` (the stage's tasks share ``done``, so a stage whose items
     all ran is one finished tree), and the work directories known empty again, with no walk
     to empty them. Anything else is moved to a name of its own under ``done/.items``.
+
+    The items that ended are reported while the task runs (see :class:`_Reports`), so what
+    finished is the build's even when a later item kills the worker or runs past the
+    stage's ``timeout``; the final result holds the rest.
     """
     if rule.batch_size > 1:
         return _item_batches(task, rule, store, send, logger)
-    results: dict[str, Any] = {}
     root = task.root
     work = {name: os.path.join(root, path) for name, path in task.outputs.items()}
     # shared by every task of the stage: plain output files land under their output's name
@@ -400,60 +453,70 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
     spawn = _spawner.get()
     dirty = True  # whether the work directories may hold anything
     total = len(task.items)
-    for n, it in enumerate(task.items):
-        if dirty:
-            for path in work.values():
-                _empty(path)
-        dirty = True
-        item = Item(it["path"], it["relpath"], it["hash"])
-        inputs = dict(base_inputs)
-        inputs[task.foreach] = abs_path(root, it["path"])
-        ctx = Context(
-            root_path, inputs, out_paths, task.params, stage=task.stage, log=logger,
-            resources=task.resources, gpu_ids=task.gpu_ids, item=item, spawn=spawn,
-            progress=progress,
-        )  # fmt: skip
-        ctx.state = _state(task, rule, ctx)
-        try:
-            values = check_values(rule.run_item(ctx, item))
-            flat = flat_outputs(work, store)
-            if flat is None:  # anything but plain files: the general way
-                manifests = hash_outputs(task, task.outputs, store)
-            else:
-                manifests = flat
-            # where the files went (items.staged_files reads it): plain top-level files to
-            # the output's own tree, said by one string; anything nested to a name of its own
-            staged: str | dict[str, dict[str, str]] = done_rel
-            if flat is not None:
-                for name, manifest in manifests.items():
-                    for entry in manifest["entries"]:
-                        os.rename(f"{work[name]}/{entry[0]}", f"{done}/{name}/{entry[0]}")
-            else:
-                staged = {}
-                os.makedirs(f"{done}/.items", exist_ok=True)
-                for name, manifest in manifests.items():
-                    moved = staged.setdefault(name, {})
-                    real = os.path.realpath(work[name])
-                    for k, entry in enumerate(manifest["entries"]):
-                        sub = os.path.dirname(entry[0])
-                        if sub and os.path.realpath(f"{work[name]}/{sub}") != f"{real}/{sub}":
-                            continue  # reached through a symlink: never moved; the store's copy
-                        to = f".items/{task.id}-{n}-{name}-{k}"
-                        os.rename(f"{work[name]}/{entry[0]}", f"{done}/{to}")
-                        moved[entry[0]] = f"{done_rel}/{to}"
-            results[it["relpath"]] = {"outputs": manifests, "values": values, "staged": staged}
-            dirty = flat is None
-        except (RuleError, BadPath) as exc:
-            results[it["relpath"]] = {"error": str(exc)}
-            _log_item_failure(logger, it["relpath"], str(exc), None)
-        except Exception as exc:
-            tb = user_traceback(exc, rule)
-            results[it["relpath"]] = {"error": f"{type(exc).__name__}: {exc}", "tb": tb}
-            _log_item_failure(logger, it["relpath"], results[it["relpath"]]["error"], tb)
-        _finished(results, [it["relpath"]])
-        if n % 16 == 15 or n == total - 1:
-            send("progress", [n + 1, total])
-    return {"items": results}
+    reports = _Reports(send)
+    try:
+        for n, it in enumerate(task.items):
+            reports.starting(n)
+            if dirty:
+                for path in work.values():
+                    _empty(path)
+            dirty = True
+            item = Item(it["path"], it["relpath"], it["hash"])
+            inputs = dict(base_inputs)
+            inputs[task.foreach] = abs_path(root, it["path"])
+            ctx = Context(
+                root_path, inputs, out_paths, task.params, stage=task.stage, log=logger,
+                resources=task.resources, gpu_ids=task.gpu_ids, item=item, spawn=spawn,
+                progress=progress,
+            )  # fmt: skip
+            ctx.state = _state(task, rule, ctx)
+            try:
+                values = check_values(rule.run_item(ctx, item))
+                flat = flat_outputs(work, store)
+                if flat is None:  # anything but plain files: the general way
+                    manifests = hash_outputs(task, task.outputs, store)
+                else:
+                    manifests = flat
+                # where the files went (items.staged_files reads it): plain top-level files to
+                # the output's own tree, said by one string; anything nested to a name of its own
+                staged: str | dict[str, dict[str, str]] = done_rel
+                if flat is not None:
+                    for name, manifest in manifests.items():
+                        for entry in manifest["entries"]:
+                            os.rename(f"{work[name]}/{entry[0]}", f"{done}/{name}/{entry[0]}")
+                else:
+                    staged = {}
+                    os.makedirs(f"{done}/.items", exist_ok=True)
+                    for name, manifest in manifests.items():
+                        moved = staged.setdefault(name, {})
+                        real = os.path.realpath(work[name])
+                        for k, entry in enumerate(manifest["entries"]):
+                            sub = os.path.dirname(entry[0])
+                            if sub and os.path.realpath(f"{work[name]}/{sub}") != f"{real}/{sub}":
+                                continue  # reached through a symlink: never moved; the store's copy
+                            to = f".items/{task.id}-{n}-{name}-{k}"
+                            os.rename(f"{work[name]}/{entry[0]}", f"{done}/{to}")
+                            moved[entry[0]] = f"{done_rel}/{to}"
+                result: dict[str, Any] = {"outputs": manifests, "values": values, "staged": staged}
+                dirty = flat is None
+            except (RuleError, BadPath) as exc:
+                result = {"error": str(exc)}
+                _log_item_failure(logger, it["relpath"], str(exc), None)
+            except Exception as exc:
+                tb = user_traceback(exc, rule)
+                result = {"error": f"{type(exc).__name__}: {exc}", "tb": tb}
+                _log_item_failure(logger, it["relpath"], result["error"], tb)
+            if "error" in result and getattr(spawn, "stopped", None) is not None:
+                # its command was ended by a stop or the stage's timeout: not its own failure,
+                # and not answered, so the build names it as the item that was running
+                raise TaskStopped(spawn.stopped)  # type: ignore[union-attr]
+            reports.add({it["relpath"]: result})
+            if n % 16 == 15 or n == total - 1:
+                send("progress", [n + 1, total])
+    except BaseException:  # stopped, or a failure of the task: what ended is the build's
+        reports.flush()
+        raise
+    return {"items": reports.pending}
 
 
 def _progress(send: Send) -> Callable[..., None]:
@@ -464,10 +527,13 @@ def _progress(send: Send) -> Callable[..., None]:
 
 
 def _item_batches(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:
-    """Items in batches of ``rule.batch_size`` (GPU rules), each item in its own directory."""
+    """Items in batches of ``rule.batch_size`` (GPU rules), each item in its own directory;
+    each batch's results are reported as :func:`_items` reports an item's."""
     results: dict[str, Any] = {}
     batch = rule.batch_size
+    reports = _Reports(send)
     for start in range(0, len(task.items), batch):
+        reports.starting(start)
         chunk = task.items[start : start + batch]
         for it in chunk:
             prepare_outputs(task, it["outputs"], all_dirs=True)
@@ -503,21 +569,23 @@ def _item_batches(task: Task, rule: Rule, store: Store, send: Send, logger: logg
                     it["relpath"], {"error": f"{type(exc).__name__}: {exc}", "tb": tb}
                 )
             _log_item_failure(logger, chunk[0]["relpath"], f"{type(exc).__name__}: {exc}", tb)
-        _finished(results, [it["relpath"] for it in chunk])
+        reports.add(results)
+        results = {}
         send("progress", [start + len(chunk), len(task.items)])
-    return {"items": results}
+    return {"items": reports.pending}
 
 
 def _map(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:
-    """Map a batch of items (``map_batch_size`` at a time); each result becomes an object."""
-    results: dict[str, Any] = {}
+    """Map a batch of items (``map_batch_size`` at a time); each result becomes an object,
+    reported as :func:`_items` reports an item's."""
     size = max(1, rule.map_batch_size)
+    reports = _Reports(send)
     for start in range(0, len(task.items), size):
+        reports.starting(start)
         chunk = task.items[start : start + size]
-        results.update(_map_chunk(task, rule, store, send, logger, chunk))
-        _finished(results, [it["relpath"] for it in chunk])
+        reports.add(_map_chunk(task, rule, store, send, logger, chunk))
         send("progress", [start + len(chunk), len(task.items)])
-    return {"items": results}
+    return {"items": reports.pending}
 
 
 def _map_chunk(
