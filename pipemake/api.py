@@ -447,6 +447,7 @@ def run_build(project: Project, options: BuildOptions, bus: Bus | None = None) -
         _with_remote(project, _warner(bus), o.push),
     ):
         project.workspace.clear_tmp()
+        _sweep_leftovers(project, started)
         builder = Builder(
             p,
             project.store,
@@ -951,6 +952,15 @@ def commit(
             _record_roots(project, builder)
             noop.discard(project.workspace.dot)
     return rows
+
+
+def _sweep_leftovers(project: Project, started: float) -> None:
+    """What a killed build left outside ``.pipemake``: temporary lock files in the project
+    root and copies beside outputs on another filesystem (under the build lock)."""
+    p = project.pipeline
+    lockfile.sweep_temps(p.root, started)
+    outputs = [rel for st in p.stages.values() for rel in st.ports.outputs.values()]
+    project.workspace.sweep_beside(outputs)
 
 
 def init(
