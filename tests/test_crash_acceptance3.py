@@ -277,3 +277,34 @@ def test_a_partial_restore_keeps_the_unchanged_files_and_does_not_read_them_agai
     assert files_of(out) == {f"f{i}.txt": f"item {i}\n1\n" for i in range(6)}
     assert os.stat(out / "f1.txt").st_ino == inode  # the same file, not a copy
     assert proj.sub("status", "--check").returncode == 0
+
+
+# -- 7. Ctrl-C while pipemake is still starting -------------------------------------------
+
+#: SIGINT arrives while the command line module is being imported
+_SIGINT_IN_IMPORT = """
+import importlib.abc
+import pipemake.entry
+class _Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "pipemake.cli":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, _Hook())
+"""
+
+
+@pytest.mark.parametrize("command", [["status"], ["build", "--no-progress"], ["cache", "verify"]])
+def test_ctrl_c_while_pipemake_imports_is_one_line_and_exit_130(
+    project: Callable[..., Proj], command: list[str]
+) -> None:
+    proj = project(LOCKED)
+    code = _CHILD.format(patch=_SIGINT_IN_IMPORT, args=["-C", str(proj.root), *command])
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(_QUIET),
+        timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 130, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == "interrupted", proc.stderr
+    assert not proj.exists("out.txt")
