@@ -175,6 +175,26 @@ class Workspace:
         except BadPath:
             return "changed"
 
+    def part_of(self, manifest: dict[str, Any], rel: str, hasher: Hasher) -> bool:
+        """Whether what lies at ``rel`` is ``manifest`` or, for a directory, a part of it:
+        every file there is one the manifest lists, with its content and mode (what an
+        interrupted ``clean`` or a hand removal leaves). The store can then bring the
+        whole output back, so removing it loses nothing. A link anywhere is never a part:
+        pipemake places real files."""
+        if self.check(manifest, rel, hasher) is None:
+            return True
+        base = str(self.abs(rel))
+        if manifest.get("kind") != "dir" or os.path.islink(base) or not os.path.isdir(base):
+            return False
+        if _holds_link(base):
+            return False
+        want = {e[0]: (e[1], e[3]) for e in manifest["entries"]}
+        try:
+            have = hasher.tree(rel)
+        except BadPath:
+            return False
+        return all(want.get(e[0]) == (e[1], e[3]) for e in have)
+
     def _check(self, manifest: dict[str, Any], rel: str, hasher: Hasher) -> str | None:
         if manifest["kind"] == "dir" and self.abs(rel).is_dir():
             tree = hasher.tree_info(rel)

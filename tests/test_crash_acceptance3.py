@@ -308,3 +308,46 @@ def test_ctrl_c_while_pipemake_imports_is_one_line_and_exit_130(
     assert proc.returncode == 130, proc.stdout + proc.stderr
     assert proc.stderr.strip() == "interrupted", proc.stderr
     assert not proj.exists("out.txt")
+
+
+# -- 4. a clean stopped midway ---------------------------------------------------------
+
+#: clean is killed when it has removed half of the first directory output's files
+_KILL_MID_CLEAN = """
+import pipemake.workspace as ws
+def _half(path):
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    for p in files[: len(files) // 2]:
+        p.unlink()
+    os.kill(os.getpid(), signal.SIGKILL)
+ws.remove_path = _half
+"""
+
+
+def test_a_second_clean_after_a_killed_clean_removes_what_is_left(
+    project: Callable[..., Proj],
+) -> None:
+    proj, one, _two = _switched_back(project)
+    proj.sub("build", "--no-progress")
+    killed(proj, _KILL_MID_CLEAN, "clean")
+    left = files_of(proj.path("build/each"))
+    assert 0 < len(left) < len(one)  # the kill came midway
+    again = proj.sub("clean", code=None)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "by hand" not in again.stderr and "removed build/each" in again.stdout
+    assert not proj.exists("build/each")
+    proj.sub("build", "--no-progress")
+    assert files_of(proj.path("build/each")) == one
+
+
+def test_a_part_of_an_output_with_an_edited_file_is_still_kept(
+    project: Callable[..., Proj],
+) -> None:
+    proj = project(EACH, EACH_FILES)
+    proj.sub("build", "--no-progress")
+    for i in range(3):
+        proj.path(f"build/each/f{i}.txt").unlink()
+    proj.write("build/each/f4.txt", "edited by hand\n")
+    kept = proj.sub("clean", code=1)
+    assert "kept build/each" in kept.stderr
+    assert proj.read("build/each/f4.txt") == "edited by hand\n"
