@@ -351,3 +351,61 @@ def test_a_part_of_an_output_with_an_edited_file_is_still_kept(
     kept = proj.sub("clean", code=1)
     assert "kept build/each" in kept.stderr
     assert proj.read("build/each/f4.txt") == "edited by hand\n"
+
+
+# -- 5. the state files cannot grow (a file-size limit) -----------------------------------
+
+GROWING = """
+name: t
+vars: {salt: "1"}
+on_failure: "echo failed > hook.txt"
+stages:
+  - id: each
+    type: shell
+    foreach: src
+    config:
+      cmd: "cat {inputs.src} > {outputs.o}/{item.relpath}; echo {vars.salt} >> {outputs.o}/{item.relpath}"
+      inputs: {src: data}
+      outputs: {o: build/each}
+"""
+
+
+def test_databases_that_cannot_grow_fail_the_build_the_usual_way_naming_the_file(
+    project: Callable[..., Proj],
+) -> None:
+    import resource
+
+    proj = project(GROWING, {f"data/f{i:03d}.txt": f"item {i}\n" for i in range(120)})
+    proj.sub("build", "--no-progress")
+    sizes = [p.stat().st_size for p in proj.path(".pipemake").rglob("*.db")]
+    limit = min(sizes) - 8 * 1024  # below what both databases already hold
+    assert limit > 16 * 1024, sizes
+    proj.edit("pipemake.yaml", 'salt: "1"', 'salt: "2"')
+
+    def capped() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run(
+        proj.argv("build", "--no-progress"), capture_output=True, text=True, env=_env(_QUIET),
+        preexec_fn=capped, timeout=120,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out
+    assert ".pipemake/store/actions.db" in out or ".pipemake/state.db" in out, out
+    assert "ulimit -f" in out, out
+    assert "1 failed (each)" in out, out  # the summary
+    assert proj.read("hook.txt") == "failed\n"  # the on_failure hook ran
+    runs = proj.sub("list", "--runs").stdout.splitlines()
+    assert "failed" in runs[-1] and "incomplete" not in runs[-1], runs
+    proj.sub("build", "--no-progress")  # without the limit: done
+    assert proj.read("build/each/f000.txt") == "item 0\n2\n"
+
+
+def test_an_output_too_large_for_the_file_size_limit_names_its_path() -> None:
+    import errno as errno_mod
+
+    from pipemake.build import _placing_failed
+
+    text = _placing_failed(OSError(errno_mod.EFBIG, "File too large"), ["build/each"])
+    assert "at build/each" in text and "an output path" not in text
