@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -344,6 +345,16 @@ class RemoteFiles:
         if self.local:
             found = {p: i for p, i in found.items() if self._inside(p)}
         return found
+
+
+#: the name of a temporary file :meth:`RemoteFiles._put_local` writes before linking it in
+#: (``tempfile.mkstemp``'s): one a killed push left behind is removed by ``cache gc --remote``
+_TEMP = re.compile(r"\.tmp-[a-z0-9_]{8}")
+
+
+def is_temp(path: str) -> bool:
+    """Whether ``path`` (a listed file of the remote) is a temporary a push writes."""
+    return _TEMP.fullmatch(path.rpartition("/")[2]) is not None
 
 
 def each(fn: Callable[[Any], Any], items: list[Any]) -> None:

@@ -409,3 +409,50 @@ def test_an_output_too_large_for_the_file_size_limit_names_its_path() -> None:
 
     text = _placing_failed(OSError(errno_mod.EFBIG, "File too large"), ["build/each"])
     assert "at build/each" in text and "an output path" not in text
+
+
+# -- 6. a push to a file:// remote killed midway ----------------------------------------
+
+#: the kill: as soon as a push has made its first temporary file in the remote
+_KILL_IN_PUSH = """
+import tempfile
+import pipemake.remotefs as rf
+class _T:
+    def __getattr__(self, name):
+        return getattr(tempfile, name)
+    @staticmethod
+    def mkstemp(*a, **k):
+        made = tempfile.mkstemp(*a, **k)
+        os.write(made[0], b"half")
+        os.kill(os.getpid(), signal.SIGKILL)
+        return made
+rf.tempfile = _T()
+"""
+
+
+def test_remote_gc_removes_what_a_killed_push_left_and_nothing_else(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    remote = tmp_path / "remote"
+    url = f"file://{remote}"
+    proj = project(EACH, EACH_FILES)
+    proj.sub("build", "--no-progress")
+    killed(proj, _KILL_IN_PUSH, "push", "--remote", url)
+    temps = [p for p in remote.rglob(".tmp-*")]
+    assert temps, "the kill left no temporary: the hook point moved"
+    # a user's file of a like name, and a link of the exact pattern to a file outside
+    mine = remote / "objects" / "ab"
+    mine.mkdir(parents=True, exist_ok=True)
+    (mine / ".tmp-notes.txt").write_text("mine\n")
+    outside = proj.write("outside.txt", "keep\n")
+    os.symlink(outside, mine / ".tmp-abcd1234")
+    young = proj.sub("cache", "gc", "--remote", url)  # the default grace: too young to go
+    assert young.returncode == 0 and all(p.exists() for p in temps)
+    proj.sub("cache", "gc", "--remote", url, "--grace", "0")
+    assert not any(p.exists() for p in temps)
+    assert (mine / ".tmp-notes.txt").read_text() == "mine\n"
+    assert proj.read("outside.txt") == "keep\n"
+    proj.sub("push", "--remote", url)  # the second push completes
+    clone = project(EACH, EACH_FILES, name="clone")
+    clone.sub("build", "--no-progress", "--remote", url)
+    assert files_of(clone.path("build/each")) == files_of(proj.path("build/each"))
