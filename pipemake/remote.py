@@ -468,6 +468,9 @@ class Remote:
         # a `cache gc --remote` may have taken an old object just as this push found it
         ages = self.files.ages([self._obj(d) for d in present])
         self._upload(store, [d for d in present if ages[self._obj(d)] is None], replace=False)
+        # what killed pushes left where this one wrote (a push writes on, or is gone)
+        folders = {os.path.dirname(p) for p in [*map(self._obj, digests), *(d[0] for d in docs)]}
+        self.files.sweep_temps(folders, time.time() - _TEMP_AGE)
         self.bad.difference_update(upload)
 
     def _upload(self, store: Store, digests: list[str], replace: bool) -> tuple[set[str], set[str]]:
@@ -562,6 +565,11 @@ class Remote:
         except OSError as exc:
             raise RemoteError(f"remote {self.url}: removing {path}: {reason(exc)}") from None
         return True
+
+
+#: seconds a temporary file in a local remote may go unwritten before a push takes it for
+#: one a killed push left (a live push writes on, and links it in, within moments)
+_TEMP_AGE = 600.0
 
 
 def open_remote(

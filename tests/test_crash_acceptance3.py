@@ -456,3 +456,23 @@ def test_remote_gc_removes_what_a_killed_push_left_and_nothing_else(
     clone = project(EACH, EACH_FILES, name="clone")
     clone.sub("build", "--no-progress", "--remote", url)
     assert files_of(clone.path("build/each")) == files_of(proj.path("build/each"))
+
+
+def test_the_next_push_removes_old_temporaries_where_it_writes_and_spares_a_live_one(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    remote = tmp_path / "remote"
+    url = f"file://{remote}"
+    proj = project(EACH, EACH_FILES)
+    proj.sub("build", "--no-progress")
+    killed(proj, _KILL_IN_PUSH, "push", "--remote", url)
+    temps = [p for p in remote.rglob(".tmp-*")]
+    assert temps
+    old = time.time() - 3600
+    for p in temps:
+        os.utime(p, (old, old))
+    live = temps[0].parent / ".tmp-live0000"  # another push writing right now
+    live.write_bytes(b"being written")
+    proj.sub("push", "--remote", url)
+    assert not any(p.exists() for p in temps)
+    assert live.exists()
