@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import threading
 import time
 import uuid
@@ -145,14 +146,31 @@ class Workspace:
         exchange where the system has one; where it has not, by renaming the old output
         aside first (a kill in between leaves the output missing, and the next build
         restores it). Where the old output now is, for the caller to remove: in the staging
-        area, or beside ``dest`` (a name :meth:`sweep_beside` knows)."""
-        if self._same_device(dest.parent):
+        area, or beside ``dest`` (a name :meth:`sweep_beside` knows). Where a rename
+        between the two is refused although they seem one filesystem (a bind mount), the
+        new output is copied beside ``dest`` first."""
+        try:
+            return self._swap_in(new, dest, self._same_device(dest.parent))
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+        side = _beside(dest, "new")
+        try:
+            _copy(new, side)
+        except BaseException:
+            remove_path(Path(side))
+            raise
+        remove_path(Path(new))
+        return self._swap_in(side, dest, False)
+
+    def _swap_in(self, new: str, dest: Path, via_tmp: bool) -> Path:
+        if via_tmp:
             self.tmp.mkdir(parents=True, exist_ok=True)
             trash = self.tmp / f"trash-{uuid.uuid4().hex[:10]}"
         else:
             trash = Path(_beside(dest, "old"))
         if _exchange(new, str(dest)):
-            if trash.parent != self.tmp:  # the old output is beside ``dest``, as ``new``
+            if not via_tmp:  # the old output is beside ``dest``, as ``new``
                 return Path(new)
             try:
                 os.rename(new, trash)  # where it waits to be removed, off the caller's way
@@ -160,7 +178,11 @@ class Workspace:
                 return Path(new)
             return trash
         os.rename(dest, trash)
-        os.rename(new, dest)
+        try:
+            os.rename(new, dest)
+        except OSError:
+            os.rename(trash, dest)  # as it was
+            raise
         return trash
 
     def check(self, manifest: dict[str, Any], rel: str, hasher: Hasher) -> str | None:
@@ -323,7 +345,7 @@ class Workspace:
                 _move(src, f"{new}/{relpath}")
             # the complete new output is at hand: one step puts it in place
             if st is None:
-                os.rename(new, dest)
+                _move(new, base)
             else:
                 new = str(self._swap(new, dest))
         finally:
@@ -554,7 +576,7 @@ def _exchange(a: str, b: str) -> bool:
     global _renameat2
     if _renameat2 is None:
         fn: Any = False
-        if os.uname().sysname == "Linux":
+        if sys.platform.startswith("linux"):
             try:
                 fn = ctypes.CDLL(None, use_errno=True).renameat2
                 fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]

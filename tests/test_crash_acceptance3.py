@@ -476,3 +476,31 @@ def test_the_next_push_removes_old_temporaries_where_it_writes_and_spares_a_live
     proj.sub("push", "--remote", url)
     assert not any(p.exists() for p in temps)
     assert live.exists()
+
+
+def test_a_swap_refused_across_a_bind_mount_copies_beside_and_swaps_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno as errno_mod
+
+    import pipemake.workspace as ws_mod
+
+    ws = ws_mod.Workspace(tmp_path)
+    (tmp_path / "build/out").mkdir(parents=True)
+    (tmp_path / "build/out/old.txt").write_text("old\n")
+    staged = ws.staging("t") / "out"
+    staged.mkdir()
+    (staged / "new.txt").write_text("new\n")
+    real = ws_mod._exchange
+    refused: list[str] = []
+
+    def exchange(a: str, b: str) -> bool:
+        if not refused:  # the first, from the staging area: another mount
+            refused.append(a)
+            raise OSError(errno_mod.EXDEV, "Invalid cross-device link", a)
+        return real(a, b)
+
+    monkeypatch.setattr(ws_mod, "_exchange", exchange)
+    ws.place(staged, "build/out")
+    assert refused and files_of(tmp_path / "build/out") == {"new.txt": "new\n"}
+    assert sorted(os.listdir(tmp_path / "build")) == ["out"]  # nothing left beside
