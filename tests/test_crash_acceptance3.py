@@ -268,15 +268,39 @@ def test_a_partial_restore_keeps_the_unchanged_files_and_does_not_read_them_agai
     project: Callable[..., Proj],
 ) -> None:
     proj = project(EACH, EACH_FILES)
+    old = time.time() - 3600  # written long ago: trusted by their stat once hashed
+    for p in proj.path("data").iterdir():
+        os.utime(p, (old, old))
     proj.sub("build", "--no-progress")
     out = proj.path("build/each")
+    for p in out.iterdir():
+        os.utime(p, (old, old))
     inode = os.stat(out / "f1.txt").st_ino
     (out / "f0.txt").unlink()
     (out / "f2.txt").write_text("edited by hand\n")
     proj.sub("build", "--no-progress")
     assert files_of(out) == {f"f{i}.txt": f"item {i}\n1\n" for i in range(6)}
     assert os.stat(out / "f1.txt").st_ino == inode  # the same file, not a copy
-    assert proj.sub("status", "--check").returncode == 0
+    # the four kept files gained and lost a name (their ctime moved): not read again
+    counting = """
+import atexit
+import pipemake.fshash as fh
+_reads = []
+_orig = fh._read_hash
+def _counted(*a):
+    _reads.append(a[0])
+    return _orig(*a)
+fh._read_hash = _counted
+atexit.register(lambda: print("READS", len(_reads), file=sys.stderr))
+"""
+    code = _CHILD.format(patch=counting, args=["-C", str(proj.root), "status", "--check"])
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(_QUIET),
+        timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    reads = int(proc.stderr.rpartition("READS ")[2].split()[0])
+    assert reads <= 2, proc.stderr  # only the two files the restore wrote
 
 
 # -- 7. Ctrl-C while pipemake is still starting -------------------------------------------
