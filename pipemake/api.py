@@ -455,6 +455,7 @@ def run_build(project: Project, options: BuildOptions, bus: Bus | None = None) -
         _with_remote(project, _warner(bus), o.push),
     ):
         project.workspace.clear_tmp()
+        _sweep_leftovers(project, started)
         builder = Builder(
             p,
             project.store,
@@ -986,6 +987,15 @@ def commit(
     return rows
 
 
+def _sweep_leftovers(project: Project, started: float) -> None:
+    """What a killed build left outside ``.pipemake``: temporary lock files in the project
+    root and copies beside outputs on another filesystem (under the build lock)."""
+    p = project.pipeline
+    lockfile.sweep_temps(p.root, started)
+    outputs = [rel for st in p.stages.values() for rel in st.ports.outputs.values()]
+    project.workspace.sweep_beside(outputs)
+
+
 def init(
     directory: str | os.PathLike[str] | None = None,
     file: str | os.PathLike[str] | None = None,
@@ -1194,7 +1204,7 @@ def _held(project: Project, outputs: list[tuple[str, str, str]]) -> set[str]:
             return (
                 isinstance(manifest, dict)
                 and manifest.get("kind") in ("file", "dir")
-                and ws.check(manifest, rel, hasher) is None
+                and ws.part_of(manifest, rel, hasher)  # what a stopped clean left, too
                 and all(store.has_object(d) for d in digests(manifest))
             )
         except (OSError, BadPath, KeyError, TypeError, ValueError, IndexError):

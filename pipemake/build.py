@@ -15,12 +15,12 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from .decide import Decision, LastBuild, Reason, Trigger, Verdict, decide, waiting_on
-from .errors import os_failure
+from .errors import fsize_limit, os_failure
 from .events import Bus
 from .executors.base import Message, Task
 from .foreach import ForeachRun, LostObjects
@@ -347,7 +347,7 @@ class Builder:
             try:
                 restored = self._restore(stage, rs, entry)
             except OSError as exc:
-                raise StageFailure(_placing_failed(exc)) from None
+                raise StageFailure(_placing_failed(exc, rs.ports.outputs.values())) from None
             if restored:
                 source = self._restored_from([rs.key])
                 self._done(
@@ -469,7 +469,16 @@ class Builder:
             level, text = message.data
             self.bus.emit("log", stage_id, level=level, text=text)
         elif isinstance(run, ForeachRun) and not run.reduce:
-            return run.on_message(self.ctx, self.p.stages[stage_id], message)
+            try:
+                return run.on_message(self.ctx, self.p.stages[stage_id], message)
+            except (OSError, sqlite3.OperationalError) as exc:  # items not committed: failed
+                clear = os_failure(exc, self.store.path / "actions.db")
+                if clear is None or message.kind != "result":
+                    raise
+                for rel in message.data["items"]:
+                    if rel not in run.failures:
+                        run.fail_item(self.ctx, stage_id, rel, str(clear))
+                return []
         elif message.kind == "result":
             moved = run.moved_inputs(self.hasher)
             if moved:
@@ -585,11 +594,11 @@ class Builder:
             except (OSError, sqlite3.OperationalError) as exc:
                 clear = os_failure(exc, self.store.path / "actions.db")
                 if isinstance(exc, OSError) and exc.errno in (errno.EEXIST, errno.ENOTDIR):
-                    text = _placing_failed(exc)
+                    text = _placing_failed(exc, run.rs.ports.outputs.values())
                 elif clear is not None:
                     text = str(clear)
                 elif isinstance(exc, OSError):
-                    text = _placing_failed(exc)
+                    text = _placing_failed(exc, run.rs.ports.outputs.values())
                 else:
                     raise
                 with contextlib.suppress(OSError, sqlite3.OperationalError):
@@ -734,9 +743,19 @@ class Builder:
 _HAS_ENTRY = (Verdict.UP_TO_DATE, Verdict.RESTORE)
 
 
-def _placing_failed(exc: OSError) -> str:
-    """What to tell the user when an output cannot be put in place in the workspace."""
-    where = exc.filename or "an output path"
+def _placing_failed(exc: OSError, outputs: Iterable[str] = ()) -> str:
+    """What to tell the user when an output cannot be put in place in the workspace (at the
+    path the error names, or else at the stage's ``outputs``)."""
+    where = exc.filename or ", ".join(outputs) or "an output path"
+    if exc.errno == errno.EFBIG:
+        limit = fsize_limit()
+        why = (
+            f"this process may not write files past {limit // 1024} KiB (`ulimit -f`): raise "
+            "the limit (`ulimit -f unlimited`) and build again"
+            if limit is not None
+            else "the file system cannot hold a file that large"
+        )
+        return f"cannot put the output in place at {where}: {exc.strerror}: {why}"
     if exc.errno == errno.EEXIST or exc.errno == errno.ENOTDIR:
         return (
             f"cannot put the output in place: {where} is in the way (a file or a broken link "

@@ -1,16 +1,43 @@
 """The ``pipemake`` command's entry point: a no-op build answered from its snapshot
 (:mod:`pipemake.noop`) before the command line and the engine are even imported;
 everything else goes to :mod:`pipemake.cli`, a build with a worker process already booting
-(:func:`pipemake.executors.local.start_early`)."""
+(:func:`pipemake.executors.local.start_early`).
+
+Ctrl-C. Until a command is running under the CLI's own handling (which says
+``interrupted`` and exits 130, or stops a build cleanly), a Ctrl-C ends pipemake at once
+with that same one line and exit 130: the handler is installed before anything else is
+imported, so no Ctrl-C lands in an import as a traceback."""
 
 from __future__ import annotations
 
-import gc
-import os
+import signal
 import sys
-import time
-from pathlib import Path
-from typing import Any
+from types import FrameType
+
+
+def _early_interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGINT before the engine is up: ``interrupted``, exit 130 (no traceback). Inside a
+    command under :func:`pipemake.cli._run` it is the usual KeyboardInterrupt, which that
+    catches (a build installs its own handler while it runs)."""
+    run = getattr(sys.modules.get("pipemake.cli"), "_run", None)
+    code = getattr(run, "__code__", None)
+    while frame is not None:
+        if frame.f_code is code:
+            raise KeyboardInterrupt
+        frame = frame.f_back
+    sys.stderr.write("interrupted\n")
+    sys.stderr.flush()
+    raise SystemExit(130)
+
+
+if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored (`nohup`)
+    signal.signal(signal.SIGINT, _early_interrupt)
+
+import gc  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 __all__ = ["main"]
 

@@ -139,6 +139,40 @@ class DiskFull(PipemakeError):
         )
 
 
+class WriteFailed(DiskFull):
+    """The system refused to grow one of pipemake's files (SQLite's "disk I/O error", or
+    EFBIG): a file-size limit (``ulimit -f``) below its size, a full disk, or a failing
+    one. Said with the file, the limit when there is one, and what to do."""
+
+    def __init__(self, path: str | os.PathLike[str], detail: str = "disk I/O error"):
+        self.path = str(path)
+        limit = fsize_limit()
+        if limit is not None:
+            cause = (
+                f"this process may not write files past {limit // 1024} KiB (`ulimit -f`): "
+                "raise the limit (`ulimit -f unlimited`) and build again"
+            )
+        else:
+            cause = (
+                "the disk is most likely full or failing: free space (or check the disk) and "
+                "build again"
+            )
+        PipemakeError.__init__(
+            self, f"cannot write {self.path} ({detail}): {cause}; nothing committed is lost"
+        )
+
+
+def fsize_limit() -> int | None:
+    """The process's file-size limit in bytes (RLIMIT_FSIZE), or None when unlimited."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
 class AccessDenied(PipemakeError):
     """pipemake may not create, read or write one of its own paths (a read-only workspace,
     a ``.pipemake`` owned by another user)."""
@@ -153,8 +187,8 @@ class AccessDenied(PipemakeError):
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 _DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
-#: SQLite's primary result codes: FULL, CORRUPT, NOTADB, READONLY, PERM, CANTOPEN
-_SQLITE_FULL, _SQLITE_CORRUPT, _SQLITE_NOTADB = 13, 11, 26
+#: SQLite's primary result codes: FULL, CORRUPT, NOTADB, IOERR, READONLY, PERM, CANTOPEN
+_SQLITE_FULL, _SQLITE_CORRUPT, _SQLITE_NOTADB, _SQLITE_IOERR = 13, 11, 26, 10
 _SQLITE_DENIED = {8, 3, 14}
 
 
@@ -173,6 +207,8 @@ def os_failure(
         where = exc.filename if exc.filename is not None else path
         if exc.errno in _FULL:
             return DiskFull(where if where is not None else os.getcwd())
+        if exc.errno == errno.EFBIG and exc.filename is not None:
+            return WriteFailed(where, exc.strerror or "file too large")
         if exc.errno in _DENIED and where is not None:
             return AccessDenied(where, exc.strerror or "permission denied")
         return None
@@ -183,6 +219,8 @@ def os_failure(
     text = str(exc)
     if code == _SQLITE_FULL:
         return DiskFull(path)
+    if code == _SQLITE_IOERR:
+        return WriteFailed(path, text)
     if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or (code == 1 and "no such" in text):
         return DatabaseDamaged(path, text, repair)
     if code in _SQLITE_DENIED:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -188,6 +190,34 @@ def write(project: Project) -> bool:
         Path(tmp).unlink(missing_ok=True)
         raise
     return True
+
+
+#: the temporary file :func:`write` makes beside the lock (``tempfile.mkstemp``'s names)
+_TEMP = re.compile(r"\.pipemake\.lock-[a-z0-9_]{8}")
+
+
+def sweep_temps(root: Path, before: float) -> int:
+    """Remove the temporary lock files a killed build left in the project ``root``: regular
+    files (never a symlink) named exactly as :func:`write` names them and last changed
+    before ``before`` (the running build's start; call only while holding the build lock);
+    how many were removed."""
+    removed = 0
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return 0
+    for name in names:
+        if not _TEMP.fullmatch(name):
+            continue
+        path = os.path.join(root, name)
+        try:
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < before:
+                os.unlink(path)
+                removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def _read_by_a_stage(project: Project) -> bool:

@@ -36,7 +36,16 @@ import xxhash
 
 from .errors import Interrupted
 from .objects import REMOTE_GRACE
-from .remotefs import RemoteError, RemoteFiles, Unreachable, batches, each, mtime, reason
+from .remotefs import (
+    RemoteError,
+    RemoteFiles,
+    Unreachable,
+    batches,
+    each,
+    is_temp,
+    mtime,
+    reason,
+)
 from .signing import cache_key, seal, unseal
 from .trust import is_digest
 
@@ -459,6 +468,9 @@ class Remote:
         # a `cache gc --remote` may have taken an old object just as this push found it
         ages = self.files.ages([self._obj(d) for d in present])
         self._upload(store, [d for d in present if ages[self._obj(d)] is None], replace=False)
+        # what killed pushes left where this one wrote (a push writes on, or is gone)
+        folders = {os.path.dirname(p) for p in [*map(self._obj, digests), *(d[0] for d in docs)]}
+        self.files.sweep_temps(folders, time.time() - _TEMP_AGE)
         self.bad.difference_update(upload)
 
     def _upload(self, store: Store, digests: list[str], replace: bool) -> tuple[set[str], set[str]]:
@@ -504,7 +516,9 @@ class Remote:
         root = files.root
         try:
             keys = {}
-            for path in files.listing("entries"):
+            listed = files.listing("entries")
+            temps = {p: i for p, i in listed.items() if is_temp(p)}  # a killed push's
+            for path in listed:
                 fan, _, rest = path[len(root) + len("/entries/") :].partition("/")
                 key = fan + rest.removesuffix(".json")
                 if rest.endswith(".json") and is_digest(key):
@@ -515,6 +529,7 @@ class Remote:
                 if entry is not None:
                     referenced.update(d for d, _s in entry_objects(entry))
             objects = files.listing("objects")
+            temps.update((p, i) for p, i in objects.items() if is_temp(p))
         except Unreachable as exc:
             raise RemoteError(f"remote {self.url}: {exc}") from None
         horizon = time.time() - grace
@@ -527,9 +542,14 @@ class Remote:
             if mtime(info) < horizon:
                 doomed.append((path, int(info.get("size") or 0)))
         removed = doomed if dry else [(p, n) for p, n in doomed if self._remove_old(p, horizon)]
-        return {"objects_removed": len(removed), "bytes_freed": sum(n for _p, n in removed),
-                "objects_kept": len(objects) - len(removed), "entries": len(keys),
-                "dry_run": dry}  # fmt: skip
+        # what killed pushes left half written, once as old as the grace (a push writes on)
+        junk = [(p, int(i.get("size") or 0)) for p, i in temps.items() if mtime(i) < horizon]
+        swept = junk if dry else [(p, n) for p, n in junk if self._remove_old(p, horizon)]
+        return {"objects_removed": len(removed),
+                "bytes_freed": sum(n for _p, n in removed) + sum(n for _p, n in swept),
+                "objects_kept": sum(not is_temp(p) for p in objects) - len(removed),
+                "entries": len(keys),
+                "temporaries_removed": len(swept), "dry_run": dry}  # fmt: skip
 
     def _remove_old(self, path: str, horizon: float) -> bool:
         """Remove an object unless a push renewed it since it was listed."""
@@ -545,6 +565,11 @@ class Remote:
         except OSError as exc:
             raise RemoteError(f"remote {self.url}: removing {path}: {reason(exc)}") from None
         return True
+
+
+#: seconds a temporary file in a local remote may go unwritten before a push takes it for
+#: one a killed push left (a live push writes on, and links it in, within moments)
+_TEMP_AGE = 600.0
 
 
 def open_remote(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -275,6 +276,35 @@ class RemoteFiles:
             if os.path.lexists(tmp):
                 os.unlink(tmp)
 
+    def sweep_temps(self, folders: Iterable[str], before: float) -> int:
+        """On a local remote, remove from each of ``folders`` (fan-out folders it wrote in)
+        the temporaries killed pushes left: files (never a link) of exactly the name a push
+        gives them, not written to since ``before``. A live push writes its temporary as it
+        goes and links it in within moments; one removed from under a stalled push makes
+        that push fail, never corrupts the remote. How many were removed."""
+        if not self.local:
+            return 0
+        removed = 0
+        for folder in folders:
+            if not self._inside(folder):
+                continue
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                continue
+            for name in names:
+                path = os.path.join(folder, name)
+                if not is_temp(path):
+                    continue
+                try:
+                    st = os.lstat(path)
+                    if stat.S_ISREG(st.st_mode) and st.st_mtime < before:
+                        os.unlink(path)
+                        removed += 1
+                except OSError:
+                    continue
+        return removed
+
     def _make_folders(self, folder: str) -> None:
         """Create ``folder`` and the folders above it up to the remote's root, one at a
         time, refusing a link (or a file) on the way before anything is created through it:
@@ -344,6 +374,16 @@ class RemoteFiles:
         if self.local:
             found = {p: i for p, i in found.items() if self._inside(p)}
         return found
+
+
+#: the name of a temporary file :meth:`RemoteFiles._put_local` writes before linking it in
+#: (``tempfile.mkstemp``'s): one a killed push left behind is removed by ``cache gc --remote``
+_TEMP = re.compile(r"\.tmp-[a-z0-9_]{8}")
+
+
+def is_temp(path: str) -> bool:
+    """Whether ``path`` (a listed file of the remote) is a temporary a push writes."""
+    return _TEMP.fullmatch(path.rpartition("/")[2]) is not None
 
 
 def each(fn: Callable[[Any], Any], items: list[Any]) -> None:

@@ -16,11 +16,15 @@ output path is the output, and nothing outside it is ever deleted.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import re
 import shutil
 import stat
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,8 +34,9 @@ from typing import Any
 from .fshash import Hasher, PathInfo
 from .hashing import tree_hash
 from .manifest import manifest_hash, sub_manifest
+from .statcache import TreeRow
 from .store import Store
-from .walk import BadPath, LinkView
+from .walk import BadPath, LinkView, signature, walk
 
 __all__ = ["Workspace", "manifest_hash", "manifest_of", "sub_manifest"]
 
@@ -65,6 +70,42 @@ class Workspace:
         if self.tmp.is_dir():
             shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def sweep_beside(self, outputs: list[str]) -> int:
+        """Remove what a killed build left beside the output paths ``outputs`` (call only
+        while holding the build lock): pipemake's own copies and old outputs, made there when
+        an output lies on another filesystem than the staging area. Only names of exactly
+        pipemake's patterns (``.NAME.pipemake-[old-|new-|f-]HEX`` for the output ``NAME``)
+        in the output's own parent folder are removed, never a symlink (nor anything through
+        one); how many were removed."""
+        removed = 0
+        seen: set[tuple[str, str]] = set()
+        for rel in outputs:
+            dest = self.abs(rel)
+            parent, name = str(dest.parent), dest.name
+            if not name or name in (".", "..") or (parent, name) in seen:
+                continue
+            seen.add((parent, name))
+            pattern = re.compile(r"\." + re.escape(name) + _BESIDE)
+            try:
+                names = os.listdir(parent)
+            except OSError:  # no parent yet, or not a folder: nothing was left there
+                continue
+            for entry in names:
+                if not pattern.fullmatch(entry):
+                    continue
+                path = os.path.join(parent, entry)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                if stat.S_ISLNK(st.st_mode) or not (
+                    stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)
+                ):
+                    continue
+                remove_path(Path(path))
+                removed += 1
+        return removed
+
     def place(
         self, staged: Path, rel: str, later: Callable[[Callable[[], None]], None] | None = None
     ) -> None:
@@ -81,19 +122,68 @@ class Workspace:
         if os.path.islink(staged):
             _dereference(staged, str(dest))
         dest.parent.mkdir(parents=True, exist_ok=True)
-        trash = None
-        if os.path.lexists(dest):
+        if not os.path.lexists(dest):
+            _move(str(staged), str(dest))
+            return
+        src = str(staged)
+        if not _same_dev(dest.parent, staged.parent):
+            # the complete new output is made beside the old one first, on its filesystem
+            src = _beside(dest, "new")
+            try:
+                _copy(str(staged), src)
+            except BaseException:
+                remove_path(Path(src))
+                raise
+            remove_path(staged)
+        old = self._swap(src, dest)
+        if later is not None:
+            later(lambda: remove_path(old))
+        else:
+            remove_path(old)
+
+    def _swap(self, new: str, dest: Path) -> Path:
+        """Put ``new`` (on ``dest``'s filesystem) at ``dest``, which exists, in one atomic
+        exchange where the system has one; where it has not, by renaming the old output
+        aside first (a kill in between leaves the output missing, and the next build
+        restores it). Where the old output now is, for the caller to remove: in the staging
+        area, or beside ``dest`` (a name :meth:`sweep_beside` knows). Where a rename
+        between the two is refused although they seem one filesystem (a bind mount), the
+        new output is copied beside ``dest`` first."""
+        try:
+            return self._swap_in(new, dest, self._same_device(dest.parent))
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+        side = _beside(dest, "new")
+        try:
+            _copy(new, side)
+        except BaseException:
+            remove_path(Path(side))
+            raise
+        remove_path(Path(new))
+        return self._swap_in(side, dest, False)
+
+    def _swap_in(self, new: str, dest: Path, via_tmp: bool) -> Path:
+        if via_tmp:
             self.tmp.mkdir(parents=True, exist_ok=True)
             trash = self.tmp / f"trash-{uuid.uuid4().hex[:10]}"
-            if not self._same_device(dest.parent):
-                trash = dest.parent / f".{dest.name}.pipemake-old-{uuid.uuid4().hex[:10]}"
-            os.rename(dest, trash)
-        _move(str(staged), str(dest))
-        if trash is not None:
-            if later is not None:
-                later(lambda: remove_path(trash))
-            else:
-                remove_path(trash)
+        else:
+            trash = Path(_beside(dest, "old"))
+        if _exchange(new, str(dest)):
+            if not via_tmp:  # the old output is beside ``dest``, as ``new``
+                return Path(new)
+            try:
+                os.rename(new, trash)  # where it waits to be removed, off the caller's way
+            except OSError:
+                return Path(new)
+            return trash
+        os.rename(dest, trash)
+        try:
+            os.rename(new, dest)
+        except OSError:
+            os.rename(trash, dest)  # as it was
+            raise
+        return trash
 
     def check(self, manifest: dict[str, Any], rel: str, hasher: Hasher) -> str | None:
         """None when the workspace output matches ``manifest``; else ``missing`` or
@@ -106,6 +196,26 @@ class Workspace:
             return self._check(manifest, rel, hasher)
         except BadPath:
             return "changed"
+
+    def part_of(self, manifest: dict[str, Any], rel: str, hasher: Hasher) -> bool:
+        """Whether what lies at ``rel`` is ``manifest`` or, for a directory, a part of it:
+        every file there is one the manifest lists, with its content and mode (what an
+        interrupted ``clean`` or a hand removal leaves). The store can then bring the
+        whole output back, so removing it loses nothing. A link anywhere is never a part:
+        pipemake places real files."""
+        if self.check(manifest, rel, hasher) is None:
+            return True
+        base = str(self.abs(rel))
+        if manifest.get("kind") != "dir" or os.path.islink(base) or not os.path.isdir(base):
+            return False
+        if _holds_link(base):
+            return False
+        want = {e[0]: (e[1], e[3]) for e in manifest["entries"]}
+        try:
+            have = hasher.tree(rel)
+        except BadPath:
+            return False
+        return all(want.get(e[0]) == (e[1], e[3]) for e in have)
 
     def _check(self, manifest: dict[str, Any], rel: str, hasher: Hasher) -> str | None:
         if manifest["kind"] == "dir" and self.abs(rel).is_dir():
@@ -204,12 +314,14 @@ class Workspace:
         except BadPath:  # not walkable (an unreadable folder): replaced whole
             return self.restore(manifest, rel, store, "sync", bad)
         staged = _StagedFiles(self.tmp)
+        keep: list[str] = []
         fetch: list[tuple[str, str, int, int]] = []
         move: list[tuple[str, str, int]] = []
         for e in manifest["entries"]:
             relpath = e[0]
             cur = have.get(relpath)
             if cur is not None and cur[1] == e[1] and cur[3] == e[3]:
+                keep.append(relpath)
                 continue
             src = moves.get(relpath)
             sst = staged.stat(src) if src is not None else None
@@ -217,51 +329,42 @@ class Workspace:
                 fetch.append((relpath, e[1], e[2], e[3]))
             else:
                 move.append((relpath, src, e[3] if sst.st_nlink == 1 else -1))
-        if st is None:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-        scratch = self._scratch(dest, inside=st is not None)
+        if not fetch and not move and len(keep) == len(have):
+            return True  # nothing to add, change or remove
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        new = self._scratch(dest)
         try:
-            if not _stage_files(fetch, scratch, store, bad):
+            if not _stage_files(fetch, new, store, bad):
                 return False
-            # everything is at hand: from here on the output changes
-            if st is None:
-                dest.mkdir(exist_ok=True)
-            want = {e[0] for e in manifest["entries"]}
-            stale = [r for r in have if r not in want]
-            for relpath in stale:
-                (dest / relpath).unlink(missing_ok=True)
-            _make_parents(base, [m[0] for m in move] + [f[0] for f in fetch])
+            _make_parents(new, keep + [m[0] for m in move])
+            # the files already right are linked in (no copy; the old output keeps them)
+            _on_threads(len(keep), lambda i: _link(f"{base}/{keep[i]}", f"{new}/{keep[i]}"))
             for relpath, src, mode in move:
                 if mode >= 0:  # one linked into the store (--link) stays read-only
                     os.chmod(src, mode)
-                _replace(src, f"{base}/{relpath}")
-
-            def place(i: int) -> None:
-                relpath = fetch[i][0]
-                _replace(f"{scratch}/{relpath}", f"{base}/{relpath}")
-
-            _on_threads(len(fetch), place)
+                _move(src, f"{new}/{relpath}")
+            # the complete new output is at hand: one step puts it in place
+            if st is None:
+                _move(new, base)
+            else:
+                new = str(self._swap(new, dest))
         finally:
-            remove_path(Path(scratch))
-        if stale:  # only a removal can leave a directory empty
-            _prune_empty_dirs(dest)
+            remove_path(Path(new))
+        _vouch(hasher, rel, base, manifest, set(keep))
         return True
 
-    def _scratch(self, dest: Path, inside: bool) -> str:
-        """A new directory where restored files are made before they go to the output
-        ``dest``: on the output's filesystem, so each lands by a rename. That is the staging
-        area, or, when a symlinked parent puts the output on another filesystem, a hidden
-        folder in the output (``inside``: a name a later sync removes if a kill leaves it),
-        or beside it while it does not exist."""
+    def _scratch(self, dest: Path) -> str:
+        """A new directory where a directory output ``dest`` is assembled in full before it
+        is put in place: on the output's filesystem, so it goes there by a rename. That is
+        the staging area, or, when the output lies on another filesystem, a hidden folder
+        beside it (a name :meth:`sweep_beside` removes if a kill leaves it)."""
         self.tmp.mkdir(parents=True, exist_ok=True)
-        tag = f"pipemake-f-{uuid.uuid4().hex[:12]}"
-        where = dest if inside else dest.parent
-        if self._same_device(where):
-            path = self.tmp / tag
+        if self._same_device(dest.parent):
+            path = str(self.tmp / f"pipemake-f-{uuid.uuid4().hex[:12]}")
         else:
-            path = dest / f".{tag}" if inside else where / f".{dest.name}.{tag}"
-        path.mkdir()
-        return str(path)
+            path = _beside(dest, "new")
+        os.mkdir(path)
+        return path
 
     def _same_device(self, path: Path) -> bool:
         """Whether ``path`` (an existing directory) is on the filesystem of the staging
@@ -402,18 +505,6 @@ def _holds_link(top: str) -> bool:
     return False
 
 
-def _replace(src: str, target: str) -> None:
-    """Rename ``src`` onto ``target``, which may be a directory (what the walk listed under
-    that name was a file, so only an empty one, or one of files the manifest moves away)."""
-    try:
-        _move(src, target)
-    except OSError as exc:
-        if not os.path.isdir(target) or os.path.islink(target):
-            raise exc from None
-        remove_path(Path(target))
-        _move(src, target)
-
-
 def _move(src: str, dst: str) -> None:
     """Rename ``src`` onto ``dst``; across filesystems (an output whose parent is a symlink
     to another disk), copy it beside ``dst`` first and rename that, so ``dst`` is never
@@ -438,6 +529,101 @@ def _move(src: str, dst: str) -> None:
     remove_path(Path(src))
 
 
+#: the tail of pipemake's own names beside an output ``NAME``: ``.NAME`` + this
+_BESIDE = r"\.pipemake-(?:(?:old-|new-)?[0-9a-f]{10}|f-[0-9a-f]{12})"
+
+
+def _beside(dest: Path, kind: str) -> str:
+    """A fresh hidden name beside ``dest`` for pipemake's own use (``kind``: ``new`` or
+    ``old``; a pattern :meth:`Workspace.sweep_beside` matches)."""
+    return str(dest.parent / f".{dest.name}.pipemake-{kind}-{uuid.uuid4().hex[:10]}")
+
+
+def _same_dev(a: Path, b: Path) -> bool:
+    """Whether the existing directories ``a`` and ``b`` are on one filesystem."""
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return True
+
+
+def _copy(src: str, dst: str) -> None:
+    """Copy a staged file or tree to ``dst`` (links inside stay links)."""
+    if os.path.isdir(src) and not os.path.islink(src):
+        shutil.copytree(src, dst, symlinks=True)
+    else:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _link(src: str, dst: str) -> None:
+    """Give the file ``src`` a second name ``dst`` (a copy where links are not allowed)."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+            raise
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+_RENAME_EXCHANGE = 2
+_renameat2: Any = None
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap the paths ``a`` and ``b`` (both exist, one filesystem) in one atomic step
+    (Linux's ``renameat2(RENAME_EXCHANGE)``); False, with nothing changed, where the system
+    or the filesystem has no such call."""
+    global _renameat2
+    if _renameat2 is None:
+        fn: Any = False
+        if sys.platform.startswith("linux"):
+            try:
+                fn = ctypes.CDLL(None, use_errno=True).renameat2
+                fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+                fn.argtypes.append(ctypes.c_uint)
+                fn.restype = ctypes.c_int
+            except (AttributeError, OSError):
+                fn = False
+        _renameat2 = fn
+    if _renameat2 is False:
+        return False
+    at_fdcwd = -100
+    if _renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
+def _vouch(hasher: Hasher, rel: str, base: str, manifest: dict[str, Any], kept: set[str]) -> None:
+    """Tell the stat cache what the directory output ``rel`` now holds (``manifest``), so
+    the files kept from the old output, which gained and lost a name while the new output
+    was made (their ctime moved), are not read again by the next check. Files written now
+    stay unvouched (too new to trust by their stat) and are read as before."""
+    state = getattr(hasher, "state", None)
+    if state is None or not kept:
+        return
+    try:
+        rows = walk(base)
+    except (OSError, BadPath):
+        return
+    sig = signature(rows)
+    rows.sort()
+    want = {e[0]: e[1] for e in manifest["entries"]}
+    if [r[0] for r in rows] != sorted(want):
+        return  # changed under us: the next check reads it
+    now = time.time_ns()
+    hashes, ats, racy = [], [], []
+    for i, r in enumerate(rows):
+        hashes.append(want[r[0]] if r[0] in kept else "")
+        ats.append(now if r[0] in kept else 0)
+        if r[0] not in kept or r[4] >= now - 1_000_000_000:
+            racy.append(i)
+    hashes = [h or want[r[0]] for h, r in zip(hashes, rows, strict=True)]
+    state.stats.set_tree(rel, TreeRow(sig, bool(racy), manifest["hash"], (rows, hashes, ats, racy)))
+
+
 def _safe_rel(relpath: str) -> bool:
     """A manifest path may not escape its output directory. (A backslash is a character of
     a POSIX file name like any other; only where it separates paths is it refused.)"""
@@ -447,21 +633,6 @@ def _safe_rel(relpath: str) -> bool:
         return False
     parts = relpath.split("/")
     return all(p not in ("", ".", "..") for p in parts)
-
-
-def _prune_empty_dirs(top: Path) -> None:
-    """Remove the folders under ``top`` that hold no file any more, nested ones too (a
-    removed item's ``f2/deep/x`` leaves neither ``f2/deep`` nor ``f2``); never ``top``."""
-    removed: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(top, topdown=False):
-        if dirpath == str(top) or filenames:
-            continue
-        if all(os.path.join(dirpath, d) in removed for d in dirnames):
-            try:
-                os.rmdir(dirpath)
-            except OSError:
-                continue
-            removed.add(dirpath)
 
 
 def remove_path(path: Path) -> None:
