@@ -660,6 +660,7 @@ class Builder:
         stopped = self.stopping()
         record.update(
             failed_doc=run.rs.doc,
+            failed_parts=run.rs.upstream_parts,
             result="interrupted" if stopped else "failed",
             error="stopped by a signal before it finished" if stopped else text[:2000],
             finished=time.time(),
@@ -707,7 +708,7 @@ class Builder:
                 took = last.duration  # its run's (a foreach entry's may be its assembly's)
             record = {
                 "key": rs.key, "doc": rs.doc, "result": "ok", "restored": restored,
-                "duration": took, "finished": time.time(),
+                "duration": took, "finished": time.time(), "upstream_parts": rs.upstream_parts,
             }  # fmt: skip
             if not ran and not restored:  # up to date: its outputs were already in place
                 record["in_place"] = True

@@ -189,13 +189,16 @@ def explain(
     new: dict[str, Any],
     failed: dict[str, Any] | None = None,
     interrupted: bool = False,
+    parts: tuple[Any, Any] = (None, None),
 ) -> list[Reason]:
     """Why the key document ``new`` differs from the last build's ``old``. ``failed`` is the
     key document of a run that failed since (its last-build record keeps it): then the
     reasons say what changed since that run, or that nothing did and it failed (or, when
-    ``interrupted``, that it was stopped by a signal before it finished)."""
+    ``interrupted``, that it was stopped by a signal before it finished). ``parts`` are the
+    upstream digests split in outputs and computed values (:func:`upstream_change`), as
+    recorded with ``old`` (or ``failed``) and as resolved now, when known."""
     if failed is not None:
-        since = _changes(failed, new)
+        since = _changes(failed, new, parts)
         how = "was interrupted" if interrupted else "failed"
         if not since:
             return [Reason(Trigger.FAILED, f"the last run {how}")]
@@ -203,10 +206,28 @@ def explain(
         return [Reason(r.trigger, f"{r.detail} since the {run} run") for r in since]
     if old is None:
         return [Reason(Trigger.NEVER_BUILT, "never built")]
-    return _changes(old, new)
+    return _changes(old, new, parts)
 
 
-def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[Reason]:
+def upstream_change(dep: str, old: Any, new: Any) -> str:
+    """What of upstream stage ``dep`` changed for a stage whose key holds one digest of its
+    outputs and computed values: ``old`` and ``new`` are ``[outputs digest, values digest]``
+    pairs as recorded and as resolved now (not known for a record written before they were
+    kept: then only that the stage changed)."""
+    pair = isinstance(old, list) and isinstance(new, list) and len(old) == 2 and len(new) == 2
+    if not pair:
+        return f"upstream {dep} changed"
+    outputs, values = old[0] != new[0], old[1] != new[1]
+    if outputs and values:
+        return f"upstream {dep} output and computed values changed"
+    if values:
+        return f"upstream {dep} computed values changed (its outputs did not)"
+    return f"upstream {dep} output changed"
+
+
+def _changes(
+    old: dict[str, Any], new: dict[str, Any], parts: tuple[Any, Any] = (None, None)
+) -> list[Reason]:
     reasons: list[Reason] = []
     if old.get("rule") != new.get("rule"):
         reasons.append(Reason(Trigger.RULE, f"rule {old.get('rule')} → {new.get('rule')}"))
@@ -234,7 +255,8 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[Reason]:
         elif dep not in new_up:
             reasons.append(Reason(Trigger.UPSTREAM, f"no longer depends on stage {dep}"))
         elif old_up[dep] != new_up[dep]:
-            reasons.append(Reason(Trigger.UPSTREAM, f"upstream {dep} output changed"))
+            was, now = (p.get(dep) if isinstance(p, dict) else None for p in parts)
+            reasons.append(Reason(Trigger.UPSTREAM, upstream_change(dep, was, now)))
     if old.get("outputs") != new.get("outputs"):
         reasons.append(Reason(Trigger.PARAM, "declared outputs changed"))
     if old.get("items") != new.get("items") and "items" in new:
@@ -290,17 +312,21 @@ class LastBuild:
             self._item_hashes = self._item_hashes()
         return self._item_hashes
 
-    def why(self, doc: dict[str, Any]) -> list[Reason]:
+    def why(self, doc: dict[str, Any], parts: dict[str, Any] | None = None) -> list[Reason]:
         """Why a stage whose key is not cached runs: what changed since its last build, or
-        since its last run when that failed."""
+        since its last run when that failed (``parts``: the stage's upstream digests split
+        in outputs and values, as resolved now)."""
         record = self.record
         failed = None
+        was = record.get("upstream_parts") if record else None
         if record and record.get("result") in ("failed", "interrupted"):
             failed = record.get("failed_doc")
+            was = record.get("failed_parts")
         interrupted = record is not None and record.get("result") == "interrupted"
         return explain(
-            record.get("doc") if record else None, doc, failed=failed, interrupted=interrupted
-        )
+            record.get("doc") if record else None, doc, failed=failed, interrupted=interrupted,
+            parts=(was, parts),
+        )  # fmt: skip
 
 
 def waiting_on(stage: str, restored: bool = False) -> Decision:
@@ -331,15 +357,16 @@ def decide(
     """
     if forced:  # whatever its upstream makes
         return Decision(Verdict.RUN, [Reason(Trigger.FORCED, "forced")])
+    parts = getattr(stage, "upstream_parts", None)
     if stage.unknown:
-        own = [r for r in last.why(stage.doc) if not _from_unknown(r, stage)]
+        own = [r for r in last.why(stage.doc, parts) if not _from_unknown(r, stage)]
         if own:
             return Decision(Verdict.RUN, own)
         first = sorted(stage.unknown)[0]
         told = (upstream or {}).get(first)
         return waiting_on(first, told is not None and told.verdict is Verdict.RESTORE)
     if entry is None:
-        reasons = [r for r in last.why(stage.doc) if r.trigger is not Trigger.ITEMS]
+        reasons = [r for r in last.why(stage.doc, parts) if r.trigger is not Trigger.ITEMS]
         items = None
         if stage.foreach:
             more, items = _item_verdicts(stage.items, stage.cached, last.item_hashes)
@@ -370,7 +397,8 @@ def decide(
         return Decision(Verdict.UP_TO_DATE)
     if last.built and last.key != stage.key:  # what changed, not its effect on the outputs
         record = last.record
-        why = explain(record.get("doc") if record else None, stage.doc)
+        was = record.get("upstream_parts") if record else None
+        why = explain(record.get("doc") if record else None, stage.doc, parts=(was, parts))
         if stage.foreach:
             why += _items_changed(stage.items, last.item_hashes)
         earlier = Reason(Trigger.CACHED, "cached from an earlier build")

@@ -171,7 +171,8 @@ def _str(value: Any) -> str | None:
 #: what a last-build record holds, and the types its readers rely on
 _RECORD_TYPES: dict[str, Any] = {
     "key": str, "doc": dict, "failed_doc": dict, "result": str, "error": str,
-    "duration": (int, float), "finished": (int, float),
+    "duration": (int, float), "finished": (int, float), "upstream_parts": dict,
+    "failed_parts": dict,
 }  # fmt: skip
 
 

@@ -88,6 +88,9 @@ class ResolvedStage:
     #: the stage's values are whatever its items return (``python``, ``custom``): its key
     #: says so, so an entry stored before such values were gathered is not reused
     open_values: bool = False
+    #: each upstream stage's digest in the key, split in its outputs' and its computed
+    #: values' (kept in the last-build record so a reason can say which changed)
+    upstream_parts: dict[str, list[str]] = field(default_factory=dict)
     _items: list[Item] | None = field(default=None, repr=False)
     _item_keys: dict[str, str] | None = field(default=None, repr=False)
 
@@ -185,6 +188,7 @@ class Resolver:
                 inputs[name] = [value, self._input_hash(stage, value, unknown)]
         fed = self._foreach_feed(stage, ports)
         upstream = {}
+        parts: dict[str, list[str]] = {}  # what reasons tell apart; not part of the key
         for dep in stage.deps:
             planned = self.results.get(dep)
             if planned is None or planned.outputs is None:
@@ -201,10 +205,12 @@ class Resolver:
                     checked=True,
                 )  # fmt: skip
             else:
+                made = {n: manifest_hash(m) for n, m in planned.outputs.items()}
                 upstream[dep] = digest(
-                    [{n: manifest_hash(m) for n, m in planned.outputs.items()}, planned.values],
-                    checked=True,  # JSON from the store: string keys only
+                    [made, planned.values],
+                    checked=True,  # JSON from the store: string keys
                 )
+                parts[dep] = [digest([made], checked=True), digest([planned.values], checked=True)]
         doc = {
             "format": KEY_FORMAT,
             "rule": stage.rule.name,
@@ -217,13 +223,13 @@ class Resolver:
             "outputs": {n: ports.output_kinds.get(n, "path") for n in sorted(ports.outputs)},
         }
         if stage.foreach is None:
-            return ResolvedStage(ports, doc, key_digest(doc), unknown)
+            return ResolvedStage(ports, doc, key_digest(doc), unknown, upstream_parts=parts)
         # the pattern only picks the items, each of which its key stands for: a new pattern
         # runs the items it adds, not the ones it kept
         doc["foreach"] = [stage.foreach.input]
         rs = ResolvedStage(
             ports, doc, None, unknown, foreach=True, map_reduce=bool(stage.rule.map_reduce),
-            open_values=bool(getattr(stage.rule, "open_values", False)),
+            open_values=bool(getattr(stage.rule, "open_values", False)), upstream_parts=parts,
         )  # fmt: skip
         if source is not None:
             rs.source, rs.list_items = source

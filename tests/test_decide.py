@@ -234,7 +234,7 @@ def test_deciding_reads_the_record_only_when_a_reason_needs_it() -> None:
             {"inputs": {"src": [["data/a.txt", "h1"], ["data/b.txt", "h2"]]}},
             "input data/b.txt added",
         ),
-        ({"upstream": {"up": "u2"}}, "upstream up output changed"),
+        ({"upstream": {"up": "u2"}}, "upstream up changed"),
         ({"upstream": {"up": "u1", "c": "u3"}}, "depends on stage c now"),
         ({"upstream": {}}, "no longer depends on stage up"),
         ({"outputs": {"o": "path", "p": "path"}}, "declared outputs changed"),
