@@ -10,6 +10,7 @@ import marshal
 import os
 import stat
 import uuid
+from collections.abc import Iterator
 
 import xxhash
 
@@ -71,13 +72,12 @@ def walk(base: str) -> list[Row]:
     return rows
 
 
-def links_under(base: str) -> list[tuple[str, str]]:
-    """Every symlink under the directory ``base`` as :func:`walk` meets them (symlinked
-    directories followed, each real folder listed once): ``(relpath, real path it leads
-    to)``. Only names are listed, nothing is stat'ed but the links themselves, so a tree
-    of files costs one ``scandir`` per folder; a folder that cannot be listed is left to
-    the walk to report."""
-    found: list[tuple[str, str]] = []
+def _names(base: str) -> Iterator[tuple[str, os.DirEntry[str], str | None]]:
+    """Every entry under the directory ``base`` but its plain folders, as :func:`walk`
+    meets them (symlinked directories followed, each real folder listed once):
+    ``(relpath, entry, real path a symlink leads to, or None for any other entry)``. Only
+    names are listed, nothing is stat'ed but the links, so a tree of files costs one
+    ``scandir`` per folder; a folder that cannot be listed is left to the walk to report."""
     seen = {os.path.realpath(base)}
     stack = [("", base)]
     while stack:
@@ -91,51 +91,40 @@ def links_under(base: str) -> list[tuple[str, str]]:
                 name = f"{sub}/{de.name}" if sub else de.name
                 if de.is_symlink():
                     target = os.path.realpath(de.path)
-                    found.append((name, target))
+                    yield name, de, target
                     if target not in seen and os.path.isdir(target):
                         seen.add(target)
                         stack.append((name, de.path))
                 elif de.is_dir(follow_symlinks=False):
                     stack.append((name, de.path))
-    return found
+                else:
+                    yield name, de, None
+
+
+def links_under(base: str) -> list[tuple[str, str]]:
+    """Every symlink under the directory ``base`` (see :func:`_names`): ``(relpath, real
+    path it leads to)``."""
+    return [(name, target) for name, _, target in _names(base) if target is not None]
 
 
 def left_out(base: str) -> list[tuple[str, str]]:
     """What :func:`walk` leaves out under the directory ``base`` as holding no file:
     ``(relpath, what it is)`` for each symlink that leads nowhere, FIFO, socket or device
-    (or symlink to one). Names only, as :func:`links_under` lists them: nothing is stat'ed
-    but links and those entries."""
+    (or symlink to one). Names only (see :func:`_names`): nothing is stat'ed but links and
+    those entries."""
     found: list[tuple[str, str]] = []
-    seen = {os.path.realpath(base)}
-    stack = [("", base)]
-    while stack:
-        sub, where = stack.pop()
-        try:
-            it = os.scandir(where)
-        except OSError:
+    for name, de, target in _names(base):
+        link = target is not None
+        if not link and de.is_file(follow_symlinks=False):
             continue
-        with it:
-            for de in it:
-                name = f"{sub}/{de.name}" if sub else de.name
-                link = de.is_symlink()
-                if not link and de.is_dir(follow_symlinks=False):
-                    stack.append((name, de.path))
-                    continue
-                if not link and de.is_file(follow_symlinks=False):
-                    continue
-                try:
-                    mode = (os.stat if link else os.lstat)(de.path).st_mode
-                except OSError:
-                    found.append((name, "a symlink that leads nowhere"))
-                    continue
-                if stat.S_ISDIR(mode):
-                    target = os.path.realpath(de.path)
-                    if target not in seen:
-                        seen.add(target)
-                        stack.append((name, de.path))
-                elif not stat.S_ISREG(mode):
-                    kind = _KINDS.get(stat.S_IFMT(mode), "no file")
-                    found.append((name, f"a symlink to {kind}" if link else kind))
+        try:
+            mode = (os.stat if link else os.lstat)(de.path).st_mode
+        except OSError:
+            found.append((name, "a symlink that leads nowhere"))
+            continue
+        if not stat.S_ISDIR(mode) and not stat.S_ISREG(mode):
+            kind = _KINDS.get(stat.S_IFMT(mode), "no file")
+            found.append((name, f"a symlink to {kind}" if link else kind))
     return found
 
 
