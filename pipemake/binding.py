@@ -602,6 +602,7 @@ def check_graph(pipeline: Pipeline, raws: list[LineDict], ld: Problems) -> None:
     for sid, dep, said in unsure:  # taken where they close no cycle
         if dep not in stages[sid].deps and sid not in known.ancestors([dep]):
             stages[sid].deps.append(dep)
+            stages[sid].placed.append(dep)
             known.deps[sid].append(dep)
             why[(sid, dep)] = said
     check_packages(pipeline, ld)
@@ -658,6 +659,8 @@ def _check_inputs(
                     )
             owner = pipeline.output_owner(p)
             if owner is not None:
+                if owner[0] in st.placed:  # read directly too: its outputs key the stage
+                    st.placed.remove(owner[0])
                 if owner[0] != st.id and owner[0] not in st.deps:
                     st.deps.append(owner[0])
                     out = pipeline.stages[owner[0]].ports.outputs[owner[1]]
@@ -678,6 +681,7 @@ def _check_inputs(
                     unsure.append((st.id, sid, said))
                 elif sid not in st.deps:
                     st.deps.append(sid)
+                    st.placed.append(sid)
                     why[(st.id, sid)] = said
             if not os.path.exists(p if os.path.isabs(p) else os.path.join(pipeline.root, p)):
                 if not held:  # else an upstream stage makes the folder

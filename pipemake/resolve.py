@@ -184,12 +184,20 @@ class Resolver:
             else:
                 inputs[name] = [value, self._input_hash(stage, value, unknown)]
         fed = self._foreach_feed(stage, ports)
+        # a stage that only writes into a folder this one reads orders it: what it puts
+        # there is hashed as this stage's input (per item for a foreach), so its other
+        # outputs and values stay out of the key; a rule handed its upstream stages'
+        # values (``custom``) is keyed on them all
+        placed = set() if getattr(stage.rule, "upstream_param", None) else set(stage.placed)
         upstream = {}
         for dep in stage.deps:
             planned = self.results.get(dep)
             if planned is None or planned.outputs is None:
                 unknown.add(dep)
-                upstream[dep] = "?"
+                if dep not in placed:
+                    upstream[dep] = "?"
+            elif dep in placed:
+                continue
             elif fed is not None and fed[0] == dep:
                 # the foreach input's own output stands in each item (its path and content);
                 # of that stage's other outputs, those the stage names count (all of them
