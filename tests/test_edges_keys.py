@@ -6,9 +6,10 @@ close a cycle never excuses a missing input."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 
-from conftest import Proj, counted
+from conftest import TRACEBACK, Proj, counted
 
 from pipemake.pipeline import load_pipeline
 
@@ -118,3 +119,38 @@ def test_reference_or_depends_on_keeps_writer_in_the_key(project: Make) -> None:
     proj.write("data/b.in", "y\n")
     proj.cli("build", "--no-progress")
     assert proj.runs("summary") == 5  # sb orders it only: its one item
+
+
+CYCLE = """
+name: t
+stages:
+  - id: summary
+    type: shell
+    foreach: r
+    config: {cmd: "cat {inputs.r} > {outputs.o}/{item.name}",
+             inputs: {r: "results/*.txt"}, outputs: {o: summary}}
+  - id: log
+    type: shell
+    config: {cmd: "ls {inputs.s} > {outputs.o}", inputs: {s: "{summary.o}"},
+             outputs: {o: results/log.json}}
+"""
+
+
+def test_dropped_edge_does_not_excuse_a_missing_folder(project: Make) -> None:
+    proj = project(CYCLE)
+    for command in (["validate"], ["build", "--no-progress"]):
+        out = proj.cli(*command, code=2).output
+        assert "pipemake.yaml:3: stage 'summary': input 'r': results does not exist" in out
+        assert TRACEBACK not in out and "FAILED" not in out
+    assert not proj.exists("summary")
+
+
+def test_dropped_edge_does_not_excuse_a_folder_removed_after_caching(project: Make) -> None:
+    """A cached plan checks its source inputs again on load: the same rule holds there."""
+    proj = project(CYCLE, {"results/x.txt": "x\n"})
+    proj.cli("build", "--no-progress")
+    proj.cli("validate")  # writes the plan cache, now that .pipemake is there
+    assert proj.exists(".pipemake/plan.json") and proj.read("summary/x.txt") == "x\n"
+    shutil.rmtree(proj.path("results"))
+    out = proj.cli("validate", code=2).output
+    assert "input 'r': results does not exist" in out and TRACEBACK not in out
