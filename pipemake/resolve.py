@@ -268,6 +268,8 @@ class Resolver:
             except BadPath as exc:
                 raise StageFailure(f"foreach input {base}: {exc}") from None
             if info.kind == "missing":
+                if self._writers_pending(stage, unknown):
+                    return None
                 raise StageFailure(f"foreach input {base} does not exist")
             kind, digest_, entries = info.kind, info.hash, lambda: info.entries or []
 
@@ -529,8 +531,21 @@ class Resolver:
         except BadPath as exc:
             raise StageFailure(f"input {path}: {exc}") from None
         if info.kind == "missing":
+            if self._writers_pending(stage, unknown):
+                return "?"
             raise StageFailure(f"input {path} does not exist")
         return info.hash
+
+    def _writers_pending(self, stage: Stage, unknown: set[str]) -> bool:
+        """Whether a stage writing into a folder this one reads has not run yet in this
+        plan (then a folder not on disk yet is one it makes, not a missing input); those
+        stages are noted in ``unknown``."""
+        pending = [
+            d for d in stage.placed
+            if (planned := self.results.get(d)) is None or planned.outputs is None
+        ]  # fmt: skip
+        unknown.update(pending)
+        return bool(pending)
 
 
 def _indexed(

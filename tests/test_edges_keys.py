@@ -154,3 +154,23 @@ def test_dropped_edge_does_not_excuse_a_folder_removed_after_caching(project: Ma
     shutil.rmtree(proj.path("results"))
     out = proj.cli("validate", code=2).output
     assert "input 'r': results does not exist" in out and TRACEBACK not in out
+
+
+def test_plan_before_the_writer_runs_does_not_call_its_folder_missing(project: Make) -> None:
+    """``status`` on a fresh project: the folder the writers make is not there yet, and
+    neither its foreach reader nor a plain reader of it is said to fail for it."""
+    text = (
+        TWO_WRITERS
+        + """
+  - id: total
+    type: shell
+    config: {cmd: "cat {inputs.r}/*.txt > {outputs.o}", inputs: {r: results},
+             outputs: {o: total.txt}}
+"""
+    )
+    proj = project(text, {"data/a.in": "a\n", "data/b.in": "b\n"})
+    out = proj.cli("status").output
+    assert "summary: never built" in out and "total: never built" in out, out
+    assert "will fail" not in out and "does not exist" not in out, out
+    proj.cli("build", "--no-progress")
+    assert proj.read("total.txt") == "a\nb\n" and proj.read("summary/b.txt") == "b\n"
