@@ -596,14 +596,22 @@ def check_graph(pipeline: Pipeline, raws: list[LineDict], ld: Problems) -> None:
     inside = OutputIndex(stages)
     why: dict[tuple[str, str], str] = {}  # (stage, the stage it needs) → the paths that say so
     unsure: list[tuple[str, str, str]] = []  # edges a glob may imply: (stage, needed, why)
+    # inputs not on disk that another stage may write into: missing unless an edge is kept
+    missing: dict[str, list[tuple[str, str]]] = {}
+    feeders: dict[tuple[str, str, str], list[str]] = {}
     for st in stages.values():
-        _check_inputs(pipeline, st, ld, inside, why, unsure)
+        _check_inputs(pipeline, st, ld, inside, why, unsure, missing, feeders)
     known = Graph({s: [d for d in x.deps if d in stages] for s, x in stages.items()})
     for sid, dep, said in unsure:  # taken where they close no cycle
         if dep not in stages[sid].deps and sid not in known.ancestors([dep]):
             stages[sid].deps.append(dep)
+            stages[sid].placed.append(dep)
             known.deps[sid].append(dep)
             why[(sid, dep)] = said
+    for st in stages.values():
+        for key, path in missing.get(st.id, []):
+            if not any(sid in st.deps for sid in feeders.get((st.id, key, path), [])):
+                _missing(ld, st, key, path, pipeline.root)
     check_packages(pipeline, ld)
     ld.fail_if_any()
     pipeline.graph = Graph({sid: [d for d in st.deps if d in stages] for sid, st in stages.items()})
@@ -632,13 +640,18 @@ def _check_inputs(
     inside: OutputIndex,
     why: dict[tuple[str, str], str],
     unsure: list[tuple[str, str, str]],
+    missing: dict[str, list[tuple[str, str]]],
+    feeders: dict[tuple[str, str, str], list[str]],
 ) -> None:
     """Check the stage's inputs (not overlapping its own outputs; a source input exists)
     and add the edges their paths imply: an input that is, or lies inside, another stage's
     output needs that stage; so does an input folder holding another stage's output (its
     content is complete only once that stage has run). ``why`` gets each such edge's
     paths, for a cycle's message; ``unsure`` the edges a glob only may imply (see
-    :meth:`~pipemake.feeds.OutputIndex.feeding`)."""
+    :meth:`~pipemake.feeds.OutputIndex.feeding`). An input not on disk that other stages
+    write into goes to ``missing`` (stage → ``(input, path)``) with those stages in
+    ``feeders``: it is missing unless an edge to one of them is kept (one that would
+    close a cycle is dropped, and then no stage makes the folder before this one)."""
     for key, value in st.ports.inputs.items():
         paths = value if isinstance(value, list) else [value]
         for p in paths:
@@ -658,6 +671,8 @@ def _check_inputs(
                     )
             owner = pipeline.output_owner(p)
             if owner is not None:
+                if owner[0] in st.placed:  # read directly too: its outputs key the stage
+                    st.placed.remove(owner[0])
                 if owner[0] != st.id and owner[0] not in st.deps:
                     st.deps.append(owner[0])
                     out = pipeline.stages[owner[0]].ports.outputs[owner[1]]
@@ -678,10 +693,14 @@ def _check_inputs(
                     unsure.append((st.id, sid, said))
                 elif sid not in st.deps:
                     st.deps.append(sid)
+                    st.placed.append(sid)
                     why[(st.id, sid)] = said
             if not os.path.exists(p if os.path.isabs(p) else os.path.join(pipeline.root, p)):
-                if not held:  # else an upstream stage makes the folder
+                if not held:
                     _missing(ld, st, key, p, pipeline.root)
+                else:  # an upstream stage makes the folder, if an edge to one is kept
+                    missing.setdefault(st.id, []).append((key, p))
+                    feeders[(st.id, key, p)] = [sid for _, sid, _ in held]
             else:
                 _check_source(pipeline, st, key, written, p, ld)
 
@@ -806,7 +825,8 @@ def check_sources(pipeline: Pipeline, ld: Problems, raws: Sequence[LineDict] | N
                     inside = inside or OutputIndex(pipeline.stages)
                     per_item = st.foreach is not None and st.foreach.input == key
                     pattern = st.foreach.pattern if per_item and st.foreach else None
-                    if inside.feeding(pipeline, st.id, path, base, pattern):
+                    held = inside.feeding(pipeline, st.id, path, base, pattern)
+                    if any(sid in st.deps for _, sid, _ in held):
                         continue  # a folder an upstream stage makes, writing into it
                     _missing(ld, st, key, base, pipeline.root)
 

@@ -73,6 +73,10 @@ class Stage:
     static: bool = False
     #: the stages named in its ``depends_on`` (``deps`` adds those its references name)
     after: list[str] = field(default_factory=list)
+    #: the stages in ``deps`` only because a path it reads holds their output (a folder, a
+    #: glob or a foreach pattern over it): they order it, and nothing more, as what they
+    #: put there is hashed as its input (per item for a foreach); not in its key's upstream
+    placed: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -38,7 +38,7 @@ __all__ = ["load_checked"]
 #: 7: the remote store's URL
 #: 8: each stage's own ``depends_on`` (``after``)
 #: 9: the stages' own code files (a ``python`` function's, a ``custom`` executor's module)
-PLAN_FORMAT = 9
+PLAN_FORMAT = 10
 
 
 def _key(text: bytes, dot: Path) -> str:
@@ -117,6 +117,7 @@ def _write(cache: Path, key: str, p: Pipeline) -> None:
                 "config": s.config,
                 "deps": s.deps,
                 "after": s.after,
+                "placed": s.placed,
                 "inputs": {k: _inputs_json(v) for k, v in s.ports.inputs.items()},
                 "outputs": s.ports.outputs,
                 "output_kinds": s.ports.output_kinds,
@@ -176,7 +177,8 @@ def _stages(doc: dict[str, Any], file: Path) -> Pipeline | None:
         fe = Foreach(*s["foreach"]) if s["foreach"] else None
         stages[s["id"]] = Stage(
             id=s["id"], type=s["type"], rule=rule, config=s["config"], ports=ports,
-            deps=s["deps"], after=s["after"], line=s["line"], lines=s["lines"], foreach=fe,
+            deps=s["deps"], after=s["after"], placed=s["placed"], line=s["line"],
+            lines=s["lines"], foreach=fe,
             resources=s["resources"], retries=s["retries"], retry_backoff=s["retry_backoff"],
             timeout=s["timeout"], version=s["version"], static=s["static"],
         )  # fmt: skip

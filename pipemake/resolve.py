@@ -187,13 +187,21 @@ class Resolver:
             else:
                 inputs[name] = [value, self._input_hash(stage, value, unknown)]
         fed = self._foreach_feed(stage, ports)
+        # a stage that only writes into a folder this one reads orders it: what it puts
+        # there is hashed as this stage's input (per item for a foreach), so its other
+        # outputs and values stay out of the key; a rule handed its upstream stages'
+        # values (``custom``) is keyed on them all
+        placed = set() if getattr(stage.rule, "upstream_param", None) else set(stage.placed)
         upstream = {}
         parts: dict[str, list[str]] = {}  # what reasons tell apart; not part of the key
         for dep in stage.deps:
             planned = self.results.get(dep)
             if planned is None or planned.outputs is None:
                 unknown.add(dep)
-                upstream[dep] = "?"
+                if dep not in placed:
+                    upstream[dep] = "?"
+            elif dep in placed:
+                continue
             elif fed is not None and fed[0] == dep:
                 # the foreach input's own output stands in each item (its path and content);
                 # of that stage's other outputs, those the stage names count (all of them
@@ -266,6 +274,8 @@ class Resolver:
             except BadPath as exc:
                 raise StageFailure(f"foreach input {base}: {exc}") from None
             if info.kind == "missing":
+                if self._writers_pending(stage, unknown):
+                    return None
                 raise StageFailure(f"foreach input {base} does not exist")
             kind, digest_, entries = info.kind, info.hash, lambda: info.entries or []
 
@@ -527,8 +537,21 @@ class Resolver:
         except BadPath as exc:
             raise StageFailure(f"input {path}: {exc}") from None
         if info.kind == "missing":
+            if self._writers_pending(stage, unknown):
+                return "?"
             raise StageFailure(f"input {path} does not exist")
         return info.hash
+
+    def _writers_pending(self, stage: Stage, unknown: set[str]) -> bool:
+        """Whether a stage writing into a folder this one reads has not run yet in this
+        plan (then a folder not on disk yet is one it makes, not a missing input); those
+        stages are noted in ``unknown``."""
+        pending = [
+            d for d in stage.placed
+            if (planned := self.results.get(d)) is None or planned.outputs is None
+        ]  # fmt: skip
+        unknown.update(pending)
+        return bool(pending)
 
 
 def _indexed(
