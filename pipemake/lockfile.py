@@ -180,7 +180,7 @@ def write(project: Project) -> bool:
     data = render(document(project, old if isinstance(old, dict) else None))
     if data == old_bytes:
         return False
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".pipemake.lock-")
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=_TEMP_PREFIX)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -192,8 +192,12 @@ def write(project: Project) -> bool:
     return True
 
 
-#: the temporary file :func:`write` makes beside the lock (``tempfile.mkstemp``'s names)
-_TEMP = re.compile(r"\.pipemake\.lock-[a-z0-9_]{8}")
+#: the start of the temporary file's name :func:`write` makes beside the lock: a ``~tmp-``
+#: no person writes by hand, so a user's ``.pipemake.lock-20261204`` or
+#: ``.pipemake.lock-backup_1`` is never taken for one (and never swept)
+_TEMP_PREFIX = ".pipemake.lock~tmp-"
+#: the whole name: the prefix and ``tempfile.mkstemp``'s 8 characters
+_TEMP = re.compile(re.escape(_TEMP_PREFIX) + r"[a-z0-9_]{8}")
 
 
 def sweep_temps(root: Path, before: float) -> int:

@@ -287,11 +287,23 @@ class Workspace:
 
         Files listed in ``moves`` (entry relpath → the path of a staged file with that
         content) are moved in; other missing or different files come from the store. Every
-        file the store gives is first made, verified, in a scratch directory; only when all
-        of them are there does the output change: files the manifest does not list are
-        removed and the others land by rename, so none is ever half-written. Returns False,
-        with the output as it was, when the store cannot give the manifest (see
-        :meth:`restore`; ``bad`` as there).
+        file the store gives is first made, verified, in a scratch directory before the
+        output changes, so none is ever half-written. Returns False, with the output as it
+        was, when the store cannot give the manifest (see :meth:`restore`; ``bad`` as
+        there).
+
+        How the output changes depends on how much of it does (see :func:`_in_place`): a
+        few files of a large output are updated in place, each by one rename (a kill midway
+        leaves some of them new and the rest old; the next status calls the output changed
+        and the next build finishes it), so a one-item change to a big foreach output costs
+        what that item costs. Any other update (a restore, a switch back to an old
+        version) assembles the complete new folder beside the output, the files it keeps
+        hard-linked in, and swaps it in in one atomic step, so a kill leaves the old output
+        or the new one.
+        The new folder, and each sub-folder it makes for one the output had, takes the old
+        one's permission bits and, where the user may set it, its group (a folder a team
+        shares with ``chmod 2770`` and ``chgrp`` stays shared); access control lists are
+        not copied.
 
         Symlinks are never written or deleted through: an output that is a link, or holds
         one, is restored whole (see :meth:`restore`: the link goes as a link), and a staged
@@ -331,9 +343,16 @@ class Workspace:
                 move.append((relpath, src, e[3] if sst.st_nlink == 1 else -1))
         if not fetch and not move and len(keep) == len(have):
             return True  # nothing to add, change or remove
+        if st is not None:
+            want = {e[0] for e in manifest["entries"]}
+            stale = [r for r in have if r not in want]
+            if _in_place(len(fetch) + len(move) + len(stale), len(want)):
+                return self._update(dest, fetch, move, stale, store, bad)
         dest.parent.mkdir(parents=True, exist_ok=True)
         new = self._scratch(dest)
         try:
+            if st is not None:  # first, so the folders made in it inherit as in the old
+                _like(new, st, writable=True)
             if not _stage_files(fetch, new, store, bad):
                 return False
             _make_parents(new, keep + [m[0] for m in move])
@@ -347,10 +366,50 @@ class Workspace:
             if st is None:
                 _move(new, base)
             else:
+                _like_folders(base, new, manifest["entries"])
                 new = str(self._swap(new, dest))
+                if stat.S_IMODE(st.st_mode) != stat.S_IMODE(os.lstat(base).st_mode):
+                    os.chmod(base, stat.S_IMODE(st.st_mode))  # an owner's bits it lacked
         finally:
             remove_path(Path(new))
         _vouch(hasher, rel, base, manifest, set(keep))
+        return True
+
+    def _update(
+        self,
+        dest: Path,
+        fetch: list[tuple[str, str, int, int]],
+        move: list[tuple[str, str, int]],
+        stale: list[str],
+        store: Store,
+        bad: set[str] | None,
+    ) -> bool:
+        """Update the existing directory output ``dest`` in place: make the ``fetch``
+        files from the store in a scratch folder (False, with nothing changed, when it
+        cannot give one), then remove the ``stale`` files and rename each new one in.
+        What it keeps is never touched, so the stat cache still knows it."""
+        base = str(dest)
+        scratch = self._scratch(dest)
+        try:
+            if not _stage_files(fetch, scratch, store, bad):
+                return False
+            # everything is at hand: from here on the output changes
+            for relpath in stale:
+                (dest / relpath).unlink(missing_ok=True)
+            _make_parents(base, [m[0] for m in move] + [f[0] for f in fetch])
+            for relpath, src, mode in move:
+                if mode >= 0:  # one linked into the store (--link) stays read-only
+                    os.chmod(src, mode)
+                _replace(src, f"{base}/{relpath}")
+
+            def place(i: int) -> None:
+                relpath = fetch[i][0]
+                _replace(f"{scratch}/{relpath}", f"{base}/{relpath}")
+
+            _on_threads(len(fetch), place)
+        finally:
+            remove_path(Path(scratch))
+        _prune_emptied(base, stale)
         return True
 
     def _scratch(self, dest: Path) -> str:
@@ -503,6 +562,82 @@ def _holds_link(top: str) -> bool:
                 if de.is_dir(follow_symlinks=False):
                     stack.append(de.path)
     return False
+
+
+#: a directory output of fewer files than this is always rebuilt beside and swapped in
+#: (see :func:`_in_place`)
+_SWAP_ALWAYS_BELOW = 256
+
+
+def _in_place(touched: int, total: int) -> bool:
+    """Whether a directory output of ``total`` files of which ``touched`` change, appear
+    or go is updated in place rather than rebuilt beside it and swapped in.
+
+    In place costs one rename per touched file; the swap costs one hard link per file of
+    the output, however few change. So an update touching at most a sixteenth of an
+    output of 256 files or more goes in place: its cost follows what changed, and a kill
+    midway can leave those few files new among old ones, which the next status names and
+    the next build finishes. Any other update swaps: it costs at most 16 times the files
+    it writes anyway (or 256 links, nothing), and a kill leaves the old output or the new
+    one, never a large restore or switch back half done."""
+    return total >= _SWAP_ALWAYS_BELOW and touched * 16 <= total
+
+
+def _replace(src: str, target: str) -> None:
+    """Rename ``src`` onto ``target``, which may be a directory (what the walk listed under
+    that name was a file, so only an empty one, or one of files the manifest moves away)."""
+    try:
+        _move(src, target)
+    except OSError as exc:
+        if not os.path.isdir(target) or os.path.islink(target):
+            raise exc from None
+        remove_path(Path(target))
+        _move(src, target)
+
+
+def _prune_emptied(top: str, removed: list[str]) -> None:
+    """Remove the folders under ``top`` that removing the files ``removed`` left empty
+    (only their parents are looked at: the cost follows what was removed)."""
+    dirs = {r.rpartition("/")[0] for r in removed} - {""}
+    for parent in sorted(dirs, key=lambda d: d.count("/"), reverse=True):
+        while parent:
+            try:
+                os.rmdir(f"{top}/{parent}")  # only an empty folder goes
+            except OSError:
+                break
+            parent = parent.rpartition("/")[0]
+
+
+def _like(path: str, old: os.stat_result, writable: bool = False) -> None:
+    """Give the folder ``path`` the permission bits of the folder ``old`` stats and, where
+    the user may set it, its group (a group they are not in is refused, and left as it
+    is). ``writable`` keeps the owner's read, write and search bits on, while files are
+    still put in it. Access control lists are not copied."""
+    try:
+        os.chown(path, -1, old.st_gid)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    mode = stat.S_IMODE(old.st_mode)
+    os.chmod(path, mode | stat.S_IRWXU if writable else mode)
+
+
+def _like_folders(base: str, new: str, entries: list[list[Any]]) -> None:
+    """Give each folder of the assembled output ``new`` that the old output ``base`` also
+    has the old one's mode and group (see :func:`_like`), the deepest first."""
+    dirs: set[str] = set()
+    for e in entries:
+        parent = e[0].rpartition("/")[0]
+        while parent and parent not in dirs:
+            dirs.add(parent)
+            parent = parent.rpartition("/")[0]
+    for d in sorted(dirs, key=lambda d: d.count("/"), reverse=True):
+        try:
+            old = os.lstat(f"{base}/{d}")
+        except OSError:
+            continue
+        if stat.S_ISDIR(old.st_mode):
+            _like(f"{new}/{d}", old)
 
 
 def _move(src: str, dst: str) -> None:

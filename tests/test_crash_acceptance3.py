@@ -97,15 +97,15 @@ def test_a_kill_while_the_lock_is_written_leaves_no_temporary_after_the_next_bui
     old_lock = proj.read("pipemake.lock")
     proj.edit("pipemake.yaml", 'salt: "1"', 'salt: "2"')
     killed(proj, _KILL_IN_LOCK_WRITE, "build", "--no-progress")
-    left = [n for n in os.listdir(proj.root) if n.startswith(".pipemake.lock-")]
+    left = [n for n in os.listdir(proj.root) if n.startswith(".pipemake.lock~tmp-")]
     assert len(left) == 1, left  # what the kill left: the temporary, beside the old lock
     assert proj.read("pipemake.lock") == old_lock
     # the user's own files that look alike, and a link of that exact name, are not touched
     proj.write(".pipemake.lock-notes.txt", "mine\n")
     proj.write("elsewhere/keep.txt", "keep\n")
-    os.symlink(proj.root / "elsewhere/keep.txt", proj.root / ".pipemake.lock-abcd1234")
+    os.symlink(proj.root / "elsewhere/keep.txt", proj.root / ".pipemake.lock~tmp-abcd1234")
     # one of that name made after this build started is not this build's to remove
-    future = proj.write(".pipemake.lock-zzzz9999", "later\n")
+    future = proj.write(".pipemake.lock~tmp-zzzz9999", "later\n")
     ahead = time.time() + 3600
     os.utime(future, (ahead, ahead))
     proj.sub("build", "--no-progress")
@@ -113,9 +113,9 @@ def test_a_kill_while_the_lock_is_written_leaves_no_temporary_after_the_next_bui
     assert proj.read("pipemake.lock") != old_lock  # the new lock went in
     assert not (proj.root / left[0]).exists()
     assert proj.read(".pipemake.lock-notes.txt") == "mine\n"
-    assert os.path.islink(proj.root / ".pipemake.lock-abcd1234")
+    assert os.path.islink(proj.root / ".pipemake.lock~tmp-abcd1234")
     assert proj.read("elsewhere/keep.txt") == "keep\n"
-    assert proj.read(".pipemake.lock-zzzz9999") == "later\n"
+    assert proj.read(".pipemake.lock~tmp-zzzz9999") == "later\n"
 
 
 # -- 2. leftovers beside an output on another filesystem ----------------------------------
