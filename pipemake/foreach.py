@@ -30,6 +30,9 @@ from .workspace import remove_path
 ITEM_FAILURES_SAID = 50
 #: characters of an item's failure said there
 ITEM_FAILURE_CHARS = 4000
+#: tasks of never-started items that end at their first item, in a row, before the
+#: stage's other never-started items are said not run (the rule kills every worker)
+FIRST_DEATHS = 3
 
 __all__ = ["ForeachRun", "LostObjects"]
 
@@ -82,6 +85,8 @@ class ForeachRun(StageRun):
     reported: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the ids of the tasks made for items a task ended from outside never started
     requeued: set[str] = field(default_factory=set)
+    #: tasks of never-started items ended in a row before finishing any (see _ended)
+    first_deaths: int = 0
     #: items not run: their task was ended from outside again before they started
     not_run: set[str] = field(default_factory=set)
     #: the ids of its tasks running now, and since when none has run (None: one runs)
@@ -240,12 +245,17 @@ class ForeachRun(StageRun):
             results[i["relpath"]] = dict(failure, error=text)
         names = {i["relpath"] for i in running}
         rest = [i for i in left if i["relpath"] not in names]  # some may have ended unsaid
-        if rest and not at and task.id in self.requeued:
-            # a task of never-started items that ended so again before finishing any: the
-            # cause is not one item (a rule that kills every worker); the rest is not run
-            self.not_run.update(i["relpath"] for i in rest)
-            self.items_done += len(rest)
-            return []
+        if at:
+            self.first_deaths = 0
+        elif rest and task.id in self.requeued:
+            # a task of never-started items that ended so again before finishing any: one
+            # more bad item, or a rule that kills every worker; after FIRST_DEATHS such
+            # tasks in a row it is the rule, and the rest is not run
+            self.first_deaths += 1
+            if self.first_deaths >= FIRST_DEATHS:
+                self.not_run.update(i["relpath"] for i in rest)
+                self.items_done += len(rest)
+                return []
         return rest
 
     def _answered(

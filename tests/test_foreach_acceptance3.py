@@ -94,6 +94,8 @@ def per(ctx):
         os._exit(9)
     if ctx.item.name in ("f04.txt", "f05.txt", "f06.txt") and Path("die-all").exists():
         os._exit(9)
+    if ctx.item.name >= "f04.txt" and Path("die-every").exists():
+        os._exit(9)
     if ctx.item.name == "f05.txt" and Path("hang").exists():
         time.sleep(60)
     (Path(ctx.outputs["out"]) / ctx.item.name).write_bytes(Path(ctx.inputs["src"]).read_bytes())
@@ -226,16 +228,28 @@ def test_a_python_item_past_the_timeout_is_the_one_named(project: Callable[..., 
     assert _logged(proj) == ["f05.txt"]
 
 
-def test_items_that_kill_every_worker_leave_the_rest_not_run(project: Callable[..., Proj]) -> None:
-    # f04 kills its worker; f05 and f06, never started, run in a task of their own, where
-    # f05 kills that worker too before any item finished: f06 is not run, and said so
+def test_adjacent_items_that_kill_their_workers_fail_alone(project: Callable[..., Proj]) -> None:
+    # f04 kills its worker; f05, never started, runs in a task of its own and kills that
+    # worker too, at its first item, as f06 does in the next: three bad items in a row
+    # are three failures, and the others still run
     proj = project(PY_EACH, {**_data(24), "mods.py": DIES, "die-all": ""})
     out = proj.cli("build", "--no-progress", "-j", "1", code=1).output
-    assert (
-        "2 of 24 item(s) failed; 1 not run (the next build runs them); the other 21 are kept" in out
-    )
+    assert "3 of 24 item(s) failed; the other 21 are kept" in out, out
+    assert "not run (" not in out, out
     assert "First: item f04.txt: the worker process exited unexpectedly" in out, out
-    assert "f06.txt" not in _logged(proj)
+    _logged(proj)
     proj.path("die-all").unlink()
     proj.cli("build", "--no-progress", "-j", "1")
     assert sorted(_logged(proj)) == ["f04.txt", "f05.txt", "f06.txt"]
+
+
+def test_items_that_kill_every_worker_leave_the_rest_not_run(project: Callable[..., Proj]) -> None:
+    # from f04 on every item kills its worker: after FIRST_DEATHS tasks of never-started
+    # items end at their first item in a row, the rule is the cause and the rest is not run
+    proj = project(PY_EACH, {**_data(24), "mods.py": DIES, "die-every": ""})
+    out = proj.cli("build", "--no-progress", "-j", "1", code=1).output
+    assert "not run (the next build runs them)" in out, out
+    assert len(_logged(proj)) < 24  # not every item was tried, a worker death each
+    proj.path("die-every").unlink()
+    proj.cli("build", "--no-progress", "-j", "1")
+    assert sorted(_logged(proj)) == [f"f{i:02d}.txt" for i in range(4, 25)]

@@ -532,46 +532,50 @@ def _item_batches(task: Task, rule: Rule, store: Store, send: Send, logger: logg
     results: dict[str, Any] = {}
     batch = rule.batch_size
     reports = _Reports(send)
-    for start in range(0, len(task.items), batch):
-        reports.starting(start)
-        chunk = task.items[start : start + batch]
-        for it in chunk:
-            prepare_outputs(task, it["outputs"], all_dirs=True)
-        items = [Item(i["path"], i["relpath"], i["hash"]) for i in chunk]
-        ctxs = [
-            _context(task, send, logger, i["outputs"], {**task.inputs, task.foreach: i["path"]}, it)
-            for i, it in zip(chunk, items, strict=True)
-        ]
-        ctx = ctxs[0]
-        ctx.state = _state(task, rule, ctx)
-        try:
-            if type(rule).run_batch is Rule.run_batch:  # item by item, each in its own context
-                values_list: list[Any] = []
-                for c, it in zip(ctxs, items, strict=True):
-                    c.state = ctx.state
-                    values_list.append(rule.run_item(c, it))
-            else:
-                ctx.batch_outputs = [c.outputs for c in ctxs]
-                values_list = rule.run_batch(ctx, items)
-            for it, values in zip(chunk, values_list, strict=True):
-                results[it["relpath"]] = {
-                    "outputs": hash_outputs(task, it["outputs"], store),
-                    "values": check_values(values),
-                }
-        except (RuleError, BadPath) as exc:  # BadPath: an output link that leads nowhere
+    try:
+        for start in range(0, len(task.items), batch):
+            reports.starting(start)
+            chunk = task.items[start : start + batch]
             for it in chunk:
-                results.setdefault(it["relpath"], {"error": str(exc)})
-            _log_item_failure(logger, chunk[0]["relpath"], str(exc), None)
-        except Exception as exc:
-            tb = user_traceback(exc, rule)
-            for it in chunk:
-                results.setdefault(
-                    it["relpath"], {"error": f"{type(exc).__name__}: {exc}", "tb": tb}
-                )
-            _log_item_failure(logger, chunk[0]["relpath"], f"{type(exc).__name__}: {exc}", tb)
-        reports.add(results)
-        results = {}
-        send("progress", [start + len(chunk), len(task.items)])
+                prepare_outputs(task, it["outputs"], all_dirs=True)
+            items = [Item(i["path"], i["relpath"], i["hash"]) for i in chunk]
+            ctxs = []
+            for i, it in zip(chunk, items, strict=True):
+                inputs = {**task.inputs, task.foreach: i["path"]}
+                ctxs.append(_context(task, send, logger, i["outputs"], inputs, it))
+            ctx = ctxs[0]
+            ctx.state = _state(task, rule, ctx)
+            try:
+                if type(rule).run_batch is Rule.run_batch:  # item by item, each in its own context
+                    values_list: list[Any] = []
+                    for c, it in zip(ctxs, items, strict=True):
+                        c.state = ctx.state
+                        values_list.append(rule.run_item(c, it))
+                else:
+                    ctx.batch_outputs = [c.outputs for c in ctxs]
+                    values_list = rule.run_batch(ctx, items)
+                for it, values in zip(chunk, values_list, strict=True):
+                    results[it["relpath"]] = {
+                        "outputs": hash_outputs(task, it["outputs"], store),
+                        "values": check_values(values),
+                    }
+            except (RuleError, BadPath) as exc:  # BadPath: an output link that leads nowhere
+                for it in chunk:
+                    results.setdefault(it["relpath"], {"error": str(exc)})
+                _log_item_failure(logger, chunk[0]["relpath"], str(exc), None)
+            except Exception as exc:
+                tb = user_traceback(exc, rule)
+                for it in chunk:
+                    results.setdefault(
+                        it["relpath"], {"error": f"{type(exc).__name__}: {exc}", "tb": tb}
+                    )
+                _log_item_failure(logger, chunk[0]["relpath"], f"{type(exc).__name__}: {exc}", tb)
+            reports.add(results)
+            results = {}
+            send("progress", [start + len(chunk), len(task.items)])
+    except BaseException:  # stopped, or the task failed: what ended is the build's
+        reports.flush()
+        raise
     return {"items": reports.pending}
 
 
@@ -580,11 +584,15 @@ def _map(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logge
     reported as :func:`_items` reports an item's."""
     size = max(1, rule.map_batch_size)
     reports = _Reports(send)
-    for start in range(0, len(task.items), size):
-        reports.starting(start)
-        chunk = task.items[start : start + size]
-        reports.add(_map_chunk(task, rule, store, send, logger, chunk))
-        send("progress", [start + len(chunk), len(task.items)])
+    try:
+        for start in range(0, len(task.items), size):
+            reports.starting(start)
+            chunk = task.items[start : start + size]
+            reports.add(_map_chunk(task, rule, store, send, logger, chunk))
+            send("progress", [start + len(chunk), len(task.items)])
+    except BaseException:  # stopped, or the task failed: what ended is the build's
+        reports.flush()
+        raise
     return {"items": reports.pending}
 
 
