@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +33,7 @@ from .fshash import Hasher
 from .hashing import hash_bytes
 from .items import glob_base, is_glob, items_digest, select
 from .model import LOCK_FILE
-from .walk import BadPath
+from .walk import BadPath, remove_stale
 
 if TYPE_CHECKING:
     from .project import Project
@@ -205,23 +204,7 @@ def sweep_temps(root: Path, before: float) -> int:
     files (never a symlink) named exactly as :func:`write` names them and last changed
     before ``before`` (the running build's start; call only while holding the build lock);
     how many were removed."""
-    removed = 0
-    try:
-        names = os.listdir(root)
-    except OSError:
-        return 0
-    for name in names:
-        if not _TEMP.fullmatch(name):
-            continue
-        path = os.path.join(root, name)
-        try:
-            st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode) and st.st_mtime < before:
-                os.unlink(path)
-                removed += 1
-        except OSError:
-            continue
-    return removed
+    return remove_stale(str(root), lambda name: _TEMP.fullmatch(name) is not None, before)
 
 
 def _read_by_a_stage(project: Project) -> bool:

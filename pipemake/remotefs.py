@@ -22,6 +22,7 @@ from typing import Any
 
 from .errors import StoreError
 from .objects import OPEN_FILE
+from .walk import remove_stale
 
 __all__ = ["RemoteError", "RemoteFiles", "Unreachable", "batches", "reason"]
 
@@ -284,26 +285,7 @@ class RemoteFiles:
         that push fail, never corrupts the remote. How many were removed."""
         if not self.local:
             return 0
-        removed = 0
-        for folder in folders:
-            if not self._inside(folder):
-                continue
-            try:
-                names = os.listdir(folder)
-            except OSError:
-                continue
-            for name in names:
-                path = os.path.join(folder, name)
-                if not is_temp(path):
-                    continue
-                try:
-                    st = os.lstat(path)
-                    if stat.S_ISREG(st.st_mode) and st.st_mtime < before:
-                        os.unlink(path)
-                        removed += 1
-                except OSError:
-                    continue
-        return removed
+        return sum(remove_stale(f, is_temp, before) for f in folders if self._inside(f))
 
     def _make_folders(self, folder: str) -> None:
         """Create ``folder`` and the folders above it up to the remote's root, one at a

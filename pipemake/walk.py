@@ -10,7 +10,7 @@ import marshal
 import os
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import xxhash
 
@@ -126,6 +126,29 @@ def left_out(base: str) -> list[tuple[str, str]]:
             kind = _KINDS.get(stat.S_IFMT(mode), "no file")
             found.append((name, f"a symlink to {kind}" if link else kind))
     return found
+
+
+def remove_stale(folder: str, matches: Callable[[str], bool], before: float) -> int:
+    """Remove from ``folder`` the regular files (never a link, nor anything else) whose
+    name ``matches`` and which were last written before ``before``: what a killed pipemake
+    left behind there under a name of its own. How many were removed."""
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        if not matches(name):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < before:
+                os.unlink(path)
+                removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 #: what a walk leaves out, in words
