@@ -341,8 +341,8 @@ class Workspace:
                 fetch.append((relpath, e[1], e[2], e[3]))
             else:
                 move.append((relpath, src, e[3] if sst.st_nlink == 1 else -1))
-        if not fetch and not move and len(keep) == len(have):
-            return True  # nothing to add, change or remove
+        if st is not None and not fetch and not move and len(keep) == len(have):
+            return True  # nothing to add, change or remove (an empty one is still made)
         if st is not None:
             want = {e[0] for e in manifest["entries"]}
             stale = [r for r in have if r not in want]

@@ -158,3 +158,30 @@ def test_a_users_lock_backups_are_never_swept(project: Callable[..., Proj]) -> N
     assert not proj.exists(".pipemake.lock~tmp-abcd1234")
     left = [n for n in os.listdir(proj.root) if n.startswith(".pipemake.lock~")]
     assert left == []  # the new lock's own temporary went in by rename
+
+
+def test_a_foreach_over_an_empty_folder_makes_its_empty_output(
+    project: Callable[..., Proj],
+) -> None:
+    # the downstream stage lists the folder: it must be there, empty, fresh and restored
+    pipe = """
+name: e
+stages:
+  - id: each
+    type: shell
+    foreach: src
+    config: {cmd: "cp {inputs.src} {outputs.d}/{item.name}", inputs: {src: data/items},
+             outputs: {d: build/each}}
+  - id: count
+    type: shell
+    config: {cmd: "ls {inputs.d} | wc -l > {outputs.o}", inputs: {d: "{each.d}"},
+             outputs: {o: build/n.txt}}
+"""
+    proj = project(pipe, {})
+    proj.path("data/items").mkdir(parents=True)
+    proj.cli("build")
+    assert proj.path("build/each").is_dir() and not any(proj.path("build/each").iterdir())
+    assert proj.read("build/n.txt").strip() == "0"
+    proj.path("build/each").rmdir()
+    proj.cli("build")
+    assert proj.path("build/each").is_dir()
