@@ -682,9 +682,7 @@ def _check_inputs(
                         else f"{st.id} reads {p}, inside {owner[0]}'s output {out}"
                     )
                 continue
-            per_item = st.foreach is not None and st.foreach.input == key
-            pattern = st.foreach.pattern if per_item and st.foreach else None
-            held = inside.feeding(pipeline, st.id, written, p, pattern)
+            held = inside.feeding(pipeline, st.id, written, p, st.items_pattern(key))
             for out, sid, surely in held:
                 said = f"{st.id} reads the folder {p}, which holds {sid}'s output {out}"
                 if written != p:
@@ -714,7 +712,7 @@ def _check_source(
     line = st.lines.get(key, st.line)
     per_item = st.foreach is not None and st.foreach.input == key
     if written != path:
-        pattern = st.foreach.pattern if per_item and st.foreach else None
+        pattern = st.items_pattern(key)
         rel_glob = written[len(path) + 1 :] if path != "." else written
         if not _any_match(full, rel_glob, pattern):
             some = pattern is not None and _any_match(full, rel_glob, None)
@@ -823,9 +821,7 @@ def check_sources(pipeline: Pipeline, ld: Problems, raws: Sequence[LineDict] | N
                     base if os.path.isabs(base) else os.path.join(pipeline.root, base)
                 ):
                     inside = inside or OutputIndex(pipeline.stages)
-                    per_item = st.foreach is not None and st.foreach.input == key
-                    pattern = st.foreach.pattern if per_item and st.foreach else None
-                    held = inside.feeding(pipeline, st.id, path, base, pattern)
+                    held = inside.feeding(pipeline, st.id, path, base, st.items_pattern(key))
                     if any(sid in st.deps for _, sid, _ in held):
                         continue  # a folder an upstream stage makes, writing into it
                     _missing(ld, st, key, base, pipeline.root)

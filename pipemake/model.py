@@ -78,6 +78,13 @@ class Stage:
     #: put there is hashed as its input (per item for a foreach); not in its key's upstream
     placed: list[str] = field(default_factory=list)
 
+    def items_pattern(self, key: str) -> str | None:
+        """The ``foreach`` pattern that picks the items of its input ``key`` (None when
+        ``key`` is not the input it iterates over, or no pattern narrows it)."""
+        if self.foreach is None or self.foreach.input != key:
+            return None
+        return self.foreach.pattern
+
 
 @dataclass
 class Pipeline:

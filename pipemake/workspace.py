@@ -16,7 +16,6 @@ output path is the output, and nothing outside it is ever deleted.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import re
@@ -128,12 +127,7 @@ class Workspace:
         src = str(staged)
         if not _same_dev(dest.parent, staged.parent):
             # the complete new output is made beside the old one first, on its filesystem
-            src = _beside(dest, "new")
-            try:
-                _copy(str(staged), src)
-            except BaseException:
-                remove_path(Path(src))
-                raise
+            src = _copy_beside(str(staged), dest)
             remove_path(staged)
         old = self._swap(src, dest)
         if later is not None:
@@ -154,12 +148,7 @@ class Workspace:
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-        side = _beside(dest, "new")
-        try:
-            _copy(new, side)
-        except BaseException:
-            remove_path(Path(side))
-            raise
+        side = _copy_beside(new, dest)
         remove_path(Path(new))
         return self._swap_in(side, dest, False)
 
@@ -650,13 +639,8 @@ def _move(src: str, dst: str) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-    parent, name = os.path.split(dst)
-    side = os.path.join(parent, f".{name}.pipemake-{uuid.uuid4().hex[:10]}")
+    side = _copy_beside(src, Path(dst))
     try:
-        if os.path.isdir(src) and not os.path.islink(src):
-            shutil.copytree(src, side, symlinks=True)
-        else:
-            shutil.copy2(src, side, follow_symlinks=False)
         os.replace(side, dst)
     except BaseException:
         remove_path(Path(side))
@@ -690,6 +674,18 @@ def _copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst, follow_symlinks=False)
 
 
+def _copy_beside(src: str, dest: Path) -> str:
+    """Copy ``src`` to a fresh hidden name beside ``dest`` (on ``dest``'s filesystem, so it
+    goes there by a rename); that name. A copy cut short is removed; ``src`` stays."""
+    side = _beside(dest, "new")
+    try:
+        _copy(src, side)
+    except BaseException:
+        remove_path(Path(side))
+        raise
+    return side
+
+
 def _link(src: str, dst: str) -> None:
     """Give the file ``src`` a second name ``dst`` (a copy where links are not allowed)."""
     try:
@@ -709,6 +705,8 @@ def _exchange(a: str, b: str) -> bool:
     (Linux's ``renameat2(RENAME_EXCHANGE)``); False, with nothing changed, where the system
     or the filesystem has no such call."""
     global _renameat2
+    import ctypes  # only here: most commands never swap an output
+
     if _renameat2 is None:
         fn: Any = False
         if sys.platform.startswith("linux"):
@@ -749,13 +747,10 @@ def _vouch(hasher: Hasher, rel: str, base: str, manifest: dict[str, Any], kept: 
     if [r[0] for r in rows] != sorted(want):
         return  # changed under us: the next check reads it
     now = time.time_ns()
-    hashes, ats, racy = [], [], []
-    for i, r in enumerate(rows):
-        hashes.append(want[r[0]] if r[0] in kept else "")
-        ats.append(now if r[0] in kept else 0)
-        if r[0] not in kept or r[4] >= now - 1_000_000_000:
-            racy.append(i)
-    hashes = [h or want[r[0]] for h, r in zip(hashes, rows, strict=True)]
+    hashes = [want[r[0]] for r in rows]
+    ats = [now if r[0] in kept else 0 for r in rows]
+    # a file written now, or changed within the last second, is read again by the next check
+    racy = [i for i, r in enumerate(rows) if r[0] not in kept or r[4] >= now - 1_000_000_000]
     state.stats.set_tree(rel, TreeRow(sig, bool(racy), manifest["hash"], (rows, hashes, ats, racy)))
 
 

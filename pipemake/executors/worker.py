@@ -56,14 +56,6 @@ item_sink: ContextVar[Callable[[str, dict[str, Any]], None] | None] = ContextVar
 )
 
 
-def _finished(results: dict[str, Any], rels: list[str]) -> None:
-    """Tell the :data:`item_sink`, if any, of the items ``rels`` just finished."""
-    sink = item_sink.get()
-    if sink is not None:
-        for rel in rels:
-            sink(rel, results[rel])
-
-
 class _Lines:
     """What a task's code prints (``print``, ``sys.stderr``, warnings), as lines of its
     stage's log: in the run log, ``logs/STAGE.log`` and the output as ``STAGE| …``, as a
@@ -409,7 +401,10 @@ class _Reports:
     def add(self, results: dict[str, Any]) -> None:
         """Items that ended (also told to the :data:`item_sink`, if any)."""
         self.pending.update(results)
-        _finished(results, list(results))
+        sink = item_sink.get()
+        if sink is not None:
+            for rel, result in results.items():
+                sink(rel, result)
 
     def flush(self) -> None:
         """Report the items that ended now."""
@@ -417,6 +412,14 @@ class _Reports:
             self.send("items", self.pending)
             self.pending = {}
         self.last = time.monotonic()
+
+    def __enter__(self) -> _Reports:
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        """A task stopped or failed: what ended before is reported (it is the build's)."""
+        if kind is not None:
+            self.flush()
 
 
 def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logger) -> dict:
@@ -453,8 +456,7 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
     spawn = _spawner.get()
     dirty = True  # whether the work directories may hold anything
     total = len(task.items)
-    reports = _Reports(send)
-    try:
+    with _Reports(send) as reports:
         for n, it in enumerate(task.items):
             reports.starting(n)
             if dirty:
@@ -513,9 +515,6 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
             reports.add({it["relpath"]: result})
             if n % 16 == 15 or n == total - 1:
                 send("progress", [n + 1, total])
-    except BaseException:  # stopped, or a failure of the task: what ended is the build's
-        reports.flush()
-        raise
     return {"items": reports.pending}
 
 
@@ -531,8 +530,7 @@ def _item_batches(task: Task, rule: Rule, store: Store, send: Send, logger: logg
     each batch's results are reported as :func:`_items` reports an item's."""
     results: dict[str, Any] = {}
     batch = rule.batch_size
-    reports = _Reports(send)
-    try:
+    with _Reports(send) as reports:
         for start in range(0, len(task.items), batch):
             reports.starting(start)
             chunk = task.items[start : start + batch]
@@ -573,9 +571,6 @@ def _item_batches(task: Task, rule: Rule, store: Store, send: Send, logger: logg
             reports.add(results)
             results = {}
             send("progress", [start + len(chunk), len(task.items)])
-    except BaseException:  # stopped, or the task failed: what ended is the build's
-        reports.flush()
-        raise
     return {"items": reports.pending}
 
 
@@ -583,16 +578,12 @@ def _map(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Logge
     """Map a batch of items (``map_batch_size`` at a time); each result becomes an object,
     reported as :func:`_items` reports an item's."""
     size = max(1, rule.map_batch_size)
-    reports = _Reports(send)
-    try:
+    with _Reports(send) as reports:
         for start in range(0, len(task.items), size):
             reports.starting(start)
             chunk = task.items[start : start + size]
             reports.add(_map_chunk(task, rule, store, send, logger, chunk))
             send("progress", [start + len(chunk), len(task.items)])
-    except BaseException:  # stopped, or the task failed: what ended is the build's
-        reports.flush()
-        raise
     return {"items": reports.pending}
 
 
