@@ -4,7 +4,6 @@ outputs, missing source inputs, missing packages, cycles)."""
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import posixpath
 import sys
@@ -15,7 +14,7 @@ from typing import Any
 from .dag import Graph
 from .errors import Problems, suggest
 from .feeds import OutputIndex
-from .items import glob_base, is_glob, matches
+from .items import glob_base, glob_match, is_glob, matches
 from .model import SYMBOLIC_SCOPES, Foreach, Pending, Pipeline, Stage, norm, within
 from .rule import Ports, Rule, get_rule, has_items, has_run, rule_names
 from .templates import Ref, TemplateError, find_refs, substitute
@@ -742,7 +741,7 @@ def _any_match(base: str, rel_glob: str, pattern: str | None) -> bool:
         rel_top = os.path.relpath(top, base)
         for name in files:
             rel = name if rel_top == "." else f"{rel_top}/{name}".replace(os.sep, "/")
-            if fnmatch.fnmatchcase(rel, rel_glob) and matches(rel, pattern):
+            if glob_match(rel, rel_glob) and matches(rel, pattern):
                 return True
     return False
 

@@ -2,7 +2,8 @@
 besides its references. An input folder holding another stage's output needs that stage
 (its content is complete only once that stage has run); a glob input or a foreach pattern
 needs only the outputs it may take in, matched as the items are chosen (``*`` crossing
-``/``, a pattern's ``|`` and name globs, hidden files skipped)."""
+``/``, ``**/`` standing for zero or more folders, a pattern's ``|`` and name globs, hidden
+files skipped)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import bisect
 import fnmatch
 from collections.abc import Mapping
 
-from .items import matches
+from .items import glob_match, matches
 from .model import Pipeline, Stage
 
 __all__ = ["OutputIndex"]
@@ -76,7 +77,7 @@ def _may_take(rel: str, glob: str, kind: str | None, pattern: bool) -> bool | No
     could hold a match and the output may be a file. ``pattern``: ``glob`` is a foreach
     pattern (``|`` between globs, matched against the name when it has no ``/``, hidden
     files skipped, case aside) rather than an input's glob."""
-    if matches(rel, glob) if pattern else fnmatch.fnmatchcase(rel, glob):
+    if matches(rel, glob) if pattern else glob_match(rel, glob):
         return True
     if kind == "file" or (pattern and (rel[0] == "." or "/." in rel)):
         return False
@@ -89,13 +90,21 @@ def _may_take(rel: str, glob: str, kind: str | None, pattern: bool) -> bool | No
 
 def _may_start(glob: str, prefix: str) -> bool:
     """Whether some path beginning with ``prefix`` matches ``glob`` as
-    :func:`fnmatch.fnmatchcase` matches (``*`` crossing ``/`` too): ``prefix`` is run
-    through the glob's characters, ``*`` and ``?`` and ``[...]``, keeping every place in
-    the glob it may have reached; any left means the rest of a path can complete it."""
+    :func:`~pipemake.items.glob_match` matches (``*`` crossing ``/`` too, a ``**/``
+    component zero or more folders): ``prefix`` is run through the glob's characters, ``*``
+    and ``?`` and ``[...]``, keeping every place in the glob it may have reached; any left
+    means the rest of a path can complete it."""
     tokens: list[str] = []
+    #: where a ``**/`` component starts (as ``*`` then ``/``): it may be skipped whole
+    skips: set[int] = set()
     i = 0
     while i < len(glob):
         c = glob[i]
+        if c == "*" and glob.startswith("**/", i) and (i == 0 or glob[i - 1] == "/"):
+            skips.add(len(tokens))
+            tokens += ["*", "/"]
+            i += 3
+            continue
         if c == "[":
             j = i + 1
             j += glob[j : j + 1] == "!"
@@ -109,11 +118,14 @@ def _may_start(glob: str, prefix: str) -> bool:
         i += 1
 
     def closure(states: set[int]) -> set[int]:
-        out = set(states)
-        for k in sorted(states):
-            while k < len(tokens) and tokens[k] == "*":
-                k += 1
-                out.add(k)
+        out, todo = set(states), list(states)
+        while todo:
+            k = todo.pop()
+            for nxt in (k + 1 if k < len(tokens) and tokens[k] == "*" else -1,
+                        k + 2 if k in skips else -1):  # fmt: skip
+                if nxt >= 0 and nxt not in out:
+                    out.add(nxt)
+                    todo.append(nxt)
         return out
 
     states = closure({0})

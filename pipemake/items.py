@@ -21,6 +21,8 @@ __all__ = [
     "Item",
     "ItemRef",
     "glob_base",
+    "glob_match",
+    "glob_regex",
     "is_glob",
     "item_key",
     "map_key",
@@ -77,9 +79,84 @@ def glob_base(pattern: str) -> str:
     return "/".join(fixed) or "."
 
 
+def glob_regex(glob: str) -> str:
+    """The regex (as :func:`fnmatch.translate` writes one) of a pipemake glob: ``*``, ``?``
+    and ``[...]`` as fnmatch takes them (``*`` crossing ``/``), and a whole ``**/``
+    component meaning zero or more folders, as Python's ``glob(recursive=True)``,
+    gitignore and Snakemake take it (``**/*.png`` matches ``a.png`` and ``x/y/a.png``). A
+    glob without such a component is fnmatch's own, so what it matches never changes."""
+    parts = _deep_parts(glob)
+    if parts is None:
+        return fnmatch.translate(glob)
+    out = []
+    for part in parts:
+        if part is None:
+            out.append("(?:.*/)?")
+        elif part == "*":
+            out.append(".*")
+        else:  # no star in it: fnmatch's regex of it is plain, with no group to clash
+            text = fnmatch.translate(part)
+            out.append(text[len("(?s:") : text.rindex(")")])
+    return "(?s:" + "".join(out) + r")\Z"
+
+
+def _deep_parts(glob: str) -> list[str | None] | None:
+    """``glob`` cut into its ``**/`` components (None), its stars and the runs between
+    them (brackets kept whole, as fnmatch reads them); None when it has no ``**/``
+    component (one that starts the glob or follows a ``/``)."""
+    parts: list[str | None] = []
+    run: list[str] = []
+    deep = False
+    i, n = 0, len(glob)
+    while i < n:
+        c = glob[i]
+        if c == "*" and glob.startswith("**/", i) and (i == 0 or glob[i - 1] == "/"):
+            if run:
+                parts.append("".join(run))
+                run = []
+            if not parts or parts[-1] is not None:  # ``**/**/`` is one ``**/``
+                parts.append(None)
+            deep = True
+            i += 3
+            continue
+        if c == "*":
+            if run:
+                parts.append("".join(run))
+                run = []
+            parts.append("*")
+            i += 1
+            continue
+        if c == "[":  # fnmatch's reading of a bracket: ``[!``, ``[]`` and the closing ``]``
+            j = i + 1
+            j += glob[j : j + 1] == "!"
+            j += glob[j : j + 1] == "]"
+            end = glob.find("]", j)
+            if end != -1:
+                run.append(glob[i : end + 1])
+                i = end + 1
+                continue
+        run.append(c)
+        i += 1
+    if run:
+        parts.append("".join(run))
+    return parts if deep else None
+
+
+@functools.lru_cache(maxsize=256)
+def _glob_matcher(glob: str) -> Any:
+    return re.compile(glob_regex(glob)).match
+
+
+def glob_match(path: str, glob: str) -> bool:
+    """Whether ``path`` matches ``glob`` (case counts): how an input's glob chooses its
+    files, see :func:`glob_regex`."""
+    return _glob_matcher(glob)(path) is not None
+
+
 def matches(relpath: str, pattern: str | None) -> bool:
     """Whether an item passes the foreach filter (globs joined by ``|``; a glob without
-    ``/`` matches the file name, one with ``/`` the relative path)."""
+    ``/`` matches the file name, one with ``/`` the relative path, ``**/`` standing for
+    zero or more folders)."""
     if relpath[0] == "." or "/." in relpath:
         return False
     if not pattern:
@@ -92,10 +169,11 @@ def matches(relpath: str, pattern: str | None) -> bool:
 
 @functools.lru_cache(maxsize=64)
 def _compiled(pattern: str) -> tuple[Any, Any]:
-    """One case-insensitive regex for the name globs and one for the path globs."""
+    """One case-insensitive regex for the name globs and one for the path globs (where
+    ``**/`` is zero or more folders, see :func:`glob_regex`)."""
     pats = [p.strip().lower() for p in pattern.split("|") if p.strip()]
     names = [fnmatch.translate(p) for p in pats if "/" not in p]
-    paths = [fnmatch.translate(p) for p in pats if "/" in p]
+    paths = [glob_regex(p) for p in pats if "/" in p]
     name_re = re.compile("|".join(names)).match if names else None
     path_re = re.compile("|".join(paths)).match if paths else None
     return name_re, path_re
@@ -111,7 +189,7 @@ def select(
     rel_glob = None
     if glob_pattern is not None:
         rel_glob = glob_pattern[len(base) + 1 :] if base != "." else glob_pattern
-        entries = [e for e in entries if fnmatch.fnmatchcase(e[0], rel_glob)]
+        entries = [e for e in entries if glob_match(e[0], rel_glob)]
     prefix = "" if base == "." else base + "/"
     if pattern:
         entries = [e for e in entries if matches(e[0], pattern)]
