@@ -44,7 +44,7 @@ from .model import DEFAULT_FILE, Pipeline, within
 from .params import parse_overrides
 from .pipeline import input_place_problems
 from .plancache import load_checked
-from .project import Project
+from .project import Project, find_above
 from .resources import Budget, default_budget
 from .rule import Rule
 from .scheduler import STOPPED, Outcome, Scheduler, StageFailure
@@ -100,7 +100,9 @@ def find_pipeline(
     """The pipeline file ``-C DIR`` and ``-f FILE`` name, and whether it was looked up.
 
     Without ``file`` (or when it is a directory) the file is looked up there:
-    ``pipemake.yaml``, else the original system's ``pipeline.yaml``.
+    ``pipemake.yaml``, else the original system's ``pipeline.yaml``; with neither
+    ``directory`` nor ``file``, then in the folders above (see
+    :func:`~pipemake.project.find_above`).
     """
     base = Path(directory) if directory else Path.cwd()
     path = Path(file) if file else Path()
@@ -111,6 +113,9 @@ def find_pipeline(
     for name in PIPELINE_FILES:
         if (path / name).is_file():
             return path / name, True
+    above = None if directory or file else find_above(base, PIPELINE_FILES)
+    if above is not None:
+        return above, True
     rel = os.path.relpath(path)
     shown = str(path.resolve()) if rel == "." or rel.startswith("..") else rel
     raise PipelineError([Problem(

@@ -303,6 +303,11 @@ def _pipeline_file(ctx: click.Context) -> Any:
     ``pipemake.yaml``, says which one, once, on stderr."""
     o = ctx.find_root().obj
     path, looked_up = api.find_pipeline(o["directory"], o["file"])
+    above = looked_up and o["directory"] is None and o["file"] is None
+    if above and path.parent != Path.cwd():  # found in a folder above: as -C that folder
+        o["directory"] = str(path.parent)
+        o["said"] = True
+        click.echo(f"pipemake: using {path} (found above the current folder)", err=True)
     if looked_up and path.name != api.PIPELINE_FILES[0] and not o.get("said"):
         o["said"] = True
         default = api.PIPELINE_FILES[0]

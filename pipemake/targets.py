@@ -3,7 +3,9 @@
 ``pipemake build build/report.txt`` builds the stage whose output is that path or holds it
 (a file inside an output folder, a foreach item's output); a folder holding outputs names
 every stage writing inside it. A path is read relative to the project root first (as
-``make -C DIR`` reads its targets), then to the current folder.
+``make -C DIR`` reads its targets), then to the current folder; typed in a subfolder of
+the project (where a command finds the pipeline file above it), relative to that folder
+first, as git reads paths.
 """
 
 from __future__ import annotations
@@ -28,15 +30,18 @@ def resolve_targets(p: Pipeline, targets: Sequence[str], cwd: str | None = None)
 
 def _candidates(p: Pipeline, target: str, cwd: str | None) -> list[str]:
     """The target as a path of the pipeline: as written against the project root, then
-    against the current folder (when that differs)."""
+    against the current folder (when that differs); the other way round when the current
+    folder lies inside the project."""
     root = str(p.root)
     out = []
     if os.path.isabs(target):
         out.append(in_project(target, root))
     else:
+        where = os.path.abspath(cwd or os.getcwd())
         out.append(in_project(os.path.join(root, target), root))
-        here = os.path.join(cwd or os.getcwd(), target)
-        out.append(in_project(os.path.abspath(here), root))
+        out.append(in_project(os.path.join(where, target), root))
+        if os.path.realpath(where).startswith(os.path.join(os.path.realpath(root), "")):
+            out.reverse()  # typed in a subfolder of the project: from there first
     return list(dict.fromkeys(c for c in out if c not in ("", ".")))
 
 

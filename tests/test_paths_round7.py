@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
-from conftest import Proj
+from conftest import TRACEBACK, Proj
 
 from pipemake.feeds import _may_start
 from pipemake.items import glob_match, matches, select
@@ -171,3 +174,83 @@ def test_an_upstream_output_at_the_top_of_a_double_star_glob_comes_first(
     """)  # fmt: skip
     p.cli("build", "--no-progress")
     assert _files(p, "build/each") == ["m.png"]
+
+
+# 4. the pipeline file of a subfolder's project ---------------------------------------------
+
+UP = """
+name: up
+stages:
+  - id: top
+    type: shell
+    config: {cmd: 'cat {inputs.i} > {outputs.o}', inputs: {i: sub/in.txt}, outputs: {o: out/x.txt}}
+  - id: low
+    type: shell
+    config:
+      cmd: 'echo low; cat {inputs.i} > {outputs.o}'
+      inputs: {i: sub/in.txt}
+      outputs: {o: sub/out/x.txt}
+"""
+
+
+def _here(where: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``pipemake ARGS`` run in ``where``, with no ``-C`` nor ``-f``."""
+    env = {k: v for k, v in os.environ.items() if k != "PIPEMAKE_CACHE_DIR"}
+    return subprocess.run(
+        [sys.executable, "-m", "pipemake", *args], cwd=where, capture_output=True, text=True,
+        env=env, timeout=60,
+    )  # fmt: skip
+
+
+def test_a_command_in_a_subfolder_uses_the_project_above_as_minus_c_would(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(UP, {"sub/in.txt": "x\n"})
+    (p.root / ".git").mkdir()  # the top of the repository holds the project: found there
+    deeper = p.path("sub/deeper")
+    deeper.mkdir()
+    done = _here(deeper, "dry-run")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["top: run: never built", "low: run: never built"]
+    said = f"pipemake: using {p.root / 'pipemake.yaml'} (found above the current folder)"
+    assert done.stderr.count(said) == 1, done.stderr
+    # a TARGET path typed from the subfolder means that file: sub/out/x.txt, not out/x.txt
+    done = _here(p.path("sub"), "build", "--no-progress", "out/x.txt")
+    assert done.returncode == 0, done.stderr
+    assert p.exists("sub/out/x.txt") and not p.exists("out/x.txt")
+    assert not p.exists("sub/.pipemake") and p.exists(".pipemake")  # the project's own
+    done = _here(deeper, "build", "--no-progress", "../../out/x.txt")
+    assert done.returncode == 0, done.stderr
+    assert p.read("out/x.txt") == "x\n" and done.stderr.count(said) == 1
+    # a path only the project root makes sense of still resolves from the subfolder
+    p.path("out/x.txt").unlink()
+    assert _here(deeper, "build", "--no-progress", "out/x.txt").returncode == 0
+    assert p.exists("out/x.txt")
+    assert "top: up to date" in _here(deeper, "status").stdout
+
+
+def test_the_search_stops_at_the_repository_top_and_init_never_searches(
+    tmp_path: Path, project: Callable[..., Proj]
+) -> None:
+    p = project(UP, {"sub/in.txt": "x\n"})
+    repo = p.path("repo")
+    (repo / ".git").mkdir(parents=True)
+    (repo / "a").mkdir()
+    for where in (repo, repo / "a"):
+        done = _here(where, "status")
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "no pipeline file here" in done.stderr and TRACEBACK not in done.stderr
+        assert "found above" not in done.stderr
+    # pipeline.yaml (the original system's) is found above as it is here
+    other = tmp_path / "orig"
+    (other / "s").mkdir(parents=True)
+    (other / ".git").mkdir()
+    (other / "pipeline.yaml").write_text((p.root / "pipemake.yaml").read_text())
+    (other / "sub").mkdir()
+    (other / "sub" / "in.txt").write_text("y\n")
+    done = _here(other / "s", "validate")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("pipemake: using") == 1 and "pipeline.yaml" in done.stderr
+    done = _here(p.path("sub"), "init")
+    assert done.returncode == 0, done.stderr
+    assert p.exists("sub/pipemake.yaml") and "found above" not in done.stderr
