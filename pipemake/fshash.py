@@ -135,6 +135,9 @@ class Hasher:
         #: newest mtime_ns, files) or ("m",) for missing — what a no-op snapshot must find
         #: unchanged
         self.seen: dict[str, tuple[Any, ...]] = {}
+        #: tree → what its walk left out as holding no file (``(relpath, what it is)``), for
+        #: the trees that changed since they were last walked: what a build warns of
+        self.left_out: dict[str, list[tuple[str, str]]] = {}
 
     def _abs(self, rel: str) -> str:
         return rel if os.path.isabs(rel) else os.path.join(self.root, rel)
@@ -220,17 +223,20 @@ class Hasher:
 
     def _tree_info(self, rel: str, vbase: str | None, read: str | None) -> PathInfo:
         where = rel  # what a message calls the folder
+        left: list[tuple[str, str]] = []
         if self.view is None:
-            rows = walk(self._abs(rel))
+            rows = walk(self._abs(rel), left)
         else:  # a staged output: links resolved as from its final path
             base = self._abs(rel)
             vbase = vbase or self.view.virtual(base)
             where = self.view.shown(vbase)
             rows, sources = self.view.walk(vbase, read or base)
             self._src.update((f"{rel}/{name}", path) for name, path in sources.items())
-        sig = signature(rows)
+        sig = signature(rows, left)
         self.seen[rel] = ("d", sig, _MTIME(max(rows, key=_MTIME)) if rows else 0, len(rows))
         row = self.state.stats.tree_row(rel) if self.state is not None else None
+        if left and (row is None or row.sig != sig):
+            self.left_out[rel] = left
         if row is not None and row.sig == sig and not row.racy:
             return PathInfo("dir", row.hash, 0, 0o755, row=row)
         rows.sort()

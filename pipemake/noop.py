@@ -137,7 +137,8 @@ def _unchanged(doc: dict[str, Any]) -> bool:
 
 def _tree_unchanged(root: str, path: str, sig: str) -> bool:
     full = os.path.join(root, path)
-    return os.path.isdir(full) and signature(walk(full)) == sig
+    left: list[tuple[str, str]] = []
+    return os.path.isdir(full) and signature(walk(full, left), left) == sig
 
 
 def _trees_unchanged(root: str, trees: list[list[Any]]) -> bool:

@@ -162,6 +162,8 @@ class Resolver:
         self._named: tuple[set[str], set[str]] | None = None
         #: said a warning about a stage (the build's bus); None: warnings go unsaid
         self.warn: Callable[[str, str], None] | None = None
+        #: the stages whose foreach input's entries holding no file were warned of
+        self._said_left_out: set[str] = set()
 
     def resolve(self, stage: Stage) -> ResolvedStage:
         """The stage's ports with every reference resolved, its key document and key;
@@ -278,6 +280,9 @@ class Resolver:
                     return None
                 raise StageFailure(f"foreach input {base} does not exist")
             kind, digest_, entries = info.kind, info.hash, lambda: info.entries or []
+            changed = self.hasher.left_out.get(base) if self.warn is not None else None
+            if changed:  # the tree changed, holding entries of no file: said, listed or not
+                self._warn_left_out(stage, path, base, dict(changed))
 
         def listing() -> list[Item]:
             if kind == "file":
@@ -306,18 +311,27 @@ class Resolver:
                 f"{stage.foreach.input!r} ({path}): the stage has no items; widen the "
                 "pattern, or check the files' names",
             )
-        if not on_disk:
+        if on_disk and stage.id not in self._said_left_out:
+            full = base if os.path.isabs(base) else os.path.join(self.p.root, base)
+            self._warn_left_out(stage, path, base, dict(left_out(full)))
+
+    def _warn_left_out(self, stage: Stage, path: str, base: str, found: dict[str, str]) -> None:
+        """Warn, once a build, of the entries of a foreach input folder on disk that hold no
+        file (``found``: relpath → what it is) and that its items would take otherwise."""
+        assert self.warn is not None and stage.foreach is not None
+        if stage.id in self._said_left_out:
             return
-        full = base if os.path.isabs(base) else os.path.join(self.p.root, base)
-        found = dict(left_out(full))
+        self._said_left_out.add(stage.id)
+        pattern, globbed = stage.foreach.pattern, path if is_glob(path) else None
         kept = select(base, [[rel, ""] for rel in sorted(found)], pattern, globbed) if found else []
         if kept:
-            first = kept[0]
+            first, one = kept[0], len(kept) == 1
             self.warn(
                 stage.id,
-                f"{len(kept):,} entr{'y' if len(kept) == 1 else 'ies'} of input "
-                f"{stage.foreach.input!r} ({path}) hold no file and are left out of its items "
-                f"(first: {first.path}, {found[first.relpath]}); remove them, or link to files",
+                f"{len(kept):,} entr{'y' if one else 'ies'} of input {stage.foreach.input!r} "
+                f"({path}) hold{'s' if one else ''} no file and {'is' if one else 'are'} left "
+                f"out of its items (first: {first.path}, {found[first.relpath]}); remove "
+                f"{'it' if one else 'them'}, or link to files",
             )
 
     def _stage_key(self, stage: Stage, rs: ResolvedStage) -> None:

@@ -26,11 +26,13 @@ class BadPath(ValueError):
     name that is not text): the message says which, and what to do."""
 
 
-def walk(base: str) -> list[Row]:
+def walk(base: str, left: list[tuple[str, str]] | None = None) -> list[Row]:
     """Every file under ``base`` (recursively, following symlinks to files and directories)
     with its stat, in directory order (stable while a directory is unchanged; sort for a
-    manifest); dangling symlinks, FIFOs, sockets and devices hold no file and are left out.
-    A symlink to a directory that holds it (a loop) raises :class:`BadPath`."""
+    manifest); dangling symlinks, FIFOs, sockets and devices hold no file and are left out
+    (noted in ``left``, when given, as :func:`left_out` says them: met on the way, they cost
+    nothing more). A symlink to a directory that holds it (a loop) raises
+    :class:`BadPath`."""
     rows: list[Row] = []
     stack = [""]
     while stack:
@@ -61,10 +63,16 @@ def walk(base: str) -> list[Row]:
                 try:
                     s = de.stat()
                 except FileNotFoundError:
+                    if left is not None and de.is_symlink():  # else: removed meanwhile
+                        left.append((name, "a symlink that leads nowhere"))
                     continue
                 if not stat.S_ISREG(s.st_mode):
-                    continue  # a FIFO, socket or device holds no file's bytes (and a FIFO
-                    # would wait for a writer for ever)
+                    # a FIFO, socket or device holds no file's bytes (and a FIFO would wait
+                    # for a writer for ever)
+                    if left is not None:
+                        kind = _KINDS.get(stat.S_IFMT(s.st_mode), "no file")
+                        left.append((name, f"a symlink to {kind}" if de.is_symlink() else kind))
+                    continue
                 rows.append(
                     (name, s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns,
                      s.st_mode & 0o111)
@@ -188,12 +196,16 @@ def _too_deep(base: str, name: str, exc: OSError) -> None:
     ) from None
 
 
-def signature(rows: list[Row]) -> str:
+def signature(rows: list[Row], left: list[tuple[str, str]] | None = None) -> str:
     """The stat signature of a walked tree: a hash of every file's relpath, device, inode,
-    size, mtime, ctime and executable bits, in walk order. An unchanged tree walks in the same
-    order, so an equal signature means an unchanged tree; a reordered one merely differs
-    (and is checked file by file). ``marshal`` only serializes the tuples to be hashed (it
-    is never loaded); its format 4 is fixed."""
+    size, mtime, ctime and executable bits, in walk order, and of the entries the walk
+    ``left`` out (a dangling symlink added changes it: the build that meets it says so). An
+    unchanged tree walks in the same order, so an equal signature means an unchanged tree; a
+    reordered one merely differs (and is checked file by file). ``marshal`` only serializes
+    the tuples to be hashed (it is never loaded); its format 4 is fixed. A tree that leaves
+    nothing out has the signature it always had."""
+    if left:
+        return xxhash.xxh3_128_hexdigest(marshal.dumps((rows, sorted(left)), 4))
     return xxhash.xxh3_128_hexdigest(marshal.dumps(rows, 4))
 
 

@@ -21,7 +21,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import TRACEBACK, Proj
+import pytest
+from conftest import TRACEBACK, Proj, shell_foreach
 
 from pipemake.feeds import _may_start
 from pipemake.items import glob_match, matches, select
@@ -254,3 +255,52 @@ def test_the_search_stops_at_the_repository_top_and_init_never_searches(
     done = _here(p.path("sub"), "init")
     assert done.returncode == 0, done.stderr
     assert p.exists("sub/pipemake.yaml") and "found above" not in done.stderr
+
+
+# 3. entries of no file added to a built input are said on the next build -------------------
+
+LEFT = "hold no file and are left out of its items"
+
+
+def test_a_dangling_link_added_to_a_built_tree_is_said_on_the_next_build_once(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(shell_foreach("cp {inputs.src} {outputs.o}/{item.name}"), {"data/a.txt": "a\n"})
+    p.sub("build", "--no-progress")
+    p.sub("build", "--no-progress")  # a no-op: leaves the snapshot a next no-op answers from
+    os.symlink("/nonexistent/x", p.path("data/d.txt"))
+    out = p.sub("build", "--no-progress").stderr
+    said = (
+        "each| 1 entry of input 'src' (data) holds no file and is left out of its items "
+        "(first: data/d.txt, a symlink that leads nowhere); remove it, or link to files"
+    )
+    assert out.count(said) == 1, out
+    assert "left out" not in p.sub("build", "--no-progress").stderr  # unchanged: said once
+    assert "left out" not in p.cli("build", "--no-progress").output
+    # another one (deeper, and a FIFO) is said again, with every entry counted
+    p.path("data/sub").mkdir()
+    os.mkfifo(p.path("data/sub/f.fifo"))
+    out = p.cli("build", "--no-progress").output
+    assert f"each| 2 entries of input 'src' (data) {LEFT} (first: data/d.txt" in out, out
+    assert os.listdir(p.path("build/each")) == ["a.txt"]
+
+
+def test_an_unchanged_tree_is_not_listed_again_to_look_for_entries_of_no_file(
+    project: Callable[..., Proj], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipemake import resolve
+
+    listed: list[str] = []
+    real = resolve.left_out
+    monkeypatch.setattr(resolve, "left_out", lambda base: listed.append(base) or real(base))
+    files = {f"data/{i:03}.txt": f"{i}\n" for i in range(50)}
+    p = project(shell_foreach("cp {inputs.src} {outputs.o}/{item.name}"), files)
+    os.symlink("/nonexistent/x", p.path("data/d.txt"))
+    out = p.cli("build", "--no-progress").output
+    assert out.count(LEFT.replace("hold", "holds").replace("are", "is")) == 1, out
+    listed.clear()
+    out = p.cli("build", "--no-progress").output
+    assert "left out" not in out and listed == []  # nothing listed, nothing said
+    os.symlink("/nonexistent/y", p.path("data/e.txt"))
+    out = p.cli("build", "--no-progress").output
+    assert f"each| 2 entries of input 'src' (data) {LEFT}" in out and listed == []
