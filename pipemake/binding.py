@@ -4,6 +4,7 @@ outputs, missing source inputs, missing packages, cycles)."""
 
 from __future__ import annotations
 
+import codecs
 import os
 import posixpath
 import sys
@@ -706,10 +707,12 @@ def _check_source(
     pipeline: Pipeline, st: Stage, key: str, written: str, path: str, ld: Problems
 ) -> None:
     """What a source input on disk must be besides existing: a glob matches some file,
-    an input the rule declares a file is not a folder."""
+    an input the rule declares a file is not a folder, names this locale reads."""
     full = path if os.path.isabs(path) else os.path.join(pipeline.root, path)
     line = st.lines.get(key, st.line)
     per_item = st.foreach is not None and st.foreach.input == key
+    if not _UTF8_NAMES:
+        _names_this_locale_reads(ld, st, key, path, full)
     if written != path:
         pattern = st.items_pattern(key)
         rel_glob = written[len(path) + 1 :] if path != "." else written
@@ -816,14 +819,51 @@ def check_sources(pipeline: Pipeline, ld: Problems, raws: Sequence[LineDict] | N
                     within(base, u) or within(u, base) for u in unsure if u not in (".", "")
                 ):
                     continue  # perhaps what a stage with a problem writes
-                if pipeline.output_owner(base) is None and not os.path.exists(
-                    base if os.path.isabs(base) else os.path.join(pipeline.root, base)
-                ):
+                if pipeline.output_owner(base) is not None:
+                    continue
+                full = base if os.path.isabs(base) else os.path.join(pipeline.root, base)
+                if not os.path.exists(full):
                     inside = inside or OutputIndex(pipeline.stages)
                     held = inside.feeding(pipeline, st.id, path, base, st.items_pattern(key))
                     if any(sid in st.deps for _, sid, _ in held):
                         continue  # a folder an upstream stage makes, writing into it
                     _missing(ld, st, key, base, pipeline.root)
+                elif not _UTF8_NAMES:
+                    _names_this_locale_reads(ld, st, key, base, full)
+
+
+#: whether this Python reads file names as UTF-8 (not so under ``LC_ALL=C PYTHONUTF8=0``,
+#: where they are ASCII and any other byte comes as an escape)
+_UTF8_NAMES = codecs.lookup(sys.getfilesystemencoding()).name == "utf-8"
+
+
+def _names_this_locale_reads(ld: Problems, st: Stage, key: str, base: str, full: str) -> None:
+    """Under a locale whose file names are not UTF-8, refuse, before anything runs, a source
+    input folder holding a name in UTF-8 (``café.png``) that this locale cannot read as
+    text: its items, keys and the stat cache keep names as text, so it would fail the stage
+    halfway. Names only are listed, and only under such a locale."""
+    if not os.path.isdir(full):
+        return
+    for top, dirs, files in os.walk(full):
+        for name in (*dirs, *files):
+            if name.isascii():
+                continue
+            raw = os.fsencode(name)
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                continue  # not text in any locale: the build names it (rename it)
+            shown = os.fsencode(os.path.join(top, name)).decode("utf-8")
+            rel = os.path.relpath(shown, os.fsencode(full).decode("utf-8"))
+            where = rel if os.path.isabs(base) else posixpath.join(base, rel)
+            ld.problem(
+                f"input {key!r}: the file name {where} is UTF-8, which this locale's encoding "
+                f"({sys.getfilesystemencoding()}) cannot read, so pipemake cannot take it",
+                st.lines.get(key, st.line),
+                st.id,
+                hint="run pipemake under a UTF-8 locale (LC_ALL=C.UTF-8) or with PYTHONUTF8=1",
+            )
+            return
 
 
 def _strings(value: Any) -> list[str]:

@@ -22,6 +22,7 @@ import bisect
 import operator
 import os
 import stat as stat_mod
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -82,11 +83,26 @@ def check_names(names: Any, where: str) -> None:
             try:
                 name.encode()
             except UnicodeEncodeError:
-                shown = os.fsencode(os.path.join(where, name)).decode("utf-8", "backslashreplace")
+                raw = os.fsencode(os.path.join(where, name))
+                shown = raw.decode("utf-8", "backslashreplace")
+                if _utf8(raw):  # UTF-8 this locale cannot read (LC_ALL=C PYTHONUTF8=0)
+                    raise BadName(
+                        f"the file name {shown} is UTF-8, which this locale's encoding "
+                        f"({sys.getfilesystemencoding()}) cannot read: run pipemake under a "
+                        "UTF-8 locale (LC_ALL=C.UTF-8) or with PYTHONUTF8=1"
+                    ) from None
                 raise BadName(
                     f"the file name {shown} is not valid UTF-8: pipemake keeps file names as "
                     "text; rename it (convmv converts whole trees)"
                 ) from None
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _read_hash(path: str, size: int) -> str:

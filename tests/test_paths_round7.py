@@ -304,3 +304,79 @@ def test_an_unchanged_tree_is_not_listed_again_to_look_for_entries_of_no_file(
     os.symlink("/nonexistent/y", p.path("data/e.txt"))
     out = p.cli("build", "--no-progress").output
     assert f"each| 2 entries of input 'src' (data) {LEFT}" in out and listed == []
+
+
+# 2. a UTF-8 name inside an input under an ASCII locale ------------------------------------
+
+ASCII = {"LANG": "C", "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+
+
+def _ascii(p: Proj, *args: str) -> tuple[int, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PIPEMAKE_CACHE_DIR", "LC_CTYPE")}
+    env.update(ASCII)
+    env.pop("PYTHONIOENCODING", None)
+    done = subprocess.run(p.argv(*args), capture_output=True, env=env, timeout=60)
+    return done.returncode, (done.stdout + done.stderr).decode("utf-8", "replace")
+
+
+def _is_ascii_here() -> bool:
+    env = {k: v for k, v in os.environ.items() if k != "LC_CTYPE"}
+    env.update(ASCII)
+    env.pop("PYTHONIOENCODING", None)
+    code = "import sys; print(sys.getfilesystemencoding())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    return out.stdout.strip() == "ascii"
+
+
+needs_ascii = pytest.mark.skipif(not _is_ascii_here(), reason="LANG=C is not ASCII here")
+FIX = "run pipemake under a UTF-8 locale (LC_ALL=C.UTF-8) or with PYTHONUTF8=1"
+
+
+@needs_ascii
+def test_a_utf8_name_inside_an_input_stops_an_ascii_build_before_anything_runs(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(
+        shell_foreach("echo x >> runs/each.count; cp {inputs.src} {outputs.o}/{item.name}"),
+        {"data/a.txt": "a\n", "data/sub/café.txt": "b\n"},
+    )
+    for command in (["build", "--no-progress"], ["dry-run"], ["validate"]):
+        code, out = _ascii(p, *command)
+        assert code == 2, out
+        assert "pipemake.yaml:3: stage 'each': input 'src': the file name " in out, out
+        assert "data/sub/caf" in out and FIX in out and TRACEBACK not in out
+    assert not p.exists("build") and p.runs("each") == 0
+    # under a UTF-8 locale it builds; back under ASCII, a cached plan says so again
+    p.sub("build", "--no-progress")
+    assert sorted(os.listdir(p.path("build/each"))) == ["a.txt", "café.txt"]
+    p.write("data/c.txt", "c\n")
+    code, out = _ascii(p, "build", "--no-progress")
+    assert code == 2 and FIX in out and "not valid UTF-8" not in out, out
+    assert p.runs("each") == 2 and not p.exists("build/each/c.txt")
+
+
+@needs_ascii
+def test_a_utf8_name_an_upstream_stage_writes_under_an_ascii_locale_says_the_fix(
+    project: Callable[..., Proj],
+) -> None:
+    p = project("""
+        name: made
+        stages:
+          - id: make
+            type: shell
+            config:
+              cmd: 'mkdir -p {outputs.o}; printf x > {outputs.o}/$(printf "caf\\303\\251").txt'
+              outputs: {o: gen}
+          - id: each
+            type: shell
+            foreach: src
+            config:
+              cmd: 'echo x >> runs/each.count; cp {inputs.src} {outputs.o}/{item.name}'
+              inputs: {src: "{make.o}"}
+              outputs: {o: build/each}
+    """)  # fmt: skip
+    code, out = _ascii(p, "build", "--no-progress")
+    assert code == 1 and "FAILED make: the file name gen/caf" in out, out
+    assert "is UTF-8, which this locale's encoding (ascii) cannot read" in out
+    assert FIX in out and "not valid UTF-8" not in out and TRACEBACK not in out
+    assert p.runs("each") == 0
