@@ -19,6 +19,7 @@ from .items import glob_base, glob_match, is_glob, matches
 from .model import SYMBOLIC_SCOPES, Foreach, Pending, Pipeline, Stage, norm, within
 from .rule import Ports, Rule, get_rule, has_items, has_run, rule_names
 from .templates import Ref, TemplateError, find_refs, substitute
+from .walk import BadPath, walk
 from .yamlload import LineDict
 
 __all__ = ["bind", "check_graph", "check_sources"]
@@ -839,31 +840,31 @@ _UTF8_NAMES = codecs.lookup(sys.getfilesystemencoding()).name == "utf-8"
 
 def _names_this_locale_reads(ld: Problems, st: Stage, key: str, base: str, full: str) -> None:
     """Under a locale whose file names are not UTF-8, refuse, before anything runs, a source
-    input folder holding a name in UTF-8 (``café.png``) that this locale cannot read as
-    text: its items, keys and the stat cache keep names as text, so it would fail the stage
-    halfway. Names only are listed, and only under such a locale."""
+    input folder holding a file whose name is UTF-8 (``café.png``) that this locale cannot
+    read as text: items, keys and the stat cache keep names as text, so the stage would
+    fail halfway. The folder is walked as the build walks it, only under such a locale."""
     if not os.path.isdir(full):
         return
-    for top, dirs, files in os.walk(full):
-        for name in (*dirs, *files):
-            if name.isascii():
-                continue
-            raw = os.fsencode(name)
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                continue  # not text in any locale: the build names it (rename it)
-            shown = os.fsencode(os.path.join(top, name)).decode("utf-8")
-            rel = os.path.relpath(shown, os.fsencode(full).decode("utf-8"))
-            where = rel if os.path.isabs(base) else posixpath.join(base, rel)
-            ld.problem(
-                f"input {key!r}: the file name {where} is UTF-8, which this locale's encoding "
-                f"({sys.getfilesystemencoding()}) cannot read, so pipemake cannot take it",
-                st.lines.get(key, st.line),
-                st.id,
-                hint="run pipemake under a UTF-8 locale (LC_ALL=C.UTF-8) or with PYTHONUTF8=1",
-            )
-            return
+    try:
+        rows = walk(full)
+    except (OSError, BadPath):
+        return  # the build says what is wrong with the folder
+    for rel, *_ in sorted(rows):
+        if rel.isascii():
+            continue
+        try:
+            text = os.fsencode(rel).decode("utf-8")
+        except UnicodeDecodeError:
+            continue  # not text in any locale: the build names it (rename it)
+        ld.problem(
+            f"input {key!r}: the file name {posixpath.join(base, text)} is UTF-8, which this "
+            f"locale's encoding ({sys.getfilesystemencoding()}) cannot read, so pipemake "
+            "cannot take it",
+            st.lines.get(key, st.line),
+            st.id,
+            hint="run pipemake under a UTF-8 locale (LC_ALL=C.UTF-8) or with PYTHONUTF8=1",
+        )
+        return
 
 
 def _strings(value: Any) -> list[str]:
