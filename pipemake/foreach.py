@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import os_failure
 from .executors.base import LOST, Message, Task
 from .items import Item, chunks, merge_outputs, staged_files
 from .manifest import digests
@@ -92,6 +94,11 @@ class ForeachRun(StageRun):
     #: the ids of its tasks running now, and since when none has run (None: one runs)
     live: set[str] = field(default_factory=set)
     idle_since: float | None = None
+    #: items that ran but could not be recorded (the store's database refused the write)
+    unrecorded: set[str] = field(default_factory=set)
+    #: whether assembling the stage changed its outputs in the workspace (False: every
+    #: item was in the store and the outputs were already what they record)
+    wrote: bool = False
 
     # run time ---------------------------------------------------------------------------
     def attempt_started(self, task: Task) -> None:
@@ -188,6 +195,28 @@ class ForeachRun(StageRun):
             said = f"item {_one_line(rel)} FAILED: {text[:ITEM_FAILURE_CHARS]}"
             ctx.bus.emit("log", stage_id, level="error", item=rel, text=said)
 
+    def fail_unrecorded(self, ctx: BuildContext, stage_id: str, rels: list[str], why: str) -> None:
+        """Note items that ran but whose entries the store could not write (``why``: the
+        clear error, a file-size limit or a full disk). The cause is one for them all: the
+        stage's failure says it once (:meth:`failure_text`); each item is named in the run
+        log's JSON (a ``quiet`` event the views do not print) and in the stage log."""
+        new = [rel for rel in rels if rel not in self.failures]
+        if not new:
+            return
+        lines = []
+        for rel in new:
+            self.failures[rel] = why
+            self.unrecorded.add(rel)
+            lines.append(f"item {_one_line(rel)} could not be recorded: {why}\n")
+            if len(self.failures) <= ITEM_FAILURES_SAID:
+                said = f"item {_one_line(rel)} could not be recorded: {why}"
+                ctx.bus.emit("log", stage_id, level="error", item=rel, text=said, quiet=True)
+        try:
+            with open(self.log, "a", encoding="utf-8", errors="backslashreplace") as f:
+                f.writelines(lines)
+        except OSError:
+            pass  # (the disk that refused the store may refuse this too: the run log has them)
+
     # on message -------------------------------------------------------------------------
     def on_message(self, ctx: BuildContext, stage: Stage, msg: Message) -> list[Task]:
         """Keep the items a task says ended (``items``); at its answer, commit them, retry
@@ -277,7 +306,7 @@ class ForeachRun(StageRun):
             results = {rel: res for rel, res in results.items() if rel not in moved}
         failed = {rel for rel, res in results.items() if "error" in res}
         retry = bool(failed) and task is not None and task.attempt < task.max_attempts
-        commits = []
+        commits: dict[str, tuple[str, dict[str, Any]]] = {}
         if failed:
             self.retried = True
         for rel, res in results.items():
@@ -289,18 +318,19 @@ class ForeachRun(StageRun):
                 self.fail_item(ctx, stage.id, rel, res["error"] + tb)
             elif self.mapped is not None:
                 self.mapped[rel] = {"hash": res["hash"], "kind": res["kind"]}
-                commits.append((rs.item_keys[rel], {"map": self.mapped[rel]}))
+                commits[rel] = (rs.item_keys[rel], {"map": self.mapped[rel]})
             else:
                 if res["values"]:
                     self.values[rel] = res["values"]
                 self.done_items[rel] = res["outputs"]
                 if "staged" in res:
                     self.new[rel]["staged"] = res["staged"]
-                commits.append(
-                    (rs.item_keys[rel], {"outputs": res["outputs"], "values": res["values"]})
+                commits[rel] = (
+                    rs.item_keys[rel],
+                    {"outputs": res["outputs"], "values": res["values"]},
                 )
         if commits:
-            ctx.store.put_actions(commits)
+            self._commit(ctx, stage.id, commits)
         ctx.bus.emit(
             "progress", stage.id, done=self.items_done, total=self.items_total, unit="items",
             failed=len(self.failures),
@@ -313,6 +343,25 @@ class ForeachRun(StageRun):
             return [*follow, self._retry(ctx, stage, task, failed, results)]
         self.tasks.pop(task_id, None)  # answered for good: its item list is not needed
         return [*follow, *self._maybe_reduce(ctx, stage)]
+
+    def _commit(
+        self, ctx: BuildContext, stage_id: str, commits: dict[str, tuple[str, dict[str, Any]]]
+    ) -> None:
+        """Write the entries of the items of one answer (item relpath → key, entry) in one
+        transaction; when the store's database refuses the write (a file-size limit, a full
+        disk), those items fail, the cause said once for the stage."""
+        try:
+            ctx.store.put_actions(list(commits.values()))
+        except (OSError, sqlite3.OperationalError) as exc:
+            clear = os_failure(exc, ctx.store.path / "actions.db")
+            if clear is None:
+                raise
+            for rel in commits:
+                self.done_items.pop(rel, None)
+                self.values.pop(rel, None)
+                if self.mapped is not None:
+                    self.mapped.pop(rel, None)
+            self.fail_unrecorded(ctx, stage_id, list(commits), str(clear))
 
     def _requeue(self, ctx: BuildContext, task: Task, rest: list[dict[str, Any]]) -> Task:
         """A task for the items ``rest`` of ``task`` that it never started (it was ended
@@ -450,13 +499,23 @@ class ForeachRun(StageRun):
         traceback last)."""
         fails, cached, idle = self.failures, len(self.cached), len(self.not_run)
         total = self.items_total + cached
-        first_rel = sorted(fails)[0]
         ok = total - len(fails) - idle
         not_run = f"; {idle} not run (the next build runs them)" if idle else ""
         earlier = f" ({cached} from earlier builds)" if cached else ""
         kept = f"; the other {ok} are kept{earlier} and do not run again" if ok else ""
+        lost = sorted(self.unrecorded)
+        if lost:  # one cause for them all, said once
+            cause = fails[lost[0]]
+            if len(lost) == len(fails):
+                return (
+                    f"{len(lost)} of {total} item(s) could not be recorded: {cause}{not_run}{kept}"
+                )
+            unsaid = f" ({len(lost)} of them could not be recorded: {cause})"
+        else:
+            unsaid = ""
+        first_rel = sorted(rel for rel in fails if rel not in self.unrecorded)[0]
         first = f"First: item {_one_line(first_rel)}: {fails[first_rel]}"
-        return f"{len(fails)} of {total} item(s) failed{not_run}{kept}. {first}"
+        return f"{len(fails)} of {total} item(s) failed{unsaid}{not_run}{kept}. {first}"
 
     def rerun_lost(self, ctx: BuildContext, stage: Stage) -> list[Task]:
         """Tasks for the cached items whose objects left the store after the stage was
@@ -533,6 +592,9 @@ class ForeachRun(StageRun):
 
         root = str(ctx.root)
         for name, rel in rs.ports.outputs.items():
+            if not self.done_items and ctx.ws.check(merged[name], rel, ctx.hasher) is None:
+                continue  # nothing ran and the output is already what its items record
+            self.wrote = True
             whole = self._staged_whole(ctx, name, merged[name])
             if whole is not None:  # every item ran: the staged tree is the output, one rename
                 ctx.ws.place(whole, rel, later=lambda work: ctx.later(work, stage.id))
