@@ -643,6 +643,7 @@ def _record_roots(project: Project, builder: Builder) -> None:
     gc`` notes exactly what it needs. Not worth failing a build over: without it the
     entries are kept by age alone."""
     up_to_date = all(d.verdict is Verdict.UP_TO_DATE for d in builder.decisions.values())
+    up_to_date = up_to_date and not builder.from_items  # (their entries are new)
     keys = set(builder.keys_seen)
     keys.update(k for k, _r, _d in project.state.builds.brief().values() if k)
     p = project.pipeline

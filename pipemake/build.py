@@ -107,8 +107,9 @@ class Builder:
         #: entries are made from the workspace and written when the stage begins)
         self._adopted: set[str] = set()
         #: foreach stages found up to date from their items (no entry of their own): they
-        #: are put together as a restore is, which writes their entry, and say up to date
-        self._from_items: set[str] = set()
+        #: are put together as a restore is, which writes their entry (a new key for the
+        #: store's roots), and say up to date
+        self.from_items: set[str] = set()
         #: stages whose outputs came from a cache entry no key verified: adopted from a lock
         #: section that says so (no key now), or not adopted for it (a key now)
         self._unverified: set[str] = set()
@@ -130,7 +131,7 @@ class Builder:
         """The verdict for a stage given what is known now, without changing anything: the
         stage resolved, its entry and outputs read, and :func:`.decide.decide` asked."""
         self._unverified.discard(stage.id)
-        self._from_items.discard(stage.id)
+        self.from_items.discard(stage.id)
         try:
             rs = self.resolve(stage)
         except Unknown as exc:
@@ -214,7 +215,7 @@ class Builder:
         values = stage.rule.gather(
             rs.ports.params, {it.relpath: cached[it.relpath].get("values") or {} for it in rs.items}
         )
-        self._from_items.add(stage.id)
+        self.from_items.add(stage.id)
         return {"stage": stage.id, "outputs": merged, "values": values, "metrics": {}}
 
     def _restored_from(self, keys: list[str | None]) -> str:
@@ -385,7 +386,7 @@ class Builder:
             )
             return []
         assert rs is not None
-        if decision.verdict is Verdict.UP_TO_DATE and stage_id in self._from_items:
+        if decision.verdict is Verdict.UP_TO_DATE and stage_id in self.from_items:
             return self._start(stage, rs, decision)
         if decision.verdict is Verdict.UP_TO_DATE:
             assert entry is not None
@@ -623,7 +624,7 @@ class Builder:
         if not none_ran:
             run.running_now(self.bus, stage_id)
         try:
-            if foreach is not None and foreach.failures:
+            if foreach is not None and (foreach.failures or foreach.not_run):
                 text = foreach.failure_text() + _staging_note(foreach.failure_text(), run, self.p)
                 self._failed(stage, run, text)
                 raise StageFailure(text)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import os_failure
-from .executors.base import LOST, Message, Task
+from .executors.base import GONE, LOST, Message, Task
 from .items import Item, chunks, merge_outputs, staged_files
 from .manifest import digests
 from .model import Stage
@@ -89,8 +89,12 @@ class ForeachRun(StageRun):
     requeued: set[str] = field(default_factory=set)
     #: tasks of never-started items ended in a row before finishing any (see _ended)
     first_deaths: int = 0
-    #: items not run: their task was ended from outside again before they started
+    #: items not run: their task was ended from outside again before they started, or
+    #: its executor can start nothing more
     not_run: set[str] = field(default_factory=set)
+    #: why the last of them were not run (an executor's cluster gone), for the stage's
+    #: failure when none of its items failed
+    not_run_why: str = ""
     #: the ids of its tasks running now, and since when none has run (None: one runs)
     live: set[str] = field(default_factory=set)
     idle_since: float | None = None
@@ -258,6 +262,8 @@ class ForeachRun(StageRun):
             results.update((i["relpath"], dict(failure)) for i in left)
             return []
         self.retried = True  # what the running item left behind is not to be trusted
+        if len(msg.data) > 4 and msg.data[4] == GONE:  # nothing more can run: not run
+            return self._gone(stage, task, msg.data[3], left, results, failure)
         rule = stage.rule
         size = max(1, rule.map_batch_size if task.mode == "map" else rule.batch_size)
         done = len(task.items) - len(left)  # items run in order, a batch at a time
@@ -286,6 +292,33 @@ class ForeachRun(StageRun):
                 self.items_done += len(rest)
                 return []
         return rest
+
+    def _gone(
+        self,
+        stage: Stage,
+        task: Task,
+        at: Any,
+        left: list[dict[str, Any]],
+        results: dict[str, Any],
+        failure: dict[str, Any],
+    ) -> list[dict[str, Any]]:
+        """A task its executor gave up on, able to start nothing more (the cluster gone):
+        the item it was running at index ``at`` (its rule's batch; none when -1: the task
+        never started) fails with ``failure``, and the items it never started are not run
+        (the next build runs them); none runs again here."""
+        running: set[str] = set()
+        if isinstance(at, int) and 0 <= at < len(task.items):
+            rule = stage.rule
+            size = max(1, rule.map_batch_size if task.mode == "map" else rule.batch_size)
+            running = {i["relpath"] for i in task.items[at : at + size]}
+        for i in left:
+            if i["relpath"] in running:
+                results[i["relpath"]] = dict(failure)
+            else:
+                self.not_run.add(i["relpath"])
+                self.not_run_why = failure["error"]
+                self.items_done += 1
+        return []
 
     def _answered(
         self,
@@ -495,14 +528,18 @@ class ForeachRun(StageRun):
 
     def failure_text(self) -> str:
         """What the stage failed with when items failed: failed of all items (those run now
-        and those the store had), what is kept, then the first failure in full (its
-        traceback last)."""
+        and those the store had), those not run, what is kept, then the first failure in
+        full (its traceback last); items the store could not record, their one cause; items
+        only not run (an executor's cluster gone, none failing), why."""
         fails, cached, idle = self.failures, len(self.cached), len(self.not_run)
         total = self.items_total + cached
         ok = total - len(fails) - idle
         not_run = f"; {idle} not run (the next build runs them)" if idle else ""
         earlier = f" ({cached} from earlier builds)" if cached else ""
         kept = f"; the other {ok} are kept{earlier} and do not run again" if ok else ""
+        if not fails:  # none failed, some were not run (an executor's cluster gone)
+            why = f": {self.not_run_why}" if self.not_run_why else ""
+            return f"{idle} of {total} item(s) not run (the next build runs them){why}{kept}"
         lost = sorted(self.unrecorded)
         if lost:  # one cause for them all, said once
             cause = fails[lost[0]]

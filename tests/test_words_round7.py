@@ -267,3 +267,48 @@ def test_items_the_store_cannot_record_are_said_once_for_the_stage(
     assert f"{lost} of 300 items to run" in status and f"{kept} kept" in status, status
     again = proj.sub("build", "--no-progress").stderr  # without the limit: the rest runs
     assert f"; {lost} of 300 items to run" in again and f"300 items, {lost} run" in again, again
+
+
+def test_lock_reasons_name_what_the_lock_records_and_hedge_the_rest() -> None:
+    from pipemake.decide import Reason, Trigger, from_lock, lock_reasons
+
+    doc = {"rule": "shell", "params": {"cmd": "b"}, "inputs": {"i": ["in.txt", "h2"],
+           "src": ["data", "foreach"]}}  # fmt: skip
+    locked = {"rule": "shell", "params": {"cmd": "a"},
+              "inputs": {"i": {"path": "in.txt", "hash": "h1"},
+                         "src": {"path": "data", "items": 2, "items_digest": "d1"}}}  # fmt: skip
+    said = [str(r) for r in lock_reasons(locked, doc, "d2")]
+    assert said == ["param cmd a → b since pipemake.lock",
+                    "input in.txt changed since pipemake.lock",
+                    "input data's items changed since pipemake.lock"], said  # fmt: skip
+    same = {**locked, "params": {"cmd": "b"},
+            "inputs": {"i": {"path": "in.txt", "hash": "h2"},
+                       "src": {"path": "data", "items_digest": "d2"}}}  # fmt: skip
+    (only,) = lock_reasons(same, doc, "d2")
+    assert str(only).startswith("pipemake.lock's key differs (its rule, params and inputs are")
+    # a lock that records less (an older one, or damaged): the plain hedge
+    (bare,) = lock_reasons({"key": "k"}, doc)
+    assert str(bare) == ("pipemake.lock's key differs (built by another pipemake version or "
+                         "from other inputs/params)")  # fmt: skip
+    assert all(from_lock(r) for r in [*lock_reasons(locked, doc, "d2"), only, bare])
+    assert not from_lock(Reason(Trigger.NEVER_BUILT, "never built"))
+
+
+def test_a_stage_with_failed_unrecorded_and_unstarted_items_counts_them_all() -> None:
+    from pipemake.foreach import ForeachRun
+
+    run = ForeachRun.__new__(ForeachRun)
+    run.failures = {"a": "boom", "b": "cannot write X", "c": "cannot write X"}
+    run.unrecorded = {"b", "c"}
+    run.not_run = {"d"}
+    run.cached = {"e": {}}
+    run.items_total = 5
+    text = run.failure_text()
+    assert text == ("3 of 6 item(s) failed (2 of them could not be recorded: cannot write X); "
+                    "1 not run (the next build runs them); the other 2 are kept (1 from "
+                    "earlier builds) and do not run again. First: item a: boom"), text  # fmt: skip
+    run.failures, run.unrecorded, run.not_run_why = {}, set(), "lost the dask scheduler"
+    assert run.failure_text() == (
+        "1 of 6 item(s) not run (the next build runs them): lost the dask scheduler; the other "
+        "5 are kept (1 from earlier builds) and do not run again"
+    )
