@@ -144,6 +144,30 @@ def test_a_lost_scheduler_fails_the_running_item_and_says_the_unstarted_not_run(
         c.stop()
 
 
+def test_an_item_that_kills_its_dask_worker_fails_alone(
+    project: Callable[..., Proj], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Item f003 kills the worker running it; dask gives up on its task at once (no
+    retries allowed here). As with a local worker's death, the items its task finished are
+    kept, f003 fails, and the ones it never started run in a task of their own on the
+    other worker: nothing else fails."""
+    monkeypatch.setenv("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "0")
+    c = _start(tmp_path / "c", [{}, {}])
+    try:
+        killer = "if [ {item.stem} = f003 ]; then kill -9 $PPID; fi; " + UPPER
+        proj = project(WHO.format(extra="", cmd=killer), _items(64))
+        _, err = _build(proj, c.address).communicate(timeout=120)
+        assert TRACEBACK not in err
+        assert "each: item f003.txt FAILED: the dask workers running it died" in err, err
+        assert err.count(" FAILED: the dask workers") == 1, err
+        assert "1 of 64 item(s) failed; the other 63 are kept" in err, err
+        ran = _who(proj)  # every other item ran once, those f003's task never started too
+        assert sorted(ran) == [f"f{i:03d}" for i in range(64)]
+        assert all(len(rows) == 1 for item, rows in ran.items() if item != "f003"), ran
+    finally:
+        c.stop()
+
+
 def test_a_batchs_record_of_finished_items_keeps_only_whole_well_formed_ones(
     tmp_path: Path,
 ) -> None:

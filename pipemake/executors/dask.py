@@ -629,8 +629,8 @@ class DaskExecutor(Executor):
         if status == "cancelled" and task.id not in self._cancelled:
             self._lost("the connection was closed")
             return self._stop_retrying(task, self._broken or "cancelled")
-        self._forget_record(task.id)
         if status == "cancelled":
+            self._forget_record(task.id)
             return [Message(task.id, "error", [_STOPPED, None])]
         try:
             exc = fut.exception(timeout=CONNECT_TIMEOUT)
@@ -638,10 +638,25 @@ class DaskExecutor(Executor):
             self._lost(type(why).__name__)
             return self._stop_retrying(task, self._broken or str(why))
         if isinstance(exc, self.distributed.KilledWorker):
-            text = f"the dask workers running it died, again and again ({exc})"
-        else:
-            text = f"{type(exc).__name__}: {exc}"
-        return [Message(task.id, "error", [text, None])]
+            return self._killed(task, f"the dask workers running it died, again and again ({exc})")
+        self._forget_record(task.id)
+        return [Message(task.id, "error", [f"{type(exc).__name__}: {exc}", None])]
+
+    def _killed(self, task: Task, text: str) -> list[Message]:
+        """The answer of a task whose workers died running it (dask gave up retrying it):
+        ended from outside, as a local task whose worker dies. The items its last attempt
+        noted as finished are answered as such; the one it was running fails, and the
+        build runs those it never started in a task of their own (see
+        :data:`~.base.LOST`)."""
+        path = self._records.pop(task.id, None)
+        if path is None:  # a whole stage's task
+            return [Message(task.id, "error", [text, None])]
+        finished = read_record(path, {i["relpath"] for i in task.items})
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        left = [n for n, i in enumerate(task.items) if i["relpath"] not in finished]
+        said = [Message(task.id, "items", finished)] if finished else []
+        return [*said, Message(task.id, "error", [text, None, LOST, left[0] if left else -1])]
 
     def _stop_retrying(self, task: Task, text: str) -> list[Message]:
         """The answer of a task given up on (the scheduler lost, no worker left for it),
