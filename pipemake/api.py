@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from . import cachegc, history, lockfile, noop, starter, storeplace, svg
 from .accept import Accepted, accept
 from .build import Builder
-from .decide import Decision, Reason, Trigger, Verdict
+from .decide import Decision, Reason, Trigger, Verdict, from_lock
 from .errors import (
     BuildFailed,
     Interrupted,
@@ -648,6 +648,7 @@ def _record_roots(project: Project, builder: Builder) -> None:
     gc`` notes exactly what it needs. Not worth failing a build over: without it the
     entries are kept by age alone."""
     up_to_date = all(d.verdict is Verdict.UP_TO_DATE for d in builder.decisions.values())
+    up_to_date = up_to_date and not builder.from_items  # (their entries are new)
     keys = set(builder.keys_seen)
     keys.update(k for k, _r, _d in project.state.builds.brief().values() if k)
     p = project.pipeline
@@ -876,6 +877,7 @@ def status(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
             order = [stage for stage, _d in rows]
             against = lockfile.compare(project, lock, order)
     stages = []
+    differs: set[str] = set()
     for stage, decision in rows:
         rec = records.get(stage) or {}
         if now.get(stage) == "running":  # what the store says is being rewritten right now
@@ -911,7 +913,15 @@ def status(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
             "last_attempts": rec.get("attempts", 1), "last_retry_wait": rec.get("retry_wait"),
         }  # fmt: skip
         if stage in against and stage in unbuilt:
-            row["lock"] = against[stage]
+            # the decision's words on the lock (its key differs) said as the lock's
+            said = [r for r in reasons if r in _lock_words(decision)]
+            row["reasons"] = [r for r in reasons if r not in said]
+            row["lock"] = against[stage] or said
+            if not row["lock"]:  # an upstream stage whose key differs from the lock's
+                ups = [d for d in project.pipeline.graph.deps[stage] if d in differs]
+                row["lock"] = [f"upstream {d} differs from {lockfile.FILE}" for d in ups]
+            if row["lock"]:
+                differs.add(stage)
         stages.append(row)
     building = None
     if live:
@@ -921,6 +931,11 @@ def status(project: Project, targets: Sequence[str] = ()) -> dict[str, Any]:
     if lock_problem:
         info["lock_problem"] = lock_problem
     return info
+
+
+def _lock_words(decision: Decision) -> list[str]:
+    """The reasons of a decision that compare its stage with ``pipemake.lock``."""
+    return [str(r) for r in decision.reasons if from_lock(r)]
 
 
 def validate(project: Project) -> list[dict[str, Any]]:

@@ -16,15 +16,26 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from .decide import Decision, LastBuild, Reason, Trigger, Verdict, decide, waiting_on
+from .decide import (
+    Decision,
+    LastBuild,
+    Reason,
+    Trigger,
+    Verdict,
+    decide,
+    lock_reasons,
+    output_reasons,
+    waiting_on,
+)
 from .errors import fsize_limit, os_failure
 from .events import Bus
 from .executors.base import Message, Task
 from .foreach import ForeachRun, LostObjects
 from .fshash import Hasher
+from .items import items_digest, merge_outputs
 from .model import Pipeline, Stage
 from .resolve import Planned, ResolvedStage, Resolver, Unknown
 from .runs import MAX_AGAIN, BuildContext, StageRun
@@ -95,6 +106,10 @@ class Builder:
         #: stages found up to date by their outputs matching ``pipemake.lock`` (their
         #: entries are made from the workspace and written when the stage begins)
         self._adopted: set[str] = set()
+        #: foreach stages found up to date from their items (no entry of their own): they
+        #: are put together as a restore is, which writes their entry (a new key for the
+        #: store's roots), and say up to date
+        self.from_items: set[str] = set()
         #: stages whose outputs came from a cache entry no key verified: adopted from a lock
         #: section that says so (no key now), or not adopted for it (a key now)
         self._unverified: set[str] = set()
@@ -116,6 +131,7 @@ class Builder:
         """The verdict for a stage given what is known now, without changing anything: the
         stage resolved, its entry and outputs read, and :func:`.decide.decide` asked."""
         self._unverified.discard(stage.id)
+        self.from_items.discard(stage.id)
         try:
             rs = self.resolve(stage)
         except Unknown as exc:
@@ -148,6 +164,13 @@ class Builder:
         decision = decide(
             rs, entry, outputs, self.last(stage.id), forced=forced, upstream=self.decisions
         )
+        if decision.verdict is Verdict.RESTORE and entry is None:
+            entry = self._assembled_in_place(stage, rs)
+            if entry is not None:
+                why = _items_in_place(len(rs.items))
+                decision = Decision(Verdict.UP_TO_DATE, [why], decision.items)
+        if decision.verdict is Verdict.RUN and not self.last(stage.id).built:
+            decision.reasons = self._never_built_here(stage, rs, decision.reasons)
         if decision.verdict is Verdict.RUN and stage.id in self._unverified:
             others = [r for r in decision.reasons if r.trigger is not Trigger.NO_ENTRY]
             decision = Decision(Verdict.RUN, [_UNVERIFIED, *others], decision.items)
@@ -155,6 +178,45 @@ class Builder:
         if decision.verdict is Verdict.RESTORE and rs.key in getattr(remote, "trusted", ()):
             decision.reasons = [_from_remote(r) for r in decision.reasons]
         return decision, rs, entry if decision.verdict in _HAS_ENTRY else None
+
+    def _never_built_here(
+        self, stage: Stage, rs: ResolvedStage, reasons: list[Reason]
+    ) -> list[Reason]:
+        """The reasons of a stage never built in this workspace that runs, where
+        ``pipemake.lock`` records it with another key (a clone of a project built by another
+        pipemake, or from other inputs or params): what differs from the lock instead of
+        "never built"."""
+        locked = self._lock().get(stage.id)
+        if locked is None or rs.key in (None, locked.key) or _NEVER not in reasons:
+            return reasons
+        digest = None
+        if rs.foreach:
+            digest = items_digest({it.relpath: it.hash for it in rs.items})
+        instead = lock_reasons(locked.built_from, rs.doc, digest)
+        at = reasons.index(_NEVER)
+        return [*reasons[:at], *instead, *reasons[at + 1 :]]
+
+    def _assembled_in_place(self, stage: Stage, rs: ResolvedStage) -> dict[str, Any] | None:
+        """For a foreach stage to be put together from its items in the store (no entry of
+        its own for its key): when its outputs in the workspace are already what those
+        items record, so nothing would be written, the stage's entry put together from them
+        (it is up to date, not restored); else None."""
+        cached = rs.cached
+        try:
+            merged = merge_outputs(
+                {it.relpath: cached[it.relpath].get("outputs") or {} for it in rs.items},
+                rs.ports.outputs,
+            )
+        except (KeyError, ValueError):
+            return None
+        for name, rel in rs.ports.outputs.items():
+            if self.ws.check(merged[name], rel, self.hasher) is not None:
+                return None
+        values = stage.rule.gather(
+            rs.ports.params, {it.relpath: cached[it.relpath].get("values") or {} for it in rs.items}
+        )
+        self.from_items.add(stage.id)
+        return {"stage": stage.id, "outputs": merged, "values": values, "metrics": {}}
 
     def _restored_from(self, keys: list[str | None]) -> str:
         """Where the entries of ``keys`` (a stage's, or its items') came from in this
@@ -324,6 +386,8 @@ class Builder:
             )
             return []
         assert rs is not None
+        if decision.verdict is Verdict.UP_TO_DATE and stage_id in self.from_items:
+            return self._start(stage, rs, decision)
         if decision.verdict is Verdict.UP_TO_DATE:
             assert entry is not None
             if stage_id in self._adopted:  # the workspace's outputs, as the lock records them
@@ -475,9 +539,7 @@ class Builder:
                 clear = os_failure(exc, self.store.path / "actions.db")
                 if clear is None or message.kind != "result":
                     raise
-                for rel in message.data["items"]:
-                    if rel not in run.failures:
-                        run.fail_item(self.ctx, stage_id, rel, str(clear))
+                run.fail_unrecorded(self.ctx, stage_id, list(message.data["items"]), str(clear))
                 return []
         elif message.kind == "result":
             moved = run.moved_inputs(self.hasher)
@@ -562,7 +624,7 @@ class Builder:
         if not none_ran:
             run.running_now(self.bus, stage_id)
         try:
-            if foreach is not None and foreach.failures:
+            if foreach is not None and (foreach.failures or foreach.not_run):
                 text = foreach.failure_text() + _staging_note(foreach.failure_text(), run, self.p)
                 self._failed(stage, run, text)
                 raise StageFailure(text)
@@ -604,8 +666,18 @@ class Builder:
                 with contextlib.suppress(OSError, sqlite3.OperationalError):
                     self._failed(stage, run, text)  # the record may not fit on a full disk
                 raise StageFailure(text) from None
+            if foreach is not None and none_ran and run.waiting is not None and not foreach.wrote:
+                self._in_place(stage, run, entry)
+                return []
             if none_ran and run.waiting is not None:  # said as a restore (and counted as one)
                 told = self.decisions[stage_id]
+                if told.verdict is Verdict.UP_TO_DATE:  # its outputs changed since deciding
+                    told = Decision(
+                        Verdict.RESTORE,
+                        output_reasons(
+                            [(rel, "changed") for rel in run.rs.ports.outputs.values()], False
+                        ),
+                    )
                 told = self.decisions[stage_id] = Decision(
                     Verdict.RESTORE, told.reasons, run.waiting["items"]
                 )
@@ -631,6 +703,18 @@ class Builder:
         finally:
             if not more:
                 remove_path(run.staging)
+
+    def _in_place(self, stage: Stage, run: StageRun, entry: dict[str, Any]) -> None:
+        """A foreach stage put together from its items in the store whose outputs were
+        already what those items record (its own entry or record lost, or keyed otherwise):
+        nothing was written, so it is up to date with its outputs in place, not restored."""
+        why = _items_in_place(entry["metrics"]["items"])
+        assert run.waiting is not None
+        self.decisions[stage.id] = Decision(Verdict.UP_TO_DATE, [why], run.waiting["items"])
+        if self._brief.get(stage.id, NEVER).key != run.rs.key:  # no run of its own to time
+            entry = dict(entry, metrics={**entry["metrics"], "duration": None})
+        self._done(stage, run.rs, entry, ran=False, unverified=False if self.store.secret else None)
+        self.bus.emit("stage_skipped", stage.id, reason="up to date", detail=why.detail)
 
     def _commit_run(self, stage: Stage, run: StageRun) -> dict[str, Any]:
         if run.error is not None or run.result is None:
@@ -744,6 +828,14 @@ class Builder:
 _HAS_ENTRY = (Verdict.UP_TO_DATE, Verdict.RESTORE)
 
 
+def _items_in_place(count: int) -> Reason:
+    """Why a foreach stage with no entry of its own for its key is up to date: its outputs
+    are already what its items in the store record (nothing is restored)."""
+    return Reason(
+        Trigger.CACHED, f"its outputs in place, as its {count:,} items in the store record"
+    )
+
+
 def _placing_failed(exc: OSError, outputs: Iterable[str] = ()) -> str:
     """What to tell the user when an output cannot be put in place in the workspace (at the
     path the error names, or else at the stage's ``outputs``)."""
@@ -774,10 +866,15 @@ class Locked:
     paths: dict[str, str]
     hashes: dict[str, str]
     values: dict[str, Any] | None
+    #: what the section records of how it was built (its rule, params, inputs), for saying
+    #: what differs where its key is not the one computed now
+    built_from: dict[str, Any] = field(default_factory=dict)
 
 
 #: why a stage with no entry in the store is up to date
 _AS_LOCKED = Reason(Trigger.CACHED, "its outputs are what pipemake.lock records for this key")
+#: the reason of a stage with no record in this workspace
+_NEVER = Reason(Trigger.NEVER_BUILT, "never built")
 #: why a stage whose outputs are the locked ones runs all the same when a key is held
 _UNVERIFIED = Reason(
     Trigger.NO_ENTRY,
@@ -844,7 +941,8 @@ def _lock_sections(p: Pipeline) -> dict[str, Locked]:
                 hashes[name] = o["hash"]
                 if isinstance(o.get("path"), str):
                     paths[name] = o["path"]
-        out[sid] = Locked(section["key"], paths, hashes, locked_values(section))
+        built_from = {k: section[k] for k in ("rule", "params", "inputs") if k in section}
+        out[sid] = Locked(section["key"], paths, hashes, locked_values(section), built_from)
     return out
 
 

@@ -29,6 +29,8 @@ __all__ = [
     "Verdict",
     "decide",
     "explain",
+    "from_lock",
+    "lock_reasons",
     "output_reasons",
     "waiting_on",
 ]
@@ -470,3 +472,74 @@ def _from_unknown(reason: Reason, stage: Resolved) -> bool:
             if h == "?" and path in reason.detail:
                 return True
     return False
+
+
+#: the lock file the reasons of :func:`lock_reasons` name
+_LOCK = "pipemake.lock"
+
+
+def lock_reasons(
+    locked: Mapping[str, Any], doc: Mapping[str, Any], foreach_digest: str | None = None
+) -> list[Reason]:
+    """Why a stage never built in this workspace runs where ``pipemake.lock`` records it
+    with another key than the key document ``doc`` now gives (instead of "never built"):
+    what the section (``locked``: its ``rule``, ``params`` and ``inputs`` as the lock writes
+    them) records that differs (``param cmd a → b since pipemake.lock``), or, where all it
+    records is the same, that another pipemake or rule version (or what the lock does not
+    record: code, upstream values) made that key. ``foreach_digest``: the digest of the
+    foreach input's items now (as the lock writes it), for a foreach stage."""
+    reasons: list[Reason] = []
+    rule = locked.get("rule")
+    if isinstance(rule, str) and rule != doc.get("rule"):
+        reasons.append(Reason(Trigger.RULE, f"rule {rule} → {doc.get('rule')}"))
+    params = locked.get("params")
+    if isinstance(params, dict):
+        reasons += _diff_params(params, doc.get("params") or {})
+    inputs = locked.get("inputs")
+    if isinstance(inputs, dict):
+        reasons += _diff_locked_inputs(inputs, doc.get("inputs") or {}, foreach_digest)
+    if reasons:
+        return [Reason(r.trigger, f"{r.detail} since {_LOCK}") for r in reasons]
+    if isinstance(rule, str) and isinstance(params, dict) and isinstance(inputs, dict):
+        why = "its rule, params and inputs are as locked: built by another pipemake or rule " \
+            "version, or from other code or upstream values"  # fmt: skip
+    else:
+        why = "built by another pipemake version or from other inputs/params"
+    return [Reason(Trigger.RULE, f"{_LOCK}'s key differs ({why})")]
+
+
+def _diff_locked_inputs(
+    locked: Mapping[str, Any], now: Mapping[str, Any], foreach_digest: str | None
+) -> list[Reason]:
+    """The inputs whose path or content differ between a lock section's ``inputs`` and a
+    key document's (see :func:`lock_reasons`)."""
+    out = []
+    for name in sorted(set(locked) | set(now)):
+        want, have = locked.get(name), now.get(name)
+        if have is None:
+            out.append(Reason(Trigger.INPUT, f"input {name} removed"))
+            continue
+        if not isinstance(want, dict):
+            out.append(Reason(Trigger.INPUT, f"input {name} added"))
+            continue
+        pair = isinstance(have, list) and len(have) == 2 and isinstance(have[0], str)
+        if "value" in want or not pair:
+            if want.get("value") != have:
+                out.append(Reason(Trigger.INPUT, f"input {name} changed"))
+            continue
+        path, digest = have
+        if want.get("path") != path:
+            out.append(Reason(Trigger.INPUT, f"input {name} {want.get('path')} → {path}"))
+        elif digest == "foreach":
+            if "items_digest" in want and want["items_digest"] != foreach_digest:
+                out.append(Reason(Trigger.INPUT, f"input {path}'s items changed"))
+        elif "hash" in want and want["hash"] != digest:
+            out.append(Reason(Trigger.INPUT, f"input {path} changed"))
+    return out
+
+
+def from_lock(reason: Reason) -> bool:
+    """Whether a reason compares the stage with ``pipemake.lock`` (one of
+    :func:`lock_reasons`), which ``status`` says as the stage's difference from the lock."""
+    detail = reason.detail
+    return detail.endswith(f" since {_LOCK}") or detail.startswith(f"{_LOCK}'s key differs")

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .executors.base import LOST, Message, Task
+from .errors import os_failure
+from .executors.base import GONE, LOST, Message, Task
 from .items import Item, chunks, merge_outputs, staged_files
 from .manifest import digests
 from .model import Stage
@@ -87,11 +89,20 @@ class ForeachRun(StageRun):
     requeued: set[str] = field(default_factory=set)
     #: tasks of never-started items ended in a row before finishing any (see _ended)
     first_deaths: int = 0
-    #: items not run: their task was ended from outside again before they started
+    #: items not run: their task was ended from outside again before they started, or
+    #: its executor can start nothing more
     not_run: set[str] = field(default_factory=set)
+    #: why the last of them were not run (an executor's cluster gone), for the stage's
+    #: failure when none of its items failed
+    not_run_why: str = ""
     #: the ids of its tasks running now, and since when none has run (None: one runs)
     live: set[str] = field(default_factory=set)
     idle_since: float | None = None
+    #: items that ran but could not be recorded (the store's database refused the write)
+    unrecorded: set[str] = field(default_factory=set)
+    #: whether assembling the stage changed its outputs in the workspace (False: every
+    #: item was in the store and the outputs were already what they record)
+    wrote: bool = False
 
     # run time ---------------------------------------------------------------------------
     def attempt_started(self, task: Task) -> None:
@@ -188,6 +199,28 @@ class ForeachRun(StageRun):
             said = f"item {_one_line(rel)} FAILED: {text[:ITEM_FAILURE_CHARS]}"
             ctx.bus.emit("log", stage_id, level="error", item=rel, text=said)
 
+    def fail_unrecorded(self, ctx: BuildContext, stage_id: str, rels: list[str], why: str) -> None:
+        """Note items that ran but whose entries the store could not write (``why``: the
+        clear error, a file-size limit or a full disk). The cause is one for them all: the
+        stage's failure says it once (:meth:`failure_text`); each item is named in the run
+        log's JSON (a ``quiet`` event the views do not print) and in the stage log."""
+        new = [rel for rel in rels if rel not in self.failures]
+        if not new:
+            return
+        lines = []
+        for rel in new:
+            self.failures[rel] = why
+            self.unrecorded.add(rel)
+            lines.append(f"item {_one_line(rel)} could not be recorded: {why}\n")
+            if len(self.failures) <= ITEM_FAILURES_SAID:
+                said = f"item {_one_line(rel)} could not be recorded: {why}"
+                ctx.bus.emit("log", stage_id, level="error", item=rel, text=said, quiet=True)
+        try:
+            with open(self.log, "a", encoding="utf-8", errors="backslashreplace") as f:
+                f.writelines(lines)
+        except OSError:
+            pass  # (the disk that refused the store may refuse this too: the run log has them)
+
     # on message -------------------------------------------------------------------------
     def on_message(self, ctx: BuildContext, stage: Stage, msg: Message) -> list[Task]:
         """Keep the items a task says ended (``items``); at its answer, commit them, retry
@@ -229,6 +262,8 @@ class ForeachRun(StageRun):
             results.update((i["relpath"], dict(failure)) for i in left)
             return []
         self.retried = True  # what the running item left behind is not to be trusted
+        if len(msg.data) > 4 and msg.data[4] == GONE:  # nothing more can run: not run
+            return self._gone(stage, task, msg.data[3], left, results, failure)
         rule = stage.rule
         size = max(1, rule.map_batch_size if task.mode == "map" else rule.batch_size)
         done = len(task.items) - len(left)  # items run in order, a batch at a time
@@ -258,6 +293,33 @@ class ForeachRun(StageRun):
                 return []
         return rest
 
+    def _gone(
+        self,
+        stage: Stage,
+        task: Task,
+        at: Any,
+        left: list[dict[str, Any]],
+        results: dict[str, Any],
+        failure: dict[str, Any],
+    ) -> list[dict[str, Any]]:
+        """A task its executor gave up on, able to start nothing more (the cluster gone):
+        the item it was running at index ``at`` (its rule's batch; none when -1: the task
+        never started) fails with ``failure``, and the items it never started are not run
+        (the next build runs them); none runs again here."""
+        running: set[str] = set()
+        if isinstance(at, int) and 0 <= at < len(task.items):
+            rule = stage.rule
+            size = max(1, rule.map_batch_size if task.mode == "map" else rule.batch_size)
+            running = {i["relpath"] for i in task.items[at : at + size]}
+        for i in left:
+            if i["relpath"] in running:
+                results[i["relpath"]] = dict(failure)
+            else:
+                self.not_run.add(i["relpath"])
+                self.not_run_why = failure["error"]
+                self.items_done += 1
+        return []
+
     def _answered(
         self,
         ctx: BuildContext,
@@ -277,7 +339,7 @@ class ForeachRun(StageRun):
             results = {rel: res for rel, res in results.items() if rel not in moved}
         failed = {rel for rel, res in results.items() if "error" in res}
         retry = bool(failed) and task is not None and task.attempt < task.max_attempts
-        commits = []
+        commits: dict[str, tuple[str, dict[str, Any]]] = {}
         if failed:
             self.retried = True
         for rel, res in results.items():
@@ -289,18 +351,19 @@ class ForeachRun(StageRun):
                 self.fail_item(ctx, stage.id, rel, res["error"] + tb)
             elif self.mapped is not None:
                 self.mapped[rel] = {"hash": res["hash"], "kind": res["kind"]}
-                commits.append((rs.item_keys[rel], {"map": self.mapped[rel]}))
+                commits[rel] = (rs.item_keys[rel], {"map": self.mapped[rel]})
             else:
                 if res["values"]:
                     self.values[rel] = res["values"]
                 self.done_items[rel] = res["outputs"]
                 if "staged" in res:
                     self.new[rel]["staged"] = res["staged"]
-                commits.append(
-                    (rs.item_keys[rel], {"outputs": res["outputs"], "values": res["values"]})
+                commits[rel] = (
+                    rs.item_keys[rel],
+                    {"outputs": res["outputs"], "values": res["values"]},
                 )
         if commits:
-            ctx.store.put_actions(commits)
+            self._commit(ctx, stage.id, commits)
         ctx.bus.emit(
             "progress", stage.id, done=self.items_done, total=self.items_total, unit="items",
             failed=len(self.failures),
@@ -313,6 +376,25 @@ class ForeachRun(StageRun):
             return [*follow, self._retry(ctx, stage, task, failed, results)]
         self.tasks.pop(task_id, None)  # answered for good: its item list is not needed
         return [*follow, *self._maybe_reduce(ctx, stage)]
+
+    def _commit(
+        self, ctx: BuildContext, stage_id: str, commits: dict[str, tuple[str, dict[str, Any]]]
+    ) -> None:
+        """Write the entries of the items of one answer (item relpath → key, entry) in one
+        transaction; when the store's database refuses the write (a file-size limit, a full
+        disk), those items fail, the cause said once for the stage."""
+        try:
+            ctx.store.put_actions(list(commits.values()))
+        except (OSError, sqlite3.OperationalError) as exc:
+            clear = os_failure(exc, ctx.store.path / "actions.db")
+            if clear is None:
+                raise
+            for rel in commits:
+                self.done_items.pop(rel, None)
+                self.values.pop(rel, None)
+                if self.mapped is not None:
+                    self.mapped.pop(rel, None)
+            self.fail_unrecorded(ctx, stage_id, list(commits), str(clear))
 
     def _requeue(self, ctx: BuildContext, task: Task, rest: list[dict[str, Any]]) -> Task:
         """A task for the items ``rest`` of ``task`` that it never started (it was ended
@@ -446,17 +528,31 @@ class ForeachRun(StageRun):
 
     def failure_text(self) -> str:
         """What the stage failed with when items failed: failed of all items (those run now
-        and those the store had), what is kept, then the first failure in full (its
-        traceback last)."""
+        and those the store had), those not run, what is kept, then the first failure in
+        full (its traceback last); items the store could not record, their one cause; items
+        only not run (an executor's cluster gone, none failing), why."""
         fails, cached, idle = self.failures, len(self.cached), len(self.not_run)
         total = self.items_total + cached
-        first_rel = sorted(fails)[0]
         ok = total - len(fails) - idle
         not_run = f"; {idle} not run (the next build runs them)" if idle else ""
         earlier = f" ({cached} from earlier builds)" if cached else ""
         kept = f"; the other {ok} are kept{earlier} and do not run again" if ok else ""
+        if not fails:  # none failed, some were not run (an executor's cluster gone)
+            why = f": {self.not_run_why}" if self.not_run_why else ""
+            return f"{idle} of {total} item(s) not run (the next build runs them){why}{kept}"
+        lost = sorted(self.unrecorded)
+        if lost:  # one cause for them all, said once
+            cause = fails[lost[0]]
+            if len(lost) == len(fails):
+                return (
+                    f"{len(lost)} of {total} item(s) could not be recorded: {cause}{not_run}{kept}"
+                )
+            unsaid = f" ({len(lost)} of them could not be recorded: {cause})"
+        else:
+            unsaid = ""
+        first_rel = sorted(rel for rel in fails if rel not in self.unrecorded)[0]
         first = f"First: item {_one_line(first_rel)}: {fails[first_rel]}"
-        return f"{len(fails)} of {total} item(s) failed{not_run}{kept}. {first}"
+        return f"{len(fails)} of {total} item(s) failed{unsaid}{not_run}{kept}. {first}"
 
     def rerun_lost(self, ctx: BuildContext, stage: Stage) -> list[Task]:
         """Tasks for the cached items whose objects left the store after the stage was
@@ -533,6 +629,9 @@ class ForeachRun(StageRun):
 
         root = str(ctx.root)
         for name, rel in rs.ports.outputs.items():
+            if not self.done_items and ctx.ws.check(merged[name], rel, ctx.hasher) is None:
+                continue  # nothing ran and the output is already what its items record
+            self.wrote = True
             whole = self._staged_whole(ctx, name, merged[name])
             if whole is not None:  # every item ran: the staged tree is the output, one rename
                 ctx.ws.place(whole, rel, later=lambda work: ctx.later(work, stage.id))

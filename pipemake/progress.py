@@ -257,6 +257,8 @@ def describe(event: Event) -> str | None:
     if k == "hook_finished":
         return f"{d.get('hook')} hook ran{_hook_target(d)}"
     if k == "log":
+        if d.get("quiet"):  # an item's detail the stage's own line sums up: in the JSON only
+            return None
         if d.get("item") is not None and s:  # an item's failure: the line naming it
             return f"{s}: {_first_line(d.get('text'))}"
         if d.get("level") in ("warning", "error", "info"):
@@ -416,7 +418,8 @@ class PlainView:
             for line in summary_lines(event, self.items):
                 self._line(line)
             return
-        if k == "log" and not self.verbose and event.data.get("item") is None:
+        if k == "log" and (event.data.get("quiet") or (
+                not self.verbose and event.data.get("item") is None)):  # fmt: skip
             return
         if k == "progress":
             self._progress(event)
@@ -536,6 +539,8 @@ class RichView:
             self._print(f"  ✗ {s}  FAILED: {_first_line(d.get('error'))}", "bold red")
         elif k == "stage_cancelled":
             self._print(f"  ■ {s}  stopped ({d.get('reason', '')})", "yellow")
+        elif k == "log" and d.get("quiet"):
+            pass  # summed up by its stage's own line
         elif k == "log" and d.get("item") is not None:
             self._print(f"  {describe(event) or ''}", "red")
         elif k == "log" and d.get("level") in ("warning", "error"):

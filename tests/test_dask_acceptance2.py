@@ -79,8 +79,9 @@ def test_items_a_batch_finished_before_its_scheduler_froze_are_kept(
     project: Callable[..., Proj], tmp_path: Path
 ) -> None:
     """The scheduler freezes while a batch of 8 items runs: the batch's answer never
-    arrives, but the items its worker finished are committed all the same, the rest fail
-    naming the lost scheduler, and the next build (here a local one) runs only those."""
+    arrives, but the items its worker finished are committed all the same, one running
+    then fails naming the lost scheduler, those never started are said not run, and the
+    next build (here a local one) runs only those."""
     c = _start(tmp_path / "c", [{"env": json.dumps({"PM_SLOW": "0.3"})}])
     try:
         # the worker's items take 0.3 s each; the environment is not part of a key
@@ -91,9 +92,19 @@ def test_items_a_batch_finished_before_its_scheduler_froze_are_kept(
         c.scheduler.send_signal(signal.SIGSTOP)
         _, err = build.communicate(timeout=60)
         assert build.returncode == 1, err
-        assert f"item f016.txt: lost the dask scheduler at {c.address}" in err
         kept = int(re.search(r"the other (\d+) are kept", err)[1])  # type: ignore[index]
         assert kept >= 11, err  # the first batch's 8 and those of the second that finished
+        # an item running when it froze fails; those never started are not run, not failed
+        failed = err.count(f" FAILED: lost the dask scheduler at {c.address}")
+        assert failed <= 1, err
+        if failed:
+            said = f"1 of 64 item(s) failed; {63 - kept} not run (the next build runs them)"
+        else:  # (the worker had finished its batch: the next one never started)
+            said = (
+                f"{64 - kept} of 64 item(s) not run (the next build runs them): lost the dask "
+                f"scheduler at {c.address}"
+            )
+        assert said in err, err
         again = proj.sub("build", "--no-progress")
         assert f"{64 - kept} of 64 items to run" in again.stderr
         ran = _who(proj)
@@ -102,6 +113,58 @@ def test_items_a_batch_finished_before_its_scheduler_froze_are_kept(
         assert proj.read("build/each/f063.txt") == "ITEM 63\n" * 64
     finally:
         c.scheduler.send_signal(signal.SIGCONT)
+        c.stop()
+
+
+def test_a_lost_scheduler_fails_the_running_item_and_says_the_unstarted_not_run(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """The scheduler dies while item f005 runs (-j 1, 16 items: tasks of two): f000-f004
+    are kept, f005 fails naming the lost scheduler, the ten never started are not run (not
+    failed), and the counts add up to the items."""
+    c = _start(tmp_path / "c", [{}])
+    try:
+        slow_f005 = "if [ {item.stem} = f005 ]; then sleep 20; fi; " + UPPER
+        proj = project(WHO.format(extra="", cmd=slow_f005), _items(16))
+        build = _build(proj, c.address, env={"PIPEMAKE_DASK_TIMEOUT": "2"})
+        wait_for(lambda: "f005" in _who(proj), 60, "item f005 running")
+        c.scheduler.send_signal(signal.SIGKILL)
+        _, err = build.communicate(timeout=60)
+        assert build.returncode == 1, err
+        assert TRACEBACK not in err
+        assert f"each: item f005.txt FAILED: lost the dask scheduler at {c.address}" in err, err
+        assert err.count(" FAILED: lost the dask scheduler") == 1, err  # no line per item
+        said = (
+            "1 of 16 item(s) failed; 10 not run (the next build runs them); the other 5 are "
+            "kept and do not run again. First: item f005.txt: lost the dask scheduler"
+        )
+        assert said in err, err
+        assert sorted(_who(proj)) == [f"f{i:03d}" for i in range(6)]  # none started after
+    finally:
+        c.stop()
+
+
+def test_an_item_that_kills_its_dask_worker_fails_alone(
+    project: Callable[..., Proj], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Item f003 kills the worker running it; dask gives up on its task at once (no
+    retries allowed here). As with a local worker's death, the items its task finished are
+    kept, f003 fails, and the ones it never started run in a task of their own on the
+    other worker: nothing else fails."""
+    monkeypatch.setenv("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "0")
+    c = _start(tmp_path / "c", [{}, {}])
+    try:
+        killer = "if [ {item.stem} = f003 ]; then kill -9 $PPID; fi; " + UPPER
+        proj = project(WHO.format(extra="", cmd=killer), _items(64))
+        _, err = _build(proj, c.address).communicate(timeout=120)
+        assert TRACEBACK not in err
+        assert "each: item f003.txt FAILED: the dask workers running it died" in err, err
+        assert err.count(" FAILED: the dask workers") == 1, err
+        assert "1 of 64 item(s) failed; the other 63 are kept" in err, err
+        ran = _who(proj)  # every other item ran once, those f003's task never started too
+        assert sorted(ran) == [f"f{i:03d}" for i in range(64)]
+        assert all(len(rows) == 1 for item, rows in ran.items() if item != "f003"), ran
+    finally:
         c.stop()
 
 
@@ -154,6 +217,7 @@ def test_the_only_worker_leaving_mid_build_stops_it_after_the_worker_wait(
         _, err = build.communicate(timeout=60)  # without the fix: waits for ever
         assert build.returncode == 1, err
         assert f"no dask worker left at the scheduler {c.address} for 2 s" in err
+        assert "1 of 2 item(s) failed; 1 not run (the next build runs them)" in err, err
         assert f"`dask worker {c.address} --nthreads 1`" in err and TRACEBACK not in err
         assert "retry" not in err.lower()
     finally:

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["LOST", "Executor", "Message", "Mode", "Task"]
+__all__ = ["GONE", "LOST", "Executor", "Message", "Mode", "Task"]
 
 #: what a task does: ``run`` a whole stage, run foreach ``items`` (each on its own), ``map``
 #: foreach items (each to a result), or ``reduce`` the map results
@@ -68,6 +68,10 @@ class Task:
 #: stopped or timed out) rather than one its code reported: the items a foreach task
 #: answered before are its own, and the first one that did not answer was running
 LOST = "lost"
+#: the fifth part of a :data:`LOST` error when the executor can start nothing more (its
+#: cluster is gone): the items the task never started are not run, not failed (then an
+#: index of -1: it was running none)
+GONE = "gone"
 
 
 @dataclass

@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 
 from ..errors import PipemakeError, UsageError
 from ..rule import get_rule, local_only, registry
-from .base import Executor, Message, Task
+from .base import GONE, LOST, Executor, Message, Task
 from .dask_worker import GPU, lacking_message, missing, probe, read_record, run_task, stop
 
 __all__ = ["DaskExecutor", "DaskLocalExecutor", "SchedulerUnreachable"]
@@ -494,7 +494,7 @@ class DaskExecutor(Executor):
             self._lost(str(exc) if timed_out else f"{type(exc).__name__}: {exc}")
             problem = self._broken
         if problem is not None:
-            self._fail(task, problem)
+            self._fail(task, problem, gone=problem == self._broken)
             return
         key = f"{self._tag}-{task.id}-{task.attempt}"
         self._tasks[task.id] = task
@@ -509,18 +509,19 @@ class DaskExecutor(Executor):
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - the client is closed: the scheduler is gone
             self._lost(str(exc))
-            self._fail(task, self._broken or str(exc))
+            self._fail(task, self._broken or str(exc), gone=self._broken is not None)
             return
         self._futures[task.id] = fut
         self._stuck.pop(task.id, None)
         fut.add_done_callback(lambda f, tid=task.id: self._done.put(_Settled(tid, f)))
 
-    def _fail(self, task: Task, text: str) -> None:
+    def _fail(self, task: Task, text: str, gone: bool = False) -> None:
         """Answer ``task`` with an error at once; a fault of the cluster is not the
-        task's, so it is not retried (it would fail the same way)."""
+        task's, so it is not retried (it would fail the same way). ``gone``: the cluster
+        can run nothing more (its items are then not run, none having started)."""
         task.attempt = max(task.attempt, task.max_attempts)
         self._tasks[task.id] = task
-        failed = _Failed(text)
+        failed = _Failed(text, gone and bool(task.items))
         self._futures[task.id] = failed
         self._done.put(_Settled(task.id, failed))
 
@@ -608,11 +609,13 @@ class DaskExecutor(Executor):
             self._stuck.pop(task_id, None)
             task = self._tasks.pop(task_id, None)
             if task is not None:
-                messages.append(self._stop_retrying(task, text))
+                messages += self._stop_retrying(task, text)
         return messages
 
     def _answer(self, task: Task, fut: Any) -> list[Message]:
         if isinstance(fut, _Failed):
+            if fut.gone:  # never sent: none of its items started
+                return [Message(task.id, "error", [fut.text, None, LOST, -1, GONE])]
             return [Message(task.id, "error", [fut.text, None])]
         status = fut.status
         if status == "finished":
@@ -620,42 +623,66 @@ class DaskExecutor(Executor):
                 said = fut.result(timeout=CONNECT_TIMEOUT)
             except Exception as exc:  # noqa: BLE001 - the scheduler went between done and fetch
                 self._lost(type(exc).__name__)
-                return [self._stop_retrying(task, self._broken or str(exc))]
+                return self._stop_retrying(task, self._broken or str(exc))
             self._forget_record(task.id)
             return [Message(task.id, kind, data) for kind, data in said]
         if status == "cancelled" and task.id not in self._cancelled:
             self._lost("the connection was closed")
-            return [self._stop_retrying(task, self._broken or "cancelled")]
-        self._forget_record(task.id)
+            return self._stop_retrying(task, self._broken or "cancelled")
         if status == "cancelled":
+            self._forget_record(task.id)
             return [Message(task.id, "error", [_STOPPED, None])]
         try:
             exc = fut.exception(timeout=CONNECT_TIMEOUT)
         except Exception as why:  # noqa: BLE001 - the scheduler went between done and fetch
             self._lost(type(why).__name__)
-            return [self._stop_retrying(task, self._broken or str(why))]
+            return self._stop_retrying(task, self._broken or str(why))
         if isinstance(exc, self.distributed.KilledWorker):
-            text = f"the dask workers running it died, again and again ({exc})"
-        else:
-            text = f"{type(exc).__name__}: {exc}"
-        return [Message(task.id, "error", [text, None])]
+            return self._killed(task, f"the dask workers running it died, again and again ({exc})")
+        self._forget_record(task.id)
+        return [Message(task.id, "error", [f"{type(exc).__name__}: {exc}", None])]
 
-    def _stop_retrying(self, task: Task, text: str) -> Message:
-        """The answer of a task given up on (the scheduler lost, no worker left for it),
-        not retried: the items its worker noted as finished are answered as such (they
-        are committed, as their answers would have been), the others fail with ``text``;
-        with none finished, the whole task fails with it."""
-        task.attempt = max(task.attempt, task.max_attempts)
+    def _killed(self, task: Task, text: str) -> list[Message]:
+        """The answer of a task whose workers died running it (dask gave up retrying it):
+        ended from outside, as a local task whose worker dies. The items its last attempt
+        noted as finished are answered as such; the one it was running fails, and the
+        build runs those it never started in a task of their own (see
+        :data:`~.base.LOST`)."""
         path = self._records.pop(task.id, None)
-        if path is None:
-            return Message(task.id, "error", [text, None])
+        if path is None:  # a whole stage's task
+            return [Message(task.id, "error", [text, None])]
         finished = read_record(path, {i["relpath"] for i in task.items})
         with contextlib.suppress(OSError):
             os.unlink(path)
+        left = [n for n, i in enumerate(task.items) if i["relpath"] not in finished]
+        said = [Message(task.id, "items", finished)] if finished else []
+        return [*said, Message(task.id, "error", [text, None, LOST, left[0] if left else -1])]
+
+    def _stop_retrying(self, task: Task, text: str) -> list[Message]:
+        """The answer of a task given up on (the scheduler lost, no worker left for it),
+        not retried: the items its worker noted as finished are answered as such (they
+        are committed, as their answers would have been). When the cluster can run nothing
+        more (the scheduler or every worker gone), the item it was running fails with
+        ``text`` and those it never started are not run (a task that never started: none
+        ran, none fails), as a local task ended from outside says; else the others fail
+        with ``text`` (with none finished, the whole task fails with it)."""
+        task.attempt = max(task.attempt, task.max_attempts)
+        path = self._records.pop(task.id, None)
+        if path is None:
+            return [Message(task.id, "error", [text, None])]
+        started = os.path.exists(path)  # its worker makes the file as it starts the task
+        finished = read_record(path, {i["relpath"] for i in task.items})
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        if self._broken is not None:
+            left = [n for n, i in enumerate(task.items) if i["relpath"] not in finished]
+            at = left[0] if started and left else -1
+            said = [Message(task.id, "items", finished)] if finished else []
+            return [*said, Message(task.id, "error", [text, None, LOST, at, GONE])]
         if not finished:
-            return Message(task.id, "error", [text, None])
+            return [Message(task.id, "error", [text, None])]
         items = {i["relpath"]: finished.get(i["relpath"]) or {"error": text} for i in task.items}
-        return Message(task.id, "result", {"items": items})
+        return [Message(task.id, "result", {"items": items})]
 
     def _forget_record(self, task_id: str) -> None:
         """Remove the file of finished items of a task whose answer arrived."""
@@ -732,10 +759,12 @@ class _Settled:
 
 
 class _Failed:
-    """An answer known before anything was sent to dask."""
+    """An answer known before anything was sent to dask (``gone``: because the cluster can
+    run nothing more, so a foreach task's items are not run rather than failed)."""
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, gone: bool = False):
         self.text = text
+        self.gone = gone
 
 
 @contextmanager
