@@ -231,3 +231,288 @@ def test_second_ctrl_c_ends_a_command_stalled_on_s3(
     assert proj.procs[0].returncode == 130, out + err
     assert TRACEBACK not in err, err
     assert "stopped at once" in err and "s3://bucket/cache" in err, err
+
+
+# -- read-only directory outputs ---------------------------------------------------------
+
+#: one stage writing a folder of a few files (and a sub-folder) from ``data/a.txt``
+FOLDER = """
+name: ro
+stages:
+  - id: d
+    type: shell
+    config:
+      cmd: "mkdir -p {outputs.d}/sub && cp {inputs.a} {outputs.d}/a.txt && echo kept > {outputs.d}/k.txt && cp {inputs.a} {outputs.d}/sub/b.txt"
+      inputs: {a: data/a.txt}
+      outputs: {d: build/d}
+"""
+
+
+@pytest.fixture
+def plain_user(tmp_path: Path) -> Iterator[tuple[Path, Callable[..., Any]]]:
+    """A folder a user without root's powers owns and a runner of ``pipemake`` as that
+    user there (as root, nobody's uid: root ignores a folder's missing write bit)."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(dir="/tmp", prefix="pm-ro-"))
+    os.chmod(top, 0o755)
+    root = top / "ws"
+    root.mkdir()
+    uid = 65534 if os.geteuid() == 0 else os.geteuid()
+
+    def drop() -> None:
+        if os.geteuid() == 0:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+
+    def run(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+        for p in [root, *root.rglob("*")]:
+            if not p.is_symlink() and p.stat().st_uid != uid:
+                os.lchown(p, uid, uid)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIPEMAKE_")}
+        env["HOME"] = str(top)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipemake", "-C", str(root), *args],
+            capture_output=True, text=True, env=env, timeout=120, preexec_fn=drop,
+        )  # fmt: skip
+        assert proc.returncode == code, proc.stdout + proc.stderr
+        return proc
+
+    try:
+        yield root, run
+    finally:
+        for p in [top, *top.rglob("*")]:
+            if p.is_dir() and not p.is_symlink():
+                os.chmod(p, 0o755)
+        shutil.rmtree(top)
+
+
+def _tmp_left(root: Path) -> list[str]:
+    tmp = root / ".pipemake" / "tmp"
+    return sorted(p.name for p in tmp.iterdir()) if tmp.is_dir() else []
+
+
+def _no_write_bits(path: Path) -> bool:
+    return all(not (p.lstat().st_mode & 0o222) for p in [path, *path.rglob("*")] if p.is_dir())
+
+
+def _read_only(out: Path, top: bool) -> None:
+    for p in [*out.rglob("*"), *([out] if top else [])]:
+        os.chmod(p, p.stat().st_mode & ~0o222)
+
+
+@pytest.mark.parametrize("top", [True, False], ids=["chmod-R", "inner-folders"])
+def test_a_read_only_directory_output_updated_by_swap_leaves_nothing_in_tmp(
+    plain_user: tuple[Path, Callable[..., Any]], top: bool
+) -> None:
+    """The user makes a built folder read-only (``chmod -R a-w``, or only what is inside
+    it), an input changes, the stage reruns: the new output is in place with its folders
+    as read-only as before, and the old copy is gone from ``.pipemake/tmp``. Switching
+    the input back restores the first output from the store: the same, and the file
+    kept unchanged keeps its read-only mode."""
+    root, run = plain_user
+    (root / "pipemake.yaml").write_text(FOLDER.lstrip())
+    (root / "data").mkdir()
+    (root / "data" / "a.txt").write_text("one\n")
+    run("build", "--no-progress")
+    out = root / "build" / "d"
+    _read_only(out, top)
+    modes = {p: p.stat().st_mode for p in [out, out / "sub"]}
+    (root / "data" / "a.txt").write_text("two\n")
+    run("build", "--no-progress")
+    assert (out / "a.txt").read_text() == "two\n" and (out / "sub" / "b.txt").read_text() == "two\n"
+    assert _tmp_left(root) == []
+    assert [p for p in root.joinpath("build").iterdir() if p.name != "d"] == []
+    assert {p: p.stat().st_mode for p in modes} == modes
+    _read_only(out, top)
+    (root / "data" / "a.txt").write_text("one\n")
+    assert "1 restored" in run("build", "--no-progress").stderr
+    assert (out / "a.txt").read_text() == "one\n"
+    assert _tmp_left(root) == []
+    assert {p: p.stat().st_mode for p in modes} == modes
+    assert not (out / "k.txt").stat().st_mode & 0o222  # kept as it was: still read-only
+    run("status", "--check")
+
+
+def test_a_read_only_leftover_of_a_killed_build_is_swept_and_nothing_outside_changes(
+    plain_user: tuple[Path, Callable[..., Any]],
+) -> None:
+    """A killed build left an old read-only copy in ``.pipemake/tmp`` holding a link to a
+    read-only folder of the user's: the next build removes the copy, and the user's
+    folder keeps its mode and its files."""
+    root, run = plain_user
+    (root / "pipemake.yaml").write_text(FOLDER.lstrip())
+    (root / "data").mkdir()
+    (root / "data" / "a.txt").write_text("one\n")
+    run("build", "--no-progress")
+    mine = root.parent / "mine"
+    (mine / "deep").mkdir(parents=True)
+    (mine / "deep" / "f.txt").write_text("mine\n")
+    left = root / ".pipemake" / "tmp" / "trash-0123456789"
+    (left / "sub").mkdir(parents=True)
+    (left / "sub" / "x.txt").write_text("old\n")
+    (left / "link").symlink_to(mine)
+    uid = (root / "pipemake.yaml").stat().st_uid
+    os.lchown(mine, uid, uid)
+    for p in [left, *left.rglob("*"), mine, *mine.rglob("*")]:
+        if not p.is_symlink():
+            os.lchown(p, uid, uid)
+    for p in sorted([left, *left.rglob("*"), mine, *mine.rglob("*")], reverse=True):
+        if not p.is_symlink():
+            os.chmod(p, p.stat().st_mode & ~0o222)
+    (root / "data" / "a.txt").write_text("two\n")
+    run("build", "--no-progress")
+    assert _tmp_left(root) == []
+    assert (mine / "deep" / "f.txt").read_text() == "mine\n"
+    assert _no_write_bits(mine)
+
+
+# -- folder group, mode and ACLs on restore ---------------------------------------------
+
+
+def _spare_gid() -> int:
+    """A group the current user may give a folder, other than its own (skips if none)."""
+    if os.geteuid() == 0:
+        return 100 if os.getegid() != 100 else 101
+    others = [g for g in os.getgroups() if g != os.getegid()]
+    if not others:
+        pytest.skip("the user belongs to no second group")
+    return others[0]
+
+
+def _store_and_manifest(tmp_path: Path, files: dict[str, str]) -> tuple[Any, dict[str, Any]]:
+    from pipemake.hashing import tree_hash
+    from pipemake.store import Store
+
+    store = Store(tmp_path / "store")
+    entries = [
+        [rel, store.put_bytes(t.encode()), len(t), 0o644] for rel, t in sorted(files.items())
+    ]
+    return store, {"kind": "dir", "hash": tree_hash(entries), "entries": entries}
+
+
+FILES = {"a.txt": "a\n", "sub/b.txt": "b\n", "sub/deep/c.txt": "c\n"}
+
+
+def _old_output(tmp_path: Path, rel: str, gid: int) -> Path:
+    out = tmp_path / rel
+    for name, text in {"old.txt": "old\n", "sub/x.txt": "x\n"}.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    os.chown(out, -1, gid)
+    os.chown(out / "sub", -1, gid)
+    out.chmod(0o2770)
+    (out / "sub").chmod(0o2750)
+    return out
+
+
+@pytest.mark.parametrize("other_disk", [False, True], ids=["rename", "copy-beside"])
+def test_restore_keeps_the_old_folders_mode_and_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, other_disk: bool
+) -> None:
+    """``restore()`` over an output folder shared through a group (``chgrp``, ``g+s``):
+    the restored folder and its sub-folder keep their mode and group, and the files it
+    gets take the group as files made there would; also where the output lies on another
+    filesystem than the staging area (the copy made beside it)."""
+    from pipemake import workspace
+    from pipemake.workspace import Workspace
+
+    gid = _spare_gid()
+    out = _old_output(tmp_path, "team/out", gid)
+    store, manifest = _store_and_manifest(tmp_path, FILES)
+    if other_disk:
+        monkeypatch.setattr(workspace, "_same_dev", lambda a, b: False)
+    assert Workspace(tmp_path).restore(manifest, "team/out", store, "t")
+    got = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert got == set(FILES)
+    assert (os.stat(out).st_gid, stat_mode(out)) == (gid, 0o2770)
+    assert (os.stat(out / "sub").st_gid, stat_mode(out / "sub")) == (gid, 0o2750)
+    assert os.stat(out / "a.txt").st_gid == gid  # made in a set-group-ID folder
+    assert os.stat(out / "sub/deep").st_gid == gid
+    assert _tmp_left(tmp_path) == []
+
+
+def stat_mode(path: Path) -> int:
+    import stat
+
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+@pytest.mark.parametrize("how", ["restore", "sync"])
+def test_an_output_new_in_a_shared_folder_takes_what_a_new_folder_gets_there(
+    tmp_path: Path, how: str
+) -> None:
+    """No output folder yet, in a team folder of group ``data`` with ``g+s``: the restored
+    output, its sub-folders and its files take the team folder's group, and its folders
+    the set-group-ID bit, as ``mkdir`` there would give them; its mode is what the umask
+    gives."""
+    from pipemake.fshash import Hasher
+    from pipemake.workspace import Workspace
+
+    gid = _spare_gid()
+    team = tmp_path / "team"
+    team.mkdir()
+    os.chown(team, -1, gid)
+    team.chmod(0o2775)
+    store, manifest = _store_and_manifest(tmp_path, FILES)
+    ws = Workspace(tmp_path)
+    if how == "restore":
+        assert ws.restore(manifest, "team/out", store, "t")
+    else:
+        assert ws.sync_dir(manifest, "team/out", store, Hasher(str(tmp_path)))
+    out = team / "out"
+    (team / "by_mkdir").mkdir()
+    assert stat_mode(out) == stat_mode(team / "by_mkdir")
+    for p in [out, out / "sub", out / "sub/deep"]:
+        assert os.stat(p).st_gid == gid and stat_mode(p) & 0o2000, p
+    for rel in FILES:
+        assert os.stat(out / rel).st_gid == gid, rel
+
+
+def _acl(gid: int) -> bytes:
+    """A POSIX access (or default) ACL in the kernel's xattr form: owner rwx, owning group
+    r-x, group ``gid`` rwx, mask rwx, others none."""
+    import struct
+
+    entries = [(0x01, 7, 0xFFFFFFFF), (0x04, 5, 0xFFFFFFFF), (0x08, 7, gid),
+               (0x10, 7, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF)]  # fmt: skip
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+@pytest.mark.parametrize("how", ["restore", "sync", "copy-beside"])
+def test_a_restored_or_swapped_output_folder_keeps_its_acls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """An output folder (and its sub-folder) with POSIX ACLs (``setfacl -m g:data:rwx``
+    and a default ACL): after a restore, a swap, or a restore on another filesystem, the
+    folders hold the same ACLs (skipped where the file system has none)."""
+    from pipemake import workspace
+    from pipemake.fshash import Hasher
+    from pipemake.workspace import Workspace
+
+    gid = _spare_gid()
+    out = _old_output(tmp_path, "out", gid)
+    out.chmod(0o770)
+    names = ("system.posix_acl_access", "system.posix_acl_default")
+    try:
+        for p in (out, out / "sub"):
+            for name in names:
+                os.setxattr(p, name, _acl(gid))
+    except OSError as exc:
+        pytest.skip(f"no POSIX ACLs here: {exc}")
+    want = {p: {n: os.getxattr(p, n) for n in names} for p in (out, out / "sub")}
+    store, manifest = _store_and_manifest(tmp_path, FILES)
+    ws = Workspace(tmp_path)
+    folder = os.stat(out).st_ino
+    if how == "sync":
+        assert ws.sync_dir(manifest, "out", store, Hasher(str(tmp_path)))
+    else:
+        if how == "copy-beside":
+            monkeypatch.setattr(workspace, "_same_dev", lambda a, b: False)
+        assert ws.restore(manifest, "out", store, "t")
+    assert os.stat(out).st_ino != folder
+    assert {p: {n: os.getxattr(p, n) for n in names} for p in (out, out / "sub")} == want
