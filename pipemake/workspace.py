@@ -144,6 +144,9 @@ class Workspace:
 
         The old content is first renamed aside, so the path holds either the old or the new
         output, and is never half-written; ``later`` (the builder's) puts off deleting it.
+        A directory output keeps its folders' mode, group and ACLs as :meth:`sync_dir`
+        says (a read-only one is swapped beside itself, since it cannot change folder);
+        its files are the new output's, with their own modes.
         A symlink at ``rel`` is moved aside as a link: what it points to is left alone. A
         staged output that is itself a symlink (a stage that linked its output to its input)
         is placed as a copy of what it points to, so an output path always holds pipemake's
@@ -334,9 +337,11 @@ class Workspace:
         hard-linked in, and swaps it in in one atomic step, so a kill leaves the old output
         or the new one.
         The new folder, and each sub-folder it makes for one the output had, takes the old
-        one's permission bits and, where the user may set it, its group (a folder a team
-        shares with ``chmod 2770`` and ``chgrp`` stays shared); access control lists are
-        not copied.
+        one's permission bits, its POSIX ACLs and, where the user may set it, its group (a
+        folder a team shares with ``chmod 2770``, ``chgrp`` and ``setfacl`` stays shared);
+        a folder new in a set-group-ID folder takes its group, as ``mkdir`` there would.
+        A folder its user made read-only stays read-only; the files it keeps keep their
+        modes, and a file written anew has the mode its manifest records.
 
         Symlinks are never written or deleted through: an output that is a link, or holds
         one, is restored whole (see :meth:`restore`: the link goes as a link), and a staged
