@@ -516,3 +516,68 @@ def test_a_restored_or_swapped_output_folder_keeps_its_acls(
         assert ws.restore(manifest, "out", store, "t")
     assert os.stat(out).st_ino != folder
     assert {p: {n: os.getxattr(p, n) for n in names} for p in (out, out / "sub")} == want
+
+
+# -- Ctrl-C at start-up ------------------------------------------------------------------
+
+
+def _startup_runs(delays_ms: list[int], tmp_path: Path) -> list[tuple[int, int, str]]:
+    """Start the ``pipemake`` console script (``status`` in an empty folder) once per delay
+    and send it SIGINT that many milliseconds after the spawn: (delay, exit status,
+    stderr) of each."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    script = Path(sys.executable).parent / "pipemake"
+    if not script.exists():
+        found = shutil.which("pipemake")
+        if found is None:
+            pytest.skip("no pipemake console script installed")
+        script = Path(found)
+    out = []
+    for delay in delays_ms:
+        proc = subprocess.Popen(
+            [str(script), "status"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(delay / 1000)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+        out.append((delay, proc.returncode, err))
+    return out
+
+
+def _where(err: str) -> str:
+    """The file a start-up traceback was raised in (its last frame)."""
+    files = [line.split('"')[1] for line in err.splitlines() if line.strip().startswith('File "')]
+    return files[-1] if files else "?"
+
+
+def test_ctrl_c_at_start_up_ends_with_130_and_a_traceback_only_before_pipemake_runs(
+    tmp_path: Path,
+) -> None:
+    """SIGINT 0-50 ms after the console script is spawned: every run ends as interrupted
+    (130, or killed by SIGINT before Python could say anything) or had already finished;
+    a traceback, where one is printed, was raised before pipemake's handler was installed
+    (in Python's own start-up, ``site``, or the import system finding the package: the
+    package and ``pipemake.entry`` import nothing before the handler but built-in
+    modules), never in pipemake's engine or CLI. The counts are printed (no timing is
+    asserted)."""
+    runs = _startup_runs([d for d in range(0, 51, 5) for _ in range(2)], tmp_path)
+    counts: dict[str, int] = {}
+    for delay, code, err in runs:
+        if "Fatal Python error: init_import_site" in err:  # Python's own start-up
+            assert code == 1, (delay, code, err)
+            what = "python start-up (site)"
+        elif TRACEBACK in err:
+            what = _where(err)
+            assert code in (130, -signal.SIGINT), (delay, code, err)
+            assert "pipemake/cli.py" not in err and "pipemake/api.py" not in err, err
+        else:
+            assert code in (130, -signal.SIGINT, 2), (delay, code, err)
+            assert code != 130 or err.strip().endswith("interrupted"), err
+            what = {130: "interrupted, 130", 2: "finished first"}.get(code, "killed, silent")
+        counts[what] = counts.get(what, 0) + 1
+    print(f"\n{len(runs)} start-ups: {counts}")
