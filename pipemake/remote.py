@@ -125,6 +125,7 @@ class FetchInterrupted(Interrupted):
                 f"to remote {self.url}, each whole"
             )
             lost, verb = "the uploads under way were abandoned", "send"
+            sweep = "a later push or `pipemake cache gc --remote` removes"
         else:
             done = (
                 f"fetched {s.entries} entr{'y' if s.entries == 1 else 'ies'} and {s.objects} "
@@ -132,13 +133,13 @@ class FetchInterrupted(Interrupted):
                 f"{self.url}, each verified and kept"
             )
             lost, verb = "the batch being fetched was discarded", "fetch"
+            sweep = "`pipemake cache gc` removes"
         again = f"Run `pipemake {self.command}` again to {verb} the rest."
         if not self.forced:
             return f"interrupted by {name}: {done}; nothing half-fetched was kept. {again}"
         return (
             f"interrupted by {name} again: stopped at once; {done}; {lost} and nothing "
-            f"half-written was kept (at most a temporary file, which a later {self.command} "
-            f"removes). {again}"
+            f"half-written was kept (at most a temporary file, which {sweep}). {again}"
         )
 
 
@@ -241,7 +242,7 @@ class Remote:
         text = self._interrupted(signum, forced=True).format()
         text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
         try:
-            os.write(2, f"pipemake: {text}\n".encode(errors="replace"))
+            os.write(2, f"{text}\n".encode(errors="replace"))
         except OSError:
             pass
         os._exit(128 + signum)

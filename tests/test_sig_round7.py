@@ -79,6 +79,7 @@ def _twice(proc: Any, ready: Callable[[], bool]) -> tuple[str, str]:
     wait_for(ready, 60, "a stalled request")
     proc.send_signal(signal.SIGINT)
     threading.Event().wait(0.4)  # the first is handled before the second arrives
+    assert proc.poll() is None, proc.communicate()  # the first waits for the batch
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)  # the stall never ends: only a forced exit ends it
     return out, err
