@@ -752,11 +752,8 @@ def _like_tree(base: str, new: str, model: _Folder) -> None:
                         if exc.errno not in _NOT_HERE:
                             raise
     for d in sorted(dirs, key=lambda d: d.count("/"), reverse=True):
-        try:
-            old = os.lstat(os.path.join(base, d))
-        except OSError:
-            old = None
-        if old is not None and stat.S_ISDIR(old.st_mode):
+        old = _old_dir(base, d)
+        if old is not None:
             _like(os.path.join(new, d), _folder(os.path.join(base, d), old))
         elif inherit:
             mode = stat.S_IMODE(os.lstat(os.path.join(new, d)).st_mode)
@@ -773,12 +770,25 @@ def _like_folders(base: str, new: str, entries: list[list[Any]]) -> None:
             dirs.add(parent)
             parent = parent.rpartition("/")[0]
     for d in sorted(dirs, key=lambda d: d.count("/"), reverse=True):
-        try:
-            old = os.lstat(f"{base}/{d}")
-        except OSError:
-            continue
-        if stat.S_ISDIR(old.st_mode):
+        old = _old_dir(base, d)
+        if old is not None:
             _like(f"{new}/{d}", _folder(f"{base}/{d}", old))
+
+
+def _old_dir(base: str, rel: str) -> os.stat_result | None:
+    """The ``lstat`` of the folder ``rel`` of the old output ``base``, or None where there
+    is none, or a link lies on the way (nothing outside the output lends its metadata)."""
+    here = base
+    st = None
+    for part in rel.split("/"):
+        here = f"{here}/{part}"
+        try:
+            st = os.lstat(here)
+        except OSError:
+            return None
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+    return st
 
 
 def _move(src: str, dst: str) -> None:

@@ -582,3 +582,30 @@ def test_ctrl_c_at_start_up_ends_with_130_and_a_traceback_only_before_pipemake_r
             what = {130: "interrupted, 130", 2: "finished first"}.get(code, "killed, silent")
         counts[what] = counts.get(what, 0) + 1
     print(f"\n{len(runs)} start-ups: {counts}")
+
+
+def test_a_link_in_the_old_output_lends_no_folder_metadata_from_outside(tmp_path: Path) -> None:
+    """The old output's ``sub`` is a link to a folder elsewhere (mode 0701, another
+    group): the restored output's real ``sub`` folder takes nothing of it, and the folder
+    elsewhere is left as it was."""
+    from pipemake.workspace import Workspace
+
+    gid = _spare_gid()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "deep").mkdir()
+    os.chown(elsewhere, -1, gid)
+    os.chown(elsewhere / "deep", -1, gid)
+    elsewhere.chmod(0o701)
+    (elsewhere / "deep").chmod(0o711)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").symlink_to(elsewhere)
+    store, manifest = _store_and_manifest(tmp_path, FILES)
+    assert Workspace(tmp_path).restore(manifest, "out", store, "t")
+    assert not (out / "sub").is_symlink()
+    assert stat_mode(out / "sub") != 0o701 and os.stat(out / "sub").st_gid != gid
+    deep = out / "sub" / "deep"
+    assert stat_mode(deep) != 0o711 and os.stat(deep).st_gid != gid
+    assert (stat_mode(elsewhere), os.stat(elsewhere).st_gid) == (0o701, gid)
+    assert list(elsewhere.iterdir()) == [elsewhere / "deep"]
