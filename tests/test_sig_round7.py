@@ -585,9 +585,9 @@ def test_ctrl_c_at_start_up_ends_with_130_and_a_traceback_only_before_pipemake_r
 
 
 def test_a_link_in_the_old_output_lends_no_folder_metadata_from_outside(tmp_path: Path) -> None:
-    """The old output's ``sub`` is a link to a folder elsewhere (mode 0701, another
-    group): the restored output's real ``sub`` folder takes nothing of it, and the folder
-    elsewhere is left as it was."""
+    """The old output's ``sub`` is a link to a folder elsewhere (mode 0701, its ``deep``
+    0711, another group): the restored output's real ``sub`` and ``sub/deep`` take
+    nothing of them, and the folder elsewhere is left as it was."""
     from pipemake.workspace import Workspace
 
     gid = _spare_gid()
