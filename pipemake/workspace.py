@@ -384,7 +384,8 @@ class Workspace:
         if st is not None:
             want = {e[0] for e in manifest["entries"]}
             stale = [r for r in have if r not in want]
-            if _in_place(len(fetch) + len(move) + len(stale), len(want)):
+            touched = [f[0] for f in fetch] + [m[0] for m in move] + stale
+            if _in_place(len(touched), len(want)) and _may_write(base, touched):
                 return self._update(dest, fetch, move, stale, store, bad)
         dest.parent.mkdir(parents=True, exist_ok=True)
         new = self._scratch(dest)
@@ -619,6 +620,27 @@ def _in_place(touched: int, total: int) -> bool:
     it writes anyway (or 256 links, nothing), and a kill leaves the old output or the new
     one, never a large restore or switch back half done."""
     return total >= _SWAP_ALWAYS_BELOW and touched * 16 <= total
+
+
+def _may_write(top: str, relpaths: list[str]) -> bool:
+    """Whether this user may add and remove names in each folder of the output ``top`` that
+    the files ``relpaths`` go in (or in the nearest one there is, where it is made): not
+    in a folder its user made read-only, which an update beside and a swap leave as it
+    is."""
+    seen: set[str] = set()
+    for relpath in relpaths:
+        parent = relpath.rpartition("/")[0]
+        while parent not in seen:
+            seen.add(parent)
+            path = f"{top}/{parent}" if parent else top
+            if os.path.isdir(path):
+                if not os.access(path, os.W_OK | os.X_OK):
+                    return False
+                break
+            if not parent:
+                break
+            parent = parent.rpartition("/")[0]
+    return True
 
 
 def _replace(src: str, target: str) -> None:

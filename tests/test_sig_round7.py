@@ -609,3 +609,42 @@ def test_a_link_in_the_old_output_lends_no_folder_metadata_from_outside(tmp_path
     assert stat_mode(deep) != 0o711 and os.stat(deep).st_gid != gid
     assert (stat_mode(elsewhere), os.stat(elsewhere).st_gid) == (0o701, gid)
     assert list(elsewhere.iterdir()) == [elsewhere / "deep"]
+
+
+#: a folder of 300 files of which only ``1.txt`` follows ``data/a.txt``
+BIG_FOLDER = """
+name: ro
+stages:
+  - id: d
+    type: shell
+    config:
+      cmd: "mkdir -p {outputs.d}/s && for i in $(seq 2 300); do echo $i > {outputs.d}/s/$i.txt; done && cp {inputs.a} {outputs.d}/s/1.txt"
+      inputs: {a: data/a.txt}
+      outputs: {d: build/d}
+"""
+
+
+def test_a_read_only_large_output_that_changes_little_is_swapped_not_edited_in_place(
+    plain_user: tuple[Path, Callable[..., Any]],
+) -> None:
+    """A large directory output made read-only, restored to a version that differs in one
+    file (which would go in place, one rename into a read-only folder): the output is
+    assembled beside and swapped in instead, its folders stay read-only, and nothing is
+    left in ``.pipemake/tmp``."""
+    root, run = plain_user
+    (root / "pipemake.yaml").write_text(BIG_FOLDER.lstrip())
+    (root / "data").mkdir()
+    (root / "data" / "a.txt").write_text("one\n")
+    run("build", "--no-progress")
+    (root / "data" / "a.txt").write_text("two\n")
+    run("build", "--no-progress")
+    out = root / "build" / "d"
+    _read_only(out, True)
+    modes = {p: p.stat().st_mode for p in [out, out / "s"]}
+    (root / "data" / "a.txt").write_text("one\n")
+    assert "1 restored" in run("build", "--no-progress").stderr
+    assert (out / "s" / "1.txt").read_text() == "one\n"
+    assert len(list((out / "s").iterdir())) == 300
+    assert {p: p.stat().st_mode for p in modes} == modes
+    assert _tmp_left(root) == []
+    run("status", "--check")
