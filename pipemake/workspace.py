@@ -160,6 +160,8 @@ class Workspace:
         if model is not None:  # the copies below carry each folder's and file's group
             _like(str(staged), model, writable=True)
             _like_tree(str(dest), str(staged), model)
+        else:
+            _file_group(str(staged), dest.parent)
         if not os.path.lexists(dest):
             _move(str(staged), str(dest))
             _finish_mode(str(dest), model)
@@ -740,6 +742,27 @@ def _like(path: str, old: _Folder, writable: bool = False) -> None:
             if exc.errno not in _NOT_HERE:
                 raise
     os.chmod(path, old.mode | stat.S_IRWXU if writable else old.mode)
+
+
+def _file_group(path: str, parent: Path) -> None:
+    """Give the staged file ``path`` the group of ``parent`` where that is a
+    set-group-ID folder, as a file made there gets (one linked to a store object keeps
+    the store's)."""
+    try:
+        pst, st = os.stat(parent), os.lstat(path)
+    except OSError:
+        return
+    if (
+        pst.st_mode & stat.S_ISGID
+        and stat.S_ISREG(st.st_mode)
+        and st.st_nlink == 1
+        and st.st_gid != pst.st_gid
+    ):
+        try:
+            os.chown(path, -1, pst.st_gid, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in _NOT_HERE:
+                raise
 
 
 def _finish_mode(path: str, model: _Folder | None) -> None:

@@ -648,3 +648,21 @@ def test_a_read_only_large_output_that_changes_little_is_swapped_not_edited_in_p
     assert {p: p.stat().st_mode for p in modes} == modes
     assert _tmp_left(root) == []
     run("status", "--check")
+
+
+def test_a_file_output_restored_into_a_shared_folder_takes_its_group(tmp_path: Path) -> None:
+    """A file output restored into a team folder with ``g+s``: it takes the folder's group,
+    as a file made there would."""
+    from pipemake.workspace import Workspace
+
+    gid = _spare_gid()
+    team = tmp_path / "team"
+    team.mkdir()
+    os.chown(team, -1, gid)
+    team.chmod(0o2775)
+    store, _ = _store_and_manifest(tmp_path, {})
+    digest = store.put_bytes(b"hello\n")
+    manifest = {"kind": "file", "hash": digest, "size": 6, "mode": 0o644}
+    assert Workspace(tmp_path).restore(manifest, "team/o.txt", store, "t")
+    assert (team / "o.txt").read_text() == "hello\n"
+    assert os.stat(team / "o.txt").st_gid == gid
