@@ -136,7 +136,8 @@ class FetchInterrupted(Interrupted):
             sweep = "`pipemake cache gc` removes"
         again = f"Run `pipemake {self.command}` again to {verb} the rest."
         if not self.forced:
-            return f"interrupted by {name}: {done}; nothing half-fetched was kept. {again}"
+            half = "written" if self.command == "push" else "fetched"
+            return f"interrupted by {name}: {done}; nothing half-{half} was kept. {again}"
         return (
             f"interrupted by {name} again: stopped at once; {done}; {lost} and nothing "
             f"half-written was kept (at most a temporary file, which {sweep}). {again}"
@@ -231,9 +232,9 @@ class Remote:
         """End the process now (a second Ctrl-C): the objects and entries already stored
         (each whole: the store renames a finished file into place, commits an entry in one
         transaction) stay; the files of objects still being fetched are removed, and what
-        threads were writing remains a temporary only, which the next command sweeps. The
-        batches under way are not waited for: a read stalled on the network cannot hold
-        the exit."""
+        threads were writing remains a temporary only (the message says what removes it).
+        The batches under way are not waited for: a read stalled on the network cannot
+        hold the exit."""
         for tmp in list(self._temps):
             try:
                 os.unlink(tmp)
