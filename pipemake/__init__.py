@@ -9,10 +9,16 @@ The public API is what ``__all__`` names: load a project, then build, plan or in
 :mod:`pipemake.rule`.
 """
 
-import sys
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
 
+import sys
+
+# not ``typing``'s (an import of 2 ms): the console script imports this package before
+# ``pipemake.entry`` installs its Ctrl-C handler, so what runs here is that window
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .api import (
         BuildReport,
         Project,

@@ -1288,10 +1288,13 @@ def _with_remote(
     cache_dir: str | None,
 ) -> dict[str, Any]:
     """``call(project, targets)`` (pull or push) on the project opened with the remote the
-    options name; what it says, after its warnings are shown."""
+    options name; what it says, after its warnings are shown. A second Ctrl-C while a
+    request batch is under way ends the command at once (see :class:`pipemake.remote.Remote`)."""
     with _project(
         ctx, cache_dir=cache_dir, remote=remote, remote_read_only=remote_read_only
     ) as project:
+        if project.remote is not None:
+            project.remote.hard_stop = call.__name__
         info = call(project, targets)
     _say_warnings(info["warnings"])
     return info

@@ -29,7 +29,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import xxhash
@@ -91,27 +93,54 @@ class RemoteStats:
 
 
 class FetchInterrupted(Interrupted):
-    """A command that fetches from the remote (``pull``) was stopped by a signal between
-    two request batches: what it fetched and verified is kept, nothing half-written."""
+    """``pull`` or ``push`` was stopped by a signal: after the request batch under way (a
+    first Ctrl-C), or at once (a second one, ``forced``). What was fetched and verified, or
+    pushed whole, is kept; nothing half-written is."""
 
-    def __init__(self, signum: int, url: str, stats: RemoteStats, command: str = "pull"):
+    def __init__(
+        self,
+        signum: int,
+        url: str,
+        stats: RemoteStats,
+        command: str = "pull",
+        forced: bool = False,
+    ):
         super().__init__(signum)
         self.url = url
         self.stats = stats
         self.command = command
+        self.forced = forced
 
     def format(self) -> str:
-        """Which signal, how much was fetched, and that running again resumes."""
+        """Which signal, how much was fetched (or pushed), and that running again resumes."""
         try:
             name = signal.Signals(self.signum).name
         except ValueError:
             name = f"signal {self.signum}"
         s = self.stats
+        if self.command == "push":
+            n, m = s.pushed_entries, s.pushed_objects
+            done = (
+                f"pushed {n} entr{'y' if n == 1 else 'ies'} and {m} object{'s' * (m != 1)} "
+                f"to remote {self.url}, each whole"
+            )
+            lost, verb = "the uploads under way were abandoned", "send"
+            sweep = "a later push or `pipemake cache gc --remote` removes"
+        else:
+            done = (
+                f"fetched {s.entries} entr{'y' if s.entries == 1 else 'ies'} and {s.objects} "
+                f"object{'s' * (s.objects != 1)} ({s.bytes / 1e6:.1f} MB) from remote "
+                f"{self.url}, each verified and kept"
+            )
+            lost, verb = "the batch being fetched was discarded", "fetch"
+            sweep = "`pipemake cache gc` removes"
+        again = f"Run `pipemake {self.command}` again to {verb} the rest."
+        if not self.forced:
+            half = "written" if self.command == "push" else "fetched"
+            return f"interrupted by {name}: {done}; nothing half-{half} was kept. {again}"
         return (
-            f"interrupted by {name}: fetched {s.entries} entr{'y' if s.entries == 1 else 'ies'}"
-            f" and {s.objects} object{'s' * (s.objects != 1)} ({s.bytes / 1e6:.1f} MB) from "
-            f"remote {self.url}, each verified and kept; nothing half-fetched was kept. Run "
-            f"`pipemake {self.command}` again to fetch the rest."
+            f"interrupted by {name} again: stopped at once; {done}; {lost} and nothing "
+            f"half-written was kept (at most a temporary file, which {sweep}). {again}"
         )
 
 
@@ -139,6 +168,13 @@ class Remote:
     #: whether the command is being stopped (Ctrl-C): no more is fetched, and what was
     #: fetched completely is kept
     stopping: Callable[[], bool] = field(default=_never)
+    #: the command (``pull`` or ``push``) that a second SIGINT or SIGTERM during a request
+    #: batch ends at once; None in a build, which stops through its own handler
+    hard_stop: str | None = None
+    #: the first signal a pull or push caught itself, mid-batch (it stops after the batch)
+    _signal: int | None = None
+    #: files this process is writing a fetched object to (removed by a forced exit)
+    _temps: set[str] = field(default_factory=set)
     _asked: set[str] = field(default_factory=set)
     _said: set[str] = field(default_factory=set)
     _files: RemoteFiles | None = None
@@ -161,6 +197,56 @@ class Remote:
         self.trusted.clear()
         self.down = self.push_down = None
         self.stopping = _never
+        self._signal = None
+
+    def _halting(self) -> bool:
+        """Whether the command is stopping: no new batch is started."""
+        return self._signal is not None or self.stopping()
+
+    @contextmanager
+    def _forceable(self) -> Iterator[None]:
+        """While ``pull`` or ``push`` (see :attr:`hard_stop`) waits on the remote: a first
+        SIGINT or SIGTERM lets the batch under way finish and stops there; a second ends the
+        process at once (see :meth:`_force`), however long a read or write is stalled."""
+        if self.hard_stop is None or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            if self._signal is None and not self.stopping():
+                self._signal = signum
+            else:
+                self._force(signum if self._signal is None else self._signal)
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, was in old.items():
+                signal.signal(sig, was)
+
+    def _interrupted(self, signum: int, forced: bool = False) -> FetchInterrupted:
+        return FetchInterrupted(signum, self.url, self.stats, self.hard_stop or "pull", forced)
+
+    def _force(self, signum: int) -> None:
+        """End the process now (a second Ctrl-C): the objects and entries already stored
+        (each whole: the store renames a finished file into place, commits an entry in one
+        transaction) stay; the files of objects still being fetched are removed, and what
+        threads were writing remains a temporary only (the message says what removes it).
+        The batches under way are not waited for: a read stalled on the network cannot
+        hold the exit."""
+        for tmp in list(self._temps):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        text = self._interrupted(signum, forced=True).format()
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        try:
+            os.write(2, f"{text}\n".encode(errors="replace"))
+        except OSError:
+            pass
+        os._exit(128 + signum)
 
     def check(self) -> None:
         """Open the back-end (no request is made): a :class:`RemoteError` when the URL's
@@ -250,27 +336,33 @@ class Remote:
         object they name verified and put into ``store`` (for a read-only store, the
         entries alone, for a plan). Each key is asked once per process; a key whose entry
         is missing, refused or lacks a good object is left out (a miss)."""
-        with self._lock:
-            todo = [k for k in dict.fromkeys(keys) if is_digest(k) and k not in self._asked]
-            if not todo or self.down is not None or self.stopping():
-                return {}
-            self._asked.update(todo)
-            try:
-                self.check()
-                self._trust_note()
-                entries = self._read_entries(todo)
-                if not entries or store.readonly:
-                    return entries
-                return self._with_objects(store, entries)
-            except Unreachable as exc:
-                self._failed(exc.__cause__ or exc)
-                return {}
+        with self._lock, self._forceable():
+            got = self._fetch(store, keys)
+        if self._signal is not None and self.hard_stop is not None:
+            raise self._interrupted(self._signal)
+        return got
+
+    def _fetch(self, store: Store, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        todo = [k for k in dict.fromkeys(keys) if is_digest(k) and k not in self._asked]
+        if not todo or self.down is not None or self._halting():
+            return {}
+        self._asked.update(todo)
+        try:
+            self.check()
+            self._trust_note()
+            entries = self._read_entries(todo)
+            if not entries or store.readonly:
+                return entries
+            return self._with_objects(store, entries)
+        except Unreachable as exc:
+            self._failed(exc.__cause__ or exc)
+            return {}
 
     def _read_entries(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         paths = [self._ent(k) for k in keys]
         found: dict[str, bytes] = {}
         for start in range(0, len(paths), _STEP):
-            if start and self.stopping():
+            if start and self._halting():
                 self._asked.difference_update(keys[start:])  # asked again by the next build
                 break
             step = paths[start : start + _STEP]
@@ -336,13 +428,13 @@ class Remote:
         small = [d for d, size in need.items() if size is None or size <= _BIG]
         big = [d for d, size in need.items() if size is not None and size > _BIG]
         for chunk in batches(small, need):
-            if self.stopping():
+            if self._halting():
                 break
             paths = [self._obj(d) for d in chunk]
             limits = [need[d] + 1 if need[d] is not None else _UNSIZED_MAX for d in chunk]
             found: dict[str, bytes] = {}
             for start in range(0, len(paths), _STEP):
-                if start and self.stopping():
+                if start and self._halting():
                     break  # those not read yet are missing (the next build asks again)
                 step = slice(start, start + _STEP)
                 found.update(self.files.read_many(paths[step], limits[step]))
@@ -355,9 +447,9 @@ class Remote:
 
             each(take, args)
         for digest in big:
-            if self.stopping() or not self._fetch_big(store, digest, need[digest] or 0):
+            if self._halting() or not self._fetch_big(store, digest, need[digest] or 0):
                 lost.add(digest)
-        if self.stopping():
+        if self._halting():
             lost.update(d for d in need if not store.has_object(d))
         return lost
 
@@ -388,6 +480,7 @@ class Remote:
         store.path.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".remote-", dir=store.path)
         os.close(fd)
+        self._temps.add(tmp)
         try:
             if not self.files.get_file(self._obj(digest), tmp, size + 1):
                 return False
@@ -404,6 +497,7 @@ class Remote:
             self._count(got)
             return True
         finally:
+            self._temps.discard(tmp)
             os.unlink(tmp)
 
     # writing ----------------------------------------------------------------------------
@@ -424,17 +518,22 @@ class Remote:
             return
         try:
             self.check()
-            self._push(store, pairs)
+            with self._forceable():
+                self._push(store, pairs)
         except Unreachable as exc:
             if strict:
                 raise RemoteError(f"pushing to remote {self.url} failed: {exc}") from None
             self._failed(exc, pushing=True)
+        if self._signal is not None and self.hard_stop is not None:
+            raise self._interrupted(self._signal)
 
     def _push(self, store: Store, pairs: list[tuple[str, dict[str, Any]]]) -> None:
         from .store import encode_entry
 
         there = self.files.ages([self._ent(k) for k, _e in pairs])
         stale = self._untrusted([k for k, _e in pairs if there[self._ent(k)] is not None])
+        if self._halting():
+            return
         new = [(k, e) for k, e in pairs if there[self._ent(k)] is None or k in stale]
         self.stats.present_entries += len(pairs) - len(new)
         digests: dict[str, None] = {}
@@ -456,15 +555,24 @@ class Remote:
             _wrote, missing = self._upload(store, upload, replace=False)
         refresh = [d for d in present if (ages[self._obj(d)] or 0.0) < old]
         missing |= self._upload(store, refresh, replace=True)[1]
+        if self._halting():  # an object may not be there yet: no entry may name it
+            return
         docs = []
         for key, entry in new:
             if any(d in missing for d, _s in entry_objects(entry)):
                 self.stats.skipped_entries += 1  # an object this store lacks: not pushed
                 continue
             docs.append((self._ent(key), seal(key, encode_entry(entry), self.secret), key in stale))
-        each(lambda doc: self.files.put(*doc), docs)
-        self.stats.pushed_entries += len(docs)
-        self.stats.replaced_entries += sum(1 for _p, _d, replaced in docs if replaced)
+
+        def put(doc: tuple[str, bytes, bool]) -> None:
+            self.files.put(*doc)
+            with self._slock:
+                self.stats.pushed_entries += 1
+                self.stats.replaced_entries += doc[2]
+
+        each(put, docs, stop=self._halting)
+        if self._halting():
+            return
         # a `cache gc --remote` may have taken an old object just as this push found it
         ages = self.files.ages([self._obj(d) for d in present])
         self._upload(store, [d for d in present if ages[self._obj(d)] is None], replace=False)
@@ -500,7 +608,7 @@ class Remote:
                     wrote.add(digest)
                     self.stats.pushed_objects += 1
 
-        each(one, digests)
+        each(one, digests, stop=self._halting)
         return wrote, lacking
 
     # gc ---------------------------------------------------------------------------------

@@ -368,12 +368,21 @@ def is_temp(path: str) -> bool:
     return _TEMP.fullmatch(path.rpartition("/")[2]) is not None
 
 
-def each(fn: Callable[[Any], Any], items: list[Any]) -> None:
-    """``fn`` on every item, on a pool of threads (its first exception is raised)."""
+def each(
+    fn: Callable[[Any], Any], items: list[Any], stop: Callable[[], bool] | None = None
+) -> None:
+    """``fn`` on every item, on a pool of threads (its first exception is raised); once
+    ``stop`` says so, the items not started yet are skipped (a Ctrl-C: the requests under
+    way finish, no more start)."""
     if not items:
         return
+
+    def one(item: Any) -> None:
+        if stop is None or not stop():
+            fn(item)
+
     with ThreadPoolExecutor(min(THREADS, len(items))) as pool:
-        for _ in pool.map(fn, items):
+        for _ in pool.map(one, items):
             pass
 
 

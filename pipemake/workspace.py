@@ -65,9 +65,41 @@ class Workspace:
         return path
 
     def clear_tmp(self) -> None:
-        """Remove staging left by a killed build (call only while holding the build lock)."""
-        if self.tmp.is_dir():
+        """Remove staging left by a killed build (call only while holding the build lock),
+        an old output made read-only by its user among it (see :meth:`remove_own`)."""
+        if os.path.isdir(self.tmp) and not os.path.islink(self.tmp):
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if os.path.lexists(self.tmp):
+                _unlock_tree(str(self.tmp))
+                shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def remove_own(self, path: Path | str) -> None:
+        """Remove pipemake's own copy ``path`` (a staged output, an old output swapped out
+        of the workspace), even where its user made it read-only (``chmod -R a-w``): what
+        a plain removal leaves is made writable by its owner first, folder by folder, and
+        removed. Only a real folder inside the staging area, or one of pipemake's own names
+        beside an output (see :meth:`sweep_beside`), is ever made writable; no link is
+        followed, and nothing outside ``path`` changes."""
+        remove_path(Path(path))
+        path = str(path)
+        if not os.path.lexists(path) or not self._own(path):
+            return
+        _unlock_tree(path)
+        remove_path(Path(path))
+
+    def _own(self, path: str) -> bool:
+        """Whether ``path`` is a real folder (not a link) of pipemake's own: under the
+        staging area, or named as pipemake names its copies beside an output."""
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return False
+        except OSError:
+            return False
+        parent = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+        top = os.path.realpath(self.tmp)
+        if parent == top or parent.startswith(top + os.sep):
+            return True
+        return re.fullmatch(r"\..+" + _BESIDE, os.path.basename(path)) is not None
 
     def sweep_beside(self, outputs: list[str]) -> int:
         """Remove what a killed build left beside the output paths ``outputs`` (call only
@@ -101,7 +133,7 @@ class Workspace:
                     stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)
                 ):
                     continue
-                remove_path(Path(path))
+                self.remove_own(path)
                 removed += 1
         return removed
 
@@ -112,6 +144,9 @@ class Workspace:
 
         The old content is first renamed aside, so the path holds either the old or the new
         output, and is never half-written; ``later`` (the builder's) puts off deleting it.
+        A directory output keeps its folders' mode, group and ACLs as :meth:`sync_dir`
+        says (a read-only one is swapped beside itself, since it cannot change folder);
+        its files are the new output's, with their own modes.
         A symlink at ``rel`` is moved aside as a link: what it points to is left alone. A
         staged output that is itself a symlink (a stage that linked its output to its input)
         is placed as a copy of what it points to, so an output path always holds pipemake's
@@ -121,19 +156,27 @@ class Workspace:
         if os.path.islink(staged):
             _dereference(staged, str(dest))
         dest.parent.mkdir(parents=True, exist_ok=True)
+        model = _folder_model(dest, str(staged))
+        if model is not None:  # the copies below carry each folder's and file's group
+            _like(str(staged), model, writable=True)
+            _like_tree(str(dest), str(staged), model)
+        else:
+            _file_group(str(staged), dest.parent)
         if not os.path.lexists(dest):
             _move(str(staged), str(dest))
+            _finish_mode(str(dest), model)
             return
         src = str(staged)
         if not _same_dev(dest.parent, staged.parent):
             # the complete new output is made beside the old one first, on its filesystem
             src = _copy_beside(str(staged), dest)
-            remove_path(staged)
+            self.remove_own(staged)
         old = self._swap(src, dest)
+        _finish_mode(str(dest), model)
         if later is not None:
-            later(lambda: remove_path(old))
+            later(lambda: self.remove_own(old))
         else:
-            remove_path(old)
+            self.remove_own(old)
 
     def _swap(self, new: str, dest: Path) -> Path:
         """Put ``new`` (on ``dest``'s filesystem) at ``dest``, which exists, in one atomic
@@ -146,10 +189,16 @@ class Workspace:
         try:
             return self._swap_in(new, dest, self._same_device(dest.parent))
         except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM) and os.path.isdir(new):
+                # a folder its user made read-only cannot change parent folder (its ``..``
+                # is written): the new one is moved beside it, and they swap names there
+                side = _beside(dest, "new")
+                os.rename(new, side)
+                return self._swap_in(side, dest, False)
             if exc.errno != errno.EXDEV:
                 raise
         side = _copy_beside(new, dest)
-        remove_path(Path(new))
+        self.remove_own(Path(new))
         return self._swap_in(side, dest, False)
 
     def _swap_in(self, new: str, dest: Path, via_tmp: bool) -> Path:
@@ -261,7 +310,7 @@ class Workspace:
             self.place(target, rel)
             return True
         finally:
-            remove_path(stage_dir)
+            self.remove_own(stage_dir)
 
     def sync_dir(
         self,
@@ -290,9 +339,11 @@ class Workspace:
         hard-linked in, and swaps it in in one atomic step, so a kill leaves the old output
         or the new one.
         The new folder, and each sub-folder it makes for one the output had, takes the old
-        one's permission bits and, where the user may set it, its group (a folder a team
-        shares with ``chmod 2770`` and ``chgrp`` stays shared); access control lists are
-        not copied.
+        one's permission bits, its POSIX ACLs and, where the user may set it, its group (a
+        folder a team shares with ``chmod 2770``, ``chgrp`` and ``setfacl`` stays shared);
+        a folder new in a set-group-ID folder takes its group, as ``mkdir`` there would.
+        A folder its user made read-only stays read-only; the files it keeps keep their
+        modes, and a file written anew has the mode its manifest records.
 
         Symlinks are never written or deleted through: an output that is a link, or holds
         one, is restored whole (see :meth:`restore`: the link goes as a link), and a staged
@@ -335,13 +386,15 @@ class Workspace:
         if st is not None:
             want = {e[0] for e in manifest["entries"]}
             stale = [r for r in have if r not in want]
-            if _in_place(len(fetch) + len(move) + len(stale), len(want)):
+            touched = [f[0] for f in fetch] + [m[0] for m in move] + stale
+            if _in_place(len(touched), len(want)) and _may_write(base, touched):
                 return self._update(dest, fetch, move, stale, store, bad)
         dest.parent.mkdir(parents=True, exist_ok=True)
         new = self._scratch(dest)
         try:
-            if st is not None:  # first, so the folders made in it inherit as in the old
-                _like(new, st, writable=True)
+            model = _folder(base, st) if st is not None else _folder_model(dest, new)
+            if model is not None:  # first, so the folders made in it inherit as in the old
+                _like(new, model, writable=True)
             if not _stage_files(fetch, new, store, bad):
                 return False
             _make_parents(new, keep + [m[0] for m in move])
@@ -357,10 +410,9 @@ class Workspace:
             else:
                 _like_folders(base, new, manifest["entries"])
                 new = str(self._swap(new, dest))
-                if stat.S_IMODE(st.st_mode) != stat.S_IMODE(os.lstat(base).st_mode):
-                    os.chmod(base, stat.S_IMODE(st.st_mode))  # an owner's bits it lacked
+            _finish_mode(base, model)
         finally:
-            remove_path(Path(new))
+            self.remove_own(Path(new))
         _vouch(hasher, rel, base, manifest, set(keep))
         return True
 
@@ -397,7 +449,7 @@ class Workspace:
 
             _on_threads(len(fetch), place)
         finally:
-            remove_path(Path(scratch))
+            self.remove_own(scratch)
         _prune_emptied(base, stale)
         return True
 
@@ -572,6 +624,27 @@ def _in_place(touched: int, total: int) -> bool:
     return total >= _SWAP_ALWAYS_BELOW and touched * 16 <= total
 
 
+def _may_write(top: str, relpaths: list[str]) -> bool:
+    """Whether this user may add and remove names in each folder of the output ``top`` that
+    the files ``relpaths`` go in (or in the nearest one there is, where it is made): not
+    in a folder its user made read-only, which an update beside and a swap leave as it
+    is."""
+    seen: set[str] = set()
+    for relpath in relpaths:
+        parent = relpath.rpartition("/")[0]
+        while parent not in seen:
+            seen.add(parent)
+            path = f"{top}/{parent}" if parent else top
+            if os.path.isdir(path):
+                if not os.access(path, os.W_OK | os.X_OK):
+                    return False
+                break
+            if not parent:
+                break
+            parent = parent.rpartition("/")[0]
+    return True
+
+
 def _replace(src: str, target: str) -> None:
     """Rename ``src`` onto ``target``, which may be a directory (what the walk listed under
     that name was a file, so only an empty one, or one of files the manifest moves away)."""
@@ -597,18 +670,139 @@ def _prune_emptied(top: str, removed: list[str]) -> None:
             parent = parent.rpartition("/")[0]
 
 
-def _like(path: str, old: os.stat_result, writable: bool = False) -> None:
-    """Give the folder ``path`` the permission bits of the folder ``old`` stats and, where
-    the user may set it, its group (a group they are not in is refused, and left as it
-    is). ``writable`` keeps the owner's read, write and search bits on, while files are
-    still put in it. Access control lists are not copied."""
+#: the extended attributes holding a folder's POSIX access control lists
+_ACLS = ("system.posix_acl_access", "system.posix_acl_default")
+#: what a file system or the user's rights answer to a group or ACL they cannot have
+_NOT_HERE = (errno.EPERM, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA)
+
+
+class _Folder:
+    """What an output folder keeps when its content is replaced: permission bits, group
+    and POSIX access control lists (a folder a team shares with ``chmod 2770``, ``chgrp``
+    and ``setfacl`` stays shared)."""
+
+    __slots__ = ("acls", "gid", "mode")
+
+    def __init__(self, mode: int, gid: int, acls: dict[str, bytes]):
+        self.mode, self.gid, self.acls = mode, gid, acls
+
+
+def _folder(path: str, st: os.stat_result) -> _Folder:
+    """The metadata of the folder ``path`` (``st``: its ``lstat``) to give its successor."""
+    acls: dict[str, bytes] = {}
+    for name in _ACLS:
+        try:
+            acls[name] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:  # none, or no ACLs on this file system
+            continue
+    return _Folder(stat.S_IMODE(st.st_mode), st.st_gid, acls)
+
+
+def _folder_model(dest: Path, made: str) -> _Folder | None:
+    """What a directory output placed at ``dest`` (assembled at ``made``, a folder in the
+    staging area) should have as its folder: the old folder's mode, group and ACLs where
+    one is there; where none is and ``dest``'s parent is a set-group-ID folder, what a
+    folder made there gets (the parent's group and set-group-ID bit, the mode the umask
+    gave); else nothing to change. None also when ``made`` is not a folder."""
     try:
-        os.chown(path, -1, old.st_gid)
+        mst = os.lstat(made)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(mst.st_mode):
+        return None
+    try:
+        st = os.lstat(dest)
+    except OSError:
+        st = None
+    if st is not None:
+        return _folder(str(dest), st) if stat.S_ISDIR(st.st_mode) else None
+    try:
+        pst = os.stat(dest.parent)
+    except OSError:
+        return None
+    if not pst.st_mode & stat.S_ISGID:
+        return None
+    return _Folder(stat.S_IMODE(mst.st_mode) | stat.S_ISGID, pst.st_gid, {})
+
+
+def _like(path: str, old: _Folder, writable: bool = False) -> None:
+    """Give the folder ``path`` the permission bits, the group (where the user may set it:
+    a group they are not in is refused, and left as it is) and the access control lists
+    (where the file system has them) of ``old``. ``writable`` keeps the owner's read,
+    write and search bits on, while files are still put in it (see :func:`_finish_mode`)."""
+    try:
+        os.chown(path, -1, old.gid)
     except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        if exc.errno not in _NOT_HERE:
             raise
-    mode = stat.S_IMODE(old.st_mode)
-    os.chmod(path, mode | stat.S_IRWXU if writable else mode)
+    for name, value in old.acls.items():
+        try:  # before the mode: an access ACL sets the group bits, the mode then the rest
+            os.setxattr(path, name, value, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in _NOT_HERE:
+                raise
+    os.chmod(path, old.mode | stat.S_IRWXU if writable else old.mode)
+
+
+def _file_group(path: str, parent: Path) -> None:
+    """Give the staged file ``path`` the group of ``parent`` where that is a
+    set-group-ID folder, as a file made there gets (one linked to a store object keeps
+    the store's)."""
+    try:
+        pst, st = os.stat(parent), os.lstat(path)
+    except OSError:
+        return
+    if (
+        pst.st_mode & stat.S_ISGID
+        and stat.S_ISREG(st.st_mode)
+        and st.st_nlink == 1
+        and st.st_gid != pst.st_gid
+    ):
+        try:
+            os.chown(path, -1, pst.st_gid, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in _NOT_HERE:
+                raise
+
+
+def _finish_mode(path: str, model: _Folder | None) -> None:
+    """Give the placed output folder ``path`` its final mode (the owner's bits it was
+    lent while it was filled are taken back)."""
+    if model is not None and stat.S_IMODE(os.lstat(path).st_mode) != model.mode:
+        os.chmod(path, model.mode)
+
+
+def _like_tree(base: str, new: str, model: _Folder) -> None:
+    """Each folder under ``new`` gets what it would have in place: the old output
+    ``base``'s folder of that name where it has one (see :func:`_like`); under a
+    set-group-ID output folder, every file and folder also takes its group, as if made
+    there."""
+    inherit = bool(model.mode & stat.S_ISGID)
+    dirs: list[str] = []
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(os.path.join(new, rel)) as it:
+            for de in it:
+                sub = os.path.join(rel, de.name)
+                if de.is_dir(follow_symlinks=False):
+                    dirs.append(sub)
+                    stack.append(sub)
+                if inherit and (
+                    de.is_dir(follow_symlinks=False) or de.stat(follow_symlinks=False).st_nlink == 1
+                ):  # a store object linked in (--link) keeps the store's
+                    try:
+                        os.chown(de.path, -1, model.gid, follow_symlinks=False)
+                    except OSError as exc:
+                        if exc.errno not in _NOT_HERE:
+                            raise
+    for d in sorted(dirs, key=lambda d: d.count("/"), reverse=True):
+        old = _old_dir(base, d)
+        if old is not None:
+            _like(os.path.join(new, d), _folder(os.path.join(base, d), old))
+        elif inherit:
+            mode = stat.S_IMODE(os.lstat(os.path.join(new, d)).st_mode)
+            os.chmod(os.path.join(new, d), mode | stat.S_ISGID)
 
 
 def _like_folders(base: str, new: str, entries: list[list[Any]]) -> None:
@@ -621,12 +815,25 @@ def _like_folders(base: str, new: str, entries: list[list[Any]]) -> None:
             dirs.add(parent)
             parent = parent.rpartition("/")[0]
     for d in sorted(dirs, key=lambda d: d.count("/"), reverse=True):
+        old = _old_dir(base, d)
+        if old is not None:
+            _like(f"{new}/{d}", _folder(f"{base}/{d}", old))
+
+
+def _old_dir(base: str, rel: str) -> os.stat_result | None:
+    """The ``lstat`` of the folder ``rel`` of the old output ``base``, or None where there
+    is none, or a link lies on the way (nothing outside the output lends its metadata)."""
+    here = base
+    st = None
+    for part in rel.split("/"):
+        here = f"{here}/{part}"
         try:
-            old = os.lstat(f"{base}/{d}")
+            st = os.lstat(here)
         except OSError:
-            continue
-        if stat.S_ISDIR(old.st_mode):
-            _like(f"{new}/{d}", old)
+            return None
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+    return st
 
 
 def _move(src: str, dst: str) -> None:
@@ -667,11 +874,37 @@ def _same_dev(a: Path, b: Path) -> bool:
 
 
 def _copy(src: str, dst: str) -> None:
-    """Copy a staged file or tree to ``dst`` (links inside stay links)."""
+    """Copy a staged file or tree to ``dst`` (links inside stay links), with its modes,
+    ACLs and, where the user may set it, the group of each file and folder."""
     if os.path.isdir(src) and not os.path.islink(src):
-        shutil.copytree(src, dst, symlinks=True)
+        shutil.copytree(src, dst, symlinks=True, copy_function=_copy_file)
+        for here, dirs, _files in os.walk(src):
+            for d in ["", *dirs]:
+                rel = os.path.relpath(os.path.join(here, d), src)
+                _same_group(os.path.join(src, rel), os.path.join(dst, rel))
     else:
-        shutil.copy2(src, dst, follow_symlinks=False)
+        _copy_file(src, dst)
+
+
+def _copy_file(src: str, dst: str) -> None:
+    shutil.copy2(src, dst, follow_symlinks=False)
+    _same_group(src, dst)
+
+
+def _same_group(src: str, dst: str) -> None:
+    """Give ``dst`` the group of ``src`` (neither followed if a link) where the user may,
+    and the set-group-ID bit a folder lost by being made before its group was set."""
+    sst, dst_st = os.lstat(src), os.lstat(dst)
+    if sst.st_gid == dst_st.st_gid:
+        return
+    try:
+        os.chown(dst, -1, sst.st_gid, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in _NOT_HERE:
+            raise
+        return
+    if stat.S_ISDIR(sst.st_mode) and stat.S_IMODE(sst.st_mode) != stat.S_IMODE(dst_st.st_mode):
+        os.chmod(dst, stat.S_IMODE(sst.st_mode))
 
 
 def _copy_beside(src: str, dest: Path) -> str:
@@ -763,6 +996,40 @@ def _safe_rel(relpath: str) -> bool:
         return False
     parts = relpath.split("/")
     return all(p not in ("", ".", "..") for p in parts)
+
+
+def _unlock_tree(top: str) -> None:
+    """Give the owner read, write and search rights on the folder ``top`` and every folder
+    under it, so what is in them can be removed. Links are never followed: each folder is
+    opened without following a link, and only what ``lstat`` calls a folder is changed."""
+    try:
+        st = os.lstat(top)
+    except OSError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    if st.st_mode & stat.S_IRWXU != stat.S_IRWXU:
+        os.chmod(top, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+    stack = [top]
+    while stack:
+        here = stack.pop()
+        try:
+            fd = os.open(here, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            for name in os.listdir(fd):
+                try:
+                    sub = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    if not stat.S_ISDIR(sub.st_mode):
+                        continue
+                    if sub.st_mode & stat.S_IRWXU != stat.S_IRWXU:
+                        os.chmod(name, stat.S_IMODE(sub.st_mode) | stat.S_IRWXU, dir_fd=fd)
+                except OSError:
+                    continue
+                stack.append(os.path.join(here, name))
+        finally:
+            os.close(fd)
 
 
 def remove_path(path: Path) -> None:
