@@ -271,6 +271,12 @@ def plain_user(tmp_path: Path) -> Iterator[tuple[Path, Callable[..., Any]]]:
             os.setgid(65534)
             os.setuid(65534)
 
+    try:  # this Python may live where that user cannot reach (a home folder, say)
+        subprocess.run([sys.executable, "-c", "pass"], check=True, preexec_fn=drop, timeout=60)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        shutil.rmtree(top)
+        pytest.skip(f"this Python cannot run as a user without root's powers: {exc}")
+
     def run(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
         for p in [root, *root.rglob("*")]:
             if not p.is_symlink() and p.stat().st_uid != uid:
