@@ -4,6 +4,8 @@ The habit of ``make -t`` and ``dvc commit``: after editing an output by hand (or
 some other way), record it as the stage's build for the stage's current key — its files go
 into the store and the action-cache entry names them — so the next build finds the stage
 up to date and keeps the edit, instead of restoring the old bytes or running the stage.
+A foreach stage's items each get the files that are theirs (:func:`.ownfiles.plan_items`),
+so a later change of one input reruns one item and the others keep their accepted bytes.
 
 Stages downstream of an accepted output see new bytes and run, as they would after any
 change. A stage is refused (nothing at all is written then) when an output is missing or of
