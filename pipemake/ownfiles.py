@@ -22,6 +22,7 @@ nothing.
 from __future__ import annotations
 
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 from .hashing import tree_hash
@@ -165,7 +166,7 @@ def plan_items(
     own: dict[str, dict[str, Any]] = {}
     for name, have in now.items():
         rest = sorted(path for path in have if path not in claimed[name])
-        owners, left = attribute(fresh, rest)
+        owners, left = attribute(fresh, rest, written(stage.config, name, fresh))
         for path, rel in owners.items():
             found[rel].setdefault(name, []).append(list(have[path]))
         if left:
@@ -221,18 +222,60 @@ def _unmatched(count: int) -> list[str]:
     ]
 
 
-def attribute(items: list[str], paths: list[str]) -> tuple[dict[str, str], list[str]]:
+def written(config: Any, output: str, items: list[str]) -> dict[str, list[str]]:
+    """The paths inside output ``output`` that the stage's config names for each item
+    (path → the items naming it), where a template writes ``{outputs.NAME}/`` followed by
+    a path made of literal characters and ``{item.name}``, ``{item.stem}`` or
+    ``{item.relpath}`` (a shell ``cmd`` such as ``… > {outputs.o}/{item.stem}_mask.png``)."""
+    tails = {m.group(2) for text in _texts(config) for m in _WRITES.finditer(text)
+             if m.group(1) == output and "{item." in m.group(2)}  # fmt: skip
+    paths: dict[str, list[str]] = {}
+    for tail in tails:
+        for rel in items:
+            name = rel.rpartition("/")[2]
+            dot = name.rfind(".")
+            stem = name[:dot] if 0 < dot < len(name) - 1 else name
+            fields = {"name": name, "stem": stem, "relpath": rel}
+            path = _ITEM.sub(lambda m, f=fields: f[m.group(1)], tail).rstrip("/")
+            if rel not in paths.setdefault(path, []):
+                paths[path].append(rel)
+    return paths
+
+
+#: ``{outputs.NAME}/`` and the path after it, up to what ends a shell word
+_WRITES = re.compile(
+    r"\{outputs\.([A-Za-z_][\w-]*)\}/((?:\{item\.(?:name|stem|relpath)\}|[^\s'\"`;|&<>(){}$\\])+)"
+)
+_ITEM = re.compile(r"\{item\.(name|stem|relpath)\}")
+
+
+def _texts(value: Any) -> list[str]:
+    """Every string in a stage's config (nested mappings and lists too)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _texts(v)]
+    if isinstance(value, list):
+        return [t for v in value for t in _texts(v)]
+    return []
+
+
+def attribute(
+    items: list[str], paths: list[str], named: dict[str, list[str]] | None = None
+) -> tuple[dict[str, str], list[str]]:
     """Which item (by relpath) each output file (by path inside the output) belongs to,
     judged by name, and the files no single item can claim.
 
-    A file is claimed by the item whose relpath it is; else by one whose relpath it is with
+    A file is claimed by the item whose path the stage's config names for it (``named``,
+    see :func:`written`), the file's path or a folder it lies in; else by the item whose
+    relpath it is; else by one whose relpath it is with
     another suffix or one more (``a.png`` → ``a.json``, ``a.png.json``, ``a.mask.png``), or
     one it lies under a folder named after (its relpath or stem: ``a/mask.png``,
     ``a.png/0.txt``) — the longest such name decides, an item's whole relpath before its
     stem; else by the same rules with the item's file name alone in place of its relpath
     (an item ``sub/a.png`` writing ``a.png`` at the top). A file two items claim equally
     is left unclaimed, never guessed."""
-    tables: list[tuple[dict[str, list[str]], dict[str, list[str]]]] = []
+    tables: list[tuple[dict[str, list[str]], dict[str, list[str]]]] = [(named or {}, {})]
     for part in (lambda rel: rel, lambda rel: rel.rpartition("/")[2]):
         whole: dict[str, list[str]] = {}
         forms: dict[str, list[str]] = {}
@@ -259,9 +302,10 @@ def _claims(
     """The items that claim ``path`` by the first rule any item meets (see
     :func:`attribute`)."""
     parts = path.split("/")
-    shapes = [path, *_stems(path), *("/".join(parts[:i]) for i in range(len(parts) - 1, 0, -1))]
-    for whole, forms in tables:
-        for shape in shapes:
+    folders = ["/".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
+    shapes = [path, *_stems(path), *folders]
+    for n, (whole, forms) in enumerate(tables):
+        for shape in shapes if n else [path, *folders]:
             for table in (whole, forms):
                 found = table.get(shape)
                 if found:

@@ -10,7 +10,7 @@ import sqlite3
 
 from conftest import TRACEBACK, Proj
 
-from pipemake.ownfiles import attribute, lay_under
+from pipemake.ownfiles import attribute, lay_under, written
 
 EACH = r"""
 name: f
@@ -174,6 +174,18 @@ def test_a_file_added_to_a_built_stage_survives_a_rerun_of_other_items(project) 
     assert p.read("build/each/a.txt") == "hand\n"
 
 
+def test_the_path_the_command_writes_for_an_item_matches_it(project) -> None:
+    p = project(EACH % "{item.stem}_mask.png", {"data/a.txt": "a\n", "data/b.txt": "b\n"})
+    _by_hand(p, {"a_mask.png": "A by hand\n", "b_mask.png": "B\n"})
+    out = p.cli("commit", "each").stdout
+    assert "2 item(s) matched" in out and "could not be matched" not in out, out
+    p.write("data/b.txt", "bb\n")
+    p.cli("build")
+    assert _ran(p) == ["b.txt"]
+    assert p.read("build/each/a_mask.png") == "A by hand\n"
+    assert p.read("build/each/b_mask.png") == "BB\n"
+
+
 def test_nested_items_writing_flat_names_are_matched(project) -> None:
     p = project(EACH % "{item.name}", {"data/x/a.txt": "a\n", "data/y/b.txt": "b\n"})
     _by_hand(p, {"a.txt": "A by hand\n", "b.txt": "B\n"})
@@ -233,6 +245,17 @@ def test_attribute_matches_by_relpath_suffix_folder_then_name() -> None:
         "sub/c.txt": "sub/c.png", "c.txt": "sub/c.png", "img.001.json": "img.001.png",
     }  # fmt: skip
     assert left == ["img.json", "other.txt"]  # two items claim img.json equally
+
+
+def test_written_renders_the_paths_a_template_names_for_each_item() -> None:
+    cmd = "x < {inputs.src} > {outputs.o}/{item.stem}_m.png && cp y '{outputs.o}/{item.relpath}.d/'"
+    named = written(
+        {"cmd": cmd, "env": {"A": "{outputs.p}/{item.name}"}}, "o", ["a.txt", "s/b.txt"]
+    )
+    assert named == {"a_m.png": ["a.txt"], "b_m.png": ["s/b.txt"], "a.txt.d": ["a.txt"],
+                     "s/b.txt.d": ["s/b.txt"]}  # fmt: skip
+    owners, left = attribute(["a.txt", "s/b.txt"], ["a_m.png", "s/b.txt.d/0", "q.png"], named)
+    assert owners == {"a_m.png": "a.txt", "s/b.txt.d/0": "s/b.txt"} and left == ["q.png"]
 
 
 def test_attribute_never_guesses_between_equal_claims() -> None:
