@@ -566,6 +566,8 @@ class ForeachRun(StageRun):
                     if e[0] in bad or e[1] in objs
                 )
                 raise LostObjects(f"could not assemble {rel}: a store object is missing or corrupt")
+        if kept:  # the stage's record will send the next build to this entry for them
+            ctx.store.put_action(key, entry)
         ctx.later(bookkeeping, stage.id)
         remove_path(self.staging)
         return entry
