@@ -4,6 +4,8 @@ The habit of ``make -t`` and ``dvc commit``: after editing an output by hand (or
 some other way), record it as the stage's build for the stage's current key — its files go
 into the store and the action-cache entry names them — so the next build finds the stage
 up to date and keeps the edit, instead of restoring the old bytes or running the stage.
+A foreach stage's items each get the files that are theirs (:func:`.ownfiles.plan_items`),
+so a later change of one input reruns one item and the others keep their accepted bytes.
 
 Stages downstream of an accepted output see new bytes and run, as they would after any
 change. A stage is refused (nothing at all is written then) when an output is missing or of
@@ -26,7 +28,7 @@ from .decide import Verdict
 from .errors import UsageError
 from .events import Bus
 from .fshash import Hasher, PathInfo
-from .hashing import tree_hash
+from .ownfiles import plan_items, write_items
 from .resolve import Planned, ResolvedStage
 from .scheduler import StageFailure
 from .walk import BadPath
@@ -49,6 +51,8 @@ class Accepted:
     action: str
     outputs: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    #: for a foreach stage, what is (or would be) recorded of its items
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -57,6 +61,8 @@ class _Plan:
     sk: ResolvedStage
     entry: dict[str, Any]
     infos: dict[str, PathInfo]
+    #: a foreach stage's item entries to write (relpath → entry)
+    items: dict[str, Any] = field(default_factory=dict)
 
 
 def accept(
@@ -109,10 +115,12 @@ def accept(
         values = dict(entry.get("values", {})) if entry else {}
         new = {"stage": sid, "outputs": manifests, "values": values,
                "metrics": {"committed": True}, "created": time.time()}  # fmt: skip
-        plans.append(_Plan(stage, sk, new, infos))
+        plan = _Plan(stage, sk, new, infos)
+        notes = plan_items(store, stage, sk, new, plan.items)
+        plans.append(plan)
         builder.results[sid] = Planned(manifests, values, sk.key)
         action = "would accept" if dry else "accepted"
-        rows.append(Accepted(sid, action, list(sk.ports.outputs.values()), reasons))
+        rows.append(Accepted(sid, action, list(sk.ports.outputs.values()), reasons, notes))
     if refused:
         raise UsageError(
             "nothing was accepted; "
@@ -122,7 +130,7 @@ def accept(
     if not dry:
         for plan in plans:
             builder.store_outputs(plan.sk, plan.entry)
-            _rewrite_items(store, state, plan)
+            write_items(store, state, plan.stage, plan.sk, plan.items)
             builder.accept(plan.stage, plan.sk, plan.entry)
         builder.idle()
     return rows, builder
@@ -180,34 +188,3 @@ def _outputs(
             return f"output {rel} should be a folder (a foreach stage's outputs are)"
         infos[name] = info
     return None
-
-
-def _rewrite_items(store: Store, state: WorkspaceState, plan: _Plan) -> None:
-    """For a foreach stage, each cached item's entry made to name the accepted bytes of the
-    files it wrote, so a later build that reruns other items assembles the accepted ones,
-    never the bytes they replaced. A file the item no longer has is dropped from it; a
-    file no item wrote stays only in the stage's entry."""
-    stage, sk = plan.stage, plan.sk
-    if stage.foreach is None or stage.rule.map_reduce:
-        return
-    keys = sk.item_keys
-    entries = store.get_actions(list(keys.values()))
-    now = {name: {e[0]: e for e in m["entries"]} for name, m in plan.entry["outputs"].items()}
-    pairs: list[tuple[str, dict[str, Any]]] = []
-    index: dict[str, Any] = {}
-    for rel, key in keys.items():
-        entry = entries.get(key)
-        if entry is None:
-            continue
-        outputs = {}
-        for name, manifest in entry.get("outputs", {}).items():
-            have = now.get(name, {})
-            files = [list(have[e[0]]) for e in manifest.get("entries", []) if e[0] in have]
-            outputs[name] = {"kind": "dir", "hash": tree_hash(files), "entries": files}
-        index[rel] = new = dict(entry, outputs=outputs)
-        pairs.append((key, new))
-    if pairs:
-        store.put_actions(pairs)
-    state.builds.set_item_index(
-        stage.id, {rel: keys[rel] for rel in index}, index, store.removals()
-    )

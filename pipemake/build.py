@@ -37,6 +37,7 @@ from .foreach import ForeachRun, LostObjects
 from .fshash import Hasher
 from .items import items_digest, merge_outputs
 from .model import Pipeline, Stage
+from .ownfiles import plan_items, write_items
 from .resolve import Planned, ResolvedStage, Resolver, Unknown
 from .runs import MAX_AGAIN, BuildContext, StageRun
 from .scheduler import StageFailure
@@ -395,7 +396,12 @@ class Builder:
                     self.store_outputs(rs, entry)
                 except OSError as exc:
                     raise StageFailure(f"cannot copy its outputs into the store: {exc}") from None
+                items: dict[str, Any] = {}  # a foreach stage's items, as `commit` gives them
+                notes = plan_items(self.store, stage, rs, entry, items, brief=True)
                 self.store.put_action(rs.key, entry)  # type: ignore[arg-type]
+                write_items(self.store, self.state, stage, rs, items)
+                if notes:
+                    self.bus.emit("log", stage_id, level="info", text="; ".join(notes))
                 self._done(stage, rs, entry, ran=False, unverified=stage_id in self._unverified)
                 why = f"{_AS_LOCKED}; copied into the store"
                 self.bus.emit("stage_skipped", stage_id, reason="up to date", detail=why)
@@ -800,6 +806,8 @@ class Builder:
                 record["committed"] = True
             if metrics.get("adopted"):  # outputs as pipemake.lock records: nothing ran
                 record["adopted"] = True
+            if entry.get("own"):  # files no item wrote, kept when items rerun (ownfiles)
+                record["own"] = True
             if unverified:
                 record["unverified"] = True
             if restored and source != "store":

@@ -1261,6 +1261,8 @@ def commit_cmd(
                 click.echo(f"{row.stage}: up to date, nothing to accept")
             else:
                 click.echo(f"{row.stage}: {row.action} {outs} as built{why}")
+                for note in row.notes:  # a foreach stage's items
+                    click.echo(f"  {note}")
         return 0
 
     _run(go)

@@ -23,6 +23,7 @@ from .executors.base import GONE, LOST, Message, Task
 from .items import Item, chunks, merge_outputs, staged_files
 from .manifest import digests
 from .model import Stage
+from .ownfiles import OWN, lay_under, own_layer, own_section
 from .runs import MAX_AGAIN, BuildContext, StageRun
 from .scheduler import StageFailure, backoff_delay
 from .walk import BadPath
@@ -589,6 +590,9 @@ class ForeachRun(StageRun):
             merged = merge_outputs(per_item, rs.ports.outputs)
         except ValueError as exc:
             raise StageFailure(str(exc)) from None
+        # files of the output no item wrote, accepted by `pipemake commit`: kept under them
+        own = own_layer(ctx.store, ctx.state, stage.id, rs.base)
+        kept = lay_under(merged, own) if own else {}
         # each item's own dict (an empty one may be shared by many in the index)
         values = stage.rule.gather(
             rs.ports.params, {rel: self.values.get(rel) or {} for rel in per_item}
@@ -605,6 +609,8 @@ class ForeachRun(StageRun):
                 "items_run": len(self.done_items),
             },
         }
+        if kept:
+            entry[OWN] = own_section(rs.base, kept)
 
         removals = ctx.store.removals()  # as of now: a removal after this must void the index
         key, keys, ran, run_values, cached = (
@@ -632,7 +638,7 @@ class ForeachRun(StageRun):
             if not self.done_items and ctx.ws.check(merged[name], rel, ctx.hasher) is None:
                 continue  # nothing ran and the output is already what its items record
             self.wrote = True
-            whole = self._staged_whole(ctx, name, merged[name])
+            whole = None if kept else self._staged_whole(ctx, name, merged[name])
             if whole is not None:  # every item ran: the staged tree is the output, one rename
                 ctx.ws.place(whole, rel, later=lambda work: ctx.later(work, stage.id))
                 continue
@@ -659,6 +665,8 @@ class ForeachRun(StageRun):
                     if e[0] in bad or e[1] in objs
                 )
                 raise LostObjects(f"could not assemble {rel}: a store object is missing or corrupt")
+        if kept:  # the stage's record will send the next build to this entry for them
+            ctx.store.put_action(key, entry)
         ctx.later(bookkeeping, stage.id)
         remove_path(self.staging)
         return entry

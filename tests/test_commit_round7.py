@@ -1,0 +1,277 @@
+"""`pipemake commit` of a foreach stage: each item gets the files named after it, so one
+changed input reruns one item and the others keep their accepted bytes (make -t on pattern
+targets, Snakemake --touch, dvc commit); files no item claims stay as the stage's own."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+
+from conftest import TRACEBACK, Proj
+
+from pipemake.ownfiles import attribute, lay_under, written
+
+EACH = r"""
+name: f
+stages:
+  - id: each
+    type: shell
+    foreach: src
+    config:
+      cmd: "echo {item.relpath} >> runs/each.log; tr a-z A-Z < {inputs.src} > {outputs.o}/%s"
+      inputs: {src: data}
+      outputs: {o: build/each}
+"""
+
+
+def _ran(p: Proj) -> list[str]:
+    """The items that ran since the last call (the stage logs each), then forgets them."""
+    log = p.path("runs/each.log")
+    if not log.exists():
+        return []
+    names = sorted(log.read_text().split())
+    log.unlink()
+    return names
+
+
+def _by_hand(p: Proj, files: dict[str, str]) -> None:
+    """Write the stage's output by hand, as if made some other way."""
+    for rel, text in files.items():
+        p.write(f"build/each/{rel}", text)
+
+
+def _four(project) -> Proj:
+    data = {f"data/f{i}.txt": f"s{i}\n" for i in range(1, 5)}
+    p = project(EACH % "{item.name}", {**data, "runs/.keep": ""})
+    _by_hand(p, {f"f{i}.txt": f"S{i}\n" for i in range(1, 5)})
+    p.write("build/each/f1.txt", "HAND-EDIT\n")
+    return p
+
+
+def test_one_changed_input_of_a_committed_never_built_stage_reruns_one_item(project) -> None:
+    p = _four(project)
+    out = p.cli("commit", "each").stdout
+    assert "each: accepted build/each as built" in out
+    assert "4 item(s) matched to their files by name" in out
+    assert "could not be matched" not in out
+    p.cli("build")
+    assert _ran(p) == []
+    p.write("data/f3.txt", "s3b\n")
+    plan = p.cli("dry-run").stdout
+    assert "each: run: 1 of 4 items changed" in plan and "not in the cache" not in plan, plan
+    p.cli("build")
+    assert _ran(p) == ["f3.txt"]  # as dry-run said
+    assert p.read("build/each/f3.txt") == "S3B\n"
+    assert p.path("build/each/f1.txt").read_bytes() == b"HAND-EDIT\n"  # kept byte for byte
+    assert p.read("build/each/f2.txt") == "S2\n"
+
+
+def test_commit_n_says_what_it_would_record_and_records_nothing(project) -> None:
+    p = _four(project)
+    before = p.cli("dry-run").stdout
+    out = p.cli("commit", "-n", "each").stdout
+    assert "each: would accept build/each as built" in out
+    assert "4 item(s) matched to their files by name" in out
+    assert p.cli("dry-run").stdout == before
+    p.cli("build")
+    assert _ran(p) == ["f1.txt", "f2.txt", "f3.txt", "f4.txt"]  # nothing was accepted
+    assert p.read("build/each/f1.txt") == "S1\n"
+
+
+def test_a_file_no_item_claims_is_kept_across_item_reruns(project) -> None:
+    p = _four(project)
+    p.write("build/each/NOTES.md", "notes\n")
+    out = p.cli("commit", "each").stdout
+    assert "1 file(s) match no item (first: build/each/NOTES.md)" in out, out
+    p.write("data/f2.txt", "s2b\n")
+    p.cli("build")
+    assert _ran(p) == ["f2.txt"]
+    assert p.read("build/each/NOTES.md") == "notes\n"
+    p.write("data/f4.txt", "s4b\n")
+    p.cli("build")
+    assert _ran(p) == ["f4.txt"]  # and again: the layer is carried on
+    assert p.read("build/each/NOTES.md") == "notes\n"
+    assert p.read("build/each/f1.txt") == "HAND-EDIT\n"
+    p.cli("build", "-B")
+    assert p.read("build/each/NOTES.md") == "notes\n"  # a forced run reruns items only
+
+
+def test_a_removed_input_takes_its_own_files_only(project) -> None:
+    p = _four(project)
+    p.write("build/each/NOTES.md", "notes\n")
+    p.write("build/each/f4/detail.txt", "d4\n")  # under a folder named after item f4
+    p.cli("commit", "each")
+    (p.path("data/f4.txt")).unlink()
+    plan = p.cli("dry-run").stdout
+    assert "1 item(s) removed" in plan and "none runs" in plan, plan
+    p.cli("build")
+    assert _ran(p) == []
+    left = sorted(x.name for x in p.path("build/each").iterdir())
+    assert left == ["NOTES.md", "f1.txt", "f2.txt", "f3.txt"]
+
+
+def test_items_matched_to_no_file_are_said_and_run_at_the_next_change(project) -> None:
+    p = project(EACH % "{item.stem}.out", {"data/a.txt": "a\n", "data/b.txt": "b\n"})
+    _by_hand(p, {"a.out": "A by hand\n", "zz.out": "stray\n"})  # nothing for b
+    out = p.cli("commit", "each").stdout
+    assert "1 item(s) matched to their files by name" in out
+    assert "1 file(s) match no item (first: build/each/zz.out)" in out
+    assert "1 item(s) could not be matched to output files; they will run at the next" in out
+    p.cli("build")
+    assert _ran(p) == []  # the stage is accepted as it is
+    p.write("data/a.txt", "aa\n")
+    assert "1 more not in the cache" in p.cli("dry-run").stdout
+    p.cli("build")
+    assert _ran(p) == ["a.txt", "b.txt"]
+    assert p.read("build/each/b.out") == "B\n"
+    assert p.read("build/each/zz.out") == "stray\n"
+
+
+def test_every_file_matched_leaves_the_other_items_done_with_none(project) -> None:
+    p = project(EACH % "{item.name}", {"data/a.txt": "a\n", "data/b.txt": "b\n"})
+    _by_hand(p, {"a.txt": "A by hand\n"})  # b wrote nothing
+    out = p.cli("commit", "each").stdout
+    assert "1 item(s) wrote no file (every file is matched to an item)" in out, out
+    p.write("data/a.txt", "aa\n")
+    p.cli("build")
+    assert _ran(p) == ["a.txt"]
+    assert not p.exists("build/each/b.txt")
+
+
+def test_an_item_writing_a_path_the_stage_kept_takes_it_over(project) -> None:
+    p = project(EACH % "{item.name}", {"data/a.txt": "a\n"})
+    _by_hand(p, {"a.txt": "A\n", "c.txt": "by hand\n"})
+    p.cli("commit", "each")
+    p.write("data/c.txt", "c\n")  # a new item that writes c.txt
+    p.cli("build")
+    assert _ran(p) == ["c.txt"]
+    assert p.read("build/each/c.txt") == "C\n"
+    p.write("data/a.txt", "aa\n")
+    p.cli("build")
+    assert _ran(p) == ["a.txt"]
+    (p.path("data/c.txt")).unlink()  # c.txt is the item's now: it goes with it
+    p.cli("build")
+    assert _ran(p) == []
+    assert sorted(x.name for x in p.path("build/each").iterdir()) == ["a.txt"]
+    p.write("data/a.txt", "a\n")  # back to the inputs accepted: the accepted output
+    p.cli("build")
+    assert p.read("build/each/c.txt") == "by hand\n" and p.read("build/each/a.txt") == "A\n"
+
+
+def test_a_file_added_to_a_built_stage_survives_a_rerun_of_other_items(project) -> None:
+    p = project(EACH % "{item.name}", {"data/a.txt": "a\n", "data/b.txt": "b\n"})
+    p.cli("build")
+    assert _ran(p) == ["a.txt", "b.txt"]
+    p.write("build/each/a.txt", "hand\n")
+    p.write("build/each/index.html", "<p>\n")
+    out = p.cli("commit", "each").stdout
+    assert "2 item(s) built before keep the accepted bytes" in out
+    p.write("data/b.txt", "bee\n")
+    p.cli("build")
+    assert _ran(p) == ["b.txt"]
+    assert p.read("build/each/index.html") == "<p>\n"
+    assert p.read("build/each/a.txt") == "hand\n"
+
+
+def test_the_path_the_command_writes_for_an_item_matches_it(project) -> None:
+    p = project(EACH % "{item.stem}_mask.png", {"data/a.txt": "a\n", "data/b.txt": "b\n"})
+    _by_hand(p, {"a_mask.png": "A by hand\n", "b_mask.png": "B\n"})
+    out = p.cli("commit", "each").stdout
+    assert "2 item(s) matched" in out and "could not be matched" not in out, out
+    p.write("data/b.txt", "bb\n")
+    p.cli("build")
+    assert _ran(p) == ["b.txt"]
+    assert p.read("build/each/a_mask.png") == "A by hand\n"
+    assert p.read("build/each/b_mask.png") == "BB\n"
+
+
+def test_nested_items_writing_flat_names_are_matched(project) -> None:
+    p = project(EACH % "{item.name}", {"data/x/a.txt": "a\n", "data/y/b.txt": "b\n"})
+    _by_hand(p, {"a.txt": "A by hand\n", "b.txt": "B\n"})
+    assert "2 item(s) matched" in p.cli("commit", "each").stdout
+    p.write("data/y/b.txt", "bb\n")
+    p.cli("build")
+    assert _ran(p) == ["y/b.txt"]
+    assert p.read("build/each/a.txt") == "A by hand\n"
+
+
+def test_outputs_found_as_the_lock_records_them_get_items_too(project) -> None:
+    p = project(EACH % "{item.name}", {"data/a.txt": "a\n", "data/b.txt": "b\n"})
+    p.cli("build")
+    assert _ran(p) == ["a.txt", "b.txt"]
+    shutil.rmtree(p.path(".pipemake"))  # a fresh clone: outputs kept, no store
+    assert "pipemake.lock records" in p.cli("build").output
+    assert _ran(p) == []
+    p.write("data/b.txt", "bee\n")
+    r = p.cli("build")
+    assert TRACEBACK not in r.output
+    assert _ran(p) == ["b.txt"]
+    assert p.read("build/each/a.txt") == "A\n"
+
+
+def test_a_tampered_own_layer_in_the_store_writes_nothing_outside(project) -> None:
+    p = _four(project)
+    p.write("build/each/NOTES.md", "notes\n")
+    p.cli("commit", "each")
+    db = sqlite3.connect(p.path(".pipemake/store/actions.db"))
+    tampered = 0
+    for k, text in db.execute("SELECT key, entry FROM actions").fetchall():
+        entry = json.loads(text)
+        if "own" in entry:
+            entry["own"]["outputs"]["o"]["entries"][0][0] = "../../escaped.txt"
+            db.execute("UPDATE actions SET entry=? WHERE key=?", (json.dumps(entry), k))
+            tampered += 1
+    db.commit()
+    db.close()
+    assert tampered == 1
+    p.write("data/f2.txt", "s2b\n")
+    r = p.cli("build")
+    assert TRACEBACK not in r.output
+    assert _ran(p) == ["f2.txt"]
+    assert not p.exists("escaped.txt") and not p.exists("../escaped.txt")
+    assert p.read("build/each/f1.txt") == "HAND-EDIT\n"
+
+
+def test_attribute_matches_by_relpath_suffix_folder_then_name() -> None:
+    items = ["a.png", "b.png", "sub/c.png", "img.001.png", "img.002.png"]
+    paths = [
+        "a.png", "a.json", "b.png.json", "b/mask.png", "sub/c.txt", "c.txt",
+        "img.001.json", "img.json", "other.txt",
+    ]  # fmt: skip
+    owners, left = attribute(items, paths)
+    assert owners == {
+        "a.png": "a.png", "a.json": "a.png", "b.png.json": "b.png", "b/mask.png": "b.png",
+        "sub/c.txt": "sub/c.png", "c.txt": "sub/c.png", "img.001.json": "img.001.png",
+    }  # fmt: skip
+    assert left == ["img.json", "other.txt"]  # two items claim img.json equally
+
+
+def test_written_renders_the_paths_a_template_names_for_each_item() -> None:
+    cmd = "x < {inputs.src} > {outputs.o}/{item.stem}_m.png && cp y '{outputs.o}/{item.relpath}.d/'"
+    named = written(
+        {"cmd": cmd, "env": {"A": "{outputs.p}/{item.name}"}}, "o", ["a.txt", "s/b.txt"]
+    )
+    assert named == {"a_m.png": ["a.txt"], "b_m.png": ["s/b.txt"], "a.txt.d": ["a.txt"],
+                     "s/b.txt.d": ["s/b.txt"]}  # fmt: skip
+    owners, left = attribute(["a.txt", "s/b.txt"], ["a_m.png", "s/b.txt.d/0", "q.png"], named)
+    assert owners == {"a_m.png": "a.txt", "s/b.txt.d/0": "s/b.txt"} and left == ["q.png"]
+
+
+def test_attribute_never_guesses_between_equal_claims() -> None:
+    owners, left = attribute(["a.png", "a.jpg", "x/n.txt", "y/n.txt"], ["a.png", "a.json", "n.out"])
+    assert owners == {"a.png": "a.png"}
+    assert left == ["a.json", "n.out"]
+
+
+def test_lay_under_yields_to_what_items_wrote() -> None:
+    h = "0" * 32
+    merged = {
+        "o": {"kind": "dir", "hash": h, "entries": [["a", h, 1, 0o644], ["d/x", h, 1, 0o644]]}
+    }
+    own = {"o": {"kind": "dir", "hash": h, "entries": [
+        ["a", h, 2, 0o644], ["d", h, 2, 0o644], ["a/in", h, 2, 0o644], ["k", h, 2, 0o644],
+    ]}}  # fmt: skip
+    kept = lay_under(merged, own)
+    assert [e[0] for e in kept["o"]["entries"]] == ["k"]
+    assert [e[0] for e in merged["o"]["entries"]] == ["a", "d/x", "k"]
