@@ -31,7 +31,7 @@ from .rule import Ports
 from .scheduler import StageFailure
 from .state import WorkspaceState
 from .store import Store
-from .templates import Ref, TemplateError, find_refs, substitute
+from .templates import Ref, TemplateError, find_refs, parse, substitute
 from .walk import BadPath, left_out
 
 __all__ = ["Planned", "ResolvedStage", "Resolver", "Unknown"]
@@ -215,7 +215,11 @@ class Resolver:
                     checked=True,
                 )  # fmt: skip
             else:
-                made = {n: manifest_hash(m) for n, m in planned.outputs.items()}
+                # the outputs it reads whole (all of them, as before outputs were told
+                # apart, where it reads them all, lists dep in depends_on or uses a value)
+                counted = self._counted_outputs(stage, ports, self.p.stages[dep])
+                made = {n: manifest_hash(m) for n, m in planned.outputs.items()
+                        if counted is None or n in counted}  # fmt: skip
                 upstream[dep] = digest(
                     [made, planned.values],
                     checked=True,  # JSON from the store: string keys
@@ -377,6 +381,64 @@ class Resolver:
         rs.cached.update({rel: entries[k] for rel, k in rs.item_keys.items() if k in entries})
 
     # references and inputs --------------------------------------------------------------
+    def _counted_outputs(self, stage: Stage, ports: Ports, dep: Stage) -> set[str] | None:
+        """The outputs of upstream stage ``dep`` whose manifests go into the key of a stage
+        it does not feed items (with ``dep``'s computed values): those the stage reads whole.
+        An input path strictly inside an output (``{A.d}/sub/f.txt``, or that path written
+        out) is hashed as the stage's input, which is all it reads there, so a sibling file
+        changing in that folder keeps its key. None: all of them, as before outputs were told
+        apart, where the stage reads them all whole, lists ``dep`` in its ``depends_on`` (an
+        order it asked for may hide reads of any), uses one of its computed values (a path
+        one gives may lead anywhere in them) or is handed its values (``custom``); so the
+        same formula gives such stages the keys they had."""
+        if dep.id in stage.after or getattr(stage.rule, "upstream_param", None):
+            return None
+        outputs = dep.ports.outputs
+        whole: set[str] = set()
+        read: set[str] = set()  # the input paths, as the key holds them
+        for value in ports.inputs.values():
+            for path in value if isinstance(value, list) else [value]:
+                if not isinstance(path, str):
+                    continue
+                path = os.path.normpath(path)
+                read.add(path)
+                owner = self.p.output_owner(glob_base(path) if is_glob(path) else path)
+                if owner is not None and owner[0] == dep.id and (not owner[2] or is_glob(path)):
+                    whole.add(owner[1])
+        for text in _strings(stage.config):
+            if "{" not in text:
+                continue
+            try:
+                pieces = parse(text)
+            except TemplateError:
+                return None
+            names = {p.name for p in pieces if isinstance(p, Ref) and p.scope == dep.id}
+            if not names:
+                continue
+            if not names <= set(outputs):
+                return None  # a computed value (or a path one gives)
+            path = self._path_of(pieces)
+            if path is None or os.path.normpath(path) not in read or is_glob(path):
+                whole |= names  # used otherwise than as an input path (a cmd, a param)
+        return None if whole >= set(outputs) else whole
+
+    def _path_of(self, pieces: list[str | Ref]) -> str | None:
+        """A template's text where it names only variables and stages' output paths (what
+        the loader resolves), else None."""
+        text = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                text.append(piece)
+            elif piece.scope == "vars" and isinstance(self.p.vars.get(piece.name), str):
+                text.append(self.p.vars[piece.name])
+            elif piece.scope in self.p.stages and piece.name in (
+                outs := self.p.stages[piece.scope].ports.outputs
+            ):
+                text.append(outs[piece.name])
+            else:
+                return None
+        return "".join(text)
+
     def _foreach_feed(self, stage: Stage, ports: Ports) -> tuple[str, str] | None:
         """``(upstream stage, output name)`` whose output a foreach stage's items come from,
         or None (not a foreach stage, or its input is a source folder)."""
@@ -593,3 +655,14 @@ def _named_outputs(stage: Stage, dep: Stage) -> set[str] | None:
     aliases = getattr(dep.rule, "path_values", None) or {}
     named = {aliases.get(n, n) for n in names}
     return named if named <= set(dep.ports.outputs) else None
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a config value (lists and mappings too)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    return []
