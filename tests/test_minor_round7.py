@@ -1,0 +1,157 @@
+"""Round 7 of small findings from peer suites (DVC, Snakemake, GNU make): SIGHUP stops a
+build as SIGTERM does, status and reason words that say what is true, an output that is not
+a file or folder named as an output, TOML params files."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import io
+import os
+import pty
+import signal
+import subprocess
+import termios
+from pathlib import Path
+
+import pytest
+from conftest import TRACEBACK, Proj, _env, alive, wait_for
+
+from pipemake.progress import PlainView, muted
+
+
+def _started(p: Proj, proc: subprocess.Popen[str]) -> int:
+    wait_for(
+        lambda: p.exists("runs/slow.started") or proc.poll() is not None,
+        what="the slow stage to start",
+    )
+    assert proc.poll() is None
+    return int(p.read("runs/slow.pid"))
+
+
+# 1. SIGHUP -----------------------------------------------------------------------------
+
+
+def test_sighup_stops_like_sigterm_with_summary_and_keeps_the_finished_stage(
+    slow: Proj, tmp_path: Path
+) -> None:
+    """One SIGHUP: nothing new starts, the running stage gets its grace and is kept, the
+    summary is printed, and pipemake exits 129."""
+    log = tmp_path / "log"
+    proc = slow.popen("build", "--no-progress", log=log)
+    _started(slow, proc)
+    proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "stopping" in log.read_text(), what="pipemake to take the signal")
+    slow.write("go", "")
+    assert proc.wait(20) == 129, log.read_text()
+    out = log.read_text()
+    assert TRACEBACK not in out
+    assert "stopped by SIGHUP" in out  # the summary
+    assert "interrupted by SIGHUP" in out
+    assert not slow.exists("build/last")  # not started after the signal
+    status = slow.cli("status").stdout
+    assert "slow: up to date" in status
+
+
+def test_sighup_with_the_readers_gone_still_records_the_run_as_interrupted(
+    slow: Proj,
+) -> None:
+    """stdout and stderr are pipes whose reader is gone (EPIPE on every write after the
+    HUP): the stop, its cleanup and the record happen all the same; the stage it stopped
+    is ``interrupted`` in status, its command is ended, nothing is placed."""
+    proc = slow.popen("build", "--no-progress", "--grace", "0")
+    shell = _started(slow, proc)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    proc.stderr.close()
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(20) == 129
+    wait_for(lambda: not alive(shell), what="the stage's command to end")
+    assert not slow.exists("build/slow")
+    status = slow.cli("status").stdout
+    assert "slow: interrupted" in status
+    assert "the last run was interrupted" in status or "last: interrupted" in status
+
+
+def _on_terminal(argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    """``argv`` as the controlling process of a new pseudo-terminal (the rich view drawn on
+    it): closing the returned master end hangs the terminal up, as closing a window does."""
+    master, slave = pty.openpty()
+
+    def _take_terminal() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(
+        argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True,
+        preexec_fn=_take_terminal,
+    )  # fmt: skip
+    os.close(slave)
+    return proc, master
+
+
+def test_a_closed_terminal_stops_the_build_without_a_traceback(slow: Proj) -> None:
+    """The terminal pipemake draws its live view on is closed mid-build: the kernel's
+    SIGHUP stops the build (exit 129, not a traceback's 1), its writes to the dead terminal
+    raise nothing, the stage's command ends and the run is recorded as interrupted."""
+    env = _env({"TERM": "xterm", "COLUMNS": "100", "LINES": "30"})
+    proc, master = _on_terminal(slow.argv("build", "--grace", "0"), env)
+    try:
+        shell = _started(slow, proc)  # type: ignore[arg-type]
+    finally:
+        os.close(master)  # the window closes
+    assert proc.wait(20) == 129
+    wait_for(lambda: not alive(shell), what="the stage's command to end")
+    assert not slow.exists("build/slow")
+    assert "slow: interrupted" in slow.cli("status").stdout
+
+
+def test_nohup_keeps_the_build_going(slow: Proj, tmp_path: Path) -> None:
+    """Under ``nohup`` (SIGHUP ignored) a SIGHUP changes nothing: the build finishes."""
+    log = tmp_path / "log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            ["nohup", *slow.argv("build", "--no-progress")], stdout=out,
+            stderr=subprocess.STDOUT, env=_env(None),
+        )  # fmt: skip
+    _started(slow, proc)  # type: ignore[arg-type]
+    proc.send_signal(signal.SIGHUP)
+    slow.write("go", "")
+    assert proc.wait(20) == 0, log.read_text()
+    assert slow.read("build/last/done.txt") == "done\none\n"
+
+
+class _Gone(io.StringIO):
+    """A stream whose reader is gone: every write fails as a hung-up terminal's does."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__()
+        self.code = code
+        self.null = os.open(os.devnull, os.O_WRONLY)
+        self.fd = os.dup(self.null)
+        self.dead = True
+
+    def write(self, text: str) -> int:
+        if self.dead:
+            raise OSError(self.code, os.strerror(self.code))
+        return len(text)
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.EPIPE])
+def test_the_plain_view_goes_quiet_when_its_reader_is_gone(code: int) -> None:
+    from pipemake.events import Event
+
+    stream = _Gone(code)
+    view = PlainView(stream)
+    view(Event("log", None, {"level": "info", "text": "hello"}))  # no exception
+    stream.dead = False
+    view(Event("log", None, {"level": "info", "text": "again"}))
+    os.close(stream.fd)
+    os.close(stream.null)
+
+
+def test_muted_raises_other_write_failures() -> None:
+    with pytest.raises(OSError, match="No space"):
+        muted(io.StringIO(), OSError(errno.ENOSPC, "No space left on device"))
