@@ -399,14 +399,25 @@ def decide(
         return Decision(Verdict.UP_TO_DATE)
     if last.built and last.key != stage.key:  # what changed, not its effect on the outputs
         record = last.record
-        was = record.get("upstream_parts") if record else None
-        why = explain(record.get("doc") if record else None, stage.doc, parts=(was, parts))
+        earlier = _EARLIER
+        if record and record.get("result") in ("failed", "interrupted"):
+            # since that run, or that it failed: the entry may even be that run's own (its
+            # command finished, placing its outputs did not), so not "an earlier build"
+            why, earlier = last.why(stage.doc, parts), _IN_STORE
+        elif record and record.get("doc") is not None:
+            why = explain(record["doc"], stage.doc, parts=(record.get("upstream_parts"), parts))
+        else:  # a record without a finished build's key document: nothing to compare
+            why, earlier = [], _IN_STORE
         if stage.foreach:
             why += _items_changed(stage.items, last.item_hashes)
-        earlier = Reason(Trigger.CACHED, "cached from an earlier build")
         return Decision(Verdict.RESTORE, [*why, earlier])
     return Decision(Verdict.RESTORE, output_reasons(bad, fresh=not last.built))
 
+
+#: why a stage whose key differs from its last build's is restored, not run: that key was
+#: built before (an earlier build), or the store holds it from a run that did not finish
+_EARLIER = Reason(Trigger.CACHED, "cached from an earlier build")
+_IN_STORE = Reason(Trigger.CACHED, "the store has its outputs for these inputs")
 
 #: a foreach stage with no finished build but items in the store (a run stopped or failed
 #: halfway, before it was recorded): "never built" would deny the items it keeps

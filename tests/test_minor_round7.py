@@ -12,11 +12,14 @@ import pty
 import signal
 import subprocess
 import termios
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import TRACEBACK, Proj, _env, alive, wait_for
 
+from pipemake.decide import LastBuild, Verdict, decide
 from pipemake.progress import PlainView, muted
 
 
@@ -155,3 +158,57 @@ def test_the_plain_view_goes_quiet_when_its_reader_is_gone(code: int) -> None:
 def test_muted_raises_other_write_failures() -> None:
     with pytest.raises(OSError, match="No space"):
         muted(io.StringIO(), OSError(errno.ENOSPC, "No space left on device"))
+
+
+# 2. a failed run whose key the store holds ---------------------------------------------
+
+
+def _key_doc(**over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "format": 1, "rule": "shell", "rule_version": "1", "stage_version": None, "code": "c",
+        "params": {"cmd": "cp a b"}, "inputs": {"src": ["data/a.txt", "h1"]}, "upstream": {},
+        "outputs": {"o": "build/o"},
+    }  # fmt: skip
+    base.update(over)
+    return base
+
+
+@dataclass
+class _Stage:
+    doc: dict[str, Any]
+    key: str | None = "k1"
+    unknown: set[str] = field(default_factory=set)
+    foreach: bool = False
+    map_reduce: bool = False
+    cached: dict[str, Any] = field(default_factory=dict)
+    items: list[Any] = field(default_factory=list)
+
+
+_ENTRY = {"outputs": {"o": {"kind": "file", "hash": "x"}}}
+
+
+def test_a_failed_first_run_whose_outputs_the_store_holds_is_not_called_never_built() -> None:
+    """The command of a stage's first run finished and its entry was stored, but placing
+    its outputs failed (an unwritable folder): restored next time, said as what it is —
+    the last run failed, the store has the outputs — never "never built" next to "cached
+    from an earlier build"."""
+    record = {"key": None, "result": "failed", "failed_doc": _key_doc()}
+    last = LastBuild(True, None, "failed", record)
+    d = decide(_Stage(_key_doc()), _ENTRY, {"build/o": "missing"}, last)
+    assert d.verdict is Verdict.RESTORE
+    words = [str(r) for r in d.reasons]
+    assert words == ["the last run failed", "the store has its outputs for these inputs"]
+    changed = _key_doc(inputs={"src": ["data/a.txt", "h2"]})
+    d = decide(_Stage(changed), _ENTRY, {"build/o": "missing"}, last)
+    assert [str(r) for r in d.reasons] == [
+        "input data/a.txt changed since the failed run",
+        "the store has its outputs for these inputs",
+    ]
+
+
+def test_an_earlier_finished_build_is_still_said_so() -> None:
+    old = _key_doc(params={"cmd": "cp a c"})
+    last = LastBuild(True, "k0", "ok", {"key": "k0", "result": "ok", "doc": old})
+    d = decide(_Stage(_key_doc()), _ENTRY, {"build/o": "missing"}, last)
+    assert [str(r) for r in d.reasons][-1] == "cached from an earlier build"
+    assert not any("never built" in str(r) for r in d.reasons)
