@@ -12,6 +12,7 @@ import pty
 import signal
 import subprocess
 import termios
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -212,3 +213,34 @@ def test_an_earlier_finished_build_is_still_said_so() -> None:
     d = decide(_Stage(_key_doc()), _ENTRY, {"build/o": "missing"}, last)
     assert [str(r) for r in d.reasons][-1] == "cached from an earlier build"
     assert not any("never built" in str(r) for r in d.reasons)
+
+
+# 3. a FIFO, socket or device at an output path -----------------------------------------
+
+_FIFO_OUT = r"""
+name: fifo
+stages:
+  - id: o
+    type: shell
+    config:
+      cmd: "mkfifo {outputs.o}"
+      outputs: {o: build/pipe}
+  - id: sock
+    type: shell
+    config:
+      cmd: "python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' {outputs.s}"
+      outputs: {s: build/sock}
+"""
+
+
+def test_a_fifo_or_socket_output_is_named_as_the_output_with_what_to_do(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(_FIFO_OUT, {"data/a.txt": "a"})
+    out = p.cli("build", "-k", "--no-progress", code=1).output
+    assert TRACEBACK not in out
+    assert "output 'o' (build/pipe) is a FIFO, which pipemake cannot store" in out
+    assert "output 's' (build/sock) is a socket, which pipemake cannot store" in out
+    assert "an output must be a regular file or a folder of them; write the data" in out
+    assert "an input must be" not in out
+    assert not p.exists("build/pipe") and not p.exists("build/sock")
