@@ -166,14 +166,27 @@ def _paths(value: Any) -> dict[str, str]:
     return {p: h for p, h in value}
 
 
+def _named(name: str, value: Any) -> str:
+    """An input said by its key and what it points at: ``s (data/s.txt)``, ``s (data/a.txt
+    and 2 more)``; the key alone for an input of no paths (an empty list, a value)."""
+    try:
+        paths = sorted(_paths(value)) if isinstance(value, list) else []
+    except (TypeError, ValueError, IndexError):
+        paths = []
+    if not paths:
+        return name
+    more = f" and {len(paths) - 1:,} more" if len(paths) > 1 else ""
+    return f"{name} ({paths[0]}{more})"
+
+
 def _diff_inputs(old: dict[str, Any], new: dict[str, Any]) -> list[Reason]:
     out = []
     for name in sorted(set(old) | set(new)):
         if name not in old:
-            out.append(Reason(Trigger.INPUT, f"input {name} added"))
+            out.append(Reason(Trigger.INPUT, f"input {_named(name, new[name])} added"))
             continue
         if name not in new:
-            out.append(Reason(Trigger.INPUT, f"input {name} removed"))
+            out.append(Reason(Trigger.INPUT, f"input {_named(name, old[name])} removed"))
             continue
         o, n = _paths(old[name]), _paths(new[name])
         for path in sorted(set(o) | set(n)):
@@ -528,10 +541,12 @@ def _diff_locked_inputs(
     for name in sorted(set(locked) | set(now)):
         want, have = locked.get(name), now.get(name)
         if have is None:
-            out.append(Reason(Trigger.INPUT, f"input {name} removed"))
+            was = want.get("path") if isinstance(want, dict) else None
+            said = f"{name} ({was})" if isinstance(was, str) else name
+            out.append(Reason(Trigger.INPUT, f"input {said} removed"))
             continue
         if not isinstance(want, dict):
-            out.append(Reason(Trigger.INPUT, f"input {name} added"))
+            out.append(Reason(Trigger.INPUT, f"input {_named(name, have)} added"))
             continue
         pair = isinstance(have, list) and len(have) == 2 and isinstance(have[0], str)
         if "value" in want or not pair:

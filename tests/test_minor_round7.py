@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import io
+import json
 import os
 import pty
 import signal
@@ -244,3 +245,37 @@ def test_a_fifo_or_socket_output_is_named_as_the_output_with_what_to_do(
     assert "an output must be a regular file or a folder of them; write the data" in out
     assert "an input must be" not in out
     assert not p.exists("build/pipe") and not p.exists("build/sock")
+
+
+# 4. an added or removed input named by key and path ------------------------------------
+
+_ONE = r"""
+name: added
+stages:
+  - id: c
+    type: shell
+    config:
+      cmd: "echo x >> runs/c.count; cat {inputs.i} > {outputs.o}"
+      inputs: {i: data/a.txt}
+      outputs: {o: build/c.txt}
+"""
+
+
+def test_an_added_or_removed_input_is_named_by_its_key_and_its_path(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(_ONE, {"data/a.txt": "a", "data/s.txt": "s"})
+    p.cli("build")
+    p.edit("pipemake.yaml", "{i: data/a.txt}", "{i: data/a.txt, s: data/s.txt}")
+    said = "input s (data/s.txt) added"
+    assert f"c: run: {said}" in p.cli("dry-run").stdout
+    rows = json.loads(p.cli("dry-run", "--json").stdout)
+    assert said in rows[0]["reasons"] and "input" in rows[0]["triggers"]
+    assert said in p.cli("status").stdout
+    assert said in p.cli("build", "--no-progress").output
+    assert said in p.cli("log").stdout
+    q = project(_ONE.replace("{i: data/a.txt}", "{i: data/a.txt, s: data/s.txt}"),
+                {"data/a.txt": "a", "data/s.txt": "s"}, name="q")  # fmt: skip
+    q.cli("build")
+    q.edit("pipemake.yaml", "{i: data/a.txt, s: data/s.txt}", "{i: data/a.txt}")
+    assert "c: run: input s (data/s.txt) removed" in q.cli("dry-run").stdout
