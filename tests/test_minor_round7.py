@@ -279,3 +279,93 @@ def test_an_added_or_removed_input_is_named_by_its_key_and_its_path(
     q.cli("build")
     q.edit("pipemake.yaml", "{i: data/a.txt, s: data/s.txt}", "{i: data/a.txt}")
     assert "c: run: input s (data/s.txt) removed" in q.cli("dry-run").stdout
+
+
+# 5. TOML and JSON params files ---------------------------------------------------------
+
+_PARAMS = r"""
+name: pf
+params: FILE
+stages:
+  - id: s
+    type: shell
+    config:
+      cmd: "echo x >> runs/s.count; echo lr={params.train.lr} on={params.when} > {outputs.o}"
+      outputs: {o: build/s.txt}
+  - id: t
+    type: shell
+    config:
+      cmd: "echo x >> runs/t.count; echo e={params.train.epochs} > {outputs.o}"
+      outputs: {o: build/t.txt}
+"""
+
+_TOML = """when = 2024-01-02
+unused = 1
+
+[train]
+lr = 0.25
+epochs = 3
+"""
+
+
+def test_a_toml_params_file_works_as_a_yaml_one(project: Callable[..., Proj]) -> None:
+    """``params: params.toml``: ``{params.SECTION.KEY}``, only used keys in a stage's key,
+    ``--set params.KEY=…``, a date as its text."""
+    p = project(_PARAMS.replace("FILE", "params.toml"), {"params.toml": _TOML})
+    p.cli("build")
+    assert p.read("build/s.txt") == "lr=0.25 on=2024-01-02\n"
+    assert p.read("build/t.txt") == "e=3\n"
+    p.edit("params.toml", "unused = 1", "unused = 2")  # used by no stage
+    assert p.cli("dry-run").stdout == "s: up to date\nt: up to date\n"
+    p.edit("params.toml", "epochs = 3", "epochs = 4")  # only t uses it
+    p.cli("build")
+    assert p.run_counts() == {"s": 1, "t": 2}
+    assert p.read("build/t.txt") == "e=4\n"
+    p.cli("build", "-S", "params.train.lr=0.5")
+    assert p.read("build/s.txt") == "lr=0.5 on=2024-01-02\n"
+    p.cli("build")  # back: restored, not run
+    assert p.run_counts() == {"s": 2, "t": 2}
+    r = p.cli("build", "-S", "params.train.lr2=1", code=2)
+    assert "params.toml has no key 'lr2'" in r.output
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "said"),
+    [
+        ("params.toml", "[train]\nlr = 0.25\nepochs = \n", "params.toml:3, column 10"),
+        ("params.toml", "[train]\nlr = 1\n[train]\n", "params.toml:3"),
+        ("params.json", '{"train": {"lr": 1,}}', "params.json:1, column 20"),
+    ],
+    ids=["toml-value", "toml-twice", "json-comma"],
+)
+def test_a_params_file_its_format_cannot_read_is_exit_2_with_file_and_line(
+    project: Callable[..., Proj], name: str, text: str, said: str
+) -> None:
+    p = project(_PARAMS.replace("FILE", name), {name: text})
+    for verb in ("validate", "build", "dry-run", "status"):
+        r = p.cli(verb, code=2)
+        assert TRACEBACK not in r.output
+        kind = "TOML" if name.endswith(".toml") else "JSON"
+        assert f"pipemake.yaml:2: params file {name} is not valid {kind} ({said}" in r.output
+    assert not p.exists("build")
+
+
+def test_a_json_params_file_reads_as_json(project: Callable[..., Proj]) -> None:
+    """Read by the JSON parser (a tab-indented file, which YAML refuses, is fine)."""
+    text = '{\n\t"when": "now",\n\t"train": {"lr": 0.5, "epochs": 2}\n}\n'
+    p = project(_PARAMS.replace("FILE", "params.json"), {"params.json": text})
+    p.cli("build")
+    assert p.read("build/s.txt") == "lr=0.5 on=now\n"
+
+
+def test_a_python_params_file_is_refused_saying_what_to_write(
+    project: Callable[..., Proj],
+) -> None:
+    p = project(_PARAMS.replace("FILE", "params.py"), {"params.py": "lr = 1\n"})
+    r = p.cli("validate", code=2)
+    assert "params file params.py is Python" in r.output
+    assert "write the values into params.yaml (or .json, .toml)" in r.output
+    missing = project(_PARAMS.replace("FILE", "nothere.toml"), name="m")
+    r = missing.cli("validate", code=2)
+    assert "params file nothere.toml does not exist" in r.output
+    assert "a TOML file of keys and values" in r.output
