@@ -369,3 +369,50 @@ def test_a_python_params_file_is_refused_saying_what_to_write(
     r = missing.cli("validate", code=2)
     assert "params file nothere.toml does not exist" in r.output
     assert "a TOML file of keys and values" in r.output
+
+
+# 6. a never-built stage waiting on an upstream computed value --------------------------
+
+_VALUES = r"""
+name: fresh
+stages:
+  - id: up
+    type: python
+    config:
+      function: "steps:up"
+      inputs: {i: data/x.txt}
+      outputs: {o: build/up.txt}
+  - id: count
+    type: shell
+    config:
+      cmd: "echo x >> runs/count.count; echo n={up.n} > {outputs.o}"
+      outputs: {o: build/count.txt}
+"""
+
+_STEPS = """
+import pathlib
+def up(ctx):
+    text = pathlib.Path(ctx.inputs["i"]).read_text()
+    pathlib.Path(ctx.outputs["o"]).write_text(str(len(text)))
+    return {"n": len(text)}
+"""
+
+
+def test_a_never_built_stage_on_an_upstream_value_is_said_to_run_everywhere(
+    project: Callable[..., Proj],
+) -> None:
+    """It cannot be anything but run (never built, no lock to restore it from): dry-run,
+    build -n, status and the build all say so; once built, an upstream that will run
+    makes it ``maybe`` (early cutoff may spare it), which is then true."""
+    p = project(_VALUES, {"data/x.txt": "abc", "steps.py": _STEPS})
+    assert "count: run: never built" in p.cli("dry-run").stdout
+    assert "count: run: never built" in p.cli("build", "-n").output
+    assert "count: never built" in p.cli("status").stdout
+    rows = {r["stage"]: r for r in json.loads(p.cli("dry-run", "--json").stdout)}
+    assert rows["count"]["decision"] == "run" and rows["count"]["triggers"] == ["never built"]
+    assert "count: running (never built)" in p.cli("build", "--no-progress").output
+    assert p.read("build/count.txt") == "n=3\n"
+    p.write("data/x.txt", "xyz")  # same length: up runs, count's value is the same
+    assert "count: maybe: upstream up will run" in p.cli("dry-run").stdout
+    p.cli("build")
+    assert p.runs("count") == 1
