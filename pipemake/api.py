@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import posixpath
 import signal
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -321,7 +322,9 @@ class BuildReport:
 
 
 class _Signals:
-    """Turns the first SIGINT/SIGTERM into a polite stop request, a second into a hard one."""
+    """Turns the first SIGINT, SIGTERM or SIGHUP into a polite stop request, a second into a
+    hard one. SIGHUP (the terminal closed, the ssh link dropped) stops a build as SIGTERM
+    does, as GNU make treats it; it is left alone where it is ignored (``nohup``)."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -329,13 +332,17 @@ class _Signals:
         self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            _gone_terminal()
         self.count += 1
         if self.received is None:
             self.received = signum
 
     def __enter__(self) -> _Signals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             try:
+                if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                    continue  # `nohup`: the user asked to outlive the terminal
                 self._old[sig] = signal.signal(sig, self._handler)
             except ValueError:  # not the main thread
                 pass
@@ -344,6 +351,34 @@ class _Signals:
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+def _gone_terminal() -> None:
+    """After a SIGHUP: point stdin, stdout and stderr at ``/dev/null`` where they are a
+    terminal (the one just hung up), so the summary and the messages of the stop that
+    follows go nowhere instead of failing with EIO. A file or a pipe stays as it is (a log
+    someone reads later); the writers catch a pipe whose reader is gone themselves."""
+    try:
+        null = os.stat(os.devnull).st_rdev
+    except OSError:
+        return
+    for fd in (0, 1, 2):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if not stat.S_ISCHR(st.st_mode) or st.st_rdev == null:
+            continue
+        try:
+            dev = os.open(os.devnull, os.O_RDWR)
+        except OSError:
+            return
+        try:
+            os.dup2(dev, fd)
+        except OSError:
+            pass
+        finally:
+            os.close(dev)
 
 
 @dataclass(frozen=True)

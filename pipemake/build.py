@@ -136,6 +136,11 @@ class Builder:
         try:
             rs = self.resolve(stage)
         except Unknown as exc:
+            forced = self.force or stage.id in self.force_stages
+            if not forced and not self.last(stage.id).built and stage.id not in self._lock():
+                # never built here nor locked: it runs, whatever its upstream makes (as a
+                # stage whose input paths wait on an upstream stage is said to)
+                return Decision(Verdict.RUN, [_NEVER]), None, None
             told = self.decisions.get(exc.stage)
             restored = told is not None and told.verdict is Verdict.RESTORE
             return waiting_on(exc.stage, restored), None, None

@@ -26,7 +26,7 @@ import click
 from . import api, noop
 from .errors import Interrupted, PipemakeError, UsageError, os_failure
 from .model import LOCK_FILE
-from .progress import error_lines, restored_from, visible
+from .progress import error_lines, muted, restored_from, visible
 
 __all__ = ["main", "cli"]
 
@@ -58,10 +58,10 @@ def _run(fn: Callable[[], int | None]) -> None:
     try:
         code = fn() or 0
     except PipemakeError as exc:
-        click.echo(visible(exc.format()), err=True)
+        _say(visible(exc.format()))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+        _say("interrupted")
         sys.exit(130)
     except BrokenPipeError:  # `pipemake status | head`: the reader has what it wanted
         with contextlib.suppress(OSError):  # no second error when Python flushes at exit
@@ -76,6 +76,15 @@ def _run(fn: Callable[[], int | None]) -> None:
         click.echo(visible(error.format()), err=True)
         sys.exit(error.exit_code)
     sys.exit(code)
+
+
+def _say(text: str) -> None:
+    """An error's message on stderr; where nobody reads it any more (a terminal closed by a
+    SIGHUP, a pipe whose reader ended), nothing, and the exit code still says it."""
+    try:
+        click.echo(text, err=True)
+    except OSError as exc:
+        muted(sys.stderr, exc)
 
 
 #: commands people type for what another command does (the original system's among them)
@@ -396,7 +405,7 @@ def _shown(path: Any) -> str:
     type=click.FloatRange(min=0),
     default=30.0,
     show_default=True,
-    help="Seconds running stages may finish after a first Ctrl-C or SIGTERM.",
+    help="Seconds running stages may finish after a first Ctrl-C, SIGTERM or SIGHUP.",
 )
 @click.option("--no-progress", is_flag=True, help="Plain lines instead of a live view.")
 @click.option(

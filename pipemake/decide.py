@@ -166,14 +166,27 @@ def _paths(value: Any) -> dict[str, str]:
     return {p: h for p, h in value}
 
 
+def _named(name: str, value: Any) -> str:
+    """An input said by its key and what it points at: ``s (data/s.txt)``, ``s (data/a.txt
+    and 2 more)``; the key alone for an input of no paths (an empty list, a value)."""
+    try:
+        paths = sorted(_paths(value)) if isinstance(value, list) else []
+    except (TypeError, ValueError, IndexError):
+        paths = []
+    if not paths:
+        return name
+    more = f" and {len(paths) - 1:,} more" if len(paths) > 1 else ""
+    return f"{name} ({paths[0]}{more})"
+
+
 def _diff_inputs(old: dict[str, Any], new: dict[str, Any]) -> list[Reason]:
     out = []
     for name in sorted(set(old) | set(new)):
         if name not in old:
-            out.append(Reason(Trigger.INPUT, f"input {name} added"))
+            out.append(Reason(Trigger.INPUT, f"input {_named(name, new[name])} added"))
             continue
         if name not in new:
-            out.append(Reason(Trigger.INPUT, f"input {name} removed"))
+            out.append(Reason(Trigger.INPUT, f"input {_named(name, old[name])} removed"))
             continue
         o, n = _paths(old[name]), _paths(new[name])
         for path in sorted(set(o) | set(n)):
@@ -399,14 +412,25 @@ def decide(
         return Decision(Verdict.UP_TO_DATE)
     if last.built and last.key != stage.key:  # what changed, not its effect on the outputs
         record = last.record
-        was = record.get("upstream_parts") if record else None
-        why = explain(record.get("doc") if record else None, stage.doc, parts=(was, parts))
+        earlier = _EARLIER
+        if record and record.get("result") in ("failed", "interrupted"):
+            # since that run, or that it failed: the entry may even be that run's own (its
+            # command finished, placing its outputs did not), so not "an earlier build"
+            why, earlier = last.why(stage.doc, parts), _IN_STORE
+        elif record and record.get("doc") is not None:
+            why = explain(record["doc"], stage.doc, parts=(record.get("upstream_parts"), parts))
+        else:  # a record without a finished build's key document: nothing to compare
+            why, earlier = [], _IN_STORE
         if stage.foreach:
             why += _items_changed(stage.items, last.item_hashes)
-        earlier = Reason(Trigger.CACHED, "cached from an earlier build")
         return Decision(Verdict.RESTORE, [*why, earlier])
     return Decision(Verdict.RESTORE, output_reasons(bad, fresh=not last.built))
 
+
+#: why a stage whose key differs from its last build's is restored, not run: that key was
+#: built before (an earlier build), or the store holds it from a run that did not finish
+_EARLIER = Reason(Trigger.CACHED, "cached from an earlier build")
+_IN_STORE = Reason(Trigger.CACHED, "the store has its outputs for these inputs")
 
 #: a foreach stage with no finished build but items in the store (a run stopped or failed
 #: halfway, before it was recorded): "never built" would deny the items it keeps
@@ -517,10 +541,12 @@ def _diff_locked_inputs(
     for name in sorted(set(locked) | set(now)):
         want, have = locked.get(name), now.get(name)
         if have is None:
-            out.append(Reason(Trigger.INPUT, f"input {name} removed"))
+            was = want.get("path") if isinstance(want, dict) else None
+            said = f"{name} ({was})" if isinstance(was, str) else name
+            out.append(Reason(Trigger.INPUT, f"input {said} removed"))
             continue
         if not isinstance(want, dict):
-            out.append(Reason(Trigger.INPUT, f"input {name} added"))
+            out.append(Reason(Trigger.INPUT, f"input {_named(name, have)} added"))
             continue
         pair = isinstance(have, list) and len(have) == 2 and isinstance(have[0], str)
         if "value" in want or not pair:

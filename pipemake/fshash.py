@@ -31,7 +31,7 @@ from .hashing import hash_file, normalize_mode, tree_hash
 from .state import TreeRow, WorkspaceState, tree_data
 from .walk import BadPath, LinkView, Row, signature, walk
 
-__all__ = ["BadName", "Entry", "Hasher", "PathInfo", "check_names"]
+__all__ = ["BadName", "Entry", "Hasher", "NotRegular", "PathInfo", "check_names"]
 
 Entry = Sequence[Any]  # [relpath, hash, size, mode]
 _RACY_NS = 1_000_000_000
@@ -116,14 +116,26 @@ def _read_hash(path: str, size: int) -> str:
         raise BadPath(f"cannot read {path}: {exc.strerror}; make it readable") from None
 
 
-def _regular(path: str, st: os.stat_result) -> None:
-    """Raise :class:`BadPath` unless ``st`` is a regular file's: reading a device such as
-    ``/dev/zero`` never ends, and opening a FIFO waits for a writer."""
-    if not stat_mod.S_ISREG(st.st_mode):
-        raise BadPath(
+class NotRegular(BadPath):
+    """A path that is a device, FIFO or socket where a file or folder must be (``path``
+    absolute, ``kind`` in words): an input's message; an output's caller says its own."""
+
+    def __init__(self, path: str, kind: str) -> None:
+        self.path, self.kind = path, kind
+        super().__init__(
             f"{path} is not a regular file or a folder (a device, FIFO or socket): an input "
             "must be a file or a folder; point it at one"
         )
+
+
+def _regular(path: str, st: os.stat_result) -> None:
+    """Raise :class:`NotRegular` unless ``st`` is a regular file's: reading a device such as
+    ``/dev/zero`` never ends, and opening a FIFO waits for a writer."""
+    mode = st.st_mode
+    if not stat_mod.S_ISREG(mode):
+        kind = "a FIFO" if stat_mod.S_ISFIFO(mode) else "a socket" if stat_mod.S_ISSOCK(mode) \
+            else "a device"  # fmt: skip
+        raise NotRegular(path, kind)
 
 
 def _entries(rows: list[Any], hashes: list[str]) -> list[Entry]:

@@ -13,6 +13,9 @@ YAML (``3`` is a number, ``a.mp4`` a string), and keys change with it.
 
 from __future__ import annotations
 
+import datetime
+import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,28 +165,116 @@ def load_params(doc: LineDict, root: Path, ld: Problems) -> tuple[dict[str, Any]
         try:
             data = path.read_bytes()
         except FileNotFoundError:
+            what = {"toml": "a TOML file of keys and values", "json": "a JSON object"}.get(
+                _format(name), "a YAML mapping of keys to values"
+            )
             ld.problem(
                 f"params file {name} does not exist",
                 line,
-                hint=f"create {name} (a YAML mapping of keys to values), or fix the path",
+                hint=f"create {name} ({what}), or fix the path",
             )
             continue
         except OSError as exc:
             ld.problem(f"cannot read params file {name}: {exc.strerror or exc}", line)
             continue
         files[str(path)] = params_hash(data)
+        if _format(name) == "python":
+            ld.problem(
+                f"params file {name} is Python, which pipemake does not run to read values: "
+                "params files are YAML, JSON or TOML",
+                line,
+                hint=f"write the values into params.yaml (or .json, .toml) and name it instead "
+                f"of {name}",
+            )
+            continue
         try:
-            values = load_yaml(data.decode("utf-8")) if data.strip() else {}
-        except (YamlError, UnicodeDecodeError) as exc:
-            at = f" at line {exc.line}" if isinstance(exc, YamlError) and exc.line else ""
-            ld.problem(f"params file {name}{at} is not valid YAML: {exc}", line,
-                       hint=f"fix {name}")  # fmt: skip
+            values = _read(name, data)
+        except _NotValid as exc:
+            ld.problem(str(exc), line, hint=f"fix {name}")
             continue
         if not isinstance(values, dict):
             ld.problem(f"params file {name} must be a mapping of keys to values", line)
             continue
         _merge(merged, _plain(values))
     return merged, files
+
+
+class _NotValid(ValueError):
+    """A params file its format cannot read: the message names the file, the line and what
+    is wrong."""
+
+
+def _format(name: str) -> str:
+    """How a params file is read, by its name: ``toml``, ``json``, ``python`` (refused), or
+    ``yaml`` (any other name, as before TOML and JSON were told apart)."""
+    suffix = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    return {"toml": "toml", "json": "json", "py": "python"}.get(suffix, "yaml")
+
+
+def _read(name: str, data: bytes) -> Any:
+    """A params file's values as its format gives them (DVC reads ``params.yaml``,
+    ``params.json`` and ``params.toml``); :class:`_NotValid` when it cannot."""
+    kind = _format(name)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _NotValid(f"params file {name} is not UTF-8 text ({exc.reason} at byte "
+                        f"{exc.start})") from None  # fmt: skip
+    if kind == "toml":
+        return _read_toml(name, text)
+    if kind == "json" and text.strip():
+        import json
+
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise _NotValid(
+                f"params file {name} is not valid JSON ({name}:{exc.lineno}, column "
+                f"{exc.colno}): {exc.msg}"
+            ) from None
+        except RecursionError:
+            raise _NotValid(f"params file {name}: values are nested too deeply") from None
+    try:
+        return load_yaml(text) if text.strip() else {}
+    except YamlError as exc:
+        at = f" at line {exc.line}" if exc.line else ""
+        raise _NotValid(f"params file {name}{at} is not valid YAML: {exc}") from None
+
+
+_TOML_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+
+
+def _read_toml(name: str, text: str) -> dict[str, Any]:
+    """A TOML params file's table (tomllib; tomli before Python 3.11), its dates and times
+    as the text they are written as (a key holds JSON values)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - the tomli dependency of Python 3.10
+        import tomli as tomllib
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        found = _TOML_AT.search(msg)
+        if found is not None:
+            msg = msg[: found.start()]
+            where = f"{name}:{found.group(1)}, column {found.group(2)}"
+        else:
+            where = name
+        raise _NotValid(f"params file {name} is not valid TOML ({where}): {msg}") from None
+    except RecursionError:
+        raise _NotValid(f"params file {name}: values are nested too deeply") from None
+    return _as_text_times(values)  # type: ignore[no-any-return]
+
+
+def _as_text_times(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _as_text_times(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_text_times(v) for v in value]
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    return value
 
 
 def params_hash(data: bytes) -> str:

@@ -14,6 +14,8 @@ in them is shown as text, never acted on (pipemake's own colours are rich's styl
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import signal
@@ -28,7 +30,7 @@ from .events import Event
 
 __all__ = [
     "ItemCounts", "PlainView", "RichView", "describe", "error_lines", "log_lines", "make_view",
-    "restored_from", "summary_lines", "visible",
+    "muted", "restored_from", "summary_lines", "visible",
 ]  # fmt: skip
 
 PROGRESS_EVERY = 10.0  # seconds between a stage's progress lines in the plain view
@@ -459,8 +461,11 @@ class PlainView:
 
     def _line(self, text: str, oneline: bool = True) -> None:
         stamp = time.strftime("%H:%M:%S", time.localtime(self.clock()))
-        self.stream.write(f"[{stamp}] {visible(text, oneline=oneline)}\n")
-        self.stream.flush()
+        try:
+            self.stream.write(f"[{stamp}] {visible(text, oneline=oneline)}\n")
+            self.stream.flush()
+        except OSError as exc:
+            muted(self.stream, exc)
 
     def close(self) -> None:
         pass
@@ -554,7 +559,10 @@ class RichView:
         # the style on the line's Text, not on print(): rich draws the live panel in the
         # same print, and print's style would colour the panel too
         shown = Text(visible(text, oneline=oneline), style=style or "")
-        self.console.print(shown, highlight=False)
+        try:
+            self.console.print(shown, highlight=False)
+        except OSError as exc:
+            muted(self.console.file, exc)
 
     def __rich_console__(self, console: Any, options: Any) -> Any:
         """The view as it is drawn now, for the width rich gives (rich's protocol:
@@ -652,6 +660,26 @@ class RichView:
     def close(self) -> None:
         if self.live.is_started:
             self.live.stop()
+
+
+#: what a write to a terminal hung up (EIO) or a pipe whose reader is gone (EPIPE) fails with
+_GONE = (errno.EIO, errno.EPIPE, errno.ENXIO)
+
+
+def muted(stream: Any, exc: OSError) -> None:
+    """After a write to ``stream`` failed with ``exc``: when its reader is gone (a closed
+    terminal after SIGHUP, a pipe whose reader ended), point its file descriptor at
+    ``/dev/null``, so the build's stop, cleanup and later lines go on without a traceback;
+    any other failure is raised again."""
+    if exc.errno not in _GONE:
+        raise exc
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        fd = stream.fileno()
+        dev = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(dev, fd)
+        finally:
+            os.close(dev)
 
 
 def make_view(plain: bool) -> Any:

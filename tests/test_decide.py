@@ -229,7 +229,7 @@ def test_deciding_reads_the_record_only_when_a_reason_needs_it() -> None:
         ({"code": "c2"}, "code changed"),
         ({"params": {"cmd": "cp a b"}}, "param model removed (was u2net)"),
         ({"params": {"cmd": "cp a b", "model": "u2net", "x": 1}}, "param x added (1)"),
-        ({"inputs": {}}, "input src removed"),
+        ({"inputs": {}}, "input src (data/a.txt) removed"),
         (
             {"inputs": {"src": [["data/a.txt", "h1"], ["data/b.txt", "h2"]]}},
             "input data/b.txt added",

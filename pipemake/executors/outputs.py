@@ -11,7 +11,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from ..fshash import Hasher, check_names
+from ..fshash import Hasher, NotRegular, check_names
 from ..hashing import hash_bytes, tree_hash
 from ..rule import RuleError
 from ..store import Store
@@ -58,7 +58,10 @@ def _hash_outputs(
 ) -> dict[str, Any]:
     manifests = {}
     for name, path in outputs.items():
-        info = hasher.info(path)
+        try:
+            info = hasher.info(path)
+        except NotRegular as exc:
+            raise RuleError(_not_regular(task, name, path, exc)) from None
         if info.kind == "missing":
             raise RuleError(
                 f"declared output {name!r} was not created (expected at {path}); write it "
@@ -74,6 +77,19 @@ def _hash_outputs(
                 store.put_file(hasher.source(f"{path}/{rel}"), h)
         manifests[name] = manifest_of(info)
     return manifests
+
+
+def _not_regular(task: Task, name: str, path: str, exc: NotRegular) -> str:
+    """Output ``name`` (staged at ``path``) holds a FIFO, socket or device: named at its
+    output path, with what to write instead."""
+    final = task.final.get(name, path)
+    rel = os.path.relpath(exc.path, str(abs_path(task.root, path)))
+    where = f"output {name!r} ({final})" if rel == "." else f"output {name!r} ({final}/{rel})"
+    return (
+        f"{where} is {exc.kind}, which pipemake cannot store: an output must be a regular file "
+        "or a folder of them; write the data into a file there (a FIFO's reader, for one, "
+        "belongs inside the command)"
+    )
 
 
 def check_values(values: Any) -> dict[str, Any]:
