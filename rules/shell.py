@@ -9,6 +9,10 @@ Each is written so that the shell reads back exactly its text, quoted for where 
 key holds the ``cmd`` template with the paths left symbolic, and ``env``; never the
 inherited environment. A foreach task's items share one shell, each run in a subshell of it
 (``Context.sh``).
+
+``cmd`` may be a list of commands (DVC's ``cmd: [a, b]``): each is written as a string
+``cmd`` is and runs on its own, in order; the first that fails stops the stage and is
+named. A one-element list keys as its string.
 """
 
 from __future__ import annotations
