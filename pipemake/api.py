@@ -138,6 +138,7 @@ def open_project(
     remote: str | None = None,
     remote_read_only: bool = False,
     told_by: str | None = None,
+    targets: Sequence[str] | None = None,
 ) -> Project:
     """Load the pipeline (``-C DIR``, ``-f FILE``; see :func:`find_pipeline`) and open its
     store and state. ``overrides`` are ``--set`` values (``vars.NAME=VALUE``,
@@ -152,9 +153,11 @@ def open_project(
     The remote is ``remote``, else env ``PIPEMAKE_REMOTE``, else the pipeline's
     ``remote:`` (a plain path there is relative to the project); it is contacted only when
     used. ``told_by`` names where ``cache_dir`` came from (the option the user typed, such
-    as ``--checkpoint-dir``), for messages about it."""
+    as ``--checkpoint-dir``), for messages about it. ``targets`` (of build, dry-run, status)
+    let a missing source input of a stage they do not need pass with a warning to ``note``."""
     path, _ = find_pipeline(directory, file)
-    pipeline = load_checked(path, path.parent / ".pipemake", parse_overrides(overrides))
+    pipeline = load_checked(path, path.parent / ".pipemake", parse_overrides(overrides),
+                            targets=targets, warn=note)  # fmt: skip
     ws = Workspace(pipeline.root)
     told = cache_dir or os.environ.get("PIPEMAKE_CACHE_DIR") or None
     where = Path(base or directory or Path.cwd())
@@ -508,7 +511,8 @@ def run_build(project: Project, options: BuildOptions, bus: Bus | None = None) -
         )
         builder.prefetch(order)
         if o.noop_snapshot is not None:
-            plain = not (o.force or o.force_stages or o.log_json or p.on_success or p.on_failure)
+            plain = not (o.force or o.force_stages or o.log_json or p.on_success or p.on_failure
+                         or p.scoped_out)  # fmt: skip
             bus.subscribe(_Snapshot(project, builder, order, started_ns, o.noop_snapshot[0], plain))
         expected = _expected(project, order)
         chosen = set(order)

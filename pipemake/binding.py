@@ -9,11 +9,12 @@ import os
 import posixpath
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from importlib.util import find_spec
 from typing import Any
 
 from .dag import Graph
-from .errors import Problems, suggest
+from .errors import PipelineError, Problem, Problems, suggest
 from .feeds import OutputIndex
 from .items import glob_base, glob_match, is_glob, matches
 from .model import SYMBOLIC_SCOPES, Foreach, Pending, Pipeline, Stage, norm, within
@@ -22,7 +23,32 @@ from .templates import Ref, TemplateError, find_refs, substitute
 from .walk import BadPath, walk
 from .yamlload import LineDict
 
-__all__ = ["bind", "check_graph", "check_sources"]
+__all__ = ["MissingSource", "MissingSources", "bind", "check_graph", "check_sources"]
+
+
+@dataclass(frozen=True)
+class MissingSource(Problem):
+    """A source input (one no stage produces) that is not on disk: the one problem of a
+    pipeline that a command with targets may let pass, for a stage the targets do not need
+    (as ``make main.o`` builds while ``kbd.c`` is missing)."""
+
+    input: str = ""
+    path: str = ""
+
+
+class MissingSources(PipelineError):
+    """A pipeline whose only problems are :class:`MissingSource` ones; ``pipeline`` is the
+    otherwise checked pipeline (bound, edges placed, no cycle), so a command with targets
+    can tell which of them the targets need (:func:`pipemake.targets.scope_missing`)."""
+
+    def __init__(self, problems: list[Problem], pipeline: Pipeline):
+        super().__init__(problems)
+        self.pipeline = pipeline
+
+
+def _only_missing(ld: Problems) -> bool:
+    return all(isinstance(p, MissingSource) for p in ld.problems)
+
 
 #: what ``foreach:`` may say to run a rule with a ``default_foreach`` as one whole stage
 _NO_FOREACH = ("none", "false", "off", "no")
@@ -614,7 +640,8 @@ def check_graph(pipeline: Pipeline, raws: list[LineDict], ld: Problems) -> None:
             if not any(sid in st.deps for sid in feeders.get((st.id, key, path), [])):
                 _missing(ld, st, key, path, pipeline.root)
     check_packages(pipeline, ld)
-    ld.fail_if_any()
+    if not _only_missing(ld):
+        ld.fail_if_any()
     pipeline.graph = Graph({sid: [d for d in st.deps if d in stages] for sid, st in stages.items()})
     cycle = pipeline.graph.find_cycle()
     if cycle is not None:
@@ -632,6 +659,8 @@ def check_graph(pipeline: Pipeline, raws: list[LineDict], ld: Problems) -> None:
             hint="remove one of these dependencies"
             + (", or move an output out of the folder another stage reads" if paths else ""),
         )
+    if ld.problems and _only_missing(ld):
+        raise MissingSources(ld.problems, pipeline)
 
 
 def _check_inputs(
@@ -719,13 +748,10 @@ def _check_source(
         rel_glob = written[len(path) + 1 :] if path != "." else written
         if not _any_match(full, rel_glob, pattern):
             some = pattern is not None and _any_match(full, rel_glob, None)
-            ld.problem(
-                f"input {key!r}: no file matches {written}"
-                + (f" and the foreach pattern {pattern}" if some else ""),
-                line,
-                st.id,
-                hint="fix the pattern, or put the files there",
-            )
+            message = f"input {key!r}: no file matches {written}"
+            message += f" and the foreach pattern {pattern}" if some else ""
+            hint = "fix the pattern, or put the files there"
+            ld.problems.append(MissingSource(message, ld.shown, line, st.id, hint, key, written))
         return
     decl = st.rule.inputs.get(key)
     if decl is not None and decl.kind == "file" and not per_item and os.path.isdir(full):
@@ -776,15 +802,15 @@ def _missing(ld: Problems, st: Stage, key: str, path: str, root: Any) -> None:
         shown = full if shown.startswith("..") else shown
         if shown != os.path.normpath(path):
             where = f" (looked for {shown}: paths are relative to the pipeline file's folder)"
-    ld.problem(
-        f"input {key!r}: {path} does not exist{where}",
-        st.lines.get(key, st.line),
-        st.id,
-        hint=getattr(
-            st.rule,
-            "missing_input_hint",
-            "create it, fix the path, or produce it with an upstream stage",
-        ).format(key=key),
+    hint = getattr(
+        st.rule,
+        "missing_input_hint",
+        "create it, fix the path, or produce it with an upstream stage",
+    )
+    line = st.lines.get(key, st.line)
+    message = f"input {key!r}: {path} does not exist{where}"
+    ld.problems.append(
+        MissingSource(message, ld.shown, line, st.id, hint.format(key=key), key, path)
     )
 
 

@@ -204,9 +204,11 @@ def _project(
     build: bool = False,
     remote: str | None = None,
     remote_read_only: bool = False,
+    targets: tuple[str, ...] = (),
 ) -> Any:
     """Open the project for one command: its own ``--cache-dir`` over the global one (and
-    ``PIPEMAKE_CACHE_DIR``), relative to ``-C DIR`` like ``-f``; a build remembers it."""
+    ``PIPEMAKE_CACHE_DIR``), relative to ``-C DIR`` like ``-f``; a build remembers it.
+    ``targets``: a missing source input of a stage they do not need is a warning."""
     o = ctx.find_root().obj
     # the path found already holds -C DIR: open it as it is, not joined to DIR again
     path = _pipeline_file(ctx)
@@ -216,6 +218,7 @@ def _project(
         None, path, cache_dir or o["cache_dir"], readonly, overrides, base=o["directory"],
         remember=build and not scratch, note=None if scratch else _note, remote=remote,
         remote_read_only=remote_read_only, told_by=_store_told_by(ctx, cache_dir),
+        targets=targets,
     )  # fmt: skip
 
 
@@ -512,8 +515,9 @@ def build(
             raise UsageError(f"--resources: {exc}") from None
         options = _executor_options(executor, scheduler, dashboard)
         with _project(
-            ctx, cache_dir=cache_dir, build=True, remote=remote, remote_read_only=remote_read_only
-        ) as project:
+            ctx, cache_dir=cache_dir, build=True, remote=remote,
+            remote_read_only=remote_read_only, targets=targets,
+        ) as project:  # fmt: skip
             _say_unneeded(api.forced_unneeded(project, targets, force_stage), targets)
             bus = Bus()
             view = make_view(no_progress)
@@ -730,6 +734,7 @@ def dry_run(
             cache_dir=cache_dir,
             remote=remote,
             remote_read_only=remote_read_only,
+            targets=targets,
         ) as project:
             rows = api.dry_run(
                 project, targets, force=force, force_stages=force_stage, executor=executor,
@@ -801,6 +806,7 @@ def status(
             cache_dir=checkpoint_dir,
             remote=remote,
             remote_read_only=remote_read_only,
+            targets=targets,
         ) as project:
             info = api.status(project, targets)
             _say_warnings(api.remote_warnings(project))

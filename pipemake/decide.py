@@ -143,6 +143,10 @@ def _changed(old: Any, new: Any, limit: int = 60) -> tuple[str, str]:
     return cut(a), cut(b)
 
 
+def _same_length_lists(a: Any, b: Any) -> bool:
+    return isinstance(a, list) and isinstance(b, list) and len(a) == len(b) > 1
+
+
 def _diff_params(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[Reason]:
     out = []
     for key in sorted(set(old) | set(new)):
@@ -153,6 +157,12 @@ def _diff_params(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
             out.append(Reason(Trigger.PARAM, f"param {name} removed (was {_short(old[key])})"))
         elif isinstance(old[key], dict) and isinstance(new[key], dict):
             out.extend(_diff_params(old[key], new[key], name + "."))
+        elif _same_length_lists(old[key], new[key]):  # a list cmd: the commands that changed
+            for i, (a, b) in enumerate(zip(old[key], new[key], strict=True)):
+                if a != b:
+                    out.append(
+                        Reason(Trigger.PARAM, f"param {name}[{i}] {' → '.join(_changed(a, b))}")
+                    )
         elif old[key] != new[key]:
             was, now = _changed(old[key], new[key])
             out.append(Reason(Trigger.PARAM, f"param {name} {was} → {now}"))

@@ -105,6 +105,9 @@ class Pipeline:
     lock_file: bool = True
     #: the remote store's URL from the file's ``remote:`` key (a path: relative to root)
     remote: str | None = None
+    #: the warnings of a command whose targets let a missing source input pass (see
+    #: :func:`pipemake.targets.scope_missing`): such a build leaves no no-op snapshot
+    scoped_out: list[str] = field(default_factory=list)
     _owners: dict[str, tuple[str, str]] | None = field(default=None, repr=False)
 
     def output_owner(self, path: str) -> tuple[str, str, str] | None:

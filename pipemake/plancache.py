@@ -8,7 +8,9 @@ distributions); the cache also names the source files of every loaded module of 
 and of the rules' packages with their stat (:func:`pipemake.fingerprint.stamp`), so editing
 a rule (a param's default, say) or upgrading a rule package means a full load too. What
 can change on disk without the file changing — whether a source input exists — is checked
-again on every load.
+again on every load, and so the plan never holds the answer to it: a pipeline whose only
+problem is a missing source input is not cached, and which of them a command's targets let
+pass (:func:`pipemake.targets.scope_missing`) is decided anew by each command.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import fingerprint
-from .binding import check_sources
+from .binding import MissingSource, MissingSources, check_sources
 from .dag import Graph
 from .errors import Problems
 from .hashing import digest, hash_bytes
@@ -29,6 +31,7 @@ from .model import Foreach, Pending, Pipeline, Stage
 from .params import Override, params_hash
 from .pipeline import load_pipeline
 from .rule import Ports, get_rule, registry
+from .targets import scope_missing
 
 __all__ = ["load_checked"]
 
@@ -47,10 +50,28 @@ def _key(text: bytes, dot: Path) -> str:
     return digest([PLAN_FORMAT, version, env, sorted(rules.items()), hash_bytes(text)])
 
 
-def load_checked(file: Path, dot: Path, overrides: Sequence[Override] = ()) -> Pipeline:
+def load_checked(
+    file: Path,
+    dot: Path,
+    overrides: Sequence[Override] = (),
+    *,
+    targets: Sequence[str] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Pipeline:
     """The checked pipeline of ``file``, from ``dot/plan.json`` when the file (and its
     params files) are unchanged (the cache is written only where ``dot`` already exists).
-    With ``overrides`` (``--set``) the file is loaded afresh and the cache left alone."""
+    With ``overrides`` (``--set``) the file is loaded afresh and the cache left alone.
+
+    With ``targets`` (build, dry-run or status of some stages), a missing source input of
+    a stage the targets do not need is said to ``warn`` instead of failing the load; any
+    other problem, or one of a stage they need, fails it as without targets."""
+    try:
+        return _load(file, dot, overrides)
+    except MissingSources as exc:
+        return scope_missing(exc, targets or (), warn)
+
+
+def _load(file: Path, dot: Path, overrides: Sequence[Override]) -> Pipeline:
     if overrides:
         return load_pipeline(file, dot / "yaml-chunks.json" if dot.is_dir() else None, overrides)
     try:
@@ -202,4 +223,6 @@ def _sha256(path: str) -> str | None:
 def _recheck_sources(p: Pipeline) -> None:
     problems = Problems(p.file)
     check_sources(p, problems)
+    if problems.problems and all(isinstance(x, MissingSource) for x in problems.problems):
+        raise MissingSources(problems.problems, p)
     problems.fail_if_any()

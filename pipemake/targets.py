@@ -6,20 +6,26 @@ every stage writing inside it. A path is read relative to the project root first
 ``make -C DIR`` reads its targets), then to the current folder; typed in a subfolder of
 the project (where a command finds the pipeline file above it), relative to that folder
 first, as git reads paths.
+
+A missing source input of a stage the targets do not need is only a warning
+(:func:`scope_missing`): ``make main.o`` builds while ``kbd.c`` is missing, and so do ``dvc
+repro STAGE`` and Snakemake. Without targets (everything), and for ``validate``, it stays an
+error.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 
-from .binding import in_project
-from .errors import UsageError
+from .binding import MissingSource, MissingSources, in_project
+from .errors import PipelineError, UsageError
 from .items import glob_base, is_glob
 from .model import Pipeline
 
-__all__ = ["resolve_target", "resolve_targets"]
+__all__ = ["resolve_target", "resolve_targets", "scope_missing"]
 
 
 def resolve_targets(p: Pipeline, targets: Sequence[str], cwd: str | None = None) -> list[str]:
@@ -99,3 +105,29 @@ def _readers(p: Pipeline, path: str) -> list[str]:
                 if path == base or path.startswith(base.rstrip("/") + "/"):
                     found.append(st.id)
     return list(dict.fromkeys(found))
+
+
+def scope_missing(
+    exc: MissingSources, targets: Sequence[str], warn: Callable[[str], None] | None = None
+) -> Pipeline:
+    """The pipeline of ``exc`` for a command on ``targets``, when none of its missing source
+    inputs belongs to a stage the targets need: each is said to ``warn`` (else stderr) as one
+    line, and ``pipeline.scoped_out`` lists them. Raises ``exc`` again without targets, and a
+    :class:`PipelineError` naming the missing inputs the targets do need."""
+    if not targets:
+        raise exc
+    p = exc.pipeline
+    needed = p.graph.ancestors(resolve_targets(p, targets))
+    missing = [pr for pr in exc.problems if isinstance(pr, MissingSource)]
+    inside = [pr for pr in missing if pr.stage in needed]
+    if inside:
+        raise PipelineError(list(inside))
+    say = warn or (lambda text: print(text, file=sys.stderr))
+    for pr in missing:
+        text = (
+            f"warning: {pr.file}:{pr.line}: stage {pr.stage!r}: {pr.message}; not needed for "
+            f"{', '.join(targets)}, so left out"
+        )
+        p.scoped_out.append(text)
+        say(text)
+    return p

@@ -9,6 +9,10 @@ Each is written so that the shell reads back exactly its text, quoted for where 
 key holds the ``cmd`` template with the paths left symbolic, and ``env``; never the
 inherited environment. A foreach task's items share one shell, each run in a subshell of it
 (``Context.sh``).
+
+``cmd`` may be a list of commands (DVC's ``cmd: [a, b]``): each is written as a string
+``cmd`` is and runs on its own, in order; the first that fails stops the stage and is
+named. A one-element list keys as its string.
 """
 
 from __future__ import annotations
@@ -46,6 +50,46 @@ def _env_text(ref: Ref, value: Any) -> str:
     return text
 
 
+def _commands(cmd: Any) -> list[Any]:
+    """The commands of ``cmd``: a list's elements, or the string itself."""
+    return list(cmd) if isinstance(cmd, list) else [cmd]
+
+
+_KINDS = {bool: "true or false", int: "a number", float: "a number", type(None): "empty"}
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    return "a list" if isinstance(value, list) else _KINDS.get(type(value), type(value).__name__)
+
+
+def _cmd_problems(cmd: Any) -> list[tuple[str, str]]:
+    """What is wrong with ``cmd`` as written: a string, or a list of strings run one after
+    another (as DVC's ``cmd: [a, b]``)."""
+    if cmd is None:
+        return [("cmd", "'cmd' is empty: give the shell command to run")]
+    if isinstance(cmd, list):
+        if not cmd:
+            return [("cmd", "'cmd' is an empty list: give one command or a list of commands, "
+                     'e.g. cmd: ["mkdir -p build", "make"]')]  # fmt: skip
+        problems = []
+        for i, one in enumerate(cmd):
+            if one is None or (isinstance(one, str) and not one.strip()):
+                problems.append(("cmd", f"cmd[{i}] is empty: give a shell command, or remove "
+                                 "the element"))  # fmt: skip
+            elif not isinstance(one, str):
+                problems.append(("cmd", f"cmd[{i}] must be a string (a shell command), got "
+                                 f"{_kind(one)} {one!r:.40}: quote it (- \"...\")"))  # fmt: skip
+        return problems
+    if not isinstance(cmd, str):
+        return [("cmd", f"'cmd' must be a string, got {_kind(cmd)}: quote it (cmd: \"...\"), "
+                 "or give a list of commands, one string each")]  # fmt: skip
+    if not cmd.strip():
+        return [("cmd", "'cmd' is empty: give the shell command to run")]
+    return []
+
+
 class ShellRule(Rule):
     """Runs a shell command; its inputs and outputs are named in the config."""
 
@@ -64,12 +108,10 @@ class ShellRule(Rule):
         cmd = config.get("cmd")
         if "cmd" not in config:
             problems.append(("cmd", "missing 'cmd': the shell command to run"))
-        elif cmd is not None and not isinstance(cmd, str):
-            what = {bool: "true or false", int: "a number", float: "a number", list: "a list"}
-            got = what.get(type(cmd), "a mapping" if isinstance(cmd, dict) else "no text")
-            problems.append(("cmd", f"'cmd' must be a string, got {got}: quote it (cmd: \"...\")"))
-        elif not (cmd or "").strip():
-            problems.append(("cmd", "'cmd' is empty: give the shell command to run"))
+        else:
+            problems += _cmd_problems(cmd)
+        if isinstance(cmd, list) and len(cmd) == 1:
+            cmd = cmd[0]  # one command: the same command (and key) as written as a string
         env = config.get("env") or {}
         if not isinstance(env, dict) or not all(
             isinstance(k, str) and isinstance(v, str | int | float) for k, v in env.items()
@@ -82,14 +124,22 @@ class ShellRule(Rule):
 
     def check(self, ports: Ports) -> list[tuple[str, str]]:
         problems = []
-        for key, text in [("cmd", ports.params["cmd"]), *ports.params["env"].items()]:
+        cmd = ports.params["cmd"]
+        many = isinstance(cmd, list)
+        texts = [(f"cmd[{i}]" if many else "cmd", t) for i, t in enumerate(_commands(cmd))]
+        texts += ports.params["env"].items()
+        for key, text in texts:
+            if not isinstance(text, str):
+                continue  # said by ports()
+            said = "cmd" if key.startswith("cmd") else "env"
             try:
                 refs = [p for p in parse(text) if isinstance(p, Ref)]
             except TemplateError as exc:
-                problems.append((key if key == "cmd" else "env", str(exc)))
+                problems.append((said, f"{key}: {exc}" if key.startswith("cmd[") else str(exc)))
                 continue
-            if key == "cmd":
-                problems += [("cmd", msg) for msg in check_places(text)]
+            if said != "env":
+                lead = f"{key}: " if key.startswith("cmd[") else ""
+                problems += [("cmd", lead + msg) for msg in check_places(text)]
             for ref in refs:
                 pool = {"inputs": ports.inputs, "outputs": ports.outputs}.get(ref.scope)
                 if pool is not None and ref.name not in pool:
@@ -147,29 +197,39 @@ class ShellRule(Rule):
             )
 
         try:
-            cmd = render(ctx.params["cmd"], lookup, quote=write)
+            cmds = [render(c, lookup, quote=write) for c in _commands(ctx.params["cmd"])]
             env = {  # a variable's value is the text itself: no shell quoting
                 k: render(v, lookup, quote=lambda r, val, t, i: _env_text(r, val))
                 for k, v in (ctx.params.get("env") or {}).items()
             }
         except TemplateError as exc:
             raise RuleError(str(exc)) from None
-        # ctx.sh runs it in the project root with the task's environment plus env (a foreach
-        # task's items share one shell, each in a subshell); a timeout or a stop ends it
+        # ctx.sh runs each in the project root with the task's environment plus env (a
+        # foreach task's items share one shell, each command in a subshell); a timeout or
+        # a stop ends it. The commands of a list run one after another, each on its own
+        # (nothing one sets reaches the next), and the first that fails stops the stage.
         tail: deque[str] = deque(maxlen=30)
 
         def output(line: str) -> None:
             tail.append(line)
             ctx.log.info(line)
 
-        code = ctx.sh(cmd, env=env, output=output, fresh=item is None)
-        if code != 0:
-            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            if item is not None and 128 < code <= 128 + 64:  # how the shared shell says it
-                sig = code - 128
-                how += f" (or was killed by signal {sig}: a shell reports that as 128 + {sig})"
-            shown = "\n".join("    " + t for t in tail)
-            raise RuleError(
-                f"command {how}:\n    $ {cmd}" + (f"\n  output:\n{shown}" if tail else "")
-            )
+        for n, cmd in enumerate(cmds, 1):
+            tail.clear()
+            code = ctx.sh(cmd, env=env, output=output, fresh=item is None)
+            if code != 0:
+                raise RuleError(_failed(code, cmd, n, len(cmds), item is not None, tail))
         return {}
+
+
+def _failed(code: int, cmd: str, n: int, total: int, shared: bool, tail: deque[str]) -> str:
+    """Why the stage failed: which command (``n`` of ``total``), how it ended, its text and
+    the last lines it printed."""
+    how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+    if shared and 128 < code <= 128 + 64:  # how the shared shell says it
+        sig = code - 128
+        how += f" (or was killed by signal {sig}: a shell reports that as 128 + {sig})"
+    which = "command" if total == 1 else f"command {n} of {total} (cmd[{n - 1}])"
+    rest = f"; the {total - n} after it did not run" if n < total else ""
+    shown = "\n".join("    " + t for t in tail)
+    return f"{which} {how}{rest}:\n    $ {cmd}" + (f"\n  output:\n{shown}" if tail else "")

@@ -87,7 +87,7 @@ CASES: dict[str, tuple[str, int, str | None, list[str]]] = {
         ["retry_backoff", "slow"],
     ),
     "wrong type: cmd": (
-        _stage("bad", "    config:\n      cmd: [echo, hi]\n      outputs: {o: build/bad}\n"),
+        _stage("bad", "    config:\n      cmd: [echo, 3]\n      outputs: {o: build/bad}\n"),
         12,
         "bad",
         ["cmd"],
