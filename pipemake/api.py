@@ -1242,7 +1242,8 @@ def _not_removed(root: Path, removed: list[str], failed: list[tuple[str, OSError
                 "what is left there cannot be removed by this user (another user's, say: "
                 f"`ls -laR {shlex.quote(rel)}` shows whose): remove it as its owner"
             )
-        lines.append(f"could not remove {rel}: {shown}: {why}; {hint}")
+        at = "" if os.path.normpath(shown) == os.path.normpath(rel) else f" ({shown})"
+        lines.append(f"could not remove {rel}: {why}{at}; {hint}")
     return f"could not remove {len(failed)} output(s):\n  " + "\n  ".join(lines)
 
 

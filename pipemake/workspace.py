@@ -1144,8 +1144,7 @@ def remove_path(path: Path | str) -> OSError | None:
     def note(_fn: Any, where: str, exc: Any) -> None:
         exc = exc[1] if isinstance(exc, tuple) else exc  # ``onerror`` gives an exc_info
         if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
-            if exc.filename is None:
-                exc.filename = where
+            exc.filename = where  # the whole path (a walk by descriptor names only the entry)
             errors.append(exc)
 
     if sys.version_info >= (3, 12):
