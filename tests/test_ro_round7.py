@@ -7,6 +7,7 @@ does; a file output's executable bit is part of being up to date (DVC's
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from typing import Any
 import pytest
 from conftest import TRACEBACK, Proj
 
+from pipemake.executors import worker
+from pipemake.rule import RuleError
 from pipemake.workspace import remove_path, unlock_tree
 
 #: a stage whose folder output holds a read-only folder and file, and a read-only file
@@ -244,6 +247,24 @@ def test_foreach_items_that_make_read_only_folders_build_as_a_whole_stage_does(
     assert (root / "build" / "all.txt").read_text().split() == [n for n in names if "/" not in n]
     assert _tmp_left(root) == []
     run("status", "--check")
+
+
+def test_an_item_file_pipemake_cannot_move_fails_the_item_in_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file an item wrote that stays unmovable once its folders are writable (made
+    immutable, another user's) fails the item with a sentence saying so and what to do,
+    never a PermissionError traceback or a hint about who owns pipemake's files."""
+    top = tmp_path / "work"
+    top.mkdir()
+    (top / "f").write_text("x")
+
+    def refuse(src: str, dst: str) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted", src)
+
+    monkeypatch.setattr(worker.os, "rename", refuse)
+    with pytest.raises(RuleError, match=r"cannot take f from the work folder \(Operation not"):
+        worker._move_out(str(top), "f", str(tmp_path / "to"))
 
 
 # -- removing pipemake's own folders: never through a link ------------------------------

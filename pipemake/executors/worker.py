@@ -359,7 +359,10 @@ def _empty(path: str) -> None:
         _clear(path)
     except PermissionError:
         unlock_tree(path)
-        _clear(path)
+        try:
+            _clear(path)
+        except OSError as exc:
+            raise RuleError(_unmovable("empty the work folder", exc)) from None
 
 
 def _clear(path: str) -> None:
@@ -537,7 +540,19 @@ def _move_out(top: str, relpath: str, to: str) -> None:
         os.rename(f"{top}/{relpath}", to)
     except PermissionError:
         unlock_tree(top)
-        os.rename(f"{top}/{relpath}", to)
+        try:
+            os.rename(f"{top}/{relpath}", to)
+        except OSError as exc:
+            raise RuleError(_unmovable(f"take {relpath} from the work folder", exc)) from None
+
+
+def _unmovable(what: str, exc: OSError) -> str:
+    """Why pipemake could not ``what`` with what an item wrote (``exc``), and what to do."""
+    return (
+        f"pipemake cannot {what} ({exc.strerror}: {exc.filename}) even after making its "
+        "folders writable: the item left a file this user may not move or remove (made "
+        "immutable, or another user's): leave outputs removable by the user running pipemake"
+    )
 
 
 def _progress(send: Send) -> Callable[..., None]:
