@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shlex
 import signal
 import stat
 import sys
@@ -26,6 +27,7 @@ from .errors import (
     BuildFailed,
     Interrupted,
     PipelineError,
+    PipemakeError,
     Problem,
     Problems,
     StoreError,
@@ -1242,10 +1244,46 @@ def clean(
                 rel for s, name, rel in present
                 if rel in held or (confirm is not None and confirm(rel))
             ]  # fmt: skip
-        removed = [rel for rel in paths if project.workspace.remove(rel)]
+        removed: list[str] = []
+        failed: list[tuple[str, OSError]] = []
+        for rel in paths:
+            try:
+                if project.workspace.remove(rel):
+                    removed.append(rel)
+            except OSError as exc:
+                failed.append((rel, exc))
         if orphans_only:
             project.state.builds.forget_placed(removed)
+    if failed:
+        raise PipemakeError(_not_removed(project.pipeline.root, removed, failed))
     return removed
+
+
+def _not_removed(root: Path, removed: list[str], failed: list[tuple[str, OSError]]) -> str:
+    """What ``clean`` says when it could not remove every output: what it removed, what it
+    could not and why (the first thing in each it could not remove), and what to do."""
+    lines = [f"removed {rel}" for rel in removed]
+    for rel, exc in failed:
+        where = str(exc.filename) if exc.filename is not None else str(root / rel)
+        shown = os.path.relpath(where, root) if os.path.isabs(where) else where
+        why = exc.strerror or str(exc)
+        folder = os.path.dirname(rel) or "."
+        if os.path.normpath(shown) == os.path.normpath(rel) and not os.access(
+            root / folder, os.W_OK | os.X_OK
+        ):
+            hint = (
+                f"the folder holding it, {folder}, is not writable for this user, so nothing "
+                f"in it was touched: make it writable (`chmod u+w {shlex.quote(folder)}`) and "
+                "clean again, or remove it as that folder's owner"
+            )
+        else:
+            hint = (
+                "what is left there cannot be removed by this user (another user's, say: "
+                f"`ls -laR {shlex.quote(rel)}` shows whose): remove it as its owner"
+            )
+        at = "" if os.path.normpath(shown) == os.path.normpath(rel) else f" ({shown})"
+        lines.append(f"could not remove {rel}: {why}{at}; {hint}")
+    return f"could not remove {len(failed)} output(s):\n  " + "\n  ".join(lines)
 
 
 def _held(project: Project, outputs: list[tuple[str, str, str]]) -> set[str]:

@@ -158,8 +158,8 @@ class Builder:
             if entry is not None:
                 outputs = self._check_outputs(rs, entry)
             # no entry, or the workspace is not the entry's: the lock's outputs, if it holds
-            # them, win
-            if entry is None or (outputs and any(outputs.values())):
+            # them, win (not over a mode the entry records: the lock holds only bytes)
+            if entry is None or (outputs and set(outputs.values()) - {None, "mode changed"}):
                 adopted = self._as_locked(stage, rs)
                 if adopted is not None:
                     self._adopted.add(stage.id)

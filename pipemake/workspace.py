@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,9 @@ class Workspace:
         self.root = Path(root)
         self.dot = dot or self.root / ".pipemake"
         self.tmp = self.dot / "tmp"
+        #: file outputs :meth:`check` found right but for their executable bit: path → the
+        #: stat their bytes were hashed at (see :meth:`_set_mode`)
+        self._mode_only: dict[str, tuple[Any, ...]] = {}
 
     def abs(self, rel: str) -> Path:
         return self.root / rel
@@ -66,40 +69,15 @@ class Workspace:
 
     def clear_tmp(self) -> None:
         """Remove staging left by a killed build (call only while holding the build lock),
-        an old output made read-only by its user among it (see :meth:`remove_own`)."""
+        an old output made read-only by its user among it (see :func:`remove_path`)."""
         if os.path.isdir(self.tmp) and not os.path.islink(self.tmp):
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            if os.path.lexists(self.tmp):
-                _unlock_tree(str(self.tmp))
-                shutil.rmtree(self.tmp, ignore_errors=True)
+            remove_path(self.tmp)
 
     def remove_own(self, path: Path | str) -> None:
         """Remove pipemake's own copy ``path`` (a staged output, an old output swapped out
-        of the workspace), even where its user made it read-only (``chmod -R a-w``): what
-        a plain removal leaves is made writable by its owner first, folder by folder, and
-        removed. Only a real folder inside the staging area, or one of pipemake's own names
-        beside an output (see :meth:`sweep_beside`), is ever made writable; no link is
-        followed, and nothing outside ``path`` changes."""
-        remove_path(Path(path))
-        path = str(path)
-        if not os.path.lexists(path) or not self._own(path):
-            return
-        _unlock_tree(path)
-        remove_path(Path(path))
-
-    def _own(self, path: str) -> bool:
-        """Whether ``path`` is a real folder (not a link) of pipemake's own: under the
-        staging area, or named as pipemake names its copies beside an output."""
-        try:
-            if not stat.S_ISDIR(os.lstat(path).st_mode):
-                return False
-        except OSError:
-            return False
-        parent = os.path.realpath(os.path.dirname(os.path.abspath(path)))
-        top = os.path.realpath(self.tmp)
-        if parent == top or parent.startswith(top + os.sep):
-            return True
-        return re.fullmatch(r"\..+" + _BESIDE, os.path.basename(path)) is not None
+        of the workspace), even where its user made it read-only (``chmod -R a-w``): see
+        :func:`remove_path`; no link is followed, and nothing outside ``path`` changes."""
+        remove_path(path)
 
     def sweep_beside(self, outputs: list[str]) -> int:
         """Remove what a killed build left beside the output paths ``outputs`` (call only
@@ -147,6 +125,9 @@ class Workspace:
         A directory output keeps its folders' mode, group and ACLs as :meth:`sync_dir`
         says (a read-only one is swapped beside itself, since it cannot change folder);
         its files are the new output's, with their own modes.
+        A new folder the stage made read-only (``chmod a-w {outputs.d}``) is lent its
+        owner's write bit while it moves (a folder changing parent writes its ``..``) and
+        keeps its own mode once placed.
         A symlink at ``rel`` is moved aside as a link: what it points to is left alone. A
         staged output that is itself a symlink (a stage that linked its output to its input)
         is placed as a copy of what it points to, so an output path always holds pipemake's
@@ -162,6 +143,7 @@ class Workspace:
             _like_tree(str(dest), str(staged), model)
         else:
             _file_group(str(staged), dest.parent)
+            model = _lend(str(staged))
         if not os.path.lexists(dest):
             _move(str(staged), str(dest))
             _finish_mode(str(dest), model)
@@ -227,7 +209,9 @@ class Workspace:
         """None when the workspace output matches ``manifest``; else ``missing`` or
         ``changed`` (an output path that is a symlink is ``changed``, whatever it points
         to: pipemake places real files there, and a restore replaces the link by them; so is
-        one that cannot be walked, a symlink loop put in it say)."""
+        one that cannot be walked, a symlink loop put in it say); ``mode changed`` for a
+        file output whose bytes are right but whose executable bit is not (as a file in a
+        directory output is compared; :meth:`restore` then only sets its mode)."""
         if os.path.islink(self.abs(rel)):
             return "changed"
         try:
@@ -273,7 +257,44 @@ class Workspace:
             return "missing"
         if info.kind != manifest["kind"] or info.hash != manifest["hash"]:
             return "changed"
+        if info.kind == "file" and info.mode != manifest.get("mode", info.mode):
+            seen = getattr(hasher, "seen", {}).get(rel)
+            if seen is not None and seen[0] == "f":  # the stat its bytes were hashed at
+                self._mode_only[str(self.abs(rel))] = tuple(seen[1:])
+            return "mode changed"  # the executable bit, as a file in a folder output's
         return None
+
+    def _set_mode(self, rel: str, manifest: dict[str, Any]) -> bool:
+        """Give the file output ``rel`` the executable bit its ``manifest`` records, when
+        :meth:`check` found its bytes right and only that bit not, and it is still the very
+        file it hashed (same stat): opened without following a link, a file of one name
+        only (never a store object linked in). False, changing nothing, otherwise."""
+        path = str(self.abs(rel))
+        sig = self._mode_only.pop(path, None)
+        if sig is None:
+            return False
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            now = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or now != sig:
+                return False
+            if st.st_size != manifest.get("size", st.st_size):
+                return False
+            mode = stat.S_IMODE(st.st_mode)
+            if manifest["mode"] & 0o111:
+                mode |= (mode & 0o444) >> 2 or stat.S_IXUSR  # executable where readable
+            else:
+                mode &= ~0o111
+            os.fchmod(fd, mode)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        return True
 
     def restore(
         self,
@@ -286,7 +307,9 @@ class Workspace:
         """Make the output at ``rel`` exactly ``manifest`` from the store's objects.
 
         The output is assembled in full in a staging directory and then put in place by one
-        rename. Returns False (touching nothing in the workspace) when the store cannot give
+        rename; a file output whose bytes are the manifest's (its size and the stat cache
+        say so) and whose executable bit is not only has its mode set. Returns False
+        (touching nothing in the workspace) when the store cannot give
         it: an object missing, corrupt or of another size than its entry records, a
         directory manifest whose hash is not the tree hash of its entries, or an entry the
         file system cannot hold (a name too long, a path past the system's limit, a name it
@@ -294,6 +317,8 @@ class Workspace:
         """
         if manifest["kind"] == "dir" and not _writable(manifest, str(self.abs(rel)), bad):
             return False
+        if manifest["kind"] == "file" and self._set_mode(rel, manifest):
+            return True
         stage_dir = self.staging(f"restore-{label}")
         try:
             target = stage_dir / "out"
@@ -476,11 +501,21 @@ class Workspace:
 
     def remove(self, rel: str) -> bool:
         """Delete an output from the workspace (the store keeps it); a symlink there is
-        removed as a link, and nothing is followed out of the output path."""
+        removed as a link, and nothing is followed out of the output path. An output its
+        user made read-only (``chmod -R a-w``, as Snakemake's ``protected()`` does) is
+        removed too: its own folders are made writable by their owner on the way (see
+        :func:`remove_path`), never the folder holding it. False when nothing was there;
+        an :class:`OSError` naming what could not be removed and why when something is
+        left (a parent folder not writable for this user: then nothing was touched)."""
         path = self.abs(rel)
         if not os.path.lexists(path):
             return False
-        remove_path(path)
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        error = remove_path(path)
+        if error is not None:
+            raise error
         return True
 
 
@@ -765,6 +800,17 @@ def _file_group(path: str, parent: Path) -> None:
                 raise
 
 
+def _lend(path: str) -> _Folder | None:
+    """A staged output folder ``path`` that its stage made read-only is given its owner's
+    rights while it is placed; what :func:`_finish_mode` gives it back (None when it is
+    no such folder)."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_mode & stat.S_IRWXU == stat.S_IRWXU:
+        return None
+    os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+    return _Folder(stat.S_IMODE(st.st_mode), st.st_gid, {})
+
+
 def _finish_mode(path: str, model: _Folder | None) -> None:
     """Give the placed output folder ``path`` its final mode (the owner's bits it was
     lent while it was filled are taken back)."""
@@ -998,10 +1044,12 @@ def _safe_rel(relpath: str) -> bool:
     return all(p not in ("", ".", "..") for p in parts)
 
 
-def _unlock_tree(top: str) -> None:
+def unlock_tree(top: str) -> None:
     """Give the owner read, write and search rights on the folder ``top`` and every folder
-    under it, so what is in them can be removed. Links are never followed: each folder is
-    opened without following a link, and only what ``lstat`` calls a folder is changed."""
+    under it, so what is in them can be removed. Links are never followed: the walk goes
+    from folder to folder by descriptor, each opened without following a link, and only
+    what ``lstat`` calls a folder is changed (by a descriptor of that very folder where the
+    system gives one), so nothing outside ``top`` changes."""
     try:
         st = os.lstat(top)
     except OSError:
@@ -1009,45 +1057,105 @@ def _unlock_tree(top: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         return
     if st.st_mode & stat.S_IRWXU != stat.S_IRWXU:
-        os.chmod(top, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
-    stack = [top]
-    while stack:
-        here = stack.pop()
         try:
-            fd = os.open(here, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            _chmod_at(None, top, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+        except OSError:
+            return
+    try:
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    # one open folder per level: a folder of many folders costs no more descriptors
+    stack: list[tuple[int, Iterator[str]]] = []
+    try:
+        stack.append((fd, iter(os.listdir(fd))))
+    except OSError:
+        os.close(fd)
+    while stack:
+        fd, names = stack[-1]
+        name = next(names, None)
+        if name is None:
+            os.close(fd)
+            stack.pop()
+            continue
+        try:
+            sub = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if not stat.S_ISDIR(sub.st_mode):
+                continue
+            if sub.st_mode & stat.S_IRWXU != stat.S_IRWXU:
+                _chmod_at(fd, name, stat.S_IMODE(sub.st_mode) | stat.S_IRWXU)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
         except OSError:
             continue
         try:
-            for name in os.listdir(fd):
-                try:
-                    sub = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                    if not stat.S_ISDIR(sub.st_mode):
-                        continue
-                    if sub.st_mode & stat.S_IRWXU != stat.S_IRWXU:
-                        os.chmod(name, stat.S_IMODE(sub.st_mode) | stat.S_IRWXU, dir_fd=fd)
-                except OSError:
-                    continue
-                stack.append(os.path.join(here, name))
+            stack.append((child, iter(os.listdir(child))))
+        except OSError:
+            os.close(child)
+
+
+def _chmod_at(fd: int | None, name: str, mode: int) -> None:
+    """Set the mode of the folder ``name`` (in the folder ``fd``, or from the working
+    folder) without following a link: through a descriptor of the folder itself (Linux's
+    ``O_PATH``), or, where the system has none, by name once ``lstat`` has said it is a
+    folder. A link there is left as it is."""
+    o_path = getattr(os, "O_PATH", 0)
+    if o_path and os.path.isdir("/proc/self/fd"):
+        flags = o_path | os.O_DIRECTORY | os.O_NOFOLLOW
+        handle = os.open(name, flags) if fd is None else os.open(name, flags, dir_fd=fd)
+        try:
+            os.chmod(f"/proc/self/fd/{handle}", mode)  # the folder the descriptor holds
         finally:
-            os.close(fd)
+            os.close(handle)
+        return
+    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    if stat.S_ISDIR(st.st_mode):
+        os.chmod(name, mode, dir_fd=fd)
 
 
-def remove_path(path: Path) -> None:
+def remove_path(path: Path | str) -> OSError | None:
     """Remove a file, link or directory tree, whatever it is, never following a link: a
     symlink is removed as a link, and a tree is removed by :func:`shutil.rmtree`, which on
     this platform walks by file descriptor and removes the links it meets as links (and
-    refuses a link at the top, which the ``lstat`` here has already ruled out)."""
+    refuses a link at the top, which the ``lstat`` here has already ruled out). A tree
+    holding folders its user made read-only (``chmod -R a-w``, Snakemake's
+    ``protected()``) is removed all the same: what a plain removal leaves, the folders
+    inside the tree are given their owner's write bit (see :func:`unlock_tree`) and it is
+    removed again. Nothing outside ``path`` changes: its own parent folder is never made
+    writable. None once nothing is left at ``path``; else the first error met, naming what
+    could not be removed and why."""
     try:
         st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
+        return None
+    if not stat.S_ISDIR(st.st_mode):
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            return exc
+        return None
+    shutil.rmtree(path, ignore_errors=True)
+    if not os.path.lexists(path):
+        return None
+    unlock_tree(str(path))
+    errors: list[OSError] = []
+
+    def note(_fn: Any, where: str, exc: Any) -> None:
+        exc = exc[1] if isinstance(exc, tuple) else exc  # ``onerror`` gives an exc_info
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+            exc.filename = where  # the whole path (a walk by descriptor names only the entry)
+            errors.append(exc)
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=note)
+    else:
+        shutil.rmtree(path, onerror=note)
+    if not os.path.lexists(path):
+        return None
+    if errors:
+        return errors[0]
+    return OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY), str(path))
 
 
 def _dereference(path: Path, final: str) -> None:

@@ -10,12 +10,15 @@ output), see :func:`counted`.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -305,3 +308,49 @@ def alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+@pytest.fixture
+def plain_user() -> Iterator[tuple[Path, Callable[..., Any]]]:
+    """A folder a user without root's powers owns and a runner of ``pipemake`` as that
+    user there (as root, nobody's uid: root ignores a folder's missing write bit and
+    every other permission a test of read-only outputs is about). Skips where this
+    Python cannot run as that user (one under a home folder closed to others)."""
+    top = Path(tempfile.mkdtemp(dir="/tmp", prefix="pm-ro-"))
+    os.chmod(top, 0o755)
+    root = top / "ws"
+    root.mkdir()
+    uid = 65534 if os.geteuid() == 0 else os.geteuid()
+
+    def drop() -> None:
+        if os.geteuid() == 0:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+
+    try:  # this Python may live where that user cannot reach (a home folder, say)
+        subprocess.run([sys.executable, "-c", "pass"], check=True, preexec_fn=drop, timeout=60)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        shutil.rmtree(top)
+        pytest.skip(f"this Python cannot run as a user without root's powers: {exc}")
+
+    def run(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+        for p in [root, *root.rglob("*")]:
+            if not p.is_symlink() and p.stat().st_uid != uid:
+                os.lchown(p, uid, uid)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIPEMAKE_")}
+        env["HOME"] = str(top)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipemake", "-C", str(root), *args],
+            capture_output=True, text=True, env=env, timeout=120, preexec_fn=drop,
+        )  # fmt: skip
+        assert proc.returncode == code, proc.stdout + proc.stderr
+        return proc
+
+    try:
+        yield root, run
+    finally:
+        for p in [top, *top.rglob("*")]:
+            if p.is_dir() and not p.is_symlink():
+                os.chmod(p, 0o755)
+        shutil.rmtree(top)

@@ -33,6 +33,7 @@ from ..rule import Context, Item, Rule, RuleError, get_rule, project_on_path
 from ..store import Store
 from ..trust import json_problem, parse_json
 from ..walk import BadPath
+from ..workspace import unlock_tree
 from .base import Task
 from .outputs import abs_path, check_values, flat_outputs, hash_outputs, prepare_outputs
 from .spawn import Spawner, TaskStopped
@@ -347,12 +348,24 @@ def _state(task: Task, rule: Rule, ctx: Context) -> Any:
 
 
 def _empty(path: str) -> None:
-    """Make ``path`` an empty directory (what an item left there is gone)."""
+    """Make ``path`` an empty directory (what an item left there is gone, folders it made
+    read-only too: a work folder is pipemake's own, see :func:`unlock_tree`)."""
     if not os.path.isdir(path) or os.path.islink(path):
         if os.path.lexists(path):
             os.unlink(path)  # a file or a link an item left in its place
         os.makedirs(path, exist_ok=True)
         return
+    try:
+        _clear(path)
+    except PermissionError:
+        unlock_tree(path)
+        try:
+            _clear(path)
+        except OSError as exc:
+            raise RuleError(_unmovable("empty the work folder", exc)) from None
+
+
+def _clear(path: str) -> None:
     with os.scandir(path) as it:
         for de in it:
             if de.is_dir(follow_symlinks=False):
@@ -485,7 +498,7 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
                 if flat is not None:
                     for name, manifest in manifests.items():
                         for entry in manifest["entries"]:
-                            os.rename(f"{work[name]}/{entry[0]}", f"{done}/{name}/{entry[0]}")
+                            _move_out(work[name], entry[0], f"{done}/{name}/{entry[0]}")
                 else:
                     staged = {}
                     os.makedirs(f"{done}/.items", exist_ok=True)
@@ -497,7 +510,7 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
                             if sub and os.path.realpath(f"{work[name]}/{sub}") != f"{real}/{sub}":
                                 continue  # reached through a symlink: never moved; the store's copy
                             to = f".items/{task.id}-{n}-{name}-{k}"
-                            os.rename(f"{work[name]}/{entry[0]}", f"{done}/{to}")
+                            _move_out(work[name], entry[0], f"{done}/{to}")
                             moved[entry[0]] = f"{done_rel}/{to}"
                 result: dict[str, Any] = {"outputs": manifests, "values": values, "staged": staged}
                 dirty = flat is None
@@ -516,6 +529,30 @@ def _items(task: Task, rule: Rule, store: Store, send: Send, logger: logging.Log
             if n % 16 == 15 or n == total - 1:
                 send("progress", [n + 1, total])
     return {"items": reports.pending}
+
+
+def _move_out(top: str, relpath: str, to: str) -> None:
+    """Rename the file ``relpath`` an item wrote in its work folder ``top`` to ``to``; a
+    folder the item made read-only (``chmod 555 {outputs.o}/sub``, as Snakemake's
+    ``protected()`` does) is made writable by its owner first: the work folder is
+    pipemake's own (see :func:`unlock_tree`; no link followed, nothing outside ``top``)."""
+    try:
+        os.rename(f"{top}/{relpath}", to)
+    except PermissionError:
+        unlock_tree(top)
+        try:
+            os.rename(f"{top}/{relpath}", to)
+        except OSError as exc:
+            raise RuleError(_unmovable(f"take {relpath} from the work folder", exc)) from None
+
+
+def _unmovable(what: str, exc: OSError) -> str:
+    """Why pipemake could not ``what`` with what an item wrote (``exc``), and what to do."""
+    return (
+        f"pipemake cannot {what} ({exc.strerror}: {exc.filename}) even after making its "
+        "folders writable: the item left a file this user may not move or remove (made "
+        "immutable, or another user's): leave outputs removable by the user running pipemake"
+    )
 
 
 def _progress(send: Send) -> Callable[..., None]:
