@@ -23,6 +23,7 @@ __all__ = [
     "glob_base",
     "glob_match",
     "glob_regex",
+    "has_deep",
     "is_glob",
     "item_key",
     "map_key",
@@ -98,6 +99,13 @@ def glob_regex(glob: str) -> str:
             text = fnmatch.translate(part)
             out.append(text[len("(?s:") : text.rindex(")")])
     return "(?s:" + "".join(out) + r")\Z"
+
+
+def has_deep(*globs: str | None) -> bool:
+    """Whether any of ``globs`` (a foreach input's path, its ``pattern`` with ``|``
+    alternatives) has a ``**/`` component: what such a glob matches changed when ``**/``
+    came to mean zero or more folders, so what remembers its items must tell it apart."""
+    return any(_deep_parts(alt.strip()) is not None for g in globs if g for alt in g.split("|"))
 
 
 def _deep_parts(glob: str) -> list[str | None] | None:

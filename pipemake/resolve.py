@@ -19,6 +19,7 @@ from .hashing import KEY_FORMAT, digest, key_digest
 from .items import (
     Item,
     glob_base,
+    has_deep,
     is_glob,
     item_key,
     items_digest,
@@ -297,7 +298,10 @@ class Resolver:
                 self._say_left_out(stage, path, base, items, entries, owner is None)
             return items
 
-        return [kind, digest_, path, pattern], listing
+        source: list[Any] = [kind, digest_, path, pattern]
+        if has_deep(path, pattern):  # items listed before ``**/`` took the top level too
+            source.append("**/ is zero or more folders")
+        return source, listing
 
     def _say_left_out(
         self, stage: Stage, path: str, base: str, items: list[Item],

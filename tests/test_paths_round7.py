@@ -380,3 +380,18 @@ def test_a_utf8_name_an_upstream_stage_writes_under_an_ascii_locale_says_the_fix
     assert "is UTF-8, which this locale's encoding (ascii) cannot read" in out
     assert FIX in out and "not valid UTF-8" not in out and TRACEBACK not in out
     assert p.runs("each") == 0
+
+
+def test_what_remembers_the_items_of_a_double_star_glob_tells_it_from_before() -> None:
+    """A workspace built before ``**/`` took the top level remembered that glob's items
+    under its text; the new reading must not find that memo (the stage lists its items
+    again, and runs only the top-level ones it now takes), while a glob without ``**/``
+    keeps its memo."""
+    from pipemake.items import has_deep
+
+    assert has_deep("data/**/*.png", None)
+    assert has_deep("data", "*.jpg|**/*.png")
+    assert has_deep("**/*.png")
+    assert not has_deep("data/*.png", "*.png|x/*.jpg")
+    assert not has_deep("data/a**/b.png", None)  # not a whole ``**/`` component
+    assert not has_deep("data", None)
