@@ -27,6 +27,7 @@ from . import api, noop
 from .errors import Interrupted, PipemakeError, UsageError, os_failure
 from .model import LOCK_FILE
 from .progress import error_lines, muted, restored_from, visible
+from .targets import typed_below
 
 __all__ = ["main", "cli"]
 
@@ -319,6 +320,7 @@ def _pipeline_file(ctx: click.Context) -> Any:
     if above and path.parent != Path.cwd():  # found in a folder above: as -C that folder
         o["directory"] = str(path.parent)
         o["said"] = True
+        typed_below()
         click.echo(f"pipemake: using {path} (found above the current folder)", err=True)
     if looked_up and path.name != api.PIPELINE_FILES[0] and not o.get("said"):
         o["said"] = True

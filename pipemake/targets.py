@@ -25,7 +25,7 @@ from .errors import PipelineError, UsageError
 from .items import glob_base, is_glob
 from .model import Pipeline
 
-__all__ = ["resolve_target", "resolve_targets", "scope_missing"]
+__all__ = ["resolve_target", "resolve_targets", "scope_missing", "typed_below"]
 
 
 def resolve_targets(p: Pipeline, targets: Sequence[str], cwd: str | None = None) -> list[str]:
@@ -34,10 +34,24 @@ def resolve_targets(p: Pipeline, targets: Sequence[str], cwd: str | None = None)
     return list(dict.fromkeys(s for t in targets for s in resolve_target(p, t, cwd)))
 
 
+#: whether a relative target path is read against the current folder first: so when the
+#: command line found the pipeline file in a folder above it (see :func:`typed_below`)
+_typed_below = False
+
+
+def typed_below() -> None:
+    """Read relative target paths against the current folder first, then the project root:
+    the command was typed in a subfolder of the project, whose pipeline file was found by
+    looking upward (with ``-C``/``-f`` they are read against the project root first, as
+    ``make -C`` reads them)."""
+    global _typed_below
+    _typed_below = True
+
+
 def _candidates(p: Pipeline, target: str, cwd: str | None) -> list[str]:
     """The target as a path of the pipeline: as written against the project root, then
-    against the current folder (when that differs); the other way round when the current
-    folder lies inside the project."""
+    against the current folder (when that differs); the other way round when the pipeline
+    was found above the current folder (:func:`typed_below`)."""
     root = str(p.root)
     out = []
     if os.path.isabs(target):
@@ -46,7 +60,7 @@ def _candidates(p: Pipeline, target: str, cwd: str | None) -> list[str]:
         where = os.path.abspath(cwd or os.getcwd())
         out.append(in_project(os.path.join(root, target), root))
         out.append(in_project(os.path.join(where, target), root))
-        if os.path.realpath(where).startswith(os.path.join(os.path.realpath(root), "")):
+        if _typed_below:
             out.reverse()  # typed in a subfolder of the project: from there first
     return list(dict.fromkeys(c for c in out if c not in ("", ".")))
 

@@ -230,6 +230,18 @@ def test_a_command_in_a_subfolder_uses_the_project_above_as_minus_c_would(
     assert "top: up to date" in _here(deeper, "status").stdout
 
 
+def test_with_minus_c_a_target_path_is_read_against_the_project_first(
+    project: Callable[..., Proj],
+) -> None:
+    """``cd sub && pipemake -C .. build out/x.txt`` means the project's out/x.txt, as
+    ``make -C ..`` would: only a pipeline found by looking upward reads from the subfolder
+    first."""
+    p = project(UP, {"sub/in.txt": "x\n"})
+    done = _here(p.path("sub"), "-C", "..", "dry-run", "out/x.txt")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["top: run: never built"]
+
+
 def test_the_search_stops_at_the_repository_top_and_init_never_searches(
     tmp_path: Path, project: Callable[..., Proj]
 ) -> None:
