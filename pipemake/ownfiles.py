@@ -15,7 +15,8 @@ entry keeps them under ``own`` (with the item base key they were accepted for), 
 later assembly of the stage lays them under the items' files, so rerunning other items
 never loses them. An item that writes the same path (or a folder where an own file is, or
 a file where an own folder is) replaces them; a change of the stage's command, params or
-other inputs (a new base key: every item reruns) builds the output from its items alone.
+other inputs (a new base key: every item reruns) builds the output from its items alone,
+and so does a forced build (``-B``, ``--force-stage``), which drops the layer for good.
 
 The layer is read back only from the entry of the stage's last build, and only when its
 last-build record says that entry holds one, so stages that never had own files pay
