@@ -592,7 +592,15 @@ class ForeachRun(StageRun):
             raise StageFailure(str(exc)) from None
         # files of the output no item wrote, accepted by `pipemake commit`: kept under them
         own = own_layer(ctx.store, ctx.state, stage.id, rs.base)
-        kept = lay_under(merged, own) if own else {}
+        kept = lay_under(merged, own, lay=not self.forced) if own else {}
+        if self.forced and kept:  # forced: the output is what its items write, no more
+            dropped = sum(len(m["entries"]) for m in kept.values())
+            ctx.bus.emit(
+                "log", stage.id, level="warning",
+                text=f"forced: dropped {dropped:,} file(s) accepted by commit that no item "
+                "writes (kept as the stage's own until now)",
+            )  # fmt: skip
+            kept = {}
         # each item's own dict (an empty one may be shared by many in the index)
         values = stage.rule.gather(
             rs.ports.params, {rel: self.values.get(rel) or {} for rel in per_item}

@@ -3,7 +3,10 @@
 ``pipemake commit`` (and a build that finds outputs as ``pipemake.lock`` records them)
 accepts a foreach stage's whole output at once. :func:`plan_items` gives each item the
 files it wrote (known from its entry, or matched by name, :func:`attribute`), so a later
-change of one input reruns that item alone and the others keep their accepted bytes.
+change of one input reruns that item alone and the others keep their accepted bytes. When
+the command names the path it writes for each item, an item gets those paths alone; when
+matching falls back to names, ``commit`` names the files so matched, as a rerun of the
+item replaces them with what it writes.
 
 A foreach stage's output is otherwise the union of what its items wrote; files accepted
 that no item can be said to have written (added by hand, or named after no item) are the
@@ -12,7 +15,8 @@ entry keeps them under ``own`` (with the item base key they were accepted for), 
 later assembly of the stage lays them under the items' files, so rerunning other items
 never loses them. An item that writes the same path (or a folder where an own file is, or
 a file where an own folder is) replaces them; a change of the stage's command, params or
-other inputs (a new base key: every item reruns) builds the output from its items alone.
+other inputs (a new base key: every item reruns) builds the output from its items alone,
+and so does a forced build (``-B``, ``--force-stage``), which drops the layer for good.
 
 The layer is read back only from the entry of the stage's last build, and only when its
 last-build record says that entry holds one, so stages that never had own files pay
@@ -34,7 +38,10 @@ if TYPE_CHECKING:
     from .state import WorkspaceState
     from .store import Store
 
-__all__ = ["OWN", "attribute", "lay_under", "own_layer", "own_section", "plan_items", "write_items"]
+__all__ = [
+    "OWN", "attribute", "guessed", "lay_under", "names_each", "own_layer", "own_section",
+    "plan_items", "write_items", "written",
+]  # fmt: skip
 
 #: the field of a stage entry (and the flag of its last-build record) holding its own files
 OWN = "own"
@@ -75,12 +82,13 @@ def own_layer(
 
 
 def lay_under(
-    merged: dict[str, dict[str, Any]], own: dict[str, dict[str, Any]]
+    merged: dict[str, dict[str, Any]], own: dict[str, dict[str, Any]], lay: bool = True
 ) -> dict[str, dict[str, Any]]:
     """Add the own files ``own`` to the items' output manifests ``merged`` (in place),
     except where an item wrote the same path, a file inside it, or a file at a folder it
     lies in; return the own files kept (output name → manifest), the layer the new entry
-    carries on."""
+    carries on. ``lay`` False (a forced stage, whose output is what its items write):
+    ``merged`` is left as it is, and the files returned are those it would have kept."""
     kept: dict[str, dict[str, Any]] = {}
     for name, layer in own.items():
         manifest = merged.get(name)
@@ -96,9 +104,10 @@ def lay_under(
         ]
         if not mine:
             continue
-        entries.extend(mine)
-        entries.sort(key=lambda e: e[0])
-        manifest["hash"] = tree_hash(entries)
+        if lay:
+            entries.extend(mine)
+            entries.sort(key=lambda e: e[0])
+            manifest["hash"] = tree_hash(entries)
         kept[name] = {"kind": "dir", "hash": tree_hash(mine), "entries": mine}
     return kept
 
@@ -164,9 +173,13 @@ def plan_items(
     fresh = [rel for rel in keys if rel not in items]
     found: dict[str, dict[str, list[Any]]] = {rel: {} for rel in fresh}
     own: dict[str, dict[str, Any]] = {}
+    guesses: list[str] = []
     for name, have in now.items():
         rest = sorted(path for path in have if path not in claimed[name])
-        owners, left = attribute(fresh, rest, written(stage.config, name, fresh))
+        named = written(stage.config, name, fresh)
+        owners, left = attribute(fresh, rest, named)
+        where = rs.ports.outputs.get(name, name)
+        guesses += [f"{where}/{path}" for path in guessed(sorted(owners), named)]
         for path, rel in owners.items():
             found[rel].setdefault(name, []).append(list(have[path]))
         if left:
@@ -180,7 +193,7 @@ def plan_items(
         entry[OWN] = own_section(rs.base, own)
     counts = (0, 0, 0) if brief else (len(keys) - len(fresh), len(matched), len(empty))
     notes = _said(counts, own, rs.ports.outputs)
-    return notes + _unmatched(len(fresh) - len(matched) - len(empty))
+    return notes + _guessed(guesses) + _unmatched(len(fresh) - len(matched) - len(empty))
 
 
 def _dir(files: list[list[Any]]) -> dict[str, Any]:
@@ -210,6 +223,24 @@ def _said(counts: tuple[int, int, int], own: dict[str, Any], paths: dict[str, st
             "rerunning items keeps them, unless an item writes the same path"
         )
     return notes
+
+
+#: how many files matched by name alone ``commit`` names (the rest are counted)
+GUESSES_SHOWN = 3
+
+
+def _guessed(paths: list[str]) -> list[str]:
+    """What is said of the files matched to an item by name alone (none: nothing): a
+    rerun of that item replaces them with what it writes, which may be none of them."""
+    if not paths:
+        return []
+    shown = ", ".join(paths[:GUESSES_SHOWN])
+    more = f" and {len(paths) - GUESSES_SHOWN:,} more" if len(paths) > GUESSES_SHOWN else ""
+    return [
+        f"{len(paths):,} file(s) matched to an item by name alone, not as a path its "
+        f"command names ({shown}{more}): a rerun of that item replaces them with what it "
+        "writes, and drops any it does not write"
+    ]
 
 
 def _unmatched(count: int) -> list[str]:
@@ -274,9 +305,13 @@ def attribute(
     ``a.png/0.txt``) — the longest such name decides, an item's whole relpath before its
     stem; else by the same rules with the item's file name alone in place of its relpath
     (an item ``sub/a.png`` writing ``a.png`` at the top). A file two items claim equally
-    is left unclaimed, never guessed."""
+    is left unclaimed, never guessed.
+
+    When the config names a path for every item (:func:`names_each`), an item claims
+    those paths alone: a rerun of it writes them, so nothing else may go with it, and a
+    file such as ``a.json`` beside ``a.out`` stays the stage's own."""
     tables: list[tuple[dict[str, list[str]], dict[str, list[str]]]] = [(named or {}, {})]
-    for part in (lambda rel: rel, lambda rel: rel.rpartition("/")[2]):
+    for part in () if names_each(items, named) else _PARTS:
         whole: dict[str, list[str]] = {}
         forms: dict[str, list[str]] = {}
         for rel in items:
@@ -294,6 +329,26 @@ def attribute(
         else:
             left.append(path)
     return owners, left
+
+
+#: what of an item's relpath :func:`attribute` matches files by: all of it, its file name
+_PARTS = (lambda rel: rel, lambda rel: rel.rpartition("/")[2])
+
+
+def names_each(items: list[str], named: dict[str, list[str]] | None) -> bool:
+    """Whether the stage's config names a path for every one of ``items`` (``named``, see
+    :func:`written`): then an item's rerun writes those paths, and only those are its."""
+    if not named or not items:
+        return False
+    naming = {rel for rels in named.values() for rel in rels}
+    return all(rel in naming for rel in items)
+
+
+def guessed(paths: list[str], named: dict[str, list[str]] | None) -> list[str]:
+    """The ``paths`` (matched to an item by :func:`attribute`) that are not a path the
+    stage's config names for an item (``named``), only like one or inside one: a guess
+    that a rerun of the item may not bear out, as it replaces them with what it writes."""
+    return [path for path in paths if path not in (named or {})]
 
 
 def _claims(

@@ -10,7 +10,7 @@ import sqlite3
 
 from conftest import TRACEBACK, Proj
 
-from pipemake.ownfiles import attribute, lay_under, written
+from pipemake.ownfiles import attribute, guessed, lay_under, names_each, written
 
 EACH = r"""
 name: f
@@ -93,22 +93,123 @@ def test_a_file_no_item_claims_is_kept_across_item_reruns(project) -> None:
     assert _ran(p) == ["f4.txt"]  # and again: the layer is carried on
     assert p.read("build/each/NOTES.md") == "notes\n"
     assert p.read("build/each/f1.txt") == "HAND-EDIT\n"
-    p.cli("build", "-B")
-    assert p.read("build/each/NOTES.md") == "notes\n"  # a forced run reruns items only
 
 
 def test_a_removed_input_takes_its_own_files_only(project) -> None:
     p = _four(project)
     p.write("build/each/NOTES.md", "notes\n")
-    p.write("build/each/f4/detail.txt", "d4\n")  # under a folder named after item f4
-    p.cli("commit", "each")
+    p.write("build/each/f4/detail.txt", "d4\n")  # named after item f4, not a path it writes
+    out = p.cli("commit", "each").stdout
+    assert "2 file(s) match no item" in out, out
     (p.path("data/f4.txt")).unlink()
     plan = p.cli("dry-run").stdout
     assert "1 item(s) removed" in plan and "none runs" in plan, plan
     p.cli("build")
     assert _ran(p) == []
     left = sorted(x.name for x in p.path("build/each").iterdir())
-    assert left == ["NOTES.md", "f1.txt", "f2.txt", "f3.txt"]
+    assert left == ["NOTES.md", "f1.txt", "f2.txt", "f3.txt", "f4"]  # f4.txt was its own
+    assert p.read("build/each/f4/detail.txt") == "d4\n"
+
+
+#: a command that writes one file per item through a path no template names
+BY_NAME = r"""
+name: f
+stages:
+  - id: each
+    type: shell
+    foreach: src
+    config:
+      cmd: "echo {item.relpath} >> runs/each.log; o={outputs.o}; tr a-z A-Z < {inputs.src} > $o/$(basename {inputs.src} .txt).out"
+      inputs: {src: data}
+      outputs: {o: build/each}
+"""
+
+
+def test_a_hand_added_file_beside_what_the_command_writes_survives_its_items_rerun(
+    project,
+) -> None:
+    p = project(EACH % "{item.stem}.out", {f"data/{s}.txt": f"{s}\n" for s in "abc"})
+    _by_hand(p, {"a.out": "A\n", "b.out": "B\n", "c.out": "C\n", "a.json": '{"hand": 1}\n'})
+    out = p.cli("commit", "each").stdout
+    assert "3 item(s) matched to their files by name" in out
+    assert "1 file(s) match no item (first: build/each/a.json)" in out, out
+    assert "by name alone" not in out  # the command names each item's path: no guess
+    p.write("data/a.txt", "ax\n")
+    p.cli("build")
+    assert _ran(p) == ["a.txt"]
+    assert p.read("build/each/a.out") == "AX\n"
+    assert p.read("build/each/a.json") == '{"hand": 1}\n'  # the item's rerun never wrote it
+    (p.path("data/a.txt")).unlink()  # and its item's removal does not take it either
+    p.cli("build")
+    assert sorted(x.name for x in p.path("build/each").iterdir()) == ["a.json", "b.out", "c.out"]
+
+
+def test_commit_names_the_files_matched_by_name_alone_that_a_rerun_replaces(project) -> None:
+    p = project(BY_NAME, {**{f"data/{s}.txt": f"{s}\n" for s in "abcde"}, "runs/.keep": ""})
+    _by_hand(p, {f"{s}.out": s.upper() + "\n" for s in "abcde"})
+    p.write("build/each/a.json", '{"hand": 1}\n')
+    out = p.cli("commit", "each").stdout
+    assert "5 item(s) matched to their files by name" in out, out
+    assert (
+        "6 file(s) matched to an item by name alone, not as a path its command names "
+        "(build/each/a.json, build/each/a.out, build/each/b.out and 3 more)" in out
+    ), out
+    assert "drops any it does not write" in out
+    p.write("data/a.txt", "ax\n")
+    p.cli("build")
+    assert _ran(p) == ["a.txt"]
+    assert p.read("build/each/a.out") == "AX\n"
+    assert not p.exists("build/each/a.json")  # as commit said: the item's rerun replaced it
+    assert p.read("build/each/b.out") == "B\n"
+
+
+def test_a_file_inside_a_folder_the_command_names_for_an_item_is_said(project) -> None:
+    cmd = "mkdir -p {outputs.o}/{item.stem} && tr a-z A-Z < {inputs.src} > {outputs.o}/{item.stem}/up.txt"
+    p = project(EACH.replace("tr a-z A-Z < {inputs.src} > {outputs.o}/%s", cmd),
+                {"data/a.txt": "a\n", "data/b.txt": "b\n", "runs/.keep": ""})  # fmt: skip
+    _by_hand(p, {"a/up.txt": "A\n", "a/extra.json": "{}\n", "b/up.txt": "B\n"})
+    out = p.cli("commit", "each").stdout
+    assert "1 file(s) matched to an item by name alone, not as a path its command names " \
+        "(build/each/a/extra.json)" in out, out  # fmt: skip
+    p.write("data/a.txt", "ax\n")
+    p.cli("build")
+    assert _ran(p) == ["a.txt"]
+    assert p.read("build/each/a/up.txt") == "AX\n" and not p.exists("build/each/a/extra.json")
+
+
+def test_a_forced_build_drops_the_files_commit_kept_and_says_so_once(project) -> None:
+    p = _four(project)
+    p.write("build/each/NOTES.md", "notes\n")
+    p.write("build/each/extra/x.txt", "x\n")
+    p.cli("commit", "each")
+    r = p.cli("build", "-B")
+    assert _ran(p) == ["f1.txt", "f2.txt", "f3.txt", "f4.txt"]
+    said = "dropped 2 file(s) accepted by commit that no item writes"
+    assert r.output.count(said) == 1, r.output
+    assert sorted(x.name for x in p.path("build/each").iterdir()) == [
+        "f1.txt", "f2.txt", "f3.txt", "f4.txt",
+    ]  # fmt: skip
+    assert p.read("build/each/f1.txt") == "S1\n"  # what its item writes now
+    r = p.cli("build")  # the stage's record holds no own files now: nothing comes back
+    assert "each: up to date" in r.output and "0 restored" in r.output, r.output
+    assert said not in r.output
+    assert not p.exists("build/each/NOTES.md") and not p.exists("build/each/extra")
+    p.write("data/f2.txt", "s2b\n")
+    p.cli("build")
+    assert _ran(p) == ["f2.txt"]
+    assert not p.exists("build/each/NOTES.md")
+
+
+def test_force_stage_drops_the_stages_own_files_too(project) -> None:
+    p = _four(project)
+    p.write("build/each/NOTES.md", "notes\n")
+    p.cli("commit", "each")
+    r = p.cli("build", "--force-stage", "each")
+    assert "dropped 1 file(s) accepted by commit that no item writes" in r.output, r.output
+    assert not p.exists("build/each/NOTES.md")
+    p.cli("build")
+    assert _ran(p) == ["f1.txt", "f2.txt", "f3.txt", "f4.txt"]
+    assert not p.exists("build/each/NOTES.md")
 
 
 def test_items_matched_to_no_file_are_said_and_run_at_the_next_change(project) -> None:
@@ -256,6 +357,28 @@ def test_written_renders_the_paths_a_template_names_for_each_item() -> None:
                      "s/b.txt.d": ["s/b.txt"]}  # fmt: skip
     owners, left = attribute(["a.txt", "s/b.txt"], ["a_m.png", "s/b.txt.d/0", "q.png"], named)
     assert owners == {"a_m.png": "a.txt", "s/b.txt.d/0": "s/b.txt"} and left == ["q.png"]
+
+
+def test_an_item_whose_path_the_command_names_claims_that_path_alone() -> None:
+    items = ["a.txt", "b.txt"]
+    named = written({"cmd": "x > {outputs.o}/{item.stem}.out"}, "o", items)
+    assert names_each(items, named) and not names_each([*items, "c.txt"], named)
+    owners, left = attribute(items, ["a.json", "a.out", "b.out", "b/x.png"], named)
+    assert owners == {"a.out": "a.txt", "b.out": "b.txt"}
+    assert left == ["a.json", "b/x.png"]
+    owners, left = attribute(items, ["a.json", "a.out"])  # no path named: by name
+    assert owners == {"a.json": "a.txt", "a.out": "a.txt"} and left == []
+    assert guessed(["a.json", "a.out"], {}) == ["a.json", "a.out"]
+    assert guessed(["a.out", "b.out", "b.out/0"], {"b.out": ["b.txt"]}) == ["a.out", "b.out/0"]
+
+
+def test_lay_under_can_tell_what_it_would_keep_without_laying_it() -> None:
+    h = "0" * 32
+    merged = {"o": {"kind": "dir", "hash": h, "entries": [["a", h, 1, 0o644]]}}
+    own = {"o": {"kind": "dir", "hash": h, "entries": [["a", h, 2, 0o644], ["k", h, 2, 0o644]]}}
+    kept = lay_under(merged, own, lay=False)
+    assert [e[0] for e in kept["o"]["entries"]] == ["k"]
+    assert merged == {"o": {"kind": "dir", "hash": h, "entries": [["a", h, 1, 0o644]]}}
 
 
 def test_attribute_never_guesses_between_equal_claims() -> None:
