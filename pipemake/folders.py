@@ -187,7 +187,7 @@ def like_tree(base: str, new: str, model: Folder) -> None:
 
 def like_folders(base: str, new: str, entries: list[list[Any]]) -> None:
     """Give each folder of the assembled output ``new`` that the old output ``base`` also
-    has the old one's mode and group (see :func:`like`), the deepest first."""
+    has the old one's mode, group and ACLs (see :func:`like`), the deepest first."""
     dirs: set[str] = set()
     for e in entries:
         parent = e[0].rpartition("/")[0]
