@@ -19,7 +19,7 @@ from .feeds import OutputIndex
 from .items import glob_base, glob_match, is_glob, matches
 from .model import SYMBOLIC_SCOPES, Foreach, Pending, Pipeline, Stage, norm, within
 from .rule import Ports, Rule, get_rule, has_items, has_run, rule_names
-from .templates import Ref, TemplateError, find_refs, substitute
+from .templates import Ref, TemplateError, find_refs, strings, substitute
 from .walk import BadPath, walk
 from .yamlload import LineDict
 
@@ -828,10 +828,10 @@ def check_sources(pipeline: Pipeline, ld: Problems, raws: Sequence[LineDict] | N
         for raw in raws:
             if raw["id"] in bad:
                 st = pipeline.stages.get(raw["id"])
-                read = set(_strings(st.ports.inputs)) if st is not None else set()
+                read = set(strings(st.ports.inputs, tuples=True)) if st is not None else set()
                 unsure += [
                     in_project(v, str(pipeline.root))
-                    for v in _strings(raw.get("config"))
+                    for v in strings(raw.get("config"), tuples=True)
                     if v and in_project(v, str(pipeline.root)) not in read
                 ]
     check_packages(pipeline, ld)
@@ -891,17 +891,6 @@ def _names_this_locale_reads(ld: Problems, st: Stage, key: str, base: str, full:
             hint="run pipemake under a UTF-8 locale (LC_ALL=C.UTF-8) or with PYTHONUTF8=1",
         )
         return
-
-
-def _strings(value: Any) -> list[str]:
-    """Every string in a config value (nested lists and mappings included)."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list | tuple):
-        return [s for v in value for s in _strings(v)]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _strings(v)]
-    return []
 
 
 def _installed(module: str) -> bool:

@@ -11,7 +11,7 @@ import bisect
 import fnmatch
 from collections.abc import Mapping
 
-from .items import glob_match, matches
+from .items import bracket_close, glob_match, matches
 from .model import Pipeline, Stage
 
 __all__ = ["OutputIndex"]
@@ -106,10 +106,7 @@ def _may_start(glob: str, prefix: str) -> bool:
             i += 3
             continue
         if c == "[":
-            j = i + 1
-            j += glob[j : j + 1] == "!"
-            j += glob[j : j + 1] == "]"
-            end = glob.find("]", j)
+            end = bracket_close(glob, i)
             if end != -1:
                 tokens.append(glob[i : end + 1])
                 i = end + 1

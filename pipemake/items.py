@@ -20,6 +20,7 @@ from .hashing import hash_bytes, tree_hash
 __all__ = [
     "Item",
     "ItemRef",
+    "bracket_close",
     "glob_base",
     "glob_match",
     "glob_regex",
@@ -108,6 +109,16 @@ def has_deep(*globs: str | None) -> bool:
     return any(_deep_parts(alt.strip()) is not None for g in globs if g for alt in g.split("|"))
 
 
+def bracket_close(glob: str, i: int) -> int:
+    """Where the bracket ``[...]`` that opens at ``glob[i]`` closes, as fnmatch reads it
+    (a ``!`` or ``]`` just after the ``[`` is part of the set), or -1 when it never closes
+    (the ``[`` is then a plain character)."""
+    j = i + 1
+    j += glob[j : j + 1] == "!"
+    j += glob[j : j + 1] == "]"
+    return glob.find("]", j)
+
+
 def _deep_parts(glob: str) -> list[str | None] | None:
     """``glob`` cut into its ``**/`` components (None), its stars and the runs between
     them (brackets kept whole, as fnmatch reads them); None when it has no ``**/``
@@ -134,11 +145,8 @@ def _deep_parts(glob: str) -> list[str | None] | None:
             parts.append("*")
             i += 1
             continue
-        if c == "[":  # fnmatch's reading of a bracket: ``[!``, ``[]`` and the closing ``]``
-            j = i + 1
-            j += glob[j : j + 1] == "!"
-            j += glob[j : j + 1] == "]"
-            end = glob.find("]", j)
+        if c == "[":
+            end = bracket_close(glob, i)
             if end != -1:
                 run.append(glob[i : end + 1])
                 i = end + 1

@@ -30,6 +30,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from .hashing import tree_hash
+from .templates import strings
 from .trust import entry_problem
 
 if TYPE_CHECKING:
@@ -258,7 +259,7 @@ def written(config: Any, output: str, items: list[str]) -> dict[str, list[str]]:
     (path → the items naming it), where a template writes ``{outputs.NAME}/`` followed by
     a path made of literal characters and ``{item.name}``, ``{item.stem}`` or
     ``{item.relpath}`` (a shell ``cmd`` such as ``… > {outputs.o}/{item.stem}_mask.png``)."""
-    tails = {m.group(2) for text in _texts(config) for m in _WRITES.finditer(text)
+    tails = {m.group(2) for text in strings(config) for m in _WRITES.finditer(text)
              if m.group(1) == output and "{item." in m.group(2)}  # fmt: skip
     paths: dict[str, list[str]] = {}
     for tail in tails:
@@ -278,17 +279,6 @@ _WRITES = re.compile(
     r"\{outputs\.([A-Za-z_][\w-]*)\}/((?:\{item\.(?:name|stem|relpath)\}|[^\s'\"`;|&<>(){}$\\])+)"
 )
 _ITEM = re.compile(r"\{item\.(name|stem|relpath)\}")
-
-
-def _texts(value: Any) -> list[str]:
-    """Every string in a stage's config (nested mappings and lists too)."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _texts(v)]
-    if isinstance(value, list):
-        return [t for v in value for t in _texts(v)]
-    return []
 
 
 def attribute(

@@ -32,7 +32,7 @@ from .rule import Ports
 from .scheduler import StageFailure
 from .state import WorkspaceState
 from .store import Store
-from .templates import Ref, TemplateError, find_refs, parse, substitute
+from .templates import Ref, TemplateError, find_refs, parse, strings, substitute
 from .walk import BadPath, left_out
 
 __all__ = ["Planned", "ResolvedStage", "Resolver", "Unknown"]
@@ -409,7 +409,7 @@ class Resolver:
                 owner = self.p.output_owner(glob_base(path) if is_glob(path) else path)
                 if owner is not None and owner[0] == dep.id and (not owner[2] or is_glob(path)):
                     whole.add(owner[1])
-        for text in _strings(stage.config):
+        for text in strings(stage.config):
             if "{" not in text:
                 continue
             try:
@@ -659,14 +659,3 @@ def _named_outputs(stage: Stage, dep: Stage) -> set[str] | None:
     aliases = getattr(dep.rule, "path_values", None) or {}
     named = {aliases.get(n, n) for n in names}
     return named if named <= set(dep.ports.outputs) else None
-
-
-def _strings(value: Any) -> list[str]:
-    """Every string inside a config value (lists and mappings too)."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _strings(v)]
-    return []

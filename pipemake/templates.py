@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ __all__ = [
     "find_refs",
     "parse",
     "render",
+    "strings",
     "substitute",
 ]
 
@@ -98,21 +99,27 @@ def _parse_uncached(text: str) -> list[str | Ref]:
     return parts
 
 
-def _walk_strings(value: Any) -> Iterator[str]:
+def strings(value: Any, *, tuples: bool = False) -> list[str]:
+    """Every string inside a config value, depth first in the order written: a mapping's
+    values (never its keys) and a list's items, nested to any depth; numbers, booleans and
+    None hold none. One walk for every reader of a config's text (references, the paths a
+    template writes, the paths a stage with a problem may name).
+
+    ``tuples`` walks tuples as lists are walked; a pipeline file never holds one, but a
+    rule's own ``ports()`` may hand one back."""
     if isinstance(value, str):
-        yield value
-    elif isinstance(value, list):
-        for v in value:
-            yield from _walk_strings(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _walk_strings(v)
+        return [value]
+    if isinstance(value, list) or (tuples and isinstance(value, tuple)):
+        return [s for v in value for s in strings(v, tuples=tuples)]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in strings(v, tuples=tuples)]
+    return []
 
 
 def find_refs(value: Any) -> list[Ref]:
     """Every reference in a config value (strings inside lists and mappings too)."""
     refs: list[Ref] = []
-    for text in _walk_strings(value):
+    for text in strings(value):
         if "{" in text or "}" in text:
             refs.extend(p for p in parse(text) if isinstance(p, Ref))
     return refs

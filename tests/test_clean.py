@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import CHAIN_STAGES, TRACEBACK, Proj
 
-from pipemake.workspace import remove_path
+from pipemake.folders import remove_path
 
 ALL = ("build/upper.txt", "build/lines.txt", "build/side.txt", "build/report")
 

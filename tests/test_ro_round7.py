@@ -18,8 +18,8 @@ import pytest
 from conftest import TRACEBACK, Proj
 
 from pipemake.executors import worker
+from pipemake.folders import remove_path, unlock_tree
 from pipemake.rule import RuleError
-from pipemake.workspace import remove_path, unlock_tree
 
 #: a stage whose folder output holds a read-only folder and file, and a read-only file
 #: output; a second stage reads the folder

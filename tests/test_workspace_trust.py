@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from conftest import Proj, shell_foreach
 
+from pipemake.folders import remove_path
 from pipemake.fshash import Hasher
 from pipemake.hashing import tree_hash
 from pipemake.store import Store
-from pipemake.workspace import Workspace, remove_path
+from pipemake.workspace import Workspace
 
 
 def snapshot(top: Path) -> dict[str, object]:
