@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -210,11 +211,19 @@ class Resolver:
                 # of that stage's other outputs, those the stage names count (all of them
                 # where its depends_on names the stage or it uses one of its values)
                 named = _named_outputs(stage, self.p.stages[dep])
-                upstream[dep] = digest(
-                    [{n: manifest_hash(m) for n, m in planned.outputs.items()
-                      if n != fed[1] and (named is None or n in named)}],
-                    checked=True,
-                )  # fmt: skip
+                by_path = self._named_by_path(ports, self.p.stages[dep])
+                if named is not None:  # an output its cmd or a param names by its path
+                    named |= {n for n in by_path if n != fed[1]}
+                made = {n: manifest_hash(m) for n, m in planned.outputs.items()
+                        if n != fed[1] and (named is None or n in named)}  # fmt: skip
+                if fed[1] in by_path:  # what else of the items' own output it reads
+                    inside, fed_out = by_path[fed[1]], planned.outputs[fed[1]]
+                    made[fed[1]] = manifest_hash(fed_out) if inside is None else {
+                        sub: (None if (m := sub_manifest(fed_out, sub)) is None
+                              else manifest_hash(m))
+                        for sub in sorted(inside)
+                    }  # fmt: skip
+                upstream[dep] = digest([made], checked=True)
             else:
                 # the outputs it reads whole (all of them, as before outputs were told
                 # apart, where it reads them all, lists dep in depends_on or uses a value)
@@ -424,7 +433,40 @@ class Resolver:
             path = self._path_of(pieces)
             if path is None or os.path.normpath(path) not in read or is_glob(path):
                 whole |= names  # used otherwise than as an input path (a cmd, a param)
+        # a path into an output written out in a param or the cmd (or through a variable)
+        for name, inside in self._named_by_path(ports, dep).items():
+            if inside is None or any(
+                os.path.normpath(os.path.join(outputs[name], sub)) not in read for sub in inside
+            ):
+                whole.add(name)
         return None if whole >= set(outputs) else whole
+
+    def _named_by_path(self, ports: Ports, dep: Stage) -> dict[str, set[str] | None]:
+        """The outputs of ``dep`` that the stage's params (its ``cmd``, ``env`` and other
+        config, with variables and output references put in) name by their path, written
+        out as it is or from the project root: for each, the paths inside it they name, or
+        None where one names the output itself. A stage reads what its cmd names, whether or
+        not an input port says so."""
+        found: dict[str, set[str] | None] = {}
+        outs = dep.ports.outputs.values()
+        texts = [t for t in strings(ports.params) if any(o in t for o in outs)]
+        if not texts:
+            return found
+        root = str(self.p.root)
+        for name, rel in dep.ports.outputs.items():
+            forms = [rel] if os.path.isabs(rel) else [rel, os.path.join(root, rel)]
+            for form in forms:
+                pattern = _path_pattern(form)
+                for text in texts:
+                    if form not in text:
+                        continue
+                    for m in pattern.finditer(text):
+                        sub = os.path.normpath(m.group(1).lstrip("/")) if m.group(1) else "."
+                        if sub in (".", "") or sub.startswith(".."):
+                            found[name] = None
+                        elif found.get(name, set()) is not None:
+                            found.setdefault(name, set()).add(sub)  # type: ignore[union-attr]
+        return found
 
     def _path_of(self, pieces: list[str | Ref]) -> str | None:
         """A template's text where it names only variables and stages' output paths (what
@@ -646,6 +688,14 @@ def _indexed(
     if keys == item_keys:
         return dict(entries)
     return {rel: entries[rel] for rel, key in item_keys.items() if keys.get(rel) == key}
+
+
+def _path_pattern(path: str) -> re.Pattern[str]:
+    """A regex finding ``path`` in a text as a whole path (not the tail or head of a longer
+    name), with what follows it inside it (``/sub/f.txt``) as group 1."""
+    return re.compile(
+        r"(?<![\w.-])" + re.escape(path) + r"(?![\w.-])(/[^\s'\"`;|&<>(){}$,:=*?\[\]]*)?"
+    )
 
 
 def _named_outputs(stage: Stage, dep: Stage) -> set[str] | None:

@@ -383,3 +383,93 @@ def test_a_stage_using_a_computed_value_counts_every_output(project: Make) -> No
     out = proj.cli("build", "--no-progress").output
     assert "plain: running (input build/x.txt changed; upstream w output and computed" in out
     assert proj.read("build/value.txt") == "3\npp\n"
+
+
+PATHS_WRITTEN_OUT = f"""
+name: t
+vars: {{sib: build/d/b}}
+stages:
+  - id: mk
+    type: shell
+    config:
+      cmd: "mkdir -p {{outputs.d}}/sub; cp {{inputs.a}} {{outputs.d}}/sub/a; cp {{inputs.b}} {{outputs.d}}/b"
+      inputs: {{a: data/a, b: data/b}}
+      outputs: {{d: build/d}}
+  - id: by_var
+    type: shell
+    config:
+      cmd: "{counted("by_var", "cat {inputs.s} {vars.sib} > {outputs.o}")}"
+      inputs: {{s: "{{mk.d}}/sub/a"}}
+      outputs: {{o: build/by_var.txt}}
+  - id: by_env
+    type: shell
+    config:
+      cmd: "{counted("by_env", "cat {inputs.s} $CFG > {outputs.o}")}"
+      inputs: {{s: "{{mk.d}}/sub/a"}}
+      env: {{CFG: build/d/b}}
+      outputs: {{o: build/by_env.txt}}
+  - id: only_sub
+    type: shell
+    config:
+      cmd: "{counted("only_sub", "cat {inputs.s} > {outputs.o}")}"
+      inputs: {{s: "{{mk.d}}/sub/a"}}
+      outputs: {{o: build/only_sub.txt}}
+"""
+
+
+def test_a_path_into_an_upstream_output_written_out_in_cmd_env_or_a_variable_counts(
+    project: Make,
+) -> None:
+    """A stage reading a file of an upstream folder through its cmd, an env value or a
+    variable (not an input port) reruns when that file changes; one that reads only its
+    input inside the folder still does not."""
+    proj = project(PATHS_WRITTEN_OUT, {"data/a": "A\n", "data/b": "B\n"})
+    proj.cli("build", "--no-progress")
+    assert proj.run_counts() == {"by_var": 1, "by_env": 1, "only_sub": 1}
+    proj.write("data/b", "B2\n")
+    out = proj.cli("build", "--no-progress").output
+    assert proj.read("build/by_var.txt") == "A\nB2\n", out
+    assert proj.read("build/by_env.txt") == "A\nB2\n", out
+    assert "only_sub: up to date" in out, out
+    assert proj.run_counts() == {"by_var": 2, "by_env": 2, "only_sub": 1}
+
+
+FED_AND_CONFIG = f"""
+name: t
+stages:
+  - id: mk
+    type: shell
+    config:
+      cmd: "mkdir -p {{outputs.d}}; cp {{inputs.src}}/* {{outputs.d}}/"
+      inputs: {{src: data}}
+      outputs: {{d: build/d}}
+  - id: each
+    type: shell
+    foreach: {{input: src, pattern: "*.txt"}}
+    config:
+      cmd: "{counted("each", "cat {mk.d}/b.cfg {inputs.src} > {outputs.o}/{item.name}")}"
+      inputs: {{src: "{{mk.d}}"}}
+      outputs: {{o: build/each}}
+"""
+
+
+def test_a_foreach_stage_reading_a_file_of_its_items_folder_in_its_cmd_reruns_on_it(
+    project: Make,
+) -> None:
+    """Items from an upstream folder whose cmd also reads another file of that folder: a
+    change of that file reruns every item (each reads it); a change of one item's file
+    still reruns that item alone."""
+    proj = project(
+        FED_AND_CONFIG, {"data/b.cfg": "c1\n", "data/i1.txt": "1\n", "data/i2.txt": "2\n"}
+    )
+    proj.cli("build", "--no-progress")
+    assert proj.run_counts() == {"each": 2}
+    proj.write("data/b.cfg", "c2\n")
+    out = proj.cli("build", "--no-progress").output
+    assert proj.read("build/each/i1.txt") == "c2\n1\n", out
+    assert proj.run_counts() == {"each": 4}
+    proj.write("data/i2.txt", "22\n")
+    out = proj.cli("build", "--no-progress").output
+    assert proj.read("build/each/i2.txt") == "c2\n22\n", out
+    assert proj.run_counts() == {"each": 5}
+    assert TRACEBACK not in out
