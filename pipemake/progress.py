@@ -142,8 +142,9 @@ def _names(names: Iterable[str]) -> str:
 def _items(d: dict[str, Any]) -> str:
     if d.get("items") is None:
         return ""
-    run = d.get("items_run")
-    return f" ({d['items']} items, {run} run)" if run is not None else f" ({d['items']} items)"
+    run, n = d.get("items_run"), d["items"]
+    items = f"{n:,} item{'' if n == 1 else 's'}" if isinstance(n, int) else f"{n} items"
+    return f" ({items}, {run:,} run)" if isinstance(run, int) else f" ({items})"
 
 
 class ItemCounts:
