@@ -285,7 +285,7 @@ class Problems:
         self.file = file
         try:
             rel = os.path.relpath(file)
-        except ValueError:
+        except (ValueError, OSError):  # OSError: the current folder was removed
             rel = str(file)
         self.shown = str(file) if rel.startswith("..") else rel
         self.problems: list[Problem] = []

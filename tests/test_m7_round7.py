@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import TRACEBACK, Proj, _env
+from conftest import TRACEBACK, Proj, _env, refused_before_running
 
 GONE = "the current folder no longer exists"
 
@@ -74,3 +74,97 @@ def test_absolute_c_that_is_missing_too(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert f"-C {missing}: no such file or directory" in proc.stderr
     assert TRACEBACK not in proc.stderr
+
+
+ENV = """
+name: t
+params: params.yaml
+stages:
+  - id: m
+    type: shell
+    config:
+      cmd: "printf '%s\\\\n' \\"$L\\" \\"$N\\" \\"$M\\" \\"$B\\" \\"$Z\\" \\"$S\\" > {outputs.o}"
+      env: {L: "{params.models}", N: "{params.n}", M: "{params.m}", B: "{params.b}",
+            Z: "{params.z}", S: "{params.s}"}
+      outputs: {o: build/m.txt}
+"""
+
+PARAMS = 'models: [a, "x {y} \\"q\\""]\nn: 3\nm: {k: [1.5, null]}\nb: true\nz:\ns: "a{b}"\n'
+
+
+def test_env_whole_param_that_is_not_a_string_is_its_json(project: Callable[..., Proj]) -> None:
+    proj = project(ENV, {"params.yaml": PARAMS})
+    proj.cli("build", "--no-progress")
+    lines = proj.read("build/m.txt").splitlines()
+    assert lines == ['["a", "x {y} \\"q\\""]', "3", '{"k": [1.5, null]}', "true", "null", "a{b}"]
+    # a changed list is a changed key: the stage runs again
+    proj.write("params.yaml", PARAMS.replace("[a,", "[c,"))
+    proj.cli("build", "--no-progress")
+    assert proj.read("build/m.txt").startswith('["c", ')
+
+
+def test_env_literal_values_are_json_too(project: Callable[..., Proj]) -> None:
+    text = ONE.replace(
+        'cmd: "cp {inputs.a}', 'env: {T: true, L: [1, two]}\n      cmd: "echo $T $L >'
+    )
+    proj = project(text, {"data/a.txt": "a\n"})
+    proj.cli("build", "--no-progress")
+    assert proj.read("build/a.txt") == 'true [1, "two"]\n'
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ('{N: ["{outputs.o}", b]}', ["env N: {outputs.o} inside a list", 'N: "{outputs.o}"']),
+        ("{N: !!binary aGk=}", ["env N: bytes", "quote it"]),
+        ("hello", ["'env' must map variable names to values, got a string"]),
+    ],
+)
+def test_env_value_with_no_text_names_the_variable(
+    project: Callable[..., Proj], env: str, words: list[str]
+) -> None:
+    proj = project(ONE.replace('cmd: "cp', f'env: {env}\n      cmd: "cp'), {"data/a.txt": "a\n"})
+    refused_before_running(proj, 6, "mk", words)
+
+
+ITEM = """
+name: t
+stages:
+  - id: s
+    type: shell
+    config:
+      cmd: {cmd}
+      inputs: {{src: data/items}}
+      outputs: {{o: build/o}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("cmd", "where", "ref"),
+    [
+        ('["mkdir -p {outputs.o}", "echo {item.name} > {outputs.o}/x"]', "cmd[1]", "item.name"),
+        ('"mkdir -p {outputs.o}; echo {item.stem}"', "cmd", "item.stem"),
+    ],
+)
+def test_item_without_foreach_is_refused_before_running(
+    project: Callable[..., Proj], cmd: str, where: str, ref: str
+) -> None:
+    proj = project(ITEM.format(cmd=cmd), {"data/items/a": "1\n"})
+    words = [f"{{{ref}}} in {where}", "add foreach: src", f"or remove {{{ref}}}"]
+    refused_before_running(proj, 6, "s", words)
+    assert "only defined in" not in proj.cli("dry-run", code=2).output  # not the run-time one
+
+
+def test_item_in_env_without_foreach_names_the_variable(project: Callable[..., Proj]) -> None:
+    text = ITEM.format(cmd='"mkdir -p {outputs.o}"').replace(
+        "      inputs:", '      env: {NAME: "{item.name}"}\n      inputs:')  # fmt: skip
+    proj = project(text, {"data/items/a": "1\n"})
+    refused_before_running(proj, 7, "s", ["{item.name} in env NAME", "add foreach: src"])
+
+
+def test_item_with_foreach_still_builds(project: Callable[..., Proj]) -> None:
+    text = ITEM.format(cmd='"mkdir -p {outputs.o}; echo {item.name} > {outputs.o}/{item.name}"')
+    proj = project(text.replace("    type: shell\n", "    type: shell\n    foreach: src\n"),
+                   {"data/items/a": "1\n"})  # fmt: skip
+    proj.cli("build", "--no-progress")
+    assert proj.read("build/o/a") == "a\n"
