@@ -32,6 +32,7 @@ from .errors import (
     Problems,
     StoreError,
     UsageError,
+    current_folder,
 )
 from .eta import Estimator
 from .events import Bus, Event
@@ -107,10 +108,12 @@ def find_pipeline(
     ``directory`` nor ``file``, then in the folders above (see
     :func:`~pipemake.project.find_above`).
     """
-    base = Path(directory) if directory else Path.cwd()
+    base = Path(directory) if directory else Path(current_folder())
     path = Path(file) if file else Path()
     if not path.is_absolute():
         path = base / path
+    if not path.is_absolute():
+        current_folder()  # a path relative to a removed folder: say that it is gone
     if file and not path.is_dir():
         return path, False
     for name in PIPELINE_FILES:

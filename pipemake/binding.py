@@ -239,7 +239,10 @@ def _bind_stage(raw: LineDict, pipeline: Pipeline, lookup: Any, ld: Problems) ->
             )
         return None
     fields = _stage_fields(raw, sid, ld)
+    said = len(ld.problems)
     foreach = _foreach(raw, ports, rule, sid, ld, quiet=reported)
+    if foreach is None and len(ld.problems) == said:  # no foreach, and none written wrong
+        _item_without_foreach(rule, config, ports, raw, ld)
     if not reported:
         for key, msg in _glob_problems(rule, ports, foreach):
             ld.problem(msg, _port_line(config, "inputs", written.get(key, key), raw.line), sid)
@@ -398,6 +401,39 @@ def _pending_outputs(rule: Rule, resolved: dict[str, Any]) -> list[tuple[str, st
          "write the path itself (it may use {vars.*} and {params.*})")
         for key in found
     ]  # fmt: skip
+
+
+def _item_without_foreach(
+    rule: Rule, config: Any, ports: Ports, raw: LineDict, ld: Problems
+) -> None:
+    """Report an ``{item.*}`` in a stage that does not run per item (it has no
+    ``foreach``): there is no item to write in, so it fails at ``validate``, naming where
+    it stands, not first when the stage runs."""
+    for key in getattr(rule, "symbolic_keys", ()):
+        value = config.get(key) if isinstance(config, Mapping) else None
+        if isinstance(value, list):
+            texts = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+        elif isinstance(value, Mapping):
+            texts = [(f"{key} {k}", v) for k, v in value.items()]
+        else:
+            texts = [(key, value)]
+        for where, text in texts:
+            try:
+                found = [r for r in find_refs(text) if r.scope == "item"]
+            except TemplateError:
+                continue  # malformed: said where the template is checked
+            if found:
+                first = next(iter(ports.inputs), "INPUT")
+                line = config.line_of(key) if isinstance(config, LineDict) else raw.line
+                ld.problem(
+                    f"{found[0]} in {where}: items exist only in a stage with foreach, "
+                    "and this stage runs once, as a whole",
+                    line,
+                    raw["id"],
+                    hint=f"add foreach: {first} (the input whose files are the items), or "
+                    f"remove {found[0]}",
+                )
+                return
 
 
 def _foreach(

@@ -21,6 +21,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import FrameType
 
+    from .errors import PipemakeError
+
 
 def _early_interrupt(signum: int, frame: FrameType | None) -> None:
     """SIGINT before the engine is up: ``interrupted``, exit 130 (no traceback). Inside a
@@ -54,6 +56,7 @@ def main() -> None:
     # before anything is read: a no-op snapshot vouches only for what changed before this
     started_ns = time.time_ns()
     argv = sys.argv[1:]
+    _settle_cwd(argv)
     if "build" in argv and os.environ.get("PIPEMAKE_NOOP_SNAPSHOT", "1") != "0":
         from .noop import answer
 
@@ -76,6 +79,67 @@ def main() -> None:
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     cli_main(argv, started_ns)
+
+
+def _settle_cwd(argv: list[str]) -> None:
+    """Where the current folder was removed (a build replaced an output folder the user
+    stood in): a command given an absolute ``-C DIR`` (or ``-f FILE``) runs in that folder,
+    as ``-C`` says it does; help, ``--version`` and shell completion need no folder; any
+    other command exits 2 saying what happened, before anything asks for the folder."""
+    try:
+        os.getcwd()
+        return
+    except OSError:
+        pass
+    from .errors import CWD_GONE, UsageError
+
+    named = _named_place(argv)
+    if named is not None:
+        flag, value, place = named
+        try:
+            os.chdir(place)
+        except OSError as exc:
+            _refuse(UsageError(f"{flag} {value}: {(exc.strerror or 'cannot be entered').lower()}, "
+                               f"and the current folder no longer exists either"))  # fmt: skip
+        else:
+            os.environ["PWD"] = place
+            return
+    helped = not argv or any(w in ("-h", "--help", "--version") for w in argv)
+    if not helped and "_PIPEMAKE_COMPLETE" not in os.environ:
+        _refuse(UsageError(CWD_GONE))
+
+
+def _refuse(error: PipemakeError) -> None:
+    sys.stderr.write(error.format() + "\n")
+    sys.stderr.flush()
+    raise SystemExit(error.exit_code)
+
+
+def _named_place(argv: list[str]) -> tuple[str, str, str] | None:
+    """The folder the global options name absolutely, as (flag, value, folder): ``-C DIR``,
+    else the folder of ``-f FILE`` (or ``-f DIR`` itself); None when they name none, or
+    only relative to the current folder."""
+    found: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in ("-C", "-f", "--cache-dir", "-S", "--set") and i + 1 < len(argv):
+            found[word] = argv[i + 1]
+            i += 2
+        elif word[:2] in ("-C", "-f") and len(word) > 2:
+            found[word[:2]] = word[2:]
+            i += 1
+        elif word.startswith(("--cache-dir=", "--set=")):
+            i += 1
+        else:
+            break  # the command's name: what follows are its own words
+    if "-C" in found:
+        where = found["-C"]
+        return ("-C", where, where) if os.path.isabs(where) else None
+    file = found.get("-f")
+    if file is None or not os.path.isabs(file):
+        return None
+    return "-f", file, file if os.path.isdir(file) else os.path.dirname(file)
 
 
 def _builds_here(argv: list[str]) -> bool:

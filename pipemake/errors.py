@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 __all__ = [
+    "CWD_GONE",
     "AccessDenied",
     "BuildFailed",
     "DatabaseDamaged",
@@ -41,6 +42,7 @@ __all__ = [
     "Problems",
     "StoreError",
     "UsageError",
+    "current_folder",
     "os_failure",
 ]
 
@@ -101,6 +103,22 @@ class UsageError(PipemakeError):
     """The command line is wrong (unknown target, bad option value)."""
 
     exit_code = 2
+
+
+#: what a command that needs the current folder says when it is gone
+CWD_GONE = (
+    "the current folder no longer exists (it was removed or replaced, e.g. by a build of an "
+    "output you were standing in); cd to a folder that exists"
+)
+
+
+def current_folder() -> str:
+    """``os.getcwd()``; where the folder was removed (a build replaced an output folder the
+    user stands in), the :class:`UsageError` saying so instead of a bare ENOENT."""
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        raise UsageError(CWD_GONE) from None
 
 
 class BuildFailed(PipemakeError):
@@ -267,7 +285,7 @@ class Problems:
         self.file = file
         try:
             rel = os.path.relpath(file)
-        except ValueError:
+        except (ValueError, OSError):  # OSError: the current folder was removed
             rel = str(file)
         self.shown = str(file) if rel.startswith("..") else rel
         self.problems: list[Problem] = []

@@ -202,8 +202,9 @@ def _dot(argv: list[str]) -> tuple[Path, list[str]] | None:
 
 def build_file(argv: list[str]) -> tuple[Path, list[str]] | None:
     """The pipeline file a plain ``build`` command names (``-C``/``-f``, else
-    ``pipemake.yaml``) and the command's own words; None for any other command."""
-    base, file = Path.cwd(), Path("pipemake.yaml")
+    ``pipemake.yaml``) and the command's own words; None for any other command, and where
+    the file lies relative to a current folder that was removed (the CLI says so)."""
+    base, file = None, Path("pipemake.yaml")
     i = 0
     while i < len(argv) and argv[i] in _GLOBAL_OPTS and i + 1 < len(argv):
         if argv[i] == "-C":
@@ -216,7 +217,14 @@ def build_file(argv: list[str]) -> tuple[Path, list[str]] | None:
     words = argv[i + 1 :]
     if any(w in ("-h", "--help", "--log-json") or w.startswith("--log-json=") for w in words):
         return None
-    return (file if file.is_absolute() else base / file), words
+    if file.is_absolute():
+        return file, words
+    if base is None:
+        try:
+            base = Path.cwd()
+        except OSError:  # the current folder was removed
+            return None
+    return base / file, words
 
 
 def answer(argv: list[str], replay: Callable[[Path, dict[str, Any], bool], None]) -> int | None:
@@ -228,7 +236,11 @@ def answer(argv: list[str], replay: Callable[[Path, dict[str, Any], bool], None]
         return None
     dot, words = found
     doc = _read(dot / FILE)
-    if doc is None or doc.get("context") != context(argv, os.getcwd()):
+    try:
+        here = os.getcwd()
+    except OSError:  # the current folder was removed: no snapshot holds for it
+        return None
+    if doc is None or doc.get("context") != context(argv, here):
         return None
     from .errors import LockTimeout
     from .lock import BuildLock

@@ -17,6 +17,7 @@ named. A one-element list keys as its string.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from collections import deque
@@ -24,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipemake.rule import Context, Item, Ports, Rule, RuleError
-from pipemake.templates import Ref, TemplateError, parse, render
+from pipemake.templates import Ref, TemplateError, escape, parse, render
 
 from ._named_ports import named_ports, unknown_keys
 from ._shell_quote import check_places, write
@@ -50,12 +51,77 @@ def _env_text(ref: Ref, value: Any) -> str:
     return text
 
 
+def _data(value: Any, name: str) -> Any:
+    """A value written in ``env`` (a ``{params.*}`` used whole is its value, strings in it
+    with their braces doubled) as plain data: strings their text; a date its ISO text."""
+    if isinstance(value, str):
+        try:
+            parts = parse(value)
+        except TemplateError as exc:
+            raise TemplateError(f"env {name}: {exc}") from None
+        refs = [p for p in parts if isinstance(p, Ref)]
+        if refs:
+            raise TemplateError(
+                f"env {name}: {refs[0]} inside a list or mapping is not written into it; "
+                f'give it a variable of its own ({name}: "{refs[0]}")'
+            )
+        return "".join(str(p) for p in parts)
+    if isinstance(value, list):
+        return [_data(v, name) for v in value]
+    if isinstance(value, dict):
+        return {k: _data(v, name) for k, v in value.items()}
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    return value
+
+
+def _env_templates(env: Any) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """``env`` as the templates each variable's text is rendered from, and what is wrong
+    with it. A string is a template as it is; anything else (a number, true, false, null,
+    a list, a mapping, most often a ``{params.*}`` used whole) its JSON text, as README
+    says, so ``N: "{params.models}"`` gives ``["a", "b"]``; a value with no JSON text is
+    refused, naming the variable."""
+    if env is None:
+        return {}, []
+    if not isinstance(env, dict):
+        return {}, [("env", f"'env' must map variable names to values, got {_kind(env)}: "
+                     "write env: {NAME: value, ...}")]  # fmt: skip
+    out: dict[str, str] = {}
+    problems: list[tuple[str, str]] = []
+    for name, value in env.items():
+        if not isinstance(name, str) or not name:
+            problems.append(("env", f"env: variable name {name!r} must be a word such as "
+                             "N or MODEL_DIR: quote it"))  # fmt: skip
+            continue
+        if isinstance(value, str):
+            out[name] = value
+            continue
+        try:
+            data = _data(value, name)
+            text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+        except TemplateError as exc:
+            problems.append(("env", str(exc)))
+            continue
+        except (TypeError, ValueError):
+            problems.append(("env", f"env {name}: {_kind(value)} {value!r:.40} has no text "
+                             "an environment variable can hold: quote it (\"...\")"))  # fmt: skip
+            continue
+        out[name] = escape(text)
+    return out, problems
+
+
 def _commands(cmd: Any) -> list[Any]:
     """The commands of ``cmd``: a list's elements, or the string itself."""
     return list(cmd) if isinstance(cmd, list) else [cmd]
 
 
-_KINDS = {bool: "true or false", int: "a number", float: "a number", type(None): "empty"}
+_KINDS = {
+    str: "a string",
+    bool: "true or false",
+    int: "a number",
+    float: "a number",
+    type(None): "empty",
+}
 
 
 def _kind(value: Any) -> str:
@@ -112,14 +178,10 @@ class ShellRule(Rule):
             problems += _cmd_problems(cmd)
         if isinstance(cmd, list) and len(cmd) == 1:
             cmd = cmd[0]  # one command: the same command (and key) as written as a string
-        env = config.get("env") or {}
-        if not isinstance(env, dict) or not all(
-            isinstance(k, str) and isinstance(v, str | int | float) for k, v in env.items()
-        ):
-            problems.append(("env", "'env' must map variable names to strings"))
-            env = {}
+        env, env_problems = _env_templates(config.get("env"))
+        problems += env_problems
         problems += named_ports(config, ports)
-        ports.params = {"cmd": cmd, "env": {k: str(v) for k, v in env.items()}}
+        ports.params = {"cmd": cmd, "env": env}
         return ports, problems
 
     def check(self, ports: Ports) -> list[tuple[str, str]]:
