@@ -124,8 +124,10 @@ def find_pipeline(
         return above, True
     rel = os.path.relpath(path)
     shown = str(path.resolve()) if rel == "." or rel.startswith("..") else rel
+    searched = "" if directory or file else " and the folders above it"
     raise PipelineError([Problem(
-        f"no pipeline file here (looked for {' and '.join(PIPELINE_FILES)} in {shown})",
+        f"no pipeline file here (looked for {' and '.join(PIPELINE_FILES)} in {shown}"
+        f"{searched})",
         hint=f"create {DEFAULT_FILE}, or pass -f FILE / -C DIR to point at one",
     )])  # fmt: skip
 
