@@ -205,13 +205,28 @@ class Resolver:
                 if dep not in placed:
                     upstream[dep] = "?"
             elif dep in placed:
+                # it writes into a folder this stage reads, hashed as this stage's input;
+                # another output of it that the cmd or a param names by its path counts
+                named = self._named_elsewhere(stage, ports, self.p.stages[dep])
+                if named:
+                    upstream[dep] = digest(
+                        [{n: manifest_hash(planned.outputs[n]) for n in sorted(named)}],
+                        checked=True,
+                    )
                 continue
             elif fed is not None and fed[0] == dep:
                 # the foreach input's own output stands in each item (its path and content);
                 # of that stage's other outputs, those the stage names count (all of them
                 # where its depends_on names the stage or it uses one of its values)
                 named = _named_outputs(stage, self.p.stages[dep])
-                by_path = self._named_by_path(ports, self.p.stages[dep])
+                by_path = self._named_by_path(ports, self.p.stages[dep], stage.foreach.input)
+                outs = self.p.stages[dep].ports.outputs
+                for n, inside in list(by_path.items()):  # inputs of their own are hashed
+                    if inside is not None and all(
+                        self._covered(ports, os.path.join(outs[n], sub), stage.foreach.input)
+                        for sub in inside
+                    ):
+                        del by_path[n]
                 if named is not None:  # an output its cmd or a param names by its path
                     named |= {n for n in by_path if n != fed[1]}
                 made = {n: manifest_hash(m) for n, m in planned.outputs.items()
@@ -235,6 +250,7 @@ class Resolver:
                     checked=True,  # JSON from the store: string keys
                 )
                 parts[dep] = [digest([made], checked=True), digest([planned.values], checked=True)]
+        reads = self._item_folder_reads(stage, ports, fed, unknown)
         doc = {
             "format": KEY_FORMAT,
             "rule": stage.rule.name,
@@ -246,6 +262,8 @@ class Resolver:
             "upstream": upstream,
             "outputs": {n: ports.output_kinds.get(n, "path") for n in sorted(ports.outputs)},
         }
+        if reads:  # only then: the keys of every other stage stay as they were
+            doc["reads"] = reads
         if stage.foreach is None:
             return ResolvedStage(ports, doc, key_digest(doc), unknown, upstream_parts=parts)
         # the pattern only picks the items, each of which its key stands for: a new pattern
@@ -434,39 +452,121 @@ class Resolver:
             if path is None or os.path.normpath(path) not in read or is_glob(path):
                 whole |= names  # used otherwise than as an input path (a cmd, a param)
         # a path into an output written out in a param or the cmd (or through a variable)
-        for name, inside in self._named_by_path(ports, dep).items():
-            if inside is None or any(
-                os.path.normpath(os.path.join(outputs[name], sub)) not in read for sub in inside
+        item_input = stage.foreach.input if stage.foreach is not None else None
+        for name, inside in self._named_by_path(ports, dep, item_input).items():
+            if inside is None or not all(
+                self._covered(ports, os.path.join(outputs[name], sub), item_input)
+                for sub in inside
             ):
                 whole.add(name)
         return None if whole >= set(outputs) else whole
 
-    def _named_by_path(self, ports: Ports, dep: Stage) -> dict[str, set[str] | None]:
+    def _named_by_path(
+        self, ports: Ports, dep: Stage, item_input: str | None = None
+    ) -> dict[str, set[str] | None]:
         """The outputs of ``dep`` that the stage's params (its ``cmd``, ``env`` and other
         config, with variables and output references put in) name by their path, written
         out as it is or from the project root: for each, the paths inside it they name, or
         None where one names the output itself. A stage reads what its cmd names, whether or
         not an input port says so."""
         found: dict[str, set[str] | None] = {}
-        outs = dep.ports.outputs.values()
-        texts = [t for t in strings(ports.params) if any(o in t for o in outs)]
-        if not texts:
-            return found
-        root = str(self.p.root)
+        texts = self._param_texts(ports, item_input)
         for name, rel in dep.ports.outputs.items():
-            forms = [rel] if os.path.isabs(rel) else [rel, os.path.join(root, rel)]
-            for form in forms:
-                pattern = _path_pattern(form)
-                for text in texts:
-                    if form not in text:
-                        continue
-                    for m in pattern.finditer(text):
-                        sub = os.path.normpath(m.group(1).lstrip("/")) if m.group(1) else "."
-                        if sub in (".", "") or sub.startswith(".."):
-                            found[name] = None
-                        elif found.get(name, set()) is not None:
-                            found.setdefault(name, set()).add(sub)  # type: ignore[union-attr]
+            inside = self._inside(texts, rel)
+            if inside is not False:
+                found[name] = inside
         return found
+
+    def _covered(self, ports: Ports, path: str, item_input: str | None) -> bool:
+        """Whether ``path`` is an input of the stage, or lies in an input folder (the
+        foreach input, whose items are keyed one by one, excepted): hashed in its key."""
+        path = os.path.normpath(path)
+        for name, value in ports.inputs.items():
+            if name == item_input:
+                continue
+            for p in value if isinstance(value, list) else [value]:
+                if isinstance(p, str) and not is_glob(p) and within(path, os.path.normpath(p)):
+                    return True
+        return False
+
+    def _named_elsewhere(self, stage: Stage, ports: Ports, dep: Stage) -> set[str]:
+        """The outputs of ``dep`` that the stage's params name by a path its inputs do not
+        cover (a stage writing into a folder this one reads: that folder is hashed as an
+        input, its other outputs are not)."""
+        item_input = stage.foreach.input if stage.foreach is not None else None
+        outs = dep.ports.outputs
+        return {
+            n
+            for n, inside in self._named_by_path(ports, dep, item_input).items()
+            if inside is None
+            or not all(self._covered(ports, os.path.join(outs[n], s), item_input) for s in inside)
+        }
+
+    def _item_folder_reads(
+        self, stage: Stage, ports: Ports, fed: tuple[str, str] | None, unknown: set[str]
+    ) -> dict[str, str]:
+        """For a foreach stage whose items come from a folder no single upstream output is
+        (a source folder, or one other stages write into), the files of that folder its
+        params name by their path (``cat data/b.cfg {inputs.src}``), with their hashes: each
+        item reads them, so each item's key holds them. Empty otherwise."""
+        if stage.foreach is None or fed is not None:
+            return {}
+        value = ports.inputs.get(stage.foreach.input)
+        if not isinstance(value, str):
+            return {}
+        base = glob_base(value) if is_glob(value) else value
+        inside = self._inside(self._param_texts(ports, stage.foreach.input), base)
+        if inside is False:
+            return {}
+        if inside is None:
+            inside = {"."}
+        reads: dict[str, str] = {}
+        for sub in sorted(inside):
+            path = os.path.normpath(os.path.join(base, sub))
+            try:
+                reads[path] = self._input_hash(stage, path, unknown)
+            except StageFailure:
+                reads[path] = "missing"
+        return reads
+
+    def _param_texts(self, ports: Ports, item_input: str | None) -> list[str]:
+        """The strings of a stage's params (keys of mappings too), as a shell would read a
+        path in them: each ``{inputs.NAME}`` but a foreach input's (an item) put in, and
+        ``//`` read as ``/``."""
+        texts = strings(ports.params, keys=True)
+        paths = {
+            n: v if isinstance(v, str) else " ".join(p for p in v if isinstance(p, str))
+            for n, v in ports.inputs.items()
+            if isinstance(v, (str, list)) and n != item_input
+        }
+        out = []
+        for text in texts:
+            if "{inputs." in text:
+                text = _INPUT_REF.sub(lambda m: paths.get(m.group(1), m.group(0)), text)
+            out.append(_SLASHES.sub("/", text) if "//" in text else text)
+        return out
+
+    def _inside(self, texts: list[str], rel: str) -> set[str] | None | bool:
+        """The paths inside ``rel`` (relative to it) that ``texts`` name; None where one
+        names ``rel`` itself or leads out of it (``rel/../x``); False where none names it."""
+        forms = [rel] if os.path.isabs(rel) else [rel, os.path.join(str(self.p.root), rel)]
+        found: set[str] | None = set()
+        named = False
+        for form in forms:
+            pattern = None
+            for text in texts:
+                if form not in text:
+                    continue
+                pattern = pattern or _path_pattern(form)
+                for m in pattern.finditer(text):
+                    if text.startswith("{", m.end()):
+                        continue  # ``data/{item.relpath}``: the item itself, keyed on its own
+                    named = True
+                    sub = os.path.normpath(m.group(1).lstrip("/")) if m.group(1) else "."
+                    if sub in (".", "") or sub.startswith(".."):
+                        return None
+                    found.add(sub)  # type: ignore[union-attr]
+        return found if named else False
 
     def _path_of(self, pieces: list[str | Ref]) -> str | None:
         """A template's text where it names only variables and stages' output paths (what
@@ -690,11 +790,20 @@ def _indexed(
     return {rel: entries[rel] for rel, key in item_keys.items() if keys.get(rel) == key}
 
 
+#: ``{inputs.NAME}`` in a param's text, and runs of slashes (``build//d`` is ``build/d``)
+_INPUT_REF = re.compile(r"\{inputs\.([A-Za-z_][\w-]*)\}")
+_SLASHES = re.compile(r"/{2,}")
+
+
 def _path_pattern(path: str) -> re.Pattern[str]:
-    """A regex finding ``path`` in a text as a whole path (not the tail or head of a longer
-    name), with what follows it inside it (``/sub/f.txt``) as group 1."""
+    """A regex finding ``path`` in a text as a whole path, not the head or tail of a longer
+    name (but glued to a one-letter option: ``-Ibuild/inc`` names ``build/inc``), with what
+    follows it inside it (``/sub/f.txt``) as group 1; a glob there (``/*.txt``) stops it,
+    naming the folder itself."""
     return re.compile(
-        r"(?<![\w.-])" + re.escape(path) + r"(?![\w.-])(/[^\s'\"`;|&<>(){}$,:=*?\[\]]*)?"
+        r"(?:(?<![\w.-])|(?<=-[A-Za-z]))"
+        + re.escape(path)
+        + r"(?![\w.-])(/[^\s'\"`;|&<>(){}$,:=*?\[\]]*)?"
     )
 
 

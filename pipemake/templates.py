@@ -99,20 +99,26 @@ def _parse_uncached(text: str) -> list[str | Ref]:
     return parts
 
 
-def strings(value: Any, *, tuples: bool = False) -> list[str]:
+def strings(value: Any, *, tuples: bool = False, keys: bool = False) -> list[str]:
     """Every string inside a config value, depth first in the order written: a mapping's
     values (never its keys) and a list's items, nested to any depth; numbers, booleans and
     None hold none. One walk for every reader of a config's text (references, the paths a
     template writes, the paths a stage with a problem may name).
 
     ``tuples`` walks tuples as lists are walked; a pipeline file never holds one, but a
-    rule's own ``ports()`` may hand one back."""
+    rule's own ``ports()`` may hand one back. ``keys`` also gives a mapping's string keys,
+    each before its value (a params file may key weights by path)."""
     if isinstance(value, str):
         return [value]
     if isinstance(value, list) or (tuples and isinstance(value, tuple)):
-        return [s for v in value for s in strings(v, tuples=tuples)]
+        return [s for v in value for s in strings(v, tuples=tuples, keys=keys)]
     if isinstance(value, dict):
-        return [s for v in value.values() for s in strings(v, tuples=tuples)]
+        return [
+            s
+            for k, v in value.items()
+            for s in ([k] if keys and isinstance(k, str) else [])
+            + strings(v, tuples=tuples, keys=keys)
+        ]
     return []
 
 

@@ -473,3 +473,118 @@ def test_a_foreach_stage_reading_a_file_of_its_items_folder_in_its_cmd_reruns_on
     assert proj.read("build/each/i2.txt") == "c2\n22\n", out
     assert proj.run_counts() == {"each": 5}
     assert TRACEBACK not in out
+
+
+SPELLINGS = f"""
+name: t
+vars: {{base: "build/"}}
+params: p.json
+stages:
+  - id: mk
+    type: shell
+    config:
+      cmd: "mkdir -p {{outputs.d}}/sub; cp {{inputs.a}} {{outputs.d}}/sub/a; cp {{inputs.b}} {{outputs.d}}/b"
+      inputs: {{a: data/a, b: data/b}}
+      outputs: {{d: build/d}}
+  - id: dotdot
+    type: shell
+    config:
+      cmd: "{counted("dotdot", "cat {inputs.s}/../b > {outputs.o}")}"
+      inputs: {{s: "{{mk.d}}/sub"}}
+      outputs: {{o: build/dotdot.txt}}
+  - id: slashes
+    type: shell
+    config:
+      cmd: "{counted("slashes", "cat {inputs.s} {vars.base}/d/b > {outputs.o}")}"
+      inputs: {{s: "{{mk.d}}/sub/a"}}
+      outputs: {{o: build/slashes.txt}}
+  - id: glued
+    type: shell
+    config:
+      cmd: "{counted("glued", "grep -h -fbuild/d/b {inputs.s} > {outputs.o}; true")}"
+      inputs: {{s: "{{mk.d}}/sub/a"}}
+      outputs: {{o: build/glued.txt}}
+  - id: keyed
+    type: shell
+    config:
+      cmd: "{counted("keyed", "cat {inputs.s} > {outputs.o}")}"
+      inputs: {{s: "{{mk.d}}/sub/a"}}
+      env: {{W: "{{params.weights}}"}}
+      outputs: {{o: build/keyed.txt}}
+"""
+
+
+def test_every_spelling_of_a_path_into_an_upstream_folder_counts(project: Make) -> None:
+    """``{inputs.s}/../b``, ``build//d/b`` (a variable ending in ``/``), a path glued to
+    a one-letter option and a path that is a params mapping's key all name mk's folder:
+    a change of ``b`` reruns each stage."""
+    proj = project(
+        SPELLINGS,
+        {"data/a": "A\n", "data/b": "B\n", "p.json": '{"weights": {"build/d/b": 2}}'},
+    )
+    proj.cli("build", "--no-progress")
+    first = proj.run_counts()
+    proj.write("data/b", "B2\n")
+    out = proj.cli("build", "--no-progress").output
+    assert TRACEBACK not in out
+    assert proj.run_counts() == {k: v + 1 for k, v in first.items()}, out
+
+
+PLACED = f"""
+name: t
+stages:
+  - id: w1
+    type: shell
+    config:
+      cmd: "mkdir -p out; cp {{inputs.i}} {{outputs.o}}"
+      inputs: {{i: data/i1.txt}}
+      outputs: {{o: out/i1.txt}}
+  - id: w2
+    type: shell
+    config:
+      cmd: "mkdir -p out build; cp {{inputs.c}} {{outputs.cfg}}; cp {{inputs.c}} {{outputs.extra}}"
+      inputs: {{c: data/cfg}}
+      outputs: {{cfg: out/cfg, extra: build/extra}}
+  - id: rd
+    type: shell
+    config:
+      cmd: "{counted("rd", "ls {inputs.d} > {outputs.o}; cat build/extra >> {outputs.o}")}"
+      inputs: {{d: out}}
+      outputs: {{o: build/rd.txt}}
+  - id: each
+    type: shell
+    foreach: {{input: src, pattern: "*.txt"}}
+    config:
+      cmd: "{counted("each", "cat out/cfg {inputs.src} > {outputs.o}/{item.name}")}"
+      inputs: {{src: out}}
+      outputs: {{o: build/each}}
+  - id: src_each
+    type: shell
+    foreach: {{input: src, pattern: "*.txt"}}
+    config:
+      cmd: "{counted("src_each", "cat data/cfg data/{item.relpath} > {outputs.o}/{item.name}")}"
+      inputs: {{src: data}}
+      outputs: {{o: build/src_each}}
+"""
+
+
+def test_a_stage_reading_a_folder_others_write_into_counts_what_its_cmd_names(
+    project: Make,
+) -> None:
+    """A stage reading ``out/`` (which ``w2`` writes into) whose cmd also reads w2's other
+    output, and foreach stages over ``out/`` or a source folder whose cmd reads a file of
+    that folder: a change of that file reruns them (every item); a change of one item's
+    file reruns that item alone."""
+    proj = project(PLACED, {"data/i1.txt": "1\n", "data/i2.txt": "2\n", "data/cfg": "c1\n"})
+    proj.cli("build", "--no-progress")
+    assert proj.run_counts() == {"rd": 1, "each": 1, "src_each": 2}
+    proj.write("data/cfg", "c2\n")
+    out = proj.cli("build", "--no-progress").output
+    assert proj.read("build/rd.txt").endswith("c2\n"), out
+    assert proj.read("build/each/i1.txt") == "c2\n1\n", out
+    assert proj.read("build/src_each/i1.txt") == "c2\n1\n", out
+    assert proj.run_counts() == {"rd": 2, "each": 2, "src_each": 4}
+    proj.write("data/i2.txt", "22\n")  # one item of src_each: it alone reruns
+    out = proj.cli("build", "--no-progress").output
+    assert proj.read("build/src_each/i2.txt") == "c2\n22\n", out
+    assert proj.run_counts() == {"rd": 2, "each": 2, "src_each": 5}
