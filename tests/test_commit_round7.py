@@ -544,3 +544,21 @@ def test_lay_under_yields_to_what_items_wrote() -> None:
     kept = lay_under(merged, own)
     assert [e[0] for e in kept["o"]["entries"]] == ["k"]
     assert [e[0] for e in merged["o"]["entries"]] == ["a", "d/x", "k"]
+
+
+def test_own_files_whose_entry_left_the_store_are_dropped_saying_so(project) -> None:
+    p = _tagged(project)
+    db = sqlite3.connect(p.path(".pipemake/store/actions.db"))
+    rows = db.execute("SELECT key, entry FROM actions").fetchall()
+    gone = [k for k, text in rows if "own" in json.loads(text)]
+    assert len(gone) == 1
+    db.execute("DELETE FROM actions WHERE key=?", (gone[0],))
+    db.commit()
+    db.close()
+    p.write("data/a", "A2\n")
+    r = p.cli("build")
+    assert TRACEBACK not in r.output and _ran(p) == ["a"]
+    said = "which lists them, is gone or not trusted"
+    assert r.output.count(said) == 1 and not p.exists("build/each/own.txt"), r.output
+    p.write("data/b", "B2\n")
+    assert said not in p.cli("build").output  # said once: the new entry holds no layer
