@@ -591,7 +591,9 @@ class ForeachRun(StageRun):
         except ValueError as exc:
             raise StageFailure(str(exc)) from None
         # files of the output no item wrote, accepted by `pipemake commit`: kept under them
-        own = own_layer(ctx.store, ctx.state, stage.id, rs.base)
+        own, dropped_note = own_layer(ctx.store, ctx.state, stage.id)
+        if dropped_note:
+            ctx.bus.emit("log", stage.id, level="warning", text=dropped_note)
         kept = lay_under(merged, own, lay=not self.forced) if own else {}
         if self.forced and kept:  # forced: the output is what its items write, no more
             dropped = sum(len(m["entries"]) for m in kept.values())

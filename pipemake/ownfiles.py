@@ -10,17 +10,20 @@ item replaces them with what it writes.
 
 A foreach stage's output is otherwise the union of what its items wrote; files accepted
 that no item can be said to have written (added by hand, or named after no item) are the
-stage's own. The stage's
-entry keeps them under ``own`` (with the item base key they were accepted for), and each
-later assembly of the stage lays them under the items' files, so rerunning other items
-never loses them. An item that writes the same path (or a folder where an own file is, or
-a file where an own folder is) replaces them; a change of the stage's command, params or
-other inputs (a new base key: every item reruns) builds the output from its items alone,
-and so does a forced build (``-B``, ``--force-stage``), which drops the layer for good.
+stage's own. The stage's entry keeps them under ``own``, and each later assembly of the
+stage lays them under the items' files, so rerunning items never loses them: some items
+(an item's input changed) or all of them (a new base key: the stage's command, params,
+env or an upstream file it reads changed). An item that writes the same path (or a folder
+where an own file is, or a file where an own folder is) takes it over; a forced build
+(``-B``, ``--force-stage``) builds the output from its items alone and drops the layer
+for good. A switch back to an earlier key restores that key's entry, own files as they
+were then.
 
 The layer is read back only from the entry of the stage's last build, and only when its
 last-build record says that entry holds one, so stages that never had own files pay
-nothing.
+nothing. That entry is read from the store, so it is untrusted: a layer not of the shape
+pipemake writes, or whose entry or objects left the store, is dropped (in part, for
+objects) and said so, never guessed at.
 """
 
 from __future__ import annotations
@@ -49,37 +52,58 @@ OWN = "own"
 
 
 def own_section(base: str, outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The ``own`` field of a stage entry: its own files per output, for item base key
-    ``base``."""
+    """The ``own`` field of a stage entry: its own files per output, and the item base key
+    of the build that kept them (for a reader of the entry: the layer is laid whatever the
+    base key, see :func:`own_layer`)."""
     return {"base": base, "outputs": outputs}
 
 
 def own_layer(
-    store: Store, state: WorkspaceState, stage_id: str, base: str
-) -> dict[str, dict[str, Any]]:
-    """The own files (output name → directory manifest) that the stage's last build kept
-    for item base key ``base``; empty when there are none, when they were kept for another
-    base key, or when the entry holding them is gone or not of the shape pipemake writes
-    (read from the store, it is untrusted). Files whose objects left the store are left
-    out: nothing could put them back."""
+    store: Store, state: WorkspaceState, stage_id: str
+) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """The own files (output name → directory manifest) that the stage's last build kept,
+    whatever item base key it had (a rerun of every item keeps them too), and what was
+    dropped of them, a line to log (None: nothing). Empty when there are none; dropped
+    when the entry holding them is gone or not of the shape pipemake writes (read from the
+    store, it is untrusted). Files whose objects left the store are dropped: nothing could
+    put them back."""
     record = state.builds.record(stage_id)
     if not record or not record.get(OWN) or not isinstance(record.get("key"), str):
-        return {}
+        return {}, None
     entry = store.get_action(record["key"])
-    own = entry.get(OWN) if entry else None
-    if not isinstance(own, dict) or own.get("base") != base:
-        return {}
-    outputs = own.get("outputs")
-    if entry_problem({"outputs": outputs}) is not None:
-        return {}
+    if entry is None:
+        return {}, (
+            "the files accepted by commit that no item writes are dropped: the store "
+            "entry of the stage's last build, which lists them, is gone or not trusted"
+        )
+    own = entry.get(OWN)
+    outputs = own.get("outputs") if isinstance(own, dict) else None
+    if (
+        not isinstance(outputs, dict)
+        or entry_problem({"outputs": outputs}) is not None
+        or any(m["kind"] != "dir" for m in outputs.values())
+    ):
+        return {}, (
+            "the files accepted by commit that no item writes are dropped: the store "
+            "entry of the stage's last build does not list them as pipemake writes it"
+        )
     layer: dict[str, dict[str, Any]] = {}
+    gone: list[str] = []
     for name, manifest in outputs.items():
-        if manifest["kind"] != "dir":
-            return {}
-        files = [e for e in manifest["entries"] if store.has_object(e[1])]
+        files = []
+        for e in manifest["entries"]:
+            if store.has_object(e[1]):
+                files.append(e)
+            else:
+                gone.append(f"{name}/{e[0]}")
         if files:
             layer[name] = {"kind": "dir", "hash": tree_hash(files), "entries": files}
-    return layer
+    if not gone:
+        return layer, None
+    return layer, (
+        f"{len(gone):,} file(s) accepted by commit that no item writes are dropped: their "
+        f"content is gone from the store (first: {gone[0]})"
+    )
 
 
 def lay_under(

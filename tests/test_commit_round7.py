@@ -212,6 +212,150 @@ def test_force_stage_drops_the_stages_own_files_too(project) -> None:
     assert not p.exists("build/each/NOTES.md")
 
 
+#: a stage whose base key (env, from a var) every item's key shares
+TAGGED = r"""
+name: f
+vars: {tag: t1}
+stages:
+  - id: each
+    type: shell
+    foreach: src
+    config:
+      cmd: "echo {item.relpath} >> runs/each.log; (cat {inputs.src}; echo $TAG) > {outputs.o}/{item.name}"
+      env: {TAG: "{vars.tag}"}
+      inputs: {src: data}
+      outputs: {o: build/each}
+"""
+
+
+def _tagged(project) -> Proj:
+    """A built stage of two items, with ``own.txt`` added to its output and committed."""
+    p = project(TAGGED, {"data/a": "A\n", "data/b": "B\n", "runs/.keep": ""})
+    p.cli("build")
+    assert _ran(p) == ["a", "b"]
+    p.write("build/each/own.txt", "OWN\n")
+    assert "1 file(s) match no item (first: build/each/own.txt)" in p.cli("commit", "each").stdout
+    return p
+
+
+def test_own_files_stay_when_an_env_change_reruns_every_item(project) -> None:
+    p = _tagged(project)
+    r = p.cli("build", "--set", "vars.tag=t2")
+    assert _ran(p) == ["a", "b"]  # a new base key: every item reran
+    assert p.read("build/each/a") == "A\nt2\n"
+    assert p.read("build/each/own.txt") == "OWN\n", r.output
+    assert "dropped" not in r.output
+    p.write("data/b", "B2\n")  # and the layer is carried on from there
+    p.cli("build", "--set", "vars.tag=t2")
+    assert _ran(p) == ["b"]
+    assert p.read("build/each/own.txt") == "OWN\n"
+    p.cli("build")  # back to t1: b's item at t1 is new, a's is in the cache
+    assert _ran(p) == ["b"]
+    assert p.read("build/each/a") == "A\nt1\n" and p.read("build/each/own.txt") == "OWN\n"
+
+
+def test_own_files_stay_when_the_command_changes(project) -> None:
+    p = _tagged(project)
+    p.edit("pipemake.yaml", "echo $TAG)", "echo $TAG; echo more)")
+    p.cli("build")
+    assert _ran(p) == ["a", "b"]
+    assert p.read("build/each/b") == "B\nt1\nmore\n"
+    assert p.read("build/each/own.txt") == "OWN\n"
+
+
+def test_a_switch_back_to_an_earlier_key_restores_its_own_files_as_they_were(project) -> None:
+    p = _tagged(project)
+    p.write("data/own.txt", "item\n")  # at t2, a new item writes own.txt: it takes it over
+    p.cli("build", "--set", "vars.tag=t2")
+    assert _ran(p) == ["a", "b", "own.txt"]
+    assert p.read("build/each/own.txt") == "item\nt2\n"
+    p.path("data/own.txt").unlink()
+    p.cli("build", "--set", "vars.tag=t2")  # the item is gone and took own.txt with it
+    assert not p.exists("build/each/own.txt")
+    p.cli("build")  # t1 and the inputs accepted: the accepted output, own.txt as it was
+    assert _ran(p) == []
+    assert p.read("build/each/own.txt") == "OWN\n" and p.read("build/each/a") == "A\nt1\n"
+
+
+def test_a_forced_build_after_a_new_base_key_still_drops_own_files(project) -> None:
+    p = _tagged(project)
+    p.cli("build", "--set", "vars.tag=t2")
+    assert _ran(p) == ["a", "b"] and p.read("build/each/own.txt") == "OWN\n"
+    r = p.cli("build", "-B", "--set", "vars.tag=t3")
+    assert _ran(p) == ["a", "b"]
+    assert r.output.count("dropped 1 file(s) accepted by commit that no item writes") == 1
+    assert not p.exists("build/each/own.txt")
+    p.cli("build", "--set", "vars.tag=t4")
+    assert _ran(p) == ["a", "b"]
+    assert not p.exists("build/each/own.txt")  # dropped for good
+
+
+#: items over a folder of an upstream output, whose command also reads a sibling file of it
+SIBLING = r"""
+name: f
+stages:
+  - id: mk
+    type: shell
+    config:
+      cmd: "mkdir -p {outputs.d}/sub; cp {inputs.a} {outputs.d}/sub/a; cp {inputs.b} {outputs.d}/b"
+      inputs: {a: data/a, b: data/b}
+      outputs: {d: build/d}
+  - id: fe
+    type: shell
+    foreach: src
+    config:
+      cmd: "cat {mk.d}/b {inputs.src} > {outputs.o}/{item.name}"
+      inputs: {src: "{mk.d}/sub"}
+      outputs: {o: build/fe}
+"""
+
+
+def test_own_files_stay_when_an_upstream_file_the_command_reads_changes(project) -> None:
+    p = project(SIBLING, {"data/a": "A\n", "data/b": "B\n"})
+    p.cli("build")
+    p.write("build/fe/a", "HAND\n")
+    p.write("build/fe/own.txt", "OWN\n")
+    out = p.cli("commit", "fe").stdout
+    assert "1 file(s) match no item (first: build/fe/own.txt)" in out, out
+    p.write("data/b", "B2\n")
+    r = p.cli("build")
+    assert p.read("build/fe/a") == "B2\nA\n", r.output  # its item reran
+    assert p.read("build/fe/own.txt") == "OWN\n"
+    p.write("data/b", "B\n")  # back: the accepted output, byte for byte
+    p.cli("build")
+    assert p.read("build/fe/a") == "HAND\n" and p.read("build/fe/own.txt") == "OWN\n"
+
+
+def _own_entry(p: Proj) -> dict:
+    """The store entry holding the stage's own files (there is one)."""
+    db = sqlite3.connect(p.path(".pipemake/store/actions.db"))
+    found = [json.loads(t) for (t,) in db.execute("SELECT entry FROM actions").fetchall()]
+    db.close()
+    owning = [e for e in found if "own" in e]
+    assert len(owning) == 1
+    return owning[0]
+
+
+def test_own_files_whose_content_left_the_store_are_dropped_saying_so(project) -> None:
+    p = _tagged(project)
+    p.write("build/each/keep.txt", "KEEP\n")
+    p.cli("commit", "each")
+    entries = _own_entry(p)["own"]["outputs"]["o"]["entries"]
+    assert sorted(e[0] for e in entries) == ["keep.txt", "own.txt"]
+    digest = next(e[1] for e in entries if e[0] == "own.txt")
+    p.path(f".pipemake/store/objects/{digest[:2]}/{digest[2:]}").unlink()
+    r = p.cli("build", "--set", "vars.tag=t2")
+    assert TRACEBACK not in r.output
+    assert _ran(p) == ["a", "b"]
+    said = "1 file(s) accepted by commit that no item writes are dropped: their content is gone"
+    assert r.output.count(said) == 1 and "(first: o/own.txt)" in r.output, r.output
+    assert not p.exists("build/each/own.txt") and p.read("build/each/keep.txt") == "KEEP\n"
+    p.write("data/a", "A2\n")
+    r = p.cli("build", "--set", "vars.tag=t2")
+    assert said not in r.output  # said once: the layer carried on holds keep.txt alone
+    assert p.read("build/each/keep.txt") == "KEEP\n"
+
+
 def test_items_matched_to_no_file_are_said_and_run_at_the_next_change(project) -> None:
     p = project(EACH % "{item.stem}.out", {"data/a.txt": "a\n", "data/b.txt": "b\n"})
     _by_hand(p, {"a.out": "A by hand\n", "zz.out": "stray\n"})  # nothing for b
@@ -332,6 +476,8 @@ def test_a_tampered_own_layer_in_the_store_writes_nothing_outside(project) -> No
     assert _ran(p) == ["f2.txt"]
     assert not p.exists("escaped.txt") and not p.exists("../escaped.txt")
     assert p.read("build/each/f1.txt") == "HAND-EDIT\n"
+    said = "does not list them as pipemake writes it"
+    assert r.output.count(said) == 1 and not p.exists("build/each/NOTES.md"), r.output
 
 
 def test_attribute_matches_by_relpath_suffix_folder_then_name() -> None:
@@ -398,3 +544,21 @@ def test_lay_under_yields_to_what_items_wrote() -> None:
     kept = lay_under(merged, own)
     assert [e[0] for e in kept["o"]["entries"]] == ["k"]
     assert [e[0] for e in merged["o"]["entries"]] == ["a", "d/x", "k"]
+
+
+def test_own_files_whose_entry_left_the_store_are_dropped_saying_so(project) -> None:
+    p = _tagged(project)
+    db = sqlite3.connect(p.path(".pipemake/store/actions.db"))
+    rows = db.execute("SELECT key, entry FROM actions").fetchall()
+    gone = [k for k, text in rows if "own" in json.loads(text)]
+    assert len(gone) == 1
+    db.execute("DELETE FROM actions WHERE key=?", (gone[0],))
+    db.commit()
+    db.close()
+    p.write("data/a", "A2\n")
+    r = p.cli("build")
+    assert TRACEBACK not in r.output and _ran(p) == ["a"]
+    said = "which lists them, is gone or not trusted"
+    assert r.output.count(said) == 1 and not p.exists("build/each/own.txt"), r.output
+    p.write("data/b", "B2\n")
+    assert said not in p.cli("build").output  # said once: the new entry holds no layer
