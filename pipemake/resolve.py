@@ -455,8 +455,7 @@ class Resolver:
         item_input = stage.foreach.input if stage.foreach is not None else None
         for name, inside in self._named_by_path(ports, dep, item_input).items():
             if inside is None or not all(
-                self._covered(ports, os.path.join(outputs[name], sub), item_input)
-                for sub in inside
+                self._covered(ports, os.path.join(outputs[name], sub), item_input) for sub in inside
             ):
                 whole.add(name)
         return None if whole >= set(outputs) else whole
