@@ -1190,7 +1190,7 @@ def clean(
 
     def go() -> int:
         timeout = _parse_duration(lock_timeout)
-        with _project(ctx, cache_dir=cache_dir) as project:
+        with _project(ctx, cache_dir=cache_dir, targets=targets) as project:
             removed = api.clean(
                 project, targets, orphans_only=orphans, with_deps=with_deps, confirm=confirm,
                 lock_timeout=timeout, on_lock_wait=_waiting,
@@ -1267,7 +1267,7 @@ def commit_cmd(
 
     def go() -> int:
         timeout = _parse_duration(lock_timeout)
-        with _project(ctx) as project:
+        with _project(ctx, targets=targets) as project:
             rows = api.commit(
                 project, targets, dry=dry, lock_timeout=timeout, on_lock_wait=_waiting
             )

@@ -361,3 +361,20 @@ def test_the_noop_snapshot_keeps_no_scoped_answer(objects: Proj) -> None:
         _age(objects)
     objects.sub("build", "--no-progress", code=2)
     assert objects.run_counts() == {"main_o": 1, "kbd_o": 1, "edit": 1}
+
+
+def test_commit_and_clean_of_a_target_go_on_while_a_stage_it_does_not_need_lacks_a_source(
+    objects: Proj,
+) -> None:
+    """``commit TARGET`` and ``clean TARGET`` need only that stage, as the build does: an
+    unrelated stage's missing source input is a warning; without targets, exit 2."""
+    objects.cli("build", "--no-progress", "main_o")
+    os.remove(objects.path("data/kbd.c"))
+    objects.write("build/main.o", "edited\n")
+    out = objects.cli("commit", "main_o").output
+    assert warned(out, "main_o") and "accepted build/main.o" in out, out
+    assert objects.cli("commit", code=2).output.count(MISSING) == 1
+    out = objects.cli("clean", "--yes", "main_o").output
+    assert warned(out, "main_o") and "removed build/main.o" in out, out
+    assert not objects.exists("build/main.o")
+    assert MISSING in objects.cli("clean", "--yes", code=2).output
