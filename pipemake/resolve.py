@@ -198,6 +198,9 @@ class Resolver:
         placed = set() if getattr(stage.rule, "upstream_param", None) else set(stage.placed)
         upstream = {}
         parts: dict[str, list[str]] = {}  # what reasons tell apart; not part of the key
+        # the params' text, read for paths into upstream outputs and the items' folder
+        item_input = stage.foreach.input if stage.foreach is not None else None
+        texts = self._param_texts(ports, item_input) if stage.deps or item_input else []
         for dep in stage.deps:
             planned = self.results.get(dep)
             if planned is None or planned.outputs is None:
@@ -207,7 +210,7 @@ class Resolver:
             elif dep in placed:
                 # it writes into a folder this stage reads, hashed as this stage's input;
                 # another output of it that the cmd or a param names by its path counts
-                named = self._named_elsewhere(stage, ports, self.p.stages[dep])
+                named = set(self._uncovered(stage, ports, self.p.stages[dep], texts))
                 if named:
                     upstream[dep] = digest(
                         [{n: manifest_hash(planned.outputs[n]) for n in sorted(named)}],
@@ -219,14 +222,7 @@ class Resolver:
                 # of that stage's other outputs, those the stage names count (all of them
                 # where its depends_on names the stage or it uses one of its values)
                 named = _named_outputs(stage, self.p.stages[dep])
-                by_path = self._named_by_path(ports, self.p.stages[dep], stage.foreach.input)
-                outs = self.p.stages[dep].ports.outputs
-                for n, inside in list(by_path.items()):  # inputs of their own are hashed
-                    if inside is not None and all(
-                        self._covered(ports, os.path.join(outs[n], sub), stage.foreach.input)
-                        for sub in inside
-                    ):
-                        del by_path[n]
+                by_path = self._uncovered(stage, ports, self.p.stages[dep], texts)
                 if named is not None:  # an output its cmd or a param names by its path
                     named |= {n for n in by_path if n != fed[1]}
                 made = {n: manifest_hash(m) for n, m in planned.outputs.items()
@@ -242,7 +238,7 @@ class Resolver:
             else:
                 # the outputs it reads whole (all of them, as before outputs were told
                 # apart, where it reads them all, lists dep in depends_on or uses a value)
-                counted = self._counted_outputs(stage, ports, self.p.stages[dep])
+                counted = self._counted_outputs(stage, ports, self.p.stages[dep], texts)
                 made = {n: manifest_hash(m) for n, m in planned.outputs.items()
                         if counted is None or n in counted}  # fmt: skip
                 upstream[dep] = digest(
@@ -250,7 +246,7 @@ class Resolver:
                     checked=True,  # JSON from the store: string keys
                 )
                 parts[dep] = [digest([made], checked=True), digest([planned.values], checked=True)]
-        reads = self._item_folder_reads(stage, ports, fed, unknown)
+        reads = self._item_folder_reads(stage, ports, fed, unknown, texts)
         doc = {
             "format": KEY_FORMAT,
             "rule": stage.rule.name,
@@ -412,7 +408,9 @@ class Resolver:
         rs.cached.update({rel: entries[k] for rel, k in rs.item_keys.items() if k in entries})
 
     # references and inputs --------------------------------------------------------------
-    def _counted_outputs(self, stage: Stage, ports: Ports, dep: Stage) -> set[str] | None:
+    def _counted_outputs(
+        self, stage: Stage, ports: Ports, dep: Stage, texts: list[str]
+    ) -> set[str] | None:
         """The outputs of upstream stage ``dep`` whose manifests go into the key of a stage
         it does not feed items (with ``dep``'s computed values): those the stage reads whole.
         An input path strictly inside an output (``{A.d}/sub/f.txt``, or that path written
@@ -452,28 +450,26 @@ class Resolver:
             if path is None or os.path.normpath(path) not in read or is_glob(path):
                 whole |= names  # used otherwise than as an input path (a cmd, a param)
         # a path into an output written out in a param or the cmd (or through a variable)
-        item_input = stage.foreach.input if stage.foreach is not None else None
-        for name, inside in self._named_by_path(ports, dep, item_input).items():
-            if inside is None or not all(
-                self._covered(ports, os.path.join(outputs[name], sub), item_input) for sub in inside
-            ):
-                whole.add(name)
+        whole |= set(self._uncovered(stage, ports, dep, texts))
         return None if whole >= set(outputs) else whole
 
-    def _named_by_path(
-        self, ports: Ports, dep: Stage, item_input: str | None = None
+    def _uncovered(
+        self, stage: Stage, ports: Ports, dep: Stage, texts: list[str]
     ) -> dict[str, set[str] | None]:
-        """The outputs of ``dep`` that the stage's params (its ``cmd``, ``env`` and other
-        config, with variables and output references put in) name by their path, written
-        out as it is or from the project root: for each, the paths inside it they name, or
-        None where one names the output itself. A stage reads what its cmd names, whether or
-        not an input port says so."""
+        """The outputs of ``dep`` that the stage's params (``texts``: its ``cmd``, ``env``
+        and other config, with variables, output references and inputs put in) name by a
+        path its inputs do not cover, written out as it is or from the project root: for
+        each, the paths inside it they name, or None where one names the output itself. A
+        stage reads what its cmd names, whether or not an input port says so."""
+        item_input = stage.foreach.input if stage.foreach is not None else None
         found: dict[str, set[str] | None] = {}
-        texts = self._param_texts(ports, item_input)
         for name, rel in dep.ports.outputs.items():
             inside = self._inside(texts, rel)
-            if inside is not False:
-                found[name] = inside
+            if inside is None or (
+                inside is not False
+                and not all(self._covered(ports, os.path.join(rel, s), item_input) for s in inside)
+            ):
+                found[name] = inside  # type: ignore[assignment]
         return found
 
     def _covered(self, ports: Ports, path: str, item_input: str | None) -> bool:
@@ -488,21 +484,13 @@ class Resolver:
                     return True
         return False
 
-    def _named_elsewhere(self, stage: Stage, ports: Ports, dep: Stage) -> set[str]:
-        """The outputs of ``dep`` that the stage's params name by a path its inputs do not
-        cover (a stage writing into a folder this one reads: that folder is hashed as an
-        input, its other outputs are not)."""
-        item_input = stage.foreach.input if stage.foreach is not None else None
-        outs = dep.ports.outputs
-        return {
-            n
-            for n, inside in self._named_by_path(ports, dep, item_input).items()
-            if inside is None
-            or not all(self._covered(ports, os.path.join(outs[n], s), item_input) for s in inside)
-        }
-
     def _item_folder_reads(
-        self, stage: Stage, ports: Ports, fed: tuple[str, str] | None, unknown: set[str]
+        self,
+        stage: Stage,
+        ports: Ports,
+        fed: tuple[str, str] | None,
+        unknown: set[str],
+        texts: list[str],
     ) -> dict[str, str]:
         """For a foreach stage whose items come from a folder no single upstream output is
         (a source folder, or one other stages write into), the files of that folder its
@@ -514,7 +502,7 @@ class Resolver:
         if not isinstance(value, str):
             return {}
         base = glob_base(value) if is_glob(value) else value
-        inside = self._inside(self._param_texts(ports, stage.foreach.input), base)
+        inside = self._inside(texts, base)
         if inside is False:
             return {}
         if inside is None:
