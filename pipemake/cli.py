@@ -319,9 +319,9 @@ def _pipeline_file(ctx: click.Context) -> Any:
     above = looked_up and o["directory"] is None and o["file"] is None
     if above and path.parent != Path.cwd():  # found in a folder above: as -C that folder
         o["directory"] = str(path.parent)
-        o["said"] = True
-        typed_below()
+        o["said"] = o["below"] = True
         click.echo(f"pipemake: using {path} (found above the current folder)", err=True)
+    typed_below(bool(o.get("below")))  # this command's, not a former one's in this process
     if looked_up and path.name != api.PIPELINE_FILES[0] and not o.get("said"):
         o["said"] = True
         default = api.PIPELINE_FILES[0]

@@ -39,13 +39,13 @@ def resolve_targets(p: Pipeline, targets: Sequence[str], cwd: str | None = None)
 _typed_below = False
 
 
-def typed_below() -> None:
-    """Read relative target paths against the current folder first, then the project root:
-    the command was typed in a subfolder of the project, whose pipeline file was found by
-    looking upward (with ``-C``/``-f`` they are read against the project root first, as
-    ``make -C`` reads them)."""
+def typed_below(below: bool = True) -> None:
+    """Whether relative target paths are read against the current folder first, then the
+    project root: so when the command was typed in a subfolder of the project, whose
+    pipeline file was found by looking upward (with ``-C``/``-f`` they are read against the
+    project root first, as ``make -C`` reads them). Each command sets it anew."""
     global _typed_below
-    _typed_below = True
+    _typed_below = below
 
 
 def _candidates(p: Pipeline, target: str, cwd: str | None) -> list[str]:
