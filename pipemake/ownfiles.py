@@ -33,6 +33,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from .hashing import tree_hash
+from .items import Item
 from .templates import strings
 from .trust import entry_problem
 
@@ -288,10 +289,8 @@ def written(config: Any, output: str, items: list[str]) -> dict[str, list[str]]:
     paths: dict[str, list[str]] = {}
     for tail in tails:
         for rel in items:
-            name = rel.rpartition("/")[2]
-            dot = name.rfind(".")
-            stem = name[:dot] if 0 < dot < len(name) - 1 else name
-            fields = {"name": name, "stem": stem, "relpath": rel}
+            item = Item("", rel)  # its ``{item.name}`` and ``{item.stem}`` as a run says them
+            fields = {"name": item.name, "stem": item.stem, "relpath": rel}
             path = _ITEM.sub(lambda m, f=fields: f[m.group(1)], tail).rstrip("/")
             if rel not in paths.setdefault(path, []):
                 paths[path].append(rel)
