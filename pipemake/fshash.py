@@ -29,7 +29,7 @@ from typing import Any
 
 from .hashing import hash_file, normalize_mode, tree_hash
 from .state import TreeRow, WorkspaceState, tree_data
-from .walk import BadPath, LinkView, Row, signature, walk
+from .walk import BadPath, LinkView, NotRegular, Row, signature, walk
 
 __all__ = ["BadName", "Entry", "Hasher", "NotRegular", "PathInfo", "check_names"]
 
@@ -114,18 +114,6 @@ def _read_hash(path: str, size: int) -> str:
         raise BadPath(f"{path} was removed while pipemake read it; build again") from None
     except (PermissionError, IsADirectoryError) as exc:
         raise BadPath(f"cannot read {path}: {exc.strerror}; make it readable") from None
-
-
-class NotRegular(BadPath):
-    """A path that is a device, FIFO or socket where a file or folder must be (``path``
-    absolute, ``kind`` in words): an input's message; an output's caller says its own."""
-
-    def __init__(self, path: str, kind: str) -> None:
-        self.path, self.kind = path, kind
-        super().__init__(
-            f"{path} is not a regular file or a folder (a device, FIFO or socket): an input "
-            "must be a file or a folder; point it at one"
-        )
 
 
 def _regular(path: str, st: os.stat_result) -> None:

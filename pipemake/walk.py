@@ -14,7 +14,16 @@ from collections.abc import Callable, Iterator
 
 import xxhash
 
-__all__ = ["BadPath", "LinkView", "Row", "left_out", "links_under", "signature", "walk"]
+__all__ = [
+    "BadPath",
+    "LinkView",
+    "NotRegular",
+    "Row",
+    "left_out",
+    "links_under",
+    "signature",
+    "walk",
+]
 
 #: relpath, dev, ino, size, mtime_ns, ctime_ns, mode & 0o111 (ctime: no tool can set it, so a
 #: rewrite that restores size and mtime still shows)
@@ -157,6 +166,18 @@ def remove_stale(folder: str, matches: Callable[[str], bool], before: float) -> 
         except OSError:
             continue
     return removed
+
+
+class NotRegular(BadPath):
+    """A path that is a device, FIFO or socket where a file or folder must be (``path``
+    absolute, ``kind`` in words): an input's message; an output's caller says its own."""
+
+    def __init__(self, path: str, kind: str) -> None:
+        self.path, self.kind = path, kind
+        super().__init__(
+            f"{path} is not a regular file or a folder (a device, FIFO or socket): an input "
+            "must be a file or a folder; point it at one"
+        )
 
 
 #: what a walk leaves out, in words
@@ -398,8 +419,8 @@ class LinkView:
                             s = de.stat(follow_symlinks=False)
                         except FileNotFoundError:
                             continue
-                    if not stat.S_ISREG(s.st_mode):
-                        continue
+                    if not stat.S_ISREG(s.st_mode):  # the store could not bring it back
+                        raise NotRegular(de.path, _KINDS.get(stat.S_IFMT(s.st_mode), "no file"))
                     if path != f"{read}/{name}":
                         sources[name] = path
                     rows.append(
