@@ -256,7 +256,22 @@ def answer(argv: list[str], replay: Callable[[Path, dict[str, Any], bool], None]
                 return None
         except (KeyError, TypeError, ValueError, OSError, OverflowError):
             return None  # a document of the wrong shape, or a path that cannot be read
+        _say_original_file(argv, dot.parent)
         replay(dot, doc["run"], "--no-progress" in words)
     finally:
         lock.release()
     return 0
+
+
+def _say_original_file(argv: list[str], root: Path) -> None:
+    """Say, as the full build does, that the pipeline file is the original system's
+    ``pipeline.yaml`` when the command names no file and there is no ``pipemake.yaml`` (the
+    snapshot held, so the file it rested on is there)."""
+    if "-f" in argv[: argv.index("build")] or (root / "pipemake.yaml").exists():
+        return
+    path = root / "pipeline.yaml"
+    rel = os.path.relpath(path)
+    shown = str(path) if rel.startswith("..") else rel
+    import sys
+
+    sys.stderr.write(f"pipemake: using {shown} (there is no pipemake.yaml)\n")

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 from conftest import TRACEBACK, Proj
 
+from pipemake.history import read_run
+
 _INSIDE = """
 name: inside
 stages:
@@ -41,3 +43,43 @@ def test_a_fifo_or_socket_inside_an_output_folder_fails_the_stage_naming_it(
     tmp = p.path(".pipemake/tmp")
     assert not tmp.exists() or not any(tmp.iterdir())
     assert "mk: run: the last run failed" in p.cli("dry-run").stdout
+
+
+_ORIGINAL = """
+name: original
+stages:
+  - id: up
+    type: shell
+    config:
+      cmd: "tr a-z A-Z < {inputs.i} > {outputs.o}"
+      inputs: {i: data/a.txt}
+      outputs: {o: build/a.txt}
+"""
+
+
+def test_a_noop_answered_from_the_snapshot_says_it_used_pipeline_yaml(
+    project: Callable[..., Proj],
+) -> None:
+    """A project with the original system's ``pipeline.yaml`` only: the repeated no-op
+    build, answered from the snapshot without loading the engine, says which file it used
+    as the full build does."""
+    import os
+    import time
+
+    p = project("", {"data/a.txt": "a"})
+    p.path("pipemake.yaml").unlink(missing_ok=True)
+    p.write("pipeline.yaml", _ORIGINAL)
+    p.sub("build", "--no-progress")
+    past = time.time() - 30
+    for dirpath, dirnames, filenames in os.walk(p.root):
+        dirnames[:] = [d for d in dirnames if d != ".pipemake"]
+        for name in filenames:
+            os.utime(os.path.join(dirpath, name), (past, past))
+    rel = os.path.relpath(p.path("pipeline.yaml"))
+    shown = p.path("pipeline.yaml") if rel.startswith("..") else rel
+    said = f"pipemake: using {shown} (there is no pipemake.yaml)"
+    assert said in p.sub("build", "--no-progress").stderr  # the full no-op: writes the snapshot
+    assert p.exists(".pipemake/uptodate.json")
+    out = p.sub("build", "--no-progress").stderr
+    assert read_run(p.root / ".pipemake" / "runs")[1][0].get("from_snapshot")
+    assert said in out and "0 ran, 0 restored, 1 up to date" in out
