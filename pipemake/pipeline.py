@@ -19,7 +19,7 @@ from .hooks import check_hook
 from .items import glob_base, is_glob
 from .model import DEFAULT_FILE, SYMBOLIC_SCOPES, Foreach, Pending, Pipeline, Stage, norm, within
 from .params import Override, UnknownParam, apply_overrides, load_params, substitute_params
-from .rule import get_rule, rule_names
+from .rule import STAGE_KEYS, get_rule, rule_names
 from .templates import TemplateError
 from .walk import links_under
 from .yamlchunks import load_yaml_cached
@@ -44,10 +44,6 @@ _RESERVED = {"vars", "inputs", "outputs", "item"}
 _TOP_KEYS = {
     "name", "version", "vars", "params", "stages", "on_success", "on_failure", "description",
     "lock_file", "remote",
-}  # fmt: skip
-_STAGE_KEYS = {
-    "id", "type", "depends_on", "config", "foreach", "resources", "retries",
-    "retry_backoff", "timeout", "version", "description",
 }  # fmt: skip
 
 
@@ -297,14 +293,14 @@ def _check_stages(raw_stages: list[Any], ld: Problems) -> list[LineDict]:
         seen[sid] = raw.line
         bad = False
         for key in raw:
-            if key not in _STAGE_KEYS:
+            if key not in STAGE_KEYS:
                 ld.problem(
                     f"unknown stage key {key!r}",
                     raw.line_of(key),
                     sid,
                     hint=_config_key_hint(str(key), raw.get("type"))
-                    or suggest(str(key), sorted(_STAGE_KEYS))
-                    or f"known: {', '.join(sorted(_STAGE_KEYS))}",
+                    or suggest(str(key), sorted(STAGE_KEYS))
+                    or f"known: {', '.join(sorted(STAGE_KEYS))}",
                 )
                 bad = True
         if not isinstance(raw.get("type"), str):

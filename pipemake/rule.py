@@ -511,10 +511,21 @@ class Rule:
     reduce_params: ClassVar[Sequence[str]] = ()
 
 
+#: the fields of a stage entry in the pipeline file, beside its ``config``
+STAGE_KEYS = {
+    "id", "type", "depends_on", "config", "foreach", "resources", "retries",
+    "retry_backoff", "timeout", "version", "description",
+}  # fmt: skip
+
+
 def unknown_key(key: str, rule: str, known: set[str]) -> str:
-    """The message for a config key rule ``rule`` does not take: a did-you-mean when one is
-    close, and the keys it does take."""
-    hint = suggest(str(key), sorted(known))
+    """The message for a config key rule ``rule`` does not take: a stage field written
+    inside ``config`` said to be one, else a did-you-mean when one is close; and the keys
+    it does take."""
+    if key in STAGE_KEYS - {"id", "type", "config", "description"}:
+        hint = f"{key!r} is a stage field: write it beside type:, not inside config:"
+    else:
+        hint = suggest(str(key), sorted(known))
     listed = f" (known: {', '.join(sorted(known))})" if known else ""
     return f"unknown key {key!r} for rule {rule!r}" + (f"; {hint}" if hint else "") + listed
 

@@ -83,3 +83,30 @@ def test_a_noop_answered_from_the_snapshot_says_it_used_pipeline_yaml(
     out = p.sub("build", "--no-progress").stderr
     assert read_run(p.root / ".pipemake" / "runs")[1][0].get("from_snapshot")
     assert said in out and "0 ran, 0 restored, 1 up to date" in out
+
+
+def test_a_stage_field_written_inside_config_says_where_it_belongs(
+    project: Callable[..., Proj],
+) -> None:
+    """``foreach:`` or ``depends_on:`` indented one level too deep, under ``config:``: exit 2
+    at validate with the line and where the field goes, not only the rule's keys."""
+    bad = """
+name: deep
+stages:
+  - id: cat
+    type: shell
+    config:
+      foreach: src
+      retries: 2
+      cmd: "cp {inputs.src} {outputs.o}"
+      inputs: {src: data/a.txt}
+      outputs: {o: build/a.txt}
+"""
+    p = project(bad, {"data/a.txt": "a"})
+    out = p.cli("validate", code=2).output
+    assert TRACEBACK not in out
+    for line, key in ((6, "foreach"), (7, "retries")):
+        assert (
+            f"/pipemake.yaml:{line}: stage 'cat': unknown key '{key}' for rule 'shell'; "
+            f"'{key}' is a stage field: write it beside type:, not inside config:"
+        ) in out
