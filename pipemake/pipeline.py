@@ -47,6 +47,18 @@ _TOP_KEYS = {
 }  # fmt: skip
 
 
+def _stages_hint(raw: Any) -> str:
+    """What to write instead of ``stages:`` as found; a mapping of name to stage (the
+    layout of ``dvc.yaml``) is shown as the list it should be."""
+    if isinstance(raw, dict) and raw:
+        name = next(iter(raw))
+        return (
+            "stages is a list here, not a mapping of names to stages (as in dvc.yaml): "
+            f"write '- id: {name}' with its type: and config: under it, for each stage"
+        )
+    return "each stage is a mapping with id, type and config"
+
+
 def _unquoted_ref(value: Any) -> str | None:
     """``{a.b}`` written unquoted in YAML reads as the mapping ``{"a.b": None}``."""
     if isinstance(value, dict) and len(value) == 1:
@@ -165,7 +177,7 @@ def _check(doc: LineDict, path: Path, ld: Problems, overrides: Sequence[Override
         ld.problem(
             "'stages' must be a non-empty list of stages",
             doc.line_of("stages"),
-            hint="each stage is a mapping with id, type and config",
+            hint=_stages_hint(raw_stages),
         )
         ld.fail_if_any()
     stages = _check_stages(raw_stages, ld)

@@ -110,3 +110,14 @@ stages:
             f"/pipemake.yaml:{line}: stage 'cat': unknown key '{key}' for rule 'shell'; "
             f"'{key}' is a stage field: write it beside type:, not inside config:"
         ) in out
+
+
+def test_stages_written_as_dvc_yaml_writes_them_says_the_list_to_write(
+    project: Callable[..., Proj],
+) -> None:
+    """``stages:`` as a mapping of names to stages (dvc.yaml's layout): exit 2 showing the
+    list entry to write for the first stage."""
+    p = project("stages:\n  prepare:\n    cmd: python prepare.py\n    outs: [build/x]\n", {})
+    out = p.cli("validate", code=2).output
+    assert TRACEBACK not in out and "'stages' must be a non-empty list of stages" in out
+    assert "not a mapping of names to stages (as in dvc.yaml): write '- id: prepare'" in out
