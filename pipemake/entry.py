@@ -36,11 +36,28 @@ def _early_interrupt(signum: int, frame: FrameType | None) -> None:
         frame = frame.f_back
     sys.stderr.write("interrupted\n")
     sys.stderr.flush()
+    _ENDING.append(True)
     raise SystemExit(130)
+
+
+#: set when :func:`_early_interrupt` raised its SystemExit
+_ENDING: list[bool] = []
+
+
+def _swallowed(unraisable: Any) -> None:
+    """Python ignores an exception raised in a callback (a weakref's, as the import system
+    uses while importing): where that was the early Ctrl-C's exit, end the process as it
+    said, rather than go on with the command."""
+    if _ENDING and isinstance(unraisable.exc_value, SystemExit):
+        import os
+
+        os._exit(130)
+    sys.__unraisablehook__(unraisable)
 
 
 if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:  # not ignored (`nohup`)
     _signal.signal(_signal.SIGINT, _early_interrupt)
+    sys.unraisablehook = _swallowed
 
 import gc  # noqa: E402
 import os  # noqa: E402

@@ -121,3 +121,36 @@ def test_stages_written_as_dvc_yaml_writes_them_says_the_list_to_write(
     out = p.cli("validate", code=2).output
     assert TRACEBACK not in out and "'stages' must be a non-empty list of stages" in out
     assert "not a mapping of names to stages (as in dvc.yaml): write '- id: prepare'" in out
+
+
+_CALLBACK = """
+import os, signal, sys, weakref
+import pipemake.entry  # installs the early Ctrl-C handler, as the console script does
+class Thing:
+    pass
+thing = Thing()
+def callback(_ref):  # the import system runs such callbacks while it imports
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(10_000):
+        pass
+ref = weakref.ref(thing, callback)
+del thing
+print("went on")
+sys.exit(2)
+"""
+
+
+def test_a_ctrl_c_at_start_up_inside_a_callback_still_ends_the_command() -> None:
+    """Python ignores an exception raised inside a weakref callback ("Exception ignored
+    in …"): a Ctrl-C that lands there during start-up said ``interrupted`` and then went
+    on with the command (exit 2 in CI). It ends the process with 130, as it said."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _CALLBACK], capture_output=True, text=True, timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    assert proc.returncode == 130, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stderr == "interrupted\n" and "went on" not in proc.stdout
