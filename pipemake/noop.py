@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .finding import PIPELINE_FILES, find_above
 from .fingerprint import environment
 from .hashing import digest, hash_bytes
 from .walk import signature, walk
@@ -224,6 +225,9 @@ def build_file(argv: list[str]) -> tuple[Path, list[str]] | None:
             base = Path.cwd()
         except OSError:  # the current folder was removed
             return None
+        if "-f" not in argv[:i] and not any((base / n).is_file() for n in PIPELINE_FILES):
+            above = find_above(base, PIPELINE_FILES)  # typed in a subfolder of the project
+            return None if above is None else (above, words)
     return base / file, words
 
 
@@ -256,22 +260,28 @@ def answer(argv: list[str], replay: Callable[[Path, dict[str, Any], bool], None]
                 return None
         except (KeyError, TypeError, ValueError, OSError, OverflowError):
             return None  # a document of the wrong shape, or a path that cannot be read
-        _say_original_file(argv, dot.parent)
+        _say_which_file(argv, dot.parent, here)
         replay(dot, doc["run"], "--no-progress" in words)
     finally:
         lock.release()
     return 0
 
 
-def _say_original_file(argv: list[str], root: Path) -> None:
-    """Say, as the full build does, that the pipeline file is the original system's
-    ``pipeline.yaml`` when the command names no file and there is no ``pipemake.yaml`` (the
-    snapshot held, so the file it rested on is there)."""
-    if "-f" in argv[: argv.index("build")] or (root / "pipemake.yaml").exists():
+def _say_which_file(argv: list[str], root: Path, here: str) -> None:
+    """Say, as the full build does, which pipeline file a command that names none used: one
+    found above the current folder, or the original system's ``pipeline.yaml`` where there
+    is no ``pipemake.yaml`` (the snapshot held, so the file it rested on is there)."""
+    if "-f" in argv[: argv.index("build")]:
+        return
+    import sys
+
+    if "-C" not in argv[: argv.index("build")] and str(root) != here:
+        name = next(n for n in PIPELINE_FILES if (root / n).is_file())
+        sys.stderr.write(f"pipemake: using {root / name} (found above the current folder)\n")
+        return
+    if (root / "pipemake.yaml").exists():
         return
     path = root / "pipeline.yaml"
     rel = os.path.relpath(path)
     shown = str(path) if rel.startswith("..") else rel
-    import sys
-
     sys.stderr.write(f"pipemake: using {shown} (there is no pipemake.yaml)\n")

@@ -154,3 +154,39 @@ def test_a_ctrl_c_at_start_up_inside_a_callback_still_ends_the_command() -> None
     )  # fmt: skip
     assert proc.returncode == 130, (proc.returncode, proc.stdout, proc.stderr)
     assert proc.stderr == "interrupted\n" and "went on" not in proc.stdout
+
+
+def test_a_noop_typed_in_a_subfolder_is_answered_from_the_snapshot(
+    project: Callable[..., Proj],
+) -> None:
+    """``pipemake build`` typed in a subfolder of the project (the pipeline file found
+    above): the repeated no-op is answered from the snapshot as at the root, saying which
+    file it used as the full build does; a change sends it back to the full build."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    p = project(_ORIGINAL, {"data/a.txt": "a", "notes/x.txt": "x"})
+    script = os.path.join(os.path.dirname(sys.executable), "pipemake")
+
+    def build() -> str:
+        proc = subprocess.run([script, "build", "--no-progress"], cwd=p.path("notes"),
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr
+
+    build()
+    past = time.time() - 30
+    for dirpath, dirnames, filenames in os.walk(p.root):
+        dirnames[:] = [d for d in dirnames if d != ".pipemake"]
+        for name in filenames:
+            os.utime(os.path.join(dirpath, name), (past, past))
+    said = f"pipemake: using {p.path('pipemake.yaml')} (found above the current folder)"
+    assert said in build()  # the full no-op: writes the snapshot
+    out = build()
+    assert read_run(p.root / ".pipemake" / "runs")[1][0].get("from_snapshot")
+    assert said in out and "0 ran, 0 restored, 1 up to date" in out
+    p.write("data/a.txt", "b")
+    assert "1 ran" in build()
+    assert p.read("build/a.txt") == "B"
