@@ -566,6 +566,15 @@ class Builder:
         is committed. After three such runs the stage fails, saying so."""
         run.again = n = run.again + 1
         what = ", ".join(moved[:3]) + (f" and {len(moved) - 3} more" if len(moved) > 3 else "")
+        made = [(path, o) for path in moved if (o := self.p.output_owner(path)) is not None]
+        if made:  # a stage's output: its key stays its manifest's, running again is no cure
+            path, (owner, _, _) = made[0]
+            run.error = [
+                f"input {path} (an output of stage {owner!r}) changed while the stage ran; "
+                f"nothing was committed: build again (it puts that output back first)",
+                None,
+            ]
+            return []
         if n > MAX_AGAIN:
             run.error = [
                 f"input {what} kept changing while the stage ran ({n} runs); nothing was "

@@ -93,6 +93,10 @@ class ResolvedStage:
     #: each upstream stage's digest in the key, split in its outputs' and its computed
     #: values' (kept in the last-build record so a reason can say which changed)
     upstream_parts: dict[str, list[str]] = field(default_factory=dict)
+    #: the paths into upstream outputs its params name (its cmd reads them, input or not)
+    #: with the hashes the outputs' manifests give them: what its run must still find there
+    #: to be committed under its key (see :meth:`pipemake.runs.StageRun.guard_of`)
+    watched: dict[str, str] = field(default_factory=dict)
     _items: list[Item] | None = field(default=None, repr=False)
     _item_keys: dict[str, str] | None = field(default=None, repr=False)
 
@@ -260,14 +264,18 @@ class Resolver:
         }
         if reads:  # only then: the keys of every other stage stay as they were
             doc["reads"] = reads
+        watched = self._named_upstream(stage, ports, texts) if texts else {}
         if stage.foreach is None:
-            return ResolvedStage(ports, doc, key_digest(doc), unknown, upstream_parts=parts)
+            return ResolvedStage(
+                ports, doc, key_digest(doc), unknown, upstream_parts=parts, watched=watched
+            )
         # the pattern only picks the items, each of which its key stands for: a new pattern
         # runs the items it adds, not the ones it kept
         doc["foreach"] = [stage.foreach.input]
         rs = ResolvedStage(
             ports, doc, None, unknown, foreach=True, map_reduce=bool(stage.rule.map_reduce),
             open_values=bool(getattr(stage.rule, "open_values", False)), upstream_parts=parts,
+            watched=watched,
         )  # fmt: skip
         if source is not None:
             rs.source, rs.list_items = source
@@ -470,6 +478,26 @@ class Resolver:
                 and not all(self._covered(ports, os.path.join(rel, s), item_input) for s in inside)
             ):
                 found[name] = inside  # type: ignore[assignment]
+        return found
+
+    def _named_upstream(self, stage: Stage, ports: Ports, texts: list[str]) -> dict[str, str]:
+        """The paths into the known upstream outputs that the stage's params name and its
+        inputs do not cover (see :meth:`_uncovered`), with the hashes those outputs'
+        manifests give them (``missing``: not in them)."""
+        found: dict[str, str] = {}
+        for dep in stage.deps:
+            planned = self.results.get(dep)
+            if planned is None or planned.outputs is None:
+                continue
+            up = self.p.stages[dep]
+            for name, inside in self._uncovered(stage, ports, up, texts).items():
+                made = planned.outputs.get(name)
+                if made is None:
+                    continue
+                for sub in sorted(inside) if inside is not None else ["."]:
+                    m = sub_manifest(made, sub)
+                    path = os.path.normpath(os.path.join(up.ports.outputs[name], sub))
+                    found[path] = "missing" if m is None else manifest_hash(m)
         return found
 
     def _covered(self, ports: Ports, path: str, item_input: str | None) -> bool:

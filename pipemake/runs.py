@@ -107,25 +107,31 @@ class StageRun:
 
     @staticmethod
     def guard_of(rs: ResolvedStage, owner: Callable[[str], Any]) -> list[tuple[str, str]]:
-        """The source inputs (no stage produces them: ``owner`` is None) and the hashes the
-        key was computed with: what must still hold when the stage's work is committed."""
+        """The files the key holds and the stage reads from the workspace, with the hashes
+        the key was computed with: what must still hold when the stage's work is committed.
+        Those are its source inputs (no stage produces them: ``owner`` is None), the files
+        of its items' folder its params name (``reads``, in every item's key) and the paths
+        into upstream outputs they name (``watched``: hashed from those outputs'
+        manifests); ``missing`` where the key says there was nothing."""
         pairs: list[tuple[str, str]] = []
         for value in rs.doc["inputs"].values():
             for path, h in value if value and isinstance(value[0], list) else [value]:
                 if h != "foreach" and owner(path) is None:
                     pairs.append((path, h))
+        named = {**rs.doc.get("reads", {}), **rs.watched}
+        pairs.extend((path, h) for path, h in sorted(named.items()) if h != "?")
         return pairs
 
     def moved_inputs(self, hasher: Hasher) -> list[str]:
-        """The source inputs that changed since the stage's key was computed (edited while
-        its work ran): that work must not be committed under the old key."""
+        """The files of :meth:`guard_of` that changed since the stage's key was computed
+        (edited while its work ran): that work must not be committed under the old key."""
         moved = []
         for path, h in self.guard:
             try:
                 now = hasher.recheck(path)
             except BadPath:
                 now = None
-            if now != h:
+            if now != (None if h == "missing" else h):
                 moved.append(path)
         return moved
 
