@@ -40,7 +40,7 @@ from .model import Pipeline, Stage
 from .ownfiles import plan_items, write_items
 from .resolve import Planned, ResolvedStage, Resolver, Unknown
 from .runs import MAX_AGAIN, BuildContext, StageRun
-from .scheduler import StageFailure
+from .scheduler import StageFailure, WaitFor, cycle_text, needs_path
 from .state import NEVER, WorkspaceState
 from .store import Store, encode_entry
 from .templates import find_refs
@@ -122,6 +122,12 @@ class Builder:
         self._placed: dict[str, tuple[str, str]] | None = None
         #: bookkeeping no later decision of this build reads, put off until tasks run
         self._later: list[tuple[Callable[[], None], str]] = []
+        #: a plan's stages planned ahead of their turn (a stage found it reads their
+        #: outputs through a computed value), and those being planned now
+        self._ahead: set[str] = set()
+        self._planning: set[str] = set()
+        #: in a plan, the stages each stage found it reads that way (for a cycle)
+        self._found: dict[str, set[str]] = {}
 
     def resolve(self, stage: Stage) -> ResolvedStage:
         """The stage resolved against what this build knows so far (see :mod:`.resolve`)."""
@@ -380,7 +386,16 @@ class Builder:
     # the StageHandler -------------------------------------------------------------------
     def begin(self, stage_id: str) -> list[Task]:
         stage = self.p.stages[stage_id]
-        decision, rs, entry = self.decide(stage)
+        if stage_id in self._ahead:  # a plan's stage planned already (see _found_needs)
+            self._ahead.discard(stage_id)
+            return []
+        self._planning.add(stage_id)
+        try:
+            decision, rs, entry = self.decide(stage)
+            if rs is not None and self._found_needs(stage, rs):
+                decision, rs, entry = self.decide(stage)  # a plan: with what it reads known
+        finally:
+            self._planning.discard(stage_id)
         self.decisions[stage_id] = decision
         if rs is not None:
             self._note_keys(stage, rs)
@@ -451,6 +466,56 @@ class Builder:
         if self.stopping():  # Ctrl-C while deciding (a long fetch, say): nothing starts
             raise StageFailure("stopped by a signal before it started")
         return self._start(stage, rs, decision, check_lost)
+
+    def _found_needs(self, stage: Stage, rs: ResolvedStage) -> bool:
+        """For a stage that reads another stage's output through a computed value (a path
+        inside it; no edge of the graph says so) not known yet: in a build, raise
+        :class:`WaitFor` so the scheduler begins it again once that stage is done (its key
+        then holds that output's content, as for a declared input). In a plan, plan that
+        stage and what it needs first, and say whether it did (then decide again); one that
+        needs this stage first (a cycle) fails it, naming both, as the build would."""
+        found = rs.unknown - set(stage.deps)
+        if not found:
+            return False
+        reads = self._reads_of(stage, rs, found)
+        if not self.dry:
+            raise WaitFor(reads)
+        self._found.setdefault(stage.id, set()).update(found)
+        for dep in sorted(found):
+            back = needs_path(self.p.graph.deps, self._found, dep, stage.id)
+            if back is not None:
+                raise StageFailure(cycle_text(stage.id, reads[dep], back))
+        todo = self.p.graph.ancestors(found) - self.decisions.keys() - self._planning
+        for other in self.p.graph.topo_order(todo):
+            try:
+                self.begin(other)
+            except StageFailure:  # the plan says so in its turn
+                continue
+            self._ahead.add(other)
+        return bool(todo)
+
+    def _reads_of(self, stage: Stage, rs: ResolvedStage, found: set[str]) -> dict[str, str]:
+        """What ``stage`` reads of each stage in ``found`` (their outputs not known yet),
+        in words: which input, the value it came from, which output it lies in."""
+        values = sorted({str(r) for r in find_refs(stage.config)
+                         if r.scope in self.p.stages
+                         and r.name not in self.p.stages[r.scope].ports.outputs})  # fmt: skip
+        came = f" (from {', '.join(values)})" if values else ""
+        reads: dict[str, str] = {}
+        for name, value in sorted(rs.ports.inputs.items()):
+            for path in value if isinstance(value, list) else [value]:
+                owner = self.p.output_owner(path) if isinstance(path, str) else None
+                if owner is None or owner[0] not in found or owner[0] in reads:
+                    continue
+                out = self.p.stages[owner[0]].ports.outputs[owner[1]]
+                where = "is" if path == out else "lies inside"
+                reads[owner[0]] = (
+                    f"its input {name} is {path}{came}, which {where} stage {owner[0]}'s "
+                    f"output {out}"
+                )
+        for dep in sorted(found - reads.keys()):
+            reads[dep] = f"it reads an output of stage {dep}{came}"
+        return reads
 
     def _note_keys(self, stage: Stage, rs: ResolvedStage) -> None:
         """What deciding learnt that later builds reuse: the keys (for ``cache gc``) and a

@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,7 +27,17 @@ from .events import Bus
 from .executors.base import LOST, Executor, Message, Task
 from .resources import Budget
 
-__all__ = ["Outcome", "Scheduler", "StageFailure", "StageHandler", "backoff_delay", "priorities"]
+__all__ = [
+    "Outcome",
+    "Scheduler",
+    "StageFailure",
+    "StageHandler",
+    "WaitFor",
+    "backoff_delay",
+    "cycle_text",
+    "needs_path",
+    "priorities",
+]
 
 BACKOFF_CAP = 300.0
 KILL_AFTER_TERM = 5.0
@@ -37,11 +47,26 @@ class StageFailure(Exception):
     """A stage failed; the message says why (and which item)."""
 
 
+class WaitFor(Exception):
+    """Raised by :meth:`StageHandler.begin`: the stage, its declared dependencies done,
+    found that it needs what other stages make, which no edge of the graph says (a path a
+    computed value gives, inside another stage's output), and they are not done yet.
+    ``needs``: each such stage → what of it the stage reads, in words for a message. The
+    scheduler begins the stage again once they are done; one that cannot be waited for
+    (left out of the build, failed, or itself waiting on this stage) fails or skips the
+    stage instead, never hangs the build."""
+
+    def __init__(self, needs: Mapping[str, str]):
+        super().__init__(", ".join(needs))
+        self.needs = dict(needs)
+
+
 class StageHandler(Protocol):
     """The builder's side of the schedule."""
 
     def begin(self, stage: str) -> list[Task]:
-        """Decide and start a stage: the tasks to run (none when it finished already)."""
+        """Decide and start a stage: the tasks to run (none when it finished already); or
+        raise :class:`WaitFor` when it needs stages no edge names that have not finished."""
 
     def task_started(self, stage: str, task: Task) -> None:
         """A task of the stage left the queue for an executor (the first one: the stage
@@ -87,6 +112,38 @@ def priorities(graph: Graph, order: list[str], expected: Mapping[str, float]) ->
         below = [rank[d] for d in dependents[stage] if d in selected and d in rank]
         rank[stage] = expected.get(stage, 1.0) + (max(below) if below else 0.0)
     return rank
+
+
+def needs_path(
+    deps: Mapping[str, Iterable[str]], found: Mapping[str, Iterable[str]], start: str, goal: str
+) -> list[str] | None:
+    """A path from ``start`` to ``goal`` (both included) along what stages need: the
+    graph's edges (``deps``) and what stages found they need once begun (``found``, see
+    :class:`WaitFor`); None when there is none."""
+    came: dict[str, str | None] = {start: None}
+    todo = [start]
+    while todo:
+        node = todo.pop()
+        if node == goal:
+            path = [node]
+            while (prev := came[path[-1]]) is not None:
+                path.append(prev)
+            return path[::-1]
+        for nxt in [*deps.get(node, ()), *sorted(found.get(node, ()))]:
+            if nxt not in came:
+                came[nxt] = node
+                todo.append(nxt)
+    return None
+
+
+def cycle_text(stage: str, what: str, back: list[str]) -> str:
+    """Why ``stage`` fails: it found it needs a stage (``what`` it reads of it, in words)
+    that needs ``stage`` first (``back``: the path from that stage to ``stage``)."""
+    cycle = " → ".join([stage, *back])
+    return (
+        f"{what}, but stage {back[0]} needs {stage} first (a cycle: {cycle}): change the "
+        "value, or the stages, so that no stage reads the output of one that needs it"
+    )
 
 
 @dataclass
@@ -138,6 +195,8 @@ class Scheduler:
         selected = set(self.order)
         self._waiting = {s: {d for d in self.graph.deps[s] if d in selected} for s in self.order}
         self._dependents = self.graph.dependents()
+        #: the stages each stage found it needs once it began (WaitFor), beyond its edges
+        self._found: dict[str, set[str]] = {}
         self._selected = selected
         index = {s: i for i, s in enumerate(self.order)}
         self._index = index
@@ -228,12 +287,48 @@ class Scheduler:
             self._open[stage] = 0
             try:
                 tasks = self.handler.begin(stage)
+            except WaitFor as wait:
+                self._open.pop(stage, None)
+                self._wait(stage, wait.needs)
+                continue
             except StageFailure as exc:
                 self._check_signals()  # a signal during a long begin: stopped, not failed
                 self._finish(stage, str(exc))
                 continue
             self._settle(stage, tasks)
             self._check_signals()
+
+    def _wait(self, stage: str, needs: Mapping[str, str]) -> None:
+        """Hold ``stage`` until the stages it found it needs (``needs``, see
+        :class:`WaitFor`) are done, then begin it again. A stage this build leaves out, or
+        one that needs ``stage`` first (a cycle), fails it; one that failed skips it."""
+        out = self.out
+        pending = [dep for dep in needs if dep not in out.done]
+        for dep in pending:
+            what = needs[dep]
+            if dep in out.failed or dep in out.skipped:
+                why = f"upstream {dep} failed" if dep in out.failed else out.skipped[dep]
+                self._skip([stage], why)
+                return
+            if dep not in self._selected:
+                self._finish(
+                    stage,
+                    f"{what}; this build leaves stage {dep} out: build it too (`pipemake "
+                    f"build {stage} {dep}`), or add `depends_on: [{dep}]` to stage {stage}",
+                )
+                return
+            back = needs_path(self.graph.deps, self._found, dep, stage)
+            if back is not None:
+                self._finish(stage, cycle_text(stage, what, back))
+                return
+        if not pending:  # done, yet still not known: never begun again, which would loop
+            self._finish(stage, f"{', '.join(needs.values())}: still not known after it ran")
+            return
+        for dep in pending:
+            self._found.setdefault(stage, set()).add(dep)
+            self._dependents[dep].append(stage)
+            self._waiting[stage].add(dep)
+            self.bus.emit("log", stage, level="info", text=f"waits for stage {dep}: {needs[dep]}")
 
     def _settle(self, stage: str, tasks: list[Task]) -> None:
         for t in tasks:
@@ -270,15 +365,20 @@ class Scheduler:
             return
         out.failed[stage] = error
         self.bus.emit("stage_failed", stage, error=error)
-        stack = list(self._dependents[stage])
-        while stack:
-            nxt = stack.pop()
-            if nxt in self._selected and nxt not in out.skipped:
-                out.skipped[nxt] = f"upstream {stage} failed"
-                self.bus.emit("stage_skipped", nxt, reason=f"upstream {stage} failed")
-                stack.extend(self._dependents[nxt])
+        self._skip(list(self._dependents[stage]), f"upstream {stage} failed")
         if not self.keep_going:
             self._halted = True
+
+    def _skip(self, stages: list[str], why: str) -> None:
+        """Skip ``stages`` and every stage after them, saying ``why``."""
+        out = self.out
+        stack = list(stages)
+        while stack:
+            nxt = stack.pop()
+            if nxt in self._selected and nxt not in out.skipped and nxt not in out.failed:
+                out.skipped[nxt] = why
+                self.bus.emit("stage_skipped", nxt, reason=why)
+                stack.extend(self._dependents[nxt])
 
     # tasks ------------------------------------------------------------------------------
     def _enqueue(self, stage: str, task: Task) -> None:
