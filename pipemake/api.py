@@ -1295,11 +1295,20 @@ def _held(project: Project, outputs: list[tuple[str, str, str]]) -> set[str]:
     """Of ``outputs`` (stage, output name, path), the paths whose content in the workspace
     the store holds, every object present: the stage's last build's, or else any entry's
     output with the same content (the last build failed after an older one placed it).
-    A link in an output's place is never held: pipemake places real files there."""
+    A link in an output's place is never held: pipemake places real files there. The store
+    is untrusted (a shared one may have been written by anyone), so an object counts only
+    once its bytes are checked against its hash (each once, and only for an output whose
+    workspace content matches): a name alone is no copy to give back."""
     hasher = Hasher(str(project.pipeline.root))
     store, ws = project.store, project.workspace
     held: set[str] = set()
     wanted: dict[tuple[str, str], str] = {}  # (kind, hash) now → path, for the others
+    checked: dict[str, bool] = {}
+
+    def good(digest: str) -> bool:
+        if digest not in checked:  # a corrupt one is removed from the store as it is found
+            checked[digest] = store.verify_object(digest) is True
+        return checked[digest]
 
     def same(manifest: Any, rel: str) -> bool:
         try:
@@ -1307,7 +1316,7 @@ def _held(project: Project, outputs: list[tuple[str, str, str]]) -> set[str]:
                 isinstance(manifest, dict)
                 and manifest.get("kind") in ("file", "dir")
                 and ws.part_of(manifest, rel, hasher)  # what a stopped clean left, too
-                and all(store.has_object(d) for d in digests(manifest))
+                and all(good(d) for d in digests(manifest))
             )
         except (OSError, BadPath, KeyError, TypeError, ValueError, IndexError):
             return False
