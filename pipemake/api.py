@@ -171,11 +171,13 @@ def open_project(
     record = remember and not readonly
     place = storeplace.choose(told, where.absolute(), ws.dot, pipeline.root, record, note)
     told_by = (told_by or "--cache-dir") if cache_dir else "PIPEMAKE_CACHE_DIR"
+    _check_store_way(place, told_by, ws)
     _check_store_folder(place, told_by, ws)
     _check_places(pipeline, ws, place.path)
-    if place.to_remember:
-        storeplace.remember(ws.dot, pipeline.root, place.path)
     store = Store(place.path, readonly=readonly)
+    if place.to_remember:
+        store.db  # noqa: B018 - opened (made, marked) first: only a store that opens is remembered
+        storeplace.remember(ws.dot, pipeline.root, place.path)
     state = WorkspaceState(ws.dot / "state.db", readonly)
     url = _remote_url(remote or os.environ.get("PIPEMAKE_REMOTE"), where.absolute())
     remembered = storeplace.read_remote(ws.dot)
@@ -252,6 +254,44 @@ def _check_store_folder(place: storeplace.Place, told_by: str, ws: Workspace) ->
         f"does not recognise): {fix}. If it is a store an older pipemake made, create an "
         f"empty file named {MARKER} in it."
     )
+
+
+def _check_store_way(place: storeplace.Place, told_by: str, ws: Workspace) -> None:
+    """Refuse (exit 2), before anything runs or is remembered, a store that cannot be made
+    or would not last: one reached through a symbolic link that leads nowhere (a dangling
+    link, a loop), or one inside pipemake's own folder other than its default store
+    (``.pipemake/tmp`` is emptied by every build)."""
+    how = {"told": f"given by {told_by}", "remembered": f"remembered in {ws.dot / storeplace.FILE}"}
+    named = f"the store {place.path} ({how.get(place.how, 'the default')})"
+    other = (
+        f"give {told_by} another folder"
+        if place.how == "told"
+        else "build with --cache-dir DIR naming another folder, to use and remember it"
+    )
+    dead = storeplace.dead_link(place.path)
+    if dead is not None:
+        link, target, why = dead
+        at = "is" if link == place.path else f"lies under {link},"
+        if why == "file":
+            raise UsageError(f"{named} lies under {link}, which is a file, not a folder: {other}")
+        if why == "loop":
+            raise UsageError(
+                f"{named} {at} a symbolic link in a loop (it leads to {target}, which leads "
+                f"back to it): fix the link, or {other}"
+            )
+        raise UsageError(
+            f"{named} {at} a symbolic link to {target}, which does not exist (a disk not "
+            f"mounted, a folder moved?): create or mount what it leads to, or {other}"
+        )
+    store, dot = os.path.realpath(place.path), os.path.realpath(ws.dot)
+    default = os.path.realpath(ws.dot / "store")
+    if store != default and (within(store, dot) or within(dot, store)):
+        where = "is" if store == dot else "lies in" if within(store, dot) else "holds"
+        raise UsageError(
+            f"{named} {where} pipemake's own folder {ws.dot}, whose files pipemake replaces "
+            f"and removes ({ws.dot / 'tmp'} is emptied by every build): the store would be "
+            f"lost; {other} outside {ws.dot} (or {ws.dot / 'store'}, the default store)"
+        )
 
 
 def _check_places(pipeline: Pipeline, ws: Workspace, cache: Path) -> None:
