@@ -256,6 +256,10 @@ def _check_store_folder(place: storeplace.Place, told_by: str, ws: Workspace) ->
     )
 
 
+#: the name's start of the scratch store ``run --no-checkpoint`` makes in ``.pipemake``
+_SCRATCH = "no-checkpoint-"  # as cli._scratch_store names it
+
+
 def _check_store_way(place: storeplace.Place, told_by: str, ws: Workspace) -> None:
     """Refuse (exit 2), before anything runs or is remembered, a store that cannot be made
     or would not last: one reached through a symbolic link that leads nowhere (a dangling
@@ -271,7 +275,7 @@ def _check_store_way(place: storeplace.Place, told_by: str, ws: Workspace) -> No
     dead = storeplace.dead_link(place.path)
     if dead is not None:
         link, target, why = dead
-        at = "is" if link == place.path else f"lies under {link},"
+        at = "is" if link == Path(os.path.abspath(place.path)) else f"lies under {link},"
         if why == "file":
             raise UsageError(f"{named} lies under {link}, which is a file, not a folder: {other}")
         if why == "loop":
@@ -285,8 +289,10 @@ def _check_store_way(place: storeplace.Place, told_by: str, ws: Workspace) -> No
         )
     store, dot = os.path.realpath(place.path), os.path.realpath(ws.dot)
     default = os.path.realpath(ws.dot / "store")
-    if store != default and (within(store, dot) or within(dot, store)):
-        where = "is" if store == dot else "lies in" if within(store, dot) else "holds"
+    # `run --no-checkpoint`'s scratch store, made there (and removed) by pipemake itself
+    scratch = os.path.dirname(store) == dot and os.path.basename(store).startswith(_SCRATCH)
+    if store != default and not scratch and within(store, dot):
+        where = "is" if store == dot else "lies in"
         raise UsageError(
             f"{named} {where} pipemake's own folder {ws.dot}, whose files pipemake replaces "
             f"and removes ({ws.dot / 'tmp'} is emptied by every build): the store would be "

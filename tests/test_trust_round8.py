@@ -76,7 +76,9 @@ stages:
 """
 
 
-@pytest.mark.parametrize("place", [".pipemake/tmp/store", ".pipemake/tmp", ".pipemake", ".pipemake/x"])
+@pytest.mark.parametrize(
+    "place", [".pipemake/tmp/store", ".pipemake/tmp", ".pipemake", ".pipemake/x"]
+)
 def test_a_store_inside_pipemakes_own_folder_is_refused_before_anything_runs(
     project: Callable[..., Proj], place: str
 ) -> None:
