@@ -10,6 +10,7 @@ import os
 import posixpath
 import shlex
 import signal
+import sqlite3
 import stat
 import sys
 import time
@@ -154,7 +155,8 @@ def open_project(
     The store is ``cache_dir`` (else ``PIPEMAKE_CACHE_DIR``; relative to ``base``, else
     ``directory``, else the current directory, as ``-f`` is), else the one this workspace
     remembers, else ``.pipemake/store`` (see :mod:`pipemake.storeplace`). With
-    ``remember`` (what a build does), a store told is remembered from now on; ``note``
+    ``remember`` (what a build does), a store told is remembered from now on, once it has
+    opened (a store refused or failing to open is never remembered); ``note``
     hears when a store told differs from the one remembered.
 
     The remote is ``remote``, else env ``PIPEMAKE_REMOTE``, else the pipeline's
@@ -1353,7 +1355,10 @@ def _held(project: Project, outputs: list[tuple[str, str, str]]) -> set[str]:
 
     def good(digest: str) -> bool:
         if digest not in checked:  # a corrupt one is removed from the store as it is found
-            checked[digest] = store.verify_object(digest) is True
+            try:
+                checked[digest] = store.verify_object(digest) is True
+            except (OSError, sqlite3.Error, StoreError):  # a store this user cannot write
+                checked[digest] = False  # unsure: kept, as nothing is lost keeping it
         return checked[digest]
 
     def same(manifest: Any, rel: str) -> bool:

@@ -235,3 +235,21 @@ def test_clean_checks_an_object_a_linked_output_shares(
     got = p.cli("--cache-dir", str(cache), "clean", code=1).output
     assert "kept build/o.txt" in got
     assert out.read_bytes() == b"HELLO\n"
+
+
+def test_a_told_store_that_fails_to_open_is_not_remembered(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """A build told a store whose action cache cannot be opened (damaged) fails, and does
+    not remember that store: a later plain build uses the default one and works (it used
+    to fail the same way at every plain build)."""
+    p = project(_MK, {"data/a.txt": "hi\n"})
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "PIPEMAKE-STORE").write_text("")
+    (bad / "actions.db").write_bytes(b"not a database, " * 64)
+    out = p.cli("--cache-dir", str(bad), "build", "--no-progress", code=None).output
+    assert TRACEBACK not in out and "damaged" in out
+    assert not p.exists(".pipemake/store.json")
+    p.cli("build", "--no-progress")
+    assert p.read("build/o.txt") == "hi\n"
