@@ -132,8 +132,9 @@ def choose(
     """The store to use: ``told`` (resolved against ``base`` when relative), else the one
     remembered, else ``dot/store``. With ``record`` (a build), a told store is to become
     the remembered one (``Place.to_remember``; the caller calls :func:`remember` once the
-    pipeline is known to be fine and the store has opened). ``note`` hears, once, that a told store differs from the
-    remembered one: which was remembered, which is used, how to change it."""
+    pipeline is known to be fine and the store has opened). ``note`` hears, once, that a
+    told store differs from the remembered one: which was remembered, which is used, how
+    to change it."""
     remembered, gone = _remembered(dot, root)
     if told is None or str(told) == "":
         if remembered is None:
