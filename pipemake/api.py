@@ -10,6 +10,7 @@ import os
 import posixpath
 import shlex
 import signal
+import sqlite3
 import stat
 import sys
 import time
@@ -154,7 +155,8 @@ def open_project(
     The store is ``cache_dir`` (else ``PIPEMAKE_CACHE_DIR``; relative to ``base``, else
     ``directory``, else the current directory, as ``-f`` is), else the one this workspace
     remembers, else ``.pipemake/store`` (see :mod:`pipemake.storeplace`). With
-    ``remember`` (what a build does), a store told is remembered from now on; ``note``
+    ``remember`` (what a build does), a store told is remembered from now on, once it has
+    opened (a store refused or failing to open is never remembered); ``note``
     hears when a store told differs from the one remembered.
 
     The remote is ``remote``, else env ``PIPEMAKE_REMOTE``, else the pipeline's
@@ -171,11 +173,13 @@ def open_project(
     record = remember and not readonly
     place = storeplace.choose(told, where.absolute(), ws.dot, pipeline.root, record, note)
     told_by = (told_by or "--cache-dir") if cache_dir else "PIPEMAKE_CACHE_DIR"
+    _check_store_way(place, told_by, ws)
     _check_store_folder(place, told_by, ws)
     _check_places(pipeline, ws, place.path)
-    if place.to_remember:
-        storeplace.remember(ws.dot, pipeline.root, place.path)
     store = Store(place.path, readonly=readonly)
+    if place.to_remember:
+        store.db  # noqa: B018 - opened (made, marked) first: only a store that opens is remembered
+        storeplace.remember(ws.dot, pipeline.root, place.path)
     state = WorkspaceState(ws.dot / "state.db", readonly)
     url = _remote_url(remote or os.environ.get("PIPEMAKE_REMOTE"), where.absolute())
     remembered = storeplace.read_remote(ws.dot)
@@ -252,6 +256,50 @@ def _check_store_folder(place: storeplace.Place, told_by: str, ws: Workspace) ->
         f"does not recognise): {fix}. If it is a store an older pipemake made, create an "
         f"empty file named {MARKER} in it."
     )
+
+
+#: the name's start of the scratch store ``run --no-checkpoint`` makes in ``.pipemake``
+_SCRATCH = "no-checkpoint-"  # as cli._scratch_store names it
+
+
+def _check_store_way(place: storeplace.Place, told_by: str, ws: Workspace) -> None:
+    """Refuse (exit 2), before anything runs or is remembered, a store that cannot be made
+    or would not last: one reached through a symbolic link that leads nowhere (a dangling
+    link, a loop), or one inside pipemake's own folder other than its default store
+    (``.pipemake/tmp`` is emptied by every build)."""
+    how = {"told": f"given by {told_by}", "remembered": f"remembered in {ws.dot / storeplace.FILE}"}
+    named = f"the store {place.path} ({how.get(place.how, 'the default')})"
+    other = (
+        f"give {told_by} another folder"
+        if place.how == "told"
+        else "build with --cache-dir DIR naming another folder, to use and remember it"
+    )
+    dead = storeplace.dead_link(place.path)
+    if dead is not None:
+        link, target, why = dead
+        at = "is" if link == Path(os.path.abspath(place.path)) else f"lies under {link},"
+        if why == "file":
+            raise UsageError(f"{named} lies under {link}, which is a file, not a folder: {other}")
+        if why == "loop":
+            raise UsageError(
+                f"{named} {at} a symbolic link in a loop (it leads to {target}, which leads "
+                f"back to it): fix the link, or {other}"
+            )
+        raise UsageError(
+            f"{named} {at} a symbolic link to {target}, which does not exist (a disk not "
+            f"mounted, a folder moved?): create or mount what it leads to, or {other}"
+        )
+    store, dot = os.path.realpath(place.path), os.path.realpath(ws.dot)
+    default = os.path.realpath(ws.dot / "store")
+    # `run --no-checkpoint`'s scratch store, made there (and removed) by pipemake itself
+    scratch = os.path.dirname(store) == dot and os.path.basename(store).startswith(_SCRATCH)
+    if store != default and not scratch and within(store, dot):
+        where = "is" if store == dot else "lies in"
+        raise UsageError(
+            f"{named} {where} pipemake's own folder {ws.dot}, whose files pipemake replaces "
+            f"and removes ({ws.dot / 'tmp'} is emptied by every build): the store would be "
+            f"lost; {other} outside {ws.dot} (or {ws.dot / 'store'}, the default store)"
+        )
 
 
 def _check_places(pipeline: Pipeline, ws: Workspace, cache: Path) -> None:
@@ -1295,11 +1343,23 @@ def _held(project: Project, outputs: list[tuple[str, str, str]]) -> set[str]:
     """Of ``outputs`` (stage, output name, path), the paths whose content in the workspace
     the store holds, every object present: the stage's last build's, or else any entry's
     output with the same content (the last build failed after an older one placed it).
-    A link in an output's place is never held: pipemake places real files there."""
+    A link in an output's place is never held: pipemake places real files there. The store
+    is untrusted (a shared one may have been written by anyone), so an object counts only
+    once its bytes are checked against its hash (each once, and only for an output whose
+    workspace content matches): a name alone is no copy to give back."""
     hasher = Hasher(str(project.pipeline.root))
     store, ws = project.store, project.workspace
     held: set[str] = set()
     wanted: dict[tuple[str, str], str] = {}  # (kind, hash) now → path, for the others
+    checked: dict[str, bool] = {}
+
+    def good(digest: str) -> bool:
+        if digest not in checked:  # a corrupt one is removed from the store as it is found
+            try:
+                checked[digest] = store.verify_object(digest) is True
+            except (OSError, sqlite3.Error, StoreError):  # a store this user cannot write
+                checked[digest] = False  # unsure: kept, as nothing is lost keeping it
+        return checked[digest]
 
     def same(manifest: Any, rel: str) -> bool:
         try:
@@ -1307,7 +1367,7 @@ def _held(project: Project, outputs: list[tuple[str, str, str]]) -> set[str]:
                 isinstance(manifest, dict)
                 and manifest.get("kind") in ("file", "dir")
                 and ws.part_of(manifest, rel, hasher)  # what a stopped clean left, too
-                and all(store.has_object(d) for d in digests(manifest))
+                and all(good(d) for d in digests(manifest))
             )
         except (OSError, BadPath, KeyError, TypeError, ValueError, IndexError):
             return False

@@ -23,7 +23,7 @@ from .executors.base import GONE, LOST, Message, Task
 from .items import Item, chunks, merge_outputs, staged_files
 from .manifest import digests
 from .model import Stage
-from .ownfiles import OWN, lay_under, own_layer, own_section
+from .ownfiles import OWN, in_workspace, lay_under, own_layer, own_section
 from .runs import MAX_AGAIN, BuildContext, StageRun
 from .scheduler import StageFailure, backoff_delay
 from .walk import BadPath
@@ -591,7 +591,8 @@ class ForeachRun(StageRun):
         except ValueError as exc:
             raise StageFailure(str(exc)) from None
         # files of the output no item wrote, accepted by `pipemake commit`: kept under them
-        own, dropped_note = own_layer(ctx.store, ctx.state, stage.id)
+        held = in_workspace(ctx.ws, ctx.hasher, rs.ports.outputs)
+        own, dropped_note = own_layer(ctx.store, ctx.state, stage.id, held)
         if dropped_note:
             ctx.bus.emit("log", stage.id, level="warning", text=dropped_note)
         kept = lay_under(merged, own, lay=not self.forced) if own else {}

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .hashing import tree_hash
@@ -38,13 +39,16 @@ from .templates import strings
 from .trust import entry_problem
 
 if TYPE_CHECKING:
+    from .fshash import Hasher
     from .model import Stage
     from .resolve import ResolvedStage
     from .state import WorkspaceState
     from .store import Store
+    from .workspace import Workspace
 
 __all__ = [
-    "OWN", "attribute", "guessed", "lay_under", "names_each", "own_layer", "own_section",
+    "OWN", "attribute", "guessed", "in_workspace", "lay_under", "names_each", "own_layer",
+    "own_section",
     "plan_items", "write_items", "written",
 ]  # fmt: skip
 
@@ -60,14 +64,19 @@ def own_section(base: str, outputs: dict[str, dict[str, Any]]) -> dict[str, Any]
 
 
 def own_layer(
-    store: Store, state: WorkspaceState, stage_id: str
+    store: Store,
+    state: WorkspaceState,
+    stage_id: str,
+    held: Callable[[str, list[Any]], bool] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], str | None]:
     """The own files (output name → directory manifest) that the stage's last build kept,
     whatever item base key it had (a rerun of every item keeps them too), and what was
     dropped of them, a line to log (None: nothing). Empty when there are none; dropped
     when the entry holding them is gone or not of the shape pipemake writes (read from the
-    store, it is untrusted). Files whose objects left the store are dropped: nothing could
-    put them back."""
+    store, it is untrusted). A file the workspace holds as listed (``held(output name,
+    entry)``, see :func:`in_workspace`) is kept; any other is kept only when its object
+    is in the store and its bytes match its hash (each object read once): one gone or
+    corrupt is dropped, as nothing could put it back."""
     record = state.builds.record(stage_id)
     if not record or not record.get(OWN) or not isinstance(record.get("key"), str):
         return {}, None
@@ -90,10 +99,16 @@ def own_layer(
         )
     layer: dict[str, dict[str, Any]] = {}
     gone: list[str] = []
+    checked: dict[str, bool] = {}
     for name, manifest in outputs.items():
         files = []
         for e in manifest["entries"]:
-            if store.has_object(e[1]):
+            if held is not None and held(name, e):
+                files.append(e)  # the workspace has it: kept there, never removed
+                continue
+            if e[1] not in checked:  # a corrupt object is a miss, as a missing one is
+                checked[e[1]] = store.verify_object(e[1]) is True
+            if checked[e[1]]:
                 files.append(e)
             else:
                 gone.append(f"{name}/{e[0]}")
@@ -103,8 +118,28 @@ def own_layer(
         return layer, None
     return layer, (
         f"{len(gone):,} file(s) accepted by commit that no item writes are dropped: their "
-        f"content is gone from the store (first: {gone[0]})"
+        f"content is gone from the store, or corrupt there (first: {gone[0]})"
     )
+
+
+def in_workspace(
+    ws: Workspace, hasher: Hasher, paths: dict[str, str]
+) -> Callable[[str, list[Any]], bool]:
+    """Whether the workspace holds an own file as its entry lists it (``held`` of
+    :func:`own_layer`): a real file (not a link) at its path in output ``name`` (whose
+    path ``paths`` gives), with its content and mode."""
+
+    def held(name: str, e: list[Any]) -> bool:
+        rel = f"{paths[name]}/{e[0]}" if name in paths else None
+        if rel is None or os.path.islink(ws.abs(rel)):
+            return False
+        want = {"kind": "file", "hash": e[1], "size": e[2], "mode": e[3]}
+        try:
+            return ws.check(want, rel, hasher) is None
+        except (OSError, ValueError):
+            return False
+
+    return held
 
 
 def lay_under(

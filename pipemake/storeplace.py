@@ -26,15 +26,19 @@ A relative ``--cache-dir`` (or ``PIPEMAKE_CACHE_DIR``) is resolved like ``-f``: 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FILE", "Place", "choose", "read", "read_remote", "remember", "remember_remote"]
+__all__ = [
+    "FILE", "Place", "choose", "dead_link", "read", "read_remote", "remember", "remember_remote",
+]  # fmt: skip
 
 FILE = "store.json"
 FORMAT = 1
@@ -128,8 +132,9 @@ def choose(
     """The store to use: ``told`` (resolved against ``base`` when relative), else the one
     remembered, else ``dot/store``. With ``record`` (a build), a told store is to become
     the remembered one (``Place.to_remember``; the caller calls :func:`remember` once the
-    pipeline is known to be fine). ``note`` hears, once, that a told store differs from the
-    remembered one: which was remembered, which is used, how to change it."""
+    pipeline is known to be fine and the store has opened). ``note`` hears, once, that a
+    told store differs from the remembered one: which was remembered, which is used, how
+    to change it."""
     remembered, gone = _remembered(dot, root)
     if told is None or str(told) == "":
         if remembered is None:
@@ -140,7 +145,7 @@ def choose(
                 f"it lies from the project as it did (the project moved with it)"
                 + ("; remembering that from now on" if record else "")
             )
-        elif note is not None and not remembered.exists():
+        elif note is not None and not remembered.exists() and dead_link(remembered) is None:
             note(
                 f"pipemake: the store remembered for this workspace, {remembered}, is missing "
                 f"(in {dot / FILE}); "
@@ -170,6 +175,35 @@ def choose(
             )
     default = remembered is None and path == Path(os.path.abspath(dot / "store"))
     return Place(path, "told", record and not same and not default)
+
+
+def dead_link(path: Path) -> tuple[Path, str, str] | None:
+    """What on the way to ``path`` (``path`` itself, or the nearest folder above it that is
+    there) stops a store from being made there: ``(that path, where it leads, why)``,
+    ``why`` being ``"missing"`` (a symbolic link to nothing: an unmounted disk, a moved
+    folder), ``"loop"`` (a link that leads back to itself) or ``"file"`` (a folder above
+    ``path`` is a file). None when nothing does (``path`` itself a file is left to
+    :func:`pipemake.store.not_a_store`). ``mkdir`` would fail there with a bare errno, and
+    such a store must not be remembered."""
+    at = Path(os.path.abspath(path))
+    while not os.path.lexists(at):
+        if at.parent == at:
+            return None
+        at = at.parent
+    try:
+        st = os.stat(at)
+    except OSError as exc:
+        why = {errno.ELOOP: "loop", errno.ENOENT: "missing", errno.ENOTDIR: "missing"}
+        if not os.path.islink(at) or exc.errno not in why:
+            return None  # for its first use to say (a folder this user may not read)
+        try:
+            target = os.readlink(at)
+        except OSError:
+            target = "?"
+        return at, target, why[exc.errno]
+    if at != Path(os.path.abspath(path)) and not stat.S_ISDIR(st.st_mode):
+        return at, os.path.realpath(at), "file"
+    return None
 
 
 def _doc(dot: Path) -> dict[str, Any] | None:
