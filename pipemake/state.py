@@ -1,16 +1,18 @@
 """The workspace's own state under ``.pipemake/``: one SQLite file
 (:mod:`pipemake.statedb`) holding two things — the stat cache (:mod:`pipemake.statcache`,
 ``state.stats``) and the build records (:mod:`pipemake.records`, ``state.builds``: each
-stage's last build, foreach item notes, and the output paths builds placed).
+stage's last build, foreach item notes, and the output paths builds placed) — and which
+pipeline file each stage was last built from (several may share a workspace).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from .records import NEVER, Brief, BuildRecords
 from .statcache import StatCache, StatRow, TreeRow, tree_data
-from .statedb import STATE_FORMAT, StateFile
+from .statedb import STATE_FORMAT, StateFile, spared
 
 __all__ = [
     "NEVER",
@@ -33,6 +35,22 @@ class WorkspaceState(StateFile):
         super().__init__(path, readonly)
         self.stats = StatCache(self)
         self.builds = BuildRecords(self)
+
+    def stage_files(self) -> dict[str, str]:
+        """Each stage id → the pipeline file (its name, in the project folder) whose
+        stage it last was: what tells apart several pipeline files sharing the workspace,
+        as ``cache gc``'s roots do in the store (one record per pipeline file)."""
+        return {s: f for s, f in self.db.execute("SELECT stage, file FROM stage_files")}
+
+    @spared
+    def set_stage_files(self, file: str, stages: Iterable[str]) -> None:
+        """Note ``stages`` as stages of the pipeline file ``file`` (only what changed)."""
+        if self.readonly:
+            return
+        known = self.stage_files()
+        rows = [(s, file) for s in stages if known.get(s) != file]
+        if rows:
+            self.db.executemany("INSERT OR REPLACE INTO stage_files VALUES (?, ?)", rows)
 
     def flush(self) -> None:
         """Write the stat cache's pending rows (build records are written as they come)."""
