@@ -17,7 +17,8 @@ workspace hash to the locked hashes, the build finds it up to date and takes tho
 outputs into the store (:meth:`pipemake.build.Builder.decide`), as ``dvc.lock`` makes
 ``dvc repro`` skip it. ``--no-lock-file`` or ``lock_file: false`` in the pipeline turns
 it off. The lock is the project's own file: read as untrusted input (bounded, checked in
-shape), a damaged one is reported as unreadable and rewritten by the next build.
+shape), a damaged one is reported as unreadable and rewritten by the next build. Several
+pipeline files in one folder share it, each keeping its own sections (see :data:`_TAG`).
 """
 
 from __future__ import annotations
