@@ -42,7 +42,6 @@ CREATE TABLE IF NOT EXISTS stat (
 CREATE TABLE IF NOT EXISTS records (
     stage TEXT PRIMARY KEY, key TEXT, result TEXT, duration REAL, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS placed (path TEXT PRIMARY KEY, stage TEXT, output TEXT);
-CREATE TABLE IF NOT EXISTS stage_files (stage TEXT PRIMARY KEY, file TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS items (stage TEXT PRIMARY KEY, hashes TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS foreach_keys (stage TEXT PRIMARY KEY, memo TEXT, key TEXT);
 CREATE TABLE IF NOT EXISTS item_index (
@@ -114,10 +113,7 @@ def spared(method: _F) -> _F:
     return write  # type: ignore[return-value]
 
 
-_TABLES = (
-    "stat", "records", "placed", "stage_files", "items", "item_index", "foreach_keys", "trees",
-    "meta",
-)  # fmt: skip
+_TABLES = ("stat", "records", "placed", "items", "item_index", "foreach_keys", "trees", "meta")
 
 
 @functools.cache
