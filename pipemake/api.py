@@ -746,6 +746,7 @@ def _record_roots(project: Project, builder: Builder) -> None:
     keys = set(builder.keys_seen)
     keys.update(k for k, _r, _d in project.state.builds.brief().values() if k)
     p = project.pipeline
+    project.state.set_stage_files(p.file.name, p.stages)  # whose outputs are whose orphans
     try:
         project.store.write_roots(str(p.root), str(p.file), keys, True, refresh=not up_to_date)
     except (OSError, StoreError):
@@ -905,17 +906,31 @@ def forced_unneeded(
 
 
 def orphans(project: Project) -> list[str]:
-    """Output paths earlier builds placed that still exist and that no stage reads or writes
-    now: neither a current output or input, nor inside one, nor holding one (nor the
-    pipeline file, ``.pipemake`` or the store). A folder that was once an output and is now
-    a hand-made input of another stage is therefore never an orphan."""
+    """Output paths earlier builds of this pipeline file placed that still exist and that
+    no stage reads or writes now: neither a current output or input, nor inside one, nor
+    holding one (nor the pipeline file, ``.pipemake`` or the store). A folder that was once
+    an output and is now a hand-made input of another stage is therefore never an orphan;
+    nor is what a stage of another pipeline file in the folder placed (``-f a.yaml`` and
+    ``-f b.yaml`` sharing the workspace), while that file exists."""
     root = project.pipeline.root
     used = _paths_in_use(project)
+    others = _other_files_stages(project)
     return sorted(
-        path for path in project.state.builds.placed()
-        if _plain(path) and not any(_overlap(path, u) for u in used)
+        path for path, (stage, _name) in project.state.builds.placed().items()
+        if stage not in others and _plain(path) and not any(_overlap(path, u) for u in used)
         and os.path.lexists(root / path)
     )  # fmt: skip
+
+
+def _other_files_stages(project: Project) -> set[str]:
+    """The stages last built from another pipeline file of the folder that still exists
+    (as ``cache gc`` keeps what every live pipeline file's roots name)."""
+    p = project.pipeline
+    return {
+        stage for stage, file in project.state.stage_files().items()
+        if file != p.file.name and _plain(file) and "/" not in file
+        and (p.root / file).is_file()
+    }  # fmt: skip
 
 
 def _paths_in_use(project: Project) -> set[str]:

@@ -17,7 +17,8 @@ workspace hash to the locked hashes, the build finds it up to date and takes tho
 outputs into the store (:meth:`pipemake.build.Builder.decide`), as ``dvc.lock`` makes
 ``dvc repro`` skip it. ``--no-lock-file`` or ``lock_file: false`` in the pipeline turns
 it off. The lock is the project's own file: read as untrusted input (bounded, checked in
-shape), a damaged one is reported as unreadable and rewritten by the next build.
+shape), a damaged one is reported as unreadable and rewritten by the next build. Several
+pipeline files in one folder share it, each keeping its own sections (see :data:`_TAG`).
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from typing import TYPE_CHECKING, Any
 from .fshash import Hasher
 from .hashing import hash_bytes
 from .items import glob_base, is_glob, items_digest, select
-from .model import LOCK_FILE
+from .model import DEFAULT_FILE, LOCK_FILE
 from .walk import BadPath, remove_stale
 
 if TYPE_CHECKING:
+    from .model import Pipeline
     from .project import Project
 
 __all__ = ["FILE", "FORMAT", "compare", "document", "locked_values", "read", "render", "write"]
@@ -60,6 +62,10 @@ def document(project: Project, old: dict[str, Any] | None = None) -> dict[str, A
     p = project.pipeline
     records = project.state.builds.records()
     old_stages = (old or {}).get("stages") if isinstance(old, dict) else None
+    own = owner_tag(p)
+    kept = _others(p, own, old_stages)
+    if isinstance(old_stages, dict):  # a section another pipeline file wrote is not ours
+        old_stages = {s: v for s, v in old_stages.items() if _ours(v, own, p.root)}
     keys = {sid: rec.get("key") for sid, rec in records.items() if sid in p.stages}
     entries = project.store.get_actions(sorted({k for k in keys.values() if isinstance(k, str)}))
     stages: dict[str, Any] = {}
@@ -76,6 +82,8 @@ def document(project: Project, old: dict[str, Any] | None = None) -> dict[str, A
             continue
         section: dict[str, Any] = {"key": key, "rule": stage.type,
                                    "params": doc.get("params", {})}  # fmt: skip
+        if own is not None:
+            section[_TAG] = own
         items = project.state.builds.item_hashes(sid) if stage.foreach is not None else None
         inputs = doc.get("inputs") if isinstance(doc.get("inputs"), dict) else {}
         section["inputs"] = {name: _input(v, items) for name, v in sorted(inputs.items())}
@@ -98,7 +106,57 @@ def document(project: Project, old: dict[str, Any] | None = None) -> dict[str, A
                 if "check" in prior:
                     section["check"] = prior["check"]
         stages[sid] = section
-    return {"format": FORMAT, "note": _NOTE, "pipeline": p.name, "stages": stages}
+    for sid, section in kept.items():
+        stages.setdefault(sid, section)
+    name = p.name
+    if own is not None and kept and isinstance(old, dict) and isinstance(old.get("pipeline"), str):
+        name = old["pipeline"]  # as first written: builds in turn leave the bytes alone
+    return {"format": FORMAT, "note": _NOTE, "pipeline": name, "stages": stages}
+
+
+#: the field of a section naming the pipeline file that wrote it, when that is not
+#: ``pipemake.yaml`` (or the original ``pipeline.yaml``): several pipeline files in one
+#: folder share the lock, each keeping its own sections (a default one's have no field, so
+#: the lock of a project with one pipeline file is as it always was)
+_TAG = "pipeline_file"
+_DEFAULTS = (DEFAULT_FILE, "pipeline.yaml")
+
+
+def owner_tag(p: Pipeline) -> str | None:
+    """What the sections ``p`` writes are tagged with: its file's name, or None for
+    ``pipemake.yaml`` and ``pipeline.yaml``."""
+    return None if p.file.name in _DEFAULTS else p.file.name
+
+
+def _ours(section: Any, own: str | None, root: Path | None = None) -> bool:
+    """Whether a lock section is one the pipeline file tagged ``own`` wrote. An untagged
+    section is a default pipeline file's, or, where the folder has none (``root`` given),
+    one the same file wrote before sections were tagged."""
+    tag = section.get(_TAG) if isinstance(section, dict) else None
+    if tag is None and own is not None and root is not None:
+        return not any((root / name).is_file() for name in _DEFAULTS)
+    return tag == own
+
+
+def _others(p: Pipeline, own: str | None, old_stages: Any) -> dict[str, Any]:
+    """The sections of ``old_stages`` other pipeline files in the folder wrote (and that
+    still exist): a build of one never drops another's, as each ``dvc.yaml`` keeps its
+    ``dvc.lock`` (where ``p`` has a stage of the same id, its own section wins)."""
+    if not isinstance(old_stages, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for sid, section in old_stages.items():
+        if not isinstance(section, dict) or _ours(section, own, p.root):
+            continue
+        tag = section.get(_TAG)
+        if tag is None or (isinstance(tag, str) and _plain_name(tag) and (p.root / tag).is_file()):
+            out[sid] = section
+    return out
+
+
+def _plain_name(name: str) -> bool:
+    """Whether a tag is a plain file name (never a path out of the folder)."""
+    return name not in ("", ".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
 def _input(value: Any, items: dict[str, str] | None) -> Any:
@@ -228,11 +286,12 @@ def compare(project: Project, lock: dict[str, Any], stages: list[str]) -> dict[s
     locked, so a store keyed on the lock restores it."""
     p = project.pipeline
     hasher = Hasher(str(p.root), project.state)
+    own = owner_tag(p)
     locked = lock.get("stages")
     out: dict[str, list[str]] = {}
     for sid in stages:
         section = locked.get(sid) if isinstance(locked, dict) else None
-        if not isinstance(section, dict):
+        if not isinstance(section, dict) or not _ours(section, own, p.root):
             out[sid] = [f"not in {FILE}"]
             continue
         stage = p.stages[sid]
