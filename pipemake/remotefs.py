@@ -103,9 +103,10 @@ class RemoteFiles:
 
     # reading ----------------------------------------------------------------------------
     def read_many(self, paths: list[str], limits: list[int]) -> dict[str, bytes]:
-        """The bytes of those of ``paths`` that exist (at most ``limits`` bytes each where
-        the back-end can bound a read), read concurrently; :class:`Unreachable` when the
-        remote fails otherwise."""
+        """The bytes of those of ``paths`` that exist, at most ``limits`` bytes each (one
+        ranged request each on a cloud back-end: an object replaced by a huge one is never
+        downloaded whole), read concurrently; :class:`Unreachable` when the remote fails
+        otherwise."""
         if not paths:
             return {}
         fs = self.open()
@@ -115,20 +116,21 @@ class RemoteFiles:
                 with ThreadPoolExecutor(min(THREADS, len(paths))) as pool:
                     got = list(pool.map(self._read_local, paths, limits))
             elif getattr(fs, "async_impl", False):
-                # concurrent GETs without looking each path up first (as ``cat`` would);
-                # s3fs asks each object's size first unless told to read it in one piece
-                one = {"max_concurrency": 1} if type(fs).__name__ == "S3FileSystem" else {}
-                got = fs.cat_ranges(paths, None, None, on_error="return", **one)
+                # concurrent ranged GETs (bytes=0-LIMIT-1), without looking each path up
+                # first (as ``cat`` would, or s3fs for an unbounded read)
+                got = fs.cat_ranges(paths, None, limits, on_error="return")
             else:
                 with ThreadPoolExecutor(min(THREADS, len(paths))) as pool:
-                    got = list(pool.map(lambda p: _catch(fs.cat_file, p), paths))
-            results: Iterable[tuple[str, Any]] = zip(paths, got, strict=True)
-            for path, data in results:
+                    got = list(pool.map(lambda p, n: _catch(fs.cat_file, p, n), paths, limits))
+            results: Iterable[tuple[str, Any, int]] = zip(paths, got, limits, strict=True)
+            for path, data, limit in results:
                 if isinstance(data, FileNotFoundError):
                     continue
                 if isinstance(data, BaseException):
-                    raise Unreachable(reason(data)) from data
-                out[path] = bytes(data)
+                    if not _empty_range(data):
+                        raise Unreachable(reason(data)) from data
+                    data = b""  # a range from byte 0 not satisfiable: the object is empty
+                out[path] = bytes(data[:limit])  # a back-end that ignored the range
         except Unreachable:
             raise
         except Exception as exc:  # a back-end's own errors (botocore, aiohttp, paramiko)
@@ -158,8 +160,9 @@ class RemoteFiles:
         self._bucket_seen = True
 
     def get_file(self, path: str, dst: str, limit: int) -> bool:
-        """Copy the remote file ``path`` to the local ``dst`` (at most ``limit`` bytes for a
-        ``file://`` remote); False when it is not there."""
+        """Copy at most ``limit`` bytes of the remote file ``path`` to the local ``dst`` (in
+        ranged requests on a cloud back-end, so an object replaced by a huge one is never
+        downloaded whole); False when it is not there."""
         fs = self.open()
         try:
             if self.local:
@@ -168,7 +171,7 @@ class RemoteFiles:
                     raise data
                 _copy_regular(path, dst, limit)
             else:
-                fs.get_file(path, dst)
+                _copy_ranges(fs, path, dst, limit)
         except FileNotFoundError:
             return False
         except Exception as exc:
@@ -432,11 +435,57 @@ def mtime(info: dict[str, Any]) -> float:
     return time.time()
 
 
-def _catch(fn: Callable[[str], bytes], path: str) -> Any:
+def _catch(fn: Callable[..., bytes], path: str, limit: int) -> Any:
     try:
-        return fn(path)
+        return fn(path, start=0, end=limit)
     except Exception as exc:
         return exc
+
+
+def _empty_range(exc: BaseException) -> bool:
+    """Whether a ranged read from byte 0 failed as "range not satisfiable" (HTTP 416, S3's
+    ``InvalidRange``): what S3 answers for any range of an empty object."""
+    seen: BaseException | None = exc
+    for _ in range(4):  # the error and the back-end's own it was made from
+        if seen is None:
+            return False
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            error = response.get("Error") or {}
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            if error.get("Code") == "InvalidRange" or status == 416:
+                return True
+        if getattr(seen, "code", None) == 416 or getattr(seen, "status", None) == 416:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+#: the bytes one ranged request of :func:`_copy_ranges` asks for
+_CHUNK = 16 << 20
+
+
+def _copy_ranges(fs: Any, path: str, dst: str, limit: int) -> None:
+    """Copy at most ``limit`` bytes of the remote file ``path`` to ``dst``, one ranged
+    request of :data:`_CHUNK` bytes at a time (:class:`FileNotFoundError`: not there)."""
+    with open(dst, "wb") as fout:
+        done = 0
+        while done < limit:
+            want = min(_CHUNK, limit - done)
+            try:
+                chunk = fs.cat_file(path, start=done, end=done + want)
+            except FileNotFoundError:
+                if done:
+                    return  # gone meanwhile: what was copied is checked, and refused
+                raise
+            except Exception as exc:
+                if not _empty_range(exc):
+                    raise
+                return  # nothing from ``done`` on: the file ends there
+            fout.write(chunk[:want])
+            done += min(len(chunk), want)
+            if len(chunk) < want:
+                return
 
 
 def _copy_regular(src: str, dst: str, limit: int) -> None:
