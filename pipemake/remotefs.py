@@ -103,14 +103,17 @@ class RemoteFiles:
 
     # reading ----------------------------------------------------------------------------
     def read_many(self, paths: list[str], limits: list[int]) -> dict[str, bytes]:
-        """The bytes of those of ``paths`` that exist, at most ``limits`` bytes each (one
-        ranged request each on a cloud back-end: an object replaced by a huge one is never
+        """The bytes of those of ``paths`` that exist, at most ``limits`` bytes each (in
+        ranged requests on a cloud back-end: an object replaced by a huge one is never
         downloaded whole), read concurrently; :class:`Unreachable` when the remote fails
-        otherwise."""
+        otherwise. Where a limit is over :data:`LARGE`, the first :data:`_CHUNK` bytes are
+        read, and the rest only when the file is not larger than its limit: one that is
+        comes back as that first part, for the caller to refuse as damaged."""
         if not paths:
             return {}
         fs = self.open()
         out: dict[str, bytes] = {}
+        first = limits if self.local else [_CHUNK if n > LARGE else n for n in limits]
         try:
             if self.local:
                 with ThreadPoolExecutor(min(THREADS, len(paths))) as pool:
@@ -118,19 +121,25 @@ class RemoteFiles:
             elif getattr(fs, "async_impl", False):
                 # concurrent ranged GETs (bytes=0-LIMIT-1), without looking each path up
                 # first (as ``cat`` would, or s3fs for an unbounded read)
-                got = fs.cat_ranges(paths, None, limits, on_error="return")
+                got = fs.cat_ranges(paths, None, first, on_error="return")
             else:
                 with ThreadPoolExecutor(min(THREADS, len(paths))) as pool:
-                    got = list(pool.map(lambda p, n: _catch(fs.cat_file, p, n), paths, limits))
-            results: Iterable[tuple[str, Any, int]] = zip(paths, got, limits, strict=True)
-            for path, data, limit in results:
+                    got = list(pool.map(lambda p, n: _catch(fs.cat_file, p, n), paths, first))
+            results: Iterable[tuple[str, Any, int, int]] = zip(
+                paths, got, first, limits, strict=True
+            )
+            for path, data, asked, limit in results:
                 if isinstance(data, FileNotFoundError):
                     continue
                 if isinstance(data, BaseException):
                     if not _empty_range(data):
                         raise Unreachable(reason(data)) from data
                     data = b""  # a range from byte 0 not satisfiable: the object is empty
-                out[path] = bytes(data[:limit])  # a back-end that ignored the range
+                if len(data) > asked:  # a back-end that ignored the range
+                    data = data[:asked]
+                if not self.local and asked < limit and len(data) == asked:
+                    data = _read_rest(fs, path, data, limit)
+                out[path] = data if isinstance(data, bytes) else bytes(data)
         except Unreachable:
             raise
         except Exception as exc:  # a back-end's own errors (botocore, aiohttp, paramiko)
@@ -192,11 +201,13 @@ class RemoteFiles:
             return FileNotFoundError(path) if exc.errno in _NOT_OBJECT else exc
         try:
             # before ``open``, which refuses a directory with an error of its own
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
                 os.close(fd)
                 return FileNotFoundError(path)
             with open(fd, "rb") as fh:
-                return fh.read(limit)
+                # larger than a large limit: its first part, as :meth:`read_many` says
+                return fh.read(_CHUNK if limit > LARGE and info.st_size > limit else limit)
         except OSError as exc:
             return exc
 
@@ -461,8 +472,37 @@ def _empty_range(exc: BaseException) -> bool:
     return False
 
 
-#: the bytes one ranged request of :func:`_copy_ranges` asks for
+#: the bytes one ranged request of :func:`_copy_ranges` and :func:`_read_rest` asks for
 _CHUNK = 16 << 20
+#: a read limit over this is read in parts, once the file's size is known to be within it
+LARGE = 64 << 20
+
+
+def _read_rest(fs: Any, path: str, head: bytes, limit: int) -> bytes:
+    """``head`` (the first part of the remote file ``path``) and the rest of it, read in
+    ranged requests of :data:`_CHUNK` bytes, when its size is at most ``limit``; ``head``
+    alone when it is larger (or its size is not told)."""
+    try:
+        size = fs.size(path)
+    except FileNotFoundError:
+        return head  # gone meanwhile: what was read is checked, and refused
+    if not isinstance(size, int) or size > limit:
+        return head
+    data = bytearray(head)
+    while len(data) < size:
+        start = len(data)
+        try:
+            chunk = fs.cat_file(path, start=start, end=min(start + _CHUNK, size))
+        except FileNotFoundError:
+            break
+        except Exception as exc:
+            if not _empty_range(exc):
+                raise
+            break  # shorter than it said (replaced meanwhile): checked, and refused
+        data += chunk[: size - start]
+        if not chunk:
+            break
+    return bytes(data)
 
 
 def _copy_ranges(fs: Any, path: str, dst: str, limit: int) -> None:
