@@ -1271,15 +1271,21 @@ def commit_cmd(
             rows = api.commit(
                 project, targets, dry=dry, lock_timeout=timeout, on_lock_wait=_waiting
             )
+
+        # file names (outputs, a foreach stage's items) come from the workspace: shown
+        # escaped, so one cannot retitle the terminal or forge a line
+        def say(line: str) -> None:
+            click.echo(visible(line, name=True, oneline=True))
+
         for row in rows:
             outs = ", ".join(row.outputs)
             why = f" ({'; '.join(row.reasons)})" if row.reasons else ""
             if row.action == "up to date":
-                click.echo(f"{row.stage}: up to date, nothing to accept")
+                say(f"{row.stage}: up to date, nothing to accept")
             else:
-                click.echo(f"{row.stage}: {row.action} {outs} as built{why}")
+                say(f"{row.stage}: {row.action} {outs} as built{why}")
                 for note in row.notes:  # a foreach stage's items
-                    click.echo(f"  {note}")
+                    say(f"  {note}")
         return 0
 
     _run(go)

@@ -226,7 +226,13 @@ def _read(name: str, data: bytes) -> Any:
         import json
 
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_unique_pairs)
+        except _DuplicateKey as exc:
+            line, first = _json_key_lines(text, exc.key)
+            raise _NotValid(
+                f"params file {name} is not valid JSON ({name}:{line}): duplicate key "
+                f"{exc.key!r}" + (f" (first at line {first})" if first else "")
+            ) from None
         except json.JSONDecodeError as exc:
             raise _NotValid(
                 f"params file {name} is not valid JSON ({name}:{exc.lineno}, column "
@@ -239,6 +245,54 @@ def _read(name: str, data: bytes) -> Any:
     except YamlError as exc:
         at = f" at line {exc.line}" if exc.line else ""
         raise _NotValid(f"params file {name}{at} is not valid YAML: {exc}") from None
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object names a key twice (``json`` would keep the last value silently)."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict; :class:`_DuplicateKey` when a key comes twice, as
+    YAML and TOML params files refuse it."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"\s*:?|[{}]')
+
+
+def _json_key_lines(text: str, key: str) -> tuple[int, int | None]:
+    """The line of the first repeated ``key`` in one JSON object of ``text`` (and of its
+    first occurrence there): a key is a string followed by ``:``, and each ``{`` opens an
+    object of its own (strings are skipped whole, so braces inside them do not count)."""
+    import json
+
+    objects: list[dict[str, int]] = []
+    for token in _JSON_TOKEN.finditer(text):
+        part = token.group()
+        if part == "{":
+            objects.append({})
+        elif part == "}":
+            if objects:
+                objects.pop()
+        elif part.endswith(":") and objects:
+            try:
+                name = json.loads(part[:-1].rstrip())
+            except ValueError:
+                continue
+            line = text.count("\n", 0, token.start()) + 1
+            if name == key and name in objects[-1]:
+                return line, objects[-1][name]
+            objects[-1].setdefault(name, line)
+    return 1, None
 
 
 _TOML_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
@@ -301,9 +355,9 @@ def _merge(into: dict[str, Any], more: Mapping[str, Any]) -> None:
             into[key] = value
 
 
-def lookup_param(params: Mapping[str, Any], ref: Ref) -> Any:
+def lookup_param(params: Mapping[str, Any], ref: Ref, files: Sequence[str] = ()) -> Any:
     """The value ``{params.a.b}`` names; a :class:`TemplateError` naming the keys there are
-    when it names none."""
+    (and the params ``files`` read) when it names none."""
     node: Any = params
     path = ref.name.split(".")
     for depth, key in enumerate(path):
@@ -314,12 +368,21 @@ def lookup_param(params: Mapping[str, Any], ref: Ref) -> Any:
             known = sorted(map(str, node))
             hint = suggest(key, known)
             raise UnknownParam(
-                f"{ref}: the params files have no key {'.'.join(path[: depth + 1])!r}"
+                f"{ref}: {_files_have(files)} no key {'.'.join(path[: depth + 1])!r}"
                 + (f"; {hint}" if hint else "")
                 + f" ({at}: {', '.join(known) or 'none'})"
             )
         node = node[key]
     return node
+
+
+def _files_have(files: Sequence[str]) -> str:
+    """``params.yaml has``, ``the params files (a.yaml, b.json) have``: who lacks a key."""
+    if len(files) == 1:
+        return f"{files[0]} has"
+    if files:
+        return f"the params files ({', '.join(files)}) have"
+    return "the params files have"
 
 
 def _escaped(value: Any) -> Any:
@@ -334,7 +397,7 @@ def _escaped(value: Any) -> Any:
     return value
 
 
-def _render(text: str, params: Mapping[str, Any]) -> Any:
+def _render(text: str, params: Mapping[str, Any], files: Sequence[str]) -> Any:
     if "{" not in text and "}" not in text:
         return text
     try:
@@ -344,7 +407,7 @@ def _render(text: str, params: Mapping[str, Any]) -> Any:
     if not any(isinstance(p, Ref) and p.scope == "params" for p in parts):
         return text
     if len(parts) == 1:  # the whole value: it keeps its type (a number, a list, …)
-        return _escaped(lookup_param(params, parts[0]))  # type: ignore[arg-type]
+        return _escaped(lookup_param(params, parts[0], files))  # type: ignore[arg-type]
     out: list[str] = []
     for part in parts:
         if isinstance(part, str):
@@ -352,7 +415,7 @@ def _render(text: str, params: Mapping[str, Any]) -> Any:
         elif part.scope != "params":
             out.append(str(part))
         else:
-            value = lookup_param(params, part)
+            value = lookup_param(params, part, files)
             if isinstance(value, list | dict):
                 kind = "a list" if isinstance(value, list) else "a mapping"
                 raise TemplateError(
@@ -363,15 +426,15 @@ def _render(text: str, params: Mapping[str, Any]) -> Any:
     return "".join(out)
 
 
-def substitute_params(value: Any, params: Mapping[str, Any]) -> Any:
+def substitute_params(value: Any, params: Mapping[str, Any], files: Sequence[str] = ()) -> Any:
     """``value`` (a stage's config value) with every ``{params.*}`` replaced by its value;
-    other references stay. Mappings are changed in place, so a :class:`LineDict` keeps the
-    lines of its keys."""
+    other references stay (a missing key's message names the params ``files``). Mappings
+    are changed in place, so a :class:`LineDict` keeps the lines of its keys."""
     if isinstance(value, str):
-        return _render(value, params)
+        return _render(value, params, files)
     if isinstance(value, list):
-        return [substitute_params(v, params) for v in value]
+        return [substitute_params(v, params, files) for v in value]
     if isinstance(value, dict):
         for key in list(value):
-            value[key] = substitute_params(value[key], params)
+            value[key] = substitute_params(value[key], params, files)
     return value

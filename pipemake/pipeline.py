@@ -189,7 +189,7 @@ def _check(doc: LineDict, path: Path, ld: Problems, overrides: Sequence[Override
         spec = doc["params"]
         names = ", ".join(spec) if isinstance(spec, list) else str(spec)
         params = apply_overrides(params, overrides, "params", names)
-        _substitute_params(stages, params, ld)
+        _substitute_params(stages, params, ld, spec if isinstance(spec, list) else [spec])
     elif any(ov.scope == "params" for ov in overrides):
         first = next(ov for ov in overrides if ov.scope == "params")
         raise UsageError(
@@ -213,7 +213,9 @@ def _check(doc: LineDict, path: Path, ld: Problems, overrides: Sequence[Override
     return pipeline
 
 
-def _substitute_params(stages: list[LineDict], params: dict[str, Any], ld: Problems) -> None:
+def _substitute_params(
+    stages: list[LineDict], params: dict[str, Any], ld: Problems, files: list[str]
+) -> None:
     """Write each ``{params.*}`` reference's value into the stages' configs (see
     :mod:`pipemake.params`); a reference to a key the files lack is noted at its line."""
     for raw in stages:
@@ -232,7 +234,7 @@ def _substitute_params(stages: list[LineDict], params: dict[str, Any], ld: Probl
             continue
         for key in list(config):
             try:
-                config[key] = substitute_params(config[key], params)
+                config[key] = substitute_params(config[key], params, files)
             except TemplateError as exc:
                 line = config.line_of(key) if isinstance(config, LineDict) else raw.line
                 hint = ""

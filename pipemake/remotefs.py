@@ -103,32 +103,43 @@ class RemoteFiles:
 
     # reading ----------------------------------------------------------------------------
     def read_many(self, paths: list[str], limits: list[int]) -> dict[str, bytes]:
-        """The bytes of those of ``paths`` that exist (at most ``limits`` bytes each where
-        the back-end can bound a read), read concurrently; :class:`Unreachable` when the
-        remote fails otherwise."""
+        """The bytes of those of ``paths`` that exist, at most ``limits`` bytes each (in
+        ranged requests on a cloud back-end: an object replaced by a huge one is never
+        downloaded whole), read concurrently; :class:`Unreachable` when the remote fails
+        otherwise. Where a limit is over :data:`LARGE`, the first :data:`_CHUNK` bytes are
+        read, and the rest only when the file is not larger than its limit: one that is
+        comes back as that first part, for the caller to refuse as damaged."""
         if not paths:
             return {}
         fs = self.open()
         out: dict[str, bytes] = {}
+        first = limits if self.local else [_CHUNK if n > LARGE else n for n in limits]
         try:
             if self.local:
                 with ThreadPoolExecutor(min(THREADS, len(paths))) as pool:
                     got = list(pool.map(self._read_local, paths, limits))
             elif getattr(fs, "async_impl", False):
-                # concurrent GETs without looking each path up first (as ``cat`` would);
-                # s3fs asks each object's size first unless told to read it in one piece
-                one = {"max_concurrency": 1} if type(fs).__name__ == "S3FileSystem" else {}
-                got = fs.cat_ranges(paths, None, None, on_error="return", **one)
+                # concurrent ranged GETs (bytes=0-LIMIT-1), without looking each path up
+                # first (as ``cat`` would, or s3fs for an unbounded read)
+                got = fs.cat_ranges(paths, None, first, on_error="return")
             else:
                 with ThreadPoolExecutor(min(THREADS, len(paths))) as pool:
-                    got = list(pool.map(lambda p: _catch(fs.cat_file, p), paths))
-            results: Iterable[tuple[str, Any]] = zip(paths, got, strict=True)
-            for path, data in results:
+                    got = list(pool.map(lambda p, n: _catch(fs.cat_file, p, n), paths, first))
+            results: Iterable[tuple[str, Any, int, int]] = zip(
+                paths, got, first, limits, strict=True
+            )
+            for path, data, asked, limit in results:
                 if isinstance(data, FileNotFoundError):
                     continue
                 if isinstance(data, BaseException):
-                    raise Unreachable(reason(data)) from data
-                out[path] = bytes(data)
+                    if not _empty_range(data):
+                        raise Unreachable(reason(data)) from data
+                    data = b""  # a range from byte 0 not satisfiable: the object is empty
+                if len(data) > asked:  # a back-end that ignored the range
+                    data = data[:asked]
+                if not self.local and asked < limit and len(data) == asked:
+                    data = _read_rest(fs, path, data, limit)
+                out[path] = data if isinstance(data, bytes) else bytes(data)
         except Unreachable:
             raise
         except Exception as exc:  # a back-end's own errors (botocore, aiohttp, paramiko)
@@ -158,8 +169,9 @@ class RemoteFiles:
         self._bucket_seen = True
 
     def get_file(self, path: str, dst: str, limit: int) -> bool:
-        """Copy the remote file ``path`` to the local ``dst`` (at most ``limit`` bytes for a
-        ``file://`` remote); False when it is not there."""
+        """Copy at most ``limit`` bytes of the remote file ``path`` to the local ``dst`` (in
+        ranged requests on a cloud back-end, so an object replaced by a huge one is never
+        downloaded whole); False when it is not there."""
         fs = self.open()
         try:
             if self.local:
@@ -168,7 +180,7 @@ class RemoteFiles:
                     raise data
                 _copy_regular(path, dst, limit)
             else:
-                fs.get_file(path, dst)
+                _copy_ranges(fs, path, dst, limit)
         except FileNotFoundError:
             return False
         except Exception as exc:
@@ -189,11 +201,13 @@ class RemoteFiles:
             return FileNotFoundError(path) if exc.errno in _NOT_OBJECT else exc
         try:
             # before ``open``, which refuses a directory with an error of its own
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
                 os.close(fd)
                 return FileNotFoundError(path)
             with open(fd, "rb") as fh:
-                return fh.read(limit)
+                # larger than a large limit: its first part, as :meth:`read_many` says
+                return fh.read(_CHUNK if limit > LARGE and info.st_size > limit else limit)
         except OSError as exc:
             return exc
 
@@ -432,11 +446,86 @@ def mtime(info: dict[str, Any]) -> float:
     return time.time()
 
 
-def _catch(fn: Callable[[str], bytes], path: str) -> Any:
+def _catch(fn: Callable[..., bytes], path: str, limit: int) -> Any:
     try:
-        return fn(path)
+        return fn(path, start=0, end=limit)
     except Exception as exc:
         return exc
+
+
+def _empty_range(exc: BaseException) -> bool:
+    """Whether a ranged read from byte 0 failed as "range not satisfiable" (HTTP 416, S3's
+    ``InvalidRange``): what S3 answers for any range of an empty object."""
+    seen: BaseException | None = exc
+    for _ in range(4):  # the error and the back-end's own it was made from
+        if seen is None:
+            return False
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            error = response.get("Error") or {}
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            if error.get("Code") == "InvalidRange" or status == 416:
+                return True
+        if getattr(seen, "code", None) == 416 or getattr(seen, "status", None) == 416:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+#: the bytes one ranged request of :func:`_copy_ranges` and :func:`_read_rest` asks for
+_CHUNK = 16 << 20
+#: a read limit over this is read in parts, once the file's size is known to be within it
+LARGE = 64 << 20
+
+
+def _read_rest(fs: Any, path: str, head: bytes, limit: int) -> bytes:
+    """``head`` (the first part of the remote file ``path``) and the rest of it, read in
+    ranged requests of :data:`_CHUNK` bytes, when its size is at most ``limit``; ``head``
+    alone when it is larger (or its size is not told)."""
+    try:
+        size = fs.size(path)
+    except FileNotFoundError:
+        return head  # gone meanwhile: what was read is checked, and refused
+    if not isinstance(size, int) or size > limit:
+        return head
+    data = bytearray(head)
+    while len(data) < size:
+        start = len(data)
+        try:
+            chunk = fs.cat_file(path, start=start, end=min(start + _CHUNK, size))
+        except FileNotFoundError:
+            break
+        except Exception as exc:
+            if not _empty_range(exc):
+                raise
+            break  # shorter than it said (replaced meanwhile): checked, and refused
+        data += chunk[: size - start]
+        if not chunk:
+            break
+    return bytes(data)
+
+
+def _copy_ranges(fs: Any, path: str, dst: str, limit: int) -> None:
+    """Copy at most ``limit`` bytes of the remote file ``path`` to ``dst``, one ranged
+    request of :data:`_CHUNK` bytes at a time (:class:`FileNotFoundError`: not there)."""
+    with open(dst, "wb") as fout:
+        done = 0
+        while done < limit:
+            want = min(_CHUNK, limit - done)
+            try:
+                chunk = fs.cat_file(path, start=done, end=done + want)
+            except FileNotFoundError:
+                if done:
+                    return  # gone meanwhile: what was copied is checked, and refused
+                raise
+            except Exception as exc:
+                if not _empty_range(exc):
+                    raise
+                return  # nothing from ``done`` on: the file ends there
+            fout.write(chunk[:want])
+            done += min(len(chunk), want)
+            if len(chunk) < want:
+                return
 
 
 def _copy_regular(src: str, dst: str, limit: int) -> None:
