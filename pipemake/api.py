@@ -39,6 +39,7 @@ from .eta import Estimator
 from .events import Bus, Event
 from .executors import executor_names, get_executor, runs_here
 from .executors.base import Executor
+from .finding import PIPELINE_FILES, find_above
 from .fingerprint import code_files
 from .fshash import Hasher
 from .hooks import StageTimes, run_hooks, run_summary
@@ -49,7 +50,7 @@ from .model import DEFAULT_FILE, Pipeline, within
 from .params import parse_overrides
 from .pipeline import input_place_problems
 from .plancache import load_checked
-from .project import Project, find_above
+from .project import Project
 from .resources import Budget, default_budget
 from .rule import Rule
 from .scheduler import STOPPED, Outcome, Scheduler, StageFailure
@@ -92,10 +93,6 @@ __all__ = [
     "target_names",
     "validate",
 ]
-
-
-#: the pipeline file looked for, in this order: pipemake's, then the original system's
-PIPELINE_FILES = (DEFAULT_FILE, "pipeline.yaml")
 
 
 def find_pipeline(

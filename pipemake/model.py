@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .dag import Graph
+from .finding import PIPELINE_FILES
 from .rule import Ports, Rule
 from .templates import Deferred
 
@@ -26,7 +27,7 @@ __all__ = [
     "norm",
 ]
 
-DEFAULT_FILE = "pipemake.yaml"
+DEFAULT_FILE = PIPELINE_FILES[0]
 #: the lock file every build writes at the project root (see :mod:`pipemake.lockfile`)
 LOCK_FILE = "pipemake.lock"
 SYMBOLIC_SCOPES = ("inputs", "outputs", "item")
