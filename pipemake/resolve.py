@@ -593,11 +593,14 @@ class Resolver:
         under, so a changed file is seen. None where no param names one."""
         assert stage.foreach is not None
         value = ports.inputs.get(stage.foreach.input)
-        own = "{inputs." + stage.foreach.input + "}"
-        templates = sorted({w for text in texts for w in _item_words(text, own)})
-        if not isinstance(value, str) or not templates:
+        if not isinstance(value, str):
             return None
         base = glob_base(value) if is_glob(value) else value
+        own = "{inputs." + stage.foreach.input + "}"
+        itself = {own, "{item.relpath}" if base == "." else base + "/{item.relpath}"}
+        templates = sorted({w for t in texts for w in _item_words(t, own)} - itself)
+        if not templates:  # the item itself, the usual case: nothing to do per item
+            return None
         root = norm(str(self.p.root))
         known: dict[str, str] = {}
         folders: set[str] = set()
