@@ -896,12 +896,13 @@ def _item_words(text: str, own: str) -> list[str]:
 
 def _named_folders(texts: list[str], root: str) -> list[str]:
     """The paths and globs ``texts`` name that may be folders, normalized and relative to
-    the project (``root``): words holding a ``/``, or a whole text (a param ``root:
-    build``); not the project itself, what a ``mkdir`` makes, or what an item fills in."""
+    the project (``root``): words holding a ``/``, or a whole text but a glob (a param
+    ``root: build``, not ``pattern: "*"``); not the project itself, what a ``mkdir``
+    makes, or what an item fills in."""
     found = set()
     for text in texts:
         if "/" not in text:
-            words = [text.strip()]
+            words = [] if is_glob(text) else [text.strip()]
         else:
             words = [w for w in _WORD.findall(_MKDIR.sub(" ", text)) if "/" in w]
         for word in words:
