@@ -475,10 +475,12 @@ class Resolver:
         each, the paths inside it they name, or None where one names the output itself. A
         stage reads what its cmd names, whether or not an input port says so."""
         item_input = stage.foreach.input if stage.foreach is not None else None
+        value = ports.inputs.get(item_input) if item_input is not None else None
+        items = (glob_base(value) if is_glob(value) else value) if isinstance(value, str) else None
         found: dict[str, set[str] | None] = {}
         folders: list[str] | None = None
         for name, rel in dep.ports.outputs.items():
-            inside = self._inside(texts, rel)
+            inside = self._inside(texts, rel, items)
             if inside is None or (
                 inside is not False
                 and not all(self._covered(ports, os.path.join(rel, s), item_input) for s in inside)
@@ -560,9 +562,14 @@ class Resolver:
                     out.append(" ".join(dotted))
         return out
 
-    def _inside(self, texts: list[str], rel: str) -> set[str] | None | bool:
+    def _inside(
+        self, texts: list[str], rel: str, items: str | None = None
+    ) -> set[str] | None | bool:
         """The paths inside ``rel`` (relative to it) that ``texts`` name; None where one
-        names ``rel`` itself or leads out of it (``rel/../x``); False where none names it."""
+        names ``rel`` itself or leads out of it (``rel/../x``); False where none names it.
+        A path made from the item (``rel/{item.stem}.json``) names the folder it lies in,
+        but in a foreach stage's items' folder (``items``), where each item's key holds
+        it, and in a stage told no such folder (``items`` None)."""
         forms = [rel] if os.path.isabs(rel) else [rel, os.path.join(str(self.p.root), rel)]
         found: set[str] | None = set()
         named = False
@@ -573,10 +580,14 @@ class Resolver:
                     continue
                 pattern = pattern or _path_pattern(form)
                 for m in pattern.finditer(text):
+                    tail = m.group(1) or ""
                     if text.startswith("{", m.end()):
-                        continue  # ``data/{item.relpath}``: the item itself, keyed on its own
+                        tail = tail[: tail.rfind("/") + 1]  # the folder the item's path is in
+                        joined = os.path.normpath(rel + tail)
+                        if not tail or items is None or within(joined, items):
+                            continue  # ``data/{item.relpath}``: the item's own key holds it
                     named = True
-                    sub = os.path.normpath(m.group(1).lstrip("/")) if m.group(1) else "."
+                    sub = os.path.normpath(tail.lstrip("/")) if tail else "."
                     if sub in (".", "") or sub.startswith(".."):
                         return None
                     found.add(sub)  # type: ignore[union-attr]

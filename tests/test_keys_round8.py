@@ -235,3 +235,33 @@ def test_an_item_naming_only_itself_keeps_its_key_and_other_files_rerun_nothing(
     out = proj.cli("build", "--no-progress").output
     assert "each: up to date" in out, out
     assert proj.run_counts() == {"each": 1}
+
+
+OTHER_OUTPUT = f"""
+name: t
+stages:
+  - id: mk
+    type: shell
+    config:
+      inputs: {{j: src/j}}
+      outputs: {{x: build/x.txt, d: build/d}}
+      cmd: "echo X > {{outputs.x}}; mkdir -p {{outputs.d}}; cp {{inputs.j}} {{outputs.d}}/a.json"
+  - id: each
+    type: shell
+    foreach: {{input: src, pattern: "*.txt"}}
+    config:
+      inputs: {{src: data, x: "{{mk.x}}"}}
+      outputs: {{o: build/o}}
+      cmd: "{counted("each", "cat {inputs.src} build/d/{item.stem}.json > {outputs.o}/{item.name}")}"
+"""
+
+
+def test_a_path_made_from_the_item_in_another_upstream_output_counts_it(project: Make) -> None:
+    """``build/d/{item.stem}.json`` written out, d an output of a stage the foreach stage
+    reads another output of: a change in d reruns the items."""
+    proj = project(OTHER_OUTPUT, {"src/j": "j1\n", "data/a.txt": "A\n"})
+    proj.cli("build", "--no-progress")
+    proj.write("src/j", "j2\n")
+    out = proj.cli("build", "--no-progress").output
+    assert proj.read("build/o/a.txt") == "A\nj2\n", out
+    assert proj.run_counts() == {"each": 2}
