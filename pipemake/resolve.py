@@ -10,6 +10,7 @@ to write once the stage is decided.
 from __future__ import annotations
 
 import bisect
+import fnmatch
 import os
 import re
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from .hashing import KEY_FORMAT, digest, key_digest
 from .items import (
     Item,
     glob_base,
+    glob_match,
     has_deep,
     is_glob,
     item_key,
@@ -97,6 +99,9 @@ class ResolvedStage:
     #: with the hashes the outputs' manifests give them: what its run must still find there
     #: to be committed under its key (see :meth:`pipemake.runs.StageRun.guard_of`)
     watched: dict[str, str] = field(default_factory=dict)
+    #: the files of the items' folder (but the item) that an item's params name through it
+    #: (``data/{item.stem}.json``), with their hashes; None where no param does
+    item_reads: Callable[[Item], dict[str, str]] | None = None
     _items: list[Item] | None = field(default=None, repr=False)
     _item_keys: dict[str, str] | None = field(default=None, repr=False)
 
@@ -113,8 +118,15 @@ class ResolvedStage:
         if self._item_keys is None:
             make = map_key if self.map_reduce else item_key
             base = self.map_base if self.map_reduce else self.base
-            self._item_keys = {it.relpath: make(base, it) for it in self.items}
+            self._item_keys = {it.relpath: make(self._item_base(base, it), it) for it in self.items}
         return self._item_keys
+
+    def _item_base(self, base: str, item: Item) -> str:
+        """What an item's key starts from: the stage's base, with the files this item's
+        params name through it (``data/{item.stem}.json``) where there are any; so an item
+        reading none keeps the key it had."""
+        reads = self.item_reads(item) if self.item_reads is not None else None
+        return digest([base, "item reads", reads], checked=True) if reads else base
 
     def listed_item_keys(self) -> dict[str, str] | None:
         """The item keys if they were computed already, else None (nothing is listed)."""
@@ -129,9 +141,9 @@ class ResolvedStage:
         ref = Item(old.path, old.relpath, new_hash)
         items[i] = ref
         if self.map_reduce:
-            self.item_keys[rel] = map_key(self.map_base, ref)
+            self.item_keys[rel] = map_key(self._item_base(self.map_base, ref), ref)
         else:
-            self.item_keys[rel] = item_key(self.base, ref)
+            self.item_keys[rel] = item_key(self._item_base(self.base, ref), ref)
             self.key = self.foreach_key()
         self.source = None
         self.remember = None
@@ -278,7 +290,8 @@ class Resolver:
             watched=watched,
         )  # fmt: skip
         if source is not None:
-            rs.source, rs.list_items = source
+            rs.source, rs.list_items, entries = source
+            rs.item_reads = self._per_item_reads(stage, ports, texts, entries)
         if not unknown:
             self._stage_key(stage, rs)
         return rs
@@ -286,11 +299,11 @@ class Resolver:
     # foreach ----------------------------------------------------------------------------
     def _item_source(
         self, stage: Stage, path: str, unknown: set[str]
-    ) -> tuple[list[Any], Callable[[], list[Item]]] | None:
+    ) -> tuple[list[Any], Callable[[], list[Item]], Callable[[], Any]] | None:
         """What a foreach input's items are a function of (the manifest hash of the
         directory, from the upstream manifest when there is one, else from the workspace
-        through the stat cache, and the filters), and how to list them; None while the
-        upstream is unknown."""
+        through the stat cache, and the filters), how to list them and the entries of the
+        directory's manifest; None while the upstream is unknown."""
         assert stage.foreach is not None
         pattern = stage.foreach.pattern
         globbed = is_glob(path)
@@ -305,7 +318,7 @@ class Resolver:
             if manifest is None:
                 raise StageFailure(f"foreach input {path} was not produced by stage {owner[0]!r}")
             kind, digest_ = manifest["kind"], manifest["hash"]
-            entries: Callable[[], Any] = lambda: manifest["entries"]  # noqa: E731
+            entries: Callable[[], Any] = lambda: manifest.get("entries") or []  # noqa: E731
         else:
             try:
                 info = self.hasher.info(base)
@@ -332,7 +345,7 @@ class Resolver:
         source: list[Any] = [kind, digest_, path, pattern]
         if has_deep(path, pattern):  # items listed before ``**/`` took the top level too
             source.append("**/ is zero or more folders")
-        return source, listing
+        return source, listing, entries
 
     def _say_left_out(
         self, stage: Stage, path: str, base: str, items: list[Item],
@@ -470,14 +483,26 @@ class Resolver:
         each, the paths inside it they name, or None where one names the output itself. A
         stage reads what its cmd names, whether or not an input port says so."""
         item_input = stage.foreach.input if stage.foreach is not None else None
+        value = ports.inputs.get(item_input) if item_input is not None else None
+        items = (glob_base(value) if is_glob(value) else value) if isinstance(value, str) else None
         found: dict[str, set[str] | None] = {}
+        folders: list[str] | None = None
         for name, rel in dep.ports.outputs.items():
-            inside = self._inside(texts, rel)
+            inside = self._inside(texts, rel, items)
             if inside is None or (
                 inside is not False
                 and not all(self._covered(ports, os.path.join(rel, s), item_input) for s in inside)
             ):
                 found[name] = inside  # type: ignore[assignment]
+                continue
+            # a folder it lies in (``root: build/d``) or a glob matching it (``build/d/*``)
+            if folders is None:
+                folders = [
+                    f for f in _named_folders(texts, norm(str(self.p.root)))
+                    if not self._covered(ports, glob_base(f) if is_glob(f) else f, item_input)
+                ]  # fmt: skip
+            if any(_holds(f, rel) for f in folders):
+                found[name] = None
         return found
 
     def _named_upstream(self, stage: Stage, ports: Ports, texts: list[str]) -> dict[str, str]:
@@ -559,11 +584,20 @@ class Resolver:
             if "{inputs." in text:
                 text = _INPUT_REF.sub(lambda m: paths.get(m.group(1), m.group(0)), text)
             out.append(_SLASHES.sub("/", text) if "//" in text else text)
+            if "/." in text:  # ``build/x/../y.txt`` names build/y.txt: written out too
+                dotted = [norm(w) for w in _WORD.findall(text) if "{" not in w and _DOTS.search(w)]
+                if dotted:
+                    out.append(" ".join(dotted))
         return out
 
-    def _inside(self, texts: list[str], rel: str) -> set[str] | None | bool:
+    def _inside(
+        self, texts: list[str], rel: str, items: str | None = None
+    ) -> set[str] | None | bool:
         """The paths inside ``rel`` (relative to it) that ``texts`` name; None where one
-        names ``rel`` itself or leads out of it (``rel/../x``); False where none names it."""
+        names ``rel`` itself or leads out of it (``rel/../x``); False where none names it.
+        A path made from the item (``rel/{item.stem}.json``) names the folder it lies in,
+        but in a foreach stage's items' folder (``items``), where each item's key holds
+        it, and in a stage told no such folder (``items`` None)."""
         forms = [rel] if os.path.isabs(rel) else [rel, os.path.join(str(self.p.root), rel)]
         found: set[str] | None = set()
         named = False
@@ -574,14 +608,77 @@ class Resolver:
                     continue
                 pattern = pattern or _path_pattern(form)
                 for m in pattern.finditer(text):
+                    tail = m.group(1) or ""
                     if text.startswith("{", m.end()):
-                        continue  # ``data/{item.relpath}``: the item itself, keyed on its own
+                        tail = tail[: tail.rfind("/") + 1]  # the folder the item's path is in
+                        joined = os.path.normpath(rel + tail)
+                        if not tail or items is None or within(joined, items):
+                            continue  # ``data/{item.relpath}``: the item's own key holds it
                     named = True
-                    sub = os.path.normpath(m.group(1).lstrip("/")) if m.group(1) else "."
+                    sub = os.path.normpath(tail.lstrip("/")) if tail else "."
                     if sub in (".", "") or sub.startswith(".."):
                         return None
                     found.add(sub)  # type: ignore[union-attr]
         return found if named else False
+
+    def _per_item_reads(
+        self, stage: Stage, ports: Ports, texts: list[str], entries: Callable[[], Any]
+    ) -> Callable[[Item], dict[str, str]] | None:
+        """For a foreach stage whose params name a file of its items' folder through the
+        item (``data/{item.stem}.json``, ``{inputs.src}.meta``, ``$(dirname
+        {inputs.src})/common.cfg``): how to find an item's such files (but the item itself)
+        and their hashes, read from the folder's manifest (``entries``), leaving out those
+        that do not exist. The folder's hash is part of what the stage key is remembered
+        under, so a changed file is seen. None where no param names one."""
+        assert stage.foreach is not None
+        value = ports.inputs.get(stage.foreach.input)
+        if not isinstance(value, str):
+            return None
+        base = glob_base(value) if is_glob(value) else value
+        own = "{inputs." + stage.foreach.input + "}"
+        itself = {own, "{item.relpath}" if base == "." else base + "/{item.relpath}"}
+        templates = sorted({w for t in texts for w in _item_words(t, own)} - itself)
+        if not templates:  # the item itself, the usual case: nothing to do per item
+            return None
+        root = norm(str(self.p.root))
+        known: dict[str, str] = {}
+        folders: set[str] = set()
+
+        def hash_of(path: str) -> str | None:
+            if not known:
+                for e in entries():
+                    known[e[0]] = e[1]
+                    folders.update(_parents(e[0]))
+            sub = path if base == "." else path[len(base) + 1 :]
+            if sub in known:
+                return known[sub]
+            if is_glob(sub):
+                hit = [[s, h] for s, h in sorted(known.items()) if glob_match(s, sub)]
+                return digest(hit, checked=True) if hit else None
+            if sub and sub not in folders:
+                return None  # no such file: one that appears changes the key
+            try:
+                got = self._input_hash(stage, path, set())
+            except StageFailure:
+                return None
+            return None if got == "?" else got
+
+        def reads(item: Item) -> dict[str, str]:
+            fields = {"name": item.name, "stem": item.stem, "relpath": item.relpath}
+            fill = lambda m: fields[m.group(1)]  # noqa: E731
+            found: dict[str, str] = {}
+            for template in templates:
+                text = _ITEM_FIELD.sub(fill, template.replace(own, item.path))
+                for word in (text, text[2:]) if _GLUED.match(text) else (text,):
+                    path = _relative(norm(word), root)
+                    if path is None or path == item.path or not within(path, base):
+                        continue
+                    got = hash_of(path)
+                    if got is not None:
+                        found[path] = got
+            return found
+
+        return reads
 
     def _path_of(self, pieces: list[str | Ref]) -> str | None:
         """A template's text where it names only variables and stages' output paths (what
@@ -808,6 +905,83 @@ def _indexed(
 #: ``{inputs.NAME}`` in a param's text, and runs of slashes (``build//d`` is ``build/d``)
 _INPUT_REF = re.compile(r"\{inputs\.([A-Za-z_][\w-]*)\}")
 _SLASHES = re.compile(r"/{2,}")
+#: a word of a text that may be a path (references ``{…}`` kept in it), ended where a
+#: shell word or an option's value ends; a ``.`` or ``..`` part of one
+_WORD = re.compile(r"(?:\{[^{}\s]*\}|[^\s'\"`;|&<>(){}$,:=])+")
+_DOTS = re.compile(r"/\.\.?(?:/|$)")
+#: an item's fields in a template, a one-letter option glued to a path (``-Idata``), and
+#: ``$(dirname P)`` / `` `dirname P` `` (read as ``P/..``)
+_ITEM_FIELD = re.compile(r"\{item\.(name|stem|relpath)\}")
+_GLUED = re.compile(r"-[A-Za-z](?=\S)")
+_DIRNAME = re.compile(r"(\$\(|`)\s*dirname\s+([\"']?)([^\s'\"`;|&<>()$]+)\2\s*(?:\)|`)")
+#: a ``mkdir`` and the folders it makes (named, not read)
+_MKDIR = re.compile(r"\bmkdir((?:\s+-[^\s;|&]*)*)((?:\s+[^\s;|&<>()]+)*)")
+
+
+def _item_words(text: str, own: str) -> list[str]:
+    """The words of ``text`` that are paths made from the item (``data/{item.stem}.json``,
+    ``{inputs.src}.meta``, where ``own`` is the foreach input's reference), and nothing
+    else that is only known when the stage runs."""
+    if "{item." not in text and own not in text:
+        return []
+    text = _DIRNAME.sub(lambda m: m.group(3) + "/..", text)
+    words = []
+    for word in _WORD.findall(text):
+        refs = re.findall(r"\{[^{}]*\}", word)
+        if refs and all(r == own or _ITEM_FIELD.fullmatch(r) for r in refs):
+            words.append(word)
+    return words
+
+
+def _named_folders(texts: list[str], root: str) -> list[str]:
+    """The paths and globs ``texts`` name that may be folders, normalized and relative to
+    the project (``root``): words holding a ``/``, or a whole text but a glob (a param
+    ``root: build``, not ``pattern: "*"``); not the project itself, what a ``mkdir``
+    makes, or what an item fills in."""
+    found = set()
+    for text in texts:
+        if "/" not in text:
+            words = [] if is_glob(text) else [text.strip()]
+        else:
+            words = [w for w in _WORD.findall(_MKDIR.sub(" ", text)) if "/" in w]
+        for word in words:
+            if "{" in word or not word:
+                continue
+            for w in (word, word[2:]) if _GLUED.match(word) else (word,):
+                path = _relative(norm(w), root)
+                if path is not None and path != ".":
+                    found.add(path)
+    return sorted(found)
+
+
+def _holds(folder: str, rel: str) -> bool:
+    """Whether ``folder`` (a path, or a glob as a shell reads it) is a folder ``rel`` lies
+    in, or a glob matching ``rel`` or such a folder."""
+    if not is_glob(folder):
+        return rel.startswith(folder + "/")
+    if "**" in folder:
+        return any(glob_match(p, folder) for p in [rel, *_parents(rel)])
+    parts, names = folder.split("/"), rel.split("/")
+    return len(parts) <= len(names) and all(map(fnmatch.fnmatchcase, names, parts))
+
+
+def _parents(rel: str) -> list[str]:
+    """The folders ``rel`` lies in (``a/b/c`` → ``a/b``, ``a``)."""
+    out = []
+    while "/" in rel:
+        rel = rel.rpartition("/")[0]
+        out.append(rel)
+    return out
+
+
+def _relative(path: str, root: str) -> str | None:
+    """A normalized path relative to the project root (``root``, normalized), or None where
+    it leads out of the project."""
+    if os.path.isabs(path):
+        if not within(path, root):
+            return None
+        path = path[len(root) :].lstrip("/") or "."
+    return None if path == ".." or path.startswith("../") else path
 
 
 def _path_pattern(path: str) -> re.Pattern[str]:
