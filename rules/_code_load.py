@@ -144,9 +144,9 @@ def load(
     digest, the key's), or else the source on disk now of ``files`` (by default the
     module's own file). Otherwise the project's modules are imported again (every one of
     them, so that none keeps a class or function of the old code), and ``module``'s
-    package too when it was loaded from elsewhere than ``expected()`` says (another
-    project's module of that name). What the import raises is raised; the caller checks
-    :func:`mismatched` against ``want`` after."""
+    package too when it was loaded from elsewhere than ``expected()`` says or than the
+    file ``want`` holds (another project's module of that name). What the import raises
+    is raised; the caller checks :func:`mismatched` against ``want`` after."""
     with _LOCK:
         project_on_path(root)
         loaded = sys.modules.get(module)
@@ -160,7 +160,9 @@ def load(
         if purge:
             purge = list(local)  # a module importing a stale one holds its old objects
         should = expected() if expected is not None and loaded is not None else None
-        if should and (not where or real(where) != real(should)):
+        if (should and (not where or real(where) != real(should))) or (
+            want and where and real(where) not in want  # not the file the key holds
+        ):
             top = module.partition(".")[0]
             purge += [n for n in sys.modules if n == top or n.startswith(top + ".")]
         for name in dict.fromkeys(purge):
