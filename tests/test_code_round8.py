@@ -16,9 +16,8 @@ import pytest
 from conftest import wait_for
 
 from pipemake.rule import Context, RuleError
-from pipemake.rules._code_load import real
 from pipemake.rules.custom import CustomRule
-from pipemake.rules.python import CODE, PythonRule
+from pipemake.rules.python import PythonRule
 
 FUNCS = """\
 TAG = "V1"
@@ -228,6 +227,9 @@ def _ctx(root: Path, params: dict) -> Context:
 def test_a_python_module_that_is_not_the_keys_code_does_not_run(tmp_path: Path) -> None:
     """The task carries its key's code digests: a module whose source was edited after
     the key was made is not run under that key; the stage fails, saying to build again."""
+    from pipemake.rules._code_load import real
+    from pipemake.rules.python import CODE
+
     (tmp_path / "code8want").mkdir()
     f = tmp_path / "code8want" / "f.py"
     f.write_text(FUNCS)
@@ -244,6 +246,9 @@ def test_a_python_module_that_is_not_the_keys_code_does_not_run(tmp_path: Path) 
 
 
 def test_a_custom_executor_that_is_not_the_keys_code_does_not_run(tmp_path: Path) -> None:
+    from pipemake.rules._code_load import real
+    from pipemake.rules.python import CODE
+
     (tmp_path / "code8cwant").mkdir()
     f = tmp_path / "code8cwant" / "ex.py"
     f.write_text(EXECUTORS)
