@@ -29,7 +29,7 @@ from types import ModuleType
 from pipemake.hashing import hash_file
 from pipemake.rule import project_on_path
 
-__all__ = ["class_files", "in_project", "load", "mismatched", "real"]
+__all__ = ["class_files", "digests", "in_project", "load", "mismatched", "real"]
 
 _LOCK = threading.RLock()
 #: a source file of the project's code (realpath) → (its stat, its digest) when this
@@ -65,8 +65,12 @@ def _digest(path: str) -> str:
 @cache
 def _installed() -> tuple[str, ...]:
     """The folders of installed code: the interpreter's prefixes and site-packages."""
-    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, site.getusersitepackages()}
-    dirs.update(site.getsitepackages())
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    for where in ("getsitepackages", "getusersitepackages"):
+        found = getattr(site, where, None)  # an old virtualenv's site lacks them
+        if found is not None:
+            got = found()
+            dirs.update([got] if isinstance(got, str) else got)
     dirs.update(p for k, p in sysconfig.get_paths().items() if k.endswith(("lib", "stdlib")))
     return tuple(sorted(os.path.join(real(d), "") for d in dirs if d))
 
@@ -108,16 +112,36 @@ def _on_disk(path: str) -> bool:
     return True
 
 
+def digests(files: Iterable[str], hashes: Iterable[str], root: str) -> dict[str, str]:
+    """What a task carries of its key's code: each file (relative to the project root when
+    inside it, so a worker that sees the project by another path agrees) → its digest."""
+    base = os.path.join(real(root), "")
+    out = {}
+    for f, h in zip(files, hashes, strict=True):
+        path = real(f)
+        out[path[len(base) :] if path.startswith(base) else path] = h
+    return out
+
+
+def _wanted(want: Mapping[str, str], root: str) -> dict[str, str]:
+    """``want`` (of :func:`digests`) with each file's real path here."""
+    return {real(os.path.join(real(root), f)): d for f, d in want.items()}
+
+
 def _current(files: Iterable[str], want: Mapping[str, str] | None) -> bool:
     if want is not None:
-        return not mismatched(want)
+        return not _differ(want)
     return all(_on_disk(f) for f in files)
 
 
-def mismatched(want: Mapping[str, str]) -> list[str]:
-    """The files of ``want`` (real path → digest) whose code loaded here has another
-    digest (or was not loaded here)."""
+def _differ(want: Mapping[str, str]) -> list[str]:
     return [f for f, d in want.items() if (_SOURCES.get(f) or (None, None))[1] != d]
+
+
+def mismatched(want: Mapping[str, str], root: str) -> list[str]:
+    """The files of ``want`` (of :func:`digests`) whose code loaded here has another
+    digest (or was not loaded here): real paths."""
+    return _differ(_wanted(want, root))
 
 
 def _drop_old_bytecode(path: str) -> None:
@@ -147,6 +171,7 @@ def load(
     package too when it was loaded from elsewhere than ``expected()`` says or than the
     file ``want`` holds (another project's module of that name). What the import raises
     is raised; the caller checks :func:`mismatched` against ``want`` after."""
+    want = _wanted(want, root) if want is not None else None
     with _LOCK:
         project_on_path(root)
         loaded = sys.modules.get(module)

@@ -70,7 +70,7 @@ from pipemake.hashing import hash_file
 from pipemake.model import Pending
 from pipemake.rule import Context, Ports, Rule, RuleError
 
-from ._code_load import class_files, in_project, load, real
+from ._code_load import class_files, digests, in_project, load, real
 from ._custom_keys import away, is_paths, reading, untracked
 from .original import ALIASES, install_aliases
 from .python import CODE, changed
@@ -404,8 +404,7 @@ class CustomRule(Rule):
         except OSError:
             return None
         if self._bound is None:  # the task carries what the key holds (see _class)
-            code = {real(f): h for f, h in zip(files, hashes, strict=True)}
-            ports.params = {**ports.params, CODE: code}
+            ports.params = {**ports.params, CODE: digests(files, hashes, str(root))}
         return hashes[0] if len(hashes) == 1 else (" ".join(hashes) or None)
 
     # running ---------------------------------------------------------------------------

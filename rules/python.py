@@ -21,7 +21,7 @@ from typing import Any
 from pipemake.hashing import hash_file
 from pipemake.rule import Context, Item, Ports, Rule, RuleError, project_on_path
 
-from ._code_load import load, mismatched, real
+from ._code_load import digests, load, mismatched, real
 from ._named_ports import named_ports, unknown_keys
 
 __all__ = ["PythonRule"]
@@ -122,7 +122,7 @@ class PythonRule(Rule):
             return None
         digest = hash_file(origin)
         # the task carries what the key holds: the worker runs that code or none
-        ports.params = {**ports.params, CODE: {real(origin): digest}}
+        ports.params = {**ports.params, CODE: digests([origin], [digest], str(root))}
         return digest
 
     def _callable(self, ctx: Context) -> Any:
@@ -155,7 +155,7 @@ def changed(want: Mapping[str, str] | None, stage: str, root: str) -> None:
     """Raise when the code loaded is not the code of the stage's key (``want``): its
     source was edited after the build computed the key, so what it makes must not be
     stored under that key."""
-    files = mismatched(want) if want else []
+    files = mismatched(want, root) if want else []
     if files:
         shown = ", ".join(os.path.relpath(f, real(root)) for f in files)
         raise RuleError(
