@@ -29,7 +29,7 @@ from types import ModuleType
 from pipemake.hashing import hash_file
 from pipemake.rule import project_on_path
 
-__all__ = ["class_files", "digests", "in_project", "load", "mismatched", "real"]
+__all__ = ["class_files", "digests", "find_in", "in_project", "load", "mismatched", "real"]
 
 _LOCK = threading.RLock()
 #: a source file of the project's code (realpath) → (its stat, its digest) when this
@@ -214,6 +214,45 @@ def load(
 
 
 # which files ---------------------------------------------------------------------------
+
+
+def find_in(module: str, where: list[str]) -> str | None:
+    """The file of the dotted ``module`` found under the folders ``where`` the way the
+    import system would (in each folder a package, then a module, and folders without an
+    ``__init__`` as namespace packages), without importing anything: a namespace package's
+    parent need not be imported, and no user code runs."""
+    from importlib.machinery import EXTENSION_SUFFIXES, SOURCE_SUFFIXES
+
+    suffixes = [*SOURCE_SUFFIXES, *EXTENSION_SUFFIXES]
+    parts = module.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        portions: list[str] = []
+        found: str | None = None
+        for folder in where:
+            base = os.path.join(folder, part)
+            init = next(
+                (base + "/__init__" + s for s in suffixes if os.path.isfile(f"{base}/__init__{s}")),
+                None,
+            )
+            if init is not None:
+                found, where = init, [base]
+                break
+            single = next((base + s for s in suffixes if os.path.isfile(base + s)), None)
+            if single is not None:
+                if not last:
+                    return None  # a module has no submodules
+                return single
+            if os.path.isdir(base):
+                portions.append(base)
+        if found is not None:
+            if last:
+                return found
+            continue
+        if not portions or last:
+            return None  # a namespace package has no file of its own
+        where = portions
+    return None
 
 
 def _tree(path: str) -> ast.Module | None:

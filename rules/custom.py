@@ -70,7 +70,7 @@ from pipemake.hashing import hash_file
 from pipemake.model import Pending
 from pipemake.rule import Context, Ports, Rule, RuleError
 
-from ._code_load import class_files, digests, in_project, load, real
+from ._code_load import class_files, digests, find_in, in_project, load, real
 from ._custom_keys import away, is_paths, reading, untracked
 from .original import ALIASES, install_aliases
 from .python import CODE, changed
@@ -97,52 +97,13 @@ def _has_pending(value: Any) -> bool:
     return False
 
 
-def _find_in(module: str, where: list[str]) -> str | None:
-    """The file of the dotted ``module`` found under the folders ``where`` the way the
-    import system would (in each folder a package, then a module, and folders without an
-    ``__init__`` as namespace packages), without importing anything: a namespace package's
-    parent need not be imported, and no user code runs."""
-    from importlib.machinery import EXTENSION_SUFFIXES, SOURCE_SUFFIXES
-
-    suffixes = [*SOURCE_SUFFIXES, *EXTENSION_SUFFIXES]
-    parts = module.split(".")
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        portions: list[str] = []
-        found: str | None = None
-        for folder in where:
-            base = os.path.join(folder, part)
-            init = next(
-                (base + "/__init__" + s for s in suffixes if os.path.isfile(f"{base}/__init__{s}")),
-                None,
-            )
-            if init is not None:
-                found, where = init, [base]
-                break
-            single = next((base + s for s in suffixes if os.path.isfile(base + s)), None)
-            if single is not None:
-                if not last:
-                    return None  # a module has no submodules
-                return single
-            if os.path.isdir(base):
-                portions.append(base)
-        if found is not None:
-            if last:
-                return found
-            continue
-        if not portions or last:
-            return None  # a namespace package has no file of its own
-        where = portions
-    return None
-
-
 def _module_file(module: str, root: str) -> str | None:
     """The file of ``module``, looked for in the project root first (another project's
     module of that name may be imported in this process already), then on sys.path."""
     if not module:
         return None
     if root:
-        found = _find_in(module, [root])
+        found = find_in(module, [root])
         if found is not None:
             return found
     try:
@@ -394,7 +355,7 @@ class CustomRule(Rule):
         path = _module_file(module, root)
         if path is None:
             return []
-        found = class_files(path, module, attr.split(".")[0], lambda m: _find_in(m, [root]))
+        found = class_files(path, module, attr.split(".")[0], lambda m: find_in(m, [root]))
         return [path, *(f for f in found if f != path)]
 
     def code_hash(self, ports: Ports, root: Path) -> str | None:

@@ -14,6 +14,7 @@ import ast
 import importlib.util
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from pipemake.hashing import hash_file
 from pipemake.rule import Context, Item, Ports, Rule, RuleError, project_on_path
 
-from ._code_load import digests, load, mismatched, real
+from ._code_load import digests, find_in, load, mismatched, real
 from ._named_ports import named_ports, unknown_keys
 
 __all__ = ["PythonRule"]
@@ -33,7 +34,13 @@ _FUNC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 def _module_file(module: str, root: str) -> str | None:
+    """The file a fresh import of ``module`` would load: looked for along ``sys.path`` (the
+    project root last), not in this process's modules (another project's module of that
+    name may be loaded here); where no folder has it, as the import system finds it."""
     project_on_path(root)
+    found = find_in(module, [p or os.getcwd() for p in sys.path])
+    if found is not None:
+        return found
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
