@@ -177,7 +177,8 @@ def load(
         loaded = sys.modules.get(module)
         where = getattr(loaded, "__file__", None)
         files = [real(f) for f in files] or ([real(where)] if where else [])
-        if loaded is not None and _current(files, want):
+        mine = want is None or not where or real(where) in want  # not another project's
+        if loaded is not None and mine and _current(files, want):
             return loaded
         base = real(root) if root else None
         local = _project_modules(base)
@@ -185,9 +186,7 @@ def load(
         if purge:
             purge = list(local)  # a module importing a stale one holds its old objects
         should = expected() if expected is not None and loaded is not None else None
-        if (should and (not where or real(where) != real(should))) or (
-            want and where and real(where) not in want  # not the file the key holds
-        ):
+        if (should and (not where or real(where) != real(should))) or not mine:
             top = module.partition(".")[0]
             purge += [n for n in sys.modules if n == top or n.startswith(top + ".")]
         for name in dict.fromkeys(purge):

@@ -34,18 +34,28 @@ _FUNC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 def _module_file(module: str, root: str) -> str | None:
-    """The file a fresh import of ``module`` would load: looked for along ``sys.path`` (the
-    project root last), not in this process's modules (another project's module of that
-    name may be loaded here); where no folder has it, as the import system finds it."""
+    """The file an import of ``module`` loads; where it, or a package above it, is loaded
+    in this process from a folder no longer on ``sys.path`` (another project's module of
+    that name), the file a fresh import would load instead."""
     project_on_path(root)
-    found = find_in(module, [p or os.getcwd() for p in sys.path])
-    if found is not None:
-        return found
+    if any(_elsewhere(".".join(module.split(".")[:i])) for i in range(1, module.count(".") + 2)):
+        found = find_in(module, [p or os.getcwd() for p in sys.path])
+        if found is not None:
+            return found
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
         return None
     return spec.origin if spec is not None and spec.origin not in (None, "built-in") else None
+
+
+def _elsewhere(name: str) -> bool:
+    """Whether module ``name`` is loaded here from a file under no ``sys.path`` folder."""
+    file = getattr(sys.modules.get(name), "__file__", None)
+    if not file:
+        return False
+    path = real(file)
+    return not any(path.startswith(os.path.join(real(p or os.getcwd()), "")) for p in sys.path)
 
 
 def _top_level_names(path: str) -> set[str]:
