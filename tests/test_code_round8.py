@@ -260,3 +260,33 @@ def test_a_custom_executor_that_is_not_the_keys_code_does_not_run(tmp_path: Path
         rule.run(ctx)
     assert not (tmp_path / "stage").exists()
     assert os.path.isfile(f)
+
+
+def test_a_registered_executors_project_base_classes_are_in_its_key(tmp_path: Path) -> None:
+    """An executor class registered in-process (``register_executor``) is keyed on the
+    project's files of the classes it derives from too (installed ones stay out)."""
+    import importlib.util
+    import sys
+
+    from pipemake.rule import Ports
+
+    (tmp_path / "code8reg").mkdir()
+    (tmp_path / "code8reg" / "base.py").write_text(BASE)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        (tmp_path / "code8reg" / "ex.py").write_text(
+            "import collections\nfrom code8reg.base import Base\n"
+            "class Ex(Base, collections.UserDict):\n    pass\n"
+        )
+        spec = importlib.util.spec_from_file_location("code8reg.ex", tmp_path / "code8reg/ex.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["code8reg.ex"] = module
+        spec.loader.exec_module(module)
+        rule = CustomRule().for_executor("reg", module.Ex)
+        files = rule.code_files(Ports(root=str(tmp_path)), tmp_path)
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in [n for n in sys.modules if n.startswith("code8reg")]:
+            del sys.modules[name]
+    assert [os.path.relpath(f, tmp_path) for f in files] == ["code8reg/ex.py", "code8reg/base.py"]
