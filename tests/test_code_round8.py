@@ -290,3 +290,29 @@ def test_a_registered_executors_project_base_classes_are_in_its_key(tmp_path: Pa
         for name in [n for n in sys.modules if n.startswith("code8reg")]:
             del sys.modules[name]
     assert [os.path.relpath(f, tmp_path) for f in files] == ["code8reg/ex.py", "code8reg/base.py"]
+
+
+def test_two_projects_in_one_process_each_run_their_own_module(project) -> None:
+    """A module of the same name in two projects built in one process (the inline
+    executor): each build keys and runs its own project's file, not the one loaded first."""
+    from pipemake import api
+
+    pipeline = """
+name: t
+stages:
+  - id: fn
+    type: python
+    config: {function: "code8dup.f:a", inputs: {x: data/x}, outputs: {o: build/fn.txt}}
+"""
+    made = []
+    for name, tag in (("one", "A"), ("two", "B")):
+        files = {"data/x": "x\n", "code8dup/__init__.py": "", "code8dup/f.py": FUNCS}
+        p = project(pipeline, files, name=name)
+        p.edit("code8dup/f.py", 'TAG = "V1"', f'TAG = "{tag}"')
+        proj = api.open_project(p.root)
+        try:
+            api.build(proj, executor="inline")
+        finally:
+            proj.close()
+        made.append(p.read("build/fn.txt"))
+    assert made == ["A \n", "B \n"]
