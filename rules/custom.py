@@ -35,7 +35,10 @@ does); ``validate`` shows each stage's reading:
   (``{extract.output_dir}``) puts that stage's output hashes into the key, whichever key
   holds it. A result naming an existing project path that is none of these is logged as a
   warning: pipemake does not store it. The executor module's source is part of the key,
-  as for ``python`` stages, unless the stage sets ``version:``.
+  as for ``python`` stages, unless the stage sets ``version:``, with the files of the
+  project that hold the classes it derives from (``class Ex(Base)``, ``Base`` imported
+  from ``steps/base.py``); as for ``python`` stages, the code that runs is the code the
+  key holds (see :mod:`._code_load`).
 
 ``inputs``, the argument of ``execute``, maps each upstream stage's id to its outputs
 (absolute paths) and computed values, as the original passed each dependency's outputs.
@@ -57,7 +60,6 @@ import json
 import logging
 import os
 import re
-import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -66,10 +68,12 @@ from typing import Any
 
 from pipemake.hashing import hash_file
 from pipemake.model import Pending
-from pipemake.rule import Context, Ports, Rule, RuleError, project_on_path
+from pipemake.rule import Context, Ports, Rule, RuleError
 
+from ._code_load import class_files, digests, find_in, in_project, load, real
 from ._custom_keys import away, is_paths, reading, untracked
 from .original import ALIASES, install_aliases
+from .python import CODE, changed
 
 __all__ = ["CustomRule"]
 
@@ -93,52 +97,13 @@ def _has_pending(value: Any) -> bool:
     return False
 
 
-def _find_in(module: str, where: list[str]) -> str | None:
-    """The file of the dotted ``module`` found under the folders ``where`` the way the
-    import system would (in each folder a package, then a module, and folders without an
-    ``__init__`` as namespace packages), without importing anything: a namespace package's
-    parent need not be imported, and no user code runs."""
-    from importlib.machinery import EXTENSION_SUFFIXES, SOURCE_SUFFIXES
-
-    suffixes = [*SOURCE_SUFFIXES, *EXTENSION_SUFFIXES]
-    parts = module.split(".")
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        portions: list[str] = []
-        found: str | None = None
-        for folder in where:
-            base = os.path.join(folder, part)
-            init = next(
-                (base + "/__init__" + s for s in suffixes if os.path.isfile(f"{base}/__init__{s}")),
-                None,
-            )
-            if init is not None:
-                found, where = init, [base]
-                break
-            single = next((base + s for s in suffixes if os.path.isfile(base + s)), None)
-            if single is not None:
-                if not last:
-                    return None  # a module has no submodules
-                return single
-            if os.path.isdir(base):
-                portions.append(base)
-        if found is not None:
-            if last:
-                return found
-            continue
-        if not portions or last:
-            return None  # a namespace package has no file of its own
-        where = portions
-    return None
-
-
 def _module_file(module: str, root: str) -> str | None:
     """The file of ``module``, looked for in the project root first (another project's
     module of that name may be imported in this process already), then on sys.path."""
     if not module:
         return None
     if root:
-        found = _find_in(module, [root])
+        found = find_in(module, [root])
         if found is not None:
             return found
     try:
@@ -189,8 +154,8 @@ class CustomRule(Rule):
         super().__init__()
         #: the class of a type registered with register_rule; None: the config names it
         self._bound = executor
-        #: (project root, "module:Class") → the class, in this process
-        self._classes: dict[tuple[str, str], type] = {}
+        #: (project root, "module:Class") → (its module, the class), in this process
+        self._classes: dict[tuple[str, str], tuple[Any, type]] = {}
 
     def for_executor(self, name: str, executor: type) -> CustomRule:
         """The stage type ``name`` running ``executor`` (the original ``register_executor``):
@@ -261,7 +226,7 @@ class CustomRule(Rule):
 
     def describe(self, ports: Ports) -> list[str]:
         """How each config key was read (what ``validate`` shows under the stage)."""
-        params = [k for k in ports.params if k not in (_EXEC, _FINAL, UPSTREAM)]
+        params = [k for k in ports.params if k not in (_EXEC, _FINAL, UPSTREAM, CODE)]
         parts = [
             f"{what} {', '.join(keys)}"
             for what, keys in (
@@ -290,7 +255,7 @@ class CustomRule(Rule):
             return [("executor", str(exc))]
         if _has_pending(ports.params) or _has_pending(ports.inputs):
             return []  # checked when the build knows those values
-        params = {k: v for k, v in ports.params.items() if k not in (_EXEC, _FINAL)}
+        params = {k: v for k, v in ports.params.items() if k not in (_EXEC, _FINAL, CODE)}
         inputs = {k: _absolute(root, v) for k, v in ports.inputs.items()}
         config = self._config(
             params, inputs, {k: _absolute(root, v) for k, v in ports.outputs.items()}
@@ -320,21 +285,19 @@ class CustomRule(Rule):
                     paths.append(v)
         return any(not (root / p).exists() for p in paths if isinstance(p, str))
 
-    def _class(self, spec: str, root: str) -> type:
+    def _class(self, spec: str, root: str, want: Mapping[str, str] | None = None) -> type:
+        """The executor class ``spec`` names, loaded as the code ``want`` (the key's
+        digests) or, without them, as the source on disk now (see :mod:`._code_load`)."""
         if self._bound is not None:
             return self._bound
-        known = self._classes.get((root, spec))
-        if known is not None:
-            return known
         module, _, attr = spec.partition(":")
-        project_on_path(root)  # last on sys.path; an earlier project's root is taken off
+        known = self._classes.get((root, spec))
         install_aliases()
-        loaded = getattr(sys.modules.get(module), "__file__", None)
-        if loaded is not None and loaded != _module_file(module, root):
-            for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
-                del sys.modules[name]  # another project's module of that name
         try:
-            obj: Any = importlib.import_module(module)
+            obj: Any = load(
+                module, root, want, self._static_files(spec, root),
+                expected=lambda: _module_file(module, root),
+            )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - the user's module: say what it raised
             hint = ""
             if isinstance(exc, ModuleNotFoundError) and exc.name and module.startswith(exc.name):
@@ -346,6 +309,9 @@ class CustomRule(Rule):
             raise RuleError(
                 f"cannot import {module!r}: {type(exc).__name__}: {exc}{hint}"
             ) from None
+        if known is not None and known[0] is obj:
+            return known[1]
+        loaded = obj
         for part in attr.split("."):
             if not hasattr(obj, part):
                 raise RuleError(_no_such_class(obj, part))
@@ -357,7 +323,7 @@ class CustomRule(Rule):
                 f"{spec} is not an executor class (a class with validate_config() and "
                 f"execute(inputs)){lacks if isinstance(obj, type) else ''}"
             )
-        self._classes[(root, spec)] = obj
+        self._classes[(root, spec)] = (loaded, obj)
         return obj
 
     def _config(
@@ -367,8 +333,9 @@ class CustomRule(Rule):
 
     def code_files(self, ports: Ports, root: Path) -> list[str]:
         if self._bound is not None:
-            found = _class_file(self._bound)
-            return [found] if found else []
+            found = [_class_file(c) for c in self._bound.__mro__]
+            mine = [f for f in found[1:] if f and in_project(real(f), real(str(root)))]
+            return list(dict.fromkeys(f for f in [found[0], *mine] if f))
         spec = str(ports.params.get(_EXEC, ""))
         module = _module_file(spec.partition(":")[0], str(root))
         files = [module]
@@ -377,7 +344,19 @@ class CustomRule(Rule):
                 files.append(_class_file(self._class(spec, str(root))))
             except RuleError:
                 pass  # not importable: the stage fails when it runs, saying why
+        files += self._static_files(spec, str(root))  # the project's base classes' files
         return list(dict.fromkeys(f for f in files if f))
+
+    @staticmethod
+    def _static_files(spec: str, root: str) -> list[str]:
+        """The executor module's file and the project files holding the class and the
+        classes it derives from, read, not imported."""
+        module, _, attr = spec.partition(":")
+        path = _module_file(module, root)
+        if path is None:
+            return []
+        found = class_files(path, module, attr.split(".")[0], lambda m: find_in(m, [root]))
+        return [path, *(f for f in found if f != path)]
 
     def code_hash(self, ports: Ports, root: Path) -> str | None:
         files = self.code_files(ports, root)
@@ -385,12 +364,16 @@ class CustomRule(Rule):
             hashes = [hash_file(f) for f in files]
         except OSError:
             return None
+        if self._bound is None:  # the task carries what the key holds (see _class)
+            ports.params = {**ports.params, CODE: digests(files, hashes, str(root))}
         return hashes[0] if len(hashes) == 1 else (" ".join(hashes) or None)
 
     # running ---------------------------------------------------------------------------
     def run(self, ctx: Context) -> Mapping[str, Any] | None:
         params = dict(ctx.params)
-        cls = self._class(str(params.pop(_EXEC, "")), str(ctx.root))
+        want = params.pop(CODE, None)
+        cls = self._class(str(params.pop(_EXEC, "")), str(ctx.root), want)
+        changed(want, ctx.stage, str(ctx.root))
         final = params.pop(_FINAL, {})
         upstream = params.pop(UPSTREAM, {})
         inputs = {k: _absolute(ctx.root, v) for k, v in ctx.inputs.items()}
