@@ -434,7 +434,7 @@ def decide(
         if stage.foreach:
             why += _items_changed(stage.items, last.item_hashes)
         return Decision(Verdict.RESTORE, [*why, earlier])
-    return Decision(Verdict.RESTORE, output_reasons(bad, fresh=not last.built))
+    return Decision(Verdict.RESTORE, output_reasons(bad, fresh=not last.built, of=len(outputs)))
 
 
 #: why a stage whose key differs from its last build's is restored, not run: that key was
@@ -447,11 +447,14 @@ _IN_STORE = Reason(Trigger.CACHED, "the store has its outputs for these inputs")
 _NOT_FINISHED = Reason(Trigger.NEVER_BUILT, "not finished yet")
 
 
-def output_reasons(bad: Sequence[tuple[str, str]], fresh: bool) -> list[Reason]:
+def output_reasons(
+    bad: Sequence[tuple[str, str]], fresh: bool, of: int | None = None
+) -> list[Reason]:
     """Why a stage whose key is the one last built (or, ``fresh``, never built in this
     workspace: a new checkout with a restored store) is restored: its outputs (``bad``:
-    ``(path, "missing" | "changed")``) are not what that build wrote."""
-    if all(s == "missing" for _, s in bad):
+    ``(path, "missing" | "changed")``, of its ``of`` outputs) are not what that build
+    wrote. Every output missing is "outputs missing"; some of them, each by its path."""
+    if all(s == "missing" for _, s in bad) and (fresh or of is None or len(bad) >= of):
         where = "; not built in this workspace, the store has them" if fresh else ""
         return [Reason(Trigger.OUTPUT_MISSING, f"outputs missing{where}")]
     return [

@@ -190,3 +190,27 @@ def test_a_noop_typed_in_a_subfolder_is_answered_from_the_snapshot(
     p.write("data/a.txt", "b")
     assert "1 ran" in build()
     assert p.read("build/a.txt") == "B"
+
+
+def test_a_restore_names_the_missing_output_when_only_some_are_missing(
+    project: Callable[..., Proj],
+) -> None:
+    """One of a stage's two outputs deleted: the restore names it; both deleted: "outputs
+    missing", as before."""
+    two = """
+name: two
+stages:
+  - id: mk
+    type: shell
+    config:
+      cmd: "echo x > {outputs.x}; echo y > {outputs.y}"
+      outputs: {x: build/x.txt, y: build/y.txt}
+"""
+    p = project(two, {})
+    p.cli("build")
+    p.path("build/x.txt").unlink()
+    assert p.cli("dry-run").stdout == "mk: restore: output build/x.txt missing\n"
+    assert "mk: restored from the store (output build/x.txt missing)" in p.cli("build").output
+    p.path("build/x.txt").unlink()
+    p.path("build/y.txt").unlink()
+    assert p.cli("dry-run").stdout == "mk: restore: outputs missing\n"
