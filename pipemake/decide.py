@@ -169,6 +169,58 @@ def _diff_params(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     return out
 
 
+def _param_reasons(
+    old: dict[str, Any], new: dict[str, Any], templates: tuple[Any, Any]
+) -> list[Reason]:
+    """The params that changed (:func:`_diff_params`), a param whose text as written is the
+    same said instead by the ``{params.*}``/``{vars.*}`` values it uses that changed
+    (``params.lr 42 → 43``); ``templates``: what the last build recorded of them, and what
+    the stage has now (see :attr:`pipemake.model.Stage.templates`). Either not known (a
+    record written before them): every param as :func:`_diff_params` says it."""
+    was, now = (_as_templates(t) for t in templates)
+    if was is None or now is None or not isinstance(old, dict) or not isinstance(new, dict):
+        return _diff_params(old, new)
+    out: list[Reason] = []
+    said: set[str] = set()
+    for key in sorted(set(old) | set(new)):
+        if key in old and key in new and old[key] == new[key]:
+            continue
+        a, b = was["keys"].get(key), now["keys"].get(key)
+        if a is not None and b is not None:  # a config key that uses them
+            refs, same = _changed_refs(a["refs"], b["refs"]), a["text"] == b["text"]
+        else:  # a param the rule makes of the config (a python stage's params): as a whole
+            refs = _changed_refs(_all_refs(was), _all_refs(now))
+            same = a is None and b is None and was.get("config") == now.get("config")
+        if not (same and refs):  # its text changed (or no value it uses did): as it is
+            out += _diff_params({key: old[key]} if key in old else {},
+                                {key: new[key]} if key in new else {})  # fmt: skip
+        for name, (x, y) in refs.items():
+            if name not in said:
+                said.add(name)
+                out.append(Reason(Trigger.PARAM, f"{name} {' → '.join(_changed(x, y))}"))
+    return out
+
+
+def _as_templates(value: Any) -> dict[str, Any] | None:
+    """A stage's ``templates`` as recorded, or None when absent or not of their shape."""
+    if not isinstance(value, dict) or not isinstance(value.get("keys"), dict):
+        return None
+    for key in value["keys"].values():
+        if not isinstance(key, dict) or "text" not in key or not isinstance(key.get("refs"), dict):
+            return None
+    return value
+
+
+def _all_refs(templates: dict[str, Any]) -> dict[str, Any]:
+    return {n: v for key in templates["keys"].values() for n, v in key["refs"].items()}
+
+
+def _changed_refs(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The references used before and now whose values differ (as their key tells them
+    apart: ``1`` is not ``1.0``), by name."""
+    return {n: (old[n], new[n]) for n in sorted(old) if n in new and _text(old[n]) != _text(new[n])}
+
+
 def _paths(value: Any) -> dict[str, str]:
     """``{path: hash}`` from an input's key form: ``[path, hash]`` or a list of them."""
     if value and isinstance(value[0], str):
@@ -215,15 +267,19 @@ def explain(
     failed: dict[str, Any] | None = None,
     interrupted: bool = False,
     parts: tuple[Any, Any] = (None, None),
+    templates: tuple[Any, Any] = (None, None),
 ) -> list[Reason]:
     """Why the key document ``new`` differs from the last build's ``old``. ``failed`` is the
     key document of a run that failed since (its last-build record keeps it): then the
     reasons say what changed since that run, or that nothing did and it failed (or, when
     ``interrupted``, that it was stopped by a signal before it finished). ``parts`` are the
     upstream digests split in outputs and computed values (:func:`upstream_change`), as
-    recorded with ``old`` (or ``failed``) and as resolved now, when known."""
+    recorded with ``old`` (or ``failed``) and as resolved now, when known; ``templates``
+    likewise the stage's ``{params.*}``/``{vars.*}`` use (:attr:`pipemake.model.Stage.
+    templates`): a param whose text as written is the same is said by the references whose
+    values changed (``params.lr 42 → 43``), not as the whole param (``param cmd … → …``)."""
     if failed is not None:
-        since = _changes(failed, new, parts)
+        since = _changes(failed, new, parts, templates)
         how = "was interrupted" if interrupted else "failed"
         if not since:
             return [Reason(Trigger.FAILED, f"the last run {how}")]
@@ -231,7 +287,7 @@ def explain(
         return [Reason(r.trigger, f"{r.detail} since the {run} run") for r in since]
     if old is None:
         return [Reason(Trigger.NEVER_BUILT, "never built")]
-    return _changes(old, new, parts)
+    return _changes(old, new, parts, templates)
 
 
 def upstream_change(dep: str, old: Any, new: Any) -> str:
@@ -251,7 +307,10 @@ def upstream_change(dep: str, old: Any, new: Any) -> str:
 
 
 def _changes(
-    old: dict[str, Any], new: dict[str, Any], parts: tuple[Any, Any] = (None, None)
+    old: dict[str, Any],
+    new: dict[str, Any],
+    parts: tuple[Any, Any] = (None, None),
+    templates: tuple[Any, Any] = (None, None),
 ) -> list[Reason]:
     reasons: list[Reason] = []
     if old.get("rule") != new.get("rule"):
@@ -271,7 +330,7 @@ def _changes(
         )
     elif old.get("code") != new.get("code"):
         reasons.append(Reason(Trigger.CODE, "code changed"))
-    reasons += _diff_params(old.get("params", {}), new.get("params", {}))
+    reasons += _param_reasons(old.get("params", {}), new.get("params", {}), templates)
     reasons += _diff_inputs(old.get("inputs", {}), new.get("inputs", {}))
     old_up, new_up = old.get("upstream", {}), new.get("upstream", {})
     for dep in sorted(set(old_up) | set(new_up)):
@@ -337,20 +396,28 @@ class LastBuild:
             self._item_hashes = self._item_hashes()
         return self._item_hashes
 
-    def why(self, doc: dict[str, Any], parts: dict[str, Any] | None = None) -> list[Reason]:
+    def why(
+        self,
+        doc: dict[str, Any],
+        parts: dict[str, Any] | None = None,
+        templates: dict[str, Any] | None = None,
+    ) -> list[Reason]:
         """Why a stage whose key is not cached runs: what changed since its last build, or
         since its last run when that failed (``parts``: the stage's upstream digests split
-        in outputs and values, as resolved now)."""
+        in outputs and values, as resolved now; ``templates``: its use of params and
+        variables, see :attr:`pipemake.model.Stage.templates`)."""
         record = self.record
         failed = None
         was = record.get("upstream_parts") if record else None
+        used = record.get("templates") if record else None
         if record and record.get("result") in ("failed", "interrupted"):
             failed = record.get("failed_doc")
             was = record.get("failed_parts")
+            used = record.get("failed_templates")
         interrupted = record is not None and record.get("result") == "interrupted"
         return explain(
             record.get("doc") if record else None, doc, failed=failed, interrupted=interrupted,
-            parts=(was, parts),
+            parts=(was, parts), templates=(used, templates),
         )  # fmt: skip
 
 
@@ -369,6 +436,7 @@ def decide(
     *,
     forced: bool = False,
     upstream: Mapping[str, Decision] | None = None,
+    templates: dict[str, Any] | None = None,
 ) -> Decision:
     """The verdict for a resolved stage, and every reason for it.
 
@@ -376,7 +444,8 @@ def decide(
     the check of each workspace output against it (output path → None when it matches,
     ``missing`` or ``changed``), None when the entry lacks one of the stage's outputs;
     ``last`` the stage's last-build record; ``forced`` whether the user forced it;
-    ``upstream`` the decisions made so far for other stages (what a stage waits on). A
+    ``upstream`` the decisions made so far for other stages (what a stage waits on);
+    ``templates`` the stage's use of params and variables (what a param's reason says). A
     foreach stage without an entry is decided item by item from ``stage.cached``: when
     every item is there (and no reduce runs) it is restored, put together from them.
     """
@@ -384,14 +453,16 @@ def decide(
         return Decision(Verdict.RUN, [Reason(Trigger.FORCED, "forced")])
     parts = getattr(stage, "upstream_parts", None)
     if stage.unknown:
-        own = [r for r in last.why(stage.doc, parts) if not _from_unknown(r, stage)]
+        own = [r for r in last.why(stage.doc, parts, templates) if not _from_unknown(r, stage)]
         if own:
             return Decision(Verdict.RUN, own)
         first = sorted(stage.unknown)[0]
         told = (upstream or {}).get(first)
         return waiting_on(first, told is not None and told.verdict is Verdict.RESTORE)
     if entry is None:
-        reasons = [r for r in last.why(stage.doc, parts) if r.trigger is not Trigger.ITEMS]
+        reasons = [
+            r for r in last.why(stage.doc, parts, templates) if r.trigger is not Trigger.ITEMS
+        ]
         items = None
         if stage.foreach:
             more, items = _item_verdicts(stage.items, stage.cached, last.item_hashes)
@@ -426,9 +497,10 @@ def decide(
         if record and record.get("result") in ("failed", "interrupted"):
             # since that run, or that it failed: the entry may even be that run's own (its
             # command finished, placing its outputs did not), so not "an earlier build"
-            why, earlier = last.why(stage.doc, parts), _IN_STORE
+            why, earlier = last.why(stage.doc, parts, templates), _IN_STORE
         elif record and record.get("doc") is not None:
-            why = explain(record["doc"], stage.doc, parts=(record.get("upstream_parts"), parts))
+            why = explain(record["doc"], stage.doc, parts=(record.get("upstream_parts"), parts),
+                          templates=(record.get("templates"), templates))  # fmt: skip
         else:  # a record without a finished build's key document: nothing to compare
             why, earlier = [], _IN_STORE
         if stage.foreach:

@@ -96,7 +96,7 @@ def test_params_keys_are_tracked_one_by_one(project) -> None:
     p.edit("params.yaml", "lr: 0.1", "lr: 0.2")
     rows = _dry(p)
     assert rows["head"] == "up to date"
-    assert rows["train"].startswith("run: param cmd") and "lr=0.2" in rows["train"]
+    assert rows["train"] == "run: params.train.lr 0.1 → 0.2"
     p.cli("build")
     assert p.read("build/train.txt") == "lr=0.2 n=1\n"
     assert p.run_counts() == {"head": 1, "train": 2}

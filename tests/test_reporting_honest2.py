@@ -290,7 +290,7 @@ def test_build_n_plans_with_force_and_force_stage(project) -> None:
     assert p.cli("build", "-n", "--force-stage", "build/b.txt").stdout.splitlines() == [
         "a: up to date", "b: run: forced"
     ]  # fmt: skip
-    assert p.cli("build", "-n", "-S", "vars.n=2").stdout.startswith("a: run: param cmd")
+    assert p.cli("build", "-n", "-S", "vars.n=2").stdout.startswith("a: run: vars.n 1 → 2")
     out = p.cli("build", "-n", "--force-stage", "nope", code=2).output
     assert "--force-stage" in out and "nope" in out
     assert p.run_counts() == {"a": 1, "b": 1}  # nothing ran
