@@ -188,9 +188,10 @@ def _param_reasons(
         a, b = was["keys"].get(key), now["keys"].get(key)
         if a is not None and b is not None:  # a config key that uses them
             refs, same = _changed_refs(a["refs"], b["refs"]), a["text"] == b["text"]
-        else:  # a param the rule makes of the config (a python stage's params): as a whole
-            refs = _changed_refs(_all_refs(was), _all_refs(now))
+        else:  # a param the rule makes of the config (a python stage's params): by the
+            # values the config uses, where the config as written is the same
             same = a is None and b is None and was.get("config") == now.get("config")
+            refs = _changed_refs(_all_refs(was), _all_refs(now)) if same else {}
         if not (same and refs):  # its text changed (or no value it uses did): as it is
             out += _diff_params({key: old[key]} if key in old else {},
                                 {key: new[key]} if key in new else {})  # fmt: skip
