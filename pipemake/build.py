@@ -174,8 +174,9 @@ class Builder:
                 self.resolver.read_cached_items(stage, rs)
                 self._verified_items(stage, rs)
         decision = decide(
-            rs, entry, outputs, self.last(stage.id), forced=forced, upstream=self.decisions
-        )
+            rs, entry, outputs, self.last(stage.id), forced=forced, upstream=self.decisions,
+            templates=stage.templates,
+        )  # fmt: skip
         if decision.verdict is Verdict.RESTORE and entry is None:
             entry = self._assembled_in_place(stage, rs)
             if entry is not None:
@@ -835,6 +836,9 @@ class Builder:
             finished=time.time(),
             duration=run.ran_for(),
         )
+        record.pop("failed_templates", None)
+        if stage.templates:  # beside its key document: what a reason says changed since
+            record["failed_templates"] = stage.templates
         record.pop("attempts", None)
         record.pop("retry_wait", None)
         record.update(run.retrying())
@@ -879,6 +883,8 @@ class Builder:
                 "key": rs.key, "doc": rs.doc, "result": "ok", "restored": restored,
                 "duration": took, "finished": time.time(), "upstream_parts": rs.upstream_parts,
             }  # fmt: skip
+            if stage.templates:  # the params and variables it used: beside the key, not in it
+                record["templates"] = stage.templates
             if not ran and not restored:  # up to date: its outputs were already in place
                 record["in_place"] = True
             if metrics.get("committed"):  # `pipemake commit`: accepted, nothing ran

@@ -78,6 +78,11 @@ class Stage:
     #: glob or a foreach pattern over it): they order it, and nothing more, as what they
     #: put there is hashed as its input (per item for a foreach); not in its key's upstream
     placed: list[str] = field(default_factory=list)
+    #: for each config key (as the rule names it) whose text uses ``{params.*}`` or
+    #: ``{vars.*}``: ``{"text": digest of its text as written, "refs": {"params.lr": 42}}``.
+    #: Kept in its last-build record beside the key, never in it, so a rerun can say
+    #: ``params.lr 42 → 43`` instead of the whole command (see :func:`pipemake.decide.explain`)
+    templates: dict[str, Any] = field(default_factory=dict)
 
     def items_pattern(self, key: str) -> str | None:
         """The ``foreach`` pattern that picks the items of its input ``key`` (None when

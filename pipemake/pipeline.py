@@ -15,12 +15,20 @@ from typing import Any
 from .binding import bind, check_graph, check_sources
 from .dag import Graph
 from .errors import Problem, Problems, UsageError, suggest
+from .hashing import digest
 from .hooks import check_hook
 from .items import glob_base, is_glob
 from .model import DEFAULT_FILE, SYMBOLIC_SCOPES, Foreach, Pending, Pipeline, Stage, norm, within
-from .params import Override, UnknownParam, apply_overrides, load_params, substitute_params
+from .params import (
+    Override,
+    UnknownParam,
+    apply_overrides,
+    load_params,
+    lookup_param,
+    substitute_params,
+)
 from .rule import STAGE_KEYS, get_rule, rule_names
-from .templates import TemplateError
+from .templates import TemplateError, find_refs
 from .walk import links_under
 from .yamlchunks import load_yaml_cached
 from .yamlload import LineDict, YamlError, YamlTooBig
@@ -185,17 +193,19 @@ def _check(doc: LineDict, path: Path, ld: Problems, overrides: Sequence[Override
     params, params_files = load_params(doc, root, ld)
     ld.fail_if_any()
     variables = apply_overrides(dict(variables), overrides, "vars", f"{ld.shown} (vars)")
+    spec = doc.get("params")
     if "params" in doc:
-        spec = doc["params"]
         names = ", ".join(spec) if isinstance(spec, list) else str(spec)
         params = apply_overrides(params, overrides, "params", names)
-        _substitute_params(stages, params, ld, spec if isinstance(spec, list) else [spec])
     elif any(ov.scope == "params" for ov in overrides):
         first = next(ov for ov in overrides if ov.scope == "params")
         raise UsageError(
             f"--set {first}: {ld.shown} names no params file (add `params: params.yaml` at "
             "its top level), so there is no params key to set"
         )
+    templates = _templates(stages, params, variables)  # before the values are written in
+    if "params" in doc:
+        _substitute_params(stages, params, ld, spec if isinstance(spec, list) else [spec])
     ld.fail_if_any()
     pipeline = Pipeline(
         name=str(doc.get("name") or _text(root.name)), version=str(doc.get("version") or ""),
@@ -210,7 +220,60 @@ def _check(doc: LineDict, path: Path, ld: Problems, overrides: Sequence[Override
     ld.fail_if_any()
     check_graph(pipeline, stages, ld)
     ld.fail_if_any()
+    for sid, (whole, keys) in templates.items():
+        st = pipeline.stages.get(sid)
+        if st is not None:  # keyed by the names the rule gives them (not an alias)
+            named = {st.rule.aliases.get(k, k): v for k, v in keys.items()}
+            st.templates = {"config": whole, "keys": named}
     return pipeline
+
+
+def _templates(
+    stages: list[LineDict], params: dict[str, Any], variables: dict[str, Any]
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """For each stage whose config uses ``{params.*}`` or ``{vars.*}``: the digest of its
+    config as written, and for each key using one, the digest of its text and the value of
+    each such reference (:attr:`Stage.templates`: what lets a rerun say ``params.lr 42 →
+    43``). A reference that names nothing is left out (the loader reports it)."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for raw in stages:
+        config = raw.get("config")
+        if not isinstance(config, dict):
+            continue
+        keys: dict[str, Any] = {}
+        for key, value in config.items():
+            refs = _used_refs(value, params, variables)
+            if refs:
+                keys[key] = {"text": _digest(value), "refs": refs}
+        whole = _digest(config) if keys else None
+        if whole is not None and all(k["text"] is not None for k in keys.values()):
+            out[raw["id"]] = (whole, keys)
+    return out
+
+
+def _used_refs(value: Any, params: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
+    """``{"params.lr": 42, "vars.x": "a"}``: the params and variables ``value`` uses."""
+    try:
+        refs = find_refs(value)
+    except TemplateError:
+        return {}
+    used: dict[str, Any] = {}
+    for ref in refs:
+        if ref.scope == "params":
+            try:
+                used[f"params.{ref.name}"] = lookup_param(params, ref)
+            except TemplateError:
+                continue
+        elif ref.scope == "vars" and ref.name in variables:
+            used[f"vars.{ref.name}"] = variables[ref.name]
+    return used
+
+
+def _digest(value: Any) -> str | None:
+    try:
+        return digest(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _substitute_params(

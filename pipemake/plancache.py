@@ -153,6 +153,7 @@ def _write(cache: Path, key: str, p: Pipeline) -> None:
                 "retry_backoff": s.retry_backoff,
                 "timeout": s.timeout,
                 "version": s.version,
+                "templates": s.templates,
             }  # fmt: skip
             for s in p.stages.values()
         ],
@@ -202,6 +203,7 @@ def _stages(doc: dict[str, Any], file: Path) -> Pipeline | None:
             lines=s["lines"], foreach=fe,
             resources=s["resources"], retries=s["retries"], retry_backoff=s["retry_backoff"],
             timeout=s["timeout"], version=s["version"], static=s["static"],
+            templates=s.get("templates") or {},
         )  # fmt: skip
     graph = Graph({sid: [d for d in st.deps if d in stages] for sid, st in stages.items()})
     return Pipeline(
