@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .errors import StoreError
 from .hashing import tree_hash
 from .items import Item
 from .templates import strings
@@ -107,7 +109,10 @@ def own_layer(
                 files.append(e)  # the workspace has it: kept there, never removed
                 continue
             if e[1] not in checked:  # a corrupt object is a miss, as a missing one is
-                checked[e[1]] = store.verify_object(e[1]) is True
+                try:
+                    checked[e[1]] = store.verify_object(e[1]) is True
+                except (OSError, sqlite3.Error, StoreError):  # unreadable (a shared store)
+                    checked[e[1]] = False  # a miss too: nothing could put it back
             if checked[e[1]]:
                 files.append(e)
             else:

@@ -253,3 +253,32 @@ def test_a_told_store_that_fails_to_open_is_not_remembered(
     assert not p.exists(".pipemake/store.json")
     p.cli("build", "--no-progress")
     assert p.read("build/o.txt") == "hi\n"
+
+
+def test_an_own_file_whose_object_cannot_be_read_is_dropped_as_a_miss(
+    project: Callable[..., Proj], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The own file's object cannot be read (a shared store another user's rights close):
+    checking it raises OSError. That is a miss as a corrupt object is — the own file is
+    dropped with its one warning and the build passes — never a traceback."""
+    from pipemake.store import Store
+
+    p = _committed_each(project)
+    for f in p.path("build/each").iterdir():
+        f.unlink()
+    p.path("build/each").rmdir()
+    p.write("data/f2.txt", "s2b\n")
+    notes = hash_bytes(b"my notes\n")
+    real = Store.verify_object
+
+    def unreadable(self: Store, digest: str) -> bool | None:
+        if digest == notes:
+            raise PermissionError(13, "Permission denied", "objects/" + digest)
+        return real(self, digest)
+
+    monkeypatch.setattr(Store, "verify_object", unreadable)
+    out = p.cli("build", "--no-progress").output
+    assert TRACEBACK not in out and "FAILED" not in out, out
+    assert "accepted by commit that no item writes are dropped" in out
+    assert p.read("build/each/f2.txt") == "S2B\n" and p.read("build/each/f1.txt") == "S1\n"
+    assert not p.exists("build/each/NOTES.md")
