@@ -743,7 +743,9 @@ def _record_roots(project: Project, builder: Builder) -> None:
     keys = set(builder.keys_seen)
     keys.update(k for k, _r, _d in project.state.builds.brief().values() if k)
     p = project.pipeline
-    project.state.set_stage_files(p.file.name, p.stages)  # whose outputs are whose orphans
+    outs = [rel for st in p.stages.values() for rel in st.ports.outputs.values()]
+    placed = project.state.builds.placed()
+    project.state.set_stage_files(p.file.name, p.stages, outs, placed)  # whose orphans
     try:
         project.store.write_roots(str(p.root), str(p.file), keys, True, refresh=not up_to_date)
     except (OSError, StoreError):
@@ -907,27 +909,47 @@ def orphans(project: Project) -> list[str]:
     no stage reads or writes now: neither a current output or input, nor inside one, nor
     holding one (nor the pipeline file, ``.pipemake`` or the store). A folder that was once
     an output and is now a hand-made input of another stage is therefore never an orphan;
-    nor is what a stage of another pipeline file in the folder placed (``-f a.yaml`` and
-    ``-f b.yaml`` sharing the workspace), while that file exists."""
+    nor is what another pipeline file in the folder placed (``-f a.yaml`` and ``-f b.yaml``
+    sharing the workspace), while that file exists: a path its builds declared, or one
+    placed by a stage whose id it has too (``prep`` in both) that the workspace's records
+    do not say is this file's. What cannot be told for sure is never an orphan."""
     root = project.pipeline.root
     used = _paths_in_use(project)
-    others = _other_files_stages(project)
+    other_stages, other_paths, mine = _other_files_stages(project)
     return sorted(
         path for path, (stage, _name) in project.state.builds.placed().items()
-        if stage not in others and _plain(path) and not any(_overlap(path, u) for u in used)
+        if _plain(path) and not any(_overlap(path, u) for u in used)
+        and not any(_overlap(path, q) for q in other_paths)
+        and (stage not in other_stages or path in mine)
         and os.path.lexists(root / path)
     )  # fmt: skip
 
 
-def _other_files_stages(project: Project) -> set[str]:
-    """The stages last built from another pipeline file of the folder that still exists
-    (as ``cache gc`` keeps what every live pipeline file's roots name)."""
+def _other_files_stages(project: Project) -> tuple[set[str], set[str], set[str]]:
+    """What the other pipeline files of the folder that still exist had (as ``cache gc``
+    keeps what every live pipeline file's roots name): their stage ids, the output paths
+    their builds declared; and the output paths this file's builds declared. A stage id
+    counts as another file's where the workspace state says it last was that file's, or
+    that file has one of that id."""
     p = project.pipeline
-    return {
-        stage for stage, file in project.state.stage_files().items()
-        if file != p.file.name and _plain(file) and "/" not in file
-        and (p.root / file).is_file()
-    }  # fmt: skip
+    own = p.file.name
+    state = project.state
+    files = state.pipeline_files()
+    alive: dict[str, bool] = {}
+
+    def other(file: str) -> bool:
+        if file not in alive:
+            alive[file] = file != own and lockfile.live_file(p.root, file)
+        return alive[file]
+
+    stages = {stage for stage, file in state.stage_files().items() if other(file)}
+    paths: set[str] = set()
+    for file, (ids, declared) in files.items():
+        if other(file):
+            stages |= ids
+            paths |= {n for n in map(posixpath.normpath, declared) if _plain(n)}
+    mine = files.get(own, (set(), set()))[1]
+    return stages, paths, mine
 
 
 def _paths_in_use(project: Project) -> set[str]:

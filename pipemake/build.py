@@ -1010,10 +1010,10 @@ def _from_remote(reason: Reason) -> Reason:
 
 
 def _lock_sections(p: Pipeline) -> dict[str, Locked]:
-    """Each stage's section of the project's ``pipemake.lock`` (none where the pipeline
-    turns the lock off, or it is missing or unreadable; a section not of the shape pipemake
-    writes is left out)."""
-    from .lockfile import locked_values, read
+    """Each stage's section of the project's ``pipemake.lock``, the one its pipeline file
+    wrote (none where the pipeline turns the lock off, or it is missing or unreadable; a
+    section not of the shape pipemake writes is left out)."""
+    from .lockfile import locked_values, own_sections, read
 
     if not p.lock_file:
         return {}
@@ -1022,7 +1022,7 @@ def _lock_sections(p: Pipeline) -> dict[str, Locked]:
     except ValueError:
         return {}
     out: dict[str, Locked] = {}
-    for sid, section in ((doc or {}).get("stages") or {}).items():
+    for sid, section in own_sections(p, (doc or {}).get("stages")).items():
         if not isinstance(section, dict):
             continue
         outputs = section.get("outputs")

@@ -40,7 +40,10 @@ if TYPE_CHECKING:
     from .model import Pipeline
     from .project import Project
 
-__all__ = ["FILE", "FORMAT", "compare", "document", "locked_values", "read", "render", "write"]
+__all__ = [
+    "FILE", "FORMAT", "compare", "document", "live_file", "locked_values", "own_sections", "read",
+    "render", "section_key", "write",
+]  # fmt: skip
 
 FILE = LOCK_FILE
 FORMAT = 1
@@ -64,8 +67,7 @@ def document(project: Project, old: dict[str, Any] | None = None) -> dict[str, A
     old_stages = (old or {}).get("stages") if isinstance(old, dict) else None
     own = owner_tag(p)
     kept = _others(p, own, old_stages)
-    if isinstance(old_stages, dict):  # a section another pipeline file wrote is not ours
-        old_stages = {s: v for s, v in old_stages.items() if _ours(v, own, p.root)}
+    old_stages = own_sections(p, old_stages)  # a section another pipeline file wrote is not ours
     keys = {sid: rec.get("key") for sid, rec in records.items() if sid in p.stages}
     entries = project.store.get_actions(sorted({k for k in keys.values() if isinstance(k, str)}))
     stages: dict[str, Any] = {}
@@ -106,8 +108,7 @@ def document(project: Project, old: dict[str, Any] | None = None) -> dict[str, A
                 if "check" in prior:
                     section["check"] = prior["check"]
         stages[sid] = section
-    for sid, section in kept.items():
-        stages.setdefault(sid, section)
+    stages = _placed(stages, kept, own)
     name = p.name
     if own is not None and kept and isinstance(old, dict) and isinstance(old.get("pipeline"), str):
         name = old["pipeline"]  # as first written: builds in turn leave the bytes alone
@@ -134,8 +135,56 @@ def _ours(section: Any, own: str | None, root: Path | None = None) -> bool:
     one the same file wrote before sections were tagged."""
     tag = section.get(_TAG) if isinstance(section, dict) else None
     if tag is None and own is not None and root is not None:
-        return not any((root / name).is_file() for name in _DEFAULTS)
+        return not any(live_file(root, name) for name in _DEFAULTS)
     return tag == own
+
+
+def section_key(sid: str, tag: str) -> str:
+    """Where the section of stage ``sid`` of the pipeline file tagged ``tag`` goes when
+    the plain ``sid`` holds another pipeline file's section of a stage with the same id
+    (``a.yaml`` and ``b.yaml`` both with a stage ``prep``): ``b.yaml:prep``, which no stage
+    id can be (an id has no ``:``), so neither file's section drops the other's. A default
+    pipeline file's sections are always under their ids, and so is every section of a
+    folder whose pipeline files share no stage id: those locks are as they always were."""
+    return f"{tag}:{sid}"
+
+
+def own_sections(p: Pipeline, stages: Any) -> dict[str, Any]:
+    """Each stage of ``p`` → its section in the lock's ``stages`` mapping, the one its
+    pipeline file wrote: under its id, or (a stage id another pipeline file of the folder
+    also has) under :func:`section_key`; a stage with neither is left out."""
+    if not isinstance(stages, dict):
+        return {}
+    own = owner_tag(p)
+    out: dict[str, Any] = {}
+    for sid in p.stages:
+        for key in (sid,) if own is None else (sid, section_key(sid, own)):
+            section = stages.get(key)
+            if isinstance(section, dict) and _ours(section, own, p.root):
+                out[sid] = section
+                break
+    return out
+
+
+def _placed(mine: dict[str, Any], kept: dict[str, Any], own: str | None) -> dict[str, Any]:
+    """The lock's ``stages``: this pipeline file's sections (by stage id) and the ones
+    ``kept`` of other files (by the key they had). A stage id both have: a default file's
+    section takes the plain id (the other's moves to its :func:`section_key`); else the
+    section that holds it keeps it, and this file's goes under its :func:`section_key`."""
+    out = dict(kept)
+    for sid, section in mine.items():
+        other = out.get(sid)
+        if other is None:
+            out[sid] = section
+            continue
+        tag = other.get(_TAG) if isinstance(other, dict) else None
+        if own is None and isinstance(tag, str):
+            del out[sid]
+            out.setdefault(section_key(sid, tag), other)
+            out[sid] = section
+        elif own is not None:
+            out[section_key(sid, own)] = section
+    return out
 
 
 def _others(p: Pipeline, own: str | None, old_stages: Any) -> dict[str, Any]:
@@ -149,14 +198,24 @@ def _others(p: Pipeline, own: str | None, old_stages: Any) -> dict[str, Any]:
         if not isinstance(section, dict) or _ours(section, own, p.root):
             continue
         tag = section.get(_TAG)
-        if tag is None or (isinstance(tag, str) and _plain_name(tag) and (p.root / tag).is_file()):
+        if tag is None or (isinstance(tag, str) and live_file(p.root, tag)):
             out[sid] = section
     return out
 
 
-def _plain_name(name: str) -> bool:
-    """Whether a tag is a plain file name (never a path out of the folder)."""
-    return name not in ("", ".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+def live_file(root: Path, name: str) -> bool:
+    """Whether ``name`` (a lock section's tag, a pipeline file the workspace state names;
+    read from files, so untrusted) is a plain file name — never absolute, never a path, never
+    ``..`` — of a file that exists in the folder ``root``. A name that cannot name a file
+    (too long, say) is a gone file, never an error: nothing outside the folder is looked at."""
+    if not isinstance(name, str) or name in ("", ".", "..") or len(name) > 255:
+        return False
+    if any(c in name for c in "/\\\0") or os.path.isabs(name):
+        return False
+    try:
+        return (root / name).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _input(value: Any, items: dict[str, str] | None) -> Any:
@@ -286,12 +345,11 @@ def compare(project: Project, lock: dict[str, Any], stages: list[str]) -> dict[s
     locked, so a store keyed on the lock restores it."""
     p = project.pipeline
     hasher = Hasher(str(p.root), project.state)
-    own = owner_tag(p)
-    locked = lock.get("stages")
+    locked = own_sections(p, lock.get("stages"))
     out: dict[str, list[str]] = {}
     for sid in stages:
-        section = locked.get(sid) if isinstance(locked, dict) else None
-        if not isinstance(section, dict) or not _ours(section, own, p.root):
+        section = locked.get(sid)
+        if not isinstance(section, dict):
             out[sid] = [f"not in {FILE}"]
             continue
         stage = p.stages[sid]

@@ -2,7 +2,8 @@
 (:mod:`pipemake.statedb`) holding two things — the stat cache (:mod:`pipemake.statcache`,
 ``state.stats``) and the build records (:mod:`pipemake.records`, ``state.builds``: each
 stage's last build, foreach item notes, and the output paths builds placed) — and which
-pipeline file each stage was last built from (several may share a workspace).
+pipeline file each stage was last built from, and each pipeline file's stages and output
+paths (several may share a workspace, even with stages of the same id).
 """
 
 from __future__ import annotations
@@ -48,17 +49,61 @@ class WorkspaceState(StateFile):
             return {}
         return {s: f for s, f in found.items() if isinstance(f, str)}
 
+    def pipeline_files(self) -> dict[str, tuple[set[str], set[str]]]:
+        """Each pipeline file (its name) → the stage ids it had and the output paths its
+        stages declared, in every build of it here (paths while builds still list them as
+        placed): what tells whose an output is when two pipeline files of the folder have
+        a stage of the same id, which :meth:`stage_files` (one file per id) cannot. Empty in
+        a state written before it was kept. Kept as one row of ``meta``, as that is."""
+        row = self.db.execute("SELECT value FROM meta WHERE name='pipeline_files'").fetchone()
+        found = parse_json(row[0]) if row else None
+        if not isinstance(found, dict):
+            return {}
+        out: dict[str, tuple[set[str], set[str]]] = {}
+        for file, rec in found.items():
+            if not isinstance(file, str) or not isinstance(rec, dict):
+                continue
+            stages, paths = rec.get("stages"), rec.get("paths")
+            out[file] = (
+                {s for s in stages if isinstance(s, str)} if isinstance(stages, list) else set(),
+                {q for q in paths if isinstance(q, str)} if isinstance(paths, list) else set(),
+            )
+        return out
+
     @spared
-    def set_stage_files(self, file: str, stages: Iterable[str]) -> None:
-        """Note ``stages`` as stages of the pipeline file ``file`` (written when that
-        changes anything)."""
+    def set_stage_files(
+        self,
+        file: str,
+        stages: Iterable[str],
+        paths: Iterable[str] = (),
+        placed: Iterable[str] | None = None,
+    ) -> None:
+        """Note ``stages`` as the stages of the pipeline file ``file`` (as it is now), and
+        ``paths`` as outputs its stages declare (added to what its earlier builds noted;
+        ``placed``: the paths the build records still list as placed; a noted path of any
+        file no longer there is forgotten). Written when that changes anything."""
         if self.readonly:
             return
+        stages = list(stages)
         known = self.stage_files()
-        new = {**known, **dict.fromkeys(stages, file)}
-        if new != known:
+        last = {**known, **dict.fromkeys(stages, file)}
+        if last != known:
             self.db.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('stage_files', ?)",
+                (json.dumps(last, sort_keys=True),),
+            )
+        now = set(paths)
+        before = self.pipeline_files()
+        files = {**before, file: (set(stages), before.get(file, (set(), set()))[1] | now)}
+        keep = None if placed is None else set(placed) | now
+        new = {
+            f: {"paths": sorted(q for q in ps if keep is None or q in keep), "stages": sorted(ss)}
+            for f, (ss, ps) in files.items()
+        }
+        old = {f: {"paths": sorted(ps), "stages": sorted(ss)} for f, (ss, ps) in before.items()}
+        if new != old:
+            self.db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('pipeline_files', ?)",
                 (json.dumps(new, sort_keys=True),),
             )
 
