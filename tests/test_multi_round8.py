@@ -11,6 +11,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from conftest import Proj, counted
 
 
@@ -128,3 +129,117 @@ def test_pipemake_yaml_beside_another_file_keeps_its_lock_as_it_was(
     assert _lock(p) == lock
     assert json.loads(p.cli("status", "--json").output)["orphans"] == []
     assert json.loads(p.cli("-f", "a.yaml", "status", "--json").output)["orphans"] == []
+
+
+def _same_id(project: Callable[..., Proj], default: bool = False) -> Proj:
+    """a.yaml and b.yaml (or pipemake.yaml, ``default``), each with a stage ``prep``:
+    a's writes out_a.txt, b's out_b.txt."""
+    p = project(_pipe("pa", _stage("prep", "out_a.txt")), {"foo": "foo\n"})
+    p.write("a.yaml", p.read("pipemake.yaml"))
+    p.write("pipemake.yaml" if default else "b.yaml",
+            _pipe("pb", _stage("prep", "out_b.txt", "a-z n-za-m")))  # fmt: skip
+    return p
+
+
+def _orphans(p: Proj, *args: str) -> list[str]:
+    return json.loads(p.cli(*args, "status", "--json").output)["orphans"]  # type: ignore[no-any-return]
+
+
+def test_a_stage_id_two_pipeline_files_share_never_makes_the_others_output_an_orphan(
+    project: Callable[..., Proj],
+) -> None:
+    """a.yaml and b.yaml both have a stage ``prep``: ``-f b.yaml clean --orphans`` removed
+    a's live out_a.txt (the workspace said which file a stage id was last built from, and
+    ``prep`` was last b's), and ``-f a.yaml status`` listed b's out_b.txt as an orphan.
+    What each file's builds placed is its own; a real orphan of one is still found."""
+    p = _same_id(project)
+    p.path("pipemake.yaml").unlink()
+    p.cli("-f", "a.yaml", "build")
+    p.cli("-f", "b.yaml", "build")
+    assert _orphans(p, "-f", "a.yaml") == [] and _orphans(p, "-f", "b.yaml") == []
+    out = p.cli("-f", "b.yaml", "clean", "--orphans", "--yes").output
+    assert p.exists("out_a.txt") and p.exists("out_b.txt"), out
+    out = p.cli("-f", "a.yaml", "clean", "--orphans", "--yes").output
+    assert p.exists("out_a.txt") and p.exists("out_b.txt"), out
+    # a renames its output: out_a.txt is a's orphan, never b's, and b's output stays
+    p.write("a.yaml", _pipe("pa", _stage("prep", "out_a2.txt")))
+    p.cli("-f", "a.yaml", "build")
+    assert _orphans(p, "-f", "a.yaml") == ["out_a.txt"]
+    assert _orphans(p, "-f", "b.yaml") == []
+    p.cli("-f", "b.yaml", "clean", "--orphans", "--yes")
+    assert p.exists("out_a.txt")
+    p.cli("-f", "a.yaml", "clean", "--orphans", "--yes")
+    assert not p.exists("out_a.txt") and p.exists("out_b.txt") and p.exists("out_a2.txt")
+
+
+def test_a_stage_id_two_pipeline_files_share_keeps_both_lock_sections(
+    project: Callable[..., Proj], tmp_path: Path
+) -> None:
+    """Building b.yaml dropped a.yaml's lock section of its own stage ``prep`` (sections
+    were keyed by stage id alone): a lock-only clone then ran a's ``prep`` again. The
+    first file's section keeps the id, the other's is under ``b.yaml:prep``; builds in
+    turn leave the bytes alone, and a clone finds each file's stage up to date."""
+    p = _same_id(project)
+    p.path("pipemake.yaml").unlink()
+    p.cli("-f", "a.yaml", "build")
+    p.cli("-f", "b.yaml", "build")
+    stages = _lock(p)["stages"]
+    assert set(stages) == {"prep", "b.yaml:prep"}, stages  # type: ignore[arg-type]
+    assert stages["prep"]["pipeline_file"] == "a.yaml"  # type: ignore[index]
+    assert stages["b.yaml:prep"]["outputs"]["o"]["path"] == "out_b.txt"  # type: ignore[index]
+    before = p.path("pipemake.lock").read_bytes()
+    for f in ("a.yaml", "b.yaml", "a.yaml"):
+        assert "prep: up to date" in p.cli("-f", f, "build").output
+    assert p.path("pipemake.lock").read_bytes() == before
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in ("foo", "a.yaml", "b.yaml", "out_a.txt", "out_b.txt", "pipemake.lock"):
+        shutil.copy(p.path(name), clone / name)
+    c = Proj(clone)
+    assert "prep: up to date" in c.cli("-f", "a.yaml", "dry-run").output
+    assert "prep: up to date" in c.cli("-f", "b.yaml", "dry-run").output
+    assert "what pipemake.lock records" in c.cli("-f", "b.yaml", "status").output
+    for f in ("a.yaml", "b.yaml"):
+        assert "prep: up to date" in c.cli("-f", f, "build").output
+    assert not c.exists("runs")  # neither ran
+
+
+def test_a_stage_id_the_default_pipeline_file_shares_keeps_its_plain_key(
+    project: Callable[..., Proj],
+) -> None:
+    """pipemake.yaml and a.yaml both have ``prep``, a built first: the default file's
+    section takes the plain id (its lock is as a one-file project's), a's moves to
+    ``a.yaml:prep``; both stay up to date."""
+    p = _same_id(project, default=True)
+    p.cli("-f", "a.yaml", "build")
+    p.cli("build")
+    stages = _lock(p)["stages"]
+    assert set(stages) == {"prep", "a.yaml:prep"}, stages  # type: ignore[arg-type]
+    assert "pipeline_file" not in stages["prep"]  # type: ignore[operator]
+    assert stages["a.yaml:prep"]["pipeline_file"] == "a.yaml"  # type: ignore[index]
+    before = p.path("pipemake.lock").read_bytes()
+    assert "prep: up to date" in p.cli("-f", "a.yaml", "build").output
+    assert "prep: up to date" in p.cli("build").output
+    assert p.path("pipemake.lock").read_bytes() == before
+    assert _orphans(p) == [] and _orphans(p, "-f", "a.yaml") == []
+
+
+@pytest.mark.parametrize("tag", ["x" * 300, "/etc/hostname", "../a.yaml", "sub/../a.yaml", ""])
+def test_a_lock_tag_that_cannot_name_a_file_in_the_folder_is_a_gone_file(
+    project: Callable[..., Proj], tag: str
+) -> None:
+    """A lock section whose ``pipeline_file`` is 300 characters long made every build and
+    status exit 1 (``[Errno 36] File name too long``). A tag that cannot name a file of the
+    folder (too long, absolute, a path, empty) is a gone pipeline file's: the next build
+    drops its section, nothing outside the folder is read."""
+    p = _two(project)
+    p.cli("-f", "a.yaml", "build")
+    lock = _lock(p)
+    section = dict(lock["stages"]["a1"])  # type: ignore[index]
+    section["pipeline_file"] = tag
+    lock["stages"]["zz"] = section  # type: ignore[index]
+    p.write("pipemake.lock", json.dumps(lock, indent=1))
+    out = p.cli("-f", "a.yaml", "status").output
+    assert "a1: up to date" in out, out
+    p.cli("-f", "b.yaml", "build")
+    assert set(_lock(p)["stages"]) == {"a1", "b1"}  # type: ignore[arg-type]
