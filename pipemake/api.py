@@ -912,15 +912,16 @@ def orphans(project: Project) -> list[str]:
     nor is what another pipeline file in the folder placed (``-f a.yaml`` and ``-f b.yaml``
     sharing the workspace), while that file exists: a path its builds declared, or one
     placed by a stage whose id it has too (``prep`` in both) that the workspace's records
-    do not say is this file's. What cannot be told for sure is never an orphan."""
+    do not say is this file's (or a gone file's). What cannot be told for sure is never an
+    orphan."""
     root = project.pipeline.root
     used = _paths_in_use(project)
-    other_stages, other_paths, mine = _other_files_stages(project)
+    other_stages, other_paths, known = _other_files_stages(project)
     return sorted(
         path for path, (stage, _name) in project.state.builds.placed().items()
         if _plain(path) and not any(_overlap(path, u) for u in used)
         and not any(_overlap(path, q) for q in other_paths)
-        and (stage not in other_stages or path in mine)
+        and (stage not in other_stages or path in known)
         and os.path.lexists(root / path)
     )  # fmt: skip
 
@@ -928,9 +929,10 @@ def orphans(project: Project) -> list[str]:
 def _other_files_stages(project: Project) -> tuple[set[str], set[str], set[str]]:
     """What the other pipeline files of the folder that still exist had (as ``cache gc``
     keeps what every live pipeline file's roots name): their stage ids, the output paths
-    their builds declared; and the output paths this file's builds declared. A stage id
-    counts as another file's where the workspace state says it last was that file's, or
-    that file has one of that id."""
+    their builds declared; and the output paths the builds of any other file (this one, a
+    gone one) declared, whose owner is therefore known. A stage id counts as another
+    file's where the workspace state says it last was that file's, or that file has one
+    of that id."""
     p = project.pipeline
     own = p.file.name
     state = project.state
@@ -948,8 +950,8 @@ def _other_files_stages(project: Project) -> tuple[set[str], set[str], set[str]]
         if other(file):
             stages |= ids
             paths |= {n for n in map(posixpath.normpath, declared) if _plain(n)}
-    mine = files.get(own, (set(), set()))[1]
-    return stages, paths, mine
+    known = {q for file, (_ids, declared) in files.items() if not other(file) for q in declared}
+    return stages, paths, known
 
 
 def _paths_in_use(project: Project) -> set[str]:

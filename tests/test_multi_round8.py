@@ -170,6 +170,8 @@ def test_a_stage_id_two_pipeline_files_share_never_makes_the_others_output_an_or
     assert p.exists("out_a.txt")
     p.cli("-f", "a.yaml", "clean", "--orphans", "--yes")
     assert not p.exists("out_a.txt") and p.exists("out_b.txt") and p.exists("out_a2.txt")
+    p.path("b.yaml").unlink()  # a gone file's outputs are orphans, as with other ids
+    assert _orphans(p, "-f", "a.yaml") == ["out_b.txt"]
 
 
 def test_a_stage_id_two_pipeline_files_share_keeps_both_lock_sections(
