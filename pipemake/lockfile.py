@@ -18,7 +18,8 @@ outputs into the store (:meth:`pipemake.build.Builder.decide`), as ``dvc.lock`` 
 ``dvc repro`` skip it. ``--no-lock-file`` or ``lock_file: false`` in the pipeline turns
 it off. The lock is the project's own file: read as untrusted input (bounded, checked in
 shape), a damaged one is reported as unreadable and rewritten by the next build. Several
-pipeline files in one folder share it, each keeping its own sections (see :data:`_TAG`).
+pipeline files in one folder share it, each keeping its own sections (see :data:`_TAG`;
+a stage id two of them have: :func:`section_key`).
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def document(project: Project, old: dict[str, Any] | None = None) -> dict[str, A
                 if "check" in prior:
                     section["check"] = prior["check"]
         stages[sid] = section
-    stages = _placed(stages, kept, own)
+    stages = _arrange(stages, kept, own)
     name = p.name
     if own is not None and kept and isinstance(old, dict) and isinstance(old.get("pipeline"), str):
         name = old["pipeline"]  # as first written: builds in turn leave the bytes alone
@@ -166,7 +167,7 @@ def own_sections(p: Pipeline, stages: Any) -> dict[str, Any]:
     return out
 
 
-def _placed(mine: dict[str, Any], kept: dict[str, Any], own: str | None) -> dict[str, Any]:
+def _arrange(mine: dict[str, Any], kept: dict[str, Any], own: str | None) -> dict[str, Any]:
     """The lock's ``stages``: this pipeline file's sections (by stage id) and the ones
     ``kept`` of other files (by the key they had). A stage id both have: a default file's
     section takes the plain id (the other's moves to its :func:`section_key`); else the
