@@ -77,8 +77,8 @@ def own_layer(
     when the entry holding them is gone or not of the shape pipemake writes (read from the
     store, it is untrusted). A file the workspace holds as listed (``held(output name,
     entry)``, see :func:`in_workspace`) is kept; any other is kept only when its object
-    is in the store and its bytes match its hash (each object read once): one gone or
-    corrupt is dropped, as nothing could put it back."""
+    is in the store and its bytes match its hash (each object read once): one gone,
+    corrupt or unreadable is dropped, as nothing could put it back."""
     record = state.builds.record(stage_id)
     if not record or not record.get(OWN) or not isinstance(record.get("key"), str):
         return {}, None
