@@ -635,11 +635,11 @@ class Resolver:
     ) -> Callable[[Item], dict[str, str]] | None:
         """For a foreach stage whose params name a file of its items' folder through the
         item (``data/{item.stem}.json``, ``{inputs.src}.meta``, ``$(dirname
-        {inputs.src})/common.cfg``): how to find an item's such files (but the item itself,
-        and a folder such as ``$(dirname {inputs.src})``) and their hashes, read once from
-        the folder's manifest (``entries``); one that does not exist is ``missing`` (so an
-        item whose file is deleted never gets back the key it had before such files
-        counted). The folder's hash is part of what the stage key is remembered
+        {inputs.src})/common.cfg``): how to find an item's such files (but the item itself
+        and a folder holding it, such as ``$(dirname {inputs.src})``) and their hashes,
+        read once from the folder's manifest (``entries``); one that does not exist is
+        ``missing`` (so an item whose file is deleted never gets back the key it had before
+        such files counted). The folder's hash is part of what the stage key is remembered
         under, so a changed file is seen. None where no param names one."""
         assert stage.foreach is not None
         value = ports.inputs.get(stage.foreach.input)
@@ -655,12 +655,12 @@ class Resolver:
         known: dict[str, str] = {}
         folders: set[str] = set()
         names: list[str] = []  # the files, sorted once: a glob looks its prefix up there
-        memo: dict[str, str | None] = {}
+        memo: dict[str, str] = {}
 
-        def hash_of(path: str) -> str | None:
-            """The hash of the file ``path`` of the items' folder, ``missing`` where there is
-            none (one that appears changes the key), None for a folder (the items' own
-            folder, ``$(dirname {inputs.src})``): no read of one item's."""
+        def hash_of(path: str) -> str:
+            """The hash of the file ``path`` of the items' folder (of the files a folder or a
+            glob there holds), ``missing`` where there is none: one that appears changes
+            the key."""
             if path in memo:
                 return memo[path]
             if not names and not folders:
@@ -670,18 +670,17 @@ class Resolver:
                 names.extend(sorted(known))
                 folders.update(("", "."))
             sub = path if base == "." else path[len(base) + 1 :]
-            got: str | None
+            got: str
             if sub in known:
                 got = known[sub]
-            elif sub in folders:
-                got = None
-            elif is_glob(sub):
-                prefix = _GLOB_CHAR.split(sub, maxsplit=1)[0]
+            elif sub in folders or is_glob(sub):  # its files, looked up by their prefix
+                glob = is_glob(sub)
+                prefix = _GLOB_CHAR.split(sub, maxsplit=1)[0] if glob else sub + "/"
                 hit = []
                 for s in names[bisect.bisect_left(names, prefix) :]:
                     if not s.startswith(prefix):
                         break
-                    if glob_match(s, sub):
+                    if not glob or glob_match(s, sub):
                         hit.append([s, known[s]])
                 got = digest(hit, checked=True) if hit else "missing"
             else:
@@ -697,11 +696,11 @@ class Resolver:
                 text = _ITEM_FIELD.sub(fill, template.replace(own, item.path))
                 for word in (text, text[2:]) if _GLUED.match(text) else (text,):
                     path = _relative(norm(word), root)
-                    if path is None or path == item.path or not within(path, base):
+                    # the item, or a folder holding it (``$(dirname {inputs.src})``, the
+                    # items' folder): no file that item alone reads
+                    if path is None or within(item.path, path) or not within(path, base):
                         continue
-                    got = hash_of(path)
-                    if got is not None:
-                        found[path] = got
+                    found[path] = hash_of(path)
             return found
 
         return reads

@@ -513,3 +513,38 @@ def test_a_deleted_sidecar_never_gives_back_the_key_from_before_sidecars_counted
     assert proj.read("build/o/a") == "A\n", out
     assert proj.run_counts() == {"p": 5}, out
     assert "p: up to date" in proj.cli("build", "--no-progress").output
+
+
+ASSETS = f"""
+name: t
+stages:
+  - id: p
+    type: shell
+    foreach: {{input: src, pattern: "**/*.txt"}}
+    config:
+      inputs: {{src: data}}
+      outputs: {{o: build/o}}
+      cmd: "{counted("p", "ls $(dirname {inputs.src}) > /dev/null; cat {inputs.src} > {outputs.o}/{item.stem}; find data/{item.stem}_assets -type f | xargs cat >> {outputs.o}/{item.stem}")}"
+"""
+
+
+def test_a_folder_made_from_the_item_counts_its_files_but_its_own_folder_not(
+    project: Make,
+) -> None:
+    """``data/{item.stem}_assets`` is that item's folder of files, in its key;
+    ``$(dirname {inputs.src})`` (``data/x``, holding the items a and b) is in none."""
+    proj = project(
+        ASSETS,
+        {"data/x/a.txt": "A\n", "data/x/b.txt": "B\n", "data/a_assets/1": "1\n",
+         "data/b_assets/1": "b\n"},
+    )  # fmt: skip
+    proj.cli("build", "--no-progress")
+    assert proj.run_counts() == {"p": 2}
+    proj.write("data/a_assets/1", "11\n")
+    out = proj.cli("build", "--no-progress").output
+    assert proj.read("build/o/a") == "A\n11\n", out
+    assert proj.run_counts() == {"p": 3}, out
+    proj.write("data/x/b.txt", "BB\n")
+    out = proj.cli("build", "--no-progress").output
+    assert proj.read("build/o/b") == "BB\nb\n", out
+    assert proj.run_counts() == {"p": 4}, out
