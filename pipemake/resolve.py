@@ -397,6 +397,8 @@ class Resolver:
         if not rule.map_reduce:
             pattern = stage.foreach.pattern if stage.foreach else None
             memo_of = [base, rs.source, pattern]
+            if rs.item_reads is not None:  # not the key of one whose items read no sidecar
+                memo_of.append("item reads")
             memo = digest(memo_of + [_GATHERED] if rs.open_values else memo_of)
             known = self.state.builds.foreach_key(stage.id)
             if known is not None and known[0] == memo:
@@ -481,10 +483,13 @@ class Resolver:
         and other config, with variables, output references and inputs put in) name by a
         path its inputs do not cover, written out as it is or from the project root: for
         each, the paths inside it they name, or None where one names the output itself. A
-        stage reads what its cmd names, whether or not an input port says so."""
+        stage reads what its cmd names, whether or not an input port says so. A folder or
+        glob holding an output counts it too (see :func:`_named_folders`), but for the
+        stage's own outputs' folders and the folder its items come from."""
         item_input = stage.foreach.input if stage.foreach is not None else None
         value = ports.inputs.get(item_input) if item_input is not None else None
         items = (glob_base(value) if is_glob(value) else value) if isinstance(value, str) else None
+        fed = self._foreach_feed(stage, ports)
         found: dict[str, set[str] | None] = {}
         folders: list[str] | None = None
         for name, rel in dep.ports.outputs.items():
@@ -495,11 +500,15 @@ class Resolver:
             ):
                 found[name] = inside  # type: ignore[assignment]
                 continue
-            # a folder it lies in (``root: build/d``) or a glob matching it (``build/d/*``)
+            # a folder it lies in (``root: build/d``) or a glob matching it (``build/d/*``);
+            # never the items' own output or folder, each item's key holding its item
+            if (dep.id, name) == fed or (items is not None and within(norm(rel), norm(items))):
+                continue
             if folders is None:
                 folders = [
                     f for f in _named_folders(texts, norm(str(self.p.root)))
                     if not self._covered(ports, glob_base(f) if is_glob(f) else f, item_input)
+                    and not _own_folder(f, ports.outputs.values())
                 ]  # fmt: skip
             if any(_holds(f, rel) for f in folders):
                 found[name] = None
@@ -626,9 +635,11 @@ class Resolver:
     ) -> Callable[[Item], dict[str, str]] | None:
         """For a foreach stage whose params name a file of its items' folder through the
         item (``data/{item.stem}.json``, ``{inputs.src}.meta``, ``$(dirname
-        {inputs.src})/common.cfg``): how to find an item's such files (but the item itself)
-        and their hashes, read from the folder's manifest (``entries``), leaving out those
-        that do not exist. The folder's hash is part of what the stage key is remembered
+        {inputs.src})/common.cfg``): how to find an item's such files (but the item itself
+        and a folder holding it, such as ``$(dirname {inputs.src})``) and their hashes,
+        read once from the folder's manifest (``entries``); one that does not exist is
+        ``missing`` (so an item whose file is deleted never gets back the key it had before
+        such files counted). The folder's hash is part of what the stage key is remembered
         under, so a changed file is seen. None where no param names one."""
         assert stage.foreach is not None
         value = ports.inputs.get(stage.foreach.input)
@@ -643,25 +654,39 @@ class Resolver:
         root = norm(str(self.p.root))
         known: dict[str, str] = {}
         folders: set[str] = set()
+        names: list[str] = []  # the files, sorted once: a glob looks its prefix up there
+        memo: dict[str, str] = {}
 
-        def hash_of(path: str) -> str | None:
-            if not known:
+        def hash_of(path: str) -> str:
+            """The hash of the file ``path`` of the items' folder (of the files a folder or a
+            glob there holds), ``missing`` where there is none: one that appears changes
+            the key."""
+            if path in memo:
+                return memo[path]
+            if not names and not folders:
                 for e in entries():
                     known[e[0]] = e[1]
                     folders.update(_parents(e[0]))
+                names.extend(sorted(known))
+                folders.update(("", "."))
             sub = path if base == "." else path[len(base) + 1 :]
+            got: str
             if sub in known:
-                return known[sub]
-            if is_glob(sub):
-                hit = [[s, h] for s, h in sorted(known.items()) if glob_match(s, sub)]
-                return digest(hit, checked=True) if hit else None
-            if sub and sub not in folders:
-                return None  # no such file: one that appears changes the key
-            try:
-                got = self._input_hash(stage, path, set())
-            except StageFailure:
-                return None
-            return None if got == "?" else got
+                got = known[sub]
+            elif sub in folders or is_glob(sub):  # its files, looked up by their prefix
+                glob = is_glob(sub)
+                prefix = _GLOB_CHAR.split(sub, maxsplit=1)[0] if glob else sub + "/"
+                hit = []
+                for s in names[bisect.bisect_left(names, prefix) :]:
+                    if not s.startswith(prefix):
+                        break
+                    if not glob or glob_match(s, sub):
+                        hit.append([s, known[s]])
+                got = digest(hit, checked=True) if hit else "missing"
+            else:
+                got = "missing"
+            memo[path] = got
+            return got
 
         def reads(item: Item) -> dict[str, str]:
             fields = {"name": item.name, "stem": item.stem, "relpath": item.relpath}
@@ -671,11 +696,11 @@ class Resolver:
                 text = _ITEM_FIELD.sub(fill, template.replace(own, item.path))
                 for word in (text, text[2:]) if _GLUED.match(text) else (text,):
                     path = _relative(norm(word), root)
-                    if path is None or path == item.path or not within(path, base):
+                    # the item, or a folder holding it (``$(dirname {inputs.src})``, the
+                    # items' folder): no file that item alone reads
+                    if path is None or within(item.path, path) or not within(path, base):
                         continue
-                    got = hash_of(path)
-                    if got is not None:
-                        found[path] = got
+                    found[path] = hash_of(path)
             return found
 
         return reads
@@ -905,6 +930,8 @@ def _indexed(
 #: ``{inputs.NAME}`` in a param's text, and runs of slashes (``build//d`` is ``build/d``)
 _INPUT_REF = re.compile(r"\{inputs\.([A-Za-z_][\w-]*)\}")
 _SLASHES = re.compile(r"/{2,}")
+#: the first character of a glob's wildcard part (what comes before it is its prefix)
+_GLOB_CHAR = re.compile(r"[*?\[]")
 #: a word of a text that may be a path (references ``{…}`` kept in it), ended where a
 #: shell word or an option's value ends; a ``.`` or ``..`` part of one
 _WORD = re.compile(r"(?:\{[^{}\s]*\}|[^\s'\"`;|&<>(){}$,:=])+")
@@ -914,6 +941,12 @@ _DOTS = re.compile(r"/\.\.?(?:/|$)")
 _ITEM_FIELD = re.compile(r"\{item\.(name|stem|relpath)\}")
 _GLUED = re.compile(r"-[A-Za-z](?=\S)")
 _DIRNAME = re.compile(r"(\$\(|`)\s*dirname\s+([\"']?)([^\s'\"`;|&<>()$]+)\2\s*(?:\)|`)")
+#: an option saying where a tool writes (``--outdir``, ``--output-dir=``, ``-o``), ending
+#: where its value starts: the folder it names is a destination, not read
+_DEST = re.compile(
+    r"(?:^|[\s'\"])(?:-o|--?(?:out|output|dest|destination|save)"
+    r"(?:[-_]?(?:dir|directory|folder|path|root|prefix))?)['\"]?(?:=|\s+)['\"]?$"
+)
 #: a ``mkdir`` and the folders it makes (named, not read)
 _MKDIR = re.compile(r"\bmkdir((?:\s+-[^\s;|&]*)*)((?:\s+[^\s;|&<>()]+)*)")
 
@@ -935,15 +968,19 @@ def _item_words(text: str, own: str) -> list[str]:
 
 def _named_folders(texts: list[str], root: str) -> list[str]:
     """The paths and globs ``texts`` name that may be folders, normalized and relative to
-    the project (``root``): words holding a ``/``, or a whole text but a glob (a param
-    ``root: build``, not ``pattern: "*"``); not the project itself, what a ``mkdir``
-    makes, or what an item fills in."""
+    the project (``root``): words holding a ``/`` (``root: build/d``; a bare word such as
+    ``kind: models`` is no path); not the project itself, what a ``mkdir`` makes, where an
+    option says a tool writes (``--outdir out/``), a shell comment (`` # build/``), or what
+    an item fills in."""
     found = set()
     for text in texts:
         if "/" not in text:
-            words = [] if is_glob(text) else [text.strip()]
-        else:
-            words = [w for w in _WORD.findall(_MKDIR.sub(" ", text)) if "/" in w]
+            continue
+        text = _MKDIR.sub(" ", _uncommented(text))
+        words = [
+            m.group() for m in _WORD.finditer(text)
+            if "/" in m.group() and not _DEST.search(text, 0, m.start())
+        ]  # fmt: skip
         for word in words:
             if "{" in word or not word:
                 continue
@@ -952,6 +989,46 @@ def _named_folders(texts: list[str], root: str) -> list[str]:
                 if path is not None and path != ".":
                     found.add(path)
     return sorted(found)
+
+
+def _uncommented(text: str) -> str:
+    """``text`` without what a shell reads as a comment: from an unquoted ``#`` starting a
+    word to the end of its line."""
+    if "#" not in text:
+        return text
+    out: list[str] = []
+    quote = ""
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\" and quote != "'":  # an escaped character, kept as it is
+            out.append(text[i : i + 2])
+            i += 2
+            continue
+        if quote:
+            quote = "" if c == quote else quote
+        elif c in "'\"":
+            quote = c
+        elif c == "#" and (i == 0 or text[i - 1] in " \t\n;&|("):
+            end = text.find("\n", i)
+            if end < 0:
+                break
+            i = end
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _own_folder(folder: str, outputs: Any) -> bool:
+    """Whether ``folder`` (a path, or a glob) is one of a stage's own ``outputs``, holds one
+    or lies in one (a glob: lies in one): where the stage writes, not what it reads."""
+    if is_glob(folder):
+        base = glob_base(folder)
+        return any(isinstance(o, str) and within(base, norm(o)) for o in outputs)
+    return any(
+        isinstance(o, str) and (within(folder, norm(o)) or within(norm(o), folder)) for o in outputs
+    )
 
 
 def _holds(folder: str, rel: str) -> bool:
