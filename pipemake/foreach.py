@@ -20,7 +20,7 @@ from typing import Any
 
 from .errors import os_failure
 from .executors.base import GONE, LOST, Message, Task
-from .items import Item, chunks, merge_outputs, staged_files
+from .items import Item, chunks, is_glob, merge_outputs, staged_files
 from .manifest import digests
 from .model import Stage
 from .ownfiles import OWN, in_workspace, lay_under, own_layer, own_section
@@ -84,6 +84,9 @@ class ForeachRun(StageRun):
     unusable: set[str] = field(default_factory=set)
     #: the stage's source inputs found changed while items ran (nothing is kept then)
     inputs_moved: list[str] = field(default_factory=list)
+    #: items whose sidecar (a file their key holds beside their own) changed while they ran
+    sidecars_moved: dict[str, str] = field(default_factory=dict)
+    _items_by_rel: dict[str, Item] | None = None
     #: task id → the results of its items that said they ended (``items`` messages)
     reported: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the ids of the tasks made for items a task ended from outside never started
@@ -428,6 +431,11 @@ class ForeachRun(StageRun):
         moved: dict[str, str | None] = {}
         for rel in results:
             item = self.new[rel]
+            side = self._sidecar_moved(ctx, rel)
+            if side is not None:  # the item's own file is as it was: it fails (its key
+                self.sidecars_moved[rel] = side  # is made from that file as it was)
+                moved[rel] = item["hash"]
+                continue
             if _sig(os.path.join(root, item["path"])) == self.sigs.get(rel):
                 continue
             try:
@@ -438,12 +446,50 @@ class ForeachRun(StageRun):
                 moved[rel] = now
         return moved
 
+    def _sidecar_moved(self, ctx: BuildContext, rel: str) -> str | None:
+        """The first file of the items' folder that item ``rel``'s params name through it
+        (``data/{item.stem}.json``: in that item's key) and that changed while it ran; None
+        where none did (a folder or glob such a name makes is checked with the stage's
+        files, not here)."""
+        reads = self.rs.item_reads
+        if reads is None:
+            return None
+        if self._items_by_rel is None:
+            self._items_by_rel = {it.relpath: it for it in self.rs.items}
+        it = self._items_by_rel.get(rel)
+        if it is None:
+            return None
+        for path, h in sorted(reads(it).items()):
+            full = os.path.join(str(ctx.root), path)
+            if h == "missing":
+                if os.path.lexists(full):
+                    return path
+                continue
+            if is_glob(path) or os.path.isdir(full):
+                continue
+            try:
+                now = ctx.hasher.recheck(path)
+            except BadPath:
+                now = None
+            if now != h:
+                return path
+        return None
+
     def _again(
         self, ctx: BuildContext, stage: Stage, task: Task | None, moved: dict[str, Any]
     ) -> list[Task]:
         """Nothing of the items whose inputs changed while they ran is committed: they run
         again with their new content (under their new keys), or fail, saying why, when a
         stage input changed, an item's file is gone, or it kept changing."""
+        moved = dict(moved)  # the caller's stays whole: none of them is committed
+        for rel in [r for r in moved if r in self.sidecars_moved]:
+            path = self.sidecars_moved.pop(rel)
+            self.items_done += 1
+            self.fail_item(ctx, stage.id, rel, f"its file {path} changed while it ran; "
+                           "nothing was kept: build again")  # fmt: skip
+            del moved[rel]
+        if not moved:
+            return []
         first = sorted(moved)[0]
         reason = None
         if self.inputs_moved:

@@ -89,3 +89,37 @@ def test_a_file_of_an_upstream_output_the_cmd_names_edited_while_it_runs_is_not_
     assert p.read("build/d/g.txt") == "AAAA\n"
     assert p.read("build/o/a.txt" if foreach else "build/o") == "F\nAAAA\n"
     assert p.runs("B") == 2
+
+
+FOREACH_SIDECAR = f"""
+name: t
+stages:
+  - id: e
+    type: shell
+    foreach: {{input: src, pattern: "*.txt"}}
+    config:
+      inputs: {{src: data}}
+      outputs: {{o: build/o}}
+      cmd: "echo x >> runs/e.count; {WAIT}; mkdir -p {{outputs.o}}; cat data/{{item.stem}}.json {{inputs.src}} > {{outputs.o}}/{{item.name}}"
+"""
+
+
+def test_an_items_sidecar_edited_while_it_runs_is_not_kept_under_the_old_key(
+    project: Callable[..., Proj],
+) -> None:
+    """``data/{item.stem}.json`` is in its item's key alone: edited while that item runs,
+    the item's work is not committed (it fails saying so), and after putting the old
+    content back the item runs again, never restoring what was made from the edit."""
+    p = project(FOREACH_SIDECAR, {"data/a.json": "AAAA\n", "data/a.txt": "1\n"})
+    proc = p.popen("build", "--no-progress")
+    wait_for(lambda: p.exists("runs/started"), what="the item to start")
+    p.write("data/a.json", "BBBB\n")
+    p.write("go", "")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out + err
+    assert "its file data/a.json changed while it ran" in err + out, err
+    assert TRACEBACK not in err
+    p.write("data/a.json", "AAAA\n")
+    p.cli("build")
+    assert p.read("build/o/a.txt") == "AAAA\n1\n"
+    assert p.runs("e") == 2
