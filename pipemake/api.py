@@ -256,7 +256,7 @@ def _check_store_folder(place: storeplace.Place, told_by: str, ws: Workspace) ->
 
 
 #: the name's start of the scratch store ``run --no-checkpoint`` makes in ``.pipemake``
-_SCRATCH = "no-checkpoint-"  # as cli._scratch_store names it
+SCRATCH_PREFIX = "no-checkpoint-"
 
 
 def _check_store_way(place: storeplace.Place, told_by: str, ws: Workspace) -> None:
@@ -289,7 +289,7 @@ def _check_store_way(place: storeplace.Place, told_by: str, ws: Workspace) -> No
     store, dot = os.path.realpath(place.path), os.path.realpath(ws.dot)
     default = os.path.realpath(ws.dot / "store")
     # `run --no-checkpoint`'s scratch store, made there (and removed) by pipemake itself
-    scratch = os.path.dirname(store) == dot and os.path.basename(store).startswith(_SCRATCH)
+    scratch = os.path.dirname(store) == dot and os.path.basename(store).startswith(SCRATCH_PREFIX)
     if store != default and not scratch and within(store, dot):
         where = "is" if store == dot else "lies in"
         raise UsageError(
@@ -931,8 +931,7 @@ def _other_files_stages(project: Project) -> tuple[set[str], set[str], set[str]]
     keeps what every live pipeline file's roots name): their stage ids, the output paths
     their builds declared; and the output paths the builds of any other file (this one, a
     gone one) declared, whose owner is therefore known. A stage id counts as another
-    file's where the workspace state says it last was that file's, or that file has one
-    of that id."""
+    file's where that file has one of that id."""
     p = project.pipeline
     own = p.file.name
     state = project.state
@@ -944,7 +943,7 @@ def _other_files_stages(project: Project) -> tuple[set[str], set[str], set[str]]
             alive[file] = file != own and lockfile.live_file(p.root, file)
         return alive[file]
 
-    stages = {stage for stage, file in state.stage_files().items() if other(file)}
+    stages: set[str] = set()
     paths: set[str] = set()
     for file, (ids, declared) in files.items():
         if other(file):

@@ -25,6 +25,7 @@ import click
 
 from . import api, noop
 from .errors import Interrupted, PipemakeError, UsageError, os_failure
+from .finding import PIPELINE_FILES, using
 from .model import LOCK_FILE
 from .progress import error_lines, muted, restored_from, visible
 from .targets import typed_below
@@ -320,12 +321,11 @@ def _pipeline_file(ctx: click.Context) -> Any:
     if above and path.parent != Path.cwd():  # found in a folder above: as -C that folder
         o["directory"] = str(path.parent)
         o["said"] = o["below"] = True
-        click.echo(f"pipemake: using {path} (found above the current folder)", err=True)
+        click.echo(using(path, above=True), err=True)
     typed_below(bool(o.get("below")))  # this command's, not a former one's in this process
-    if looked_up and path.name != api.PIPELINE_FILES[0] and not o.get("said"):
+    if looked_up and path.name != PIPELINE_FILES[0] and not o.get("said"):
         o["said"] = True
-        default = api.PIPELINE_FILES[0]
-        click.echo(f"pipemake: using {_shown(path)} (there is no {default})", err=True)
+        click.echo(using(path, above=False), err=True)
     return path
 
 
@@ -682,7 +682,7 @@ def _scratch_store(ctx: click.Context) -> Path:
     dot = _pipeline_file(ctx).parent / ".pipemake"
     try:
         dot.mkdir(exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix="no-checkpoint-", dir=dot))
+        return Path(tempfile.mkdtemp(prefix=api.SCRATCH_PREFIX, dir=dot))
     except OSError as exc:
         raise UsageError(f"--no-checkpoint: cannot make a scratch store in {dot}: {exc}") from None
 

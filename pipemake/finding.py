@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["PIPELINE_FILES", "find_above"]
+__all__ = ["PIPELINE_FILES", "find_above", "using"]
 
 #: the pipeline files a folder is looked in for, in order: pipemake's own, else the
 #: original system's
@@ -32,3 +32,14 @@ def find_above(start: Path, names: Sequence[str]) -> Path | None:
         if os.path.lexists(here / ".git"):
             return None
     return None
+
+
+def using(path: Path, above: bool) -> str:
+    """The line a command that names no pipeline file says on stderr when the file it uses
+    is not ``pipemake.yaml`` in the current folder: one ``above`` it (shown whole), or the
+    original system's ``pipeline.yaml`` (shown relative to the current folder when below it)."""
+    if above:
+        return f"pipemake: using {path} (found above the current folder)"
+    rel = os.path.relpath(path)
+    shown = str(path) if rel.startswith("..") else rel
+    return f"pipemake: using {shown} (there is no {PIPELINE_FILES[0]})"

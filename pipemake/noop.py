@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .finding import PIPELINE_FILES, find_above
+from .finding import PIPELINE_FILES, find_above, using
 from .fingerprint import environment
 from .hashing import digest, hash_bytes
 from .walk import signature, walk
@@ -271,17 +271,13 @@ def _say_which_file(argv: list[str], root: Path, here: str) -> None:
     """Say, as the full build does, which pipeline file a command that names none used: one
     found above the current folder, or the original system's ``pipeline.yaml`` where there
     is no ``pipemake.yaml`` (the snapshot held, so the file it rested on is there)."""
-    if "-f" in argv[: argv.index("build")]:
+    before = argv[: argv.index("build")]
+    if "-f" in before:
         return
+    above = "-C" not in before and str(root) != here
+    if not above and (root / PIPELINE_FILES[0]).exists():
+        return
+    name = next(n for n in PIPELINE_FILES if (root / n).is_file())
     import sys
 
-    if "-C" not in argv[: argv.index("build")] and str(root) != here:
-        name = next(n for n in PIPELINE_FILES if (root / n).is_file())
-        sys.stderr.write(f"pipemake: using {root / name} (found above the current folder)\n")
-        return
-    if (root / "pipemake.yaml").exists():
-        return
-    path = root / "pipeline.yaml"
-    rel = os.path.relpath(path)
-    shown = str(path) if rel.startswith("..") else rel
-    sys.stderr.write(f"pipemake: using {shown} (there is no pipemake.yaml)\n")
+    sys.stderr.write(using(root / name, above) + "\n")

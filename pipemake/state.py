@@ -1,9 +1,9 @@
 """The workspace's own state under ``.pipemake/``: one SQLite file
 (:mod:`pipemake.statedb`) holding two things — the stat cache (:mod:`pipemake.statcache`,
 ``state.stats``) and the build records (:mod:`pipemake.records`, ``state.builds``: each
-stage's last build, foreach item notes, and the output paths builds placed) — and which
-pipeline file each stage was last built from, and each pipeline file's stages and output
-paths (several may share a workspace, even with stages of the same id).
+stage's last build, foreach item notes, and the output paths builds placed) — and each
+pipeline file's stages and output paths (several may share a workspace, even with stages
+of the same id).
 """
 
 from __future__ import annotations
@@ -38,23 +38,14 @@ class WorkspaceState(StateFile):
         self.stats = StatCache(self)
         self.builds = BuildRecords(self)
 
-    def stage_files(self) -> dict[str, str]:
-        """Each stage id → the pipeline file (its name, in the project folder) whose
-        stage it last was: what tells apart several pipeline files sharing the workspace,
-        as ``cache gc``'s roots do in the store (one record per pipeline file). Kept as one
-        row of ``meta``, so the schema (and state files written before) stay as they are."""
-        row = self.db.execute("SELECT value FROM meta WHERE name='stage_files'").fetchone()
-        found = parse_json(row[0]) if row else None
-        if not isinstance(found, dict):
-            return {}
-        return {s: f for s, f in found.items() if isinstance(f, str)}
-
     def pipeline_files(self) -> dict[str, tuple[set[str], set[str]]]:
         """Each pipeline file (its name) → the stage ids it had and the output paths its
         stages declared, in every build of it here (paths while builds still list them as
-        placed): what tells whose an output is when two pipeline files of the folder have
-        a stage of the same id, which :meth:`stage_files` (one file per id) cannot. Empty in
-        a state written before it was kept. Kept as one row of ``meta``, as that is."""
+        placed): what tells apart several pipeline files sharing the workspace, even with
+        stages of the same id, as ``cache gc``'s roots do in the store (one record per
+        pipeline file).
+        Empty in a state written before it was kept. Kept as one row of ``meta``, so the
+        schema (and state files written before) stay as they are."""
         row = self.db.execute("SELECT value FROM meta WHERE name='pipeline_files'").fetchone()
         found = parse_json(row[0]) if row else None
         if not isinstance(found, dict):
@@ -85,13 +76,6 @@ class WorkspaceState(StateFile):
         if self.readonly:
             return
         stages = list(stages)
-        known = self.stage_files()
-        last = {**known, **dict.fromkeys(stages, file)}
-        if last != known:
-            self.db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('stage_files', ?)",
-                (json.dumps(last, sort_keys=True),),
-            )
         now = set(paths)
         before = self.pipeline_files()
         files = {**before, file: (set(stages), before.get(file, (set(), set()))[1] | now)}
