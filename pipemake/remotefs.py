@@ -488,44 +488,39 @@ def _read_rest(fs: Any, path: str, head: bytes, limit: int) -> bytes:
         return head  # gone meanwhile: what was read is checked, and refused
     if not isinstance(size, int) or size > limit:
         return head
-    data = bytearray(head)
-    while len(data) < size:
-        start = len(data)
-        try:
-            chunk = fs.cat_file(path, start=start, end=min(start + _CHUNK, size))
-        except FileNotFoundError:
-            break
-        except Exception as exc:
-            if not _empty_range(exc):
-                raise
-            break  # shorter than it said (replaced meanwhile): checked, and refused
-        data += chunk[: size - start]
-        if not chunk:
-            break
-    return bytes(data)
+    return head + b"".join(_ranges(fs, path, len(head), size))
 
 
 def _copy_ranges(fs: Any, path: str, dst: str, limit: int) -> None:
     """Copy at most ``limit`` bytes of the remote file ``path`` to ``dst``, one ranged
     request of :data:`_CHUNK` bytes at a time (:class:`FileNotFoundError`: not there)."""
     with open(dst, "wb") as fout:
-        done = 0
-        while done < limit:
-            want = min(_CHUNK, limit - done)
-            try:
-                chunk = fs.cat_file(path, start=done, end=done + want)
-            except FileNotFoundError:
-                if done:
-                    return  # gone meanwhile: what was copied is checked, and refused
-                raise
-            except Exception as exc:
-                if not _empty_range(exc):
-                    raise
-                return  # nothing from ``done`` on: the file ends there
-            fout.write(chunk[:want])
-            done += min(len(chunk), want)
-            if len(chunk) < want:
+        for chunk in _ranges(fs, path, 0, limit):
+            fout.write(chunk)
+
+
+def _ranges(fs: Any, path: str, start: int, end: int) -> Iterator[bytes]:
+    """The bytes of the remote file ``path`` from ``start`` up to ``end`` at most, one
+    ranged request of :data:`_CHUNK` bytes at a time, ending where the file does (or where
+    it went, once something was read: what was read is checked, and refused;
+    :class:`FileNotFoundError` when it is not there at all)."""
+    done = start
+    while done < end:
+        want = min(_CHUNK, end - done)
+        try:
+            chunk = fs.cat_file(path, start=done, end=done + want)
+        except FileNotFoundError:
+            if done:
                 return
+            raise
+        except Exception as exc:
+            if not _empty_range(exc):
+                raise
+            return  # nothing from ``done`` on: the file ends there
+        yield chunk[:want]
+        done += min(len(chunk), want)
+        if len(chunk) < want:
+            return
 
 
 def _copy_regular(src: str, dst: str, limit: int) -> None:
