@@ -31,10 +31,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .finding import PIPELINE_FILES
 from .fshash import Hasher
 from .hashing import hash_bytes
 from .items import glob_base, is_glob, items_digest, select
-from .model import DEFAULT_FILE, LOCK_FILE
+from .model import LOCK_FILE
 from .walk import BadPath, remove_stale
 
 if TYPE_CHECKING:
@@ -121,13 +122,12 @@ def document(project: Project, old: dict[str, Any] | None = None) -> dict[str, A
 #: folder share the lock, each keeping its own sections (a default one's have no field, so
 #: the lock of a project with one pipeline file is as it always was)
 _TAG = "pipeline_file"
-_DEFAULTS = (DEFAULT_FILE, "pipeline.yaml")
 
 
 def owner_tag(p: Pipeline) -> str | None:
     """What the sections ``p`` writes are tagged with: its file's name, or None for
     ``pipemake.yaml`` and ``pipeline.yaml``."""
-    return None if p.file.name in _DEFAULTS else p.file.name
+    return None if p.file.name in PIPELINE_FILES else p.file.name
 
 
 def _ours(section: Any, own: str | None, root: Path | None = None) -> bool:
@@ -136,7 +136,7 @@ def _ours(section: Any, own: str | None, root: Path | None = None) -> bool:
     one the same file wrote before sections were tagged."""
     tag = section.get(_TAG) if isinstance(section, dict) else None
     if tag is None and own is not None and root is not None:
-        return not any(live_file(root, name) for name in _DEFAULTS)
+        return not any(live_file(root, name) for name in PIPELINE_FILES)
     return tag == own
 
 
